@@ -1,0 +1,58 @@
+//! The job-queue port: where jobs wait, with a delay, until a handler takes
+//! them. Adapters: [`sqs::SqsQueue`] (deployed; Lambda's event source
+//! mapping receives and deletes) and [`sqlite::SqliteQueue`] (one machine;
+//! the local runner receives and deletes).
+//!
+//! Each queue has a dead-letter queue. Jobs that can never succeed are sent
+//! there explicitly with their reason; jobs that fail transiently too often
+//! are moved there by the queue's redrive (SQS's `maxReceiveCount`, mirrored
+//! by the SQLite adapter).
+
+pub mod sqlite;
+pub mod sqs;
+
+use crate::error::Result;
+use crate::job::JobEnvelope;
+use async_trait::async_trait;
+
+/// SQS refuses longer delays; longer waits travel in `not_before`.
+pub const MAX_DELAY_SECS: u32 = 900;
+
+/// A received message, visible to nobody else until acked or timed out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    pub message_id: String,
+    pub receipt: String,
+    pub body: String,
+    /// 1 on first delivery.
+    pub receive_count: u32,
+}
+
+/// A message in the dead-letter queue and why it is there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetter {
+    pub message_id: String,
+    pub body: String,
+    pub reason: String,
+}
+
+#[async_trait]
+pub trait JobQueue: Send + Sync {
+    /// The queue's name, for logs.
+    fn name(&self) -> &str;
+
+    /// Enqueues `job`, invisible for `delay_secs` (at most [`MAX_DELAY_SECS`]).
+    async fn send(&self, job: &JobEnvelope, delay_secs: u32) -> Result<()>;
+
+    /// Puts a body (well-formed or not) in the dead-letter queue with its reason.
+    async fn dead_letter(&self, body: &str, reason: &str) -> Result<()>;
+
+    /// Takes up to `max` visible messages, hiding them for `visibility_secs`.
+    async fn receive(&self, max: u32, visibility_secs: u32) -> Result<Vec<Delivery>>;
+
+    /// Deletes a received message: it is done (or was re-sent).
+    async fn ack(&self, receipt: &str) -> Result<()>;
+
+    /// Reads up to `max` messages of the dead-letter queue (reports, tests).
+    async fn dead_letters(&self, max: u32) -> Result<Vec<DeadLetter>>;
+}

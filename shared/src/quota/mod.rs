@@ -1,0 +1,647 @@
+//! The quota port: spend a third-party API's call budget like money.
+//!
+//! A budget belongs to an organization *and* its app connection
+//! ([`QuotaKey`]). [`Limits`] declare calls per UTC day, optionally per hour
+//! and per minute, and a cap on concurrent calls. A call must fit every
+//! window at once.
+//!
+//! [`QuotaStore::acquire`] is one atomic step in the store: it takes `cost`
+//! from every window **and** a concurrency lease, or takes nothing and says
+//! when to come back ([`Denied::retry_at`]). Adapters:
+//! [`dynamodb::DynamoQuota`] (one conditional `UpdateItem`) and
+//! [`sqlite::SqliteQuota`] (one `BEGIN IMMEDIATE` transaction).
+//!
+//! Handlers do not call the store directly; they go through [`Quota`], which
+//! reads the injected clock, lets exempt calls through without touching the
+//! store, and tallies usage per source and endpoint so it can be written once
+//! per invocation instead of once per call.
+
+pub mod dynamodb;
+pub mod sqlite;
+
+use crate::clock::{SharedClock, Timestamp};
+use crate::error::{Error, Result};
+use async_trait::async_trait;
+use chrono::{Duration, DurationRound, NaiveDate};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::{Arc, Mutex};
+
+/// Whose budget: an organization's connection to one third-party app.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct QuotaKey {
+    pub org: String,
+    pub app: String,
+}
+
+impl QuotaKey {
+    pub fn new(org: impl Into<String>, app: impl Into<String>) -> Self {
+        Self {
+            org: org.into(),
+            app: app.into(),
+        }
+    }
+}
+
+impl fmt::Display for QuotaKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.org, self.app)
+    }
+}
+
+/// A fixed, UTC-aligned counting window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WindowKind {
+    Day,
+    Hour,
+    Minute,
+}
+
+impl WindowKind {
+    /// The identifier of the window `now` falls in, e.g. `d2026-11-22`.
+    /// Identifiers of different kinds never collide.
+    pub fn id(self, now: Timestamp) -> String {
+        match self {
+            WindowKind::Day => now.format("d%Y-%m-%d").to_string(),
+            WindowKind::Hour => now.format("h%Y-%m-%dT%H").to_string(),
+            WindowKind::Minute => now.format("m%Y-%m-%dT%H:%M").to_string(),
+        }
+    }
+
+    /// When the window `now` falls in ends, i.e. when its capacity returns.
+    pub fn end(self, now: Timestamp) -> Timestamp {
+        let unit = match self {
+            WindowKind::Day => Duration::days(1),
+            WindowKind::Hour => Duration::hours(1),
+            WindowKind::Minute => Duration::minutes(1),
+        };
+        // Truncating a valid UTC timestamp to a whole day/hour/minute cannot
+        // fail; fall back to `now` rather than panic if chrono ever disagrees.
+        now.duration_trunc(unit).unwrap_or(now) + unit
+    }
+}
+
+impl fmt::Display for WindowKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            WindowKind::Day => "day",
+            WindowKind::Hour => "hour",
+            WindowKind::Minute => "minute",
+        })
+    }
+}
+
+/// The limits of one budget. Build with [`Limits::new`] or deserialize and
+/// then [`Limits::validate`]: a zero limit is a configuration error, not a
+/// budget that denies everything.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// Calls per UTC day (the seeds' example: 2,500).
+    pub per_day: Option<u32>,
+    #[serde(default)]
+    pub per_hour: Option<u32>,
+    #[serde(default)]
+    pub per_minute: Option<u32>,
+    /// Calls in flight at once (the seeds' example: 3).
+    pub max_concurrent: u32,
+    /// How long a lease lives unless renewed: a crashed holder strands a
+    /// concurrency slot at most this long.
+    #[serde(default = "default_lease_ttl_secs")]
+    pub lease_ttl_secs: u32,
+    /// When refused only for concurrency, come back after at most this long:
+    /// holders release far sooner than their lease expires.
+    #[serde(default = "default_concurrency_retry_secs")]
+    pub concurrency_retry_secs: u32,
+}
+
+fn default_lease_ttl_secs() -> u32 {
+    60
+}
+fn default_concurrency_retry_secs() -> u32 {
+    1
+}
+
+impl Limits {
+    /// The seeds' example budget: 2,500 calls a UTC day, 3 concurrent.
+    pub fn seed_example() -> Self {
+        Self::new(Some(2_500), None, None, 3).expect("static limits are valid")
+    }
+
+    pub fn new(
+        per_day: Option<u32>,
+        per_hour: Option<u32>,
+        per_minute: Option<u32>,
+        max_concurrent: u32,
+    ) -> Result<Self> {
+        let limits = Self {
+            per_day,
+            per_hour,
+            per_minute,
+            max_concurrent,
+            lease_ttl_secs: default_lease_ttl_secs(),
+            concurrency_retry_secs: default_concurrency_retry_secs(),
+        };
+        limits.validate()?;
+        Ok(limits)
+    }
+
+    pub fn with_lease_ttl(mut self, secs: u32) -> Result<Self> {
+        self.lease_ttl_secs = secs;
+        self.validate()?;
+        Ok(self)
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        for (name, value) in [
+            ("per_day", self.per_day),
+            ("per_hour", self.per_hour),
+            ("per_minute", self.per_minute),
+        ] {
+            if value == Some(0) {
+                return Err(Error::Config(format!(
+                    "limits.{name} is 0; omit it for no limit or give a positive number"
+                )));
+            }
+        }
+        if self.max_concurrent == 0 {
+            return Err(Error::Config(
+                "limits.max_concurrent is 0; it must be at least 1".into(),
+            ));
+        }
+        if self.lease_ttl_secs == 0 {
+            return Err(Error::Config(
+                "limits.lease_ttl_secs is 0; it must be at least 1".into(),
+            ));
+        }
+        if self.per_day.is_none() && self.per_hour.is_none() && self.per_minute.is_none() {
+            return Err(Error::Config(
+                "limits: give at least one of per_day, per_hour, per_minute".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The windows that apply, with their limits, largest first.
+    pub fn windows(&self) -> impl Iterator<Item = (WindowKind, u32)> {
+        [
+            (WindowKind::Day, self.per_day),
+            (WindowKind::Hour, self.per_hour),
+            (WindowKind::Minute, self.per_minute),
+        ]
+        .into_iter()
+        .filter_map(|(kind, limit)| limit.map(|l| (kind, l)))
+    }
+
+    pub fn lease_ttl(&self) -> Duration {
+        Duration::seconds(i64::from(self.lease_ttl_secs))
+    }
+
+    /// Rejects a cost that no window could ever hold: it would be denied
+    /// forever and restart forever.
+    pub fn check_cost(&self, cost: u32) -> Result<()> {
+        if cost == 0 {
+            return Err(Error::Impossible("a call must cost at least 1".into()));
+        }
+        if let Some((kind, limit)) = self.windows().find(|(_, limit)| cost > *limit) {
+            return Err(Error::Impossible(format!(
+                "a reservation of {cost} calls can never fit the {kind} limit of {limit}"
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// The window counters one grant took from, so a refund goes back to them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TakenWindow {
+    pub kind: WindowKind,
+    pub id: String,
+}
+
+/// Capacity taken: `cost` calls in every window, plus one concurrency lease.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Grant {
+    pub key: QuotaKey,
+    pub lease_id: String,
+    pub cost: u32,
+    pub windows: Vec<TakenWindow>,
+    pub expires_at: Timestamp,
+    /// Window counters of past windows seen while granting; the release
+    /// removes them so the stored item stays small.
+    #[serde(default)]
+    pub stale_windows: Vec<String>,
+}
+
+/// Why a request was refused.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum DenyReason {
+    /// A counting window is full until it ends.
+    Window {
+        window: WindowKind,
+        limit: u32,
+        used: u64,
+    },
+    /// `max_concurrent` leases are held.
+    Concurrency { max: u32 },
+    /// The API itself said stop (429 / Retry-After).
+    Blocked,
+}
+
+impl fmt::Display for DenyReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DenyReason::Window {
+                window,
+                limit,
+                used,
+            } => write!(f, "{window} limit reached ({used} of {limit} used)"),
+            DenyReason::Concurrency { max } => write!(f, "{max} concurrent calls in flight"),
+            DenyReason::Blocked => f.write_str("blocked by the API's Retry-After"),
+        }
+    }
+}
+
+/// A refusal that says when to try again; that time becomes the SQS delay.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Denied {
+    pub retry_at: Timestamp,
+    pub reason: DenyReason,
+}
+
+/// The outcome of [`QuotaStore::acquire`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Acquire {
+    Granted(Grant),
+    Denied(Denied),
+}
+
+/// What a store holds for one budget right now (for reports and tests).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct QuotaState {
+    /// Used calls per window id, current windows only.
+    pub used: BTreeMap<String, u64>,
+    /// Leases that have not expired at `now`.
+    pub live_leases: u32,
+    pub blocked_until: Option<Timestamp>,
+}
+
+/// One row of the usage report: who spent how much of the budget.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct UsageEntry {
+    pub key: QuotaKey,
+    pub day: NaiveDate,
+    /// Which sync or workflow spent the calls.
+    pub source: String,
+    pub endpoint: String,
+    /// Exempt calls are counted apart: they did not spend the budget.
+    pub exempt: bool,
+    pub calls: u64,
+}
+
+/// Evaluates a refusal from the state the store saw. Shared by the adapters
+/// so both explain refusals the same way. Returns `None` when nothing
+/// refuses (the caller lost a race and should try again).
+pub(crate) fn explain_denial(
+    limits: &Limits,
+    cost: u32,
+    now: Timestamp,
+    used: impl Fn(&str) -> u64,
+    lease_expiries: &[Timestamp],
+    blocked_until: Option<Timestamp>,
+) -> Option<Denied> {
+    let mut worst: Option<Denied> = None;
+    let mut consider = |d: Denied| {
+        if worst.as_ref().is_none_or(|w| d.retry_at > w.retry_at) {
+            worst = Some(d);
+        }
+    };
+    if let Some(until) = blocked_until.filter(|u| *u > now) {
+        consider(Denied {
+            retry_at: until,
+            reason: DenyReason::Blocked,
+        });
+    }
+    for (kind, limit) in limits.windows() {
+        let u = used(&kind.id(now));
+        if u + u64::from(cost) > u64::from(limit) {
+            consider(Denied {
+                retry_at: kind.end(now),
+                reason: DenyReason::Window {
+                    window: kind,
+                    limit,
+                    used: u,
+                },
+            });
+        }
+    }
+    let live: Vec<_> = lease_expiries.iter().filter(|e| **e > now).collect();
+    if live.len() >= limits.max_concurrent as usize {
+        let earliest = live.iter().map(|e| **e).min().unwrap_or(now);
+        let hint = now + Duration::seconds(i64::from(limits.concurrency_retry_secs));
+        consider(Denied {
+            retry_at: earliest.min(hint),
+            reason: DenyReason::Concurrency {
+                max: limits.max_concurrent,
+            },
+        });
+    }
+    worst
+}
+
+/// The storage contract every adapter passes (see the conformance suite in
+/// `tests/`). Time is passed in, never read, so the [`Quota`] facade's clock
+/// is the only source of time.
+#[async_trait]
+pub trait QuotaStore: Send + Sync {
+    /// Takes `cost` in every window of `limits` and one lease, atomically, or
+    /// nothing. One store round trip when granted or denied; a second only to
+    /// reclaim expired leases of crashed holders.
+    async fn acquire(
+        &self,
+        key: &QuotaKey,
+        limits: &Limits,
+        cost: u32,
+        now: Timestamp,
+    ) -> Result<Acquire>;
+
+    /// Frees the lease and refunds `cost - used` calls to the windows the
+    /// grant took from. Idempotent: releasing twice, or releasing a lease
+    /// that expired and was reclaimed, changes nothing.
+    async fn release(&self, grant: &Grant, used: u32) -> Result<()>;
+
+    /// Extends a held lease to `until`; [`Error::LeaseLost`] if it was reclaimed.
+    async fn renew(&self, grant: &Grant, until: Timestamp) -> Result<()>;
+
+    /// Denies every acquire on `key` until `until` (never shortens a block).
+    async fn block_until(&self, key: &QuotaKey, until: Timestamp) -> Result<()>;
+
+    /// Adds calls to the usage report (summed per key, day, source, endpoint).
+    async fn record_usage(&self, entries: &[UsageEntry]) -> Result<()>;
+
+    /// The usage report of one budget for one UTC day.
+    async fn usage(&self, key: &QuotaKey, day: NaiveDate) -> Result<Vec<UsageEntry>>;
+
+    /// What the store holds for `key` at `now`.
+    async fn state(&self, key: &QuotaKey, limits: &Limits, now: Timestamp) -> Result<QuotaState>;
+}
+
+/// One call (or reservation of several) a handler wants to make.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Call {
+    pub cost: u32,
+    /// The sync or workflow spending it, for the usage report.
+    pub source: String,
+    pub endpoint: String,
+    /// Calls the platform does not count (e.g. pushes from the app to us).
+    pub exempt: bool,
+}
+
+impl Call {
+    pub fn new(source: impl Into<String>, endpoint: impl Into<String>) -> Self {
+        Self {
+            cost: 1,
+            source: source.into(),
+            endpoint: endpoint.into(),
+            exempt: false,
+        }
+    }
+
+    /// Reserve `cost` calls at once (a transfer with a known page count).
+    pub fn reserve(mut self, cost: u32) -> Self {
+        self.cost = cost;
+        self
+    }
+
+    pub fn exempt(mut self) -> Self {
+        self.exempt = true;
+        self
+    }
+}
+
+/// Permission to make calls, returned by [`Quota::acquire`]. Give it back
+/// with [`Quota::release`], saying how many calls were really made.
+#[derive(Debug)]
+#[must_use = "a permit holds a concurrency lease until released"]
+pub struct Permit {
+    grant: Option<Grant>,
+    key: QuotaKey,
+    call: Call,
+    day: NaiveDate,
+}
+
+impl Permit {
+    /// The store's grant; `None` for exempt calls, which took nothing.
+    pub fn grant(&self) -> Option<&Grant> {
+        self.grant.as_ref()
+    }
+    pub fn cost(&self) -> u32 {
+        self.call.cost
+    }
+}
+
+/// Outcome of [`Quota::acquire`].
+// A permit is returned once per call and moved, never stored in bulk: boxing
+// it would add an allocation to the hot path for nothing.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug)]
+pub enum Admission {
+    Granted(Permit),
+    Denied(Denied),
+}
+
+type UsageKey = (QuotaKey, NaiveDate, String, String, bool);
+
+/// What handlers use: a store, the clock, and a usage tally flushed once per
+/// invocation.
+#[derive(Clone)]
+pub struct Quota {
+    store: Arc<dyn QuotaStore>,
+    clock: SharedClock,
+    tally: Arc<Mutex<BTreeMap<UsageKey, u64>>>,
+}
+
+impl fmt::Debug for Quota {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Quota").field("clock", &self.clock).finish()
+    }
+}
+
+impl Quota {
+    pub fn new(store: Arc<dyn QuotaStore>, clock: SharedClock) -> Self {
+        Self {
+            store,
+            clock,
+            tally: Arc::default(),
+        }
+    }
+
+    pub fn store(&self) -> &Arc<dyn QuotaStore> {
+        &self.store
+    }
+
+    pub fn clock(&self) -> &SharedClock {
+        &self.clock
+    }
+
+    /// Asks for `call.cost` calls. Exempt calls are granted without a store
+    /// round trip.
+    pub async fn acquire(&self, key: &QuotaKey, limits: &Limits, call: Call) -> Result<Admission> {
+        let now = self.clock.now();
+        let day = now.date_naive();
+        if call.exempt {
+            return Ok(Admission::Granted(Permit {
+                grant: None,
+                key: key.clone(),
+                call,
+                day,
+            }));
+        }
+        limits.check_cost(call.cost)?;
+        match self.store.acquire(key, limits, call.cost, now).await? {
+            Acquire::Granted(grant) => {
+                tracing::debug!(quota = %key, cost = call.cost, lease = %grant.lease_id, "quota granted");
+                Ok(Admission::Granted(Permit {
+                    grant: Some(grant),
+                    key: key.clone(),
+                    call,
+                    day,
+                }))
+            }
+            Acquire::Denied(denied) => {
+                tracing::info!(quota = %key, cost = call.cost, reason = %denied.reason, retry_at = %denied.retry_at, "quota denied");
+                Ok(Admission::Denied(denied))
+            }
+        }
+    }
+
+    /// Returns the permit: `used` calls were made (at most its cost); the
+    /// rest is refunded. Usage is tallied, not written: call
+    /// [`Quota::flush_usage`] once per invocation.
+    pub async fn release(&self, permit: Permit, used: u32) -> Result<()> {
+        let used = used.min(permit.call.cost);
+        if let Some(grant) = &permit.grant {
+            self.store.release(grant, used).await?;
+        }
+        if used > 0 {
+            let mut tally = self.tally.lock().unwrap_or_else(|e| e.into_inner());
+            *tally
+                .entry((
+                    permit.key.clone(),
+                    permit.day,
+                    permit.call.source.clone(),
+                    permit.call.endpoint.clone(),
+                    permit.call.exempt,
+                ))
+                .or_insert(0) += u64::from(used);
+        }
+        Ok(())
+    }
+
+    /// Extends a permit's lease for a long call.
+    pub async fn renew(&self, permit: &Permit, by: Duration) -> Result<()> {
+        match &permit.grant {
+            Some(grant) => self.store.renew(grant, self.clock.now() + by).await,
+            None => Ok(()),
+        }
+    }
+
+    /// The API said 429 / Retry-After: nobody of this org/app calls before `until`.
+    pub async fn block_until(&self, key: &QuotaKey, until: Timestamp) -> Result<()> {
+        tracing::warn!(quota = %key, until = %until, "API asked us to back off");
+        self.store.block_until(key, until).await
+    }
+
+    /// Writes the tallied usage in one store call. On failure the tally is
+    /// kept for the next flush, so usage is not lost.
+    pub async fn flush_usage(&self) -> Result<()> {
+        let entries: Vec<UsageEntry> = {
+            let mut tally = self.tally.lock().unwrap_or_else(|e| e.into_inner());
+            std::mem::take(&mut *tally)
+                .into_iter()
+                .map(|((key, day, source, endpoint, exempt), calls)| UsageEntry {
+                    key,
+                    day,
+                    source,
+                    endpoint,
+                    exempt,
+                    calls,
+                })
+                .collect()
+        };
+        if entries.is_empty() {
+            return Ok(());
+        }
+        if let Err(e) = self.store.record_usage(&entries).await {
+            let mut tally = self.tally.lock().unwrap_or_else(|e| e.into_inner());
+            for u in entries {
+                *tally
+                    .entry((u.key, u.day, u.source, u.endpoint, u.exempt))
+                    .or_insert(0) += u.calls;
+            }
+            return Err(e);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    fn at(h: u32, m: u32, s: u32) -> Timestamp {
+        chrono::Utc.with_ymd_and_hms(2026, 11, 22, h, m, s).unwrap()
+    }
+
+    #[test]
+    fn window_ids_and_ends() {
+        let now = at(14, 23, 5);
+        assert_eq!(WindowKind::Day.id(now), "d2026-11-22");
+        assert_eq!(WindowKind::Hour.id(now), "h2026-11-22T14");
+        assert_eq!(WindowKind::Minute.id(now), "m2026-11-22T14:23");
+        assert_eq!(
+            WindowKind::Day.end(now),
+            chrono::Utc.with_ymd_and_hms(2026, 11, 23, 0, 0, 0).unwrap()
+        );
+        assert_eq!(WindowKind::Hour.end(now), at(15, 0, 0));
+        assert_eq!(WindowKind::Minute.end(now), at(14, 24, 0));
+    }
+
+    #[test]
+    fn zero_limits_are_config_errors() {
+        assert!(Limits::new(Some(0), None, None, 3).is_err());
+        assert!(Limits::new(Some(10), None, None, 0).is_err());
+        assert!(Limits::new(None, None, None, 3).is_err());
+        let l = Limits::new(Some(10), Some(5), None, 3).unwrap();
+        assert!(matches!(l.check_cost(6), Err(Error::Impossible(_))));
+        assert!(l.check_cost(5).is_ok());
+    }
+
+    #[test]
+    fn denial_names_the_latest_constraint() {
+        let limits = Limits::new(Some(100), Some(10), None, 3).unwrap();
+        let now = at(14, 23, 5);
+        let day = WindowKind::Day.id(now);
+        let used = |id: &str| if id == day { 100 } else { 10 };
+        let d = explain_denial(&limits, 1, now, used, &[], None).unwrap();
+        assert_eq!(d.retry_at, WindowKind::Day.end(now));
+        assert!(matches!(
+            d.reason,
+            DenyReason::Window {
+                window: WindowKind::Day,
+                ..
+            }
+        ));
+        // Concurrency only: come back at the earliest expiry or the hint.
+        let leases = [now + Duration::seconds(30); 3];
+        let d = explain_denial(&limits, 1, now, |_| 0, &leases, None).unwrap();
+        assert_eq!(d.retry_at, now + Duration::seconds(1));
+        // Expired leases do not count.
+        let expired = [now - Duration::seconds(1); 3];
+        assert!(explain_denial(&limits, 1, now, |_| 0, &expired, None).is_none());
+    }
+}

@@ -1,0 +1,125 @@
+//! The embedded database behind every SQLite adapter.
+//!
+//! One file holds quota counters, leases, usage and job queues, so one
+//! machine runs the whole system with no server. WAL mode and a busy timeout
+//! let several processes share the file; every check-and-take runs inside
+//! `BEGIN IMMEDIATE`, which takes the write lock up front, so two processes
+//! can never both read "room left" and both take it.
+
+use crate::error::{Error, Result};
+use rusqlite::Connection;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+const SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS quota_window (
+    org TEXT NOT NULL, app TEXT NOT NULL, window TEXT NOT NULL,
+    used INTEGER NOT NULL,
+    PRIMARY KEY (org, app, window)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS quota_lease (
+    org TEXT NOT NULL, app TEXT NOT NULL, lease_id TEXT NOT NULL,
+    expires_at INTEGER NOT NULL,
+    PRIMARY KEY (org, app, lease_id)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS quota_block (
+    org TEXT NOT NULL, app TEXT NOT NULL, blocked_until INTEGER NOT NULL,
+    PRIMARY KEY (org, app)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS usage (
+    org TEXT NOT NULL, app TEXT NOT NULL, day TEXT NOT NULL,
+    source TEXT NOT NULL, endpoint TEXT NOT NULL, exempt INTEGER NOT NULL,
+    calls INTEGER NOT NULL,
+    PRIMARY KEY (org, app, day, source, endpoint, exempt)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS job_queue (
+    queue TEXT NOT NULL, message_id TEXT NOT NULL,
+    body TEXT NOT NULL,
+    visible_at INTEGER NOT NULL,
+    receive_count INTEGER NOT NULL DEFAULT 0,
+    receipt TEXT,
+    sent_at INTEGER NOT NULL,
+    PRIMARY KEY (queue, message_id)
+);
+CREATE INDEX IF NOT EXISTS job_queue_visible ON job_queue (queue, visible_at);
+CREATE TABLE IF NOT EXISTS dead_letter (
+    queue TEXT NOT NULL, message_id TEXT NOT NULL,
+    body TEXT NOT NULL, reason TEXT NOT NULL, failed_at INTEGER NOT NULL,
+    PRIMARY KEY (queue, message_id)
+);
+"#;
+
+/// A shared handle to one SQLite database file (or an in-memory database).
+#[derive(Clone, Debug)]
+pub struct Db {
+    conn: Arc<Mutex<Connection>>,
+    round_trips: Arc<AtomicU64>,
+}
+
+fn open_error(e: impl std::fmt::Display) -> Error {
+    Error::store("open", e, false)
+}
+
+impl Db {
+    /// Opens (creating if needed) the database at `path`.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        let conn = Connection::open(path)
+            .map_err(|e| Error::Config(format!("cannot open database {}: {e}", path.display())))?;
+        Self::init(conn)
+    }
+
+    /// A private in-memory database (tests, `plan`).
+    pub fn in_memory() -> Result<Self> {
+        Self::init(Connection::open_in_memory().map_err(open_error)?)
+    }
+
+    fn init(conn: Connection) -> Result<Self> {
+        // Another process may hold the write lock for a moment; waiting for a
+        // lock is not waiting out an API limit.
+        conn.busy_timeout(Duration::from_secs(10))
+            .map_err(open_error)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(open_error)?;
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(open_error)?;
+        conn.execute_batch(SCHEMA).map_err(open_error)?;
+        Ok(Self {
+            conn: Arc::new(Mutex::new(conn)),
+            round_trips: Arc::default(),
+        })
+    }
+
+    /// Store round trips (one per adapter call, i.e. per transaction) so
+    /// far: what the benchmarks count.
+    pub fn round_trips(&self) -> u64 {
+        self.round_trips.load(Ordering::Relaxed)
+    }
+
+    /// Runs `f` on the connection off the async executor.
+    pub(crate) async fn call<T, F>(&self, operation: &'static str, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
+    {
+        self.round_trips.fetch_add(1, Ordering::Relaxed);
+        let conn = self.conn.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut guard = conn.lock().unwrap_or_else(|e| e.into_inner());
+            f(&mut guard).map_err(|e| classify(operation, e))
+        })
+        .await
+        .map_err(|e| Error::store(operation, e, true))?
+    }
+}
+
+/// A busy or locked database may free up; anything else will not.
+fn classify(operation: &'static str, e: rusqlite::Error) -> Error {
+    let retryable = matches!(
+        e.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+    );
+    Error::store(operation, e, retryable)
+}

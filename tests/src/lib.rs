@@ -1,0 +1,132 @@
+//! Shared test harness: connections to the real protocol servers, a fresh
+//! table or queue per test, and the conformance suites every adapter passes.
+//!
+//! The servers are started by `infra/test.sh` (the README's test command). A
+//! test that needs one and does not find it **fails** with a message saying
+//! how to start it; nothing is skipped.
+
+pub mod queue_suite;
+pub mod quota_suite;
+
+use aws_credential_types::Credentials;
+use aws_sdk_dynamodb::config::{BehaviorVersion, Region};
+use metered::clock::{ManualClock, SharedClock, Timestamp};
+use metered::dynamodb::Table;
+use metered::queue::sqs::SqsQueue;
+use std::sync::Arc;
+
+fn endpoint(var: &str, what: &str) -> String {
+    std::env::var(var).unwrap_or_else(|_| {
+        panic!(
+            "{var} is not set: this test needs {what}. Run `bash infra/test.sh` \
+             (it installs and starts the servers), or start them with \
+             `infra/local/servers.sh start` and `eval \"$(infra/local/servers.sh env)\"`."
+        )
+    })
+}
+
+fn sdk_config(url: String) -> aws_config::SdkConfig {
+    aws_config::SdkConfig::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .region(Region::new("us-east-1"))
+        .credentials_provider(
+            aws_credential_types::provider::SharedCredentialsProvider::new(Credentials::new(
+                "local",
+                "local",
+                None,
+                None,
+                "metered-tests",
+            )),
+        )
+        .endpoint_url(url)
+        .build()
+}
+
+/// A new, empty table on DynamoDB Local.
+pub async fn dynamo_table() -> Table {
+    let cfg = sdk_config(endpoint("METERED_TEST_DYNAMODB_URL", "DynamoDB Local"));
+    let client = aws_sdk_dynamodb::Client::new(&cfg);
+    let table = Table::new(client, format!("metered-test-{}", uuid::Uuid::new_v4()));
+    table
+        .create_if_missing()
+        .await
+        .expect("create test table on DynamoDB Local");
+    table
+}
+
+/// A client for the SQS-compatible server.
+pub fn sqs_client() -> aws_sdk_sqs::Client {
+    aws_sdk_sqs::Client::new(&sdk_config(endpoint(
+        "METERED_TEST_SQS_URL",
+        "an SQS-compatible server (ministack)",
+    )))
+}
+
+/// A new queue with its dead-letter queue (redrive after `max_receive`).
+pub async fn sqs_queue(max_receive: u32) -> SqsQueue {
+    let client = sqs_client();
+    let name = format!("metered-test-{}", uuid::Uuid::new_v4().simple());
+    let dlq_url = client
+        .create_queue()
+        .queue_name(format!("{name}-dlq"))
+        .send()
+        .await
+        .expect("create DLQ")
+        .queue_url
+        .expect("DLQ url");
+    let dlq_arn = client
+        .get_queue_attributes()
+        .queue_url(&dlq_url)
+        .attribute_names(aws_sdk_sqs::types::QueueAttributeName::QueueArn)
+        .send()
+        .await
+        .expect("DLQ attributes")
+        .attributes
+        .and_then(|a| {
+            a.get(&aws_sdk_sqs::types::QueueAttributeName::QueueArn)
+                .cloned()
+        })
+        .expect("DLQ arn");
+    let url = client
+        .create_queue()
+        .queue_name(&name)
+        .attributes(
+            aws_sdk_sqs::types::QueueAttributeName::RedrivePolicy,
+            serde_json::json!({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": max_receive})
+                .to_string(),
+        )
+        .send()
+        .await
+        .expect("create queue")
+        .queue_url
+        .expect("queue url");
+    SqsQueue::new(client, url, dlq_url).with_wait_secs(0)
+}
+
+/// A fixed instant mid-afternoon UTC, far from a day boundary.
+pub fn afternoon() -> Timestamp {
+    use chrono::TimeZone;
+    chrono::Utc
+        .with_ymd_and_hms(2026, 11, 22, 14, 30, 0)
+        .unwrap()
+}
+
+pub fn manual_clock() -> (ManualClock, SharedClock) {
+    let clock = ManualClock::new(afternoon());
+    let shared: SharedClock = Arc::new(clock.clone());
+    (clock, shared)
+}
+
+/// Generates one `#[tokio::test]` per suite case for an adapter.
+#[macro_export]
+macro_rules! suite_tests {
+    ($suite:path, $make:expr, [$($case:ident),* $(,)?]) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $case() {
+                use $suite as suite;
+                suite::$case($make).await;
+            }
+        )*
+    };
+}

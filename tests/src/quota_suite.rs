@@ -1,0 +1,349 @@
+//! The quota conformance suite: every [`QuotaStore`] adapter must pass it.
+//! Time is a [`ManualClock`] passed in as `now`, so the suite runs the same
+//! on DynamoDB Local as on SQLite.
+
+use crate::afternoon;
+use chrono::{Duration, TimeZone, Utc};
+use metered::quota::{
+    Acquire, DenyReason, Grant, Limits, QuotaKey, QuotaStore, UsageEntry, WindowKind,
+};
+use std::future::Future;
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+pub type Store = Arc<dyn QuotaStore>;
+
+fn key() -> QuotaKey {
+    QuotaKey::new(format!("org-{}", uuid::Uuid::new_v4().simple()), "crm#1")
+}
+
+fn granted(a: Acquire) -> Grant {
+    match a {
+        Acquire::Granted(g) => g,
+        Acquire::Denied(d) => panic!("expected a grant, got {d:?}"),
+    }
+}
+
+fn denied(a: Acquire) -> metered::quota::Denied {
+    match a {
+        Acquire::Denied(d) => d,
+        Acquire::Granted(g) => panic!("expected a denial, got {g:?}"),
+    }
+}
+
+pub async fn day_window_fills_then_denies_until_midnight<F: Future<Output = Store>>(make: F) {
+    let store = make.await;
+    let (k, now) = (key(), afternoon());
+    let limits = Limits::new(Some(5), None, None, 3).unwrap();
+    for _ in 0..5 {
+        let g = granted(store.acquire(&k, &limits, 1, now).await.unwrap());
+        store.release(&g, 1).await.unwrap();
+    }
+    let d = denied(store.acquire(&k, &limits, 1, now).await.unwrap());
+    assert_eq!(
+        d.retry_at,
+        Utc.with_ymd_and_hms(2026, 11, 23, 0, 0, 0).unwrap()
+    );
+    assert_eq!(
+        d.reason,
+        DenyReason::Window {
+            window: WindowKind::Day,
+            limit: 5,
+            used: 5
+        }
+    );
+    let state = store.state(&k, &limits, now).await.unwrap();
+    assert_eq!(state.used.get("d2026-11-22"), Some(&5));
+    assert_eq!(state.live_leases, 0);
+    // The next UTC day has its own budget.
+    let g = granted(store.acquire(&k, &limits, 1, d.retry_at).await.unwrap());
+    store.release(&g, 1).await.unwrap();
+    assert_eq!(
+        store
+            .state(&k, &limits, d.retry_at)
+            .await
+            .unwrap()
+            .used
+            .get("d2026-11-23"),
+        Some(&1)
+    );
+}
+
+pub async fn every_window_must_fit<F: Future<Output = Store>>(make: F) {
+    let store = make.await;
+    let (k, now) = (key(), afternoon());
+    let limits = Limits::new(Some(100), Some(3), Some(2), 3).unwrap();
+    for _ in 0..2 {
+        let g = granted(store.acquire(&k, &limits, 1, now).await.unwrap());
+        store.release(&g, 1).await.unwrap();
+    }
+    let d = denied(store.acquire(&k, &limits, 1, now).await.unwrap());
+    assert_eq!(d.retry_at, now + Duration::minutes(1));
+    assert!(
+        matches!(
+            d.reason,
+            DenyReason::Window {
+                window: WindowKind::Minute,
+                ..
+            }
+        ),
+        "{d:?}"
+    );
+    let later = now + Duration::minutes(1);
+    let g = granted(store.acquire(&k, &limits, 1, later).await.unwrap());
+    store.release(&g, 1).await.unwrap();
+    let d = denied(
+        store
+            .acquire(&k, &limits, 1, later + Duration::minutes(1))
+            .await
+            .unwrap(),
+    );
+    assert_eq!(
+        d.retry_at,
+        Utc.with_ymd_and_hms(2026, 11, 22, 15, 0, 0).unwrap()
+    );
+    assert!(
+        matches!(
+            d.reason,
+            DenyReason::Window {
+                window: WindowKind::Hour,
+                limit: 3,
+                used: 3
+            }
+        ),
+        "{d:?}"
+    );
+}
+
+pub async fn concurrency_cap_and_lease_expiry<F: Future<Output = Store>>(make: F) {
+    let store = make.await;
+    let (k, now) = (key(), afternoon());
+    let limits = Limits::new(Some(100), None, None, 2)
+        .unwrap()
+        .with_lease_ttl(10)
+        .unwrap();
+    let _a = granted(store.acquire(&k, &limits, 1, now).await.unwrap());
+    let _b = granted(store.acquire(&k, &limits, 1, now).await.unwrap());
+    let d = denied(store.acquire(&k, &limits, 1, now).await.unwrap());
+    assert_eq!(d.reason, DenyReason::Concurrency { max: 2 });
+    assert!(
+        d.retry_at > now && d.retry_at <= now + Duration::seconds(10),
+        "{d:?}"
+    );
+    assert_eq!(store.state(&k, &limits, now).await.unwrap().live_leases, 2);
+    // Both holders crashed: their leases expire and capacity returns.
+    let later = now + Duration::seconds(11);
+    assert_eq!(
+        store.state(&k, &limits, later).await.unwrap().live_leases,
+        0
+    );
+    let c = granted(store.acquire(&k, &limits, 1, later).await.unwrap());
+    let d2 = granted(store.acquire(&k, &limits, 1, later).await.unwrap());
+    denied(store.acquire(&k, &limits, 1, later).await.unwrap());
+    store.release(&c, 1).await.unwrap();
+    store.release(&d2, 1).await.unwrap();
+    // Spent calls stay spent even when the holder crashed.
+    assert_eq!(
+        store
+            .state(&k, &limits, later)
+            .await
+            .unwrap()
+            .used
+            .get("d2026-11-22"),
+        Some(&4)
+    );
+}
+
+pub async fn release_is_idempotent<F: Future<Output = Store>>(make: F) {
+    let store = make.await;
+    let (k, now) = (key(), afternoon());
+    let limits = Limits::new(Some(100), None, None, 1).unwrap();
+    let a = granted(store.acquire(&k, &limits, 2, now).await.unwrap());
+    store.release(&a, 1).await.unwrap();
+    store.release(&a, 0).await.unwrap();
+    store.release(&a, 0).await.unwrap();
+    let state = store.state(&k, &limits, now).await.unwrap();
+    assert_eq!(
+        state.used.get("d2026-11-22"),
+        Some(&1),
+        "refunded once only"
+    );
+    assert_eq!(state.live_leases, 0);
+    // A second release must not have freed a slot it did not hold.
+    let b = granted(store.acquire(&k, &limits, 1, now).await.unwrap());
+    denied(store.acquire(&k, &limits, 1, now).await.unwrap());
+    store.release(&b, 1).await.unwrap();
+}
+
+pub async fn renew_extends_a_lease<F: Future<Output = Store>>(make: F) {
+    let store = make.await;
+    let (k, now) = (key(), afternoon());
+    let limits = Limits::new(Some(100), None, None, 1)
+        .unwrap()
+        .with_lease_ttl(10)
+        .unwrap();
+    let a = granted(store.acquire(&k, &limits, 1, now).await.unwrap());
+    store.renew(&a, now + Duration::seconds(30)).await.unwrap();
+    // Past the original expiry the renewed lease still holds the slot.
+    let d = denied(
+        store
+            .acquire(&k, &limits, 1, now + Duration::seconds(15))
+            .await
+            .unwrap(),
+    );
+    assert_eq!(d.reason, DenyReason::Concurrency { max: 1 });
+    store.release(&a, 1).await.unwrap();
+    let err = store
+        .renew(&a, now + Duration::seconds(60))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, metered::Error::LeaseLost(_)), "{err}");
+}
+
+pub async fn block_until_denies_everyone<F: Future<Output = Store>>(make: F) {
+    let store = make.await;
+    let (k, now) = (key(), afternoon());
+    let limits = Limits::seed_example();
+    let until = now + Duration::seconds(120);
+    store.block_until(&k, until).await.unwrap();
+    store
+        .block_until(&k, now + Duration::seconds(5))
+        .await
+        .unwrap(); // never shortens
+    let d = denied(
+        store
+            .acquire(&k, &limits, 1, now + Duration::seconds(60))
+            .await
+            .unwrap(),
+    );
+    assert_eq!(
+        d,
+        metered::quota::Denied {
+            retry_at: until,
+            reason: DenyReason::Blocked
+        }
+    );
+    assert_eq!(
+        store.state(&k, &limits, now).await.unwrap().blocked_until,
+        Some(until)
+    );
+    assert!(
+        store.state(&k, &limits, now).await.unwrap().used.is_empty(),
+        "a blocked call spends nothing"
+    );
+    let g = granted(store.acquire(&k, &limits, 1, until).await.unwrap());
+    store.release(&g, 1).await.unwrap();
+    // Another budget is not blocked.
+    let g = granted(store.acquire(&key(), &limits, 1, now).await.unwrap());
+    store.release(&g, 1).await.unwrap();
+}
+
+pub async fn reservation_and_refund<F: Future<Output = Store>>(make: F) {
+    let store = make.await;
+    let (k, now) = (key(), afternoon());
+    let limits = Limits::new(Some(10), Some(10), None, 3).unwrap();
+    let r = granted(store.acquire(&k, &limits, 8, now).await.unwrap());
+    denied(store.acquire(&k, &limits, 3, now).await.unwrap());
+    store.release(&r, 3).await.unwrap(); // used 3 of 8: 5 come back
+    let state = store.state(&k, &limits, now).await.unwrap();
+    assert_eq!(state.used.get("d2026-11-22"), Some(&3));
+    assert_eq!(state.used.get("h2026-11-22T14"), Some(&3));
+    let r = granted(store.acquire(&k, &limits, 7, now).await.unwrap());
+    store.release(&r, 7).await.unwrap();
+    let d = denied(store.acquire(&k, &limits, 1, now).await.unwrap());
+    assert!(
+        matches!(d.reason, DenyReason::Window { used: 10, .. }),
+        "{d:?}"
+    );
+}
+
+pub async fn usage_is_summed_per_source<F: Future<Output = Store>>(make: F) {
+    let store = make.await;
+    let k = key();
+    let day = afternoon().date_naive();
+    let entry = |source: &str, endpoint: &str, exempt, calls| UsageEntry {
+        key: k.clone(),
+        day,
+        source: source.into(),
+        endpoint: endpoint.into(),
+        exempt,
+        calls,
+    };
+    store
+        .record_usage(&[entry(
+            "complete-transfer:invoices",
+            "GET /invoices",
+            false,
+            3,
+        )])
+        .await
+        .unwrap();
+    store
+        .record_usage(&[
+            entry("complete-transfer:invoices", "GET /invoices", false, 4),
+            entry("workflow:welcome", "POST /datasource", true, 2),
+        ])
+        .await
+        .unwrap();
+    let usage = store.usage(&k, day).await.unwrap();
+    assert_eq!(
+        usage,
+        vec![
+            entry("complete-transfer:invoices", "GET /invoices", false, 7),
+            entry("workflow:welcome", "POST /datasource", true, 2),
+        ]
+    );
+    assert!(store
+        .usage(&k, day.succ_opt().unwrap())
+        .await
+        .unwrap()
+        .is_empty());
+}
+
+/// 64 tasks share 100 calls a day and 3 concurrent: exactly 100 are granted,
+/// the test itself never sees more than 3 calls in flight, and every later
+/// acquire is denied until the next UTC midnight.
+pub async fn sixty_four_tasks_share_one_budget<F: Future<Output = Store>>(make: F) {
+    let store = make.await;
+    let (k, now) = (key(), afternoon());
+    let limits = Limits::new(Some(100), None, None, 3).unwrap();
+    let in_flight = Arc::new(AtomicUsize::new(0));
+    let max_seen = Arc::new(AtomicUsize::new(0));
+    let granted_total = Arc::new(AtomicU32::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..64 {
+        let (store, k, limits) = (store.clone(), k.clone(), limits.clone());
+        let (in_flight, max_seen, granted_total) =
+            (in_flight.clone(), max_seen.clone(), granted_total.clone());
+        tasks.push(tokio::spawn(async move {
+            loop {
+                match store.acquire(&k, &limits, 1, now).await.unwrap() {
+                    Acquire::Granted(g) => {
+                        let n = in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+                        max_seen.fetch_max(n, Ordering::SeqCst);
+                        granted_total.fetch_add(1, Ordering::SeqCst);
+                        tokio::task::yield_now().await; // the "call"
+                        in_flight.fetch_sub(1, Ordering::SeqCst);
+                        store.release(&g, 1).await.unwrap();
+                    }
+                    Acquire::Denied(d) => match d.reason {
+                        DenyReason::Concurrency { .. } => tokio::task::yield_now().await,
+                        DenyReason::Window { .. } => return d,
+                        DenyReason::Blocked => panic!("nobody blocked this budget"),
+                    },
+                }
+            }
+        }));
+    }
+    let midnight = Utc.with_ymd_and_hms(2026, 11, 23, 0, 0, 0).unwrap();
+    for t in tasks {
+        let d = t.await.unwrap();
+        assert_eq!(d.retry_at, midnight);
+    }
+    assert_eq!(granted_total.load(Ordering::SeqCst), 100);
+    let max = max_seen.load(Ordering::SeqCst);
+    assert!((1..=3).contains(&max), "saw {max} calls in flight at once");
+    let state = store.state(&k, &limits, now).await.unwrap();
+    assert_eq!(state.used.get("d2026-11-22"), Some(&100));
+    assert_eq!(state.live_leases, 0);
+}

@@ -1,0 +1,60 @@
+//! The same conformance suites on the AWS adapters, through the AWS SDK,
+//! against real protocol servers: Amazon's DynamoDB Local and ministack's
+//! SQS. `infra/test.sh` starts both; without them these tests fail.
+
+use metered::clock::{SharedClock, SystemClock};
+use metered::quota::dynamodb::DynamoQuota;
+use metered_tests::queue_suite::Fixture;
+use metered_tests::{dynamo_table, sqs_queue, suite_tests};
+use std::sync::Arc;
+
+async fn quota() -> metered_tests::quota_suite::Store {
+    Arc::new(DynamoQuota::new(dynamo_table().await))
+}
+
+async fn queue() -> Fixture {
+    let clock: SharedClock = Arc::new(SystemClock);
+    Fixture {
+        queue: Arc::new(sqs_queue(2).await),
+        clock,
+        // Real servers keep real time: the test waits (tests may sleep).
+        advance: Box::new(|secs| {
+            Box::pin(tokio::time::sleep(std::time::Duration::from_secs_f64(secs)))
+        }),
+        can_jump: false,
+    }
+}
+
+mod quota_on_dynamodb_local {
+    use super::*;
+    suite_tests!(
+        metered_tests::quota_suite,
+        quota(),
+        [
+            day_window_fills_then_denies_until_midnight,
+            every_window_must_fit,
+            concurrency_cap_and_lease_expiry,
+            release_is_idempotent,
+            renew_extends_a_lease,
+            block_until_denies_everyone,
+            reservation_and_refund,
+            usage_is_summed_per_source,
+            sixty_four_tasks_share_one_budget,
+        ]
+    );
+}
+
+mod queue_on_ministack_sqs {
+    use super::*;
+    suite_tests!(
+        metered_tests::queue_suite,
+        queue(),
+        [
+            denied_job_waits_its_delay,
+            long_wait_is_chained_through_not_before,
+            restart_cap_sends_to_dead_letters,
+            bad_messages_are_dead_lettered_and_neighbours_succeed,
+            redrive_after_max_receives,
+        ]
+    );
+}
