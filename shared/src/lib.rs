@@ -9,6 +9,9 @@
 //! - [`quota`] — the budget: windows, concurrency leases, blocks, usage.
 //!   Port [`quota::QuotaStore`], adapters `quota::dynamodb` and `quota::sqlite`,
 //!   facade [`quota::Quota`].
+//! - [`connector`] — third-party APIs: the [`connector::Connector`] port,
+//!   the declarative REST connector, secrets, and [`connector::Metered`]
+//!   (every call through the quota; 429 → shared block → restart).
 //! - [`job`] — the job envelope and a handler's [`job::Outcome`].
 //! - [`queue`] — the job-queue port, adapters `queue::sqs` and `queue::sqlite`.
 //! - [`runtime`] — outcome → queue operations: restarts with delay and
@@ -45,6 +48,7 @@
 //! ```
 
 pub mod clock;
+pub mod connector;
 pub mod dynamodb;
 pub mod error;
 pub mod job;

@@ -130,3 +130,60 @@ macro_rules! suite_tests {
         )*
     };
 }
+
+/// SDK config for the ministack endpoint (Secrets Manager, SSM).
+pub fn ministack_config() -> aws_config::SdkConfig {
+    sdk_config(endpoint("METERED_TEST_SQS_URL", "ministack"))
+}
+
+/// A running simulator and a connector for it with one org's key.
+pub struct SimFixture {
+    pub server: metered_sim::SimServer,
+    pub connector: std::sync::Arc<metered::connector::http::HttpConnector>,
+    pub config: std::sync::Arc<metered::connector::config::AppConfig>,
+    pub key: String,
+}
+
+impl SimFixture {
+    pub fn sim(&self) -> &metered_sim::Sim {
+        &self.server.sim
+    }
+}
+
+/// Starts a simulator on 127.0.0.1:0 and a connector pointed at it.
+pub async fn sim_fixture(config: metered_sim::SimConfig, clock: SharedClock) -> SimFixture {
+    sim_fixture_with(config, clock, |_| {}).await
+}
+
+/// Like [`sim_fixture`], editing the connector config first.
+pub async fn sim_fixture_with(
+    config: metered_sim::SimConfig,
+    clock: SharedClock,
+    edit: impl FnOnce(&mut metered::connector::config::AppConfig),
+) -> SimFixture {
+    use metered::connector::config::AppConfig;
+    let sim = metered_sim::Sim::new(config, clock.clone());
+    let server = metered_sim::serve(sim, "127.0.0.1:0".parse().unwrap())
+        .await
+        .expect("start simulator");
+    let mut app = AppConfig::parse(&metered_sim::app_config(&server.base_url()))
+        .expect("simulator app config");
+    edit(&mut app);
+    app.validate().expect("edited config is valid");
+    let app = std::sync::Arc::new(app);
+    let key = format!("org-key-{}", uuid::Uuid::new_v4().simple());
+    let client = metered::connector::http::http_client(&app.app.timeouts).expect("http client");
+    let connector = metered::connector::http::HttpConnector::new(
+        app.clone(),
+        client,
+        Some(metered::connector::secrets::Secret::new(key.clone())),
+        clock,
+    )
+    .expect("connector");
+    SimFixture {
+        server,
+        connector: std::sync::Arc::new(connector),
+        config: app,
+        key,
+    }
+}

@@ -1,0 +1,609 @@
+//! The declarative REST connector: one [`HttpConnector`] per app
+//! connection, on one pooled `reqwest` client per process (rustls, explicit
+//! connect and request timeouts).
+//!
+//! Responses are classified here and nowhere else:
+//! 2xx → records; 429, or 503 with `Retry-After` (seconds or HTTP date) or
+//! the configured reset header → [`ApiError::RateLimited`]; other 5xx,
+//! timeouts and broken connections → retryable; other 4xx, invalid JSON, a
+//! missing records array or a record without an id → permanent, naming the
+//! status, pointer and record type. Error texts are bounded and scrubbed of
+//! the credential.
+
+use super::config::{
+    AppConfig, AuthScheme, BulkStyle, Pagination, RecordTypeConfig, ResetFormat, TimeFormat,
+    Timeouts,
+};
+use super::secrets::Secret;
+use super::{ApiError, Connector, ListRequest, Page, PageCursor, Record, SendRequest};
+use crate::clock::{SharedClock, Timestamp};
+use crate::error::{Error, Result};
+use async_trait::async_trait;
+use chrono::{DateTime, Duration, Utc};
+use reqwest::header::HeaderMap;
+use reqwest::{Method, RequestBuilder, StatusCode, Url};
+use serde_json::Value;
+use std::sync::Arc;
+
+/// How much of an error body goes into an error message.
+const EXCERPT_CHARS: usize = 300;
+
+/// The one HTTP client of a process: pooled connections, rustls, timeouts.
+pub fn http_client(timeouts: &Timeouts) -> Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .connect_timeout(std::time::Duration::from_millis(timeouts.connect_ms))
+        .timeout(std::time::Duration::from_millis(timeouts.request_ms))
+        .pool_max_idle_per_host(16)
+        .user_agent(concat!("metered/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| Error::Config(format!("cannot build the HTTP client: {e}")))
+}
+
+#[derive(Debug, Clone)]
+pub struct HttpConnector {
+    config: Arc<AppConfig>,
+    base: Url,
+    client: reqwest::Client,
+    secret: Option<Secret>,
+    clock: SharedClock,
+}
+
+impl HttpConnector {
+    /// `secret` must be given when the config declares auth (resolve it
+    /// with [`super::secrets::resolve`] at cold start).
+    pub fn new(
+        config: Arc<AppConfig>,
+        client: reqwest::Client,
+        secret: Option<Secret>,
+        clock: SharedClock,
+    ) -> Result<Self> {
+        if config.app.auth.is_some() && secret.is_none() {
+            return Err(Error::Config(
+                "app.auth is configured but no credential was resolved".into(),
+            ));
+        }
+        let base = Url::parse(&config.app.base_url)
+            .map_err(|e| Error::Config(format!("app.base_url: {e}")))?;
+        Ok(Self {
+            config,
+            base,
+            client,
+            secret,
+            clock,
+        })
+    }
+
+    pub fn config(&self) -> &AppConfig {
+        &self.config
+    }
+
+    fn url(&self, path: &str) -> std::result::Result<Url, ApiError> {
+        let joined = format!("{}{}", self.config.app.base_url.trim_end_matches('/'), path);
+        Url::parse(&joined).map_err(|e| ApiError::Permanent(format!("bad URL for {path}: {e}")))
+    }
+
+    fn record_type(&self, name: &str) -> std::result::Result<&RecordTypeConfig, ApiError> {
+        self.config
+            .record_type(name)
+            .map_err(|e| ApiError::Permanent(e.to_string()))
+    }
+
+    fn scrub(&self, text: &str) -> String {
+        match &self.secret {
+            Some(s) => s.redact(text),
+            None => text.to_string(),
+        }
+    }
+
+    fn request(&self, method: Method, url: Url) -> RequestBuilder {
+        let req = self.client.request(method, url);
+        match (&self.config.app.auth, &self.secret) {
+            (Some(auth), Some(secret)) => match auth.scheme {
+                AuthScheme::Bearer => req.bearer_auth(secret.expose()),
+                AuthScheme::Header => req.header(
+                    auth.header.as_deref().unwrap_or("Authorization"),
+                    secret.expose(),
+                ),
+            },
+            _ => req,
+        }
+    }
+
+    /// Sends, reads the whole body, classifies. `Ok(None)` is a 404 when
+    /// `not_found_ok`.
+    async fn execute(
+        &self,
+        req: RequestBuilder,
+        what: &str,
+        not_found_ok: bool,
+    ) -> std::result::Result<Option<(HeaderMap, Value)>, ApiError> {
+        let response = req.send().await.map_err(|e| {
+            let kind = if e.is_timeout() {
+                "timed out"
+            } else if e.is_connect() {
+                "could not connect"
+            } else {
+                "failed in transit"
+            };
+            ApiError::Retryable(self.scrub(&format!("{what}: {kind} ({})", e.without_url())))
+        })?;
+        let status = response.status();
+        let headers = response.headers().clone();
+        let bytes = response.bytes().await.map_err(|e| {
+            ApiError::Retryable(self.scrub(&format!(
+                "{what}: response body cut short ({})",
+                e.without_url()
+            )))
+        })?;
+        if status == StatusCode::NOT_FOUND && not_found_ok {
+            return Ok(None);
+        }
+        let now = self.clock.now();
+        if status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::SERVICE_UNAVAILABLE {
+            let hinted = retry_at(&headers, now, &self.config.app.rate_limit);
+            if let Some(at) = hinted {
+                return Err(ApiError::RateLimited {
+                    status: status.as_u16(),
+                    retry_at: at.max(now),
+                });
+            }
+            if status == StatusCode::TOO_MANY_REQUESTS {
+                let at = now
+                    + Duration::seconds(i64::from(self.config.app.rate_limit.default_backoff_secs));
+                return Err(ApiError::RateLimited {
+                    status: 429,
+                    retry_at: at,
+                });
+            }
+        }
+        if !status.is_success() {
+            let excerpt: String = String::from_utf8_lossy(&bytes)
+                .chars()
+                .take(EXCERPT_CHARS)
+                .collect();
+            let msg = self.scrub(&format!(
+                "{what}: HTTP {} — {}",
+                status.as_u16(),
+                excerpt.trim()
+            ));
+            return Err(if status.is_server_error() {
+                ApiError::Retryable(msg)
+            } else {
+                ApiError::Permanent(msg)
+            });
+        }
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Ok(Some((headers, Value::Null)));
+        }
+        let body: Value = serde_json::from_slice(&bytes).map_err(|e| {
+            ApiError::Permanent(format!("{what}: response is not valid JSON ({e})"))
+        })?;
+        Ok(Some((headers, body)))
+    }
+}
+
+/// When a rate-limited response says to come back: `Retry-After` in seconds
+/// or as an HTTP date, else the configured reset header.
+pub fn retry_at(
+    headers: &HeaderMap,
+    now: Timestamp,
+    cfg: &super::config::RateLimitConfig,
+) -> Option<Timestamp> {
+    if let Some(v) = headers
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+    {
+        let v = v.trim();
+        if let Ok(secs) = v.parse::<u64>() {
+            return Some(now + Duration::seconds(secs.min(86_400 * 7) as i64));
+        }
+        if let Ok(at) = DateTime::parse_from_rfc2822(v) {
+            return Some(at.with_timezone(&Utc));
+        }
+    }
+    let name = cfg.reset_header.as_deref()?;
+    let v: i64 = headers.get(name)?.to_str().ok()?.trim().parse().ok()?;
+    match cfg.reset_format {
+        ResetFormat::UnixSeconds => DateTime::from_timestamp(v, 0),
+        ResetFormat::Seconds => Some(now + Duration::seconds(v.clamp(0, 86_400 * 7))),
+    }
+}
+
+/// The `rel="next"` target of an RFC 8288 `Link` header.
+pub fn link_next(header: &str) -> Option<String> {
+    let mut rest = header;
+    while let Some(start) = rest.find('<') {
+        let after = &rest[start + 1..];
+        let end = after.find('>')?;
+        let target = &after[..end];
+        let params_end = after[end..].find('<').map_or(after.len(), |i| end + i);
+        let params = &after[end + 1..params_end];
+        let is_next = params.split(';').any(|p| {
+            let p = p.trim().trim_end_matches(',').trim();
+            p.strip_prefix("rel=")
+                .map(|v| {
+                    v.trim_matches('"')
+                        .split_whitespace()
+                        .any(|r| r.eq_ignore_ascii_case("next"))
+                })
+                .unwrap_or(false)
+        });
+        if is_next {
+            return Some(target.to_string());
+        }
+        rest = &after[params_end..];
+    }
+    None
+}
+
+fn format_time(t: Timestamp, f: TimeFormat) -> String {
+    match f {
+        TimeFormat::Rfc3339 => t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        TimeFormat::UnixSeconds => t.timestamp().to_string(),
+        TimeFormat::UnixMillis => t.timestamp_millis().to_string(),
+    }
+}
+
+fn parse_time(v: &Value, f: TimeFormat) -> Option<Timestamp> {
+    match (v, f) {
+        (Value::String(s), _) => DateTime::parse_from_rfc3339(s)
+            .ok()
+            .map(|t| t.with_timezone(&Utc))
+            .or_else(|| {
+                s.parse::<i64>()
+                    .ok()
+                    .and_then(|n| parse_time(&Value::from(n), f))
+            }),
+        (Value::Number(n), TimeFormat::UnixMillis) => {
+            n.as_i64().and_then(DateTime::from_timestamp_millis)
+        }
+        (Value::Number(n), _) => n.as_i64().and_then(|s| DateTime::from_timestamp(s, 0)),
+        _ => None,
+    }
+}
+
+/// A JSON scalar id as a string (numbers are common ids).
+fn id_string(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) if !s.is_empty() => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+/// Reads the records of a response, naming the pointer and record type
+/// when the response does not hold what the config says.
+pub fn extract_records(
+    name: &str,
+    rt: &RecordTypeConfig,
+    body: &Value,
+) -> std::result::Result<Vec<Record>, ApiError> {
+    extract_at(name, rt, &rt.records_pointer, body)
+}
+
+fn extract_at(
+    name: &str,
+    rt: &RecordTypeConfig,
+    pointer: &str,
+    body: &Value,
+) -> std::result::Result<Vec<Record>, ApiError> {
+    let found = if pointer.is_empty() {
+        Some(body)
+    } else {
+        body.pointer(pointer)
+    };
+    let items: Vec<&Value> = match found {
+        Some(Value::Array(items)) => items.iter().collect(),
+        Some(obj @ Value::Object(_)) => vec![obj],
+        _ => {
+            return Err(ApiError::Permanent(format!(
+                "record type `{name}`: no records array at {pointer:?} in the response"
+            )))
+        }
+    };
+    items
+        .into_iter()
+        .enumerate()
+        .map(|(i, item)| {
+            let id = item
+                .pointer(&rt.id_pointer)
+                .and_then(id_string)
+                .ok_or_else(|| {
+                    ApiError::Permanent(format!(
+                        "record type `{name}`: record #{i} has no id at {:?}",
+                        rt.id_pointer
+                    ))
+                })?;
+            let updated_at = rt
+                .updated_at_pointer
+                .as_deref()
+                .and_then(|p| item.pointer(p))
+                .and_then(|v| parse_time(v, rt.time_format));
+            Ok(Record {
+                id,
+                updated_at,
+                data: item.clone(),
+            })
+        })
+        .collect()
+}
+
+#[async_trait]
+impl Connector for HttpConnector {
+    fn list_endpoint(&self, record_type: &str) -> String {
+        self.config.record_types.get(record_type).map_or_else(
+            || format!("GET ?{record_type}"),
+            |rt| format!("GET {}", rt.list_path),
+        )
+    }
+
+    fn lookup_endpoint(&self, record_type: &str) -> String {
+        match self.config.record_types.get(record_type) {
+            Some(rt) => match (&rt.bulk, &rt.get_path) {
+                (Some(b), _) => format!("GET {}", b.path.as_deref().unwrap_or(&rt.list_path)),
+                (None, Some(get)) => format!("GET {get}"),
+                (None, None) => format!("GET ?{record_type}"),
+            },
+            None => format!("GET ?{record_type}"),
+        }
+    }
+
+    fn max_ids_per_call(&self, record_type: &str) -> usize {
+        match self.config.record_types.get(record_type) {
+            Some(RecordTypeConfig { bulk: Some(b), .. }) => b.max_ids as usize,
+            _ => 1,
+        }
+    }
+
+    fn is_exempt(&self, endpoint: &str) -> bool {
+        self.config.is_exempt(endpoint)
+    }
+
+    async fn list(&self, req: &ListRequest) -> std::result::Result<Page, ApiError> {
+        let rt = self.record_type(&req.record_type)?;
+        let size = rt.effective_page_size();
+        let what = format!("list `{}`", req.record_type);
+        let mut url = match &req.cursor {
+            Some(PageCursor::Url(next)) => {
+                let u = Url::parse(next).map_err(|e| {
+                    ApiError::Permanent(format!("{what}: bad next link {next:?}: {e}"))
+                })?;
+                // Never send the credential to a host the config did not name.
+                if u.host_str() != self.base.host_str()
+                    || u.port_or_known_default() != self.base.port_or_known_default()
+                {
+                    return Err(ApiError::Permanent(format!(
+                        "{what}: next link points to another host ({})",
+                        u.host_str().unwrap_or("?")
+                    )));
+                }
+                u
+            }
+            _ => self.url(&rt.list_path)?,
+        };
+        if !matches!(req.cursor, Some(PageCursor::Url(_))) {
+            let mut q = url.query_pairs_mut();
+            if let Some(p) = &rt.page_size_param {
+                q.append_pair(p, &size.to_string());
+            }
+            if let (Some(p), Some(t)) = (&rt.modified_since_param, req.modified_since) {
+                q.append_pair(p, &format_time(t, rt.time_format));
+            }
+            if let (Some(p), Some(t)) = (&rt.modified_until_param, req.modified_until) {
+                q.append_pair(p, &format_time(t, rt.time_format));
+            }
+            match (&rt.pagination, &req.cursor) {
+                (Pagination::Cursor { param, .. }, Some(PageCursor::Cursor(c))) => {
+                    q.append_pair(param, c);
+                }
+                (Pagination::Page { param, first }, cursor) => {
+                    let page = match cursor {
+                        Some(PageCursor::Page(p)) => *p,
+                        _ => *first,
+                    };
+                    q.append_pair(param, &page.to_string());
+                }
+                (Pagination::Offset { param }, cursor) => {
+                    let offset = match cursor {
+                        Some(PageCursor::Offset(o)) => *o,
+                        _ => 0,
+                    };
+                    q.append_pair(param, &offset.to_string());
+                }
+                _ => {}
+            }
+        }
+        if url.query() == Some("") {
+            url.set_query(None);
+        }
+        let request_url = url.clone();
+        let (headers, body) = self
+            .execute(self.request(Method::GET, url), &what, false)
+            .await?
+            .unwrap_or_else(|| (HeaderMap::new(), Value::Null));
+        let records = extract_records(&req.record_type, rt, &body)?;
+        let full = records.len() as u64 >= u64::from(size);
+        let next = match &rt.pagination {
+            Pagination::Cursor {
+                next_pointer: Some(p),
+                ..
+            } => body.pointer(p).and_then(id_string).map(PageCursor::Cursor),
+            Pagination::Cursor {
+                next_header: Some(h),
+                ..
+            } => headers
+                .get(h.as_str())
+                .and_then(|v| v.to_str().ok())
+                .filter(|v| !v.is_empty())
+                .map(|v| PageCursor::Cursor(v.to_string())),
+            Pagination::Cursor { .. } => None,
+            Pagination::Page { first, .. } => full.then(|| {
+                let current = match &req.cursor {
+                    Some(PageCursor::Page(p)) => *p,
+                    _ => *first,
+                };
+                PageCursor::Page(current + 1)
+            }),
+            Pagination::Offset { .. } => full.then(|| {
+                let current = match &req.cursor {
+                    Some(PageCursor::Offset(o)) => *o,
+                    _ => 0,
+                };
+                PageCursor::Offset(current + records.len() as u64)
+            }),
+            Pagination::LinkHeader => headers
+                .get_all(reqwest::header::LINK)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .find_map(link_next)
+                // RFC 8288 targets may be relative to the request.
+                .and_then(|target| request_url.join(&target).ok())
+                .map(|u| PageCursor::Url(u.to_string())),
+            Pagination::None => None,
+        };
+        Ok(Page { records, next })
+    }
+
+    async fn lookup(
+        &self,
+        record_type: &str,
+        ids: &[String],
+    ) -> std::result::Result<Vec<Record>, ApiError> {
+        let rt = self.record_type(record_type)?;
+        let what = format!("lookup `{record_type}`");
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        if let Some(bulk) = &rt.bulk {
+            let mut url = self.url(bulk.path.as_deref().unwrap_or(&rt.list_path))?;
+            {
+                let mut q = url.query_pairs_mut();
+                match bulk.style {
+                    BulkStyle::Joined => {
+                        q.append_pair(
+                            &bulk.param,
+                            &ids.join(bulk.separator.as_deref().unwrap_or(",")),
+                        );
+                    }
+                    BulkStyle::Repeated => {
+                        for id in ids {
+                            q.append_pair(&bulk.param, id);
+                        }
+                    }
+                }
+                if let Some(p) = &rt.page_size_param {
+                    q.append_pair(p, &rt.max_page_size.max(ids.len() as u32).to_string());
+                }
+            }
+            let (_, body) = self
+                .execute(self.request(Method::GET, url), &what, false)
+                .await?
+                .unwrap_or_else(|| (HeaderMap::new(), Value::Null));
+            return extract_records(record_type, rt, &body);
+        }
+        let Some(get) = &rt.get_path else {
+            return Err(ApiError::Permanent(format!(
+                "record type `{record_type}` has neither get_path nor bulk lookup configured"
+            )));
+        };
+        if ids.len() > 1 {
+            return Err(ApiError::Permanent(format!(
+                "record type `{record_type}` looks up one id per call; got {}",
+                ids.len()
+            )));
+        }
+        let encoded: String = url_encode(&ids[0]);
+        let url = self.url(&get.replace("{id}", &encoded))?;
+        match self
+            .execute(self.request(Method::GET, url), &what, true)
+            .await?
+        {
+            None => Ok(Vec::new()),
+            Some((_, body)) => extract_at(
+                record_type,
+                rt,
+                rt.get_pointer.as_deref().unwrap_or(&rt.records_pointer),
+                &body,
+            ),
+        }
+    }
+
+    async fn send(&self, req: &SendRequest) -> std::result::Result<Value, ApiError> {
+        let method = Method::from_bytes(req.method.as_bytes())
+            .map_err(|_| ApiError::Permanent(format!("bad HTTP method {:?}", req.method)))?;
+        let what = format!("{} {}", req.method, req.path);
+        let mut builder = self.request(method, self.url(&req.path)?);
+        if let Some(key) = &req.idempotency_key {
+            builder = builder.header("Idempotency-Key", key);
+        }
+        if let Some(body) = &req.body {
+            builder = builder.json(body);
+        }
+        Ok(self
+            .execute(builder, &what, false)
+            .await?
+            .map(|(_, b)| b)
+            .unwrap_or(Value::Null))
+    }
+}
+
+/// Percent-encodes an id for a path segment.
+fn url_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn link_header_next() {
+        let h = r#"<https://api.example.com/items?page=2>; rel="next", <https://api.example.com/items?page=9>; rel="last""#;
+        assert_eq!(
+            link_next(h).as_deref(),
+            Some("https://api.example.com/items?page=2")
+        );
+        let h = r#"<https://a/x?p=1>; rel="prev", <https://a/x?p=3,4>; rel="next""#;
+        assert_eq!(link_next(h).as_deref(), Some("https://a/x?p=3,4"));
+        assert_eq!(link_next(r#"<https://a/x>; rel="last""#), None);
+        assert_eq!(link_next("garbage"), None);
+    }
+
+    #[test]
+    fn retry_after_in_both_forms() {
+        let now = DateTime::parse_from_rfc3339("2026-11-22T14:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let cfg = super::super::config::RateLimitConfig::default();
+        let mut h = HeaderMap::new();
+        h.insert("retry-after", "120".parse().unwrap());
+        assert_eq!(retry_at(&h, now, &cfg), Some(now + Duration::seconds(120)));
+        h.insert(
+            "retry-after",
+            "Sun, 22 Nov 2026 14:05:00 GMT".parse().unwrap(),
+        );
+        assert_eq!(retry_at(&h, now, &cfg), Some(now + Duration::minutes(5)));
+        let cfg = super::super::config::RateLimitConfig {
+            reset_header: Some("X-RateLimit-Reset".into()),
+            ..Default::default()
+        };
+        let mut h = HeaderMap::new();
+        h.insert(
+            "x-ratelimit-reset",
+            (now.timestamp() + 30).to_string().parse().unwrap(),
+        );
+        assert_eq!(retry_at(&h, now, &cfg), Some(now + Duration::seconds(30)));
+    }
+
+    #[test]
+    fn encodes_ids() {
+        assert_eq!(url_encode("a b/c"), "a%20b%2Fc");
+    }
+}

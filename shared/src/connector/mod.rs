@@ -1,0 +1,244 @@
+//! Third-party APIs: a port ([`Connector`]) whose every method is exactly one
+//! API call, a declarative REST implementation ([`http::HttpConnector`])
+//! driven by [`config::AppConfig`], and [`Metered`], which puts every call
+//! through the quota (acquire → call → release) and turns the API's own
+//! "slow down" into a shared block and a restart.
+
+pub mod config;
+pub mod http;
+pub mod secrets;
+
+use crate::clock::Timestamp;
+use crate::job::{Outcome, Restart};
+use crate::quota::{Admission, Call, Denied, Limits, Quota, QuotaKey};
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::fmt;
+use std::sync::Arc;
+
+/// One record as the API returned it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Record {
+    pub id: String,
+    pub updated_at: Option<Timestamp>,
+    pub data: Value,
+}
+
+/// Where the next page starts; travels in checkpoints.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", content = "at", rename_all = "snake_case")]
+pub enum PageCursor {
+    Cursor(String),
+    Page(u64),
+    Offset(u64),
+    /// A full URL from a `Link: rel="next"` header.
+    Url(String),
+}
+
+/// One list call.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ListRequest {
+    pub record_type: String,
+    /// `None` for the first page.
+    pub cursor: Option<PageCursor>,
+    pub modified_since: Option<Timestamp>,
+    pub modified_until: Option<Timestamp>,
+}
+
+/// One page of records and where the next one starts (`None`: last page).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Page {
+    pub records: Vec<Record>,
+    pub next: Option<PageCursor>,
+}
+
+/// A write to the API (workflow actions).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SendRequest {
+    pub method: String,
+    /// Relative to the app's base URL.
+    pub path: String,
+    pub body: Option<Value>,
+    /// Sent as `Idempotency-Key`, so a retried action is not performed twice.
+    pub idempotency_key: Option<String>,
+}
+
+/// How one API call failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ApiError {
+    /// 429, or 503 with `Retry-After`, or the configured reset header: the
+    /// API's own counter says stop until `retry_at`.
+    #[error("rate limited by the API (HTTP {status}) until {retry_at}")]
+    RateLimited { status: u16, retry_at: Timestamp },
+    /// 5xx, timeouts, connection resets: a later attempt may succeed.
+    #[error("{0}")]
+    Retryable(String),
+    /// Other 4xx, unreadable responses, bad records: will fail again.
+    #[error("{0}")]
+    Permanent(String),
+}
+
+/// The port: each method makes exactly one API call, so the quota can count
+/// calls by counting method calls. Code-defined connectors implement it where
+/// config cannot describe an API.
+#[async_trait]
+pub trait Connector: Send + Sync {
+    /// The endpoint a list call hits, `METHOD /path`, for usage reports.
+    fn list_endpoint(&self, record_type: &str) -> String;
+    /// The endpoint a lookup of `ids` hits.
+    fn lookup_endpoint(&self, record_type: &str) -> String;
+    /// Most ids one lookup call takes (1 when the API has no bulk lookup).
+    fn max_ids_per_call(&self, record_type: &str) -> usize;
+    async fn list(&self, req: &ListRequest) -> Result<Page, ApiError>;
+    /// Looks up at most [`Connector::max_ids_per_call`] ids in one call.
+    async fn lookup(&self, record_type: &str, ids: &[String]) -> Result<Vec<Record>, ApiError>;
+    async fn send(&self, req: &SendRequest) -> Result<Value, ApiError>;
+    /// Whether calls to `endpoint` are exempt from the budget.
+    fn is_exempt(&self, _endpoint: &str) -> bool {
+        false
+    }
+}
+
+/// Why a metered call did not produce a result.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum CallError {
+    /// Our quota refused before any call was made.
+    #[error("quota denied: {}", .0.reason)]
+    Denied(Denied),
+    /// The API refused; every handler of the org is blocked until `retry_at`.
+    #[error("rate limited by the API until {retry_at}")]
+    RateLimited { retry_at: Timestamp },
+    #[error("retryable: {0}")]
+    Retryable(String),
+    #[error("permanent: {0}")]
+    Permanent(String),
+}
+
+impl CallError {
+    /// What a handler returns: denials and rate limits restart from
+    /// `checkpoint` at the moment capacity returns.
+    pub fn into_outcome(self, checkpoint: Option<Value>) -> Outcome {
+        match self {
+            CallError::Denied(d) => Outcome::denied(&d, checkpoint),
+            CallError::RateLimited { retry_at } => Outcome::Restart(Restart {
+                at: retry_at,
+                reason: "rate limited by the API (Retry-After)".into(),
+                checkpoint,
+            }),
+            CallError::Retryable(m) => Outcome::Retry(m),
+            CallError::Permanent(m) => Outcome::Fail(m),
+        }
+    }
+}
+
+impl From<crate::Error> for CallError {
+    fn from(e: crate::Error) -> Self {
+        if e.is_retryable() {
+            CallError::Retryable(e.to_string())
+        } else {
+            CallError::Permanent(e.to_string())
+        }
+    }
+}
+
+/// A connector whose every call goes through the quota of one org/app.
+#[derive(Clone)]
+pub struct Metered {
+    connector: Arc<dyn Connector>,
+    quota: Quota,
+    key: QuotaKey,
+    limits: Limits,
+    /// The sync or workflow spending the calls, for usage reports.
+    source: String,
+}
+
+impl fmt::Debug for Metered {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Metered")
+            .field("key", &self.key)
+            .field("source", &self.source)
+            .finish()
+    }
+}
+
+impl Metered {
+    pub fn new(
+        connector: Arc<dyn Connector>,
+        quota: Quota,
+        key: QuotaKey,
+        limits: Limits,
+        source: impl Into<String>,
+    ) -> Self {
+        Self {
+            connector,
+            quota,
+            key,
+            limits,
+            source: source.into(),
+        }
+    }
+
+    pub fn connector(&self) -> &Arc<dyn Connector> {
+        &self.connector
+    }
+
+    pub fn quota(&self) -> &Quota {
+        &self.quota
+    }
+
+    /// acquire → call → release, with 429s turned into a shared block.
+    async fn metered<T, F>(&self, endpoint: String, call: F) -> Result<T, CallError>
+    where
+        F: std::future::Future<Output = Result<T, ApiError>>,
+    {
+        let mut spec = Call::new(self.source.clone(), endpoint.clone());
+        if self.connector.is_exempt(&endpoint) {
+            spec = spec.exempt();
+        }
+        let permit = match self.quota.acquire(&self.key, &self.limits, spec).await? {
+            Admission::Granted(p) => p,
+            Admission::Denied(d) => return Err(CallError::Denied(d)),
+        };
+        let result = call.await;
+        // A call that reached the API counts even when it failed.
+        self.quota.release(permit, 1).await?;
+        match result {
+            Ok(v) => Ok(v),
+            Err(ApiError::RateLimited { retry_at, .. }) => {
+                self.quota.block_until(&self.key, retry_at).await?;
+                Err(CallError::RateLimited { retry_at })
+            }
+            Err(ApiError::Retryable(m)) => Err(CallError::Retryable(m)),
+            Err(ApiError::Permanent(m)) => Err(CallError::Permanent(m)),
+        }
+    }
+
+    pub async fn list(&self, req: &ListRequest) -> Result<Page, CallError> {
+        let endpoint = self.connector.list_endpoint(&req.record_type);
+        self.metered(endpoint, self.connector.list(req)).await
+    }
+
+    /// One lookup call; `ids` must fit [`Connector::max_ids_per_call`].
+    pub async fn lookup(
+        &self,
+        record_type: &str,
+        ids: &[String],
+    ) -> Result<Vec<Record>, CallError> {
+        let max = self.connector.max_ids_per_call(record_type);
+        if ids.len() > max {
+            return Err(CallError::Permanent(format!(
+                "{} ids in one lookup of `{record_type}`; the API takes at most {max}",
+                ids.len()
+            )));
+        }
+        let endpoint = self.connector.lookup_endpoint(record_type);
+        self.metered(endpoint, self.connector.lookup(record_type, ids))
+            .await
+    }
+
+    pub async fn send(&self, req: &SendRequest) -> Result<Value, CallError> {
+        let endpoint = format!("{} {}", req.method, req.path);
+        self.metered(endpoint, self.connector.send(req)).await
+    }
+}

@@ -1,0 +1,116 @@
+//! # metered-sim
+//!
+//! A real HTTP server standing in for a limited third-party app, as the seeds
+//! describe one: record types with foreign keys (customers; classes;
+//! invoices → customers; check-ins → customers and classes) generated
+//! deterministically from a seed and a size; list endpoints in four
+//! pagination styles (cursor, link header, page number, offset) with
+//! modified-since filters; get-by-id; bulk-by-ids; create with
+//! `Idempotency-Key`; a Data Source rows endpoint taking inserts and deletes
+//! in one call.
+//!
+//! Limits: a daily call budget per organization key (2,500 by default,
+//! resetting at UTC midnight on the injected clock) and a soft limit of 3
+//! concurrent requests per key, both answered with 429 and `Retry-After`.
+//!
+//! [`Sim`] is the handle tests hold: counters ([`Sim::stats`]), faults on
+//! demand ([`Sim::faults`]), and changes to the data over time
+//! ([`Sim::modify`], [`Sim::insert`]). This is a simulator: it may sleep to
+//! add latency.
+
+mod data;
+mod server;
+
+pub use data::Dataset;
+pub use server::{serve, Faults, RetryAfterStyle, SimServer, Stats};
+
+use metered::clock::SharedClock;
+use std::sync::Arc;
+
+/// The connector config for this API (`app.toml`), pointed at `base_url`.
+pub fn app_config(base_url: &str) -> String {
+    include_str!("../app.toml").replace("http://127.0.0.1:9/", base_url)
+}
+
+/// Shape and limits of a simulated app.
+#[derive(Debug, Clone)]
+pub struct SimConfig {
+    pub seed: u64,
+    pub customers: usize,
+    pub classes: usize,
+    pub invoices: usize,
+    pub checkins: usize,
+    /// Calls a key may make per UTC day.
+    pub daily_budget: u64,
+    /// Soft limit on concurrent requests per key.
+    pub max_concurrent: usize,
+    /// Larger page-size requests are clamped to this.
+    pub max_page_size: usize,
+    /// Most ids a bulk lookup takes.
+    pub max_bulk_ids: usize,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        Self {
+            seed: 7,
+            customers: 500,
+            classes: 20,
+            invoices: 2_000,
+            checkins: 1_000,
+            daily_budget: 2_500,
+            max_concurrent: 3,
+            max_page_size: 200,
+            max_bulk_ids: 50,
+        }
+    }
+}
+
+/// The simulated app's state, shared by the server and the tests.
+#[derive(Clone)]
+pub struct Sim {
+    pub(crate) inner: Arc<server::State>,
+}
+
+impl Sim {
+    pub fn new(config: SimConfig, clock: SharedClock) -> Self {
+        Self {
+            inner: Arc::new(server::State::new(config, clock)),
+        }
+    }
+
+    /// Counters since start (or the last [`Sim::reset_stats`]).
+    pub fn stats(&self) -> Stats {
+        self.inner.stats()
+    }
+
+    pub fn reset_stats(&self) {
+        self.inner.reset_stats();
+    }
+
+    /// Faults to inject into the next responses.
+    pub fn faults(&self) -> std::sync::MutexGuard<'_, Faults> {
+        self.inner.faults.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Changes `n` records of `record_type` now (bumps `updated_at` and a
+    /// `version` field), the oldest-updated first; returns their ids.
+    pub fn modify(&self, record_type: &str, n: usize) -> Vec<String> {
+        self.inner.modify(record_type, n)
+    }
+
+    /// Adds `n` new records of `record_type` now; returns their ids.
+    pub fn insert(&self, record_type: &str, n: usize) -> Vec<String> {
+        self.inner.insert(record_type, n)
+    }
+
+    /// The current records of a type (what a complete transfer should find).
+    pub fn records(&self, record_type: &str) -> Vec<serde_json::Value> {
+        self.inner.records(record_type)
+    }
+
+    /// Rows of a Data Source, as pushed by actions.
+    pub fn datasource_rows(&self, name: &str) -> Vec<serde_json::Value> {
+        self.inner.datasource_rows(name)
+    }
+}
