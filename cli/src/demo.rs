@@ -176,7 +176,7 @@ pub async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
                 Settled::Restarted { reason, .. } => {
                     *restarts.entry(reason.clone()).or_default() += 1
                 }
-                Settled::DeadLettered { .. } => {}
+                Settled::DeadLettered { .. } | Settled::Skipped { .. } => {}
                 Settled::Retry { .. } => retries += 1,
             }
         }

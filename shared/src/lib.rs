@@ -17,6 +17,8 @@
 //! - [`runtime`] — outcome → queue operations: restarts with delay and
 //!   jitter, `not_before`, the restart cap, dead letters, partial batch
 //!   responses for SQS-triggered Lambdas.
+//! - [`store`] — synced records with content hashes, and sync state
+//!   (high-water marks, leases); adapters `store::dynamodb`, `store::sqlite`.
 //! - [`sqlite`], [`dynamodb`] — the database handles the adapters share.
 //! - [`error`] — one error type that says retryable or permanent.
 //!
@@ -55,6 +57,9 @@ pub mod job;
 pub mod queue;
 pub mod quota;
 pub mod runtime;
+pub mod services;
 pub mod sqlite;
+pub mod store;
+pub mod sync;
 
 pub use error::{Error, Result};

@@ -72,6 +72,37 @@ pub trait JobHandler: Send + Sync {
     async fn handle(&self, job: &JobEnvelope, ctx: &JobContext) -> Outcome;
 }
 
+/// What the job ledger says about a delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Claim {
+    /// Nobody works on this generation: go ahead.
+    Granted,
+    /// Another delivery of the same generation is being worked on now.
+    InProgress,
+    /// This generation already finished.
+    AlreadyDone,
+    /// A newer generation of the job exists: this copy is stale.
+    Stale,
+}
+
+/// Job id → latest generation, so a duplicate delivery (SQS is
+/// at-least-once; a crash after a re-send but before the ack leaves two
+/// copies) is dropped without doing its work twice. A claim expires, so the
+/// redelivery of a crashed invocation still runs.
+#[async_trait]
+pub trait JobLedger: Send + Sync {
+    async fn claim(
+        &self,
+        job_id: &str,
+        generation: u32,
+        now: Timestamp,
+        until: Timestamp,
+    ) -> crate::error::Result<Claim>;
+    /// `done`: the generation finished (or was re-sent as the next one);
+    /// otherwise the claim is released so a redelivery may run at once.
+    async fn settle(&self, job_id: &str, generation: u32, done: bool) -> crate::error::Result<()>;
+}
+
 /// What became of one message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Settled {
@@ -83,6 +114,8 @@ pub enum Settled {
     DeadLettered { reason: String },
     /// Leave it for redelivery (transient failure, or a send that failed).
     Retry { reason: String },
+    /// A duplicate or stale copy, dropped without work.
+    Skipped { reason: String },
 }
 
 impl Settled {
@@ -98,6 +131,9 @@ pub struct JobRuntime {
     pub queue: Arc<dyn JobQueue>,
     pub clock: SharedClock,
     pub policy: RestartPolicy,
+    pub ledger: Option<Arc<dyn JobLedger>>,
+    /// How long a delivery's claim lasts (at least the handler's timeout).
+    pub claim_ttl: chrono::Duration,
 }
 
 impl JobRuntime {
@@ -106,7 +142,15 @@ impl JobRuntime {
             queue,
             clock,
             policy,
+            ledger: None,
+            claim_ttl: chrono::Duration::minutes(15),
         }
+    }
+
+    /// Drops duplicate deliveries through `ledger`.
+    pub fn with_ledger(mut self, ledger: Arc<dyn JobLedger>) -> Self {
+        self.ledger = Some(ledger);
+        self
     }
 
     /// Decides the fate of one message body. Never panics on bad input.
@@ -140,15 +184,40 @@ impl JobRuntime {
                 .resend(&next, delay, "waiting for not_before".into())
                 .await;
         }
-        match handler.handle(&job, ctx).await {
+        if let Some(ledger) = &self.ledger {
+            match ledger
+                .claim(&job.id, job.generation, now, now + self.claim_ttl)
+                .await
+            {
+                Ok(Claim::Granted) => {}
+                Ok(other) => {
+                    let reason = format!("duplicate delivery dropped ({other:?})");
+                    tracing::info!(%reason);
+                    return Settled::Skipped { reason };
+                }
+                Err(e) => {
+                    return Settled::Retry {
+                        reason: format!("job ledger: {e}"),
+                    }
+                }
+            }
+        }
+        let settled = match handler.handle(&job, ctx).await {
             Outcome::Done => Settled::Done,
             Outcome::Retry(reason) => {
                 tracing::warn!(%reason, "job failed, will be redelivered");
                 Settled::Retry { reason }
             }
             Outcome::Fail(reason) => self.dead_letter(&job.to_body(), reason).await,
-            Outcome::Restart(restart) => self.restart(job, restart, now).await,
+            Outcome::Restart(restart) => self.restart(job.clone(), restart, now).await,
+        };
+        if let Some(ledger) = &self.ledger {
+            if let Err(e) = ledger.settle(&job.id, job.generation, settled.ack()).await {
+                // The claim expires by itself; a redelivery then runs.
+                tracing::warn!(error = %e, "could not settle the job ledger");
+            }
         }
+        settled
     }
 
     async fn restart(&self, job: JobEnvelope, restart: Restart, now: Timestamp) -> Settled {

@@ -44,6 +44,21 @@ CREATE TABLE IF NOT EXISTS job_queue (
     PRIMARY KEY (queue, message_id)
 );
 CREATE INDEX IF NOT EXISTS job_queue_visible ON job_queue (queue, visible_at);
+CREATE TABLE IF NOT EXISTS records (
+    org TEXT NOT NULL, app TEXT NOT NULL, record_type TEXT NOT NULL, id TEXT NOT NULL,
+    hash TEXT NOT NULL, data TEXT,
+    first_seen INTEGER NOT NULL, last_synced INTEGER, last_looked_up INTEGER,
+    PRIMARY KEY (org, app, record_type, id)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS sync_state (
+    org TEXT NOT NULL, app TEXT NOT NULL, sync TEXT NOT NULL,
+    high_water INTEGER, last_started INTEGER, last_completed INTEGER, last_pages INTEGER,
+    running_job TEXT, lease_until INTEGER,
+    PRIMARY KEY (org, app, sync)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS job_ledger (
+    job_id TEXT PRIMARY KEY, generation INTEGER NOT NULL, done INTEGER NOT NULL, claimed_until INTEGER NOT NULL
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS dead_letter (
     queue TEXT NOT NULL, message_id TEXT NOT NULL,
     body TEXT NOT NULL, reason TEXT NOT NULL, failed_at INTEGER NOT NULL,

@@ -99,6 +99,11 @@ impl Sim {
         self.inner.modify(record_type, n)
     }
 
+    /// Changes the given records now.
+    pub fn modify_ids(&self, record_type: &str, ids: &[String]) {
+        self.inner.modify_ids(record_type, ids)
+    }
+
     /// Adds `n` new records of `record_type` now; returns their ids.
     pub fn insert(&self, record_type: &str, n: usize) -> Vec<String> {
         self.inner.insert(record_type, n)

@@ -150,6 +150,18 @@ impl State {
         ids
     }
 
+    pub(crate) fn modify_ids(&self, record_type: &str, ids: &[String]) {
+        let mut data = lock(&self.data);
+        if let Some(records) = data.types.get_mut(record_type) {
+            for r in records
+                .iter_mut()
+                .filter(|r| ids.iter().any(|id| r["id"] == id.as_str()))
+            {
+                self.touch(r);
+            }
+        }
+    }
+
     pub(crate) fn insert(&self, record_type: &str, n: usize) -> Vec<String> {
         let mut data = lock(&self.data);
         let mut rng = lock(&self.rng);
@@ -381,7 +393,14 @@ async fn handle(
     }
     let path = uri.path().trim_matches('/').to_string();
     let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
-    let endpoint = route(&method, &segments);
+    let mut endpoint = route(&method, &segments);
+    let by_ids = uri.query().is_some_and(|q| {
+        q.split('&')
+            .any(|p| p.starts_with("ids=") || p.starts_with("id="))
+    });
+    if method == Method::GET && segments.len() == 1 && by_ids {
+        endpoint.push_str(" (by ids)");
+    }
     {
         let mut stats = lock(&state.stats);
         *stats.calls_by_endpoint.entry(endpoint.clone()).or_default() += 1;

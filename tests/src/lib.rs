@@ -7,6 +7,7 @@
 
 pub mod queue_suite;
 pub mod quota_suite;
+pub mod sync_world;
 
 use aws_credential_types::Credentials;
 use aws_sdk_dynamodb::config::{BehaviorVersion, Region};

@@ -222,7 +222,7 @@ async fn bulk_lookups_split_at_the_maximum_ids_per_call() {
     }
     assert_eq!(found.len(), 120);
     assert_eq!(
-        fx.sim().stats().calls("GET /customers"),
+        fx.sim().stats().calls("GET /customers (by ids)"),
         3,
         "ceil(120 / 50)"
     );

@@ -15,6 +15,12 @@ pub struct AppConfig {
     pub app: AppSection,
     #[serde(default)]
     pub record_types: BTreeMap<String, RecordTypeConfig>,
+    /// Organizations connected to the app.
+    #[serde(default)]
+    pub connections: Vec<crate::sync::settings::ConnectionConfig>,
+    /// Sync controls per record type.
+    #[serde(default)]
+    pub syncs: BTreeMap<String, crate::sync::settings::SyncConfig>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -423,7 +429,95 @@ impl AppConfig {
                 }
             }
         }
+        self.validate_syncs()
+    }
+
+    fn validate_syncs(&self) -> Result<()> {
+        let bad = |field: String, msg: String| Err(Error::Config(format!("{field}: {msg}")));
+        let mut orgs = std::collections::BTreeSet::new();
+        for (i, c) in self.connections.iter().enumerate() {
+            if c.org.trim().is_empty() {
+                return bad(format!("connections[{i}].org"), "must not be empty".into());
+            }
+            if !orgs.insert(&c.org) {
+                return bad(
+                    format!("connections[{i}].org"),
+                    format!("`{}` is listed twice", c.org),
+                );
+            }
+            if let Some(l) = &c.limits {
+                l.validate().map_err(|e| {
+                    Error::Config(format!(
+                        "connections[{i}].{}",
+                        e.to_string().trim_start_matches("invalid configuration: ")
+                    ))
+                })?;
+            }
+            if c.secret.is_some() && self.app.auth.is_none() {
+                return bad(
+                    format!("connections[{i}].secret"),
+                    "set [app.auth] to say how the secret is sent".into(),
+                );
+            }
+        }
+        for (name, sync) in &self.syncs {
+            let f = |field: &str| format!("syncs.{name}.{field}");
+            let Some(rt) = self.record_types.get(name) else {
+                return bad(
+                    format!("syncs.{name}"),
+                    format!(
+                        "no record type `{name}`; declared: {}",
+                        self.record_types
+                            .keys()
+                            .cloned()
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                );
+            };
+            if let Some(t) = &sync.complete_transfer {
+                if t.every.is_zero() {
+                    return bad(
+                        f("complete_transfer.every"),
+                        "must be longer than 0s".into(),
+                    );
+                }
+            }
+            if let Some(r) = &sync.recent {
+                if r.every.is_zero() {
+                    return bad(f("recent.every"), "must be longer than 0s".into());
+                }
+                if rt.modified_since_param.is_none() {
+                    return bad(f("recent"), format!("record_types.{name}.modified_since_param is needed for recent record lookups"));
+                }
+            }
+            let pk = &sync.pk_lookup;
+            if pk.enabled {
+                if rt.get_path.is_none() && rt.bulk.is_none() {
+                    return bad(
+                        f("pk_lookup"),
+                        format!(
+                            "record_types.{name} needs get_path or bulk to look records up by key"
+                        ),
+                    );
+                }
+                let api_max = rt.bulk.as_ref().map_or(1, |b| b.max_ids);
+                if let Some(k) = pk.max_keys_per_call {
+                    if k == 0 || k > api_max {
+                        return bad(
+                            f("pk_lookup.max_keys_per_call"),
+                            format!("{k} must be between 1 and the API's maximum ({api_max})"),
+                        );
+                    }
+                }
+            }
+        }
         Ok(())
+    }
+
+    /// The sync controls of a record type (defaults when none are set).
+    pub fn sync(&self, record_type: &str) -> crate::sync::settings::SyncConfig {
+        self.syncs.get(record_type).cloned().unwrap_or_default()
     }
 
     /// Whether calls to `endpoint` (`METHOD /path`) are exempt from the budget.

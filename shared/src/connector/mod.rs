@@ -241,4 +241,111 @@ impl Metered {
         let endpoint = format!("{} {}", req.method, req.path);
         self.metered(endpoint, self.connector.send(req)).await
     }
+
+    /// Reserves up to `calls` calls to `endpoint` in one quota round trip
+    /// (a transfer with a known page count). When a window has less room,
+    /// takes what is left; when it has none, says when it frees. Give the
+    /// unused part back with [`Reservation::finish`].
+    pub async fn reserve(&self, endpoint: &str, calls: u32) -> Result<Reservation<'_>, CallError> {
+        let mut spec = Call::new(self.source.clone(), endpoint).reserve(calls.max(1));
+        if self.connector.is_exempt(endpoint) {
+            spec = spec.exempt();
+        }
+        let mut admission = self
+            .quota
+            .acquire(&self.key, &self.limits, spec.clone())
+            .await?;
+        if let Admission::Denied(Denied {
+            reason: crate::quota::DenyReason::Window { limit, used, .. },
+            ..
+        }) = &admission
+        {
+            let room = u64::from(*limit).saturating_sub(*used);
+            if room >= 1 && room < u64::from(spec.cost) {
+                admission = self
+                    .quota
+                    .acquire(&self.key, &self.limits, spec.reserve(room as u32))
+                    .await?;
+            }
+        }
+        match admission {
+            Admission::Granted(permit) => Ok(Reservation {
+                metered: self,
+                granted: permit.cost(),
+                permit: Some(permit),
+                used: 0,
+            }),
+            Admission::Denied(d) => Err(CallError::Denied(d)),
+        }
+    }
+}
+
+/// Calls paid for in advance by [`Metered::reserve`].
+#[derive(Debug)]
+pub struct Reservation<'a> {
+    metered: &'a Metered,
+    permit: Option<crate::quota::Permit>,
+    granted: u32,
+    used: u32,
+}
+
+impl Reservation<'_> {
+    pub fn remaining(&self) -> u32 {
+        self.granted - self.used
+    }
+
+    /// Spends one reserved call. Renews the lease when it runs short, so a
+    /// long run of calls never loses its concurrency slot.
+    async fn spend<T, F>(&mut self, call: F) -> Result<T, CallError>
+    where
+        F: std::future::Future<Output = Result<T, ApiError>>,
+    {
+        if self.remaining() == 0 {
+            return Err(CallError::Permanent("reservation spent".into()));
+        }
+        if let Some(grant) = self.permit.as_ref().and_then(|p| p.grant()) {
+            let left = grant.expires_at - self.metered.quota.clock().now();
+            if left < chrono::Duration::seconds(30) {
+                let ttl = self.metered.limits.lease_ttl();
+                if let Some(p) = &self.permit {
+                    self.metered.quota.renew(p, ttl).await?;
+                }
+            }
+        }
+        self.used += 1;
+        match call.await {
+            Ok(v) => Ok(v),
+            Err(ApiError::RateLimited { retry_at, .. }) => {
+                self.metered
+                    .quota
+                    .block_until(&self.metered.key, retry_at)
+                    .await?;
+                Err(CallError::RateLimited { retry_at })
+            }
+            Err(ApiError::Retryable(m)) => Err(CallError::Retryable(m)),
+            Err(ApiError::Permanent(m)) => Err(CallError::Permanent(m)),
+        }
+    }
+
+    pub async fn list(&mut self, req: &ListRequest) -> Result<Page, CallError> {
+        let connector = self.metered.connector.clone();
+        self.spend(connector.list(req)).await
+    }
+
+    pub async fn lookup(
+        &mut self,
+        record_type: &str,
+        ids: &[String],
+    ) -> Result<Vec<Record>, CallError> {
+        let connector = self.metered.connector.clone();
+        self.spend(connector.lookup(record_type, ids)).await
+    }
+
+    /// Releases the lease and refunds the calls not made.
+    pub async fn finish(mut self) -> Result<(), CallError> {
+        if let Some(permit) = self.permit.take() {
+            self.metered.quota.release(permit, self.used).await?;
+        }
+        Ok(())
+    }
 }

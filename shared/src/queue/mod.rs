@@ -56,3 +56,43 @@ pub trait JobQueue: Send + Sync {
     /// Reads up to `max` messages of the dead-letter queue (reports, tests).
     async fn dead_letters(&self, max: u32) -> Result<Vec<DeadLetter>>;
 }
+
+/// Routes jobs to the queue of their kind (one queue per handler).
+#[derive(Clone, Default)]
+pub struct Queues {
+    by_kind: std::collections::BTreeMap<crate::job::JobKind, std::sync::Arc<dyn JobQueue>>,
+}
+
+impl std::fmt::Debug for Queues {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(self.by_kind.iter().map(|(k, q)| (k, q.name())))
+            .finish()
+    }
+}
+
+impl Queues {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn with(mut self, kind: crate::job::JobKind, queue: std::sync::Arc<dyn JobQueue>) -> Self {
+        self.by_kind.insert(kind, queue);
+        self
+    }
+
+    /// The queue of `kind`; a missing one is a configuration error.
+    pub fn get(&self, kind: crate::job::JobKind) -> Result<&std::sync::Arc<dyn JobQueue>> {
+        self.by_kind.get(&kind).ok_or_else(|| {
+            crate::Error::Config(format!("no queue is configured for `{kind}` jobs"))
+        })
+    }
+
+    pub fn kinds(&self) -> impl Iterator<Item = crate::job::JobKind> + '_ {
+        self.by_kind.keys().copied()
+    }
+
+    pub async fn send(&self, job: &JobEnvelope, delay_secs: u32) -> Result<()> {
+        self.get(job.kind)?.send(job, delay_secs).await
+    }
+}

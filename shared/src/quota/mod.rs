@@ -390,7 +390,7 @@ pub trait QuotaStore: Send + Sync {
 }
 
 /// One call (or reservation of several) a handler wants to make.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Call {
     pub cost: u32,
     /// The sync or workflow spending it, for the usage report.

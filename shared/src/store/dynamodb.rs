@@ -1,0 +1,566 @@
+//! Record store on DynamoDB.
+//!
+//! | item | pk | sk | attributes |
+//! |---|---|---|---|
+//! | record | `rec#{org}#{app}#{type}` | id | `hash`, `data` (JSON), `first_seen`, `last_synced`, `last_looked_up` (epoch ms) |
+//! | sync state | `sync#{org}#{app}` | sync name | `high_water`, `last_started`, `last_completed`, `last_pages`, `running_job`, `lease_until` |
+//!
+//! A page is written with `BatchGetItem` (old hashes, 100 ids a call) then
+//! `BatchWriteItem` (25 a call), not one conditional write per record: a
+//! page of 200 costs 2 + 8 requests instead of 200. Two syncs writing the
+//! same record at the same instant may both report it changed; follow-up
+//! work is idempotent, so that costs a duplicate trigger, never a loss.
+
+use super::{
+    content_hash, Change, ChangeKind, PageDiff, RecordStore, StoredRecord, SyncFinish, SyncState,
+};
+use crate::clock::{from_millis, to_millis, Timestamp};
+use crate::connector::Record;
+use crate::dynamodb::{key_part, sdk_error, Table};
+use crate::error::{Error, Result};
+use crate::quota::QuotaKey;
+use async_trait::async_trait;
+use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
+use aws_sdk_dynamodb::types::{
+    AttributeValue, KeysAndAttributes, PutRequest, Select, WriteRequest,
+};
+use std::collections::HashMap;
+
+type Item = HashMap<String, AttributeValue>;
+/// Immediate re-tries of unprocessed batch items before the caller retries.
+const BATCH_ROUNDS: usize = 8;
+
+#[derive(Debug, Clone)]
+pub struct DynamoStore {
+    table: Table,
+}
+
+impl DynamoStore {
+    pub fn new(table: Table) -> Self {
+        Self { table }
+    }
+}
+
+fn rec_pk(key: &QuotaKey, record_type: &str) -> String {
+    format!(
+        "rec#{}#{}#{}",
+        key_part(&key.org),
+        key_part(&key.app),
+        key_part(record_type)
+    )
+}
+
+fn sync_pk(key: &QuotaKey) -> String {
+    format!("sync#{}#{}", key_part(&key.org), key_part(&key.app))
+}
+
+fn s(v: impl Into<String>) -> AttributeValue {
+    AttributeValue::S(v.into())
+}
+
+fn n(v: i64) -> AttributeValue {
+    AttributeValue::N(v.to_string())
+}
+
+fn get_n(item: &Item, k: &str) -> Option<i64> {
+    item.get(k)
+        .and_then(|v| v.as_n().ok())
+        .and_then(|v| v.parse().ok())
+}
+
+fn get_s<'a>(item: &'a Item, k: &str) -> Option<&'a String> {
+    item.get(k).and_then(|v| v.as_s().ok())
+}
+
+fn to_stored(item: &Item) -> Option<StoredRecord> {
+    Some(StoredRecord {
+        id: get_s(item, "sk")?.clone(),
+        hash: get_s(item, "hash").cloned().unwrap_or_default(),
+        data: get_s(item, "data").and_then(|d| serde_json::from_str(d).ok()),
+        first_seen: get_n(item, "first_seen").map(from_millis)?,
+        last_synced: get_n(item, "last_synced").map(from_millis),
+        last_looked_up: get_n(item, "last_looked_up").map(from_millis),
+    })
+}
+
+fn is_ccf(
+    e: &aws_sdk_dynamodb::error::SdkError<
+        UpdateItemError,
+        aws_sdk_dynamodb::config::http::HttpResponse,
+    >,
+) -> bool {
+    matches!(
+        e.as_service_error(),
+        Some(UpdateItemError::ConditionalCheckFailedException(_))
+    )
+}
+
+impl DynamoStore {
+    async fn batch_get(&self, pk: &str, ids: &[String]) -> Result<Vec<Item>> {
+        let mut out = Vec::new();
+        let mut unique: Vec<&String> = ids.iter().collect();
+        unique.sort();
+        unique.dedup();
+        for chunk in unique.chunks(100) {
+            let mut keys = KeysAndAttributes::builder().consistent_read(true);
+            for id in chunk {
+                keys = keys.keys(HashMap::from([
+                    ("pk".to_string(), s(pk)),
+                    ("sk".to_string(), s(id.as_str())),
+                ]));
+            }
+            let mut request = Some(
+                keys.build()
+                    .map_err(|e| Error::store("records get", e, false))?,
+            );
+            for _ in 0..BATCH_ROUNDS {
+                let Some(req) = request.take() else { break };
+                let resp = self
+                    .table
+                    .client
+                    .batch_get_item()
+                    .request_items(&self.table.name, req)
+                    .send()
+                    .await
+                    .map_err(|e| sdk_error("records get", e))?;
+                if let Some(items) = resp.responses.and_then(|mut r| r.remove(&self.table.name)) {
+                    out.extend(items);
+                }
+                request = resp
+                    .unprocessed_keys
+                    .and_then(|mut u| u.remove(&self.table.name))
+                    .filter(|k| !k.keys.is_empty());
+            }
+            if request.is_some() {
+                return Err(Error::store(
+                    "records get",
+                    "DynamoDB left keys unprocessed (throttled)",
+                    true,
+                ));
+            }
+        }
+        Ok(out)
+    }
+
+    async fn batch_put(&self, items: Vec<Item>) -> Result<()> {
+        for chunk in items.chunks(25) {
+            let mut writes: Vec<WriteRequest> = chunk
+                .iter()
+                .map(|item| {
+                    PutRequest::builder()
+                        .set_item(Some(item.clone()))
+                        .build()
+                        .map(|p| WriteRequest::builder().put_request(p).build())
+                        .map_err(|e| Error::store("records write", e, false))
+                })
+                .collect::<Result<_>>()?;
+            for _ in 0..BATCH_ROUNDS {
+                if writes.is_empty() {
+                    break;
+                }
+                let resp = self
+                    .table
+                    .client
+                    .batch_write_item()
+                    .request_items(&self.table.name, std::mem::take(&mut writes))
+                    .send()
+                    .await
+                    .map_err(|e| sdk_error("records write", e))?;
+                writes = resp
+                    .unprocessed_items
+                    .and_then(|mut u| u.remove(&self.table.name))
+                    .unwrap_or_default();
+            }
+            if !writes.is_empty() {
+                return Err(Error::store(
+                    "records write",
+                    "DynamoDB left writes unprocessed (throttled)",
+                    true,
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl RecordStore for DynamoStore {
+    async fn diff(
+        &self,
+        key: &QuotaKey,
+        record_type: &str,
+        records: &[Record],
+    ) -> Result<PageDiff> {
+        let pk = rec_pk(key, record_type);
+        let ids: Vec<String> = records.iter().map(|r| r.id.clone()).collect();
+        let old: HashMap<String, Item> = self
+            .batch_get(&pk, &ids)
+            .await?
+            .into_iter()
+            .filter_map(|i| get_s(&i, "sk").cloned().map(|id| (id, i)))
+            .collect();
+        let mut diff = PageDiff::default();
+        for record in records {
+            let hash = content_hash(&record.data);
+            let prev = old.get(&record.id);
+            let kind = match prev {
+                None => Some(ChangeKind::Created),
+                Some(p) if !p.contains_key("data") => Some(ChangeKind::Created),
+                Some(p) if get_s(p, "hash") != Some(&hash) => Some(ChangeKind::Updated),
+                Some(_) => None,
+            };
+            if let Some(p) = prev {
+                if let Some(first) = get_n(p, "first_seen") {
+                    diff.prior.insert(
+                        record.id.clone(),
+                        (
+                            from_millis(first),
+                            get_n(p, "last_looked_up").map(from_millis),
+                        ),
+                    );
+                }
+            }
+            if let Some(kind) = kind {
+                diff.changes.push(Change {
+                    kind,
+                    record: record.clone(),
+                    hash: hash.clone(),
+                });
+            }
+            diff.records.push((record.clone(), hash));
+        }
+        Ok(diff)
+    }
+
+    async fn commit(
+        &self,
+        key: &QuotaKey,
+        record_type: &str,
+        diff: &PageDiff,
+        now: Timestamp,
+    ) -> Result<()> {
+        let pk = rec_pk(key, record_type);
+        // One put per id (a page may repeat a record).
+        let mut puts: HashMap<&str, Item> = HashMap::new();
+        for (record, hash) in &diff.records {
+            let prior = diff.prior.get(&record.id);
+            let mut item: Item = HashMap::from([
+                ("pk".into(), s(pk.clone())),
+                ("sk".into(), s(record.id.clone())),
+                ("hash".into(), s(hash.clone())),
+                ("data".into(), s(record.data.to_string())),
+                (
+                    "first_seen".into(),
+                    n(prior.map_or(to_millis(now), |p| to_millis(p.0))),
+                ),
+                ("last_synced".into(), n(to_millis(now))),
+            ]);
+            if let Some(t) = prior.and_then(|p| p.1) {
+                item.insert("last_looked_up".into(), n(to_millis(t)));
+            }
+            puts.insert(&record.id, item);
+        }
+        self.batch_put(puts.into_values().collect()).await
+    }
+
+    async fn get(
+        &self,
+        key: &QuotaKey,
+        record_type: &str,
+        ids: &[String],
+    ) -> Result<Vec<StoredRecord>> {
+        let items = self.batch_get(&rec_pk(key, record_type), ids).await?;
+        Ok(items.iter().filter_map(to_stored).collect())
+    }
+
+    async fn claim_lookups(
+        &self,
+        key: &QuotaKey,
+        record_type: &str,
+        ids: &[String],
+        now: Timestamp,
+        min_interval: chrono::Duration,
+    ) -> Result<Vec<String>> {
+        let pk = rec_pk(key, record_type);
+        let cutoff = to_millis(now - min_interval);
+        let mut unique: Vec<&String> = ids.iter().collect();
+        unique.sort();
+        unique.dedup();
+        let mut claimed = Vec::new();
+        for chunk in unique.chunks(16) {
+            let attempts = chunk.iter().map(|id| {
+                self.table
+                    .client
+                    .update_item()
+                    .table_name(&self.table.name)
+                    .key("pk", s(pk.clone()))
+                    .key("sk", s(id.as_str()))
+                    .update_expression("SET last_looked_up = :now, first_seen = if_not_exists(first_seen, :now), #h = if_not_exists(#h, :empty)")
+                    .condition_expression("attribute_not_exists(last_looked_up) OR last_looked_up <= :cutoff")
+                    .expression_attribute_names("#h", "hash")
+                    .expression_attribute_values(":now", n(to_millis(now)))
+                    .expression_attribute_values(":cutoff", n(cutoff))
+                    .expression_attribute_values(":empty", s(""))
+                    .send()
+            });
+            for (id, result) in chunk.iter().zip(futures::future::join_all(attempts).await) {
+                match result {
+                    Ok(_) => claimed.push((*id).clone()),
+                    Err(e) if is_ccf(&e) => {}
+                    Err(e) => return Err(sdk_error("records claim", e)),
+                }
+            }
+        }
+        Ok(claimed)
+    }
+
+    async fn list(
+        &self,
+        key: &QuotaKey,
+        record_type: &str,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<StoredRecord>> {
+        let mut out = Vec::new();
+        let mut start: Option<Item> = None;
+        loop {
+            let mut q = self
+                .table
+                .client
+                .query()
+                .table_name(&self.table.name)
+                .expression_attribute_values(":pk", s(rec_pk(key, record_type)))
+                .limit((limit as usize - out.len()).clamp(1, 1000) as i32)
+                .consistent_read(true)
+                .set_exclusive_start_key(start.take());
+            // DynamoDB refuses an empty key value, so "from the start" is no bound.
+            q = match after {
+                Some(a) if !a.is_empty() => q
+                    .key_condition_expression("pk = :pk AND sk > :after")
+                    .expression_attribute_values(":after", s(a)),
+                _ => q.key_condition_expression("pk = :pk"),
+            };
+            let resp = q.send().await.map_err(|e| sdk_error("records list", e))?;
+            out.extend(resp.items().iter().filter_map(to_stored));
+            match resp.last_evaluated_key {
+                Some(k) if out.len() < limit as usize => start = Some(k),
+                _ => return Ok(out),
+            }
+        }
+    }
+
+    async fn count(&self, key: &QuotaKey, record_type: &str) -> Result<u64> {
+        let mut total = 0u64;
+        let mut pages = self
+            .table
+            .client
+            .query()
+            .table_name(&self.table.name)
+            .key_condition_expression("pk = :pk")
+            .filter_expression("attribute_exists(#d)")
+            .expression_attribute_names("#d", "data")
+            .expression_attribute_values(":pk", s(rec_pk(key, record_type)))
+            .select(Select::Count)
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            total += page
+                .map_err(|e| sdk_error("records count", e))?
+                .count()
+                .max(0) as u64;
+        }
+        Ok(total)
+    }
+
+    async fn sync_state(&self, key: &QuotaKey, sync: &str) -> Result<SyncState> {
+        let out = self
+            .table
+            .client
+            .get_item()
+            .table_name(&self.table.name)
+            .key("pk", s(sync_pk(key)))
+            .key("sk", s(sync))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| sdk_error("sync state", e))?;
+        let Some(item) = out.item() else {
+            return Ok(SyncState::default());
+        };
+        Ok(SyncState {
+            high_water: get_n(item, "high_water").map(from_millis),
+            last_started: get_n(item, "last_started").map(from_millis),
+            last_completed: get_n(item, "last_completed").map(from_millis),
+            last_pages: get_n(item, "last_pages").map(|p| p.max(0) as u64),
+            running_job: get_s(item, "running_job").cloned(),
+            lease_until: get_n(item, "lease_until").map(from_millis),
+        })
+    }
+
+    async fn take_sync_lease(
+        &self,
+        key: &QuotaKey,
+        sync: &str,
+        job_id: &str,
+        now: Timestamp,
+        until: Timestamp,
+        starting: bool,
+    ) -> Result<bool> {
+        let mut update = "SET running_job = :job, lease_until = :until".to_string();
+        if starting {
+            update.push_str(", last_started = :now");
+        }
+        let result = self
+            .table
+            .client
+            .update_item()
+            .table_name(&self.table.name)
+            .key("pk", s(sync_pk(key)))
+            .key("sk", s(sync))
+            .update_expression(update)
+            .condition_expression(
+                "attribute_not_exists(running_job) OR running_job = :job OR lease_until <= :now",
+            )
+            .expression_attribute_values(":job", s(job_id))
+            .expression_attribute_values(":until", n(to_millis(until)))
+            .expression_attribute_values(":now", n(to_millis(now)))
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(true),
+            Err(e) if is_ccf(&e) => Ok(false),
+            Err(e) => Err(sdk_error("sync lease", e)),
+        }
+    }
+
+    async fn finish_sync(
+        &self,
+        key: &QuotaKey,
+        sync: &str,
+        job_id: &str,
+        update: SyncFinish,
+    ) -> Result<bool> {
+        let mut sets = Vec::new();
+        let mut req = self
+            .table
+            .client
+            .update_item()
+            .table_name(&self.table.name)
+            .key("pk", s(sync_pk(key)))
+            .key("sk", s(sync))
+            .condition_expression("running_job = :job")
+            .expression_attribute_values(":job", s(job_id));
+        if let Some(t) = update.completed_at {
+            sets.push("last_completed = :done");
+            req = req.expression_attribute_values(":done", n(to_millis(t)));
+        }
+        if let Some(t) = update.high_water {
+            sets.push("high_water = :hw");
+            req = req.expression_attribute_values(":hw", n(to_millis(t)));
+        }
+        if let Some(p) = update.pages {
+            sets.push("last_pages = :pages");
+            req = req.expression_attribute_values(":pages", n(p as i64));
+        }
+        let mut expr = "REMOVE running_job, lease_until".to_string();
+        if !sets.is_empty() {
+            expr = format!("SET {} {expr}", sets.join(", "));
+        }
+        match req.update_expression(expr).send().await {
+            Ok(_) => Ok(true),
+            Err(e) if is_ccf(&e) => Ok(false),
+            Err(e) => Err(sdk_error("sync finish", e)),
+        }
+    }
+}
+
+/// Ledger items live a week (TTL), far longer than any job's redelivery.
+const LEDGER_TTL_DAYS: i64 = 7;
+
+#[async_trait]
+impl crate::runtime::JobLedger for DynamoStore {
+    async fn claim(
+        &self,
+        job_id: &str,
+        generation: u32,
+        now: Timestamp,
+        until: Timestamp,
+    ) -> Result<crate::runtime::Claim> {
+        use crate::runtime::Claim;
+        let result = self
+            .table
+            .client
+            .update_item()
+            .table_name(&self.table.name)
+            .key("pk", s(format!("job#{}", key_part(job_id))))
+            .key("sk", s("ledger"))
+            .update_expression("SET generation = :g, done = :no, claimed_until = :until, #ttl = :ttl")
+            .condition_expression(
+                "attribute_not_exists(generation) OR generation < :g OR (generation = :g AND done = :no AND claimed_until <= :now)",
+            )
+            .expression_attribute_names("#ttl", "ttl")
+            .expression_attribute_values(":g", n(i64::from(generation)))
+            .expression_attribute_values(":no", AttributeValue::Bool(false))
+            .expression_attribute_values(":until", n(to_millis(until)))
+            .expression_attribute_values(":now", n(to_millis(now)))
+            .expression_attribute_values(":ttl", n((now + chrono::Duration::days(LEDGER_TTL_DAYS)).timestamp()))
+            .return_values_on_condition_check_failure(aws_sdk_dynamodb::types::ReturnValuesOnConditionCheckFailure::AllOld)
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(Claim::Granted),
+            Err(e) => match e.as_service_error() {
+                Some(UpdateItemError::ConditionalCheckFailedException(c)) => {
+                    let old = c.item().cloned().unwrap_or_default();
+                    let g = get_n(&old, "generation").unwrap_or(0);
+                    let done = old
+                        .get("done")
+                        .and_then(|v| v.as_bool().ok())
+                        .copied()
+                        .unwrap_or(false);
+                    Ok(if g > i64::from(generation) {
+                        Claim::Stale
+                    } else if done {
+                        Claim::AlreadyDone
+                    } else {
+                        Claim::InProgress
+                    })
+                }
+                _ => Err(sdk_error("ledger claim", e)),
+            },
+        }
+    }
+
+    async fn settle(&self, job_id: &str, generation: u32, done: bool) -> Result<()> {
+        let update = if done {
+            "SET done = :yes"
+        } else {
+            "SET claimed_until = :zero"
+        };
+        let result = self
+            .table
+            .client
+            .update_item()
+            .table_name(&self.table.name)
+            .key("pk", s(format!("job#{}", key_part(job_id))))
+            .key("sk", s("ledger"))
+            .update_expression(update)
+            .condition_expression("generation = :g")
+            .expression_attribute_values(":g", n(i64::from(generation)))
+            .expression_attribute_values(
+                if done { ":yes" } else { ":zero" },
+                if done {
+                    AttributeValue::Bool(true)
+                } else {
+                    n(0)
+                },
+            )
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(e) if is_ccf(&e) => Ok(()),
+            Err(e) => Err(sdk_error("ledger settle", e)),
+        }
+    }
+}

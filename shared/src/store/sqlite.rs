@@ -1,0 +1,349 @@
+//! Record store on embedded SQLite: one transaction per page of records.
+
+use super::{
+    content_hash, Change, ChangeKind, PageDiff, RecordStore, StoredRecord, SyncFinish, SyncState,
+};
+use crate::clock::{from_millis, to_millis, Timestamp};
+use crate::connector::Record;
+use crate::error::Result;
+use crate::quota::QuotaKey;
+use crate::sqlite::Db;
+use async_trait::async_trait;
+use rusqlite::{params, OptionalExtension, TransactionBehavior};
+
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    db: Db,
+}
+
+impl SqliteStore {
+    pub fn new(db: Db) -> Self {
+        Self { db }
+    }
+}
+
+fn row_to_stored(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredRecord> {
+    let data: Option<String> = r.get(2)?;
+    Ok(StoredRecord {
+        id: r.get(0)?,
+        hash: r.get(1)?,
+        data: data.and_then(|d| serde_json::from_str(&d).ok()),
+        first_seen: from_millis(r.get(3)?),
+        last_synced: r.get::<_, Option<i64>>(4)?.map(from_millis),
+        last_looked_up: r.get::<_, Option<i64>>(5)?.map(from_millis),
+    })
+}
+
+const COLUMNS: &str = "id, hash, data, first_seen, last_synced, last_looked_up";
+
+#[async_trait]
+impl RecordStore for SqliteStore {
+    async fn diff(
+        &self,
+        key: &QuotaKey,
+        record_type: &str,
+        records: &[Record],
+    ) -> Result<PageDiff> {
+        let (key, rt, records) = (key.clone(), record_type.to_string(), records.to_vec());
+        self.db
+            .call("records diff", move |conn| {
+                let mut diff = PageDiff::default();
+                let mut stmt = conn.prepare_cached(
+                    "SELECT hash, data IS NOT NULL FROM records WHERE org = ?1 AND app = ?2 AND record_type = ?3 AND id = ?4",
+                )?;
+                for record in records {
+                    let hash = content_hash(&record.data);
+                    let existing: Option<(String, bool)> =
+                        stmt.query_row(params![key.org, key.app, rt, record.id], |r| Ok((r.get(0)?, r.get(1)?))).optional()?;
+                    let kind = match &existing {
+                        None | Some((_, false)) => Some(ChangeKind::Created),
+                        Some((old, true)) if *old != hash => Some(ChangeKind::Updated),
+                        Some(_) => None,
+                    };
+                    if let Some(kind) = kind {
+                        diff.changes.push(Change { kind, record: record.clone(), hash: hash.clone() });
+                    }
+                    diff.records.push((record, hash));
+                }
+                Ok(diff)
+            })
+            .await
+    }
+
+    async fn commit(
+        &self,
+        key: &QuotaKey,
+        record_type: &str,
+        diff: &PageDiff,
+        now: Timestamp,
+    ) -> Result<()> {
+        let (key, rt, records) = (key.clone(), record_type.to_string(), diff.records.clone());
+        self.db
+            .call("records commit", move |conn| {
+                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                let now_ms = to_millis(now);
+                {
+                    let mut stmt = tx.prepare_cached(
+                        "INSERT INTO records (org, app, record_type, id, hash, data, first_seen, last_synced)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7)
+                         ON CONFLICT (org, app, record_type, id) DO UPDATE
+                         SET hash = excluded.hash, data = excluded.data, last_synced = excluded.last_synced",
+                    )?;
+                    for (record, hash) in &records {
+                        stmt.execute(params![key.org, key.app, rt, record.id, hash, record.data.to_string(), now_ms])?;
+                    }
+                }
+                tx.commit()
+            })
+            .await
+    }
+
+    async fn get(
+        &self,
+        key: &QuotaKey,
+        record_type: &str,
+        ids: &[String],
+    ) -> Result<Vec<StoredRecord>> {
+        let (key, rt, ids) = (key.clone(), record_type.to_string(), ids.to_vec());
+        self.db
+            .call("records get", move |conn| {
+                let mut stmt = conn.prepare_cached(&format!(
+                    "SELECT {COLUMNS} FROM records WHERE org = ?1 AND app = ?2 AND record_type = ?3 AND id = ?4"
+                ))?;
+                let mut out = Vec::new();
+                for id in ids {
+                    if let Some(r) = stmt.query_row(params![key.org, key.app, rt, id], row_to_stored).optional()? {
+                        out.push(r);
+                    }
+                }
+                Ok(out)
+            })
+            .await
+    }
+
+    async fn claim_lookups(
+        &self,
+        key: &QuotaKey,
+        record_type: &str,
+        ids: &[String],
+        now: Timestamp,
+        min_interval: chrono::Duration,
+    ) -> Result<Vec<String>> {
+        let (key, rt, ids) = (key.clone(), record_type.to_string(), ids.to_vec());
+        let cutoff = to_millis(now - min_interval);
+        let now_ms = to_millis(now);
+        self.db
+            .call("records claim", move |conn| {
+                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                let mut claimed = Vec::new();
+                for id in ids {
+                    let last: Option<Option<i64>> = tx
+                        .prepare_cached("SELECT last_looked_up FROM records WHERE org = ?1 AND app = ?2 AND record_type = ?3 AND id = ?4")?
+                        .query_row(params![key.org, key.app, rt, id], |r| r.get(0))
+                        .optional()?;
+                    match last {
+                        None => {
+                            tx.prepare_cached(
+                                "INSERT INTO records (org, app, record_type, id, hash, data, first_seen, last_looked_up)
+                                 VALUES (?1, ?2, ?3, ?4, '', NULL, ?5, ?5)",
+                            )?
+                            .execute(params![key.org, key.app, rt, id, now_ms])?;
+                        }
+                        Some(Some(t)) if t > cutoff => continue,
+                        Some(_) => {
+                            tx.prepare_cached("UPDATE records SET last_looked_up = ?5 WHERE org = ?1 AND app = ?2 AND record_type = ?3 AND id = ?4")?
+                                .execute(params![key.org, key.app, rt, id, now_ms])?;
+                        }
+                    }
+                    claimed.push(id);
+                }
+                tx.commit()?;
+                Ok(claimed)
+            })
+            .await
+    }
+
+    async fn list(
+        &self,
+        key: &QuotaKey,
+        record_type: &str,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<StoredRecord>> {
+        let (key, rt, after) = (
+            key.clone(),
+            record_type.to_string(),
+            after.unwrap_or("").to_string(),
+        );
+        self.db
+            .call("records list", move |conn| {
+                let mut stmt = conn.prepare_cached(&format!(
+                    "SELECT {COLUMNS} FROM records WHERE org = ?1 AND app = ?2 AND record_type = ?3 AND id > ?4 ORDER BY id LIMIT ?5"
+                ))?;
+                let rows = stmt.query_map(params![key.org, key.app, rt, after, limit], row_to_stored)?;
+                rows.collect()
+            })
+            .await
+    }
+
+    async fn count(&self, key: &QuotaKey, record_type: &str) -> Result<u64> {
+        let (key, rt) = (key.clone(), record_type.to_string());
+        self.db
+            .call("records count", move |conn| {
+                conn.query_row(
+                    "SELECT COUNT(*) FROM records WHERE org = ?1 AND app = ?2 AND record_type = ?3 AND data IS NOT NULL",
+                    params![key.org, key.app, rt],
+                    |r| r.get::<_, i64>(0),
+                )
+            })
+            .await
+            .map(|n| n.max(0) as u64)
+    }
+
+    async fn sync_state(&self, key: &QuotaKey, sync: &str) -> Result<SyncState> {
+        let (key, sync) = (key.clone(), sync.to_string());
+        self.db
+            .call("sync state", move |conn| {
+                conn.query_row(
+                    "SELECT high_water, last_started, last_completed, last_pages, running_job, lease_until
+                     FROM sync_state WHERE org = ?1 AND app = ?2 AND sync = ?3",
+                    params![key.org, key.app, sync],
+                    |r| {
+                        Ok(SyncState {
+                            high_water: r.get::<_, Option<i64>>(0)?.map(from_millis),
+                            last_started: r.get::<_, Option<i64>>(1)?.map(from_millis),
+                            last_completed: r.get::<_, Option<i64>>(2)?.map(from_millis),
+                            last_pages: r.get::<_, Option<i64>>(3)?.map(|n| n.max(0) as u64),
+                            running_job: r.get(4)?,
+                            lease_until: r.get::<_, Option<i64>>(5)?.map(from_millis),
+                        })
+                    },
+                )
+                .optional()
+                .map(Option::unwrap_or_default)
+            })
+            .await
+    }
+
+    async fn take_sync_lease(
+        &self,
+        key: &QuotaKey,
+        sync: &str,
+        job_id: &str,
+        now: Timestamp,
+        until: Timestamp,
+        starting: bool,
+    ) -> Result<bool> {
+        let (key, sync, job) = (key.clone(), sync.to_string(), job_id.to_string());
+        self.db
+            .call("sync lease", move |conn| {
+                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                tx.execute(
+                    "INSERT OR IGNORE INTO sync_state (org, app, sync) VALUES (?1, ?2, ?3)",
+                    params![key.org, key.app, sync],
+                )?;
+                let changed = tx.execute(
+                    "UPDATE sync_state SET running_job = ?4, lease_until = ?6,
+                         last_started = CASE WHEN ?7 THEN ?5 ELSE last_started END
+                     WHERE org = ?1 AND app = ?2 AND sync = ?3
+                       AND (running_job IS NULL OR running_job = ?4 OR lease_until <= ?5)",
+                    params![
+                        key.org,
+                        key.app,
+                        sync,
+                        job,
+                        to_millis(now),
+                        to_millis(until),
+                        starting
+                    ],
+                )?;
+                tx.commit()?;
+                Ok(changed == 1)
+            })
+            .await
+    }
+
+    async fn finish_sync(
+        &self,
+        key: &QuotaKey,
+        sync: &str,
+        job_id: &str,
+        update: SyncFinish,
+    ) -> Result<bool> {
+        let (key, sync, job) = (key.clone(), sync.to_string(), job_id.to_string());
+        self.db
+            .call("sync finish", move |conn| {
+                let changed = conn.execute(
+                    "UPDATE sync_state SET running_job = NULL, lease_until = NULL,
+                         last_completed = COALESCE(?5, last_completed),
+                         high_water = COALESCE(?6, high_water),
+                         last_pages = COALESCE(?7, last_pages)
+                     WHERE org = ?1 AND app = ?2 AND sync = ?3 AND running_job = ?4",
+                    params![
+                        key.org,
+                        key.app,
+                        sync,
+                        job,
+                        update.completed_at.map(to_millis),
+                        update.high_water.map(to_millis),
+                        update.pages.map(|p| p as i64)
+                    ],
+                )?;
+                Ok(changed == 1)
+            })
+            .await
+    }
+}
+
+#[async_trait]
+impl crate::runtime::JobLedger for SqliteStore {
+    async fn claim(
+        &self,
+        job_id: &str,
+        generation: u32,
+        now: Timestamp,
+        until: Timestamp,
+    ) -> Result<crate::runtime::Claim> {
+        use crate::runtime::Claim;
+        let job = job_id.to_string();
+        self.db
+            .call("ledger claim", move |conn| {
+                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                let row: Option<(u32, bool, i64)> = tx
+                    .query_row("SELECT generation, done, claimed_until FROM job_ledger WHERE job_id = ?1", params![job], |r| {
+                        Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                    })
+                    .optional()?;
+                let claim = match row {
+                    Some((g, _, _)) if g > generation => Claim::Stale,
+                    Some((g, true, _)) if g == generation => Claim::AlreadyDone,
+                    Some((g, false, until)) if g == generation && until > to_millis(now) => Claim::InProgress,
+                    _ => Claim::Granted,
+                };
+                if claim == Claim::Granted {
+                    tx.execute(
+                        "INSERT INTO job_ledger (job_id, generation, done, claimed_until) VALUES (?1, ?2, 0, ?3)
+                         ON CONFLICT (job_id) DO UPDATE SET generation = excluded.generation, done = 0, claimed_until = excluded.claimed_until",
+                        params![job, generation, to_millis(until)],
+                    )?;
+                }
+                tx.commit()?;
+                Ok(claim)
+            })
+            .await
+    }
+
+    async fn settle(&self, job_id: &str, generation: u32, done: bool) -> Result<()> {
+        let job = job_id.to_string();
+        self.db
+            .call("ledger settle", move |conn| {
+                let sql = if done {
+                    "UPDATE job_ledger SET done = 1 WHERE job_id = ?1 AND generation = ?2"
+                } else {
+                    "UPDATE job_ledger SET claimed_until = 0 WHERE job_id = ?1 AND generation = ?2"
+                };
+                conn.execute(sql, params![job, generation]).map(|_| ())
+            })
+            .await
+    }
+}

@@ -1,0 +1,260 @@
+//! Complete transfers and recent record lookups: page through a list
+//! endpoint, checkpointing the cursor after every page, so a restart resumes
+//! at the next page and never fetches one twice.
+//!
+//! - Complete transfer: the whole dataset, at the largest page size.
+//! - Recent lookup: records modified in `[high_water - overlap, until)`,
+//!   where `until` is fixed when the window first runs; the high-water mark
+//!   moves to `until` only when the whole window is done.
+//!
+//! Calls are reserved in blocks (sized from the last run's page count) so
+//! the quota costs far less than one store round trip per call.
+
+use super::settings::chrono as dur;
+use super::{enqueue_followups, parse_payload, soon, sync_name, SyncPayload};
+use crate::clock::Timestamp;
+use crate::connector::{CallError, ListRequest, PageCursor, Reservation};
+use crate::job::{JobEnvelope, JobKind, Outcome, Restart};
+use crate::runtime::JobContext;
+use crate::services::Services;
+use crate::store::SyncFinish;
+use serde::{Deserialize, Serialize};
+
+/// Largest block of calls reserved at once.
+const MAX_RESERVATION: u32 = 50;
+/// Block size when nothing is known about the dataset yet.
+const FIRST_RESERVATION: u32 = 10;
+
+/// Where a listing resumes.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ListingCheckpoint {
+    pub cursor: Option<PageCursor>,
+    pub pages: u64,
+    pub records: u64,
+    pub changed: u64,
+    /// The window of a recent lookup, fixed at its first run.
+    #[serde(default)]
+    pub since: Option<Timestamp>,
+    #[serde(default)]
+    pub until: Option<Timestamp>,
+    /// Claimed foreign keys not yet sent for lookup, per referenced type.
+    #[serde(default)]
+    pub pending_lookups: std::collections::BTreeMap<String, Vec<String>>,
+}
+
+pub async fn run(svc: &Services, job: &JobEnvelope, ctx: &JobContext) -> Outcome {
+    let payload: SyncPayload = match parse_payload(job) {
+        Ok(p) => p,
+        Err(o) => return o,
+    };
+    if let Err(e) = svc.config.record_type(&payload.record_type) {
+        return Outcome::Fail(e.to_string());
+    }
+    let settings = svc.config.sync(&payload.record_type);
+    let sync = sync_name(job.kind, &payload.record_type);
+    let key = svc.key(&job.org);
+    let now = svc.clock.now();
+    let mut cp: ListingCheckpoint = match &job.checkpoint {
+        Some(v) => match serde_json::from_value(v.clone()) {
+            Ok(cp) => cp,
+            Err(e) => return Outcome::Fail(format!("bad checkpoint: {e}")),
+        },
+        None => ListingCheckpoint::default(),
+    };
+    // A sync never runs twice at once: hold (or renew) its lease.
+    match svc
+        .store
+        .take_sync_lease(&key, &sync, &job.id, now, now + svc.sync_lease, false)
+        .await
+    {
+        Ok(true) => {}
+        Ok(false) => {
+            tracing::info!(%sync, "another job holds this sync; dropping the duplicate");
+            return Outcome::Done;
+        }
+        Err(e) => return Outcome::from_error(&e),
+    }
+    let state = match svc.store.sync_state(&key, &sync).await {
+        Ok(s) => s,
+        Err(e) => return Outcome::from_error(&e),
+    };
+    if job.kind == JobKind::RecentRecords && cp.until.is_none() {
+        let Some(recent) = &settings.recent else {
+            return Outcome::Fail(format!(
+                "no recent lookup is configured for `{}` (syncs.{}.recent)",
+                payload.record_type, payload.record_type
+            ));
+        };
+        cp.until = Some(now);
+        cp.since = Some(match state.high_water {
+            Some(hw) => hw - dur(recent.overlap),
+            None => now - dur(recent.every) - dur(recent.overlap),
+        });
+    }
+    let metered = match svc.metered(&job.org, &sync) {
+        Ok(m) => m,
+        Err(e) => return Outcome::Fail(e.to_string()),
+    };
+    let endpoint = metered.connector().list_endpoint(&payload.record_type);
+    let mut reservation: Option<Reservation<'_>> = None;
+
+    let outcome = loop {
+        let checkpoint = || serde_json::to_value(&cp).ok();
+        if ctx.near_deadline(svc.deadline_margin) {
+            break Outcome::Restart(Restart {
+                at: svc.clock.now(),
+                reason: "near the Lambda deadline".into(),
+                checkpoint: checkpoint(),
+            });
+        }
+        if reservation.as_ref().is_none_or(|r| r.remaining() == 0) {
+            if let Some(done) = reservation.take() {
+                if let Err(e) = done.finish().await {
+                    break e.into_outcome(checkpoint());
+                }
+            }
+            let known = state
+                .last_pages
+                .map(|p| p.saturating_sub(cp.pages).max(1) as u32);
+            let want = known
+                .unwrap_or(FIRST_RESERVATION)
+                .clamp(1, max_block(&svc.limits(&job.org)));
+            match metered.reserve(&endpoint, want).await {
+                Ok(r) => reservation = Some(r),
+                Err(e) => break e.into_outcome(checkpoint()),
+            }
+        }
+        let Some(res) = reservation.as_mut() else {
+            continue;
+        };
+        let req = ListRequest {
+            record_type: payload.record_type.clone(),
+            cursor: cp.cursor.clone(),
+            modified_since: cp.since,
+            modified_until: cp.until,
+        };
+        let page = match res.list(&req).await {
+            Ok(p) => p,
+            Err(CallError::Retryable(m)) => {
+                break Outcome::Restart(Restart {
+                    at: soon(svc.clock.now()),
+                    reason: format!("transient API failure: {m}"),
+                    checkpoint: checkpoint(),
+                })
+            }
+            Err(e) => break e.into_outcome(checkpoint()),
+        };
+        let diff = match svc
+            .store
+            .diff(&key, &payload.record_type, &page.records)
+            .await
+        {
+            Ok(d) => d,
+            Err(e) => break store_failure(svc, &e, checkpoint()),
+        };
+        // Follow-ups before the page is committed: never lost, at worst repeated.
+        let last = page.next.is_none();
+        let mut pending = cp.pending_lookups.clone();
+        if let Err(e) = enqueue_followups(
+            svc,
+            job,
+            &payload.record_type,
+            &diff.changes,
+            &mut pending,
+            &format!("p{}", cp.pages),
+            last,
+        )
+        .await
+        {
+            break store_failure(svc, &e, checkpoint());
+        }
+        if let Err(e) = svc
+            .store
+            .commit(&key, &payload.record_type, &diff, svc.clock.now())
+            .await
+        {
+            break store_failure(svc, &e, checkpoint());
+        }
+        cp.pending_lookups = pending;
+        cp.pages += 1;
+        cp.records += page.records.len() as u64;
+        cp.changed += diff.changes.len() as u64;
+        tracing::debug!(
+            pages = cp.pages,
+            records = cp.records,
+            changed = cp.changed,
+            "page synced"
+        );
+        match page.next {
+            Some(next) => cp.cursor = Some(next),
+            None => {
+                cp.cursor = None;
+                break Outcome::Done;
+            }
+        }
+    };
+    if let Some(r) = reservation {
+        if let Err(e) = r.finish().await {
+            tracing::warn!(error = %e, "could not give back the unused reservation; it frees when its lease expires");
+        }
+    }
+    let now = svc.clock.now();
+    match &outcome {
+        Outcome::Done => {
+            let finish = SyncFinish {
+                completed_at: Some(now),
+                high_water: cp.until,
+                pages: Some(cp.pages),
+            };
+            if let Err(e) = svc.store.finish_sync(&key, &sync, &job.id, finish).await {
+                return Outcome::Restart(Restart {
+                    at: soon(now),
+                    reason: format!("could not record completion: {e}"),
+                    checkpoint: serde_json::to_value(&cp).ok(),
+                });
+            }
+            tracing::info!(%sync, pages = cp.pages, records = cp.records, changed = cp.changed, "sync complete");
+        }
+        Outcome::Restart(r) => {
+            // Keep the lease through the wait so the scheduler does not start a twin.
+            let _ = svc
+                .store
+                .take_sync_lease(&key, &sync, &job.id, now, r.at + svc.sync_lease, false)
+                .await;
+        }
+        Outcome::Fail(_) => {
+            let _ = svc
+                .store
+                .finish_sync(&key, &sync, &job.id, SyncFinish::default())
+                .await;
+        }
+        Outcome::Retry(_) => {}
+    }
+    outcome
+}
+
+/// The largest block to reserve: at most 2% of the tightest window. A block
+/// makes the window look fuller than it will be after the refund, and a job
+/// refused meanwhile waits for the window's end; small blocks keep that rare.
+pub(crate) fn max_block(limits: &crate::quota::Limits) -> u32 {
+    let tightest = limits.windows().map(|(_, l)| l).min().unwrap_or(u32::MAX);
+    (tightest / 50).clamp(1, MAX_RESERVATION)
+}
+
+/// A store or queue failure mid-run: come back soon from the checkpoint if
+/// it may pass, else fail.
+fn store_failure(
+    svc: &Services,
+    e: &crate::Error,
+    checkpoint: Option<serde_json::Value>,
+) -> Outcome {
+    if e.is_retryable() {
+        Outcome::Restart(Restart {
+            at: soon(svc.clock.now()),
+            reason: format!("store: {e}"),
+            checkpoint,
+        })
+    } else {
+        Outcome::Fail(e.to_string())
+    }
+}
