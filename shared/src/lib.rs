@@ -20,6 +20,9 @@
 //! - [`store`] — synced records with content hashes, and sync state
 //!   (high-water marks, leases); adapters `store::dynamodb`, `store::sqlite`.
 //! - [`sqlite`], [`dynamodb`] — the database handles the adapters share.
+//! - [`lambda`] — the Lambda edge: typed env config, clients built once,
+//!   the SQS loop every function's `main.rs` calls.
+//! - [`services`], [`sync`] — the sync handlers and what they share.
 //! - [`error`] — one error type that says retryable or permanent.
 //!
 //! ## Example
@@ -54,6 +57,7 @@ pub mod connector;
 pub mod dynamodb;
 pub mod error;
 pub mod job;
+pub mod lambda;
 pub mod queue;
 pub mod quota;
 pub mod runtime;

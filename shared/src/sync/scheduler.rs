@@ -79,3 +79,94 @@ pub async fn tick(svc: &Services) -> Result<Vec<JobEnvelope>> {
     }
     Ok(started)
 }
+
+/// An ad-hoc sync request sent to the scheduler function:
+/// `{"adhoc": {"org": "acme", "record_type": "invoices", "sync": "complete-transfer", "dry_run": true}}`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdhocRequest {
+    pub org: String,
+    pub record_type: String,
+    pub sync: JobKind,
+    /// Only report the estimate.
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+/// What the scheduler function is asked to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SchedulerEvent {
+    Tick,
+    Adhoc(AdhocRequest),
+}
+
+/// Reads an invocation: an EventBridge schedule event (what
+/// `sam local generate-event cloudwatch scheduled-event` makes) or an
+/// ad-hoc request. Anything else is refused, naming what was expected.
+pub fn parse_event(event: &serde_json::Value) -> Result<SchedulerEvent> {
+    if let Some(adhoc) = event.get("adhoc") {
+        let req: AdhocRequest = serde_json::from_value(adhoc.clone())
+            .map_err(|e| crate::Error::MalformedJob(format!("adhoc request: {e}")))?;
+        if !matches!(req.sync, JobKind::CompleteTransfer | JobKind::RecentRecords) {
+            return Err(crate::Error::MalformedJob(format!(
+                "adhoc.sync must be complete-transfer or recent-records, got {}",
+                req.sync
+            )));
+        }
+        return Ok(SchedulerEvent::Adhoc(req));
+    }
+    let source = event
+        .get("source")
+        .and_then(|v| v.as_str())
+        .unwrap_or_default();
+    let detail = event
+        .get("detail-type")
+        .and_then(|v| v.as_str())
+        .unwrap_or_default();
+    if matches!(source, "aws.events" | "aws.scheduler") || detail == "Scheduled Event" {
+        return Ok(SchedulerEvent::Tick);
+    }
+    Err(crate::Error::MalformedJob(
+        "unrecognised event: expected an EventBridge schedule event (source aws.events) or {\"adhoc\": {...}}".into(),
+    ))
+}
+
+/// Handles one scheduler invocation and says what it did.
+pub async fn handle(svc: &Services, event: &serde_json::Value) -> Result<serde_json::Value> {
+    match parse_event(event)? {
+        SchedulerEvent::Tick => {
+            let started = tick(svc).await?;
+            let list: Vec<_> = started
+                .iter()
+                .map(|j| serde_json::json!({"org": j.org, "kind": j.kind, "payload": j.payload, "job": j.id}))
+                .collect();
+            Ok(serde_json::json!({ "started": list }))
+        }
+        SchedulerEvent::Adhoc(req) => {
+            if !svc.orgs().any(|o| o == req.org) {
+                return Err(crate::Error::Config(format!(
+                    "organization `{}` has no connection to app `{}`",
+                    req.org, svc.config.app.name
+                )));
+            }
+            let estimate =
+                super::estimate::estimate(svc, &req.org, req.sync, &req.record_type).await?;
+            let started = if req.dry_run {
+                None
+            } else {
+                start_sync(svc, &req.org, req.sync, &req.record_type, true).await?
+            };
+            let note = match (&started, req.dry_run) {
+                (_, true) => "dry run: nothing was started",
+                (Some(_), false) => "started",
+                (None, false) => "already running: nothing new was started",
+            };
+            Ok(serde_json::json!({
+                "estimate": estimate,
+                "dry_run": req.dry_run,
+                "started": started.map(|j| j.id),
+                "note": note,
+            }))
+        }
+    }
+}

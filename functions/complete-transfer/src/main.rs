@@ -1,0 +1,7 @@
+//! Complete transfer: the whole dataset of a record type, page by page, resuming from its cursor.
+//! SQS-triggered; reports partial batch failures.
+
+#[tokio::main]
+async fn main() -> Result<(), lambda_runtime::Error> {
+    metered::lambda::run_sync_function(metered::job::JobKind::CompleteTransfer).await
+}

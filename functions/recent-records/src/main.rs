@@ -1,0 +1,7 @@
+//! Recent record lookup: records modified since the high-water mark minus the overlap.
+//! SQS-triggered; reports partial batch failures.
+
+#[tokio::main]
+async fn main() -> Result<(), lambda_runtime::Error> {
+    metered::lambda::run_sync_function(metered::job::JobKind::RecentRecords).await
+}

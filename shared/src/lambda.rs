@@ -1,0 +1,193 @@
+//! The Lambda edge: typed configuration read once at cold start, AWS
+//! clients built once, and the loops every function's `main.rs` calls.
+//!
+//! Environment (names are the same in `template.yaml`):
+//!
+//! | variable | meaning |
+//! |---|---|
+//! | `METERED_TABLE` | the DynamoDB table |
+//! | `METERED_APP_CONFIG` | path of the app's TOML config (bundled), or |
+//! | `METERED_APP_CONFIG_TOML` | the config itself |
+//! | `METERED_QUEUE_URL_<KIND>` | queue of each job kind, e.g. `METERED_QUEUE_URL_COMPLETE_TRANSFER` |
+//! | `METERED_DLQ_URL_<KIND>` | its dead-letter queue |
+//! | `METERED_MAX_RESTARTS` | restart cap per job (default 100) |
+//! | `AWS_ENDPOINT_URL` | (local only) DynamoDB Local / ministack |
+
+use crate::clock::{SharedClock, SystemClock};
+use crate::connector::config::AppConfig;
+use crate::connector::secrets::SecretStores;
+use crate::dynamodb::Table;
+use crate::error::{Error, Result};
+use crate::job::JobKind;
+use crate::queue::{sqs::SqsQueue, JobQueue, Queues};
+use crate::quota::{dynamodb::DynamoQuota, Quota};
+use crate::runtime::{JobContext, JobRuntime, RestartPolicy};
+use crate::services::{http_connectors, Services};
+use crate::store::dynamodb::DynamoStore;
+use crate::sync::SyncHandlers;
+use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
+use lambda_runtime::{service_fn, LambdaEvent};
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+/// Every job kind that has a queue.
+pub const KINDS: [JobKind; 6] = [
+    JobKind::CompleteTransfer,
+    JobKind::RecentRecords,
+    JobKind::PkLookup,
+    JobKind::Workflow,
+    JobKind::ActionHttp,
+    JobKind::ActionDatasourcePush,
+];
+
+/// Configuration of a deployed function, read once.
+#[derive(Debug, Clone)]
+pub struct DeployConfig {
+    pub table: String,
+    pub app: Arc<AppConfig>,
+    /// (queue URL, DLQ URL) per kind that has one.
+    pub queues: Vec<(JobKind, String, String)>,
+    pub policy: RestartPolicy,
+}
+
+/// The env var suffix of a kind: `complete-transfer` → `COMPLETE_TRANSFER`.
+pub fn env_suffix(kind: JobKind) -> String {
+    kind.as_str().to_ascii_uppercase().replace('-', "_")
+}
+
+impl DeployConfig {
+    /// Reads the environment through `get` (so tests need not set globals).
+    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self> {
+        let need = |name: &str| {
+            get(name)
+                .filter(|v| !v.is_empty())
+                .ok_or_else(|| Error::Config(format!("environment variable {name} is not set")))
+        };
+        let table = need("METERED_TABLE")?;
+        let app = match (get("METERED_APP_CONFIG_TOML"), get("METERED_APP_CONFIG")) {
+            (Some(text), _) if !text.is_empty() => AppConfig::parse(&text)
+                .map_err(|e| Error::Config(format!("METERED_APP_CONFIG_TOML: {e}")))?,
+            (_, Some(path)) if !path.is_empty() => AppConfig::load(&path)?,
+            _ => {
+                return Err(Error::Config(
+                    "set METERED_APP_CONFIG (a path) or METERED_APP_CONFIG_TOML".into(),
+                ))
+            }
+        };
+        let mut queues = Vec::new();
+        for kind in KINDS {
+            let suffix = env_suffix(kind);
+            if let Some(url) = get(&format!("METERED_QUEUE_URL_{suffix}")).filter(|v| !v.is_empty())
+            {
+                let dlq = need(&format!("METERED_DLQ_URL_{suffix}"))?;
+                queues.push((kind, url, dlq));
+            }
+        }
+        let mut policy = RestartPolicy::default();
+        if let Some(v) = get("METERED_MAX_RESTARTS") {
+            policy.max_restarts = v.parse().map_err(|_| {
+                Error::Config(format!(
+                    "METERED_MAX_RESTARTS: expected a whole number, got {v:?}"
+                ))
+            })?;
+        }
+        Ok(Self {
+            table,
+            app: Arc::new(app),
+            queues,
+            policy,
+        })
+    }
+
+    pub fn from_env() -> Result<Self> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+}
+
+/// What one function process holds for its whole life.
+pub struct Deployed {
+    pub svc: Arc<Services>,
+    pub ledger: Arc<DynamoStore>,
+    pub config: DeployConfig,
+}
+
+impl Deployed {
+    /// Builds clients, stores and connectors (credentials resolved once).
+    pub async fn connect(config: DeployConfig) -> Result<Self> {
+        let aws = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+        let clock: SharedClock = Arc::new(SystemClock);
+        let table = Table::new(aws_sdk_dynamodb::Client::new(&aws), &config.table);
+        let store = Arc::new(DynamoStore::new(table.clone()));
+        let quota = Quota::new(Arc::new(DynamoQuota::new(table)), clock.clone());
+        let sqs = aws_sdk_sqs::Client::new(&aws);
+        let mut queues = Queues::new();
+        for (kind, url, dlq) in &config.queues {
+            queues = queues.with(*kind, Arc::new(SqsQueue::new(sqs.clone(), url, dlq)));
+        }
+        let stores = SecretStores::new(&aws);
+        let connectors = http_connectors(&config.app, Some(&stores), clock).await?;
+        let svc = Arc::new(Services::new(
+            config.app.clone(),
+            store.clone(),
+            quota,
+            queues,
+            connectors,
+        ));
+        Ok(Self {
+            svc,
+            ledger: store,
+            config,
+        })
+    }
+
+    /// The runtime of jobs of `kind`: restarts go back to its own queue.
+    pub fn runtime(&self, kind: JobKind) -> Result<JobRuntime> {
+        let queue: Arc<dyn JobQueue> = self.svc.queues.get(kind)?.clone();
+        Ok(
+            JobRuntime::new(queue, self.svc.clock.clone(), self.config.policy)
+                .with_ledger(self.ledger.clone()),
+        )
+    }
+}
+
+/// The time left before Lambda's deadline, as an `Instant`.
+pub fn deadline_of(ctx: &lambda_runtime::Context) -> Option<Instant> {
+    let left = ctx.deadline().duration_since(SystemTime::now()).ok()?;
+    Some(Instant::now() + left)
+}
+
+/// The whole life of an SQS-triggered sync function.
+pub async fn run_sync_function(kind: JobKind) -> std::result::Result<(), lambda_runtime::Error> {
+    lambda_runtime::tracing::init_default_subscriber();
+    let deployed = Deployed::connect(DeployConfig::from_env()?).await?;
+    let runtime = deployed.runtime(kind)?;
+    let handler = SyncHandlers::only(deployed.svc.clone(), kind);
+    lambda_runtime::run(service_fn(|event: LambdaEvent<SqsEvent>| {
+        let (runtime, handler) = (&runtime, &handler);
+        async move {
+            let ctx = JobContext {
+                deadline: deadline_of(&event.context),
+            };
+            Ok::<SqsBatchResponse, lambda_runtime::Error>(
+                runtime.handle_sqs_event(event.payload, handler, &ctx).await,
+            )
+        }
+    }))
+    .await
+}
+
+/// The whole life of the scheduler function (schedule ticks, ad-hoc syncs).
+pub async fn run_scheduler_function() -> std::result::Result<(), lambda_runtime::Error> {
+    lambda_runtime::tracing::init_default_subscriber();
+    let deployed = Deployed::connect(DeployConfig::from_env()?).await?;
+    let svc = deployed.svc.clone();
+    lambda_runtime::run(service_fn(|event: LambdaEvent<serde_json::Value>| {
+        let svc = &svc;
+        async move {
+            crate::sync::scheduler::handle(svc, &event.payload)
+                .await
+                .map_err(lambda_runtime::Error::from)
+        }
+    }))
+    .await
+}

@@ -1,0 +1,190 @@
+//! The Lambda edge: configuration from the environment, scheduler events,
+//! ad-hoc syncs, and a function refusing jobs that are not its own.
+
+use metered::job::{JobEnvelope, JobKind};
+use metered::lambda::DeployConfig;
+use metered::runtime::{JobContext, JobRuntime, RestartPolicy, Settled};
+use metered::sync::scheduler::{parse_event, SchedulerEvent};
+use metered::sync::settings::{CompleteTransferSettings, SyncConfig};
+use metered::sync::SyncHandlers;
+use metered_tests::sync_world::{Adapter, World, ORG};
+use std::collections::HashMap;
+
+fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+    let map: HashMap<String, String> = pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    move |k| map.get(k).cloned()
+}
+
+#[test]
+fn deploy_config_errors_name_the_variable() {
+    let err = DeployConfig::from_lookup(env(&[])).unwrap_err().to_string();
+    assert!(err.contains("METERED_TABLE is not set"), "{err}");
+    let err = DeployConfig::from_lookup(env(&[("METERED_TABLE", "t")]))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("METERED_APP_CONFIG"), "{err}");
+    let app = metered_sim::app_config("http://127.0.0.1:1/");
+    let err = DeployConfig::from_lookup(env(&[
+        ("METERED_TABLE", "t"),
+        ("METERED_APP_CONFIG_TOML", &app),
+        ("METERED_QUEUE_URL_PK_LOOKUP", "http://q/pk"),
+    ]))
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("METERED_DLQ_URL_PK_LOOKUP is not set"),
+        "{err}"
+    );
+    let err = DeployConfig::from_lookup(env(&[
+        ("METERED_TABLE", "t"),
+        ("METERED_APP_CONFIG_TOML", "[app]\nname = 1"),
+    ]))
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("METERED_APP_CONFIG_TOML"), "{err}");
+    let ok = DeployConfig::from_lookup(env(&[
+        ("METERED_TABLE", "t"),
+        ("METERED_APP_CONFIG_TOML", &app),
+        ("METERED_QUEUE_URL_PK_LOOKUP", "http://q/pk"),
+        ("METERED_DLQ_URL_PK_LOOKUP", "http://q/pk-dlq"),
+        ("METERED_MAX_RESTARTS", "7"),
+    ]))
+    .unwrap();
+    assert_eq!(
+        ok.queues,
+        vec![(
+            JobKind::PkLookup,
+            "http://q/pk".to_string(),
+            "http://q/pk-dlq".to_string()
+        )]
+    );
+    assert_eq!(ok.policy.max_restarts, 7);
+}
+
+#[test]
+fn scheduler_reads_schedule_events_and_refuses_others() {
+    let event: serde_json::Value =
+        serde_json::from_str(include_str!("../fixtures/scheduled-event.json")).unwrap();
+    assert_eq!(parse_event(&event).unwrap(), SchedulerEvent::Tick);
+    let err = parse_event(&serde_json::json!({"Records": []}))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("expected an EventBridge schedule event"),
+        "{err}"
+    );
+    let err = parse_event(
+        &serde_json::json!({"adhoc": {"org": "a", "record_type": "x", "sync": "pk-lookup"}}),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("adhoc.sync must be complete-transfer or recent-records"),
+        "{err}"
+    );
+    let err = parse_event(&serde_json::json!({"adhoc": {"org": "a"}}))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("missing field `record_type`"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn adhoc_sync_reports_its_estimate_and_a_dry_run_starts_nothing() {
+    let w = World::new(
+        Adapter::Sqlite,
+        metered_sim::SimConfig {
+            invoices: 450,
+            ..Default::default()
+        },
+        |c| {
+            c.syncs.insert(
+                "invoices".into(),
+                SyncConfig {
+                    complete_transfer: Some(CompleteTransferSettings {
+                        every: std::time::Duration::from_secs(86_400),
+                    }),
+                    ..Default::default()
+                },
+            );
+        },
+    )
+    .await;
+    let dry = serde_json::json!({"adhoc": {"org": ORG, "record_type": "invoices", "sync": "complete-transfer", "dry_run": true}});
+    let out = metered::sync::scheduler::handle(&w.svc, &dry)
+        .await
+        .unwrap();
+    assert_eq!(out["started"], serde_json::Value::Null);
+    assert_eq!(out["estimate"]["sync_calls"], 1, "{out}");
+    assert_eq!(w.drive().await.done.len(), 0, "a dry run enqueues nothing");
+    let real = serde_json::json!({"adhoc": {"org": ORG, "record_type": "invoices", "sync": "complete-transfer"}});
+    let out = metered::sync::scheduler::handle(&w.svc, &real)
+        .await
+        .unwrap();
+    assert!(out["started"].is_string(), "{out}");
+    w.drive().await;
+    assert_eq!(w.sim().stats().calls("GET /invoices"), 3);
+    let tick = serde_json::from_str(include_str!("../fixtures/scheduled-event.json")).unwrap();
+    let out = metered::sync::scheduler::handle(&w.svc, &tick)
+        .await
+        .unwrap();
+    assert_eq!(
+        out["started"].as_array().map(Vec::len),
+        Some(0),
+        "the ad-hoc run counts as the day's transfer: {out}"
+    );
+    let bad = serde_json::json!({"adhoc": {"org": "nobody", "record_type": "invoices", "sync": "complete-transfer"}});
+    let err = metered::sync::scheduler::handle(&w.svc, &bad)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("organization `nobody` has no connection"),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_function_dead_letters_jobs_of_another_kind() {
+    let w = World::new(Adapter::Sqlite, metered_sim::SimConfig::default(), |_| {}).await;
+    let only_lookups = SyncHandlers::only(w.svc.clone(), JobKind::PkLookup);
+    let rt = JobRuntime::new(
+        w.runtimes[0].1.queue.clone(),
+        w.shared.clone(),
+        RestartPolicy::default(),
+    );
+    let job = JobEnvelope::new(
+        JobKind::CompleteTransfer,
+        ORG,
+        "sim-booking",
+        serde_json::json!({"record_type": "invoices"}),
+        w.shared.now(),
+    );
+    let settled = rt
+        .process(&job.to_body(), &only_lookups, &JobContext::default())
+        .await;
+    assert!(
+        matches!(&settled, Settled::DeadLettered { reason } if reason.contains("`pk-lookup` does not take jobs of kind `complete-transfer`")),
+        "{settled:?}"
+    );
+    let bad_payload = JobEnvelope::new(
+        JobKind::PkLookup,
+        ORG,
+        "sim-booking",
+        serde_json::json!({"record_type": 5}),
+        w.shared.now(),
+    );
+    let settled = rt
+        .process(
+            &bad_payload.to_body(),
+            &only_lookups,
+            &JobContext::default(),
+        )
+        .await;
+    assert!(
+        matches!(&settled, Settled::DeadLettered { reason } if reason.contains("bad `pk-lookup` payload")),
+        "{settled:?}"
+    );
+}
