@@ -58,6 +58,7 @@ pub mod dynamodb;
 pub mod error;
 pub mod job;
 pub mod lambda;
+pub mod local;
 pub mod queue;
 pub mod quota;
 pub mod runtime;

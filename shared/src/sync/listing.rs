@@ -97,6 +97,12 @@ pub async fn run(svc: &Services, job: &JobEnvelope, ctx: &JobContext) -> Outcome
     };
     let endpoint = metered.connector().list_endpoint(&payload.record_type);
     let mut reservation: Option<Reservation<'_>> = None;
+    // Blocks double while a run goes on: a long first transfer soon costs
+    // few quota round trips, a short one wastes little.
+    let mut block = state
+        .last_pages
+        .map(|p| p.saturating_sub(cp.pages).max(1) as u32)
+        .unwrap_or(FIRST_RESERVATION);
 
     let outcome = loop {
         let checkpoint = || serde_json::to_value(&cp).ok();
@@ -113,16 +119,12 @@ pub async fn run(svc: &Services, job: &JobEnvelope, ctx: &JobContext) -> Outcome
                     break e.into_outcome(checkpoint());
                 }
             }
-            let known = state
-                .last_pages
-                .map(|p| p.saturating_sub(cp.pages).max(1) as u32);
-            let want = known
-                .unwrap_or(FIRST_RESERVATION)
-                .clamp(1, max_block(&svc.limits(&job.org)));
+            let want = block.clamp(1, max_block(&svc.limits(&job.org)));
             match metered.reserve(&endpoint, want).await {
                 Ok(r) => reservation = Some(r),
                 Err(e) => break e.into_outcome(checkpoint()),
             }
+            block = block.saturating_mul(2);
         }
         let Some(res) = reservation.as_mut() else {
             continue;

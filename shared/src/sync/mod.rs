@@ -79,6 +79,9 @@ pub(crate) fn id_at(data: &serde_json::Value, pointer: &str) -> Option<String> {
     }
 }
 
+/// Bulk lookup calls one PK lookup job makes at most.
+pub const LOOKUP_CALLS_PER_JOB: usize = 10;
+
 /// Ids per lookup call for `target`: the configured bulk size, within the
 /// API's maximum.
 pub fn keys_per_call(svc: &Services, org: &str, target: &str) -> usize {
@@ -169,7 +172,9 @@ pub async fn enqueue_followups(
             .extend(claimed);
     }
     for (target, ids) in pending.iter_mut() {
-        let k = keys_per_call(svc, &job.org, target);
+        // Jobs of whole bulk calls, several calls each: the quota is paid
+        // once per job, and the total stays ceil(ids / bulk size).
+        let k = keys_per_call(svc, &job.org, target) * LOOKUP_CALLS_PER_JOB;
         let mut block = 0;
         while ids.len() >= k || (last && !ids.is_empty()) {
             let take = ids.len().min(k);

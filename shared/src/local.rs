@@ -1,0 +1,170 @@
+//! The whole system on one machine: SQLite adapters, one queue per job kind,
+//! and a dispatcher that feeds each queue to the same handler code the
+//! Lambda functions run.
+//!
+//! On a simulated clock the dispatcher jumps time to the next due job when
+//! nothing is due now, so days of restarts pass in seconds; on the system
+//! clock it would wait for it instead (the one place that may wait: it waits
+//! for the next due job, not out a limit).
+
+use crate::clock::{ManualClock, SharedClock, Timestamp};
+use crate::connector::config::AppConfig;
+use crate::connector::Connector;
+use crate::error::Result;
+use crate::job::JobKind;
+use crate::queue::{sqlite::SqliteQueue, JobQueue, Queues};
+use crate::quota::{sqlite::SqliteQuota, Quota};
+use crate::runtime::{JobRuntime, RestartPolicy, Settled, NOT_BEFORE_REASON};
+use crate::services::Services;
+use crate::sqlite::Db;
+use crate::store::sqlite::SqliteStore;
+use crate::sync::SyncHandlers;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// Job kinds the local runner dispatches (workflow triggers wait in their
+/// queue until a workflow handler takes them).
+const DISPATCHED: [JobKind; 3] = [
+    JobKind::CompleteTransfer,
+    JobKind::RecentRecords,
+    JobKind::PkLookup,
+];
+
+/// What a run did.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct RunReport {
+    pub done: BTreeMap<String, u64>,
+    /// Restarts by reason (early re-sends of long waits not counted).
+    pub restarts: BTreeMap<String, u64>,
+    pub not_before_hops: u64,
+    pub duplicates_dropped: u64,
+    pub retries: u64,
+    pub dead_lettered: u64,
+}
+
+pub struct LocalRunner {
+    pub svc: Arc<Services>,
+    /// The quota's own database, so its round trips can be counted apart.
+    pub quota_db: Db,
+    pub db: Db,
+    queues: BTreeMap<JobKind, Arc<SqliteQueue>>,
+    runtimes: Vec<(JobKind, JobRuntime)>,
+    handler: SyncHandlers,
+}
+
+impl LocalRunner {
+    pub fn new(
+        config: Arc<AppConfig>,
+        db: Db,
+        quota_db: Db,
+        clock: SharedClock,
+        connectors: BTreeMap<String, Arc<dyn Connector>>,
+    ) -> Self {
+        let store = Arc::new(SqliteStore::new(db.clone()));
+        let quota = Quota::new(Arc::new(SqliteQuota::new(quota_db.clone())), clock.clone());
+        let mut queues = Queues::new();
+        let mut raw = BTreeMap::new();
+        for kind in [
+            JobKind::CompleteTransfer,
+            JobKind::RecentRecords,
+            JobKind::PkLookup,
+            JobKind::Workflow,
+        ] {
+            let q = Arc::new(SqliteQueue::new(
+                db.clone(),
+                kind.as_str(),
+                clock.clone(),
+                5,
+            ));
+            raw.insert(kind, q.clone());
+            queues = queues.with(kind, q);
+        }
+        let svc = Arc::new(Services::new(
+            config,
+            store.clone(),
+            quota,
+            queues,
+            connectors,
+        ));
+        let runtimes = DISPATCHED
+            .iter()
+            .map(|k| {
+                let q: Arc<dyn JobQueue> = raw[k].clone();
+                (
+                    *k,
+                    JobRuntime::new(q, clock.clone(), RestartPolicy::default())
+                        .with_ledger(store.clone()),
+                )
+            })
+            .collect();
+        Self {
+            handler: SyncHandlers::all(svc.clone()),
+            svc,
+            quota_db,
+            db,
+            queues: raw,
+            runtimes,
+        }
+    }
+
+    /// The queue of a kind (reports, `metered jobs`).
+    pub fn queue(&self, kind: JobKind) -> Option<&Arc<SqliteQueue>> {
+        self.queues.get(&kind)
+    }
+
+    /// Runs due jobs until none is left before `until`, jumping `clock` to
+    /// the next due job whenever nothing is due now. `tick` is called at
+    /// every jump (run the scheduler there).
+    pub async fn run_simulated(
+        &self,
+        clock: &ManualClock,
+        until: Timestamp,
+        tick_every: Option<chrono::Duration>,
+    ) -> Result<RunReport> {
+        let mut report = RunReport::default();
+        let mut next_tick = tick_every.map(|_| self.svc.clock.now());
+        loop {
+            if let (Some(t), Some(every)) = (next_tick, tick_every) {
+                if self.svc.clock.now() >= t {
+                    crate::sync::scheduler::tick(&self.svc).await?;
+                    next_tick = Some(t + every);
+                }
+            }
+            let mut worked = false;
+            for (kind, rt) in &self.runtimes {
+                for s in rt.pump_once(&self.handler, 10, 900).await? {
+                    worked |= !matches!(&s, Settled::Restarted { reason, .. } if reason == NOT_BEFORE_REASON);
+                    record(&mut report, *kind, s);
+                }
+            }
+            if worked {
+                continue;
+            }
+            let mut next: Option<Timestamp> = next_tick;
+            for kind in DISPATCHED {
+                if let Some(at) = self.queues[&kind].next_visible_at().await? {
+                    next = Some(next.map_or(at, |n| n.min(at)));
+                }
+            }
+            match next {
+                Some(at) if at <= until => {
+                    clock.set(at.max(self.svc.clock.now() + chrono::Duration::milliseconds(1)))
+                }
+                _ => return Ok(report),
+            }
+        }
+    }
+}
+
+fn record(report: &mut RunReport, kind: JobKind, s: Settled) {
+    match s {
+        Settled::Done => *report.done.entry(kind.as_str().into()).or_default() += 1,
+        Settled::Restarted { reason, .. } if reason == NOT_BEFORE_REASON => {
+            report.not_before_hops += 1
+        }
+        Settled::Restarted { reason, .. } => *report.restarts.entry(reason).or_default() += 1,
+        Settled::Skipped { .. } => report.duplicates_dropped += 1,
+        Settled::Retry { .. } => report.retries += 1,
+        Settled::DeadLettered { .. } => report.dead_lettered += 1,
+    }
+}
