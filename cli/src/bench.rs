@@ -380,7 +380,7 @@ async fn sync_section() -> Result<(), Box<dyn std::error::Error>> {
         quota_db.clone(),
         clock.clone(),
         [("bench".to_string(), connector)].into(),
-    );
+    )?;
     let referenced: std::collections::BTreeSet<String> = sim
         .records("invoices")
         .iter()

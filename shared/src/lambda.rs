@@ -191,3 +191,48 @@ pub async fn run_scheduler_function() -> std::result::Result<(), lambda_runtime:
     }))
     .await
 }
+
+/// The whole life of an SQS-triggered function whose handler is built from
+/// the services (workflow, actions).
+async fn run_with<H, F>(kind: JobKind, make: F) -> std::result::Result<(), lambda_runtime::Error>
+where
+    H: crate::runtime::JobHandler,
+    F: FnOnce(&Deployed) -> Result<H>,
+{
+    lambda_runtime::tracing::init_default_subscriber();
+    let deployed = Deployed::connect(DeployConfig::from_env()?).await?;
+    let runtime = deployed.runtime(kind)?;
+    let handler = make(&deployed)?;
+    lambda_runtime::run(service_fn(|event: LambdaEvent<SqsEvent>| {
+        let (runtime, handler) = (&runtime, &handler);
+        async move {
+            let ctx = JobContext {
+                deadline: deadline_of(&event.context),
+            };
+            Ok::<SqsBatchResponse, lambda_runtime::Error>(
+                runtime.handle_sqs_event(event.payload, handler, &ctx).await,
+            )
+        }
+    }))
+    .await
+}
+
+/// The `workflow` function: triggers and decision nodes to action jobs.
+pub async fn run_workflow_function() -> std::result::Result<(), lambda_runtime::Error> {
+    run_with(JobKind::Workflow, |d| {
+        crate::workflow::WorkflowHandler::new(d.svc.clone())
+    })
+    .await
+}
+
+/// An action function (`action-http`, `action-datasource-push`).
+pub async fn run_action_function(kind: JobKind) -> std::result::Result<(), lambda_runtime::Error> {
+    run_with(kind, |d| {
+        Ok(crate::workflow::actions::ActionHandlers::new(
+            d.svc.clone(),
+            d.ledger.clone(),
+            Some(kind),
+        ))
+    })
+    .await
+}

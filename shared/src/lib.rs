@@ -23,6 +23,8 @@
 //! - [`lambda`] — the Lambda edge: typed env config, clients built once,
 //!   the SQS loop every function's `main.rs` calls.
 //! - [`services`], [`sync`] — the sync handlers and what they share.
+//! - [`local`] — every handler in one process on SQLite (`metered run`).
+//! - [`workflow`] — triggers, CEL decision nodes, actions that run once.
 //! - [`error`] — one error type that says retryable or permanent.
 //!
 //! ## Example
@@ -66,5 +68,6 @@ pub mod services;
 pub mod sqlite;
 pub mod store;
 pub mod sync;
+pub mod workflow;
 
 pub use error::{Error, Result};

@@ -22,13 +22,56 @@ use crate::sync::SyncHandlers;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-/// Job kinds the local runner dispatches (workflow triggers wait in their
-/// queue until a workflow handler takes them).
-const DISPATCHED: [JobKind; 3] = [
+/// Job kinds the local runner dispatches: all of them.
+pub const DISPATCHED: [JobKind; 6] = [
     JobKind::CompleteTransfer,
     JobKind::RecentRecords,
     JobKind::PkLookup,
+    JobKind::Workflow,
+    JobKind::ActionHttp,
+    JobKind::ActionDatasourcePush,
 ];
+
+/// Every handler behind one [`crate::runtime::JobHandler`], routed by kind:
+/// what a single process runs when it plays every Lambda function.
+pub struct Dispatch {
+    pub sync: SyncHandlers,
+    pub workflow: crate::workflow::WorkflowHandler,
+    pub actions: crate::workflow::actions::ActionHandlers,
+}
+
+impl Dispatch {
+    pub fn new(svc: Arc<Services>, ledger: Arc<dyn crate::workflow::ActionLedger>) -> Result<Self> {
+        Ok(Self {
+            sync: SyncHandlers::all(svc.clone()),
+            workflow: crate::workflow::WorkflowHandler::new(svc.clone())?,
+            actions: crate::workflow::actions::ActionHandlers::new(svc, ledger, None),
+        })
+    }
+}
+
+#[async_trait::async_trait]
+impl crate::runtime::JobHandler for Dispatch {
+    fn name(&self) -> &str {
+        "local"
+    }
+    fn accepts(&self, kind: JobKind) -> bool {
+        self.sync.accepts(kind) || self.workflow.accepts(kind) || self.actions.accepts(kind)
+    }
+    async fn handle(
+        &self,
+        job: &crate::job::JobEnvelope,
+        ctx: &crate::runtime::JobContext,
+    ) -> crate::job::Outcome {
+        if self.sync.accepts(job.kind) {
+            self.sync.handle(job, ctx).await
+        } else if self.workflow.accepts(job.kind) {
+            self.workflow.handle(job, ctx).await
+        } else {
+            self.actions.handle(job, ctx).await
+        }
+    }
+}
 
 /// What a run did.
 #[derive(Debug, Default, Clone, serde::Serialize)]
@@ -49,7 +92,7 @@ pub struct LocalRunner {
     pub db: Db,
     queues: BTreeMap<JobKind, Arc<SqliteQueue>>,
     runtimes: Vec<(JobKind, JobRuntime)>,
-    handler: SyncHandlers,
+    handler: Dispatch,
 }
 
 impl LocalRunner {
@@ -59,17 +102,12 @@ impl LocalRunner {
         quota_db: Db,
         clock: SharedClock,
         connectors: BTreeMap<String, Arc<dyn Connector>>,
-    ) -> Self {
+    ) -> Result<Self> {
         let store = Arc::new(SqliteStore::new(db.clone()));
         let quota = Quota::new(Arc::new(SqliteQuota::new(quota_db.clone())), clock.clone());
         let mut queues = Queues::new();
         let mut raw = BTreeMap::new();
-        for kind in [
-            JobKind::CompleteTransfer,
-            JobKind::RecentRecords,
-            JobKind::PkLookup,
-            JobKind::Workflow,
-        ] {
+        for kind in DISPATCHED {
             let q = Arc::new(SqliteQueue::new(
                 db.clone(),
                 kind.as_str(),
@@ -97,14 +135,14 @@ impl LocalRunner {
                 )
             })
             .collect();
-        Self {
-            handler: SyncHandlers::all(svc.clone()),
+        Ok(Self {
+            handler: Dispatch::new(svc.clone(), store)?,
             svc,
             quota_db,
             db,
             queues: raw,
             runtimes,
-        }
+        })
     }
 
     /// The queue of a kind (reports, `metered jobs`).

@@ -44,6 +44,8 @@ pub(crate) fn customer(i: usize, rng: &mut Rng, updated: DateTime<Utc>) -> Value
         "name": format!("Customer {i}"),
         "email": format!("customer{i}@example.com"),
         "tier": tiers[rng.below(3)],
+        // Spread evenly over 0..100, independent of the generator.
+        "score": (i * 37) % 100,
         "version": 1,
         "updated_at": ts(updated),
     })

@@ -67,8 +67,12 @@ pub struct Stats {
     pub rejected_429: u64,
     /// Most requests of one key in flight at once (counted at arrival).
     pub max_concurrent: usize,
-    /// Create requests per Idempotency-Key.
+    /// Create requests received per Idempotency-Key (retries included).
+    pub create_requests_by_idempotency_key: BTreeMap<String, u64>,
+    /// Records actually created per Idempotency-Key (the API dedupes by key).
     pub creates_by_idempotency_key: BTreeMap<String, u64>,
+    /// Data Source pushes received per Idempotency-Key.
+    pub pushes_by_idempotency_key: BTreeMap<String, u64>,
     /// Data Source pushes (each with its inserts and deletes).
     pub datasource_pushes: u64,
     /// Requests per list page-size seen (size → count).
@@ -517,7 +521,16 @@ async fn handle(
                     inserted += 1;
                 }
             }
-            lock(&state.stats).datasource_pushes += 1;
+            {
+                let mut stats = lock(&state.stats);
+                stats.datasource_pushes += 1;
+                if let Some(k) = headers.get("idempotency-key").and_then(|v| v.to_str().ok()) {
+                    *stats
+                        .pushes_by_idempotency_key
+                        .entry(k.to_string())
+                        .or_default() += 1;
+                }
+            }
             json_response(
                 StatusCode::OK,
                 &json!({"inserted": inserted, "deleted": deleted}),
@@ -535,12 +548,17 @@ async fn handle(
                 .map(str::to_string);
             if let Some(k) = &idem {
                 *lock(&state.stats)
-                    .creates_by_idempotency_key
+                    .create_requests_by_idempotency_key
                     .entry(k.clone())
                     .or_default() += 1;
                 if let Some(existing) = lock(&state.created).get(k) {
                     return json_response(StatusCode::OK, existing);
                 }
+                // Counted once per key: the API dedupes by Idempotency-Key.
+                *lock(&state.stats)
+                    .creates_by_idempotency_key
+                    .entry(k.clone())
+                    .or_default() += 1;
             }
             let Ok(mut record) = serde_json::from_slice::<Value>(&body) else {
                 return json_response(

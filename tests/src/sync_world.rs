@@ -19,7 +19,6 @@ use metered::runtime::{JobLedger, JobRuntime, RestartPolicy, Settled, NOT_BEFORE
 use metered::services::Services;
 use metered::store::RecordStore;
 use metered::sync::settings::ConnectionConfig;
-use metered::sync::SyncHandlers;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
@@ -86,7 +85,10 @@ pub struct World {
     pub quota_store: Arc<dyn QuotaStore>,
     pub runtimes: Vec<(JobKind, JobRuntime)>,
     pub workflow: Arc<dyn JobQueue>,
-    handler: SyncHandlers,
+    pub action_ledger: Arc<dyn metered::workflow::ActionLedger>,
+    handler: metered::local::Dispatch,
+    raw: BTreeMap<JobKind, Arc<dyn JobQueue>>,
+    ledger: Arc<dyn JobLedger>,
     waits: Arc<Mutex<HashMap<String, Timestamp>>>,
 }
 
@@ -108,17 +110,20 @@ impl World {
         })
         .await;
         let waits: Arc<Mutex<HashMap<String, Timestamp>>> = Arc::default();
-        let (store, quota_store, ledger): (
+        type Stores = (
             Arc<dyn RecordStore>,
             Arc<dyn QuotaStore>,
             Arc<dyn JobLedger>,
-        ) = match adapter {
+            Arc<dyn metered::workflow::ActionLedger>,
+        );
+        let (store, quota_store, ledger, action_ledger): Stores = match adapter {
             Adapter::Sqlite => {
                 let db = metered::sqlite::Db::in_memory().unwrap();
                 let store = Arc::new(metered::store::sqlite::SqliteStore::new(db.clone()));
                 (
                     store.clone(),
                     Arc::new(metered::quota::sqlite::SqliteQuota::new(db)),
+                    store.clone(),
                     store,
                 )
             }
@@ -128,6 +133,7 @@ impl World {
                 (
                     store.clone(),
                     Arc::new(metered::quota::dynamodb::DynamoQuota::new(table)),
+                    store.clone(),
                     store,
                 )
             }
@@ -135,12 +141,7 @@ impl World {
         let db = metered::sqlite::Db::in_memory().unwrap();
         let mut queues = Queues::new();
         let mut raw: BTreeMap<JobKind, Arc<dyn JobQueue>> = BTreeMap::new();
-        for kind in [
-            JobKind::CompleteTransfer,
-            JobKind::RecentRecords,
-            JobKind::PkLookup,
-            JobKind::Workflow,
-        ] {
+        for kind in metered::local::DISPATCHED {
             let inner: Arc<dyn JobQueue> = match adapter {
                 Adapter::Sqlite => Arc::new(SqliteQueue::new(
                     db.clone(),
@@ -199,7 +200,11 @@ impl World {
             adapter,
             clock,
             shared,
-            handler: SyncHandlers::all(svc.clone()),
+            handler: metered::local::Dispatch::new(svc.clone(), action_ledger.clone())
+                .expect("workflows compile"),
+            action_ledger,
+            raw: raw.clone(),
+            ledger,
             svc,
             store,
             quota_store,
@@ -208,6 +213,27 @@ impl World {
             fx,
             waits,
         }
+    }
+
+    /// Also run the workflow and action handlers (off by default, so sync
+    /// tests can read the triggers the syncs enqueue).
+    pub fn with_workflows(mut self) -> Self {
+        let policy = RestartPolicy {
+            max_restarts: 100,
+            max_jitter_secs: 30,
+        };
+        for k in [
+            JobKind::Workflow,
+            JobKind::ActionHttp,
+            JobKind::ActionDatasourcePush,
+        ] {
+            self.runtimes.push((
+                k,
+                JobRuntime::new(self.raw[&k].clone(), self.shared.clone(), policy)
+                    .with_ledger(self.ledger.clone()),
+            ));
+        }
+        self
     }
 
     pub fn sim(&self) -> &metered_sim::Sim {

@@ -21,6 +21,9 @@ pub struct AppConfig {
     /// Sync controls per record type.
     #[serde(default)]
     pub syncs: BTreeMap<String, crate::sync::settings::SyncConfig>,
+    /// Workflows by name.
+    #[serde(default)]
+    pub workflows: BTreeMap<String, crate::workflow::config::WorkflowConfig>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -429,7 +432,8 @@ impl AppConfig {
                 }
             }
         }
-        self.validate_syncs()
+        self.validate_syncs()?;
+        crate::workflow::config::validate(self)
     }
 
     fn validate_syncs(&self) -> Result<()> {

@@ -564,3 +564,57 @@ impl crate::runtime::JobLedger for DynamoStore {
         }
     }
 }
+
+#[async_trait]
+impl crate::workflow::ActionLedger for DynamoStore {
+    async fn begin_action(
+        &self,
+        key: &str,
+        now: Timestamp,
+    ) -> Result<crate::workflow::ActionBegin> {
+        use crate::workflow::ActionBegin;
+        let result = self
+            .table
+            .client
+            .put_item()
+            .table_name(&self.table.name)
+            .item("pk", s(format!("act#{}", key_part(key))))
+            .item("sk", s("action"))
+            .item("started_at", n(to_millis(now)))
+            .item(
+                "ttl",
+                n((now + chrono::Duration::days(LEDGER_TTL_DAYS * 5)).timestamp()),
+            )
+            .condition_expression("attribute_not_exists(pk)")
+            .return_values_on_condition_check_failure(
+                aws_sdk_dynamodb::types::ReturnValuesOnConditionCheckFailure::AllOld,
+            )
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(ActionBegin::New),
+            Err(e) => match e.as_service_error() {
+                Some(aws_sdk_dynamodb::operation::put_item::PutItemError::ConditionalCheckFailedException(c)) => {
+                    let done = c.item().is_some_and(|i| i.contains_key("done_at"));
+                    Ok(if done { ActionBegin::Done } else { ActionBegin::Again })
+                }
+                _ => Err(sdk_error("action begin", e)),
+            },
+        }
+    }
+
+    async fn finish_action(&self, key: &str, now: Timestamp) -> Result<()> {
+        self.table
+            .client
+            .update_item()
+            .table_name(&self.table.name)
+            .key("pk", s(format!("act#{}", key_part(key))))
+            .key("sk", s("action"))
+            .update_expression("SET done_at = :now")
+            .expression_attribute_values(":now", n(to_millis(now)))
+            .send()
+            .await
+            .map_err(|e| sdk_error("action finish", e))?;
+        Ok(())
+    }
+}

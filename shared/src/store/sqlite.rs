@@ -347,3 +347,53 @@ impl crate::runtime::JobLedger for SqliteStore {
             .await
     }
 }
+
+#[async_trait]
+impl crate::workflow::ActionLedger for SqliteStore {
+    async fn begin_action(
+        &self,
+        key: &str,
+        now: Timestamp,
+    ) -> Result<crate::workflow::ActionBegin> {
+        use crate::workflow::ActionBegin;
+        let key = key.to_string();
+        self.db
+            .call("action begin", move |conn| {
+                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                let row: Option<Option<i64>> = tx
+                    .query_row(
+                        "SELECT done_at FROM action_ledger WHERE key = ?1",
+                        params![key],
+                        |r| r.get(0),
+                    )
+                    .optional()?;
+                let begin = match row {
+                    None => {
+                        tx.execute(
+                            "INSERT INTO action_ledger (key, started_at) VALUES (?1, ?2)",
+                            params![key, to_millis(now)],
+                        )?;
+                        ActionBegin::New
+                    }
+                    Some(Some(_)) => ActionBegin::Done,
+                    Some(None) => ActionBegin::Again,
+                };
+                tx.commit()?;
+                Ok(begin)
+            })
+            .await
+    }
+
+    async fn finish_action(&self, key: &str, now: Timestamp) -> Result<()> {
+        let key = key.to_string();
+        self.db
+            .call("action finish", move |conn| {
+                conn.execute(
+                    "UPDATE action_ledger SET done_at = ?2 WHERE key = ?1",
+                    params![key, to_millis(now)],
+                )
+                .map(|_| ())
+            })
+            .await
+    }
+}

@@ -1,0 +1,7 @@
+//! Data Source push: inserts and deletes in one call, at most once per
+//! idempotency key. SQS-triggered.
+
+#[tokio::main]
+async fn main() -> Result<(), lambda_runtime::Error> {
+    metered::lambda::run_action_function(metered::job::JobKind::ActionDatasourcePush).await
+}

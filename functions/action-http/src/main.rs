@@ -1,0 +1,7 @@
+//! HTTP action: one API call per job, at most once per idempotency key.
+//! SQS-triggered.
+
+#[tokio::main]
+async fn main() -> Result<(), lambda_runtime::Error> {
+    metered::lambda::run_action_function(metered::job::JobKind::ActionHttp).await
+}

@@ -1,0 +1,7 @@
+//! Workflow: evaluates triggers and decision nodes on stored records and
+//! enqueues action jobs only for records that pass. SQS-triggered.
+
+#[tokio::main]
+async fn main() -> Result<(), lambda_runtime::Error> {
+    metered::lambda::run_workflow_function().await
+}

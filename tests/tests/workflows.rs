@@ -1,0 +1,391 @@
+//! Workflows end to end against the simulated API, on both adapter sets:
+//! decision nodes, exactly-once actions, related-record relookups, bulk
+//! executions under a tight budget, and dry runs.
+
+use metered::connector::config::AppConfig;
+use metered::job::{JobEnvelope, JobKind};
+use metered::quota::Limits;
+use metered::sync::settings::{CompleteTransferSettings, SyncConfig};
+use metered::workflow::RunPayload;
+use metered_sim::SimConfig;
+use metered_tests::sync_world::{Adapter, World, ORG};
+
+fn transfer() -> SyncConfig {
+    SyncConfig {
+        complete_transfer: Some(CompleteTransferSettings {
+            every: std::time::Duration::from_secs(86_400),
+        }),
+        ..Default::default()
+    }
+}
+
+fn workflow(c: &mut AppConfig, toml: &str) {
+    let parsed: AppConfig = toml::from_str(&format!(
+        "[app]\nname='x'\nbase_url='http://x/'\n[app.limits]\nper_day=1\nmax_concurrent=1\n{toml}"
+    ))
+    .expect("workflow toml");
+    c.workflows.extend(parsed.workflows);
+}
+
+/// Customers: 10% pass (`score < 10`); each passing one gets a note (HTTP)
+/// and a Data Source row (pushed 30 a call).
+const VIP: &str = r#"
+[workflows.vip]
+trigger = { record_type = "customers", on = ["updated"] }
+conditions = ["record.score < 10"]
+[[workflows.vip.actions]]
+kind = "http"
+method = "POST"
+path = "/notes"
+body = { customer = "{{ record.id }}", text = "Hello {{ record.name }}" }
+[[workflows.vip.actions]]
+kind = "datasource_push"
+datasource = "vips"
+row = { id = "{{ record.id }}", score = "{{ record.score }}" }
+max_rows_per_call = 30
+"#;
+
+async fn run_bulk(w: &World, name: &str, dry_run: bool) -> JobEnvelope {
+    let payload = serde_json::to_value(RunPayload {
+        workflow: name.into(),
+        ids: None,
+        dry_run,
+    })
+    .unwrap();
+    let job = JobEnvelope::new(
+        JobKind::Workflow,
+        ORG,
+        "sim-booking",
+        payload,
+        w.shared.now(),
+    );
+    w.svc.queues.send(&job, 0).await.unwrap();
+    job
+}
+
+async fn decision_nodes_spend_only_on_passing_records(adapter: Adapter) {
+    let w = World::new(
+        adapter,
+        SimConfig {
+            customers: 1_000,
+            ..Default::default()
+        },
+        |c| {
+            c.syncs.insert("customers".into(), transfer());
+            workflow(c, VIP);
+        },
+    )
+    .await
+    .with_workflows();
+    w.start(JobKind::CompleteTransfer, "customers").await;
+    w.drive().await;
+    let before = w.sim().stats();
+    assert_eq!(
+        before.calls("POST /notes"),
+        0,
+        "created records do not trigger an `updated` workflow"
+    );
+    let handler = metered::workflow::WorkflowHandler::new(w.svc.clone()).unwrap();
+    let estimate = handler.estimate(ORG, "vip", None).await.unwrap();
+    assert_eq!((estimate.records, estimate.passing), (1_000, 100));
+    assert_eq!(
+        (estimate.http_actions, estimate.datasource_calls),
+        (100, 4),
+        "{estimate:?}"
+    );
+    run_bulk(&w, "vip", true).await;
+    w.drive().await;
+    assert_eq!(
+        w.sim().stats().served(),
+        before.served(),
+        "a dry run spends nothing"
+    );
+    run_bulk(&w, "vip", false).await;
+    w.drive().await;
+    let stats = w.sim().stats();
+    assert_eq!(
+        stats.calls("POST /notes"),
+        100,
+        "exactly the passing records"
+    );
+    assert_eq!(stats.datasource_pushes, 4, "ceil(100 / 30)");
+    assert_eq!(
+        stats.served() - before.served(),
+        estimate.total_calls,
+        "the estimate was exact"
+    );
+    assert_eq!(w.sim().datasource_rows("vips").len(), 100);
+    assert!(stats.creates_by_idempotency_key.values().all(|n| *n == 1));
+    let passing: std::collections::BTreeSet<String> = w
+        .sim()
+        .records("customers")
+        .iter()
+        .filter(|r| r["score"].as_u64().unwrap() < 10)
+        .map(|r| r["id"].as_str().unwrap().to_string())
+        .collect();
+    let pushed: std::collections::BTreeSet<String> = w
+        .sim()
+        .datasource_rows("vips")
+        .iter()
+        .map(|r| r["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(pushed, passing);
+}
+
+async fn actions_fire_once_under_duplicates_restarts_and_crashes(adapter: Adapter) {
+    let w = World::new(
+        adapter,
+        SimConfig {
+            customers: 200,
+            ..Default::default()
+        },
+        |c| {
+            c.syncs.insert("customers".into(), transfer());
+            workflow(c, VIP);
+            c.connections[0].limits = Some(Limits::new(Some(2_500), None, None, 1).unwrap());
+        },
+    )
+    .await
+    .with_workflows();
+    w.start(JobKind::CompleteTransfer, "customers").await;
+    w.drive().await;
+    // A simulated crash between call and mark: the first attempt of one
+    // action reached the API but was never marked done.
+    let target = w
+        .sim()
+        .records("customers")
+        .into_iter()
+        .find(|r| r["score"].as_u64().unwrap() < 10)
+        .unwrap();
+    let stored = w
+        .store
+        .get(
+            &w.key(),
+            "customers",
+            &[target["id"].as_str().unwrap().to_string()],
+        )
+        .await
+        .unwrap()
+        .remove(0);
+    let crashed_key = format!("vip:0:{}:{}", stored.id, stored.hash);
+    // Duplicate deliveries and a changed record arrive as triggers.
+    w.sim()
+        .modify_ids("customers", std::slice::from_ref(&stored.id));
+    let job = run_bulk(&w, "vip", false).await;
+    w.svc.queues.send(&job, 0).await.unwrap(); // the same workflow job twice
+    w.drive().await;
+    let stats = w.sim().stats();
+    let notes = stats.calls("POST /notes");
+    assert_eq!(notes, 20, "200 customers, 10% pass, one note each");
+    assert!(
+        stats.creates_by_idempotency_key.values().all(|n| *n == 1),
+        "{:?}",
+        stats.creates_by_idempotency_key
+    );
+    assert_eq!(stats.creates_by_idempotency_key.len(), 20);
+    // Now the crash: begin the action, make the call, never mark it.
+    let key = format!("{crashed_key}:replay");
+    w.action_ledger
+        .begin_action(&key, w.shared.now())
+        .await
+        .unwrap();
+    let req = metered::connector::SendRequest {
+        method: "POST".into(),
+        path: "/notes".into(),
+        body: Some(serde_json::json!({})),
+        idempotency_key: Some(key.clone()),
+    };
+    metered::connector::Connector::send(&*w.fx.connector, &req)
+        .await
+        .unwrap();
+    let payload = metered::workflow::actions::HttpActionPayload {
+        workflow: "vip".into(),
+        action: 0,
+        record_id: stored.id.clone(),
+        method: "POST".into(),
+        path: "/notes".into(),
+        body: Some(serde_json::json!({})),
+    };
+    let mut action = JobEnvelope::new(
+        JobKind::ActionHttp,
+        ORG,
+        "sim-booking",
+        serde_json::to_value(payload).unwrap(),
+        w.shared.now(),
+    );
+    action.idempotency_key = key.clone();
+    w.svc.queues.send(&action, 0).await.unwrap();
+    w.svc.queues.send(&action, 0).await.unwrap();
+    w.drive().await;
+    let stats = w.sim().stats();
+    assert_eq!(
+        stats.create_requests_by_idempotency_key.get(&key),
+        Some(&2),
+        "called again after the crash, with the same key: {key} not in {:?}",
+        stats
+            .create_requests_by_idempotency_key
+            .iter()
+            .filter(|(k, _)| k.contains("cus_00000"))
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(
+        stats.creates_by_idempotency_key.get(&key),
+        Some(&1),
+        "performed once"
+    );
+    assert_eq!(w.dead_letters().await, 0);
+}
+
+async fn a_missing_related_record_waits_for_one_relookup(adapter: Adapter) {
+    let w = World::new(adapter, SimConfig { customers: 450, invoices: 1_150, ..Default::default() }, |c| {
+        c.syncs.insert("invoices".into(), transfer());
+        c.syncs.insert("customers".into(), transfer());
+        workflow(
+            c,
+            r#"
+[workflows.gold_invoices]
+trigger = { record_type = "invoices" }
+conditions = ["related.customer.tier == 'gold'", "record.status == 'paid'"]
+related.customer = { via = "/customer_id", record_type = "customers", missing = "transfer", min_relookup = "1h" }
+[[workflows.gold_invoices.actions]]
+kind = "http"
+method = "POST"
+path = "/notes"
+body = { invoice = "{{ record.id }}", customer = "{{ related.customer.name }}" }
+"#,
+        );
+    })
+    .await
+    .with_workflows();
+    w.start(JobKind::CompleteTransfer, "invoices").await;
+    let report = w.drive().await;
+    assert!(
+        report
+            .restarts
+            .iter()
+            .any(|r| r.contains("waiting for a related record")),
+        "{:?}",
+        report.restarts
+    );
+    let stats = w.sim().stats();
+    assert_eq!(
+        stats.calls("GET /customers"),
+        3,
+        "one customers transfer for six waiting workflow jobs (450 at 200 a page)"
+    );
+    let customers = w.sim().records("customers");
+    let gold = |id: &str| {
+        customers
+            .iter()
+            .any(|c| c["id"] == id && c["tier"] == "gold")
+    };
+    let expected = w
+        .sim()
+        .records("invoices")
+        .iter()
+        .filter(|i| i["status"] == "paid" && gold(i["customer_id"].as_str().unwrap()))
+        .count();
+    assert_eq!(
+        stats.calls("POST /notes") as usize,
+        expected,
+        "every passing invoice got its action once the customers arrived"
+    );
+    assert_eq!(w.dead_letters().await, 0);
+}
+
+async fn a_bulk_execution_over_budget_spreads_over_windows(adapter: Adapter) {
+    let w = World::new(
+        adapter,
+        SimConfig {
+            customers: 1_000,
+            ..Default::default()
+        },
+        |c| {
+            c.syncs.insert("customers".into(), transfer());
+            workflow(
+                c,
+                &VIP.replace("record.score < 10", "record.score < 20")
+                    .replace("max_rows_per_call = 30", "max_rows_per_call = 1000"),
+            );
+            c.connections[0].limits = Some(Limits::new(Some(60), None, None, 3).unwrap());
+        },
+    )
+    .await
+    .with_workflows();
+    w.start(JobKind::CompleteTransfer, "customers").await;
+    w.drive().await;
+    let day0 = w.shared.now().date_naive();
+    run_bulk(&w, "vip", false).await;
+    let report = w.drive().await;
+    let stats = w.sim().stats();
+    assert_eq!(stats.calls("POST /notes"), 200, "nothing lost");
+    assert_eq!(stats.creates_by_idempotency_key.len(), 200);
+    assert!(stats.creates_by_idempotency_key.values().all(|n| *n == 1));
+    assert_eq!(stats.datasource_pushes, 1);
+    assert!(
+        stats.calls_by_key_day.values().all(|n| *n <= 60),
+        "{:?}",
+        stats.calls_by_key_day
+    );
+    assert!(
+        (w.shared.now().date_naive() - day0).num_days() >= 3,
+        "205 calls at 60 a day take four windows"
+    );
+    assert!(
+        report.restarts.iter().any(|r| r.contains("day limit")),
+        "{:?}",
+        report.restarts
+    );
+    assert_eq!(w.dead_letters().await, 0);
+}
+
+#[test]
+fn bad_workflow_configs_are_rejected_at_load() {
+    let base = metered_sim::app_config("http://127.0.0.1:1/");
+    let cases = [
+        ("[workflows.w]\ntrigger = { record_type = \"orders\" }\n[[workflows.w.actions]]\nkind = \"http\"\nmethod = \"POST\"\npath = \"/x\"", "workflows.w.trigger.record_type: unknown record type `orders`"),
+        ("[workflows.w]\ntrigger = { record_type = \"customers\" }\nconditions = [\"record.score <\"]\n[[workflows.w.actions]]\nkind = \"http\"\nmethod = \"POST\"\npath = \"/x\"", "workflows.w.conditions[0]: invalid CEL expression"),
+        ("[workflows.w]\ntrigger = { record_type = \"customers\" }\nconditions = [\"customer.score < 3\"]\n[[workflows.w.actions]]\nkind = \"http\"\nmethod = \"POST\"\npath = \"/x\"", "unknown variable `customer`"),
+        ("[workflows.w]\ntrigger = { record_type = \"customers\" }\nfilter = \"x\"\n[[workflows.w.actions]]\nkind = \"http\"\nmethod = \"POST\"\npath = \"/x\"", "unknown field `filter`"),
+        ("[workflows.w]\ntrigger = { record_type = \"customers\" }\n[[workflows.w.actions]]\nkind = \"http\"\nmethod = \"POST\"\npath = \"/x/{{ related.owner.id }}\"", "workflows.w.actions[0].path: template {{ related.owner.id }}"),
+        ("[workflows.w]\ntrigger = { record_type = \"customers\" }\n[[workflows.w.actions]]\nkind = \"teleport\"", "unknown variant `teleport`"),
+        ("[workflows.w]\ntrigger = { record_type = \"invoices\" }\nrelated.c = { via = \"/customer_id\", record_type = \"customers\" }\n[[workflows.w.actions]]\nkind = \"http\"\nmethod = \"POST\"\npath = \"/x\"", "`transfer` needs syncs.customers.complete_transfer"),
+    ];
+    for (extra, expected) in cases {
+        let err = AppConfig::parse(&format!("{base}\n{extra}\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(expected), "expected {expected:?} in: {err}");
+    }
+    let err = AppConfig::parse(&format!("{base}\n{}\n", cases[1].0))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains(":1:"),
+        "the CEL error carries its position: {err}"
+    );
+}
+
+macro_rules! on_both {
+    ($($case:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() { super::$case(super::Adapter::Sqlite).await }
+            )*
+        }
+        mod dynamodb_local_and_ministack {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() { super::$case(super::Adapter::Aws).await }
+            )*
+        }
+    };
+}
+
+on_both!(
+    decision_nodes_spend_only_on_passing_records,
+    actions_fire_once_under_duplicates_restarts_and_crashes,
+    a_missing_related_record_waits_for_one_relookup,
+    a_bulk_execution_over_budget_spreads_over_windows,
+);
