@@ -3,6 +3,10 @@
 
 mod bench;
 mod demo;
+mod inspect;
+mod quota_demo;
+mod run;
+mod system;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -20,12 +24,25 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Many jobs share the seeds' budget (2,500 calls a UTC day, 3 concurrent)
-    /// on the embedded SQLite adapter; denied work restarts on a simulated
-    /// clock until everything is done. Zero configuration.
+    /// Zero configuration: the bundled booking app against the simulated API
+    /// (2,500 calls a day, 3 concurrent) for simulated days, then a report.
     Demo(demo::Args),
-    /// Measures the quota and restart paths on SQLite, or on DynamoDB + SQS
-    /// endpoints (DynamoDB Local and ministack), and prints the figures.
+    /// The quota library alone: many jobs share one budget on SQLite and
+    /// restart on a simulated clock until everything is done.
+    QuotaDemo(quota_demo::Args),
+    /// The whole system on this machine for an app config: real time, or
+    /// `--simulate DAYS` on a simulated clock (`--sim` serves the app from
+    /// the built-in simulator).
+    Run(run::RunArgs),
+    /// Who spent the budget: calls by organization, source and endpoint.
+    Usage(inspect::UsageArgs),
+    /// What got synced: records of a type with first seen, last synced, last looked up.
+    Records(inspect::RecordsArgs),
+    /// Jobs waiting (with not_before and why they restarted) and dead letters.
+    Jobs(inspect::Common),
+    /// Runs one handler once with a Lambda event JSON (schedule or SQS).
+    Invoke(run::InvokeArgs),
+    /// Measures the quota, restart, connector and sync paths and prints figures.
     Bench(bench::Args),
 }
 
@@ -51,6 +68,12 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Demo(args) => demo::run(args).await,
+            Command::QuotaDemo(args) => quota_demo::run(args).await,
+            Command::Run(args) => run::run(args).await,
+            Command::Usage(args) => inspect::usage(args).await,
+            Command::Records(args) => inspect::records(args).await,
+            Command::Jobs(args) => inspect::jobs(args).await,
+            Command::Invoke(args) => run::invoke(args).await,
             Command::Bench(args) => bench::run(args).await,
         }
     });
@@ -58,7 +81,14 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");
-            ExitCode::FAILURE
+            // Configuration mistakes are the caller's to fix: exit 2, like usage errors.
+            if e.downcast_ref::<metered::Error>()
+                .is_some_and(|e| matches!(e, metered::Error::Config(_)))
+            {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }

@@ -74,7 +74,7 @@ impl crate::runtime::JobHandler for Dispatch {
 }
 
 /// What a run did.
-#[derive(Debug, Default, Clone, serde::Serialize)]
+#[derive(Debug, Default, Clone, PartialEq, serde::Serialize)]
 pub struct RunReport {
     pub done: BTreeMap<String, u64>,
     /// Restarts by reason (early re-sends of long waits not counted).
@@ -191,6 +191,22 @@ impl LocalRunner {
                 _ => return Ok(report),
             }
         }
+    }
+}
+
+impl RunReport {
+    /// Adds another run's counts to this one.
+    pub fn merge(&mut self, other: RunReport) {
+        for (k, v) in other.done {
+            *self.done.entry(k).or_default() += v;
+        }
+        for (k, v) in other.restarts {
+            *self.restarts.entry(k).or_default() += v;
+        }
+        self.not_before_hops += other.not_before_hops;
+        self.duplicates_dropped += other.duplicates_dropped;
+        self.retries += other.retries;
+        self.dead_lettered += other.dead_lettered;
     }
 }
 

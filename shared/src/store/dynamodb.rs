@@ -603,6 +603,24 @@ impl crate::workflow::ActionLedger for DynamoStore {
         }
     }
 
+    async fn abandon_action(&self, key: &str) -> Result<()> {
+        let result = self
+            .table
+            .client
+            .delete_item()
+            .table_name(&self.table.name)
+            .key("pk", s(format!("act#{}", key_part(key))))
+            .key("sk", s("action"))
+            .condition_expression("attribute_not_exists(done_at)")
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(e) if matches!(e.as_service_error(), Some(aws_sdk_dynamodb::operation::delete_item::DeleteItemError::ConditionalCheckFailedException(_))) => Ok(()),
+            Err(e) => Err(sdk_error("action abandon", e)),
+        }
+    }
+
     async fn finish_action(&self, key: &str, now: Timestamp) -> Result<()> {
         self.table
             .client

@@ -384,6 +384,19 @@ impl crate::workflow::ActionLedger for SqliteStore {
             .await
     }
 
+    async fn abandon_action(&self, key: &str) -> Result<()> {
+        let key = key.to_string();
+        self.db
+            .call("action abandon", move |conn| {
+                conn.execute(
+                    "DELETE FROM action_ledger WHERE key = ?1 AND done_at IS NULL",
+                    params![key],
+                )
+                .map(|_| ())
+            })
+            .await
+    }
+
     async fn finish_action(&self, key: &str, now: Timestamp) -> Result<()> {
         let key = key.to_string();
         self.db

@@ -125,7 +125,14 @@ impl JobHandler for ActionHandlers {
                 // The call happened; a redelivery repeats it under the same key.
                 Err(e) => Outcome::from_error(&e),
             },
-            Err(e) => e.into_outcome(None),
+            Err(e) => {
+                if matches!(e, crate::connector::CallError::Denied(_)) {
+                    if let Err(err) = self.ledger.abandon_action(&job.idempotency_key).await {
+                        tracing::warn!(error = %err, "could not reset the action ledger");
+                    }
+                }
+                e.into_outcome(None)
+            }
         };
         if let Err(e) = self.svc.quota.flush_usage().await {
             tracing::warn!(error = %e, "usage flush failed; kept for the next flush");

@@ -36,4 +36,7 @@ pub enum ActionBegin {
 pub trait ActionLedger: Send + Sync {
     async fn begin_action(&self, key: &str, now: Timestamp) -> Result<ActionBegin>;
     async fn finish_action(&self, key: &str, now: Timestamp) -> Result<()>;
+    /// Forgets a begun key whose call was never made (the quota refused),
+    /// so the next attempt is a first attempt, not a replay.
+    async fn abandon_action(&self, key: &str) -> Result<()>;
 }

@@ -1,15 +1,15 @@
-//! `metered demo` end to end: the binary runs, exits 0, and its report shows
+//! `metered quota-demo` end to end: the binary runs, exits 0, and its report shows
 //! the budget held (per day and in concurrency) with nothing lost.
 
 use std::process::Command;
 
 fn demo(args: &[&str]) -> (bool, serde_json::Value, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_metered"))
-        .arg("demo")
+        .arg("quota-demo")
         .arg("--json")
         .args(args)
         .output()
-        .expect("run metered demo");
+        .expect("run metered quota-demo");
     let stdout = String::from_utf8_lossy(&out.stdout).to_string();
     let report = serde_json::from_str(&stdout).unwrap_or(serde_json::Value::Null);
     (
@@ -69,9 +69,9 @@ fn demo_on_a_file_database_with_other_limits() {
 #[test]
 fn bad_limits_fail_with_a_clear_message() {
     let out = Command::new(env!("CARGO_BIN_EXE_metered"))
-        .args(["demo", "--per-day", "0"])
+        .args(["quota-demo", "--per-day", "0"])
         .output()
-        .expect("run metered demo");
+        .expect("run metered quota-demo");
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("limits.per_day is 0"), "{err}");

@@ -1,0 +1,207 @@
+//! `metered usage`, `metered records`, `metered jobs`: what the local
+//! database (or DynamoDB, for usage) says happened.
+
+use crate::system::{default_db, load_config, BoxError};
+use metered::job::JobEnvelope;
+use metered::local::DISPATCHED;
+use metered::quota::{QuotaKey, QuotaStore};
+use metered::sqlite::Db;
+use metered::store::RecordStore;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+#[derive(clap::Args, Debug)]
+pub struct Common {
+    /// The app config (default: the bundled example), for the app name and organizations.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// The SQLite database a `metered run` or `metered demo --db` wrote.
+    #[arg(long, default_value_os_t = default_db())]
+    db: PathBuf,
+    /// Organization (default: every connection in the config).
+    #[arg(long)]
+    org: Option<String>,
+    /// Print JSON for scripts.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct UsageArgs {
+    #[command(flatten)]
+    common: Common,
+    /// UTC day, YYYY-MM-DD (default: today).
+    #[arg(long)]
+    day: Option<chrono::NaiveDate>,
+    /// Read usage from this DynamoDB table instead of SQLite (AWS credentials
+    /// and region from the environment; AWS_ENDPOINT_URL for DynamoDB Local).
+    #[arg(long)]
+    dynamodb_table: Option<String>,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct RecordsArgs {
+    /// Record type, e.g. invoices.
+    record_type: String,
+    #[command(flatten)]
+    common: Common,
+    /// Most records to list.
+    #[arg(long, default_value_t = 50)]
+    limit: u32,
+}
+
+fn open_db(path: &PathBuf) -> Result<Db, BoxError> {
+    if !path.exists() {
+        return Err(format!(
+            "{}: no database here; run `metered run` or `metered demo --db {}` first, or pass --db",
+            path.display(),
+            path.display()
+        )
+        .into());
+    }
+    Ok(Db::open(path)?)
+}
+
+fn orgs(common: &Common, config: &metered::connector::config::AppConfig) -> Vec<String> {
+    match &common.org {
+        Some(o) => vec![o.clone()],
+        None => config.connections.iter().map(|c| c.org.clone()).collect(),
+    }
+}
+
+pub async fn usage(args: UsageArgs) -> Result<(), BoxError> {
+    let config = load_config(args.common.config.as_deref())?;
+    let day = args.day.unwrap_or_else(|| chrono::Utc::now().date_naive());
+    let store: Arc<dyn QuotaStore> = match &args.dynamodb_table {
+        Some(table) => {
+            let aws = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+            Arc::new(metered::quota::dynamodb::DynamoQuota::new(
+                metered::dynamodb::Table::new(aws_sdk_dynamodb::Client::new(&aws), table),
+            ))
+        }
+        None => Arc::new(metered::quota::sqlite::SqliteQuota::new(open_db(
+            &args.common.db,
+        )?)),
+    };
+    let mut rows = Vec::new();
+    for org in orgs(&args.common, &config) {
+        rows.extend(
+            store
+                .usage(&QuotaKey::new(&org, &config.app.name), day)
+                .await?,
+        );
+    }
+    if args.common.json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(());
+    }
+    let budget = config
+        .app
+        .limits
+        .per_day
+        .map_or("no daily limit".to_string(), |l| format!("{l} a day"));
+    let spent: u64 = rows.iter().filter(|u| !u.exempt).map(|u| u.calls).sum();
+    println!(
+        "Usage of app `{}` on {day} (budget {budget}): {spent} calls",
+        config.app.name
+    );
+    println!(
+        "  {:<10} {:<36} {:<32} {:>7}",
+        "org", "source", "endpoint", "calls"
+    );
+    for u in &rows {
+        let exempt = if u.exempt { " (exempt)" } else { "" };
+        println!(
+            "  {:<10} {:<36} {:<32} {:>7}{exempt}",
+            u.key.org, u.source, u.endpoint, u.calls
+        );
+    }
+    Ok(())
+}
+
+pub async fn records(args: RecordsArgs) -> Result<(), BoxError> {
+    let config = load_config(args.common.config.as_deref())?;
+    config.record_type(&args.record_type)?;
+    let store = metered::store::sqlite::SqliteStore::new(open_db(&args.common.db)?);
+    let mut all = Vec::new();
+    for org in orgs(&args.common, &config) {
+        let key = QuotaKey::new(&org, &config.app.name);
+        for r in store
+            .list(&key, &args.record_type, None, args.limit)
+            .await?
+        {
+            all.push((org.clone(), r));
+        }
+    }
+    if args.common.json {
+        let out: Vec<_> = all
+            .iter()
+            .map(|(org, r)| serde_json::json!({"org": org, "record": r}))
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(());
+    }
+    let t = |t: Option<chrono::DateTime<chrono::Utc>>| {
+        t.map_or("-".to_string(), |t| t.format("%Y-%m-%d %H:%M").to_string())
+    };
+    println!(
+        "  {:<10} {:<14} {:<17} {:<17} {:<17} seen",
+        "org", "id", "first seen", "last synced", "last looked up"
+    );
+    for (org, r) in &all {
+        println!(
+            "  {:<10} {:<14} {:<17} {:<17} {:<17} {}",
+            org,
+            r.id,
+            t(Some(r.first_seen)),
+            t(r.last_synced),
+            t(r.last_looked_up),
+            if r.seen() { "yes" } else { "no (looked for)" }
+        );
+    }
+    Ok(())
+}
+
+pub async fn jobs(args: Common) -> Result<(), BoxError> {
+    let db = open_db(&args.db)?;
+    let clock: metered::clock::SharedClock = Arc::new(metered::clock::SystemClock);
+    let mut out = Vec::new();
+    for kind in DISPATCHED {
+        let q =
+            metered::queue::sqlite::SqliteQueue::new(db.clone(), kind.as_str(), clock.clone(), 5);
+        for (visible, body) in q.pending().await? {
+            let job = JobEnvelope::parse(&body).ok();
+            out.push(serde_json::json!({
+                "queue": kind.as_str(),
+                "visible_at": visible,
+                "not_before": job.as_ref().and_then(|j| j.not_before),
+                "restarts": job.as_ref().map(|j| j.restarts),
+                "reason": job.as_ref().and_then(|j| j.last_reason.clone()),
+                "id": job.as_ref().map(|j| j.id.clone()),
+            }));
+        }
+        for dead in metered::queue::JobQueue::dead_letters(&q, 1000).await? {
+            out.push(serde_json::json!({"queue": format!("{}-dlq", kind.as_str()), "reason": dead.reason, "id": dead.message_id}));
+        }
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(());
+    }
+    if out.is_empty() {
+        println!("no jobs waiting and no dead letters");
+    }
+    for j in &out {
+        println!(
+            "  {:<24} not before {:<26} restarts {:<4} {}",
+            j["queue"].as_str().unwrap_or_default(),
+            j["not_before"]
+                .as_str()
+                .or(j["visible_at"].as_str())
+                .unwrap_or("-"),
+            j["restarts"],
+            j["reason"].as_str().unwrap_or("")
+        );
+    }
+    Ok(())
+}

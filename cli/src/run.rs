@@ -1,0 +1,181 @@
+//! `metered run`: the whole system on one machine against the app's API,
+//! in real time or over simulated days; and `metered invoke`: one handler,
+//! once, with a Lambda event.
+
+use crate::system::{default_db, load_config, BoxError, Options, System};
+use metered::job::JobKind;
+use metered::runtime::{JobContext, JobRuntime, RestartPolicy};
+use std::path::PathBuf;
+
+#[derive(clap::Args, Debug)]
+pub struct RunArgs {
+    /// The app config (TOML; see docs/connector.md).
+    #[arg(long)]
+    config: PathBuf,
+    /// Run this many simulated days on a simulated clock instead of real time.
+    #[arg(long)]
+    simulate: Option<u32>,
+    /// Serve the app from the built-in simulator instead of its real API.
+    #[arg(long)]
+    sim: bool,
+    #[arg(long, default_value_os_t = default_db())]
+    db: PathBuf,
+    #[arg(long)]
+    json: bool,
+}
+
+pub async fn run(args: RunArgs) -> Result<(), BoxError> {
+    let config = load_config(Some(&args.config))?;
+    let start = chrono::Utc::now();
+    let system = System::build(
+        config,
+        Options {
+            db: Some(args.db.clone()),
+            simulated_start: args.simulate.map(|_| start),
+            sim: args.sim.then(metered_sim::SimConfig::default),
+        },
+    )
+    .await?;
+    let Some(days) = args.simulate else {
+        eprintln!("metered run: app `{}` in real time; Ctrl-C to stop. Inspect with `metered usage`, `metered jobs`.", system.config.app.name);
+        return real_time(&system).await;
+    };
+    let bar = indicatif::ProgressBar::new(u64::from(days) * 24);
+    let report = system.simulate(days, |_, _| bar.inc(1)).await?;
+    bar.finish_and_clear();
+    let mut usage = serde_json::Map::new();
+    for org in system.config.connections.iter().map(|c| c.org.clone()) {
+        let key = system.runner.svc.key(&org);
+        for d in 0..=days {
+            let day = (start + chrono::Duration::days(i64::from(d))).date_naive();
+            let calls: u64 = system
+                .runner
+                .svc
+                .quota
+                .store()
+                .usage(&key, day)
+                .await?
+                .iter()
+                .filter(|u| !u.exempt)
+                .map(|u| u.calls)
+                .sum();
+            if calls > 0 {
+                usage.insert(format!("{org} {day}"), calls.into());
+            }
+        }
+    }
+    let out = serde_json::json!({"calls_per_day": usage, "report": report});
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else {
+        println!("Simulated {days} day(s). Calls per organization and day:");
+        for (k, v) in &usage {
+            println!("  {k}  {v}");
+        }
+        println!(
+            "Jobs done {:?}; restarts {:?}; dead-lettered {}",
+            report.done, report.restarts, report.dead_lettered
+        );
+    }
+    Ok(())
+}
+
+/// Real time: the dispatcher ticks the scheduler every minute and runs what
+/// is due. Waiting here is waiting for the next due job, not out a limit.
+async fn real_time(system: &System) -> Result<(), BoxError> {
+    let manual = metered::clock::ManualClock::new(chrono::Utc::now());
+    loop {
+        manual.set(chrono::Utc::now());
+        let until = chrono::Utc::now();
+        // Runs only what is due now (the manual clock is pinned to now).
+        let report = system.runner.run_simulated(&manual, until, None).await?;
+        metered::sync::scheduler::tick(&system.runner.svc).await?;
+        if !report.done.is_empty() || !report.restarts.is_empty() {
+            eprintln!(
+                "{} {:?} {:?}",
+                chrono::Utc::now().format("%H:%M:%S"),
+                report.done,
+                report.restarts
+            );
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    }
+}
+
+#[derive(clap::Args, Debug)]
+pub struct InvokeArgs {
+    /// scheduler, complete-transfer, recent-records, pk-lookup, workflow,
+    /// action-http or action-datasource-push.
+    function: String,
+    /// A Lambda event: an EventBridge schedule event for the scheduler, an
+    /// SQS event (`sam local generate-event sqs receive-message`) otherwise.
+    #[arg(long)]
+    event: PathBuf,
+    /// The app config (default: the bundled example, served by the simulator).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    #[arg(long, default_value_os_t = default_db())]
+    db: PathBuf,
+}
+
+pub async fn invoke(args: InvokeArgs) -> Result<(), BoxError> {
+    let text = std::fs::read_to_string(&args.event)
+        .map_err(|e| format!("{}: cannot read: {e}", args.event.display()))?;
+    let event: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| format!("{}: not JSON: {e}", args.event.display()))?;
+    let config = load_config(args.config.as_deref())?;
+    let system = System::build(
+        config,
+        Options {
+            db: Some(args.db.clone()),
+            simulated_start: None,
+            sim: args.config.is_none().then(metered_sim::SimConfig::default),
+        },
+    )
+    .await?;
+    let svc = system.runner.svc.clone();
+    if args.function == "scheduler" {
+        let out = metered::sync::scheduler::handle(&svc, &event).await?;
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(());
+    }
+    let kind: JobKind = serde_json::from_value(serde_json::Value::String(args.function.clone()))
+        .map_err(|_| format!("unknown function `{}`; expected scheduler, complete-transfer, recent-records, pk-lookup, workflow, action-http or action-datasource-push", args.function))?;
+    let sqs: aws_lambda_events::event::sqs::SqsEvent = serde_json::from_value(event)
+        .map_err(|e| format!("{}: not an SQS event: {e}", args.event.display()))?;
+    let queue = system
+        .runner
+        .queue(kind)
+        .ok_or("no queue for that function")?
+        .clone();
+    let runtime = JobRuntime::new(queue, system.clock.clone(), RestartPolicy::default());
+    let ledger: std::sync::Arc<dyn metered::workflow::ActionLedger> = std::sync::Arc::new(
+        metered::store::sqlite::SqliteStore::new(system.runner.db.clone()),
+    );
+    let dispatch = metered::local::Dispatch::new(svc, ledger)?;
+    let response = runtime
+        .handle_sqs_event(sqs, &Only(kind, dispatch), &JobContext::default())
+        .await;
+    println!("{}", serde_json::to_string_pretty(&response)?);
+    Ok(())
+}
+
+/// One function's view of the dispatcher: only its own kind.
+struct Only(JobKind, metered::local::Dispatch);
+
+#[async_trait::async_trait]
+impl metered::runtime::JobHandler for Only {
+    fn name(&self) -> &str {
+        self.0.as_str()
+    }
+    fn accepts(&self, kind: JobKind) -> bool {
+        kind == self.0
+    }
+    async fn handle(
+        &self,
+        job: &metered::job::JobEnvelope,
+        ctx: &JobContext,
+    ) -> metered::job::Outcome {
+        self.1.handle(job, ctx).await
+    }
+}

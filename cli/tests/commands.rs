@@ -1,0 +1,287 @@
+//! The `metered` commands end to end, as a user runs them.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn metered(args: &[&str], dir: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_metered"))
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("run metered")
+}
+
+fn tmp(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("metered-cli-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn json(out: &Output) -> serde_json::Value {
+    assert!(
+        out.status.success(),
+        "failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
+}
+
+#[test]
+fn demo_report_matches_the_apis_own_counters_and_the_database_answers() {
+    let dir = tmp("demo");
+    let r = json(&metered(
+        &["demo", "--days", "1", "--json", "--db", "demo.sqlite"],
+        &dir,
+    ));
+    assert_eq!(r["usage_recorded"], r["api_calls_served"], "{r}");
+    assert!(r["api_calls_served"].as_u64().unwrap() > 100, "{r}");
+    for (day, d) in r["days"].as_object().unwrap() {
+        assert_eq!(d["api_served"], d["usage_recorded"], "{day}");
+        assert!(d["api_served"].as_u64().unwrap() <= 2_500);
+    }
+    for (t, rec) in r["records"].as_object().unwrap() {
+        assert_eq!(rec["stored"], rec["in_api"], "{t} fully synced");
+    }
+    assert_eq!(r["dead_lettered"], 0);
+    assert_eq!(r["api_429s"], 0);
+    assert!(r["max_concurrent_seen_by_api"].as_u64().unwrap() <= 3);
+    assert!(
+        r["actions"]["notes_created"].as_u64().unwrap() > 0,
+        "the workflow fired"
+    );
+
+    // The same database answers the inspection commands.
+    let usage = json(&metered(
+        &[
+            "usage",
+            "--db",
+            "demo.sqlite",
+            "--day",
+            "2026-11-22",
+            "--json",
+        ],
+        &dir,
+    ));
+    let total: u64 = usage
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|u| u["exempt"] == false)
+        .map(|u| u["calls"].as_u64().unwrap())
+        .sum();
+    assert_eq!(
+        total,
+        r["days"]["2026-11-22"]["usage_recorded"].as_u64().unwrap()
+    );
+    let records = json(&metered(
+        &[
+            "records",
+            "customers",
+            "--db",
+            "demo.sqlite",
+            "--json",
+            "--limit",
+            "5",
+        ],
+        &dir,
+    ));
+    assert_eq!(records.as_array().unwrap().len(), 5);
+    assert!(records[0]["record"]["first_seen"].is_string());
+    let text = metered(
+        &["usage", "--db", "demo.sqlite", "--day", "2026-11-22"],
+        &dir,
+    );
+    assert!(String::from_utf8_lossy(&text.stdout).contains("recent-records:invoices"));
+    let jobs = metered(&["jobs", "--db", "demo.sqlite"], &dir);
+    assert!(jobs.status.success());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn bad_configs_and_events_fail_clearly() {
+    let dir = tmp("bad");
+    std::fs::write(dir.join("bad.toml"), "[app]\nname = \"x\"\nbase_url = \"ftp://nope\"\n[app.limits]\nper_day = 10\nmax_concurrent = 1\n").unwrap();
+    let out = metered(&["run", "--config", "bad.toml", "--simulate", "1"], &dir);
+    assert_eq!(out.status.code(), Some(2), "a config error exits 2");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("bad.toml") && err.contains("app.base_url"),
+        "{err}"
+    );
+
+    let out = metered(
+        &["run", "--config", "missing.toml", "--simulate", "1"],
+        &dir,
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("missing.toml: cannot read"));
+
+    std::fs::write(dir.join("event.json"), "{\"Records\": 7}").unwrap();
+    let out = metered(
+        &[
+            "invoke",
+            "complete-transfer",
+            "--event",
+            "event.json",
+            "--db",
+            "x.sqlite",
+        ],
+        &dir,
+    );
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not an SQS event"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let out = metered(
+        &[
+            "invoke",
+            "teleport",
+            "--event",
+            "event.json",
+            "--db",
+            "x.sqlite",
+        ],
+        &dir,
+    );
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown function `teleport`"));
+
+    let out = metered(&["records", "customers", "--db", "nowhere.sqlite"], &dir);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no database here"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn invoke_runs_one_handler_with_a_lambda_event() {
+    let dir = tmp("invoke");
+    let job = serde_json::json!({
+        "v": 1, "id": "job-1", "kind": "complete-transfer", "org": "acme", "app": "sim-booking",
+        "payload": {"record_type": "classes"}, "idempotency_key": "job-1", "created_at": "2026-11-22T00:00:00Z"
+    });
+    let mut event: serde_json::Value =
+        serde_json::from_str(include_str!("../../tests/fixtures/sqs-event.json")).unwrap();
+    event["Records"][0]["body"] = job.to_string().into();
+    std::fs::write(dir.join("sqs.json"), event.to_string()).unwrap();
+    let out = json(&metered(
+        &[
+            "invoke",
+            "complete-transfer",
+            "--event",
+            "sqs.json",
+            "--db",
+            "i.sqlite",
+        ],
+        &dir,
+    ));
+    assert_eq!(out["batchItemFailures"], serde_json::json!([]), "{out}");
+    let records = json(&metered(
+        &["records", "classes", "--db", "i.sqlite", "--json"],
+        &dir,
+    ));
+    assert_eq!(
+        records.as_array().unwrap().len(),
+        20,
+        "the transfer ran against the simulator"
+    );
+    // The scheduler with a schedule event.
+    std::fs::write(
+        dir.join("tick.json"),
+        include_str!("../../tests/fixtures/scheduled-event.json"),
+    )
+    .unwrap();
+    let out = json(&metered(
+        &[
+            "invoke",
+            "scheduler",
+            "--event",
+            "tick.json",
+            "--db",
+            "i.sqlite",
+        ],
+        &dir,
+    ));
+    assert!(!out["started"].as_array().unwrap().is_empty(), "{out}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn every_command_has_help() {
+    let dir = tmp("help");
+    for cmd in [
+        "demo",
+        "run",
+        "usage",
+        "records",
+        "jobs",
+        "invoke",
+        "bench",
+        "quota-demo",
+    ] {
+        let out = metered(&[cmd, "--help"], &dir);
+        assert!(out.status.success(), "{cmd} --help");
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("Usage: metered"),
+            "{cmd}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn usage_reads_dynamodb_too() {
+    use metered::quota::QuotaStore;
+    let url = std::env::var("METERED_TEST_DYNAMODB_URL")
+        .expect("METERED_TEST_DYNAMODB_URL: run `bash infra/test.sh`, which starts DynamoDB Local");
+    let cfg = aws_config::SdkConfig::builder()
+        .behavior_version(aws_sdk_dynamodb::config::BehaviorVersion::latest())
+        .region(aws_sdk_dynamodb::config::Region::new("us-east-1"))
+        .credentials_provider(
+            aws_credential_types::provider::SharedCredentialsProvider::new(
+                aws_credential_types::Credentials::new("local", "local", None, None, "test"),
+            ),
+        )
+        .endpoint_url(&url)
+        .build();
+    let name = format!("metered-cli-usage-{}", std::process::id());
+    let table = metered::dynamodb::Table::new(aws_sdk_dynamodb::Client::new(&cfg), &name);
+    table.create_if_missing().await.unwrap();
+    let day = chrono::NaiveDate::from_ymd_opt(2026, 11, 22).unwrap();
+    let entry = metered::quota::UsageEntry {
+        key: metered::quota::QuotaKey::new("acme", "sim-booking"),
+        day,
+        source: "recent-records:invoices".into(),
+        endpoint: "GET /invoices".into(),
+        exempt: false,
+        calls: 42,
+    };
+    metered::quota::dynamodb::DynamoQuota::new(table)
+        .record_usage(&[entry])
+        .await
+        .unwrap();
+    let dir = tmp("ddb-usage");
+    let out = Command::new(env!("CARGO_BIN_EXE_metered"))
+        .args([
+            "usage",
+            "--dynamodb-table",
+            &name,
+            "--day",
+            "2026-11-22",
+            "--json",
+        ])
+        .env("AWS_ENDPOINT_URL", &url)
+        .env("AWS_ACCESS_KEY_ID", "local")
+        .env("AWS_SECRET_ACCESS_KEY", "local")
+        .env("AWS_REGION", "us-east-1")
+        .current_dir(&dir)
+        .output()
+        .unwrap();
+    let rows = json(&out);
+    assert_eq!(rows[0]["calls"], 42, "{rows}");
+    assert_eq!(rows[0]["source"], "recent-records:invoices");
+}
