@@ -21,6 +21,11 @@ step() { printf '\n== %s\n' "$*"; }
 step "install local servers"
 infra/local/servers.sh install
 
+step "template: sam validate --lint, cfn-lint"
+infra/local/servers.sh linters
+.tools/sam/bin/sam validate --lint --region us-east-1 -t template.yaml
+.tools/sam/bin/cfn-lint template.yaml
+
 step "cargo fmt --check"
 cargo fmt --all --check
 

@@ -3,6 +3,7 @@
 
 mod bench;
 mod demo;
+mod infra;
 mod inspect;
 mod quota_demo;
 mod run;
@@ -44,6 +45,10 @@ enum Command {
     Invoke(run::InvokeArgs),
     /// Measures the quota, restart, connector and sync paths and prints figures.
     Bench(bench::Args),
+    /// Creates template.yaml's table and queues on DynamoDB Local and
+    /// ministack (AWS_ENDPOINT_URL_DYNAMODB, AWS_ENDPOINT_URL_SQS) and prints
+    /// the functions' environment.
+    LocalInfra(infra::Args),
 }
 
 fn main() -> ExitCode {
@@ -75,6 +80,7 @@ fn main() -> ExitCode {
             Command::Jobs(args) => inspect::jobs(args).await,
             Command::Invoke(args) => run::invoke(args).await,
             Command::Bench(args) => bench::run(args).await,
+            Command::LocalInfra(args) => infra::run(args).await,
         }
     });
     match result {

@@ -285,3 +285,59 @@ async fn usage_reads_dynamodb_too() {
     assert_eq!(rows[0]["calls"], 42, "{rows}");
     assert_eq!(rows[0]["source"], "recent-records:invoices");
 }
+
+#[test]
+fn local_infra_creates_what_the_template_declares() {
+    let ddb = std::env::var("METERED_TEST_DYNAMODB_URL")
+        .expect("METERED_TEST_DYNAMODB_URL: run `bash infra/test.sh`");
+    let sqs = std::env::var("METERED_TEST_SQS_URL")
+        .expect("METERED_TEST_SQS_URL: run `bash infra/test.sh`");
+    let dir = tmp("infra");
+    let template = concat!(env!("CARGO_MANIFEST_DIR"), "/../template.yaml");
+    let prefix = format!("t{}", std::process::id());
+    let out = Command::new(env!("CARGO_BIN_EXE_metered"))
+        .args(["local-infra", "--template", template, "--prefix", &prefix])
+        .env("AWS_ENDPOINT_URL_DYNAMODB", &ddb)
+        .env("AWS_ENDPOINT_URL_SQS", &sqs)
+        .env("AWS_ACCESS_KEY_ID", "local")
+        .env("AWS_SECRET_ACCESS_KEY", "local")
+        .env("AWS_REGION", "us-east-1")
+        .current_dir(&dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let vars: std::collections::HashMap<String, String> = text
+        .lines()
+        .filter_map(|l| {
+            l.strip_prefix("export ")?
+                .split_once('=')
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+        })
+        .collect();
+    assert_eq!(vars["METERED_TABLE"], format!("{prefix}-MeteredTable"));
+    for kind in metered::lambda::KINDS {
+        let suffix = metered::lambda::env_suffix(kind);
+        assert!(
+            vars[&format!("METERED_QUEUE_URL_{suffix}")].contains(&prefix),
+            "{text}"
+        );
+        assert!(
+            vars[&format!("METERED_DLQ_URL_{suffix}")].contains("DeadLetterQueue"),
+            "{text}"
+        );
+    }
+    // What the functions read from this environment is complete.
+    let mut with_app = vars.clone();
+    with_app.insert(
+        "METERED_APP_CONFIG_SSM".into(),
+        "/metered/app-config".into(),
+    );
+    let config = metered::lambda::DeployConfig::from_lookup(|k| with_app.get(k).cloned()).unwrap();
+    assert_eq!(config.queues.len(), metered::lambda::KINDS.len());
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -6,6 +6,7 @@
 #   - ministack (PyPI) for SQS.
 #
 #   infra/local/servers.sh install      # into .tools/ (idempotent, cached)
+#   infra/local/servers.sh linters      # SAM CLI and cfn-lint (PyPI) into .tools/sam
 #   infra/local/servers.sh start        # start both on loopback, wait until they answer
 #   infra/local/servers.sh stop
 #   infra/local/servers.sh env          # print the variables the tests read
@@ -18,6 +19,8 @@ TOOLS="$ROOT/.tools"
 RUN="$TOOLS/run"
 DDB_VERSION="2.9.30"        # amplify-dynamodb-simulator, carries DynamoDB Local 1.25.x
 MINISTACK_VERSION="1.5.33"
+SAM_CLI_VERSION="1.170.0"
+CFN_LINT_VERSION="1.58.0"
 DDB_PORT="${METERED_DYNAMODB_PORT:-8000}"
 SQS_PORT="${METERED_SQS_PORT:-4566}"
 
@@ -36,6 +39,14 @@ install() {
     log "installing ministack==$MINISTACK_VERSION from PyPI"
     python3 -m venv "$TOOLS/venv"
     "$TOOLS/venv/bin/pip" install --quiet --disable-pip-version-check "ministack==$MINISTACK_VERSION"
+  fi
+}
+
+linters() {
+  if [ ! -x "$TOOLS/sam/bin/sam" ] || [ ! -x "$TOOLS/sam/bin/cfn-lint" ]; then
+    log "installing aws-sam-cli==$SAM_CLI_VERSION and cfn-lint==$CFN_LINT_VERSION from PyPI"
+    python3 -m venv "$TOOLS/sam"
+    "$TOOLS/sam/bin/pip" install --quiet --disable-pip-version-check "aws-sam-cli==$SAM_CLI_VERSION" "cfn-lint==$CFN_LINT_VERSION"
   fi
 }
 
@@ -83,8 +94,9 @@ VARS
 
 case "${1:-}" in
   install) install ;;
+  linters) linters ;;
   start) start ;;
   stop) stop ;;
   env) env_vars ;;
-  *) echo "usage: $0 install|start|stop|env" >&2; exit 2 ;;
+  *) echo "usage: $0 install|linters|start|stop|env" >&2; exit 2 ;;
 esac

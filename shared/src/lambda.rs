@@ -6,6 +6,7 @@
 //! | variable | meaning |
 //! |---|---|
 //! | `METERED_TABLE` | the DynamoDB table |
+//! | `METERED_APP_CONFIG_SSM` | SSM parameter holding the app's TOML config (what `template.yaml` uses), or |
 //! | `METERED_APP_CONFIG` | path of the app's TOML config (bundled), or |
 //! | `METERED_APP_CONFIG_TOML` | the config itself |
 //! | `METERED_QUEUE_URL_<KIND>` | queue of each job kind, e.g. `METERED_QUEUE_URL_COMPLETE_TRANSFER` |
@@ -44,7 +45,10 @@ pub const KINDS: [JobKind; 6] = [
 #[derive(Debug, Clone)]
 pub struct DeployConfig {
     pub table: String,
-    pub app: Arc<AppConfig>,
+    /// The app config, when given inline or as a bundled file.
+    pub app: Option<Arc<AppConfig>>,
+    /// Or the SSM parameter holding it (read at cold start).
+    pub app_ssm: Option<String>,
     /// (queue URL, DLQ URL) per kind that has one.
     pub queues: Vec<(JobKind, String, String)>,
     pub policy: RestartPolicy,
@@ -64,13 +68,17 @@ impl DeployConfig {
                 .ok_or_else(|| Error::Config(format!("environment variable {name} is not set")))
         };
         let table = need("METERED_TABLE")?;
-        let app = match (get("METERED_APP_CONFIG_TOML"), get("METERED_APP_CONFIG")) {
-            (Some(text), _) if !text.is_empty() => AppConfig::parse(&text)
-                .map_err(|e| Error::Config(format!("METERED_APP_CONFIG_TOML: {e}")))?,
-            (_, Some(path)) if !path.is_empty() => AppConfig::load(&path)?,
+        let nonempty = |name: &str| get(name).filter(|v| !v.is_empty());
+        let (app, app_ssm) = match (nonempty("METERED_APP_CONFIG_TOML"), nonempty("METERED_APP_CONFIG"), nonempty("METERED_APP_CONFIG_SSM")) {
+            (Some(text), _, _) => (
+                Some(Arc::new(AppConfig::parse(&text).map_err(|e| Error::Config(format!("METERED_APP_CONFIG_TOML: {e}")))?)),
+                None,
+            ),
+            (None, Some(path), _) => (Some(Arc::new(AppConfig::load(&path)?)), None),
+            (None, None, Some(param)) => (None, Some(param)),
             _ => {
                 return Err(Error::Config(
-                    "set METERED_APP_CONFIG (a path) or METERED_APP_CONFIG_TOML".into(),
+                    "set METERED_APP_CONFIG_SSM (an SSM parameter name), METERED_APP_CONFIG (a path) or METERED_APP_CONFIG_TOML".into(),
                 ))
             }
         };
@@ -93,7 +101,8 @@ impl DeployConfig {
         }
         Ok(Self {
             table,
-            app: Arc::new(app),
+            app,
+            app_ssm,
             queues,
             policy,
         })
@@ -125,14 +134,23 @@ impl Deployed {
             queues = queues.with(*kind, Arc::new(SqsQueue::new(sqs.clone(), url, dlq)));
         }
         let stores = SecretStores::new(&aws);
-        let connectors = http_connectors(&config.app, Some(&stores), clock).await?;
-        let svc = Arc::new(Services::new(
-            config.app.clone(),
-            store.clone(),
-            quota,
-            queues,
-            connectors,
-        ));
+        let app = match (&config.app, &config.app_ssm) {
+            (Some(app), _) => app.clone(),
+            (None, Some(param)) => {
+                let text = crate::connector::secrets::resolve(
+                    &crate::connector::config::SecretRef::Ssm(param.clone()),
+                    Some(&stores),
+                )
+                .await
+                .map_err(|e| Error::Config(format!("METERED_APP_CONFIG_SSM: {e}")))?;
+                Arc::new(AppConfig::parse(text.expose()).map_err(|e| {
+                    Error::Config(format!("app config in SSM parameter {param}: {e}"))
+                })?)
+            }
+            (None, None) => return Err(Error::Config("no app config".into())),
+        };
+        let connectors = http_connectors(&app, Some(&stores), clock).await?;
+        let svc = Arc::new(Services::new(app, store.clone(), quota, queues, connectors));
         Ok(Self {
             svc,
             ledger: store,
