@@ -5,6 +5,7 @@ mod bench;
 mod demo;
 mod infra;
 mod inspect;
+mod plan;
 mod quota_demo;
 mod run;
 mod system;
@@ -35,6 +36,9 @@ enum Command {
     /// `--simulate DAYS` on a simulated clock (`--sim` serves the app from
     /// the built-in simulator).
     Run(run::RunArgs),
+    /// Forecasts calls per day and hour for each sync and workflow from the
+    /// config and expected volumes, flags limits, shows remedies, draws a chart.
+    Plan(plan::Args),
     /// Who spent the budget: calls by organization, source and endpoint.
     Usage(inspect::UsageArgs),
     /// What got synced: records of a type with first seen, last synced, last looked up.
@@ -75,6 +79,7 @@ fn main() -> ExitCode {
             Command::Demo(args) => demo::run(args).await,
             Command::QuotaDemo(args) => quota_demo::run(args).await,
             Command::Run(args) => run::run(args).await,
+            Command::Plan(args) => plan::run(args).await,
             Command::Usage(args) => inspect::usage(args).await,
             Command::Records(args) => inspect::records(args).await,
             Command::Jobs(args) => inspect::jobs(args).await,

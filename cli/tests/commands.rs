@@ -341,3 +341,80 @@ fn local_infra_creates_what_the_template_declares() {
     assert_eq!(config.queues.len(), metered::lambda::KINDS.len());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `plan` against `run --simulate` on the simulator, for two configs: the
+/// forecast of calls per day is within 5% of what the run spent.
+#[test]
+fn plan_agrees_with_a_simulated_run() {
+    let dir = tmp("plan");
+    let example = include_str!("../examples/booking.toml");
+    let syncs_only = example
+        .split("# Thank gold customers")
+        .next()
+        .unwrap()
+        .to_string();
+    let slower = syncs_only
+        .replace(
+            "recent = { every = \"15m\", overlap = \"45m\" }",
+            "recent = { every = \"30m\", overlap = \"15m\" }",
+        )
+        .replacen(
+            "complete_transfer = { every = \"24h\" }\nrecent",
+            "complete_transfer = { every = \"12h\" }\nrecent",
+            1,
+        );
+    assert_ne!(slower, syncs_only);
+    let volumes = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/booking-volumes.toml");
+    for (name, config) in [("syncs", syncs_only), ("slower", slower)] {
+        let path = dir.join(format!("{name}.toml"));
+        std::fs::write(&path, config).unwrap();
+        let plan = json(&metered(
+            &[
+                "plan",
+                "--config",
+                path.to_str().unwrap(),
+                "--volumes",
+                volumes,
+                "--json",
+                "--chart",
+                "p.svg",
+            ],
+            &dir,
+        ));
+        let forecast = plan["calls_per_day"].as_f64().unwrap();
+        let db = format!("{name}.sqlite");
+        let run = json(&metered(
+            &[
+                "run",
+                "--config",
+                path.to_str().unwrap(),
+                "--sim",
+                "--simulate",
+                "2",
+                "--db",
+                &db,
+                "--json",
+            ],
+            &dir,
+        ));
+        let spent: u64 = run["calls_per_day"]
+            .as_object()
+            .unwrap()
+            .values()
+            .map(|v| v.as_u64().unwrap())
+            .sum();
+        let per_day = spent as f64 / 2.0;
+        let off = (per_day - forecast).abs() / forecast;
+        assert!(
+            off <= 0.05,
+            "{name}: forecast {forecast:.1} a day, the run spent {per_day:.1} a day ({:.1}% off)",
+            off * 100.0
+        );
+        let svg = std::fs::read_to_string(dir.join("p.svg")).unwrap();
+        assert!(
+            svg.starts_with("<svg") && svg.contains("<rect"),
+            "a chart was written"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

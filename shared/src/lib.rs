@@ -24,6 +24,7 @@
 //!   the SQS loop every function's `main.rs` calls.
 //! - [`services`], [`sync`] — the sync handlers and what they share.
 //! - [`local`] — every handler in one process on SQLite (`metered run`).
+//! - [`plan`] — forecasting the calls an app will drive (`metered plan`).
 //! - [`workflow`] — triggers, CEL decision nodes, actions that run once.
 //! - [`error`] — one error type that says retryable or permanent.
 //!
@@ -61,6 +62,7 @@ pub mod error;
 pub mod job;
 pub mod lambda;
 pub mod local;
+pub mod plan;
 pub mod queue;
 pub mod quota;
 pub mod runtime;

@@ -185,7 +185,8 @@ impl LocalRunner {
                 }
             }
             match next {
-                Some(at) if at <= until => {
+                // `until` is exclusive: what is due then belongs to the next slice.
+                Some(at) if at < until => {
                     clock.set(at.max(self.svc.clock.now() + chrono::Duration::milliseconds(1)))
                 }
                 _ => return Ok(report),
