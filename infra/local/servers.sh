@@ -3,7 +3,8 @@
 # package registries alone:
 #   - Amazon's DynamoDB Local (its jar ships inside the npm package
 #     amplify-dynamodb-simulator), on the machine's Java;
-#   - ministack (PyPI) for SQS.
+#   - ministack (PyPI) for SQS;
+#   - cargo-lambda (PyPI) for `cargo lambda watch` in the end-to-end test.
 #
 #   infra/local/servers.sh install      # into .tools/ (idempotent, cached)
 #   infra/local/servers.sh linters      # SAM CLI and cfn-lint (PyPI) into .tools/sam
@@ -20,6 +21,7 @@ RUN="$TOOLS/run"
 DDB_VERSION="2.9.30"        # amplify-dynamodb-simulator, carries DynamoDB Local 1.25.x
 MINISTACK_VERSION="1.5.33"
 SAM_CLI_VERSION="1.170.0"
+CARGO_LAMBDA_VERSION="1.9.2"
 CFN_LINT_VERSION="1.58.0"
 DDB_PORT="${METERED_DYNAMODB_PORT:-8000}"
 SQS_PORT="${METERED_SQS_PORT:-4566}"
@@ -34,6 +36,11 @@ install() {
     local tmp; tmp="$(mktemp -d)"
     (cd "$tmp" && npm pack --silent "amplify-dynamodb-simulator@$DDB_VERSION" >/dev/null && tar xzf ./*.tgz package/emulator)
     rm -rf "$TOOLS/dynamodb-local" && mv "$tmp/package/emulator" "$TOOLS/dynamodb-local" && rm -rf "$tmp"
+  fi
+  if [ ! -x "$TOOLS/cargo-lambda/bin/cargo-lambda" ]; then
+    log "installing cargo-lambda==$CARGO_LAMBDA_VERSION from PyPI"
+    python3 -m venv "$TOOLS/cargo-lambda"
+    "$TOOLS/cargo-lambda/bin/pip" install --quiet --disable-pip-version-check "cargo-lambda==$CARGO_LAMBDA_VERSION"
   fi
   if [ ! -x "$TOOLS/venv/bin/ministack" ]; then
     log "installing ministack==$MINISTACK_VERSION from PyPI"
@@ -89,6 +96,7 @@ env_vars() {
 export METERED_TEST_DYNAMODB_URL=http://127.0.0.1:$DDB_PORT
 export METERED_TEST_SQS_URL=http://127.0.0.1:$SQS_PORT
 export AWS_ACCESS_KEY_ID=local AWS_SECRET_ACCESS_KEY=local AWS_REGION=us-east-1
+export PATH="$TOOLS/cargo-lambda/bin:\$PATH"
 VARS
 }
 
