@@ -176,22 +176,7 @@ pub fn deadline_of(ctx: &lambda_runtime::Context) -> Option<Instant> {
 
 /// The whole life of an SQS-triggered sync function.
 pub async fn run_sync_function(kind: JobKind) -> std::result::Result<(), lambda_runtime::Error> {
-    lambda_runtime::tracing::init_default_subscriber();
-    let deployed = Deployed::connect(DeployConfig::from_env()?).await?;
-    let runtime = deployed.runtime(kind)?;
-    let handler = SyncHandlers::only(deployed.svc.clone(), kind);
-    lambda_runtime::run(service_fn(|event: LambdaEvent<SqsEvent>| {
-        let (runtime, handler) = (&runtime, &handler);
-        async move {
-            let ctx = JobContext {
-                deadline: deadline_of(&event.context),
-            };
-            Ok::<SqsBatchResponse, lambda_runtime::Error>(
-                runtime.handle_sqs_event(event.payload, handler, &ctx).await,
-            )
-        }
-    }))
-    .await
+    run_with(kind, |d| Ok(SyncHandlers::only(d.svc.clone(), kind))).await
 }
 
 /// The whole life of the scheduler function (schedule ticks, ad-hoc syncs).

@@ -188,3 +188,23 @@ pub async fn sim_fixture_with(
         key,
     }
 }
+
+/// One `#[tokio::test]` per scenario per adapter set: SQLite, and DynamoDB
+/// Local + ministack. Each scenario is an `async fn(Adapter)`.
+#[macro_export]
+macro_rules! on_both {
+    ($($case:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() { super::$case($crate::sync_world::Adapter::Sqlite).await }
+            )*
+        }
+        mod dynamodb_local_and_ministack {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() { super::$case($crate::sync_world::Adapter::Aws).await }
+            )*
+        }
+    };
+}

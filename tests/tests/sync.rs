@@ -586,24 +586,7 @@ async fn an_adhoc_sync_reports_its_cost_first(adapter: Adapter) {
     );
 }
 
-macro_rules! on_both {
-    ($($case:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $case() { super::$case(super::Adapter::Sqlite).await }
-            )*
-        }
-        mod dynamodb_local_and_ministack {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $case() { super::$case(super::Adapter::Aws).await }
-            )*
-        }
-    };
-}
-
-on_both!(
+metered_tests::on_both!(
     complete_transfer_spends_exactly_ceil_n_over_page,
     a_denial_mid_transfer_resumes_without_refetching,
     recent_lookups_with_overlap_miss_nothing_and_repeat_nothing,

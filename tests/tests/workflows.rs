@@ -366,24 +366,7 @@ fn bad_workflow_configs_are_rejected_at_load() {
     );
 }
 
-macro_rules! on_both {
-    ($($case:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $case() { super::$case(super::Adapter::Sqlite).await }
-            )*
-        }
-        mod dynamodb_local_and_ministack {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $case() { super::$case(super::Adapter::Aws).await }
-            )*
-        }
-    };
-}
-
-on_both!(
+metered_tests::on_both!(
     decision_nodes_spend_only_on_passing_records,
     actions_fire_once_under_duplicates_restarts_and_crashes,
     a_missing_related_record_waits_for_one_relookup,

@@ -97,6 +97,39 @@ pub fn keys_per_call(svc: &Services, org: &str, target: &str) -> usize {
         .map_or(api_max, |k| (k as usize).clamp(1, api_max))
 }
 
+/// The ids (deduplicated) that `pk`'s policy says to look up, given what the
+/// store holds: unseen ones for `unseen_only`; also seen ones not synced
+/// within `min_relookup` for `seen_and_unseen`; none for `never`.
+pub(crate) async fn needing_lookup(
+    svc: &Services,
+    key: &crate::quota::QuotaKey,
+    record_type: &str,
+    pk: &settings::PkLookupSettings,
+    ids: Vec<String>,
+    now: Timestamp,
+) -> crate::Result<Vec<String>> {
+    let ids: BTreeSet<String> = ids.into_iter().filter(|id| !id.is_empty()).collect();
+    let ids: Vec<String> = ids.into_iter().collect();
+    let stored = svc.store.get(key, record_type, &ids).await?;
+    let fresh_after = now - settings::chrono(pk.min_relookup);
+    let skip: BTreeSet<&str> = stored
+        .iter()
+        .filter(|r| match pk.policy {
+            settings::LookupPolicy::UnseenOnly => r.seen(),
+            settings::LookupPolicy::SeenAndUnseen => {
+                r.seen() && r.last_synced.is_some_and(|t| t > fresh_after)
+            }
+            settings::LookupPolicy::Never => true,
+        })
+        .map(|r| r.id.as_str())
+        .collect();
+    Ok(ids
+        .iter()
+        .filter(|id| !skip.contains(id.as_str()))
+        .cloned()
+        .collect())
+}
+
 /// Enqueues what new or changed records cause.
 ///
 /// PK lookups: foreign keys of the changes, for each referenced type whose
@@ -138,24 +171,7 @@ pub async fn enqueue_followups(
         }
         let pk = svc.config.sync(target).pk_lookup;
         let ids: Vec<String> = ids.into_iter().collect();
-        let stored = svc.store.get(&key, target, &ids).await?;
-        let fresh_after = now - settings::chrono(pk.min_relookup);
-        let skip: BTreeSet<&str> = stored
-            .iter()
-            .filter(|r| match pk.policy {
-                settings::LookupPolicy::UnseenOnly => r.seen(),
-                settings::LookupPolicy::SeenAndUnseen => {
-                    r.seen() && r.last_synced.is_some_and(|t| t > fresh_after)
-                }
-                settings::LookupPolicy::Never => true,
-            })
-            .map(|r| r.id.as_str())
-            .collect();
-        let wanted: Vec<String> = ids
-            .iter()
-            .filter(|id| !skip.contains(id.as_str()))
-            .cloned()
-            .collect();
+        let wanted = needing_lookup(svc, &key, target, &pk, ids, now).await?;
         let claimed = svc
             .store
             .claim_lookups(

@@ -12,14 +12,13 @@
 //!   never finished, lookups wait for it (and start it if needed): after
 //!   the transfer, most keys are seen and cost nothing.
 
-use super::settings::{chrono as dur, LookupPolicy, StormGuard};
+use super::settings::{chrono as dur, StormGuard};
 use super::{enqueue_followups, parse_payload, scheduler, soon, sync_name, PkLookupPayload};
 use crate::connector::CallError;
 use crate::job::{JobEnvelope, JobKind, Outcome, Restart};
 use crate::runtime::JobContext;
 use crate::services::Services;
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeSet;
 
 /// Ids claimed and not yet fetched.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -58,35 +57,13 @@ pub async fn run(svc: &Services, job: &JobEnvelope, ctx: &JobContext) -> Outcome
             if let Some(wait) = storm_guard(svc, job, rt_name).await {
                 return wait;
             }
-            let wanted: BTreeSet<String> = payload
-                .ids
-                .iter()
-                .filter(|id| !id.is_empty())
-                .cloned()
-                .collect();
-            let wanted: Vec<String> = wanted.into_iter().collect();
-            let stored = match svc.store.get(&key, rt_name, &wanted).await {
-                Ok(s) => s,
-                Err(e) => return Outcome::from_error(&e),
-            };
-            let fresh_after = now - dur(pk.min_relookup);
             // Re-checked even for claimed ids: a transfer may have seen them since.
-            let skip: BTreeSet<&str> = stored
-                .iter()
-                .filter(|r| match pk.policy {
-                    LookupPolicy::UnseenOnly => r.seen(),
-                    LookupPolicy::SeenAndUnseen => {
-                        r.seen() && r.last_synced.is_some_and(|t| t > fresh_after)
-                    }
-                    LookupPolicy::Never => true,
-                })
-                .map(|r| r.id.as_str())
-                .collect();
-            let candidates: Vec<String> = wanted
-                .iter()
-                .filter(|id| !skip.contains(id.as_str()))
-                .cloned()
-                .collect();
+            let candidates =
+                match super::needing_lookup(svc, &key, rt_name, pk, payload.ids.clone(), now).await
+                {
+                    Ok(c) => c,
+                    Err(e) => return Outcome::from_error(&e),
+                };
             let claimed = if payload.claimed {
                 candidates
             } else {
@@ -102,7 +79,6 @@ pub async fn run(svc: &Services, job: &JobEnvelope, ctx: &JobContext) -> Outcome
             tracing::info!(
                 record_type = rt_name,
                 asked = payload.ids.len(),
-                distinct = wanted.len(),
                 to_fetch = claimed.len(),
                 "pk lookup planned"
             );
