@@ -117,9 +117,11 @@ impl System {
         format!("{SIM_KEY_PREFIX}{org}")
     }
 
-    /// Runs `days` simulated days hour by hour: the scheduler ticks every
-    /// minute, and (against the simulator) records change every hour so
-    /// recent lookups have something to find. `progress` is told each hour.
+    /// Runs `days` simulated days hour by hour: the scheduler ticks at the
+    /// shortest sync interval (syncs fall due at multiples of their interval
+    /// from the start, so each starts exactly when due), and (against the
+    /// simulator) records change every hour so recent lookups have something
+    /// to find. `progress` is told each hour.
     pub async fn simulate(
         &self,
         days: u32,
@@ -129,6 +131,31 @@ impl System {
             .manual
             .as_ref()
             .ok_or("simulate needs a simulated clock")?;
+        let shortest = self
+            .config
+            .syncs
+            .values()
+            .flat_map(|s| {
+                [
+                    s.complete_transfer.as_ref().map(|t| t.every),
+                    s.recent.as_ref().map(|r| r.every),
+                ]
+            })
+            .flatten()
+            .min()
+            .unwrap_or(std::time::Duration::from_secs(60))
+            .clamp(
+                std::time::Duration::from_secs(60),
+                std::time::Duration::from_secs(3_600),
+            );
+        // Each hour's slice restarts the tick grid: exact only for intervals
+        // that divide an hour; otherwise tick every minute.
+        let tick_secs = if 3_600 % shortest.as_secs() == 0 {
+            shortest.as_secs()
+        } else {
+            60
+        };
+        let tick = chrono::Duration::seconds(tick_secs as i64);
         let start = self.clock.now();
         let mut total = RunReport::default();
         for hour in 0..days * 24 {
@@ -139,10 +166,7 @@ impl System {
                 sim.sim.insert("checkins", 4);
             }
             let until = start + chrono::Duration::hours(i64::from(hour) + 1);
-            let report = self
-                .runner
-                .run_simulated(manual, until, Some(chrono::Duration::minutes(1)))
-                .await?;
+            let report = self.runner.run_simulated(manual, until, Some(tick)).await?;
             total.merge(report);
             manual.set(until);
             progress(hour + 1, &total);
