@@ -48,6 +48,16 @@ pub struct RecordsArgs {
     /// Most records to list.
     #[arg(long, default_value_t = 50)]
     limit: u32,
+    /// Read from this DynamoDB table instead of SQLite (AWS credentials and
+    /// region from the environment; AWS_ENDPOINT_URL for DynamoDB Local).
+    #[arg(long)]
+    dynamodb_table: Option<String>,
+}
+
+/// The DynamoDB table named on the command line, with the environment's AWS config.
+async fn dynamo_table(name: &str) -> metered::dynamodb::Table {
+    let aws = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+    metered::dynamodb::Table::new(aws_sdk_dynamodb::Client::new(&aws), name)
 }
 
 fn open_db(path: &PathBuf) -> Result<Db, BoxError> {
@@ -73,12 +83,9 @@ pub async fn usage(args: UsageArgs) -> Result<(), BoxError> {
     let config = load_config(args.common.config.as_deref())?;
     let day = args.day.unwrap_or_else(|| chrono::Utc::now().date_naive());
     let store: Arc<dyn QuotaStore> = match &args.dynamodb_table {
-        Some(table) => {
-            let aws = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
-            Arc::new(metered::quota::dynamodb::DynamoQuota::new(
-                metered::dynamodb::Table::new(aws_sdk_dynamodb::Client::new(&aws), table),
-            ))
-        }
+        Some(table) => Arc::new(metered::quota::dynamodb::DynamoQuota::new(
+            dynamo_table(table).await,
+        )),
         None => Arc::new(metered::quota::sqlite::SqliteQuota::new(open_db(
             &args.common.db,
         )?)),
@@ -122,7 +129,14 @@ pub async fn usage(args: UsageArgs) -> Result<(), BoxError> {
 pub async fn records(args: RecordsArgs) -> Result<(), BoxError> {
     let config = load_config(args.common.config.as_deref())?;
     config.record_type(&args.record_type)?;
-    let store = metered::store::sqlite::SqliteStore::new(open_db(&args.common.db)?);
+    let store: Arc<dyn RecordStore> = match &args.dynamodb_table {
+        Some(table) => Arc::new(metered::store::dynamodb::DynamoStore::new(
+            dynamo_table(table).await,
+        )),
+        None => Arc::new(metered::store::sqlite::SqliteStore::new(open_db(
+            &args.common.db,
+        )?)),
+    };
     let mut all = Vec::new();
     for org in orgs(&args.common, &config) {
         let key = QuotaKey::new(&org, &config.app.name);

@@ -234,7 +234,7 @@ fn every_command_has_help() {
 }
 
 #[tokio::test]
-async fn usage_reads_dynamodb_too() {
+async fn usage_and_records_read_dynamodb_too() {
     use metered::quota::QuotaStore;
     let url = std::env::var("METERED_TEST_DYNAMODB_URL")
         .expect("METERED_TEST_DYNAMODB_URL: run `bash infra/test.sh`, which starts DynamoDB Local");
@@ -260,10 +260,25 @@ async fn usage_reads_dynamodb_too() {
         exempt: false,
         calls: 42,
     };
-    metered::quota::dynamodb::DynamoQuota::new(table)
+    metered::quota::dynamodb::DynamoQuota::new(table.clone())
         .record_usage(&[entry])
         .await
         .unwrap();
+    let record = metered::connector::Record {
+        id: "cls_001".into(),
+        updated_at: None,
+        data: serde_json::json!({"id": "cls_001", "title": "Yoga"}),
+    };
+    let store = metered::store::dynamodb::DynamoStore::new(table);
+    metered::store::RecordStore::upsert(
+        &store,
+        &metered::quota::QuotaKey::new("acme", "sim-booking"),
+        "classes",
+        &[record],
+        chrono::Utc::now(),
+    )
+    .await
+    .unwrap();
     let dir = tmp("ddb-usage");
     let out = Command::new(env!("CARGO_BIN_EXE_metered"))
         .args([
@@ -284,6 +299,18 @@ async fn usage_reads_dynamodb_too() {
     let rows = json(&out);
     assert_eq!(rows[0]["calls"], 42, "{rows}");
     assert_eq!(rows[0]["source"], "recent-records:invoices");
+    let out = Command::new(env!("CARGO_BIN_EXE_metered"))
+        .args(["records", "classes", "--dynamodb-table", &name, "--json"])
+        .env("AWS_ENDPOINT_URL", &url)
+        .env("AWS_ACCESS_KEY_ID", "local")
+        .env("AWS_SECRET_ACCESS_KEY", "local")
+        .env("AWS_REGION", "us-east-1")
+        .current_dir(&dir)
+        .output()
+        .unwrap();
+    let records = json(&out);
+    assert_eq!(records.as_array().unwrap().len(), 1, "{records}");
+    assert_eq!(records[0]["record"]["data"]["title"], "Yoga");
 }
 
 #[test]
