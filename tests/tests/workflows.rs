@@ -372,3 +372,62 @@ metered_tests::on_both!(
     a_missing_related_record_waits_for_one_relookup,
     a_bulk_execution_over_budget_spreads_over_windows,
 );
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scheduled_workflow_runs_over_stored_records_at_its_interval() {
+    let w = World::new(
+        Adapter::Sqlite,
+        SimConfig {
+            customers: 300,
+            ..Default::default()
+        },
+        |c| {
+            c.syncs.insert("customers".into(), transfer());
+            workflow(
+                c,
+                &VIP.replace(
+                    "on = [\"updated\"] }",
+                    "on = [\"updated\"] }\nschedule = \"12h\"",
+                ),
+            );
+        },
+    )
+    .await
+    .with_workflows();
+    w.start(JobKind::CompleteTransfer, "customers").await;
+    w.drive().await;
+    let started = metered::sync::scheduler::tick(&w.svc).await.unwrap();
+    assert!(
+        started.iter().any(|j| j.kind == JobKind::Workflow),
+        "the scheduled workflow starts"
+    );
+    w.drive().await;
+    assert_eq!(
+        w.sim().stats().calls("POST /notes"),
+        30,
+        "300 customers, 10% pass"
+    );
+    assert!(
+        metered::sync::scheduler::tick(&w.svc)
+            .await
+            .unwrap()
+            .iter()
+            .all(|j| j.kind != JobKind::Workflow),
+        "not again before 12 h"
+    );
+    w.clock.advance(chrono::Duration::hours(12));
+    assert!(
+        metered::sync::scheduler::tick(&w.svc)
+            .await
+            .unwrap()
+            .iter()
+            .any(|j| j.kind == JobKind::Workflow),
+        "again after 12 h"
+    );
+    w.drive().await;
+    assert_eq!(
+        w.sim().stats().calls("POST /notes"),
+        60,
+        "a new bulk execution is a new trigger"
+    );
+}

@@ -76,6 +76,32 @@ pub async fn tick(svc: &Services) -> Result<Vec<JobEnvelope>> {
                 }
             }
         }
+        // Scheduled workflows: a bulk execution over every stored record.
+        for (name, wf) in &svc.config.workflows {
+            let Some(every) = wf.schedule else { continue };
+            let marker = format!("workflow:{name}");
+            let state = svc.store.sync_state(&key, &marker).await?;
+            if state.last_started.is_some_and(|t| now < t + dur(every)) {
+                continue;
+            }
+            let payload = serde_json::to_value(crate::workflow::RunPayload {
+                workflow: name.clone(),
+                ids: None,
+                dry_run: false,
+            })?;
+            let job = JobEnvelope::new(JobKind::Workflow, &org, &svc.config.app.name, payload, now);
+            // The lease only marks the start (the run itself may take days
+            // under a tight budget, and is idempotent per run).
+            if svc
+                .store
+                .take_sync_lease(&key, &marker, &job.id, now, now, true)
+                .await?
+            {
+                svc.queues.send(&job, 0).await?;
+                tracing::info!(workflow = %name, org, job = %job.id, "scheduled bulk execution started");
+                started.push(job);
+            }
+        }
     }
     Ok(started)
 }
