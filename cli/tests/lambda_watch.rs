@@ -155,8 +155,11 @@ async fn functions_run_under_cargo_lambda_watch_against_local_aws() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    // The first invoke of each function builds it (`cargo run --bin NAME`
+    // resolves features for that package alone, so dependencies may be
+    // rebuilt once): allow minutes, not seconds.
     let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(180))
+        .timeout(Duration::from_secs(300))
         .build()
         .unwrap();
     let invoke = |function: &'static str, event: serde_json::Value| {
