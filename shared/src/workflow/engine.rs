@@ -13,7 +13,7 @@ use crate::sync::TriggerPayload;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 /// Records read per page in a bulk execution.
@@ -78,6 +78,9 @@ struct Compiled {
     whens: Vec<Option<cel::Program>>,
     delete_whens: Vec<Option<cel::Program>>,
 }
+
+/// Records read for a slice of work, by (record type, id); seen ones only.
+type Loaded = std::collections::HashMap<(String, String), StoredRecord>;
 
 /// One record's fate in one workflow.
 enum Plan {
@@ -189,8 +192,8 @@ impl WorkflowHandler {
         record: &StoredRecord,
         change: &str,
         side_effects: bool,
+        loaded: &Loaded,
     ) -> Result<Plan> {
-        let key = self.svc.key(org);
         let now = self.svc.clock.now();
         let data = record.data.clone().unwrap_or(Value::Null);
         let mut related = serde_json::Map::new();
@@ -200,16 +203,12 @@ impl WorkflowHandler {
                 related.insert(name.clone(), Value::Null);
                 continue;
             };
-            let found = self
-                .svc
-                .store
-                .get(&key, &rel.record_type, std::slice::from_ref(&id))
-                .await?
-                .into_iter()
-                .find(|r| r.seen());
-            match (found, rel.missing) {
+            match (
+                loaded.get(&(rel.record_type.clone(), id.clone())),
+                rel.missing,
+            ) {
                 (Some(r), _) => {
-                    related.insert(name.clone(), r.data.unwrap_or(Value::Null));
+                    related.insert(name.clone(), r.data.clone().unwrap_or(Value::Null));
                 }
                 (None, MissingPolicy::Skip) => {
                     related.insert(name.clone(), Value::Null);
@@ -287,6 +286,65 @@ impl WorkflowHandler {
             }
         }
         Ok(Plan::Pass { actions })
+    }
+
+    /// Reads, in one batch per record type, the trigger records of `items`
+    /// and every related record their workflows name: a slice of work costs
+    /// a few store round trips, not two per record.
+    async fn load(&self, org: &str, items: &[(&Compiled, String)]) -> Result<Loaded> {
+        let key = self.svc.key(org);
+        let mut loaded = Loaded::new();
+        let mut wanted: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        for (wf, id) in items {
+            wanted
+                .entry(wf.config.trigger.record_type.clone())
+                .or_default()
+                .insert(id.clone());
+        }
+        self.fetch(&key, wanted, &mut loaded).await?;
+        let mut related: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        for (wf, id) in items {
+            let Some(data) = loaded
+                .get(&(wf.config.trigger.record_type.clone(), id.clone()))
+                .and_then(|r| r.data.as_ref())
+            else {
+                continue;
+            };
+            for rel in wf.config.related.values() {
+                if let Some(fk) = crate::sync::id_at(data, &rel.via) {
+                    related
+                        .entry(rel.record_type.clone())
+                        .or_default()
+                        .insert(fk);
+                }
+            }
+        }
+        self.fetch(&key, related, &mut loaded).await?;
+        Ok(loaded)
+    }
+
+    /// Adds the seen records among `wanted` (type → ids) to `loaded`.
+    async fn fetch(
+        &self,
+        key: &crate::quota::QuotaKey,
+        wanted: BTreeMap<String, BTreeSet<String>>,
+        loaded: &mut Loaded,
+    ) -> Result<()> {
+        for (record_type, ids) in wanted {
+            let ids: Vec<String> = ids
+                .into_iter()
+                .filter(|id| !loaded.contains_key(&(record_type.clone(), id.clone())))
+                .collect();
+            if ids.is_empty() {
+                continue;
+            }
+            for r in self.svc.store.get(key, &record_type, &ids).await? {
+                if r.seen() {
+                    loaded.insert((record_type.clone(), r.id.clone()), r);
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Asks for a missing related record, at most once per `min_relookup`.
@@ -473,9 +531,15 @@ impl WorkflowHandler {
                         .await?
                 }
             };
+            let seen: Vec<(&Compiled, String)> = batch
+                .iter()
+                .filter(|r| r.seen())
+                .map(|r| (wf, r.id.clone()))
+                .collect();
+            let loaded = self.load(org, &seen).await?;
             for r in batch.iter().filter(|r| r.seen()) {
                 est.records += 1;
-                match self.plan(org, wf, r, "manual", false).await? {
+                match self.plan(org, wf, r, "manual", false, &loaded).await? {
                     Plan::Waiting => est.waiting_for_related += 1,
                     Plan::Filtered => {}
                     Plan::Pass { actions } => {
@@ -565,24 +629,24 @@ impl WorkflowHandler {
             } else {
                 break;
             };
+            let slice: Vec<(&Compiled, String)> = items
+                .iter()
+                .map(|i| Ok((self.workflow(&i.workflow)?, i.id.clone())))
+                .collect::<Result<_>>()?;
+            let loaded = self.load(&job.org, &slice).await?;
             for item in items {
                 let wf = self.workflow(&item.workflow)?;
-                let Some(record) = self
-                    .svc
-                    .store
-                    .get(
-                        &key,
-                        &wf.config.trigger.record_type,
-                        std::slice::from_ref(&item.id),
-                    )
-                    .await?
-                    .into_iter()
-                    .find(|r| r.seen())
+                let Some(record) = loaded
+                    .get(&(wf.config.trigger.record_type.clone(), item.id.clone()))
+                    .cloned()
                 else {
                     tracing::warn!(id = %item.id, "record not in the store; skipped");
                     continue;
                 };
-                match self.plan(&job.org, wf, &record, &item.change, true).await? {
+                match self
+                    .plan(&job.org, wf, &record, &item.change, true, &loaded)
+                    .await?
+                {
                     Plan::Waiting => cp.waiting.push(item),
                     Plan::Filtered => {}
                     Plan::Pass { actions } => {
