@@ -203,6 +203,12 @@ impl Metered {
         let result = call.await;
         // A call that reached the API counts even when it failed.
         self.quota.release(permit, 1).await?;
+        self.settle(result).await
+    }
+
+    /// Maps a call's result; a rate limit blocks every handler of the org
+    /// until the API's `retry_at`.
+    async fn settle<T>(&self, result: Result<T, ApiError>) -> Result<T, CallError> {
         match result {
             Ok(v) => Ok(v),
             Err(ApiError::RateLimited { retry_at, .. }) => {
@@ -313,18 +319,8 @@ impl Reservation<'_> {
             }
         }
         self.used += 1;
-        match call.await {
-            Ok(v) => Ok(v),
-            Err(ApiError::RateLimited { retry_at, .. }) => {
-                self.metered
-                    .quota
-                    .block_until(&self.metered.key, retry_at)
-                    .await?;
-                Err(CallError::RateLimited { retry_at })
-            }
-            Err(ApiError::Retryable(m)) => Err(CallError::Retryable(m)),
-            Err(ApiError::Permanent(m)) => Err(CallError::Permanent(m)),
-        }
+        let result = call.await;
+        self.metered.settle(result).await
     }
 
     pub async fn list(&mut self, req: &ListRequest) -> Result<Page, CallError> {
