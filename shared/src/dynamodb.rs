@@ -114,3 +114,16 @@ where
     };
     Error::store(operation, DisplayErrorContext(&err), retryable)
 }
+
+/// Whether an UpdateItem failed its condition (an expected outcome, not an error).
+pub(crate) fn is_ccf(
+    e: &SdkError<
+        aws_sdk_dynamodb::operation::update_item::UpdateItemError,
+        aws_sdk_dynamodb::config::http::HttpResponse,
+    >,
+) -> bool {
+    matches!(
+        e.as_service_error(),
+        Some(aws_sdk_dynamodb::operation::update_item::UpdateItemError::ConditionalCheckFailedException(_))
+    )
+}

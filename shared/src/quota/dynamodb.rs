@@ -21,7 +21,7 @@ use super::{
     UsageEntry,
 };
 use crate::clock::{from_millis, to_millis, Timestamp};
-use crate::dynamodb::{key_part, sdk_error, Table};
+use crate::dynamodb::{is_ccf, key_part, sdk_error, Table};
 use crate::error::{Error, Result};
 use async_trait::async_trait;
 use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
@@ -172,14 +172,7 @@ impl DynamoQuota {
                 Ok(())
             }
             // Someone else reclaimed, released or renewed first: fine.
-            Err(e)
-                if matches!(
-                    e.as_service_error(),
-                    Some(UpdateItemError::ConditionalCheckFailedException(_))
-                ) =>
-            {
-                Ok(())
-            }
+            Err(e) if is_ccf(&e) => Ok(()),
             Err(e) => Err(sdk_error("quota reclaim", e)),
         }
     }
@@ -278,14 +271,7 @@ impl QuotaStore for DynamoQuota {
             .await;
         match result {
             Ok(_) => Ok(()),
-            Err(e)
-                if matches!(
-                    e.as_service_error(),
-                    Some(UpdateItemError::ConditionalCheckFailedException(_))
-                ) =>
-            {
-                Ok(())
-            }
+            Err(e) if is_ccf(&e) => Ok(()),
             Err(e) => Err(sdk_error("quota release", e)),
         }
     }
@@ -301,14 +287,7 @@ impl QuotaStore for DynamoQuota {
             .await;
         match result {
             Ok(_) => Ok(()),
-            Err(e)
-                if matches!(
-                    e.as_service_error(),
-                    Some(UpdateItemError::ConditionalCheckFailedException(_))
-                ) =>
-            {
-                Err(Error::LeaseLost(grant.lease_id.clone()))
-            }
+            Err(e) if is_ccf(&e) => Err(Error::LeaseLost(grant.lease_id.clone())),
             Err(e) => Err(sdk_error("quota renew", e)),
         }
     }
@@ -324,14 +303,7 @@ impl QuotaStore for DynamoQuota {
         match result {
             Ok(_) => Ok(()),
             // Already blocked for longer: never shorten a block.
-            Err(e)
-                if matches!(
-                    e.as_service_error(),
-                    Some(UpdateItemError::ConditionalCheckFailedException(_))
-                ) =>
-            {
-                Ok(())
-            }
+            Err(e) if is_ccf(&e) => Ok(()),
             Err(e) => Err(sdk_error("quota block", e)),
         }
     }

@@ -16,7 +16,7 @@ use super::{
 };
 use crate::clock::{from_millis, to_millis, Timestamp};
 use crate::connector::Record;
-use crate::dynamodb::{key_part, sdk_error, Table};
+use crate::dynamodb::{is_ccf, key_part, sdk_error, Table};
 use crate::error::{Error, Result};
 use crate::quota::QuotaKey;
 use async_trait::async_trait;
@@ -81,18 +81,6 @@ fn to_stored(item: &Item) -> Option<StoredRecord> {
         last_synced: get_n(item, "last_synced").map(from_millis),
         last_looked_up: get_n(item, "last_looked_up").map(from_millis),
     })
-}
-
-fn is_ccf(
-    e: &aws_sdk_dynamodb::error::SdkError<
-        UpdateItemError,
-        aws_sdk_dynamodb::config::http::HttpResponse,
-    >,
-) -> bool {
-    matches!(
-        e.as_service_error(),
-        Some(UpdateItemError::ConditionalCheckFailedException(_))
-    )
 }
 
 impl DynamoStore {
