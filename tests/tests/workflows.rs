@@ -350,6 +350,8 @@ fn bad_workflow_configs_are_rejected_at_load() {
         ("[workflows.w]\ntrigger = { record_type = \"customers\" }\n[[workflows.w.actions]]\nkind = \"http\"\nmethod = \"POST\"\npath = \"/x/{{ related.owner.id }}\"", "workflows.w.actions[0].path: template {{ related.owner.id }}"),
         ("[workflows.w]\ntrigger = { record_type = \"customers\" }\n[[workflows.w.actions]]\nkind = \"teleport\"", "unknown variant `teleport`"),
         ("[workflows.w]\ntrigger = { record_type = \"invoices\" }\nrelated.c = { via = \"/customer_id\", record_type = \"customers\" }\n[[workflows.w.actions]]\nkind = \"http\"\nmethod = \"POST\"\npath = \"/x\"", "`transfer` needs syncs.customers.complete_transfer"),
+        ("[workflows.w]\ntrigger = { record_type = \"customers\" }\nconditions = [\"record.email.matches('@example')\"]\n[[workflows.w.actions]]\nkind = \"http\"\nmethod = \"POST\"\npath = \"/x\"", "workflows.w.conditions[0]: CEL function `matches` is not available"),
+        ("[workflows.w]\ntrigger = { record_type = \"customers\" }\nconditions = [\"timestamp(record.updated_at) > timestamp(now)\"]\n[[workflows.w.actions]]\nkind = \"http\"\nmethod = \"POST\"\npath = \"/x\"", "CEL function `timestamp` is not available"),
     ];
     for (extra, expected) in cases {
         let err = AppConfig::parse(&format!("{base}\n{extra}\n"))
