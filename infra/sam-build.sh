@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# `sam build` of template.yaml exactly as a deployment would run it: every
+# function for arm64 with BuildMethod rust-cargolambda, cargo-lambda (PyPI,
+# with its zig linker) on PATH. Prints the wall time and, per function, the
+# size of the bootstrap it produced, and checks each one is a stripped
+# aarch64 executable within the size budget (8 MB).
+#
+#   bash infra/sam-build.sh            # into .aws-sam/build
+#
+# Cost on a 2-core machine: see README.md ("Deployment figures"); all seven
+# functions share one target directory, so dependencies build once.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+TOOLS="$ROOT/.tools"
+BUDGET_BYTES=8000000  # 8 MB, the issue's target for a stripped arm64 bootstrap
+
+infra/local/servers.sh install
+infra/local/servers.sh linters
+if ! rustup target list --installed 2>/dev/null | grep -qx aarch64-unknown-linux-gnu; then
+  echo "[sam-build] adding the aarch64-unknown-linux-gnu standard library (rustup)" >&2
+  rustup target add aarch64-unknown-linux-gnu
+fi
+
+export PATH="$TOOLS/cargo-lambda/bin:$PATH" SAM_CLI_TELEMETRY=0 SAM_CLI_BETA_RUST_CARGO_LAMBDA=1
+started=$(date +%s)
+"$TOOLS/sam/bin/sam" build --template-file template.yaml --build-dir .aws-sam/build --beta-features
+elapsed=$(( $(date +%s) - started ))
+echo "[sam-build] sam build of every function took ${elapsed} s"
+
+status=0
+for bootstrap in .aws-sam/build/*/bootstrap; do
+  fn="$(basename "$(dirname "$bootstrap")")"
+  bytes=$(stat -c %s "$bootstrap")
+  machine="$(readelf -h "$bootstrap" | awk -F: '/Machine:/ {gsub(/^ +/, "", $2); print $2}')"
+  awk -v fn="$fn" -v b="$bytes" -v m="$machine" 'BEGIN { printf "[sam-build] %-32s %6.2f MB  %s\n", fn, b / 1000000, m }'
+  if [ "$machine" != "AArch64" ]; then
+    echo "[sam-build] $fn: not an aarch64 executable ($machine)" >&2; status=1
+  fi
+  if readelf -S "$bootstrap" | grep -q '\.symtab'; then
+    echo "[sam-build] $fn: not stripped" >&2; status=1
+  fi
+  if [ "$bytes" -gt "$BUDGET_BYTES" ]; then
+    echo "[sam-build] $fn: $bytes bytes is over the 8 MB budget" >&2; status=1
+  fi
+done
+count=$(ls .aws-sam/build/*/bootstrap | wc -l)
+expected=$(grep -c "BuildMethod: rust-cargolambda" template.yaml)
+if [ "$count" -ne "$expected" ]; then
+  echo "[sam-build] $count bootstraps built, template has $expected functions" >&2; status=1
+fi
+exit $status
