@@ -23,6 +23,8 @@ MINISTACK_VERSION="1.5.33"
 SAM_CLI_VERSION="1.170.0"
 CARGO_LAMBDA_VERSION="1.9.2"
 CFN_LINT_VERSION="1.58.0"
+SAM_TRANSLATOR_VERSION="1.115.0"
+MINISTACK_BOTOCORE="1.43.106"  # ministack 1.5.33 pins botocore==1.43.106; boto3 of the same number matches
 DDB_PORT="${METERED_DYNAMODB_PORT:-8000}"
 SQS_PORT="${METERED_SQS_PORT:-4566}"
 
@@ -42,10 +44,14 @@ install() {
     python3 -m venv "$TOOLS/cargo-lambda"
     "$TOOLS/cargo-lambda/bin/pip" install --quiet --disable-pip-version-check "cargo-lambda==$CARGO_LAMBDA_VERSION"
   fi
-  if [ ! -x "$TOOLS/venv/bin/ministack" ]; then
-    log "installing ministack==$MINISTACK_VERSION from PyPI"
+  if [ ! -x "$TOOLS/venv/bin/ministack" ] || ! "$TOOLS/venv/bin/python" -c 'import samtranslator, boto3' 2>/dev/null; then
+    # aws-sam-translator lets ministack's CloudFormation take template.yaml
+    # as written (the SAM transform); boto3 drives the deployment. boto3 is
+    # pinned to the botocore ministack pins.
+    log "installing ministack==$MINISTACK_VERSION, aws-sam-translator, boto3 from PyPI"
     python3 -m venv "$TOOLS/venv"
-    "$TOOLS/venv/bin/pip" install --quiet --disable-pip-version-check "ministack==$MINISTACK_VERSION"
+    "$TOOLS/venv/bin/pip" install --quiet --disable-pip-version-check "ministack==$MINISTACK_VERSION" \
+      "aws-sam-translator==$SAM_TRANSLATOR_VERSION" "boto3==$MINISTACK_BOTOCORE"
   fi
 }
 
@@ -76,7 +82,10 @@ start() {
   (cd "$TOOLS/dynamodb-local" && exec java -Djava.library.path=./DynamoDBLocal_lib -jar DynamoDBLocal.jar \
       -inMemory -sharedDb -disableTelemetry -port "$DDB_PORT") >"$RUN/dynamodb.log" 2>&1 &
   echo $! >"$RUN/dynamodb.pid"
-  (BIND_HOST=127.0.0.1 GATEWAY_PORT="$SQS_PORT" exec "$TOOLS/venv/bin/ministack") >"$RUN/ministack.log" 2>&1 &
+  # AWS_ENDPOINT_URL is handed to the functions ministack runs (the stack
+  # deployed by deploy-ministack.py), so their SDK calls come back here.
+  (BIND_HOST=127.0.0.1 GATEWAY_PORT="$SQS_PORT" AWS_ENDPOINT_URL="http://127.0.0.1:$SQS_PORT" \
+    exec "$TOOLS/venv/bin/ministack") >"$RUN/ministack.log" 2>&1 &
   echo $! >"$RUN/ministack.pid"
   wait_for dynamodb "http://127.0.0.1:$DDB_PORT/"
   wait_for ministack "http://127.0.0.1:$SQS_PORT/"

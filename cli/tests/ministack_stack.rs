@@ -1,0 +1,272 @@
+//! `template.yaml` itself, deployed to ministack's CloudFormation (the SAM
+//! transform applied by aws-sam-translator), and the system running there:
+//! ministack runs the built function binaries as `provided.al2023` Lambdas,
+//! its SQS event source mappings (made from the template's `Events`) carry
+//! jobs from handler to handler, the functions read their config from SSM
+//! and the API key from Secrets Manager as deployed. No driver moves
+//! messages here: if the template wired a queue wrong, nothing would run.
+//!
+//! Deviations from a real deployment, made by `infra/local/deploy-ministack.py`:
+//! the code is a zip of the host's (x86_64 debug) build rather than the
+//! arm64 `sam build` output, and `Architectures` follows the host.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// The folder cargo built this test's binaries into (`target/debug`); the
+/// function binaries are workspace members built beside `metered`.
+fn binaries() -> PathBuf {
+    Path::new(env!("CARGO_BIN_EXE_metered"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+struct Deployed {
+    endpoint: String,
+    stack: String,
+    outputs: HashMap<String, String>,
+    functions: HashMap<String, String>,
+}
+
+/// Deleting the stack stops its event source mappings, which would
+/// otherwise keep polling for as long as ministack runs.
+impl Drop for Deployed {
+    fn drop(&mut self) {
+        let _ = Command::new(workspace().join(".tools/venv/bin/python"))
+            .arg(workspace().join("infra/local/deploy-ministack.py"))
+            .args(["--endpoint", &self.endpoint, "--stack", &self.stack])
+            .args(["--binaries", ".", "--delete"])
+            .output();
+    }
+}
+
+fn deploy(endpoint: &str, stack: &str, params: &[(&str, &str)]) -> Deployed {
+    let python = workspace().join(".tools/venv/bin/python");
+    assert!(
+        python.exists(),
+        "{} is missing: run `bash infra/test.sh` (it installs ministack with aws-sam-translator)",
+        python.display()
+    );
+    let mut cmd = Command::new(python);
+    cmd.arg(workspace().join("infra/local/deploy-ministack.py"))
+        .args(["--endpoint", endpoint, "--stack", stack, "--binaries"])
+        .arg(binaries());
+    for (k, v) in params {
+        cmd.args(["--parameter", &format!("{k}={v}")]);
+    }
+    let out = cmd.output().expect("run deploy-ministack.py");
+    assert!(
+        out.status.success(),
+        "deploying template.yaml to ministack failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let map = |k: &str| -> HashMap<String, String> {
+        v[k].as_object()
+            .unwrap()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
+            .collect()
+    };
+    Deployed {
+        endpoint: endpoint.to_string(),
+        stack: stack.to_string(),
+        outputs: map("outputs"),
+        functions: map("functions"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn template_deploys_to_ministack_and_the_system_runs_there() {
+    let endpoint = std::env::var("METERED_TEST_SQS_URL")
+        .expect("METERED_TEST_SQS_URL (ministack): run `bash infra/test.sh`");
+    for f in [
+        "scheduler",
+        "complete-transfer",
+        "recent-records",
+        "pk-lookup",
+        "workflow",
+        "action-http",
+        "action-datasource-push",
+    ] {
+        assert!(
+            binaries().join(f).exists(),
+            "{f} is not built in {}: `cargo build --workspace` first",
+            binaries().display()
+        );
+    }
+
+    let clock: metered::clock::SharedClock = std::sync::Arc::new(metered::clock::SystemClock);
+    let sim = metered_sim::Sim::new(
+        metered_sim::SimConfig {
+            classes: 30,
+            ..Default::default()
+        },
+        clock,
+    );
+    let server = metered_sim::serve(sim.clone(), "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+
+    let stack = format!("metered-t{}", std::process::id());
+    let config_name = format!("/metered/{stack}/app-config");
+    let secret_name = format!("metered/{stack}/sim");
+    let cfg = aws_config::SdkConfig::builder()
+        .behavior_version(aws_config::BehaviorVersion::latest())
+        .region(aws_config::Region::new("us-east-1"))
+        .endpoint_url(&endpoint)
+        .credentials_provider(
+            aws_credential_types::provider::SharedCredentialsProvider::new(
+                aws_credential_types::Credentials::new("local", "local", None, None, "test"),
+            ),
+        )
+        .build();
+
+    // As an operator would: the API key in Secrets Manager, the app's config
+    // in SSM, then the stack, whose parameters name both.
+    aws_sdk_secretsmanager::Client::new(&cfg)
+        .create_secret()
+        .name(&secret_name)
+        .secret_string("stack-key")
+        .send()
+        .await
+        .unwrap();
+    let config = format!(
+        "{}\n[[connections]]\norg = \"acme\"\nlimits = {{ per_day = 3, max_concurrent = 3 }}\n\
+         [syncs.classes]\ncomplete_transfer = {{ every = \"24h\" }}\n\
+         [workflows.notes]\ntrigger = {{ record_type = \"classes\" }}\n\
+         conditions = [\"record.id in ['cls_000', 'cls_001', 'cls_002', 'cls_003', 'cls_004']\"]\n\
+         [[workflows.notes.actions]]\nkind = \"http\"\nmethod = \"POST\"\npath = \"/notes\"\nbody = {{ class = \"{{{{ record.id }}}}\" }}\n",
+        metered_sim::app_config(&server.base_url()).replace(
+            "secret = { env = \"SIM_API_KEY\" }",
+            &format!("secret = {{ secrets_manager = \"{secret_name}\" }}")
+        )
+    );
+    assert!(
+        config.contains("secrets_manager"),
+        "the sim's auth line moved"
+    );
+    aws_sdk_ssm::Client::new(&cfg)
+        .put_parameter()
+        .name(&config_name)
+        .value(config)
+        .r#type(aws_sdk_ssm::types::ParameterType::String)
+        .send()
+        .await
+        .unwrap();
+    let secret_arn =
+        format!("arn:aws:secretsmanager:us-east-1:000000000000:secret:metered/{stack}/*");
+    let deployed = deploy(
+        &endpoint,
+        &stack,
+        &[
+            ("AppConfigParameter", &config_name),
+            ("ApiSecretArn", &secret_arn),
+        ],
+    );
+
+    // A schedule event, through ministack's Lambda Invoke API.
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(120))
+        .build()
+        .unwrap();
+    let tick: serde_json::Value =
+        serde_json::from_str(include_str!("../../tests/fixtures/scheduled-event.json")).unwrap();
+    let r = http
+        .post(format!(
+            "{endpoint}/2015-03-31/functions/{}/invocations",
+            deployed.functions["scheduler"]
+        ))
+        .json(&tick)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status();
+    let out: serde_json::Value = r.json().await.unwrap_or_default();
+    assert!(status.is_success(), "scheduler: HTTP {status} {out}");
+    assert_eq!(out["started"].as_array().map(Vec::len), Some(1), "{out}");
+
+    // From here on only the stack's event source mappings move work.
+    let sqs = aws_sdk_sqs::Client::new(&cfg);
+    let table = metered::dynamodb::Table::new(
+        aws_sdk_dynamodb::Client::new(&cfg),
+        &deployed.outputs["TableName"],
+    );
+    let store = metered::store::dynamodb::DynamoStore::new(table);
+    let key = metered::quota::QuotaKey::new("acme", "sim-booking");
+    let delayed = |queue: String| {
+        let sqs = sqs.clone();
+        async move {
+            let attrs = sqs
+                .get_queue_attributes()
+                .queue_url(queue)
+                .attribute_names(aws_sdk_sqs::types::QueueAttributeName::All)
+                .send()
+                .await
+                .unwrap()
+                .attributes
+                .unwrap_or_default();
+            let n = |a: aws_sdk_sqs::types::QueueAttributeName| -> u64 {
+                attrs.get(&a).and_then(|v| v.parse().ok()).unwrap_or(0)
+            };
+            (
+                n(aws_sdk_sqs::types::QueueAttributeName::ApproximateNumberOfMessagesDelayed),
+                n(aws_sdk_sqs::types::QueueAttributeName::ApproximateNumberOfMessages)
+                    + n(aws_sdk_sqs::types::QueueAttributeName::ApproximateNumberOfMessagesNotVisible),
+            )
+        }
+    };
+    let started = Instant::now();
+    let (records, notes, waiting) = loop {
+        let records = metered::store::RecordStore::count(&store, &key, "classes")
+            .await
+            .unwrap_or(0);
+        let notes = sim.stats().calls("POST /notes");
+        let waiting = delayed(deployed.outputs["ActionHttpQueueUrl"].clone()).await;
+        if (records, notes, waiting.0) == (30, 2, 3) || started.elapsed() > Duration::from_secs(180)
+        {
+            break (records, notes, waiting);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    let stats = sim.stats();
+    // The functions' own logs are in ministack's (.tools/run/ministack.log).
+    assert_eq!(records, 30, "records in the stack's table");
+    assert_eq!(
+        stats.calls("GET /classes"),
+        1,
+        "{:?}",
+        stats.calls_by_endpoint
+    );
+    assert_eq!(
+        notes, 2,
+        "two notes within the budget: {:?}",
+        stats.calls_by_endpoint
+    );
+    assert!(stats.creates_by_idempotency_key.values().all(|n| *n == 1));
+    assert_eq!(
+        waiting,
+        (3, 0),
+        "the three refused actions wait in their queue with a delay, nothing else in flight"
+    );
+    for (name, url) in &deployed.outputs {
+        if name.ends_with("DeadLetterQueueUrl") {
+            let (d, n) = delayed(url.clone()).await;
+            assert_eq!(d + n, 0, "{name}: nothing dead-lettered");
+        }
+    }
+    // The sync's own queues drained: the mappings deleted what succeeded.
+    for q in ["CompleteTransferQueueUrl", "WorkflowQueueUrl"] {
+        assert_eq!(delayed(deployed.outputs[q].clone()).await, (0, 0), "{q}");
+    }
+}
