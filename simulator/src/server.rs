@@ -145,7 +145,9 @@ impl State {
             return Vec::new();
         };
         let mut order: Vec<usize> = (0..records.len()).collect();
-        order.sort_by_key(|i| updated_at(&records[*i]));
+        // Cached: the key parses a timestamp, once per record rather than
+        // once per comparison (this sort was a tenth of a 30-day simulation).
+        order.sort_by_cached_key(|i| updated_at(&records[*i]));
         let mut ids = Vec::new();
         for i in order.into_iter().take(n) {
             self.touch(&mut records[i]);
@@ -655,7 +657,11 @@ fn list(
     let matching: Vec<&Value> = all
         .iter()
         .filter(|r| {
-            since.is_none_or(|s| updated_at(r) >= s) && until.is_none_or(|u| updated_at(r) < u)
+            if since.is_none() && until.is_none() {
+                return true;
+            }
+            let t = updated_at(r);
+            since.is_none_or(|s| t >= s) && until.is_none_or(|u| t < u)
         })
         .collect();
     lock(&state.stats)
