@@ -6,6 +6,9 @@
 //! in DynamoDB; a workflow's actions reach the API once each; the ones the
 //! budget refuses wait in their queue with a delay.
 
+mod common;
+
+use common::workspace;
 use std::collections::HashMap;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -32,13 +35,6 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn workspace() -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn functions_run_under_cargo_lambda_watch_against_local_aws() {
     let ddb = std::env::var("METERED_TEST_DYNAMODB_URL")
@@ -51,18 +47,7 @@ async fn functions_run_under_cargo_lambda_watch_against_local_aws() {
         "cargo lambda is not on PATH: `bash infra/test.sh` installs it (pip install cargo-lambda)"
     );
 
-    // The simulated app, on the system clock.
-    let clock: metered::clock::SharedClock = std::sync::Arc::new(metered::clock::SystemClock);
-    let sim = metered_sim::Sim::new(
-        metered_sim::SimConfig {
-            classes: 30,
-            ..Default::default()
-        },
-        clock,
-    );
-    let server = metered_sim::serve(sim.clone(), "127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
+    let (sim, server) = common::start_sim().await;
 
     // Table and queues from template.yaml.
     let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
@@ -100,16 +85,7 @@ async fn functions_run_under_cargo_lambda_watch_against_local_aws() {
         })
         .collect();
 
-    // The app: classes transferred daily; a workflow notes five of them.
-    // The org may spend 3 calls a day: the transfer and two notes.
-    let config = format!(
-        "{}\n[[connections]]\norg = \"acme\"\nlimits = {{ per_day = 3, max_concurrent = 3 }}\n\
-         [syncs.classes]\ncomplete_transfer = {{ every = \"24h\" }}\n\
-         [workflows.notes]\ntrigger = {{ record_type = \"classes\" }}\n\
-         conditions = [\"record.id in ['cls_000', 'cls_001', 'cls_002', 'cls_003', 'cls_004']\"]\n\
-         [[workflows.notes.actions]]\nkind = \"http\"\nmethod = \"POST\"\npath = \"/notes\"\nbody = {{ class = \"{{{{ record.id }}}}\" }}\n",
-        metered_sim::app_config(&server.base_url())
-    );
+    let config = common::notes_scenario(&metered_sim::app_config(&server.base_url()));
     let config_path = dir.join("app.toml");
     std::fs::write(&config_path, config).unwrap();
     let mut env_file = String::new();

@@ -10,17 +10,13 @@
 //! the code is a zip of the host's (x86_64 debug) build rather than the
 //! arm64 `sam build` output, and `Architectures` follows the host.
 
+mod common;
+
+use common::workspace;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
-
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
 
 /// The folder cargo built this test's binaries into (`target/debug`); the
 /// function binaries are workspace members built beside `metered`.
@@ -106,17 +102,7 @@ async fn template_deploys_to_ministack_and_the_system_runs_there() {
         );
     }
 
-    let clock: metered::clock::SharedClock = std::sync::Arc::new(metered::clock::SystemClock);
-    let sim = metered_sim::Sim::new(
-        metered_sim::SimConfig {
-            classes: 30,
-            ..Default::default()
-        },
-        clock,
-    );
-    let server = metered_sim::serve(sim.clone(), "127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
+    let (sim, server) = common::start_sim().await;
 
     let stack = format!("metered-t{}", std::process::id());
     let config_name = format!("/metered/{stack}/app-config");
@@ -141,17 +127,10 @@ async fn template_deploys_to_ministack_and_the_system_runs_there() {
         .send()
         .await
         .unwrap();
-    let config = format!(
-        "{}\n[[connections]]\norg = \"acme\"\nlimits = {{ per_day = 3, max_concurrent = 3 }}\n\
-         [syncs.classes]\ncomplete_transfer = {{ every = \"24h\" }}\n\
-         [workflows.notes]\ntrigger = {{ record_type = \"classes\" }}\n\
-         conditions = [\"record.id in ['cls_000', 'cls_001', 'cls_002', 'cls_003', 'cls_004']\"]\n\
-         [[workflows.notes.actions]]\nkind = \"http\"\nmethod = \"POST\"\npath = \"/notes\"\nbody = {{ class = \"{{{{ record.id }}}}\" }}\n",
-        metered_sim::app_config(&server.base_url()).replace(
-            "secret = { env = \"SIM_API_KEY\" }",
-            &format!("secret = {{ secrets_manager = \"{secret_name}\" }}")
-        )
-    );
+    let config = common::notes_scenario(&metered_sim::app_config(&server.base_url()).replace(
+        "secret = { env = \"SIM_API_KEY\" }",
+        &format!("secret = {{ secrets_manager = \"{secret_name}\" }}"),
+    ));
     assert!(
         config.contains("secrets_manager"),
         "the sim's auth line moved"
