@@ -3,10 +3,7 @@
 //! One table, string keys `pk` and `sk`, on-demand capacity, TTL on `ttl`
 //! (epoch seconds; TTL only cleans up, it never decides anything).
 //!
-//! | item            | pk                         | sk                             |
-//! |-----------------|----------------------------|--------------------------------|
-//! | quota of a budget | `quota#{org}#{app}`      | `quota`                        |
-//! | usage of a day  | `usage#{org}#{app}#{day}`  | `{source}#{endpoint}#{exempt}` |
+//! Every item kind and access pattern: `docs/table.md`.
 
 use crate::error::{Error, Result};
 use aws_sdk_dynamodb::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
