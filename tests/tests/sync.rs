@@ -41,6 +41,26 @@ fn sync(c: &mut AppConfig, record_type: &str, s: SyncConfig) {
     c.syncs.insert(record_type.into(), s);
 }
 
+/// Invoices transferred daily; the customers they reference looked up by key.
+fn invoices_with_lookups(c: &mut AppConfig, policy: LookupPolicy, guard: StormGuard) {
+    sync(
+        c,
+        "invoices",
+        SyncConfig {
+            complete_transfer: transfer(),
+            ..Default::default()
+        },
+    );
+    sync(
+        c,
+        "customers",
+        SyncConfig {
+            pk_lookup: lookups(policy, guard),
+            ..Default::default()
+        },
+    );
+}
+
 fn with_limits(c: &mut AppConfig, per_day: u32) {
     c.connections[0].limits = Some(Limits::new(Some(per_day), None, None, 3).unwrap());
 }
@@ -237,24 +257,7 @@ async fn unseen_only_lookups_spend_ceil_u_over_k(adapter: Adapter) {
             invoices: 1_150,
             ..Default::default()
         },
-        |c| {
-            sync(
-                c,
-                "invoices",
-                SyncConfig {
-                    complete_transfer: transfer(),
-                    ..Default::default()
-                },
-            );
-            sync(
-                c,
-                "customers",
-                SyncConfig {
-                    pk_lookup: lookups(LookupPolicy::UnseenOnly, StormGuard::Off),
-                    ..Default::default()
-                },
-            );
-        },
+        |c| invoices_with_lookups(c, LookupPolicy::UnseenOnly, StormGuard::Off),
     )
     .await;
     // A hundred customers are already known.
@@ -359,24 +362,7 @@ async fn never_spends_nothing(adapter: Adapter) {
             invoices: 400,
             ..Default::default()
         },
-        |c| {
-            sync(
-                c,
-                "invoices",
-                SyncConfig {
-                    complete_transfer: transfer(),
-                    ..Default::default()
-                },
-            );
-            sync(
-                c,
-                "customers",
-                SyncConfig {
-                    pk_lookup: lookups(LookupPolicy::Never, StormGuard::Off),
-                    ..Default::default()
-                },
-            );
-        },
+        |c| invoices_with_lookups(c, LookupPolicy::Never, StormGuard::Off),
     )
     .await;
     w.start(JobKind::CompleteTransfer, "invoices").await;
@@ -540,24 +526,7 @@ async fn an_adhoc_sync_reports_its_cost_first(adapter: Adapter) {
             invoices: 700,
             ..Default::default()
         },
-        |c| {
-            sync(
-                c,
-                "invoices",
-                SyncConfig {
-                    complete_transfer: transfer(),
-                    ..Default::default()
-                },
-            );
-            sync(
-                c,
-                "customers",
-                SyncConfig {
-                    pk_lookup: lookups(LookupPolicy::UnseenOnly, StormGuard::Off),
-                    ..Default::default()
-                },
-            );
-        },
+        |c| invoices_with_lookups(c, LookupPolicy::UnseenOnly, StormGuard::Off),
     )
     .await;
     w.start(JobKind::CompleteTransfer, "invoices").await;
