@@ -183,7 +183,8 @@ async fn template_deploys_to_ministack_and_the_system_runs_there() {
     );
     let store = metered::store::dynamodb::DynamoStore::new(table);
     let key = metered::quota::QuotaKey::new("acme", "sim-booking");
-    let delayed = |queue: String| {
+    // (delayed, visible + in flight) messages of a queue.
+    let depth = |queue: String| {
         let sqs = sqs.clone();
         async move {
             let attrs = sqs
@@ -211,7 +212,7 @@ async fn template_deploys_to_ministack_and_the_system_runs_there() {
             .await
             .unwrap_or(0);
         let notes = sim.stats().calls("POST /notes");
-        let waiting = delayed(deployed.outputs["ActionHttpQueueUrl"].clone()).await;
+        let waiting = depth(deployed.outputs["ActionHttpQueueUrl"].clone()).await;
         if (records, notes, waiting.0) == (30, 2, 3) || started.elapsed() > Duration::from_secs(180)
         {
             break (records, notes, waiting);
@@ -240,12 +241,12 @@ async fn template_deploys_to_ministack_and_the_system_runs_there() {
     );
     for (name, url) in &deployed.outputs {
         if name.ends_with("DeadLetterQueueUrl") {
-            let (d, n) = delayed(url.clone()).await;
+            let (d, n) = depth(url.clone()).await;
             assert_eq!(d + n, 0, "{name}: nothing dead-lettered");
         }
     }
     // The sync's own queues drained: the mappings deleted what succeeded.
     for q in ["CompleteTransferQueueUrl", "WorkflowQueueUrl"] {
-        assert_eq!(delayed(deployed.outputs[q].clone()).await, (0, 0), "{q}");
+        assert_eq!(depth(deployed.outputs[q].clone()).await, (0, 0), "{q}");
     }
 }
