@@ -141,6 +141,9 @@ impl JobEnvelope {
     }
 }
 
+/// How long a job waits after a transient failure before it resumes.
+pub const TRANSIENT_RETRY_SECS: i64 = 30;
+
 /// Restart the job later from `checkpoint`, because of `reason`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Restart {
@@ -170,6 +173,27 @@ impl Outcome {
             reason: denied.reason.to_string(),
             checkpoint,
         })
+    }
+
+    /// A transient failure (a store or queue error that may pass, a 5xx):
+    /// come back in [`TRANSIENT_RETRY_SECS`] from `checkpoint`, so the work
+    /// done so far is kept. `None` keeps the job's current checkpoint.
+    pub fn transient(now: Timestamp, reason: impl fmt::Display, checkpoint: Option<Value>) -> Self {
+        Outcome::Restart(Restart {
+            at: now + chrono::Duration::seconds(TRANSIENT_RETRY_SECS),
+            reason: format!("transient failure: {reason}"),
+            checkpoint,
+        })
+    }
+
+    /// A library error after progress: a transient one restarts from
+    /// `checkpoint`, a permanent one fails.
+    pub fn from_error_at(err: &Error, now: Timestamp, checkpoint: Option<Value>) -> Self {
+        if err.is_retryable() {
+            Outcome::transient(now, err, checkpoint)
+        } else {
+            Outcome::Fail(err.to_string())
+        }
     }
 
     /// A library error becomes a retry or a failure, as it says.

@@ -29,7 +29,6 @@ use crate::sync::SyncHandlers;
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
 use lambda_runtime::{service_fn, LambdaEvent};
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
 
 /// Every job kind that has a queue.
 pub const KINDS: [JobKind; 6] = [
@@ -168,10 +167,10 @@ impl Deployed {
     }
 }
 
-/// The time left before Lambda's deadline, as an `Instant`.
-pub fn deadline_of(ctx: &lambda_runtime::Context) -> Option<Instant> {
-    let left = ctx.deadline().duration_since(SystemTime::now()).ok()?;
-    Some(Instant::now() + left)
+/// Lambda's deadline for this invocation, on the wall clock the deployed
+/// handlers read.
+pub fn deadline_of(ctx: &lambda_runtime::Context) -> Option<crate::clock::Timestamp> {
+    (ctx.deadline != 0).then(|| crate::clock::Timestamp::from(ctx.deadline()))
 }
 
 /// The whole life of an SQS-triggered sync function.

@@ -20,10 +20,10 @@
 use crate::clock::{SharedClock, Timestamp};
 use crate::job::{JobEnvelope, JobKind, Outcome, Restart};
 use crate::queue::{JobQueue, MAX_DELAY_SECS};
+use crate::quota::QuotaKey;
 use async_trait::async_trait;
 use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent};
 use std::sync::Arc;
-use std::time::Instant;
 
 /// The reason given when an early arrival is re-sent for the rest of its wait.
 pub const NOT_BEFORE_REASON: &str = "waiting for not_before";
@@ -50,16 +50,26 @@ impl Default for RestartPolicy {
 /// What a handler knows about the invocation it runs in.
 #[derive(Debug, Clone, Default)]
 pub struct JobContext {
-    /// When Lambda will kill the invocation; handlers checkpoint and restart
-    /// before it.
-    pub deadline: Option<Instant>,
+    /// When the invocation ends (Lambda's deadline, or the end of a local
+    /// pump's visibility timeout), on the same clock the handlers read:
+    /// handlers checkpoint and restart before it, and a job's claim in the
+    /// ledger ends with it, so a crashed invocation never blocks its
+    /// redelivery.
+    pub deadline: Option<Timestamp>,
 }
 
 impl JobContext {
-    /// True when less than `margin` remains before the deadline.
-    pub fn near_deadline(&self, margin: std::time::Duration) -> bool {
-        self.deadline
-            .is_some_and(|d| d.saturating_duration_since(Instant::now()) < margin)
+    /// An invocation that ends at `deadline`.
+    pub fn until(deadline: Timestamp) -> Self {
+        Self {
+            deadline: Some(deadline),
+        }
+    }
+
+    /// True when less than `margin` remains before the deadline at `now`.
+    pub fn near_deadline(&self, now: Timestamp, margin: std::time::Duration) -> bool {
+        let margin = chrono::Duration::from_std(margin).unwrap_or(chrono::Duration::MAX);
+        self.deadline.is_some_and(|d| d - now < margin)
     }
 }
 
@@ -73,7 +83,7 @@ pub trait JobHandler: Send + Sync {
 }
 
 /// What the job ledger says about a delivery.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Claim {
     /// Nobody works on this generation: go ahead.
     Granted,
@@ -85,14 +95,44 @@ pub enum Claim {
     Stale,
 }
 
+/// What the ledger holds for one job: its latest generation, whether that
+/// generation finished, and until when a delivery holds it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LedgerEntry {
+    pub generation: u32,
+    pub done: bool,
+    pub claimed_until: Timestamp,
+}
+
+/// The claim rule, in one place for every adapter: a delivery of
+/// `generation` may run unless a newer generation exists (stale), this one
+/// finished (done), or another delivery holds a claim that has not ended.
+/// Adapters only store the entry atomically; they never decide.
+pub fn decide_claim(stored: Option<LedgerEntry>, generation: u32, now: Timestamp) -> Claim {
+    match stored {
+        Some(e) if e.generation > generation => Claim::Stale,
+        Some(e) if e.generation == generation && e.done => Claim::AlreadyDone,
+        Some(e) if e.generation == generation && e.claimed_until > now => Claim::InProgress,
+        _ => Claim::Granted,
+    }
+}
+
 /// Job id → latest generation, so a duplicate delivery (SQS is
 /// at-least-once; a crash after a re-send but before the ack leaves two
-/// copies) is dropped without doing its work twice. A claim expires, so the
-/// redelivery of a crashed invocation still runs.
+/// copies) is dropped without doing its work twice.
+///
+/// Entries are scoped by org and app ([`QuotaKey`]): ids come from messages,
+/// and one tenant's message must never settle another's job. A claim ends
+/// with the invocation that took it (its deadline), so the redelivery of a
+/// crashed invocation runs; a delivery that finds a live claim is left on the
+/// queue, never acknowledged.
 #[async_trait]
 pub trait JobLedger: Send + Sync {
+    /// Applies [`decide_claim`] atomically and, when granted, records the
+    /// claim until `until`.
     async fn claim(
         &self,
+        key: &QuotaKey,
         job_id: &str,
         generation: u32,
         now: Timestamp,
@@ -100,7 +140,13 @@ pub trait JobLedger: Send + Sync {
     ) -> crate::error::Result<Claim>;
     /// `done`: the generation finished (or was re-sent as the next one);
     /// otherwise the claim is released so a redelivery may run at once.
-    async fn settle(&self, job_id: &str, generation: u32, done: bool) -> crate::error::Result<()>;
+    async fn settle(
+        &self,
+        key: &QuotaKey,
+        job_id: &str,
+        generation: u32,
+        done: bool,
+    ) -> crate::error::Result<()>;
 }
 
 /// What became of one message.
@@ -114,7 +160,8 @@ pub enum Settled {
     DeadLettered { reason: String },
     /// Leave it for redelivery (transient failure, or a send that failed).
     Retry { reason: String },
-    /// A duplicate or stale copy, dropped without work.
+    /// A copy the ledger proves redundant (its generation finished, or a
+    /// newer one exists), dropped without work.
     Skipped { reason: String },
 }
 
@@ -132,7 +179,8 @@ pub struct JobRuntime {
     pub clock: SharedClock,
     pub policy: RestartPolicy,
     pub ledger: Option<Arc<dyn JobLedger>>,
-    /// How long a delivery's claim lasts (at least the handler's timeout).
+    /// How long a delivery's claim lasts when the invocation has no deadline
+    /// (a deadline, when given, bounds the claim instead).
     pub claim_ttl: chrono::Duration,
 }
 
@@ -143,7 +191,7 @@ impl JobRuntime {
             clock,
             policy,
             ledger: None,
-            claim_ttl: chrono::Duration::minutes(15),
+            claim_ttl: chrono::Duration::minutes(5),
         }
     }
 
@@ -184,12 +232,24 @@ impl JobRuntime {
                 .resend(&next, delay, "waiting for not_before".into())
                 .await;
         }
+        let key = job.quota_key();
         if let Some(ledger) = &self.ledger {
+            let until = ctx.deadline.unwrap_or(now + self.claim_ttl);
             match ledger
-                .claim(&job.id, job.generation, now, now + self.claim_ttl)
+                .claim(&key, &job.id, job.generation, now, until)
                 .await
             {
                 Ok(Claim::Granted) => {}
+                Ok(Claim::InProgress) => {
+                    // Not proven redundant: the other delivery may yet crash.
+                    // Left on the queue, it comes back after its visibility
+                    // timeout, when that claim has ended.
+                    let reason =
+                        "another delivery of this generation holds its claim; left for redelivery"
+                            .to_string();
+                    tracing::info!(%reason);
+                    return Settled::Retry { reason };
+                }
                 Ok(other) => {
                     let reason = format!("duplicate delivery dropped ({other:?})");
                     tracing::info!(%reason);
@@ -202,22 +262,48 @@ impl JobRuntime {
                 }
             }
         }
-        let settled = match handler.handle(&job, ctx).await {
+        let outcome = handler.handle(&job, ctx).await;
+        // Delays count from now, not from when the work started: a long run
+        // must not wait its own length again.
+        let now = self.clock.now();
+        let settled = match outcome {
             Outcome::Done => Settled::Done,
             Outcome::Retry(reason) => {
                 tracing::warn!(%reason, "job failed, will be redelivered");
                 Settled::Retry { reason }
             }
-            Outcome::Fail(reason) => self.dead_letter(&job.to_body(), reason).await,
+            Outcome::Fail(reason) => self.dead_letter_job(&job, reason).await,
             Outcome::Restart(restart) => self.restart(job.clone(), restart, now).await,
         };
         if let Some(ledger) = &self.ledger {
-            if let Err(e) = ledger.settle(&job.id, job.generation, settled.ack()).await {
-                // The claim expires by itself; a redelivery then runs.
-                tracing::warn!(error = %e, "could not settle the job ledger");
-            }
+            self.settle(ledger.as_ref(), &key, &job, settled.ack())
+                .await;
         }
         settled
+    }
+
+    /// Records the end of a delivery. Tried twice: a settle that never lands
+    /// leaves the claim to end at the deadline, after which a duplicate copy
+    /// of a finished generation would run again (harmless for idempotent
+    /// work, but wasted calls).
+    async fn settle(&self, ledger: &dyn JobLedger, key: &QuotaKey, job: &JobEnvelope, done: bool) {
+        for attempt in 1..=2 {
+            match ledger.settle(key, &job.id, job.generation, done).await {
+                Ok(()) => return,
+                Err(e) => tracing::warn!(error = %e, attempt, "could not settle the job ledger"),
+            }
+        }
+        tracing::error!("job ledger not settled; the claim ends at the invocation's deadline");
+    }
+
+    /// Dead-letters a parsed job. The copy in the dead-letter queue carries
+    /// the next generation, so a redrive runs it even though the ledger
+    /// records this generation as finished (which drops any stray copy).
+    async fn dead_letter_job(&self, job: &JobEnvelope, reason: String) -> Settled {
+        let mut next = job.clone();
+        next.generation += 1;
+        next.last_reason = Some(reason.clone());
+        self.dead_letter(&next.to_body(), reason).await
     }
 
     async fn restart(&self, job: JobEnvelope, restart: Restart, now: Timestamp) -> Settled {
@@ -230,7 +316,7 @@ impl JobRuntime {
                 "restart cap of {} reached; last restart was for: {}",
                 self.policy.max_restarts, restart.reason
             );
-            return self.dead_letter(&next.to_body(), reason).await;
+            return self.dead_letter_job(&next, reason).await;
         }
         next.restarts += 1;
         next.generation += 1;
@@ -328,7 +414,11 @@ impl JobRuntime {
         visibility_secs: u32,
     ) -> crate::error::Result<Vec<Settled>> {
         let deliveries = self.queue.receive(max, visibility_secs).await?;
-        let ctx = JobContext::default();
+        // The claim of each job ends with the visibility timeout, as a
+        // Lambda invocation's ends with its deadline.
+        let ctx = JobContext::until(
+            self.clock.now() + chrono::Duration::seconds(i64::from(visibility_secs)),
+        );
         let results = futures::future::join_all(
             deliveries
                 .iter()

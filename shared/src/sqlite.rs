@@ -22,6 +22,7 @@ CREATE TABLE IF NOT EXISTS quota_window (
 CREATE TABLE IF NOT EXISTS quota_lease (
     org TEXT NOT NULL, app TEXT NOT NULL, lease_id TEXT NOT NULL,
     expires_at INTEGER NOT NULL,
+    cost INTEGER NOT NULL DEFAULT 1, valid_until INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (org, app, lease_id)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS quota_block (
@@ -48,6 +49,7 @@ CREATE TABLE IF NOT EXISTS records (
     org TEXT NOT NULL, app TEXT NOT NULL, record_type TEXT NOT NULL, id TEXT NOT NULL,
     hash TEXT NOT NULL, data TEXT,
     first_seen INTEGER NOT NULL, last_synced INTEGER, last_looked_up INTEGER,
+    lookup_claimed_by TEXT,
     PRIMARY KEY (org, app, record_type, id)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS sync_state (
@@ -56,11 +58,15 @@ CREATE TABLE IF NOT EXISTS sync_state (
     running_job TEXT, lease_until INTEGER,
     PRIMARY KEY (org, app, sync)
 ) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS job_ledger (
-    job_id TEXT PRIMARY KEY, generation INTEGER NOT NULL, done INTEGER NOT NULL, claimed_until INTEGER NOT NULL
+CREATE TABLE IF NOT EXISTS job_claims (
+    org TEXT NOT NULL, app TEXT NOT NULL, job_id TEXT NOT NULL,
+    generation INTEGER NOT NULL, done INTEGER NOT NULL, claimed_until INTEGER NOT NULL,
+    PRIMARY KEY (org, app, job_id)
 ) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS action_ledger (
-    key TEXT PRIMARY KEY, started_at INTEGER NOT NULL, done_at INTEGER
+CREATE TABLE IF NOT EXISTS action_keys (
+    org TEXT NOT NULL, app TEXT NOT NULL, key TEXT NOT NULL,
+    started_at INTEGER NOT NULL, done_at INTEGER,
+    PRIMARY KEY (org, app, key)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS dead_letter (
     queue TEXT NOT NULL, message_id TEXT NOT NULL,
@@ -104,6 +110,7 @@ impl Db {
         conn.pragma_update(None, "synchronous", "NORMAL")
             .map_err(open_error)?;
         conn.execute_batch(SCHEMA).map_err(open_error)?;
+        migrate(&conn).map_err(open_error)?;
         Ok(Self {
             conn: Arc::new(Mutex::new(conn)),
             round_trips: Arc::default(),
@@ -131,6 +138,30 @@ impl Db {
         .await
         .map_err(|e| Error::store(operation, e, true))?
     }
+}
+
+/// Brings a database written by an earlier version up to [`SCHEMA`]: columns
+/// added since are added to existing tables. (Ledgers moved to new,
+/// org-scoped tables; the old unscoped ones are left unread.)
+fn migrate(conn: &Connection) -> rusqlite::Result<()> {
+    for (table, column, decl) in [
+        ("records", "lookup_claimed_by", "TEXT"),
+        ("quota_lease", "cost", "INTEGER NOT NULL DEFAULT 1"),
+        ("quota_lease", "valid_until", "INTEGER NOT NULL DEFAULT 0"),
+    ] {
+        let present = conn
+            .prepare(&format!(
+                "SELECT 1 FROM pragma_table_info('{table}') WHERE name = '{column}'"
+            ))?
+            .exists([])?;
+        if !present {
+            conn.execute(
+                &format!("ALTER TABLE {table} ADD COLUMN {column} {decl}"),
+                [],
+            )?;
+        }
+    }
+    Ok(())
 }
 
 /// A busy or locked database may free up; anything else will not.

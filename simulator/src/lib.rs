@@ -114,8 +114,13 @@ impl Sim {
         self.inner.records(record_type)
     }
 
-    /// Rows of a Data Source, as pushed by actions.
+    /// Rows of a Data Source, as pushed by actions (every organization's).
     pub fn datasource_rows(&self, name: &str) -> Vec<serde_json::Value> {
         self.inner.datasource_rows(name)
+    }
+
+    /// Rows of a Data Source pushed with organization key `key`.
+    pub fn datasource_rows_of(&self, key: &str, name: &str) -> Vec<serde_json::Value> {
+        self.inner.datasource_rows_of(key, name)
     }
 }

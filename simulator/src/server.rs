@@ -60,6 +60,8 @@ fn take(n: &mut u32) -> bool {
 pub struct Stats {
     /// Served calls (not 429s) per `METHOD /route`.
     pub calls_by_endpoint: BTreeMap<String, u64>,
+    /// Served calls per organization key and `METHOD /route`.
+    pub calls_by_key_endpoint: BTreeMap<(String, String), u64>,
     /// Served calls per organization key.
     pub calls_by_key: BTreeMap<String, u64>,
     /// Served calls per key and UTC day.
@@ -75,6 +77,12 @@ pub struct Stats {
     pub pushes_by_idempotency_key: BTreeMap<String, u64>,
     /// Data Source pushes (each with its inserts and deletes).
     pub datasource_pushes: u64,
+    /// Data Source pushes per organization key.
+    pub pushes_by_key: BTreeMap<String, u64>,
+    /// Records created per organization key (each once: the API dedupes
+    /// `Idempotency-Key`s within an organization, as real APIs scope them
+    /// to the account). What "performed" means for an HTTP action.
+    pub created_by_key: BTreeMap<String, Vec<Value>>,
     /// Requests per list page-size seen (size → count).
     pub page_sizes: BTreeMap<usize, u64>,
 }
@@ -86,14 +94,23 @@ impl Stats {
     pub fn calls(&self, endpoint: &str) -> u64 {
         self.calls_by_endpoint.get(endpoint).copied().unwrap_or(0)
     }
+    /// Served calls of one organization key to `endpoint`.
+    pub fn calls_of(&self, key: &str, endpoint: &str) -> u64 {
+        self.calls_by_key_endpoint
+            .get(&(key.to_string(), endpoint.to_string()))
+            .copied()
+            .unwrap_or(0)
+    }
 }
 
 pub(crate) struct State {
     config: SimConfig,
     clock: SharedClock,
     data: Mutex<Dataset>,
-    datasources: Mutex<BTreeMap<String, BTreeMap<String, Value>>>,
-    created: Mutex<BTreeMap<String, Value>>,
+    /// Rows per (organization key, data source).
+    datasources: Mutex<BTreeMap<(String, String), BTreeMap<String, Value>>>,
+    /// Created records per (organization key, Idempotency-Key).
+    created: Mutex<BTreeMap<(String, String), Value>>,
     stats: Mutex<Stats>,
     in_flight: Mutex<BTreeMap<String, usize>>,
     pub(crate) faults: Mutex<Faults>,
@@ -205,7 +222,15 @@ impl State {
 
     pub(crate) fn datasource_rows(&self, name: &str) -> Vec<Value> {
         lock(&self.datasources)
-            .get(name)
+            .iter()
+            .filter(|((_, n), _)| n == name)
+            .flat_map(|(_, rows)| rows.values().cloned())
+            .collect()
+    }
+
+    pub(crate) fn datasource_rows_of(&self, key: &str, name: &str) -> Vec<Value> {
+        lock(&self.datasources)
+            .get(&(key.to_string(), name.to_string()))
             .map(|rows| rows.values().cloned().collect())
             .unwrap_or_default()
     }
@@ -410,6 +435,10 @@ async fn handle(
     {
         let mut stats = lock(&state.stats);
         *stats.calls_by_endpoint.entry(endpoint.clone()).or_default() += 1;
+        *stats
+            .calls_by_key_endpoint
+            .entry((key.clone(), endpoint.clone()))
+            .or_default() += 1;
         *stats.calls_by_key.entry(key.clone()).or_default() += 1;
         *stats
             .calls_by_key_day
@@ -509,7 +538,7 @@ async fn handle(
                 );
             };
             let mut ds = lock(&state.datasources);
-            let rows = ds.entry(name.to_string()).or_default();
+            let rows = ds.entry((key.clone(), name.to_string())).or_default();
             let mut deleted = 0;
             for id in payload["deletes"].as_array().into_iter().flatten() {
                 if let Some(id) = id.as_str() {
@@ -526,6 +555,7 @@ async fn handle(
             {
                 let mut stats = lock(&state.stats);
                 stats.datasource_pushes += 1;
+                *stats.pushes_by_key.entry(key.clone()).or_default() += 1;
                 if let Some(k) = headers.get("idempotency-key").and_then(|v| v.to_str().ok()) {
                     *stats
                         .pushes_by_idempotency_key
@@ -540,7 +570,7 @@ async fn handle(
         }
         (Method::GET, ["datasources", name, "rows"]) => json_response(
             StatusCode::OK,
-            &json!({"data": state.datasource_rows(name)}),
+            &json!({"data": state.datasource_rows_of(&key, name)}),
         ),
         (Method::POST, ["hooks", _]) => json_response(StatusCode::OK, &json!({"ok": true})),
         (Method::POST, [record_type]) => {
@@ -553,7 +583,7 @@ async fn handle(
                     .create_requests_by_idempotency_key
                     .entry(k.clone())
                     .or_default() += 1;
-                if let Some(existing) = lock(&state.created).get(k) {
+                if let Some(existing) = lock(&state.created).get(&(key.clone(), k.clone())) {
                     return json_response(StatusCode::OK, existing);
                 }
                 // Counted once per key: the API dedupes by Idempotency-Key.
@@ -576,8 +606,13 @@ async fn handle(
             record["id"] = json!(id);
             record["created_at"] = json!(ts(now));
             if let Some(k) = idem {
-                lock(&state.created).insert(k, record.clone());
+                lock(&state.created).insert((key.clone(), k), record.clone());
             }
+            lock(&state.stats)
+                .created_by_key
+                .entry(key.clone())
+                .or_default()
+                .push(record.clone());
             json_response(StatusCode::CREATED, &record)
         }
         (Method::GET, [record_type, id]) => {

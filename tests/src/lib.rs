@@ -5,6 +5,7 @@
 //! test that needs one and does not find it **fails** with a message saying
 //! how to start it; nothing is skipped.
 
+pub mod faults;
 pub mod queue_suite;
 pub mod quota_suite;
 pub mod sync_world;

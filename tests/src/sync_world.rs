@@ -1,21 +1,37 @@
-//! A whole sync system for end-to-end tests: the simulated API, the sync
-//! handlers, and either adapter set (SQLite, or DynamoDB Local + ministack
-//! SQS), driven on a manual clock.
+//! A whole system for end-to-end tests: the simulated API with **two
+//! organizations whose record ids coincide** (each org its own API key; the
+//! simulator serves both the same dataset), every handler, and either
+//! adapter set (SQLite, or DynamoDB Local + ministack SQS), driven on a
+//! manual clock, with faults injected at named points.
+//!
+//! The driver plays the Lambda service: it receives each queue's messages,
+//! runs every delivery in a task of its own with a deadline on the manual
+//! clock, acknowledges what settled, hands back what must be redelivered,
+//! and treats a task that died at an injected crash point as an invocation
+//! that died (nothing settled or acknowledged; its message comes back after
+//! the deadline, when its claim has ended). It never panics on an outcome:
+//! every one is counted in the [`Report`], dead letters with their reasons.
 //!
 //! Time travel on real queues: [`TimeTravel`] sends every message with no
 //! delay and remembers each job's `not_before`; an early arrival is re-sent
 //! by the runtime without work, and when nothing else is due the driver moves
 //! the clock to the earliest `not_before`. So a day-long wait takes
-//! milliseconds on SQS too, through the same restart code.
+//! milliseconds on SQS too, through the same restart code. With
+//! [`World::with_call_time`] every API call also moves the clock, so long
+//! jobs meet their deadline and restart from their checkpoint.
 
+use crate::faults::{Faults, FaultyQuota, FaultyStore, CRASH, RUNNING};
 use crate::{dynamo_table, sim_fixture_with, sqs_queue, SimFixture};
 use async_trait::async_trait;
 use metered::clock::{ManualClock, SharedClock, Timestamp};
 use metered::connector::config::AppConfig;
+use metered::connector::{ApiError, Connector, ListRequest, Page, Record, SendRequest};
 use metered::job::{JobEnvelope, JobKind};
 use metered::queue::{sqlite::SqliteQueue, DeadLetter, Delivery, JobQueue, Queues};
 use metered::quota::{Quota, QuotaStore};
-use metered::runtime::{JobLedger, JobRuntime, RestartPolicy, Settled, NOT_BEFORE_REASON};
+use metered::runtime::{
+    JobContext, JobHandler, JobLedger, JobRuntime, RestartPolicy, Settled, NOT_BEFORE_REASON,
+};
 use metered::services::Services;
 use metered::store::RecordStore;
 use metered::sync::settings::ConnectionConfig;
@@ -28,12 +44,31 @@ pub enum Adapter {
     Aws,
 }
 
-pub const ORG: &str = "acme";
+impl std::fmt::Display for Adapter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Adapter::Sqlite => "sqlite",
+            Adapter::Aws => "dynamodb+sqs",
+        })
+    }
+}
 
-/// Sends without delay; remembers when each job may run.
+/// The first organization; single-org scenarios use it alone.
+pub const ORG: &str = "acme";
+/// The second organization: same app, same record ids, its own API key.
+pub const ORG_B: &str = "globex";
+pub const ORGS: [&str; 2] = [ORG, ORG_B];
+
+/// How long the driver lets an invocation run (on the manual clock): the
+/// transfer functions' timeout in `template.yaml`.
+pub const DEADLINE_SECS: i64 = 300;
+
+/// Sends without delay; remembers when each job may run; fails a send or
+/// an ack where a fault is planned (`queue.send`, `queue.ack`).
 pub struct TimeTravel {
     inner: Arc<dyn JobQueue>,
     waits: Arc<Mutex<HashMap<String, Timestamp>>>,
+    faults: Arc<Faults>,
 }
 
 #[async_trait]
@@ -42,6 +77,7 @@ impl JobQueue for TimeTravel {
         self.inner.name()
     }
     async fn send(&self, job: &JobEnvelope, _delay_secs: u32) -> metered::Result<()> {
+        self.faults.check("queue.send")?;
         {
             let mut waits = self.waits.lock().unwrap();
             match job.not_before {
@@ -60,8 +96,56 @@ impl JobQueue for TimeTravel {
     async fn ack(&self, receipt: &str) -> metered::Result<()> {
         self.inner.ack(receipt).await
     }
+    async fn release(&self, receipt: &str, visible_in_secs: u32) -> metered::Result<()> {
+        self.inner.release(receipt, visible_in_secs).await
+    }
     async fn dead_letters(&self, max: u32) -> metered::Result<Vec<DeadLetter>> {
         self.inner.dead_letters(max).await
+    }
+}
+
+/// A connector whose every call takes `secs` of the manual clock, so long
+/// jobs reach their deadline inside the job.
+struct Ticking {
+    inner: Arc<dyn Connector>,
+    clock: ManualClock,
+    secs: Arc<Mutex<i64>>,
+}
+
+impl Ticking {
+    fn tick(&self) {
+        let secs = *self.secs.lock().unwrap();
+        if secs > 0 {
+            self.clock.advance(chrono::Duration::seconds(secs));
+        }
+    }
+}
+
+#[async_trait]
+impl Connector for Ticking {
+    fn list_endpoint(&self, rt: &str) -> String {
+        self.inner.list_endpoint(rt)
+    }
+    fn lookup_endpoint(&self, rt: &str) -> String {
+        self.inner.lookup_endpoint(rt)
+    }
+    fn max_ids_per_call(&self, rt: &str) -> usize {
+        self.inner.max_ids_per_call(rt)
+    }
+    async fn list(&self, req: &ListRequest) -> Result<Page, ApiError> {
+        self.tick();
+        self.inner.list(req).await
+    }
+    async fn lookup(&self, rt: &str, ids: &[String]) -> Result<Vec<Record>, ApiError> {
+        self.tick();
+        self.inner.lookup(rt, ids).await
+    }
+    async fn send(&self, req: &SendRequest) -> Result<serde_json::Value, ApiError> {
+        self.tick();
+        self.inner.send(req).await
+    }
+    fn is_exempt(&self, endpoint: &str) -> bool {
+        self.inner.is_exempt(endpoint)
     }
 }
 
@@ -71,8 +155,11 @@ pub struct Report {
     pub done: BTreeMap<JobKind, u64>,
     pub restarts: Vec<String>,
     pub skipped: u64,
-    pub retries: u64,
-    pub dead: u64,
+    pub retries: Vec<String>,
+    /// Invocations that died at an injected crash point.
+    pub crashes: u64,
+    /// Dead letters settled during the drive, with their reasons.
+    pub dead: Vec<String>,
 }
 
 pub struct World {
@@ -83,13 +170,21 @@ pub struct World {
     pub svc: Arc<Services>,
     pub store: Arc<dyn RecordStore>,
     pub quota_store: Arc<dyn QuotaStore>,
-    pub runtimes: Vec<(JobKind, JobRuntime)>,
+    pub runtimes: Vec<(JobKind, Arc<JobRuntime>)>,
     pub workflow: Arc<dyn JobQueue>,
     pub action_ledger: Arc<dyn metered::workflow::ActionLedger>,
-    handler: metered::local::Dispatch,
+    /// Faults planned at named points (see [`crate::faults`]).
+    pub faults: Arc<Faults>,
+    /// API key of each org at the simulator.
+    pub api_keys: BTreeMap<String, String>,
+    /// The DynamoDB table (AWS adapter set only).
+    pub table: Option<metered::dynamodb::Table>,
+    handler: Arc<metered::local::Dispatch>,
     raw: BTreeMap<JobKind, Arc<dyn JobQueue>>,
     ledger: Arc<dyn JobLedger>,
     waits: Arc<Mutex<HashMap<String, Timestamp>>>,
+    call_secs: Arc<Mutex<i64>>,
+    deadline_secs: i64,
 }
 
 impl World {
@@ -99,45 +194,76 @@ impl World {
         sim: metered_sim::SimConfig,
         edit: impl FnOnce(&mut AppConfig),
     ) -> Self {
+        Self::build(adapter, sim, None, edit).await
+    }
+
+    /// Like [`World::new`], with a DynamoDB client of one's own (e.g. one
+    /// whose HTTP layer loses responses) for the AWS adapter set.
+    pub async fn build(
+        adapter: Adapter,
+        sim: metered_sim::SimConfig,
+        dynamodb: Option<aws_sdk_dynamodb::Client>,
+        edit: impl FnOnce(&mut AppConfig),
+    ) -> Self {
         let (clock, shared) = crate::manual_clock();
         let fx = sim_fixture_with(sim, shared.clone(), |c| {
-            c.connections = vec![ConnectionConfig {
-                org: ORG.into(),
-                secret: None,
-                limits: None,
-            }];
+            c.connections = ORGS
+                .iter()
+                .map(|org| ConnectionConfig {
+                    org: (*org).into(),
+                    secret: None,
+                    limits: None,
+                })
+                .collect();
             edit(c);
         })
         .await;
+        let faults = Faults::new();
         let waits: Arc<Mutex<HashMap<String, Timestamp>>> = Arc::default();
         type Stores = (
             Arc<dyn RecordStore>,
             Arc<dyn QuotaStore>,
             Arc<dyn JobLedger>,
             Arc<dyn metered::workflow::ActionLedger>,
+            Option<metered::dynamodb::Table>,
         );
-        let (store, quota_store, ledger, action_ledger): Stores = match adapter {
+        let (store, quota_store, ledger, action_ledger, table): Stores = match adapter {
             Adapter::Sqlite => {
                 let db = metered::sqlite::Db::in_memory().unwrap();
-                let store = Arc::new(metered::store::sqlite::SqliteStore::new(db.clone()));
+                let store = Arc::new(FaultyStore {
+                    inner: Arc::new(metered::store::sqlite::SqliteStore::new(db.clone())),
+                    faults: faults.clone(),
+                });
                 (
                     store.clone(),
                     Arc::new(metered::quota::sqlite::SqliteQuota::new(db)),
                     store.clone(),
                     store,
+                    None,
                 )
             }
             Adapter::Aws => {
-                let table = dynamo_table().await;
-                let store = Arc::new(metered::store::dynamodb::DynamoStore::new(table.clone()));
+                let mut table = dynamo_table().await;
+                if let Some(client) = dynamodb {
+                    table.client = client;
+                }
+                let store = Arc::new(FaultyStore {
+                    inner: Arc::new(metered::store::dynamodb::DynamoStore::new(table.clone())),
+                    faults: faults.clone(),
+                });
                 (
                     store.clone(),
-                    Arc::new(metered::quota::dynamodb::DynamoQuota::new(table)),
+                    Arc::new(metered::quota::dynamodb::DynamoQuota::new(table.clone())),
                     store.clone(),
                     store,
+                    Some(table),
                 )
             }
         };
+        let quota_store: Arc<dyn QuotaStore> = Arc::new(FaultyQuota {
+            inner: quota_store,
+            faults: faults.clone(),
+        });
         let db = metered::sqlite::Db::in_memory().unwrap();
         let mut queues = Queues::new();
         let mut raw: BTreeMap<JobKind, Arc<dyn JobQueue>> = BTreeMap::new();
@@ -154,25 +280,45 @@ impl World {
             let q: Arc<dyn JobQueue> = Arc::new(TimeTravel {
                 inner,
                 waits: waits.clone(),
+                faults: faults.clone(),
             });
             raw.insert(kind, q.clone());
             queues = queues.with(kind, q);
         }
         let quota = Quota::new(quota_store.clone(), shared.clone());
-        let mut connectors: BTreeMap<String, Arc<dyn metered::connector::Connector>> =
-            BTreeMap::new();
-        connectors.insert(ORG.into(), fx.connector.clone());
-        let config = Arc::new({
-            let mut c = (*fx.config).clone();
-            c.connections = vec![ConnectionConfig {
-                org: ORG.into(),
-                secret: None,
-                limits: fx.config.connections.first().and_then(|c| c.limits.clone()),
-            }];
-            c
-        });
+        let call_secs: Arc<Mutex<i64>> = Arc::default();
+        let mut connectors: BTreeMap<String, Arc<dyn Connector>> = BTreeMap::new();
+        let mut api_keys = BTreeMap::new();
+        for org in ORGS {
+            // Org A uses the fixture's key, org B a key of its own: the
+            // simulator counts, limits and dedupes per key.
+            let (connector, key): (Arc<dyn Connector>, String) = if org == ORG {
+                (fx.connector.clone(), fx.key.clone())
+            } else {
+                let key = format!("org-key-{}", uuid::Uuid::new_v4().simple());
+                let client = metered::connector::http::http_client(&fx.config.app.timeouts)
+                    .expect("http client");
+                let c = metered::connector::http::HttpConnector::new(
+                    fx.config.clone(),
+                    client,
+                    Some(metered::connector::secrets::Secret::new(key.clone())),
+                    shared.clone(),
+                )
+                .expect("connector");
+                (Arc::new(c), key)
+            };
+            connectors.insert(
+                org.into(),
+                Arc::new(Ticking {
+                    inner: connector,
+                    clock: clock.clone(),
+                    secs: call_secs.clone(),
+                }),
+            );
+            api_keys.insert(org.to_string(), key);
+        }
         let svc = Arc::new(Services::new(
-            config,
+            fx.config.clone(),
             store.clone(),
             quota,
             queues,
@@ -191,8 +337,10 @@ impl World {
         .map(|k| {
             (
                 k,
-                JobRuntime::new(raw[&k].clone(), shared.clone(), policy)
-                    .with_ledger(ledger.clone()),
+                Arc::new(
+                    JobRuntime::new(raw[&k].clone(), shared.clone(), policy)
+                        .with_ledger(ledger.clone()),
+                ),
             )
         })
         .collect();
@@ -200,8 +348,10 @@ impl World {
             adapter,
             clock,
             shared,
-            handler: metered::local::Dispatch::new(svc.clone(), action_ledger.clone())
-                .expect("workflows compile"),
+            handler: Arc::new(
+                metered::local::Dispatch::new(svc.clone(), action_ledger.clone())
+                    .expect("workflows compile"),
+            ),
             action_ledger,
             raw: raw.clone(),
             ledger,
@@ -212,6 +362,11 @@ impl World {
             workflow: raw[&JobKind::Workflow].clone(),
             fx,
             waits,
+            faults,
+            api_keys,
+            table,
+            call_secs,
+            deadline_secs: DEADLINE_SECS,
         }
     }
 
@@ -229,11 +384,23 @@ impl World {
         ] {
             self.runtimes.push((
                 k,
-                JobRuntime::new(self.raw[&k].clone(), self.shared.clone(), policy)
-                    .with_ledger(self.ledger.clone()),
+                Arc::new(
+                    JobRuntime::new(self.raw[&k].clone(), self.shared.clone(), policy)
+                        .with_ledger(self.ledger.clone()),
+                ),
             ));
         }
         self
+    }
+
+    /// Every API call takes `secs` of the manual clock; invocations end
+    /// `deadline_secs` after they start.
+    pub fn with_call_time(self, secs: i64, deadline_secs: i64) -> Self {
+        *self.call_secs.lock().unwrap() = secs;
+        Self {
+            deadline_secs,
+            ..self
+        }
     }
 
     pub fn sim(&self) -> &metered_sim::Sim {
@@ -245,39 +412,34 @@ impl World {
     }
 
     pub async fn start(&self, kind: JobKind, record_type: &str) -> JobEnvelope {
-        metered::sync::scheduler::start_sync(&self.svc, ORG, kind, record_type, false)
+        self.start_for(ORG, kind, record_type).await
+    }
+
+    pub async fn start_for(&self, org: &str, kind: JobKind, record_type: &str) -> JobEnvelope {
+        metered::sync::scheduler::start_sync(&self.svc, org, kind, record_type, false)
             .await
             .unwrap()
             .expect("sync was free to start")
     }
 
-    /// Runs every queued sync job, moving the clock to the next `not_before`
-    /// whenever nothing else is due, until nothing is left.
+    /// Runs every queued job until nothing is left; a dead letter fails the
+    /// test with its reason (scenarios that expect some use
+    /// [`World::drive_report`]).
     pub async fn drive(&self) -> Report {
+        let report = self.drive_report().await;
+        assert!(report.dead.is_empty(), "dead-lettered: {:?}", report.dead);
+        report
+    }
+
+    /// Runs every queued job, moving the clock to the next `not_before`
+    /// whenever nothing else is due, until nothing is left. Every outcome is
+    /// counted, none panics.
+    pub async fn drive_report(&self) -> Report {
         let mut report = Report::default();
         for _round in 0..5_000 {
             let mut worked = false;
             for (kind, rt) in &self.runtimes {
-                let settled = rt.pump_once(&self.handler, 10, 60).await.unwrap();
-                for s in settled {
-                    match s {
-                        Settled::Restarted { reason, .. } if reason == NOT_BEFORE_REASON => {}
-                        Settled::Restarted { reason, .. } => {
-                            worked = true;
-                            report.restarts.push(reason);
-                        }
-                        Settled::Done => {
-                            worked = true;
-                            *report.done.entry(*kind).or_default() += 1;
-                        }
-                        Settled::Skipped { .. } => {
-                            worked = true;
-                            report.skipped += 1;
-                        }
-                        Settled::Retry { reason } => panic!("unexpected retry: {reason}"),
-                        Settled::DeadLettered { reason } => panic!("dead-lettered: {reason}"),
-                    }
-                }
+                worked |= self.pump(*kind, rt, &mut report).await;
             }
             if !worked {
                 let now = self.shared.now();
@@ -295,7 +457,85 @@ impl World {
                 }
             }
         }
-        panic!("the system did not settle");
+        panic!("the system did not settle: {report:?}");
+    }
+
+    /// One receive of `kind`'s queue, each delivery in a task of its own.
+    async fn pump(&self, kind: JobKind, rt: &Arc<JobRuntime>, report: &mut Report) -> bool {
+        let deliveries = match rt.queue.receive(10, 60).await {
+            Ok(d) => d,
+            Err(e) => panic!("receive from {kind}: {e}"),
+        };
+        let deadline = self.shared.now() + chrono::Duration::seconds(self.deadline_secs);
+        let tasks: Vec<_> = deliveries
+            .iter()
+            .map(|d| {
+                let (rt, handler, body) = (rt.clone(), self.handler.clone(), d.body.clone());
+                let ctx = JobContext::until(deadline);
+                tokio::spawn(RUNNING.scope(kind, async move {
+                    rt.process(&body, handler.as_ref(), &ctx).await
+                }))
+            })
+            .collect();
+        let mut worked = false;
+        for (delivery, task) in deliveries.iter().zip(tasks) {
+            let settled = match task.await {
+                Ok(s) => s,
+                Err(e) if e.is_panic() => {
+                    let panic = e.into_panic();
+                    let crash = panic.downcast_ref::<&str>().is_some_and(|m| *m == CRASH);
+                    if !crash {
+                        std::panic::resume_unwind(panic);
+                    }
+                    // The invocation died: its claim ends at its deadline,
+                    // and the queue redelivers its message after that.
+                    report.crashes += 1;
+                    worked = true;
+                    if self.shared.now() < deadline {
+                        self.clock.set(deadline);
+                    }
+                    rt.queue.release(&delivery.receipt, 0).await.unwrap();
+                    continue;
+                }
+                Err(e) => panic!("job task failed: {e}"),
+            };
+            if settled.ack() {
+                let crashed = RUNNING
+                    .scope(kind, async { self.faults.check("queue.ack") })
+                    .await;
+                if crashed.is_err() {
+                    rt.queue.release(&delivery.receipt, 0).await.unwrap();
+                } else {
+                    rt.queue.ack(&delivery.receipt).await.unwrap();
+                }
+            } else {
+                rt.queue.release(&delivery.receipt, 0).await.unwrap();
+            }
+            match settled {
+                Settled::Restarted { reason, .. } if reason == NOT_BEFORE_REASON => {}
+                Settled::Restarted { reason, .. } => {
+                    worked = true;
+                    report.restarts.push(reason);
+                }
+                Settled::Done => {
+                    worked = true;
+                    *report.done.entry(kind).or_default() += 1;
+                }
+                Settled::Skipped { .. } => {
+                    worked = true;
+                    report.skipped += 1;
+                }
+                Settled::Retry { reason } => {
+                    worked = true;
+                    report.retries.push(reason);
+                }
+                Settled::DeadLettered { reason } => {
+                    worked = true;
+                    report.dead.push(format!("{kind}: {reason}"));
+                }
+            }
+        }
+        worked
     }
 
     /// Workflow trigger jobs enqueued so far (taken off the queue).
@@ -315,12 +555,26 @@ impl World {
         out
     }
 
+    /// Every dead letter across every queue, with its reason.
+    pub async fn all_dead_letters(&self) -> Vec<(JobKind, DeadLetter)> {
+        let mut out = Vec::new();
+        for (kind, q) in &self.raw {
+            for d in q.dead_letters(100).await.unwrap() {
+                out.push((*kind, d));
+            }
+        }
+        out
+    }
+
     /// Dead letters across every queue.
     pub async fn dead_letters(&self) -> usize {
-        let mut n = 0;
-        for (_, rt) in &self.runtimes {
-            n += rt.queue.dead_letters(10).await.unwrap().len();
-        }
-        n
+        self.all_dead_letters().await.len()
+    }
+}
+
+/// The dispatch a test may call directly (e.g. with its own context).
+impl World {
+    pub fn handler(&self) -> &dyn JobHandler {
+        self.handler.as_ref()
     }
 }

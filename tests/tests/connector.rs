@@ -423,7 +423,7 @@ async fn a_429_blocks_every_handler_of_the_org() {
         other => panic!("expected a denial, got {other:?}"),
     }
     assert_eq!(fx.sim().stats().served(), served);
-    let outcome = CallError::RateLimited { retry_at: until }.into_outcome(None);
+    let outcome = CallError::RateLimited { retry_at: until }.into_outcome(until, None);
     assert!(matches!(outcome, metered::job::Outcome::Restart(r) if r.at == until));
     assert_eq!(
         store

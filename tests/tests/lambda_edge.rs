@@ -7,7 +7,7 @@ use metered::runtime::{JobContext, JobRuntime, RestartPolicy, Settled};
 use metered::sync::scheduler::{parse_event, SchedulerEvent};
 use metered::sync::settings::{CompleteTransferSettings, SyncConfig};
 use metered::sync::SyncHandlers;
-use metered_tests::sync_world::{Adapter, World, ORG};
+use metered_tests::sync_world::{Adapter, World, ORG, ORG_B};
 use std::collections::HashMap;
 
 fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
@@ -130,10 +130,16 @@ async fn adhoc_sync_reports_its_estimate_and_a_dry_run_starts_nothing() {
     let out = metered::sync::scheduler::handle(&w.svc, &tick)
         .await
         .unwrap();
+    let started: Vec<&str> = out["started"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|j| j["org"].as_str())
+        .collect();
     assert_eq!(
-        out["started"].as_array().map(Vec::len),
-        Some(0),
-        "the ad-hoc run counts as the day's transfer: {out}"
+        started,
+        vec![ORG_B],
+        "the ad-hoc run counts as {ORG}'s transfer of the day; {ORG_B} had none: {out}"
     );
     let bad = serde_json::json!({"adhoc": {"org": "nobody", "record_type": "invoices", "sync": "complete-transfer"}});
     let err = metered::sync::scheduler::handle(&w.svc, &bad)

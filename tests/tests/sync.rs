@@ -10,7 +10,7 @@ use metered::sync::settings::{
     SyncConfig,
 };
 use metered_sim::SimConfig;
-use metered_tests::sync_world::{Adapter, World, ORG};
+use metered_tests::sync_world::{Adapter, World, ORG, ORGS};
 use std::collections::BTreeSet;
 
 fn transfer() -> Option<CompleteTransferSettings> {
@@ -61,8 +61,11 @@ fn invoices_with_lookups(c: &mut AppConfig, policy: LookupPolicy, guard: StormGu
     );
 }
 
+/// The same daily limit for every connected org.
 fn with_limits(c: &mut AppConfig, per_day: u32) {
-    c.connections[0].limits = Some(Limits::new(Some(per_day), None, None, 3).unwrap());
+    for conn in &mut c.connections {
+        conn.limits = Some(Limits::new(Some(per_day), None, None, 3).unwrap());
+    }
 }
 
 /// Distinct customers referenced by the simulator's invoices.
@@ -454,7 +457,7 @@ async fn budget_exhaustion_finishes_in_the_next_window(adapter: Adapter) {
     )
     .await;
     let started = metered::sync::scheduler::tick(&w.svc).await.unwrap();
-    assert_eq!(started.len(), 3);
+    assert_eq!(started.len(), 3 * ORGS.len(), "three syncs for each org");
     assert!(
         metered::sync::scheduler::tick(&w.svc)
             .await
@@ -464,14 +467,23 @@ async fn budget_exhaustion_finishes_in_the_next_window(adapter: Adapter) {
     );
     let report = w.drive().await;
     let stats = w.sim().stats();
-    for (t, n) in [("customers", 450), ("invoices", 1_150), ("checkins", 330)] {
-        assert_eq!(w.store.count(&w.key(), t).await.unwrap(), n, "{t} complete");
+    for org in ORGS {
+        for (t, n) in [("customers", 450), ("invoices", 1_150), ("checkins", 330)] {
+            assert_eq!(
+                w.store.count(&w.svc.key(org), t).await.unwrap(),
+                n,
+                "{org}: {t} complete"
+            );
+        }
+        let key = &w.api_keys[org];
+        assert_eq!(
+            stats.calls_of(key, "GET /customers")
+                + stats.calls_of(key, "GET /invoices")
+                + stats.calls_of(key, "GET /checkins"),
+            3 + 6 + 2,
+            "{org}: the minimum, across restarts"
+        );
     }
-    assert_eq!(
-        stats.calls("GET /customers") + stats.calls("GET /invoices") + stats.calls("GET /checkins"),
-        3 + 6 + 2,
-        "the minimum, across restarts"
-    );
     assert!(
         stats.calls_by_key_day.values().all(|n| *n <= 7),
         "{:?}",
@@ -483,7 +495,10 @@ async fn budget_exhaustion_finishes_in_the_next_window(adapter: Adapter) {
     );
     assert_eq!(stats.rejected_429, 0);
     assert_eq!(w.dead_letters().await, 0);
-    assert_eq!(report.done.get(&JobKind::CompleteTransfer), Some(&3));
+    assert_eq!(
+        report.done.get(&JobKind::CompleteTransfer),
+        Some(&(3 * ORGS.len() as u64))
+    );
 }
 
 async fn a_redelivered_message_does_no_double_work(adapter: Adapter) {

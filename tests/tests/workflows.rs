@@ -8,7 +8,7 @@ use metered::quota::Limits;
 use metered::sync::settings::{CompleteTransferSettings, SyncConfig};
 use metered::workflow::RunPayload;
 use metered_sim::SimConfig;
-use metered_tests::sync_world::{Adapter, World, ORG};
+use metered_tests::sync_world::{Adapter, World, ORG, ORGS};
 
 fn transfer() -> SyncConfig {
     SyncConfig {
@@ -186,7 +186,7 @@ async fn actions_fire_once_under_duplicates_restarts_and_crashes(adapter: Adapte
     // Now the crash: begin the action, make the call, never mark it.
     let key = format!("{crashed_key}:replay");
     w.action_ledger
-        .begin_action(&key, w.shared.now())
+        .begin_action(&w.key(), &key, w.shared.now())
         .await
         .unwrap();
     let req = metered::connector::SendRequest {
@@ -404,11 +404,15 @@ async fn a_scheduled_workflow_runs_over_stored_records_at_its_interval() {
         "the scheduled workflow starts"
     );
     w.drive().await;
-    assert_eq!(
-        w.sim().stats().calls("POST /notes"),
-        30,
-        "300 customers, 10% pass"
-    );
+    // The tick started org B's first transfer too; each org's schedule runs
+    // over its own records.
+    for org in ORGS {
+        assert_eq!(
+            w.sim().stats().calls_of(&w.api_keys[org], "POST /notes"),
+            30,
+            "{org}: 300 customers, 10% pass"
+        );
+    }
     assert!(
         metered::sync::scheduler::tick(&w.svc)
             .await
@@ -427,9 +431,11 @@ async fn a_scheduled_workflow_runs_over_stored_records_at_its_interval() {
         "again after 12 h"
     );
     w.drive().await;
-    assert_eq!(
-        w.sim().stats().calls("POST /notes"),
-        60,
-        "a new bulk execution is a new trigger"
-    );
+    for org in ORGS {
+        assert_eq!(
+            w.sim().stats().calls_of(&w.api_keys[org], "POST /notes"),
+            60,
+            "{org}: a new bulk execution is a new trigger"
+        );
+    }
 }

@@ -117,8 +117,10 @@ pub enum CallError {
 
 impl CallError {
     /// What a handler returns: denials and rate limits restart from
-    /// `checkpoint` at the moment capacity returns.
-    pub fn into_outcome(self, checkpoint: Option<Value>) -> Outcome {
+    /// `checkpoint` at the moment capacity returns; transient failures (a
+    /// quota-store error, a 5xx) restart from it shortly, so nothing already
+    /// fetched is fetched (and paid for) again.
+    pub fn into_outcome(self, now: Timestamp, checkpoint: Option<Value>) -> Outcome {
         match self {
             CallError::Denied(d) => Outcome::denied(&d, checkpoint),
             CallError::RateLimited { retry_at } => Outcome::Restart(Restart {
@@ -126,7 +128,7 @@ impl CallError {
                 reason: "rate limited by the API (Retry-After)".into(),
                 checkpoint,
             }),
-            CallError::Retryable(m) => Outcome::Retry(m),
+            CallError::Retryable(m) => Outcome::transient(now, m, checkpoint),
             CallError::Permanent(m) => Outcome::Fail(m),
         }
     }
@@ -278,6 +280,7 @@ impl Metered {
             Admission::Granted(permit) => Ok(Reservation {
                 metered: self,
                 granted: permit.cost(),
+                lease_until: permit.grant().map(|g| g.expires_at),
                 permit: Some(permit),
                 used: 0,
             }),
@@ -293,11 +296,26 @@ pub struct Reservation<'a> {
     permit: Option<crate::quota::Permit>,
     granted: u32,
     used: u32,
+    /// When the lease ends as last granted or renewed.
+    lease_until: Option<Timestamp>,
 }
 
 impl Reservation<'_> {
+    /// Calls left to make. None once the windows the calls were granted in
+    /// have ended: a call made after midnight from yesterday's reservation
+    /// would be charged to yesterday while the API counts it today, so the
+    /// holder finishes this one and reserves anew.
     pub fn remaining(&self) -> u32 {
-        self.granted - self.used
+        let expired = self
+            .permit
+            .as_ref()
+            .and_then(|p| p.grant())
+            .is_some_and(|g| self.metered.quota.clock().now() >= g.valid_until);
+        if expired {
+            0
+        } else {
+            self.granted - self.used
+        }
     }
 
     /// Spends one reserved call. Renews the lease when it runs short, so a
@@ -309,13 +327,12 @@ impl Reservation<'_> {
         if self.remaining() == 0 {
             return Err(CallError::Permanent("reservation spent".into()));
         }
-        if let Some(grant) = self.permit.as_ref().and_then(|p| p.grant()) {
-            let left = grant.expires_at - self.metered.quota.clock().now();
-            if left < chrono::Duration::seconds(30) {
+        if let (Some(until), Some(p)) = (self.lease_until, &self.permit) {
+            let now = self.metered.quota.clock().now();
+            if until - now < chrono::Duration::seconds(30) {
                 let ttl = self.metered.limits.lease_ttl();
-                if let Some(p) = &self.permit {
-                    self.metered.quota.renew(p, ttl).await?;
-                }
+                self.metered.quota.renew(p, ttl).await?;
+                self.lease_until = Some(now + ttl);
             }
         }
         self.used += 1;

@@ -53,6 +53,11 @@ pub trait JobQueue: Send + Sync {
     /// Deletes a received message: it is done (or was re-sent).
     async fn ack(&self, receipt: &str) -> Result<()>;
 
+    /// Hands a received message back, visible again in `visible_in_secs`
+    /// (0: at once), as a consumer that stopped would leave it when its
+    /// visibility timeout ends. Counts toward the redrive like any receive.
+    async fn release(&self, receipt: &str, visible_in_secs: u32) -> Result<()>;
+
     /// Reads up to `max` messages of the dead-letter queue (reports, tests).
     async fn dead_letters(&self, max: u32) -> Result<Vec<DeadLetter>>;
 }

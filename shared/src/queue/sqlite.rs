@@ -196,6 +196,21 @@ impl JobQueue for SqliteQueue {
             .map(|_| ())
     }
 
+    async fn release(&self, receipt: &str, visible_in_secs: u32) -> Result<()> {
+        let name = self.name.clone();
+        let receipt = receipt.to_string();
+        let at = to_millis(self.clock.now()) + i64::from(visible_in_secs) * 1000;
+        self.db
+            .call("queue release", move |conn| {
+                conn.execute(
+                    "UPDATE job_queue SET visible_at = ?3, receipt = NULL WHERE queue = ?1 AND receipt = ?2",
+                    params![name, receipt, at],
+                )
+            })
+            .await
+            .map(|_| ())
+    }
+
     async fn dead_letters(&self, max: u32) -> Result<Vec<DeadLetter>> {
         let name = self.name.clone();
         self.db

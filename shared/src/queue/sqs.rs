@@ -175,6 +175,18 @@ impl JobQueue for SqsQueue {
         Ok(())
     }
 
+    async fn release(&self, receipt: &str, visible_in_secs: u32) -> Result<()> {
+        self.client
+            .change_message_visibility()
+            .queue_url(&self.queue_url)
+            .receipt_handle(receipt)
+            .visibility_timeout(visible_in_secs.min(43_200) as i32)
+            .send()
+            .await
+            .map_err(|e| sqs_error("release", e))?;
+        Ok(())
+    }
+
     async fn dead_letters(&self, max: u32) -> Result<Vec<DeadLetter>> {
         // Reading hides them for a short while, like a console peek.
         let messages = self.receive_from(&self.dlq_url, max, 30).await?;

@@ -31,6 +31,10 @@ use std::collections::HashMap;
 
 const WINDOW_PREFIX: &str = "w:";
 const LEASE_PREFIX: &str = "l:";
+/// A reservation's refund right (`r:{lease id}` → when its windows end): it
+/// outlives the lease, so a holder released after its lease lapsed still
+/// refunds, once.
+const REFUND_PREFIX: &str = "r:";
 /// Rounds of acquire → reclaim → acquire before giving up as contended.
 const MAX_ROUNDS: usize = 4;
 /// Usage items are kept this long for reports, then TTL removes them.
@@ -91,6 +95,10 @@ impl DynamoQuota {
             .expression_attribute_values(":maxc", num(limits.max_concurrent));
         let mut adds = Vec::new();
         let mut conds = vec![
+            // Idempotent: the SDK may send this request again after a
+            // response was lost; the second application is refused here
+            // instead of adding the cost and the lease count twice.
+            "attribute_not_exists(#lease)".to_string(),
             "(attribute_not_exists(lease_count) OR lease_count < :maxc)".to_string(),
             "(attribute_not_exists(blocked_until) OR blocked_until <= :now)".to_string(),
         ];
@@ -107,53 +115,87 @@ impl DynamoQuota {
             ));
         }
         adds.push("lease_count :one".into());
+        let valid_until = limits.windows_end(now);
+        let mut sets = "#lease = :exp".to_string();
+        if cost > 1 {
+            req = req
+                .expression_attribute_names("#refund", format!("{REFUND_PREFIX}{lease_id}"))
+                .expression_attribute_values(":valid", num(to_millis(valid_until)));
+            sets.push_str(", #refund = :valid");
+        }
         let result = req
-            .update_expression(format!("ADD {} SET #lease = :exp", adds.join(", ")))
+            .update_expression(format!("ADD {} SET {sets}", adds.join(", ")))
             .condition_expression(conds.join(" AND "))
             .return_values(ReturnValue::AllNew)
             .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
             .send()
             .await;
-        match result {
-            Ok(out) => {
-                let current: Vec<String> = windows
-                    .iter()
-                    .map(|w| format!("{WINDOW_PREFIX}{}", w.id))
-                    .collect();
-                let stale_windows = out
-                    .attributes()
-                    .map(|item| {
-                        item.keys()
-                            .filter(|k| k.starts_with(WINDOW_PREFIX) && !current.contains(k))
-                            .cloned()
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                Ok(Ok(Grant {
-                    key: key.clone(),
-                    lease_id,
-                    cost,
-                    windows,
-                    expires_at,
-                    stale_windows,
-                }))
+        let grant = |item: Option<&Item>| {
+            let current: Vec<String> = windows
+                .iter()
+                .map(|w| format!("{WINDOW_PREFIX}{}", w.id))
+                .collect();
+            // Past windows' counters and refund rights of reservations whose
+            // windows ended: the release removes them.
+            let stale_windows = item
+                .map(|item| {
+                    item.iter()
+                        .filter(|(k, v)| {
+                            (k.starts_with(WINDOW_PREFIX) && !current.contains(k))
+                                || (k.starts_with(REFUND_PREFIX)
+                                    && read_i64(v).is_some_and(|ms| from_millis(ms) <= now))
+                        })
+                        .map(|(k, _)| k.clone())
+                        .collect()
+                })
+                .unwrap_or_default();
+            Grant {
+                key: key.clone(),
+                lease_id: lease_id.clone(),
+                cost,
+                windows: windows.clone(),
+                expires_at,
+                valid_until,
+                stale_windows,
             }
+        };
+        match result {
+            Ok(out) => Ok(Ok(grant(out.attributes()))),
             Err(e) => match e.as_service_error() {
                 Some(UpdateItemError::ConditionalCheckFailedException(c)) => {
-                    Ok(Err(c.item().cloned().unwrap_or_default()))
+                    let old = c.item().cloned().unwrap_or_default();
+                    if old.contains_key(&format!("{LEASE_PREFIX}{lease_id}")) {
+                        // Our own write, applied by an earlier attempt of
+                        // this request whose response was lost: granted.
+                        tracing::info!(quota = %key, "acquire applied by an earlier attempt; taken once");
+                        return Ok(Ok(grant(Some(&old))));
+                    }
+                    Ok(Err(old))
                 }
                 _ => Err(sdk_error("quota acquire", e)),
             },
         }
     }
 
-    /// Removes leases that expired, if their expiry is still what we saw.
-    async fn reclaim(&self, key: &QuotaKey, expired: &[(String, i64)]) -> Result<()> {
+    /// Removes leases that expired, if their expiry is still what we saw,
+    /// and sets `lease_count` to the leases that remain, if it is still
+    /// `seen_count`. Every write that adds or removes a lease also changes
+    /// `lease_count`, so an unchanged count means an unchanged set of
+    /// leases: the count is repaired from the leases themselves, whatever
+    /// made it drift.
+    async fn reclaim(
+        &self,
+        key: &QuotaKey,
+        expired: &[(String, i64)],
+        seen_count: i64,
+        remaining: i64,
+    ) -> Result<()> {
         let mut req = self
             .update(key)
-            .expression_attribute_values(":n", num(-(expired.len() as i64)));
+            .expression_attribute_values(":seen", num(seen_count))
+            .expression_attribute_values(":count", num(remaining));
         let mut removes = Vec::new();
-        let mut conds = Vec::new();
+        let mut conds = vec!["lease_count = :seen".to_string()];
         for (i, (attr, exp)) in expired.iter().enumerate() {
             req = req
                 .expression_attribute_names(format!("#l{i}"), attr)
@@ -161,14 +203,19 @@ impl DynamoQuota {
             removes.push(format!("#l{i}"));
             conds.push(format!("#l{i} = :e{i}"));
         }
+        let remove = if removes.is_empty() {
+            String::new()
+        } else {
+            format!(" REMOVE {}", removes.join(", "))
+        };
         let result = req
-            .update_expression(format!("REMOVE {} ADD lease_count :n", removes.join(", ")))
+            .update_expression(format!("SET lease_count = :count{remove}"))
             .condition_expression(conds.join(" AND "))
             .send()
             .await;
         match result {
             Ok(_) => {
-                tracing::info!(quota = %key, reclaimed = expired.len(), "reclaimed expired leases");
+                tracing::info!(quota = %key, reclaimed = expired.len(), lease_count = remaining, was = seen_count, "reclaimed expired leases");
                 Ok(())
             }
             // Someone else reclaimed, released or renewed first: fine.
@@ -221,10 +268,13 @@ impl QuotaStore for DynamoQuota {
             if let Some(denied) = explain_denial(limits, cost, now, used, &leases, blocked) {
                 return Ok(Acquire::Denied(denied));
             }
-            // Nothing live refuses: either crashed holders' expired leases
-            // fill `lease_count`, or the item changed since (a release).
-            if !expired.is_empty() {
-                self.reclaim(key, &expired).await?;
+            // Nothing live refuses: crashed holders' expired leases fill
+            // `lease_count`, or the count drifted from the leases, or the
+            // item changed since (a release).
+            let seen_count = old.get("lease_count").and_then(read_i64).unwrap_or(0);
+            let remaining = (leases.len() - expired.len()) as i64;
+            if !expired.is_empty() || seen_count != leases.len() as i64 {
+                self.reclaim(key, &expired, seen_count, remaining).await?;
             }
         }
         // Contended beyond reason: come back in a moment rather than spin.
@@ -254,6 +304,11 @@ impl QuotaStore for DynamoQuota {
             }
         }
         let mut removes = vec!["#lease".to_string()];
+        let refund_attr = format!("{REFUND_PREFIX}{}", grant.lease_id);
+        if grant.cost > 1 {
+            req = req.expression_attribute_names("#refund", &refund_attr);
+            removes.push("#refund".into());
+        }
         for (i, stale) in grant.stale_windows.iter().enumerate() {
             req = req.expression_attribute_names(format!("#s{i}"), stale);
             removes.push(format!("#s{i}"));
@@ -271,6 +326,32 @@ impl QuotaStore for DynamoQuota {
             .await;
         match result {
             Ok(_) => Ok(()),
+            Err(e) if is_ccf(&e) && refund > 0 && grant.cost > 1 => {
+                // The lease lapsed and was reclaimed (its count with it); the
+                // refund right outlives it and is spent once.
+                let mut req = self
+                    .update(&grant.key)
+                    .expression_attribute_names("#refund", &refund_attr)
+                    .expression_attribute_values(":refund", num(-i64::from(refund)));
+                let mut adds = Vec::new();
+                for (i, w) in grant.windows.iter().enumerate() {
+                    req = req.expression_attribute_names(
+                        format!("#w{i}"),
+                        format!("{WINDOW_PREFIX}{}", w.id),
+                    );
+                    adds.push(format!("#w{i} :refund"));
+                }
+                match req
+                    .update_expression(format!("REMOVE #refund ADD {}", adds.join(", ")))
+                    .condition_expression("attribute_exists(#refund)")
+                    .send()
+                    .await
+                {
+                    Ok(_) => Ok(()),
+                    Err(e) if is_ccf(&e) => Ok(()),
+                    Err(e) => Err(sdk_error("quota refund", e)),
+                }
+            }
             Err(e) if is_ccf(&e) => Ok(()),
             Err(e) => Err(sdk_error("quota release", e)),
         }

@@ -195,6 +195,15 @@ impl Limits {
         .filter_map(|(kind, limit)| limit.map(|l| (kind, l)))
     }
 
+    /// When the first window that applies at `now` ends: the end of what a
+    /// grant made at `now` may be spent in.
+    pub fn windows_end(&self, now: Timestamp) -> Timestamp {
+        self.windows()
+            .map(|(kind, _)| kind.end(now))
+            .min()
+            .unwrap_or(now)
+    }
+
     pub fn lease_ttl(&self) -> Duration {
         Duration::seconds(i64::from(self.lease_ttl_secs))
     }
@@ -229,6 +238,10 @@ pub struct Grant {
     pub cost: u32,
     pub windows: Vec<TakenWindow>,
     pub expires_at: Timestamp,
+    /// When the first of the granted windows ends. Calls of a reservation
+    /// must be made before it: a call made later would be charged to a
+    /// window that has already reset (the API sees more than its limit).
+    pub valid_until: Timestamp,
     /// Window counters of past windows seen while granting; the release
     /// removes them so the stored item stays small.
     #[serde(default)]
@@ -369,8 +382,9 @@ pub trait QuotaStore: Send + Sync {
     ) -> Result<Acquire>;
 
     /// Frees the lease and refunds `cost - used` calls to the windows the
-    /// grant took from. Idempotent: releasing twice, or releasing a lease
-    /// that expired and was reclaimed, changes nothing.
+    /// grant took from. Idempotent: releasing twice changes nothing. A
+    /// reservation's refund survives its lease: released after the lease
+    /// lapsed (and was reclaimed), it still refunds, once.
     async fn release(&self, grant: &Grant, used: u32) -> Result<()>;
 
     /// Extends a held lease to `until`; [`Error::LeaseLost`] if it was reclaimed.

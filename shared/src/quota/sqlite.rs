@@ -46,8 +46,11 @@ impl QuotaStore for SqliteQuota {
                     .collect();
                 // Housekeeping inside the same transaction: expired leases of
                 // crashed holders and counters of past windows.
+                // A reservation's lease row stays until its windows end, so
+                // a holder that outlived its lease can still refund.
                 tx.execute(
-                    "DELETE FROM quota_lease WHERE org = ?1 AND app = ?2 AND expires_at <= ?3",
+                    "DELETE FROM quota_lease WHERE org = ?1 AND app = ?2 AND expires_at <= ?3
+                     AND (cost <= 1 OR valid_until <= ?3)",
                     params![key.org, key.app, now_ms],
                 )?;
                 let mut used: HashMap<String, u64> = HashMap::new();
@@ -72,9 +75,9 @@ impl QuotaStore for SqliteQuota {
                 }
                 let leases: Vec<Timestamp> = {
                     let mut stmt = tx.prepare_cached(
-                        "SELECT expires_at FROM quota_lease WHERE org = ?1 AND app = ?2",
+                        "SELECT expires_at FROM quota_lease WHERE org = ?1 AND app = ?2 AND expires_at > ?3",
                     )?;
-                    let rows = stmt.query_map(params![key.org, key.app], |r| r.get::<_, i64>(0))?;
+                    let rows = stmt.query_map(params![key.org, key.app, now_ms], |r| r.get::<_, i64>(0))?;
                     rows.map(|r| r.map(from_millis)).collect::<rusqlite::Result<_>>()?
                 };
                 let blocked: Option<Timestamp> = tx
@@ -105,9 +108,10 @@ impl QuotaStore for SqliteQuota {
                 }
                 let lease_id = uuid::Uuid::new_v4().to_string();
                 let expires_at = now + limits.lease_ttl();
+                let valid_until = limits.windows_end(now);
                 tx.execute(
-                    "INSERT INTO quota_lease (org, app, lease_id, expires_at) VALUES (?1, ?2, ?3, ?4)",
-                    params![key.org, key.app, lease_id, to_millis(expires_at)],
+                    "INSERT INTO quota_lease (org, app, lease_id, expires_at, cost, valid_until) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    params![key.org, key.app, lease_id, to_millis(expires_at), cost, to_millis(valid_until)],
                 )?;
                 tx.commit()?;
                 Ok(Acquire::Granted(Grant {
@@ -116,6 +120,7 @@ impl QuotaStore for SqliteQuota {
                     cost,
                     windows,
                     expires_at,
+                    valid_until,
                     stale_windows: Vec::new(),
                 }))
             })
@@ -131,8 +136,9 @@ impl QuotaStore for SqliteQuota {
                     "DELETE FROM quota_lease WHERE org = ?1 AND app = ?2 AND lease_id = ?3",
                     params![grant.key.org, grant.key.app, grant.lease_id],
                 )?;
-                // Refund only with the lease: a second release, or one after
-                // the lease was reclaimed, must not refund twice.
+                // Refund only with the lease row: a second release finds
+                // none and refunds nothing. A reservation's row outlives its
+                // lease (see acquire), so a late release still refunds.
                 let refund = grant.cost.saturating_sub(used);
                 if removed == 1 && refund > 0 {
                     for w in &grant.windows {

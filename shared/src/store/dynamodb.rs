@@ -266,6 +266,7 @@ impl RecordStore for DynamoStore {
         key: &QuotaKey,
         record_type: &str,
         ids: &[String],
+        claimer: &str,
         now: Timestamp,
         min_interval: chrono::Duration,
     ) -> Result<Vec<String>> {
@@ -283,9 +284,11 @@ impl RecordStore for DynamoStore {
                     .table_name(&self.table.name)
                     .key("pk", s(pk.clone()))
                     .key("sk", s(id.as_str()))
-                    .update_expression("SET last_looked_up = :now, first_seen = if_not_exists(first_seen, :now), #h = if_not_exists(#h, :empty)")
-                    .condition_expression("attribute_not_exists(last_looked_up) OR last_looked_up <= :cutoff")
+                    // `store::lookup_claimable`, as a condition.
+                    .update_expression("SET last_looked_up = :now, claimed_by = :me, first_seen = if_not_exists(first_seen, :now), #h = if_not_exists(#h, :empty)")
+                    .condition_expression("attribute_not_exists(last_looked_up) OR last_looked_up <= :cutoff OR claimed_by = :me")
                     .expression_attribute_names("#h", "hash")
+                    .expression_attribute_values(":me", s(claimer))
                     .expression_attribute_values(":now", n(to_millis(now)))
                     .expression_attribute_values(":cutoff", n(cutoff))
                     .expression_attribute_values(":empty", s(""))
@@ -465,22 +468,43 @@ impl RecordStore for DynamoStore {
 /// Ledger items live a week (TTL), far longer than any job's redelivery.
 const LEDGER_TTL_DAYS: i64 = 7;
 
+fn ledger_pk(key: &QuotaKey, job_id: &str) -> String {
+    format!(
+        "job#{}#{}#{}",
+        key_part(&key.org),
+        key_part(&key.app),
+        key_part(job_id)
+    )
+}
+
+fn action_pk(scope: &QuotaKey, key: &str) -> String {
+    format!(
+        "act#{}#{}#{}",
+        key_part(&scope.org),
+        key_part(&scope.app),
+        key_part(key)
+    )
+}
+
 #[async_trait]
 impl crate::runtime::JobLedger for DynamoStore {
     async fn claim(
         &self,
+        key: &QuotaKey,
         job_id: &str,
         generation: u32,
         now: Timestamp,
         until: Timestamp,
     ) -> Result<crate::runtime::Claim> {
-        use crate::runtime::Claim;
+        use crate::runtime::{decide_claim, Claim, LedgerEntry};
+        // The condition is `decide_claim(..) == Granted` written for DynamoDB;
+        // a refusal is explained by the same rule from the old item.
         let result = self
             .table
             .client
             .update_item()
             .table_name(&self.table.name)
-            .key("pk", s(format!("job#{}", key_part(job_id))))
+            .key("pk", s(ledger_pk(key, job_id)))
             .key("sk", s("ledger"))
             .update_expression("SET generation = :g, done = :no, claimed_until = :until, #ttl = :ttl")
             .condition_expression(
@@ -500,18 +524,23 @@ impl crate::runtime::JobLedger for DynamoStore {
             Err(e) => match e.as_service_error() {
                 Some(UpdateItemError::ConditionalCheckFailedException(c)) => {
                     let old = c.item().cloned().unwrap_or_default();
-                    let g = get_n(&old, "generation").unwrap_or(0);
-                    let done = old
-                        .get("done")
-                        .and_then(|v| v.as_bool().ok())
-                        .copied()
-                        .unwrap_or(false);
-                    Ok(if g > i64::from(generation) {
-                        Claim::Stale
-                    } else if done {
-                        Claim::AlreadyDone
-                    } else {
-                        Claim::InProgress
+                    let stored = LedgerEntry {
+                        generation: get_n(&old, "generation")
+                            .unwrap_or(0)
+                            .clamp(0, i64::from(u32::MAX))
+                            as u32,
+                        done: old
+                            .get("done")
+                            .and_then(|v| v.as_bool().ok())
+                            .copied()
+                            .unwrap_or(false),
+                        claimed_until: from_millis(get_n(&old, "claimed_until").unwrap_or(0)),
+                    };
+                    Ok(match decide_claim(Some(stored), generation, now) {
+                        // The condition saw a live claim the item no longer
+                        // shows: still not ours to run.
+                        Claim::Granted => Claim::InProgress,
+                        other => other,
                     })
                 }
                 _ => Err(sdk_error("ledger claim", e)),
@@ -519,7 +548,13 @@ impl crate::runtime::JobLedger for DynamoStore {
         }
     }
 
-    async fn settle(&self, job_id: &str, generation: u32, done: bool) -> Result<()> {
+    async fn settle(
+        &self,
+        key: &QuotaKey,
+        job_id: &str,
+        generation: u32,
+        done: bool,
+    ) -> Result<()> {
         let update = if done {
             "SET done = :yes"
         } else {
@@ -530,7 +565,7 @@ impl crate::runtime::JobLedger for DynamoStore {
             .client
             .update_item()
             .table_name(&self.table.name)
-            .key("pk", s(format!("job#{}", key_part(job_id))))
+            .key("pk", s(ledger_pk(key, job_id)))
             .key("sk", s("ledger"))
             .update_expression(update)
             .condition_expression("generation = :g")
@@ -557,16 +592,17 @@ impl crate::runtime::JobLedger for DynamoStore {
 impl crate::workflow::ActionLedger for DynamoStore {
     async fn begin_action(
         &self,
+        scope: &QuotaKey,
         key: &str,
         now: Timestamp,
     ) -> Result<crate::workflow::ActionBegin> {
-        use crate::workflow::ActionBegin;
+        use crate::workflow::{decide_begin, ActionBegin};
         let result = self
             .table
             .client
             .put_item()
             .table_name(&self.table.name)
-            .item("pk", s(format!("act#{}", key_part(key))))
+            .item("pk", s(action_pk(scope, key)))
             .item("sk", s("action"))
             .item("started_at", n(to_millis(now)))
             .item(
@@ -584,20 +620,20 @@ impl crate::workflow::ActionLedger for DynamoStore {
             Err(e) => match e.as_service_error() {
                 Some(aws_sdk_dynamodb::operation::put_item::PutItemError::ConditionalCheckFailedException(c)) => {
                     let done = c.item().is_some_and(|i| i.contains_key("done_at"));
-                    Ok(if done { ActionBegin::Done } else { ActionBegin::Again })
+                    Ok(decide_begin(Some(done)))
                 }
                 _ => Err(sdk_error("action begin", e)),
             },
         }
     }
 
-    async fn abandon_action(&self, key: &str) -> Result<()> {
+    async fn abandon_action(&self, scope: &QuotaKey, key: &str) -> Result<()> {
         let result = self
             .table
             .client
             .delete_item()
             .table_name(&self.table.name)
-            .key("pk", s(format!("act#{}", key_part(key))))
+            .key("pk", s(action_pk(scope, key)))
             .key("sk", s("action"))
             .condition_expression("attribute_not_exists(done_at)")
             .send()
@@ -609,12 +645,12 @@ impl crate::workflow::ActionLedger for DynamoStore {
         }
     }
 
-    async fn finish_action(&self, key: &str, now: Timestamp) -> Result<()> {
+    async fn finish_action(&self, scope: &QuotaKey, key: &str, now: Timestamp) -> Result<()> {
         self.table
             .client
             .update_item()
             .table_name(&self.table.name)
-            .key("pk", s(format!("act#{}", key_part(key))))
+            .key("pk", s(action_pk(scope, key)))
             .key("sk", s("action"))
             .update_expression("SET done_at = :now")
             .expression_attribute_values(":now", n(to_millis(now)))

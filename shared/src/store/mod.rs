@@ -82,6 +82,18 @@ impl SyncState {
     }
 }
 
+/// The lookup-claim rule, in one place for every adapter: an id may be
+/// claimed when it was never looked up, was last looked up at or before
+/// `cutoff` (`now - min_relookup`), or was claimed by `claimer` itself.
+pub fn lookup_claimable(
+    last_looked_up: Option<Timestamp>,
+    claimed_by: Option<&str>,
+    claimer: &str,
+    cutoff: Timestamp,
+) -> bool {
+    last_looked_up.is_none_or(|t| t <= cutoff) || claimed_by == Some(claimer)
+}
+
 /// What a page of records changes, computed before anything is written.
 ///
 /// Handlers enqueue follow-up work for `changes` *before* committing the
@@ -133,15 +145,19 @@ pub trait RecordStore: Send + Sync {
         ids: &[String],
     ) -> Result<Vec<StoredRecord>>;
 
-    /// Claims ids for a lookup: sets `last_looked_up = now` on each id that
-    /// was not looked up since `now - min_interval` (creating a placeholder
-    /// for unknown ids) and returns those claimed. Two concurrent claims of
-    /// the same id give it to one of them only.
+    /// Claims ids for a lookup on behalf of `claimer`: sets
+    /// `last_looked_up = now` and the claimer on each id that
+    /// [`lookup_claimable`] allows (creating a placeholder for unknown ids)
+    /// and returns those claimed. Two concurrent claims of the same id by
+    /// different claimers give it to one of them only; the same claimer may
+    /// claim again (a retried page or job re-claims what it claimed before
+    /// its failure, instead of losing those ids for `min_interval`).
     async fn claim_lookups(
         &self,
         key: &QuotaKey,
         record_type: &str,
         ids: &[String],
+        claimer: &str,
         now: Timestamp,
         min_interval: chrono::Duration,
     ) -> Result<Vec<String>>;

@@ -126,33 +126,44 @@ impl RecordStore for SqliteStore {
         key: &QuotaKey,
         record_type: &str,
         ids: &[String],
+        claimer: &str,
         now: Timestamp,
         min_interval: chrono::Duration,
     ) -> Result<Vec<String>> {
-        let (key, rt, ids) = (key.clone(), record_type.to_string(), ids.to_vec());
-        let cutoff = to_millis(now - min_interval);
+        let (key, rt, ids, claimer) = (
+            key.clone(),
+            record_type.to_string(),
+            ids.to_vec(),
+            claimer.to_string(),
+        );
+        let cutoff = now - min_interval;
         let now_ms = to_millis(now);
         self.db
             .call("records claim", move |conn| {
                 let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
                 let mut claimed = Vec::new();
                 for id in ids {
-                    let last: Option<Option<i64>> = tx
-                        .prepare_cached("SELECT last_looked_up FROM records WHERE org = ?1 AND app = ?2 AND record_type = ?3 AND id = ?4")?
-                        .query_row(params![key.org, key.app, rt, id], |r| r.get(0))
+                    if claimed.contains(&id) {
+                        continue;
+                    }
+                    let row: Option<(Option<i64>, Option<String>)> = tx
+                        .prepare_cached("SELECT last_looked_up, lookup_claimed_by FROM records WHERE org = ?1 AND app = ?2 AND record_type = ?3 AND id = ?4")?
+                        .query_row(params![key.org, key.app, rt, id], |r| Ok((r.get(0)?, r.get(1)?)))
                         .optional()?;
-                    match last {
+                    match row {
                         None => {
                             tx.prepare_cached(
-                                "INSERT INTO records (org, app, record_type, id, hash, data, first_seen, last_looked_up)
-                                 VALUES (?1, ?2, ?3, ?4, '', NULL, ?5, ?5)",
+                                "INSERT INTO records (org, app, record_type, id, hash, data, first_seen, last_looked_up, lookup_claimed_by)
+                                 VALUES (?1, ?2, ?3, ?4, '', NULL, ?5, ?5, ?6)",
                             )?
-                            .execute(params![key.org, key.app, rt, id, now_ms])?;
+                            .execute(params![key.org, key.app, rt, id, now_ms, claimer])?;
                         }
-                        Some(Some(t)) if t > cutoff => continue,
-                        Some(_) => {
-                            tx.prepare_cached("UPDATE records SET last_looked_up = ?5 WHERE org = ?1 AND app = ?2 AND record_type = ?3 AND id = ?4")?
-                                .execute(params![key.org, key.app, rt, id, now_ms])?;
+                        Some((last, by)) => {
+                            if !super::lookup_claimable(last.map(from_millis), by.as_deref(), &claimer, cutoff) {
+                                continue;
+                            }
+                            tx.prepare_cached("UPDATE records SET last_looked_up = ?5, lookup_claimed_by = ?6 WHERE org = ?1 AND app = ?2 AND record_type = ?3 AND id = ?4")?
+                                .execute(params![key.org, key.app, rt, id, now_ms, claimer])?;
                         }
                     }
                     claimed.push(id);
@@ -299,32 +310,36 @@ impl RecordStore for SqliteStore {
 impl crate::runtime::JobLedger for SqliteStore {
     async fn claim(
         &self,
+        key: &QuotaKey,
         job_id: &str,
         generation: u32,
         now: Timestamp,
         until: Timestamp,
     ) -> Result<crate::runtime::Claim> {
-        use crate::runtime::Claim;
-        let job = job_id.to_string();
+        use crate::runtime::{decide_claim, Claim, LedgerEntry};
+        let (key, job) = (key.clone(), job_id.to_string());
         self.db
             .call("ledger claim", move |conn| {
                 let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-                let row: Option<(u32, bool, i64)> = tx
-                    .query_row("SELECT generation, done, claimed_until FROM job_ledger WHERE job_id = ?1", params![job], |r| {
-                        Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-                    })
+                let stored: Option<LedgerEntry> = tx
+                    .query_row(
+                        "SELECT generation, done, claimed_until FROM job_claims WHERE org = ?1 AND app = ?2 AND job_id = ?3",
+                        params![key.org, key.app, job],
+                        |r| {
+                            Ok(LedgerEntry {
+                                generation: r.get(0)?,
+                                done: r.get(1)?,
+                                claimed_until: from_millis(r.get(2)?),
+                            })
+                        },
+                    )
                     .optional()?;
-                let claim = match row {
-                    Some((g, _, _)) if g > generation => Claim::Stale,
-                    Some((g, true, _)) if g == generation => Claim::AlreadyDone,
-                    Some((g, false, until)) if g == generation && until > to_millis(now) => Claim::InProgress,
-                    _ => Claim::Granted,
-                };
+                let claim = decide_claim(stored, generation, now);
                 if claim == Claim::Granted {
                     tx.execute(
-                        "INSERT INTO job_ledger (job_id, generation, done, claimed_until) VALUES (?1, ?2, 0, ?3)
-                         ON CONFLICT (job_id) DO UPDATE SET generation = excluded.generation, done = 0, claimed_until = excluded.claimed_until",
-                        params![job, generation, to_millis(until)],
+                        "INSERT INTO job_claims (org, app, job_id, generation, done, claimed_until) VALUES (?1, ?2, ?3, ?4, 0, ?5)
+                         ON CONFLICT (org, app, job_id) DO UPDATE SET generation = excluded.generation, done = 0, claimed_until = excluded.claimed_until",
+                        params![key.org, key.app, job, generation, to_millis(until)],
                     )?;
                 }
                 tx.commit()?;
@@ -333,16 +348,22 @@ impl crate::runtime::JobLedger for SqliteStore {
             .await
     }
 
-    async fn settle(&self, job_id: &str, generation: u32, done: bool) -> Result<()> {
-        let job = job_id.to_string();
+    async fn settle(
+        &self,
+        key: &QuotaKey,
+        job_id: &str,
+        generation: u32,
+        done: bool,
+    ) -> Result<()> {
+        let (key, job) = (key.clone(), job_id.to_string());
         self.db
             .call("ledger settle", move |conn| {
                 let sql = if done {
-                    "UPDATE job_ledger SET done = 1 WHERE job_id = ?1 AND generation = ?2"
+                    "UPDATE job_claims SET done = 1 WHERE org = ?1 AND app = ?2 AND job_id = ?3 AND generation = ?4"
                 } else {
-                    "UPDATE job_ledger SET claimed_until = 0 WHERE job_id = ?1 AND generation = ?2"
+                    "UPDATE job_claims SET claimed_until = 0 WHERE org = ?1 AND app = ?2 AND job_id = ?3 AND generation = ?4"
                 };
-                conn.execute(sql, params![job, generation]).map(|_| ())
+                conn.execute(sql, params![key.org, key.app, job, generation]).map(|_| ())
             })
             .await
     }
@@ -352,58 +373,55 @@ impl crate::runtime::JobLedger for SqliteStore {
 impl crate::workflow::ActionLedger for SqliteStore {
     async fn begin_action(
         &self,
+        scope: &QuotaKey,
         key: &str,
         now: Timestamp,
     ) -> Result<crate::workflow::ActionBegin> {
         use crate::workflow::ActionBegin;
-        let key = key.to_string();
+        let (scope, key) = (scope.clone(), key.to_string());
         self.db
             .call("action begin", move |conn| {
                 let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
                 let row: Option<Option<i64>> = tx
                     .query_row(
-                        "SELECT done_at FROM action_ledger WHERE key = ?1",
-                        params![key],
+                        "SELECT done_at FROM action_keys WHERE org = ?1 AND app = ?2 AND key = ?3",
+                        params![scope.org, scope.app, key],
                         |r| r.get(0),
                     )
                     .optional()?;
-                let begin = match row {
-                    None => {
-                        tx.execute(
-                            "INSERT INTO action_ledger (key, started_at) VALUES (?1, ?2)",
-                            params![key, to_millis(now)],
-                        )?;
-                        ActionBegin::New
-                    }
-                    Some(Some(_)) => ActionBegin::Done,
-                    Some(None) => ActionBegin::Again,
-                };
+                let begin = crate::workflow::decide_begin(row.map(|done| done.is_some()));
+                if begin == ActionBegin::New {
+                    tx.execute(
+                        "INSERT INTO action_keys (org, app, key, started_at) VALUES (?1, ?2, ?3, ?4)",
+                        params![scope.org, scope.app, key, to_millis(now)],
+                    )?;
+                }
                 tx.commit()?;
                 Ok(begin)
             })
             .await
     }
 
-    async fn abandon_action(&self, key: &str) -> Result<()> {
-        let key = key.to_string();
+    async fn abandon_action(&self, scope: &QuotaKey, key: &str) -> Result<()> {
+        let (scope, key) = (scope.clone(), key.to_string());
         self.db
             .call("action abandon", move |conn| {
                 conn.execute(
-                    "DELETE FROM action_ledger WHERE key = ?1 AND done_at IS NULL",
-                    params![key],
+                    "DELETE FROM action_keys WHERE org = ?1 AND app = ?2 AND key = ?3 AND done_at IS NULL",
+                    params![scope.org, scope.app, key],
                 )
                 .map(|_| ())
             })
             .await
     }
 
-    async fn finish_action(&self, key: &str, now: Timestamp) -> Result<()> {
-        let key = key.to_string();
+    async fn finish_action(&self, scope: &QuotaKey, key: &str, now: Timestamp) -> Result<()> {
+        let (scope, key) = (scope.clone(), key.to_string());
         self.db
             .call("action finish", move |conn| {
                 conn.execute(
-                    "UPDATE action_ledger SET done_at = ?2 WHERE key = ?1",
-                    params![key, to_millis(now)],
+                    "UPDATE action_keys SET done_at = ?4 WHERE org = ?1 AND app = ?2 AND key = ?3",
+                    params![scope.org, scope.app, key, to_millis(now)],
                 )
                 .map(|_| ())
             })

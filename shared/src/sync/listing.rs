@@ -13,7 +13,7 @@
 use super::settings::chrono as dur;
 use super::{enqueue_followups, parse_payload, soon, sync_name, SyncPayload};
 use crate::clock::Timestamp;
-use crate::connector::{CallError, ListRequest, PageCursor, Reservation};
+use crate::connector::{ListRequest, PageCursor, Reservation};
 use crate::job::{JobEnvelope, JobKind, Outcome, Restart};
 use crate::runtime::JobContext;
 use crate::services::Services;
@@ -106,7 +106,7 @@ pub async fn run(svc: &Services, job: &JobEnvelope, ctx: &JobContext) -> Outcome
 
     let outcome = loop {
         let checkpoint = || serde_json::to_value(&cp).ok();
-        if ctx.near_deadline(svc.deadline_margin) {
+        if ctx.near_deadline(svc.clock.now(), svc.deadline_margin) {
             break Outcome::Restart(Restart {
                 at: svc.clock.now(),
                 reason: "near the Lambda deadline".into(),
@@ -116,13 +116,13 @@ pub async fn run(svc: &Services, job: &JobEnvelope, ctx: &JobContext) -> Outcome
         if reservation.as_ref().is_none_or(|r| r.remaining() == 0) {
             if let Some(done) = reservation.take() {
                 if let Err(e) = done.finish().await {
-                    break e.into_outcome(checkpoint());
+                    break e.into_outcome(svc.clock.now(), checkpoint());
                 }
             }
             let want = block.clamp(1, max_block(&svc.limits(&job.org)));
             match metered.reserve(&endpoint, want).await {
                 Ok(r) => reservation = Some(r),
-                Err(e) => break e.into_outcome(checkpoint()),
+                Err(e) => break e.into_outcome(svc.clock.now(), checkpoint()),
             }
             block = block.saturating_mul(2);
         }
@@ -137,14 +137,7 @@ pub async fn run(svc: &Services, job: &JobEnvelope, ctx: &JobContext) -> Outcome
         };
         let page = match res.list(&req).await {
             Ok(p) => p,
-            Err(CallError::Retryable(m)) => {
-                break Outcome::Restart(Restart {
-                    at: soon(svc.clock.now()),
-                    reason: format!("transient API failure: {m}"),
-                    checkpoint: checkpoint(),
-                })
-            }
-            Err(e) => break e.into_outcome(checkpoint()),
+            Err(e) => break e.into_outcome(svc.clock.now(), checkpoint()),
         };
         let diff = match svc
             .store
@@ -152,7 +145,7 @@ pub async fn run(svc: &Services, job: &JobEnvelope, ctx: &JobContext) -> Outcome
             .await
         {
             Ok(d) => d,
-            Err(e) => break store_failure(svc, &e, checkpoint()),
+            Err(e) => break Outcome::from_error_at(&e, svc.clock.now(), checkpoint()),
         };
         // Follow-ups before the page is committed: never lost, at worst repeated.
         let last = page.next.is_none();
@@ -168,14 +161,14 @@ pub async fn run(svc: &Services, job: &JobEnvelope, ctx: &JobContext) -> Outcome
         )
         .await
         {
-            break store_failure(svc, &e, checkpoint());
+            break Outcome::from_error_at(&e, svc.clock.now(), checkpoint());
         }
         if let Err(e) = svc
             .store
             .commit(&key, &payload.record_type, &diff, svc.clock.now())
             .await
         {
-            break store_failure(svc, &e, checkpoint());
+            break Outcome::from_error_at(&e, svc.clock.now(), checkpoint());
         }
         cp.pending_lookups = pending;
         cp.pages += 1;
@@ -241,22 +234,4 @@ pub async fn run(svc: &Services, job: &JobEnvelope, ctx: &JobContext) -> Outcome
 pub(crate) fn max_block(limits: &crate::quota::Limits) -> u32 {
     let tightest = limits.windows().map(|(_, l)| l).min().unwrap_or(u32::MAX);
     (tightest / 50).clamp(1, MAX_RESERVATION)
-}
-
-/// A store or queue failure mid-run: come back soon from the checkpoint if
-/// it may pass, else fail.
-fn store_failure(
-    svc: &Services,
-    e: &crate::Error,
-    checkpoint: Option<serde_json::Value>,
-) -> Outcome {
-    if e.is_retryable() {
-        Outcome::Restart(Restart {
-            at: soon(svc.clock.now()),
-            reason: format!("store: {e}"),
-            checkpoint,
-        })
-    } else {
-        Outcome::Fail(e.to_string())
-    }
 }

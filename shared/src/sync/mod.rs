@@ -172,20 +172,26 @@ pub async fn enqueue_followups(
         let pk = svc.config.sync(target).pk_lookup;
         let ids: Vec<String> = ids.into_iter().collect();
         let wanted = needing_lookup(svc, &key, target, &pk, ids, now).await?;
+        // Claimed as this page of this job: if the page fails before its
+        // checkpoint moves on, its re-run claims the same ids again rather
+        // than finding them taken (by itself) and losing them.
         let claimed = svc
             .store
             .claim_lookups(
                 &key,
                 target,
                 &wanted,
+                &format!("{}:{tag}", job.id),
                 now,
                 settings::chrono(pk.min_relookup),
             )
             .await?;
-        pending
-            .entry(target.to_string())
-            .or_default()
-            .extend(claimed);
+        let queued = pending.entry(target.to_string()).or_default();
+        for id in claimed {
+            if !queued.contains(&id) {
+                queued.push(id);
+            }
+        }
     }
     for (target, ids) in pending.iter_mut() {
         // Jobs of whole bulk calls, several calls each: the quota is paid

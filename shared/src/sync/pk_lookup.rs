@@ -13,8 +13,7 @@
 //!   the transfer, most keys are seen and cost nothing.
 
 use super::settings::{chrono as dur, StormGuard};
-use super::{enqueue_followups, parse_payload, scheduler, soon, sync_name, PkLookupPayload};
-use crate::connector::CallError;
+use super::{enqueue_followups, parse_payload, scheduler, sync_name, PkLookupPayload};
 use crate::job::{JobEnvelope, JobKind, Outcome, Restart};
 use crate::runtime::JobContext;
 use crate::services::Services;
@@ -69,7 +68,14 @@ pub async fn run(svc: &Services, job: &JobEnvelope, ctx: &JobContext) -> Outcome
             } else {
                 match svc
                     .store
-                    .claim_lookups(&key, rt_name, &candidates, now, dur(pk.min_relookup))
+                    .claim_lookups(
+                        &key,
+                        rt_name,
+                        &candidates,
+                        &job.id,
+                        now,
+                        dur(pk.min_relookup),
+                    )
                     .await
                 {
                     Ok(c) => c,
@@ -102,14 +108,14 @@ pub async fn run(svc: &Services, job: &JobEnvelope, ctx: &JobContext) -> Outcome
     let block = calls_needed.min(super::listing::max_block(&svc.limits(&job.org)));
     let mut reservation = match metered.reserve(&endpoint, block).await {
         Ok(r) => r,
-        Err(e) => return e.into_outcome(serde_json::to_value(&cp).ok()),
+        Err(e) => return e.into_outcome(svc.clock.now(), serde_json::to_value(&cp).ok()),
     };
     let outcome = loop {
         let checkpoint = serde_json::to_value(&cp).ok();
         if cp.remaining.is_empty() {
             break Outcome::Done;
         }
-        if ctx.near_deadline(svc.deadline_margin) {
+        if ctx.near_deadline(svc.clock.now(), svc.deadline_margin) {
             break Outcome::Restart(Restart {
                 at: svc.clock.now(),
                 reason: "near the Lambda deadline".into(),
@@ -127,18 +133,11 @@ pub async fn run(svc: &Services, job: &JobEnvelope, ctx: &JobContext) -> Outcome
         let chunk: Vec<String> = cp.remaining.iter().take(per_call).cloned().collect();
         let records = match reservation.lookup(rt_name, &chunk).await {
             Ok(r) => r,
-            Err(CallError::Retryable(m)) => {
-                break Outcome::Restart(Restart {
-                    at: soon(svc.clock.now()),
-                    reason: format!("transient API failure: {m}"),
-                    checkpoint,
-                })
-            }
-            Err(e) => break e.into_outcome(checkpoint),
+            Err(e) => break e.into_outcome(svc.clock.now(), checkpoint),
         };
         let diff = match svc.store.diff(&key, rt_name, &records).await {
             Ok(d) => d,
-            Err(e) => break Outcome::from_error(&e),
+            Err(e) => break Outcome::from_error_at(&e, svc.clock.now(), checkpoint),
         };
         let mut pending = std::collections::BTreeMap::new();
         if let Err(e) = enqueue_followups(
@@ -152,14 +151,14 @@ pub async fn run(svc: &Services, job: &JobEnvelope, ctx: &JobContext) -> Outcome
         )
         .await
         {
-            break Outcome::from_error(&e);
+            break Outcome::from_error_at(&e, svc.clock.now(), checkpoint);
         }
         if let Err(e) = svc
             .store
             .commit(&key, rt_name, &diff, svc.clock.now())
             .await
         {
-            break Outcome::from_error(&e);
+            break Outcome::from_error_at(&e, svc.clock.now(), checkpoint);
         }
         cp.remaining.drain(..chunk.len());
         cp.calls += 1;

@@ -100,7 +100,12 @@ impl JobHandler for ActionHandlers {
             other => return Outcome::Fail(format!("`{other}` is not an action job")),
         };
         let now = self.svc.clock.now();
-        match self.ledger.begin_action(&job.idempotency_key, now).await {
+        let scope = job.quota_key();
+        match self
+            .ledger
+            .begin_action(&scope, &job.idempotency_key, now)
+            .await
+        {
             Ok(ActionBegin::Done) => {
                 tracing::info!(key = %job.idempotency_key, "action already performed; skipping");
                 return Outcome::Done;
@@ -118,7 +123,7 @@ impl JobHandler for ActionHandlers {
         let outcome = match metered.send(&request).await {
             Ok(_) => match self
                 .ledger
-                .finish_action(&job.idempotency_key, self.svc.clock.now())
+                .finish_action(&scope, &job.idempotency_key, self.svc.clock.now())
                 .await
             {
                 Ok(()) => Outcome::Done,
@@ -127,11 +132,15 @@ impl JobHandler for ActionHandlers {
             },
             Err(e) => {
                 if matches!(e, crate::connector::CallError::Denied(_)) {
-                    if let Err(err) = self.ledger.abandon_action(&job.idempotency_key).await {
+                    if let Err(err) = self
+                        .ledger
+                        .abandon_action(&scope, &job.idempotency_key)
+                        .await
+                    {
                         tracing::warn!(error = %err, "could not reset the action ledger");
                     }
                 }
-                e.into_outcome(None)
+                e.into_outcome(self.svc.clock.now(), None)
             }
         };
         if let Err(e) = self.svc.quota.flush_usage().await {

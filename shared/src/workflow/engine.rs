@@ -428,8 +428,19 @@ impl WorkflowHandler {
                         serde_json::to_value(payload)?,
                         now,
                     );
-                    action.idempotency_key =
-                        format!("{}:{i}:{}:{}{trigger_key}", wf.name, record.id, record.hash);
+                    // One action per org, workflow, action, record version
+                    // and trigger: a redelivery or restart repeats the key.
+                    action.idempotency_key = super::idempotency_key(
+                        &job.quota_key(),
+                        &wf.name,
+                        &[
+                            &wf.name,
+                            &i.to_string(),
+                            &record.id,
+                            &record.hash,
+                            trigger_key,
+                        ],
+                    );
                     self.svc.queues.send(&action, 0).await?;
                 }
                 Act::Insert(row) => cp
@@ -488,7 +499,15 @@ impl WorkflowHandler {
                     serde_json::to_value(payload)?,
                     now,
                 );
-                push.idempotency_key = format!("{}:{key}:{}", job.id, pending.chunk);
+                // The chunk's number and content: a re-run that rebuilds the
+                // same chunk repeats its key (a provable duplicate), one
+                // whose rows differ gets a key of its own (nothing skipped).
+                let content = crate::store::content_hash(&push.payload);
+                push.idempotency_key = super::idempotency_key(
+                    &job.quota_key(),
+                    "push",
+                    &[&job.id, key, &pending.chunk.to_string(), &content],
+                );
                 pending.chunk += 1;
                 self.svc.queues.send(&push, 0).await?;
             }
@@ -589,7 +608,7 @@ impl WorkflowHandler {
         };
         let save = |cp: &Checkpoint| serde_json::to_value(cp).ok();
         loop {
-            if ctx.near_deadline(self.svc.deadline_margin) {
+            if ctx.near_deadline(self.svc.clock.now(), self.svc.deadline_margin) {
                 return Ok(Outcome::Restart(Restart {
                     at: self.svc.clock.now(),
                     reason: "near the Lambda deadline".into(),
@@ -662,7 +681,8 @@ impl WorkflowHandler {
         }
         let waiting = cp.waiting.len();
         cp.items = std::mem::take(&mut cp.waiting);
-        cp.pending.clear();
+        // Every row was flushed above; the chunk counters stay, so the next
+        // run's pushes get keys of their own instead of reusing finished ones.
         Ok(Outcome::Restart(Restart {
             at: self.svc.clock.now() + chrono::Duration::seconds(RELATED_WAIT_SECS),
             reason: format!("{waiting} record(s) waiting for a related record"),

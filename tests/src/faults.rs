@@ -1,0 +1,336 @@
+//! Fault injection at named points.
+//!
+//! Wrappers around the real adapters ([`FaultyStore`], [`FaultyQuota`]) and
+//! the queue wrapper in [`crate::sync_world`] call [`Faults::check`] with
+//! the name of the operation they are about to perform (`store.commit`,
+//! `quota.acquire`, `ledger.settle`, `queue.send`, …). A planned fault
+//! fires on the Nth call of that point, optionally only while a job of one
+//! kind runs (the driver sets the kind for each job's task):
+//!
+//! - [`Fault::Fail`]: the operation returns an error, retryable or permanent,
+//!   without reaching the store;
+//! - [`Fault::Crash`]: the invocation is abandoned right there (the task
+//!   panics; the driver treats it as a Lambda that died): nothing after the
+//!   point runs, nothing is settled or acknowledged.
+
+use async_trait::async_trait;
+use metered::clock::Timestamp;
+use metered::connector::Record;
+use metered::job::JobKind;
+use metered::quota::{Acquire, Grant, Limits, QuotaKey, QuotaState, QuotaStore, UsageEntry};
+use metered::runtime::{Claim, JobLedger};
+use metered::store::{PageDiff, RecordStore, StoredRecord, SyncFinish, SyncState};
+use metered::workflow::{ActionBegin, ActionLedger};
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+/// What happens at a planned point.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// The operation fails with a store error.
+    Fail { retryable: bool },
+    /// The invocation stops dead at this point.
+    Crash,
+}
+
+#[derive(Debug, Clone)]
+struct Planned {
+    point: String,
+    kind: Option<JobKind>,
+    nth: u64,
+    fault: Fault,
+}
+
+tokio::task_local! {
+    /// The kind of job the current task runs (set by the driver).
+    pub static RUNNING: JobKind;
+}
+
+/// The message a crash panics with; the driver recognises it.
+pub const CRASH: &str = "injected crash";
+
+/// A plan of faults and a count of every point's calls.
+#[derive(Debug, Default)]
+pub struct Faults {
+    plan: Mutex<Vec<Planned>>,
+    hits: Mutex<BTreeMap<(String, Option<JobKind>), u64>>,
+    fired: Mutex<Vec<String>>,
+}
+
+impl Faults {
+    pub fn new() -> Arc<Self> {
+        Arc::default()
+    }
+
+    /// Plans `fault` on the `nth` (1-based) call of `point`, counting only
+    /// calls made while a job of `kind` runs (any job when `None`).
+    pub fn at(&self, point: &str, kind: Option<JobKind>, nth: u64, fault: Fault) {
+        self.plan.lock().unwrap().push(Planned {
+            point: point.into(),
+            kind,
+            nth,
+            fault,
+        });
+    }
+
+    /// Calls of `point` so far (any kind).
+    pub fn hits(&self, point: &str) -> u64 {
+        self.hits
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|((p, k), _)| p == point && k.is_none())
+            .map(|(_, n)| *n)
+            .sum()
+    }
+
+    /// Descriptions of the faults that fired, in order.
+    pub fn fired(&self) -> Vec<String> {
+        self.fired.lock().unwrap().clone()
+    }
+
+    /// Counts a call of `point` and applies the fault planned for it.
+    pub fn check(&self, point: &str) -> metered::Result<()> {
+        let kind = RUNNING.try_with(|k| *k).ok();
+        let fault = {
+            let mut hits = self.hits.lock().unwrap();
+            let any = {
+                let n = hits.entry((point.to_string(), None)).or_default();
+                *n += 1;
+                *n
+            };
+            let of_kind = kind.map(|k| {
+                let n = hits.entry((point.to_string(), Some(k))).or_default();
+                *n += 1;
+                *n
+            });
+            self.plan
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|p| {
+                    p.point == point
+                        && match p.kind {
+                            None => p.nth == any,
+                            Some(k) => kind == Some(k) && of_kind == Some(p.nth),
+                        }
+                })
+                .map(|p| p.fault)
+        };
+        match fault {
+            None => Ok(()),
+            Some(fault) => {
+                let what = format!("{fault:?} at {point} ({kind:?})");
+                tracing::warn!(%what, "fault injected");
+                self.fired.lock().unwrap().push(what);
+                match fault {
+                    Fault::Crash => std::panic::panic_any(CRASH),
+                    Fault::Fail { retryable } => Err(metered::Error::Store {
+                        operation: "injected",
+                        message: format!("injected failure at {point}"),
+                        retryable,
+                    }),
+                }
+            }
+        }
+    }
+}
+
+/// The record store, job ledger and action ledger of one adapter, with
+/// faults at every operation.
+pub struct FaultyStore<S> {
+    pub inner: Arc<S>,
+    pub faults: Arc<Faults>,
+}
+
+#[async_trait]
+impl<S: RecordStore + 'static> RecordStore for FaultyStore<S> {
+    async fn diff(
+        &self,
+        key: &QuotaKey,
+        rt: &str,
+        records: &[Record],
+    ) -> metered::Result<PageDiff> {
+        self.faults.check("store.diff")?;
+        self.inner.diff(key, rt, records).await
+    }
+    async fn commit(
+        &self,
+        key: &QuotaKey,
+        rt: &str,
+        diff: &PageDiff,
+        now: Timestamp,
+    ) -> metered::Result<()> {
+        self.faults.check("store.commit")?;
+        self.inner.commit(key, rt, diff, now).await
+    }
+    async fn get(
+        &self,
+        key: &QuotaKey,
+        rt: &str,
+        ids: &[String],
+    ) -> metered::Result<Vec<StoredRecord>> {
+        self.faults.check("store.get")?;
+        self.inner.get(key, rt, ids).await
+    }
+    async fn claim_lookups(
+        &self,
+        key: &QuotaKey,
+        rt: &str,
+        ids: &[String],
+        claimer: &str,
+        now: Timestamp,
+        min: chrono::Duration,
+    ) -> metered::Result<Vec<String>> {
+        self.faults.check("store.claim_lookups")?;
+        let claimed = self
+            .inner
+            .claim_lookups(key, rt, ids, claimer, now, min)
+            .await?;
+        // A crash right after the claim was written.
+        self.faults.check("store.claim_lookups.after")?;
+        Ok(claimed)
+    }
+    async fn list(
+        &self,
+        key: &QuotaKey,
+        rt: &str,
+        after: Option<&str>,
+        limit: u32,
+    ) -> metered::Result<Vec<StoredRecord>> {
+        self.faults.check("store.list")?;
+        self.inner.list(key, rt, after, limit).await
+    }
+    async fn count(&self, key: &QuotaKey, rt: &str) -> metered::Result<u64> {
+        self.inner.count(key, rt).await
+    }
+    async fn sync_state(&self, key: &QuotaKey, sync: &str) -> metered::Result<SyncState> {
+        self.faults.check("store.sync_state")?;
+        self.inner.sync_state(key, sync).await
+    }
+    async fn take_sync_lease(
+        &self,
+        key: &QuotaKey,
+        sync: &str,
+        job: &str,
+        now: Timestamp,
+        until: Timestamp,
+        starting: bool,
+    ) -> metered::Result<bool> {
+        self.faults.check("store.take_sync_lease")?;
+        self.inner
+            .take_sync_lease(key, sync, job, now, until, starting)
+            .await
+    }
+    async fn finish_sync(
+        &self,
+        key: &QuotaKey,
+        sync: &str,
+        job: &str,
+        update: SyncFinish,
+    ) -> metered::Result<bool> {
+        self.faults.check("store.finish_sync")?;
+        self.inner.finish_sync(key, sync, job, update).await
+    }
+}
+
+#[async_trait]
+impl<S: JobLedger + 'static> JobLedger for FaultyStore<S> {
+    async fn claim(
+        &self,
+        key: &QuotaKey,
+        job: &str,
+        generation: u32,
+        now: Timestamp,
+        until: Timestamp,
+    ) -> metered::Result<Claim> {
+        self.faults.check("ledger.claim")?;
+        self.inner.claim(key, job, generation, now, until).await
+    }
+    async fn settle(
+        &self,
+        key: &QuotaKey,
+        job: &str,
+        generation: u32,
+        done: bool,
+    ) -> metered::Result<()> {
+        self.faults.check("ledger.settle")?;
+        self.inner.settle(key, job, generation, done).await
+    }
+}
+
+#[async_trait]
+impl<S: ActionLedger + 'static> ActionLedger for FaultyStore<S> {
+    async fn begin_action(
+        &self,
+        scope: &QuotaKey,
+        key: &str,
+        now: Timestamp,
+    ) -> metered::Result<ActionBegin> {
+        self.faults.check("actions.begin")?;
+        self.inner.begin_action(scope, key, now).await
+    }
+    async fn finish_action(
+        &self,
+        scope: &QuotaKey,
+        key: &str,
+        now: Timestamp,
+    ) -> metered::Result<()> {
+        self.faults.check("actions.finish")?;
+        self.inner.finish_action(scope, key, now).await
+    }
+    async fn abandon_action(&self, scope: &QuotaKey, key: &str) -> metered::Result<()> {
+        self.faults.check("actions.abandon")?;
+        self.inner.abandon_action(scope, key).await
+    }
+}
+
+/// A quota store with faults at every operation.
+pub struct FaultyQuota {
+    pub inner: Arc<dyn QuotaStore>,
+    pub faults: Arc<Faults>,
+}
+
+#[async_trait]
+impl QuotaStore for FaultyQuota {
+    async fn acquire(
+        &self,
+        key: &QuotaKey,
+        limits: &Limits,
+        cost: u32,
+        now: Timestamp,
+    ) -> metered::Result<Acquire> {
+        self.faults.check("quota.acquire")?;
+        self.inner.acquire(key, limits, cost, now).await
+    }
+    async fn release(&self, grant: &Grant, used: u32) -> metered::Result<()> {
+        self.faults.check("quota.release")?;
+        self.inner.release(grant, used).await
+    }
+    async fn renew(&self, grant: &Grant, until: Timestamp) -> metered::Result<()> {
+        self.faults.check("quota.renew")?;
+        self.inner.renew(grant, until).await
+    }
+    async fn block_until(&self, key: &QuotaKey, until: Timestamp) -> metered::Result<()> {
+        self.faults.check("quota.block_until")?;
+        self.inner.block_until(key, until).await
+    }
+    async fn record_usage(&self, entries: &[UsageEntry]) -> metered::Result<()> {
+        self.inner.record_usage(entries).await
+    }
+    async fn usage(
+        &self,
+        key: &QuotaKey,
+        day: chrono::NaiveDate,
+    ) -> metered::Result<Vec<UsageEntry>> {
+        self.inner.usage(key, day).await
+    }
+    async fn state(
+        &self,
+        key: &QuotaKey,
+        limits: &Limits,
+        now: Timestamp,
+    ) -> metered::Result<QuotaState> {
+        self.inner.state(key, limits, now).await
+    }
+}
