@@ -91,6 +91,20 @@ impl Faults {
 
     /// Counts a call of `point` and applies the fault planned for it.
     pub fn check(&self, point: &str) -> metered::Result<()> {
+        match self.next(point) {
+            None => Ok(()),
+            Some(Fault::Crash) => std::panic::panic_any(CRASH),
+            Some(Fault::Fail { retryable }) => Err(metered::Error::Store {
+                operation: "injected",
+                message: format!("injected failure at {point}"),
+                retryable,
+            }),
+        }
+    }
+
+    /// Counts a call of `point` and returns the fault planned for it, if
+    /// any (for the driver, which crashes by not acknowledging).
+    pub fn next(&self, point: &str) -> Option<Fault> {
         let kind = RUNNING.try_with(|k| *k).ok();
         let fault = {
             let mut hits = self.hits.lock().unwrap();
@@ -117,22 +131,12 @@ impl Faults {
                 })
                 .map(|p| p.fault)
         };
-        match fault {
-            None => Ok(()),
-            Some(fault) => {
-                let what = format!("{fault:?} at {point} ({kind:?})");
-                tracing::warn!(%what, "fault injected");
-                self.fired.lock().unwrap().push(what);
-                match fault {
-                    Fault::Crash => std::panic::panic_any(CRASH),
-                    Fault::Fail { retryable } => Err(metered::Error::Store {
-                        operation: "injected",
-                        message: format!("injected failure at {point}"),
-                        retryable,
-                    }),
-                }
-            }
+        if let Some(fault) = fault {
+            let what = format!("{fault:?} at {point} ({kind:?})");
+            tracing::warn!(%what, "fault injected");
+            self.fired.lock().unwrap().push(what);
         }
+        fault
     }
 }
 

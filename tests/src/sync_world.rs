@@ -403,6 +403,16 @@ impl World {
         }
     }
 
+    /// Runs `kind`'s queue first in every round of the driver (e.g. the
+    /// workflow before the lookups its related records wait for).
+    pub fn prioritise(mut self, kind: JobKind) -> Self {
+        if let Some(i) = self.runtimes.iter().position(|(k, _)| *k == kind) {
+            let rt = self.runtimes.remove(i);
+            self.runtimes.insert(0, rt);
+        }
+        self
+    }
+
     pub fn sim(&self) -> &metered_sim::Sim {
         self.fx.sim()
     }
@@ -500,10 +510,11 @@ impl World {
                 Err(e) => panic!("job task failed: {e}"),
             };
             if settled.ack() {
-                let crashed = RUNNING
-                    .scope(kind, async { self.faults.check("queue.ack") })
+                let fault = RUNNING
+                    .scope(kind, async { self.faults.next("queue.ack") })
                     .await;
-                if crashed.is_err() {
+                if fault.is_some() {
+                    // The consumer died after settling, before the delete.
                     rt.queue.release(&delivery.receipt, 0).await.unwrap();
                 } else {
                     rt.queue.ack(&delivery.receipt).await.unwrap();

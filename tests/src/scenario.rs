@@ -1,0 +1,241 @@
+//! The end-to-end scenario the fault matrix and the tenant tests run: two
+//! organizations whose record ids coincide, every job kind, and an account
+//! of what the API side saw per org.
+//!
+//! - `invoices`: complete transfer in pages of 20; their customers are
+//!   looked up by key (`unseen_only`, bulk, no storm guard), so PK lookup
+//!   jobs run with claims.
+//! - workflow `vip` on customers created: a note (`POST /notes`, an HTTP
+//!   action with `Idempotency-Key`) and a Data Source row for each customer
+//!   with `score < 30`.
+//! - workflow `paid` on invoices created: waits for the related customer
+//!   (looked up by key), then pushes a row per paid invoice, 5 rows a push;
+//!   waiting makes it restart with rows already pushed (the chunk-counter
+//!   case).
+//! - every API call takes 10 s of the clock and invocations end after 60 s:
+//!   transfers restart at their deadline, mid-run.
+//!
+//! [`account`] compares what the API served and stored per org with what
+//! is due: records, actions performed once / twice / never, rows, calls
+//! against the budget.
+
+use crate::sync_world::{Adapter, World, ORGS};
+use metered::connector::config::AppConfig;
+use metered::job::JobKind;
+use metered::quota::Limits;
+use metered::sync::settings::{
+    CompleteTransferSettings, LookupPolicy, PkLookupSettings, StormGuard, SyncConfig,
+};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// Calls per UTC day of each org in the scenario.
+pub const DAILY_BUDGET: u32 = 400;
+
+const WORKFLOWS: &str = r#"
+[workflows.vip]
+trigger = { record_type = "customers", on = ["created"] }
+conditions = ["record.score < 30"]
+[[workflows.vip.actions]]
+kind = "http"
+method = "POST"
+path = "/notes"
+body = { customer = "{{ record.id }}", text = "Welcome {{ record.name }}" }
+[[workflows.vip.actions]]
+kind = "datasource_push"
+datasource = "vips"
+row = { id = "{{ record.id }}", score = "{{ record.score }}" }
+max_rows_per_call = 7
+
+[workflows.paid]
+trigger = { record_type = "invoices", on = ["created"] }
+conditions = ["record.status == 'paid'"]
+related.customer = { via = "/customer_id", record_type = "customers", missing = "pk_lookup", min_relookup = "1h" }
+[[workflows.paid.actions]]
+kind = "datasource_push"
+datasource = "paid_invoices"
+row = { id = "{{ record.id }}", customer = "{{ related.customer.name }}" }
+max_rows_per_call = 5
+"#;
+
+/// The scenario's simulated app: 40 customers, 120 invoices.
+pub fn sim() -> metered_sim::SimConfig {
+    metered_sim::SimConfig {
+        customers: 40,
+        invoices: 120,
+        daily_budget: u64::from(DAILY_BUDGET),
+        ..Default::default()
+    }
+}
+
+/// The scenario's app config.
+pub fn configure(c: &mut AppConfig) {
+    if let Some(rt) = c.record_types.get_mut("invoices") {
+        rt.max_page_size = 20;
+    }
+    c.syncs.insert(
+        "invoices".into(),
+        SyncConfig {
+            complete_transfer: Some(CompleteTransferSettings {
+                every: std::time::Duration::from_secs(86_400),
+            }),
+            ..Default::default()
+        },
+    );
+    c.syncs.insert(
+        "customers".into(),
+        SyncConfig {
+            pk_lookup: PkLookupSettings {
+                enabled: true,
+                policy: LookupPolicy::UnseenOnly,
+                max_keys_per_call: Some(10),
+                storm_guard: StormGuard::Off,
+                min_relookup: std::time::Duration::from_secs(3_600),
+                ..Default::default()
+            },
+            ..Default::default()
+        },
+    );
+    let parsed: AppConfig = toml::from_str(&format!(
+        "[app]\nname='x'\nbase_url='http://x/'\n[app.limits]\nper_day=1\nmax_concurrent=1\n{WORKFLOWS}"
+    ))
+    .expect("scenario workflows");
+    c.workflows.extend(parsed.workflows);
+    for conn in &mut c.connections {
+        conn.limits = Some(Limits::new(Some(DAILY_BUDGET), None, None, 3).unwrap());
+    }
+}
+
+/// A world running the scenario (nothing started yet).
+pub async fn world(adapter: Adapter) -> World {
+    // Every call takes 10 s and invocations end after 60 s, so a transfer
+    // restarts at its deadline with lookups still pending in its checkpoint;
+    // workflows run first in each round of the driver, so the `paid`
+    // workflow meets customers not looked up yet and waits for them.
+    World::new(adapter, sim(), configure)
+        .await
+        .with_workflows()
+        .prioritise(JobKind::Workflow)
+        .with_call_time(10, 60)
+}
+
+/// Starts both orgs' invoice transfers.
+pub async fn start(w: &World) {
+    for org in ORGS {
+        w.start_for(org, JobKind::CompleteTransfer, "invoices")
+            .await;
+    }
+}
+
+/// What one org got, against what was due.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Account {
+    pub org: String,
+    pub records_due: usize,
+    pub records_stored: usize,
+    pub actions_due: usize,
+    pub performed_once: usize,
+    pub performed_twice: usize,
+    pub rows_due: usize,
+    pub rows_pushed: usize,
+    /// Most calls served in one UTC day, and the budget.
+    pub max_calls_a_day: u64,
+    pub budget: u32,
+}
+
+impl Account {
+    pub fn lost(&self) -> usize {
+        (self.records_due - self.records_stored.min(self.records_due))
+            + (self.actions_due - self.performed_once.min(self.actions_due))
+            + (self.rows_due - self.rows_pushed.min(self.rows_due))
+    }
+    pub fn doubled(&self) -> usize {
+        self.performed_twice
+    }
+    pub fn over_budget(&self) -> u64 {
+        self.max_calls_a_day.saturating_sub(u64::from(self.budget))
+    }
+}
+
+/// What each org got, read from the simulator (what the API saw and keeps)
+/// and the store (what metered recorded).
+pub async fn account(w: &World) -> Vec<Account> {
+    let invoices = w.sim().records("invoices");
+    let customers: BTreeMap<String, serde_json::Value> = w
+        .sim()
+        .records("customers")
+        .into_iter()
+        .map(|c| (c["id"].as_str().unwrap().to_string(), c))
+        .collect();
+    let referenced: BTreeSet<String> = invoices
+        .iter()
+        .filter_map(|i| i["customer_id"].as_str().map(str::to_string))
+        .collect();
+    let vips: BTreeSet<String> = referenced
+        .iter()
+        .filter(|id| customers[*id]["score"].as_u64().unwrap() < 30)
+        .cloned()
+        .collect();
+    let paid: BTreeSet<String> = invoices
+        .iter()
+        .filter(|i| i["status"] == "paid")
+        .map(|i| i["id"].as_str().unwrap().to_string())
+        .collect();
+    let stats = w.sim().stats();
+    let mut out = Vec::new();
+    for org in ORGS {
+        let key = &w.api_keys[org];
+        let scope = w.svc.key(org);
+        let stored_invoices = w.store.count(&scope, "invoices").await.unwrap() as usize;
+        let stored_customers = w
+            .store
+            .get(
+                &scope,
+                "customers",
+                &referenced.iter().cloned().collect::<Vec<_>>(),
+            )
+            .await
+            .unwrap()
+            .iter()
+            .filter(|r| r.seen())
+            .count();
+        let mut notes: BTreeMap<String, usize> = BTreeMap::new();
+        for created in stats.created_by_key.get(key).into_iter().flatten() {
+            if let Some(c) = created["customer"].as_str() {
+                *notes.entry(c.to_string()).or_default() += 1;
+            }
+        }
+        let pushed_vips: BTreeSet<String> = w
+            .sim()
+            .datasource_rows_of(key, "vips")
+            .iter()
+            .filter_map(|r| r["id"].as_str().map(str::to_string))
+            .collect();
+        let pushed_paid: BTreeSet<String> = w
+            .sim()
+            .datasource_rows_of(key, "paid_invoices")
+            .iter()
+            .filter(|r| r["customer"].as_str().is_some_and(|c| !c.is_empty()))
+            .filter_map(|r| r["id"].as_str().map(str::to_string))
+            .collect();
+        out.push(Account {
+            org: org.to_string(),
+            records_due: invoices.len() + referenced.len(),
+            records_stored: stored_invoices + stored_customers,
+            actions_due: vips.len(),
+            performed_once: vips.iter().filter(|c| notes.get(*c) == Some(&1)).count(),
+            performed_twice: notes.values().filter(|n| **n > 1).count(),
+            rows_due: vips.len() + paid.len(),
+            rows_pushed: pushed_vips.intersection(&vips).count()
+                + pushed_paid.intersection(&paid).count(),
+            max_calls_a_day: stats
+                .calls_by_key_day
+                .iter()
+                .filter(|((k, _), _)| k == key)
+                .map(|(_, n)| *n)
+                .max()
+                .unwrap_or(0),
+            budget: DAILY_BUDGET,
+        });
+    }
+    out
+}
