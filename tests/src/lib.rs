@@ -9,6 +9,7 @@ pub mod faults;
 pub mod queue_suite;
 pub mod quota_suite;
 pub mod scenario;
+pub mod store_suite;
 pub mod sync_world;
 
 use aws_credential_types::Credentials;

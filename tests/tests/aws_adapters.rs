@@ -25,6 +25,22 @@ async fn queue() -> Fixture {
     }
 }
 
+async fn store() -> metered_tests::store_suite::Fixture {
+    let store = Arc::new(metered::store::dynamodb::DynamoStore::new(
+        dynamo_table().await,
+    ));
+    metered_tests::store_suite::Fixture {
+        records: store.clone(),
+        jobs: store.clone(),
+        actions: store,
+    }
+}
+
+mod store_on_dynamodb_local {
+    use super::*;
+    metered_tests::store_cases!(store());
+}
+
 mod quota_on_dynamodb_local {
     use super::*;
     suite_tests!(

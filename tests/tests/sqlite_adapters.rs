@@ -1,4 +1,4 @@
-//! The conformance suites on the embedded SQLite adapters.
+//! The conformance suites (quota, store, queue) on the embedded SQLite adapters.
 
 use metered::queue::sqlite::SqliteQueue;
 use metered::quota::sqlite::SqliteQuota;
@@ -23,6 +23,22 @@ async fn queue() -> Fixture {
         }),
         can_jump: true,
     }
+}
+
+async fn store() -> metered_tests::store_suite::Fixture {
+    let store = Arc::new(metered::store::sqlite::SqliteStore::new(
+        Db::in_memory().unwrap(),
+    ));
+    metered_tests::store_suite::Fixture {
+        records: store.clone(),
+        jobs: store.clone(),
+        actions: store,
+    }
+}
+
+mod store_on_sqlite {
+    use super::*;
+    metered_tests::store_cases!(store());
 }
 
 mod quota_on_sqlite {

@@ -1,0 +1,310 @@
+//! The store conformance suite: the record store's claims, the job ledger
+//! and the action ledger, on every adapter, from **one** case list
+//! ([`crate::store_cases`]) that each adapter's test file expands, so no
+//! case can be missing from one of them.
+//!
+//! Every case uses two organizations of one app whose ids coincide.
+
+use crate::afternoon;
+use async_trait::async_trait;
+use chrono::Duration;
+use metered::clock::Clock;
+use metered::job::{JobEnvelope, JobKind, Outcome};
+use metered::queue::sqlite::SqliteQueue;
+use metered::quota::QuotaKey;
+use metered::runtime::{
+    Claim, JobContext, JobHandler, JobLedger, JobRuntime, RestartPolicy, Settled,
+};
+use metered::store::RecordStore;
+use metered::workflow::{ActionBegin, ActionLedger};
+use std::future::Future;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+
+/// One adapter's store, seen through each of its ports.
+pub struct Fixture {
+    pub records: Arc<dyn RecordStore>,
+    pub jobs: Arc<dyn JobLedger>,
+    pub actions: Arc<dyn ActionLedger>,
+}
+
+/// Every case of the suite, for one adapter: `store_cases!(make())`.
+#[macro_export]
+macro_rules! store_cases {
+    ($make:expr) => {
+        $crate::suite_tests!(
+            $crate::store_suite,
+            $make,
+            [
+                job_ledger_entries_are_scoped_by_org,
+                action_keys_are_scoped_by_org,
+                a_live_claim_is_never_acknowledged,
+                a_claim_ends_at_the_invocation_deadline,
+                lookup_claims_are_reclaimable_by_their_claimer_only,
+                lookup_claims_are_scoped_by_org,
+            ]
+        );
+    };
+}
+
+fn orgs() -> (QuotaKey, QuotaKey) {
+    let app = format!("app-{}", uuid::Uuid::new_v4().simple());
+    (QuotaKey::new("org-a", &app), QuotaKey::new("org-b", &app))
+}
+
+pub async fn job_ledger_entries_are_scoped_by_org<F: Future<Output = Fixture>>(make: F) {
+    let s = make.await;
+    let (a, b) = orgs();
+    let now = afternoon();
+    let until = now + Duration::seconds(300);
+    assert_eq!(
+        s.jobs.claim(&a, "job-1", 0, now, until).await.unwrap(),
+        Claim::Granted
+    );
+    assert_eq!(
+        s.jobs.claim(&b, "job-1", 0, now, until).await.unwrap(),
+        Claim::Granted,
+        "another org's job with the same id is another job"
+    );
+    s.jobs.settle(&a, "job-1", 0, true).await.unwrap();
+    s.jobs.settle(&b, "job-1", 0, false).await.unwrap();
+    assert_eq!(
+        s.jobs.claim(&a, "job-1", 0, now, until).await.unwrap(),
+        Claim::AlreadyDone
+    );
+    assert_eq!(
+        s.jobs.claim(&b, "job-1", 0, now, until).await.unwrap(),
+        Claim::Granted
+    );
+    assert_eq!(
+        s.jobs.claim(&b, "job-1", 1, now, until).await.unwrap(),
+        Claim::Granted
+    );
+    assert_eq!(
+        s.jobs.claim(&b, "job-1", 0, now, until).await.unwrap(),
+        Claim::Stale
+    );
+    assert_eq!(
+        s.jobs.claim(&a, "job-1", 0, now, until).await.unwrap(),
+        Claim::AlreadyDone
+    );
+}
+
+pub async fn action_keys_are_scoped_by_org<F: Future<Output = Fixture>>(make: F) {
+    let s = make.await;
+    let (a, b) = orgs();
+    let now = afternoon();
+    let key = "vip:0:inv_000001:hash";
+    assert_eq!(
+        s.actions.begin_action(&a, key, now).await.unwrap(),
+        ActionBegin::New
+    );
+    assert_eq!(
+        s.actions.begin_action(&b, key, now).await.unwrap(),
+        ActionBegin::New,
+        "org B's action is not org A's"
+    );
+    s.actions.finish_action(&a, key, now).await.unwrap();
+    assert_eq!(
+        s.actions.begin_action(&a, key, now).await.unwrap(),
+        ActionBegin::Done
+    );
+    assert_eq!(
+        s.actions.begin_action(&b, key, now).await.unwrap(),
+        ActionBegin::Again
+    );
+    s.actions.abandon_action(&b, key).await.unwrap();
+    assert_eq!(
+        s.actions.begin_action(&b, key, now).await.unwrap(),
+        ActionBegin::New
+    );
+    s.actions.abandon_action(&a, key).await.unwrap();
+    assert_eq!(
+        s.actions.begin_action(&a, key, now).await.unwrap(),
+        ActionBegin::Done,
+        "a done key is never abandoned"
+    );
+}
+
+/// Counts its runs; done every time.
+struct Counting(AtomicU32);
+
+#[async_trait]
+impl JobHandler for Counting {
+    fn name(&self) -> &str {
+        "counting"
+    }
+    fn accepts(&self, _: JobKind) -> bool {
+        true
+    }
+    async fn handle(&self, _: &JobEnvelope, _: &JobContext) -> Outcome {
+        self.0.fetch_add(1, Ordering::SeqCst);
+        Outcome::Done
+    }
+}
+
+fn runtime(s: &Fixture) -> (JobRuntime, metered::clock::ManualClock) {
+    let (clock, shared) = crate::manual_clock();
+    let db = metered::sqlite::Db::in_memory().unwrap();
+    let queue = Arc::new(SqliteQueue::new(db, "jobs", shared.clone(), 5));
+    (
+        JobRuntime::new(queue, shared, RestartPolicy::default()).with_ledger(s.jobs.clone()),
+        clock,
+    )
+}
+
+/// A crashed invocation's claim is still live when its message comes back
+/// (the original defect: claims of 15 min, redelivery after 180 s): the
+/// redelivery must be left on the queue, never acknowledged as a duplicate,
+/// and run once the claim has ended.
+pub async fn a_live_claim_is_never_acknowledged<F: Future<Output = Fixture>>(make: F) {
+    let s = make.await;
+    let (rt, clock) = runtime(&s);
+    let job = JobEnvelope::new(
+        JobKind::Spend,
+        "org-a",
+        "app",
+        serde_json::json!({}),
+        clock.now(),
+    );
+    // The first delivery claims until its deadline and dies there.
+    let deadline = clock.now() + Duration::seconds(900);
+    assert_eq!(
+        s.jobs
+            .claim(&job.quota_key(), &job.id, 0, clock.now(), deadline)
+            .await
+            .unwrap(),
+        Claim::Granted
+    );
+    clock.advance(Duration::seconds(180));
+    let handler = Counting(AtomicU32::new(0));
+    let settled = rt
+        .process(&job.to_body(), &handler, &JobContext::default())
+        .await;
+    assert!(
+        !settled.ack(),
+        "a live claim is not proof of a duplicate: {settled:?}"
+    );
+    assert_eq!(handler.0.load(Ordering::SeqCst), 0);
+    clock.set(deadline + Duration::seconds(1));
+    let settled = rt
+        .process(&job.to_body(), &handler, &JobContext::default())
+        .await;
+    assert_eq!(settled, Settled::Done);
+    assert_eq!(handler.0.load(Ordering::SeqCst), 1, "the redelivery ran");
+    let again = rt
+        .process(&job.to_body(), &handler, &JobContext::default())
+        .await;
+    assert!(matches!(again, Settled::Skipped { .. }), "{again:?}");
+    assert_eq!(
+        handler.0.load(Ordering::SeqCst),
+        1,
+        "a finished generation never runs twice"
+    );
+}
+
+/// A claim taken by `process` lasts until the invocation's deadline, no
+/// longer: the redelivery of an invocation that died runs right after it.
+pub async fn a_claim_ends_at_the_invocation_deadline<F: Future<Output = Fixture>>(make: F) {
+    struct Dies;
+    #[async_trait]
+    impl JobHandler for Dies {
+        fn name(&self) -> &str {
+            "dies"
+        }
+        fn accepts(&self, _: JobKind) -> bool {
+            true
+        }
+        async fn handle(&self, _: &JobEnvelope, _: &JobContext) -> Outcome {
+            std::future::pending().await
+        }
+    }
+    let s = make.await;
+    let (rt, clock) = runtime(&s);
+    let job = JobEnvelope::new(
+        JobKind::Spend,
+        "org-b",
+        "app",
+        serde_json::json!({}),
+        clock.now(),
+    );
+    let deadline = clock.now() + Duration::seconds(120);
+    // The invocation never returns: dropped as a Lambda that was killed.
+    let (body, ctx) = (job.to_body(), JobContext::until(deadline));
+    let run = rt.process(&body, &Dies, &ctx);
+    assert!(tokio::time::timeout(std::time::Duration::from_secs(1), run)
+        .await
+        .is_err());
+    let key = job.quota_key();
+    let before = s
+        .jobs
+        .claim(&key, &job.id, 0, deadline - Duration::seconds(1), deadline)
+        .await;
+    assert_eq!(before.unwrap(), Claim::InProgress);
+    let after = s
+        .jobs
+        .claim(&key, &job.id, 0, deadline, deadline + Duration::seconds(60))
+        .await;
+    assert_eq!(
+        after.unwrap(),
+        Claim::Granted,
+        "the claim ended with the invocation"
+    );
+}
+
+pub async fn lookup_claims_are_reclaimable_by_their_claimer_only<F: Future<Output = Fixture>>(
+    make: F,
+) {
+    let s = make.await;
+    let (a, _) = orgs();
+    let now = afternoon();
+    let hour = Duration::hours(1);
+    let ids: Vec<String> = ["cus_1", "cus_2", "cus_3"].map(String::from).to_vec();
+    let first = s
+        .records
+        .claim_lookups(&a, "customers", &ids[..2], "job-1:p0", now, hour)
+        .await;
+    assert_eq!(first.unwrap(), ids[..2].to_vec());
+    // The page failed before its checkpoint moved: its re-run claims again.
+    let later = now + Duration::seconds(30);
+    let again = s
+        .records
+        .claim_lookups(&a, "customers", &ids, "job-1:p0", later, hour)
+        .await;
+    assert_eq!(again.unwrap(), ids, "its own claims, and the new id");
+    // Another claimer gets none of them within min_relookup…
+    let other = s
+        .records
+        .claim_lookups(&a, "customers", &ids, "job-2", later, hour)
+        .await;
+    assert_eq!(other.unwrap(), Vec::<String>::new());
+    // …and all of them after it.
+    let after = s
+        .records
+        .claim_lookups(&a, "customers", &ids, "job-2", later + hour, hour)
+        .await;
+    assert_eq!(after.unwrap(), ids);
+}
+
+pub async fn lookup_claims_are_scoped_by_org<F: Future<Output = Fixture>>(make: F) {
+    let s = make.await;
+    let (a, b) = orgs();
+    let now = afternoon();
+    let ids = vec!["cus_1".to_string()];
+    let hour = Duration::hours(1);
+    assert_eq!(
+        s.records
+            .claim_lookups(&a, "customers", &ids, "job-a", now, hour)
+            .await
+            .unwrap(),
+        ids
+    );
+    assert_eq!(
+        s.records
+            .claim_lookups(&b, "customers", &ids, "job-b", now, hour)
+            .await
+            .unwrap(),
+        ids,
+        "org B's cus_1 is not org A's"
+    );
+}
