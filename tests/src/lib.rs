@@ -6,6 +6,7 @@
 //! how to start it; nothing is skipped.
 
 pub mod faults;
+pub mod lost_responses;
 pub mod queue_suite;
 pub mod quota_suite;
 pub mod scenario;
@@ -19,7 +20,7 @@ use metered::dynamodb::Table;
 use metered::queue::sqs::SqsQueue;
 use std::sync::Arc;
 
-fn endpoint(var: &str, what: &str) -> String {
+pub(crate) fn endpoint(var: &str, what: &str) -> String {
     std::env::var(var).unwrap_or_else(|_| {
         panic!(
             "{var} is not set: this test needs {what}. Run `bash infra/test.sh` \
@@ -29,7 +30,7 @@ fn endpoint(var: &str, what: &str) -> String {
     })
 }
 
-fn sdk_config(url: String) -> aws_config::SdkConfig {
+pub(crate) fn sdk_config(url: String) -> aws_config::SdkConfig {
     aws_config::SdkConfig::builder()
         .behavior_version(BehaviorVersion::latest())
         .region(Region::new("us-east-1"))

@@ -1,0 +1,148 @@
+//! Reservations (calls paid for in one quota round trip) on both adapters:
+//! they stop at the end of the windows they were granted in, renew their
+//! lease only when it runs short, and refund after their lease lapsed.
+
+use chrono::TimeZone;
+use metered::clock::{ManualClock, SharedClock};
+use metered::connector::{ListRequest, Metered};
+use metered::quota::{Limits, Quota, QuotaKey, QuotaStore};
+use metered_sim::SimConfig;
+use metered_tests::faults::{Faults, FaultyQuota};
+use metered_tests::sync_world::Adapter;
+use std::sync::Arc;
+
+async fn quota_store(adapter: Adapter) -> Arc<dyn QuotaStore> {
+    match adapter {
+        Adapter::Sqlite => Arc::new(metered::quota::sqlite::SqliteQuota::new(
+            metered::sqlite::Db::in_memory().unwrap(),
+        )),
+        Adapter::Aws => Arc::new(metered::quota::dynamodb::DynamoQuota::new(
+            metered_tests::dynamo_table().await,
+        )),
+    }
+}
+
+fn list() -> ListRequest {
+    ListRequest {
+        record_type: "invoices".into(),
+        ..Default::default()
+    }
+}
+
+/// A reservation taken at 23:59:30 is not spent after midnight: a call made
+/// then would be charged to the day that ended while the API counts it in
+/// the new one (where restarted jobs take the full budget).
+async fn a_reservation_stops_at_the_end_of_its_windows(adapter: Adapter) {
+    let start = chrono::Utc
+        .with_ymd_and_hms(2026, 11, 22, 23, 59, 30)
+        .unwrap();
+    let clock = ManualClock::new(start);
+    let shared: SharedClock = Arc::new(clock.clone());
+    let fx = metered_tests::sim_fixture(SimConfig::default(), shared.clone()).await;
+    let store = quota_store(adapter).await;
+    let key = QuotaKey::new("org-a", "sim-booking");
+    let limits = Limits::new(Some(100), None, None, 3).unwrap();
+    let m = Metered::new(
+        fx.connector.clone(),
+        Quota::new(store.clone(), shared),
+        key.clone(),
+        limits.clone(),
+        "complete-transfer:invoices",
+    );
+    let endpoint = metered::connector::Connector::list_endpoint(&*fx.connector, "invoices");
+    let mut r = m.reserve(&endpoint, 10).await.unwrap();
+    assert_eq!(r.remaining(), 10);
+    r.list(&list()).await.unwrap();
+    assert_eq!(r.remaining(), 9);
+    clock.set(start + chrono::Duration::seconds(40)); // 00:00:10
+    assert_eq!(r.remaining(), 0, "yesterday's reservation ends at midnight");
+    r.finish().await.unwrap();
+    let mut r = m.reserve(&endpoint, 10).await.unwrap();
+    r.list(&list()).await.unwrap();
+    r.finish().await.unwrap();
+    let today = store.state(&key, &limits, clock_now(&clock)).await.unwrap();
+    assert_eq!(
+        today.used.get("d2026-11-23"),
+        Some(&1),
+        "today's call charged today"
+    );
+    let days = fx.sim().stats().calls_by_key_day;
+    assert_eq!(days.values().sum::<u64>(), 2);
+    assert_eq!(days.len(), 2, "one call each side of midnight: {days:?}");
+}
+
+fn clock_now(c: &ManualClock) -> metered::clock::Timestamp {
+    metered::clock::Clock::now(c)
+}
+
+/// Twenty calls of 10 s on a 60 s lease: the lease is renewed when less
+/// than 30 s of it is left (at 40 s, 80 s, 140 s, 180 s), not on every call
+/// once the original lease is 30 s old (17 renewals).
+async fn a_reservation_renews_only_when_its_lease_runs_short(adapter: Adapter) {
+    let clock = ManualClock::new(metered_tests::afternoon());
+    let shared: SharedClock = Arc::new(clock.clone());
+    let fx = metered_tests::sim_fixture(SimConfig::default(), shared.clone()).await;
+    let faults = Faults::new();
+    let store: Arc<dyn QuotaStore> = Arc::new(FaultyQuota {
+        inner: quota_store(adapter).await,
+        faults: faults.clone(),
+    });
+    let limits = Limits::new(Some(1_000), None, None, 3).unwrap();
+    let m = Metered::new(
+        fx.connector.clone(),
+        Quota::new(store, shared),
+        QuotaKey::new("org-a", "sim-booking"),
+        limits,
+        "complete-transfer:invoices",
+    );
+    let mut r = m
+        .reserve(
+            &metered::connector::Connector::list_endpoint(&*fx.connector, "invoices"),
+            20,
+        )
+        .await
+        .unwrap();
+    for _ in 0..20 {
+        r.list(&list()).await.unwrap();
+        clock.advance(chrono::Duration::seconds(10));
+    }
+    r.finish().await.unwrap();
+    let renewals = faults.hits("quota.renew");
+    assert_eq!(renewals, 4, "renewals in 200 s");
+}
+
+/// A reservation whose lease lapsed (and was reclaimed by another acquire)
+/// still refunds what it did not use, once.
+async fn a_reservation_refunds_after_its_lease_lapsed(adapter: Adapter) {
+    let store = quota_store(adapter).await;
+    let key = QuotaKey::new(format!("org{}", uuid::Uuid::new_v4().simple()), "crm");
+    let limits = Limits::new(Some(100), None, None, 1).unwrap();
+    let now = metered_tests::afternoon();
+    let metered::quota::Acquire::Granted(big) =
+        store.acquire(&key, &limits, 10, now).await.unwrap()
+    else {
+        panic!("granted")
+    };
+    let later = now + chrono::Duration::seconds(61);
+    let metered::quota::Acquire::Granted(small) =
+        store.acquire(&key, &limits, 1, later).await.unwrap()
+    else {
+        panic!("the lapsed lease is reclaimed")
+    };
+    store.release(&big, 2).await.unwrap();
+    store.release(&big, 2).await.unwrap();
+    store.release(&small, 1).await.unwrap();
+    let state = store.state(&key, &limits, later).await.unwrap();
+    assert_eq!(
+        state.used.get("d2026-11-22"),
+        Some(&3),
+        "2 + 1 used; 8 refunded once"
+    );
+    assert_eq!(state.live_leases, 0);
+}
+
+metered_tests::on_both!(
+    a_reservation_stops_at_the_end_of_its_windows,
+    a_reservation_renews_only_when_its_lease_runs_short,
+    a_reservation_refunds_after_its_lease_lapsed,
+);
