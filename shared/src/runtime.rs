@@ -444,7 +444,82 @@ pub fn delay_secs(now: Timestamp, at: Timestamp) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::clock::{Clock, ManualClock};
     use chrono::{TimeZone, Utc};
+
+    /// Works for `secs` of the clock, then restarts at `at_offset` seconds
+    /// after it started.
+    struct Slow {
+        clock: ManualClock,
+        secs: i64,
+        at_offset: i64,
+    }
+
+    #[async_trait]
+    impl JobHandler for Slow {
+        fn name(&self) -> &str {
+            "slow"
+        }
+        fn accepts(&self, _: JobKind) -> bool {
+            true
+        }
+        async fn handle(&self, _: &JobEnvelope, _: &JobContext) -> Outcome {
+            let start = self.clock.now();
+            self.clock.advance(chrono::Duration::seconds(self.secs));
+            Outcome::Restart(Restart {
+                at: start + chrono::Duration::seconds(self.at_offset),
+                reason: "test".into(),
+                checkpoint: None,
+            })
+        }
+    }
+
+    /// Fails when the delay counts from the start of the work (the delay
+    /// would be 250 s, and 290 s for the deadline restart).
+    #[tokio::test]
+    async fn restart_delays_count_from_the_end_of_the_work() {
+        let clock = ManualClock::new(Utc.with_ymd_and_hms(2026, 11, 22, 10, 0, 0).unwrap());
+        let shared: SharedClock = Arc::new(clock.clone());
+        let db = crate::sqlite::Db::in_memory().unwrap();
+        let queue = Arc::new(crate::queue::sqlite::SqliteQueue::new(
+            db,
+            "q",
+            shared.clone(),
+            5,
+        ));
+        let policy = RestartPolicy {
+            max_restarts: 10,
+            max_jitter_secs: 0,
+        };
+        let rt = JobRuntime::new(queue, shared, policy);
+        let job = JobEnvelope::new(JobKind::Spend, "o", "a", serde_json::json!({}), clock.now());
+        // 200 s of work, capacity back 250 s after the start: wait 50 s more.
+        let slow = Slow {
+            clock: clock.clone(),
+            secs: 200,
+            at_offset: 250,
+        };
+        let settled = rt
+            .process(&job.to_body(), &slow, &JobContext::default())
+            .await;
+        assert!(
+            matches!(settled, Settled::Restarted { delay_secs: 50, .. }),
+            "{settled:?}"
+        );
+        // A deadline restart (at = the moment it stops) resumes at once.
+        let deadline = Slow {
+            clock: clock.clone(),
+            secs: 290,
+            at_offset: 290,
+        };
+        let settled = rt
+            .process(&job.to_body(), &deadline, &JobContext::default())
+            .await;
+        assert!(
+            matches!(settled, Settled::Restarted { delay_secs: 0, .. }),
+            "{settled:?}"
+        );
+    }
 
     #[test]
     fn delays_round_up_and_cap_at_sqs_maximum() {
