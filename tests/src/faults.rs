@@ -49,6 +49,20 @@ tokio::task_local! {
 /// The message a crash panics with; the driver recognises it.
 pub const CRASH: &str = "injected crash";
 
+/// Keeps injected crashes out of the test output (they are expected; the
+/// driver counts them); every other panic is reported as usual.
+pub fn quiet_injected_crashes() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let default = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if info.payload().downcast_ref::<&str>() != Some(&CRASH) {
+                default(info);
+            }
+        }));
+    });
+}
+
 /// A plan of faults and a count of every point's calls.
 #[derive(Debug, Default)]
 pub struct Faults {

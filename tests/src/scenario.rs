@@ -110,14 +110,27 @@ pub async fn world(adapter: Adapter) -> World {
     world_with(adapter, |_| {}).await
 }
 
+/// Like [`world`], on a DynamoDB client of one's own (AWS adapter set).
+pub async fn world_on(adapter: Adapter, dynamodb: Option<aws_sdk_dynamodb::Client>) -> World {
+    build(adapter, dynamodb, |_| {}).await
+}
+
 /// Like [`world`], with the config edited after the scenario's (e.g. a
 /// workflow removed).
 pub async fn world_with(adapter: Adapter, edit: impl FnOnce(&mut AppConfig)) -> World {
+    build(adapter, None, edit).await
+}
+
+async fn build(
+    adapter: Adapter,
+    dynamodb: Option<aws_sdk_dynamodb::Client>,
+    edit: impl FnOnce(&mut AppConfig),
+) -> World {
     // Every call takes 10 s and invocations end after 60 s, so a transfer
     // restarts at its deadline with lookups still pending in its checkpoint;
     // workflows run first in each round of the driver, so the `paid`
     // workflow meets customers not looked up yet and waits for them.
-    World::new(adapter, sim(), |c| {
+    World::build(adapter, sim(), dynamodb, |c| {
         configure(c);
         edit(c);
     })

@@ -205,6 +205,7 @@ impl World {
         dynamodb: Option<aws_sdk_dynamodb::Client>,
         edit: impl FnOnce(&mut AppConfig),
     ) -> Self {
+        crate::faults::quiet_injected_crashes();
         let (clock, shared) = crate::manual_clock();
         let fx = sim_fixture_with(sim, shared.clone(), |c| {
             c.connections = ORGS

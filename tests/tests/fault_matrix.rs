@@ -1,0 +1,237 @@
+//! The fault matrix: each fault against the job kind it hits, on both
+//! adapter sets, in the two-org scenario of `metered_tests::scenario`. One
+//! row per case; every row must read 0 lost, 0 doubled, 0 over budget — or
+//! show the work in the dead-letter queue with a reason that names it.
+//!
+//! Print the table:
+//!
+//! ```sh
+//! cargo nextest run -p metered-tests --test fault_matrix --no-capture
+//! ```
+
+use futures::StreamExt;
+use metered::job::JobKind;
+use metered_tests::faults::Fault;
+use metered_tests::lost_responses::{dynamodb_client, Losses};
+use metered_tests::scenario;
+use metered_tests::sync_world::{Adapter, World};
+use std::sync::Arc;
+
+#[derive(Debug, Clone, Copy)]
+enum Inject {
+    None,
+    At(&'static str, JobKind, u64, Fault),
+    /// The API answers the next N calls with 500.
+    Api5xx(u32),
+    /// The API answers the next N calls with 429 and a Retry-After.
+    Api429(u32),
+    /// DynamoDB applies these UpdateItems twice (their responses are lost
+    /// and the SDK sends them again). AWS adapter set only.
+    UpdateItemTwice(&'static [u32]),
+}
+
+const RETRYABLE: Fault = Fault::Fail { retryable: true };
+const PERMANENT: Fault = Fault::Fail { retryable: false };
+
+const CASES: &[(&str, Inject)] = &[
+    ("no fault", Inject::None),
+    (
+        "store error on commit",
+        Inject::At("store.commit", JobKind::CompleteTransfer, 2, RETRYABLE),
+    ),
+    (
+        "crash after claims, before commit",
+        Inject::At("store.commit", JobKind::CompleteTransfer, 2, Fault::Crash),
+    ),
+    (
+        "store error on lookup claim",
+        Inject::At(
+            "store.claim_lookups",
+            JobKind::CompleteTransfer,
+            1,
+            RETRYABLE,
+        ),
+    ),
+    (
+        "crash right after a lookup claim",
+        Inject::At(
+            "store.claim_lookups.after",
+            JobKind::PkLookup,
+            1,
+            Fault::Crash,
+        ),
+    ),
+    (
+        "quota store error mid-transfer",
+        Inject::At("quota.acquire", JobKind::CompleteTransfer, 2, RETRYABLE),
+    ),
+    (
+        "quota store error on lookup",
+        Inject::At("quota.acquire", JobKind::PkLookup, 1, RETRYABLE),
+    ),
+    (
+        "quota release fails after the call",
+        Inject::At("quota.release", JobKind::ActionHttp, 1, RETRYABLE),
+    ),
+    (
+        "follow-up send fails",
+        Inject::At("queue.send", JobKind::CompleteTransfer, 3, RETRYABLE),
+    ),
+    (
+        "action enqueue fails",
+        Inject::At("queue.send", JobKind::Workflow, 1, RETRYABLE),
+    ),
+    (
+        "crash after settle, before ack",
+        Inject::At("queue.ack", JobKind::PkLookup, 1, Fault::Crash),
+    ),
+    (
+        "ledger claim fails",
+        Inject::At("ledger.claim", JobKind::Workflow, 1, RETRYABLE),
+    ),
+    (
+        "crash after the send, before settle",
+        Inject::At("ledger.settle", JobKind::CompleteTransfer, 1, Fault::Crash),
+    ),
+    (
+        "crash after the call, before the mark",
+        Inject::At("actions.finish", JobKind::ActionHttp, 1, Fault::Crash),
+    ),
+    (
+        "crash after a push, before the mark",
+        Inject::At(
+            "actions.finish",
+            JobKind::ActionDatasourcePush,
+            1,
+            Fault::Crash,
+        ),
+    ),
+    (
+        "action ledger error",
+        Inject::At("actions.begin", JobKind::ActionHttp, 2, RETRYABLE),
+    ),
+    (
+        "permanent store error in a lookup",
+        Inject::At("store.diff", JobKind::PkLookup, 1, PERMANENT),
+    ),
+    ("API 500 twice", Inject::Api5xx(2)),
+    ("API 429 once", Inject::Api429(1)),
+    (
+        "DynamoDB writes applied twice",
+        Inject::UpdateItemTwice(&[3, 40, 90, 150]),
+    ),
+];
+
+struct Row {
+    text: String,
+    ok: bool,
+}
+
+async fn run_case(adapter: Adapter, name: &str, inject: Inject) -> Option<Row> {
+    let losses = Arc::new(Losses::default());
+    let w: World = match inject {
+        Inject::UpdateItemTwice(nths) => {
+            if adapter != Adapter::Aws {
+                return None;
+            }
+            for n in nths {
+                losses.lose("UpdateItem", *n);
+            }
+            scenario::world_on(adapter, Some(dynamodb_client(losses.clone()))).await
+        }
+        _ => scenario::world(adapter).await,
+    };
+    match inject {
+        Inject::At(point, kind, nth, fault) => w.faults.at(point, Some(kind), nth, fault),
+        Inject::Api5xx(n) => w.sim().faults().next_5xx = n,
+        Inject::Api429(n) => {
+            let mut f = w.sim().faults();
+            f.next_429 = n;
+            f.burst_retry_after_secs = 60;
+        }
+        Inject::None | Inject::UpdateItemTwice(_) => {}
+    }
+    scenario::start(&w).await;
+    let report = w.drive_report().await;
+    let accounts = scenario::account(&w).await;
+    let dead: Vec<String> = w
+        .all_dead_letters()
+        .await
+        .into_iter()
+        .map(|(k, d)| format!("{k}: {}", d.reason))
+        .collect();
+    // The fault really happened.
+    let fired = match inject {
+        Inject::At(..) => w.faults.fired().len() == 1,
+        Inject::UpdateItemTwice(nths) => {
+            losses.lost.load(std::sync::atomic::Ordering::SeqCst) as usize == nths.len()
+        }
+        Inject::Api5xx(_) | Inject::Api429(_) => {
+            let f = w.sim().faults();
+            f.next_5xx == 0 && f.next_429 == 0
+        }
+        Inject::None => true,
+    };
+    let lost: usize = accounts.iter().map(|a| a.lost()).sum();
+    let doubled: usize = accounts.iter().map(|a| a.doubled()).sum();
+    let over: u64 = accounts.iter().map(|a| a.over_budget()).sum();
+    let explained = dead.iter().all(|d| d.contains("injected"));
+    let ok = fired && doubled == 0 && over == 0 && explained && (lost == 0 || !dead.is_empty());
+    let per = |f: &dyn Fn(&scenario::Account) -> String| {
+        accounts.iter().map(f).collect::<Vec<_>>().join(" ")
+    };
+    let text = format!(
+        "| {name} | {adapter} | {} | {} | {} | {} | {} | {} | {} | {} |{}",
+        per(&|a| format!("{}/{}", a.records_stored, a.records_due)),
+        per(&|a| format!(
+            "{}/{}/{}",
+            a.performed_once, a.actions_due, a.performed_twice
+        )),
+        per(&|a| format!("{}/{}", a.rows_pushed, a.rows_due)),
+        per(&|a| format!("{}/{}", a.max_calls_a_day, a.budget)),
+        lost,
+        doubled,
+        report.crashes,
+        report.restarts.len(),
+        if dead.is_empty() {
+            " 0".to_string()
+        } else {
+            format!(" {}: {}", dead.len(), dead.join("; "))
+        },
+    );
+    Some(Row { text, ok })
+}
+
+async fn matrix(adapter: Adapter) {
+    let rows: Vec<Option<Row>> = futures::stream::iter(CASES)
+        .map(|(name, inject)| run_case(adapter, name, *inject))
+        .buffered(4)
+        .collect()
+        .await;
+    println!(
+        "| case | adapters | records stored/due (A B) | actions once/due/twice (A B) | rows pushed/due (A B) | max calls a day/budget (A B) | lost | doubled | crashes | restarts | dead letters |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    let mut failed = Vec::new();
+    for row in rows.into_iter().flatten() {
+        println!("{}", row.text);
+        if !row.ok {
+            failed.push(row.text);
+        }
+    }
+    assert!(
+        failed.is_empty(),
+        "rows that lost, doubled or overspent without a dead letter:\n{}",
+        failed.join("\n")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fault_matrix_on_sqlite() {
+    matrix(Adapter::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fault_matrix_on_dynamodb_local_and_ministack() {
+    matrix(Adapter::Aws).await;
+}
