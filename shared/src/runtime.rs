@@ -474,6 +474,78 @@ mod tests {
         }
     }
 
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn entry() -> impl Strategy<Value = Option<LedgerEntry>> {
+            proptest::option::of((0u32..5, any::<bool>(), -600i64..600).prop_map(
+                |(g, done, off)| LedgerEntry {
+                    generation: g,
+                    done,
+                    claimed_until: base() + chrono::Duration::seconds(off),
+                },
+            ))
+        }
+
+        fn base() -> Timestamp {
+            Utc.with_ymd_and_hms(2026, 11, 22, 12, 0, 0).unwrap()
+        }
+
+        proptest! {
+            /// Delays are whole seconds within SQS's maximum, zero for the
+            /// past, and never shorter than the wait (rounded up).
+            #[test]
+            fn delays_round_up_within_the_sqs_maximum(ms in -10_000_000i64..10_000_000) {
+                let now = base();
+                let at = now + chrono::Duration::milliseconds(ms);
+                let d = delay_secs(now, at);
+                prop_assert!(d <= MAX_DELAY_SECS);
+                if ms <= 0 {
+                    prop_assert_eq!(d, 0);
+                } else if ms <= i64::from(MAX_DELAY_SECS) * 1000 {
+                    prop_assert!(i64::from(d) * 1000 >= ms && i64::from(d) * 1000 < ms + 1000);
+                } else {
+                    prop_assert_eq!(d, MAX_DELAY_SECS);
+                }
+            }
+
+            /// Jitter stays within the policy and is the same for the same
+            /// job and generation.
+            #[test]
+            fn jitter_is_bounded_and_deterministic(max in 0u32..120, generation in 0u32..1000, id in "[a-z0-9-]{1,36}") {
+                let db = crate::sqlite::Db::in_memory().unwrap();
+                let clock: SharedClock = Arc::new(ManualClock::new(base()));
+                let queue = Arc::new(crate::queue::sqlite::SqliteQueue::new(db, "q", clock.clone(), 5));
+                let rt = JobRuntime::new(queue, clock, RestartPolicy { max_restarts: 1, max_jitter_secs: max });
+                let mut job = JobEnvelope::new(JobKind::Spend, "o", "a", serde_json::json!({}), base());
+                job.id = id;
+                job.generation = generation;
+                let j = rt.jitter_secs(&job);
+                prop_assert!(j <= max);
+                prop_assert_eq!(j, rt.jitter_secs(&job));
+            }
+
+            /// The claim rule: a delivery runs only when no newer generation
+            /// exists, its own did not finish, and no live claim holds it;
+            /// a newer generation always runs.
+            #[test]
+            fn claims_follow_the_rule(stored in entry(), generation in 0u32..5, off in -600i64..600) {
+                let now = base() + chrono::Duration::seconds(off);
+                let claim = decide_claim(stored, generation, now);
+                let expected = match stored {
+                    None => Claim::Granted,
+                    Some(e) if e.generation > generation => Claim::Stale,
+                    Some(e) if e.generation < generation => Claim::Granted,
+                    Some(e) if e.done => Claim::AlreadyDone,
+                    Some(e) if e.claimed_until > now => Claim::InProgress,
+                    Some(_) => Claim::Granted,
+                };
+                prop_assert_eq!(claim, expected);
+            }
+        }
+    }
+
     /// Fails when the delay counts from the start of the work (the delay
     /// would be 250 s, and 290 s for the deadline restart).
     #[tokio::test]

@@ -611,6 +611,96 @@ mod tests {
         chrono::Utc.with_ymd_and_hms(2026, 11, 22, h, m, s).unwrap()
     }
 
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn any_time() -> impl Strategy<Value = Timestamp> {
+            // 2000-01-01 to 2100-01-01, millisecond resolution.
+            (946_684_800_000i64..4_102_444_800_000).prop_map(crate::clock::from_millis)
+        }
+
+        fn any_kind() -> impl Strategy<Value = WindowKind> {
+            prop_oneof![
+                Just(WindowKind::Day),
+                Just(WindowKind::Hour),
+                Just(WindowKind::Minute)
+            ]
+        }
+
+        proptest! {
+            /// A window ends after `now`, within one unit, on a boundary:
+            /// the last instant before the end is in the same window, the
+            /// end is in the next one.
+            #[test]
+            fn windows_end_on_the_next_boundary(now in any_time(), kind in any_kind()) {
+                let end = kind.end(now);
+                let unit = match kind {
+                    WindowKind::Day => Duration::days(1),
+                    WindowKind::Hour => Duration::hours(1),
+                    WindowKind::Minute => Duration::minutes(1),
+                };
+                prop_assert!(end > now && end - now <= unit);
+                prop_assert_eq!(end.duration_trunc(unit).unwrap(), end);
+                prop_assert_eq!(kind.id(end - Duration::milliseconds(1)), kind.id(now));
+                prop_assert_ne!(kind.id(end), kind.id(now));
+            }
+
+            /// A grant made at `now` may be spent until the first of its
+            /// windows ends, and never past `now` + one day.
+            #[test]
+            fn grants_are_valid_until_their_first_window_ends(
+                now in any_time(),
+                hour in proptest::option::of(1u32..1000),
+                minute in proptest::option::of(1u32..100),
+            ) {
+                let limits = Limits::new(Some(2_500), hour, minute, 3).unwrap();
+                let until = limits.windows_end(now);
+                prop_assert!(until > now && until <= WindowKind::Day.end(now));
+                for (kind, _) in limits.windows() {
+                    prop_assert!(until <= kind.end(now));
+                }
+            }
+
+            /// `explain_denial` refuses exactly when something refuses: a
+            /// block not yet passed, a window without room for `cost`, or
+            /// `max_concurrent` live leases; and it always says to come back
+            /// later than now.
+            #[test]
+            fn denials_are_explained_exactly(
+                now in any_time(),
+                per_day in 1u32..200,
+                per_hour in proptest::option::of(1u32..50),
+                max_concurrent in 1u32..5,
+                cost in 1u32..10,
+                used_day in 0u64..250,
+                used_hour in 0u64..60,
+                lease_offsets in proptest::collection::vec(-120i64..120, 0..6),
+                blocked_offset in proptest::option::of(-600i64..600),
+            ) {
+                let limits = Limits::new(Some(per_day), per_hour, None, max_concurrent).unwrap();
+                let (day, hourw) = (WindowKind::Day.id(now), WindowKind::Hour.id(now));
+                let used = |id: &str| if id == day { used_day } else if id == hourw { used_hour } else { 0 };
+                let leases: Vec<Timestamp> =
+                    lease_offsets.iter().map(|s| now + Duration::seconds(*s)).collect();
+                let blocked = blocked_offset.map(|s| now + Duration::seconds(s));
+                let denial = explain_denial(&limits, cost, now, used, &leases, blocked);
+                let live = leases.iter().filter(|e| **e > now).count();
+                let refuses = blocked.is_some_and(|b| b > now)
+                    || used_day + u64::from(cost) > u64::from(per_day)
+                    || per_hour.is_some_and(|h| used_hour + u64::from(cost) > u64::from(h))
+                    || live >= max_concurrent as usize;
+                prop_assert_eq!(denial.is_some(), refuses);
+                if let Some(d) = denial {
+                    prop_assert!(d.retry_at > now, "{:?}", d);
+                    if let DenyReason::Window { window, .. } = d.reason {
+                        prop_assert_eq!(d.retry_at, window.end(now));
+                    }
+                }
+            }
+        }
+    }
+
     #[test]
     fn window_ids_and_ends() {
         let now = at(14, 23, 5);

@@ -208,3 +208,28 @@ pub struct SyncFinish {
     pub high_water: Option<Timestamp>,
     pub pages: Option<u64>,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::{TimeZone, Utc};
+    use proptest::prelude::*;
+
+    proptest! {
+        /// A lookup may be claimed when never looked up, looked up at or
+        /// before the cutoff, or claimed by the same claimer; never when
+        /// another claimer looked it up after the cutoff.
+        #[test]
+        fn lookup_claims_follow_the_rule(
+            last in proptest::option::of(-7_200i64..7_200),
+            by in proptest::option::of("[ab]"),
+            me in "[ab]",
+        ) {
+            let cutoff = Utc.with_ymd_and_hms(2026, 11, 22, 12, 0, 0).unwrap();
+            let last = last.map(|s| cutoff + chrono::Duration::seconds(s));
+            let ok = lookup_claimable(last, by.as_deref(), &me, cutoff);
+            let fresh_and_other = last.is_some_and(|t| t > cutoff) && by.as_deref() != Some(me.as_str());
+            prop_assert_eq!(ok, !fresh_and_other);
+        }
+    }
+}
