@@ -79,6 +79,11 @@ pub struct JobEnvelope {
     /// Why the job was last restarted (shown by `metered jobs`).
     #[serde(default)]
     pub last_reason: Option<String>,
+    /// Transient failures in a row (5xx, bodies cut short, store errors);
+    /// reset by any other outcome. Bounded by
+    /// [`crate::runtime::RestartPolicy::max_attempts`].
+    #[serde(default)]
+    pub attempts: u32,
     pub created_at: Timestamp,
 }
 
@@ -104,6 +109,7 @@ impl JobEnvelope {
             generation: 0,
             not_before: None,
             last_reason: None,
+            attempts: 0,
             created_at: now,
         }
     }
@@ -141,9 +147,6 @@ impl JobEnvelope {
     }
 }
 
-/// How long a job waits after a transient failure before it resumes.
-pub const TRANSIENT_RETRY_SECS: i64 = 30;
-
 /// Restart the job later from `checkpoint`, because of `reason`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Restart {
@@ -159,8 +162,19 @@ pub struct Restart {
 pub enum Outcome {
     Done,
     Restart(Restart),
-    /// Transient failure: let the queue redeliver it (with its backoff).
+    /// Transient failure before any progress: let the queue redeliver it
+    /// (bounded by the queue's redrive).
     Retry(String),
+    /// Transient failure (a 5xx, a body cut short or not JSON, a store or
+    /// queue error that may pass): the runtime restarts the job from
+    /// `checkpoint` after a backoff that doubles with each attempt in a row,
+    /// and gives up (dead letter naming the attempts and the last error)
+    /// past [`crate::runtime::RestartPolicy::max_attempts`].
+    Transient {
+        reason: String,
+        /// `None` keeps the job's current checkpoint.
+        checkpoint: Option<Value>,
+    },
     /// Will never work: to the dead-letter queue with this reason.
     Fail(String),
 }
@@ -175,22 +189,20 @@ impl Outcome {
         })
     }
 
-    /// A transient failure (a store or queue error that may pass, a 5xx):
-    /// come back in [`TRANSIENT_RETRY_SECS`] from `checkpoint`, so the work
-    /// done so far is kept. `None` keeps the job's current checkpoint.
-    pub fn transient(now: Timestamp, reason: impl fmt::Display, checkpoint: Option<Value>) -> Self {
-        Outcome::Restart(Restart {
-            at: now + chrono::Duration::seconds(TRANSIENT_RETRY_SECS),
-            reason: format!("transient failure: {reason}"),
+    /// A transient failure: restart from `checkpoint` after a backoff, so
+    /// the work done so far is kept. `None` keeps the current checkpoint.
+    pub fn transient(reason: impl fmt::Display, checkpoint: Option<Value>) -> Self {
+        Outcome::Transient {
+            reason: reason.to_string(),
             checkpoint,
-        })
+        }
     }
 
     /// A library error after progress: a transient one restarts from
     /// `checkpoint`, a permanent one fails.
-    pub fn from_error_at(err: &Error, now: Timestamp, checkpoint: Option<Value>) -> Self {
+    pub fn from_error_at(err: &Error, checkpoint: Option<Value>) -> Self {
         if err.is_retryable() {
-            Outcome::transient(now, err, checkpoint)
+            Outcome::transient(err, checkpoint)
         } else {
             Outcome::Fail(err.to_string())
         }

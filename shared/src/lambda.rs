@@ -12,6 +12,7 @@
 //! | `METERED_QUEUE_URL_<KIND>` | queue of each job kind, e.g. `METERED_QUEUE_URL_COMPLETE_TRANSFER` |
 //! | `METERED_DLQ_URL_<KIND>` | its dead-letter queue |
 //! | `METERED_MAX_RESTARTS` | restart cap per job (default 100) |
+//! | `METERED_MAX_ATTEMPTS` | transient failures in a row before a job is dead-lettered (default 5) |
 //! | `AWS_ENDPOINT_URL` | (local only) DynamoDB Local / ministack |
 
 use crate::clock::{SharedClock, SystemClock};
@@ -91,12 +92,15 @@ impl DeployConfig {
             }
         }
         let mut policy = RestartPolicy::default();
+        let whole = |name: &str, v: String| {
+            v.parse::<u32>()
+                .map_err(|_| Error::Config(format!("{name}: expected a whole number, got {v:?}")))
+        };
         if let Some(v) = get("METERED_MAX_RESTARTS") {
-            policy.max_restarts = v.parse().map_err(|_| {
-                Error::Config(format!(
-                    "METERED_MAX_RESTARTS: expected a whole number, got {v:?}"
-                ))
-            })?;
+            policy.max_restarts = whole("METERED_MAX_RESTARTS", v)?;
+        }
+        if let Some(v) = get("METERED_MAX_ATTEMPTS") {
+            policy.max_attempts = whole("METERED_MAX_ATTEMPTS", v)?.max(1);
         }
         Ok(Self {
             table,

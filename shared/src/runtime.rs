@@ -28,7 +28,8 @@ use std::sync::Arc;
 /// The reason given when an early arrival is re-sent for the rest of its wait.
 pub const NOT_BEFORE_REASON: &str = "waiting for not_before";
 
-/// Restart rules, as data. Defaults: 100 restarts, up to 30 s of jitter.
+/// Restart rules, as data. Defaults: 100 restarts, up to 30 s of jitter, 5
+/// transient attempts in a row with a backoff of 30 s, 60 s, 120 s, 240 s.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RestartPolicy {
     /// Past this many restarts a job goes to the dead-letter queue.
@@ -36,6 +37,12 @@ pub struct RestartPolicy {
     /// Spread restarts over up to this many extra seconds, so a window reset
     /// does not wake every waiting job at the same instant.
     pub max_jitter_secs: u32,
+    /// Transient failures in a row a job may have; the next one sends it to
+    /// the dead-letter queue, naming the attempts and the last error.
+    pub max_attempts: u32,
+    /// The wait after the first transient failure; it doubles with each
+    /// failure in a row, up to SQS's 900 s.
+    pub backoff_base_secs: u32,
 }
 
 impl Default for RestartPolicy {
@@ -43,7 +50,20 @@ impl Default for RestartPolicy {
         Self {
             max_restarts: 100,
             max_jitter_secs: 30,
+            max_attempts: 5,
+            backoff_base_secs: 30,
         }
+    }
+}
+
+impl RestartPolicy {
+    /// The wait before attempt `attempts + 1`, after `attempts` transient
+    /// failures in a row (`attempts >= 1`).
+    pub fn backoff(&self, attempts: u32) -> chrono::Duration {
+        let secs = u64::from(self.backoff_base_secs)
+            .saturating_mul(1u64 << attempts.saturating_sub(1).min(20))
+            .min(u64::from(MAX_DELAY_SECS));
+        chrono::Duration::seconds(secs as i64)
     }
 }
 
@@ -273,7 +293,31 @@ impl JobRuntime {
                 Settled::Retry { reason }
             }
             Outcome::Fail(reason) => self.dead_letter_job(&job, reason).await,
-            Outcome::Restart(restart) => self.restart(job.clone(), restart, now).await,
+            Outcome::Restart(restart) => {
+                let mut next = job.clone();
+                next.attempts = 0;
+                self.restart(next, restart, now).await
+            }
+            Outcome::Transient { reason, checkpoint } => {
+                let attempts = job.attempts.saturating_add(1);
+                if attempts >= self.policy.max_attempts {
+                    let reason =
+                        format!("gave up after {attempts} attempts in a row; last error: {reason}");
+                    self.dead_letter_job(&job, reason).await
+                } else {
+                    let mut next = job.clone();
+                    next.attempts = attempts;
+                    let restart = Restart {
+                        at: now + self.policy.backoff(attempts),
+                        reason: format!(
+                            "transient failure (attempt {attempts} of {}): {reason}",
+                            self.policy.max_attempts
+                        ),
+                        checkpoint,
+                    };
+                    self.restart(next, restart, now).await
+                }
+            }
         };
         if let Some(ledger) = &self.ledger {
             self.settle(ledger.as_ref(), &key, &job, settled.ack())
@@ -298,10 +342,12 @@ impl JobRuntime {
 
     /// Dead-letters a parsed job. The copy in the dead-letter queue carries
     /// the next generation, so a redrive runs it even though the ledger
-    /// records this generation as finished (which drops any stray copy).
+    /// records this generation as finished (which drops any stray copy), and
+    /// no transient attempts, so a redrive starts over.
     async fn dead_letter_job(&self, job: &JobEnvelope, reason: String) -> Settled {
         let mut next = job.clone();
         next.generation += 1;
+        next.attempts = 0;
         next.last_reason = Some(reason.clone());
         self.dead_letter(&next.to_body(), reason).await
     }
@@ -517,7 +563,7 @@ mod tests {
                 let db = crate::sqlite::Db::in_memory().unwrap();
                 let clock: SharedClock = Arc::new(ManualClock::new(base()));
                 let queue = Arc::new(crate::queue::sqlite::SqliteQueue::new(db, "q", clock.clone(), 5));
-                let rt = JobRuntime::new(queue, clock, RestartPolicy { max_restarts: 1, max_jitter_secs: max });
+                let rt = JobRuntime::new(queue, clock, RestartPolicy { max_restarts: 1, max_jitter_secs: max, ..Default::default() });
                 let mut job = JobEnvelope::new(JobKind::Spend, "o", "a", serde_json::json!({}), base());
                 job.id = id;
                 job.generation = generation;
@@ -546,6 +592,80 @@ mod tests {
         }
     }
 
+    /// Fails every time, transiently.
+    struct Flaky;
+
+    #[async_trait]
+    impl JobHandler for Flaky {
+        fn name(&self) -> &str {
+            "flaky"
+        }
+        fn accepts(&self, _: JobKind) -> bool {
+            true
+        }
+        async fn handle(&self, _: &JobEnvelope, _: &JobContext) -> Outcome {
+            Outcome::transient("list invoices: response is not valid JSON", None)
+        }
+    }
+
+    /// Transient failures back off 30, 60, 120, 240 s, keep the checkpoint,
+    /// and the fifth in a row dead-letters the job naming the attempts and
+    /// the last error (the dead-letter copy starts over on a redrive).
+    #[tokio::test]
+    async fn transient_failures_back_off_then_give_up() {
+        let clock = ManualClock::new(Utc.with_ymd_and_hms(2026, 11, 22, 10, 0, 0).unwrap());
+        let shared: SharedClock = Arc::new(clock.clone());
+        let db = crate::sqlite::Db::in_memory().unwrap();
+        let queue = Arc::new(crate::queue::sqlite::SqliteQueue::new(
+            db,
+            "q",
+            shared.clone(),
+            99,
+        ));
+        let policy = RestartPolicy {
+            max_jitter_secs: 0,
+            ..Default::default()
+        };
+        let rt = JobRuntime::new(queue.clone(), shared, policy);
+        let mut job =
+            JobEnvelope::new(JobKind::Spend, "o", "a", serde_json::json!({}), clock.now());
+        job.checkpoint = Some(serde_json::json!({"page": 7}));
+        let mut body = job.to_body();
+        let mut delays = Vec::new();
+        loop {
+            match rt.process(&body, &Flaky, &JobContext::default()).await {
+                Settled::Restarted { delay_secs, .. } => delays.push(delay_secs),
+                Settled::DeadLettered { reason } => {
+                    assert!(reason.contains("gave up after 5 attempts"), "{reason}");
+                    assert!(reason.contains("not valid JSON"), "{reason}");
+                    break;
+                }
+                other => panic!("{other:?}"),
+            }
+            clock.advance(chrono::Duration::seconds(i64::from(
+                *delays.last().unwrap(),
+            )));
+            let d = crate::queue::JobQueue::receive(queue.as_ref(), 1, 30)
+                .await
+                .unwrap();
+            crate::queue::JobQueue::ack(queue.as_ref(), &d[0].receipt)
+                .await
+                .unwrap();
+            let next = JobEnvelope::parse(&d[0].body).unwrap();
+            assert_eq!(next.checkpoint, job.checkpoint, "the checkpoint is kept");
+            body = d[0].body.clone();
+        }
+        assert_eq!(delays, vec![30, 60, 120, 240]);
+        let dead = crate::queue::JobQueue::dead_letters(queue.as_ref(), 1)
+            .await
+            .unwrap();
+        let redrive = JobEnvelope::parse(&dead[0].body).unwrap();
+        assert_eq!(
+            (redrive.attempts, redrive.generation),
+            (0, job.generation + 5)
+        );
+    }
+
     /// Fails when the delay counts from the start of the work (the delay
     /// would be 250 s, and 290 s for the deadline restart).
     #[tokio::test]
@@ -562,6 +682,7 @@ mod tests {
         let policy = RestartPolicy {
             max_restarts: 10,
             max_jitter_secs: 0,
+            ..Default::default()
         };
         let rt = JobRuntime::new(queue, shared, policy);
         let job = JobEnvelope::new(JobKind::Spend, "o", "a", serde_json::json!({}), clock.now());

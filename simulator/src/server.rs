@@ -40,6 +40,9 @@ pub struct Faults {
     /// 400s whose body echoes the request's Authorization header (a hostile
     /// API; the connector must not leak it).
     pub next_400_echo_auth: u32,
+    /// Where in the 400's body the echoed header starts (0: in a JSON
+    /// field); a plain-text body of that many characters precedes it.
+    pub echo_auth_offset: usize,
     /// A list response whose records lack their id.
     pub next_missing_ids: u32,
     /// Modify one record of the listed type after every list page.
@@ -475,6 +478,13 @@ async fn handle(
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or_default()
                 .to_string();
+            if f.echo_auth_offset > 0 {
+                let body = format!(
+                    "{}{echoed} and more text after it",
+                    "x".repeat(f.echo_auth_offset)
+                );
+                return (StatusCode::BAD_REQUEST, body).into_response();
+            }
             return json_response(
                 StatusCode::BAD_REQUEST,
                 &json!({"error": "bad request", "you_sent": echoed}),

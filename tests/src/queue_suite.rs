@@ -77,6 +77,7 @@ fn no_jitter(max_restarts: u32) -> RestartPolicy {
     RestartPolicy {
         max_restarts,
         max_jitter_secs: 0,
+        ..Default::default()
     }
 }
 

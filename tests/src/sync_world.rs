@@ -328,6 +328,7 @@ impl World {
         let policy = RestartPolicy {
             max_restarts: 100,
             max_jitter_secs: 30,
+            ..Default::default()
         };
         let runtimes = [
             JobKind::CompleteTransfer,
@@ -377,6 +378,7 @@ impl World {
         let policy = RestartPolicy {
             max_restarts: 100,
             max_jitter_secs: 30,
+            ..Default::default()
         };
         for k in [
             JobKind::Workflow,

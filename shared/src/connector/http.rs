@@ -157,15 +157,11 @@ impl HttpConnector {
             }
         }
         if !status.is_success() {
-            let excerpt: String = String::from_utf8_lossy(&bytes)
-                .chars()
-                .take(EXCERPT_CHARS)
-                .collect();
-            let msg = self.scrub(&format!(
-                "{what}: HTTP {} — {}",
-                status.as_u16(),
-                excerpt.trim()
-            ));
+            // Scrubbed whole, then cut: a secret that straddles the cut must
+            // not leave its prefix in the excerpt.
+            let body = self.scrub(&String::from_utf8_lossy(&bytes));
+            let excerpt: String = body.chars().take(EXCERPT_CHARS).collect();
+            let msg = format!("{what}: HTTP {} — {}", status.as_u16(), excerpt.trim());
             return Err(if status.is_server_error() {
                 ApiError::Retryable(msg)
             } else {
@@ -175,8 +171,10 @@ impl HttpConnector {
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Ok(Some((headers, Value::Null)));
         }
+        // A 2xx whose body is not JSON is as often a proxy, a cut connection
+        // or a bad gzip as a broken API: retried, a bounded number of times.
         let body: Value = serde_json::from_slice(&bytes).map_err(|e| {
-            ApiError::Permanent(format!("{what}: response is not valid JSON ({e})"))
+            ApiError::Retryable(format!("{what}: response is not valid JSON ({e})"))
         })?;
         Ok(Some((headers, body)))
     }

@@ -118,9 +118,10 @@ pub enum CallError {
 impl CallError {
     /// What a handler returns: denials and rate limits restart from
     /// `checkpoint` at the moment capacity returns; transient failures (a
-    /// quota-store error, a 5xx) restart from it shortly, so nothing already
-    /// fetched is fetched (and paid for) again.
-    pub fn into_outcome(self, now: Timestamp, checkpoint: Option<Value>) -> Outcome {
+    /// quota-store error, a 5xx, a broken body) restart from it after a
+    /// bounded backoff, so nothing already fetched is fetched (and paid
+    /// for) again.
+    pub fn into_outcome(self, checkpoint: Option<Value>) -> Outcome {
         match self {
             CallError::Denied(d) => Outcome::denied(&d, checkpoint),
             CallError::RateLimited { retry_at } => Outcome::Restart(Restart {
@@ -128,7 +129,7 @@ impl CallError {
                 reason: "rate limited by the API (Retry-After)".into(),
                 checkpoint,
             }),
-            CallError::Retryable(m) => Outcome::transient(now, m, checkpoint),
+            CallError::Retryable(m) => Outcome::transient(m, checkpoint),
             CallError::Permanent(m) => Outcome::Fail(m),
         }
     }

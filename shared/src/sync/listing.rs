@@ -116,13 +116,13 @@ pub async fn run(svc: &Services, job: &JobEnvelope, ctx: &JobContext) -> Outcome
         if reservation.as_ref().is_none_or(|r| r.remaining() == 0) {
             if let Some(done) = reservation.take() {
                 if let Err(e) = done.finish().await {
-                    break e.into_outcome(svc.clock.now(), checkpoint());
+                    break e.into_outcome(checkpoint());
                 }
             }
             let want = block.clamp(1, max_block(&svc.limits(&job.org)));
             match metered.reserve(&endpoint, want).await {
                 Ok(r) => reservation = Some(r),
-                Err(e) => break e.into_outcome(svc.clock.now(), checkpoint()),
+                Err(e) => break e.into_outcome(checkpoint()),
             }
             block = block.saturating_mul(2);
         }
@@ -137,7 +137,7 @@ pub async fn run(svc: &Services, job: &JobEnvelope, ctx: &JobContext) -> Outcome
         };
         let page = match res.list(&req).await {
             Ok(p) => p,
-            Err(e) => break e.into_outcome(svc.clock.now(), checkpoint()),
+            Err(e) => break e.into_outcome(checkpoint()),
         };
         let diff = match svc
             .store
@@ -145,7 +145,7 @@ pub async fn run(svc: &Services, job: &JobEnvelope, ctx: &JobContext) -> Outcome
             .await
         {
             Ok(d) => d,
-            Err(e) => break Outcome::from_error_at(&e, svc.clock.now(), checkpoint()),
+            Err(e) => break Outcome::from_error_at(&e, checkpoint()),
         };
         // Follow-ups before the page is committed: never lost, at worst repeated.
         let last = page.next.is_none();
@@ -161,14 +161,14 @@ pub async fn run(svc: &Services, job: &JobEnvelope, ctx: &JobContext) -> Outcome
         )
         .await
         {
-            break Outcome::from_error_at(&e, svc.clock.now(), checkpoint());
+            break Outcome::from_error_at(&e, checkpoint());
         }
         if let Err(e) = svc
             .store
             .commit(&key, &payload.record_type, &diff, svc.clock.now())
             .await
         {
-            break Outcome::from_error_at(&e, svc.clock.now(), checkpoint());
+            break Outcome::from_error_at(&e, checkpoint());
         }
         cp.pending_lookups = pending;
         cp.pages += 1;
@@ -215,6 +215,14 @@ pub async fn run(svc: &Services, job: &JobEnvelope, ctx: &JobContext) -> Outcome
             let _ = svc
                 .store
                 .take_sync_lease(&key, &sync, &job.id, now, r.at + svc.sync_lease, false)
+                .await;
+        }
+        Outcome::Transient { .. } => {
+            // Through the longest backoff: no twin starts meanwhile.
+            let until = now + chrono::Duration::seconds(900) + svc.sync_lease;
+            let _ = svc
+                .store
+                .take_sync_lease(&key, &sync, &job.id, now, until, false)
                 .await;
         }
         Outcome::Fail(_) => {

@@ -108,7 +108,7 @@ pub async fn run(svc: &Services, job: &JobEnvelope, ctx: &JobContext) -> Outcome
     let block = calls_needed.min(super::listing::max_block(&svc.limits(&job.org)));
     let mut reservation = match metered.reserve(&endpoint, block).await {
         Ok(r) => r,
-        Err(e) => return e.into_outcome(svc.clock.now(), serde_json::to_value(&cp).ok()),
+        Err(e) => return e.into_outcome(serde_json::to_value(&cp).ok()),
     };
     let outcome = loop {
         let checkpoint = serde_json::to_value(&cp).ok();
@@ -133,11 +133,11 @@ pub async fn run(svc: &Services, job: &JobEnvelope, ctx: &JobContext) -> Outcome
         let chunk: Vec<String> = cp.remaining.iter().take(per_call).cloned().collect();
         let records = match reservation.lookup(rt_name, &chunk).await {
             Ok(r) => r,
-            Err(e) => break e.into_outcome(svc.clock.now(), checkpoint),
+            Err(e) => break e.into_outcome(checkpoint),
         };
         let diff = match svc.store.diff(&key, rt_name, &records).await {
             Ok(d) => d,
-            Err(e) => break Outcome::from_error_at(&e, svc.clock.now(), checkpoint),
+            Err(e) => break Outcome::from_error_at(&e, checkpoint),
         };
         let mut pending = std::collections::BTreeMap::new();
         if let Err(e) = enqueue_followups(
@@ -151,14 +151,14 @@ pub async fn run(svc: &Services, job: &JobEnvelope, ctx: &JobContext) -> Outcome
         )
         .await
         {
-            break Outcome::from_error_at(&e, svc.clock.now(), checkpoint);
+            break Outcome::from_error_at(&e, checkpoint);
         }
         if let Err(e) = svc
             .store
             .commit(&key, rt_name, &diff, svc.clock.now())
             .await
         {
-            break Outcome::from_error_at(&e, svc.clock.now(), checkpoint);
+            break Outcome::from_error_at(&e, checkpoint);
         }
         cp.remaining.drain(..chunk.len());
         cp.calls += 1;

@@ -140,7 +140,7 @@ impl JobHandler for ActionHandlers {
                         tracing::warn!(error = %err, "could not reset the action ledger");
                     }
                 }
-                e.into_outcome(self.svc.clock.now(), None)
+                e.into_outcome(None)
             }
         };
         if let Err(e) = self.svc.quota.flush_usage().await {
