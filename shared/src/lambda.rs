@@ -172,9 +172,19 @@ impl Deployed {
 }
 
 /// Lambda's deadline for this invocation, on the wall clock the deployed
-/// handlers read.
+/// handlers read. One already past when the invocation starts (an emulator
+/// that queued the event while it built the function) says nothing about
+/// this invocation and is ignored, loudly.
 pub fn deadline_of(ctx: &lambda_runtime::Context) -> Option<crate::clock::Timestamp> {
-    (ctx.deadline != 0).then(|| crate::clock::Timestamp::from(ctx.deadline()))
+    let deadline = crate::clock::Timestamp::from(ctx.deadline());
+    if ctx.deadline == 0 || deadline <= chrono::Utc::now() {
+        tracing::warn!(
+            deadline_ms = ctx.deadline,
+            "the invocation's deadline has already passed; ignored"
+        );
+        return None;
+    }
+    Some(deadline)
 }
 
 /// The whole life of an SQS-triggered sync function.

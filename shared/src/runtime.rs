@@ -87,6 +87,10 @@ impl JobContext {
     }
 
     /// True when less than `margin` remains before the deadline at `now`.
+    ///
+    /// Handlers stop at it only after one unit of work in the invocation
+    /// (a page, a lookup call, a slice of triggers): a deadline too close to
+    /// begin with must not make a job restart forever without progress.
     pub fn near_deadline(&self, now: Timestamp, margin: std::time::Duration) -> bool {
         let margin = chrono::Duration::from_std(margin).unwrap_or(chrono::Duration::MAX);
         self.deadline.is_some_and(|d| d - now < margin)

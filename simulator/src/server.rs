@@ -47,6 +47,11 @@ pub struct Faults {
     pub next_missing_ids: u32,
     /// Modify one record of the listed type after every list page.
     pub change_between_pages: bool,
+    /// Cursor and link-header lists hand out, from the second page on, the
+    /// cursor or next link of the page just served (an endless loop).
+    pub repeat_next: bool,
+    /// The next response carries this many bytes of padding.
+    pub next_huge_body: Option<usize>,
 }
 
 fn take(n: &mut u32) -> bool {
@@ -490,6 +495,10 @@ async fn handle(
                 &json!({"error": "bad request", "you_sent": echoed}),
             );
         }
+        if let Some(n) = f.next_huge_body.take() {
+            let body = format!("{{\"data\": [], \"padding\": \"{}\"}}", "x".repeat(n));
+            return (StatusCode::OK, [("content-type", "application/json")], body).into_response();
+        }
         if take(&mut f.next_malformed_json) {
             return (
                 StatusCode::OK,
@@ -642,6 +651,7 @@ async fn handle(
             &param,
             &params,
             faults.change_between_pages,
+            faults.repeat_next,
         ),
         _ => json_response(
             StatusCode::NOT_FOUND,
@@ -656,6 +666,7 @@ fn list(
     param: &dyn Fn(&str) -> Option<String>,
     params: &dyn Fn(&str) -> Vec<String>,
     change_between_pages: bool,
+    repeat_next: bool,
 ) -> Response {
     let data = lock(&state.data);
     let Some(all) = data.types.get(record_type) else {
@@ -737,6 +748,11 @@ fn list(
                     .unwrap_or_default()
                     .to_string()
             });
+            // Hostile: from the second page on, the cursor just used again.
+            let next = match (&after, repeat_next) {
+                (Some(a), true) => Some(a.clone()),
+                _ => next,
+            };
             (page, Vec::new(), next)
         }
         "classes" => {
@@ -752,9 +768,11 @@ fn list(
                 .collect();
             let mut headers = Vec::new();
             if p * size < matching.len() {
+                // Hostile: from the second page on, a link to this page.
+                let to = if repeat_next && p > 1 { p } else { p + 1 };
                 headers.push((
                     "link",
-                    format!("</classes?page={}&per_page={size}>; rel=\"next\"", p + 1),
+                    format!("</classes?page={to}&per_page={size}>; rel=\"next\""),
                 ));
             }
             (page, headers, None)

@@ -711,3 +711,50 @@ async fn credentials_from_secrets_manager_and_ssm() {
         "{err}"
     );
 }
+
+/// A rate limit that says "come back in a year" holds the org 7 days at
+/// most, whether it is written in seconds or as an HTTP date.
+#[tokio::test]
+async fn a_far_future_retry_after_is_clamped_to_seven_days() {
+    let (_clock, shared) = manual_clock();
+    let fx = sim_fixture(SimConfig::default(), shared.clone()).await;
+    let req = ListRequest {
+        record_type: "customers".into(),
+        ..Default::default()
+    };
+    for style in [RetryAfterStyle::Seconds, RetryAfterStyle::HttpDate] {
+        {
+            let mut f = fx.sim().faults();
+            f.next_429 = 1;
+            f.burst_retry_after_secs = 365 * 86_400;
+            f.retry_after_style = style;
+        }
+        match fx.connector.list(&req).await {
+            Err(ApiError::RateLimited { retry_at, .. }) => {
+                assert_eq!(retry_at, shared.now() + Duration::days(7), "{style:?}")
+            }
+            other => panic!("{style:?}: {other:?}"),
+        }
+    }
+}
+
+/// A body larger than `app.max_response_bytes` is refused, naming the
+/// setting, before it is all in memory; the next normal page is read.
+#[tokio::test]
+async fn a_response_over_the_size_cap_is_refused() {
+    let fx = sim_fixture_with(SimConfig::default(), system(), |c| {
+        c.app.max_response_bytes = 200_000;
+    })
+    .await;
+    let req = ListRequest {
+        record_type: "customers".into(),
+        ..Default::default()
+    };
+    fx.sim().faults().next_huge_body = Some(1_000_000);
+    let err = fx.connector.list(&req).await.unwrap_err();
+    assert!(
+        matches!(&err, ApiError::Permanent(m) if m.contains("app.max_response_bytes (200000 bytes")),
+        "{err}"
+    );
+    assert_eq!(fx.connector.list(&req).await.unwrap().records.len(), 200);
+}

@@ -169,6 +169,28 @@ async fn deadlines_inside_jobs_restart_from_the_checkpoint(adapter: Adapter) {
     assert_whole(&scenario::account(&w).await);
 }
 
+/// A deadline closer than the handlers' margin from the start (an emulator
+/// that queued the event while it built the function; a timeout set too
+/// low): each invocation still does one page, lookup call or slice of
+/// triggers before it restarts, so the work finishes instead of restarting
+/// until the cap.
+async fn a_deadline_too_close_still_makes_progress(adapter: Adapter) {
+    let w = scenario::world(adapter).await.with_call_time(10, 5);
+    scenario::start(&w).await;
+    let report = w.drive().await;
+    assert!(
+        report
+            .restarts
+            .iter()
+            .filter(|r| r.contains("near the Lambda deadline"))
+            .count()
+            >= 12,
+        "{:?}",
+        report.restarts
+    );
+    assert_whole(&scenario::account(&w).await);
+}
+
 /// A settle that fails once is tried again: a duplicate copy of the
 /// finished generation is then dropped, not run twice.
 async fn a_failed_settle_is_retried(adapter: Adapter) {
@@ -198,4 +220,5 @@ metered_tests::on_both!(
     crashed_invocations_are_redelivered_and_finish,
     deadlines_inside_jobs_restart_from_the_checkpoint,
     a_failed_settle_is_retried,
+    a_deadline_too_close_still_makes_progress,
 );

@@ -43,6 +43,14 @@ pub struct AppSection {
     pub rate_limit: RateLimitConfig,
     #[serde(default)]
     pub timeouts: Timeouts,
+    /// Largest response body read, in bytes (default 32 MiB): a larger one
+    /// is refused before it can exhaust a 256 MB function.
+    #[serde(default = "default_max_response_bytes")]
+    pub max_response_bytes: u64,
+}
+
+fn default_max_response_bytes() -> u64 {
+    32 * 1024 * 1024
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -525,20 +533,64 @@ impl AppConfig {
     }
 
     /// Whether calls to `endpoint` (`METHOD /path`) are exempt from the budget.
+    /// Whether calls to `endpoint` (`METHOD /path`) are exempt. The path is
+    /// normalised first (query dropped, `.` and `..` resolved, repeated
+    /// slashes folded), so `POST /hooks/../notes` is `POST /notes` and never
+    /// matches `POST /hooks/*`.
     pub fn is_exempt(&self, endpoint: &str) -> bool {
+        let endpoint = normalise_endpoint(endpoint);
         self.app
             .exempt_endpoints
             .iter()
             .any(|pattern| match pattern.strip_suffix('*') {
                 Some(prefix) => endpoint.starts_with(prefix),
-                None => endpoint == pattern,
+                None => endpoint == *pattern,
             })
     }
+}
+
+/// `METHOD /path` with the path's query dropped, `.` and `..` segments
+/// resolved and empty segments folded.
+pub fn normalise_endpoint(endpoint: &str) -> String {
+    let (method, path) = endpoint.split_once(' ').unwrap_or(("", endpoint));
+    let path = path.split(['?', '#']).next().unwrap_or_default();
+    let mut segments: Vec<&str> = Vec::new();
+    for segment in path.split('/') {
+        match segment {
+            "" | "." => {}
+            ".." => {
+                segments.pop();
+            }
+            s => segments.push(s),
+        }
+    }
+    let trailing = if path.ends_with('/') && !segments.is_empty() {
+        "/"
+    } else {
+        ""
+    };
+    format!("{method} /{}{trailing}", segments.join("/"))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn exempt_endpoints_match_normalised_paths() {
+        let mut cfg = AppConfig::parse(GOOD).unwrap();
+        cfg.app.exempt_endpoints = vec!["POST /hooks/*".into(), "GET /ping".into()];
+        assert!(cfg.is_exempt("POST /hooks/inbound"));
+        assert!(cfg.is_exempt("POST /hooks//./inbound?x=1"));
+        assert!(cfg.is_exempt("GET /ping?verbose=1"));
+        assert!(
+            !cfg.is_exempt("POST /hooks/../notes"),
+            "a way out of /hooks is not exempt"
+        );
+        assert!(!cfg.is_exempt("POST /hooks/a/../../notes"));
+        assert!(!cfg.is_exempt("GET /ping/../admin"));
+        assert_eq!(normalise_endpoint("POST /a/./b/../c//d/"), "POST /a/c/d/");
+    }
 
     const GOOD: &str = r#"
 [app]

@@ -109,6 +109,42 @@ impl HttpConnector {
         }
     }
 
+    /// Reads a body up to `app.max_response_bytes`, refusing a larger one
+    /// before it is all in memory (a declared length is checked first).
+    async fn read_body(
+        &self,
+        mut response: reqwest::Response,
+        what: &str,
+    ) -> std::result::Result<Vec<u8>, ApiError> {
+        let max = self.config.app.max_response_bytes;
+        let too_large = |n: u64| {
+            ApiError::Permanent(format!(
+                "{what}: the response body is larger than app.max_response_bytes ({max} bytes; at least {n} were sent)"
+            ))
+        };
+        if let Some(n) = response.content_length().filter(|n| *n > max) {
+            return Err(too_large(n));
+        }
+        let mut body = Vec::new();
+        loop {
+            match response.chunk().await {
+                Ok(Some(chunk)) => {
+                    if body.len() as u64 + chunk.len() as u64 > max {
+                        return Err(too_large(body.len() as u64 + chunk.len() as u64));
+                    }
+                    body.extend_from_slice(&chunk);
+                }
+                Ok(None) => return Ok(body),
+                Err(e) => {
+                    return Err(ApiError::Retryable(self.scrub(&format!(
+                        "{what}: response body cut short ({})",
+                        e.without_url()
+                    ))))
+                }
+            }
+        }
+    }
+
     /// Sends, reads the whole body, classifies. `Ok(None)` is a 404 when
     /// `not_found_ok`.
     async fn execute(
@@ -129,12 +165,7 @@ impl HttpConnector {
         })?;
         let status = response.status();
         let headers = response.headers().clone();
-        let bytes = response.bytes().await.map_err(|e| {
-            ApiError::Retryable(self.scrub(&format!(
-                "{what}: response body cut short ({})",
-                e.without_url()
-            )))
-        })?;
+        let bytes = self.read_body(response, what).await?;
         if status == StatusCode::NOT_FOUND && not_found_ok {
             return Ok(None);
         }
@@ -187,13 +218,32 @@ pub fn retry_at(
     now: Timestamp,
     cfg: &super::config::RateLimitConfig,
 ) -> Option<Timestamp> {
+    let hinted = retry_hint(headers, now, cfg)?;
+    // Every form is bounded alike: an API that says "come back in a year"
+    // (or a broken clock behind an HTTP date) holds an org for 7 days at most.
+    let latest = now + Duration::days(MAX_RETRY_AFTER_DAYS);
+    if hinted > latest {
+        tracing::warn!(said = %hinted, clamped_to = %latest, "the API's retry time is more than 7 days away; clamped");
+        return Some(latest);
+    }
+    Some(hinted)
+}
+
+/// The longest the API's own retry hint may hold an org.
+pub const MAX_RETRY_AFTER_DAYS: i64 = 7;
+
+fn retry_hint(
+    headers: &HeaderMap,
+    now: Timestamp,
+    cfg: &super::config::RateLimitConfig,
+) -> Option<Timestamp> {
     if let Some(v) = headers
         .get(reqwest::header::RETRY_AFTER)
         .and_then(|v| v.to_str().ok())
     {
         let v = v.trim();
         if let Ok(secs) = v.parse::<u64>() {
-            return Some(now + Duration::seconds(secs.min(86_400 * 7) as i64));
+            return Some(now + Duration::seconds(secs.min(86_400 * 8) as i64));
         }
         if let Ok(at) = DateTime::parse_from_rfc2822(v) {
             return Some(at.with_timezone(&Utc));
@@ -203,7 +253,7 @@ pub fn retry_at(
     let v: i64 = headers.get(name)?.to_str().ok()?.trim().parse().ok()?;
     match cfg.reset_format {
         ResetFormat::UnixSeconds => DateTime::from_timestamp(v, 0),
-        ResetFormat::Seconds => Some(now + Duration::seconds(v.clamp(0, 86_400 * 7))),
+        ResetFormat::Seconds => Some(now + Duration::seconds(v.clamp(0, 86_400 * 8))),
     }
 }
 

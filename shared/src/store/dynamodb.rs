@@ -27,8 +27,11 @@ use aws_sdk_dynamodb::types::{
 use std::collections::HashMap;
 
 type Item = HashMap<String, AttributeValue>;
-/// Immediate re-tries of unprocessed batch items before the caller retries.
-const BATCH_ROUNDS: usize = 8;
+/// Immediate re-tries of unprocessed batch items (the SDK already retried
+/// throttling with backoff); what is still unprocessed after them fails the
+/// operation as transient, and the job restarts from its checkpoint after a
+/// backoff instead of looping here.
+const BATCH_ROUNDS: usize = 3;
 
 #[derive(Debug, Clone)]
 pub struct DynamoStore {

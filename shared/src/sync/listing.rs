@@ -40,6 +40,15 @@ pub struct ListingCheckpoint {
     /// Claimed foreign keys not yet sent for lookup, per referenced type.
     #[serde(default)]
     pub pending_lookups: std::collections::BTreeMap<String, Vec<String>>,
+    /// Digests of the cursors and next links this run has used: one the API
+    /// hands out again would make the run loop until the budget is gone.
+    #[serde(default)]
+    pub seen_cursors: Vec<String>,
+}
+
+/// A short digest of a cursor, for [`ListingCheckpoint::seen_cursors`].
+fn cursor_digest(cursor: &PageCursor) -> String {
+    crate::store::content_hash(&serde_json::to_value(cursor).unwrap_or_default())
 }
 
 pub async fn run(svc: &Services, job: &JobEnvelope, ctx: &JobContext) -> Outcome {
@@ -104,9 +113,10 @@ pub async fn run(svc: &Services, job: &JobEnvelope, ctx: &JobContext) -> Outcome
         .map(|p| p.saturating_sub(cp.pages).max(1) as u32)
         .unwrap_or(FIRST_RESERVATION);
 
+    let mut pages_here = 0u32;
     let outcome = loop {
         let checkpoint = || serde_json::to_value(&cp).ok();
-        if ctx.near_deadline(svc.clock.now(), svc.deadline_margin) {
+        if pages_here > 0 && ctx.near_deadline(svc.clock.now(), svc.deadline_margin) {
             break Outcome::Restart(Restart {
                 at: svc.clock.now(),
                 reason: "near the Lambda deadline".into(),
@@ -172,6 +182,7 @@ pub async fn run(svc: &Services, job: &JobEnvelope, ctx: &JobContext) -> Outcome
         }
         cp.pending_lookups = pending;
         cp.pages += 1;
+        pages_here += 1;
         cp.records += page.records.len() as u64;
         cp.changed += diff.changes.len() as u64;
         tracing::debug!(
@@ -181,7 +192,24 @@ pub async fn run(svc: &Services, job: &JobEnvelope, ctx: &JobContext) -> Outcome
             "page synced"
         );
         match page.next {
-            Some(next) => cp.cursor = Some(next),
+            Some(next) => {
+                if let Some(current) = &cp.cursor {
+                    let digest = cursor_digest(current);
+                    if !cp.seen_cursors.contains(&digest) {
+                        cp.seen_cursors.push(digest);
+                    }
+                }
+                if matches!(next, PageCursor::Cursor(_) | PageCursor::Url(_))
+                    && (cp.cursor.as_ref() == Some(&next)
+                        || cp.seen_cursors.contains(&cursor_digest(&next)))
+                {
+                    break Outcome::Fail(format!(
+                        "list `{}`: the API returned a next page it already returned in this run ({next:?}) after {} pages; following it would loop until the budget is gone",
+                        payload.record_type, cp.pages
+                    ));
+                }
+                cp.cursor = Some(next)
+            }
             None => {
                 cp.cursor = None;
                 break Outcome::Done;

@@ -110,12 +110,13 @@ pub async fn run(svc: &Services, job: &JobEnvelope, ctx: &JobContext) -> Outcome
         Ok(r) => r,
         Err(e) => return e.into_outcome(serde_json::to_value(&cp).ok()),
     };
+    let mut calls_here = 0u32;
     let outcome = loop {
         let checkpoint = serde_json::to_value(&cp).ok();
         if cp.remaining.is_empty() {
             break Outcome::Done;
         }
-        if ctx.near_deadline(svc.clock.now(), svc.deadline_margin) {
+        if calls_here > 0 && ctx.near_deadline(svc.clock.now(), svc.deadline_margin) {
             break Outcome::Restart(Restart {
                 at: svc.clock.now(),
                 reason: "near the Lambda deadline".into(),
@@ -162,6 +163,7 @@ pub async fn run(svc: &Services, job: &JobEnvelope, ctx: &JobContext) -> Outcome
         }
         cp.remaining.drain(..chunk.len());
         cp.calls += 1;
+        calls_here += 1;
     };
     if let Err(e) = reservation.finish().await {
         tracing::warn!(error = %e, "could not give back the unused reservation");

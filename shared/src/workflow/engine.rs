@@ -607,8 +607,10 @@ impl WorkflowHandler {
             format!(":{}", job.id)
         };
         let save = |cp: &Checkpoint| serde_json::to_value(cp).ok();
+        let mut slices_here = 0u32;
         loop {
-            if ctx.near_deadline(self.svc.clock.now(), self.svc.deadline_margin) {
+            if slices_here > 0 && ctx.near_deadline(self.svc.clock.now(), self.svc.deadline_margin)
+            {
                 return Ok(Outcome::Restart(Restart {
                     at: self.svc.clock.now(),
                     reason: "near the Lambda deadline".into(),
@@ -652,6 +654,7 @@ impl WorkflowHandler {
                 .iter()
                 .map(|i| Ok((self.workflow(&i.workflow)?, i.id.clone())))
                 .collect::<Result<_>>()?;
+            slices_here += 1;
             let loaded = self.load(&job.org, &slice).await?;
             for item in items {
                 let wf = self.workflow(&item.workflow)?;
