@@ -5,7 +5,7 @@
 use metered::job::JobKind;
 use metered_tests::faults::Fault;
 use metered_tests::scenario::{self, Account};
-use metered_tests::sync_world::{Adapter, ORG, ORGS, ORG_B};
+use metered_tests::sync_world::{Adapter, Report, World, ORG, ORGS, ORG_B};
 
 fn assert_whole(accounts: &[Account]) {
     for a in accounts {
@@ -16,6 +16,29 @@ fn assert_whole(accounts: &[Account]) {
         assert_eq!(a.lost(), 0, "nothing lost: {a:?}");
         assert_eq!(a.doubled(), 0, "nothing doubled: {a:?}");
         assert_eq!(a.over_budget(), 0, "within the budget: {a:?}");
+    }
+}
+
+/// Some restart of the drive was for `why`.
+fn assert_restarted_for(report: &Report, why: &str) {
+    assert!(
+        report.restarts.iter().any(|r| r.contains(why)),
+        "no restart for {why:?}: {:?}",
+        report.restarts
+    );
+}
+
+/// Each org's invoices were listed with the minimum of calls: 120 invoices
+/// in pages of 20, and one empty page (page numbers cannot tell the last
+/// full page is the last). No page fetched twice.
+fn assert_invoices_listed_once(w: &World) {
+    let stats = w.sim().stats();
+    for org in ORGS {
+        assert_eq!(
+            stats.calls_of(&w.api_keys[org], "GET /invoices"),
+            7,
+            "{org}"
+        );
     }
 }
 
@@ -35,14 +58,7 @@ async fn two_tenants_with_coinciding_ids_each_get_every_action_once(adapter: Ada
     );
     // The related-customer wait made the `paid` workflow restart with rows
     // already pushed: the rows after it were pushed too.
-    assert!(
-        report
-            .restarts
-            .iter()
-            .any(|r| r.contains("waiting for a related record")),
-        "{:?}",
-        report.restarts
-    );
+    assert_restarted_for(&report, "waiting for a related record");
     // Each org sent its own Idempotency-Keys.
     let stats = w.sim().stats();
     assert_eq!(
@@ -65,24 +81,8 @@ async fn a_transient_quota_error_keeps_the_checkpoint(adapter: Adapter) {
     scenario::start(&w).await;
     let report = w.drive().await;
     assert_eq!(w.faults.fired().len(), 1, "{:?}", w.faults.fired());
-    assert!(
-        report
-            .restarts
-            .iter()
-            .any(|r| r.contains("transient failure")),
-        "{:?}",
-        report.restarts
-    );
-    let stats = w.sim().stats();
-    for org in ORGS {
-        // 120 invoices in pages of 20, and one empty page (page numbers
-        // cannot tell the last full page is the last).
-        assert_eq!(
-            stats.calls_of(&w.api_keys[org], "GET /invoices"),
-            7,
-            "{org}"
-        );
-    }
+    assert_restarted_for(&report, "transient failure");
+    assert_invoices_listed_once(&w);
     assert_whole(&scenario::account(&w).await);
 }
 
@@ -150,22 +150,8 @@ async fn deadlines_inside_jobs_restart_from_the_checkpoint(adapter: Adapter) {
     let w = scenario::world(adapter).await.with_call_time(20, 120);
     scenario::start(&w).await;
     let report = w.drive().await;
-    assert!(
-        report
-            .restarts
-            .iter()
-            .any(|r| r.contains("near the Lambda deadline")),
-        "{:?}",
-        report.restarts
-    );
-    let stats = w.sim().stats();
-    for org in ORGS {
-        assert_eq!(
-            stats.calls_of(&w.api_keys[org], "GET /invoices"),
-            7,
-            "{org}"
-        );
-    }
+    assert_restarted_for(&report, "near the Lambda deadline");
+    assert_invoices_listed_once(&w);
     assert_whole(&scenario::account(&w).await);
 }
 
