@@ -40,6 +40,12 @@ step "build tests"
 if cargo nextest --version >/dev/null 2>&1; then RUNNER=nextest; else RUNNER=cargo-test; fi
 cargo build --workspace --all-targets
 cargo test --workspace --no-run
+# `cargo lambda watch` (cli/tests/lambda_watch.rs) builds each function on
+# its own, with only that package's features, so its dependencies are built
+# apart from the workspace build above. Build them now, while the CPU is
+# free: otherwise the test's first invocation waits for minutes of compiling
+# beside the heavier suites and times out.
+cargo build -p scheduler -p complete-transfer -p workflow -p action-http
 
 if unshare --net true 2>/dev/null; then
   step "tests, in a loopback-only network namespace"
