@@ -107,7 +107,7 @@ pub trait JobHandler: Send + Sync {
 }
 
 /// What the job ledger says about a delivery.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Claim {
     /// Nobody works on this generation: go ahead.
     Granted,

@@ -141,6 +141,16 @@ pub fn ministack_config() -> aws_config::SdkConfig {
     sdk_config(endpoint("METERED_TEST_SQS_URL", "ministack"))
 }
 
+/// Adds the `[workflows.*]` tables of `toml` to an app config (the rest of
+/// a config is filled in only so that it parses).
+pub fn add_workflows(c: &mut metered::connector::config::AppConfig, toml: &str) {
+    let parsed: metered::connector::config::AppConfig = ::toml::from_str(&format!(
+        "[app]\nname='x'\nbase_url='http://x/'\n[app.limits]\nper_day=1\nmax_concurrent=1\n{toml}"
+    ))
+    .expect("workflow toml");
+    c.workflows.extend(parsed.workflows);
+}
+
 /// A running simulator and a connector for it with one org's key.
 pub struct SimFixture {
     pub server: metered_sim::SimServer,

@@ -95,11 +95,7 @@ pub fn configure(c: &mut AppConfig) {
             ..Default::default()
         },
     );
-    let parsed: AppConfig = toml::from_str(&format!(
-        "[app]\nname='x'\nbase_url='http://x/'\n[app.limits]\nper_day=1\nmax_concurrent=1\n{WORKFLOWS}"
-    ))
-    .expect("scenario workflows");
-    c.workflows.extend(parsed.workflows);
+    crate::add_workflows(c, WORKFLOWS);
     for conn in &mut c.connections {
         conn.limits = Some(Limits::new(Some(DAILY_BUDGET), None, None, 3).unwrap());
     }

@@ -20,11 +20,7 @@ fn transfer() -> SyncConfig {
 }
 
 fn workflow(c: &mut AppConfig, toml: &str) {
-    let parsed: AppConfig = toml::from_str(&format!(
-        "[app]\nname='x'\nbase_url='http://x/'\n[app.limits]\nper_day=1\nmax_concurrent=1\n{toml}"
-    ))
-    .expect("workflow toml");
-    c.workflows.extend(parsed.workflows);
+    metered_tests::add_workflows(c, toml);
 }
 
 /// Customers: 10% pass (`score < 10`); each passing one gets a note (HTTP)
