@@ -23,6 +23,11 @@ pub struct Args {
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
+    /// Hostile mode: this percentage of API calls fails (500, 502 and 503
+    /// without Retry-After, bodies that are not JSON, cut short, dropped
+    /// connections). Every record must still arrive; nothing dead-letters.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=50))]
+    fail_percent: u32,
 }
 
 pub async fn run(args: Args) -> Result<(), BoxError> {
@@ -63,6 +68,7 @@ pub async fn run(args: Args) -> Result<(), BoxError> {
         .ok_or("the demo needs the simulator")?
         .sim
         .clone();
+    sim.faults().fail_percent = args.fail_percent;
     let key = System::sim_key(&org);
     let report = system
         .simulate(args.days, |_, r| {
@@ -128,6 +134,7 @@ pub async fn run(args: Args) -> Result<(), BoxError> {
         "actions": {"notes_created": stats.creates_by_idempotency_key.len(), "datasource_pushes": stats.datasource_pushes, "gold_invoices_rows": sim.datasource_rows("gold_invoices").len()},
         "dead_lettered": dead,
         "jobs_waiting": waiting,
+        "api_failures_injected": sim.faults().failed_by_kind.clone(),
         "wall_ms": wall.elapsed().as_millis() as u64,
     });
     if args.json {

@@ -1,5 +1,5 @@
-//! `metered usage`, `metered records`, `metered jobs`: what the local
-//! database (or DynamoDB, for usage) says happened.
+//! `metered usage`, `metered records`, `metered jobs`, `metered quarantine`:
+//! what the local database (or DynamoDB) says happened.
 
 use crate::system::{default_db, load_config, BoxError};
 use metered::job::JobEnvelope;
@@ -50,6 +50,20 @@ pub struct RecordsArgs {
     limit: u32,
     /// Read from this DynamoDB table instead of SQLite (AWS credentials and
     /// region from the environment; AWS_ENDPOINT_URL for DynamoDB Local).
+    #[arg(long)]
+    dynamodb_table: Option<String>,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct QuarantineArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Most entries to list per organization (newest first).
+    #[arg(long, default_value_t = 50)]
+    limit: u32,
+    /// Read from this DynamoDB table instead of SQLite (what the deployed
+    /// functions write; AWS credentials and region from the environment,
+    /// AWS_ENDPOINT_URL for DynamoDB Local).
     #[arg(long)]
     dynamodb_table: Option<String>,
 }
@@ -176,6 +190,50 @@ pub async fn records(args: RecordsArgs) -> Result<(), BoxError> {
     Ok(())
 }
 
+/// Records set aside (no id, too large, missing a field an action needs),
+/// with the reason, per organization.
+pub async fn quarantine(args: QuarantineArgs) -> Result<(), BoxError> {
+    let config = load_config(args.common.config.as_deref())?;
+    let store: Arc<dyn RecordStore> = match &args.dynamodb_table {
+        Some(table) => Arc::new(metered::store::dynamodb::DynamoStore::new(
+            dynamo_table(table).await,
+        )),
+        None => Arc::new(metered::store::sqlite::SqliteStore::new(open_db(
+            &args.common.db,
+        )?)),
+    };
+    let mut all = Vec::new();
+    for org in orgs(&args.common, &config) {
+        let key = QuotaKey::new(&org, &config.app.name);
+        for q in store.quarantined(&key, args.limit).await? {
+            all.push((org.clone(), q));
+        }
+    }
+    if args.common.json {
+        let out: Vec<_> = all
+            .iter()
+            .map(|(org, q)| serde_json::json!({"org": org, "quarantined": q}))
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(());
+    }
+    if all.is_empty() {
+        println!("no quarantined records");
+    }
+    for (org, q) in &all {
+        println!(
+            "  {org:<10} {} {:<28} {:<16} {}\n             {}\n             record: {}",
+            q.at.format("%Y-%m-%d %H:%M"),
+            q.source,
+            q.record_id.as_deref().unwrap_or("(no id)"),
+            q.record_type,
+            q.reason,
+            q.excerpt
+        );
+    }
+    Ok(())
+}
+
 pub async fn jobs(args: Common) -> Result<(), BoxError> {
     let db = open_db(&args.db)?;
     let clock: metered::clock::SharedClock = Arc::new(metered::clock::SystemClock);
@@ -204,6 +262,20 @@ pub async fn jobs(args: Common) -> Result<(), BoxError> {
     }
     if out.is_empty() {
         println!("no jobs waiting and no dead letters");
+    }
+    // Quarantined records are work that will not happen by itself: say so.
+    if let Ok(config) = load_config(args.config.as_deref()) {
+        let store = metered::store::sqlite::SqliteStore::new(db.clone());
+        let mut n = 0;
+        for org in orgs(&args, &config) {
+            n += store
+                .quarantined(&QuotaKey::new(&org, &config.app.name), 1_000)
+                .await?
+                .len();
+        }
+        if n > 0 {
+            println!("{n} record(s) quarantined; see `metered quarantine`");
+        }
     }
     for j in &out {
         println!(

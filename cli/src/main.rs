@@ -45,6 +45,9 @@ enum Command {
     Records(inspect::RecordsArgs),
     /// Jobs waiting (with not_before and why they restarted) and dead letters.
     Jobs(inspect::Common),
+    /// Records set aside instead of failing their page or workflow (no id,
+    /// over 400 KB, missing a field an action needs), with the reason.
+    Quarantine(inspect::QuarantineArgs),
     /// Runs one handler once with a Lambda event JSON (schedule or SQS).
     Invoke(run::InvokeArgs),
     /// Measures the quota, restart, connector and sync paths and prints figures.
@@ -83,6 +86,7 @@ fn main() -> ExitCode {
             Command::Usage(args) => inspect::usage(args).await,
             Command::Records(args) => inspect::records(args).await,
             Command::Jobs(args) => inspect::jobs(args).await,
+            Command::Quarantine(args) => inspect::quarantine(args).await,
             Command::Invoke(args) => run::invoke(args).await,
             Command::Bench(args) => bench::run(args).await,
             Command::LocalInfra(args) => infra::run(args).await,

@@ -178,4 +178,7 @@ impl metered::runtime::JobHandler for Only {
     ) -> metered::job::Outcome {
         self.1.handle(job, ctx).await
     }
+    async fn gave_up(&self, job: &metered::job::JobEnvelope, reason: &str) {
+        self.1.gave_up(job, reason).await
+    }
 }

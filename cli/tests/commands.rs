@@ -99,6 +99,32 @@ fn demo_report_matches_the_apis_own_counters_and_the_database_answers() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// The report, as a user would reproduce it: 10% of API calls fail
+/// (500/502/503 without Retry-After, bodies not JSON or cut short, dropped
+/// connections). Every record still arrives, nothing is dead-lettered, and
+/// the workflow still acts.
+#[test]
+fn a_demo_with_ten_percent_of_calls_failing_loses_nothing() {
+    let dir = tmp("hostile");
+    let r = json(&metered(
+        &["demo", "--days", "1", "--json", "--fail-percent", "10"],
+        &dir,
+    ));
+    let injected: u64 = r["api_failures_injected"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|n| n.as_u64().unwrap())
+        .sum();
+    assert!(injected > 10, "{r}");
+    for (t, rec) in r["records"].as_object().unwrap() {
+        assert_eq!(rec["stored"], rec["in_api"], "{t} fully synced: {r}");
+    }
+    assert_eq!(r["dead_lettered"], 0, "{r}");
+    assert!(r["actions"]["notes_created"].as_u64().unwrap() > 0, "{r}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn bad_configs_and_events_fail_clearly() {
     let dir = tmp("bad");
@@ -219,6 +245,7 @@ fn every_command_has_help() {
         "usage",
         "records",
         "jobs",
+        "quarantine",
         "invoke",
         "bench",
         "quota-demo",

@@ -71,6 +71,15 @@ impl crate::runtime::JobHandler for Dispatch {
             self.actions.handle(job, ctx).await
         }
     }
+    async fn gave_up(&self, job: &crate::job::JobEnvelope, reason: &str) {
+        if self.sync.accepts(job.kind) {
+            self.sync.gave_up(job, reason).await
+        } else if self.workflow.accepts(job.kind) {
+            self.workflow.gave_up(job, reason).await
+        } else {
+            self.actions.gave_up(job, reason).await
+        }
+    }
 }
 
 /// What a run did.

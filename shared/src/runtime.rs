@@ -104,6 +104,10 @@ pub trait JobHandler: Send + Sync {
     fn name(&self) -> &str;
     fn accepts(&self, kind: JobKind) -> bool;
     async fn handle(&self, job: &JobEnvelope, ctx: &JobContext) -> Outcome;
+    /// Called once when the runtime gives up on a job it parsed (it goes to
+    /// the dead-letter queue): the handler records what must not look
+    /// merely unfinished (a sync's failed run). Must not fail.
+    async fn gave_up(&self, _job: &JobEnvelope, _reason: &str) {}
 }
 
 /// What the job ledger says about a delivery.
@@ -296,18 +300,23 @@ impl JobRuntime {
                 tracing::warn!(%reason, "job failed, will be redelivered");
                 Settled::Retry { reason }
             }
-            Outcome::Fail(reason) => self.dead_letter_job(&job, reason).await,
+            Outcome::Fail(reason) => {
+                handler.gave_up(&job, &reason).await;
+                self.dead_letter_job(&job, reason, None).await
+            }
             Outcome::Restart(restart) => {
                 let mut next = job.clone();
                 next.attempts = 0;
-                self.restart(next, restart, now).await
+                self.restart(next, restart, now, handler).await
             }
             Outcome::Transient { reason, checkpoint } => {
                 let attempts = job.attempts.saturating_add(1);
                 if attempts >= self.policy.max_attempts {
                     let reason =
                         format!("gave up after {attempts} attempts in a row; last error: {reason}");
-                    self.dead_letter_job(&job, reason).await
+                    handler.gave_up(&job, &reason).await;
+                    // The copy resumes where the last attempt stopped.
+                    self.dead_letter_job(&job, reason, checkpoint).await
                 } else {
                     let mut next = job.clone();
                     next.attempts = attempts;
@@ -319,7 +328,7 @@ impl JobRuntime {
                         ),
                         checkpoint,
                     };
-                    self.restart(next, restart, now).await
+                    self.restart(next, restart, now, handler).await
                 }
             }
         };
@@ -348,15 +357,29 @@ impl JobRuntime {
     /// the next generation, so a redrive runs it even though the ledger
     /// records this generation as finished (which drops any stray copy), and
     /// no transient attempts, so a redrive starts over.
-    async fn dead_letter_job(&self, job: &JobEnvelope, reason: String) -> Settled {
+    async fn dead_letter_job(
+        &self,
+        job: &JobEnvelope,
+        reason: String,
+        checkpoint: Option<serde_json::Value>,
+    ) -> Settled {
         let mut next = job.clone();
+        if let Some(cp) = checkpoint {
+            next.checkpoint = Some(cp);
+        }
         next.generation += 1;
         next.attempts = 0;
         next.last_reason = Some(reason.clone());
         self.dead_letter(&next.to_body(), reason).await
     }
 
-    async fn restart(&self, job: JobEnvelope, restart: Restart, now: Timestamp) -> Settled {
+    async fn restart<H: JobHandler + ?Sized>(
+        &self,
+        job: JobEnvelope,
+        restart: Restart,
+        now: Timestamp,
+        handler: &H,
+    ) -> Settled {
         let mut next = job;
         if let Some(cp) = restart.checkpoint {
             next.checkpoint = Some(cp);
@@ -366,7 +389,8 @@ impl JobRuntime {
                 "restart cap of {} reached; last restart was for: {}",
                 self.policy.max_restarts, restart.reason
             );
-            return self.dead_letter_job(&next, reason).await;
+            handler.gave_up(&next, &reason).await;
+            return self.dead_letter_job(&next, reason, None).await;
         }
         next.restarts += 1;
         next.generation += 1;

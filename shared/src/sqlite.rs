@@ -56,7 +56,14 @@ CREATE TABLE IF NOT EXISTS sync_state (
     org TEXT NOT NULL, app TEXT NOT NULL, sync TEXT NOT NULL,
     high_water INTEGER, last_started INTEGER, last_completed INTEGER, last_pages INTEGER,
     running_job TEXT, lease_until INTEGER,
+    last_failed INTEGER, last_failure TEXT, api_page_size INTEGER, probed_short_page INTEGER, probed_at INTEGER,
     PRIMARY KEY (org, app, sync)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS quarantine (
+    org TEXT NOT NULL, app TEXT NOT NULL, entry TEXT NOT NULL,
+    source TEXT NOT NULL, record_type TEXT NOT NULL, record_id TEXT,
+    reason TEXT NOT NULL, excerpt TEXT NOT NULL, at INTEGER NOT NULL,
+    PRIMARY KEY (org, app, entry)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS job_claims (
     org TEXT NOT NULL, app TEXT NOT NULL, job_id TEXT NOT NULL,
@@ -148,6 +155,11 @@ fn migrate(conn: &Connection) -> rusqlite::Result<()> {
         ("records", "lookup_claimed_by", "TEXT"),
         ("quota_lease", "cost", "INTEGER NOT NULL DEFAULT 1"),
         ("quota_lease", "valid_until", "INTEGER NOT NULL DEFAULT 0"),
+        ("sync_state", "last_failed", "INTEGER"),
+        ("sync_state", "last_failure", "TEXT"),
+        ("sync_state", "api_page_size", "INTEGER"),
+        ("sync_state", "probed_short_page", "INTEGER"),
+        ("sync_state", "probed_at", "INTEGER"),
     ] {
         let present = conn
             .prepare(&format!(

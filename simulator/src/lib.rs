@@ -109,6 +109,16 @@ impl Sim {
         self.inner.insert(record_type, n)
     }
 
+    /// Removes `field` from record `id` of `record_type`.
+    pub fn remove_field(&self, record_type: &str, id: &str, field: &str) {
+        self.inner.remove_field(record_type, id, field)
+    }
+
+    /// Adds a record exactly as given (no id, over 400 KB, …): hostile data.
+    pub fn insert_raw(&self, record_type: &str, record: serde_json::Value) {
+        self.inner.insert_raw(record_type, record)
+    }
+
     /// The current records of a type (what a complete transfer should find).
     pub fn records(&self, record_type: &str) -> Vec<serde_json::Value> {
         self.inner.records(record_type)

@@ -52,7 +52,23 @@ pub struct Faults {
     pub repeat_next: bool,
     /// The next response carries this many bytes of padding.
     pub next_huge_body: Option<usize>,
+    /// Hostile mode: this percentage of counted calls fails, each with one
+    /// of 500, 502 and 503 (no `Retry-After`), a body that is not JSON, a
+    /// body cut short, or a dropped connection; chosen by a seeded
+    /// generator, so a run is repeatable.
+    pub fail_percent: u32,
+    /// The next N responses send their headers at once, then drip the body
+    /// a few bytes every 100 ms for 2 s (a stalled proxy).
+    pub next_slow_drip: u32,
+    /// Calls that failed by `fail_percent`, per failure kind.
+    pub failed_by_kind: BTreeMap<&'static str, u64>,
+    /// The next N calls to an endpoint (`GET /customers`, as in
+    /// [`Stats::calls_by_endpoint`]) answer with a body that is not JSON.
+    pub malformed_on: BTreeMap<String, u32>,
 }
+
+/// The failures hostile mode picks from.
+const HOSTILE_KINDS: [&str; 6] = ["500", "502", "503", "malformed", "truncated", "dropped"];
 
 fn take(n: &mut u32) -> bool {
     if *n > 0 {
@@ -218,6 +234,28 @@ impl State {
         }
         records.sort_by(|a, b| a["id"].as_str().cmp(&b["id"].as_str()));
         ids
+    }
+
+    /// Removes `field` from record `id` (hostile data: a field a template
+    /// needs goes missing).
+    pub(crate) fn remove_field(&self, record_type: &str, id: &str, field: &str) {
+        let mut data = lock(&self.data);
+        if let Some(r) = data
+            .types
+            .get_mut(record_type)
+            .and_then(|rs| rs.iter_mut().find(|r| r["id"] == id))
+        {
+            r.as_object_mut().map(|o| o.remove(field));
+        }
+    }
+
+    /// Adds a record exactly as given (no id, huge, …): hostile data.
+    pub(crate) fn insert_raw(&self, record_type: &str, record: Value) {
+        let mut data = lock(&self.data);
+        if let Some(records) = data.types.get_mut(record_type) {
+            records.push(record);
+            records.sort_by(|a, b| a["id"].as_str().cmp(&b["id"].as_str()));
+        }
     }
 
     pub(crate) fn records(&self, record_type: &str) -> Vec<Value> {
@@ -456,6 +494,33 @@ async fn handle(
     // Faults that replace a served response (the call still counted).
     {
         let mut f = lock(&state.faults);
+        let hostile = if f.fail_percent > 0 {
+            let mut rng = lock(&state.rng);
+            (rng.below(100) < f.fail_percent as usize)
+                .then(|| HOSTILE_KINDS[rng.below(HOSTILE_KINDS.len())])
+        } else {
+            None
+        };
+        if let Some(kind) = hostile {
+            *f.failed_by_kind.entry(kind).or_default() += 1;
+            match kind {
+                "500" => f.next_5xx += 1,
+                "502" => {
+                    return (StatusCode::BAD_GATEWAY, "<html>Bad Gateway</html>").into_response()
+                }
+                "503" => {
+                    return (StatusCode::SERVICE_UNAVAILABLE, "try later").into_response();
+                }
+                "malformed" => f.next_malformed_json += 1,
+                "truncated" => f.next_truncated_body += 1,
+                _ => f.next_dropped_connection += 1,
+            }
+        }
+        if let Some(n) = f.malformed_on.get_mut(&endpoint) {
+            if take(n) {
+                f.next_malformed_json += 1;
+            }
+        }
         if take(&mut f.next_5xx) {
             return json_response(
                 StatusCode::BAD_GATEWAY,
@@ -514,6 +579,21 @@ async fn handle(
             ]);
             return Response::builder()
                 .status(200)
+                .body(Body::from_stream(stream))
+                .unwrap_or_default();
+        }
+        if take(&mut f.next_slow_drip) {
+            let stream = futures::stream::unfold(0u32, |i| async move {
+                if i >= 20 {
+                    return None;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                let chunk = if i == 0 { "{\"data\": [" } else { " " };
+                Some((Ok::<_, std::io::Error>(Bytes::from(chunk)), i + 1))
+            });
+            return Response::builder()
+                .status(200)
+                .header("content-type", "application/json")
                 .body(Body::from_stream(stream))
                 .unwrap_or_default();
         }

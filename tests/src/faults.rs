@@ -19,7 +19,7 @@ use metered::connector::Record;
 use metered::job::JobKind;
 use metered::quota::{Acquire, Grant, Limits, QuotaKey, QuotaState, QuotaStore, UsageEntry};
 use metered::runtime::{Claim, JobLedger};
-use metered::store::{PageDiff, RecordStore, StoredRecord, SyncFinish, SyncState};
+use metered::store::{PageDiff, Quarantined, RecordStore, StoredRecord, SyncFinish, SyncState};
 use metered::workflow::{ActionBegin, ActionLedger};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -249,6 +249,13 @@ impl<S: RecordStore + 'static> RecordStore for FaultyStore<S> {
     ) -> metered::Result<bool> {
         self.faults.check("store.finish_sync")?;
         self.inner.finish_sync(key, sync, job, update).await
+    }
+    async fn quarantine(&self, key: &QuotaKey, items: &[Quarantined]) -> metered::Result<()> {
+        self.faults.check("store.quarantine")?;
+        self.inner.quarantine(key, items).await
+    }
+    async fn quarantined(&self, key: &QuotaKey, limit: u32) -> metered::Result<Vec<Quarantined>> {
+        self.inner.quarantined(key, limit).await
     }
 }
 

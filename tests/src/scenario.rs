@@ -137,6 +137,33 @@ async fn build(
 }
 
 /// Starts both orgs' invoice transfers.
+/// Hostile data for the scenario: an invoice without an id, one over the
+/// store's 400 KB item limit, and a VIP customer without the `name` the
+/// `vip` workflow's HTTP body needs. Each must be quarantined (per org) and
+/// everything else synced and acted on.
+pub fn add_bad_records(w: &World) {
+    let sim = w.sim();
+    let mut template = sim.records("invoices")[0].clone();
+    template["status"] = serde_json::json!("open");
+    let mut no_id = template.clone();
+    no_id.as_object_mut().map(|o| o.remove("id"));
+    sim.insert_raw("invoices", no_id);
+    let mut huge = template;
+    huge["id"] = serde_json::json!("inv_huge");
+    huge["notes"] = serde_json::json!("n".repeat(410 * 1024));
+    sim.insert_raw("invoices", huge);
+    let invoices = sim.records("invoices");
+    let customers = sim.records("customers");
+    let vip = customers
+        .iter()
+        .filter(|c| c["score"].as_u64().is_some_and(|s| s < 30))
+        .filter_map(|c| c["id"].as_str())
+        .find(|id| invoices.iter().any(|i| i["customer_id"] == *id))
+        .expect("a referenced VIP customer")
+        .to_string();
+    sim.remove_field("customers", &vip, "name");
+}
+
 pub async fn start(w: &World) {
     for org in ORGS {
         w.start_for(org, JobKind::CompleteTransfer, "invoices")
@@ -158,6 +185,10 @@ pub struct Account {
     /// Most calls served in one UTC day, and the budget.
     pub max_calls_a_day: u64,
     pub budget: u32,
+    /// Records that cannot be stored or acted on, and how many of them the
+    /// quarantine listing of the org shows.
+    pub quarantine_due: usize,
+    pub quarantined: usize,
 }
 
 impl Account {
@@ -165,6 +196,7 @@ impl Account {
         (self.records_due - self.records_stored.min(self.records_due))
             + (self.actions_due - self.performed_once.min(self.actions_due))
             + (self.rows_due - self.rows_pushed.min(self.rows_due))
+            + (self.quarantine_due - self.quarantined.min(self.quarantine_due))
     }
     pub fn doubled(&self) -> usize {
         self.performed_twice
@@ -177,28 +209,57 @@ impl Account {
 /// What each org got, read from the simulator (what the API saw and keeps)
 /// and the store (what metered recorded).
 pub async fn account(w: &World) -> Vec<Account> {
-    let invoices = w.sim().records("invoices");
+    let all_invoices = w.sim().records("invoices");
+    // What the store can keep; the rest is due in the quarantine.
+    let storable = |r: &serde_json::Value| {
+        r["id"].as_str().is_some() && r.to_string().len() <= metered::store::MAX_RECORD_BYTES
+    };
+    let invoices: Vec<serde_json::Value> = all_invoices
+        .iter()
+        .filter(|r| storable(r))
+        .cloned()
+        .collect();
+    let bad_invoices = all_invoices.len() - invoices.len();
     let customers: BTreeMap<String, serde_json::Value> = w
         .sim()
         .records("customers")
         .into_iter()
-        .map(|c| (c["id"].as_str().unwrap().to_string(), c))
+        .filter_map(|c| Some((c["id"].as_str()?.to_string(), c)))
         .collect();
     let referenced: BTreeSet<String> = invoices
         .iter()
         .filter_map(|i| i["customer_id"].as_str().map(str::to_string))
         .collect();
-    let vips: BTreeSet<String> = referenced
+    let all_vips: BTreeSet<String> = referenced
         .iter()
         .filter(|id| customers[*id]["score"].as_u64().unwrap() < 30)
         .cloned()
         .collect();
+    // A VIP without a name cannot fill the note's body: quarantined.
+    let vips: BTreeSet<String> = all_vips
+        .iter()
+        .filter(|id| customers[*id].get("name").is_some())
+        .cloned()
+        .collect();
+    let quarantine_due = bad_invoices + (all_vips.len() - vips.len());
     let paid_on = w.svc.config.workflows.contains_key("paid");
+    let named = |i: &serde_json::Value| {
+        i["customer_id"]
+            .as_str()
+            .and_then(|c| customers.get(c))
+            .is_some_and(|c| c.get("name").is_some())
+    };
     let paid: BTreeSet<String> = invoices
         .iter()
-        .filter(|i| paid_on && i["status"] == "paid")
+        .filter(|i| paid_on && i["status"] == "paid" && named(i))
         .map(|i| i["id"].as_str().unwrap().to_string())
         .collect();
+    // A paid invoice whose customer has no name cannot fill its row.
+    let quarantine_due = quarantine_due
+        + invoices
+            .iter()
+            .filter(|i| paid_on && i["status"] == "paid" && !named(i))
+            .count();
     let stats = w.sim().stats();
     let mut out = Vec::new();
     for org in ORGS {
@@ -254,6 +315,8 @@ pub async fn account(w: &World) -> Vec<Account> {
                 .max()
                 .unwrap_or(0),
             budget: DAILY_BUDGET,
+            quarantine_due,
+            quarantined: w.store.quarantined(&scope, 1_000).await.unwrap().len(),
         });
     }
     out

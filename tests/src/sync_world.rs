@@ -25,7 +25,7 @@ use crate::{dynamo_table, sim_fixture_with, sqs_queue, SimFixture};
 use async_trait::async_trait;
 use metered::clock::{ManualClock, SharedClock, Timestamp};
 use metered::connector::config::AppConfig;
-use metered::connector::{ApiError, Connector, ListRequest, Page, Record, SendRequest};
+use metered::connector::{ApiError, Connector, ListRequest, Page, SendRequest};
 use metered::job::{JobEnvelope, JobKind};
 use metered::queue::{sqlite::SqliteQueue, DeadLetter, Delivery, JobQueue, Queues};
 use metered::quota::{Quota, QuotaStore};
@@ -136,7 +136,7 @@ impl Connector for Ticking {
         self.tick();
         self.inner.list(req).await
     }
-    async fn lookup(&self, rt: &str, ids: &[String]) -> Result<Vec<Record>, ApiError> {
+    async fn lookup(&self, rt: &str, ids: &[String]) -> Result<Page, ApiError> {
         self.tick();
         self.inner.lookup(rt, ids).await
     }

@@ -94,7 +94,11 @@ proptest! {
         for name in ["customers", "invoices", "classes", "checkins"] {
             let rt = app.record_type(name).unwrap();
             match metered::connector::http::extract_records(name, rt, &body) {
-                Ok(records) => prop_assert!(records.iter().all(|r| !r.id.is_empty())),
+                Ok(page) => {
+                    let named = format!("`{name}`");
+                    prop_assert!(page.records.iter().all(|r| !r.id.is_empty()));
+                    prop_assert!(page.unreadable.iter().all(|u| u.reason.contains(&named)));
+                }
                 Err(e) => prop_assert!(e.to_string().contains(&format!("`{name}`")), "{}", e),
             }
         }

@@ -150,6 +150,7 @@ async fn modified_since_and_until_windows() {
         cursor: None,
         modified_since: Some(since),
         modified_until: until,
+        page_size: None,
     };
     let page = fx
         .connector
@@ -218,7 +219,13 @@ async fn bulk_lookups_split_at_the_maximum_ids_per_call() {
     assert_eq!(max, 50);
     let mut found = Vec::new();
     for chunk in ids.chunks(max) {
-        found.extend(fx.connector.lookup("customers", chunk).await.unwrap());
+        found.extend(
+            fx.connector
+                .lookup("customers", chunk)
+                .await
+                .unwrap()
+                .records,
+        );
     }
     assert_eq!(found.len(), 120);
     assert_eq!(
@@ -229,7 +236,12 @@ async fn bulk_lookups_split_at_the_maximum_ids_per_call() {
     // Repeated-parameter style.
     let inv: Vec<String> = (0..50).map(|i| format!("inv_{i:06}")).collect();
     assert_eq!(
-        fx.connector.lookup("invoices", &inv).await.unwrap().len(),
+        fx.connector
+            .lookup("invoices", &inv)
+            .await
+            .unwrap()
+            .records
+            .len(),
         50
     );
     // One id per call where there is no bulk endpoint; 404 is "not there".
@@ -239,12 +251,13 @@ async fn bulk_lookups_split_at_the_maximum_ids_per_call() {
         .lookup("classes", &["cls_001".to_string()])
         .await
         .unwrap();
-    assert_eq!(one.len(), 1);
+    assert_eq!(one.records.len(), 1);
     assert!(fx
         .connector
         .lookup("classes", &["cls_999".to_string()])
         .await
         .unwrap()
+        .records
         .is_empty());
     assert_eq!(fx.sim().stats().calls("GET /classes/{id}"), 2);
 }
@@ -319,11 +332,18 @@ async fn response_classes_map_to_outcomes() {
         "dropped connection"
     );
 
+    // Items without an id do not fail the page: they come back unreadable,
+    // named, for the caller to quarantine.
     fx.sim().faults().next_missing_ids = 1;
-    let err = list().await.unwrap_err();
+    let page = list().await.unwrap();
+    assert!(page.records.is_empty() && !page.unreadable.is_empty());
     assert!(
-        matches!(&err, ApiError::Permanent(m) if m.contains("record type `customers`") && m.contains("no id at \"/id\"")),
-        "{err}"
+        page.unreadable[0]
+            .reason
+            .contains("record type `customers`")
+            && page.unreadable[0].reason.contains("no id at \"/id\""),
+        "{:?}",
+        page.unreadable[0]
     );
 
     fx.sim().faults().next_400_echo_auth = 1;
@@ -404,6 +424,15 @@ async fn timeouts_and_refused_connections_are_retryable() {
     assert!(
         matches!(&err, ApiError::Retryable(m) if m.contains("timed out")),
         "{err}"
+    );
+    // Headers at once, then a body that drips for 2 s: the request's
+    // deadline covers the body too.
+    fx.sim().faults().latency_ms = 0;
+    fx.sim().faults().next_slow_drip = 1;
+    let err = fx.connector.list(&customers()).await.unwrap_err();
+    assert!(
+        matches!(&err, ApiError::Retryable(m) if m.contains("timed out") || m.contains("cut short") || m.contains("in transit")),
+        "slow drip: {err}"
     );
     // Nothing listens on the discard port.
     let mut app = (*fx.config).clone();

@@ -28,6 +28,12 @@ enum Inject {
     /// DynamoDB applies these UpdateItems twice (their responses are lost
     /// and the SDK sends them again). AWS adapter set only.
     UpdateItemTwice(&'static [u32]),
+    /// Hostile mode: this percentage of all API calls fails (500, 502 and
+    /// 503 without Retry-After, bodies not JSON, cut short, dropped).
+    ApiFailing(u32),
+    /// An invoice without an id, one over 400 KB, a VIP without the name
+    /// its action needs ([`scenario::add_bad_records`]).
+    BadRecords,
 }
 
 const RETRYABLE: Fault = Fault::Fail { retryable: true };
@@ -120,6 +126,11 @@ const CASES: &[(&str, Inject)] = &[
         "DynamoDB writes applied twice",
         Inject::UpdateItemTwice(&[3, 40, 90, 150]),
     ),
+    ("10% of API calls fail", Inject::ApiFailing(10)),
+    (
+        "records without id, over 400 KB, missing a field",
+        Inject::BadRecords,
+    ),
 ];
 
 struct Row {
@@ -149,6 +160,8 @@ async fn run_case(adapter: Adapter, name: &str, inject: Inject) -> Option<Row> {
             f.next_429 = n;
             f.burst_retry_after_secs = 60;
         }
+        Inject::ApiFailing(percent) => w.sim().faults().fail_percent = percent,
+        Inject::BadRecords => scenario::add_bad_records(&w),
         Inject::None | Inject::UpdateItemTwice(_) => {}
     }
     scenario::start(&w).await;
@@ -170,19 +183,28 @@ async fn run_case(adapter: Adapter, name: &str, inject: Inject) -> Option<Row> {
             let f = w.sim().faults();
             f.next_5xx == 0 && f.next_429 == 0
         }
-        Inject::None => true,
+        Inject::ApiFailing(_) => !w.sim().faults().failed_by_kind.is_empty(),
+        Inject::BadRecords | Inject::None => true,
     };
     let lost: usize = accounts.iter().map(|a| a.lost()).sum();
     let doubled: usize = accounts.iter().map(|a| a.doubled()).sum();
     let over: u64 = accounts.iter().map(|a| a.over_budget()).sum();
     let explained = dead.iter().all(|d| d.contains("injected"));
-    let ok = fired && doubled == 0 && over == 0 && explained && (lost == 0 || !dead.is_empty());
+    // Hostile APIs and data must cost nothing: no loss and no dead letter.
+    let must_finish = matches!(inject, Inject::ApiFailing(_) | Inject::BadRecords);
+    let ok = fired
+        && doubled == 0
+        && over == 0
+        && explained
+        && (lost == 0 || (!dead.is_empty() && !must_finish))
+        && (dead.is_empty() || !must_finish);
     let per = |f: &dyn Fn(&scenario::Account) -> String| {
         accounts.iter().map(f).collect::<Vec<_>>().join(" ")
     };
     let text = format!(
-        "| {name} | {adapter} | {} | {} | {} | {} | {} | {} | {} | {} |{}",
+        "| {name} | {adapter} | {} | {} | {} | {} | {} | {} | {} | {} | {} |{}",
         per(&|a| format!("{}/{}", a.records_stored, a.records_due)),
+        per(&|a| format!("{}/{}", a.quarantined, a.quarantine_due)),
         per(&|a| format!(
             "{}/{}/{}",
             a.performed_once, a.actions_due, a.performed_twice
@@ -209,9 +231,9 @@ async fn matrix(adapter: Adapter) {
         .collect()
         .await;
     println!(
-        "| case | adapters | records stored/due (A B) | actions once/due/twice (A B) | rows pushed/due (A B) | max calls a day/budget (A B) | lost | doubled | crashes | restarts | dead letters |"
+        "| case | adapters | records stored/due (A B) | quarantined/due (A B) | actions once/due/twice (A B) | rows pushed/due (A B) | max calls a day/budget (A B) | lost | doubled | crashes | restarts | dead letters |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
     let mut failed = Vec::new();
     for row in rows.into_iter().flatten() {
         println!("{}", row.text);

@@ -3,9 +3,11 @@
 //! with two orgs connected.
 
 use metered::job::JobKind;
-use metered::sync::settings::{CompleteTransferSettings, SyncConfig};
+use metered::sync::settings::{
+    CompleteTransferSettings, LookupPolicy, PkLookupSettings, StormGuard, SyncConfig,
+};
 use metered_sim::SimConfig;
-use metered_tests::sync_world::{Adapter, World};
+use metered_tests::sync_world::{Adapter, World, ORGS};
 
 fn transfer_of(c: &mut metered::connector::config::AppConfig, record_type: &str) {
     c.syncs.insert(
@@ -117,7 +119,237 @@ async fn a_persistently_broken_api_is_given_up_on_after_five_attempts(adapter: A
     assert_eq!(w.sim().stats().calls("GET /invoices"), 5);
 }
 
+/// An API that serves 50 records a page when asked for 200: a page/offset
+/// transfer must not end after page 1. The short first page costs one look
+/// at page 2; finding records there, the transfer learns the API's page
+/// size, warns, and goes on: ceil(180 / 50) = 4 calls per org, not 1 (all
+/// records) and not 5. The next run knows the size and needs no probe.
+async fn an_api_that_caps_its_page_size_is_found_out_once(adapter: Adapter) {
+    let w = World::new(
+        adapter,
+        SimConfig {
+            invoices: 180,
+            max_page_size: 50,
+            ..Default::default()
+        },
+        |c| transfer_of(c, "invoices"),
+    )
+    .await;
+    for org in ORGS {
+        w.start_for(org, JobKind::CompleteTransfer, "invoices")
+            .await;
+    }
+    w.drive().await;
+    let stats = w.sim().stats();
+    for org in ORGS {
+        let scope = w.svc.key(org);
+        assert_eq!(
+            w.store.count(&scope, "invoices").await.unwrap(),
+            180,
+            "{org}"
+        );
+        assert_eq!(
+            stats.calls_of(&w.api_keys[org], "GET /invoices"),
+            4,
+            "{org}"
+        );
+        let state = w
+            .store
+            .sync_state(&scope, "complete-transfer:invoices")
+            .await
+            .unwrap();
+        assert_eq!(state.api_page_size, Some(50), "{org}: {state:?}");
+    }
+    // A day later: the learned size is used from the first page on.
+    w.sim().reset_stats();
+    w.clock.advance(chrono::Duration::days(1));
+    w.start_for(ORGS[0], JobKind::CompleteTransfer, "invoices")
+        .await;
+    w.drive().await;
+    assert_eq!(w.sim().stats().calls("GET /invoices"), 4);
+}
+
+/// A listing shorter than one page costs one extra call the first time
+/// (the probe finds page 2 empty) and none after: the short length is
+/// remembered.
+async fn a_short_listing_is_probed_once(adapter: Adapter) {
+    let w = World::new(
+        adapter,
+        SimConfig {
+            invoices: 30,
+            ..Default::default()
+        },
+        |c| transfer_of(c, "invoices"),
+    )
+    .await;
+    w.start(JobKind::CompleteTransfer, "invoices").await;
+    w.drive().await;
+    assert_eq!(
+        w.sim().stats().calls("GET /invoices"),
+        2,
+        "page 1 and the probe"
+    );
+    assert_eq!(w.store.count(&w.key(), "invoices").await.unwrap(), 30);
+    w.sim().reset_stats();
+    w.clock.advance(chrono::Duration::days(1));
+    w.start(JobKind::CompleteTransfer, "invoices").await;
+    w.drive().await;
+    assert_eq!(w.sim().stats().calls("GET /invoices"), 1, "no second probe");
+}
+
+/// The storm guard backs off: the customers transfer that lookups wait for
+/// fails (its list endpoint answers garbage five times in a row). It is
+/// given up on once, its failure recorded, and not started again on every
+/// lookup wake-up; the lookups fall back to bulk lookups and every
+/// referenced customer is stored, for both orgs.
+async fn a_failed_first_transfer_is_not_restarted_by_every_lookup(adapter: Adapter) {
+    let w = World::new(
+        adapter,
+        SimConfig {
+            customers: 450,
+            invoices: 300,
+            ..Default::default()
+        },
+        |c| {
+            transfer_of(c, "invoices");
+            c.syncs.insert(
+                "customers".into(),
+                SyncConfig {
+                    complete_transfer: Some(CompleteTransferSettings {
+                        every: std::time::Duration::from_secs(86_400),
+                    }),
+                    pk_lookup: PkLookupSettings {
+                        enabled: true,
+                        policy: LookupPolicy::UnseenOnly,
+                        max_keys_per_call: Some(50),
+                        storm_guard: StormGuard::TransferFirst,
+                        min_relookup: std::time::Duration::from_secs(86_400),
+                        ..Default::default()
+                    },
+                    ..Default::default()
+                },
+            );
+        },
+    )
+    .await;
+    // Both orgs' customer transfers answer garbage until given up on.
+    w.sim()
+        .faults()
+        .malformed_on
+        .insert("GET /customers".into(), 2 * 5);
+    for org in ORGS {
+        w.start_for(org, JobKind::CompleteTransfer, "invoices")
+            .await;
+    }
+    let report = w.drive_report().await;
+    let stats = w.sim().stats();
+    let referenced: std::collections::BTreeSet<String> = w
+        .sim()
+        .records("invoices")
+        .iter()
+        .filter_map(|i| i["customer_id"].as_str().map(str::to_string))
+        .collect();
+    assert_eq!(
+        report.dead.len(),
+        2,
+        "one failed transfer per org: {report:?}"
+    );
+    for org in ORGS {
+        let key = &w.api_keys[org];
+        assert_eq!(
+            stats.calls_of(key, "GET /customers"),
+            5,
+            "{org}: the failed transfer was started once, not on every wake-up"
+        );
+        assert!(stats.calls_of(key, "GET /customers (by ids)") > 0, "{org}");
+        let scope = w.svc.key(org);
+        let stored = w
+            .store
+            .get(
+                &scope,
+                "customers",
+                &referenced.iter().cloned().collect::<Vec<_>>(),
+            )
+            .await
+            .unwrap()
+            .iter()
+            .filter(|r| r.seen())
+            .count();
+        assert_eq!(stored, referenced.len(), "{org}: every referenced customer");
+        let state = w
+            .store
+            .sync_state(&scope, "complete-transfer:customers")
+            .await
+            .unwrap();
+        assert!(state.last_failed.is_some(), "{org}: {state:?}");
+        assert!(
+            state
+                .last_failure
+                .as_deref()
+                .is_some_and(|f| f.contains("gave up after 5 attempts")),
+            "{org}: {state:?}"
+        );
+    }
+}
+
+/// Records the store cannot keep are quarantined with their reason, listed
+/// per org, and every other record of the page is stored: both orgs, the
+/// same bad records.
+async fn bad_records_are_quarantined_and_the_rest_stored(adapter: Adapter) {
+    let w = World::new(
+        adapter,
+        SimConfig {
+            invoices: 450,
+            ..Default::default()
+        },
+        |c| transfer_of(c, "invoices"),
+    )
+    .await;
+    let mut template = w.sim().records("invoices")[0].clone();
+    let mut no_id = template.clone();
+    no_id.as_object_mut().map(|o| o.remove("id"));
+    w.sim().insert_raw("invoices", no_id);
+    template["id"] = serde_json::json!("inv_huge");
+    template["notes"] = serde_json::json!("n".repeat(410 * 1024));
+    w.sim().insert_raw("invoices", template);
+    for org in ORGS {
+        w.start_for(org, JobKind::CompleteTransfer, "invoices")
+            .await;
+    }
+    w.drive().await;
+    for org in ORGS {
+        let scope = w.svc.key(org);
+        assert_eq!(
+            w.store.count(&scope, "invoices").await.unwrap(),
+            450,
+            "{org}"
+        );
+        let q = w.store.quarantined(&scope, 10).await.unwrap();
+        assert_eq!(q.len(), 2, "{org}: {q:?}");
+        assert!(
+            q.iter()
+                .any(|e| e.record_id.is_none() && e.reason.contains("no id")),
+            "{q:?}"
+        );
+        assert!(
+            q.iter().any(|e| e.record_id.as_deref() == Some("inv_huge")
+                && e.reason.contains("400 KB")
+                && e.excerpt.len() < 1_000),
+            "{q:?}"
+        );
+        // 452 items at 200 a page: 3 calls.
+        assert_eq!(
+            w.sim().stats().calls_of(&w.api_keys[org], "GET /invoices"),
+            3
+        );
+    }
+}
+
 metered_tests::on_both!(
+    an_api_that_caps_its_page_size_is_found_out_once,
+    a_short_listing_is_probed_once,
+    a_failed_first_transfer_is_not_restarted_by_every_lookup,
+    bad_records_are_quarantined_and_the_rest_stored,
     a_repeating_cursor_or_next_link_fails_instead_of_looping,
     broken_bodies_are_retried_from_the_checkpoint,
     a_persistently_broken_api_is_given_up_on_after_five_attempts,

@@ -5,9 +5,10 @@
 //! Responses are classified here and nowhere else:
 //! 2xx → records; 429, or 503 with `Retry-After` (seconds or HTTP date) or
 //! the configured reset header → [`ApiError::RateLimited`]; other 5xx,
-//! timeouts and broken connections → retryable; other 4xx, invalid JSON, a
-//! missing records array or a record without an id → permanent, naming the
-//! status, pointer and record type. Error texts are bounded and scrubbed of
+//! timeouts, broken connections and 2xx bodies that are not JSON →
+//! retryable; other 4xx and a missing records array → permanent, naming the
+//! status, pointer and record type. An item without an id is handed back as
+//! unreadable (the caller quarantines it) so it never fails its page. Error texts are bounded and scrubbed of
 //! the credential.
 
 use super::config::{
@@ -15,7 +16,7 @@ use super::config::{
     Timeouts,
 };
 use super::secrets::Secret;
-use super::{ApiError, Connector, ListRequest, Page, PageCursor, Record, SendRequest};
+use super::{ApiError, Connector, ListRequest, Page, PageCursor, Record, SendRequest, Unreadable};
 use crate::clock::{SharedClock, Timestamp};
 use crate::error::{Error, Result};
 use async_trait::async_trait;
@@ -320,12 +321,14 @@ fn id_string(v: &Value) -> Option<String> {
 }
 
 /// Reads the records of a response, naming the pointer and record type
-/// when the response does not hold what the config says.
+/// when the response does not hold what the config says. An item without
+/// an id is returned as unreadable (to be quarantined), not an error: one
+/// bad record must not fail its page.
 pub fn extract_records(
     name: &str,
     rt: &RecordTypeConfig,
     body: &Value,
-) -> std::result::Result<Vec<Record>, ApiError> {
+) -> std::result::Result<Page, ApiError> {
     extract_at(name, rt, &rt.records_pointer, body)
 }
 
@@ -334,7 +337,7 @@ fn extract_at(
     rt: &RecordTypeConfig,
     pointer: &str,
     body: &Value,
-) -> std::result::Result<Vec<Record>, ApiError> {
+) -> std::result::Result<Page, ApiError> {
     let found = if pointer.is_empty() {
         Some(body)
     } else {
@@ -349,31 +352,30 @@ fn extract_at(
             )))
         }
     };
-    items
-        .into_iter()
-        .enumerate()
-        .map(|(i, item)| {
-            let id = item
-                .pointer(&rt.id_pointer)
-                .and_then(id_string)
-                .ok_or_else(|| {
-                    ApiError::Permanent(format!(
-                        "record type `{name}`: record #{i} has no id at {:?}",
-                        rt.id_pointer
-                    ))
-                })?;
-            let updated_at = rt
-                .updated_at_pointer
-                .as_deref()
-                .and_then(|p| item.pointer(p))
-                .and_then(|v| parse_time(v, rt.time_format));
-            Ok(Record {
-                id,
-                updated_at,
+    let mut page = Page::default();
+    for (i, item) in items.into_iter().enumerate() {
+        let Some(id) = item.pointer(&rt.id_pointer).and_then(id_string) else {
+            page.unreadable.push(Unreadable {
+                reason: format!(
+                    "record type `{name}`: record #{i} of the response has no id at {:?}",
+                    rt.id_pointer
+                ),
                 data: item.clone(),
-            })
-        })
-        .collect()
+            });
+            continue;
+        };
+        let updated_at = rt
+            .updated_at_pointer
+            .as_deref()
+            .and_then(|p| item.pointer(p))
+            .and_then(|v| parse_time(v, rt.time_format));
+        page.records.push(Record {
+            id,
+            updated_at,
+            data: item.clone(),
+        });
+    }
+    Ok(page)
 }
 
 #[async_trait]
@@ -469,8 +471,9 @@ impl Connector for HttpConnector {
             .execute(self.request(Method::GET, url), &what, false)
             .await?
             .unwrap_or_else(|| (HeaderMap::new(), Value::Null));
-        let records = extract_records(&req.record_type, rt, &body)?;
-        let full = records.len() as u64 >= u64::from(size);
+        let mut page = extract_records(&req.record_type, rt, &body)?;
+        let served = page.served() as u64;
+        let full = served >= u64::from(req.page_size.unwrap_or(size).max(1));
         let next = match &rt.pagination {
             Pagination::Cursor {
                 next_pointer: Some(p),
@@ -497,7 +500,7 @@ impl Connector for HttpConnector {
                     Some(PageCursor::Offset(o)) => *o,
                     _ => 0,
                 };
-                PageCursor::Offset(current + records.len() as u64)
+                PageCursor::Offset(current + served)
             }),
             Pagination::LinkHeader => headers
                 .get_all(reqwest::header::LINK)
@@ -509,18 +512,19 @@ impl Connector for HttpConnector {
                 .map(|u| PageCursor::Url(u.to_string())),
             Pagination::None => None,
         };
-        Ok(Page { records, next })
+        page.next = next;
+        Ok(page)
     }
 
     async fn lookup(
         &self,
         record_type: &str,
         ids: &[String],
-    ) -> std::result::Result<Vec<Record>, ApiError> {
+    ) -> std::result::Result<Page, ApiError> {
         let rt = self.record_type(record_type)?;
         let what = format!("lookup `{record_type}`");
         if ids.is_empty() {
-            return Ok(Vec::new());
+            return Ok(Page::default());
         }
         if let Some(bulk) = &rt.bulk {
             let mut url = self.url(bulk.path.as_deref().unwrap_or(&rt.list_path))?;
@@ -566,7 +570,7 @@ impl Connector for HttpConnector {
             .execute(self.request(Method::GET, url), &what, true)
             .await?
         {
-            None => Ok(Vec::new()),
+            None => Ok(Page::default()),
             Some((_, body)) => extract_at(
                 record_type,
                 rt,

@@ -44,13 +44,35 @@ pub struct ListRequest {
     pub cursor: Option<PageCursor>,
     pub modified_since: Option<Timestamp>,
     pub modified_until: Option<Timestamp>,
+    /// The page size the API really serves, when it was found to cap below
+    /// the configured one: a page of that many records is full, and a
+    /// page/offset listing goes on after it.
+    pub page_size: Option<u32>,
 }
 
 /// One page of records and where the next one starts (`None`: last page).
-#[derive(Debug, Clone, PartialEq)]
+/// A lookup answers with one page and no `next`.
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Page {
     pub records: Vec<Record>,
     pub next: Option<PageCursor>,
+    /// Items of the response that are not records we can keep (no id):
+    /// quarantined by the caller, never a reason to fail the page.
+    pub unreadable: Vec<Unreadable>,
+}
+
+impl Page {
+    /// Items the API served, readable or not (what page fullness counts).
+    pub fn served(&self) -> usize {
+        self.records.len() + self.unreadable.len()
+    }
+}
+
+/// An item of a response that could not be read as a record, and why.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Unreadable {
+    pub reason: String,
+    pub data: Value,
 }
 
 /// A write to the API (workflow actions).
@@ -92,7 +114,7 @@ pub trait Connector: Send + Sync {
     fn max_ids_per_call(&self, record_type: &str) -> usize;
     async fn list(&self, req: &ListRequest) -> Result<Page, ApiError>;
     /// Looks up at most [`Connector::max_ids_per_call`] ids in one call.
-    async fn lookup(&self, record_type: &str, ids: &[String]) -> Result<Vec<Record>, ApiError>;
+    async fn lookup(&self, record_type: &str, ids: &[String]) -> Result<Page, ApiError>;
     async fn send(&self, req: &SendRequest) -> Result<Value, ApiError>;
     /// Whether calls to `endpoint` are exempt from the budget.
     fn is_exempt(&self, _endpoint: &str) -> bool {
@@ -229,11 +251,7 @@ impl Metered {
     }
 
     /// One lookup call; `ids` must fit [`Connector::max_ids_per_call`].
-    pub async fn lookup(
-        &self,
-        record_type: &str,
-        ids: &[String],
-    ) -> Result<Vec<Record>, CallError> {
+    pub async fn lookup(&self, record_type: &str, ids: &[String]) -> Result<Page, CallError> {
         let max = self.connector.max_ids_per_call(record_type);
         if ids.len() > max {
             return Err(CallError::Permanent(format!(
@@ -346,11 +364,7 @@ impl Reservation<'_> {
         self.spend(connector.list(req)).await
     }
 
-    pub async fn lookup(
-        &mut self,
-        record_type: &str,
-        ids: &[String],
-    ) -> Result<Vec<Record>, CallError> {
+    pub async fn lookup(&mut self, record_type: &str, ids: &[String]) -> Result<Page, CallError> {
         let connector = self.metered.connector.clone();
         self.spend(connector.lookup(record_type, ids)).await
     }

@@ -3,7 +3,8 @@
 //! | item | pk | sk | attributes |
 //! |---|---|---|---|
 //! | record | `rec#{org}#{app}#{type}` | id | `hash`, `data` (JSON), `first_seen`, `last_synced`, `last_looked_up` (epoch ms) |
-//! | sync state | `sync#{org}#{app}` | sync name | `high_water`, `last_started`, `last_completed`, `last_pages`, `running_job`, `lease_until` |
+//! | sync state | `sync#{org}#{app}` | sync name | `high_water`, `last_started`, `last_completed`, `last_pages`, `running_job`, `lease_until`, `last_failed`, `last_failure`, `api_page_size`, `probed_short_page`, `probed_at` |
+//! | quarantined record | `quar#{org}#{app}` | entry key (source, type, id) | `source`, `record_type`, `record_id`, `reason`, `excerpt`, `at`, `ttl` (90 days) |
 //!
 //! A page is written with `BatchGetItem` (old hashes, 100 ids a call) then
 //! `BatchWriteItem` (25 a call), not one conditional write per record: a
@@ -12,7 +13,8 @@
 //! work is idempotent, so that costs a duplicate trigger, never a loss.
 
 use super::{
-    content_hash, Change, ChangeKind, PageDiff, RecordStore, StoredRecord, SyncFinish, SyncState,
+    content_hash, unstorable, Change, ChangeKind, PageDiff, Quarantined, RecordStore, StoredRecord,
+    SyncFinish, SyncState,
 };
 use crate::clock::{from_millis, to_millis, Timestamp};
 use crate::connector::Record;
@@ -56,6 +58,15 @@ fn rec_pk(key: &QuotaKey, record_type: &str) -> String {
 fn sync_pk(key: &QuotaKey) -> String {
     format!("sync#{}#{}", key_part(&key.org), key_part(&key.app))
 }
+
+fn quarantine_pk(key: &QuotaKey) -> String {
+    format!("quar#{}#{}", key_part(&key.org), key_part(&key.app))
+}
+
+/// Quarantine entries live 90 days (TTL): long enough to be noticed.
+const QUARANTINE_TTL_DAYS: i64 = 90;
+/// Most entries read to answer a listing (sorted newest first in memory).
+const QUARANTINE_READ_CAP: usize = 5_000;
 
 fn s(v: impl Into<String>) -> AttributeValue {
     AttributeValue::S(v.into())
@@ -230,6 +241,18 @@ impl RecordStore for DynamoStore {
         diff: &PageDiff,
         now: Timestamp,
     ) -> Result<()> {
+        if let Some((record, why)) = diff
+            .records
+            .iter()
+            .find_map(|(r, _)| unstorable(r).map(|why| (r, why)))
+        {
+            // DynamoDB would refuse the whole batch; say which record and why.
+            return Err(Error::store(
+                "records commit",
+                format!("record `{}` of `{record_type}`: {why}", record.id),
+                false,
+            ));
+        }
         let pk = rec_pk(key, record_type);
         // One put per id (a page may repeat a record).
         let mut puts: HashMap<&str, Item> = HashMap::new();
@@ -388,7 +411,77 @@ impl RecordStore for DynamoStore {
             last_pages: get_n(item, "last_pages").map(|p| p.max(0) as u64),
             running_job: get_s(item, "running_job").cloned(),
             lease_until: get_n(item, "lease_until").map(from_millis),
+            last_failed: get_n(item, "last_failed").map(from_millis),
+            last_failure: get_s(item, "last_failure").cloned(),
+            api_page_size: get_n(item, "api_page_size")
+                .map(|n| n.clamp(0, i64::from(u32::MAX)) as u32),
+            probed_short_page: get_n(item, "probed_short_page")
+                .map(|n| n.clamp(0, i64::from(u32::MAX)) as u32),
+            probed_at: get_n(item, "probed_at").map(from_millis),
         })
+    }
+
+    async fn quarantine(&self, key: &QuotaKey, items: &[Quarantined]) -> Result<()> {
+        let pk = quarantine_pk(key);
+        // One put per entry (BatchWriteItem refuses a key twice in a call).
+        let mut puts: HashMap<String, Item> = HashMap::new();
+        for q in items {
+            let ttl = (q.at + chrono::Duration::days(QUARANTINE_TTL_DAYS)).timestamp();
+            let mut item: Item = HashMap::from([
+                ("pk".into(), s(pk.clone())),
+                ("sk".into(), s(q.entry_key())),
+                ("source".into(), s(q.source.clone())),
+                ("record_type".into(), s(q.record_type.clone())),
+                ("reason".into(), s(q.reason.clone())),
+                ("excerpt".into(), s(q.excerpt.clone())),
+                ("at".into(), n(to_millis(q.at))),
+                ("ttl".into(), n(ttl)),
+            ]);
+            if let Some(id) = &q.record_id {
+                item.insert("record_id".into(), s(id.clone()));
+            }
+            puts.insert(q.entry_key(), item);
+        }
+        self.batch_put(puts.into_values().collect()).await
+    }
+
+    async fn quarantined(&self, key: &QuotaKey, limit: u32) -> Result<Vec<Quarantined>> {
+        let mut out = Vec::new();
+        let mut start: Option<Item> = None;
+        loop {
+            let resp = self
+                .table
+                .client
+                .query()
+                .table_name(&self.table.name)
+                .key_condition_expression("pk = :pk")
+                .expression_attribute_values(":pk", s(quarantine_pk(key)))
+                .consistent_read(true)
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+                .map_err(|e| sdk_error("quarantine list", e))?;
+            out.extend(resp.items().iter().filter_map(|item| {
+                Some(Quarantined {
+                    source: get_s(item, "source")?.clone(),
+                    record_type: get_s(item, "record_type")?.clone(),
+                    record_id: get_s(item, "record_id").cloned(),
+                    reason: get_s(item, "reason")?.clone(),
+                    excerpt: get_s(item, "excerpt").cloned().unwrap_or_default(),
+                    at: from_millis(get_n(item, "at")?),
+                })
+            }));
+            match resp.last_evaluated_key {
+                Some(k) if out.len() < QUARANTINE_READ_CAP => start = Some(k),
+                _ => break,
+            }
+        }
+        out.sort_by(|a, b| {
+            b.at.cmp(&a.at)
+                .then_with(|| a.entry_key().cmp(&b.entry_key()))
+        });
+        out.truncate(limit as usize);
+        Ok(out)
     }
 
     async fn take_sync_lease(
@@ -455,6 +548,22 @@ impl RecordStore for DynamoStore {
         if let Some(p) = update.pages {
             sets.push("last_pages = :pages");
             req = req.expression_attribute_values(":pages", n(p as i64));
+        }
+        if let Some((at, why)) = update.failed {
+            sets.push("last_failed = :failed, last_failure = :why");
+            req = req
+                .expression_attribute_values(":failed", n(to_millis(at)))
+                .expression_attribute_values(":why", s(why));
+        }
+        if let Some(size) = update.api_page_size {
+            sets.push("api_page_size = :psize");
+            req = req.expression_attribute_values(":psize", n(i64::from(size)));
+        }
+        if let Some((len, at)) = update.probed_short_page {
+            sets.push("probed_short_page = :probed, probed_at = :probed_at");
+            req = req
+                .expression_attribute_values(":probed", n(i64::from(len)))
+                .expression_attribute_values(":probed_at", n(to_millis(at)));
         }
         let mut expr = "REMOVE running_job, lease_until".to_string();
         if !sets.is_empty() {

@@ -58,6 +58,75 @@ pub fn content_hash(data: &Value) -> String {
     digest.iter().take(16).map(|b| format!("{b:02x}")).collect()
 }
 
+/// The largest record, as JSON, the store keeps. DynamoDB refuses items
+/// over 400 KB; the item's keys and other attributes take at most a few
+/// hundred bytes, so 4 KB of headroom keeps every accepted record storable.
+/// The SQLite adapter refuses the same size, so both adapters behave alike.
+pub const MAX_RECORD_BYTES: usize = 400 * 1024 - 4 * 1024;
+
+/// Why `record` cannot be stored, if it cannot: the one size rule both
+/// adapters and the sync layer apply.
+pub fn unstorable(record: &Record) -> Option<String> {
+    let size = record.data.to_string().len();
+    (size > MAX_RECORD_BYTES).then(|| {
+        format!("record is {size} bytes as JSON; the store keeps at most {MAX_RECORD_BYTES} (DynamoDB's 400 KB item limit)")
+    })
+}
+
+/// A record set aside instead of failing its page or trigger: the API sent
+/// something that cannot be stored (no id, too large) or acted on (an
+/// action template names a field it lacks). Kept with the reason so an
+/// operator sees it (`metered quarantine`); every other record proceeds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Quarantined {
+    /// What set it aside: `complete-transfer:invoices`, `workflow:paid`.
+    pub source: String,
+    pub record_type: String,
+    /// `None` when the record had no id at all.
+    pub record_id: Option<String>,
+    pub reason: String,
+    /// The start of the record's JSON, for recognising it.
+    pub excerpt: String,
+    pub at: Timestamp,
+}
+
+/// Characters of a record's JSON kept in a quarantine entry.
+pub const QUARANTINE_EXCERPT_CHARS: usize = 300;
+
+impl Quarantined {
+    pub fn new(
+        source: &str,
+        record_type: &str,
+        record_id: Option<String>,
+        reason: String,
+        data: &Value,
+        at: Timestamp,
+    ) -> Self {
+        let excerpt = crate::error::bounded(&data.to_string(), QUARANTINE_EXCERPT_CHARS);
+        Self {
+            source: source.into(),
+            record_type: record_type.into(),
+            record_id,
+            reason,
+            excerpt,
+            at,
+        }
+    }
+
+    /// One entry per source, type and record (by id, else by content), so a
+    /// record seen again on every run is listed once, with its latest reason.
+    pub fn entry_key(&self) -> String {
+        let who = match &self.record_id {
+            Some(id) => format!("id:{id}"),
+            None => format!(
+                "content:{}",
+                content_hash(&Value::String(self.excerpt.clone()))
+            ),
+        };
+        format!("{}#{}#{who}", self.source, self.record_type)
+    }
+}
+
 /// State of one sync (e.g. `complete-transfer:invoices`) of one connection.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct SyncState {
@@ -70,7 +139,24 @@ pub struct SyncState {
     /// The job holding the sync's lease, and until when.
     pub running_job: Option<String>,
     pub lease_until: Option<Timestamp>,
+    /// When a run last gave up (dead-lettered), and why: the storm guard
+    /// starts another at most once per `min_relookup` after it.
+    pub last_failed: Option<Timestamp>,
+    pub last_failure: Option<String>,
+    /// The page size the API really serves when it caps below the
+    /// configured one (learned by a probe; see `sync::listing`).
+    pub api_page_size: Option<u32>,
+    /// The length of a short first page that a probe found to be the whole
+    /// listing, and when: the same length is probed again only after
+    /// [`SHORT_PAGE_REPROBE_DAYS`] (a dataset that was exactly one capped
+    /// page long may have grown).
+    pub probed_short_page: Option<u32>,
+    pub probed_at: Option<Timestamp>,
 }
+
+/// How long a probe that found a short first page to be the whole listing
+/// stands: at most one extra call per sync in this many days.
+pub const SHORT_PAGE_REPROBE_DAYS: i64 = 7;
 
 impl SyncState {
     /// Whether `job_id` may run this sync at `now`.
@@ -177,6 +263,13 @@ pub trait RecordStore: Send + Sync {
 
     async fn sync_state(&self, key: &QuotaKey, sync: &str) -> Result<SyncState>;
 
+    /// Sets records aside (see [`Quarantined`]); an entry with the same
+    /// [`Quarantined::entry_key`] is replaced.
+    async fn quarantine(&self, key: &QuotaKey, items: &[Quarantined]) -> Result<()>;
+
+    /// Quarantined records of a connection, newest first.
+    async fn quarantined(&self, key: &QuotaKey, limit: u32) -> Result<Vec<Quarantined>>;
+
     /// Takes the sync's lease for `job_id` until `until`, if it is free at
     /// `now` (or already held by `job_id`), and records `last_started` when
     /// `starting`. Returns false when another live job holds it.
@@ -207,6 +300,12 @@ pub struct SyncFinish {
     pub completed_at: Option<Timestamp>,
     pub high_water: Option<Timestamp>,
     pub pages: Option<u64>,
+    /// The run gave up: when, and why.
+    pub failed: Option<(Timestamp, String)>,
+    pub api_page_size: Option<u32>,
+    /// A probe found a short first page of this length to be the whole
+    /// listing, at this time.
+    pub probed_short_page: Option<(u32, Timestamp)>,
 }
 
 #[cfg(test)]

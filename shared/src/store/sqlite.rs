@@ -1,7 +1,8 @@
 //! Record store on embedded SQLite: one transaction per page of records.
 
 use super::{
-    content_hash, Change, ChangeKind, PageDiff, RecordStore, StoredRecord, SyncFinish, SyncState,
+    content_hash, unstorable, Change, ChangeKind, PageDiff, Quarantined, RecordStore, StoredRecord,
+    SyncFinish, SyncState,
 };
 use crate::clock::{from_millis, to_millis, Timestamp};
 use crate::connector::Record;
@@ -77,6 +78,17 @@ impl RecordStore for SqliteStore {
         diff: &PageDiff,
         now: Timestamp,
     ) -> Result<()> {
+        if let Some((record, why)) = diff
+            .records
+            .iter()
+            .find_map(|(r, _)| unstorable(r).map(|why| (r, why)))
+        {
+            return Err(crate::error::Error::store(
+                "records commit",
+                format!("record `{}` of `{record_type}`: {why}", record.id),
+                false,
+            ));
+        }
         let (key, rt, records) = (key.clone(), record_type.to_string(), diff.records.clone());
         self.db
             .call("records commit", move |conn| {
@@ -216,7 +228,8 @@ impl RecordStore for SqliteStore {
         self.db
             .call("sync state", move |conn| {
                 conn.query_row(
-                    "SELECT high_water, last_started, last_completed, last_pages, running_job, lease_until
+                    "SELECT high_water, last_started, last_completed, last_pages, running_job, lease_until,
+                            last_failed, last_failure, api_page_size, probed_short_page, probed_at
                      FROM sync_state WHERE org = ?1 AND app = ?2 AND sync = ?3",
                     params![key.org, key.app, sync],
                     |r| {
@@ -227,11 +240,69 @@ impl RecordStore for SqliteStore {
                             last_pages: r.get::<_, Option<i64>>(3)?.map(|n| n.max(0) as u64),
                             running_job: r.get(4)?,
                             lease_until: r.get::<_, Option<i64>>(5)?.map(from_millis),
+                            last_failed: r.get::<_, Option<i64>>(6)?.map(from_millis),
+                            last_failure: r.get(7)?,
+                            api_page_size: r.get::<_, Option<i64>>(8)?.map(|n| n.clamp(0, i64::from(u32::MAX)) as u32),
+                            probed_short_page: r.get::<_, Option<i64>>(9)?.map(|n| n.clamp(0, i64::from(u32::MAX)) as u32),
+                            probed_at: r.get::<_, Option<i64>>(10)?.map(from_millis),
                         })
                     },
                 )
                 .optional()
                 .map(Option::unwrap_or_default)
+            })
+            .await
+    }
+
+    async fn quarantine(&self, key: &QuotaKey, items: &[Quarantined]) -> Result<()> {
+        let (key, items) = (key.clone(), items.to_vec());
+        self.db
+            .call("quarantine", move |conn| {
+                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                {
+                    let mut stmt = tx.prepare_cached(
+                        "INSERT OR REPLACE INTO quarantine
+                         (org, app, entry, source, record_type, record_id, reason, excerpt, at)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                    )?;
+                    for q in &items {
+                        stmt.execute(params![
+                            key.org,
+                            key.app,
+                            q.entry_key(),
+                            q.source,
+                            q.record_type,
+                            q.record_id,
+                            q.reason,
+                            q.excerpt,
+                            to_millis(q.at)
+                        ])?;
+                    }
+                }
+                tx.commit()
+            })
+            .await
+    }
+
+    async fn quarantined(&self, key: &QuotaKey, limit: u32) -> Result<Vec<Quarantined>> {
+        let key = key.clone();
+        self.db
+            .call("quarantine list", move |conn| {
+                let mut stmt = conn.prepare_cached(
+                    "SELECT source, record_type, record_id, reason, excerpt, at FROM quarantine
+                     WHERE org = ?1 AND app = ?2 ORDER BY at DESC, entry LIMIT ?3",
+                )?;
+                let rows = stmt.query_map(params![key.org, key.app, limit], |r| {
+                    Ok(Quarantined {
+                        source: r.get(0)?,
+                        record_type: r.get(1)?,
+                        record_id: r.get(2)?,
+                        reason: r.get(3)?,
+                        excerpt: r.get(4)?,
+                        at: from_millis(r.get(5)?),
+                    })
+                })?;
+                rows.collect()
             })
             .await
     }
@@ -288,7 +359,12 @@ impl RecordStore for SqliteStore {
                     "UPDATE sync_state SET running_job = NULL, lease_until = NULL,
                          last_completed = COALESCE(?5, last_completed),
                          high_water = COALESCE(?6, high_water),
-                         last_pages = COALESCE(?7, last_pages)
+                         last_pages = COALESCE(?7, last_pages),
+                         last_failed = COALESCE(?8, last_failed),
+                         last_failure = COALESCE(?9, last_failure),
+                         api_page_size = COALESCE(?10, api_page_size),
+                         probed_short_page = COALESCE(?11, probed_short_page),
+                         probed_at = COALESCE(?12, probed_at)
                      WHERE org = ?1 AND app = ?2 AND sync = ?3 AND running_job = ?4",
                     params![
                         key.org,
@@ -297,7 +373,12 @@ impl RecordStore for SqliteStore {
                         job,
                         update.completed_at.map(to_millis),
                         update.high_water.map(to_millis),
-                        update.pages.map(|p| p as i64)
+                        update.pages.map(|p| p as i64),
+                        update.failed.as_ref().map(|f| to_millis(f.0)),
+                        update.failed.as_ref().map(|f| f.1.clone()),
+                        update.api_page_size,
+                        update.probed_short_page.map(|p| p.0),
+                        update.probed_short_page.map(|p| to_millis(p.1))
                     ],
                 )?;
                 Ok(changed == 1)

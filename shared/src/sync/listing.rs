@@ -17,7 +17,7 @@ use crate::connector::{ListRequest, PageCursor, Reservation};
 use crate::job::{JobEnvelope, JobKind, Outcome, Restart};
 use crate::runtime::JobContext;
 use crate::services::Services;
-use crate::store::SyncFinish;
+use crate::store::{SyncFinish, SHORT_PAGE_REPROBE_DAYS};
 use serde::{Deserialize, Serialize};
 
 /// Largest block of calls reserved at once.
@@ -44,6 +44,20 @@ pub struct ListingCheckpoint {
     /// hands out again would make the run loop until the budget is gone.
     #[serde(default)]
     pub seen_cursors: Vec<String>,
+    /// Records set aside (no id, too large) in this run.
+    #[serde(default)]
+    pub quarantined: u64,
+    /// The page size the API really serves (learned, or known from the
+    /// sync state), when below the configured one.
+    #[serde(default)]
+    pub page_size: Option<u32>,
+    /// Set while the page after a short first page of this length is
+    /// fetched, to tell "the listing was short" from "the API caps pages".
+    #[serde(default)]
+    pub probe: Option<u32>,
+    /// This run learned `page_size` (recorded at the end).
+    #[serde(default)]
+    pub learned_page_size: bool,
 }
 
 /// A short digest of a cursor, for [`ListingCheckpoint::seen_cursors`].
@@ -86,6 +100,13 @@ pub async fn run(svc: &Services, job: &JobEnvelope, ctx: &JobContext) -> Outcome
     let state = match svc.store.sync_state(&key, &sync).await {
         Ok(s) => s,
         Err(e) => return Outcome::from_error(&e),
+    };
+    if cp.page_size.is_none() {
+        cp.page_size = state.api_page_size;
+    }
+    let rt_config = match svc.config.record_type(&payload.record_type) {
+        Ok(rt) => rt,
+        Err(e) => return Outcome::Fail(e.to_string()),
     };
     if job.kind == JobKind::RecentRecords && cp.until.is_none() {
         let Some(recent) = &settings.recent else {
@@ -144,21 +165,41 @@ pub async fn run(svc: &Services, job: &JobEnvelope, ctx: &JobContext) -> Outcome
             cursor: cp.cursor.clone(),
             modified_since: cp.since,
             modified_until: cp.until,
+            page_size: cp.probe.or(cp.page_size),
         };
-        let page = match res.list(&req).await {
+        let first_page = cp.cursor.is_none();
+        let mut page = match res.list(&req).await {
             Ok(p) => p,
             Err(e) => break e.into_outcome(checkpoint()),
         };
-        let diff = match svc
-            .store
-            .diff(&key, &payload.record_type, &page.records)
-            .await
-        {
+        let served = page.served() as u64;
+        let mut next = page.next.take();
+        let records = match super::set_aside(svc, &key, &sync, &payload.record_type, page).await {
+            Ok(r) => r,
+            Err(e) => break Outcome::from_error_at(&e, checkpoint()),
+        };
+        let quarantined = served - records.len() as u64;
+        let diff = match svc.store.diff(&key, &payload.record_type, &records).await {
             Ok(d) => d,
             Err(e) => break Outcome::from_error_at(&e, checkpoint()),
         };
+        // A short first page of a page/offset listing may be an API that
+        // caps its page size below ours: look at the next page once.
+        // (Applied to the checkpoint after the commit below.)
+        let learned = cp.probe.filter(|_| served > 0);
+        let mut probe = None;
+        if cp.probe.is_none()
+            && next.is_none()
+            && first_page
+            && job.kind == JobKind::CompleteTransfer
+        {
+            if let Some(cursor) = probe_cursor(rt_config, &cp, &state, served, svc.clock.now()) {
+                probe = Some(served as u32);
+                next = Some(cursor);
+            }
+        }
         // Follow-ups before the page is committed: never lost, at worst repeated.
-        let last = page.next.is_none();
+        let last = next.is_none();
         let mut pending = cp.pending_lookups.clone();
         if let Err(e) = enqueue_followups(
             svc,
@@ -183,15 +224,30 @@ pub async fn run(svc: &Services, job: &JobEnvelope, ctx: &JobContext) -> Outcome
         cp.pending_lookups = pending;
         cp.pages += 1;
         pages_here += 1;
-        cp.records += page.records.len() as u64;
+        cp.records += records.len() as u64;
         cp.changed += diff.changes.len() as u64;
+        cp.quarantined += quarantined;
+        if let Some(short) = learned {
+            cp.page_size = Some(short);
+            cp.learned_page_size = true;
+            cp.probe = None;
+            tracing::warn!(
+                sync = %sync,
+                api_page_size = short,
+                configured = rt_config.effective_page_size(),
+                "the API serves fewer records per page than configured; using its page size (set `page_size = {short}` to skip the probe)"
+            );
+        }
+        if probe.is_some() {
+            cp.probe = probe;
+        }
         tracing::debug!(
             pages = cp.pages,
             records = cp.records,
             changed = cp.changed,
             "page synced"
         );
-        match page.next {
+        match next {
             Some(next) => {
                 if let Some(current) = &cp.cursor {
                     let digest = cursor_digest(current);
@@ -228,6 +284,9 @@ pub async fn run(svc: &Services, job: &JobEnvelope, ctx: &JobContext) -> Outcome
                 completed_at: Some(now),
                 high_water: cp.until,
                 pages: Some(cp.pages),
+                api_page_size: cp.page_size.filter(|_| cp.learned_page_size),
+                probed_short_page: cp.probe.map(|len| (len, now)),
+                failed: None,
             };
             if let Err(e) = svc.store.finish_sync(&key, &sync, &job.id, finish).await {
                 return Outcome::Restart(Restart {
@@ -236,7 +295,7 @@ pub async fn run(svc: &Services, job: &JobEnvelope, ctx: &JobContext) -> Outcome
                     checkpoint: serde_json::to_value(&cp).ok(),
                 });
             }
-            tracing::info!(%sync, pages = cp.pages, records = cp.records, changed = cp.changed, "sync complete");
+            tracing::info!(%sync, pages = cp.pages, records = cp.records, changed = cp.changed, quarantined = cp.quarantined, "sync complete");
         }
         Outcome::Restart(r) => {
             // Keep the lease through the wait so the scheduler does not start a twin.
@@ -253,15 +312,42 @@ pub async fn run(svc: &Services, job: &JobEnvelope, ctx: &JobContext) -> Outcome
                 .take_sync_lease(&key, &sync, &job.id, now, until, false)
                 .await;
         }
-        Outcome::Fail(_) => {
-            let _ = svc
-                .store
-                .finish_sync(&key, &sync, &job.id, SyncFinish::default())
-                .await;
-        }
-        Outcome::Retry(_) => {}
+        // A failed run frees its lease and records the failure in
+        // `JobHandler::gave_up`, which the runtime calls for every way a job
+        // is given up on.
+        Outcome::Fail(_) | Outcome::Retry(_) => {}
     }
     outcome
+}
+
+/// The cursor of the page after a short first page, when that page should
+/// be fetched to learn whether the API caps its page size: page/offset
+/// listings only (cursors and links say themselves whether more follows),
+/// a non-empty page shorter than configured, no cap known yet, and not the
+/// same length a probe found complete within [`SHORT_PAGE_REPROBE_DAYS`].
+fn probe_cursor(
+    rt: &crate::connector::config::RecordTypeConfig,
+    cp: &ListingCheckpoint,
+    state: &crate::store::SyncState,
+    served: u64,
+    now: Timestamp,
+) -> Option<PageCursor> {
+    use crate::connector::config::Pagination;
+    if served == 0 || served >= u64::from(rt.effective_page_size()) || cp.page_size.is_some() {
+        return None;
+    }
+    let recently_probed = state.probed_short_page == Some(served as u32)
+        && state
+            .probed_at
+            .is_some_and(|at| now < at + chrono::Duration::days(SHORT_PAGE_REPROBE_DAYS));
+    if recently_probed {
+        return None;
+    }
+    match rt.pagination {
+        Pagination::Page { first, .. } => Some(PageCursor::Page(first + 1)),
+        Pagination::Offset { .. } => Some(PageCursor::Offset(served)),
+        _ => None,
+    }
 }
 
 /// The largest block to reserve: at most 2% of the tightest window. A block

@@ -79,6 +79,51 @@ pub(crate) fn id_at(data: &serde_json::Value, pointer: &str) -> Option<String> {
     }
 }
 
+/// Splits what a page or lookup brought into the records to store and the
+/// ones to quarantine (no id, too large for the store): one bad record never
+/// fails its page. The quarantined ones are written (and logged) here.
+pub(crate) async fn set_aside(
+    svc: &Services,
+    key: &crate::quota::QuotaKey,
+    source: &str,
+    record_type: &str,
+    page: crate::connector::Page,
+) -> crate::error::Result<Vec<crate::connector::Record>> {
+    let now = svc.clock.now();
+    let mut bad: Vec<crate::store::Quarantined> = page
+        .unreadable
+        .into_iter()
+        .map(|u| crate::store::Quarantined::new(source, record_type, None, u.reason, &u.data, now))
+        .collect();
+    let mut keep = Vec::with_capacity(page.records.len());
+    for record in page.records {
+        match crate::store::unstorable(&record) {
+            Some(why) => bad.push(crate::store::Quarantined::new(
+                source,
+                record_type,
+                Some(record.id.clone()),
+                why,
+                &record.data,
+                now,
+            )),
+            None => keep.push(record),
+        }
+    }
+    if !bad.is_empty() {
+        svc.store.quarantine(key, &bad).await?;
+        for q in &bad {
+            tracing::warn!(
+                source,
+                record_type,
+                record_id = q.record_id.as_deref().unwrap_or("(none)"),
+                reason = %q.reason,
+                "record quarantined; the rest of the page goes on"
+            );
+        }
+    }
+    Ok(keep)
+}
+
 /// Bulk lookup calls one PK lookup job makes at most.
 pub const LOOKUP_CALLS_PER_JOB: usize = 10;
 
@@ -296,6 +341,31 @@ impl JobHandler for SyncHandlers {
             tracing::warn!(error = %e, "usage flush failed; kept for the next flush");
         }
         outcome
+    }
+
+    /// A listing that is given up on frees its sync's lease and records the
+    /// failure, so the storm guard does not start it again on every wake-up.
+    async fn gave_up(&self, job: &JobEnvelope, reason: &str) {
+        if !matches!(job.kind, JobKind::CompleteTransfer | JobKind::RecentRecords) {
+            return;
+        }
+        let Ok(payload) = serde_json::from_value::<SyncPayload>(job.payload.clone()) else {
+            return;
+        };
+        let sync = sync_name(job.kind, &payload.record_type);
+        let failed = (self.svc.clock.now(), crate::error::bounded(reason, 500));
+        let finish = crate::store::SyncFinish {
+            failed: Some(failed),
+            ..Default::default()
+        };
+        if let Err(e) = self
+            .svc
+            .store
+            .finish_sync(&self.svc.key(&job.org), &sync, &job.id, finish)
+            .await
+        {
+            tracing::warn!(error = %e, %sync, "could not record the failed run; its lease frees when it expires");
+        }
     }
 }
 

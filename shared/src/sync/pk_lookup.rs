@@ -132,9 +132,13 @@ pub async fn run(svc: &Services, job: &JobEnvelope, ctx: &JobContext) -> Outcome
             });
         }
         let chunk: Vec<String> = cp.remaining.iter().take(per_call).cloned().collect();
-        let records = match reservation.lookup(rt_name, &chunk).await {
+        let page = match reservation.lookup(rt_name, &chunk).await {
             Ok(r) => r,
             Err(e) => break e.into_outcome(checkpoint),
+        };
+        let records = match super::set_aside(svc, &key, &sync, rt_name, page).await {
+            Ok(r) => r,
+            Err(e) => break Outcome::from_error_at(&e, checkpoint),
         };
         let diff = match svc.store.diff(&key, rt_name, &records).await {
             Ok(d) => d,
@@ -172,7 +176,12 @@ pub async fn run(svc: &Services, job: &JobEnvelope, ctx: &JobContext) -> Outcome
 }
 
 /// Holds lookups of a type whose first complete transfer has not finished
-/// (starting that transfer if nothing runs it). `None`: go ahead.
+/// while a run of it is live, and starts that transfer when none ran within
+/// `min_relookup`. A transfer that started within `min_relookup` and is not
+/// running any more failed or crashed: lookups then go ahead as bulk
+/// lookups instead of waiting (and starting it again) on every wake-up,
+/// which would refetch the same pages until the budget is gone. `None`: go
+/// ahead.
 async fn storm_guard(svc: &Services, job: &JobEnvelope, record_type: &str) -> Option<Outcome> {
     let settings = svc.config.sync(record_type);
     if settings.pk_lookup.storm_guard == StormGuard::Off || settings.complete_transfer.is_none() {
@@ -184,29 +193,122 @@ async fn storm_guard(svc: &Services, job: &JobEnvelope, record_type: &str) -> Op
         Ok(s) => s,
         Err(e) => return Some(Outcome::from_error(&e)),
     };
-    if state.last_completed.is_some() {
-        return None;
-    }
     let now = svc.clock.now();
-    if let Err(e) =
-        scheduler::start_sync(svc, &job.org, JobKind::CompleteTransfer, record_type, false).await
-    {
-        return Some(Outcome::from_error(&e));
+    let wait = |until: Option<crate::clock::Timestamp>| {
+        Some(Outcome::Restart(Restart {
+            at: until.unwrap_or(now).max(now + chrono::Duration::minutes(5)),
+            reason: format!(
+                "waiting for the first complete transfer of `{record_type}` before looking keys up"
+            ),
+            checkpoint: None,
+        }))
+    };
+    match storm_decision(&state, now, dur(settings.pk_lookup.min_relookup)) {
+        StormDecision::GoAhead => None,
+        StormDecision::Wait => wait(state.lease_until),
+        StormDecision::FallBack => {
+            tracing::info!(
+                record_type,
+                last_failure = state.last_failure.as_deref().unwrap_or("(none recorded)"),
+                "the first complete transfer did not finish; looking keys up in bulk instead of waiting"
+            );
+            None
+        }
+        StormDecision::Start => {
+            if let Err(e) =
+                scheduler::start_sync(svc, &job.org, JobKind::CompleteTransfer, record_type, false)
+                    .await
+            {
+                return Some(Outcome::from_error(&e));
+            }
+            let holder = svc
+                .store
+                .sync_state(&key, &transfer)
+                .await
+                .ok()
+                .and_then(|s| s.lease_until);
+            wait(holder)
+        }
     }
-    let holder = svc
-        .store
-        .sync_state(&key, &transfer)
-        .await
-        .ok()
-        .and_then(|s| s.lease_until);
-    let at = holder
-        .unwrap_or(now)
-        .max(now + chrono::Duration::minutes(5));
-    Some(Outcome::Restart(Restart {
-        at,
-        reason: format!(
-            "waiting for the first complete transfer of `{record_type}` before looking keys up"
-        ),
-        checkpoint: None,
-    }))
+}
+
+/// What the storm guard does, from the transfer's state alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum StormDecision {
+    /// The transfer completed once: lookups are cheap now.
+    GoAhead,
+    /// A run is live: wait for it.
+    Wait,
+    /// A run started within `min_relookup` and ended without completing:
+    /// look keys up instead of starting it again.
+    FallBack,
+    /// Nothing ran recently: start the transfer and wait for it.
+    Start,
+}
+
+pub(crate) fn storm_decision(
+    state: &crate::store::SyncState,
+    now: crate::clock::Timestamp,
+    min_relookup: chrono::Duration,
+) -> StormDecision {
+    if state.last_completed.is_some() {
+        return StormDecision::GoAhead;
+    }
+    if state.running_job.is_some() && state.lease_until.is_some_and(|u| u > now) {
+        return StormDecision::Wait;
+    }
+    let recent = |t: Option<crate::clock::Timestamp>| t.is_some_and(|t| now < t + min_relookup);
+    if recent(state.last_started) || recent(state.last_failed) {
+        StormDecision::FallBack
+    } else {
+        StormDecision::Start
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::SyncState;
+    use chrono::{Duration, TimeZone, Utc};
+
+    #[test]
+    fn the_storm_guard_starts_a_transfer_at_most_once_per_min_relookup() {
+        let now = Utc.with_ymd_and_hms(2026, 11, 23, 12, 0, 0).unwrap();
+        let day = Duration::days(1);
+        let never = SyncState::default();
+        assert_eq!(storm_decision(&never, now, day), StormDecision::Start);
+        let running = SyncState {
+            last_started: Some(now - Duration::minutes(10)),
+            running_job: Some("t1".into()),
+            lease_until: Some(now + Duration::minutes(5)),
+            ..Default::default()
+        };
+        assert_eq!(storm_decision(&running, now, day), StormDecision::Wait);
+        let failed = SyncState {
+            last_started: Some(now - Duration::hours(2)),
+            last_failed: Some(now - Duration::hours(1)),
+            last_failure: Some("list `invoices`: gave up after 5 attempts".into()),
+            ..Default::default()
+        };
+        assert_eq!(storm_decision(&failed, now, day), StormDecision::FallBack);
+        // A crashed run's lease lapsed without a recorded failure: the same.
+        let crashed = SyncState {
+            last_started: Some(now - Duration::hours(2)),
+            running_job: Some("t1".into()),
+            lease_until: Some(now - Duration::hours(1)),
+            ..Default::default()
+        };
+        assert_eq!(storm_decision(&crashed, now, day), StormDecision::FallBack);
+        let long_ago = SyncState {
+            last_started: Some(now - Duration::days(2)),
+            last_failed: Some(now - Duration::days(2)),
+            ..Default::default()
+        };
+        assert_eq!(storm_decision(&long_ago, now, day), StormDecision::Start);
+        let done = SyncState {
+            last_completed: Some(now - Duration::days(3)),
+            ..long_ago
+        };
+        assert_eq!(storm_decision(&done, now, day), StormDecision::GoAhead);
+    }
 }

@@ -40,6 +40,10 @@ pub struct WorkflowEstimate {
     pub records: u64,
     pub passing: u64,
     pub waiting_for_related: u64,
+    /// Records an action template cannot be filled from (they would be
+    /// quarantined).
+    #[serde(default)]
+    pub quarantined: u64,
     pub http_actions: u64,
     pub datasource_rows: u64,
     pub datasource_calls: u64,
@@ -86,7 +90,12 @@ type Loaded = std::collections::HashMap<(String, String), StoredRecord>;
 enum Plan {
     Waiting,
     Filtered,
-    Pass { actions: Vec<(usize, Act)> },
+    Pass {
+        actions: Vec<(usize, Act)>,
+    },
+    /// The record cannot be acted on (an action template names a field it
+    /// lacks): quarantined, and the rest of the slice goes on.
+    Quarantined(String),
 }
 
 enum Act {
@@ -244,21 +253,23 @@ impl WorkflowHandler {
                     continue;
                 }
             }
-            let fail =
-                |e: String| Error::Config(format!("workflows.{}.actions[{i}]: {e}", wf.name));
+            // A template is checked when the config loads; what it lacks
+            // here is this record's data, so only this record is set aside.
+            let bad =
+                |e: String| Plan::Quarantined(format!("workflows.{}.actions[{i}]: {e}", wf.name));
             match a {
                 ActionConfig::Http {
                     method, path, body, ..
                 } => {
-                    let path = match render(&Value::String(path.clone()), &ctx).map_err(fail)? {
-                        Value::String(s) => s,
-                        other => other.to_string(),
+                    let path = match render(&Value::String(path.clone()), &ctx) {
+                        Ok(Value::String(s)) => s,
+                        Ok(other) => other.to_string(),
+                        Err(e) => return Ok(bad(e)),
                     };
-                    let body = body
-                        .as_ref()
-                        .map(|b| render(b, &ctx))
-                        .transpose()
-                        .map_err(fail)?;
+                    let body = match body.as_ref().map(|b| render(b, &ctx)).transpose() {
+                        Ok(b) => b,
+                        Err(e) => return Ok(bad(e)),
+                    };
                     actions.push((
                         i,
                         Act::Http {
@@ -280,7 +291,10 @@ impl WorkflowHandler {
                     if delete {
                         actions.push((i, Act::Delete(record.id.clone())));
                     } else {
-                        actions.push((i, Act::Insert(render(row, &ctx).map_err(fail)?)));
+                        match render(row, &ctx) {
+                            Ok(row) => actions.push((i, Act::Insert(row))),
+                            Err(e) => return Ok(bad(e)),
+                        }
                     }
                 }
             }
@@ -561,6 +575,7 @@ impl WorkflowHandler {
                 match self.plan(org, wf, r, "manual", false, &loaded).await? {
                     Plan::Waiting => est.waiting_for_related += 1,
                     Plan::Filtered => {}
+                    Plan::Quarantined(_) => est.quarantined += 1,
                     Plan::Pass { actions } => {
                         est.passing += 1;
                         for (i, a) in actions {
@@ -671,6 +686,18 @@ impl WorkflowHandler {
                 {
                     Plan::Waiting => cp.waiting.push(item),
                     Plan::Filtered => {}
+                    Plan::Quarantined(reason) => {
+                        let q = crate::store::Quarantined::new(
+                            &format!("workflow:{}", wf.name),
+                            &wf.config.trigger.record_type,
+                            Some(record.id.clone()),
+                            reason,
+                            record.data.as_ref().unwrap_or(&Value::Null),
+                            self.svc.clock.now(),
+                        );
+                        tracing::warn!(workflow = %wf.name, record_id = %record.id, reason = %q.reason, "record quarantined; the other records go on");
+                        self.svc.store.quarantine(&key, &[q]).await?;
+                    }
                     Plan::Pass { actions } => {
                         self.enqueue_actions(job, wf, &record, &trigger_key, actions, &mut cp)
                             .await?
