@@ -34,6 +34,8 @@ pub struct Faults {
     pub retry_after_style: RetryAfterStyle,
     /// 503 with Retry-After.
     pub next_503_retry_after: u32,
+    /// 503 without Retry-After, plain text (a load balancer's page).
+    pub next_503_plain: u32,
     pub next_malformed_json: u32,
     pub next_truncated_body: u32,
     pub next_dropped_connection: u32,
@@ -508,9 +510,7 @@ async fn handle(
                 "502" => {
                     return (StatusCode::BAD_GATEWAY, "<html>Bad Gateway</html>").into_response()
                 }
-                "503" => {
-                    return (StatusCode::SERVICE_UNAVAILABLE, "try later").into_response();
-                }
+                "503" => f.next_503_plain += 1,
                 "malformed" => f.next_malformed_json += 1,
                 "truncated" => f.next_truncated_body += 1,
                 _ => f.next_dropped_connection += 1,
@@ -526,6 +526,9 @@ async fn handle(
                 StatusCode::BAD_GATEWAY,
                 &json!({"error": "upstream exploded"}),
             );
+        }
+        if take(&mut f.next_503_plain) {
+            return (StatusCode::SERVICE_UNAVAILABLE, "try later").into_response();
         }
         if take(&mut f.next_503_retry_after) {
             let mut r = json_response(

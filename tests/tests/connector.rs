@@ -782,7 +782,7 @@ async fn a_response_over_the_size_cap_is_refused() {
     fx.sim().faults().next_huge_body = Some(1_000_000);
     let err = fx.connector.list(&req).await.unwrap_err();
     assert!(
-        matches!(&err, ApiError::Permanent(m) if m.contains("app.max_response_bytes (200000 bytes")),
+        matches!(&err, ApiError::Retryable(m) if m.contains("app.max_response_bytes (200000 bytes")),
         "{err}"
     );
     assert_eq!(fx.connector.list(&req).await.unwrap().records.len(), 200);

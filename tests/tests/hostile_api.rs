@@ -2,6 +2,7 @@
 //! a sync, loops, leaks a secret or blocks an org), on both adapter sets
 //! with two orgs connected.
 
+use metered::clock::Clock;
 use metered::job::JobKind;
 use metered::sync::settings::{
     CompleteTransferSettings, LookupPolicy, PkLookupSettings, StormGuard, SyncConfig,
@@ -345,7 +346,130 @@ async fn bad_records_are_quarantined_and_the_rest_stored(adapter: Adapter) {
     }
 }
 
+/// One hostile switch, how to set it, and what the operator must see.
+struct Switch {
+    name: &'static str,
+    set: fn(&mut metered_sim::Faults),
+    /// Extra calls the switch may cost per org beyond the 3 pages.
+    extra_calls: u64,
+    /// Text one restart reason must contain (the reason is visible).
+    reason: &'static [&'static str],
+}
+
+const SWITCHES: &[Switch] = &[
+    Switch {
+        name: "body not JSON",
+        set: |f| f.next_malformed_json = 2,
+        extra_calls: 2,
+        reason: &["not valid JSON"],
+    },
+    Switch {
+        name: "body cut short",
+        set: |f| f.next_truncated_body = 2,
+        extra_calls: 2,
+        reason: &["cut short", "in transit"],
+    },
+    Switch {
+        name: "dropped connection",
+        set: |f| f.next_dropped_connection = 2,
+        extra_calls: 2,
+        reason: &["cut short", "in transit", "connection"],
+    },
+    Switch {
+        name: "502 without Retry-After",
+        set: |f| f.next_5xx = 2,
+        extra_calls: 2,
+        reason: &["HTTP 502"],
+    },
+    Switch {
+        name: "503 without Retry-After",
+        set: |f| f.next_503_plain = 2,
+        extra_calls: 2,
+        reason: &["HTTP 503"],
+    },
+    Switch {
+        name: "a body that drips past the timeout",
+        set: |f| f.next_slow_drip = 1,
+        extra_calls: 1,
+        reason: &["timed out", "cut short", "in transit"],
+    },
+    Switch {
+        name: "a body over max_response_bytes",
+        set: |f| f.next_huge_body = Some(3_000_000),
+        extra_calls: 1,
+        reason: &["app.max_response_bytes"],
+    },
+    Switch {
+        name: "Retry-After as an HTTP date 30 days away",
+        set: |f| {
+            f.next_429 = 1;
+            f.burst_retry_after_secs = 30 * 86_400;
+            f.retry_after_style = metered_sim::RetryAfterStyle::HttpDate;
+        },
+        // A 429 is not served (nor counted by the API's budget).
+        extra_calls: 0,
+        reason: &["rate limited"],
+    },
+];
+
+/// Every hostile switch of the simulator alone, against a transfer of 450
+/// invoices (3 pages) for two orgs: every record of both orgs stored, at
+/// most 3 calls plus the switch's failures per org (the bound), the reason
+/// in a restart the operator sees, nothing dead-lettered, no panic.
+async fn every_hostile_switch_costs_a_bounded_retry_and_loses_nothing(adapter: Adapter) {
+    for switch in SWITCHES {
+        let w = World::new(
+            adapter,
+            SimConfig {
+                invoices: 450,
+                ..Default::default()
+            },
+            |c| {
+                transfer_of(c, "invoices");
+                c.app.timeouts.request_ms = 1_000;
+                c.app.max_response_bytes = 2_000_000;
+            },
+        )
+        .await;
+        (switch.set)(&mut w.sim().faults());
+        let started = w.clock.now();
+        for org in ORGS {
+            w.start_for(org, JobKind::CompleteTransfer, "invoices")
+                .await;
+        }
+        let report = w.drive_report().await;
+        let name = switch.name;
+        // A retry time 30 days away holds the orgs 7 days at most.
+        let took = w.clock.now() - started;
+        assert!(
+            took <= chrono::Duration::days(7) + chrono::Duration::hours(1),
+            "{name}: took {took}"
+        );
+        assert!(report.dead.is_empty(), "{name}: {report:?}");
+        let stats = w.sim().stats();
+        for org in ORGS {
+            let stored = w.store.count(&w.svc.key(org), "invoices").await.unwrap();
+            assert_eq!(stored, 450, "{name}: {org}");
+            let calls = stats.calls_of(&w.api_keys[org], "GET /invoices");
+            assert!(
+                (3..=3 + switch.extra_calls).contains(&calls),
+                "{name}: {org} spent {calls} calls; bound {}",
+                3 + switch.extra_calls
+            );
+        }
+        assert!(
+            report
+                .restarts
+                .iter()
+                .any(|r| switch.reason.iter().any(|want| r.contains(want))),
+            "{name}: no restart names the fault: {:?}",
+            report.restarts
+        );
+    }
+}
+
 metered_tests::on_both!(
+    every_hostile_switch_costs_a_bounded_retry_and_loses_nothing,
     an_api_that_caps_its_page_size_is_found_out_once,
     a_short_listing_is_probed_once,
     a_failed_first_transfer_is_not_restarted_by_every_lookup,

@@ -118,8 +118,11 @@ impl HttpConnector {
         what: &str,
     ) -> std::result::Result<Vec<u8>, ApiError> {
         let max = self.config.app.max_response_bytes;
+        // Retryable: a padded or runaway body is as often a one-off (a proxy,
+        // a bug on one page) as a rule; the job's bounded attempts stop a
+        // body that stays too large, naming the setting.
         let too_large = |n: u64| {
-            ApiError::Permanent(format!(
+            ApiError::Retryable(format!(
                 "{what}: the response body is larger than app.max_response_bytes ({max} bytes; at least {n} were sent)"
             ))
         };
