@@ -34,6 +34,8 @@ pub struct Faults {
     pub retry_after_style: RetryAfterStyle,
     /// 503 with Retry-After.
     pub next_503_retry_after: u32,
+    /// 200 with a JSON body that holds no records array (an error object).
+    pub next_no_records: u32,
     /// 503 without Retry-After, plain text (a load balancer's page).
     pub next_503_plain: u32,
     pub next_malformed_json: u32,
@@ -526,6 +528,9 @@ async fn handle(
                 StatusCode::BAD_GATEWAY,
                 &json!({"error": "upstream exploded"}),
             );
+        }
+        if take(&mut f.next_no_records) {
+            return json_response(StatusCode::OK, &json!({"error": "temporarily unavailable"}));
         }
         if take(&mut f.next_503_plain) {
             return (StatusCode::SERVICE_UNAVAILABLE, "try later").into_response();

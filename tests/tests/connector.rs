@@ -408,7 +408,7 @@ async fn a_missing_records_array_names_pointer_and_type() {
         .await
         .unwrap_err();
     assert!(
-        matches!(&err, ApiError::Permanent(m) if m.contains("record type `invoices`") && m.contains("\"/results\"")),
+        matches!(&err, ApiError::Retryable(m) if m.contains("record type `invoices`") && m.contains("\"/results\"")),
         "{err}"
     );
 }

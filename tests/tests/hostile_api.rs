@@ -364,6 +364,12 @@ const SWITCHES: &[Switch] = &[
         reason: &["not valid JSON"],
     },
     Switch {
+        name: "200 without the records array",
+        set: |f| f.next_no_records = 2,
+        extra_calls: 2,
+        reason: &["no records array"],
+    },
+    Switch {
         name: "body cut short",
         set: |f| f.next_truncated_body = 2,
         extra_calls: 2,

@@ -6,8 +6,8 @@
 //! 2xx → records; 429, or 503 with `Retry-After` (seconds or HTTP date) or
 //! the configured reset header → [`ApiError::RateLimited`]; other 5xx,
 //! timeouts, broken connections and 2xx bodies that are not JSON →
-//! retryable; other 4xx and a missing records array → permanent, naming the
-//! status, pointer and record type. An item without an id is handed back as
+//! retryable, as is a 2xx without the records array (naming the pointer
+//! and record type); other 4xx → permanent, naming the status. An item without an id is handed back as
 //! unreadable (the caller quarantines it) so it never fails its page. Error texts are bounded and scrubbed of
 //! the credential.
 
@@ -349,8 +349,11 @@ fn extract_at(
     let items: Vec<&Value> = match found {
         Some(Value::Array(items)) => items.iter().collect(),
         Some(obj @ Value::Object(_)) => vec![obj],
+        // Retryable: an error page or a half-written body behind a 200 is
+        // as often a glitch as a wrong pointer; a config that points at
+        // nothing fails after the job's bounded attempts, naming it.
         _ => {
-            return Err(ApiError::Permanent(format!(
+            return Err(ApiError::Retryable(format!(
                 "record type `{name}`: no records array at {pointer:?} in the response"
             )))
         }
