@@ -42,6 +42,8 @@ macro_rules! store_cases {
                 a_claim_ends_at_the_invocation_deadline,
                 lookup_claims_are_reclaimable_by_their_claimer_only,
                 lookup_claims_are_scoped_by_org,
+                both_adapters_refuse_the_same_record_size,
+                quarantine_is_scoped_by_org_and_lists_each_record_once,
             ]
         );
     };
@@ -306,5 +308,98 @@ pub async fn lookup_claims_are_scoped_by_org<F: Future<Output = Fixture>>(make: 
             .unwrap(),
         ids,
         "org B's cus_1 is not org A's"
+    );
+}
+
+/// A record whose JSON is exactly `bytes` long.
+fn record(id: &str, bytes: usize) -> metered::connector::Record {
+    let frame = serde_json::json!({"id": id, "notes": ""}).to_string().len();
+    let data = serde_json::json!({"id": id, "notes": "n".repeat(bytes - frame)});
+    assert_eq!(data.to_string().len(), bytes);
+    metered::connector::Record {
+        id: id.into(),
+        updated_at: None,
+        data,
+    }
+}
+
+/// A record just under [`metered::store::MAX_RECORD_BYTES`] is stored; one
+/// just over is refused with an error naming it, on every adapter alike
+/// (DynamoDB's 400 KB item limit decides; SQLite applies the same rule).
+pub async fn both_adapters_refuse_the_same_record_size<F: Future<Output = Fixture>>(make: F) {
+    let s = make.await;
+    let (a, _) = orgs();
+    let max = metered::store::MAX_RECORD_BYTES;
+    s.records
+        .upsert(&a, "invoices", &[record("fits", max)], afternoon())
+        .await
+        .expect("a record of exactly the limit is stored");
+    let Err(err) = s
+        .records
+        .upsert(&a, "invoices", &[record("big", max + 1)], afternoon())
+        .await
+    else {
+        panic!("a record one byte over the limit was stored");
+    };
+    assert!(!err.is_retryable(), "{err}");
+    assert!(err.to_string().contains("record `big`"), "{err}");
+    assert_eq!(s.records.count(&a, "invoices").await.unwrap(), 1);
+}
+
+/// Quarantine entries belong to their org, and a record set aside again
+/// (every run sees it) is listed once, with the latest reason.
+pub async fn quarantine_is_scoped_by_org_and_lists_each_record_once<F: Future<Output = Fixture>>(
+    make: F,
+) {
+    use metered::store::Quarantined;
+    let s = make.await;
+    let (a, b) = orgs();
+    let t = afternoon();
+    let entry = |id: Option<&str>, reason: &str, at| {
+        Quarantined::new(
+            "complete-transfer:invoices",
+            "invoices",
+            id.map(str::to_string),
+            reason.into(),
+            &serde_json::json!({"id": id, "total": 5}),
+            at,
+        )
+    };
+    s.records
+        .quarantine(
+            &a,
+            &[
+                entry(Some("inv_1"), "too large", t),
+                entry(None, "no id", t),
+            ],
+        )
+        .await
+        .unwrap();
+    s.records
+        .quarantine(
+            &a,
+            &[entry(
+                Some("inv_1"),
+                "too large again",
+                t + Duration::hours(1),
+            )],
+        )
+        .await
+        .unwrap();
+    s.records
+        .quarantine(&b, &[entry(Some("inv_1"), "b's own", t)])
+        .await
+        .unwrap();
+    let listed = s.records.quarantined(&a, 10).await.unwrap();
+    assert_eq!(listed.len(), 2, "{listed:?}");
+    assert_eq!(listed[0].reason, "too large again", "newest first");
+    assert_eq!(listed[1].record_id, None);
+    let of_b = s.records.quarantined(&b, 10).await.unwrap();
+    assert_eq!(of_b.len(), 1);
+    assert_eq!(of_b[0].reason, "b's own");
+    assert_eq!(
+        s.records.quarantined(&a, 1).await.unwrap().len(),
+        1,
+        "limit"
     );
 }
