@@ -64,6 +64,9 @@ pub struct Faults {
     /// The next N responses send their headers at once, then drip the body
     /// a few bytes every 100 ms for 2 s (a stalled proxy).
     pub next_slow_drip: u32,
+    /// Page-numbered lists (invoices) ignore the page parameter and serve
+    /// page 1 every time.
+    pub ignore_page_param: bool,
     /// Calls that failed by `fail_percent`, per failure kind.
     pub failed_by_kind: BTreeMap<&'static str, u64>,
     /// The next N calls to an endpoint (`GET /customers`, as in
@@ -740,6 +743,7 @@ async fn handle(
             &params,
             faults.change_between_pages,
             faults.repeat_next,
+            faults.ignore_page_param,
         ),
         _ => json_response(
             StatusCode::NOT_FOUND,
@@ -755,6 +759,7 @@ fn list(
     params: &dyn Fn(&str) -> Vec<String>,
     change_between_pages: bool,
     repeat_next: bool,
+    ignore_page_param: bool,
 ) -> Response {
     let data = lock(&state.data);
     let Some(all) = data.types.get(record_type) else {
@@ -870,6 +875,8 @@ fn list(
                 .and_then(|s| s.parse::<usize>().ok())
                 .unwrap_or(1)
                 .max(1);
+            // Hostile: the page parameter is ignored; page 1 every time.
+            let p = if ignore_page_param { 1 } else { p };
             (
                 matching
                     .iter()

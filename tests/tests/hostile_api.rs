@@ -198,6 +198,42 @@ async fn a_short_listing_is_probed_once(adapter: Adapter) {
     assert_eq!(w.sim().stats().calls("GET /invoices"), 1, "no second probe");
 }
 
+/// An API that ignores the page parameter serves page 1 for every page.
+/// A listing longer than a page fails on page 2 with a reason (2 calls, not
+/// the budget); one shorter than a page is complete after the probe sees
+/// page 1 again (2 calls, then 1 per run).
+async fn an_api_that_ignores_the_page_parameter_never_loops(adapter: Adapter) {
+    for (invoices, calls, dead) in [(450, 2, 1), (30, 2, 0)] {
+        let w = World::new(
+            adapter,
+            SimConfig {
+                invoices,
+                ..Default::default()
+            },
+            |c| transfer_of(c, "invoices"),
+        )
+        .await;
+        w.sim().faults().ignore_page_param = true;
+        w.start(JobKind::CompleteTransfer, "invoices").await;
+        let report = w.drive_report().await;
+        assert_eq!(w.sim().stats().calls("GET /invoices"), calls, "{invoices}");
+        assert_eq!(report.dead.len(), dead, "{invoices}: {report:?}");
+        if dead > 0 {
+            assert!(
+                report.dead[0].contains("served the same page again"),
+                "{report:?}"
+            );
+        } else {
+            assert_eq!(w.store.count(&w.key(), "invoices").await.unwrap(), 30);
+            w.sim().reset_stats();
+            w.clock.advance(chrono::Duration::days(1));
+            w.start(JobKind::CompleteTransfer, "invoices").await;
+            w.drive().await;
+            assert_eq!(w.sim().stats().calls("GET /invoices"), 1, "no second probe");
+        }
+    }
+}
+
 /// The storm guard backs off: the customers transfer that lookups wait for
 /// fails (its list endpoint answers garbage five times in a row). It is
 /// given up on once, its failure recorded, and not started again on every
@@ -476,6 +512,7 @@ async fn every_hostile_switch_costs_a_bounded_retry_and_loses_nothing(adapter: A
 
 metered_tests::on_both!(
     every_hostile_switch_costs_a_bounded_retry_and_loses_nothing,
+    an_api_that_ignores_the_page_parameter_never_loops,
     an_api_that_caps_its_page_size_is_found_out_once,
     a_short_listing_is_probed_once,
     a_failed_first_transfer_is_not_restarted_by_every_lookup,

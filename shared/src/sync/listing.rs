@@ -58,6 +58,16 @@ pub struct ListingCheckpoint {
     /// This run learned `page_size` (recorded at the end).
     #[serde(default)]
     pub learned_page_size: bool,
+    /// Digest of the ids of the last page: an API that ignores the page or
+    /// offset parameter serves the same page forever.
+    #[serde(default)]
+    pub last_page: Option<String>,
+}
+
+/// A digest of what a page served, to recognise the same page again.
+fn page_digest(page: &crate::connector::Page) -> String {
+    let ids: Vec<&str> = page.records.iter().map(|r| r.id.as_str()).collect();
+    crate::store::content_hash(&serde_json::json!([ids, page.unreadable.len()]))
 }
 
 /// A short digest of a cursor, for [`ListingCheckpoint::seen_cursors`].
@@ -174,6 +184,19 @@ pub async fn run(svc: &Services, job: &JobEnvelope, ctx: &JobContext) -> Outcome
         };
         let served = page.served() as u64;
         let mut next = page.next.take();
+        let digest = page_digest(&page);
+        let repeated = served > 0 && cp.last_page.as_deref() == Some(digest.as_str());
+        if repeated && cp.probe.is_none() {
+            break Outcome::Fail(format!(
+                "list `{}`: the API served the same page again after {} pages (it may ignore the page or offset parameter); following it would loop until the budget is gone",
+                payload.record_type, cp.pages
+            ));
+        }
+        if repeated {
+            // The probe got page 1 again: the API ignores the page parameter
+            // and its one page was the whole listing.
+            next = None;
+        }
         let records = match super::set_aside(svc, &key, &sync, &payload.record_type, page).await {
             Ok(r) => r,
             Err(e) => break Outcome::from_error_at(&e, checkpoint()),
@@ -186,7 +209,7 @@ pub async fn run(svc: &Services, job: &JobEnvelope, ctx: &JobContext) -> Outcome
         // A short first page of a page/offset listing may be an API that
         // caps its page size below ours: look at the next page once.
         // (Applied to the checkpoint after the commit below.)
-        let learned = cp.probe.filter(|_| served > 0);
+        let learned = cp.probe.filter(|_| served > 0 && !repeated);
         let mut probe = None;
         if cp.probe.is_none()
             && next.is_none()
@@ -241,6 +264,7 @@ pub async fn run(svc: &Services, job: &JobEnvelope, ctx: &JobContext) -> Outcome
         if probe.is_some() {
             cp.probe = probe;
         }
+        cp.last_page = Some(digest);
         tracing::debug!(
             pages = cp.pages,
             records = cp.records,
