@@ -74,6 +74,20 @@ async fn dynamo_table(name: &str) -> metered::dynamodb::Table {
     metered::dynamodb::Table::new(aws_sdk_dynamodb::Client::new(&aws), name)
 }
 
+/// The record store a command reads: DynamoDB when a table is named, else
+/// the SQLite file.
+async fn record_store(
+    dynamodb_table: Option<&str>,
+    db: &PathBuf,
+) -> Result<Arc<dyn RecordStore>, BoxError> {
+    Ok(match dynamodb_table {
+        Some(table) => Arc::new(metered::store::dynamodb::DynamoStore::new(
+            dynamo_table(table).await,
+        )),
+        None => Arc::new(metered::store::sqlite::SqliteStore::new(open_db(db)?)),
+    })
+}
+
 fn open_db(path: &PathBuf) -> Result<Db, BoxError> {
     if !path.exists() {
         return Err(format!(
@@ -143,14 +157,7 @@ pub async fn usage(args: UsageArgs) -> Result<(), BoxError> {
 pub async fn records(args: RecordsArgs) -> Result<(), BoxError> {
     let config = load_config(args.common.config.as_deref())?;
     config.record_type(&args.record_type)?;
-    let store: Arc<dyn RecordStore> = match &args.dynamodb_table {
-        Some(table) => Arc::new(metered::store::dynamodb::DynamoStore::new(
-            dynamo_table(table).await,
-        )),
-        None => Arc::new(metered::store::sqlite::SqliteStore::new(open_db(
-            &args.common.db,
-        )?)),
-    };
+    let store = record_store(args.dynamodb_table.as_deref(), &args.common.db).await?;
     let mut all = Vec::new();
     for org in orgs(&args.common, &config) {
         let key = QuotaKey::new(&org, &config.app.name);
@@ -194,14 +201,7 @@ pub async fn records(args: RecordsArgs) -> Result<(), BoxError> {
 /// with the reason, per organization.
 pub async fn quarantine(args: QuarantineArgs) -> Result<(), BoxError> {
     let config = load_config(args.common.config.as_deref())?;
-    let store: Arc<dyn RecordStore> = match &args.dynamodb_table {
-        Some(table) => Arc::new(metered::store::dynamodb::DynamoStore::new(
-            dynamo_table(table).await,
-        )),
-        None => Arc::new(metered::store::sqlite::SqliteStore::new(open_db(
-            &args.common.db,
-        )?)),
-    };
+    let store = record_store(args.dynamodb_table.as_deref(), &args.common.db).await?;
     let mut all = Vec::new();
     for org in orgs(&args.common, &config) {
         let key = QuotaKey::new(&org, &config.app.name);

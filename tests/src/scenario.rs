@@ -267,17 +267,12 @@ pub async fn account(w: &World) -> Vec<Account> {
         let scope = w.svc.key(org);
         let stored_invoices = w.store.count(&scope, "invoices").await.unwrap() as usize;
         let stored_customers = w
-            .store
-            .get(
-                &scope,
+            .seen(
+                org,
                 "customers",
                 &referenced.iter().cloned().collect::<Vec<_>>(),
             )
-            .await
-            .unwrap()
-            .iter()
-            .filter(|r| r.seen())
-            .count();
+            .await;
         let mut notes: BTreeMap<String, usize> = BTreeMap::new();
         for created in stats.created_by_key.get(key).into_iter().flatten() {
             if let Some(c) = created["customer"].as_str() {

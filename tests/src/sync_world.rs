@@ -420,6 +420,28 @@ impl World {
         self.fx.sim()
     }
 
+    /// How many of `ids` of `record_type` org `org` has seen (stored, not
+    /// only looked for).
+    pub async fn seen(&self, org: &str, record_type: &str, ids: &[String]) -> usize {
+        self.store
+            .get(&self.svc.key(org), record_type, ids)
+            .await
+            .unwrap()
+            .iter()
+            .filter(|r| r.seen())
+            .count()
+    }
+
+    /// Runs the transfer of `record_type` for the first org again a day
+    /// later and returns the calls to `endpoint` it made.
+    pub async fn calls_of_a_rerun(&self, record_type: &str, endpoint: &str) -> u64 {
+        self.sim().reset_stats();
+        self.clock.advance(chrono::Duration::days(1));
+        self.start(JobKind::CompleteTransfer, record_type).await;
+        self.drive().await;
+        self.sim().stats().calls(endpoint)
+    }
+
     pub fn key(&self) -> metered::quota::QuotaKey {
         self.svc.key(ORG)
     }
