@@ -261,7 +261,7 @@ fn every_command_has_help() {
 }
 
 #[tokio::test]
-async fn usage_and_records_read_dynamodb_too() {
+async fn usage_records_and_quarantine_read_dynamodb_too() {
     use metered::quota::QuotaStore;
     let url = std::env::var("METERED_TEST_DYNAMODB_URL")
         .expect("METERED_TEST_DYNAMODB_URL: run `bash infra/test.sh`, which starts DynamoDB Local");
@@ -297,47 +297,46 @@ async fn usage_and_records_read_dynamodb_too() {
         data: serde_json::json!({"id": "cls_001", "title": "Yoga"}),
     };
     let store = metered::store::dynamodb::DynamoStore::new(table);
-    metered::store::RecordStore::upsert(
-        &store,
-        &metered::quota::QuotaKey::new("acme", "sim-booking"),
-        "classes",
-        &[record],
-        chrono::Utc::now(),
-    )
-    .await
-    .unwrap();
-    let dir = tmp("ddb-usage");
-    let out = Command::new(env!("CARGO_BIN_EXE_metered"))
-        .args([
-            "usage",
-            "--dynamodb-table",
-            &name,
-            "--day",
-            "2026-11-22",
-            "--json",
-        ])
-        .env("AWS_ENDPOINT_URL", &url)
-        .env("AWS_ACCESS_KEY_ID", "local")
-        .env("AWS_SECRET_ACCESS_KEY", "local")
-        .env("AWS_REGION", "us-east-1")
-        .current_dir(&dir)
-        .output()
+    let scope = metered::quota::QuotaKey::new("acme", "sim-booking");
+    metered::store::RecordStore::upsert(&store, &scope, "classes", &[record], chrono::Utc::now())
+        .await
         .unwrap();
-    let rows = json(&out);
+    // What a deployed function set aside is listed from the same table.
+    let bad = metered::store::Quarantined::new(
+        "complete-transfer:classes",
+        "classes",
+        None,
+        "record type `classes`: record #3 of the response has no id at \"/id\"".into(),
+        &serde_json::json!({"title": "Pilates"}),
+        chrono::Utc::now(),
+    );
+    metered::store::RecordStore::quarantine(&store, &scope, &[bad])
+        .await
+        .unwrap();
+    let dir = tmp("ddb-usage");
+    let cli = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_metered"))
+            .args(args)
+            .args(["--dynamodb-table", &name, "--json"])
+            .env("AWS_ENDPOINT_URL", &url)
+            .env("AWS_ACCESS_KEY_ID", "local")
+            .env("AWS_SECRET_ACCESS_KEY", "local")
+            .env("AWS_REGION", "us-east-1")
+            .current_dir(&dir)
+            .output()
+            .unwrap()
+    };
+    let rows = json(&cli(&["usage", "--day", "2026-11-22"]));
     assert_eq!(rows[0]["calls"], 42, "{rows}");
     assert_eq!(rows[0]["source"], "recent-records:invoices");
-    let out = Command::new(env!("CARGO_BIN_EXE_metered"))
-        .args(["records", "classes", "--dynamodb-table", &name, "--json"])
-        .env("AWS_ENDPOINT_URL", &url)
-        .env("AWS_ACCESS_KEY_ID", "local")
-        .env("AWS_SECRET_ACCESS_KEY", "local")
-        .env("AWS_REGION", "us-east-1")
-        .current_dir(&dir)
-        .output()
-        .unwrap();
-    let records = json(&out);
+    let records = json(&cli(&["records", "classes"]));
     assert_eq!(records.as_array().unwrap().len(), 1, "{records}");
     assert_eq!(records[0]["record"]["data"]["title"], "Yoga");
+    let quarantined = json(&cli(&["quarantine"]));
+    assert_eq!(quarantined.as_array().unwrap().len(), 1, "{quarantined}");
+    let q = &quarantined[0]["quarantined"];
+    assert!(q["reason"].as_str().unwrap().contains("no id"), "{q}");
+    assert!(q["excerpt"].as_str().unwrap().contains("Pilates"), "{q}");
 }
 
 #[test]

@@ -96,31 +96,39 @@ async fn complete_transfer_spends_exactly_ceil_n_over_page(adapter: Adapter) {
         },
     )
     .await;
-    w.start(JobKind::CompleteTransfer, "invoices").await;
+    // Both orgs, whose invoices have the same ids.
+    for org in ORGS {
+        w.start_for(org, JobKind::CompleteTransfer, "invoices")
+            .await;
+    }
     let report = w.drive().await;
-    assert_eq!(report.done.get(&JobKind::CompleteTransfer), Some(&1));
-    assert_eq!(
-        w.sim().stats().calls("GET /invoices"),
-        6,
-        "ceil(1150 / 200)"
-    );
-    assert_eq!(w.store.count(&w.key(), "invoices").await.unwrap(), 1_150);
+    assert_eq!(report.done.get(&JobKind::CompleteTransfer), Some(&2));
+    let stats = w.sim().stats();
     let triggers = w.take_triggers().await;
     assert_eq!(
         triggers.iter().map(|t| t.changes.len()).sum::<usize>(),
-        1_150,
-        "every new record triggers once"
+        2 * 1_150,
+        "every new record of each org triggers once"
     );
-    let state = w
-        .store
-        .sync_state(&w.key(), "complete-transfer:invoices")
-        .await
-        .unwrap();
-    assert!(
-        state.last_completed.is_some() && state.running_job.is_none(),
-        "{state:?}"
-    );
-    assert_eq!(state.last_pages, Some(6));
+    for org in ORGS {
+        assert_eq!(
+            stats.calls_of(&w.api_keys[org], "GET /invoices"),
+            6,
+            "{org}: ceil(1150 / 200)"
+        );
+        let scope = w.svc.key(org);
+        assert_eq!(w.store.count(&scope, "invoices").await.unwrap(), 1_150);
+        let state = w
+            .store
+            .sync_state(&scope, "complete-transfer:invoices")
+            .await
+            .unwrap();
+        assert!(
+            state.last_completed.is_some() && state.running_job.is_none(),
+            "{org}: {state:?}"
+        );
+        assert_eq!(state.last_pages, Some(6), "{org}");
+    }
 }
 
 async fn a_denial_mid_transfer_resumes_without_refetching(adapter: Adapter) {
@@ -263,7 +271,8 @@ async fn unseen_only_lookups_spend_ceil_u_over_k(adapter: Adapter) {
         |c| invoices_with_lookups(c, LookupPolicy::UnseenOnly, StormGuard::Off),
     )
     .await;
-    // A hundred customers are already known.
+    // A hundred customers are already known to org A; org B, whose ids
+    // coincide, knows none: each org looks up what it has not seen.
     let known: Vec<metered::connector::Record> = w.sim().records("customers")[..100]
         .iter()
         .map(|d| metered::connector::Record {
@@ -277,28 +286,28 @@ async fn unseen_only_lookups_spend_ceil_u_over_k(adapter: Adapter) {
         .await
         .unwrap();
     let known_ids: BTreeSet<String> = known.iter().map(|r| r.id.clone()).collect();
-    let unseen = referenced_customers(&w).difference(&known_ids).count();
-    w.start(JobKind::CompleteTransfer, "invoices").await;
+    let referenced = referenced_customers(&w);
+    let unseen_by_a = referenced.difference(&known_ids).count();
+    for org in ORGS {
+        w.start_for(org, JobKind::CompleteTransfer, "invoices")
+            .await;
+    }
     w.drive().await;
-    let lookups = w.sim().stats().calls("GET /customers (by ids)");
-    assert_eq!(
-        lookups as usize,
-        unseen.div_ceil(50),
-        "{unseen} unseen keys at 50 a call"
-    );
-    let seen = w
-        .store
-        .get(
-            &w.key(),
-            "customers",
-            &referenced_customers(&w).into_iter().collect::<Vec<_>>(),
-        )
-        .await
-        .unwrap();
-    assert!(
-        seen.iter().all(|r| r.seen()),
-        "every referenced customer is now stored"
-    );
+    let stats = w.sim().stats();
+    for (org, unseen) in [(ORGS[0], unseen_by_a), (ORGS[1], referenced.len())] {
+        let lookups = stats.calls_of(&w.api_keys[org], "GET /customers (by ids)");
+        assert_eq!(
+            lookups as usize,
+            unseen.div_ceil(50),
+            "{org}: {unseen} unseen keys at 50 a call"
+        );
+        let ids: Vec<String> = referenced.iter().cloned().collect();
+        assert_eq!(
+            w.seen(org, "customers", &ids).await,
+            ids.len(),
+            "{org}: every referenced customer is now stored"
+        );
+    }
 }
 
 async fn seen_and_unseen_respects_the_minimum_relookup_time(adapter: Adapter) {

@@ -42,6 +42,10 @@ max_rows_per_call = 30
 "#;
 
 async fn run_bulk(w: &World, name: &str, dry_run: bool) -> JobEnvelope {
+    run_bulk_for(w, ORG, name, dry_run).await
+}
+
+async fn run_bulk_for(w: &World, org: &str, name: &str, dry_run: bool) -> JobEnvelope {
     let payload = serde_json::to_value(RunPayload {
         workflow: name.into(),
         ids: None,
@@ -50,7 +54,7 @@ async fn run_bulk(w: &World, name: &str, dry_run: bool) -> JobEnvelope {
     .unwrap();
     let job = JobEnvelope::new(
         JobKind::Workflow,
-        ORG,
+        org,
         "sim-booking",
         payload,
         w.shared.now(),
@@ -73,7 +77,12 @@ async fn decision_nodes_spend_only_on_passing_records(adapter: Adapter) {
     )
     .await
     .with_workflows();
-    w.start(JobKind::CompleteTransfer, "customers").await;
+    // Two orgs whose customers have the same ids; each runs its own bulk
+    // execution and gets its own notes and rows.
+    for org in ORGS {
+        w.start_for(org, JobKind::CompleteTransfer, "customers")
+            .await;
+    }
     w.drive().await;
     let before = w.sim().stats();
     assert_eq!(
@@ -89,29 +98,20 @@ async fn decision_nodes_spend_only_on_passing_records(adapter: Adapter) {
         (100, 4),
         "{estimate:?}"
     );
-    run_bulk(&w, "vip", true).await;
+    for org in ORGS {
+        run_bulk_for(&w, org, "vip", true).await;
+    }
     w.drive().await;
     assert_eq!(
         w.sim().stats().served(),
         before.served(),
         "a dry run spends nothing"
     );
-    run_bulk(&w, "vip", false).await;
+    for org in ORGS {
+        run_bulk_for(&w, org, "vip", false).await;
+    }
     w.drive().await;
     let stats = w.sim().stats();
-    assert_eq!(
-        stats.calls("POST /notes"),
-        100,
-        "exactly the passing records"
-    );
-    assert_eq!(stats.datasource_pushes, 4, "ceil(100 / 30)");
-    assert_eq!(
-        stats.served() - before.served(),
-        estimate.total_calls,
-        "the estimate was exact"
-    );
-    assert_eq!(w.sim().datasource_rows("vips").len(), 100);
-    assert!(stats.creates_by_idempotency_key.values().all(|n| *n == 1));
     let passing: std::collections::BTreeSet<String> = w
         .sim()
         .records("customers")
@@ -119,13 +119,30 @@ async fn decision_nodes_spend_only_on_passing_records(adapter: Adapter) {
         .filter(|r| r["score"].as_u64().unwrap() < 10)
         .map(|r| r["id"].as_str().unwrap().to_string())
         .collect();
-    let pushed: std::collections::BTreeSet<String> = w
-        .sim()
-        .datasource_rows("vips")
-        .iter()
-        .map(|r| r["id"].as_str().unwrap().to_string())
-        .collect();
-    assert_eq!(pushed, passing);
+    for org in ORGS {
+        let key = &w.api_keys[org];
+        assert_eq!(
+            stats.calls_of(key, "POST /notes"),
+            100,
+            "{org}: exactly the passing records"
+        );
+        assert_eq!(
+            stats.calls_of(key, "POST /datasources/{name}/rows"),
+            4,
+            "{org}: ceil(100 / 30)"
+        );
+        let spent = stats.calls_by_key.get(key).copied().unwrap_or(0)
+            - before.calls_by_key.get(key).copied().unwrap_or(0);
+        assert_eq!(spent, estimate.total_calls, "{org}: the estimate was exact");
+        let pushed: std::collections::BTreeSet<String> = w
+            .sim()
+            .datasource_rows_of(key, "vips")
+            .iter()
+            .map(|r| r["id"].as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(pushed, passing, "{org}");
+    }
+    assert!(stats.creates_by_idempotency_key.values().all(|n| *n == 1));
 }
 
 async fn actions_fire_once_under_duplicates_restarts_and_crashes(adapter: Adapter) {
