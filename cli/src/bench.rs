@@ -9,16 +9,17 @@ use async_trait::async_trait;
 use aws_sdk_dynamodb::config::interceptors::BeforeTransmitInterceptorContextRef;
 use aws_sdk_dynamodb::config::{ConfigBag, Intercept, RuntimeComponents};
 use aws_sdk_dynamodb::error::BoxError;
-use metered::clock::{SharedClock, SystemClock};
-use metered::dynamodb::Table;
-use metered::job::{JobEnvelope, JobKind, Outcome};
-use metered::queue::{sqlite::SqliteQueue, sqs::SqsQueue, JobQueue};
-use metered::quota::{
-    dynamodb::DynamoQuota, sqlite::SqliteQuota, Acquire, Admission, Call, Limits, Quota, QuotaKey,
-    QuotaStore,
-};
-use metered::runtime::{JobContext, JobHandler, JobRuntime, RestartPolicy};
-use metered::sqlite::Db;
+use metered::adapters::aws::queue::SqsQueue;
+use metered::adapters::aws::quota::DynamoQuota;
+use metered::adapters::aws::Table;
+use metered::adapters::sqlite::queue::SqliteQueue;
+use metered::adapters::sqlite::quota::SqliteQuota;
+use metered::adapters::sqlite::Db;
+use metered::core::clock::{SharedClock, SystemClock};
+use metered::jobs::envelope::{JobEnvelope, JobKind, Outcome};
+use metered::jobs::queue::JobQueue;
+use metered::jobs::runtime::{JobContext, JobHandler, JobRuntime, RestartPolicy};
+use metered::quota::{Acquire, Admission, Call, Limits, Quota, QuotaKey, QuotaStore};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -217,7 +218,7 @@ async fn connector_section(n: u32) -> Result<(), Box<dyn std::error::Error>> {
         clock.clone(),
     );
     let server = metered_sim::serve(sim, "127.0.0.1:0".parse()?).await?;
-    let app = Arc::new(metered::connector::config::AppConfig::parse(
+    let app = Arc::new(metered::config::app::AppConfig::parse(
         &metered_sim::app_config(&server.base_url()),
     )?);
     let client = metered::connector::http::http_client(&app.app.timeouts)?;
@@ -306,20 +307,20 @@ async fn connector_section(n: u32) -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
-fn manual_now(clock: &metered::clock::ManualClock) -> chrono::DateTime<chrono::Utc> {
-    use metered::clock::Clock;
+fn manual_now(clock: &metered::core::clock::ManualClock) -> chrono::DateTime<chrono::Utc> {
+    use metered::core::clock::Clock;
     clock.now()
 }
 
 /// The reference run: 10,000 invoices referencing 2,000 customers,
 /// pages of 200, bulk lookups of 50, on SQLite against the simulator.
 async fn sync_section() -> Result<(), Box<dyn std::error::Error>> {
-    use metered::connector::config::AppConfig;
-    use metered::sync::settings::{
+    use metered::config::app::AppConfig;
+    use metered::config::sync::{
         CompleteTransferSettings, ConnectionConfig, LookupPolicy, PkLookupSettings, StormGuard,
         SyncConfig,
     };
-    let manual = metered::clock::ManualClock::new(chrono::Utc::now());
+    let manual = metered::core::clock::ManualClock::new(chrono::Utc::now());
     let clock: SharedClock = Arc::new(manual.clone());
     let sim = metered_sim::Sim::new(
         metered_sim::SimConfig {
@@ -374,7 +375,7 @@ async fn sync_section() -> Result<(), Box<dyn std::error::Error>> {
     std::fs::create_dir_all(&dir)?;
     let db = Db::open(dir.join("store.sqlite"))?;
     let quota_db = Db::open(dir.join("quota.sqlite"))?;
-    let runner = metered::local::LocalRunner::new(
+    let runner = metered::edge::local::LocalRunner::new(
         app,
         db.clone(),
         quota_db.clone(),
@@ -387,7 +388,7 @@ async fn sync_section() -> Result<(), Box<dyn std::error::Error>> {
         .filter_map(|r| r["customer_id"].as_str().map(str::to_string))
         .collect();
     let t = Instant::now();
-    metered::sync::scheduler::start_sync(
+    metered::handlers::schedule::start_sync(
         &runner.svc,
         "bench",
         JobKind::CompleteTransfer,
@@ -448,7 +449,7 @@ async fn sync_section() -> Result<(), Box<dyn std::error::Error>> {
         sim.stats().calls("GET /invoices"),
     );
     let t = Instant::now();
-    metered::sync::scheduler::start_sync(
+    metered::handlers::schedule::start_sync(
         &runner.svc,
         "bench",
         JobKind::CompleteTransfer,

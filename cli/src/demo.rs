@@ -6,8 +6,8 @@
 
 use crate::system::{load_config, BoxError, Options, System};
 use chrono::{TimeZone, Utc};
-use metered::job::JobKind;
-use metered::local::DISPATCHED;
+use metered::edge::local::DISPATCHED;
+use metered::jobs::envelope::JobKind;
 use serde_json::json;
 use std::collections::BTreeMap;
 
@@ -112,7 +112,7 @@ pub async fn run(args: Args) -> Result<(), BoxError> {
     let mut waiting = 0;
     for kind in DISPATCHED {
         if let Some(q) = system.runner.queue(kind) {
-            dead += metered::queue::JobQueue::dead_letters(q.as_ref(), 1000)
+            dead += metered::jobs::queue::JobQueue::dead_letters(q.as_ref(), 1000)
                 .await?
                 .len();
             waiting += q.len().await?;

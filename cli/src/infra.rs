@@ -44,7 +44,7 @@ pub async fn run(args: Args) -> Result<(), BoxError> {
         if r["Type"] == "AWS::DynamoDB::Table" {
             let id = id.as_str().unwrap_or_default();
             let name = format!("{}-{}", args.prefix, id);
-            metered::dynamodb::Table::new(aws_sdk_dynamodb::Client::new(&aws), &name)
+            metered::adapters::aws::Table::new(aws_sdk_dynamodb::Client::new(&aws), &name)
                 .create_if_missing()
                 .await?;
             created.insert(id.to_string(), name);

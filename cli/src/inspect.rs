@@ -2,10 +2,10 @@
 //! what the local database (or DynamoDB) says happened.
 
 use crate::system::{default_db, load_config, BoxError};
-use metered::job::JobEnvelope;
-use metered::local::DISPATCHED;
+use metered::adapters::sqlite::Db;
+use metered::edge::local::DISPATCHED;
+use metered::jobs::envelope::JobEnvelope;
 use metered::quota::{QuotaKey, QuotaStore};
-use metered::sqlite::Db;
 use metered::store::RecordStore;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -69,9 +69,9 @@ pub struct QuarantineArgs {
 }
 
 /// The DynamoDB table named on the command line, with the environment's AWS config.
-async fn dynamo_table(name: &str) -> metered::dynamodb::Table {
+async fn dynamo_table(name: &str) -> metered::adapters::aws::Table {
     let aws = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
-    metered::dynamodb::Table::new(aws_sdk_dynamodb::Client::new(&aws), name)
+    metered::adapters::aws::Table::new(aws_sdk_dynamodb::Client::new(&aws), name)
 }
 
 /// The record store a command reads: DynamoDB when a table is named, else
@@ -81,10 +81,12 @@ async fn record_store(
     db: &PathBuf,
 ) -> Result<Arc<dyn RecordStore>, BoxError> {
     Ok(match dynamodb_table {
-        Some(table) => Arc::new(metered::store::dynamodb::DynamoStore::new(
+        Some(table) => Arc::new(metered::adapters::aws::store::DynamoStore::new(
             dynamo_table(table).await,
         )),
-        None => Arc::new(metered::store::sqlite::SqliteStore::new(open_db(db)?)),
+        None => Arc::new(metered::adapters::sqlite::store::SqliteStore::new(open_db(
+            db,
+        )?)),
     })
 }
 
@@ -100,7 +102,7 @@ fn open_db(path: &PathBuf) -> Result<Db, BoxError> {
     Ok(Db::open(path)?)
 }
 
-fn orgs(common: &Common, config: &metered::connector::config::AppConfig) -> Vec<String> {
+fn orgs(common: &Common, config: &metered::config::app::AppConfig) -> Vec<String> {
     match &common.org {
         Some(o) => vec![o.clone()],
         None => config.connections.iter().map(|c| c.org.clone()).collect(),
@@ -111,10 +113,10 @@ pub async fn usage(args: UsageArgs) -> Result<(), BoxError> {
     let config = load_config(args.common.config.as_deref())?;
     let day = args.day.unwrap_or_else(|| chrono::Utc::now().date_naive());
     let store: Arc<dyn QuotaStore> = match &args.dynamodb_table {
-        Some(table) => Arc::new(metered::quota::dynamodb::DynamoQuota::new(
+        Some(table) => Arc::new(metered::adapters::aws::quota::DynamoQuota::new(
             dynamo_table(table).await,
         )),
-        None => Arc::new(metered::quota::sqlite::SqliteQuota::new(open_db(
+        None => Arc::new(metered::adapters::sqlite::quota::SqliteQuota::new(open_db(
             &args.common.db,
         )?)),
     };
@@ -236,11 +238,15 @@ pub async fn quarantine(args: QuarantineArgs) -> Result<(), BoxError> {
 
 pub async fn jobs(args: Common) -> Result<(), BoxError> {
     let db = open_db(&args.db)?;
-    let clock: metered::clock::SharedClock = Arc::new(metered::clock::SystemClock);
+    let clock: metered::core::clock::SharedClock = Arc::new(metered::core::clock::SystemClock);
     let mut out = Vec::new();
     for kind in DISPATCHED {
-        let q =
-            metered::queue::sqlite::SqliteQueue::new(db.clone(), kind.as_str(), clock.clone(), 5);
+        let q = metered::adapters::sqlite::queue::SqliteQueue::new(
+            db.clone(),
+            kind.as_str(),
+            clock.clone(),
+            5,
+        );
         for (visible, body) in q.pending().await? {
             let job = JobEnvelope::parse(&body).ok();
             out.push(serde_json::json!({
@@ -252,7 +258,7 @@ pub async fn jobs(args: Common) -> Result<(), BoxError> {
                 "id": job.as_ref().map(|j| j.id.clone()),
             }));
         }
-        for dead in metered::queue::JobQueue::dead_letters(&q, 1000).await? {
+        for dead in metered::jobs::queue::JobQueue::dead_letters(&q, 1000).await? {
             out.push(serde_json::json!({"queue": format!("{}-dlq", kind.as_str()), "reason": dead.reason, "id": dead.message_id}));
         }
     }
@@ -265,7 +271,7 @@ pub async fn jobs(args: Common) -> Result<(), BoxError> {
     }
     // Quarantined records are work that will not happen by itself: say so.
     if let Ok(config) = load_config(args.config.as_deref()) {
-        let store = metered::store::sqlite::SqliteStore::new(db.clone());
+        let store = metered::adapters::sqlite::store::SqliteStore::new(db.clone());
         let mut n = 0;
         for org in orgs(&args, &config) {
             n += store

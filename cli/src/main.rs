@@ -3,6 +3,7 @@
 
 mod bench;
 mod demo;
+mod forecast;
 mod infra;
 mod inspect;
 mod plan;

@@ -2,8 +2,8 @@
 //! workflow, flag what exceeds a limit, show what each remedy would save,
 //! and draw the forecast per hour against the limit (SVG).
 
+use crate::forecast::{chart_svg, forecast, Volumes};
 use crate::system::{load_config, BoxError};
-use metered::plan::{chart_svg, forecast, Volumes};
 use std::path::PathBuf;
 
 /// Volumes of the bundled example.

@@ -6,12 +6,14 @@
 
 use async_trait::async_trait;
 use chrono::{Duration, TimeZone, Utc};
-use metered::clock::{ManualClock, SharedClock};
-use metered::job::{JobEnvelope, JobKind, Outcome};
-use metered::queue::{sqlite::SqliteQueue, JobQueue};
-use metered::quota::{sqlite::SqliteQuota, Admission, Call, Limits, Quota, QuotaKey};
-use metered::runtime::{JobContext, JobHandler, JobRuntime, RestartPolicy, Settled};
-use metered::sqlite::Db;
+use metered::adapters::sqlite::queue::SqliteQueue;
+use metered::adapters::sqlite::quota::SqliteQuota;
+use metered::adapters::sqlite::Db;
+use metered::core::clock::{ManualClock, SharedClock};
+use metered::jobs::envelope::{JobEnvelope, JobKind, Outcome};
+use metered::jobs::queue::JobQueue;
+use metered::jobs::runtime::{JobContext, JobHandler, JobRuntime, RestartPolicy, Settled};
+use metered::quota::{Admission, Call, Limits, Quota, QuotaKey};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -169,7 +171,7 @@ pub async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
                 Settled::Done => done += 1,
                 // Early arrivals re-sent for the rest of a wait over 900 s.
                 Settled::Restarted { reason, .. }
-                    if reason == metered::runtime::NOT_BEFORE_REASON =>
+                    if reason == metered::jobs::runtime::NOT_BEFORE_REASON =>
                 {
                     wait_hops += 1
                 }

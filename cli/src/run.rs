@@ -3,8 +3,8 @@
 //! once, with a Lambda event.
 
 use crate::system::{default_db, load_config, BoxError, Options, System};
-use metered::job::JobKind;
-use metered::runtime::{JobContext, JobRuntime, RestartPolicy};
+use metered::jobs::envelope::JobKind;
+use metered::jobs::runtime::{JobContext, JobRuntime, RestartPolicy};
 use std::path::PathBuf;
 
 #[derive(clap::Args, Debug)]
@@ -83,13 +83,13 @@ pub async fn run(args: RunArgs) -> Result<(), BoxError> {
 /// Real time: the dispatcher ticks the scheduler every minute and runs what
 /// is due. Waiting here is waiting for the next due job, not out a limit.
 async fn real_time(system: &System) -> Result<(), BoxError> {
-    let manual = metered::clock::ManualClock::new(chrono::Utc::now());
+    let manual = metered::core::clock::ManualClock::new(chrono::Utc::now());
     loop {
         manual.set(chrono::Utc::now());
         let until = chrono::Utc::now();
         // Runs only what is due now (the manual clock is pinned to now).
         let report = system.runner.run_simulated(&manual, until, None).await?;
-        metered::sync::scheduler::tick(&system.runner.svc).await?;
+        metered::handlers::schedule::tick(&system.runner.svc).await?;
         if !report.done.is_empty() || !report.restarts.is_empty() {
             eprintln!(
                 "{} {:?} {:?}",
@@ -135,7 +135,7 @@ pub async fn invoke(args: InvokeArgs) -> Result<(), BoxError> {
     .await?;
     let svc = system.runner.svc.clone();
     if args.function == "scheduler" {
-        let out = metered::sync::scheduler::handle(&svc, &event).await?;
+        let out = metered::handlers::schedule::handle(&svc, &event).await?;
         println!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(());
     }
@@ -149,22 +149,26 @@ pub async fn invoke(args: InvokeArgs) -> Result<(), BoxError> {
         .ok_or("no queue for that function")?
         .clone();
     let runtime = JobRuntime::new(queue, system.clock.clone(), RestartPolicy::default());
-    let ledger: std::sync::Arc<dyn metered::workflow::ActionLedger> = std::sync::Arc::new(
-        metered::store::sqlite::SqliteStore::new(system.runner.db.clone()),
+    let ledger: std::sync::Arc<dyn metered::jobs::ledger::ActionLedger> = std::sync::Arc::new(
+        metered::adapters::sqlite::store::SqliteStore::new(system.runner.db.clone()),
     );
-    let dispatch = metered::local::Dispatch::new(svc, ledger)?;
-    let response = runtime
-        .handle_sqs_event(sqs, &Only(kind, dispatch), &JobContext::default())
-        .await;
+    let dispatch = metered::edge::local::Dispatch::new(svc, ledger)?;
+    let response = metered::edge::lambda::handle_sqs_event(
+        &runtime,
+        sqs,
+        &Only(kind, dispatch),
+        &JobContext::default(),
+    )
+    .await;
     println!("{}", serde_json::to_string_pretty(&response)?);
     Ok(())
 }
 
 /// One function's view of the dispatcher: only its own kind.
-struct Only(JobKind, metered::local::Dispatch);
+struct Only(JobKind, metered::edge::local::Dispatch);
 
 #[async_trait::async_trait]
-impl metered::runtime::JobHandler for Only {
+impl metered::jobs::runtime::JobHandler for Only {
     fn name(&self) -> &str {
         self.0.as_str()
     }
@@ -173,12 +177,12 @@ impl metered::runtime::JobHandler for Only {
     }
     async fn handle(
         &self,
-        job: &metered::job::JobEnvelope,
+        job: &metered::jobs::envelope::JobEnvelope,
         ctx: &JobContext,
-    ) -> metered::job::Outcome {
+    ) -> metered::jobs::envelope::Outcome {
         self.1.handle(job, ctx).await
     }
-    async fn gave_up(&self, job: &metered::job::JobEnvelope, reason: &str) {
+    async fn gave_up(&self, job: &metered::jobs::envelope::JobEnvelope, reason: &str) {
         self.1.gave_up(job, reason).await
     }
 }

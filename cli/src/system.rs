@@ -2,13 +2,13 @@
 //! config, the SQLite database, the clock (simulated or real), connectors
 //! (to the app's API, or to the built-in simulator), and the local runner.
 
-use metered::clock::{ManualClock, SharedClock, SystemClock, Timestamp};
-use metered::connector::config::AppConfig;
+use metered::adapters::sqlite::Db;
+use metered::config::app::AppConfig;
 use metered::connector::http::{http_client, HttpConnector};
 use metered::connector::secrets::Secret;
 use metered::connector::Connector;
-use metered::local::{LocalRunner, RunReport};
-use metered::sqlite::Db;
+use metered::core::clock::{ManualClock, SharedClock, SystemClock, Timestamp};
+use metered::edge::local::{LocalRunner, RunReport};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -85,8 +85,12 @@ impl System {
                 out
             }
             None => {
-                metered::services::http_connectors(&Arc::new(config.clone()), None, clock.clone())
-                    .await?
+                metered::handlers::context::http_connectors(
+                    &Arc::new(config.clone()),
+                    None,
+                    clock.clone(),
+                )
+                .await?
             }
         };
         if config.connections.is_empty() {

@@ -276,7 +276,7 @@ async fn usage_records_and_quarantine_read_dynamodb_too() {
         .endpoint_url(&url)
         .build();
     let name = format!("metered-cli-usage-{}", std::process::id());
-    let table = metered::dynamodb::Table::new(aws_sdk_dynamodb::Client::new(&cfg), &name);
+    let table = metered::adapters::aws::Table::new(aws_sdk_dynamodb::Client::new(&cfg), &name);
     table.create_if_missing().await.unwrap();
     let day = chrono::NaiveDate::from_ymd_opt(2026, 11, 22).unwrap();
     let entry = metered::quota::UsageEntry {
@@ -287,16 +287,16 @@ async fn usage_records_and_quarantine_read_dynamodb_too() {
         exempt: false,
         calls: 42,
     };
-    metered::quota::dynamodb::DynamoQuota::new(table.clone())
+    metered::adapters::aws::quota::DynamoQuota::new(table.clone())
         .record_usage(&[entry])
         .await
         .unwrap();
-    let record = metered::connector::Record {
+    let record = metered::core::record::Record {
         id: "cls_001".into(),
         updated_at: None,
         data: serde_json::json!({"id": "cls_001", "title": "Yoga"}),
     };
-    let store = metered::store::dynamodb::DynamoStore::new(table);
+    let store = metered::adapters::aws::store::DynamoStore::new(table);
     let scope = metered::quota::QuotaKey::new("acme", "sim-booking");
     metered::store::RecordStore::upsert(&store, &scope, "classes", &[record], chrono::Utc::now())
         .await
@@ -373,8 +373,8 @@ fn local_infra_creates_what_the_template_declares() {
         })
         .collect();
     assert_eq!(vars["METERED_TABLE"], format!("{prefix}-MeteredTable"));
-    for kind in metered::lambda::KINDS {
-        let suffix = metered::lambda::env_suffix(kind);
+    for kind in metered::edge::lambda::KINDS {
+        let suffix = metered::edge::lambda::env_suffix(kind);
         assert!(
             vars[&format!("METERED_QUEUE_URL_{suffix}")].contains(&prefix),
             "{text}"
@@ -390,8 +390,9 @@ fn local_infra_creates_what_the_template_declares() {
         "METERED_APP_CONFIG_SSM".into(),
         "/metered/app-config".into(),
     );
-    let config = metered::lambda::DeployConfig::from_lookup(|k| with_app.get(k).cloned()).unwrap();
-    assert_eq!(config.queues.len(), metered::lambda::KINDS.len());
+    let config =
+        metered::edge::lambda::DeployConfig::from_lookup(|k| with_app.get(k).cloned()).unwrap();
+    assert_eq!(config.queues.len(), metered::edge::lambda::KINDS.len());
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -238,7 +238,7 @@ async fn functions_run_under_cargo_lambda_watch_against_local_aws() {
     }
 
     // Records landed in DynamoDB.
-    let table = metered::dynamodb::Table::new(
+    let table = metered::adapters::aws::Table::new(
         aws_sdk_dynamodb::Client::from_conf(
             aws_sdk_dynamodb::config::Builder::from(&cfg)
                 .endpoint_url(&ddb)
@@ -246,7 +246,7 @@ async fn functions_run_under_cargo_lambda_watch_against_local_aws() {
         ),
         &vars["METERED_TABLE"],
     );
-    let store = metered::store::dynamodb::DynamoStore::new(table);
+    let store = metered::adapters::aws::store::DynamoStore::new(table);
     let key = metered::quota::QuotaKey::new("acme", "sim-booking");
     assert_eq!(
         metered::store::RecordStore::count(&store, &key, "classes")

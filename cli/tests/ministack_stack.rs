@@ -177,11 +177,11 @@ async fn template_deploys_to_ministack_and_the_system_runs_there() {
 
     // From here on only the stack's event source mappings move work.
     let sqs = aws_sdk_sqs::Client::new(&cfg);
-    let table = metered::dynamodb::Table::new(
+    let table = metered::adapters::aws::Table::new(
         aws_sdk_dynamodb::Client::new(&cfg),
         &deployed.outputs["TableName"],
     );
-    let store = metered::store::dynamodb::DynamoStore::new(table);
+    let store = metered::adapters::aws::store::DynamoStore::new(table);
     let key = metered::quota::QuotaKey::new("acme", "sim-booking");
     // (delayed, visible + in flight) messages of a queue.
     let depth = |queue: String| {

@@ -3,40 +3,54 @@
 //! The library every metered handler shares: it spends a third-party API's
 //! call budget like money and restarts work later instead of sleeping.
 //!
-//! ## Layout
+//! ## Layers, bottom first
 //!
-//! - [`clock`] — time as a port; tests and simulations use [`clock::ManualClock`].
-//! - [`quota`] — the budget: windows, concurrency leases, blocks, usage.
-//!   Port [`quota::QuotaStore`], adapters `quota::dynamodb` and `quota::sqlite`,
-//!   facade [`quota::Quota`].
-//! - [`connector`] — third-party APIs: the [`connector::Connector`] port,
-//!   the declarative REST connector, secrets, and [`connector::Metered`]
-//!   (every call through the quota; 429 → shared block → restart).
-//! - [`job`] — the job envelope and a handler's [`job::Outcome`].
-//! - [`queue`] — the job-queue port, adapters `queue::sqs` and `queue::sqlite`.
-//! - [`runtime`] — outcome → queue operations: restarts with delay and
-//!   jitter, `not_before`, the restart cap, dead letters, partial batch
-//!   responses for SQS-triggered Lambdas.
-//! - [`store`] — synced records with content hashes, and sync state
-//!   (high-water marks, leases); adapters `store::dynamodb`, `store::sqlite`.
-//! - [`sqlite`], [`dynamodb`] — the database handles the adapters share.
-//! - [`lambda`] — the Lambda edge: typed env config, clients built once,
-//!   the SQS loop every function's `main.rs` calls.
-//! - [`services`], [`sync`] — the sync handlers and what they share.
-//! - [`local`] — every handler in one process on SQLite (`metered run`).
-//! - [`plan`] — forecasting the calls an app will drive (`metered plan`).
-//! - [`workflow`] — triggers, CEL decision nodes, actions that run once.
-//! - [`error`] — one error type that says retryable or permanent.
+//! Each layer imports only the layers beneath it (checked by
+//! `shared/tests/layers.rs`); the three ports of layer 4 do not import each
+//! other.
+//!
+//! ```text
+//!  7  edge       lambda (SQS/EventBridge loop, feature aws) · local (one process, feature sqlite)
+//!  6  adapters   aws: DynamoDB quota+store, SQS queue      · sqlite: the same on one file
+//!  5  handlers   sync (transfer, lookups) · schedule · workflow · actions · AppContext
+//!  4  ports      connector (API calls)   · jobs (envelope, queue, ledgers, runtime) · store (records, leases)
+//!  3  config     AppConfig: app, record types, syncs, workflows — validated in one pass
+//!  2  quota      windows, leases, blocks, usage: the port, its rules and the facade
+//!  1  core       clock · error · record
+//! ```
+//!
+//! - [`core`] — time as a port ([`core::clock::ManualClock`] in tests), the
+//!   one error type that says retryable or permanent, records and their
+//!   content hash.
+//! - [`quota`] — the budget: port [`quota::QuotaStore`], its pure rules
+//!   (`explain_denial`) and the facade [`quota::Quota`].
+//! - [`config`] — [`config::app::AppConfig`] and everything it holds.
+//! - [`connector`] — third-party APIs: the [`connector::Connector`] port, the
+//!   declarative REST connector, secrets, and [`connector::Metered`] (every
+//!   call through the quota; 429 → shared block → restart).
+//! - [`jobs`] — the envelope and a handler's [`jobs::envelope::Outcome`], the
+//!   queue port, the job and action ledgers with their claim rules, and the
+//!   [`jobs::runtime::JobRuntime`]: outcome → queue operations (restarts with
+//!   delay and jitter, `not_before`, the restart cap, dead letters).
+//! - [`store`] — synced records, sync state (high-water marks, leases),
+//!   lookup claims, quarantine; the diff and lease rules.
+//! - [`handlers`] — what each function does with a job, through one
+//!   [`handlers::context::AppContext`].
+//! - [`adapters`] — [`adapters::aws`] and [`adapters::sqlite`], I/O only.
+//! - [`edge`] — [`edge::lambda`] and [`edge::local`].
+//!
+//! Forecasting (`metered plan`) lives in the CLI: the Lambdas never run it.
 //!
 //! ## Example
 //!
 //! ```
-//! use metered::clock::{ManualClock, SharedClock};
-//! use metered::quota::{sqlite::SqliteQuota, Admission, Call, Limits, Quota, QuotaKey};
-//! use metered::sqlite::Db;
+//! use metered::core::clock::{ManualClock, SharedClock};
+//! use metered::adapters::sqlite::quota::SqliteQuota;
+//! use metered::quota::{Admission, Call, Limits, Quota, QuotaKey};
+//! use metered::adapters::sqlite::Db;
 //! use std::sync::Arc;
 //!
-//! # #[tokio::main(flavor = "current_thread")] async fn main() -> metered::error::Result<()> {
+//! # #[tokio::main(flavor = "current_thread")] async fn main() -> metered::core::error::Result<()> {
 //! let clock = ManualClock::new(chrono::Utc::now());
 //! let quota = Quota::new(Arc::new(SqliteQuota::new(Db::in_memory()?)), Arc::new(clock) as SharedClock);
 //! let key = QuotaKey::new("acme", "crm");
@@ -55,21 +69,14 @@
 //! # Ok(()) }
 //! ```
 
-pub mod clock;
+pub mod adapters;
+pub mod config;
 pub mod connector;
-pub mod dynamodb;
-pub mod error;
-pub mod job;
-pub mod lambda;
-pub mod local;
-pub mod plan;
-pub mod queue;
+pub mod core;
+pub mod edge;
+pub mod handlers;
+pub mod jobs;
 pub mod quota;
-pub mod runtime;
-pub mod services;
-pub mod sqlite;
 pub mod store;
-pub mod sync;
-pub mod workflow;
 
-pub use error::{Error, Result};
+pub use crate::core::error::{Error, Result};

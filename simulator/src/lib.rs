@@ -24,7 +24,7 @@ mod server;
 pub use data::Dataset;
 pub use server::{serve, Faults, RetryAfterStyle, SimServer, Stats};
 
-use metered::clock::SharedClock;
+use metered::core::clock::SharedClock;
 use std::sync::Arc;
 
 /// The connector config for this API (`app.toml`), pointed at `base_url`.

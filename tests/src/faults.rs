@@ -14,13 +14,14 @@
 //!   point runs, nothing is settled or acknowledged.
 
 use async_trait::async_trait;
-use metered::clock::Timestamp;
-use metered::connector::Record;
-use metered::job::JobKind;
+use metered::core::clock::Timestamp;
+use metered::core::record::Record;
+use metered::core::record::StoredRecord;
+use metered::jobs::envelope::JobKind;
+use metered::jobs::ledger::{ActionBegin, ActionLedger};
+use metered::jobs::ledger::{Claim, JobLedger};
 use metered::quota::{Acquire, Grant, Limits, QuotaKey, QuotaState, QuotaStore, UsageEntry};
-use metered::runtime::{Claim, JobLedger};
-use metered::store::{PageDiff, Quarantined, RecordStore, StoredRecord, SyncFinish, SyncState};
-use metered::workflow::{ActionBegin, ActionLedger};
+use metered::store::{PageDiff, Quarantined, RecordStore, SyncFinish, SyncState};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 

@@ -15,9 +15,9 @@ pub mod sync_world;
 
 use aws_credential_types::Credentials;
 use aws_sdk_dynamodb::config::{BehaviorVersion, Region};
-use metered::clock::{ManualClock, SharedClock, Timestamp};
-use metered::dynamodb::Table;
-use metered::queue::sqs::SqsQueue;
+use metered::adapters::aws::queue::SqsQueue;
+use metered::adapters::aws::Table;
+use metered::core::clock::{ManualClock, SharedClock, Timestamp};
 use std::sync::Arc;
 
 pub(crate) fn endpoint(var: &str, what: &str) -> String {
@@ -143,8 +143,8 @@ pub fn ministack_config() -> aws_config::SdkConfig {
 
 /// Adds the `[workflows.*]` tables of `toml` to an app config (the rest of
 /// a config is filled in only so that it parses).
-pub fn add_workflows(c: &mut metered::connector::config::AppConfig, toml: &str) {
-    let parsed: metered::connector::config::AppConfig = ::toml::from_str(&format!(
+pub fn add_workflows(c: &mut metered::config::app::AppConfig, toml: &str) {
+    let parsed: metered::config::app::AppConfig = ::toml::from_str(&format!(
         "[app]\nname='x'\nbase_url='http://x/'\n[app.limits]\nper_day=1\nmax_concurrent=1\n{toml}"
     ))
     .expect("workflow toml");
@@ -155,7 +155,7 @@ pub fn add_workflows(c: &mut metered::connector::config::AppConfig, toml: &str) 
 pub struct SimFixture {
     pub server: metered_sim::SimServer,
     pub connector: std::sync::Arc<metered::connector::http::HttpConnector>,
-    pub config: std::sync::Arc<metered::connector::config::AppConfig>,
+    pub config: std::sync::Arc<metered::config::app::AppConfig>,
     pub key: String,
 }
 
@@ -174,9 +174,9 @@ pub async fn sim_fixture(config: metered_sim::SimConfig, clock: SharedClock) -> 
 pub async fn sim_fixture_with(
     config: metered_sim::SimConfig,
     clock: SharedClock,
-    edit: impl FnOnce(&mut metered::connector::config::AppConfig),
+    edit: impl FnOnce(&mut metered::config::app::AppConfig),
 ) -> SimFixture {
-    use metered::connector::config::AppConfig;
+    use metered::config::app::AppConfig;
     let sim = metered_sim::Sim::new(config, clock.clone());
     let server = metered_sim::serve(sim, "127.0.0.1:0".parse().unwrap())
         .await

@@ -5,11 +5,11 @@
 use async_trait::async_trait;
 use aws_lambda_events::event::sqs::{SqsEvent, SqsMessage};
 use chrono::Duration;
-use metered::clock::SharedClock;
-use metered::job::{JobEnvelope, JobKind, Outcome, Restart};
-use metered::queue::JobQueue;
+use metered::core::clock::SharedClock;
+use metered::jobs::envelope::{JobEnvelope, JobKind, Outcome, Restart};
+use metered::jobs::queue::JobQueue;
+use metered::jobs::runtime::{JobContext, JobHandler, JobRuntime, RestartPolicy, Settled};
 use metered::quota::{Denied, DenyReason};
-use metered::runtime::{JobContext, JobHandler, JobRuntime, RestartPolicy, Settled};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -92,7 +92,7 @@ fn job(clock: &SharedClock) -> JobEnvelope {
 }
 
 /// Receives until `n` messages came or a few empty polls passed.
-async fn receive_n(queue: &Arc<dyn JobQueue>, n: usize) -> Vec<metered::queue::Delivery> {
+async fn receive_n(queue: &Arc<dyn JobQueue>, n: usize) -> Vec<metered::jobs::queue::Delivery> {
     let mut out = Vec::new();
     for _ in 0..10 {
         out.extend(queue.receive(10, 30).await.unwrap());
@@ -317,9 +317,8 @@ pub async fn bad_messages_are_dead_lettered_and_neighbours_succeed<F: Future<Out
         sqs_record("m-other", &other.to_body()),
         sqs_record("m-empty", ""),
     ];
-    let response = rt
-        .handle_sqs_event(event, &handler, &JobContext::default())
-        .await;
+    let response =
+        metered::edge::lambda::handle_sqs_event(&rt, event, &handler, &JobContext::default()).await;
     let failed: Vec<_> = response
         .batch_item_failures
         .iter()

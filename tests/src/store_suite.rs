@@ -8,15 +8,14 @@
 use crate::afternoon;
 use async_trait::async_trait;
 use chrono::Duration;
-use metered::clock::Clock;
-use metered::job::{JobEnvelope, JobKind, Outcome};
-use metered::queue::sqlite::SqliteQueue;
+use metered::adapters::sqlite::queue::SqliteQueue;
+use metered::core::clock::Clock;
+use metered::jobs::envelope::{JobEnvelope, JobKind, Outcome};
+use metered::jobs::ledger::{ActionBegin, ActionLedger};
+use metered::jobs::ledger::{Claim, JobLedger};
+use metered::jobs::runtime::{JobContext, JobHandler, JobRuntime, RestartPolicy, Settled};
 use metered::quota::QuotaKey;
-use metered::runtime::{
-    Claim, JobContext, JobHandler, JobLedger, JobRuntime, RestartPolicy, Settled,
-};
 use metered::store::RecordStore;
-use metered::workflow::{ActionBegin, ActionLedger};
 use std::future::Future;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
@@ -145,9 +144,9 @@ impl JobHandler for Counting {
     }
 }
 
-fn runtime(s: &Fixture) -> (JobRuntime, metered::clock::ManualClock) {
+fn runtime(s: &Fixture) -> (JobRuntime, metered::core::clock::ManualClock) {
     let (clock, shared) = crate::manual_clock();
-    let db = metered::sqlite::Db::in_memory().unwrap();
+    let db = metered::adapters::sqlite::Db::in_memory().unwrap();
     let queue = Arc::new(SqliteQueue::new(db, "jobs", shared.clone(), 5));
     (
         JobRuntime::new(queue, shared, RestartPolicy::default()).with_ledger(s.jobs.clone()),
@@ -312,11 +311,11 @@ pub async fn lookup_claims_are_scoped_by_org<F: Future<Output = Fixture>>(make: 
 }
 
 /// A record whose JSON is exactly `bytes` long.
-fn record(id: &str, bytes: usize) -> metered::connector::Record {
+fn record(id: &str, bytes: usize) -> metered::core::record::Record {
     let frame = serde_json::json!({"id": id, "notes": ""}).to_string().len();
     let data = serde_json::json!({"id": id, "notes": "n".repeat(bytes - frame)});
     assert_eq!(data.to_string().len(), bytes);
-    metered::connector::Record {
+    metered::core::record::Record {
         id: id.into(),
         updated_at: None,
         data,

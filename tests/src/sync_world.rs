@@ -23,18 +23,20 @@
 use crate::faults::{Faults, FaultyQuota, FaultyStore, CRASH, RUNNING};
 use crate::{dynamo_table, sim_fixture_with, sqs_queue, SimFixture};
 use async_trait::async_trait;
-use metered::clock::{ManualClock, SharedClock, Timestamp};
-use metered::connector::config::AppConfig;
+use metered::adapters::sqlite::queue::SqliteQueue;
+use metered::config::app::AppConfig;
+use metered::config::sync::ConnectionConfig;
 use metered::connector::{ApiError, Connector, ListRequest, Page, SendRequest};
-use metered::job::{JobEnvelope, JobKind};
-use metered::queue::{sqlite::SqliteQueue, DeadLetter, Delivery, JobQueue, Queues};
-use metered::quota::{Quota, QuotaStore};
-use metered::runtime::{
-    JobContext, JobHandler, JobLedger, JobRuntime, RestartPolicy, Settled, NOT_BEFORE_REASON,
+use metered::core::clock::{ManualClock, SharedClock, Timestamp};
+use metered::handlers::context::AppContext;
+use metered::jobs::envelope::{JobEnvelope, JobKind};
+use metered::jobs::ledger::JobLedger;
+use metered::jobs::queue::{DeadLetter, Delivery, JobQueue, Queues};
+use metered::jobs::runtime::{
+    JobContext, JobHandler, JobRuntime, RestartPolicy, Settled, NOT_BEFORE_REASON,
 };
-use metered::services::Services;
+use metered::quota::{Quota, QuotaStore};
 use metered::store::RecordStore;
-use metered::sync::settings::ConnectionConfig;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
@@ -167,19 +169,19 @@ pub struct World {
     pub clock: ManualClock,
     pub shared: SharedClock,
     pub fx: SimFixture,
-    pub svc: Arc<Services>,
+    pub svc: Arc<AppContext>,
     pub store: Arc<dyn RecordStore>,
     pub quota_store: Arc<dyn QuotaStore>,
     pub runtimes: Vec<(JobKind, Arc<JobRuntime>)>,
     pub workflow: Arc<dyn JobQueue>,
-    pub action_ledger: Arc<dyn metered::workflow::ActionLedger>,
+    pub action_ledger: Arc<dyn metered::jobs::ledger::ActionLedger>,
     /// Faults planned at named points (see [`crate::faults`]).
     pub faults: Arc<Faults>,
     /// API key of each org at the simulator.
     pub api_keys: BTreeMap<String, String>,
     /// The DynamoDB table (AWS adapter set only).
-    pub table: Option<metered::dynamodb::Table>,
-    handler: Arc<metered::local::Dispatch>,
+    pub table: Option<metered::adapters::aws::Table>,
+    handler: Arc<metered::edge::local::Dispatch>,
     raw: BTreeMap<JobKind, Arc<dyn JobQueue>>,
     ledger: Arc<dyn JobLedger>,
     waits: Arc<Mutex<HashMap<String, Timestamp>>>,
@@ -225,19 +227,21 @@ impl World {
             Arc<dyn RecordStore>,
             Arc<dyn QuotaStore>,
             Arc<dyn JobLedger>,
-            Arc<dyn metered::workflow::ActionLedger>,
-            Option<metered::dynamodb::Table>,
+            Arc<dyn metered::jobs::ledger::ActionLedger>,
+            Option<metered::adapters::aws::Table>,
         );
         let (store, quota_store, ledger, action_ledger, table): Stores = match adapter {
             Adapter::Sqlite => {
-                let db = metered::sqlite::Db::in_memory().unwrap();
+                let db = metered::adapters::sqlite::Db::in_memory().unwrap();
                 let store = Arc::new(FaultyStore {
-                    inner: Arc::new(metered::store::sqlite::SqliteStore::new(db.clone())),
+                    inner: Arc::new(metered::adapters::sqlite::store::SqliteStore::new(
+                        db.clone(),
+                    )),
                     faults: faults.clone(),
                 });
                 (
                     store.clone(),
-                    Arc::new(metered::quota::sqlite::SqliteQuota::new(db)),
+                    Arc::new(metered::adapters::sqlite::quota::SqliteQuota::new(db)),
                     store.clone(),
                     store,
                     None,
@@ -249,12 +253,16 @@ impl World {
                     table.client = client;
                 }
                 let store = Arc::new(FaultyStore {
-                    inner: Arc::new(metered::store::dynamodb::DynamoStore::new(table.clone())),
+                    inner: Arc::new(metered::adapters::aws::store::DynamoStore::new(
+                        table.clone(),
+                    )),
                     faults: faults.clone(),
                 });
                 (
                     store.clone(),
-                    Arc::new(metered::quota::dynamodb::DynamoQuota::new(table.clone())),
+                    Arc::new(metered::adapters::aws::quota::DynamoQuota::new(
+                        table.clone(),
+                    )),
                     store.clone(),
                     store,
                     Some(table),
@@ -265,10 +273,10 @@ impl World {
             inner: quota_store,
             faults: faults.clone(),
         });
-        let db = metered::sqlite::Db::in_memory().unwrap();
+        let db = metered::adapters::sqlite::Db::in_memory().unwrap();
         let mut queues = Queues::new();
         let mut raw: BTreeMap<JobKind, Arc<dyn JobQueue>> = BTreeMap::new();
-        for kind in metered::local::DISPATCHED {
+        for kind in metered::edge::local::DISPATCHED {
             let inner: Arc<dyn JobQueue> = match adapter {
                 Adapter::Sqlite => Arc::new(SqliteQueue::new(
                     db.clone(),
@@ -318,7 +326,7 @@ impl World {
             );
             api_keys.insert(org.to_string(), key);
         }
-        let svc = Arc::new(Services::new(
+        let svc = Arc::new(AppContext::new(
             fx.config.clone(),
             store.clone(),
             quota,
@@ -351,7 +359,7 @@ impl World {
             clock,
             shared,
             handler: Arc::new(
-                metered::local::Dispatch::new(svc.clone(), action_ledger.clone())
+                metered::edge::local::Dispatch::new(svc.clone(), action_ledger.clone())
                     .expect("workflows compile"),
             ),
             action_ledger,
@@ -451,7 +459,7 @@ impl World {
     }
 
     pub async fn start_for(&self, org: &str, kind: JobKind, record_type: &str) -> JobEnvelope {
-        metered::sync::scheduler::start_sync(&self.svc, org, kind, record_type, false)
+        metered::handlers::schedule::start_sync(&self.svc, org, kind, record_type, false)
             .await
             .unwrap()
             .expect("sync was free to start")
@@ -575,7 +583,7 @@ impl World {
     }
 
     /// Workflow trigger jobs enqueued so far (taken off the queue).
-    pub async fn take_triggers(&self) -> Vec<metered::sync::TriggerPayload> {
+    pub async fn take_triggers(&self) -> Vec<metered::handlers::sync::TriggerPayload> {
         let mut out = Vec::new();
         for _ in 0..50 {
             let batch = self.workflow.receive(10, 60).await.unwrap();

@@ -2,9 +2,9 @@
 //! panic, always an error that names what was wrong. Case counts are set
 //! per property below (5,000 in all).
 
-use metered::connector::config::AppConfig;
-use metered::job::{JobEnvelope, JobKind, Outcome};
-use metered::runtime::{JobContext, JobHandler, JobRuntime, RestartPolicy, Settled};
+use metered::config::app::AppConfig;
+use metered::jobs::envelope::{JobEnvelope, JobKind, Outcome};
+use metered::jobs::runtime::{JobContext, JobHandler, JobRuntime, RestartPolicy, Settled};
 use proptest::prelude::*;
 use std::sync::Arc;
 
@@ -58,8 +58,8 @@ proptest! {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         rt.block_on(async {
             let (_clock, shared) = metered_tests::manual_clock();
-            let db = metered::sqlite::Db::in_memory().unwrap();
-            let queue = Arc::new(metered::queue::sqlite::SqliteQueue::new(db, "q", shared.clone(), 5));
+            let db = metered::adapters::sqlite::Db::in_memory().unwrap();
+            let queue = Arc::new(metered::adapters::sqlite::queue::SqliteQueue::new(db, "q", shared.clone(), 5));
             let runtime = JobRuntime::new(queue, shared, RestartPolicy::default());
             match runtime.process(&body, &Never, &JobContext::default()).await {
                 Settled::DeadLettered { reason } => {

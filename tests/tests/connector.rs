@@ -3,11 +3,12 @@
 //! quota integration, and secrets kept out of errors and logs.
 
 use chrono::Duration;
-use metered::clock::{SharedClock, SystemClock};
+use metered::adapters::sqlite::quota::SqliteQuota;
+use metered::adapters::sqlite::Db;
 use metered::connector::{ApiError, CallError, Connector, ListRequest, Metered, PageCursor};
-use metered::quota::sqlite::SqliteQuota;
+use metered::core::clock::{SharedClock, SystemClock};
+use metered::handlers::IntoOutcome;
 use metered::quota::{Limits, Quota, QuotaKey, QuotaStore};
-use metered::sqlite::Db;
 use metered_sim::{RetryAfterStyle, SimConfig};
 use metered_tests::{manual_clock, sim_fixture, sim_fixture_with, SimFixture};
 use std::collections::BTreeSet;
@@ -489,7 +490,7 @@ async fn a_429_blocks_every_handler_of_the_org() {
     }
     assert_eq!(fx.sim().stats().served(), served);
     let outcome = CallError::RateLimited { retry_at: until }.into_outcome(None);
-    assert!(matches!(outcome, metered::job::Outcome::Restart(r) if r.at == until));
+    assert!(matches!(outcome, metered::jobs::envelope::Outcome::Restart(r) if r.at == until));
     assert_eq!(
         store
             .state(&key, &limits, shared.now())
@@ -617,7 +618,10 @@ async fn thirty_two_concurrent_calls_on_sqlite() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn thirty_two_concurrent_calls_on_dynamodb_local() {
     let table = metered_tests::dynamo_table().await;
-    thirty_two_concurrent_calls(Arc::new(metered::quota::dynamodb::DynamoQuota::new(table))).await;
+    thirty_two_concurrent_calls(Arc::new(metered::adapters::aws::quota::DynamoQuota::new(
+        table,
+    )))
+    .await;
 }
 
 /// Logs at every level while calls fail in every way; the credential never
@@ -686,7 +690,7 @@ fn secrets_never_reach_logs_or_errors() {
 
 #[tokio::test]
 async fn credentials_from_secrets_manager_and_ssm() {
-    use metered::connector::config::SecretRef;
+    use metered::config::app::SecretRef;
     use metered::connector::secrets::{resolve, SecretStores};
     let cfg = metered_tests::ministack_config();
     let stores = SecretStores::new(&cfg);

@@ -6,8 +6,8 @@
 //! org was denied forever).
 
 use aws_sdk_dynamodb::types::AttributeValue;
-use metered::dynamodb::Table;
-use metered::quota::dynamodb::DynamoQuota;
+use metered::adapters::aws::quota::DynamoQuota;
+use metered::adapters::aws::Table;
 use metered::quota::{Acquire, Grant, Limits, QuotaKey, QuotaStore};
 use metered_tests::lost_responses::{dynamodb_client, Losses};
 use metered_tests::{afternoon, dynamo_table};

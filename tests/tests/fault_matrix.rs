@@ -10,7 +10,7 @@
 //! ```
 
 use futures::StreamExt;
-use metered::job::JobKind;
+use metered::jobs::envelope::JobKind;
 use metered_tests::faults::Fault;
 use metered_tests::lost_responses::{dynamodb_client, Losses};
 use metered_tests::scenario;

@@ -2,15 +2,15 @@
 //! a sync, loops, leaks a secret or blocks an org), on both adapter sets
 //! with two orgs connected.
 
-use metered::clock::Clock;
-use metered::job::JobKind;
-use metered::sync::settings::{
+use metered::config::sync::{
     CompleteTransferSettings, LookupPolicy, PkLookupSettings, StormGuard, SyncConfig,
 };
+use metered::core::clock::Clock;
+use metered::jobs::envelope::JobKind;
 use metered_sim::SimConfig;
 use metered_tests::sync_world::{Adapter, World, ORGS};
 
-fn transfer_of(c: &mut metered::connector::config::AppConfig, record_type: &str) {
+fn transfer_of(c: &mut metered::config::app::AppConfig, record_type: &str) {
     c.syncs.insert(
         record_type.into(),
         SyncConfig {

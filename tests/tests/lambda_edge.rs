@@ -1,12 +1,12 @@
 //! The Lambda edge: configuration from the environment, scheduler events,
 //! ad-hoc syncs, and a function refusing jobs that are not its own.
 
-use metered::job::{JobEnvelope, JobKind};
-use metered::lambda::DeployConfig;
-use metered::runtime::{JobContext, JobRuntime, RestartPolicy, Settled};
-use metered::sync::scheduler::{parse_event, SchedulerEvent};
-use metered::sync::settings::{CompleteTransferSettings, SyncConfig};
-use metered::sync::SyncHandlers;
+use metered::config::sync::{CompleteTransferSettings, SyncConfig};
+use metered::edge::lambda::DeployConfig;
+use metered::handlers::schedule::{parse_event, SchedulerEvent};
+use metered::handlers::sync::SyncHandlers;
+use metered::jobs::envelope::{JobEnvelope, JobKind};
+use metered::jobs::runtime::{JobContext, JobRuntime, RestartPolicy, Settled};
 use metered_tests::sync_world::{Adapter, World, ORG, ORG_B};
 use std::collections::HashMap;
 
@@ -113,21 +113,21 @@ async fn adhoc_sync_reports_its_estimate_and_a_dry_run_starts_nothing() {
     )
     .await;
     let dry = serde_json::json!({"adhoc": {"org": ORG, "record_type": "invoices", "sync": "complete-transfer", "dry_run": true}});
-    let out = metered::sync::scheduler::handle(&w.svc, &dry)
+    let out = metered::handlers::schedule::handle(&w.svc, &dry)
         .await
         .unwrap();
     assert_eq!(out["started"], serde_json::Value::Null);
     assert_eq!(out["estimate"]["sync_calls"], 1, "{out}");
     assert_eq!(w.drive().await.done.len(), 0, "a dry run enqueues nothing");
     let real = serde_json::json!({"adhoc": {"org": ORG, "record_type": "invoices", "sync": "complete-transfer"}});
-    let out = metered::sync::scheduler::handle(&w.svc, &real)
+    let out = metered::handlers::schedule::handle(&w.svc, &real)
         .await
         .unwrap();
     assert!(out["started"].is_string(), "{out}");
     w.drive().await;
     assert_eq!(w.sim().stats().calls("GET /invoices"), 3);
     let tick = serde_json::from_str(include_str!("../fixtures/scheduled-event.json")).unwrap();
-    let out = metered::sync::scheduler::handle(&w.svc, &tick)
+    let out = metered::handlers::schedule::handle(&w.svc, &tick)
         .await
         .unwrap();
     let started: Vec<&str> = out["started"]
@@ -142,7 +142,7 @@ async fn adhoc_sync_reports_its_estimate_and_a_dry_run_starts_nothing() {
         "the ad-hoc run counts as {ORG}'s transfer of the day; {ORG_B} had none: {out}"
     );
     let bad = serde_json::json!({"adhoc": {"org": "nobody", "record_type": "invoices", "sync": "complete-transfer"}});
-    let err = metered::sync::scheduler::handle(&w.svc, &bad)
+    let err = metered::handlers::schedule::handle(&w.svc, &bad)
         .await
         .unwrap_err()
         .to_string();

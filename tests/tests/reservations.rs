@@ -3,8 +3,8 @@
 //! lease only when it runs short, and refund after their lease lapsed.
 
 use chrono::TimeZone;
-use metered::clock::{ManualClock, SharedClock};
 use metered::connector::{ListRequest, Metered};
+use metered::core::clock::{ManualClock, SharedClock};
 use metered::quota::{Limits, Quota, QuotaKey, QuotaStore};
 use metered_sim::SimConfig;
 use metered_tests::faults::{Faults, FaultyQuota};
@@ -13,10 +13,10 @@ use std::sync::Arc;
 
 async fn quota_store(adapter: Adapter) -> Arc<dyn QuotaStore> {
     match adapter {
-        Adapter::Sqlite => Arc::new(metered::quota::sqlite::SqliteQuota::new(
-            metered::sqlite::Db::in_memory().unwrap(),
+        Adapter::Sqlite => Arc::new(metered::adapters::sqlite::quota::SqliteQuota::new(
+            metered::adapters::sqlite::Db::in_memory().unwrap(),
         )),
-        Adapter::Aws => Arc::new(metered::quota::dynamodb::DynamoQuota::new(
+        Adapter::Aws => Arc::new(metered::adapters::aws::quota::DynamoQuota::new(
             metered_tests::dynamo_table().await,
         )),
     }
@@ -71,8 +71,8 @@ async fn a_reservation_stops_at_the_end_of_its_windows(adapter: Adapter) {
     assert_eq!(days.len(), 2, "one call each side of midnight: {days:?}");
 }
 
-fn clock_now(c: &ManualClock) -> metered::clock::Timestamp {
-    metered::clock::Clock::now(c)
+fn clock_now(c: &ManualClock) -> metered::core::clock::Timestamp {
+    metered::core::clock::Clock::now(c)
 }
 
 /// Twenty calls of 10 s on a 60 s lease: the lease is renewed when less

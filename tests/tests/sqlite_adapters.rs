@@ -1,8 +1,8 @@
 //! The conformance suites (quota, store, queue) on the embedded SQLite adapters.
 
-use metered::queue::sqlite::SqliteQueue;
-use metered::quota::sqlite::SqliteQuota;
-use metered::sqlite::Db;
+use metered::adapters::sqlite::queue::SqliteQueue;
+use metered::adapters::sqlite::quota::SqliteQuota;
+use metered::adapters::sqlite::Db;
 use metered_tests::queue_suite::Fixture;
 use metered_tests::{manual_clock, suite_tests};
 use std::sync::Arc;
@@ -26,7 +26,7 @@ async fn queue() -> Fixture {
 }
 
 async fn store() -> metered_tests::store_suite::Fixture {
-    let store = Arc::new(metered::store::sqlite::SqliteStore::new(
+    let store = Arc::new(metered::adapters::sqlite::store::SqliteStore::new(
         Db::in_memory().unwrap(),
     ));
     metered_tests::store_suite::Fixture {

@@ -2,13 +2,13 @@
 //! sets: SQLite, and DynamoDB Local + ministack SQS. Time is a manual clock.
 
 use chrono::Duration;
-use metered::connector::config::AppConfig;
-use metered::job::JobKind;
-use metered::quota::Limits;
-use metered::sync::settings::{
+use metered::config::app::AppConfig;
+use metered::config::sync::{
     CompleteTransferSettings, LookupPolicy, PkLookupSettings, RecentSettings, StormGuard,
     SyncConfig,
 };
+use metered::jobs::envelope::JobKind;
+use metered::quota::Limits;
 use metered_sim::SimConfig;
 use metered_tests::sync_world::{Adapter, World, ORG, ORGS};
 use std::collections::BTreeSet;
@@ -273,9 +273,9 @@ async fn unseen_only_lookups_spend_ceil_u_over_k(adapter: Adapter) {
     .await;
     // A hundred customers are already known to org A; org B, whose ids
     // coincide, knows none: each org looks up what it has not seen.
-    let known: Vec<metered::connector::Record> = w.sim().records("customers")[..100]
+    let known: Vec<metered::core::record::Record> = w.sim().records("customers")[..100]
         .iter()
-        .map(|d| metered::connector::Record {
+        .map(|d| metered::core::record::Record {
             id: d["id"].as_str().unwrap().into(),
             updated_at: None,
             data: d.clone(),
@@ -465,10 +465,10 @@ async fn budget_exhaustion_finishes_in_the_next_window(adapter: Adapter) {
         },
     )
     .await;
-    let started = metered::sync::scheduler::tick(&w.svc).await.unwrap();
+    let started = metered::handlers::schedule::tick(&w.svc).await.unwrap();
     assert_eq!(started.len(), 3 * ORGS.len(), "three syncs for each org");
     assert!(
-        metered::sync::scheduler::tick(&w.svc)
+        metered::handlers::schedule::tick(&w.svc)
             .await
             .unwrap()
             .is_empty(),
@@ -555,10 +555,14 @@ async fn an_adhoc_sync_reports_its_cost_first(adapter: Adapter) {
     .await;
     w.start(JobKind::CompleteTransfer, "invoices").await;
     w.drive().await;
-    let estimate =
-        metered::sync::estimate::estimate(&w.svc, ORG, JobKind::CompleteTransfer, "invoices")
-            .await
-            .unwrap();
+    let estimate = metered::handlers::sync::estimate::estimate(
+        &w.svc,
+        ORG,
+        JobKind::CompleteTransfer,
+        "invoices",
+    )
+    .await
+    .unwrap();
     assert_eq!(estimate.sync_calls, 4, "{estimate:?}");
     assert_eq!(
         estimate.pk_lookup_calls.get("customers"),
@@ -567,10 +571,16 @@ async fn an_adhoc_sync_reports_its_cost_first(adapter: Adapter) {
     );
     let before = w.sim().stats().served();
     w.clock.advance(Duration::hours(1));
-    metered::sync::scheduler::start_sync(&w.svc, ORG, JobKind::CompleteTransfer, "invoices", true)
-        .await
-        .unwrap()
-        .unwrap();
+    metered::handlers::schedule::start_sync(
+        &w.svc,
+        ORG,
+        JobKind::CompleteTransfer,
+        "invoices",
+        true,
+    )
+    .await
+    .unwrap()
+    .unwrap();
     w.drive().await;
     assert_eq!(
         w.sim().stats().served() - before,

@@ -153,8 +153,8 @@ fn template_and_code_agree() {
     assert_eq!(table["BillingMode"], "PAY_PER_REQUEST");
     // Every queue variable the code reads is set, and points at a queue.
     let vars = &t["Globals"]["Function"]["Environment"]["Variables"];
-    for kind in metered::lambda::KINDS {
-        let suffix = metered::lambda::env_suffix(kind);
+    for kind in metered::edge::lambda::KINDS {
+        let suffix = metered::edge::lambda::env_suffix(kind);
         for var in [
             format!("METERED_QUEUE_URL_{suffix}"),
             format!("METERED_DLQ_URL_{suffix}"),
@@ -176,7 +176,7 @@ fn template_and_code_agree() {
         }
         _ => None,
     };
-    let config = metered::lambda::DeployConfig::from_lookup(lookup).unwrap();
-    assert_eq!(config.queues.len(), metered::lambda::KINDS.len());
+    let config = metered::edge::lambda::DeployConfig::from_lookup(lookup).unwrap();
+    assert_eq!(config.queues.len(), metered::edge::lambda::KINDS.len());
     assert_eq!(config.app_ssm.as_deref(), Some("/metered/app-config"));
 }

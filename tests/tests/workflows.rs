@@ -2,11 +2,11 @@
 //! decision nodes, exactly-once actions, related-record relookups, bulk
 //! executions under a tight budget, and dry runs.
 
-use metered::connector::config::AppConfig;
-use metered::job::{JobEnvelope, JobKind};
+use metered::config::app::AppConfig;
+use metered::config::sync::{CompleteTransferSettings, SyncConfig};
+use metered::handlers::workflow::RunPayload;
+use metered::jobs::envelope::{JobEnvelope, JobKind};
 use metered::quota::Limits;
-use metered::sync::settings::{CompleteTransferSettings, SyncConfig};
-use metered::workflow::RunPayload;
 use metered_sim::SimConfig;
 use metered_tests::sync_world::{Adapter, World, ORG, ORGS};
 
@@ -90,7 +90,7 @@ async fn decision_nodes_spend_only_on_passing_records(adapter: Adapter) {
         0,
         "created records do not trigger an `updated` workflow"
     );
-    let handler = metered::workflow::WorkflowHandler::new(w.svc.clone()).unwrap();
+    let handler = metered::handlers::workflow::WorkflowHandler::new(w.svc.clone()).unwrap();
     let estimate = handler.estimate(ORG, "vip", None).await.unwrap();
     assert_eq!((estimate.records, estimate.passing), (1_000, 100));
     assert_eq!(
@@ -211,7 +211,7 @@ async fn actions_fire_once_under_duplicates_restarts_and_crashes(adapter: Adapte
     metered::connector::Connector::send(&*w.fx.connector, &req)
         .await
         .unwrap();
-    let payload = metered::workflow::actions::HttpActionPayload {
+    let payload = metered::handlers::actions::HttpActionPayload {
         workflow: "vip".into(),
         action: 0,
         record_id: stored.id.clone(),
@@ -411,7 +411,7 @@ async fn a_scheduled_workflow_runs_over_stored_records_at_its_interval() {
     .with_workflows();
     w.start(JobKind::CompleteTransfer, "customers").await;
     w.drive().await;
-    let started = metered::sync::scheduler::tick(&w.svc).await.unwrap();
+    let started = metered::handlers::schedule::tick(&w.svc).await.unwrap();
     assert!(
         started.iter().any(|j| j.kind == JobKind::Workflow),
         "the scheduled workflow starts"
@@ -427,7 +427,7 @@ async fn a_scheduled_workflow_runs_over_stored_records_at_its_interval() {
         );
     }
     assert!(
-        metered::sync::scheduler::tick(&w.svc)
+        metered::handlers::schedule::tick(&w.svc)
             .await
             .unwrap()
             .iter()
@@ -436,7 +436,7 @@ async fn a_scheduled_workflow_runs_over_stored_records_at_its_interval() {
     );
     w.clock.advance(chrono::Duration::hours(12));
     assert!(
-        metered::sync::scheduler::tick(&w.svc)
+        metered::handlers::schedule::tick(&w.svc)
             .await
             .unwrap()
             .iter()

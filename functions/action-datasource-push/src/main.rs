@@ -3,5 +3,8 @@
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_runtime::Error> {
-    metered::lambda::run_action_function(metered::job::JobKind::ActionDatasourcePush).await
+    metered::edge::lambda::run_action_function(
+        metered::jobs::envelope::JobKind::ActionDatasourcePush,
+    )
+    .await
 }

@@ -3,5 +3,6 @@
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_runtime::Error> {
-    metered::lambda::run_sync_function(metered::job::JobKind::CompleteTransfer).await
+    metered::edge::lambda::run_sync_function(metered::jobs::envelope::JobKind::CompleteTransfer)
+        .await
 }

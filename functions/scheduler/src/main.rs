@@ -3,5 +3,5 @@
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_runtime::Error> {
-    metered::lambda::run_scheduler_function().await
+    metered::edge::lambda::run_scheduler_function().await
 }

@@ -11,14 +11,17 @@
 //! unreadable (the caller quarantines it) so it never fails its page. Error texts are bounded and scrubbed of
 //! the credential.
 
-use super::config::{
+use crate::config::app::{
     AppConfig, AuthScheme, BulkStyle, Pagination, RecordTypeConfig, ResetFormat, TimeFormat,
     Timeouts,
 };
-use super::secrets::Secret;
-use super::{ApiError, Connector, ListRequest, Page, PageCursor, Record, SendRequest, Unreadable};
-use crate::clock::{SharedClock, Timestamp};
-use crate::error::{Error, Result};
+use crate::connector::secrets::Secret;
+use crate::connector::{
+    ApiError, Connector, ListRequest, Page, PageCursor, SendRequest, Unreadable,
+};
+use crate::core::clock::{SharedClock, Timestamp};
+use crate::core::error::{Error, Result};
+use crate::core::record::Record;
 use async_trait::async_trait;
 use chrono::{DateTime, Duration, Utc};
 use reqwest::header::HeaderMap;
@@ -51,7 +54,7 @@ pub struct HttpConnector {
 
 impl HttpConnector {
     /// `secret` must be given when the config declares auth (resolve it
-    /// with [`super::secrets::resolve`] at cold start).
+    /// with [`crate::connector::secrets::resolve`] at cold start).
     pub fn new(
         config: Arc<AppConfig>,
         client: reqwest::Client,
@@ -220,7 +223,7 @@ impl HttpConnector {
 pub fn retry_at(
     headers: &HeaderMap,
     now: Timestamp,
-    cfg: &super::config::RateLimitConfig,
+    cfg: &crate::config::app::RateLimitConfig,
 ) -> Option<Timestamp> {
     let hinted = retry_hint(headers, now, cfg)?;
     // Every form is bounded alike: an API that says "come back in a year"
@@ -239,7 +242,7 @@ pub const MAX_RETRY_AFTER_DAYS: i64 = 7;
 fn retry_hint(
     headers: &HeaderMap,
     now: Timestamp,
-    cfg: &super::config::RateLimitConfig,
+    cfg: &crate::config::app::RateLimitConfig,
 ) -> Option<Timestamp> {
     if let Some(v) = headers
         .get(reqwest::header::RETRY_AFTER)
@@ -639,7 +642,7 @@ mod tests {
         let now = DateTime::parse_from_rfc3339("2026-11-22T14:00:00Z")
             .unwrap()
             .with_timezone(&Utc);
-        let cfg = super::super::config::RateLimitConfig::default();
+        let cfg = crate::config::app::RateLimitConfig::default();
         let mut h = HeaderMap::new();
         h.insert("retry-after", "120".parse().unwrap());
         assert_eq!(retry_at(&h, now, &cfg), Some(now + Duration::seconds(120)));
@@ -648,7 +651,7 @@ mod tests {
             "Sun, 22 Nov 2026 14:05:00 GMT".parse().unwrap(),
         );
         assert_eq!(retry_at(&h, now, &cfg), Some(now + Duration::minutes(5)));
-        let cfg = super::super::config::RateLimitConfig {
+        let cfg = crate::config::app::RateLimitConfig {
             reset_header: Some("X-RateLimit-Reset".into()),
             ..Default::default()
         };

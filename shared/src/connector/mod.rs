@@ -1,29 +1,20 @@
 //! Third-party APIs: a port ([`Connector`]) whose every method is exactly one
 //! API call, a declarative REST implementation ([`http::HttpConnector`])
-//! driven by [`config::AppConfig`], and [`Metered`], which puts every call
+//! driven by [`crate::config::app::AppConfig`], and [`Metered`], which puts every call
 //! through the quota (acquire → call → release) and turns the API's own
 //! "slow down" into a shared block and a restart.
 
-pub mod config;
 pub mod http;
 pub mod secrets;
 
-use crate::clock::Timestamp;
-use crate::job::{Outcome, Restart};
+use crate::core::clock::Timestamp;
+use crate::core::record::Record;
 use crate::quota::{Admission, Call, Denied, Limits, Quota, QuotaKey};
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::fmt;
 use std::sync::Arc;
-
-/// One record as the API returned it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Record {
-    pub id: String,
-    pub updated_at: Option<Timestamp>,
-    pub data: Value,
-}
 
 /// Where the next page starts; travels in checkpoints.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -135,26 +126,6 @@ pub enum CallError {
     Retryable(String),
     #[error("permanent: {0}")]
     Permanent(String),
-}
-
-impl CallError {
-    /// What a handler returns: denials and rate limits restart from
-    /// `checkpoint` at the moment capacity returns; transient failures (a
-    /// quota-store error, a 5xx, a broken body) restart from it after a
-    /// bounded backoff, so nothing already fetched is fetched (and paid
-    /// for) again.
-    pub fn into_outcome(self, checkpoint: Option<Value>) -> Outcome {
-        match self {
-            CallError::Denied(d) => Outcome::denied(&d, checkpoint),
-            CallError::RateLimited { retry_at } => Outcome::Restart(Restart {
-                at: retry_at,
-                reason: "rate limited by the API (Retry-After)".into(),
-                checkpoint,
-            }),
-            CallError::Retryable(m) => Outcome::transient(m, checkpoint),
-            CallError::Permanent(m) => Outcome::Fail(m),
-        }
-    }
 }
 
 impl From<crate::Error> for CallError {

@@ -2,8 +2,8 @@
 //! AWS Secrets Manager or SSM Parameter Store, and kept in a [`Secret`] that
 //! never prints its value.
 
-use super::config::SecretRef;
-use crate::error::{Error, Result};
+use crate::config::app::SecretRef;
+use crate::core::error::{Error, Result};
 use std::fmt;
 
 /// A credential. `Debug` and `Display` print `[redacted]`.

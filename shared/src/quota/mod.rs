@@ -8,19 +8,16 @@
 //! [`QuotaStore::acquire`] is one atomic step in the store: it takes `cost`
 //! from every window **and** a concurrency lease, or takes nothing and says
 //! when to come back ([`Denied::retry_at`]). Adapters:
-//! [`dynamodb::DynamoQuota`] (one conditional `UpdateItem`) and
-//! [`sqlite::SqliteQuota`] (one `BEGIN IMMEDIATE` transaction).
+//! [`crate::adapters::aws::quota::DynamoQuota`] (one conditional `UpdateItem`) and
+//! [`crate::adapters::sqlite::quota::SqliteQuota`] (one `BEGIN IMMEDIATE` transaction).
 //!
 //! Handlers do not call the store directly; they go through [`Quota`], which
 //! reads the injected clock, lets exempt calls through without touching the
 //! store, and tallies usage per source and endpoint so it can be written once
 //! per invocation instead of once per call.
 
-pub mod dynamodb;
-pub mod sqlite;
-
-use crate::clock::{SharedClock, Timestamp};
-use crate::error::{Error, Result};
+use crate::core::clock::{SharedClock, Timestamp};
+use crate::core::error::{Error, Result};
 use async_trait::async_trait;
 use chrono::{Duration, DurationRound, NaiveDate};
 use serde::{Deserialize, Serialize};
@@ -318,6 +315,7 @@ pub struct UsageEntry {
 /// Evaluates a refusal from the state the store saw. Shared by the adapters
 /// so both explain refusals the same way. Returns `None` when nothing
 /// refuses (the caller lost a race and should try again).
+#[cfg_attr(not(any(feature = "sqlite", feature = "aws")), allow(dead_code))]
 pub(crate) fn explain_denial(
     limits: &Limits,
     cost: u32,
@@ -617,7 +615,7 @@ mod tests {
 
         fn any_time() -> impl Strategy<Value = Timestamp> {
             // 2000-01-01 to 2100-01-01, millisecond resolution.
-            (946_684_800_000i64..4_102_444_800_000).prop_map(crate::clock::from_millis)
+            (946_684_800_000i64..4_102_444_800_000).prop_map(crate::core::clock::from_millis)
         }
 
         fn any_kind() -> impl Strategy<Value = WindowKind> {

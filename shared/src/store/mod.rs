@@ -2,46 +2,16 @@
 //! hash so only new or changed records produce follow-up work; and the state
 //! of each sync (high-water marks, leases, last runs).
 //!
-//! Adapters: [`sqlite::SqliteStore`] and [`dynamodb::DynamoStore`], both
+//! Adapters: [`crate::adapters::sqlite::store::SqliteStore`] and [`crate::adapters::aws::store::DynamoStore`], both
 //! passing the same conformance suite in `tests/`.
 
-pub mod dynamodb;
-pub mod sqlite;
-
-use crate::clock::Timestamp;
-use crate::connector::Record;
-use crate::error::Result;
+use crate::core::clock::Timestamp;
+use crate::core::error::Result;
+use crate::core::record::{content_hash, ChangeKind, Record, StoredRecord};
 use crate::quota::QuotaKey;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use sha2::{Digest, Sha256};
-
-/// A record as stored. `data` is `None` for an id that was looked up and
-/// not found (kept so the minimum relookup time applies to it too).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct StoredRecord {
-    pub id: String,
-    pub hash: String,
-    pub data: Option<Value>,
-    pub first_seen: Timestamp,
-    pub last_synced: Option<Timestamp>,
-    pub last_looked_up: Option<Timestamp>,
-}
-
-impl StoredRecord {
-    /// Whether the record itself has been seen (not just looked for).
-    pub fn seen(&self) -> bool {
-        self.data.is_some()
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ChangeKind {
-    Created,
-    Updated,
-}
 
 /// A record that is new or whose content changed.
 #[derive(Debug, Clone, PartialEq)]
@@ -49,13 +19,6 @@ pub struct Change {
     pub kind: ChangeKind,
     pub record: Record,
     pub hash: String,
-}
-
-/// The content hash: SHA-256 of the record's canonical JSON (object keys
-/// sorted), so the same content always hashes the same.
-pub fn content_hash(data: &Value) -> String {
-    let digest = Sha256::digest(data.to_string().as_bytes());
-    digest.iter().take(16).map(|b| format!("{b:02x}")).collect()
 }
 
 /// The largest record, as JSON, the store keeps. DynamoDB refuses items
@@ -102,7 +65,7 @@ impl Quarantined {
         data: &Value,
         at: Timestamp,
     ) -> Self {
-        let excerpt = crate::error::bounded(&data.to_string(), QUARANTINE_EXCERPT_CHARS);
+        let excerpt = crate::core::error::bounded(&data.to_string(), QUARANTINE_EXCERPT_CHARS);
         Self {
             source: source.into(),
             record_type: record_type.into(),

@@ -1,0 +1,413 @@
+//! Forecasting the calls an app will drive, from its config and expected
+//! data volumes — the seeds' "calculate the anticipated API volume your app
+//! will drive". The model is the handlers' own arithmetic: pages of the
+//! configured size, runs at the configured frequency, windows of interval +
+//! overlap, bulk lookups of the configured size, decision-node pass rates.
+
+use metered::config::app::{AppConfig, Pagination};
+use metered::config::workflow::ActionConfig;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Expected volumes (TOML): per record type and per workflow.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Volumes {
+    #[serde(default)]
+    pub record_types: BTreeMap<String, TypeVolume>,
+    #[serde(default)]
+    pub workflows: BTreeMap<String, WorkflowVolume>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TypeVolume {
+    /// Records of the type today.
+    pub records: u64,
+    /// Records changed per day.
+    #[serde(default)]
+    pub changes_per_day: u64,
+    /// Records created per day.
+    #[serde(default)]
+    pub new_per_day: u64,
+    /// Referenced keys per day that no sync has seen (PK lookups).
+    #[serde(default)]
+    pub unseen_keys_per_day: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkflowVolume {
+    /// Share of triggered records that pass the decision nodes (0..1).
+    pub pass_rate: f64,
+}
+
+/// The forecast of one source (a sync or workflow).
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct SourceForecast {
+    pub source: String,
+    pub calls_per_day: f64,
+    /// Calls in each hour of a UTC day.
+    pub per_hour: Vec<f64>,
+    pub how: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Remedy {
+    pub remedy: String,
+    pub saves_per_day: f64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Forecast {
+    pub sources: Vec<SourceForecast>,
+    pub calls_per_day: f64,
+    pub per_hour: Vec<f64>,
+    pub limit_per_day: Option<u32>,
+    pub limit_per_hour: Option<u32>,
+    pub warnings: Vec<String>,
+    pub remedies: Vec<Remedy>,
+}
+
+fn day_secs(d: std::time::Duration) -> f64 {
+    d.as_secs_f64().max(1.0) / 86_400.0
+}
+
+/// Calls of one full listing of `n` records at `page` per call.
+fn listing_calls(n: f64, page: f64, pagination: &Pagination) -> f64 {
+    let pages = (n / page).ceil().max(1.0);
+    // Page and offset styles need an empty page after an exact multiple.
+    let exact = n > 0.0 && (n % page) == 0.0;
+    match pagination {
+        Pagination::Page { .. } | Pagination::Offset { .. } if exact => pages + 1.0,
+        _ => pages,
+    }
+}
+
+/// The model: one day of calls per source, per hour.
+pub fn sources(config: &AppConfig, volumes: &Volumes) -> Vec<SourceForecast> {
+    let mut sources = Vec::new();
+    let vol = |t: &str| volumes.record_types.get(t).cloned().unwrap_or_default();
+    for (name, sync) in &config.syncs {
+        let Some(rt) = config.record_types.get(name) else {
+            continue;
+        };
+        let v = vol(name);
+        let page = f64::from(rt.effective_page_size());
+        // Transfers over the day see the records created so far, on average half.
+        let grow = (v.new_per_day as f64) / 2.0;
+        if let Some(t) = &sync.complete_transfer {
+            let calls = listing_calls(v.records as f64 + grow, page, &rt.pagination);
+            let mut per_hour = vec![0.0; 24];
+            let every_h = (t.every.as_secs() / 3_600).max(1) as usize;
+            for h in (0..24).step_by(every_h) {
+                per_hour[h] += calls;
+            }
+            let total: f64 = per_hour.iter().sum();
+            sources.push(SourceForecast {
+                source: format!("complete-transfer:{name}"),
+                calls_per_day: total,
+                per_hour,
+                how: format!(
+                    "{:.0} run(s) a day × {calls:.0} page(s) of {page}",
+                    total / calls
+                ),
+            });
+        }
+        if let Some(r) = &sync.recent {
+            let runs = 1.0 / day_secs(r.every);
+            let window = (r.every + r.overlap).as_secs_f64() / 86_400.0;
+            let in_window = (v.changes_per_day + v.new_per_day) as f64 * window;
+            let calls = (in_window / page).floor() + 1.0;
+            let total = runs * calls;
+            sources.push(SourceForecast {
+                source: format!("recent-records:{name}"),
+                calls_per_day: total,
+                per_hour: vec![total / 24.0; 24],
+                how: format!("{runs:.0} runs a day × {calls:.0} page(s) ({in_window:.0} records in each {:.0}-minute window)", (r.every + r.overlap).as_secs_f64() / 60.0),
+            });
+        }
+        let pk = &sync.pk_lookup;
+        if pk.active() && v.unseen_keys_per_day > 0 {
+            let k = f64::from(
+                pk.max_keys_per_call
+                    .unwrap_or_else(|| rt.bulk.as_ref().map_or(1, |b| b.max_ids)),
+            );
+            let calls = (v.unseen_keys_per_day as f64 / k).ceil();
+            sources.push(SourceForecast {
+                source: format!("pk-lookup:{name}"),
+                calls_per_day: calls,
+                per_hour: vec![calls / 24.0; 24],
+                how: format!(
+                    "{} unseen keys a day in bulks of {k}",
+                    v.unseen_keys_per_day
+                ),
+            });
+        }
+    }
+    for (name, wf) in &config.workflows {
+        let v = vol(&wf.trigger.record_type);
+        let pass = volumes
+            .workflows
+            .get(name)
+            .map_or(1.0, |w| w.pass_rate.clamp(0.0, 1.0));
+        let triggered = (v.changes_per_day + v.new_per_day) as f64;
+        let passing = triggered * pass;
+        // Triggers arrive once per recent-lookup run; rows of a run go out together.
+        let runs = config
+            .sync(&wf.trigger.record_type)
+            .recent
+            .as_ref()
+            .map_or(24.0, |r| 1.0 / day_secs(r.every));
+        let per_run = passing / runs;
+        let triggers_per_run = triggered / runs;
+        let calls: f64 = wf
+            .actions
+            .iter()
+            .map(|a| match a {
+                ActionConfig::Http { .. } => passing,
+                // A push per run with rows, several when a run has more rows than a call takes;
+                // with less than a row a run, the chance that a run has any.
+                ActionConfig::DatasourcePush {
+                    max_rows_per_call, ..
+                } if per_run >= 1.0 => runs * (per_run / f64::from(*max_rows_per_call)).ceil(),
+                ActionConfig::DatasourcePush { .. } => {
+                    runs * (1.0 - (1.0 - pass).powf(triggers_per_run))
+                }
+            })
+            .sum();
+        sources.push(SourceForecast {
+            source: format!("workflow:{name}"),
+            calls_per_day: calls,
+            per_hour: vec![calls / 24.0; 24],
+            how: format!(
+                "{triggered:.0} triggers a day × pass rate {pass} × {} action(s)",
+                wf.actions.len()
+            ),
+        });
+    }
+    sources
+}
+
+fn total(config: &AppConfig, volumes: &Volumes) -> f64 {
+    sources(config, volumes)
+        .iter()
+        .map(|s| s.calls_per_day)
+        .sum()
+}
+
+/// The forecast: sources, totals per day and hour, limit warnings, and what
+/// each of the seeds' remedies would save.
+pub fn forecast(config: &AppConfig, volumes: &Volumes) -> Forecast {
+    let sources = sources(config, volumes);
+    let per_hour: Vec<f64> = (0..24)
+        .map(|h| sources.iter().map(|s| s.per_hour[h]).sum())
+        .collect();
+    let calls_per_day: f64 = sources.iter().map(|s| s.calls_per_day).sum();
+    let limits = &config.app.limits;
+    let mut warnings = Vec::new();
+    if let Some(d) = limits.per_day {
+        if calls_per_day > f64::from(d) {
+            warnings.push(format!("{calls_per_day:.0} calls a day exceed the daily limit of {d}: work will spill into the next days"));
+        }
+    }
+    if let Some(hl) = limits.per_hour {
+        for (h, c) in per_hour
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| **c > f64::from(hl))
+        {
+            warnings.push(format!(
+                "hour {h:02}: {c:.0} calls exceed the hourly limit of {hl}"
+            ));
+        }
+    }
+    Forecast {
+        remedies: remedies(config, volumes, calls_per_day),
+        sources,
+        calls_per_day,
+        per_hour,
+        limit_per_day: limits.per_day,
+        limit_per_hour: limits.per_hour,
+        warnings,
+    }
+}
+
+/// Each remedy from the seeds, forecast again with it applied.
+fn remedies(config: &AppConfig, volumes: &Volumes, base: f64) -> Vec<Remedy> {
+    let mut out = Vec::new();
+    let mut consider = |remedy: String, config: &AppConfig, volumes: &Volumes| {
+        let saves = base - total(config, volumes);
+        if saves > 0.5 {
+            out.push(Remedy {
+                remedy,
+                saves_per_day: saves,
+            });
+        }
+    };
+    for (name, sync) in &config.syncs {
+        if let Some(r) = &sync.recent {
+            let mut c = config.clone();
+            if let Some(x) = c.syncs.get_mut(name).and_then(|s| s.recent.as_mut()) {
+                x.every *= 2;
+            }
+            consider(
+                format!(
+                    "longer interval: syncs.{name}.recent.every {:?} → {:?}",
+                    r.every,
+                    r.every * 2
+                ),
+                &c,
+                volumes,
+            );
+            let mut c = config.clone();
+            if let Some(x) = c.syncs.get_mut(name).and_then(|s| s.recent.as_mut()) {
+                x.overlap /= 2;
+            }
+            consider(
+                format!(
+                    "smaller overlap: syncs.{name}.recent.overlap {:?} → {:?}",
+                    r.overlap,
+                    r.overlap / 2
+                ),
+                &c,
+                volumes,
+            );
+        }
+        if let Some(t) = &sync.complete_transfer {
+            let mut c = config.clone();
+            if let Some(x) = c
+                .syncs
+                .get_mut(name)
+                .and_then(|s| s.complete_transfer.as_mut())
+            {
+                x.every *= 2;
+            }
+            consider(
+                format!(
+                    "rarer transfers: syncs.{name}.complete_transfer.every {:?} → {:?}",
+                    t.every,
+                    t.every * 2
+                ),
+                &c,
+                volumes,
+            );
+        }
+        let Some(rt) = config.record_types.get(name) else {
+            continue;
+        };
+        if rt.effective_page_size() < rt.max_page_size {
+            let mut c = config.clone();
+            if let Some(x) = c.record_types.get_mut(name) {
+                x.page_size = None;
+            }
+            consider(
+                format!(
+                    "larger pages: record_types.{name}.page_size → {}",
+                    rt.max_page_size
+                ),
+                &c,
+                volumes,
+            );
+        }
+        if sync.pk_lookup.active() {
+            if let Some(b) = &rt.bulk {
+                if sync.pk_lookup.max_keys_per_call.unwrap_or(b.max_ids) < b.max_ids {
+                    let mut c = config.clone();
+                    if let Some(s) = c.syncs.get_mut(name) {
+                        s.pk_lookup.max_keys_per_call = None;
+                    }
+                    consider(
+                        format!(
+                            "bulk lookups: syncs.{name}.pk_lookup.max_keys_per_call → {}",
+                            b.max_ids
+                        ),
+                        &c,
+                        volumes,
+                    );
+                }
+            }
+            if sync.pk_lookup.policy == metered::config::sync::LookupPolicy::SeenAndUnseen {
+                let mut c = config.clone();
+                if let Some(s) = c.syncs.get_mut(name) {
+                    s.pk_lookup.policy = metered::config::sync::LookupPolicy::UnseenOnly;
+                }
+                consider(
+                    format!("syncs.{name}.pk_lookup.policy → unseen_only"),
+                    &c,
+                    volumes,
+                );
+            }
+        }
+    }
+    for name in config.workflows.keys() {
+        let mut v = volumes.clone();
+        let p = v.workflows.get(name).map_or(1.0, |w| w.pass_rate);
+        v.workflows
+            .insert(name.clone(), WorkflowVolume { pass_rate: p / 2.0 });
+        consider(
+            format!(
+                "decision nodes before actions: workflows.{name} filtering half of what passes now"
+            ),
+            config,
+            &v,
+        );
+    }
+    out.sort_by(|a, b| b.saves_per_day.total_cmp(&a.saves_per_day));
+    out
+}
+
+/// An SVG chart of forecast calls per hour against the hourly share of the
+/// daily limit (and the hourly limit, if any).
+pub fn chart_svg(f: &Forecast) -> String {
+    let (w, h, pad) = (720.0, 300.0, 40.0);
+    let hourly_limit = f
+        .limit_per_hour
+        .map(f64::from)
+        .or(f.limit_per_day.map(|d| f64::from(d) / 24.0));
+    let max = f
+        .per_hour
+        .iter()
+        .copied()
+        .fold(hourly_limit.unwrap_or(1.0), f64::max)
+        .max(1.0)
+        * 1.1;
+    let bw = (w - 2.0 * pad) / 24.0;
+    let y = |v: f64| h - pad - v / max * (h - 2.0 * pad);
+    let mut s = format!("<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"11\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n");
+    s += &format!("<text x=\"{pad}\" y=\"20\" font-size=\"13\">Forecast API calls per hour ({:.0} a day)</text>\n", f.calls_per_day);
+    for (i, v) in f.per_hour.iter().enumerate() {
+        let x = pad + i as f64 * bw;
+        let over = hourly_limit.is_some_and(|l| *v > l);
+        s += &format!(
+            "<rect x=\"{:.1}\" y=\"{:.1}\" width=\"{:.1}\" height=\"{:.1}\" fill=\"{}\"><title>{i:02}:00 {v:.1} calls</title></rect>\n",
+            x + 1.0,
+            y(*v),
+            bw - 2.0,
+            (h - pad - y(*v)).max(0.0),
+            if over { "#d9534f" } else { "#4a90d9" }
+        );
+        if i % 3 == 0 {
+            s += &format!(
+                "<text x=\"{:.1}\" y=\"{:.1}\">{i:02}h</text>\n",
+                x,
+                h - pad + 14.0
+            );
+        }
+    }
+    if let Some(l) = hourly_limit {
+        let label = if f.limit_per_hour.is_some() {
+            "hourly limit"
+        } else {
+            "daily limit / 24"
+        };
+        s += &format!("<line x1=\"{pad}\" x2=\"{:.1}\" y1=\"{:.1}\" y2=\"{:.1}\" stroke=\"#d9534f\" stroke-dasharray=\"6 4\"/>\n", w - pad, y(l), y(l));
+        s += &format!(
+            "<text x=\"{:.1}\" y=\"{:.1}\" fill=\"#d9534f\">{label}: {l:.0}</text>\n",
+            w - pad - 130.0,
+            y(l) - 4.0
+        );
+    }
+    s += &format!("<line x1=\"{pad}\" x2=\"{pad}\" y1=\"{pad}\" y2=\"{:.1}\" stroke=\"black\"/>\n<text x=\"4\" y=\"{:.1}\">{:.0}</text>\n</svg>\n", h - pad, pad + 4.0, max);
+    s
+}

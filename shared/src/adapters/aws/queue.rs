@@ -1,0 +1,210 @@
+//! Job queue on Amazon SQS. In Lambda the event source mapping receives and
+//! deletes messages; handlers only `send` (restarts, follow-up jobs) and
+//! `dead_letter`. `receive` and `ack` serve the local runner and tests.
+
+use crate::core::error::{Error, Result};
+use crate::jobs::envelope::JobEnvelope;
+use crate::jobs::queue::{DeadLetter, Delivery, JobQueue, MAX_DELAY_SECS};
+use async_trait::async_trait;
+use aws_sdk_sqs::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_sqs::types::{MessageAttributeValue, MessageSystemAttributeName};
+use aws_sdk_sqs::Client;
+
+/// The message attribute that carries a dead letter's reason.
+pub const REASON_ATTRIBUTE: &str = "metered-reason";
+/// SQS message attributes are small; a reason is a sentence, not a dump.
+const MAX_REASON_CHARS: usize = 1_000;
+
+#[derive(Debug, Clone)]
+pub struct SqsQueue {
+    client: Client,
+    name: String,
+    queue_url: String,
+    dlq_url: String,
+    /// Long-poll wait of `receive`, seconds (0 to 20).
+    wait_secs: i32,
+}
+
+impl SqsQueue {
+    pub fn new(client: Client, queue_url: impl Into<String>, dlq_url: impl Into<String>) -> Self {
+        let queue_url = queue_url.into();
+        let name = queue_url.rsplit('/').next().unwrap_or_default().to_string();
+        Self {
+            client,
+            name,
+            queue_url,
+            dlq_url: dlq_url.into(),
+            wait_secs: 1,
+        }
+    }
+
+    pub fn with_wait_secs(mut self, secs: i32) -> Self {
+        self.wait_secs = secs.clamp(0, 20);
+        self
+    }
+
+    pub fn queue_url(&self) -> &str {
+        &self.queue_url
+    }
+
+    async fn receive_from(
+        &self,
+        url: &str,
+        max: u32,
+        visibility_secs: u32,
+    ) -> Result<Vec<aws_sdk_sqs::types::Message>> {
+        let out = self
+            .client
+            .receive_message()
+            .queue_url(url)
+            .max_number_of_messages(max.clamp(1, 10) as i32)
+            .visibility_timeout(visibility_secs.min(43_200) as i32)
+            .wait_time_seconds(self.wait_secs)
+            .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
+            .message_attribute_names("All")
+            .send()
+            .await
+            .map_err(|e| sqs_error("receive", e))?;
+        Ok(out.messages.unwrap_or_default())
+    }
+}
+
+/// Throttling, 5xx and transport failures may pass; a missing queue will not.
+fn sqs_error<E, R>(operation: &'static str, err: SdkError<E, R>) -> Error
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+    R: std::fmt::Debug,
+{
+    let retryable = match &err {
+        SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) | SdkError::ResponseError(_) => {
+            true
+        }
+        SdkError::ServiceError(se) => !matches!(
+            se.err().code(),
+            Some(
+                "QueueDoesNotExist"
+                    | "AWS.SimpleQueueService.NonExistentQueue"
+                    | "InvalidParameterValue"
+                    | "AccessDenied"
+            )
+        ),
+        _ => false,
+    };
+    Error::queue(operation, DisplayErrorContext(&err), retryable)
+}
+
+#[async_trait]
+impl JobQueue for SqsQueue {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    async fn send(&self, job: &JobEnvelope, delay_secs: u32) -> Result<()> {
+        if delay_secs > MAX_DELAY_SECS {
+            return Err(Error::queue(
+                "send",
+                format!("delay {delay_secs}s exceeds the {MAX_DELAY_SECS}s maximum"),
+                false,
+            ));
+        }
+        self.client
+            .send_message()
+            .queue_url(&self.queue_url)
+            .message_body(job.to_body())
+            .delay_seconds(delay_secs as i32)
+            .send()
+            .await
+            .map_err(|e| sqs_error("send", e))?;
+        Ok(())
+    }
+
+    async fn dead_letter(&self, body: &str, reason: &str) -> Result<()> {
+        let reason: String = reason.chars().take(MAX_REASON_CHARS).collect();
+        let attr = MessageAttributeValue::builder()
+            .data_type("String")
+            .string_value(reason)
+            .build()
+            .map_err(|e| Error::queue("dead-letter", e, false))?;
+        // SQS refuses empty bodies; a dead letter must still say what came.
+        let body = if body.is_empty() {
+            "(empty body)"
+        } else {
+            body
+        };
+        self.client
+            .send_message()
+            .queue_url(&self.dlq_url)
+            .message_body(body)
+            .message_attributes(REASON_ATTRIBUTE, attr)
+            .send()
+            .await
+            .map_err(|e| sqs_error("dead-letter", e))?;
+        Ok(())
+    }
+
+    async fn receive(&self, max: u32, visibility_secs: u32) -> Result<Vec<Delivery>> {
+        let messages = self
+            .receive_from(&self.queue_url, max, visibility_secs)
+            .await?;
+        Ok(messages
+            .into_iter()
+            .filter_map(|m| {
+                let receive_count = m
+                    .attributes()
+                    .and_then(|a| a.get(&MessageSystemAttributeName::ApproximateReceiveCount))
+                    .and_then(|c| c.parse().ok())
+                    .unwrap_or(1);
+                Some(Delivery {
+                    message_id: m.message_id?,
+                    receipt: m.receipt_handle?,
+                    body: m.body.unwrap_or_default(),
+                    receive_count,
+                })
+            })
+            .collect())
+    }
+
+    async fn ack(&self, receipt: &str) -> Result<()> {
+        self.client
+            .delete_message()
+            .queue_url(&self.queue_url)
+            .receipt_handle(receipt)
+            .send()
+            .await
+            .map_err(|e| sqs_error("ack", e))?;
+        Ok(())
+    }
+
+    async fn release(&self, receipt: &str, visible_in_secs: u32) -> Result<()> {
+        self.client
+            .change_message_visibility()
+            .queue_url(&self.queue_url)
+            .receipt_handle(receipt)
+            .visibility_timeout(visible_in_secs.min(43_200) as i32)
+            .send()
+            .await
+            .map_err(|e| sqs_error("release", e))?;
+        Ok(())
+    }
+
+    async fn dead_letters(&self, max: u32) -> Result<Vec<DeadLetter>> {
+        // Reading hides them for a short while, like a console peek.
+        let messages = self.receive_from(&self.dlq_url, max, 30).await?;
+        Ok(messages
+            .into_iter()
+            .map(|m| {
+                let reason = m
+                    .message_attributes()
+                    .and_then(|a| a.get(REASON_ATTRIBUTE))
+                    .and_then(|v| v.string_value())
+                    .unwrap_or("moved by the queue's redrive policy (maxReceiveCount)")
+                    .to_string();
+                DeadLetter {
+                    message_id: m.message_id.unwrap_or_default(),
+                    body: m.body.unwrap_or_default(),
+                    reason,
+                }
+            })
+            .collect())
+    }
+}

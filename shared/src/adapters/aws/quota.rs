@@ -1,0 +1,516 @@
+//! Quota on DynamoDB: one item per budget, one conditional `UpdateItem` per
+//! acquire.
+//!
+//! The item holds a counter per current window (`w:d2026-11-22`,
+//! `w:h2026-11-22T14`, …), one attribute per lease (`l:{uuid}` → expiry in
+//! epoch ms), `lease_count`, and `blocked_until`. Acquire `ADD`s the cost to
+//! every window and `lease_count`, and `SET`s the lease, under a condition
+//! that every window has room, `lease_count` is under the cap and
+//! `blocked_until` has passed. A refusal comes back with the old item
+//! (`ReturnValuesOnConditionCheckFailure = ALL_OLD`), which says which limit
+//! refused and when it frees, with no second read.
+//!
+//! `lease_count` also counts leases that expired but were not released (a
+//! crashed Lambda). Only when the old item shows such leases and nothing else
+//! refuses does a second update reclaim them, conditioned on their expiry
+//! being unchanged (so a lease renewed meanwhile survives); then the acquire
+//! is tried again.
+
+use crate::adapters::aws::{is_ccf, key_part, sdk_error, Table};
+use crate::core::clock::{from_millis, to_millis, Timestamp};
+use crate::core::error::{Error, Result};
+use crate::quota::{
+    explain_denial, Acquire, Grant, Limits, QuotaKey, QuotaState, QuotaStore, TakenWindow,
+    UsageEntry,
+};
+use async_trait::async_trait;
+use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
+use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue, ReturnValuesOnConditionCheckFailure};
+use chrono::{Duration, NaiveDate};
+use std::collections::HashMap;
+
+const WINDOW_PREFIX: &str = "w:";
+const LEASE_PREFIX: &str = "l:";
+/// A reservation's refund right (`r:{lease id}` → when its windows end): it
+/// outlives the lease, so a holder released after its lease lapsed still
+/// refunds, once.
+const REFUND_PREFIX: &str = "r:";
+/// Rounds of acquire → reclaim → acquire before giving up as contended.
+const MAX_ROUNDS: usize = 4;
+/// Usage items are kept this long for reports, then TTL removes them.
+const USAGE_RETENTION_DAYS: i64 = 400;
+
+type Item = HashMap<String, AttributeValue>;
+
+#[derive(Debug, Clone)]
+pub struct DynamoQuota {
+    table: Table,
+}
+
+impl DynamoQuota {
+    pub fn new(table: Table) -> Self {
+        Self { table }
+    }
+
+    fn pk(key: &QuotaKey) -> String {
+        format!("quota#{}#{}", key_part(&key.org), key_part(&key.app))
+    }
+
+    fn update(
+        &self,
+        key: &QuotaKey,
+    ) -> aws_sdk_dynamodb::operation::update_item::builders::UpdateItemFluentBuilder {
+        self.table
+            .client
+            .update_item()
+            .table_name(&self.table.name)
+            .key("pk", AttributeValue::S(Self::pk(key)))
+            .key("sk", AttributeValue::S("quota".into()))
+    }
+
+    /// One conditional take. `Ok(Ok(grant))` or `Ok(Err(old_item))` on refusal.
+    async fn try_take(
+        &self,
+        key: &QuotaKey,
+        limits: &Limits,
+        cost: u32,
+        now: Timestamp,
+    ) -> Result<std::result::Result<Grant, Item>> {
+        let lease_id = uuid::Uuid::new_v4().to_string();
+        let expires_at = now + limits.lease_ttl();
+        let windows: Vec<TakenWindow> = limits
+            .windows()
+            .map(|(kind, _)| TakenWindow {
+                kind,
+                id: kind.id(now),
+            })
+            .collect();
+        let mut req = self
+            .update(key)
+            .expression_attribute_names("#lease", format!("{LEASE_PREFIX}{lease_id}"))
+            .expression_attribute_values(":cost", num(cost))
+            .expression_attribute_values(":one", num(1))
+            .expression_attribute_values(":exp", num(to_millis(expires_at)))
+            .expression_attribute_values(":now", num(to_millis(now)))
+            .expression_attribute_values(":maxc", num(limits.max_concurrent));
+        let mut adds = Vec::new();
+        let mut conds = vec![
+            // Idempotent: the SDK may send this request again after a
+            // response was lost; the second application is refused here
+            // instead of adding the cost and the lease count twice.
+            "attribute_not_exists(#lease)".to_string(),
+            "(attribute_not_exists(lease_count) OR lease_count < :maxc)".to_string(),
+            "(attribute_not_exists(blocked_until) OR blocked_until <= :now)".to_string(),
+        ];
+        for (i, ((_, limit), w)) in limits.windows().zip(&windows).enumerate() {
+            req = req
+                .expression_attribute_names(format!("#w{i}"), format!("{WINDOW_PREFIX}{}", w.id))
+                .expression_attribute_values(
+                    format!(":room{i}"),
+                    num(i64::from(limit) - i64::from(cost)),
+                );
+            adds.push(format!("#w{i} :cost"));
+            conds.push(format!(
+                "(attribute_not_exists(#w{i}) OR #w{i} <= :room{i})"
+            ));
+        }
+        adds.push("lease_count :one".into());
+        let valid_until = limits.windows_end(now);
+        let mut sets = "#lease = :exp".to_string();
+        if cost > 1 {
+            req = req
+                .expression_attribute_names("#refund", format!("{REFUND_PREFIX}{lease_id}"))
+                .expression_attribute_values(":valid", num(to_millis(valid_until)));
+            sets.push_str(", #refund = :valid");
+        }
+        let result = req
+            .update_expression(format!("ADD {} SET {sets}", adds.join(", ")))
+            .condition_expression(conds.join(" AND "))
+            .return_values(ReturnValue::AllNew)
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
+            .send()
+            .await;
+        let grant = |item: Option<&Item>| {
+            let current: Vec<String> = windows
+                .iter()
+                .map(|w| format!("{WINDOW_PREFIX}{}", w.id))
+                .collect();
+            // Past windows' counters and refund rights of reservations whose
+            // windows ended: the release removes them.
+            let stale_windows = item
+                .map(|item| {
+                    item.iter()
+                        .filter(|(k, v)| {
+                            (k.starts_with(WINDOW_PREFIX) && !current.contains(k))
+                                || (k.starts_with(REFUND_PREFIX)
+                                    && read_i64(v).is_some_and(|ms| from_millis(ms) <= now))
+                        })
+                        .map(|(k, _)| k.clone())
+                        .collect()
+                })
+                .unwrap_or_default();
+            Grant {
+                key: key.clone(),
+                lease_id: lease_id.clone(),
+                cost,
+                windows: windows.clone(),
+                expires_at,
+                valid_until,
+                stale_windows,
+            }
+        };
+        match result {
+            Ok(out) => Ok(Ok(grant(out.attributes()))),
+            Err(e) => match e.as_service_error() {
+                Some(UpdateItemError::ConditionalCheckFailedException(c)) => {
+                    let old = c.item().cloned().unwrap_or_default();
+                    if old.contains_key(&format!("{LEASE_PREFIX}{lease_id}")) {
+                        // Our own write, applied by an earlier attempt of
+                        // this request whose response was lost: granted.
+                        tracing::info!(quota = %key, "acquire applied by an earlier attempt; taken once");
+                        return Ok(Ok(grant(Some(&old))));
+                    }
+                    Ok(Err(old))
+                }
+                _ => Err(sdk_error("quota acquire", e)),
+            },
+        }
+    }
+
+    /// Removes leases that expired, if their expiry is still what we saw,
+    /// and sets `lease_count` to the leases that remain, if it is still
+    /// `seen_count`. Every write that adds or removes a lease also changes
+    /// `lease_count`, so an unchanged count means an unchanged set of
+    /// leases: the count is repaired from the leases themselves, whatever
+    /// made it drift.
+    async fn reclaim(
+        &self,
+        key: &QuotaKey,
+        expired: &[(String, i64)],
+        seen_count: i64,
+        remaining: i64,
+    ) -> Result<()> {
+        let mut req = self
+            .update(key)
+            .expression_attribute_values(":seen", num(seen_count))
+            .expression_attribute_values(":count", num(remaining));
+        let mut removes = Vec::new();
+        let mut conds = vec!["lease_count = :seen".to_string()];
+        for (i, (attr, exp)) in expired.iter().enumerate() {
+            req = req
+                .expression_attribute_names(format!("#l{i}"), attr)
+                .expression_attribute_values(format!(":e{i}"), num(*exp));
+            removes.push(format!("#l{i}"));
+            conds.push(format!("#l{i} = :e{i}"));
+        }
+        let remove = if removes.is_empty() {
+            String::new()
+        } else {
+            format!(" REMOVE {}", removes.join(", "))
+        };
+        let result = req
+            .update_expression(format!("SET lease_count = :count{remove}"))
+            .condition_expression(conds.join(" AND "))
+            .send()
+            .await;
+        match result {
+            Ok(_) => {
+                tracing::info!(quota = %key, reclaimed = expired.len(), lease_count = remaining, was = seen_count, "reclaimed expired leases");
+                Ok(())
+            }
+            // Someone else reclaimed, released or renewed first: fine.
+            Err(e) if is_ccf(&e) => Ok(()),
+            Err(e) => Err(sdk_error("quota reclaim", e)),
+        }
+    }
+}
+
+fn num(n: impl ToString) -> AttributeValue {
+    AttributeValue::N(n.to_string())
+}
+
+fn read_i64(v: &AttributeValue) -> Option<i64> {
+    v.as_n().ok().and_then(|n| n.parse::<i64>().ok())
+}
+
+#[async_trait]
+impl QuotaStore for DynamoQuota {
+    async fn acquire(
+        &self,
+        key: &QuotaKey,
+        limits: &Limits,
+        cost: u32,
+        now: Timestamp,
+    ) -> Result<Acquire> {
+        for _ in 0..MAX_ROUNDS {
+            let old = match self.try_take(key, limits, cost, now).await? {
+                Ok(grant) => return Ok(Acquire::Granted(grant)),
+                Err(old) => old,
+            };
+            let mut leases = Vec::new();
+            let mut expired = Vec::new();
+            for (k, v) in &old {
+                if k.starts_with(LEASE_PREFIX) {
+                    if let Some(ms) = read_i64(v) {
+                        leases.push(from_millis(ms));
+                        if from_millis(ms) <= now {
+                            expired.push((k.clone(), ms));
+                        }
+                    }
+                }
+            }
+            let blocked = old.get("blocked_until").and_then(read_i64).map(from_millis);
+            let used = |id: &str| {
+                old.get(&format!("{WINDOW_PREFIX}{id}"))
+                    .and_then(read_i64)
+                    .map_or(0, |n| n.max(0) as u64)
+            };
+            if let Some(denied) = explain_denial(limits, cost, now, used, &leases, blocked) {
+                return Ok(Acquire::Denied(denied));
+            }
+            // Nothing live refuses: crashed holders' expired leases fill
+            // `lease_count`, or the count drifted from the leases, or the
+            // item changed since (a release).
+            let seen_count = old.get("lease_count").and_then(read_i64).unwrap_or(0);
+            let remaining = (leases.len() - expired.len()) as i64;
+            if !expired.is_empty() || seen_count != leases.len() as i64 {
+                self.reclaim(key, &expired, seen_count, remaining).await?;
+            }
+        }
+        // Contended beyond reason: come back in a moment rather than spin.
+        Ok(Acquire::Denied(crate::quota::Denied {
+            retry_at: now + Duration::seconds(i64::from(limits.concurrency_retry_secs)),
+            reason: crate::quota::DenyReason::Concurrency {
+                max: limits.max_concurrent,
+            },
+        }))
+    }
+
+    async fn release(&self, grant: &Grant, used: u32) -> Result<()> {
+        let refund = grant.cost.saturating_sub(used);
+        let mut req = self
+            .update(&grant.key)
+            .expression_attribute_names("#lease", format!("{LEASE_PREFIX}{}", grant.lease_id))
+            .expression_attribute_values(":minus1", num(-1));
+        let mut adds = vec!["lease_count :minus1".to_string()];
+        if refund > 0 {
+            req = req.expression_attribute_values(":refund", num(-i64::from(refund)));
+            for (i, w) in grant.windows.iter().enumerate() {
+                req = req.expression_attribute_names(
+                    format!("#w{i}"),
+                    format!("{WINDOW_PREFIX}{}", w.id),
+                );
+                adds.push(format!("#w{i} :refund"));
+            }
+        }
+        let mut removes = vec!["#lease".to_string()];
+        let refund_attr = format!("{REFUND_PREFIX}{}", grant.lease_id);
+        if grant.cost > 1 {
+            req = req.expression_attribute_names("#refund", &refund_attr);
+            removes.push("#refund".into());
+        }
+        for (i, stale) in grant.stale_windows.iter().enumerate() {
+            req = req.expression_attribute_names(format!("#s{i}"), stale);
+            removes.push(format!("#s{i}"));
+        }
+        let result = req
+            .update_expression(format!(
+                "REMOVE {} ADD {}",
+                removes.join(", "),
+                adds.join(", ")
+            ))
+            // Idempotent: only the holder of a live record of the lease
+            // releases it, so a second release refunds nothing.
+            .condition_expression("attribute_exists(#lease)")
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(e) if is_ccf(&e) && refund > 0 && grant.cost > 1 => {
+                // The lease lapsed and was reclaimed (its count with it); the
+                // refund right outlives it and is spent once.
+                let mut req = self
+                    .update(&grant.key)
+                    .expression_attribute_names("#refund", &refund_attr)
+                    .expression_attribute_values(":refund", num(-i64::from(refund)));
+                let mut adds = Vec::new();
+                for (i, w) in grant.windows.iter().enumerate() {
+                    req = req.expression_attribute_names(
+                        format!("#w{i}"),
+                        format!("{WINDOW_PREFIX}{}", w.id),
+                    );
+                    adds.push(format!("#w{i} :refund"));
+                }
+                match req
+                    .update_expression(format!("REMOVE #refund ADD {}", adds.join(", ")))
+                    .condition_expression("attribute_exists(#refund)")
+                    .send()
+                    .await
+                {
+                    Ok(_) => Ok(()),
+                    Err(e) if is_ccf(&e) => Ok(()),
+                    Err(e) => Err(sdk_error("quota refund", e)),
+                }
+            }
+            Err(e) if is_ccf(&e) => Ok(()),
+            Err(e) => Err(sdk_error("quota release", e)),
+        }
+    }
+
+    async fn renew(&self, grant: &Grant, until: Timestamp) -> Result<()> {
+        let result = self
+            .update(&grant.key)
+            .expression_attribute_names("#lease", format!("{LEASE_PREFIX}{}", grant.lease_id))
+            .expression_attribute_values(":until", num(to_millis(until)))
+            .update_expression("SET #lease = :until")
+            .condition_expression("attribute_exists(#lease)")
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(e) if is_ccf(&e) => Err(Error::LeaseLost(grant.lease_id.clone())),
+            Err(e) => Err(sdk_error("quota renew", e)),
+        }
+    }
+
+    async fn block_until(&self, key: &QuotaKey, until: Timestamp) -> Result<()> {
+        let result = self
+            .update(key)
+            .expression_attribute_values(":until", num(to_millis(until)))
+            .update_expression("SET blocked_until = :until")
+            .condition_expression("attribute_not_exists(blocked_until) OR blocked_until < :until")
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            // Already blocked for longer: never shorten a block.
+            Err(e) if is_ccf(&e) => Ok(()),
+            Err(e) => Err(sdk_error("quota block", e)),
+        }
+    }
+
+    async fn record_usage(&self, entries: &[UsageEntry]) -> Result<()> {
+        let writes = entries.iter().map(|u| {
+            let ttl = u
+                .day
+                .and_hms_opt(0, 0, 0)
+                .map(|d| (d.and_utc() + Duration::days(USAGE_RETENTION_DAYS)).timestamp())
+                .unwrap_or(0);
+            self.table
+                .client
+                .update_item()
+                .table_name(&self.table.name)
+                .key("pk", AttributeValue::S(usage_pk(&u.key, u.day)))
+                .key(
+                    "sk",
+                    AttributeValue::S(format!(
+                        "{}#{}#{}",
+                        key_part(&u.source),
+                        key_part(&u.endpoint),
+                        u.exempt
+                    )),
+                )
+                .update_expression(
+                    "ADD calls :calls SET #src = :src, endpoint = :ep, exempt = :ex, #ttl = :ttl",
+                )
+                .expression_attribute_names("#src", "source")
+                .expression_attribute_names("#ttl", "ttl")
+                .expression_attribute_values(":calls", num(u.calls))
+                .expression_attribute_values(":src", AttributeValue::S(u.source.clone()))
+                .expression_attribute_values(":ep", AttributeValue::S(u.endpoint.clone()))
+                .expression_attribute_values(":ex", AttributeValue::Bool(u.exempt))
+                .expression_attribute_values(":ttl", num(ttl))
+                .send()
+        });
+        for result in futures::future::join_all(writes).await {
+            result.map_err(|e| sdk_error("usage record", e))?;
+        }
+        Ok(())
+    }
+
+    async fn usage(&self, key: &QuotaKey, day: NaiveDate) -> Result<Vec<UsageEntry>> {
+        let mut out = Vec::new();
+        let mut pages = self
+            .table
+            .client
+            .query()
+            .table_name(&self.table.name)
+            .key_condition_expression("pk = :pk")
+            .expression_attribute_values(":pk", AttributeValue::S(usage_pk(key, day)))
+            .consistent_read(true)
+            .into_paginator()
+            .items()
+            .send();
+        while let Some(item) = pages.next().await {
+            let item = item.map_err(|e| sdk_error("usage read", e))?;
+            let text = |k: &str| {
+                item.get(k)
+                    .and_then(|v| v.as_s().ok())
+                    .cloned()
+                    .unwrap_or_default()
+            };
+            out.push(UsageEntry {
+                key: key.clone(),
+                day,
+                source: text("source"),
+                endpoint: text("endpoint"),
+                exempt: item
+                    .get("exempt")
+                    .and_then(|v| v.as_bool().ok())
+                    .copied()
+                    .unwrap_or(false),
+                calls: item
+                    .get("calls")
+                    .and_then(read_i64)
+                    .map_or(0, |n| n.max(0) as u64),
+            });
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    async fn state(&self, key: &QuotaKey, limits: &Limits, now: Timestamp) -> Result<QuotaState> {
+        let out = self
+            .table
+            .client
+            .get_item()
+            .table_name(&self.table.name)
+            .key("pk", AttributeValue::S(Self::pk(key)))
+            .key("sk", AttributeValue::S("quota".into()))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| sdk_error("quota state", e))?;
+        let mut state = QuotaState::default();
+        let Some(item) = out.item() else {
+            return Ok(state);
+        };
+        for (kind, _) in limits.windows() {
+            let id = kind.id(now);
+            if let Some(n) = item.get(&format!("{WINDOW_PREFIX}{id}")).and_then(read_i64) {
+                state.used.insert(id, n.max(0) as u64);
+            }
+        }
+        state.live_leases = item
+            .iter()
+            .filter(|(k, v)| {
+                k.starts_with(LEASE_PREFIX) && read_i64(v).is_some_and(|ms| from_millis(ms) > now)
+            })
+            .count() as u32;
+        state.blocked_until = item
+            .get("blocked_until")
+            .and_then(read_i64)
+            .map(from_millis)
+            .filter(|t| *t > now);
+        Ok(state)
+    }
+}
+
+fn usage_pk(key: &QuotaKey, day: NaiveDate) -> String {
+    format!(
+        "usage#{}#{}#{}",
+        key_part(&key.org),
+        key_part(&key.app),
+        day
+    )
+}

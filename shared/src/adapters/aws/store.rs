@@ -1,0 +1,772 @@
+//! Record store on DynamoDB.
+//!
+//! | item | pk | sk | attributes |
+//! |---|---|---|---|
+//! | record | `rec#{org}#{app}#{type}` | id | `hash`, `data` (JSON), `first_seen`, `last_synced`, `last_looked_up` (epoch ms) |
+//! | sync state | `sync#{org}#{app}` | sync name | `high_water`, `last_started`, `last_completed`, `last_pages`, `running_job`, `lease_until`, `last_failed`, `last_failure`, `api_page_size`, `probed_short_page`, `probed_at` |
+//! | quarantined record | `quar#{org}#{app}` | entry key (source, type, id) | `source`, `record_type`, `record_id`, `reason`, `excerpt`, `at`, `ttl` (90 days) |
+//!
+//! A page is written with `BatchGetItem` (old hashes, 100 ids a call) then
+//! `BatchWriteItem` (25 a call), not one conditional write per record: a
+//! page of 200 costs 2 + 8 requests instead of 200. Two syncs writing the
+//! same record at the same instant may both report it changed; follow-up
+//! work is idempotent, so that costs a duplicate trigger, never a loss.
+
+use crate::adapters::aws::{is_ccf, key_part, sdk_error, Table};
+use crate::core::clock::{from_millis, to_millis, Timestamp};
+use crate::core::error::{Error, Result};
+use crate::core::record::Record;
+use crate::core::record::{content_hash, ChangeKind, StoredRecord};
+use crate::quota::QuotaKey;
+use crate::store::{unstorable, Change, PageDiff, Quarantined, RecordStore, SyncFinish, SyncState};
+use async_trait::async_trait;
+use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
+use aws_sdk_dynamodb::types::{
+    AttributeValue, KeysAndAttributes, PutRequest, Select, WriteRequest,
+};
+use std::collections::HashMap;
+
+type Item = HashMap<String, AttributeValue>;
+/// Immediate re-tries of unprocessed batch items (the SDK already retried
+/// throttling with backoff); what is still unprocessed after them fails the
+/// operation as transient, and the job restarts from its checkpoint after a
+/// backoff instead of looping here.
+const BATCH_ROUNDS: usize = 3;
+
+#[derive(Debug, Clone)]
+pub struct DynamoStore {
+    table: Table,
+}
+
+impl DynamoStore {
+    pub fn new(table: Table) -> Self {
+        Self { table }
+    }
+}
+
+fn rec_pk(key: &QuotaKey, record_type: &str) -> String {
+    format!(
+        "rec#{}#{}#{}",
+        key_part(&key.org),
+        key_part(&key.app),
+        key_part(record_type)
+    )
+}
+
+fn sync_pk(key: &QuotaKey) -> String {
+    format!("sync#{}#{}", key_part(&key.org), key_part(&key.app))
+}
+
+fn quarantine_pk(key: &QuotaKey) -> String {
+    format!("quar#{}#{}", key_part(&key.org), key_part(&key.app))
+}
+
+/// Quarantine entries live 90 days (TTL): long enough to be noticed.
+const QUARANTINE_TTL_DAYS: i64 = 90;
+/// Most entries read to answer a listing (sorted newest first in memory).
+const QUARANTINE_READ_CAP: usize = 5_000;
+
+fn s(v: impl Into<String>) -> AttributeValue {
+    AttributeValue::S(v.into())
+}
+
+fn n(v: i64) -> AttributeValue {
+    AttributeValue::N(v.to_string())
+}
+
+fn get_n(item: &Item, k: &str) -> Option<i64> {
+    item.get(k)
+        .and_then(|v| v.as_n().ok())
+        .and_then(|v| v.parse().ok())
+}
+
+fn get_s<'a>(item: &'a Item, k: &str) -> Option<&'a String> {
+    item.get(k).and_then(|v| v.as_s().ok())
+}
+
+fn to_stored(item: &Item) -> Option<StoredRecord> {
+    Some(StoredRecord {
+        id: get_s(item, "sk")?.clone(),
+        hash: get_s(item, "hash").cloned().unwrap_or_default(),
+        data: get_s(item, "data").and_then(|d| serde_json::from_str(d).ok()),
+        first_seen: get_n(item, "first_seen").map(from_millis)?,
+        last_synced: get_n(item, "last_synced").map(from_millis),
+        last_looked_up: get_n(item, "last_looked_up").map(from_millis),
+    })
+}
+
+impl DynamoStore {
+    async fn batch_get(&self, pk: &str, ids: &[String]) -> Result<Vec<Item>> {
+        let mut out = Vec::new();
+        let mut unique: Vec<&String> = ids.iter().collect();
+        unique.sort();
+        unique.dedup();
+        for chunk in unique.chunks(100) {
+            let mut keys = KeysAndAttributes::builder().consistent_read(true);
+            for id in chunk {
+                keys = keys.keys(HashMap::from([
+                    ("pk".to_string(), s(pk)),
+                    ("sk".to_string(), s(id.as_str())),
+                ]));
+            }
+            let mut request = Some(
+                keys.build()
+                    .map_err(|e| Error::store("records get", e, false))?,
+            );
+            for _ in 0..BATCH_ROUNDS {
+                let Some(req) = request.take() else { break };
+                let resp = self
+                    .table
+                    .client
+                    .batch_get_item()
+                    .request_items(&self.table.name, req)
+                    .send()
+                    .await
+                    .map_err(|e| sdk_error("records get", e))?;
+                if let Some(items) = resp.responses.and_then(|mut r| r.remove(&self.table.name)) {
+                    out.extend(items);
+                }
+                request = resp
+                    .unprocessed_keys
+                    .and_then(|mut u| u.remove(&self.table.name))
+                    .filter(|k| !k.keys.is_empty());
+            }
+            if request.is_some() {
+                return Err(Error::store(
+                    "records get",
+                    "DynamoDB left keys unprocessed (throttled)",
+                    true,
+                ));
+            }
+        }
+        Ok(out)
+    }
+
+    async fn batch_put(&self, items: Vec<Item>) -> Result<()> {
+        for chunk in items.chunks(25) {
+            let mut writes: Vec<WriteRequest> = chunk
+                .iter()
+                .map(|item| {
+                    PutRequest::builder()
+                        .set_item(Some(item.clone()))
+                        .build()
+                        .map(|p| WriteRequest::builder().put_request(p).build())
+                        .map_err(|e| Error::store("records write", e, false))
+                })
+                .collect::<Result<_>>()?;
+            for _ in 0..BATCH_ROUNDS {
+                if writes.is_empty() {
+                    break;
+                }
+                let resp = self
+                    .table
+                    .client
+                    .batch_write_item()
+                    .request_items(&self.table.name, std::mem::take(&mut writes))
+                    .send()
+                    .await
+                    .map_err(|e| sdk_error("records write", e))?;
+                writes = resp
+                    .unprocessed_items
+                    .and_then(|mut u| u.remove(&self.table.name))
+                    .unwrap_or_default();
+            }
+            if !writes.is_empty() {
+                return Err(Error::store(
+                    "records write",
+                    "DynamoDB left writes unprocessed (throttled)",
+                    true,
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl RecordStore for DynamoStore {
+    async fn diff(
+        &self,
+        key: &QuotaKey,
+        record_type: &str,
+        records: &[Record],
+    ) -> Result<PageDiff> {
+        let pk = rec_pk(key, record_type);
+        let ids: Vec<String> = records.iter().map(|r| r.id.clone()).collect();
+        let old: HashMap<String, Item> = self
+            .batch_get(&pk, &ids)
+            .await?
+            .into_iter()
+            .filter_map(|i| get_s(&i, "sk").cloned().map(|id| (id, i)))
+            .collect();
+        let mut diff = PageDiff::default();
+        for record in records {
+            let hash = content_hash(&record.data);
+            let prev = old.get(&record.id);
+            let kind = match prev {
+                None => Some(ChangeKind::Created),
+                Some(p) if !p.contains_key("data") => Some(ChangeKind::Created),
+                Some(p) if get_s(p, "hash") != Some(&hash) => Some(ChangeKind::Updated),
+                Some(_) => None,
+            };
+            if let Some(p) = prev {
+                if let Some(first) = get_n(p, "first_seen") {
+                    diff.prior.insert(
+                        record.id.clone(),
+                        (
+                            from_millis(first),
+                            get_n(p, "last_looked_up").map(from_millis),
+                        ),
+                    );
+                }
+            }
+            if let Some(kind) = kind {
+                diff.changes.push(Change {
+                    kind,
+                    record: record.clone(),
+                    hash: hash.clone(),
+                });
+            }
+            diff.records.push((record.clone(), hash));
+        }
+        Ok(diff)
+    }
+
+    async fn commit(
+        &self,
+        key: &QuotaKey,
+        record_type: &str,
+        diff: &PageDiff,
+        now: Timestamp,
+    ) -> Result<()> {
+        if let Some((record, why)) = diff
+            .records
+            .iter()
+            .find_map(|(r, _)| unstorable(r).map(|why| (r, why)))
+        {
+            // DynamoDB would refuse the whole batch; say which record and why.
+            return Err(Error::store(
+                "records commit",
+                format!("record `{}` of `{record_type}`: {why}", record.id),
+                false,
+            ));
+        }
+        let pk = rec_pk(key, record_type);
+        // One put per id (a page may repeat a record).
+        let mut puts: HashMap<&str, Item> = HashMap::new();
+        for (record, hash) in &diff.records {
+            let prior = diff.prior.get(&record.id);
+            let mut item: Item = HashMap::from([
+                ("pk".into(), s(pk.clone())),
+                ("sk".into(), s(record.id.clone())),
+                ("hash".into(), s(hash.clone())),
+                ("data".into(), s(record.data.to_string())),
+                (
+                    "first_seen".into(),
+                    n(prior.map_or(to_millis(now), |p| to_millis(p.0))),
+                ),
+                ("last_synced".into(), n(to_millis(now))),
+            ]);
+            if let Some(t) = prior.and_then(|p| p.1) {
+                item.insert("last_looked_up".into(), n(to_millis(t)));
+            }
+            puts.insert(&record.id, item);
+        }
+        self.batch_put(puts.into_values().collect()).await
+    }
+
+    async fn get(
+        &self,
+        key: &QuotaKey,
+        record_type: &str,
+        ids: &[String],
+    ) -> Result<Vec<StoredRecord>> {
+        let items = self.batch_get(&rec_pk(key, record_type), ids).await?;
+        Ok(items.iter().filter_map(to_stored).collect())
+    }
+
+    async fn claim_lookups(
+        &self,
+        key: &QuotaKey,
+        record_type: &str,
+        ids: &[String],
+        claimer: &str,
+        now: Timestamp,
+        min_interval: chrono::Duration,
+    ) -> Result<Vec<String>> {
+        let pk = rec_pk(key, record_type);
+        let cutoff = to_millis(now - min_interval);
+        let mut unique: Vec<&String> = ids.iter().collect();
+        unique.sort();
+        unique.dedup();
+        let mut claimed = Vec::new();
+        for chunk in unique.chunks(16) {
+            let attempts = chunk.iter().map(|id| {
+                self.table
+                    .client
+                    .update_item()
+                    .table_name(&self.table.name)
+                    .key("pk", s(pk.clone()))
+                    .key("sk", s(id.as_str()))
+                    // `store::lookup_claimable`, as a condition.
+                    .update_expression("SET last_looked_up = :now, claimed_by = :me, first_seen = if_not_exists(first_seen, :now), #h = if_not_exists(#h, :empty)")
+                    .condition_expression("attribute_not_exists(last_looked_up) OR last_looked_up <= :cutoff OR claimed_by = :me")
+                    .expression_attribute_names("#h", "hash")
+                    .expression_attribute_values(":me", s(claimer))
+                    .expression_attribute_values(":now", n(to_millis(now)))
+                    .expression_attribute_values(":cutoff", n(cutoff))
+                    .expression_attribute_values(":empty", s(""))
+                    .send()
+            });
+            for (id, result) in chunk.iter().zip(futures::future::join_all(attempts).await) {
+                match result {
+                    Ok(_) => claimed.push((*id).clone()),
+                    Err(e) if is_ccf(&e) => {}
+                    Err(e) => return Err(sdk_error("records claim", e)),
+                }
+            }
+        }
+        Ok(claimed)
+    }
+
+    async fn list(
+        &self,
+        key: &QuotaKey,
+        record_type: &str,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<StoredRecord>> {
+        let mut out = Vec::new();
+        let mut start: Option<Item> = None;
+        loop {
+            let mut q = self
+                .table
+                .client
+                .query()
+                .table_name(&self.table.name)
+                .expression_attribute_values(":pk", s(rec_pk(key, record_type)))
+                .limit((limit as usize - out.len()).clamp(1, 1000) as i32)
+                .consistent_read(true)
+                .set_exclusive_start_key(start.take());
+            // DynamoDB refuses an empty key value, so "from the start" is no bound.
+            q = match after {
+                Some(a) if !a.is_empty() => q
+                    .key_condition_expression("pk = :pk AND sk > :after")
+                    .expression_attribute_values(":after", s(a)),
+                _ => q.key_condition_expression("pk = :pk"),
+            };
+            let resp = q.send().await.map_err(|e| sdk_error("records list", e))?;
+            out.extend(resp.items().iter().filter_map(to_stored));
+            match resp.last_evaluated_key {
+                Some(k) if out.len() < limit as usize => start = Some(k),
+                _ => return Ok(out),
+            }
+        }
+    }
+
+    async fn count(&self, key: &QuotaKey, record_type: &str) -> Result<u64> {
+        let mut total = 0u64;
+        let mut pages = self
+            .table
+            .client
+            .query()
+            .table_name(&self.table.name)
+            .key_condition_expression("pk = :pk")
+            .filter_expression("attribute_exists(#d)")
+            .expression_attribute_names("#d", "data")
+            .expression_attribute_values(":pk", s(rec_pk(key, record_type)))
+            .select(Select::Count)
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            total += page
+                .map_err(|e| sdk_error("records count", e))?
+                .count()
+                .max(0) as u64;
+        }
+        Ok(total)
+    }
+
+    async fn sync_state(&self, key: &QuotaKey, sync: &str) -> Result<SyncState> {
+        let out = self
+            .table
+            .client
+            .get_item()
+            .table_name(&self.table.name)
+            .key("pk", s(sync_pk(key)))
+            .key("sk", s(sync))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| sdk_error("sync state", e))?;
+        let Some(item) = out.item() else {
+            return Ok(SyncState::default());
+        };
+        Ok(SyncState {
+            high_water: get_n(item, "high_water").map(from_millis),
+            last_started: get_n(item, "last_started").map(from_millis),
+            last_completed: get_n(item, "last_completed").map(from_millis),
+            last_pages: get_n(item, "last_pages").map(|p| p.max(0) as u64),
+            running_job: get_s(item, "running_job").cloned(),
+            lease_until: get_n(item, "lease_until").map(from_millis),
+            last_failed: get_n(item, "last_failed").map(from_millis),
+            last_failure: get_s(item, "last_failure").cloned(),
+            api_page_size: get_n(item, "api_page_size")
+                .map(|n| n.clamp(0, i64::from(u32::MAX)) as u32),
+            probed_short_page: get_n(item, "probed_short_page")
+                .map(|n| n.clamp(0, i64::from(u32::MAX)) as u32),
+            probed_at: get_n(item, "probed_at").map(from_millis),
+        })
+    }
+
+    async fn quarantine(&self, key: &QuotaKey, items: &[Quarantined]) -> Result<()> {
+        let pk = quarantine_pk(key);
+        // One put per entry (BatchWriteItem refuses a key twice in a call).
+        let mut puts: HashMap<String, Item> = HashMap::new();
+        for q in items {
+            let ttl = (q.at + chrono::Duration::days(QUARANTINE_TTL_DAYS)).timestamp();
+            let mut item: Item = HashMap::from([
+                ("pk".into(), s(pk.clone())),
+                ("sk".into(), s(q.entry_key())),
+                ("source".into(), s(q.source.clone())),
+                ("record_type".into(), s(q.record_type.clone())),
+                ("reason".into(), s(q.reason.clone())),
+                ("excerpt".into(), s(q.excerpt.clone())),
+                ("at".into(), n(to_millis(q.at))),
+                ("ttl".into(), n(ttl)),
+            ]);
+            if let Some(id) = &q.record_id {
+                item.insert("record_id".into(), s(id.clone()));
+            }
+            puts.insert(q.entry_key(), item);
+        }
+        self.batch_put(puts.into_values().collect()).await
+    }
+
+    async fn quarantined(&self, key: &QuotaKey, limit: u32) -> Result<Vec<Quarantined>> {
+        let mut out = Vec::new();
+        let mut start: Option<Item> = None;
+        loop {
+            let resp = self
+                .table
+                .client
+                .query()
+                .table_name(&self.table.name)
+                .key_condition_expression("pk = :pk")
+                .expression_attribute_values(":pk", s(quarantine_pk(key)))
+                .consistent_read(true)
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+                .map_err(|e| sdk_error("quarantine list", e))?;
+            out.extend(resp.items().iter().filter_map(|item| {
+                Some(Quarantined {
+                    source: get_s(item, "source")?.clone(),
+                    record_type: get_s(item, "record_type")?.clone(),
+                    record_id: get_s(item, "record_id").cloned(),
+                    reason: get_s(item, "reason")?.clone(),
+                    excerpt: get_s(item, "excerpt").cloned().unwrap_or_default(),
+                    at: from_millis(get_n(item, "at")?),
+                })
+            }));
+            match resp.last_evaluated_key {
+                Some(k) if out.len() < QUARANTINE_READ_CAP => start = Some(k),
+                _ => break,
+            }
+        }
+        out.sort_by(|a, b| {
+            b.at.cmp(&a.at)
+                .then_with(|| a.entry_key().cmp(&b.entry_key()))
+        });
+        out.truncate(limit as usize);
+        Ok(out)
+    }
+
+    async fn take_sync_lease(
+        &self,
+        key: &QuotaKey,
+        sync: &str,
+        job_id: &str,
+        now: Timestamp,
+        until: Timestamp,
+        starting: bool,
+    ) -> Result<bool> {
+        let mut update = "SET running_job = :job, lease_until = :until".to_string();
+        if starting {
+            update.push_str(", last_started = :now");
+        }
+        let result = self
+            .table
+            .client
+            .update_item()
+            .table_name(&self.table.name)
+            .key("pk", s(sync_pk(key)))
+            .key("sk", s(sync))
+            .update_expression(update)
+            .condition_expression(
+                "attribute_not_exists(running_job) OR running_job = :job OR lease_until <= :now",
+            )
+            .expression_attribute_values(":job", s(job_id))
+            .expression_attribute_values(":until", n(to_millis(until)))
+            .expression_attribute_values(":now", n(to_millis(now)))
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(true),
+            Err(e) if is_ccf(&e) => Ok(false),
+            Err(e) => Err(sdk_error("sync lease", e)),
+        }
+    }
+
+    async fn finish_sync(
+        &self,
+        key: &QuotaKey,
+        sync: &str,
+        job_id: &str,
+        update: SyncFinish,
+    ) -> Result<bool> {
+        let mut sets = Vec::new();
+        let mut req = self
+            .table
+            .client
+            .update_item()
+            .table_name(&self.table.name)
+            .key("pk", s(sync_pk(key)))
+            .key("sk", s(sync))
+            .condition_expression("running_job = :job")
+            .expression_attribute_values(":job", s(job_id));
+        if let Some(t) = update.completed_at {
+            sets.push("last_completed = :done");
+            req = req.expression_attribute_values(":done", n(to_millis(t)));
+        }
+        if let Some(t) = update.high_water {
+            sets.push("high_water = :hw");
+            req = req.expression_attribute_values(":hw", n(to_millis(t)));
+        }
+        if let Some(p) = update.pages {
+            sets.push("last_pages = :pages");
+            req = req.expression_attribute_values(":pages", n(p as i64));
+        }
+        if let Some((at, why)) = update.failed {
+            sets.push("last_failed = :failed, last_failure = :why");
+            req = req
+                .expression_attribute_values(":failed", n(to_millis(at)))
+                .expression_attribute_values(":why", s(why));
+        }
+        if let Some(size) = update.api_page_size {
+            sets.push("api_page_size = :psize");
+            req = req.expression_attribute_values(":psize", n(i64::from(size)));
+        }
+        if let Some((len, at)) = update.probed_short_page {
+            sets.push("probed_short_page = :probed, probed_at = :probed_at");
+            req = req
+                .expression_attribute_values(":probed", n(i64::from(len)))
+                .expression_attribute_values(":probed_at", n(to_millis(at)));
+        }
+        let mut expr = "REMOVE running_job, lease_until".to_string();
+        if !sets.is_empty() {
+            expr = format!("SET {} {expr}", sets.join(", "));
+        }
+        match req.update_expression(expr).send().await {
+            Ok(_) => Ok(true),
+            Err(e) if is_ccf(&e) => Ok(false),
+            Err(e) => Err(sdk_error("sync finish", e)),
+        }
+    }
+}
+
+/// Ledger items live a week (TTL), far longer than any job's redelivery.
+const LEDGER_TTL_DAYS: i64 = 7;
+
+fn ledger_pk(key: &QuotaKey, job_id: &str) -> String {
+    format!(
+        "job#{}#{}#{}",
+        key_part(&key.org),
+        key_part(&key.app),
+        key_part(job_id)
+    )
+}
+
+fn action_pk(scope: &QuotaKey, key: &str) -> String {
+    format!(
+        "act#{}#{}#{}",
+        key_part(&scope.org),
+        key_part(&scope.app),
+        key_part(key)
+    )
+}
+
+#[async_trait]
+impl crate::jobs::ledger::JobLedger for DynamoStore {
+    async fn claim(
+        &self,
+        key: &QuotaKey,
+        job_id: &str,
+        generation: u32,
+        now: Timestamp,
+        until: Timestamp,
+    ) -> Result<crate::jobs::ledger::Claim> {
+        use crate::jobs::ledger::{decide_claim, Claim, LedgerEntry};
+        // The condition is `decide_claim(..) == Granted` written for DynamoDB;
+        // a refusal is explained by the same rule from the old item.
+        let result = self
+            .table
+            .client
+            .update_item()
+            .table_name(&self.table.name)
+            .key("pk", s(ledger_pk(key, job_id)))
+            .key("sk", s("ledger"))
+            .update_expression("SET generation = :g, done = :no, claimed_until = :until, #ttl = :ttl")
+            .condition_expression(
+                "attribute_not_exists(generation) OR generation < :g OR (generation = :g AND done = :no AND claimed_until <= :now)",
+            )
+            .expression_attribute_names("#ttl", "ttl")
+            .expression_attribute_values(":g", n(i64::from(generation)))
+            .expression_attribute_values(":no", AttributeValue::Bool(false))
+            .expression_attribute_values(":until", n(to_millis(until)))
+            .expression_attribute_values(":now", n(to_millis(now)))
+            .expression_attribute_values(":ttl", n((now + chrono::Duration::days(LEDGER_TTL_DAYS)).timestamp()))
+            .return_values_on_condition_check_failure(aws_sdk_dynamodb::types::ReturnValuesOnConditionCheckFailure::AllOld)
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(Claim::Granted),
+            Err(e) => match e.as_service_error() {
+                Some(UpdateItemError::ConditionalCheckFailedException(c)) => {
+                    let old = c.item().cloned().unwrap_or_default();
+                    let stored = LedgerEntry {
+                        generation: get_n(&old, "generation")
+                            .unwrap_or(0)
+                            .clamp(0, i64::from(u32::MAX))
+                            as u32,
+                        done: old
+                            .get("done")
+                            .and_then(|v| v.as_bool().ok())
+                            .copied()
+                            .unwrap_or(false),
+                        claimed_until: from_millis(get_n(&old, "claimed_until").unwrap_or(0)),
+                    };
+                    Ok(match decide_claim(Some(stored), generation, now) {
+                        // The condition saw a live claim the item no longer
+                        // shows: still not ours to run.
+                        Claim::Granted => Claim::InProgress,
+                        other => other,
+                    })
+                }
+                _ => Err(sdk_error("ledger claim", e)),
+            },
+        }
+    }
+
+    async fn settle(
+        &self,
+        key: &QuotaKey,
+        job_id: &str,
+        generation: u32,
+        done: bool,
+    ) -> Result<()> {
+        let update = if done {
+            "SET done = :yes"
+        } else {
+            "SET claimed_until = :zero"
+        };
+        let result = self
+            .table
+            .client
+            .update_item()
+            .table_name(&self.table.name)
+            .key("pk", s(ledger_pk(key, job_id)))
+            .key("sk", s("ledger"))
+            .update_expression(update)
+            .condition_expression("generation = :g")
+            .expression_attribute_values(":g", n(i64::from(generation)))
+            .expression_attribute_values(
+                if done { ":yes" } else { ":zero" },
+                if done {
+                    AttributeValue::Bool(true)
+                } else {
+                    n(0)
+                },
+            )
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(e) if is_ccf(&e) => Ok(()),
+            Err(e) => Err(sdk_error("ledger settle", e)),
+        }
+    }
+}
+
+#[async_trait]
+impl crate::jobs::ledger::ActionLedger for DynamoStore {
+    async fn begin_action(
+        &self,
+        scope: &QuotaKey,
+        key: &str,
+        now: Timestamp,
+    ) -> Result<crate::jobs::ledger::ActionBegin> {
+        use crate::jobs::ledger::{decide_begin, ActionBegin};
+        let result = self
+            .table
+            .client
+            .put_item()
+            .table_name(&self.table.name)
+            .item("pk", s(action_pk(scope, key)))
+            .item("sk", s("action"))
+            .item("started_at", n(to_millis(now)))
+            .item(
+                "ttl",
+                n((now + chrono::Duration::days(LEDGER_TTL_DAYS * 5)).timestamp()),
+            )
+            .condition_expression("attribute_not_exists(pk)")
+            .return_values_on_condition_check_failure(
+                aws_sdk_dynamodb::types::ReturnValuesOnConditionCheckFailure::AllOld,
+            )
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(ActionBegin::New),
+            Err(e) => match e.as_service_error() {
+                Some(aws_sdk_dynamodb::operation::put_item::PutItemError::ConditionalCheckFailedException(c)) => {
+                    let done = c.item().is_some_and(|i| i.contains_key("done_at"));
+                    Ok(decide_begin(Some(done)))
+                }
+                _ => Err(sdk_error("action begin", e)),
+            },
+        }
+    }
+
+    async fn abandon_action(&self, scope: &QuotaKey, key: &str) -> Result<()> {
+        let result = self
+            .table
+            .client
+            .delete_item()
+            .table_name(&self.table.name)
+            .key("pk", s(action_pk(scope, key)))
+            .key("sk", s("action"))
+            .condition_expression("attribute_not_exists(done_at)")
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(e) if matches!(e.as_service_error(), Some(aws_sdk_dynamodb::operation::delete_item::DeleteItemError::ConditionalCheckFailedException(_))) => Ok(()),
+            Err(e) => Err(sdk_error("action abandon", e)),
+        }
+    }
+
+    async fn finish_action(&self, scope: &QuotaKey, key: &str, now: Timestamp) -> Result<()> {
+        self.table
+            .client
+            .update_item()
+            .table_name(&self.table.name)
+            .key("pk", s(action_pk(scope, key)))
+            .key("sk", s("action"))
+            .update_expression("SET done_at = :now")
+            .expression_attribute_values(":now", n(to_millis(now)))
+            .send()
+            .await
+            .map_err(|e| sdk_error("action finish", e))?;
+        Ok(())
+    }
+}

@@ -1,0 +1,190 @@
+//! The embedded database behind every SQLite adapter.
+//!
+//! One file holds quota counters, leases, usage and job queues, so one
+//! machine runs the whole system with no server. WAL mode and a busy timeout
+//! let several processes share the file; every check-and-take runs inside
+//! `BEGIN IMMEDIATE`, which takes the write lock up front, so two processes
+//! can never both read "room left" and both take it.
+
+pub mod queue;
+pub mod quota;
+pub mod store;
+
+use crate::core::error::{Error, Result};
+use rusqlite::Connection;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+const SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS quota_window (
+    org TEXT NOT NULL, app TEXT NOT NULL, window TEXT NOT NULL,
+    used INTEGER NOT NULL,
+    PRIMARY KEY (org, app, window)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS quota_lease (
+    org TEXT NOT NULL, app TEXT NOT NULL, lease_id TEXT NOT NULL,
+    expires_at INTEGER NOT NULL,
+    cost INTEGER NOT NULL DEFAULT 1, valid_until INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (org, app, lease_id)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS quota_block (
+    org TEXT NOT NULL, app TEXT NOT NULL, blocked_until INTEGER NOT NULL,
+    PRIMARY KEY (org, app)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS usage (
+    org TEXT NOT NULL, app TEXT NOT NULL, day TEXT NOT NULL,
+    source TEXT NOT NULL, endpoint TEXT NOT NULL, exempt INTEGER NOT NULL,
+    calls INTEGER NOT NULL,
+    PRIMARY KEY (org, app, day, source, endpoint, exempt)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS job_queue (
+    queue TEXT NOT NULL, message_id TEXT NOT NULL,
+    body TEXT NOT NULL,
+    visible_at INTEGER NOT NULL,
+    receive_count INTEGER NOT NULL DEFAULT 0,
+    receipt TEXT,
+    sent_at INTEGER NOT NULL,
+    PRIMARY KEY (queue, message_id)
+);
+CREATE INDEX IF NOT EXISTS job_queue_visible ON job_queue (queue, visible_at);
+CREATE TABLE IF NOT EXISTS records (
+    org TEXT NOT NULL, app TEXT NOT NULL, record_type TEXT NOT NULL, id TEXT NOT NULL,
+    hash TEXT NOT NULL, data TEXT,
+    first_seen INTEGER NOT NULL, last_synced INTEGER, last_looked_up INTEGER,
+    lookup_claimed_by TEXT,
+    PRIMARY KEY (org, app, record_type, id)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS sync_state (
+    org TEXT NOT NULL, app TEXT NOT NULL, sync TEXT NOT NULL,
+    high_water INTEGER, last_started INTEGER, last_completed INTEGER, last_pages INTEGER,
+    running_job TEXT, lease_until INTEGER,
+    last_failed INTEGER, last_failure TEXT, api_page_size INTEGER, probed_short_page INTEGER, probed_at INTEGER,
+    PRIMARY KEY (org, app, sync)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS quarantine (
+    org TEXT NOT NULL, app TEXT NOT NULL, entry TEXT NOT NULL,
+    source TEXT NOT NULL, record_type TEXT NOT NULL, record_id TEXT,
+    reason TEXT NOT NULL, excerpt TEXT NOT NULL, at INTEGER NOT NULL,
+    PRIMARY KEY (org, app, entry)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS job_claims (
+    org TEXT NOT NULL, app TEXT NOT NULL, job_id TEXT NOT NULL,
+    generation INTEGER NOT NULL, done INTEGER NOT NULL, claimed_until INTEGER NOT NULL,
+    PRIMARY KEY (org, app, job_id)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS action_keys (
+    org TEXT NOT NULL, app TEXT NOT NULL, key TEXT NOT NULL,
+    started_at INTEGER NOT NULL, done_at INTEGER,
+    PRIMARY KEY (org, app, key)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS dead_letter (
+    queue TEXT NOT NULL, message_id TEXT NOT NULL,
+    body TEXT NOT NULL, reason TEXT NOT NULL, failed_at INTEGER NOT NULL,
+    PRIMARY KEY (queue, message_id)
+);
+"#;
+
+/// A shared handle to one SQLite database file (or an in-memory database).
+#[derive(Clone, Debug)]
+pub struct Db {
+    conn: Arc<Mutex<Connection>>,
+    round_trips: Arc<AtomicU64>,
+}
+
+fn open_error(e: impl std::fmt::Display) -> Error {
+    Error::store("open", e, false)
+}
+
+impl Db {
+    /// Opens (creating if needed) the database at `path`.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        let conn = Connection::open(path)
+            .map_err(|e| Error::Config(format!("cannot open database {}: {e}", path.display())))?;
+        Self::init(conn)
+    }
+
+    /// A private in-memory database (tests, `plan`).
+    pub fn in_memory() -> Result<Self> {
+        Self::init(Connection::open_in_memory().map_err(open_error)?)
+    }
+
+    fn init(conn: Connection) -> Result<Self> {
+        // Another process may hold the write lock for a moment; waiting for a
+        // lock is not waiting out an API limit.
+        conn.busy_timeout(Duration::from_secs(10))
+            .map_err(open_error)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(open_error)?;
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(open_error)?;
+        conn.execute_batch(SCHEMA).map_err(open_error)?;
+        migrate(&conn).map_err(open_error)?;
+        Ok(Self {
+            conn: Arc::new(Mutex::new(conn)),
+            round_trips: Arc::default(),
+        })
+    }
+
+    /// Store round trips (one per adapter call, i.e. per transaction) so
+    /// far: what the benchmarks count.
+    pub fn round_trips(&self) -> u64 {
+        self.round_trips.load(Ordering::Relaxed)
+    }
+
+    /// Runs `f` on the connection off the async executor.
+    pub(crate) async fn call<T, F>(&self, operation: &'static str, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
+    {
+        self.round_trips.fetch_add(1, Ordering::Relaxed);
+        let conn = self.conn.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut guard = conn.lock().unwrap_or_else(|e| e.into_inner());
+            f(&mut guard).map_err(|e| classify(operation, e))
+        })
+        .await
+        .map_err(|e| Error::store(operation, e, true))?
+    }
+}
+
+/// Brings a database written by an earlier version up to [`SCHEMA`]: columns
+/// added since are added to existing tables. (Ledgers moved to new,
+/// org-scoped tables; the old unscoped ones are left unread.)
+fn migrate(conn: &Connection) -> rusqlite::Result<()> {
+    for (table, column, decl) in [
+        ("records", "lookup_claimed_by", "TEXT"),
+        ("quota_lease", "cost", "INTEGER NOT NULL DEFAULT 1"),
+        ("quota_lease", "valid_until", "INTEGER NOT NULL DEFAULT 0"),
+        ("sync_state", "last_failed", "INTEGER"),
+        ("sync_state", "last_failure", "TEXT"),
+        ("sync_state", "api_page_size", "INTEGER"),
+        ("sync_state", "probed_short_page", "INTEGER"),
+        ("sync_state", "probed_at", "INTEGER"),
+    ] {
+        let present = conn
+            .prepare(&format!(
+                "SELECT 1 FROM pragma_table_info('{table}') WHERE name = '{column}'"
+            ))?
+            .exists([])?;
+        if !present {
+            conn.execute(
+                &format!("ALTER TABLE {table} ADD COLUMN {column} {decl}"),
+                [],
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// A busy or locked database may free up; anything else will not.
+fn classify(operation: &'static str, e: rusqlite::Error) -> Error {
+    let retryable = matches!(
+        e.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+    );
+    Error::store(operation, e, retryable)
+}

@@ -1,0 +1,232 @@
+//! Job queue on embedded SQLite, with SQS's semantics: per-message delay,
+//! visibility timeout, receive count, redrive to a dead-letter queue after
+//! `max_receive_count` receives. Time comes from the injected clock, so a
+//! simulated day of delays passes in milliseconds.
+
+use crate::adapters::sqlite::Db;
+use crate::core::clock::{to_millis, SharedClock};
+use crate::core::error::{Error, Result};
+use crate::jobs::envelope::JobEnvelope;
+use crate::jobs::queue::{DeadLetter, Delivery, JobQueue, MAX_DELAY_SECS};
+use async_trait::async_trait;
+use rusqlite::{params, TransactionBehavior};
+
+#[derive(Debug, Clone)]
+pub struct SqliteQueue {
+    db: Db,
+    name: String,
+    clock: SharedClock,
+    max_receive_count: u32,
+}
+
+impl SqliteQueue {
+    /// `max_receive_count` mirrors an SQS redrive policy: a message received
+    /// that many times without being acked moves to the dead-letter queue.
+    pub fn new(
+        db: Db,
+        name: impl Into<String>,
+        clock: SharedClock,
+        max_receive_count: u32,
+    ) -> Self {
+        Self {
+            db,
+            name: name.into(),
+            clock,
+            max_receive_count: max_receive_count.max(1),
+        }
+    }
+
+    /// When the next message becomes visible, if any wait: lets a local
+    /// dispatcher on a simulated clock jump straight there.
+    pub async fn next_visible_at(&self) -> Result<Option<crate::core::clock::Timestamp>> {
+        let name = self.name.clone();
+        let ms: Option<i64> = self
+            .db
+            .call("queue peek", move |conn| {
+                conn.query_row(
+                    "SELECT MIN(visible_at) FROM job_queue WHERE queue = ?1",
+                    params![name],
+                    |r| r.get(0),
+                )
+            })
+            .await?;
+        Ok(ms.map(crate::core::clock::from_millis))
+    }
+
+    /// Messages waiting or in flight.
+    pub async fn len(&self) -> Result<u64> {
+        let name = self.name.clone();
+        self.db
+            .call("queue len", move |conn| {
+                conn.query_row(
+                    "SELECT COUNT(*) FROM job_queue WHERE queue = ?1",
+                    params![name],
+                    |r| r.get::<_, i64>(0),
+                )
+            })
+            .await
+            .map(|n| n.max(0) as u64)
+    }
+
+    pub async fn is_empty(&self) -> Result<bool> {
+        Ok(self.len().await? == 0)
+    }
+
+    /// Every waiting job with when it becomes visible (for `metered jobs`).
+    pub async fn pending(&self) -> Result<Vec<(crate::core::clock::Timestamp, String)>> {
+        let name = self.name.clone();
+        self.db
+            .call("queue list", move |conn| {
+                let mut stmt = conn.prepare_cached(
+                    "SELECT visible_at, body FROM job_queue WHERE queue = ?1 ORDER BY visible_at",
+                )?;
+                let rows = stmt.query_map(params![name], |r| {
+                    Ok((crate::core::clock::from_millis(r.get(0)?), r.get(1)?))
+                })?;
+                rows.collect()
+            })
+            .await
+    }
+}
+
+#[async_trait]
+impl JobQueue for SqliteQueue {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    async fn send(&self, job: &JobEnvelope, delay_secs: u32) -> Result<()> {
+        if delay_secs > MAX_DELAY_SECS {
+            return Err(Error::queue(
+                "send",
+                format!("delay {delay_secs}s exceeds the {MAX_DELAY_SECS}s maximum"),
+                false,
+            ));
+        }
+        let now = self.clock.now();
+        let visible = to_millis(now) + i64::from(delay_secs) * 1000;
+        let name = self.name.clone();
+        let body = job.to_body();
+        let id = uuid::Uuid::new_v4().to_string();
+        let sent = to_millis(now);
+        self.db
+            .call("queue send", move |conn| {
+                conn.execute(
+                    "INSERT INTO job_queue (queue, message_id, body, visible_at, sent_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+                    params![name, id, body, visible, sent],
+                )
+            })
+            .await
+            .map(|_| ())
+    }
+
+    async fn dead_letter(&self, body: &str, reason: &str) -> Result<()> {
+        let name = self.name.clone();
+        let body = body.to_string();
+        let reason = reason.to_string();
+        let now = to_millis(self.clock.now());
+        self.db
+            .call("queue dead-letter", move |conn| {
+                conn.execute(
+                    "INSERT INTO dead_letter (queue, message_id, body, reason, failed_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+                    params![name, uuid::Uuid::new_v4().to_string(), body, reason, now],
+                )
+            })
+            .await
+            .map(|_| ())
+    }
+
+    async fn receive(&self, max: u32, visibility_secs: u32) -> Result<Vec<Delivery>> {
+        let name = self.name.clone();
+        let now = to_millis(self.clock.now());
+        let hidden_until = now + i64::from(visibility_secs) * 1000;
+        let max_receive = self.max_receive_count;
+        self.db
+            .call("queue receive", move |conn| {
+                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                let candidates: Vec<(String, String, u32)> = {
+                    let mut stmt = tx.prepare_cached(
+                        "SELECT message_id, body, receive_count FROM job_queue
+                         WHERE queue = ?1 AND visible_at <= ?2 ORDER BY visible_at LIMIT ?3",
+                    )?;
+                    let rows = stmt.query_map(params![name, now, max], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+                    rows.collect::<rusqlite::Result<_>>()?
+                };
+                let mut out = Vec::new();
+                for (id, body, count) in candidates {
+                    if count >= max_receive {
+                        // Redrive, as SQS does after maxReceiveCount.
+                        tx.execute(
+                            "INSERT INTO dead_letter (queue, message_id, body, reason, failed_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+                            params![name, id, body, format!("received {count} times without success (redrive)"), now],
+                        )?;
+                        tx.execute("DELETE FROM job_queue WHERE queue = ?1 AND message_id = ?2", params![name, id])?;
+                        continue;
+                    }
+                    let receipt = uuid::Uuid::new_v4().to_string();
+                    tx.execute(
+                        "UPDATE job_queue SET visible_at = ?3, receive_count = receive_count + 1, receipt = ?4
+                         WHERE queue = ?1 AND message_id = ?2",
+                        params![name, id, hidden_until, receipt],
+                    )?;
+                    out.push(Delivery {
+                        message_id: id,
+                        receipt,
+                        body,
+                        receive_count: count + 1,
+                    });
+                }
+                tx.commit()?;
+                Ok(out)
+            })
+            .await
+    }
+
+    async fn ack(&self, receipt: &str) -> Result<()> {
+        let name = self.name.clone();
+        let receipt = receipt.to_string();
+        self.db
+            .call("queue ack", move |conn| {
+                conn.execute(
+                    "DELETE FROM job_queue WHERE queue = ?1 AND receipt = ?2",
+                    params![name, receipt],
+                )
+            })
+            .await
+            .map(|_| ())
+    }
+
+    async fn release(&self, receipt: &str, visible_in_secs: u32) -> Result<()> {
+        let name = self.name.clone();
+        let receipt = receipt.to_string();
+        let at = to_millis(self.clock.now()) + i64::from(visible_in_secs) * 1000;
+        self.db
+            .call("queue release", move |conn| {
+                conn.execute(
+                    "UPDATE job_queue SET visible_at = ?3, receipt = NULL WHERE queue = ?1 AND receipt = ?2",
+                    params![name, receipt, at],
+                )
+            })
+            .await
+            .map(|_| ())
+    }
+
+    async fn dead_letters(&self, max: u32) -> Result<Vec<DeadLetter>> {
+        let name = self.name.clone();
+        self.db
+            .call("queue dead-letters", move |conn| {
+                let mut stmt = conn.prepare_cached(
+                    "SELECT message_id, body, reason FROM dead_letter WHERE queue = ?1 ORDER BY failed_at LIMIT ?2",
+                )?;
+                let rows = stmt.query_map(params![name, max], |r| {
+                    Ok(DeadLetter {
+                        message_id: r.get(0)?,
+                        body: r.get(1)?,
+                        reason: r.get(2)?,
+                    })
+                })?;
+                rows.collect()
+            })
+            .await
+    }
+}

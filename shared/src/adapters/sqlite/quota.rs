@@ -1,0 +1,275 @@
+//! Quota on embedded SQLite: the same check-and-take as DynamoDB, inside one
+//! `BEGIN IMMEDIATE` transaction, so it is correct across processes sharing
+//! the file.
+
+use crate::adapters::sqlite::Db;
+use crate::core::clock::{from_millis, to_millis, Timestamp};
+use crate::core::error::{Error, Result};
+use crate::quota::{
+    explain_denial, Acquire, Grant, Limits, QuotaKey, QuotaState, QuotaStore, TakenWindow,
+    UsageEntry,
+};
+use async_trait::async_trait;
+use chrono::NaiveDate;
+use rusqlite::{params, OptionalExtension, TransactionBehavior};
+use std::collections::HashMap;
+
+#[derive(Debug, Clone)]
+pub struct SqliteQuota {
+    db: Db,
+}
+
+impl SqliteQuota {
+    pub fn new(db: Db) -> Self {
+        Self { db }
+    }
+}
+
+#[async_trait]
+impl QuotaStore for SqliteQuota {
+    async fn acquire(
+        &self,
+        key: &QuotaKey,
+        limits: &Limits,
+        cost: u32,
+        now: Timestamp,
+    ) -> Result<Acquire> {
+        let key = key.clone();
+        let limits = limits.clone();
+        self.db
+            .call("quota acquire", move |conn| {
+                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                let now_ms = to_millis(now);
+                let windows: Vec<TakenWindow> = limits
+                    .windows()
+                    .map(|(kind, _)| TakenWindow { kind, id: kind.id(now) })
+                    .collect();
+                // Housekeeping inside the same transaction: expired leases of
+                // crashed holders and counters of past windows.
+                // A reservation's lease row stays until its windows end, so
+                // a holder that outlived its lease can still refund.
+                tx.execute(
+                    "DELETE FROM quota_lease WHERE org = ?1 AND app = ?2 AND expires_at <= ?3
+                     AND (cost <= 1 OR valid_until <= ?3)",
+                    params![key.org, key.app, now_ms],
+                )?;
+                let mut used: HashMap<String, u64> = HashMap::new();
+                {
+                    let mut stmt = tx.prepare_cached(
+                        "SELECT window, used FROM quota_window WHERE org = ?1 AND app = ?2",
+                    )?;
+                    let rows = stmt.query_map(params![key.org, key.app], |r| {
+                        Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
+                    })?;
+                    for row in rows {
+                        let (w, u) = row?;
+                        if windows.iter().any(|t| t.id == w) {
+                            used.insert(w, u.max(0) as u64);
+                        } else {
+                            tx.execute(
+                                "DELETE FROM quota_window WHERE org = ?1 AND app = ?2 AND window = ?3",
+                                params![key.org, key.app, w],
+                            )?;
+                        }
+                    }
+                }
+                let leases: Vec<Timestamp> = {
+                    let mut stmt = tx.prepare_cached(
+                        "SELECT expires_at FROM quota_lease WHERE org = ?1 AND app = ?2 AND expires_at > ?3",
+                    )?;
+                    let rows = stmt.query_map(params![key.org, key.app, now_ms], |r| r.get::<_, i64>(0))?;
+                    rows.map(|r| r.map(from_millis)).collect::<rusqlite::Result<_>>()?
+                };
+                let blocked: Option<Timestamp> = tx
+                    .query_row(
+                        "SELECT blocked_until FROM quota_block WHERE org = ?1 AND app = ?2",
+                        params![key.org, key.app],
+                        |r| r.get::<_, i64>(0),
+                    )
+                    .optional()?
+                    .map(from_millis);
+                if let Some(denied) = explain_denial(
+                    &limits,
+                    cost,
+                    now,
+                    |id| used.get(id).copied().unwrap_or(0),
+                    &leases,
+                    blocked,
+                ) {
+                    tx.commit()?;
+                    return Ok(Acquire::Denied(denied));
+                }
+                for w in &windows {
+                    tx.execute(
+                        "INSERT INTO quota_window (org, app, window, used) VALUES (?1, ?2, ?3, ?4)
+                         ON CONFLICT (org, app, window) DO UPDATE SET used = used + excluded.used",
+                        params![key.org, key.app, w.id, cost],
+                    )?;
+                }
+                let lease_id = uuid::Uuid::new_v4().to_string();
+                let expires_at = now + limits.lease_ttl();
+                let valid_until = limits.windows_end(now);
+                tx.execute(
+                    "INSERT INTO quota_lease (org, app, lease_id, expires_at, cost, valid_until) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    params![key.org, key.app, lease_id, to_millis(expires_at), cost, to_millis(valid_until)],
+                )?;
+                tx.commit()?;
+                Ok(Acquire::Granted(Grant {
+                    key,
+                    lease_id,
+                    cost,
+                    windows,
+                    expires_at,
+                    valid_until,
+                    stale_windows: Vec::new(),
+                }))
+            })
+            .await
+    }
+
+    async fn release(&self, grant: &Grant, used: u32) -> Result<()> {
+        let grant = grant.clone();
+        self.db
+            .call("quota release", move |conn| {
+                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                let removed = tx.execute(
+                    "DELETE FROM quota_lease WHERE org = ?1 AND app = ?2 AND lease_id = ?3",
+                    params![grant.key.org, grant.key.app, grant.lease_id],
+                )?;
+                // Refund only with the lease row: a second release finds
+                // none and refunds nothing. A reservation's row outlives its
+                // lease (see acquire), so a late release still refunds.
+                let refund = grant.cost.saturating_sub(used);
+                if removed == 1 && refund > 0 {
+                    for w in &grant.windows {
+                        tx.execute(
+                            "UPDATE quota_window SET used = MAX(0, used - ?4)
+                             WHERE org = ?1 AND app = ?2 AND window = ?3",
+                            params![grant.key.org, grant.key.app, w.id, refund],
+                        )?;
+                    }
+                }
+                tx.commit()
+            })
+            .await
+    }
+
+    async fn renew(&self, grant: &Grant, until: Timestamp) -> Result<()> {
+        let lease_id = grant.lease_id.clone();
+        let grant = grant.clone();
+        let changed = self
+            .db
+            .call("quota renew", move |conn| {
+                conn.execute(
+                    "UPDATE quota_lease SET expires_at = ?4 WHERE org = ?1 AND app = ?2 AND lease_id = ?3",
+                    params![grant.key.org, grant.key.app, grant.lease_id, to_millis(until)],
+                )
+            })
+            .await?;
+        if changed == 0 {
+            return Err(Error::LeaseLost(lease_id));
+        }
+        Ok(())
+    }
+
+    async fn block_until(&self, key: &QuotaKey, until: Timestamp) -> Result<()> {
+        let key = key.clone();
+        self.db
+            .call("quota block", move |conn| {
+                conn.execute(
+                    "INSERT INTO quota_block (org, app, blocked_until) VALUES (?1, ?2, ?3)
+                     ON CONFLICT (org, app) DO UPDATE
+                     SET blocked_until = MAX(blocked_until, excluded.blocked_until)",
+                    params![key.org, key.app, to_millis(until)],
+                )
+            })
+            .await
+            .map(|_| ())
+    }
+
+    async fn record_usage(&self, entries: &[UsageEntry]) -> Result<()> {
+        let entries = entries.to_vec();
+        self.db
+            .call("usage record", move |conn| {
+                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                for u in &entries {
+                    tx.execute(
+                        "INSERT INTO usage (org, app, day, source, endpoint, exempt, calls)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                         ON CONFLICT (org, app, day, source, endpoint, exempt)
+                         DO UPDATE SET calls = calls + excluded.calls",
+                        params![
+                            u.key.org,
+                            u.key.app,
+                            u.day.to_string(),
+                            u.source,
+                            u.endpoint,
+                            u.exempt,
+                            u.calls as i64
+                        ],
+                    )?;
+                }
+                tx.commit()
+            })
+            .await
+    }
+
+    async fn usage(&self, key: &QuotaKey, day: NaiveDate) -> Result<Vec<UsageEntry>> {
+        let key = key.clone();
+        self.db
+            .call("usage read", move |conn| {
+                let mut stmt = conn.prepare_cached(
+                    "SELECT source, endpoint, exempt, calls FROM usage
+                     WHERE org = ?1 AND app = ?2 AND day = ?3 ORDER BY source, endpoint, exempt",
+                )?;
+                let rows = stmt.query_map(params![key.org, key.app, day.to_string()], |r| {
+                    Ok(UsageEntry {
+                        key: key.clone(),
+                        day,
+                        source: r.get(0)?,
+                        endpoint: r.get(1)?,
+                        exempt: r.get(2)?,
+                        calls: r.get::<_, i64>(3)?.max(0) as u64,
+                    })
+                })?;
+                rows.collect()
+            })
+            .await
+    }
+
+    async fn state(&self, key: &QuotaKey, limits: &Limits, now: Timestamp) -> Result<QuotaState> {
+        let key = key.clone();
+        let current: Vec<String> = limits.windows().map(|(k, _)| k.id(now)).collect();
+        self.db
+            .call("quota state", move |conn| {
+                let mut state = QuotaState::default();
+                let mut stmt = conn.prepare_cached(
+                    "SELECT window, used FROM quota_window WHERE org = ?1 AND app = ?2",
+                )?;
+                for row in stmt.query_map(params![key.org, key.app], |r| {
+                    Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
+                })? {
+                    let (w, u) = row?;
+                    if current.contains(&w) {
+                        state.used.insert(w, u.max(0) as u64);
+                    }
+                }
+                state.live_leases = conn.query_row(
+                    "SELECT COUNT(*) FROM quota_lease WHERE org = ?1 AND app = ?2 AND expires_at > ?3",
+                    params![key.org, key.app, to_millis(now)],
+                    |r| r.get(0),
+                )?;
+                state.blocked_until = conn
+                    .query_row(
+                        "SELECT blocked_until FROM quota_block WHERE org = ?1 AND app = ?2",
+                        params![key.org, key.app],
+                        |r| r.get::<_, i64>(0),
+                    )
+                    .optional()?
+                    .map(from_millis)
+                    .filter(|t| *t > now);
+                Ok(state)
+            })
+            .await
+    }
+}

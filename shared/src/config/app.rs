@@ -1,0 +1,708 @@
+//! An app connection described in TOML: base URL, auth, limits, and per
+//! record type how to list, page, filter by time, look up by id, and read
+//! records. Validated once at load with errors that name the field and what
+//! was expected. The schema is documented in `docs/connector.md`.
+
+use crate::core::error::{Error, Result};
+use crate::quota::Limits;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::Path;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppConfig {
+    pub app: AppSection,
+    #[serde(default)]
+    pub record_types: BTreeMap<String, RecordTypeConfig>,
+    /// Organizations connected to the app.
+    #[serde(default)]
+    pub connections: Vec<crate::config::sync::ConnectionConfig>,
+    /// Sync controls per record type.
+    #[serde(default)]
+    pub syncs: BTreeMap<String, crate::config::sync::SyncConfig>,
+    /// Workflows by name.
+    #[serde(default)]
+    pub workflows: BTreeMap<String, crate::config::workflow::WorkflowConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppSection {
+    pub name: String,
+    pub base_url: String,
+    #[serde(default)]
+    pub auth: Option<AuthConfig>,
+    /// The app's default limits per organization connection.
+    pub limits: Limits,
+    /// Endpoints the platform does not count, as `METHOD /path` where the
+    /// path may end in `*` (e.g. `POST /hooks/*`).
+    #[serde(default)]
+    pub exempt_endpoints: Vec<String>,
+    #[serde(default)]
+    pub rate_limit: RateLimitConfig,
+    #[serde(default)]
+    pub timeouts: Timeouts,
+    /// Largest response body read, in bytes (default 32 MiB): a larger one
+    /// is refused before it can exhaust a 256 MB function.
+    #[serde(default = "default_max_response_bytes")]
+    pub max_response_bytes: u64,
+}
+
+fn default_max_response_bytes() -> u64 {
+    32 * 1024 * 1024
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    pub scheme: AuthScheme,
+    /// Header name for `scheme = "header"`.
+    #[serde(default)]
+    pub header: Option<String>,
+    pub secret: SecretRef,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthScheme {
+    /// `Authorization: Bearer <secret>`.
+    Bearer,
+    /// `<header>: <secret>`.
+    Header,
+}
+
+/// Where the credential comes from; the value itself is never in config.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum SecretRef {
+    Env(String),
+    SecretsManager(String),
+    Ssm(String),
+}
+
+/// How the API says "slow down", beyond `Retry-After` on 429 and 503.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitConfig {
+    /// A header holding when the limit resets (e.g. `X-RateLimit-Reset`).
+    #[serde(default)]
+    pub reset_header: Option<String>,
+    #[serde(default)]
+    pub reset_format: ResetFormat,
+    /// Wait when a 429 says nothing about when to come back.
+    #[serde(default = "default_backoff")]
+    pub default_backoff_secs: u32,
+}
+
+fn default_backoff() -> u32 {
+    60
+}
+
+impl Default for RateLimitConfig {
+    fn default() -> Self {
+        Self {
+            reset_header: None,
+            reset_format: ResetFormat::default(),
+            default_backoff_secs: default_backoff(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ResetFormat {
+    /// Unix seconds at which the limit resets.
+    #[default]
+    UnixSeconds,
+    /// Seconds from now.
+    Seconds,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Timeouts {
+    #[serde(default = "default_connect_ms")]
+    pub connect_ms: u64,
+    #[serde(default = "default_request_ms")]
+    pub request_ms: u64,
+}
+
+fn default_connect_ms() -> u64 {
+    5_000
+}
+fn default_request_ms() -> u64 {
+    30_000
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            connect_ms: default_connect_ms(),
+            request_ms: default_request_ms(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecordTypeConfig {
+    /// e.g. `/invoices`, relative to `base_url`.
+    pub list_path: String,
+    pub pagination: Pagination,
+    /// Query parameter carrying the page size, if the API takes one.
+    #[serde(default)]
+    pub page_size_param: Option<String>,
+    /// The largest page the API serves; used unless `page_size` is lower.
+    pub max_page_size: u32,
+    #[serde(default)]
+    pub page_size: Option<u32>,
+    #[serde(default)]
+    pub modified_since_param: Option<String>,
+    #[serde(default)]
+    pub modified_until_param: Option<String>,
+    #[serde(default)]
+    pub time_format: TimeFormat,
+    /// e.g. `/customers/{id}`.
+    #[serde(default)]
+    pub get_path: Option<String>,
+    /// JSON pointer to the record in a get-by-id response; defaults to
+    /// `records_pointer` (many APIs wrap single records differently).
+    #[serde(default)]
+    pub get_pointer: Option<String>,
+    #[serde(default)]
+    pub bulk: Option<BulkConfig>,
+    /// JSON pointer to the records array; `""` when the body is the array.
+    #[serde(default = "default_records_pointer")]
+    pub records_pointer: String,
+    /// JSON pointer to a record's id, within the record.
+    #[serde(default = "default_id_pointer")]
+    pub id_pointer: String,
+    #[serde(default)]
+    pub updated_at_pointer: Option<String>,
+    /// Pointer within a record → record type it references.
+    #[serde(default)]
+    pub foreign_keys: BTreeMap<String, String>,
+}
+
+fn default_records_pointer() -> String {
+    "/data".into()
+}
+fn default_id_pointer() -> String {
+    "/id".into()
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "style", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Pagination {
+    /// An opaque cursor, read from the body (`next_pointer`) or a header
+    /// (`next_header`) and sent back as `param`.
+    Cursor {
+        param: String,
+        #[serde(default)]
+        next_pointer: Option<String>,
+        #[serde(default)]
+        next_header: Option<String>,
+    },
+    /// Page numbers from `first`; a short page is the last.
+    Page {
+        param: String,
+        #[serde(default = "one")]
+        first: u64,
+    },
+    /// Record offsets; a short page is the last.
+    Offset { param: String },
+    /// RFC 8288 `Link: <…>; rel="next"`.
+    LinkHeader,
+    /// One page holds everything.
+    None,
+}
+
+fn one() -> u64 {
+    1
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TimeFormat {
+    #[default]
+    Rfc3339,
+    UnixSeconds,
+    UnixMillis,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BulkConfig {
+    /// Path of the bulk endpoint; defaults to `list_path`.
+    #[serde(default)]
+    pub path: Option<String>,
+    pub param: String,
+    /// `comma` joins ids with `separator` (default `,`); `repeated` sends
+    /// `param=a&param=b`.
+    #[serde(default)]
+    pub style: BulkStyle,
+    #[serde(default)]
+    pub separator: Option<String>,
+    pub max_ids: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BulkStyle {
+    #[default]
+    Joined,
+    Repeated,
+}
+
+impl RecordTypeConfig {
+    /// The page size to ask for: the API's maximum unless configured lower.
+    pub fn effective_page_size(&self) -> u32 {
+        self.page_size
+            .unwrap_or(self.max_page_size)
+            .min(self.max_page_size)
+    }
+}
+
+impl AppConfig {
+    /// Reads and validates a TOML file; errors name the file and the field.
+    pub fn load(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::Config(format!("{}: cannot read: {e}", path.display())))?;
+        Self::parse(&text).map_err(|e| match e {
+            Error::Config(m) => Error::Config(format!("{}: {m}", path.display())),
+            other => other,
+        })
+    }
+
+    pub fn parse(text: &str) -> Result<Self> {
+        let config: AppConfig = toml::from_str(text)
+            .map_err(|e| Error::Config(e.to_string().trim_end().to_string()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn record_type(&self, name: &str) -> Result<&RecordTypeConfig> {
+        self.record_types.get(name).ok_or_else(|| {
+            Error::Config(format!(
+                "unknown record type `{name}`; the app `{}` declares: {}",
+                self.app.name,
+                self.record_types
+                    .keys()
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))
+        })
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        let bad = |field: String, msg: String| Err(Error::Config(format!("{field}: {msg}")));
+        if self.app.name.trim().is_empty() {
+            return bad("app.name".into(), "must not be empty".into());
+        }
+        match reqwest::Url::parse(&self.app.base_url) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") => {}
+            Ok(u) => {
+                return bad(
+                    "app.base_url".into(),
+                    format!("expected an http(s) URL, got scheme `{}`", u.scheme()),
+                )
+            }
+            Err(e) => {
+                return bad(
+                    "app.base_url".into(),
+                    format!("expected a URL like https://api.example.com/v1 ({e})"),
+                )
+            }
+        }
+        self.app.limits.validate().map_err(|e| {
+            Error::Config(format!(
+                "app.{}",
+                e.to_string().trim_start_matches("invalid configuration: ")
+            ))
+        })?;
+        if let Some(auth) = &self.app.auth {
+            match (auth.scheme, &auth.header) {
+                (AuthScheme::Header, None) => {
+                    return bad(
+                        "app.auth.header".into(),
+                        "required with scheme = \"header\" (e.g. \"X-Api-Key\")".into(),
+                    )
+                }
+                (AuthScheme::Bearer, Some(_)) => {
+                    return bad(
+                        "app.auth.header".into(),
+                        "only used with scheme = \"header\"".into(),
+                    )
+                }
+                _ => {}
+            }
+        }
+        for (i, e) in self.app.exempt_endpoints.iter().enumerate() {
+            let ok = e.split_once(' ').is_some_and(|(m, p)| {
+                !m.is_empty() && m.chars().all(|c| c.is_ascii_uppercase()) && p.starts_with('/')
+            });
+            if !ok {
+                return bad(
+                    format!("app.exempt_endpoints[{i}]"),
+                    format!("expected `METHOD /path` (e.g. \"POST /hooks/*\"), got {e:?}"),
+                );
+            }
+        }
+        if self.record_types.is_empty() {
+            return bad(
+                "record_types".into(),
+                "declare at least one record type ([record_types.NAME])".into(),
+            );
+        }
+        for (name, rt) in &self.record_types {
+            let f = |field: &str| format!("record_types.{name}.{field}");
+            if !rt.list_path.starts_with('/') {
+                return bad(
+                    f("list_path"),
+                    format!("expected a path starting with `/`, got {:?}", rt.list_path),
+                );
+            }
+            if rt.max_page_size == 0 {
+                return bad(f("max_page_size"), "must be at least 1".into());
+            }
+            if let Some(p) = rt.page_size {
+                if p == 0 || p > rt.max_page_size {
+                    return bad(
+                        f("page_size"),
+                        format!(
+                            "{p} must be between 1 and max_page_size ({})",
+                            rt.max_page_size
+                        ),
+                    );
+                }
+            }
+            if let Pagination::Cursor {
+                next_pointer,
+                next_header,
+                ..
+            } = &rt.pagination
+            {
+                if next_pointer.is_some() == next_header.is_some() {
+                    return bad(
+                        f("pagination"),
+                        "cursor pagination needs exactly one of next_pointer and next_header"
+                            .into(),
+                    );
+                }
+            }
+            for (field, ptr) in [
+                ("records_pointer", Some(&rt.records_pointer)),
+                ("id_pointer", Some(&rt.id_pointer)),
+                ("updated_at_pointer", rt.updated_at_pointer.as_ref()),
+                ("get_pointer", rt.get_pointer.as_ref()),
+            ] {
+                if let Some(ptr) = ptr {
+                    if !(ptr.is_empty() || ptr.starts_with('/')) {
+                        return bad(
+                            f(field),
+                            format!("expected a JSON pointer like \"/data\", got {ptr:?}"),
+                        );
+                    }
+                }
+            }
+            if let Some(get) = &rt.get_path {
+                if !get.starts_with('/') || !get.contains("{id}") {
+                    return bad(f("get_path"), format!("expected a path with `{{id}}`, e.g. \"/customers/{{id}}\", got {get:?}"));
+                }
+            }
+            if let Some(bulk) = &rt.bulk {
+                if bulk.max_ids == 0 {
+                    return bad(f("bulk.max_ids"), "must be at least 1".into());
+                }
+            }
+            for (field, target) in &rt.foreign_keys {
+                if !field.starts_with('/') {
+                    return bad(
+                        f(&format!("foreign_keys.{field:?}")),
+                        "expected a JSON pointer within the record, like \"/customer_id\"".into(),
+                    );
+                }
+                if !self.record_types.contains_key(target) {
+                    return bad(
+                        f(&format!("foreign_keys.{field:?}")),
+                        format!(
+                            "references unknown record type `{target}`; declared: {}",
+                            self.record_types
+                                .keys()
+                                .cloned()
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        ),
+                    );
+                }
+            }
+        }
+        self.validate_syncs()?;
+        crate::config::workflow::validate(self)
+    }
+
+    fn validate_syncs(&self) -> Result<()> {
+        let bad = |field: String, msg: String| Err(Error::Config(format!("{field}: {msg}")));
+        let mut orgs = std::collections::BTreeSet::new();
+        for (i, c) in self.connections.iter().enumerate() {
+            if c.org.trim().is_empty() {
+                return bad(format!("connections[{i}].org"), "must not be empty".into());
+            }
+            if !orgs.insert(&c.org) {
+                return bad(
+                    format!("connections[{i}].org"),
+                    format!("`{}` is listed twice", c.org),
+                );
+            }
+            if let Some(l) = &c.limits {
+                l.validate().map_err(|e| {
+                    Error::Config(format!(
+                        "connections[{i}].{}",
+                        e.to_string().trim_start_matches("invalid configuration: ")
+                    ))
+                })?;
+            }
+            if c.secret.is_some() && self.app.auth.is_none() {
+                return bad(
+                    format!("connections[{i}].secret"),
+                    "set [app.auth] to say how the secret is sent".into(),
+                );
+            }
+        }
+        for (name, sync) in &self.syncs {
+            let f = |field: &str| format!("syncs.{name}.{field}");
+            let Some(rt) = self.record_types.get(name) else {
+                return bad(
+                    format!("syncs.{name}"),
+                    format!(
+                        "no record type `{name}`; declared: {}",
+                        self.record_types
+                            .keys()
+                            .cloned()
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                );
+            };
+            if let Some(t) = &sync.complete_transfer {
+                if t.every.is_zero() {
+                    return bad(
+                        f("complete_transfer.every"),
+                        "must be longer than 0s".into(),
+                    );
+                }
+            }
+            if let Some(r) = &sync.recent {
+                if r.every.is_zero() {
+                    return bad(f("recent.every"), "must be longer than 0s".into());
+                }
+                if rt.modified_since_param.is_none() {
+                    return bad(f("recent"), format!("record_types.{name}.modified_since_param is needed for recent record lookups"));
+                }
+            }
+            let pk = &sync.pk_lookup;
+            if pk.enabled {
+                if rt.get_path.is_none() && rt.bulk.is_none() {
+                    return bad(
+                        f("pk_lookup"),
+                        format!(
+                            "record_types.{name} needs get_path or bulk to look records up by key"
+                        ),
+                    );
+                }
+                let api_max = rt.bulk.as_ref().map_or(1, |b| b.max_ids);
+                if let Some(k) = pk.max_keys_per_call {
+                    if k == 0 || k > api_max {
+                        return bad(
+                            f("pk_lookup.max_keys_per_call"),
+                            format!("{k} must be between 1 and the API's maximum ({api_max})"),
+                        );
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The sync controls of a record type (defaults when none are set).
+    pub fn sync(&self, record_type: &str) -> crate::config::sync::SyncConfig {
+        self.syncs.get(record_type).cloned().unwrap_or_default()
+    }
+
+    /// Whether calls to `endpoint` (`METHOD /path`) are exempt from the budget.
+    /// Whether calls to `endpoint` (`METHOD /path`) are exempt. The path is
+    /// normalised first (query dropped, `.` and `..` resolved, repeated
+    /// slashes folded), so `POST /hooks/../notes` is `POST /notes` and never
+    /// matches `POST /hooks/*`.
+    pub fn is_exempt(&self, endpoint: &str) -> bool {
+        let endpoint = normalise_endpoint(endpoint);
+        self.app
+            .exempt_endpoints
+            .iter()
+            .any(|pattern| match pattern.strip_suffix('*') {
+                Some(prefix) => endpoint.starts_with(prefix),
+                None => endpoint == *pattern,
+            })
+    }
+}
+
+/// `METHOD /path` with the path's query dropped, `.` and `..` segments
+/// resolved and empty segments folded.
+pub fn normalise_endpoint(endpoint: &str) -> String {
+    let (method, path) = endpoint.split_once(' ').unwrap_or(("", endpoint));
+    let path = path.split(['?', '#']).next().unwrap_or_default();
+    let mut segments: Vec<&str> = Vec::new();
+    for segment in path.split('/') {
+        match segment {
+            "" | "." => {}
+            ".." => {
+                segments.pop();
+            }
+            s => segments.push(s),
+        }
+    }
+    let trailing = if path.ends_with('/') && !segments.is_empty() {
+        "/"
+    } else {
+        ""
+    };
+    format!("{method} /{}{trailing}", segments.join("/"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exempt_endpoints_match_normalised_paths() {
+        let mut cfg = AppConfig::parse(GOOD).unwrap();
+        cfg.app.exempt_endpoints = vec!["POST /hooks/*".into(), "GET /ping".into()];
+        assert!(cfg.is_exempt("POST /hooks/inbound"));
+        assert!(cfg.is_exempt("POST /hooks//./inbound?x=1"));
+        assert!(cfg.is_exempt("GET /ping?verbose=1"));
+        assert!(
+            !cfg.is_exempt("POST /hooks/../notes"),
+            "a way out of /hooks is not exempt"
+        );
+        assert!(!cfg.is_exempt("POST /hooks/a/../../notes"));
+        assert!(!cfg.is_exempt("GET /ping/../admin"));
+        assert_eq!(normalise_endpoint("POST /a/./b/../c//d/"), "POST /a/c/d/");
+    }
+
+    const GOOD: &str = r#"
+[app]
+name = "crm"
+base_url = "https://api.example.com/v1"
+[app.auth]
+scheme = "header"
+header = "X-Api-Key"
+secret = { env = "CRM_KEY" }
+[app.limits]
+per_day = 2500
+max_concurrent = 3
+[record_types.customers]
+list_path = "/customers"
+pagination = { style = "cursor", param = "cursor", next_pointer = "/next" }
+max_page_size = 100
+[record_types.invoices]
+list_path = "/invoices"
+pagination = { style = "page", param = "page" }
+max_page_size = 200
+page_size = 50
+foreign_keys = { "/customer_id" = "customers" }
+"#;
+
+    fn err_of(text: &str) -> String {
+        AppConfig::parse(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn good_config_loads() {
+        let c = AppConfig::parse(GOOD).unwrap();
+        assert_eq!(c.record_type("invoices").unwrap().effective_page_size(), 50);
+        assert_eq!(
+            c.record_type("customers").unwrap().effective_page_size(),
+            100
+        );
+        assert!(c
+            .record_type("orders")
+            .unwrap_err()
+            .to_string()
+            .contains("declares: customers, invoices"));
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let cases = [
+            (
+                GOOD.replace("https://api.example.com/v1", "not a url"),
+                "app.base_url",
+            ),
+            (
+                GOOD.replace("page_size = 50", "page_size = 500"),
+                "record_types.invoices.page_size: 500 must be between 1 and max_page_size (200)",
+            ),
+            (
+                GOOD.replace("= \"customers\" }", "= \"people\" }"),
+                "references unknown record type `people`",
+            ),
+            (
+                GOOD.replace("next_pointer = \"/next\"", ""),
+                "record_types.customers.pagination: cursor pagination needs exactly one",
+            ),
+            (
+                GOOD.replace("header = \"X-Api-Key\"", ""),
+                "app.auth.header: required",
+            ),
+            (
+                GOOD.replace("per_day = 2500", "per_day = 0"),
+                "app.limits.per_day is 0",
+            ),
+            (
+                GOOD.replace("max_page_size = 100", "max_page_size = 100\npage_sise = 10"),
+                "unknown field `page_sise`",
+            ),
+            (
+                GOOD.replace("style = \"page\"", "style = \"pages\""),
+                "unknown variant `pages`",
+            ),
+            (
+                GOOD.replace("list_path = \"/invoices\"", ""),
+                "missing field `list_path`",
+            ),
+        ];
+        for (text, expected) in cases {
+            let err = err_of(&text);
+            assert!(err.contains(expected), "expected {expected:?} in: {err}");
+        }
+    }
+
+    #[test]
+    fn toml_errors_say_where() {
+        let err = err_of(&GOOD.replace("max_page_size = 100", "max_page_size = \"many\""));
+        assert!(
+            err.contains("line") && err.contains("max_page_size"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn exempt_patterns() {
+        let mut c = AppConfig::parse(GOOD).unwrap();
+        c.app.exempt_endpoints = vec!["POST /hooks/*".into(), "GET /ping".into()];
+        c.validate().unwrap();
+        assert!(c.is_exempt("POST /hooks/abc"));
+        assert!(c.is_exempt("GET /ping"));
+        assert!(!c.is_exempt("GET /pings"));
+        assert!(!c.is_exempt("GET /hooks/abc"));
+        c.app.exempt_endpoints = vec!["hooks".into()];
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("app.exempt_endpoints[0]"));
+    }
+}

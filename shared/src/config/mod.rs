@@ -1,0 +1,10 @@
+//! The one app configuration tree: the third-party app and its record types
+//! ([`app`]), the syncs ([`sync`]), the workflows ([`workflow`]) and the
+//! `{{ record.field }}` language of their action templates ([`template`]), loaded
+//! and validated in one pass by [`app::AppConfig`]. Speaks the quota's
+//! [`crate::quota::Limits`]; knows nothing of handlers or adapters.
+
+pub mod app;
+pub mod sync;
+pub mod template;
+pub mod workflow;

@@ -1,0 +1,316 @@
+//! Workflow definitions, validated when the app config loads.
+//!
+//! ```toml
+//! [workflows.vip_notes]
+//! trigger = { record_type = "invoices", on = ["created", "updated"] }
+//! conditions = ["record.status == 'paid'", "related.customer.tier == 'gold'"]   # decision nodes (CEL)
+//! related.customer = { via = "/customer_id", record_type = "customers", missing = "transfer", min_relookup = "1h" }
+//! schedule = "24h"                                            # optional bulk execution
+//!
+//! [[workflows.vip_notes.actions]]
+//! kind = "http"
+//! method = "POST"
+//! path = "/notes"
+//! body = { text = "Thanks {{ related.customer.name }}", invoice = "{{ record.id }}" }
+//! when = "record.amount_cents > 10000"                        # a branch (CEL)
+//!
+//! [[workflows.vip_notes.actions]]
+//! kind = "datasource_push"
+//! datasource = "vip_invoices"
+//! row = { id = "{{ record.id }}", amount = "{{ record.amount_cents }}" }
+//! delete_when = "record.status == 'void'"
+//! max_rows_per_call = 100
+//! ```
+//!
+//! CEL sees `record` (the stored record), `related.NAME` (a related record
+//! or null), `change` ("created", "updated", or "manual") and `now`.
+
+use crate::core::error::{Error, Result};
+use crate::core::record::ChangeKind;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkflowConfig {
+    pub trigger: TriggerConfig,
+    /// Decision nodes: every one must be true, or nothing is spent.
+    #[serde(default)]
+    pub conditions: Vec<String>,
+    #[serde(default)]
+    pub related: BTreeMap<String, RelatedConfig>,
+    /// Run over every stored record of the trigger type this often.
+    #[serde(default, with = "humantime_serde")]
+    pub schedule: Option<Duration>,
+    pub actions: Vec<ActionConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TriggerConfig {
+    pub record_type: String,
+    #[serde(default = "both")]
+    pub on: Vec<ChangeKind>,
+}
+
+fn both() -> Vec<ChangeKind> {
+    vec![ChangeKind::Created, ChangeKind::Updated]
+}
+
+/// What to do when a related record is not in the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MissingPolicy {
+    /// Run the related type's complete transfer (at most once per
+    /// `min_relookup`) and wait for it.
+    #[default]
+    Transfer,
+    /// Look the record up by key and wait for it.
+    PkLookup,
+    /// Go on with `related.NAME` null.
+    Skip,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RelatedConfig {
+    /// JSON pointer to the foreign key in the record.
+    pub via: String,
+    pub record_type: String,
+    #[serde(default)]
+    pub missing: MissingPolicy,
+    #[serde(default = "hour", with = "humantime_serde")]
+    pub min_relookup: Duration,
+}
+
+fn hour() -> Duration {
+    Duration::from_secs(3_600)
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ActionConfig {
+    Http {
+        method: String,
+        /// A template, e.g. `/customers/{{ record.customer_id }}/notes`.
+        path: String,
+        #[serde(default)]
+        body: Option<serde_json::Value>,
+        #[serde(default)]
+        when: Option<String>,
+    },
+    DatasourcePush {
+        datasource: String,
+        row: serde_json::Value,
+        #[serde(default)]
+        delete_when: Option<String>,
+        #[serde(default = "hundred")]
+        max_rows_per_call: u32,
+        #[serde(default)]
+        when: Option<String>,
+    },
+}
+
+fn hundred() -> u32 {
+    100
+}
+
+/// CEL functions the interpreter is built without. The `cel` crate's
+/// `regex` and `chrono` features (regular expressions, timestamps, durations
+/// and the IANA time-zone database) add 2.9 MB to every arm64 function
+/// binary; conditions compare RFC 3339 strings (`record.updated_at > now`)
+/// instead, which order correctly in UTC.
+const UNAVAILABLE_FUNCTIONS: &[&str] = &[
+    "matches",
+    "timestamp",
+    "duration",
+    "getFullYear",
+    "getMonth",
+    "getDate",
+    "getDayOfMonth",
+    "getDayOfYear",
+    "getDayOfWeek",
+    "getHours",
+    "getMinutes",
+    "getSeconds",
+    "getMilliseconds",
+];
+
+/// Compiles a CEL expression, naming the field and the position on error.
+pub fn compile(field: &str, source: &str) -> Result<cel::Program> {
+    let program = cel::Program::compile(source)
+        .map_err(|e| Error::Config(format!("{field}: invalid CEL expression {source:?}: {e}")))?;
+    if let Some(f) = UNAVAILABLE_FUNCTIONS
+        .iter()
+        .find(|f| program.references().has_function(f))
+    {
+        return Err(Error::Config(format!(
+            "{field}: CEL function `{f}` is not available in {source:?} (metered's CEL has no \
+             regular expressions or time types); compare RFC 3339 strings, e.g. \
+             `record.updated_at > \"2026-01-01T00:00:00Z\"`"
+        )));
+    }
+    for var in program.references().variables() {
+        if !matches!(var, "record" | "related" | "change" | "now") {
+            return Err(Error::Config(format!(
+                "{field}: unknown variable `{var}` in {source:?}; use record, related, change or now"
+            )));
+        }
+    }
+    Ok(program)
+}
+
+/// Checks every `{{ path }}` of a template names record or a declared related record.
+fn check_template(
+    field: &str,
+    value: &serde_json::Value,
+    related: &BTreeMap<String, RelatedConfig>,
+) -> Result<()> {
+    match value {
+        serde_json::Value::String(s) => {
+            for path in crate::config::template::placeholders(s) {
+                let mut parts = path.split('.');
+                match (parts.next(), parts.next()) {
+                    (Some("record"), _) => {}
+                    (Some("related"), Some(name)) if related.contains_key(name) => {}
+                    _ => {
+                        return Err(Error::Config(format!(
+                            "{field}: template {{{{ {path} }}}} must start with `record.` or `related.NAME.` (declared: {})",
+                            related.keys().cloned().collect::<Vec<_>>().join(", ")
+                        )))
+                    }
+                }
+            }
+            Ok(())
+        }
+        serde_json::Value::Array(items) => items
+            .iter()
+            .try_for_each(|v| check_template(field, v, related)),
+        serde_json::Value::Object(map) => map
+            .values()
+            .try_for_each(|v| check_template(field, v, related)),
+        _ => Ok(()),
+    }
+}
+
+/// Validates every workflow of an app config (record types, CEL, templates).
+pub fn validate(config: &crate::config::app::AppConfig) -> Result<()> {
+    let types = || {
+        config
+            .record_types
+            .keys()
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    for (name, wf) in &config.workflows {
+        let f = |field: &str| format!("workflows.{name}.{field}");
+        if !config.record_types.contains_key(&wf.trigger.record_type) {
+            return Err(Error::Config(format!(
+                "{}: unknown record type `{}`; declared: {}",
+                f("trigger.record_type"),
+                wf.trigger.record_type,
+                types()
+            )));
+        }
+        for (i, c) in wf.conditions.iter().enumerate() {
+            compile(&f(&format!("conditions[{i}]")), c)?;
+        }
+        for (rname, rel) in &wf.related {
+            if !config.record_types.contains_key(&rel.record_type) {
+                return Err(Error::Config(format!(
+                    "{}: unknown record type `{}`; declared: {}",
+                    f(&format!("related.{rname}.record_type")),
+                    rel.record_type,
+                    types()
+                )));
+            }
+            if !rel.via.starts_with('/') {
+                return Err(Error::Config(format!(
+                    "{}: expected a JSON pointer like \"/customer_id\"",
+                    f(&format!("related.{rname}.via"))
+                )));
+            }
+            if rel.missing == MissingPolicy::Transfer
+                && config.sync(&rel.record_type).complete_transfer.is_none()
+            {
+                return Err(Error::Config(format!(
+                    "{}: `transfer` needs syncs.{}.complete_transfer",
+                    f(&format!("related.{rname}.missing")),
+                    rel.record_type
+                )));
+            }
+        }
+        if wf.actions.is_empty() {
+            return Err(Error::Config(format!(
+                "{}: declare at least one action",
+                f("actions")
+            )));
+        }
+        for (i, action) in wf.actions.iter().enumerate() {
+            let af = |x: &str| f(&format!("actions[{i}].{x}"));
+            match action {
+                ActionConfig::Http {
+                    method,
+                    path,
+                    body,
+                    when,
+                } => {
+                    if reqwest::Method::from_bytes(method.as_bytes()).is_err()
+                        || method.chars().any(|c| c.is_ascii_lowercase())
+                    {
+                        return Err(Error::Config(format!(
+                            "{}: expected an HTTP method like \"POST\", got {method:?}",
+                            af("method")
+                        )));
+                    }
+                    if !path.starts_with('/') {
+                        return Err(Error::Config(format!(
+                            "{}: expected a path starting with `/`",
+                            af("path")
+                        )));
+                    }
+                    check_template(
+                        &af("path"),
+                        &serde_json::Value::String(path.clone()),
+                        &wf.related,
+                    )?;
+                    if let Some(b) = body {
+                        check_template(&af("body"), b, &wf.related)?;
+                    }
+                    if let Some(w) = when {
+                        compile(&af("when"), w)?;
+                    }
+                }
+                ActionConfig::DatasourcePush {
+                    row,
+                    delete_when,
+                    max_rows_per_call,
+                    when,
+                    datasource,
+                } => {
+                    if datasource.is_empty() {
+                        return Err(Error::Config(format!(
+                            "{}: must not be empty",
+                            af("datasource")
+                        )));
+                    }
+                    if *max_rows_per_call == 0 {
+                        return Err(Error::Config(format!(
+                            "{}: must be at least 1",
+                            af("max_rows_per_call")
+                        )));
+                    }
+                    check_template(&af("row"), row, &wf.related)?;
+                    for (field, expr) in [("delete_when", delete_when), ("when", when)] {
+                        if let Some(e) = expr {
+                            compile(&af(field), e)?;
+                        }
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}

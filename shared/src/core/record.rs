@@ -1,0 +1,49 @@
+//! The vocabulary every layer shares: a record as an API returns it and as
+//! the store keeps it, how a record changed, and the content hash that
+//! decides whether it changed at all.
+
+use crate::core::clock::Timestamp;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+/// One record as the API returned it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Record {
+    pub id: String,
+    pub updated_at: Option<Timestamp>,
+    pub data: Value,
+}
+
+/// A record as stored. `data` is `None` for an id that was looked up and
+/// not found (kept so the minimum relookup time applies to it too).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StoredRecord {
+    pub id: String,
+    pub hash: String,
+    pub data: Option<Value>,
+    pub first_seen: Timestamp,
+    pub last_synced: Option<Timestamp>,
+    pub last_looked_up: Option<Timestamp>,
+}
+
+impl StoredRecord {
+    /// Whether the record itself has been seen (not just looked for).
+    pub fn seen(&self) -> bool {
+        self.data.is_some()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChangeKind {
+    Created,
+    Updated,
+}
+
+/// The content hash: SHA-256 of the record's canonical JSON (object keys
+/// sorted), so the same content always hashes the same.
+pub fn content_hash(data: &Value) -> String {
+    let digest = Sha256::digest(data.to_string().as_bytes());
+    digest.iter().take(16).map(|b| format!("{b:02x}")).collect()
+}

@@ -1,0 +1,289 @@
+//! The Lambda edge: typed configuration read once at cold start, AWS
+//! clients built once, and the loops every function's `main.rs` calls.
+//!
+//! Environment (names are the same in `template.yaml`):
+//!
+//! | variable | meaning |
+//! |---|---|
+//! | `METERED_TABLE` | the DynamoDB table |
+//! | `METERED_APP_CONFIG_SSM` | SSM parameter holding the app's TOML config (what `template.yaml` uses), or |
+//! | `METERED_APP_CONFIG` | path of the app's TOML config (bundled), or |
+//! | `METERED_APP_CONFIG_TOML` | the config itself |
+//! | `METERED_QUEUE_URL_<KIND>` | queue of each job kind, e.g. `METERED_QUEUE_URL_COMPLETE_TRANSFER` |
+//! | `METERED_DLQ_URL_<KIND>` | its dead-letter queue |
+//! | `METERED_MAX_RESTARTS` | restart cap per job (default 100) |
+//! | `METERED_MAX_ATTEMPTS` | transient failures in a row before a job is dead-lettered (default 5) |
+//! | `AWS_ENDPOINT_URL` | (local only) DynamoDB Local / ministack |
+
+use crate::adapters::aws::queue::SqsQueue;
+use crate::adapters::aws::quota::DynamoQuota;
+use crate::adapters::aws::store::DynamoStore;
+use crate::adapters::aws::Table;
+use crate::config::app::AppConfig;
+use crate::connector::secrets::SecretStores;
+use crate::core::clock::{SharedClock, SystemClock};
+use crate::core::error::{Error, Result};
+use crate::handlers::context::{http_connectors, AppContext};
+use crate::handlers::sync::SyncHandlers;
+use crate::jobs::envelope::JobKind;
+use crate::jobs::queue::{JobQueue, Queues};
+use crate::jobs::runtime::{JobContext, JobHandler, JobRuntime, RestartPolicy};
+use crate::quota::Quota;
+use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent};
+use lambda_runtime::{service_fn, LambdaEvent};
+use std::sync::Arc;
+
+/// Every job kind that has a queue.
+pub const KINDS: [JobKind; 6] = [
+    JobKind::CompleteTransfer,
+    JobKind::RecentRecords,
+    JobKind::PkLookup,
+    JobKind::Workflow,
+    JobKind::ActionHttp,
+    JobKind::ActionDatasourcePush,
+];
+
+/// Configuration of a deployed function, read once.
+#[derive(Debug, Clone)]
+pub struct DeployConfig {
+    pub table: String,
+    /// The app config, when given inline or as a bundled file.
+    pub app: Option<Arc<AppConfig>>,
+    /// Or the SSM parameter holding it (read at cold start).
+    pub app_ssm: Option<String>,
+    /// (queue URL, DLQ URL) per kind that has one.
+    pub queues: Vec<(JobKind, String, String)>,
+    pub policy: RestartPolicy,
+}
+
+/// The env var suffix of a kind: `complete-transfer` → `COMPLETE_TRANSFER`.
+pub fn env_suffix(kind: JobKind) -> String {
+    kind.as_str().to_ascii_uppercase().replace('-', "_")
+}
+
+impl DeployConfig {
+    /// Reads the environment through `get` (so tests need not set globals).
+    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self> {
+        let need = |name: &str| {
+            get(name)
+                .filter(|v| !v.is_empty())
+                .ok_or_else(|| Error::Config(format!("environment variable {name} is not set")))
+        };
+        let table = need("METERED_TABLE")?;
+        let nonempty = |name: &str| get(name).filter(|v| !v.is_empty());
+        let (app, app_ssm) = match (nonempty("METERED_APP_CONFIG_TOML"), nonempty("METERED_APP_CONFIG"), nonempty("METERED_APP_CONFIG_SSM")) {
+            (Some(text), _, _) => (
+                Some(Arc::new(AppConfig::parse(&text).map_err(|e| Error::Config(format!("METERED_APP_CONFIG_TOML: {e}")))?)),
+                None,
+            ),
+            (None, Some(path), _) => (Some(Arc::new(AppConfig::load(&path)?)), None),
+            (None, None, Some(param)) => (None, Some(param)),
+            _ => {
+                return Err(Error::Config(
+                    "set METERED_APP_CONFIG_SSM (an SSM parameter name), METERED_APP_CONFIG (a path) or METERED_APP_CONFIG_TOML".into(),
+                ))
+            }
+        };
+        let mut queues = Vec::new();
+        for kind in KINDS {
+            let suffix = env_suffix(kind);
+            if let Some(url) = get(&format!("METERED_QUEUE_URL_{suffix}")).filter(|v| !v.is_empty())
+            {
+                let dlq = need(&format!("METERED_DLQ_URL_{suffix}"))?;
+                queues.push((kind, url, dlq));
+            }
+        }
+        let mut policy = RestartPolicy::default();
+        let whole = |name: &str, v: String| {
+            v.parse::<u32>()
+                .map_err(|_| Error::Config(format!("{name}: expected a whole number, got {v:?}")))
+        };
+        if let Some(v) = get("METERED_MAX_RESTARTS") {
+            policy.max_restarts = whole("METERED_MAX_RESTARTS", v)?;
+        }
+        if let Some(v) = get("METERED_MAX_ATTEMPTS") {
+            policy.max_attempts = whole("METERED_MAX_ATTEMPTS", v)?.max(1);
+        }
+        Ok(Self {
+            table,
+            app,
+            app_ssm,
+            queues,
+            policy,
+        })
+    }
+
+    pub fn from_env() -> Result<Self> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+}
+
+/// What one function process holds for its whole life.
+pub struct Deployed {
+    pub svc: Arc<AppContext>,
+    pub ledger: Arc<DynamoStore>,
+    pub config: DeployConfig,
+}
+
+impl Deployed {
+    /// Builds clients, stores and connectors (credentials resolved once).
+    pub async fn connect(config: DeployConfig) -> Result<Self> {
+        let aws = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+        let clock: SharedClock = Arc::new(SystemClock);
+        let table = Table::new(aws_sdk_dynamodb::Client::new(&aws), &config.table);
+        let store = Arc::new(DynamoStore::new(table.clone()));
+        let quota = Quota::new(Arc::new(DynamoQuota::new(table)), clock.clone());
+        let sqs = aws_sdk_sqs::Client::new(&aws);
+        let mut queues = Queues::new();
+        for (kind, url, dlq) in &config.queues {
+            queues = queues.with(*kind, Arc::new(SqsQueue::new(sqs.clone(), url, dlq)));
+        }
+        let stores = SecretStores::new(&aws);
+        let app = match (&config.app, &config.app_ssm) {
+            (Some(app), _) => app.clone(),
+            (None, Some(param)) => {
+                let text = crate::connector::secrets::resolve(
+                    &crate::config::app::SecretRef::Ssm(param.clone()),
+                    Some(&stores),
+                )
+                .await
+                .map_err(|e| Error::Config(format!("METERED_APP_CONFIG_SSM: {e}")))?;
+                Arc::new(AppConfig::parse(text.expose()).map_err(|e| {
+                    Error::Config(format!("app config in SSM parameter {param}: {e}"))
+                })?)
+            }
+            (None, None) => return Err(Error::Config("no app config".into())),
+        };
+        let connectors = http_connectors(&app, Some(&stores), clock).await?;
+        let svc = Arc::new(AppContext::new(
+            app,
+            store.clone(),
+            quota,
+            queues,
+            connectors,
+        ));
+        Ok(Self {
+            svc,
+            ledger: store,
+            config,
+        })
+    }
+
+    /// The runtime of jobs of `kind`: restarts go back to its own queue.
+    pub fn runtime(&self, kind: JobKind) -> Result<JobRuntime> {
+        let queue: Arc<dyn JobQueue> = self.svc.queues.get(kind)?.clone();
+        Ok(
+            JobRuntime::new(queue, self.svc.clock.clone(), self.config.policy)
+                .with_ledger(self.ledger.clone()),
+        )
+    }
+}
+
+/// Processes an SQS event as Lambda delivers it and reports only the
+/// messages that must come back, so one bad message never fails or
+/// repeats its neighbours (`ReportBatchItemFailures`).
+pub async fn handle_sqs_event<H: JobHandler + ?Sized>(
+    runtime: &JobRuntime,
+    event: SqsEvent,
+    handler: &H,
+    ctx: &JobContext,
+) -> SqsBatchResponse {
+    let mut response = SqsBatchResponse::default();
+    for record in event.records {
+        let Some(message_id) = record.message_id else {
+            // Without an id it cannot be reported; Lambda never sends one.
+            tracing::error!("SQS record without a message id skipped");
+            continue;
+        };
+        let body = record.body.unwrap_or_default();
+        let settled = runtime.process(&body, handler, ctx).await;
+        if !settled.ack() {
+            let mut failure = BatchItemFailure::default();
+            failure.item_identifier = message_id;
+            response.batch_item_failures.push(failure);
+        }
+    }
+    response
+}
+
+/// Lambda's deadline for this invocation, on the wall clock the deployed
+/// handlers read. One already past when the invocation starts (an emulator
+/// that queued the event while it built the function) says nothing about
+/// this invocation and is ignored, loudly.
+pub fn deadline_of(ctx: &lambda_runtime::Context) -> Option<crate::core::clock::Timestamp> {
+    let deadline = crate::core::clock::Timestamp::from(ctx.deadline());
+    if ctx.deadline == 0 || deadline <= chrono::Utc::now() {
+        tracing::warn!(
+            deadline_ms = ctx.deadline,
+            "the invocation's deadline has already passed; ignored"
+        );
+        return None;
+    }
+    Some(deadline)
+}
+
+/// The whole life of an SQS-triggered sync function.
+pub async fn run_sync_function(kind: JobKind) -> std::result::Result<(), lambda_runtime::Error> {
+    run_with(kind, |d| Ok(SyncHandlers::only(d.svc.clone(), kind))).await
+}
+
+/// The whole life of the scheduler function (schedule ticks, ad-hoc syncs).
+pub async fn run_scheduler_function() -> std::result::Result<(), lambda_runtime::Error> {
+    lambda_runtime::tracing::init_default_subscriber();
+    let deployed = Deployed::connect(DeployConfig::from_env()?).await?;
+    let svc = deployed.svc.clone();
+    lambda_runtime::run(service_fn(|event: LambdaEvent<serde_json::Value>| {
+        let svc = &svc;
+        async move {
+            crate::handlers::schedule::handle(svc, &event.payload)
+                .await
+                .map_err(lambda_runtime::Error::from)
+        }
+    }))
+    .await
+}
+
+/// The whole life of an SQS-triggered function whose handler is built from
+/// the services (workflow, actions).
+async fn run_with<H, F>(kind: JobKind, make: F) -> std::result::Result<(), lambda_runtime::Error>
+where
+    H: crate::jobs::runtime::JobHandler,
+    F: FnOnce(&Deployed) -> Result<H>,
+{
+    lambda_runtime::tracing::init_default_subscriber();
+    let deployed = Deployed::connect(DeployConfig::from_env()?).await?;
+    let runtime = deployed.runtime(kind)?;
+    let handler = make(&deployed)?;
+    lambda_runtime::run(service_fn(|event: LambdaEvent<SqsEvent>| {
+        let (runtime, handler) = (&runtime, &handler);
+        async move {
+            let ctx = JobContext {
+                deadline: deadline_of(&event.context),
+            };
+            Ok::<SqsBatchResponse, lambda_runtime::Error>(
+                handle_sqs_event(runtime, event.payload, handler, &ctx).await,
+            )
+        }
+    }))
+    .await
+}
+
+/// The `workflow` function: triggers and decision nodes to action jobs.
+pub async fn run_workflow_function() -> std::result::Result<(), lambda_runtime::Error> {
+    run_with(JobKind::Workflow, |d| {
+        crate::handlers::workflow::WorkflowHandler::new(d.svc.clone())
+    })
+    .await
+}
+
+/// An action function (`action-http`, `action-datasource-push`).
+pub async fn run_action_function(kind: JobKind) -> std::result::Result<(), lambda_runtime::Error> {
+    run_with(kind, |d| {
+        Ok(crate::handlers::actions::ActionHandlers::new(
+            d.svc.clone(),
+            d.ledger.clone(),
+            Some(kind),
+        ))
+    })
+    .await
+}

@@ -1,0 +1,152 @@
+//! The action handlers: one API call per job, through the quota, at most
+//! once per idempotency key.
+//!
+//! A crash between the call and the mark leaves the key begun but not done;
+//! the redelivery calls again with the same `Idempotency-Key`, so an API
+//! that honours the key performs it once (the simulator does, and the tests
+//! count its creates per key). An API that ignores the key could see it
+//! twice: metered chooses "at least once, deduplicated by key" over "at most
+//! once", which could lose an action.
+
+use crate::connector::SendRequest;
+use crate::handlers::context::AppContext;
+use crate::handlers::IntoOutcome;
+use crate::jobs::envelope::{JobEnvelope, JobKind, Outcome};
+use crate::jobs::ledger::{ActionBegin, ActionLedger};
+use crate::jobs::runtime::{JobContext, JobHandler};
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+
+/// Payload of `action-http` jobs: a rendered request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpActionPayload {
+    pub workflow: String,
+    pub action: usize,
+    pub record_id: String,
+    pub method: String,
+    pub path: String,
+    #[serde(default)]
+    pub body: Option<serde_json::Value>,
+}
+
+/// Payload of `action-datasource-push` jobs: inserts and deletes sent in one call.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PushPayload {
+    pub workflow: String,
+    pub datasource: String,
+    pub inserts: Vec<serde_json::Value>,
+    pub deletes: Vec<String>,
+}
+
+pub struct ActionHandlers {
+    pub svc: Arc<AppContext>,
+    pub ledger: Arc<dyn ActionLedger>,
+    only: Option<JobKind>,
+}
+
+impl ActionHandlers {
+    pub fn new(svc: Arc<AppContext>, ledger: Arc<dyn ActionLedger>, only: Option<JobKind>) -> Self {
+        Self { svc, ledger, only }
+    }
+}
+
+#[async_trait]
+impl JobHandler for ActionHandlers {
+    fn name(&self) -> &str {
+        self.only.map_or("actions", JobKind::as_str)
+    }
+
+    fn accepts(&self, kind: JobKind) -> bool {
+        matches!(kind, JobKind::ActionHttp | JobKind::ActionDatasourcePush)
+            && self.only.is_none_or(|k| k == kind)
+    }
+
+    async fn handle(&self, job: &JobEnvelope, _ctx: &JobContext) -> Outcome {
+        let (workflow, request) = match job.kind {
+            JobKind::ActionHttp => {
+                match serde_json::from_value::<HttpActionPayload>(job.payload.clone()) {
+                    Ok(p) => (
+                        p.workflow,
+                        SendRequest {
+                            method: p.method,
+                            path: p.path,
+                            body: p.body,
+                            idempotency_key: Some(job.idempotency_key.clone()),
+                        },
+                    ),
+                    Err(e) => return Outcome::Fail(format!("bad `action-http` payload: {e}")),
+                }
+            }
+            JobKind::ActionDatasourcePush => {
+                match serde_json::from_value::<PushPayload>(job.payload.clone()) {
+                    Ok(p) => (
+                        p.workflow,
+                        SendRequest {
+                            method: "POST".into(),
+                            path: format!("/datasources/{}/rows", p.datasource),
+                            body: Some(
+                                serde_json::json!({ "inserts": p.inserts, "deletes": p.deletes }),
+                            ),
+                            idempotency_key: Some(job.idempotency_key.clone()),
+                        },
+                    ),
+                    Err(e) => {
+                        return Outcome::Fail(format!("bad `action-datasource-push` payload: {e}"))
+                    }
+                }
+            }
+            other => return Outcome::Fail(format!("`{other}` is not an action job")),
+        };
+        let now = self.svc.clock.now();
+        let scope = job.quota_key();
+        match self
+            .ledger
+            .begin_action(&scope, &job.idempotency_key, now)
+            .await
+        {
+            Ok(ActionBegin::Done) => {
+                tracing::info!(key = %job.idempotency_key, "action already performed; skipping");
+                return Outcome::Done;
+            }
+            Ok(ActionBegin::Again) => {
+                tracing::warn!(key = %job.idempotency_key, "action attempted before; calling again with the same Idempotency-Key")
+            }
+            Ok(ActionBegin::New) => {}
+            Err(e) => return Outcome::from_error(&e),
+        }
+        let metered = match self.svc.metered(&job.org, &format!("workflow:{workflow}")) {
+            Ok(m) => m,
+            Err(e) => return Outcome::Fail(e.to_string()),
+        };
+        let outcome = match metered.send(&request).await {
+            Ok(_) => match self
+                .ledger
+                .finish_action(&scope, &job.idempotency_key, self.svc.clock.now())
+                .await
+            {
+                Ok(()) => Outcome::Done,
+                // The call happened; a redelivery repeats it under the same key.
+                Err(e) => Outcome::from_error(&e),
+            },
+            Err(e) => {
+                if matches!(e, crate::connector::CallError::Denied(_)) {
+                    if let Err(err) = self
+                        .ledger
+                        .abandon_action(&scope, &job.idempotency_key)
+                        .await
+                    {
+                        tracing::warn!(error = %err, "could not reset the action ledger");
+                    }
+                }
+                e.into_outcome(None)
+            }
+        };
+        if let Err(e) = self.svc.quota.flush_usage().await {
+            tracing::warn!(error = %e, "usage flush failed; kept for the next flush");
+        }
+        outcome
+    }
+}

@@ -1,0 +1,123 @@
+//! Everything a handler needs, built once per process (Lambda cold start or
+//! the local runner) and shared by every invocation.
+
+use crate::config::app::AppConfig;
+use crate::connector::http::{http_client, HttpConnector};
+use crate::connector::secrets::{resolve, SecretStores};
+use crate::connector::{Connector, Metered};
+use crate::core::clock::SharedClock;
+use crate::core::error::{Error, Result};
+use crate::jobs::queue::Queues;
+use crate::quota::{Limits, Quota, QuotaKey};
+use crate::store::RecordStore;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+pub struct AppContext {
+    pub config: Arc<AppConfig>,
+    pub store: Arc<dyn RecordStore>,
+    pub quota: Quota,
+    pub queues: Queues,
+    pub clock: SharedClock,
+    /// One connector per organization (each with its own credential).
+    pub connectors: BTreeMap<String, Arc<dyn Connector>>,
+    /// How long a sync's lease lasts without renewal.
+    pub sync_lease: chrono::Duration,
+    /// Stop and restart when less than this remains before the deadline.
+    pub deadline_margin: std::time::Duration,
+}
+
+impl std::fmt::Debug for AppContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppContext")
+            .field("app", &self.config.app.name)
+            .field("queues", &self.queues)
+            .finish()
+    }
+}
+
+impl AppContext {
+    pub fn new(
+        config: Arc<AppConfig>,
+        store: Arc<dyn RecordStore>,
+        quota: Quota,
+        queues: Queues,
+        connectors: BTreeMap<String, Arc<dyn Connector>>,
+    ) -> Self {
+        let clock = quota.clock().clone();
+        Self {
+            config,
+            store,
+            quota,
+            queues,
+            clock,
+            connectors,
+            sync_lease: chrono::Duration::minutes(15),
+            deadline_margin: std::time::Duration::from_secs(10),
+        }
+    }
+
+    /// The budget key of an org's connection to this app.
+    pub fn key(&self, org: &str) -> QuotaKey {
+        QuotaKey::new(org, &self.config.app.name)
+    }
+
+    /// The org's limits: its connection's override, else the app's.
+    pub fn limits(&self, org: &str) -> Limits {
+        self.config
+            .connections
+            .iter()
+            .find(|c| c.org == org)
+            .and_then(|c| c.limits.clone())
+            .unwrap_or_else(|| self.config.app.limits.clone())
+    }
+
+    /// A connector for `org` whose calls spend its budget as `source`.
+    pub fn metered(&self, org: &str, source: &str) -> Result<Metered> {
+        let connector = self.connectors.get(org).ok_or_else(|| {
+            Error::Config(format!(
+                "organization `{org}` has no connection to app `{}`",
+                self.config.app.name
+            ))
+        })?;
+        Ok(Metered::new(
+            connector.clone(),
+            self.quota.clone(),
+            self.key(org),
+            self.limits(org),
+            source,
+        ))
+    }
+
+    /// The organizations connected.
+    pub fn orgs(&self) -> impl Iterator<Item = &str> {
+        self.config.connections.iter().map(|c| c.org.as_str())
+    }
+}
+
+/// Builds one HTTP connector per connection, resolving each credential once.
+pub async fn http_connectors(
+    config: &Arc<AppConfig>,
+    stores: Option<&SecretStores>,
+    clock: SharedClock,
+) -> Result<BTreeMap<String, Arc<dyn Connector>>> {
+    let client = http_client(&config.app.timeouts)?;
+    let mut out: BTreeMap<String, Arc<dyn Connector>> = BTreeMap::new();
+    for c in &config.connections {
+        let reference = c
+            .secret
+            .as_ref()
+            .or(config.app.auth.as_ref().map(|a| &a.secret));
+        let secret = match reference {
+            Some(r) => Some(
+                resolve(r, stores)
+                    .await
+                    .map_err(|e| Error::Config(format!("connection `{}`: {e}", c.org)))?,
+            ),
+            None => None,
+        };
+        let connector = HttpConnector::new(config.clone(), client.clone(), secret, clock.clone())?;
+        out.insert(c.org.clone(), Arc::new(connector));
+    }
+    Ok(out)
+}

@@ -1,0 +1,39 @@
+//! The handlers: what each Lambda function (and the local runner) does with
+//! a job. They reach the ports through one [`context::AppContext`] and never
+//! name an adapter.
+
+pub mod actions;
+pub mod context;
+pub mod schedule;
+pub mod sync;
+pub mod workflow;
+
+use crate::connector::CallError;
+use crate::jobs::envelope::{Outcome, Restart};
+use serde_json::Value;
+
+/// How a failed API call ends a job. Lives with the handlers, not the
+/// connector: the connector knows calls, the handlers know jobs.
+pub trait IntoOutcome {
+    /// What a handler returns: denials and rate limits restart from
+    /// `checkpoint` at the moment capacity returns; transient failures (a
+    /// quota-store error, a 5xx, a broken body) restart from it after a
+    /// bounded backoff, so nothing already fetched is fetched (and paid
+    /// for) again.
+    fn into_outcome(self, checkpoint: Option<Value>) -> Outcome;
+}
+
+impl IntoOutcome for CallError {
+    fn into_outcome(self, checkpoint: Option<Value>) -> Outcome {
+        match self {
+            CallError::Denied(d) => Outcome::denied(&d, checkpoint),
+            CallError::RateLimited { retry_at } => Outcome::Restart(Restart {
+                at: retry_at,
+                reason: "rate limited by the API (Retry-After)".into(),
+                checkpoint,
+            }),
+            CallError::Retryable(m) => Outcome::transient(m, checkpoint),
+            CallError::Permanent(m) => Outcome::Fail(m),
+        }
+    }
+}

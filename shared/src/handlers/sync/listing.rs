@@ -1,0 +1,387 @@
+//! Complete transfers and recent record lookups: page through a list
+//! endpoint, checkpointing the cursor after every page, so a restart resumes
+//! at the next page and never fetches one twice.
+//!
+//! - Complete transfer: the whole dataset, at the largest page size.
+//! - Recent lookup: records modified in `[high_water - overlap, until)`,
+//!   where `until` is fixed when the window first runs; the high-water mark
+//!   moves to `until` only when the whole window is done.
+//!
+//! Calls are reserved in blocks (sized from the last run's page count) so
+//! the quota costs far less than one store round trip per call.
+
+use crate::config::sync::chrono as dur;
+use crate::connector::{ListRequest, PageCursor, Reservation};
+use crate::core::clock::Timestamp;
+use crate::handlers::context::AppContext;
+use crate::handlers::sync::{enqueue_followups, parse_payload, soon, sync_name, SyncPayload};
+use crate::handlers::IntoOutcome;
+use crate::jobs::envelope::{JobEnvelope, JobKind, Outcome, Restart};
+use crate::jobs::runtime::JobContext;
+use crate::store::{SyncFinish, SHORT_PAGE_REPROBE_DAYS};
+use serde::{Deserialize, Serialize};
+
+/// Largest block of calls reserved at once.
+const MAX_RESERVATION: u32 = 50;
+/// Block size when nothing is known about the dataset yet.
+const FIRST_RESERVATION: u32 = 10;
+
+/// Where a listing resumes.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ListingCheckpoint {
+    pub cursor: Option<PageCursor>,
+    pub pages: u64,
+    pub records: u64,
+    pub changed: u64,
+    /// The window of a recent lookup, fixed at its first run.
+    #[serde(default)]
+    pub since: Option<Timestamp>,
+    #[serde(default)]
+    pub until: Option<Timestamp>,
+    /// Claimed foreign keys not yet sent for lookup, per referenced type.
+    #[serde(default)]
+    pub pending_lookups: std::collections::BTreeMap<String, Vec<String>>,
+    /// Digests of the cursors and next links this run has used: one the API
+    /// hands out again would make the run loop until the budget is gone.
+    #[serde(default)]
+    pub seen_cursors: Vec<String>,
+    /// Records set aside (no id, too large) in this run.
+    #[serde(default)]
+    pub quarantined: u64,
+    /// The page size the API really serves (learned, or known from the
+    /// sync state), when below the configured one.
+    #[serde(default)]
+    pub page_size: Option<u32>,
+    /// Set while the page after a short first page of this length is
+    /// fetched, to tell "the listing was short" from "the API caps pages".
+    #[serde(default)]
+    pub probe: Option<u32>,
+    /// This run learned `page_size` (recorded at the end).
+    #[serde(default)]
+    pub learned_page_size: bool,
+    /// Digest of the ids of the last page: an API that ignores the page or
+    /// offset parameter serves the same page forever.
+    #[serde(default)]
+    pub last_page: Option<String>,
+}
+
+/// A digest of what a page served, to recognise the same page again.
+fn page_digest(page: &crate::connector::Page) -> String {
+    let ids: Vec<&str> = page.records.iter().map(|r| r.id.as_str()).collect();
+    crate::core::record::content_hash(&serde_json::json!([ids, page.unreadable.len()]))
+}
+
+/// A short digest of a cursor, for [`ListingCheckpoint::seen_cursors`].
+fn cursor_digest(cursor: &PageCursor) -> String {
+    crate::core::record::content_hash(&serde_json::to_value(cursor).unwrap_or_default())
+}
+
+pub async fn run(svc: &AppContext, job: &JobEnvelope, ctx: &JobContext) -> Outcome {
+    let payload: SyncPayload = match parse_payload(job) {
+        Ok(p) => p,
+        Err(o) => return o,
+    };
+    if let Err(e) = svc.config.record_type(&payload.record_type) {
+        return Outcome::Fail(e.to_string());
+    }
+    let settings = svc.config.sync(&payload.record_type);
+    let sync = sync_name(job.kind, &payload.record_type);
+    let key = svc.key(&job.org);
+    let now = svc.clock.now();
+    let mut cp: ListingCheckpoint = match &job.checkpoint {
+        Some(v) => match serde_json::from_value(v.clone()) {
+            Ok(cp) => cp,
+            Err(e) => return Outcome::Fail(format!("bad checkpoint: {e}")),
+        },
+        None => ListingCheckpoint::default(),
+    };
+    // A sync never runs twice at once: hold (or renew) its lease.
+    match svc
+        .store
+        .take_sync_lease(&key, &sync, &job.id, now, now + svc.sync_lease, false)
+        .await
+    {
+        Ok(true) => {}
+        Ok(false) => {
+            tracing::info!(%sync, "another job holds this sync; dropping the duplicate");
+            return Outcome::Done;
+        }
+        Err(e) => return Outcome::from_error(&e),
+    }
+    let state = match svc.store.sync_state(&key, &sync).await {
+        Ok(s) => s,
+        Err(e) => return Outcome::from_error(&e),
+    };
+    if cp.page_size.is_none() {
+        cp.page_size = state.api_page_size;
+    }
+    let rt_config = match svc.config.record_type(&payload.record_type) {
+        Ok(rt) => rt,
+        Err(e) => return Outcome::Fail(e.to_string()),
+    };
+    if job.kind == JobKind::RecentRecords && cp.until.is_none() {
+        let Some(recent) = &settings.recent else {
+            return Outcome::Fail(format!(
+                "no recent lookup is configured for `{}` (syncs.{}.recent)",
+                payload.record_type, payload.record_type
+            ));
+        };
+        cp.until = Some(now);
+        cp.since = Some(match state.high_water {
+            Some(hw) => hw - dur(recent.overlap),
+            None => now - dur(recent.every) - dur(recent.overlap),
+        });
+    }
+    let metered = match svc.metered(&job.org, &sync) {
+        Ok(m) => m,
+        Err(e) => return Outcome::Fail(e.to_string()),
+    };
+    let endpoint = metered.connector().list_endpoint(&payload.record_type);
+    let mut reservation: Option<Reservation<'_>> = None;
+    // Blocks double while a run goes on: a long first transfer soon costs
+    // few quota round trips, a short one wastes little.
+    let mut block = state
+        .last_pages
+        .map(|p| p.saturating_sub(cp.pages).max(1) as u32)
+        .unwrap_or(FIRST_RESERVATION);
+
+    let mut pages_here = 0u32;
+    let outcome = loop {
+        let checkpoint = || serde_json::to_value(&cp).ok();
+        if pages_here > 0 && ctx.near_deadline(svc.clock.now(), svc.deadline_margin) {
+            break Outcome::Restart(Restart {
+                at: svc.clock.now(),
+                reason: "near the Lambda deadline".into(),
+                checkpoint: checkpoint(),
+            });
+        }
+        if reservation.as_ref().is_none_or(|r| r.remaining() == 0) {
+            if let Some(done) = reservation.take() {
+                if let Err(e) = done.finish().await {
+                    break e.into_outcome(checkpoint());
+                }
+            }
+            let want = block.clamp(1, max_block(&svc.limits(&job.org)));
+            match metered.reserve(&endpoint, want).await {
+                Ok(r) => reservation = Some(r),
+                Err(e) => break e.into_outcome(checkpoint()),
+            }
+            block = block.saturating_mul(2);
+        }
+        let Some(res) = reservation.as_mut() else {
+            continue;
+        };
+        let req = ListRequest {
+            record_type: payload.record_type.clone(),
+            cursor: cp.cursor.clone(),
+            modified_since: cp.since,
+            modified_until: cp.until,
+            page_size: cp.probe.or(cp.page_size),
+        };
+        let first_page = cp.cursor.is_none();
+        let mut page = match res.list(&req).await {
+            Ok(p) => p,
+            Err(e) => break e.into_outcome(checkpoint()),
+        };
+        let served = page.served() as u64;
+        let mut next = page.next.take();
+        let digest = page_digest(&page);
+        let repeated = served > 0 && cp.last_page.as_deref() == Some(digest.as_str());
+        if repeated && cp.probe.is_none() {
+            break Outcome::Fail(format!(
+                "list `{}`: the API served the same page again after {} pages (it may ignore the page or offset parameter); following it would loop until the budget is gone",
+                payload.record_type, cp.pages
+            ));
+        }
+        if repeated {
+            // The probe got page 1 again: the API ignores the page parameter
+            // and its one page was the whole listing.
+            next = None;
+        }
+        let records =
+            match crate::handlers::sync::set_aside(svc, &key, &sync, &payload.record_type, page)
+                .await
+            {
+                Ok(r) => r,
+                Err(e) => break Outcome::from_error_at(&e, checkpoint()),
+            };
+        let quarantined = served - records.len() as u64;
+        let diff = match svc.store.diff(&key, &payload.record_type, &records).await {
+            Ok(d) => d,
+            Err(e) => break Outcome::from_error_at(&e, checkpoint()),
+        };
+        // A short first page of a page/offset listing may be an API that
+        // caps its page size below ours: look at the next page once.
+        // (Applied to the checkpoint after the commit below.)
+        let learned = cp.probe.filter(|_| served > 0 && !repeated);
+        let mut probe = None;
+        if cp.probe.is_none()
+            && next.is_none()
+            && first_page
+            && job.kind == JobKind::CompleteTransfer
+        {
+            if let Some(cursor) = probe_cursor(rt_config, &cp, &state, served, svc.clock.now()) {
+                probe = Some(served as u32);
+                next = Some(cursor);
+            }
+        }
+        // Follow-ups before the page is committed: never lost, at worst repeated.
+        let last = next.is_none();
+        let mut pending = cp.pending_lookups.clone();
+        if let Err(e) = enqueue_followups(
+            svc,
+            job,
+            &payload.record_type,
+            &diff.changes,
+            &mut pending,
+            &format!("p{}", cp.pages),
+            last,
+        )
+        .await
+        {
+            break Outcome::from_error_at(&e, checkpoint());
+        }
+        if let Err(e) = svc
+            .store
+            .commit(&key, &payload.record_type, &diff, svc.clock.now())
+            .await
+        {
+            break Outcome::from_error_at(&e, checkpoint());
+        }
+        cp.pending_lookups = pending;
+        cp.pages += 1;
+        pages_here += 1;
+        cp.records += records.len() as u64;
+        cp.changed += diff.changes.len() as u64;
+        cp.quarantined += quarantined;
+        if let Some(short) = learned {
+            cp.page_size = Some(short);
+            cp.learned_page_size = true;
+            cp.probe = None;
+            tracing::warn!(
+                sync = %sync,
+                api_page_size = short,
+                configured = rt_config.effective_page_size(),
+                "the API serves fewer records per page than configured; using its page size (set `page_size = {short}` to skip the probe)"
+            );
+        }
+        if probe.is_some() {
+            cp.probe = probe;
+        }
+        cp.last_page = Some(digest);
+        tracing::debug!(
+            pages = cp.pages,
+            records = cp.records,
+            changed = cp.changed,
+            "page synced"
+        );
+        match next {
+            Some(next) => {
+                if let Some(current) = &cp.cursor {
+                    let digest = cursor_digest(current);
+                    if !cp.seen_cursors.contains(&digest) {
+                        cp.seen_cursors.push(digest);
+                    }
+                }
+                if matches!(next, PageCursor::Cursor(_) | PageCursor::Url(_))
+                    && (cp.cursor.as_ref() == Some(&next)
+                        || cp.seen_cursors.contains(&cursor_digest(&next)))
+                {
+                    break Outcome::Fail(format!(
+                        "list `{}`: the API returned a next page it already returned in this run ({next:?}) after {} pages; following it would loop until the budget is gone",
+                        payload.record_type, cp.pages
+                    ));
+                }
+                cp.cursor = Some(next)
+            }
+            None => {
+                cp.cursor = None;
+                break Outcome::Done;
+            }
+        }
+    };
+    if let Some(r) = reservation {
+        if let Err(e) = r.finish().await {
+            tracing::warn!(error = %e, "could not give back the unused reservation; it frees when its lease expires");
+        }
+    }
+    let now = svc.clock.now();
+    match &outcome {
+        Outcome::Done => {
+            let finish = SyncFinish {
+                completed_at: Some(now),
+                high_water: cp.until,
+                pages: Some(cp.pages),
+                api_page_size: cp.page_size.filter(|_| cp.learned_page_size),
+                probed_short_page: cp.probe.map(|len| (len, now)),
+                failed: None,
+            };
+            if let Err(e) = svc.store.finish_sync(&key, &sync, &job.id, finish).await {
+                return Outcome::Restart(Restart {
+                    at: soon(now),
+                    reason: format!("could not record completion: {e}"),
+                    checkpoint: serde_json::to_value(&cp).ok(),
+                });
+            }
+            tracing::info!(%sync, pages = cp.pages, records = cp.records, changed = cp.changed, quarantined = cp.quarantined, "sync complete");
+        }
+        Outcome::Restart(r) => {
+            // Keep the lease through the wait so the scheduler does not start a twin.
+            let _ = svc
+                .store
+                .take_sync_lease(&key, &sync, &job.id, now, r.at + svc.sync_lease, false)
+                .await;
+        }
+        Outcome::Transient { .. } => {
+            // Through the longest backoff: no twin starts meanwhile.
+            let until = now + chrono::Duration::seconds(900) + svc.sync_lease;
+            let _ = svc
+                .store
+                .take_sync_lease(&key, &sync, &job.id, now, until, false)
+                .await;
+        }
+        // A failed run frees its lease and records the failure in
+        // `JobHandler::gave_up`, which the runtime calls for every way a job
+        // is given up on.
+        Outcome::Fail(_) | Outcome::Retry(_) => {}
+    }
+    outcome
+}
+
+/// The cursor of the page after a short first page, when that page should
+/// be fetched to learn whether the API caps its page size: page/offset
+/// listings only (cursors and links say themselves whether more follows),
+/// a non-empty page shorter than configured, no cap known yet, and not the
+/// same length a probe found complete within [`SHORT_PAGE_REPROBE_DAYS`].
+fn probe_cursor(
+    rt: &crate::config::app::RecordTypeConfig,
+    cp: &ListingCheckpoint,
+    state: &crate::store::SyncState,
+    served: u64,
+    now: Timestamp,
+) -> Option<PageCursor> {
+    use crate::config::app::Pagination;
+    if served == 0 || served >= u64::from(rt.effective_page_size()) || cp.page_size.is_some() {
+        return None;
+    }
+    let recently_probed = state.probed_short_page == Some(served as u32)
+        && state
+            .probed_at
+            .is_some_and(|at| now < at + chrono::Duration::days(SHORT_PAGE_REPROBE_DAYS));
+    if recently_probed {
+        return None;
+    }
+    match rt.pagination {
+        Pagination::Page { first, .. } => Some(PageCursor::Page(first + 1)),
+        Pagination::Offset { .. } => Some(PageCursor::Offset(served)),
+        _ => None,
+    }
+}
+
+/// The largest block to reserve: at most 2% of the tightest window. A block
+/// makes the window look fuller than it will be after the refund, and a job
+/// refused meanwhile waits for the window's end; small blocks keep that rare.
+pub(crate) fn max_block(limits: &crate::quota::Limits) -> u32 {
+    let tightest = limits.windows().map(|(_, l)| l).min().unwrap_or(u32::MAX);
+    (tightest / 50).clamp(1, MAX_RESERVATION)
+}

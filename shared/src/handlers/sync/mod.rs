@@ -1,0 +1,378 @@
+//! The sync handlers: complete transfer, recent record lookup, primary key
+//! lookup, and the scheduler that starts them. Each is a
+//! [`crate::jobs::runtime::JobHandler`]; the Lambda functions and the local runner
+//! run the same code.
+
+pub mod estimate;
+pub mod listing;
+pub mod pk_lookup;
+
+use crate::core::clock::Timestamp;
+use crate::core::record::ChangeKind;
+use crate::handlers::context::AppContext;
+use crate::jobs::envelope::{JobEnvelope, JobKind, Outcome};
+use crate::jobs::runtime::{JobContext, JobHandler};
+use crate::store::Change;
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+/// Payload of complete-transfer and recent-records jobs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SyncPayload {
+    pub record_type: String,
+    /// Started by hand rather than by the schedule.
+    #[serde(default)]
+    pub adhoc: bool,
+}
+
+/// Payload of pk-lookup jobs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PkLookupPayload {
+    /// The referenced type, whose records are looked up.
+    pub record_type: String,
+    pub ids: Vec<String>,
+    /// The ids were already claimed (deduplicated against the store) by the
+    /// sync that found them.
+    #[serde(default)]
+    pub claimed: bool,
+}
+
+/// One new or changed record, as workflow triggers receive it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChangedRecord {
+    pub id: String,
+    pub kind: ChangeKind,
+    pub hash: String,
+}
+
+/// Payload of workflow trigger jobs: the changes of one page.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TriggerPayload {
+    pub record_type: String,
+    pub changes: Vec<ChangedRecord>,
+}
+
+/// The sync name used for leases, state and usage reports.
+pub fn sync_name(kind: JobKind, record_type: &str) -> String {
+    format!("{kind}:{record_type}")
+}
+
+pub(crate) fn parse_payload<T: serde::de::DeserializeOwned>(
+    job: &JobEnvelope,
+) -> Result<T, Outcome> {
+    serde_json::from_value(job.payload.clone())
+        .map_err(|e| Outcome::Fail(format!("bad `{}` payload: {e}", job.kind)))
+}
+
+/// A string or number at `pointer`, as an id.
+pub(crate) fn id_at(data: &serde_json::Value, pointer: &str) -> Option<String> {
+    match data.pointer(pointer)? {
+        serde_json::Value::String(s) if !s.is_empty() => Some(s.clone()),
+        serde_json::Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+/// Splits what a page or lookup brought into the records to store and the
+/// ones to quarantine (no id, too large for the store): one bad record never
+/// fails its page. The quarantined ones are written (and logged) here.
+pub(crate) async fn set_aside(
+    svc: &AppContext,
+    key: &crate::quota::QuotaKey,
+    source: &str,
+    record_type: &str,
+    page: crate::connector::Page,
+) -> crate::core::error::Result<Vec<crate::core::record::Record>> {
+    let now = svc.clock.now();
+    let mut bad: Vec<crate::store::Quarantined> = page
+        .unreadable
+        .into_iter()
+        .map(|u| crate::store::Quarantined::new(source, record_type, None, u.reason, &u.data, now))
+        .collect();
+    let mut keep = Vec::with_capacity(page.records.len());
+    for record in page.records {
+        match crate::store::unstorable(&record) {
+            Some(why) => bad.push(crate::store::Quarantined::new(
+                source,
+                record_type,
+                Some(record.id.clone()),
+                why,
+                &record.data,
+                now,
+            )),
+            None => keep.push(record),
+        }
+    }
+    if !bad.is_empty() {
+        svc.store.quarantine(key, &bad).await?;
+        for q in &bad {
+            tracing::warn!(
+                source,
+                record_type,
+                record_id = q.record_id.as_deref().unwrap_or("(none)"),
+                reason = %q.reason,
+                "record quarantined; the rest of the page goes on"
+            );
+        }
+    }
+    Ok(keep)
+}
+
+/// Bulk lookup calls one PK lookup job makes at most.
+pub const LOOKUP_CALLS_PER_JOB: usize = 10;
+
+/// Ids per lookup call for `target`: the configured bulk size, within the
+/// API's maximum.
+pub fn keys_per_call(svc: &AppContext, org: &str, target: &str) -> usize {
+    let api_max = svc
+        .connectors
+        .get(org)
+        .map_or(1, |c| c.max_ids_per_call(target))
+        .max(1);
+    svc.config
+        .sync(target)
+        .pk_lookup
+        .max_keys_per_call
+        .map_or(api_max, |k| (k as usize).clamp(1, api_max))
+}
+
+/// The ids (deduplicated) that `pk`'s policy says to look up, given what the
+/// store holds: unseen ones for `unseen_only`; also seen ones not synced
+/// within `min_relookup` for `seen_and_unseen`; none for `never`.
+pub(crate) async fn needing_lookup(
+    svc: &AppContext,
+    key: &crate::quota::QuotaKey,
+    record_type: &str,
+    pk: &crate::config::sync::PkLookupSettings,
+    ids: Vec<String>,
+    now: Timestamp,
+) -> crate::Result<Vec<String>> {
+    let ids: BTreeSet<String> = ids.into_iter().filter(|id| !id.is_empty()).collect();
+    let ids: Vec<String> = ids.into_iter().collect();
+    let stored = svc.store.get(key, record_type, &ids).await?;
+    let fresh_after = now - crate::config::sync::chrono(pk.min_relookup);
+    let skip: BTreeSet<&str> = stored
+        .iter()
+        .filter(|r| match pk.policy {
+            crate::config::sync::LookupPolicy::UnseenOnly => r.seen(),
+            crate::config::sync::LookupPolicy::SeenAndUnseen => {
+                r.seen() && r.last_synced.is_some_and(|t| t > fresh_after)
+            }
+            crate::config::sync::LookupPolicy::Never => true,
+        })
+        .map(|r| r.id.as_str())
+        .collect();
+    Ok(ids
+        .iter()
+        .filter(|id| !skip.contains(id.as_str()))
+        .cloned()
+        .collect())
+}
+
+/// Enqueues what new or changed records cause.
+///
+/// PK lookups: foreign keys of the changes, for each referenced type whose
+/// lookups are on, deduplicated within the run and against the store by
+/// claiming them (see [`crate::store::RecordStore::claim_lookups`]); claimed
+/// ids wait in `pending` (the run's checkpoint) and go out in full blocks of
+/// the bulk size, the remainder when `last` is set. So a sync's lookups cost
+/// `ceil(unseen / bulk size)` calls, not one partial call per page.
+///
+/// A workflow trigger carries the page's changes. `tag` makes idempotency
+/// keys unique per page of the job, so a repeated page repeats the keys.
+pub async fn enqueue_followups(
+    svc: &AppContext,
+    job: &JobEnvelope,
+    record_type: &str,
+    changes: &[Change],
+    pending: &mut BTreeMap<String, Vec<String>>,
+    tag: &str,
+    last: bool,
+) -> crate::Result<()> {
+    let now = svc.clock.now();
+    let key = svc.key(&job.org);
+    let rt = svc.config.record_type(record_type)?;
+    let mut by_target: BTreeMap<&str, BTreeSet<String>> = BTreeMap::new();
+    for (pointer, target) in &rt.foreign_keys {
+        if !svc.config.sync(target).pk_lookup.active() {
+            continue;
+        }
+        let ids = by_target.entry(target.as_str()).or_default();
+        for change in changes {
+            if let Some(id) = id_at(&change.record.data, pointer) {
+                ids.insert(id);
+            }
+        }
+    }
+    for (target, ids) in by_target {
+        if ids.is_empty() {
+            continue;
+        }
+        let pk = svc.config.sync(target).pk_lookup;
+        let ids: Vec<String> = ids.into_iter().collect();
+        let wanted = needing_lookup(svc, &key, target, &pk, ids, now).await?;
+        // Claimed as this page of this job: if the page fails before its
+        // checkpoint moves on, its re-run claims the same ids again rather
+        // than finding them taken (by itself) and losing them.
+        let claimed = svc
+            .store
+            .claim_lookups(
+                &key,
+                target,
+                &wanted,
+                &format!("{}:{tag}", job.id),
+                now,
+                crate::config::sync::chrono(pk.min_relookup),
+            )
+            .await?;
+        let queued = pending.entry(target.to_string()).or_default();
+        for id in claimed {
+            if !queued.contains(&id) {
+                queued.push(id);
+            }
+        }
+    }
+    for (target, ids) in pending.iter_mut() {
+        // Jobs of whole bulk calls, several calls each: the quota is paid
+        // once per job, and the total stays ceil(ids / bulk size).
+        let k = keys_per_call(svc, &job.org, target) * LOOKUP_CALLS_PER_JOB;
+        let mut block = 0;
+        while ids.len() >= k || (last && !ids.is_empty()) {
+            let take = ids.len().min(k);
+            let batch: Vec<String> = ids.drain(..take).collect();
+            let payload = PkLookupPayload {
+                record_type: target.clone(),
+                ids: batch,
+                claimed: true,
+            };
+            let mut follow = JobEnvelope::new(
+                JobKind::PkLookup,
+                &job.org,
+                &job.app,
+                serde_json::to_value(payload)?,
+                now,
+            );
+            follow.idempotency_key = format!("{}:{tag}:{target}:{block}", job.id);
+            svc.queues.send(&follow, 0).await?;
+            block += 1;
+        }
+    }
+    pending.retain(|_, ids| !ids.is_empty());
+    if !changes.is_empty() && svc.queues.get(JobKind::Workflow).is_ok() {
+        let payload = TriggerPayload {
+            record_type: record_type.to_string(),
+            changes: changes
+                .iter()
+                .map(|c| ChangedRecord {
+                    id: c.record.id.clone(),
+                    kind: c.kind,
+                    hash: c.hash.clone(),
+                })
+                .collect(),
+        };
+        let mut trigger = JobEnvelope::new(
+            JobKind::Workflow,
+            &job.org,
+            &job.app,
+            serde_json::to_value(payload)?,
+            now,
+        );
+        trigger.idempotency_key = format!("{}:{tag}:workflow", job.id);
+        svc.queues.send(&trigger, 0).await?;
+    }
+    Ok(())
+}
+
+impl From<serde_json::Error> for crate::Error {
+    fn from(e: serde_json::Error) -> Self {
+        crate::Error::MalformedJob(e.to_string())
+    }
+}
+
+/// The sync handlers behind one [`JobHandler`]; `only` restricts the kinds
+/// (each Lambda function takes one kind; the local runner takes all).
+pub struct SyncHandlers {
+    pub svc: Arc<AppContext>,
+    only: Option<JobKind>,
+}
+
+impl SyncHandlers {
+    pub fn all(svc: Arc<AppContext>) -> Self {
+        Self { svc, only: None }
+    }
+
+    pub fn only(svc: Arc<AppContext>, kind: JobKind) -> Self {
+        Self {
+            svc,
+            only: Some(kind),
+        }
+    }
+}
+
+#[async_trait]
+impl JobHandler for SyncHandlers {
+    fn name(&self) -> &str {
+        self.only.map_or("sync", JobKind::as_str)
+    }
+
+    fn accepts(&self, kind: JobKind) -> bool {
+        matches!(
+            kind,
+            JobKind::CompleteTransfer | JobKind::RecentRecords | JobKind::PkLookup
+        ) && self.only.is_none_or(|k| k == kind)
+    }
+
+    async fn handle(&self, job: &JobEnvelope, ctx: &JobContext) -> Outcome {
+        let outcome = match job.kind {
+            JobKind::CompleteTransfer | JobKind::RecentRecords => {
+                listing::run(&self.svc, job, ctx).await
+            }
+            JobKind::PkLookup => pk_lookup::run(&self.svc, job, ctx).await,
+            other => Outcome::Fail(format!("`{other}` is not a sync job")),
+        };
+        // Usage is written once per job, off the per-call path.
+        if let Err(e) = self.svc.quota.flush_usage().await {
+            tracing::warn!(error = %e, "usage flush failed; kept for the next flush");
+        }
+        outcome
+    }
+
+    /// A listing that is given up on frees its sync's lease and records the
+    /// failure, so the storm guard does not start it again on every wake-up.
+    async fn gave_up(&self, job: &JobEnvelope, reason: &str) {
+        if !matches!(job.kind, JobKind::CompleteTransfer | JobKind::RecentRecords) {
+            return;
+        }
+        let Ok(payload) = serde_json::from_value::<SyncPayload>(job.payload.clone()) else {
+            return;
+        };
+        let sync = sync_name(job.kind, &payload.record_type);
+        let failed = (
+            self.svc.clock.now(),
+            crate::core::error::bounded(reason, 500),
+        );
+        let finish = crate::store::SyncFinish {
+            failed: Some(failed),
+            ..Default::default()
+        };
+        if let Err(e) = self
+            .svc
+            .store
+            .finish_sync(&self.svc.key(&job.org), &sync, &job.id, finish)
+            .await
+        {
+            tracing::warn!(error = %e, %sync, "could not record the failed run; its lease frees when it expires");
+        }
+    }
+}
+
+/// When a failure after progress should come back: soon, from the
+/// checkpoint, instead of a redelivery that would redo fetched pages.
+pub(crate) fn soon(now: Timestamp) -> Timestamp {
+    now + chrono::Duration::seconds(30)
+}

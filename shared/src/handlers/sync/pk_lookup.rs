@@ -1,0 +1,327 @@
+//! Primary key lookups: fetch records that synced records reference, by the
+//! referenced type's policy.
+//!
+//! - `unseen_only` (default): only ids never seen; `seen_and_unseen`: also
+//!   seen ones not synced within `min_relookup`; `never`: nothing.
+//! - Ids are deduplicated within the job and against the store, and claimed
+//!   (`last_looked_up`) before the call, so two jobs never look up the same
+//!   id within `min_relookup`. Claimed ids travel in the checkpoint, so a
+//!   restart fetches exactly what is still owed.
+//! - Bulk lookups of up to `max_keys_per_call` ids per call.
+//! - Storm guard: while the referenced type has a complete transfer that
+//!   never finished, lookups wait for it (and start it if needed): after
+//!   the transfer, most keys are seen and cost nothing.
+
+use crate::config::sync::{chrono as dur, StormGuard};
+use crate::handlers::context::AppContext;
+use crate::handlers::schedule;
+use crate::handlers::sync::{enqueue_followups, parse_payload, sync_name, PkLookupPayload};
+use crate::handlers::IntoOutcome;
+use crate::jobs::envelope::{JobEnvelope, JobKind, Outcome, Restart};
+use crate::jobs::runtime::JobContext;
+use serde::{Deserialize, Serialize};
+
+/// Ids claimed and not yet fetched.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LookupCheckpoint {
+    pub remaining: Vec<String>,
+    pub calls: u64,
+}
+
+pub async fn run(svc: &AppContext, job: &JobEnvelope, ctx: &JobContext) -> Outcome {
+    let payload: PkLookupPayload = match parse_payload(job) {
+        Ok(p) => p,
+        Err(o) => return o,
+    };
+    let rt_name = payload.record_type.as_str();
+    if let Err(e) = svc.config.record_type(rt_name) {
+        return Outcome::Fail(e.to_string());
+    }
+    let settings = svc.config.sync(rt_name);
+    let pk = &settings.pk_lookup;
+    if !pk.active() {
+        tracing::info!(
+            record_type = rt_name,
+            "primary key lookups are off for this type; nothing to do"
+        );
+        return Outcome::Done;
+    }
+    let key = svc.key(&job.org);
+    let now = svc.clock.now();
+
+    let mut cp: LookupCheckpoint = match &job.checkpoint {
+        Some(v) => match serde_json::from_value(v.clone()) {
+            Ok(cp) => cp,
+            Err(e) => return Outcome::Fail(format!("bad checkpoint: {e}")),
+        },
+        None => {
+            if let Some(wait) = storm_guard(svc, job, rt_name).await {
+                return wait;
+            }
+            // Re-checked even for claimed ids: a transfer may have seen them since.
+            let candidates = match crate::handlers::sync::needing_lookup(
+                svc,
+                &key,
+                rt_name,
+                pk,
+                payload.ids.clone(),
+                now,
+            )
+            .await
+            {
+                Ok(c) => c,
+                Err(e) => return Outcome::from_error(&e),
+            };
+            let claimed = if payload.claimed {
+                candidates
+            } else {
+                match svc
+                    .store
+                    .claim_lookups(
+                        &key,
+                        rt_name,
+                        &candidates,
+                        &job.id,
+                        now,
+                        dur(pk.min_relookup),
+                    )
+                    .await
+                {
+                    Ok(c) => c,
+                    Err(e) => return Outcome::from_error(&e),
+                }
+            };
+            tracing::info!(
+                record_type = rt_name,
+                asked = payload.ids.len(),
+                to_fetch = claimed.len(),
+                "pk lookup planned"
+            );
+            LookupCheckpoint {
+                remaining: claimed,
+                calls: 0,
+            }
+        }
+    };
+    if cp.remaining.is_empty() {
+        return Outcome::Done;
+    }
+    let sync = sync_name(JobKind::PkLookup, rt_name);
+    let metered = match svc.metered(&job.org, &sync) {
+        Ok(m) => m,
+        Err(e) => return Outcome::Fail(e.to_string()),
+    };
+    let per_call = crate::handlers::sync::keys_per_call(svc, &job.org, rt_name);
+    let calls_needed = cp.remaining.len().div_ceil(per_call) as u32;
+    let endpoint = metered.connector().lookup_endpoint(rt_name);
+    let block = calls_needed.min(crate::handlers::sync::listing::max_block(
+        &svc.limits(&job.org),
+    ));
+    let mut reservation = match metered.reserve(&endpoint, block).await {
+        Ok(r) => r,
+        Err(e) => return e.into_outcome(serde_json::to_value(&cp).ok()),
+    };
+    let mut calls_here = 0u32;
+    let outcome = loop {
+        let checkpoint = serde_json::to_value(&cp).ok();
+        if cp.remaining.is_empty() {
+            break Outcome::Done;
+        }
+        if calls_here > 0 && ctx.near_deadline(svc.clock.now(), svc.deadline_margin) {
+            break Outcome::Restart(Restart {
+                at: svc.clock.now(),
+                reason: "near the Lambda deadline".into(),
+                checkpoint,
+            });
+        }
+        if reservation.remaining() == 0 {
+            // More than one block was needed: restart to reserve the next.
+            break Outcome::Restart(Restart {
+                at: svc.clock.now(),
+                reason: "next block of lookups".into(),
+                checkpoint,
+            });
+        }
+        let chunk: Vec<String> = cp.remaining.iter().take(per_call).cloned().collect();
+        let page = match reservation.lookup(rt_name, &chunk).await {
+            Ok(r) => r,
+            Err(e) => break e.into_outcome(checkpoint),
+        };
+        let records = match crate::handlers::sync::set_aside(svc, &key, &sync, rt_name, page).await
+        {
+            Ok(r) => r,
+            Err(e) => break Outcome::from_error_at(&e, checkpoint),
+        };
+        let diff = match svc.store.diff(&key, rt_name, &records).await {
+            Ok(d) => d,
+            Err(e) => break Outcome::from_error_at(&e, checkpoint),
+        };
+        let mut pending = std::collections::BTreeMap::new();
+        if let Err(e) = enqueue_followups(
+            svc,
+            job,
+            rt_name,
+            &diff.changes,
+            &mut pending,
+            &format!("c{}", cp.calls),
+            true,
+        )
+        .await
+        {
+            break Outcome::from_error_at(&e, checkpoint);
+        }
+        if let Err(e) = svc
+            .store
+            .commit(&key, rt_name, &diff, svc.clock.now())
+            .await
+        {
+            break Outcome::from_error_at(&e, checkpoint);
+        }
+        cp.remaining.drain(..chunk.len());
+        cp.calls += 1;
+        calls_here += 1;
+    };
+    if let Err(e) = reservation.finish().await {
+        tracing::warn!(error = %e, "could not give back the unused reservation");
+    }
+    outcome
+}
+
+/// Holds lookups of a type whose first complete transfer has not finished
+/// while a run of it is live, and starts that transfer when none ran within
+/// `min_relookup`. A transfer that started within `min_relookup` and is not
+/// running any more failed or crashed: lookups then go ahead as bulk
+/// lookups instead of waiting (and starting it again) on every wake-up,
+/// which would refetch the same pages until the budget is gone. `None`: go
+/// ahead.
+async fn storm_guard(svc: &AppContext, job: &JobEnvelope, record_type: &str) -> Option<Outcome> {
+    let settings = svc.config.sync(record_type);
+    if settings.pk_lookup.storm_guard == StormGuard::Off || settings.complete_transfer.is_none() {
+        return None;
+    }
+    let key = svc.key(&job.org);
+    let transfer = sync_name(JobKind::CompleteTransfer, record_type);
+    let state = match svc.store.sync_state(&key, &transfer).await {
+        Ok(s) => s,
+        Err(e) => return Some(Outcome::from_error(&e)),
+    };
+    let now = svc.clock.now();
+    let wait = |until: Option<crate::core::clock::Timestamp>| {
+        Some(Outcome::Restart(Restart {
+            at: until.unwrap_or(now).max(now + chrono::Duration::minutes(5)),
+            reason: format!(
+                "waiting for the first complete transfer of `{record_type}` before looking keys up"
+            ),
+            checkpoint: None,
+        }))
+    };
+    match storm_decision(&state, now, dur(settings.pk_lookup.min_relookup)) {
+        StormDecision::GoAhead => None,
+        StormDecision::Wait => wait(state.lease_until),
+        StormDecision::FallBack => {
+            tracing::info!(
+                record_type,
+                last_failure = state.last_failure.as_deref().unwrap_or("(none recorded)"),
+                "the first complete transfer did not finish; looking keys up in bulk instead of waiting"
+            );
+            None
+        }
+        StormDecision::Start => {
+            if let Err(e) =
+                schedule::start_sync(svc, &job.org, JobKind::CompleteTransfer, record_type, false)
+                    .await
+            {
+                return Some(Outcome::from_error(&e));
+            }
+            let holder = svc
+                .store
+                .sync_state(&key, &transfer)
+                .await
+                .ok()
+                .and_then(|s| s.lease_until);
+            wait(holder)
+        }
+    }
+}
+
+/// What the storm guard does, from the transfer's state alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum StormDecision {
+    /// The transfer completed once: lookups are cheap now.
+    GoAhead,
+    /// A run is live: wait for it.
+    Wait,
+    /// A run started within `min_relookup` and ended without completing:
+    /// look keys up instead of starting it again.
+    FallBack,
+    /// Nothing ran recently: start the transfer and wait for it.
+    Start,
+}
+
+pub(crate) fn storm_decision(
+    state: &crate::store::SyncState,
+    now: crate::core::clock::Timestamp,
+    min_relookup: chrono::Duration,
+) -> StormDecision {
+    if state.last_completed.is_some() {
+        return StormDecision::GoAhead;
+    }
+    if state.running_job.is_some() && state.lease_until.is_some_and(|u| u > now) {
+        return StormDecision::Wait;
+    }
+    let recent =
+        |t: Option<crate::core::clock::Timestamp>| t.is_some_and(|t| now < t + min_relookup);
+    if recent(state.last_started) || recent(state.last_failed) {
+        StormDecision::FallBack
+    } else {
+        StormDecision::Start
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::SyncState;
+    use chrono::{Duration, TimeZone, Utc};
+
+    #[test]
+    fn the_storm_guard_starts_a_transfer_at_most_once_per_min_relookup() {
+        let now = Utc.with_ymd_and_hms(2026, 11, 23, 12, 0, 0).unwrap();
+        let day = Duration::days(1);
+        let never = SyncState::default();
+        assert_eq!(storm_decision(&never, now, day), StormDecision::Start);
+        let running = SyncState {
+            last_started: Some(now - Duration::minutes(10)),
+            running_job: Some("t1".into()),
+            lease_until: Some(now + Duration::minutes(5)),
+            ..Default::default()
+        };
+        assert_eq!(storm_decision(&running, now, day), StormDecision::Wait);
+        let failed = SyncState {
+            last_started: Some(now - Duration::hours(2)),
+            last_failed: Some(now - Duration::hours(1)),
+            last_failure: Some("list `invoices`: gave up after 5 attempts".into()),
+            ..Default::default()
+        };
+        assert_eq!(storm_decision(&failed, now, day), StormDecision::FallBack);
+        // A crashed run's lease lapsed without a recorded failure: the same.
+        let crashed = SyncState {
+            last_started: Some(now - Duration::hours(2)),
+            running_job: Some("t1".into()),
+            lease_until: Some(now - Duration::hours(1)),
+            ..Default::default()
+        };
+        assert_eq!(storm_decision(&crashed, now, day), StormDecision::FallBack);
+        let long_ago = SyncState {
+            last_started: Some(now - Duration::days(2)),
+            last_failed: Some(now - Duration::days(2)),
+            ..Default::default()
+        };
+        assert_eq!(storm_decision(&long_ago, now, day), StormDecision::Start);
+        let done = SyncState {
+            last_completed: Some(now - Duration::days(3)),
+            ..long_ago
+        };
+        assert_eq!(storm_decision(&done, now, day), StormDecision::GoAhead);
+    }
+}

@@ -1,0 +1,249 @@
+//! Jobs: the serde envelope every queue message carries, and what a handler
+//! says when it is done with one.
+
+use crate::core::clock::Timestamp;
+use crate::core::error::{Error, Result};
+use crate::quota::Denied;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::fmt;
+
+/// The envelope version this build writes and reads. A message of another
+/// version is refused with a clear reason instead of being misread.
+pub const ENVELOPE_VERSION: u32 = 1;
+
+/// Which handler a job is for. Unknown kinds are refused when the envelope is
+/// read, naming the kinds this build knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum JobKind {
+    CompleteTransfer,
+    RecentRecords,
+    PkLookup,
+    Workflow,
+    ActionHttp,
+    ActionDatasourcePush,
+    /// Spends a number of calls; used by `metered demo` and the tests.
+    Spend,
+}
+
+impl JobKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobKind::CompleteTransfer => "complete-transfer",
+            JobKind::RecentRecords => "recent-records",
+            JobKind::PkLookup => "pk-lookup",
+            JobKind::Workflow => "workflow",
+            JobKind::ActionHttp => "action-http",
+            JobKind::ActionDatasourcePush => "action-datasource-push",
+            JobKind::Spend => "spend",
+        }
+    }
+}
+
+impl fmt::Display for JobKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A unit of work on a queue. Everything needed to resume it travels with
+/// it: a restart is the same envelope with a new checkpoint.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobEnvelope {
+    /// Envelope version, [`ENVELOPE_VERSION`].
+    pub v: u32,
+    /// Stable across restarts and re-sends.
+    pub id: String,
+    pub kind: JobKind,
+    pub org: String,
+    pub app: String,
+    /// What to do; its shape belongs to the handler of `kind`.
+    #[serde(default)]
+    pub payload: Value,
+    /// Where to resume (cursor, page, window, remaining ids).
+    #[serde(default)]
+    pub checkpoint: Option<Value>,
+    /// Restarts so far; capped by [`crate::jobs::runtime::RestartPolicy`].
+    #[serde(default)]
+    pub restarts: u32,
+    /// Bumped at every re-send, so a stale copy can be told from the latest.
+    #[serde(default)]
+    pub generation: u32,
+    /// Do no work before this time (waits longer than SQS's 900 s delay).
+    #[serde(default)]
+    pub not_before: Option<Timestamp>,
+    /// Sent as `Idempotency-Key` by actions; stable across restarts.
+    pub idempotency_key: String,
+    /// Why the job was last restarted (shown by `metered jobs`).
+    #[serde(default)]
+    pub last_reason: Option<String>,
+    /// Transient failures in a row (5xx, bodies cut short, store errors);
+    /// reset by any other outcome. Bounded by
+    /// [`crate::jobs::runtime::RestartPolicy::max_attempts`].
+    #[serde(default)]
+    pub attempts: u32,
+    pub created_at: Timestamp,
+}
+
+impl JobEnvelope {
+    pub fn new(
+        kind: JobKind,
+        org: impl Into<String>,
+        app: impl Into<String>,
+        payload: Value,
+        now: Timestamp,
+    ) -> Self {
+        let id = uuid::Uuid::new_v4().to_string();
+        Self {
+            v: ENVELOPE_VERSION,
+            idempotency_key: id.clone(),
+            id,
+            kind,
+            org: org.into(),
+            app: app.into(),
+            payload,
+            checkpoint: None,
+            restarts: 0,
+            generation: 0,
+            not_before: None,
+            last_reason: None,
+            attempts: 0,
+            created_at: now,
+        }
+    }
+
+    /// Reads a message body, naming what is wrong when it cannot.
+    pub fn parse(body: &str) -> Result<Self> {
+        let value: Value = serde_json::from_str(body)
+            .map_err(|e| Error::MalformedJob(format!("body is not JSON ({e})")))?;
+        let Some(obj) = value.as_object() else {
+            return Err(Error::MalformedJob("body is not a JSON object".into()));
+        };
+        match obj.get("v").and_then(Value::as_u64) {
+            Some(v) if v == u64::from(ENVELOPE_VERSION) => {}
+            Some(v) => {
+                return Err(Error::MalformedJob(format!(
+                    "envelope version {v} is not supported (this build reads {ENVELOPE_VERSION})"
+                )))
+            }
+            None => {
+                return Err(Error::MalformedJob(
+                    "field `v` (envelope version) is missing or not a number".into(),
+                ))
+            }
+        }
+        serde_json::from_value(value).map_err(|e| Error::MalformedJob(format!("{e}")))
+    }
+
+    pub fn to_body(&self) -> String {
+        // Serializing a struct of plain data and `Value`s cannot fail.
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    pub fn quota_key(&self) -> crate::quota::QuotaKey {
+        crate::quota::QuotaKey::new(&self.org, &self.app)
+    }
+}
+
+/// Restart the job later from `checkpoint`, because of `reason`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Restart {
+    /// When capacity returns; `now` for an immediate restart (deadline).
+    pub at: Timestamp,
+    pub reason: String,
+    /// `None` keeps the job's current checkpoint.
+    pub checkpoint: Option<Value>,
+}
+
+/// What a handler returns for one job.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    Done,
+    Restart(Restart),
+    /// Transient failure before any progress: let the queue redeliver it
+    /// (bounded by the queue's redrive).
+    Retry(String),
+    /// Transient failure (a 5xx, a body cut short or not JSON, a store or
+    /// queue error that may pass): the runtime restarts the job from
+    /// `checkpoint` after a backoff that doubles with each attempt in a row,
+    /// and gives up (dead letter naming the attempts and the last error)
+    /// past [`crate::jobs::runtime::RestartPolicy::max_attempts`].
+    Transient {
+        reason: String,
+        /// `None` keeps the job's current checkpoint.
+        checkpoint: Option<Value>,
+    },
+    /// Will never work: to the dead-letter queue with this reason.
+    Fail(String),
+}
+
+impl Outcome {
+    /// A quota refusal becomes a restart at the moment capacity returns.
+    pub fn denied(denied: &Denied, checkpoint: Option<Value>) -> Self {
+        Outcome::Restart(Restart {
+            at: denied.retry_at,
+            reason: denied.reason.to_string(),
+            checkpoint,
+        })
+    }
+
+    /// A transient failure: restart from `checkpoint` after a backoff, so
+    /// the work done so far is kept. `None` keeps the current checkpoint.
+    pub fn transient(reason: impl fmt::Display, checkpoint: Option<Value>) -> Self {
+        Outcome::Transient {
+            reason: reason.to_string(),
+            checkpoint,
+        }
+    }
+
+    /// A library error after progress: a transient one restarts from
+    /// `checkpoint`, a permanent one fails.
+    pub fn from_error_at(err: &Error, checkpoint: Option<Value>) -> Self {
+        if err.is_retryable() {
+            Outcome::transient(err, checkpoint)
+        } else {
+            Outcome::Fail(err.to_string())
+        }
+    }
+
+    /// A library error becomes a retry or a failure, as it says.
+    pub fn from_error(err: &Error) -> Self {
+        if err.is_retryable() {
+            Outcome::Retry(err.to_string())
+        } else {
+            Outcome::Fail(err.to_string())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_and_clear_errors() {
+        let job = JobEnvelope::new(
+            JobKind::Spend,
+            "org",
+            "app",
+            serde_json::json!({"calls": 3}),
+            chrono::Utc::now(),
+        );
+        assert_eq!(JobEnvelope::parse(&job.to_body()).unwrap(), job);
+
+        let err = JobEnvelope::parse("{not json").unwrap_err().to_string();
+        assert!(err.contains("not JSON"), "{err}");
+        let err = JobEnvelope::parse(r#"{"v": 2}"#).unwrap_err().to_string();
+        assert!(err.contains("version 2"), "{err}");
+        let mut v = serde_json::to_value(&job).unwrap();
+        v["kind"] = "teleport".into();
+        let err = JobEnvelope::parse(&v.to_string()).unwrap_err().to_string();
+        assert!(err.contains("unknown variant `teleport`"), "{err}");
+        v["kind"] = "spend".into();
+        v.as_object_mut().unwrap().remove("org");
+        let err = JobEnvelope::parse(&v.to_string()).unwrap_err().to_string();
+        assert!(err.contains("missing field `org`"), "{err}");
+    }
+}

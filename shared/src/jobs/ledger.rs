@@ -1,0 +1,169 @@
+//! The ledgers that make at-least-once delivery do work once.
+//!
+//! The job ledger drops a duplicate delivery of a job generation; the action
+//! ledger makes every action call happen at most once per idempotency key
+//! (recorded before the call, marked done after, sent to the API as
+//! `Idempotency-Key`). The rules ([`decide_claim`], [`decide_begin`]) are
+//! pure and live here; adapters only store entries atomically.
+
+use crate::core::clock::Timestamp;
+use crate::core::error::Result;
+use crate::quota::QuotaKey;
+use async_trait::async_trait;
+use sha2::{Digest, Sha256};
+
+/// What the job ledger says about a delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Claim {
+    /// Nobody works on this generation: go ahead.
+    Granted,
+    /// Another delivery of the same generation is being worked on now.
+    InProgress,
+    /// This generation already finished.
+    AlreadyDone,
+    /// A newer generation of the job exists: this copy is stale.
+    Stale,
+}
+
+/// What the ledger holds for one job: its latest generation, whether that
+/// generation finished, and until when a delivery holds it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LedgerEntry {
+    pub generation: u32,
+    pub done: bool,
+    pub claimed_until: Timestamp,
+}
+
+/// The claim rule, in one place for every adapter: a delivery of
+/// `generation` may run unless a newer generation exists (stale), this one
+/// finished (done), or another delivery holds a claim that has not ended.
+/// Adapters only store the entry atomically; they never decide.
+pub fn decide_claim(stored: Option<LedgerEntry>, generation: u32, now: Timestamp) -> Claim {
+    match stored {
+        Some(e) if e.generation > generation => Claim::Stale,
+        Some(e) if e.generation == generation && e.done => Claim::AlreadyDone,
+        Some(e) if e.generation == generation && e.claimed_until > now => Claim::InProgress,
+        _ => Claim::Granted,
+    }
+}
+
+/// Job id → latest generation, so a duplicate delivery (SQS is
+/// at-least-once; a crash after a re-send but before the ack leaves two
+/// copies) is dropped without doing its work twice.
+///
+/// Entries are scoped by org and app ([`QuotaKey`]): ids come from messages,
+/// and one tenant's message must never settle another's job. A claim ends
+/// with the invocation that took it (its deadline), so the redelivery of a
+/// crashed invocation runs; a delivery that finds a live claim is left on the
+/// queue, never acknowledged.
+#[async_trait]
+pub trait JobLedger: Send + Sync {
+    /// Applies [`decide_claim`] atomically and, when granted, records the
+    /// claim until `until`.
+    async fn claim(
+        &self,
+        key: &QuotaKey,
+        job_id: &str,
+        generation: u32,
+        now: Timestamp,
+        until: Timestamp,
+    ) -> crate::core::error::Result<Claim>;
+    /// `done`: the generation finished (or was re-sent as the next one);
+    /// otherwise the claim is released so a redelivery may run at once.
+    async fn settle(
+        &self,
+        key: &QuotaKey,
+        job_id: &str,
+        generation: u32,
+        done: bool,
+    ) -> crate::core::error::Result<()>;
+}
+
+/// What the action ledger knows of an idempotency key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ActionBegin {
+    /// Never attempted.
+    New,
+    /// Attempted before without being marked done: the call may have
+    /// happened. It is made again with the same `Idempotency-Key`.
+    Again,
+    /// Done: nothing to do.
+    Done,
+}
+
+/// The begin rule, in one place for every adapter: `stored` is `None` for a
+/// key never begun, else whether it was marked done.
+pub fn decide_begin(stored: Option<bool>) -> ActionBegin {
+    match stored {
+        None => ActionBegin::New,
+        Some(true) => ActionBegin::Done,
+        Some(false) => ActionBegin::Again,
+    }
+}
+
+/// Idempotency keys of actions, stored before the call and marked after.
+///
+/// Keys are scoped by org and app (`scope`): tenants of one app reuse record
+/// ids, and one tenant's finished action must never make another's look done.
+#[async_trait]
+pub trait ActionLedger: Send + Sync {
+    /// Applies [`decide_begin`] atomically, recording a new key as begun.
+    async fn begin_action(
+        &self,
+        scope: &QuotaKey,
+        key: &str,
+        now: Timestamp,
+    ) -> Result<ActionBegin>;
+    async fn finish_action(&self, scope: &QuotaKey, key: &str, now: Timestamp) -> Result<()>;
+    /// Forgets a begun key whose call was never made (the quota refused),
+    /// so the next attempt is a first attempt, not a replay.
+    async fn abandon_action(&self, scope: &QuotaKey, key: &str) -> Result<()>;
+}
+
+/// The `Idempotency-Key` of an action: a digest of the org, the app and
+/// `parts` (workflow, action, record, version, trigger…), so two tenants'
+/// actions on records with the same id never share a key, at the API or in
+/// the ledger. Parts are length-prefixed, so no choice of ids can make two
+/// different part lists hash alike. Readable prefix, bounded length (APIs
+/// cap the header, e.g. at 255 characters).
+pub fn idempotency_key(scope: &QuotaKey, label: &str, parts: &[&str]) -> String {
+    let mut h = Sha256::new();
+    for part in [scope.org.as_str(), scope.app.as_str()]
+        .into_iter()
+        .chain(parts.iter().copied())
+    {
+        h.update((part.len() as u64).to_le_bytes());
+        h.update(part.as_bytes());
+    }
+    let digest: String = h
+        .finalize()
+        .iter()
+        .take(16)
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let label: String = label
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_'))
+        .take(48)
+        .collect();
+    format!("mt-{label}-{digest}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn idempotency_keys_differ_between_orgs_and_part_splits() {
+        let a = QuotaKey::new("org-a", "crm");
+        let b = QuotaKey::new("org-b", "crm");
+        let ka = idempotency_key(&a, "vip", &["vip", "0", "inv_1", "h"]);
+        assert_eq!(ka, idempotency_key(&a, "vip", &["vip", "0", "inv_1", "h"]));
+        assert_ne!(ka, idempotency_key(&b, "vip", &["vip", "0", "inv_1", "h"]));
+        assert_ne!(
+            idempotency_key(&a, "x", &["ab", "c"]),
+            idempotency_key(&a, "x", &["a", "bc"])
+        );
+        assert!(ka.starts_with("mt-vip-") && ka.len() < 100, "{ka}");
+    }
+}
