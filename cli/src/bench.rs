@@ -546,25 +546,10 @@ pub async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
 
     if let Some(url) = &args.dynamodb_url {
         println!("\nDynamoDB at {url}");
-        let cfg = aws_config::SdkConfig::builder()
-            .behavior_version(aws_sdk_dynamodb::config::BehaviorVersion::latest())
-            .region(aws_sdk_dynamodb::config::Region::new("us-east-1"))
-            .credentials_provider(
-                aws_credential_types::provider::SharedCredentialsProvider::new(
-                    aws_credential_types::Credentials::new(
-                        "local",
-                        "local",
-                        None,
-                        None,
-                        "metered-bench",
-                    ),
-                ),
-            )
-            .build();
+        let cfg = metered::adapters::aws::local_sdk_config(url);
         let ddb_count = Counter::default();
         let ddb = aws_sdk_dynamodb::Client::from_conf(
             aws_sdk_dynamodb::config::Builder::from(&cfg)
-                .endpoint_url(url)
                 .interceptor(ddb_count.clone())
                 .build(),
         );

@@ -6,7 +6,6 @@
 
 use crate::system::{load_config, BoxError, Options, System};
 use chrono::{TimeZone, Utc};
-use metered::edge::local::DISPATCHED;
 use metered::jobs::envelope::JobKind;
 use serde_json::json;
 use std::collections::BTreeMap;
@@ -110,7 +109,7 @@ pub async fn run(args: Args) -> Result<(), BoxError> {
     }
     let mut dead = 0;
     let mut waiting = 0;
-    for kind in DISPATCHED {
+    for kind in JobKind::QUEUED {
         if let Some(q) = system.runner.queue(kind) {
             dead += metered::jobs::queue::JobQueue::dead_letters(q.as_ref(), 1000)
                 .await?
@@ -174,7 +173,6 @@ pub async fn run(args: Args) -> Result<(), BoxError> {
         println!("\nJobs done {:?}; {} waiting for their next run; {} dead-lettered; API 429s: {}; most concurrent requests the API saw: {}", report.done, waiting, dead, stats.rejected_429, stats.max_concurrent);
         println!("Wall time {} ms", wall.elapsed().as_millis());
     }
-    let _ = JobKind::Spend;
     if usage_total != served
         || dead > 0
         || stats.max_concurrent > system.config.app.limits.max_concurrent as usize

@@ -3,8 +3,7 @@
 
 use crate::system::{default_db, load_config, BoxError};
 use metered::adapters::sqlite::Db;
-use metered::edge::local::DISPATCHED;
-use metered::jobs::envelope::JobEnvelope;
+use metered::jobs::envelope::{JobEnvelope, JobKind};
 use metered::quota::{QuotaKey, QuotaStore};
 use metered::store::RecordStore;
 use std::path::PathBuf;
@@ -240,7 +239,7 @@ pub async fn jobs(args: Common) -> Result<(), BoxError> {
     let db = open_db(&args.db)?;
     let clock: metered::core::clock::SharedClock = Arc::new(metered::core::clock::SystemClock);
     let mut out = Vec::new();
-    for kind in DISPATCHED {
+    for kind in JobKind::QUEUED {
         let q = metered::adapters::sqlite::queue::SqliteQueue::new(
             db.clone(),
             kind.as_str(),

@@ -4,7 +4,6 @@
 
 use metered::adapters::sqlite::Db;
 use metered::config::app::AppConfig;
-use metered::connector::http::{http_client, HttpConnector};
 use metered::connector::secrets::Secret;
 use metered::connector::Connector;
 use metered::core::clock::{ManualClock, SharedClock, SystemClock, Timestamp};
@@ -66,23 +65,13 @@ impl System {
                 .await?;
                 config.app.base_url = server.base_url();
                 config.validate()?;
-                let config = Arc::new(config.clone());
-                let client = http_client(&config.app.timeouts)?;
-                let mut out: BTreeMap<String, Arc<dyn Connector>> = BTreeMap::new();
-                for c in &config.connections {
-                    let secret = Secret::new(format!("{SIM_KEY_PREFIX}{}", c.org));
-                    out.insert(
-                        c.org.clone(),
-                        Arc::new(HttpConnector::new(
-                            config.clone(),
-                            client.clone(),
-                            Some(secret),
-                            clock.clone(),
-                        )?),
-                    );
-                }
+                let connectors = metered::handlers::context::http_connectors_with(
+                    &Arc::new(config.clone()),
+                    clock.clone(),
+                    |c| Some(Secret::new(format!("{SIM_KEY_PREFIX}{}", c.org))),
+                )?;
                 sim = Some(server);
-                out
+                connectors
             }
             None => {
                 metered::handlers::context::http_connectors(

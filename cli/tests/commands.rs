@@ -265,16 +265,7 @@ async fn usage_records_and_quarantine_read_dynamodb_too() {
     use metered::quota::QuotaStore;
     let url = std::env::var("METERED_TEST_DYNAMODB_URL")
         .expect("METERED_TEST_DYNAMODB_URL: run `bash infra/test.sh`, which starts DynamoDB Local");
-    let cfg = aws_config::SdkConfig::builder()
-        .behavior_version(aws_sdk_dynamodb::config::BehaviorVersion::latest())
-        .region(aws_sdk_dynamodb::config::Region::new("us-east-1"))
-        .credentials_provider(
-            aws_credential_types::provider::SharedCredentialsProvider::new(
-                aws_credential_types::Credentials::new("local", "local", None, None, "test"),
-            ),
-        )
-        .endpoint_url(&url)
-        .build();
+    let cfg = metered::adapters::aws::local_sdk_config(&url);
     let name = format!("metered-cli-usage-{}", std::process::id());
     let table = metered::adapters::aws::Table::new(aws_sdk_dynamodb::Client::new(&cfg), &name);
     table.create_if_missing().await.unwrap();
@@ -373,7 +364,7 @@ fn local_infra_creates_what_the_template_declares() {
         })
         .collect();
     assert_eq!(vars["METERED_TABLE"], format!("{prefix}-MeteredTable"));
-    for kind in metered::edge::lambda::KINDS {
+    for kind in metered::jobs::envelope::JobKind::QUEUED {
         let suffix = metered::edge::lambda::env_suffix(kind);
         assert!(
             vars[&format!("METERED_QUEUE_URL_{suffix}")].contains(&prefix),
@@ -392,7 +383,10 @@ fn local_infra_creates_what_the_template_declares() {
     );
     let config =
         metered::edge::lambda::DeployConfig::from_lookup(|k| with_app.get(k).cloned()).unwrap();
-    assert_eq!(config.queues.len(), metered::edge::lambda::KINDS.len());
+    assert_eq!(
+        config.queues.len(),
+        metered::jobs::envelope::JobKind::QUEUED.len()
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -165,20 +165,8 @@ async fn functions_run_under_cargo_lambda_watch_against_local_aws() {
     assert_eq!(out["started"].as_array().map(Vec::len), Some(1), "{out}");
 
     // The driver: queue → SQS event → function → delete what succeeded.
-    let cfg = aws_config::SdkConfig::builder()
-        .behavior_version(aws_sdk_sqs::config::BehaviorVersion::latest())
-        .region(aws_sdk_sqs::config::Region::new("us-east-1"))
-        .credentials_provider(
-            aws_credential_types::provider::SharedCredentialsProvider::new(
-                aws_credential_types::Credentials::new("l", "l", None, None, "t"),
-            ),
-        )
-        .build();
-    let sqs = aws_sdk_sqs::Client::from_conf(
-        aws_sdk_sqs::config::Builder::from(&cfg)
-            .endpoint_url(&sqs_url)
-            .build(),
-    );
+    let cfg = metered::adapters::aws::local_sdk_config(&sqs_url);
+    let sqs = aws_sdk_sqs::Client::new(&cfg);
     let template: serde_json::Value =
         serde_json::from_str(include_str!("../../tests/fixtures/sqs-event.json")).unwrap();
     let functions = [

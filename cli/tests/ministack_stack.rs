@@ -107,16 +107,7 @@ async fn template_deploys_to_ministack_and_the_system_runs_there() {
     let stack = format!("metered-t{}", std::process::id());
     let config_name = format!("/metered/{stack}/app-config");
     let secret_name = format!("metered/{stack}/sim");
-    let cfg = aws_config::SdkConfig::builder()
-        .behavior_version(aws_config::BehaviorVersion::latest())
-        .region(aws_config::Region::new("us-east-1"))
-        .endpoint_url(&endpoint)
-        .credentials_provider(
-            aws_credential_types::provider::SharedCredentialsProvider::new(
-                aws_credential_types::Credentials::new("local", "local", None, None, "test"),
-            ),
-        )
-        .build();
+    let cfg = metered::adapters::aws::local_sdk_config(&endpoint);
 
     // As an operator would: the API key in Secrets Manager, the app's config
     // in SSM, then the stack, whose parameters name both.

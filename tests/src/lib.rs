@@ -13,8 +13,6 @@ pub mod scenario;
 pub mod store_suite;
 pub mod sync_world;
 
-use aws_credential_types::Credentials;
-use aws_sdk_dynamodb::config::{BehaviorVersion, Region};
 use metered::adapters::aws::queue::SqsQueue;
 use metered::adapters::aws::Table;
 use metered::core::clock::{ManualClock, SharedClock, Timestamp};
@@ -31,20 +29,7 @@ pub(crate) fn endpoint(var: &str, what: &str) -> String {
 }
 
 pub(crate) fn sdk_config(url: String) -> aws_config::SdkConfig {
-    aws_config::SdkConfig::builder()
-        .behavior_version(BehaviorVersion::latest())
-        .region(Region::new("us-east-1"))
-        .credentials_provider(
-            aws_credential_types::provider::SharedCredentialsProvider::new(Credentials::new(
-                "local",
-                "local",
-                None,
-                None,
-                "metered-tests",
-            )),
-        )
-        .endpoint_url(url)
-        .build()
+    metered::adapters::aws::local_sdk_config(&url)
 }
 
 /// A new, empty table on DynamoDB Local.

@@ -17,6 +17,25 @@ use std::sync::Arc;
 
 type Script = dyn Fn(&JobEnvelope, &SharedClock) -> Outcome + Send + Sync;
 
+/// Every case of the suite, for one adapter: `queue_cases!(make())`. Both adapter
+/// test files expand this one list, so no case can be missing from one.
+#[macro_export]
+macro_rules! queue_cases {
+    ($make:expr) => {
+        $crate::suite_tests!(
+            $crate::queue_suite,
+            $make,
+            [
+                denied_job_waits_its_delay,
+                long_wait_is_chained_through_not_before,
+                restart_cap_sends_to_dead_letters,
+                bad_messages_are_dead_lettered_and_neighbours_succeed,
+                redrive_after_max_receives,
+            ]
+        );
+    };
+}
+
 /// A handler whose behaviour is a closure; counts its calls.
 pub struct Scripted {
     pub calls: AtomicU32,

@@ -11,6 +11,29 @@ use std::future::Future;
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::Arc;
 
+/// Every case of the suite, for one adapter: `quota_cases!(make())`. Both adapter
+/// test files expand this one list, so no case can be missing from one.
+#[macro_export]
+macro_rules! quota_cases {
+    ($make:expr) => {
+        $crate::suite_tests!(
+            $crate::quota_suite,
+            $make,
+            [
+                day_window_fills_then_denies_until_midnight,
+                every_window_must_fit,
+                concurrency_cap_and_lease_expiry,
+                release_is_idempotent,
+                renew_extends_a_lease,
+                block_until_denies_everyone,
+                reservation_and_refund,
+                usage_is_summed_per_source,
+                sixty_four_tasks_share_one_budget,
+            ]
+        );
+    };
+}
+
 pub type Store = Arc<dyn QuotaStore>;
 
 fn key() -> QuotaKey {

@@ -276,7 +276,7 @@ impl World {
         let db = metered::adapters::sqlite::Db::in_memory().unwrap();
         let mut queues = Queues::new();
         let mut raw: BTreeMap<JobKind, Arc<dyn JobQueue>> = BTreeMap::new();
-        for kind in metered::edge::local::DISPATCHED {
+        for kind in metered::jobs::envelope::JobKind::QUEUED {
             let inner: Arc<dyn JobQueue> = match adapter {
                 Adapter::Sqlite => Arc::new(SqliteQueue::new(
                     db.clone(),

@@ -5,7 +5,7 @@
 use metered::adapters::aws::quota::DynamoQuota;
 use metered::core::clock::{SharedClock, SystemClock};
 use metered_tests::queue_suite::Fixture;
-use metered_tests::{dynamo_table, sqs_queue, suite_tests};
+use metered_tests::{dynamo_table, sqs_queue};
 use std::sync::Arc;
 
 async fn quota() -> metered_tests::quota_suite::Store {
@@ -43,34 +43,10 @@ mod store_on_dynamodb_local {
 
 mod quota_on_dynamodb_local {
     use super::*;
-    suite_tests!(
-        metered_tests::quota_suite,
-        quota(),
-        [
-            day_window_fills_then_denies_until_midnight,
-            every_window_must_fit,
-            concurrency_cap_and_lease_expiry,
-            release_is_idempotent,
-            renew_extends_a_lease,
-            block_until_denies_everyone,
-            reservation_and_refund,
-            usage_is_summed_per_source,
-            sixty_four_tasks_share_one_budget,
-        ]
-    );
+    metered_tests::quota_cases!(quota());
 }
 
 mod queue_on_ministack_sqs {
     use super::*;
-    suite_tests!(
-        metered_tests::queue_suite,
-        queue(),
-        [
-            denied_job_waits_its_delay,
-            long_wait_is_chained_through_not_before,
-            restart_cap_sends_to_dead_letters,
-            bad_messages_are_dead_lettered_and_neighbours_succeed,
-            redrive_after_max_receives,
-        ]
-    );
+    metered_tests::queue_cases!(queue());
 }

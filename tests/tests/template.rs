@@ -153,7 +153,7 @@ fn template_and_code_agree() {
     assert_eq!(table["BillingMode"], "PAY_PER_REQUEST");
     // Every queue variable the code reads is set, and points at a queue.
     let vars = &t["Globals"]["Function"]["Environment"]["Variables"];
-    for kind in metered::edge::lambda::KINDS {
+    for kind in metered::jobs::envelope::JobKind::QUEUED {
         let suffix = metered::edge::lambda::env_suffix(kind);
         for var in [
             format!("METERED_QUEUE_URL_{suffix}"),
@@ -177,6 +177,9 @@ fn template_and_code_agree() {
         _ => None,
     };
     let config = metered::edge::lambda::DeployConfig::from_lookup(lookup).unwrap();
-    assert_eq!(config.queues.len(), metered::edge::lambda::KINDS.len());
+    assert_eq!(
+        config.queues.len(),
+        metered::jobs::envelope::JobKind::QUEUED.len()
+    );
     assert_eq!(config.app_ssm.as_deref(), Some("/metered/app-config"));
 }

@@ -33,16 +33,6 @@ use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent
 use lambda_runtime::{service_fn, LambdaEvent};
 use std::sync::Arc;
 
-/// Every job kind that has a queue.
-pub const KINDS: [JobKind; 6] = [
-    JobKind::CompleteTransfer,
-    JobKind::RecentRecords,
-    JobKind::PkLookup,
-    JobKind::Workflow,
-    JobKind::ActionHttp,
-    JobKind::ActionDatasourcePush,
-];
-
 /// Configuration of a deployed function, read once.
 #[derive(Debug, Clone)]
 pub struct DeployConfig {
@@ -85,7 +75,7 @@ impl DeployConfig {
             }
         };
         let mut queues = Vec::new();
-        for kind in KINDS {
+        for kind in JobKind::QUEUED {
             let suffix = env_suffix(kind);
             if let Some(url) = get(&format!("METERED_QUEUE_URL_{suffix}")).filter(|v| !v.is_empty())
             {

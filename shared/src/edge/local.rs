@@ -24,16 +24,6 @@ use crate::quota::Quota;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-/// Job kinds the local runner dispatches: all of them.
-pub const DISPATCHED: [JobKind; 6] = [
-    JobKind::CompleteTransfer,
-    JobKind::RecentRecords,
-    JobKind::PkLookup,
-    JobKind::Workflow,
-    JobKind::ActionHttp,
-    JobKind::ActionDatasourcePush,
-];
-
 /// Every handler behind one [`crate::jobs::runtime::JobHandler`], routed by kind:
 /// what a single process runs when it plays every Lambda function.
 pub struct Dispatch {
@@ -121,7 +111,7 @@ impl LocalRunner {
         let quota = Quota::new(Arc::new(SqliteQuota::new(quota_db.clone())), clock.clone());
         let mut queues = Queues::new();
         let mut raw = BTreeMap::new();
-        for kind in DISPATCHED {
+        for kind in JobKind::QUEUED {
             let q = Arc::new(SqliteQueue::new(
                 db.clone(),
                 kind.as_str(),
@@ -138,7 +128,7 @@ impl LocalRunner {
             queues,
             connectors,
         ));
-        let runtimes = DISPATCHED
+        let runtimes = JobKind::QUEUED
             .iter()
             .map(|k| {
                 let q: Arc<dyn JobQueue> = raw[k].clone();
@@ -193,7 +183,7 @@ impl LocalRunner {
                 continue;
             }
             let mut next: Option<Timestamp> = next_tick;
-            for kind in DISPATCHED {
+            for kind in JobKind::QUEUED {
                 if let Some(at) = self.queues[&kind].next_visible_at().await? {
                     next = Some(next.map_or(at, |n| n.min(at)));
                 }

@@ -2,8 +2,9 @@
 //! the local runner) and shared by every invocation.
 
 use crate::config::app::AppConfig;
+use crate::config::sync::ConnectionConfig;
 use crate::connector::http::{http_client, HttpConnector};
-use crate::connector::secrets::{resolve, SecretStores};
+use crate::connector::secrets::{resolve, Secret, SecretStores};
 use crate::connector::{Connector, Metered};
 use crate::core::clock::SharedClock;
 use crate::core::error::{Error, Result};
@@ -95,28 +96,43 @@ impl AppContext {
     }
 }
 
-/// Builds one HTTP connector per connection, resolving each credential once.
+/// Builds one HTTP connector per connection, resolving each credential once
+/// (from the environment, Secrets Manager or SSM).
 pub async fn http_connectors(
     config: &Arc<AppConfig>,
     stores: Option<&SecretStores>,
     clock: SharedClock,
 ) -> Result<BTreeMap<String, Arc<dyn Connector>>> {
-    let client = http_client(&config.app.timeouts)?;
-    let mut out: BTreeMap<String, Arc<dyn Connector>> = BTreeMap::new();
+    let mut secrets: BTreeMap<String, Secret> = BTreeMap::new();
     for c in &config.connections {
         let reference = c
             .secret
             .as_ref()
             .or(config.app.auth.as_ref().map(|a| &a.secret));
-        let secret = match reference {
-            Some(r) => Some(
-                resolve(r, stores)
-                    .await
-                    .map_err(|e| Error::Config(format!("connection `{}`: {e}", c.org)))?,
-            ),
-            None => None,
-        };
-        let connector = HttpConnector::new(config.clone(), client.clone(), secret, clock.clone())?;
+        if let Some(r) = reference {
+            let secret = resolve(r, stores)
+                .await
+                .map_err(|e| Error::Config(format!("connection `{}`: {e}", c.org)))?;
+            secrets.insert(c.org.clone(), secret);
+        }
+    }
+    http_connectors_with(config, clock, |c| secrets.remove(&c.org))
+}
+
+/// Builds one HTTP connector per connection (one HTTP client shared by all),
+/// each with the credential `secret_for` gives its organization: the one
+/// place a connector is made per org, whether the secret comes from AWS
+/// ([`http_connectors`]) or from a local simulator.
+pub fn http_connectors_with(
+    config: &Arc<AppConfig>,
+    clock: SharedClock,
+    mut secret_for: impl FnMut(&ConnectionConfig) -> Option<Secret>,
+) -> Result<BTreeMap<String, Arc<dyn Connector>>> {
+    let client = http_client(&config.app.timeouts)?;
+    let mut out: BTreeMap<String, Arc<dyn Connector>> = BTreeMap::new();
+    for c in &config.connections {
+        let connector =
+            HttpConnector::new(config.clone(), client.clone(), secret_for(c), clock.clone())?;
         out.insert(c.org.clone(), Arc::new(connector));
     }
     Ok(out)

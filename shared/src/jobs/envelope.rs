@@ -28,6 +28,32 @@ pub enum JobKind {
 }
 
 impl JobKind {
+    /// Every kind that has its own queue, dead-letter queue and handler: what
+    /// a deployed stack creates and the local runner dispatches. `Spend` (the
+    /// demo's filler) runs only where a test or the demo wires it.
+    pub const QUEUED: [JobKind; 6] = [
+        JobKind::CompleteTransfer,
+        JobKind::RecentRecords,
+        JobKind::PkLookup,
+        JobKind::Workflow,
+        JobKind::ActionHttp,
+        JobKind::ActionDatasourcePush,
+    ];
+
+    /// Whether this kind is one of [`JobKind::QUEUED`]; written as an
+    /// exhaustive match so a new kind must say whether it has a queue.
+    pub fn is_queued(self) -> bool {
+        match self {
+            JobKind::CompleteTransfer
+            | JobKind::RecentRecords
+            | JobKind::PkLookup
+            | JobKind::Workflow
+            | JobKind::ActionHttp
+            | JobKind::ActionDatasourcePush => true,
+            JobKind::Spend => false,
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             JobKind::CompleteTransfer => "complete-transfer",
@@ -221,6 +247,21 @@ impl Outcome {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_queued_list_is_every_kind_with_a_queue_once() {
+        let all = [
+            JobKind::CompleteTransfer,
+            JobKind::RecentRecords,
+            JobKind::PkLookup,
+            JobKind::Workflow,
+            JobKind::ActionHttp,
+            JobKind::ActionDatasourcePush,
+            JobKind::Spend,
+        ];
+        let queued: Vec<JobKind> = all.into_iter().filter(|k| k.is_queued()).collect();
+        assert_eq!(queued, JobKind::QUEUED.to_vec());
+    }
 
     #[test]
     fn round_trip_and_clear_errors() {

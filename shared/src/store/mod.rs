@@ -122,12 +122,49 @@ pub struct SyncState {
 pub const SHORT_PAGE_REPROBE_DAYS: i64 = 7;
 
 impl SyncState {
-    /// Whether `job_id` may run this sync at `now`.
-    pub fn lease_free_for(&self, job_id: &str, now: Timestamp) -> bool {
+    /// The lease rule: the job holding a live lease at `now`, if any. A lease
+    /// is live until `lease_until` (exclusive); an expired one binds nobody.
+    ///
+    /// The SQLite adapter applies this rule inside its transaction; the
+    /// DynamoDB adapter writes it as the condition of its `UpdateItem`
+    /// (`attribute_not_exists(running_job) OR running_job = :job OR
+    /// lease_until <= :now`); the store suite checks both agree on a free,
+    /// own, expired and foreign live lease.
+    pub fn live_lease_holder(&self, now: Timestamp) -> Option<&str> {
         match (&self.running_job, self.lease_until) {
-            (Some(holder), Some(until)) => holder == job_id || until <= now,
-            _ => true,
+            (Some(holder), Some(until)) if until > now => Some(holder),
+            _ => None,
         }
+    }
+
+    /// Whether `job_id` may take (or renew) this sync's lease at `now`:
+    /// free, its own, or expired.
+    pub fn lease_free_for(&self, job_id: &str, now: Timestamp) -> bool {
+        self.live_lease_holder(now)
+            .is_none_or(|holder| holder == job_id)
+    }
+}
+
+/// What the store held for an id when a page brought it again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Held<'a> {
+    /// Content hash of the stored record.
+    pub hash: &'a str,
+    /// False for a placeholder (a lookup claim on an id never fetched).
+    pub has_data: bool,
+}
+
+/// The change rule, in one place for every adapter: an id never stored (or
+/// only claimed for a lookup) is created; stored with another content hash,
+/// updated; with the same hash, unchanged (`None`).
+pub fn classify_change(held: Option<Held<'_>>, new_hash: &str) -> Option<ChangeKind> {
+    match held {
+        None
+        | Some(Held {
+            has_data: false, ..
+        }) => Some(ChangeKind::Created),
+        Some(Held { hash, .. }) if hash != new_hash => Some(ChangeKind::Updated),
+        Some(_) => None,
     }
 }
 

@@ -12,10 +12,28 @@ pub mod store;
 use crate::core::error::{Error, Result};
 use aws_sdk_dynamodb::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_dynamodb::types::{
-    AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType,
-    TimeToLiveSpecification,
+    AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType,
+    ScalarAttributeType, TimeToLiveSpecification,
 };
 use aws_sdk_dynamodb::Client;
+use std::collections::HashMap;
+
+/// SDK config for an AWS-compatible server on this machine (DynamoDB Local,
+/// ministack): region `us-east-1`, fixed dummy credentials and `endpoint`.
+/// The one builder the tests, the CLI and the bench use, so a local run never
+/// reaches for the machine's real AWS credentials.
+pub fn local_sdk_config(endpoint: &str) -> aws_config::SdkConfig {
+    let credentials =
+        aws_credential_types::Credentials::new("local", "local", None, None, "metered-local");
+    aws_config::SdkConfig::builder()
+        .behavior_version(aws_config::BehaviorVersion::latest())
+        .region(aws_config::Region::new("us-east-1"))
+        .credentials_provider(
+            aws_credential_types::provider::SharedCredentialsProvider::new(credentials),
+        )
+        .endpoint_url(endpoint)
+        .build()
+}
 
 /// Client plus table name: what every DynamoDB adapter holds.
 #[derive(Debug, Clone)]
@@ -127,4 +145,34 @@ pub(crate) fn is_ccf(
         e.as_service_error(),
         Some(aws_sdk_dynamodb::operation::update_item::UpdateItemError::ConditionalCheckFailedException(_))
     )
+}
+
+/// One item as the SDK hands it over. The helpers below are the only place
+/// the adapters spell attribute values, so a number is written and read the
+/// same way by the quota and the store.
+pub(crate) type Item = HashMap<String, AttributeValue>;
+
+/// A string attribute.
+pub(crate) fn s(v: impl Into<String>) -> AttributeValue {
+    AttributeValue::S(v.into())
+}
+
+/// A number attribute (DynamoDB carries numbers as decimal strings).
+pub(crate) fn n(v: impl ToString) -> AttributeValue {
+    AttributeValue::N(v.to_string())
+}
+
+/// A number attribute as `i64`; `None` for another type or a non-integer.
+pub(crate) fn as_i64(v: &AttributeValue) -> Option<i64> {
+    v.as_n().ok().and_then(|n| n.parse::<i64>().ok())
+}
+
+/// The number attribute `k` of `item`.
+pub(crate) fn get_n(item: &Item, k: &str) -> Option<i64> {
+    item.get(k).and_then(as_i64)
+}
+
+/// The string attribute `k` of `item`.
+pub(crate) fn get_s<'a>(item: &'a Item, k: &str) -> Option<&'a String> {
+    item.get(k).and_then(|v| v.as_s().ok())
 }

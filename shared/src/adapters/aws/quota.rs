@@ -16,7 +16,7 @@
 //! being unchanged (so a lease renewed meanwhile survives); then the acquire
 //! is tried again.
 
-use crate::adapters::aws::{is_ccf, key_part, sdk_error, Table};
+use crate::adapters::aws::{as_i64, get_s, is_ccf, key_part, n, s, sdk_error, Item, Table};
 use crate::core::clock::{from_millis, to_millis, Timestamp};
 use crate::core::error::{Error, Result};
 use crate::quota::{
@@ -27,7 +27,6 @@ use async_trait::async_trait;
 use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
 use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue, ReturnValuesOnConditionCheckFailure};
 use chrono::{Duration, NaiveDate};
-use std::collections::HashMap;
 
 const WINDOW_PREFIX: &str = "w:";
 const LEASE_PREFIX: &str = "l:";
@@ -39,8 +38,6 @@ const REFUND_PREFIX: &str = "r:";
 const MAX_ROUNDS: usize = 4;
 /// Usage items are kept this long for reports, then TTL removes them.
 const USAGE_RETENTION_DAYS: i64 = 400;
-
-type Item = HashMap<String, AttributeValue>;
 
 #[derive(Debug, Clone)]
 pub struct DynamoQuota {
@@ -64,8 +61,8 @@ impl DynamoQuota {
             .client
             .update_item()
             .table_name(&self.table.name)
-            .key("pk", AttributeValue::S(Self::pk(key)))
-            .key("sk", AttributeValue::S("quota".into()))
+            .key("pk", s(Self::pk(key)))
+            .key("sk", s("quota"))
     }
 
     /// One conditional take. `Ok(Ok(grant))` or `Ok(Err(old_item))` on refusal.
@@ -88,11 +85,11 @@ impl DynamoQuota {
         let mut req = self
             .update(key)
             .expression_attribute_names("#lease", format!("{LEASE_PREFIX}{lease_id}"))
-            .expression_attribute_values(":cost", num(cost))
-            .expression_attribute_values(":one", num(1))
-            .expression_attribute_values(":exp", num(to_millis(expires_at)))
-            .expression_attribute_values(":now", num(to_millis(now)))
-            .expression_attribute_values(":maxc", num(limits.max_concurrent));
+            .expression_attribute_values(":cost", n(cost))
+            .expression_attribute_values(":one", n(1))
+            .expression_attribute_values(":exp", n(to_millis(expires_at)))
+            .expression_attribute_values(":now", n(to_millis(now)))
+            .expression_attribute_values(":maxc", n(limits.max_concurrent));
         let mut adds = Vec::new();
         let mut conds = vec![
             // Idempotent: the SDK may send this request again after a
@@ -107,7 +104,7 @@ impl DynamoQuota {
                 .expression_attribute_names(format!("#w{i}"), format!("{WINDOW_PREFIX}{}", w.id))
                 .expression_attribute_values(
                     format!(":room{i}"),
-                    num(i64::from(limit) - i64::from(cost)),
+                    n(i64::from(limit) - i64::from(cost)),
                 );
             adds.push(format!("#w{i} :cost"));
             conds.push(format!(
@@ -120,7 +117,7 @@ impl DynamoQuota {
         if cost > 1 {
             req = req
                 .expression_attribute_names("#refund", format!("{REFUND_PREFIX}{lease_id}"))
-                .expression_attribute_values(":valid", num(to_millis(valid_until)));
+                .expression_attribute_values(":valid", n(to_millis(valid_until)));
             sets.push_str(", #refund = :valid");
         }
         let result = req
@@ -143,7 +140,7 @@ impl DynamoQuota {
                         .filter(|(k, v)| {
                             (k.starts_with(WINDOW_PREFIX) && !current.contains(k))
                                 || (k.starts_with(REFUND_PREFIX)
-                                    && read_i64(v).is_some_and(|ms| from_millis(ms) <= now))
+                                    && as_i64(v).is_some_and(|ms| from_millis(ms) <= now))
                         })
                         .map(|(k, _)| k.clone())
                         .collect()
@@ -192,14 +189,14 @@ impl DynamoQuota {
     ) -> Result<()> {
         let mut req = self
             .update(key)
-            .expression_attribute_values(":seen", num(seen_count))
-            .expression_attribute_values(":count", num(remaining));
+            .expression_attribute_values(":seen", n(seen_count))
+            .expression_attribute_values(":count", n(remaining));
         let mut removes = Vec::new();
         let mut conds = vec!["lease_count = :seen".to_string()];
         for (i, (attr, exp)) in expired.iter().enumerate() {
             req = req
                 .expression_attribute_names(format!("#l{i}"), attr)
-                .expression_attribute_values(format!(":e{i}"), num(*exp));
+                .expression_attribute_values(format!(":e{i}"), n(*exp));
             removes.push(format!("#l{i}"));
             conds.push(format!("#l{i} = :e{i}"));
         }
@@ -225,14 +222,6 @@ impl DynamoQuota {
     }
 }
 
-fn num(n: impl ToString) -> AttributeValue {
-    AttributeValue::N(n.to_string())
-}
-
-fn read_i64(v: &AttributeValue) -> Option<i64> {
-    v.as_n().ok().and_then(|n| n.parse::<i64>().ok())
-}
-
 #[async_trait]
 impl QuotaStore for DynamoQuota {
     async fn acquire(
@@ -251,7 +240,7 @@ impl QuotaStore for DynamoQuota {
             let mut expired = Vec::new();
             for (k, v) in &old {
                 if k.starts_with(LEASE_PREFIX) {
-                    if let Some(ms) = read_i64(v) {
+                    if let Some(ms) = as_i64(v) {
                         leases.push(from_millis(ms));
                         if from_millis(ms) <= now {
                             expired.push((k.clone(), ms));
@@ -259,10 +248,10 @@ impl QuotaStore for DynamoQuota {
                     }
                 }
             }
-            let blocked = old.get("blocked_until").and_then(read_i64).map(from_millis);
+            let blocked = old.get("blocked_until").and_then(as_i64).map(from_millis);
             let used = |id: &str| {
                 old.get(&format!("{WINDOW_PREFIX}{id}"))
-                    .and_then(read_i64)
+                    .and_then(as_i64)
                     .map_or(0, |n| n.max(0) as u64)
             };
             if let Some(denied) = explain_denial(limits, cost, now, used, &leases, blocked) {
@@ -271,7 +260,7 @@ impl QuotaStore for DynamoQuota {
             // Nothing live refuses: crashed holders' expired leases fill
             // `lease_count`, or the count drifted from the leases, or the
             // item changed since (a release).
-            let seen_count = old.get("lease_count").and_then(read_i64).unwrap_or(0);
+            let seen_count = old.get("lease_count").and_then(as_i64).unwrap_or(0);
             let remaining = (leases.len() - expired.len()) as i64;
             if !expired.is_empty() || seen_count != leases.len() as i64 {
                 self.reclaim(key, &expired, seen_count, remaining).await?;
@@ -291,10 +280,10 @@ impl QuotaStore for DynamoQuota {
         let mut req = self
             .update(&grant.key)
             .expression_attribute_names("#lease", format!("{LEASE_PREFIX}{}", grant.lease_id))
-            .expression_attribute_values(":minus1", num(-1));
+            .expression_attribute_values(":minus1", n(-1));
         let mut adds = vec!["lease_count :minus1".to_string()];
         if refund > 0 {
-            req = req.expression_attribute_values(":refund", num(-i64::from(refund)));
+            req = req.expression_attribute_values(":refund", n(-i64::from(refund)));
             for (i, w) in grant.windows.iter().enumerate() {
                 req = req.expression_attribute_names(
                     format!("#w{i}"),
@@ -332,7 +321,7 @@ impl QuotaStore for DynamoQuota {
                 let mut req = self
                     .update(&grant.key)
                     .expression_attribute_names("#refund", &refund_attr)
-                    .expression_attribute_values(":refund", num(-i64::from(refund)));
+                    .expression_attribute_values(":refund", n(-i64::from(refund)));
                 let mut adds = Vec::new();
                 for (i, w) in grant.windows.iter().enumerate() {
                     req = req.expression_attribute_names(
@@ -361,7 +350,7 @@ impl QuotaStore for DynamoQuota {
         let result = self
             .update(&grant.key)
             .expression_attribute_names("#lease", format!("{LEASE_PREFIX}{}", grant.lease_id))
-            .expression_attribute_values(":until", num(to_millis(until)))
+            .expression_attribute_values(":until", n(to_millis(until)))
             .update_expression("SET #lease = :until")
             .condition_expression("attribute_exists(#lease)")
             .send()
@@ -376,7 +365,7 @@ impl QuotaStore for DynamoQuota {
     async fn block_until(&self, key: &QuotaKey, until: Timestamp) -> Result<()> {
         let result = self
             .update(key)
-            .expression_attribute_values(":until", num(to_millis(until)))
+            .expression_attribute_values(":until", n(to_millis(until)))
             .update_expression("SET blocked_until = :until")
             .condition_expression("attribute_not_exists(blocked_until) OR blocked_until < :until")
             .send()
@@ -400,10 +389,10 @@ impl QuotaStore for DynamoQuota {
                 .client
                 .update_item()
                 .table_name(&self.table.name)
-                .key("pk", AttributeValue::S(usage_pk(&u.key, u.day)))
+                .key("pk", s(usage_pk(&u.key, u.day)))
                 .key(
                     "sk",
-                    AttributeValue::S(format!(
+                    s(format!(
                         "{}#{}#{}",
                         key_part(&u.source),
                         key_part(&u.endpoint),
@@ -415,11 +404,11 @@ impl QuotaStore for DynamoQuota {
                 )
                 .expression_attribute_names("#src", "source")
                 .expression_attribute_names("#ttl", "ttl")
-                .expression_attribute_values(":calls", num(u.calls))
-                .expression_attribute_values(":src", AttributeValue::S(u.source.clone()))
-                .expression_attribute_values(":ep", AttributeValue::S(u.endpoint.clone()))
+                .expression_attribute_values(":calls", n(u.calls))
+                .expression_attribute_values(":src", s(u.source.clone()))
+                .expression_attribute_values(":ep", s(u.endpoint.clone()))
                 .expression_attribute_values(":ex", AttributeValue::Bool(u.exempt))
-                .expression_attribute_values(":ttl", num(ttl))
+                .expression_attribute_values(":ttl", n(ttl))
                 .send()
         });
         for result in futures::future::join_all(writes).await {
@@ -436,19 +425,14 @@ impl QuotaStore for DynamoQuota {
             .query()
             .table_name(&self.table.name)
             .key_condition_expression("pk = :pk")
-            .expression_attribute_values(":pk", AttributeValue::S(usage_pk(key, day)))
+            .expression_attribute_values(":pk", s(usage_pk(key, day)))
             .consistent_read(true)
             .into_paginator()
             .items()
             .send();
         while let Some(item) = pages.next().await {
             let item = item.map_err(|e| sdk_error("usage read", e))?;
-            let text = |k: &str| {
-                item.get(k)
-                    .and_then(|v| v.as_s().ok())
-                    .cloned()
-                    .unwrap_or_default()
-            };
+            let text = |k: &str| get_s(&item, k).cloned().unwrap_or_default();
             out.push(UsageEntry {
                 key: key.clone(),
                 day,
@@ -461,7 +445,7 @@ impl QuotaStore for DynamoQuota {
                     .unwrap_or(false),
                 calls: item
                     .get("calls")
-                    .and_then(read_i64)
+                    .and_then(as_i64)
                     .map_or(0, |n| n.max(0) as u64),
             });
         }
@@ -475,8 +459,8 @@ impl QuotaStore for DynamoQuota {
             .client
             .get_item()
             .table_name(&self.table.name)
-            .key("pk", AttributeValue::S(Self::pk(key)))
-            .key("sk", AttributeValue::S("quota".into()))
+            .key("pk", s(Self::pk(key)))
+            .key("sk", s("quota"))
             .consistent_read(true)
             .send()
             .await
@@ -487,19 +471,19 @@ impl QuotaStore for DynamoQuota {
         };
         for (kind, _) in limits.windows() {
             let id = kind.id(now);
-            if let Some(n) = item.get(&format!("{WINDOW_PREFIX}{id}")).and_then(read_i64) {
+            if let Some(n) = item.get(&format!("{WINDOW_PREFIX}{id}")).and_then(as_i64) {
                 state.used.insert(id, n.max(0) as u64);
             }
         }
         state.live_leases = item
             .iter()
             .filter(|(k, v)| {
-                k.starts_with(LEASE_PREFIX) && read_i64(v).is_some_and(|ms| from_millis(ms) > now)
+                k.starts_with(LEASE_PREFIX) && as_i64(v).is_some_and(|ms| from_millis(ms) > now)
             })
             .count() as u32;
         state.blocked_until = item
             .get("blocked_until")
-            .and_then(read_i64)
+            .and_then(as_i64)
             .map(from_millis)
             .filter(|t| *t > now);
         Ok(state)

@@ -12,13 +12,16 @@
 //! same record at the same instant may both report it changed; follow-up
 //! work is idempotent, so that costs a duplicate trigger, never a loss.
 
-use crate::adapters::aws::{is_ccf, key_part, sdk_error, Table};
+use crate::adapters::aws::{get_n, get_s, is_ccf, key_part, n, s, sdk_error, Item, Table};
 use crate::core::clock::{from_millis, to_millis, Timestamp};
 use crate::core::error::{Error, Result};
 use crate::core::record::Record;
-use crate::core::record::{content_hash, ChangeKind, StoredRecord};
+use crate::core::record::{content_hash, StoredRecord};
 use crate::quota::QuotaKey;
-use crate::store::{unstorable, Change, PageDiff, Quarantined, RecordStore, SyncFinish, SyncState};
+use crate::store::{
+    classify_change, unstorable, Change, Held, PageDiff, Quarantined, RecordStore, SyncFinish,
+    SyncState,
+};
 use async_trait::async_trait;
 use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
 use aws_sdk_dynamodb::types::{
@@ -26,7 +29,6 @@ use aws_sdk_dynamodb::types::{
 };
 use std::collections::HashMap;
 
-type Item = HashMap<String, AttributeValue>;
 /// Immediate re-tries of unprocessed batch items (the SDK already retried
 /// throttling with backoff); what is still unprocessed after them fails the
 /// operation as transient, and the job restarts from its checkpoint after a
@@ -65,24 +67,6 @@ fn quarantine_pk(key: &QuotaKey) -> String {
 const QUARANTINE_TTL_DAYS: i64 = 90;
 /// Most entries read to answer a listing (sorted newest first in memory).
 const QUARANTINE_READ_CAP: usize = 5_000;
-
-fn s(v: impl Into<String>) -> AttributeValue {
-    AttributeValue::S(v.into())
-}
-
-fn n(v: i64) -> AttributeValue {
-    AttributeValue::N(v.to_string())
-}
-
-fn get_n(item: &Item, k: &str) -> Option<i64> {
-    item.get(k)
-        .and_then(|v| v.as_n().ok())
-        .and_then(|v| v.parse().ok())
-}
-
-fn get_s<'a>(item: &'a Item, k: &str) -> Option<&'a String> {
-    item.get(k).and_then(|v| v.as_s().ok())
-}
 
 fn to_stored(item: &Item) -> Option<StoredRecord> {
     Some(StoredRecord {
@@ -203,12 +187,11 @@ impl RecordStore for DynamoStore {
         for record in records {
             let hash = content_hash(&record.data);
             let prev = old.get(&record.id);
-            let kind = match prev {
-                None => Some(ChangeKind::Created),
-                Some(p) if !p.contains_key("data") => Some(ChangeKind::Created),
-                Some(p) if get_s(p, "hash") != Some(&hash) => Some(ChangeKind::Updated),
-                Some(_) => None,
-            };
+            let held = prev.map(|p| Held {
+                hash: get_s(p, "hash").map_or("", String::as_str),
+                has_data: p.contains_key("data"),
+            });
+            let kind = classify_change(held, &hash);
             if let Some(p) = prev {
                 if let Some(first) = get_n(p, "first_seen") {
                     diff.prior.insert(

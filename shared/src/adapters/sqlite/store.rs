@@ -4,9 +4,12 @@ use crate::adapters::sqlite::Db;
 use crate::core::clock::{from_millis, to_millis, Timestamp};
 use crate::core::error::Result;
 use crate::core::record::Record;
-use crate::core::record::{content_hash, ChangeKind, StoredRecord};
+use crate::core::record::{content_hash, StoredRecord};
 use crate::quota::QuotaKey;
-use crate::store::{unstorable, Change, PageDiff, Quarantined, RecordStore, SyncFinish, SyncState};
+use crate::store::{
+    classify_change, unstorable, Change, Held, PageDiff, Quarantined, RecordStore, SyncFinish,
+    SyncState,
+};
 use async_trait::async_trait;
 use rusqlite::{params, OptionalExtension, TransactionBehavior};
 
@@ -54,11 +57,8 @@ impl RecordStore for SqliteStore {
                     let hash = content_hash(&record.data);
                     let existing: Option<(String, bool)> =
                         stmt.query_row(params![key.org, key.app, rt, record.id], |r| Ok((r.get(0)?, r.get(1)?))).optional()?;
-                    let kind = match &existing {
-                        None | Some((_, false)) => Some(ChangeKind::Created),
-                        Some((old, true)) if *old != hash => Some(ChangeKind::Updated),
-                        Some(_) => None,
-                    };
+                    let held = existing.as_ref().map(|(hash, has_data)| Held { hash, has_data: *has_data });
+                    let kind = classify_change(held, &hash);
                     if let Some(kind) = kind {
                         diff.changes.push(Change { kind, record: record.clone(), hash: hash.clone() });
                     }
@@ -322,11 +322,19 @@ impl RecordStore for SqliteStore {
                     "INSERT OR IGNORE INTO sync_state (org, app, sync) VALUES (?1, ?2, ?3)",
                     params![key.org, key.app, sync],
                 )?;
-                let changed = tx.execute(
+                let (running_job, lease_until): (Option<String>, Option<i64>) = tx.query_row(
+                    "SELECT running_job, lease_until FROM sync_state WHERE org = ?1 AND app = ?2 AND sync = ?3",
+                    params![key.org, key.app, sync],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )?;
+                let held = SyncState { running_job, lease_until: lease_until.map(from_millis), ..SyncState::default() };
+                if !held.lease_free_for(&job, now) {
+                    return Ok(false);
+                }
+                tx.execute(
                     "UPDATE sync_state SET running_job = ?4, lease_until = ?6,
                          last_started = CASE WHEN ?7 THEN ?5 ELSE last_started END
-                     WHERE org = ?1 AND app = ?2 AND sync = ?3
-                       AND (running_job IS NULL OR running_job = ?4 OR lease_until <= ?5)",
+                     WHERE org = ?1 AND app = ?2 AND sync = ?3",
                     params![
                         key.org,
                         key.app,
@@ -338,7 +346,7 @@ impl RecordStore for SqliteStore {
                     ],
                 )?;
                 tx.commit()?;
-                Ok(changed == 1)
+                Ok(true)
             })
             .await
     }

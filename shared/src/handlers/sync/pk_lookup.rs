@@ -266,7 +266,7 @@ pub(crate) fn storm_decision(
     if state.last_completed.is_some() {
         return StormDecision::GoAhead;
     }
-    if state.running_job.is_some() && state.lease_until.is_some_and(|u| u > now) {
+    if state.live_lease_holder(now).is_some() {
         return StormDecision::Wait;
     }
     let recent =
