@@ -15,6 +15,7 @@
 
 use async_trait::async_trait;
 use metered::core::clock::Timestamp;
+use metered::core::error::Disposition;
 use metered::core::record::Record;
 use metered::core::record::StoredRecord;
 use metered::jobs::envelope::JobKind;
@@ -28,8 +29,8 @@ use std::sync::{Arc, Mutex};
 /// What happens at a planned point.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fault {
-    /// The operation fails with a store error.
-    Fail { retryable: bool },
+    /// The operation fails with a store error of this disposition.
+    Fail(Disposition),
     /// The invocation stops dead at this point.
     Crash,
 }
@@ -109,10 +110,10 @@ impl Faults {
         match self.next(point) {
             None => Ok(()),
             Some(Fault::Crash) => std::panic::panic_any(CRASH),
-            Some(Fault::Fail { retryable }) => Err(metered::Error::Store {
+            Some(Fault::Fail(disposition)) => Err(metered::Error::Store {
                 operation: "injected",
                 message: format!("injected failure at {point}"),
-                retryable,
+                disposition,
             }),
         }
     }

@@ -10,6 +10,7 @@
 //! ```
 
 use futures::StreamExt;
+use metered::core::error::Disposition;
 use metered::jobs::envelope::JobKind;
 use metered_tests::faults::Fault;
 use metered_tests::lost_responses::{dynamodb_client, Losses};
@@ -36,8 +37,8 @@ enum Inject {
     BadRecords,
 }
 
-const RETRYABLE: Fault = Fault::Fail { retryable: true };
-const PERMANENT: Fault = Fault::Fail { retryable: false };
+const RETRYABLE: Fault = Fault::Fail(Disposition::Retryable);
+const PERMANENT: Fault = Fault::Fail(Disposition::Permanent);
 
 const CASES: &[(&str, Inject)] = &[
     ("no fault", Inject::None),

@@ -2,6 +2,7 @@
 //! coincide, every job kind, faults at the steps that used to lose or double
 //! work. Each test failed before its fix (see the commit that added it).
 
+use metered::core::error::Disposition;
 use metered::jobs::envelope::JobKind;
 use metered_tests::faults::Fault;
 use metered_tests::scenario::{self, Account};
@@ -48,13 +49,27 @@ async fn two_tenants_with_coinciding_ids_each_get_every_action_once(adapter: Ada
     let report = w.drive().await;
     let accounts = scenario::account(&w).await;
     assert_whole(&accounts);
+    // Both orgs alike in everything they are owed. Their call counts may
+    // differ by a call or two: which org's job meets a concurrency denial or
+    // a slow response first depends on scheduling (seen once on a loaded
+    // machine: 42 and 41 of a 400 budget); each is bounded by `assert_whole`.
     assert_eq!(
         accounts[0],
         Account {
             org: ORG.into(),
+            max_calls_a_day: accounts[0].max_calls_a_day,
             ..accounts[1].clone()
         },
         "both orgs alike"
+    );
+    assert!(
+        accounts[0]
+            .max_calls_a_day
+            .abs_diff(accounts[1].max_calls_a_day)
+            <= 2,
+        "calls per org differ by more than scheduling explains: {} and {}",
+        accounts[0].max_calls_a_day,
+        accounts[1].max_calls_a_day
     );
     // The related-customer wait made the `paid` workflow restart with rows
     // already pushed: the rows after it were pushed too.
@@ -76,7 +91,7 @@ async fn a_transient_quota_error_keeps_the_checkpoint(adapter: Adapter) {
         "quota.acquire",
         Some(JobKind::CompleteTransfer),
         2,
-        Fault::Fail { retryable: true },
+        Fault::Fail(Disposition::Retryable),
     );
     scenario::start(&w).await;
     let report = w.drive().await;
@@ -91,7 +106,7 @@ async fn a_transient_quota_error_keeps_the_checkpoint(adapter: Adapter) {
 /// `min_relookup` — and for good, as nothing else looks them up (the `paid`
 /// workflow, whose waits would look them up again an hour later, is off).
 async fn claims_survive_a_failed_commit(adapter: Adapter) {
-    for fault in [Fault::Fail { retryable: true }, Fault::Crash] {
+    for fault in [Fault::Fail(Disposition::Retryable), Fault::Crash] {
         let w = scenario::world_with(adapter, |c| {
             c.workflows.remove("paid");
         })
@@ -185,7 +200,7 @@ async fn a_failed_settle_is_retried(adapter: Adapter) {
         "ledger.settle",
         Some(JobKind::CompleteTransfer),
         1,
-        Fault::Fail { retryable: true },
+        Fault::Fail(Disposition::Retryable),
     );
     let job = w
         .start_for(ORG_B, JobKind::CompleteTransfer, "invoices")

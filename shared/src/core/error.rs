@@ -16,6 +16,17 @@ pub enum Disposition {
     Permanent,
 }
 
+impl Disposition {
+    /// `Retryable` when a classifier found the failure transient.
+    pub fn when_retryable(transient: bool) -> Self {
+        if transient {
+            Disposition::Retryable
+        } else {
+            Disposition::Permanent
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
@@ -24,14 +35,14 @@ pub enum Error {
     Store {
         operation: &'static str,
         message: String,
-        retryable: bool,
+        disposition: Disposition,
     },
     /// A queue (SQS, SQLite) failed in a way that may pass.
     #[error("queue {operation} failed: {message}")]
     Queue {
         operation: &'static str,
         message: String,
-        retryable: bool,
+        disposition: Disposition,
     },
     /// A job body that cannot be read. Names what was wrong.
     #[error("malformed job: {0}")]
@@ -51,13 +62,7 @@ pub enum Error {
 impl Error {
     pub fn disposition(&self) -> Disposition {
         match self {
-            Error::Store { retryable, .. } | Error::Queue { retryable, .. } => {
-                if *retryable {
-                    Disposition::Retryable
-                } else {
-                    Disposition::Permanent
-                }
-            }
+            Error::Store { disposition, .. } | Error::Queue { disposition, .. } => *disposition,
             Error::MalformedJob(_) | Error::Config(_) | Error::Impossible(_) => {
                 Disposition::Permanent
             }
@@ -70,20 +75,28 @@ impl Error {
     }
 
     #[cfg_attr(not(any(feature = "sqlite", feature = "aws")), allow(dead_code))]
-    pub(crate) fn store(operation: &'static str, err: impl fmt::Display, retryable: bool) -> Self {
+    pub(crate) fn store(
+        operation: &'static str,
+        err: impl fmt::Display,
+        disposition: Disposition,
+    ) -> Self {
         Error::Store {
             operation,
             message: err.to_string(),
-            retryable,
+            disposition,
         }
     }
 
     #[cfg_attr(not(any(feature = "sqlite", feature = "aws")), allow(dead_code))]
-    pub(crate) fn queue(operation: &'static str, err: impl fmt::Display, retryable: bool) -> Self {
+    pub(crate) fn queue(
+        operation: &'static str,
+        err: impl fmt::Display,
+        disposition: Disposition,
+    ) -> Self {
         Error::Queue {
             operation,
             message: err.to_string(),
-            retryable,
+            disposition,
         }
     }
 }

@@ -9,7 +9,7 @@ pub mod queue;
 pub mod quota;
 pub mod store;
 
-use crate::core::error::{Error, Result};
+use crate::core::error::{Disposition, Error, Result};
 use aws_sdk_dynamodb::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_dynamodb::types::{
     AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType,
@@ -77,7 +77,7 @@ impl Table {
                     .attribute_name("ttl")
                     .enabled(true)
                     .build()
-                    .map_err(|e| Error::store("create table", e, false))?,
+                    .map_err(|e| Error::store("create table", e, Disposition::Permanent))?,
             )
             .send()
             .await
@@ -91,7 +91,7 @@ fn attr(name: &str) -> Result<AttributeDefinition> {
         .attribute_name(name)
         .attribute_type(ScalarAttributeType::S)
         .build()
-        .map_err(|e| Error::store("create table", e, false))
+        .map_err(|e| Error::store("create table", e, Disposition::Permanent))
 }
 
 fn key(name: &str, kind: KeyType) -> Result<KeySchemaElement> {
@@ -99,7 +99,7 @@ fn key(name: &str, kind: KeyType) -> Result<KeySchemaElement> {
         .attribute_name(name)
         .key_type(kind)
         .build()
-        .map_err(|e| Error::store("create table", e, false))
+        .map_err(|e| Error::store("create table", e, Disposition::Permanent))
 }
 
 /// Escapes `#` so that key parts joined by `#` cannot collide.
@@ -131,7 +131,11 @@ where
         ),
         _ => false,
     };
-    Error::store(operation, DisplayErrorContext(&err), retryable)
+    Error::store(
+        operation,
+        DisplayErrorContext(&err),
+        Disposition::when_retryable(retryable),
+    )
 }
 
 /// Whether an UpdateItem failed its condition (an expected outcome, not an error).

@@ -2,7 +2,7 @@
 //! deletes messages; handlers only `send` (restarts, follow-up jobs) and
 //! `dead_letter`. `receive` and `ack` serve the local runner and tests.
 
-use crate::core::error::{Error, Result};
+use crate::core::error::{Disposition, Error, Result};
 use crate::jobs::envelope::JobEnvelope;
 use crate::jobs::queue::{DeadLetter, Delivery, JobQueue, MAX_DELAY_SECS};
 use async_trait::async_trait;
@@ -90,7 +90,11 @@ where
         ),
         _ => false,
     };
-    Error::queue(operation, DisplayErrorContext(&err), retryable)
+    Error::queue(
+        operation,
+        DisplayErrorContext(&err),
+        Disposition::when_retryable(retryable),
+    )
 }
 
 #[async_trait]
@@ -104,7 +108,7 @@ impl JobQueue for SqsQueue {
             return Err(Error::queue(
                 "send",
                 format!("delay {delay_secs}s exceeds the {MAX_DELAY_SECS}s maximum"),
-                false,
+                Disposition::Permanent,
             ));
         }
         self.client
@@ -124,7 +128,7 @@ impl JobQueue for SqsQueue {
             .data_type("String")
             .string_value(reason)
             .build()
-            .map_err(|e| Error::queue("dead-letter", e, false))?;
+            .map_err(|e| Error::queue("dead-letter", e, Disposition::Permanent))?;
         // SQS refuses empty bodies; a dead letter must still say what came.
         let body = if body.is_empty() {
             "(empty body)"

@@ -14,7 +14,7 @@
 
 use crate::adapters::aws::{get_n, get_s, is_ccf, key_part, n, s, sdk_error, Item, Table};
 use crate::core::clock::{from_millis, to_millis, Timestamp};
-use crate::core::error::{Error, Result};
+use crate::core::error::{Disposition, Error, Result};
 use crate::core::record::Record;
 use crate::core::record::{content_hash, StoredRecord};
 use crate::quota::QuotaKey;
@@ -95,7 +95,7 @@ impl DynamoStore {
             }
             let mut request = Some(
                 keys.build()
-                    .map_err(|e| Error::store("records get", e, false))?,
+                    .map_err(|e| Error::store("records get", e, Disposition::Permanent))?,
             );
             for _ in 0..BATCH_ROUNDS {
                 let Some(req) = request.take() else { break };
@@ -119,7 +119,7 @@ impl DynamoStore {
                 return Err(Error::store(
                     "records get",
                     "DynamoDB left keys unprocessed (throttled)",
-                    true,
+                    Disposition::Retryable,
                 ));
             }
         }
@@ -135,7 +135,7 @@ impl DynamoStore {
                         .set_item(Some(item.clone()))
                         .build()
                         .map(|p| WriteRequest::builder().put_request(p).build())
-                        .map_err(|e| Error::store("records write", e, false))
+                        .map_err(|e| Error::store("records write", e, Disposition::Permanent))
                 })
                 .collect::<Result<_>>()?;
             for _ in 0..BATCH_ROUNDS {
@@ -159,7 +159,7 @@ impl DynamoStore {
                 return Err(Error::store(
                     "records write",
                     "DynamoDB left writes unprocessed (throttled)",
-                    true,
+                    Disposition::Retryable,
                 ));
             }
         }
@@ -231,7 +231,7 @@ impl RecordStore for DynamoStore {
             return Err(Error::store(
                 "records commit",
                 format!("record `{}` of `{record_type}`: {why}", record.id),
-                false,
+                Disposition::Permanent,
             ));
         }
         let pk = rec_pk(key, record_type);

@@ -10,7 +10,7 @@ pub mod queue;
 pub mod quota;
 pub mod store;
 
-use crate::core::error::{Error, Result};
+use crate::core::error::{Disposition, Error, Result};
 use rusqlite::Connection;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -94,7 +94,7 @@ pub struct Db {
 }
 
 fn open_error(e: impl std::fmt::Display) -> Error {
-    Error::store("open", e, false)
+    Error::store("open", e, Disposition::Permanent)
 }
 
 impl Db {
@@ -147,7 +147,7 @@ impl Db {
             f(&mut guard).map_err(|e| classify(operation, e))
         })
         .await
-        .map_err(|e| Error::store(operation, e, true))?
+        .map_err(|e| Error::store(operation, e, Disposition::Retryable))?
     }
 }
 
@@ -186,5 +186,5 @@ fn classify(operation: &'static str, e: rusqlite::Error) -> Error {
         e.sqlite_error_code(),
         Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
     );
-    Error::store(operation, e, retryable)
+    Error::store(operation, e, Disposition::when_retryable(retryable))
 }

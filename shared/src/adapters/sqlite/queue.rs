@@ -5,7 +5,7 @@
 
 use crate::adapters::sqlite::Db;
 use crate::core::clock::{to_millis, SharedClock};
-use crate::core::error::{Error, Result};
+use crate::core::error::{Disposition, Error, Result};
 use crate::jobs::envelope::JobEnvelope;
 use crate::jobs::queue::{DeadLetter, Delivery, JobQueue, MAX_DELAY_SECS};
 use async_trait::async_trait;
@@ -100,7 +100,7 @@ impl JobQueue for SqliteQueue {
             return Err(Error::queue(
                 "send",
                 format!("delay {delay_secs}s exceeds the {MAX_DELAY_SECS}s maximum"),
-                false,
+                Disposition::Permanent,
             ));
         }
         let now = self.clock.now();

@@ -3,6 +3,7 @@
 use crate::adapters::sqlite::Db;
 use crate::core::clock::{from_millis, to_millis, Timestamp};
 use crate::core::error::Result;
+use crate::core::error::{Disposition, Error};
 use crate::core::record::Record;
 use crate::core::record::{content_hash, StoredRecord};
 use crate::quota::QuotaKey;
@@ -81,10 +82,10 @@ impl RecordStore for SqliteStore {
             .iter()
             .find_map(|(r, _)| unstorable(r).map(|why| (r, why)))
         {
-            return Err(crate::core::error::Error::store(
+            return Err(Error::store(
                 "records commit",
                 format!("record `{}` of `{record_type}`: {why}", record.id),
-                false,
+                Disposition::Permanent,
             ));
         }
         let (key, rt, records) = (key.clone(), record_type.to_string(), diff.records.clone());

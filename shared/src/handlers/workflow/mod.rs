@@ -8,13 +8,23 @@
 //! recorded before the call and marked done after, and sent to the API as
 //! `Idempotency-Key`.
 //!
-//! The `workflow` handler: from changed records (or a manual or bulk run)
-//! to action jobs, with decision nodes evaluated on stored data only.
+//! This file holds the payloads, the checkpoint and the run loop; the steps
+//! it calls live beside it: `decide` (decision nodes in CEL → a plan per
+//! record), `related` (related records and their relookups), `fanout`
+//! (action jobs and Data Source push batching) and `estimate` (what a run
+//! would spend).
+
+mod decide;
+mod estimate;
+mod fanout;
+mod related;
+
+pub use estimate::WorkflowEstimate;
 
 use crate::config::template::render;
 use crate::config::workflow::{compile, ActionConfig, MissingPolicy, WorkflowConfig};
 use crate::core::error::{Error, Result};
-use crate::core::record::StoredRecord;
+use crate::core::record::{ChangeKind, StoredRecord};
 use crate::handlers::actions::{HttpActionPayload, PushPayload};
 use crate::handlers::context::AppContext;
 use crate::handlers::sync::TriggerPayload;
@@ -43,28 +53,42 @@ pub struct RunPayload {
     pub dry_run: bool,
 }
 
-/// What a run would spend, computed from the store with no API call.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct WorkflowEstimate {
-    pub workflow: String,
-    pub records: u64,
-    pub passing: u64,
-    pub waiting_for_related: u64,
-    /// Records an action template cannot be filled from (they would be
-    /// quarantined).
-    #[serde(default)]
-    pub quarantined: u64,
-    pub http_actions: u64,
-    pub datasource_rows: u64,
-    pub datasource_calls: u64,
-    pub total_calls: u64,
-}
-
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct Item {
     workflow: String,
     id: String,
-    change: String,
+    change: Cause,
+}
+
+/// Why a record is evaluated: the change that triggered it, or a manual or
+/// bulk run. Decision nodes see it as `change` (`"created"`, `"updated"`,
+/// `"manual"`); checkpoints written before it was typed carry the same
+/// strings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum Cause {
+    Created,
+    Updated,
+    Manual,
+}
+
+impl Cause {
+    fn as_str(self) -> &'static str {
+        match self {
+            Cause::Created => "created",
+            Cause::Updated => "updated",
+            Cause::Manual => "manual",
+        }
+    }
+}
+
+impl From<ChangeKind> for Cause {
+    fn from(kind: ChangeKind) -> Self {
+        match kind {
+            ChangeKind::Created => Cause::Created,
+            ChangeKind::Updated => Cause::Updated,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -121,26 +145,6 @@ enum Act {
 pub struct WorkflowHandler {
     pub svc: Arc<AppContext>,
     workflows: Vec<Compiled>,
-}
-
-fn eval(program: &cel::Program, ctx: &Value, what: &str) -> Result<bool> {
-    let mut cel_ctx = cel::Context::default();
-    for key in ["record", "related", "change", "now"] {
-        let v = cel::to_value(ctx.get(key).cloned().unwrap_or(Value::Null))
-            .map_err(|e| Error::Config(format!("{what}: {e}")))?;
-        cel_ctx.add_variable_from_value(key, v);
-    }
-    match program.execute(&cel_ctx) {
-        Ok(cel::Value::Bool(b)) => Ok(b),
-        Ok(other) => Err(Error::Config(format!(
-            "{what}: expected true or false, got {other:?}"
-        ))),
-        // A missing field on a record is "no": data varies, configs must not crash on it.
-        Err(e) => {
-            tracing::debug!(%what, error = %e, "expression did not evaluate; treated as false");
-            Ok(false)
-        }
-    }
 }
 
 impl WorkflowHandler {
@@ -203,420 +207,6 @@ impl WorkflowHandler {
             })
     }
 
-    /// Evaluates one record; with `side_effects`, asks for missing related records.
-    async fn plan(
-        &self,
-        org: &str,
-        wf: &Compiled,
-        record: &StoredRecord,
-        change: &str,
-        side_effects: bool,
-        loaded: &Loaded,
-    ) -> Result<Plan> {
-        let now = self.svc.clock.now();
-        let data = record.data.clone().unwrap_or(Value::Null);
-        let mut related = serde_json::Map::new();
-        let mut waiting = false;
-        for (name, rel) in &wf.config.related {
-            let Some(id) = crate::handlers::sync::id_at(&data, &rel.via) else {
-                related.insert(name.clone(), Value::Null);
-                continue;
-            };
-            match (
-                loaded.get(&(rel.record_type.clone(), id.clone())),
-                rel.missing,
-            ) {
-                (Some(r), _) => {
-                    related.insert(name.clone(), r.data.clone().unwrap_or(Value::Null));
-                }
-                (None, MissingPolicy::Skip) => {
-                    related.insert(name.clone(), Value::Null);
-                }
-                (None, policy) => {
-                    waiting = true;
-                    if side_effects {
-                        self.request_relookup(
-                            org,
-                            &rel.record_type,
-                            &id,
-                            policy,
-                            crate::config::sync::chrono(rel.min_relookup),
-                        )
-                        .await?;
-                    }
-                }
-            }
-        }
-        if waiting {
-            return Ok(Plan::Waiting);
-        }
-        let ctx = json!({ "record": data, "related": Value::Object(related), "change": change, "now": now.to_rfc3339() });
-        for (i, c) in wf.conditions.iter().enumerate() {
-            if !eval(c, &ctx, &format!("workflows.{}.conditions[{i}]", wf.name))? {
-                return Ok(Plan::Filtered);
-            }
-        }
-        let mut actions = Vec::new();
-        for (i, a) in wf.config.actions.iter().enumerate() {
-            if let Some(w) = &wf.whens[i] {
-                if !eval(w, &ctx, &format!("workflows.{}.actions[{i}].when", wf.name))? {
-                    continue;
-                }
-            }
-            // A template is checked when the config loads; what it lacks
-            // here is this record's data, so only this record is set aside.
-            let bad =
-                |e: String| Plan::Quarantined(format!("workflows.{}.actions[{i}]: {e}", wf.name));
-            match a {
-                ActionConfig::Http {
-                    method, path, body, ..
-                } => {
-                    let path = match render(&Value::String(path.clone()), &ctx) {
-                        Ok(Value::String(s)) => s,
-                        Ok(other) => other.to_string(),
-                        Err(e) => return Ok(bad(e)),
-                    };
-                    let body = match body.as_ref().map(|b| render(b, &ctx)).transpose() {
-                        Ok(b) => b,
-                        Err(e) => return Ok(bad(e)),
-                    };
-                    actions.push((
-                        i,
-                        Act::Http {
-                            method: method.clone(),
-                            path,
-                            body,
-                        },
-                    ));
-                }
-                ActionConfig::DatasourcePush { row, .. } => {
-                    let delete = match &wf.delete_whens[i] {
-                        Some(d) => eval(
-                            d,
-                            &ctx,
-                            &format!("workflows.{}.actions[{i}].delete_when", wf.name),
-                        )?,
-                        None => false,
-                    };
-                    if delete {
-                        actions.push((i, Act::Delete(record.id.clone())));
-                    } else {
-                        match render(row, &ctx) {
-                            Ok(row) => actions.push((i, Act::Insert(row))),
-                            Err(e) => return Ok(bad(e)),
-                        }
-                    }
-                }
-            }
-        }
-        Ok(Plan::Pass { actions })
-    }
-
-    /// Reads, in one batch per record type, the trigger records of `items`
-    /// and every related record their workflows name: a slice of work costs
-    /// a few store round trips, not two per record.
-    async fn load(&self, org: &str, items: &[(&Compiled, String)]) -> Result<Loaded> {
-        let key = self.svc.key(org);
-        let mut loaded = Loaded::new();
-        let mut wanted: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-        for (wf, id) in items {
-            wanted
-                .entry(wf.config.trigger.record_type.clone())
-                .or_default()
-                .insert(id.clone());
-        }
-        self.fetch(&key, wanted, &mut loaded).await?;
-        let mut related: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-        for (wf, id) in items {
-            let Some(data) = loaded
-                .get(&(wf.config.trigger.record_type.clone(), id.clone()))
-                .and_then(|r| r.data.as_ref())
-            else {
-                continue;
-            };
-            for rel in wf.config.related.values() {
-                if let Some(fk) = crate::handlers::sync::id_at(data, &rel.via) {
-                    related
-                        .entry(rel.record_type.clone())
-                        .or_default()
-                        .insert(fk);
-                }
-            }
-        }
-        self.fetch(&key, related, &mut loaded).await?;
-        Ok(loaded)
-    }
-
-    /// Adds the seen records among `wanted` (type → ids) to `loaded`.
-    async fn fetch(
-        &self,
-        key: &crate::quota::QuotaKey,
-        wanted: BTreeMap<String, BTreeSet<String>>,
-        loaded: &mut Loaded,
-    ) -> Result<()> {
-        for (record_type, ids) in wanted {
-            let ids: Vec<String> = ids
-                .into_iter()
-                .filter(|id| !loaded.contains_key(&(record_type.clone(), id.clone())))
-                .collect();
-            if ids.is_empty() {
-                continue;
-            }
-            for r in self.svc.store.get(key, &record_type, &ids).await? {
-                if r.seen() {
-                    loaded.insert((record_type.clone(), r.id.clone()), r);
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// Asks for a missing related record, at most once per `min_relookup`.
-    async fn request_relookup(
-        &self,
-        org: &str,
-        record_type: &str,
-        id: &str,
-        policy: MissingPolicy,
-        min: chrono::Duration,
-    ) -> Result<()> {
-        let now = self.svc.clock.now();
-        match policy {
-            MissingPolicy::Transfer => {
-                let sync = crate::handlers::sync::sync_name(JobKind::CompleteTransfer, record_type);
-                let state = self.svc.store.sync_state(&self.svc.key(org), &sync).await?;
-                // At most one transfer per minimum relookup time.
-                let due = state.last_started.is_none_or(|t| now >= t + min);
-                if due
-                    && crate::handlers::schedule::start_sync(
-                        &self.svc,
-                        org,
-                        JobKind::CompleteTransfer,
-                        record_type,
-                        true,
-                    )
-                    .await?
-                    .is_some()
-                {
-                    tracing::info!(
-                        record_type,
-                        "related record missing: complete transfer requested"
-                    );
-                }
-            }
-            MissingPolicy::PkLookup => {
-                let payload = crate::handlers::sync::PkLookupPayload {
-                    record_type: record_type.into(),
-                    ids: vec![id.into()],
-                    claimed: false,
-                };
-                let job = JobEnvelope::new(
-                    JobKind::PkLookup,
-                    org,
-                    &self.svc.config.app.name,
-                    serde_json::to_value(payload)?,
-                    now,
-                );
-                self.svc.queues.send(&job, 0).await?;
-            }
-            MissingPolicy::Skip => {}
-        }
-        Ok(())
-    }
-
-    async fn enqueue_actions(
-        &self,
-        job: &JobEnvelope,
-        wf: &Compiled,
-        record: &StoredRecord,
-        trigger_key: &str,
-        actions: Vec<(usize, Act)>,
-        cp: &mut Checkpoint,
-    ) -> Result<()> {
-        let now = self.svc.clock.now();
-        for (i, act) in actions {
-            match act {
-                Act::Http { method, path, body } => {
-                    let payload = HttpActionPayload {
-                        workflow: wf.name.clone(),
-                        action: i,
-                        record_id: record.id.clone(),
-                        method,
-                        path,
-                        body,
-                    };
-                    let mut action = JobEnvelope::new(
-                        JobKind::ActionHttp,
-                        &job.org,
-                        &job.app,
-                        serde_json::to_value(payload)?,
-                        now,
-                    );
-                    // One action per org, workflow, action, record version
-                    // and trigger: a redelivery or restart repeats the key.
-                    action.idempotency_key = crate::jobs::ledger::idempotency_key(
-                        &job.quota_key(),
-                        &wf.name,
-                        &[
-                            &wf.name,
-                            &i.to_string(),
-                            &record.id,
-                            &record.hash,
-                            trigger_key,
-                        ],
-                    );
-                    self.svc.queues.send(&action, 0).await?;
-                }
-                Act::Insert(row) => cp
-                    .pending
-                    .entry(format!("{}:{i}", wf.name))
-                    .or_default()
-                    .inserts
-                    .push(row),
-                Act::Delete(id) => cp
-                    .pending
-                    .entry(format!("{}:{i}", wf.name))
-                    .or_default()
-                    .deletes
-                    .push(id),
-            }
-        }
-        self.flush_pushes(job, cp, false).await
-    }
-
-    /// Sends gathered rows as Data Source pushes of `max_rows_per_call`
-    /// (inserts and deletes together); the remainder only when `last`.
-    async fn flush_pushes(&self, job: &JobEnvelope, cp: &mut Checkpoint, last: bool) -> Result<()> {
-        let now = self.svc.clock.now();
-        for (key, pending) in cp.pending.iter_mut() {
-            let Some((wf_name, idx)) = key.rsplit_once(':') else {
-                continue;
-            };
-            let idx: usize = idx.parse().unwrap_or(0);
-            let wf = self.workflow(wf_name)?;
-            let Some(ActionConfig::DatasourcePush {
-                datasource,
-                max_rows_per_call,
-                ..
-            }) = wf.config.actions.get(idx)
-            else {
-                continue;
-            };
-            let max = *max_rows_per_call as usize;
-            while pending.inserts.len() + pending.deletes.len() >= max
-                || (last && pending.inserts.len() + pending.deletes.len() > 0)
-            {
-                let take_deletes = pending.deletes.len().min(max);
-                let deletes: Vec<String> = pending.deletes.drain(..take_deletes).collect();
-                let take_inserts = pending.inserts.len().min(max - deletes.len());
-                let inserts: Vec<Value> = pending.inserts.drain(..take_inserts).collect();
-                let payload = PushPayload {
-                    workflow: wf.name.clone(),
-                    datasource: datasource.clone(),
-                    inserts,
-                    deletes,
-                };
-                let mut push = JobEnvelope::new(
-                    JobKind::ActionDatasourcePush,
-                    &job.org,
-                    &job.app,
-                    serde_json::to_value(payload)?,
-                    now,
-                );
-                // The chunk's number and content: a re-run that rebuilds the
-                // same chunk repeats its key (a provable duplicate), one
-                // whose rows differ gets a key of its own (nothing skipped).
-                let content = crate::core::record::content_hash(&push.payload);
-                push.idempotency_key = crate::jobs::ledger::idempotency_key(
-                    &job.quota_key(),
-                    "push",
-                    &[&job.id, key, &pending.chunk.to_string(), &content],
-                );
-                pending.chunk += 1;
-                self.svc.queues.send(&push, 0).await?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Estimates a manual or bulk run without spending anything.
-    pub async fn estimate(
-        &self,
-        org: &str,
-        workflow: &str,
-        ids: Option<&[String]>,
-    ) -> Result<WorkflowEstimate> {
-        let wf = self.workflow(workflow)?;
-        let key = self.svc.key(org);
-        let mut est = WorkflowEstimate {
-            workflow: workflow.into(),
-            ..Default::default()
-        };
-        let mut rows: BTreeMap<usize, u64> = BTreeMap::new();
-        let mut after: Option<String> = None;
-        loop {
-            let batch = match ids {
-                Some(ids) => {
-                    self.svc
-                        .store
-                        .get(&key, &wf.config.trigger.record_type, ids)
-                        .await?
-                }
-                None => {
-                    self.svc
-                        .store
-                        .list(
-                            &key,
-                            &wf.config.trigger.record_type,
-                            after.as_deref(),
-                            BULK_PAGE,
-                        )
-                        .await?
-                }
-            };
-            let seen: Vec<(&Compiled, String)> = batch
-                .iter()
-                .filter(|r| r.seen())
-                .map(|r| (wf, r.id.clone()))
-                .collect();
-            let loaded = self.load(org, &seen).await?;
-            for r in batch.iter().filter(|r| r.seen()) {
-                est.records += 1;
-                match self.plan(org, wf, r, "manual", false, &loaded).await? {
-                    Plan::Waiting => est.waiting_for_related += 1,
-                    Plan::Filtered => {}
-                    Plan::Quarantined(_) => est.quarantined += 1,
-                    Plan::Pass { actions } => {
-                        est.passing += 1;
-                        for (i, a) in actions {
-                            match a {
-                                Act::Http { .. } => est.http_actions += 1,
-                                _ => *rows.entry(i).or_default() += 1,
-                            }
-                        }
-                    }
-                }
-            }
-            match (ids, batch.last()) {
-                (None, Some(last)) if batch.len() == BULK_PAGE as usize => {
-                    after = Some(last.id.clone())
-                }
-                _ => break,
-            }
-        }
-        for (i, n) in rows {
-            if let Some(ActionConfig::DatasourcePush {
-                max_rows_per_call, ..
-            }) = wf.config.actions.get(i)
-            {
-                est.datasource_rows += n;
-                est.datasource_calls += n.div_ceil(u64::from(*max_rows_per_call));
-            }
-        }
-        est.total_calls = est.http_actions + est.datasource_calls;
-        Ok(est)
-    }
-
     async fn run(&self, job: &JobEnvelope, ctx: &JobContext) -> Result<Outcome> {
         let mut cp: Checkpoint = match &job.checkpoint {
             Some(v) => serde_json::from_value(v.clone())
@@ -669,7 +259,7 @@ impl WorkflowHandler {
                     .map(|r| Item {
                         workflow: wf_name.clone(),
                         id: r.id,
-                        change: "manual".into(),
+                        change: Cause::Manual,
                     })
                     .collect()
             } else {
@@ -691,7 +281,7 @@ impl WorkflowHandler {
                     continue;
                 };
                 match self
-                    .plan(&job.org, wf, &record, &item.change, true, &loaded)
+                    .plan(&job.org, wf, &record, item.change, true, &loaded)
                     .await?
                 {
                     Plan::Waiting => cp.waiting.push(item),
@@ -743,14 +333,10 @@ impl WorkflowHandler {
                     .iter()
                     .filter(|c| wf.config.trigger.on.contains(&c.kind))
                 {
-                    let change = serde_json::to_value(c.kind)?
-                        .as_str()
-                        .unwrap_or("created")
-                        .to_string();
                     items.push(Item {
                         workflow: wf.name.clone(),
                         id: c.id.clone(),
-                        change,
+                        change: c.kind.into(),
                     });
                 }
             }
@@ -769,7 +355,7 @@ impl WorkflowHandler {
                     .map(|id| Item {
                         workflow: run.workflow.clone(),
                         id,
-                        change: "manual".into(),
+                        change: Cause::Manual,
                     })
                     .collect(),
                 ..Default::default()
@@ -811,5 +397,31 @@ impl JobHandler for WorkflowHandler {
             Ok(o) => o,
             Err(e) => Outcome::from_error(&e),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Checkpoints queued before `change` was typed hold plain strings:
+    /// they must still parse, and CEL must see the same strings.
+    #[test]
+    fn a_checkpoint_with_string_changes_still_parses() {
+        let old = json!({"items": [
+            {"workflow": "vip", "id": "inv_1", "change": "created"},
+            {"workflow": "vip", "id": "inv_1", "change": "updated"},
+            {"workflow": "vip", "id": "inv_2", "change": "manual"}
+        ], "bulk": null, "pending": {}, "waiting": []});
+        let cp: Checkpoint = serde_json::from_value(old).unwrap();
+        let causes: Vec<Cause> = cp.items.iter().map(|i| i.change).collect();
+        assert_eq!(causes, [Cause::Created, Cause::Updated, Cause::Manual]);
+        for cause in causes {
+            assert_eq!(serde_json::to_value(cause).unwrap(), json!(cause.as_str()));
+        }
+        assert!(serde_json::from_value::<Item>(
+            json!({"workflow": "w", "id": "x", "change": "deleted"})
+        )
+        .is_err());
     }
 }
