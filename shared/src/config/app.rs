@@ -9,10 +9,13 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::Path;
 
+/// One app's whole configuration, loaded and validated in one pass ([`AppConfig::load`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AppConfig {
+    /// The third-party app: where it is, its auth and limits.
     pub app: AppSection,
+    /// Record types by name.
     #[serde(default)]
     pub record_types: BTreeMap<String, RecordTypeConfig>,
     /// Organizations connected to the app.
@@ -26,11 +29,15 @@ pub struct AppConfig {
     pub workflows: BTreeMap<String, crate::config::workflow::WorkflowConfig>,
 }
 
+/// The `[app]` table.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AppSection {
+    /// The app's name, part of every quota key.
     pub name: String,
+    /// Base URL of the API (`https://…/`).
     pub base_url: String,
+    /// How calls are authenticated, if at all.
     #[serde(default)]
     pub auth: Option<AuthConfig>,
     /// The app's default limits per organization connection.
@@ -39,8 +46,10 @@ pub struct AppSection {
     /// path may end in `*` (e.g. `POST /hooks/*`).
     #[serde(default)]
     pub exempt_endpoints: Vec<String>,
+    /// How the API signals its own limits.
     #[serde(default)]
     pub rate_limit: RateLimitConfig,
+    /// Connect and request timeouts.
     #[serde(default)]
     pub timeouts: Timeouts,
     /// Largest response body read, in bytes (default 32 MiB): a larger one
@@ -53,16 +62,20 @@ fn default_max_response_bytes() -> u64 {
     32 * 1024 * 1024
 }
 
+/// The `[app.auth]` table.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuthConfig {
+    /// How the credential is sent.
     pub scheme: AuthScheme,
     /// Header name for `scheme = "header"`.
     #[serde(default)]
     pub header: Option<String>,
+    /// Where the credential is read from.
     pub secret: SecretRef,
 }
 
+/// How a credential is sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum AuthScheme {
@@ -76,8 +89,11 @@ pub enum AuthScheme {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum SecretRef {
+    /// An environment variable's name.
     Env(String),
+    /// A Secrets Manager secret's name or ARN.
     SecretsManager(String),
+    /// An SSM parameter's name.
     Ssm(String),
 }
 
@@ -88,6 +104,7 @@ pub struct RateLimitConfig {
     /// A header holding when the limit resets (e.g. `X-RateLimit-Reset`).
     #[serde(default)]
     pub reset_header: Option<String>,
+    /// How the reset header's value is written.
     #[serde(default)]
     pub reset_format: ResetFormat,
     /// Wait when a 429 says nothing about when to come back.
@@ -109,6 +126,7 @@ impl Default for RateLimitConfig {
     }
 }
 
+/// How a reset header's value is written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ResetFormat {
@@ -119,11 +137,14 @@ pub enum ResetFormat {
     Seconds,
 }
 
+/// HTTP timeouts for every call to the API.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Timeouts {
+    /// Connect timeout, in milliseconds.
     #[serde(default = "default_connect_ms")]
     pub connect_ms: u64,
+    /// Whole-request timeout, in milliseconds.
     #[serde(default = "default_request_ms")]
     pub request_ms: u64,
 }
@@ -144,23 +165,29 @@ impl Default for Timeouts {
     }
 }
 
+/// One record type of the API: where it lists, how it pages, how it is looked up.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RecordTypeConfig {
     /// e.g. `/invoices`, relative to `base_url`.
     pub list_path: String,
+    /// How the API pages a listing.
     pub pagination: Pagination,
     /// Query parameter carrying the page size, if the API takes one.
     #[serde(default)]
     pub page_size_param: Option<String>,
     /// The largest page the API serves; used unless `page_size` is lower.
     pub max_page_size: u32,
+    /// A smaller page than `max_page_size`, if wanted.
     #[serde(default)]
     pub page_size: Option<u32>,
+    /// Query parameter for the start of a recent lookup's window.
     #[serde(default)]
     pub modified_since_param: Option<String>,
+    /// Query parameter for the end of a recent lookup's window.
     #[serde(default)]
     pub modified_until_param: Option<String>,
+    /// How those times are written.
     #[serde(default)]
     pub time_format: TimeFormat,
     /// e.g. `/customers/{id}`.
@@ -170,6 +197,7 @@ pub struct RecordTypeConfig {
     /// `records_pointer` (many APIs wrap single records differently).
     #[serde(default)]
     pub get_pointer: Option<String>,
+    /// Bulk lookups: many ids in one call.
     #[serde(default)]
     pub bulk: Option<BulkConfig>,
     /// JSON pointer to the records array; `""` when the body is the array.
@@ -178,6 +206,7 @@ pub struct RecordTypeConfig {
     /// JSON pointer to a record's id, within the record.
     #[serde(default = "default_id_pointer")]
     pub id_pointer: String,
+    /// JSON pointer to a record's last-modified time, within the record.
     #[serde(default)]
     pub updated_at_pointer: Option<String>,
     /// Pointer within a record → record type it references.
@@ -192,26 +221,35 @@ fn default_id_pointer() -> String {
     "/id".into()
 }
 
+/// How an API pages a listing.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "style", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Pagination {
     /// An opaque cursor, read from the body (`next_pointer`) or a header
     /// (`next_header`) and sent back as `param`.
     Cursor {
+        /// Query parameter carrying the cursor.
         param: String,
+        /// JSON pointer to the next cursor in the body.
         #[serde(default)]
         next_pointer: Option<String>,
+        /// Header holding the next cursor.
         #[serde(default)]
         next_header: Option<String>,
     },
     /// Page numbers from `first`; a short page is the last.
     Page {
+        /// Query parameter carrying the page number.
         param: String,
+        /// The first page's number.
         #[serde(default = "one")]
         first: u64,
     },
     /// Record offsets; a short page is the last.
-    Offset { param: String },
+    Offset {
+        /// Query parameter carrying the offset.
+        param: String,
+    },
     /// RFC 8288 `Link: <…>; rel="next"`.
     LinkHeader,
     /// One page holds everything.
@@ -222,36 +260,47 @@ fn one() -> u64 {
     1
 }
 
+/// How times are written in query parameters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TimeFormat {
+    /// `2026-11-22T12:00:00Z`.
     #[default]
     Rfc3339,
+    /// Unix seconds.
     UnixSeconds,
+    /// Unix milliseconds.
     UnixMillis,
 }
 
+/// A bulk lookup endpoint.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BulkConfig {
     /// Path of the bulk endpoint; defaults to `list_path`.
     #[serde(default)]
     pub path: Option<String>,
+    /// Query parameter carrying the ids.
     pub param: String,
     /// `comma` joins ids with `separator` (default `,`); `repeated` sends
     /// `param=a&param=b`.
     #[serde(default)]
     pub style: BulkStyle,
+    /// What joins the ids (default `,`).
     #[serde(default)]
     pub separator: Option<String>,
+    /// Most ids one call takes.
     pub max_ids: u32,
 }
 
+/// How ids are sent in a bulk lookup.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum BulkStyle {
+    /// `param=a,b,c`.
     #[default]
     Joined,
+    /// `param=a&param=b`.
     Repeated,
 }
 
@@ -276,6 +325,7 @@ impl AppConfig {
         })
     }
 
+    /// Parses and validates TOML text.
     pub fn parse(text: &str) -> Result<Self> {
         let config: AppConfig = toml::from_str(text)
             .map_err(|e| Error::Config(e.to_string().trim_end().to_string()))?;
@@ -283,6 +333,7 @@ impl AppConfig {
         Ok(config)
     }
 
+    /// The record type `name`, or an error listing the declared ones.
     pub fn record_type(&self, name: &str) -> Result<&RecordTypeConfig> {
         self.record_types.get(name).ok_or_else(|| {
             Error::Config(format!(
@@ -297,6 +348,7 @@ impl AppConfig {
         })
     }
 
+    /// Checks everything a run would trip on, naming the field.
     pub fn validate(&self) -> Result<()> {
         let bad = |field: String, msg: String| Err(Error::Config(format!("{field}: {msg}")));
         if self.app.name.trim().is_empty() {

@@ -26,6 +26,7 @@ use std::time::Duration;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ConnectionConfig {
+    /// The organization, as its quota key and job envelopes name it.
     pub org: String,
     /// This org's credential; defaults to `app.auth.secret`.
     #[serde(default)]
@@ -39,14 +40,18 @@ pub struct ConnectionConfig {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SyncConfig {
+    /// Complete transfers of the type, if scheduled.
     #[serde(default)]
     pub complete_transfer: Option<CompleteTransferSettings>,
+    /// Recent record lookups of the type, if scheduled.
     #[serde(default)]
     pub recent: Option<RecentSettings>,
+    /// Primary key lookups of records the type references.
     #[serde(default)]
     pub pk_lookup: PkLookupSettings,
 }
 
+/// When and how a complete transfer of a record type runs.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CompleteTransferSettings {
@@ -55,6 +60,7 @@ pub struct CompleteTransferSettings {
     pub every: Duration,
 }
 
+/// When and how a recent record lookup runs.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RecentSettings {
@@ -66,6 +72,7 @@ pub struct RecentSettings {
     pub overlap: Duration,
 }
 
+/// The seeds' PK lookup policies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum LookupPolicy {
@@ -74,6 +81,7 @@ pub enum LookupPolicy {
     UnseenOnly,
     /// Also refetch seen records, at most once per `min_relookup`.
     SeenAndUnseen,
+    /// Never look keys up (rely on transfers).
     Never,
 }
 
@@ -90,6 +98,7 @@ pub enum StormGuard {
     Off,
 }
 
+/// The seeds' primary key lookup controls for one record type.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PkLookupSettings {
@@ -99,6 +108,7 @@ pub struct PkLookupSettings {
     /// Whether this type's lookup sync may serve foreign-key lookups.
     #[serde(default = "yes")]
     pub usable_for_fk_lookups: bool,
+    /// Which keys are looked up.
     #[serde(default)]
     pub policy: LookupPolicy,
     /// Minimum time between two lookups of the same record.
@@ -107,6 +117,7 @@ pub struct PkLookupSettings {
     /// Ids per bulk lookup call; defaults to the connector's maximum.
     #[serde(default)]
     pub max_keys_per_call: Option<u32>,
+    /// What lookups do while the type was never transferred.
     #[serde(default)]
     pub storm_guard: StormGuard,
 }

@@ -31,25 +31,32 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+/// One `[workflows.NAME]` table.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WorkflowConfig {
+    /// What starts the workflow.
     pub trigger: TriggerConfig,
     /// Decision nodes: every one must be true, or nothing is spent.
     #[serde(default)]
     pub conditions: Vec<String>,
+    /// Related records the conditions may read, by name.
     #[serde(default)]
     pub related: BTreeMap<String, RelatedConfig>,
     /// Run over every stored record of the trigger type this often.
     #[serde(default, with = "humantime_serde")]
     pub schedule: Option<Duration>,
+    /// What the workflow does for each passing record.
     pub actions: Vec<ActionConfig>,
 }
 
+/// A workflow's trigger.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TriggerConfig {
+    /// The record type whose changes trigger it.
     pub record_type: String,
+    /// Which changes (default both).
     #[serde(default = "both")]
     pub on: Vec<ChangeKind>,
 }
@@ -72,14 +79,18 @@ pub enum MissingPolicy {
     Skip,
 }
 
+/// A related record: found through a foreign key of the trigger record.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RelatedConfig {
     /// JSON pointer to the foreign key in the record.
     pub via: String,
+    /// The related record's type.
     pub record_type: String,
+    /// What to do when it is not stored yet.
     #[serde(default)]
     pub missing: MissingPolicy,
+    /// Least time between two lookups of one missing record.
     #[serde(default = "hour", with = "humantime_serde")]
     pub min_relookup: Duration,
 }
@@ -88,25 +99,36 @@ fn hour() -> Duration {
     Duration::from_secs(3_600)
 }
 
+/// What a workflow does for a passing record.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum ActionConfig {
+    /// One HTTP call to the app's API.
     Http {
+        /// HTTP method.
         method: String,
         /// A template, e.g. `/customers/{{ record.customer_id }}/notes`.
         path: String,
+        /// JSON body, a template over the record.
         #[serde(default)]
         body: Option<serde_json::Value>,
+        /// CEL: perform only when true.
         #[serde(default)]
         when: Option<String>,
     },
+    /// Insert or delete a row of a Data Source (rows batched per call).
     DatasourcePush {
+        /// The Data Source's name.
         datasource: String,
+        /// The row, a template over the record.
         row: serde_json::Value,
+        /// CEL: when true the row is deleted instead of inserted.
         #[serde(default)]
         delete_when: Option<String>,
+        /// Most rows one push call carries.
         #[serde(default = "hundred")]
         max_rows_per_call: u32,
+        /// CEL: push only when true.
         #[serde(default)]
         when: Option<String>,
     },

@@ -43,6 +43,7 @@ pub fn http_client(timeouts: &Timeouts) -> Result<reqwest::Client> {
         .map_err(|e| Error::Config(format!("cannot build the HTTP client: {e}")))
 }
 
+/// The declarative REST connector: what `[app]` and `[record_types.*]` describe.
 #[derive(Debug, Clone)]
 pub struct HttpConnector {
     config: Arc<AppConfig>,
@@ -77,6 +78,7 @@ impl HttpConnector {
         })
     }
 
+    /// The app config it was built from.
     pub fn config(&self) -> &AppConfig {
         &self.config
     }

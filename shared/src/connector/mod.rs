@@ -20,8 +20,11 @@ use std::sync::Arc;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", content = "at", rename_all = "snake_case")]
 pub enum PageCursor {
+    /// An opaque cursor the API gave.
     Cursor(String),
+    /// A page number.
     Page(u64),
+    /// A record offset.
     Offset(u64),
     /// A full URL from a `Link: rel="next"` header.
     Url(String),
@@ -30,10 +33,13 @@ pub enum PageCursor {
 /// One list call.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ListRequest {
+    /// The record type listed.
     pub record_type: String,
     /// `None` for the first page.
     pub cursor: Option<PageCursor>,
+    /// Only records modified at or after this (recent lookups).
     pub modified_since: Option<Timestamp>,
+    /// Only records modified before this.
     pub modified_until: Option<Timestamp>,
     /// The page size the API really serves, when it was found to cap below
     /// the configured one: a page of that many records is full, and a
@@ -45,7 +51,9 @@ pub struct ListRequest {
 /// A lookup answers with one page and no `next`.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Page {
+    /// The records of the page that could be read.
     pub records: Vec<Record>,
+    /// Where the next page starts; `None` on the last page.
     pub next: Option<PageCursor>,
     /// Items of the response that are not records we can keep (no id):
     /// quarantined by the caller, never a reason to fail the page.
@@ -62,16 +70,20 @@ impl Page {
 /// An item of a response that could not be read as a record, and why.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Unreadable {
+    /// Why it could not be read (no id, not an object…).
     pub reason: String,
+    /// The item as served.
     pub data: Value,
 }
 
 /// A write to the API (workflow actions).
 #[derive(Debug, Clone, PartialEq)]
 pub struct SendRequest {
+    /// HTTP method, e.g. `POST`.
     pub method: String,
     /// Relative to the app's base URL.
     pub path: String,
+    /// JSON body, if any.
     pub body: Option<Value>,
     /// Sent as `Idempotency-Key`, so a retried action is not performed twice.
     pub idempotency_key: Option<String>,
@@ -83,7 +95,12 @@ pub enum ApiError {
     /// 429, or 503 with `Retry-After`, or the configured reset header: the
     /// API's own counter says stop until `retry_at`.
     #[error("rate limited by the API (HTTP {status}) until {retry_at}")]
-    RateLimited { status: u16, retry_at: Timestamp },
+    RateLimited {
+        /// The HTTP status that said so.
+        status: u16,
+        /// When the API says to come back (clamped to 7 days).
+        retry_at: Timestamp,
+    },
     /// 5xx, timeouts, connection resets: a later attempt may succeed.
     #[error("{0}")]
     Retryable(String),
@@ -103,9 +120,11 @@ pub trait Connector: Send + Sync {
     fn lookup_endpoint(&self, record_type: &str) -> String;
     /// Most ids one lookup call takes (1 when the API has no bulk lookup).
     fn max_ids_per_call(&self, record_type: &str) -> usize;
+    /// Lists one page.
     async fn list(&self, req: &ListRequest) -> Result<Page, ApiError>;
     /// Looks up at most [`Connector::max_ids_per_call`] ids in one call.
     async fn lookup(&self, record_type: &str, ids: &[String]) -> Result<Page, ApiError>;
+    /// Makes one write (an action or a push).
     async fn send(&self, req: &SendRequest) -> Result<Value, ApiError>;
     /// Whether calls to `endpoint` are exempt from the budget.
     fn is_exempt(&self, _endpoint: &str) -> bool {
@@ -121,9 +140,14 @@ pub enum CallError {
     Denied(Denied),
     /// The API refused; every handler of the org is blocked until `retry_at`.
     #[error("rate limited by the API until {retry_at}")]
-    RateLimited { retry_at: Timestamp },
+    RateLimited {
+        /// When the block ends.
+        retry_at: Timestamp,
+    },
+    /// A later attempt may succeed.
     #[error("retryable: {0}")]
     Retryable(String),
+    /// Will fail the same way again.
     #[error("permanent: {0}")]
     Permanent(String),
 }
@@ -159,6 +183,7 @@ impl fmt::Debug for Metered {
 }
 
 impl Metered {
+    /// `connector`'s calls for org `key`, spent from `limits` as `source`.
     pub fn new(
         connector: Arc<dyn Connector>,
         quota: Quota,
@@ -175,10 +200,12 @@ impl Metered {
         }
     }
 
+    /// The connector behind the meter.
     pub fn connector(&self) -> &Arc<dyn Connector> {
         &self.connector
     }
 
+    /// The quota it spends from.
     pub fn quota(&self) -> &Quota {
         &self.quota
     }
@@ -216,6 +243,7 @@ impl Metered {
         }
     }
 
+    /// One list call, through the quota.
     pub async fn list(&self, req: &ListRequest) -> Result<Page, CallError> {
         let endpoint = self.connector.list_endpoint(&req.record_type);
         self.metered(endpoint, self.connector.list(req)).await
@@ -235,6 +263,7 @@ impl Metered {
             .await
     }
 
+    /// One write, through the quota.
     pub async fn send(&self, req: &SendRequest) -> Result<Value, CallError> {
         let endpoint = format!("{} {}", req.method, req.path);
         self.metered(endpoint, self.connector.send(req)).await
@@ -330,11 +359,13 @@ impl Reservation<'_> {
         self.metered.settle(result).await
     }
 
+    /// One list call from the reservation.
     pub async fn list(&mut self, req: &ListRequest) -> Result<Page, CallError> {
         let connector = self.metered.connector.clone();
         self.spend(connector.list(req)).await
     }
 
+    /// One lookup call from the reservation.
     pub async fn lookup(&mut self, record_type: &str, ids: &[String]) -> Result<Page, CallError> {
         let connector = self.metered.connector.clone();
         self.spend(connector.lookup(record_type, ids)).await

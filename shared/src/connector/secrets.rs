@@ -11,6 +11,7 @@ use std::fmt;
 pub struct Secret(String);
 
 impl Secret {
+    /// Wraps a credential so it never prints.
     pub fn new(value: impl Into<String>) -> Self {
         Self(value.into())
     }
@@ -45,11 +46,14 @@ impl fmt::Display for Secret {
 /// AWS clients for the secret stores; built once, only when a config names one.
 #[derive(Debug, Clone)]
 pub struct SecretStores {
+    /// Secrets Manager, for `secrets_manager = "…"` references.
     pub secrets_manager: aws_sdk_secretsmanager::Client,
+    /// SSM Parameter Store, for `ssm = "…"` references.
     pub ssm: aws_sdk_ssm::Client,
 }
 
 impl SecretStores {
+    /// Clients for both stores from one SDK config.
     pub fn new(config: &aws_config::SdkConfig) -> Self {
         Self {
             secrets_manager: aws_sdk_secretsmanager::Client::new(config),

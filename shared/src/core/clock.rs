@@ -13,6 +13,7 @@ pub type Timestamp = DateTime<Utc>;
 
 /// Source of the current time.
 pub trait Clock: Send + Sync + std::fmt::Debug {
+    /// The current time.
     fn now(&self) -> Timestamp;
 }
 
@@ -33,6 +34,7 @@ pub struct ManualClock {
 }
 
 impl ManualClock {
+    /// A clock standing at `start` until moved.
     pub fn new(start: Timestamp) -> Self {
         Self {
             now: Arc::new(Mutex::new(start)),
@@ -45,6 +47,7 @@ impl ManualClock {
         *now += by;
     }
 
+    /// Moves the clock to `to` (forwards or back).
     pub fn set(&self, to: Timestamp) {
         *self.now.lock().unwrap_or_else(|e| e.into_inner()) = to;
     }

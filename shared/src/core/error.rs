@@ -27,21 +27,28 @@ impl Disposition {
     }
 }
 
+/// Every failure of the library, each saying whether to retry ([`Error::disposition`]).
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
     /// A store (DynamoDB, SQLite) failed in a way that may pass.
     #[error("store {operation} failed: {message}")]
     Store {
+        /// What was being done (`records commit`, `send`).
         operation: &'static str,
+        /// The adapter's message, secrets never included.
         message: String,
+        /// Whether a later attempt may succeed.
         disposition: Disposition,
     },
     /// A queue (SQS, SQLite) failed in a way that may pass.
     #[error("queue {operation} failed: {message}")]
     Queue {
+        /// What was being done (`send`, `dead-letter`).
         operation: &'static str,
+        /// The adapter's message.
         message: String,
+        /// Whether a later attempt may succeed.
         disposition: Disposition,
     },
     /// A job body that cannot be read. Names what was wrong.
@@ -60,6 +67,7 @@ pub enum Error {
 }
 
 impl Error {
+    /// Retry later or give up: what the handler edge does with this error.
     pub fn disposition(&self) -> Disposition {
         match self {
             Error::Store { disposition, .. } | Error::Queue { disposition, .. } => *disposition,
@@ -70,6 +78,7 @@ impl Error {
         }
     }
 
+    /// Shorthand for `disposition() == Retryable`.
     pub fn is_retryable(&self) -> bool {
         self.disposition() == Disposition::Retryable
     }
@@ -101,6 +110,7 @@ impl Error {
     }
 }
 
+/// The library's result: [`Error`] unless said otherwise.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// `text` cut to at most `max_chars` characters (on a character boundary),

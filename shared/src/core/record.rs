@@ -10,8 +10,11 @@ use sha2::{Digest, Sha256};
 /// One record as the API returned it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Record {
+    /// The record's id in the third-party API (unique per org and record type).
     pub id: String,
+    /// When the API says the record last changed, if it says.
     pub updated_at: Option<Timestamp>,
+    /// The record as the API served it.
     pub data: Value,
 }
 
@@ -19,11 +22,17 @@ pub struct Record {
 /// not found (kept so the minimum relookup time applies to it too).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StoredRecord {
+    /// The record's id in the third-party API.
     pub id: String,
+    /// Content hash of `data` ([`content_hash`]); empty for a placeholder.
     pub hash: String,
+    /// The record; `None` for a placeholder left by a lookup claim.
     pub data: Option<Value>,
+    /// When metered first stored or claimed this id.
     pub first_seen: Timestamp,
+    /// When a sync last saw it.
     pub last_synced: Option<Timestamp>,
+    /// When a lookup last asked for it (the `min_relookup` clock).
     pub last_looked_up: Option<Timestamp>,
 }
 
@@ -34,10 +43,13 @@ impl StoredRecord {
     }
 }
 
+/// How a record differs from what the store held.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ChangeKind {
+    /// Never stored before (or only claimed for a lookup).
     Created,
+    /// Stored with another content hash.
     Updated,
 }
 

@@ -36,6 +36,7 @@ use std::sync::Arc;
 /// Configuration of a deployed function, read once.
 #[derive(Debug, Clone)]
 pub struct DeployConfig {
+    /// The DynamoDB table's name.
     pub table: String,
     /// The app config, when given inline or as a bundled file.
     pub app: Option<Arc<AppConfig>>,
@@ -43,6 +44,7 @@ pub struct DeployConfig {
     pub app_ssm: Option<String>,
     /// (queue URL, DLQ URL) per kind that has one.
     pub queues: Vec<(JobKind, String, String)>,
+    /// Restart cap and attempts.
     pub policy: RestartPolicy,
 }
 
@@ -103,6 +105,7 @@ impl DeployConfig {
         })
     }
 
+    /// Reads the function's environment once, naming a missing or bad variable.
     pub fn from_env() -> Result<Self> {
         Self::from_lookup(|name| std::env::var(name).ok())
     }
@@ -110,8 +113,11 @@ impl DeployConfig {
 
 /// What one function process holds for its whole life.
 pub struct Deployed {
+    /// What the handlers share.
     pub svc: Arc<AppContext>,
+    /// The job ledger (the same table).
     pub ledger: Arc<DynamoStore>,
+    /// The environment it was read from.
     pub config: DeployConfig,
 }
 

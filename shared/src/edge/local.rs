@@ -27,12 +27,16 @@ use std::sync::Arc;
 /// Every handler behind one [`crate::jobs::runtime::JobHandler`], routed by kind:
 /// what a single process runs when it plays every Lambda function.
 pub struct Dispatch {
+    /// The sync handlers.
     pub sync: SyncHandlers,
+    /// The workflow handler.
     pub workflow: crate::handlers::workflow::WorkflowHandler,
+    /// The action handlers.
     pub actions: crate::handlers::actions::ActionHandlers,
 }
 
 impl Dispatch {
+    /// The handlers of every kind over one context.
     pub fn new(
         svc: Arc<AppContext>,
         ledger: Arc<dyn crate::jobs::ledger::ActionLedger>,
@@ -80,19 +84,27 @@ impl crate::jobs::runtime::JobHandler for Dispatch {
 /// What a run did.
 #[derive(Debug, Default, Clone, PartialEq, serde::Serialize)]
 pub struct RunReport {
+    /// Jobs done, by kind.
     pub done: BTreeMap<String, u64>,
     /// Restarts by reason (early re-sends of long waits not counted).
     pub restarts: BTreeMap<String, u64>,
+    /// Early arrivals re-sent to wait for their `not_before`.
     pub not_before_hops: u64,
+    /// Deliveries the ledger proved duplicate.
     pub duplicates_dropped: u64,
+    /// Transient failures left for redelivery.
     pub retries: u64,
+    /// Jobs sent to a dead-letter queue.
     pub dead_lettered: u64,
 }
 
+/// Every function in one process: the SQLite queues pumped in turn.
 pub struct LocalRunner {
+    /// What the handlers share.
     pub svc: Arc<AppContext>,
     /// The quota's own database, so its round trips can be counted apart.
     pub quota_db: Db,
+    /// The records, ledgers and queues' database.
     pub db: Db,
     queues: BTreeMap<JobKind, Arc<SqliteQueue>>,
     runtimes: Vec<(JobKind, JobRuntime)>,
@@ -100,6 +112,7 @@ pub struct LocalRunner {
 }
 
 impl LocalRunner {
+    /// A runner for `config` over the two databases, with one connector per org.
     pub fn new(
         config: Arc<AppConfig>,
         db: Db,

@@ -22,11 +22,17 @@ use std::sync::Arc;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HttpActionPayload {
+    /// The workflow that decided it.
     pub workflow: String,
+    /// The action's index in the workflow.
     pub action: usize,
+    /// The trigger record.
     pub record_id: String,
+    /// HTTP method.
     pub method: String,
+    /// Rendered path.
     pub path: String,
+    /// Rendered body.
     #[serde(default)]
     pub body: Option<serde_json::Value>,
 }
@@ -35,19 +41,27 @@ pub struct HttpActionPayload {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PushPayload {
+    /// The workflow that gathered the rows.
     pub workflow: String,
+    /// The Data Source.
     pub datasource: String,
+    /// Rows to insert or replace.
     pub inserts: Vec<serde_json::Value>,
+    /// Row ids to delete.
     pub deletes: Vec<String>,
 }
 
+/// The `action-http` and `action-datasource-push` handlers.
 pub struct ActionHandlers {
+    /// What the handlers share.
     pub svc: Arc<AppContext>,
+    /// Where each action's idempotency key is recorded.
     pub ledger: Arc<dyn ActionLedger>,
     only: Option<JobKind>,
 }
 
 impl ActionHandlers {
+    /// The action handlers; `only` restricts them to one kind (one Lambda).
     pub fn new(svc: Arc<AppContext>, ledger: Arc<dyn ActionLedger>, only: Option<JobKind>) -> Self {
         Self { svc, ledger, only }
     }

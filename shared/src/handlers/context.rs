@@ -14,11 +14,17 @@ use crate::store::RecordStore;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+/// Everything a handler needs, built once per process.
 pub struct AppContext {
+    /// The app's configuration.
     pub config: Arc<AppConfig>,
+    /// Synced records, sync state, claims.
     pub store: Arc<dyn RecordStore>,
+    /// The budget.
     pub quota: Quota,
+    /// Where follow-up jobs go.
     pub queues: Queues,
+    /// The time.
     pub clock: SharedClock,
     /// One connector per organization (each with its own credential).
     pub connectors: BTreeMap<String, Arc<dyn Connector>>,
@@ -38,6 +44,7 @@ impl std::fmt::Debug for AppContext {
 }
 
 impl AppContext {
+    /// A context over these parts.
     pub fn new(
         config: Arc<AppConfig>,
         store: Arc<dyn RecordStore>,

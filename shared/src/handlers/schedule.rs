@@ -111,8 +111,11 @@ pub async fn tick(svc: &AppContext) -> Result<Vec<JobEnvelope>> {
 #[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdhocRequest {
+    /// The organization.
     pub org: String,
+    /// The record type.
     pub record_type: String,
+    /// Which sync.
     pub sync: JobKind,
     /// Only report the estimate.
     #[serde(default)]
@@ -122,7 +125,9 @@ pub struct AdhocRequest {
 /// What the scheduler function is asked to do.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SchedulerEvent {
+    /// The schedule's tick: start what is due.
     Tick,
+    /// Run one sync now (or only estimate it).
     Adhoc(AdhocRequest),
 }
 

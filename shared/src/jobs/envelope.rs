@@ -17,11 +17,17 @@ pub const ENVELOPE_VERSION: u32 = 1;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum JobKind {
+    /// A complete transfer of a record type.
     CompleteTransfer,
+    /// A recent record lookup.
     RecentRecords,
+    /// A primary key lookup.
     PkLookup,
+    /// A workflow over triggers or a bulk run.
     Workflow,
+    /// One HTTP action.
     ActionHttp,
+    /// One Data Source push.
     ActionDatasourcePush,
     /// Spends a number of calls; used by `metered demo` and the tests.
     Spend,
@@ -54,6 +60,7 @@ impl JobKind {
         }
     }
 
+    /// The kind's name, as queues, env variables and reports spell it.
     pub fn as_str(self) -> &'static str {
         match self {
             JobKind::CompleteTransfer => "complete-transfer",
@@ -82,8 +89,11 @@ pub struct JobEnvelope {
     pub v: u32,
     /// Stable across restarts and re-sends.
     pub id: String,
+    /// Which handler runs it.
     pub kind: JobKind,
+    /// The organization whose budget it spends.
     pub org: String,
+    /// The third-party app.
     pub app: String,
     /// What to do; its shape belongs to the handler of `kind`.
     #[serde(default)]
@@ -110,10 +120,12 @@ pub struct JobEnvelope {
     /// [`crate::jobs::runtime::RestartPolicy::max_attempts`].
     #[serde(default)]
     pub attempts: u32,
+    /// When the job was first created (kept across restarts).
     pub created_at: Timestamp,
 }
 
 impl JobEnvelope {
+    /// A new job of `kind` for `org` on `app`, with its payload.
     pub fn new(
         kind: JobKind,
         org: impl Into<String>,
@@ -163,11 +175,13 @@ impl JobEnvelope {
         serde_json::from_value(value).map_err(|e| Error::MalformedJob(format!("{e}")))
     }
 
+    /// The SQS message body.
     pub fn to_body(&self) -> String {
         // Serializing a struct of plain data and `Value`s cannot fail.
         serde_json::to_string(self).unwrap_or_default()
     }
 
+    /// The budget it spends.
     pub fn quota_key(&self) -> crate::quota::QuotaKey {
         crate::quota::QuotaKey::new(&self.org, &self.app)
     }
@@ -178,6 +192,7 @@ impl JobEnvelope {
 pub struct Restart {
     /// When capacity returns; `now` for an immediate restart (deadline).
     pub at: Timestamp,
+    /// Why, for the operator (shown in `metered jobs`).
     pub reason: String,
     /// `None` keeps the job's current checkpoint.
     pub checkpoint: Option<Value>,
@@ -186,7 +201,9 @@ pub struct Restart {
 /// What a handler returns for one job.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
+    /// Finished; acknowledge it.
     Done,
+    /// Come back later from a checkpoint (a limit, a wait, a deadline).
     Restart(Restart),
     /// Transient failure before any progress: let the queue redeliver it
     /// (bounded by the queue's redrive).
@@ -197,6 +214,7 @@ pub enum Outcome {
     /// and gives up (dead letter naming the attempts and the last error)
     /// past [`crate::jobs::runtime::RestartPolicy::max_attempts`].
     Transient {
+        /// What failed.
         reason: String,
         /// `None` keeps the job's current checkpoint.
         checkpoint: Option<Value>,

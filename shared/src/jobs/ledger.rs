@@ -29,8 +29,11 @@ pub enum Claim {
 /// generation finished, and until when a delivery holds it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LedgerEntry {
+    /// The job generation the entry is about.
     pub generation: u32,
+    /// Whether that generation finished.
     pub done: bool,
+    /// Until when the invocation that claimed it may still be running.
     pub claimed_until: Timestamp,
 }
 
@@ -114,6 +117,7 @@ pub trait ActionLedger: Send + Sync {
         key: &str,
         now: Timestamp,
     ) -> Result<ActionBegin>;
+    /// Records the action as performed; it will never run again.
     async fn finish_action(&self, scope: &QuotaKey, key: &str, now: Timestamp) -> Result<()>;
     /// Forgets a begun key whose call was never made (the quota refused),
     /// so the next attempt is a first attempt, not a replay.

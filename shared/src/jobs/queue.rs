@@ -18,8 +18,11 @@ pub const MAX_DELAY_SECS: u32 = 900;
 /// A received message, visible to nobody else until acked or timed out.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Delivery {
+    /// The queue's id of the message.
     pub message_id: String,
+    /// What deletes or re-hides this delivery.
     pub receipt: String,
+    /// The message body (a job envelope, or garbage).
     pub body: String,
     /// 1 on first delivery.
     pub receive_count: u32,
@@ -28,11 +31,15 @@ pub struct Delivery {
 /// A message in the dead-letter queue and why it is there.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeadLetter {
+    /// The queue's id of the message.
     pub message_id: String,
+    /// The body as it was sent.
     pub body: String,
+    /// Why it was dead-lettered.
     pub reason: String,
 }
 
+/// The queue port: send with a delay, receive, delete, dead-letter.
 #[async_trait]
 pub trait JobQueue: Send + Sync {
     /// The queue's name, for logs.
@@ -75,10 +82,12 @@ impl std::fmt::Debug for Queues {
 }
 
 impl Queues {
+    /// No queues yet.
     pub fn new() -> Self {
         Self::default()
     }
 
+    /// Adds the queue of `kind`.
     pub fn with(
         mut self,
         kind: crate::jobs::envelope::JobKind,
@@ -98,10 +107,12 @@ impl Queues {
         })
     }
 
+    /// The kinds that have a queue.
     pub fn kinds(&self) -> impl Iterator<Item = crate::jobs::envelope::JobKind> + '_ {
         self.by_kind.keys().copied()
     }
 
+    /// Sends `job` to its kind's queue after `delay_secs`.
     pub async fn send(&self, job: &JobEnvelope, delay_secs: u32) -> Result<()> {
         self.get(job.kind)?.send(job, delay_secs).await
     }

@@ -102,7 +102,9 @@ impl JobContext {
 pub trait JobHandler: Send + Sync {
     /// For logs and dead-letter reasons.
     fn name(&self) -> &str;
+    /// Whether this handler runs jobs of `kind`.
     fn accepts(&self, kind: JobKind) -> bool;
+    /// Runs one job; never panics on bad input, returns an outcome.
     async fn handle(&self, job: &JobEnvelope, ctx: &JobContext) -> Outcome;
     /// Called once when the runtime gives up on a job it parsed (it goes to
     /// the dead-letter queue): the handler records what must not look
@@ -116,14 +118,28 @@ pub enum Settled {
     /// Done; delete it.
     Done,
     /// Re-sent (restart or early arrival); delete this copy.
-    Restarted { delay_secs: u32, reason: String },
+    Restarted {
+        /// The delay it was sent with.
+        delay_secs: u32,
+        /// Why.
+        reason: String,
+    },
     /// Sent to the dead-letter queue; delete this copy.
-    DeadLettered { reason: String },
+    DeadLettered {
+        /// The reason the dead letter carries.
+        reason: String,
+    },
     /// Leave it for redelivery (transient failure, or a send that failed).
-    Retry { reason: String },
+    Retry {
+        /// What failed.
+        reason: String,
+    },
     /// A copy the ledger proves redundant (its generation finished, or a
     /// newer one exists), dropped without work.
-    Skipped { reason: String },
+    Skipped {
+        /// What the ledger proved.
+        reason: String,
+    },
 }
 
 impl Settled {
@@ -136,9 +152,13 @@ impl Settled {
 /// Queue, clock and policy: what processing a message needs.
 #[derive(Clone)]
 pub struct JobRuntime {
+    /// Where the runtime re-sends and dead-letters.
     pub queue: Arc<dyn JobQueue>,
+    /// The time.
     pub clock: SharedClock,
+    /// Restart cap and transient attempts.
     pub policy: RestartPolicy,
+    /// The job ledger, if duplicate deliveries must be dropped.
     pub ledger: Option<Arc<dyn JobLedger>>,
     /// How long a delivery's claim lasts when the invocation has no deadline
     /// (a deadline, when given, bounds the claim instead).
@@ -146,6 +166,7 @@ pub struct JobRuntime {
 }
 
 impl JobRuntime {
+    /// A runtime over `queue`, without a ledger.
     pub fn new(queue: Arc<dyn JobQueue>, clock: SharedClock, policy: RestartPolicy) -> Self {
         Self {
             queue,

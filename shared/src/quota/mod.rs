@@ -28,11 +28,14 @@ use std::sync::{Arc, Mutex};
 /// Whose budget: an organization's connection to one third-party app.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct QuotaKey {
+    /// The organization.
     pub org: String,
+    /// The third-party app.
     pub app: String,
 }
 
 impl QuotaKey {
+    /// The budget of `org` on `app`.
     pub fn new(org: impl Into<String>, app: impl Into<String>) -> Self {
         Self {
             org: org.into(),
@@ -51,8 +54,11 @@ impl fmt::Display for QuotaKey {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum WindowKind {
+    /// A UTC day.
     Day,
+    /// A UTC hour.
     Hour,
+    /// A UTC minute.
     Minute,
 }
 
@@ -98,8 +104,10 @@ impl fmt::Display for WindowKind {
 pub struct Limits {
     /// Calls per UTC day (the seeds' example: 2,500).
     pub per_day: Option<u32>,
+    /// Calls per UTC hour, if the API limits them.
     #[serde(default)]
     pub per_hour: Option<u32>,
+    /// Calls per UTC minute, if the API limits them.
     #[serde(default)]
     pub per_minute: Option<u32>,
     /// Calls in flight at once (the seeds' example: 3).
@@ -127,6 +135,7 @@ impl Limits {
         Self::new(Some(2_500), None, None, 3).expect("static limits are valid")
     }
 
+    /// Limits that must be valid (a zero window limit would deny everything).
     pub fn new(
         per_day: Option<u32>,
         per_hour: Option<u32>,
@@ -145,12 +154,14 @@ impl Limits {
         Ok(limits)
     }
 
+    /// The same limits with leases of `secs` seconds.
     pub fn with_lease_ttl(mut self, secs: u32) -> Result<Self> {
         self.lease_ttl_secs = secs;
         self.validate()?;
         Ok(self)
     }
 
+    /// Refuses limits that could never grant a call.
     pub fn validate(&self) -> Result<()> {
         for (name, value) in [
             ("per_day", self.per_day),
@@ -201,6 +212,7 @@ impl Limits {
             .unwrap_or(now)
     }
 
+    /// How long a concurrency lease lives unless renewed.
     pub fn lease_ttl(&self) -> Duration {
         Duration::seconds(i64::from(self.lease_ttl_secs))
     }
@@ -223,17 +235,24 @@ impl Limits {
 /// The window counters one grant took from, so a refund goes back to them.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TakenWindow {
+    /// Which window (day, hour, minute).
     pub kind: WindowKind,
+    /// The window's id, e.g. `d2026-11-22`.
     pub id: String,
 }
 
 /// Capacity taken: `cost` calls in every window, plus one concurrency lease.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Grant {
+    /// The budget it was taken from.
     pub key: QuotaKey,
+    /// The concurrency lease it holds until released or expired.
     pub lease_id: String,
+    /// Calls taken in every window.
     pub cost: u32,
+    /// The windows the calls were counted in.
     pub windows: Vec<TakenWindow>,
+    /// When the lease expires unless renewed.
     pub expires_at: Timestamp,
     /// When the first of the granted windows ends. Calls of a reservation
     /// must be made before it: a call made later would be charged to a
@@ -251,12 +270,18 @@ pub struct Grant {
 pub enum DenyReason {
     /// A counting window is full until it ends.
     Window {
+        /// The full window.
         window: WindowKind,
+        /// Its limit.
         limit: u32,
+        /// Calls counted in it.
         used: u64,
     },
     /// `max_concurrent` leases are held.
-    Concurrency { max: u32 },
+    Concurrency {
+        /// The limit.
+        max: u32,
+    },
     /// The API itself said stop (429 / Retry-After).
     Blocked,
 }
@@ -278,14 +303,18 @@ impl fmt::Display for DenyReason {
 /// A refusal that says when to try again; that time becomes the SQS delay.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Denied {
+    /// When to try again; the restart's delay.
     pub retry_at: Timestamp,
+    /// What refused.
     pub reason: DenyReason,
 }
 
 /// The outcome of [`QuotaStore::acquire`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Acquire {
+    /// Taken; the grant says what.
     Granted(Grant),
+    /// Refused; the denial says until when and why.
     Denied(Denied),
 }
 
@@ -296,19 +325,24 @@ pub struct QuotaState {
     pub used: BTreeMap<String, u64>,
     /// Leases that have not expired at `now`.
     pub live_leases: u32,
+    /// Until when the API's `Retry-After` blocks the budget.
     pub blocked_until: Option<Timestamp>,
 }
 
 /// One row of the usage report: who spent how much of the budget.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct UsageEntry {
+    /// Whose budget.
     pub key: QuotaKey,
+    /// The UTC day.
     pub day: NaiveDate,
     /// Which sync or workflow spent the calls.
     pub source: String,
+    /// The endpoint, `METHOD /path`.
     pub endpoint: String,
     /// Exempt calls are counted apart: they did not spend the budget.
     pub exempt: bool,
+    /// Calls made.
     pub calls: u64,
 }
 
@@ -404,15 +438,18 @@ pub trait QuotaStore: Send + Sync {
 /// One call (or reservation of several) a handler wants to make.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Call {
+    /// Calls it takes (1, or a reservation's page count).
     pub cost: u32,
     /// The sync or workflow spending it, for the usage report.
     pub source: String,
+    /// The endpoint, `METHOD /path`, for the usage report.
     pub endpoint: String,
     /// Calls the platform does not count (e.g. pushes from the app to us).
     pub exempt: bool,
 }
 
 impl Call {
+    /// One call of `source` to `endpoint`.
     pub fn new(source: impl Into<String>, endpoint: impl Into<String>) -> Self {
         Self {
             cost: 1,
@@ -428,6 +465,7 @@ impl Call {
         self
     }
 
+    /// Marks the call exempt: counted in usage, not in the budget.
     pub fn exempt(mut self) -> Self {
         self.exempt = true;
         self
@@ -450,6 +488,7 @@ impl Permit {
     pub fn grant(&self) -> Option<&Grant> {
         self.grant.as_ref()
     }
+    /// Calls the permit allows.
     pub fn cost(&self) -> u32 {
         self.call.cost
     }
@@ -461,7 +500,9 @@ impl Permit {
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum Admission {
+    /// Go ahead; release the permit after the calls.
     Granted(Permit),
+    /// Restart at `retry_at`; never sleep.
     Denied(Denied),
 }
 
@@ -483,6 +524,7 @@ impl fmt::Debug for Quota {
 }
 
 impl Quota {
+    /// A quota kept in `store`, on `clock`.
     pub fn new(store: Arc<dyn QuotaStore>, clock: SharedClock) -> Self {
         Self {
             store,
@@ -491,10 +533,12 @@ impl Quota {
         }
     }
 
+    /// The store behind it.
     pub fn store(&self) -> &Arc<dyn QuotaStore> {
         &self.store
     }
 
+    /// The clock it reads.
     pub fn clock(&self) -> &SharedClock {
         &self.clock
     }

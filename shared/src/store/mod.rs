@@ -16,8 +16,11 @@ use serde_json::Value;
 /// A record that is new or whose content changed.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Change {
+    /// Created or updated.
     pub kind: ChangeKind,
+    /// The record as served.
     pub record: Record,
+    /// Its content hash.
     pub hash: String,
 }
 
@@ -44,12 +47,15 @@ pub fn unstorable(record: &Record) -> Option<String> {
 pub struct Quarantined {
     /// What set it aside: `complete-transfer:invoices`, `workflow:paid`.
     pub source: String,
+    /// The record's type.
     pub record_type: String,
     /// `None` when the record had no id at all.
     pub record_id: Option<String>,
+    /// Why it was set aside.
     pub reason: String,
     /// The start of the record's JSON, for recognising it.
     pub excerpt: String,
+    /// When.
     pub at: Timestamp,
 }
 
@@ -57,6 +63,7 @@ pub struct Quarantined {
 pub const QUARANTINE_EXCERPT_CHARS: usize = 300;
 
 impl Quarantined {
+    /// An entry for a record of `record_type` set aside by `source`.
     pub fn new(
         source: &str,
         record_type: &str,
@@ -95,16 +102,20 @@ impl Quarantined {
 pub struct SyncState {
     /// Records modified before this were all seen (recent lookups).
     pub high_water: Option<Timestamp>,
+    /// When the last run started.
     pub last_started: Option<Timestamp>,
+    /// When the last run completed.
     pub last_completed: Option<Timestamp>,
     /// Pages the last complete run took (sizes the next reservation).
     pub last_pages: Option<u64>,
     /// The job holding the sync's lease, and until when.
     pub running_job: Option<String>,
+    /// When that lease ends.
     pub lease_until: Option<Timestamp>,
     /// When a run last gave up (dead-lettered), and why: the storm guard
     /// starts another at most once per `min_relookup` after it.
     pub last_failed: Option<Timestamp>,
+    /// Why it gave up.
     pub last_failure: Option<String>,
     /// The page size the API really serves when it caps below the
     /// configured one (learned by a probe; see `sync::listing`).
@@ -114,6 +125,7 @@ pub struct SyncState {
     /// [`SHORT_PAGE_REPROBE_DAYS`] (a dataset that was exactly one capped
     /// page long may have grown).
     pub probed_short_page: Option<u32>,
+    /// When that probe was made.
     pub probed_at: Option<Timestamp>,
 }
 
@@ -187,12 +199,14 @@ pub fn lookup_claimable(
 /// losing them, because an uncommitted page still looks changed next time.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct PageDiff {
+    /// New and changed records, to trigger workflows with.
     pub changes: Vec<Change>,
     pub(crate) records: Vec<(Record, String)>,
     /// first_seen and last_looked_up of records already stored.
     pub(crate) prior: std::collections::HashMap<String, (Timestamp, Option<Timestamp>)>,
 }
 
+/// The record store port: synced records, sync state, lookup claims, quarantine.
 #[async_trait]
 pub trait RecordStore: Send + Sync {
     /// Compares a page with what is stored: which records are new or
@@ -261,6 +275,7 @@ pub trait RecordStore: Send + Sync {
     /// How many records of a type have been seen.
     async fn count(&self, key: &QuotaKey, record_type: &str) -> Result<u64>;
 
+    /// The state of one sync of one connection (default when never run).
     async fn sync_state(&self, key: &QuotaKey, sync: &str) -> Result<SyncState>;
 
     /// Sets records aside (see [`Quarantined`]); an entry with the same
@@ -297,11 +312,15 @@ pub trait RecordStore: Send + Sync {
 /// What a finished sync run records.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct SyncFinish {
+    /// The run completed at this time.
     pub completed_at: Option<Timestamp>,
+    /// A new high-water mark.
     pub high_water: Option<Timestamp>,
+    /// Pages the run took.
     pub pages: Option<u64>,
     /// The run gave up: when, and why.
     pub failed: Option<(Timestamp, String)>,
+    /// The API's real page size, when a probe found it.
     pub api_page_size: Option<u32>,
     /// A probe found a short first page of this length to be the whole
     /// listing, at this time.

@@ -38,11 +38,14 @@ pub fn local_sdk_config(endpoint: &str) -> aws_config::SdkConfig {
 /// Client plus table name: what every DynamoDB adapter holds.
 #[derive(Debug, Clone)]
 pub struct Table {
+    /// The DynamoDB client, built once per process.
     pub client: Client,
+    /// The table's name.
     pub name: String,
 }
 
 impl Table {
+    /// A table named `name` reached through `client`.
     pub fn new(client: Client, name: impl Into<String>) -> Self {
         Self {
             client,

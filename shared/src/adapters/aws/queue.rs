@@ -15,6 +15,7 @@ pub const REASON_ATTRIBUTE: &str = "metered-reason";
 /// SQS message attributes are small; a reason is a sentence, not a dump.
 const MAX_REASON_CHARS: usize = 1_000;
 
+/// A job queue on SQS, with its dead-letter queue.
 #[derive(Debug, Clone)]
 pub struct SqsQueue {
     client: Client,
@@ -26,6 +27,7 @@ pub struct SqsQueue {
 }
 
 impl SqsQueue {
+    /// The queue at `queue_url`, dead-lettering to `dlq_url`.
     pub fn new(client: Client, queue_url: impl Into<String>, dlq_url: impl Into<String>) -> Self {
         let queue_url = queue_url.into();
         let name = queue_url.rsplit('/').next().unwrap_or_default().to_string();
@@ -38,11 +40,13 @@ impl SqsQueue {
         }
     }
 
+    /// Long-poll wait of `receive` (local pumps; Lambda polls for us).
     pub fn with_wait_secs(mut self, secs: i32) -> Self {
         self.wait_secs = secs.clamp(0, 20);
         self
     }
 
+    /// The queue's URL.
     pub fn queue_url(&self) -> &str {
         &self.queue_url
     }

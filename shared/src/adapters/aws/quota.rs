@@ -39,12 +39,14 @@ const MAX_ROUNDS: usize = 4;
 /// Usage items are kept this long for reports, then TTL removes them.
 const USAGE_RETENTION_DAYS: i64 = 400;
 
+/// The quota on DynamoDB: one conditional `UpdateItem` per acquire.
 #[derive(Debug, Clone)]
 pub struct DynamoQuota {
     table: Table,
 }
 
 impl DynamoQuota {
+    /// The quota kept in `table`.
     pub fn new(table: Table) -> Self {
         Self { table }
     }

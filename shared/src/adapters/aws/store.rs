@@ -35,12 +35,14 @@ use std::collections::HashMap;
 /// backoff instead of looping here.
 const BATCH_ROUNDS: usize = 3;
 
+/// The record store, job ledger and action ledger on DynamoDB.
 #[derive(Debug, Clone)]
 pub struct DynamoStore {
     table: Table,
 }
 
 impl DynamoStore {
+    /// The store kept in `table` (items in `docs/table.md`).
     pub fn new(table: Table) -> Self {
         Self { table }
     }

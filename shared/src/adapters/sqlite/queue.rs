@@ -11,6 +11,7 @@ use crate::jobs::queue::{DeadLetter, Delivery, JobQueue, MAX_DELAY_SECS};
 use async_trait::async_trait;
 use rusqlite::{params, TransactionBehavior};
 
+/// A job queue in an SQLite table, with SQS's semantics (delay, visibility, receive count, dead letters).
 #[derive(Debug, Clone)]
 pub struct SqliteQueue {
     db: Db,
@@ -68,6 +69,7 @@ impl SqliteQueue {
             .map(|n| n.max(0) as u64)
     }
 
+    /// Whether no message is left, visible or not (a run is over).
     pub async fn is_empty(&self) -> Result<bool> {
         Ok(self.len().await? == 0)
     }

@@ -14,12 +14,14 @@ use chrono::NaiveDate;
 use rusqlite::{params, OptionalExtension, TransactionBehavior};
 use std::collections::HashMap;
 
+/// The quota on SQLite: one `BEGIN IMMEDIATE` transaction per acquire.
 #[derive(Debug, Clone)]
 pub struct SqliteQuota {
     db: Db,
 }
 
 impl SqliteQuota {
+    /// The quota kept in `db`.
     pub fn new(db: Db) -> Self {
         Self { db }
     }

@@ -14,12 +14,14 @@ use crate::store::{
 use async_trait::async_trait;
 use rusqlite::{params, OptionalExtension, TransactionBehavior};
 
+/// The record store, job ledger and action ledger on SQLite.
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
     db: Db,
 }
 
 impl SqliteStore {
+    /// The store kept in `db`.
     pub fn new(db: Db) -> Self {
         Self { db }
     }

@@ -9,16 +9,20 @@ use crate::jobs::envelope::JobKind;
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
 
+/// What an ad-hoc sync would spend, reported before it runs.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct CostEstimate {
+    /// The sync, e.g. `complete-transfer:invoices`.
     pub sync: String,
     /// Records the store knows of the type (the dataset size guess).
     pub known_records: u64,
+    /// The page size it would ask for.
     pub page_size: u32,
     /// List calls of the sync itself.
     pub sync_calls: u64,
     /// Lookup calls per referenced type, for keys not seen yet.
     pub pk_lookup_calls: BTreeMap<String, u64>,
+    /// All calls together.
     pub total_calls: u64,
     /// How the figures were reached, for people.
     pub basis: String,

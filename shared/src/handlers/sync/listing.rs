@@ -29,13 +29,18 @@ const FIRST_RESERVATION: u32 = 10;
 /// Where a listing resumes.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ListingCheckpoint {
+    /// Where the next page starts; `None` before the first.
     pub cursor: Option<PageCursor>,
+    /// Pages fetched so far.
     pub pages: u64,
+    /// Records stored so far.
     pub records: u64,
+    /// Of those, new or changed.
     pub changed: u64,
     /// The window of a recent lookup, fixed at its first run.
     #[serde(default)]
     pub since: Option<Timestamp>,
+    /// The end of that window.
     #[serde(default)]
     pub until: Option<Timestamp>,
     /// Claimed foreign keys not yet sent for lookup, per referenced type.
@@ -76,6 +81,7 @@ fn cursor_digest(cursor: &PageCursor) -> String {
     crate::core::record::content_hash(&serde_json::to_value(cursor).unwrap_or_default())
 }
 
+/// Runs one complete-transfer or recent-records job.
 pub async fn run(svc: &AppContext, job: &JobEnvelope, ctx: &JobContext) -> Outcome {
     let payload: SyncPayload = match parse_payload(job) {
         Ok(p) => p,

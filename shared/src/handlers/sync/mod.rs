@@ -22,6 +22,7 @@ use std::sync::Arc;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SyncPayload {
+    /// The record type synced.
     pub record_type: String,
     /// Started by hand rather than by the schedule.
     #[serde(default)]
@@ -34,6 +35,7 @@ pub struct SyncPayload {
 pub struct PkLookupPayload {
     /// The referenced type, whose records are looked up.
     pub record_type: String,
+    /// The ids to look up.
     pub ids: Vec<String>,
     /// The ids were already claimed (deduplicated against the store) by the
     /// sync that found them.
@@ -44,8 +46,11 @@ pub struct PkLookupPayload {
 /// One new or changed record, as workflow triggers receive it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChangedRecord {
+    /// The record's id.
     pub id: String,
+    /// Created or updated.
     pub kind: ChangeKind,
+    /// Its content hash (part of an action's idempotency key).
     pub hash: String,
 }
 
@@ -53,7 +58,9 @@ pub struct ChangedRecord {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TriggerPayload {
+    /// The type of the changed records.
     pub record_type: String,
+    /// The changes.
     pub changes: Vec<ChangedRecord>,
 }
 
@@ -297,15 +304,18 @@ impl From<serde_json::Error> for crate::Error {
 /// The sync handlers behind one [`JobHandler`]; `only` restricts the kinds
 /// (each Lambda function takes one kind; the local runner takes all).
 pub struct SyncHandlers {
+    /// What the handlers share.
     pub svc: Arc<AppContext>,
     only: Option<JobKind>,
 }
 
 impl SyncHandlers {
+    /// Handles every sync kind.
     pub fn all(svc: Arc<AppContext>) -> Self {
         Self { svc, only: None }
     }
 
+    /// Handles one sync kind (one Lambda).
     pub fn only(svc: Arc<AppContext>, kind: JobKind) -> Self {
         Self {
             svc,

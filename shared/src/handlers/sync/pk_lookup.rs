@@ -24,10 +24,13 @@ use serde::{Deserialize, Serialize};
 /// Ids claimed and not yet fetched.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LookupCheckpoint {
+    /// Ids still to look up.
     pub remaining: Vec<String>,
+    /// Calls made so far.
     pub calls: u64,
 }
 
+/// Runs one pk-lookup job.
 pub async fn run(svc: &AppContext, job: &JobEnvelope, ctx: &JobContext) -> Outcome {
     let payload: PkLookupPayload = match parse_payload(job) {
         Ok(p) => p,

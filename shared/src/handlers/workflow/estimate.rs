@@ -6,17 +6,25 @@ use super::*;
 /// What a run would spend, computed from the store with no API call.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct WorkflowEstimate {
+    /// The workflow.
     pub workflow: String,
+    /// Records it would read.
     pub records: u64,
+    /// Of those, passing every condition.
     pub passing: u64,
+    /// Waiting for a related record.
     pub waiting_for_related: u64,
     /// Records an action template cannot be filled from (they would be
     /// quarantined).
     #[serde(default)]
     pub quarantined: u64,
+    /// HTTP action calls.
     pub http_actions: u64,
+    /// Data Source rows.
     pub datasource_rows: u64,
+    /// Push calls for those rows.
     pub datasource_calls: u64,
+    /// All calls together.
     pub total_calls: u64,
 }
 

@@ -46,9 +46,12 @@ const RELATED_WAIT_SECS: i64 = 300;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RunPayload {
+    /// The workflow to run.
     pub workflow: String,
+    /// Those records; `None` for every stored record of the trigger type (bulk).
     #[serde(default)]
     pub ids: Option<Vec<String>>,
+    /// Only estimate.
     #[serde(default)]
     pub dry_run: bool,
 }
@@ -142,7 +145,9 @@ enum Act {
     Delete(String),
 }
 
+/// The `workflow` handler.
 pub struct WorkflowHandler {
+    /// What the handlers share.
     pub svc: Arc<AppContext>,
     workflows: Vec<Compiled>,
 }
