@@ -1,0 +1,306 @@
+//! What every request meets before its route, as axum middleware, outermost
+//! first: [`auth`] (who is calling), [`limits`] (concurrency, bursts, the
+//! daily budget, and the call counted), [`faults`] (scripted and random
+//! failures that replace the served response). Each passes what it learned
+//! to the next in the request's extensions.
+
+use super::{
+    json_response, lock, retry_after_value, route, take, too_many, Faults, InFlight, HOSTILE_KINDS,
+};
+use crate::Sim;
+use axum::body::{Body, Bytes};
+use axum::extract::{Request, State};
+use axum::http::{Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use chrono::{DateTime, Duration, Utc};
+use serde_json::json;
+
+/// The caller's API key: one per organization.
+#[derive(Debug, Clone)]
+pub(super) struct ApiKey(pub(super) String);
+
+/// What [`limits`] settled for a call the API accepted: when it arrived,
+/// the faults as they stood, and the endpoint it was counted under.
+#[derive(Debug, Clone)]
+pub(super) struct Call {
+    pub(super) now: DateTime<Utc>,
+    pub(super) faults: Faults,
+    pub(super) endpoint: String,
+}
+
+/// 401 without a bearer key; otherwise the key travels on as [`ApiKey`].
+pub(super) async fn auth(mut req: Request, next: Next) -> Response {
+    let key = req
+        .headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .filter(|k| !k.is_empty())
+        .map(str::to_string);
+    match key {
+        Some(key) => {
+            req.extensions_mut().insert(ApiKey(key));
+            next.run(req).await
+        }
+        None => json_response(
+            StatusCode::UNAUTHORIZED,
+            &json!({"error": "missing bearer token"}),
+        ),
+    }
+}
+
+/// The API's own limits, per key: concurrent requests (counted at arrival,
+/// so a fourth request is seen even if refused), scripted 429 bursts, and
+/// the daily budget (429 until UTC midnight). An accepted call is counted
+/// by endpoint, key and day before its route runs.
+pub(super) async fn limits(State(sim): State<Sim>, mut req: Request, next: Next) -> Response {
+    let state = &*sim.inner;
+    let Some(ApiKey(key)) = req.extensions().get::<ApiKey>().cloned() else {
+        return json_response(
+            StatusCode::UNAUTHORIZED,
+            &json!({"error": "missing bearer token"}),
+        );
+    };
+    let now = state.clock.now();
+    let arrived = {
+        let mut in_flight = lock(&state.in_flight);
+        let n = in_flight.entry(key.clone()).or_default();
+        *n += 1;
+        *n
+    };
+    let _guard = InFlight {
+        state,
+        key: key.clone(),
+    };
+    {
+        let mut stats = lock(&state.stats);
+        stats.max_concurrent = stats.max_concurrent.max(arrived);
+    }
+    let faults = lock(&state.faults).clone();
+    if faults.latency_ms > 0 {
+        tokio::time::sleep(std::time::Duration::from_millis(faults.latency_ms)).await;
+    }
+    if arrived > state.config.max_concurrent {
+        lock(&state.stats).rejected_429 += 1;
+        return too_many(retry_after_value(faults.retry_after_style, now, 1));
+    }
+    let burst = take(&mut lock(&state.faults).next_429);
+    if burst {
+        lock(&state.stats).rejected_429 += 1;
+        return too_many(retry_after_value(
+            faults.retry_after_style,
+            now,
+            faults.burst_retry_after_secs.max(1) as i64,
+        ));
+    }
+    let day = now.format("%Y-%m-%d").to_string();
+    {
+        let mut stats = lock(&state.stats);
+        let used = stats
+            .calls_by_key_day
+            .get(&(key.clone(), day.clone()))
+            .copied()
+            .unwrap_or(0);
+        if used >= state.config.daily_budget {
+            stats.rejected_429 += 1;
+            let midnight = (now + Duration::days(1))
+                .date_naive()
+                .and_hms_opt(0, 0, 0)
+                .map(|t| t.and_utc())
+                .unwrap_or(now);
+            return too_many(retry_after_value(
+                faults.retry_after_style,
+                now,
+                (midnight - now).num_seconds().max(1),
+            ));
+        }
+    }
+    let endpoint = endpoint_of(req.method(), req.uri());
+    {
+        let mut stats = lock(&state.stats);
+        *stats.calls_by_endpoint.entry(endpoint.clone()).or_default() += 1;
+        *stats
+            .calls_by_key_endpoint
+            .entry((key.clone(), endpoint.clone()))
+            .or_default() += 1;
+        *stats.calls_by_key.entry(key.clone()).or_default() += 1;
+        *stats
+            .calls_by_key_day
+            .entry((key.clone(), day))
+            .or_default() += 1;
+    }
+    req.extensions_mut().insert(Call {
+        now,
+        faults,
+        endpoint,
+    });
+    // The guard leaves the in-flight count when the route's response is done.
+    next.run(req).await
+}
+
+/// The counter name of a request: its route template, and `(by ids)` for a
+/// bulk lookup on a list endpoint.
+fn endpoint_of(method: &Method, uri: &axum::http::Uri) -> String {
+    let path = uri.path().trim_matches('/');
+    let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    let mut endpoint = route(method, &segments);
+    let by_ids = uri.query().is_some_and(|q| {
+        q.split('&')
+            .any(|p| p.starts_with("ids=") || p.starts_with("id="))
+    });
+    if method == Method::GET && segments.len() == 1 && by_ids {
+        endpoint.push_str(" (by ids)");
+    }
+    endpoint
+}
+
+/// Faults that replace a served response (the call was still counted):
+/// random hostile answers (`fail_percent`), per-endpoint malformed bodies,
+/// and every scripted `next_*` switch, in a fixed order.
+pub(super) async fn faults(State(sim): State<Sim>, req: Request, next: Next) -> Response {
+    let Some(call) = req.extensions().get::<Call>().cloned() else {
+        return next.run(req).await;
+    };
+    let echoed = req
+        .headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    // The lock is released before the route runs (it is not held across
+    // an await).
+    let replaced = replacement(&sim, &call, &echoed);
+    match replaced {
+        Some(response) => response,
+        None => next.run(req).await,
+    }
+}
+
+fn replacement(sim: &Sim, call: &Call, echoed: &str) -> Option<Response> {
+    let state = &*sim.inner;
+    let mut f = lock(&state.faults);
+    let hostile = if f.fail_percent > 0 {
+        let mut rng = lock(&state.rng);
+        (rng.below(100) < f.fail_percent as usize)
+            .then(|| HOSTILE_KINDS[rng.below(HOSTILE_KINDS.len())])
+    } else {
+        None
+    };
+    if let Some(kind) = hostile {
+        *f.failed_by_kind.entry(kind).or_default() += 1;
+        match kind {
+            "500" => f.next_5xx += 1,
+            "502" => {
+                return Some((StatusCode::BAD_GATEWAY, "<html>Bad Gateway</html>").into_response())
+            }
+            "503" => f.next_503_plain += 1,
+            "malformed" => f.next_malformed_json += 1,
+            "truncated" => f.next_truncated_body += 1,
+            _ => f.next_dropped_connection += 1,
+        }
+    }
+    if let Some(n) = f.malformed_on.get_mut(&call.endpoint) {
+        if take(n) {
+            f.next_malformed_json += 1;
+        }
+    }
+    if take(&mut f.next_5xx) {
+        return Some(json_response(
+            StatusCode::BAD_GATEWAY,
+            &json!({"error": "upstream exploded"}),
+        ));
+    }
+    if take(&mut f.next_no_records) {
+        return Some(json_response(
+            StatusCode::OK,
+            &json!({"error": "temporarily unavailable"}),
+        ));
+    }
+    if take(&mut f.next_503_plain) {
+        return Some((StatusCode::SERVICE_UNAVAILABLE, "try later").into_response());
+    }
+    if take(&mut f.next_503_retry_after) {
+        let mut r = json_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &json!({"error": "maintenance"}),
+        );
+        r.headers_mut().insert(
+            "retry-after",
+            retry_after_value(
+                call.faults.retry_after_style,
+                call.now,
+                call.faults.burst_retry_after_secs.max(1) as i64,
+            ),
+        );
+        return Some(r);
+    }
+    if take(&mut f.next_400_echo_auth) {
+        if f.echo_auth_offset > 0 {
+            let body = format!(
+                "{}{echoed} and more text after it",
+                "x".repeat(f.echo_auth_offset)
+            );
+            return Some((StatusCode::BAD_REQUEST, body).into_response());
+        }
+        return Some(json_response(
+            StatusCode::BAD_REQUEST,
+            &json!({"error": "bad request", "you_sent": echoed}),
+        ));
+    }
+    if let Some(n) = f.next_huge_body.take() {
+        let body = format!("{{\"data\": [], \"padding\": \"{}\"}}", "x".repeat(n));
+        return Some(
+            (StatusCode::OK, [("content-type", "application/json")], body).into_response(),
+        );
+    }
+    if take(&mut f.next_malformed_json) {
+        return Some(
+            (
+                StatusCode::OK,
+                [("content-type", "application/json")],
+                "{\"data\": [{\"id\": \"x\", ",
+            )
+                .into_response(),
+        );
+    }
+    if take(&mut f.next_truncated_body) {
+        let stream = futures::stream::iter(vec![
+            Ok::<_, std::io::Error>(Bytes::from_static(b"{\"data\": [")),
+            Err(std::io::Error::other("connection reset mid-body")),
+        ]);
+        return Some(
+            Response::builder()
+                .status(200)
+                .body(Body::from_stream(stream))
+                .unwrap_or_default(),
+        );
+    }
+    if take(&mut f.next_slow_drip) {
+        let stream = futures::stream::unfold(0u32, |i| async move {
+            if i >= 20 {
+                return None;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            let chunk = if i == 0 { "{\"data\": [" } else { " " };
+            Some((Ok::<_, std::io::Error>(Bytes::from(chunk)), i + 1))
+        });
+        return Some(
+            Response::builder()
+                .status(200)
+                .header("content-type", "application/json")
+                .body(Body::from_stream(stream))
+                .unwrap_or_default(),
+        );
+    }
+    if take(&mut f.next_dropped_connection) {
+        let stream = futures::stream::iter(vec![Err::<Bytes, _>(std::io::Error::other("dropped"))]);
+        return Some(
+            Response::builder()
+                .status(200)
+                .body(Body::from_stream(stream))
+                .unwrap_or_default(),
+        );
+    }
+    None
+}
