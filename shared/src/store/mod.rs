@@ -39,6 +39,28 @@ pub fn unstorable(record: &Record) -> Option<String> {
     })
 }
 
+impl PageDiff {
+    /// The commit rule both adapters apply before writing: a page holding a
+    /// record the store cannot keep is refused whole, naming the record and
+    /// why (DynamoDB would refuse the whole batch; SQLite does the same so
+    /// both behave alike). The sync layer quarantines such records first, so
+    /// this only fires for a caller that did not.
+    pub fn check_storable(&self, record_type: &str) -> Result<()> {
+        match self
+            .records
+            .iter()
+            .find_map(|(r, _)| unstorable(r).map(|why| (r, why)))
+        {
+            Some((record, why)) => Err(crate::core::error::Error::store(
+                "records commit",
+                format!("record `{}` of `{record_type}`: {why}", record.id),
+                crate::core::error::Disposition::Permanent,
+            )),
+            None => Ok(()),
+        }
+    }
+}
+
 /// A record set aside instead of failing its page or trigger: the API sent
 /// something that cannot be stored (no id, too large) or acted on (an
 /// action template names a field it lacks). Kept with the reason so an

@@ -4,7 +4,7 @@
 
 use crate::core::error::{Disposition, Error, Result};
 use crate::jobs::envelope::JobEnvelope;
-use crate::jobs::queue::{DeadLetter, Delivery, JobQueue, MAX_DELAY_SECS};
+use crate::jobs::queue::{DeadLetter, Delivery, JobQueue};
 use async_trait::async_trait;
 use aws_sdk_sqs::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_sqs::types::{MessageAttributeValue, MessageSystemAttributeName};
@@ -108,13 +108,7 @@ impl JobQueue for SqsQueue {
     }
 
     async fn send(&self, job: &JobEnvelope, delay_secs: u32) -> Result<()> {
-        if delay_secs > MAX_DELAY_SECS {
-            return Err(Error::queue(
-                "send",
-                format!("delay {delay_secs}s exceeds the {MAX_DELAY_SECS}s maximum"),
-                Disposition::Permanent,
-            ));
-        }
+        crate::jobs::queue::check_delay(delay_secs)?;
         self.client
             .send_message()
             .queue_url(&self.queue_url)

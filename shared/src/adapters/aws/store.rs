@@ -19,8 +19,7 @@ use crate::core::record::Record;
 use crate::core::record::{content_hash, StoredRecord};
 use crate::quota::QuotaKey;
 use crate::store::{
-    classify_change, unstorable, Change, Held, PageDiff, Quarantined, RecordStore, SyncFinish,
-    SyncState,
+    classify_change, Change, Held, PageDiff, Quarantined, RecordStore, SyncFinish, SyncState,
 };
 use async_trait::async_trait;
 use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
@@ -224,18 +223,7 @@ impl RecordStore for DynamoStore {
         diff: &PageDiff,
         now: Timestamp,
     ) -> Result<()> {
-        if let Some((record, why)) = diff
-            .records
-            .iter()
-            .find_map(|(r, _)| unstorable(r).map(|why| (r, why)))
-        {
-            // DynamoDB would refuse the whole batch; say which record and why.
-            return Err(Error::store(
-                "records commit",
-                format!("record `{}` of `{record_type}`: {why}", record.id),
-                Disposition::Permanent,
-            ));
-        }
+        diff.check_storable(record_type)?;
         let pk = rec_pk(key, record_type);
         // One put per id (a page may repeat a record).
         let mut puts: HashMap<&str, Item> = HashMap::new();

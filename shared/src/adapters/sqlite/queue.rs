@@ -5,9 +5,9 @@
 
 use crate::adapters::sqlite::Db;
 use crate::core::clock::{to_millis, SharedClock};
-use crate::core::error::{Disposition, Error, Result};
+use crate::core::error::Result;
 use crate::jobs::envelope::JobEnvelope;
-use crate::jobs::queue::{DeadLetter, Delivery, JobQueue, MAX_DELAY_SECS};
+use crate::jobs::queue::{DeadLetter, Delivery, JobQueue};
 use async_trait::async_trait;
 use rusqlite::{params, TransactionBehavior};
 
@@ -98,13 +98,7 @@ impl JobQueue for SqliteQueue {
     }
 
     async fn send(&self, job: &JobEnvelope, delay_secs: u32) -> Result<()> {
-        if delay_secs > MAX_DELAY_SECS {
-            return Err(Error::queue(
-                "send",
-                format!("delay {delay_secs}s exceeds the {MAX_DELAY_SECS}s maximum"),
-                Disposition::Permanent,
-            ));
-        }
+        crate::jobs::queue::check_delay(delay_secs)?;
         let now = self.clock.now();
         let visible = to_millis(now) + i64::from(delay_secs) * 1000;
         let name = self.name.clone();

@@ -3,13 +3,11 @@
 use crate::adapters::sqlite::Db;
 use crate::core::clock::{from_millis, to_millis, Timestamp};
 use crate::core::error::Result;
-use crate::core::error::{Disposition, Error};
 use crate::core::record::Record;
 use crate::core::record::{content_hash, StoredRecord};
 use crate::quota::QuotaKey;
 use crate::store::{
-    classify_change, unstorable, Change, Held, PageDiff, Quarantined, RecordStore, SyncFinish,
-    SyncState,
+    classify_change, Change, Held, PageDiff, Quarantined, RecordStore, SyncFinish, SyncState,
 };
 use async_trait::async_trait;
 use rusqlite::{params, OptionalExtension, TransactionBehavior};
@@ -79,17 +77,7 @@ impl RecordStore for SqliteStore {
         diff: &PageDiff,
         now: Timestamp,
     ) -> Result<()> {
-        if let Some((record, why)) = diff
-            .records
-            .iter()
-            .find_map(|(r, _)| unstorable(r).map(|why| (r, why)))
-        {
-            return Err(Error::store(
-                "records commit",
-                format!("record `{}` of `{record_type}`: {why}", record.id),
-                Disposition::Permanent,
-            ));
-        }
+        diff.check_storable(record_type)?;
         let (key, rt, records) = (key.clone(), record_type.to_string(), diff.records.clone());
         self.db
             .call("records commit", move |conn| {
