@@ -10,9 +10,10 @@ use super::{
 use crate::Sim;
 use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
-use axum::http::{Method, StatusCode};
+use axum::http::{HeaderMap, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use chrono::{DateTime, Duration, Utc};
 use serde_json::json;
 
@@ -54,14 +55,13 @@ pub(super) async fn auth(mut req: Request, next: Next) -> Response {
 /// so a fourth request is seen even if refused), scripted 429 bursts, and
 /// the daily budget (429 until UTC midnight). An accepted call is counted
 /// by endpoint, key and day before its route runs.
-pub(super) async fn limits(State(sim): State<Sim>, mut req: Request, next: Next) -> Response {
+pub(super) async fn limits(
+    State(sim): State<Sim>,
+    Extension(ApiKey(key)): Extension<ApiKey>,
+    mut req: Request,
+    next: Next,
+) -> Response {
     let state = &*sim.inner;
-    let Some(ApiKey(key)) = req.extensions().get::<ApiKey>().cloned() else {
-        return json_response(
-            StatusCode::UNAUTHORIZED,
-            &json!({"error": "missing bearer token"}),
-        );
-    };
     let now = state.clock.now();
     let arrived = {
         let mut in_flight = lock(&state.in_flight);
@@ -158,26 +158,22 @@ fn endpoint_of(method: &Method, uri: &axum::http::Uri) -> String {
 /// Faults that replace a served response (the call was still counted):
 /// random hostile answers (`fail_percent`), per-endpoint malformed bodies,
 /// and every scripted `next_*` switch, in a fixed order.
-pub(super) async fn faults(State(sim): State<Sim>, req: Request, next: Next) -> Response {
-    let Some(call) = req.extensions().get::<Call>().cloned() else {
-        return next.run(req).await;
-    };
-    let echoed = req
-        .headers()
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_string();
+pub(super) async fn faults(
+    State(sim): State<Sim>,
+    Extension(call): Extension<Call>,
+    req: Request,
+    next: Next,
+) -> Response {
     // The lock is released before the route runs (it is not held across
     // an await).
-    let replaced = replacement(&sim, &call, &echoed);
+    let replaced = replacement(&sim, &call, req.headers());
     match replaced {
         Some(response) => response,
         None => next.run(req).await,
     }
 }
 
-fn replacement(sim: &Sim, call: &Call, echoed: &str) -> Option<Response> {
+fn replacement(sim: &Sim, call: &Call, headers: &HeaderMap) -> Option<Response> {
     let state = &*sim.inner;
     let mut f = lock(&state.faults);
     let hostile = if f.fail_percent > 0 {
@@ -236,6 +232,10 @@ fn replacement(sim: &Sim, call: &Call, echoed: &str) -> Option<Response> {
         return Some(r);
     }
     if take(&mut f.next_400_echo_auth) {
+        let echoed = headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
         if f.echo_auth_offset > 0 {
             let body = format!(
                 "{}{echoed} and more text after it",
