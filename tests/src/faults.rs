@@ -107,7 +107,11 @@ impl Faults {
 
     /// Counts a call of `point` and applies the fault planned for it.
     pub fn check(&self, point: &str) -> metered::Result<()> {
-        match self.next(point) {
+        Self::apply(point, self.next(point))
+    }
+
+    fn apply(point: &str, fault: Option<Fault>) -> metered::Result<()> {
+        match fault {
             None => Ok(()),
             Some(Fault::Crash) => std::panic::panic_any(CRASH),
             Some(Fault::Fail(disposition)) => Err(metered::Error::Store {
@@ -116,6 +120,15 @@ impl Faults {
                 disposition,
             }),
         }
+    }
+
+    /// Like [`Faults::check`], and counts the call as well under the point
+    /// qualified by what it works on, `point[org/record type]`, so a test
+    /// can aim at one org's Nth page whatever order the orgs run in.
+    pub fn check_on(&self, point: &str, org: &str, record_type: &str) -> metered::Result<()> {
+        let general = self.next(point);
+        let qualified = self.next(&format!("{point}[{org}/{record_type}]"));
+        Self::apply(point, general.or(qualified))
     }
 
     /// Counts a call of `point` and returns the fault planned for it, if
@@ -181,7 +194,7 @@ impl<S: RecordStore + 'static> RecordStore for FaultyStore<S> {
         diff: &PageDiff,
         now: Timestamp,
     ) -> metered::Result<()> {
-        self.faults.check("store.commit")?;
+        self.faults.check_on("store.commit", &key.org, rt)?;
         self.inner.commit(key, rt, diff, now).await
     }
     async fn get(

@@ -276,6 +276,19 @@ pub async fn lookup_claims_are_reclaimable_by_their_claimer_only<F: Future<Outpu
         .claim_lookups(&a, "customers", &ids, "job-1:p0", later, hour)
         .await;
     assert_eq!(again.unwrap(), ids, "its own claims, and the new id");
+    // A page that runs again unchanged finds its claims by reading them.
+    let held = s.records.get(&a, "customers", &ids).await.unwrap();
+    let mut claimers: Vec<(&str, Option<&str>)> = held
+        .iter()
+        .map(|r| (r.id.as_str(), r.lookup_claimed_by.as_deref()))
+        .collect();
+    claimers.sort();
+    assert_eq!(
+        claimers,
+        ids.iter()
+            .map(|id| (id.as_str(), Some("job-1:p0")))
+            .collect::<Vec<_>>()
+    );
     // Another claimer gets none of them within min_relookup…
     let other = s
         .records
@@ -288,6 +301,8 @@ pub async fn lookup_claims_are_reclaimable_by_their_claimer_only<F: Future<Outpu
         .claim_lookups(&a, "customers", &ids, "job-2", later + hour, hour)
         .await;
     assert_eq!(after.unwrap(), ids);
+    let held = s.records.get(&a, "customers", &ids[..1]).await.unwrap();
+    assert_eq!(held[0].lookup_claimed_by.as_deref(), Some("job-2"));
 }
 
 pub async fn lookup_claims_are_scoped_by_org<F: Future<Output = Fixture>>(make: F) {

@@ -105,21 +105,33 @@ async fn a_transient_quota_error_keeps_the_checkpoint(adapter: Adapter) {
 /// the page claims them again (its own claims) instead of losing them for
 /// `min_relookup` — and for good, as nothing else looks them up (the `paid`
 /// workflow, whose waits would look them up again an hour later, is off).
+///
+/// The fault hits each org's second page of invoices, whose first page
+/// committed in the same invocation and left its claimed customers in the
+/// run's pending lookups: a crash there loses that memory, and the
+/// redelivered run finds page one unchanged; it must still find the claims
+/// page one made and look them up.
 async fn claims_survive_a_failed_commit(adapter: Adapter) {
-    for fault in [Fault::Fail(Disposition::Retryable), Fault::Crash] {
-        let w = scenario::world_with(adapter, |c| {
-            c.workflows.remove("paid");
-        })
-        .await;
-        w.faults
-            .at("store.commit", Some(JobKind::CompleteTransfer), 2, fault);
-        scenario::start(&w).await;
-        let report = w.drive().await;
-        assert_eq!(w.faults.fired().len(), 1, "{fault:?}");
-        if fault == Fault::Crash {
-            assert_eq!(report.crashes, 1);
+    for org in ORGS {
+        for fault in [Fault::Fail(Disposition::Retryable), Fault::Crash] {
+            let w = scenario::world_with(adapter, |c| {
+                c.workflows.remove("paid");
+            })
+            .await;
+            w.faults.at(
+                &format!("store.commit[{org}/invoices]"),
+                Some(JobKind::CompleteTransfer),
+                2,
+                fault,
+            );
+            scenario::start(&w).await;
+            let report = w.drive().await;
+            assert_eq!(w.faults.fired().len(), 1, "{org} {fault:?}");
+            if fault == Fault::Crash {
+                assert_eq!(report.crashes, 1, "{org}");
+            }
+            assert_whole(&scenario::account(&w).await);
         }
-        assert_whole(&scenario::account(&w).await);
     }
 }
 

@@ -34,6 +34,9 @@ pub struct StoredRecord {
     pub last_synced: Option<Timestamp>,
     /// When a lookup last asked for it (the `min_relookup` clock).
     pub last_looked_up: Option<Timestamp>,
+    /// Who claimed its last lookup (`job id:page`), so a page that runs
+    /// again after a crash can find the claims it made and lost.
+    pub lookup_claimed_by: Option<String>,
 }
 
 impl StoredRecord {

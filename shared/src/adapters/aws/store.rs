@@ -77,6 +77,7 @@ fn to_stored(item: &Item) -> Option<StoredRecord> {
         first_seen: get_n(item, "first_seen").map(from_millis)?,
         last_synced: get_n(item, "last_synced").map(from_millis),
         last_looked_up: get_n(item, "last_looked_up").map(from_millis),
+        lookup_claimed_by: get_s(item, "claimed_by").cloned(),
     })
 }
 

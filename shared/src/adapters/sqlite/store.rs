@@ -34,10 +34,11 @@ fn row_to_stored(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredRecord> {
         first_seen: from_millis(r.get(3)?),
         last_synced: r.get::<_, Option<i64>>(4)?.map(from_millis),
         last_looked_up: r.get::<_, Option<i64>>(5)?.map(from_millis),
+        lookup_claimed_by: r.get(6)?,
     })
 }
 
-const COLUMNS: &str = "id, hash, data, first_seen, last_synced, last_looked_up";
+const COLUMNS: &str = "id, hash, data, first_seen, last_synced, last_looked_up, lookup_claimed_by";
 
 #[async_trait]
 impl RecordStore for SqliteStore {

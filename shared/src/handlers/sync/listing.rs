@@ -238,6 +238,7 @@ pub async fn run(svc: &AppContext, job: &JobEnvelope, ctx: &JobContext) -> Outco
             svc,
             job,
             &payload.record_type,
+            &records,
             &diff.changes,
             &mut pending,
             &format!("p{}", cp.pages),

@@ -148,9 +148,29 @@ pub fn keys_per_call(svc: &AppContext, org: &str, target: &str) -> usize {
         .map_or(api_max, |k| (k as usize).clamp(1, api_max))
 }
 
+/// Whether `pk`'s policy says to look an id up, given what the store holds
+/// of it: an unknown id always; a seen one never for `unseen_only`, and for
+/// `seen_and_unseen` when not synced after `fresh_after`; none for `never`.
+fn wants_lookup(
+    pk: &crate::config::sync::PkLookupSettings,
+    stored: Option<&crate::core::record::StoredRecord>,
+    fresh_after: Timestamp,
+) -> bool {
+    use crate::config::sync::LookupPolicy;
+    let Some(r) = stored else {
+        return true;
+    };
+    match pk.policy {
+        LookupPolicy::UnseenOnly => !r.seen(),
+        LookupPolicy::SeenAndUnseen => {
+            !(r.seen() && r.last_synced.is_some_and(|t| t > fresh_after))
+        }
+        LookupPolicy::Never => false,
+    }
+}
+
 /// The ids (deduplicated) that `pk`'s policy says to look up, given what the
-/// store holds: unseen ones for `unseen_only`; also seen ones not synced
-/// within `min_relookup` for `seen_and_unseen`; none for `never`.
+/// store holds (see [`wants_lookup`]).
 pub(crate) async fn needing_lookup(
     svc: &AppContext,
     key: &crate::quota::QuotaKey,
@@ -162,22 +182,11 @@ pub(crate) async fn needing_lookup(
     let ids: BTreeSet<String> = ids.into_iter().filter(|id| !id.is_empty()).collect();
     let ids: Vec<String> = ids.into_iter().collect();
     let stored = svc.store.get(key, record_type, &ids).await?;
+    let stored: BTreeMap<&str, _> = stored.iter().map(|r| (r.id.as_str(), r)).collect();
     let fresh_after = now - crate::config::sync::chrono(pk.min_relookup);
-    let skip: BTreeSet<&str> = stored
-        .iter()
-        .filter(|r| match pk.policy {
-            crate::config::sync::LookupPolicy::UnseenOnly => r.seen(),
-            crate::config::sync::LookupPolicy::SeenAndUnseen => {
-                r.seen() && r.last_synced.is_some_and(|t| t > fresh_after)
-            }
-            crate::config::sync::LookupPolicy::Never => true,
-        })
-        .map(|r| r.id.as_str())
-        .collect();
     Ok(ids
-        .iter()
-        .filter(|id| !skip.contains(id.as_str()))
-        .cloned()
+        .into_iter()
+        .filter(|id| wants_lookup(pk, stored.get(id.as_str()).copied(), fresh_after))
         .collect())
 }
 
@@ -190,12 +199,22 @@ pub(crate) async fn needing_lookup(
 /// the bulk size, the remainder when `last` is set. So a sync's lookups cost
 /// `ceil(unseen / bulk size)` calls, not one partial call per page.
 ///
+/// `records` is the whole page: the foreign keys of its unchanged records
+/// whose lookups this very page claimed (claimer `job id:tag`) and that are
+/// still not done go back into `pending`. They are the claims of a page that
+/// committed in an invocation that then crashed before its checkpoint moved
+/// on: the redelivered message runs the page again, finds no change, and
+/// would otherwise leave the ids claimed by nobody alive until
+/// `min_relookup` ends — never looked up.
+///
 /// A workflow trigger carries the page's changes. `tag` makes idempotency
 /// keys unique per page of the job, so a repeated page repeats the keys.
+#[allow(clippy::too_many_arguments)]
 pub async fn enqueue_followups(
     svc: &AppContext,
     job: &JobEnvelope,
     record_type: &str,
+    records: &[crate::core::record::Record],
     changes: &[Change],
     pending: &mut BTreeMap<String, Vec<String>>,
     tag: &str,
@@ -204,41 +223,64 @@ pub async fn enqueue_followups(
     let now = svc.clock.now();
     let key = svc.key(&job.org);
     let rt = svc.config.record_type(record_type)?;
-    let mut by_target: BTreeMap<&str, BTreeSet<String>> = BTreeMap::new();
+    let claimer = format!("{}:{tag}", job.id);
+    let changed: BTreeSet<&str> = changes.iter().map(|c| c.record.id.as_str()).collect();
+    // Per target: ids referenced by changes, and by the page's other records.
+    let mut by_target: BTreeMap<&str, (BTreeSet<String>, BTreeSet<String>)> = BTreeMap::new();
     for (pointer, target) in &rt.foreign_keys {
         if !svc.config.sync(target).pk_lookup.active() {
             continue;
         }
-        let ids = by_target.entry(target.as_str()).or_default();
+        let (fresh, others) = by_target.entry(target.as_str()).or_default();
         for change in changes {
             if let Some(id) = id_at(&change.record.data, pointer) {
-                ids.insert(id);
+                fresh.insert(id);
+            }
+        }
+        for record in records.iter().filter(|r| !changed.contains(r.id.as_str())) {
+            if let Some(id) = id_at(&record.data, pointer) {
+                others.insert(id);
             }
         }
     }
-    for (target, ids) in by_target {
-        if ids.is_empty() {
+    for (target, (fresh, others)) in by_target {
+        let others: Vec<String> = others.difference(&fresh).cloned().collect();
+        if fresh.is_empty() && others.is_empty() {
             continue;
         }
         let pk = svc.config.sync(target).pk_lookup;
-        let ids: Vec<String> = ids.into_iter().collect();
-        let wanted = needing_lookup(svc, &key, target, &pk, ids, now).await?;
-        // Claimed as this page of this job: if the page fails before its
-        // checkpoint moves on, its re-run claims the same ids again rather
-        // than finding them taken (by itself) and losing them.
-        let claimed = svc
-            .store
-            .claim_lookups(
-                &key,
-                target,
-                &wanted,
-                &format!("{}:{tag}", job.id),
-                now,
-                crate::config::sync::chrono(pk.min_relookup),
-            )
-            .await?;
+        let mut found = Vec::new();
+        if !fresh.is_empty() {
+            let wanted =
+                needing_lookup(svc, &key, target, &pk, fresh.into_iter().collect(), now).await?;
+            // Claimed as this page of this job: if the page fails before its
+            // checkpoint moves on, its re-run claims the same ids again rather
+            // than finding them taken (by itself) and losing them.
+            found = svc
+                .store
+                .claim_lookups(
+                    &key,
+                    target,
+                    &wanted,
+                    &claimer,
+                    now,
+                    crate::config::sync::chrono(pk.min_relookup),
+                )
+                .await?;
+        }
+        if !others.is_empty() {
+            let fresh_after = now - crate::config::sync::chrono(pk.min_relookup);
+            let stored = svc.store.get(&key, target, &others).await?;
+            found.extend(
+                stored
+                    .into_iter()
+                    .filter(|r| r.lookup_claimed_by.as_deref() == Some(claimer.as_str()))
+                    .filter(|r| wants_lookup(&pk, Some(r), fresh_after))
+                    .map(|r| r.id),
+            );
+        }
         let queued = pending.entry(target.to_string()).or_default();
-        for id in claimed {
+        for id in found {
             if !queued.contains(&id) {
                 queued.push(id);
             }

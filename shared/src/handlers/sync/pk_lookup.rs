@@ -164,6 +164,7 @@ pub async fn run(svc: &AppContext, job: &JobEnvelope, ctx: &JobContext) -> Outco
             svc,
             job,
             rt_name,
+            &records,
             &diff.changes,
             &mut pending,
             &format!("c{}", cp.calls),
