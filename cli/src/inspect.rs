@@ -3,21 +3,30 @@
 
 use crate::system::{default_db, load_config, BoxError};
 use metered::adapters::sqlite::Db;
+use metered::config::app::AppConfig;
 use metered::jobs::envelope::{JobEnvelope, JobKind};
 use metered::quota::{QuotaKey, QuotaStore};
 use metered::store::RecordStore;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 #[derive(clap::Args, Debug)]
 pub struct Common {
-    /// The app config (default: the bundled example), for the app name and organizations.
+    /// The app config, for the app name, organizations and budget. Without
+    /// it the app and its organizations are read from the database (the one
+    /// app it holds, or the one --app names).
     #[arg(long)]
     config: Option<PathBuf>,
+    /// The app to read when the database holds several (default: the only
+    /// one it holds; with a DynamoDB table, the bundled example's).
+    #[arg(long)]
+    app: Option<String>,
     /// The SQLite database a `metered run` or `metered demo --db` wrote.
     #[arg(long, default_value_os_t = default_db())]
     db: PathBuf,
-    /// Organization (default: every connection in the config).
+    /// Organization (default: every organization of the app).
     #[arg(long)]
     org: Option<String>,
     /// Print JSON for scripts.
@@ -73,23 +82,31 @@ async fn dynamo_table(name: &str) -> metered::adapters::aws::Table {
     metered::adapters::aws::Table::new(aws_sdk_dynamodb::Client::new(&aws), name)
 }
 
-/// The record store a command reads: DynamoDB when a table is named, else
-/// the SQLite file.
-async fn record_store(
+/// The record store a command reads (DynamoDB when a table is named, else
+/// the SQLite file) and the app and orgs to read in it.
+async fn store_and_scope(
+    common: &Common,
     dynamodb_table: Option<&str>,
-    db: &PathBuf,
-) -> Result<Arc<dyn RecordStore>, BoxError> {
+) -> Result<(Arc<dyn RecordStore>, Scope), BoxError> {
     Ok(match dynamodb_table {
-        Some(table) => Arc::new(metered::adapters::aws::store::DynamoStore::new(
-            dynamo_table(table).await,
-        )),
-        None => Arc::new(metered::adapters::sqlite::store::SqliteStore::new(open_db(
-            db,
-        )?)),
+        Some(table) => (
+            Arc::new(metered::adapters::aws::store::DynamoStore::new(
+                dynamo_table(table).await,
+            )),
+            scope(common, None).await?,
+        ),
+        None => {
+            let db = open_db(&common.db)?;
+            let scope = scope(common, Some((&db, &common.db))).await?;
+            (
+                Arc::new(metered::adapters::sqlite::store::SqliteStore::new(db)),
+                scope,
+            )
+        }
     })
 }
 
-fn open_db(path: &PathBuf) -> Result<Db, BoxError> {
+fn open_db(path: &Path) -> Result<Db, BoxError> {
     if !path.exists() {
         return Err(format!(
             "{}: no database here; run `metered run` or `metered demo --db {}` first, or pass --db",
@@ -101,45 +118,175 @@ fn open_db(path: &PathBuf) -> Result<Db, BoxError> {
     Ok(Db::open(path)?)
 }
 
-fn orgs(common: &Common, config: &metered::config::app::AppConfig) -> Vec<String> {
-    match &common.org {
+/// Which app and organizations a command reads, and its config when known.
+struct Scope {
+    app: String,
+    orgs: Vec<String>,
+    /// From --config, or the bundled example when its app is the one read.
+    config: Option<AppConfig>,
+}
+
+fn listed(apps: &BTreeMap<String, BTreeSet<String>>) -> String {
+    apps.keys()
+        .map(|a| format!("`{a}`"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The app and organizations to read: from `--config` when given (noting
+/// when the database holds nothing of that app); else from the SQLite
+/// database itself, which knows the apps and orgs it holds — so a
+/// database written with `--config my-app.toml` is read as `my-app`
+/// without repeating the flag. `db` is `None` for a DynamoDB table, whose
+/// apps cannot be listed without a scan: there `--app` (default: the
+/// bundled example's) and `--org` or the example's orgs name them.
+async fn scope(common: &Common, db: Option<(&Db, &Path)>) -> Result<Scope, BoxError> {
+    let pick_orgs = |all: Vec<String>| match &common.org {
         Some(o) => vec![o.clone()],
-        None => config.connections.iter().map(|c| c.org.clone()).collect(),
+        None => all,
+    };
+    if let Some(path) = &common.config {
+        let config = load_config(Some(path))?;
+        let app = config.app.name.clone();
+        if let Some(other) = common.app.as_ref().filter(|a| **a != app) {
+            return Err(format!(
+                "--app `{other}` is not the app of {} (`{app}`); pass one or the other",
+                path.display()
+            )
+            .into());
+        }
+        if let Some((db, db_path)) = db {
+            let apps = db.apps().await?;
+            if !apps.is_empty() && !apps.contains_key(&app) {
+                eprintln!(
+                    "note: {} holds no data of app `{app}` (from {}); it holds {}",
+                    db_path.display(),
+                    path.display(),
+                    listed(&apps)
+                );
+            }
+        }
+        let orgs = pick_orgs(config.connections.iter().map(|c| c.org.clone()).collect());
+        return Ok(Scope {
+            app,
+            orgs,
+            config: Some(config),
+        });
     }
+    let example = load_config(None)?;
+    let Some((db, db_path)) = db else {
+        let app = common.app.clone().unwrap_or(example.app.name.clone());
+        let is_example = app == example.app.name;
+        if !is_example && common.org.is_none() {
+            return Err(format!(
+                "app `{app}`: pass --org (or --config): a DynamoDB table does not list its organizations without a scan"
+            )
+            .into());
+        }
+        let orgs = pick_orgs(example.connections.iter().map(|c| c.org.clone()).collect());
+        return Ok(Scope {
+            app,
+            orgs,
+            config: is_example.then_some(example),
+        });
+    };
+    let apps = db.apps().await?;
+    let (app, orgs) = match &common.app {
+        Some(app) => match apps.get(app) {
+            Some(orgs) => (app.clone(), orgs.clone()),
+            None if apps.is_empty() => {
+                return Err(format!(
+                    "{}: holds no app's data yet; run `metered run --db {}` (or `metered demo --db {}`) first",
+                    db_path.display(),
+                    db_path.display(),
+                    db_path.display()
+                )
+                .into())
+            }
+            None => {
+                return Err(format!(
+                    "{}: holds no data of app `{app}`; it holds {}",
+                    db_path.display(),
+                    listed(&apps)
+                )
+                .into())
+            }
+        },
+        None => {
+            let mut it = apps.iter();
+            match (it.next(), it.next()) {
+                (None, _) => {
+                    return Err(format!(
+                        "{}: holds no app's data yet; run `metered run --db {}` (or `metered demo --db {}`) first",
+                        db_path.display(),
+                        db_path.display(),
+                        db_path.display()
+                    )
+                    .into())
+                }
+                (Some((app, orgs)), None) => (app.clone(), orgs.clone()),
+                (Some(_), Some(_)) => {
+                    return Err(format!(
+                        "{}: holds data of several apps ({}); pass --app NAME or --config FILE",
+                        db_path.display(),
+                        listed(&apps)
+                    )
+                    .into())
+                }
+            }
+        }
+    };
+    eprintln!(
+        "app `{app}`, orgs {} (as {} holds them; --app, --org or --config to choose)",
+        orgs.iter().cloned().collect::<Vec<_>>().join(", "),
+        db_path.display()
+    );
+    let config = (app == example.app.name).then_some(example);
+    Ok(Scope {
+        app,
+        orgs: pick_orgs(orgs.into_iter().collect()),
+        config,
+    })
 }
 
 pub async fn usage(args: UsageArgs) -> Result<(), BoxError> {
-    let config = load_config(args.common.config.as_deref())?;
     let day = args.day.unwrap_or_else(|| chrono::Utc::now().date_naive());
-    let store: Arc<dyn QuotaStore> = match &args.dynamodb_table {
-        Some(table) => Arc::new(metered::adapters::aws::quota::DynamoQuota::new(
-            dynamo_table(table).await,
-        )),
-        None => Arc::new(metered::adapters::sqlite::quota::SqliteQuota::new(open_db(
-            &args.common.db,
-        )?)),
+    let (store, scope): (Arc<dyn QuotaStore>, Scope) = match &args.dynamodb_table {
+        Some(table) => (
+            Arc::new(metered::adapters::aws::quota::DynamoQuota::new(
+                dynamo_table(table).await,
+            )),
+            scope(&args.common, None).await?,
+        ),
+        None => {
+            let db = open_db(&args.common.db)?;
+            let scope = scope(&args.common, Some((&db, &args.common.db))).await?;
+            (
+                Arc::new(metered::adapters::sqlite::quota::SqliteQuota::new(db)),
+                scope,
+            )
+        }
     };
     let mut rows = Vec::new();
-    for org in orgs(&args.common, &config) {
-        rows.extend(
-            store
-                .usage(&QuotaKey::new(&org, &config.app.name), day)
-                .await?,
-        );
+    for org in &scope.orgs {
+        rows.extend(store.usage(&QuotaKey::new(org, &scope.app), day).await?);
     }
     if args.common.json {
         println!("{}", serde_json::to_string_pretty(&rows)?);
         return Ok(());
     }
-    let budget = config
-        .app
-        .limits
-        .per_day
-        .map_or("no daily limit".to_string(), |l| format!("{l} a day"));
+    let budget = match &scope.config {
+        Some(config) => config
+            .app
+            .limits
+            .per_day
+            .map_or("no daily limit".to_string(), |l| format!("{l} a day")),
+        None => "unknown without --config".to_string(),
+    };
     let spent: u64 = rows.iter().filter(|u| !u.exempt).map(|u| u.calls).sum();
     println!(
         "Usage of app `{}` on {day} (budget {budget}): {spent} calls",
-        config.app.name
+        scope.app
     );
     println!(
         "  {:<10} {:<36} {:<32} {:>7}",
@@ -156,12 +303,13 @@ pub async fn usage(args: UsageArgs) -> Result<(), BoxError> {
 }
 
 pub async fn records(args: RecordsArgs) -> Result<(), BoxError> {
-    let config = load_config(args.common.config.as_deref())?;
-    config.record_type(&args.record_type)?;
-    let store = record_store(args.dynamodb_table.as_deref(), &args.common.db).await?;
+    let (store, scope) = store_and_scope(&args.common, args.dynamodb_table.as_deref()).await?;
+    if let Some(config) = &scope.config {
+        config.record_type(&args.record_type)?;
+    }
     let mut all = Vec::new();
-    for org in orgs(&args.common, &config) {
-        let key = QuotaKey::new(&org, &config.app.name);
+    for org in &scope.orgs {
+        let key = QuotaKey::new(org, &scope.app);
         for r in store
             .list(&key, &args.record_type, None, args.limit)
             .await?
@@ -175,6 +323,15 @@ pub async fn records(args: RecordsArgs) -> Result<(), BoxError> {
             .map(|(org, r)| serde_json::json!({"org": org, "record": r}))
             .collect();
         println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(());
+    }
+    if all.is_empty() {
+        println!(
+            "no `{}` records of app `{}` ({})",
+            args.record_type,
+            scope.app,
+            scope.orgs.join(", ")
+        );
         return Ok(());
     }
     let t = |t: Option<chrono::DateTime<chrono::Utc>>| {
@@ -201,11 +358,10 @@ pub async fn records(args: RecordsArgs) -> Result<(), BoxError> {
 /// Records set aside (no id, too large, missing a field an action needs),
 /// with the reason, per organization.
 pub async fn quarantine(args: QuarantineArgs) -> Result<(), BoxError> {
-    let config = load_config(args.common.config.as_deref())?;
-    let store = record_store(args.dynamodb_table.as_deref(), &args.common.db).await?;
+    let (store, scope) = store_and_scope(&args.common, args.dynamodb_table.as_deref()).await?;
     let mut all = Vec::new();
-    for org in orgs(&args.common, &config) {
-        let key = QuotaKey::new(&org, &config.app.name);
+    for org in &scope.orgs {
+        let key = QuotaKey::new(org, &scope.app);
         for q in store.quarantined(&key, args.limit).await? {
             all.push((org.clone(), q));
         }
@@ -269,12 +425,12 @@ pub async fn jobs(args: Common) -> Result<(), BoxError> {
         println!("no jobs waiting and no dead letters");
     }
     // Quarantined records are work that will not happen by itself: say so.
-    if let Ok(config) = load_config(args.config.as_deref()) {
+    if let Ok(scope) = scope(&args, Some((&db, &args.db))).await {
         let store = metered::adapters::sqlite::store::SqliteStore::new(db.clone());
         let mut n = 0;
-        for org in orgs(&args, &config) {
+        for org in &scope.orgs {
             n += store
-                .quarantined(&QuotaKey::new(&org, &config.app.name), 1_000)
+                .quarantined(&QuotaKey::new(org, &scope.app), 1_000)
                 .await?
                 .len();
         }

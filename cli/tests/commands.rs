@@ -466,3 +466,185 @@ fn plan_agrees_with_a_simulated_run() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A database written with `--config my-app.toml` is read as `my-app`
+/// without the flag: the inspect commands take the app and orgs it holds,
+/// say which, and refuse clearly when it holds several apps or none.
+#[tokio::test]
+async fn inspect_commands_read_the_app_the_database_holds() {
+    use metered::quota::{QuotaKey, QuotaStore};
+    use metered::store::RecordStore;
+    let dir = tmp("db-app");
+    let path = dir.join("mine.sqlite");
+    let db = metered::adapters::sqlite::Db::open(&path).unwrap();
+    let empty = json(&metered(&["jobs", "--db", "mine.sqlite", "--json"], &dir));
+    assert_eq!(empty, serde_json::json!([]));
+    let out = metered(&["records", "invoices", "--db", "mine.sqlite"], &dir);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("holds no app's data yet"), "{err}");
+
+    let store = metered::adapters::sqlite::store::SqliteStore::new(db.clone());
+    let quota = metered::adapters::sqlite::quota::SqliteQuota::new(db.clone());
+    let day = chrono::NaiveDate::from_ymd_opt(2026, 11, 22).unwrap();
+    // Two orgs of one app whose record ids coincide.
+    for (org, calls) in [("acme", 3), ("globex", 5)] {
+        let key = QuotaKey::new(org, "my-app");
+        let record = metered::core::record::Record {
+            id: "inv_1".into(),
+            updated_at: None,
+            data: serde_json::json!({"id": "inv_1", "org": org}),
+        };
+        store
+            .upsert(&key, "invoices", &[record], chrono::Utc::now())
+            .await
+            .unwrap();
+        quota
+            .record_usage(&[metered::quota::UsageEntry {
+                key,
+                day,
+                source: "complete-transfer:invoices".into(),
+                endpoint: "GET /invoices".into(),
+                exempt: false,
+                calls,
+            }])
+            .await
+            .unwrap();
+    }
+    let out = metered(
+        &["records", "invoices", "--db", "mine.sqlite", "--json"],
+        &dir,
+    );
+    let records = json(&out);
+    let mut orgs: Vec<&str> = records
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["record"]["data"]["org"].as_str().unwrap())
+        .collect();
+    orgs.sort();
+    assert_eq!(orgs, ["acme", "globex"], "{records}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("app `my-app`") && err.contains("acme, globex"),
+        "{err}"
+    );
+    let usage = json(&metered(
+        &[
+            "usage",
+            "--db",
+            "mine.sqlite",
+            "--day",
+            "2026-11-22",
+            "--json",
+        ],
+        &dir,
+    ));
+    let calls: u64 = usage
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["calls"].as_u64().unwrap())
+        .sum();
+    assert_eq!(calls, 8, "{usage}");
+    let one = json(&metered(
+        &[
+            "usage",
+            "--db",
+            "mine.sqlite",
+            "--day",
+            "2026-11-22",
+            "--org",
+            "globex",
+            "--json",
+        ],
+        &dir,
+    ));
+    assert_eq!(one[0]["calls"], 5, "{one}");
+    // --config naming another app: its (empty) view, with a note.
+    let out = metered(
+        &[
+            "records",
+            "invoices",
+            "--db",
+            "mine.sqlite",
+            "--config",
+            "booking.toml",
+        ],
+        &dir,
+    );
+    assert!(!out.status.success(), "no booking.toml here yet");
+    std::fs::write(
+        dir.join("booking.toml"),
+        include_str!("../examples/booking.toml"),
+    )
+    .unwrap();
+    let out = metered(
+        &[
+            "records",
+            "invoices",
+            "--db",
+            "mine.sqlite",
+            "--config",
+            "booking.toml",
+        ],
+        &dir,
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && err.contains("holds no data of app `sim-booking`"),
+        "{err}"
+    );
+
+    // A second app in the same database: the commands ask which.
+    store
+        .upsert(
+            &QuotaKey::new("acme", "sim-booking"),
+            "invoices",
+            &[metered::core::record::Record {
+                id: "inv_1".into(),
+                updated_at: None,
+                data: serde_json::json!({"id": "inv_1"}),
+            }],
+            chrono::Utc::now(),
+        )
+        .await
+        .unwrap();
+    let out = metered(&["usage", "--db", "mine.sqlite"], &dir);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("several apps (`my-app`, `sim-booking`)") && err.contains("--app"),
+        "{err}"
+    );
+    let mine = json(&metered(
+        &[
+            "records",
+            "invoices",
+            "--db",
+            "mine.sqlite",
+            "--app",
+            "my-app",
+            "--json",
+        ],
+        &dir,
+    ));
+    assert_eq!(mine.as_array().unwrap().len(), 2, "{mine}");
+    let out = metered(
+        &[
+            "records",
+            "invoices",
+            "--db",
+            "mine.sqlite",
+            "--app",
+            "nope",
+        ],
+        &dir,
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("no data of app `nope`"),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

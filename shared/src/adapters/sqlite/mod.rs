@@ -134,6 +134,31 @@ impl Db {
         self.round_trips.load(Ordering::Relaxed)
     }
 
+    /// The apps this database holds data of (records, usage, sync state,
+    /// quota windows, quarantine), each with its organizations: what the
+    /// inspect commands read when no config names the app.
+    pub async fn apps(
+        &self,
+    ) -> Result<std::collections::BTreeMap<String, std::collections::BTreeSet<String>>> {
+        self.call("apps", |conn| {
+            let mut stmt = conn.prepare(
+                "SELECT app, org FROM records UNION SELECT app, org FROM usage
+                 UNION SELECT app, org FROM sync_state UNION SELECT app, org FROM quota_window
+                 UNION SELECT app, org FROM quarantine",
+            )?;
+            let mut apps =
+                std::collections::BTreeMap::<String, std::collections::BTreeSet<String>>::new();
+            for row in
+                stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?
+            {
+                let (app, org) = row?;
+                apps.entry(app).or_default().insert(org);
+            }
+            Ok(apps)
+        })
+        .await
+    }
+
     /// Runs `f` on the connection off the async executor.
     pub(crate) async fn call<T, F>(&self, operation: &'static str, f: F) -> Result<T>
     where
