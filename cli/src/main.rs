@@ -44,8 +44,9 @@ enum Command {
     Usage(inspect::UsageArgs),
     /// What got synced: records of a type with first seen, last synced, last looked up.
     Records(inspect::RecordsArgs),
-    /// Jobs waiting (with not_before and why they restarted) and dead letters.
-    Jobs(inspect::Common),
+    /// Jobs waiting (with not_before and why they restarted) and dead
+    /// letters: counts by kind and reason, then one line per job.
+    Jobs(inspect::JobsArgs),
     /// Records set aside instead of failing their page or workflow (no id,
     /// over 400 KB, missing a field an action needs), with the reason.
     Quarantine(inspect::QuarantineArgs),

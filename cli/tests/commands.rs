@@ -648,3 +648,121 @@ async fn inspect_commands_read_the_app_the_database_holds() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `metered jobs` names each job's org, id, kind and reason, counts them by
+/// kind and reason, and filters by org, kind and reason, as text and JSON.
+#[tokio::test]
+async fn jobs_are_listed_counted_and_filtered() {
+    use metered::jobs::envelope::{JobEnvelope, JobKind};
+    use metered::jobs::queue::JobQueue;
+    let dir = tmp("jobs");
+    let db = metered::adapters::sqlite::Db::open(dir.join("q.sqlite")).unwrap();
+    let clock: metered::core::clock::SharedClock =
+        std::sync::Arc::new(metered::core::clock::SystemClock);
+    let queue = |kind: JobKind| {
+        metered::adapters::sqlite::queue::SqliteQueue::new(
+            db.clone(),
+            kind.as_str(),
+            clock.clone(),
+            5,
+        )
+    };
+    let now = chrono::Utc::now();
+    // Both orgs have a job with the same id, as tenants' ids coincide.
+    for org in ["acme", "globex"] {
+        let mut job = JobEnvelope::new(
+            JobKind::CompleteTransfer,
+            org,
+            "my-app",
+            serde_json::json!({"record_type": "invoices"}),
+            now,
+        );
+        job.id = "job-1".into();
+        job.restarts = 2;
+        job.last_reason = Some("day limit reached".into());
+        queue(JobKind::CompleteTransfer)
+            .send(&job, 600)
+            .await
+            .unwrap();
+    }
+    let mut http = JobEnvelope::new(
+        JobKind::ActionHttp,
+        "acme",
+        "my-app",
+        serde_json::json!({"workflow": "vip"}),
+        now,
+    );
+    http.id = "act-9".into();
+    queue(JobKind::ActionHttp)
+        .dead_letter(&http.to_body(), "POST /notes: 422 Unprocessable")
+        .await
+        .unwrap();
+
+    let all = json(&metered(&["jobs", "--db", "q.sqlite", "--json"], &dir));
+    assert_eq!(all.as_array().unwrap().len(), 3, "{all}");
+    let dead = all
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|j| j["state"] == "dead")
+        .unwrap();
+    assert_eq!(
+        (&dead["org"], &dead["id"], &dead["kind"], &dead["detail"]),
+        (
+            &"acme".into(),
+            &"act-9".into(),
+            &"action-http".into(),
+            &"vip".into()
+        ),
+        "{dead}"
+    );
+    let globex = json(&metered(
+        &["jobs", "--db", "q.sqlite", "--org", "globex", "--json"],
+        &dir,
+    ));
+    assert_eq!(globex.as_array().unwrap().len(), 1, "{globex}");
+    assert_eq!(globex[0]["restarts"], 2);
+    assert_eq!(globex[0]["detail"], "invoices");
+    assert!(globex[0]["not_before"].is_string(), "{globex}");
+    let limit = json(&metered(
+        &[
+            "jobs",
+            "--db",
+            "q.sqlite",
+            "--reason",
+            "DAY LIMIT",
+            "--json",
+        ],
+        &dir,
+    ));
+    assert_eq!(limit.as_array().unwrap().len(), 2, "{limit}");
+    let kind = json(&metered(
+        &[
+            "jobs",
+            "--db",
+            "q.sqlite",
+            "--kind",
+            "action-http",
+            "--json",
+        ],
+        &dir,
+    ));
+    assert_eq!(kind.as_array().unwrap().len(), 1, "{kind}");
+
+    let text = metered(&["jobs", "--db", "q.sqlite"], &dir);
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.lines().any(|l| l.contains("waiting")
+            && l.contains("complete-transfer")
+            && l.contains(" 2  day limit reached")),
+        "counts by kind and reason:\n{text}"
+    );
+    assert!(text.contains("globex"), "{text}");
+    let bad = metered(&["jobs", "--db", "q.sqlite", "--kind", "nonsense"], &dir);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("unknown kind `nonsense`"));
+    let none = metered(&["jobs", "--db", "q.sqlite", "--org", "initech"], &dir);
+    assert!(String::from_utf8_lossy(&none.stdout)
+        .contains("no jobs waiting and no dead letters that match"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
