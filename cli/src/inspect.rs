@@ -407,7 +407,7 @@ pub struct JobsArgs {
     limit: usize,
 }
 
-fn parse_kind(s: &str) -> Result<JobKind, String> {
+pub fn parse_kind(s: &str) -> Result<JobKind, String> {
     serde_json::from_value(serde_json::Value::String(s.to_string())).map_err(|_| {
         let kinds: Vec<&str> = JobKind::QUEUED.iter().map(|k| k.as_str()).collect();
         format!("unknown kind `{s}`; one of {}", kinds.join(", "))

@@ -3,6 +3,7 @@
 
 mod bench;
 mod demo;
+mod dlq;
 mod forecast;
 mod infra;
 mod inspect;
@@ -50,6 +51,9 @@ enum Command {
     /// Records set aside instead of failing their page or workflow (no id,
     /// over 400 KB, missing a field an action needs), with the reason.
     Quarantine(inspect::QuarantineArgs),
+    /// Dead letters: list, show one, redrive them to their queue after a fix
+    /// (SQLite, or the deployed SQS queues with --sqs).
+    Dlq(dlq::Args),
     /// Runs one handler once with a Lambda event JSON (schedule or SQS).
     Invoke(run::InvokeArgs),
     /// Measures the quota, restart, connector and sync paths and prints figures.
@@ -89,6 +93,7 @@ fn main() -> ExitCode {
             Command::Records(args) => inspect::records(args).await,
             Command::Jobs(args) => inspect::jobs(args).await,
             Command::Quarantine(args) => inspect::quarantine(args).await,
+            Command::Dlq(args) => dlq::run(args).await,
             Command::Invoke(args) => run::invoke(args).await,
             Command::Bench(args) => bench::run(args).await,
             Command::LocalInfra(args) => infra::run(args).await,

@@ -766,3 +766,127 @@ async fn jobs_are_listed_counted_and_filtered() {
         .contains("no jobs waiting and no dead letters that match"));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Two orgs' dead-lettered jobs with the same id, on one queue.
+async fn dead_letter_two_orgs(queue: &dyn metered::jobs::queue::JobQueue) {
+    for org in ["acme", "globex"] {
+        let mut job = metered::jobs::envelope::JobEnvelope::new(
+            metered::jobs::envelope::JobKind::Workflow,
+            org,
+            "sim-booking",
+            serde_json::json!({"workflow": "vip"}),
+            chrono::Utc::now(),
+        );
+        job.id = "job-1".into();
+        job.restarts = 50;
+        queue
+            .dead_letter(&job.to_body(), "restart cap (50) reached")
+            .await
+            .unwrap();
+    }
+}
+
+/// `metered dlq` on `cmd`'s queues: list both orgs' dead letters, show
+/// one id, redrive one org's with its restarts reset; the other stays.
+fn dlq_list_show_redrive(cmd: &dyn Fn(&[&str]) -> Output) {
+    let list = json(&cmd(&["dlq", "list", "--json"]));
+    assert_eq!(list.as_array().unwrap().len(), 2, "{list}");
+    assert!(list
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|d| d["kind"] == "workflow" && d["id"] == "job-1" && d["restarts"] == 50));
+    let out = json(&cmd(&[
+        "dlq",
+        "redrive",
+        "--id",
+        "job-1",
+        "--org",
+        "acme",
+        "--reset-restarts",
+        "--json",
+    ]));
+    assert_eq!(out["redriven"], 1, "{out}");
+    assert_eq!(out["by_kind"]["workflow"], 1, "{out}");
+    let show = json(&cmd(&["dlq", "show", "job-1"]));
+    assert_eq!(show.as_array().unwrap().len(), 1, "{show}");
+    assert_eq!(show[0]["org"], "globex");
+    assert_eq!(show[0]["body"]["payload"]["workflow"], "vip", "{show}");
+    let missing = cmd(&["dlq", "show", "job-404"]);
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("no dead letter with id `job-404`"));
+}
+
+#[tokio::test]
+async fn dead_letters_are_listed_and_redriven_on_sqlite() {
+    let dir = tmp("dlq-sqlite");
+    let db = metered::adapters::sqlite::Db::open(dir.join("q.sqlite")).unwrap();
+    let clock: metered::core::clock::SharedClock =
+        std::sync::Arc::new(metered::core::clock::SystemClock);
+    let queue = metered::adapters::sqlite::queue::SqliteQueue::new(db, "workflow", clock, 5);
+    dead_letter_two_orgs(&queue).await;
+    let run = |args: &[&str]| {
+        let mut all = args.to_vec();
+        all.extend(["--db", "q.sqlite"]);
+        metered(&all, &dir)
+    };
+    dlq_list_show_redrive(&run);
+    let jobs = json(&run(&["jobs", "--json", "--kind", "workflow"]));
+    let waiting: Vec<_> = jobs
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|j| j["state"] == "waiting")
+        .collect();
+    assert_eq!(waiting.len(), 1, "{jobs}");
+    assert_eq!(
+        (&waiting[0]["org"], &waiting[0]["restarts"]),
+        (&"acme".into(), &0.into())
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn dead_letters_are_listed_and_redriven_on_ministack_sqs() {
+    use metered::jobs::queue::JobQueue;
+    let url = std::env::var("METERED_TEST_SQS_URL")
+        .expect("METERED_TEST_SQS_URL: run `bash infra/test.sh`, which starts ministack");
+    let client = aws_sdk_sqs::Client::new(&metered::adapters::aws::local_sdk_config(&url));
+    let name = format!("metered-cli-dlq-{}", std::process::id());
+    let mut urls = Vec::new();
+    for q in [name.clone(), format!("{name}-dlq")] {
+        let out = client.create_queue().queue_name(q).send().await.unwrap();
+        urls.push(out.queue_url.unwrap());
+    }
+    let queue =
+        metered::adapters::aws::queue::SqsQueue::new(client, &urls[0], &urls[1]).with_wait_secs(0);
+    dead_letter_two_orgs(&queue).await;
+    let dir = tmp("dlq-sqs");
+    let run = |args: &[&str]| {
+        let mut all = args.to_vec();
+        all.push("--sqs");
+        Command::new(env!("CARGO_BIN_EXE_metered"))
+            .args(&all)
+            .current_dir(&dir)
+            .env("AWS_ENDPOINT_URL_SQS", &url)
+            .env("AWS_ACCESS_KEY_ID", "local")
+            .env("AWS_SECRET_ACCESS_KEY", "local")
+            .env("AWS_REGION", "us-east-1")
+            .env("METERED_QUEUE_URL_WORKFLOW", &urls[0])
+            .env("METERED_DLQ_URL_WORKFLOW", &urls[1])
+            .output()
+            .expect("run metered")
+    };
+    dlq_list_show_redrive(&run);
+    let mut back = Vec::new();
+    for _ in 0..10 {
+        back.extend(queue.receive(10, 30).await.unwrap());
+        if !back.is_empty() {
+            break;
+        }
+    }
+    assert_eq!(back.len(), 1);
+    let job = metered::jobs::envelope::JobEnvelope::parse(&back[0].body).unwrap();
+    assert_eq!((job.org.as_str(), job.restarts), ("acme", 0));
+    let _ = std::fs::remove_dir_all(&dir);
+}

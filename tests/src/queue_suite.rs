@@ -31,6 +31,7 @@ macro_rules! queue_cases {
                 restart_cap_sends_to_dead_letters,
                 bad_messages_are_dead_lettered_and_neighbours_succeed,
                 redrive_after_max_receives,
+                dead_letters_are_redriven_by_choice,
             ]
         );
     };
@@ -415,4 +416,65 @@ pub async fn redrive_after_max_receives<F: Future<Output = Fixture>>(make: F) {
     }
     assert_eq!(dead.len(), 1, "moved to the dead-letter queue");
     assert!(JobEnvelope::parse(&dead[0].body).is_ok());
+}
+
+/// An operator's redrive: only the dead letters chosen go back (here one
+/// org's, though the other org's job has the same id), with the body the
+/// choice gives (restarts reset); the rest stay, junk included.
+pub async fn dead_letters_are_redriven_by_choice<F: Future<Output = Fixture>>(make: F) {
+    let fx = make.await;
+    let mut jobs = Vec::new();
+    for org in ["acme", "globex"] {
+        let mut j = job(&fx.clock);
+        j.org = org.into();
+        j.id = "job-1".into();
+        j.restarts = 7;
+        fx.queue
+            .dead_letter(&j.to_body(), "restart cap reached")
+            .await
+            .unwrap();
+        jobs.push(j);
+    }
+    fx.queue
+        .dead_letter("{not json", "body is not JSON")
+        .await
+        .unwrap();
+    let acme_only = |d: &metered::jobs::queue::DeadLetter| {
+        let mut j = JobEnvelope::parse(&d.body).ok()?;
+        (j.org == "acme").then(|| {
+            j.restarts = 0;
+            j.to_body()
+        })
+    };
+    assert_eq!(fx.queue.redrive(&acme_only).await.unwrap(), 1);
+    let back = receive_n(&fx.queue, 1).await;
+    assert_eq!(back.len(), 1);
+    let j = JobEnvelope::parse(&back[0].body).unwrap();
+    assert_eq!(
+        (j.org.as_str(), j.id.as_str(), j.restarts),
+        ("acme", "job-1", 0)
+    );
+    assert_eq!(j.payload, jobs[0].payload, "the envelope is intact");
+    fx.queue.ack(&back[0].receipt).await.unwrap();
+    // The other org's job and the junk are still there, and visible.
+    let parseable = |d: &metered::jobs::queue::DeadLetter| {
+        JobEnvelope::parse(&d.body).ok().map(|j| j.to_body())
+    };
+    assert_eq!(
+        fx.queue.redrive(&parseable).await.unwrap(),
+        1,
+        "globex's job"
+    );
+    let back = receive_n(&fx.queue, 1).await;
+    assert_eq!(JobEnvelope::parse(&back[0].body).unwrap().org, "globex");
+    assert_eq!(JobEnvelope::parse(&back[0].body).unwrap().restarts, 7);
+    let mut left = Vec::new();
+    for _ in 0..10 {
+        left.extend(fx.queue.dead_letters(10).await.unwrap());
+        if !left.is_empty() {
+            break;
+        }
+    }
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert_eq!(left[0].reason, "body is not JSON");
 }

@@ -104,6 +104,9 @@ impl JobQueue for TimeTravel {
     async fn dead_letters(&self, max: u32) -> metered::Result<Vec<DeadLetter>> {
         self.inner.dead_letters(max).await
     }
+    async fn redrive(&self, choose: &metered::jobs::queue::Choose<'_>) -> metered::Result<u64> {
+        self.inner.redrive(choose).await
+    }
 }
 
 /// A connector whose every call takes `secs` of the manual clock, so long

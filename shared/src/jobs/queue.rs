@@ -79,7 +79,19 @@ pub trait JobQueue: Send + Sync {
 
     /// Reads up to `max` messages of the dead-letter queue (reports, tests).
     async fn dead_letters(&self, max: u32) -> Result<Vec<DeadLetter>>;
+
+    /// Moves dead letters back to this queue (`metered dlq redrive`): each
+    /// one `choose` returns a body for is sent again, visible at once, with
+    /// that body, and only then removed from the dead-letter queue; the
+    /// others stay. A crash in between leaves a job in both queues — run
+    /// twice, which the job ledger absorbs — never in neither. Returns how
+    /// many moved.
+    async fn redrive(&self, choose: &Choose<'_>) -> Result<u64>;
 }
+
+/// Which dead letters a redrive moves, and with what body (e.g. the
+/// envelope with its restarts reset); `None` leaves one where it is.
+pub type Choose<'a> = dyn Fn(&DeadLetter) -> Option<String> + Send + Sync + 'a;
 
 /// Routes jobs to the queue of their kind (one queue per handler).
 #[derive(Clone, Default)]

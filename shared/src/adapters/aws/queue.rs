@@ -4,7 +4,7 @@
 
 use crate::core::error::{Disposition, Error, Result};
 use crate::jobs::envelope::JobEnvelope;
-use crate::jobs::queue::{DeadLetter, Delivery, JobQueue};
+use crate::jobs::queue::{Choose, DeadLetter, Delivery, JobQueue};
 use async_trait::async_trait;
 use aws_sdk_sqs::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_sqs::types::{MessageAttributeValue, MessageSystemAttributeName};
@@ -70,6 +70,24 @@ impl SqsQueue {
             .await
             .map_err(|e| sqs_error("receive", e))?;
         Ok(out.messages.unwrap_or_default())
+    }
+}
+
+impl SqsQueue {
+    /// Makes dead letters read by a listing or left by a redrive visible
+    /// again at once.
+    async fn show_again(&self, receipts: Vec<String>) -> Result<()> {
+        for receipt in receipts {
+            self.client
+                .change_message_visibility()
+                .queue_url(&self.dlq_url)
+                .receipt_handle(receipt)
+                .visibility_timeout(0)
+                .send()
+                .await
+                .map_err(|e| sqs_error("dead letters release", e))?;
+        }
+        Ok(())
     }
 }
 
@@ -190,23 +208,96 @@ impl JobQueue for SqsQueue {
     }
 
     async fn dead_letters(&self, max: u32) -> Result<Vec<DeadLetter>> {
-        // Reading hides them for a short while, like a console peek.
-        let messages = self.receive_from(&self.dlq_url, max, 30).await?;
-        Ok(messages
-            .into_iter()
-            .map(|m| {
-                let reason = m
-                    .message_attributes()
-                    .and_then(|a| a.get(REASON_ATTRIBUTE))
-                    .and_then(|v| v.string_value())
-                    .unwrap_or("moved by the queue's redrive policy (maxReceiveCount)")
-                    .to_string();
-                DeadLetter {
-                    message_id: m.message_id.unwrap_or_default(),
-                    body: m.body.unwrap_or_default(),
-                    reason,
-                }
-            })
-            .collect())
+        // Receiving hides what was read, so the loop sees each message once;
+        // they are all made visible again before returning, so a listing
+        // never keeps a redrive (or the next listing) from them.
+        let mut seen = std::collections::HashSet::new();
+        let mut out = Vec::new();
+        let mut receipts = Vec::new();
+        let mut empty_polls = 0;
+        while (out.len() as u32) < max && empty_polls < 2 {
+            let want = (max - out.len() as u32).min(10);
+            let messages = self.receive_from(&self.dlq_url, want, 60).await?;
+            let fresh: Vec<_> = messages
+                .into_iter()
+                .filter(|m| seen.insert(m.message_id.clone().unwrap_or_default()))
+                .collect();
+            if fresh.is_empty() {
+                empty_polls += 1;
+                continue;
+            }
+            empty_polls = 0;
+            for m in fresh {
+                receipts.extend(m.receipt_handle.clone());
+                out.push(dead_letter_of(&m));
+            }
+        }
+        self.show_again(receipts).await?;
+        Ok(out)
+    }
+
+    /// A receive/send/delete loop rather than `StartMessageMoveTask`: the
+    /// move task takes every message of the DLQ (no choice by kind, id or
+    /// org, no reset restarts).
+    async fn redrive(&self, choose: &Choose<'_>) -> Result<u64> {
+        let mut seen = std::collections::HashSet::new();
+        let mut kept = Vec::new();
+        let mut moved = 0;
+        let mut empty_polls = 0;
+        // Messages left stay hidden for the pass, so it ends; they are
+        // made visible again at its end.
+        while empty_polls < 2 {
+            let messages = self.receive_from(&self.dlq_url, 10, 120).await?;
+            let fresh: Vec<_> = messages
+                .into_iter()
+                .filter(|m| seen.insert(m.message_id.clone().unwrap_or_default()))
+                .collect();
+            if fresh.is_empty() {
+                empty_polls += 1;
+                continue;
+            }
+            empty_polls = 0;
+            for m in fresh {
+                let Some(receipt) = m.receipt_handle.clone() else {
+                    continue;
+                };
+                let Some(body) = choose(&dead_letter_of(&m)) else {
+                    kept.push(receipt);
+                    continue;
+                };
+                self.client
+                    .send_message()
+                    .queue_url(&self.queue_url)
+                    .message_body(body)
+                    .send()
+                    .await
+                    .map_err(|e| sqs_error("redrive send", e))?;
+                self.client
+                    .delete_message()
+                    .queue_url(&self.dlq_url)
+                    .receipt_handle(receipt)
+                    .send()
+                    .await
+                    .map_err(|e| sqs_error("redrive delete", e))?;
+                moved += 1;
+            }
+        }
+        self.show_again(kept).await?;
+        Ok(moved)
+    }
+}
+
+/// A message of a dead-letter queue, with the reason metered gave it.
+fn dead_letter_of(m: &aws_sdk_sqs::types::Message) -> DeadLetter {
+    let reason = m
+        .message_attributes()
+        .and_then(|a| a.get(REASON_ATTRIBUTE))
+        .and_then(|v| v.string_value())
+        .unwrap_or("moved by the queue's redrive policy (maxReceiveCount)")
+        .to_string();
+    DeadLetter {
+        message_id: m.message_id.clone().unwrap_or_default(),
+        body: m.body.clone().unwrap_or_default(),
+        reason,
     }
 }

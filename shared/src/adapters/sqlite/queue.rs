@@ -7,7 +7,7 @@ use crate::adapters::sqlite::Db;
 use crate::core::clock::{to_millis, SharedClock};
 use crate::core::error::Result;
 use crate::jobs::envelope::JobEnvelope;
-use crate::jobs::queue::{DeadLetter, Delivery, JobQueue};
+use crate::jobs::queue::{Choose, DeadLetter, Delivery, JobQueue};
 use async_trait::async_trait;
 use rusqlite::{params, TransactionBehavior};
 
@@ -205,6 +205,42 @@ impl JobQueue for SqliteQueue {
             })
             .await
             .map(|_| ())
+    }
+
+    async fn redrive(&self, choose: &Choose<'_>) -> Result<u64> {
+        let chosen: Vec<(String, String)> = self
+            .dead_letters(u32::MAX)
+            .await?
+            .iter()
+            .filter_map(|d| choose(d).map(|body| (d.message_id.clone(), body)))
+            .collect();
+        if chosen.is_empty() {
+            return Ok(0);
+        }
+        let name = self.name.clone();
+        let now = to_millis(self.clock.now());
+        // One transaction: a dead letter leaves exactly when its job returns.
+        self.db
+            .call("queue redrive", move |conn| {
+                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                let mut moved = 0;
+                for (message_id, body) in chosen {
+                    let gone = tx.execute(
+                        "DELETE FROM dead_letter WHERE queue = ?1 AND message_id = ?2",
+                        params![name, message_id],
+                    )?;
+                    if gone == 1 {
+                        tx.execute(
+                            "INSERT INTO job_queue (queue, message_id, body, visible_at, sent_at) VALUES (?1, ?2, ?3, ?4, ?4)",
+                            params![name, uuid::Uuid::new_v4().to_string(), body, now],
+                        )?;
+                        moved += 1;
+                    }
+                }
+                tx.commit()?;
+                Ok(moved)
+            })
+            .await
     }
 
     async fn dead_letters(&self, max: u32) -> Result<Vec<DeadLetter>> {
