@@ -133,6 +133,11 @@ fn listed(apps: &BTreeMap<String, BTreeSet<String>>) -> String {
         .join(", ")
 }
 
+fn empty(db_path: &Path) -> BoxError {
+    let p = db_path.display();
+    format!("{p}: holds no app's data yet; run `metered run --db {p}` (or `metered demo --db {p}`) first").into()
+}
+
 /// The app and organizations to read: from `--config` when given (noting
 /// when the database holds nothing of that app); else from the SQLite
 /// database itself, which knows the apps and orgs it holds — so a
@@ -194,15 +199,7 @@ async fn scope(common: &Common, db: Option<(&Db, &Path)>) -> Result<Scope, BoxEr
     let (app, orgs) = match &common.app {
         Some(app) => match apps.get(app) {
             Some(orgs) => (app.clone(), orgs.clone()),
-            None if apps.is_empty() => {
-                return Err(format!(
-                    "{}: holds no app's data yet; run `metered run --db {}` (or `metered demo --db {}`) first",
-                    db_path.display(),
-                    db_path.display(),
-                    db_path.display()
-                )
-                .into())
-            }
+            None if apps.is_empty() => return Err(empty(db_path)),
             None => {
                 return Err(format!(
                     "{}: holds no data of app `{app}`; it holds {}",
@@ -215,15 +212,7 @@ async fn scope(common: &Common, db: Option<(&Db, &Path)>) -> Result<Scope, BoxEr
         None => {
             let mut it = apps.iter();
             match (it.next(), it.next()) {
-                (None, _) => {
-                    return Err(format!(
-                        "{}: holds no app's data yet; run `metered run --db {}` (or `metered demo --db {}`) first",
-                        db_path.display(),
-                        db_path.display(),
-                        db_path.display()
-                    )
-                    .into())
-                }
+                (None, _) => return Err(empty(db_path)),
                 (Some((app, orgs)), None) => (app.clone(), orgs.clone()),
                 (Some(_), Some(_)) => {
                     return Err(format!(

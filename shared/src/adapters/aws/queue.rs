@@ -74,9 +74,34 @@ impl SqsQueue {
 }
 
 impl SqsQueue {
+    /// Up to `max` messages of the dead-letter queue, each once: receiving
+    /// hides what was read for `hidden_secs`, so the loop ends (after two
+    /// empty polls); the caller makes them visible again or deletes them.
+    async fn read_dead_letters(
+        &self,
+        max: u32,
+        hidden_secs: u32,
+    ) -> Result<Vec<aws_sdk_sqs::types::Message>> {
+        let mut seen = std::collections::HashSet::new();
+        let mut out = Vec::new();
+        let mut empty_polls = 0;
+        while (out.len() as u32) < max && empty_polls < 2 {
+            let want = (max - out.len() as u32).min(10);
+            let fresh: Vec<_> = self
+                .receive_from(&self.dlq_url, want, hidden_secs)
+                .await?
+                .into_iter()
+                .filter(|m| seen.insert(m.message_id.clone().unwrap_or_default()))
+                .collect();
+            empty_polls = if fresh.is_empty() { empty_polls + 1 } else { 0 };
+            out.extend(fresh);
+        }
+        Ok(out)
+    }
+
     /// Makes dead letters read by a listing or left by a redrive visible
     /// again at once.
-    async fn show_again(&self, receipts: Vec<String>) -> Result<()> {
+    async fn show_again(&self, receipts: impl IntoIterator<Item = String>) -> Result<()> {
         for receipt in receipts {
             self.client
                 .change_message_visibility()
@@ -208,31 +233,12 @@ impl JobQueue for SqsQueue {
     }
 
     async fn dead_letters(&self, max: u32) -> Result<Vec<DeadLetter>> {
-        // Receiving hides what was read, so the loop sees each message once;
-        // they are all made visible again before returning, so a listing
-        // never keeps a redrive (or the next listing) from them.
-        let mut seen = std::collections::HashSet::new();
-        let mut out = Vec::new();
-        let mut receipts = Vec::new();
-        let mut empty_polls = 0;
-        while (out.len() as u32) < max && empty_polls < 2 {
-            let want = (max - out.len() as u32).min(10);
-            let messages = self.receive_from(&self.dlq_url, want, 60).await?;
-            let fresh: Vec<_> = messages
-                .into_iter()
-                .filter(|m| seen.insert(m.message_id.clone().unwrap_or_default()))
-                .collect();
-            if fresh.is_empty() {
-                empty_polls += 1;
-                continue;
-            }
-            empty_polls = 0;
-            for m in fresh {
-                receipts.extend(m.receipt_handle.clone());
-                out.push(dead_letter_of(&m));
-            }
-        }
-        self.show_again(receipts).await?;
+        let messages = self.read_dead_letters(max, 60).await?;
+        let out = messages.iter().map(dead_letter_of).collect();
+        // Visible again at once: a listing never keeps a redrive (or the
+        // next listing) from them.
+        self.show_again(messages.into_iter().filter_map(|m| m.receipt_handle))
+            .await?;
         Ok(out)
     }
 
@@ -240,47 +246,31 @@ impl JobQueue for SqsQueue {
     /// move task takes every message of the DLQ (no choice by kind, id or
     /// org, no reset restarts).
     async fn redrive(&self, choose: &Choose<'_>) -> Result<u64> {
-        let mut seen = std::collections::HashSet::new();
         let mut kept = Vec::new();
         let mut moved = 0;
-        let mut empty_polls = 0;
-        // Messages left stay hidden for the pass, so it ends; they are
-        // made visible again at its end.
-        while empty_polls < 2 {
-            let messages = self.receive_from(&self.dlq_url, 10, 120).await?;
-            let fresh: Vec<_> = messages
-                .into_iter()
-                .filter(|m| seen.insert(m.message_id.clone().unwrap_or_default()))
-                .collect();
-            if fresh.is_empty() {
-                empty_polls += 1;
+        for m in self.read_dead_letters(u32::MAX, 300).await? {
+            let Some(receipt) = m.receipt_handle.clone() else {
                 continue;
-            }
-            empty_polls = 0;
-            for m in fresh {
-                let Some(receipt) = m.receipt_handle.clone() else {
-                    continue;
-                };
-                let Some(body) = choose(&dead_letter_of(&m)) else {
-                    kept.push(receipt);
-                    continue;
-                };
-                self.client
-                    .send_message()
-                    .queue_url(&self.queue_url)
-                    .message_body(body)
-                    .send()
-                    .await
-                    .map_err(|e| sqs_error("redrive send", e))?;
-                self.client
-                    .delete_message()
-                    .queue_url(&self.dlq_url)
-                    .receipt_handle(receipt)
-                    .send()
-                    .await
-                    .map_err(|e| sqs_error("redrive delete", e))?;
-                moved += 1;
-            }
+            };
+            let Some(body) = choose(&dead_letter_of(&m)) else {
+                kept.push(receipt);
+                continue;
+            };
+            self.client
+                .send_message()
+                .queue_url(&self.queue_url)
+                .message_body(body)
+                .send()
+                .await
+                .map_err(|e| sqs_error("redrive send", e))?;
+            self.client
+                .delete_message()
+                .queue_url(&self.dlq_url)
+                .receipt_handle(receipt)
+                .send()
+                .await
+                .map_err(|e| sqs_error("redrive delete", e))?;
+            moved += 1;
         }
         self.show_again(kept).await?;
         Ok(moved)
