@@ -77,14 +77,8 @@ async fn queues(args: &Args) -> Result<Vec<(JobKind, Arc<dyn JobQueue>)>, BoxErr
     if args.sqs {
         let aws = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
         let client = aws_sdk_sqs::Client::new(&aws);
-        for kind in JobKind::QUEUED {
-            let suffix = metered::edge::lambda::env_suffix(kind);
-            let (Ok(url), Ok(dlq)) = (
-                std::env::var(format!("METERED_QUEUE_URL_{suffix}")),
-                std::env::var(format!("METERED_DLQ_URL_{suffix}")),
-            ) else {
-                continue;
-            };
+        let urls = metered::edge::lambda::queue_urls(|name| std::env::var(name).ok())?;
+        for (kind, url, dlq) in urls {
             let q = metered::adapters::aws::queue::SqsQueue::new(client.clone(), url, dlq)
                 .with_wait_secs(0);
             out.push((kind, Arc::new(q)));
@@ -103,14 +97,8 @@ async fn queues(args: &Args) -> Result<Vec<(JobKind, Arc<dyn JobQueue>)>, BoxErr
     }
     let db = metered::adapters::sqlite::Db::open(&args.db)?;
     let clock: metered::core::clock::SharedClock = Arc::new(metered::core::clock::SystemClock);
-    for kind in JobKind::QUEUED {
-        let q = metered::adapters::sqlite::queue::SqliteQueue::new(
-            db.clone(),
-            kind.as_str(),
-            clock.clone(),
-            5,
-        );
-        out.push((kind, Arc::new(q)));
+    for (kind, q) in metered::edge::local::local_queues(&db, &clock) {
+        out.push((kind, q));
     }
     Ok(out)
 }

@@ -433,16 +433,10 @@ pub async fn jobs(args: JobsArgs) -> Result<(), BoxError> {
     let db = open_db(&args.common.db)?;
     let clock: metered::core::clock::SharedClock = Arc::new(metered::core::clock::SystemClock);
     let mut out = Vec::new();
-    for kind in JobKind::QUEUED {
+    for (kind, q) in metered::edge::local::local_queues(&db, &clock) {
         if args.kind.is_some_and(|k| k != kind) {
             continue;
         }
-        let q = metered::adapters::sqlite::queue::SqliteQueue::new(
-            db.clone(),
-            kind.as_str(),
-            clock.clone(),
-            5,
-        );
         for (visible, body) in q.pending().await? {
             let job = JobEnvelope::parse(&body).ok();
             out.push(JobLine {
@@ -461,7 +455,7 @@ pub async fn jobs(args: JobsArgs) -> Result<(), BoxError> {
                 reason: job.as_ref().and_then(|j| j.last_reason.clone()),
             });
         }
-        for dead in metered::jobs::queue::JobQueue::dead_letters(&q, 10_000).await? {
+        for dead in metered::jobs::queue::JobQueue::dead_letters(&*q, 10_000).await? {
             let job = JobEnvelope::parse(&dead.body).ok();
             out.push(JobLine {
                 state: "dead",

@@ -53,6 +53,25 @@ pub fn env_suffix(kind: JobKind) -> String {
     kind.as_str().to_ascii_uppercase().replace('-', "_")
 }
 
+/// The queue and dead-letter queue URLs of every job kind `get` names
+/// (`METERED_QUEUE_URL_<KIND>`, `METERED_DLQ_URL_<KIND>`): a function's own
+/// queues, and the ones `metered dlq --sqs` works on. A queue without its
+/// dead-letter queue is an error naming the missing variable.
+pub fn queue_urls(get: impl Fn(&str) -> Option<String>) -> Result<Vec<(JobKind, String, String)>> {
+    let mut queues = Vec::new();
+    for kind in JobKind::QUEUED {
+        let suffix = env_suffix(kind);
+        if let Some(url) = get(&format!("METERED_QUEUE_URL_{suffix}")).filter(|v| !v.is_empty()) {
+            let name = format!("METERED_DLQ_URL_{suffix}");
+            let dlq = get(&name)
+                .filter(|v| !v.is_empty())
+                .ok_or_else(|| Error::Config(format!("environment variable {name} is not set")))?;
+            queues.push((kind, url, dlq));
+        }
+    }
+    Ok(queues)
+}
+
 impl DeployConfig {
     /// Reads the environment through `get` (so tests need not set globals).
     pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self> {
@@ -76,15 +95,7 @@ impl DeployConfig {
                 ))
             }
         };
-        let mut queues = Vec::new();
-        for kind in JobKind::QUEUED {
-            let suffix = env_suffix(kind);
-            if let Some(url) = get(&format!("METERED_QUEUE_URL_{suffix}")).filter(|v| !v.is_empty())
-            {
-                let dlq = need(&format!("METERED_DLQ_URL_{suffix}"))?;
-                queues.push((kind, url, dlq));
-            }
-        }
+        let queues = queue_urls(&get)?;
         let mut policy = RestartPolicy::default();
         let whole = |name: &str, v: String| {
             v.parse::<u32>()

@@ -124,13 +124,7 @@ impl LocalRunner {
         let quota = Quota::new(Arc::new(SqliteQuota::new(quota_db.clone())), clock.clone());
         let mut queues = Queues::new();
         let mut raw = BTreeMap::new();
-        for kind in JobKind::QUEUED {
-            let q = Arc::new(SqliteQueue::new(
-                db.clone(),
-                kind.as_str(),
-                clock.clone(),
-                5,
-            ));
+        for (kind, q) in local_queues(&db, &clock) {
             raw.insert(kind, q.clone());
             queues = queues.with(kind, q);
         }
@@ -239,4 +233,20 @@ fn record(report: &mut RunReport, kind: JobKind, s: Settled) {
         Settled::Retry { .. } => report.retries += 1,
         Settled::DeadLettered { .. } => report.dead_lettered += 1,
     }
+}
+
+/// Deliveries of a local message before it moves to its dead-letter table
+/// (the deployed queues' `maxReceiveCount` in `template.yaml` plays this part).
+pub const MAX_RECEIVES: u32 = 5;
+
+/// The local queue of every queued job kind in `db`: what the runner pumps
+/// and what `metered jobs` and `metered dlq` read.
+pub fn local_queues(db: &Db, clock: &SharedClock) -> Vec<(JobKind, Arc<SqliteQueue>)> {
+    JobKind::QUEUED
+        .into_iter()
+        .map(|kind| {
+            let q = SqliteQueue::new(db.clone(), kind.as_str(), clock.clone(), MAX_RECEIVES);
+            (kind, Arc::new(q))
+        })
+        .collect()
 }
