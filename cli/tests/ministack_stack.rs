@@ -240,4 +240,123 @@ async fn template_deploys_to_ministack_and_the_system_runs_there() {
     for q in ["CompleteTransferQueueUrl", "WorkflowQueueUrl"] {
         assert_eq!(depth(deployed.outputs[q].clone()).await, (0, 0), "{q}");
     }
+
+    // What an operator sees: the alarms and the dashboard deployed with the
+    // stack, and the EMF metrics in the functions' logs telling what the
+    // API saw.
+    // An invocation's log lines land when it returns, which may be just
+    // after the queues showed its work: read until they tell the whole run.
+    let started = Instant::now();
+    let (seen, sums) = loop {
+        let seen = observe(&deployed);
+        let sums = emf_sums(&seen);
+        let calls: f64 = sums
+            .iter()
+            .filter(|((_, n), _)| n == "CallsMade")
+            .map(|(_, v)| v)
+            .sum();
+        if calls as u64 >= stats.served() || started.elapsed() > Duration::from_secs(60) {
+            break (seen, sums);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    let alarms = seen["alarms"].as_array().unwrap();
+    for (name, _) in deployed
+        .outputs
+        .iter()
+        .filter(|(n, _)| n.ends_with("DeadLetterQueueUrl"))
+    {
+        let queue = deployed.outputs[name]
+            .rsplit('/')
+            .next()
+            .unwrap()
+            .to_string();
+        assert!(
+            alarms.iter().any(|a| a["Namespace"] == "AWS/SQS"
+                && a["Dimensions"][0]["Value"] == queue.as_str()
+                && a["Threshold"] == 0.0
+                && a["AlarmActions"].as_array().is_some_and(|v| !v.is_empty())),
+            "{queue}: an alarm on its depth in {alarms:?}"
+        );
+    }
+    assert!(
+        alarms
+            .iter()
+            .any(|a| a["MetricName"] == metered::core::metrics::EARLY_BURN),
+        "the burn alarm: {alarms:?}"
+    );
+    assert_eq!(
+        seen["dashboards"].as_array().map(Vec::len),
+        Some(1),
+        "{seen}"
+    );
+    let metric = |f: &str, m: &str| {
+        sums.get(&(f.to_string(), m.to_string()))
+            .copied()
+            .unwrap_or(0.0)
+    };
+    let total = |m: &str| {
+        sums.iter()
+            .filter(|((_, n), _)| n == m)
+            .map(|(_, v)| v)
+            .sum::<f64>()
+    };
+    assert_eq!(
+        total("CallsMade") as u64,
+        stats.served(),
+        "calls in the logs = calls served: {sums:?}"
+    );
+    assert_eq!(
+        metric("complete-transfer", "RecordsSynced"),
+        30.0,
+        "{sums:?}"
+    );
+    assert_eq!(metric("action-http", "ActionsPerformed"), 2.0, "{sums:?}");
+    assert!(metric("action-http", "DenialsDayLimit") >= 3.0, "{sums:?}");
+    assert!(metric("action-http", "Restarts") >= 3.0, "{sums:?}");
+    assert_eq!(total("DeadLetters"), 0.0, "{sums:?}");
+}
+
+/// Every EMF metric in the functions' log lines, summed per (function, metric).
+fn emf_sums(seen: &serde_json::Value) -> HashMap<(String, String), f64> {
+    let mut sums: HashMap<(String, String), f64> = HashMap::new();
+    for (_, lines) in seen["logs"].as_object().unwrap() {
+        for line in lines.as_array().unwrap() {
+            let Ok(doc) = serde_json::from_str::<serde_json::Value>(line.as_str().unwrap().trim())
+            else {
+                continue;
+            };
+            let Some(directives) = doc["_aws"]["CloudWatchMetrics"].as_array() else {
+                continue;
+            };
+            for d in directives {
+                for m in d["Metrics"].as_array().unwrap() {
+                    let name = m["Name"].as_str().unwrap();
+                    if !name.starts_with("Budget") {
+                        let function = doc["Function"].as_str().unwrap().to_string();
+                        *sums.entry((function, name.to_string())).or_default() +=
+                            doc[name].as_f64().unwrap();
+                    }
+                }
+            }
+        }
+    }
+    sums
+}
+
+/// The stack's alarms, dashboards and function log lines, through
+/// ministack's CloudWatch and CloudWatch Logs APIs.
+fn observe(d: &Deployed) -> serde_json::Value {
+    let out = Command::new(workspace().join(".tools/venv/bin/python"))
+        .arg(workspace().join("infra/local/deploy-ministack.py"))
+        .args(["--endpoint", &d.endpoint, "--stack", &d.stack])
+        .args(["--binaries", ".", "--observe"])
+        .output()
+        .expect("run deploy-ministack.py --observe");
+    assert!(
+        out.status.success(),
+        "observing the stack failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
 }

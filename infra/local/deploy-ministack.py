@@ -17,7 +17,9 @@ deployment needs, each printed:
     instances of 'int' and 'str'").
 
 Prints the stack's outputs and its functions' physical names as JSON on
-stdout; on a failed stack, prints the failed resources and exits 1.
+stdout; on a failed stack, prints the failed resources and exits 1. With
+`--observe`, prints what an operator would look at instead: the stack's
+alarms, dashboards and its functions' log lines (the EMF metrics).
 
     .tools/venv/bin/python infra/local/deploy-ministack.py \\
         --endpoint http://127.0.0.1:4566 --stack metered-local \\
@@ -86,6 +88,8 @@ def main():
     ap.add_argument("--parameter", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the stack")
     ap.add_argument("--delete", action="store_true", help="delete the stack (and its event source mappings) instead")
+    ap.add_argument("--observe", action="store_true",
+                    help="print the stack's alarms, dashboards and its functions' log lines as JSON instead")
     args = ap.parse_args()
 
     session = boto3.session.Session(aws_access_key_id="local", aws_secret_access_key="local",
@@ -95,6 +99,9 @@ def main():
     if args.delete:
         cfn.delete_stack(StackName=args.stack)
         log(f"stack {args.stack}: deletion requested")
+        return
+    if args.observe:
+        observe(session, cfn, args)
         return
 
     with open(args.template) as f:
@@ -158,6 +165,43 @@ def main():
         "resources": {r["LogicalResourceId"]: r["ResourceType"] for r in resources},
     }
     json.dump(result, sys.stdout, indent=2)
+    print()
+
+
+def observe(session, cfn, args):
+    """What an operator would look at: the stack's alarms (with their
+    metric, dimensions and threshold), its dashboards, and every log line
+    of its functions (where the EMF metrics are), per binary."""
+    resources = cfn.describe_stack_resources(StackName=args.stack)["StackResources"]
+    by_type = {}
+    for r in resources:
+        by_type.setdefault(r["ResourceType"], []).append(r.get("PhysicalResourceId"))
+    cloudwatch = session.client("cloudwatch", endpoint_url=args.endpoint)
+    logs = session.client("logs", endpoint_url=args.endpoint)
+    names = by_type.get("AWS::CloudWatch::Alarm", [])
+    alarms = cloudwatch.describe_alarms(AlarmNames=names)["MetricAlarms"] if names else []
+    dashboards = [d["DashboardName"] for d in cloudwatch.list_dashboards()["DashboardEntries"]
+                  if d["DashboardName"] in by_type.get("AWS::CloudWatch::Dashboard", [])]
+    lines = {}
+    for name in by_type.get("AWS::Lambda::Function", []):
+        group, events, token = f"/aws/lambda/{name}", [], None
+        try:
+            while True:
+                page = logs.filter_log_events(logGroupName=group, **({"nextToken": token} if token else {}))
+                events += page["events"]
+                token = page.get("nextToken")
+                if not token:
+                    break
+        except logs.exceptions.ResourceNotFoundException:
+            pass
+        lines[name] = [e["message"] for e in events]
+    json.dump({
+        "alarms": [{k: a.get(k) for k in ("AlarmName", "Namespace", "MetricName", "Dimensions",
+                                          "Threshold", "ComparisonOperator", "AlarmActions")}
+                   for a in alarms],
+        "dashboards": dashboards,
+        "logs": lines,
+    }, sys.stdout, indent=2, default=str)
     print()
 
 

@@ -352,7 +352,8 @@ impl World {
                 k,
                 Arc::new(
                     JobRuntime::new(raw[&k].clone(), shared.clone(), policy)
-                        .with_ledger(ledger.clone()),
+                        .with_ledger(ledger.clone())
+                        .with_metrics(svc.metrics.clone()),
                 ),
             )
         })
@@ -400,7 +401,8 @@ impl World {
                 k,
                 Arc::new(
                     JobRuntime::new(self.raw[&k].clone(), self.shared.clone(), policy)
-                        .with_ledger(self.ledger.clone()),
+                        .with_ledger(self.ledger.clone())
+                        .with_metrics(self.svc.metrics.clone()),
                 ),
             ));
         }

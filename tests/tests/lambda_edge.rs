@@ -194,3 +194,126 @@ async fn a_function_dead_letters_jobs_of_another_kind() {
         "{settled:?}"
     );
 }
+
+/// A writer into a shared buffer, for a subscriber under test.
+#[derive(Clone, Default)]
+struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Logs one line inside its job and says done.
+struct Chatty;
+
+#[async_trait::async_trait]
+impl metered::jobs::runtime::JobHandler for Chatty {
+    fn name(&self) -> &str {
+        "chatty"
+    }
+    fn accepts(&self, _: JobKind) -> bool {
+        true
+    }
+    async fn handle(&self, _: &JobEnvelope, _: &JobContext) -> metered::jobs::envelope::Outcome {
+        tracing::info!(api_key_present = true, "working");
+        metered::jobs::envelope::Outcome::Done
+    }
+}
+
+/// With `AWS_LAMBDA_LOG_FORMAT=JSON` the runtime's subscriber writes JSON
+/// (`lambda_runtime::tracing::init_default_subscriber`, built the same way
+/// here): every line a job logs carries the SQS message id and the job's
+/// id, kind and org, and two orgs' jobs with the same record ids are told
+/// apart.
+#[test]
+fn every_job_log_line_names_its_message_job_kind_and_org() {
+    use lambda_runtime::tracing::subscriber;
+    let out = Captured::default();
+    let writer = out.clone();
+    let sub = subscriber::fmt()
+        .json()
+        .with_writer(move || writer.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(sub);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let clock: metered::core::clock::SharedClock =
+        std::sync::Arc::new(metered::core::clock::SystemClock);
+    let db = metered::adapters::sqlite::Db::in_memory().unwrap();
+    let queue = std::sync::Arc::new(metered::adapters::sqlite::queue::SqliteQueue::new(
+        db,
+        "complete-transfer",
+        clock.clone(),
+        5,
+    ));
+    let runtime = JobRuntime::new(queue, clock.clone(), RestartPolicy::default());
+    let jobs: Vec<JobEnvelope> = [ORG, ORG_B]
+        .iter()
+        .map(|org| {
+            JobEnvelope::new(
+                JobKind::CompleteTransfer,
+                *org,
+                "sim-booking",
+                serde_json::json!({"record_type": "inv_1"}),
+                chrono::Utc::now(),
+            )
+        })
+        .collect();
+    let mut event = aws_lambda_events::event::sqs::SqsEvent::default();
+    for (i, job) in jobs.iter().enumerate() {
+        let mut m = aws_lambda_events::event::sqs::SqsMessage::default();
+        m.message_id = Some(format!("msg-{i}"));
+        m.body = Some(job.to_body());
+        event.records.push(m);
+    }
+    let response = rt.block_on(metered::edge::lambda::handle_sqs_event(
+        &runtime,
+        event,
+        &Chatty,
+        &JobContext::default(),
+    ));
+    assert!(response.batch_item_failures.is_empty());
+    let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+    let mut seen = Vec::new();
+    for line in text.lines() {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        if v["fields"]["message"] != "working" {
+            continue;
+        }
+        let spans = v["spans"].as_array().expect("the span list");
+        let field = |name: &str| {
+            spans
+                .iter()
+                .find_map(|s| s.get(name).and_then(|x| x.as_str()).map(str::to_string))
+                .unwrap_or_else(|| panic!("no `{name}` in {line}"))
+        };
+        seen.push((
+            field("message_id"),
+            field("id"),
+            field("org"),
+            field("kind"),
+        ));
+    }
+    let expected: Vec<_> = jobs
+        .iter()
+        .enumerate()
+        .map(|(i, j)| {
+            (
+                format!("msg-{i}"),
+                j.id.clone(),
+                j.org.clone(),
+                "complete-transfer".to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(seen, expected, "{text}");
+}

@@ -183,3 +183,146 @@ fn template_and_code_agree() {
     );
     assert_eq!(config.app_ssm.as_deref(), Some("/metered/app-config"));
 }
+
+/// Every dead-letter queue (any queue a `RedrivePolicy` names) has an alarm
+/// on its depth above 0 that notifies the alarm topic: a dead letter is
+/// work that stopped, and nobody looks at a queue nobody is told about.
+#[test]
+fn every_dead_letter_queue_has_its_alarm() {
+    let t = template();
+    let dlqs: Vec<String> = of_type(&t, "AWS::SQS::Queue")
+        .into_iter()
+        .filter_map(|(_, q)| target(&q["Properties"]["RedrivePolicy"]["deadLetterTargetArn"]))
+        .collect();
+    assert_eq!(dlqs.len(), metered::jobs::envelope::JobKind::QUEUED.len());
+    let alarms = of_type(&t, "AWS::CloudWatch::Alarm");
+    for dlq in &dlqs {
+        let watching: Vec<_> = alarms
+            .iter()
+            .filter(|(_, a)| {
+                let p = &a["Properties"];
+                p["Namespace"] == "AWS/SQS"
+                    && p["Dimensions"].as_sequence().is_some_and(|d| {
+                        d.iter().any(|d| {
+                            d["Name"] == "QueueName"
+                                && target(&d["Value"]).as_deref() == Some(dlq.as_str())
+                        })
+                    })
+            })
+            .collect();
+        assert_eq!(watching.len(), 1, "{dlq}: one alarm on its depth");
+        let (name, alarm) = watching[0];
+        let p = &alarm["Properties"];
+        assert_eq!(
+            p["MetricName"], "ApproximateNumberOfMessagesVisible",
+            "{name}"
+        );
+        assert_eq!(p["ComparisonOperator"], "GreaterThanThreshold", "{name}");
+        assert_eq!(p["Threshold"].as_u64(), Some(0), "{name}: depth > 0");
+        assert_eq!(p["Statistic"], "Maximum", "{name}");
+        assert_eq!(
+            target(&p["AlarmActions"][0]).as_deref(),
+            Some("AlarmTopic"),
+            "{name} notifies someone"
+        );
+    }
+    assert_eq!(t["Resources"]["AlarmTopic"]["Type"], "AWS::SNS::Topic");
+}
+
+/// The burn alarm watches a metric the functions really publish, in the
+/// namespace and with the dimensions they publish it with, and the cutoff
+/// hour the functions read is the template's parameter.
+#[test]
+fn the_budget_burn_alarm_watches_what_the_functions_emit() {
+    use chrono::TimeZone;
+    let t = template();
+    let alarm = &t["Resources"]["BudgetBurnAlarm"]["Properties"];
+    assert_eq!(alarm["Namespace"], metered::core::metrics::NAMESPACE);
+    assert_eq!(alarm["MetricName"], metered::core::metrics::EARLY_BURN);
+    assert!(
+        alarm.get("Dimensions").is_none(),
+        "published without dimensions"
+    );
+    assert_eq!(
+        target(&alarm["Threshold"]).as_deref(),
+        Some("BurnAlarmPercent")
+    );
+    let vars = &t["Globals"]["Function"]["Environment"]["Variables"];
+    assert_eq!(
+        target(&vars["METERED_BURN_ALARM_BEFORE_HOUR"]).as_deref(),
+        Some("BurnAlarmBeforeHourUtc")
+    );
+    let cutoff = t["Parameters"]["BurnAlarmBeforeHourUtc"]["Default"]
+        .as_u64()
+        .unwrap() as u32;
+    let m = metered::core::metrics::Metrics::new();
+    m.burn("crm", "acme", "d2026-11-23", 90, 100);
+    let before = chrono::Utc
+        .with_ymd_and_hms(2026, 11, 23, cutoff - 1, 59, 0)
+        .unwrap();
+    let doc = &m.take().to_emf("complete-transfer", before, cutoff)[0];
+    let published = doc["_aws"]["CloudWatchMetrics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["Metrics"][0]["Name"] == metered::core::metrics::EARLY_BURN)
+        .expect("published before the cutoff");
+    assert_eq!(published["Dimensions"], serde_json::json!([[]]));
+    assert_eq!(published["Namespace"], metered::core::metrics::NAMESPACE);
+    let lookup = |name: &str| match name {
+        "METERED_TABLE" => Some("t".to_string()),
+        "METERED_APP_CONFIG_SSM" => Some("/p".to_string()),
+        "METERED_BURN_ALARM_BEFORE_HOUR" => Some(cutoff.to_string()),
+        _ => None,
+    };
+    let config = metered::edge::lambda::DeployConfig::from_lookup(lookup).unwrap();
+    assert_eq!(config.burn_cutoff_hour, cutoff);
+}
+
+/// The dashboard's body is JSON once CloudFormation substitutes it, and it
+/// shows the burn per org, restarts, dead letters and every DLQ's depth.
+#[test]
+fn the_dashboard_shows_burn_restarts_and_every_dead_letter_queue() {
+    let t = template();
+    let body = t["Resources"]["Dashboard"]["Properties"]["DashboardBody"]["Fn::Sub"]
+        .as_str()
+        .expect("a Fn::Sub string");
+    // What CloudFormation does: every ${X} or ${X.Attr} becomes a value.
+    let mut refs = Vec::new();
+    let mut substituted = String::new();
+    let mut rest = body;
+    while let Some(at) = rest.find("${") {
+        substituted.push_str(&rest[..at]);
+        let end = at + rest[at..].find('}').expect("a closed ${...}");
+        let name = rest[at + 2..end].split('.').next().unwrap().to_string();
+        substituted.push_str(if name == "BurnAlarmPercent" {
+            "80"
+        } else {
+            "value"
+        });
+        refs.push(name);
+        rest = &rest[end + 1..];
+    }
+    substituted.push_str(rest);
+    let parsed: serde_json::Value = serde_json::from_str(&substituted)
+        .unwrap_or_else(|e| panic!("dashboard JSON: {e}\n{substituted}"));
+    let widgets = parsed["widgets"].as_array().unwrap();
+    let text = substituted.clone();
+    for metric in ["BudgetUsedPercent", "Restarts", "DeadLetters", "CallsMade"] {
+        assert!(text.contains(metric), "the dashboard shows {metric}");
+    }
+    for r in &refs {
+        assert!(
+            r.starts_with("AWS::")
+                || t["Resources"].get(r.as_str()).is_some()
+                || t["Parameters"].get(r.as_str()).is_some(),
+            "${{{r}}} names nothing in the template"
+        );
+    }
+    for (_, q) in of_type(&t, "AWS::SQS::Queue") {
+        if let Some(dlq) = target(&q["Properties"]["RedrivePolicy"]["deadLetterTargetArn"]) {
+            assert!(refs.contains(&dlq), "the dashboard shows {dlq}'s depth");
+        }
+    }
+    assert!(widgets.len() >= 4);
+}

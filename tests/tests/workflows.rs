@@ -352,6 +352,102 @@ async fn a_bulk_execution_over_budget_spreads_over_windows(adapter: Adapter) {
     assert_eq!(w.dead_letters().await, 0);
 }
 
+/// What a function's logs say it did is what the API saw, per org: the EMF
+/// lines the Lambda edge writes after an invocation, parsed back, for two
+/// orgs whose customers have the same ids, one of them on a budget tight
+/// enough to be refused and restarted.
+async fn metrics_count_what_the_api_saw(adapter: Adapter) {
+    let w = World::new(
+        adapter,
+        SimConfig {
+            customers: 300,
+            ..Default::default()
+        },
+        |c| {
+            c.syncs.insert("customers".into(), transfer());
+            workflow(c, &VIP.replace("record.score < 10", "record.score < 20"));
+            c.connections[0].limits = Some(Limits::new(Some(40), None, None, 3).unwrap());
+        },
+    )
+    .await
+    .with_workflows();
+    for org in ORGS {
+        w.start_for(org, JobKind::CompleteTransfer, "customers")
+            .await;
+    }
+    w.drive().await;
+    for org in ORGS {
+        run_bulk_for(&w, org, "vip", false).await;
+    }
+    w.drive().await;
+    let mut out = Vec::new();
+    let now = w.shared.now();
+    metered::edge::lambda::write_emf(&w.svc.metrics, JobKind::Workflow, 24, now, &mut out);
+    let mut sums: std::collections::BTreeMap<(String, String), f64> = Default::default();
+    let mut burn: std::collections::BTreeMap<String, f64> = Default::default();
+    for line in String::from_utf8(out).unwrap().lines() {
+        let doc: serde_json::Value = serde_json::from_str(line).expect("one JSON document a line");
+        let org = doc["Org"].as_str().expect("Org property").to_string();
+        assert_eq!(doc["Function"], "workflow");
+        for d in doc["_aws"]["CloudWatchMetrics"].as_array().unwrap() {
+            for m in d["Metrics"].as_array().unwrap() {
+                let name = m["Name"].as_str().unwrap().to_string();
+                let v = doc[&name]
+                    .as_f64()
+                    .expect("a metric is a number at the root");
+                if name == "BudgetUsedPercent" {
+                    burn.insert(org.clone(), v);
+                } else if name != "BudgetUsedPercentEarly" {
+                    *sums.entry((org.clone(), name)).or_default() += v;
+                }
+            }
+        }
+    }
+    let get = |org: &str, name: &str| {
+        sums.get(&(org.to_string(), name.to_string()))
+            .copied()
+            .unwrap_or(0.0)
+    };
+    let stats = w.sim().stats();
+    for org in ORGS {
+        let key = &w.api_keys[org];
+        assert_eq!(
+            get(org, "CallsMade") as u64,
+            stats.calls_by_key.get(key).copied().unwrap_or(0),
+            "{org}: calls in the metrics = calls the API served; {sums:?}"
+        );
+        let performed = stats.created_by_key.get(key).map_or(0, Vec::len) as u64
+            + stats.pushes_by_key.get(key).copied().unwrap_or(0);
+        assert!(performed > 0, "{org}: the workflow acted");
+        assert_eq!(get(org, "ActionsPerformed") as u64, performed, "{org}");
+        assert_eq!(
+            get(org, "RecordsSynced") as u64,
+            300,
+            "{org}: every customer stored once"
+        );
+        assert_eq!(get(org, "DeadLetters"), 0.0, "{org}");
+        assert!(get(org, "JobsDone") >= 2.0, "{org}: {sums:?}");
+    }
+    assert!(get(ORG, "DenialsDayLimit") >= 1.0, "{sums:?}");
+    assert!(get(ORG, "Restarts") >= 1.0, "{sums:?}");
+    assert_eq!(
+        get(metered_tests::sync_world::ORG_B, "DenialsDayLimit"),
+        0.0
+    );
+    // The burn is the last day's count against org A's 40 a day.
+    let last_day = stats
+        .calls_by_key_day
+        .iter()
+        .filter(|((k, _), _)| k == &w.api_keys[ORG])
+        .max_by_key(|((_, day), _)| day.clone())
+        .map(|(_, n)| *n)
+        .unwrap();
+    assert_eq!(burn[ORG], last_day as f64 * 100.0 / 40.0, "{burn:?}");
+    let mut again = Vec::new();
+    metered::edge::lambda::write_emf(&w.svc.metrics, JobKind::Workflow, 24, now, &mut again);
+    assert!(again.is_empty(), "each count is written once");
+}
+
 #[test]
 fn bad_workflow_configs_are_rejected_at_load() {
     let base = metered_sim::app_config("http://127.0.0.1:1/");
@@ -386,6 +482,7 @@ metered_tests::on_both!(
     actions_fire_once_under_duplicates_restarts_and_crashes,
     a_missing_related_record_waits_for_one_relookup,
     a_bulk_execution_over_budget_spreads_over_windows,
+    metrics_count_what_the_api_saw,
 );
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

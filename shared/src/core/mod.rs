@@ -1,6 +1,7 @@
-//! The bottom layer: time, errors and records. Imports nothing else of the
+//! The bottom layer: time, errors, records and the metrics counters. Imports nothing else of the
 //! crate; everything else imports it.
 
 pub mod clock;
 pub mod error;
+pub mod metrics;
 pub mod record;

@@ -13,6 +13,15 @@
 //! | `METERED_DLQ_URL_<KIND>` | its dead-letter queue |
 //! | `METERED_MAX_RESTARTS` | restart cap per job (default 100) |
 //! | `METERED_MAX_ATTEMPTS` | transient failures in a row before a job is dead-lettered (default 5) |
+//! | `METERED_BURN_ALARM_BEFORE_HOUR` | UTC hour before which the budget burn is also published as `BudgetUsedPercentEarly` (default 18) |
+//! | `AWS_LAMBDA_LOG_FORMAT`, `AWS_LAMBDA_LOG_LEVEL` | Lambda's log controls (`JSON`; `INFO`…), honoured by the runtime's subscriber |
+//!
+//! After every invocation the function writes what it counted (calls,
+//! denials by reason, jobs done, restarts, dead letters, records synced,
+//! actions performed, the day's budget burn) to stdout as CloudWatch
+//! Embedded Metric Format, one JSON line per organization
+//! ([`crate::core::metrics::Snapshot::to_emf`]), written with `serde_json`
+//! (README, "Operating it on AWS", says why not an EMF crate).
 //! | `AWS_ENDPOINT_URL` | (local only) DynamoDB Local / ministack |
 
 use crate::adapters::aws::queue::SqsQueue;
@@ -23,6 +32,7 @@ use crate::config::app::AppConfig;
 use crate::connector::secrets::SecretStores;
 use crate::core::clock::{SharedClock, SystemClock};
 use crate::core::error::{Error, Result};
+use crate::core::metrics::Metrics;
 use crate::handlers::context::{http_connectors, AppContext};
 use crate::handlers::sync::SyncHandlers;
 use crate::jobs::envelope::JobKind;
@@ -32,6 +42,7 @@ use crate::quota::Quota;
 use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent};
 use lambda_runtime::{service_fn, LambdaEvent};
 use std::sync::Arc;
+use tracing::Instrument;
 
 /// Configuration of a deployed function, read once.
 #[derive(Debug, Clone)]
@@ -46,6 +57,8 @@ pub struct DeployConfig {
     pub queues: Vec<(JobKind, String, String)>,
     /// Restart cap and attempts.
     pub policy: RestartPolicy,
+    /// The UTC hour before which the burn is also published as "early".
+    pub burn_cutoff_hour: u32,
 }
 
 /// The env var suffix of a kind: `complete-transfer` → `COMPLETE_TRANSFER`.
@@ -107,12 +120,22 @@ impl DeployConfig {
         if let Some(v) = get("METERED_MAX_ATTEMPTS") {
             policy.max_attempts = whole("METERED_MAX_ATTEMPTS", v)?.max(1);
         }
+        let mut burn_cutoff_hour = 18;
+        if let Some(v) = get("METERED_BURN_ALARM_BEFORE_HOUR").filter(|v| !v.is_empty()) {
+            burn_cutoff_hour = whole("METERED_BURN_ALARM_BEFORE_HOUR", v)?;
+            if burn_cutoff_hour > 24 {
+                return Err(Error::Config(format!(
+                    "METERED_BURN_ALARM_BEFORE_HOUR: an hour of the day (0 to 24), got {burn_cutoff_hour}"
+                )));
+            }
+        }
         Ok(Self {
             table,
             app,
             app_ssm,
             queues,
             policy,
+            burn_cutoff_hour,
         })
     }
 
@@ -139,7 +162,8 @@ impl Deployed {
         let clock: SharedClock = Arc::new(SystemClock);
         let table = Table::new(aws_sdk_dynamodb::Client::new(&aws), &config.table);
         let store = Arc::new(DynamoStore::new(table.clone()));
-        let quota = Quota::new(Arc::new(DynamoQuota::new(table)), clock.clone());
+        let quota = Quota::new(Arc::new(DynamoQuota::new(table)), clock.clone())
+            .with_metrics(Metrics::new());
         let sqs = aws_sdk_sqs::Client::new(&aws);
         let mut queues = Queues::new();
         for (kind, url, dlq) in &config.queues {
@@ -181,7 +205,8 @@ impl Deployed {
         let queue: Arc<dyn JobQueue> = self.svc.queues.get(kind)?.clone();
         Ok(
             JobRuntime::new(queue, self.svc.clock.clone(), self.config.policy)
-                .with_ledger(self.ledger.clone()),
+                .with_ledger(self.ledger.clone())
+                .with_metrics(self.svc.metrics.clone()),
         )
     }
 }
@@ -203,7 +228,12 @@ pub async fn handle_sqs_event<H: JobHandler + ?Sized>(
             continue;
         };
         let body = record.body.unwrap_or_default();
-        let settled = runtime.process(&body, handler, ctx).await;
+        // Every line logged for this message carries its id (and, inside
+        // the runtime's `job` span, the job's id, kind and org).
+        let settled = runtime
+            .process(&body, handler, ctx)
+            .instrument(tracing::info_span!("message", message_id = %message_id))
+            .await;
         if !settled.ack() {
             let mut failure = BatchItemFailure::default();
             failure.item_identifier = message_id;
@@ -262,17 +292,41 @@ where
     let runtime = deployed.runtime(kind)?;
     let handler = make(&deployed)?;
     lambda_runtime::run(service_fn(|event: LambdaEvent<SqsEvent>| {
-        let (runtime, handler) = (&runtime, &handler);
+        let (runtime, handler, deployed) = (&runtime, &handler, &deployed);
         async move {
             let ctx = JobContext {
                 deadline: deadline_of(&event.context),
             };
-            Ok::<SqsBatchResponse, lambda_runtime::Error>(
-                handle_sqs_event(runtime, event.payload, handler, &ctx).await,
-            )
+            let response = handle_sqs_event(runtime, event.payload, handler, &ctx).await;
+            write_emf(
+                &deployed.svc.metrics,
+                kind,
+                deployed.config.burn_cutoff_hour,
+                deployed.svc.clock.now(),
+                &mut std::io::stdout().lock(),
+            );
+            Ok::<SqsBatchResponse, lambda_runtime::Error>(response)
         }
     }))
     .await
+}
+
+/// Drains what the invocation counted and writes it as EMF lines to
+/// `out` (stdout in a function, where CloudWatch Logs extracts the metrics).
+/// A write that fails loses metrics, never the invocation.
+pub fn write_emf(
+    metrics: &Metrics,
+    kind: JobKind,
+    burn_cutoff_hour: u32,
+    now: crate::core::clock::Timestamp,
+    out: &mut dyn std::io::Write,
+) {
+    for doc in metrics.take().to_emf(kind.as_str(), now, burn_cutoff_hour) {
+        if let Err(e) = writeln!(out, "{doc}") {
+            tracing::warn!(error = %e, "could not write the invocation's metrics");
+            return;
+        }
+    }
 }
 
 /// The `workflow` function: triggers and decision nodes to action jobs.

@@ -142,7 +142,8 @@ impl LocalRunner {
                 (
                     *k,
                     JobRuntime::new(q, clock.clone(), RestartPolicy::default())
-                        .with_ledger(store.clone()),
+                        .with_ledger(store.clone())
+                        .with_metrics(svc.metrics.clone()),
                 )
             })
             .collect();

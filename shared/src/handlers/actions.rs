@@ -9,6 +9,7 @@
 //! once", which could lose an action.
 
 use crate::connector::SendRequest;
+use crate::core::metrics::Counter;
 use crate::handlers::context::AppContext;
 use crate::handlers::IntoOutcome;
 use crate::jobs::envelope::{JobEnvelope, JobKind, Outcome};
@@ -141,7 +142,12 @@ impl JobHandler for ActionHandlers {
                 .finish_action(&scope, &job.idempotency_key, self.svc.clock.now())
                 .await
             {
-                Ok(()) => Outcome::Done,
+                Ok(()) => {
+                    self.svc
+                        .metrics
+                        .add(&job.app, &job.org, Counter::ActionsPerformed, 1);
+                    Outcome::Done
+                }
                 // The call happened; a redelivery repeats it under the same key.
                 Err(e) => Outcome::from_error(&e),
             },

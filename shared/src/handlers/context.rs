@@ -26,6 +26,9 @@ pub struct AppContext {
     pub queues: Queues,
     /// The time.
     pub clock: SharedClock,
+    /// What handlers count (records synced, actions performed); the
+    /// quota's own counters, so one drain sees everything.
+    pub metrics: crate::core::metrics::Metrics,
     /// One connector per organization (each with its own credential).
     pub connectors: BTreeMap<String, Arc<dyn Connector>>,
     /// How long a sync's lease lasts without renewal.
@@ -53,7 +56,9 @@ impl AppContext {
         connectors: BTreeMap<String, Arc<dyn Connector>>,
     ) -> Self {
         let clock = quota.clock().clone();
+        let metrics = quota.metrics().clone();
         Self {
+            metrics,
             config,
             store,
             quota,

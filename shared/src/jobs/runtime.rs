@@ -18,12 +18,14 @@
 //! again. Nothing is acknowledged that was not re-sent.
 
 use crate::core::clock::{SharedClock, Timestamp};
+use crate::core::metrics::{Counter, Metrics};
 use crate::jobs::envelope::{JobEnvelope, JobKind, Outcome, Restart};
 use crate::jobs::ledger::{Claim, JobLedger};
 use crate::jobs::queue::{JobQueue, MAX_DELAY_SECS};
 use crate::quota::QuotaKey;
 use async_trait::async_trait;
 use std::sync::Arc;
+use tracing::Instrument;
 
 /// The reason given when an early arrival is re-sent for the rest of its wait.
 pub const NOT_BEFORE_REASON: &str = "waiting for not_before";
@@ -163,6 +165,8 @@ pub struct JobRuntime {
     /// How long a delivery's claim lasts when the invocation has no deadline
     /// (a deadline, when given, bounds the claim instead).
     pub claim_ttl: chrono::Duration,
+    /// Where jobs done, restarts and dead letters are counted, if anywhere.
+    pub metrics: Option<Metrics>,
 }
 
 impl JobRuntime {
@@ -174,7 +178,14 @@ impl JobRuntime {
             policy,
             ledger: None,
             claim_ttl: chrono::Duration::minutes(5),
+            metrics: None,
         }
+    }
+
+    /// Counts jobs done, restarts and dead letters into `metrics`.
+    pub fn with_metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// Drops duplicate deliveries through `ledger`.
@@ -192,10 +203,40 @@ impl JobRuntime {
     ) -> Settled {
         let job = match JobEnvelope::parse(body) {
             Ok(job) => job,
-            Err(e) => return self.dead_letter(body, e.to_string()).await,
+            Err(e) => {
+                let settled = self.dead_letter(body, e.to_string()).await;
+                self.count("", "", &settled);
+                return settled;
+            }
         };
         let span = tracing::info_span!("job", id = %job.id, kind = %job.kind, org = %job.org, app = %job.app, generation = job.generation);
-        let _enter = span.enter();
+        let settled = self
+            .process_job(&job, body, handler, ctx)
+            .instrument(span)
+            .await;
+        self.count(&job.app, &job.org, &settled);
+        settled
+    }
+
+    fn count(&self, app: &str, org: &str, settled: &Settled) {
+        let Some(metrics) = &self.metrics else { return };
+        let counter = match settled {
+            Settled::Done => Counter::JobsDone,
+            Settled::Restarted { reason, .. } if reason == NOT_BEFORE_REASON => return,
+            Settled::Restarted { .. } => Counter::Restarts,
+            Settled::DeadLettered { .. } => Counter::DeadLetters,
+            Settled::Retry { .. } | Settled::Skipped { .. } => return,
+        };
+        metrics.add(app, org, counter, 1);
+    }
+
+    async fn process_job<H: JobHandler + ?Sized>(
+        &self,
+        job: &JobEnvelope,
+        body: &str,
+        handler: &H,
+        ctx: &JobContext,
+    ) -> Settled {
         if !handler.accepts(job.kind) {
             let reason = format!(
                 "handler `{}` does not take jobs of kind `{}`",
@@ -210,9 +251,7 @@ impl JobRuntime {
             let mut next = job.clone();
             next.generation += 1;
             let delay = delay_secs(now, not_before);
-            return self
-                .resend(&next, delay, "waiting for not_before".into())
-                .await;
+            return self.resend(&next, delay, NOT_BEFORE_REASON.into()).await;
         }
         let key = job.quota_key();
         if let Some(ledger) = &self.ledger {
@@ -244,7 +283,7 @@ impl JobRuntime {
                 }
             }
         }
-        let outcome = handler.handle(&job, ctx).await;
+        let outcome = handler.handle(job, ctx).await;
         // Delays count from now, not from when the work started: a long run
         // must not wait its own length again.
         let now = self.clock.now();
@@ -255,8 +294,8 @@ impl JobRuntime {
                 Settled::Retry { reason }
             }
             Outcome::Fail(reason) => {
-                handler.gave_up(&job, &reason).await;
-                self.dead_letter_job(&job, reason, None).await
+                handler.gave_up(job, &reason).await;
+                self.dead_letter_job(job, reason, None).await
             }
             Outcome::Restart(restart) => {
                 let mut next = job.clone();
@@ -268,9 +307,9 @@ impl JobRuntime {
                 if attempts >= self.policy.max_attempts {
                     let reason =
                         format!("gave up after {attempts} attempts in a row; last error: {reason}");
-                    handler.gave_up(&job, &reason).await;
+                    handler.gave_up(job, &reason).await;
                     // The copy resumes where the last attempt stopped.
-                    self.dead_letter_job(&job, reason, checkpoint).await
+                    self.dead_letter_job(job, reason, checkpoint).await
                 } else {
                     let mut next = job.clone();
                     next.attempts = attempts;
@@ -287,8 +326,7 @@ impl JobRuntime {
             }
         };
         if let Some(ledger) = &self.ledger {
-            self.settle(ledger.as_ref(), &key, &job, settled.ack())
-                .await;
+            self.settle(ledger.as_ref(), &key, job, settled.ack()).await;
         }
         settled
     }

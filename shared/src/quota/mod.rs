@@ -18,6 +18,7 @@
 
 use crate::core::clock::{SharedClock, Timestamp};
 use crate::core::error::{Error, Result};
+use crate::core::metrics::{Counter, Metrics};
 use async_trait::async_trait;
 use chrono::{Duration, DurationRound, NaiveDate};
 use serde::{Deserialize, Serialize};
@@ -239,6 +240,10 @@ pub struct TakenWindow {
     pub kind: WindowKind,
     /// The window's id, e.g. `d2026-11-22`.
     pub id: String,
+    /// Calls counted in the window once this grant was taken (what the
+    /// budget-burn metric reports; 0 in grants stored before it existed).
+    #[serde(default)]
+    pub used: u64,
 }
 
 /// Capacity taken: `cost` calls in every window, plus one concurrency lease.
@@ -515,6 +520,7 @@ pub struct Quota {
     store: Arc<dyn QuotaStore>,
     clock: SharedClock,
     tally: Arc<Mutex<BTreeMap<UsageKey, u64>>>,
+    metrics: Metrics,
 }
 
 impl fmt::Debug for Quota {
@@ -530,7 +536,19 @@ impl Quota {
             store,
             clock,
             tally: Arc::default(),
+            metrics: Metrics::new(),
         }
+    }
+
+    /// Counts calls, denials and the day's burn into `metrics`.
+    pub fn with_metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
+    /// Where calls, denials and the burn are counted.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 
     /// The store behind it.
@@ -560,6 +578,12 @@ impl Quota {
         match self.store.acquire(key, limits, call.cost, now).await? {
             Acquire::Granted(grant) => {
                 tracing::debug!(quota = %key, cost = call.cost, lease = %grant.lease_id, "quota granted");
+                let day_limit = limits.windows().find(|(w, _)| *w == WindowKind::Day);
+                let day_used = grant.windows.iter().find(|w| w.kind == WindowKind::Day);
+                if let (Some((_, limit)), Some(taken)) = (day_limit, day_used) {
+                    self.metrics
+                        .burn(&key.app, &key.org, &taken.id, taken.used, limit);
+                }
                 Ok(Admission::Granted(Permit {
                     grant: Some(grant),
                     key: key.clone(),
@@ -569,6 +593,23 @@ impl Quota {
             }
             Acquire::Denied(denied) => {
                 tracing::info!(quota = %key, cost = call.cost, reason = %denied.reason, retry_at = %denied.retry_at, "quota denied");
+                let counter = match &denied.reason {
+                    DenyReason::Window {
+                        window: WindowKind::Day,
+                        ..
+                    } => Counter::DenialsDayLimit,
+                    DenyReason::Window {
+                        window: WindowKind::Hour,
+                        ..
+                    } => Counter::DenialsHourLimit,
+                    DenyReason::Window {
+                        window: WindowKind::Minute,
+                        ..
+                    } => Counter::DenialsMinuteLimit,
+                    DenyReason::Concurrency { .. } => Counter::DenialsConcurrency,
+                    DenyReason::Blocked => Counter::DenialsBlocked,
+                };
+                self.metrics.add(&key.app, &key.org, counter, 1);
                 Ok(Admission::Denied(denied))
             }
         }
@@ -583,6 +624,12 @@ impl Quota {
             self.store.release(grant, used).await?;
         }
         if used > 0 {
+            self.metrics.add(
+                &permit.key.app,
+                &permit.key.org,
+                Counter::CallsMade,
+                u64::from(used),
+            );
             let mut tally = self.tally.lock().unwrap_or_else(|e| e.into_inner());
             *tally
                 .entry((

@@ -82,6 +82,7 @@ impl DynamoQuota {
             .map(|(kind, _)| TakenWindow {
                 kind,
                 id: kind.id(now),
+                used: 0,
             })
             .collect();
         let mut req = self
@@ -148,11 +149,23 @@ impl DynamoQuota {
                         .collect()
                 })
                 .unwrap_or_default();
+            // The counts after our add (the new item, or the old one that
+            // already holds an earlier attempt's add).
+            let windows = windows
+                .iter()
+                .map(|w| TakenWindow {
+                    used: item
+                        .and_then(|item| item.get(&format!("{WINDOW_PREFIX}{}", w.id)))
+                        .and_then(as_i64)
+                        .map_or(u64::from(cost), |n| n.max(0) as u64),
+                    ..w.clone()
+                })
+                .collect();
             Grant {
                 key: key.clone(),
                 lease_id: lease_id.clone(),
                 cost,
-                windows: windows.clone(),
+                windows,
                 expires_at,
                 valid_until,
                 stale_windows,

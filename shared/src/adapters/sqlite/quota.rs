@@ -44,7 +44,7 @@ impl QuotaStore for SqliteQuota {
                 let now_ms = to_millis(now);
                 let windows: Vec<TakenWindow> = limits
                     .windows()
-                    .map(|(kind, _)| TakenWindow { kind, id: kind.id(now) })
+                    .map(|(kind, _)| TakenWindow { kind, id: kind.id(now), used: 0 })
                     .collect();
                 // Housekeeping inside the same transaction: expired leases of
                 // crashed holders and counters of past windows.
@@ -101,7 +101,9 @@ impl QuotaStore for SqliteQuota {
                     tx.commit()?;
                     return Ok(Acquire::Denied(denied));
                 }
-                for w in &windows {
+                let mut windows = windows;
+                for w in &mut windows {
+                    w.used = used.get(&w.id).copied().unwrap_or(0) + u64::from(cost);
                     tx.execute(
                         "INSERT INTO quota_window (org, app, window, used) VALUES (?1, ?2, ?3, ?4)
                          ON CONFLICT (org, app, window) DO UPDATE SET used = used + excluded.used",

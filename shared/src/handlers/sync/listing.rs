@@ -13,6 +13,7 @@
 use crate::config::sync::chrono as dur;
 use crate::connector::{ListRequest, PageCursor, Reservation};
 use crate::core::clock::Timestamp;
+use crate::core::metrics::Counter;
 use crate::handlers::context::AppContext;
 use crate::handlers::sync::{enqueue_followups, parse_payload, soon, sync_name, SyncPayload};
 use crate::handlers::IntoOutcome;
@@ -255,6 +256,12 @@ pub async fn run(svc: &AppContext, job: &JobEnvelope, ctx: &JobContext) -> Outco
         {
             break Outcome::from_error_at(&e, checkpoint());
         }
+        svc.metrics.add(
+            &key.app,
+            &key.org,
+            Counter::RecordsSynced,
+            diff.changes.len() as u64,
+        );
         cp.pending_lookups = pending;
         cp.pages += 1;
         pages_here += 1;

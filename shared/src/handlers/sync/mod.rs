@@ -117,6 +117,12 @@ pub(crate) async fn set_aside(
     }
     if !bad.is_empty() {
         svc.store.quarantine(key, &bad).await?;
+        svc.metrics.add(
+            &key.app,
+            &key.org,
+            crate::core::metrics::Counter::RecordsQuarantined,
+            bad.len() as u64,
+        );
         for q in &bad {
             tracing::warn!(
                 source,

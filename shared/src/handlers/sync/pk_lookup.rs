@@ -13,6 +13,7 @@
 //!   the transfer, most keys are seen and cost nothing.
 
 use crate::config::sync::{chrono as dur, StormGuard};
+use crate::core::metrics::Counter;
 use crate::handlers::context::AppContext;
 use crate::handlers::schedule;
 use crate::handlers::sync::{enqueue_followups, parse_payload, sync_name, PkLookupPayload};
@@ -181,6 +182,12 @@ pub async fn run(svc: &AppContext, job: &JobEnvelope, ctx: &JobContext) -> Outco
         {
             break Outcome::from_error_at(&e, checkpoint);
         }
+        svc.metrics.add(
+            &key.app,
+            &key.org,
+            Counter::RecordsSynced,
+            diff.changes.len() as u64,
+        );
         cp.remaining.drain(..chunk.len());
         cp.calls += 1;
         calls_here += 1;

@@ -302,6 +302,12 @@ impl WorkflowHandler {
                         );
                         tracing::warn!(workflow = %wf.name, record_id = %record.id, reason = %q.reason, "record quarantined; the other records go on");
                         self.svc.store.quarantine(&key, &[q]).await?;
+                        self.svc.metrics.add(
+                            &key.app,
+                            &key.org,
+                            crate::core::metrics::Counter::RecordsQuarantined,
+                            1,
+                        );
                     }
                     Plan::Pass { actions } => {
                         self.enqueue_actions(job, wf, &record, &trigger_key, actions, &mut cp)
