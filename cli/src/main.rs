@@ -10,6 +10,7 @@ mod inspect;
 mod plan;
 mod quota_demo;
 mod run;
+mod status;
 mod system;
 
 use clap::{Parser, Subcommand};
@@ -34,7 +35,9 @@ enum Command {
     /// The quota library alone: many jobs share one budget on SQLite and
     /// restart on a simulated clock until everything is done.
     QuotaDemo(quota_demo::Args),
-    /// The whole system on this machine for an app config: real time, or
+    /// The whole system on this machine for an app config: real time (a
+    /// status line per org: calls of the budget, in flight, jobs done,
+    /// waiting, dead, the next due job; `--json` for events), or
     /// `--simulate DAYS` on a simulated clock (`--sim` serves the app from
     /// the built-in simulator).
     Run(run::RunArgs),

@@ -2,6 +2,7 @@
 //! in real time or over simulated days; and `metered invoke`: one handler,
 //! once, with a Lambda event.
 
+use crate::status::RunStatus;
 use crate::system::{default_db, load_config, BoxError, Options, System};
 use metered::jobs::envelope::JobKind;
 use metered::jobs::runtime::{JobContext, JobRuntime, RestartPolicy};
@@ -18,8 +19,12 @@ pub struct RunArgs {
     /// Serve the app from the built-in simulator instead of its real API.
     #[arg(long)]
     sim: bool,
+    /// The SQLite database (queues, records, quota); inspect it with
+    /// `metered usage`, `metered jobs`, `metered dlq`.
     #[arg(long, default_value_os_t = default_db())]
     db: PathBuf,
+    /// Machine-readable output: the summary of a simulated run, or, in real
+    /// time, one JSON status event per change instead of the status line.
     #[arg(long)]
     json: bool,
 }
@@ -38,7 +43,7 @@ pub async fn run(args: RunArgs) -> Result<(), BoxError> {
     .await?;
     let Some(days) = args.simulate else {
         eprintln!("metered run: app `{}` in real time; Ctrl-C to stop. Inspect with `metered usage`, `metered jobs`.", system.config.app.name);
-        return real_time(&system).await;
+        return real_time(&system, args.json).await;
     };
     let bar = indicatif::ProgressBar::new(u64::from(days) * 24);
     let report = system.simulate(days, |_, _| bar.inc(1)).await?;
@@ -80,24 +85,52 @@ pub async fn run(args: RunArgs) -> Result<(), BoxError> {
     Ok(())
 }
 
-/// Real time: the dispatcher ticks the scheduler every minute and runs what
-/// is due. Waiting here is waiting for the next due job, not out a limit.
-async fn real_time(system: &System) -> Result<(), BoxError> {
+/// Real time: the dispatcher ticks the scheduler and runs what is due,
+/// once a second, and shows the status (`crate::status`). Waiting here is
+/// waiting for the next due job, not out a limit.
+async fn real_time(system: &System, json: bool) -> Result<(), BoxError> {
+    use std::io::IsTerminal;
+    let orgs: Vec<String> = system
+        .config
+        .connections
+        .iter()
+        .map(|c| c.org.clone())
+        .collect();
     let manual = metered::core::clock::ManualClock::new(chrono::Utc::now());
+    let bar = (!json && std::io::stderr().is_terminal()).then(|| {
+        let bar = indicatif::ProgressBar::new_spinner();
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{spinner} {wide_msg}")
+                .expect("a valid template"),
+        );
+        bar
+    });
+    let mut shown: Option<RunStatus> = None;
     loop {
         manual.set(chrono::Utc::now());
         let until = chrono::Utc::now();
         // Runs only what is due now (the manual clock is pinned to now).
-        let report = system.runner.run_simulated(&manual, until, None).await?;
+        system.runner.run_simulated(&manual, until, None).await?;
         metered::handlers::schedule::tick(&system.runner.svc).await?;
-        if !report.done.is_empty() || !report.restarts.is_empty() {
-            eprintln!(
-                "{} {:?} {:?}",
-                chrono::Utc::now().format("%H:%M:%S"),
-                report.done,
-                report.restarts
-            );
+        let status = RunStatus::read(&system.runner, &orgs, chrono::Utc::now()).await?;
+        let text = match &bar {
+            Some(bar) => {
+                bar.set_message(status.line());
+                None
+            }
+            None if shown.as_ref().is_some_and(|s| s.same_as(&status)) => None,
+            None if json => Some(serde_json::to_string(&status)?),
+            None => Some(status.line()),
+        };
+        if let Some(text) = text {
+            use std::io::Write;
+            // A reader that went away (`| head`) ends the run, quietly.
+            let mut out = std::io::stdout().lock();
+            if writeln!(out, "{text}").and_then(|_| out.flush()).is_err() {
+                return Ok(());
+            }
         }
+        shown = Some(status);
         tokio::time::sleep(std::time::Duration::from_secs(1)).await;
     }
 }

@@ -890,3 +890,105 @@ async fn dead_letters_are_listed_and_redriven_on_ministack_sqs() {
     assert_eq!((job.org.as_str(), job.restarts), ("acme", 0));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `metered run` in real time, as a person or a machine follows it: with
+/// stdout not a terminal it prints a line per change, and with `--json` one
+/// event per change, each naming every org's calls of its budget, calls in
+/// flight, jobs done, waiting and dead, and the next due job. Two orgs of
+/// the simulated API whose records have the same ids both make progress.
+#[test]
+fn run_in_real_time_reports_a_status_per_org() {
+    use std::io::BufRead;
+    let dir = tmp("realtime");
+    let config = include_str!("../examples/booking.toml").replace(
+        "[[connections]]\norg = \"acme\"\n",
+        "[[connections]]\norg = \"acme\"\n\n[[connections]]\norg = \"globex\"\n",
+    );
+    assert!(config.contains("globex"));
+    std::fs::write(dir.join("two.toml"), config).unwrap();
+    // Reads stdout lines until `enough` says so or two minutes pass, then
+    // stops the run (it never ends on its own).
+    let follow = |extra: &[&str], db: &str, enough: &dyn Fn(&str) -> bool| -> Vec<String> {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_metered"))
+            .args(["run", "--config", "two.toml", "--sim", "--db", db])
+            .args(extra)
+            .current_dir(&dir)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("run metered");
+        let (tx, rx) = std::sync::mpsc::channel();
+        let stdout = child.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+        let mut lines = Vec::new();
+        while let Ok(line) =
+            rx.recv_timeout(deadline.saturating_duration_since(std::time::Instant::now()))
+        {
+            let done = enough(&line);
+            lines.push(line);
+            if done {
+                break;
+            }
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        lines
+    };
+    let progressed = |line: &str| -> bool {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+            return false;
+        };
+        v["orgs"].as_array().is_some_and(|orgs| {
+            orgs.len() == 2
+                && orgs.iter().all(|o| {
+                    o["done"].as_u64() >= Some(1) && o["today"]["used"].as_u64() >= Some(1)
+                })
+        })
+    };
+    let events = follow(&["--json"], "json.sqlite", &progressed);
+    let last = events.last().expect("at least one status event");
+    assert!(progressed(last), "both orgs made progress: {events:#?}");
+    let v: serde_json::Value = serde_json::from_str(last).unwrap();
+    for o in v["orgs"].as_array().unwrap() {
+        assert_eq!(o["today"]["limit"], 2500, "{o}");
+        for field in ["in_flight", "waiting", "dead", "done"] {
+            assert!(o[field].is_u64(), "{field} in {o}");
+        }
+    }
+    assert_eq!(
+        v["orgs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|o| o["org"].as_str().unwrap())
+            .collect::<Vec<_>>(),
+        ["acme", "globex"]
+    );
+    for pair in events.windows(2) {
+        let (a, b): (serde_json::Value, serde_json::Value) = (
+            serde_json::from_str(&pair[0]).unwrap(),
+            serde_json::from_str(&pair[1]).unwrap(),
+        );
+        assert!(
+            a["orgs"] != b["orgs"] || a["next_due"] != b["next_due"],
+            "an event is printed only when something changed"
+        );
+    }
+    let plain = follow(&[], "plain.sqlite", &|line: &str| {
+        line.contains("acme ") && line.contains("globex ") && line.contains(" done ")
+    });
+    let line = plain.last().expect("a status line");
+    assert!(
+        line.contains("/2500 today") && line.contains("in flight") && line.contains(" | "),
+        "{plain:#?}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -74,6 +74,32 @@ impl SqliteQueue {
         Ok(self.len().await? == 0)
     }
 
+    /// Jobs waiting or in flight per organization, with the earliest time
+    /// one of them becomes visible (for `metered run`'s status; one query,
+    /// however many wait). A body that is not an envelope counts under "".
+    pub async fn waiting_by_org(
+        &self,
+    ) -> Result<Vec<(String, u64, crate::core::clock::Timestamp)>> {
+        let name = self.name.clone();
+        self.db
+            .call("queue waiting by org", move |conn| {
+                let mut stmt = conn.prepare_cached(
+                    "SELECT COALESCE(CAST(CASE WHEN json_valid(body) THEN json_extract(body, '$.org') END AS TEXT), ''),
+                            COUNT(*), MIN(visible_at)
+                     FROM job_queue WHERE queue = ?1 GROUP BY 1 ORDER BY 1",
+                )?;
+                let rows = stmt.query_map(params![name], |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, i64>(1)?.max(0) as u64,
+                        crate::core::clock::from_millis(r.get(2)?),
+                    ))
+                })?;
+                rows.collect()
+            })
+            .await
+    }
+
     /// Every waiting job with when it becomes visible (for `metered jobs`).
     pub async fn pending(&self) -> Result<Vec<(crate::core::clock::Timestamp, String)>> {
         let name = self.name.clone();
