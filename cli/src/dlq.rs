@@ -34,7 +34,8 @@ enum Action {
         /// The job id (or, for a body that is no job, the message id).
         id: String,
     },
-    /// Puts dead letters back on their queue, envelope intact, to run again.
+    /// Puts dead letters back on their queue to run now: envelope intact
+    /// (id, generation, checkpoint), any earlier wait cleared.
     Redrive {
         #[command(flatten)]
         filter: Filter,
@@ -195,6 +196,9 @@ pub async fn run(args: Args) -> Result<(), BoxError> {
                         job.restarts = 0;
                         job.attempts = 0;
                     }
+                    // Redriven means "run it now": a wait it was given before
+                    // it died (a restart's backoff) no longer applies.
+                    job.not_before = None;
                     Some(job.to_body())
                 };
                 let moved = q.redrive(&choose).await?;

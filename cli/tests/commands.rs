@@ -992,3 +992,109 @@ fn run_in_real_time_reports_a_status_per_org() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The operator's whole story on SQLite: a broken config dead-letters both
+/// orgs' transfers (their classes have the same ids), the config is fixed,
+/// `metered dlq redrive --org acme` puts acme's back, and the next run
+/// finishes exactly that job; globex's stays dead until redriven.
+#[tokio::test]
+async fn a_redriven_dead_letter_runs_to_completion_on_sqlite() {
+    use metered::jobs::ledger::{Claim, JobLedger};
+    let dir = tmp("redrive-done");
+    let example = include_str!("../examples/booking.toml");
+    let head = &example[..example.find("[record_types.invoices]").unwrap()];
+    let fixed = format!(
+        "{head}\n[[connections]]\norg = \"acme\"\n\n[[connections]]\norg = \"globex\"\n\n\
+         [syncs.classes]\ncomplete_transfer = {{ every = \"24h\" }}\n"
+    );
+    let broken = fixed.replace("records_pointer = \"\"", "records_pointer = \"/nope\"");
+    assert_ne!(broken, fixed);
+    std::fs::write(dir.join("fixed.toml"), &fixed).unwrap();
+    std::fs::write(dir.join("broken.toml"), &broken).unwrap();
+    let run = |config: &str| {
+        json(&metered(
+            &[
+                "run",
+                "--config",
+                config,
+                "--sim",
+                "--simulate",
+                "1",
+                "--db",
+                "d.sqlite",
+                "--json",
+            ],
+            &dir,
+        ))
+    };
+    let first = run("broken.toml");
+    assert_eq!(first["report"]["dead_lettered"], 2, "{first}");
+    let dead = json(&metered(
+        &["dlq", "list", "--db", "d.sqlite", "--json"],
+        &dir,
+    ));
+    let dead = dead.as_array().unwrap();
+    assert_eq!(dead.len(), 2, "{dead:?}");
+    for d in dead {
+        assert_eq!(d["kind"], "complete-transfer", "{d}");
+        assert!(
+            d["reason"].as_str().unwrap().contains("records"),
+            "the reason names what was wrong: {d}"
+        );
+    }
+    let acme = dead.iter().find(|d| d["org"] == "acme").unwrap();
+    let id = acme["id"].as_str().unwrap().to_string();
+    // The generation the dead letter carries: once it finished, the job
+    // ledger drops any other delivery of it as already done.
+    let shown = json(&metered(&["dlq", "show", &id, "--db", "d.sqlite"], &dir));
+    let generation = shown[0]["body"]["generation"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("the dead letter's generation: {shown}"))
+        as u32;
+    let out = json(&metered(
+        &[
+            "dlq", "redrive", "--org", "acme", "--db", "d.sqlite", "--json",
+        ],
+        &dir,
+    ));
+    assert_eq!(out["redriven"], 1, "{out}");
+    let jobs = json(&metered(
+        &["jobs", "--db", "d.sqlite", "--json", "--org", "acme"],
+        &dir,
+    ));
+    assert!(
+        jobs.as_array()
+            .unwrap()
+            .iter()
+            .any(|j| j["id"] == id.as_str() && j["state"] == "waiting"),
+        "{id} waits again: {jobs}"
+    );
+    let second = run("fixed.toml");
+    assert_eq!(
+        second["report"]["done"]["complete-transfer"], 1,
+        "one transfer ran (the schedule started none): {second}"
+    );
+    assert_eq!(
+        second["report"]["not_before_hops"], 0,
+        "it ran at once: {second}"
+    );
+    let db = metered::adapters::sqlite::Db::open(dir.join("d.sqlite")).unwrap();
+    let store = metered::adapters::sqlite::store::SqliteStore::new(db);
+    let key = metered::quota::QuotaKey::new("acme", "sim-booking");
+    let now = chrono::Utc::now() + chrono::Duration::days(3);
+    assert_eq!(
+        store.claim(&key, &id, generation, now, now).await.unwrap(),
+        Claim::AlreadyDone,
+        "the redriven job {id} finished"
+    );
+    let other = json(&metered(
+        &["dlq", "list", "--db", "d.sqlite", "--json"],
+        &dir,
+    ));
+    assert_eq!(other.as_array().unwrap().len(), 1, "{other}");
+    assert_eq!(
+        other[0]["org"], "globex",
+        "only acme's was redriven: {other}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

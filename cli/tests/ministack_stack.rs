@@ -315,6 +315,85 @@ async fn template_deploys_to_ministack_and_the_system_runs_there() {
     assert!(metric("action-http", "DenialsDayLimit") >= 3.0, "{sums:?}");
     assert!(metric("action-http", "Restarts") >= 3.0, "{sums:?}");
     assert_eq!(total("DeadLetters"), 0.0, "{sums:?}");
+
+    // A dead letter (a workflow job that died of the restart cap) is put
+    // back with the operator's command on the stack's SQS queues, and the
+    // stack's own event source mapping runs it to completion.
+    use metered::jobs::ledger::{Claim, JobLedger};
+    use metered::jobs::queue::JobQueue;
+    let workflow_queues = metered::adapters::aws::queue::SqsQueue::new(
+        sqs.clone(),
+        &deployed.outputs["WorkflowQueueUrl"],
+        &deployed.outputs["WorkflowDeadLetterQueueUrl"],
+    );
+    let mut job = metered::jobs::envelope::JobEnvelope::new(
+        metered::jobs::envelope::JobKind::Workflow,
+        "acme",
+        "sim-booking",
+        serde_json::json!({"workflow": "notes", "ids": ["cls_010"], "dry_run": false}),
+        chrono::Utc::now(),
+    );
+    job.restarts = 100;
+    workflow_queues
+        .dead_letter(&job.to_body(), "restart cap of 100 reached")
+        .await
+        .unwrap();
+    let dlq_cli = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_metered"))
+            .args(args)
+            .arg("--sqs")
+            .env("AWS_ENDPOINT_URL_SQS", &endpoint)
+            .env("AWS_ACCESS_KEY_ID", "local")
+            .env("AWS_SECRET_ACCESS_KEY", "local")
+            .env("AWS_REGION", "us-east-1")
+            .env(
+                "METERED_QUEUE_URL_WORKFLOW",
+                &deployed.outputs["WorkflowQueueUrl"],
+            )
+            .env(
+                "METERED_DLQ_URL_WORKFLOW",
+                &deployed.outputs["WorkflowDeadLetterQueueUrl"],
+            )
+            .output()
+            .expect("run metered dlq");
+        assert!(
+            out.status.success(),
+            "metered {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    let listed = dlq_cli(&["dlq", "list", "--json"]);
+    assert_eq!(listed[0]["id"], job.id.as_str(), "{listed}");
+    let redriven = dlq_cli(&[
+        "dlq",
+        "redrive",
+        "--kind",
+        "workflow",
+        "--reset-restarts",
+        "--json",
+    ]);
+    assert_eq!(redriven["redriven"], 1, "{redriven}");
+    let started = Instant::now();
+    let finished = loop {
+        let now = chrono::Utc::now();
+        let claim = store
+            .claim(&key, &job.id, job.generation, now, now)
+            .await
+            .unwrap();
+        if claim == Claim::AlreadyDone || started.elapsed() > Duration::from_secs(90) {
+            break claim;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert_eq!(
+        finished,
+        Claim::AlreadyDone,
+        "the redriven job {} ran to completion",
+        job.id
+    );
+    let (d, n) = depth(deployed.outputs["WorkflowDeadLetterQueueUrl"].clone()).await;
+    assert_eq!(d + n, 0, "the workflow DLQ is empty again");
 }
 
 /// Every EMF metric in the functions' log lines, summed per (function, metric).
