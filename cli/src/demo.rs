@@ -27,6 +27,10 @@ pub struct Args {
     /// connections). Every record must still arrive; nothing dead-letters.
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=50))]
     fail_percent: u32,
+    /// Also draw each simulated day's burn to this SVG (cumulative calls
+    /// against the daily limit, stacked by source, restarts marked).
+    #[arg(long, value_name = "SVG")]
+    chart: Option<std::path::PathBuf>,
 }
 
 pub async fn run(args: Args) -> Result<(), BoxError> {
@@ -87,12 +91,20 @@ pub async fn run(args: Args) -> Result<(), BoxError> {
     let mut days = BTreeMap::new();
     let mut by_source: BTreeMap<String, u64> = BTreeMap::new();
     let mut usage_total = 0u64;
+    let mut panels = Vec::new();
     for ((k, day), served) in &stats.calls_by_key_day {
         if *k != key {
             continue;
         }
         let d: chrono::NaiveDate = day.parse()?;
         let usage = svc.quota.store().usage(&quota_key, d).await?;
+        panels.push(crate::chart::OrgDay::from_usage(
+            &org,
+            d,
+            svc.limits(&org).per_day,
+            &usage,
+            23,
+        ));
         let recorded: u64 = usage.iter().filter(|u| !u.exempt).map(|u| u.calls).sum();
         usage_total += recorded;
         for u in usage {
@@ -102,6 +114,10 @@ pub async fn run(args: Args) -> Result<(), BoxError> {
             day.clone(),
             json!({"api_served": served, "usage_recorded": recorded, "budget": budget}),
         );
+    }
+    if let Some(path) = &args.chart {
+        std::fs::write(path, crate::chart::burn_svg(&panels)?)
+            .map_err(|e| format!("{}: cannot write: {e}", path.display()))?;
     }
     let mut records = BTreeMap::new();
     for t in system.config.record_types.keys() {
@@ -171,6 +187,9 @@ pub async fn run(args: Args) -> Result<(), BoxError> {
             println!("  {n:>6}  {reason}");
         }
         println!("\nJobs done {:?}; {} waiting for their next run; {} dead-lettered; API 429s: {}; most concurrent requests the API saw: {}", report.done, waiting, dead, stats.rejected_429, stats.max_concurrent);
+        if let Some(path) = &args.chart {
+            println!("Burn chart: {}", path.display());
+        }
         println!("Wall time {} ms", wall.elapsed().as_millis());
     }
     if usage_total != served

@@ -1,7 +1,9 @@
 //! `metered usage`, `metered records`, `metered jobs`, `metered quarantine`:
 //! what the local database (or DynamoDB) says happened.
 
+use crate::chart::{burn_svg, OrgDay};
 use crate::system::{default_db, load_config, BoxError};
+use chrono::Timelike;
 use metered::adapters::sqlite::Db;
 use metered::config::app::AppConfig;
 use metered::jobs::envelope::{JobEnvelope, JobKind};
@@ -45,6 +47,10 @@ pub struct UsageArgs {
     /// and region from the environment; AWS_ENDPOINT_URL for DynamoDB Local).
     #[arg(long)]
     dynamodb_table: Option<String>,
+    /// Also draw the day's burn to this SVG: cumulative calls per org
+    /// against its daily limit, stacked by source, restarts marked.
+    #[arg(long, value_name = "SVG")]
+    chart: Option<std::path::PathBuf>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -260,6 +266,29 @@ pub async fn usage(args: UsageArgs) -> Result<(), BoxError> {
     for org in &scope.orgs {
         rows.extend(store.usage(&QuotaKey::new(org, &scope.app), day).await?);
     }
+    if let Some(path) = &args.chart {
+        let now = chrono::Utc::now();
+        let until = if day == now.date_naive() {
+            now.hour()
+        } else {
+            23
+        };
+        let orgs: Vec<OrgDay> = scope
+            .orgs
+            .iter()
+            .map(|org| {
+                let limit = scope
+                    .config
+                    .as_ref()
+                    .and_then(|c| c.limits_for(org).per_day);
+                let mine: Vec<_> = rows.iter().filter(|u| &u.key.org == org).cloned().collect();
+                OrgDay::from_usage(org, day, limit, &mine, until)
+            })
+            .collect();
+        std::fs::write(path, burn_svg(&orgs)?)
+            .map_err(|e| format!("{}: cannot write: {e}", path.display()))?;
+        eprintln!("chart: {}", path.display());
+    }
     if args.common.json {
         println!("{}", serde_json::to_string_pretty(&rows)?);
         return Ok(());
@@ -278,14 +307,15 @@ pub async fn usage(args: UsageArgs) -> Result<(), BoxError> {
         scope.app
     );
     println!(
-        "  {:<10} {:<36} {:<32} {:>7}",
-        "org", "source", "endpoint", "calls"
+        "  {:<10} {:<36} {:<32} {:>7} {:>8}",
+        "org", "source", "endpoint", "calls", "refused"
     );
     for u in &rows {
         let exempt = if u.exempt { " (exempt)" } else { "" };
+        let refused: u64 = u.hours.values().map(|h| h.denied).sum();
         println!(
-            "  {:<10} {:<36} {:<32} {:>7}{exempt}",
-            u.key.org, u.source, u.endpoint, u.calls
+            "  {:<10} {:<36} {:<32} {:>7} {:>8}{exempt}",
+            u.key.org, u.source, u.endpoint, u.calls, refused
         );
     }
     Ok(())

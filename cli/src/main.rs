@@ -2,6 +2,7 @@
 //! its own module.
 
 mod bench;
+mod chart;
 mod demo;
 mod dlq;
 mod forecast;

@@ -2,7 +2,8 @@
 //! workflow, flag what exceeds a limit, show what each remedy would save,
 //! and draw the forecast per hour against the limit (SVG).
 
-use crate::forecast::{chart_svg, forecast, Volumes};
+use crate::chart::forecast_svg;
+use crate::forecast::{forecast, Volumes};
 use crate::system::{load_config, BoxError};
 use std::path::PathBuf;
 
@@ -46,7 +47,7 @@ pub async fn run(args: Args) -> Result<(), BoxError> {
         config.record_type(t).map_err(|e| format!("volumes: {e}"))?;
     }
     let f = forecast(&config, &volumes);
-    std::fs::write(&args.chart, chart_svg(&f))
+    std::fs::write(&args.chart, forecast_svg(&f)?)
         .map_err(|e| format!("{}: cannot write: {e}", args.chart.display()))?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&f)?);

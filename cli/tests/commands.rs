@@ -277,6 +277,14 @@ async fn usage_records_and_quarantine_read_dynamodb_too() {
         endpoint: "GET /invoices".into(),
         exempt: false,
         calls: 42,
+        hours: [(
+            9,
+            metered::quota::HourUse {
+                calls: 42,
+                denied: 0,
+            },
+        )]
+        .into(),
     };
     metered::adapters::aws::quota::DynamoQuota::new(table.clone())
         .record_usage(&[entry])
@@ -507,6 +515,7 @@ async fn inspect_commands_read_the_app_the_database_holds() {
                 endpoint: "GET /invoices".into(),
                 exempt: false,
                 calls,
+                hours: Default::default(),
             }])
             .await
             .unwrap();
@@ -1095,6 +1104,174 @@ async fn a_redriven_dead_letter_runs_to_completion_on_sqlite() {
     assert_eq!(
         other[0]["org"], "globex",
         "only acme's was redriven: {other}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Counts the pixels of `rgb` (within a small tolerance) in a PNG.
+fn pixels_of(png_path: &Path, rgb: (u8, u8, u8)) -> usize {
+    let decoder = png::Decoder::new(std::io::BufReader::new(
+        std::fs::File::open(png_path).unwrap(),
+    ));
+    let mut reader = decoder.read_info().unwrap();
+    let mut buf = vec![0; reader.output_buffer_size().unwrap()];
+    let info = reader.next_frame(&mut buf).unwrap();
+    let step = info.color_type.samples();
+    assert!(step >= 3, "an RGB(A) picture: {:?}", info.color_type);
+    buf[..info.buffer_size()]
+        .chunks(step)
+        .filter(|p| {
+            p[0].abs_diff(rgb.0) <= 3 && p[1].abs_diff(rgb.1) <= 3 && p[2].abs_diff(rgb.2) <= 3
+        })
+        .count()
+}
+
+/// Renders an SVG to PNG with librsvg (what browsers and image viewers
+/// agree with), failing loudly when it cannot.
+fn render(svg: &Path) -> PathBuf {
+    let png = svg.with_extension("png");
+    let out = Command::new("rsvg-convert")
+        .arg("-o")
+        .arg(&png)
+        .arg(svg)
+        .output()
+        .expect("rsvg-convert (Debian librsvg2-bin; `bash infra/test.sh` installs it)");
+    assert!(
+        out.status.success(),
+        "{} does not render: {}",
+        svg.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    png
+}
+
+/// The burn chart of `metered usage --chart` and `metered demo --chart`:
+/// its caption's total is what `usage` reports, every source that spent
+/// calls is in the legend, it renders, and the rendered picture holds the
+/// bottom source's band, the limit line and the restart marks in their
+/// colours. `plan --chart` stacks its sources the same way.
+#[test]
+fn burn_and_plan_charts_render_and_show_what_the_usage_says() {
+    let dir = tmp("charts");
+    let demo = metered(
+        &[
+            "demo", "--days", "1", "--db", "d.sqlite", "--chart", "demo.svg",
+        ],
+        &dir,
+    );
+    assert!(
+        demo.status.success(),
+        "{}",
+        String::from_utf8_lossy(&demo.stderr)
+    );
+    let usage = json(&metered(
+        &[
+            "usage",
+            "--db",
+            "d.sqlite",
+            "--day",
+            "2026-11-22",
+            "--json",
+            "--chart",
+            "burn.svg",
+        ],
+        &dir,
+    ));
+    let rows = usage.as_array().unwrap();
+    let spent: u64 = rows
+        .iter()
+        .filter(|u| u["exempt"] == false)
+        .map(|u| u["calls"].as_u64().unwrap())
+        .sum();
+    let refused: u64 = rows
+        .iter()
+        .flat_map(|u| u["hours"].as_object().unwrap().values())
+        .map(|h| h["denied"].as_u64().unwrap())
+        .sum();
+    assert!(
+        spent > 0 && refused > 0,
+        "the demo spends and is refused: {usage}"
+    );
+    for name in ["burn.svg", "demo.svg"] {
+        let svg = std::fs::read_to_string(dir.join(name)).unwrap();
+        assert!(
+            svg.contains(&format!("acme: {spent} calls on 2026-11-22")),
+            "{name}: the caption's total is the usage's"
+        );
+        assert!(svg.contains("daily limit 2500"), "{name}");
+        assert!(svg.contains(&format!("{refused} restarts")), "{name}");
+        for u in rows
+            .iter()
+            .filter(|u| u["exempt"] == false && u["calls"].as_u64() > Some(0))
+        {
+            let source = u["source"].as_str().unwrap();
+            assert!(svg.contains(source), "{name}: {source} in the legend");
+        }
+        let png = render(&dir.join(name));
+        // The biggest spender's band: sources are stacked (and coloured) in
+        // name order, so its colour is the palette's entry at its rank.
+        let mut by_source: std::collections::BTreeMap<&str, u64> = Default::default();
+        for u in rows.iter().filter(|u| u["exempt"] == false) {
+            *by_source.entry(u["source"].as_str().unwrap()).or_default() +=
+                u["calls"].as_u64().unwrap();
+        }
+        let rank = by_source
+            .iter()
+            .filter(|(_, n)| **n > 0)
+            .enumerate()
+            .max_by_key(|(_, (_, n))| **n)
+            .map(|(i, _)| i)
+            .unwrap();
+        let palette = [
+            (0x4e, 0x79, 0xa7),
+            (0xf2, 0x8e, 0x2b),
+            (0x59, 0xa1, 0x4f),
+            (0xb0, 0x7a, 0xa1),
+            (0x76, 0xb7, 0xb2),
+            (0xed, 0xc9, 0x48),
+            (0x9c, 0x75, 0x5f),
+            (0xba, 0xb0, 0xac),
+        ];
+        let red = (0xd6, 0x27, 0x28); // limit line and restart marks
+        assert!(
+            pixels_of(&png, palette[rank % 8]) > 1000,
+            "{name}: the biggest source's band is drawn, not only its legend swatch"
+        );
+        assert!(
+            pixels_of(&png, red) > 200,
+            "{name}: the limit and the restarts are drawn"
+        );
+    }
+    let volumes = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/booking-volumes.toml");
+    let config = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/booking.toml");
+    let plan = json(&metered(
+        &[
+            "plan",
+            "--config",
+            config,
+            "--volumes",
+            volumes,
+            "--json",
+            "--chart",
+            "plan.svg",
+        ],
+        &dir,
+    ));
+    let svg = std::fs::read_to_string(dir.join("plan.svg")).unwrap();
+    for s in plan["sources"].as_array().unwrap() {
+        if s["calls_per_day"].as_f64() > Some(0.0) {
+            let source = s["source"].as_str().unwrap();
+            assert!(svg.contains(source), "plan: {source} stacked and named");
+        }
+    }
+    assert!(
+        svg.contains("hour of the day (UTC)") && svg.contains("calls per hour"),
+        "axis labels"
+    );
+    let png = render(&dir.join("plan.svg"));
+    assert!(
+        pixels_of(&png, (0x4e, 0x79, 0xa7)) > 100,
+        "plan: the first source's bars"
     );
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -27,7 +27,7 @@ macro_rules! quota_cases {
                 renew_extends_a_lease,
                 block_until_denies_everyone,
                 reservation_and_refund,
-                usage_is_summed_per_source,
+                usage_is_summed_per_source_and_hour,
                 sixty_four_tasks_share_one_budget,
             ]
         );
@@ -280,31 +280,60 @@ pub async fn reservation_and_refund<F: Future<Output = Store>>(make: F) {
     );
 }
 
-pub async fn usage_is_summed_per_source<F: Future<Output = Store>>(make: F) {
+pub async fn usage_is_summed_per_source_and_hour<F: Future<Output = Store>>(make: F) {
     let store = make.await;
     let k = key();
     let day = afternoon().date_naive();
-    let entry = |source: &str, endpoint: &str, exempt, calls| UsageEntry {
-        key: k.clone(),
-        day,
-        source: source.into(),
-        endpoint: endpoint.into(),
-        exempt,
-        calls,
-    };
+    // (hour, calls, denied) per hour.
+    let entry =
+        |source: &str, endpoint: &str, exempt, calls, hours: &[(u8, u64, u64)]| UsageEntry {
+            key: k.clone(),
+            day,
+            source: source.into(),
+            endpoint: endpoint.into(),
+            exempt,
+            calls,
+            hours: hours
+                .iter()
+                .map(|(h, calls, denied)| {
+                    (
+                        *h,
+                        metered::quota::HourUse {
+                            calls: *calls,
+                            denied: *denied,
+                        },
+                    )
+                })
+                .collect(),
+        };
     store
         .record_usage(&[entry(
             "complete-transfer:invoices",
             "GET /invoices",
             false,
             3,
+            &[(9, 3, 0)],
         )])
         .await
         .unwrap();
     store
         .record_usage(&[
-            entry("complete-transfer:invoices", "GET /invoices", false, 4),
-            entry("workflow:welcome", "POST /datasource", true, 2),
+            entry(
+                "complete-transfer:invoices",
+                "GET /invoices",
+                false,
+                4,
+                &[(9, 1, 0), (14, 3, 2)],
+            ),
+            entry(
+                "workflow:welcome",
+                "POST /datasource",
+                true,
+                2,
+                &[(23, 2, 0)],
+            ),
+            // Only refused: no call, one restart in hour 0.
+            entry("workflow:welcome", "POST /notes", false, 0, &[(0, 0, 1)]),
         ])
         .await
         .unwrap();
@@ -312,8 +341,21 @@ pub async fn usage_is_summed_per_source<F: Future<Output = Store>>(make: F) {
     assert_eq!(
         usage,
         vec![
-            entry("complete-transfer:invoices", "GET /invoices", false, 7),
-            entry("workflow:welcome", "POST /datasource", true, 2),
+            entry(
+                "complete-transfer:invoices",
+                "GET /invoices",
+                false,
+                7,
+                &[(9, 4, 0), (14, 3, 2)]
+            ),
+            entry(
+                "workflow:welcome",
+                "POST /datasource",
+                true,
+                2,
+                &[(23, 2, 0)]
+            ),
+            entry("workflow:welcome", "POST /notes", false, 0, &[(0, 0, 1)]),
         ]
     );
     assert!(store

@@ -314,6 +314,15 @@ impl RecordTypeConfig {
 }
 
 impl AppConfig {
+    /// An org's limits: its connection's override, else the app's.
+    pub fn limits_for(&self, org: &str) -> crate::quota::Limits {
+        self.connections
+            .iter()
+            .find(|c| c.org == org)
+            .and_then(|c| c.limits.clone())
+            .unwrap_or_else(|| self.app.limits.clone())
+    }
+
     /// Reads and validates a TOML file; errors name the file and the field.
     pub fn load(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();

@@ -77,12 +77,7 @@ impl AppContext {
 
     /// The org's limits: its connection's override, else the app's.
     pub fn limits(&self, org: &str) -> Limits {
-        self.config
-            .connections
-            .iter()
-            .find(|c| c.org == org)
-            .and_then(|c| c.limits.clone())
-            .unwrap_or_else(|| self.config.app.limits.clone())
+        self.config.limits_for(org)
     }
 
     /// A connector for `org` whose calls spend its budget as `source`.

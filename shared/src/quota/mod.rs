@@ -20,7 +20,7 @@ use crate::core::clock::{SharedClock, Timestamp};
 use crate::core::error::{Error, Result};
 use crate::core::metrics::{Counter, Metrics};
 use async_trait::async_trait;
-use chrono::{Duration, DurationRound, NaiveDate};
+use chrono::{Duration, DurationRound, NaiveDate, Timelike};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt;
@@ -349,6 +349,28 @@ pub struct UsageEntry {
     pub exempt: bool,
     /// Calls made.
     pub calls: u64,
+    /// Calls and quota denials per UTC hour of the day (0–23): when the
+    /// budget went, and when jobs were sent away to restart later (the burn
+    /// chart). Empty for usage recorded before hours were kept.
+    #[serde(default)]
+    pub hours: BTreeMap<u8, HourUse>,
+}
+
+/// Calls and quota denials of one source in one UTC hour.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct HourUse {
+    /// Calls made.
+    pub calls: u64,
+    /// Requests the quota refused (each one a restart of its job).
+    pub denied: u64,
+}
+
+impl HourUse {
+    /// Adds another count of the same hour.
+    pub fn add(&mut self, other: HourUse) {
+        self.calls += other.calls;
+        self.denied += other.denied;
+    }
 }
 
 /// Evaluates a refusal from the state the store saw. Shared by the adapters
@@ -486,6 +508,7 @@ pub struct Permit {
     key: QuotaKey,
     call: Call,
     day: NaiveDate,
+    hour: u8,
 }
 
 impl Permit {
@@ -513,13 +536,16 @@ pub enum Admission {
 
 type UsageKey = (QuotaKey, NaiveDate, String, String, bool);
 
+/// Calls of one usage key, in total and per hour.
+type UsageTally = (u64, BTreeMap<u8, HourUse>);
+
 /// What handlers use: a store, the clock, and a usage tally flushed once per
 /// invocation.
 #[derive(Clone)]
 pub struct Quota {
     store: Arc<dyn QuotaStore>,
     clock: SharedClock,
-    tally: Arc<Mutex<BTreeMap<UsageKey, u64>>>,
+    tally: Arc<Mutex<BTreeMap<UsageKey, UsageTally>>>,
     metrics: Metrics,
 }
 
@@ -566,12 +592,14 @@ impl Quota {
     pub async fn acquire(&self, key: &QuotaKey, limits: &Limits, call: Call) -> Result<Admission> {
         let now = self.clock.now();
         let day = now.date_naive();
+        let hour = now.hour() as u8;
         if call.exempt {
             return Ok(Admission::Granted(Permit {
                 grant: None,
                 key: key.clone(),
                 call,
                 day,
+                hour,
             }));
         }
         limits.check_cost(call.cost)?;
@@ -589,6 +617,7 @@ impl Quota {
                     key: key.clone(),
                     call,
                     day,
+                    hour,
                 }))
             }
             Acquire::Denied(denied) => {
@@ -610,6 +639,14 @@ impl Quota {
                     DenyReason::Blocked => Counter::DenialsBlocked,
                 };
                 self.metrics.add(&key.app, &key.org, counter, 1);
+                self.tally(
+                    (key.clone(), day, call.source, call.endpoint, false),
+                    hour,
+                    HourUse {
+                        calls: 0,
+                        denied: 1,
+                    },
+                );
                 Ok(Admission::Denied(denied))
             }
         }
@@ -630,18 +667,29 @@ impl Quota {
                 Counter::CallsMade,
                 u64::from(used),
             );
-            let mut tally = self.tally.lock().unwrap_or_else(|e| e.into_inner());
-            *tally
-                .entry((
+            self.tally(
+                (
                     permit.key.clone(),
                     permit.day,
                     permit.call.source.clone(),
                     permit.call.endpoint.clone(),
                     permit.call.exempt,
-                ))
-                .or_insert(0) += u64::from(used);
+                ),
+                permit.hour,
+                HourUse {
+                    calls: u64::from(used),
+                    denied: 0,
+                },
+            );
         }
         Ok(())
+    }
+
+    fn tally(&self, key: UsageKey, hour: u8, add: HourUse) {
+        let mut tally = self.tally.lock().unwrap_or_else(|e| e.into_inner());
+        let (calls, hours) = tally.entry(key).or_default();
+        *calls += add.calls;
+        hours.entry(hour).or_default().add(add);
     }
 
     /// Extends a permit's lease for a long call.
@@ -665,14 +713,17 @@ impl Quota {
             let mut tally = self.tally.lock().unwrap_or_else(|e| e.into_inner());
             std::mem::take(&mut *tally)
                 .into_iter()
-                .map(|((key, day, source, endpoint, exempt), calls)| UsageEntry {
-                    key,
-                    day,
-                    source,
-                    endpoint,
-                    exempt,
-                    calls,
-                })
+                .map(
+                    |((key, day, source, endpoint, exempt), (calls, hours))| UsageEntry {
+                        key,
+                        day,
+                        source,
+                        endpoint,
+                        exempt,
+                        calls,
+                        hours,
+                    },
+                )
                 .collect()
         };
         if entries.is_empty() {
@@ -681,9 +732,13 @@ impl Quota {
         if let Err(e) = self.store.record_usage(&entries).await {
             let mut tally = self.tally.lock().unwrap_or_else(|e| e.into_inner());
             for u in entries {
-                *tally
+                let (calls, hours) = tally
                     .entry((u.key, u.day, u.source, u.endpoint, u.exempt))
-                    .or_insert(0) += u.calls;
+                    .or_default();
+                *calls += u.calls;
+                for (h, n) in u.hours {
+                    hours.entry(h).or_default().add(n);
+                }
             }
             return Err(e);
         }

@@ -400,7 +400,21 @@ impl QuotaStore for DynamoQuota {
                 .and_hms_opt(0, 0, 0)
                 .map(|d| (d.and_utc() + Duration::days(USAGE_RETENTION_DAYS)).timestamp())
                 .unwrap_or(0);
-            self.table
+            // Hours ride in the same item, one number per hour (`h07`
+            // calls, `d07` denials): still one write per entry.
+            let mut adds = vec!["calls :calls".to_string()];
+            let mut hour_values = Vec::new();
+            for (hour, counted) in &u.hours {
+                for (prefix, v) in [("h", counted.calls), ("d", counted.denied)] {
+                    if v > 0 {
+                        let name = format!("{prefix}{hour:02}");
+                        adds.push(format!("{name} :{name}"));
+                        hour_values.push((format!(":{name}"), n(v)));
+                    }
+                }
+            }
+            let req = self
+                .table
                 .client
                 .update_item()
                 .table_name(&self.table.name)
@@ -414,16 +428,20 @@ impl QuotaStore for DynamoQuota {
                         u.exempt
                     )),
                 )
-                .update_expression(
-                    "ADD calls :calls SET #src = :src, endpoint = :ep, exempt = :ex, #ttl = :ttl",
-                )
+                .update_expression(format!(
+                    "ADD {} SET #src = :src, endpoint = :ep, exempt = :ex, #ttl = :ttl",
+                    adds.join(", ")
+                ))
                 .expression_attribute_names("#src", "source")
                 .expression_attribute_names("#ttl", "ttl")
                 .expression_attribute_values(":calls", n(u.calls))
                 .expression_attribute_values(":src", s(u.source.clone()))
                 .expression_attribute_values(":ep", s(u.endpoint.clone()))
                 .expression_attribute_values(":ex", AttributeValue::Bool(u.exempt))
-                .expression_attribute_values(":ttl", n(ttl))
+                .expression_attribute_values(":ttl", n(ttl));
+            hour_values
+                .into_iter()
+                .fold(req, |req, (k, v)| req.expression_attribute_values(k, v))
                 .send()
         });
         for result in futures::future::join_all(writes).await {
@@ -462,6 +480,7 @@ impl QuotaStore for DynamoQuota {
                     .get("calls")
                     .and_then(as_i64)
                     .map_or(0, |n| n.max(0) as u64),
+                hours: usage_hours(&item),
             });
         }
         out.sort();
@@ -503,6 +522,27 @@ impl QuotaStore for DynamoQuota {
             .filter(|t| *t > now);
         Ok(state)
     }
+}
+
+/// The `hNN` (calls) and `dNN` (denials) numbers of a usage item.
+fn usage_hours(item: &Item) -> std::collections::BTreeMap<u8, crate::quota::HourUse> {
+    let mut hours: std::collections::BTreeMap<u8, crate::quota::HourUse> = Default::default();
+    for (k, v) in item {
+        let (kind, digits) = k.split_at(k.len().min(1));
+        let (Ok(hour), Some(count)) = (digits.parse::<u8>(), as_i64(v)) else {
+            continue;
+        };
+        if digits.len() != 2 || hour > 23 {
+            continue;
+        }
+        let slot = hours.entry(hour).or_default();
+        match kind {
+            "h" => slot.calls = count.max(0) as u64,
+            "d" => slot.denied = count.max(0) as u64,
+            _ => {}
+        }
+    }
+    hours
 }
 
 fn usage_pk(key: &QuotaKey, day: NaiveDate) -> String {

@@ -39,6 +39,12 @@ CREATE TABLE IF NOT EXISTS usage (
     calls INTEGER NOT NULL,
     PRIMARY KEY (org, app, day, source, endpoint, exempt)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS usage_hour (
+    org TEXT NOT NULL, app TEXT NOT NULL, day TEXT NOT NULL,
+    source TEXT NOT NULL, endpoint TEXT NOT NULL, exempt INTEGER NOT NULL,
+    hour INTEGER NOT NULL, calls INTEGER NOT NULL, denied INTEGER NOT NULL,
+    PRIMARY KEY (org, app, day, source, endpoint, exempt, hour)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS job_queue (
     queue TEXT NOT NULL, message_id TEXT NOT NULL,
     body TEXT NOT NULL,

@@ -212,6 +212,25 @@ impl QuotaStore for SqliteQuota {
                             u.calls as i64
                         ],
                     )?;
+                    for (hour, n) in &u.hours {
+                        tx.execute(
+                            "INSERT INTO usage_hour (org, app, day, source, endpoint, exempt, hour, calls, denied)
+                             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+                             ON CONFLICT (org, app, day, source, endpoint, exempt, hour)
+                             DO UPDATE SET calls = calls + excluded.calls, denied = denied + excluded.denied",
+                            params![
+                                u.key.org,
+                                u.key.app,
+                                u.day.to_string(),
+                                u.source,
+                                u.endpoint,
+                                u.exempt,
+                                hour,
+                                n.calls as i64,
+                                n.denied as i64
+                            ],
+                        )?;
+                    }
                 }
                 tx.commit()
             })
@@ -234,9 +253,37 @@ impl QuotaStore for SqliteQuota {
                         endpoint: r.get(1)?,
                         exempt: r.get(2)?,
                         calls: r.get::<_, i64>(3)?.max(0) as u64,
+                        hours: Default::default(),
                     })
                 })?;
-                rows.collect()
+                let mut entries: Vec<UsageEntry> = rows.collect::<rusqlite::Result<_>>()?;
+                let mut stmt = conn.prepare_cached(
+                    "SELECT source, endpoint, exempt, hour, calls, denied FROM usage_hour
+                     WHERE org = ?1 AND app = ?2 AND day = ?3",
+                )?;
+                let hours = stmt.query_map(params![key.org, key.app, day.to_string()], |r| {
+                    Ok((
+                        (
+                            r.get::<_, String>(0)?,
+                            r.get::<_, String>(1)?,
+                            r.get::<_, bool>(2)?,
+                        ),
+                        r.get::<_, u8>(3)?,
+                        crate::quota::HourUse {
+                            calls: r.get::<_, i64>(4)?.max(0) as u64,
+                            denied: r.get::<_, i64>(5)?.max(0) as u64,
+                        },
+                    ))
+                })?;
+                for row in hours {
+                    let ((source, endpoint, exempt), hour, n) = row?;
+                    if let Some(e) = entries.iter_mut().find(|e| {
+                        e.source == source && e.endpoint == endpoint && e.exempt == exempt
+                    }) {
+                        e.hours.insert(hour, n);
+                    }
+                }
+                Ok(entries)
             })
             .await
     }
