@@ -1,0 +1,69 @@
+//! `metered bench`: figures for the quota and restart paths, the connector
+//! and a reference sync. Prints latencies and store round trips measured
+//! here, not asserted anywhere.
+//!
+//! Round trips are counted where they happen: by the SQLite handle (one per
+//! transaction) and by SDK interceptors on the DynamoDB and SQS clients (one
+//! per HTTP request sent, retries included).
+//!
+//! - [`quota`]: acquire/release pairs, reservations, concurrency and the
+//!   denied-job path, on SQLite and (with `--dynamodb-url`) DynamoDB + SQS;
+//! - [`connector`]: what the quota adds to a call against the simulator;
+//! - [`sync`]: the reference transfer with bulk lookups.
+
+mod connector;
+mod quota;
+mod sync;
+
+use std::time::Duration;
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Acquire/release pairs per measurement on SQLite.
+    #[arg(long, default_value_t = 20_000)]
+    pub(super) iterations: u32,
+    /// Also measure DynamoDB at this endpoint (e.g. DynamoDB Local, http://127.0.0.1:8000).
+    #[arg(long, env = "METERED_BENCH_DYNAMODB_URL")]
+    pub(super) dynamodb_url: Option<String>,
+    /// SQS endpoint for the denied-job figure on AWS (e.g. ministack, http://127.0.0.1:4566).
+    #[arg(long, env = "METERED_BENCH_SQS_URL")]
+    pub(super) sqs_url: Option<String>,
+    /// Calls per connector measurement (against the in-process simulator).
+    #[arg(long, default_value_t = 6_000)]
+    pub(super) connector_calls: u32,
+    /// Acquire/release pairs per measurement on DynamoDB.
+    #[arg(long, default_value_t = 1_000)]
+    pub(super) aws_iterations: u32,
+}
+
+/// Latencies of one measurement.
+pub(super) struct Latencies(Vec<Duration>);
+
+impl Latencies {
+    pub(super) fn pct(&mut self, p: f64) -> f64 {
+        self.0.sort();
+        let i = ((self.0.len() as f64 - 1.0) * p).round() as usize;
+        self.0.get(i).map_or(0.0, |d| d.as_secs_f64() * 1000.0)
+    }
+}
+
+pub(super) fn uuid_like() -> String {
+    format!(
+        "{:x}",
+        chrono::Utc::now().timestamp_nanos_opt().unwrap_or_default()
+    )
+}
+
+pub(super) fn row(name: &str, value: String) {
+    println!("  {name:<52} {value}");
+}
+
+pub async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
+    quota::sqlite(&args).await?;
+    connector::section(args.connector_calls).await?;
+    sync::section().await?;
+    if let Some(url) = &args.dynamodb_url {
+        quota::aws(&args, url).await?;
+    }
+    Ok(())
+}

@@ -1,0 +1,311 @@
+//! The quota and restart paths: acquire/release pairs, reservations,
+//! concurrent tasks and the denied job (acquire + re-enqueue).
+
+use super::{row, uuid_like, Args, Latencies};
+use async_trait::async_trait;
+use aws_sdk_dynamodb::config::interceptors::BeforeTransmitInterceptorContextRef;
+use aws_sdk_dynamodb::config::{ConfigBag, Intercept, RuntimeComponents};
+use aws_sdk_dynamodb::error::BoxError;
+use metered::adapters::aws::queue::SqsQueue;
+use metered::adapters::aws::quota::DynamoQuota;
+use metered::adapters::aws::Table;
+use metered::adapters::sqlite::queue::SqliteQueue;
+use metered::adapters::sqlite::quota::SqliteQuota;
+use metered::adapters::sqlite::Db;
+use metered::core::clock::{SharedClock, SystemClock};
+use metered::jobs::envelope::{JobEnvelope, JobKind, Outcome};
+use metered::jobs::queue::JobQueue;
+use metered::jobs::runtime::{JobContext, JobHandler, JobRuntime, RestartPolicy};
+use metered::quota::{Acquire, Admission, Call, Limits, Quota, QuotaKey, QuotaStore};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+#[derive(Debug, Default, Clone)]
+struct Counter(Arc<AtomicU64>);
+
+impl Counter {
+    fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+impl Intercept for Counter {
+    fn name(&self) -> &'static str {
+        "metered-bench-counter"
+    }
+    fn read_before_transmit(
+        &self,
+        _ctx: &BeforeTransmitInterceptorContextRef<'_>,
+        _rc: &RuntimeComponents,
+        _cfg: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        self.0.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+/// A handler whose only act is to ask the quota once: the denied path.
+struct AskOnce {
+    quota: Quota,
+    limits: Limits,
+}
+
+#[async_trait]
+impl JobHandler for AskOnce {
+    fn name(&self) -> &str {
+        "bench"
+    }
+    fn accepts(&self, kind: JobKind) -> bool {
+        kind == JobKind::Spend
+    }
+    async fn handle(&self, job: &JobEnvelope, _ctx: &JobContext) -> Outcome {
+        match self
+            .quota
+            .acquire(&job.quota_key(), &self.limits, Call::new("bench", "GET /x"))
+            .await
+        {
+            Ok(Admission::Denied(d)) => Outcome::denied(&d, None),
+            Ok(Admission::Granted(p)) => match self.quota.release(p, 1).await {
+                Ok(()) => Outcome::Done,
+                Err(e) => Outcome::from_error(&e),
+            },
+            Err(e) => Outcome::from_error(&e),
+        }
+    }
+}
+
+async fn pairs(store: Arc<dyn QuotaStore>, n: u32, cost: u32) -> Result<Latencies, metered::Error> {
+    let key = QuotaKey::new(format!("bench-{}", uuid_like()), "app");
+    let limits = Limits::new(Some(u32::MAX / 2), None, None, 3)?;
+    let now = chrono::Utc::now();
+    let mut lat = Vec::with_capacity(n as usize);
+    for _ in 0..n {
+        let t = Instant::now();
+        let a = store.acquire(&key, &limits, cost, now).await?;
+        lat.push(t.elapsed());
+        match a {
+            Acquire::Granted(g) => store.release(&g, cost).await?,
+            Acquire::Denied(d) => {
+                return Err(metered::Error::Impossible(format!(
+                    "bench budget denied: {d:?}"
+                )))
+            }
+        }
+    }
+    Ok(Latencies(lat))
+}
+
+async fn concurrent_pairs(
+    store: Arc<dyn QuotaStore>,
+    tasks: u32,
+    per_task: u32,
+) -> Result<f64, metered::Error> {
+    let key = QuotaKey::new(format!("bench-{}", uuid_like()), "app");
+    let limits = Limits::new(Some(u32::MAX / 2), None, None, tasks)?;
+    let now = chrono::Utc::now();
+    let t = Instant::now();
+    let mut handles = Vec::new();
+    for _ in 0..tasks {
+        let (store, key, limits) = (store.clone(), key.clone(), limits.clone());
+        handles.push(tokio::spawn(async move {
+            for _ in 0..per_task {
+                if let Acquire::Granted(g) = store.acquire(&key, &limits, 1, now).await? {
+                    store.release(&g, 1).await?;
+                }
+            }
+            Ok::<_, metered::Error>(())
+        }));
+    }
+    for h in handles {
+        h.await
+            .map_err(|e| metered::Error::Impossible(e.to_string()))??;
+    }
+    Ok(f64::from(tasks * per_task) / t.elapsed().as_secs_f64())
+}
+
+async fn denied_jobs(
+    queue: Arc<dyn JobQueue>,
+    store: Arc<dyn QuotaStore>,
+    n: u32,
+) -> Result<Latencies, Box<dyn std::error::Error>> {
+    let clock: SharedClock = Arc::new(SystemClock);
+    let quota = Quota::new(store.clone(), clock.clone());
+    let key = QuotaKey::new(format!("bench-{}", uuid_like()), "app");
+    let limits = Limits::seed_example();
+    store
+        .block_until(&key, chrono::Utc::now() + chrono::Duration::hours(1))
+        .await?;
+    let handler = AskOnce { quota, limits };
+    let runtime = JobRuntime::new(queue, clock.clone(), RestartPolicy::default());
+    let body = JobEnvelope::new(
+        JobKind::Spend,
+        &key.org,
+        &key.app,
+        serde_json::Value::Null,
+        clock.now(),
+    )
+    .to_body();
+    let mut lat = Vec::with_capacity(n as usize);
+    for _ in 0..n {
+        let t = Instant::now();
+        let s = runtime
+            .process(&body, &handler, &JobContext::default())
+            .await;
+        lat.push(t.elapsed());
+        if !s.ack() {
+            return Err(format!("denied job was not re-sent: {s:?}").into());
+        }
+    }
+    Ok(Latencies(lat))
+}
+
+/// The SQLite figures.
+pub async fn sqlite(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
+    println!("SQLite (embedded, WAL, one process)");
+    let dir = std::env::temp_dir().join(format!("metered-bench-{}", uuid_like()));
+    std::fs::create_dir_all(&dir)?;
+    let db = Db::open(dir.join("bench.sqlite"))?;
+    let store: Arc<dyn QuotaStore> = Arc::new(SqliteQuota::new(db.clone()));
+    let rt0 = db.round_trips();
+    let t = Instant::now();
+    let mut lat = pairs(store.clone(), args.iterations, 1).await?;
+    let secs = t.elapsed().as_secs_f64();
+    let trips = db.round_trips() - rt0;
+    row(
+        "acquire latency median / p99",
+        format!("{:.3} ms / {:.3} ms", lat.pct(0.5), lat.pct(0.99)),
+    );
+    row(
+        "acquire+release pairs per second (1 task)",
+        format!("{:.0}", f64::from(args.iterations) / secs),
+    );
+    row(
+        "store round trips per acquire+release pair",
+        format!("{:.2}", trips as f64 / f64::from(args.iterations)),
+    );
+    let rt0 = db.round_trips();
+    let mut lat = pairs(store.clone(), 1_000, 50).await?;
+    row(
+        "reservation of 50 calls: round trips to acquire",
+        format!(
+            "{:.2} (median {:.3} ms)",
+            (db.round_trips() - rt0) as f64 / 2_000.0,
+            lat.pct(0.5)
+        ),
+    );
+    let rate = concurrent_pairs(store.clone(), 8, args.iterations / 8).await?;
+    row(
+        "acquire+release pairs per second (8 tasks)",
+        format!("{rate:.0}"),
+    );
+    let queue: Arc<dyn JobQueue> = Arc::new(SqliteQueue::new(
+        db.clone(),
+        "bench",
+        Arc::new(SystemClock),
+        5,
+    ));
+    let rt0 = db.round_trips();
+    let mut lat = denied_jobs(queue, store, 2_000).await?;
+    row(
+        "denied job (acquire + re-enqueue) median / p99",
+        format!("{:.3} ms / {:.3} ms", lat.pct(0.5), lat.pct(0.99)),
+    );
+    row(
+        "round trips per denied job (store + queue)",
+        format!("{:.2}", (db.round_trips() - rt0) as f64 / 2_000.0),
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+/// The DynamoDB (and, with `--sqs-url`, SQS) figures.
+pub async fn aws(args: &Args, url: &str) -> Result<(), Box<dyn std::error::Error>> {
+    println!("\nDynamoDB at {url}");
+    let cfg = metered::adapters::aws::local_sdk_config(url);
+    let ddb_count = Counter::default();
+    let ddb = aws_sdk_dynamodb::Client::from_conf(
+        aws_sdk_dynamodb::config::Builder::from(&cfg)
+            .interceptor(ddb_count.clone())
+            .build(),
+    );
+    let table = Table::new(ddb, format!("metered-bench-{}", uuid_like()));
+    table.create_if_missing().await?;
+    let store: Arc<dyn QuotaStore> = Arc::new(DynamoQuota::new(table));
+    let c0 = ddb_count.get();
+    let t = Instant::now();
+    let mut lat = pairs(store.clone(), args.aws_iterations, 1).await?;
+    let secs = t.elapsed().as_secs_f64();
+    row(
+        "acquire latency median / p99",
+        format!("{:.3} ms / {:.3} ms", lat.pct(0.5), lat.pct(0.99)),
+    );
+    row(
+        "acquire+release pairs per second (1 task)",
+        format!("{:.0}", f64::from(args.aws_iterations) / secs),
+    );
+    row(
+        "requests per acquire+release pair",
+        format!(
+            "{:.2}",
+            (ddb_count.get() - c0) as f64 / f64::from(args.aws_iterations)
+        ),
+    );
+    let c0 = ddb_count.get();
+    let _ = pairs(store.clone(), 200, 50).await?;
+    row(
+        "reservation of 50 calls: requests per acquire+release",
+        format!("{:.2}", (ddb_count.get() - c0) as f64 / 200.0),
+    );
+    let rate = concurrent_pairs(store.clone(), 8, args.aws_iterations / 8).await?;
+    row(
+        "acquire+release pairs per second (8 tasks)",
+        format!("{rate:.0}"),
+    );
+    if let Some(sqs_url) = &args.sqs_url {
+        let sqs_count = Counter::default();
+        // `Intercept` is one trait, re-exported by every SDK crate.
+        let sqs = aws_sdk_sqs::Client::from_conf(
+            aws_sdk_sqs::config::Builder::from(&cfg)
+                .endpoint_url(sqs_url)
+                .interceptor(sqs_count.clone())
+                .build(),
+        );
+        let name = format!("metered-bench-{}", uuid_like());
+        let url = sqs
+            .create_queue()
+            .queue_name(&name)
+            .send()
+            .await?
+            .queue_url
+            .unwrap_or_default();
+        let dlq = sqs
+            .create_queue()
+            .queue_name(format!("{name}-dlq"))
+            .send()
+            .await?
+            .queue_url
+            .unwrap_or_default();
+        let queue: Arc<dyn JobQueue> =
+            Arc::new(SqsQueue::new(sqs.clone(), url.clone(), dlq.clone()));
+        let (d0, s0) = (ddb_count.get(), sqs_count.get());
+        let n = 300;
+        let mut lat = denied_jobs(queue, store, n).await?;
+        println!("\nDenied job on DynamoDB + SQS at {sqs_url}");
+        row(
+            "denied job (acquire + re-enqueue) median / p99",
+            format!("{:.3} ms / {:.3} ms", lat.pct(0.5), lat.pct(0.99)),
+        );
+        row(
+            "DynamoDB requests / SQS sends per denied job",
+            format!(
+                "{:.2} / {:.2}",
+                (ddb_count.get() - d0) as f64 / f64::from(n),
+                (sqs_count.get() - s0) as f64 / f64::from(n)
+            ),
+        );
+        let _ = sqs.delete_queue().queue_url(url).send().await;
+        let _ = sqs.delete_queue().queue_url(dlq).send().await;
+    }
+    Ok(())
+}
