@@ -126,23 +126,12 @@ where
         .map_or("limit unknown (pass --config)".to_string(), |l| {
             format!("{:.0}% of {l}", spent as f64 * 100.0 / f64::from(l.max(1)))
         });
-    let mut chart = ChartBuilder::on(area)
-        .caption(
-            format!("{}: {spent} calls on {} ({limit_text})", org.org, org.day),
-            ("sans-serif", 18),
-        )
-        .margin(12)
-        .x_label_area_size(36)
-        .y_label_area_size(56)
-        .build_cartesian_2d(0f64..24f64, 0f64..top)?;
-    chart
-        .configure_mesh()
-        .x_desc("hour of the day (UTC)")
-        .y_desc("calls so far today")
-        .x_labels(13)
-        .x_label_formatter(&|h| format!("{h:02.0}h"))
-        .y_label_formatter(&|v| format!("{v:.0}"))
-        .draw()?;
+    let mut chart = hours_chart(
+        area,
+        format!("{}: {spent} calls on {} ({limit_text})", org.org, org.day),
+        "calls so far today",
+        top,
+    )?;
     // Stacked areas: the sum of all sources first, then of one fewer, and
     // so on, each painted over the last, so every band shows one source.
     for n in (1..=sources.len()).rev() {
@@ -191,6 +180,41 @@ where
     Ok(())
 }
 
+/// A chart over the 24 hours of a UTC day, from 0 to `top` calls, with its
+/// caption, axis descriptions and hour labels drawn.
+fn hours_chart<'a, DB: DrawingBackend + 'a>(
+    area: &'a DrawingArea<DB, plotters::coord::Shift>,
+    caption: String,
+    y_desc: &str,
+    top: f64,
+) -> Result<
+    ChartContext<
+        'a,
+        DB,
+        Cartesian2d<plotters::coord::types::RangedCoordf64, plotters::coord::types::RangedCoordf64>,
+    >,
+    BoxError,
+>
+where
+    DB::ErrorType: 'static,
+{
+    let mut chart = ChartBuilder::on(area)
+        .caption(caption, ("sans-serif", 18))
+        .margin(12)
+        .x_label_area_size(36)
+        .y_label_area_size(56)
+        .build_cartesian_2d(0f64..24f64, 0f64..top)?;
+    chart
+        .configure_mesh()
+        .x_desc("hour of the day (UTC)")
+        .y_desc(y_desc)
+        .x_labels(13)
+        .x_label_formatter(&|h| format!("{h:02.0}h"))
+        .y_label_formatter(&|v| format!("{v:.0}"))
+        .draw()?;
+    Ok(chart)
+}
+
 /// Forecast calls per hour, stacked by source, against the hourly limit
 /// (or the daily limit's hourly share).
 pub fn forecast_svg(f: &crate::forecast::Forecast) -> Result<String, BoxError> {
@@ -214,23 +238,12 @@ pub fn forecast_svg(f: &crate::forecast::Forecast) -> Result<String, BoxError> {
     {
         let root = SVGBackend::with_string(&mut svg, (900, 380)).into_drawing_area();
         root.fill(&WHITE)?;
-        let mut chart = ChartBuilder::on(&root)
-            .caption(
-                format!("Forecast API calls per hour ({:.0} a day)", f.calls_per_day),
-                ("sans-serif", 18),
-            )
-            .margin(12)
-            .x_label_area_size(36)
-            .y_label_area_size(56)
-            .build_cartesian_2d(0f64..24f64, 0f64..top)?;
-        chart
-            .configure_mesh()
-            .x_desc("hour of the day (UTC)")
-            .y_desc("calls per hour")
-            .x_labels(13)
-            .x_label_formatter(&|h| format!("{h:02.0}h"))
-            .y_label_formatter(&|v| format!("{v:.0}"))
-            .draw()?;
+        let mut chart = hours_chart(
+            &root,
+            format!("Forecast API calls per hour ({:.0} a day)", f.calls_per_day),
+            "calls per hour",
+            top,
+        )?;
         let mut base = [0f64; 24];
         for (i, s) in sources.iter().enumerate() {
             let color = source_color(i);
