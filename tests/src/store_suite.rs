@@ -78,11 +78,13 @@ pub async fn job_ledger_entries_are_scoped_by_org<F: Future<Output = Fixture>>(m
     );
     assert_eq!(
         s.jobs.claim(&b, "job-1", 0, now, until).await.unwrap(),
-        Claim::Granted
+        Claim::Rerun,
+        "b's generation 0 was given back unfinished: it runs again, as a re-run"
     );
     assert_eq!(
         s.jobs.claim(&b, "job-1", 1, now, until).await.unwrap(),
-        Claim::Granted
+        Claim::Granted,
+        "a new generation is a first run"
     );
     assert_eq!(
         s.jobs.claim(&b, "job-1", 0, now, until).await.unwrap(),
@@ -251,8 +253,8 @@ pub async fn a_claim_ends_at_the_invocation_deadline<F: Future<Output = Fixture>
         .await;
     assert_eq!(
         after.unwrap(),
-        Claim::Granted,
-        "the claim ended with the invocation"
+        Claim::Rerun,
+        "the claim ended with the invocation; the next delivery is a re-run"
     );
 }
 

@@ -589,6 +589,64 @@ async fn an_adhoc_sync_reports_its_cost_first(adapter: Adapter) {
     );
 }
 
+/// A transfer of unchanged data on a first run (the job ledger proves no
+/// earlier delivery of its generation ran) reads no stored records for its
+/// unchanged pages: looking for claims a crashed run left behind is only
+/// done on a re-run (`nothing_lost::claims_survive_a_failed_commit` proves
+/// that one). Two orgs whose invoices have the same ids.
+async fn steady_transfers_read_no_stored_records_for_unchanged_pages(adapter: Adapter) {
+    let w = World::new(
+        adapter,
+        SimConfig {
+            customers: 300,
+            invoices: 1_000,
+            ..Default::default()
+        },
+        |c| invoices_with_lookups(c, LookupPolicy::UnseenOnly, StormGuard::Off),
+    )
+    .await;
+    for org in ORGS {
+        w.start_for(org, JobKind::CompleteTransfer, "invoices")
+            .await;
+    }
+    w.drive().await;
+    let referenced: Vec<String> = referenced_customers(&w).into_iter().collect();
+    let (gets, stats) = (w.faults.hits("store.get"), w.sim().stats());
+    assert!(
+        gets > 0,
+        "the first transfer read what it needed to look up"
+    );
+    for org in ORGS {
+        w.start_for(org, JobKind::CompleteTransfer, "invoices")
+            .await;
+    }
+    let report = w.drive().await;
+    assert_eq!(report.done.get(&JobKind::CompleteTransfer), Some(&2));
+    assert_eq!(
+        w.faults.hits("store.get") - gets,
+        0,
+        "unchanged pages on a first run read nothing back"
+    );
+    let after = w.sim().stats();
+    for org in ORGS {
+        let key = &w.api_keys[org];
+        assert_eq!(
+            after.calls_of(key, "GET /invoices") - stats.calls_of(key, "GET /invoices"),
+            stats.calls_of(key, "GET /invoices"),
+            "{org}: the same pages again, no more"
+        );
+        assert_eq!(
+            after.calls_of(key, "GET /customers (by ids)"),
+            stats.calls_of(key, "GET /customers (by ids)"),
+            "{org}: nothing looked up twice"
+        );
+        assert_eq!(
+            w.seen(org, "customers", &referenced).await,
+            referenced.len()
+        );
+    }
+}
+
 metered_tests::on_both!(
     complete_transfer_spends_exactly_ceil_n_over_page,
     a_denial_mid_transfer_resumes_without_refetching,
@@ -600,4 +658,5 @@ metered_tests::on_both!(
     budget_exhaustion_finishes_in_the_next_window,
     a_redelivered_message_does_no_double_work,
     an_adhoc_sync_reports_its_cost_first,
+    steady_transfers_read_no_stored_records_for_unchanged_pages,
 );

@@ -296,6 +296,7 @@ where
         async move {
             let ctx = JobContext {
                 deadline: deadline_of(&event.context),
+                ..JobContext::default()
             };
             let response = handle_sqs_event(runtime, event.payload, handler, &ctx).await;
             write_emf(

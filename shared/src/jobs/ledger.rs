@@ -15,8 +15,12 @@ use sha2::{Digest, Sha256};
 /// What the job ledger says about a delivery.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Claim {
-    /// Nobody works on this generation: go ahead.
+    /// Nobody has worked on this generation: go ahead.
     Granted,
+    /// Go ahead, again: this generation was claimed before and did not
+    /// finish (its delivery crashed, timed out or gave it back), so work it
+    /// did before it stopped may already be stored and must be found again.
+    Rerun,
     /// Another delivery of the same generation is being worked on now.
     InProgress,
     /// This generation already finished.
@@ -46,6 +50,7 @@ pub fn decide_claim(stored: Option<LedgerEntry>, generation: u32, now: Timestamp
         Some(e) if e.generation > generation => Claim::Stale,
         Some(e) if e.generation == generation && e.done => Claim::AlreadyDone,
         Some(e) if e.generation == generation && e.claimed_until > now => Claim::InProgress,
+        Some(e) if e.generation == generation => Claim::Rerun,
         _ => Claim::Granted,
     }
 }

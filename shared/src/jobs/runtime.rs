@@ -78,6 +78,10 @@ pub struct JobContext {
     /// ledger ends with it, so a crashed invocation never blocks its
     /// redelivery.
     pub deadline: Option<Timestamp>,
+    /// True when the job ledger proved that no earlier delivery of this
+    /// generation ran (set by the runtime, false when unknown): a handler
+    /// may then skip looking for what a crashed earlier run left behind.
+    pub first_run: bool,
 }
 
 impl JobContext {
@@ -85,6 +89,7 @@ impl JobContext {
     pub fn until(deadline: Timestamp) -> Self {
         Self {
             deadline: Some(deadline),
+            first_run: false,
         }
     }
 
@@ -254,13 +259,17 @@ impl JobRuntime {
             return self.resend(&next, delay, NOT_BEFORE_REASON.into()).await;
         }
         let key = job.quota_key();
+        // Only the ledger can say that no delivery of this generation ran
+        // before; without it, handlers assume one may have.
+        let mut first_run = false;
         if let Some(ledger) = &self.ledger {
             let until = ctx.deadline.unwrap_or(now + self.claim_ttl);
             match ledger
                 .claim(&key, &job.id, job.generation, now, until)
                 .await
             {
-                Ok(Claim::Granted) => {}
+                Ok(Claim::Granted) => first_run = true,
+                Ok(Claim::Rerun) => {}
                 Ok(Claim::InProgress) => {
                     // Not proven redundant: the other delivery may yet crash.
                     // Left on the queue, it comes back after its visibility
@@ -283,7 +292,11 @@ impl JobRuntime {
                 }
             }
         }
-        let outcome = handler.handle(job, ctx).await;
+        let ctx = JobContext {
+            first_run,
+            ..ctx.clone()
+        };
+        let outcome = handler.handle(job, &ctx).await;
         // Delays count from now, not from when the work started: a long run
         // must not wait its own length again.
         let now = self.clock.now();
@@ -580,7 +593,7 @@ mod tests {
                     Some(e) if e.generation < generation => Claim::Granted,
                     Some(e) if e.done => Claim::AlreadyDone,
                     Some(e) if e.claimed_until > now => Claim::InProgress,
-                    Some(_) => Claim::Granted,
+                    Some(_) => Claim::Rerun,
                 };
                 prop_assert_eq!(claim, expected);
             }

@@ -600,30 +600,35 @@ impl crate::jobs::ledger::JobLedger for DynamoStore {
             .expression_attribute_values(":until", n(to_millis(until)))
             .expression_attribute_values(":now", n(to_millis(now)))
             .expression_attribute_values(":ttl", n((now + chrono::Duration::days(LEDGER_TTL_DAYS)).timestamp()))
+            .return_values(aws_sdk_dynamodb::types::ReturnValue::AllOld)
             .return_values_on_condition_check_failure(aws_sdk_dynamodb::types::ReturnValuesOnConditionCheckFailure::AllOld)
             .send()
             .await;
+        let entry = |old: &Item| LedgerEntry {
+            generation: get_n(old, "generation")
+                .unwrap_or(0)
+                .clamp(0, i64::from(u32::MAX)) as u32,
+            done: old
+                .get("done")
+                .and_then(|v| v.as_bool().ok())
+                .copied()
+                .unwrap_or(false),
+            claimed_until: from_millis(get_n(old, "claimed_until").unwrap_or(0)),
+        };
         match result {
-            Ok(_) => Ok(Claim::Granted),
+            // Taken; the item before says whether this generation ran before.
+            Ok(out) => Ok(match out.attributes().filter(|old| !old.is_empty()) {
+                Some(old) if entry(old).generation == generation => Claim::Rerun,
+                _ => Claim::Granted,
+            }),
             Err(e) => match e.as_service_error() {
                 Some(UpdateItemError::ConditionalCheckFailedException(c)) => {
                     let old = c.item().cloned().unwrap_or_default();
-                    let stored = LedgerEntry {
-                        generation: get_n(&old, "generation")
-                            .unwrap_or(0)
-                            .clamp(0, i64::from(u32::MAX))
-                            as u32,
-                        done: old
-                            .get("done")
-                            .and_then(|v| v.as_bool().ok())
-                            .copied()
-                            .unwrap_or(false),
-                        claimed_until: from_millis(get_n(&old, "claimed_until").unwrap_or(0)),
-                    };
+                    let stored = entry(&old);
                     Ok(match decide_claim(Some(stored), generation, now) {
                         // The condition saw a live claim the item no longer
                         // shows: still not ours to run.
-                        Claim::Granted => Claim::InProgress,
+                        Claim::Granted | Claim::Rerun => Claim::InProgress,
                         other => other,
                     })
                 }

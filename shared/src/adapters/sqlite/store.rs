@@ -414,7 +414,7 @@ impl crate::jobs::ledger::JobLedger for SqliteStore {
                     )
                     .optional()?;
                 let claim = decide_claim(stored, generation, now);
-                if claim == Claim::Granted {
+                if matches!(claim, Claim::Granted | Claim::Rerun) {
                     tx.execute(
                         "INSERT INTO job_claims (org, app, job_id, generation, done, claimed_until) VALUES (?1, ?2, ?3, ?4, 0, ?5)
                          ON CONFLICT (org, app, job_id) DO UPDATE SET generation = excluded.generation, done = 0, claimed_until = excluded.claimed_until",

@@ -244,6 +244,7 @@ pub async fn run(svc: &AppContext, job: &JobEnvelope, ctx: &JobContext) -> Outco
             &mut pending,
             &format!("p{}", cp.pages),
             last,
+            !ctx.first_run,
         )
         .await
         {

@@ -205,13 +205,15 @@ pub(crate) async fn needing_lookup(
 /// the bulk size, the remainder when `last` is set. So a sync's lookups cost
 /// `ceil(unseen / bulk size)` calls, not one partial call per page.
 ///
-/// `records` is the whole page: the foreign keys of its unchanged records
-/// whose lookups this very page claimed (claimer `job id:tag`) and that are
-/// still not done go back into `pending`. They are the claims of a page that
-/// committed in an invocation that then crashed before its checkpoint moved
-/// on: the redelivered message runs the page again, finds no change, and
-/// would otherwise leave the ids claimed by nobody alive until
-/// `min_relookup` ends — never looked up.
+/// `records` is the whole page. With `recheck_unchanged`, the foreign keys
+/// of its unchanged records whose lookups this very page claimed (claimer
+/// `job id:tag`) and that are still not done go back into `pending`. They
+/// are the claims of a page that committed in an invocation that then
+/// crashed before its checkpoint moved on: the redelivered message runs the
+/// page again, finds no change, and would otherwise leave the ids claimed by
+/// nobody alive until `min_relookup` ends — never looked up. On a first run
+/// of a generation (the job ledger says so) no such claim can exist, and
+/// the read is skipped: steady-state pages cost no extra store read.
 ///
 /// A workflow trigger carries the page's changes. `tag` makes idempotency
 /// keys unique per page of the job, so a repeated page repeats the keys.
@@ -225,6 +227,7 @@ pub async fn enqueue_followups(
     pending: &mut BTreeMap<String, Vec<String>>,
     tag: &str,
     last: bool,
+    recheck_unchanged: bool,
 ) -> crate::Result<()> {
     let now = svc.clock.now();
     let key = svc.key(&job.org);
@@ -243,7 +246,10 @@ pub async fn enqueue_followups(
                 fresh.insert(id);
             }
         }
-        for record in records.iter().filter(|r| !changed.contains(r.id.as_str())) {
+        for record in records
+            .iter()
+            .filter(|r| recheck_unchanged && !changed.contains(r.id.as_str()))
+        {
             if let Some(id) = id_at(&record.data, pointer) {
                 others.insert(id);
             }

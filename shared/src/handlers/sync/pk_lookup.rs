@@ -170,6 +170,9 @@ pub async fn run(svc: &AppContext, job: &JobEnvelope, ctx: &JobContext) -> Outco
             &mut pending,
             &format!("c{}", cp.calls),
             true,
+            // Everything claimed is sent at once (`last`), before the
+            // commit: no claim waits in memory to be lost in a crash.
+            false,
         )
         .await
         {
