@@ -187,8 +187,11 @@ pub async fn run(args: Args) -> Result<(), BoxError> {
             println!("  {n:>6}  {reason}");
         }
         println!("\nJobs done {:?}; {} waiting for their next run; {} dead-lettered; API 429s: {}; most concurrent requests the API saw: {}", report.done, waiting, dead, stats.rejected_429, stats.max_concurrent);
-        if let Some(path) = &args.chart {
-            println!("Burn chart: {}", path.display());
+        match &args.chart {
+            Some(path) => println!("Burn chart: {}", path.display()),
+            None => println!(
+                "Burn chart: add --chart burn.svg to draw each day's calls against the limit"
+            ),
         }
         println!("Wall time {} ms", wall.elapsed().as_millis());
     }
