@@ -48,7 +48,8 @@ pub struct OrgDay {
 }
 
 impl OrgDay {
-    /// Builds it from usage entries of one org and day.
+    /// Builds it from usage entries (those of other orgs and days, and
+    /// exempt calls, are left out).
     pub fn from_usage(
         org: &str,
         day: chrono::NaiveDate,
@@ -63,7 +64,10 @@ impl OrgDay {
             until_hour: until_hour.min(23),
             ..Default::default()
         };
-        for e in entries.iter().filter(|e| !e.exempt && e.day == day) {
+        for e in entries
+            .iter()
+            .filter(|e| !e.exempt && e.day == day && e.key.org == org)
+        {
             let slot = out.calls.entry(e.source.clone()).or_insert([0; 24]);
             for (h, n) in &e.hours {
                 let h = usize::from(*h);

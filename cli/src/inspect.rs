@@ -281,8 +281,7 @@ pub async fn usage(args: UsageArgs) -> Result<(), BoxError> {
                     .config
                     .as_ref()
                     .and_then(|c| c.limits_for(org).per_day);
-                let mine: Vec<_> = rows.iter().filter(|u| &u.key.org == org).cloned().collect();
-                OrgDay::from_usage(org, day, limit, &mine, until)
+                OrgDay::from_usage(org, day, limit, &rows, until)
             })
             .collect();
         std::fs::write(path, burn_svg(&orgs)?)

@@ -15,6 +15,7 @@
 //! | `METERED_MAX_ATTEMPTS` | transient failures in a row before a job is dead-lettered (default 5) |
 //! | `METERED_BURN_ALARM_BEFORE_HOUR` | UTC hour before which the budget burn is also published as `BudgetUsedPercentEarly` (default 18) |
 //! | `AWS_LAMBDA_LOG_FORMAT`, `AWS_LAMBDA_LOG_LEVEL` | Lambda's log controls (`JSON`; `INFO`…), honoured by the runtime's subscriber |
+//! | `AWS_ENDPOINT_URL` | (local only) DynamoDB Local / ministack |
 //!
 //! After every invocation the function writes what it counted (calls,
 //! denials by reason, jobs done, restarts, dead letters, records synced,
@@ -22,7 +23,6 @@
 //! Embedded Metric Format, one JSON line per organization
 //! ([`crate::core::metrics::Snapshot::to_emf`]), written with `serde_json`
 //! (README, "Operating it on AWS", says why not an EMF crate).
-//! | `AWS_ENDPOINT_URL` | (local only) DynamoDB Local / ministack |
 
 use crate::adapters::aws::queue::SqsQueue;
 use crate::adapters::aws::quota::DynamoQuota;
@@ -162,8 +162,7 @@ impl Deployed {
         let clock: SharedClock = Arc::new(SystemClock);
         let table = Table::new(aws_sdk_dynamodb::Client::new(&aws), &config.table);
         let store = Arc::new(DynamoStore::new(table.clone()));
-        let quota = Quota::new(Arc::new(DynamoQuota::new(table)), clock.clone())
-            .with_metrics(Metrics::new());
+        let quota = Quota::new(Arc::new(DynamoQuota::new(table)), clock.clone());
         let sqs = aws_sdk_sqs::Client::new(&aws);
         let mut queues = Queues::new();
         for (kind, url, dlq) in &config.queues {

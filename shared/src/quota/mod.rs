@@ -536,8 +536,8 @@ pub enum Admission {
 
 type UsageKey = (QuotaKey, NaiveDate, String, String, bool);
 
-/// Calls of one usage key, in total and per hour.
-type UsageTally = (u64, BTreeMap<u8, HourUse>);
+/// Calls and denials of one usage key, per hour (the total is their sum).
+type UsageTally = BTreeMap<u8, HourUse>;
 
 /// What handlers use: a store, the clock, and a usage tally flushed once per
 /// invocation.
@@ -687,9 +687,12 @@ impl Quota {
 
     fn tally(&self, key: UsageKey, hour: u8, add: HourUse) {
         let mut tally = self.tally.lock().unwrap_or_else(|e| e.into_inner());
-        let (calls, hours) = tally.entry(key).or_default();
-        *calls += add.calls;
-        hours.entry(hour).or_default().add(add);
+        tally
+            .entry(key)
+            .or_default()
+            .entry(hour)
+            .or_default()
+            .add(add);
     }
 
     /// Extends a permit's lease for a long call.
@@ -713,17 +716,15 @@ impl Quota {
             let mut tally = self.tally.lock().unwrap_or_else(|e| e.into_inner());
             std::mem::take(&mut *tally)
                 .into_iter()
-                .map(
-                    |((key, day, source, endpoint, exempt), (calls, hours))| UsageEntry {
-                        key,
-                        day,
-                        source,
-                        endpoint,
-                        exempt,
-                        calls,
-                        hours,
-                    },
-                )
+                .map(|((key, day, source, endpoint, exempt), hours)| UsageEntry {
+                    key,
+                    day,
+                    source,
+                    endpoint,
+                    exempt,
+                    calls: hours.values().map(|h| h.calls).sum(),
+                    hours,
+                })
                 .collect()
         };
         if entries.is_empty() {
@@ -732,10 +733,9 @@ impl Quota {
         if let Err(e) = self.store.record_usage(&entries).await {
             let mut tally = self.tally.lock().unwrap_or_else(|e| e.into_inner());
             for u in entries {
-                let (calls, hours) = tally
+                let hours = tally
                     .entry((u.key, u.day, u.source, u.endpoint, u.exempt))
                     .or_default();
-                *calls += u.calls;
                 for (h, n) in u.hours {
                     hours.entry(h).or_default().add(n);
                 }
