@@ -145,6 +145,8 @@ pub fn sources(config: &AppConfig, volumes: &Volumes) -> Vec<SourceForecast> {
             });
         }
     }
+    // Rows per day into each Data Source's outbox, and how often triggers arrive.
+    let mut outboxes: BTreeMap<String, (f64, f64, f64)> = BTreeMap::new();
     for (name, wf) in &config.workflows {
         let v = vol(&wf.trigger.record_type);
         let pass = volumes
@@ -153,36 +155,62 @@ pub fn sources(config: &AppConfig, volumes: &Volumes) -> Vec<SourceForecast> {
             .map_or(1.0, |w| w.pass_rate.clamp(0.0, 1.0));
         let triggered = (v.changes_per_day + v.new_per_day) as f64;
         let passing = triggered * pass;
-        // Triggers arrive once per recent-lookup run; rows of a run go out together.
+        // Triggers arrive once per recent-lookup run.
         let runs = config
             .sync(&wf.trigger.record_type)
             .recent
             .as_ref()
             .map_or(24.0, |r| 1.0 / day_secs(r.every));
-        let per_run = passing / runs;
-        let triggers_per_run = triggered / runs;
-        let calls: f64 = wf
+        let http = wf
             .actions
             .iter()
-            .map(|a| match a {
-                ActionConfig::Http { .. } => passing,
-                // A push per run with rows, several when a run has more rows than a call takes;
-                // with less than a row a run, the chance that a run has any.
-                ActionConfig::DatasourcePush {
-                    max_rows_per_call, ..
-                } if per_run >= 1.0 => runs * (per_run / f64::from(*max_rows_per_call)).ceil(),
-                ActionConfig::DatasourcePush { .. } => {
-                    runs * (1.0 - (1.0 - pass).powf(triggers_per_run))
-                }
-            })
-            .sum();
+            .filter(|a| matches!(a, ActionConfig::Http { .. }))
+            .count();
+        for a in &wf.actions {
+            if let ActionConfig::DatasourcePush { datasource, .. } = a {
+                let e = outboxes.entry(datasource.clone()).or_default();
+                e.0 += passing;
+                e.1 = e.1.max(runs);
+                // Chance that a run brings no row for this Data Source.
+                let miss = (1.0 - pass).powf(triggered / runs);
+                e.2 = if e.2 == 0.0 { miss } else { e.2 * miss };
+            }
+        }
+        if http > 0 {
+            let calls = passing * http as f64;
+            sources.push(SourceForecast {
+                source: format!("workflow:{name}"),
+                calls_per_day: calls,
+                per_hour: vec![calls / 24.0; 24],
+                how: format!(
+                    "{triggered:.0} triggers a day × pass rate {pass} × {http} HTTP action(s)"
+                ),
+            });
+        }
+    }
+    for (ds_name, (rows, runs, miss)) in outboxes {
+        let Ok(ds) = config.datasource(&ds_name) else {
+            continue;
+        };
+        // The outbox flushes at most once per `every`, and no more often
+        // than rows arrive; a flush sends ceil(rows / max) calls.
+        let flushes = runs.min(1.0 / day_secs(ds.every));
+        let runs_per_flush = runs / flushes;
+        let rows_per_flush = rows / flushes;
+        let max = f64::from(ds.max_rows_per_call);
+        let calls = if rows_per_flush >= 1.0 {
+            flushes * (rows_per_flush / max).ceil()
+        } else {
+            // Sparse rows: the flushes whose period saw any row.
+            flushes * (1.0 - miss.powf(runs_per_flush))
+        };
         sources.push(SourceForecast {
-            source: format!("workflow:{name}"),
+            source: format!("datasource:{ds_name}"),
             calls_per_day: calls,
             per_hour: vec![calls / 24.0; 24],
             how: format!(
-                "{triggered:.0} triggers a day × pass rate {pass} × {} action(s)",
-                wf.actions.len()
+                "{rows:.0} rows a day, flushed at most every {:?} ({flushes:.0} flushes) in calls of {max}",
+                ds.every
             ),
         });
     }
@@ -339,6 +367,22 @@ fn remedies(config: &AppConfig, volumes: &Volumes, base: f64) -> Vec<Remedy> {
                 );
             }
         }
+    }
+    for ds_name in config.datasource_names() {
+        let Ok(ds) = config.datasource(&ds_name) else {
+            continue;
+        };
+        let mut c = config.clone();
+        c.datasources.entry(ds_name.clone()).or_default().every = ds.every * 2;
+        consider(
+            format!(
+                "push less often: datasources.{ds_name}.every {:?} → {:?}",
+                ds.every,
+                ds.every * 2
+            ),
+            &c,
+            volumes,
+        );
     }
     for name in config.workflows.keys() {
         let mut v = volumes.clone();

@@ -22,6 +22,7 @@ use metered::jobs::envelope::JobKind;
 use metered::jobs::ledger::{ActionBegin, ActionLedger};
 use metered::jobs::ledger::{Claim, JobLedger};
 use metered::quota::{Acquire, Grant, Limits, QuotaKey, QuotaState, QuotaStore, UsageEntry};
+use metered::store::outbox::{Chunk, Outbox, OutboxRow, OutboxState, RowChange};
 use metered::store::{PageDiff, Quarantined, RecordStore, SyncFinish, SyncState};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -271,6 +272,77 @@ impl<S: RecordStore + 'static> RecordStore for FaultyStore<S> {
     }
     async fn quarantined(&self, key: &QuotaKey, limit: u32) -> metered::Result<Vec<Quarantined>> {
         self.inner.quarantined(key, limit).await
+    }
+}
+
+/// The outbox, with faults at every write: `outbox.put`, `outbox.begin`
+/// (fails before the chunk is fixed), `outbox.begin.after` (a crash right
+/// after it was fixed, before the call) and `outbox.ack` (before the rows
+/// leave: the API has the chunk, the outbox still holds it).
+#[async_trait]
+impl<S: RecordStore + 'static> Outbox for FaultyStore<S> {
+    async fn put_rows(
+        &self,
+        key: &QuotaKey,
+        ds: &str,
+        rows: &[(String, RowChange)],
+        now: Timestamp,
+    ) -> metered::Result<()> {
+        self.faults.check("outbox.put")?;
+        self.inner.put_rows(key, ds, rows, now).await
+    }
+    async fn pending_rows(
+        &self,
+        key: &QuotaKey,
+        ds: &str,
+        limit: u32,
+    ) -> metered::Result<Vec<OutboxRow>> {
+        self.inner.pending_rows(key, ds, limit).await
+    }
+    async fn pending_count(&self, key: &QuotaKey, ds: &str) -> metered::Result<u64> {
+        self.inner.pending_count(key, ds).await
+    }
+    async fn outbox_state(&self, key: &QuotaKey, ds: &str) -> metered::Result<OutboxState> {
+        self.inner.outbox_state(key, ds).await
+    }
+    async fn begin_chunk(
+        &self,
+        key: &QuotaKey,
+        ds: &str,
+        rows: &[OutboxRow],
+    ) -> metered::Result<Option<Chunk>> {
+        self.faults.check("outbox.begin")?;
+        let chunk = self.inner.begin_chunk(key, ds, rows).await?;
+        self.faults.check("outbox.begin.after")?;
+        Ok(chunk)
+    }
+    async fn ack_chunk(
+        &self,
+        key: &QuotaKey,
+        ds: &str,
+        chunk: &Chunk,
+        now: Timestamp,
+    ) -> metered::Result<()> {
+        self.faults.check("outbox.ack")?;
+        self.inner.ack_chunk(key, ds, chunk, now).await
+    }
+    async fn mark_flush_due(
+        &self,
+        key: &QuotaKey,
+        ds: &str,
+        due: Timestamp,
+        before: Timestamp,
+    ) -> metered::Result<bool> {
+        self.faults.check("outbox.mark")?;
+        self.inner.mark_flush_due(key, ds, due, before).await
+    }
+    async fn clear_flush_due(
+        &self,
+        key: &QuotaKey,
+        ds: &str,
+        due: Timestamp,
+    ) -> metered::Result<()> {
+        self.inner.clear_flush_due(key, ds, due).await
     }
 }
 

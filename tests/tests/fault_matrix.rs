@@ -105,13 +105,21 @@ const CASES: &[(&str, Inject)] = &[
         Inject::At("actions.finish", JobKind::ActionHttp, 1, Fault::Crash),
     ),
     (
-        "crash after a push, before the mark",
+        "crash after a chunk is fixed, before the push",
         Inject::At(
-            "actions.finish",
+            "outbox.begin.after",
             JobKind::ActionDatasourcePush,
             1,
             Fault::Crash,
         ),
+    ),
+    (
+        "crash after a push, before its rows leave",
+        Inject::At("outbox.ack", JobKind::ActionDatasourcePush, 1, Fault::Crash),
+    ),
+    (
+        "outbox write fails",
+        Inject::At("outbox.put", JobKind::Workflow, 1, RETRYABLE),
     ),
     (
         "action ledger error",

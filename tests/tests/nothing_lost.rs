@@ -136,13 +136,15 @@ async fn claims_survive_a_failed_commit(adapter: Adapter) {
 }
 
 /// The crash points of the issue: after the API call before the ledger
-/// mark; after the send before the ledger settles; after the settle before
-/// the ack. Each invocation dies there, its message comes back after the
+/// mark; after a Data Source chunk was fixed before its push, and after
+/// the push before its rows leave the outbox; after the send before the
+/// ledger settles; after the settle before the ack. Each invocation dies there, its message comes back after the
 /// deadline, and the API sees every action once.
 async fn crashed_invocations_are_redelivered_and_finish(adapter: Adapter) {
     for (point, kind) in [
         ("actions.finish", JobKind::ActionHttp),
-        ("actions.finish", JobKind::ActionDatasourcePush),
+        ("outbox.begin.after", JobKind::ActionDatasourcePush),
+        ("outbox.ack", JobKind::ActionDatasourcePush),
         ("ledger.settle", JobKind::Workflow),
         ("ledger.settle", JobKind::CompleteTransfer),
         ("queue.ack", JobKind::PkLookup),

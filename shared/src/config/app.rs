@@ -27,6 +27,9 @@ pub struct AppConfig {
     /// Workflows by name.
     #[serde(default)]
     pub workflows: BTreeMap<String, crate::config::workflow::WorkflowConfig>,
+    /// Data Sources by name: how often their outbox is flushed.
+    #[serde(default)]
+    pub datasources: BTreeMap<String, crate::config::datasource::DataSourceConfig>,
 }
 
 /// The `[app]` table.
@@ -56,6 +59,9 @@ pub struct AppSection {
     /// is refused before it can exhaust a 256 MB function.
     #[serde(default = "default_max_response_bytes")]
     pub max_response_bytes: u64,
+    /// How the API takes a Data Source push (path, body field names).
+    #[serde(default)]
+    pub datasource_push: crate::config::datasource::PushShape,
 }
 
 fn default_max_response_bytes() -> u64 {
@@ -502,7 +508,8 @@ impl AppConfig {
             }
         }
         self.validate_syncs()?;
-        crate::config::workflow::validate(self)
+        crate::config::workflow::validate(self)?;
+        crate::config::datasource::validate(self)
     }
 
     fn validate_syncs(&self) -> Result<()> {

@@ -5,6 +5,7 @@
 //! [`crate::quota::Limits`]; knows nothing of handlers or adapters.
 
 pub mod app;
+pub mod datasource;
 pub mod sync;
 pub mod template;
 pub mod workflow;

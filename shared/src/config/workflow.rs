@@ -125,17 +125,14 @@ pub enum ActionConfig {
         /// CEL: when true the row is deleted instead of inserted.
         #[serde(default)]
         delete_when: Option<String>,
-        /// Most rows one push call carries.
-        #[serde(default = "hundred")]
-        max_rows_per_call: u32,
+        /// Most rows one push call carries; better set once in
+        /// `[datasources.NAME]` (default 100).
+        #[serde(default)]
+        max_rows_per_call: Option<u32>,
         /// CEL: push only when true.
         #[serde(default)]
         when: Option<String>,
     },
-}
-
-fn hundred() -> u32 {
-    100
 }
 
 /// CEL functions the interpreter is built without. The `cel` crate's
@@ -318,7 +315,7 @@ pub fn validate(config: &crate::config::app::AppConfig) -> Result<()> {
                             af("datasource")
                         )));
                     }
-                    if *max_rows_per_call == 0 {
+                    if *max_rows_per_call == Some(0) {
                         return Err(Error::Config(format!(
                             "{}: must be at least 1",
                             af("max_rows_per_call")

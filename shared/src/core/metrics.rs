@@ -54,13 +54,18 @@ pub enum Counter {
     RecordsSynced,
     /// Records set aside in the quarantine list.
     RecordsQuarantined,
-    /// Workflow actions the API accepted (HTTP actions and pushes).
+    /// Workflow actions the API accepted (HTTP actions and legacy
+    /// one-job pushes).
     ActionsPerformed,
+    /// Data Source push calls the API accepted (one per outbox chunk).
+    PushesSent,
+    /// Rows (inserts and deletes) those pushes carried.
+    RowsPushed,
 }
 
 impl Counter {
     /// Every counter, in the order they are written.
-    pub const ALL: [Counter; 12] = [
+    pub const ALL: [Counter; 14] = [
         Counter::CallsMade,
         Counter::DenialsDayLimit,
         Counter::DenialsHourLimit,
@@ -73,6 +78,8 @@ impl Counter {
         Counter::RecordsSynced,
         Counter::RecordsQuarantined,
         Counter::ActionsPerformed,
+        Counter::PushesSent,
+        Counter::RowsPushed,
     ];
 
     /// The metric's name, e.g. `CallsMade`.
@@ -90,6 +97,8 @@ impl Counter {
             Counter::RecordsSynced => "RecordsSynced",
             Counter::RecordsQuarantined => "RecordsQuarantined",
             Counter::ActionsPerformed => "ActionsPerformed",
+            Counter::PushesSent => "PushesSent",
+            Counter::RowsPushed => "RowsPushed",
         }
     }
 }

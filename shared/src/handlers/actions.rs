@@ -1,5 +1,6 @@
 //! The action handlers: one API call per job, through the quota, at most
-//! once per idempotency key.
+//! once per idempotency key; `action-datasource-push` jobs flush a Data
+//! Source's outbox (`handlers::datasource`).
 //!
 //! A crash between the call and the mark leaves the key begun but not done;
 //! the redelivery calls again with the same `Idempotency-Key`, so an API
@@ -11,6 +12,7 @@
 use crate::connector::SendRequest;
 use crate::core::metrics::Counter;
 use crate::handlers::context::AppContext;
+use crate::handlers::datasource::FlushPayload;
 use crate::handlers::IntoOutcome;
 use crate::jobs::envelope::{JobEnvelope, JobKind, Outcome};
 use crate::jobs::ledger::{ActionBegin, ActionLedger};
@@ -38,7 +40,10 @@ pub struct HttpActionPayload {
     pub body: Option<serde_json::Value>,
 }
 
-/// Payload of `action-datasource-push` jobs: inserts and deletes sent in one call.
+/// Payload of `action-datasource-push` jobs queued by versions before the
+/// outbox: inserts and deletes sent in one call. Still performed, so jobs
+/// queued before an upgrade are not lost; new jobs carry a
+/// [`FlushPayload`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PushPayload {
@@ -79,7 +84,12 @@ impl JobHandler for ActionHandlers {
             && self.only.is_none_or(|k| k == kind)
     }
 
-    async fn handle(&self, job: &JobEnvelope, _ctx: &JobContext) -> Outcome {
+    async fn handle(&self, job: &JobEnvelope, ctx: &JobContext) -> Outcome {
+        if job.kind == JobKind::ActionDatasourcePush {
+            if let Ok(p) = serde_json::from_value::<FlushPayload>(job.payload.clone()) {
+                return crate::handlers::datasource::flush(&self.svc, job, ctx, p).await;
+            }
+        }
         let (workflow, request) = match job.kind {
             JobKind::ActionHttp => {
                 match serde_json::from_value::<HttpActionPayload>(job.payload.clone()) {
@@ -97,19 +107,20 @@ impl JobHandler for ActionHandlers {
             }
             JobKind::ActionDatasourcePush => {
                 match serde_json::from_value::<PushPayload>(job.payload.clone()) {
-                    Ok(p) => (
-                        p.workflow,
-                        SendRequest {
-                            method: "POST".into(),
-                            path: format!("/datasources/{}/rows", p.datasource),
-                            body: Some(
-                                serde_json::json!({ "inserts": p.inserts, "deletes": p.deletes }),
-                            ),
-                            idempotency_key: Some(job.idempotency_key.clone()),
-                        },
-                    ),
+                    Ok(p) => {
+                        let shape = &self.svc.config.app.datasource_push;
+                        (
+                            p.workflow,
+                            SendRequest {
+                                method: shape.method.clone(),
+                                path: shape.path_for(&p.datasource),
+                                body: Some(shape.body(p.inserts, p.deletes)),
+                                idempotency_key: Some(job.idempotency_key.clone()),
+                            },
+                        )
+                    }
                     Err(e) => {
-                        return Outcome::Fail(format!("bad `action-datasource-push` payload: {e}"))
+                        return Outcome::Fail(format!("bad `action-datasource-push` payload: expected {{\"datasource\": NAME}} ({e})"))
                     }
                 }
             }

@@ -4,6 +4,7 @@
 
 pub mod actions;
 pub mod context;
+pub mod datasource;
 pub mod schedule;
 pub mod sync;
 pub mod workflow;

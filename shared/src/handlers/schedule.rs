@@ -1,5 +1,6 @@
 //! The scheduler: on every tick (an EventBridge schedule), enqueue the syncs
-//! that are due by their configured frequency. Starting a sync takes its
+//! that are due by their configured frequency, and a flush for any Data
+//! Source outbox whose rows have none on its way. Starting a sync takes its
 //! lease first, so a sync never runs twice at once however often ticks fire
 //! or overlap.
 
@@ -101,6 +102,12 @@ pub async fn tick(svc: &AppContext) -> Result<Vec<JobEnvelope>> {
                 tracing::info!(workflow = %name, org, job = %job.id, "scheduled bulk execution started");
                 started.push(job);
             }
+        }
+        // Data Source outboxes: rows waiting with no flush on its way (its
+        // job dead-lettered, say) get one, without waiting for a new row.
+        for name in svc.config.datasource_names() {
+            let ds = svc.config.datasource(&name)?;
+            crate::handlers::datasource::schedule_flush(svc, &org, &ds, false).await?;
         }
     }
     Ok(started)

@@ -13,6 +13,8 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+pub mod outbox;
+
 /// A record that is new or whose content changed.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Change {
@@ -228,9 +230,11 @@ pub struct PageDiff {
     pub(crate) prior: std::collections::HashMap<String, (Timestamp, Option<Timestamp>)>,
 }
 
-/// The record store port: synced records, sync state, lookup claims, quarantine.
+/// The record store port: synced records, sync state, lookup claims,
+/// quarantine; and the Data Source outbox beside them (its own port,
+/// [`outbox::Outbox`], which every record store also implements).
 #[async_trait]
-pub trait RecordStore: Send + Sync {
+pub trait RecordStore: outbox::Outbox + Send + Sync {
     /// Compares a page with what is stored: which records are new or
     /// changed by content hash. Writes nothing.
     async fn diff(&self, key: &QuotaKey, record_type: &str, records: &[Record])

@@ -111,7 +111,11 @@ pub struct Stats {
     pub create_requests_by_idempotency_key: BTreeMap<String, u64>,
     /// Records actually created per Idempotency-Key (the API dedupes by key).
     pub creates_by_idempotency_key: BTreeMap<String, u64>,
-    /// Data Source pushes received per Idempotency-Key.
+    /// Data Source push requests received per Idempotency-Key (retries
+    /// included).
+    pub push_requests_by_idempotency_key: BTreeMap<String, u64>,
+    /// Data Source pushes applied per Idempotency-Key: a repeat of a key
+    /// the organization already used is answered but not applied again.
     pub pushes_by_idempotency_key: BTreeMap<String, u64>,
     /// Data Source pushes (each with its inserts and deletes).
     pub datasource_pushes: u64,
@@ -147,6 +151,8 @@ pub(crate) struct State {
     data: Mutex<Dataset>,
     /// Rows per (organization key, data source).
     datasources: Mutex<BTreeMap<(String, String), BTreeMap<String, Value>>>,
+    /// (organization key, Idempotency-Key) of pushes already applied.
+    applied_pushes: Mutex<std::collections::BTreeSet<(String, String)>>,
     /// Created records per (organization key, Idempotency-Key).
     created: Mutex<BTreeMap<(String, String), Value>>,
     stats: Mutex<Stats>,
@@ -168,6 +174,7 @@ impl State {
             clock,
             data: Mutex::new(data),
             datasources: Mutex::default(),
+            applied_pushes: Mutex::default(),
             created: Mutex::default(),
             stats: Mutex::default(),
             in_flight: Mutex::default(),

@@ -13,7 +13,8 @@ use axum::response::Response;
 use axum::Extension;
 use serde_json::{json, Value};
 
-/// `POST /datasources/{name}/rows`: inserts and deletes in one call.
+/// `POST /datasources/{name}/rows`: inserts and deletes in one call, applied
+/// once per `Idempotency-Key` of an organization.
 pub(super) async fn push_rows(
     AxState(sim): AxState<Sim>,
     Extension(ApiKey(key)): Extension<ApiKey>,
@@ -28,7 +29,18 @@ pub(super) async fn push_rows(
             &json!({"error": "body must be JSON"}),
         );
     };
-    let (inserted, deleted) = {
+    let idem = headers
+        .get("idempotency-key")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    // A key this organization already used: answered, not applied again.
+    let repeat = match &idem {
+        Some(k) => !lock(&state.applied_pushes).insert((key.clone(), k.clone())),
+        None => false,
+    };
+    let (inserted, deleted) = if repeat {
+        (0, 0)
+    } else {
         let mut ds = lock(&state.datasources);
         let rows = ds.entry((key.clone(), name)).or_default();
         let mut deleted = 0;
@@ -50,11 +62,14 @@ pub(super) async fn push_rows(
         let mut stats = lock(&state.stats);
         stats.datasource_pushes += 1;
         *stats.pushes_by_key.entry(key).or_default() += 1;
-        if let Some(k) = headers.get("idempotency-key").and_then(|v| v.to_str().ok()) {
+        if let Some(k) = idem {
             *stats
-                .pushes_by_idempotency_key
-                .entry(k.to_string())
+                .push_requests_by_idempotency_key
+                .entry(k.clone())
                 .or_default() += 1;
+            if !repeat {
+                *stats.pushes_by_idempotency_key.entry(k).or_default() += 1;
+            }
         }
     }
     json_response(

@@ -4,6 +4,8 @@
 //! |---|---|---|---|
 //! | record | `rec#{org}#{app}#{type}` | id | `hash`, `data` (JSON), `first_seen`, `last_synced`, `last_looked_up` (epoch ms) |
 //! | sync state | `sync#{org}#{app}` | sync name | `high_water`, `last_started`, `last_completed`, `last_pages`, `running_job`, `lease_until`, `last_failed`, `last_failure`, `api_page_size`, `probed_short_page`, `probed_at` |
+//! | Data Source outbox row | `obx#{org}#{app}#{datasource}` | row id | `change` (JSON), `stamp`, `written_at` |
+//! | Data Source outbox state | `obxs#{org}#{app}` | datasource | `next_seq`, `inflight` (JSON rows), `inflight_seq`, `flush_due`, `last_flush`, `pushes`, `rows_pushed` |
 //! | quarantined record | `quar#{org}#{app}` | entry key (source, type, id) | `source`, `record_type`, `record_id`, `reason`, `excerpt`, `at`, `ttl` (90 days) |
 //!
 //! A page is written with `BatchGetItem` (old hashes, 100 ids a call) then
@@ -37,7 +39,7 @@ const BATCH_ROUNDS: usize = 3;
 /// The record store, job ledger and action ledger on DynamoDB.
 #[derive(Debug, Clone)]
 pub struct DynamoStore {
-    table: Table,
+    pub(crate) table: Table,
 }
 
 impl DynamoStore {
@@ -128,7 +130,7 @@ impl DynamoStore {
         Ok(out)
     }
 
-    async fn batch_put(&self, items: Vec<Item>) -> Result<()> {
+    pub(crate) async fn batch_put(&self, items: Vec<Item>) -> Result<()> {
         for chunk in items.chunks(25) {
             let mut writes: Vec<WriteRequest> = chunk
                 .iter()

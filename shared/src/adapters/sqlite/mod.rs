@@ -6,6 +6,7 @@
 //! `BEGIN IMMEDIATE`, which takes the write lock up front, so two processes
 //! can never both read "room left" and both take it.
 
+pub mod outbox;
 pub mod queue;
 pub mod quota;
 pub mod store;
@@ -84,6 +85,18 @@ CREATE TABLE IF NOT EXISTS action_keys (
     org TEXT NOT NULL, app TEXT NOT NULL, key TEXT NOT NULL,
     started_at INTEGER NOT NULL, done_at INTEGER,
     PRIMARY KEY (org, app, key)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS outbox_row (
+    org TEXT NOT NULL, app TEXT NOT NULL, datasource TEXT NOT NULL, id TEXT NOT NULL,
+    change TEXT NOT NULL, stamp TEXT NOT NULL, written_at INTEGER NOT NULL,
+    PRIMARY KEY (org, app, datasource, id)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS outbox_state (
+    org TEXT NOT NULL, app TEXT NOT NULL, datasource TEXT NOT NULL,
+    next_seq INTEGER NOT NULL DEFAULT 0, inflight TEXT,
+    flush_due INTEGER, last_flush INTEGER,
+    pushes INTEGER NOT NULL DEFAULT 0, rows_pushed INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (org, app, datasource)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS dead_letter (
     queue TEXT NOT NULL, message_id TEXT NOT NULL,

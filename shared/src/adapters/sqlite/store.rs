@@ -23,6 +23,10 @@ impl SqliteStore {
     pub fn new(db: Db) -> Self {
         Self { db }
     }
+
+    pub(crate) fn db(&self) -> &Db {
+        &self.db
+    }
 }
 
 fn row_to_stored(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredRecord> {

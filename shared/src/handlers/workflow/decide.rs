@@ -125,7 +125,10 @@ impl WorkflowHandler {
                         actions.push((i, Act::Delete(record.id.clone())));
                     } else {
                         match render(row, &ctx) {
-                            Ok(row) => actions.push((i, Act::Insert(row))),
+                            Ok(row) => match crate::store::outbox::unqueueable(&row) {
+                                Some(why) => return Ok(bad(why)),
+                                None => actions.push((i, Act::Insert(row))),
+                            },
                             Err(e) => return Ok(bad(e)),
                         }
                     }

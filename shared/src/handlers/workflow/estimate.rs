@@ -95,12 +95,11 @@ impl WorkflowHandler {
             }
         }
         for (i, n) in rows {
-            if let Some(ActionConfig::DatasourcePush {
-                max_rows_per_call, ..
-            }) = wf.config.actions.get(i)
+            if let Some(ActionConfig::DatasourcePush { datasource, .. }) = wf.config.actions.get(i)
             {
+                let max = self.svc.config.datasource(datasource)?.max_rows_per_call;
                 est.datasource_rows += n;
-                est.datasource_calls += n.div_ceil(u64::from(*max_rows_per_call));
+                est.datasource_calls += n.div_ceil(u64::from(max));
             }
         }
         est.total_calls = est.http_actions + est.datasource_calls;

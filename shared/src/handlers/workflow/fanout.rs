@@ -1,5 +1,6 @@
 //! Actions out: HTTP action jobs, one per passing record and action, and
-//! Data Source rows gathered and pushed in full calls.
+//! Data Source rows written to their outbox (flushed on an interval by
+//! `handlers::datasource`).
 
 use super::*;
 
@@ -47,31 +48,55 @@ impl WorkflowHandler {
                     );
                     self.svc.queues.send(&action, 0).await?;
                 }
-                Act::Insert(row) => cp
-                    .pending
-                    .entry(format!("{}:{i}", wf.name))
-                    .or_default()
-                    .inserts
-                    .push(row),
-                Act::Delete(id) => cp
-                    .pending
-                    .entry(format!("{}:{i}", wf.name))
-                    .or_default()
-                    .deletes
-                    .push(id),
+                Act::Insert(row) => self.outbox_row(wf, i, cp, &record.id, RowChange::Insert(row)),
+                Act::Delete(id) => self.outbox_row(wf, i, cp, &id, RowChange::Delete),
             }
         }
-        self.flush_pushes(job, cp, false).await
+        Ok(())
     }
 
-    /// Sends gathered rows as Data Source pushes of `max_rows_per_call`
-    /// (inserts and deletes together); the remainder only when `last`.
-    pub(super) async fn flush_pushes(
+    fn outbox_row(
+        &self,
+        wf: &Compiled,
+        action: usize,
+        cp: &mut Checkpoint,
+        id: &str,
+        change: RowChange,
+    ) {
+        if let Some(ActionConfig::DatasourcePush { datasource, .. }) = wf.config.actions.get(action)
+        {
+            cp.outbox
+                .entry(datasource.clone())
+                .or_default()
+                .push((id.to_string(), change));
+        }
+    }
+
+    /// Writes the slice's rows to their outboxes (one write per Data
+    /// Source) and schedules their flushes. Called before the checkpoint
+    /// moves on: a crash repeats the slice, and a repeated row is the same
+    /// row (last write wins).
+    pub(super) async fn write_outbox(&self, job: &JobEnvelope, cp: &mut Checkpoint) -> Result<()> {
+        let key = self.svc.key(&job.org);
+        for (datasource, rows) in std::mem::take(&mut cp.outbox) {
+            self.svc
+                .store
+                .put_rows(&key, &datasource, &rows, self.svc.clock.now())
+                .await?;
+            let ds = self.svc.config.datasource(&datasource)?;
+            crate::handlers::datasource::schedule_flush(&self.svc, &job.org, &ds, true).await?;
+        }
+        Ok(())
+    }
+
+    /// Sends rows a checkpoint written before the outbox existed still
+    /// gathers, as the one-job pushes of that version, so none is lost.
+    pub(super) async fn flush_legacy_pending(
         &self,
         job: &JobEnvelope,
         cp: &mut Checkpoint,
-        last: bool,
     ) -> Result<()> {
+        let last = true;
         let now = self.svc.clock.now();
         for (key, pending) in cp.pending.iter_mut() {
             let Some((wf_name, idx)) = key.rsplit_once(':') else {
@@ -79,15 +104,11 @@ impl WorkflowHandler {
             };
             let idx: usize = idx.parse().unwrap_or(0);
             let wf = self.workflow(wf_name)?;
-            let Some(ActionConfig::DatasourcePush {
-                datasource,
-                max_rows_per_call,
-                ..
-            }) = wf.config.actions.get(idx)
+            let Some(ActionConfig::DatasourcePush { datasource, .. }) = wf.config.actions.get(idx)
             else {
                 continue;
             };
-            let max = *max_rows_per_call as usize;
+            let max = self.svc.config.datasource(datasource)?.max_rows_per_call as usize;
             while pending.inserts.len() + pending.deletes.len() >= max
                 || (last && pending.inserts.len() + pending.deletes.len() > 0)
             {

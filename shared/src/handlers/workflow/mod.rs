@@ -30,6 +30,7 @@ use crate::handlers::context::AppContext;
 use crate::handlers::sync::TriggerPayload;
 use crate::jobs::envelope::{JobEnvelope, JobKind, Outcome, Restart};
 use crate::jobs::runtime::{JobContext, JobHandler};
+use crate::store::outbox::RowChange;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -107,8 +108,14 @@ struct Checkpoint {
     items: Vec<Item>,
     /// Bulk execution: the workflow and the last record id done.
     bulk: Option<(String, Option<String>)>,
-    /// Rows gathered per `workflow:action`, pushed in full calls.
+    /// Rows gathered per `workflow:action` by a checkpoint written before
+    /// the outbox existed; sent once as that version's pushes.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pending: BTreeMap<String, Pending>,
+    /// Rows of the current slice per Data Source, written to the outbox
+    /// before the slice ends (never saved in a checkpoint).
+    #[serde(skip)]
+    outbox: BTreeMap<String, Vec<(String, RowChange)>>,
     waiting: Vec<Item>,
 }
 
@@ -218,6 +225,10 @@ impl WorkflowHandler {
                 .map_err(|e| Error::MalformedJob(format!("bad workflow checkpoint: {e}")))?,
             None => self.first_checkpoint(job).await?,
         };
+        if !cp.pending.is_empty() {
+            self.flush_legacy_pending(job, &mut cp).await?;
+            cp.pending.clear();
+        }
         let key = self.svc.key(&job.org);
         // A change trigger's actions run once per record version; a manual
         // or bulk run is a trigger of its own.
@@ -315,15 +326,13 @@ impl WorkflowHandler {
                     }
                 }
             }
+            self.write_outbox(job, &mut cp).await?;
         }
-        self.flush_pushes(job, &mut cp, true).await?;
         if cp.waiting.is_empty() {
             return Ok(Outcome::Done);
         }
         let waiting = cp.waiting.len();
         cp.items = std::mem::take(&mut cp.waiting);
-        // Every row was flushed above; the chunk counters stay, so the next
-        // run's pushes get keys of their own instead of reusing finished ones.
         Ok(Outcome::Restart(Restart {
             at: self.svc.clock.now() + chrono::Duration::seconds(RELATED_WAIT_SECS),
             reason: format!("{waiting} record(s) waiting for a related record"),

@@ -1,0 +1,317 @@
+//! The Data Source outbox on DynamoDB (items in `docs/table.md`): one item
+//! per waiting row under `obx#{org}#{app}#{datasource}`, and one state item
+//! per outbox holding the in-flight chunk, the chunk counter and the
+//! timed-flush mark, each changed by one conditional `UpdateItem`.
+
+use crate::adapters::aws::store::DynamoStore;
+use crate::adapters::aws::{get_n, get_s, is_ccf, key_part, n, s, sdk_error, Item};
+use crate::core::clock::{from_millis, to_millis, Timestamp};
+use crate::core::error::{Disposition, Error, Result};
+use crate::quota::QuotaKey;
+use crate::store::outbox::{last_write_wins, Chunk, Outbox, OutboxRow, OutboxState, RowChange};
+use async_trait::async_trait;
+use aws_sdk_dynamodb::operation::delete_item::DeleteItemError;
+use aws_sdk_dynamodb::types::{ReturnValue, Select};
+use futures::stream::{self, StreamExt, TryStreamExt};
+use std::collections::HashMap;
+
+/// Conditional deletes in flight at once when a chunk is acknowledged.
+const ACK_CONCURRENCY: usize = 16;
+
+fn row_pk(key: &QuotaKey, ds: &str) -> String {
+    format!(
+        "obx#{}#{}#{}",
+        key_part(&key.org),
+        key_part(&key.app),
+        key_part(ds)
+    )
+}
+
+fn state_pk(key: &QuotaKey) -> String {
+    format!("obxs#{}#{}", key_part(&key.org), key_part(&key.app))
+}
+
+fn bad(operation: &'static str, e: impl std::fmt::Display) -> Error {
+    Error::store(operation, e, Disposition::Permanent)
+}
+
+fn to_row(item: &Item) -> Result<OutboxRow> {
+    let change = get_s(item, "change").ok_or_else(|| bad("outbox read", "row without `change`"))?;
+    Ok(OutboxRow {
+        id: get_s(item, "sk").cloned().unwrap_or_default(),
+        change: serde_json::from_str(change).map_err(|e| bad("outbox read", e))?,
+        stamp: get_s(item, "stamp").cloned().unwrap_or_default(),
+    })
+}
+
+#[async_trait]
+impl Outbox for DynamoStore {
+    async fn put_rows(
+        &self,
+        key: &QuotaKey,
+        datasource: &str,
+        rows: &[(String, RowChange)],
+        now: Timestamp,
+    ) -> Result<()> {
+        let pk = row_pk(key, datasource);
+        let mut items = Vec::new();
+        for (id, change) in last_write_wins(rows.to_vec()) {
+            let change = serde_json::to_string(&change).map_err(|e| bad("outbox write", e))?;
+            items.push(HashMap::from([
+                ("pk".to_string(), s(pk.clone())),
+                ("sk".to_string(), s(id)),
+                ("change".to_string(), s(change)),
+                ("stamp".to_string(), s(uuid::Uuid::new_v4().to_string())),
+                ("written_at".to_string(), n(to_millis(now))),
+            ]));
+        }
+        self.batch_put(items).await
+    }
+
+    async fn pending_rows(
+        &self,
+        key: &QuotaKey,
+        datasource: &str,
+        limit: u32,
+    ) -> Result<Vec<OutboxRow>> {
+        let mut out = Vec::new();
+        let mut start: Option<Item> = None;
+        while out.len() < limit as usize {
+            let resp = self
+                .table
+                .client
+                .query()
+                .table_name(&self.table.name)
+                .key_condition_expression("pk = :pk")
+                .expression_attribute_values(":pk", s(row_pk(key, datasource)))
+                .consistent_read(true)
+                .limit((limit as usize - out.len()).min(1_000) as i32)
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+                .map_err(|e| sdk_error("outbox read", e))?;
+            for item in resp.items() {
+                out.push(to_row(item)?);
+            }
+            match resp.last_evaluated_key {
+                Some(k) => start = Some(k),
+                None => break,
+            }
+        }
+        out.truncate(limit as usize);
+        Ok(out)
+    }
+
+    async fn pending_count(&self, key: &QuotaKey, datasource: &str) -> Result<u64> {
+        let mut total = 0u64;
+        let mut pages = self
+            .table
+            .client
+            .query()
+            .table_name(&self.table.name)
+            .key_condition_expression("pk = :pk")
+            .expression_attribute_values(":pk", s(row_pk(key, datasource)))
+            .consistent_read(true)
+            .select(Select::Count)
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            total += page
+                .map_err(|e| sdk_error("outbox count", e))?
+                .count()
+                .max(0) as u64;
+        }
+        Ok(total)
+    }
+
+    async fn outbox_state(&self, key: &QuotaKey, datasource: &str) -> Result<OutboxState> {
+        let out = self
+            .table
+            .client
+            .get_item()
+            .table_name(&self.table.name)
+            .key("pk", s(state_pk(key)))
+            .key("sk", s(datasource))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| sdk_error("outbox state", e))?;
+        let Some(item) = out.item() else {
+            return Ok(OutboxState::default());
+        };
+        let inflight = match (get_s(item, "inflight"), get_n(item, "inflight_seq")) {
+            (Some(rows), Some(seq)) => Some(Chunk {
+                seq: seq.max(0) as u64,
+                rows: serde_json::from_str(rows).map_err(|e| bad("outbox state", e))?,
+            }),
+            _ => None,
+        };
+        Ok(OutboxState {
+            inflight,
+            next_seq: get_n(item, "next_seq").unwrap_or(0).max(0) as u64,
+            flush_due: get_n(item, "flush_due").map(from_millis),
+            last_flush: get_n(item, "last_flush").map(from_millis),
+            pushes: get_n(item, "pushes").unwrap_or(0).max(0) as u64,
+            rows_pushed: get_n(item, "rows_pushed").unwrap_or(0).max(0) as u64,
+        })
+    }
+
+    async fn begin_chunk(
+        &self,
+        key: &QuotaKey,
+        datasource: &str,
+        rows: &[OutboxRow],
+    ) -> Result<Option<Chunk>> {
+        let json = serde_json::to_string(rows).map_err(|e| bad("outbox chunk", e))?;
+        let result = self
+            .table
+            .client
+            .update_item()
+            .table_name(&self.table.name)
+            .key("pk", s(state_pk(key)))
+            .key("sk", s(datasource))
+            .update_expression(
+                "SET inflight = :rows, inflight_seq = if_not_exists(next_seq, :zero), \
+                 next_seq = if_not_exists(next_seq, :zero) + :one",
+            )
+            .condition_expression("attribute_not_exists(inflight)")
+            .expression_attribute_values(":rows", s(json))
+            .expression_attribute_values(":zero", n(0))
+            .expression_attribute_values(":one", n(1))
+            .return_values(ReturnValue::AllNew)
+            .send()
+            .await;
+        match result {
+            Ok(out) => {
+                let seq = out
+                    .attributes()
+                    .and_then(|a| get_n(a, "inflight_seq"))
+                    .ok_or_else(|| bad("outbox chunk", "no chunk number returned"))?;
+                Ok(Some(Chunk {
+                    seq: seq.max(0) as u64,
+                    rows: rows.to_vec(),
+                }))
+            }
+            Err(e) if is_ccf(&e) => Ok(None),
+            Err(e) => Err(sdk_error("outbox chunk", e)),
+        }
+    }
+
+    async fn ack_chunk(
+        &self,
+        key: &QuotaKey,
+        datasource: &str,
+        chunk: &Chunk,
+        now: Timestamp,
+    ) -> Result<()> {
+        let pk = row_pk(key, datasource);
+        let deletes: Vec<_> = chunk
+            .rows
+            .iter()
+            .map(|row| {
+                self.table
+                    .client
+                    .delete_item()
+                    .table_name(&self.table.name)
+                    .key("pk", s(pk.clone()))
+                    .key("sk", s(row.id.clone()))
+                    .condition_expression("stamp = :stamp")
+                    .expression_attribute_values(":stamp", s(row.stamp.clone()))
+            })
+            .collect();
+        stream::iter(deletes)
+            .map(|request| async move {
+                match request.send().await {
+                    // Written again since (or already gone): it stays for
+                    // the next flush, or was acknowledged before.
+                    Ok(_) => Ok(()),
+                    Err(e)
+                        if matches!(
+                            e.as_service_error(),
+                            Some(DeleteItemError::ConditionalCheckFailedException(_))
+                        ) =>
+                    {
+                        Ok(())
+                    }
+                    Err(e) => Err(sdk_error("outbox ack", e)),
+                }
+            })
+            .buffer_unordered(ACK_CONCURRENCY)
+            .try_collect::<Vec<()>>()
+            .await?;
+        let result = self
+            .table
+            .client
+            .update_item()
+            .table_name(&self.table.name)
+            .key("pk", s(state_pk(key)))
+            .key("sk", s(datasource))
+            .update_expression(
+                "SET last_flush = :now ADD pushes :one, rows_pushed :rows REMOVE inflight, inflight_seq",
+            )
+            .condition_expression("inflight_seq = :seq")
+            .expression_attribute_values(":seq", n(chunk.seq))
+            .expression_attribute_values(":one", n(1))
+            .expression_attribute_values(":rows", n(chunk.rows.len()))
+            .expression_attribute_values(":now", n(to_millis(now)))
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(e) if is_ccf(&e) => Ok(()),
+            Err(e) => Err(sdk_error("outbox ack", e)),
+        }
+    }
+
+    async fn mark_flush_due(
+        &self,
+        key: &QuotaKey,
+        datasource: &str,
+        due: Timestamp,
+        replace_before: Timestamp,
+    ) -> Result<bool> {
+        let result = self
+            .table
+            .client
+            .update_item()
+            .table_name(&self.table.name)
+            .key("pk", s(state_pk(key)))
+            .key("sk", s(datasource))
+            .update_expression("SET flush_due = :due")
+            .condition_expression("attribute_not_exists(flush_due) OR flush_due < :before")
+            .expression_attribute_values(":due", n(to_millis(due)))
+            .expression_attribute_values(":before", n(to_millis(replace_before)))
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(true),
+            Err(e) if is_ccf(&e) => Ok(false),
+            Err(e) => Err(sdk_error("outbox schedule", e)),
+        }
+    }
+
+    async fn clear_flush_due(
+        &self,
+        key: &QuotaKey,
+        datasource: &str,
+        due: Timestamp,
+    ) -> Result<()> {
+        let result = self
+            .table
+            .client
+            .update_item()
+            .table_name(&self.table.name)
+            .key("pk", s(state_pk(key)))
+            .key("sk", s(datasource))
+            .update_expression("REMOVE flush_due")
+            .condition_expression("flush_due = :due")
+            .expression_attribute_values(":due", n(to_millis(due)))
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(e) if is_ccf(&e) => Ok(()),
+            Err(e) => Err(sdk_error("outbox schedule", e)),
+        }
+    }
+}

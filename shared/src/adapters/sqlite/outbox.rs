@@ -1,0 +1,263 @@
+//! The Data Source outbox on SQLite: `outbox_row` holds waiting rows,
+//! `outbox_state` the in-flight chunk (as JSON), the chunk counter and the
+//! timed-flush mark. Each operation is one `BEGIN IMMEDIATE` transaction.
+
+use crate::adapters::sqlite::store::SqliteStore;
+use crate::core::clock::{from_millis, to_millis, Timestamp};
+use crate::core::error::{Disposition, Error, Result};
+use crate::quota::QuotaKey;
+use crate::store::outbox::{last_write_wins, Chunk, Outbox, OutboxRow, OutboxState, RowChange};
+use async_trait::async_trait;
+use rusqlite::{params, OptionalExtension, TransactionBehavior};
+
+fn change_of(json: &str) -> rusqlite::Result<RowChange> {
+    serde_json::from_str(json).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e))
+    })
+}
+
+#[async_trait]
+impl Outbox for SqliteStore {
+    async fn put_rows(
+        &self,
+        key: &QuotaKey,
+        datasource: &str,
+        rows: &[(String, RowChange)],
+        now: Timestamp,
+    ) -> Result<()> {
+        let mut written = Vec::new();
+        for (id, change) in last_write_wins(rows.to_vec()) {
+            let json = serde_json::to_string(&change)
+                .map_err(|e| Error::store("outbox write", e, Disposition::Permanent))?;
+            written.push((id, json, uuid::Uuid::new_v4().to_string()));
+        }
+        let (key, ds) = (key.clone(), datasource.to_string());
+        self.db()
+            .call("outbox write", move |conn| {
+                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                {
+                    let mut stmt = tx.prepare_cached(
+                        "INSERT OR REPLACE INTO outbox_row (org, app, datasource, id, change, stamp, written_at)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                    )?;
+                    for (id, change, stamp) in &written {
+                        stmt.execute(params![key.org, key.app, ds, id, change, stamp, to_millis(now)])?;
+                    }
+                }
+                tx.commit()
+            })
+            .await
+    }
+
+    async fn pending_rows(
+        &self,
+        key: &QuotaKey,
+        datasource: &str,
+        limit: u32,
+    ) -> Result<Vec<OutboxRow>> {
+        let (key, ds) = (key.clone(), datasource.to_string());
+        self.db()
+            .call("outbox read", move |conn| {
+                let mut stmt = conn.prepare_cached(
+                    "SELECT id, change, stamp FROM outbox_row
+                     WHERE org = ?1 AND app = ?2 AND datasource = ?3 ORDER BY id LIMIT ?4",
+                )?;
+                let rows = stmt.query_map(params![key.org, key.app, ds, limit], |r| {
+                    Ok(OutboxRow {
+                        id: r.get(0)?,
+                        change: change_of(&r.get::<_, String>(1)?)?,
+                        stamp: r.get(2)?,
+                    })
+                })?;
+                rows.collect()
+            })
+            .await
+    }
+
+    async fn pending_count(&self, key: &QuotaKey, datasource: &str) -> Result<u64> {
+        let (key, ds) = (key.clone(), datasource.to_string());
+        self.db()
+            .call("outbox count", move |conn| {
+                conn.query_row(
+                    "SELECT COUNT(*) FROM outbox_row WHERE org = ?1 AND app = ?2 AND datasource = ?3",
+                    params![key.org, key.app, ds],
+                    |r| r.get::<_, i64>(0),
+                )
+            })
+            .await
+            .map(|n| n.max(0) as u64)
+    }
+
+    async fn outbox_state(&self, key: &QuotaKey, datasource: &str) -> Result<OutboxState> {
+        let (key, ds) = (key.clone(), datasource.to_string());
+        let row = self
+            .db()
+            .call("outbox state", move |conn| {
+                conn.query_row(
+                    "SELECT next_seq, inflight, flush_due, last_flush, pushes, rows_pushed FROM outbox_state
+                     WHERE org = ?1 AND app = ?2 AND datasource = ?3",
+                    params![key.org, key.app, ds],
+                    |r| {
+                        Ok((
+                            r.get::<_, i64>(0)?,
+                            r.get::<_, Option<String>>(1)?,
+                            r.get::<_, Option<i64>>(2)?,
+                            r.get::<_, Option<i64>>(3)?,
+                            r.get::<_, i64>(4)?,
+                            r.get::<_, i64>(5)?,
+                        ))
+                    },
+                )
+                .optional()
+            })
+            .await?;
+        let Some((next_seq, inflight, flush_due, last_flush, pushes, rows_pushed)) = row else {
+            return Ok(OutboxState::default());
+        };
+        Ok(OutboxState {
+            inflight: inflight
+                .map(|j| serde_json::from_str::<Chunk>(&j))
+                .transpose()
+                .map_err(|e| Error::store("outbox state", e, Disposition::Permanent))?,
+            next_seq: next_seq.max(0) as u64,
+            flush_due: flush_due.map(from_millis),
+            last_flush: last_flush.map(from_millis),
+            pushes: pushes.max(0) as u64,
+            rows_pushed: rows_pushed.max(0) as u64,
+        })
+    }
+
+    async fn begin_chunk(
+        &self,
+        key: &QuotaKey,
+        datasource: &str,
+        rows: &[OutboxRow],
+    ) -> Result<Option<Chunk>> {
+        let (key, ds, rows) = (key.clone(), datasource.to_string(), rows.to_vec());
+        self.db()
+            .call("outbox chunk", move |conn| {
+                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                tx.execute(
+                    "INSERT OR IGNORE INTO outbox_state (org, app, datasource) VALUES (?1, ?2, ?3)",
+                    params![key.org, key.app, ds],
+                )?;
+                let (seq, inflight): (i64, Option<String>) = tx.query_row(
+                    "SELECT next_seq, inflight FROM outbox_state WHERE org = ?1 AND app = ?2 AND datasource = ?3",
+                    params![key.org, key.app, ds],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )?;
+                if inflight.is_some() {
+                    return Ok(None);
+                }
+                let chunk = Chunk { seq: seq.max(0) as u64, rows };
+                let json = serde_json::to_string(&chunk).map_err(|e| {
+                    rusqlite::Error::ToSqlConversionFailure(Box::new(e))
+                })?;
+                tx.execute(
+                    "UPDATE outbox_state SET inflight = ?4, next_seq = next_seq + 1
+                     WHERE org = ?1 AND app = ?2 AND datasource = ?3",
+                    params![key.org, key.app, ds, json],
+                )?;
+                tx.commit()?;
+                Ok(Some(chunk))
+            })
+            .await
+    }
+
+    async fn ack_chunk(
+        &self,
+        key: &QuotaKey,
+        datasource: &str,
+        chunk: &Chunk,
+        now: Timestamp,
+    ) -> Result<()> {
+        let (key, ds, chunk) = (key.clone(), datasource.to_string(), chunk.clone());
+        self.db()
+            .call("outbox ack", move |conn| {
+                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                {
+                    let mut stmt = tx.prepare_cached(
+                        "DELETE FROM outbox_row
+                         WHERE org = ?1 AND app = ?2 AND datasource = ?3 AND id = ?4 AND stamp = ?5",
+                    )?;
+                    for row in &chunk.rows {
+                        stmt.execute(params![key.org, key.app, ds, row.id, row.stamp])?;
+                    }
+                }
+                // Clears the mark only if it is still this chunk's.
+                let inflight: Option<String> = tx
+                    .query_row(
+                        "SELECT inflight FROM outbox_state WHERE org = ?1 AND app = ?2 AND datasource = ?3",
+                        params![key.org, key.app, ds],
+                        |r| r.get(0),
+                    )
+                    .optional()?
+                    .flatten();
+                let still_ours = inflight
+                    .and_then(|j| serde_json::from_str::<Chunk>(&j).ok())
+                    .is_some_and(|c| c.seq == chunk.seq);
+                if still_ours {
+                    tx.execute(
+                        "UPDATE outbox_state SET inflight = NULL, last_flush = ?4,
+                             pushes = pushes + 1, rows_pushed = rows_pushed + ?5
+                         WHERE org = ?1 AND app = ?2 AND datasource = ?3",
+                        params![key.org, key.app, ds, to_millis(now), chunk.rows.len() as i64],
+                    )?;
+                }
+                tx.commit()
+            })
+            .await
+    }
+
+    async fn mark_flush_due(
+        &self,
+        key: &QuotaKey,
+        datasource: &str,
+        due: Timestamp,
+        replace_before: Timestamp,
+    ) -> Result<bool> {
+        let (key, ds) = (key.clone(), datasource.to_string());
+        self.db()
+            .call("outbox schedule", move |conn| {
+                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                tx.execute(
+                    "INSERT OR IGNORE INTO outbox_state (org, app, datasource) VALUES (?1, ?2, ?3)",
+                    params![key.org, key.app, ds],
+                )?;
+                let n = tx.execute(
+                    "UPDATE outbox_state SET flush_due = ?4
+                     WHERE org = ?1 AND app = ?2 AND datasource = ?3
+                       AND (flush_due IS NULL OR flush_due < ?5)",
+                    params![
+                        key.org,
+                        key.app,
+                        ds,
+                        to_millis(due),
+                        to_millis(replace_before)
+                    ],
+                )?;
+                tx.commit()?;
+                Ok(n == 1)
+            })
+            .await
+    }
+
+    async fn clear_flush_due(
+        &self,
+        key: &QuotaKey,
+        datasource: &str,
+        due: Timestamp,
+    ) -> Result<()> {
+        let (key, ds) = (key.clone(), datasource.to_string());
+        self.db()
+            .call("outbox schedule", move |conn| {
+                conn.execute(
+                    "UPDATE outbox_state SET flush_due = NULL
+                     WHERE org = ?1 AND app = ?2 AND datasource = ?3 AND flush_due = ?4",
+                    params![key.org, key.app, ds, to_millis(due)],
+                )
+                .map(|_| ())
+            })
+            .await
+    }
+}

@@ -1,0 +1,259 @@
+//! Data Sources: the platform-side tables that `datasource_push` actions
+//! fill. Their rows wait in an outbox per (org, data source) and are flushed
+//! on an interval, inserts and deletes together (see `store::outbox`).
+//!
+//! ```toml
+//! [datasources.vip_invoices]
+//! every = "10m"            # flush at most this often (default 5m) ...
+//! max_rows_per_call = 100  # ... sooner only when a full call is waiting
+//!
+//! [app.datasource_push]    # the API's shape (these are the defaults)
+//! path = "/datasources/{{ datasource }}/rows"
+//! method = "POST"
+//! inserts_field = "inserts"
+//! deletes_field = "deletes"
+//! ```
+
+use crate::config::app::AppConfig;
+use crate::config::workflow::ActionConfig;
+use crate::core::error::{Error, Result};
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+
+/// `[datasources.NAME]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataSourceConfig {
+    /// The least time between two timed flushes (the seeds' "update a Data
+    /// Source every 5 minutes"; raising it is their remedy "push less often").
+    #[serde(default = "five_minutes", with = "humantime_serde")]
+    pub every: Duration,
+    /// Most rows one push call carries; a full call's worth is flushed
+    /// without waiting for `every`.
+    #[serde(default)]
+    pub max_rows_per_call: Option<u32>,
+}
+
+impl Default for DataSourceConfig {
+    fn default() -> Self {
+        Self {
+            every: five_minutes(),
+            max_rows_per_call: None,
+        }
+    }
+}
+
+fn five_minutes() -> Duration {
+    Duration::from_secs(300)
+}
+
+/// Rows a push call carries when nothing says otherwise.
+pub const DEFAULT_MAX_ROWS_PER_CALL: u32 = 100;
+
+/// `[app.datasource_push]`: how the API takes a push.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PushShape {
+    /// Path template; `{{ datasource }}` is the Data Source's name.
+    #[serde(default = "default_path")]
+    pub path: String,
+    /// HTTP method.
+    #[serde(default = "default_method")]
+    pub method: String,
+    /// The body field holding the rows to insert or replace.
+    #[serde(default = "default_inserts")]
+    pub inserts_field: String,
+    /// The body field holding the ids to delete.
+    #[serde(default = "default_deletes")]
+    pub deletes_field: String,
+}
+
+fn default_path() -> String {
+    "/datasources/{{ datasource }}/rows".into()
+}
+fn default_method() -> String {
+    "POST".into()
+}
+fn default_inserts() -> String {
+    "inserts".into()
+}
+fn default_deletes() -> String {
+    "deletes".into()
+}
+
+impl Default for PushShape {
+    fn default() -> Self {
+        Self {
+            path: default_path(),
+            method: default_method(),
+            inserts_field: default_inserts(),
+            deletes_field: default_deletes(),
+        }
+    }
+}
+
+impl PushShape {
+    /// The path for `datasource`.
+    pub fn path_for(&self, datasource: &str) -> String {
+        self.path.replace("{{ datasource }}", datasource)
+    }
+
+    /// The request body carrying `inserts` and `deletes` in one call.
+    pub fn body(&self, inserts: Vec<serde_json::Value>, deletes: Vec<String>) -> serde_json::Value {
+        let mut body = serde_json::Map::new();
+        body.insert(self.inserts_field.clone(), inserts.into());
+        body.insert(self.deletes_field.clone(), deletes.into());
+        body.into()
+    }
+}
+
+/// A Data Source as a flush sees it: declared settings with defaults filled.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DataSource {
+    /// Its name.
+    pub name: String,
+    /// Least time between timed flushes.
+    pub every: Duration,
+    /// Most rows per push call.
+    pub max_rows_per_call: u32,
+}
+
+impl AppConfig {
+    /// The Data Sources some action pushes to or `[datasources]` declares.
+    pub fn datasource_names(&self) -> std::collections::BTreeSet<String> {
+        let mut names: std::collections::BTreeSet<String> =
+            self.datasources.keys().cloned().collect();
+        for wf in self.workflows.values() {
+            for a in &wf.actions {
+                if let ActionConfig::DatasourcePush { datasource, .. } = a {
+                    names.insert(datasource.clone());
+                }
+            }
+        }
+        names
+    }
+
+    /// The Data Source `name`: its `[datasources]` entry, else what its
+    /// push actions say (`max_rows_per_call`), else the defaults.
+    pub fn datasource(&self, name: &str) -> Result<DataSource> {
+        if !self.datasource_names().contains(name) {
+            return Err(Error::Config(format!(
+                "unknown Data Source `{name}`; this app pushes to: {}",
+                self.datasource_names()
+                    .into_iter()
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
+        let declared = self.datasources.get(name).cloned().unwrap_or_default();
+        let from_actions =
+            self.workflows
+                .values()
+                .flat_map(|wf| &wf.actions)
+                .find_map(|a| match a {
+                    ActionConfig::DatasourcePush {
+                        datasource,
+                        max_rows_per_call,
+                        ..
+                    } if datasource == name => *max_rows_per_call,
+                    _ => None,
+                });
+        Ok(DataSource {
+            name: name.to_string(),
+            every: declared.every,
+            max_rows_per_call: declared
+                .max_rows_per_call
+                .or(from_actions)
+                .unwrap_or(DEFAULT_MAX_ROWS_PER_CALL),
+        })
+    }
+}
+
+/// Checks `[datasources]`, `[app.datasource_push]` and that the push
+/// actions of one Data Source agree on `max_rows_per_call`.
+pub(crate) fn validate(config: &AppConfig) -> Result<()> {
+    let bad = |field: String, msg: String| Err(Error::Config(format!("{field}: {msg}")));
+    let shape = &config.app.datasource_push;
+    if !shape.path.starts_with('/') {
+        return bad(
+            "app.datasource_push.path".into(),
+            format!("expected a path starting with `/`, got {:?}", shape.path),
+        );
+    }
+    if reqwest::Method::from_bytes(shape.method.as_bytes()).is_err()
+        || shape.method.chars().any(|c| c.is_ascii_lowercase())
+    {
+        return bad(
+            "app.datasource_push.method".into(),
+            format!(
+                "expected an HTTP method like \"POST\", got {:?}",
+                shape.method
+            ),
+        );
+    }
+    for (field, value) in [
+        ("inserts_field", &shape.inserts_field),
+        ("deletes_field", &shape.deletes_field),
+    ] {
+        if value.trim().is_empty() {
+            return bad(
+                format!("app.datasource_push.{field}"),
+                "must not be empty".into(),
+            );
+        }
+    }
+    if shape.inserts_field == shape.deletes_field {
+        return bad(
+            "app.datasource_push.deletes_field".into(),
+            "must differ from inserts_field".into(),
+        );
+    }
+    for (name, ds) in &config.datasources {
+        if ds.every.is_zero() {
+            return bad(
+                format!("datasources.{name}.every"),
+                "must be more than 0 (e.g. \"5m\")".into(),
+            );
+        }
+        if ds.max_rows_per_call == Some(0) {
+            return bad(
+                format!("datasources.{name}.max_rows_per_call"),
+                "must be at least 1".into(),
+            );
+        }
+    }
+    // One outbox per Data Source: its push actions must not disagree on
+    // how many rows a call carries.
+    let mut seen: std::collections::BTreeMap<&str, (u32, String)> = Default::default();
+    for (wf_name, wf) in &config.workflows {
+        for (i, a) in wf.actions.iter().enumerate() {
+            let ActionConfig::DatasourcePush {
+                datasource,
+                max_rows_per_call: Some(max),
+                ..
+            } = a
+            else {
+                continue;
+            };
+            let field = format!("workflows.{wf_name}.actions[{i}].max_rows_per_call");
+            if let Some(declared) = config
+                .datasources
+                .get(datasource)
+                .and_then(|d| d.max_rows_per_call)
+            {
+                if declared != *max {
+                    return bad(field, format!("{max} disagrees with datasources.{datasource}.max_rows_per_call = {declared}; set it in one place"));
+                }
+            }
+            match seen.get(datasource.as_str()) {
+                Some((other, other_field)) if other != max => {
+                    return bad(field, format!("{max} disagrees with {other_field} = {other}; rows of one Data Source share one outbox (set datasources.{datasource}.max_rows_per_call)"));
+                }
+                _ => {
+                    seen.insert(datasource, (*max, field));
+                }
+            }
+        }
+    }
+    Ok(())
+}
