@@ -134,6 +134,23 @@ pub async fn run(args: Args) -> Result<(), BoxError> {
         }
     }
     let served = stats.calls_by_key.get(&key).copied().unwrap_or(0);
+    // Each Data Source's outbox: pushes, rows, and how it flushes.
+    let mut datasources = BTreeMap::new();
+    for name in system.config.datasource_names() {
+        let ds = system.config.datasource(&name)?;
+        let state = svc.store.outbox_state(&quota_key, &name).await?;
+        datasources.insert(
+            name.clone(),
+            json!({
+                "pushes": state.pushes,
+                "rows_pushed": state.rows_pushed,
+                "rows_per_push": if state.pushes == 0 { 0.0 } else { state.rows_pushed as f64 / state.pushes as f64 },
+                "rows_waiting": svc.store.pending_count(&quota_key, &name).await?,
+                "every_secs": ds.every.as_secs(),
+                "max_rows_per_call": ds.max_rows_per_call,
+            }),
+        );
+    }
     let out = json!({
         "days": days,
         "calls_by_source": by_source,
@@ -147,6 +164,7 @@ pub async fn run(args: Args) -> Result<(), BoxError> {
         "jobs_done": report.done,
         "records": records,
         "actions": {"notes_created": stats.creates_by_idempotency_key.len(), "datasource_pushes": stats.datasource_pushes, "gold_invoices_rows": sim.datasource_rows("gold_invoices").len()},
+        "datasources": datasources,
         "dead_lettered": dead,
         "jobs_waiting": waiting,
         "api_failures_injected": sim.faults().failed_by_kind.clone(),
@@ -174,11 +192,15 @@ pub async fn run(args: Args) -> Result<(), BoxError> {
             );
         }
         println!(
-            "\nWorkflow `gold_thanks`: {} notes created, {} Data Source pushes ({} rows)",
+            "\nWorkflow `gold_thanks`: {} notes created",
             out["actions"]["notes_created"],
-            stats.datasource_pushes,
-            out["actions"]["gold_invoices_rows"]
         );
+        for (name, d) in &datasources {
+            println!(
+                "Data Source `{name}`: {} pushes carrying {} rows ({:.1} a push; inserts and deletes together, flushed at most every {}s, {} rows a call); {} rows waiting",
+                d["pushes"], d["rows_pushed"], d["rows_per_push"].as_f64().unwrap_or(0.0), d["every_secs"], d["max_rows_per_call"], d["rows_waiting"]
+            );
+        }
         println!("\nRestarts (instead of sleeping)");
         if report.restarts.is_empty() {
             println!("  none");

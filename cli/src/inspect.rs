@@ -266,6 +266,11 @@ pub async fn usage(args: UsageArgs) -> Result<(), BoxError> {
     for org in &scope.orgs {
         rows.extend(store.usage(&QuotaKey::new(org, &scope.app), day).await?);
     }
+    let pushes = if args.common.json {
+        Vec::new()
+    } else {
+        datasource_pushes(&args, &scope, &rows).await?
+    };
     if let Some(path) = &args.chart {
         let now = chrono::Utc::now();
         let until = if day == now.date_naive() {
@@ -289,6 +294,8 @@ pub async fn usage(args: UsageArgs) -> Result<(), BoxError> {
         eprintln!("chart: {}", path.display());
     }
     if args.common.json {
+        // The usage rows, as before (scripts read this array); pushes per
+        // call are in it under the source `datasource:NAME`.
         println!("{}", serde_json::to_string_pretty(&rows)?);
         return Ok(());
     }
@@ -317,7 +324,98 @@ pub async fn usage(args: UsageArgs) -> Result<(), BoxError> {
             u.key.org, u.source, u.endpoint, u.calls, refused
         );
     }
+    if !pushes.is_empty() {
+        println!("\nData Source pushes (inserts and deletes together, flushed on an interval)");
+        println!(
+            "  {:<10} {:<20} {:>10} {:>12} {:>13} {:>13} {:>8}",
+            "org", "data source", "pushes", "rows/push", "pushes ever", "rows/push ever", "waiting"
+        );
+        for p in &pushes {
+            println!(
+                "  {:<10} {:<20} {:>10} {:>12} {:>13} {:>13.1} {:>8}",
+                p.org,
+                p.datasource,
+                p.pushes_today,
+                p.rows_per_push_today
+                    .map_or("-".to_string(), |r| format!("{r:.1}")),
+                p.pushes_ever,
+                p.rows_per_push_ever,
+                p.waiting
+            );
+        }
+    }
     Ok(())
+}
+
+/// One org's Data Source as `metered usage` shows it.
+#[derive(Debug)]
+struct PushUsage {
+    org: String,
+    datasource: String,
+    /// Push calls on the day asked for.
+    pushes_today: u64,
+    /// Rows per push that day, when every push of the day is still
+    /// counted by the outbox (its totals are all-time).
+    rows_per_push_today: Option<f64>,
+    pushes_ever: u64,
+    rows_per_push_ever: f64,
+    /// Rows in the outbox waiting for the next flush.
+    waiting: u64,
+}
+
+/// Pushes per org and Data Source: the day's calls (usage, source
+/// `datasource:NAME`) beside the outbox's all-time counts. Data Sources are
+/// those the config names (`--config`), else those usage shows.
+async fn datasource_pushes(
+    args: &UsageArgs,
+    scope: &Scope,
+    usage: &[metered::quota::UsageEntry],
+) -> Result<Vec<PushUsage>, BoxError> {
+    let mut names: std::collections::BTreeSet<String> = usage
+        .iter()
+        .filter_map(|u| u.source.strip_prefix("datasource:").map(str::to_string))
+        .collect();
+    if let Some(c) = &scope.config {
+        names.extend(c.datasource_names());
+    }
+    if names.is_empty() {
+        return Ok(Vec::new());
+    }
+    let (store, _) = store_and_scope(&args.common, args.dynamodb_table.as_deref()).await?;
+    let mut out = Vec::new();
+    for org in &scope.orgs {
+        let key = QuotaKey::new(org, &scope.app);
+        for ds in &names {
+            let state = store.outbox_state(&key, ds).await?;
+            let waiting = store.pending_count(&key, ds).await?;
+            let today: u64 = usage
+                .iter()
+                .filter(|u| u.key.org == *org && u.source == format!("datasource:{ds}"))
+                .map(|u| u.calls)
+                .sum();
+            if today == 0 && state.pushes == 0 && waiting == 0 {
+                continue;
+            }
+            let ratio = |rows: u64, pushes: u64| {
+                if pushes == 0 {
+                    0.0
+                } else {
+                    rows as f64 / pushes as f64
+                }
+            };
+            out.push(PushUsage {
+                org: org.clone(),
+                datasource: ds.clone(),
+                pushes_today: today,
+                rows_per_push_today: (today > 0 && today == state.pushes)
+                    .then(|| ratio(state.rows_pushed, state.pushes)),
+                pushes_ever: state.pushes,
+                rows_per_push_ever: ratio(state.rows_pushed, state.pushes),
+                waiting,
+            });
+        }
+    }
+    Ok(out)
 }
 
 pub async fn records(args: RecordsArgs) -> Result<(), BoxError> {

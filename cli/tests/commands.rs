@@ -51,6 +51,12 @@ fn demo_report_matches_the_apis_own_counters_and_the_database_answers() {
         r["actions"]["notes_created"].as_u64().unwrap() > 0,
         "the workflow fired"
     );
+    // Data Source rows leave through the outbox: every push the API saw is
+    // one the outbox counted, each carries several rows, none is left.
+    let ds = &r["datasources"]["gold_invoices"];
+    assert_eq!(ds["pushes"], r["actions"]["datasource_pushes"], "{r}");
+    assert!(ds["rows_per_push"].as_f64().unwrap() > 2.0, "{r}");
+    assert_eq!(ds["rows_waiting"], 0, "{r}");
 
     // The same database answers the inspection commands.
     let usage = json(&metered(
@@ -93,7 +99,14 @@ fn demo_report_matches_the_apis_own_counters_and_the_database_answers() {
         &["usage", "--db", "demo.sqlite", "--day", "2026-11-22"],
         &dir,
     );
-    assert!(String::from_utf8_lossy(&text.stdout).contains("recent-records:invoices"));
+    let text = String::from_utf8_lossy(&text.stdout).to_string();
+    assert!(text.contains("recent-records:invoices"), "{text}");
+    let pushes = text
+        .lines()
+        .skip_while(|l| !l.starts_with("Data Source pushes"))
+        .find(|l| l.contains("gold_invoices"))
+        .unwrap_or_else(|| panic!("a Data Source line: {text}"));
+    assert!(pushes.split_whitespace().count() >= 7, "{pushes}");
     let jobs = metered(&["jobs", "--db", "demo.sqlite"], &dir);
     assert!(jobs.status.success());
     let _ = std::fs::remove_dir_all(&dir);

@@ -15,6 +15,7 @@ use metered::jobs::ledger::{ActionBegin, ActionLedger};
 use metered::jobs::ledger::{Claim, JobLedger};
 use metered::jobs::runtime::{JobContext, JobHandler, JobRuntime, RestartPolicy, Settled};
 use metered::quota::QuotaKey;
+use metered::store::outbox::{OutboxRow, RowChange};
 use metered::store::RecordStore;
 use std::future::Future;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -46,6 +47,10 @@ macro_rules! store_cases {
                 a_sync_lease_is_free_own_or_expired_and_scoped_by_org,
                 finishing_a_sync_needs_the_lease_and_keeps_what_it_is_not_told,
                 a_page_diff_says_created_updated_or_unchanged_per_org,
+                outbox_rows_keep_the_last_write_per_id_and_org,
+                an_outbox_chunk_is_fixed_once_and_leaves_only_when_accepted,
+                concurrent_flushes_fix_one_chunk,
+                a_timed_flush_is_marked_once_until_cleared_or_lost,
             ]
         );
     };
@@ -703,5 +708,222 @@ pub async fn a_page_diff_says_created_updated_or_unchanged_per_org<F: Future<Out
         s.records.count(&a, "invoices").await.unwrap(),
         2,
         "a placeholder is not a seen record"
+    );
+}
+
+// ---- The Data Source outbox ------------------------------------------------
+
+fn insert(v: i64) -> RowChange {
+    RowChange::Insert(serde_json::json!({ "id": "inv_1", "v": v }))
+}
+
+fn rows(changes: &[(&str, RowChange)]) -> Vec<(String, RowChange)> {
+    changes
+        .iter()
+        .map(|(id, c)| (id.to_string(), c.clone()))
+        .collect()
+}
+
+/// Last write wins per row id, within one write and across writes; two
+/// orgs with the same row id and Data Source name never see each other's.
+pub async fn outbox_rows_keep_the_last_write_per_id_and_org<F: Future<Output = Fixture>>(make: F) {
+    let s = make.await;
+    let (a, b) = orgs();
+    let now = afternoon();
+    let o = &s.records;
+    // Org A: insert then delete (one write) → delete.
+    o.put_rows(
+        &a,
+        "vips",
+        &rows(&[("inv_1", insert(1)), ("inv_1", RowChange::Delete)]),
+        now,
+    )
+    .await
+    .unwrap();
+    // Org B: delete then insert (two writes) → insert.
+    o.put_rows(&b, "vips", &rows(&[("inv_1", RowChange::Delete)]), now)
+        .await
+        .unwrap();
+    o.put_rows(&b, "vips", &rows(&[("inv_1", insert(2))]), now)
+        .await
+        .unwrap();
+    // Org A again: two inserts of another id → the newer.
+    o.put_rows(&a, "vips", &rows(&[("inv_2", insert(3))]), now)
+        .await
+        .unwrap();
+    o.put_rows(&a, "vips", &rows(&[("inv_2", insert(4))]), now)
+        .await
+        .unwrap();
+    let pa = o.pending_rows(&a, "vips", 10).await.unwrap();
+    let pb = o.pending_rows(&b, "vips", 10).await.unwrap();
+    let view = |p: &[OutboxRow]| {
+        p.iter()
+            .map(|r| (r.id.clone(), r.change.clone()))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        view(&pa),
+        rows(&[("inv_1", RowChange::Delete), ("inv_2", insert(4))])
+    );
+    assert_eq!(view(&pb), rows(&[("inv_1", insert(2))]));
+    assert_eq!(o.pending_count(&a, "vips").await.unwrap(), 2);
+    assert_eq!(o.pending_count(&b, "vips").await.unwrap(), 1);
+    assert_eq!(o.pending_count(&a, "other").await.unwrap(), 0);
+    assert_eq!(o.pending_rows(&a, "vips", 1).await.unwrap().len(), 1);
+    assert_ne!(pa[0].stamp, pb[0].stamp, "every write gets its own stamp");
+}
+
+/// One chunk in flight per outbox, numbered once; the ack removes only
+/// rows not written since, clears the chunk and counts it once; another
+/// org's outbox with the same ids is untouched.
+pub async fn an_outbox_chunk_is_fixed_once_and_leaves_only_when_accepted<
+    F: Future<Output = Fixture>,
+>(
+    make: F,
+) {
+    let s = make.await;
+    let (a, b) = orgs();
+    let now = afternoon();
+    let o = &s.records;
+    let five: Vec<(String, RowChange)> = (1..=5).map(|i| (format!("inv_{i}"), insert(i))).collect();
+    o.put_rows(&a, "vips", &five, now).await.unwrap();
+    o.put_rows(&b, "vips", &five, now).await.unwrap();
+    let first = o.pending_rows(&a, "vips", 3).await.unwrap();
+    let chunk = o
+        .begin_chunk(&a, "vips", &first)
+        .await
+        .unwrap()
+        .expect("no chunk in flight yet");
+    assert_eq!((chunk.seq, chunk.rows.clone()), (0, first.clone()));
+    assert_eq!(
+        o.begin_chunk(&a, "vips", &first).await.unwrap(),
+        None,
+        "one chunk in flight at a time"
+    );
+    let state = o.outbox_state(&a, "vips").await.unwrap();
+    assert_eq!(
+        state.inflight.as_ref(),
+        Some(&chunk),
+        "kept with its content"
+    );
+    assert_eq!(state.next_seq, 1);
+    // inv_2 is written again while its chunk is at the API.
+    o.put_rows(&a, "vips", &rows(&[("inv_2", RowChange::Delete)]), now)
+        .await
+        .unwrap();
+    let later = now + Duration::seconds(5);
+    o.ack_chunk(&a, "vips", &chunk, later).await.unwrap();
+    o.ack_chunk(&a, "vips", &chunk, later).await.unwrap();
+    let left: Vec<(String, RowChange)> = o
+        .pending_rows(&a, "vips", 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| (r.id, r.change))
+        .collect();
+    assert_eq!(
+        left,
+        rows(&[
+            ("inv_2", RowChange::Delete),
+            ("inv_4", insert(4)),
+            ("inv_5", insert(5))
+        ]),
+        "the rewritten row stays for the next flush"
+    );
+    let state = o.outbox_state(&a, "vips").await.unwrap();
+    assert_eq!(state.inflight, None);
+    assert_eq!(state.last_flush, Some(later));
+    assert_eq!(
+        (state.pushes, state.rows_pushed),
+        (1, 3),
+        "a repeated ack counts once"
+    );
+    let next = o
+        .begin_chunk(&a, "vips", &o.pending_rows(&a, "vips", 10).await.unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(next.seq, 1, "chunk numbers are never reused");
+    // Org B: same ids, its own outbox and numbering.
+    assert_eq!(o.pending_count(&b, "vips").await.unwrap(), 5);
+    let b_chunk = o
+        .begin_chunk(&b, "vips", &o.pending_rows(&b, "vips", 10).await.unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((b_chunk.seq, b_chunk.rows.len()), (0, 5));
+}
+
+/// Many flushers racing to fix a chunk: exactly one does.
+pub async fn concurrent_flushes_fix_one_chunk<F: Future<Output = Fixture>>(make: F) {
+    let s = make.await;
+    let (a, _) = orgs();
+    let o = s.records.clone();
+    o.put_rows(&a, "vips", &rows(&[("inv_1", insert(1))]), afternoon())
+        .await
+        .unwrap();
+    let pending = o.pending_rows(&a, "vips", 10).await.unwrap();
+    let tasks: Vec<_> = (0..8)
+        .map(|_| {
+            let (o, a, pending) = (o.clone(), a.clone(), pending.clone());
+            tokio::spawn(async move { o.begin_chunk(&a, "vips", &pending).await.unwrap() })
+        })
+        .collect();
+    let mut fixed = 0;
+    for t in tasks {
+        fixed += usize::from(t.await.unwrap().is_some());
+    }
+    assert_eq!(fixed, 1);
+    assert_eq!(o.outbox_state(&a, "vips").await.unwrap().next_seq, 1);
+}
+
+/// The timed-flush mark is set once; a second writer is told one is on its
+/// way; a lost one (older than `replace_before`) is replaced; clearing
+/// needs the same due time; per org.
+pub async fn a_timed_flush_is_marked_once_until_cleared_or_lost<F: Future<Output = Fixture>>(
+    make: F,
+) {
+    let s = make.await;
+    let (a, b) = orgs();
+    let now = afternoon();
+    let o = &s.records;
+    let due = now + Duration::minutes(5);
+    assert!(o.mark_flush_due(&a, "vips", due, now).await.unwrap());
+    assert!(!o
+        .mark_flush_due(&a, "vips", due + Duration::minutes(1), now)
+        .await
+        .unwrap());
+    assert!(
+        o.mark_flush_due(&b, "vips", due, now).await.unwrap(),
+        "another org's outbox has its own mark"
+    );
+    assert_eq!(
+        o.outbox_state(&a, "vips").await.unwrap().flush_due,
+        Some(due)
+    );
+    o.clear_flush_due(&a, "vips", due + Duration::seconds(1))
+        .await
+        .unwrap();
+    assert_eq!(
+        o.outbox_state(&a, "vips").await.unwrap().flush_due,
+        Some(due),
+        "only the mark that was seen is cleared"
+    );
+    let lost_before = due + Duration::seconds(1);
+    let moved = due + Duration::hours(1);
+    assert!(o
+        .mark_flush_due(&a, "vips", moved, lost_before)
+        .await
+        .unwrap());
+    assert_eq!(
+        o.outbox_state(&a, "vips").await.unwrap().flush_due,
+        Some(moved)
+    );
+    o.clear_flush_due(&a, "vips", moved).await.unwrap();
+    assert_eq!(o.outbox_state(&a, "vips").await.unwrap().flush_due, None);
+    assert!(o.mark_flush_due(&a, "vips", due, now).await.unwrap());
+    assert_eq!(
+        o.outbox_state(&b, "vips").await.unwrap().flush_due,
+        Some(due)
     );
 }

@@ -455,6 +455,156 @@ async fn metrics_count_what_the_api_saw(adapter: Adapter) {
     assert!(again.is_empty(), "each count is written once");
 }
 
+/// Rows only: every updated customer becomes a row of `vips`, deleted when
+/// its score is 95 or more; the outbox flushes every 5 minutes, 100 a call.
+const ROWS: &str = r#"
+[workflows.rows]
+trigger = { record_type = "customers", on = ["updated"] }
+[[workflows.rows.actions]]
+kind = "datasource_push"
+datasource = "vips"
+row = { id = "{{ record.id }}", score = "{{ record.score }}" }
+delete_when = "record.score >= 95"
+"#;
+
+/// Sends manual runs of `rows` over `ids`, `per_job` ids a job, for `org`.
+async fn run_rows(w: &World, org: &str, ids: &[String], per_job: usize) {
+    for chunk in ids.chunks(per_job) {
+        let payload = serde_json::to_value(RunPayload {
+            workflow: "rows".into(),
+            ids: Some(chunk.to_vec()),
+            dry_run: false,
+        })
+        .unwrap();
+        let job = JobEnvelope::new(
+            JobKind::Workflow,
+            org,
+            "sim-booking",
+            payload,
+            w.shared.now(),
+        );
+        w.svc.queues.send(&job, 0).await.unwrap();
+    }
+}
+
+/// The issue's count: rows that many workflow jobs produce within one
+/// flush interval leave in `ceil(rows / max_rows_per_call)` push calls, not
+/// one per job; a full call's worth goes at once, the rest when `every` is
+/// up; a crash after a push, before its rows leave, repeats that push under
+/// the same key (applied once). Two orgs whose customers share ids each get
+/// their own rows.
+async fn an_outbox_flush_spends_ceil_rows_over_max_calls(adapter: Adapter) {
+    let w = World::new(
+        adapter,
+        SimConfig {
+            customers: 400,
+            ..Default::default()
+        },
+        |c| {
+            c.syncs.insert("customers".into(), transfer());
+            workflow(c, ROWS);
+            c.datasources.insert(
+                "vips".into(),
+                toml::from_str("every = \"5m\"\nmax_rows_per_call = 100").unwrap(),
+            );
+        },
+    )
+    .await
+    .with_workflows();
+    for org in ORGS {
+        w.start_for(org, JobKind::CompleteTransfer, "customers")
+            .await;
+    }
+    w.drive().await;
+    let customers = w.sim().records("customers");
+    let ids: Vec<String> = customers
+        .iter()
+        .map(|r| r["id"].as_str().unwrap().to_string())
+        .collect();
+    let pushes = |org: &str| {
+        w.sim()
+            .stats()
+            .calls_of(&w.api_keys[org], "POST /datasources/{name}/rows")
+    };
+    // 91 rows from 13 workflow jobs: one call, when the interval is up.
+    let t0 = w.shared.now();
+    for org in ORGS {
+        run_rows(&w, org, &ids[..91], 7).await;
+    }
+    w.drive().await;
+    for org in ORGS {
+        assert_eq!(pushes(org), 1, "{org}: ceil(91 / 100), not one per job");
+        let state = w.store.outbox_state(&w.svc.key(org), "vips").await.unwrap();
+        assert!(
+            state
+                .last_flush
+                .is_some_and(|t| t >= t0 + chrono::Duration::minutes(5)),
+            "{org}: a partial call waits for `every`: {state:?}"
+        );
+        assert_eq!((state.pushes, state.rows_pushed), (1, 91), "{org}");
+    }
+    // 250 more rows from 25 jobs, and a crash after the next push before
+    // its rows leave: 3 calls each, plus one repeat.
+    w.faults.at(
+        "outbox.ack",
+        Some(JobKind::ActionDatasourcePush),
+        w.faults.hits("outbox.ack") + 1,
+        metered_tests::faults::Fault::Crash,
+    );
+    for org in ORGS {
+        run_rows(&w, org, &ids[91..341], 10).await;
+    }
+    let report = w.drive().await;
+    assert_eq!(report.crashes, 1);
+    let stats = w.sim().stats();
+    let repeated: Vec<_> = stats
+        .push_requests_by_idempotency_key
+        .iter()
+        .filter(|(_, n)| **n > 1)
+        .collect();
+    assert_eq!(
+        repeated.len(),
+        1,
+        "the crashed push was sent again: {repeated:?}"
+    );
+    assert_eq!(*repeated[0].1, 2);
+    assert!(
+        stats.pushes_by_idempotency_key.values().all(|n| *n == 1),
+        "every chunk applied once"
+    );
+    let mut extra = 0;
+    for org in ORGS {
+        let key = w.svc.key(org);
+        let state = w.store.outbox_state(&key, "vips").await.unwrap();
+        assert_eq!(
+            (state.pushes, state.rows_pushed),
+            (1 + 3, 91 + 250),
+            "{org}"
+        );
+        extra += pushes(org) - 4;
+        assert_eq!(
+            w.store.pending_count(&key, "vips").await.unwrap(),
+            0,
+            "{org}"
+        );
+        // What the Data Source holds: every row of a customer under 95, none of the others.
+        let held: std::collections::BTreeSet<String> = w
+            .sim()
+            .datasource_rows_of(&w.api_keys[org], "vips")
+            .iter()
+            .map(|r| r["id"].as_str().unwrap().to_string())
+            .collect();
+        let expected: std::collections::BTreeSet<String> = customers[..341]
+            .iter()
+            .filter(|r| r["score"].as_u64().unwrap() < 95)
+            .map(|r| r["id"].as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(held, expected, "{org}");
+    }
+    assert_eq!(extra, 1, "one repeated call in all, after the crash");
+    assert_eq!(w.dead_letters().await, 0);
+}
+
 #[test]
 fn bad_workflow_configs_are_rejected_at_load() {
     let base = metered_sim::app_config("http://127.0.0.1:1/");
@@ -490,6 +640,7 @@ metered_tests::on_both!(
     a_missing_related_record_waits_for_one_relookup,
     a_bulk_execution_over_budget_spreads_over_windows,
     metrics_count_what_the_api_saw,
+    an_outbox_flush_spends_ceil_rows_over_max_calls,
 );
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

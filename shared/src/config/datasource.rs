@@ -257,3 +257,106 @@ pub(crate) fn validate(config: &AppConfig) -> Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = r#"
+[app]
+name = "a"
+base_url = "http://127.0.0.1:1/"
+[app.limits]
+per_day = 100
+max_concurrent = 1
+[record_types.customers]
+list_path = "/customers"
+pagination = { style = "page", param = "page" }
+max_page_size = 100
+records_pointer = "/data"
+id_pointer = "/id"
+[workflows.w]
+trigger = { record_type = "customers" }
+[[workflows.w.actions]]
+kind = "datasource_push"
+datasource = "vips"
+row = { id = "{{ record.id }}" }
+"#;
+
+    fn parse(extra: &str) -> Result<AppConfig> {
+        AppConfig::parse(&format!("{BASE}{extra}"))
+    }
+
+    #[test]
+    fn a_data_source_takes_its_settings_from_one_place() {
+        let c = parse("").unwrap();
+        assert_eq!(
+            c.datasource("vips").unwrap(),
+            DataSource {
+                name: "vips".into(),
+                every: Duration::from_secs(300),
+                max_rows_per_call: DEFAULT_MAX_ROWS_PER_CALL
+            }
+        );
+        let c = parse("max_rows_per_call = 30\n").unwrap();
+        assert_eq!(c.datasource("vips").unwrap().max_rows_per_call, 30);
+        let c = parse("[datasources.vips]\nevery = \"10m\"\nmax_rows_per_call = 50\n").unwrap();
+        let ds = c.datasource("vips").unwrap();
+        assert_eq!(
+            (ds.every, ds.max_rows_per_call),
+            (Duration::from_secs(600), 50)
+        );
+        let err = c.datasource("nope").unwrap_err().to_string();
+        assert!(
+            err.contains("unknown Data Source `nope`") && err.contains("vips"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn bad_data_source_settings_are_named() {
+        for (extra, expected) in [
+            ("[datasources.vips]\nevery = \"0s\"\n", "datasources.vips.every: must be more than 0"),
+            ("[datasources.vips]\nmax_rows_per_call = 0\n", "datasources.vips.max_rows_per_call: must be at least 1"),
+            ("max_rows_per_call = 30\n[datasources.vips]\nmax_rows_per_call = 50\n", "workflows.w.actions[0].max_rows_per_call: 30 disagrees with datasources.vips.max_rows_per_call = 50"),
+            ("[app.datasource_push]\npath = \"rows\"\n", "app.datasource_push.path: expected a path starting with `/`"),
+            ("[app.datasource_push]\ninserts_field = \"\"\n", "app.datasource_push.inserts_field: must not be empty"),
+            ("[app.datasource_push]\ndeletes_field = \"inserts\"\n", "app.datasource_push.deletes_field: must differ from inserts_field"),
+            ("[app.datasource_push]\nmethod = \"post\"\n", "app.datasource_push.method: expected an HTTP method"),
+            ("[datasources.vips]\nevry = \"5m\"\n", "unknown field `evry`"),
+        ] {
+            // `[app.datasource_push]` must come before the other tables.
+            let text = if extra.starts_with("[app.datasource_push]") {
+                BASE.replacen("[record_types.customers]", &format!("{extra}[record_types.customers]"), 1)
+            } else {
+                format!("{BASE}{extra}")
+            };
+            let err = AppConfig::parse(&text).unwrap_err().to_string();
+            assert!(err.contains(expected), "expected {expected:?} in: {err}");
+        }
+    }
+
+    #[test]
+    fn the_push_shape_is_configurable() {
+        let shape = PushShape {
+            path: "/v2/tables/{{ datasource }}/batch".into(),
+            method: "PUT".into(),
+            inserts_field: "upsert".into(),
+            deletes_field: "remove".into(),
+        };
+        assert_eq!(shape.path_for("vips"), "/v2/tables/vips/batch");
+        assert_eq!(
+            shape.body(
+                vec![serde_json::json!({"id": "inv_1"})],
+                vec!["inv_2".into()]
+            ),
+            serde_json::json!({"upsert": [{"id": "inv_1"}], "remove": ["inv_2"]})
+        );
+        let default = PushShape::default();
+        assert_eq!(default.path_for("vips"), "/datasources/vips/rows");
+        assert_eq!(
+            default.body(vec![], vec![]),
+            serde_json::json!({"inserts": [], "deletes": []})
+        );
+    }
+}
