@@ -55,14 +55,24 @@ pub struct SourceForecast {
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Remedy {
     pub remedy: String,
+    /// Calls it saves on a steady day (negative: it costs).
     pub saves_per_day: f64,
+    /// Calls it saves on day 1.
+    pub saves_day1: f64,
 }
 
+/// A forecast of day 1 (the first load) and of a steady day. The steady
+/// fields keep their names (`sources`, `calls_per_day`, `per_hour`).
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Forecast {
     pub sources: Vec<SourceForecast>,
     pub calls_per_day: f64,
     pub per_hour: Vec<f64>,
+    pub day1_sources: Vec<SourceForecast>,
+    pub day1_calls: f64,
+    pub day1_per_hour: Vec<f64>,
+    /// Days after day 1 its backlog takes to drain at the daily limit.
+    pub backlog_days: Option<f64>,
     pub limit_per_day: Option<u32>,
     pub limit_per_hour: Option<u32>,
     pub warnings: Vec<String>,
@@ -217,44 +227,224 @@ pub fn sources(config: &AppConfig, volumes: &Volumes) -> Vec<SourceForecast> {
     sources
 }
 
-fn total(config: &AppConfig, volumes: &Volumes) -> f64 {
-    sources(config, volumes)
-        .iter()
-        .map(|s| s.calls_per_day)
-        .sum()
-}
-
-/// The forecast: sources, totals per day and hour, limit warnings, and what
-/// each of the seeds' remedies would save.
-pub fn forecast(config: &AppConfig, volumes: &Volumes) -> Forecast {
-    let sources = sources(config, volumes);
-    let per_hour: Vec<f64> = (0..24)
-        .map(|h| sources.iter().map(|s| s.per_hour[h]).sum())
-        .collect();
-    let calls_per_day: f64 = sources.iter().map(|s| s.calls_per_day).sum();
-    let limits = &config.app.limits;
-    let mut warnings = Vec::new();
-    if let Some(d) = limits.per_day {
-        if calls_per_day > f64::from(d) {
-            warnings.push(format!("{calls_per_day:.0} calls a day exceed the daily limit of {d}: work will spill into the next days"));
+/// What the first day adds to a steady day, per source: the seeds' "huge
+/// spike". The first complete transfer of a type creates every record, so
+/// workflows listening to `created` run on all of them (and their Data
+/// Source rows leave in one big flush); PK lookups of a type no complete
+/// transfer fills look up every key the first transfers reference. Lands in
+/// hour 0, when the first runs start. A type the store already holds
+/// (`known`) has had its first load.
+pub fn first_load(
+    config: &AppConfig,
+    volumes: &Volumes,
+    known: &BTreeMap<String, u64>,
+) -> (Vec<SourceForecast>, Vec<String>) {
+    let mut extras = Vec::new();
+    let mut notes = Vec::new();
+    let vol = |t: &str| volumes.record_types.get(t).cloned().unwrap_or_default();
+    let loaded_today = |t: &str| {
+        config.sync(t).complete_transfer.is_some() && known.get(t).copied().unwrap_or(0) == 0
+    };
+    let one = |source: String, calls: f64, how: String| {
+        let mut per_hour = vec![0.0; 24];
+        per_hour[0] = calls;
+        SourceForecast {
+            source,
+            calls_per_day: calls,
+            per_hour,
+            how,
         }
-    }
-    if let Some(hl) = limits.per_hour {
-        for (h, c) in per_hour
-            .iter()
-            .enumerate()
-            .filter(|(_, c)| **c > f64::from(hl))
-        {
-            warnings.push(format!(
-                "hour {h:02}: {c:.0} calls exceed the hourly limit of {hl}"
+    };
+    // PK lookups of types no complete transfer fills.
+    for (target, sync) in &config.syncs {
+        let pk = &sync.pk_lookup;
+        if !pk.active() || sync.complete_transfer.is_some() {
+            continue;
+        }
+        let Some(rt) = config.record_types.get(target) else {
+            continue;
+        };
+        let n = vol(target).records as f64;
+        if n <= 0.0 {
+            notes.push(format!("day 1: PK lookups of `{target}` are not forecast; give volumes.record_types.{target}.records"));
+            continue;
+        }
+        let k = f64::from(
+            pk.max_keys_per_call
+                .unwrap_or_else(|| rt.bulk.as_ref().map_or(1, |b| b.max_ids)),
+        );
+        let mut seen = known.get(target).copied().unwrap_or(0) as f64;
+        let mut calls = 0.0;
+        let mut keys = 0.0;
+        for (referrer, rrt) in &config.record_types {
+            if !rrt.foreign_keys.values().any(|t| t == target) || !loaded_today(referrer) {
+                continue;
+            }
+            // Keys drawn at random from n: the distinct ones not seen yet.
+            let refs = vol(referrer).records as f64;
+            let new = (n - seen).max(0.0) * (1.0 - (-refs / n).exp());
+            calls += (new / k).ceil();
+            keys += new;
+            seen += new;
+        }
+        if calls > 0.0 {
+            extras.push(one(
+                format!("pk-lookup:{target}"),
+                calls,
+                format!("first load: {keys:.0} keys of `{target}` referenced, never transferred, in bulks of {k}"),
             ));
         }
     }
+    // Workflows on the first transfer's `created` records, and their rows.
+    let mut rows: BTreeMap<String, f64> = BTreeMap::new();
+    for (name, wf) in &config.workflows {
+        let t = &wf.trigger.record_type;
+        if !loaded_today(t)
+            || !wf
+                .trigger
+                .on
+                .contains(&metered::core::record::ChangeKind::Created)
+        {
+            continue;
+        }
+        let pass = volumes
+            .workflows
+            .get(name)
+            .map_or(1.0, |w| w.pass_rate.clamp(0.0, 1.0));
+        let passing = vol(t).records as f64 * pass;
+        let http = wf
+            .actions
+            .iter()
+            .filter(|a| matches!(a, ActionConfig::Http { .. }))
+            .count() as f64;
+        if http > 0.0 && passing > 0.0 {
+            extras.push(one(
+                format!("workflow:{name}"),
+                passing * http,
+                format!(
+                    "first load: {} `{t}` created × pass rate {pass}",
+                    vol(t).records
+                ),
+            ));
+        }
+        for a in &wf.actions {
+            if let ActionConfig::DatasourcePush { datasource, .. } = a {
+                *rows.entry(datasource.clone()).or_default() += passing;
+            }
+        }
+    }
+    for (ds_name, n) in rows {
+        let Ok(ds) = config.datasource(&ds_name) else {
+            continue;
+        };
+        let calls = (n / f64::from(ds.max_rows_per_call)).ceil();
+        if calls > 0.0 {
+            extras.push(one(
+                format!("datasource:{ds_name}"),
+                calls,
+                format!(
+                    "first load: {n:.0} rows in one flush, {} a call",
+                    ds.max_rows_per_call
+                ),
+            ));
+        }
+    }
+    (extras, notes)
+}
+
+/// A steady day's sources plus the first load's extras.
+fn day_one(steady: &[SourceForecast], extras: &[SourceForecast]) -> Vec<SourceForecast> {
+    let mut out = steady.to_vec();
+    for e in extras {
+        match out.iter_mut().find(|s| s.source == e.source) {
+            Some(s) => {
+                s.calls_per_day += e.calls_per_day;
+                for (h, c) in e.per_hour.iter().enumerate() {
+                    s.per_hour[h] += c;
+                }
+                s.how = format!("{}; {}", s.how, e.how);
+            }
+            None => out.push(e.clone()),
+        }
+    }
+    out
+}
+
+/// Calls of a steady day and of day 1.
+fn totals(config: &AppConfig, volumes: &Volumes, known: &BTreeMap<String, u64>) -> (f64, f64) {
+    let steady: f64 = sources(config, volumes)
+        .iter()
+        .map(|s| s.calls_per_day)
+        .sum();
+    let extra: f64 = first_load(config, volumes, known)
+        .0
+        .iter()
+        .map(|s| s.calls_per_day)
+        .sum();
+    (steady, steady + extra)
+}
+
+/// The forecast: day 1 and a steady day, each per source and hour, limit
+/// warnings, how long a first-day backlog takes to drain, and what each of
+/// the seeds' remedies would save on each. `known`: records per type the
+/// store already holds (their first load is done).
+pub fn forecast_with(
+    config: &AppConfig,
+    volumes: &Volumes,
+    known: &BTreeMap<String, u64>,
+) -> Forecast {
+    let sources = sources(config, volumes);
+    let (extras, notes) = first_load(config, volumes, known);
+    let day1_sources = day_one(&sources, &extras);
+    let hours = |s: &[SourceForecast]| -> Vec<f64> {
+        (0..24)
+            .map(|h| s.iter().map(|x| x.per_hour[h]).sum())
+            .collect()
+    };
+    let per_hour = hours(&sources);
+    let day1_per_hour = hours(&day1_sources);
+    let calls_per_day: f64 = sources.iter().map(|s| s.calls_per_day).sum();
+    let day1_calls: f64 = day1_sources.iter().map(|s| s.calls_per_day).sum();
+    let limits = &config.app.limits;
+    let mut warnings = notes;
+    let mut backlog_days = None;
+    if let Some(d) = limits.per_day {
+        let d = f64::from(d);
+        if calls_per_day > d {
+            warnings.push(format!("{calls_per_day:.0} calls a steady day exceed the daily limit of {d}: work will spill into the next days and never catch up"));
+        } else if day1_calls > d {
+            // The first load queues what does not fit; each later day has
+            // the limit minus a steady day's calls to drain it.
+            let days = ((day1_calls - d) / (d - calls_per_day)).ceil();
+            backlog_days = Some(days);
+            warnings.push(format!(
+                "day 1: {day1_calls:.0} calls exceed the daily limit of {d}: the first load's backlog of {:.0} calls drains in {days:.0} more day(s) at the limit",
+                day1_calls - d
+            ));
+        }
+    }
+    if let Some(hl) = limits.per_hour {
+        for (label, hours) in [("day 1", &day1_per_hour), ("steady", &per_hour)] {
+            for (h, c) in hours
+                .iter()
+                .enumerate()
+                .filter(|(_, c)| **c > f64::from(hl))
+            {
+                warnings.push(format!(
+                    "{label}, hour {h:02}: {c:.0} calls exceed the hourly limit of {hl}"
+                ));
+            }
+        }
+    }
     Forecast {
-        remedies: remedies(config, volumes, calls_per_day),
+        remedies: remedies(config, volumes, known, (calls_per_day, day1_calls)),
         sources,
         calls_per_day,
         per_hour,
+        day1_sources,
+        day1_calls,
+        day1_per_hour,
+        backlog_days,
         limit_per_day: limits.per_day,
         limit_per_hour: limits.per_hour,
         warnings,
@@ -262,17 +452,40 @@ pub fn forecast(config: &AppConfig, volumes: &Volumes) -> Forecast {
 }
 
 /// Each remedy from the seeds, forecast again with it applied.
-fn remedies(config: &AppConfig, volumes: &Volumes, base: f64) -> Vec<Remedy> {
+fn remedies(
+    config: &AppConfig,
+    volumes: &Volumes,
+    known: &BTreeMap<String, u64>,
+    base: (f64, f64),
+) -> Vec<Remedy> {
     let mut out = Vec::new();
     let mut consider = |remedy: String, config: &AppConfig, volumes: &Volumes| {
-        let saves = base - total(config, volumes);
-        if saves > 0.5 {
+        let (steady, day1) = totals(config, volumes, known);
+        let (saves, saves_day1) = (base.0 - steady, base.1 - day1);
+        if saves > 0.5 || saves_day1 > 0.5 {
             out.push(Remedy {
                 remedy,
                 saves_per_day: saves,
+                saves_day1,
             });
         }
     };
+    // The seeds' advice: turn on complete transfers before PK lookups.
+    for (name, sync) in &config.syncs {
+        if sync.pk_lookup.active() && sync.complete_transfer.is_none() {
+            let mut c = config.clone();
+            if let Some(s) = c.syncs.get_mut(name) {
+                s.complete_transfer = Some(metered::config::sync::CompleteTransferSettings {
+                    every: std::time::Duration::from_secs(86_400),
+                });
+            }
+            consider(
+                format!("complete transfer before PK lookups: syncs.{name}.complete_transfer = {{ every = \"24h\" }}"),
+                &c,
+                volumes,
+            );
+        }
+    }
     for (name, sync) in &config.syncs {
         if let Some(r) = &sync.recent {
             let mut c = config.clone();
@@ -397,6 +610,8 @@ fn remedies(config: &AppConfig, volumes: &Volumes, base: f64) -> Vec<Remedy> {
             &v,
         );
     }
-    out.sort_by(|a, b| b.saves_per_day.total_cmp(&a.saves_per_day));
+    out.sort_by(|a, b| {
+        (b.saves_per_day + b.saves_day1).total_cmp(&(a.saves_per_day + a.saves_day1))
+    });
     out
 }

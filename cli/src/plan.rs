@@ -1,9 +1,11 @@
-//! `metered plan`: forecast calls per day and per hour for each sync and
-//! workflow, flag what exceeds a limit, show what each remedy would save,
-//! and draw the forecast per hour against the limit (SVG).
+//! `metered plan`: forecast calls of day 1 (the first load) and of a steady
+//! day, per hour for each sync, workflow and Data Source; flag what exceeds
+//! a limit and how long a first-day backlog takes to drain; show what each
+//! remedy would save on each; and draw the steady day per hour against the
+//! limit (SVG).
 
 use crate::chart::forecast_svg;
-use crate::forecast::{forecast, Volumes};
+use crate::forecast::{forecast_with, Volumes};
 use crate::system::{load_config, BoxError};
 use std::path::PathBuf;
 
@@ -20,6 +22,15 @@ pub struct Args {
     /// bundled example's.
     #[arg(long)]
     volumes: Option<PathBuf>,
+    /// A database `metered run` wrote: record types it already holds have
+    /// had their first load (no day-1 burst), and keys it holds need no
+    /// lookup.
+    #[arg(long)]
+    db: Option<PathBuf>,
+    /// The organization whose store `--db` reads (default: the config's
+    /// first connection).
+    #[arg(long, requires = "db")]
+    org: Option<String>,
     /// Where to write the chart.
     #[arg(long, default_value = "plan.svg")]
     chart: PathBuf,
@@ -46,7 +57,26 @@ pub async fn run(args: Args) -> Result<(), BoxError> {
     for t in volumes.record_types.keys() {
         config.record_type(t).map_err(|e| format!("volumes: {e}"))?;
     }
-    let f = forecast(&config, &volumes);
+    let mut known = std::collections::BTreeMap::new();
+    if let Some(path) = &args.db {
+        if !path.exists() {
+            return Err(format!("{}: no database here (--db)", path.display()).into());
+        }
+        let db = metered::adapters::sqlite::Db::open(path)?;
+        let store = metered::adapters::sqlite::store::SqliteStore::new(db);
+        let org = match &args.org {
+            Some(o) => o.clone(),
+            None => config.connections.first().map(|c| c.org.clone()).ok_or(
+                "--db needs an organization: the config has no [[connections]]; pass --org",
+            )?,
+        };
+        let key = metered::quota::QuotaKey::new(&org, &config.app.name);
+        for t in config.record_types.keys() {
+            use metered::store::RecordStore;
+            known.insert(t.clone(), store.count(&key, t).await?);
+        }
+    }
+    let f = forecast_with(&config, &volumes, &known);
     std::fs::write(&args.chart, forecast_svg(&f)?)
         .map_err(|e| format!("{}: cannot write: {e}", args.chart.display()))?;
     if args.json {
@@ -55,26 +85,42 @@ pub async fn run(args: Args) -> Result<(), BoxError> {
     }
     let limit = f
         .limit_per_day
-        .map_or("no daily limit".into(), |l| format!("limit {l}"));
+        .map_or("no daily limit".into(), |l| format!("limit {l} a day"));
     println!(
-        "Forecast for app `{}`: {:.0} calls a day ({limit})",
-        config.app.name, f.calls_per_day
+        "Forecast for app `{}` ({limit}): day 1 (first load) {:.0} calls, then {:.0} a steady day",
+        config.app.name, f.day1_calls, f.calls_per_day
     );
-    for s in &f.sources {
+    println!("  {:<36} {:>8} {:>8}   how", "source", "day 1", "steady");
+    for d1 in &f.day1_sources {
+        let steady = f.sources.iter().find(|s| s.source == d1.source);
         println!(
-            "  {:<36} {:>8.1} a day   {}",
-            s.source, s.calls_per_day, s.how
+            "  {:<36} {:>8.1} {:>8.1}   {}",
+            d1.source,
+            d1.calls_per_day,
+            steady.map_or(0.0, |s| s.calls_per_day),
+            d1.how
         );
     }
-    let peak = f.per_hour.iter().copied().fold(0.0, f64::max);
-    println!("  busiest hour: {peak:.0} calls");
+    let peak = |h: &[f64]| {
+        h.iter().enumerate().fold(
+            (0, 0.0f64),
+            |best, (i, c)| if *c > best.1 { (i, *c) } else { best },
+        )
+    };
+    let (h1, c1) = peak(&f.day1_per_hour);
+    let (hs, cs) = peak(&f.per_hour);
+    println!("  busiest hour: day 1 {c1:.0} calls (hour {h1:02}), steady {cs:.0} (hour {hs:02})");
     for w in &f.warnings {
         println!("! {w}");
     }
     if !f.remedies.is_empty() {
-        println!("\nWhat each remedy would save (calls a day):");
+        println!("\nWhat each remedy would save (calls; negative costs):");
+        println!("  {:>8} {:>8}", "day 1", "steady");
         for r in &f.remedies {
-            println!("  {:>8.1}  {}", r.saves_per_day, r.remedy);
+            println!(
+                "  {:>8.1} {:>8.1}  {}",
+                r.saves_day1, r.saves_per_day, r.remedy
+            );
         }
     }
     println!("\nChart: {}", args.chart.display());

@@ -16,6 +16,11 @@ pub struct RunArgs {
     /// Run this many simulated days on a simulated clock instead of real time.
     #[arg(long)]
     simulate: Option<u32>,
+    /// Start the simulated clock here (UTC, e.g. 2026-11-22T00:00:00Z)
+    /// instead of now: a start at midnight makes each reported day one
+    /// simulated day (day 1, the first load, then the steady days).
+    #[arg(long, requires = "simulate", value_name = "RFC3339")]
+    start: Option<chrono::DateTime<chrono::Utc>>,
     /// Serve the app from the built-in simulator instead of its real API.
     #[arg(long)]
     sim: bool,
@@ -31,7 +36,7 @@ pub struct RunArgs {
 
 pub async fn run(args: RunArgs) -> Result<(), BoxError> {
     let config = load_config(Some(&args.config))?;
-    let start = chrono::Utc::now();
+    let start = args.start.unwrap_or_else(chrono::Utc::now);
     let system = System::build(
         config,
         Options {

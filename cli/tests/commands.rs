@@ -411,8 +411,14 @@ fn local_infra_creates_what_the_template_declares() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// `plan` against `run --simulate` on the simulator, for two configs: the
-/// forecast of calls per day is within 5% of what the run spent.
+/// `plan` against `run --simulate 3` on the simulator, started at midnight
+/// UTC so each reported day is one simulated day: the forecast of day 1
+/// (the first load) is within 5% of the run's first day, and the steady
+/// day's within 5% of the mean of days 2 and 3, each checked separately, on
+/// four configs: syncs only, slower syncs, PK lookups of a type no complete
+/// transfer fills (day 1 looks up every key the first transfers reference),
+/// and the bundled example with its workflow and Data Source (day 1 runs
+/// the workflow on every invoice the first transfer creates).
 #[test]
 fn plan_agrees_with_a_simulated_run() {
     let dir = tmp("plan");
@@ -432,9 +438,19 @@ fn plan_agrees_with_a_simulated_run() {
             "complete_transfer = { every = \"12h\" }\nrecent",
             1,
         );
+    let never_transferred = syncs_only.replace(
+        "[syncs.customers]\ncomplete_transfer = { every = \"24h\" }\n",
+        "[syncs.customers]\n",
+    );
     assert_ne!(slower, syncs_only);
+    assert_ne!(never_transferred, syncs_only);
     let volumes = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/booking-volumes.toml");
-    for (name, config) in [("syncs", syncs_only), ("slower", slower)] {
+    for (name, config) in [
+        ("syncs", syncs_only),
+        ("slower", slower),
+        ("never-transferred", never_transferred),
+        ("example", example.to_string()),
+    ] {
         let path = dir.join(format!("{name}.toml"));
         std::fs::write(&path, config).unwrap();
         let plan = json(&metered(
@@ -450,7 +466,6 @@ fn plan_agrees_with_a_simulated_run() {
             ],
             &dir,
         ));
-        let forecast = plan["calls_per_day"].as_f64().unwrap();
         let db = format!("{name}.sqlite");
         let run = json(&metered(
             &[
@@ -459,25 +474,46 @@ fn plan_agrees_with_a_simulated_run() {
                 path.to_str().unwrap(),
                 "--sim",
                 "--simulate",
-                "2",
+                "3",
+                "--start",
+                "2026-11-22T00:00:00Z",
                 "--db",
                 &db,
                 "--json",
             ],
             &dir,
         ));
-        let spent: u64 = run["calls_per_day"]
-            .as_object()
+        let day = |d: &str| {
+            run["calls_per_day"][format!("acme 2026-11-{d}")]
+                .as_u64()
+                .unwrap_or_else(|| panic!("{name}: no calls on day {d}: {run}")) as f64
+        };
+        for (which, forecast, spent) in [
+            ("day 1", plan["day1_calls"].as_f64().unwrap(), day("22")),
+            (
+                "steady",
+                plan["calls_per_day"].as_f64().unwrap(),
+                (day("23") + day("24")) / 2.0,
+            ),
+        ] {
+            let off = (spent - forecast).abs() / forecast;
+            assert!(
+                off <= 0.05,
+                "{name}, {which}: forecast {forecast:.1}, the run spent {spent:.1} ({:.1}% off)",
+                off * 100.0
+            );
+        }
+        let lookups_day1: f64 = plan["day1_sources"]
+            .as_array()
             .unwrap()
-            .values()
-            .map(|v| v.as_u64().unwrap())
+            .iter()
+            .filter(|s| s["source"] == "pk-lookup:customers")
+            .map(|s| s["calls_per_day"].as_f64().unwrap())
             .sum();
-        let per_day = spent as f64 / 2.0;
-        let off = (per_day - forecast).abs() / forecast;
-        assert!(
-            off <= 0.05,
-            "{name}: forecast {forecast:.1} a day, the run spent {per_day:.1} a day ({:.1}% off)",
-            off * 100.0
+        assert_eq!(
+            lookups_day1 > 0.0,
+            name == "never-transferred",
+            "{name}: day 1 looks keys up only where no transfer fills the type: {plan}"
         );
         let svg = std::fs::read_to_string(dir.join("p.svg")).unwrap();
         assert!(
@@ -485,6 +521,99 @@ fn plan_agrees_with_a_simulated_run() {
             "a chart was written"
         );
     }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The first load over the daily limit: plan says so, says how many days
+/// its backlog takes to drain, and lists the seeds' remedies with what each
+/// saves on day 1 and on a steady day (turning on a complete transfer
+/// before PK lookups saves on day 1 and costs a little every day).
+#[test]
+fn plan_flags_a_first_day_over_the_limit_and_prices_remedies_on_both_days() {
+    let dir = tmp("plan-day1");
+    let example = include_str!("../examples/booking.toml");
+    let tight = example
+        .replace("per_day = 2500", "per_day = 300")
+        .replace("missing = \"transfer\"", "missing = \"pk_lookup\"")
+        .replace(
+            "[syncs.customers]\ncomplete_transfer = { every = \"24h\" }\n",
+            "[syncs.customers]\n",
+        );
+    let path = dir.join("tight.toml");
+    std::fs::write(&path, tight).unwrap();
+    let volumes = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/booking-volumes.toml");
+    let args = [
+        "plan",
+        "--config",
+        path.to_str().unwrap(),
+        "--volumes",
+        volumes,
+        "--chart",
+        "p.svg",
+    ];
+    let plan = json(&metered(&[&args[..], &["--json"]].concat(), &dir));
+    let (day1, steady) = (
+        plan["day1_calls"].as_f64().unwrap(),
+        plan["calls_per_day"].as_f64().unwrap(),
+    );
+    assert!(day1 > 300.0 && steady < 300.0, "{plan}");
+    let expected = ((day1 - 300.0) / (300.0 - steady)).ceil();
+    assert_eq!(plan["backlog_days"].as_f64(), Some(expected), "{plan}");
+    let remedy = |starts: &str| {
+        plan["remedies"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["remedy"].as_str().unwrap().starts_with(starts))
+            .unwrap_or_else(|| panic!("no remedy `{starts}`: {plan}"))
+            .clone()
+    };
+    let transfer_first = remedy("complete transfer before PK lookups");
+    assert!(
+        transfer_first["saves_day1"].as_f64().unwrap() > 0.0,
+        "{transfer_first}"
+    );
+    assert!(
+        transfer_first["saves_per_day"].as_f64().unwrap() < 0.0,
+        "{transfer_first}"
+    );
+    let filter = remedy("decision nodes before actions");
+    assert!(
+        filter["saves_day1"].as_f64().unwrap() > filter["saves_per_day"].as_f64().unwrap(),
+        "the first load has more to filter: {filter}"
+    );
+    let text = metered(&args, &dir);
+    let text = String::from_utf8_lossy(&text.stdout).to_string();
+    assert!(text.contains("day 1") && text.contains("steady"), "{text}");
+    assert!(
+        text.contains(&format!("drains in {expected:.0} more day(s)")),
+        "{text}"
+    );
+    // After a day of running, the store holds the invoices and the customers
+    // they reference: `--db` forecasts no first load any more.
+    metered(
+        &[
+            "run",
+            "--config",
+            path.to_str().unwrap(),
+            "--sim",
+            "--simulate",
+            "1",
+            "--db",
+            "t.sqlite",
+            "--json",
+        ],
+        &dir,
+    );
+    let later = json(&metered(
+        &[&args[..], &["--json", "--db", "t.sqlite"]].concat(),
+        &dir,
+    ));
+    assert_eq!(
+        later["day1_calls"], later["calls_per_day"],
+        "nothing left to load: {later}"
+    );
+    assert_eq!(later["backlog_days"], serde_json::Value::Null);
     let _ = std::fs::remove_dir_all(&dir);
 }
 
