@@ -427,6 +427,15 @@ impl QuotaStore for FaultyQuota {
         self.faults.check("quota.block_until")?;
         self.inner.block_until(key, until).await
     }
+    async fn raise_window(
+        &self,
+        key: &QuotaKey,
+        window: &str,
+        at_least: u64,
+    ) -> metered::Result<u64> {
+        self.faults.check("quota.raise")?;
+        self.inner.raise_window(key, window, at_least).await
+    }
     async fn record_usage(&self, entries: &[UsageEntry]) -> metered::Result<()> {
         self.inner.record_usage(entries).await
     }

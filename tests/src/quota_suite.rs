@@ -29,6 +29,7 @@ macro_rules! quota_cases {
                 reservation_and_refund,
                 usage_is_summed_per_source_and_hour,
                 sixty_four_tasks_share_one_budget,
+                the_apis_count_raises_a_window_never_lowers_it,
             ]
         );
     };
@@ -411,4 +412,35 @@ pub async fn sixty_four_tasks_share_one_budget<F: Future<Output = Store>>(make: 
     let state = store.state(&k, &limits, now).await.unwrap();
     assert_eq!(state.used.get("d2026-11-22"), Some(&100));
     assert_eq!(state.live_leases, 0);
+}
+
+/// The API's own count raises a window to it and says by how much; a lower
+/// count changes nothing (metered's count never goes down); another org's
+/// window and another day are untouched; raising to the limit refuses.
+pub async fn the_apis_count_raises_a_window_never_lowers_it<F: Future<Output = Store>>(make: F) {
+    let store = make.await;
+    let (a, b, now) = (key(), key(), afternoon());
+    let limits = Limits::new(Some(10), None, None, 3).unwrap();
+    let g = granted(store.acquire(&a, &limits, 2, now).await.unwrap());
+    store.release(&g, 2).await.unwrap();
+    assert_eq!(store.raise_window(&a, "d2026-11-22", 6).await.unwrap(), 4);
+    assert_eq!(store.raise_window(&a, "d2026-11-22", 5).await.unwrap(), 0);
+    assert_eq!(store.raise_window(&a, "d2026-11-22", 6).await.unwrap(), 0);
+    let used = |st: metered::quota::QuotaState| st.used.get("d2026-11-22").copied();
+    assert_eq!(used(store.state(&a, &limits, now).await.unwrap()), Some(6));
+    assert_eq!(
+        used(store.state(&b, &limits, now).await.unwrap()).unwrap_or(0),
+        0
+    );
+    // A window never written is created at the count.
+    assert_eq!(store.raise_window(&b, "d2026-11-22", 3).await.unwrap(), 3);
+    assert_eq!(used(store.state(&b, &limits, now).await.unwrap()), Some(3));
+    assert_eq!(store.raise_window(&a, "d2026-11-22", 10).await.unwrap(), 4);
+    let d = denied(store.acquire(&a, &limits, 1, now).await.unwrap());
+    assert!(
+        matches!(d.reason, DenyReason::Window { used: 10, .. }),
+        "{d:?}"
+    );
+    let tomorrow = now + Duration::days(1);
+    granted(store.acquire(&a, &limits, 1, tomorrow).await.unwrap());
 }

@@ -152,6 +152,9 @@ impl Connector for Ticking {
     fn is_exempt(&self, endpoint: &str) -> bool {
         self.inner.is_exempt(endpoint)
     }
+    fn take_api_count(&self) -> Option<metered::connector::ApiCount> {
+        self.inner.take_api_count()
+    }
 }
 
 /// What a drive did.

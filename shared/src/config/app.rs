@@ -116,6 +116,24 @@ pub struct RateLimitConfig {
     /// Wait when a 429 says nothing about when to come back.
     #[serde(default = "default_backoff")]
     pub default_backoff_secs: u32,
+    /// A header holding how many calls the API still allows in its window
+    /// (e.g. `X-RateLimit-Remaining`): other tools of the org spend the
+    /// same budget, and metered's own counters only see metered's calls.
+    #[serde(default)]
+    pub remaining_header: Option<String>,
+    /// A header holding the API's limit for that window (e.g.
+    /// `X-RateLimit-Limit`); without it, the configured limit of
+    /// `remaining_window` is taken.
+    #[serde(default)]
+    pub limit_header: Option<String>,
+    /// Which of `[app.limits]`' windows the API's count is of (it must be
+    /// configured there): `day` (default), `hour` or `minute`.
+    #[serde(default = "default_remaining_window")]
+    pub remaining_window: crate::quota::WindowKind,
+}
+
+fn default_remaining_window() -> crate::quota::WindowKind {
+    crate::quota::WindowKind::Day
 }
 
 fn default_backoff() -> u32 {
@@ -128,6 +146,9 @@ impl Default for RateLimitConfig {
             reset_header: None,
             reset_format: ResetFormat::default(),
             default_backoff_secs: default_backoff(),
+            remaining_header: None,
+            limit_header: None,
+            remaining_window: default_remaining_window(),
         }
     }
 }
@@ -406,6 +427,28 @@ impl AppConfig {
                 }
                 _ => {}
             }
+        }
+        let rl = &self.app.rate_limit;
+        if rl.limit_header.is_some() && rl.remaining_header.is_none() {
+            return bad(
+                "app.rate_limit.limit_header".into(),
+                "only used with remaining_header (the count the limit is of)".into(),
+            );
+        }
+        if rl.remaining_header.is_some()
+            && !self
+                .app
+                .limits
+                .windows()
+                .any(|(w, _)| w == rl.remaining_window)
+        {
+            return bad(
+                "app.rate_limit.remaining_window".into(),
+                format!(
+                    "`{}`, but app.limits sets no per_{} limit to pace it against",
+                    rl.remaining_window, rl.remaining_window
+                ),
+            );
         }
         for (i, e) in self.app.exempt_endpoints.iter().enumerate() {
             let ok = e.split_once(' ').is_some_and(|(m, p)| {

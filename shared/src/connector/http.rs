@@ -17,7 +17,7 @@ use crate::config::app::{
 };
 use crate::connector::secrets::Secret;
 use crate::connector::{
-    ApiError, Connector, ListRequest, Page, PageCursor, SendRequest, Unreadable,
+    ApiCount, ApiError, Connector, ListRequest, Page, PageCursor, SendRequest, Unreadable,
 };
 use crate::core::clock::{SharedClock, Timestamp};
 use crate::core::error::{Error, Result};
@@ -51,6 +51,8 @@ pub struct HttpConnector {
     client: reqwest::Client,
     secret: Option<Secret>,
     clock: SharedClock,
+    /// The API's count from the latest response that carried one.
+    api_count: Arc<std::sync::Mutex<Option<ApiCount>>>,
 }
 
 impl HttpConnector {
@@ -75,7 +77,30 @@ impl HttpConnector {
             client,
             secret,
             clock,
+            api_count: Arc::default(),
         })
+    }
+
+    /// Reads the API's own count from `headers`, as `[app.rate_limit]`
+    /// names it; a value that is not a number is ignored.
+    fn observe(&self, headers: &HeaderMap) {
+        let cfg = &self.config.app.rate_limit;
+        let number = |name: &Option<String>| -> Option<u64> {
+            headers
+                .get(name.as_deref()?)?
+                .to_str()
+                .ok()?
+                .trim()
+                .parse()
+                .ok()
+        };
+        if let Some(remaining) = number(&cfg.remaining_header) {
+            let count = ApiCount {
+                remaining,
+                limit: number(&cfg.limit_header),
+            };
+            *self.api_count.lock().unwrap_or_else(|e| e.into_inner()) = Some(count);
+        }
     }
 
     /// The app config it was built from.
@@ -174,6 +199,7 @@ impl HttpConnector {
         })?;
         let status = response.status();
         let headers = response.headers().clone();
+        self.observe(&headers);
         let bytes = self.read_body(response, what).await?;
         if status == StatusCode::NOT_FOUND && not_found_ok {
             return Ok(None);
@@ -418,6 +444,13 @@ impl Connector for HttpConnector {
 
     fn is_exempt(&self, endpoint: &str) -> bool {
         self.config.is_exempt(endpoint)
+    }
+
+    fn take_api_count(&self) -> Option<ApiCount> {
+        self.api_count
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
     }
 
     async fn list(&self, req: &ListRequest) -> std::result::Result<Page, ApiError> {

@@ -130,6 +130,22 @@ pub trait Connector: Send + Sync {
     fn is_exempt(&self, _endpoint: &str) -> bool {
         false
     }
+    /// The API's own count from the latest response, taken once (see
+    /// [`ApiCount`]); `None` when the API reports none or it was taken.
+    /// Required, not defaulted: a wrapper that forgot to forward it would
+    /// silently stop pacing.
+    fn take_api_count(&self) -> Option<ApiCount>;
+}
+
+/// What the API said about its own window: calls left, and its limit when
+/// it says so. Read from the headers `[app.rate_limit]` names; it counts
+/// every client of the org, not only metered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ApiCount {
+    /// Calls the API still allows in its window.
+    pub remaining: u64,
+    /// The API's limit for that window, if it said.
+    pub limit: Option<u64>,
 }
 
 /// Why a metered call did not produce a result.
@@ -171,6 +187,8 @@ pub struct Metered {
     limits: Limits,
     /// The sync or workflow spending the calls, for usage reports.
     source: String,
+    /// Which quota window the API's own count (if it reports one) is of.
+    api_window: crate::quota::WindowKind,
 }
 
 impl fmt::Debug for Metered {
@@ -197,7 +215,15 @@ impl Metered {
             key,
             limits,
             source: source.into(),
+            api_window: crate::quota::WindowKind::Day,
         }
+    }
+
+    /// Paces from the API's own count of `window` (`[app.rate_limit]
+    /// remaining_window`).
+    pub fn with_api_window(mut self, window: crate::quota::WindowKind) -> Self {
+        self.api_window = window;
+        self
     }
 
     /// The connector behind the meter.
@@ -226,7 +252,33 @@ impl Metered {
         let result = call.await;
         // A call that reached the API counts even when it failed.
         self.quota.release(permit, 1).await?;
+        self.pace_from_api().await?;
         self.settle(result).await
+    }
+
+    /// When the API's own count says more of the window is spent than
+    /// metered counted (other tools of the org spend the same budget), the
+    /// quota takes the difference: one conditional write, never lowering
+    /// the count, never above the limit. Returns the calls the API still
+    /// allows, when it said.
+    async fn pace_from_api(&self) -> Result<Option<u64>, CallError> {
+        let Some(count) = self.connector.take_api_count() else {
+            return Ok(None);
+        };
+        let kind = self.quota_window_of_api();
+        let Some((_, limit)) = self.limits.windows().find(|(w, _)| *w == kind) else {
+            return Ok(Some(count.remaining));
+        };
+        let api_limit = count.limit.unwrap_or(u64::from(limit));
+        let spent = api_limit.saturating_sub(count.remaining);
+        self.quota
+            .raise_from_api(&self.key, kind, spent.min(u64::from(limit)))
+            .await?;
+        Ok(Some(count.remaining))
+    }
+
+    fn quota_window_of_api(&self) -> crate::quota::WindowKind {
+        self.api_window
     }
 
     /// Maps a call's result; a rate limit blocks every handler of the org
@@ -302,6 +354,7 @@ impl Metered {
                 lease_until: permit.grant().map(|g| g.expires_at),
                 permit: Some(permit),
                 used: 0,
+                forfeited: 0,
             }),
             Admission::Denied(d) => Err(CallError::Denied(d)),
         }
@@ -315,6 +368,9 @@ pub struct Reservation<'a> {
     permit: Option<crate::quota::Permit>,
     granted: u32,
     used: u32,
+    /// Reserved calls the API's own count said are gone (another client
+    /// spent them): kept in the window at `finish`, not refunded.
+    forfeited: u32,
     /// When the lease ends as last granted or renewed.
     lease_until: Option<Timestamp>,
 }
@@ -356,6 +412,16 @@ impl Reservation<'_> {
         }
         self.used += 1;
         let result = call.await;
+        // Another client spent part of the window: the reserved calls the
+        // API no longer allows are not made, nor refunded at `finish`.
+        if let Some(left) = self.metered.pace_from_api().await? {
+            let left = u32::try_from(left).unwrap_or(u32::MAX);
+            let unspent = self.granted - self.used;
+            if left < unspent {
+                self.forfeited += unspent - left;
+                self.granted = self.used + left;
+            }
+        }
         self.metered.settle(result).await
     }
 
@@ -374,7 +440,10 @@ impl Reservation<'_> {
     /// Releases the lease and refunds the calls not made.
     pub async fn finish(mut self) -> Result<(), CallError> {
         if let Some(permit) = self.permit.take() {
-            self.metered.quota.release(permit, self.used).await?;
+            self.metered
+                .quota
+                .release_forfeiting(permit, self.used, self.forfeited)
+                .await?;
         }
         Ok(())
     }

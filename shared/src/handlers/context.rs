@@ -94,7 +94,8 @@ impl AppContext {
             self.key(org),
             self.limits(org),
             source,
-        ))
+        )
+        .with_api_window(self.config.app.rate_limit.remaining_window))
     }
 
     /// The organizations connected.

@@ -334,6 +334,10 @@ pub struct QuotaState {
     pub blocked_until: Option<Timestamp>,
 }
 
+/// The usage source of calls the API counted and metered did not make
+/// (other tools of the org spending the same budget).
+pub const SPENT_ELSEWHERE: &str = "spent elsewhere";
+
 /// One row of the usage report: who spent how much of the budget.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct UsageEntry {
@@ -451,6 +455,12 @@ pub trait QuotaStore: Send + Sync {
 
     /// Denies every acquire on `key` until `until` (never shortens a block).
     async fn block_until(&self, key: &QuotaKey, until: Timestamp) -> Result<()>;
+
+    /// The API reported its own count: raises the window `window` (an id
+    /// like `d2026-11-22`) to at least `at_least`, in one conditional write
+    /// that never lowers it. Returns the calls added (0 when the count was
+    /// already there). The caller clamps `at_least` to the window's limit.
+    async fn raise_window(&self, key: &QuotaKey, window: &str, at_least: u64) -> Result<u64>;
 
     /// Adds calls to the usage report (summed per key, day, source, endpoint).
     async fn record_usage(&self, entries: &[UsageEntry]) -> Result<()>;
@@ -656,9 +666,40 @@ impl Quota {
     /// rest is refunded. Usage is tallied, not written: call
     /// [`Quota::flush_usage`] once per invocation.
     pub async fn release(&self, permit: Permit, used: u32) -> Result<()> {
+        self.release_forfeiting(permit, used, 0).await
+    }
+
+    /// Like [`Quota::release`], when the API's own count said `forfeited`
+    /// of the reserved calls are gone (another client of the org spent
+    /// them): those are kept in the window, not refunded, and reported as
+    /// `spent elsewhere`. Without this a reservation that masked the API's
+    /// count while it was out would refund calls the API no longer allows.
+    pub async fn release_forfeiting(
+        &self,
+        permit: Permit,
+        used: u32,
+        forfeited: u32,
+    ) -> Result<()> {
         let used = used.min(permit.call.cost);
+        let forfeited = forfeited.min(permit.call.cost - used);
         if let Some(grant) = &permit.grant {
-            self.store.release(grant, used).await?;
+            self.store.release(grant, used + forfeited).await?;
+        }
+        if forfeited > 0 {
+            self.tally(
+                (
+                    permit.key.clone(),
+                    permit.day,
+                    SPENT_ELSEWHERE.to_string(),
+                    "-".to_string(),
+                    false,
+                ),
+                permit.hour,
+                HourUse {
+                    calls: u64::from(forfeited),
+                    denied: 0,
+                },
+            );
         }
         if used > 0 {
             self.metrics.add(
@@ -693,6 +734,38 @@ impl Quota {
             .entry(hour)
             .or_default()
             .add(add);
+    }
+
+    /// The API reported `spent` calls in the current `kind` window, counting
+    /// every client of the org: raises metered's count to it (never lower;
+    /// the caller clamps to the limit) and reports the difference as
+    /// `spent elsewhere` in the usage.
+    pub async fn raise_from_api(
+        &self,
+        key: &QuotaKey,
+        kind: WindowKind,
+        spent: u64,
+    ) -> Result<u64> {
+        let now = self.clock.now();
+        let added = self.store.raise_window(key, &kind.id(now), spent).await?;
+        if added > 0 {
+            tracing::info!(quota = %key, window = %kind, added, api_count = spent, "the API counts calls metered did not make (another client of the org); the quota takes them");
+            self.tally(
+                (
+                    key.clone(),
+                    now.date_naive(),
+                    SPENT_ELSEWHERE.to_string(),
+                    "-".to_string(),
+                    false,
+                ),
+                now.hour() as u8,
+                HourUse {
+                    calls: added,
+                    denied: 0,
+                },
+            );
+        }
+        Ok(added)
     }
 
     /// Extends a permit's lease for a long call.

@@ -127,16 +127,41 @@ pub(super) async fn limits(
         *stats.calls_by_key.entry(key.clone()).or_default() += 1;
         *stats
             .calls_by_key_day
-            .entry((key.clone(), day))
+            .entry((key.clone(), day.clone()))
             .or_default() += 1;
+        // Another client of the same organization spends too.
+        if let Some(n) = faults.shadow_every.get(&key).copied().filter(|n| *n > 0) {
+            let mine = stats.calls_by_key.get(&key).copied().unwrap_or(0);
+            let today = stats
+                .calls_by_key_day
+                .entry((key.clone(), day.clone()))
+                .or_default();
+            if mine % n == 0 && *today < state.config.daily_budget {
+                *today += 1;
+                *stats.shadow_calls.entry(key.clone()).or_default() += 1;
+            }
+        }
     }
+    let remaining = state.config.daily_budget.saturating_sub(
+        lock(&state.stats)
+            .calls_by_key_day
+            .get(&(key.clone(), day))
+            .copied()
+            .unwrap_or(0),
+    );
     req.extensions_mut().insert(Call {
         now,
         faults,
         endpoint,
     });
     // The guard leaves the in-flight count when the route's response is done.
-    next.run(req).await
+    let mut response = next.run(req).await;
+    // The API's own count of the key's day, as many APIs report it: what
+    // metered paces from when other clients spend the same budget.
+    let headers = response.headers_mut();
+    headers.insert("x-ratelimit-limit", state.config.daily_budget.into());
+    headers.insert("x-ratelimit-remaining", remaining.into());
+    response
 }
 
 /// The counter name of a request: its route template, and `(by ids)` for a

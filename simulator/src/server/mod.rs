@@ -79,6 +79,11 @@ pub struct Faults {
     /// The next N calls to an endpoint (`GET /customers`, as in
     /// [`Stats::calls_by_endpoint`]) answer with a body that is not JSON.
     pub malformed_on: BTreeMap<String, u32>,
+    /// Another client of the organization behind a key: after every Nth
+    /// call of that key it spends one call of the same budget too (counted
+    /// in `calls_by_key_day` and `shadow_calls`, never by metered), while
+    /// the budget has room.
+    pub shadow_every: BTreeMap<String, u64>,
 }
 
 /// The failures hostile mode picks from.
@@ -119,6 +124,8 @@ pub struct Stats {
     pub pushes_by_idempotency_key: BTreeMap<String, u64>,
     /// Data Source pushes (each with its inserts and deletes).
     pub datasource_pushes: u64,
+    /// Calls the shadow client (`Faults::shadow_every`) made, per key.
+    pub shadow_calls: BTreeMap<String, u64>,
     /// Data Source pushes per organization key.
     pub pushes_by_key: BTreeMap<String, u64>,
     /// Records created per organization key (each once: the API dedupes

@@ -393,6 +393,32 @@ impl QuotaStore for DynamoQuota {
         }
     }
 
+    async fn raise_window(&self, key: &QuotaKey, window: &str, at_least: u64) -> Result<u64> {
+        let result = self
+            .update(key)
+            .update_expression("SET #w = :n")
+            .condition_expression("attribute_not_exists(#w) OR #w < :n")
+            .expression_attribute_names("#w", format!("{WINDOW_PREFIX}{window}"))
+            .expression_attribute_values(":n", n(at_least))
+            .return_values(aws_sdk_dynamodb::types::ReturnValue::UpdatedOld)
+            .send()
+            .await;
+        match result {
+            Ok(out) => {
+                let old = out
+                    .attributes()
+                    .and_then(|a| a.get(&format!("{WINDOW_PREFIX}{window}")))
+                    .and_then(as_i64)
+                    .unwrap_or(0)
+                    .max(0) as u64;
+                Ok(at_least.saturating_sub(old))
+            }
+            // Already counted at least that many: never lower a window.
+            Err(e) if is_ccf(&e) => Ok(0),
+            Err(e) => Err(sdk_error("quota raise", e)),
+        }
+    }
+
     async fn record_usage(&self, entries: &[UsageEntry]) -> Result<()> {
         let writes = entries.iter().map(|u| {
             let ttl = u

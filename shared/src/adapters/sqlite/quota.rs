@@ -191,6 +191,34 @@ impl QuotaStore for SqliteQuota {
             .map(|_| ())
     }
 
+    async fn raise_window(&self, key: &QuotaKey, window: &str, at_least: u64) -> Result<u64> {
+        let (key, window) = (key.clone(), window.to_string());
+        let at_least = i64::try_from(at_least).unwrap_or(i64::MAX);
+        self.db
+            .call("quota raise", move |conn| {
+                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                let old: i64 = tx
+                    .query_row(
+                        "SELECT used FROM quota_window WHERE org = ?1 AND app = ?2 AND window = ?3",
+                        params![key.org, key.app, window],
+                        |r| r.get(0),
+                    )
+                    .optional()?
+                    .unwrap_or(0);
+                if old >= at_least {
+                    return Ok(0);
+                }
+                tx.execute(
+                    "INSERT INTO quota_window (org, app, window, used) VALUES (?1, ?2, ?3, ?4)
+                     ON CONFLICT (org, app, window) DO UPDATE SET used = MAX(used, excluded.used)",
+                    params![key.org, key.app, window, at_least],
+                )?;
+                tx.commit()?;
+                Ok((at_least - old) as u64)
+            })
+            .await
+    }
+
     async fn record_usage(&self, entries: &[UsageEntry]) -> Result<()> {
         let entries = entries.to_vec();
         self.db

@@ -1,0 +1,243 @@
+//! Pacing from the API's own counter: another tool of the organization
+//! spends part of the same budget, which metered's counters cannot see. The
+//! API reports what is left (`X-RateLimit-Remaining`); metered's quota takes
+//! the difference after each call, so its handlers are denied before the
+//! API would refuse them. Both adapter sets; two orgs with the same ids, one
+//! of them sharing its budget.
+
+use metered::config::app::AppConfig;
+use metered::config::sync::{CompleteTransferSettings, SyncConfig};
+use metered::jobs::envelope::JobKind;
+use metered::quota::{Limits, QuotaKey, SPENT_ELSEWHERE};
+use metered_sim::SimConfig;
+use metered_tests::sync_world::{Adapter, World, ORG, ORGS, ORG_B};
+
+/// 9,000 customers at 200 a page: 45 pages and an empty one, more than one
+/// day's 40 calls.
+fn sim() -> SimConfig {
+    SimConfig {
+        customers: 9_000,
+        daily_budget: 40,
+        ..Default::default()
+    }
+}
+
+fn config(c: &mut AppConfig, paced: bool) {
+    c.syncs.insert(
+        "customers".into(),
+        SyncConfig {
+            complete_transfer: Some(CompleteTransferSettings {
+                every: std::time::Duration::from_secs(86_400 * 7),
+            }),
+            ..Default::default()
+        },
+    );
+    c.app.limits = Limits::new(Some(40), None, None, 3).unwrap();
+    if paced {
+        c.app.rate_limit.remaining_header = Some("X-RateLimit-Remaining".into());
+        c.app.rate_limit.limit_header = Some("X-RateLimit-Limit".into());
+    }
+}
+
+/// Another client spends `n` calls of `org`'s budget now.
+async fn another_client(w: &World, org: &str, n: usize) {
+    let client = reqwest::Client::new();
+    for _ in 0..n {
+        let r = client
+            .get(format!("{}customers?limit=1", w.fx.server.base_url()))
+            .bearer_auth(&w.api_keys[org])
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success(), "{}", r.status());
+    }
+}
+
+async fn run(w: &World) -> chrono::NaiveDate {
+    let day1 = w.shared.now().date_naive();
+    another_client(w, ORG, 15).await;
+    for org in ORGS {
+        w.start_for(org, JobKind::CompleteTransfer, "customers")
+            .await;
+    }
+    w.drive().await;
+    day1
+}
+
+async fn another_clients_calls_are_paced_from_the_apis_count(adapter: Adapter) {
+    let w = World::new(adapter, sim(), |c| config(c, true)).await;
+    // Besides 15 calls up front, the other client spends one call after
+    // every 4th of the key's, so some land while a transfer's reserved
+    // block of calls is out.
+    w.sim()
+        .faults()
+        .shadow_every
+        .insert(w.api_keys[ORG].clone(), 4);
+    let day1 = run(&w).await;
+    let stats = w.sim().stats();
+    assert_eq!(
+        stats.rejected_429, 0,
+        "the API never had to refuse: {:?}",
+        stats.calls_by_key_day
+    );
+    let day = day1.format("%Y-%m-%d").to_string();
+    let a = &w.api_keys[ORG];
+    assert!(stats.shadow_calls[a] >= 5, "{:?}", stats.shadow_calls);
+    assert_eq!(
+        stats.calls_by_key_day[&(a.clone(), day.clone())],
+        40,
+        "the other client's calls and metered's: the rest of the day exactly"
+    );
+    assert!(
+        stats.calls_by_key_day.values().all(|n| *n <= 40),
+        "{:?}",
+        stats.calls_by_key_day
+    );
+    assert_eq!(
+        stats.calls_by_key_day[&(w.api_keys[ORG_B].clone(), day)],
+        40,
+        "org B shares its budget with nobody"
+    );
+    for org in ORGS {
+        assert_eq!(
+            w.store.count(&w.svc.key(org), "customers").await.unwrap(),
+            9_000,
+            "{org}: the transfer finished on later days"
+        );
+    }
+    // Usage over the run: every call the API counted is metered's or
+    // `spent elsewhere`, and the other client's are exactly the latter.
+    let mut usage = Vec::new();
+    for d in 0..4 {
+        usage.extend(
+            w.quota_store
+                .usage(
+                    &QuotaKey::new(ORG, "sim-booking"),
+                    day1 + chrono::Duration::days(d),
+                )
+                .await
+                .unwrap(),
+        );
+    }
+    let elsewhere: u64 = usage
+        .iter()
+        .filter(|u| u.source == SPENT_ELSEWHERE)
+        .map(|u| u.calls)
+        .sum();
+    assert_eq!(
+        elsewhere,
+        15 + stats.shadow_calls[a],
+        "usage shows the other client's calls: {usage:?}"
+    );
+    let mine: u64 = usage
+        .iter()
+        .filter(|u| u.source != SPENT_ELSEWHERE)
+        .map(|u| u.calls)
+        .sum();
+    assert_eq!(mine, 45, "one call a page, none refused");
+    let b = w
+        .quota_store
+        .usage(&QuotaKey::new(ORG_B, "sim-booking"), day1)
+        .await
+        .unwrap();
+    assert!(b.iter().all(|u| u.source != SPENT_ELSEWHERE), "{b:?}");
+    assert_eq!(w.dead_letters().await, 0);
+}
+
+/// A reserved block of calls out while the other client spends: the
+/// reservation stops where the API's count says the window is full (the
+/// unspent rest is not made), and its finish keeps those calls counted
+/// instead of refunding them (a refund would let the next call run into the
+/// API's refusal). The other client spends one call after each of metered's.
+async fn a_reservation_out_while_another_client_spends_stops_at_the_apis_count(adapter: Adapter) {
+    let w = World::new(adapter, sim(), |c| config(c, true)).await;
+    let a = w.api_keys[ORG].clone();
+    w.sim().faults().shadow_every.insert(a.clone(), 1);
+    let metered = w.svc.metered(ORG, "test").unwrap();
+    let req = metered::connector::ListRequest {
+        record_type: "customers".into(),
+        ..Default::default()
+    };
+    let mut block = metered.reserve("GET /customers", 30).await.unwrap();
+    let mut made = 0;
+    while block.remaining() > 0 {
+        block.list(&req).await.unwrap();
+        made += 1;
+    }
+    block.finish().await.unwrap();
+    assert_eq!(
+        made, 20,
+        "20 of metered's and 20 of the other client's fill the 40"
+    );
+    let next = metered.list(&req).await;
+    assert!(
+        matches!(next, Err(metered::connector::CallError::Denied(_))),
+        "the quota refuses before the API would: {next:?}"
+    );
+    let stats = w.sim().stats();
+    assert_eq!(stats.rejected_429, 0);
+    let day = w.shared.now().format("%Y-%m-%d").to_string();
+    assert_eq!(stats.calls_by_key_day[&(a.clone(), day)], 40);
+    assert_eq!(stats.shadow_calls[&a], 20);
+    w.svc.quota.flush_usage().await.unwrap();
+    let usage = w
+        .quota_store
+        .usage(
+            &QuotaKey::new(ORG, "sim-booking"),
+            w.shared.now().date_naive(),
+        )
+        .await
+        .unwrap();
+    let of = |elsewhere: bool| -> u64 {
+        usage
+            .iter()
+            .filter(|u| (u.source == SPENT_ELSEWHERE) == elsewhere)
+            .map(|u| u.calls)
+            .sum()
+    };
+    assert_eq!((of(false), of(true)), (20, 20), "{usage:?}");
+}
+
+/// The control: without the header named, metered cannot know, runs into
+/// the API's refusal, and is blocked until midnight (nothing lost, but a
+/// 429 the paced run avoids).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_the_header_the_api_has_to_refuse() {
+    let w = World::new(Adapter::Sqlite, sim(), |c| config(c, false)).await;
+    run(&w).await;
+    assert!(w.sim().stats().rejected_429 >= 1);
+    assert_eq!(
+        w.store.count(&w.svc.key(ORG), "customers").await.unwrap(),
+        9_000
+    );
+}
+
+#[test]
+fn a_remaining_header_needs_a_window_to_pace() {
+    let base = metered_sim::app_config("http://127.0.0.1:1/");
+    let text = base.replacen(
+        "[app.limits]",
+        "[app.rate_limit]\nremaining_header = \"X-RateLimit-Remaining\"\nremaining_window = \"hour\"\n\n[app.limits]",
+        1,
+    );
+    let err = AppConfig::parse(&text).unwrap_err().to_string();
+    assert!(
+        err.contains("app.rate_limit.remaining_window: `hour`, but app.limits sets no per_hour"),
+        "{err}"
+    );
+    let text = base.replacen(
+        "[app.limits]",
+        "[app.rate_limit]\nlimit_header = \"X-RateLimit-Limit\"\n\n[app.limits]",
+        1,
+    );
+    let err = AppConfig::parse(&text).unwrap_err().to_string();
+    assert!(
+        err.contains("app.rate_limit.limit_header: only used with remaining_header"),
+        "{err}"
+    );
+}
+
+metered_tests::on_both!(
+    another_clients_calls_are_paced_from_the_apis_count,
+    a_reservation_out_while_another_client_spends_stops_at_the_apis_count,
+);
