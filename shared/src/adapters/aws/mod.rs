@@ -54,6 +54,35 @@ impl Table {
         }
     }
 
+    /// How many items partition `pk` holds (those with attribute `having`,
+    /// when given): a `Select=COUNT` query, paged.
+    pub(crate) async fn count(
+        &self,
+        operation: &'static str,
+        pk: String,
+        having: Option<&str>,
+    ) -> Result<u64> {
+        let mut query = self
+            .client
+            .query()
+            .table_name(&self.name)
+            .key_condition_expression("pk = :pk")
+            .expression_attribute_values(":pk", s(pk))
+            .consistent_read(true)
+            .select(aws_sdk_dynamodb::types::Select::Count);
+        if let Some(attribute) = having {
+            query = query
+                .filter_expression("attribute_exists(#having)")
+                .expression_attribute_names("#having", attribute);
+        }
+        let mut total = 0u64;
+        let mut pages = query.into_paginator().send();
+        while let Some(page) = pages.next().await {
+            total += page.map_err(|e| sdk_error(operation, e))?.count().max(0) as u64;
+        }
+        Ok(total)
+    }
+
     /// Creates the table as `template.yaml` declares it (for local servers
     /// and tests; in AWS the template creates it). Idempotent.
     pub async fn create_if_missing(&self) -> Result<()> {

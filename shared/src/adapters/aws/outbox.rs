@@ -11,7 +11,7 @@ use crate::quota::QuotaKey;
 use crate::store::outbox::{last_write_wins, Chunk, Outbox, OutboxRow, OutboxState, RowChange};
 use async_trait::async_trait;
 use aws_sdk_dynamodb::operation::delete_item::DeleteItemError;
-use aws_sdk_dynamodb::types::{ReturnValue, Select};
+use aws_sdk_dynamodb::types::ReturnValue;
 use futures::stream::{self, StreamExt, TryStreamExt};
 use std::collections::HashMap;
 
@@ -29,6 +29,22 @@ fn row_pk(key: &QuotaKey, ds: &str) -> String {
 
 fn state_pk(key: &QuotaKey) -> String {
     format!("obxs#{}#{}", key_part(&key.org), key_part(&key.app))
+}
+
+impl DynamoStore {
+    /// An `UpdateItem` of one outbox's state item.
+    fn state_update(
+        &self,
+        key: &QuotaKey,
+        datasource: &str,
+    ) -> aws_sdk_dynamodb::operation::update_item::builders::UpdateItemFluentBuilder {
+        self.table
+            .client
+            .update_item()
+            .table_name(&self.table.name)
+            .key("pk", s(state_pk(key)))
+            .key("sk", s(datasource))
+    }
 }
 
 fn bad(operation: &'static str, e: impl std::fmt::Display) -> Error {
@@ -103,25 +119,9 @@ impl Outbox for DynamoStore {
     }
 
     async fn pending_count(&self, key: &QuotaKey, datasource: &str) -> Result<u64> {
-        let mut total = 0u64;
-        let mut pages = self
-            .table
-            .client
-            .query()
-            .table_name(&self.table.name)
-            .key_condition_expression("pk = :pk")
-            .expression_attribute_values(":pk", s(row_pk(key, datasource)))
-            .consistent_read(true)
-            .select(Select::Count)
-            .into_paginator()
-            .send();
-        while let Some(page) = pages.next().await {
-            total += page
-                .map_err(|e| sdk_error("outbox count", e))?
-                .count()
-                .max(0) as u64;
-        }
-        Ok(total)
+        self.table
+            .count("outbox count", row_pk(key, datasource), None)
+            .await
     }
 
     async fn outbox_state(&self, key: &QuotaKey, datasource: &str) -> Result<OutboxState> {
@@ -164,12 +164,7 @@ impl Outbox for DynamoStore {
     ) -> Result<Option<Chunk>> {
         let json = serde_json::to_string(rows).map_err(|e| bad("outbox chunk", e))?;
         let result = self
-            .table
-            .client
-            .update_item()
-            .table_name(&self.table.name)
-            .key("pk", s(state_pk(key)))
-            .key("sk", s(datasource))
+            .state_update(key, datasource)
             .update_expression(
                 "SET inflight = :rows, inflight_seq = if_not_exists(next_seq, :zero), \
                  next_seq = if_not_exists(next_seq, :zero) + :one",
@@ -240,12 +235,7 @@ impl Outbox for DynamoStore {
             .try_collect::<Vec<()>>()
             .await?;
         let result = self
-            .table
-            .client
-            .update_item()
-            .table_name(&self.table.name)
-            .key("pk", s(state_pk(key)))
-            .key("sk", s(datasource))
+            .state_update(key, datasource)
             .update_expression(
                 "SET last_flush = :now ADD pushes :one, rows_pushed :rows REMOVE inflight, inflight_seq",
             )
@@ -271,12 +261,7 @@ impl Outbox for DynamoStore {
         replace_before: Timestamp,
     ) -> Result<bool> {
         let result = self
-            .table
-            .client
-            .update_item()
-            .table_name(&self.table.name)
-            .key("pk", s(state_pk(key)))
-            .key("sk", s(datasource))
+            .state_update(key, datasource)
             .update_expression("SET flush_due = :due")
             .condition_expression("attribute_not_exists(flush_due) OR flush_due < :before")
             .expression_attribute_values(":due", n(to_millis(due)))
@@ -297,12 +282,7 @@ impl Outbox for DynamoStore {
         due: Timestamp,
     ) -> Result<()> {
         let result = self
-            .table
-            .client
-            .update_item()
-            .table_name(&self.table.name)
-            .key("pk", s(state_pk(key)))
-            .key("sk", s(datasource))
+            .state_update(key, datasource)
             .update_expression("REMOVE flush_due")
             .condition_expression("flush_due = :due")
             .expression_attribute_values(":due", n(to_millis(due)))

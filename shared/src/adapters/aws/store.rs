@@ -25,9 +25,7 @@ use crate::store::{
 };
 use async_trait::async_trait;
 use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
-use aws_sdk_dynamodb::types::{
-    AttributeValue, KeysAndAttributes, PutRequest, Select, WriteRequest,
-};
+use aws_sdk_dynamodb::types::{AttributeValue, KeysAndAttributes, PutRequest, WriteRequest};
 use std::collections::HashMap;
 
 /// Immediate re-tries of unprocessed batch items (the SDK already retried
@@ -341,26 +339,10 @@ impl RecordStore for DynamoStore {
     }
 
     async fn count(&self, key: &QuotaKey, record_type: &str) -> Result<u64> {
-        let mut total = 0u64;
-        let mut pages = self
-            .table
-            .client
-            .query()
-            .table_name(&self.table.name)
-            .key_condition_expression("pk = :pk")
-            .filter_expression("attribute_exists(#d)")
-            .expression_attribute_names("#d", "data")
-            .expression_attribute_values(":pk", s(rec_pk(key, record_type)))
-            .select(Select::Count)
-            .into_paginator()
-            .send();
-        while let Some(page) = pages.next().await {
-            total += page
-                .map_err(|e| sdk_error("records count", e))?
-                .count()
-                .max(0) as u64;
-        }
-        Ok(total)
+        // Placeholders (lookup claims on ids never fetched) have no data.
+        self.table
+            .count("records count", rec_pk(key, record_type), Some("data"))
+            .await
     }
 
     async fn sync_state(&self, key: &QuotaKey, sync: &str) -> Result<SyncState> {
