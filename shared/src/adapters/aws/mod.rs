@@ -54,6 +54,26 @@ impl Table {
         }
     }
 
+    /// The item at (`pk`, `sk`), read consistently.
+    pub(crate) async fn get(
+        &self,
+        operation: &'static str,
+        pk: String,
+        sk: &str,
+    ) -> Result<Option<Item>> {
+        Ok(self
+            .client
+            .get_item()
+            .table_name(&self.name)
+            .key("pk", s(pk))
+            .key("sk", s(sk))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| sdk_error(operation, e))?
+            .item)
+    }
+
     /// How many items partition `pk` holds (those with attribute `having`,
     /// when given): a `Select=COUNT` query, paged.
     pub(crate) async fn count(

@@ -125,20 +125,14 @@ impl Outbox for DynamoStore {
     }
 
     async fn outbox_state(&self, key: &QuotaKey, datasource: &str) -> Result<OutboxState> {
-        let out = self
+        let Some(item) = self
             .table
-            .client
-            .get_item()
-            .table_name(&self.table.name)
-            .key("pk", s(state_pk(key)))
-            .key("sk", s(datasource))
-            .consistent_read(true)
-            .send()
-            .await
-            .map_err(|e| sdk_error("outbox state", e))?;
-        let Some(item) = out.item() else {
+            .get("outbox state", state_pk(key), datasource)
+            .await?
+        else {
             return Ok(OutboxState::default());
         };
+        let item = &item;
         let inflight = match (get_s(item, "inflight"), get_n(item, "inflight_seq")) {
             (Some(rows), Some(seq)) => Some(Chunk {
                 seq: seq.max(0) as u64,

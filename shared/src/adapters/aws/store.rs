@@ -346,20 +346,10 @@ impl RecordStore for DynamoStore {
     }
 
     async fn sync_state(&self, key: &QuotaKey, sync: &str) -> Result<SyncState> {
-        let out = self
-            .table
-            .client
-            .get_item()
-            .table_name(&self.table.name)
-            .key("pk", s(sync_pk(key)))
-            .key("sk", s(sync))
-            .consistent_read(true)
-            .send()
-            .await
-            .map_err(|e| sdk_error("sync state", e))?;
-        let Some(item) = out.item() else {
+        let Some(item) = self.table.get("sync state", sync_pk(key), sync).await? else {
             return Ok(SyncState::default());
         };
+        let item = &item;
         Ok(SyncState {
             high_water: get_n(item, "high_water").map(from_millis),
             last_started: get_n(item, "last_started").map(from_millis),
