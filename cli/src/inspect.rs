@@ -246,22 +246,31 @@ async fn scope(common: &Common, db: Option<(&Db, &Path)>) -> Result<Scope, BoxEr
 
 pub async fn usage(args: UsageArgs) -> Result<(), BoxError> {
     let day = args.day.unwrap_or_else(|| chrono::Utc::now().date_naive());
-    let (store, scope): (Arc<dyn QuotaStore>, Scope) = match &args.dynamodb_table {
-        Some(table) => (
-            Arc::new(metered::adapters::aws::quota::DynamoQuota::new(
-                dynamo_table(table).await,
-            )),
-            scope(&args.common, None).await?,
-        ),
-        None => {
-            let db = open_db(&args.common.db)?;
-            let scope = scope(&args.common, Some((&db, &args.common.db))).await?;
-            (
-                Arc::new(metered::adapters::sqlite::quota::SqliteQuota::new(db)),
-                scope,
-            )
-        }
-    };
+    // One client (or one database handle) for both: usage and the outboxes.
+    let (store, records, scope): (Arc<dyn QuotaStore>, Arc<dyn RecordStore>, Scope) =
+        match &args.dynamodb_table {
+            Some(table) => {
+                let table = dynamo_table(table).await;
+                (
+                    Arc::new(metered::adapters::aws::quota::DynamoQuota::new(
+                        table.clone(),
+                    )),
+                    Arc::new(metered::adapters::aws::store::DynamoStore::new(table)),
+                    scope(&args.common, None).await?,
+                )
+            }
+            None => {
+                let db = open_db(&args.common.db)?;
+                let scope = scope(&args.common, Some((&db, &args.common.db))).await?;
+                (
+                    Arc::new(metered::adapters::sqlite::quota::SqliteQuota::new(
+                        db.clone(),
+                    )),
+                    Arc::new(metered::adapters::sqlite::store::SqliteStore::new(db)),
+                    scope,
+                )
+            }
+        };
     let mut rows = Vec::new();
     for org in &scope.orgs {
         rows.extend(store.usage(&QuotaKey::new(org, &scope.app), day).await?);
@@ -269,7 +278,7 @@ pub async fn usage(args: UsageArgs) -> Result<(), BoxError> {
     let pushes = if args.common.json {
         Vec::new()
     } else {
-        datasource_pushes(&args, &scope, &rows).await?
+        datasource_pushes(records.as_ref(), &scope, &rows).await?
     };
     if let Some(path) = &args.chart {
         let now = chrono::Utc::now();
@@ -367,7 +376,7 @@ struct PushUsage {
 /// `datasource:NAME`) beside the outbox's all-time counts. Data Sources are
 /// those the config names (`--config`), else those usage shows.
 async fn datasource_pushes(
-    args: &UsageArgs,
+    store: &dyn RecordStore,
     scope: &Scope,
     usage: &[metered::quota::UsageEntry],
 ) -> Result<Vec<PushUsage>, BoxError> {
@@ -381,7 +390,6 @@ async fn datasource_pushes(
     if names.is_empty() {
         return Ok(Vec::new());
     }
-    let (store, _) = store_and_scope(&args.common, args.dynamodb_table.as_deref()).await?;
     let mut out = Vec::new();
     for org in &scope.orgs {
         let key = QuotaKey::new(org, &scope.app);

@@ -46,9 +46,20 @@ async fn run_bulk(w: &World, name: &str, dry_run: bool) -> JobEnvelope {
 }
 
 async fn run_bulk_for(w: &World, org: &str, name: &str, dry_run: bool) -> JobEnvelope {
+    run_workflow(w, org, name, None, dry_run).await
+}
+
+/// Enqueues a manual (`ids`) or bulk (`None`) run of workflow `name`.
+async fn run_workflow(
+    w: &World,
+    org: &str,
+    name: &str,
+    ids: Option<Vec<String>>,
+    dry_run: bool,
+) -> JobEnvelope {
     let payload = serde_json::to_value(RunPayload {
         workflow: name.into(),
-        ids: None,
+        ids,
         dry_run,
     })
     .unwrap();
@@ -470,20 +481,7 @@ delete_when = "record.score >= 95"
 /// Sends manual runs of `rows` over `ids`, `per_job` ids a job, for `org`.
 async fn run_rows(w: &World, org: &str, ids: &[String], per_job: usize) {
     for chunk in ids.chunks(per_job) {
-        let payload = serde_json::to_value(RunPayload {
-            workflow: "rows".into(),
-            ids: Some(chunk.to_vec()),
-            dry_run: false,
-        })
-        .unwrap();
-        let job = JobEnvelope::new(
-            JobKind::Workflow,
-            org,
-            "sim-booking",
-            payload,
-            w.shared.now(),
-        );
-        w.svc.queues.send(&job, 0).await.unwrap();
+        run_workflow(w, org, "rows", Some(chunk.to_vec()), false).await;
     }
 }
 

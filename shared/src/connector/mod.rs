@@ -252,7 +252,7 @@ impl Metered {
         let result = call.await;
         // A call that reached the API counts even when it failed.
         self.quota.release(permit, 1).await?;
-        self.pace_from_api().await?;
+        self.pace_from_api().await;
         self.settle(result).await
     }
 
@@ -260,25 +260,27 @@ impl Metered {
     /// metered counted (other tools of the org spend the same budget), the
     /// quota takes the difference: one conditional write, never lowering
     /// the count, never above the limit. Returns the calls the API still
-    /// allows, when it said.
-    async fn pace_from_api(&self) -> Result<Option<u64>, CallError> {
-        let Some(count) = self.connector.take_api_count() else {
-            return Ok(None);
-        };
-        let kind = self.quota_window_of_api();
-        let Some((_, limit)) = self.limits.windows().find(|(w, _)| *w == kind) else {
-            return Ok(Some(count.remaining));
-        };
-        let api_limit = count.limit.unwrap_or(u64::from(limit));
-        let spent = api_limit.saturating_sub(count.remaining);
-        self.quota
-            .raise_from_api(&self.key, kind, spent.min(u64::from(limit)))
-            .await?;
-        Ok(Some(count.remaining))
-    }
-
-    fn quota_window_of_api(&self) -> crate::quota::WindowKind {
-        self.api_window
+    /// allows, when it said. Pacing is a refinement: a quota-store error
+    /// here is logged, not returned, so it never discards the call's result
+    /// (the next response carries the count again).
+    async fn pace_from_api(&self) -> Option<u64> {
+        let count = self.connector.take_api_count()?;
+        let limit = self
+            .limits
+            .windows()
+            .find(|(w, _)| *w == self.api_window)
+            .map(|(_, limit)| u64::from(limit));
+        if let Some(limit) = limit {
+            let spent = count.limit.unwrap_or(limit).saturating_sub(count.remaining);
+            if let Err(e) = self
+                .quota
+                .raise_from_api(&self.key, self.api_window, spent.min(limit))
+                .await
+            {
+                tracing::warn!(quota = %self.key, error = %e, "could not take the API's count into the quota; the next response will carry it again");
+            }
+        }
+        Some(count.remaining)
     }
 
     /// Maps a call's result; a rate limit blocks every handler of the org
@@ -414,7 +416,7 @@ impl Reservation<'_> {
         let result = call.await;
         // Another client spent part of the window: the reserved calls the
         // API no longer allows are not made, nor refunded at `finish`.
-        if let Some(left) = self.metered.pace_from_api().await? {
+        if let Some(left) = self.metered.pace_from_api().await {
             let left = u32::try_from(left).unwrap_or(u32::MAX);
             let unspent = self.granted - self.used;
             if left < unspent {

@@ -686,20 +686,7 @@ impl Quota {
             self.store.release(grant, used + forfeited).await?;
         }
         if forfeited > 0 {
-            self.tally(
-                (
-                    permit.key.clone(),
-                    permit.day,
-                    SPENT_ELSEWHERE.to_string(),
-                    "-".to_string(),
-                    false,
-                ),
-                permit.hour,
-                HourUse {
-                    calls: u64::from(forfeited),
-                    denied: 0,
-                },
-            );
+            self.tally_elsewhere(&permit.key, permit.day, permit.hour, u64::from(forfeited));
         }
         if used > 0 {
             self.metrics.add(
@@ -726,6 +713,22 @@ impl Quota {
         Ok(())
     }
 
+    /// Calls the API counted that metered did not make, as usage source
+    /// [`SPENT_ELSEWHERE`].
+    fn tally_elsewhere(&self, key: &QuotaKey, day: NaiveDate, hour: u8, calls: u64) {
+        self.tally(
+            (
+                key.clone(),
+                day,
+                SPENT_ELSEWHERE.to_string(),
+                "-".to_string(),
+                false,
+            ),
+            hour,
+            HourUse { calls, denied: 0 },
+        );
+    }
+
     fn tally(&self, key: UsageKey, hour: u8, add: HourUse) {
         let mut tally = self.tally.lock().unwrap_or_else(|e| e.into_inner());
         tally
@@ -750,20 +753,7 @@ impl Quota {
         let added = self.store.raise_window(key, &kind.id(now), spent).await?;
         if added > 0 {
             tracing::info!(quota = %key, window = %kind, added, api_count = spent, "the API counts calls metered did not make (another client of the org); the quota takes them");
-            self.tally(
-                (
-                    key.clone(),
-                    now.date_naive(),
-                    SPENT_ELSEWHERE.to_string(),
-                    "-".to_string(),
-                    false,
-                ),
-                now.hour() as u8,
-                HourUse {
-                    calls: added,
-                    denied: 0,
-                },
-            );
+            self.tally_elsewhere(key, now.date_naive(), now.hour() as u8, added);
         }
         Ok(added)
     }

@@ -204,6 +204,26 @@ pub(crate) fn is_ccf(
     )
 }
 
+/// A conditional `UpdateItem`'s outcome: `Some(output)` when applied,
+/// `None` when its condition did not hold (an expected answer, not an
+/// error), else the error for `operation`.
+pub(crate) fn conditional<T>(
+    result: std::result::Result<
+        T,
+        SdkError<
+            aws_sdk_dynamodb::operation::update_item::UpdateItemError,
+            aws_sdk_dynamodb::config::http::HttpResponse,
+        >,
+    >,
+    operation: &'static str,
+) -> Result<Option<T>> {
+    match result {
+        Ok(v) => Ok(Some(v)),
+        Err(e) if is_ccf(&e) => Ok(None),
+        Err(e) => Err(sdk_error(operation, e)),
+    }
+}
+
 /// One item as the SDK hands it over. The helpers below are the only place
 /// the adapters spell attribute values, so a number is written and read the
 /// same way by the quota and the store.

@@ -4,7 +4,7 @@
 //! timed-flush mark, each changed by one conditional `UpdateItem`.
 
 use crate::adapters::aws::store::DynamoStore;
-use crate::adapters::aws::{get_n, get_s, is_ccf, key_part, n, s, sdk_error, Item};
+use crate::adapters::aws::{conditional, get_n, get_s, is_ccf, key_part, n, s, sdk_error, Item};
 use crate::core::clock::{from_millis, to_millis, Timestamp};
 use crate::core::error::{Disposition, Error, Result};
 use crate::quota::QuotaKey;
@@ -240,11 +240,8 @@ impl Outbox for DynamoStore {
             .expression_attribute_values(":now", n(to_millis(now)))
             .send()
             .await;
-        match result {
-            Ok(_) => Ok(()),
-            Err(e) if is_ccf(&e) => Ok(()),
-            Err(e) => Err(sdk_error("outbox ack", e)),
-        }
+        conditional(result, "outbox ack")?;
+        Ok(())
     }
 
     async fn mark_flush_due(
@@ -262,11 +259,7 @@ impl Outbox for DynamoStore {
             .expression_attribute_values(":before", n(to_millis(replace_before)))
             .send()
             .await;
-        match result {
-            Ok(_) => Ok(true),
-            Err(e) if is_ccf(&e) => Ok(false),
-            Err(e) => Err(sdk_error("outbox schedule", e)),
-        }
+        Ok(conditional(result, "outbox schedule")?.is_some())
     }
 
     async fn clear_flush_due(
@@ -282,10 +275,7 @@ impl Outbox for DynamoStore {
             .expression_attribute_values(":due", n(to_millis(due)))
             .send()
             .await;
-        match result {
-            Ok(_) => Ok(()),
-            Err(e) if is_ccf(&e) => Ok(()),
-            Err(e) => Err(sdk_error("outbox schedule", e)),
-        }
+        conditional(result, "outbox schedule")?;
+        Ok(())
     }
 }

@@ -14,7 +14,9 @@
 //! same record at the same instant may both report it changed; follow-up
 //! work is idempotent, so that costs a duplicate trigger, never a loss.
 
-use crate::adapters::aws::{get_n, get_s, is_ccf, key_part, n, s, sdk_error, Item, Table};
+use crate::adapters::aws::{
+    conditional, get_n, get_s, is_ccf, key_part, n, s, sdk_error, Item, Table,
+};
 use crate::core::clock::{from_millis, to_millis, Timestamp};
 use crate::core::error::{Disposition, Error, Result};
 use crate::core::record::Record;
@@ -459,11 +461,7 @@ impl RecordStore for DynamoStore {
             .expression_attribute_values(":now", n(to_millis(now)))
             .send()
             .await;
-        match result {
-            Ok(_) => Ok(true),
-            Err(e) if is_ccf(&e) => Ok(false),
-            Err(e) => Err(sdk_error("sync lease", e)),
-        }
+        Ok(conditional(result, "sync lease")?.is_some())
     }
 
     async fn finish_sync(
@@ -515,11 +513,7 @@ impl RecordStore for DynamoStore {
         if !sets.is_empty() {
             expr = format!("SET {} {expr}", sets.join(", "));
         }
-        match req.update_expression(expr).send().await {
-            Ok(_) => Ok(true),
-            Err(e) if is_ccf(&e) => Ok(false),
-            Err(e) => Err(sdk_error("sync finish", e)),
-        }
+        Ok(conditional(req.update_expression(expr).send().await, "sync finish")?.is_some())
     }
 }
 
@@ -643,11 +637,8 @@ impl crate::jobs::ledger::JobLedger for DynamoStore {
             )
             .send()
             .await;
-        match result {
-            Ok(_) => Ok(()),
-            Err(e) if is_ccf(&e) => Ok(()),
-            Err(e) => Err(sdk_error("ledger settle", e)),
-        }
+        conditional(result, "ledger settle")?;
+        Ok(())
     }
 }
 

@@ -96,7 +96,6 @@ impl WorkflowHandler {
         job: &JobEnvelope,
         cp: &mut Checkpoint,
     ) -> Result<()> {
-        let last = true;
         let now = self.svc.clock.now();
         for (key, pending) in cp.pending.iter_mut() {
             let Some((wf_name, idx)) = key.rsplit_once(':') else {
@@ -109,9 +108,7 @@ impl WorkflowHandler {
                 continue;
             };
             let max = self.svc.config.datasource(datasource)?.max_rows_per_call as usize;
-            while pending.inserts.len() + pending.deletes.len() >= max
-                || (last && pending.inserts.len() + pending.deletes.len() > 0)
-            {
+            while pending.inserts.len() + pending.deletes.len() > 0 {
                 let take_deletes = pending.deletes.len().min(max);
                 let deletes: Vec<String> = pending.deletes.drain(..take_deletes).collect();
                 let take_inserts = pending.inserts.len().min(max - deletes.len());
