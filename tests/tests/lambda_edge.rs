@@ -227,19 +227,15 @@ impl metered::jobs::runtime::JobHandler for Chatty {
 }
 
 /// With `AWS_LAMBDA_LOG_FORMAT=JSON` the runtime's subscriber writes JSON
-/// (`lambda_runtime::tracing::init_default_subscriber`, built the same way
+/// (`metered::edge::lambda::log_subscriber`, what `init_logging` installs
 /// here): every line a job logs carries the SQS message id and the job's
 /// id, kind and org, and two orgs' jobs with the same record ids are told
 /// apart.
 #[test]
 fn every_job_log_line_names_its_message_job_kind_and_org() {
-    use lambda_runtime::tracing::subscriber;
     let out = Captured::default();
     let writer = out.clone();
-    let sub = subscriber::fmt()
-        .json()
-        .with_writer(move || writer.clone())
-        .finish();
+    let sub = metered::edge::lambda::log_subscriber(move || writer.clone(), "JSON", Some("info"));
     let _guard = tracing::subscriber::set_default(sub);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -60,6 +60,27 @@ impl SecretStores {
             ssm: aws_sdk_ssm::Client::new(config),
         }
     }
+
+    /// Clients for both stores, each at its own endpoint when one is given
+    /// (a local stand-in for the deployed shape).
+    pub fn with_endpoints(
+        config: &aws_config::SdkConfig,
+        secrets_manager: Option<String>,
+        ssm: Option<String>,
+    ) -> Self {
+        Self {
+            secrets_manager: aws_sdk_secretsmanager::Client::from_conf({
+                let mut b = aws_sdk_secretsmanager::config::Builder::from(config);
+                b.set_endpoint_url(secrets_manager);
+                b.build()
+            }),
+            ssm: aws_sdk_ssm::Client::from_conf({
+                let mut b = aws_sdk_ssm::config::Builder::from(config);
+                b.set_endpoint_url(ssm);
+                b.build()
+            }),
+        }
+    }
 }
 
 /// Reads the credential a config points at. Errors name where it looked,

@@ -14,8 +14,9 @@
 //! | `METERED_MAX_RESTARTS` | restart cap per job (default 100) |
 //! | `METERED_MAX_ATTEMPTS` | transient failures in a row before a job is dead-lettered (default 5) |
 //! | `METERED_BURN_ALARM_BEFORE_HOUR` | UTC hour before which the budget burn is also published as `BudgetUsedPercentEarly` (default 18) |
-//! | `AWS_LAMBDA_LOG_FORMAT`, `AWS_LAMBDA_LOG_LEVEL` | Lambda's log controls (`JSON`; `INFO`…), honoured by the runtime's subscriber |
-//! | `AWS_ENDPOINT_URL` | (local only) DynamoDB Local / ministack |
+//! | `AWS_LAMBDA_LOG_FORMAT`, `AWS_LAMBDA_LOG_LEVEL` (or `RUST_LOG`) | Lambda's log controls (`JSON`; a level such as `INFO`), see [`init_logging`] |
+//! | `AWS_REGION`, `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN` | set by Lambda; see [`lambda_sdk_config`] |
+//! | `AWS_ENDPOINT_URL`, `AWS_ENDPOINT_URL_<SERVICE>` | (local only) DynamoDB Local / ministack |
 //!
 //! After every invocation the function writes what it counted (calls,
 //! denials by reason, jobs done, restarts, dead letters, records synced,
@@ -43,6 +44,83 @@ use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent
 use lambda_runtime::{service_fn, LambdaEvent};
 use std::sync::Arc;
 use tracing::Instrument;
+
+/// The SDK configuration of a function, from what Lambda puts in its
+/// environment: region, the execution role's credentials and (local runs of
+/// the deployed shape only) `AWS_ENDPOINT_URL`; [`Deployed::connect`] adds
+/// the per-service `AWS_ENDPOINT_URL_DYNAMODB`, `_SQS`, `_SSM` and
+/// `_SECRETS_MANAGER`. Shared config files (`~/.aws/config`) are not read.
+///
+/// Why not `aws_config::load_defaults`: on Lambda the default chain always
+/// ends at the environment variables, yet linking it brings STS, SSO, IMDS,
+/// ECS and profile-file providers into every bootstrap (about 0.3 MB of the
+/// 8.5 MB budget). The CLI, which runs on laptops with profiles, keeps the
+/// default chain.
+pub fn lambda_sdk_config(get: impl Fn(&str) -> Option<String>) -> Result<aws_config::SdkConfig> {
+    let region = get("AWS_REGION")
+        .or_else(|| get("AWS_DEFAULT_REGION"))
+        .filter(|r| !r.is_empty())
+        .ok_or_else(|| Error::Config("AWS_REGION is not set (Lambda sets it)".into()))?;
+    let mut builder = aws_config::SdkConfig::builder()
+        .behavior_version(aws_config::BehaviorVersion::latest())
+        .region(aws_config::Region::new(region))
+        .credentials_provider(
+            aws_credential_types::provider::SharedCredentialsProvider::new(
+                aws_config::environment::EnvironmentVariableCredentialsProvider::new(),
+            ),
+        );
+    if let Some(url) = get("AWS_ENDPOINT_URL").filter(|u| !u.is_empty()) {
+        builder = builder.endpoint_url(url);
+    }
+    Ok(builder.build())
+}
+
+/// The log subscriber of a function: Lambda's advanced logging controls —
+/// `format` `JSON` (any case) for JSON lines, anything else for text; the
+/// level from `level` (`AWS_LAMBDA_LOG_LEVEL`, else `RUST_LOG`), `INFO` when
+/// absent or not a plain level. No per-module directives: that needs
+/// tracing-subscriber's `env-filter`, whose regex engine costs ~180 KB in
+/// every bootstrap (the runtime's own `init_default_subscriber` brings it).
+pub fn log_subscriber<W>(
+    writer: W,
+    format: &str,
+    level: Option<&str>,
+) -> Box<dyn tracing::Subscriber + Send + Sync>
+where
+    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
+{
+    let level = level
+        .and_then(|l| {
+            l.trim()
+                .parse::<tracing_subscriber::filter::LevelFilter>()
+                .ok()
+        })
+        .unwrap_or(tracing_subscriber::filter::LevelFilter::INFO);
+    let fmt = tracing_subscriber::fmt()
+        .with_target(false)
+        .without_time()
+        .with_max_level(level)
+        .with_writer(writer);
+    if format.eq_ignore_ascii_case("json") {
+        Box::new(fmt.json().finish())
+    } else {
+        Box::new(fmt.finish())
+    }
+}
+
+/// Installs [`log_subscriber`] on stdout from the environment, once.
+pub fn init_logging() {
+    let level = std::env::var("AWS_LAMBDA_LOG_LEVEL")
+        .or_else(|_| std::env::var("RUST_LOG"))
+        .ok();
+    let format = std::env::var("AWS_LAMBDA_LOG_FORMAT").unwrap_or_default();
+    // Set already (a second call, a test harness): keep that one.
+    let _ = tracing::subscriber::set_global_default(log_subscriber(
+        std::io::stdout,
+        &format,
+        level.as_deref(),
+    ));
+}
 
 /// Configuration of a deployed function, read once.
 #[derive(Debug, Clone)]
@@ -158,17 +236,30 @@ pub struct Deployed {
 impl Deployed {
     /// Builds clients, stores and connectors (credentials resolved once).
     pub async fn connect(config: DeployConfig) -> Result<Self> {
-        let aws = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+        let env = |name: &str| std::env::var(name).ok();
+        let aws = lambda_sdk_config(env)?;
+        let endpoint =
+            |service: &str| env(&format!("AWS_ENDPOINT_URL_{service}")).filter(|u| !u.is_empty());
+        let dynamodb = {
+            let mut b = aws_sdk_dynamodb::config::Builder::from(&aws);
+            b.set_endpoint_url(endpoint("DYNAMODB"));
+            b.build()
+        };
         let clock: SharedClock = Arc::new(SystemClock);
-        let table = Table::new(aws_sdk_dynamodb::Client::new(&aws), &config.table);
+        let table = Table::new(aws_sdk_dynamodb::Client::from_conf(dynamodb), &config.table);
         let store = Arc::new(DynamoStore::new(table.clone()));
         let quota = Quota::new(Arc::new(DynamoQuota::new(table)), clock.clone());
-        let sqs = aws_sdk_sqs::Client::new(&aws);
+        let sqs = aws_sdk_sqs::Client::from_conf({
+            let mut b = aws_sdk_sqs::config::Builder::from(&aws);
+            b.set_endpoint_url(endpoint("SQS"));
+            b.build()
+        });
         let mut queues = Queues::new();
         for (kind, url, dlq) in &config.queues {
             queues = queues.with(*kind, Arc::new(SqsQueue::new(sqs.clone(), url, dlq)));
         }
-        let stores = SecretStores::new(&aws);
+        let stores =
+            SecretStores::with_endpoints(&aws, endpoint("SECRETS_MANAGER"), endpoint("SSM"));
         let app = match (&config.app, &config.app_ssm) {
             (Some(app), _) => app.clone(),
             (None, Some(param)) => {
@@ -265,7 +356,7 @@ pub async fn run_sync_function(kind: JobKind) -> std::result::Result<(), lambda_
 
 /// The whole life of the scheduler function (schedule ticks, ad-hoc syncs).
 pub async fn run_scheduler_function() -> std::result::Result<(), lambda_runtime::Error> {
-    lambda_runtime::tracing::init_default_subscriber();
+    init_logging();
     let deployed = Deployed::connect(DeployConfig::from_env()?).await?;
     let svc = deployed.svc.clone();
     lambda_runtime::run(service_fn(|event: LambdaEvent<serde_json::Value>| {
@@ -286,7 +377,7 @@ where
     H: crate::jobs::runtime::JobHandler,
     F: FnOnce(&Deployed) -> Result<H>,
 {
-    lambda_runtime::tracing::init_default_subscriber();
+    init_logging();
     let deployed = Deployed::connect(DeployConfig::from_env()?).await?;
     let runtime = deployed.runtime(kind)?;
     let handler = make(&deployed)?;
