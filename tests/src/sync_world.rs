@@ -187,6 +187,8 @@ pub struct World {
     pub api_keys: BTreeMap<String, String>,
     /// The DynamoDB table (AWS adapter set only).
     pub table: Option<metered::adapters::aws::Table>,
+    /// The same store, read as Hosted GET reads it.
+    pub hosted: Arc<dyn metered::store::hosted::HostedRows>,
     handler: Arc<metered::edge::local::Dispatch>,
     raw: BTreeMap<JobKind, Arc<dyn JobQueue>>,
     ledger: Arc<dyn JobLedger>,
@@ -235,8 +237,9 @@ impl World {
             Arc<dyn JobLedger>,
             Arc<dyn metered::jobs::ledger::ActionLedger>,
             Option<metered::adapters::aws::Table>,
+            Arc<dyn metered::store::hosted::HostedRows>,
         );
-        let (store, quota_store, ledger, action_ledger, table): Stores = match adapter {
+        let (store, quota_store, ledger, action_ledger, table, hosted): Stores = match adapter {
             Adapter::Sqlite => {
                 let db = metered::adapters::sqlite::Db::in_memory().unwrap();
                 let store = Arc::new(FaultyStore {
@@ -249,8 +252,9 @@ impl World {
                     store.clone(),
                     Arc::new(metered::adapters::sqlite::quota::SqliteQuota::new(db)),
                     store.clone(),
-                    store,
+                    store.clone(),
                     None,
+                    store.inner.clone(),
                 )
             }
             Adapter::Aws => {
@@ -270,8 +274,9 @@ impl World {
                         table.clone(),
                     )),
                     store.clone(),
-                    store,
+                    store.clone(),
                     Some(table),
+                    store.inner.clone(),
                 )
             }
         };
@@ -382,6 +387,7 @@ impl World {
             faults,
             api_keys,
             table,
+            hosted,
             call_secs,
             deadline_secs: DEADLINE_SECS,
         }

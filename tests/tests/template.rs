@@ -326,3 +326,41 @@ fn the_dashboard_shows_burn_restarts_and_every_dead_letter_queue() {
     }
     assert!(widgets.len() >= 4);
 }
+
+/// Hosted GET reads the table and its secrets, nothing else: no write, no
+/// queue, no API secret; it answers through a Function URL.
+#[test]
+fn hosted_get_is_read_only_behind_a_function_url() {
+    let t = template();
+    let f = &t["Resources"]["HostedGet"];
+    assert_eq!(f["Metadata"]["BuildProperties"]["Binary"], "hosted-get");
+    assert_eq!(f["Properties"]["FunctionUrlConfig"]["AuthType"], "NONE");
+    let mut actions = Vec::new();
+    for policy in f["Properties"]["Policies"].as_sequence().unwrap() {
+        for st in policy["Statement"].as_sequence().unwrap() {
+            for a in st["Action"].as_sequence().unwrap() {
+                actions.push(a.as_str().unwrap().to_string());
+            }
+            if st["Action"][0] == "secretsmanager:GetSecretValue" {
+                assert_eq!(
+                    target(&st["Resource"][0]).as_deref(),
+                    Some("HostedSecretArn")
+                );
+            }
+        }
+    }
+    actions.sort();
+    assert_eq!(
+        actions,
+        [
+            "dynamodb:GetItem",
+            "dynamodb:Query",
+            "secretsmanager:GetSecretValue",
+            "ssm:GetParameter"
+        ]
+    );
+    assert_eq!(
+        t["Outputs"]["HostedGetUrl"]["Value"]["Fn::GetAtt"][0],
+        "HostedGetUrl"
+    );
+}

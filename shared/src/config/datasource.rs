@@ -12,9 +12,15 @@
 //! method = "POST"
 //! inserts_field = "inserts"
 //! deletes_field = "deletes"
+//!
+//! [datasources.my_invoices] # hosted: never pushed; the platform's app
+//! mode = "hosted"           # pulls GET /datasources/my_invoices/rows
+//! secret = { env = "MY_INVOICES_JWT_SECRET" }   # HS256 key of the callers' JWTs
+//! filter = "row.customer_id == user.customer_id" # CEL over row and user
+//! max_page_size = 1000
 //! ```
 
-use crate::config::app::AppConfig;
+use crate::config::app::{AppConfig, SecretRef};
 use crate::config::workflow::ActionConfig;
 use crate::core::error::{Error, Result};
 use serde::{Deserialize, Serialize};
@@ -32,6 +38,20 @@ pub struct DataSourceConfig {
     /// without waiting for `every`.
     #[serde(default)]
     pub max_rows_per_call: Option<u32>,
+    /// Pushed to the platform (default) or hosted: served from our store
+    /// by Hosted GET, spending no API call.
+    #[serde(default)]
+    pub mode: DataSourceMode,
+    /// (hosted) Where the HS256 key that signs callers' JWTs is read from.
+    #[serde(default)]
+    pub secret: Option<SecretRef>,
+    /// (hosted) CEL over `row` and `user` (the JWT's claims) selecting the
+    /// rows one user may read; without it a user reads all of their org's.
+    #[serde(default)]
+    pub filter: Option<String>,
+    /// (hosted) The largest `page_size` a caller may ask for (default 1000).
+    #[serde(default)]
+    pub max_page_size: Option<u32>,
 }
 
 impl Default for DataSourceConfig {
@@ -39,9 +59,29 @@ impl Default for DataSourceConfig {
         Self {
             every: five_minutes(),
             max_rows_per_call: None,
+            mode: DataSourceMode::Push,
+            secret: None,
+            filter: None,
+            max_page_size: None,
         }
     }
 }
+
+/// How a Data Source reaches the platform.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DataSourceMode {
+    /// Rows are pushed from the outbox on an interval (API calls).
+    #[default]
+    Push,
+    /// Rows stay in the store and the platform pulls them (no API call).
+    Hosted,
+}
+
+/// `page_size` when a Hosted GET caller gives none.
+pub const DEFAULT_PAGE_SIZE: u32 = 100;
+/// `max_page_size` when the config gives none.
+pub const DEFAULT_MAX_PAGE_SIZE: u32 = 1000;
 
 fn five_minutes() -> Duration {
     Duration::from_secs(300)
@@ -116,6 +156,15 @@ pub struct DataSource {
     pub every: Duration,
     /// Most rows per push call.
     pub max_rows_per_call: u32,
+    /// Pushed or hosted.
+    pub mode: DataSourceMode,
+}
+
+impl DataSource {
+    /// Hosted: its rows are never pushed (no flush, no API call).
+    pub fn hosted(&self) -> bool {
+        self.mode == DataSourceMode::Hosted
+    }
 }
 
 impl AppConfig {
@@ -165,6 +214,7 @@ impl AppConfig {
                 .max_rows_per_call
                 .or(from_actions)
                 .unwrap_or(DEFAULT_MAX_ROWS_PER_CALL),
+            mode: declared.mode,
         })
     }
 }
@@ -220,6 +270,43 @@ pub(crate) fn validate(config: &AppConfig) -> Result<()> {
                 format!("datasources.{name}.max_rows_per_call"),
                 "must be at least 1".into(),
             );
+        }
+        match ds.mode {
+            DataSourceMode::Hosted => {
+                if ds.secret.is_none() {
+                    return bad(
+                        format!("datasources.{name}.secret"),
+                        "a hosted Data Source needs the key its callers' JWTs are signed with, e.g. secret = { env = \"MY_JWT_SECRET\" }".into(),
+                    );
+                }
+                if let Some(filter) = &ds.filter {
+                    crate::config::workflow::compile_with(
+                        &format!("datasources.{name}.filter"),
+                        filter,
+                        &["row", "user"],
+                    )?;
+                }
+                if ds.max_page_size == Some(0) {
+                    return bad(
+                        format!("datasources.{name}.max_page_size"),
+                        "must be at least 1".into(),
+                    );
+                }
+            }
+            DataSourceMode::Push => {
+                for (field, set) in [
+                    ("secret", ds.secret.is_some()),
+                    ("filter", ds.filter.is_some()),
+                    ("max_page_size", ds.max_page_size.is_some()),
+                ] {
+                    if set {
+                        return bad(
+                            format!("datasources.{name}.{field}"),
+                            "only a hosted Data Source takes it (mode = \"hosted\")".into(),
+                        );
+                    }
+                }
+            }
         }
     }
     // One outbox per Data Source: its push actions must not disagree on
@@ -295,7 +382,8 @@ row = { id = "{{ record.id }}" }
             DataSource {
                 name: "vips".into(),
                 every: Duration::from_secs(300),
-                max_rows_per_call: DEFAULT_MAX_ROWS_PER_CALL
+                max_rows_per_call: DEFAULT_MAX_ROWS_PER_CALL,
+                mode: DataSourceMode::Push,
             }
         );
         let c = parse("max_rows_per_call = 30\n").unwrap();
@@ -324,6 +412,12 @@ row = { id = "{{ record.id }}" }
             ("[app.datasource_push]\ndeletes_field = \"inserts\"\n", "app.datasource_push.deletes_field: must differ from inserts_field"),
             ("[app.datasource_push]\nmethod = \"post\"\n", "app.datasource_push.method: expected an HTTP method"),
             ("[datasources.vips]\nevry = \"5m\"\n", "unknown field `evry`"),
+            ("[datasources.vips]\nmode = \"hosted\"\n", "datasources.vips.secret: a hosted Data Source needs the key"),
+            ("[datasources.vips]\nmode = \"hosted\"\nsecret = { env = \"K\" }\nfilter = \"row.a == record.b\"\n", "datasources.vips.filter: unknown variable `record`"),
+            ("[datasources.vips]\nmode = \"hosted\"\nsecret = { env = \"K\" }\nfilter = \"row.a ==\"\n", "datasources.vips.filter: invalid CEL expression"),
+            ("[datasources.vips]\nmode = \"hosted\"\nsecret = { env = \"K\" }\nmax_page_size = 0\n", "datasources.vips.max_page_size: must be at least 1"),
+            ("[datasources.vips]\nfilter = \"true\"\n", "datasources.vips.filter: only a hosted Data Source takes it"),
+            ("[datasources.vips]\nmode = \"pull\"\n", "unknown variant `pull`"),
         ] {
             // `[app.datasource_push]` must come before the other tables.
             let text = if extra.starts_with("[app.datasource_push]") {

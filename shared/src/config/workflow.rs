@@ -158,6 +158,11 @@ const UNAVAILABLE_FUNCTIONS: &[&str] = &[
 
 /// Compiles a CEL expression, naming the field and the position on error.
 pub fn compile(field: &str, source: &str) -> Result<cel::Program> {
+    compile_with(field, source, &["record", "related", "change", "now"])
+}
+
+/// Compiles a CEL expression that may use only the variables `allowed`.
+pub fn compile_with(field: &str, source: &str, allowed: &[&str]) -> Result<cel::Program> {
     let program = cel::Program::compile(source)
         .map_err(|e| Error::Config(format!("{field}: invalid CEL expression {source:?}: {e}")))?;
     if let Some(f) = UNAVAILABLE_FUNCTIONS
@@ -171,9 +176,10 @@ pub fn compile(field: &str, source: &str) -> Result<cel::Program> {
         )));
     }
     for var in program.references().variables() {
-        if !matches!(var, "record" | "related" | "change" | "now") {
+        if !allowed.contains(&var) {
             return Err(Error::Config(format!(
-                "{field}: unknown variable `{var}` in {source:?}; use record, related, change or now"
+                "{field}: unknown variable `{var}` in {source:?}; use {}",
+                allowed.join(", ")
             )));
         }
     }

@@ -223,6 +223,54 @@ impl DeployConfig {
     }
 }
 
+/// `AWS_ENDPOINT_URL_<SERVICE>` when set (a local stand-in for AWS).
+fn service_endpoint(get: impl Fn(&str) -> Option<String>, service: &str) -> Option<String> {
+    get(&format!("AWS_ENDPOINT_URL_{service}")).filter(|u| !u.is_empty())
+}
+
+/// The DynamoDB client of a function.
+pub fn dynamodb_client(
+    aws: &aws_config::SdkConfig,
+    get: impl Fn(&str) -> Option<String>,
+) -> aws_sdk_dynamodb::Client {
+    let mut b = aws_sdk_dynamodb::config::Builder::from(aws);
+    b.set_endpoint_url(service_endpoint(get, "DYNAMODB"));
+    aws_sdk_dynamodb::Client::from_conf(b.build())
+}
+
+/// The secret-store clients of a function.
+pub fn secret_stores(
+    aws: &aws_config::SdkConfig,
+    get: impl Fn(&str) -> Option<String>,
+) -> SecretStores {
+    SecretStores::with_endpoints(
+        aws,
+        service_endpoint(&get, "SECRETS_MANAGER"),
+        service_endpoint(&get, "SSM"),
+    )
+}
+
+impl DeployConfig {
+    /// The app config: given, or read from its SSM parameter.
+    pub async fn app_config(&self, stores: &SecretStores) -> Result<Arc<AppConfig>> {
+        match (&self.app, &self.app_ssm) {
+            (Some(app), _) => Ok(app.clone()),
+            (None, Some(param)) => {
+                let text = crate::connector::secrets::resolve(
+                    &crate::config::app::SecretRef::Ssm(param.clone()),
+                    Some(stores),
+                )
+                .await
+                .map_err(|e| Error::Config(format!("METERED_APP_CONFIG_SSM: {e}")))?;
+                Ok(Arc::new(AppConfig::parse(text.expose()).map_err(|e| {
+                    Error::Config(format!("app config in SSM parameter {param}: {e}"))
+                })?))
+            }
+            (None, None) => Err(Error::Config("no app config".into())),
+        }
+    }
+}
+
 /// What one function process holds for its whole life.
 pub struct Deployed {
     /// What the handlers share.
@@ -238,43 +286,21 @@ impl Deployed {
     pub async fn connect(config: DeployConfig) -> Result<Self> {
         let env = |name: &str| std::env::var(name).ok();
         let aws = lambda_sdk_config(env)?;
-        let endpoint =
-            |service: &str| env(&format!("AWS_ENDPOINT_URL_{service}")).filter(|u| !u.is_empty());
-        let dynamodb = {
-            let mut b = aws_sdk_dynamodb::config::Builder::from(&aws);
-            b.set_endpoint_url(endpoint("DYNAMODB"));
-            b.build()
-        };
         let clock: SharedClock = Arc::new(SystemClock);
-        let table = Table::new(aws_sdk_dynamodb::Client::from_conf(dynamodb), &config.table);
+        let table = Table::new(dynamodb_client(&aws, env), &config.table);
         let store = Arc::new(DynamoStore::new(table.clone()));
         let quota = Quota::new(Arc::new(DynamoQuota::new(table)), clock.clone());
         let sqs = aws_sdk_sqs::Client::from_conf({
             let mut b = aws_sdk_sqs::config::Builder::from(&aws);
-            b.set_endpoint_url(endpoint("SQS"));
+            b.set_endpoint_url(service_endpoint(env, "SQS"));
             b.build()
         });
         let mut queues = Queues::new();
         for (kind, url, dlq) in &config.queues {
             queues = queues.with(*kind, Arc::new(SqsQueue::new(sqs.clone(), url, dlq)));
         }
-        let stores =
-            SecretStores::with_endpoints(&aws, endpoint("SECRETS_MANAGER"), endpoint("SSM"));
-        let app = match (&config.app, &config.app_ssm) {
-            (Some(app), _) => app.clone(),
-            (None, Some(param)) => {
-                let text = crate::connector::secrets::resolve(
-                    &crate::config::app::SecretRef::Ssm(param.clone()),
-                    Some(&stores),
-                )
-                .await
-                .map_err(|e| Error::Config(format!("METERED_APP_CONFIG_SSM: {e}")))?;
-                Arc::new(AppConfig::parse(text.expose()).map_err(|e| {
-                    Error::Config(format!("app config in SSM parameter {param}: {e}"))
-                })?)
-            }
-            (None, None) => return Err(Error::Config("no app config".into())),
-        };
+        let stores = secret_stores(&aws, env);
+        let app = config.app_config(&stores).await?;
         let connectors = http_connectors(&app, Some(&stores), clock).await?;
         let svc = Arc::new(AppContext::new(
             app,

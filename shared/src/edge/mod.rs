@@ -1,7 +1,10 @@
 //! The edges: where events enter. [`lambda`] is the SQS/EventBridge loop
-//! every function's `main.rs` calls; [`local`] runs every handler in one
+//! every function's `main.rs` calls (and `hosted`, the Hosted GET
+//! function's HTTP edge); [`local`] runs every handler in one
 //! process on SQLite (`metered run`).
 
+#[cfg(feature = "hosted-lambda")]
+pub mod hosted;
 #[cfg(feature = "aws")]
 pub mod lambda;
 #[cfg(feature = "sqlite")]

@@ -83,13 +83,16 @@ async fn send_flush(
 /// `full_now`); any rows waiting → a timed flush `every` from now, unless
 /// one is already marked. The scheduler's tick passes `full_now = false`: it
 /// only replaces lost marks, and must not pile up flushes of an outbox that
-/// waits for budget.
+/// waits for budget. A hosted Data Source is never flushed.
 pub async fn schedule_flush(
     svc: &AppContext,
     org: &str,
     ds: &DataSource,
     full_now: bool,
 ) -> Result<()> {
+    if ds.hosted() {
+        return Ok(());
+    }
     let key = svc.key(org);
     let pending = svc.store.pending_count(&key, &ds.name).await?;
     if pending == 0 {
@@ -138,6 +141,12 @@ async fn try_flush(
     datasource: &str,
 ) -> Result<Outcome> {
     let ds = svc.config.datasource(datasource)?;
+    if ds.hosted() {
+        // Switched to hosted while this flush waited: its rows are served
+        // by Hosted GET from where they are; nothing is sent.
+        tracing::info!(datasource = %ds.name, org = %job.org, "hosted Data Source: flush has nothing to push");
+        return Ok(Outcome::Done);
+    }
     let key = svc.key(&job.org);
     let lease = lease_name(&ds.name);
     let now = svc.clock.now();

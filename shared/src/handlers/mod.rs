@@ -5,6 +5,8 @@
 pub mod actions;
 pub mod context;
 pub mod datasource;
+#[cfg(feature = "hosted")]
+pub mod hosted;
 pub mod schedule;
 pub mod sync;
 pub mod workflow;

@@ -13,6 +13,7 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+pub mod hosted;
 pub mod outbox;
 
 /// A record that is new or whose content changed.

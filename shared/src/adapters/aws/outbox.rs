@@ -8,6 +8,7 @@ use crate::adapters::aws::{conditional, get_n, get_s, is_ccf, key_part, n, s, sd
 use crate::core::clock::{from_millis, to_millis, Timestamp};
 use crate::core::error::{Disposition, Error, Result};
 use crate::quota::QuotaKey;
+use crate::store::hosted::HostedRows;
 use crate::store::outbox::{last_write_wins, Chunk, Outbox, OutboxRow, OutboxState, RowChange};
 use async_trait::async_trait;
 use aws_sdk_dynamodb::operation::delete_item::DeleteItemError;
@@ -81,7 +82,15 @@ impl Outbox for DynamoStore {
                 ("written_at".to_string(), n(to_millis(now))),
             ]));
         }
-        self.batch_put(items).await
+        self.batch_put(items).await?;
+        // Hosted GET's ETag version, bumped after the rows are in.
+        self.state_update(key, datasource)
+            .update_expression("ADD version :one")
+            .expression_attribute_values(":one", n(1))
+            .send()
+            .await
+            .map_err(|e| sdk_error("outbox write", e))?;
+        Ok(())
     }
 
     async fn pending_rows(
@@ -90,32 +99,7 @@ impl Outbox for DynamoStore {
         datasource: &str,
         limit: u32,
     ) -> Result<Vec<OutboxRow>> {
-        let mut out = Vec::new();
-        let mut start: Option<Item> = None;
-        while out.len() < limit as usize {
-            let resp = self
-                .table
-                .client
-                .query()
-                .table_name(&self.table.name)
-                .key_condition_expression("pk = :pk")
-                .expression_attribute_values(":pk", s(row_pk(key, datasource)))
-                .consistent_read(true)
-                .limit((limit as usize - out.len()).min(1_000) as i32)
-                .set_exclusive_start_key(start.take())
-                .send()
-                .await
-                .map_err(|e| sdk_error("outbox read", e))?;
-            for item in resp.items() {
-                out.push(to_row(item)?);
-            }
-            match resp.last_evaluated_key {
-                Some(k) => start = Some(k),
-                None => break,
-            }
-        }
-        out.truncate(limit as usize);
-        Ok(out)
+        self.rows_after(key, datasource, None, limit).await
     }
 
     async fn pending_count(&self, key: &QuotaKey, datasource: &str) -> Result<u64> {
@@ -277,5 +261,63 @@ impl Outbox for DynamoStore {
             .await;
         conditional(result, "outbox schedule")?;
         Ok(())
+    }
+}
+
+#[async_trait]
+impl HostedRows for DynamoStore {
+    async fn rows_version(&self, key: &QuotaKey, datasource: &str) -> Result<u64> {
+        let item = self
+            .table
+            .get("hosted version", state_pk(key), datasource)
+            .await?;
+        Ok(item
+            .as_ref()
+            .and_then(|i| get_n(i, "version"))
+            .unwrap_or(0)
+            .max(0) as u64)
+    }
+
+    async fn rows_after(
+        &self,
+        key: &QuotaKey,
+        datasource: &str,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<OutboxRow>> {
+        let mut out = Vec::new();
+        let mut start: Option<Item> = None;
+        let (condition, mut values) = match after {
+            Some(a) => (
+                "pk = :pk AND sk > :after",
+                HashMap::from([(":after".to_string(), s(a))]),
+            ),
+            None => ("pk = :pk", HashMap::new()),
+        };
+        values.insert(":pk".to_string(), s(row_pk(key, datasource)));
+        while out.len() < limit as usize {
+            let resp = self
+                .table
+                .client
+                .query()
+                .table_name(&self.table.name)
+                .key_condition_expression(condition)
+                .set_expression_attribute_values(Some(values.clone()))
+                .consistent_read(true)
+                .limit((limit as usize - out.len()).min(1_000) as i32)
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+                .map_err(|e| sdk_error("hosted read", e))?;
+            for item in resp.items() {
+                out.push(to_row(item)?);
+            }
+            match resp.last_evaluated_key {
+                Some(k) => start = Some(k),
+                None => break,
+            }
+        }
+        out.truncate(limit as usize);
+        Ok(out)
     }
 }

@@ -91,6 +91,11 @@ CREATE TABLE IF NOT EXISTS outbox_row (
     change TEXT NOT NULL, stamp TEXT NOT NULL, written_at INTEGER NOT NULL,
     PRIMARY KEY (org, app, datasource, id)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS outbox_version (
+    org TEXT NOT NULL, app TEXT NOT NULL, datasource TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    PRIMARY KEY (org, app, datasource)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS outbox_state (
     org TEXT NOT NULL, app TEXT NOT NULL, datasource TEXT NOT NULL,
     next_seq INTEGER NOT NULL DEFAULT 0, inflight TEXT,

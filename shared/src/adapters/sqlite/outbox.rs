@@ -6,6 +6,7 @@ use crate::adapters::sqlite::store::SqliteStore;
 use crate::core::clock::{from_millis, to_millis, Timestamp};
 use crate::core::error::{Disposition, Error, Result};
 use crate::quota::QuotaKey;
+use crate::store::hosted::HostedRows;
 use crate::store::outbox::{last_write_wins, Chunk, Outbox, OutboxRow, OutboxState, RowChange};
 use async_trait::async_trait;
 use rusqlite::{params, OptionalExtension, TransactionBehavior};
@@ -44,6 +45,12 @@ impl Outbox for SqliteStore {
                         stmt.execute(params![key.org, key.app, ds, id, change, stamp, to_millis(now)])?;
                     }
                 }
+                // Hosted GET's ETag version, in the same transaction.
+                tx.execute(
+                    "INSERT INTO outbox_version (org, app, datasource, version) VALUES (?1, ?2, ?3, 1)
+                     ON CONFLICT (org, app, datasource) DO UPDATE SET version = version + 1",
+                    params![key.org, key.app, ds],
+                )?;
                 tx.commit()
             })
             .await
@@ -55,23 +62,7 @@ impl Outbox for SqliteStore {
         datasource: &str,
         limit: u32,
     ) -> Result<Vec<OutboxRow>> {
-        let (key, ds) = (key.clone(), datasource.to_string());
-        self.db()
-            .call("outbox read", move |conn| {
-                let mut stmt = conn.prepare_cached(
-                    "SELECT id, change, stamp FROM outbox_row
-                     WHERE org = ?1 AND app = ?2 AND datasource = ?3 ORDER BY id LIMIT ?4",
-                )?;
-                let rows = stmt.query_map(params![key.org, key.app, ds, limit], |r| {
-                    Ok(OutboxRow {
-                        id: r.get(0)?,
-                        change: change_of(&r.get::<_, String>(1)?)?,
-                        stamp: r.get(2)?,
-                    })
-                })?;
-                rows.collect()
-            })
-            .await
+        self.rows_after(key, datasource, None, limit).await
     }
 
     async fn pending_count(&self, key: &QuotaKey, datasource: &str) -> Result<u64> {
@@ -257,6 +248,55 @@ impl Outbox for SqliteStore {
                     params![key.org, key.app, ds, to_millis(due)],
                 )
                 .map(|_| ())
+            })
+            .await
+    }
+}
+
+#[async_trait]
+impl HostedRows for SqliteStore {
+    async fn rows_version(&self, key: &QuotaKey, datasource: &str) -> Result<u64> {
+        let (key, ds) = (key.clone(), datasource.to_string());
+        self.db()
+            .call("hosted version", move |conn| {
+                conn.query_row(
+                    "SELECT version FROM outbox_version WHERE org = ?1 AND app = ?2 AND datasource = ?3",
+                    params![key.org, key.app, ds],
+                    |r| r.get::<_, i64>(0),
+                )
+                .optional()
+            })
+            .await
+            .map(|v| v.unwrap_or(0).max(0) as u64)
+    }
+
+    async fn rows_after(
+        &self,
+        key: &QuotaKey,
+        datasource: &str,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<OutboxRow>> {
+        let (key, ds, after) = (
+            key.clone(),
+            datasource.to_string(),
+            after.map(str::to_string),
+        );
+        self.db()
+            .call("hosted read", move |conn| {
+                let mut stmt = conn.prepare_cached(
+                    "SELECT id, change, stamp FROM outbox_row
+                     WHERE org = ?1 AND app = ?2 AND datasource = ?3 AND (?4 IS NULL OR id > ?4)
+                     ORDER BY id LIMIT ?5",
+                )?;
+                let rows = stmt.query_map(params![key.org, key.app, ds, after, limit], |r| {
+                    Ok(OutboxRow {
+                        id: r.get(0)?,
+                        change: change_of(&r.get::<_, String>(1)?)?,
+                        stamp: r.get(2)?,
+                    })
+                })?;
+                rows.collect()
             })
             .await
     }

@@ -1,0 +1,78 @@
+//! The Hosted GET function's edge: a Function URL (or HTTP API, payload
+//! v2) event in, [`HostedService`] answers, an HTTP response out. Reads the
+//! table only; needs no queue and no API secret.
+
+use crate::adapters::aws::store::DynamoStore;
+use crate::adapters::aws::Table;
+use crate::core::clock::SystemClock;
+use crate::edge::lambda::{
+    dynamodb_client, init_logging, lambda_sdk_config, secret_stores, DeployConfig,
+};
+use crate::handlers::hosted::{resolve_secrets, HostedRequest, HostedResponse, HostedService};
+use lambda_http::{service_fn, Body, Request, Response};
+use std::sync::Arc;
+
+/// The request as the service reads it.
+pub fn from_http(req: &Request) -> HostedRequest {
+    let header = |name: &str| {
+        req.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    HostedRequest {
+        method: req.method().as_str().to_string(),
+        path: req.uri().path().to_string(),
+        query: req.uri().query().map(str::to_string),
+        authorization: header("authorization"),
+        if_none_match: header("if-none-match"),
+    }
+}
+
+/// The service's answer as an HTTP response.
+pub fn to_http(r: HostedResponse) -> Response<Body> {
+    let mut b = Response::builder().status(r.status);
+    if r.status != 304 {
+        b = b.header("content-type", "application/json");
+    }
+    for (k, v) in r.headers {
+        b = b.header(k, v);
+    }
+    let body = if r.body.is_empty() {
+        Body::Empty
+    } else {
+        Body::Text(r.body)
+    };
+    b.body(body).unwrap_or_else(|_| {
+        let mut fallback = Response::new(Body::Text("{\"error\":\"bad response header\"}".into()));
+        *fallback.status_mut() = lambda_http::http::StatusCode::INTERNAL_SERVER_ERROR;
+        fallback
+    })
+}
+
+/// Builds the service from the function's environment (table, app config,
+/// each hosted Data Source's secret).
+pub async fn hosted_service() -> crate::core::error::Result<HostedService> {
+    let env = |name: &str| std::env::var(name).ok();
+    let config = DeployConfig::from_env()?;
+    let aws = lambda_sdk_config(env)?;
+    let stores = secret_stores(&aws, env);
+    let app = config.app_config(&stores).await?;
+    let secrets = resolve_secrets(&app, Some(&stores)).await?;
+    let store = Arc::new(DynamoStore::new(Table::new(
+        dynamodb_client(&aws, env),
+        &config.table,
+    )));
+    HostedService::new(&app, secrets, store, Arc::new(SystemClock))
+}
+
+/// The whole life of the Hosted GET function.
+pub async fn run_hosted_function() -> Result<(), lambda_http::Error> {
+    init_logging();
+    let service = hosted_service().await?;
+    let service = &service;
+    lambda_http::run(service_fn(move |req: Request| async move {
+        Ok::<_, std::convert::Infallible>(to_http(service.handle(&from_http(&req)).await))
+    }))
+    .await
+}

@@ -1,0 +1,495 @@
+//! Hosted GET: the platform's app pulls a hosted Data Source's rows from
+//! our store, per user, each time it synchronizes. No third-party API call
+//! is made: this is the seeds' remedy that "bypasses the API limit".
+//!
+//! `GET /datasources/{name}/rows?page_size=&page_token=` with
+//! `Authorization: Bearer <JWT>` answers
+//! `{"rows": [...], "next_page_token": "..." | null}`.
+//!
+//! The rules, in the order a request meets them:
+//!
+//! 1. **Who**: an HS256 JWT signed with the Data Source's own secret,
+//!    checked by `jsonwebtoken` with HS256 as the only algorithm (so `none`
+//!    and algorithm confusion fail), `exp` required and in the future, `sub`
+//!    and `org` required. Anything else is 401 with no data. The org whose
+//!    rows are read is the token's `org`, never a parameter.
+//! 2. **What**: the configured CEL `filter` over `row` and `user` (every
+//!    claim) keeps a user's rows; a row the filter cannot evaluate is not
+//!    served (as decision nodes treat a missing field: "no").
+//! 3. **Cheap re-sync**: the `ETag` is the Data Source's write version for
+//!    that org plus a hash of (data source, org, the user's claims but the
+//!    time ones, page size, page token). `If-None-Match` with it is 304 after
+//!    reading the version only: rows are not read.
+//! 4. **Paging**: keyset by row id. A page token carries the last id
+//!    examined and who it was issued to (data source, org, `sub`, claims
+//!    hash), signed with a key derived from the data source's secret (so it
+//!    is no bearer token), and expires. A tampered, expired or someone
+//!    else's token is 400. A row is served at most once per paging run:
+//!    rows written between pages are served when their id is still ahead.
+
+use crate::config::app::AppConfig;
+use crate::config::datasource::{DataSourceMode, DEFAULT_MAX_PAGE_SIZE, DEFAULT_PAGE_SIZE};
+use crate::connector::secrets::Secret;
+use crate::core::clock::SharedClock;
+use crate::core::error::{Error, Result};
+use crate::quota::QuotaKey;
+use crate::store::hosted::HostedRows;
+use crate::store::outbox::RowChange;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// How long a page token stays good: one synchronization, with room.
+const PAGE_TOKEN_TTL_SECS: i64 = 3600;
+
+/// Raw rows read per store round trip is the page size; at most this many
+/// rounds per request, so a filter that keeps few rows cannot make one
+/// request read a whole large Data Source (the page then comes back short,
+/// with a token to go on).
+const MAX_ROUNDS: usize = 10;
+
+/// Claims that change with every token the platform mints and do not say
+/// who the user is: left out of the ETag so re-syncs with a fresh token hit.
+const TIME_CLAIMS: [&str; 4] = ["exp", "iat", "nbf", "jti"];
+
+/// One request, as both edges (Lambda's Function URL, `metered serve`) see it.
+#[derive(Debug, Clone, Default)]
+pub struct HostedRequest {
+    /// HTTP method.
+    pub method: String,
+    /// Path, without the query string.
+    pub path: String,
+    /// The raw query string (without `?`), if any.
+    pub query: Option<String>,
+    /// The `Authorization` header.
+    pub authorization: Option<String>,
+    /// The `If-None-Match` header.
+    pub if_none_match: Option<String>,
+}
+
+/// One response.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HostedResponse {
+    /// HTTP status.
+    pub status: u16,
+    /// Headers besides `content-type: application/json`.
+    pub headers: Vec<(&'static str, String)>,
+    /// JSON body (empty for 304).
+    pub body: String,
+}
+
+impl HostedResponse {
+    fn json(status: u16, body: &Value) -> Self {
+        Self {
+            status,
+            headers: vec![("cache-control", "private, no-cache".into())],
+            body: body.to_string(),
+        }
+    }
+
+    fn error(status: u16, message: impl Into<String>) -> Self {
+        let mut r = Self::json(status, &serde_json::json!({ "error": message.into() }));
+        if status == 401 {
+            r.headers.push(("www-authenticate", "Bearer".into()));
+        }
+        r
+    }
+}
+
+/// A hosted Data Source, ready to serve: its keys and compiled filter.
+struct Served {
+    decoding: DecodingKey,
+    page_encoding: EncodingKey,
+    page_decoding: DecodingKey,
+    filter: Option<cel::Program>,
+    max_page_size: u32,
+}
+
+/// Serves every hosted Data Source of one app from one store.
+pub struct HostedService {
+    app: String,
+    store: Arc<dyn HostedRows>,
+    clock: SharedClock,
+    served: BTreeMap<String, Served>,
+}
+
+/// What a page token carries (signed; opaque to the caller).
+#[derive(Debug, Serialize, Deserialize)]
+struct PageClaims {
+    ds: String,
+    org: String,
+    sub: String,
+    /// Hash of the caller's claims (see [`TIME_CLAIMS`]) and page size.
+    who: String,
+    /// The last row id examined.
+    after: String,
+    exp: i64,
+}
+
+fn page_key(secret: &Secret) -> Vec<u8> {
+    let mut h = Sha256::new();
+    h.update(b"metered hosted page token\0");
+    h.update(secret.expose().as_bytes());
+    h.finalize().to_vec()
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl HostedService {
+    /// Compiles the hosted Data Sources of `config`; `secrets` holds each
+    /// one's resolved JWT key (see [`resolve_secrets`]).
+    pub fn new(
+        config: &AppConfig,
+        secrets: BTreeMap<String, Secret>,
+        store: Arc<dyn HostedRows>,
+        clock: SharedClock,
+    ) -> Result<Self> {
+        let mut served = BTreeMap::new();
+        for (name, ds) in &config.datasources {
+            if ds.mode != DataSourceMode::Hosted {
+                continue;
+            }
+            let secret = secrets
+                .get(name)
+                .ok_or_else(|| Error::Config(format!("datasources.{name}.secret: not resolved")))?;
+            let filter = ds
+                .filter
+                .as_deref()
+                .map(|f| {
+                    crate::config::workflow::compile_with(
+                        &format!("datasources.{name}.filter"),
+                        f,
+                        &["row", "user"],
+                    )
+                })
+                .transpose()?;
+            let page = page_key(secret);
+            served.insert(
+                name.clone(),
+                Served {
+                    decoding: DecodingKey::from_secret(secret.expose().as_bytes()),
+                    page_encoding: EncodingKey::from_secret(&page),
+                    page_decoding: DecodingKey::from_secret(&page),
+                    filter,
+                    max_page_size: ds.max_page_size.unwrap_or(DEFAULT_MAX_PAGE_SIZE),
+                },
+            );
+        }
+        Ok(Self {
+            app: config.app.name.clone(),
+            store,
+            clock,
+            served,
+        })
+    }
+
+    /// The hosted Data Sources' names.
+    pub fn datasources(&self) -> impl Iterator<Item = &str> {
+        self.served.keys().map(String::as_str)
+    }
+
+    /// Answers one request; never panics, never errors: a store failure is
+    /// a 503 naming the operation (and logged), so the caller retries.
+    pub async fn handle(&self, req: &HostedRequest) -> HostedResponse {
+        match self.try_handle(req).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(error = %e, path = %req.path, "hosted GET failed");
+                HostedResponse::error(503, format!("{e}"))
+            }
+        }
+    }
+
+    async fn try_handle(&self, req: &HostedRequest) -> Result<HostedResponse> {
+        let Some(name) = req
+            .path
+            .strip_prefix("/datasources/")
+            .and_then(|rest| rest.strip_suffix("/rows"))
+            .filter(|n| !n.is_empty() && !n.contains('/'))
+        else {
+            return Ok(HostedResponse::error(
+                404,
+                "no such route; use GET /datasources/{name}/rows",
+            ));
+        };
+        if !req.method.eq_ignore_ascii_case("GET") {
+            let mut r =
+                HostedResponse::error(405, format!("{} is not allowed; use GET", req.method));
+            r.headers.push(("allow", "GET".into()));
+            return Ok(r);
+        }
+        let Some(ds) = self.served.get(name) else {
+            return Ok(HostedResponse::error(
+                404,
+                format!("no hosted Data Source `{name}`"),
+            ));
+        };
+        // 1. Who is calling.
+        let claims = match self.authenticate(ds, req.authorization.as_deref()) {
+            Ok(c) => c,
+            Err(why) => return Ok(HostedResponse::error(401, why)),
+        };
+        let org = claims["org"].as_str().unwrap_or_default().to_string();
+        let sub = claims["sub"].as_str().unwrap_or_default().to_string();
+        // Query parameters, each named when wrong.
+        let mut page_size = DEFAULT_PAGE_SIZE.min(ds.max_page_size);
+        let mut page_token: Option<String> = None;
+        for (k, v) in form_urlencoded(req.query.as_deref().unwrap_or("")) {
+            match k.as_str() {
+                "page_size" => match v.parse::<u32>() {
+                    Ok(n) if (1..=ds.max_page_size).contains(&n) => page_size = n,
+                    _ => {
+                        return Ok(HostedResponse::error(
+                            400,
+                            format!(
+                                "page_size: expected a whole number from 1 to {}, got {v:?}",
+                                ds.max_page_size
+                            ),
+                        ))
+                    }
+                },
+                "page_token" if !v.is_empty() => page_token = Some(v),
+                "page_token" => {}
+                other => {
+                    return Ok(HostedResponse::error(
+                        400,
+                        format!("{other}: unknown query parameter; use page_size and page_token"),
+                    ))
+                }
+            }
+        }
+        let who = who_hash(name, &org, &claims, page_size);
+        let after = match &page_token {
+            None => None,
+            Some(t) => match self.open_page_token(ds, t, name, &org, &sub, &who) {
+                Ok(after) => Some(after),
+                Err(why) => return Ok(HostedResponse::error(400, format!("page_token: {why}"))),
+            },
+        };
+        // 3. The version before the rows: see `HostedRows::rows_version`.
+        let key = QuotaKey::new(&org, &self.app);
+        let version = self.store.rows_version(&key, name).await?;
+        let etag = {
+            let mut h = Sha256::new();
+            h.update(who.as_bytes());
+            h.update(page_token.as_deref().unwrap_or("").as_bytes());
+            format!("\"v{version}-{}\"", &hex(&h.finalize())[..16])
+        };
+        if etag_matches(req.if_none_match.as_deref(), &etag) {
+            return Ok(HostedResponse {
+                status: 304,
+                headers: vec![
+                    ("etag", etag),
+                    ("cache-control", "private, no-cache".into()),
+                ],
+                body: String::new(),
+            });
+        }
+        // 2 and 4: the user's rows after the cursor.
+        let user = Value::Object(claims);
+        let mut rows = Vec::new();
+        let mut cursor = after;
+        let mut at_end = false;
+        for _ in 0..MAX_ROUNDS {
+            let batch = self
+                .store
+                .rows_after(&key, name, cursor.as_deref(), page_size)
+                .await?;
+            let short = batch.len() < page_size as usize;
+            for row in batch {
+                cursor = Some(row.id.clone());
+                if let RowChange::Insert(content) = row.change {
+                    if keep(ds.filter.as_ref(), &content, &user) {
+                        rows.push(content);
+                        if rows.len() == page_size as usize {
+                            break;
+                        }
+                    }
+                }
+            }
+            if rows.len() == page_size as usize {
+                break;
+            }
+            if short {
+                at_end = true;
+                break;
+            }
+        }
+        // A full page exactly at the end costs the caller one empty page:
+        // cheaper than reading one row ahead on every page.
+        let next = match (&cursor, at_end) {
+            (Some(last), false) => Some(self.page_token(ds, name, &org, &sub, &who, last)?),
+            _ => None,
+        };
+        let mut r = HostedResponse::json(
+            200,
+            &serde_json::json!({ "rows": rows, "next_page_token": next }),
+        );
+        r.headers.push(("etag", etag));
+        Ok(r)
+    }
+
+    fn authenticate(
+        &self,
+        ds: &Served,
+        authorization: Option<&str>,
+    ) -> std::result::Result<Map<String, Value>, String> {
+        let header = authorization.ok_or("missing Authorization header (Bearer JWT)")?;
+        let token = header
+            .strip_prefix("Bearer ")
+            .or_else(|| header.strip_prefix("bearer "))
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .ok_or("Authorization: expected `Bearer <JWT>`")?;
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.set_required_spec_claims(&["exp", "sub"]);
+        // Expiry against the injected clock, below (the tests' clock, the
+        // system's on Lambda), not the library's own reading of the time.
+        validation.validate_exp = false;
+        let data = jsonwebtoken::decode::<Map<String, Value>>(token, &ds.decoding, &validation)
+            .map_err(|e| format!("bearer token refused: {e}"))?;
+        let claims = data.claims;
+        let now = self.clock.now().timestamp();
+        match claims.get("exp").and_then(Value::as_i64) {
+            // 30 s of leeway for clock skew between the platform and us.
+            Some(exp) if exp + 30 >= now => {}
+            _ => return Err("bearer token refused: ExpiredSignature".into()),
+        }
+        for claim in ["org", "sub"] {
+            match claims.get(claim) {
+                Some(Value::String(s)) if !s.is_empty() => {}
+                _ => {
+                    return Err(format!(
+                        "bearer token refused: claim `{claim}` must be a non-empty string"
+                    ))
+                }
+            }
+        }
+        Ok(claims)
+    }
+
+    fn page_token(
+        &self,
+        ds: &Served,
+        name: &str,
+        org: &str,
+        sub: &str,
+        who: &str,
+        after: &str,
+    ) -> Result<String> {
+        let claims = PageClaims {
+            ds: name.into(),
+            org: org.into(),
+            sub: sub.into(),
+            who: who.into(),
+            after: after.into(),
+            exp: self.clock.now().timestamp() + PAGE_TOKEN_TTL_SECS,
+        };
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &ds.page_encoding)
+            .map_err(|e| Error::Config(format!("page token: {e}")))
+    }
+
+    fn open_page_token(
+        &self,
+        ds: &Served,
+        token: &str,
+        name: &str,
+        org: &str,
+        sub: &str,
+        who: &str,
+    ) -> std::result::Result<String, String> {
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.set_required_spec_claims(&["exp"]);
+        // Expiry against our clock, below.
+        validation.validate_exp = false;
+        let claims = jsonwebtoken::decode::<PageClaims>(token, &ds.page_decoding, &validation)
+            .map_err(|_| {
+                "not a page token this service issued (tampered or malformed)".to_string()
+            })?
+            .claims;
+        if claims.exp < self.clock.now().timestamp() {
+            return Err("expired; start again without page_token".into());
+        }
+        if claims.ds != name || claims.org != org || claims.sub != sub || claims.who != who {
+            return Err("issued to another caller, data source or page size".into());
+        }
+        Ok(claims.after)
+    }
+}
+
+/// Does the user's filter keep `row`?
+fn keep(filter: Option<&cel::Program>, row: &Value, user: &Value) -> bool {
+    let Some(program) = filter else {
+        return true;
+    };
+    let mut ctx = cel::Context::default();
+    for (name, value) in [("row", row), ("user", user)] {
+        match cel::to_value(value.clone()) {
+            Ok(v) => ctx.add_variable_from_value(name, v),
+            Err(_) => return false,
+        }
+    }
+    matches!(program.execute(&ctx), Ok(cel::Value::Bool(true)))
+}
+
+/// (data source, org, the claims that say who the user is, page size).
+fn who_hash(name: &str, org: &str, claims: &Map<String, Value>, page_size: u32) -> String {
+    let stable: BTreeMap<&String, &Value> = claims
+        .iter()
+        .filter(|(k, _)| !TIME_CLAIMS.contains(&k.as_str()))
+        .collect();
+    let mut h = Sha256::new();
+    h.update(name.as_bytes());
+    h.update([0]);
+    h.update(org.as_bytes());
+    h.update([0]);
+    h.update(
+        serde_json::to_string(&stable)
+            .unwrap_or_default()
+            .as_bytes(),
+    );
+    h.update(page_size.to_be_bytes());
+    hex(&h.finalize())[..32].to_string()
+}
+
+fn etag_matches(if_none_match: Option<&str>, etag: &str) -> bool {
+    if_none_match.is_some_and(|h| {
+        h.split(',')
+            .map(|t| t.trim().trim_start_matches("W/"))
+            .any(|t| t == etag || t == "*")
+    })
+}
+
+/// `a=1&b=x%20y` → pairs, percent- and plus-decoded.
+fn form_urlencoded(query: &str) -> Vec<(String, String)> {
+    form_urlencoded::parse(query.as_bytes())
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect()
+}
+
+/// Resolves every hosted Data Source's secret (env, Secrets Manager, SSM).
+pub async fn resolve_secrets(
+    config: &AppConfig,
+    stores: Option<&crate::connector::secrets::SecretStores>,
+) -> Result<BTreeMap<String, Secret>> {
+    let mut out = BTreeMap::new();
+    for (name, ds) in &config.datasources {
+        if let (DataSourceMode::Hosted, Some(r)) = (ds.mode, &ds.secret) {
+            let secret = crate::connector::secrets::resolve(r, stores)
+                .await
+                .map_err(|e| {
+                    Error::Config(
+                        e.to_string()
+                            .replace("app.auth.secret", &format!("datasources.{name}.secret")),
+                    )
+                })?;
+            out.insert(name.clone(), secret);
+        }
+    }
+    Ok(out)
+}

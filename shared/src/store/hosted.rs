@@ -1,0 +1,35 @@
+//! Hosted Data Sources: the rows a hosted Data Source's push actions decide
+//! stay in the outbox (never flushed) and are read from there by Hosted GET.
+//!
+//! Why the outbox: it already keeps one row per id, last write wins, per
+//! (org, Data Source), on both adapters; hosting only stops flushing it. A
+//! delete stays as a tombstone row, skipped when served.
+//!
+//! This port is apart from [`crate::store::RecordStore`] on purpose: only
+//! the Hosted GET function and `metered serve` read it, so the other
+//! Lambdas do not link its methods through the record store's vtable.
+
+use crate::core::error::Result;
+use crate::quota::QuotaKey;
+use crate::store::outbox::OutboxRow;
+use async_trait::async_trait;
+
+/// Reading a hosted Data Source.
+#[async_trait]
+pub trait HostedRows: Send + Sync {
+    /// A number that changes whenever rows of (org, data source) are
+    /// written (0 when never written). Bumped *after* the rows are written,
+    /// so a reader that takes it before reading rows never labels new
+    /// rows with an old version it could later answer 304 to.
+    async fn rows_version(&self, key: &QuotaKey, datasource: &str) -> Result<u64>;
+
+    /// Rows (tombstones included) whose id sorts after `after`, in id
+    /// (byte) order, at most `limit`.
+    async fn rows_after(
+        &self,
+        key: &QuotaKey,
+        datasource: &str,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<OutboxRow>>;
+}
