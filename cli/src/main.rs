@@ -11,6 +11,7 @@ mod inspect;
 mod plan;
 mod quota_demo;
 mod run;
+mod serve;
 mod status;
 mod system;
 
@@ -62,6 +63,9 @@ enum Command {
     Invoke(run::InvokeArgs),
     /// Measures the quota, restart, connector and sync paths and prints figures.
     Bench(bench::Args),
+    /// Hosted GET on this machine: serves hosted Data Sources' rows per user
+    /// (Bearer JWT) from the SQLite store `metered run` writes; no API call.
+    Serve(serve::Args),
     /// Creates template.yaml's table and queues on DynamoDB Local and
     /// ministack (AWS_ENDPOINT_URL_DYNAMODB, AWS_ENDPOINT_URL_SQS) and prints
     /// the functions' environment.
@@ -101,6 +105,7 @@ fn main() -> ExitCode {
             Command::Invoke(args) => run::invoke(args).await,
             Command::Bench(args) => bench::run(args).await,
             Command::LocalInfra(args) => infra::run(args).await,
+            Command::Serve(args) => serve::run(args).await,
         }
     });
     match result {

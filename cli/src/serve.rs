@@ -1,0 +1,128 @@
+//! `metered serve`: Hosted GET on this machine, from the SQLite store a
+//! `metered run` writes (two processes, one database). The same
+//! [`HostedService`] the `hosted-get` Lambda runs; axum only carries the
+//! request in and the answer out.
+
+use crate::system::{default_db, load_config, BoxError};
+use axum::body::Body;
+use axum::http::{Request, Response, StatusCode};
+use metered::adapters::sqlite::store::SqliteStore;
+use metered::adapters::sqlite::Db;
+use metered::config::app::SecretRef;
+use metered::config::datasource::DataSourceMode;
+use metered::core::clock::SystemClock;
+use metered::handlers::hosted::{resolve_secrets, HostedRequest, HostedService};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// The app config naming the hosted Data Sources
+    /// (`[datasources.NAME] mode = "hosted"`, `secret`, `filter`).
+    #[arg(long)]
+    config: PathBuf,
+    /// The SQLite database `metered run` writes.
+    #[arg(long, default_value_os_t = default_db())]
+    db: PathBuf,
+    /// Where to listen (loopback unless you mean it).
+    #[arg(long, default_value = "127.0.0.1:8787")]
+    listen: SocketAddr,
+}
+
+/// Builds the service for `config` over the database at `db`.
+pub async fn service(
+    config: &metered::config::app::AppConfig,
+    db: &std::path::Path,
+) -> Result<HostedService, BoxError> {
+    if !config
+        .datasources
+        .values()
+        .any(|d| d.mode == DataSourceMode::Hosted)
+    {
+        return Err(metered::Error::Config(
+            "no hosted Data Source in this config: set mode = \"hosted\" and a secret on a [datasources.NAME]".into(),
+        )
+        .into());
+    }
+    if !db.exists() {
+        return Err(metered::Error::Config(format!(
+            "no database at {}; run `metered run --config … --db {}` first",
+            db.display(),
+            db.display()
+        ))
+        .into());
+    }
+    // Secrets in Secrets Manager or SSM need AWS credentials; env ones do not.
+    let needs_aws = config.datasources.values().any(|d| {
+        matches!(
+            d.secret,
+            Some(SecretRef::SecretsManager(_)) | Some(SecretRef::Ssm(_))
+        )
+    });
+    let stores = if needs_aws {
+        let aws = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+        Some(metered::connector::secrets::SecretStores::new(&aws))
+    } else {
+        None
+    };
+    let secrets = resolve_secrets(config, stores.as_ref()).await?;
+    let store = Arc::new(SqliteStore::new(Db::open(db)?));
+    Ok(HostedService::new(
+        config,
+        secrets,
+        store,
+        Arc::new(SystemClock),
+    )?)
+}
+
+pub async fn run(args: Args) -> Result<(), BoxError> {
+    let config = load_config(Some(&args.config))?;
+    let service = Arc::new(service(&config, &args.db).await?);
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
+    let names: Vec<&str> = service.datasources().collect();
+    eprintln!(
+        "metered serve: Hosted GET of {} ({}) from {} at http://{}/datasources/{{name}}/rows; Ctrl-C to stop",
+        config.app.name,
+        names.join(", "),
+        args.db.display(),
+        listener.local_addr()?
+    );
+    let app = axum::Router::new().fallback(move |req: Request<Body>| {
+        let service = service.clone();
+        async move { answer(&service, req).await }
+    });
+    axum::serve(listener, app).await?;
+    Ok(())
+}
+
+async fn answer(service: &HostedService, req: Request<Body>) -> Response<Body> {
+    // A GET's body is not read; only the head crosses the await.
+    let (head, _) = req.into_parts();
+    let header = |name: &str| {
+        head.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    let request = HostedRequest {
+        method: head.method.as_str().to_string(),
+        path: head.uri.path().to_string(),
+        query: head.uri.query().map(str::to_string),
+        authorization: header("authorization"),
+        if_none_match: header("if-none-match"),
+    };
+    let r = service.handle(&request).await;
+    let mut b = Response::builder()
+        .status(StatusCode::from_u16(r.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR));
+    if r.status != 304 {
+        b = b.header("content-type", "application/json");
+    }
+    for (k, v) in r.headers {
+        b = b.header(k, v);
+    }
+    b.body(Body::from(r.body))
+        .unwrap_or_else(|_| Response::new(Body::from("{\"error\":\"bad response header\"}")))
+}
