@@ -1460,7 +1460,7 @@ async fn serve_answers_hosted_get_from_the_database_a_run_writes() {
         report["report"]["done"]["workflow"].as_u64().unwrap() > 0,
         "{report}"
     );
-    let db = metered::adapters::sqlite::Db::open(&dir.join("t.sqlite")).unwrap();
+    let db = metered::adapters::sqlite::Db::open(dir.join("t.sqlite")).unwrap();
     let store = metered::adapters::sqlite::store::SqliteStore::new(db);
     let key = metered::quota::QuotaKey::new("acme", "sim-booking");
     let expected: std::collections::BTreeSet<String> = store
