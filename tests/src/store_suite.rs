@@ -26,6 +26,7 @@ pub struct Fixture {
     pub records: Arc<dyn RecordStore>,
     pub jobs: Arc<dyn JobLedger>,
     pub actions: Arc<dyn ActionLedger>,
+    pub hosted: Arc<dyn metered::store::hosted::HostedRows>,
 }
 
 /// Every case of the suite, for one adapter: `store_cases!(make())`.
@@ -51,6 +52,7 @@ macro_rules! store_cases {
                 an_outbox_chunk_is_fixed_once_and_leaves_only_when_accepted,
                 concurrent_flushes_fix_one_chunk,
                 a_timed_flush_is_marked_once_until_cleared_or_lost,
+                hosted_rows_page_by_id_and_version_per_org,
             ]
         );
     };
@@ -926,4 +928,71 @@ pub async fn a_timed_flush_is_marked_once_until_cleared_or_lost<F: Future<Output
         o.outbox_state(&b, "vips").await.unwrap().flush_due,
         Some(due)
     );
+}
+
+/// Hosted GET's reads: rows (tombstones included) after a cursor in id
+/// byte order, and a version that changes with every write of that org's
+/// Data Source only.
+pub async fn hosted_rows_page_by_id_and_version_per_org<F: Future<Output = Fixture>>(make: F) {
+    let s = make.await;
+    let (a, b) = orgs();
+    let now = afternoon();
+    assert_eq!(s.hosted.rows_version(&a, "ds").await.unwrap(), 0);
+    let ins = |id: &str| {
+        (
+            id.to_string(),
+            RowChange::Insert(serde_json::json!({"id": id})),
+        )
+    };
+    s.records
+        .put_rows(
+            &a,
+            "ds",
+            &[ins("r2"), ins("r1"), ins("r10"), ins("R0")],
+            now,
+        )
+        .await
+        .unwrap();
+    s.records
+        .put_rows(&b, "ds", &[ins("r1")], now)
+        .await
+        .unwrap();
+    let v1 = s.hosted.rows_version(&a, "ds").await.unwrap();
+    assert!(v1 > 0);
+    let ids = |rows: Vec<OutboxRow>| rows.into_iter().map(|r| r.id).collect::<Vec<_>>();
+    // Byte order on both adapters: upper case first, "r10" before "r2".
+    assert_eq!(
+        ids(s.hosted.rows_after(&a, "ds", None, 10).await.unwrap()),
+        ["R0", "r1", "r10", "r2"]
+    );
+    assert_eq!(
+        ids(s.hosted.rows_after(&a, "ds", Some("r1"), 2).await.unwrap()),
+        ["r10", "r2"]
+    );
+    assert!(s
+        .hosted
+        .rows_after(&a, "ds", Some("r2"), 10)
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(
+        ids(s.hosted.rows_after(&b, "ds", None, 10).await.unwrap()),
+        ["r1"]
+    );
+    assert!(s
+        .hosted
+        .rows_after(&a, "other", None, 10)
+        .await
+        .unwrap()
+        .is_empty());
+    // A delete stays as a tombstone; the version moves for org A only.
+    let vb = s.hosted.rows_version(&b, "ds").await.unwrap();
+    s.records
+        .put_rows(&a, "ds", &[("r1".into(), RowChange::Delete)], now)
+        .await
+        .unwrap();
+    let rows = s.hosted.rows_after(&a, "ds", Some("R0"), 1).await.unwrap();
+    assert_eq!(rows[0].change, RowChange::Delete);
+    assert!(s.hosted.rows_version(&a, "ds").await.unwrap() > v1);
+    assert_eq!(s.hosted.rows_version(&b, "ds").await.unwrap(), vb);
 }

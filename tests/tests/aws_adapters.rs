@@ -32,7 +32,8 @@ async fn store() -> metered_tests::store_suite::Fixture {
     metered_tests::store_suite::Fixture {
         records: store.clone(),
         jobs: store.clone(),
-        actions: store,
+        actions: store.clone(),
+        hosted: store,
     }
 }
 
