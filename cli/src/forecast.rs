@@ -202,6 +202,10 @@ pub fn sources(config: &AppConfig, volumes: &Volumes) -> Vec<SourceForecast> {
         let Ok(ds) = config.datasource(&ds_name) else {
             continue;
         };
+        if ds.hosted() {
+            // Served by Hosted GET: its rows never cost a call.
+            continue;
+        }
         // The outbox flushes at most once per `every`, and no more often
         // than rows arrive; a flush sends ceil(rows / max) calls.
         let flushes = runs.min(1.0 / day_secs(ds.every));
@@ -337,6 +341,9 @@ pub fn first_load(
         let Ok(ds) = config.datasource(&ds_name) else {
             continue;
         };
+        if ds.hosted() {
+            continue;
+        }
         let calls = (n / f64::from(ds.max_rows_per_call)).ceil();
         if calls > 0.0 {
             extras.push(one(
@@ -585,6 +592,21 @@ fn remedies(
         let Ok(ds) = config.datasource(&ds_name) else {
             continue;
         };
+        if ds.hosted() {
+            continue;
+        }
+        // The seeds' Hosted GET: the platform pulls the rows; every push
+        // call of this Data Source is saved.
+        let mut c = config.clone();
+        c.datasources.entry(ds_name.clone()).or_default().mode =
+            metered::config::datasource::DataSourceMode::Hosted;
+        consider(
+            format!(
+                "host data source {ds_name}: datasources.{ds_name}.mode = \"hosted\" (Hosted GET; the platform pulls its rows, no push call)"
+            ),
+            &c,
+            volumes,
+        );
         let mut c = config.clone();
         c.datasources.entry(ds_name.clone()).or_default().every = ds.every * 2;
         consider(

@@ -577,6 +577,25 @@ fn plan_flags_a_first_day_over_the_limit_and_prices_remedies_on_both_days() {
         transfer_first["saves_per_day"].as_f64().unwrap() < 0.0,
         "{transfer_first}"
     );
+    // Hosting the Data Source saves every one of its push calls, on both days.
+    let hosted = remedy("host data source gold_invoices");
+    let push_calls = |day: &str| {
+        plan[day]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["source"] == "datasource:gold_invoices")
+            .map(|s| s["calls_per_day"].as_f64().unwrap())
+            .unwrap_or_else(|| panic!("no push forecast in {day}: {plan}"))
+    };
+    assert!(
+        (hosted["saves_per_day"].as_f64().unwrap() - push_calls("sources")).abs() < 0.01,
+        "{hosted} {plan}"
+    );
+    assert!(
+        (hosted["saves_day1"].as_f64().unwrap() - push_calls("day1_sources")).abs() < 0.01,
+        "{hosted} {plan}"
+    );
     let filter = remedy("decision nodes before actions");
     assert!(
         filter["saves_day1"].as_f64().unwrap() > filter["saves_per_day"].as_f64().unwrap(),
