@@ -138,6 +138,9 @@ pub async fn run(args: Args) -> Result<(), BoxError> {
     let mut datasources = BTreeMap::new();
     for name in system.config.datasource_names() {
         let ds = system.config.datasource(&name)?;
+        if ds.hosted() {
+            continue; // reported with its Hosted GET request below
+        }
         let state = svc.store.outbox_state(&quota_key, &name).await?;
         datasources.insert(
             name.clone(),
@@ -151,6 +154,7 @@ pub async fn run(args: Args) -> Result<(), BoxError> {
             }),
         );
     }
+    let hosted = hosted_request(&system, &quota_key, &sim).await?;
     let out = json!({
         "days": days,
         "calls_by_source": by_source,
@@ -165,6 +169,7 @@ pub async fn run(args: Args) -> Result<(), BoxError> {
         "records": records,
         "actions": {"notes_created": stats.creates_by_idempotency_key.len(), "datasource_pushes": stats.datasource_pushes, "gold_invoices_rows": sim.datasource_rows("gold_invoices").len()},
         "datasources": datasources,
+        "hosted": hosted,
         "dead_lettered": dead,
         "jobs_waiting": waiting,
         "api_failures_injected": sim.faults().failed_by_kind.clone(),
@@ -201,6 +206,12 @@ pub async fn run(args: Args) -> Result<(), BoxError> {
                 d["pushes"], d["rows_pushed"], d["rows_per_push"].as_f64().unwrap_or(0.0), d["every_secs"], d["max_rows_per_call"], d["rows_waiting"]
             );
         }
+        for (name, h) in hosted.as_object().into_iter().flatten() {
+            println!(
+                "Data Source `{name}` (hosted, never pushed): {} rows in the store; Hosted GET as customer {} of {org} → {} with {} row(s), {} API calls",
+                h["rows_hosted"], h["customer_id"].as_str().unwrap_or("?"), h["status"], h["rows_served"], h["api_calls_during"]
+            );
+        }
         println!("\nRestarts (instead of sleeping)");
         if report.restarts.is_empty() {
             println!("  none");
@@ -224,4 +235,80 @@ pub async fn run(args: Args) -> Result<(), BoxError> {
         return Err(format!("the demo's invariants did not hold: usage {usage_total} vs served {served}, {dead} dead letters").into());
     }
     Ok(())
+}
+
+/// Each hosted Data Source answers one Hosted GET, as the platform's app
+/// would ask it: a user's JWT naming a customer who has rows; the API's
+/// own counter is read before and after.
+async fn hosted_request(
+    system: &crate::system::System,
+    key: &metered::quota::QuotaKey,
+    sim: &metered_sim::Sim,
+) -> Result<serde_json::Value, BoxError> {
+    use metered::store::hosted::HostedRows;
+    use metered::store::outbox::RowChange;
+    let svc = &system.runner.svc;
+    let secret = uuid::Uuid::new_v4().to_string();
+    let store = std::sync::Arc::new(metered::adapters::sqlite::store::SqliteStore::new(
+        system.runner.db.clone(),
+    ));
+    let names: Vec<String> = system
+        .config
+        .datasources
+        .iter()
+        .filter(|(_, d)| d.mode == metered::config::datasource::DataSourceMode::Hosted)
+        .map(|(n, _)| n.clone())
+        .collect();
+    let secrets = names
+        .iter()
+        .map(|n| {
+            (
+                n.clone(),
+                metered::connector::secrets::Secret::new(secret.clone()),
+            )
+        })
+        .collect();
+    let service = metered::handlers::hosted::HostedService::new(
+        &system.config,
+        secrets,
+        store.clone(),
+        svc.clock.clone(),
+    )?;
+    let mut out = serde_json::Map::new();
+    for name in names {
+        let rows = store.rows_after(key, &name, None, u32::MAX).await?;
+        let hosted = rows
+            .iter()
+            .filter(|r| matches!(r.change, RowChange::Insert(_)))
+            .count();
+        let customer = rows.iter().find_map(|r| match &r.change {
+            RowChange::Insert(v) => v.get("customer_id").cloned(),
+            RowChange::Delete => None,
+        });
+        let token = jsonwebtoken::encode(
+            &jsonwebtoken::Header::default(),
+            &json!({"org": key.org, "sub": "demo-user", "customer_id": customer, "exp": svc.clock.now().timestamp() + 600}),
+            &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+        )?;
+        let before = sim.stats().served() + sim.stats().rejected_429;
+        let r = service
+            .handle(&metered::handlers::hosted::HostedRequest {
+                method: "GET".into(),
+                path: format!("/datasources/{name}/rows"),
+                query: Some("page_size=1000".into()),
+                authorization: Some(format!("Bearer {token}")),
+                if_none_match: None,
+            })
+            .await;
+        let after = sim.stats().served() + sim.stats().rejected_429;
+        let served = serde_json::from_str::<serde_json::Value>(&r.body)
+            .ok()
+            .and_then(|b| b["rows"].as_array().map(Vec::len))
+            .unwrap_or(0);
+        out.insert(
+            name,
+            json!({"rows_hosted": hosted, "customer_id": customer, "status": r.status, "rows_served": served, "api_calls_during": after - before}),
+        );
+    }
+    Ok(out.into())
 }

@@ -57,6 +57,18 @@ fn demo_report_matches_the_apis_own_counters_and_the_database_answers() {
     assert_eq!(ds["pushes"], r["actions"]["datasource_pushes"], "{r}");
     assert!(ds["rows_per_push"].as_f64().unwrap() > 2.0, "{r}");
     assert_eq!(ds["rows_waiting"], 0, "{r}");
+    // The hosted Data Source is never pushed; one user's Hosted GET is
+    // answered from the store with that customer's rows and no API call.
+    let hosted = &r["hosted"]["customer_invoices"];
+    assert!(r["datasources"].get("customer_invoices").is_none(), "{r}");
+    assert!(hosted["rows_hosted"].as_u64().unwrap() > 50, "{r}");
+    assert_eq!(hosted["status"], 200, "{r}");
+    let served = hosted["rows_served"].as_u64().unwrap();
+    assert!(
+        served >= 1 && served < hosted["rows_hosted"].as_u64().unwrap(),
+        "one customer's rows only: {r}"
+    );
+    assert_eq!(hosted["api_calls_during"], 0, "{r}");
 
     // The same database answers the inspection commands.
     let usage = json(&metered(
@@ -1506,6 +1518,7 @@ async fn serve_answers_hosted_get_from_the_database_a_run_writes() {
         ])
         .arg(format!("127.0.0.1:{port}"))
         .env("GOLD_JWT", "gold-secret-for-the-test")
+        .env("METERED_HOSTED_JWT_SECRET", "customer-invoices-secret")
         .current_dir(&dir)
         .stderr(std::process::Stdio::piped())
         .spawn()

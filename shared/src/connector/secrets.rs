@@ -71,12 +71,18 @@ impl SecretStores {
         Self {
             secrets_manager: aws_sdk_secretsmanager::Client::from_conf({
                 let mut b = aws_sdk_secretsmanager::config::Builder::from(config);
-                b.set_endpoint_url(secrets_manager);
+                // None must not clear an endpoint the SDK config already has.
+                if let Some(url) = secrets_manager {
+                    b.set_endpoint_url(Some(url));
+                }
                 b.build()
             }),
             ssm: aws_sdk_ssm::Client::from_conf({
                 let mut b = aws_sdk_ssm::config::Builder::from(config);
-                b.set_endpoint_url(ssm);
+                // None must not clear an endpoint the SDK config already has.
+                if let Some(url) = ssm {
+                    b.set_endpoint_url(Some(url));
+                }
                 b.build()
             }),
         }

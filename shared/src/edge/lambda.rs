@@ -234,7 +234,10 @@ pub fn dynamodb_client(
     get: impl Fn(&str) -> Option<String>,
 ) -> aws_sdk_dynamodb::Client {
     let mut b = aws_sdk_dynamodb::config::Builder::from(aws);
-    b.set_endpoint_url(service_endpoint(get, "DYNAMODB"));
+    // None must not clear an endpoint the SDK config already has.
+    if let Some(url) = service_endpoint(get, "DYNAMODB") {
+        b.set_endpoint_url(Some(url));
+    }
     aws_sdk_dynamodb::Client::from_conf(b.build())
 }
 
@@ -292,7 +295,10 @@ impl Deployed {
         let quota = Quota::new(Arc::new(DynamoQuota::new(table)), clock.clone());
         let sqs = aws_sdk_sqs::Client::from_conf({
             let mut b = aws_sdk_sqs::config::Builder::from(&aws);
-            b.set_endpoint_url(service_endpoint(env, "SQS"));
+            // None must not clear an endpoint the SDK config already has.
+            if let Some(url) = service_endpoint(env, "SQS") {
+                b.set_endpoint_url(Some(url));
+            }
             b.build()
         });
         let mut queues = Queues::new();
