@@ -90,12 +90,16 @@ pub async fn run(args: Args) -> Result<(), BoxError> {
         args.db.display(),
         listener.local_addr()?
     );
-    let app = axum::Router::new().fallback(move |req: Request<Body>| {
+    axum::serve(listener, router(service)).await?;
+    Ok(())
+}
+
+/// Every path goes to the service, which names the one route it has.
+pub fn router(service: Arc<HostedService>) -> axum::Router {
+    axum::Router::new().fallback(move |req: Request<Body>| {
         let service = service.clone();
         async move { answer(&service, req).await }
-    });
-    axum::serve(listener, app).await?;
-    Ok(())
+    })
 }
 
 async fn answer(service: &HostedService, req: Request<Body>) -> Response<Body> {

@@ -85,7 +85,11 @@ async fn functions_run_under_cargo_lambda_watch_against_local_aws() {
         })
         .collect();
 
-    let config = common::notes_scenario(&metered_sim::app_config(&server.base_url()));
+    // Plus a hosted Data Source, for the hosted-get function below.
+    let config = format!(
+        "{}\n[datasources.class_feed]\nmode = \"hosted\"\nsecret = {{ env = \"CLASS_FEED_JWT\" }}\n",
+        common::notes_scenario(&metered_sim::app_config(&server.base_url()))
+    );
     let config_path = dir.join("app.toml");
     std::fs::write(&config_path, config).unwrap();
     let mut env_file = String::new();
@@ -97,7 +101,7 @@ async fn functions_run_under_cargo_lambda_watch_against_local_aws() {
         env_file.push_str(&format!("{k}={v}\n"));
     }
     env_file.push_str(&format!(
-        "METERED_APP_CONFIG={}\nSIM_API_KEY=watch-key\nRUST_LOG=info\n",
+        "METERED_APP_CONFIG={}\nSIM_API_KEY=watch-key\nCLASS_FEED_JWT=class-feed-key\nRUST_LOG=info\n",
         config_path.display()
     ));
     std::fs::write(dir.join("functions.env"), env_file).unwrap();
@@ -275,5 +279,35 @@ async fn functions_run_under_cargo_lambda_watch_against_local_aws() {
         dead.messages.unwrap_or_default().is_empty(),
         "nothing dead-lettered"
     );
+
+    // Hosted GET under `cargo lambda watch`: its Function URL emulation
+    // carries the request to hosted-get, which reads the table.
+    metered::store::outbox::Outbox::put_rows(
+        &store,
+        &key,
+        "class_feed",
+        &[(
+            "cls_1".into(),
+            metered::store::outbox::RowChange::Insert(serde_json::json!({"id": "cls_1"})),
+        )],
+        chrono::Utc::now(),
+    )
+    .await
+    .unwrap();
+    let token = jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &serde_json::json!({"org": "acme", "sub": "u1", "exp": chrono::Utc::now().timestamp() + 600}),
+        &jsonwebtoken::EncodingKey::from_secret(b"class-feed-key"),
+    )
+    .unwrap();
+    let url = format!("http://127.0.0.1:{port}/lambda-url/hosted-get/datasources/class_feed/rows");
+    let r = http.get(&url).bearer_auth(&token).send().await.unwrap();
+    let status = r.status();
+    let text = r.text().await.unwrap_or_default();
+    assert_eq!(status, 200, "{text}");
+    let body: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(body["rows"], serde_json::json!([{"id": "cls_1"}]), "{body}");
+    let r = http.get(&url).send().await.unwrap();
+    assert_eq!(r.status(), 401);
     let _ = std::fs::remove_dir_all(&dir);
 }

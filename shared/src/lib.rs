@@ -10,9 +10,9 @@
 //! other.
 //!
 //! ```text
-//!  7  edge       lambda (SQS/EventBridge loop, feature aws) · local (one process, feature sqlite)
+//!  7  edge       lambda (SQS/EventBridge loop, feature aws) · hosted (Function URL) · local (one process, feature sqlite)
 //!  6  adapters   aws: DynamoDB quota+store, SQS queue      · sqlite: the same on one file
-//!  5  handlers   sync (transfer, lookups) · schedule · workflow · actions · AppContext
+//!  5  handlers   sync (transfer, lookups) · schedule · workflow · actions · hosted GET · AppContext
 //!  4  ports      connector (API calls)   · jobs (envelope, queue, ledgers, runtime) · store (records, leases)
 //!  3  config     AppConfig: app, record types, syncs, workflows — validated in one pass
 //!  2  quota      windows, leases, blocks, usage: the port, its rules and the facade
@@ -37,7 +37,8 @@
 //! - [`handlers`] — what each function does with a job, through one
 //!   [`handlers::context::AppContext`].
 //! - [`adapters`] — [`adapters::aws`] and [`adapters::sqlite`], I/O only.
-//! - [`edge`] — [`edge::lambda`] and [`edge::local`].
+//! - [`edge`] — [`edge::lambda`], `edge::hosted` (Hosted GET's Function URL
+//!   edge) and [`edge::local`].
 //!
 //! Forecasting (`metered plan`) lives in the CLI: the Lambdas never run it.
 //!

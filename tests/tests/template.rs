@@ -79,7 +79,8 @@ fn sqs_functions_report_partial_failures_and_outlive_nothing() {
         let timeout = f["Properties"]["Timeout"]
             .as_u64()
             .unwrap_or_else(|| panic!("{name} has no explicit timeout"));
-        for (_, event) in f["Properties"]["Events"].as_mapping().unwrap() {
+        // hosted-get has no event source (a Function URL calls it).
+        for (_, event) in f["Properties"]["Events"].as_mapping().into_iter().flatten() {
             if event["Type"] != "SQS" {
                 continue;
             }

@@ -9,9 +9,11 @@
 //! - [`quota`]: acquire/release pairs, reservations, concurrency and the
 //!   denied-job path, on SQLite and (with `--dynamodb-url`) DynamoDB + SQS;
 //! - [`connector`]: what the quota adds to a call against the simulator;
-//! - [`sync`]: the reference transfer with bulk lookups.
+//! - [`sync`]: the reference transfer with bulk lookups;
+//! - [`hosted`]: Hosted GET's requests per second and latency per size.
 
 mod connector;
+mod hosted;
 mod quota;
 mod sync;
 
@@ -34,6 +36,10 @@ pub struct Args {
     /// Acquire/release pairs per measurement on DynamoDB.
     #[arg(long, default_value_t = 1_000)]
     pub(super) aws_iterations: u32,
+    /// Only the Hosted GET figures (HTTP on SQLite; the handler on DynamoDB
+    /// with --dynamodb-url).
+    #[arg(long)]
+    pub(super) hosted: bool,
 }
 
 /// Latencies of one measurement.
@@ -59,11 +65,15 @@ pub(super) fn row(name: &str, value: String) {
 }
 
 pub async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
+    if args.hosted {
+        return hosted::section(args.dynamodb_url.as_deref()).await;
+    }
     quota::sqlite(&args).await?;
     connector::section(args.connector_calls).await?;
     sync::section().await?;
     if let Some(url) = &args.dynamodb_url {
         quota::aws(&args, url).await?;
     }
+    hosted::section(args.dynamodb_url.as_deref()).await?;
     Ok(())
 }

@@ -1,0 +1,238 @@
+//! Hosted GET: requests per second and p50/p99 of one page, through
+//! `metered serve`'s HTTP stack on SQLite and through the handler on
+//! DynamoDB, at 100, 1,000 and 10,000 rows; then, at 10,000 rows, p99 per
+//! page size. Every request carries a fresh JWT check and the row filter
+//! (half the rows pass), as the platform's sync would.
+
+use super::{row, uuid_like, Latencies};
+use metered::config::app::AppConfig;
+use metered::connector::secrets::Secret;
+use metered::handlers::hosted::{HostedRequest, HostedService};
+use metered::quota::QuotaKey;
+use metered::store::hosted::HostedRows;
+use metered::store::outbox::{Outbox, RowChange};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const SECRET: &str = "bench-secret";
+const CONCURRENCY: usize = 8;
+const REQUESTS: usize = 400;
+
+const CONFIG: &str = r#"
+[app]
+name = "bench"
+base_url = "http://127.0.0.1:1/"
+[app.limits]
+per_day = 100
+max_concurrent = 1
+[record_types.customers]
+list_path = "/customers"
+pagination = { style = "page", param = "page" }
+max_page_size = 100
+records_pointer = "/data"
+id_pointer = "/id"
+[workflows.w]
+trigger = { record_type = "customers" }
+[[workflows.w.actions]]
+kind = "datasource_push"
+datasource = "rows"
+row = { id = "{{ record.id }}" }
+[datasources.rows]
+mode = "hosted"
+secret = { env = "UNUSED" }
+filter = "row.team == user.team"
+max_page_size = 1000
+"#;
+
+async fn fill<S: Outbox + ?Sized>(
+    store: &S,
+    key: &QuotaKey,
+    n: usize,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let rows: Vec<(String, RowChange)> = (0..n)
+        .map(|i| {
+            let id = format!("row_{i:06}");
+            let change = RowChange::Insert(serde_json::json!({
+                "id": id, "team": if i % 2 == 0 { "a" } else { "b" },
+                "customer": format!("Customer {i}"), "amount_cents": i * 100,
+            }));
+            (id, change)
+        })
+        .collect();
+    for chunk in rows.chunks(500) {
+        store
+            .put_rows(key, "rows", chunk, chrono::Utc::now())
+            .await?;
+    }
+    Ok(())
+}
+
+fn token() -> String {
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &serde_json::json!({"org": "bench", "sub": "u1", "team": "a", "exp": chrono::Utc::now().timestamp() + 3600}),
+        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap_or_default()
+}
+
+fn service(
+    config: &AppConfig,
+    store: Arc<dyn HostedRows>,
+) -> Result<HostedService, metered::Error> {
+    let secrets = BTreeMap::from([("rows".to_string(), Secret::new(SECRET))]);
+    HostedService::new(
+        config,
+        secrets,
+        store,
+        Arc::new(metered::core::clock::SystemClock),
+    )
+}
+
+/// `REQUESTS` requests from `CONCURRENCY` tasks: (rps, p50 ms, p99 ms).
+async fn measure<F, Fut>(one: F) -> (f64, f64, f64)
+where
+    F: Fn() -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = Duration> + Send,
+{
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..CONCURRENCY {
+        let one = one.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut out = Vec::new();
+            for _ in 0..REQUESTS / CONCURRENCY {
+                out.push(one().await);
+            }
+            out
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap_or_default());
+    }
+    let rps = all.len() as f64 / started.elapsed().as_secs_f64();
+    let mut l = Latencies(all);
+    (rps, l.pct(0.5), l.pct(0.99))
+}
+
+fn request(page_size: u32) -> HostedRequest {
+    HostedRequest {
+        method: "GET".into(),
+        path: "/datasources/rows/rows".into(),
+        query: Some(format!("page_size={page_size}")),
+        authorization: Some(format!("Bearer {}", token())),
+        if_none_match: None,
+    }
+}
+
+/// Through the handler directly (what the Lambda runs per event).
+async fn handler(service: Arc<HostedService>, page_size: u32) -> (f64, f64, f64) {
+    measure(move || {
+        let service = service.clone();
+        async move {
+            let t = Instant::now();
+            let r = service.handle(&request(page_size)).await;
+            debug_assert_eq!(r.status, 200);
+            t.elapsed()
+        }
+    })
+    .await
+}
+
+/// Through HTTP: `metered serve`'s router on a loopback port.
+async fn http(
+    service: Arc<HostedService>,
+    page_size: u32,
+) -> Result<(f64, f64, f64), Box<dyn std::error::Error>> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let server = tokio::spawn(async move {
+        let _ = axum::serve(listener, crate::serve::router(service)).await;
+    });
+    let client = reqwest::Client::new();
+    let url = format!("http://{addr}/datasources/rows/rows?page_size={page_size}");
+    let figures = measure(move || {
+        let (client, url) = (client.clone(), url.clone());
+        async move {
+            let t = Instant::now();
+            if let Ok(r) = client.get(&url).bearer_auth(token()).send().await {
+                let _ = r.bytes().await;
+            }
+            t.elapsed()
+        }
+    })
+    .await;
+    server.abort();
+    Ok(figures)
+}
+
+fn print(what: &str, (rps, p50, p99): (f64, f64, f64)) {
+    row(
+        what,
+        format!("{rps:>7.0} req/s   p50 {p50:>6.2} ms   p99 {p99:>6.2} ms"),
+    );
+}
+
+pub(super) async fn section(dynamodb_url: Option<&str>) -> Result<(), Box<dyn std::error::Error>> {
+    println!("\nHosted GET ({REQUESTS} requests of one page, {CONCURRENCY} at a time, half the rows pass the filter)");
+    let config = AppConfig::parse(CONFIG)?;
+    let key = QuotaKey::new("bench", "bench");
+    let dir = std::env::temp_dir().join(format!("metered-bench-hosted-{}", uuid_like()));
+    std::fs::create_dir_all(&dir)?;
+    let mut sweep = Vec::new();
+    for n in [100usize, 1_000, 10_000] {
+        let db = metered::adapters::sqlite::Db::open(dir.join(format!("{n}.sqlite")))?;
+        let store = Arc::new(metered::adapters::sqlite::store::SqliteStore::new(db));
+        fill(store.as_ref(), &key, n).await?;
+        let s = Arc::new(service(&config, store)?);
+        print(
+            &format!("metered serve (HTTP, SQLite), {n} rows, page 100"),
+            http(s.clone(), 100).await?,
+        );
+        if n == 10_000 {
+            sweep.push(("metered serve (HTTP, SQLite)", s));
+        }
+    }
+    if let Some(url) = dynamodb_url {
+        let cfg = metered::adapters::aws::local_sdk_config(url);
+        for n in [100usize, 1_000, 10_000] {
+            let table = metered::adapters::aws::Table::new(
+                aws_sdk_dynamodb::Client::new(&cfg),
+                format!("metered-bench-hosted-{}", uuid_like()),
+            );
+            table.create_if_missing().await?;
+            let store = Arc::new(metered::adapters::aws::store::DynamoStore::new(table));
+            fill(store.as_ref(), &key, n).await?;
+            let s = Arc::new(service(&config, store)?);
+            print(
+                &format!("handler on DynamoDB, {n} rows, page 100"),
+                handler(s.clone(), 100).await,
+            );
+            if n == 10_000 {
+                sweep.push(("handler on DynamoDB", s));
+            }
+        }
+    }
+    for (what, s) in sweep {
+        let mut under = None;
+        for page in [50u32, 100, 250, 500, 1000] {
+            let f = if what.starts_with("handler") {
+                handler(s.clone(), page).await
+            } else {
+                http(s.clone(), page).await?
+            };
+            print(&format!("{what}, 10000 rows, page {page}"), f);
+            if f.2 < 50.0 {
+                under = Some(page);
+            }
+        }
+        row(
+            &format!("{what}: largest page with p99 < 50 ms"),
+            under.map_or("none measured".into(), |p| format!("{p} rows")),
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
