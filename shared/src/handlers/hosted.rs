@@ -291,7 +291,9 @@ impl HostedService {
             });
         }
         // 2 and 4: the user's rows after the cursor.
-        let user = Value::Object(claims);
+        // One CEL context per request (building one is costly): `user`
+        // once, `row` rebound per row.
+        let mut filter = RowFilter::new(ds.filter.as_ref(), Value::Object(claims));
         let mut rows = Vec::new();
         let mut cursor = after;
         let mut at_end = false;
@@ -304,7 +306,7 @@ impl HostedService {
             for row in batch {
                 cursor = Some(row.id.clone());
                 if let RowChange::Insert(content) = row.change {
-                    if keep(ds.filter.as_ref(), &content, &user) {
+                    if filter.keeps(&content) {
                         rows.push(content);
                         if rows.len() == page_size as usize {
                             break;
@@ -422,19 +424,43 @@ impl HostedService {
     }
 }
 
-/// Does the user's filter keep `row`?
-fn keep(filter: Option<&cel::Program>, row: &Value, user: &Value) -> bool {
-    let Some(program) = filter else {
-        return true;
-    };
-    let mut ctx = cel::Context::default();
-    for (name, value) in [("row", row), ("user", user)] {
-        match cel::to_value(value.clone()) {
-            Ok(v) => ctx.add_variable_from_value(name, v),
-            Err(_) => return false,
+/// A user's filter over rows: the CEL context is built once per request.
+struct RowFilter<'a> {
+    program: Option<&'a cel::Program>,
+    ctx: cel::Context<'a, 'a>,
+    user_ok: bool,
+}
+
+impl<'a> RowFilter<'a> {
+    fn new(program: Option<&'a cel::Program>, user: Value) -> Self {
+        let mut ctx = cel::Context::default();
+        let user_ok = match program.map(|_| cel::to_value(user)) {
+            Some(Ok(v)) => {
+                ctx.add_variable_from_value("user", v);
+                true
+            }
+            Some(Err(_)) => false,
+            None => true,
+        };
+        Self {
+            program,
+            ctx,
+            user_ok,
         }
     }
-    matches!(program.execute(&ctx), Ok(cel::Value::Bool(true)))
+
+    /// Does the filter keep `row`? No filter keeps every row; a row the
+    /// filter cannot evaluate is not kept.
+    fn keeps(&mut self, row: &Value) -> bool {
+        let Some(program) = self.program else {
+            return true;
+        };
+        let Ok(v) = cel::to_value(row.clone()) else {
+            return false;
+        };
+        self.ctx.add_variable_from_value("row", v);
+        self.user_ok && matches!(program.execute(&self.ctx), Ok(cel::Value::Bool(true)))
+    }
 }
 
 /// (data source, org, the claims that say who the user is, page size).
