@@ -386,6 +386,8 @@ async fn datasource_pushes(
         .collect();
     if let Some(c) = &scope.config {
         names.extend(c.datasource_names());
+        // Hosted Data Sources are never pushed: their rows are served, not waiting.
+        names.retain(|n| c.datasource(n).map_or(true, |d| !d.hosted()));
     }
     if names.is_empty() {
         return Ok(Vec::new());

@@ -119,6 +119,10 @@ fn demo_report_matches_the_apis_own_counters_and_the_database_answers() {
         .find(|l| l.contains("gold_invoices"))
         .unwrap_or_else(|| panic!("a Data Source line: {text}"));
     assert!(pushes.split_whitespace().count() >= 7, "{pushes}");
+    assert!(
+        !text.contains("customer_invoices"),
+        "a hosted Data Source has no pushes and nothing waiting: {text}"
+    );
     let jobs = metered(&["jobs", "--db", "demo.sqlite"], &dir);
     assert!(jobs.status.success());
     let _ = std::fs::remove_dir_all(&dir);
