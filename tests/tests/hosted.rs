@@ -211,6 +211,18 @@ async fn hosted_rows_are_served_per_user_and_org_without_api_calls(adapter: Adap
     assert_eq!(alice_ids.iter().cloned().collect::<BTreeSet<_>>(), gold);
     assert!(alice.iter().all(|r| r["tier"] == "gold"));
 
+    // A platform token carrying an audience (and an issue time) is fine.
+    let with_aud = token_with(
+        &w,
+        SECRET,
+        Algorithm::HS256,
+        json!({"org": ORG, "sub": "alice", "tier": "gold", "aud": "platform-app", "iat": w.shared.now().timestamp()}),
+    );
+    assert_eq!(ids(&read_all(&s, &with_aud, 50).await), {
+        let mut v: Vec<String> = gold.iter().cloned().collect();
+        v.sort();
+        v
+    });
     let bob = read_all(&s, &token(&w, ORG, "bob", "silver"), 50).await;
     assert_eq!(ids(&bob).into_iter().collect::<BTreeSet<_>>(), silver);
 

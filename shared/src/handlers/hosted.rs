@@ -353,6 +353,9 @@ impl HostedService {
         // Expiry against the injected clock, below (the tests' clock, the
         // system's on Lambda), not the library's own reading of the time.
         validation.validate_exp = false;
+        // `aud` is whatever the platform puts there; the key, one per Data
+        // Source, already says which service a token is for.
+        validation.validate_aud = false;
         let data = jsonwebtoken::decode::<Map<String, Value>>(token, &ds.decoding, &validation)
             .map_err(|e| format!("bearer token refused: {e}"))?;
         let claims = data.claims;
