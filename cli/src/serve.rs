@@ -5,7 +5,7 @@
 
 use crate::system::{default_db, load_config, BoxError};
 use axum::body::Body;
-use axum::http::{Request, Response, StatusCode};
+use axum::http::{Request, Response};
 use metered::adapters::sqlite::store::SqliteStore;
 use metered::adapters::sqlite::Db;
 use metered::config::app::SecretRef;
@@ -103,30 +103,8 @@ pub fn router(service: Arc<HostedService>) -> axum::Router {
 }
 
 async fn answer(service: &HostedService, req: Request<Body>) -> Response<Body> {
-    // A GET's body is not read; only the head crosses the await.
-    let (head, _) = req.into_parts();
-    let header = |name: &str| {
-        head.headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string)
-    };
-    let request = HostedRequest {
-        method: head.method.as_str().to_string(),
-        path: head.uri.path().to_string(),
-        query: head.uri.query().map(str::to_string),
-        authorization: header("authorization"),
-        if_none_match: header("if-none-match"),
-    };
-    let r = service.handle(&request).await;
-    let mut b = Response::builder()
-        .status(StatusCode::from_u16(r.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR));
-    if r.status != 304 {
-        b = b.header("content-type", "application/json");
-    }
-    for (k, v) in r.headers {
-        b = b.header(k, v);
-    }
-    b.body(Body::from(r.body))
-        .unwrap_or_else(|_| Response::new(Body::from("{\"error\":\"bad response header\"}")))
+    let request = HostedRequest::from_http(&req);
+    // Only what the service reads crosses the await (a body is not Sync).
+    drop(req);
+    service.handle(&request).await.into_http()
 }

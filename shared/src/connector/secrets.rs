@@ -92,17 +92,27 @@ impl SecretStores {
 /// Reads the credential a config points at. Errors name where it looked,
 /// never what it found.
 pub async fn resolve(reference: &SecretRef, stores: Option<&SecretStores>) -> Result<Secret> {
+    resolve_for("app.auth.secret", reference, stores).await
+}
+
+/// Reads the credential at `reference`; errors name `field`, the config
+/// field (or variable) that pointed there.
+pub async fn resolve_for(
+    field: &str,
+    reference: &SecretRef,
+    stores: Option<&SecretStores>,
+) -> Result<Secret> {
     match reference {
         SecretRef::Env(var) => match std::env::var(var) {
             Ok(v) if !v.is_empty() => Ok(Secret(v)),
             _ => Err(Error::Config(format!(
-                "app.auth.secret: environment variable {var} is not set or empty"
+                "{field}: environment variable {var} is not set or empty"
             ))),
         },
         SecretRef::SecretsManager(name) => {
             let stores = stores.ok_or_else(|| {
                 Error::Config(format!(
-                    "app.auth.secret: secrets_manager {name:?} needs AWS credentials and region"
+                    "{field}: secrets_manager {name:?} needs AWS credentials and region"
                 ))
             })?;
             let out = stores
@@ -113,20 +123,20 @@ pub async fn resolve(reference: &SecretRef, stores: Option<&SecretStores>) -> Re
                 .await
                 .map_err(|e| {
                     Error::Config(format!(
-                        "app.auth.secret: cannot read Secrets Manager secret {name:?}: {}",
+                        "{field}: cannot read Secrets Manager secret {name:?}: {}",
                         aws_sdk_secretsmanager::error::DisplayErrorContext(&e)
                     ))
                 })?;
             out.secret_string().map(Secret::new).ok_or_else(|| {
                 Error::Config(format!(
-                    "app.auth.secret: Secrets Manager secret {name:?} has no string value"
+                    "{field}: Secrets Manager secret {name:?} has no string value"
                 ))
             })
         }
         SecretRef::Ssm(name) => {
             let stores = stores.ok_or_else(|| {
                 Error::Config(format!(
-                    "app.auth.secret: ssm {name:?} needs AWS credentials and region"
+                    "{field}: ssm {name:?} needs AWS credentials and region"
                 ))
             })?;
             let out = stores
@@ -138,7 +148,7 @@ pub async fn resolve(reference: &SecretRef, stores: Option<&SecretStores>) -> Re
                 .await
                 .map_err(|e| {
                     Error::Config(format!(
-                        "app.auth.secret: cannot read SSM parameter {name:?}: {}",
+                        "{field}: cannot read SSM parameter {name:?}: {}",
                         aws_sdk_ssm::error::DisplayErrorContext(&e)
                     ))
                 })?;
@@ -146,9 +156,7 @@ pub async fn resolve(reference: &SecretRef, stores: Option<&SecretStores>) -> Re
                 .and_then(|p| p.value())
                 .map(Secret::new)
                 .ok_or_else(|| {
-                    Error::Config(format!(
-                        "app.auth.secret: SSM parameter {name:?} has no value"
-                    ))
+                    Error::Config(format!("{field}: SSM parameter {name:?} has no value"))
                 })
         }
     }

@@ -14,40 +14,12 @@ use std::sync::Arc;
 
 /// The request as the service reads it.
 pub fn from_http(req: &Request) -> HostedRequest {
-    let header = |name: &str| {
-        req.headers()
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string)
-    };
-    HostedRequest {
-        method: req.method().as_str().to_string(),
-        path: req.uri().path().to_string(),
-        query: req.uri().query().map(str::to_string),
-        authorization: header("authorization"),
-        if_none_match: header("if-none-match"),
-    }
+    HostedRequest::from_http(req)
 }
 
 /// The service's answer as an HTTP response.
 pub fn to_http(r: HostedResponse) -> Response<Body> {
-    let mut b = Response::builder().status(r.status);
-    if r.status != 304 {
-        b = b.header("content-type", "application/json");
-    }
-    for (k, v) in r.headers {
-        b = b.header(k, v);
-    }
-    let body = if r.body.is_empty() {
-        Body::Empty
-    } else {
-        Body::Text(r.body)
-    };
-    b.body(body).unwrap_or_else(|_| {
-        let mut fallback = Response::new(Body::Text("{\"error\":\"bad response header\"}".into()));
-        *fallback.status_mut() = lambda_http::http::StatusCode::INTERNAL_SERVER_ERROR;
-        fallback
-    })
+    r.into_http()
 }
 
 /// Builds the service from the function's environment (table, app config,

@@ -259,12 +259,12 @@ impl DeployConfig {
         match (&self.app, &self.app_ssm) {
             (Some(app), _) => Ok(app.clone()),
             (None, Some(param)) => {
-                let text = crate::connector::secrets::resolve(
+                let text = crate::connector::secrets::resolve_for(
+                    "METERED_APP_CONFIG_SSM",
                     &crate::config::app::SecretRef::Ssm(param.clone()),
                     Some(stores),
                 )
-                .await
-                .map_err(|e| Error::Config(format!("METERED_APP_CONFIG_SSM: {e}")))?;
+                .await?;
                 Ok(Arc::new(AppConfig::parse(text.expose()).map_err(|e| {
                     Error::Config(format!("app config in SSM parameter {param}: {e}"))
                 })?))

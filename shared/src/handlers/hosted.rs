@@ -70,6 +70,26 @@ pub struct HostedRequest {
     pub if_none_match: Option<String>,
 }
 
+impl HostedRequest {
+    /// The request as both HTTP edges (lambda_http, axum) hand it over;
+    /// the body is not read.
+    pub fn from_http<B>(req: &http::Request<B>) -> Self {
+        let header = |name: &str| {
+            req.headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        Self {
+            method: req.method().as_str().to_string(),
+            path: req.uri().path().to_string(),
+            query: req.uri().query().map(str::to_string),
+            authorization: header("authorization"),
+            if_none_match: header("if-none-match"),
+        }
+    }
+}
+
 /// One response.
 #[derive(Debug, Clone, PartialEq)]
 pub struct HostedResponse {
@@ -82,6 +102,24 @@ pub struct HostedResponse {
 }
 
 impl HostedResponse {
+    /// As an HTTP response for either edge (`B` is its body type): JSON
+    /// but for a 304, which has no body.
+    pub fn into_http<B: From<String>>(self) -> http::Response<B> {
+        let mut b = http::Response::builder().status(self.status);
+        if self.status != 304 {
+            b = b.header("content-type", "application/json");
+        }
+        for (k, v) in self.headers {
+            b = b.header(k, v);
+        }
+        b.body(B::from(self.body)).unwrap_or_else(|_| {
+            let mut r =
+                http::Response::new(B::from("{\"error\":\"bad response header\"}".to_string()));
+            *r.status_mut() = http::StatusCode::INTERNAL_SERVER_ERROR;
+            r
+        })
+    }
+
     fn json(status: u16, body: &Value) -> Self {
         Self {
             status,
@@ -509,14 +547,8 @@ pub async fn resolve_secrets(
     let mut out = BTreeMap::new();
     for (name, ds) in &config.datasources {
         if let (DataSourceMode::Hosted, Some(r)) = (ds.mode, &ds.secret) {
-            let secret = crate::connector::secrets::resolve(r, stores)
-                .await
-                .map_err(|e| {
-                    Error::Config(
-                        e.to_string()
-                            .replace("app.auth.secret", &format!("datasources.{name}.secret")),
-                    )
-                })?;
+            let field = format!("datasources.{name}.secret");
+            let secret = crate::connector::secrets::resolve_for(&field, r, stores).await?;
             out.insert(name.clone(), secret);
         }
     }
