@@ -20,7 +20,13 @@ use std::time::{Duration, Instant};
 
 /// The folder cargo built this test's binaries into (`target/debug`); the
 /// function binaries are workspace members built beside `metered`.
+/// `METERED_STACK_BINARIES` names another (optimised builds, to measure the
+/// cold starts this test prints; `METERED_STACK_ENV="K=V ..."` adds
+/// variables to every function's environment).
 fn binaries() -> PathBuf {
+    if let Some(dir) = std::env::var_os("METERED_STACK_BINARIES") {
+        return PathBuf::from(dir);
+    }
     Path::new(env!("CARGO_BIN_EXE_metered"))
         .parent()
         .unwrap()
@@ -60,6 +66,17 @@ fn deploy(endpoint: &str, stack: &str, params: &[(&str, &str)]) -> Deployed {
     for (k, v) in params {
         cmd.args(["--parameter", &format!("{k}={v}")]);
     }
+    // To compare cold starts with and without connections opened in init,
+    // and over TLS (infra/local/measure-cold-start.sh).
+    if let Ok(v) = std::env::var("METERED_WARM_CONNECTIONS") {
+        cmd.args(["--env", &format!("METERED_WARM_CONNECTIONS={v}")]);
+    }
+    for pair in std::env::var("METERED_STACK_ENV")
+        .unwrap_or_default()
+        .split_whitespace()
+    {
+        cmd.args(["--env", pair]);
+    }
     let out = cmd.output().expect("run deploy-ministack.py");
     assert!(
         out.status.success(),
@@ -94,6 +111,7 @@ async fn template_deploys_to_ministack_and_the_system_runs_there() {
         "workflow",
         "action-http",
         "action-datasource-push",
+        "hosted-get",
     ] {
         assert!(
             binaries().join(f).exists(),
@@ -118,10 +136,22 @@ async fn template_deploys_to_ministack_and_the_system_runs_there() {
         .send()
         .await
         .unwrap();
+    // A hosted Data Source too, its JWT key in Secrets Manager, so the
+    // hosted-get function starts as deployed (it reads the key at init).
+    let portal_secret = format!("metered/{stack}/hosted/portal");
+    aws_sdk_secretsmanager::Client::new(&cfg)
+        .create_secret()
+        .name(&portal_secret)
+        .secret_string("portal-jwt-key")
+        .send()
+        .await
+        .unwrap();
     let config = common::notes_scenario(&metered_sim::app_config(&server.base_url()).replace(
         "secret = { env = \"SIM_API_KEY\" }",
         &format!("secret = {{ secrets_manager = \"{secret_name}\" }}"),
-    ));
+    )) + &format!(
+        "[datasources.portal]\nmode = \"hosted\"\nsecret = {{ secrets_manager = \"{portal_secret}\" }}\n"
+    );
     assert!(
         config.contains("secrets_manager"),
         "the sim's auth line moved"
@@ -142,6 +172,12 @@ async fn template_deploys_to_ministack_and_the_system_runs_there() {
         &[
             ("AppConfigParameter", &config_name),
             ("ApiSecretArn", &secret_arn),
+            (
+                "HostedSecretArn",
+                &format!(
+                    "arn:aws:secretsmanager:us-east-1:000000000000:secret:metered/{stack}/hosted/*"
+                ),
+            ),
         ],
     );
 
@@ -394,6 +430,165 @@ async fn template_deploys_to_ministack_and_the_system_runs_there() {
     );
     let (d, n) = depth(deployed.outputs["WorkflowDeadLetterQueueUrl"].clone()).await;
     assert_eq!(d + n, 0, "the workflow DLQ is empty again");
+
+    cold_starts(&deployed, &sqs, &http).await;
+}
+
+/// Each of the eight functions reports its cold start once it finished
+/// its first job: init, the first DynamoDB and SQS responses (during init
+/// when `METERED_WARM_CONNECTIONS=1`) and the first job, in milliseconds
+/// from process start. The flow above started four; the
+/// other four get one piece of work each: a recent-records sync and a
+/// pk lookup for another org (`globex`, the app's default budget), a flush
+/// of the hosted Data Source (a no-op: hosted rows are never pushed), and
+/// a Hosted GET through the Invoke API. Prints the figures (README,
+/// "Measured", quotes a release run of them).
+async fn cold_starts(deployed: &Deployed, sqs: &aws_sdk_sqs::Client, http: &reqwest::Client) {
+    use metered::jobs::envelope::{JobEnvelope, JobKind};
+    let now = chrono::Utc::now();
+    for (kind, queue, payload) in [
+        (
+            JobKind::RecentRecords,
+            "RecentRecordsQueueUrl",
+            serde_json::json!({"record_type": "customers", "adhoc": true}),
+        ),
+        (
+            JobKind::PkLookup,
+            "PkLookupQueueUrl",
+            serde_json::json!({"record_type": "classes", "ids": ["cls_001"]}),
+        ),
+        (
+            JobKind::ActionDatasourcePush,
+            "ActionDatasourcePushQueueUrl",
+            serde_json::json!({"datasource": "portal"}),
+        ),
+    ] {
+        let job = JobEnvelope::new(kind, "globex", "sim-booking", payload, now);
+        sqs.send_message()
+            .queue_url(&deployed.outputs[queue])
+            .message_body(job.to_body())
+            .send()
+            .await
+            .unwrap();
+    }
+    let token = jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &serde_json::json!({"org": "globex", "sub": "u1", "exp": now.timestamp() + 600}),
+        &jsonwebtoken::EncodingKey::from_secret(b"portal-jwt-key"),
+    )
+    .unwrap();
+    let mut request: serde_json::Value = serde_json::from_str(include_str!(
+        "../../tests/fixtures/function-url-request.json"
+    ))
+    .unwrap();
+    request["rawPath"] = "/datasources/portal/rows".into();
+    request["requestContext"]["http"]["path"] = "/datasources/portal/rows".into();
+    request["headers"]["authorization"] = format!("Bearer {token}").into();
+    let r = http
+        .post(format!(
+            "{}/2015-03-31/functions/{}/invocations",
+            deployed.endpoint, deployed.functions["hosted-get"]
+        ))
+        .json(&request)
+        .send()
+        .await
+        .unwrap();
+    let answer: serde_json::Value = r.json().await.unwrap_or_default();
+    assert_eq!(answer["statusCode"], 200, "Hosted GET: {answer}");
+
+    const FUNCTIONS: [&str; 8] = [
+        "scheduler",
+        "complete-transfer",
+        "recent-records",
+        "pk-lookup",
+        "workflow",
+        "action-http",
+        "action-datasource-push",
+        "hosted-get",
+    ];
+    let started = Instant::now();
+    let reports = loop {
+        let reports = cold_start_reports(&observe(deployed));
+        if FUNCTIONS.iter().all(|f| reports.contains_key(*f))
+            || started.elapsed() > Duration::from_secs(90)
+        {
+            break reports;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    let warmed = std::env::var("METERED_WARM_CONNECTIONS").is_ok_and(|v| v == "1");
+    eprintln!(
+        "cold starts on ministack ({}, connections {} init; ms from process start, median):",
+        binaries().display(),
+        if warmed {
+            "opened during"
+        } else {
+            "not opened in"
+        }
+    );
+    eprintln!(
+        "| function | init | first DynamoDB response | first SQS response | first job finished |"
+    );
+    eprintln!("|---|---|---|---|---|");
+    for f in FUNCTIONS {
+        let docs = reports
+            .get(f)
+            .unwrap_or_else(|| panic!("{f}: no cold start reported in its logs: {reports:?}"));
+        for d in docs {
+            let at = |m: &str| d[m].as_f64();
+            let (init, job) = (
+                at("ColdStartInitMs").unwrap(),
+                at("ColdStartFirstJobMs").unwrap(),
+            );
+            assert!(
+                init > 0.0 && init <= job,
+                "{f}: init before the first job: {d}"
+            );
+            let dynamodb = at("ColdStartFirstDynamoDbMs")
+                .unwrap_or_else(|| panic!("{f}: every function reads the table: {d}"));
+            assert!(dynamodb <= job, "{f}: {d}");
+            assert_eq!(d["Warmed"], warmed, "{f}: {d}");
+            if warmed {
+                assert!(dynamodb <= init, "{f}: DynamoDB reached during init: {d}");
+                if f != "hosted-get" {
+                    let sqs = at("ColdStartFirstSqsMs")
+                        .unwrap_or_else(|| panic!("{f}: SQS reached during init: {d}"));
+                    assert!(sqs <= init, "{f}: SQS reached during init: {d}");
+                }
+            }
+        }
+        let median = |m: &str| {
+            let mut v: Vec<f64> = docs.iter().filter_map(|d| d[m].as_f64()).collect();
+            v.sort_by(f64::total_cmp);
+            v.get(v.len() / 2)
+                .map_or("–".to_string(), |x| format!("{x:.1}"))
+        };
+        eprintln!(
+            "| {f} | {} | {} | {} | {} |",
+            median("ColdStartInitMs"),
+            median("ColdStartFirstDynamoDbMs"),
+            median("ColdStartFirstSqsMs"),
+            median("ColdStartFirstJobMs"),
+        );
+    }
+}
+
+/// The cold-start EMF documents in the functions' logs, per function.
+fn cold_start_reports(seen: &serde_json::Value) -> HashMap<String, Vec<serde_json::Value>> {
+    let mut out: HashMap<String, Vec<serde_json::Value>> = HashMap::new();
+    for (_, lines) in seen["logs"].as_object().unwrap() {
+        for line in lines.as_array().unwrap() {
+            let Ok(doc) = serde_json::from_str::<serde_json::Value>(line.as_str().unwrap().trim())
+            else {
+                continue;
+            };
+            if doc.get("ColdStartInitMs").is_some() {
+                let function = doc["Function"].as_str().unwrap().to_string();
+                out.entry(function).or_default().push(doc);
+            }
+        }
+    }
+    out
 }
 
 /// Every EMF metric in the functions' log lines, summed per (function, metric).

@@ -8,6 +8,8 @@ deployment needs, each printed:
   * each function's CodeUri becomes a zip of its bootstrap in ministack's S3
     (what `sam package` does against real S3), and its `Metadata` (the
     cargo-lambda build) is dropped because the binary is already built;
+  * (only when asked with `--env K=V`) a variable is added to every
+    function's environment;
   * `Architectures` becomes the host's (ministack runs the bootstrap as a
     local process; an arm64 binary cannot run on an x86_64 host);
   * a `Ref` to a `Type: Number` parameter outside environment variables
@@ -86,6 +88,8 @@ def main():
     ap.add_argument("--binaries", required=True, help="folder holding one built binary per function")
     ap.add_argument("--template", default=os.path.join(os.path.dirname(__file__), "..", "..", "template.yaml"))
     ap.add_argument("--parameter", action="append", default=[], metavar="KEY=VALUE")
+    ap.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
+                    help="an environment variable added to every function (e.g. METERED_WARM_CONNECTIONS=0)")
     ap.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the stack")
     ap.add_argument("--delete", action="store_true", help="delete the stack (and its event source mappings) instead")
     ap.add_argument("--observe", action="store_true",
@@ -129,6 +133,12 @@ def main():
     if "Globals" in template:
         template["Globals"].get("Function", {}).pop("CodeUri", None)
         template["Globals"].get("Function", {}).pop("Architectures", None)
+    for pair in args.env:
+        key, _, value = pair.partition("=")
+        variables = (template.setdefault("Globals", {}).setdefault("Function", {})
+                     .setdefault("Environment", {}).setdefault("Variables", {}))
+        variables[key] = value
+        log(f"environment of every function: {key}={value}")
     log(f"uploaded {len(functions)} bootstraps to s3://{bucket}/; Architectures set to {arch} (host)")
 
     given = dict(p.partition("=")[::2] for p in args.parameter)

@@ -313,3 +313,65 @@ fn every_job_log_line_names_its_message_job_kind_and_org() {
         .collect();
     assert_eq!(seen, expected, "{text}");
 }
+
+/// `METERED_WARM_CONNECTIONS=1`: the DynamoDB and SQS connections answer
+/// before init ends, and the cold-start report says so; against a server
+/// that is not there, warming gives up quietly and reports no response
+/// (the job's own requests are the ones that report failures).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warming_reaches_dynamodb_and_sqs_during_init() {
+    use metered::edge::cold_start::{warm_connections, ColdStart, Service};
+    use metered::edge::lambda::dynamodb_client;
+    let dynamodb_url = std::env::var("METERED_TEST_DYNAMODB_URL")
+        .expect("METERED_TEST_DYNAMODB_URL (DynamoDB Local): run `bash infra/test.sh`");
+    let sqs_url = std::env::var("METERED_TEST_SQS_URL")
+        .expect("METERED_TEST_SQS_URL (ministack): run `bash infra/test.sh`");
+    let table = metered_tests::dynamo_table().await;
+    let queue_url = metered_tests::sqs_client()
+        .create_queue()
+        .queue_name(format!("metered-warm-{}", uuid::Uuid::new_v4().simple()))
+        .send()
+        .await
+        .unwrap()
+        .queue_url
+        .unwrap();
+
+    let cold = ColdStart::begin();
+    let dynamodb = dynamodb_client(
+        &metered::adapters::aws::local_sdk_config(&dynamodb_url),
+        env(&[]),
+        &cold,
+    );
+    let sqs = aws_sdk_sqs::Client::from_conf(
+        aws_sdk_sqs::config::Builder::from(&metered::adapters::aws::local_sdk_config(&sqs_url))
+            .interceptor(cold.interceptor(Service::Sqs))
+            .build(),
+    );
+    warm_connections(&dynamodb, &table.name, Some((&sqs, &queue_url))).await;
+    cold.initialized(true);
+    let report = cold.job_finished().expect("the first job reports");
+    let (dynamodb_ms, sqs_ms) = (
+        report.first_dynamodb_ms.expect("DynamoDB answered"),
+        report.first_sqs_ms.expect("SQS answered"),
+    );
+    assert!(
+        dynamodb_ms <= report.init_ms && sqs_ms <= report.init_ms,
+        "{report:?}"
+    );
+    assert!(report.warmed);
+
+    let cold = ColdStart::begin();
+    let nowhere = dynamodb_client(
+        &metered::adapters::aws::local_sdk_config("http://127.0.0.1:1"),
+        env(&[]),
+        &cold,
+    );
+    warm_connections(&nowhere, &table.name, None).await;
+    cold.initialized(true);
+    let report = cold.job_finished().unwrap();
+    assert_eq!(
+        (report.first_dynamodb_ms, report.first_sqs_ms),
+        (None, None),
+        "no server, no response: {report:?}"
+    );
+}

@@ -13,6 +13,7 @@
 //! | `METERED_DLQ_URL_<KIND>` | its dead-letter queue |
 //! | `METERED_MAX_RESTARTS` | restart cap per job (default 100) |
 //! | `METERED_MAX_ATTEMPTS` | transient failures in a row before a job is dead-lettered (default 5) |
+//! | `METERED_WARM_CONNECTIONS` | `1`: open the DynamoDB and SQS connections during init, while the config is read (default off: it did not pay where measured, see [`super::cold_start`]) |
 //! | `METERED_BURN_ALARM_BEFORE_HOUR` | UTC hour before which the budget burn is also published as `BudgetUsedPercentEarly` (default 18) |
 //! | `AWS_LAMBDA_LOG_FORMAT`, `AWS_LAMBDA_LOG_LEVEL` (or `RUST_LOG`) | Lambda's log controls (`JSON`; a level such as `INFO`), see [`init_logging`] |
 //! | `AWS_REGION`, `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN` | set by Lambda; see [`lambda_sdk_config`] |
@@ -34,6 +35,7 @@ use crate::connector::secrets::SecretStores;
 use crate::core::clock::{SharedClock, SystemClock};
 use crate::core::error::{Error, Result};
 use crate::core::metrics::Metrics;
+use crate::edge::cold_start::{warm_connections, warm_setting, ColdStart, Service};
 use crate::handlers::context::{http_connectors, AppContext};
 use crate::handlers::sync::SyncHandlers;
 use crate::jobs::envelope::JobKind;
@@ -137,6 +139,9 @@ pub struct DeployConfig {
     pub policy: RestartPolicy,
     /// The UTC hour before which the burn is also published as "early".
     pub burn_cutoff_hour: u32,
+    /// Open the DynamoDB and SQS connections during init
+    /// (`METERED_WARM_CONNECTIONS`, default off; see [`warm_connections`]).
+    pub warm: bool,
 }
 
 /// The env var suffix of a kind: `complete-transfer` → `COMPLETE_TRANSFER`.
@@ -214,6 +219,7 @@ impl DeployConfig {
             queues,
             policy,
             burn_cutoff_hour,
+            warm: warm_setting(&get)?,
         })
     }
 
@@ -228,12 +234,14 @@ fn service_endpoint(get: impl Fn(&str) -> Option<String>, service: &str) -> Opti
     get(&format!("AWS_ENDPOINT_URL_{service}")).filter(|u| !u.is_empty())
 }
 
-/// The DynamoDB client of a function.
+/// The DynamoDB client of a function, its first response timed for `cold`.
 pub fn dynamodb_client(
     aws: &aws_config::SdkConfig,
     get: impl Fn(&str) -> Option<String>,
+    cold: &Arc<ColdStart>,
 ) -> aws_sdk_dynamodb::Client {
-    let mut b = aws_sdk_dynamodb::config::Builder::from(aws);
+    let mut b = aws_sdk_dynamodb::config::Builder::from(aws)
+        .interceptor(cold.interceptor(Service::DynamoDb));
     // None must not clear an endpoint the SDK config already has.
     if let Some(url) = service_endpoint(get, "DYNAMODB") {
         b.set_endpoint_url(Some(url));
@@ -286,15 +294,24 @@ pub struct Deployed {
 
 impl Deployed {
     /// Builds clients, stores and connectors (credentials resolved once).
-    pub async fn connect(config: DeployConfig) -> Result<Self> {
+    /// With `warm` set, the DynamoDB and SQS connections are opened while
+    /// the config and secrets are read ([`warm_connections`]; SQS on the
+    /// queue of `own`, the function's kind, else the first it sends to).
+    pub async fn connect(
+        config: DeployConfig,
+        cold: &Arc<ColdStart>,
+        own: Option<JobKind>,
+    ) -> Result<Self> {
         let env = |name: &str| std::env::var(name).ok();
         let aws = lambda_sdk_config(env)?;
         let clock: SharedClock = Arc::new(SystemClock);
-        let table = Table::new(dynamodb_client(&aws, env), &config.table);
+        let dynamodb = dynamodb_client(&aws, env, cold);
+        let table = Table::new(dynamodb.clone(), &config.table);
         let store = Arc::new(DynamoStore::new(table.clone()));
         let quota = Quota::new(Arc::new(DynamoQuota::new(table)), clock.clone());
         let sqs = aws_sdk_sqs::Client::from_conf({
-            let mut b = aws_sdk_sqs::config::Builder::from(&aws);
+            let mut b = aws_sdk_sqs::config::Builder::from(&aws)
+                .interceptor(cold.interceptor(Service::Sqs));
             // None must not clear an endpoint the SDK config already has.
             if let Some(url) = service_endpoint(env, "SQS") {
                 b.set_endpoint_url(Some(url));
@@ -306,8 +323,24 @@ impl Deployed {
             queues = queues.with(*kind, Arc::new(SqsQueue::new(sqs.clone(), url, dlq)));
         }
         let stores = secret_stores(&aws, env);
-        let app = config.app_config(&stores).await?;
-        let connectors = http_connectors(&app, Some(&stores), clock).await?;
+        let load = async {
+            let app = config.app_config(&stores).await?;
+            let connectors = http_connectors(&app, Some(&stores), clock).await?;
+            Ok::<_, Error>((app, connectors))
+        };
+        let queue = config
+            .queues
+            .iter()
+            .find(|(kind, _, _)| Some(*kind) == own)
+            .or(config.queues.first())
+            .map(|(_, url, _)| (&sqs, url.as_str()));
+        let warm = async {
+            if config.warm {
+                warm_connections(&dynamodb, &config.table, queue).await;
+            }
+        };
+        let (loaded, ()) = futures::future::join(load, warm).await;
+        let (app, connectors) = loaded?;
         let svc = Arc::new(AppContext::new(
             app,
             store.clone(),
@@ -388,15 +421,21 @@ pub async fn run_sync_function(kind: JobKind) -> std::result::Result<(), lambda_
 
 /// The whole life of the scheduler function (schedule ticks, ad-hoc syncs).
 pub async fn run_scheduler_function() -> std::result::Result<(), lambda_runtime::Error> {
+    let cold = ColdStart::begin();
     init_logging();
-    let deployed = Deployed::connect(DeployConfig::from_env()?).await?;
+    let deployed = Deployed::connect(DeployConfig::from_env()?, &cold, None).await?;
     let svc = deployed.svc.clone();
+    cold.initialized(deployed.config.warm);
     lambda_runtime::run(service_fn(|event: LambdaEvent<serde_json::Value>| {
-        let svc = &svc;
+        let (svc, cold) = (&svc, &cold);
         async move {
-            crate::handlers::schedule::handle(svc, &event.payload)
+            let out = crate::handlers::schedule::handle(svc, &event.payload)
                 .await
-                .map_err(lambda_runtime::Error::from)
+                .map_err(lambda_runtime::Error::from);
+            if let Some(report) = cold.job_finished() {
+                report.publish("scheduler", svc.clock.now(), &mut std::io::stdout().lock());
+            }
+            out
         }
     }))
     .await
@@ -409,12 +448,14 @@ where
     H: crate::jobs::runtime::JobHandler,
     F: FnOnce(&Deployed) -> Result<H>,
 {
+    let cold = ColdStart::begin();
     init_logging();
-    let deployed = Deployed::connect(DeployConfig::from_env()?).await?;
+    let deployed = Deployed::connect(DeployConfig::from_env()?, &cold, Some(kind)).await?;
     let runtime = deployed.runtime(kind)?;
     let handler = make(&deployed)?;
+    cold.initialized(deployed.config.warm);
     lambda_runtime::run(service_fn(|event: LambdaEvent<SqsEvent>| {
-        let (runtime, handler, deployed) = (&runtime, &handler, &deployed);
+        let (runtime, handler, deployed, cold) = (&runtime, &handler, &deployed, &cold);
         async move {
             let ctx = JobContext {
                 deadline: deadline_of(&event.context),
@@ -428,6 +469,13 @@ where
                 deployed.svc.clock.now(),
                 &mut std::io::stdout().lock(),
             );
+            if let Some(report) = cold.job_finished() {
+                report.publish(
+                    kind.as_str(),
+                    deployed.svc.clock.now(),
+                    &mut std::io::stdout().lock(),
+                );
+            }
             Ok::<SqsBatchResponse, lambda_runtime::Error>(response)
         }
     }))

@@ -3,6 +3,8 @@
 //! function's HTTP edge); [`local`] runs every handler in one
 //! process on SQLite (`metered run`).
 
+#[cfg(feature = "aws")]
+pub mod cold_start;
 #[cfg(feature = "hosted-lambda")]
 pub mod hosted;
 #[cfg(feature = "aws")]
