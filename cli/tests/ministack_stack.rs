@@ -33,6 +33,18 @@ fn binaries() -> PathBuf {
         .to_path_buf()
 }
 
+/// The template's functions, by binary.
+const FUNCTIONS: [&str; 8] = [
+    "scheduler",
+    "complete-transfer",
+    "recent-records",
+    "pk-lookup",
+    "workflow",
+    "action-http",
+    "action-datasource-push",
+    "hosted-get",
+];
+
 struct Deployed {
     endpoint: String,
     stack: String,
@@ -103,16 +115,7 @@ fn deploy(endpoint: &str, stack: &str, params: &[(&str, &str)]) -> Deployed {
 async fn template_deploys_to_ministack_and_the_system_runs_there() {
     let endpoint = std::env::var("METERED_TEST_SQS_URL")
         .expect("METERED_TEST_SQS_URL (ministack): run `bash infra/test.sh`");
-    for f in [
-        "scheduler",
-        "complete-transfer",
-        "recent-records",
-        "pk-lookup",
-        "workflow",
-        "action-http",
-        "action-datasource-push",
-        "hosted-get",
-    ] {
+    for f in FUNCTIONS {
         assert!(
             binaries().join(f).exists(),
             "{f} is not built in {}: `cargo build --workspace` first",
@@ -496,16 +499,6 @@ async fn cold_starts(deployed: &Deployed, sqs: &aws_sdk_sqs::Client, http: &reqw
     let answer: serde_json::Value = r.json().await.unwrap_or_default();
     assert_eq!(answer["statusCode"], 200, "Hosted GET: {answer}");
 
-    const FUNCTIONS: [&str; 8] = [
-        "scheduler",
-        "complete-transfer",
-        "recent-records",
-        "pk-lookup",
-        "workflow",
-        "action-http",
-        "action-datasource-push",
-        "hosted-get",
-    ];
     let started = Instant::now();
     let reports = loop {
         let reports = cold_start_reports(&observe(deployed));
@@ -576,41 +569,39 @@ async fn cold_starts(deployed: &Deployed, sqs: &aws_sdk_sqs::Client, http: &reqw
 /// The cold-start EMF documents in the functions' logs, per function.
 fn cold_start_reports(seen: &serde_json::Value) -> HashMap<String, Vec<serde_json::Value>> {
     let mut out: HashMap<String, Vec<serde_json::Value>> = HashMap::new();
-    for (_, lines) in seen["logs"].as_object().unwrap() {
-        for line in lines.as_array().unwrap() {
-            let Ok(doc) = serde_json::from_str::<serde_json::Value>(line.as_str().unwrap().trim())
-            else {
-                continue;
-            };
-            if doc.get("ColdStartInitMs").is_some() {
-                let function = doc["Function"].as_str().unwrap().to_string();
-                out.entry(function).or_default().push(doc);
-            }
+    for doc in json_lines(seen) {
+        if doc.get("ColdStartInitMs").is_some() {
+            let function = doc["Function"].as_str().unwrap().to_string();
+            out.entry(function).or_default().push(doc);
         }
     }
     out
 }
 
+/// Every log line of every function that is a JSON document.
+fn json_lines(seen: &serde_json::Value) -> impl Iterator<Item = serde_json::Value> + '_ {
+    seen["logs"]
+        .as_object()
+        .unwrap()
+        .values()
+        .flat_map(|lines| lines.as_array().unwrap())
+        .filter_map(|line| serde_json::from_str(line.as_str().unwrap().trim()).ok())
+}
+
 /// Every EMF metric in the functions' log lines, summed per (function, metric).
 fn emf_sums(seen: &serde_json::Value) -> HashMap<(String, String), f64> {
     let mut sums: HashMap<(String, String), f64> = HashMap::new();
-    for (_, lines) in seen["logs"].as_object().unwrap() {
-        for line in lines.as_array().unwrap() {
-            let Ok(doc) = serde_json::from_str::<serde_json::Value>(line.as_str().unwrap().trim())
-            else {
-                continue;
-            };
-            let Some(directives) = doc["_aws"]["CloudWatchMetrics"].as_array() else {
-                continue;
-            };
-            for d in directives {
-                for m in d["Metrics"].as_array().unwrap() {
-                    let name = m["Name"].as_str().unwrap();
-                    if !name.starts_with("Budget") {
-                        let function = doc["Function"].as_str().unwrap().to_string();
-                        *sums.entry((function, name.to_string())).or_default() +=
-                            doc[name].as_f64().unwrap();
-                    }
+    for doc in json_lines(seen) {
+        let Some(directives) = doc["_aws"]["CloudWatchMetrics"].as_array() else {
+            continue;
+        };
+        for d in directives {
+            for m in d["Metrics"].as_array().unwrap() {
+                let name = m["Name"].as_str().unwrap();
+                if !name.starts_with("Budget") {
+                    let function = doc["Function"].as_str().unwrap().to_string();
+                    *sums.entry((function, name.to_string())).or_default() +=
+                        doc[name].as_f64().unwrap();
                 }
             }
         }
