@@ -38,7 +38,8 @@
 //!   [`handlers::context::AppContext`].
 //! - [`adapters`] — [`adapters::aws`] and [`adapters::sqlite`], I/O only.
 //! - [`edge`] — [`edge::lambda`], `edge::hosted` (Hosted GET's Function URL
-//!   edge) and [`edge::local`].
+//!   edge), [`edge::cold_start`] (each function's first job, timed) and
+//!   [`edge::local`].
 //!
 //! Forecasting (`metered plan`) lives in the CLI: the Lambdas never run it.
 //!
