@@ -115,8 +115,9 @@ pub struct JobEnvelope {
     /// Why the job was last restarted (shown by `metered jobs`).
     #[serde(default)]
     pub last_reason: Option<String>,
-    /// Transient failures in a row (5xx, bodies cut short, store errors);
-    /// reset by any other outcome. Bounded by
+    /// Transient failures in a row (5xx, bodies cut short, store errors)
+    /// without progress; reset by any other outcome, and back to 1 by a
+    /// failure that moved the checkpoint. Bounded by
     /// [`crate::jobs::runtime::RestartPolicy::max_attempts`].
     #[serde(default)]
     pub attempts: u32,

@@ -316,7 +316,17 @@ impl JobRuntime {
                 self.restart(next, restart, now, handler).await
             }
             Outcome::Transient { reason, checkpoint } => {
-                let attempts = job.attempts.saturating_add(1);
+                // "In a row" means without progress: an attempt that moved
+                // the checkpoint (a transfer that got some pages further
+                // before a call failed) starts the count again. Otherwise a
+                // long transfer through an API failing 10% of its calls
+                // would be dead-lettered while it was still advancing.
+                let progressed = checkpoint.is_some() && checkpoint != job.checkpoint;
+                let attempts = if progressed {
+                    1
+                } else {
+                    job.attempts.saturating_add(1)
+                };
                 if attempts >= self.policy.max_attempts {
                     let reason =
                         format!("gave up after {attempts} attempts in a row; last error: {reason}");
@@ -672,6 +682,73 @@ mod tests {
             (redrive.attempts, redrive.generation),
             (0, job.generation + 5)
         );
+    }
+
+    /// Gets one page further, then fails: transient, with a new checkpoint.
+    struct Advancing;
+
+    #[async_trait::async_trait]
+    impl JobHandler for Advancing {
+        fn name(&self) -> &str {
+            "advancing"
+        }
+        fn accepts(&self, _: JobKind) -> bool {
+            true
+        }
+        async fn handle(&self, job: &JobEnvelope, _: &JobContext) -> Outcome {
+            let page = job
+                .checkpoint
+                .as_ref()
+                .and_then(|c| c["page"].as_u64())
+                .unwrap_or(0);
+            Outcome::transient(
+                "list invoices: failed in transit",
+                Some(serde_json::json!({"page": page + 1})),
+            )
+        }
+    }
+
+    /// A job whose every attempt makes progress before failing is never
+    /// given up on for failures "in a row": the count restarts at 1, so
+    /// the backoff stays at its first step (a demo with 10% of calls
+    /// failing once dead-lettered a long transfer that was still advancing).
+    #[tokio::test]
+    async fn failures_after_progress_do_not_count_as_in_a_row() {
+        let clock = ManualClock::new(Utc.with_ymd_and_hms(2026, 11, 22, 10, 0, 0).unwrap());
+        let shared: SharedClock = Arc::new(clock.clone());
+        let db = crate::adapters::sqlite::Db::in_memory().unwrap();
+        let queue = Arc::new(crate::adapters::sqlite::queue::SqliteQueue::new(
+            db,
+            "q",
+            shared.clone(),
+            99,
+        ));
+        let policy = RestartPolicy {
+            max_jitter_secs: 0,
+            ..Default::default()
+        };
+        let rt = JobRuntime::new(queue.clone(), shared, policy);
+        let job = JobEnvelope::new(JobKind::Spend, "o", "a", serde_json::json!({}), clock.now());
+        let mut body = job.to_body();
+        for page in 1..=12u64 {
+            match rt.process(&body, &Advancing, &JobContext::default()).await {
+                Settled::Restarted { delay_secs, .. } => {
+                    assert_eq!(delay_secs, 30, "first step of the backoff at page {page}")
+                }
+                other => panic!("attempt {page}: {other:?}"),
+            }
+            clock.advance(chrono::Duration::seconds(30));
+            let d = crate::jobs::queue::JobQueue::receive(queue.as_ref(), 1, 30)
+                .await
+                .unwrap();
+            crate::jobs::queue::JobQueue::ack(queue.as_ref(), &d[0].receipt)
+                .await
+                .unwrap();
+            let next = JobEnvelope::parse(&d[0].body).unwrap();
+            assert_eq!(next.checkpoint, Some(serde_json::json!({"page": page})));
+            assert_eq!(next.attempts, 1);
+            body = d[0].body.clone();
+        }
     }
 
     /// Fails when the delay counts from the start of the work (the delay
