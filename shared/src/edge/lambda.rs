@@ -12,7 +12,7 @@
 //! | `METERED_QUEUE_URL_<KIND>` | queue of each job kind, e.g. `METERED_QUEUE_URL_COMPLETE_TRANSFER` |
 //! | `METERED_DLQ_URL_<KIND>` | its dead-letter queue |
 //! | `METERED_MAX_RESTARTS` | restart cap per job (default 100) |
-//! | `METERED_MAX_ATTEMPTS` | transient failures in a row before a job is dead-lettered (default 5) |
+//! | `METERED_MAX_ATTEMPTS` | transient failures in a row without progress before a job is dead-lettered (default 5) |
 //! | `METERED_WARM_CONNECTIONS` | `1`: open the DynamoDB and SQS connections during init, while the config is read (default off: it did not pay where measured, see [`super::cold_start`]) |
 //! | `METERED_BURN_ALARM_BEFORE_HOUR` | UTC hour before which the budget burn is also published as `BudgetUsedPercentEarly` (default 18) |
 //! | `AWS_LAMBDA_LOG_FORMAT`, `AWS_LAMBDA_LOG_LEVEL` (or `RUST_LOG`) | Lambda's log controls (`JSON`; a level such as `INFO`), see [`init_logging`] |
