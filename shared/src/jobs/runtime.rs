@@ -626,11 +626,12 @@ mod tests {
         }
     }
 
-    /// Transient failures back off 30, 60, 120, 240 s, keep the checkpoint,
-    /// and the fifth in a row dead-letters the job naming the attempts and
-    /// the last error (the dead-letter copy starts over on a redrive).
-    #[tokio::test]
-    async fn transient_failures_back_off_then_give_up() {
+    /// A runtime on an in-memory SQLite queue, without jitter, on a manual clock.
+    fn retry_runtime() -> (
+        ManualClock,
+        Arc<crate::adapters::sqlite::queue::SqliteQueue>,
+        JobRuntime,
+    ) {
         let clock = ManualClock::new(Utc.with_ymd_and_hms(2026, 11, 22, 10, 0, 0).unwrap());
         let shared: SharedClock = Arc::new(clock.clone());
         let db = crate::adapters::sqlite::Db::in_memory().unwrap();
@@ -645,6 +646,22 @@ mod tests {
             ..Default::default()
         };
         let rt = JobRuntime::new(queue.clone(), shared, policy);
+        (clock, queue, rt)
+    }
+
+    /// The next delivery's body, acknowledged.
+    async fn take_next(queue: &dyn crate::jobs::queue::JobQueue) -> String {
+        let d = queue.receive(1, 30).await.unwrap();
+        queue.ack(&d[0].receipt).await.unwrap();
+        d[0].body.clone()
+    }
+
+    /// Transient failures back off 30, 60, 120, 240 s, keep the checkpoint,
+    /// and the fifth in a row dead-letters the job naming the attempts and
+    /// the last error (the dead-letter copy starts over on a redrive).
+    #[tokio::test]
+    async fn transient_failures_back_off_then_give_up() {
+        let (clock, queue, rt) = retry_runtime();
         let mut job =
             JobEnvelope::new(JobKind::Spend, "o", "a", serde_json::json!({}), clock.now());
         job.checkpoint = Some(serde_json::json!({"page": 7}));
@@ -663,15 +680,10 @@ mod tests {
             clock.advance(chrono::Duration::seconds(i64::from(
                 *delays.last().unwrap(),
             )));
-            let d = crate::jobs::queue::JobQueue::receive(queue.as_ref(), 1, 30)
-                .await
-                .unwrap();
-            crate::jobs::queue::JobQueue::ack(queue.as_ref(), &d[0].receipt)
-                .await
-                .unwrap();
-            let next = JobEnvelope::parse(&d[0].body).unwrap();
+            let d = take_next(queue.as_ref()).await;
+            let next = JobEnvelope::parse(&d).unwrap();
             assert_eq!(next.checkpoint, job.checkpoint, "the checkpoint is kept");
-            body = d[0].body.clone();
+            body = d;
         }
         assert_eq!(delays, vec![30, 60, 120, 240]);
         let dead = crate::jobs::queue::JobQueue::dead_letters(queue.as_ref(), 1)
@@ -714,20 +726,7 @@ mod tests {
     /// failing once dead-lettered a long transfer that was still advancing).
     #[tokio::test]
     async fn failures_after_progress_do_not_count_as_in_a_row() {
-        let clock = ManualClock::new(Utc.with_ymd_and_hms(2026, 11, 22, 10, 0, 0).unwrap());
-        let shared: SharedClock = Arc::new(clock.clone());
-        let db = crate::adapters::sqlite::Db::in_memory().unwrap();
-        let queue = Arc::new(crate::adapters::sqlite::queue::SqliteQueue::new(
-            db,
-            "q",
-            shared.clone(),
-            99,
-        ));
-        let policy = RestartPolicy {
-            max_jitter_secs: 0,
-            ..Default::default()
-        };
-        let rt = JobRuntime::new(queue.clone(), shared, policy);
+        let (clock, queue, rt) = retry_runtime();
         let job = JobEnvelope::new(JobKind::Spend, "o", "a", serde_json::json!({}), clock.now());
         let mut body = job.to_body();
         for page in 1..=12u64 {
@@ -738,16 +737,11 @@ mod tests {
                 other => panic!("attempt {page}: {other:?}"),
             }
             clock.advance(chrono::Duration::seconds(30));
-            let d = crate::jobs::queue::JobQueue::receive(queue.as_ref(), 1, 30)
-                .await
-                .unwrap();
-            crate::jobs::queue::JobQueue::ack(queue.as_ref(), &d[0].receipt)
-                .await
-                .unwrap();
-            let next = JobEnvelope::parse(&d[0].body).unwrap();
+            let d = take_next(queue.as_ref()).await;
+            let next = JobEnvelope::parse(&d).unwrap();
             assert_eq!(next.checkpoint, Some(serde_json::json!({"page": page})));
             assert_eq!(next.attempts, 1);
-            body = d[0].body.clone();
+            body = d;
         }
     }
 
