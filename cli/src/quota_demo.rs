@@ -164,7 +164,7 @@ pub async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let mut retries = 0u64;
     let mut last_day = clock.now().date_naive();
     loop {
-        let settled = runtime.pump_once(&handler, 10, 60).await?;
+        let settled = runtime.pump_once(&handler, 10, 60, 60).await?;
         quota.flush_usage().await?;
         for s in &settled {
             match s {

@@ -116,7 +116,7 @@ async fn real_time(system: &System, json: bool) -> Result<(), BoxError> {
         let until = chrono::Utc::now();
         // Runs only what is due now (the manual clock is pinned to now).
         system.runner.run_simulated(&manual, until, None).await?;
-        metered::handlers::schedule::tick(&system.runner.svc).await?;
+        metered::handlers::schedule::tick(&system.runner.svc).await;
         let status = RunStatus::read(&system.runner, &orgs, chrono::Utc::now()).await?;
         let text = match &bar {
             Some(bar) => {
@@ -191,13 +191,8 @@ pub async fn invoke(args: InvokeArgs) -> Result<(), BoxError> {
         metered::adapters::sqlite::store::SqliteStore::new(system.runner.db.clone()),
     );
     let dispatch = metered::edge::local::Dispatch::new(svc, ledger)?;
-    let response = metered::edge::lambda::handle_sqs_event(
-        &runtime,
-        sqs,
-        &Only(kind, dispatch),
-        &JobContext::default(),
-    )
-    .await;
+    let response =
+        metered::edge::lambda::handle_sqs_event(&runtime, sqs, &Only(kind, dispatch), None).await;
     println!("{}", serde_json::to_string_pretty(&response)?);
     Ok(())
 }

@@ -1330,9 +1330,19 @@ fn render(svg: &Path) -> PathBuf {
 #[test]
 fn burn_and_plan_charts_render_and_show_what_the_usage_says() {
     let dir = tmp("charts");
+    // The demo, and a day of the bundled app under a budget it outgrows
+    // (300 calls a day), so the quota refuses and restart marks are drawn.
+    // (The demo alone is seldom refused: its event sources, like the
+    // deployed ones, run at most two invocations of a kind at once.)
     let demo = metered(
         &[
-            "demo", "--days", "1", "--db", "d.sqlite", "--chart", "demo.svg",
+            "demo",
+            "--days",
+            "1",
+            "--db",
+            "demo.sqlite",
+            "--chart",
+            "demo.svg",
         ],
         &dir,
     );
@@ -1341,42 +1351,80 @@ fn burn_and_plan_charts_render_and_show_what_the_usage_says() {
         "{}",
         String::from_utf8_lossy(&demo.stderr)
     );
-    let usage = json(&metered(
+    let tight = include_str!("../examples/booking.toml").replace("per_day = 2500", "per_day = 300");
+    std::fs::write(dir.join("tight.toml"), tight).unwrap();
+    let run = metered(
         &[
-            "usage",
+            "run",
+            "--config",
+            "tight.toml",
+            "--sim",
+            "--simulate",
+            "1",
+            "--start",
+            "2026-11-22T00:00:00Z",
             "--db",
             "d.sqlite",
-            "--day",
-            "2026-11-22",
             "--json",
-            "--chart",
-            "burn.svg",
         ],
         &dir,
-    ));
-    let rows = usage.as_array().unwrap();
-    let spent: u64 = rows
-        .iter()
-        .filter(|u| u["exempt"] == false)
-        .map(|u| u["calls"].as_u64().unwrap())
-        .sum();
-    let refused: u64 = rows
-        .iter()
-        .flat_map(|u| u["hours"].as_object().unwrap().values())
-        .map(|h| h["denied"].as_u64().unwrap())
-        .sum();
-    assert!(
-        spent > 0 && refused > 0,
-        "the demo spends and is refused: {usage}"
     );
-    for name in ["burn.svg", "demo.svg"] {
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    for (name, db, refusals) in [
+        ("burn.svg", "d.sqlite", true),
+        ("demo.svg", "demo.sqlite", false),
+    ] {
+        let config: &[&str] = if refusals {
+            &["--config", "tight.toml"]
+        } else {
+            &[]
+        };
+        let chart = if refusals { name } else { "usage-of-demo.svg" };
+        let args = [
+            &[
+                "usage",
+                "--db",
+                db,
+                "--day",
+                "2026-11-22",
+                "--json",
+                "--chart",
+                chart,
+            ][..],
+            config,
+        ]
+        .concat();
+        let usage = json(&metered(&args, &dir));
+        let rows = usage.as_array().unwrap();
+        let spent: u64 = rows
+            .iter()
+            .filter(|u| u["exempt"] == false)
+            .map(|u| u["calls"].as_u64().unwrap())
+            .sum();
+        let refused: u64 = rows
+            .iter()
+            .flat_map(|u| u["hours"].as_object().unwrap().values())
+            .map(|h| h["denied"].as_u64().unwrap())
+            .sum();
+        assert!(spent > 0, "{name} spends: {usage}");
+        assert!(
+            refused > 0 || !refusals,
+            "a 300-a-day budget is refused: {usage}"
+        );
         let svg = std::fs::read_to_string(dir.join(name)).unwrap();
         assert!(
             svg.contains(&format!("acme: {spent} calls on 2026-11-22")),
             "{name}: the caption's total is the usage's"
         );
-        assert!(svg.contains("daily limit 2500"), "{name}");
-        assert!(svg.contains(&format!("{refused} restarts")), "{name}");
+        let limit = if refusals { 300 } else { 2500 };
+        assert!(svg.contains(&format!("daily limit {limit}")), "{name}");
+        if refused > 0 {
+            assert!(svg.contains(&format!("{refused} restarts")), "{name}");
+        }
         for u in rows
             .iter()
             .filter(|u| u["exempt"] == false && u["calls"].as_u64() > Some(0))

@@ -72,6 +72,8 @@ pub struct Faults {
     plan: Mutex<Vec<Planned>>,
     hits: Mutex<BTreeMap<(String, Option<JobKind>), u64>>,
     fired: Mutex<Vec<String>>,
+    /// The seeded scheduler every point yields to, in a simulation.
+    sched: std::sync::OnceLock<Arc<crate::simulation::sched::Sched>>,
 }
 
 impl Faults {
@@ -104,6 +106,34 @@ impl Faults {
     /// Descriptions of the faults that fired, in order.
     pub fn fired(&self) -> Vec<String> {
         self.fired.lock().unwrap().clone()
+    }
+
+    /// Makes every point a place where the seeded scheduler may run
+    /// another job first (or crash this one): see [`crate::simulation`].
+    pub fn yield_to(&self, sched: Arc<crate::simulation::sched::Sched>) {
+        let _ = self.sched.set(sched);
+    }
+
+    /// A port call at `point`: yields to the scheduler (in a simulation),
+    /// then counts the call and applies the fault planned for it.
+    pub async fn enter(&self, point: &'static str) -> metered::Result<()> {
+        if let Some(sched) = self.sched.get() {
+            sched.yield_point(point).await;
+        }
+        self.check(point)
+    }
+
+    /// [`Faults::enter`] for [`Faults::check_on`].
+    pub async fn enter_on(
+        &self,
+        point: &'static str,
+        org: &str,
+        record_type: &str,
+    ) -> metered::Result<()> {
+        if let Some(sched) = self.sched.get() {
+            sched.yield_point(point).await;
+        }
+        self.check_on(point, org, record_type)
     }
 
     /// Counts a call of `point` and applies the fault planned for it.
@@ -185,7 +215,7 @@ impl<S: RecordStore + 'static> RecordStore for FaultyStore<S> {
         rt: &str,
         records: &[Record],
     ) -> metered::Result<PageDiff> {
-        self.faults.check("store.diff")?;
+        self.faults.enter("store.diff").await?;
         self.inner.diff(key, rt, records).await
     }
     async fn commit(
@@ -195,7 +225,7 @@ impl<S: RecordStore + 'static> RecordStore for FaultyStore<S> {
         diff: &PageDiff,
         now: Timestamp,
     ) -> metered::Result<()> {
-        self.faults.check_on("store.commit", &key.org, rt)?;
+        self.faults.enter_on("store.commit", &key.org, rt).await?;
         self.inner.commit(key, rt, diff, now).await
     }
     async fn get(
@@ -204,7 +234,7 @@ impl<S: RecordStore + 'static> RecordStore for FaultyStore<S> {
         rt: &str,
         ids: &[String],
     ) -> metered::Result<Vec<StoredRecord>> {
-        self.faults.check("store.get")?;
+        self.faults.enter("store.get").await?;
         self.inner.get(key, rt, ids).await
     }
     async fn claim_lookups(
@@ -216,13 +246,13 @@ impl<S: RecordStore + 'static> RecordStore for FaultyStore<S> {
         now: Timestamp,
         min: chrono::Duration,
     ) -> metered::Result<Vec<String>> {
-        self.faults.check("store.claim_lookups")?;
+        self.faults.enter("store.claim_lookups").await?;
         let claimed = self
             .inner
             .claim_lookups(key, rt, ids, claimer, now, min)
             .await?;
         // A crash right after the claim was written.
-        self.faults.check("store.claim_lookups.after")?;
+        self.faults.enter("store.claim_lookups.after").await?;
         Ok(claimed)
     }
     async fn list(
@@ -232,14 +262,15 @@ impl<S: RecordStore + 'static> RecordStore for FaultyStore<S> {
         after: Option<&str>,
         limit: u32,
     ) -> metered::Result<Vec<StoredRecord>> {
-        self.faults.check("store.list")?;
+        self.faults.enter("store.list").await?;
         self.inner.list(key, rt, after, limit).await
     }
     async fn count(&self, key: &QuotaKey, rt: &str) -> metered::Result<u64> {
+        self.faults.enter("store.count").await?;
         self.inner.count(key, rt).await
     }
     async fn sync_state(&self, key: &QuotaKey, sync: &str) -> metered::Result<SyncState> {
-        self.faults.check("store.sync_state")?;
+        self.faults.enter("store.sync_state").await?;
         self.inner.sync_state(key, sync).await
     }
     async fn take_sync_lease(
@@ -251,7 +282,7 @@ impl<S: RecordStore + 'static> RecordStore for FaultyStore<S> {
         until: Timestamp,
         starting: bool,
     ) -> metered::Result<bool> {
-        self.faults.check("store.take_sync_lease")?;
+        self.faults.enter("store.take_sync_lease").await?;
         self.inner
             .take_sync_lease(key, sync, job, now, until, starting)
             .await
@@ -263,14 +294,15 @@ impl<S: RecordStore + 'static> RecordStore for FaultyStore<S> {
         job: &str,
         update: SyncFinish,
     ) -> metered::Result<bool> {
-        self.faults.check("store.finish_sync")?;
+        self.faults.enter("store.finish_sync").await?;
         self.inner.finish_sync(key, sync, job, update).await
     }
     async fn quarantine(&self, key: &QuotaKey, items: &[Quarantined]) -> metered::Result<()> {
-        self.faults.check("store.quarantine")?;
+        self.faults.enter("store.quarantine").await?;
         self.inner.quarantine(key, items).await
     }
     async fn quarantined(&self, key: &QuotaKey, limit: u32) -> metered::Result<Vec<Quarantined>> {
+        self.faults.enter("store.quarantined").await?;
         self.inner.quarantined(key, limit).await
     }
 }
@@ -288,7 +320,7 @@ impl<S: RecordStore + 'static> Outbox for FaultyStore<S> {
         rows: &[(String, RowChange)],
         now: Timestamp,
     ) -> metered::Result<()> {
-        self.faults.check("outbox.put")?;
+        self.faults.enter("outbox.put").await?;
         self.inner.put_rows(key, ds, rows, now).await
     }
     async fn pending_rows(
@@ -297,12 +329,15 @@ impl<S: RecordStore + 'static> Outbox for FaultyStore<S> {
         ds: &str,
         limit: u32,
     ) -> metered::Result<Vec<OutboxRow>> {
+        self.faults.enter("outbox.pending_rows").await?;
         self.inner.pending_rows(key, ds, limit).await
     }
     async fn pending_count(&self, key: &QuotaKey, ds: &str) -> metered::Result<u64> {
+        self.faults.enter("outbox.pending_count").await?;
         self.inner.pending_count(key, ds).await
     }
     async fn outbox_state(&self, key: &QuotaKey, ds: &str) -> metered::Result<OutboxState> {
+        self.faults.enter("outbox.state").await?;
         self.inner.outbox_state(key, ds).await
     }
     async fn begin_chunk(
@@ -311,9 +346,9 @@ impl<S: RecordStore + 'static> Outbox for FaultyStore<S> {
         ds: &str,
         rows: &[OutboxRow],
     ) -> metered::Result<Option<Chunk>> {
-        self.faults.check("outbox.begin")?;
+        self.faults.enter("outbox.begin").await?;
         let chunk = self.inner.begin_chunk(key, ds, rows).await?;
-        self.faults.check("outbox.begin.after")?;
+        self.faults.enter("outbox.begin.after").await?;
         Ok(chunk)
     }
     async fn ack_chunk(
@@ -323,7 +358,7 @@ impl<S: RecordStore + 'static> Outbox for FaultyStore<S> {
         chunk: &Chunk,
         now: Timestamp,
     ) -> metered::Result<()> {
-        self.faults.check("outbox.ack")?;
+        self.faults.enter("outbox.ack").await?;
         self.inner.ack_chunk(key, ds, chunk, now).await
     }
     async fn mark_flush_due(
@@ -333,7 +368,7 @@ impl<S: RecordStore + 'static> Outbox for FaultyStore<S> {
         due: Timestamp,
         before: Timestamp,
     ) -> metered::Result<bool> {
-        self.faults.check("outbox.mark")?;
+        self.faults.enter("outbox.mark").await?;
         self.inner.mark_flush_due(key, ds, due, before).await
     }
     async fn clear_flush_due(
@@ -342,6 +377,7 @@ impl<S: RecordStore + 'static> Outbox for FaultyStore<S> {
         ds: &str,
         due: Timestamp,
     ) -> metered::Result<()> {
+        self.faults.enter("outbox.clear").await?;
         self.inner.clear_flush_due(key, ds, due).await
     }
 }
@@ -356,7 +392,7 @@ impl<S: JobLedger + 'static> JobLedger for FaultyStore<S> {
         now: Timestamp,
         until: Timestamp,
     ) -> metered::Result<Claim> {
-        self.faults.check("ledger.claim")?;
+        self.faults.enter("ledger.claim").await?;
         self.inner.claim(key, job, generation, now, until).await
     }
     async fn settle(
@@ -366,7 +402,7 @@ impl<S: JobLedger + 'static> JobLedger for FaultyStore<S> {
         generation: u32,
         done: bool,
     ) -> metered::Result<()> {
-        self.faults.check("ledger.settle")?;
+        self.faults.enter("ledger.settle").await?;
         self.inner.settle(key, job, generation, done).await
     }
 }
@@ -378,9 +414,10 @@ impl<S: ActionLedger + 'static> ActionLedger for FaultyStore<S> {
         scope: &QuotaKey,
         key: &str,
         now: Timestamp,
+        until: Timestamp,
     ) -> metered::Result<ActionBegin> {
-        self.faults.check("actions.begin")?;
-        self.inner.begin_action(scope, key, now).await
+        self.faults.enter("actions.begin").await?;
+        self.inner.begin_action(scope, key, now, until).await
     }
     async fn finish_action(
         &self,
@@ -388,11 +425,11 @@ impl<S: ActionLedger + 'static> ActionLedger for FaultyStore<S> {
         key: &str,
         now: Timestamp,
     ) -> metered::Result<()> {
-        self.faults.check("actions.finish")?;
+        self.faults.enter("actions.finish").await?;
         self.inner.finish_action(scope, key, now).await
     }
     async fn abandon_action(&self, scope: &QuotaKey, key: &str) -> metered::Result<()> {
-        self.faults.check("actions.abandon")?;
+        self.faults.enter("actions.abandon").await?;
         self.inner.abandon_action(scope, key).await
     }
 }
@@ -412,19 +449,19 @@ impl QuotaStore for FaultyQuota {
         cost: u32,
         now: Timestamp,
     ) -> metered::Result<Acquire> {
-        self.faults.check("quota.acquire")?;
+        self.faults.enter("quota.acquire").await?;
         self.inner.acquire(key, limits, cost, now).await
     }
     async fn release(&self, grant: &Grant, used: u32) -> metered::Result<()> {
-        self.faults.check("quota.release")?;
+        self.faults.enter("quota.release").await?;
         self.inner.release(grant, used).await
     }
     async fn renew(&self, grant: &Grant, until: Timestamp) -> metered::Result<()> {
-        self.faults.check("quota.renew")?;
+        self.faults.enter("quota.renew").await?;
         self.inner.renew(grant, until).await
     }
     async fn block_until(&self, key: &QuotaKey, until: Timestamp) -> metered::Result<()> {
-        self.faults.check("quota.block_until")?;
+        self.faults.enter("quota.block_until").await?;
         self.inner.block_until(key, until).await
     }
     async fn raise_window(
@@ -433,10 +470,11 @@ impl QuotaStore for FaultyQuota {
         window: &str,
         at_least: u64,
     ) -> metered::Result<u64> {
-        self.faults.check("quota.raise")?;
+        self.faults.enter("quota.raise").await?;
         self.inner.raise_window(key, window, at_least).await
     }
     async fn record_usage(&self, entries: &[UsageEntry]) -> metered::Result<()> {
+        self.faults.enter("quota.usage").await?;
         self.inner.record_usage(entries).await
     }
     async fn usage(

@@ -10,6 +10,7 @@ pub mod lost_responses;
 pub mod queue_suite;
 pub mod quota_suite;
 pub mod scenario;
+pub mod simulation;
 pub mod store_suite;
 pub mod sync_world;
 
@@ -134,6 +135,17 @@ pub fn add_workflows(c: &mut metered::config::app::AppConfig, toml: &str) {
     ))
     .expect("workflow toml");
     c.workflows.extend(parsed.workflows);
+}
+
+/// Adds the `[workflows.*]` and `[datasources.*]` tables of `toml` to an
+/// app config (the rest is filled in only so that it parses).
+pub fn add_sections(c: &mut metered::config::app::AppConfig, toml: &str) {
+    let parsed: metered::config::app::AppConfig = ::toml::from_str(&format!(
+        "[app]\nname='x'\nbase_url='http://x/'\n[app.limits]\nper_day=1\nmax_concurrent=1\n{toml}"
+    ))
+    .expect("workflow toml");
+    c.workflows.extend(parsed.workflows);
+    c.datasources.extend(parsed.datasources);
 }
 
 /// A running simulator and a connector for it with one org's key.

@@ -6,7 +6,7 @@ use async_trait::async_trait;
 use aws_lambda_events::event::sqs::{SqsEvent, SqsMessage};
 use chrono::Duration;
 use metered::core::clock::SharedClock;
-use metered::jobs::envelope::{JobEnvelope, JobKind, Outcome, Restart};
+use metered::jobs::envelope::{JobEnvelope, JobKind, Outcome};
 use metered::jobs::queue::JobQueue;
 use metered::jobs::runtime::{JobContext, JobHandler, JobRuntime, RestartPolicy, Settled};
 use metered::quota::{Denied, DenyReason};
@@ -71,6 +71,55 @@ impl JobHandler for Scripted {
     async fn handle(&self, job: &JobEnvelope, _ctx: &JobContext) -> Outcome {
         self.calls.fetch_add(1, Ordering::SeqCst);
         (self.script)(job, &self.clock)
+    }
+}
+
+/// A queue whose `send` fails for bodies containing `when` (a restart that
+/// cannot be sent); everything else reaches `inner`.
+struct FailingSends {
+    inner: Arc<dyn JobQueue>,
+    when: &'static str,
+}
+
+#[async_trait]
+impl JobQueue for FailingSends {
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+    async fn send(&self, job: &JobEnvelope, delay_secs: u32) -> metered::Result<()> {
+        if job.to_body().contains(self.when) {
+            return Err(metered::Error::Queue {
+                operation: "send",
+                message: "injected: the queue refused the send".into(),
+                disposition: metered::core::error::Disposition::Retryable,
+            });
+        }
+        self.inner.send(job, delay_secs).await
+    }
+    async fn dead_letter(&self, body: &str, reason: &str) -> metered::Result<()> {
+        self.inner.dead_letter(body, reason).await
+    }
+    async fn receive(
+        &self,
+        max: u32,
+        visibility_secs: u32,
+    ) -> metered::Result<Vec<metered::jobs::queue::Delivery>> {
+        self.inner.receive(max, visibility_secs).await
+    }
+    async fn ack(&self, receipt: &str) -> metered::Result<()> {
+        self.inner.ack(receipt).await
+    }
+    async fn release(&self, receipt: &str, visible_in_secs: u32) -> metered::Result<()> {
+        self.inner.release(receipt, visible_in_secs).await
+    }
+    async fn dead_letters(
+        &self,
+        max: u32,
+    ) -> metered::Result<Vec<metered::jobs::queue::DeadLetter>> {
+        self.inner.dead_letters(max).await
+    }
+    async fn redrive(&self, choose: &metered::jobs::queue::Choose<'_>) -> metered::Result<u64> {
+        self.inner.redrive(choose).await
     }
 }
 
@@ -185,11 +234,11 @@ pub async fn long_wait_is_chained_through_not_before<F: Future<Output = Fixture>
     let rt = fx.runtime(no_jitter(10));
     let handler = Scripted::new(fx.clock.clone(), |job, clock| {
         if job.restarts == 0 {
-            Outcome::Restart(Restart {
-                at: clock.now() + Duration::seconds(3600),
-                reason: "day limit reached".into(),
-                checkpoint: None,
-            })
+            Outcome::wait(
+                clock.now() + Duration::seconds(3600),
+                "day limit reached",
+                None,
+            )
         } else {
             Outcome::Done
         }
@@ -273,12 +322,9 @@ pub async fn long_wait_is_chained_through_not_before<F: Future<Output = Fixture>
 pub async fn restart_cap_sends_to_dead_letters<F: Future<Output = Fixture>>(make: F) {
     let fx = make.await;
     let rt = fx.runtime(no_jitter(2));
+    // Neither a wait nor a moved checkpoint: a loop, which is capped.
     let handler = Scripted::new(fx.clock.clone(), |_, clock| {
-        Outcome::Restart(Restart {
-            at: clock.now(),
-            reason: "near the deadline".into(),
-            checkpoint: None,
-        })
+        Outcome::resume(clock.now(), "near the deadline", None)
     });
     fx.queue.send(&job(&fx.clock), 0).await.unwrap();
     let mut last = None;
@@ -317,7 +363,7 @@ pub async fn bad_messages_are_dead_lettered_and_neighbours_succeed<F: Future<Out
     let rt = fx.runtime(no_jitter(10));
     let handler = Scripted::new(fx.clock.clone(), |job, _| {
         match job.payload["then"].as_str() {
-            Some("retry") => Outcome::Retry("upstream timed out".into()),
+            Some("retry") => Outcome::transient("upstream timed out", None),
             _ => Outcome::Done,
         }
     });
@@ -337,8 +383,16 @@ pub async fn bad_messages_are_dead_lettered_and_neighbours_succeed<F: Future<Out
         sqs_record("m-other", &other.to_body()),
         sqs_record("m-empty", ""),
     ];
-    let response =
-        metered::edge::lambda::handle_sqs_event(&rt, event, &handler, &JobContext::default()).await;
+    // The flaky job's restart cannot be sent: it must come back (it was not
+    // re-sent), and only it.
+    let rt = JobRuntime {
+        queue: Arc::new(FailingSends {
+            inner: fx.queue.clone(),
+            when: "\"then\":\"retry\"",
+        }),
+        ..rt
+    };
+    let response = metered::edge::lambda::handle_sqs_event(&rt, event, &handler, None).await;
     let failed: Vec<_> = response
         .batch_item_failures
         .iter()
@@ -347,7 +401,7 @@ pub async fn bad_messages_are_dead_lettered_and_neighbours_succeed<F: Future<Out
     assert_eq!(
         failed,
         vec!["m-flaky".to_string()],
-        "only the transient failure comes back"
+        "only the job whose restart could not be sent comes back"
     );
     assert_eq!(
         handler.calls(),

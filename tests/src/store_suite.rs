@@ -39,6 +39,7 @@ macro_rules! store_cases {
             [
                 job_ledger_entries_are_scoped_by_org,
                 action_keys_are_scoped_by_org,
+                an_action_key_in_progress_is_held_until_its_claim_ends,
                 a_live_claim_is_never_acknowledged,
                 a_claim_ends_at_the_invocation_deadline,
                 lookup_claims_are_reclaimable_by_their_claimer_only,
@@ -109,31 +110,31 @@ pub async fn action_keys_are_scoped_by_org<F: Future<Output = Fixture>>(make: F)
     let now = afternoon();
     let key = "vip:0:inv_000001:hash";
     assert_eq!(
-        s.actions.begin_action(&a, key, now).await.unwrap(),
+        s.actions.begin_action(&a, key, now, now).await.unwrap(),
         ActionBegin::New
     );
     assert_eq!(
-        s.actions.begin_action(&b, key, now).await.unwrap(),
+        s.actions.begin_action(&b, key, now, now).await.unwrap(),
         ActionBegin::New,
         "org B's action is not org A's"
     );
     s.actions.finish_action(&a, key, now).await.unwrap();
     assert_eq!(
-        s.actions.begin_action(&a, key, now).await.unwrap(),
+        s.actions.begin_action(&a, key, now, now).await.unwrap(),
         ActionBegin::Done
     );
     assert_eq!(
-        s.actions.begin_action(&b, key, now).await.unwrap(),
+        s.actions.begin_action(&b, key, now, now).await.unwrap(),
         ActionBegin::Again
     );
     s.actions.abandon_action(&b, key).await.unwrap();
     assert_eq!(
-        s.actions.begin_action(&b, key, now).await.unwrap(),
+        s.actions.begin_action(&b, key, now, now).await.unwrap(),
         ActionBegin::New
     );
     s.actions.abandon_action(&a, key).await.unwrap();
     assert_eq!(
-        s.actions.begin_action(&a, key, now).await.unwrap(),
+        s.actions.begin_action(&a, key, now, now).await.unwrap(),
         ActionBegin::Done,
         "a done key is never abandoned"
     );
@@ -170,6 +171,63 @@ fn runtime(s: &Fixture) -> (JobRuntime, metered::core::clock::ManualClock) {
 /// (the original defect: claims of 15 min, redelivery after 180 s): the
 /// redelivery must be left on the queue, never acknowledged as a duplicate,
 /// and run once the claim has ended.
+/// Two deliveries of one action never call at once: the key is held until
+/// the invocation that began it ends; after that a retry takes it (and
+/// only one of two retries), and a done key stays done. Per org.
+pub async fn an_action_key_in_progress_is_held_until_its_claim_ends<F: Future<Output = Fixture>>(
+    make: F,
+) {
+    let s = make.await;
+    let (a, b) = orgs();
+    let now = afternoon();
+    let key = "vip:0:inv_000001:hash";
+    let at = |secs| now + Duration::seconds(secs);
+    assert_eq!(
+        s.actions.begin_action(&a, key, now, at(30)).await.unwrap(),
+        ActionBegin::New
+    );
+    assert_eq!(
+        s.actions
+            .begin_action(&a, key, at(10), at(40))
+            .await
+            .unwrap(),
+        ActionBegin::InProgress(at(30)),
+        "a second delivery waits for the first"
+    );
+    assert_eq!(
+        s.actions
+            .begin_action(&b, key, at(10), at(40))
+            .await
+            .unwrap(),
+        ActionBegin::New,
+        "org B's key is its own"
+    );
+    assert_eq!(
+        s.actions
+            .begin_action(&a, key, at(31), at(61))
+            .await
+            .unwrap(),
+        ActionBegin::Again,
+        "the first delivery's invocation ended: a retry calls again"
+    );
+    assert_eq!(
+        s.actions
+            .begin_action(&a, key, at(40), at(70))
+            .await
+            .unwrap(),
+        ActionBegin::InProgress(at(61)),
+        "the retry holds it now"
+    );
+    s.actions.finish_action(&a, key, at(45)).await.unwrap();
+    assert_eq!(
+        s.actions
+            .begin_action(&a, key, at(50), at(80))
+            .await
+            .unwrap(),
+        ActionBegin::Done
+    );
+}
+
 pub async fn a_live_claim_is_never_acknowledged<F: Future<Output = Fixture>>(make: F) {
     let s = make.await;
     let (rt, clock) = runtime(&s);

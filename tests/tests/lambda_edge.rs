@@ -271,10 +271,7 @@ fn every_job_log_line_names_its_message_job_kind_and_org() {
         event.records.push(m);
     }
     let response = rt.block_on(metered::edge::lambda::handle_sqs_event(
-        &runtime,
-        event,
-        &Chatty,
-        &JobContext::default(),
+        &runtime, event, &Chatty, None,
     ));
     assert!(response.batch_item_failures.is_empty());
     let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();

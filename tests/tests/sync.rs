@@ -465,12 +465,12 @@ async fn budget_exhaustion_finishes_in_the_next_window(adapter: Adapter) {
         },
     )
     .await;
-    let started = metered::handlers::schedule::tick(&w.svc).await.unwrap();
+    let started = metered::handlers::schedule::tick(&w.svc).await.started;
     assert_eq!(started.len(), 3 * ORGS.len(), "three syncs for each org");
     assert!(
         metered::handlers::schedule::tick(&w.svc)
             .await
-            .unwrap()
+            .started
             .is_empty(),
         "a running sync is never started twice"
     );
@@ -647,7 +647,60 @@ async fn steady_transfers_read_no_stored_records_for_unchanged_pages(adapter: Ad
     }
 }
 
+/// A tick whose send fails leaves the sync due at the next tick (it used
+/// to record the start first and keep it, so the sync waited a whole
+/// period), and one org's store error never holds back the other's.
+async fn a_failed_start_or_one_orgs_error_never_delays_a_sync(adapter: Adapter) {
+    use metered::core::error::Disposition;
+    use metered_tests::faults::Fault;
+    let w = World::new(adapter, SimConfig::default(), |c| {
+        sync(
+            c,
+            "invoices",
+            SyncConfig {
+                complete_transfer: transfer(),
+                ..Default::default()
+            },
+        );
+    })
+    .await;
+    // The first org's start: the send fails.
+    w.faults
+        .at("queue.send", None, 1, Fault::Fail(Disposition::Retryable));
+    let first = metered::handlers::schedule::tick(&w.svc).await;
+    assert_eq!(first.failed.len(), 1, "{:?}", first.failed);
+    assert_eq!(
+        first.started.len(),
+        1,
+        "the other org started: {:?}",
+        first.started
+    );
+    let second = metered::handlers::schedule::tick(&w.svc).await;
+    assert!(second.failed.is_empty(), "{:?}", second.failed);
+    assert_eq!(
+        second.started.len(),
+        1,
+        "the org whose send failed starts at the next tick, not a day later"
+    );
+    assert_ne!(first.started[0].org, second.started[0].org);
+    // One org's store error: the other org is still ticked.
+    w.clock.advance(Duration::days(1));
+    let next = w.faults.hits("store.sync_state") + 1;
+    w.faults.at(
+        "store.sync_state",
+        None,
+        next,
+        Fault::Fail(Disposition::Retryable),
+    );
+    let third = metered::handlers::schedule::tick(&w.svc).await;
+    assert_eq!(third.failed.len(), 1, "{:?}", third.failed);
+    assert!(third.failed[0].1.contains("injected"), "{:?}", third.failed);
+    assert_eq!(third.started.len(), 1, "the other org still started");
+    w.drive().await;
+}
+
 metered_tests::on_both!(
+    a_failed_start_or_one_orgs_error_never_delays_a_sync,
     complete_transfer_spends_exactly_ceil_n_over_page,
     a_denial_mid_transfer_resumes_without_refetching,
     recent_lookups_with_overlap_miss_nothing_and_repeat_nothing,

@@ -115,6 +115,61 @@ fn sqs_functions_report_partial_failures_and_outlive_nothing() {
     }
 }
 
+/// Each SQS function runs as `JobKind::deployed` says — the numbers the
+/// local runner and the seeded simulation play, and the sync lease is sized
+/// from (it must outlive a transfer queue's visibility timeout plus the
+/// function's timeout, or a twin starts before a crashed run comes back).
+#[test]
+fn the_deployed_shape_is_the_one_the_library_plays() {
+    use metered::jobs::envelope::JobKind;
+    let t = template();
+    let queues: std::collections::BTreeMap<String, Value> =
+        of_type(&t, "AWS::SQS::Queue").into_iter().collect();
+    let concurrency = t["Parameters"]["ThirdPartyConcurrency"]["Default"]
+        .as_u64()
+        .unwrap();
+    let mut seen = Vec::new();
+    for (name, f) in of_type(&t, "AWS::Serverless::Function") {
+        let binary = f["Metadata"]["BuildProperties"]["Binary"].as_str().unwrap();
+        let Ok(kind) = serde_json::from_value::<JobKind>(serde_json::json!(binary)) else {
+            continue;
+        };
+        let shape = kind.deployed();
+        let event = f["Properties"]["Events"]
+            .as_mapping()
+            .and_then(|m| m.values().find(|e| e["Type"] == "SQS"))
+            .unwrap_or_else(|| panic!("{name}: an SQS event source"));
+        let queue = &queues[&target(&event["Properties"]["Queue"]).unwrap()];
+        assert_eq!(
+            (
+                f["Properties"]["Timeout"].as_u64(),
+                queue["Properties"]["VisibilityTimeout"].as_u64(),
+                event["Properties"]["BatchSize"].as_u64(),
+                Some(concurrency),
+            ),
+            (
+                Some(u64::from(shape.timeout_secs)),
+                Some(u64::from(shape.visibility_secs)),
+                Some(u64::from(shape.batch_size)),
+                Some(u64::from(shape.max_concurrency)),
+            ),
+            "{name}: template vs JobKind::deployed"
+        );
+        if matches!(kind, JobKind::CompleteTransfer | JobKind::RecentRecords) {
+            let outlives = chrono::Duration::seconds(
+                i64::from(shape.visibility_secs) + i64::from(shape.timeout_secs),
+            );
+            assert!(
+                metered::jobs::envelope::sync_lease() > outlives,
+                "{name}: the sync lease outlives a crashed run's redelivery"
+            );
+        }
+        seen.push(kind);
+    }
+    seen.sort();
+    assert_eq!(seen, JobKind::QUEUED.to_vec());
+}
+
 #[test]
 fn no_wildcard_resources_on_data_actions() {
     let t = template();

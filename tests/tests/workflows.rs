@@ -210,7 +210,7 @@ async fn actions_fire_once_under_duplicates_restarts_and_crashes(adapter: Adapte
     // Now the crash: begin the action, make the call, never mark it.
     let key = format!("{crashed_key}:replay");
     w.action_ledger
-        .begin_action(&w.key(), &key, w.shared.now())
+        .begin_action(&w.key(), &key, w.shared.now(), w.shared.now())
         .await
         .unwrap();
     let req = metered::connector::SendRequest {
@@ -664,7 +664,7 @@ async fn a_scheduled_workflow_runs_over_stored_records_at_its_interval() {
     .with_workflows();
     w.start(JobKind::CompleteTransfer, "customers").await;
     w.drive().await;
-    let started = metered::handlers::schedule::tick(&w.svc).await.unwrap();
+    let started = metered::handlers::schedule::tick(&w.svc).await.started;
     assert!(
         started.iter().any(|j| j.kind == JobKind::Workflow),
         "the scheduled workflow starts"
@@ -682,7 +682,7 @@ async fn a_scheduled_workflow_runs_over_stored_records_at_its_interval() {
     assert!(
         metered::handlers::schedule::tick(&w.svc)
             .await
-            .unwrap()
+            .started
             .iter()
             .all(|j| j.kind != JobKind::Workflow),
         "not again before 12 h"
@@ -691,7 +691,7 @@ async fn a_scheduled_workflow_runs_over_stored_records_at_its_interval() {
     assert!(
         metered::handlers::schedule::tick(&w.svc)
             .await
-            .unwrap()
+            .started
             .iter()
             .any(|j| j.kind == JobKind::Workflow),
         "again after 12 h"

@@ -179,6 +179,29 @@ impl HttpConnector {
         }
     }
 
+    /// [`Self::execute`] for a write; with `keyed` (it carries an
+    /// `Idempotency-Key`), a 409 is the API saying an earlier request with
+    /// the same key is still being performed (Stripe answers a concurrent
+    /// duplicate so): transient, tried again later under the same key,
+    /// never a dead letter for an action that is being done.
+    async fn execute_keyed(
+        &self,
+        req: RequestBuilder,
+        what: &str,
+        keyed: bool,
+    ) -> std::result::Result<Option<(HeaderMap, Value)>, ApiError> {
+        match self.execute(req, what, false).await {
+            Err(ApiError::Permanent(msg))
+                if keyed && msg.starts_with(&format!("{what}: HTTP 409 ")) =>
+            {
+                Err(ApiError::Retryable(format!(
+                    "{msg} (a request with this Idempotency-Key is still in progress at the API)"
+                )))
+            }
+            other => other,
+        }
+    }
+
     /// Sends, reads the whole body, classifies. `Ok(None)` is a 404 when
     /// `not_found_ok`.
     async fn execute(
@@ -636,7 +659,7 @@ impl Connector for HttpConnector {
             builder = builder.json(body);
         }
         Ok(self
-            .execute(builder, &what, false)
+            .execute_keyed(builder, &what, req.idempotency_key.is_some())
             .await?
             .map(|(_, b)| b)
             .unwrap_or(Value::Null))

@@ -166,6 +166,11 @@ pub enum CallError {
     /// Will fail the same way again.
     #[error("permanent: {0}")]
     Permanent(String),
+    /// The windows a reservation was granted in ended before this call
+    /// (they can end between the holder's look at what is left and the
+    /// call): no call was made; reserve anew.
+    #[error("the reservation's windows ended; no call was made")]
+    ReservationEnded,
 }
 
 impl From<crate::Error> for CallError {
@@ -245,9 +250,31 @@ impl Metered {
         if self.connector.is_exempt(&endpoint) {
             spec = spec.exempt();
         }
-        let permit = match self.quota.acquire(&self.key, &self.limits, spec).await? {
-            Admission::Granted(p) => p,
-            Admission::Denied(d) => return Err(CallError::Denied(d)),
+        let mut permit = None;
+        for _ in 0..2 {
+            let granted = match self
+                .quota
+                .acquire(&self.key, &self.limits, spec.clone())
+                .await?
+            {
+                Admission::Granted(p) => p,
+                Admission::Denied(d) => return Err(CallError::Denied(d)),
+            };
+            // The window the call was granted in ended while the grant was
+            // on its way (the store took `now` before its round trip): a
+            // call made now would land in the next window uncounted there.
+            // Give it back and take it from the window it will land in.
+            let ended = granted
+                .grant()
+                .is_some_and(|g| g.valid_until <= self.quota.clock().now());
+            if !ended {
+                permit = Some(granted);
+                break;
+            }
+            self.quota.release(granted, 0).await?;
+        }
+        let Some(permit) = permit else {
+            return Err(CallError::ReservationEnded);
         };
         let result = call.await;
         // A call that reached the API counts even when it failed.
@@ -402,7 +429,7 @@ impl Reservation<'_> {
         F: std::future::Future<Output = Result<T, ApiError>>,
     {
         if self.remaining() == 0 {
-            return Err(CallError::Permanent("reservation spent".into()));
+            return Err(CallError::ReservationEnded);
         }
         if let (Some(until), Some(p)) = (self.lease_until, &self.permit) {
             let now = self.metered.quota.clock().now();

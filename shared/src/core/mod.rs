@@ -3,5 +3,6 @@
 
 pub mod clock;
 pub mod error;
+pub mod ids;
 pub mod metrics;
 pub mod record;

@@ -40,7 +40,7 @@ use crate::handlers::context::{http_connectors, AppContext};
 use crate::handlers::sync::SyncHandlers;
 use crate::jobs::envelope::JobKind;
 use crate::jobs::queue::{JobQueue, Queues};
-use crate::jobs::runtime::{JobContext, JobHandler, JobRuntime, RestartPolicy};
+use crate::jobs::runtime::{JobHandler, JobRuntime, RestartPolicy};
 use crate::quota::Quota;
 use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent};
 use lambda_runtime::{service_fn, LambdaEvent};
@@ -369,29 +369,35 @@ impl Deployed {
 /// Processes an SQS event as Lambda delivers it and reports only the
 /// messages that must come back, so one bad message never fails or
 /// repeats its neighbours (`ReportBatchItemFailures`).
+///
+/// The messages run in turn, each with its share of the time left before
+/// `deadline` (the invocation's; see [`JobRuntime::process_batch`]).
 pub async fn handle_sqs_event<H: JobHandler + ?Sized>(
     runtime: &JobRuntime,
     event: SqsEvent,
     handler: &H,
-    ctx: &JobContext,
+    deadline: Option<crate::core::clock::Timestamp>,
 ) -> SqsBatchResponse {
     let mut response = SqsBatchResponse::default();
+    let mut messages = Vec::new();
     for record in event.records {
         let Some(message_id) = record.message_id else {
             // Without an id it cannot be reported; Lambda never sends one.
             tracing::error!("SQS record without a message id skipped");
             continue;
         };
-        let body = record.body.unwrap_or_default();
+        messages.push((message_id, record.body.unwrap_or_default()));
+    }
+    for (i, (message_id, body)) in messages.iter().enumerate() {
         // Every line logged for this message carries its id (and, inside
         // the runtime's `job` span, the job's id, kind and org).
         let settled = runtime
-            .process(&body, handler, ctx)
+            .process_batch_item(body, handler, deadline, messages.len() - i)
             .instrument(tracing::info_span!("message", message_id = %message_id))
             .await;
         if !settled.ack() {
             let mut failure = BatchItemFailure::default();
-            failure.item_identifier = message_id;
+            failure.item_identifier = message_id.clone();
             response.batch_item_failures.push(failure);
         }
     }
@@ -457,11 +463,8 @@ where
     lambda_runtime::run(service_fn(|event: LambdaEvent<SqsEvent>| {
         let (runtime, handler, deployed, cold) = (&runtime, &handler, &deployed, &cold);
         async move {
-            let ctx = JobContext {
-                deadline: deadline_of(&event.context),
-                ..JobContext::default()
-            };
-            let response = handle_sqs_event(runtime, event.payload, handler, &ctx).await;
+            let deadline = deadline_of(&event.context);
+            let response = handle_sqs_event(runtime, event.payload, handler, deadline).await;
             write_emf(
                 &deployed.svc.metrics,
                 kind,

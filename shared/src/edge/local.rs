@@ -1,11 +1,17 @@
 //! The whole system on one machine: SQLite adapters, one queue per job kind,
-//! and a dispatcher that feeds each queue to the same handler code the
-//! Lambda functions run.
+//! and a dispatcher that plays the deployed stack's event source mappings:
+//! every queue polled at once, batches of up to ten messages, up to the
+//! template's `MaximumConcurrency` invocations per kind in flight, each
+//! with its function's timeout as a deadline and its queue's visibility
+//! timeout (a message an invocation did not settle comes back after it).
+//! So a sync, the workflow it triggers, lookups, actions and flushes run
+//! concurrently here as they do on Lambda, and a trial on one machine meets
+//! the same interleavings as the deployment.
 //!
 //! On a simulated clock the dispatcher jumps time to the next due job when
-//! nothing is due now, so days of restarts pass in seconds; on the system
-//! clock it would wait for it instead (the one place that may wait: it waits
-//! for the next due job, not out a limit).
+//! nothing is in flight and nothing is due now, so days of restarts pass in
+//! seconds; it never waits out a limit. A new message wakes it (the queues
+//! it builds notify on send).
 
 use crate::adapters::sqlite::queue::SqliteQueue;
 use crate::adapters::sqlite::quota::SqliteQuota;
@@ -17,12 +23,13 @@ use crate::core::clock::{ManualClock, SharedClock, Timestamp};
 use crate::core::error::Result;
 use crate::handlers::context::AppContext;
 use crate::handlers::sync::SyncHandlers;
-use crate::jobs::envelope::JobKind;
-use crate::jobs::queue::{JobQueue, Queues};
+use crate::jobs::envelope::{JobEnvelope, JobKind};
+use crate::jobs::queue::{Choose, DeadLetter, Delivery, JobQueue, Queues};
 use crate::jobs::runtime::{JobRuntime, RestartPolicy, Settled, NOT_BEFORE_REASON};
 use crate::quota::Quota;
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use tokio::sync::Notify;
 
 /// Every handler behind one [`crate::jobs::runtime::JobHandler`], routed by kind:
 /// what a single process runs when it plays every Lambda function.
@@ -98,7 +105,7 @@ pub struct RunReport {
     pub dead_lettered: u64,
 }
 
-/// Every function in one process: the SQLite queues pumped in turn.
+/// Every function in one process: the SQLite queues polled at once.
 pub struct LocalRunner {
     /// What the handlers share.
     pub svc: Arc<AppContext>,
@@ -107,8 +114,51 @@ pub struct LocalRunner {
     /// The records, ledgers and queues' database.
     pub db: Db,
     queues: BTreeMap<JobKind, Arc<SqliteQueue>>,
-    runtimes: Vec<(JobKind, JobRuntime)>,
-    handler: Dispatch,
+    runtimes: BTreeMap<JobKind, JobRuntime>,
+    handler: Arc<Dispatch>,
+    sent: Arc<Notify>,
+    concurrency: Option<u32>,
+}
+
+/// A local queue that wakes the dispatcher when a message is sent, so new
+/// work starts at once instead of at the next poll.
+struct Notifying {
+    inner: Arc<SqliteQueue>,
+    sent: Arc<Notify>,
+}
+
+#[async_trait::async_trait]
+impl JobQueue for Notifying {
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+    async fn send(&self, job: &JobEnvelope, delay_secs: u32) -> Result<()> {
+        self.inner.send(job, delay_secs).await?;
+        self.sent.notify_one();
+        Ok(())
+    }
+    async fn dead_letter(&self, body: &str, reason: &str) -> Result<()> {
+        self.inner.dead_letter(body, reason).await
+    }
+    async fn receive(&self, max: u32, visibility_secs: u32) -> Result<Vec<Delivery>> {
+        self.inner.receive(max, visibility_secs).await
+    }
+    async fn ack(&self, receipt: &str) -> Result<()> {
+        self.inner.ack(receipt).await
+    }
+    async fn release(&self, receipt: &str, visible_in_secs: u32) -> Result<()> {
+        self.inner.release(receipt, visible_in_secs).await?;
+        self.sent.notify_one();
+        Ok(())
+    }
+    async fn dead_letters(&self, max: u32) -> Result<Vec<DeadLetter>> {
+        self.inner.dead_letters(max).await
+    }
+    async fn redrive(&self, choose: &Choose<'_>) -> Result<u64> {
+        let moved = self.inner.redrive(choose).await?;
+        self.sent.notify_one();
+        Ok(moved)
+    }
 }
 
 impl LocalRunner {
@@ -122,11 +172,18 @@ impl LocalRunner {
     ) -> Result<Self> {
         let store = Arc::new(SqliteStore::new(db.clone()));
         let quota = Quota::new(Arc::new(SqliteQuota::new(quota_db.clone())), clock.clone());
+        let sent = Arc::new(Notify::new());
         let mut queues = Queues::new();
         let mut raw = BTreeMap::new();
+        let mut notifying: BTreeMap<JobKind, Arc<dyn JobQueue>> = BTreeMap::new();
         for (kind, q) in local_queues(&db, &clock) {
             raw.insert(kind, q.clone());
-            queues = queues.with(kind, q);
+            let n: Arc<dyn JobQueue> = Arc::new(Notifying {
+                inner: q,
+                sent: sent.clone(),
+            });
+            notifying.insert(kind, n.clone());
+            queues = queues.with(kind, n);
         }
         let svc = Arc::new(AppContext::new(
             config,
@@ -138,23 +195,36 @@ impl LocalRunner {
         let runtimes = JobKind::QUEUED
             .iter()
             .map(|k| {
-                let q: Arc<dyn JobQueue> = raw[k].clone();
                 (
                     *k,
-                    JobRuntime::new(q, clock.clone(), RestartPolicy::default())
-                        .with_ledger(store.clone())
-                        .with_metrics(svc.metrics.clone()),
+                    JobRuntime::new(
+                        notifying[k].clone(),
+                        clock.clone(),
+                        RestartPolicy::default(),
+                    )
+                    .with_ledger(store.clone())
+                    .with_metrics(svc.metrics.clone()),
                 )
             })
             .collect();
         Ok(Self {
-            handler: Dispatch::new(svc.clone(), store)?,
+            handler: Arc::new(Dispatch::new(svc.clone(), store)?),
             svc,
             quota_db,
             db,
             queues: raw,
             runtimes,
+            sent,
+            concurrency: None,
         })
+    }
+
+    /// At most `n` invocations of each kind at once (default: each kind's
+    /// deployed `MaximumConcurrency`); 1 runs each kind's invocations one
+    /// after another (kinds still run side by side).
+    pub fn with_concurrency(mut self, n: u32) -> Self {
+        self.concurrency = Some(n.max(1));
+        self
     }
 
     /// The queue of a kind (reports, `metered jobs`).
@@ -162,32 +232,82 @@ impl LocalRunner {
         self.queues.get(&kind)
     }
 
+    /// Runs what is due now, every kind at once, until nothing is in flight
+    /// and nothing more is due (real time: `metered run`).
+    pub async fn run_due(&self) -> Result<RunReport> {
+        self.run_until(None, self.svc.clock.now(), None).await
+    }
+
     /// Runs due jobs until none is left before `until`, jumping `clock` to
-    /// the next due job whenever nothing is due now. `tick` is called at
-    /// every jump (run the scheduler there).
+    /// the next due job whenever nothing is in flight and nothing is due
+    /// now. The scheduler ticks every `tick_every` of the clock.
     pub async fn run_simulated(
         &self,
         clock: &ManualClock,
         until: Timestamp,
         tick_every: Option<chrono::Duration>,
     ) -> Result<RunReport> {
+        self.run_until(Some(clock), until, tick_every).await
+    }
+
+    async fn run_until(
+        &self,
+        clock: Option<&ManualClock>,
+        until: Timestamp,
+        tick_every: Option<chrono::Duration>,
+    ) -> Result<RunReport> {
         let mut report = RunReport::default();
         let mut next_tick = tick_every.map(|_| self.svc.clock.now());
+        let mut in_flight: tokio::task::JoinSet<(JobKind, Result<Vec<Settled>>)> =
+            tokio::task::JoinSet::new();
+        let mut busy: BTreeMap<JobKind, u32> = BTreeMap::new();
         loop {
             if let (Some(t), Some(every)) = (next_tick, tick_every) {
                 if self.svc.clock.now() >= t {
-                    crate::handlers::schedule::tick(&self.svc).await?;
+                    crate::handlers::schedule::tick(&self.svc).await;
                     next_tick = Some(t + every);
                 }
             }
-            let mut worked = false;
+            // Every kind with room polls its queue, as each event source
+            // mapping does.
             for (kind, rt) in &self.runtimes {
-                for s in rt.pump_once(&self.handler, 10, 900).await? {
-                    worked |= !matches!(&s, Settled::Restarted { reason, .. } if reason == NOT_BEFORE_REASON);
-                    record(&mut report, *kind, s);
+                let shape = kind.deployed();
+                let limit = self.concurrency.unwrap_or(shape.max_concurrency);
+                while busy.get(kind).copied().unwrap_or(0) < limit {
+                    let deliveries = rt
+                        .queue
+                        .receive(shape.batch_size, shape.visibility_secs)
+                        .await?;
+                    if deliveries.is_empty() {
+                        break;
+                    }
+                    *busy.entry(*kind).or_default() += 1;
+                    let (rt, handler, kind) = (rt.clone(), self.handler.clone(), *kind);
+                    in_flight.spawn(async move {
+                        (
+                            kind,
+                            invoke(&rt, handler.as_ref(), deliveries, shape.timeout_secs).await,
+                        )
+                    });
                 }
             }
-            if worked {
+            if !in_flight.is_empty() {
+                // Until an invocation ends or a message is sent (it may be
+                // due now, for a kind with room).
+                tokio::select! {
+                    done = in_flight.join_next() => {
+                        if let Some(done) = done {
+                            let (kind, settled) = done.map_err(|e| {
+                                crate::Error::Config(format!("a local invocation panicked: {e}"))
+                            })?;
+                            *busy.entry(kind).or_default() -= 1;
+                            for s in settled? {
+                                record(&mut report, kind, s);
+                            }
+                        }
+                    }
+                    () = self.sent.notified() => {}
+                }
                 continue;
             }
             let mut next: Option<Timestamp> = next_tick;
@@ -196,15 +316,38 @@ impl LocalRunner {
                     next = Some(next.map_or(at, |n| n.min(at)));
                 }
             }
-            match next {
+            match (next, clock) {
                 // `until` is exclusive: what is due then belongs to the next slice.
-                Some(at) if at < until => {
+                (Some(at), Some(clock)) if at < until => {
                     clock.set(at.max(self.svc.clock.now() + chrono::Duration::milliseconds(1)))
                 }
+                // Real time: a message due now that was not received (sent
+                // as the last invocation ended) is taken on the next pass.
+                (Some(at), None) if at <= self.svc.clock.now() => {}
                 _ => return Ok(report),
             }
         }
     }
+}
+
+/// One invocation, as Lambda runs it: the batch in turn with the function's
+/// timeout, then the settled messages deleted; the others come back after
+/// the visibility timeout.
+async fn invoke(
+    rt: &JobRuntime,
+    handler: &Dispatch,
+    deliveries: Vec<Delivery>,
+    timeout_secs: u32,
+) -> Result<Vec<Settled>> {
+    let deadline = rt.clock.now() + chrono::Duration::seconds(i64::from(timeout_secs));
+    let bodies: Vec<&str> = deliveries.iter().map(|d| d.body.as_str()).collect();
+    let results = rt.process_batch(&bodies, handler, Some(deadline)).await;
+    for (delivery, settled) in deliveries.iter().zip(&results) {
+        if settled.ack() {
+            rt.queue.ack(&delivery.receipt).await?;
+        }
+    }
+    Ok(results)
 }
 
 impl RunReport {
@@ -229,6 +372,7 @@ fn record(report: &mut RunReport, kind: JobKind, s: Settled) {
         Settled::Restarted { reason, .. } if reason == NOT_BEFORE_REASON => {
             report.not_before_hops += 1
         }
+        ref s @ Settled::Restarted { .. } if !s.is_counted_restart() => {}
         Settled::Restarted { reason, .. } => *report.restarts.entry(reason).or_default() += 1,
         Settled::Skipped { .. } => report.duplicates_dropped += 1,
         Settled::Retry { .. } => report.retries += 1,

@@ -128,14 +128,27 @@ impl JobHandler for ActionHandlers {
         };
         let now = self.svc.clock.now();
         let scope = job.quota_key();
+        // The key is held until this invocation ends: a duplicate delivery
+        // (or a second trigger of the same version) waits instead of
+        // calling beside it.
+        let until = ctx
+            .claim_until()
+            .unwrap_or(now + chrono::Duration::minutes(5));
         match self
             .ledger
-            .begin_action(&scope, &job.idempotency_key, now)
+            .begin_action(&scope, &job.idempotency_key, now, until)
             .await
         {
             Ok(ActionBegin::Done) => {
                 tracing::info!(key = %job.idempotency_key, "action already performed; skipping");
                 return Outcome::Done;
+            }
+            Ok(ActionBegin::InProgress(until)) => {
+                return Outcome::wait(
+                    until,
+                    "another delivery of this action holds its Idempotency-Key (it may be calling the API now)",
+                    None,
+                );
             }
             Ok(ActionBegin::Again) => {
                 tracing::warn!(key = %job.idempotency_key, "action attempted before; calling again with the same Idempotency-Key")

@@ -65,7 +65,7 @@ impl AppContext {
             queues,
             clock,
             connectors,
-            sync_lease: chrono::Duration::minutes(15),
+            sync_lease: crate::jobs::envelope::sync_lease(),
             deadline_margin: std::time::Duration::from_secs(10),
         }
     }

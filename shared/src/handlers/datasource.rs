@@ -21,7 +21,7 @@ use crate::core::error::Result;
 use crate::core::metrics::Counter;
 use crate::handlers::context::AppContext;
 use crate::handlers::IntoOutcome;
-use crate::jobs::envelope::{JobEnvelope, JobKind, Outcome, Restart};
+use crate::jobs::envelope::{JobEnvelope, JobKind, Outcome};
 use crate::jobs::runtime::{delay_secs, JobContext};
 use crate::store::outbox::cut_chunk;
 use crate::store::SyncFinish;
@@ -152,16 +152,23 @@ async fn try_flush(
     let now = svc.clock.now();
     if !svc
         .store
-        .take_sync_lease(&key, &lease, &job.id, now, now + svc.sync_lease, true)
+        .take_sync_lease(
+            &key,
+            &lease,
+            &job.id,
+            now,
+            now + JobKind::ActionDatasourcePush.deployed().lease(),
+            true,
+        )
         .await?
     {
         // Another flush holds the outbox; come back rather than vanish, in
         // case it stops short of what this one was sent for.
-        return Ok(Outcome::Restart(Restart {
-            at: now + chrono::Duration::seconds(BUSY_RETRY_SECS),
-            reason: format!("another flush of Data Source `{}` is running", ds.name),
-            checkpoint: None,
-        }));
+        return Ok(Outcome::wait(
+            now + chrono::Duration::seconds(BUSY_RETRY_SECS),
+            format!("another flush of Data Source `{}` is running", ds.name),
+            None,
+        ));
     }
     let result = send_chunks(svc, job, ctx, &ds).await;
     let done = matches!(result, Ok(Outcome::Done));
@@ -197,11 +204,18 @@ async fn send_chunks(
     loop {
         let now = svc.clock.now();
         if sent > 0 && ctx.near_deadline(now, svc.deadline_margin) {
-            return Ok(Outcome::Restart(Restart {
-                at: now,
-                reason: "near the Lambda deadline".into(),
-                checkpoint: None,
-            }));
+            // The outbox holds where the flush is; the checkpoint counts
+            // the chunks sent, so the restart shows it moved on.
+            let before = job
+                .checkpoint
+                .as_ref()
+                .and_then(|c| c["chunks_sent"].as_u64())
+                .unwrap_or(0);
+            return Ok(Outcome::resume(
+                now,
+                "near the Lambda deadline",
+                Some(serde_json::json!({ "chunks_sent": before + u64::from(sent) })),
+            ));
         }
         let state = svc.store.outbox_state(&key, &ds.name).await?;
         let timer_due = state.flush_due.filter(|d| *d <= now);

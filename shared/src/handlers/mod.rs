@@ -12,7 +12,7 @@ pub mod sync;
 pub mod workflow;
 
 use crate::connector::CallError;
-use crate::jobs::envelope::{Outcome, Restart};
+use crate::jobs::envelope::Outcome;
 use serde_json::Value;
 
 /// How a failed API call ends a job. Lives with the handlers, not the
@@ -30,12 +30,18 @@ impl IntoOutcome for CallError {
     fn into_outcome(self, checkpoint: Option<Value>) -> Outcome {
         match self {
             CallError::Denied(d) => Outcome::denied(&d, checkpoint),
-            CallError::RateLimited { retry_at } => Outcome::Restart(Restart {
-                at: retry_at,
-                reason: "rate limited by the API (Retry-After)".into(),
+            CallError::RateLimited { retry_at } => Outcome::wait(
+                retry_at,
+                "rate limited by the API (Retry-After)",
                 checkpoint,
-            }),
+            ),
             CallError::Retryable(m) => Outcome::transient(m, checkpoint),
+            // A time already past restarts at once.
+            CallError::ReservationEnded => Outcome::resume(
+                chrono::DateTime::<chrono::Utc>::MIN_UTC,
+                "the reserved calls' window ended; reserving anew",
+                checkpoint,
+            ),
             CallError::Permanent(m) => Outcome::Fail(m),
         }
     }

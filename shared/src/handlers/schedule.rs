@@ -2,7 +2,10 @@
 //! that are due by their configured frequency, and a flush for any Data
 //! Source outbox whose rows have none on its way. Starting a sync takes its
 //! lease first, so a sync never runs twice at once however often ticks fire
-//! or overlap.
+//! or overlap; its start is recorded only once its job was sent, so a send
+//! that fails leaves the sync due at the next tick, not a period later.
+//! Each organization is ticked on its own: one org's store error never
+//! holds back another's syncs.
 
 use crate::config::sync::chrono as dur;
 use crate::core::error::Result;
@@ -27,9 +30,10 @@ pub async fn start_sync(
         adhoc,
     })?;
     let job = JobEnvelope::new(kind, org, &svc.config.app.name, payload, now);
+    // The lease first (no twin can start), the start only after the send.
     if !svc
         .store
-        .take_sync_lease(&key, &sync, &job.id, now, now + svc.sync_lease, true)
+        .take_sync_lease(&key, &sync, &job.id, now, now + svc.sync_lease, false)
         .await?
     {
         return Ok(None);
@@ -42,15 +46,47 @@ pub async fn start_sync(
             .await;
         return Err(e);
     }
+    // The job is on its way: now the period counts from here. If this
+    // write fails, the job runs anyway and the next tick finds its lease.
+    if let Err(e) = svc
+        .store
+        .take_sync_lease(&key, &sync, &job.id, now, now + svc.sync_lease, true)
+        .await
+    {
+        tracing::warn!(%sync, org, error = %e, "sync sent, but its start could not be recorded");
+    }
     tracing::info!(%sync, org, job = %job.id, adhoc, "sync started");
     Ok(Some(job))
 }
 
-/// One scheduler tick: every due sync of every connection is started.
-pub async fn tick(svc: &AppContext) -> Result<Vec<JobEnvelope>> {
-    let now = svc.clock.now();
-    let mut started = Vec::new();
+/// What one tick did.
+#[derive(Debug, Default)]
+pub struct TickReport {
+    /// The jobs it started.
+    pub started: Vec<JobEnvelope>,
+    /// Organizations whose tick failed, with the error; the others were
+    /// ticked. Their due syncs start at the next tick.
+    pub failed: Vec<(String, String)>,
+}
+
+/// One scheduler tick: every due sync of every connection is started, each
+/// organization on its own (a failure is logged and reported, and the
+/// other organizations go on).
+pub async fn tick(svc: &AppContext) -> TickReport {
+    let mut report = TickReport::default();
     for org in svc.orgs().map(str::to_string).collect::<Vec<_>>() {
+        if let Err(e) = tick_org(svc, &org, &mut report.started).await {
+            tracing::error!(org, error = %e, "scheduler tick failed for this organization; the others went on");
+            report.failed.push((org, e.to_string()));
+        }
+    }
+    report
+}
+
+async fn tick_org(svc: &AppContext, org: &str, started: &mut Vec<JobEnvelope>) -> Result<()> {
+    let now = svc.clock.now();
+    {
+        let org = org.to_string();
         let key = svc.key(&org);
         for (record_type, sync) in &svc.config.syncs {
             let schedules = [
@@ -110,7 +146,7 @@ pub async fn tick(svc: &AppContext) -> Result<Vec<JobEnvelope>> {
             crate::handlers::datasource::schedule_flush(svc, &org, &ds, false).await?;
         }
     }
-    Ok(started)
+    Ok(())
 }
 
 /// An ad-hoc sync request sent to the scheduler function:
@@ -173,12 +209,18 @@ pub fn parse_event(event: &serde_json::Value) -> Result<SchedulerEvent> {
 pub async fn handle(svc: &AppContext, event: &serde_json::Value) -> Result<serde_json::Value> {
     match parse_event(event)? {
         SchedulerEvent::Tick => {
-            let started = tick(svc).await?;
-            let list: Vec<_> = started
+            let report = tick(svc).await;
+            let list: Vec<_> = report
+                .started
                 .iter()
                 .map(|j| serde_json::json!({"org": j.org, "kind": j.kind, "payload": j.payload, "job": j.id}))
                 .collect();
-            Ok(serde_json::json!({ "started": list }))
+            let failed: Vec<_> = report
+                .failed
+                .iter()
+                .map(|(org, error)| serde_json::json!({"org": org, "error": error}))
+                .collect();
+            Ok(serde_json::json!({ "started": list, "failed": failed }))
         }
         SchedulerEvent::Adhoc(req) => {
             if !svc.orgs().any(|o| o == req.org) {

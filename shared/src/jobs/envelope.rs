@@ -60,6 +60,24 @@ impl JobKind {
         }
     }
 
+    /// How the deployed stack runs this kind (`template.yaml`, which
+    /// `tests/tests/template.rs` holds to these numbers): the local runner
+    /// and the seeded simulation run it the same way, and the sync lease
+    /// is sized from it.
+    pub fn deployed(self) -> Deployment {
+        let (timeout_secs, visibility_secs) = match self {
+            JobKind::CompleteTransfer | JobKind::RecentRecords => (300, 1800),
+            JobKind::PkLookup | JobKind::Workflow => (120, 720),
+            JobKind::ActionHttp | JobKind::ActionDatasourcePush | JobKind::Spend => (30, 180),
+        };
+        Deployment {
+            timeout_secs,
+            visibility_secs,
+            batch_size: 10,
+            max_concurrency: 2,
+        }
+    }
+
     /// The kind's name, as queues, env variables and reports spell it.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -71,6 +89,43 @@ impl JobKind {
             JobKind::ActionDatasourcePush => "action-datasource-push",
             JobKind::Spend => "spend",
         }
+    }
+}
+
+/// How one kind's function and queue are deployed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Deployment {
+    /// The function's timeout: an invocation's deadline.
+    pub timeout_secs: u32,
+    /// The queue's visibility timeout: a message received by an invocation
+    /// that died comes back this long after it was received.
+    pub visibility_secs: u32,
+    /// Messages per invocation (the event source's `BatchSize`).
+    pub batch_size: u32,
+    /// Invocations at once (the event source's `MaximumConcurrency`, the
+    /// template's `ThirdPartyConcurrency` default).
+    pub max_concurrency: u32,
+}
+
+/// How long a sync's lease lasts without renewal: longer than any
+/// transfer queue's visibility timeout plus its function's timeout, so an
+/// invocation that dies holding the lease is redelivered (and takes the
+/// lease back) before any twin can start; a shorter lease let the
+/// scheduler, the storm guard or a related-record relookup start a twin
+/// whose lease then made the redelivered original drop its progress.
+pub fn sync_lease() -> chrono::Duration {
+    [JobKind::CompleteTransfer, JobKind::RecentRecords]
+        .into_iter()
+        .map(|k| k.deployed().lease())
+        .max()
+        .unwrap_or_default()
+}
+
+impl Deployment {
+    /// A lease held by a job of this kind outlives a dead invocation's
+    /// redelivery: the visibility and function timeouts, and 5 minutes.
+    pub fn lease(&self) -> chrono::Duration {
+        chrono::Duration::seconds(i64::from(self.visibility_secs + self.timeout_secs) + 300)
     }
 }
 
@@ -101,9 +156,14 @@ pub struct JobEnvelope {
     /// Where to resume (cursor, page, window, remaining ids).
     #[serde(default)]
     pub checkpoint: Option<Value>,
-    /// Restarts so far; capped by [`crate::jobs::runtime::RestartPolicy`].
+    /// Restarts so far (shown by `metered jobs`; not a limit).
     #[serde(default)]
     pub restarts: u32,
+    /// Restarts in a row that neither waited for anything nor moved the
+    /// checkpoint: a loop, capped by
+    /// [`crate::jobs::fate::RestartPolicy::max_restarts`]. Waits never count.
+    #[serde(default)]
+    pub idle_restarts: u32,
     /// Bumped at every re-send, so a stale copy can be told from the latest.
     #[serde(default)]
     pub generation: u32,
@@ -118,7 +178,7 @@ pub struct JobEnvelope {
     /// Transient failures in a row (5xx, bodies cut short, store errors)
     /// without progress; reset by any other outcome, and back to 1 by a
     /// failure that moved the checkpoint. Bounded by
-    /// [`crate::jobs::runtime::RestartPolicy::max_attempts`].
+    /// [`crate::jobs::fate::RestartPolicy::max_attempts`].
     #[serde(default)]
     pub attempts: u32,
     /// When the job was first created (kept across restarts).
@@ -134,7 +194,7 @@ impl JobEnvelope {
         payload: Value,
         now: Timestamp,
     ) -> Self {
-        let id = uuid::Uuid::new_v4().to_string();
+        let id = crate::core::ids::new_id();
         Self {
             v: ENVELOPE_VERSION,
             idempotency_key: id.clone(),
@@ -145,6 +205,7 @@ impl JobEnvelope {
             payload,
             checkpoint: None,
             restarts: 0,
+            idle_restarts: 0,
             generation: 0,
             not_before: None,
             last_reason: None,
@@ -197,6 +258,11 @@ pub struct Restart {
     pub reason: String,
     /// `None` keeps the job's current checkpoint.
     pub checkpoint: Option<Value>,
+    /// True when the job waits for something outside it (a limit, a lease,
+    /// a record another job is storing): never counted against the restart
+    /// cap. False when it stopped to go on (a deadline, the next block),
+    /// which counts only if the checkpoint did not move.
+    pub waiting: bool,
 }
 
 /// What a handler returns for one job.
@@ -206,14 +272,11 @@ pub enum Outcome {
     Done,
     /// Come back later from a checkpoint (a limit, a wait, a deadline).
     Restart(Restart),
-    /// Transient failure before any progress: let the queue redeliver it
-    /// (bounded by the queue's redrive).
-    Retry(String),
     /// Transient failure (a 5xx, a body cut short or not JSON, a store or
     /// queue error that may pass): the runtime restarts the job from
     /// `checkpoint` after a backoff that doubles with each attempt in a row,
     /// and gives up (dead letter naming the attempts and the last error)
-    /// past [`crate::jobs::runtime::RestartPolicy::max_attempts`].
+    /// past [`crate::jobs::fate::RestartPolicy::max_attempts`].
     Transient {
         /// What failed.
         reason: String,
@@ -227,10 +290,29 @@ pub enum Outcome {
 impl Outcome {
     /// A quota refusal becomes a restart at the moment capacity returns.
     pub fn denied(denied: &Denied, checkpoint: Option<Value>) -> Self {
+        Outcome::wait(denied.retry_at, denied.reason.to_string(), checkpoint)
+    }
+
+    /// Wait until `at` for something outside the job (a limit, a lease, a
+    /// record), then go on from `checkpoint`. However long and however
+    /// often, waiting never sends a job to the dead-letter queue.
+    pub fn wait(at: Timestamp, reason: impl Into<String>, checkpoint: Option<Value>) -> Self {
         Outcome::Restart(Restart {
-            at: denied.retry_at,
-            reason: denied.reason.to_string(),
+            at,
+            reason: reason.into(),
             checkpoint,
+            waiting: true,
+        })
+    }
+
+    /// Stop here and go on from `checkpoint` at `at` (a deadline, the next
+    /// block of work): the job made progress and has more to do.
+    pub fn resume(at: Timestamp, reason: impl Into<String>, checkpoint: Option<Value>) -> Self {
+        Outcome::Restart(Restart {
+            at,
+            reason: reason.into(),
+            checkpoint,
+            waiting: false,
         })
     }
 
@@ -253,13 +335,10 @@ impl Outcome {
         }
     }
 
-    /// A library error becomes a retry or a failure, as it says.
+    /// A library error becomes a transient failure (backoff, then the
+    /// dead-letter queue with this reason) or a failure, as it says.
     pub fn from_error(err: &Error) -> Self {
-        if err.is_retryable() {
-            Outcome::Retry(err.to_string())
-        } else {
-            Outcome::Fail(err.to_string())
-        }
+        Outcome::from_error_at(err, None)
     }
 }
 

@@ -92,20 +92,42 @@ pub trait JobLedger: Send + Sync {
 pub enum ActionBegin {
     /// Never attempted.
     New,
-    /// Attempted before without being marked done: the call may have
-    /// happened. It is made again with the same `Idempotency-Key`.
+    /// Attempted before without being marked done, by a delivery whose
+    /// claim has ended: the call may have happened. It is made again with
+    /// the same `Idempotency-Key`.
     Again,
+    /// Another delivery holds the key until this time (it may be calling
+    /// the API right now): wait for it rather than call beside it — an API
+    /// may answer a concurrent duplicate key with 409, and one that ignores
+    /// keys would perform it twice.
+    InProgress(Timestamp),
     /// Done: nothing to do.
     Done,
 }
 
+/// What the ledger holds for a key: whether it is done, and until when the
+/// delivery that last began it holds it (`None` in entries written before
+/// claims existed: held by nobody).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ActionEntry {
+    /// Marked done.
+    pub done: bool,
+    /// The claim of the delivery that last began it.
+    pub claimed_until: Option<Timestamp>,
+}
+
 /// The begin rule, in one place for every adapter: `stored` is `None` for a
-/// key never begun, else whether it was marked done.
-pub fn decide_begin(stored: Option<bool>) -> ActionBegin {
+/// key never begun. New and Again take the claim (until the invocation
+/// ends); InProgress and Done leave the entry as it is.
+pub fn decide_begin(stored: Option<ActionEntry>, now: Timestamp) -> ActionBegin {
     match stored {
         None => ActionBegin::New,
-        Some(true) => ActionBegin::Done,
-        Some(false) => ActionBegin::Again,
+        Some(ActionEntry { done: true, .. }) => ActionBegin::Done,
+        Some(ActionEntry {
+            claimed_until: Some(until),
+            ..
+        }) if until > now => ActionBegin::InProgress(until),
+        Some(_) => ActionBegin::Again,
     }
 }
 
@@ -115,12 +137,15 @@ pub fn decide_begin(stored: Option<bool>) -> ActionBegin {
 /// ids, and one tenant's finished action must never make another's look done.
 #[async_trait]
 pub trait ActionLedger: Send + Sync {
-    /// Applies [`decide_begin`] atomically, recording a new key as begun.
+    /// Applies [`decide_begin`] atomically: a new key is recorded as begun,
+    /// and a new or retried one is claimed until `until` (the end of the
+    /// invocation that will make the call).
     async fn begin_action(
         &self,
         scope: &QuotaKey,
         key: &str,
         now: Timestamp,
+        until: Timestamp,
     ) -> Result<ActionBegin>;
     /// Records the action as performed; it will never run again.
     async fn finish_action(&self, scope: &QuotaKey, key: &str, now: Timestamp) -> Result<()>;
@@ -161,6 +186,35 @@ pub fn idempotency_key(scope: &QuotaKey, label: &str, parts: &[&str]) -> String 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_key_in_progress_is_waited_for_until_its_claim_ends() {
+        use chrono::TimeZone;
+        let now = chrono::Utc
+            .with_ymd_and_hms(2026, 11, 22, 12, 0, 0)
+            .unwrap();
+        let later = now + chrono::Duration::seconds(30);
+        let entry = |done, until| {
+            Some(ActionEntry {
+                done,
+                claimed_until: until,
+            })
+        };
+        assert_eq!(decide_begin(None, now), ActionBegin::New);
+        assert_eq!(
+            decide_begin(entry(true, Some(later)), now),
+            ActionBegin::Done
+        );
+        assert_eq!(
+            decide_begin(entry(false, Some(later)), now),
+            ActionBegin::InProgress(later)
+        );
+        assert_eq!(
+            decide_begin(entry(false, Some(now)), now),
+            ActionBegin::Again
+        );
+        assert_eq!(decide_begin(entry(false, None), now), ActionBegin::Again);
+    }
 
     #[test]
     fn idempotency_keys_differ_between_orgs_and_part_splits() {

@@ -5,6 +5,7 @@
 //! adapts Lambda's events to the runtime.
 
 pub mod envelope;
+pub mod fate;
 pub mod ledger;
 pub mod queue;
 pub mod runtime;

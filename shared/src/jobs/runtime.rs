@@ -1,83 +1,49 @@
-//! Turning handler outcomes into queue operations.
+//! Carrying out a message's fate.
 //!
-//! [`JobRuntime::process`] is the one place where a message's fate is
-//! decided:
-//!
-//! - a body that is not a valid envelope, or a kind this handler does not
-//!   take, goes to the dead-letter queue with the reason;
-//! - a job that arrives before its `not_before` is re-sent for the remaining
-//!   time without doing any work (SQS delays stop at 900 s);
-//! - [`Outcome::Restart`] re-sends the job with its checkpoint and a delay
-//!   until the restart time plus jitter, unless the restart cap is reached, in
-//!   which case it goes to the dead-letter queue;
-//! - [`Outcome::Retry`] leaves the message to the queue's redelivery;
-//! - [`Outcome::Fail`] goes to the dead-letter queue.
+//! [`JobRuntime::process`] parses the envelope (a body that is not one goes
+//! to the dead-letter queue with the reason), sends an early arrival back
+//! for the rest of its wait, claims the job in the ledger (a duplicate
+//! delivery is dropped only when the ledger proves it finished or stale),
+//! runs the handler and carries out what [`super::fate::decide`] makes of
+//! its outcome: acknowledge, send the next generation and then
+//! acknowledge, or dead-letter and then acknowledge.
 //!
 //! The new message is always sent *before* the old one is acknowledged: if
 //! the send fails the message is reported as failed, so the queue delivers it
 //! again. Nothing is acknowledged that was not re-sent.
+//!
+//! [`JobRuntime::process_batch`] is what one invocation does with its batch,
+//! on Lambda, in the local runner and in the simulation alike: messages one
+//! after the other, each with its share of the time left, so the last of a
+//! batch is not started on a deadline the first ones used up.
 
 use crate::core::clock::{SharedClock, Timestamp};
 use crate::core::metrics::{Counter, Metrics};
-use crate::jobs::envelope::{JobEnvelope, JobKind, Outcome, Restart};
+use crate::jobs::envelope::{JobEnvelope, JobKind, Outcome};
+use crate::jobs::fate::{decide, early, Fate};
+pub use crate::jobs::fate::{delay_secs, RestartPolicy, NOT_BEFORE_REASON};
 use crate::jobs::ledger::{Claim, JobLedger};
-use crate::jobs::queue::{JobQueue, MAX_DELAY_SECS};
+use crate::jobs::queue::JobQueue;
 use crate::quota::QuotaKey;
 use async_trait::async_trait;
 use std::sync::Arc;
 use tracing::Instrument;
 
-/// The reason given when an early arrival is re-sent for the rest of its wait.
-pub const NOT_BEFORE_REASON: &str = "waiting for not_before";
-
-/// Restart rules, as data. Defaults: 100 restarts, up to 30 s of jitter, 5
-/// transient attempts in a row with a backoff of 30 s, 60 s, 120 s, 240 s.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RestartPolicy {
-    /// Past this many restarts a job goes to the dead-letter queue.
-    pub max_restarts: u32,
-    /// Spread restarts over up to this many extra seconds, so a window reset
-    /// does not wake every waiting job at the same instant.
-    pub max_jitter_secs: u32,
-    /// Transient failures in a row a job may have; the next one sends it to
-    /// the dead-letter queue, naming the attempts and the last error.
-    pub max_attempts: u32,
-    /// The wait after the first transient failure; it doubles with each
-    /// failure in a row, up to SQS's 900 s.
-    pub backoff_base_secs: u32,
-}
-
-impl Default for RestartPolicy {
-    fn default() -> Self {
-        Self {
-            max_restarts: 100,
-            max_jitter_secs: 30,
-            max_attempts: 5,
-            backoff_base_secs: 30,
-        }
-    }
-}
-
-impl RestartPolicy {
-    /// The wait before attempt `attempts + 1`, after `attempts` transient
-    /// failures in a row (`attempts >= 1`).
-    pub fn backoff(&self, attempts: u32) -> chrono::Duration {
-        let secs = u64::from(self.backoff_base_secs)
-            .saturating_mul(1u64 << attempts.saturating_sub(1).min(20))
-            .min(u64::from(MAX_DELAY_SECS));
-        chrono::Duration::seconds(secs as i64)
-    }
-}
+/// The reason given when a message of a batch is sent back unstarted: too
+/// little of the invocation was left to begin it.
+pub const DEFERRED_REASON: &str = "not started: the invocation's time ran out";
 
 /// What a handler knows about the invocation it runs in.
 #[derive(Debug, Clone, Default)]
 pub struct JobContext {
-    /// When the invocation ends (Lambda's deadline, or the end of a local
-    /// pump's visibility timeout), on the same clock the handlers read:
-    /// handlers checkpoint and restart before it, and a job's claim in the
-    /// ledger ends with it, so a crashed invocation never blocks its
-    /// redelivery.
+    /// When this message's share of the invocation ends, on the same clock
+    /// the handlers read: handlers checkpoint and restart before it.
     pub deadline: Option<Timestamp>,
+    /// When the invocation itself ends (Lambda's deadline, the end of a
+    /// local pump's visibility timeout). A job's claim in the ledger ends
+    /// with it, so a crashed invocation never blocks its redelivery, and a
+    /// live one is never run twice. `None`: the share's deadline.
+    pub invocation_ends: Option<Timestamp>,
     /// True when the job ledger proved that no earlier delivery of this
     /// generation ran (set by the runtime, false when unknown): a handler
     /// may then skip looking for what a crashed earlier run left behind.
@@ -89,8 +55,14 @@ impl JobContext {
     pub fn until(deadline: Timestamp) -> Self {
         Self {
             deadline: Some(deadline),
+            invocation_ends: Some(deadline),
             first_run: false,
         }
+    }
+
+    /// When the claim of a job run in this context ends.
+    pub fn claim_until(&self) -> Option<Timestamp> {
+        self.invocation_ends.or(self.deadline)
     }
 
     /// True when less than `margin` remains before the deadline at `now`.
@@ -136,7 +108,8 @@ pub enum Settled {
         /// The reason the dead letter carries.
         reason: String,
     },
-    /// Leave it for redelivery (transient failure, or a send that failed).
+    /// Leave it for redelivery: a send that failed, or another delivery of
+    /// the same generation holding its claim.
     Retry {
         /// What failed.
         reason: String,
@@ -154,6 +127,12 @@ impl Settled {
     pub fn ack(&self) -> bool {
         !matches!(self, Settled::Retry { .. })
     }
+
+    /// Whether this counts as a restart in reports (early arrivals and
+    /// messages sent back unstarted do not: no work was done).
+    pub fn is_counted_restart(&self) -> bool {
+        matches!(self, Settled::Restarted { reason, .. } if reason != NOT_BEFORE_REASON && reason != DEFERRED_REASON)
+    }
 }
 
 /// Queue, clock and policy: what processing a message needs.
@@ -170,6 +149,11 @@ pub struct JobRuntime {
     /// How long a delivery's claim lasts when the invocation has no deadline
     /// (a deadline, when given, bounds the claim instead).
     pub claim_ttl: chrono::Duration,
+    /// A message of a batch is not started with less than this left of the
+    /// invocation: it is sent back for another invocation instead of being
+    /// cut off by the timeout (which would count a receive against every
+    /// message of the batch).
+    pub start_margin: chrono::Duration,
     /// Where jobs done, restarts and dead letters are counted, if anywhere.
     pub metrics: Option<Metrics>,
 }
@@ -183,6 +167,7 @@ impl JobRuntime {
             policy,
             ledger: None,
             claim_ttl: chrono::Duration::minutes(5),
+            start_margin: chrono::Duration::seconds(5),
             metrics: None,
         }
     }
@@ -197,6 +182,62 @@ impl JobRuntime {
     pub fn with_ledger(mut self, ledger: Arc<dyn JobLedger>) -> Self {
         self.ledger = Some(ledger);
         self
+    }
+
+    /// What one invocation does with its batch: each message in turn, with
+    /// a share of the time left (`deadline`, the invocation's end) as its
+    /// own deadline; one that would start with less than
+    /// [`JobRuntime::start_margin`] left is sent back unstarted.
+    pub async fn process_batch<H: JobHandler + ?Sized>(
+        &self,
+        bodies: &[&str],
+        handler: &H,
+        deadline: Option<Timestamp>,
+    ) -> Vec<Settled> {
+        let mut out = Vec::with_capacity(bodies.len());
+        for (i, body) in bodies.iter().enumerate() {
+            out.push(
+                self.process_batch_item(body, handler, deadline, bodies.len() - i)
+                    .await,
+            );
+        }
+        out
+    }
+
+    /// One message of a batch, `left` messages (this one included) before
+    /// the invocation ends at `deadline`: see [`JobRuntime::process_batch`].
+    pub async fn process_batch_item<H: JobHandler + ?Sized>(
+        &self,
+        body: &str,
+        handler: &H,
+        deadline: Option<Timestamp>,
+        left: usize,
+    ) -> Settled {
+        let Some(end) = deadline else {
+            return self.process(body, handler, &JobContext::default()).await;
+        };
+        let now = self.clock.now();
+        if end - now < self.start_margin {
+            return self.defer(body).await;
+        }
+        let share = (end - now) / i32::try_from(left.max(1)).unwrap_or(i32::MAX);
+        let ctx = JobContext {
+            deadline: Some(now + share),
+            invocation_ends: Some(end),
+            first_run: false,
+        };
+        self.process(body, handler, &ctx).await
+    }
+
+    /// Sends a message back unstarted (as the next generation, at once),
+    /// so another invocation takes it; garbage goes where garbage goes.
+    async fn defer(&self, body: &str) -> Settled {
+        let Ok(job) = JobEnvelope::parse(body) else {
+            return self.process(body, &NoHandler, &JobContext::default()).await;
+        };
+        let mut next = job;
+        next.generation += 1;
+        self.resend(&next, 0, DEFERRED_REASON.into()).await
     }
 
     /// Decides the fate of one message body. Never panics on bad input.
@@ -227,7 +268,7 @@ impl JobRuntime {
         let Some(metrics) = &self.metrics else { return };
         let counter = match settled {
             Settled::Done => Counter::JobsDone,
-            Settled::Restarted { reason, .. } if reason == NOT_BEFORE_REASON => return,
+            Settled::Restarted { .. } if !settled.is_counted_restart() => return,
             Settled::Restarted { .. } => Counter::Restarts,
             Settled::DeadLettered { .. } => Counter::DeadLetters,
             Settled::Retry { .. } | Settled::Skipped { .. } => return,
@@ -251,19 +292,16 @@ impl JobRuntime {
             return self.dead_letter(body, reason).await;
         }
         let now = self.clock.now();
-        if let Some(not_before) = job.not_before.filter(|t| *t > now) {
+        if let Some(fate) = early(job, now) {
             // Early: wait again for the rest, spending nothing.
-            let mut next = job.clone();
-            next.generation += 1;
-            let delay = delay_secs(now, not_before);
-            return self.resend(&next, delay, NOT_BEFORE_REASON.into()).await;
+            return self.carry_out(job, fate, handler).await;
         }
         let key = job.quota_key();
         // Only the ledger can say that no delivery of this generation ran
         // before; without it, handlers assume one may have.
         let mut first_run = false;
         if let Some(ledger) = &self.ledger {
-            let until = ctx.deadline.unwrap_or(now + self.claim_ttl);
+            let until = ctx.claim_until().unwrap_or(now + self.claim_ttl);
             match ledger
                 .claim(&key, &job.id, job.generation, now, until)
                 .await
@@ -286,9 +324,12 @@ impl JobRuntime {
                     return Settled::Skipped { reason };
                 }
                 Err(e) => {
-                    return Settled::Retry {
-                        reason: format!("job ledger: {e}"),
-                    }
+                    // Backs off like any transient failure (the next
+                    // generation, which the ledger will grant), with our
+                    // reason if it never passes.
+                    let outcome = Outcome::transient(format!("job ledger: {e}"), None);
+                    let fate = decide(job, outcome, now, &self.policy);
+                    return self.carry_out(job, fate, handler).await;
                 }
             }
         }
@@ -297,61 +338,34 @@ impl JobRuntime {
             ..ctx.clone()
         };
         let outcome = handler.handle(job, &ctx).await;
-        // Delays count from now, not from when the work started: a long run
-        // must not wait its own length again.
-        let now = self.clock.now();
-        let settled = match outcome {
-            Outcome::Done => Settled::Done,
-            Outcome::Retry(reason) => {
-                tracing::warn!(%reason, "job failed, will be redelivered");
-                Settled::Retry { reason }
-            }
-            Outcome::Fail(reason) => {
-                handler.gave_up(job, &reason).await;
-                self.dead_letter_job(job, reason, None).await
-            }
-            Outcome::Restart(restart) => {
-                let mut next = job.clone();
-                next.attempts = 0;
-                self.restart(next, restart, now, handler).await
-            }
-            Outcome::Transient { reason, checkpoint } => {
-                // "In a row" means without progress: an attempt that moved
-                // the checkpoint (a transfer that got some pages further
-                // before a call failed) starts the count again. Otherwise a
-                // long transfer through an API failing 10% of its calls
-                // would be dead-lettered while it was still advancing.
-                let progressed = checkpoint.is_some() && checkpoint != job.checkpoint;
-                let attempts = if progressed {
-                    1
-                } else {
-                    job.attempts.saturating_add(1)
-                };
-                if attempts >= self.policy.max_attempts {
-                    let reason =
-                        format!("gave up after {attempts} attempts in a row; last error: {reason}");
-                    handler.gave_up(job, &reason).await;
-                    // The copy resumes where the last attempt stopped.
-                    self.dead_letter_job(job, reason, checkpoint).await
-                } else {
-                    let mut next = job.clone();
-                    next.attempts = attempts;
-                    let restart = Restart {
-                        at: now + self.policy.backoff(attempts),
-                        reason: format!(
-                            "transient failure (attempt {attempts} of {}): {reason}",
-                            self.policy.max_attempts
-                        ),
-                        checkpoint,
-                    };
-                    self.restart(next, restart, now, handler).await
-                }
-            }
-        };
+        let fate = decide(job, outcome, self.clock.now(), &self.policy);
+        let settled = self.carry_out(job, fate, handler).await;
         if let Some(ledger) = &self.ledger {
             self.settle(ledger.as_ref(), &key, job, settled.ack()).await;
         }
         settled
+    }
+
+    /// Does what the fate says: the new message (or dead letter) first,
+    /// then the settlement that acknowledges this copy.
+    async fn carry_out<H: JobHandler + ?Sized>(
+        &self,
+        job: &JobEnvelope,
+        fate: Fate,
+        handler: &H,
+    ) -> Settled {
+        match fate {
+            Fate::Finish => Settled::Done,
+            Fate::RestartAt {
+                next,
+                delay_secs,
+                reason,
+            } => self.resend(&next, delay_secs, reason).await,
+            Fate::GiveUp { dead, reason } => {
+                handler.gave_up(job, &reason).await;
+                self.dead_letter(&dead.to_body(), reason).await
+            }
+        }
     }
 
     /// Records the end of a delivery. Tried twice: a settle that never lands
@@ -366,72 +380,6 @@ impl JobRuntime {
             }
         }
         tracing::error!("job ledger not settled; the claim ends at the invocation's deadline");
-    }
-
-    /// Dead-letters a parsed job. The copy in the dead-letter queue carries
-    /// the next generation, so a redrive runs it even though the ledger
-    /// records this generation as finished (which drops any stray copy), and
-    /// no transient attempts, so a redrive starts over.
-    async fn dead_letter_job(
-        &self,
-        job: &JobEnvelope,
-        reason: String,
-        checkpoint: Option<serde_json::Value>,
-    ) -> Settled {
-        let mut next = job.clone();
-        if let Some(cp) = checkpoint {
-            next.checkpoint = Some(cp);
-        }
-        next.generation += 1;
-        next.attempts = 0;
-        next.last_reason = Some(reason.clone());
-        self.dead_letter(&next.to_body(), reason).await
-    }
-
-    async fn restart<H: JobHandler + ?Sized>(
-        &self,
-        job: JobEnvelope,
-        restart: Restart,
-        now: Timestamp,
-        handler: &H,
-    ) -> Settled {
-        let mut next = job;
-        if let Some(cp) = restart.checkpoint {
-            next.checkpoint = Some(cp);
-        }
-        if next.restarts >= self.policy.max_restarts {
-            let reason = format!(
-                "restart cap of {} reached; last restart was for: {}",
-                self.policy.max_restarts, restart.reason
-            );
-            handler.gave_up(&next, &reason).await;
-            return self.dead_letter_job(&next, reason, None).await;
-        }
-        next.restarts += 1;
-        next.generation += 1;
-        next.last_reason = Some(restart.reason.clone());
-        let at = if restart.at > now {
-            restart.at + chrono::Duration::seconds(i64::from(self.jitter_secs(&next)))
-        } else {
-            now
-        };
-        next.not_before = (at > now).then_some(at);
-        self.resend(&next, delay_secs(now, at), restart.reason)
-            .await
-    }
-
-    /// Deterministic per job and generation, so tests can predict it and
-    /// different jobs spread out.
-    fn jitter_secs(&self, job: &JobEnvelope) -> u32 {
-        if self.policy.max_jitter_secs == 0 {
-            return 0;
-        }
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        for b in job.id.bytes().chain(job.generation.to_le_bytes()) {
-            h ^= u64::from(b);
-            h = h.wrapping_mul(0x0100_0000_01b3);
-        }
-        (h % (u64::from(self.policy.max_jitter_secs) + 1)) as u32
     }
 
     async fn resend(&self, next: &JobEnvelope, delay: u32, reason: String) -> Settled {
@@ -467,26 +415,21 @@ impl JobRuntime {
         }
     }
 
-    /// One round of a local event source: receive up to `max` messages,
-    /// process them concurrently, delete the settled ones.
+    /// One invocation of a local event source: receive up to `max`
+    /// messages, hidden for `visibility_secs`, process them as a Lambda
+    /// invocation would (in turn, each with its share of the time), delete
+    /// the settled ones.
     pub async fn pump_once<H: JobHandler + ?Sized>(
         &self,
         handler: &H,
         max: u32,
         visibility_secs: u32,
+        timeout_secs: u32,
     ) -> crate::core::error::Result<Vec<Settled>> {
         let deliveries = self.queue.receive(max, visibility_secs).await?;
-        // The claim of each job ends with the visibility timeout, as a
-        // Lambda invocation's ends with its deadline.
-        let ctx = JobContext::until(
-            self.clock.now() + chrono::Duration::seconds(i64::from(visibility_secs)),
-        );
-        let results = futures::future::join_all(
-            deliveries
-                .iter()
-                .map(|d| self.process(&d.body, handler, &ctx)),
-        )
-        .await;
+        let deadline = self.clock.now() + chrono::Duration::seconds(i64::from(timeout_secs));
+        let bodies: Vec<&str> = deliveries.iter().map(|d| d.body.as_str()).collect();
+        let results = self.process_batch(&bodies, handler, Some(deadline)).await;
         for (delivery, settled) in deliveries.iter().zip(&results) {
             if settled.ack() {
                 self.queue.ack(&delivery.receipt).await?;
@@ -496,11 +439,21 @@ impl JobRuntime {
     }
 }
 
-/// Seconds from `now` until `at`, rounded up, within SQS's maximum.
-pub fn delay_secs(now: Timestamp, at: Timestamp) -> u32 {
-    let ms = (at - now).num_milliseconds().max(0);
-    let secs = (ms + 999) / 1000;
-    secs.min(i64::from(MAX_DELAY_SECS)) as u32
+/// Takes nothing: what a message is processed with when it is only to be
+/// read (garbage that goes to the dead-letter queue).
+struct NoHandler;
+
+#[async_trait]
+impl JobHandler for NoHandler {
+    fn name(&self) -> &str {
+        "none"
+    }
+    fn accepts(&self, _: JobKind) -> bool {
+        false
+    }
+    async fn handle(&self, _: &JobEnvelope, _: &JobContext) -> Outcome {
+        Outcome::Fail("no handler".into())
+    }
 }
 
 // The runtime is exercised on the SQLite queue: a real adapter, in memory.
@@ -509,6 +462,7 @@ mod tests {
     use super::*;
     use crate::core::clock::{Clock, ManualClock};
     use crate::jobs::ledger::{decide_claim, LedgerEntry};
+    use crate::jobs::queue::MAX_DELAY_SECS;
     use chrono::{TimeZone, Utc};
 
     /// Works for `secs` of the clock, then restarts at `at_offset` seconds
@@ -530,11 +484,11 @@ mod tests {
         async fn handle(&self, _: &JobEnvelope, _: &JobContext) -> Outcome {
             let start = self.clock.now();
             self.clock.advance(chrono::Duration::seconds(self.secs));
-            Outcome::Restart(Restart {
-                at: start + chrono::Duration::seconds(self.at_offset),
-                reason: "test".into(),
-                checkpoint: None,
-            })
+            Outcome::wait(
+                start + chrono::Duration::seconds(self.at_offset),
+                "test",
+                None,
+            )
         }
     }
 
@@ -585,9 +539,9 @@ mod tests {
                 let mut job = JobEnvelope::new(JobKind::Spend, "o", "a", serde_json::json!({}), base());
                 job.id = id;
                 job.generation = generation;
-                let j = rt.jitter_secs(&job);
+                let j = rt.policy.jitter_secs(&job);
                 prop_assert!(j <= max);
-                prop_assert_eq!(j, rt.jitter_secs(&job));
+                prop_assert_eq!(j, rt.policy.jitter_secs(&job));
             }
 
             /// The claim rule: a delivery runs only when no newer generation
@@ -791,14 +745,5 @@ mod tests {
             matches!(settled, Settled::Restarted { delay_secs: 0, .. }),
             "{settled:?}"
         );
-    }
-
-    #[test]
-    fn delays_round_up_and_cap_at_sqs_maximum() {
-        let now = Utc.with_ymd_and_hms(2026, 11, 22, 0, 0, 0).unwrap();
-        assert_eq!(delay_secs(now, now), 0);
-        assert_eq!(delay_secs(now, now - chrono::Duration::seconds(5)), 0);
-        assert_eq!(delay_secs(now, now + chrono::Duration::milliseconds(1)), 1);
-        assert_eq!(delay_secs(now, now + chrono::Duration::seconds(3600)), 900);
     }
 }

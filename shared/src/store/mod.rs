@@ -25,6 +25,10 @@ pub struct Change {
     pub record: Record,
     /// Its content hash.
     pub hash: String,
+    /// The content hash the store held when the page was compared (`None`
+    /// for a record never stored): with `hash`, what tells a reader of the
+    /// store whether the page was committed yet.
+    pub prev_hash: Option<String>,
 }
 
 /// The largest record, as JSON, the store keeps. DynamoDB refuses items
@@ -203,6 +207,17 @@ pub fn classify_change(held: Option<Held<'_>>, new_hash: &str) -> Option<ChangeK
         Some(Held { hash, .. }) if hash != new_hash => Some(ChangeKind::Updated),
         Some(_) => None,
     }
+}
+
+/// The change a page brings for one record, in one place for every
+/// adapter: [`classify_change`], with the hash it replaces.
+pub fn change_of(held: Option<Held<'_>>, record: &Record, hash: &str) -> Option<Change> {
+    classify_change(held, hash).map(|kind| Change {
+        kind,
+        record: record.clone(),
+        hash: hash.to_string(),
+        prev_hash: held.filter(|h| h.has_data).map(|h| h.hash.to_string()),
+    })
 }
 
 /// The lookup-claim rule, in one place for every adapter: an id may be

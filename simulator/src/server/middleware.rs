@@ -129,6 +129,10 @@ pub(super) async fn limits(
             .calls_by_key_day
             .entry((key.clone(), day.clone()))
             .or_default() += 1;
+        *stats
+            .calls_by_key_minute
+            .entry((key.clone(), now.format("%Y-%m-%dT%H:%M").to_string()))
+            .or_default() += 1;
         // Another client of the same organization spends too.
         if let Some(n) = faults.shadow_every.get(&key).copied().filter(|n| *n > 0) {
             let mine = stats.calls_by_key.get(&key).copied().unwrap_or(0);

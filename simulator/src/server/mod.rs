@@ -109,6 +109,9 @@ pub struct Stats {
     pub calls_by_key: BTreeMap<String, u64>,
     /// Served calls per key and UTC day.
     pub calls_by_key_day: BTreeMap<(String, String), u64>,
+    /// Served calls per key and UTC minute (`2026-11-22T14:30`): what a
+    /// per-minute window is checked against.
+    pub calls_by_key_minute: BTreeMap<(String, String), u64>,
     pub rejected_429: u64,
     /// Most requests of one key in flight at once (counted at arrival).
     pub max_concurrent: usize,

@@ -78,7 +78,7 @@ impl Outbox for DynamoStore {
                 ("pk".to_string(), s(pk.clone())),
                 ("sk".to_string(), s(id)),
                 ("change".to_string(), s(change)),
-                ("stamp".to_string(), s(uuid::Uuid::new_v4().to_string())),
+                ("stamp".to_string(), s(crate::core::ids::new_id())),
                 ("written_at".to_string(), n(to_millis(now))),
             ]));
         }

@@ -75,7 +75,7 @@ impl DynamoQuota {
         cost: u32,
         now: Timestamp,
     ) -> Result<std::result::Result<Grant, Item>> {
-        let lease_id = uuid::Uuid::new_v4().to_string();
+        let lease_id = crate::core::ids::new_id();
         let expires_at = now + limits.lease_ttl();
         let windows: Vec<TakenWindow> = limits
             .windows()

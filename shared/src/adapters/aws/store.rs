@@ -22,9 +22,7 @@ use crate::core::error::{Disposition, Error, Result};
 use crate::core::record::Record;
 use crate::core::record::{content_hash, StoredRecord};
 use crate::quota::QuotaKey;
-use crate::store::{
-    classify_change, Change, Held, PageDiff, Quarantined, RecordStore, SyncFinish, SyncState,
-};
+use crate::store::{change_of, Held, PageDiff, Quarantined, RecordStore, SyncFinish, SyncState};
 use async_trait::async_trait;
 use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
 use aws_sdk_dynamodb::types::{AttributeValue, KeysAndAttributes, PutRequest, WriteRequest};
@@ -195,7 +193,6 @@ impl RecordStore for DynamoStore {
                 hash: get_s(p, "hash").map_or("", String::as_str),
                 has_data: p.contains_key("data"),
             });
-            let kind = classify_change(held, &hash);
             if let Some(p) = prev {
                 if let Some(first) = get_n(p, "first_seen") {
                     diff.prior.insert(
@@ -207,13 +204,7 @@ impl RecordStore for DynamoStore {
                     );
                 }
             }
-            if let Some(kind) = kind {
-                diff.changes.push(Change {
-                    kind,
-                    record: record.clone(),
-                    hash: hash.clone(),
-                });
-            }
+            diff.changes.extend(change_of(held, record, &hash));
             diff.records.push((record.clone(), hash));
         }
         Ok(diff)
@@ -649,8 +640,13 @@ impl crate::jobs::ledger::ActionLedger for DynamoStore {
         scope: &QuotaKey,
         key: &str,
         now: Timestamp,
+        until: Timestamp,
     ) -> Result<crate::jobs::ledger::ActionBegin> {
-        use crate::jobs::ledger::{decide_begin, ActionBegin};
+        use crate::jobs::ledger::{decide_begin, ActionBegin, ActionEntry};
+        let entry_of = |item: &Item| ActionEntry {
+            done: item.contains_key("done_at"),
+            claimed_until: get_n(item, "claimed_until").map(from_millis),
+        };
         let result = self
             .table
             .client
@@ -659,6 +655,7 @@ impl crate::jobs::ledger::ActionLedger for DynamoStore {
             .item("pk", s(action_pk(scope, key)))
             .item("sk", s("action"))
             .item("started_at", n(to_millis(now)))
+            .item("claimed_until", n(to_millis(until)))
             .item(
                 "ttl",
                 n((now + chrono::Duration::days(LEDGER_TTL_DAYS * 5)).timestamp()),
@@ -669,12 +666,52 @@ impl crate::jobs::ledger::ActionLedger for DynamoStore {
             )
             .send()
             .await;
-        match result {
-            Ok(_) => Ok(ActionBegin::New),
+        let old = match result {
+            Ok(_) => return Ok(ActionBegin::New),
             Err(e) => match e.as_service_error() {
                 Some(aws_sdk_dynamodb::operation::put_item::PutItemError::ConditionalCheckFailedException(c)) => {
-                    let done = c.item().is_some_and(|i| i.contains_key("done_at"));
-                    Ok(decide_begin(Some(done)))
+                    c.item().cloned().unwrap_or_default()
+                }
+                _ => return Err(sdk_error("action begin", e)),
+            },
+        };
+        let begin = decide_begin(Some(entry_of(&old)), now);
+        if begin != ActionBegin::Again {
+            return Ok(begin);
+        }
+        // Take the lapsed claim, on the condition that it is still lapsed
+        // and undone: of two deliveries retrying at once, one calls.
+        let taken = self
+            .table
+            .client
+            .update_item()
+            .table_name(&self.table.name)
+            .key("pk", s(action_pk(scope, key)))
+            .key("sk", s("action"))
+            .update_expression("SET claimed_until = :until")
+            .condition_expression(
+                "attribute_not_exists(done_at) AND (attribute_not_exists(claimed_until) OR claimed_until <= :now)",
+            )
+            .expression_attribute_values(":until", n(to_millis(until)))
+            .expression_attribute_values(":now", n(to_millis(now)))
+            .return_values_on_condition_check_failure(
+                aws_sdk_dynamodb::types::ReturnValuesOnConditionCheckFailure::AllOld,
+            )
+            .send()
+            .await;
+        match taken {
+            Ok(_) => Ok(ActionBegin::Again),
+            Err(e) => match e.as_service_error() {
+                Some(UpdateItemError::ConditionalCheckFailedException(c)) => {
+                    let now_held = c.item().map(entry_of).unwrap_or(ActionEntry {
+                        done: true,
+                        claimed_until: None,
+                    });
+                    // Done, or claimed by the other delivery meanwhile.
+                    Ok(match decide_begin(Some(now_held), now) {
+                        ActionBegin::Again => ActionBegin::InProgress(now),
+                        other => other,
+                    })
                 }
                 _ => Err(sdk_error("action begin", e)),
             },

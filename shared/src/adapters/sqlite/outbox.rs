@@ -2,6 +2,7 @@
 //! `outbox_state` the in-flight chunk (as JSON), the chunk counter and the
 //! timed-flush mark. Each operation is one `BEGIN IMMEDIATE` transaction.
 
+use super::Cached;
 use crate::adapters::sqlite::store::SqliteStore;
 use crate::core::clock::{from_millis, to_millis, Timestamp};
 use crate::core::error::{Disposition, Error, Result};
@@ -30,7 +31,7 @@ impl Outbox for SqliteStore {
         for (id, change) in last_write_wins(rows.to_vec()) {
             let json = serde_json::to_string(&change)
                 .map_err(|e| Error::store("outbox write", e, Disposition::Permanent))?;
-            written.push((id, json, uuid::Uuid::new_v4().to_string()));
+            written.push((id, json, crate::core::ids::new_id()));
         }
         let (key, ds) = (key.clone(), datasource.to_string());
         self.db()
@@ -46,7 +47,7 @@ impl Outbox for SqliteStore {
                     }
                 }
                 // Hosted GET's ETag version, in the same transaction.
-                tx.execute(
+                tx.exec(
                     "INSERT INTO outbox_version (org, app, datasource, version) VALUES (?1, ?2, ?3, 1)
                      ON CONFLICT (org, app, datasource) DO UPDATE SET version = version + 1",
                     params![key.org, key.app, ds],
@@ -69,7 +70,7 @@ impl Outbox for SqliteStore {
         let (key, ds) = (key.clone(), datasource.to_string());
         self.db()
             .call("outbox count", move |conn| {
-                conn.query_row(
+                conn.row(
                     "SELECT COUNT(*) FROM outbox_row WHERE org = ?1 AND app = ?2 AND datasource = ?3",
                     params![key.org, key.app, ds],
                     |r| r.get::<_, i64>(0),
@@ -84,7 +85,7 @@ impl Outbox for SqliteStore {
         let row = self
             .db()
             .call("outbox state", move |conn| {
-                conn.query_row(
+                conn.row(
                     "SELECT next_seq, inflight, flush_due, last_flush, pushes, rows_pushed FROM outbox_state
                      WHERE org = ?1 AND app = ?2 AND datasource = ?3",
                     params![key.org, key.app, ds],
@@ -128,11 +129,11 @@ impl Outbox for SqliteStore {
         self.db()
             .call("outbox chunk", move |conn| {
                 let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-                tx.execute(
+                tx.exec(
                     "INSERT OR IGNORE INTO outbox_state (org, app, datasource) VALUES (?1, ?2, ?3)",
                     params![key.org, key.app, ds],
                 )?;
-                let (seq, inflight): (i64, Option<String>) = tx.query_row(
+                let (seq, inflight): (i64, Option<String>) = tx.row(
                     "SELECT next_seq, inflight FROM outbox_state WHERE org = ?1 AND app = ?2 AND datasource = ?3",
                     params![key.org, key.app, ds],
                     |r| Ok((r.get(0)?, r.get(1)?)),
@@ -144,7 +145,7 @@ impl Outbox for SqliteStore {
                 let json = serde_json::to_string(&chunk).map_err(|e| {
                     rusqlite::Error::ToSqlConversionFailure(Box::new(e))
                 })?;
-                tx.execute(
+                tx.exec(
                     "UPDATE outbox_state SET inflight = ?4, next_seq = next_seq + 1
                      WHERE org = ?1 AND app = ?2 AND datasource = ?3",
                     params![key.org, key.app, ds, json],
@@ -188,7 +189,7 @@ impl Outbox for SqliteStore {
                     .and_then(|j| serde_json::from_str::<Chunk>(&j).ok())
                     .is_some_and(|c| c.seq == chunk.seq);
                 if still_ours {
-                    tx.execute(
+                    tx.exec(
                         "UPDATE outbox_state SET inflight = NULL, last_flush = ?4,
                              pushes = pushes + 1, rows_pushed = rows_pushed + ?5
                          WHERE org = ?1 AND app = ?2 AND datasource = ?3",
@@ -211,11 +212,11 @@ impl Outbox for SqliteStore {
         self.db()
             .call("outbox schedule", move |conn| {
                 let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-                tx.execute(
+                tx.exec(
                     "INSERT OR IGNORE INTO outbox_state (org, app, datasource) VALUES (?1, ?2, ?3)",
                     params![key.org, key.app, ds],
                 )?;
-                let n = tx.execute(
+                let n = tx.exec(
                     "UPDATE outbox_state SET flush_due = ?4
                      WHERE org = ?1 AND app = ?2 AND datasource = ?3
                        AND (flush_due IS NULL OR flush_due < ?5)",
@@ -242,7 +243,7 @@ impl Outbox for SqliteStore {
         let (key, ds) = (key.clone(), datasource.to_string());
         self.db()
             .call("outbox schedule", move |conn| {
-                conn.execute(
+                conn.exec(
                     "UPDATE outbox_state SET flush_due = NULL
                      WHERE org = ?1 AND app = ?2 AND datasource = ?3 AND flush_due = ?4",
                     params![key.org, key.app, ds, to_millis(due)],
@@ -259,7 +260,7 @@ impl HostedRows for SqliteStore {
         let (key, ds) = (key.clone(), datasource.to_string());
         self.db()
             .call("hosted version", move |conn| {
-                conn.query_row(
+                conn.row(
                     "SELECT version FROM outbox_version WHERE org = ?1 AND app = ?2 AND datasource = ?3",
                     params![key.org, key.app, ds],
                     |r| r.get::<_, i64>(0),

@@ -3,6 +3,7 @@
 //! `max_receive_count` receives. Time comes from the injected clock, so a
 //! simulated day of delays passes in milliseconds.
 
+use super::Cached;
 use crate::adapters::sqlite::Db;
 use crate::core::clock::{to_millis, SharedClock};
 use crate::core::error::Result;
@@ -44,7 +45,7 @@ impl SqliteQueue {
         let ms: Option<i64> = self
             .db
             .call("queue peek", move |conn| {
-                conn.query_row(
+                conn.row(
                     "SELECT MIN(visible_at) FROM job_queue WHERE queue = ?1",
                     params![name],
                     |r| r.get(0),
@@ -59,7 +60,7 @@ impl SqliteQueue {
         let name = self.name.clone();
         self.db
             .call("queue len", move |conn| {
-                conn.query_row(
+                conn.row(
                     "SELECT COUNT(*) FROM job_queue WHERE queue = ?1",
                     params![name],
                     |r| r.get::<_, i64>(0),
@@ -129,11 +130,11 @@ impl JobQueue for SqliteQueue {
         let visible = to_millis(now) + i64::from(delay_secs) * 1000;
         let name = self.name.clone();
         let body = job.to_body();
-        let id = uuid::Uuid::new_v4().to_string();
+        let id = crate::core::ids::new_id();
         let sent = to_millis(now);
         self.db
             .call("queue send", move |conn| {
-                conn.execute(
+                conn.exec(
                     "INSERT INTO job_queue (queue, message_id, body, visible_at, sent_at) VALUES (?1, ?2, ?3, ?4, ?5)",
                     params![name, id, body, visible, sent],
                 )
@@ -147,11 +148,12 @@ impl JobQueue for SqliteQueue {
         let body = body.to_string();
         let reason = reason.to_string();
         let now = to_millis(self.clock.now());
+        let id = crate::core::ids::new_id();
         self.db
             .call("queue dead-letter", move |conn| {
-                conn.execute(
+                conn.exec(
                     "INSERT INTO dead_letter (queue, message_id, body, reason, failed_at) VALUES (?1, ?2, ?3, ?4, ?5)",
-                    params![name, uuid::Uuid::new_v4().to_string(), body, reason, now],
+                    params![name, id, body, reason, now],
                 )
             })
             .await
@@ -178,15 +180,17 @@ impl JobQueue for SqliteQueue {
                 for (id, body, count) in candidates {
                     if count >= max_receive {
                         // Redrive, as SQS does after maxReceiveCount.
-                        tx.execute(
+                        tx.exec(
                             "INSERT INTO dead_letter (queue, message_id, body, reason, failed_at) VALUES (?1, ?2, ?3, ?4, ?5)",
                             params![name, id, body, format!("received {count} times without success (redrive)"), now],
                         )?;
-                        tx.execute("DELETE FROM job_queue WHERE queue = ?1 AND message_id = ?2", params![name, id])?;
+                        tx.exec("DELETE FROM job_queue WHERE queue = ?1 AND message_id = ?2", params![name, id])?;
                         continue;
                     }
-                    let receipt = uuid::Uuid::new_v4().to_string();
-                    tx.execute(
+                    // Unique per receive, and no id taken off the async
+                    // side (see `core::ids`).
+                    let receipt = format!("{id}#{}", count + 1);
+                    tx.exec(
                         "UPDATE job_queue SET visible_at = ?3, receive_count = receive_count + 1, receipt = ?4
                          WHERE queue = ?1 AND message_id = ?2",
                         params![name, id, hidden_until, receipt],
@@ -209,7 +213,7 @@ impl JobQueue for SqliteQueue {
         let receipt = receipt.to_string();
         self.db
             .call("queue ack", move |conn| {
-                conn.execute(
+                conn.exec(
                     "DELETE FROM job_queue WHERE queue = ?1 AND receipt = ?2",
                     params![name, receipt],
                 )
@@ -224,7 +228,7 @@ impl JobQueue for SqliteQueue {
         let at = to_millis(self.clock.now()) + i64::from(visible_in_secs) * 1000;
         self.db
             .call("queue release", move |conn| {
-                conn.execute(
+                conn.exec(
                     "UPDATE job_queue SET visible_at = ?3, receipt = NULL WHERE queue = ?1 AND receipt = ?2",
                     params![name, receipt, at],
                 )
@@ -234,11 +238,13 @@ impl JobQueue for SqliteQueue {
     }
 
     async fn redrive(&self, choose: &Choose<'_>) -> Result<u64> {
-        let chosen: Vec<(String, String)> = self
+        let chosen: Vec<(String, String, String)> = self
             .dead_letters(u32::MAX)
             .await?
             .iter()
-            .filter_map(|d| choose(d).map(|body| (d.message_id.clone(), body)))
+            .filter_map(|d| {
+                choose(d).map(|body| (d.message_id.clone(), body, crate::core::ids::new_id()))
+            })
             .collect();
         if chosen.is_empty() {
             return Ok(0);
@@ -250,15 +256,15 @@ impl JobQueue for SqliteQueue {
             .call("queue redrive", move |conn| {
                 let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
                 let mut moved = 0;
-                for (message_id, body) in chosen {
-                    let gone = tx.execute(
+                for (message_id, body, new_id) in chosen {
+                    let gone = tx.exec(
                         "DELETE FROM dead_letter WHERE queue = ?1 AND message_id = ?2",
                         params![name, message_id],
                     )?;
                     if gone == 1 {
-                        tx.execute(
+                        tx.exec(
                             "INSERT INTO job_queue (queue, message_id, body, visible_at, sent_at) VALUES (?1, ?2, ?3, ?4, ?4)",
-                            params![name, uuid::Uuid::new_v4().to_string(), body, now],
+                            params![name, new_id, body, now],
                         )?;
                         moved += 1;
                     }

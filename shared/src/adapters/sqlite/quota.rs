@@ -2,6 +2,7 @@
 //! `BEGIN IMMEDIATE` transaction, so it is correct across processes sharing
 //! the file.
 
+use super::Cached;
 use crate::adapters::sqlite::Db;
 use crate::core::clock::{from_millis, to_millis, Timestamp};
 use crate::core::error::{Error, Result};
@@ -38,6 +39,8 @@ impl QuotaStore for SqliteQuota {
     ) -> Result<Acquire> {
         let key = key.clone();
         let limits = limits.clone();
+        // Taken here, not in the blocking closure: see `core::ids`.
+        let lease_id = crate::core::ids::new_id();
         self.db
             .call("quota acquire", move |conn| {
                 let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -50,7 +53,7 @@ impl QuotaStore for SqliteQuota {
                 // crashed holders and counters of past windows.
                 // A reservation's lease row stays until its windows end, so
                 // a holder that outlived its lease can still refund.
-                tx.execute(
+                tx.exec(
                     "DELETE FROM quota_lease WHERE org = ?1 AND app = ?2 AND expires_at <= ?3
                      AND (cost <= 1 OR valid_until <= ?3)",
                     params![key.org, key.app, now_ms],
@@ -68,7 +71,7 @@ impl QuotaStore for SqliteQuota {
                         if windows.iter().any(|t| t.id == w) {
                             used.insert(w, u.max(0) as u64);
                         } else {
-                            tx.execute(
+                            tx.exec(
                                 "DELETE FROM quota_window WHERE org = ?1 AND app = ?2 AND window = ?3",
                                 params![key.org, key.app, w],
                             )?;
@@ -104,16 +107,15 @@ impl QuotaStore for SqliteQuota {
                 let mut windows = windows;
                 for w in &mut windows {
                     w.used = used.get(&w.id).copied().unwrap_or(0) + u64::from(cost);
-                    tx.execute(
+                    tx.exec(
                         "INSERT INTO quota_window (org, app, window, used) VALUES (?1, ?2, ?3, ?4)
                          ON CONFLICT (org, app, window) DO UPDATE SET used = used + excluded.used",
                         params![key.org, key.app, w.id, cost],
                     )?;
                 }
-                let lease_id = uuid::Uuid::new_v4().to_string();
                 let expires_at = now + limits.lease_ttl();
                 let valid_until = limits.windows_end(now);
-                tx.execute(
+                tx.exec(
                     "INSERT INTO quota_lease (org, app, lease_id, expires_at, cost, valid_until) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                     params![key.org, key.app, lease_id, to_millis(expires_at), cost, to_millis(valid_until)],
                 )?;
@@ -136,7 +138,7 @@ impl QuotaStore for SqliteQuota {
         self.db
             .call("quota release", move |conn| {
                 let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-                let removed = tx.execute(
+                let removed = tx.exec(
                     "DELETE FROM quota_lease WHERE org = ?1 AND app = ?2 AND lease_id = ?3",
                     params![grant.key.org, grant.key.app, grant.lease_id],
                 )?;
@@ -146,7 +148,7 @@ impl QuotaStore for SqliteQuota {
                 let refund = grant.cost.saturating_sub(used);
                 if removed == 1 && refund > 0 {
                     for w in &grant.windows {
-                        tx.execute(
+                        tx.exec(
                             "UPDATE quota_window SET used = MAX(0, used - ?4)
                              WHERE org = ?1 AND app = ?2 AND window = ?3",
                             params![grant.key.org, grant.key.app, w.id, refund],
@@ -164,7 +166,7 @@ impl QuotaStore for SqliteQuota {
         let changed = self
             .db
             .call("quota renew", move |conn| {
-                conn.execute(
+                conn.exec(
                     "UPDATE quota_lease SET expires_at = ?4 WHERE org = ?1 AND app = ?2 AND lease_id = ?3",
                     params![grant.key.org, grant.key.app, grant.lease_id, to_millis(until)],
                 )
@@ -180,7 +182,7 @@ impl QuotaStore for SqliteQuota {
         let key = key.clone();
         self.db
             .call("quota block", move |conn| {
-                conn.execute(
+                conn.exec(
                     "INSERT INTO quota_block (org, app, blocked_until) VALUES (?1, ?2, ?3)
                      ON CONFLICT (org, app) DO UPDATE
                      SET blocked_until = MAX(blocked_until, excluded.blocked_until)",
@@ -208,7 +210,7 @@ impl QuotaStore for SqliteQuota {
                 if old >= at_least {
                     return Ok(0);
                 }
-                tx.execute(
+                tx.exec(
                     "INSERT INTO quota_window (org, app, window, used) VALUES (?1, ?2, ?3, ?4)
                      ON CONFLICT (org, app, window) DO UPDATE SET used = MAX(used, excluded.used)",
                     params![key.org, key.app, window, at_least],
@@ -225,7 +227,7 @@ impl QuotaStore for SqliteQuota {
             .call("usage record", move |conn| {
                 let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
                 for u in &entries {
-                    tx.execute(
+                    tx.exec(
                         "INSERT INTO usage (org, app, day, source, endpoint, exempt, calls)
                          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
                          ON CONFLICT (org, app, day, source, endpoint, exempt)
@@ -241,7 +243,7 @@ impl QuotaStore for SqliteQuota {
                         ],
                     )?;
                     for (hour, n) in &u.hours {
-                        tx.execute(
+                        tx.exec(
                             "INSERT INTO usage_hour (org, app, day, source, endpoint, exempt, hour, calls, denied)
                              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
                              ON CONFLICT (org, app, day, source, endpoint, exempt, hour)
@@ -333,7 +335,7 @@ impl QuotaStore for SqliteQuota {
                         state.used.insert(w, u.max(0) as u64);
                     }
                 }
-                state.live_leases = conn.query_row(
+                state.live_leases = conn.row(
                     "SELECT COUNT(*) FROM quota_lease WHERE org = ?1 AND app = ?2 AND expires_at > ?3",
                     params![key.org, key.app, to_millis(now)],
                     |r| r.get(0),

@@ -1,14 +1,13 @@
 //! Record store on embedded SQLite: one transaction per page of records.
 
+use super::Cached;
 use crate::adapters::sqlite::Db;
 use crate::core::clock::{from_millis, to_millis, Timestamp};
 use crate::core::error::Result;
 use crate::core::record::Record;
 use crate::core::record::{content_hash, StoredRecord};
 use crate::quota::QuotaKey;
-use crate::store::{
-    classify_change, Change, Held, PageDiff, Quarantined, RecordStore, SyncFinish, SyncState,
-};
+use crate::store::{change_of, Held, PageDiff, Quarantined, RecordStore, SyncFinish, SyncState};
 use async_trait::async_trait;
 use rusqlite::{params, OptionalExtension, TransactionBehavior};
 
@@ -64,10 +63,7 @@ impl RecordStore for SqliteStore {
                     let existing: Option<(String, bool)> =
                         stmt.query_row(params![key.org, key.app, rt, record.id], |r| Ok((r.get(0)?, r.get(1)?))).optional()?;
                     let held = existing.as_ref().map(|(hash, has_data)| Held { hash, has_data: *has_data });
-                    let kind = classify_change(held, &hash);
-                    if let Some(kind) = kind {
-                        diff.changes.push(Change { kind, record: record.clone(), hash: hash.clone() });
-                    }
+                    diff.changes.extend(change_of(held, &record, &hash));
                     diff.records.push((record, hash));
                 }
                 Ok(diff)
@@ -207,7 +203,7 @@ impl RecordStore for SqliteStore {
         let (key, rt) = (key.clone(), record_type.to_string());
         self.db
             .call("records count", move |conn| {
-                conn.query_row(
+                conn.row(
                     "SELECT COUNT(*) FROM records WHERE org = ?1 AND app = ?2 AND record_type = ?3 AND data IS NOT NULL",
                     params![key.org, key.app, rt],
                     |r| r.get::<_, i64>(0),
@@ -221,7 +217,7 @@ impl RecordStore for SqliteStore {
         let (key, sync) = (key.clone(), sync.to_string());
         self.db
             .call("sync state", move |conn| {
-                conn.query_row(
+                conn.row(
                     "SELECT high_water, last_started, last_completed, last_pages, running_job, lease_until,
                             last_failed, last_failure, api_page_size, probed_short_page, probed_at
                      FROM sync_state WHERE org = ?1 AND app = ?2 AND sync = ?3",
@@ -314,11 +310,11 @@ impl RecordStore for SqliteStore {
         self.db
             .call("sync lease", move |conn| {
                 let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-                tx.execute(
+                tx.exec(
                     "INSERT OR IGNORE INTO sync_state (org, app, sync) VALUES (?1, ?2, ?3)",
                     params![key.org, key.app, sync],
                 )?;
-                let (running_job, lease_until): (Option<String>, Option<i64>) = tx.query_row(
+                let (running_job, lease_until): (Option<String>, Option<i64>) = tx.row(
                     "SELECT running_job, lease_until FROM sync_state WHERE org = ?1 AND app = ?2 AND sync = ?3",
                     params![key.org, key.app, sync],
                     |r| Ok((r.get(0)?, r.get(1)?)),
@@ -327,7 +323,7 @@ impl RecordStore for SqliteStore {
                 if !held.lease_free_for(&job, now) {
                     return Ok(false);
                 }
-                tx.execute(
+                tx.exec(
                     "UPDATE sync_state SET running_job = ?4, lease_until = ?6,
                          last_started = CASE WHEN ?7 THEN ?5 ELSE last_started END
                      WHERE org = ?1 AND app = ?2 AND sync = ?3",
@@ -357,7 +353,7 @@ impl RecordStore for SqliteStore {
         let (key, sync, job) = (key.clone(), sync.to_string(), job_id.to_string());
         self.db
             .call("sync finish", move |conn| {
-                let changed = conn.execute(
+                let changed = conn.exec(
                     "UPDATE sync_state SET running_job = NULL, lease_until = NULL,
                          last_completed = COALESCE(?5, last_completed),
                          high_water = COALESCE(?6, high_water),
@@ -419,7 +415,7 @@ impl crate::jobs::ledger::JobLedger for SqliteStore {
                     .optional()?;
                 let claim = decide_claim(stored, generation, now);
                 if matches!(claim, Claim::Granted | Claim::Rerun) {
-                    tx.execute(
+                    tx.exec(
                         "INSERT INTO job_claims (org, app, job_id, generation, done, claimed_until) VALUES (?1, ?2, ?3, ?4, 0, ?5)
                          ON CONFLICT (org, app, job_id) DO UPDATE SET generation = excluded.generation, done = 0, claimed_until = excluded.claimed_until",
                         params![key.org, key.app, job, generation, to_millis(until)],
@@ -446,7 +442,7 @@ impl crate::jobs::ledger::JobLedger for SqliteStore {
                 } else {
                     "UPDATE job_claims SET claimed_until = 0 WHERE org = ?1 AND app = ?2 AND job_id = ?3 AND generation = ?4"
                 };
-                conn.execute(sql, params![key.org, key.app, job, generation]).map(|_| ())
+                conn.exec(sql, params![key.org, key.app, job, generation]).map(|_| ())
             })
             .await
     }
@@ -459,24 +455,30 @@ impl crate::jobs::ledger::ActionLedger for SqliteStore {
         scope: &QuotaKey,
         key: &str,
         now: Timestamp,
+        until: Timestamp,
     ) -> Result<crate::jobs::ledger::ActionBegin> {
-        use crate::jobs::ledger::ActionBegin;
+        use crate::jobs::ledger::{ActionBegin, ActionEntry};
         let (scope, key) = (scope.clone(), key.to_string());
         self.db
             .call("action begin", move |conn| {
                 let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-                let row: Option<Option<i64>> = tx
+                let row: Option<(Option<i64>, Option<i64>)> = tx
                     .query_row(
-                        "SELECT done_at FROM action_keys WHERE org = ?1 AND app = ?2 AND key = ?3",
+                        "SELECT done_at, claimed_until FROM action_keys WHERE org = ?1 AND app = ?2 AND key = ?3",
                         params![scope.org, scope.app, key],
-                        |r| r.get(0),
+                        |r| Ok((r.get(0)?, r.get(1)?)),
                     )
                     .optional()?;
-                let begin = crate::jobs::ledger::decide_begin(row.map(|done| done.is_some()));
-                if begin == ActionBegin::New {
-                    tx.execute(
-                        "INSERT INTO action_keys (org, app, key, started_at) VALUES (?1, ?2, ?3, ?4)",
-                        params![scope.org, scope.app, key, to_millis(now)],
+                let entry = row.map(|(done, until)| ActionEntry {
+                    done: done.is_some(),
+                    claimed_until: until.filter(|u| *u > 0).map(from_millis),
+                });
+                let begin = crate::jobs::ledger::decide_begin(entry, now);
+                if matches!(begin, ActionBegin::New | ActionBegin::Again) {
+                    tx.exec(
+                        "INSERT INTO action_keys (org, app, key, started_at, claimed_until) VALUES (?1, ?2, ?3, ?4, ?5)
+                         ON CONFLICT (org, app, key) DO UPDATE SET claimed_until = excluded.claimed_until",
+                        params![scope.org, scope.app, key, to_millis(now), to_millis(until)],
                     )?;
                 }
                 tx.commit()?;
@@ -489,7 +491,7 @@ impl crate::jobs::ledger::ActionLedger for SqliteStore {
         let (scope, key) = (scope.clone(), key.to_string());
         self.db
             .call("action abandon", move |conn| {
-                conn.execute(
+                conn.exec(
                     "DELETE FROM action_keys WHERE org = ?1 AND app = ?2 AND key = ?3 AND done_at IS NULL",
                     params![scope.org, scope.app, key],
                 )
@@ -502,7 +504,7 @@ impl crate::jobs::ledger::ActionLedger for SqliteStore {
         let (scope, key) = (scope.clone(), key.to_string());
         self.db
             .call("action finish", move |conn| {
-                conn.execute(
+                conn.exec(
                     "UPDATE action_keys SET done_at = ?4 WHERE org = ?1 AND app = ?2 AND key = ?3",
                     params![scope.org, scope.app, key, to_millis(now)],
                 )

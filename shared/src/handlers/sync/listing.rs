@@ -11,13 +11,13 @@
 //! the quota costs far less than one store round trip per call.
 
 use crate::config::sync::chrono as dur;
-use crate::connector::{ListRequest, PageCursor, Reservation};
+use crate::connector::{CallError, ListRequest, PageCursor, Reservation};
 use crate::core::clock::Timestamp;
 use crate::core::metrics::Counter;
 use crate::handlers::context::AppContext;
-use crate::handlers::sync::{enqueue_followups, parse_payload, soon, sync_name, SyncPayload};
+use crate::handlers::sync::{enqueue_followups, parse_payload, sync_name, SyncPayload};
 use crate::handlers::IntoOutcome;
-use crate::jobs::envelope::{JobEnvelope, JobKind, Outcome, Restart};
+use crate::jobs::envelope::{JobEnvelope, JobKind, Outcome};
 use crate::jobs::runtime::JobContext;
 use crate::store::{SyncFinish, SHORT_PAGE_REPROBE_DAYS};
 use serde::{Deserialize, Serialize};
@@ -69,6 +69,11 @@ pub struct ListingCheckpoint {
     /// offset parameter serves the same page forever.
     #[serde(default)]
     pub last_page: Option<String>,
+    /// Every page is fetched and stored; only the run's completion is left
+    /// to record. A restart after a failure to record it records it, and
+    /// fetches nothing again (it used to start over from page 1).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub complete: bool,
 }
 
 /// A digest of what a page served, to recognise the same page again.
@@ -110,10 +115,35 @@ pub async fn run(svc: &AppContext, job: &JobEnvelope, ctx: &JobContext) -> Outco
     {
         Ok(true) => {}
         Ok(false) => {
-            tracing::info!(%sync, "another job holds this sync; dropping the duplicate");
+            // A twin runs this sync. Its pages are its own, but lookups this
+            // run claimed and had not sent yet are claimed by this job alone:
+            // send them now, or nobody looks them up.
+            let mut pending = cp.pending_lookups.clone();
+            let handed_on: usize = pending.values().map(Vec::len).sum();
+            if handed_on > 0 {
+                if let Err(e) = enqueue_followups(
+                    svc,
+                    job,
+                    &payload.record_type,
+                    &[],
+                    &[],
+                    &mut pending,
+                    "handoff",
+                    true,
+                    false,
+                )
+                .await
+                {
+                    return Outcome::from_error(&e);
+                }
+            }
+            tracing::info!(%sync, handed_on, "another job holds this sync; dropping the duplicate after handing on its claimed lookups");
             return Outcome::Done;
         }
         Err(e) => return Outcome::from_error(&e),
+    }
+    if cp.complete {
+        return record_completion(svc, &sync, job, &cp).await;
     }
     let state = match svc.store.sync_state(&key, &sync).await {
         Ok(s) => s,
@@ -153,14 +183,11 @@ pub async fn run(svc: &AppContext, job: &JobEnvelope, ctx: &JobContext) -> Outco
         .unwrap_or(FIRST_RESERVATION);
 
     let mut pages_here = 0u32;
+    let mut renewed = false;
     let outcome = loop {
         let checkpoint = || serde_json::to_value(&cp).ok();
         if pages_here > 0 && ctx.near_deadline(svc.clock.now(), svc.deadline_margin) {
-            break Outcome::Restart(Restart {
-                at: svc.clock.now(),
-                reason: "near the Lambda deadline".into(),
-                checkpoint: checkpoint(),
-            });
+            break Outcome::resume(svc.clock.now(), "near the Lambda deadline", checkpoint());
         }
         if reservation.as_ref().is_none_or(|r| r.remaining() == 0) {
             if let Some(done) = reservation.take() {
@@ -188,8 +215,14 @@ pub async fn run(svc: &AppContext, job: &JobEnvelope, ctx: &JobContext) -> Outco
         let first_page = cp.cursor.is_none();
         let mut page = match res.list(&req).await {
             Ok(p) => p,
+            // Its windows ended since the look above: reserve anew, once.
+            Err(CallError::ReservationEnded) if !renewed => {
+                renewed = true;
+                continue;
+            }
             Err(e) => break e.into_outcome(checkpoint()),
         };
+        renewed = false;
         let served = page.served() as u64;
         let mut next = page.next.take();
         let digest = page_digest(&page);
@@ -244,7 +277,11 @@ pub async fn run(svc: &AppContext, job: &JobEnvelope, ctx: &JobContext) -> Outco
             &mut pending,
             &format!("p{}", cp.pages),
             last,
-            !ctx.first_run,
+            // A first run of a first generation cannot meet its own claims
+            // of an earlier delivery; any later generation can (two copies
+            // of one generation with different checkpoints exist after a
+            // lost send response, and the older may be the one that runs).
+            !ctx.first_run || job.generation > 0,
         )
         .await
         {
@@ -311,6 +348,7 @@ pub async fn run(svc: &AppContext, job: &JobEnvelope, ctx: &JobContext) -> Outco
             }
             None => {
                 cp.cursor = None;
+                cp.complete = true;
                 break Outcome::Done;
             }
         }
@@ -322,24 +360,7 @@ pub async fn run(svc: &AppContext, job: &JobEnvelope, ctx: &JobContext) -> Outco
     }
     let now = svc.clock.now();
     match &outcome {
-        Outcome::Done => {
-            let finish = SyncFinish {
-                completed_at: Some(now),
-                high_water: cp.until,
-                pages: Some(cp.pages),
-                api_page_size: cp.page_size.filter(|_| cp.learned_page_size),
-                probed_short_page: cp.probe.map(|len| (len, now)),
-                failed: None,
-            };
-            if let Err(e) = svc.store.finish_sync(&key, &sync, &job.id, finish).await {
-                return Outcome::Restart(Restart {
-                    at: soon(now),
-                    reason: format!("could not record completion: {e}"),
-                    checkpoint: serde_json::to_value(&cp).ok(),
-                });
-            }
-            tracing::info!(%sync, pages = cp.pages, records = cp.records, changed = cp.changed, quarantined = cp.quarantined, "sync complete");
-        }
+        Outcome::Done => return record_completion(svc, &sync, job, &cp).await,
         Outcome::Restart(r) => {
             // Keep the lease through the wait so the scheduler does not start a twin.
             let _ = svc
@@ -358,9 +379,47 @@ pub async fn run(svc: &AppContext, job: &JobEnvelope, ctx: &JobContext) -> Outco
         // A failed run frees its lease and records the failure in
         // `JobHandler::gave_up`, which the runtime calls for every way a job
         // is given up on.
-        Outcome::Fail(_) | Outcome::Retry(_) => {}
+        Outcome::Fail(_) => {}
     }
     outcome
+}
+
+/// Records a run whose every page is stored as complete (and frees its
+/// lease). A failure to record it is transient, and the restart comes back
+/// here through [`ListingCheckpoint::complete`] without fetching a page.
+async fn record_completion(
+    svc: &AppContext,
+    sync: &str,
+    job: &JobEnvelope,
+    cp: &ListingCheckpoint,
+) -> Outcome {
+    let now = svc.clock.now();
+    let finish = SyncFinish {
+        completed_at: Some(now),
+        high_water: cp.until,
+        pages: Some(cp.pages),
+        api_page_size: cp.page_size.filter(|_| cp.learned_page_size),
+        probed_short_page: cp.probe.map(|len| (len, now)),
+        failed: None,
+    };
+    if let Err(e) = svc
+        .store
+        .finish_sync(&svc.key(&job.org), sync, &job.id, finish)
+        .await
+    {
+        let what = crate::Error::store(
+            "record completion",
+            format!("could not record the run's completion: {e}"),
+            if e.is_retryable() {
+                crate::core::error::Disposition::Retryable
+            } else {
+                crate::core::error::Disposition::Permanent
+            },
+        );
+        return Outcome::from_error_at(&what, serde_json::to_value(cp).ok());
+    }
+    tracing::info!(%sync, pages = cp.pages, records = cp.records, changed = cp.changed, quarantined = cp.quarantined, "sync complete");
+    Outcome::Done
 }
 
 /// The cursor of the page after a short first page, when that page should

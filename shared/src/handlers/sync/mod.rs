@@ -50,8 +50,15 @@ pub struct ChangedRecord {
     pub id: String,
     /// Created or updated.
     pub kind: ChangeKind,
-    /// Its content hash (part of an action's idempotency key).
+    /// Its content hash (part of an action's idempotency key): the version
+    /// the workflow acts on, once the store holds it.
     pub hash: String,
+    /// The hash the store held when the change was found (`None`: never
+    /// stored). While the store still holds it (or nothing), the page is
+    /// not committed yet and the workflow waits. Absent in triggers queued
+    /// before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prev: Option<String>,
 }
 
 /// Payload of workflow trigger jobs: the changes of one page.
@@ -206,14 +213,18 @@ pub(crate) async fn needing_lookup(
 /// `ceil(unseen / bulk size)` calls, not one partial call per page.
 ///
 /// `records` is the whole page. With `recheck_unchanged`, the foreign keys
-/// of its unchanged records whose lookups this very page claimed (claimer
-/// `job id:tag`) and that are still not done go back into `pending`. They
-/// are the claims of a page that committed in an invocation that then
-/// crashed before its checkpoint moved on: the redelivered message runs the
-/// page again, finds no change, and would otherwise leave the ids claimed by
-/// nobody alive until `min_relookup` ends — never looked up. On a first run
-/// of a generation (the job ledger says so) no such claim can exist, and
-/// the read is skipped: steady-state pages cost no extra store read.
+/// of its unchanged records whose lookups this job claimed (claimer: the
+/// job id) and that are still not done go back into `pending`. They are
+/// the claims of pages that committed in an invocation that then crashed
+/// before its checkpoint moved on: the redelivered message runs those pages
+/// again, finds no change, and would otherwise leave the ids claimed by
+/// nobody alive until `min_relookup` ends — never looked up. The claimer is
+/// the job, not its page: a rerun's pages need not hold the same records
+/// (a recent lookup's window is fixed anew, records come and go between
+/// pages), and the seeded simulation found claims lost to exactly that when
+/// they were tagged per page. On a first run of a first generation (the
+/// job ledger says so) no such claim can exist, and the read is skipped:
+/// steady-state pages cost no extra store read.
 ///
 /// A workflow trigger carries the page's changes. `tag` makes idempotency
 /// keys unique per page of the job, so a repeated page repeats the keys.
@@ -232,7 +243,7 @@ pub async fn enqueue_followups(
     let now = svc.clock.now();
     let key = svc.key(&job.org);
     let rt = svc.config.record_type(record_type)?;
-    let claimer = format!("{}:{tag}", job.id);
+    let claimer = job.id.as_str();
     let changed: BTreeSet<&str> = changes.iter().map(|c| c.record.id.as_str()).collect();
     // Per target: ids referenced by changes, and by the page's other records.
     let mut by_target: BTreeMap<&str, (BTreeSet<String>, BTreeSet<String>)> = BTreeMap::new();
@@ -265,16 +276,16 @@ pub async fn enqueue_followups(
         if !fresh.is_empty() {
             let wanted =
                 needing_lookup(svc, &key, target, &pk, fresh.into_iter().collect(), now).await?;
-            // Claimed as this page of this job: if the page fails before its
-            // checkpoint moves on, its re-run claims the same ids again rather
-            // than finding them taken (by itself) and losing them.
+            // Claimed by this job: if a page fails before its checkpoint
+            // moves on, its re-run claims the same ids again rather than
+            // finding them taken (by itself) and losing them.
             found = svc
                 .store
                 .claim_lookups(
                     &key,
                     target,
                     &wanted,
-                    &claimer,
+                    claimer,
                     now,
                     crate::config::sync::chrono(pk.min_relookup),
                 )
@@ -286,7 +297,7 @@ pub async fn enqueue_followups(
             found.extend(
                 stored
                     .into_iter()
-                    .filter(|r| r.lookup_claimed_by.as_deref() == Some(claimer.as_str()))
+                    .filter(|r| r.lookup_claimed_by.as_deref() == Some(claimer))
                     .filter(|r| wants_lookup(&pk, Some(r), fresh_after))
                     .map(|r| r.id),
             );
@@ -333,6 +344,7 @@ pub async fn enqueue_followups(
                     id: c.record.id.clone(),
                     kind: c.kind,
                     hash: c.hash.clone(),
+                    prev: c.prev_hash.clone(),
                 })
                 .collect(),
         };
@@ -433,10 +445,4 @@ impl JobHandler for SyncHandlers {
             tracing::warn!(error = %e, %sync, "could not record the failed run; its lease frees when it expires");
         }
     }
-}
-
-/// When a failure after progress should come back: soon, from the
-/// checkpoint, instead of a redelivery that would redo fetched pages.
-pub(crate) fn soon(now: Timestamp) -> Timestamp {
-    now + chrono::Duration::seconds(30)
 }

@@ -18,7 +18,7 @@ use crate::handlers::context::AppContext;
 use crate::handlers::schedule;
 use crate::handlers::sync::{enqueue_followups, parse_payload, sync_name, PkLookupPayload};
 use crate::handlers::IntoOutcome;
-use crate::jobs::envelope::{JobEnvelope, JobKind, Outcome, Restart};
+use crate::jobs::envelope::{JobEnvelope, JobKind, Outcome};
 use crate::jobs::runtime::JobContext;
 use serde::{Deserialize, Serialize};
 
@@ -132,19 +132,11 @@ pub async fn run(svc: &AppContext, job: &JobEnvelope, ctx: &JobContext) -> Outco
             break Outcome::Done;
         }
         if calls_here > 0 && ctx.near_deadline(svc.clock.now(), svc.deadline_margin) {
-            break Outcome::Restart(Restart {
-                at: svc.clock.now(),
-                reason: "near the Lambda deadline".into(),
-                checkpoint,
-            });
+            break Outcome::resume(svc.clock.now(), "near the Lambda deadline", checkpoint);
         }
         if reservation.remaining() == 0 {
             // More than one block was needed: restart to reserve the next.
-            break Outcome::Restart(Restart {
-                at: svc.clock.now(),
-                reason: "next block of lookups".into(),
-                checkpoint,
-            });
+            break Outcome::resume(svc.clock.now(), "next block of lookups", checkpoint);
         }
         let chunk: Vec<String> = cp.remaining.iter().take(per_call).cloned().collect();
         let page = match reservation.lookup(rt_name, &chunk).await {
@@ -221,13 +213,13 @@ async fn storm_guard(svc: &AppContext, job: &JobEnvelope, record_type: &str) -> 
     };
     let now = svc.clock.now();
     let wait = |until: Option<crate::core::clock::Timestamp>| {
-        Some(Outcome::Restart(Restart {
-            at: until.unwrap_or(now).max(now + chrono::Duration::minutes(5)),
-            reason: format!(
+        Some(Outcome::wait(
+            until.unwrap_or(now).max(now + chrono::Duration::minutes(5)),
+            format!(
                 "waiting for the first complete transfer of `{record_type}` before looking keys up"
             ),
-            checkpoint: None,
-        }))
+            None,
+        ))
     };
     match storm_decision(&state, now, dur(settings.pk_lookup.min_relookup)) {
         StormDecision::GoAhead => None,

@@ -28,7 +28,7 @@ use crate::core::record::{ChangeKind, StoredRecord};
 use crate::handlers::actions::{HttpActionPayload, PushPayload};
 use crate::handlers::context::AppContext;
 use crate::handlers::sync::TriggerPayload;
-use crate::jobs::envelope::{JobEnvelope, JobKind, Outcome, Restart};
+use crate::jobs::envelope::{JobEnvelope, JobKind, Outcome};
 use crate::jobs::runtime::{JobContext, JobHandler};
 use crate::store::outbox::RowChange;
 use async_trait::async_trait;
@@ -41,6 +41,16 @@ use std::sync::Arc;
 const BULK_PAGE: u32 = 200;
 /// How long a workflow waiting for a related record waits before looking again.
 const RELATED_WAIT_SECS: i64 = 300;
+/// The first wait for a record whose triggering page is not stored yet
+/// (its sync enqueues the trigger, then commits the page: usually
+/// milliseconds); it doubles with each wait, up to [`RELATED_WAIT_SECS`].
+const UNSTORED_WAIT_SECS: i64 = 2;
+/// A trigger whose record the store still does not hold at the triggering
+/// version this long after the trigger was made sets the record aside with
+/// the reason: its page was never stored (the sync gave up, or the record
+/// went back to its old content), and the next sync that stores it
+/// triggers it again.
+const UNSTORED_LIMIT_HOURS: i64 = 24;
 
 /// A manual or bulk execution: `ids` for those records, none for every
 /// stored record of the trigger type. `dry_run` only estimates.
@@ -62,6 +72,46 @@ struct Item {
     workflow: String,
     id: String,
     change: Cause,
+    /// For a change: the version it found, and the one it replaced.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    version: Option<Version>,
+}
+
+/// The content hash a change found, and the one the store held then.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Version {
+    hash: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    prev: Option<String>,
+}
+
+/// Whether the store holds what an item is to act on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Readiness {
+    /// Act on the stored record: the triggering version, or a newer one
+    /// (whose own trigger dedupes with this one by the action key).
+    Act,
+    /// The page that brought this change is not committed yet (the store
+    /// holds nothing, or the version it replaced): wait for it. A workflow
+    /// that read the old version would act on old data under the old
+    /// version's key, and the ledger would call it already performed.
+    NotStoredYet,
+    /// A record a manual or bulk run names that the store does not hold.
+    Missing,
+}
+
+/// The rule for one item, from what the store holds (`None`: nothing, or
+/// only a lookup placeholder).
+fn readiness(item: &Item, stored_hash: Option<&str>) -> Readiness {
+    match (item.change, stored_hash, &item.version) {
+        (Cause::Manual, None, _) => Readiness::Missing,
+        (Cause::Manual, Some(_), _) => Readiness::Act,
+        (_, None, _) => Readiness::NotStoredYet,
+        (_, Some(h), Some(v)) if v.prev.as_deref() == Some(h) && v.hash != h => {
+            Readiness::NotStoredYet
+        }
+        (_, Some(_), _) => Readiness::Act,
+    }
 }
 
 /// Why a record is evaluated: the change that triggered it, or a manual or
@@ -117,6 +167,16 @@ struct Checkpoint {
     #[serde(skip)]
     outbox: BTreeMap<String, Vec<(String, RowChange)>>,
     waiting: Vec<Item>,
+    /// Items whose triggering page is not stored yet ([`Readiness`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    unstored: Vec<Item>,
+    /// Waits so far for such items (the wait doubles with each).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    unstored_waits: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 struct Compiled {
@@ -242,11 +302,11 @@ impl WorkflowHandler {
         loop {
             if slices_here > 0 && ctx.near_deadline(self.svc.clock.now(), self.svc.deadline_margin)
             {
-                return Ok(Outcome::Restart(Restart {
-                    at: self.svc.clock.now(),
-                    reason: "near the Lambda deadline".into(),
-                    checkpoint: save(&cp),
-                }));
+                return Ok(Outcome::resume(
+                    self.svc.clock.now(),
+                    "near the Lambda deadline",
+                    save(&cp),
+                ));
             }
             // The next slice of work: queued items, else the next bulk page.
             let items: Vec<Item> = if !cp.items.is_empty() {
@@ -276,6 +336,7 @@ impl WorkflowHandler {
                         workflow: wf_name.clone(),
                         id: r.id,
                         change: Cause::Manual,
+                        version: None,
                     })
                     .collect()
             } else {
@@ -289,12 +350,22 @@ impl WorkflowHandler {
             let loaded = self.load(&job.org, &slice).await?;
             for item in items {
                 let wf = self.workflow(&item.workflow)?;
-                let Some(record) = loaded
+                let stored = loaded
                     .get(&(wf.config.trigger.record_type.clone(), item.id.clone()))
-                    .cloned()
-                else {
-                    tracing::warn!(id = %item.id, "record not in the store; skipped");
-                    continue;
+                    .cloned();
+                let record = match (
+                    readiness(&item, stored.as_ref().map(|r| r.hash.as_str())),
+                    stored,
+                ) {
+                    (Readiness::Act, Some(record)) => record,
+                    (Readiness::NotStoredYet, _) => {
+                        cp.unstored.push(item);
+                        continue;
+                    }
+                    _ => {
+                        tracing::warn!(id = %item.id, "record named by a manual run is not in the store; skipped");
+                        continue;
+                    }
                 };
                 match self
                     .plan(&job.org, wf, &record, item.change, true, &loaded)
@@ -328,16 +399,60 @@ impl WorkflowHandler {
             }
             self.write_outbox(job, &mut cp).await?;
         }
-        if cp.waiting.is_empty() {
+        let now = self.svc.clock.now();
+        if !cp.unstored.is_empty()
+            && now - job.created_at > chrono::Duration::hours(UNSTORED_LIMIT_HOURS)
+        {
+            self.set_aside_unstored(job, std::mem::take(&mut cp.unstored))
+                .await?;
+        }
+        if cp.waiting.is_empty() && cp.unstored.is_empty() {
             return Ok(Outcome::Done);
         }
-        let waiting = cp.waiting.len();
+        let (related, unstored) = (cp.waiting.len(), cp.unstored.len());
+        let (at, reason) = if unstored > 0 {
+            let wait = (UNSTORED_WAIT_SECS << cp.unstored_waits.min(10)).min(RELATED_WAIT_SECS);
+            cp.unstored_waits += 1;
+            (
+                now + chrono::Duration::seconds(wait),
+                format!("{unstored} record(s) not stored yet at the version that triggered them; {related} waiting for a related record"),
+            )
+        } else {
+            (
+                now + chrono::Duration::seconds(RELATED_WAIT_SECS),
+                format!("{related} record(s) waiting for a related record"),
+            )
+        };
         cp.items = std::mem::take(&mut cp.waiting);
-        Ok(Outcome::Restart(Restart {
-            at: self.svc.clock.now() + chrono::Duration::seconds(RELATED_WAIT_SECS),
-            reason: format!("{waiting} record(s) waiting for a related record"),
-            checkpoint: save(&cp),
-        }))
+        cp.items.append(&mut cp.unstored);
+        Ok(Outcome::wait(at, reason, save(&cp)))
+    }
+
+    /// Items whose triggering page was never stored within
+    /// [`UNSTORED_LIMIT_HOURS`]: quarantined with the reason (listed by
+    /// `metered quarantine`), never dropped without a trace.
+    async fn set_aside_unstored(&self, job: &JobEnvelope, items: Vec<Item>) -> Result<()> {
+        let key = self.svc.key(&job.org);
+        let now = self.svc.clock.now();
+        let mut set_aside = Vec::new();
+        for item in items {
+            let wf = self.workflow(&item.workflow)?;
+            set_aside.push(crate::store::Quarantined::new(
+                &format!("workflow:{}", wf.name),
+                &wf.config.trigger.record_type,
+                Some(item.id.clone()),
+                format!(
+                    "the page that changed this record was not stored within {UNSTORED_LIMIT_HOURS} h of its trigger; the next sync that stores it triggers the workflow again"
+                ),
+                &Value::Null,
+                now,
+            ));
+        }
+        tracing::warn!(
+            count = set_aside.len(),
+            "triggered records never stored; quarantined"
+        );
+        self.svc.store.quarantine(&key, &set_aside).await
     }
 
     async fn first_checkpoint(&self, job: &JobEnvelope) -> Result<Checkpoint> {
@@ -357,6 +472,10 @@ impl WorkflowHandler {
                         workflow: wf.name.clone(),
                         id: c.id.clone(),
                         change: c.kind.into(),
+                        version: Some(Version {
+                            hash: c.hash.clone(),
+                            prev: c.prev.clone(),
+                        }),
                     });
                 }
             }
@@ -376,6 +495,7 @@ impl WorkflowHandler {
                         workflow: run.workflow.clone(),
                         id,
                         change: Cause::Manual,
+                        version: None,
                     })
                     .collect(),
                 ..Default::default()
@@ -423,6 +543,44 @@ impl JobHandler for WorkflowHandler {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn item(change: Cause, hash: &str, prev: Option<&str>) -> Item {
+        Item {
+            workflow: "w".into(),
+            id: "inv_1".into(),
+            change,
+            version: Some(Version {
+                hash: hash.into(),
+                prev: prev.map(str::to_string),
+            }),
+        }
+    }
+
+    /// A change waits until its page is stored: nothing stored, or still
+    /// the version it replaced; it acts on its own version or a newer one.
+    #[test]
+    fn a_change_waits_for_its_page_to_be_stored() {
+        use Readiness::*;
+        let created = item(Cause::Created, "h1", None);
+        assert_eq!(readiness(&created, None), NotStoredYet);
+        assert_eq!(readiness(&created, Some("h1")), Act);
+        assert_eq!(readiness(&created, Some("h2")), Act, "a newer version");
+        let updated = item(Cause::Updated, "h2", Some("h1"));
+        assert_eq!(readiness(&updated, Some("h1")), NotStoredYet);
+        assert_eq!(readiness(&updated, None), NotStoredYet);
+        assert_eq!(readiness(&updated, Some("h2")), Act);
+        assert_eq!(readiness(&updated, Some("h3")), Act, "a newer version");
+        // A record changed back to what it was before is its own version.
+        let back = item(Cause::Updated, "h1", Some("h1"));
+        assert_eq!(readiness(&back, Some("h1")), Act);
+        let manual = Item {
+            change: Cause::Manual,
+            version: None,
+            ..created
+        };
+        assert_eq!(readiness(&manual, None), Missing);
+        assert_eq!(readiness(&manual, Some("h1")), Act);
+    }
 
     /// Checkpoints queued before `change` was typed hold plain strings:
     /// they must still parse, and CEL must see the same strings.
