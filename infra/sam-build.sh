@@ -6,6 +6,8 @@
 # aarch64 executable within the size budget (7.5 MB).
 #
 #   bash infra/sam-build.sh            # into .aws-sam/build
+#   bash infra/sam-build.sh prepare    # only what needs the network (tools, the arm64 std)
+#   bash infra/sam-build.sh build      # only the build, offline (after `prepare`)
 #
 # Cost on a 2-core machine: see README.md ("Deployment figures"); all seven
 # functions share one target directory, so dependencies build once.
@@ -25,10 +27,21 @@ TOOLS="$ROOT/.tools"
 # 8.50 MB to 6.98 MB. The budget follows, so the gain cannot erode unseen.
 BUDGET_BYTES=7500000
 
-infra/local/servers.sh install
-infra/local/servers.sh linters
+MODE="${1:-all}"
 TEMPLATE=template.yaml
 MACHINE=AArch64
+if [ "$MODE" != build ]; then
+  infra/local/servers.sh install
+  infra/local/servers.sh linters
+fi
+if [ "$MODE" = prepare ]; then
+  rustup target list --installed 2>/dev/null | grep -qx aarch64-unknown-linux-gnu \
+    || rustup target add aarch64-unknown-linux-gnu \
+    || echo "[sam-build] WARNING: rustup cannot install the aarch64 standard library here" >&2
+  # The crates an arm64 build needs beyond the host's.
+  cargo fetch --target aarch64-unknown-linux-gnu
+  exit 0
+fi
 if ! rustup target list --installed 2>/dev/null | grep -qx aarch64-unknown-linux-gnu; then
   echo "[sam-build] adding the aarch64-unknown-linux-gnu standard library (rustup)" >&2
   if ! rustup target add aarch64-unknown-linux-gnu; then
