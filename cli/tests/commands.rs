@@ -1615,8 +1615,8 @@ async fn serve_answers_hosted_get_from_the_database_a_run_writes() {
         .put_rows(
             &key,
             "gold_invoices",
-            &[(
-                "inv_new".into(),
+            &[metered::store::outbox::RowWrite::new(
+                "inv_new",
                 RowChange::Insert(serde_json::json!({"id": "inv_new"})),
             )],
             chrono::Utc::now(),

@@ -286,8 +286,8 @@ async fn functions_run_under_cargo_lambda_watch_against_local_aws() {
         &store,
         &key,
         "class_feed",
-        &[(
-            "cls_1".into(),
+        &[metered::store::outbox::RowWrite::new(
+            "cls_1",
             metered::store::outbox::RowChange::Insert(serde_json::json!({"id": "cls_1"})),
         )],
         chrono::Utc::now(),

@@ -437,6 +437,209 @@ async fn template_deploys_to_ministack_and_the_system_runs_there() {
     cold_starts(&deployed, &sqs, &http).await;
 }
 
+/// The two-org scenario of the seeded simulation (`metered_tests::simulation`)
+/// through the deployed stack's own concurrent event source mappings: two
+/// organizations whose record ids coincide, each with its own API key in
+/// Secrets Manager; a complete transfer of 400 invoices in pages of 200 (a
+/// page's commit is eight `BatchWriteItem` calls, so a workflow woken by
+/// the page's trigger can run while the page is being written); PK lookups
+/// of their customers; a workflow on created customers (an HTTP action and
+/// a pushed Data Source) and one on invoices waiting for its related
+/// customer (an HTTP action and a hosted Data Source). Nothing but the
+/// stack moves work after the scheduler's first tick; then the same
+/// invariants as every simulated seed are checked, from the API's side.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_orgs_run_every_kind_at_once_on_the_deployed_stack() {
+    let endpoint = std::env::var("METERED_TEST_SQS_URL")
+        .expect("METERED_TEST_SQS_URL (ministack): run `bash infra/test.sh`");
+    for f in FUNCTIONS {
+        assert!(
+            binaries().join(f).exists(),
+            "{f} is not built in {}: `cargo build --workspace` first",
+            binaries().display()
+        );
+    }
+    let clock: metered::core::clock::SharedClock =
+        std::sync::Arc::new(metered::core::clock::SystemClock);
+    let sim = metered_sim::Sim::new(
+        metered_sim::SimConfig {
+            customers: 60,
+            invoices: 400,
+            ..Default::default()
+        },
+        clock,
+    );
+    let server = metered_sim::serve(sim.clone(), "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let stack = format!("metered-two-{}", std::process::id());
+    let cfg = metered::adapters::aws::local_sdk_config(&endpoint);
+    let secrets = aws_sdk_secretsmanager::Client::new(&cfg);
+    let mut keys = Vec::new();
+    for org in ["acme", "globex"] {
+        let key = format!("key-{org}-{stack}");
+        secrets
+            .create_secret()
+            .name(format!("metered/{stack}/{org}"))
+            .secret_string(&key)
+            .send()
+            .await
+            .unwrap();
+        keys.push((org.to_string(), key));
+    }
+    let portal = format!("metered/{stack}/hosted/invoices");
+    secrets
+        .create_secret()
+        .name(&portal)
+        .secret_string("portal-jwt-key")
+        .send()
+        .await
+        .unwrap();
+    let config = format!(
+        "{}\n\
+         [[connections]]\norg = \"acme\"\nsecret = {{ secrets_manager = \"metered/{stack}/acme\" }}\n\
+         [[connections]]\norg = \"globex\"\nsecret = {{ secrets_manager = \"metered/{stack}/globex\" }}\n\
+         [syncs.invoices]\ncomplete_transfer = {{ every = \"24h\" }}\n\
+         [syncs.customers]\npk_lookup = {{ enabled = true, policy = \"unseen_only\", max_keys_per_call = 50, storm_guard = \"off\", min_relookup = \"24h\" }}\n\
+         {}\n[datasources.vips]\nevery = \"5s\"\n",
+        metered_sim::app_config(&server.base_url()),
+        metered_tests::simulation::world::workflows_toml(&format!(
+            "{{ secrets_manager = \"{portal}\" }}"
+        ))
+    );
+    let config_name = format!("/metered/{stack}/app-config");
+    aws_sdk_ssm::Client::new(&cfg)
+        .put_parameter()
+        .name(&config_name)
+        .value(&config)
+        .r#type(aws_sdk_ssm::types::ParameterType::String)
+        .send()
+        .await
+        .unwrap();
+    let deployed = deploy(
+        &endpoint,
+        &stack,
+        &[
+            ("AppConfigParameter", &config_name),
+            (
+                "ApiSecretArn",
+                &format!("arn:aws:secretsmanager:us-east-1:000000000000:secret:metered/{stack}/*"),
+            ),
+            (
+                "HostedSecretArn",
+                &format!("arn:aws:secretsmanager:us-east-1:000000000000:secret:{portal}*"),
+            ),
+        ],
+    );
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(120))
+        .build()
+        .unwrap();
+    let tick: serde_json::Value =
+        serde_json::from_str(include_str!("../../tests/fixtures/scheduled-event.json")).unwrap();
+    let r = http
+        .post(format!(
+            "{endpoint}/2015-03-31/functions/{}/invocations",
+            deployed.functions["scheduler"]
+        ))
+        .json(&tick)
+        .send()
+        .await
+        .unwrap();
+    let out: serde_json::Value = r.json().await.unwrap_or_default();
+    assert_eq!(out["started"].as_array().map(Vec::len), Some(2), "{out}");
+
+    // Until every queue is empty (nothing visible, in flight or delayed)
+    // several polls in a row, or five minutes.
+    let sqs = aws_sdk_sqs::Client::new(&cfg);
+    let queues: Vec<(String, String)> = deployed
+        .outputs
+        .iter()
+        .filter(|(n, _)| n.ends_with("QueueUrl") && !n.contains("DeadLetter"))
+        .map(|(n, u)| (n.clone(), u.clone()))
+        .collect();
+    let started = Instant::now();
+    let mut quiet = 0;
+    let mut busy_queues = Vec::new();
+    while quiet < 6 && started.elapsed() < Duration::from_secs(300) {
+        let mut busy = 0u64;
+        busy_queues.clear();
+        for (name, q) in &queues {
+            let attrs = sqs
+                .get_queue_attributes()
+                .queue_url(q)
+                .attribute_names(aws_sdk_sqs::types::QueueAttributeName::All)
+                .send()
+                .await
+                .unwrap()
+                .attributes
+                .unwrap_or_default();
+            for a in [
+                aws_sdk_sqs::types::QueueAttributeName::ApproximateNumberOfMessages,
+                aws_sdk_sqs::types::QueueAttributeName::ApproximateNumberOfMessagesNotVisible,
+                aws_sdk_sqs::types::QueueAttributeName::ApproximateNumberOfMessagesDelayed,
+            ] {
+                let n = attrs
+                    .get(&a)
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .unwrap_or(0);
+                if n > 0 {
+                    busy_queues.push(format!("{name}: {n} {a}"));
+                }
+                busy += n;
+            }
+        }
+        quiet = if busy == 0 { quiet + 1 } else { 0 };
+        tokio::time::sleep(Duration::from_millis(1_000)).await;
+    }
+    let table = metered::adapters::aws::Table::new(
+        aws_sdk_dynamodb::Client::new(&cfg),
+        &deployed.outputs["TableName"],
+    );
+    let store = metered::adapters::aws::store::DynamoStore::new(table);
+    let mut dead_letters = Vec::new();
+    for (name, url) in &deployed.outputs {
+        if !name.ends_with("DeadLetterQueueUrl") {
+            continue;
+        }
+        use metered::jobs::queue::JobQueue;
+        let q =
+            metered::adapters::aws::queue::SqsQueue::new(sqs.clone(), url, url).with_wait_secs(0);
+        for d in q.dead_letters(100).await.unwrap() {
+            dead_letters.push(format!("{name}: {}", d.reason));
+        }
+    }
+    let observed = metered_tests::simulation::check::Observed {
+        sim: &sim,
+        store: &store,
+        hosted: &store,
+        app: "sim-booking".into(),
+        keys,
+        dead_letters,
+        lookups_due_by: None,
+        per_day: 2_500,
+        per_minute: None,
+    };
+    let found = metered_tests::simulation::check::violations_of(&observed).await;
+    let stats = sim.stats();
+    eprintln!(
+        "two orgs on the deployed stack: settled in {:.0} s; {} calls served ({:?})",
+        started.elapsed().as_secs_f64(),
+        stats.served(),
+        stats.calls_by_endpoint
+    );
+    assert!(
+        quiet >= 6,
+        "the stack did not settle within 5 minutes ({busy_queues:?}); violations so far: {found:?}"
+    );
+    assert!(
+        found.is_empty(),
+        "{} invariant(s) broken on the deployed stack:\n  {}",
+        found.len(),
+        found.join("\n  ")
+    );
+}
+
 /// Each of the eight functions reports its cold start once it finished
 /// its first job: init, the first DynamoDB and SQS responses (during init
 /// when `METERED_WARM_CONNECTIONS=1`) and the first job, in milliseconds

@@ -13,7 +13,7 @@
 //!  7  edge       lambda (SQS/EventBridge loop, feature aws) · hosted (Function URL) · local (one process, feature sqlite)
 //!  6  adapters   aws: DynamoDB quota+store, SQS queue      · sqlite: the same on one file
 //!  5  handlers   sync (transfer, lookups) · schedule · workflow · actions · hosted GET · AppContext
-//!  4  ports      connector (API calls)   · jobs (envelope, queue, ledgers, runtime) · store (records, leases)
+//!  4  ports      connector (API calls)   · jobs (envelope, queue, ledgers, fate, runtime) · store (records, leases)
 //!  3  config     AppConfig: app, record types, syncs, workflows — validated in one pass
 //!  2  quota      windows, leases, blocks, usage: the port, its rules and the facade
 //!  1  core       clock · error · record
@@ -30,8 +30,9 @@
 //!   call through the quota; 429 → shared block → restart).
 //! - [`jobs`] — the envelope and a handler's [`jobs::envelope::Outcome`], the
 //!   queue port, the job and action ledgers with their claim rules, and the
-//!   [`jobs::runtime::JobRuntime`]: outcome → queue operations (restarts with
-//!   delay and jitter, `not_before`, the restart cap, dead letters).
+//!   [`jobs::fate::decide`] (what becomes of a message: a pure rule) and the
+//!   [`jobs::runtime::JobRuntime`] that carries it out (restarts with delay
+//!   and jitter, `not_before`, dead letters; waits are never capped).
 //! - [`store`] — synced records, sync state (high-water marks, leases),
 //!   lookup claims, quarantine; the diff and lease rules.
 //! - [`handlers`] — what each function does with a job, through one

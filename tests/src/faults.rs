@@ -22,7 +22,7 @@ use metered::jobs::envelope::JobKind;
 use metered::jobs::ledger::{ActionBegin, ActionLedger};
 use metered::jobs::ledger::{Claim, JobLedger};
 use metered::quota::{Acquire, Grant, Limits, QuotaKey, QuotaState, QuotaStore, UsageEntry};
-use metered::store::outbox::{Chunk, Outbox, OutboxRow, OutboxState, RowChange};
+use metered::store::outbox::{Chunk, Outbox, OutboxRow, OutboxState, RowWrite};
 use metered::store::{PageDiff, Quarantined, RecordStore, SyncFinish, SyncState};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -317,7 +317,7 @@ impl<S: RecordStore + 'static> Outbox for FaultyStore<S> {
         &self,
         key: &QuotaKey,
         ds: &str,
-        rows: &[(String, RowChange)],
+        rows: &[RowWrite],
         now: Timestamp,
     ) -> metered::Result<()> {
         self.faults.enter("outbox.put").await?;

@@ -30,6 +30,7 @@ macro_rules! quota_cases {
                 usage_is_summed_per_source_and_hour,
                 sixty_four_tasks_share_one_budget,
                 the_apis_count_raises_a_window_never_lowers_it,
+                a_grant_taken_a_moment_late_never_resets_the_window_that_began,
             ]
         );
     };
@@ -53,6 +54,59 @@ fn denied(a: Acquire) -> metered::quota::Denied {
         Acquire::Denied(d) => d,
         Acquire::Granted(g) => panic!("expected a denial, got {g:?}"),
     }
+}
+
+/// An acquire's `now` is read before its round trip, so it can be a moment
+/// old: one that still falls in the minute that ended must not drop the
+/// counter of the minute that has begun (calls counted there would be
+/// counted again: the seeded simulation saw 16 calls in a 15-a-minute
+/// window). It may prune only windows that have ended at its `now`.
+pub async fn a_grant_taken_a_moment_late_never_resets_the_window_that_began<
+    F: Future<Output = Store>,
+>(
+    make: F,
+) {
+    let store = make.await;
+    let k = key();
+    let limits = Limits::new(Some(1_000), None, Some(2), 5).unwrap();
+    let minute = Utc.with_ymd_and_hms(2026, 11, 22, 14, 31, 0).unwrap();
+    let g = granted(
+        store
+            .acquire(&k, &limits, 1, minute + Duration::seconds(1))
+            .await
+            .unwrap(),
+    );
+    store.release(&g, 1).await.unwrap();
+    // A moment late: its `now` still in 14:30.
+    let late = granted(
+        store
+            .acquire(&k, &limits, 1, minute - Duration::seconds(1))
+            .await
+            .unwrap(),
+    );
+    store.release(&late, 0).await.unwrap();
+    let g = granted(
+        store
+            .acquire(&k, &limits, 1, minute + Duration::seconds(2))
+            .await
+            .unwrap(),
+    );
+    store.release(&g, 1).await.unwrap();
+    let d = denied(
+        store
+            .acquire(&k, &limits, 1, minute + Duration::seconds(3))
+            .await
+            .unwrap(),
+    );
+    assert_eq!(
+        d.reason,
+        DenyReason::Window {
+            window: WindowKind::Minute,
+            limit: 2,
+            used: 2
+        },
+        "14:31 still counts both of its calls"
+    );
 }
 
 pub async fn day_window_fills_then_denies_until_midnight<F: Future<Output = Store>>(make: F) {

@@ -15,7 +15,7 @@ use metered::jobs::ledger::{ActionBegin, ActionLedger};
 use metered::jobs::ledger::{Claim, JobLedger};
 use metered::jobs::runtime::{JobContext, JobHandler, JobRuntime, RestartPolicy, Settled};
 use metered::quota::QuotaKey;
-use metered::store::outbox::{OutboxRow, RowChange};
+use metered::store::outbox::{OutboxRow, RowChange, RowWrite};
 use metered::store::RecordStore;
 use std::future::Future;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -50,6 +50,7 @@ macro_rules! store_cases {
                 finishing_a_sync_needs_the_lease_and_keeps_what_it_is_not_told,
                 a_page_diff_says_created_updated_or_unchanged_per_org,
                 outbox_rows_keep_the_last_write_per_id_and_org,
+                an_outbox_row_from_an_older_version_never_replaces_a_newer_one,
                 an_outbox_chunk_is_fixed_once_and_leaves_only_when_accepted,
                 concurrent_flushes_fix_one_chunk,
                 a_timed_flush_is_marked_once_until_cleared_or_lost,
@@ -777,11 +778,48 @@ fn insert(v: i64) -> RowChange {
     RowChange::Insert(serde_json::json!({ "id": "inv_1", "v": v }))
 }
 
-fn rows(changes: &[(&str, RowChange)]) -> Vec<(String, RowChange)> {
+fn rows(changes: &[(&str, RowChange)]) -> Vec<RowWrite> {
     changes
         .iter()
-        .map(|(id, c)| (id.to_string(), c.clone()))
+        .map(|(id, c)| RowWrite::new(*id, c.clone()))
         .collect()
+}
+
+/// Two workflow jobs acting on consecutive versions of a record may write
+/// its row in either order: the row made from the newer version stands
+/// (by its source record's `updated_at`), and a row without a source time
+/// is a plain last write. Per org.
+pub async fn an_outbox_row_from_an_older_version_never_replaces_a_newer_one<
+    F: Future<Output = Fixture>,
+>(
+    make: F,
+) {
+    let s = make.await;
+    let (a, b) = orgs();
+    let now = afternoon();
+    let o = &s.records;
+    let at = |mins: i64| Some(now - Duration::minutes(mins));
+    let write = |v: i64, source| vec![RowWrite::new("inv_1", insert(v)).from_source_at(source)];
+    o.put_rows(&a, "vips", &write(3, at(1)), now).await.unwrap();
+    o.put_rows(&a, "vips", &write(2, at(5)), now).await.unwrap();
+    o.put_rows(&b, "vips", &write(2, at(5)), now).await.unwrap();
+    let row = |key| async move {
+        o.pending_rows(key, "vips", 10).await.unwrap()[0]
+            .change
+            .clone()
+    };
+    assert_eq!(row(&a).await, insert(3), "the newer version's row stands");
+    assert_eq!(row(&b).await, insert(2), "org B's row is its own");
+    o.put_rows(&a, "vips", &write(4, at(0)), now).await.unwrap();
+    assert_eq!(row(&a).await, insert(4));
+    o.put_rows(&a, "vips", &rows(&[("inv_1", RowChange::Delete)]), now)
+        .await
+        .unwrap();
+    assert_eq!(
+        row(&a).await,
+        RowChange::Delete,
+        "no source time: last write"
+    );
 }
 
 /// Last write wins per row id, within one write and across writes; two
@@ -818,7 +856,7 @@ pub async fn outbox_rows_keep_the_last_write_per_id_and_org<F: Future<Output = F
     let pb = o.pending_rows(&b, "vips", 10).await.unwrap();
     let view = |p: &[OutboxRow]| {
         p.iter()
-            .map(|r| (r.id.clone(), r.change.clone()))
+            .map(|r| RowWrite::new(r.id.clone(), r.change.clone()))
             .collect::<Vec<_>>()
     };
     assert_eq!(
@@ -845,7 +883,9 @@ pub async fn an_outbox_chunk_is_fixed_once_and_leaves_only_when_accepted<
     let (a, b) = orgs();
     let now = afternoon();
     let o = &s.records;
-    let five: Vec<(String, RowChange)> = (1..=5).map(|i| (format!("inv_{i}"), insert(i))).collect();
+    let five: Vec<RowWrite> = (1..=5)
+        .map(|i| RowWrite::new(format!("inv_{i}"), insert(i)))
+        .collect();
     o.put_rows(&a, "vips", &five, now).await.unwrap();
     o.put_rows(&b, "vips", &five, now).await.unwrap();
     let first = o.pending_rows(&a, "vips", 3).await.unwrap();
@@ -874,12 +914,12 @@ pub async fn an_outbox_chunk_is_fixed_once_and_leaves_only_when_accepted<
     let later = now + Duration::seconds(5);
     o.ack_chunk(&a, "vips", &chunk, later).await.unwrap();
     o.ack_chunk(&a, "vips", &chunk, later).await.unwrap();
-    let left: Vec<(String, RowChange)> = o
+    let left: Vec<RowWrite> = o
         .pending_rows(&a, "vips", 10)
         .await
         .unwrap()
         .into_iter()
-        .map(|r| (r.id, r.change))
+        .map(|r| RowWrite::new(r.id, r.change))
         .collect();
     assert_eq!(
         left,
@@ -997,7 +1037,7 @@ pub async fn hosted_rows_page_by_id_and_version_per_org<F: Future<Output = Fixtu
     let now = afternoon();
     assert_eq!(s.hosted.rows_version(&a, "ds").await.unwrap(), 0);
     let ins = |id: &str| {
-        (
+        RowWrite::new(
             id.to_string(),
             RowChange::Insert(serde_json::json!({"id": id})),
         )
@@ -1046,7 +1086,7 @@ pub async fn hosted_rows_page_by_id_and_version_per_org<F: Future<Output = Fixtu
     // A delete stays as a tombstone; the version moves for org A only.
     let vb = s.hosted.rows_version(&b, "ds").await.unwrap();
     s.records
-        .put_rows(&a, "ds", &[("r1".into(), RowChange::Delete)], now)
+        .put_rows(&a, "ds", &[RowWrite::new("r1", RowChange::Delete)], now)
         .await
         .unwrap();
     let rows = s.hosted.rows_after(&a, "ds", Some("R0"), 1).await.unwrap();

@@ -35,6 +35,14 @@ enum Inject {
     /// An invoice without an id, one over 400 KB, a VIP without the name
     /// its action needs ([`scenario::add_bad_records`]).
     BadRecords,
+    /// The API throttles every call for a minute, saying `Retry-After: 0`.
+    RetryAfterZero,
+    /// The API throttles every call for a minute with an `X-RateLimit-Reset`
+    /// 10 s behind its clock (no `Retry-After`).
+    PastReset,
+    /// Customers are transferred too, and their cursor listing never ends:
+    /// empty pages with new cursors after the last record.
+    EmptyPagesNewCursors,
 }
 
 const RETRYABLE: Fault = Fault::Fail(Disposition::Retryable);
@@ -136,6 +144,16 @@ const CASES: &[(&str, Inject)] = &[
         Inject::UpdateItemTwice(&[3, 40, 90, 150]),
     ),
     ("10% of API calls fail", Inject::ApiFailing(10)),
+    ("Retry-After: 0 for a minute", Inject::RetryAfterZero),
+    (
+        "a reset header behind our clock for a minute",
+        Inject::PastReset,
+    ),
+    (
+        "a completion write failure",
+        Inject::At("store.finish_sync", JobKind::CompleteTransfer, 1, RETRYABLE),
+    ),
+    ("empty pages with new cursors", Inject::EmptyPagesNewCursors),
     (
         "records without id, over 400 KB, missing a field",
         Inject::BadRecords,
@@ -159,6 +177,22 @@ async fn run_case(adapter: Adapter, name: &str, inject: Inject) -> Option<Row> {
             }
             scenario::world_on(adapter, Some(dynamodb_client(losses.clone()))).await
         }
+        Inject::PastReset => {
+            scenario::world_with(adapter, |c| {
+                c.app.rate_limit.reset_header = Some("X-RateLimit-Reset".into());
+            })
+            .await
+        }
+        Inject::EmptyPagesNewCursors => {
+            scenario::world_with(adapter, |c| {
+                if let Some(s) = c.syncs.get_mut("customers") {
+                    s.complete_transfer = Some(metered::config::sync::CompleteTransferSettings {
+                        every: std::time::Duration::from_secs(86_400),
+                    });
+                }
+            })
+            .await
+        }
         _ => scenario::world(adapter).await,
     };
     match inject {
@@ -171,9 +205,24 @@ async fn run_case(adapter: Adapter, name: &str, inject: Inject) -> Option<Row> {
         }
         Inject::ApiFailing(percent) => w.sim().faults().fail_percent = percent,
         Inject::BadRecords => scenario::add_bad_records(&w),
+        Inject::RetryAfterZero | Inject::PastReset => {
+            let mut f = w.sim().faults();
+            f.throttle_until = Some(w.shared.now() + chrono::Duration::seconds(60));
+            f.burst_retry_after_secs = 0;
+            if matches!(inject, Inject::PastReset) {
+                f.burst_reset_offset_secs = Some(-10);
+            }
+        }
+        Inject::EmptyPagesNewCursors => w.sim().faults().endless_empty_pages = true,
         Inject::None | Inject::UpdateItemTwice(_) => {}
     }
     scenario::start(&w).await;
+    if matches!(inject, Inject::EmptyPagesNewCursors) {
+        for org in metered_tests::sync_world::ORGS {
+            w.start_for(org, JobKind::CompleteTransfer, "customers")
+                .await;
+        }
+    }
     let report = w.drive_report().await;
     let accounts = scenario::account(&w).await;
     let dead: Vec<String> = w
@@ -193,14 +242,24 @@ async fn run_case(adapter: Adapter, name: &str, inject: Inject) -> Option<Row> {
             f.next_5xx == 0 && f.next_429 == 0
         }
         Inject::ApiFailing(_) => !w.sim().faults().failed_by_kind.is_empty(),
+        Inject::RetryAfterZero | Inject::PastReset => w.sim().stats().rejected_429 > 0,
+        Inject::EmptyPagesNewCursors => w.sim().stats().calls("GET /customers") > 0,
         Inject::BadRecords | Inject::None => true,
     };
     let lost: usize = accounts.iter().map(|a| a.lost()).sum();
     let doubled: usize = accounts.iter().map(|a| a.doubled()).sum();
     let over: u64 = accounts.iter().map(|a| a.over_budget()).sum();
     let explained = dead.iter().all(|d| d.contains("injected"));
-    // Hostile APIs and data must cost nothing: no loss and no dead letter.
-    let must_finish = matches!(inject, Inject::ApiFailing(_) | Inject::BadRecords);
+    // Hostile APIs and data, and waiting at its edges, must cost nothing:
+    // no loss and no dead letter.
+    let must_finish = matches!(
+        inject,
+        Inject::ApiFailing(_)
+            | Inject::BadRecords
+            | Inject::RetryAfterZero
+            | Inject::PastReset
+            | Inject::EmptyPagesNewCursors
+    ) || name == "a completion write failure";
     let ok = fired
         && doubled == 0
         && over == 0

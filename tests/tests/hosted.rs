@@ -188,8 +188,8 @@ async fn hosted_rows_are_served_per_user_and_org_without_api_calls(adapter: Adap
         .put_rows(
             &w.svc.key(org_b),
             "vips",
-            &[(
-                "cus_99999".into(),
+            &[metered::store::outbox::RowWrite::new(
+                "cus_99999",
                 RowChange::Insert(json!({"id": "cus_99999", "tier": "gold"})),
             )],
             w.shared.now(),
@@ -599,8 +599,8 @@ async fn unchanged_rows_answer_304(adapter: Adapter) {
                 .put_rows(
                     &w.svc.key(org),
                     "vips",
-                    &[(
-                        "cus_00003".into(),
+                    &[metered::store::outbox::RowWrite::new(
+                        "cus_00003",
                         RowChange::Insert(json!({"id": "cus_00003", "tier": "gold", "score": "1"})),
                     )],
                     w.shared.now(),
@@ -647,7 +647,7 @@ async fn paging_serves_each_row_once_while_rows_change(adapter: Adapter) {
         page += 1;
         if page == 2 {
             let row = |id: &str, score: &str| {
-                (
+                metered::store::outbox::RowWrite::new(
                     id.to_string(),
                     RowChange::Insert(json!({"id": id, "tier": "gold", "score": score})),
                 )
@@ -659,7 +659,7 @@ async fn paging_serves_each_row_once_while_rows_change(adapter: Adapter) {
                     &[
                         row(&rewritten_behind, "rewritten"),
                         row(&rewritten_ahead, "rewritten"),
-                        (deleted.clone(), RowChange::Delete),
+                        metered::store::outbox::RowWrite::new(deleted.clone(), RowChange::Delete),
                         row("cus_zz_new", "new"),
                     ],
                     w.shared.now(),

@@ -198,6 +198,123 @@ async fn a_reservation_out_while_another_client_spends_stops_at_the_apis_count(a
     assert_eq!((of(false), of(true)), (20, 20), "{usage:?}");
 }
 
+/// A connector whose answers come back `secs` after the API counted the
+/// call (the clock moves after the request, not before).
+struct Latency {
+    inner: std::sync::Arc<dyn metered::connector::Connector>,
+    clock: metered::core::clock::ManualClock,
+    secs: i64,
+}
+
+#[async_trait::async_trait]
+impl metered::connector::Connector for Latency {
+    fn list_endpoint(&self, rt: &str) -> String {
+        self.inner.list_endpoint(rt)
+    }
+    fn lookup_endpoint(&self, rt: &str) -> String {
+        self.inner.lookup_endpoint(rt)
+    }
+    fn max_ids_per_call(&self, rt: &str) -> usize {
+        self.inner.max_ids_per_call(rt)
+    }
+    async fn list(
+        &self,
+        req: &metered::connector::ListRequest,
+    ) -> Result<metered::connector::Page, metered::connector::ApiError> {
+        let out = self.inner.list(req).await;
+        self.clock.advance(chrono::Duration::seconds(self.secs));
+        out
+    }
+    async fn lookup(
+        &self,
+        rt: &str,
+        ids: &[String],
+    ) -> Result<metered::connector::Page, metered::connector::ApiError> {
+        self.inner.lookup(rt, ids).await
+    }
+    async fn send(
+        &self,
+        req: &metered::connector::SendRequest,
+    ) -> Result<serde_json::Value, metered::connector::ApiError> {
+        self.inner.send(req).await
+    }
+    fn take_api_count(&self) -> Option<metered::connector::ApiCount> {
+        self.inner.take_api_count()
+    }
+}
+
+/// A call made just before midnight whose answer ("0 left") arrives just
+/// after it is about the day the call was made in: the new day stays whole
+/// (the count used to be taken into the window of the answer's arrival,
+/// filling the new day, and the org stalled for 24 hours).
+async fn a_count_read_after_midnight_is_of_the_day_the_call_was_made(adapter: Adapter) {
+    let w = World::new(adapter, sim(), |c| config(c, true)).await;
+    let today = w.shared.now().date_naive();
+    w.clock
+        .set(today.and_hms_opt(23, 59, 58).unwrap().and_utc());
+    another_client(&w, ORG, 39).await;
+    let req = metered::connector::ListRequest {
+        record_type: "customers".into(),
+        ..Default::default()
+    };
+    for org in ORGS {
+        let connector: std::sync::Arc<dyn metered::connector::Connector> = if org == ORG {
+            w.fx.connector.clone()
+        } else {
+            // Org B's own key: its day is its own.
+            std::sync::Arc::new(
+                metered::connector::http::HttpConnector::new(
+                    w.fx.config.clone(),
+                    metered::connector::http::http_client(&w.fx.config.app.timeouts).unwrap(),
+                    Some(metered::connector::secrets::Secret::new(
+                        w.api_keys[org].clone(),
+                    )),
+                    w.shared.clone(),
+                )
+                .unwrap(),
+            )
+        };
+        let slow = std::sync::Arc::new(Latency {
+            inner: connector,
+            clock: w.clock.clone(),
+            secs: if org == ORG { 3 } else { 0 },
+        });
+        let metered = metered::connector::Metered::new(
+            slow,
+            w.svc.quota.clone(),
+            w.svc.key(org),
+            w.svc.limits(org),
+            "test",
+        );
+        metered.list(&req).await.unwrap();
+    }
+    assert!(
+        w.shared.now().date_naive() > today,
+        "the answer came after midnight"
+    );
+    let stats = w.sim().stats();
+    let day = today.format("%Y-%m-%d").to_string();
+    assert_eq!(
+        stats.calls_by_key_day[&(w.api_keys[ORG].clone(), day)],
+        40,
+        "the API counted the call in the old day"
+    );
+    // The new day: 40 calls for each org, not 0 for the first.
+    for org in ORGS {
+        let metered = w.svc.metered(org, "test").unwrap();
+        let mut made = 0;
+        while metered.list(&req).await.is_ok() {
+            made += 1;
+            assert!(made <= 40, "{org}: more than a day's calls");
+        }
+        assert!(
+            made >= 39,
+            "{org}: the new day's budget is there ({made} calls)"
+        );
+    }
+    assert_eq!(w.sim().stats().rejected_429, 0);
+}
+
 /// The control: without the header named, metered cannot know, runs into
 /// the API's refusal, and is blocked until midnight (nothing lost, but a
 /// 429 the paced run avoids).
@@ -238,6 +355,7 @@ fn a_remaining_header_needs_a_window_to_pace() {
 }
 
 metered_tests::on_both!(
+    a_count_read_after_midnight_is_of_the_day_the_call_was_made,
     another_clients_calls_are_paced_from_the_apis_count,
     a_reservation_out_while_another_client_spends_stops_at_the_apis_count,
 );

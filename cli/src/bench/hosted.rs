@@ -50,14 +50,14 @@ async fn fill<S: Outbox + ?Sized>(
     key: &QuotaKey,
     n: usize,
 ) -> Result<(), Box<dyn std::error::Error>> {
-    let rows: Vec<(String, RowChange)> = (0..n)
+    let rows: Vec<metered::store::outbox::RowWrite> = (0..n)
         .map(|i| {
             let id = format!("row_{i:06}");
             let change = RowChange::Insert(serde_json::json!({
                 "id": id, "team": if i % 2 == 0 { "a" } else { "b" },
                 "customer": format!("Customer {i}"), "amount_cents": i * 100,
             }));
-            (id, change)
+            metered::store::outbox::RowWrite::new(id, change)
         })
         .collect();
     for chunk in rows.chunks(500) {

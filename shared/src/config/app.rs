@@ -116,6 +116,13 @@ pub struct RateLimitConfig {
     /// Wait when a 429 says nothing about when to come back.
     #[serde(default = "default_backoff")]
     pub default_backoff_secs: u32,
+    /// The least wait after a 429 or 503, whatever its hint says: a
+    /// `Retry-After: 0`, an HTTP date in the past or a reset header at or
+    /// before our clock (skew) would otherwise send every job of the org
+    /// straight back, each spending a call on another 429. Jitter is added
+    /// on top, and the whole org is held that long.
+    #[serde(default = "default_min_retry")]
+    pub min_retry_after_secs: u32,
     /// A header holding how many calls the API still allows in its window
     /// (e.g. `X-RateLimit-Remaining`): other tools of the org spend the
     /// same budget, and metered's own counters only see metered's calls.
@@ -140,12 +147,17 @@ fn default_backoff() -> u32 {
     60
 }
 
+fn default_min_retry() -> u32 {
+    5
+}
+
 impl Default for RateLimitConfig {
     fn default() -> Self {
         Self {
             reset_header: None,
             reset_format: ResetFormat::default(),
             default_backoff_secs: default_backoff(),
+            min_retry_after_secs: default_min_retry(),
             remaining_header: None,
             limit_header: None,
             remaining_window: default_remaining_window(),
@@ -332,6 +344,15 @@ pub enum BulkStyle {
 }
 
 impl RecordTypeConfig {
+    /// When a record of this type was last modified, read from its data at
+    /// `updated_at_pointer` in `time_format` (an RFC 3339 string, or unix
+    /// seconds or milliseconds); `None` when the type has no pointer or the
+    /// value is not a time.
+    pub fn updated_at_of(&self, data: &serde_json::Value) -> Option<crate::core::clock::Timestamp> {
+        let v = data.pointer(self.updated_at_pointer.as_deref()?)?;
+        parse_time(v, self.time_format)
+    }
+
     /// The page size to ask for: the API's maximum unless configured lower.
     pub fn effective_page_size(&self) -> u32 {
         self.page_size
@@ -681,6 +702,28 @@ pub fn normalise_endpoint(endpoint: &str) -> String {
         ""
     };
     format!("{method} /{}{trailing}", segments.join("/"))
+}
+
+/// A time as an API writes it: an RFC 3339 string, or a number (or numeric
+/// string) of seconds, or of milliseconds for [`TimeFormat::UnixMillis`].
+pub fn parse_time(v: &serde_json::Value, f: TimeFormat) -> Option<crate::core::clock::Timestamp> {
+    use chrono::{DateTime, Utc};
+    use serde_json::Value;
+    match (v, f) {
+        (Value::String(s), _) => DateTime::parse_from_rfc3339(s)
+            .ok()
+            .map(|t| t.with_timezone(&Utc))
+            .or_else(|| {
+                s.parse::<i64>()
+                    .ok()
+                    .and_then(|n| parse_time(&Value::from(n), f))
+            }),
+        (Value::Number(n), TimeFormat::UnixMillis) => {
+            n.as_i64().and_then(DateTime::from_timestamp_millis)
+        }
+        (Value::Number(n), _) => n.as_i64().and_then(|s| DateTime::from_timestamp(s, 0)),
+        _ => None,
+    }
 }
 
 #[cfg(test)]

@@ -66,7 +66,7 @@ fn both() -> Vec<ChangeKind> {
 }
 
 /// What to do when a related record is not in the store.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum MissingPolicy {
     /// Run the related type's complete transfer (at most once per

@@ -231,9 +231,13 @@ impl HttpConnector {
         if status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::SERVICE_UNAVAILABLE {
             let hinted = retry_at(&headers, now, &self.config.app.rate_limit);
             if let Some(at) = hinted {
+                // A hint at or before now (`Retry-After: 0`, a past date, a
+                // reset behind our clock) still holds the org a little.
+                let floor = now
+                    + Duration::seconds(i64::from(self.config.app.rate_limit.min_retry_after_secs));
                 return Err(ApiError::RateLimited {
                     status: status.as_u16(),
-                    retry_at: at.max(now),
+                    retry_at: at.max(floor),
                 });
             }
             if status == StatusCode::TOO_MANY_REQUESTS {
@@ -350,24 +354,6 @@ fn format_time(t: Timestamp, f: TimeFormat) -> String {
     }
 }
 
-fn parse_time(v: &Value, f: TimeFormat) -> Option<Timestamp> {
-    match (v, f) {
-        (Value::String(s), _) => DateTime::parse_from_rfc3339(s)
-            .ok()
-            .map(|t| t.with_timezone(&Utc))
-            .or_else(|| {
-                s.parse::<i64>()
-                    .ok()
-                    .and_then(|n| parse_time(&Value::from(n), f))
-            }),
-        (Value::Number(n), TimeFormat::UnixMillis) => {
-            n.as_i64().and_then(DateTime::from_timestamp_millis)
-        }
-        (Value::Number(n), _) => n.as_i64().and_then(|s| DateTime::from_timestamp(s, 0)),
-        _ => None,
-    }
-}
-
 /// A JSON scalar id as a string (numbers are common ids).
 fn id_string(v: &Value) -> Option<String> {
     match v {
@@ -428,7 +414,7 @@ fn extract_at(
             .updated_at_pointer
             .as_deref()
             .and_then(|p| item.pointer(p))
-            .and_then(|v| parse_time(v, rt.time_format));
+            .and_then(|v| crate::config::app::parse_time(v, rt.time_format));
         page.records.push(Record {
             id,
             updated_at,

@@ -277,9 +277,15 @@ impl Metered {
             return Err(CallError::ReservationEnded);
         };
         let result = call.await;
-        // A call that reached the API counts even when it failed.
-        self.quota.release(permit, 1).await?;
-        self.pace_from_api().await;
+        let granted_at = permit.granted_at();
+        // A call that reached the API counts even when it failed. Its count
+        // was taken at acquire; a release that fails only leaves the lease
+        // to expire, so it must never discard what the call returned (an
+        // action would be repeated; a 429's block would be skipped).
+        if let Err(e) = self.quota.release(permit, 1).await {
+            tracing::warn!(quota = %self.key, error = %e, "could not release the call's lease; it frees when it expires, and the call's result is kept");
+        }
+        self.pace_from_api(granted_at).await;
         self.settle(result).await
     }
 
@@ -290,7 +296,12 @@ impl Metered {
     /// allows, when it said. Pacing is a refinement: a quota-store error
     /// here is logged, not returned, so it never discards the call's result
     /// (the next response carries the count again).
-    async fn pace_from_api(&self) -> Option<u64> {
+    ///
+    /// The count is of the windows the call was granted in (`granted_at`),
+    /// not of the time its answer came back: an answer that arrives just
+    /// after midnight saying "0 left" is about yesterday, and must not fill
+    /// the new day.
+    async fn pace_from_api(&self, granted_at: Timestamp) -> Option<u64> {
         let count = self.connector.take_api_count()?;
         let limit = self
             .limits
@@ -301,7 +312,7 @@ impl Metered {
             let spent = count.limit.unwrap_or(limit).saturating_sub(count.remaining);
             if let Err(e) = self
                 .quota
-                .raise_from_api(&self.key, self.api_window, spent.min(limit))
+                .raise_from_api(&self.key, self.api_window, spent.min(limit), granted_at)
                 .await
             {
                 tracing::warn!(quota = %self.key, error = %e, "could not take the API's count into the quota; the next response will carry it again");
@@ -316,7 +327,12 @@ impl Metered {
         match result {
             Ok(v) => Ok(v),
             Err(ApiError::RateLimited { retry_at, .. }) => {
-                self.quota.block_until(&self.key, retry_at).await?;
+                // The job waits until `retry_at` either way; a block that
+                // could not be written only leaves the org's other jobs to
+                // meet the API's 429 themselves.
+                if let Err(e) = self.quota.block_until(&self.key, retry_at).await {
+                    tracing::warn!(quota = %self.key, error = %e, "could not record the API's block for the org; this job waits anyway");
+                }
                 Err(CallError::RateLimited { retry_at })
             }
             Err(ApiError::Retryable(m)) => Err(CallError::Retryable(m)),
@@ -428,9 +444,6 @@ impl Reservation<'_> {
     where
         F: std::future::Future<Output = Result<T, ApiError>>,
     {
-        if self.remaining() == 0 {
-            return Err(CallError::ReservationEnded);
-        }
         if let (Some(until), Some(p)) = (self.lease_until, &self.permit) {
             let now = self.metered.quota.clock().now();
             if until - now < chrono::Duration::seconds(30) {
@@ -439,11 +452,20 @@ impl Reservation<'_> {
                 self.lease_until = Some(now + ttl);
             }
         }
+        // Looked at after the renewal's round trip, right before the call:
+        // a window that ended meanwhile must not get a call it never counted.
+        if self.remaining() == 0 {
+            return Err(CallError::ReservationEnded);
+        }
         self.used += 1;
         let result = call.await;
+        let granted_at = self
+            .permit
+            .as_ref()
+            .map_or_else(|| self.metered.quota.clock().now(), |p| p.granted_at());
         // Another client spent part of the window: the reserved calls the
         // API no longer allows are not made, nor refunded at `finish`.
-        if let Some(left) = self.metered.pace_from_api().await {
+        if let Some(left) = self.metered.pace_from_api(granted_at).await {
             let left = u32::try_from(left).unwrap_or(u32::MAX);
             let unspent = self.granted - self.used;
             if left < unspent {

@@ -74,6 +74,27 @@ impl WindowKind {
         }
     }
 
+    /// When the window with identifier `id` ([`WindowKind::id`]) ends;
+    /// `None` for an identifier no kind writes.
+    pub fn end_of(id: &str) -> Option<Timestamp> {
+        let (kind, rest) = id.split_at_checked(1)?;
+        let start = match kind {
+            "d" => chrono::NaiveDate::parse_from_str(rest, "%Y-%m-%d")
+                .ok()?
+                .and_hms_opt(0, 0, 0)?,
+            "h" => chrono::NaiveDateTime::parse_from_str(&format!("{rest}:00"), "%Y-%m-%dT%H:%M")
+                .ok()?,
+            "m" => chrono::NaiveDateTime::parse_from_str(rest, "%Y-%m-%dT%H:%M").ok()?,
+            _ => return None,
+        };
+        let kind = match kind {
+            "d" => WindowKind::Day,
+            "h" => WindowKind::Hour,
+            _ => WindowKind::Minute,
+        };
+        Some(kind.end(start.and_utc()))
+    }
+
     /// When the window `now` falls in ends, i.e. when its capacity returns.
     pub fn end(self, now: Timestamp) -> Timestamp {
         let unit = match self {
@@ -85,6 +106,17 @@ impl WindowKind {
         // fail; fall back to `now` rather than panic if chrono ever disagrees.
         now.duration_trunc(unit).unwrap_or(now) + unit
     }
+}
+
+/// The pruning rule both quota adapters apply: a stored window counter may
+/// be dropped only when its window has ended at `now`. Not merely "not one
+/// of the windows of `now`": `now` is read before the store round trip, so
+/// an acquire whose `now` is a moment old would otherwise drop the counter
+/// of the window that has just begun, and calls counted there would be
+/// counted again (the seeded simulation saw 16 calls in a 15-a-minute
+/// window that way). Identifiers no kind writes are kept.
+pub fn window_ended(id: &str, now: Timestamp) -> bool {
+    WindowKind::end_of(id).is_some_and(|end| end <= now)
 }
 
 impl fmt::Display for WindowKind {
@@ -519,9 +551,15 @@ pub struct Permit {
     call: Call,
     day: NaiveDate,
     hour: u8,
+    granted_at: Timestamp,
 }
 
 impl Permit {
+    /// When it was granted: the windows its calls count in are the ones of
+    /// this time, however late the calls' answers come back.
+    pub fn granted_at(&self) -> Timestamp {
+        self.granted_at
+    }
     /// The store's grant; `None` for exempt calls, which took nothing.
     pub fn grant(&self) -> Option<&Grant> {
         self.grant.as_ref()
@@ -610,6 +648,7 @@ impl Quota {
                 call,
                 day,
                 hour,
+                granted_at: now,
             }));
         }
         limits.check_cost(call.cost)?;
@@ -628,6 +667,7 @@ impl Quota {
                     call,
                     day,
                     hour,
+                    granted_at: now,
                 }))
             }
             Acquire::Denied(denied) => {
@@ -748,12 +788,12 @@ impl Quota {
         key: &QuotaKey,
         kind: WindowKind,
         spent: u64,
+        at: Timestamp,
     ) -> Result<u64> {
-        let now = self.clock.now();
-        let added = self.store.raise_window(key, &kind.id(now), spent).await?;
+        let added = self.store.raise_window(key, &kind.id(at), spent).await?;
         if added > 0 {
             tracing::info!(quota = %key, window = %kind, added, api_count = spent, "the API counts calls metered did not make (another client of the org); the quota takes them");
-            self.tally_elsewhere(key, now.date_naive(), now.hour() as u8, added);
+            self.tally_elsewhere(key, at.date_naive(), at.hour() as u8, added);
         }
         Ok(added)
     }
@@ -906,6 +946,23 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn a_window_ends_as_its_id_says() {
+        let t = chrono::Utc
+            .with_ymd_and_hms(2026, 11, 22, 14, 30, 59)
+            .unwrap();
+        for kind in [WindowKind::Day, WindowKind::Hour, WindowKind::Minute] {
+            assert_eq!(WindowKind::end_of(&kind.id(t)), Some(kind.end(t)), "{kind}");
+            assert!(!window_ended(&kind.id(t), t));
+            assert!(window_ended(&kind.id(t), kind.end(t)));
+        }
+        assert_eq!(WindowKind::end_of("x2026"), None);
+        assert!(!window_ended("unknown", t), "ids no kind writes are kept");
+        // A window that begins after `now` (a stale now) has not ended.
+        let next = WindowKind::Minute.id(t + Duration::seconds(2));
+        assert!(!window_ended(&next, t));
     }
 
     #[test]

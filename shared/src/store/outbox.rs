@@ -11,7 +11,11 @@
 //!
 //! - **Last write wins per row id** ([`last_write_wins`]): an insert then a
 //!   delete leaves the delete, a delete then an insert leaves the insert,
-//!   two inserts leave the newer row. Every write gets a new `stamp`.
+//!   two inserts leave the newer row. Every write gets a new `stamp`. When
+//!   a row says when its source record was last modified
+//!   ([`RowWrite::source_at`]), a write from an older version of the record
+//!   never replaces a row from a newer one ([`replaces`]): two workflow jobs
+//!   acting on consecutive versions of a record may write in either order.
 //! - **One chunk in flight** per outbox ([`Outbox::begin_chunk`]): the chunk's
 //!   rows *and content* are recorded with a sequence number before the call,
 //!   so its `Idempotency-Key` (org, data source, sequence) is fixed before
@@ -36,6 +40,46 @@ pub enum RowChange {
     Insert(Value),
     /// Delete the row.
     Delete,
+}
+
+/// One row to write to an outbox.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RowWrite {
+    /// The row's id.
+    pub id: String,
+    /// Insert or delete.
+    pub change: RowChange,
+    /// When the record the row was made from was last modified (its
+    /// `updated_at`), if its type says: orders writes from different
+    /// versions of one record.
+    pub source_at: Option<Timestamp>,
+}
+
+impl RowWrite {
+    /// A write of `change` to row `id`, with no source time.
+    pub fn new(id: impl Into<String>, change: RowChange) -> Self {
+        Self {
+            id: id.into(),
+            change,
+            source_at: None,
+        }
+    }
+
+    /// The same write, made from a record last modified at `at`.
+    pub fn from_source_at(mut self, at: Option<Timestamp>) -> Self {
+        self.source_at = at;
+        self
+    }
+}
+
+/// The ordering rule both adapters apply: a write replaces the stored row
+/// unless both say when their source record was modified and the stored
+/// one's is later.
+pub fn replaces(stored_at: Option<Timestamp>, incoming_at: Option<Timestamp>) -> bool {
+    match (stored_at, incoming_at) {
+        (Some(stored), Some(incoming)) => incoming >= stored,
+        _ => true,
+    }
 }
 
 /// A row waiting in the outbox.
@@ -114,16 +158,21 @@ pub fn unqueueable(row: &Value) -> Option<String> {
 }
 
 /// The last-write-wins rule for rows written together: of several writes to
-/// one id, the last one stands. Keeps the order of first appearance.
-pub fn last_write_wins(rows: Vec<(String, RowChange)>) -> Vec<(String, RowChange)> {
-    let mut out: Vec<(String, RowChange)> = Vec::with_capacity(rows.len());
+/// one id, the last one stands (unless [`replaces`] says an earlier one is
+/// of a newer source). Keeps the order of first appearance.
+pub fn last_write_wins(rows: Vec<RowWrite>) -> Vec<RowWrite> {
+    let mut out: Vec<RowWrite> = Vec::with_capacity(rows.len());
     let mut at: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
-    for (id, change) in rows {
-        match at.get(&id) {
-            Some(&i) => out[i].1 = change,
+    for row in rows {
+        match at.get(&row.id) {
+            Some(&i) => {
+                if replaces(out[i].source_at, row.source_at) {
+                    out[i] = row;
+                }
+            }
             None => {
-                at.insert(id.clone(), out.len());
-                out.push((id, change));
+                at.insert(row.id.clone(), out.len());
+                out.push(row);
             }
         }
     }
@@ -152,13 +201,14 @@ pub fn cut_chunk(pending: Vec<OutboxRow>, max_rows: usize) -> Vec<OutboxRow> {
 /// The Data Source outbox port (both record stores implement it).
 #[async_trait]
 pub trait Outbox: Send + Sync {
-    /// Writes rows (last write wins per id, see [`last_write_wins`]), each
-    /// with a new stamp.
+    /// Writes rows (last write wins per id, see [`last_write_wins`], and a
+    /// row from an older source never replaces a newer one, see
+    /// [`replaces`]), each with a new stamp.
     async fn put_rows(
         &self,
         key: &QuotaKey,
         datasource: &str,
-        rows: &[(String, RowChange)],
+        rows: &[RowWrite],
         now: Timestamp,
     ) -> Result<()>;
 
@@ -221,22 +271,35 @@ mod tests {
 
     #[test]
     fn the_last_write_of_an_id_stands() {
+        let w = |id: &str, c: RowChange| RowWrite::new(id, c);
         let rows = vec![
-            ("a".to_string(), RowChange::Insert(json!({"v": 1}))),
-            ("b".to_string(), RowChange::Delete),
-            ("a".to_string(), RowChange::Delete),
-            ("b".to_string(), RowChange::Insert(json!({"v": 2}))),
-            ("c".to_string(), RowChange::Insert(json!({"v": 3}))),
-            ("c".to_string(), RowChange::Insert(json!({"v": 4}))),
+            w("a", RowChange::Insert(json!({"v": 1}))),
+            w("b", RowChange::Delete),
+            w("a", RowChange::Delete),
+            w("b", RowChange::Insert(json!({"v": 2}))),
+            w("c", RowChange::Insert(json!({"v": 3}))),
+            w("c", RowChange::Insert(json!({"v": 4}))),
         ];
         assert_eq!(
             last_write_wins(rows),
             vec![
-                ("a".to_string(), RowChange::Delete),
-                ("b".to_string(), RowChange::Insert(json!({"v": 2}))),
-                ("c".to_string(), RowChange::Insert(json!({"v": 4}))),
+                w("a", RowChange::Delete),
+                w("b", RowChange::Insert(json!({"v": 2}))),
+                w("c", RowChange::Insert(json!({"v": 4}))),
             ]
         );
+        // A row of an older source does not replace a newer one's.
+        let t = |s| Some(chrono::DateTime::from_timestamp(s, 0).unwrap());
+        let rows = vec![
+            w("a", RowChange::Insert(json!({"v": 2}))).from_source_at(t(20)),
+            w("a", RowChange::Insert(json!({"v": 1}))).from_source_at(t(10)),
+        ];
+        assert_eq!(
+            last_write_wins(rows)[0].change,
+            RowChange::Insert(json!({"v": 2}))
+        );
+        assert!(replaces(None, t(1)) && replaces(t(1), None) && replaces(t(1), t(1)));
+        assert!(!replaces(t(2), t(1)));
     }
 
     #[test]

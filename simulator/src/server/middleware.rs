@@ -85,13 +85,27 @@ pub(super) async fn limits(
         lock(&state.stats).rejected_429 += 1;
         return too_many(retry_after_value(faults.retry_after_style, now, 1));
     }
-    let burst = take(&mut lock(&state.faults).next_429);
+    let burst = take(&mut lock(&state.faults).next_429)
+        || faults.throttle_until.is_some_and(|until| now < until);
     if burst {
         lock(&state.stats).rejected_429 += 1;
+        if let Some(offset) = faults.burst_reset_offset_secs {
+            // A reset time, no Retry-After (as GitHub's API answers).
+            let mut r = json_response(
+                StatusCode::TOO_MANY_REQUESTS,
+                &json!({"error": "rate limit exceeded"}),
+            );
+            if let Ok(v) =
+                axum::http::HeaderValue::from_str(&(now.timestamp() + offset).to_string())
+            {
+                r.headers_mut().insert("x-ratelimit-reset", v);
+            }
+            return r;
+        }
         return too_many(retry_after_value(
             faults.retry_after_style,
             now,
-            faults.burst_retry_after_secs.max(1) as i64,
+            faults.burst_retry_after_secs,
         ));
     }
     let day = now.format("%Y-%m-%d").to_string();
@@ -255,7 +269,7 @@ fn replacement(sim: &Sim, call: &Call, headers: &HeaderMap) -> Option<Response> 
             retry_after_value(
                 call.faults.retry_after_style,
                 call.now,
-                call.faults.burst_retry_after_secs.max(1) as i64,
+                call.faults.burst_retry_after_secs,
             ),
         );
         return Some(r);

@@ -35,9 +35,22 @@ pub struct Faults {
     /// Added to every response (the simulator may sleep).
     pub latency_ms: u64,
     pub next_5xx: u32,
-    /// 429s regardless of budget, with `Retry-After: burst_retry_after_secs`.
+    /// 429s regardless of budget, with `Retry-After: burst_retry_after_secs`
+    /// (0 is sent as `Retry-After: 0`; as an HTTP date, a negative value is
+    /// a date in the past).
     pub next_429: u32,
-    pub burst_retry_after_secs: u64,
+    pub burst_retry_after_secs: i64,
+    /// With the 429s of `next_429`, an `X-RateLimit-Reset` header (unix
+    /// seconds) this many seconds from the API's clock (negative: a reset
+    /// already past, as a clock behind ours says), and no `Retry-After`.
+    pub burst_reset_offset_secs: Option<i64>,
+    /// Cursor listings (customers) never end: after the last page, empty
+    /// pages, each with a new cursor.
+    pub endless_empty_pages: bool,
+    /// Every call is answered 429 until this time (of the API's clock),
+    /// with the hint of `burst_retry_after_secs` / `burst_reset_offset_secs`
+    /// (e.g. `Retry-After: 0` all along).
+    pub throttle_until: Option<chrono::DateTime<chrono::Utc>>,
     pub retry_after_style: RetryAfterStyle,
     /// 503 with Retry-After.
     pub next_503_retry_after: u32,

@@ -190,15 +190,7 @@ pub(super) async fn list_records(
             .map(|(_, v)| v.clone())
             .collect::<Vec<_>>()
     };
-    list(
-        &sim.inner,
-        &record_type,
-        &param,
-        &params,
-        call.faults.change_between_pages,
-        call.faults.repeat_next,
-        call.faults.ignore_page_param,
-    )
+    list(&sim.inner, &record_type, &param, &params, &call.faults)
 }
 
 /// Anything else: 404 naming the route.
@@ -214,10 +206,13 @@ fn list(
     record_type: &str,
     param: &dyn Fn(&str) -> Option<String>,
     params: &dyn Fn(&str) -> Vec<String>,
-    change_between_pages: bool,
-    repeat_next: bool,
-    ignore_page_param: bool,
+    faults: &super::Faults,
 ) -> Response {
+    let (change_between_pages, repeat_next, ignore_page_param) = (
+        faults.change_between_pages,
+        faults.repeat_next,
+        faults.ignore_page_param,
+    );
     let data = lock(&state.data);
     let Some(all) = data.types.get(record_type) else {
         return json_response(
@@ -302,6 +297,19 @@ fn list(
             let next = match (&after, repeat_next) {
                 (Some(a), true) => Some(a.clone()),
                 _ => next,
+            };
+            // Hostile: the listing never ends; empty pages, new cursors
+            // (`~` sorts after every id, so nothing follows them).
+            let next = match next {
+                None if faults.endless_empty_pages => {
+                    let n: u64 = after
+                        .as_deref()
+                        .and_then(|a| a.strip_prefix("~empty-"))
+                        .and_then(|n| n.parse().ok())
+                        .unwrap_or(0);
+                    Some(format!("~empty-{}", n + 1))
+                }
+                other => other,
             };
             (page, Vec::new(), next)
         }

@@ -4,22 +4,74 @@
 
 use crate::simulation::world::{Simulation, DAILY_BUDGET, PER_MINUTE};
 use crate::sync_world::ORGS;
+use metered::core::clock::Timestamp;
 use metered::core::record::content_hash;
+use metered::store::hosted::HostedRows;
 use metered::store::outbox::RowChange;
+use metered::store::RecordStore;
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
+
+/// What a run left behind, wherever it ran (the seeded simulation, or the
+/// deployed stack on ministack): the API's counters, the store, and the
+/// dead letters of every queue.
+pub struct Observed<'a> {
+    /// The simulated API (what it served, created and received).
+    pub sim: &'a metered_sim::Sim,
+    /// The record store the run wrote.
+    pub store: &'a dyn RecordStore,
+    /// The same store, as Hosted GET reads it.
+    pub hosted: &'a dyn HostedRows,
+    /// The app's name (with each org, the scope of its data).
+    pub app: String,
+    /// Each organization and its API key at the simulator.
+    pub keys: Vec<(String, String)>,
+    /// Every dead letter's reason, of every queue.
+    pub dead_letters: Vec<String>,
+    /// Every referenced customer must have been looked up by then.
+    pub lookups_due_by: Option<Timestamp>,
+    /// The day's and the minute's limit per org.
+    pub per_day: u32,
+    /// The minute's limit, if there is one.
+    pub per_minute: Option<u32>,
+}
 
 /// Hours after the last change by which every referenced customer must
 /// be looked up: crashes and redeliveries delay lookups by minutes to an
 /// hour or two, a dropped claim by a day.
 const LOOKUP_HOURS: i64 = 6;
 
-/// Every violation of the run, empty when it held.
+/// Every violation of a simulated run, empty when it held.
 pub async fn violations(s: &Simulation) -> Vec<String> {
+    let mut dead_letters = Vec::new();
+    for (kind, q) in &s.queues {
+        for d in q.dead_letters(100).await.expect("dead letters") {
+            dead_letters.push(format!("{kind}: {}", d.reason));
+        }
+    }
+    let observed = Observed {
+        sim: s.sim(),
+        store: s.store.as_ref(),
+        hosted: s.hosted.as_ref(),
+        app: s.svc.config.app.name.clone(),
+        keys: ORGS
+            .iter()
+            .map(|org| (org.to_string(), s.api_keys[*org].clone()))
+            .collect(),
+        dead_letters,
+        lookups_due_by: Some(s.start + s.horizon + chrono::Duration::hours(LOOKUP_HOURS)),
+        per_day: DAILY_BUDGET,
+        per_minute: Some(PER_MINUTE),
+    };
+    violations_of(&observed).await
+}
+
+/// Every violation of what `o` saw, empty when every invariant held.
+pub async fn violations_of(o: &Observed<'_>) -> Vec<String> {
     let mut out = Vec::new();
-    let invoices = s.sim().records("invoices");
-    let customers: BTreeMap<String, Value> = s
-        .sim()
+    let invoices = o.sim.records("invoices");
+    let customers: BTreeMap<String, Value> = o
+        .sim
         .records("customers")
         .into_iter()
         .filter_map(|c| Some((c["id"].as_str()?.to_string(), c)))
@@ -38,17 +90,16 @@ pub async fn violations(s: &Simulation) -> Vec<String> {
         .filter(|i| i["status"] == "paid")
         .filter_map(|i| Some((i["id"].as_str()?.to_string(), i["version"].as_u64()?)))
         .collect();
-    let stats = s.sim().stats();
-    for org in ORGS {
-        let key = &s.api_keys[org];
-        let scope = s.svc.key(org);
+    let stats = o.sim.stats();
+    for (org, key) in &o.keys {
+        let scope = metered::quota::QuotaKey::new(org, &o.app);
         // Records: every invoice at the API's latest version; every
         // referenced customer seen.
         let ids: Vec<String> = invoices
             .iter()
             .filter_map(|i| i["id"].as_str().map(str::to_string))
             .collect();
-        let stored: BTreeMap<String, String> = s
+        let stored: BTreeMap<String, String> = o
             .store
             .get(&scope, "invoices", &ids)
             .await
@@ -72,9 +123,8 @@ pub async fn violations(s: &Simulation) -> Vec<String> {
         // when the claim lapses a day later; nothing in the scenario waits
         // that long for a reason (its budget is never spent).
         let refs: Vec<String> = referenced.iter().cloned().collect();
-        let deadline = s.start + s.horizon + chrono::Duration::hours(LOOKUP_HOURS);
         let mut seen = BTreeSet::new();
-        for r in s
+        for r in o
             .store
             .get(&scope, "customers", &refs)
             .await
@@ -83,7 +133,8 @@ pub async fn violations(s: &Simulation) -> Vec<String> {
             if !r.seen() {
                 continue;
             }
-            if r.last_synced.is_some_and(|t| t > deadline) {
+            let late = matches!((r.last_synced, o.lookups_due_by), (Some(t), Some(by)) if t > by);
+            if late {
                 out.push(format!(
                     "{org}: referenced customer {} was looked up only at {:?}, more than {LOOKUP_HOURS} h after the last change (a claimed lookup was dropped)",
                     r.id, r.last_synced
@@ -141,8 +192,8 @@ pub async fn violations(s: &Simulation) -> Vec<String> {
         }
         // Rows: the pushed Data Source holds every VIP; the hosted one
         // every paid invoice at its latest version.
-        let pushed: BTreeSet<String> = s
-            .sim()
+        let pushed: BTreeSet<String> = o
+            .sim
             .datasource_rows_of(key, "vips")
             .iter()
             .filter_map(|r| r["id"].as_str().map(str::to_string))
@@ -150,7 +201,7 @@ pub async fn violations(s: &Simulation) -> Vec<String> {
         if pushed != vips {
             out.push(format!("{org}: pushed VIP rows {pushed:?}, due {vips:?}"));
         }
-        let hosted = s
+        let hosted = o
             .hosted
             .rows_after(&scope, "customer_invoices", None, 100_000)
             .await
@@ -173,26 +224,26 @@ pub async fn violations(s: &Simulation) -> Vec<String> {
         }
         // Windows: the day and the minute, as the API counted them.
         for ((k, day), n) in &stats.calls_by_key_day {
-            if k == key && *n > u64::from(DAILY_BUDGET) {
+            if k == key && *n > u64::from(o.per_day) {
                 out.push(format!(
-                    "{org}: {n} calls on {day}, over the {DAILY_BUDGET} a day"
+                    "{org}: {n} calls on {day}, over the {} a day",
+                    o.per_day
                 ));
             }
         }
-        for ((k, minute), n) in &stats.calls_by_key_minute {
-            if k == key && *n > u64::from(PER_MINUTE) {
-                out.push(format!(
-                    "{org}: {n} calls in the minute {minute}, over the {PER_MINUTE} a minute"
-                ));
+        if let Some(per_minute) = o.per_minute {
+            for ((k, minute), n) in &stats.calls_by_key_minute {
+                if k == key && *n > u64::from(per_minute) {
+                    out.push(format!(
+                        "{org}: {n} calls in the minute {minute}, over the {per_minute} a minute"
+                    ));
+                }
             }
         }
     }
     // Jobs: all done; nothing waits, nothing is dead.
-    for (kind, q) in &s.queues {
-        let dead = q.dead_letters(100).await.expect("dead letters");
-        for d in dead {
-            out.push(format!("{kind}: dead-lettered: {}", d.reason));
-        }
+    for d in &o.dead_letters {
+        out.push(format!("dead-lettered: {d}"));
     }
     out
 }

@@ -99,6 +99,16 @@ secret = { env = "METERED_SIMULATION_UNUSED_SECRET" }
 filter = "row.customer_id == user.customer_id"
 "#;
 
+/// The scenario's workflows and Data Sources as TOML, the hosted Data
+/// Source's JWT key read from `hosted_secret` (a `secret = ...` value):
+/// what the deployed stack's test runs too.
+pub fn workflows_toml(hosted_secret: &str) -> String {
+    WORKFLOWS.replace(
+        r#"{ env = "METERED_SIMULATION_UNUSED_SECRET" }"#,
+        hosted_secret,
+    )
+}
+
 /// The simulated app: 12 customers, 30 invoices.
 pub fn sim_config() -> metered_sim::SimConfig {
     metered_sim::SimConfig {
@@ -147,7 +157,10 @@ pub fn scenario(c: &mut AppConfig) {
             ..Default::default()
         },
     );
-    crate::add_sections(c, WORKFLOWS);
+    crate::add_sections(
+        c,
+        &workflows_toml(r#"{ env = "METERED_SIMULATION_UNUSED_SECRET" }"#),
+    );
     for conn in &mut c.connections {
         conn.limits = Some(Limits::new(Some(DAILY_BUDGET), None, Some(PER_MINUTE), 3).unwrap());
     }

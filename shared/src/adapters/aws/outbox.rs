@@ -9,7 +9,7 @@ use crate::core::clock::{from_millis, to_millis, Timestamp};
 use crate::core::error::{Disposition, Error, Result};
 use crate::quota::QuotaKey;
 use crate::store::hosted::HostedRows;
-use crate::store::outbox::{last_write_wins, Chunk, Outbox, OutboxRow, OutboxState, RowChange};
+use crate::store::outbox::{last_write_wins, Chunk, Outbox, OutboxRow, OutboxState, RowWrite};
 use async_trait::async_trait;
 use aws_sdk_dynamodb::operation::delete_item::DeleteItemError;
 use aws_sdk_dynamodb::types::ReturnValue;
@@ -67,22 +67,54 @@ impl Outbox for DynamoStore {
         &self,
         key: &QuotaKey,
         datasource: &str,
-        rows: &[(String, RowChange)],
+        rows: &[RowWrite],
         now: Timestamp,
     ) -> Result<()> {
         let pk = row_pk(key, datasource);
         let mut items = Vec::new();
-        for (id, change) in last_write_wins(rows.to_vec()) {
-            let change = serde_json::to_string(&change).map_err(|e| bad("outbox write", e))?;
-            items.push(HashMap::from([
+        let mut ordered = Vec::new();
+        for row in last_write_wins(rows.to_vec()) {
+            let change = serde_json::to_string(&row.change).map_err(|e| bad("outbox write", e))?;
+            let mut item = HashMap::from([
                 ("pk".to_string(), s(pk.clone())),
-                ("sk".to_string(), s(id)),
+                ("sk".to_string(), s(row.id)),
                 ("change".to_string(), s(change)),
                 ("stamp".to_string(), s(crate::core::ids::new_id())),
                 ("written_at".to_string(), n(to_millis(now))),
-            ]));
+            ]);
+            match row.source_at {
+                Some(at) => {
+                    item.insert("source_at".to_string(), n(to_millis(at)));
+                    ordered.push((item, at));
+                }
+                None => items.push(item),
+            }
         }
         self.batch_put(items).await?;
+        // Rows that say when their source changed: one conditional put each
+        // (`outbox::replaces` as the condition); a refusal means a row of a
+        // newer version is there, and it stands.
+        let puts = ordered.into_iter().map(|(item, at)| {
+            self.table
+                .client
+                .put_item()
+                .table_name(&self.table.name)
+                .set_item(Some(item))
+                .condition_expression("attribute_not_exists(source_at) OR source_at <= :at")
+                .expression_attribute_values(":at", n(to_millis(at)))
+                .send()
+        });
+        for result in futures::future::join_all(puts).await {
+            match result {
+                Ok(_) => {}
+                Err(e)
+                    if matches!(
+                        e.as_service_error(),
+                        Some(aws_sdk_dynamodb::operation::put_item::PutItemError::ConditionalCheckFailedException(_))
+                    ) => {}
+                Err(e) => return Err(sdk_error("outbox write", e)),
+            }
+        }
         // Hosted GET's ETag version, bumped after the rows are in.
         self.state_update(key, datasource)
             .update_expression("ADD version :one")

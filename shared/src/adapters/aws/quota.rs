@@ -141,7 +141,9 @@ impl DynamoQuota {
                 .map(|item| {
                     item.iter()
                         .filter(|(k, v)| {
-                            (k.starts_with(WINDOW_PREFIX) && !current.contains(k))
+                            (k.starts_with(WINDOW_PREFIX)
+                                && !current.contains(k)
+                                && crate::quota::window_ended(&k[WINDOW_PREFIX.len()..], now))
                                 || (k.starts_with(REFUND_PREFIX)
                                     && as_i64(v).is_some_and(|ms| from_millis(ms) <= now))
                         })

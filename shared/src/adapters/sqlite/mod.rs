@@ -88,7 +88,7 @@ CREATE TABLE IF NOT EXISTS action_keys (
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS outbox_row (
     org TEXT NOT NULL, app TEXT NOT NULL, datasource TEXT NOT NULL, id TEXT NOT NULL,
-    change TEXT NOT NULL, stamp TEXT NOT NULL, written_at INTEGER NOT NULL,
+    change TEXT NOT NULL, stamp TEXT NOT NULL, written_at INTEGER NOT NULL, source_at INTEGER,
     PRIMARY KEY (org, app, datasource, id)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS outbox_version (
@@ -225,6 +225,7 @@ fn migrate(conn: &Connection) -> rusqlite::Result<()> {
         ("sync_state", "probed_short_page", "INTEGER"),
         ("sync_state", "probed_at", "INTEGER"),
         ("action_keys", "claimed_until", "INTEGER"),
+        ("outbox_row", "source_at", "INTEGER"),
     ] {
         let present = conn
             .prepare(&format!(

@@ -8,7 +8,9 @@ use crate::core::clock::{from_millis, to_millis, Timestamp};
 use crate::core::error::{Disposition, Error, Result};
 use crate::quota::QuotaKey;
 use crate::store::hosted::HostedRows;
-use crate::store::outbox::{last_write_wins, Chunk, Outbox, OutboxRow, OutboxState, RowChange};
+use crate::store::outbox::{
+    last_write_wins, Chunk, Outbox, OutboxRow, OutboxState, RowChange, RowWrite,
+};
 use async_trait::async_trait;
 use rusqlite::{params, OptionalExtension, TransactionBehavior};
 
@@ -24,26 +26,37 @@ impl Outbox for SqliteStore {
         &self,
         key: &QuotaKey,
         datasource: &str,
-        rows: &[(String, RowChange)],
+        rows: &[RowWrite],
         now: Timestamp,
     ) -> Result<()> {
         let mut written = Vec::new();
-        for (id, change) in last_write_wins(rows.to_vec()) {
-            let json = serde_json::to_string(&change)
+        for row in last_write_wins(rows.to_vec()) {
+            let json = serde_json::to_string(&row.change)
                 .map_err(|e| Error::store("outbox write", e, Disposition::Permanent))?;
-            written.push((id, json, crate::core::ids::new_id()));
+            written.push((
+                row.id,
+                json,
+                crate::core::ids::new_id(),
+                row.source_at.map(to_millis),
+            ));
         }
         let (key, ds) = (key.clone(), datasource.to_string());
         self.db()
             .call("outbox write", move |conn| {
                 let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
                 {
+                    // `outbox::replaces`, as the upsert's condition.
                     let mut stmt = tx.prepare_cached(
-                        "INSERT OR REPLACE INTO outbox_row (org, app, datasource, id, change, stamp, written_at)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                        "INSERT INTO outbox_row (org, app, datasource, id, change, stamp, written_at, source_at)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+                         ON CONFLICT (org, app, datasource, id) DO UPDATE SET
+                             change = excluded.change, stamp = excluded.stamp,
+                             written_at = excluded.written_at, source_at = excluded.source_at
+                         WHERE outbox_row.source_at IS NULL OR excluded.source_at IS NULL
+                             OR excluded.source_at >= outbox_row.source_at",
                     )?;
-                    for (id, change, stamp) in &written {
-                        stmt.execute(params![key.org, key.app, ds, id, change, stamp, to_millis(now)])?;
+                    for (id, change, stamp, source_at) in &written {
+                        stmt.execute(params![key.org, key.app, ds, id, change, stamp, to_millis(now), source_at])?;
                     }
                 }
                 // Hosted GET's ETag version, in the same transaction.

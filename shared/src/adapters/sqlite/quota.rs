@@ -70,7 +70,7 @@ impl QuotaStore for SqliteQuota {
                         let (w, u) = row?;
                         if windows.iter().any(|t| t.id == w) {
                             used.insert(w, u.max(0) as u64);
-                        } else {
+                        } else if crate::quota::window_ended(&w, now) {
                             tx.exec(
                                 "DELETE FROM quota_window WHERE org = ?1 AND app = ?2 AND window = ?3",
                                 params![key.org, key.app, w],

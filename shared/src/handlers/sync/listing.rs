@@ -11,81 +11,21 @@
 //! the quota costs far less than one store round trip per call.
 
 use crate::config::sync::chrono as dur;
-use crate::connector::{CallError, ListRequest, PageCursor, Reservation};
-use crate::core::clock::Timestamp;
+use crate::connector::{CallError, ListRequest, Reservation};
 use crate::core::metrics::Counter;
 use crate::handlers::context::AppContext;
+pub use crate::handlers::sync::checkpoint::ListingCheckpoint;
+use crate::handlers::sync::checkpoint::{advance, page_digest, probe_cursor, Step};
 use crate::handlers::sync::{enqueue_followups, parse_payload, sync_name, SyncPayload};
 use crate::handlers::IntoOutcome;
 use crate::jobs::envelope::{JobEnvelope, JobKind, Outcome};
 use crate::jobs::runtime::JobContext;
-use crate::store::{SyncFinish, SHORT_PAGE_REPROBE_DAYS};
-use serde::{Deserialize, Serialize};
+use crate::store::SyncFinish;
 
 /// Largest block of calls reserved at once.
 const MAX_RESERVATION: u32 = 50;
 /// Block size when nothing is known about the dataset yet.
 const FIRST_RESERVATION: u32 = 10;
-
-/// Where a listing resumes.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct ListingCheckpoint {
-    /// Where the next page starts; `None` before the first.
-    pub cursor: Option<PageCursor>,
-    /// Pages fetched so far.
-    pub pages: u64,
-    /// Records stored so far.
-    pub records: u64,
-    /// Of those, new or changed.
-    pub changed: u64,
-    /// The window of a recent lookup, fixed at its first run.
-    #[serde(default)]
-    pub since: Option<Timestamp>,
-    /// The end of that window.
-    #[serde(default)]
-    pub until: Option<Timestamp>,
-    /// Claimed foreign keys not yet sent for lookup, per referenced type.
-    #[serde(default)]
-    pub pending_lookups: std::collections::BTreeMap<String, Vec<String>>,
-    /// Digests of the cursors and next links this run has used: one the API
-    /// hands out again would make the run loop until the budget is gone.
-    #[serde(default)]
-    pub seen_cursors: Vec<String>,
-    /// Records set aside (no id, too large) in this run.
-    #[serde(default)]
-    pub quarantined: u64,
-    /// The page size the API really serves (learned, or known from the
-    /// sync state), when below the configured one.
-    #[serde(default)]
-    pub page_size: Option<u32>,
-    /// Set while the page after a short first page of this length is
-    /// fetched, to tell "the listing was short" from "the API caps pages".
-    #[serde(default)]
-    pub probe: Option<u32>,
-    /// This run learned `page_size` (recorded at the end).
-    #[serde(default)]
-    pub learned_page_size: bool,
-    /// Digest of the ids of the last page: an API that ignores the page or
-    /// offset parameter serves the same page forever.
-    #[serde(default)]
-    pub last_page: Option<String>,
-    /// Every page is fetched and stored; only the run's completion is left
-    /// to record. A restart after a failure to record it records it, and
-    /// fetches nothing again (it used to start over from page 1).
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub complete: bool,
-}
-
-/// A digest of what a page served, to recognise the same page again.
-fn page_digest(page: &crate::connector::Page) -> String {
-    let ids: Vec<&str> = page.records.iter().map(|r| r.id.as_str()).collect();
-    crate::core::record::content_hash(&serde_json::json!([ids, page.unreadable.len()]))
-}
-
-/// A short digest of a cursor, for [`ListingCheckpoint::seen_cursors`].
-fn cursor_digest(cursor: &PageCursor) -> String {
-    crate::core::record::content_hash(&serde_json::to_value(cursor).unwrap_or_default())
-}
 
 /// Runs one complete-transfer or recent-records job.
 pub async fn run(svc: &AppContext, job: &JobEnvelope, ctx: &JobContext) -> Outcome {
@@ -327,30 +267,18 @@ pub async fn run(svc: &AppContext, job: &JobEnvelope, ctx: &JobContext) -> Outco
             changed = cp.changed,
             "page synced"
         );
-        match next {
-            Some(next) => {
-                if let Some(current) = &cp.cursor {
-                    let digest = cursor_digest(current);
-                    if !cp.seen_cursors.contains(&digest) {
-                        cp.seen_cursors.push(digest);
-                    }
-                }
-                if matches!(next, PageCursor::Cursor(_) | PageCursor::Url(_))
-                    && (cp.cursor.as_ref() == Some(&next)
-                        || cp.seen_cursors.contains(&cursor_digest(&next)))
-                {
-                    break Outcome::Fail(format!(
-                        "list `{}`: the API returned a next page it already returned in this run ({next:?}) after {} pages; following it would loop until the budget is gone",
-                        payload.record_type, cp.pages
-                    ));
-                }
-                cp.cursor = Some(next)
-            }
-            None => {
-                cp.cursor = None;
+        match advance(&mut cp, next, served, &payload.record_type) {
+            Step::Next => {}
+            Step::Done => {
                 cp.complete = true;
                 break Outcome::Done;
             }
+            Step::Stop(warning) => {
+                tracing::warn!(sync = %sync, %warning, "listing stopped");
+                cp.complete = true;
+                break Outcome::Done;
+            }
+            Step::Loop(reason) => break Outcome::Fail(reason),
         }
     };
     if let Some(r) = reservation {
@@ -420,36 +348,6 @@ async fn record_completion(
     }
     tracing::info!(%sync, pages = cp.pages, records = cp.records, changed = cp.changed, quarantined = cp.quarantined, "sync complete");
     Outcome::Done
-}
-
-/// The cursor of the page after a short first page, when that page should
-/// be fetched to learn whether the API caps its page size: page/offset
-/// listings only (cursors and links say themselves whether more follows),
-/// a non-empty page shorter than configured, no cap known yet, and not the
-/// same length a probe found complete within [`SHORT_PAGE_REPROBE_DAYS`].
-fn probe_cursor(
-    rt: &crate::config::app::RecordTypeConfig,
-    cp: &ListingCheckpoint,
-    state: &crate::store::SyncState,
-    served: u64,
-    now: Timestamp,
-) -> Option<PageCursor> {
-    use crate::config::app::Pagination;
-    if served == 0 || served >= u64::from(rt.effective_page_size()) || cp.page_size.is_some() {
-        return None;
-    }
-    let recently_probed = state.probed_short_page == Some(served as u32)
-        && state
-            .probed_at
-            .is_some_and(|at| now < at + chrono::Duration::days(SHORT_PAGE_REPROBE_DAYS));
-    if recently_probed {
-        return None;
-    }
-    match rt.pagination {
-        Pagination::Page { first, .. } => Some(PageCursor::Page(first + 1)),
-        Pagination::Offset { .. } => Some(PageCursor::Offset(served)),
-        _ => None,
-    }
 }
 
 /// The largest block to reserve: at most 2% of the tightest window. A block

@@ -3,6 +3,7 @@
 //! [`crate::jobs::runtime::JobHandler`]; the Lambda functions and the local runner
 //! run the same code.
 
+pub mod checkpoint;
 pub mod estimate;
 pub mod listing;
 pub mod pk_lookup;

@@ -26,14 +26,15 @@ pub(super) fn eval(program: &cel::Program, ctx: &Value, what: &str) -> Result<bo
 }
 
 impl WorkflowHandler {
-    /// Evaluates one record; with `side_effects`, asks for missing related records.
+    /// Evaluates one record; with `relookups`, notes the missing related
+    /// records to ask for (asked for once per slice, in bulk:
+    /// [`WorkflowHandler::request_relookups`]).
     pub(super) async fn plan(
         &self,
-        org: &str,
         wf: &Compiled,
         record: &StoredRecord,
         change: Cause,
-        side_effects: bool,
+        mut relookups: Option<&mut Relookups>,
         loaded: &Loaded,
     ) -> Result<Plan> {
         let now = self.svc.clock.now();
@@ -57,15 +58,11 @@ impl WorkflowHandler {
                 }
                 (None, policy) => {
                     waiting = true;
-                    if side_effects {
-                        self.request_relookup(
-                            org,
-                            &rel.record_type,
-                            &id,
-                            policy,
-                            crate::config::sync::chrono(rel.min_relookup),
-                        )
-                        .await?;
+                    if let Some(r) = relookups.as_deref_mut() {
+                        r.entry((rel.record_type.clone(), policy))
+                            .or_insert_with(|| (rel.min_relookup, BTreeSet::new()))
+                            .1
+                            .insert(id);
                     }
                 }
             }

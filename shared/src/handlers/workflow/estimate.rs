@@ -72,7 +72,7 @@ impl WorkflowHandler {
             let loaded = self.load(org, &seen).await?;
             for r in batch.iter().filter(|r| r.seen()) {
                 est.records += 1;
-                match self.plan(org, wf, r, Cause::Manual, false, &loaded).await? {
+                match self.plan(wf, r, Cause::Manual, None, &loaded).await? {
                     Plan::Waiting => est.waiting_for_related += 1,
                     Plan::Filtered => {}
                     Plan::Quarantined(_) => est.quarantined += 1,

@@ -15,6 +15,14 @@ impl WorkflowHandler {
         cp: &mut Checkpoint,
     ) -> Result<()> {
         let now = self.svc.clock.now();
+        // Orders this record's rows against rows of its other versions.
+        let source_at = self
+            .svc
+            .config
+            .record_type(&wf.config.trigger.record_type)
+            .ok()
+            .zip(record.data.as_ref())
+            .and_then(|(rt, data)| rt.updated_at_of(data));
         for (i, act) in actions {
             match act {
                 Act::Http { method, path, body } => {
@@ -48,27 +56,27 @@ impl WorkflowHandler {
                     );
                     self.svc.queues.send(&action, 0).await?;
                 }
-                Act::Insert(row) => self.outbox_row(wf, i, cp, &record.id, RowChange::Insert(row)),
-                Act::Delete(id) => self.outbox_row(wf, i, cp, &id, RowChange::Delete),
+                Act::Insert(row) => self.outbox_row(
+                    wf,
+                    i,
+                    cp,
+                    RowWrite::new(&record.id, RowChange::Insert(row)).from_source_at(source_at),
+                ),
+                Act::Delete(id) => self.outbox_row(
+                    wf,
+                    i,
+                    cp,
+                    RowWrite::new(id, RowChange::Delete).from_source_at(source_at),
+                ),
             }
         }
         Ok(())
     }
 
-    fn outbox_row(
-        &self,
-        wf: &Compiled,
-        action: usize,
-        cp: &mut Checkpoint,
-        id: &str,
-        change: RowChange,
-    ) {
+    fn outbox_row(&self, wf: &Compiled, action: usize, cp: &mut Checkpoint, row: RowWrite) {
         if let Some(ActionConfig::DatasourcePush { datasource, .. }) = wf.config.actions.get(action)
         {
-            cp.outbox
-                .entry(datasource.clone())
-                .or_default()
-                .push((id.to_string(), change));
+            cp.outbox.entry(datasource.clone()).or_default().push(row);
         }
     }
 

@@ -30,7 +30,7 @@ use crate::handlers::context::AppContext;
 use crate::handlers::sync::TriggerPayload;
 use crate::jobs::envelope::{JobEnvelope, JobKind, Outcome};
 use crate::jobs::runtime::{JobContext, JobHandler};
-use crate::store::outbox::RowChange;
+use crate::store::outbox::{RowChange, RowWrite};
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -39,8 +39,12 @@ use std::sync::Arc;
 
 /// Records read per page in a bulk execution.
 const BULK_PAGE: u32 = 200;
-/// How long a workflow waiting for a related record waits before looking again.
+/// The longest a workflow waiting for a related record waits before looking
+/// again; the first wait is [`RELATED_FIRST_WAIT_SECS`] (a lookup it asked
+/// for is usually done in seconds), doubling each time.
 const RELATED_WAIT_SECS: i64 = 300;
+/// The first wait for a related record.
+const RELATED_FIRST_WAIT_SECS: i64 = 10;
 /// The first wait for a record whose triggering page is not stored yet
 /// (its sync enqueues the trigger, then commits the page: usually
 /// milliseconds); it doubles with each wait, up to [`RELATED_WAIT_SECS`].
@@ -165,7 +169,7 @@ struct Checkpoint {
     /// Rows of the current slice per Data Source, written to the outbox
     /// before the slice ends (never saved in a checkpoint).
     #[serde(skip)]
-    outbox: BTreeMap<String, Vec<(String, RowChange)>>,
+    outbox: BTreeMap<String, Vec<RowWrite>>,
     waiting: Vec<Item>,
     /// Items whose triggering page is not stored yet ([`Readiness`]).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -173,6 +177,9 @@ struct Checkpoint {
     /// Waits so far for such items (the wait doubles with each).
     #[serde(default, skip_serializing_if = "is_zero")]
     unstored_waits: u32,
+    /// Waits so far for related records (the wait doubles with each).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    related_waits: u32,
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -189,6 +196,10 @@ struct Compiled {
 
 /// Records read for a slice of work, by (record type, id); seen ones only.
 type Loaded = std::collections::HashMap<(String, String), StoredRecord>;
+
+/// Missing related records a slice asks for, by (record type, policy): the
+/// policy's minimum relookup time and the ids.
+type Relookups = BTreeMap<(String, MissingPolicy), (std::time::Duration, BTreeSet<String>)>;
 
 /// One record's fate in one workflow.
 enum Plan {
@@ -348,6 +359,7 @@ impl WorkflowHandler {
                 .collect::<Result<_>>()?;
             slices_here += 1;
             let loaded = self.load(&job.org, &slice).await?;
+            let mut relookups = Relookups::new();
             for item in items {
                 let wf = self.workflow(&item.workflow)?;
                 let stored = loaded
@@ -368,7 +380,7 @@ impl WorkflowHandler {
                     }
                 };
                 match self
-                    .plan(&job.org, wf, &record, item.change, true, &loaded)
+                    .plan(wf, &record, item.change, Some(&mut relookups), &loaded)
                     .await?
                 {
                     Plan::Waiting => cp.waiting.push(item),
@@ -398,6 +410,7 @@ impl WorkflowHandler {
                 }
             }
             self.write_outbox(job, &mut cp).await?;
+            self.request_relookups(&job.org, relookups).await?;
         }
         let now = self.svc.clock.now();
         if !cp.unstored.is_empty()
@@ -418,8 +431,10 @@ impl WorkflowHandler {
                 format!("{unstored} record(s) not stored yet at the version that triggered them; {related} waiting for a related record"),
             )
         } else {
+            let wait = (RELATED_FIRST_WAIT_SECS << cp.related_waits.min(10)).min(RELATED_WAIT_SECS);
+            cp.related_waits += 1;
             (
-                now + chrono::Duration::seconds(RELATED_WAIT_SECS),
+                now + chrono::Duration::seconds(wait),
                 format!("{related} record(s) waiting for a related record"),
             )
         };

@@ -63,55 +63,61 @@ impl WorkflowHandler {
         Ok(())
     }
 
-    /// Asks for a missing related record, at most once per `min_relookup`.
-    pub(super) async fn request_relookup(
-        &self,
-        org: &str,
-        record_type: &str,
-        id: &str,
-        policy: MissingPolicy,
-        min: chrono::Duration,
-    ) -> Result<()> {
+    /// Asks for the missing related records of a slice: per record type,
+    /// one complete transfer (at most once per `min_relookup`) or PK lookup
+    /// jobs carrying every missing id in full bulk blocks — not one job per
+    /// waiting record per wake-up.
+    pub(super) async fn request_relookups(&self, org: &str, wanted: Relookups) -> Result<()> {
         let now = self.svc.clock.now();
-        match policy {
-            MissingPolicy::Transfer => {
-                let sync = crate::handlers::sync::sync_name(JobKind::CompleteTransfer, record_type);
-                let state = self.svc.store.sync_state(&self.svc.key(org), &sync).await?;
-                // At most one transfer per minimum relookup time.
-                let due = state.last_started.is_none_or(|t| now >= t + min);
-                if due
-                    && crate::handlers::schedule::start_sync(
-                        &self.svc,
-                        org,
-                        JobKind::CompleteTransfer,
-                        record_type,
-                        true,
-                    )
-                    .await?
-                    .is_some()
-                {
-                    tracing::info!(
-                        record_type,
-                        "related record missing: complete transfer requested"
-                    );
+        for ((record_type, policy), (min, ids)) in wanted {
+            match policy {
+                MissingPolicy::Transfer => {
+                    let min = crate::config::sync::chrono(min);
+                    let sync =
+                        crate::handlers::sync::sync_name(JobKind::CompleteTransfer, &record_type);
+                    let state = self.svc.store.sync_state(&self.svc.key(org), &sync).await?;
+                    // At most one transfer per minimum relookup time.
+                    let due = state.last_started.is_none_or(|t| now >= t + min);
+                    if due
+                        && crate::handlers::schedule::start_sync(
+                            &self.svc,
+                            org,
+                            JobKind::CompleteTransfer,
+                            &record_type,
+                            true,
+                        )
+                        .await?
+                        .is_some()
+                    {
+                        tracing::info!(
+                            record_type,
+                            "related record missing: complete transfer requested"
+                        );
+                    }
                 }
+                MissingPolicy::PkLookup => {
+                    let ids: Vec<String> = ids.into_iter().collect();
+                    let per_job =
+                        crate::handlers::sync::keys_per_call(&self.svc, org, &record_type)
+                            * crate::handlers::sync::LOOKUP_CALLS_PER_JOB;
+                    for block in ids.chunks(per_job.max(1)) {
+                        let payload = crate::handlers::sync::PkLookupPayload {
+                            record_type: record_type.clone(),
+                            ids: block.to_vec(),
+                            claimed: false,
+                        };
+                        let job = JobEnvelope::new(
+                            JobKind::PkLookup,
+                            org,
+                            &self.svc.config.app.name,
+                            serde_json::to_value(payload)?,
+                            now,
+                        );
+                        self.svc.queues.send(&job, 0).await?;
+                    }
+                }
+                MissingPolicy::Skip => {}
             }
-            MissingPolicy::PkLookup => {
-                let payload = crate::handlers::sync::PkLookupPayload {
-                    record_type: record_type.into(),
-                    ids: vec![id.into()],
-                    claimed: false,
-                };
-                let job = JobEnvelope::new(
-                    JobKind::PkLookup,
-                    org,
-                    &self.svc.config.app.name,
-                    serde_json::to_value(payload)?,
-                    now,
-                );
-                self.svc.queues.send(&job, 0).await?;
-            }
-            MissingPolicy::Skip => {}
         }
         Ok(())
     }

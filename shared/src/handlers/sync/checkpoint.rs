@@ -1,0 +1,266 @@
+//! A listing's checkpoint and the rules that move it, as pure functions
+//! beside their tests: where the next page starts, when following the API
+//! would loop, and when a short first page is worth a second look.
+
+use crate::connector::PageCursor;
+use crate::core::clock::Timestamp;
+use crate::store::SHORT_PAGE_REPROBE_DAYS;
+use serde::{Deserialize, Serialize};
+
+/// How many of the last cursors a run remembers: a loop that hands out a
+/// cursor again within this many pages is caught by its cursor; a longer
+/// one by the same page of records served again, or by empty pages.
+pub const MAX_SEEN_CURSORS: usize = 64;
+
+/// Empty pages in a row that still point at a next page before the run
+/// stops following them (an API handing out new cursors for nothing). It
+/// ends as complete, with a warning: every record it served is stored, and
+/// a dead letter would only fail the same way again. An API that returns a
+/// few empty pages mid-listing (a sparse filtered scan) gets this many.
+pub const MAX_EMPTY_PAGES: u32 = 5;
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+/// Where a listing resumes.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ListingCheckpoint {
+    /// Where the next page starts; `None` before the first.
+    pub cursor: Option<PageCursor>,
+    /// Pages fetched so far.
+    pub pages: u64,
+    /// Records stored so far.
+    pub records: u64,
+    /// Of those, new or changed.
+    pub changed: u64,
+    /// The window of a recent lookup, fixed at its first run.
+    #[serde(default)]
+    pub since: Option<Timestamp>,
+    /// The end of that window.
+    #[serde(default)]
+    pub until: Option<Timestamp>,
+    /// Claimed foreign keys not yet sent for lookup, per referenced type.
+    #[serde(default)]
+    pub pending_lookups: std::collections::BTreeMap<String, Vec<String>>,
+    /// Digests of the last [`MAX_SEEN_CURSORS`] cursors and next links this
+    /// run used: one the API hands out again would make the run loop until
+    /// the budget is gone. Bounded, so the checkpoint stays small however
+    /// many pages a listing has (it grew 35 bytes a page, and past ~7,400
+    /// pages the job no longer fit in an SQS message).
+    #[serde(default)]
+    pub seen_cursors: Vec<String>,
+    /// Empty pages in a row that still pointed at a next page.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub empty_pages: u32,
+    /// Records set aside (no id, too large) in this run.
+    #[serde(default)]
+    pub quarantined: u64,
+    /// The page size the API really serves (learned, or known from the
+    /// sync state), when below the configured one.
+    #[serde(default)]
+    pub page_size: Option<u32>,
+    /// Set while the page after a short first page of this length is
+    /// fetched, to tell "the listing was short" from "the API caps pages".
+    #[serde(default)]
+    pub probe: Option<u32>,
+    /// This run learned `page_size` (recorded at the end).
+    #[serde(default)]
+    pub learned_page_size: bool,
+    /// Digest of the ids of the last page: an API that ignores the page or
+    /// offset parameter serves the same page forever.
+    #[serde(default)]
+    pub last_page: Option<String>,
+    /// Every page is fetched and stored; only the run's completion is left
+    /// to record. A restart after a failure to record it records it, and
+    /// fetches nothing again (it used to start over from page 1).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub complete: bool,
+}
+
+/// A digest of what a page served, to recognise the same page again.
+pub(crate) fn page_digest(page: &crate::connector::Page) -> String {
+    let ids: Vec<&str> = page.records.iter().map(|r| r.id.as_str()).collect();
+    crate::core::record::content_hash(&serde_json::json!([ids, page.unreadable.len()]))
+}
+
+/// A short digest of a cursor, for [`ListingCheckpoint::seen_cursors`].
+pub(crate) fn cursor_digest(cursor: &PageCursor) -> String {
+    crate::core::record::content_hash(&serde_json::to_value(cursor).unwrap_or_default())
+}
+
+/// The cursor of the page after a short first page, when that page should
+/// be fetched to learn whether the API caps its page size: page/offset
+/// listings only (cursors and links say themselves whether more follows),
+/// a non-empty page shorter than configured, no cap known yet, and not the
+/// same length a probe found complete within [`SHORT_PAGE_REPROBE_DAYS`].
+pub(crate) fn probe_cursor(
+    rt: &crate::config::app::RecordTypeConfig,
+    cp: &ListingCheckpoint,
+    state: &crate::store::SyncState,
+    served: u64,
+    now: Timestamp,
+) -> Option<PageCursor> {
+    use crate::config::app::Pagination;
+    if served == 0 || served >= u64::from(rt.effective_page_size()) || cp.page_size.is_some() {
+        return None;
+    }
+    let recently_probed = state.probed_short_page == Some(served as u32)
+        && state
+            .probed_at
+            .is_some_and(|at| now < at + chrono::Duration::days(SHORT_PAGE_REPROBE_DAYS));
+    if recently_probed {
+        return None;
+    }
+    match rt.pagination {
+        Pagination::Page { first, .. } => Some(PageCursor::Page(first + 1)),
+        Pagination::Offset { .. } => Some(PageCursor::Offset(served)),
+        _ => None,
+    }
+}
+
+/// What a stored page makes of the checkpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Step {
+    /// Fetch the page at the checkpoint's cursor next.
+    Next,
+    /// That was the last page.
+    Done,
+    /// The API keeps pointing at empty pages: the listing ends here, as
+    /// complete, with this warning.
+    Stop(String),
+    /// Following the API would loop until the budget is gone: the reason.
+    Loop(String),
+}
+
+/// Moves `cp` past a stored page that served `served` items and pointed at
+/// `next`: remembers the cursor it came from (the last
+/// [`MAX_SEEN_CURSORS`]), refuses a next cursor or link the run has used
+/// already, and stops at the [`MAX_EMPTY_PAGES`]th empty page in a row
+/// with a next one. `cp.pages` already counts the page.
+pub(crate) fn advance(
+    cp: &mut ListingCheckpoint,
+    next: Option<PageCursor>,
+    served: u64,
+    record_type: &str,
+) -> Step {
+    let Some(next) = next else {
+        cp.cursor = None;
+        cp.empty_pages = 0;
+        return Step::Done;
+    };
+    cp.empty_pages = if served == 0 { cp.empty_pages + 1 } else { 0 };
+    if cp.empty_pages >= MAX_EMPTY_PAGES {
+        cp.cursor = None;
+        return Step::Stop(format!(
+            "list `{record_type}`: the API served {} empty pages in a row, each pointing at another, after {} pages; the listing stops here (following it would spend the budget on nothing)",
+            cp.empty_pages, cp.pages
+        ));
+    }
+    if let Some(current) = &cp.cursor {
+        let digest = cursor_digest(current);
+        if !cp.seen_cursors.contains(&digest) {
+            cp.seen_cursors.push(digest);
+            if cp.seen_cursors.len() > MAX_SEEN_CURSORS {
+                cp.seen_cursors.remove(0);
+            }
+        }
+    }
+    if matches!(next, PageCursor::Cursor(_) | PageCursor::Url(_))
+        && (cp.cursor.as_ref() == Some(&next) || cp.seen_cursors.contains(&cursor_digest(&next)))
+    {
+        return Step::Loop(format!(
+            "list `{record_type}`: the API returned a next page it already returned in this run ({next:?}) after {} pages; following it would loop until the budget is gone",
+            cp.pages
+        ));
+    }
+    cp.cursor = Some(next);
+    Step::Next
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cursor(n: usize) -> PageCursor {
+        PageCursor::Cursor(format!("eyJvZmZzZXQiOjEyMzQ1Njc4OTAsImlkIjoiaW52X{n:010}"))
+    }
+
+    /// However many pages a listing has, its checkpoint stays small: 10,000
+    /// pages of 50-character cursors leave it under 4 KB (it was 35 bytes
+    /// a page: 350 KB, over SQS's 256 KiB message limit).
+    #[test]
+    fn a_ten_thousand_page_listing_keeps_a_small_checkpoint() {
+        let mut cp = ListingCheckpoint::default();
+        for n in 0..10_000 {
+            cp.pages += 1;
+            assert_eq!(
+                advance(&mut cp, Some(cursor(n)), 200, "invoices"),
+                Step::Next
+            );
+        }
+        let size = serde_json::to_string(&cp).unwrap().len();
+        assert!(
+            size < 4_096,
+            "checkpoint of {size} bytes after 10,000 pages"
+        );
+        assert_eq!(cp.seen_cursors.len(), MAX_SEEN_CURSORS);
+        assert_eq!(advance(&mut cp, None, 10, "invoices"), Step::Done);
+    }
+
+    /// A cursor handed out again within the remembered pages is a loop.
+    #[test]
+    fn a_cursor_seen_again_is_a_loop() {
+        let mut cp = ListingCheckpoint::default();
+        for n in 0..10 {
+            cp.pages += 1;
+            assert_eq!(advance(&mut cp, Some(cursor(n)), 5, "invoices"), Step::Next);
+        }
+        cp.pages += 1;
+        assert!(
+            matches!(advance(&mut cp, Some(cursor(3)), 5, "invoices"), Step::Loop(r) if r.contains("already returned"))
+        );
+        // The same cursor as the current one, at once.
+        let mut cp = ListingCheckpoint {
+            cursor: Some(cursor(1)),
+            ..Default::default()
+        };
+        assert!(matches!(
+            advance(&mut cp, Some(cursor(1)), 5, "invoices"),
+            Step::Loop(_)
+        ));
+        // Page numbers repeat by design (a probe); they are not cursors.
+        let mut cp = ListingCheckpoint {
+            cursor: Some(PageCursor::Page(2)),
+            ..Default::default()
+        };
+        assert_eq!(
+            advance(&mut cp, Some(PageCursor::Page(2)), 5, "invoices"),
+            Step::Next
+        );
+    }
+
+    /// Empty pages that keep pointing at new ones end the listing at the
+    /// fifth in a row; fewer (a sparse scan) do not.
+    #[test]
+    fn empty_pages_with_new_cursors_end_the_listing() {
+        let mut cp = ListingCheckpoint::default();
+        cp.pages += 1;
+        assert_eq!(advance(&mut cp, Some(cursor(1)), 0, "invoices"), Step::Next);
+        cp.pages += 1;
+        assert_eq!(
+            advance(&mut cp, Some(cursor(2)), 3, "invoices"),
+            Step::Next,
+            "records reset the count"
+        );
+        for n in 3..7 {
+            cp.pages += 1;
+            assert_eq!(advance(&mut cp, Some(cursor(n)), 0, "invoices"), Step::Next);
+        }
+        cp.pages += 1;
+        assert!(
+            matches!(advance(&mut cp, Some(cursor(9)), 0, "invoices"), Step::Stop(r) if r.contains("5 empty pages"))
+        );
+        assert_eq!(cp.cursor, None);
+    }
+}

@@ -1,0 +1,244 @@
+//! Waiting at its edges: a job ends done, waiting with a reason, or in the
+//! dead-letter queue with a reason, and waiting is free. Each case failed
+//! before its fix (see the commit that added it), on both adapter sets,
+//! with two organizations whose record ids coincide.
+
+use metered::config::app::AppConfig;
+use metered::config::sync::{CompleteTransferSettings, SyncConfig};
+use metered::core::error::Disposition;
+use metered::jobs::envelope::JobKind;
+use metered::quota::Limits;
+use metered_sim::{RetryAfterStyle, SimConfig};
+use metered_tests::faults::Fault;
+use metered_tests::sync_world::{Adapter, World, ORGS};
+
+/// A daily complete transfer of `record_type`, in pages of `page`.
+fn transfer(c: &mut AppConfig, record_type: &str, page: u32) {
+    if let Some(rt) = c.record_types.get_mut(record_type) {
+        rt.max_page_size = page;
+    }
+    c.syncs.insert(
+        record_type.into(),
+        SyncConfig {
+            complete_transfer: Some(CompleteTransferSettings {
+                every: std::time::Duration::from_secs(86_400),
+            }),
+            ..Default::default()
+        },
+    );
+    c.app.limits = Limits::new(Some(2_000), None, None, 3).unwrap();
+}
+
+async fn both_transfers(w: &World, record_type: &str) {
+    for org in ORGS {
+        w.start_for(org, JobKind::CompleteTransfer, record_type)
+            .await;
+    }
+}
+
+/// How the API says "come back" while it throttles.
+#[derive(Debug, Clone, Copy)]
+enum Hint {
+    /// `Retry-After: 0`.
+    RetryAfterZero,
+    /// `Retry-After` as an HTTP date 30 s in the past.
+    PastDate,
+    /// `X-RateLimit-Reset` 10 s behind the API's clock, no `Retry-After`.
+    PastReset,
+}
+
+/// The API throttles for a minute and says to come back *now* (three ways
+/// of saying it). Every job of the org waits at least
+/// `min_retry_after_secs` (5 s) plus jitter, the org is held meanwhile,
+/// and the transfers finish: a handful of 429s, nothing lost, no dead
+/// letter. Before the floor a hint at or before now restarted every job
+/// at once, again and again, spending a call on each 429 until the
+/// restart cap dead-lettered them (or, with waits uncapped, forever).
+async fn a_retry_hint_at_or_before_now_still_holds_the_org(adapter: Adapter) {
+    for hint in [Hint::RetryAfterZero, Hint::PastDate, Hint::PastReset] {
+        let w = World::new(
+            adapter,
+            SimConfig {
+                invoices: 1_000,
+                ..Default::default()
+            },
+            |c| {
+                transfer(c, "invoices", 100);
+                c.app.rate_limit.reset_header = Some("X-RateLimit-Reset".into());
+            },
+        )
+        .await;
+        {
+            let mut f = w.sim().faults();
+            f.throttle_until = Some(w.shared.now() + chrono::Duration::seconds(60));
+            match hint {
+                Hint::RetryAfterZero => f.burst_retry_after_secs = 0,
+                Hint::PastDate => {
+                    f.retry_after_style = RetryAfterStyle::HttpDate;
+                    f.burst_retry_after_secs = -30;
+                }
+                Hint::PastReset => f.burst_reset_offset_secs = Some(-10),
+            }
+        }
+        both_transfers(&w, "invoices").await;
+        let report = w.drive().await;
+        let stats = w.sim().stats();
+        for org in ORGS {
+            assert_eq!(
+                w.store.count(&w.svc.key(org), "invoices").await.unwrap(),
+                1_000,
+                "{hint:?} {org}"
+            );
+            assert_eq!(
+                stats.calls_of(&w.api_keys[org], "GET /invoices"),
+                11,
+                "{hint:?} {org}: every page once"
+            );
+        }
+        // Each 429 holds the org at least 5 s: over a 60 s throttle, at
+        // most 13 per org.
+        assert!(
+            stats.rejected_429 <= 26,
+            "{hint:?}: {} 429s, restarts {:?}",
+            stats.rejected_429,
+            report.restarts
+        );
+        assert!(stats.rejected_429 >= 1, "{hint:?}: the API throttled");
+        assert_eq!(w.dead_letters().await, 0, "{hint:?}");
+    }
+}
+
+/// A store error while recording a transfer's completion: the restart
+/// records it and fetches nothing again (it used to start over from page
+/// 1, and a one-page listing then failed as "served the same page again").
+async fn a_completion_that_cannot_be_recorded_fetches_nothing_again(adapter: Adapter) {
+    let w = World::new(
+        adapter,
+        SimConfig {
+            invoices: 1_000,
+            ..Default::default()
+        },
+        |c| transfer(c, "invoices", 100),
+    )
+    .await;
+    w.faults.at(
+        "store.finish_sync",
+        Some(JobKind::CompleteTransfer),
+        1,
+        Fault::Fail(Disposition::Retryable),
+    );
+    both_transfers(&w, "invoices").await;
+    let report = w.drive().await;
+    assert_eq!(w.faults.fired().len(), 1, "the fault happened");
+    assert!(
+        report
+            .restarts
+            .iter()
+            .any(|r| r.contains("could not record the run's completion")),
+        "{:?}",
+        report.restarts
+    );
+    let stats = w.sim().stats();
+    for org in ORGS {
+        assert_eq!(
+            stats.calls_of(&w.api_keys[org], "GET /invoices"),
+            11,
+            "{org}: ten pages and the empty one, once"
+        );
+        let state = w
+            .store
+            .sync_state(&w.svc.key(org), "complete-transfer:invoices")
+            .await
+            .unwrap();
+        assert!(state.last_completed.is_some(), "{org}: {state:?}");
+        assert!(state.running_job.is_none(), "{org}: the lease is free");
+    }
+}
+
+/// A cursor API that answers empty pages with ever-new cursors after its
+/// last record: the transfer stores every record and stops after five
+/// empty pages, as complete (it used to follow them until the budget was
+/// gone: the loop check needed records on the page).
+async fn empty_pages_with_new_cursors_end_the_listing(adapter: Adapter) {
+    let w = World::new(
+        adapter,
+        SimConfig {
+            customers: 450,
+            ..Default::default()
+        },
+        |c| transfer(c, "customers", 100),
+    )
+    .await;
+    w.sim().faults().endless_empty_pages = true;
+    both_transfers(&w, "customers").await;
+    w.drive().await;
+    let stats = w.sim().stats();
+    for org in ORGS {
+        assert_eq!(
+            w.store.count(&w.svc.key(org), "customers").await.unwrap(),
+            450,
+            "{org}"
+        );
+        assert_eq!(
+            stats.calls_of(&w.api_keys[org], "GET /customers"),
+            5 + 5,
+            "{org}: five pages of records, five empty ones"
+        );
+    }
+    assert_eq!(w.dead_letters().await, 0);
+}
+
+/// A quota release that fails after the API accepted an action keeps the
+/// call's result: the action is done, not called again (the failure used
+/// to throw the result away, and the retry sent the request twice).
+async fn a_failed_release_keeps_the_calls_result(adapter: Adapter) {
+    let w = World::new(adapter, SimConfig::default(), |c| {
+        transfer(c, "classes", 100);
+        metered_tests::add_workflows(
+            c,
+            r#"
+[workflows.notes]
+trigger = { record_type = "classes" }
+conditions = ["record.id in ['cls_000', 'cls_001', 'cls_002']"]
+[[workflows.notes.actions]]
+kind = "http"
+method = "POST"
+path = "/notes"
+body = { class = "{{ record.id }}" }
+"#,
+        );
+    })
+    .await
+    .with_workflows();
+    w.faults.at(
+        "quota.release",
+        Some(JobKind::ActionHttp),
+        1,
+        Fault::Fail(Disposition::Retryable),
+    );
+    both_transfers(&w, "classes").await;
+    w.drive().await;
+    assert_eq!(w.faults.fired().len(), 1, "the fault happened");
+    let stats = w.sim().stats();
+    assert_eq!(
+        stats.creates_by_idempotency_key.len(),
+        6,
+        "three notes per org"
+    );
+    assert!(
+        stats
+            .create_requests_by_idempotency_key
+            .values()
+            .all(|n| *n == 1),
+        "no action was called twice: {:?}",
+        stats.create_requests_by_idempotency_key
+    );
+    assert_eq!(w.dead_letters().await, 0);
+}
+
+metered_tests::on_both!(
+    a_retry_hint_at_or_before_now_still_holds_the_org,
+    a_completion_that_cannot_be_recorded_fetches_nothing_again,
+    empty_pages_with_new_cursors_end_the_listing,
+    a_failed_release_keeps_the_calls_result,
+);
