@@ -429,6 +429,39 @@ pub async fn both_adapters_refuse_the_same_record_size<F: Future<Output = Fixtur
     assert!(!err.is_retryable(), "{err}");
     assert!(err.to_string().contains("record `big`"), "{err}");
     assert_eq!(s.records.count(&a, "invoices").await.unwrap(), 1);
+    // Ids: DynamoDB's key limit, on both.
+    let long = |n: usize| metered::core::record::Record {
+        id: "i".repeat(n),
+        updated_at: None,
+        data: serde_json::json!({"id": "long"}),
+    };
+    let max_id = metered::store::MAX_ID_BYTES;
+    s.records
+        .upsert(&a, "invoices", &[long(max_id)], afternoon())
+        .await
+        .expect("an id of exactly the limit is stored");
+    let Err(err) = s
+        .records
+        .upsert(&a, "invoices", &[long(max_id + 1)], afternoon())
+        .await
+    else {
+        panic!("an id one byte over the limit was stored");
+    };
+    assert!(
+        !err.is_retryable() && err.to_string().contains("id is 1001 bytes"),
+        "{err}"
+    );
+    // And the record is quarantined as it is, on both.
+    let entry = metered::store::Quarantined::new(
+        "complete-transfer:invoices",
+        "invoices",
+        Some("i".repeat(4_000)),
+        "too long".into(),
+        &serde_json::json!({}),
+        afternoon(),
+    );
+    s.records.quarantine(&a, &[entry]).await.unwrap();
+    assert_eq!(s.records.quarantined(&a, 10).await.unwrap().len(), 1);
 }
 
 /// Quarantine entries belong to their org, and a record set aside again

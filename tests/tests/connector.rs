@@ -791,3 +791,64 @@ async fn a_response_over_the_size_cap_is_refused() {
     );
     assert_eq!(fx.connector.list(&req).await.unwrap().records.len(), 200);
 }
+
+/// A redirect is never followed: the credential, the request's body and a
+/// second (unmetered) request would all go where the `Location` points. The
+/// answer is a permanent error naming the target, and the target hears
+/// nothing. Before the fix reqwest followed it (its default policy).
+#[tokio::test]
+async fn a_redirect_is_refused_and_the_other_host_hears_nothing() {
+    use tokio::io::AsyncWriteExt;
+    let elsewhere = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = elsewhere.local_addr().unwrap();
+    let heard = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let counter = heard.clone();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = elsewhere.accept().await {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let _ = socket
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}")
+                .await;
+        }
+    });
+    let fx = sim_fixture(SimConfig::default(), system()).await;
+    {
+        let mut f = fx.sim().faults();
+        f.next_redirect = 1;
+        f.redirect_to = format!("http://{addr}/steal");
+    }
+    let req = ListRequest {
+        record_type: "customers".into(),
+        ..Default::default()
+    };
+    let err = fx.connector.list(&req).await.unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        matches!(&err, ApiError::Permanent(_)),
+        "a redirect is not worth retrying: {err:?}"
+    );
+    assert!(
+        msg.contains("HTTP 307") && msg.contains("127.0.0.1/steal"),
+        "the reason names the target: {msg}"
+    );
+    assert!(!msg.contains(&fx.key), "the credential leaked: {msg}");
+    assert_eq!(heard.load(std::sync::atomic::Ordering::SeqCst), 0);
+    assert!(fx.connector.list(&req).await.is_ok(), "faults are spent");
+}
+
+/// `error_excerpt_chars = 0` keeps the response body out of errors (and so
+/// out of dead-letter reasons): only the status is named.
+#[tokio::test]
+async fn error_excerpts_can_be_turned_off() {
+    let fx = sim_fixture_with(SimConfig::default(), system(), |c| {
+        c.app.error_excerpt_chars = 0;
+    })
+    .await;
+    fx.sim().faults().next_400_echo_auth = 1;
+    let req = ListRequest {
+        record_type: "customers".into(),
+        ..Default::default()
+    };
+    let msg = fx.connector.list(&req).await.unwrap_err().to_string();
+    assert!(msg.ends_with("HTTP 400"), "{msg}");
+}

@@ -603,6 +603,67 @@ async fn an_outbox_flush_spends_ceil_rows_over_max_calls(adapter: Adapter) {
     assert_eq!(w.dead_letters().await, 0);
 }
 
+/// A condition that is `null` for some records (the usual JSON for an unset
+/// boolean) sets exactly those records aside, each quarantined with the
+/// reason, and every other record of the run gets its action: nothing is
+/// dead-lettered. Before the fix a non-boolean failed the whole job as a
+/// config error, and a redrive failed the same way.
+async fn a_null_condition_costs_only_its_record(adapter: Adapter) {
+    let w = World::new(
+        adapter,
+        SimConfig {
+            customers: 300,
+            ..Default::default()
+        },
+        |c| {
+            c.syncs.insert("customers".into(), transfer());
+            workflow(
+                c,
+                &VIP.replace(
+                    "record.score < 10",
+                    "record.score < 10 ? (record.score == 3 ? null : true) : false",
+                ),
+            );
+        },
+    )
+    .await
+    .with_workflows();
+    for org in ORGS {
+        w.start_for(org, JobKind::CompleteTransfer, "customers")
+            .await;
+    }
+    w.drive().await;
+    for org in ORGS {
+        run_bulk_for(&w, org, "vip", false).await;
+    }
+    w.drive().await;
+    let scores: Vec<u64> = w
+        .sim()
+        .records("customers")
+        .iter()
+        .map(|r| r["score"].as_u64().unwrap())
+        .collect();
+    let passing = scores.iter().filter(|s| **s < 10 && **s != 3).count() as u64;
+    let nulls = scores.iter().filter(|s| **s == 3).count();
+    assert!(passing > 0 && nulls > 0, "{passing} {nulls}");
+    let stats = w.sim().stats();
+    for org in ORGS {
+        assert_eq!(
+            stats.calls_of(&w.api_keys[org], "POST /notes"),
+            passing,
+            "{org}: every record with a boolean answer was decided"
+        );
+        let q = w.store.quarantined(&w.svc.key(org), 1_000).await.unwrap();
+        assert_eq!(q.len(), nulls, "{org}: {q:?}");
+        assert!(
+            q.iter()
+                .all(|e| e.reason.contains("conditions[0]") && e.reason.contains("got null")),
+            "{q:?}"
+        );
+    }
+    assert_eq!(w.dead_letters().await, 0);
+}
+
 #[test]
 fn bad_workflow_configs_are_rejected_at_load() {
     let base = metered_sim::app_config("http://127.0.0.1:1/");
@@ -616,6 +677,7 @@ fn bad_workflow_configs_are_rejected_at_load() {
         ("[workflows.w]\ntrigger = { record_type = \"invoices\" }\nrelated.c = { via = \"/customer_id\", record_type = \"customers\" }\n[[workflows.w.actions]]\nkind = \"http\"\nmethod = \"POST\"\npath = \"/x\"", "`transfer` needs syncs.customers.complete_transfer"),
         ("[workflows.w]\ntrigger = { record_type = \"customers\" }\nconditions = [\"record.email.matches('@example')\"]\n[[workflows.w.actions]]\nkind = \"http\"\nmethod = \"POST\"\npath = \"/x\"", "workflows.w.conditions[0]: CEL function `matches` is not available"),
         ("[workflows.w]\ntrigger = { record_type = \"customers\" }\nconditions = [\"timestamp(record.updated_at) > timestamp(now)\"]\n[[workflows.w.actions]]\nkind = \"http\"\nmethod = \"POST\"\npath = \"/x\"", "CEL function `timestamp` is not available"),
+        ("[workflows.w]\ntrigger = { record_type = \"customers\" }\n[[workflows.w.actions]]\nkind = \"http\"\nmethod = \"POST\"\npath = \"/x\"\nbody = { text = \"Thank you, {{ record.name }\" }", "workflows.w.actions[0].body: template \"Thank you, {{ record.name }\": a `{{` is not closed by `}}`"),
     ];
     for (extra, expected) in cases {
         let err = AppConfig::parse(&format!("{base}\n{extra}\n"))
@@ -639,6 +701,7 @@ metered_tests::on_both!(
     a_bulk_execution_over_budget_spreads_over_windows,
     metrics_count_what_the_api_saw,
     an_outbox_flush_spends_ceil_rows_over_max_calls,
+    a_null_condition_costs_only_its_record,
 );
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -62,10 +62,19 @@ pub struct AppSection {
     /// How the API takes a Data Source push (path, body field names).
     #[serde(default)]
     pub datasource_push: crate::config::datasource::PushShape,
+    /// Characters of a refused response's body kept in the error (and so in
+    /// dead-letter reasons and `metered jobs`): such bodies can carry
+    /// personal data. `0` keeps none, only the status. Default 300.
+    #[serde(default = "default_error_excerpt_chars")]
+    pub error_excerpt_chars: usize,
 }
 
 fn default_max_response_bytes() -> u64 {
     32 * 1024 * 1024
+}
+
+fn default_error_excerpt_chars() -> usize {
+    300
 }
 
 /// The `[app.auth]` table.
@@ -688,6 +697,20 @@ pub fn normalise_endpoint(endpoint: &str) -> String {
     let path = path.split(['?', '#']).next().unwrap_or_default();
     let mut segments: Vec<&str> = Vec::new();
     for segment in path.split('/') {
+        // As the URL standard (and so the request) reads them: `%2e` is a dot.
+        let dots = segment.eq_ignore_ascii_case("%2e")
+            || segment.eq_ignore_ascii_case("%2e%2e")
+            || segment.eq_ignore_ascii_case(".%2e")
+            || segment.eq_ignore_ascii_case("%2e.");
+        let segment = if dots {
+            if segment.len() > 3 {
+                ".."
+            } else {
+                "."
+            }
+        } else {
+            segment
+        };
         match segment {
             "" | "." => {}
             ".." => {
@@ -744,6 +767,10 @@ mod tests {
         assert!(!cfg.is_exempt("POST /hooks/a/../../notes"));
         assert!(!cfg.is_exempt("GET /ping/../admin"));
         assert_eq!(normalise_endpoint("POST /a/./b/../c//d/"), "POST /a/c/d/");
+        // Dots written as `%2e` are dots to the URL the request goes to.
+        assert!(!cfg.is_exempt("POST /hooks/%2e%2e/notes"));
+        assert!(!cfg.is_exempt("POST /hooks/%2E%2e/%2e/notes"));
+        assert_eq!(normalise_endpoint("GET /a/%2e/b/.%2E/c"), "GET /a/c");
     }
 
     const GOOD: &str = r#"

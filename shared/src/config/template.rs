@@ -4,6 +4,69 @@
 
 use serde_json::Value;
 
+/// Whether every `{{` of `s` is closed by `}}` before the next `{{`, and no
+/// `}}` stands alone: a template such as `"Thank you, {{ name }"` would
+/// otherwise be sent as literal text.
+pub fn check_braces(s: &str) -> Result<(), String> {
+    let mut rest = s;
+    loop {
+        let open = rest.find("{{");
+        let close = rest.find("}}");
+        match (open, close) {
+            (None, None) => return Ok(()),
+            (None, Some(_)) => return Err(format!("template {s:?}: `}}}}` without `{{{{`")),
+            (Some(o), Some(c)) if c < o => {
+                return Err(format!("template {s:?}: `}}}}` without `{{{{`"))
+            }
+            (Some(o), _) => {
+                let after = &rest[o + 2..];
+                match (after.find("}}"), after.find("{{")) {
+                    (Some(c), Some(n)) if n < c => {
+                        return Err(format!("template {s:?}: a `{{{{` is not closed by `}}}}`"))
+                    }
+                    (Some(c), _) => rest = &after[c + 2..],
+                    (None, _) => {
+                        return Err(format!("template {s:?}: a `{{{{` is not closed by `}}}}`"))
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Renders a path template: each value is percent-encoded as a path
+/// segment (or query value), so a record's data can never change which
+/// endpoint is called (`../../admin/x?force=1#` stays one segment). A
+/// value that is empty, `.` or `..` is refused: it would name another
+/// path once the server resolves it.
+pub fn render_path(template: &str, context: &Value) -> Result<String, String> {
+    let mut out = template.to_string();
+    for p in placeholders(template) {
+        let v =
+            lookup(context, p).ok_or_else(|| format!("template {template:?}: nothing at `{p}`"))?;
+        let text = match v {
+            Value::String(t) => t.clone(),
+            other => other.to_string(),
+        };
+        if matches!(text.as_str(), "" | "." | "..") {
+            return Err(format!(
+                "template {template:?}: `{p}` is {text:?}, which cannot be a path segment"
+            ));
+        }
+        let encoded: String = text
+            .bytes()
+            .map(|b| match b {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                    (b as char).to_string()
+                }
+                _ => format!("%{b:02X}"),
+            })
+            .collect();
+        out = out.replacen(&format!("{{{{{}}}}}", find_raw(template, p)), &encoded, 1);
+    }
+    Ok(out)
+}
+
 /// The placeholder paths in `s`, trimmed.
 pub fn placeholders(s: &str) -> Vec<&str> {
     let mut out = Vec::new();
@@ -101,5 +164,31 @@ mod tests {
         assert!(render(&json!("{{ record.nope }}"), &ctx)
             .unwrap_err()
             .contains("record.nope"));
+    }
+
+    #[test]
+    fn path_values_stay_one_segment() {
+        let ctx =
+            json!({"record": {"c": "../../admin/x?force=1#", "n": 7, "dots": "..", "ok": "a b/é"}});
+        assert_eq!(
+            render_path("/customers/{{ record.c }}/notes", &ctx).unwrap(),
+            "/customers/..%2F..%2Fadmin%2Fx%3Fforce%3D1%23/notes"
+        );
+        assert_eq!(
+            render_path("/x/{{record.n}}?q={{ record.ok }}", &ctx).unwrap(),
+            "/x/7?q=a%20b%2F%C3%A9"
+        );
+        assert!(render_path("/x/{{ record.dots }}", &ctx)
+            .unwrap_err()
+            .contains("cannot be a path segment"));
+    }
+
+    #[test]
+    fn unclosed_placeholders_are_refused() {
+        assert!(check_braces("Thank you, {{ related.customer.name }").is_err());
+        assert!(check_braces("{{ a }} and {{ b").is_err());
+        assert!(check_braces("a }} b").is_err());
+        assert!(check_braces("{{ a {{ b }}").is_err());
+        assert!(check_braces("{{ a }} and {{b}}, plain { braces }").is_ok());
     }
 }

@@ -194,6 +194,8 @@ fn check_template(
 ) -> Result<()> {
     match value {
         serde_json::Value::String(s) => {
+            crate::config::template::check_braces(s)
+                .map_err(|e| Error::Config(format!("{field}: {e}")))?;
             for path in crate::config::template::placeholders(s) {
                 let mut parts = path.split('.');
                 match (parts.next(), parts.next()) {

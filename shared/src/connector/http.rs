@@ -29,15 +29,15 @@ use reqwest::{Method, RequestBuilder, StatusCode, Url};
 use serde_json::Value;
 use std::sync::Arc;
 
-/// How much of an error body goes into an error message.
-const EXCERPT_CHARS: usize = 300;
-
 /// The one HTTP client of a process: pooled connections, rustls, timeouts.
 pub fn http_client(timeouts: &Timeouts) -> Result<reqwest::Client> {
     reqwest::Client::builder()
         .connect_timeout(std::time::Duration::from_millis(timeouts.connect_ms))
         .timeout(std::time::Duration::from_millis(timeouts.request_ms))
         .pool_max_idle_per_host(16)
+        // A redirect is an error with its reason, never a second request
+        // carrying the credential (see `execute`).
+        .redirect(reqwest::redirect::Policy::none())
         .user_agent(concat!("metered/", env!("CARGO_PKG_VERSION")))
         .build()
         .map_err(|e| Error::Config(format!("cannot build the HTTP client: {e}")))
@@ -253,8 +253,30 @@ impl HttpConnector {
             // Scrubbed whole, then cut: a secret that straddles the cut must
             // not leave its prefix in the excerpt.
             let body = self.scrub(&String::from_utf8_lossy(&bytes));
-            let excerpt: String = body.chars().take(EXCERPT_CHARS).collect();
-            let msg = format!("{what}: HTTP {} — {}", status.as_u16(), excerpt.trim());
+            let excerpt: String = body
+                .chars()
+                .take(self.config.app.error_excerpt_chars)
+                .collect();
+            let msg = if excerpt.trim().is_empty() {
+                format!("{what}: HTTP {}", status.as_u16())
+            } else {
+                format!("{what}: HTTP {} — {}", status.as_u16(), excerpt.trim())
+            };
+            if status.is_redirection() {
+                // Never followed: a credential in a header would go to
+                // another host, an action's body would be sent twice, and
+                // one metered call would be several requests.
+                let to = headers
+                    .get(reqwest::header::LOCATION)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|l| Url::parse(l).ok().or_else(|| self.base.join(l).ok()))
+                    .map(|u| format!("{}{}", u.host_str().unwrap_or_default(), u.path()))
+                    .unwrap_or_else(|| "an unnamed place".into());
+                return Err(ApiError::Permanent(format!(
+                    "{what}: HTTP {} redirect to {to}; redirects are not followed (the credential and the request would go there): point the config at where the API is",
+                    status.as_u16()
+                )));
+            }
             return Err(if status.is_server_error() {
                 ApiError::Retryable(msg)
             } else {

@@ -37,9 +37,21 @@ pub struct Change {
 /// The SQLite adapter refuses the same size, so both adapters behave alike.
 pub const MAX_RECORD_BYTES: usize = 400 * 1024 - 4 * 1024;
 
+/// The longest record id the store keeps, in bytes: a little under
+/// DynamoDB's 1,024-byte limit for a sort key. The SQLite adapter refuses
+/// the same, so both behave alike (a longer id failed its whole page on
+/// DynamoDB while SQLite stored it).
+pub const MAX_ID_BYTES: usize = 1000;
+
 /// Why `record` cannot be stored, if it cannot: the one size rule both
 /// adapters and the sync layer apply.
 pub fn unstorable(record: &Record) -> Option<String> {
+    if record.id.len() > MAX_ID_BYTES {
+        return Some(format!(
+            "record id is {} bytes; the store keeps ids of at most {MAX_ID_BYTES} (DynamoDB's key limit)",
+            record.id.len()
+        ));
+    }
     let size = record.data.to_string().len();
     (size > MAX_RECORD_BYTES).then(|| {
         format!("record is {size} bytes as JSON; the store keeps at most {MAX_RECORD_BYTES} (DynamoDB's 400 KB item limit)")
@@ -116,6 +128,11 @@ impl Quarantined {
     /// record seen again on every run is listed once, with its latest reason.
     pub fn entry_key(&self) -> String {
         let who = match &self.record_id {
+            // A long id (one too long to store, say) by its digest: the
+            // entry's own key must fit DynamoDB's 1,024-byte key.
+            Some(id) if id.len() > 256 => {
+                format!("idh:{}", content_hash(&Value::String(id.clone())))
+            }
             Some(id) => format!("id:{id}"),
             None => format!(
                 "content:{}",

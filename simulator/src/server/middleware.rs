@@ -274,6 +274,13 @@ fn replacement(sim: &Sim, call: &Call, headers: &HeaderMap) -> Option<Response> 
         );
         return Some(r);
     }
+    if take(&mut f.next_redirect) {
+        let mut r = json_response(StatusCode::TEMPORARY_REDIRECT, &json!({"moved": true}));
+        if let Ok(v) = axum::http::HeaderValue::from_str(&f.redirect_to) {
+            r.headers_mut().insert("location", v);
+        }
+        return Some(r);
+    }
     if take(&mut f.next_400_echo_auth) {
         let echoed = headers
             .get("authorization")

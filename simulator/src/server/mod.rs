@@ -51,6 +51,10 @@ pub struct Faults {
     /// with the hint of `burst_retry_after_secs` / `burst_reset_offset_secs`
     /// (e.g. `Retry-After: 0` all along).
     pub throttle_until: Option<chrono::DateTime<chrono::Utc>>,
+    /// The next N responses are `307 Temporary Redirect` to this URL (a
+    /// moved API, or a hostile one fishing for the credential).
+    pub next_redirect: u32,
+    pub redirect_to: String,
     pub retry_after_style: RetryAfterStyle,
     /// 503 with Retry-After.
     pub next_503_retry_after: u32,

@@ -84,7 +84,12 @@ fn to_stored(item: &Item) -> Option<StoredRecord> {
 impl DynamoStore {
     async fn batch_get(&self, pk: &str, ids: &[String]) -> Result<Vec<Item>> {
         let mut out = Vec::new();
-        let mut unique: Vec<&String> = ids.iter().collect();
+        // An id too long to store cannot be stored: not asked for (DynamoDB
+        // would refuse the whole read).
+        let mut unique: Vec<&String> = ids
+            .iter()
+            .filter(|id| id.len() <= crate::store::MAX_ID_BYTES)
+            .collect();
         unique.sort();
         unique.dedup();
         for chunk in unique.chunks(100) {

@@ -193,7 +193,11 @@ pub(crate) async fn needing_lookup(
     ids: Vec<String>,
     now: Timestamp,
 ) -> crate::Result<Vec<String>> {
-    let ids: BTreeSet<String> = ids.into_iter().filter(|id| !id.is_empty()).collect();
+    // An id longer than the store keeps can never be stored: not looked up.
+    let ids: BTreeSet<String> = ids
+        .into_iter()
+        .filter(|id| !id.is_empty() && id.len() <= crate::store::MAX_ID_BYTES)
+        .collect();
     let ids: Vec<String> = ids.into_iter().collect();
     let stored = svc.store.get(key, record_type, &ids).await?;
     let stored: BTreeMap<&str, _> = stored.iter().map(|r| (r.id.as_str(), r)).collect();

@@ -4,23 +4,51 @@
 
 use super::*;
 
+/// What an expression made of one record.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) enum Verdict {
+    Yes,
+    No,
+    /// Not a boolean (`null` for an unset field, a string, a number): this
+    /// record does not pass and is quarantined with the reason; the rest of
+    /// its trigger goes on. It used to fail the whole trigger as a config
+    /// error, which a redrive met again.
+    Bad(String),
+}
+
 /// Runs a compiled expression on a record's context; a missing field is "no".
-pub(super) fn eval(program: &cel::Program, ctx: &Value, what: &str) -> Result<bool> {
+pub(super) fn eval(program: &cel::Program, ctx: &Value, what: &str) -> Result<Verdict> {
     let mut cel_ctx = cel::Context::default();
     for key in ["record", "related", "change", "now"] {
         let v = cel::to_value(ctx.get(key).cloned().unwrap_or(Value::Null))
             .map_err(|e| Error::Config(format!("{what}: {e}")))?;
         cel_ctx.add_variable_from_value(key, v);
     }
-    match program.execute(&cel_ctx) {
-        Ok(cel::Value::Bool(b)) => Ok(b),
-        Ok(other) => Err(Error::Config(format!(
-            "{what}: expected true or false, got {other:?}"
-        ))),
-        // A missing field on a record is "no": data varies, configs must not crash on it.
+    Ok(verdict(program.execute(&cel_ctx), what))
+}
+
+/// The rule for an expression's result: true and false pass and filter; an
+/// expression that fails on the data (a missing field) is "no"; any other
+/// value sets the record aside.
+fn verdict<E: std::fmt::Display>(
+    result: std::result::Result<cel::Value, E>,
+    what: &str,
+) -> Verdict {
+    match result {
+        Ok(cel::Value::Bool(true)) => Verdict::Yes,
+        Ok(cel::Value::Bool(false)) => Verdict::No,
+        Ok(other) => Verdict::Bad(format!(
+            "{what}: expected true or false, got {}",
+            match other {
+                cel::Value::Null => "null".to_string(),
+                other => format!("{other:?}"),
+            }
+        )),
+        // An expression that fails on this record's data (a missing field,
+        // a comparison with null) is "no", as documented: data varies.
         Err(e) => {
             tracing::debug!(%what, error = %e, "expression did not evaluate; treated as false");
-            Ok(false)
+            Verdict::No
         }
     }
 }
@@ -72,15 +100,19 @@ impl WorkflowHandler {
         }
         let ctx = json!({ "record": data, "related": Value::Object(related), "change": change.as_str(), "now": now.to_rfc3339() });
         for (i, c) in wf.conditions.iter().enumerate() {
-            if !eval(c, &ctx, &format!("workflows.{}.conditions[{i}]", wf.name))? {
-                return Ok(Plan::Filtered);
+            match eval(c, &ctx, &format!("workflows.{}.conditions[{i}]", wf.name))? {
+                Verdict::Yes => {}
+                Verdict::No => return Ok(Plan::Filtered),
+                Verdict::Bad(reason) => return Ok(Plan::Quarantined(reason)),
             }
         }
         let mut actions = Vec::new();
         for (i, a) in wf.config.actions.iter().enumerate() {
             if let Some(w) = &wf.whens[i] {
-                if !eval(w, &ctx, &format!("workflows.{}.actions[{i}].when", wf.name))? {
-                    continue;
+                match eval(w, &ctx, &format!("workflows.{}.actions[{i}].when", wf.name))? {
+                    Verdict::Yes => {}
+                    Verdict::No => continue,
+                    Verdict::Bad(reason) => return Ok(Plan::Quarantined(reason)),
                 }
             }
             // A template is checked when the config loads; what it lacks
@@ -91,9 +123,8 @@ impl WorkflowHandler {
                 ActionConfig::Http {
                     method, path, body, ..
                 } => {
-                    let path = match render(&Value::String(path.clone()), &ctx) {
-                        Ok(Value::String(s)) => s,
-                        Ok(other) => other.to_string(),
+                    let path = match crate::config::template::render_path(path, &ctx) {
+                        Ok(p) => p,
                         Err(e) => return Ok(bad(e)),
                     };
                     let body = match body.as_ref().map(|b| render(b, &ctx)).transpose() {
@@ -111,11 +142,15 @@ impl WorkflowHandler {
                 }
                 ActionConfig::DatasourcePush { row, .. } => {
                     let delete = match &wf.delete_whens[i] {
-                        Some(d) => eval(
+                        Some(d) => match eval(
                             d,
                             &ctx,
                             &format!("workflows.{}.actions[{i}].delete_when", wf.name),
-                        )?,
+                        )? {
+                            Verdict::Yes => true,
+                            Verdict::No => false,
+                            Verdict::Bad(reason) => return Ok(Plan::Quarantined(reason)),
+                        },
                         None => false,
                     };
                     if delete {
@@ -133,5 +168,25 @@ impl WorkflowHandler {
             }
         }
         Ok(Plan::Pass { actions })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_boolean_decides_and_anything_else_sets_the_record_aside() {
+        let ok = |v: cel::Value| verdict::<String>(Ok(v), "workflows.w.conditions[0]");
+        assert_eq!(ok(cel::Value::Bool(true)), Verdict::Yes);
+        assert_eq!(ok(cel::Value::Bool(false)), Verdict::No);
+        assert!(
+            matches!(ok(cel::Value::Null), Verdict::Bad(r) if r.contains("got null") && r.contains("conditions[0]"))
+        );
+        assert!(matches!(ok(cel::Value::Int(1)), Verdict::Bad(_)));
+        assert_eq!(
+            verdict::<String>(Err("No such key: is_vip".into()), "x"),
+            Verdict::No
+        );
     }
 }
