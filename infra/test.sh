@@ -23,7 +23,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 export SAM_CLI_TELEMETRY=0 CARGO_TERM_COLOR=never
 
-step() { printf '\n== %s\n' "$*"; }
+step() { printf '\n== [%s] %s\n' "$(date -u +%T)" "$*"; }
 
 step "install local servers"
 infra/local/servers.sh install

@@ -10,10 +10,10 @@ trap 'infra/local/servers.sh stop' EXIT
 infra/local/servers.sh start
 eval "$(infra/local/servers.sh env)"
 
-printf '\n== doc tests\n'
+printf '\n== [%s] doc tests\n' "$(date -u +%T)"
 cargo test --workspace --doc
 
-printf '\n== tests\n'
+printf '\n== [%s] tests\n' "$(date -u +%T)"
 if [ "${RUNNER:-nextest}" = nextest ]; then
   cargo nextest run --workspace --no-fail-fast
 else

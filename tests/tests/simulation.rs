@@ -2,7 +2,7 @@
 //! every queue at once, crashes, duplicates, lost send responses and
 //! Lambda timeouts, under many seeds, each checked from the API's side.
 //!
-//! - `METERED_SIM_SEEDS` — seeds on SQLite (default 2,000,
+//! - `METERED_SIM_SEEDS` — seeds on SQLite (default 1,000,
 //!   split over two tests so both cores work); DynamoDB Local + ministack
 //!   run `METERED_SIM_AWS_SEEDS` (default 10).
 //! - `METERED_SEED=<n>` — run that one seed (replays exactly), on SQLite, or
@@ -124,7 +124,7 @@ fn sqlite_half(half: u64) {
         }
         return;
     }
-    let n = env_u64("METERED_SIM_SEEDS", 2000);
+    let n = env_u64("METERED_SIM_SEEDS", 1000);
     run_seeds(
         Adapter::Sqlite,
         (0..n).filter(move |i| i % 2 == half).map(|i| SEED_BASE + i),
