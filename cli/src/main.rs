@@ -56,6 +56,9 @@ enum Command {
     /// Records set aside instead of failing their page or workflow (no id,
     /// over 400 KB, missing a field an action needs), with the reason.
     Quarantine(inspect::QuarantineArgs),
+    /// Data Source outboxes: rows waiting to be pushed, the chunk in flight,
+    /// rows the API refused (with its reason); `retry` or `drop` those.
+    Outbox(inspect::OutboxArgs),
     /// Dead letters: list, show one, redrive them to their queue after a fix
     /// (SQLite, or the deployed SQS queues with --sqs).
     Dlq(dlq::Args),
@@ -101,6 +104,7 @@ fn main() -> ExitCode {
             Command::Records(args) => inspect::records(args).await,
             Command::Jobs(args) => inspect::jobs(args).await,
             Command::Quarantine(args) => inspect::quarantine(args).await,
+            Command::Outbox(args) => inspect::outbox(args).await,
             Command::Dlq(args) => dlq::run(args).await,
             Command::Invoke(args) => run::invoke(args).await,
             Command::Bench(args) => bench::run(args).await,

@@ -275,6 +275,7 @@ fn every_command_has_help() {
         "records",
         "jobs",
         "quarantine",
+        "outbox",
         "invoke",
         "bench",
         "quota-demo",
@@ -365,6 +366,56 @@ async fn usage_records_and_quarantine_read_dynamodb_too() {
     let q = &quarantined[0]["quarantined"];
     assert!(q["reason"].as_str().unwrap().contains("no id"), "{q}");
     assert!(q["excerpt"].as_str().unwrap().contains("Pilates"), "{q}");
+
+    // A Data Source row the API refused: listed with the reason, retried
+    // back to waiting. Org `beta` has a row with the same id, untouched.
+    use metered::store::outbox::{Outbox, Refusal, RowChange, RowWrite};
+    let now = chrono::Utc::now();
+    let beta = metered::quota::QuotaKey::new("beta", "sim-booking");
+    for key in [&scope, &beta] {
+        let row = RowWrite::new("v-1", RowChange::Insert(serde_json::json!({"id": "v-1"})));
+        store.put_rows(key, "vips", &[row], now).await.unwrap();
+    }
+    let pending = store.pending_rows(&scope, "vips", 10).await.unwrap();
+    let chunk = store
+        .begin_chunk(&scope, "vips", &pending)
+        .await
+        .unwrap()
+        .unwrap();
+    let refusal = Refusal::SetAside {
+        reason: "push: HTTP 422 — row v-1: bad email".into(),
+    };
+    store
+        .refuse_chunk(&scope, "vips", &chunk, &refusal, now)
+        .await
+        .unwrap();
+    let listed = json(&cli(&["outbox", "--datasource", "vips", "--org", "acme"]));
+    assert_eq!(listed[0]["waiting"], 0, "{listed}");
+    assert_eq!(listed[0]["refused"][0]["id"], "v-1", "{listed}");
+    assert!(listed[0]["refused"][0]["reason"]
+        .as_str()
+        .unwrap()
+        .contains("bad email"));
+    let retried = json(&cli(&[
+        "outbox",
+        "--retry-all",
+        "--datasource",
+        "vips",
+        "--org",
+        "acme",
+    ]));
+    assert_eq!(retried[0]["changed"]["rows"], 1, "{retried}");
+    assert_eq!(retried[0]["waiting"], 1, "{retried}");
+    assert!(retried[0]["refused"].as_array().unwrap().is_empty());
+    assert_eq!(store.pending_count(&beta, "vips").await.unwrap(), 1);
+    let both = cli(&[
+        "outbox",
+        "--retry-all",
+        "--drop-all",
+        "--datasource",
+        "vips",
+    ]);
+    assert!(!both.status.success(), "retry or drop, not both");
 }
 
 #[test]

@@ -380,6 +380,51 @@ impl<S: RecordStore + 'static> Outbox for FaultyStore<S> {
         self.faults.enter("outbox.clear").await?;
         self.inner.clear_flush_due(key, ds, due).await
     }
+    async fn refuse_chunk(
+        &self,
+        key: &QuotaKey,
+        ds: &str,
+        chunk: &Chunk,
+        refusal: &metered::store::outbox::Refusal,
+        now: Timestamp,
+    ) -> metered::Result<()> {
+        self.faults.enter("outbox.refuse").await?;
+        self.inner.refuse_chunk(key, ds, chunk, refusal, now).await
+    }
+    async fn set_probe(
+        &self,
+        key: &QuotaKey,
+        ds: &str,
+        probe: Option<&metered::store::outbox::Probe>,
+    ) -> metered::Result<()> {
+        self.faults.enter("outbox.probe").await?;
+        self.inner.set_probe(key, ds, probe).await
+    }
+    async fn refused_rows(
+        &self,
+        key: &QuotaKey,
+        ds: &str,
+        limit: u32,
+    ) -> metered::Result<Vec<metered::store::outbox::RefusedRow>> {
+        self.inner.refused_rows(key, ds, limit).await
+    }
+    async fn retry_refused(
+        &self,
+        key: &QuotaKey,
+        ds: &str,
+        ids: Option<&[String]>,
+        now: Timestamp,
+    ) -> metered::Result<u64> {
+        self.inner.retry_refused(key, ds, ids, now).await
+    }
+    async fn drop_refused(
+        &self,
+        key: &QuotaKey,
+        ds: &str,
+        ids: Option<&[String]>,
+    ) -> metered::Result<u64> {
+        self.inner.drop_refused(key, ds, ids).await
+    }
 }
 
 #[async_trait]

@@ -52,6 +52,7 @@ macro_rules! store_cases {
                 outbox_rows_keep_the_last_write_per_id_and_org,
                 an_outbox_row_from_an_older_version_never_replaces_a_newer_one,
                 an_outbox_chunk_is_fixed_once_and_leaves_only_when_accepted,
+                a_refused_chunk_is_split_and_its_row_set_aside_per_org,
                 concurrent_flushes_fix_one_chunk,
                 a_timed_flush_is_marked_once_until_cleared_or_lost,
                 hosted_rows_page_by_id_and_version_per_org,
@@ -985,6 +986,144 @@ pub async fn an_outbox_chunk_is_fixed_once_and_leaves_only_when_accepted<
         .unwrap()
         .unwrap();
     assert_eq!((b_chunk.seq, b_chunk.rows.len()), (0, 5));
+}
+
+/// A refused chunk of several rows clears the in-flight mark and sets the
+/// probe; a refused single row leaves the waiting rows for the refused
+/// list (unless written since), which lists, retries (back to waiting,
+/// a newer write standing) and drops rows; another org's outbox with the
+/// same ids is untouched.
+pub async fn a_refused_chunk_is_split_and_its_row_set_aside_per_org<F: Future<Output = Fixture>>(
+    make: F,
+) {
+    use metered::store::outbox::Refusal;
+    let s = make.await;
+    let (a, b) = orgs();
+    let now = afternoon();
+    let o = &s.records;
+    let four: Vec<RowWrite> = (1..=4)
+        .map(|i| RowWrite::new(format!("inv_{i}"), insert(i)))
+        .collect();
+    o.put_rows(&a, "vips", &four, now).await.unwrap();
+    o.put_rows(&b, "vips", &four, now).await.unwrap();
+    let chunk = o
+        .begin_chunk(&a, "vips", &o.pending_rows(&a, "vips", 4).await.unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    let probe = metered::store::outbox::Probe {
+        rows: 2,
+        until: "inv_4".into(),
+    };
+    o.refuse_chunk(
+        &a,
+        "vips",
+        &chunk,
+        &Refusal::Split {
+            probe: probe.clone(),
+        },
+        now,
+    )
+    .await
+    .unwrap();
+    let state = o.outbox_state(&a, "vips").await.unwrap();
+    assert_eq!((state.inflight, state.probe), (None, Some(probe.clone())));
+    assert_eq!(
+        o.pending_count(&a, "vips").await.unwrap(),
+        4,
+        "all wait again"
+    );
+    // inv_3 alone is refused; inv_4 alone is refused but was written since.
+    let a_ref = &a;
+    let refuse_alone = |id: &'static str| async move {
+        let row: Vec<_> = o
+            .pending_rows(a_ref, "vips", 4)
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|r| r.id == id)
+            .collect();
+        o.begin_chunk(a_ref, "vips", &row).await.unwrap().unwrap()
+    };
+    let three = refuse_alone("inv_3").await;
+    let aside = Refusal::SetAside {
+        reason: "HTTP 422: email is not valid".into(),
+    };
+    o.refuse_chunk(&a, "vips", &three, &aside, now)
+        .await
+        .unwrap();
+    o.refuse_chunk(&a, "vips", &three, &aside, now)
+        .await
+        .unwrap();
+    let four_chunk = refuse_alone("inv_4").await;
+    o.put_rows(&a, "vips", &rows(&[("inv_4", insert(40))]), now)
+        .await
+        .unwrap();
+    o.refuse_chunk(&a, "vips", &four_chunk, &aside, now)
+        .await
+        .unwrap();
+    let state = o.outbox_state(&a, "vips").await.unwrap();
+    assert_eq!(
+        (state.inflight, state.probe),
+        (None, None),
+        "a row set aside ends the search"
+    );
+    let refused = o.refused_rows(&a, "vips", 10).await.unwrap();
+    assert_eq!(
+        refused
+            .iter()
+            .map(|r| (r.id.as_str(), r.reason.as_str()))
+            .collect::<Vec<_>>(),
+        vec![("inv_3", "HTTP 422: email is not valid")],
+        "the rewritten row is not set aside"
+    );
+    assert_eq!(refused[0].change, insert(3));
+    assert_eq!(o.pending_count(&a, "vips").await.unwrap(), 3);
+    assert!(o.refused_rows(&b, "vips", 10).await.unwrap().is_empty());
+    assert_eq!(o.pending_count(&b, "vips").await.unwrap(), 4);
+    o.set_probe(&a, "vips", Some(&probe)).await.unwrap();
+    assert_eq!(o.outbox_state(&a, "vips").await.unwrap().probe, Some(probe));
+    o.set_probe(&a, "vips", None).await.unwrap();
+    assert_eq!(o.outbox_state(&a, "vips").await.unwrap().probe, None);
+    // Retry puts it back to waiting; a newer write of the row would stand.
+    let others = vec!["inv_9".to_string()];
+    assert_eq!(
+        o.retry_refused(&a, "vips", Some(&others), now)
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(o.retry_refused(&a, "vips", None, now).await.unwrap(), 1);
+    assert_eq!(o.pending_count(&a, "vips").await.unwrap(), 4);
+    assert!(o.refused_rows(&a, "vips", 10).await.unwrap().is_empty());
+    // Refused again, then dropped: it is never sent.
+    let again = refuse_alone("inv_3").await;
+    o.refuse_chunk(&a, "vips", &again, &aside, now)
+        .await
+        .unwrap();
+    o.put_rows(&a, "vips", &rows(&[("inv_3", insert(33))]), now)
+        .await
+        .unwrap();
+    assert_eq!(
+        o.retry_refused(&a, "vips", None, now).await.unwrap(),
+        1,
+        "leaves the list"
+    );
+    let waiting = o.pending_rows(&a, "vips", 10).await.unwrap();
+    assert_eq!(
+        waiting.iter().find(|r| r.id == "inv_3").unwrap().change,
+        insert(33),
+        "the newer write stands"
+    );
+    let again = refuse_alone("inv_3").await;
+    o.refuse_chunk(&a, "vips", &again, &aside, now)
+        .await
+        .unwrap();
+    let ids = vec!["inv_3".to_string()];
+    assert_eq!(o.drop_refused(&a, "vips", Some(&ids)).await.unwrap(), 1);
+    assert_eq!(o.drop_refused(&a, "vips", None).await.unwrap(), 0);
+    assert!(o.refused_rows(&a, "vips", 10).await.unwrap().is_empty());
+    assert_eq!(o.pending_count(&a, "vips").await.unwrap(), 3);
 }
 
 /// Many flushers racing to fix a chunk: exactly one does.

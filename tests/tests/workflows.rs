@@ -603,6 +603,139 @@ async fn an_outbox_flush_spends_ceil_rows_over_max_calls(adapter: Adapter) {
     assert_eq!(w.dead_letters().await, 0);
 }
 
+/// A platform that refuses one row (422, naming it): the chunk is halved
+/// until that row stands alone, the row is set aside with the API's reason,
+/// every other row arrives, and the whole costs a bounded handful of extra
+/// calls, once. `retry` after the fix sends it. Rows are keyed by their own
+/// `id` (`v-…`, not the record's). Before the fix the refused chunk stayed
+/// in flight and was re-sent at every timed flush, forever, dead-lettering
+/// each flush and stalling the Data Source.
+async fn a_refused_row_costs_only_that_row(adapter: Adapter) {
+    let w = World::new(
+        adapter,
+        SimConfig {
+            customers: 200,
+            ..Default::default()
+        },
+        |c| {
+            c.syncs.insert("customers".into(), transfer());
+            workflow(
+                c,
+                &ROWS.replace("id = \"{{ record.id }}\"", "id = \"v-{{ record.id }}\""),
+            );
+            c.datasources.insert(
+                "vips".into(),
+                toml::from_str("every = \"5m\"\nmax_rows_per_call = 100").unwrap(),
+            );
+        },
+    )
+    .await
+    .with_workflows();
+    for org in ORGS {
+        w.start_for(org, JobKind::CompleteTransfer, "customers")
+            .await;
+    }
+    w.drive().await;
+    let customers = w.sim().records("customers");
+    let kept: Vec<String> = customers
+        .iter()
+        .filter(|r| r["score"].as_u64().unwrap() < 95)
+        .map(|r| format!("v-{}", r["id"].as_str().unwrap()))
+        .collect();
+    let bad = kept[57].clone();
+    w.sim().faults().refuse_row_ids.insert(bad.clone());
+    let ids: Vec<String> = customers
+        .iter()
+        .map(|r| r["id"].as_str().unwrap().to_string())
+        .collect();
+    for org in ORGS {
+        run_rows(&w, org, &ids, 20).await;
+    }
+    w.drive().await;
+    let pushes = |org: &str| {
+        w.sim()
+            .stats()
+            .calls_of(&w.api_keys[org], "POST /datasources/{name}/rows")
+    };
+    let held = |org: &str| -> std::collections::BTreeSet<String> {
+        w.sim()
+            .datasource_rows_of(&w.api_keys[org], "vips")
+            .iter()
+            .map(|r| r["id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    for org in ORGS {
+        let key = w.svc.key(org);
+        let expected: std::collections::BTreeSet<String> =
+            kept.iter().filter(|id| **id != bad).cloned().collect();
+        assert_eq!(held(org), expected, "{org}: every other row arrived");
+        let refused = w.store.refused_rows(&key, "vips", 10).await.unwrap();
+        assert_eq!(refused.len(), 1, "{org}: {refused:?}");
+        assert_eq!(refused[0].id, bad);
+        assert!(
+            refused[0].reason.contains("HTTP 422") && refused[0].reason.contains(&bad),
+            "{org}: the API's reason: {}",
+            refused[0].reason
+        );
+        assert_eq!(w.store.pending_count(&key, "vips").await.unwrap(), 0);
+        // 200 rows at 100 a call: 2, and the search for the row: at most
+        // two calls per halving of 100.
+        let calls = pushes(org);
+        assert!(
+            (3..=2 + 2 * 7).contains(&calls),
+            "{org}: {calls} push calls"
+        );
+    }
+    assert_eq!(w.dead_letters().await, 0, "nothing dead-lettered");
+    // Later flushes never send it again; after the platform's fix, a retry does.
+    let before: Vec<u64> = ORGS.iter().map(|o| pushes(o)).collect();
+    for org in ORGS {
+        run_rows(&w, org, &ids[..10], 10).await;
+    }
+    w.drive().await;
+    for (org, calls) in ORGS.iter().zip(&before) {
+        assert!(
+            pushes(org) <= calls + 1,
+            "{org}: the refused row is not re-sent"
+        );
+        assert_eq!(
+            w.store
+                .refused_rows(&w.svc.key(org), "vips", 10)
+                .await
+                .unwrap()
+                .len(),
+            1
+        );
+    }
+    w.sim().faults().refuse_row_ids.clear();
+    let now = w.shared.now();
+    for org in ORGS {
+        let key = w.svc.key(org);
+        assert_eq!(
+            w.store
+                .retry_refused(&key, "vips", None, now)
+                .await
+                .unwrap(),
+            1
+        );
+        let ds = w.svc.config.datasource("vips").unwrap();
+        metered::handlers::datasource::schedule_flush(&w.svc, org, &ds, true)
+            .await
+            .unwrap();
+    }
+    w.drive().await;
+    for org in ORGS {
+        assert!(held(org).contains(&bad), "{org}: sent after the retry");
+        assert_eq!(
+            w.store
+                .pending_count(&w.svc.key(org), "vips")
+                .await
+                .unwrap(),
+            0
+        );
+    }
+}
+
 /// A condition that is `null` for some records (the usual JSON for an unset
 /// boolean) sets exactly those records aside, each quarantined with the
 /// reason, and every other record of the run gets its action: nothing is
@@ -702,6 +835,7 @@ metered_tests::on_both!(
     metrics_count_what_the_api_saw,
     an_outbox_flush_spends_ceil_rows_over_max_calls,
     a_null_condition_costs_only_its_record,
+    a_refused_row_costs_only_that_row,
 );
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

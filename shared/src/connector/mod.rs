@@ -104,6 +104,11 @@ pub enum ApiError {
     /// 5xx, timeouts, connection resets: a later attempt may succeed.
     #[error("{0}")]
     Retryable(String),
+    /// 400, 413 or 422: the API refused this request's content. Will fail
+    /// again as it is; other content may pass (a refused Data Source chunk
+    /// is split to find the row it refuses).
+    #[error("{0}")]
+    Rejected(String),
     /// Other 4xx, unreadable responses, bad records: will fail again.
     #[error("{0}")]
     Permanent(String),
@@ -163,6 +168,10 @@ pub enum CallError {
     /// A later attempt may succeed.
     #[error("retryable: {0}")]
     Retryable(String),
+    /// The API refused the request's content (400, 413, 422): will fail
+    /// the same way again as it is.
+    #[error("refused: {0}")]
+    Rejected(String),
     /// Will fail the same way again.
     #[error("permanent: {0}")]
     Permanent(String),
@@ -336,6 +345,7 @@ impl Metered {
                 Err(CallError::RateLimited { retry_at })
             }
             Err(ApiError::Retryable(m)) => Err(CallError::Retryable(m)),
+            Err(ApiError::Rejected(m)) => Err(CallError::Rejected(m)),
             Err(ApiError::Permanent(m)) => Err(CallError::Permanent(m)),
         }
     }

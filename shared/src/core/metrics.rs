@@ -61,11 +61,16 @@ pub enum Counter {
     PushesSent,
     /// Rows (inserts and deletes) those pushes carried.
     RowsPushed,
+    /// Data Source rows the API refused alone, set aside (`metered outbox`).
+    RowsRefused,
+    /// Connections paused after repeated authentication failures: an
+    /// operator must look (the alarm in `template.yaml` watches it).
+    ConnectionsPaused,
 }
 
 impl Counter {
     /// Every counter, in the order they are written.
-    pub const ALL: [Counter; 14] = [
+    pub const ALL: [Counter; 16] = [
         Counter::CallsMade,
         Counter::DenialsDayLimit,
         Counter::DenialsHourLimit,
@@ -80,6 +85,8 @@ impl Counter {
         Counter::ActionsPerformed,
         Counter::PushesSent,
         Counter::RowsPushed,
+        Counter::RowsRefused,
+        Counter::ConnectionsPaused,
     ];
 
     /// The metric's name, e.g. `CallsMade`.
@@ -99,6 +106,8 @@ impl Counter {
             Counter::ActionsPerformed => "ActionsPerformed",
             Counter::PushesSent => "PushesSent",
             Counter::RowsPushed => "RowsPushed",
+            Counter::RowsRefused => "RowsRefused",
+            Counter::ConnectionsPaused => "ConnectionsPaused",
         }
     }
 }

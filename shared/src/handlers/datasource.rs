@@ -23,7 +23,7 @@ use crate::handlers::context::AppContext;
 use crate::handlers::IntoOutcome;
 use crate::jobs::envelope::{JobEnvelope, JobKind, Outcome};
 use crate::jobs::runtime::{delay_secs, JobContext};
-use crate::store::outbox::cut_chunk;
+use crate::store::outbox::{after_acceptance, after_refusal, cut_chunk, Refusal};
 use crate::store::SyncFinish;
 use serde::{Deserialize, Serialize};
 
@@ -224,10 +224,12 @@ async fn send_chunks(
             // the same key, before anything else.
             Some(chunk) => chunk,
             None => {
-                let pending = svc.store.pending_rows(&key, &ds.name, max).await?;
+                // While a refused chunk is being split, smaller chunks.
+                let take = state.probe.as_ref().map_or(max, |p| p.rows.clamp(1, max));
+                let pending = svc.store.pending_rows(&key, &ds.name, take).await?;
                 let fetched = pending.len();
-                let rows = cut_chunk(pending, max as usize);
-                let full = rows.len() == max as usize || rows.len() < fetched;
+                let rows = cut_chunk(pending, take as usize);
+                let full = rows.len() == take as usize || rows.len() < fetched;
                 if rows.is_empty() || !(full || timer_due.is_some()) {
                     if let Some(due) = timer_due {
                         svc.store.clear_flush_due(&key, &ds.name, due).await?;
@@ -263,6 +265,34 @@ async fn send_chunks(
                     chunk.rows.len() as u64,
                 );
                 tracing::info!(datasource = %ds.name, seq = chunk.seq, rows = chunk.rows.len(), "Data Source push accepted");
+                if let (Some(probe), Some(last)) = (&state.probe, chunk.rows.last()) {
+                    let next = after_acceptance(Some(probe.clone()), &last.id);
+                    if next.as_ref() != Some(probe) {
+                        svc.store.set_probe(&key, &ds.name, next.as_ref()).await?;
+                    }
+                }
+                sent += 1;
+            }
+            Err(CallError::Rejected(reason)) => {
+                // Refused for its content: never re-sent as it was. Halved
+                // until the refused row stands alone, which is set aside
+                // with the API's reason; the rest go on in this flush.
+                let refusal = after_refusal(&chunk.rows, &reason);
+                if let Refusal::SetAside { .. } = &refusal {
+                    let ids: Vec<&str> = chunk.rows.iter().map(|r| r.id.as_str()).collect();
+                    tracing::warn!(datasource = %ds.name, org = %job.org, rows = ?ids, %reason, "Data Source row refused by the API; set aside (metered outbox)");
+                    svc.metrics.add(
+                        &job.app,
+                        &job.org,
+                        Counter::RowsRefused,
+                        chunk.rows.len() as u64,
+                    );
+                } else {
+                    tracing::info!(datasource = %ds.name, rows = chunk.rows.len(), %reason, "Data Source chunk refused; splitting it to find the row");
+                }
+                svc.store
+                    .refuse_chunk(&key, &ds.name, &chunk, &refusal, svc.clock.now())
+                    .await?;
                 sent += 1;
             }
             Err(e) => {

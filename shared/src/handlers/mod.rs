@@ -42,7 +42,7 @@ impl IntoOutcome for CallError {
                 "the reserved calls' window ended; reserving anew",
                 checkpoint,
             ),
-            CallError::Permanent(m) => Outcome::Fail(m),
+            CallError::Rejected(m) | CallError::Permanent(m) => Outcome::Fail(m),
         }
     }
 }

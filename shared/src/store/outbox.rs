@@ -24,6 +24,17 @@
 //! - **Rows leave only once accepted** ([`Outbox::ack_chunk`]): a row leaves
 //!   when the API accepted the chunk *and* it was not written again since
 //!   (same stamp); a row rewritten during the flush stays for the next one.
+//! - **A refused chunk is split, never re-sent as it was**
+//!   ([`after_refusal`], [`Outbox::refuse_chunk`]): when the API refuses a
+//!   chunk's content for good (400, 413, 422), the next chunks are half as
+//!   large, down to one row; a row refused alone is set aside with the
+//!   API's reason (`metered outbox` lists, retries or drops it) and the rest
+//!   go through. Each refusal halves the chunk or sets a row aside, so a
+//!   bad row costs about `2·log2(max_rows_per_call)` calls, once. Before,
+//!   the chunk stayed in flight and was re-sent at every timed flush,
+//!   stalling its Data Source for good.
+//! - **Rows are keyed by their own `id`** ([`row_id`]): the id the platform
+//!   sees, so a delete names a row it was sent.
 
 use crate::core::clock::Timestamp;
 use crate::core::error::Result;
@@ -82,10 +93,21 @@ pub fn replaces(stored_at: Option<Timestamp>, incoming_at: Option<Timestamp>) ->
     }
 }
 
+/// The key of a Data Source row: the rendered row's own `id` (a string,
+/// or a number written as one), else `fallback` (the trigger record's id).
+/// Deletes name this id, so it must be the one the platform was sent.
+pub fn row_id(row: &Value, fallback: &str) -> String {
+    match row.get("id") {
+        Some(Value::String(s)) if !s.is_empty() => s.clone(),
+        Some(Value::Number(n)) => n.to_string(),
+        _ => fallback.to_string(),
+    }
+}
+
 /// A row waiting in the outbox.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct OutboxRow {
-    /// The row's id (the trigger record's id).
+    /// The row's id ([`row_id`]).
     pub id: String,
     /// Insert or delete.
     pub change: RowChange,
@@ -139,6 +161,79 @@ pub struct OutboxState {
     pub pushes: u64,
     /// Rows those chunks carried.
     pub rows_pushed: u64,
+    /// While a refused chunk is being split: the bound of the next chunks
+    /// ([`after_refusal`], [`after_acceptance`]).
+    pub probe: Option<Probe>,
+}
+
+/// The search for a refused row: chunks of at most `rows` rows until the
+/// rows up to `until` (the refused chunk's last id) are decided.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Probe {
+    /// The most rows the next chunk takes.
+    pub rows: u32,
+    /// The last row id of the chunk that was refused.
+    pub until: String,
+}
+
+/// What becomes of a chunk the API refused for good.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// Its rows wait again; the next chunks take at most `probe.rows`.
+    Split {
+        /// The bound for the next chunks.
+        probe: Probe,
+    },
+    /// A chunk of one row: the row is set aside with the API's reason
+    /// (unless written again since), and the next chunk takes one row.
+    SetAside {
+        /// What the API said.
+        reason: String,
+    },
+}
+
+/// The splitting rule (a bisection): a refused chunk is halved, rounding
+/// up, until one row is refused alone, which is set aside; then chunks are
+/// full again.
+pub fn after_refusal(chunk: &[OutboxRow], reason: &str) -> Refusal {
+    match chunk {
+        [] | [_] => Refusal::SetAside {
+            reason: reason.to_string(),
+        },
+        [.., last] => Refusal::Split {
+            probe: Probe {
+                rows: chunk.len().div_ceil(2) as u32,
+                until: last.id.clone(),
+            },
+        },
+    }
+}
+
+/// After an accepted chunk whose last id is `last`: the search goes on at
+/// the same size while the refused range is not yet passed (the refused
+/// row is in the rest of it), and ends once it is (the row was written
+/// again, or refused no more).
+pub fn after_acceptance(probe: Option<Probe>, last: &str) -> Option<Probe> {
+    probe.filter(|p| last < p.until.as_str())
+}
+
+/// A row the API refused alone, set aside.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RefusedRow {
+    /// The row's id.
+    pub id: String,
+    /// What was sent.
+    pub change: RowChange,
+    /// What the API said.
+    pub reason: String,
+    /// When.
+    pub refused_at: Timestamp,
+}
+
+/// Which refused rows a retry or drop applies to: all of a Data Source's,
+/// or these ids.
+pub fn selected(ids: Option<&[String]>, id: &str) -> bool {
+    ids.is_none_or(|ids| ids.iter().any(|i| i == id))
 }
 
 /// The largest row, as JSON, the outbox keeps: rows are small (a template
@@ -179,16 +274,23 @@ pub fn last_write_wins(rows: Vec<RowWrite>) -> Vec<RowWrite> {
     out
 }
 
+/// The bytes a row takes in the stored chunk: its id, its stamp and its
+/// change as JSON, with the JSON around them. Counting only the row's
+/// content let a stored chunk of many small rows with long ids exceed
+/// DynamoDB's 400 KB item.
+pub fn stored_size(row: &OutboxRow) -> usize {
+    let change = serde_json::to_string(&row.change).map_or(0, |s| s.len());
+    row.id.len() + row.stamp.len() + change + 48
+}
+
 /// The next chunk from pending rows (id order): at most `max_rows`, and at
-/// most [`MAX_CHUNK_BYTES`] of JSON (always at least one row).
+/// most [`MAX_CHUNK_BYTES`] as stored ([`stored_size`]; always at least one
+/// row).
 pub fn cut_chunk(pending: Vec<OutboxRow>, max_rows: usize) -> Vec<OutboxRow> {
     let mut bytes = 0usize;
     let mut out = Vec::new();
     for row in pending.into_iter().take(max_rows.max(1)) {
-        let size = match &row.change {
-            RowChange::Insert(v) => v.to_string().len(),
-            RowChange::Delete => row.id.len(),
-        } + 64;
+        let size = stored_size(&row);
         if !out.is_empty() && bytes + size > MAX_CHUNK_BYTES {
             break;
         }
@@ -262,6 +364,56 @@ pub trait Outbox: Send + Sync {
     /// Clears the timed-flush mark if it is still `due`.
     async fn clear_flush_due(&self, key: &QuotaKey, datasource: &str, due: Timestamp)
         -> Result<()>;
+
+    /// The API refused `chunk` for good: the in-flight mark is cleared (if
+    /// it is still this chunk) and the probe is set (split) or lifted (set
+    /// aside); with [`Refusal::SetAside`] the one row moves to the refused
+    /// rows with the reason, unless it was written since (then the new
+    /// version waits and is tried). Repeating it is harmless.
+    async fn refuse_chunk(
+        &self,
+        key: &QuotaKey,
+        datasource: &str,
+        chunk: &Chunk,
+        refusal: &Refusal,
+        now: Timestamp,
+    ) -> Result<()>;
+
+    /// Sets the bound of the next chunks (`None`: `max_rows_per_call`).
+    async fn set_probe(
+        &self,
+        key: &QuotaKey,
+        datasource: &str,
+        probe: Option<&Probe>,
+    ) -> Result<()>;
+
+    /// Rows set aside, in id order, at most `limit`.
+    async fn refused_rows(
+        &self,
+        key: &QuotaKey,
+        datasource: &str,
+        limit: u32,
+    ) -> Result<Vec<RefusedRow>>;
+
+    /// Puts refused rows (all, or `ids`) back to wait for the next flush;
+    /// a row written again since keeps its newer version. Returns how many
+    /// left the refused list.
+    async fn retry_refused(
+        &self,
+        key: &QuotaKey,
+        datasource: &str,
+        ids: Option<&[String]>,
+        now: Timestamp,
+    ) -> Result<u64>;
+
+    /// Forgets refused rows (all, or `ids`): they are never sent. Returns
+    /// how many.
+    async fn drop_refused(
+        &self,
+        key: &QuotaKey,
+        datasource: &str,
+        ids: Option<&[String]>,
+    ) -> Result<u64>;
 }
 
 #[cfg(test)]
@@ -315,5 +467,87 @@ mod tests {
         let chunk = cut_chunk(big, 100);
         assert_eq!(chunk.len(), 4, "5 rows of 60 KiB exceed {MAX_CHUNK_BYTES}");
         assert_eq!(cut_chunk(vec![row(0, 400 * 1024)], 10).len(), 1);
+        // Deletes with long ids: the ids count (they are stored).
+        let deletes: Vec<_> = (0..1_000)
+            .map(|i| OutboxRow {
+                id: format!("{i:0>900}"),
+                change: RowChange::Delete,
+                stamp: "0123456789abcdef0123456789abcdef".into(),
+            })
+            .collect();
+        let chunk = cut_chunk(deletes, 1_000);
+        let stored: usize = chunk.iter().map(stored_size).sum();
+        assert!(
+            stored <= MAX_CHUNK_BYTES && chunk.len() < 400,
+            "{}",
+            chunk.len()
+        );
+    }
+
+    #[test]
+    fn a_refused_chunk_halves_until_one_row_is_set_aside() {
+        let row = |i: usize| OutboxRow {
+            id: format!("r{i:03}"),
+            change: RowChange::Delete,
+            stamp: "s".into(),
+        };
+        let rows: Vec<OutboxRow> = (0..5).map(row).collect();
+        assert_eq!(
+            after_refusal(&rows, "x"),
+            Refusal::Split {
+                probe: Probe {
+                    rows: 3,
+                    until: "r004".into()
+                }
+            }
+        );
+        assert_eq!(
+            after_refusal(&rows[..1], "bad email"),
+            Refusal::SetAside {
+                reason: "bad email".into()
+            }
+        );
+        let p = Some(Probe {
+            rows: 3,
+            until: "r004".into(),
+        });
+        assert_eq!(after_acceptance(p.clone(), "r002"), p);
+        assert_eq!(after_acceptance(p, "r004"), None);
+        // One bad row among 200, chunks of 100: every row is decided, the
+        // bad one set aside, in about two calls per halving, once.
+        for bad in [0usize, 37, 99, 100, 157, 199] {
+            let mut pending: Vec<OutboxRow> = (0..200).map(row).collect();
+            let (mut probe, mut calls, mut set_aside) = (None::<Probe>, 0, vec![]);
+            while !pending.is_empty() {
+                calls += 1;
+                let n = probe
+                    .as_ref()
+                    .map_or(100, |p| p.rows as usize)
+                    .min(pending.len());
+                let chunk: Vec<OutboxRow> = pending[..n].to_vec();
+                if chunk.iter().any(|r| r.id == row(bad).id) {
+                    match after_refusal(&chunk, "no") {
+                        Refusal::Split { probe: p } => probe = Some(p),
+                        Refusal::SetAside { .. } => {
+                            set_aside.push(pending.remove(0).id);
+                            probe = None;
+                        }
+                    }
+                } else {
+                    pending.drain(..n);
+                    probe = after_acceptance(probe, &chunk[n - 1].id);
+                }
+            }
+            assert_eq!(set_aside, vec![row(bad).id], "{bad}");
+            assert!(calls <= 2 + 2 * 7, "{bad}: {calls} calls");
+        }
+    }
+
+    #[test]
+    fn a_row_is_keyed_by_its_own_id() {
+        assert_eq!(row_id(&json!({"id": "row-1"}), "rec"), "row-1");
+        assert_eq!(row_id(&json!({"id": 7}), "rec"), "7");
+        assert_eq!(row_id(&json!({"id": ""}), "rec"), "rec");
+        assert_eq!(row_id(&json!({"name": "x"}), "rec"), "rec");
     }
 }

@@ -51,6 +51,9 @@ pub struct Faults {
     /// with the hint of `burst_retry_after_secs` / `burst_reset_offset_secs`
     /// (e.g. `Retry-After: 0` all along).
     pub throttle_until: Option<chrono::DateTime<chrono::Utc>>,
+    /// Data Source rows the platform refuses: a push inserting one of
+    /// these ids is answered `422`, naming it, and nothing is applied.
+    pub refuse_row_ids: std::collections::BTreeSet<String>,
     /// The next N responses are `307 Temporary Redirect` to this URL (a
     /// moved API, or a hostile one fishing for the credential).
     pub next_redirect: u32,

@@ -29,6 +29,25 @@ pub(super) async fn push_rows(
             &json!({"error": "body must be JSON"}),
         );
     };
+    // A platform that validates rows: a push carrying a refused id is
+    // refused whole, naming the row (as such APIs do), and nothing of it
+    // is applied.
+    let refused: Option<String> = {
+        let f = sim.faults();
+        payload["inserts"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|r| r["id"].as_str())
+            .find(|id| f.refuse_row_ids.contains(*id))
+            .map(str::to_string)
+    };
+    if let Some(id) = refused {
+        return json_response(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            &json!({"error": format!("row {id}: field `email` is not a valid address")}),
+        );
+    }
     let idem = headers
         .get("idempotency-key")
         .and_then(|v| v.to_str().ok())

@@ -9,7 +9,10 @@ use crate::core::clock::{from_millis, to_millis, Timestamp};
 use crate::core::error::{Disposition, Error, Result};
 use crate::quota::QuotaKey;
 use crate::store::hosted::HostedRows;
-use crate::store::outbox::{last_write_wins, Chunk, Outbox, OutboxRow, OutboxState, RowWrite};
+use crate::store::outbox::{
+    last_write_wins, selected, Chunk, Outbox, OutboxRow, OutboxState, Probe, Refusal, RefusedRow,
+    RowWrite,
+};
 use async_trait::async_trait;
 use aws_sdk_dynamodb::operation::delete_item::DeleteItemError;
 use aws_sdk_dynamodb::types::ReturnValue;
@@ -22,6 +25,16 @@ const ACK_CONCURRENCY: usize = 16;
 fn row_pk(key: &QuotaKey, ds: &str) -> String {
     format!(
         "obx#{}#{}#{}",
+        key_part(&key.org),
+        key_part(&key.app),
+        key_part(ds)
+    )
+}
+
+/// Rows the API refused alone, set aside (`metered outbox`).
+fn refused_pk(key: &QuotaKey, ds: &str) -> String {
+    format!(
+        "obxr#{}#{}#{}",
         key_part(&key.org),
         key_part(&key.app),
         key_part(ds)
@@ -163,6 +176,7 @@ impl Outbox for DynamoStore {
             last_flush: get_n(item, "last_flush").map(from_millis),
             pushes: get_n(item, "pushes").unwrap_or(0).max(0) as u64,
             rows_pushed: get_n(item, "rows_pushed").unwrap_or(0).max(0) as u64,
+            probe: get_s(item, "probe").and_then(|p| serde_json::from_str(p).ok()),
         })
     }
 
@@ -294,6 +308,259 @@ impl Outbox for DynamoStore {
         conditional(result, "outbox schedule")?;
         Ok(())
     }
+
+    async fn refuse_chunk(
+        &self,
+        key: &QuotaKey,
+        datasource: &str,
+        chunk: &Chunk,
+        refusal: &Refusal,
+        now: Timestamp,
+    ) -> Result<()> {
+        use aws_sdk_dynamodb::types::{Delete, Put, TransactWriteItem};
+        let probe = match refusal {
+            Refusal::Split { probe } => Some(probe),
+            Refusal::SetAside { reason } => {
+                for row in &chunk.rows {
+                    let change =
+                        serde_json::to_string(&row.change).map_err(|e| bad("outbox refuse", e))?;
+                    // One transaction: the row leaves only if it is still
+                    // the version refused, and then it is set aside.
+                    let delete = Delete::builder()
+                        .table_name(&self.table.name)
+                        .key("pk", s(row_pk(key, datasource)))
+                        .key("sk", s(row.id.clone()))
+                        .condition_expression("stamp = :stamp")
+                        .expression_attribute_values(":stamp", s(row.stamp.clone()))
+                        .build()
+                        .map_err(|e| bad("outbox refuse", e))?;
+                    let put = Put::builder()
+                        .table_name(&self.table.name)
+                        .item("pk", s(refused_pk(key, datasource)))
+                        .item("sk", s(row.id.clone()))
+                        .item("change", s(change))
+                        .item("reason", s(reason.clone()))
+                        .item("refused_at", n(to_millis(now)))
+                        .build()
+                        .map_err(|e| bad("outbox refuse", e))?;
+                    let result = self
+                        .table
+                        .client
+                        .transact_write_items()
+                        .transact_items(TransactWriteItem::builder().delete(delete).build())
+                        .transact_items(TransactWriteItem::builder().put(put).build())
+                        .send()
+                        .await;
+                    match result {
+                        Ok(_) => {}
+                        // Written again since (or set aside already): the
+                        // newer version waits and is tried.
+                        Err(e)
+                            if e.as_service_error()
+                                .is_some_and(|e| e.is_transaction_canceled_exception()) => {}
+                        Err(e) => return Err(sdk_error("outbox refuse", e)),
+                    }
+                }
+                None
+            }
+        };
+        let update = match probe {
+            Some(p) => self
+                .state_update(key, datasource)
+                .update_expression("SET probe = :probe REMOVE inflight, inflight_seq")
+                .expression_attribute_values(
+                    ":probe",
+                    s(serde_json::to_string(p).map_err(|e| bad("outbox refuse", e))?),
+                ),
+            None => self
+                .state_update(key, datasource)
+                .update_expression("REMOVE probe, inflight, inflight_seq"),
+        };
+        let result = update
+            .condition_expression("inflight_seq = :seq")
+            .expression_attribute_values(":seq", n(chunk.seq))
+            .send()
+            .await;
+        conditional(result, "outbox refuse")?;
+        Ok(())
+    }
+
+    async fn set_probe(
+        &self,
+        key: &QuotaKey,
+        datasource: &str,
+        probe: Option<&Probe>,
+    ) -> Result<()> {
+        let update = match probe {
+            Some(p) => self
+                .state_update(key, datasource)
+                .update_expression("SET probe = :probe")
+                .expression_attribute_values(
+                    ":probe",
+                    s(serde_json::to_string(p).map_err(|e| bad("outbox probe", e))?),
+                ),
+            None => self
+                .state_update(key, datasource)
+                .update_expression("REMOVE probe"),
+        };
+        update
+            .send()
+            .await
+            .map_err(|e| sdk_error("outbox probe", e))?;
+        Ok(())
+    }
+
+    async fn refused_rows(
+        &self,
+        key: &QuotaKey,
+        datasource: &str,
+        limit: u32,
+    ) -> Result<Vec<RefusedRow>> {
+        self.query_items("outbox refused", refused_pk(key, datasource), None, limit)
+            .await?
+            .iter()
+            .map(|item| {
+                Ok(RefusedRow {
+                    id: get_s(item, "sk").cloned().unwrap_or_default(),
+                    change: serde_json::from_str(
+                        get_s(item, "change").map(String::as_str).unwrap_or("null"),
+                    )
+                    .map_err(|e| bad("outbox refused", e))?,
+                    reason: get_s(item, "reason").cloned().unwrap_or_default(),
+                    refused_at: from_millis(get_n(item, "refused_at").unwrap_or(0)),
+                })
+            })
+            .collect()
+    }
+
+    async fn retry_refused(
+        &self,
+        key: &QuotaKey,
+        datasource: &str,
+        ids: Option<&[String]>,
+        now: Timestamp,
+    ) -> Result<u64> {
+        let items = self
+            .query_items("outbox retry", refused_pk(key, datasource), None, u32::MAX)
+            .await?;
+        let mut moved = 0;
+        for item in items {
+            let Some(id) = get_s(&item, "sk").cloned() else {
+                continue;
+            };
+            if !selected(ids, &id) {
+                continue;
+            }
+            // Back to waiting unless a newer write of the row waits (it
+            // stands); either way it leaves the refused list.
+            let put = self
+                .table
+                .client
+                .put_item()
+                .table_name(&self.table.name)
+                .item("pk", s(row_pk(key, datasource)))
+                .item("sk", s(id.clone()))
+                .item(
+                    "change",
+                    s(get_s(&item, "change").cloned().unwrap_or_default()),
+                )
+                .item("stamp", s(crate::core::ids::new_id()))
+                .item("written_at", n(to_millis(now)))
+                .condition_expression("attribute_not_exists(sk)")
+                .send()
+                .await;
+            match put {
+                Ok(_) => {}
+                Err(e)
+                    if matches!(
+                        e.as_service_error(),
+                        Some(aws_sdk_dynamodb::operation::put_item::PutItemError::ConditionalCheckFailedException(_))
+                    ) => {}
+                Err(e) => return Err(sdk_error("outbox retry", e)),
+            }
+            moved += self.delete_refused(key, datasource, &id).await?;
+        }
+        Ok(moved)
+    }
+
+    async fn drop_refused(
+        &self,
+        key: &QuotaKey,
+        datasource: &str,
+        ids: Option<&[String]>,
+    ) -> Result<u64> {
+        let items = self
+            .query_items("outbox drop", refused_pk(key, datasource), None, u32::MAX)
+            .await?;
+        let mut dropped = 0;
+        for id in items.iter().filter_map(|i| get_s(i, "sk")) {
+            if selected(ids, id) {
+                dropped += self.delete_refused(key, datasource, id).await?;
+            }
+        }
+        Ok(dropped)
+    }
+}
+
+impl DynamoStore {
+    /// Deletes one refused row; 1 when it was there.
+    async fn delete_refused(&self, key: &QuotaKey, datasource: &str, id: &str) -> Result<u64> {
+        let out = self
+            .table
+            .client
+            .delete_item()
+            .table_name(&self.table.name)
+            .key("pk", s(refused_pk(key, datasource)))
+            .key("sk", s(id))
+            .return_values(ReturnValue::AllOld)
+            .send()
+            .await
+            .map_err(|e| sdk_error("outbox refused", e))?;
+        Ok(u64::from(out.attributes().is_some()))
+    }
+
+    /// Items of partition `pk` in sort-key order (after `after`), at most
+    /// `limit`, read consistently.
+    async fn query_items(
+        &self,
+        operation: &'static str,
+        pk: String,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<Item>> {
+        let mut out = Vec::new();
+        let mut start: Option<Item> = None;
+        let (condition, mut values) = match after {
+            Some(a) => (
+                "pk = :pk AND sk > :after",
+                HashMap::from([(":after".to_string(), s(a))]),
+            ),
+            None => ("pk = :pk", HashMap::new()),
+        };
+        values.insert(":pk".to_string(), s(pk));
+        while out.len() < limit as usize {
+            let resp = self
+                .table
+                .client
+                .query()
+                .table_name(&self.table.name)
+                .key_condition_expression(condition)
+                .set_expression_attribute_values(Some(values.clone()))
+                .consistent_read(true)
+                .limit((limit as usize - out.len()).min(1_000) as i32)
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+                .map_err(|e| sdk_error(operation, e))?;
+            out.extend(resp.items().iter().cloned());
+            match resp.last_evaluated_key {
+                Some(k) => start = Some(k),
+                None => break,
+            }
+        }
+        out.truncate(limit as usize);
+        Ok(out)
+    }
 }
 
 #[async_trait]
@@ -317,39 +584,10 @@ impl HostedRows for DynamoStore {
         after: Option<&str>,
         limit: u32,
     ) -> Result<Vec<OutboxRow>> {
-        let mut out = Vec::new();
-        let mut start: Option<Item> = None;
-        let (condition, mut values) = match after {
-            Some(a) => (
-                "pk = :pk AND sk > :after",
-                HashMap::from([(":after".to_string(), s(a))]),
-            ),
-            None => ("pk = :pk", HashMap::new()),
-        };
-        values.insert(":pk".to_string(), s(row_pk(key, datasource)));
-        while out.len() < limit as usize {
-            let resp = self
-                .table
-                .client
-                .query()
-                .table_name(&self.table.name)
-                .key_condition_expression(condition)
-                .set_expression_attribute_values(Some(values.clone()))
-                .consistent_read(true)
-                .limit((limit as usize - out.len()).min(1_000) as i32)
-                .set_exclusive_start_key(start.take())
-                .send()
-                .await
-                .map_err(|e| sdk_error("hosted read", e))?;
-            for item in resp.items() {
-                out.push(to_row(item)?);
-            }
-            match resp.last_evaluated_key {
-                Some(k) => start = Some(k),
-                None => break,
-            }
-        }
-        out.truncate(limit as usize);
-        Ok(out)
+        self.query_items("hosted read", row_pk(key, datasource), after, limit)
+            .await?
+            .iter()
+            .map(to_row)
+            .collect()
     }
 }

@@ -101,7 +101,13 @@ CREATE TABLE IF NOT EXISTS outbox_state (
     next_seq INTEGER NOT NULL DEFAULT 0, inflight TEXT,
     flush_due INTEGER, last_flush INTEGER,
     pushes INTEGER NOT NULL DEFAULT 0, rows_pushed INTEGER NOT NULL DEFAULT 0,
+    probe TEXT,
     PRIMARY KEY (org, app, datasource)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS outbox_refused (
+    org TEXT NOT NULL, app TEXT NOT NULL, datasource TEXT NOT NULL, id TEXT NOT NULL,
+    change TEXT NOT NULL, reason TEXT NOT NULL, refused_at INTEGER NOT NULL,
+    PRIMARY KEY (org, app, datasource, id)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS dead_letter (
     queue TEXT NOT NULL, message_id TEXT NOT NULL,
@@ -226,6 +232,7 @@ fn migrate(conn: &Connection) -> rusqlite::Result<()> {
         ("sync_state", "probed_at", "INTEGER"),
         ("action_keys", "claimed_until", "INTEGER"),
         ("outbox_row", "source_at", "INTEGER"),
+        ("outbox_state", "probe", "TEXT"),
     ] {
         let present = conn
             .prepare(&format!(

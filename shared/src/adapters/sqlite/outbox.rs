@@ -9,7 +9,8 @@ use crate::core::error::{Disposition, Error, Result};
 use crate::quota::QuotaKey;
 use crate::store::hosted::HostedRows;
 use crate::store::outbox::{
-    last_write_wins, Chunk, Outbox, OutboxRow, OutboxState, RowChange, RowWrite,
+    last_write_wins, selected, Chunk, Outbox, OutboxRow, OutboxState, Probe, Refusal, RefusedRow,
+    RowChange, RowWrite,
 };
 use async_trait::async_trait;
 use rusqlite::{params, OptionalExtension, TransactionBehavior};
@@ -99,7 +100,7 @@ impl Outbox for SqliteStore {
             .db()
             .call("outbox state", move |conn| {
                 conn.row(
-                    "SELECT next_seq, inflight, flush_due, last_flush, pushes, rows_pushed FROM outbox_state
+                    "SELECT next_seq, inflight, flush_due, last_flush, pushes, rows_pushed, probe FROM outbox_state
                      WHERE org = ?1 AND app = ?2 AND datasource = ?3",
                     params![key.org, key.app, ds],
                     |r| {
@@ -110,13 +111,15 @@ impl Outbox for SqliteStore {
                             r.get::<_, Option<i64>>(3)?,
                             r.get::<_, i64>(4)?,
                             r.get::<_, i64>(5)?,
+                            r.get::<_, Option<String>>(6)?,
                         ))
                     },
                 )
                 .optional()
             })
             .await?;
-        let Some((next_seq, inflight, flush_due, last_flush, pushes, rows_pushed)) = row else {
+        let Some((next_seq, inflight, flush_due, last_flush, pushes, rows_pushed, probe)) = row
+        else {
             return Ok(OutboxState::default());
         };
         Ok(OutboxState {
@@ -129,6 +132,7 @@ impl Outbox for SqliteStore {
             last_flush: last_flush.map(from_millis),
             pushes: pushes.max(0) as u64,
             rows_pushed: rows_pushed.max(0) as u64,
+            probe: probe.and_then(|p| serde_json::from_str(&p).ok()),
         })
     }
 
@@ -262,6 +266,199 @@ impl Outbox for SqliteStore {
                     params![key.org, key.app, ds, to_millis(due)],
                 )
                 .map(|_| ())
+            })
+            .await
+    }
+
+    async fn refuse_chunk(
+        &self,
+        key: &QuotaKey,
+        datasource: &str,
+        chunk: &Chunk,
+        refusal: &Refusal,
+        now: Timestamp,
+    ) -> Result<()> {
+        let (key, ds, chunk, refusal) = (
+            key.clone(),
+            datasource.to_string(),
+            chunk.clone(),
+            refusal.clone(),
+        );
+        self.db()
+            .call("outbox refuse", move |conn| {
+                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                let probe = match &refusal {
+                    Refusal::Split { probe } => Some(
+                        serde_json::to_string(probe)
+                            .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?,
+                    ),
+                    Refusal::SetAside { reason } => {
+                        for row in &chunk.rows {
+                            // Only the version that was refused: a row
+                            // written since waits with its new content.
+                            let moved = tx.exec(
+                                "DELETE FROM outbox_row
+                                 WHERE org = ?1 AND app = ?2 AND datasource = ?3 AND id = ?4 AND stamp = ?5",
+                                params![key.org, key.app, ds, row.id, row.stamp],
+                            )?;
+                            if moved == 1 {
+                                let change = serde_json::to_string(&row.change)
+                                    .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
+                                tx.exec(
+                                    "INSERT INTO outbox_refused (org, app, datasource, id, change, reason, refused_at)
+                                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                                     ON CONFLICT (org, app, datasource, id) DO UPDATE SET
+                                         change = excluded.change, reason = excluded.reason,
+                                         refused_at = excluded.refused_at",
+                                    params![key.org, key.app, ds, row.id, change, reason, to_millis(now)],
+                                )?;
+                            }
+                        }
+                        None
+                    }
+                };
+                let inflight: Option<String> = tx
+                    .query_row(
+                        "SELECT inflight FROM outbox_state WHERE org = ?1 AND app = ?2 AND datasource = ?3",
+                        params![key.org, key.app, ds],
+                        |r| r.get(0),
+                    )
+                    .optional()?
+                    .flatten();
+                let still_ours = inflight
+                    .and_then(|j| serde_json::from_str::<Chunk>(&j).ok())
+                    .is_some_and(|c| c.seq == chunk.seq);
+                if still_ours {
+                    tx.exec(
+                        "UPDATE outbox_state SET inflight = NULL, probe = ?4
+                         WHERE org = ?1 AND app = ?2 AND datasource = ?3",
+                        params![key.org, key.app, ds, probe],
+                    )?;
+                }
+                tx.commit()
+            })
+            .await
+    }
+
+    async fn set_probe(
+        &self,
+        key: &QuotaKey,
+        datasource: &str,
+        probe: Option<&Probe>,
+    ) -> Result<()> {
+        let (key, ds) = (key.clone(), datasource.to_string());
+        let probe = probe
+            .map(serde_json::to_string)
+            .transpose()
+            .map_err(|e| Error::store("outbox probe", e, Disposition::Permanent))?;
+        self.db()
+            .call("outbox probe", move |conn| {
+                conn.exec(
+                    "UPDATE outbox_state SET probe = ?4 WHERE org = ?1 AND app = ?2 AND datasource = ?3",
+                    params![key.org, key.app, ds, probe],
+                )
+                .map(|_| ())
+            })
+            .await
+    }
+
+    async fn refused_rows(
+        &self,
+        key: &QuotaKey,
+        datasource: &str,
+        limit: u32,
+    ) -> Result<Vec<RefusedRow>> {
+        let (key, ds) = (key.clone(), datasource.to_string());
+        self.db()
+            .call("outbox refused", move |conn| {
+                let mut stmt = conn.prepare_cached(
+                    "SELECT id, change, reason, refused_at FROM outbox_refused
+                     WHERE org = ?1 AND app = ?2 AND datasource = ?3 ORDER BY id LIMIT ?4",
+                )?;
+                let rows = stmt.query_map(params![key.org, key.app, ds, limit], |r| {
+                    Ok(RefusedRow {
+                        id: r.get(0)?,
+                        change: change_of(&r.get::<_, String>(1)?)?,
+                        reason: r.get(2)?,
+                        refused_at: from_millis(r.get(3)?),
+                    })
+                })?;
+                rows.collect()
+            })
+            .await
+    }
+
+    async fn retry_refused(
+        &self,
+        key: &QuotaKey,
+        datasource: &str,
+        ids: Option<&[String]>,
+        now: Timestamp,
+    ) -> Result<u64> {
+        let (key, ds, ids) = (
+            key.clone(),
+            datasource.to_string(),
+            ids.map(<[String]>::to_vec),
+        );
+        self.db()
+            .call("outbox retry", move |conn| {
+                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                let refused: Vec<(String, String)> = {
+                    let mut stmt = tx.prepare_cached(
+                        "SELECT id, change FROM outbox_refused WHERE org = ?1 AND app = ?2 AND datasource = ?3",
+                    )?;
+                    let rows = stmt.query_map(params![key.org, key.app, ds], |r| Ok((r.get(0)?, r.get(1)?)))?;
+                    rows.collect::<rusqlite::Result<_>>()?
+                };
+                let mut n = 0;
+                for (id, change) in refused.into_iter().filter(|(id, _)| selected(ids.as_deref(), id)) {
+                    // A newer write of the row already waits: it stands.
+                    tx.exec(
+                        "INSERT OR IGNORE INTO outbox_row (org, app, datasource, id, change, stamp, written_at)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                        params![key.org, key.app, ds, id, change, crate::core::ids::new_id(), to_millis(now)],
+                    )?;
+                    n += tx.exec(
+                        "DELETE FROM outbox_refused WHERE org = ?1 AND app = ?2 AND datasource = ?3 AND id = ?4",
+                        params![key.org, key.app, ds, id],
+                    )? as u64;
+                }
+                tx.commit()?;
+                Ok(n)
+            })
+            .await
+    }
+
+    async fn drop_refused(
+        &self,
+        key: &QuotaKey,
+        datasource: &str,
+        ids: Option<&[String]>,
+    ) -> Result<u64> {
+        let (key, ds, ids) = (
+            key.clone(),
+            datasource.to_string(),
+            ids.map(<[String]>::to_vec),
+        );
+        self.db()
+            .call("outbox drop", move |conn| {
+                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                let refused: Vec<String> = {
+                    let mut stmt = tx.prepare_cached(
+                        "SELECT id FROM outbox_refused WHERE org = ?1 AND app = ?2 AND datasource = ?3",
+                    )?;
+                    let rows = stmt.query_map(params![key.org, key.app, ds], |r| r.get(0))?;
+                    rows.collect::<rusqlite::Result<_>>()?
+                };
+                let mut n = 0;
+                for id in refused.into_iter().filter(|id| selected(ids.as_deref(), id)) {
+                    n += tx.exec(
+                        "DELETE FROM outbox_refused WHERE org = ?1 AND app = ?2 AND datasource = ?3 AND id = ?4",
+                        params![key.org, key.app, ds, id],
+                    )? as u64;
+                }
+                tx.commit()?;
+                Ok(n)
             })
             .await
     }

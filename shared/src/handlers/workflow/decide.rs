@@ -154,7 +154,14 @@ impl WorkflowHandler {
                         None => false,
                     };
                     if delete {
-                        actions.push((i, Act::Delete(record.id.clone())));
+                        // The row's own id, as its insert was keyed; a row
+                        // that cannot be rendered any more (its fields are
+                        // gone) falls back to the record's id.
+                        let id = render(row, &ctx).map_or_else(
+                            |_| record.id.clone(),
+                            |r| crate::store::outbox::row_id(&r, &record.id),
+                        );
+                        actions.push((i, Act::Delete(id)));
                     } else {
                         match render(row, &ctx) {
                             Ok(row) => match crate::store::outbox::unqueueable(&row) {

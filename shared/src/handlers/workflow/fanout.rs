@@ -60,7 +60,11 @@ impl WorkflowHandler {
                     wf,
                     i,
                     cp,
-                    RowWrite::new(&record.id, RowChange::Insert(row)).from_source_at(source_at),
+                    RowWrite::new(
+                        crate::store::outbox::row_id(&row, &record.id),
+                        RowChange::Insert(row),
+                    )
+                    .from_source_at(source_at),
                 ),
                 Act::Delete(id) => self.outbox_row(
                     wf,
