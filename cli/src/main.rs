@@ -59,6 +59,10 @@ enum Command {
     /// Data Source outboxes: rows waiting to be pushed, the chunk in flight,
     /// rows the API refused (with its reason); `retry` or `drop` those.
     Outbox(inspect::OutboxArgs),
+    /// Connection health per organization: ok, failing, or paused after
+    /// repeated 401/403 (its jobs wait, nothing is dead-lettered);
+    /// `--resume` lifts a pause after the credential was fixed.
+    Connections(inspect::ConnectionsArgs),
     /// Dead letters: list, show one, redrive them to their queue after a fix
     /// (SQLite, or the deployed SQS queues with --sqs).
     Dlq(dlq::Args),
@@ -105,6 +109,7 @@ fn main() -> ExitCode {
             Command::Jobs(args) => inspect::jobs(args).await,
             Command::Quarantine(args) => inspect::quarantine(args).await,
             Command::Outbox(args) => inspect::outbox(args).await,
+            Command::Connections(args) => inspect::connections(args).await,
             Command::Dlq(args) => dlq::run(args).await,
             Command::Invoke(args) => run::invoke(args).await,
             Command::Bench(args) => bench::run(args).await,

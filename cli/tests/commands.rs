@@ -276,6 +276,7 @@ fn every_command_has_help() {
         "jobs",
         "quarantine",
         "outbox",
+        "connections",
         "invoke",
         "bench",
         "quota-demo",
@@ -408,6 +409,27 @@ async fn usage_records_and_quarantine_read_dynamodb_too() {
     assert_eq!(retried[0]["waiting"], 1, "{retried}");
     assert!(retried[0]["refused"].as_array().unwrap().is_empty());
     assert_eq!(store.pending_count(&beta, "vips").await.unwrap(), 1);
+    // A paused connection is listed with its reason and resumed.
+    let quota = metered::adapters::aws::quota::DynamoQuota::new(dynamo_table_for_test(&url, &name));
+    let paused = metered::quota::Health::default().after_auth_failure(
+        "GET /invoices: HTTP 401",
+        now,
+        metered::quota::PausePolicy { after_failures: 1 },
+    );
+    assert!(quota
+        .swap_health(&scope, &metered::quota::Health::default(), &paused)
+        .await
+        .unwrap());
+    let listed = json(&cli(&["connections", "--org", "acme"]));
+    assert_eq!(listed[0]["paused"], true, "{listed}");
+    assert!(listed[0]["state"].as_str().unwrap().contains("HTTP 401"));
+    let resumed = json(&cli(&["connections", "--org", "acme", "--resume"]));
+    assert_eq!(resumed[0]["paused"], false, "{resumed}");
+    assert_eq!(resumed[0]["resumed"], true, "{resumed}");
+    assert_eq!(
+        quota.health(&scope).await.unwrap(),
+        metered::quota::Health::default()
+    );
     let both = cli(&[
         "outbox",
         "--retry-all",
@@ -416,6 +438,11 @@ async fn usage_records_and_quarantine_read_dynamodb_too() {
         "vips",
     ]);
     assert!(!both.status.success(), "retry or drop, not both");
+}
+
+fn dynamo_table_for_test(url: &str, name: &str) -> metered::adapters::aws::Table {
+    let cfg = metered::adapters::aws::local_sdk_config(url);
+    metered::adapters::aws::Table::new(aws_sdk_dynamodb::Client::new(&cfg), name)
 }
 
 #[test]

@@ -537,4 +537,20 @@ impl QuotaStore for FaultyQuota {
     ) -> metered::Result<QuotaState> {
         self.inner.state(key, limits, now).await
     }
+    async fn health(&self, key: &QuotaKey) -> metered::Result<metered::quota::Health> {
+        self.faults.enter("quota.health").await?;
+        self.inner.health(key).await
+    }
+    async fn swap_health(
+        &self,
+        key: &QuotaKey,
+        expected: &metered::quota::Health,
+        new: &metered::quota::Health,
+    ) -> metered::Result<bool> {
+        self.faults.enter("quota.swap_health").await?;
+        self.inner.swap_health(key, expected, new).await
+    }
+    async fn resume(&self, key: &QuotaKey) -> metered::Result<()> {
+        self.inner.resume(key).await
+    }
 }

@@ -31,6 +31,7 @@ macro_rules! quota_cases {
                 sixty_four_tasks_share_one_budget,
                 the_apis_count_raises_a_window_never_lowers_it,
                 a_grant_taken_a_moment_late_never_resets_the_window_that_began,
+                connection_health_swaps_once_per_version_and_resume_lifts_the_block,
             ]
         );
     };
@@ -449,7 +450,9 @@ pub async fn sixty_four_tasks_share_one_budget<F: Future<Output = Store>>(make: 
                     Acquire::Denied(d) => match d.reason {
                         DenyReason::Concurrency { .. } => tokio::task::yield_now().await,
                         DenyReason::Window { .. } => return d,
-                        DenyReason::Blocked => panic!("nobody blocked this budget"),
+                        DenyReason::Blocked | DenyReason::Paused { .. } => {
+                            panic!("nobody blocked this budget")
+                        }
                     },
                 }
             }
@@ -497,4 +500,51 @@ pub async fn the_apis_count_raises_a_window_never_lowers_it<F: Future<Output = S
     );
     let tomorrow = now + Duration::days(1);
     granted(store.acquire(&a, &limits, 1, tomorrow).await.unwrap());
+}
+
+/// Connection health is a compare-and-swap per org: a writer with a stale
+/// view loses; another org of the same app is untouched; `resume` forgets
+/// the health and lifts the org's block.
+pub async fn connection_health_swaps_once_per_version_and_resume_lifts_the_block<
+    F: Future<Output = Store>,
+>(
+    make: F,
+) {
+    use metered::quota::{Health, PausePolicy};
+    let store = make.await;
+    let a = key();
+    let b = QuotaKey::new(a.org.clone(), "crm#2");
+    let now = afternoon();
+    let policy = PausePolicy { after_failures: 1 };
+    assert_eq!(store.health(&a).await.unwrap(), Health::default());
+    let paused = Health::default().after_auth_failure("HTTP 401", now, policy);
+    assert!(paused.paused_at(now));
+    assert!(store
+        .swap_health(&a, &Health::default(), &paused)
+        .await
+        .unwrap());
+    assert!(
+        !store
+            .swap_health(&a, &Health::default(), &paused)
+            .await
+            .unwrap(),
+        "a stale writer loses"
+    );
+    assert_eq!(store.health(&a).await.unwrap(), paused);
+    assert_eq!(
+        store.health(&b).await.unwrap(),
+        Health::default(),
+        "per app"
+    );
+    let again = paused.after_auth_failure("HTTP 401", now, policy);
+    assert!(store.swap_health(&a, &paused, &again).await.unwrap());
+    store
+        .block_until(&a, paused.paused_until.unwrap())
+        .await
+        .unwrap();
+    let limits = Limits::seed_example();
+    denied(store.acquire(&a, &limits, 1, now).await.unwrap());
+    store.resume(&a).await.unwrap();
+    assert_eq!(store.health(&a).await.unwrap(), Health::default());
+    granted(store.acquire(&a, &limits, 1, now).await.unwrap());
 }

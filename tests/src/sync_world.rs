@@ -492,6 +492,12 @@ impl World {
     /// whenever nothing else is due, until nothing is left. Every outcome is
     /// counted, none panics.
     pub async fn drive_report(&self) -> Report {
+        self.drive_until(None).await
+    }
+
+    /// Like [`World::drive_report`], but stops when the next wait ends
+    /// after `until` (work that waits for a day stays waiting).
+    pub async fn drive_until(&self, until: Option<Timestamp>) -> Report {
         let mut report = Report::default();
         for _round in 0..5_000 {
             let mut worked = false;
@@ -509,8 +515,8 @@ impl World {
                     .filter(|t| *t > now)
                     .min();
                 match next {
-                    Some(t) => self.clock.set(t),
-                    None => return report,
+                    Some(t) if until.is_none_or(|u| t <= u) => self.clock.set(t),
+                    _ => return report,
                 }
             }
         }

@@ -350,7 +350,7 @@ async fn response_classes_map_to_outcomes() {
     fx.sim().faults().next_400_echo_auth = 1;
     let err = list().await.unwrap_err();
     assert!(
-        matches!(&err, ApiError::Permanent(m) if m.contains("HTTP 400")),
+        matches!(&err, ApiError::Rejected(m) if m.contains("HTTP 400")),
         "{err}"
     );
     assert!(

@@ -236,9 +236,74 @@ body = { class = "{{ record.id }}" }
     assert_eq!(w.dead_letters().await, 0);
 }
 
+/// Org A's key is revoked: its first few calls get 401 and the connection
+/// pauses (15 minutes, doubling per failed probe), so over a whole day A
+/// spends a handful of calls on 401s, nothing is dead-lettered and its
+/// jobs wait with the reason; org B (same record ids) is untouched. After
+/// the key is fixed and `resume` runs, A finishes with nothing lost.
+/// Before, every 401 was a permanent failure: each job of A went to the
+/// dead-letter queue and every schedule tick sent new ones there.
+async fn a_revoked_key_pauses_its_connection_and_costs_a_handful_of_calls(adapter: Adapter) {
+    let w = World::new(
+        adapter,
+        SimConfig {
+            invoices: 600,
+            customers: 300,
+            ..Default::default()
+        },
+        |c| {
+            transfer(c, "invoices", 100);
+            transfer(c, "customers", 100);
+        },
+    )
+    .await;
+    let (a, b) = (ORGS[0], ORGS[1]);
+    w.sim().faults().revoked_keys.insert(w.api_keys[a].clone());
+    for rt in ["invoices", "customers"] {
+        both_transfers(&w, rt).await;
+    }
+    let start = w.shared.now();
+    let report = w
+        .drive_until(Some(start + chrono::Duration::hours(24)))
+        .await;
+    assert!(report.dead.is_empty(), "{:?}", report.dead);
+    assert_eq!(w.dead_letters().await, 0);
+    let refused = w.sim().stats().rejected_401_by_key[&w.api_keys[a]];
+    // 3 to pause (plus what was in flight), then one probe per pause:
+    // 15 m, 30 m, 1 h, 2 h, 4 h, 8 h, 16 h.
+    assert!(
+        (3..=3 + 2 + 7).contains(&refused),
+        "{refused} calls refused in a day"
+    );
+    let health = w.svc.quota.store().health(&w.svc.key(a)).await.unwrap();
+    assert!(health.paused_at(w.shared.now()), "{health:?}");
+    assert!(health.reason.as_deref().unwrap_or("").contains("HTTP 401"));
+    assert!(
+        report.restarts.iter().any(|r| r.contains("paused")),
+        "the wait names the pause: {:?}",
+        report.restarts.iter().rev().take(3).collect::<Vec<_>>()
+    );
+    for rt in ["invoices", "customers"] {
+        let n = w.store.count(&w.svc.key(b), rt).await.unwrap();
+        assert_eq!(n, if rt == "invoices" { 600 } else { 300 }, "{b}: {rt}");
+        assert_eq!(w.store.count(&w.svc.key(a), rt).await.unwrap(), 0);
+    }
+    // The key is fixed; the operator resumes the connection.
+    w.sim().faults().revoked_keys.clear();
+    w.svc.quota.store().resume(&w.svc.key(a)).await.unwrap();
+    w.drive().await;
+    assert_eq!(w.store.count(&w.svc.key(a), "invoices").await.unwrap(), 600);
+    assert_eq!(
+        w.store.count(&w.svc.key(a), "customers").await.unwrap(),
+        300
+    );
+    assert_eq!(w.dead_letters().await, 0);
+}
+
 metered_tests::on_both!(
     a_retry_hint_at_or_before_now_still_holds_the_org,
     a_completion_that_cannot_be_recorded_fetches_nothing_again,
     empty_pages_with_new_cursors_end_the_listing,
     a_failed_release_keeps_the_calls_result,
+    a_revoked_key_pauses_its_connection_and_costs_a_handful_of_calls,
 );

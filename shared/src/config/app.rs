@@ -67,6 +67,16 @@ pub struct AppSection {
     /// personal data. `0` keeps none, only the status. Default 300.
     #[serde(default = "default_error_excerpt_chars")]
     pub error_excerpt_chars: usize,
+    /// Authentication failures (401/403) within 10 minutes that pause a
+    /// connection: its jobs wait instead of spending the budget and filling
+    /// the dead-letter queue (`metered connections`). `0` never pauses: a
+    /// 401/403 then fails its job for good. Default 3.
+    #[serde(default = "default_pause_after_auth_failures")]
+    pub pause_after_auth_failures: u32,
+}
+
+fn default_pause_after_auth_failures() -> u32 {
+    3
 }
 
 fn default_max_response_bytes() -> u64 {

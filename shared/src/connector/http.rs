@@ -279,6 +279,8 @@ impl HttpConnector {
             }
             return Err(if status.is_server_error() {
                 ApiError::Retryable(msg)
+            } else if matches!(status.as_u16(), 401 | 403) {
+                ApiError::Unauthorized(msg)
             } else if matches!(status.as_u16(), 400 | 413 | 422) {
                 ApiError::Rejected(msg)
             } else {

@@ -104,6 +104,11 @@ pub enum ApiError {
     /// 5xx, timeouts, connection resets: a later attempt may succeed.
     #[error("{0}")]
     Retryable(String),
+    /// 401 or 403: the API refused the connection's credential. Not this
+    /// request's fault: counted towards pausing the connection
+    /// ([`crate::quota::Health`]).
+    #[error("{0}")]
+    Unauthorized(String),
     /// 400, 413 or 422: the API refused this request's content. Will fail
     /// again as it is; other content may pass (a refused Data Source chunk
     /// is split to find the row it refuses).
@@ -168,6 +173,16 @@ pub enum CallError {
     /// A later attempt may succeed.
     #[error("retryable: {0}")]
     Retryable(String),
+    /// The API refused the connection's credential (401/403): the job
+    /// waits until `retry_at` (the pause's end once the connection is
+    /// paused), never dead-lettered for it.
+    #[error("authentication refused: {reason}")]
+    Unauthorized {
+        /// What the API said, and the connection's health.
+        reason: String,
+        /// When to come back.
+        retry_at: Timestamp,
+    },
     /// The API refused the request's content (400, 413, 422): will fail
     /// the same way again as it is.
     #[error("refused: {0}")]
@@ -203,6 +218,8 @@ pub struct Metered {
     source: String,
     /// Which quota window the API's own count (if it reports one) is of.
     api_window: crate::quota::WindowKind,
+    /// When repeated 401/403 pause the connection.
+    pause: crate::quota::PausePolicy,
 }
 
 impl fmt::Debug for Metered {
@@ -230,7 +247,15 @@ impl Metered {
             limits,
             source: source.into(),
             api_window: crate::quota::WindowKind::Day,
+            pause: crate::quota::PausePolicy { after_failures: 3 },
         }
+    }
+
+    /// Pauses the connection after `policy.after_failures` 401/403
+    /// (`[app] pause_after_auth_failures`).
+    pub fn with_pause_policy(mut self, policy: crate::quota::PausePolicy) -> Self {
+        self.pause = policy;
+        self
     }
 
     /// Paces from the API's own count of `window` (`[app.rate_limit]
@@ -346,6 +371,27 @@ impl Metered {
             }
             Err(ApiError::Retryable(m)) => Err(CallError::Retryable(m)),
             Err(ApiError::Rejected(m)) => Err(CallError::Rejected(m)),
+            Err(ApiError::Unauthorized(m)) if self.pause.after_failures == 0 => {
+                Err(CallError::Permanent(m))
+            }
+            Err(ApiError::Unauthorized(m)) => {
+                let now = self.quota.clock().now();
+                match self.quota.auth_failed(&self.key, &m, self.pause).await {
+                    Ok(health) => Err(CallError::Unauthorized {
+                        reason: format!("{m} (connection {})", health.describe(now)),
+                        retry_at: health.retry_at(now),
+                    }),
+                    // Not recorded: this job waits anyway; the next
+                    // refusal counts.
+                    Err(e) => {
+                        tracing::warn!(quota = %self.key, error = %e, "could not record the authentication failure");
+                        Err(CallError::Unauthorized {
+                            reason: m,
+                            retry_at: crate::quota::Health::default().retry_at(now),
+                        })
+                    }
+                }
+            }
             Err(ApiError::Permanent(m)) => Err(CallError::Permanent(m)),
         }
     }

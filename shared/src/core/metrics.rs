@@ -275,6 +275,15 @@ impl Snapshot {
                     "Dimensions": [["Function"]],
                     "Metrics": metrics,
                 }));
+                if counts.contains_key(&Counter::ConnectionsPaused) {
+                    // Also without a dimension: the template's alarm
+                    // watches one metric for every function of the stack.
+                    directives.push(json!({
+                        "Namespace": NAMESPACE,
+                        "Dimensions": [[]],
+                        "Metrics": [{"Name": Counter::ConnectionsPaused.name(), "Unit": "Count"}],
+                    }));
+                }
             }
             if let Some(burn) = self.burn.get(scope) {
                 let percent = (burn.percent() * 100.0).round() / 100.0;
@@ -362,6 +371,7 @@ mod tests {
         m.add("crm", "acme", Counter::DenialsDayLimit, 1);
         m.burn("crm", "acme", "d2026-11-23", 2000, 2500);
         m.add("crm", "globex", Counter::DeadLetters, 1);
+        m.add("crm", "globex", Counter::ConnectionsPaused, 1);
         let morning = chrono::Utc.with_ymd_and_hms(2026, 11, 23, 9, 0, 0).unwrap();
         let docs = m.take().to_emf("complete-transfer", morning, 18);
         assert_eq!(docs.len(), 2, "one document per org");
@@ -392,6 +402,14 @@ mod tests {
             serde_json::json!([["Function"]]),
             "org is a property of the per-function metrics, not a dimension"
         );
+        // The template's alarm watches ConnectionsPaused without a dimension.
+        let globex = docs.iter().find(|d| d["Org"] == "globex").unwrap();
+        assert!(globex["_aws"]["CloudWatchMetrics"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|d| d["Dimensions"] == serde_json::json!([[]])
+                && d["Metrics"][0]["Name"] == "ConnectionsPaused"));
         let evening = chrono::Utc
             .with_ymd_and_hms(2026, 11, 23, 19, 0, 0)
             .unwrap();

@@ -176,7 +176,12 @@ impl JobHandler for ActionHandlers {
                 Err(e) => Outcome::from_error(&e),
             },
             Err(e) => {
-                if matches!(e, crate::connector::CallError::Denied(_)) {
+                // Refused before the API acted: the key is free for the retry.
+                if matches!(
+                    e,
+                    crate::connector::CallError::Denied(_)
+                        | crate::connector::CallError::Unauthorized { .. }
+                ) {
                     if let Err(err) = self
                         .ledger
                         .abandon_action(&scope, &job.idempotency_key)

@@ -95,7 +95,10 @@ impl AppContext {
             self.limits(org),
             source,
         )
-        .with_api_window(self.config.app.rate_limit.remaining_window))
+        .with_api_window(self.config.app.rate_limit.remaining_window)
+        .with_pause_policy(crate::quota::PausePolicy {
+            after_failures: self.config.app.pause_after_auth_failures,
+        }))
     }
 
     /// The organizations connected.

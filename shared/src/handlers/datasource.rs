@@ -296,12 +296,15 @@ async fn send_chunks(
                 sent += 1;
             }
             Err(e) => {
-                if let CallError::Denied(d) = &e {
+                let back_at = match &e {
+                    CallError::Denied(d) => Some(d.retry_at),
+                    CallError::Unauthorized { retry_at, .. } => Some(*retry_at),
+                    _ => None,
+                };
+                if let Some(at) = back_at {
                     // The chunk stays in flight; the timed mark moves to
                     // when capacity returns so it is not taken for lost.
-                    svc.store
-                        .mark_flush_due(&key, &ds.name, d.retry_at, d.retry_at)
-                        .await?;
+                    svc.store.mark_flush_due(&key, &ds.name, at, at).await?;
                 }
                 return Ok(e.into_outcome(None));
             }

@@ -42,6 +42,9 @@ impl IntoOutcome for CallError {
                 "the reserved calls' window ended; reserving anew",
                 checkpoint,
             ),
+            CallError::Unauthorized { reason, retry_at } => {
+                Outcome::wait(retry_at, reason, checkpoint)
+            }
             CallError::Rejected(m) | CallError::Permanent(m) => Outcome::Fail(m),
         }
     }

@@ -26,6 +26,9 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::{Arc, Mutex};
 
+pub mod health;
+pub use health::{Health, PausePolicy};
+
 /// Whose budget: an organization's connection to one third-party app.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct QuotaKey {
@@ -321,6 +324,12 @@ pub enum DenyReason {
     },
     /// The API itself said stop (429 / Retry-After).
     Blocked,
+    /// The connection is paused: the API kept refusing its credential
+    /// (`metered connections`).
+    Paused {
+        /// What `Health::describe` said when the job was denied.
+        health: String,
+    },
 }
 
 impl fmt::Display for DenyReason {
@@ -333,6 +342,7 @@ impl fmt::Display for DenyReason {
             } => write!(f, "{window} limit reached ({used} of {limit} used)"),
             DenyReason::Concurrency { max } => write!(f, "{max} concurrent calls in flight"),
             DenyReason::Blocked => f.write_str("blocked by the API's Retry-After"),
+            DenyReason::Paused { health } => write!(f, "connection {health}"),
         }
     }
 }
@@ -502,6 +512,17 @@ pub trait QuotaStore: Send + Sync {
 
     /// What the store holds for `key` at `now`.
     async fn state(&self, key: &QuotaKey, limits: &Limits, now: Timestamp) -> Result<QuotaState>;
+
+    /// The connection's health (default when nothing was recorded).
+    async fn health(&self, key: &QuotaKey) -> Result<Health>;
+
+    /// Replaces the health with `new` if it is still `expected`; false when
+    /// another writer came first (read again and retry).
+    async fn swap_health(&self, key: &QuotaKey, expected: &Health, new: &Health) -> Result<bool>;
+
+    /// Lifts a pause at once: forgets the health and the org's block (a
+    /// block the API asked for goes too; the API will say so again).
+    async fn resume(&self, key: &QuotaKey) -> Result<()>;
 }
 
 /// One call (or reservation of several) a handler wants to make.
@@ -670,7 +691,18 @@ impl Quota {
                     granted_at: now,
                 }))
             }
-            Acquire::Denied(denied) => {
+            Acquire::Denied(mut denied) => {
+                if denied.reason == DenyReason::Blocked {
+                    // Paused, or the API's Retry-After? One read, on a
+                    // denial only, so the job's wait names the right cause.
+                    if let Ok(health) = self.store.health(key).await {
+                        if health.paused_at(now) {
+                            denied.reason = DenyReason::Paused {
+                                health: health.describe(now),
+                            };
+                        }
+                    }
+                }
                 tracing::info!(quota = %key, cost = call.cost, reason = %denied.reason, retry_at = %denied.retry_at, "quota denied");
                 let counter = match &denied.reason {
                     DenyReason::Window {
@@ -686,7 +718,7 @@ impl Quota {
                         ..
                     } => Counter::DenialsMinuteLimit,
                     DenyReason::Concurrency { .. } => Counter::DenialsConcurrency,
-                    DenyReason::Blocked => Counter::DenialsBlocked,
+                    DenyReason::Blocked | DenyReason::Paused { .. } => Counter::DenialsBlocked,
                 };
                 self.metrics.add(&key.app, &key.org, counter, 1);
                 self.tally(
@@ -804,6 +836,40 @@ impl Quota {
             Some(grant) => self.store.renew(grant, self.clock.now() + by).await,
             None => Ok(()),
         }
+    }
+
+    /// The API refused the connection's credential (401/403): counts it
+    /// ([`Health::after_auth_failure`], one compare-and-swap, retried) and,
+    /// when that pauses the connection, blocks the org until the pause
+    /// ends. Returns the health after it.
+    pub async fn auth_failed(
+        &self,
+        key: &QuotaKey,
+        reason: &str,
+        policy: PausePolicy,
+    ) -> Result<Health> {
+        let now = self.clock.now();
+        for _ in 0..8 {
+            let old = self.store.health(key).await?;
+            let new = old.after_auth_failure(reason, now, policy);
+            if !self.store.swap_health(key, &old, &new).await? {
+                continue;
+            }
+            if new.paused_at(now) && new.paused_until != old.paused_until {
+                tracing::error!(quota = %key, until = ?new.paused_until, failures = new.failures, %reason, "connection paused: the API keeps refusing its credential");
+                self.metrics
+                    .add(&key.app, &key.org, Counter::ConnectionsPaused, 1);
+            }
+            if let Some(until) = new.paused_until.filter(|u| *u > now) {
+                self.store.block_until(key, until).await?;
+            }
+            return Ok(new);
+        }
+        Err(Error::store(
+            "connection health",
+            "too many writers at once",
+            crate::core::error::Disposition::Retryable,
+        ))
     }
 
     /// The API said 429 / Retry-After: nobody of this org/app calls before `until`.

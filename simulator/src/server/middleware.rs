@@ -30,8 +30,9 @@ pub(super) struct Call {
     pub(super) endpoint: String,
 }
 
-/// 401 without a bearer key; otherwise the key travels on as [`ApiKey`].
-pub(super) async fn auth(mut req: Request, next: Next) -> Response {
+/// 401 without a bearer key, or with a revoked one; otherwise the key
+/// travels on as [`ApiKey`].
+pub(super) async fn auth(State(sim): State<Sim>, mut req: Request, next: Next) -> Response {
     let key = req
         .headers()
         .get("authorization")
@@ -39,6 +40,19 @@ pub(super) async fn auth(mut req: Request, next: Next) -> Response {
         .and_then(|v| v.strip_prefix("Bearer "))
         .filter(|k| !k.is_empty())
         .map(str::to_string);
+    let revoked = key
+        .as_ref()
+        .filter(|k| sim.faults().revoked_keys.contains(*k));
+    if let Some(k) = revoked {
+        *lock(&sim.inner.stats)
+            .rejected_401_by_key
+            .entry(k.clone())
+            .or_default() += 1;
+        return json_response(
+            StatusCode::UNAUTHORIZED,
+            &json!({"error": "invalid_token: the access token was revoked"}),
+        );
+    }
     match key {
         Some(key) => {
             req.extensions_mut().insert(ApiKey(key));

@@ -10,7 +10,7 @@ mod routes;
 use crate::data::{ts, Dataset, Rng};
 use crate::{Sim, SimConfig};
 use axum::http::{HeaderValue, Method, StatusCode};
-use axum::middleware::{from_fn, from_fn_with_state};
+use axum::middleware::from_fn_with_state;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
@@ -51,6 +51,9 @@ pub struct Faults {
     /// with the hint of `burst_retry_after_secs` / `burst_reset_offset_secs`
     /// (e.g. `Retry-After: 0` all along).
     pub throttle_until: Option<chrono::DateTime<chrono::Utc>>,
+    /// Keys the platform no longer accepts (revoked, expired): every
+    /// request with one is answered `401`, before any limit counts it.
+    pub revoked_keys: std::collections::BTreeSet<String>,
     /// Data Source rows the platform refuses: a push inserting one of
     /// these ids is answered `422`, naming it, and nothing is applied.
     pub refuse_row_ids: std::collections::BTreeSet<String>,
@@ -133,6 +136,8 @@ pub struct Stats {
     /// per-minute window is checked against.
     pub calls_by_key_minute: BTreeMap<(String, String), u64>,
     pub rejected_429: u64,
+    /// Requests refused `401` for a revoked key, per key.
+    pub rejected_401_by_key: BTreeMap<String, u64>,
     /// Most requests of one key in flight at once (counted at arrival).
     pub max_concurrent: usize,
     /// Create requests received per Idempotency-Key (retries included).
@@ -391,7 +396,7 @@ pub async fn serve(sim: Sim, addr: SocketAddr) -> std::io::Result<SimServer> {
         // Outermost last: auth, then limits, then faults, then the route.
         .layer(from_fn_with_state(sim.clone(), middleware::faults))
         .layer(from_fn_with_state(sim.clone(), middleware::limits))
-        .layer(from_fn(middleware::auth))
+        .layer(from_fn_with_state(sim.clone(), middleware::auth))
         .with_state(sim.clone());
     let task = tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {

@@ -550,6 +550,88 @@ impl QuotaStore for DynamoQuota {
             .filter(|t| *t > now);
         Ok(state)
     }
+
+    async fn health(&self, key: &QuotaKey) -> Result<crate::quota::Health> {
+        let out = self
+            .table
+            .client
+            .get_item()
+            .table_name(&self.table.name)
+            .key("pk", s(Self::pk(key)))
+            .key("sk", s("health"))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| sdk_error("connection health", e))?;
+        Ok(out
+            .item()
+            .and_then(|i| get_s(i, "health"))
+            .and_then(|j| serde_json::from_str(j).ok())
+            .unwrap_or_default())
+    }
+
+    async fn swap_health(
+        &self,
+        key: &QuotaKey,
+        expected: &crate::quota::Health,
+        new: &crate::quota::Health,
+    ) -> Result<bool> {
+        let json = |h: &crate::quota::Health| {
+            serde_json::to_string(h).map_err(|e| {
+                Error::store(
+                    "connection health",
+                    e,
+                    crate::core::error::Disposition::Permanent,
+                )
+            })
+        };
+        // The health item apart from the quota item: no write on the hot
+        // item that every acquire takes.
+        let mut put = self
+            .table
+            .client
+            .put_item()
+            .table_name(&self.table.name)
+            .item("pk", s(Self::pk(key)))
+            .item("sk", s("health"))
+            .item("health", s(json(new)?))
+            .expression_attribute_values(":old", s(json(expected)?));
+        put = if *expected == crate::quota::Health::default() {
+            put.condition_expression("attribute_not_exists(health) OR health = :old")
+        } else {
+            put.condition_expression("health = :old")
+        };
+        match put.send().await {
+            Ok(_) => Ok(true),
+            Err(e)
+                if matches!(
+                    e.as_service_error(),
+                    Some(aws_sdk_dynamodb::operation::put_item::PutItemError::ConditionalCheckFailedException(_))
+                ) =>
+            {
+                Ok(false)
+            }
+            Err(e) => Err(sdk_error("connection health", e)),
+        }
+    }
+
+    async fn resume(&self, key: &QuotaKey) -> Result<()> {
+        self.table
+            .client
+            .delete_item()
+            .table_name(&self.table.name)
+            .key("pk", s(Self::pk(key)))
+            .key("sk", s("health"))
+            .send()
+            .await
+            .map_err(|e| sdk_error("connection resume", e))?;
+        self.update(key)
+            .update_expression("REMOVE blocked_until")
+            .send()
+            .await
+            .map_err(|e| sdk_error("connection resume", e))?;
+        Ok(())
+    }
 }
 
 /// The `hNN` (calls) and `dNN` (denials) numbers of a usage item.

@@ -30,6 +30,10 @@ CREATE TABLE IF NOT EXISTS quota_lease (
     cost INTEGER NOT NULL DEFAULT 1, valid_until INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (org, app, lease_id)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS connection_health (
+    org TEXT NOT NULL, app TEXT NOT NULL, health TEXT NOT NULL,
+    PRIMARY KEY (org, app)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS quota_block (
     org TEXT NOT NULL, app TEXT NOT NULL, blocked_until INTEGER NOT NULL,
     PRIMARY KEY (org, app)

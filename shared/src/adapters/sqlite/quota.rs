@@ -353,4 +353,80 @@ impl QuotaStore for SqliteQuota {
             })
             .await
     }
+
+    async fn health(&self, key: &QuotaKey) -> Result<crate::quota::Health> {
+        let key = key.clone();
+        let json: Option<String> = self
+            .db
+            .call("connection health", move |conn| {
+                conn.row(
+                    "SELECT health FROM connection_health WHERE org = ?1 AND app = ?2",
+                    params![key.org, key.app],
+                    |r| r.get(0),
+                )
+                .optional()
+            })
+            .await?;
+        Ok(json
+            .and_then(|j| serde_json::from_str(&j).ok())
+            .unwrap_or_default())
+    }
+
+    async fn swap_health(
+        &self,
+        key: &QuotaKey,
+        expected: &crate::quota::Health,
+        new: &crate::quota::Health,
+    ) -> Result<bool> {
+        let (key, expected) = (key.clone(), expected.clone());
+        let new = serde_json::to_string(new).map_err(|e| {
+            Error::store(
+                "connection health",
+                e,
+                crate::core::error::Disposition::Permanent,
+            )
+        })?;
+        self.db
+            .call("connection health", move |conn| {
+                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                let current: crate::quota::Health = tx
+                    .query_row(
+                        "SELECT health FROM connection_health WHERE org = ?1 AND app = ?2",
+                        params![key.org, key.app],
+                        |r| r.get::<_, String>(0),
+                    )
+                    .optional()?
+                    .and_then(|j| serde_json::from_str(&j).ok())
+                    .unwrap_or_default();
+                if current != expected {
+                    return Ok(false);
+                }
+                tx.exec(
+                    "INSERT INTO connection_health (org, app, health) VALUES (?1, ?2, ?3)
+                     ON CONFLICT (org, app) DO UPDATE SET health = excluded.health",
+                    params![key.org, key.app, new],
+                )?;
+                tx.commit()?;
+                Ok(true)
+            })
+            .await
+    }
+
+    async fn resume(&self, key: &QuotaKey) -> Result<()> {
+        let key = key.clone();
+        self.db
+            .call("connection resume", move |conn| {
+                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                tx.exec(
+                    "DELETE FROM connection_health WHERE org = ?1 AND app = ?2",
+                    params![key.org, key.app],
+                )?;
+                tx.exec(
+                    "DELETE FROM quota_block WHERE org = ?1 AND app = ?2",
+                    params![key.org, key.app],
+                )?;
+                tx.commit()
+            })
+            .await
+    }
 }
