@@ -499,6 +499,44 @@ async fn every_hostile_switch_costs_a_bounded_retry_and_loses_nothing(adapter: A
     }
 }
 
+/// A transfer whose every record was quarantined (here: a wrong id
+/// pointer) fails with that reason instead of being recorded as done; the
+/// records are listed with the pointer named. Before, the run was
+/// "complete" and green with nothing stored.
+async fn a_transfer_of_only_quarantined_records_is_a_failure(adapter: Adapter) {
+    let w = World::new(
+        adapter,
+        SimConfig {
+            invoices: 30,
+            ..Default::default()
+        },
+        |c| {
+            transfer_of(c, "invoices");
+            c.record_types.get_mut("invoices").unwrap().id_pointer = "/invoice_id".into();
+        },
+    )
+    .await;
+    for org in ORGS {
+        w.start_for(org, JobKind::CompleteTransfer, "invoices")
+            .await;
+    }
+    let report = w.drive_report().await;
+    assert_eq!(report.dead.len(), 2, "{:?}", report.dead);
+    assert!(
+        report
+            .dead
+            .iter()
+            .all(|d| d.contains("every one of the 30 records")),
+        "{:?}",
+        report.dead
+    );
+    for org in ORGS {
+        let q = w.store.quarantined(&w.svc.key(org), 100).await.unwrap();
+        assert_eq!(q.len(), 30, "{org}");
+        assert!(q[0].reason.contains("/invoice_id"), "{q:?}");
+    }
+}
+
 metered_tests::on_both!(
     every_hostile_switch_costs_a_bounded_retry_and_loses_nothing,
     an_api_that_ignores_the_page_parameter_never_loops,
@@ -506,6 +544,7 @@ metered_tests::on_both!(
     a_short_listing_is_probed_once,
     a_failed_first_transfer_is_not_restarted_by_every_lookup,
     bad_records_are_quarantined_and_the_rest_stored,
+    a_transfer_of_only_quarantined_records_is_a_failure,
     a_repeating_cursor_or_next_link_fails_instead_of_looping,
     broken_bodies_are_retried_from_the_checkpoint,
     a_persistently_broken_api_is_given_up_on_after_five_attempts,

@@ -321,6 +321,15 @@ async fn record_completion(
     job: &JobEnvelope,
     cp: &ListingCheckpoint,
 ) -> Outcome {
+    if cp.records == 0 && cp.quarantined > 0 {
+        // Not a transfer: a wrong id pointer, or an API answering with
+        // something else. Recording it as done would hide that behind a
+        // green run (and move the high-water mark past what was missed).
+        return Outcome::Fail(format!(
+            "every one of the {} records served was quarantined and none stored (metered quarantine says why; often the record type's id_pointer): the run is not recorded as complete",
+            cp.quarantined
+        ));
+    }
     let now = svc.clock.now();
     let finish = SyncFinish {
         completed_at: Some(now),
