@@ -1647,8 +1647,11 @@ async fn serve_answers_hosted_get_from_the_database_a_run_writes() {
             "serve", "--config", "app.toml", "--db", "t.sqlite", "--listen",
         ])
         .arg(format!("127.0.0.1:{port}"))
-        .env("GOLD_JWT", "gold-secret-for-the-test")
-        .env("METERED_HOSTED_JWT_SECRET", "customer-invoices-secret")
+        .env("GOLD_JWT", "gold-hs256-key-for-the-test-0123456789abcdef")
+        .env(
+            "METERED_HOSTED_JWT_SECRET",
+            "customer-invoices-hs256-key-0123456789abcdef",
+        )
         .current_dir(&dir)
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -1664,7 +1667,7 @@ async fn serve_answers_hosted_get_from_the_database_a_run_writes() {
     let token = jsonwebtoken::encode(
         &jsonwebtoken::Header::default(),
         &serde_json::json!({"org": "acme", "sub": "u1", "exp": chrono::Utc::now().timestamp() + 600}),
-        &jsonwebtoken::EncodingKey::from_secret(b"gold-secret-for-the-test"),
+        &jsonwebtoken::EncodingKey::from_secret(b"gold-hs256-key-for-the-test-0123456789abcdef"),
     )
     .unwrap();
     let url = format!("http://127.0.0.1:{port}/datasources/gold_invoices/rows?page_size=1000");

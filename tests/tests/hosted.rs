@@ -335,6 +335,51 @@ async fn no_way_in_to_another_users_rows(adapter: Adapter) {
             "Expired",
         ),
         (
+            "a token not valid yet (nbf in an hour)",
+            get(
+                "vips",
+                "",
+                Some(&token_with(
+                    &w,
+                    SECRET,
+                    Algorithm::HS256,
+                    json!({"org": ORG, "sub": "alice", "tier": "gold", "nbf": now + 3600}),
+                )),
+            ),
+            401,
+            "not valid yet",
+        ),
+        (
+            "a token issued in the future (iat in an hour)",
+            get(
+                "vips",
+                "",
+                Some(&token_with(
+                    &w,
+                    SECRET,
+                    Algorithm::HS256,
+                    json!({"org": ORG, "sub": "alice", "tier": "gold", "iat": now + 3600}),
+                )),
+            ),
+            401,
+            "issued in the future",
+        ),
+        (
+            "exp at the smallest integer (no overflow, no panic)",
+            get(
+                "vips",
+                "",
+                Some(&token_with(
+                    &w,
+                    SECRET,
+                    Algorithm::HS256,
+                    json!({"org": ORG, "sub": "alice", "tier": "gold", "exp": i64::MIN + 1}),
+                )),
+            ),
+            401,
+            "refused",
+        ),
+        (
             "signed with another Data Source's secret",
             get(
                 "vips",

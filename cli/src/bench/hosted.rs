@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-const SECRET: &str = "bench-secret";
+const SECRET: &str = "bench-hs256-key-0123456789abcdef0123456789";
 const CONCURRENCY: usize = 8;
 const REQUESTS: usize = 400;
 

@@ -188,6 +188,7 @@ impl HostedService {
         clock: SharedClock,
     ) -> Result<Self> {
         let mut served = BTreeMap::new();
+        let mut keys: BTreeMap<&str, &str> = BTreeMap::new();
         for (name, ds) in &config.datasources {
             if ds.mode != DataSourceMode::Hosted {
                 continue;
@@ -195,6 +196,7 @@ impl HostedService {
             let secret = secrets
                 .get(name)
                 .ok_or_else(|| Error::Config(format!("datasources.{name}.secret: not resolved")))?;
+            check_secret(name, secret, &mut keys)?;
             let filter = ds
                 .filter
                 .as_deref()
@@ -397,12 +399,7 @@ impl HostedService {
         let data = jsonwebtoken::decode::<Map<String, Value>>(token, &ds.decoding, &validation)
             .map_err(|e| format!("bearer token refused: {e}"))?;
         let claims = data.claims;
-        let now = self.clock.now().timestamp();
-        match claims.get("exp").and_then(Value::as_i64) {
-            // 30 s of leeway for clock skew between the platform and us.
-            Some(exp) if exp + 30 >= now => {}
-            _ => return Err("bearer token refused: ExpiredSignature".into()),
-        }
+        check_times(&claims, self.clock.now().timestamp())?;
         for claim in ["org", "sub"] {
             match claims.get(claim) {
                 Some(Value::String(s)) if !s.is_empty() => {}
@@ -539,6 +536,68 @@ fn form_urlencoded(query: &str) -> Vec<(String, String)> {
         .collect()
 }
 
+/// Leeway for clock skew between the platform that mints tokens and us.
+const LEEWAY_SECS: i64 = 30;
+
+/// The shortest HS256 key accepted: RFC 7518 §3.2 asks for a key of at
+/// least the hash's size (256 bits). A short one can be found offline from
+/// a single token.
+pub const MIN_SECRET_BYTES: usize = 32;
+
+/// One hosted Data Source's key: long enough, and its own (a token for one
+/// Data Source must not read another, say a filtered one's rows through an
+/// unfiltered one).
+fn check_secret<'a>(
+    name: &'a str,
+    secret: &'a Secret,
+    keys: &mut BTreeMap<&'a str, &'a str>,
+) -> Result<()> {
+    let len = secret.expose().len();
+    if len < MIN_SECRET_BYTES {
+        return Err(Error::Config(format!(
+            "datasources.{name}.secret: the key is {len} bytes; an HS256 key must be at least {MIN_SECRET_BYTES} (e.g. `openssl rand -hex 32`)"
+        )));
+    }
+    if let Some(other) = keys.insert(secret.expose(), name) {
+        return Err(Error::Config(format!(
+            "datasources.{name}.secret: the same key as datasources.{other}.secret; a token for one would read the other's rows: give each hosted Data Source its own key"
+        )));
+    }
+    Ok(())
+}
+
+/// `exp` (required), `nbf` and `iat` (when present) against `now`, each
+/// with [`LEEWAY_SECS`]; integers only, and no arithmetic that can
+/// overflow on a hostile value. RFC 7519 §4.1.5: a token before its `nbf`
+/// must not be accepted.
+fn check_times(claims: &Map<String, Value>, now: i64) -> std::result::Result<(), String> {
+    let int = |name: &str| -> std::result::Result<Option<i64>, String> {
+        match claims.get(name) {
+            None => Ok(None),
+            Some(v) => v.as_i64().map(Some).ok_or_else(|| {
+                format!(
+                    "bearer token refused: claim `{name}` must be an integer (seconds since 1970)"
+                )
+            }),
+        }
+    };
+    match int("exp")? {
+        Some(exp) if exp.saturating_add(LEEWAY_SECS) >= now => {}
+        _ => return Err("bearer token refused: ExpiredSignature".into()),
+    }
+    if let Some(nbf) = int("nbf")? {
+        if nbf.saturating_sub(LEEWAY_SECS) > now {
+            return Err("bearer token refused: not valid yet (`nbf` is in the future)".into());
+        }
+    }
+    if let Some(iat) = int("iat")? {
+        if iat.saturating_sub(LEEWAY_SECS) > now {
+            return Err("bearer token refused: issued in the future (`iat`)".into());
+        }
+    }
+    Ok(())
+}
+
 /// Resolves every hosted Data Source's secret (env, Secrets Manager, SSM).
 pub async fn resolve_secrets(
     config: &AppConfig,
@@ -553,4 +612,64 @@ pub async fn resolve_secrets(
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod token_tests {
+    use super::*;
+    use serde_json::json;
+
+    fn claims(v: Value) -> Map<String, Value> {
+        v.as_object().unwrap().clone()
+    }
+
+    #[test]
+    fn times_are_checked_with_leeway_and_without_overflow() {
+        let now = 1_800_000_000;
+        assert!(check_times(&claims(json!({"exp": now + 60})), now).is_ok());
+        assert!(
+            check_times(&claims(json!({"exp": now - 10})), now).is_ok(),
+            "leeway"
+        );
+        assert!(check_times(&claims(json!({"exp": now - 31})), now).is_err());
+        assert!(check_times(&claims(json!({"exp": i64::MAX})), now).is_ok());
+        assert!(check_times(&claims(json!({"exp": i64::MIN})), now).is_err());
+        assert!(
+            check_times(&claims(json!({"exp": 1.5e12})), now).is_err(),
+            "a float"
+        );
+        assert!(
+            check_times(&claims(json!({"exp": now + 60, "nbf": now + 3600})), now)
+                .unwrap_err()
+                .contains("nbf")
+        );
+        assert!(check_times(&claims(json!({"exp": now + 60, "nbf": now + 20})), now).is_ok());
+        assert!(check_times(&claims(json!({"exp": now + 60, "nbf": i64::MIN})), now).is_ok());
+        assert!(check_times(&claims(json!({"exp": now + 60, "nbf": "soon"})), now).is_err());
+        assert!(
+            check_times(&claims(json!({"exp": now + 60, "iat": now + 600})), now)
+                .unwrap_err()
+                .contains("iat")
+        );
+    }
+
+    #[test]
+    fn secrets_must_be_long_and_distinct() {
+        let mut keys = BTreeMap::new();
+        let short = Secret::new("dev-only");
+        assert!(check_secret("a", &short, &mut keys)
+            .unwrap_err()
+            .to_string()
+            .contains("at least 32"));
+        let long = Secret::new("0123456789abcdef0123456789abcdef");
+        let again = Secret::new("0123456789abcdef0123456789abcdef");
+        check_secret("a", &long, &mut keys).unwrap();
+        let err = check_secret("b", &again, &mut keys)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("datasources.a.secret") && !err.contains("0123456789"),
+            "{err}"
+        );
+    }
 }
