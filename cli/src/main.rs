@@ -88,6 +88,7 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    quiet_on_broken_pipe();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -98,25 +99,34 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let result = runtime.block_on(async {
-        match cli.command {
-            Command::Demo(args) => demo::run(args).await,
-            Command::QuotaDemo(args) => quota_demo::run(args).await,
-            Command::Run(args) => run::run(args).await,
-            Command::Plan(args) => plan::run(args).await,
-            Command::Usage(args) => inspect::usage(args).await,
-            Command::Records(args) => inspect::records(args).await,
-            Command::Jobs(args) => inspect::jobs(args).await,
-            Command::Quarantine(args) => inspect::quarantine(args).await,
-            Command::Outbox(args) => inspect::outbox(args).await,
-            Command::Connections(args) => inspect::connections(args).await,
-            Command::Dlq(args) => dlq::run(args).await,
-            Command::Invoke(args) => run::invoke(args).await,
-            Command::Bench(args) => bench::run(args).await,
-            Command::LocalInfra(args) => infra::run(args).await,
-            Command::Serve(args) => serve::run(args).await,
-        }
-    });
+    // `metered records … | head`: the reader went away. Like any Unix tool,
+    // stop quietly (a panic with a backtrace and exit 101 before).
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        runtime.block_on(async {
+            match cli.command {
+                Command::Demo(args) => demo::run(args).await,
+                Command::QuotaDemo(args) => quota_demo::run(args).await,
+                Command::Run(args) => run::run(args).await,
+                Command::Plan(args) => plan::run(args).await,
+                Command::Usage(args) => inspect::usage(args).await,
+                Command::Records(args) => inspect::records(args).await,
+                Command::Jobs(args) => inspect::jobs(args).await,
+                Command::Quarantine(args) => inspect::quarantine(args).await,
+                Command::Outbox(args) => inspect::outbox(args).await,
+                Command::Connections(args) => inspect::connections(args).await,
+                Command::Dlq(args) => dlq::run(args).await,
+                Command::Invoke(args) => run::invoke(args).await,
+                Command::Bench(args) => bench::run(args).await,
+                Command::LocalInfra(args) => infra::run(args).await,
+                Command::Serve(args) => serve::run(args).await,
+            }
+        })
+    }));
+    let result = match result {
+        Ok(r) => r,
+        Err(panic) if is_broken_pipe(panic.as_ref()) => return ExitCode::SUCCESS,
+        Err(panic) => std::panic::resume_unwind(panic),
+    };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -131,4 +141,25 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// The message `println!` panics with when stdout is a closed pipe.
+fn is_broken_pipe(payload: &(dyn std::any::Any + Send)) -> bool {
+    let text = payload
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| payload.downcast_ref::<&str>().copied())
+        .unwrap_or_default();
+    text.contains("Broken pipe") || text.contains("os error 32")
+}
+
+/// A panic hook that keeps a closed stdout quiet and leaves every other
+/// panic to the default hook (message and backtrace).
+fn quiet_on_broken_pipe() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if !is_broken_pipe(info.payload()) {
+            default(info);
+        }
+    }));
 }

@@ -1714,3 +1714,23 @@ async fn serve_answers_hosted_get_from_the_database_a_run_writes() {
     let _ = child.wait();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `metered plan --json | head -c 0`: the reader is gone before anything
+/// is written. The command stops quietly with 0, as Unix tools do; it
+/// panicked with exit 101 and a backtrace before.
+#[test]
+fn a_closed_stdout_ends_the_command_quietly() {
+    let dir = tmp("broken-pipe");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_metered"))
+        .args(["plan", "--json"])
+        .current_dir(&dir)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+}
