@@ -794,3 +794,58 @@ async fn the_function_answers_a_function_url_event() {
     assert_eq!(response.status(), 401);
     assert_eq!(response.headers()["www-authenticate"], "Bearer");
 }
+
+/// A row store that fails, naming its table, as an adapter's error would.
+struct BrokenRows;
+
+#[async_trait::async_trait]
+impl metered::store::hosted::HostedRows for BrokenRows {
+    async fn rows_version(&self, _: &metered::quota::QuotaKey, _: &str) -> metered::Result<u64> {
+        Err(metered::Error::Config(
+            "table prod-metered-internal: ProvisionedThroughputExceeded".into(),
+        ))
+    }
+    async fn rows_after(
+        &self,
+        _: &metered::quota::QuotaKey,
+        _: &str,
+        _: Option<&str>,
+        _: u32,
+    ) -> metered::Result<Vec<metered::store::outbox::OutboxRow>> {
+        Err(metered::Error::Config(
+            "table prod-metered-internal: ProvisionedThroughputExceeded".into(),
+        ))
+    }
+}
+
+/// A failing store answers 503 "retry", and nothing of its error reaches
+/// the caller (it named the table before).
+#[tokio::test]
+async fn a_store_failure_is_a_503_without_internal_detail() {
+    let w = world(Adapter::Sqlite).await;
+    let secrets = BTreeMap::from([
+        ("vips".to_string(), Secret::new(SECRET)),
+        ("feed".to_string(), Secret::new(OTHER_SECRET)),
+    ]);
+    let service = HostedService::new(
+        &w.svc.config,
+        secrets,
+        Arc::new(BrokenRows),
+        w.shared.clone(),
+    )
+    .unwrap();
+    let token = token_with(
+        &w,
+        SECRET,
+        Algorithm::HS256,
+        json!({"org": ORG, "sub": "alice", "tier": "gold"}),
+    );
+    let r = service.handle(&get("vips", "", Some(&token))).await;
+    assert_eq!(r.status, 503, "{}", r.body);
+    assert!(r.body.contains("retry"), "{}", r.body);
+    assert!(
+        !r.body.contains("prod-metered") && !r.body.contains("Throughput"),
+        "{}",
+        r.body
+    );
+}

@@ -234,13 +234,15 @@ impl HostedService {
     }
 
     /// Answers one request; never panics, never errors: a store failure is
-    /// a 503 naming the operation (and logged), so the caller retries.
+    /// a 503 that says to retry, with the detail only in our log (the
+    /// caller is the platform's user: table names and adapter messages are
+    /// not theirs to read).
     pub async fn handle(&self, req: &HostedRequest) -> HostedResponse {
         match self.try_handle(req).await {
             Ok(r) => r,
             Err(e) => {
                 tracing::error!(error = %e, path = %req.path, "hosted GET failed");
-                HostedResponse::error(503, format!("{e}"))
+                HostedResponse::error(503, unavailable())
             }
         }
     }
@@ -534,6 +536,11 @@ fn form_urlencoded(query: &str) -> Vec<(String, String)> {
     form_urlencoded::parse(query.as_bytes())
         .map(|(k, v)| (k.into_owned(), v.into_owned()))
         .collect()
+}
+
+/// What a caller reads when the row store failed.
+fn unavailable() -> String {
+    "the rows cannot be read right now; retry shortly".to_string()
 }
 
 /// Leeway for clock skew between the platform that mints tokens and us.
