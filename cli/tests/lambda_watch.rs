@@ -101,7 +101,7 @@ async fn functions_run_under_cargo_lambda_watch_against_local_aws() {
         env_file.push_str(&format!("{k}={v}\n"));
     }
     env_file.push_str(&format!(
-        "METERED_APP_CONFIG={}\nSIM_API_KEY=watch-key\nCLASS_FEED_JWT=class-feed-key\nRUST_LOG=info\n",
+        "METERED_APP_CONFIG={}\nSIM_API_KEY=watch-key\nCLASS_FEED_JWT=class-feed-hs256-key-0123456789abcdef0123\nRUST_LOG=info\n",
         config_path.display()
     ));
     std::fs::write(dir.join("functions.env"), env_file).unwrap();
@@ -297,7 +297,7 @@ async fn functions_run_under_cargo_lambda_watch_against_local_aws() {
     let token = jsonwebtoken::encode(
         &jsonwebtoken::Header::default(),
         &serde_json::json!({"org": "acme", "sub": "u1", "exp": chrono::Utc::now().timestamp() + 600}),
-        &jsonwebtoken::EncodingKey::from_secret(b"class-feed-key"),
+        &jsonwebtoken::EncodingKey::from_secret(b"class-feed-hs256-key-0123456789abcdef0123"),
     )
     .unwrap();
     let url = format!("http://127.0.0.1:{port}/lambda-url/hosted-get/datasources/class_feed/rows");

@@ -49,7 +49,7 @@ env = dict(
     METERED_TABLE="metered",
     METERED_APP_CONFIG=os.path.join(root, "cli/examples/booking.toml"),
     SIM_API_KEY="k",
-    METERED_HOSTED_JWT_SECRET="k",
+    METERED_HOSTED_JWT_SECRET="measure-init-hs256-key-0123456789abcdef",
 )
 for kind in ["COMPLETE_TRANSFER", "RECENT_RECORDS", "PK_LOOKUP", "WORKFLOW", "ACTION_HTTP", "ACTION_DATASOURCE_PUSH"]:
     env[f"METERED_QUEUE_URL_{kind}"] = f"http://127.0.0.1:1/q/{kind}"
