@@ -114,6 +114,12 @@ impl Sim {
         self.inner.remove_field(record_type, id, field)
     }
 
+    /// Sets `field` of record `id` of `record_type` to `value` (`null`, a
+    /// hostile string, …).
+    pub fn set_field(&self, record_type: &str, id: &str, field: &str, value: serde_json::Value) {
+        self.inner.set_field(record_type, id, field, value)
+    }
+
     /// Adds a record exactly as given (no id, over 400 KB, …): hostile data.
     pub fn insert_raw(&self, record_type: &str, record: serde_json::Value) {
         self.inner.insert_raw(record_type, record)

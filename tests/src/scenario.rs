@@ -152,16 +152,37 @@ pub fn add_bad_records(w: &World) {
     huge["id"] = serde_json::json!("inv_huge");
     huge["notes"] = serde_json::json!("n".repeat(410 * 1024));
     sim.insert_raw("invoices", huge);
-    let invoices = sim.records("invoices");
-    let customers = sim.records("customers");
-    let vip = customers
+    sim.remove_field("customers", &referenced_vips(w)[0], "name");
+}
+
+/// The VIP customers (score under 30) some invoice refers to, in id order:
+/// the ones the `vip` workflow acts on.
+pub fn referenced_vips(w: &World) -> Vec<String> {
+    let invoices = w.sim().records("invoices");
+    w.sim()
+        .records("customers")
         .iter()
         .filter(|c| c["score"].as_u64().is_some_and(|s| s < 30))
         .filter_map(|c| c["id"].as_str())
-        .find(|id| invoices.iter().any(|i| i["customer_id"] == *id))
-        .expect("a referenced VIP customer")
-        .to_string();
-    sim.remove_field("customers", &vip, "name");
+        .filter(|id| invoices.iter().any(|i| i["customer_id"] == *id))
+        .map(str::to_string)
+        .collect()
+}
+
+/// A name that, unencoded in a path, would leave the configured endpoint.
+pub const HOSTILE_NAME: &str = "../../admin/x?force=1#";
+
+/// The `vip` note goes to `/notes/{{ record.name }}` (the sim keeps the
+/// segment as the note's `parent`), and one VIP's name is
+/// [`HOSTILE_NAME`].
+pub fn note_path_from_name(c: &mut AppConfig) {
+    if let Some(wf) = c.workflows.get_mut("vip") {
+        for a in &mut wf.actions {
+            if let metered::config::workflow::ActionConfig::Http { path, .. } = a {
+                *path = "/notes/{{ record.name }}".into();
+            }
+        }
+    }
 }
 
 pub async fn start(w: &World) {
@@ -182,6 +203,10 @@ pub struct Account {
     pub performed_twice: usize,
     pub rows_due: usize,
     pub rows_pushed: usize,
+    /// Rows the API refuses for good, and how many of them `metered
+    /// outbox` lists as set aside.
+    pub rows_refused_due: usize,
+    pub rows_set_aside: usize,
     /// Most calls served in one UTC day, and the budget.
     pub max_calls_a_day: u64,
     pub budget: u32,
@@ -197,6 +222,7 @@ impl Account {
             + (self.actions_due - self.performed_once.min(self.actions_due))
             + (self.rows_due - self.rows_pushed.min(self.rows_due))
             + (self.quarantine_due - self.quarantined.min(self.quarantine_due))
+            + (self.rows_refused_due - self.rows_set_aside.min(self.rows_refused_due))
     }
     pub fn doubled(&self) -> usize {
         self.performed_twice
@@ -232,16 +258,25 @@ pub async fn account(w: &World) -> Vec<Account> {
         .collect();
     let all_vips: BTreeSet<String> = referenced
         .iter()
-        .filter(|id| customers[*id]["score"].as_u64().unwrap() < 30)
+        .filter(|id| customers[*id]["score"].as_u64().is_some_and(|s| s < 30))
         .cloned()
         .collect();
+    // A score that is no number cannot be judged by the `vip` condition:
+    // that customer is quarantined, not acted on.
+    let unjudged = referenced
+        .iter()
+        .filter(|id| !customers[*id]["score"].is_number())
+        .count();
     // A VIP without a name cannot fill the note's body: quarantined.
     let vips: BTreeSet<String> = all_vips
         .iter()
         .filter(|id| customers[*id].get("name").is_some())
         .cloned()
         .collect();
-    let quarantine_due = bad_invoices + (all_vips.len() - vips.len());
+    let quarantine_due = bad_invoices + (all_vips.len() - vips.len()) + unjudged;
+    // Rows the API refuses for good are set aside (`metered outbox`), not
+    // pushed.
+    let refused = w.sim().faults().refuse_row_ids.clone();
     let paid_on = w.svc.config.workflows.contains_key("paid");
     let named = |i: &serde_json::Value| {
         i["customer_id"]
@@ -292,6 +327,19 @@ pub async fn account(w: &World) -> Vec<Account> {
             .filter(|r| r["customer"].as_str().is_some_and(|c| !c.is_empty()))
             .filter_map(|r| r["id"].as_str().map(str::to_string))
             .collect();
+        let mut rows_set_aside = 0;
+        for ds in ["vips", "paid_invoices"] {
+            rows_set_aside += w
+                .store
+                .refused_rows(&scope, ds, 1_000)
+                .await
+                .unwrap()
+                .iter()
+                .filter(|r| refused.contains(&r.id))
+                .count();
+        }
+        let due_rows =
+            |ids: &BTreeSet<String>| ids.iter().filter(|id| !refused.contains(*id)).count();
         out.push(Account {
             org: org.to_string(),
             records_due: invoices.len() + referenced.len(),
@@ -299,7 +347,9 @@ pub async fn account(w: &World) -> Vec<Account> {
             actions_due: vips.len(),
             performed_once: vips.iter().filter(|c| notes.get(*c) == Some(&1)).count(),
             performed_twice: notes.values().filter(|n| **n > 1).count(),
-            rows_due: vips.len() + paid.len(),
+            rows_due: due_rows(&vips) + due_rows(&paid),
+            rows_refused_due: vips.len() + paid.len() - due_rows(&vips) - due_rows(&paid),
+            rows_set_aside,
             rows_pushed: pushed_vips.intersection(&vips).count()
                 + pushed_paid.intersection(&paid).count(),
             max_calls_a_day: stats

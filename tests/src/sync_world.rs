@@ -630,6 +630,16 @@ impl World {
         out
     }
 
+    /// Puts every dead letter back on its queue, as `metered dlq redrive`
+    /// does after the operator's fix; returns how many moved.
+    pub async fn redrive_all(&self) -> u64 {
+        let mut moved = 0;
+        for q in self.raw.values() {
+            moved += q.redrive(&|d| Some(d.body.clone())).await.unwrap();
+        }
+        moved
+    }
+
     /// Dead letters across every queue.
     pub async fn dead_letters(&self) -> usize {
         self.all_dead_letters().await.len()

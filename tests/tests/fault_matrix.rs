@@ -15,7 +15,7 @@ use metered::jobs::envelope::JobKind;
 use metered_tests::faults::Fault;
 use metered_tests::lost_responses::{dynamodb_client, Losses};
 use metered_tests::scenario;
-use metered_tests::sync_world::{Adapter, World};
+use metered_tests::sync_world::{Adapter, World, ORGS};
 use std::sync::Arc;
 
 #[derive(Debug, Clone, Copy)]
@@ -43,6 +43,20 @@ enum Inject {
     /// Customers are transferred too, and their cursor listing never ends:
     /// empty pages with new cursors after the last record.
     EmptyPagesNewCursors,
+    /// A VIP customer's `score` is `null`: the `vip` condition
+    /// (`record.score < 30`) cannot judge it.
+    NullCondition,
+    /// The note goes to `/notes/{{ record.name }}` and one VIP's name is
+    /// `../../admin/x?force=1#`.
+    HostilePathValue,
+    /// The first `POST /notes` is answered `307` to another path; the
+    /// operator then fixes it and redrives the dead letter.
+    Redirect,
+    /// Every push holding one VIP's row is refused (`422` naming it).
+    RefusedRow,
+    /// Org A's key is revoked after its 20th call; a day later the key is
+    /// fixed and the connection resumed.
+    RevokedMidDay,
 }
 
 const RETRYABLE: Fault = Fault::Fail(Disposition::Retryable);
@@ -158,7 +172,17 @@ const CASES: &[(&str, Inject)] = &[
         "records without id, over 400 KB, missing a field",
         Inject::BadRecords,
     ),
+    ("a null condition", Inject::NullCondition),
+    ("a path value with `../` and `?`", Inject::HostilePathValue),
+    ("a redirect to another host", Inject::Redirect),
+    ("a chunk the API refuses for one row", Inject::RefusedRow),
+    ("credentials revoked mid-day", Inject::RevokedMidDay),
 ];
+
+/// Where the redirect points: another host name for the simulator (so a
+/// request that followed it would be counted there, under `POST /stolen`,
+/// and fail the "calls outside the config" check).
+const REDIRECT_PATH: &str = "stolen";
 
 struct Row {
     text: String,
@@ -193,6 +217,9 @@ async fn run_case(adapter: Adapter, name: &str, inject: Inject) -> Option<Row> {
             })
             .await
         }
+        Inject::HostilePathValue => {
+            scenario::world_with(adapter, scenario::note_path_from_name).await
+        }
         _ => scenario::world(adapter).await,
     };
     match inject {
@@ -214,16 +241,141 @@ async fn run_case(adapter: Adapter, name: &str, inject: Inject) -> Option<Row> {
             }
         }
         Inject::EmptyPagesNewCursors => w.sim().faults().endless_empty_pages = true,
+        Inject::NullCondition => {
+            let vip = &scenario::referenced_vips(&w)[0];
+            w.sim()
+                .set_field("customers", vip, "score", serde_json::Value::Null);
+        }
+        Inject::HostilePathValue => {
+            let vip = &scenario::referenced_vips(&w)[0];
+            w.sim()
+                .set_field("customers", vip, "name", scenario::HOSTILE_NAME.into());
+        }
+        Inject::Redirect => {
+            let mut f = w.sim().faults();
+            f.redirect_on.insert("POST /notes".into(), 1);
+            f.redirect_to = format!(
+                "{}{REDIRECT_PATH}",
+                w.fx.server.base_url().replace("127.0.0.1", "localhost")
+            );
+        }
+        Inject::RefusedRow => {
+            let vip = scenario::referenced_vips(&w)[0].clone();
+            w.sim().faults().refuse_row_ids.insert(vip);
+        }
+        Inject::RevokedMidDay => {
+            let key = w.api_keys[ORGS[0]].clone();
+            w.sim().faults().revoke_after_calls.insert(key, 20);
+        }
         Inject::None | Inject::UpdateItemTwice(_) => {}
     }
     scenario::start(&w).await;
     if matches!(inject, Inject::EmptyPagesNewCursors) {
-        for org in metered_tests::sync_world::ORGS {
+        for org in ORGS {
             w.start_for(org, JobKind::CompleteTransfer, "customers")
                 .await;
         }
     }
-    let report = w.drive_report().await;
+    // What the case needs besides "settles": the operator's part, and what
+    // must hold before it.
+    let mut notes = Vec::new();
+    let mut extra_ok = true;
+    let report = match inject {
+        Inject::Redirect => {
+            let mut report = w.drive_report().await;
+            let dead = w.all_dead_letters().await;
+            extra_ok &= dead.len() == 1 && dead[0].1.reason.contains("redirect");
+            notes.push(format!(
+                "dead-lettered, then redriven: {}",
+                dead.iter()
+                    .map(|(_, d)| d.reason.as_str())
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            ));
+            w.redrive_all().await;
+            let more = w.drive_report().await;
+            report.restarts.extend(more.restarts);
+            report.crashes += more.crashes;
+            report.dead.extend(more.dead);
+            report
+        }
+        Inject::RevokedMidDay => {
+            let a = ORGS[0];
+            let start = w.shared.now();
+            let mut report = w
+                .drive_until(Some(start + chrono::Duration::hours(24)))
+                .await;
+            let refused = w
+                .sim()
+                .stats()
+                .rejected_401_by_key
+                .get(&w.api_keys[a])
+                .copied()
+                .unwrap_or(0);
+            let health = w.svc.quota.store().health(&w.svc.key(a)).await.unwrap();
+            let paused = health.paused_at(w.shared.now());
+            let dead = w.dead_letters().await;
+            // 3 to pause, up to the concurrency cap (3) in flight, then one
+            // probe round per pause (15 m, 30 m, 1 h, 2 h, 4 h, 8 h, 16 h):
+            // the jobs that wake as a pause ends may call together, up to
+            // the cap (here every call takes 10 s of the clock, so they
+            // overlap far more than real calls of a few hundred ms).
+            extra_ok &= paused && dead == 0 && (3..=3 + 3 + 7 * 3).contains(&refused);
+            notes.push(format!(
+                "a day later: {refused} calls refused, paused {paused} ({}), {dead} dead; key fixed, resumed",
+                health.reason.as_deref().unwrap_or("-")
+            ));
+            w.sim().faults().revoked_keys.clear();
+            w.svc.quota.store().resume(&w.svc.key(a)).await.unwrap();
+            let more = w.drive_report().await;
+            report.restarts.extend(more.restarts);
+            report.crashes += more.crashes;
+            report.dead.extend(more.dead);
+            report
+        }
+        _ => w.drive_report().await,
+    };
+    if matches!(inject, Inject::HostilePathValue) {
+        // One segment, decoded back to the name, and no other endpoint.
+        let stats = w.sim().stats();
+        let parents: Vec<String> = stats
+            .created_by_key
+            .values()
+            .flatten()
+            .filter_map(|n| n["parent"].as_str().map(str::to_string))
+            .collect();
+        let hostile = parents
+            .iter()
+            .filter(|p| *p == scenario::HOSTILE_NAME)
+            .count();
+        extra_ok &= hostile == ORGS.len();
+        notes.push(format!(
+            "{hostile} notes addressed to the hostile name as one segment"
+        ));
+    }
+    // No request ever left the endpoints the config names.
+    let strays: Vec<String> = w
+        .sim()
+        .stats()
+        .calls_by_endpoint
+        .keys()
+        .filter(|e| {
+            ![
+                "GET /invoices",
+                "GET /customers",
+                "GET /customers (by ids)",
+                "POST /notes",
+                "POST /notes/{id}",
+                "POST /datasources/{name}/rows",
+            ]
+            .contains(&e.as_str())
+        })
+        .cloned()
+        .collect();
+    if !strays.is_empty() {
+        extra_ok = false;
+        notes.push(format!("calls outside the config: {strays:?}"));
+    }
     let accounts = scenario::account(&w).await;
     let dead: Vec<String> = w
         .all_dead_letters()
@@ -244,6 +396,10 @@ async fn run_case(adapter: Adapter, name: &str, inject: Inject) -> Option<Row> {
         Inject::ApiFailing(_) => !w.sim().faults().failed_by_kind.is_empty(),
         Inject::RetryAfterZero | Inject::PastReset => w.sim().stats().rejected_429 > 0,
         Inject::EmptyPagesNewCursors => w.sim().stats().calls("GET /customers") > 0,
+        Inject::NullCondition | Inject::HostilePathValue => true,
+        Inject::Redirect => w.sim().faults().redirect_on.values().all(|n| *n == 0),
+        Inject::RefusedRow => w.sim().stats().calls("POST /datasources/{name}/rows") > 0,
+        Inject::RevokedMidDay => !w.sim().stats().rejected_401_by_key.is_empty(),
         Inject::BadRecords | Inject::None => true,
     };
     let lost: usize = accounts.iter().map(|a| a.lost()).sum();
@@ -259,8 +415,14 @@ async fn run_case(adapter: Adapter, name: &str, inject: Inject) -> Option<Row> {
             | Inject::RetryAfterZero
             | Inject::PastReset
             | Inject::EmptyPagesNewCursors
+            | Inject::NullCondition
+            | Inject::HostilePathValue
+            | Inject::Redirect
+            | Inject::RefusedRow
+            | Inject::RevokedMidDay
     ) || name == "a completion write failure";
-    let ok = fired
+    let ok = extra_ok
+        && fired
         && doubled == 0
         && over == 0
         && explained
@@ -270,14 +432,21 @@ async fn run_case(adapter: Adapter, name: &str, inject: Inject) -> Option<Row> {
         accounts.iter().map(f).collect::<Vec<_>>().join(" ")
     };
     let text = format!(
-        "| {name} | {adapter} | {} | {} | {} | {} | {} | {} | {} | {} | {} |{}",
+        "| {name} | {adapter} | {} | {} | {} | {} | {} | {} | {} | {} | {} |{} |{}",
         per(&|a| format!("{}/{}", a.records_stored, a.records_due)),
         per(&|a| format!("{}/{}", a.quarantined, a.quarantine_due)),
         per(&|a| format!(
             "{}/{}/{}",
             a.performed_once, a.actions_due, a.performed_twice
         )),
-        per(&|a| format!("{}/{}", a.rows_pushed, a.rows_due)),
+        per(&|a| if a.rows_refused_due == 0 {
+            format!("{}/{}", a.rows_pushed, a.rows_due)
+        } else {
+            format!(
+                "{}/{} +{}/{} set aside",
+                a.rows_pushed, a.rows_due, a.rows_set_aside, a.rows_refused_due
+            )
+        }),
         per(&|a| format!("{}/{}", a.max_calls_a_day, a.budget)),
         lost,
         doubled,
@@ -287,6 +456,11 @@ async fn run_case(adapter: Adapter, name: &str, inject: Inject) -> Option<Row> {
             " 0".to_string()
         } else {
             format!(" {}: {}", dead.len(), dead.join("; "))
+        },
+        if notes.is_empty() {
+            String::new()
+        } else {
+            format!(" {} |", notes.join("; "))
         },
     );
     Some(Row { text, ok })

@@ -40,6 +40,18 @@ pub(super) async fn auth(State(sim): State<Sim>, mut req: Request, next: Next) -
         .and_then(|v| v.strip_prefix("Bearer "))
         .filter(|k| !k.is_empty())
         .map(str::to_string);
+    if let Some(k) = &key {
+        let made = lock(&sim.inner.stats)
+            .calls_by_key
+            .get(k)
+            .copied()
+            .unwrap_or(0);
+        let mut f = sim.faults();
+        if f.revoke_after_calls.get(k).is_some_and(|n| made >= *n) {
+            f.revoke_after_calls.remove(k);
+            f.revoked_keys.insert(k.clone());
+        }
+    }
     let revoked = key
         .as_ref()
         .filter(|k| sim.faults().revoked_keys.contains(*k));
@@ -256,6 +268,11 @@ fn replacement(sim: &Sim, call: &Call, headers: &HeaderMap) -> Option<Response> 
     if let Some(n) = f.malformed_on.get_mut(&call.endpoint) {
         if take(n) {
             f.next_malformed_json += 1;
+        }
+    }
+    if let Some(n) = f.redirect_on.get_mut(&call.endpoint) {
+        if take(n) {
+            f.next_redirect += 1;
         }
     }
     if take(&mut f.next_5xx) {

@@ -54,6 +54,9 @@ pub struct Faults {
     /// Keys the platform no longer accepts (revoked, expired): every
     /// request with one is answered `401`, before any limit counts it.
     pub revoked_keys: std::collections::BTreeSet<String>,
+    /// Keys revoked once they have made this many accepted calls (a user
+    /// disconnects the app mid-day): from then on as in `revoked_keys`.
+    pub revoke_after_calls: BTreeMap<String, u64>,
     /// Data Source rows the platform refuses: a push inserting one of
     /// these ids is answered `422`, naming it, and nothing is applied.
     pub refuse_row_ids: std::collections::BTreeSet<String>,
@@ -61,6 +64,9 @@ pub struct Faults {
     /// moved API, or a hostile one fishing for the credential).
     pub next_redirect: u32,
     pub redirect_to: String,
+    /// Like `next_redirect`, for the next N calls of one endpoint (route
+    /// template, e.g. `POST /notes`) only.
+    pub redirect_on: BTreeMap<String, u32>,
     pub retry_after_style: RetryAfterStyle,
     /// 503 with Retry-After.
     pub next_503_retry_after: u32,
@@ -305,6 +311,18 @@ impl State {
         }
     }
 
+    /// Sets `field` of record `id` of `record_type` to `value` (e.g. `null`).
+    pub(crate) fn set_field(&self, record_type: &str, id: &str, field: &str, value: Value) {
+        let mut data = lock(&self.data);
+        if let Some(r) = data
+            .types
+            .get_mut(record_type)
+            .and_then(|rs| rs.iter_mut().find(|r| r["id"] == id))
+        {
+            r[field] = value;
+        }
+    }
+
     /// Adds a record exactly as given (no id, huge, …): hostile data.
     pub(crate) fn insert_raw(&self, record_type: &str, record: Value) {
         let mut data = lock(&self.data);
@@ -391,7 +409,10 @@ pub async fn serve(sim: Sim, addr: SocketAddr) -> std::io::Result<SimServer> {
             "/{record_type}",
             get(routes::list_records).post(routes::create),
         )
-        .route("/{record_type}/{id}", get(routes::get_one))
+        .route(
+            "/{record_type}/{id}",
+            get(routes::get_one).post(routes::create_under),
+        )
         .fallback(routes::no_route)
         // Outermost last: auth, then limits, then faults, then the route.
         .layer(from_fn_with_state(sim.clone(), middleware::faults))

@@ -123,6 +123,40 @@ pub(super) async fn create(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    created(&sim, key, &call, &record_type, None, &headers, &body)
+}
+
+/// `POST /{record_type}/{parent}`: a record created under another (a note
+/// on a customer). The parent segment, percent-decoded, is kept in the
+/// record as `parent`, so a test can tell what one path segment carried.
+pub(super) async fn create_under(
+    AxState(sim): AxState<Sim>,
+    Extension(ApiKey(key)): Extension<ApiKey>,
+    Extension(call): Extension<Call>,
+    Path((record_type, parent)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    created(
+        &sim,
+        key,
+        &call,
+        &record_type,
+        Some(parent),
+        &headers,
+        &body,
+    )
+}
+
+fn created(
+    sim: &Sim,
+    key: String,
+    call: &Call,
+    record_type: &str,
+    parent: Option<String>,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Response {
     let state = &*sim.inner;
     let idem = headers
         .get("idempotency-key")
@@ -142,7 +176,7 @@ pub(super) async fn create(
             .entry(k.clone())
             .or_default() += 1;
     }
-    let Ok(mut record) = serde_json::from_slice::<Value>(&body) else {
+    let Ok(mut record) = serde_json::from_slice::<Value>(body) else {
         return json_response(
             StatusCode::BAD_REQUEST,
             &json!({"error": "body must be JSON"}),
@@ -155,6 +189,9 @@ pub(super) async fn create(
     );
     record["id"] = json!(id);
     record["created_at"] = json!(ts(call.now));
+    if let Some(parent) = parent {
+        record["parent"] = json!(parent);
+    }
     if let Some(k) = idem {
         lock(&state.created).insert((key.clone(), k), record.clone());
     }

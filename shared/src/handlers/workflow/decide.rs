@@ -27,13 +27,13 @@ pub(super) fn eval(program: &cel::Program, ctx: &Value, what: &str) -> Result<Ve
     Ok(verdict(program.execute(&cel_ctx), what))
 }
 
-/// The rule for an expression's result: true and false pass and filter; an
-/// expression that fails on the data (a missing field) is "no"; any other
-/// value sets the record aside.
-fn verdict<E: std::fmt::Display>(
-    result: std::result::Result<cel::Value, E>,
-    what: &str,
-) -> Verdict {
+/// The rule for an expression's result: true and false pass and filter; a
+/// field the record does not have is "no" (data varies: an optional field
+/// is often left out); any other value, or an expression the record's data
+/// makes fail (`null < 30`, a string compared with a number), sets the
+/// record aside with the reason: such data is not what the expression was
+/// written for, and silently filtering it would hide that.
+fn verdict(result: std::result::Result<cel::Value, cel::ExecutionError>, what: &str) -> Verdict {
     match result {
         Ok(cel::Value::Bool(true)) => Verdict::Yes,
         Ok(cel::Value::Bool(false)) => Verdict::No,
@@ -44,12 +44,20 @@ fn verdict<E: std::fmt::Display>(
                 other => format!("{other:?}"),
             }
         )),
-        // An expression that fails on this record's data (a missing field,
-        // a comparison with null) is "no", as documented: data varies.
-        Err(e) => {
-            tracing::debug!(%what, error = %e, "expression did not evaluate; treated as false");
+        Err(cel::ExecutionError::NoSuchKey(field)) => {
+            tracing::debug!(%what, %field, "a field the record lacks; treated as false");
             Verdict::No
         }
+        // `related.customer.name` with no related customer: a field of
+        // nothing, as missing as a missing field.
+        Err(cel::ExecutionError::NoSuchOverload(o))
+            if o.function() == "_._"
+                && o.argument_types().first().is_some_and(|t| t == "null_type") =>
+        {
+            tracing::debug!(%what, "a field of a missing value; treated as false");
+            Verdict::No
+        }
+        Err(e) => Verdict::Bad(format!("{what}: did not evaluate on this record: {e}")),
     }
 }
 
@@ -184,16 +192,39 @@ mod tests {
 
     #[test]
     fn only_a_boolean_decides_and_anything_else_sets_the_record_aside() {
-        let ok = |v: cel::Value| verdict::<String>(Ok(v), "workflows.w.conditions[0]");
+        let ok = |v: cel::Value| verdict(Ok(v), "workflows.w.conditions[0]");
         assert_eq!(ok(cel::Value::Bool(true)), Verdict::Yes);
         assert_eq!(ok(cel::Value::Bool(false)), Verdict::No);
         assert!(
             matches!(ok(cel::Value::Null), Verdict::Bad(r) if r.contains("got null") && r.contains("conditions[0]"))
         );
         assert!(matches!(ok(cel::Value::Int(1)), Verdict::Bad(_)));
+    }
+
+    #[test]
+    fn a_missing_field_is_no_and_data_the_expression_cannot_judge_is_set_aside() {
+        let program = crate::config::workflow::compile("c", "record.score < 30").unwrap();
+        let run =
+            |record: Value| eval(&program, &serde_json::json!({ "record": record }), "c").unwrap();
+        assert_eq!(run(serde_json::json!({"score": 10})), Verdict::Yes);
+        assert_eq!(run(serde_json::json!({"score": 40})), Verdict::No);
+        assert_eq!(run(serde_json::json!({})), Verdict::No, "a missing field");
+        let nested = crate::config::workflow::compile("c", "record.customer.vip").unwrap();
         assert_eq!(
-            verdict::<String>(Err("No such key: is_vip".into()), "x"),
-            Verdict::No
+            eval(
+                &nested,
+                &serde_json::json!({"record": {"customer": null}}),
+                "c"
+            )
+            .unwrap(),
+            Verdict::No,
+            "a field of a missing value"
         );
+        for bad in [Value::Null, serde_json::json!("ten")] {
+            assert!(
+                matches!(run(serde_json::json!({"score": bad})), Verdict::Bad(r) if r.starts_with("c: did not evaluate")),
+                "{bad}"
+            );
+        }
     }
 }
