@@ -577,12 +577,19 @@ pub async fn jobs(args: JobsArgs) -> Result<(), BoxError> {
     let db = open_db(&args.common.db)?;
     let clock: metered::core::clock::SharedClock = Arc::new(metered::core::clock::SystemClock);
     let mut out = Vec::new();
+    // The (org, app) of every waiting job: their connections' health.
+    let mut connections = std::collections::BTreeSet::new();
     for (kind, q) in metered::edge::local::local_queues(&db, &clock) {
         if args.kind.is_some_and(|k| k != kind) {
             continue;
         }
         for (visible, body) in q.pending().await? {
             let job = JobEnvelope::parse(&body).ok();
+            if let Some(j) = &job {
+                if args.common.org.as_ref().is_none_or(|o| *o == j.org) {
+                    connections.insert((j.org.clone(), j.app.clone()));
+                }
+            }
             out.push(JobLine {
                 state: "waiting",
                 kind: kind.as_str().to_string(),
@@ -650,6 +657,18 @@ pub async fn jobs(args: JobsArgs) -> Result<(), BoxError> {
         }
         if n > 0 {
             println!("{n} record(s) quarantined; see `metered quarantine`");
+        }
+    }
+    // A paused connection's jobs wait for it: say which and why.
+    let now = chrono::Utc::now();
+    let quota = metered::adapters::sqlite::quota::SqliteQuota::new(db.clone());
+    for (org, app) in &connections {
+        let health = metered::quota::QuotaStore::health(&quota, &QuotaKey::new(org, app)).await?;
+        if health.paused_at(now) {
+            println!(
+                "connection of {org} {}; its jobs wait for it (`metered connections --resume` after fixing the credential)",
+                health.describe(now)
+            );
         }
     }
     if out.is_empty() {

@@ -36,6 +36,9 @@ pub struct OrgStatus {
     pub in_flight: u32,
     /// Until when the API's `Retry-After` blocks the org.
     pub blocked_until: Option<Timestamp>,
+    /// Until when the connection is paused because the API keeps refusing
+    /// its credential (`metered connections` says why, `--resume` lifts it).
+    pub paused_until: Option<Timestamp>,
     /// Jobs finished since the run started.
     pub done: u64,
     /// Jobs dead-lettered since the run started.
@@ -106,8 +109,11 @@ impl RunStatus {
                     (a.used * u64::from(b.limit.max(1))).cmp(&(b.used * u64::from(a.limit.max(1))))
                 })
                 .cloned();
+            let health = svc.quota.store().health(&svc.key(org)).await?;
+            let paused_until = health.paused_until.filter(|_| health.paused_at(now));
             out.push(OrgStatus {
                 org: org.clone(),
+                paused_until,
                 today,
                 window,
                 in_flight: state.live_leases,
@@ -143,8 +149,13 @@ impl RunStatus {
                 p.push_str(&format!(", {} {}/{}", w.window, w.used, w.limit));
             }
             p.push_str(&format!(", {} in flight", o.in_flight));
-            if let Some(b) = o.blocked_until {
-                p.push_str(&format!(", blocked until {}", b.format("%H:%M:%S")));
+            match (o.paused_until, o.blocked_until) {
+                (Some(p_until), _) => p.push_str(&format!(
+                    ", PAUSED until {} (credential refused: `metered connections`)",
+                    p_until.format("%H:%M:%S")
+                )),
+                (None, Some(b)) => p.push_str(&format!(", blocked until {}", b.format("%H:%M:%S"))),
+                (None, None) => {}
             }
             p.push_str(&format!(
                 ", {} done {} waiting {} dead",
@@ -204,6 +215,7 @@ mod tests {
             }),
             in_flight: 1,
             blocked_until: None,
+            paused_until: None,
             done: 30,
             dead: 0,
             restarts: 0,
@@ -229,6 +241,14 @@ mod tests {
         assert!(later.same_as(&status), "only the time moved");
         later.orgs[1].done += 1;
         assert!(!later.same_as(&status));
+        later.orgs[1].paused_until = Some(at + chrono::Duration::minutes(15));
+        assert!(
+            later.line().contains(
+                "globex 7/2500 today, hour 12/100, 1 in flight, PAUSED until 14:17:07 (credential refused: `metered connections`)"
+            ),
+            "{}",
+            later.line()
+        );
         assert_eq!(human(chrono::Duration::seconds(7_500)), "2h05m");
         assert_eq!(
             human(chrono::Duration::seconds(3 * 86_400 + 4 * 3600)),

@@ -1022,6 +1022,32 @@ async fn jobs_are_listed_counted_and_filtered() {
         "counts by kind and reason:\n{text}"
     );
     assert!(text.contains("globex"), "{text}");
+    // A paused connection is named under the jobs that wait for it.
+    let quota = metered::adapters::sqlite::quota::SqliteQuota::new(db.clone());
+    let paused = metered::quota::Health::default().after_auth_failure(
+        "GET /invoices: HTTP 401",
+        now,
+        metered::quota::PausePolicy { after_failures: 1 },
+    );
+    let acme = metered::quota::QuotaKey::new("acme", "my-app");
+    assert!(metered::quota::QuotaStore::swap_health(
+        &quota,
+        &acme,
+        &metered::quota::Health::default(),
+        &paused
+    )
+    .await
+    .unwrap());
+    let text = metered(&["jobs", "--db", "q.sqlite"], &dir);
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("connection of acme paused until")
+                && l.contains("HTTP 401")
+                && l.contains("--resume")),
+        "{text}"
+    );
+    assert!(!text.contains("connection of globex"), "{text}");
     let bad = metered(&["jobs", "--db", "q.sqlite", "--kind", "nonsense"], &dir);
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("unknown kind `nonsense`"));

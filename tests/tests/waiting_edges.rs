@@ -300,7 +300,81 @@ async fn a_revoked_key_pauses_its_connection_and_costs_a_handful_of_calls(adapte
     assert_eq!(w.dead_letters().await, 0);
 }
 
+/// The API moved the invoice listing (every run answers 404). Each of the
+/// first 3 scheduled runs per org is dead-lettered with the reason; then
+/// both connections pause (`pause_after_failed_runs`), and the next runs
+/// wait with the pause's reason instead of calling the API and adding a
+/// dead letter every interval. `resume` lifts it. Before, every run added
+/// one call and one dead letter, forever.
+async fn the_same_failure_run_after_run_pauses_the_connection(adapter: Adapter) {
+    let w = World::new(
+        adapter,
+        SimConfig {
+            invoices: 50,
+            ..Default::default()
+        },
+        |c| {
+            transfer(c, "invoices", 20);
+            if let Some(rt) = c.record_types.get_mut("invoices") {
+                rt.list_path = "/v1/invoices/all".into();
+            }
+        },
+    )
+    .await;
+    for run in 1..=4 {
+        both_transfers(&w, "invoices").await;
+        let start = w.shared.now();
+        w.drive_until(Some(start + chrono::Duration::minutes(5)))
+            .await;
+        let dead = w.dead_letters().await;
+        assert_eq!(dead, 2 * run.min(3), "after run {run}");
+    }
+    // The 4th run waits, holding its sync: the next tick starts nothing.
+    for org in ORGS {
+        let started = metered::handlers::schedule::start_sync(
+            &w.svc,
+            org,
+            JobKind::CompleteTransfer,
+            "invoices",
+            false,
+        )
+        .await
+        .unwrap();
+        assert!(started.is_none(), "{org}: a 5th run beside the waiting one");
+    }
+    let stats = w.sim().stats();
+    assert_eq!(
+        stats.calls_by_endpoint.values().sum::<u64>(),
+        6,
+        "one call per failed run, none while paused: {:?}",
+        stats.calls_by_endpoint
+    );
+    for org in ORGS {
+        let key = w.svc.key(org);
+        let health = w.svc.quota.store().health(&key).await.unwrap();
+        let said = health.describe(w.shared.now());
+        assert!(health.paused_at(w.shared.now()), "{org}: {health:?}");
+        assert!(
+            said.contains("3 sync runs in a row failed the same way") && said.contains("HTTP 404"),
+            "{org}: {said}"
+        );
+    }
+    let waiting = w.all_dead_letters().await;
+    assert!(
+        waiting.iter().all(|(_, d)| d.reason.contains("HTTP 404")),
+        "{waiting:?}"
+    );
+    // Resumed (after the config is fixed), the waiting runs call again.
+    for org in ORGS {
+        w.svc.quota.store().resume(&w.svc.key(org)).await.unwrap();
+    }
+    w.drive_until(Some(w.shared.now() + chrono::Duration::minutes(30)))
+        .await;
+    assert!(w.sim().stats().calls_by_endpoint.values().sum::<u64>() > 6);
+}
+
 metered_tests::on_both!(
+    the_same_failure_run_after_run_pauses_the_connection,
     a_retry_hint_at_or_before_now_still_holds_the_org,
     a_completion_that_cannot_be_recorded_fetches_nothing_again,
     empty_pages_with_new_cursors_end_the_listing,

@@ -73,9 +73,20 @@ pub struct AppSection {
     /// 401/403 then fails its job for good. Default 3.
     #[serde(default = "default_pause_after_auth_failures")]
     pub pause_after_auth_failures: u32,
+    /// Scheduled sync runs in a row that end in the dead-letter queue the
+    /// same way (`GET /invoices: HTTP 404`, say) that pause the connection
+    /// as refused credentials do: each further run would spend calls to
+    /// fail again. A completed run resets the count. `0` never pauses.
+    /// Default 3.
+    #[serde(default = "default_pause_after_failed_runs")]
+    pub pause_after_failed_runs: u32,
 }
 
 fn default_pause_after_auth_failures() -> u32 {
+    3
+}
+
+fn default_pause_after_failed_runs() -> u32 {
     3
 }
 

@@ -45,6 +45,19 @@ pub struct Health {
     pub pauses: u32,
     /// The API's last refusal, as the error said it.
     pub reason: Option<String>,
+    /// Sync runs in a row that ended in the dead-letter queue the same
+    /// way, and that way (the reason up to the API's excerpt). Left out of
+    /// the stored form while zero, so a health written before it existed
+    /// still compares equal.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub failed_runs: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// The way the last failed runs failed.
+    pub run_failure: Option<String>,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// When a connection pauses: after this many authentication failures
@@ -100,6 +113,46 @@ impl Health {
         next
     }
 
+    /// A sync run ended in the dead-letter queue with `reason`. The same
+    /// failure `after_runs` runs in a row pauses the connection as refused
+    /// credentials do (`0` never pauses): each further scheduled run would
+    /// spend calls to fail the same way and add a dead letter. A run that
+    /// fails the same way after a pause doubles it; another failure, or a
+    /// run that completes ([`Health::after_run_success`]), starts the count
+    /// afresh.
+    pub fn after_run_failure(&self, reason: &str, now: Timestamp, after_runs: u32) -> Health {
+        let mut next = self.clone();
+        let way = failure_way(reason);
+        if self.run_failure.as_deref() == Some(way.as_str()) {
+            next.failed_runs = self.failed_runs.saturating_add(1);
+        } else {
+            next.failed_runs = 1;
+            next.run_failure = Some(way);
+        }
+        if after_runs > 0 && next.failed_runs >= after_runs && !self.paused_at(now) {
+            next.pauses = self.pauses.saturating_add(1);
+            next.paused_until = Some(now + pause_for(next.pauses));
+            next.reason = Some(format!(
+                "{} sync runs in a row failed the same way: {reason}",
+                next.failed_runs
+            ));
+        }
+        next
+    }
+
+    /// A sync run completed: the count of runs failing in a row ends.
+    /// `None` when there is nothing to forget (no write needed).
+    pub fn after_run_success(&self) -> Option<Health> {
+        if self.failed_runs == 0 && self.run_failure.is_none() {
+            return None;
+        }
+        Some(Health {
+            failed_runs: 0,
+            run_failure: None,
+            ..self.clone()
+        })
+    }
+
     /// When a job refused by the API comes back: at the pause's end, else
     /// after [`UNPAUSED_RETRY_SECS`].
     pub fn retry_at(&self, now: Timestamp) -> Timestamp {
@@ -113,6 +166,10 @@ impl Health {
     pub fn describe(&self, now: Timestamp) -> String {
         let reason = self.reason.as_deref().unwrap_or("no reason kept");
         match self.paused_until {
+            Some(until) if until > now && self.failures == 0 => format!(
+                "paused until {}: {reason}",
+                until.format("%Y-%m-%d %H:%M:%S UTC"),
+            ),
             Some(until) if until > now => format!(
                 "paused until {} after {} authentication failure(s): {reason}",
                 until.format("%Y-%m-%d %H:%M:%S UTC"),
@@ -132,6 +189,14 @@ impl Health {
 
 /// The `n`th pause in a row: the first pause, doubled `n - 1` times, at
 /// most a day.
+/// What makes two failures "the same way": the reason up to the API's
+/// excerpt (`GET /invoices: HTTP 404 — …` → `GET /invoices: HTTP 404`),
+/// which may differ from run to run.
+fn failure_way(reason: &str) -> String {
+    let way = reason.split(" — ").next().unwrap_or(reason);
+    crate::core::error::bounded(way, 200)
+}
+
 fn pause_for(n: u32) -> Duration {
     let secs = FIRST_PAUSE_SECS.saturating_mul(1i64 << n.saturating_sub(1).min(20));
     Duration::seconds(secs.min(MAX_PAUSE_SECS))
@@ -178,6 +243,42 @@ mod tests {
             h.after_auth_failure("x", at, THREE).paused_until,
             Some(at + Duration::days(1)),
             "at most a day"
+        );
+    }
+
+    #[test]
+    fn the_same_run_failure_three_times_in_a_row_pauses_and_a_success_forgets() {
+        let fail = |h: &Health, why: &str, at: i64| h.after_run_failure(why, t(at), 3);
+        let h = fail(&Health::default(), "GET /invoices: HTTP 404 — {\"a\":1}", 0);
+        let h = fail(&h, "GET /invoices: HTTP 404 — {\"a\":2}", 3600);
+        assert!(!h.paused_at(t(3600)) && h.failed_runs == 2, "{h:?}");
+        let other = fail(&h, "GET /invoices: HTTP 500", 7200);
+        assert_eq!(other.failed_runs, 1, "another way starts afresh");
+        let h = fail(&h, "GET /invoices: HTTP 404 — {}", 7200);
+        assert_eq!(h.paused_until, Some(t(7200 + 900)));
+        assert!(h
+            .describe(t(7300))
+            .contains("3 sync runs in a row failed the same way"));
+        let h = fail(&h, "GET /invoices: HTTP 404", 8200);
+        assert_eq!(
+            h.paused_until,
+            Some(t(8200 + 1800)),
+            "a failed probe doubles"
+        );
+        let ok = h.after_run_success().unwrap();
+        assert_eq!((ok.failed_runs, ok.run_failure.clone()), (0, None));
+        assert!(ok.after_run_success().is_none(), "nothing to write");
+        assert!(
+            Health::default()
+                .after_run_failure("x", t(0), 0)
+                .paused_until
+                .is_none(),
+            "0 never pauses"
+        );
+        // Stored as before while unused: an old health still compares equal.
+        assert_eq!(
+            serde_json::to_string(&Health::default()).unwrap(),
+            r#"{"failures":0,"first_failure_at":null,"paused_until":null,"pauses":0,"reason":null}"#
         );
     }
 

@@ -849,14 +849,50 @@ impl Quota {
         policy: PausePolicy,
     ) -> Result<Health> {
         let now = self.clock.now();
+        self.update_health(key, |old| Some(old.after_auth_failure(reason, now, policy)))
+            .await
+    }
+
+    /// A sync run ended in the dead-letter queue: counts it
+    /// ([`Health::after_run_failure`]); the same failure `after_runs` runs
+    /// in a row pauses the connection.
+    pub async fn run_failed(
+        &self,
+        key: &QuotaKey,
+        reason: &str,
+        after_runs: u32,
+    ) -> Result<Health> {
+        let now = self.clock.now();
+        self.update_health(key, |old| {
+            Some(old.after_run_failure(reason, now, after_runs))
+        })
+        .await
+    }
+
+    /// A sync run completed: forgets runs that failed before it (one read;
+    /// a write only when there was something to forget).
+    pub async fn run_succeeded(&self, key: &QuotaKey) -> Result<Health> {
+        self.update_health(key, Health::after_run_success).await
+    }
+
+    /// Applies `change` to the connection's health (compare-and-swap,
+    /// retried); a new pause blocks the org until it ends and is counted.
+    async fn update_health(
+        &self,
+        key: &QuotaKey,
+        change: impl Fn(&Health) -> Option<Health>,
+    ) -> Result<Health> {
+        let now = self.clock.now();
         for _ in 0..8 {
             let old = self.store.health(key).await?;
-            let new = old.after_auth_failure(reason, now, policy);
+            let Some(new) = change(&old) else {
+                return Ok(old);
+            };
             if !self.store.swap_health(key, &old, &new).await? {
                 continue;
             }
             if new.paused_at(now) && new.paused_until != old.paused_until {
-                tracing::error!(quota = %key, until = ?new.paused_until, failures = new.failures, %reason, "connection paused: the API keeps refusing its credential");
+                tracing::error!(quota = %key, until = ?new.paused_until, failures = new.failures, failed_runs = new.failed_runs, reason = new.reason.as_deref().unwrap_or(""), "connection paused");
                 self.metrics
                     .add(&key.app, &key.org, Counter::ConnectionsPaused, 1);
             }

@@ -356,6 +356,9 @@ async fn record_completion(
         return Outcome::from_error_at(&what, serde_json::to_value(cp).ok());
     }
     tracing::info!(%sync, pages = cp.pages, records = cp.records, changed = cp.changed, quarantined = cp.quarantined, "sync complete");
+    if let Err(e) = svc.quota.run_succeeded(&svc.key(&job.org)).await {
+        tracing::warn!(error = %e, %sync, "could not reset the connection's count of failed runs");
+    }
     Outcome::Done
 }
 

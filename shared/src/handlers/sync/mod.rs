@@ -449,5 +449,18 @@ impl JobHandler for SyncHandlers {
         {
             tracing::warn!(error = %e, %sync, "could not record the failed run; its lease frees when it expires");
         }
+        // The same failure run after run pauses the connection.
+        if let Err(e) = self
+            .svc
+            .quota
+            .run_failed(
+                &self.svc.key(&job.org),
+                reason,
+                self.svc.config.app.pause_after_failed_runs,
+            )
+            .await
+        {
+            tracing::warn!(error = %e, %sync, "could not count the failed run in the connection's health");
+        }
     }
 }
