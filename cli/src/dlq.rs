@@ -35,7 +35,13 @@ enum Action {
         id: String,
     },
     /// Puts dead letters back on their queue to run now: envelope intact
-    /// (id, generation, checkpoint), any earlier wait cleared.
+    /// (id, generation, checkpoint), any earlier wait cleared. Narrow it
+    /// with --kind, --org, --id or --reason; moving every dead letter takes
+    /// --all.
+    #[command(after_help = "Examples:
+  metered dlq redrive --kind complete-transfer --reason 'HTTP 404' --dry-run
+  metered dlq redrive --org acme --id 3f2a… --reset-restarts
+  metered dlq redrive --all --sqs")]
     Redrive {
         #[command(flatten)]
         filter: Filter,
@@ -43,6 +49,13 @@ enum Action {
         /// cap would otherwise die again at its next restart).
         #[arg(long)]
         reset_restarts: bool,
+        /// List what would move; move nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Move every dead letter of every kind (required when no filter
+        /// narrows the redrive).
+        #[arg(long)]
+        all: bool,
     },
 }
 
@@ -57,6 +70,9 @@ struct Filter {
     /// Only this organization's jobs.
     #[arg(long)]
     org: Option<String>,
+    /// Only dead letters whose reason contains this text (any case).
+    #[arg(long)]
+    reason: Option<String>,
 }
 
 impl Filter {
@@ -69,6 +85,47 @@ impl Filter {
                 .org
                 .as_ref()
                 .is_none_or(|o| job.as_ref().is_some_and(|j| &j.org == o))
+            && self
+                .reason
+                .as_ref()
+                .is_none_or(|r| d.reason.to_lowercase().contains(&r.to_lowercase()))
+    }
+
+    /// Whether anything narrows the choice.
+    fn narrows(&self) -> bool {
+        self.kind.is_some() || self.id.is_some() || self.org.is_some() || self.reason.is_some()
+    }
+}
+
+/// The dead letters `filter` chooses, with their kind.
+async fn chosen(
+    queues: &[(JobKind, Arc<dyn JobQueue>)],
+    filter: &Filter,
+) -> Result<Vec<serde_json::Value>, BoxError> {
+    let mut all = Vec::new();
+    for (kind, q) in queues {
+        if filter.kind.is_some_and(|k| k != *kind) {
+            continue;
+        }
+        for d in q.dead_letters(10_000).await? {
+            if filter.matches(&d) {
+                all.push(line(*kind, &d));
+            }
+        }
+    }
+    Ok(all)
+}
+
+fn print_lines(all: &[serde_json::Value]) {
+    for d in all {
+        println!(
+            "  {:<22} {:<10} {:<36} restarts {:<3} {}",
+            d["kind"].as_str().unwrap_or(""),
+            d["org"].as_str().unwrap_or("-"),
+            d["id"].as_str().or(d["message_id"].as_str()).unwrap_or(""),
+            d["restarts"],
+            d["reason"].as_str().unwrap_or("")
+        );
     }
 }
 
@@ -121,32 +178,13 @@ pub async fn run(args: Args) -> Result<(), BoxError> {
     let queues = queues(&args).await?;
     match &args.action {
         Action::List(filter) => {
-            let mut all = Vec::new();
-            for (kind, q) in &queues {
-                if filter.kind.is_some_and(|k| k != *kind) {
-                    continue;
-                }
-                for d in q.dead_letters(10_000).await? {
-                    if filter.matches(&d) {
-                        all.push(line(*kind, &d));
-                    }
-                }
-            }
+            let all = chosen(&queues, filter).await?;
             if args.json {
                 println!("{}", serde_json::to_string_pretty(&all)?);
             } else if all.is_empty() {
                 println!("no dead letters");
             } else {
-                for d in &all {
-                    println!(
-                        "  {:<22} {:<10} {:<16} restarts {:<3} {}",
-                        d["kind"].as_str().unwrap_or(""),
-                        d["org"].as_str().unwrap_or("-"),
-                        d["id"].as_str().or(d["message_id"].as_str()).unwrap_or(""),
-                        d["restarts"],
-                        d["reason"].as_str().unwrap_or("")
-                    );
-                }
+                print_lines(&all);
                 println!(
                     "{} dead letter(s); `metered dlq redrive --kind K --id ID` puts them back",
                     all.len()
@@ -178,7 +216,32 @@ pub async fn run(args: Args) -> Result<(), BoxError> {
         Action::Redrive {
             filter,
             reset_restarts,
+            dry_run,
+            all,
         } => {
+            if *dry_run || (!filter.narrows() && !*all) {
+                let would = chosen(&queues, filter).await?;
+                if !*dry_run {
+                    return Err(format!(
+                        "this would put every dead letter ({}) back on its queue; confirm with --all, or narrow with --kind, --org, --id or --reason (--dry-run lists them)",
+                        would.len()
+                    )
+                    .into());
+                }
+                if args.json {
+                    println!(
+                        "{}",
+                        serde_json::json!({"would_redrive": would.len(), "dead_letters": would})
+                    );
+                } else {
+                    print_lines(&would);
+                    println!(
+                        "{} dead letter(s) would go back (dry run: nothing moved)",
+                        would.len()
+                    );
+                }
+                return Ok(());
+            }
             let mut total = 0;
             let mut out = serde_json::Map::new();
             for (kind, q) in &queues {

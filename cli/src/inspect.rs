@@ -691,17 +691,18 @@ pub async fn jobs(args: JobsArgs) -> Result<(), BoxError> {
     out.sort_by(|a, b| (a.state, a.not_before).cmp(&(b.state, b.not_before)));
     println!();
     println!(
-        "  {:<7} {:<22} {:<10} {:<14} {:<14} {:>3} {:<17} reason",
+        "  {:<7} {:<22} {:<10} {:<36} {:<14} {:>3} {:<17} reason",
         "state", "kind", "org", "id", "on", "rst", "not before"
     );
     for j in out.iter().take(args.limit) {
         let id = j.id.as_deref().unwrap_or("(unreadable)");
         println!(
-            "  {:<7} {:<22} {:<10} {:<14} {:<14} {:>3} {:<17} {}",
+            "  {:<7} {:<22} {:<10} {:<36} {:<14} {:>3} {:<17} {}",
             j.state,
             j.kind,
             j.org.as_deref().unwrap_or("-"),
-            id.get(..14).unwrap_or(id),
+            // Whole: `metered dlq show ID` takes it as printed.
+            id,
             j.detail.as_deref().unwrap_or("-"),
             j.restarts.map_or("-".to_string(), |r| r.to_string()),
             j.not_before

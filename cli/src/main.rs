@@ -22,7 +22,10 @@ use std::process::ExitCode;
 #[command(
     name = "metered",
     version,
-    about = "Spend a third-party API's call budget like money: quotas, restarts, syncs and workflows on one machine."
+    about = "Spend a third-party API's call budget like money: quotas, restarts, syncs and workflows on one machine.",
+    after_help = "Start with `metered demo`. Logs go to stderr at `warn`; set RUST_LOG as for the \
+Lambdas (`RUST_LOG=info metered run …`, `RUST_LOG=metered=debug`). Colour only on a terminal, \
+never with NO_COLOR set. Each command's --help has examples."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -80,13 +83,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("METERED_LOG")
-                .unwrap_or_else(|_| "warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    init_logging();
     let cli = Cli::parse();
     quiet_on_broken_pipe();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -141,6 +138,24 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// Logs to stderr: the level from `RUST_LOG`, as the Lambdas read it
+/// (`METERED_LOG`, the old name, still works), `warn` without either;
+/// ANSI colour only when stderr is a terminal and `NO_COLOR` is unset, so a
+/// log written to a file or a pipe stays plain text.
+fn init_logging() {
+    use std::io::IsTerminal;
+    let filter = ["RUST_LOG", "METERED_LOG"]
+        .iter()
+        .find_map(|var| tracing_subscriber::EnvFilter::try_from_env(var).ok())
+        .unwrap_or_else(|| "warn".into());
+    let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(colour)
+        .with_writer(std::io::stderr)
+        .init();
 }
 
 /// The message `println!` panics with when stdout is a closed pipe.

@@ -956,7 +956,8 @@ async fn jobs_are_listed_counted_and_filtered() {
         serde_json::json!({"workflow": "vip"}),
         now,
     );
-    http.id = "act-9".into();
+    // As long as the uuids jobs get: printed whole, for `dlq show`.
+    http.id = "act-9e1c2b7a-4f0d-4c39-9d2e-5b8f0a1c3d4e".into();
     queue(JobKind::ActionHttp)
         .dead_letter(&http.to_body(), "POST /notes: 422 Unprocessable")
         .await
@@ -974,7 +975,7 @@ async fn jobs_are_listed_counted_and_filtered() {
         (&dead["org"], &dead["id"], &dead["kind"], &dead["detail"]),
         (
             &"acme".into(),
-            &"act-9".into(),
+            &"act-9e1c2b7a-4f0d-4c39-9d2e-5b8f0a1c3d4e".into(),
             &"action-http".into(),
             &"vip".into()
         ),
@@ -1022,6 +1023,10 @@ async fn jobs_are_listed_counted_and_filtered() {
         "counts by kind and reason:\n{text}"
     );
     assert!(text.contains("globex"), "{text}");
+    assert!(
+        text.contains("act-9e1c2b7a-4f0d-4c39-9d2e-5b8f0a1c3d4e"),
+        "ids whole: {text}"
+    );
     // A paused connection is named under the jobs that wait for it.
     let quota = metered::adapters::sqlite::quota::SqliteQuota::new(db.clone());
     let paused = metered::quota::Health::default().after_auth_failure(
@@ -1086,6 +1091,40 @@ fn dlq_list_show_redrive(cmd: &dyn Fn(&[&str]) -> Output) {
         .unwrap()
         .iter()
         .all(|d| d["kind"] == "workflow" && d["id"] == "job-1" && d["restarts"] == 50));
+    // A dry run moves nothing; an unfiltered redrive wants --all.
+    let dry = json(&cmd(&[
+        "dlq",
+        "redrive",
+        "--org",
+        "acme",
+        "--dry-run",
+        "--json",
+    ]));
+    assert_eq!(dry["would_redrive"], 1, "{dry}");
+    let unfiltered = cmd(&["dlq", "redrive"]);
+    assert!(!unfiltered.status.success());
+    assert!(
+        String::from_utf8_lossy(&unfiltered.stderr).contains("every dead letter (2)")
+            && String::from_utf8_lossy(&unfiltered.stderr).contains("--all"),
+        "{}",
+        String::from_utf8_lossy(&unfiltered.stderr)
+    );
+    let by_reason = json(&cmd(&[
+        "dlq",
+        "list",
+        "--reason",
+        "NO SUCH REASON",
+        "--json",
+    ]));
+    assert!(by_reason.as_array().unwrap().is_empty(), "{by_reason}");
+    assert_eq!(
+        json(&cmd(&["dlq", "list", "--json"]))
+            .as_array()
+            .unwrap()
+            .len(),
+        2,
+        "nothing moved"
+    );
     let out = json(&cmd(&[
         "dlq",
         "redrive",
@@ -1759,4 +1798,41 @@ fn a_closed_stdout_ends_the_command_quietly() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert_eq!(out.status.code(), Some(0), "{stderr}");
+}
+
+/// Logs follow `RUST_LOG`, as the Lambdas' do (only the undocumented
+/// `METERED_LOG` worked before), and a log written to a pipe or file has no
+/// ANSI colour codes (it had them whatever the output).
+#[test]
+fn logs_follow_rust_log_and_stay_plain_in_a_pipe() {
+    let dir = tmp("logs");
+    let out = Command::new(env!("CARGO_BIN_EXE_metered"))
+        .args(["quota-demo", "--jobs", "3", "--calls-per-job", "2"])
+        .env("RUST_LOG", "debug")
+        .env_remove("METERED_LOG")
+        .current_dir(&dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        log.lines()
+            .any(|l| l.contains("DEBUG") && l.contains("quota granted")),
+        "{log}"
+    );
+    assert!(
+        !log.contains('\u{1b}'),
+        "no colour codes in a pipe: {log:?}"
+    );
+    let quiet = Command::new(env!("CARGO_BIN_EXE_metered"))
+        .args(["quota-demo", "--jobs", "3", "--calls-per-job", "2"])
+        .env_remove("RUST_LOG")
+        .env_remove("METERED_LOG")
+        .current_dir(&dir)
+        .output()
+        .unwrap();
+    assert!(
+        !String::from_utf8_lossy(&quiet.stderr).contains("quota granted"),
+        "warn by default"
+    );
 }
