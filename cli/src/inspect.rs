@@ -130,6 +130,29 @@ struct Scope {
     orgs: Vec<String>,
     /// From --config, or the bundled example when its app is the one read.
     config: Option<AppConfig>,
+    /// The limits the database's last run of the app ran under (read when
+    /// no --config is given): they win over the bundled example's.
+    ran_under: Option<crate::system::RanUnder>,
+}
+
+impl Scope {
+    /// An organization's daily limit: from --config, else from what the
+    /// database recorded, else from the bundled example.
+    fn per_day(&self, org: &str) -> Option<u32> {
+        match &self.ran_under {
+            Some(r) => r.per_day(org),
+            None => self.config.as_ref().and_then(|c| c.limits_for(org).per_day),
+        }
+    }
+
+    /// The app's daily limit, the same way.
+    fn app_per_day(&self) -> Option<Option<u32>> {
+        match (&self.ran_under, &self.config) {
+            (Some(r), _) => Some(r.app.per_day),
+            (None, Some(c)) => Some(c.app.limits.per_day),
+            (None, None) => None,
+        }
+    }
 }
 
 fn listed(apps: &BTreeMap<String, BTreeSet<String>>) -> String {
@@ -182,6 +205,7 @@ async fn scope(common: &Common, db: Option<(&Db, &Path)>) -> Result<Scope, BoxEr
             app,
             orgs,
             config: Some(config),
+            ran_under: None,
         });
     }
     let example = load_config(None)?;
@@ -199,6 +223,7 @@ async fn scope(common: &Common, db: Option<(&Db, &Path)>) -> Result<Scope, BoxEr
             app,
             orgs,
             config: is_example.then_some(example),
+            ran_under: None,
         });
     };
     let apps = db.apps().await?;
@@ -237,40 +262,51 @@ async fn scope(common: &Common, db: Option<(&Db, &Path)>) -> Result<Scope, BoxEr
         db_path.display()
     );
     let config = (app == example.app.name).then_some(example);
+    let ran_under = crate::system::RanUnder::read(db, &app).await?;
     Ok(Scope {
         app,
         orgs: pick_orgs(orgs.into_iter().collect()),
         config,
+        ran_under,
     })
 }
 
 pub async fn usage(args: UsageArgs) -> Result<(), BoxError> {
-    let day = args.day.unwrap_or_else(|| chrono::Utc::now().date_naive());
+    let mut day = args.day.unwrap_or_else(|| chrono::Utc::now().date_naive());
     // One client (or one database handle) for both: usage and the outboxes.
-    let (store, records, scope): (Arc<dyn QuotaStore>, Arc<dyn RecordStore>, Scope) =
-        match &args.dynamodb_table {
-            Some(table) => {
-                let table = dynamo_table(table).await;
-                (
-                    Arc::new(metered::adapters::aws::quota::DynamoQuota::new(
-                        table.clone(),
-                    )),
-                    Arc::new(metered::adapters::aws::store::DynamoStore::new(table)),
-                    scope(&args.common, None).await?,
-                )
+    let (store, records, scope): (Arc<dyn QuotaStore>, Arc<dyn RecordStore>, Scope) = match &args
+        .dynamodb_table
+    {
+        Some(table) => {
+            let table = dynamo_table(table).await;
+            (
+                Arc::new(metered::adapters::aws::quota::DynamoQuota::new(
+                    table.clone(),
+                )),
+                Arc::new(metered::adapters::aws::store::DynamoStore::new(table)),
+                scope(&args.common, None).await?,
+            )
+        }
+        None => {
+            let db = open_db(&args.common.db)?;
+            let scope = scope(&args.common, Some((&db, &args.common.db))).await?;
+            // A simulation's "today" is its last simulated day.
+            if let (None, Some(until)) = (args.day, crate::system::simulated_until(&db).await?) {
+                day = (until - chrono::Duration::seconds(1)).date_naive();
+                eprintln!(
+                    "{}: a simulation; its last day is {day} (--day to choose)",
+                    args.common.db.display()
+                );
             }
-            None => {
-                let db = open_db(&args.common.db)?;
-                let scope = scope(&args.common, Some((&db, &args.common.db))).await?;
-                (
-                    Arc::new(metered::adapters::sqlite::quota::SqliteQuota::new(
-                        db.clone(),
-                    )),
-                    Arc::new(metered::adapters::sqlite::store::SqliteStore::new(db)),
-                    scope,
-                )
-            }
-        };
+            (
+                Arc::new(metered::adapters::sqlite::quota::SqliteQuota::new(
+                    db.clone(),
+                )),
+                Arc::new(metered::adapters::sqlite::store::SqliteStore::new(db)),
+                scope,
+            )
+        }
+    };
     let mut rows = Vec::new();
     for org in &scope.orgs {
         rows.extend(store.usage(&QuotaKey::new(org, &scope.app), day).await?);
@@ -290,13 +326,7 @@ pub async fn usage(args: UsageArgs) -> Result<(), BoxError> {
         let orgs: Vec<OrgDay> = scope
             .orgs
             .iter()
-            .map(|org| {
-                let limit = scope
-                    .config
-                    .as_ref()
-                    .and_then(|c| c.limits_for(org).per_day);
-                OrgDay::from_usage(org, day, limit, &rows, until)
-            })
+            .map(|org| OrgDay::from_usage(org, day, scope.per_day(org), &rows, until))
             .collect();
         std::fs::write(path, burn_svg(&orgs)?)
             .map_err(|e| format!("{}: cannot write: {e}", path.display()))?;
@@ -308,12 +338,8 @@ pub async fn usage(args: UsageArgs) -> Result<(), BoxError> {
         println!("{}", serde_json::to_string_pretty(&rows)?);
         return Ok(());
     }
-    let budget = match &scope.config {
-        Some(config) => config
-            .app
-            .limits
-            .per_day
-            .map_or("no daily limit".to_string(), |l| format!("{l} a day")),
+    let budget = match scope.app_per_day() {
+        Some(per_day) => per_day.map_or("no daily limit".to_string(), |l| format!("{l} a day")),
         None => "unknown without --config".to_string(),
     };
     let spent: u64 = rows.iter().filter(|u| !u.exempt).map(|u| u.calls).sum();

@@ -3,7 +3,7 @@
 //! once, with a Lambda event.
 
 use crate::status::RunStatus;
-use crate::system::{default_db, load_config, BoxError, Options, System};
+use crate::system::{default_db, default_sim_db, load_config, BoxError, Options, System};
 use metered::jobs::envelope::JobKind;
 use metered::jobs::runtime::{JobContext, JobRuntime, RestartPolicy};
 use std::path::PathBuf;
@@ -17,17 +17,21 @@ pub struct RunArgs {
     #[arg(long)]
     simulate: Option<u32>,
     /// Start the simulated clock here (UTC, e.g. 2026-11-22T00:00:00Z)
-    /// instead of now: a start at midnight makes each reported day one
-    /// simulated day (day 1, the first load, then the steady days).
+    /// instead of now (or, in a database that holds a simulation, where it
+    /// ended): a start at midnight makes each reported day one simulated
+    /// day (day 1, the first load, then the steady days).
     #[arg(long, requires = "simulate", value_name = "RFC3339")]
     start: Option<chrono::DateTime<chrono::Utc>>,
     /// Serve the app from the built-in simulator instead of its real API.
     #[arg(long)]
     sim: bool,
     /// The SQLite database (queues, records, quota); inspect it with
-    /// `metered usage`, `metered jobs`, `metered dlq`.
-    #[arg(long, default_value_os_t = default_db())]
-    db: PathBuf,
+    /// `metered usage`, `metered jobs`, `metered dlq`. Default:
+    /// .metered/metered.sqlite in real time, .metered/simulated.sqlite with
+    /// --simulate. A database holds one or the other, never both; a second
+    /// simulation in the same database continues where the first ended.
+    #[arg(long)]
+    db: Option<PathBuf>,
     /// Machine-readable output: the summary of a simulated run, or, in real
     /// time, one JSON status event per change instead of the status line.
     #[arg(long)]
@@ -36,20 +40,37 @@ pub struct RunArgs {
 
 pub async fn run(args: RunArgs) -> Result<(), BoxError> {
     let config = load_config(Some(&args.config))?;
-    let start = args.start.unwrap_or_else(chrono::Utc::now);
+    let db = args.db.clone().unwrap_or_else(|| match args.simulate {
+        Some(_) => default_sim_db(),
+        None => default_db(),
+    });
     let system = System::build(
         config,
         Options {
-            db: Some(args.db.clone()),
-            simulated_start: args.simulate.map(|_| start),
+            db: Some(db.clone()),
+            simulated_start: args
+                .simulate
+                .map(|_| args.start.unwrap_or_else(chrono::Utc::now)),
             sim: args.sim.then(metered_sim::SimConfig::default),
+            resume: args.start.is_none(),
         },
     )
     .await?;
+    let start = system.clock.now();
     let Some(days) = args.simulate else {
         eprintln!("metered run: app `{}` in real time; Ctrl-C to stop. Inspect with `metered usage`, `metered jobs`.", system.config.app.name);
         return real_time(&system, args.json).await;
     };
+    match system.resumed_from {
+        Some(from) => eprintln!(
+            "metered run: continuing the simulation in {} from {from}, where the last one there ended ({days} more day(s)); a new --db starts afresh",
+            db.display()
+        ),
+        None => eprintln!(
+            "metered run: simulating {days} day(s) from {start} in {}",
+            db.display()
+        ),
+    }
     let bar = indicatif::ProgressBar::new(u64::from(days) * 24);
     let report = system.simulate(days, |_, _| bar.inc(1)).await?;
     bar.finish_and_clear();
@@ -168,6 +189,7 @@ pub async fn invoke(args: InvokeArgs) -> Result<(), BoxError> {
             db: Some(args.db.clone()),
             simulated_start: None,
             sim: args.config.is_none().then(metered_sim::SimConfig::default),
+            resume: false,
         },
     )
     .await?;

@@ -6,7 +6,7 @@ use metered::adapters::sqlite::Db;
 use metered::config::app::AppConfig;
 use metered::connector::secrets::Secret;
 use metered::connector::Connector;
-use metered::core::clock::{ManualClock, SharedClock, SystemClock, Timestamp};
+use metered::core::clock::{Clock, ManualClock, SharedClock, SystemClock, Timestamp};
 use metered::edge::local::{LocalRunner, RunReport};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -24,6 +24,142 @@ pub fn default_db() -> PathBuf {
     PathBuf::from(".metered/metered.sqlite")
 }
 
+/// Where `metered run --simulate` keeps its database unless told otherwise:
+/// never the real-time one (a simulation's clock runs days ahead).
+pub fn default_sim_db() -> PathBuf {
+    PathBuf::from(".metered/simulated.sqlite")
+}
+
+/// The clock a database's work ran on: `real` or `simulated`.
+const META_CLOCK: &str = "clock";
+/// Where the last simulation in a database ended (RFC 3339).
+const META_SIMULATED_UNTIL: &str = "simulated_until";
+/// `demo` when `metered demo` wrote the database (and may replace it).
+const META_MADE_BY: &str = "made_by";
+
+/// The limits a database's last run ran under, per app: what `usage`
+/// charts against when no `--config` is given.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct RanUnder {
+    /// The app's own `[app.limits]`.
+    pub app: metered::quota::Limits,
+    /// Each organization's limits (its own, or the app's).
+    pub orgs: BTreeMap<String, metered::quota::Limits>,
+}
+
+impl RanUnder {
+    fn key(app: &str) -> String {
+        format!("limits:{app}")
+    }
+
+    fn of(config: &AppConfig) -> Self {
+        Self {
+            app: config.app.limits.clone(),
+            orgs: config
+                .connections
+                .iter()
+                .map(|c| (c.org.clone(), config.limits_for(&c.org)))
+                .collect(),
+        }
+    }
+
+    /// One organization's daily limit.
+    pub fn per_day(&self, org: &str) -> Option<u32> {
+        self.orgs.get(org).unwrap_or(&self.app).per_day
+    }
+
+    /// What `db` recorded for `app`, if anything.
+    pub async fn read(db: &Db, app: &str) -> Result<Option<Self>, BoxError> {
+        Ok(match db.meta(&Self::key(app)).await? {
+            Some(text) => Some(serde_json::from_str(&text)?),
+            None => None,
+        })
+    }
+}
+
+/// Whether a database holds a simulation, and where it ended; `None` for
+/// real-time work or a database that says nothing.
+pub async fn simulated_until(db: &Db) -> Result<Option<Timestamp>, BoxError> {
+    if db.meta(META_CLOCK).await?.as_deref() != Some("simulated") {
+        return Ok(None);
+    }
+    Ok(match db.meta(META_SIMULATED_UNTIL).await? {
+        Some(t) => Some(chrono::DateTime::parse_from_rfc3339(&t)?.with_timezone(&chrono::Utc)),
+        None => None,
+    })
+}
+
+/// Takes `path` for work on a simulated clock (`simulated`) or in real
+/// time, refusing a database that holds the other kind: real-time work
+/// would find a simulation's syncs done days ahead, and a simulation would
+/// spend a real day's budget in its future. Returns where an earlier
+/// simulation there ended.
+async fn claim_clock(db: &Db, path: &Path, simulated: bool) -> Result<Option<Timestamp>, BoxError> {
+    let p = path.display();
+    match (db.meta(META_CLOCK).await?.as_deref(), simulated) {
+        (Some("simulated"), false) => {
+            return Err(format!(
+                "{p} holds a simulation (simulated days ahead of now); real-time work there would find its syncs already done. Run in real time on another database (the default is {}), or delete {p}",
+                default_db().display()
+            )
+            .into())
+        }
+        (Some("real"), true) => {
+            return Err(format!(
+                "{p} holds real-time work; a simulation there would spend its budget days ahead and spoil it. Simulate in another database (the default is {}): pass --db",
+                default_sim_db().display()
+            )
+            .into())
+        }
+        _ => {}
+    }
+    db.set_meta(META_CLOCK, if simulated { "simulated" } else { "real" })
+        .await?;
+    simulated_until(db).await
+}
+
+/// Readies `path` for `metered demo`: a database an earlier demo wrote is
+/// replaced (the demo's report is about one run from its fixed start); any
+/// other database that holds work is refused, never overwritten.
+pub async fn fresh_demo_db(path: &Path) -> Result<(), BoxError> {
+    if !path.exists() {
+        return Ok(());
+    }
+    let db = Db::open(path)?;
+    let made_by = db.meta(META_MADE_BY).await?;
+    let holds_work = !db.apps().await?.is_empty() || db.meta(META_CLOCK).await?.is_some();
+    drop(db);
+    match made_by.as_deref() {
+        Some("demo") => {
+            for suffix in ["", "-wal", "-shm"] {
+                let mut file = path.as_os_str().to_owned();
+                file.push(suffix);
+                match std::fs::remove_file(&file) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(format!("{}: cannot replace: {e}", path.display()).into()),
+                }
+            }
+            eprintln!(
+                "note: replacing {} (an earlier `metered demo` wrote it)",
+                path.display()
+            );
+            Ok(())
+        }
+        _ if holds_work => Err(format!(
+            "{} holds other work; the demo writes a database of its own: pass a new --db",
+            path.display()
+        )
+        .into()),
+        _ => Ok(()),
+    }
+}
+
+/// Marks the database as the demo's (see [`fresh_demo_db`]).
+pub async fn mark_demo_db(db: &Db) -> Result<(), BoxError> {
+    Ok(db.set_meta(META_MADE_BY, "demo").await?)
+}
+
 /// Reads an app config file, or the bundled example when `None`.
 pub fn load_config(path: Option<&Path>) -> Result<AppConfig, metered::Error> {
     match path {
@@ -38,6 +174,9 @@ pub struct System {
     pub clock: SharedClock,
     pub config: Arc<AppConfig>,
     pub sim: Option<metered_sim::SimServer>,
+    /// Where an earlier simulation in this database ended, when this run
+    /// continues it.
+    pub resumed_from: Option<Timestamp>,
 }
 
 pub struct Options {
@@ -46,11 +185,61 @@ pub struct Options {
     pub simulated_start: Option<Timestamp>,
     /// Run against the built-in simulator instead of the app's API.
     pub sim: Option<metered_sim::SimConfig>,
+    /// Continue an earlier simulation in the same database from where it
+    /// ended (instead of `simulated_start`); without it a start before that
+    /// end is refused (it would go back in the database's time).
+    pub resume: bool,
 }
 
 impl System {
     pub async fn build(mut config: AppConfig, opts: Options) -> Result<Self, BoxError> {
-        let manual = opts.simulated_start.map(ManualClock::new);
+        let db = match &opts.db {
+            Some(path) => {
+                if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                    // Only the default folders are made on the fly: a typo in
+                    // --db should not leave a tree of folders behind.
+                    let ours = [default_db(), default_sim_db()]
+                        .iter()
+                        .any(|d| d.parent() == Some(dir));
+                    if ours {
+                        std::fs::create_dir_all(dir)
+                            .map_err(|e| format!("{}: cannot create: {e}", dir.display()))?;
+                    } else if !dir.is_dir() {
+                        return Err(format!(
+                            "{}: no such folder (for --db {}); create it first",
+                            dir.display(),
+                            path.display()
+                        )
+                        .into());
+                    }
+                }
+                Db::open(path)?
+            }
+            None => Db::in_memory()?,
+        };
+        let mut simulated_start = opts.simulated_start;
+        let mut resumed_from = None;
+        if let Some(path) = &opts.db {
+            let ended = claim_clock(&db, path, simulated_start.is_some()).await?;
+            if let (Some(start), Some(ended)) = (simulated_start, ended) {
+                if opts.resume {
+                    simulated_start = Some(ended);
+                    resumed_from = Some(ended);
+                } else if start < ended {
+                    return Err(format!(
+                        "{}: its simulation already ran to {ended}; start at or after it, or simulate in a new --db",
+                        path.display()
+                    )
+                    .into());
+                }
+            }
+            db.set_meta(
+                &RanUnder::key(&config.app.name),
+                &serde_json::to_string(&RanUnder::of(&config))?,
+            )
+            .await?;
+        }
+        let manual = simulated_start.map(ManualClock::new);
         let clock: SharedClock = match &manual {
             Some(m) => Arc::new(m.clone()),
             None => Arc::new(SystemClock),
@@ -85,15 +274,6 @@ impl System {
         if config.connections.is_empty() {
             return Err("the config has no [[connections]]: add one per organization (e.g. [[connections]] org = \"acme\")".into());
         }
-        let db = match &opts.db {
-            Some(path) => {
-                if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-                    std::fs::create_dir_all(dir)?;
-                }
-                Db::open(path)?
-            }
-            None => Db::in_memory()?,
-        };
         let config = Arc::new(config);
         let runner = LocalRunner::new(config.clone(), db.clone(), db, clock.clone(), connectors)?;
         Ok(Self {
@@ -102,6 +282,7 @@ impl System {
             clock,
             config,
             sim,
+            resumed_from,
         })
     }
 
@@ -164,6 +345,11 @@ impl System {
             manual.set(until);
             progress(hour + 1, &total);
         }
+        // The next simulation in this database starts here.
+        self.runner
+            .db
+            .set_meta(META_SIMULATED_UNTIL, &manual.now().to_rfc3339())
+            .await?;
         Ok(total)
     }
 }

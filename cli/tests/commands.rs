@@ -1334,29 +1334,37 @@ async fn a_redriven_dead_letter_runs_to_completion_on_sqlite() {
     let head = &example[..example.find("[record_types.invoices]").unwrap()];
     let fixed = format!(
         "{head}\n[[connections]]\norg = \"acme\"\n\n[[connections]]\norg = \"globex\"\n\n\
-         [syncs.classes]\ncomplete_transfer = {{ every = \"24h\" }}\n"
+         [syncs.classes]\ncomplete_transfer = {{ every = \"48h\" }}\n"
     );
+    // Every 48 h: the second run continues the simulation a day later,
+    // where no new transfer falls due, so the one that runs is the redriven.
     let broken = fixed.replace("records_pointer = \"\"", "records_pointer = \"/nope\"");
     assert_ne!(broken, fixed);
     std::fs::write(dir.join("fixed.toml"), &fixed).unwrap();
     std::fs::write(dir.join("broken.toml"), &broken).unwrap();
-    let run = |config: &str| {
+    let run = |config: &str, extra: &[&str]| {
         json(&metered(
             &[
-                "run",
-                "--config",
-                config,
-                "--sim",
-                "--simulate",
-                "1",
-                "--db",
-                "d.sqlite",
-                "--json",
-            ],
+                &[
+                    "run",
+                    "--config",
+                    config,
+                    "--sim",
+                    "--simulate",
+                    "1",
+                    "--db",
+                    "d.sqlite",
+                    "--json",
+                ][..],
+                extra,
+            ]
+            .concat(),
             &dir,
         ))
     };
-    let first = run("broken.toml");
+    // Simulated days long past: a redrive at the wall clock's now would
+    // hide the job from the next simulated run (#33 item 7).
+    let first = run("broken.toml", &["--start", "2026-11-22T00:00:00Z"]);
     assert_eq!(first["report"]["dead_lettered"], 2, "{first}");
     let dead = json(&metered(
         &["dlq", "list", "--db", "d.sqlite", "--json"],
@@ -1398,7 +1406,7 @@ async fn a_redriven_dead_letter_runs_to_completion_on_sqlite() {
             .any(|j| j["id"] == id.as_str() && j["state"] == "waiting"),
         "{id} waits again: {jobs}"
     );
-    let second = run("fixed.toml");
+    let second = run("fixed.toml", &[]);
     assert_eq!(
         second["report"]["done"]["complete-transfer"], 1,
         "one transfer ran (the schedule started none): {second}"
@@ -1835,4 +1843,179 @@ fn logs_follow_rust_log_and_stay_plain_in_a_pipe() {
         !String::from_utf8_lossy(&quiet.stderr).contains("quota granted"),
         "warn by default"
     );
+}
+
+/// Runs `metered` with a deadline: a command that should refuse at once
+/// must not be left running (a real-time `run` would run forever).
+fn metered_within(args: &[&str], dir: &Path, secs: u64) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_metered"))
+        .args(args)
+        .current_dir(dir)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run metered");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("`metered {}` still running after {secs} s", args.join(" "));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    child.wait_with_output().unwrap()
+}
+
+/// A simulation keeps its own database (#33 item 1): it never writes the
+/// real-time default, a database holds one clock or the other and refuses
+/// the other with a message that says why, and a second simulation there
+/// continues from where the first ended instead of silently doing nothing.
+/// The database remembers the limits it ran under (item 3), and `metered
+/// demo --db` run twice replaces its own database and reports the same
+/// figures (item 2), while refusing a database that holds other work.
+#[test]
+fn a_simulation_keeps_its_own_database_and_remembers_its_limits() {
+    let dir = tmp("sim-db");
+    let example = include_str!("../examples/booking.toml");
+    let head = &example[..example.find("[record_types.invoices]").unwrap()];
+    let small = format!(
+        "{head}\n[[connections]]\norg = \"acme\"\n\n[syncs.classes]\ncomplete_transfer = {{ every = \"6h\" }}\n"
+    )
+    .replace("per_day = 2500", "per_day = 300");
+    assert!(small.contains("per_day = 300"));
+    std::fs::write(dir.join("small.toml"), &small).unwrap();
+    let simulate = |extra: &[&str]| {
+        metered_within(
+            &[
+                &[
+                    "run",
+                    "--config",
+                    "small.toml",
+                    "--sim",
+                    "--simulate",
+                    "1",
+                    "--json",
+                ][..],
+                extra,
+            ]
+            .concat(),
+            &dir,
+            300,
+        )
+    };
+    let first = simulate(&[]);
+    let first_json = json(&first);
+    assert!(dir.join(".metered/simulated.sqlite").exists());
+    assert!(
+        !dir.join(".metered/metered.sqlite").exists(),
+        "the real-time database is untouched"
+    );
+    let second = simulate(&[]);
+    let second_json = json(&second);
+    let said = String::from_utf8_lossy(&second.stderr);
+    assert!(said.contains("continuing the simulation"), "{said}");
+    let days = |v: &serde_json::Value| {
+        v["calls_per_day"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    assert!(
+        second_json["report"]["done"]["complete-transfer"]
+            .as_u64()
+            .unwrap_or(0)
+            >= 1,
+        "the second simulation ran transfers of its own: {second_json}"
+    );
+    assert!(
+        days(&second_json).last() > days(&first_json).last(),
+        "it went on into later days: {first_json} then {second_json}"
+    );
+
+    // Real time refuses the simulation's database, and the reverse.
+    let real = metered_within(
+        &[
+            "run",
+            "--config",
+            "small.toml",
+            "--sim",
+            "--db",
+            ".metered/simulated.sqlite",
+        ],
+        &dir,
+        60,
+    );
+    assert!(!real.status.success());
+    let said = String::from_utf8_lossy(&real.stderr);
+    assert!(said.contains("holds a simulation"), "{said}");
+    std::fs::write(
+        dir.join("tick.json"),
+        include_str!("../../tests/fixtures/scheduled-event.json"),
+    )
+    .unwrap();
+    let tick = metered_within(
+        &[
+            "invoke",
+            "scheduler",
+            "--event",
+            "tick.json",
+            "--db",
+            "real.sqlite",
+        ],
+        &dir,
+        60,
+    );
+    assert!(
+        tick.status.success(),
+        "{}",
+        String::from_utf8_lossy(&tick.stderr)
+    );
+    let mixed = simulate(&["--db", "real.sqlite"]);
+    assert!(!mixed.status.success());
+    let said = String::from_utf8_lossy(&mixed.stderr);
+    assert!(said.contains("holds real-time work"), "{said}");
+
+    // The limits it ran under: 300 a day, not the bundled example's 2,500,
+    // though the app has the example's name.
+    let lim = simulate(&["--db", "lim.sqlite", "--start", "2026-11-22T00:00:00Z"]);
+    json(&lim);
+    let usage = metered_within(&["usage", "--db", "lim.sqlite"], &dir, 60);
+    let text = String::from_utf8_lossy(&usage.stdout);
+    let said = String::from_utf8_lossy(&usage.stderr);
+    assert!(usage.status.success(), "{said}");
+    assert!(said.contains("its last day is 2026-11-22"), "{said}");
+    assert!(text.contains("2026-11-22 (budget 300 a day)"), "{text}");
+    let back = simulate(&["--db", "lim.sqlite", "--start", "2026-11-21T00:00:00Z"]);
+    assert!(!back.status.success());
+    let said = String::from_utf8_lossy(&back.stderr);
+    assert!(said.contains("already ran to 2026-11-23"), "{said}");
+
+    // The demo replaces its own database, and only its own.
+    let demo = || {
+        metered_within(
+            &["demo", "--days", "1", "--json", "--db", "demo.sqlite"],
+            &dir,
+            600,
+        )
+    };
+    let once = json(&demo());
+    let again = demo();
+    let said = String::from_utf8_lossy(&again.stderr);
+    assert!(said.contains("replacing demo.sqlite"), "{said}");
+    let again = json(&again);
+    for field in ["records", "calls_by_source", "actions"] {
+        assert_eq!(once[field], again[field], "{field} the same both times");
+    }
+    let refused = metered_within(&["demo", "--days", "1", "--db", "lim.sqlite"], &dir, 60);
+    assert!(!refused.status.success());
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(said.contains("holds other work"), "{said}");
+    let nowhere = simulate(&["--db", "no/such/folder/x.sqlite"]);
+    assert!(!nowhere.status.success());
+    let said = String::from_utf8_lossy(&nowhere.stderr);
+    assert!(said.contains("no such folder"), "{said}");
+    assert!(!dir.join("no").exists(), "no folders made for a typo");
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -118,6 +118,9 @@ CREATE TABLE IF NOT EXISTS dead_letter (
     body TEXT NOT NULL, reason TEXT NOT NULL, failed_at INTEGER NOT NULL,
     PRIMARY KEY (queue, message_id)
 );
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY, value TEXT NOT NULL
+) WITHOUT ROWID;
 "#;
 
 /// A shared handle to one SQLite database file (or an in-memory database).
@@ -196,6 +199,33 @@ impl Db {
                 apps.entry(app).or_default().insert(org);
             }
             Ok(apps)
+        })
+        .await
+    }
+
+    /// A note the database keeps about itself (which clock it ran on, the
+    /// limits it ran under): what the commands read to refuse mixing a
+    /// simulation with real time and to chart against the right budget.
+    pub async fn meta(&self, key: &str) -> Result<Option<String>> {
+        let key = key.to_string();
+        self.call("meta", move |conn| {
+            use rusqlite::OptionalExtension;
+            conn.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+                .optional()
+        })
+        .await
+    }
+
+    /// Sets (or replaces) one [`Db::meta`] note.
+    pub async fn set_meta(&self, key: &str, value: &str) -> Result<()> {
+        let (key, value) = (key.to_string(), value.to_string());
+        self.call("set meta", move |conn| {
+            conn.execute(
+                "INSERT INTO meta (key, value) VALUES (?1, ?2)
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                [key, value],
+            )
+            .map(|_| ())
         })
         .await
     }
@@ -286,4 +316,18 @@ fn classify(operation: &'static str, e: rusqlite::Error) -> Error {
         Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
     );
     Error::store(operation, e, Disposition::when_retryable(retryable))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Db;
+
+    #[tokio::test]
+    async fn meta_notes_are_kept_and_replaced() {
+        let db = Db::in_memory().unwrap();
+        assert_eq!(db.meta("clock").await.unwrap(), None);
+        db.set_meta("clock", "simulated").await.unwrap();
+        db.set_meta("clock", "real").await.unwrap();
+        assert_eq!(db.meta("clock").await.unwrap().as_deref(), Some("real"));
+    }
 }
