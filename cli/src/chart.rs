@@ -4,8 +4,11 @@
 //! - [`burn_svg`]: a day's cumulative calls per org against its daily limit,
 //!   stacked by source, with the hours where the quota sent jobs away to
 //!   restart marked (`metered usage --chart`, `metered demo`'s report).
-//! - [`forecast_svg`]: forecast calls per hour stacked by source against the
-//!   hourly share of the limit (`metered plan --chart`).
+//! - [`forecast_svg`]: day 1 and a steady day against the daily limit, and
+//!   a steady day's calls per hour by source (`metered plan --chart`).
+//!
+//! Legends sit in a column right of the plot, never over the data; a
+//! y-axis fits the data, with a limit far above it named, not drawn.
 
 use crate::system::BoxError;
 use plotters::prelude::*;
@@ -97,13 +100,67 @@ fn cumulative<'a>(sources: impl Iterator<Item = &'a [u64; 24]>) -> [u64; 24] {
     })
 }
 
+/// Width of the legend column, right of the plot: a legend inside the plot
+/// covered the data it named.
+const LEGEND_W: u32 = 250;
+
+/// How a legend entry is drawn.
+enum Mark {
+    Area(RGBColor),
+    Line(RGBColor),
+    Dashed(RGBColor),
+    Triangle(RGBColor),
+}
+
+/// Draws a legend down the column `area`.
+fn legend<DB: DrawingBackend>(
+    area: &DrawingArea<DB, plotters::coord::Shift>,
+    items: &[(String, Mark)],
+) -> Result<(), BoxError>
+where
+    DB::ErrorType: 'static,
+{
+    let font = ("sans-serif", 12).into_font();
+    for (i, (label, mark)) in items.iter().enumerate() {
+        let y = 48 + 18 * i as i32;
+        match mark {
+            Mark::Area(c) => area.draw(&Rectangle::new([(4, y - 5), (16, y + 5)], c.filled()))?,
+            Mark::Line(c) => {
+                area.draw(&PathElement::new(vec![(2, y), (18, y)], c.stroke_width(3)))?
+            }
+            Mark::Dashed(c) => {
+                for x in [2, 12] {
+                    area.draw(&PathElement::new(
+                        vec![(x, y), (x + 6, y)],
+                        c.stroke_width(2),
+                    ))?
+                }
+            }
+            Mark::Triangle(c) => area.draw(&TriangleMarker::new((10, y), 5, c.filled()))?,
+        }
+        area.draw(&Text::new(label.clone(), (24, y - 7), font.clone()))?;
+    }
+    Ok(())
+}
+
+/// The top of a y-axis that fits `data_max`, and whether `limit` is drawn
+/// on it: a limit far above the data (over 3×) is named in the legend, not
+/// drawn, so a normal day is not a flat line at the bottom.
+fn axis_top(data_max: f64, limit: Option<f64>) -> (f64, bool) {
+    let data_max = data_max.max(1.0);
+    match limit {
+        Some(l) if l <= 3.0 * data_max => (data_max.max(l) * 1.1, true),
+        _ => (data_max * 1.15, false),
+    }
+}
+
 /// The burn of every org and day given, one panel each.
 pub fn burn_svg(orgs: &[OrgDay]) -> Result<String, BoxError> {
     let mut svg = String::new();
     {
         let panels = orgs.len().max(1);
-        let root =
-            SVGBackend::with_string(&mut svg, (900, 340 * panels as u32)).into_drawing_area();
+        let root = SVGBackend::with_string(&mut svg, (900 + LEGEND_W, 340 * panels as u32))
+            .into_drawing_area();
         root.fill(&WHITE)?;
         for (area, org) in root.split_evenly((panels, 1)).iter().zip(orgs) {
             burn_panel(area, org)?;
@@ -120,22 +177,24 @@ fn burn_panel<DB: DrawingBackend>(
 where
     DB::ErrorType: 'static,
 {
+    let (plot, side) = area.split_horizontally(900);
     let sources: Vec<(&String, &[u64; 24])> = org.calls.iter().collect();
     let total = cumulative(sources.iter().map(|(_, v)| *v));
     let until = org.until_hour as usize;
     let spent = total[until];
-    let top = org.limit.map_or(spent, |l| spent.max(u64::from(l))).max(1) as f64 * 1.1;
+    let (top, limit_drawn) = axis_top(spent as f64, org.limit.map(f64::from));
     let limit_text = org
         .limit
         .map_or("limit unknown (pass --config)".to_string(), |l| {
             format!("{:.0}% of {l}", spent as f64 * 100.0 / f64::from(l.max(1)))
         });
     let mut chart = hours_chart(
-        area,
+        &plot,
         format!("{}: {spent} calls on {} ({limit_text})", org.org, org.day),
         "calls so far today",
         top,
     )?;
+    let mut items = Vec::new();
     // Stacked areas: the sum of all sources first, then of one fewer, and
     // so on, each painted over the last, so every band shows one source.
     for n in (1..=sources.len()).rev() {
@@ -143,22 +202,27 @@ where
         let color = source_color(n - 1);
         let points = std::iter::once((0.0, 0.0))
             .chain((0..=until).map(|h| ((h + 1) as f64, upper[h] as f64)));
-        chart
-            .draw_series(AreaSeries::new(points, 0.0, color.filled()))?
-            .label(sources[n - 1].0.clone())
-            .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], color.filled()));
+        chart.draw_series(AreaSeries::new(points, 0.0, color.filled()))?;
+    }
+    for (i, (name, _)) in sources.iter().enumerate() {
+        items.push(((*name).clone(), Mark::Area(source_color(i))));
     }
     if let Some(limit) = org.limit {
         let l = f64::from(limit);
-        chart
-            .draw_series(DashedLineSeries::new(
+        if limit_drawn {
+            chart.draw_series(DashedLineSeries::new(
                 [(0.0, l), (24.0, l)],
                 8,
                 5,
                 LIMIT.stroke_width(2),
-            ))?
-            .label(format!("daily limit {limit}"))
-            .legend(|(x, y)| PathElement::new([(x, y), (x + 12, y)], LIMIT.stroke_width(2)));
+            ))?;
+            items.push((format!("daily limit {limit}"), Mark::Dashed(LIMIT)));
+        } else {
+            items.push((
+                format!("daily limit {limit} (far above)"),
+                Mark::Dashed(LIMIT),
+            ));
+        }
     }
     let restarts: Vec<(f64, f64, u64)> = (0..=until)
         .filter(|h| org.denied[*h] > 0)
@@ -166,22 +230,17 @@ where
         .collect();
     if !restarts.is_empty() {
         let count: u64 = restarts.iter().map(|r| r.2).sum();
-        chart
-            .draw_series(restarts.iter().map(|(x, y, n)| {
-                EmptyElement::at((*x, *y))
-                    + TriangleMarker::new((0, 0), 6, LIMIT.filled())
-                    + Text::new(format!("{n}"), (6, -14), ("sans-serif", 11).into_font())
-            }))?
-            .label(format!("{count} restarts (quota denials)"))
-            .legend(|(x, y)| TriangleMarker::new((x + 6, y), 5, LIMIT.filled()));
+        chart.draw_series(restarts.iter().map(|(x, y, n)| {
+            EmptyElement::at((*x, *y))
+                + TriangleMarker::new((0, 0), 6, LIMIT.filled())
+                + Text::new(format!("{n}"), (6, -14), ("sans-serif", 11).into_font())
+        }))?;
+        items.push((
+            format!("{count} restarts (quota denials)"),
+            Mark::Triangle(LIMIT),
+        ));
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .draw()?;
-    Ok(())
+    legend(&side, &items)
 }
 
 /// A chart over the 24 hours of a UTC day, from 0 to `top` calls, with its
@@ -219,35 +278,96 @@ where
     Ok(chart)
 }
 
-/// Forecast calls per hour, stacked by source, against the hourly limit
-/// (or the daily limit's hourly share).
+/// Colour of day 1's line in the plan (a steady day's is the palette's
+/// first colour).
+const DAY1: RGBColor = RGBColor(0x2b, 0x2b, 0x2b);
+
+/// The plan: day 1 and a steady day against the real windows. Top: calls
+/// so far in the UTC day, each day's line against the daily limit (the
+/// window a day's budget is spent in). Bottom: a steady day's calls per
+/// hour, stacked by source, against the hourly limit when the API has one.
 pub fn forecast_svg(f: &crate::forecast::Forecast) -> Result<String, BoxError> {
-    let hourly_limit = f
-        .limit_per_hour
-        .map(f64::from)
-        .or(f.limit_per_day.map(|d| f64::from(d) / 24.0));
+    let running = |hours: &[f64]| -> Vec<(f64, f64)> {
+        let mut sum = 0.0;
+        std::iter::once((0.0, 0.0))
+            .chain(hours.iter().enumerate().map(|(h, c)| {
+                sum += c;
+                ((h + 1) as f64, sum)
+            }))
+            .collect()
+    };
     let sources: Vec<&crate::forecast::SourceForecast> = f
         .sources
         .iter()
         .filter(|s| s.per_hour.iter().any(|v| *v > 0.0))
         .collect();
-    let top = f
-        .per_hour
-        .iter()
-        .copied()
-        .fold(hourly_limit.unwrap_or(1.0), f64::max)
-        .max(1.0)
-        * 1.15;
     let mut svg = String::new();
     {
-        let root = SVGBackend::with_string(&mut svg, (900, 380)).into_drawing_area();
+        let root = SVGBackend::with_string(&mut svg, (900 + LEGEND_W, 700)).into_drawing_area();
         root.fill(&WHITE)?;
+        let (upper, lower) = root.split_vertically(340);
+        // Top: the day's window.
+        let (plot, side) = upper.split_horizontally(900);
+        let day_limit = f.limit_per_day.map(f64::from);
+        let (top, limit_drawn) = axis_top(f.day1_calls.max(f.calls_per_day), day_limit);
+        let limit_text = day_limit.map_or("no daily limit".to_string(), |l| {
+            format!("daily limit {l:.0}")
+        });
         let mut chart = hours_chart(
-            &root,
-            format!("Forecast API calls per hour ({:.0} a day)", f.calls_per_day),
+            &plot,
+            format!(
+                "Forecast: day 1 {:.0} calls, a steady day {:.0} ({limit_text})",
+                f.day1_calls, f.calls_per_day
+            ),
+            "calls so far in the day",
+            top,
+        )?;
+        chart.draw_series(LineSeries::new(
+            running(&f.day1_per_hour),
+            DAY1.stroke_width(3),
+        ))?;
+        chart.draw_series(LineSeries::new(
+            running(&f.per_hour),
+            source_color(0).stroke_width(3),
+        ))?;
+        let mut items = vec![
+            ("day 1 (first load)".to_string(), Mark::Line(DAY1)),
+            ("a steady day".to_string(), Mark::Line(source_color(0))),
+        ];
+        if let Some(l) = day_limit {
+            if limit_drawn {
+                chart.draw_series(DashedLineSeries::new(
+                    [(0.0, l), (24.0, l)],
+                    8,
+                    5,
+                    LIMIT.stroke_width(2),
+                ))?;
+                items.push((format!("daily limit {l:.0}"), Mark::Dashed(LIMIT)));
+            } else {
+                items.push((
+                    format!("daily limit {l:.0} (far above)"),
+                    Mark::Dashed(LIMIT),
+                ));
+            }
+        }
+        legend(&side, &items)?;
+        // Bottom: a steady day's hours.
+        let (plot, side) = lower.split_horizontally(900);
+        let hour_limit = f.limit_per_hour.map(f64::from);
+        let peak = f.per_hour.iter().copied().fold(0.0, f64::max);
+        let (top, hour_drawn) = axis_top(peak, hour_limit);
+        let mut chart = hours_chart(
+            &plot,
+            format!(
+                "A steady day: calls per hour by source ({})",
+                hour_limit.map_or("no hourly limit".to_string(), |l| format!(
+                    "hourly limit {l:.0}"
+                ))
+            ),
             "calls per hour",
             top,
         )?;
+        let mut items = Vec::new();
         let mut base = [0f64; 24];
         for (i, s) in sources.iter().enumerate() {
             let color = source_color(i);
@@ -260,35 +380,26 @@ pub fn forecast_svg(f: &crate::forecast::Forecast) -> Result<String, BoxError> {
             for (h, b) in base.iter_mut().enumerate() {
                 *b += s.per_hour.get(h).copied().unwrap_or(0.0);
             }
-            chart
-                .draw_series(bars)?
-                .label(s.source.clone())
-                .legend(move |(x, y)| {
-                    Rectangle::new([(x, y - 5), (x + 12, y + 5)], color.filled())
-                });
+            chart.draw_series(bars)?;
+            items.push((s.source.clone(), Mark::Area(color)));
         }
-        if let Some(l) = hourly_limit {
-            let label = if f.limit_per_hour.is_some() {
-                format!("hourly limit {l:.0}")
-            } else {
-                format!("daily limit / 24 = {l:.0}")
-            };
-            chart
-                .draw_series(DashedLineSeries::new(
+        if let Some(l) = hour_limit {
+            if hour_drawn {
+                chart.draw_series(DashedLineSeries::new(
                     [(0.0, l), (24.0, l)],
                     8,
                     5,
                     LIMIT.stroke_width(2),
-                ))?
-                .label(label)
-                .legend(|(x, y)| PathElement::new([(x, y), (x + 12, y)], LIMIT.stroke_width(2)));
+                ))?;
+                items.push((format!("hourly limit {l:.0}"), Mark::Dashed(LIMIT)));
+            } else {
+                items.push((
+                    format!("hourly limit {l:.0} (far above)"),
+                    Mark::Dashed(LIMIT),
+                ));
+            }
         }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperRight)
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK)
-            .draw()?;
+        legend(&side, &items)?;
         root.present()?;
     }
     Ok(svg)

@@ -76,7 +76,19 @@ pub struct Forecast {
     pub limit_per_day: Option<u32>,
     pub limit_per_hour: Option<u32>,
     pub warnings: Vec<String>,
+    /// Whether day 1 or a steady day exceeds a limit (a day or an hour):
+    /// `metered plan` then exits non-zero unless told only to warn.
+    pub over_limit: bool,
+    /// Record types a sync reads that the volumes file does not give: the
+    /// forecast counts them as empty.
+    pub missing_volumes: Vec<String>,
     pub remedies: Vec<Remedy>,
+}
+
+/// A sum of calls, never `-0` (an empty `f64` sum is negative zero, which
+/// prints as `-0 calls`).
+fn calls(x: f64) -> f64 {
+    x + 0.0
 }
 
 fn day_secs(d: std::time::Duration) -> f64 {
@@ -379,15 +391,19 @@ fn day_one(steady: &[SourceForecast], extras: &[SourceForecast]) -> Vec<SourceFo
 
 /// Calls of a steady day and of day 1.
 fn totals(config: &AppConfig, volumes: &Volumes, known: &BTreeMap<String, u64>) -> (f64, f64) {
-    let steady: f64 = sources(config, volumes)
-        .iter()
-        .map(|s| s.calls_per_day)
-        .sum();
-    let extra: f64 = first_load(config, volumes, known)
-        .0
-        .iter()
-        .map(|s| s.calls_per_day)
-        .sum();
+    let steady = calls(
+        sources(config, volumes)
+            .iter()
+            .map(|s| s.calls_per_day)
+            .sum(),
+    );
+    let extra = calls(
+        first_load(config, volumes, known)
+            .0
+            .iter()
+            .map(|s| s.calls_per_day)
+            .sum(),
+    );
     (steady, steady + extra)
 }
 
@@ -405,18 +421,37 @@ pub fn forecast_with(
     let day1_sources = day_one(&sources, &extras);
     let hours = |s: &[SourceForecast]| -> Vec<f64> {
         (0..24)
-            .map(|h| s.iter().map(|x| x.per_hour[h]).sum())
+            .map(|h| calls(s.iter().map(|x| x.per_hour[h]).sum()))
             .collect()
     };
     let per_hour = hours(&sources);
     let day1_per_hour = hours(&day1_sources);
-    let calls_per_day: f64 = sources.iter().map(|s| s.calls_per_day).sum();
-    let day1_calls: f64 = day1_sources.iter().map(|s| s.calls_per_day).sum();
+    let calls_per_day = calls(sources.iter().map(|s| s.calls_per_day).sum());
+    let day1_calls = calls(day1_sources.iter().map(|s| s.calls_per_day).sum());
     let limits = &config.app.limits;
     let mut warnings = notes;
+    let missing_volumes: Vec<String> = config
+        .syncs
+        .keys()
+        .filter(|t| config.record_types.contains_key(*t))
+        .filter(|t| !volumes.record_types.contains_key(*t))
+        .cloned()
+        .collect();
+    for t in &missing_volumes {
+        warnings.push(format!(
+            "volumes: no entry for record type `{t}` (synced by syncs.{t}): counted as 0 records and 0 changes; add [record_types.{t}] records = N to the volumes file"
+        ));
+    }
+    if config.syncs.is_empty() {
+        warnings.push(
+            "the config has no [syncs]: nothing is synced, so nothing is forecast".to_string(),
+        );
+    }
+    let mut over_limit = false;
     let mut backlog_days = None;
     if let Some(d) = limits.per_day {
         let d = f64::from(d);
+        over_limit |= calls_per_day > d || day1_calls > d;
         if calls_per_day > d {
             warnings.push(format!("{calls_per_day:.0} calls a steady day exceed the daily limit of {d}: work will spill into the next days and never catch up"));
         } else if day1_calls > d {
@@ -437,6 +472,7 @@ pub fn forecast_with(
                 .enumerate()
                 .filter(|(_, c)| **c > f64::from(hl))
             {
+                over_limit = true;
                 warnings.push(format!(
                     "{label}, hour {h:02}: {c:.0} calls exceed the hourly limit of {hl}"
                 ));
@@ -455,6 +491,8 @@ pub fn forecast_with(
         limit_per_day: limits.per_day,
         limit_per_hour: limits.per_hour,
         warnings,
+        over_limit,
+        missing_volumes,
     }
 }
 
@@ -472,8 +510,8 @@ fn remedies(
         if saves > 0.5 || saves_day1 > 0.5 {
             out.push(Remedy {
                 remedy,
-                saves_per_day: saves,
-                saves_day1,
+                saves_per_day: calls(saves),
+                saves_day1: calls(saves_day1),
             });
         }
     };

@@ -36,6 +36,11 @@ struct Cli {
 enum Command {
     /// Zero configuration: the bundled booking app against the simulated API
     /// (2,500 calls a day, 3 concurrent) for simulated days, then a report.
+    #[command(after_help = "Examples:
+  metered demo                               # two simulated days, a report
+  metered demo --days 1 --fail-percent 10    # a hostile API: nothing may be lost
+  metered demo --db demo.sqlite --chart burn.svg   # keep the database, draw the burn
+  metered usage --db demo.sqlite --day 2026-11-22  # then inspect it")]
     Demo(demo::Args),
     /// The quota library alone: many jobs share one budget on SQLite and
     /// restart on a simulated clock until everything is done.
@@ -45,11 +50,27 @@ enum Command {
     /// waiting, dead, the next due job; `--json` for events), or
     /// `--simulate DAYS` on a simulated clock (`--sim` serves the app from
     /// the built-in simulator).
+    #[command(after_help = "Examples:
+  metered run --config my-app.toml                      # real time, against the API
+  metered run --config my-app.toml --sim --simulate 3   # three simulated days against the simulator
+  metered run --config my-app.toml --sim --simulate 1   # again: continues a day further
+  RUST_LOG=info metered run --config my-app.toml 2> run.log")]
     Run(run::RunArgs),
     /// Forecasts calls per day and hour for each sync and workflow from the
     /// config and expected volumes, flags limits, shows remedies, draws a chart.
+    #[command(after_help = "Examples:
+  metered plan                                          # the bundled example
+  metered plan --config my-app.toml --volumes my-volumes.toml --chart plan.svg
+  metered plan --config my-app.toml --volumes v.toml --db .metered/metered.sqlite
+  metered plan --config my-app.toml --volumes v.toml --warn-only --json | jq .warnings
+Exit status: 0 within the limits, 3 when a forecast exceeds one (unless --warn-only), 2 for a bad config.")]
     Plan(plan::Args),
     /// Who spent the budget: calls by organization, source and endpoint.
+    #[command(after_help = "Examples:
+  metered usage                                  # today, in .metered/metered.sqlite
+  metered usage --db .metered/simulated.sqlite   # a simulation's last day
+  metered usage --day 2026-11-22 --chart burn.svg
+  metered usage --dynamodb-table metered --org acme --json")]
     Usage(inspect::UsageArgs),
     /// What got synced: records of a type with first seen, last synced, last looked up.
     Records(inspect::RecordsArgs),
@@ -128,8 +149,12 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");
-            // Configuration mistakes are the caller's to fix: exit 2, like usage errors.
-            if e.downcast_ref::<metered::Error>()
+            // Configuration mistakes are the caller's to fix: exit 2, like
+            // usage errors; a plan over a limit exits 3 (a CI gate).
+            if e.downcast_ref::<plan::OverLimit>().is_some() {
+                ExitCode::from(3)
+            } else if e
+                .downcast_ref::<metered::Error>()
                 .is_some_and(|e| matches!(e, metered::Error::Config(_)))
             {
                 ExitCode::from(2)

@@ -1,8 +1,8 @@
 //! `metered plan`: forecast calls of day 1 (the first load) and of a steady
 //! day, per hour for each sync, workflow and Data Source; flag what exceeds
 //! a limit and how long a first-day backlog takes to drain; show what each
-//! remedy would save on each; and draw the steady day per hour against the
-//! limit (SVG).
+//! remedy would save on each; draw day 1 and a steady day against the
+//! limits (SVG); exit 3 when a forecast exceeds a limit (`--warn-only` not).
 
 use crate::chart::forecast_svg;
 use crate::forecast::{forecast_with, Volumes};
@@ -31,12 +31,30 @@ pub struct Args {
     /// first connection).
     #[arg(long, requires = "db")]
     org: Option<String>,
-    /// Where to write the chart.
-    #[arg(long, default_value = "plan.svg")]
-    chart: PathBuf,
+    /// Also draw day 1 and a steady day to this SVG: calls so far in the
+    /// UTC day against the daily limit, and calls per hour by source.
+    #[arg(long, value_name = "SVG")]
+    chart: Option<PathBuf>,
+    /// Print the forecast as JSON.
     #[arg(long)]
     json: bool,
+    /// Exit 0 even when the forecast exceeds a limit (by default it exits
+    /// 3, so a CI step can gate a config change on its plan).
+    #[arg(long)]
+    warn_only: bool,
 }
+
+/// The forecast exceeds a limit: `metered` exits 3.
+#[derive(Debug)]
+pub struct OverLimit;
+
+impl std::fmt::Display for OverLimit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the forecast exceeds a limit (see the warnings); change the config (the remedies say what each saves) or pass --warn-only")
+    }
+}
+
+impl std::error::Error for OverLimit {}
 
 pub async fn run(args: Args) -> Result<(), BoxError> {
     let config = load_config(args.config.as_deref())?;
@@ -77,11 +95,18 @@ pub async fn run(args: Args) -> Result<(), BoxError> {
         }
     }
     let f = forecast_with(&config, &volumes, &known);
-    std::fs::write(&args.chart, forecast_svg(&f)?)
-        .map_err(|e| format!("{}: cannot write: {e}", args.chart.display()))?;
+    if let Some(chart) = &args.chart {
+        std::fs::write(chart, forecast_svg(&f)?)
+            .map_err(|e| format!("{}: cannot write: {e}", chart.display()))?;
+    }
+    let verdict = if f.over_limit && !args.warn_only {
+        Err(OverLimit.into())
+    } else {
+        Ok(())
+    };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&f)?);
-        return Ok(());
+        return verdict;
     }
     let limit = f
         .limit_per_day
@@ -123,6 +148,9 @@ pub async fn run(args: Args) -> Result<(), BoxError> {
             );
         }
     }
-    println!("\nChart: {}", args.chart.display());
-    Ok(())
+    match &args.chart {
+        Some(chart) => println!("\nChart: {}", chart.display()),
+        None => println!("\nChart: add --chart plan.svg to draw day 1 and a steady day"),
+    }
+    verdict
 }
