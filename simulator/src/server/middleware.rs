@@ -30,16 +30,21 @@ pub(super) struct Call {
     pub(super) endpoint: String,
 }
 
-/// 401 without a bearer key, or with a revoked one; otherwise the key
-/// travels on as [`ApiKey`].
-pub(super) async fn auth(State(sim): State<Sim>, mut req: Request, next: Next) -> Response {
-    let key = req
-        .headers()
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
+/// The caller's key: `Authorization: Bearer KEY`, else `X-Api-Key: KEY`.
+fn api_key(headers: &axum::http::HeaderMap) -> Option<String> {
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    header("authorization")
         .and_then(|v| v.strip_prefix("Bearer "))
+        .or_else(|| header("x-api-key"))
         .filter(|k| !k.is_empty())
-        .map(str::to_string);
+        .map(str::to_string)
+}
+
+/// 401 without a key (`Authorization: Bearer KEY`, or `X-Api-Key: KEY` as
+/// many APIs take it), or with a revoked one; otherwise the key travels on
+/// as [`ApiKey`].
+pub(super) async fn auth(State(sim): State<Sim>, mut req: Request, next: Next) -> Response {
+    let key = api_key(req.headers());
     if let Some(k) = &key {
         let made = lock(&sim.inner.stats)
             .calls_by_key
