@@ -129,6 +129,9 @@ async fn real_time(system: &System, json: bool) -> Result<(), BoxError> {
             indicatif::ProgressStyle::with_template("{spinner} {wide_msg}")
                 .expect("a valid template"),
         );
+        // The spinner turns on its own: it shows the run is alive between
+        // changes of the line.
+        bar.enable_steady_tick(std::time::Duration::from_millis(200));
         bar
     });
     let mut shown: Option<RunStatus> = None;
@@ -141,7 +144,12 @@ async fn real_time(system: &System, json: bool) -> Result<(), BoxError> {
         let status = RunStatus::read(&system.runner, &orgs, chrono::Utc::now()).await?;
         let text = match &bar {
             Some(bar) => {
-                bar.set_message(status.line());
+                // The terminal's width less the spinner's: every org and
+                // the next job stay in view (the terminal cut them before).
+                let width = console::Term::stderr()
+                    .size_checked()
+                    .map_or(120, |(_, cols)| usize::from(cols));
+                bar.set_message(status.fit(width.saturating_sub(3)));
                 None
             }
             None if shown.as_ref().is_some_and(|s| s.same_as(&status)) => None,

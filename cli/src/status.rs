@@ -47,6 +47,9 @@ pub struct OrgStatus {
     pub restarts: u64,
     /// Jobs waiting or in flight now.
     pub waiting: u64,
+    /// The latest problem since the run started (a transient failure such
+    /// as an unreachable API, a dead letter), so a failing run says why.
+    pub last_problem: Option<String>,
 }
 
 /// The next job to become due.
@@ -122,6 +125,7 @@ impl RunStatus {
                 dead: counted.count(app, org, Counter::DeadLetters),
                 restarts: counted.count(app, org, Counter::Restarts),
                 waiting: waiting.get(org).copied().unwrap_or(0),
+                last_problem: counted.problem(app, org).map(str::to_string),
             });
         }
         Ok(Self {
@@ -164,19 +168,97 @@ impl RunStatus {
             if o.restarts > 0 {
                 p.push_str(&format!(" ({} restarts)", o.restarts));
             }
+            if let Some(problem) = &o.last_problem {
+                p.push_str(&format!(", last: {problem}"));
+            }
             parts.push(p);
         }
-        let next = match &self.next_due {
-            None => "nothing waiting".to_string(),
-            Some(d) if d.at <= self.at => format!("next: {} ({}) now", d.kind, d.org),
-            Some(d) => format!("next: {} ({}) in {}", d.kind, d.org, human(d.at - self.at)),
-        };
         format!(
-            "{} {} | {next}",
+            "{} {} | {}",
             self.at.format("%H:%M:%S"),
-            parts.join(" | ")
+            parts.join(" | "),
+            self.next(false)
         )
     }
+
+    /// The next due job, in full or short.
+    fn next(&self, short: bool) -> String {
+        match (&self.next_due, short) {
+            (None, _) => "nothing waiting".to_string(),
+            (Some(d), false) if d.at <= self.at => format!("next: {} ({}) now", d.kind, d.org),
+            (Some(d), false) => {
+                format!("next: {} ({}) in {}", d.kind, d.org, human(d.at - self.at))
+            }
+            (Some(d), true) if d.at <= self.at => format!("next {} now", d.kind),
+            (Some(d), true) => format!("next {} {}", d.kind, human(d.at - self.at)),
+        }
+    }
+
+    /// [`RunStatus::line`] fitted to `width` characters (a terminal's): the
+    /// full line when it fits; otherwise each organization in short (the
+    /// day's budget, what is wrong, its latest problem or else its waiting
+    /// jobs) with the problems cut to share what is left, so every org and
+    /// the next job stay in view.
+    pub fn fit(&self, width: usize) -> String {
+        let full = self.line();
+        if full.chars().count() <= width {
+            return full;
+        }
+        let heads: Vec<String> = self
+            .orgs
+            .iter()
+            .map(|o| {
+                let mut p = o.org.clone();
+                if let Some(t) = &o.today {
+                    p.push_str(&format!(" {}/{}", t.used, t.limit));
+                }
+                if o.paused_until.is_some() {
+                    p.push_str(" PAUSED");
+                } else if o.blocked_until.is_some() {
+                    p.push_str(" blocked");
+                }
+                if o.dead > 0 {
+                    p.push_str(&format!(" {} dead", o.dead));
+                }
+                if o.last_problem.is_none() {
+                    p.push_str(&format!(" {} waiting", o.waiting));
+                }
+                p
+            })
+            .collect();
+        let next = self.next(true);
+        let fixed =
+            next.chars().count() + heads.iter().map(|h| h.chars().count() + 3).sum::<usize>();
+        let problems = self
+            .orgs
+            .iter()
+            .filter(|o| o.last_problem.is_some())
+            .count();
+        let share = width.saturating_sub(fixed) / problems.max(1);
+        let parts: Vec<String> = heads
+            .into_iter()
+            .zip(&self.orgs)
+            .map(|(h, o)| match &o.last_problem {
+                // The cause, without the attempt count the full line has.
+                Some(p) if share > 8 => {
+                    let cause = p.split_once("): ").map_or(p.as_str(), |(_, c)| c);
+                    format!("{h}: {}", cut(cause, share - 2))
+                }
+                _ => h,
+            })
+            .collect();
+        cut(&format!("{} | {next}", parts.join(" | ")), width)
+    }
+}
+
+/// `text` cut to `max` characters, ending in `…` when cut.
+fn cut(text: &str, max: usize) -> String {
+    if text.chars().count() <= max {
+        return text.to_string();
+    }
+    let mut out: String = text.chars().take(max.saturating_sub(1)).collect();
+    out.push('…');
+    out
 }
 
 /// `45s`, `4m`, `2h05m`, `3d04h`.
@@ -220,6 +302,7 @@ mod tests {
             dead: 0,
             restarts: 0,
             waiting: 2,
+            last_problem: None,
         };
         let status = RunStatus {
             at,
@@ -249,6 +332,29 @@ mod tests {
             "{}",
             later.line()
         );
+        // At 80 columns every org and the next job stay in view, with the
+        // last problem cut to fit (the full line was cut by the terminal).
+        later.orgs[0].last_problem = Some(
+            "transient failure (attempt 2 of 5): GET /v1/invoices: connection refused (os error 111)"
+                .into(),
+        );
+        assert!(later.line().len() > 80);
+        let fitted = later.fit(80);
+        assert!(fitted.chars().count() <= 80, "{fitted}");
+        for part in [
+            "acme 120/2500",
+            "globex 7/2500 PAUSED",
+            "next action-http 3m",
+        ] {
+            assert!(fitted.contains(part), "{part} in {fitted}");
+        }
+        let wider = later.fit(110);
+        assert!(wider.chars().count() <= 110, "{wider}");
+        assert!(
+            wider.contains("acme 120/2500: GET /v1/invoices: connection"),
+            "{wider}"
+        );
+        assert_eq!(status.fit(200), status.line(), "the full line when it fits");
         assert_eq!(human(chrono::Duration::seconds(7_500)), "2h05m");
         assert_eq!(
             human(chrono::Duration::seconds(3 * 86_400 + 4 * 3600)),

@@ -2231,3 +2231,54 @@ fn docs_configuration_loads_and_its_walkthrough_runs() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// With the API unreachable, the real-time status says why, not only how
+/// many restarts (#33 item 5): the latest problem per org is on the line.
+#[test]
+fn a_real_time_run_says_why_it_is_failing() {
+    use std::io::BufRead;
+    let dir = tmp("unreachable");
+    // The example's base_url is port 9 on loopback: nothing listens there.
+    std::fs::write(
+        dir.join("app.toml"),
+        include_str!("../examples/booking.toml"),
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_metered"))
+        .args(["run", "--config", "app.toml", "--db", "r.sqlite"])
+        .env("SIM_API_KEY", "not-a-real-key")
+        .current_dir(&dir)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("run metered");
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
+    let mut seen = Vec::new();
+    while let Ok(line) =
+        rx.recv_timeout(deadline.saturating_duration_since(std::time::Instant::now()))
+    {
+        let found = line.contains("last: transient failure");
+        seen.push(line);
+        if found {
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let last = seen.last().cloned().unwrap_or_default();
+    assert!(
+        last.contains("acme ") && last.contains("last: transient failure"),
+        "the cause is on the status line: {seen:#?}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -144,6 +144,11 @@ pub struct Snapshot {
     pub counts: BTreeMap<Scope, BTreeMap<Counter, u64>>,
     /// The highest day-window use a grant saw, per scope.
     pub burn: BTreeMap<Scope, Burn>,
+    /// The latest problem per scope (a transient failure, a dead letter, a
+    /// send that failed): what a running status shows beside the counts,
+    /// so an unreachable API is not only a growing restart count.
+    #[serde(skip)]
+    pub problems: BTreeMap<Scope, String>,
 }
 
 /// Shared counters; clones count into the same tally.
@@ -175,6 +180,14 @@ impl Metrics {
                 .or_default()
                 .entry(counter)
                 .or_default() += n
+        });
+    }
+
+    /// Notes `problem` as the latest of `org` in `app`.
+    pub fn note(&self, app: &str, org: &str, problem: &str) {
+        self.with(|t| {
+            t.problems
+                .insert((app.to_string(), org.to_string()), problem.to_string())
         });
     }
 
@@ -227,6 +240,13 @@ impl Snapshot {
             .and_then(|c| c.get(&counter))
             .copied()
             .unwrap_or(0)
+    }
+
+    /// The latest problem noted for `org` in `app`.
+    pub fn problem(&self, app: &str, org: &str) -> Option<&str> {
+        self.problems
+            .get(&(app.to_string(), org.to_string()))
+            .map(String::as_str)
     }
 
     /// One counter summed over every scope.

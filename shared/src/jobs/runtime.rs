@@ -266,6 +266,16 @@ impl JobRuntime {
 
     fn count(&self, app: &str, org: &str, settled: &Settled) {
         let Some(metrics) = &self.metrics else { return };
+        match settled {
+            Settled::Restarted { reason, .. } if reason.starts_with("transient failure") => {
+                metrics.note(app, org, reason)
+            }
+            Settled::DeadLettered { reason } => {
+                metrics.note(app, org, &format!("dead-lettered: {reason}"))
+            }
+            Settled::Retry { reason } => metrics.note(app, org, reason),
+            _ => {}
+        }
         let counter = match settled {
             Settled::Done => Counter::JobsDone,
             Settled::Restarted { .. } if !settled.is_counted_restart() => return,
