@@ -26,8 +26,10 @@ const PALETTE: [RGBColor; 8] = [
     RGBColor(0xba, 0xb0, 0xac),
 ];
 
-/// The limit line and the restart marks.
+/// The limit line and the marks of restarts a limit refused.
 pub const LIMIT: RGBColor = RGBColor(0xd6, 0x27, 0x28);
+/// The marks of restarts that waited for a concurrency slot.
+pub const WAIT: RGBColor = RGBColor(0x55, 0x55, 0x55);
 
 /// The colour of the `i`th source.
 pub fn source_color(i: usize) -> RGBColor {
@@ -46,6 +48,8 @@ pub struct OrgDay {
     pub calls: BTreeMap<String, [u64; 24]>,
     /// Quota denials (restarts) per hour, all sources.
     pub denied: [u64; 24],
+    /// Of those, waits for a concurrency slot (not a spent budget).
+    pub waited: [u64; 24],
     /// Draw hours up to this one (the current hour today, 23 for a past day).
     pub until_hour: u32,
 }
@@ -77,6 +81,7 @@ impl OrgDay {
                 if h < 24 {
                     slot[h] += n.calls;
                     out.denied[h] += n.denied;
+                    out.waited[h] += n.waited.min(n.denied);
                 }
             }
         }
@@ -224,21 +229,32 @@ where
             ));
         }
     }
-    let restarts: Vec<(f64, f64, u64)> = (0..=until)
-        .filter(|h| org.denied[*h] > 0)
-        .map(|h| ((h as f64) + 0.5, total[h] as f64, org.denied[h]))
-        .collect();
-    if !restarts.is_empty() {
-        let count: u64 = restarts.iter().map(|r| r.2).sum();
-        chart.draw_series(restarts.iter().map(|(x, y, n)| {
+    // Restarts, told apart: refused by a limit (the budget is spent) in
+    // red above the line, waits for a concurrency slot (harmless, the job
+    // comes back in seconds) in grey below it.
+    for (what, counts, color, dy) in [
+        (
+            "refused by a limit",
+            std::array::from_fn::<u64, 24, _>(|h| org.denied[h] - org.waited[h].min(org.denied[h])),
+            LIMIT,
+            -14,
+        ),
+        ("waits for a concurrency slot", org.waited, WAIT, 4),
+    ] {
+        let marks: Vec<(f64, f64, u64)> = (0..=until)
+            .filter(|h| counts[*h] > 0)
+            .map(|h| ((h as f64) + 0.5, total[h] as f64, counts[h]))
+            .collect();
+        if marks.is_empty() {
+            continue;
+        }
+        let count: u64 = marks.iter().map(|r| r.2).sum();
+        chart.draw_series(marks.iter().map(|(x, y, n)| {
             EmptyElement::at((*x, *y))
-                + TriangleMarker::new((0, 0), 6, LIMIT.filled())
-                + Text::new(format!("{n}"), (6, -14), ("sans-serif", 11).into_font())
+                + TriangleMarker::new((0, 0), 6, color.filled())
+                + Text::new(format!("{n}"), (6, dy), ("sans-serif", 11).into_font())
         }))?;
-        items.push((
-            format!("{count} restarts (quota denials)"),
-            Mark::Triangle(LIMIT),
-        ));
+        items.push((format!("{count} restarts, {what}"), Mark::Triangle(color)));
     }
     legend(&side, &items)
 }
@@ -438,6 +454,7 @@ mod tests {
                         HourUse {
                             calls: *c,
                             denied: *d,
+                            waited: *d / 2,
                         },
                     )
                 })
@@ -461,5 +478,6 @@ mod tests {
         );
         assert_eq!(day.calls["complete-transfer:invoices"][2], 5);
         assert_eq!(day.denied[3], 3);
+        assert_eq!(day.waited[3], 1, "of which waits for a slot");
     }
 }

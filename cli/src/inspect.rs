@@ -121,7 +121,12 @@ fn open_db(path: &Path) -> Result<Db, BoxError> {
         )
         .into());
     }
-    Ok(Db::open(path)?)
+    // Inspecting only reads: a database this user may not write (another
+    // user's, a read-only disk, a copy from a server) is opened read-only.
+    match Db::open(path) {
+        Ok(db) => Ok(db),
+        Err(write_error) => Db::open_read_only(path).map_err(|_| write_error.into()),
+    }
 }
 
 /// Which app and organizations a command reads, and its config when known.

@@ -312,7 +312,7 @@ async fn usage_records_and_quarantine_read_dynamodb_too() {
             9,
             metered::quota::HourUse {
                 calls: 42,
-                denied: 0,
+                ..Default::default()
             },
         )]
         .into(),
@@ -1590,8 +1590,26 @@ fn burn_and_plan_charts_render_and_show_what_the_usage_says() {
         );
         let limit: u64 = if refusals { 300 } else { 2500 };
         assert!(svg.contains(&format!("daily limit {limit}")), "{name}");
-        if refused > 0 {
-            assert!(svg.contains(&format!("{refused} restarts")), "{name}");
+        let waited: u64 = rows
+            .iter()
+            .flat_map(|u| u["hours"].as_object().unwrap().values())
+            .map(|h| h["waited"].as_u64().unwrap_or(0))
+            .sum();
+        // Refusals told apart: a spent budget, and waits for a slot.
+        if refused > waited {
+            assert!(
+                svg.contains(&format!(
+                    "{} restarts, refused by a limit",
+                    refused - waited
+                )),
+                "{name}"
+            );
+        }
+        if waited > 0 {
+            assert!(
+                svg.contains(&format!("{waited} restarts, waits for a concurrency slot")),
+                "{name}"
+            );
         }
         for u in rows
             .iter()

@@ -340,7 +340,8 @@ pub async fn usage_is_summed_per_source_and_hour<F: Future<Output = Store>>(make
     let store = make.await;
     let k = key();
     let day = afternoon().date_naive();
-    // (hour, calls, denied) per hour.
+    // (hour, calls, denied) per hour; a third of the denials (rounded
+    // down) were waits for a concurrency slot.
     let entry =
         |source: &str, endpoint: &str, exempt, calls, hours: &[(u8, u64, u64)]| UsageEntry {
             key: k.clone(),
@@ -357,6 +358,7 @@ pub async fn usage_is_summed_per_source_and_hour<F: Future<Output = Store>>(make
                         metered::quota::HourUse {
                             calls: *calls,
                             denied: *denied,
+                            waited: *denied / 3,
                         },
                     )
                 })
@@ -368,7 +370,7 @@ pub async fn usage_is_summed_per_source_and_hour<F: Future<Output = Store>>(make
             "GET /invoices",
             false,
             3,
-            &[(9, 3, 0)],
+            &[(9, 3, 0), (14, 0, 3)],
         )])
         .await
         .unwrap();
@@ -379,7 +381,7 @@ pub async fn usage_is_summed_per_source_and_hour<F: Future<Output = Store>>(make
                 "GET /invoices",
                 false,
                 4,
-                &[(9, 1, 0), (14, 3, 2)],
+                &[(9, 1, 0), (14, 3, 3)],
             ),
             entry(
                 "workflow:welcome",
@@ -402,7 +404,7 @@ pub async fn usage_is_summed_per_source_and_hour<F: Future<Output = Store>>(make
                 "GET /invoices",
                 false,
                 7,
-                &[(9, 4, 0), (14, 3, 2)]
+                &[(9, 4, 0), (14, 3, 6)]
             ),
             entry(
                 "workflow:welcome",

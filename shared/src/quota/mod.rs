@@ -340,7 +340,10 @@ impl fmt::Display for DenyReason {
                 limit,
                 used,
             } => write!(f, "{window} limit reached ({used} of {limit} used)"),
-            DenyReason::Concurrency { max } => write!(f, "{max} concurrent calls in flight"),
+            DenyReason::Concurrency { max } => write!(
+                f,
+                "all {max} concurrency slots taken (a slot is held from before a call until after it)"
+            ),
             DenyReason::Blocked => f.write_str("blocked by the API's Retry-After"),
             DenyReason::Paused { health } => write!(f, "connection {health}"),
         }
@@ -409,6 +412,11 @@ pub struct HourUse {
     pub calls: u64,
     /// Requests the quota refused (each one a restart of its job).
     pub denied: u64,
+    /// Of those, the ones refused only because every concurrency slot was
+    /// taken: a short wait for a slot, not a spent budget (the charts tell
+    /// the two apart).
+    #[serde(default)]
+    pub waited: u64,
 }
 
 impl HourUse {
@@ -416,6 +424,7 @@ impl HourUse {
     pub fn add(&mut self, other: HourUse) {
         self.calls += other.calls;
         self.denied += other.denied;
+        self.waited += other.waited;
     }
 }
 
@@ -727,6 +736,7 @@ impl Quota {
                     HourUse {
                         calls: 0,
                         denied: 1,
+                        waited: u64::from(matches!(denied.reason, DenyReason::Concurrency { .. })),
                     },
                 );
                 Ok(Admission::Denied(denied))
@@ -778,7 +788,7 @@ impl Quota {
                 permit.hour,
                 HourUse {
                     calls: u64::from(used),
-                    denied: 0,
+                    ..HourUse::default()
                 },
             );
         }
@@ -797,7 +807,10 @@ impl Quota {
                 false,
             ),
             hour,
-            HourUse { calls, denied: 0 },
+            HourUse {
+                calls,
+                ..HourUse::default()
+            },
         );
     }
 

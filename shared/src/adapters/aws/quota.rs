@@ -429,11 +429,16 @@ impl QuotaStore for DynamoQuota {
                 .map(|d| (d.and_utc() + Duration::days(USAGE_RETENTION_DAYS)).timestamp())
                 .unwrap_or(0);
             // Hours ride in the same item, one number per hour (`h07`
-            // calls, `d07` denials): still one write per entry.
+            // calls, `d07` denials, `w07` of them waits for a concurrency
+            // slot): still one write per entry.
             let mut adds = vec!["calls :calls".to_string()];
             let mut hour_values = Vec::new();
             for (hour, counted) in &u.hours {
-                for (prefix, v) in [("h", counted.calls), ("d", counted.denied)] {
+                for (prefix, v) in [
+                    ("h", counted.calls),
+                    ("d", counted.denied),
+                    ("w", counted.waited),
+                ] {
                     if v > 0 {
                         let name = format!("{prefix}{hour:02}");
                         adds.push(format!("{name} :{name}"));
@@ -634,7 +639,8 @@ impl QuotaStore for DynamoQuota {
     }
 }
 
-/// The `hNN` (calls) and `dNN` (denials) numbers of a usage item.
+/// The `hNN` (calls), `dNN` (denials) and `wNN` (waits for a slot)
+/// numbers of a usage item.
 fn usage_hours(item: &Item) -> std::collections::BTreeMap<u8, crate::quota::HourUse> {
     let mut hours: std::collections::BTreeMap<u8, crate::quota::HourUse> = Default::default();
     for (k, v) in item {
@@ -649,6 +655,7 @@ fn usage_hours(item: &Item) -> std::collections::BTreeMap<u8, crate::quota::Hour
         match kind {
             "h" => slot.calls = count.max(0) as u64,
             "d" => slot.denied = count.max(0) as u64,
+            "w" => slot.waited = count.max(0) as u64,
             _ => {}
         }
     }

@@ -48,6 +48,7 @@ CREATE TABLE IF NOT EXISTS usage_hour (
     org TEXT NOT NULL, app TEXT NOT NULL, day TEXT NOT NULL,
     source TEXT NOT NULL, endpoint TEXT NOT NULL, exempt INTEGER NOT NULL,
     hour INTEGER NOT NULL, calls INTEGER NOT NULL, denied INTEGER NOT NULL,
+    waited INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (org, app, day, source, endpoint, exempt, hour)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS job_queue (
@@ -142,9 +143,42 @@ impl Db {
     /// Opens (creating if needed) the database at `path`.
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
-        let conn = Connection::open(path)
-            .map_err(|e| Error::Config(format!("cannot open database {}: {e}", path.display())))?;
-        Self::init(conn, false)
+        let named = |e: &dyn std::fmt::Display| {
+            Error::Config(format!("cannot open database {}: {e}", path.display()))
+        };
+        let conn = Connection::open(path).map_err(|e| named(&e))?;
+        // Setting it up writes (WAL, the schema): a file or folder without
+        // write permission fails here, and the error names the path.
+        Self::init(conn, false).map_err(|e| named(&e))
+    }
+
+    /// Opens the database at `path` only to read it: a database on a
+    /// read-only disk, or one the user may read but not write, can still be
+    /// inspected. Nothing is created or migrated.
+    pub fn open_read_only(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        let named = |e: &dyn std::fmt::Display| {
+            Error::Config(format!("cannot read database {}: {e}", path.display()))
+        };
+        let conn = Connection::open_with_flags(
+            path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(|e| named(&e))?;
+        conn.busy_timeout(Duration::from_secs(10))
+            .map_err(|e| named(&e))?;
+        // A query proves it is readable (a WAL database in a folder it may
+        // not write fails here, not in the middle of a command).
+        conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| {
+            r.get::<_, i64>(0)
+        })
+        .map_err(|e| named(&e))?;
+        conn.set_prepared_statement_cache_capacity(256);
+        Ok(Self {
+            conn: Arc::new(Mutex::new(conn)),
+            round_trips: Arc::default(),
+            inline: false,
+        })
     }
 
     /// A private in-memory database (tests, `plan`).
@@ -210,6 +244,13 @@ impl Db {
         let key = key.to_string();
         self.call("meta", move |conn| {
             use rusqlite::OptionalExtension;
+            let exists = conn
+                .prepare("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'")?
+                .exists([])?;
+            if !exists {
+                // A database opened read-only from before the table.
+                return Ok(None);
+            }
             conn.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
                 .optional()
         })
@@ -267,6 +308,7 @@ fn migrate(conn: &Connection) -> rusqlite::Result<()> {
         ("action_keys", "claimed_until", "INTEGER"),
         ("outbox_row", "source_at", "INTEGER"),
         ("outbox_state", "probe", "TEXT"),
+        ("usage_hour", "waited", "INTEGER NOT NULL DEFAULT 0"),
     ] {
         let present = conn
             .prepare(&format!(
@@ -329,5 +371,28 @@ mod tests {
         db.set_meta("clock", "simulated").await.unwrap();
         db.set_meta("clock", "real").await.unwrap();
         assert_eq!(db.meta("clock").await.unwrap().as_deref(), Some("real"));
+    }
+
+    #[tokio::test]
+    async fn a_database_opens_read_only_for_inspection_and_errors_name_the_path() {
+        let dir = std::env::temp_dir().join(format!("metered-ro-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("ro.sqlite");
+        let db = Db::open(&path).unwrap();
+        db.set_meta("clock", "real").await.unwrap();
+        drop(db);
+        let ro = Db::open_read_only(&path).unwrap();
+        assert_eq!(ro.meta("clock").await.unwrap().as_deref(), Some("real"));
+        assert!(ro.apps().await.unwrap().is_empty());
+        let refused = ro.set_meta("clock", "simulated").await.unwrap_err();
+        assert!(refused.to_string().contains("readonly"), "{refused}");
+        // A path that cannot be a database (its folder is a file): the
+        // error says which.
+        let bad = path.join("x.sqlite");
+        let e = Db::open(&bad).unwrap_err().to_string();
+        assert!(e.contains(&bad.display().to_string()), "{e}");
+        let e = Db::open_read_only(&bad).unwrap_err().to_string();
+        assert!(e.contains(&bad.display().to_string()), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

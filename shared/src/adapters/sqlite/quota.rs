@@ -244,10 +244,11 @@ impl QuotaStore for SqliteQuota {
                     )?;
                     for (hour, n) in &u.hours {
                         tx.exec(
-                            "INSERT INTO usage_hour (org, app, day, source, endpoint, exempt, hour, calls, denied)
-                             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+                            "INSERT INTO usage_hour (org, app, day, source, endpoint, exempt, hour, calls, denied, waited)
+                             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
                              ON CONFLICT (org, app, day, source, endpoint, exempt, hour)
-                             DO UPDATE SET calls = calls + excluded.calls, denied = denied + excluded.denied",
+                             DO UPDATE SET calls = calls + excluded.calls, denied = denied + excluded.denied,
+                                           waited = waited + excluded.waited",
                             params![
                                 u.key.org,
                                 u.key.app,
@@ -257,7 +258,8 @@ impl QuotaStore for SqliteQuota {
                                 u.exempt,
                                 hour,
                                 n.calls as i64,
-                                n.denied as i64
+                                n.denied as i64,
+                                n.waited as i64
                             ],
                         )?;
                     }
@@ -288,7 +290,7 @@ impl QuotaStore for SqliteQuota {
                 })?;
                 let mut entries: Vec<UsageEntry> = rows.collect::<rusqlite::Result<_>>()?;
                 let mut stmt = conn.prepare_cached(
-                    "SELECT source, endpoint, exempt, hour, calls, denied FROM usage_hour
+                    "SELECT source, endpoint, exempt, hour, calls, denied, waited FROM usage_hour
                      WHERE org = ?1 AND app = ?2 AND day = ?3",
                 )?;
                 let hours = stmt.query_map(params![key.org, key.app, day.to_string()], |r| {
@@ -302,6 +304,7 @@ impl QuotaStore for SqliteQuota {
                         crate::quota::HourUse {
                             calls: r.get::<_, i64>(4)?.max(0) as u64,
                             denied: r.get::<_, i64>(5)?.max(0) as u64,
+                            waited: r.get::<_, i64>(6)?.max(0) as u64,
                         },
                     ))
                 })?;
