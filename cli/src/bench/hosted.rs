@@ -233,6 +233,178 @@ pub(super) async fn section(dynamodb_url: Option<&str>) -> Result<(), Box<dyn st
             under.map_or("none measured".into(), |p| format!("{p} rows")),
         );
     }
+    per_user(&dir).await?;
     let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+/// A row store that counts the rows it hands out.
+struct Counting {
+    inner: Arc<dyn HostedRows>,
+    read: std::sync::atomic::AtomicU64,
+}
+
+#[async_trait::async_trait]
+impl HostedRows for Counting {
+    async fn rows_version(&self, key: &QuotaKey, datasource: &str) -> metered::Result<u64> {
+        self.inner.rows_version(key, datasource).await
+    }
+    async fn rows_after(
+        &self,
+        key: &QuotaKey,
+        datasource: &str,
+        after: Option<&str>,
+        limit: u32,
+    ) -> metered::Result<Vec<metered::store::outbox::OutboxRow>> {
+        let rows = self.inner.rows_after(key, datasource, after, limit).await?;
+        self.read
+            .fetch_add(rows.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        Ok(rows)
+    }
+}
+
+/// Users sampled per size in [`per_user`].
+const USERS: usize = 50;
+
+fn customer_token(customer: usize) -> String {
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &serde_json::json!({"org": "bench", "sub": format!("u{customer}"), "customer": format!("c{customer}"), "exp": chrono::Utc::now().timestamp() + 3600}),
+        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap_or_default()
+}
+
+/// One user's whole row set (every page, 100 a page): (rows served,
+/// requests, the first page's ETag).
+async fn user_rows(service: &HostedService, customer: usize) -> (usize, usize, String) {
+    let bearer = format!("Bearer {}", customer_token(customer));
+    let (mut served, mut requests, mut first_etag) = (0, 0, String::new());
+    let mut token: Option<String> = None;
+    loop {
+        let query = match &token {
+            None => "page_size=100".to_string(),
+            Some(t) => format!("page_size=100&page_token={t}"),
+        };
+        let r = service
+            .handle(&HostedRequest {
+                method: "GET".into(),
+                path: "/datasources/rows/rows".into(),
+                query: Some(query),
+                authorization: Some(bearer.clone()),
+                if_none_match: None,
+            })
+            .await;
+        requests += 1;
+        if requests == 1 {
+            first_etag = r
+                .headers
+                .iter()
+                .find(|(k, _)| *k == "etag")
+                .map(|(_, v)| v.clone())
+                .unwrap_or_default();
+        }
+        let body: serde_json::Value = serde_json::from_str(&r.body).unwrap_or_default();
+        served += body["rows"].as_array().map_or(0, Vec::len);
+        token = body["next_page_token"].as_str().map(str::to_string);
+        if token.is_none() || r.status != 200 {
+            return (served, requests, first_etag);
+        }
+    }
+}
+
+/// The shape: a Data Source of N rows, users with 10 rows each
+/// (`row.customer == user.customer`), each user fetching their whole row
+/// set as the platform's sync does; rows read per row served; and after
+/// one customer's rows change, how many users still get 304.
+async fn per_user(dir: &std::path::Path) -> Result<(), Box<dyn std::error::Error>> {
+    println!("\nHosted GET per user ({USERS} users with 10 rows each, every page of 100, handler on SQLite)");
+    let config = AppConfig::parse(&CONFIG.replace(
+        "filter = \"row.team == user.team\"",
+        "filter = \"row.customer == user.customer\"",
+    ))?;
+    let key = QuotaKey::new("bench", "bench");
+    for n in [1_000usize, 10_000, 100_000] {
+        let db = metered::adapters::sqlite::Db::open(dir.join(format!("users-{n}.sqlite")))?;
+        let sqlite = Arc::new(metered::adapters::sqlite::store::SqliteStore::new(db));
+        let write = |i: usize| {
+            let id = format!("row_{i:06}");
+            metered::store::outbox::RowWrite::new(
+                id.clone(),
+                RowChange::Insert(serde_json::json!({
+                    "id": id, "customer": format!("c{}", i / 10), "amount_cents": i * 100,
+                })),
+            )
+        };
+        let rows: Vec<_> = (0..n).map(write).collect();
+        for chunk in rows.chunks(500) {
+            sqlite
+                .put_rows(&key, "rows", chunk, chrono::Utc::now())
+                .await?;
+        }
+        let counting = Arc::new(Counting {
+            inner: sqlite.clone(),
+            read: Default::default(),
+        });
+        let s = service(&config, counting.clone())?;
+        // Users spread over the whole id range.
+        let users: Vec<usize> = (0..USERS).map(|u| u * (n / 10) / USERS).collect();
+        let started = Instant::now();
+        let mut times = Vec::new();
+        let (mut served, mut requests) = (0usize, 0usize);
+        let mut etags = Vec::new();
+        for c in &users {
+            let t = Instant::now();
+            let (rows, reqs, etag) = user_rows(&s, *c).await;
+            times.push(t.elapsed());
+            served += rows;
+            requests += reqs;
+            etags.push(etag);
+        }
+        let users_per_sec = users.len() as f64 / started.elapsed().as_secs_f64();
+        let read = counting.read.load(std::sync::atomic::Ordering::Relaxed);
+        let mut l = Latencies(times);
+        row(
+            &format!("{n} rows: a user's whole row set"),
+            format!(
+                "{users_per_sec:>7.1} users/s   p50 {:>7.2} ms   p99 {:>7.2} ms   {:.1} requests/user   {:.0} rows read per row served",
+                l.pct(0.5),
+                l.pct(0.99),
+                requests as f64 / users.len() as f64,
+                read as f64 / served.max(1) as f64
+            ),
+        );
+        // One customer's rows change; who still gets 304?
+        sqlite
+            .put_rows(
+                &key,
+                "rows",
+                &[write(users[0] * 10)].map(|mut w| {
+                    w.change = RowChange::Insert(serde_json::json!({
+                        "id": w.id, "customer": format!("c{}", users[0]), "amount_cents": 1,
+                    }));
+                    w
+                }),
+                chrono::Utc::now(),
+            )
+            .await?;
+        let mut not_modified = 0;
+        for (c, etag) in users.iter().zip(&etags) {
+            let r = s
+                .handle(&HostedRequest {
+                    method: "GET".into(),
+                    path: "/datasources/rows/rows".into(),
+                    query: Some("page_size=100".into()),
+                    authorization: Some(format!("Bearer {}", customer_token(*c))),
+                    if_none_match: Some(etag.clone()),
+                })
+                .await;
+            not_modified += usize::from(r.status == 304);
+        }
+        row(
+            &format!("{n} rows: after one customer's rows changed"),
+            format!("{not_modified} of {} users answered 304", users.len()),
+        );
+    }
     Ok(())
 }

@@ -48,8 +48,17 @@ const PAGE_TOKEN_TTL_SECS: i64 = 3600;
 /// Raw rows read per store round trip is the page size; at most this many
 /// rounds per request, so a filter that keeps few rows cannot make one
 /// request read a whole large Data Source (the page then comes back short,
-/// with a token to go on).
+/// with a token to go on, and says why in `cut_short`).
 const MAX_ROUNDS: usize = 10;
+
+/// At most this many stored rows are read for one request, whatever the
+/// page size: a bound on the consistent reads one caller can cause.
+pub const MAX_ROWS_READ: usize = 5_000;
+
+/// Rows' JSON in one response stays under this many bytes (Lambda's
+/// response limit is 6 MB; the rest is headroom for the envelope and
+/// headers): a page that would pass it is cut short with a token to go on.
+pub const MAX_RESPONSE_BYTES: usize = 5 * 1024 * 1024;
 
 /// Claims that change with every token the platform mints and do not say
 /// who the user is: left out of the ETag so re-syncs with a fresh token hit.
@@ -316,48 +325,74 @@ impl HostedService {
         // 3. The version before the rows: see `HostedRows::rows_version`.
         let key = QuotaKey::new(&org, &self.app);
         let version = self.store.rows_version(&key, name).await?;
-        let etag = {
+        // The ETag is `"v{version}-{who}-{content}"`: who asks (their
+        // identifying claims and the page token) and a hash of the page they
+        // get. Nothing written since (same version, same caller): 304
+        // without reading a row. Rows written since, but not this caller's
+        // (the content hash is the same): 304 after reading them, so one
+        // customer's change does not re-download every other user's rows.
+        let who_tag = {
             let mut h = Sha256::new();
             h.update(who.as_bytes());
             h.update(page_token.as_deref().unwrap_or("").as_bytes());
-            format!("\"v{version}-{}\"", &hex(&h.finalize())[..16])
+            hex(&h.finalize())[..16].to_string()
         };
-        if etag_matches(req.if_none_match.as_deref(), &etag) {
-            return Ok(HostedResponse {
-                status: 304,
-                headers: vec![
-                    ("etag", etag),
-                    ("cache-control", "private, no-cache".into()),
-                ],
-                body: String::new(),
-            });
+        let client_tags = etags(req.if_none_match.as_deref());
+        if let Some(tag) = client_tags.iter().find(|t| match t {
+            ClientTag::Any => true,
+            ClientTag::Ours {
+                version: v, who, ..
+            } => *v == version && *who == who_tag,
+        }) {
+            let etag = match tag {
+                ClientTag::Ours {
+                    version,
+                    who,
+                    content,
+                } => format!("\"v{version}-{who}-{content}\""),
+                ClientTag::Any => format!("\"v{version}-{who_tag}-0\""),
+            };
+            return Ok(not_modified(etag));
         }
         // 2 and 4: the user's rows after the cursor.
         // One CEL context per request (building one is costly): `user`
         // once, `row` rebound per row.
         let mut filter = RowFilter::new(ds.filter.as_ref(), Value::Object(claims));
         let mut rows = Vec::new();
+        let mut bytes = 0usize;
+        let mut read = 0usize;
         let mut cursor = after;
         let mut at_end = false;
-        for _ in 0..MAX_ROUNDS {
+        let mut cut_short: Option<&str> = None;
+        'rounds: for round in 0.. {
+            if round == MAX_ROUNDS || read >= MAX_ROWS_READ {
+                cut_short = Some("rows_read");
+                break;
+            }
+            let want = (page_size as usize).min(MAX_ROWS_READ - read);
             let batch = self
                 .store
-                .rows_after(&key, name, cursor.as_deref(), page_size)
+                .rows_after(&key, name, cursor.as_deref(), want as u32)
                 .await?;
-            let short = batch.len() < page_size as usize;
+            read += batch.len();
+            let short = batch.len() < want;
             for row in batch {
-                cursor = Some(row.id.clone());
-                if let RowChange::Insert(content) = row.change {
-                    if filter.keeps(&content) {
-                        rows.push(content);
-                        if rows.len() == page_size as usize {
-                            break;
+                if let RowChange::Insert(content) = &row.change {
+                    if filter.keeps(content) {
+                        let size = content.to_string().len() + 1;
+                        if !rows.is_empty() && bytes + size > MAX_RESPONSE_BYTES {
+                            // This row opens the next page.
+                            cut_short = Some("bytes");
+                            break 'rounds;
                         }
+                        bytes += size;
+                        rows.push(content.clone());
                     }
                 }
-            }
-            if rows.len() == page_size as usize {
-                break;
+                cursor = Some(row.id);
+                if rows.len() == page_size as usize {
+                    break 'rounds;
+                }
             }
             if short {
                 at_end = true;
@@ -370,10 +405,30 @@ impl HostedService {
             (Some(last), false) => Some(self.page_token(ds, name, &org, &sub, &who, last)?),
             _ => None,
         };
-        let mut r = HostedResponse::json(
-            200,
-            &serde_json::json!({ "rows": rows, "next_page_token": next }),
-        );
+        // A page is full unless it is the last, or a bound cut it short:
+        // then `cut_short` says which ("rows_read": the filter kept few of
+        // the rows one request may read; "bytes": the response size cap).
+        let content_tag = {
+            let mut h = Sha256::new();
+            for row in &rows {
+                h.update(row.to_string().as_bytes());
+                h.update(b"\n");
+            }
+            h.update(cursor.as_deref().unwrap_or("").as_bytes());
+            h.update([u8::from(at_end)]);
+            hex(&h.finalize())[..16].to_string()
+        };
+        let etag = format!("\"v{version}-{who_tag}-{content_tag}\"");
+        if client_tags.iter().any(|t| {
+            matches!(t, ClientTag::Ours { who, content, .. } if *who == who_tag && *content == content_tag)
+        }) {
+            return Ok(not_modified(etag));
+        }
+        let mut page = serde_json::json!({ "rows": rows, "next_page_token": next });
+        if let (Some(why), Some(_)) = (cut_short, &next) {
+            page["cut_short"] = why.into();
+        }
+        let mut r = HostedResponse::json(200, &page);
         r.headers.push(("etag", etag));
         Ok(r)
     }
@@ -523,12 +578,54 @@ fn who_hash(name: &str, org: &str, claims: &Map<String, Value>, page_size: u32) 
     hex(&h.finalize())[..32].to_string()
 }
 
-fn etag_matches(if_none_match: Option<&str>, etag: &str) -> bool {
-    if_none_match.is_some_and(|h| {
-        h.split(',')
-            .map(|t| t.trim().trim_start_matches("W/"))
-            .any(|t| t == etag || t == "*")
-    })
+/// One entity tag of an `If-None-Match` header.
+enum ClientTag {
+    /// `*`: any version.
+    Any,
+    /// One of ours, in its parts.
+    Ours {
+        version: u64,
+        who: String,
+        content: String,
+    },
+}
+
+/// The tags of an `If-None-Match` header that could be ours (others are
+/// ignored: they match nothing).
+fn etags(if_none_match: Option<&str>) -> Vec<ClientTag> {
+    let Some(h) = if_none_match else {
+        return Vec::new();
+    };
+    h.split(',')
+        .filter_map(|t| {
+            let t = t.trim().trim_start_matches("W/");
+            if t == "*" {
+                return Some(ClientTag::Any);
+            }
+            let inner = t.strip_prefix("\"v")?.strip_suffix('"')?;
+            let mut parts = inner.splitn(3, '-');
+            let version = parts.next()?.parse().ok()?;
+            let who = parts.next()?.to_string();
+            let content = parts.next()?.to_string();
+            Some(ClientTag::Ours {
+                version,
+                who,
+                content,
+            })
+        })
+        .collect()
+}
+
+/// A 304 carrying `etag`.
+fn not_modified(etag: String) -> HostedResponse {
+    HostedResponse {
+        status: 304,
+        headers: vec![
+            ("etag", etag),
+            ("cache-control", "private, no-cache".into()),
+        ],
+        body: String::new(),
+    }
 }
 
 /// `a=1&b=x%20y` → pairs, percent- and plus-decoded.
