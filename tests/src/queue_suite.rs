@@ -203,7 +203,7 @@ pub async fn denied_job_waits_its_delay<F: Future<Output = Fixture>>(make: F) {
         settled,
         Settled::Restarted {
             delay_secs: 2,
-            reason: "3 concurrent calls in flight".into()
+            reason: DenyReason::Concurrency { max: 3 }.to_string()
         }
     );
     fx.queue.ack(&d[0].receipt).await.unwrap();
@@ -217,8 +217,8 @@ pub async fn denied_job_waits_its_delay<F: Future<Output = Fixture>>(make: F) {
     let back = JobEnvelope::parse(&d[0].body).unwrap();
     assert_eq!((back.restarts, back.generation), (1, 1));
     assert_eq!(
-        back.last_reason.as_deref(),
-        Some("3 concurrent calls in flight")
+        back.last_reason,
+        Some(DenyReason::Concurrency { max: 3 }.to_string())
     );
     assert_eq!(
         rt.process(&d[0].body, &handler, &JobContext::default())
