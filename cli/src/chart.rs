@@ -159,6 +159,42 @@ fn axis_top(data_max: f64, limit: Option<f64>) -> (f64, bool) {
     }
 }
 
+/// A chart over a day's hours, as [`hours_chart`] builds it.
+type HoursChart<'a, DB> = ChartContext<
+    'a,
+    DB,
+    Cartesian2d<plotters::coord::types::RangedCoordf64, plotters::coord::types::RangedCoordf64>,
+>;
+
+/// The `what` ("daily", "hourly") limit `l`: a dashed line across the day
+/// when [`axis_top`] drew it, and its legend entry either way.
+fn limit_line<DB: DrawingBackend>(
+    chart: &mut HoursChart<'_, DB>,
+    items: &mut Vec<(String, Mark)>,
+    what: &str,
+    l: f64,
+    drawn: bool,
+) -> Result<(), BoxError>
+where
+    DB::ErrorType: 'static,
+{
+    if drawn {
+        chart.draw_series(DashedLineSeries::new(
+            [(0.0, l), (24.0, l)],
+            8,
+            5,
+            LIMIT.stroke_width(2),
+        ))?;
+        items.push((format!("{what} limit {l:.0}"), Mark::Dashed(LIMIT)));
+    } else {
+        items.push((
+            format!("{what} limit {l:.0} (far above)"),
+            Mark::Dashed(LIMIT),
+        ));
+    }
+    Ok(())
+}
+
 /// The burn of every org and day given, one panel each.
 pub fn burn_svg(orgs: &[OrgDay]) -> Result<String, BoxError> {
     let mut svg = String::new();
@@ -213,21 +249,13 @@ where
         items.push(((*name).clone(), Mark::Area(source_color(i))));
     }
     if let Some(limit) = org.limit {
-        let l = f64::from(limit);
-        if limit_drawn {
-            chart.draw_series(DashedLineSeries::new(
-                [(0.0, l), (24.0, l)],
-                8,
-                5,
-                LIMIT.stroke_width(2),
-            ))?;
-            items.push((format!("daily limit {limit}"), Mark::Dashed(LIMIT)));
-        } else {
-            items.push((
-                format!("daily limit {limit} (far above)"),
-                Mark::Dashed(LIMIT),
-            ));
-        }
+        limit_line(
+            &mut chart,
+            &mut items,
+            "daily",
+            f64::from(limit),
+            limit_drawn,
+        )?;
     }
     // Restarts, told apart: refused by a limit (the budget is spent) in
     // red above the line, waits for a concurrency slot (harmless, the job
@@ -266,14 +294,7 @@ fn hours_chart<'a, DB: DrawingBackend + 'a>(
     caption: String,
     y_desc: &str,
     top: f64,
-) -> Result<
-    ChartContext<
-        'a,
-        DB,
-        Cartesian2d<plotters::coord::types::RangedCoordf64, plotters::coord::types::RangedCoordf64>,
-    >,
-    BoxError,
->
+) -> Result<HoursChart<'a, DB>, BoxError>
 where
     DB::ErrorType: 'static,
 {
@@ -351,20 +372,7 @@ pub fn forecast_svg(f: &crate::forecast::Forecast) -> Result<String, BoxError> {
             ("a steady day".to_string(), Mark::Line(source_color(0))),
         ];
         if let Some(l) = day_limit {
-            if limit_drawn {
-                chart.draw_series(DashedLineSeries::new(
-                    [(0.0, l), (24.0, l)],
-                    8,
-                    5,
-                    LIMIT.stroke_width(2),
-                ))?;
-                items.push((format!("daily limit {l:.0}"), Mark::Dashed(LIMIT)));
-            } else {
-                items.push((
-                    format!("daily limit {l:.0} (far above)"),
-                    Mark::Dashed(LIMIT),
-                ));
-            }
+            limit_line(&mut chart, &mut items, "daily", l, limit_drawn)?;
         }
         legend(&side, &items)?;
         // Bottom: a steady day's hours.
@@ -400,20 +408,7 @@ pub fn forecast_svg(f: &crate::forecast::Forecast) -> Result<String, BoxError> {
             items.push((s.source.clone(), Mark::Area(color)));
         }
         if let Some(l) = hour_limit {
-            if hour_drawn {
-                chart.draw_series(DashedLineSeries::new(
-                    [(0.0, l), (24.0, l)],
-                    8,
-                    5,
-                    LIMIT.stroke_width(2),
-                ))?;
-                items.push((format!("hourly limit {l:.0}"), Mark::Dashed(LIMIT)));
-            } else {
-                items.push((
-                    format!("hourly limit {l:.0} (far above)"),
-                    Mark::Dashed(LIMIT),
-                ));
-            }
+            limit_line(&mut chart, &mut items, "hourly", l, hour_drawn)?;
         }
         legend(&side, &items)?;
         root.present()?;

@@ -1244,7 +1244,6 @@ async fn dead_letters_are_listed_and_redriven_on_ministack_sqs() {
 /// the simulated API whose records have the same ids both make progress.
 #[test]
 fn run_in_real_time_reports_a_status_per_org() {
-    use std::io::BufRead;
     let dir = tmp("realtime");
     let config = include_str!("../examples/booking.toml").replace(
         "[[connections]]\norg = \"acme\"\n",
@@ -1255,38 +1254,11 @@ fn run_in_real_time_reports_a_status_per_org() {
     // Reads stdout lines until `enough` says so or two minutes pass, then
     // stops the run (it never ends on its own).
     let follow = |extra: &[&str], db: &str, enough: &dyn Fn(&str) -> bool| -> Vec<String> {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_metered"))
-            .args(["run", "--config", "two.toml", "--sim", "--db", db])
+        let mut run = Command::new(env!("CARGO_BIN_EXE_metered"));
+        run.args(["run", "--config", "two.toml", "--sim", "--db", db])
             .args(extra)
-            .current_dir(&dir)
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("run metered");
-        let (tx, rx) = std::sync::mpsc::channel();
-        let stdout = child.stdout.take().unwrap();
-        std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
-        let mut lines = Vec::new();
-        while let Ok(line) =
-            rx.recv_timeout(deadline.saturating_duration_since(std::time::Instant::now()))
-        {
-            let done = enough(&line);
-            lines.push(line);
-            if done {
-                break;
-            }
-        }
-        let _ = child.kill();
-        let _ = child.wait();
-        lines
+            .current_dir(&dir);
+        follow_stdout(run, 120, enough)
     };
     let progressed = |line: &str| -> bool {
         let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
@@ -2250,28 +2222,18 @@ fn docs_configuration_loads_and_its_walkthrough_runs() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// With the API unreachable, the real-time status says why, not only how
-/// many restarts (#33 item 5): the latest problem per org is on the line.
-#[test]
-fn a_real_time_run_says_why_it_is_failing() {
+/// Runs `command` (a real-time `metered run`, which never ends on its own)
+/// and reads its stdout lines until `enough` says so or `secs` pass, then
+/// stops it.
+fn follow_stdout(mut command: Command, secs: u64, enough: &dyn Fn(&str) -> bool) -> Vec<String> {
     use std::io::BufRead;
-    let dir = tmp("unreachable");
-    // The example's base_url is port 9 on loopback: nothing listens there.
-    std::fs::write(
-        dir.join("app.toml"),
-        include_str!("../examples/booking.toml"),
-    )
-    .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_metered"))
-        .args(["run", "--config", "app.toml", "--db", "r.sqlite"])
-        .env("SIM_API_KEY", "not-a-real-key")
-        .current_dir(&dir)
+    let mut child = command
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
         .spawn()
         .expect("run metered");
-    let stdout = child.stdout.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
+    let stdout = child.stdout.take().unwrap();
     std::thread::spawn(move || {
         for line in std::io::BufReader::new(stdout).lines() {
             let Ok(line) = line else { break };
@@ -2280,19 +2242,40 @@ fn a_real_time_run_says_why_it_is_failing() {
             }
         }
     });
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
-    let mut seen = Vec::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    let mut lines = Vec::new();
     while let Ok(line) =
         rx.recv_timeout(deadline.saturating_duration_since(std::time::Instant::now()))
     {
-        let found = line.contains("last: transient failure");
-        seen.push(line);
-        if found {
+        let done = enough(&line);
+        lines.push(line);
+        if done {
             break;
         }
     }
     let _ = child.kill();
     let _ = child.wait();
+    lines
+}
+
+/// With the API unreachable, the real-time status says why, not only how
+/// many restarts (#33 item 5): the latest problem per org is on the line.
+#[test]
+fn a_real_time_run_says_why_it_is_failing() {
+    let dir = tmp("unreachable");
+    // The example's base_url is port 9 on loopback: nothing listens there.
+    std::fs::write(
+        dir.join("app.toml"),
+        include_str!("../examples/booking.toml"),
+    )
+    .unwrap();
+    let mut run = Command::new(env!("CARGO_BIN_EXE_metered"));
+    run.args(["run", "--config", "app.toml", "--db", "r.sqlite"])
+        .env("SIM_API_KEY", "not-a-real-key")
+        .current_dir(&dir);
+    let seen = follow_stdout(run, 90, &|line: &str| {
+        line.contains("last: transient failure")
+    });
     let last = seen.last().cloned().unwrap_or_default();
     assert!(
         last.contains("acme ") && last.contains("last: transient failure"),

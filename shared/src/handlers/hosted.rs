@@ -359,6 +359,9 @@ impl HostedService {
         // once, `row` rebound per row.
         let mut filter = RowFilter::new(ds.filter.as_ref(), Value::Object(claims));
         let mut rows = Vec::new();
+        // The page's content hash (the ETag's last part), fed as each row
+        // is taken: every row is serialized once, for its size and here.
+        let mut content = Sha256::new();
         let mut bytes = 0usize;
         let mut read = 0usize;
         let mut cursor = after;
@@ -377,16 +380,18 @@ impl HostedService {
             read += batch.len();
             let short = batch.len() < want;
             for row in batch {
-                if let RowChange::Insert(content) = &row.change {
-                    if filter.keeps(content) {
-                        let size = content.to_string().len() + 1;
-                        if !rows.is_empty() && bytes + size > MAX_RESPONSE_BYTES {
+                if let RowChange::Insert(value) = &row.change {
+                    if filter.keeps(value) {
+                        let json = value.to_string();
+                        if !rows.is_empty() && bytes + json.len() + 1 > MAX_RESPONSE_BYTES {
                             // This row opens the next page.
                             cut_short = Some("bytes");
                             break 'rounds;
                         }
-                        bytes += size;
-                        rows.push(content.clone());
+                        bytes += json.len() + 1;
+                        content.update(json.as_bytes());
+                        content.update(b"\n");
+                        rows.push(value.clone());
                     }
                 }
                 cursor = Some(row.id);
@@ -409,14 +414,9 @@ impl HostedService {
         // then `cut_short` says which ("rows_read": the filter kept few of
         // the rows one request may read; "bytes": the response size cap).
         let content_tag = {
-            let mut h = Sha256::new();
-            for row in &rows {
-                h.update(row.to_string().as_bytes());
-                h.update(b"\n");
-            }
-            h.update(cursor.as_deref().unwrap_or("").as_bytes());
-            h.update([u8::from(at_end)]);
-            hex(&h.finalize())[..16].to_string()
+            content.update(cursor.as_deref().unwrap_or("").as_bytes());
+            content.update([u8::from(at_end)]);
+            hex(&content.finalize())[..16].to_string()
         };
         let etag = format!("\"v{version}-{who_tag}-{content_tag}\"");
         if client_tags.iter().any(|t| {
