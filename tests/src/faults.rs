@@ -22,6 +22,7 @@ use metered::jobs::envelope::JobKind;
 use metered::jobs::ledger::{ActionBegin, ActionLedger};
 use metered::jobs::ledger::{Claim, JobLedger};
 use metered::quota::{Acquire, Grant, Limits, QuotaKey, QuotaState, QuotaStore, UsageEntry};
+use metered::store::hosted::RowIndex;
 use metered::store::outbox::{Chunk, Outbox, OutboxRow, OutboxState, RowWrite};
 use metered::store::{PageDiff, Quarantined, RecordStore, SyncFinish, SyncState};
 use std::collections::BTreeMap;
@@ -313,15 +314,16 @@ impl<S: RecordStore + 'static> RecordStore for FaultyStore<S> {
 /// leave: the API has the chunk, the outbox still holds it).
 #[async_trait]
 impl<S: RecordStore + 'static> Outbox for FaultyStore<S> {
-    async fn put_rows(
+    async fn put_rows_indexed(
         &self,
         key: &QuotaKey,
         ds: &str,
         rows: &[RowWrite],
+        index: Option<&RowIndex>,
         now: Timestamp,
     ) -> metered::Result<()> {
         self.faults.enter("outbox.put").await?;
-        self.inner.put_rows(key, ds, rows, now).await
+        self.inner.put_rows_indexed(key, ds, rows, index, now).await
     }
     async fn pending_rows(
         &self,

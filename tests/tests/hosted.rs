@@ -9,15 +9,20 @@ use metered::config::sync::{CompleteTransferSettings, SyncConfig};
 use metered::connector::secrets::Secret;
 use metered::handlers::hosted::{HostedRequest, HostedResponse, HostedService};
 use metered::jobs::envelope::JobKind;
+use metered::quota::QuotaKey;
+use metered::store::hosted::{HostedRows, IndexState};
+use metered::store::outbox::OutboxRow;
 use metered::store::outbox::RowChange;
 use metered_sim::SimConfig;
 use metered_tests::sync_world::{Adapter, World, ORG, ORGS};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 const SECRET: &str = "vips-hs256-key-for-tests-only-0123456789";
 const OTHER_SECRET: &str = "pushed-hs256-key-for-tests-only-987654321";
+const TIERS_SECRET: &str = "tiers-hs256-key-for-tests-only-5555555555";
 
 /// Every customer gets a row in `vips` (hosted, per tier) and in `feed`
 /// (another hosted Data Source with its own key).
@@ -32,6 +37,10 @@ row = { id = "{{ record.id }}", tier = "{{ record.tier }}", score = "{{ record.s
 kind = "datasource_push"
 datasource = "feed"
 row = { id = "{{ record.id }}" }
+[[workflows.rows.actions]]
+kind = "datasource_push"
+datasource = "tiers"
+row = { id = "{{ record.id }}", tier = "{{ record.tier }}" }
 "#;
 
 async fn world(adapter: Adapter) -> World {
@@ -64,6 +73,14 @@ async fn world(adapter: Adapter) -> World {
                 "feed".into(),
                 toml::from_str("mode = \"hosted\"\nsecret = { env = \"FEED_JWT\" }").unwrap(),
             );
+            c.datasources.insert(
+                "tiers".into(),
+                toml::from_str(
+                    "mode = \"hosted\"\nsecret = { env = \"TIERS_JWT\" }\n\
+                     filter = \"row.tier in user.tiers\"",
+                )
+                .unwrap(),
+            );
         },
     )
     .await
@@ -77,12 +94,16 @@ async fn world(adapter: Adapter) -> World {
     w
 }
 
-fn service(w: &World) -> HostedService {
-    let secrets = BTreeMap::from([
+fn secrets() -> BTreeMap<String, Secret> {
+    BTreeMap::from([
         ("vips".to_string(), Secret::new(SECRET)),
         ("feed".to_string(), Secret::new(OTHER_SECRET)),
-    ]);
-    HostedService::new(&w.svc.config, secrets, w.hosted.clone(), w.shared.clone()).unwrap()
+        ("tiers".to_string(), Secret::new(TIERS_SECRET)),
+    ])
+}
+
+fn service(w: &World) -> HostedService {
+    HostedService::new(&w.svc.config, secrets(), w.hosted.clone(), w.shared.clone()).unwrap()
 }
 
 fn token_with(w: &World, key: &str, alg: Algorithm, claims: Value) -> String {
@@ -645,18 +666,7 @@ async fn unchanged_rows_answer_304(adapter: Adapter) {
     let write = |org: &'static str, id: String, tier: &'static str| {
         let w = &w;
         async move {
-            w.store
-                .put_rows(
-                    &w.svc.key(org),
-                    "vips",
-                    &[metered::store::outbox::RowWrite::new(
-                        &id,
-                        RowChange::Insert(json!({"id": id, "tier": tier, "score": "changed"})),
-                    )],
-                    w.shared.now(),
-                )
-                .await
-                .unwrap()
+            put(w, org, "vips", &id, Some(tier)).await;
         }
     };
     // Org B writes: org A's ETag holds.
@@ -765,7 +775,303 @@ async fn paging_serves_each_row_once_while_rows_change(adapter: Adapter) {
     );
 }
 
+/// Writes one row as the workflow does (indexed by the Data Source's
+/// filter): `tier` None deletes it.
+async fn put(w: &World, org: &str, ds: &str, id: &str, tier: Option<&str>) {
+    let change = match tier {
+        Some(tier) => RowChange::Insert(json!({"id": id, "tier": tier, "score": "changed"})),
+        None => RowChange::Delete,
+    };
+    let index = w.svc.config.datasource(ds).unwrap().row_index();
+    w.store
+        .put_rows_indexed(
+            &w.svc.key(org),
+            ds,
+            &[metered::store::outbox::RowWrite::new(id, change)],
+            index.as_ref(),
+            w.shared.now(),
+        )
+        .await
+        .unwrap()
+}
+
+/// Counts the stored rows a service reads, through either read.
+struct Counting {
+    inner: Arc<dyn HostedRows>,
+    read: AtomicUsize,
+}
+
+#[async_trait::async_trait]
+impl HostedRows for Counting {
+    async fn rows_version(&self, key: &QuotaKey, ds: &str) -> metered::Result<u64> {
+        self.inner.rows_version(key, ds).await
+    }
+    async fn rows_after(
+        &self,
+        key: &QuotaKey,
+        ds: &str,
+        after: Option<&str>,
+        limit: u32,
+    ) -> metered::Result<Vec<OutboxRow>> {
+        let rows = self.inner.rows_after(key, ds, after, limit).await?;
+        self.read.fetch_add(rows.len(), Ordering::Relaxed);
+        Ok(rows)
+    }
+    async fn index_state(
+        &self,
+        key: &QuotaKey,
+        ds: &str,
+        parts: &[String],
+    ) -> metered::Result<IndexState> {
+        self.inner.index_state(key, ds, parts).await
+    }
+    async fn part_rows_after(
+        &self,
+        key: &QuotaKey,
+        ds: &str,
+        part: &str,
+        after: Option<&str>,
+        limit: u32,
+    ) -> metered::Result<Vec<OutboxRow>> {
+        let rows = self
+            .inner
+            .part_rows_after(key, ds, part, after, limit)
+            .await?;
+        self.read.fetch_add(rows.len(), Ordering::Relaxed);
+        Ok(rows)
+    }
+}
+
+/// Pages of `ds` for `bearer` to the end: the rows of each page.
+async fn page_sizes(s: &HostedService, ds: &str, bearer: &str, size: u32) -> Vec<Vec<Value>> {
+    let mut out = Vec::new();
+    let mut next: Option<String> = None;
+    for _ in 0..1000 {
+        let q = match &next {
+            Some(t) => format!("page_size={size}&page_token={t}"),
+            None => format!("page_size={size}"),
+        };
+        let r = s.handle(&get(ds, &q, Some(bearer))).await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        let b = body(&r);
+        out.push(b["rows"].as_array().unwrap().clone());
+        match b["next_page_token"].as_str() {
+            Some(t) => next = Some(t.to_string()),
+            None => return out,
+        }
+    }
+    panic!("paging never ended");
+}
+
+/// A filter `row.tier == user.tier` is an index: a user's pages read their
+/// own rows only (rows read ≈ rows served), every page but the last is
+/// full, a row that moves to another tier leaves one user's pages and
+/// enters another's and changes only their ETags, a delete leaves, org B
+/// (same ids) is untouched, and rows written without the index are read
+/// by scanning until an indexed write indexes them again. `in` over a
+/// list claim merges the tiers in id order.
+async fn an_indexed_filter_reads_only_the_users_rows(adapter: Adapter) {
+    let w = world(adapter).await;
+    let counting = Arc::new(Counting {
+        inner: w.hosted.clone(),
+        read: AtomicUsize::new(0),
+    });
+    let s =
+        HostedService::new(&w.svc.config, secrets(), counting.clone(), w.shared.clone()).unwrap();
+    let gold = tier_ids(&w, "gold");
+    let silver = tier_ids(&w, "silver");
+    let alice = token(&w, ORG, "alice", "gold");
+    let pages = page_sizes(&s, "vips", &alice, 7).await;
+    let served: Vec<Value> = pages.iter().flatten().cloned().collect();
+    assert_eq!(ids(&served).into_iter().collect::<BTreeSet<_>>(), gold);
+    assert_eq!(served.len(), gold.len(), "each row once");
+    let (last, full) = pages.split_last().unwrap();
+    assert!(full.iter().all(|p| p.len() == 7), "full pages but the last");
+    assert!(last.len() < 7);
+    let read = counting.read.swap(0, Ordering::Relaxed);
+    assert!(
+        read <= served.len() + 7,
+        "{read} rows read for {} served: the index was not used",
+        served.len()
+    );
+
+    // Org A moves one of alice's rows to silver and deletes another.
+    let mut gold_ids = gold.iter().cloned();
+    let (moved, deleted) = (gold_ids.next().unwrap(), gold_ids.next().unwrap());
+    let tag_of = |bearer: String, tag: Option<String>| {
+        let s = &s;
+        async move {
+            s.handle(&HostedRequest {
+                if_none_match: tag,
+                ..get("vips", "page_size=50", Some(&bearer))
+            })
+            .await
+        }
+    };
+    let alice_tag = etag(&tag_of(alice.clone(), None).await);
+    let bob = token(&w, ORG, "bob", "silver");
+    let bob_tag = etag(&tag_of(bob.clone(), None).await);
+    let erin = token(&w, ORG, "erin", "bronze");
+    let erin_tag = etag(&tag_of(erin.clone(), None).await);
+    let carol = token(&w, ORGS[1], "carol", "gold");
+    let carol_tag = etag(&tag_of(carol.clone(), None).await);
+    put(&w, ORG, "vips", &moved, Some("silver")).await;
+    put(&w, ORG, "vips", &deleted, None).await;
+    counting.read.swap(0, Ordering::Relaxed);
+    assert_eq!(
+        tag_of(erin.clone(), Some(erin_tag)).await.status,
+        304,
+        "bronze did not change"
+    );
+    assert_eq!(
+        counting.read.load(Ordering::Relaxed),
+        0,
+        "a 304 for an unchanged part reads no row"
+    );
+    assert_eq!(tag_of(carol.clone(), Some(carol_tag)).await.status, 304);
+    let a = tag_of(alice.clone(), Some(alice_tag)).await;
+    assert_eq!(a.status, 200, "alice lost two rows");
+    let a_ids: BTreeSet<String> = ids(body(&a)["rows"].as_array().unwrap())
+        .into_iter()
+        .collect();
+    let mut expect = gold.clone();
+    expect.remove(&moved);
+    expect.remove(&deleted);
+    assert_eq!(a_ids, expect);
+    let b = tag_of(bob.clone(), Some(bob_tag)).await;
+    assert_eq!(b.status, 200, "bob gained one");
+    let b_ids: BTreeSet<String> = ids(body(&b)["rows"].as_array().unwrap())
+        .into_iter()
+        .collect();
+    let mut expect_b = silver.clone();
+    expect_b.insert(moved.clone());
+    assert_eq!(b_ids, expect_b);
+    // Org B still has both rows as they were.
+    let c_ids: BTreeSet<String> = ids(&page_sizes(&s, "vips", &carol, 50).await.concat())
+        .into_iter()
+        .collect();
+    assert_eq!(c_ids, gold);
+
+    // A write without the index (an older writer): read by scanning, and
+    // nothing is missed; the next indexed write indexes every row again.
+    w.store
+        .put_rows(
+            &w.svc.key(ORG),
+            "vips",
+            &[metered::store::outbox::RowWrite::new(
+                &moved,
+                RowChange::Insert(json!({"id": moved, "tier": "gold"})),
+            )],
+            w.shared.now(),
+        )
+        .await
+        .unwrap();
+    let all_but_deleted: BTreeSet<String> =
+        gold.iter().filter(|i| **i != deleted).cloned().collect();
+    counting.read.swap(0, Ordering::Relaxed);
+    let scanned = ids(&page_sizes(&s, "vips", &alice, 50).await.concat());
+    assert_eq!(
+        scanned.into_iter().collect::<BTreeSet<_>>(),
+        all_but_deleted
+    );
+    assert!(
+        counting.read.swap(0, Ordering::Relaxed) >= 120,
+        "read by scanning"
+    );
+    put(&w, ORG, "vips", &deleted, Some("gold")).await;
+    let indexed = ids(&page_sizes(&s, "vips", &alice, 50).await.concat());
+    assert_eq!(indexed.into_iter().collect::<BTreeSet<_>>(), gold);
+    assert!(counting.read.swap(0, Ordering::Relaxed) <= gold.len() + 50);
+
+    // `in` over a list claim: gold and silver merged in id order, pages full.
+    let both = token_with(
+        &w,
+        TIERS_SECRET,
+        Algorithm::HS256,
+        json!({"org": ORG, "sub": "frank", "tiers": ["silver", "gold", "gold"]}),
+    );
+    let pages = page_sizes(&s, "tiers", &both, 9).await;
+    let (_, full) = pages.split_last().unwrap();
+    assert!(full.iter().all(|p| p.len() == 9), "full pages but the last");
+    let merged = ids(&pages.concat());
+    let mut want: Vec<String> = gold.union(&silver).cloned().collect();
+    want.sort();
+    assert_eq!(merged, want, "each row once, in id order");
+    let none = token_with(
+        &w,
+        TIERS_SECRET,
+        Algorithm::HS256,
+        json!({"org": ORG, "sub": "gus"}),
+    );
+    assert!(page_sizes(&s, "tiers", &none, 9).await.concat().is_empty());
+}
+
+/// Writers moving the same rows between tiers at once (as workflow jobs of
+/// consecutive syncs may): afterwards each tier's user reads exactly the
+/// rows whose stored tier is theirs, as a full scan of the stored rows
+/// says, and org B (same ids) is untouched.
+async fn concurrent_moves_leave_the_index_equal_to_the_rows(adapter: Adapter) {
+    let w = world(adapter).await;
+    let s = service(&w);
+    let ids_a: Vec<String> = {
+        let mut v: Vec<String> = w
+            .sim()
+            .records("customers")
+            .iter()
+            .map(|r| r["id"].as_str().unwrap().to_string())
+            .collect();
+        v.sort();
+        v.truncate(30);
+        v
+    };
+    let tiers = ["gold", "silver", "bronze"];
+    let tasks = (0..8u64).map(|t| {
+        let (w, ids) = (&w, &ids_a);
+        async move {
+            let mut seed = t.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+            for _ in 0..25 {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                let id = &ids[(seed % ids.len() as u64) as usize];
+                let tier = match (seed >> 8) % 4 {
+                    3 => None,
+                    k => Some(tiers[k as usize]),
+                };
+                put(w, ORG, "vips", id, tier).await;
+            }
+        }
+    });
+    futures::future::join_all(tasks).await;
+    // The truth: the stored rows, read in full.
+    let stored = w
+        .hosted
+        .rows_after(&w.svc.key(ORG), "vips", None, 10_000)
+        .await
+        .unwrap();
+    for tier in tiers {
+        let want: BTreeSet<String> = stored
+            .iter()
+            .filter(|r| matches!(&r.change, RowChange::Insert(v) if v["tier"] == tier))
+            .map(|r| r.id.clone())
+            .collect();
+        let got = ids(&page_sizes(&s, "vips", &token(&w, ORG, "u", tier), 50)
+            .await
+            .concat());
+        assert_eq!(got.len(), want.len(), "{tier}: each row once");
+        assert_eq!(got.into_iter().collect::<BTreeSet<_>>(), want, "{tier}");
+    }
+    let b = ids(
+        &page_sizes(&s, "vips", &token(&w, ORGS[1], "u", "gold"), 50)
+            .await
+            .concat(),
+    );
+    assert_eq!(b.into_iter().collect::<BTreeSet<_>>(), tier_ids(&w, "gold"));
+}
+
 metered_tests::on_both!(
+    concurrent_moves_leave_the_index_equal_to_the_rows,
+    an_indexed_filter_reads_only_the_users_rows,
     hosted_rows_are_served_per_user_and_org_without_api_calls,
     no_way_in_to_another_users_rows,
     unchanged_rows_answer_304,
@@ -826,6 +1132,24 @@ struct BrokenRows;
 
 #[async_trait::async_trait]
 impl metered::store::hosted::HostedRows for BrokenRows {
+    async fn index_state(
+        &self,
+        _: &QuotaKey,
+        _: &str,
+        _: &[String],
+    ) -> metered::Result<IndexState> {
+        Ok(IndexState::default())
+    }
+    async fn part_rows_after(
+        &self,
+        _: &QuotaKey,
+        _: &str,
+        _: &str,
+        _: Option<&str>,
+        _: u32,
+    ) -> metered::Result<Vec<OutboxRow>> {
+        unreachable!("never indexed")
+    }
     async fn rows_version(&self, _: &metered::quota::QuotaKey, _: &str) -> metered::Result<u64> {
         Err(metered::Error::Config(
             "table prod-metered-internal: ProvisionedThroughputExceeded".into(),
@@ -849,13 +1173,9 @@ impl metered::store::hosted::HostedRows for BrokenRows {
 #[tokio::test]
 async fn a_store_failure_is_a_503_without_internal_detail() {
     let w = world(Adapter::Sqlite).await;
-    let secrets = BTreeMap::from([
-        ("vips".to_string(), Secret::new(SECRET)),
-        ("feed".to_string(), Secret::new(OTHER_SECRET)),
-    ]);
     let service = HostedService::new(
         &w.svc.config,
-        secrets,
+        secrets(),
         Arc::new(BrokenRows),
         w.shared.clone(),
     )
@@ -899,6 +1219,24 @@ impl Synthetic {
 
 #[async_trait::async_trait]
 impl metered::store::hosted::HostedRows for Synthetic {
+    async fn index_state(
+        &self,
+        _: &QuotaKey,
+        _: &str,
+        _: &[String],
+    ) -> metered::Result<IndexState> {
+        Ok(IndexState::default())
+    }
+    async fn part_rows_after(
+        &self,
+        _: &QuotaKey,
+        _: &str,
+        _: &str,
+        _: Option<&str>,
+        _: u32,
+    ) -> metered::Result<Vec<OutboxRow>> {
+        unreachable!("never indexed")
+    }
     async fn rows_version(&self, _: &metered::quota::QuotaKey, _: &str) -> metered::Result<u64> {
         Ok(1)
     }
@@ -956,12 +1294,6 @@ async fn pages(service: &HostedService, ds: &str, bearer: &str, size: u32) -> Ve
 #[tokio::test]
 async fn a_response_stays_under_its_byte_cap_and_a_request_reads_a_bounded_number_of_rows() {
     let w = world(Adapter::Sqlite).await;
-    let secrets = || {
-        BTreeMap::from([
-            ("vips".to_string(), Secret::new(SECRET)),
-            ("feed".to_string(), Secret::new(OTHER_SECRET)),
-        ])
-    };
     let big = Arc::new(Synthetic::new(
         200,
         |i| json!({"id": format!("r{i:06}"), "pad": "x".repeat(60_000)}),

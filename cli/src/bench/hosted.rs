@@ -9,7 +9,7 @@ use metered::config::app::AppConfig;
 use metered::connector::secrets::Secret;
 use metered::handlers::hosted::{HostedRequest, HostedService};
 use metered::quota::QuotaKey;
-use metered::store::hosted::HostedRows;
+use metered::store::hosted::{HostedRows, IndexState};
 use metered::store::outbox::{Outbox, RowChange};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -233,7 +233,7 @@ pub(super) async fn section(dynamodb_url: Option<&str>) -> Result<(), Box<dyn st
             under.map_or("none measured".into(), |p| format!("{p} rows")),
         );
     }
-    per_user(&dir).await?;
+    per_user(&dir, dynamodb_url).await?;
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
@@ -257,6 +257,30 @@ impl HostedRows for Counting {
         limit: u32,
     ) -> metered::Result<Vec<metered::store::outbox::OutboxRow>> {
         let rows = self.inner.rows_after(key, datasource, after, limit).await?;
+        self.read
+            .fetch_add(rows.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        Ok(rows)
+    }
+    async fn index_state(
+        &self,
+        key: &QuotaKey,
+        datasource: &str,
+        parts: &[String],
+    ) -> metered::Result<IndexState> {
+        self.inner.index_state(key, datasource, parts).await
+    }
+    async fn part_rows_after(
+        &self,
+        key: &QuotaKey,
+        datasource: &str,
+        part: &str,
+        after: Option<&str>,
+        limit: u32,
+    ) -> metered::Result<Vec<metered::store::outbox::OutboxRow>> {
+        let rows = self
+            .inner
+            .part_rows_after(key, datasource, part, after, limit)
+            .await?;
         self.read
             .fetch_add(rows.len() as u64, std::sync::atomic::Ordering::Relaxed);
         Ok(rows)
@@ -314,97 +338,118 @@ async fn user_rows(service: &HostedService, customer: usize) -> (usize, usize, S
 }
 
 /// The shape: a Data Source of N rows, users with 10 rows each
-/// (`row.customer == user.customer`), each user fetching their whole row
-/// set as the platform's sync does; rows read per row served; and after
-/// one customer's rows change, how many users still get 304.
-async fn per_user(dir: &std::path::Path) -> Result<(), Box<dyn std::error::Error>> {
-    println!("\nHosted GET per user ({USERS} users with 10 rows each, every page of 100, handler on SQLite)");
+/// (`row.customer == user.customer`, an indexed filter), each user fetching
+/// their whole row set as the platform's sync does; rows read per row
+/// served; and after one customer's rows change, how many users still get
+/// 304. On SQLite, and on DynamoDB Local when given.
+async fn per_user(
+    dir: &std::path::Path,
+    dynamodb_url: Option<&str>,
+) -> Result<(), Box<dyn std::error::Error>> {
     let config = AppConfig::parse(&CONFIG.replace(
         "filter = \"row.team == user.team\"",
         "filter = \"row.customer == user.customer\"",
     ))?;
-    let key = QuotaKey::new("bench", "bench");
+    println!("\nHosted GET per user ({USERS} users with 10 rows each, every page of 100, handler on SQLite)");
     for n in [1_000usize, 10_000, 100_000] {
         let db = metered::adapters::sqlite::Db::open(dir.join(format!("users-{n}.sqlite")))?;
         let sqlite = Arc::new(metered::adapters::sqlite::store::SqliteStore::new(db));
-        let write = |i: usize| {
-            let id = format!("row_{i:06}");
-            metered::store::outbox::RowWrite::new(
-                id.clone(),
-                RowChange::Insert(serde_json::json!({
-                    "id": id, "customer": format!("c{}", i / 10), "amount_cents": i * 100,
-                })),
-            )
-        };
-        let rows: Vec<_> = (0..n).map(write).collect();
-        for chunk in rows.chunks(500) {
-            sqlite
-                .put_rows(&key, "rows", chunk, chrono::Utc::now())
-                .await?;
-        }
-        let counting = Arc::new(Counting {
-            inner: sqlite.clone(),
-            read: Default::default(),
-        });
-        let s = service(&config, counting.clone())?;
-        // Users spread over the whole id range.
-        let users: Vec<usize> = (0..USERS).map(|u| u * (n / 10) / USERS).collect();
-        let started = Instant::now();
-        let mut times = Vec::new();
-        let (mut served, mut requests) = (0usize, 0usize);
-        let mut etags = Vec::new();
-        for c in &users {
-            let t = Instant::now();
-            let (rows, reqs, etag) = user_rows(&s, *c).await;
-            times.push(t.elapsed());
-            served += rows;
-            requests += reqs;
-            etags.push(etag);
-        }
-        let users_per_sec = users.len() as f64 / started.elapsed().as_secs_f64();
-        let read = counting.read.load(std::sync::atomic::Ordering::Relaxed);
-        let mut l = Latencies(times);
-        row(
-            &format!("{n} rows: a user's whole row set"),
-            format!(
-                "{users_per_sec:>7.1} users/s   p50 {:>7.2} ms   p99 {:>7.2} ms   {:.1} requests/user   {:.0} rows read per row served",
-                l.pct(0.5),
-                l.pct(0.99),
-                requests as f64 / users.len() as f64,
-                read as f64 / served.max(1) as f64
-            ),
-        );
-        // One customer's rows change; who still gets 304?
-        sqlite
-            .put_rows(
-                &key,
-                "rows",
-                &[write(users[0] * 10)].map(|mut w| {
-                    w.change = RowChange::Insert(serde_json::json!({
-                        "id": w.id, "customer": format!("c{}", users[0]), "amount_cents": 1,
-                    }));
-                    w
-                }),
-                chrono::Utc::now(),
-            )
-            .await?;
-        let mut not_modified = 0;
-        for (c, etag) in users.iter().zip(&etags) {
-            let r = s
-                .handle(&HostedRequest {
-                    method: "GET".into(),
-                    path: "/datasources/rows/rows".into(),
-                    query: Some("page_size=100".into()),
-                    authorization: Some(format!("Bearer {}", customer_token(*c))),
-                    if_none_match: Some(etag.clone()),
-                })
-                .await;
-            not_modified += usize::from(r.status == 304);
-        }
-        row(
-            &format!("{n} rows: after one customer's rows changed"),
-            format!("{not_modified} of {} users answered 304", users.len()),
-        );
+        per_user_at(&config, sqlite, n).await?;
     }
+    if let Some(url) = dynamodb_url {
+        println!("\nHosted GET per user ({USERS} users with 10 rows each, every page of 100, handler on DynamoDB Local)");
+        let cfg = metered::adapters::aws::local_sdk_config(url);
+        for n in [1_000usize, 10_000, 100_000] {
+            let table = metered::adapters::aws::Table::new(
+                aws_sdk_dynamodb::Client::new(&cfg),
+                format!("metered-bench-users-{}", uuid_like()),
+            );
+            table.create_if_missing().await?;
+            let store = Arc::new(metered::adapters::aws::store::DynamoStore::new(table));
+            per_user_at(&config, store, n).await?;
+        }
+    }
+    Ok(())
+}
+
+async fn per_user_at<S: Outbox + HostedRows + 'static>(
+    config: &AppConfig,
+    store: Arc<S>,
+    n: usize,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let key = QuotaKey::new("bench", "bench");
+    let index = config.datasource("rows")?.row_index();
+    let write = |i: usize| {
+        let id = format!("row_{i:06}");
+        metered::store::outbox::RowWrite::new(
+            id.clone(),
+            RowChange::Insert(serde_json::json!({
+                "id": id, "customer": format!("c{}", i / 10), "amount_cents": i * 100,
+            })),
+        )
+    };
+    let rows: Vec<_> = (0..n).map(write).collect();
+    for chunk in rows.chunks(500) {
+        store
+            .put_rows_indexed(&key, "rows", chunk, index.as_ref(), chrono::Utc::now())
+            .await?;
+    }
+    let counting = Arc::new(Counting {
+        inner: store.clone(),
+        read: Default::default(),
+    });
+    let s = service(config, counting.clone())?;
+    // Users spread over the whole id range.
+    let users: Vec<usize> = (0..USERS).map(|u| u * (n / 10) / USERS).collect();
+    let started = Instant::now();
+    let mut times = Vec::new();
+    let (mut served, mut requests) = (0usize, 0usize);
+    let mut etags = Vec::new();
+    for c in &users {
+        let t = Instant::now();
+        let (rows, reqs, etag) = user_rows(&s, *c).await;
+        times.push(t.elapsed());
+        served += rows;
+        requests += reqs;
+        etags.push(etag);
+    }
+    let users_per_sec = users.len() as f64 / started.elapsed().as_secs_f64();
+    let read = counting.read.load(std::sync::atomic::Ordering::Relaxed);
+    let mut l = Latencies(times);
+    row(
+        &format!("{n} rows: a user's whole row set"),
+        format!(
+            "{users_per_sec:>7.1} users/s   p50 {:>7.2} ms   p99 {:>7.2} ms   {:.1} requests/user   {:.2} rows read per row served",
+            l.pct(0.5),
+            l.pct(0.99),
+            requests as f64 / users.len() as f64,
+            read as f64 / served.max(1) as f64
+        ),
+    );
+    // One customer's rows change; who still gets 304?
+    let mut changed = write(users[0] * 10);
+    changed.change = RowChange::Insert(serde_json::json!({
+        "id": changed.id, "customer": format!("c{}", users[0]), "amount_cents": 1,
+    }));
+    store
+        .put_rows_indexed(&key, "rows", &[changed], index.as_ref(), chrono::Utc::now())
+        .await?;
+    let mut not_modified = 0;
+    for (c, etag) in users.iter().zip(&etags) {
+        let r = s
+            .handle(&HostedRequest {
+                method: "GET".into(),
+                path: "/datasources/rows/rows".into(),
+                query: Some("page_size=100".into()),
+                authorization: Some(format!("Bearer {}", customer_token(*c))),
+                if_none_match: Some(etag.clone()),
+            })
+            .await;
+        not_modified += usize::from(r.status == 304);
+    }
+    row(
+        &format!("{n} rows: after one customer's rows changed"),
+        format!("{not_modified} of {} users answered 304", users.len()),
+    );
     Ok(())
 }

@@ -64,7 +64,22 @@ pub(super) fn row(name: &str, value: String) {
     println!("  {name:<52} {value}");
 }
 
-pub async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
+pub async fn run(mut args: Args) -> Result<(), Box<dyn std::error::Error>> {
+    // An endpoint must be a URL: an empty one (an unset variable expanded
+    // on the command line) would make the SDK panic, not say what is wrong.
+    for (flag, url) in [
+        ("--dynamodb-url", &mut args.dynamodb_url),
+        ("--sqs-url", &mut args.sqs_url),
+    ] {
+        if let Some(u) = url.as_deref() {
+            if u.trim().is_empty() {
+                *url = None;
+                eprintln!("note: {flag} is empty; measuring without it");
+            } else if !(u.starts_with("http://") || u.starts_with("https://")) {
+                return Err(format!("{flag}: expected an http(s) URL, got {u:?}").into());
+            }
+        }
+    }
     if args.hosted {
         return hosted::section(args.dynamodb_url.as_deref()).await;
     }

@@ -23,6 +23,7 @@
 use crate::config::app::{AppConfig, SecretRef};
 use crate::config::workflow::ActionConfig;
 use crate::core::error::{Error, Result};
+use crate::store::hosted::RowIndex;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
@@ -158,9 +159,16 @@ pub struct DataSource {
     pub max_rows_per_call: u32,
     /// Pushed or hosted.
     pub mode: DataSourceMode,
+    /// (hosted) The filter, when it allows an index of the rows.
+    pub index: Option<RowIndex>,
 }
 
 impl DataSource {
+    /// (hosted) How its rows are indexed for Hosted GET, if they are.
+    pub fn row_index(&self) -> Option<RowIndex> {
+        self.index.clone().filter(|_| self.hosted())
+    }
+
     /// Hosted: its rows are never pushed (no flush, no API call).
     pub fn hosted(&self) -> bool {
         self.mode == DataSourceMode::Hosted
@@ -215,6 +223,7 @@ impl AppConfig {
                 .or(from_actions)
                 .unwrap_or(DEFAULT_MAX_ROWS_PER_CALL),
             mode: declared.mode,
+            index: declared.filter.as_deref().and_then(RowIndex::of_filter),
         })
     }
 }
@@ -384,6 +393,7 @@ row = { id = "{{ record.id }}" }
                 every: Duration::from_secs(300),
                 max_rows_per_call: DEFAULT_MAX_ROWS_PER_CALL,
                 mode: DataSourceMode::Push,
+                index: None,
             }
         );
         let c = parse("max_rows_per_call = 30\n").unwrap();

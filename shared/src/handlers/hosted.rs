@@ -33,8 +33,8 @@ use crate::connector::secrets::Secret;
 use crate::core::clock::SharedClock;
 use crate::core::error::{Error, Result};
 use crate::quota::QuotaKey;
-use crate::store::hosted::HostedRows;
-use crate::store::outbox::RowChange;
+use crate::store::hosted::{HostedRows, RowIndex};
+use crate::store::outbox::{OutboxRow, RowChange};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -152,6 +152,8 @@ struct Served {
     page_encoding: EncodingKey,
     page_decoding: DecodingKey,
     filter: Option<cel::Program>,
+    /// The index the filter allows ([`RowIndex::of_filter`]).
+    index: Option<RowIndex>,
     max_page_size: u32,
 }
 
@@ -225,6 +227,7 @@ impl HostedService {
                     page_encoding: EncodingKey::from_secret(&page),
                     page_decoding: DecodingKey::from_secret(&page),
                     filter,
+                    index: ds.filter.as_deref().and_then(RowIndex::of_filter),
                     max_page_size: ds.max_page_size.unwrap_or(DEFAULT_MAX_PAGE_SIZE),
                 },
             );
@@ -322,9 +325,11 @@ impl HostedService {
                 Err(why) => return Ok(HostedResponse::error(400, format!("page_token: {why}"))),
             },
         };
-        // 3. The version before the rows: see `HostedRows::rows_version`.
+        // 3. The version before the rows (see `HostedRows::rows_version`):
+        // of the parts the user's claim names when the rows are indexed by
+        // it, else of the whole Data Source.
         let key = QuotaKey::new(&org, &self.app);
-        let version = self.store.rows_version(&key, name).await?;
+        let (version, source) = self.version_and_source(ds, name, &key, &claims).await?;
         // The ETag is `"v{version}-{who}-{content}"`: who asks (their
         // identifying claims and the page token) and a hash of the page they
         // get. Nothing written since (same version, same caller): 304
@@ -373,12 +378,10 @@ impl HostedService {
                 break;
             }
             let want = (page_size as usize).min(MAX_ROWS_READ - read);
-            let batch = self
-                .store
-                .rows_after(&key, name, cursor.as_deref(), want as u32)
+            let (batch, short, examined) = self
+                .read_batch(&source, &key, name, cursor.as_deref(), want as u32)
                 .await?;
-            read += batch.len();
-            let short = batch.len() < want;
+            read += examined;
             for row in batch {
                 if let RowChange::Insert(value) = &row.change {
                     if filter.keeps(value) {
@@ -431,6 +434,75 @@ impl HostedService {
         let mut r = HostedResponse::json(200, &page);
         r.headers.push(("etag", etag));
         Ok(r)
+    }
+
+    /// The ETag's version and where the caller's rows are read from.
+    async fn version_and_source(
+        &self,
+        ds: &Served,
+        name: &str,
+        key: &QuotaKey,
+        claims: &Map<String, Value>,
+    ) -> Result<(String, Source)> {
+        if let Some(ix) = &ds.index {
+            let parts = ix.parts_of_user(claims).unwrap_or_default();
+            let state = self.store.index_state(key, name, &parts).await?;
+            // Only an index that holds every stored row is read; until the
+            // first write under this filter has indexed them, rows are read
+            // in order and filtered.
+            if state.indexed_by.as_deref() == Some(ix.field.as_str()) {
+                return Ok((format!("p{}", state.version), Source::Parts(parts)));
+            }
+        }
+        let version = self.store.rows_version(key, name).await?;
+        Ok((version.to_string(), Source::All))
+    }
+
+    /// Up to `want` rows after `after` from `source`, whether they are the
+    /// last, and how many stored rows were read for them.
+    async fn read_batch(
+        &self,
+        source: &Source,
+        key: &QuotaKey,
+        name: &str,
+        after: Option<&str>,
+        want: u32,
+    ) -> Result<(Vec<OutboxRow>, bool, usize)> {
+        let parts = match source {
+            Source::All => {
+                let batch = self.store.rows_after(key, name, after, want).await?;
+                let (end, read) = (batch.len() < want as usize, batch.len());
+                return Ok((batch, end, read));
+            }
+            Source::Parts(parts) => parts,
+        };
+        // Several parts (`in` over a list claim): each read after the
+        // cursor and merged in id order. Rows past the first full part's
+        // last id wait for the next batch: that part may hold rows before
+        // them.
+        let lists = futures::future::try_join_all(
+            parts
+                .iter()
+                .map(|part| self.store.part_rows_after(key, name, part, after, want)),
+        )
+        .await?;
+        let bound = lists
+            .iter()
+            .filter(|l| l.len() == want as usize)
+            .filter_map(|l| l.last().map(|r| r.id.clone()))
+            .min();
+        let read = lists.iter().map(Vec::len).sum();
+        let mut merged: Vec<OutboxRow> = lists.into_iter().flatten().collect();
+        merged.sort_by(|a, b| a.id.cmp(&b.id));
+        // A row that moved between two parts the user reads may be pointed
+        // to from both (DynamoDB keeps pointers): served once.
+        merged.dedup_by(|a, b| a.id == b.id);
+        if let Some(bound) = &bound {
+            merged.retain(|r| &r.id <= bound);
+        }
+        let end = bound.is_none() && merged.len() <= want as usize;
+        merged.truncate(want as usize);
+        Ok((merged, end, read))
     }
 
     fn authenticate(
@@ -519,6 +591,14 @@ impl HostedService {
     }
 }
 
+/// Where a request's rows are read from.
+enum Source {
+    /// Every row of the Data Source, in id order, filtered.
+    All,
+    /// Only the parts the user's claim names (none: the claim is missing).
+    Parts(Vec<String>),
+}
+
 /// A user's filter over rows: the CEL context is built once per request.
 struct RowFilter<'a> {
     program: Option<&'a cel::Program>,
@@ -584,7 +664,7 @@ enum ClientTag {
     Any,
     /// One of ours, in its parts.
     Ours {
-        version: u64,
+        version: String,
         who: String,
         content: String,
     },
@@ -604,7 +684,7 @@ fn etags(if_none_match: Option<&str>) -> Vec<ClientTag> {
             }
             let inner = t.strip_prefix("\"v")?.strip_suffix('"')?;
             let mut parts = inner.splitn(3, '-');
-            let version = parts.next()?.parse().ok()?;
+            let version = parts.next()?.to_string();
             let who = parts.next()?.to_string();
             let content = parts.next()?.to_string();
             Some(ClientTag::Ours {

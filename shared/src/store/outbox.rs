@@ -39,6 +39,7 @@
 use crate::core::clock::Timestamp;
 use crate::core::error::Result;
 use crate::quota::QuotaKey;
+use crate::store::hosted::RowIndex;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -311,6 +312,24 @@ pub trait Outbox: Send + Sync {
         key: &QuotaKey,
         datasource: &str,
         rows: &[RowWrite],
+        now: Timestamp,
+    ) -> Result<()> {
+        self.put_rows_indexed(key, datasource, rows, None, now)
+            .await
+    }
+
+    /// [`Outbox::put_rows`] for a hosted Data Source whose filter allows an
+    /// index ([`RowIndex`]): each row is also kept under its part, and the
+    /// parts a row enters or leaves get new versions. The first write
+    /// under an index (or under another field than before) first indexes
+    /// the rows already stored; a write without one marks the rows as not
+    /// indexed, so Hosted GET never reads an index that misses rows.
+    async fn put_rows_indexed(
+        &self,
+        key: &QuotaKey,
+        datasource: &str,
+        rows: &[RowWrite],
+        index: Option<&RowIndex>,
         now: Timestamp,
     ) -> Result<()>;
 

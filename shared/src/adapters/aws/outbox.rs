@@ -8,16 +8,16 @@ use crate::adapters::aws::{conditional, get_n, get_s, is_ccf, key_part, n, s, sd
 use crate::core::clock::{from_millis, to_millis, Timestamp};
 use crate::core::error::{Disposition, Error, Result};
 use crate::quota::QuotaKey;
-use crate::store::hosted::HostedRows;
+use crate::store::hosted::{HostedRows, IndexState, RowIndex};
 use crate::store::outbox::{
     last_write_wins, selected, Chunk, Outbox, OutboxRow, OutboxState, Probe, Refusal, RefusedRow,
-    RowWrite,
+    RowChange, RowWrite,
 };
 use async_trait::async_trait;
 use aws_sdk_dynamodb::operation::delete_item::DeleteItemError;
 use aws_sdk_dynamodb::types::ReturnValue;
 use futures::stream::{self, StreamExt, TryStreamExt};
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 
 /// Conditional deletes in flight at once when a chunk is acknowledged.
 const ACK_CONCURRENCY: usize = 16;
@@ -41,6 +41,38 @@ fn refused_pk(key: &QuotaKey, ds: &str) -> String {
     )
 }
 
+/// Hosted Data Sources with an index ([`RowIndex`]): one pointer item per
+/// row under the part it was written to. Pointers are written before
+/// their row and never removed, so a part never misses a row that is in
+/// it; a pointer to a row that has since left the part is read and
+/// dropped by the filter.
+fn pointer_pk(key: &QuotaKey, ds: &str, part: &str) -> String {
+    format!(
+        "obxi#{}#{}#{}#{}",
+        key_part(&key.org),
+        key_part(&key.app),
+        key_part(ds),
+        key_part(part)
+    )
+}
+
+/// Each part's version (sort key: the part), for Hosted GET's ETags.
+fn part_version_pk(key: &QuotaKey, ds: &str) -> String {
+    format!(
+        "obxv#{}#{}#{}",
+        key_part(&key.org),
+        key_part(&key.app),
+        key_part(ds)
+    )
+}
+
+fn pointer(key: &QuotaKey, ds: &str, part: &str, id: &str) -> Item {
+    HashMap::from([
+        ("pk".to_string(), s(pointer_pk(key, ds, part))),
+        ("sk".to_string(), s(id)),
+    ])
+}
+
 fn state_pk(key: &QuotaKey) -> String {
     format!("obxs#{}#{}", key_part(&key.org), key_part(&key.app))
 }
@@ -61,6 +93,142 @@ impl DynamoStore {
     }
 }
 
+impl DynamoStore {
+    /// [`Outbox::put_rows_indexed`] with an index: pointers first, then the
+    /// rows (one `PutItem` each, returning the old row to learn the part
+    /// it leaves), then the versions of the parts touched.
+    async fn put_indexed(
+        &self,
+        key: &QuotaKey,
+        datasource: &str,
+        rows: &[RowWrite],
+        ix: &RowIndex,
+        now: Timestamp,
+    ) -> Result<()> {
+        let pk = row_pk(key, datasource);
+        let mut touched: BTreeSet<String> = BTreeSet::new();
+        let marked = self
+            .table
+            .get("outbox write", state_pk(key), datasource)
+            .await?
+            .and_then(|i| get_s(&i, "index_field").cloned());
+        if marked.as_deref() != Some(ix.field.as_str()) {
+            // Index the rows already stored before the mark says the
+            // index holds them all.
+            let mut after: Option<String> = None;
+            loop {
+                let items = self
+                    .query_items("outbox index", pk.clone(), after.as_deref(), 1_000)
+                    .await?;
+                let mut pointers = Vec::new();
+                for item in &items {
+                    let row = to_row(item)?;
+                    if let RowChange::Insert(v) = &row.change {
+                        if let Some(part) = ix.part_of_row(v) {
+                            pointers.push(pointer(key, datasource, &part, &row.id));
+                            touched.insert(part);
+                        }
+                    }
+                    after = Some(row.id);
+                }
+                self.batch_put(pointers).await?;
+                if items.len() < 1_000 {
+                    break;
+                }
+            }
+        }
+        let mut pointers = Vec::new();
+        let mut puts = Vec::new();
+        for row in last_write_wins(rows.to_vec()) {
+            let change = serde_json::to_string(&row.change).map_err(|e| bad("outbox write", e))?;
+            let part = match &row.change {
+                RowChange::Insert(v) => ix.part_of_row(v),
+                RowChange::Delete => None,
+            };
+            if let Some(p) = &part {
+                pointers.push(pointer(key, datasource, p, &row.id));
+            }
+            let mut item = HashMap::from([
+                ("pk".to_string(), s(pk.clone())),
+                ("sk".to_string(), s(row.id)),
+                ("change".to_string(), s(change)),
+                ("stamp".to_string(), s(crate::core::ids::new_id())),
+                ("written_at".to_string(), n(to_millis(now))),
+            ]);
+            if let Some(at) = row.source_at {
+                item.insert("source_at".to_string(), n(to_millis(at)));
+            }
+            puts.push((item, row.source_at, part));
+        }
+        self.batch_put(pointers).await?;
+        let results: Vec<_> = stream::iter(puts.into_iter().map(|(item, at, part)| {
+            let mut put = self
+                .table
+                .client
+                .put_item()
+                .table_name(&self.table.name)
+                .set_item(Some(item))
+                .return_values(ReturnValue::AllOld);
+            if let Some(at) = at {
+                // `outbox::replaces` as the condition.
+                put = put
+                    .condition_expression("attribute_not_exists(source_at) OR source_at <= :at")
+                    .expression_attribute_values(":at", n(to_millis(at)));
+            }
+            async move { (put.send().await, part) }
+        }))
+        .buffer_unordered(ACK_CONCURRENCY)
+        .collect()
+        .await;
+        for (result, part) in results {
+            match result {
+                Ok(out) => {
+                    touched.extend(part);
+                    if let Some(old) = out.attributes.filter(|a| !a.is_empty()) {
+                        if let RowChange::Insert(v) = to_row(&old)?.change {
+                            touched.extend(ix.part_of_row(&v));
+                        }
+                    }
+                }
+                Err(e)
+                    if matches!(
+                        e.as_service_error(),
+                        Some(aws_sdk_dynamodb::operation::put_item::PutItemError::ConditionalCheckFailedException(_))
+                    ) => {}
+                Err(e) => return Err(sdk_error("outbox write", e)),
+            }
+        }
+        // The versions, after the rows: a reader that took a version before
+        // reading never labels newer rows with it.
+        let vpk = part_version_pk(key, datasource);
+        let bumps: Vec<_> = stream::iter(touched.into_iter().map(|part| {
+            self.table
+                .client
+                .update_item()
+                .table_name(&self.table.name)
+                .key("pk", s(vpk.clone()))
+                .key("sk", s(part))
+                .update_expression("ADD version :one")
+                .expression_attribute_values(":one", n(1))
+                .send()
+        }))
+        .buffer_unordered(ACK_CONCURRENCY)
+        .collect()
+        .await;
+        for bump in bumps {
+            bump.map_err(|e| sdk_error("outbox write", e))?;
+        }
+        self.state_update(key, datasource)
+            .update_expression("ADD version :one SET index_field = :field")
+            .expression_attribute_values(":one", n(1))
+            .expression_attribute_values(":field", s(ix.field.clone()))
+            .send()
+            .await
+            .map_err(|e| sdk_error("outbox write", e))?;
+        Ok(())
+    }
+}
+
 fn bad(operation: &'static str, e: impl std::fmt::Display) -> Error {
     Error::store(operation, e, Disposition::Permanent)
 }
@@ -76,13 +244,17 @@ fn to_row(item: &Item) -> Result<OutboxRow> {
 
 #[async_trait]
 impl Outbox for DynamoStore {
-    async fn put_rows(
+    async fn put_rows_indexed(
         &self,
         key: &QuotaKey,
         datasource: &str,
         rows: &[RowWrite],
+        index: Option<&RowIndex>,
         now: Timestamp,
     ) -> Result<()> {
+        if let Some(ix) = index {
+            return self.put_indexed(key, datasource, rows, ix, now).await;
+        }
         let pk = row_pk(key, datasource);
         let mut items = Vec::new();
         let mut ordered = Vec::new();
@@ -128,9 +300,10 @@ impl Outbox for DynamoStore {
                 Err(e) => return Err(sdk_error("outbox write", e)),
             }
         }
-        // Hosted GET's ETag version, bumped after the rows are in.
+        // Hosted GET's ETag version, bumped after the rows are in; the
+        // rows are not indexed (any more).
         self.state_update(key, datasource)
-            .update_expression("ADD version :one")
+            .update_expression("ADD version :one REMOVE index_field")
             .expression_attribute_values(":one", n(1))
             .send()
             .await
@@ -589,5 +762,68 @@ impl HostedRows for DynamoStore {
             .iter()
             .map(to_row)
             .collect()
+    }
+
+    async fn index_state(
+        &self,
+        key: &QuotaKey,
+        datasource: &str,
+        parts: &[String],
+    ) -> Result<IndexState> {
+        let state = self.table.get("hosted version", state_pk(key), datasource);
+        let vpk = part_version_pk(key, datasource);
+        let versions = futures::future::try_join_all(
+            parts
+                .iter()
+                .map(|part| self.table.get("hosted version", vpk.clone(), part)),
+        );
+        let (state, versions) = futures::try_join!(state, versions)?;
+        Ok(IndexState {
+            indexed_by: state.and_then(|i| get_s(&i, "index_field").cloned()),
+            version: versions
+                .iter()
+                .flatten()
+                .map(|i| get_n(i, "version").unwrap_or(0).max(0) as u64)
+                .sum(),
+        })
+    }
+
+    async fn part_rows_after(
+        &self,
+        key: &QuotaKey,
+        datasource: &str,
+        part: &str,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<OutboxRow>> {
+        let ids: Vec<String> = self
+            .query_items(
+                "hosted read",
+                pointer_pk(key, datasource, part),
+                after,
+                limit,
+            )
+            .await?
+            .iter()
+            .filter_map(|i| get_s(i, "sk").cloned())
+            .collect();
+        let mut found: HashMap<String, OutboxRow> = HashMap::new();
+        for item in self.batch_get(&row_pk(key, datasource), &ids).await? {
+            let row = to_row(&item)?;
+            found.insert(row.id.clone(), row);
+        }
+        // One row per pointer, in id order: a pointer whose row is not
+        // there (written, then the write failed) reads as a deleted row,
+        // so the caller's count of rows read still tells the end apart.
+        Ok(ids
+            .into_iter()
+            .map(|id| {
+                found.remove(&id).unwrap_or(OutboxRow {
+                    id,
+                    change: RowChange::Delete,
+                    stamp: String::new(),
+                })
+            })
+            .collect())
     }
 }

@@ -82,7 +82,7 @@ fn to_stored(item: &Item) -> Option<StoredRecord> {
 }
 
 impl DynamoStore {
-    async fn batch_get(&self, pk: &str, ids: &[String]) -> Result<Vec<Item>> {
+    pub(crate) async fn batch_get(&self, pk: &str, ids: &[String]) -> Result<Vec<Item>> {
         let mut out = Vec::new();
         // An id too long to store cannot be stored: not asked for (DynamoDB
         // would refuse the whole read).

@@ -94,12 +94,18 @@ CREATE TABLE IF NOT EXISTS action_keys (
 CREATE TABLE IF NOT EXISTS outbox_row (
     org TEXT NOT NULL, app TEXT NOT NULL, datasource TEXT NOT NULL, id TEXT NOT NULL,
     change TEXT NOT NULL, stamp TEXT NOT NULL, written_at INTEGER NOT NULL, source_at INTEGER,
+    part TEXT,
     PRIMARY KEY (org, app, datasource, id)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS outbox_version (
     org TEXT NOT NULL, app TEXT NOT NULL, datasource TEXT NOT NULL,
-    version INTEGER NOT NULL,
+    version INTEGER NOT NULL, index_field TEXT,
     PRIMARY KEY (org, app, datasource)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS outbox_part_version (
+    org TEXT NOT NULL, app TEXT NOT NULL, datasource TEXT NOT NULL, part TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    PRIMARY KEY (org, app, datasource, part)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS outbox_state (
     org TEXT NOT NULL, app TEXT NOT NULL, datasource TEXT NOT NULL,
@@ -197,6 +203,11 @@ impl Db {
             .map_err(open_error)?;
         conn.execute_batch(SCHEMA).map_err(open_error)?;
         migrate(&conn).map_err(open_error)?;
+        // After `migrate`: an older database gets the column first.
+        conn.execute_batch(
+            "CREATE INDEX IF NOT EXISTS outbox_row_part ON outbox_row (org, app, datasource, part, id)",
+        )
+        .map_err(open_error)?;
         // Every statement the adapters run stays prepared (see `Cached`).
         conn.set_prepared_statement_cache_capacity(256);
         Ok(Self {
@@ -308,6 +319,8 @@ fn migrate(conn: &Connection) -> rusqlite::Result<()> {
         ("action_keys", "claimed_until", "INTEGER"),
         ("outbox_row", "source_at", "INTEGER"),
         ("outbox_state", "probe", "TEXT"),
+        ("outbox_row", "part", "TEXT"),
+        ("outbox_version", "index_field", "TEXT"),
         ("usage_hour", "waited", "INTEGER NOT NULL DEFAULT 0"),
     ] {
         let present = conn

@@ -7,13 +7,14 @@ use crate::adapters::sqlite::store::SqliteStore;
 use crate::core::clock::{from_millis, to_millis, Timestamp};
 use crate::core::error::{Disposition, Error, Result};
 use crate::quota::QuotaKey;
-use crate::store::hosted::HostedRows;
+use crate::store::hosted::{HostedRows, IndexState, RowIndex};
 use crate::store::outbox::{
     last_write_wins, selected, Chunk, Outbox, OutboxRow, OutboxState, Probe, Refusal, RefusedRow,
     RowChange, RowWrite,
 };
 use async_trait::async_trait;
 use rusqlite::{params, OptionalExtension, TransactionBehavior};
+use std::collections::BTreeSet;
 
 fn change_of(json: &str) -> rusqlite::Result<RowChange> {
     serde_json::from_str(json).map_err(|e| {
@@ -23,48 +24,111 @@ fn change_of(json: &str) -> rusqlite::Result<RowChange> {
 
 #[async_trait]
 impl Outbox for SqliteStore {
-    async fn put_rows(
+    async fn put_rows_indexed(
         &self,
         key: &QuotaKey,
         datasource: &str,
         rows: &[RowWrite],
+        index: Option<&RowIndex>,
         now: Timestamp,
     ) -> Result<()> {
         let mut written = Vec::new();
         for row in last_write_wins(rows.to_vec()) {
             let json = serde_json::to_string(&row.change)
                 .map_err(|e| Error::store("outbox write", e, Disposition::Permanent))?;
+            let part = match (&row.change, index) {
+                (RowChange::Insert(v), Some(ix)) => ix.part_of_row(v),
+                _ => None,
+            };
             written.push((
                 row.id,
                 json,
                 crate::core::ids::new_id(),
                 row.source_at.map(to_millis),
+                part,
             ));
         }
-        let (key, ds) = (key.clone(), datasource.to_string());
+        let (key, ds, index) = (key.clone(), datasource.to_string(), index.cloned());
         self.db()
             .call("outbox write", move |conn| {
                 let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                // Parts whose rows change: their versions move after the rows.
+                let mut touched: BTreeSet<String> = BTreeSet::new();
+                let marked: Option<String> = tx
+                    .row(
+                        "SELECT index_field FROM outbox_version WHERE org = ?1 AND app = ?2 AND datasource = ?3",
+                        params![key.org, key.app, ds],
+                        |r| r.get(0),
+                    )
+                    .optional()?
+                    .flatten();
+                if let Some(ix) = index.as_ref().filter(|ix| marked.as_deref() != Some(&ix.field)) {
+                    // The rows already stored, indexed before the index is
+                    // trusted (same transaction).
+                    let stored: Vec<(String, String)> = {
+                        let mut stmt = tx.prepare_cached(
+                            "SELECT id, change FROM outbox_row WHERE org = ?1 AND app = ?2 AND datasource = ?3",
+                        )?;
+                        let rows = stmt.query_map(params![key.org, key.app, ds], |r| Ok((r.get(0)?, r.get(1)?)))?;
+                        rows.collect::<rusqlite::Result<_>>()?
+                    };
+                    let mut stmt = tx.prepare_cached(
+                        "UPDATE outbox_row SET part = ?5 WHERE org = ?1 AND app = ?2 AND datasource = ?3 AND id = ?4",
+                    )?;
+                    for (id, change) in stored {
+                        let part = match change_of(&change)? {
+                            RowChange::Insert(v) => ix.part_of_row(&v),
+                            RowChange::Delete => None,
+                        };
+                        stmt.execute(params![key.org, key.app, ds, id, part])?;
+                        touched.extend(part);
+                    }
+                }
                 {
+                    let mut old_part = tx.prepare_cached(
+                        "SELECT part FROM outbox_row WHERE org = ?1 AND app = ?2 AND datasource = ?3 AND id = ?4",
+                    )?;
                     // `outbox::replaces`, as the upsert's condition.
                     let mut stmt = tx.prepare_cached(
-                        "INSERT INTO outbox_row (org, app, datasource, id, change, stamp, written_at, source_at)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+                        "INSERT INTO outbox_row (org, app, datasource, id, change, stamp, written_at, source_at, part)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
                          ON CONFLICT (org, app, datasource, id) DO UPDATE SET
                              change = excluded.change, stamp = excluded.stamp,
-                             written_at = excluded.written_at, source_at = excluded.source_at
+                             written_at = excluded.written_at, source_at = excluded.source_at,
+                             part = excluded.part
                          WHERE outbox_row.source_at IS NULL OR excluded.source_at IS NULL
                              OR excluded.source_at >= outbox_row.source_at",
                     )?;
-                    for (id, change, stamp, source_at) in &written {
-                        stmt.execute(params![key.org, key.app, ds, id, change, stamp, to_millis(now), source_at])?;
+                    for (id, change, stamp, source_at, part) in &written {
+                        let before: Option<String> = if index.is_some() {
+                            old_part
+                                .query_row(params![key.org, key.app, ds, id], |r| r.get(0))
+                                .optional()?
+                                .flatten()
+                        } else {
+                            None
+                        };
+                        let n = stmt.execute(params![key.org, key.app, ds, id, change, stamp, to_millis(now), source_at, part])?;
+                        if n > 0 && index.is_some() {
+                            touched.extend(before);
+                            touched.extend(part.clone());
+                        }
                     }
                 }
-                // Hosted GET's ETag version, in the same transaction.
+                let mut bump = tx.prepare_cached(
+                    "INSERT INTO outbox_part_version (org, app, datasource, part, version) VALUES (?1, ?2, ?3, ?4, 1)
+                     ON CONFLICT (org, app, datasource, part) DO UPDATE SET version = version + 1",
+                )?;
+                for part in &touched {
+                    bump.execute(params![key.org, key.app, ds, part])?;
+                }
+                drop(bump);
+                // Hosted GET's ETag version and the index mark, in the same
+                // transaction.
                 tx.exec(
-                    "INSERT INTO outbox_version (org, app, datasource, version) VALUES (?1, ?2, ?3, 1)
-                     ON CONFLICT (org, app, datasource) DO UPDATE SET version = version + 1",
-                    params![key.org, key.app, ds],
+                    "INSERT INTO outbox_version (org, app, datasource, version, index_field) VALUES (?1, ?2, ?3, 1, ?4)
+                     ON CONFLICT (org, app, datasource) DO UPDATE SET version = version + 1, index_field = ?4",
+                    params![key.org, key.app, ds, index.as_ref().map(|ix| ix.field.clone())],
                 )?;
                 tx.commit()
             })
@@ -495,12 +559,104 @@ impl HostedRows for SqliteStore {
         );
         self.db()
             .call("hosted read", move |conn| {
-                let mut stmt = conn.prepare_cached(
-                    "SELECT id, change, stamp FROM outbox_row
-                     WHERE org = ?1 AND app = ?2 AND datasource = ?3 AND (?4 IS NULL OR id > ?4)
-                     ORDER BY id LIMIT ?5",
-                )?;
+                // Two statements so the cursor is a range on the key
+                // (`?4 IS NULL OR id > ?4` made SQLite read every row
+                // before the cursor on each page).
+                let mut stmt = match after {
+                    Some(_) => conn.prepare_cached(
+                        "SELECT id, change, stamp FROM outbox_row
+                         WHERE org = ?1 AND app = ?2 AND datasource = ?3 AND id > ?4
+                         ORDER BY id LIMIT ?5",
+                    )?,
+                    None => conn.prepare_cached(
+                        "SELECT id, change, stamp FROM outbox_row
+                         WHERE org = ?1 AND app = ?2 AND datasource = ?3 AND ?4 IS NULL
+                         ORDER BY id LIMIT ?5",
+                    )?,
+                };
                 let rows = stmt.query_map(params![key.org, key.app, ds, after, limit], |r| {
+                    Ok(OutboxRow {
+                        id: r.get(0)?,
+                        change: change_of(&r.get::<_, String>(1)?)?,
+                        stamp: r.get(2)?,
+                    })
+                })?;
+                rows.collect()
+            })
+            .await
+    }
+
+    async fn index_state(
+        &self,
+        key: &QuotaKey,
+        datasource: &str,
+        parts: &[String],
+    ) -> Result<IndexState> {
+        let (key, ds, parts) = (key.clone(), datasource.to_string(), parts.to_vec());
+        self.db()
+            .call("hosted version", move |conn| {
+                let indexed_by: Option<String> = conn
+                    .row(
+                        "SELECT index_field FROM outbox_version WHERE org = ?1 AND app = ?2 AND datasource = ?3",
+                        params![key.org, key.app, ds],
+                        |r| r.get(0),
+                    )
+                    .optional()?
+                    .flatten();
+                let mut version = 0u64;
+                for part in &parts {
+                    version += conn
+                        .row(
+                            "SELECT version FROM outbox_part_version
+                             WHERE org = ?1 AND app = ?2 AND datasource = ?3 AND part = ?4",
+                            params![key.org, key.app, ds, part],
+                            |r| r.get::<_, i64>(0),
+                        )
+                        .optional()?
+                        .unwrap_or(0)
+                        .max(0) as u64;
+                }
+                Ok(IndexState {
+                    indexed_by,
+                    version,
+                })
+            })
+            .await
+    }
+
+    async fn part_rows_after(
+        &self,
+        key: &QuotaKey,
+        datasource: &str,
+        part: &str,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<OutboxRow>> {
+        let (key, ds, part, after) = (
+            key.clone(),
+            datasource.to_string(),
+            part.to_string(),
+            after.map(str::to_string),
+        );
+        self.db()
+            .call("hosted read", move |conn| {
+                // `INDEXED BY`: left alone, the planner walks the primary
+                // key for `ORDER BY id`, reading the whole Data Source (a
+                // page at 100,000 rows took 12 ms instead of 0.3). Two
+                // statements so the cursor is a range on the index.
+                let mut stmt = match after {
+                    Some(_) => conn.prepare_cached(
+                        "SELECT id, change, stamp FROM outbox_row INDEXED BY outbox_row_part
+                         WHERE org = ?1 AND app = ?2 AND datasource = ?3 AND part = ?4 AND id > ?5
+                         ORDER BY id LIMIT ?6",
+                    )?,
+                    None => conn.prepare_cached(
+                        "SELECT id, change, stamp FROM outbox_row INDEXED BY outbox_row_part
+                         WHERE org = ?1 AND app = ?2 AND datasource = ?3 AND part = ?4 AND ?5 IS NULL
+                         ORDER BY id LIMIT ?6",
+                    )?,
+                };
+                let rows = stmt.query_map(params![key.org, key.app, ds, part, after, limit], |r| {
                     Ok(OutboxRow {
                         id: r.get(0)?,
                         change: change_of(&r.get::<_, String>(1)?)?,

@@ -91,11 +91,17 @@ impl WorkflowHandler {
     pub(super) async fn write_outbox(&self, job: &JobEnvelope, cp: &mut Checkpoint) -> Result<()> {
         let key = self.svc.key(&job.org);
         for (datasource, rows) in std::mem::take(&mut cp.outbox) {
+            let ds = self.svc.config.datasource(&datasource)?;
             self.svc
                 .store
-                .put_rows(&key, &datasource, &rows, self.svc.clock.now())
+                .put_rows_indexed(
+                    &key,
+                    &datasource,
+                    &rows,
+                    ds.row_index().as_ref(),
+                    self.svc.clock.now(),
+                )
                 .await?;
-            let ds = self.svc.config.datasource(&datasource)?;
             crate::handlers::datasource::schedule_flush(&self.svc, &job.org, &ds, true).await?;
         }
         Ok(())
