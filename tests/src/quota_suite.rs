@@ -32,6 +32,9 @@ macro_rules! quota_cases {
                 the_apis_count_raises_a_window_never_lowers_it,
                 a_grant_taken_a_moment_late_never_resets_the_window_that_began,
                 connection_health_swaps_once_per_version_and_resume_lifts_the_block,
+                a_ten_second_window_and_a_day_in_the_apis_time_zone,
+                a_rolling_window_is_never_exceeded_in_any_trailing_interval,
+                concurrent_tasks_never_overfill_a_rolling_window,
             ]
         );
     };
@@ -549,4 +552,189 @@ pub async fn connection_health_swaps_once_per_version_and_resume_lifts_the_block
     store.resume(&a).await.unwrap();
     assert_eq!(store.health(&a).await.unwrap(), Health::default());
     granted(store.acquire(&a, &limits, 1, now).await.unwrap());
+}
+
+fn window(calls: u32, every: &str, align: &str, rolling: bool) -> metered::quota::WindowLimit {
+    toml::from_str(&format!(
+        "calls = {calls}\nevery = \"{every}\"\nalign = \"{align}\"\nrolling = {rolling}"
+    ))
+    .unwrap()
+}
+
+fn only(w: metered::quota::WindowLimit) -> Limits {
+    let mut l = Limits::new(Some(1_000_000), None, None, 3).unwrap();
+    l.per_day = None;
+    l.with_window(w).unwrap()
+}
+
+/// A 10-second window (HubSpot) fills, is denied until its end, and the
+/// next one has room; a day aligned to America/Chicago (Marketo) is
+/// denied until 06:00 UTC in December, not UTC midnight.
+pub async fn a_ten_second_window_and_a_day_in_the_apis_time_zone<F: Future<Output = Store>>(
+    make: F,
+) {
+    let store = make.await;
+    let k = key();
+    let ten = only(window(3, "10s", "UTC", false));
+    let t0 = Utc.with_ymd_and_hms(2026, 12, 5, 10, 0, 4).unwrap();
+    for i in 0..3 {
+        let g = granted(
+            store
+                .acquire(&k, &ten, 1, t0 + Duration::seconds(i))
+                .await
+                .unwrap(),
+        );
+        store.release(&g, 1).await.unwrap();
+    }
+    let d = denied(
+        store
+            .acquire(&k, &ten, 1, t0 + Duration::seconds(3))
+            .await
+            .unwrap(),
+    );
+    assert_eq!(
+        d.retry_at,
+        Utc.with_ymd_and_hms(2026, 12, 5, 10, 0, 10).unwrap()
+    );
+    assert!(d.reason.to_string().contains("10s window"), "{}", d.reason);
+    let g = granted(store.acquire(&k, &ten, 1, d.retry_at).await.unwrap());
+    store.release(&g, 1).await.unwrap();
+
+    let k = key();
+    let chicago = only(window(2, "1d", "America/Chicago", false));
+    let before = Utc.with_ymd_and_hms(2026, 12, 5, 5, 0, 0).unwrap();
+    for _ in 0..2 {
+        let g = granted(store.acquire(&k, &chicago, 1, before).await.unwrap());
+        store.release(&g, 1).await.unwrap();
+    }
+    let d = denied(store.acquire(&k, &chicago, 1, before).await.unwrap());
+    let six = Utc.with_ymd_and_hms(2026, 12, 5, 6, 0, 0).unwrap();
+    assert_eq!(d.retry_at, six, "the API's midnight, not UTC's");
+    assert!(
+        matches!(
+            store
+                .acquire(&k, &chicago, 1, six - Duration::milliseconds(1))
+                .await
+                .unwrap(),
+            Acquire::Denied(_)
+        ),
+        "still the API's old day"
+    );
+    let g = granted(store.acquire(&k, &chicago, 1, six).await.unwrap());
+    store.release(&g, 1).await.unwrap();
+    let state = store.state(&k, &chicago, six).await.unwrap();
+    assert_eq!(state.used.values().copied().collect::<Vec<_>>(), vec![1]);
+}
+
+/// Seeded attempts at uneven moments over ten minutes against "5 in any
+/// rolling minute": no trailing minute ever holds more than 5 grants
+/// (where a fixed minute would allow 10 across its edge), a denial's
+/// `retry_at` is late enough (a call then would fit the trailing minute)
+/// and not needlessly late (at most one bucket later than exact), and
+/// a call of cost 2 is counted twice.
+pub async fn a_rolling_window_is_never_exceeded_in_any_trailing_interval<
+    F: Future<Output = Store>,
+>(
+    make: F,
+) {
+    let store = make.await;
+    let k = key();
+    let rolling = only(window(5, "1m", "UTC", true));
+    let start = Utc.with_ymd_and_hms(2026, 12, 5, 10, 0, 0).unwrap();
+    let mut seed: u64 = 0x2545_F491_4F6C_DD1D;
+    let mut t = start;
+    let mut grants: Vec<(chrono::DateTime<Utc>, u32)> = Vec::new();
+    let held = |grants: &[(chrono::DateTime<Utc>, u32)], at: chrono::DateTime<Utc>| -> u32 {
+        grants
+            .iter()
+            .filter(|(g, _)| *g > at - Duration::minutes(1) && *g <= at)
+            .map(|(_, c)| c)
+            .sum()
+    };
+    while t < start + Duration::minutes(10) {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        t += Duration::milliseconds((seed % 9_000) as i64);
+        let cost = if seed % 7 == 0 { 2 } else { 1 };
+        match store.acquire(&k, &rolling, cost, t).await.unwrap() {
+            Acquire::Granted(g) => {
+                grants.push((t, cost));
+                assert!(
+                    held(&grants, t) <= 5,
+                    "{} in the minute before {t}",
+                    held(&grants, t)
+                );
+                store.release(&g, cost).await.unwrap();
+            }
+            Acquire::Denied(d) => {
+                // Late enough: at retry_at the trailing minute has room.
+                assert!(
+                    held(&grants, d.retry_at) + cost <= 5,
+                    "retry_at {} too early: {} held",
+                    d.retry_at,
+                    held(&grants, d.retry_at)
+                );
+                // Not needlessly late: one bucket (1 s) past the exact
+                // moment, plus the second it rounds to.
+                let exact = grants
+                    .iter()
+                    .map(|(g, _)| *g + Duration::minutes(1))
+                    .filter(|free| *free > t && held(&grants, *free) + cost <= 5)
+                    .min()
+                    .unwrap_or(t);
+                assert!(
+                    d.retry_at <= exact + Duration::seconds(2),
+                    "retry_at {} but room at {exact}",
+                    d.retry_at
+                );
+            }
+        }
+    }
+    assert!(
+        grants.len() > 40,
+        "only {} grants in ten minutes",
+        grants.len()
+    );
+}
+
+/// Sixteen tasks racing for "8 in any rolling minute", round after round
+/// over three minutes: no trailing minute holds more than 8 grants.
+pub async fn concurrent_tasks_never_overfill_a_rolling_window<F: Future<Output = Store>>(make: F) {
+    let store = make.await;
+    let k = key();
+    let limits = Limits {
+        max_concurrent: 16,
+        ..only(window(8, "1m", "UTC", true))
+    };
+    let start = Utc.with_ymd_and_hms(2026, 12, 5, 10, 0, 0).unwrap();
+    let grants = Arc::new(std::sync::Mutex::new(Vec::new()));
+    // Each round, sixteen tasks at once whose clocks disagree by up to
+    // 4.5 s (as Lambdas' may), arriving in any order.
+    for step in 0..12i64 {
+        let mut tasks = Vec::new();
+        for task in 0..16i64 {
+            let (store, k, limits, grants) =
+                (store.clone(), k.clone(), limits.clone(), grants.clone());
+            tasks.push(tokio::spawn(async move {
+                let at = start + Duration::milliseconds(step * 15_000 + ((task * 7) % 16) * 300);
+                if let Acquire::Granted(g) = store.acquire(&k, &limits, 1, at).await.unwrap() {
+                    grants.lock().unwrap().push(at);
+                    store.release(&g, 1).await.unwrap();
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+    }
+    let grants = grants.lock().unwrap().clone();
+    for at in &grants {
+        let n = grants
+            .iter()
+            .filter(|g| **g > *at - Duration::minutes(1) && **g <= *at)
+            .count();
+        assert!(n <= 8, "{n} grants in the minute before {at}");
+    }
+    assert!(grants.len() >= 16, "only {} granted", grants.len());
 }

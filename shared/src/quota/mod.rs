@@ -28,6 +28,8 @@ use std::sync::{Arc, Mutex};
 
 pub mod health;
 pub use health::{Health, PausePolicy};
+pub mod window;
+pub use window::{Align, Span, WindowLimit};
 
 /// Whose budget: an organization's connection to one third-party app.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -54,7 +56,9 @@ impl fmt::Display for QuotaKey {
     }
 }
 
-/// A fixed, UTC-aligned counting window.
+/// A counting window: the UTC day, hour and minute of `per_day`,
+/// `per_hour` and `per_minute`, or a [`Span`] of `[[app.limits.windows]]`
+/// (any length; fixed and aligned, or rolling).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum WindowKind {
@@ -64,22 +68,64 @@ pub enum WindowKind {
     Hour,
     /// A UTC minute.
     Minute,
+    /// Any other window.
+    Span(Span),
 }
 
 impl WindowKind {
-    /// The identifier of the window `now` falls in, e.g. `d2026-11-22`.
-    /// Identifiers of different kinds never collide.
+    /// The identifier of the counter `now` is counted in, e.g.
+    /// `d2026-11-22`. Identifiers of different kinds never collide.
     pub fn id(self, now: Timestamp) -> String {
         match self {
             WindowKind::Day => now.format("d%Y-%m-%d").to_string(),
             WindowKind::Hour => now.format("h%Y-%m-%dT%H").to_string(),
             WindowKind::Minute => now.format("m%Y-%m-%dT%H:%M").to_string(),
+            WindowKind::Span(span) => span.id(now),
         }
+    }
+
+    /// The counters whose sum the window holds at `now` (one, but for a
+    /// rolling span: its buckets).
+    pub fn counted_ids(self, now: Timestamp) -> Vec<String> {
+        match self {
+            WindowKind::Span(span) => span.counted_ids(now),
+            _ => vec![self.id(now)],
+        }
+    }
+
+    /// Calls the window holds at `now`, from the counters' values.
+    pub fn held(self, now: Timestamp, used: impl Fn(&str) -> u64) -> u64 {
+        self.counted_ids(now).iter().map(|id| used(id)).sum()
+    }
+
+    /// When a call of `cost` fits the window again (its end, for a fixed
+    /// window; for a rolling span, when enough of its oldest calls have
+    /// left it).
+    pub fn retry_at(
+        self,
+        now: Timestamp,
+        limit: u32,
+        cost: u32,
+        used: impl Fn(&str) -> u64,
+    ) -> Timestamp {
+        match self {
+            WindowKind::Span(span) => span.retry_at(now, limit, cost, used),
+            _ => self.end(now),
+        }
+    }
+
+    /// Whether the store can check the window with one condition on one
+    /// counter (everything but a rolling span).
+    pub fn is_rolling(self) -> bool {
+        matches!(self, WindowKind::Span(Span { rolling: true, .. }))
     }
 
     /// When the window with identifier `id` ([`WindowKind::id`]) ends;
     /// `None` for an identifier no kind writes.
     pub fn end_of(id: &str) -> Option<Timestamp> {
+        if let Some(end) = Span::end_of(id) {
+            return Some(end);
+        }
         let (kind, rest) = id.split_at_checked(1)?;
         let start = match kind {
             "d" => chrono::NaiveDate::parse_from_str(rest, "%Y-%m-%d")
@@ -98,12 +144,14 @@ impl WindowKind {
         Some(kind.end(start.and_utc()))
     }
 
-    /// When the window `now` falls in ends, i.e. when its capacity returns.
+    /// When the window `now` falls in ends, i.e. when its capacity returns
+    /// (for a rolling span: when its current bucket ends).
     pub fn end(self, now: Timestamp) -> Timestamp {
         let unit = match self {
             WindowKind::Day => Duration::days(1),
             WindowKind::Hour => Duration::hours(1),
             WindowKind::Minute => Duration::minutes(1),
+            WindowKind::Span(span) => return span.end(now),
         };
         // Truncating a valid UTC timestamp to a whole day/hour/minute cannot
         // fail; fall back to `now` rather than panic if chrono ever disagrees.
@@ -128,6 +176,7 @@ impl fmt::Display for WindowKind {
             WindowKind::Day => "day",
             WindowKind::Hour => "hour",
             WindowKind::Minute => "minute",
+            WindowKind::Span(span) => return write!(f, "{span} window"),
         })
     }
 }
@@ -146,6 +195,10 @@ pub struct Limits {
     /// Calls per UTC minute, if the API limits them.
     #[serde(default)]
     pub per_minute: Option<u32>,
+    /// Windows of any length, alignment or rolling
+    /// (`[[app.limits.windows]]`), on top of the three above.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub windows: Vec<WindowLimit>,
     /// Calls in flight at once (the seeds' example: 3).
     pub max_concurrent: u32,
     /// How long a lease lives unless renewed: a crashed holder strands a
@@ -182,6 +235,7 @@ impl Limits {
             per_day,
             per_hour,
             per_minute,
+            windows: Vec::new(),
             max_concurrent,
             lease_ttl_secs: default_lease_ttl_secs(),
             concurrency_retry_secs: default_concurrency_retry_secs(),
@@ -220,16 +274,37 @@ impl Limits {
                 "limits.lease_ttl_secs is 0; it must be at least 1".into(),
             ));
         }
-        if self.per_day.is_none() && self.per_hour.is_none() && self.per_minute.is_none() {
+        if self.per_day.is_none()
+            && self.per_hour.is_none()
+            && self.per_minute.is_none()
+            && self.windows.is_empty()
+        {
             return Err(Error::Config(
-                "limits: give at least one of per_day, per_hour, per_minute".into(),
+                "limits: give at least one of per_day, per_hour, per_minute, windows".into(),
             ));
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for w in &self.windows {
+            if !seen.insert(w.span()?) {
+                return Err(Error::Config(format!(
+                    "limits.windows: two windows of {}; give one, with the smaller limit",
+                    w.span()?
+                )));
+            }
         }
         Ok(())
     }
 
-    /// The windows that apply, with their limits, largest first.
-    pub fn windows(&self) -> impl Iterator<Item = (WindowKind, u32)> {
+    /// The same limits with one more window.
+    pub fn with_window(mut self, window: WindowLimit) -> Result<Self> {
+        self.windows.push(window);
+        self.validate()?;
+        Ok(self)
+    }
+
+    /// The windows that apply, with their limits, largest first (then the
+    /// `windows` entries in their order).
+    pub fn windows(&self) -> impl Iterator<Item = (WindowKind, u32)> + '_ {
         [
             (WindowKind::Day, self.per_day),
             (WindowKind::Hour, self.per_hour),
@@ -237,6 +312,17 @@ impl Limits {
         ]
         .into_iter()
         .filter_map(|(kind, limit)| limit.map(|l| (kind, l)))
+        .chain(self.windows.iter().filter_map(|w| {
+            // Validated limits have spans; an unvalidated bad one is left
+            // out rather than panicking.
+            w.span().ok().map(|span| (WindowKind::Span(span), w.calls))
+        }))
+    }
+
+    /// Whether some window is rolling (the DynamoDB adapter reads before it
+    /// writes then).
+    pub fn has_rolling(&self) -> bool {
+        self.windows().any(|(kind, _)| kind.is_rolling())
     }
 
     /// When the first window that applies at `now` ends: the end of what a
@@ -371,7 +457,8 @@ pub enum Acquire {
 /// What a store holds for one budget right now (for reports and tests).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct QuotaState {
-    /// Used calls per window id, current windows only.
+    /// Calls each window holds, by its current id ([`WindowKind::id`]; a
+    /// rolling window's is the sum of its buckets).
     pub used: BTreeMap<String, u64>,
     /// Leases that have not expired at `now`.
     pub live_leases: u32,
@@ -453,10 +540,10 @@ pub(crate) fn explain_denial(
         });
     }
     for (kind, limit) in limits.windows() {
-        let u = used(&kind.id(now));
+        let u = kind.held(now, &used);
         if u + u64::from(cost) > u64::from(limit) {
             consider(Denied {
-                retry_at: kind.end(now),
+                retry_at: kind.retry_at(now, limit, cost, &used),
                 reason: DenyReason::Window {
                     window: kind,
                     limit,
@@ -726,6 +813,16 @@ impl Quota {
                         window: WindowKind::Minute,
                         ..
                     } => Counter::DenialsMinuteLimit,
+                    // Other windows by their length: the metric's three
+                    // names are what the alarms know.
+                    DenyReason::Window {
+                        window: WindowKind::Span(span),
+                        ..
+                    } => match span.secs {
+                        86_400.. => Counter::DenialsDayLimit,
+                        3_600.. => Counter::DenialsHourLimit,
+                        _ => Counter::DenialsMinuteLimit,
+                    },
                     DenyReason::Concurrency { .. } => Counter::DenialsConcurrency,
                     DenyReason::Blocked | DenyReason::Paused { .. } => Counter::DenialsBlocked,
                 };
@@ -991,6 +1088,31 @@ mod tests {
         }
 
         proptest! {
+            /// A fixed span of any length and alignment: `now` is in it,
+            /// its id names its end, the last instant before the end is in
+            /// it and the end is not; a zone's day is 23 to 25 hours.
+            #[test]
+            fn fixed_spans_hold_now_and_name_their_end(
+                now in any_time(),
+                secs in prop_oneof![1u32..100_000, Just(86_400u32), Just(3_600u32), Just(10u32)],
+                align in prop_oneof![
+                    Just("UTC"), Just("-06:00"), Just("+05:30"), Just("+00:01:30"),
+                    Just("America/Chicago"), Just("Asia/Kolkata"), Just("Europe/London"),
+                ],
+            ) {
+                let align = Align::parse(align).unwrap();
+                let span = Span { secs, align, rolling: false };
+                prop_assume!(span.validate().is_ok());
+                let kind = WindowKind::Span(span);
+                let end = kind.end(now);
+                let len = i64::from(secs);
+                prop_assert!(end > now);
+                prop_assert!(end - now <= Duration::seconds(len + 3_600), "{} {}", end, now);
+                prop_assert_eq!(WindowKind::end_of(&kind.id(now)), Some(end));
+                prop_assert_eq!(kind.id(end - Duration::milliseconds(1)), kind.id(now));
+                prop_assert_ne!(kind.id(end), kind.id(now));
+            }
+
             /// A window ends after `now`, within one unit, on a boundary:
             /// the last instant before the end is in the same window, the
             /// end is in the next one.
@@ -1001,6 +1123,7 @@ mod tests {
                     WindowKind::Day => Duration::days(1),
                     WindowKind::Hour => Duration::hours(1),
                     WindowKind::Minute => Duration::minutes(1),
+                    WindowKind::Span(_) => unreachable!("not generated"),
                 };
                 prop_assert!(end > now && end - now <= unit);
                 prop_assert_eq!(end.duration_trunc(unit).unwrap(), end);

@@ -74,6 +74,7 @@ impl DynamoQuota {
         limits: &Limits,
         cost: u32,
         now: Timestamp,
+        seen: Option<&Item>,
     ) -> Result<std::result::Result<Grant, Item>> {
         let lease_id = crate::core::ids::new_id();
         let expires_at = now + limits.lease_ttl();
@@ -102,19 +103,35 @@ impl DynamoQuota {
             "(attribute_not_exists(lease_count) OR lease_count < :maxc)".to_string(),
             "(attribute_not_exists(blocked_until) OR blocked_until <= :now)".to_string(),
         ];
-        for (i, ((_, limit), w)) in limits.windows().zip(&windows).enumerate() {
+        for (i, ((kind, limit), w)) in limits.windows().zip(&windows).enumerate() {
             req = req
-                .expression_attribute_names(format!("#w{i}"), format!("{WINDOW_PREFIX}{}", w.id))
-                .expression_attribute_values(
-                    format!(":room{i}"),
-                    n(i64::from(limit) - i64::from(cost)),
-                );
+                .expression_attribute_names(format!("#w{i}"), format!("{WINDOW_PREFIX}{}", w.id));
             adds.push(format!("#w{i} :cost"));
+            if kind.is_rolling() {
+                // Checked on the item read (`seen`), held by `rv` below.
+                continue;
+            }
+            req = req.expression_attribute_values(
+                format!(":room{i}"),
+                n(i64::from(limit) - i64::from(cost)),
+            );
             conds.push(format!(
                 "(attribute_not_exists(#w{i}) OR #w{i} <= :room{i})"
             ));
         }
         adds.push("lease_count :one".into());
+        if let Some(item) = seen {
+            // The rolling windows were judged on `seen`: only if no acquire
+            // has added to any counter since.
+            match item.get("rv").and_then(as_i64) {
+                Some(rv) => {
+                    req = req.expression_attribute_values(":rv", n(rv));
+                    conds.push("rv = :rv".into());
+                }
+                None => conds.push("attribute_not_exists(rv)".into()),
+            }
+            adds.push("rv :one".into());
+        }
         let valid_until = limits.windows_end(now);
         let mut sets = "#lease = :exp".to_string();
         if cost > 1 {
@@ -248,29 +265,40 @@ impl QuotaStore for DynamoQuota {
         cost: u32,
         now: Timestamp,
     ) -> Result<Acquire> {
+        // A rolling window's room is a sum of buckets, which no condition
+        // expression can compute: read the item, decide with the same rule
+        // (`explain_denial`; a denial costs only this read), and write on
+        // the condition that no acquire wrote since (`rv` unchanged).
+        let mut seen: Option<Item> = if limits.has_rolling() {
+            Some(
+                self.table
+                    .get("quota acquire", Self::pk(key), "quota")
+                    .await?
+                    .unwrap_or_default(),
+            )
+        } else {
+            None
+        };
         for _ in 0..MAX_ROUNDS {
-            let old = match self.try_take(key, limits, cost, now).await? {
+            if let Some(item) = &seen {
+                let (leases, _) = lease_expiries(item, now);
+                let blocked = item.get("blocked_until").and_then(as_i64).map(from_millis);
+                if let Some(denied) =
+                    explain_denial(limits, cost, now, |id| counter(item, id), &leases, blocked)
+                {
+                    return Ok(Acquire::Denied(denied));
+                }
+            }
+            let old = match self.try_take(key, limits, cost, now, seen.as_ref()).await? {
                 Ok(grant) => return Ok(Acquire::Granted(grant)),
                 Err(old) => old,
             };
-            let mut leases = Vec::new();
-            let mut expired = Vec::new();
-            for (k, v) in &old {
-                if k.starts_with(LEASE_PREFIX) {
-                    if let Some(ms) = as_i64(v) {
-                        leases.push(from_millis(ms));
-                        if from_millis(ms) <= now {
-                            expired.push((k.clone(), ms));
-                        }
-                    }
-                }
+            if seen.is_some() {
+                seen = Some(old.clone());
             }
+            let (leases, expired) = lease_expiries(&old, now);
             let blocked = old.get("blocked_until").and_then(as_i64).map(from_millis);
-            let used = |id: &str| {
-                old.get(&format!("{WINDOW_PREFIX}{id}"))
-                    .and_then(as_i64)
-                    .map_or(0, |n| n.max(0) as u64)
-            };
+            let used = |id: &str| counter(&old, id);
             if let Some(denied) = explain_denial(limits, cost, now, used, &leases, blocked) {
                 return Ok(Acquire::Denied(denied));
             }
@@ -537,9 +565,9 @@ impl QuotaStore for DynamoQuota {
             return Ok(state);
         };
         for (kind, _) in limits.windows() {
-            let id = kind.id(now);
-            if let Some(n) = item.get(&format!("{WINDOW_PREFIX}{id}")).and_then(as_i64) {
-                state.used.insert(id, n.max(0) as u64);
+            let held = kind.held(now, |id| counter(item, id));
+            if held > 0 {
+                state.used.insert(kind.id(now), held);
             }
         }
         state.live_leases = item
@@ -660,6 +688,30 @@ fn usage_hours(item: &Item) -> std::collections::BTreeMap<u8, crate::quota::Hour
         }
     }
     hours
+}
+
+/// Every lease's expiry, and the expired ones with their attribute.
+fn lease_expiries(item: &Item, now: Timestamp) -> (Vec<Timestamp>, Vec<(String, i64)>) {
+    let mut leases = Vec::new();
+    let mut expired = Vec::new();
+    for (k, v) in item {
+        if k.starts_with(LEASE_PREFIX) {
+            if let Some(ms) = as_i64(v) {
+                leases.push(from_millis(ms));
+                if from_millis(ms) <= now {
+                    expired.push((k.clone(), ms));
+                }
+            }
+        }
+    }
+    (leases, expired)
+}
+
+/// A window counter of the quota item (0 when absent).
+fn counter(item: &Item, id: &str) -> u64 {
+    item.get(&format!("{WINDOW_PREFIX}{id}"))
+        .and_then(as_i64)
+        .map_or(0, |n| n.max(0) as u64)
 }
 
 fn usage_pk(key: &QuotaKey, day: NaiveDate) -> String {

@@ -68,9 +68,11 @@ impl QuotaStore for SqliteQuota {
                     })?;
                     for row in rows {
                         let (w, u) = row?;
-                        if windows.iter().any(|t| t.id == w) {
+                        // Every live counter: a rolling window sums its
+                        // buckets.
+                        if windows.iter().any(|t| t.id == w) || !crate::quota::window_ended(&w, now) {
                             used.insert(w, u.max(0) as u64);
-                        } else if crate::quota::window_ended(&w, now) {
+                        } else {
                             tx.exec(
                                 "DELETE FROM quota_window WHERE org = ?1 AND app = ?2 AND window = ?3",
                                 params![key.org, key.app, w],
@@ -106,7 +108,7 @@ impl QuotaStore for SqliteQuota {
                 }
                 let mut windows = windows;
                 for w in &mut windows {
-                    w.used = used.get(&w.id).copied().unwrap_or(0) + u64::from(cost);
+                    w.used = w.kind.held(now, |id| used.get(id).copied().unwrap_or(0)) + u64::from(cost);
                     tx.exec(
                         "INSERT INTO quota_window (org, app, window, used) VALUES (?1, ?2, ?3, ?4)
                          ON CONFLICT (org, app, window) DO UPDATE SET used = used + excluded.used",
@@ -323,19 +325,24 @@ impl QuotaStore for SqliteQuota {
 
     async fn state(&self, key: &QuotaKey, limits: &Limits, now: Timestamp) -> Result<QuotaState> {
         let key = key.clone();
-        let current: Vec<String> = limits.windows().map(|(k, _)| k.id(now)).collect();
+        let kinds: Vec<_> = limits.windows().map(|(k, _)| k).collect();
         self.db
             .call("quota state", move |conn| {
                 let mut state = QuotaState::default();
                 let mut stmt = conn.prepare_cached(
                     "SELECT window, used FROM quota_window WHERE org = ?1 AND app = ?2",
                 )?;
+                let mut counters: HashMap<String, u64> = HashMap::new();
                 for row in stmt.query_map(params![key.org, key.app], |r| {
                     Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
                 })? {
                     let (w, u) = row?;
-                    if current.contains(&w) {
-                        state.used.insert(w, u.max(0) as u64);
+                    counters.insert(w, u.max(0) as u64);
+                }
+                for kind in &kinds {
+                    let held = kind.held(now, |id| counters.get(id).copied().unwrap_or(0));
+                    if held > 0 {
+                        state.used.insert(kind.id(now), held);
                     }
                 }
                 state.live_leases = conn.row(
