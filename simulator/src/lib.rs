@@ -48,6 +48,26 @@ pub struct SimConfig {
     pub max_page_size: usize,
     /// Most ids a bulk lookup takes.
     pub max_bulk_ids: usize,
+    /// Further limits the API enforces per key, each answered with 429
+    /// and the `Retry-After` of its shape (see [`Shape`]).
+    pub shapes: Vec<Shape>,
+}
+
+/// A limit shape an API publishes, enforced per organization key on the
+/// calls it accepts.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Shape {
+    /// `calls` per fixed window of `secs`, the windows starting
+    /// `offset_secs` after the UTC-aligned boundaries (an API whose day
+    /// starts at 06:00 UTC: `secs` 86,400, `offset_secs` 21,600).
+    Fixed {
+        calls: u64,
+        secs: i64,
+        offset_secs: i64,
+    },
+    /// At most `calls` in any trailing `secs` (Salesforce's rolling 24
+    /// hours, a rolling minute).
+    Rolling { calls: u64, secs: i64 },
 }
 
 impl Default for SimConfig {
@@ -62,6 +82,7 @@ impl Default for SimConfig {
             max_concurrent: 3,
             max_page_size: 200,
             max_bulk_ids: 50,
+            shapes: Vec::new(),
         }
     }
 }

@@ -161,6 +161,12 @@ pub(super) async fn limits(
             ));
         }
     }
+    if let Some(wait) = shape_refusal(state, &key, now) {
+        let mut stats = lock(&state.stats);
+        stats.rejected_429 += 1;
+        stats.rejected_by_shape += 1;
+        return too_many(retry_after_value(faults.retry_after_style, now, wait));
+    }
     let endpoint = endpoint_of(req.method(), req.uri());
     {
         let mut stats = lock(&state.stats);
@@ -211,6 +217,59 @@ pub(super) async fn limits(
     headers.insert("x-ratelimit-limit", state.config.daily_budget.into());
     headers.insert("x-ratelimit-remaining", remaining.into());
     response
+}
+
+/// Seconds until every [`crate::Shape`] has room for `key`'s call at
+/// `now`, or None when they all have (the call is then recorded).
+fn shape_refusal(state: &super::State, key: &str, now: DateTime<Utc>) -> Option<i64> {
+    if state.config.shapes.is_empty() {
+        return None;
+    }
+    let mut arrivals = lock(&state.arrivals);
+    let calls = arrivals.entry(key.to_string()).or_default();
+    let mut wait = 0i64;
+    for shape in &state.config.shapes {
+        match *shape {
+            crate::Shape::Fixed {
+                calls: limit,
+                secs,
+                offset_secs,
+            } => {
+                let t = now.timestamp() - offset_secs;
+                let start = t.div_euclid(secs) * secs + offset_secs;
+                let held = calls.iter().filter(|c| c.timestamp() >= start).count() as u64;
+                if held >= limit {
+                    wait = wait.max(start + secs - now.timestamp());
+                }
+            }
+            crate::Shape::Rolling { calls: limit, secs } => {
+                let since = now - Duration::seconds(secs);
+                let inside: Vec<&DateTime<Utc>> = calls.iter().filter(|c| **c > since).collect();
+                if inside.len() as u64 >= limit {
+                    // Room when the oldest call that keeps it full leaves.
+                    let oldest = inside[inside.len() - limit as usize];
+                    let leaves = *oldest + Duration::seconds(secs);
+                    wait = wait.max((leaves - now).num_milliseconds().div_euclid(1000) + 1);
+                }
+            }
+        }
+    }
+    if wait > 0 {
+        return Some(wait);
+    }
+    calls.push(now);
+    // Keep what any shape can still see.
+    let keep = state
+        .config
+        .shapes
+        .iter()
+        .map(|s| match s {
+            crate::Shape::Fixed { secs, .. } | crate::Shape::Rolling { secs, .. } => *secs,
+        })
+        .max()
+        .unwrap_or(0);
+    calls.retain(|c| *c > now - Duration::seconds(keep));
+    None
 }
 
 /// The counter name of a request: its route template, and `(by ids)` for a

@@ -142,6 +142,8 @@ pub struct Stats {
     /// per-minute window is checked against.
     pub calls_by_key_minute: BTreeMap<(String, String), u64>,
     pub rejected_429: u64,
+    /// 429s a [`crate::Shape`] answered (also in `rejected_429`).
+    pub rejected_by_shape: u64,
     /// Requests refused `401` for a revoked key, per key.
     pub rejected_401_by_key: BTreeMap<String, u64>,
     /// Most requests of one key in flight at once (counted at arrival).
@@ -198,6 +200,8 @@ pub(crate) struct State {
     created: Mutex<BTreeMap<(String, String), Value>>,
     stats: Mutex<Stats>,
     in_flight: Mutex<BTreeMap<String, usize>>,
+    /// When each key's accepted calls arrived (for [`crate::Shape`]s).
+    pub(crate) arrivals: Mutex<BTreeMap<String, Vec<DateTime<Utc>>>>,
     pub(crate) faults: Mutex<Faults>,
     rng: Mutex<Rng>,
 }
@@ -219,6 +223,7 @@ impl State {
             created: Mutex::default(),
             stats: Mutex::default(),
             in_flight: Mutex::default(),
+            arrivals: Mutex::default(),
             faults: Mutex::default(),
         }
     }
