@@ -6,6 +6,7 @@
 
 use metered::config::app::{AppConfig, Pagination};
 use metered::config::workflow::ActionConfig;
+use metered::quota::WindowKind;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -73,7 +74,10 @@ pub struct Forecast {
     pub day1_per_hour: Vec<f64>,
     /// Days after day 1 its backlog takes to drain at the daily limit.
     pub backlog_days: Option<f64>,
+    /// The most calls a day can hold under every window (`per_day`, or
+    /// what a shorter window allows in a day).
     pub limit_per_day: Option<u32>,
+    /// The same for an hour.
     pub limit_per_hour: Option<u32>,
     pub warnings: Vec<String>,
     /// Whether day 1 or a steady day exceeds a limit (a day or an hour):
@@ -449,33 +453,48 @@ pub fn forecast_with(
     }
     let mut over_limit = false;
     let mut backlog_days = None;
-    if let Some(d) = limits.per_day {
-        let d = f64::from(d);
+    // Every window bounds a day and an hour (a minute of 5 holds an hour
+    // to 300), not only `per_day` and `per_hour`.
+    let day_cap = limits.capacity_per(86_400);
+    let hour_cap = limits.capacity_per(3_600);
+    // "the daily limit of 2500", or what a shorter window allows: "300
+    // (the minute limit of 5)".
+    let named = |(cap, kind, limit): (f64, WindowKind, u32), period: WindowKind| {
+        if kind == period {
+            let adjective = if period == WindowKind::Day {
+                "daily"
+            } else {
+                "hourly"
+            };
+            format!("the {adjective} limit of {limit}")
+        } else {
+            format!("{cap:.0} (the {kind} limit of {limit})")
+        }
+    };
+    if let Some(binding) = day_cap {
+        let d = binding.0;
+        let limit = named(binding, WindowKind::Day);
         over_limit |= calls_per_day > d || day1_calls > d;
         if calls_per_day > d {
-            warnings.push(format!("{calls_per_day:.0} calls a steady day exceed the daily limit of {d}: work will spill into the next days and never catch up"));
+            warnings.push(format!("{calls_per_day:.0} calls a steady day exceed {limit}: work will spill into the next days and never catch up"));
         } else if day1_calls > d {
             // The first load queues what does not fit; each later day has
             // the limit minus a steady day's calls to drain it.
             let days = ((day1_calls - d) / (d - calls_per_day)).ceil();
             backlog_days = Some(days);
             warnings.push(format!(
-                "day 1: {day1_calls:.0} calls exceed the daily limit of {d}: the first load's backlog of {:.0} calls drains in {days:.0} more day(s) at the limit",
+                "day 1: {day1_calls:.0} calls exceed {limit}: the first load's backlog of {:.0} calls drains in {days:.0} more day(s) at the limit",
                 day1_calls - d
             ));
         }
     }
-    if let Some(hl) = limits.per_hour {
+    if let Some(binding) = hour_cap {
+        let hl = binding.0;
+        let limit = named(binding, WindowKind::Hour);
         for (label, hours) in [("day 1", &day1_per_hour), ("steady", &per_hour)] {
-            for (h, c) in hours
-                .iter()
-                .enumerate()
-                .filter(|(_, c)| **c > f64::from(hl))
-            {
+            for (h, c) in hours.iter().enumerate().filter(|(_, c)| **c > hl) {
                 over_limit = true;
-                warnings.push(format!(
-                    "{label}, hour {h:02}: {c:.0} calls exceed the hourly limit of {hl}"
-                ));
+                warnings.push(format!("{label}, hour {h:02}: {c:.0} calls exceed {limit}"));
             }
         }
     }
@@ -488,8 +507,8 @@ pub fn forecast_with(
         day1_calls,
         day1_per_hour,
         backlog_days,
-        limit_per_day: limits.per_day,
-        limit_per_hour: limits.per_hour,
+        limit_per_day: day_cap.map(|(c, ..)| c.floor() as u32),
+        limit_per_hour: hour_cap.map(|(c, ..)| c.floor() as u32),
         warnings,
         over_limit,
         missing_volumes,

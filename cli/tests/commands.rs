@@ -622,6 +622,66 @@ fn plan_agrees_with_a_simulated_run() {
 /// its backlog takes to drain, and lists the seeds' remedies with what each
 /// saves on day 1 and on a steady day (turning on a complete transfer
 /// before PK lookups saves on day 1 and costs a little every day).
+/// Every window bounds the forecast, not only `per_day` and `per_hour`
+/// (#29: `per_minute = 5` forecast 589 calls in one hour and passed): a
+/// minute of 5 holds an hour to 300 and a day to 7,200, and plan says
+/// which window binds.
+#[test]
+fn plan_honours_minute_and_span_windows() {
+    let dir = tmp("plan-minute");
+    let example = include_str!("../examples/booking.toml");
+    let volumes = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/booking-volumes.toml");
+    let run = |limits: &str| {
+        let path = dir.join("minute.toml");
+        std::fs::write(&path, example.replace("per_day = 2500", limits)).unwrap();
+        let out = metered(
+            &[
+                "plan",
+                "--config",
+                path.to_str().unwrap(),
+                "--volumes",
+                volumes,
+                "--json",
+            ],
+            &dir,
+        );
+        let plan: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+        (out.status.code(), plan)
+    };
+    let (code, plan) = run("per_day = 100000\nper_minute = 1");
+    let peak = plan["day1_per_hour"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|h| h.as_f64())
+        .fold(0.0, f64::max);
+    assert!(
+        peak > 60.0,
+        "the example's busiest hour is over 60 calls: {plan}"
+    );
+    assert_eq!(code, Some(3), "{plan}");
+    assert_eq!(plan["limit_per_hour"], 60, "{plan}");
+    let warnings = plan["warnings"].to_string();
+    assert!(
+        warnings.contains("60 (the minute limit of 1)"),
+        "{warnings}"
+    );
+    // A 30-second window of 1 holds an hour to 120.
+    let (_, plan) = run("per_day = 100000\nwindows = [{ calls = 1, every = \"30s\" }]");
+    assert_eq!(plan["limit_per_hour"], 120, "{plan}");
+    assert!(
+        plan["warnings"]
+            .to_string()
+            .contains("120 (the 30s window limit of 1)"),
+        "{plan}"
+    );
+    // Room to spare: no warning about an hour.
+    let (code, plan) = run("per_day = 100000\nper_minute = 1000");
+    assert_eq!(code, Some(0), "{plan}");
+    assert!(!plan["warnings"].to_string().contains("hour"), "{plan}");
+}
+
 #[test]
 fn plan_flags_a_first_day_over_the_limit_and_prices_remedies_on_both_days() {
     let dir = tmp("plan-day1");
@@ -2125,6 +2185,39 @@ fn merge_toml(base: &mut toml::Value, piece: toml::Value) {
         }
         (toml::Value::Array(b), toml::Value::Array(p)) => b.extend(p),
         (b, p) => *b = p,
+    }
+}
+
+/// Every config of `docs/limits.md` loads as the `[app.limits]` (and
+/// `[app.rate_limit]`) of the reference's minimal config, with the windows
+/// it names.
+#[test]
+fn docs_limits_configs_load() {
+    let minimal = toml_blocks(include_str!("../../docs/configuration.md"))
+        .into_iter()
+        .find(|(info, _)| info == "toml")
+        .map(|(_, t)| t)
+        .expect("the reference's minimal config");
+    let blocks = toml_blocks(include_str!("../../docs/limits.md"));
+    assert!(blocks.len() >= 7, "a config per API: {blocks:?}");
+    for (_, piece) in blocks {
+        let mut config: toml::Value = toml::from_str(&minimal).unwrap();
+        config["app"].as_table_mut().unwrap().remove("limits");
+        let piece_value: toml::Value =
+            toml::from_str(&piece).unwrap_or_else(|e| panic!("{e}: {piece}"));
+        let windows = piece_value["app"]["limits"]
+            .get("windows")
+            .and_then(|w| w.as_array())
+            .map_or(0, Vec::len);
+        merge_toml(&mut config, piece_value);
+        let loaded = metered::config::app::AppConfig::parse(&toml::to_string(&config).unwrap())
+            .unwrap_or_else(|e| panic!("the example\n{piece}\ndoes not load: {e}"));
+        assert_eq!(loaded.app.limits.windows.len(), windows, "{piece}");
+        assert_eq!(
+            loaded.app.limits.windows().count(),
+            windows + usize::from(loaded.app.limits.per_day.is_some()),
+            "{piece}"
+        );
     }
 }
 

@@ -40,6 +40,11 @@ pub struct Args {
     /// with --dynamodb-url).
     #[arg(long)]
     pub(super) hosted: bool,
+    /// Only the figures per limit shape (fixed, time zone, rolling):
+    /// acquire latency and round trips, on SQLite and, with
+    /// --dynamodb-url, DynamoDB.
+    #[arg(long)]
+    pub(super) shapes: bool,
 }
 
 /// Latencies of one measurement.
@@ -82,6 +87,9 @@ pub async fn run(mut args: Args) -> Result<(), Box<dyn std::error::Error>> {
     }
     if args.hosted {
         return hosted::section(args.dynamodb_url.as_deref()).await;
+    }
+    if args.shapes {
+        return quota::shapes_only(args.dynamodb_url.as_deref()).await;
     }
     quota::sqlite(&args).await?;
     connector::section(args.connector_calls).await?;

@@ -96,6 +96,100 @@ async fn pairs(store: Arc<dyn QuotaStore>, n: u32, cost: u32) -> Result<Latencie
     Ok(Latencies(lat))
 }
 
+/// The limit shapes `[app.limits]` can declare, each with room to spare
+/// (the figure is the cost of checking, not of waiting).
+fn shapes() -> Vec<(&'static str, Limits)> {
+    let with = |w: &str| -> Limits {
+        let mut l: Limits =
+            toml::from_str(&format!("max_concurrent = 8\nwindows = [{w}]")).expect("a bench shape");
+        l.per_day = None;
+        l
+    };
+    vec![
+        (
+            "UTC day (per_day)",
+            Limits::new(Some(u32::MAX / 2), None, None, 8).expect("limits"),
+        ),
+        (
+            "10-second window",
+            with("{ calls = 2000000000, every = \"10s\" }"),
+        ),
+        (
+            "day in America/Chicago",
+            with("{ calls = 2000000000, every = \"1d\", align = \"America/Chicago\" }"),
+        ),
+        (
+            "rolling minute",
+            with("{ calls = 2000000000, every = \"1m\", rolling = true }"),
+        ),
+        (
+            "rolling 24 h",
+            with("{ calls = 2000000000, every = \"24h\", rolling = true }"),
+        ),
+    ]
+}
+
+/// Per shape: acquire median / p99 over `n` pairs (1 task, the clock
+/// moving on a second per pair, so rolling buckets fill as they would),
+/// round trips per pair (`trips` reads the adapter's counter), and pairs a
+/// second from 8 tasks at once.
+async fn shape_rows(
+    store: Arc<dyn QuotaStore>,
+    n: u32,
+    trips: &dyn Fn() -> u64,
+    unit: &str,
+) -> Result<(), metered::Error> {
+    for (name, limits) in shapes() {
+        let key = QuotaKey::new(format!("bench-{}", uuid_like()), "app");
+        let start = chrono::Utc::now();
+        let t0 = trips();
+        let mut lat = Vec::with_capacity(n as usize);
+        for i in 0..n {
+            let now = start + chrono::Duration::seconds(i64::from(i));
+            let t = Instant::now();
+            let a = store.acquire(&key, &limits, 1, now).await?;
+            lat.push(t.elapsed());
+            if let Acquire::Granted(g) = a {
+                store.release(&g, 1).await?;
+            }
+        }
+        let per_pair = (trips() - t0) as f64 / f64::from(n);
+        let mut lat = Latencies(lat);
+        let rate = {
+            let key = QuotaKey::new(format!("bench-{}", uuid_like()), "app");
+            let t = Instant::now();
+            let mut handles = Vec::new();
+            for _ in 0..8 {
+                let (store, key, limits) = (store.clone(), key.clone(), limits.clone());
+                handles.push(tokio::spawn(async move {
+                    for _ in 0..n / 8 {
+                        if let Acquire::Granted(g) =
+                            store.acquire(&key, &limits, 1, chrono::Utc::now()).await?
+                        {
+                            store.release(&g, 1).await?;
+                        }
+                    }
+                    Ok::<_, metered::Error>(())
+                }));
+            }
+            for h in handles {
+                h.await
+                    .map_err(|e| metered::Error::Impossible(e.to_string()))??;
+            }
+            f64::from(n / 8 * 8) / t.elapsed().as_secs_f64()
+        };
+        row(
+            &format!("shape: {name}"),
+            format!(
+                "acquire {:.3} / {:.3} ms (median / p99)   {per_pair:.2} {unit} per pair   {rate:.0} pairs/s (8 tasks)",
+                lat.pct(0.5),
+                lat.pct(0.99)
+            ),
+        );
+    }
+    Ok(())
+}
+
 async fn concurrent_pairs(
     store: Arc<dyn QuotaStore>,
     tasks: u32,
@@ -160,6 +254,35 @@ async fn denied_jobs(
     Ok(Latencies(lat))
 }
 
+/// Only the per-shape figures (`bench --shapes`).
+pub async fn shapes_only(dynamodb_url: Option<&str>) -> Result<(), Box<dyn std::error::Error>> {
+    println!("Limit shapes on SQLite (embedded, WAL, one process)");
+    let dir = std::env::temp_dir().join(format!("metered-bench-{}", uuid_like()));
+    std::fs::create_dir_all(&dir)?;
+    let db = Db::open(dir.join("bench.sqlite"))?;
+    let store: Arc<dyn QuotaStore> = Arc::new(SqliteQuota::new(db.clone()));
+    {
+        let db = db.clone();
+        shape_rows(store, 2_000, &move || db.round_trips(), "round trips").await?;
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    if let Some(url) = dynamodb_url {
+        println!("\nLimit shapes on DynamoDB at {url}");
+        let cfg = metered::adapters::aws::local_sdk_config(url);
+        let count = Counter::default();
+        let ddb = aws_sdk_dynamodb::Client::from_conf(
+            aws_sdk_dynamodb::config::Builder::from(&cfg)
+                .interceptor(count.clone())
+                .build(),
+        );
+        let table = Table::new(ddb, format!("metered-bench-{}", uuid_like()));
+        table.create_if_missing().await?;
+        let store: Arc<dyn QuotaStore> = Arc::new(DynamoQuota::new(table));
+        shape_rows(store, 400, &move || count.get(), "requests").await?;
+    }
+    Ok(())
+}
+
 /// The SQLite figures.
 pub async fn sqlite(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
     println!("SQLite (embedded, WAL, one process)");
@@ -199,6 +322,16 @@ pub async fn sqlite(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
         "acquire+release pairs per second (8 tasks)",
         format!("{rate:.0}"),
     );
+    {
+        let db = db.clone();
+        shape_rows(
+            store.clone(),
+            2_000,
+            &move || db.round_trips(),
+            "round trips",
+        )
+        .await?;
+    }
     let queue: Arc<dyn JobQueue> = Arc::new(SqliteQueue::new(
         db.clone(),
         "bench",
@@ -262,6 +395,10 @@ pub async fn aws(args: &Args, url: &str) -> Result<(), Box<dyn std::error::Error
         "acquire+release pairs per second (8 tasks)",
         format!("{rate:.0}"),
     );
+    {
+        let count = ddb_count.clone();
+        shape_rows(store.clone(), 400, &move || count.get(), "requests").await?;
+    }
     if let Some(sqs_url) = &args.sqs_url {
         let sqs_count = Counter::default();
         // `Intercept` is one trait, re-exported by every SDK crate.

@@ -319,6 +319,30 @@ impl Limits {
         }))
     }
 
+    /// The most calls any `secs` seconds can hold under these limits, and
+    /// the window that binds: each window of length L ≤ `secs` holding N
+    /// allows at most N per L, so N × `secs` / L over `secs` (a minute of
+    /// 5 holds an hour to 300). None when no window is that short.
+    pub fn capacity_per(&self, secs: u32) -> Option<(f64, WindowKind, u32)> {
+        self.windows()
+            .filter_map(|(kind, limit)| {
+                let len = match kind {
+                    WindowKind::Day => 86_400,
+                    WindowKind::Hour => 3_600,
+                    WindowKind::Minute => 60,
+                    WindowKind::Span(span) => span.secs,
+                };
+                (len <= secs).then(|| {
+                    (
+                        f64::from(limit) * f64::from(secs) / f64::from(len),
+                        kind,
+                        limit,
+                    )
+                })
+            })
+            .min_by(|a, b| a.0.total_cmp(&b.0))
+    }
+
     /// Whether some window is rolling (the DynamoDB adapter reads before it
     /// writes then).
     pub fn has_rolling(&self) -> bool {
