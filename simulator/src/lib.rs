@@ -51,6 +51,9 @@ pub struct SimConfig {
     /// Further limits the API enforces per key, each answered with 429
     /// and the `Retry-After` of its shape (see [`Shape`]).
     pub shapes: Vec<Shape>,
+    /// Also report the daily budget in the IETF `RateLimit` /
+    /// `RateLimit-Policy` fields (`"day";q=…;w=86400`).
+    pub standard_headers: bool,
 }
 
 /// A limit shape an API publishes, enforced per organization key on the
@@ -83,6 +86,7 @@ impl Default for SimConfig {
             max_page_size: 200,
             max_bulk_ids: 50,
             shapes: Vec::new(),
+            standard_headers: false,
         }
     }
 }

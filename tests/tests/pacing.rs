@@ -354,7 +354,47 @@ fn a_remaining_header_needs_a_window_to_pace() {
     );
 }
 
+/// The API reports its day in the standard `RateLimit` /
+/// `RateLimit-Policy` fields (IETF draft-12) and nothing is configured to
+/// read a header: the policy `"day";w=86400` raises the configured day, so
+/// another client's calls are paced as with `remaining_header`. 0 × 429,
+/// every customer stored. With the fields turned off (`standard_headers =
+/// false`) the same run meets the API's 429s.
+async fn the_standard_ratelimit_fields_pace_with_no_header_configured(adapter: Adapter) {
+    let run = |standard: bool| async move {
+        let w = World::new(
+            adapter,
+            SimConfig {
+                standard_headers: true,
+                ..sim()
+            },
+            |c| {
+                config(c, false);
+                c.app.rate_limit.standard_headers = standard;
+            },
+        )
+        .await;
+        w.sim()
+            .faults()
+            .shadow_every
+            .insert(w.api_keys[ORG].clone(), 4);
+        run(&w).await;
+        let rejected = w.sim().stats().rejected_429;
+        let stored = w.store.count(&w.svc.key(ORG), "customers").await.unwrap();
+        (rejected, stored)
+    };
+    let (rejected, stored) = run(true).await;
+    assert_eq!(rejected, 0, "paced from the standard fields");
+    assert_eq!(stored, 9_000);
+    let (rejected, _) = run(false).await;
+    assert!(
+        rejected > 0,
+        "without them the other client's calls go unseen"
+    );
+}
+
 metered_tests::on_both!(
+    the_standard_ratelimit_fields_pace_with_no_header_configured,
     a_count_read_after_midnight_is_of_the_day_the_call_was_made,
     another_clients_calls_are_paced_from_the_apis_count,
     a_reservation_out_while_another_client_spends_stops_at_the_apis_count,

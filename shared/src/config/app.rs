@@ -167,6 +167,16 @@ pub struct RateLimitConfig {
     /// configured there): `day` (default), `hour` or `minute`.
     #[serde(default = "default_remaining_window")]
     pub remaining_window: crate::quota::WindowKind,
+    /// Read the standard `RateLimit` / `RateLimit-Policy` fields (IETF
+    /// draft) when the API sends them: each policy raises the configured
+    /// window of its length to the API's count (default on; they are only
+    /// ever sent by APIs that mean them).
+    #[serde(default = "yes")]
+    pub standard_headers: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 fn default_remaining_window() -> crate::quota::WindowKind {
@@ -191,6 +201,7 @@ impl Default for RateLimitConfig {
             remaining_header: None,
             limit_header: None,
             remaining_window: default_remaining_window(),
+            standard_headers: true,
         }
     }
 }

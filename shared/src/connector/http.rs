@@ -94,10 +94,23 @@ impl HttpConnector {
                 .parse()
                 .ok()
         };
-        if let Some(remaining) = number(&cfg.remaining_header) {
+        let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+        let policies = if cfg.standard_headers {
+            super::ratelimit::parse(
+                text("ratelimit"),
+                text("ratelimit-policy"),
+                text("ratelimit-limit"),
+                text("ratelimit-remaining"),
+            )
+        } else {
+            Vec::new()
+        };
+        let remaining = number(&cfg.remaining_header);
+        if remaining.is_some() || !policies.is_empty() {
             let count = ApiCount {
                 remaining,
                 limit: number(&cfg.limit_header),
+                policies,
             };
             *self.api_count.lock().unwrap_or_else(|e| e.into_inner()) = Some(count);
         }

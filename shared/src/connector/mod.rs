@@ -5,6 +5,7 @@
 //! "slow down" into a shared block and a restart.
 
 pub mod http;
+pub mod ratelimit;
 pub mod secrets;
 
 use crate::core::clock::Timestamp;
@@ -147,15 +148,18 @@ pub trait Connector: Send + Sync {
     fn take_api_count(&self) -> Option<ApiCount>;
 }
 
-/// What the API said about its own window: calls left, and its limit when
-/// it says so. Read from the headers `[app.rate_limit]` names; it counts
-/// every client of the org, not only metered.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What the API said about its own windows: from the headers
+/// `[app.rate_limit]` names (one window, `remaining_window`), and from the
+/// standard `RateLimit` / `RateLimit-Policy` fields (each policy with its
+/// window). It counts every client of the org, not only metered.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ApiCount {
-    /// Calls the API still allows in its window.
-    pub remaining: u64,
+    /// Calls the API still allows in `remaining_window`, if it said.
+    pub remaining: Option<u64>,
     /// The API's limit for that window, if it said.
     pub limit: Option<u64>,
+    /// The standard fields' policies.
+    pub policies: Vec<ratelimit::ApiPolicy>,
 }
 
 /// Why a metered call did not produce a result.
@@ -337,22 +341,42 @@ impl Metered {
     /// the new day.
     async fn pace_from_api(&self, granted_at: Timestamp) -> Option<u64> {
         let count = self.connector.take_api_count()?;
-        let limit = self
-            .limits
-            .windows()
-            .find(|(w, _)| *w == self.api_window)
-            .map(|(_, limit)| u64::from(limit));
-        if let Some(limit) = limit {
-            let spent = count.limit.unwrap_or(limit).saturating_sub(count.remaining);
+        let mut raises = Vec::new();
+        let mut left: Option<u64> = None;
+        if let Some(remaining) = count.remaining {
+            if let Some((_, limit)) = self.limits.windows().find(|(w, _)| *w == self.api_window) {
+                let limit = u64::from(limit);
+                let spent = count.limit.unwrap_or(limit).saturating_sub(remaining);
+                raises.push((self.api_window, spent.min(limit)));
+            }
+            left = Some(remaining);
+        }
+        // Each standard policy raises the configured window of the same
+        // length (a rolling window's count is spread over its buckets and
+        // is not raised from one number).
+        for policy in &count.policies {
+            let Some((kind, limit)) = self
+                .limits
+                .windows()
+                .find(|(k, _)| !k.is_rolling() && u64::from(k.secs()) == policy.window_secs)
+            else {
+                tracing::debug!(quota = %self.key, policy = %policy.name, window_secs = policy.window_secs, "the API's policy has no configured window of its length; not paced from it");
+                continue;
+            };
+            let spent = policy.quota.saturating_sub(policy.remaining);
+            raises.push((kind, spent.min(u64::from(limit))));
+            left = Some(left.map_or(policy.remaining, |l| l.min(policy.remaining)));
+        }
+        for (kind, spent) in raises {
             if let Err(e) = self
                 .quota
-                .raise_from_api(&self.key, self.api_window, spent.min(limit), granted_at)
+                .raise_from_api(&self.key, kind, spent, granted_at)
                 .await
             {
                 tracing::warn!(quota = %self.key, error = %e, "could not take the API's count into the quota; the next response will carry it again");
             }
         }
-        Some(count.remaining)
+        left
     }
 
     /// Maps a call's result; a rate limit blocks every handler of the org

@@ -114,6 +114,17 @@ impl WindowKind {
         }
     }
 
+    /// Its length in seconds (a day is 86,400 here even on the days a
+    /// time zone's clocks move).
+    pub fn secs(self) -> u32 {
+        match self {
+            WindowKind::Day => 86_400,
+            WindowKind::Hour => 3_600,
+            WindowKind::Minute => 60,
+            WindowKind::Span(span) => span.secs,
+        }
+    }
+
     /// Whether the store can check the window with one condition on one
     /// counter (everything but a rolling span).
     pub fn is_rolling(self) -> bool {
@@ -326,12 +337,7 @@ impl Limits {
     pub fn capacity_per(&self, secs: u32) -> Option<(f64, WindowKind, u32)> {
         self.windows()
             .filter_map(|(kind, limit)| {
-                let len = match kind {
-                    WindowKind::Day => 86_400,
-                    WindowKind::Hour => 3_600,
-                    WindowKind::Minute => 60,
-                    WindowKind::Span(span) => span.secs,
-                };
+                let len = kind.secs();
                 (len <= secs).then(|| {
                     (
                         f64::from(limit) * f64::from(secs) / f64::from(len),

@@ -216,6 +216,19 @@ pub(super) async fn limits(
     let headers = response.headers_mut();
     headers.insert("x-ratelimit-limit", state.config.daily_budget.into());
     headers.insert("x-ratelimit-remaining", remaining.into());
+    if state.config.standard_headers {
+        let reset = (now + Duration::days(1))
+            .date_naive()
+            .and_hms_opt(0, 0, 0)
+            .map_or(0, |t| (t.and_utc() - now).num_seconds());
+        let policy = format!("\"day\";q={};w=86400", state.config.daily_budget);
+        let count = format!("\"day\";r={remaining};t={reset}");
+        for (name, value) in [("ratelimit-policy", policy), ("ratelimit", count)] {
+            if let Ok(v) = axum::http::HeaderValue::from_str(&value) {
+                headers.insert(name, v);
+            }
+        }
+    }
     response
 }
 
