@@ -71,6 +71,9 @@ pub enum Shape {
     /// At most `calls` in any trailing `secs` (Salesforce's rolling 24
     /// hours, a rolling minute).
     Rolling { calls: u64, secs: i64 },
+    /// At most `calls` in any trailing `secs` across every key: the app's
+    /// own limit (Xero's 10,000 a minute across tenants).
+    AppRolling { calls: u64, secs: i64 },
 }
 
 impl Default for SimConfig {

@@ -35,6 +35,7 @@ macro_rules! quota_cases {
                 a_ten_second_window_and_a_day_in_the_apis_time_zone,
                 a_rolling_window_is_never_exceeded_in_any_trailing_interval,
                 concurrent_tasks_never_overfill_a_rolling_window,
+                an_app_wide_level_holds_every_org_together,
             ]
         );
     };
@@ -737,4 +738,71 @@ pub async fn concurrent_tasks_never_overfill_a_rolling_window<F: Future<Output =
         assert!(n <= 8, "{n} grants in the minute before {at}");
     }
     assert!(grants.len() >= 16, "only {} granted", grants.len());
+}
+
+/// Four orgs, sixteen tasks each, one app-wide day of 50 over org days of
+/// 40: exactly 50 calls granted in all, no org over 40, each org's count
+/// equal to its grants (a grant the app's level refused was given back
+/// whole), and no lease left at either level.
+pub async fn an_app_wide_level_holds_every_org_together<F: Future<Output = Store>>(make: F) {
+    let store = make.await;
+    let (_clock, shared) = crate::manual_clock();
+    let quota = metered::quota::Quota::new(store.clone(), shared);
+    let app = format!("app-{}", uuid::Uuid::new_v4().simple());
+    let mut limits = Limits::new(Some(40), None, None, 4).unwrap();
+    limits.app_wide = Some(Box::new(Limits::new(Some(50), None, None, 8).unwrap()));
+    limits.validate().unwrap();
+    let orgs: Vec<QuotaKey> = (0..4)
+        .map(|i| QuotaKey::new(format!("org{i}"), &app))
+        .collect();
+    let granted: Arc<std::sync::Mutex<Vec<usize>>> = Arc::default();
+    let mut tasks = Vec::new();
+    for (i, key) in orgs.iter().enumerate() {
+        for _ in 0..16 {
+            let (quota, key, limits, granted) =
+                (quota.clone(), key.clone(), limits.clone(), granted.clone());
+            tasks.push(tokio::spawn(async move {
+                loop {
+                    match quota
+                        .acquire(&key, &limits, metered::quota::Call::new("t", "GET /x"))
+                        .await
+                        .unwrap()
+                    {
+                        metered::quota::Admission::Granted(p) => {
+                            granted.lock().unwrap().push(i);
+                            tokio::task::yield_now().await;
+                            quota.release(p, 1).await.unwrap();
+                        }
+                        metered::quota::Admission::Denied(d) => match d.reason {
+                            DenyReason::Concurrency { .. } => tokio::task::yield_now().await,
+                            _ => return,
+                        },
+                    }
+                }
+            }));
+        }
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let granted = granted.lock().unwrap().clone();
+    assert_eq!(granted.len(), 50, "the app's day");
+    let now = quota.clock().now();
+    for (i, key) in orgs.iter().enumerate() {
+        let mine = granted.iter().filter(|g| **g == i).count() as u64;
+        assert!(mine <= 40, "org{i}: {mine}");
+        let state = store.state(key, &limits, now).await.unwrap();
+        assert_eq!(
+            state.used.values().sum::<u64>(),
+            mine,
+            "org{i}: refunded grants left counted"
+        );
+        assert_eq!(state.live_leases, 0);
+    }
+    let app_state = store
+        .state(&orgs[0].app_level(), limits.app_wide.as_ref().unwrap(), now)
+        .await
+        .unwrap();
+    assert_eq!(app_state.used.values().sum::<u64>(), 50);
+    assert_eq!(app_state.live_leases, 0);
 }

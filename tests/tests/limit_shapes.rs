@@ -206,7 +206,62 @@ async fn a_utc_day_leaves_the_apis_fresh_day_unused() {
     }
 }
 
+/// Two orgs against an API that allows 30 calls in any rolling minute
+/// across all of them (the app's own limit), each org also held to 30:
+/// the API's 429 count and the world.
+async fn against_an_app_wide_minute(adapter: Adapter, limits: &str) -> (World, u64) {
+    let w = World::new(
+        adapter,
+        sim(
+            6_000,
+            Shape::AppRolling {
+                calls: 30,
+                secs: 60,
+            },
+        ),
+        |c| config(c, limits),
+    )
+    .await;
+    for org in ORGS {
+        w.start_for(org, JobKind::CompleteTransfer, "customers")
+            .await;
+    }
+    w.drive().await;
+    let rejected = w.sim().stats().rejected_429;
+    (w, rejected)
+}
+
+const ORG_MINUTE: &str =
+    "max_concurrent = 3\nwindows = [{ calls = 30, every = \"1m\", rolling = true }]\n";
+
+/// `[app.limits.app_wide]` holds both orgs together to the app's minute:
+/// no 429, everything stored.
+async fn an_app_wide_limit_across_orgs(adapter: Adapter) {
+    let (w, rejected) = against_an_app_wide_minute(
+        adapter,
+        &format!(
+            "{ORG_MINUTE}[app_wide]\nmax_concurrent = 6\nwindows = [{{ calls = 30, every = \"1m\", rolling = true }}]"
+        ),
+    )
+    .await;
+    assert_eq!(rejected, 0, "{:?}", w.sim().stats().calls_by_key_minute);
+    for org in ORGS {
+        assert_eq!(stored(&w, org).await, 6_000, "{org}");
+    }
+}
+
+/// The control: each org's own 30 add up to 60 a minute at the app.
+#[tokio::test]
+async fn without_the_app_level_the_orgs_add_up_past_the_apps_limit() {
+    let (_, rejected) = against_an_app_wide_minute(Adapter::Sqlite, ORG_MINUTE).await;
+    assert!(
+        rejected > 0,
+        "two orgs' 30 a minute each overrun the app's 30"
+    );
+}
+
 metered_tests::on_both!(
+    an_app_wide_limit_across_orgs,
     a_rolling_minute,
     a_ten_second_window,
     a_day_that_resets_at_the_apis_hour,

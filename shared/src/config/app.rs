@@ -624,6 +624,12 @@ impl AppConfig {
             if c.org.trim().is_empty() {
                 return bad(format!("connections[{i}].org"), "must not be empty".into());
             }
+            if c.org == crate::quota::APP_LEVEL_ORG {
+                return bad(
+                    format!("connections[{i}].org"),
+                    format!("`{}` names the app's own budget ([app.limits.app_wide]); choose another name", c.org),
+                );
+            }
             if !orgs.insert(&c.org) {
                 return bad(
                     format!("connections[{i}].org"),

@@ -21,9 +21,9 @@
 //! ```
 
 use crate::config::app::{AppConfig, SecretRef};
+use crate::config::row_index::RowIndex;
 use crate::config::workflow::ActionConfig;
 use crate::core::error::{Error, Result};
-use crate::store::hosted::RowIndex;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 

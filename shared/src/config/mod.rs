@@ -6,6 +6,7 @@
 
 pub mod app;
 pub mod datasource;
+pub mod row_index;
 pub mod sync;
 pub mod template;
 pub mod workflow;

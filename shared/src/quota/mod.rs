@@ -40,7 +40,16 @@ pub struct QuotaKey {
     pub app: String,
 }
 
+/// The org name of an app's own level ([`QuotaKey::app_level`]): not a
+/// name a connection may take.
+pub const APP_LEVEL_ORG: &str = "*app*";
+
 impl QuotaKey {
+    /// The budget every org of this key's app shares (`[app.limits.app_wide]`).
+    pub fn app_level(&self) -> QuotaKey {
+        QuotaKey::new(APP_LEVEL_ORG, &self.app)
+    }
+
     /// The budget of `org` on `app`.
     pub fn new(org: impl Into<String>, app: impl Into<String>) -> Self {
         Self {
@@ -210,6 +219,11 @@ pub struct Limits {
     /// (`[[app.limits.windows]]`), on top of the three above.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub windows: Vec<WindowLimit>,
+    /// The app's own limits, shared by every org of the app (Xero's 10,000
+    /// a minute across tenants, a Google project's quota): a call must fit
+    /// both its org's limits and these (`[app.limits.app_wide]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app_wide: Option<Box<Limits>>,
     /// Calls in flight at once (the seeds' example: 3).
     pub max_concurrent: u32,
     /// How long a lease lives unless renewed: a crashed holder strands a
@@ -247,6 +261,7 @@ impl Limits {
             per_hour,
             per_minute,
             windows: Vec::new(),
+            app_wide: None,
             max_concurrent,
             lease_ttl_secs: default_lease_ttl_secs(),
             concurrency_retry_secs: default_concurrency_retry_secs(),
@@ -293,6 +308,19 @@ impl Limits {
             return Err(Error::Config(
                 "limits: give at least one of per_day, per_hour, per_minute, windows".into(),
             ));
+        }
+        if let Some(app) = &self.app_wide {
+            if app.app_wide.is_some() {
+                return Err(Error::Config(
+                    "limits.app_wide.app_wide: an app has one level above its orgs".into(),
+                ));
+            }
+            app.validate().map_err(|e| {
+                Error::Config(format!(
+                    "limits.app_wide: {}",
+                    e.to_string().trim_start_matches("configuration error: ")
+                ))
+            })?;
         }
         let mut seen = std::collections::BTreeSet::new();
         for w in &self.windows {
@@ -481,6 +509,13 @@ pub enum Acquire {
     /// Taken; the grant says what.
     Granted(Grant),
     /// Refused; the denial says until when and why.
+    Denied(Denied),
+}
+
+/// What [`Quota::acquire_levels`] took: the org's grant and the app's,
+/// or the refusal of either.
+enum Levels {
+    Granted(Grant, Option<Grant>),
     Denied(Denied),
 }
 
@@ -694,6 +729,8 @@ impl Call {
 #[must_use = "a permit holds a concurrency lease until released"]
 pub struct Permit {
     grant: Option<Grant>,
+    /// The app-wide level's grant, when the limits have one.
+    app_grant: Option<Grant>,
     key: QuotaKey,
     call: Call,
     day: NaiveDate,
@@ -782,7 +819,54 @@ impl Quota {
         &self.clock
     }
 
-    /// Asks for `call.cost` calls. Exempt calls are granted without a store
+    /// The org's level, then the app's: both granted, or nothing held.
+    /// Two atomic steps, not one: while the second is asked, the first
+    /// holds its calls (a moment of over-counting the org, never of
+    /// over-admitting either level), and a refusal by the app's level
+    /// gives the org's grant back whole.
+    async fn acquire_levels(
+        &self,
+        key: &QuotaKey,
+        limits: &Limits,
+        cost: u32,
+        now: Timestamp,
+    ) -> Result<Levels> {
+        let grant = match self.store.acquire(key, limits, cost, now).await? {
+            Acquire::Granted(g) => g,
+            Acquire::Denied(d) => return Ok(Levels::Denied(d)),
+        };
+        let Some(app) = &limits.app_wide else {
+            return Ok(Levels::Granted(grant, None));
+        };
+        let app_grant = match app.check_cost(cost) {
+            Ok(()) => self.store.acquire(&key.app_level(), app, cost, now).await,
+            Err(e) => Err(e),
+        };
+        match app_grant {
+            Ok(Acquire::Granted(mut app_grant)) => {
+                // Calls must be made before either level's window ends.
+                let until = grant.valid_until.min(app_grant.valid_until);
+                let mut grant = grant;
+                grant.valid_until = until;
+                app_grant.valid_until = until;
+                Ok(Levels::Granted(grant, Some(app_grant)))
+            }
+            Ok(Acquire::Denied(d)) => {
+                tracing::info!(quota = %key, reason = %d.reason, "the app-wide level refused (every org of the app shares it)");
+                self.store.release(&grant, 0).await?;
+                Ok(Levels::Denied(d))
+            }
+            Err(e) => {
+                if let Err(undo) = self.store.release(&grant, 0).await {
+                    tracing::warn!(quota = %key, error = %undo, "could not give the org's grant back after the app level failed; its lease expires");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Asks for `call.cost` calls, of the org's limits and, when they have
+    /// one, the app's level. Exempt calls are granted without a store
     /// round trip.
     pub async fn acquire(&self, key: &QuotaKey, limits: &Limits, call: Call) -> Result<Admission> {
         let now = self.clock.now();
@@ -791,6 +875,7 @@ impl Quota {
         if call.exempt {
             return Ok(Admission::Granted(Permit {
                 grant: None,
+                app_grant: None,
                 key: key.clone(),
                 call,
                 day,
@@ -799,8 +884,8 @@ impl Quota {
             }));
         }
         limits.check_cost(call.cost)?;
-        match self.store.acquire(key, limits, call.cost, now).await? {
-            Acquire::Granted(grant) => {
+        match self.acquire_levels(key, limits, call.cost, now).await? {
+            Levels::Granted(grant, app_grant) => {
                 tracing::debug!(quota = %key, cost = call.cost, lease = %grant.lease_id, "quota granted");
                 let day_limit = limits.windows().find(|(w, _)| *w == WindowKind::Day);
                 let day_used = grant.windows.iter().find(|w| w.kind == WindowKind::Day);
@@ -810,6 +895,7 @@ impl Quota {
                 }
                 Ok(Admission::Granted(Permit {
                     grant: Some(grant),
+                    app_grant,
                     key: key.clone(),
                     call,
                     day,
@@ -817,7 +903,7 @@ impl Quota {
                     granted_at: now,
                 }))
             }
-            Acquire::Denied(mut denied) => {
+            Levels::Denied(mut denied) => {
                 if denied.reason == DenyReason::Blocked {
                     // Paused, or the API's Retry-After? One read, on a
                     // denial only, so the job's wait names the right cause.
@@ -892,6 +978,9 @@ impl Quota {
         let used = used.min(permit.call.cost);
         let forfeited = forfeited.min(permit.call.cost - used);
         if let Some(grant) = &permit.grant {
+            self.store.release(grant, used + forfeited).await?;
+        }
+        if let Some(grant) = &permit.app_grant {
             self.store.release(grant, used + forfeited).await?;
         }
         if forfeited > 0 {
@@ -972,10 +1061,10 @@ impl Quota {
 
     /// Extends a permit's lease for a long call.
     pub async fn renew(&self, permit: &Permit, by: Duration) -> Result<()> {
-        match &permit.grant {
-            Some(grant) => self.store.renew(grant, self.clock.now() + by).await,
-            None => Ok(()),
+        for grant in permit.grant.iter().chain(&permit.app_grant) {
+            self.store.renew(grant, self.clock.now() + by).await?;
         }
+        Ok(())
     }
 
     /// The API refused the connection's credential (401/403): counts it

@@ -232,6 +232,9 @@ pub(super) async fn limits(
     response
 }
 
+/// The arrivals entry holding every key's calls.
+const APP_WIDE: &str = " every key";
+
 /// Seconds until every [`crate::Shape`] has room for `key`'s call at
 /// `now`, or None when they all have (the call is then recorded).
 fn shape_refusal(state: &super::State, key: &str, now: DateTime<Utc>) -> Option<i64> {
@@ -239,8 +242,20 @@ fn shape_refusal(state: &super::State, key: &str, now: DateTime<Utc>) -> Option<
         return None;
     }
     let mut arrivals = lock(&state.arrivals);
+    // Every key's calls, under a name no key has, for app-wide shapes.
+    let everyone: Vec<DateTime<Utc>> = arrivals.get(APP_WIDE).cloned().unwrap_or_default();
     let calls = arrivals.entry(key.to_string()).or_default();
     let mut wait = 0i64;
+    let rolling = |calls: &[DateTime<Utc>], limit: u64, secs: i64| -> Option<i64> {
+        let since = now - Duration::seconds(secs);
+        let inside: Vec<&DateTime<Utc>> = calls.iter().filter(|c| **c > since).collect();
+        (inside.len() as u64 >= limit).then(|| {
+            // Room when the oldest call that keeps it full leaves.
+            let oldest = inside[inside.len() - limit as usize];
+            let leaves = *oldest + Duration::seconds(secs);
+            (leaves - now).num_milliseconds().div_euclid(1000) + 1
+        })
+    };
     for shape in &state.config.shapes {
         match *shape {
             crate::Shape::Fixed {
@@ -256,13 +271,13 @@ fn shape_refusal(state: &super::State, key: &str, now: DateTime<Utc>) -> Option<
                 }
             }
             crate::Shape::Rolling { calls: limit, secs } => {
-                let since = now - Duration::seconds(secs);
-                let inside: Vec<&DateTime<Utc>> = calls.iter().filter(|c| **c > since).collect();
-                if inside.len() as u64 >= limit {
-                    // Room when the oldest call that keeps it full leaves.
-                    let oldest = inside[inside.len() - limit as usize];
-                    let leaves = *oldest + Duration::seconds(secs);
-                    wait = wait.max((leaves - now).num_milliseconds().div_euclid(1000) + 1);
+                if let Some(w) = rolling(calls, limit, secs) {
+                    wait = wait.max(w);
+                }
+            }
+            crate::Shape::AppRolling { calls: limit, secs } => {
+                if let Some(w) = rolling(&everyone, limit, secs) {
+                    wait = wait.max(w);
                 }
             }
         }
@@ -270,18 +285,23 @@ fn shape_refusal(state: &super::State, key: &str, now: DateTime<Utc>) -> Option<
     if wait > 0 {
         return Some(wait);
     }
-    calls.push(now);
     // Keep what any shape can still see.
     let keep = state
         .config
         .shapes
         .iter()
         .map(|s| match s {
-            crate::Shape::Fixed { secs, .. } | crate::Shape::Rolling { secs, .. } => *secs,
+            crate::Shape::Fixed { secs, .. }
+            | crate::Shape::Rolling { secs, .. }
+            | crate::Shape::AppRolling { secs, .. } => *secs,
         })
         .max()
         .unwrap_or(0);
-    calls.retain(|c| *c > now - Duration::seconds(keep));
+    for who in [key, APP_WIDE] {
+        let calls = arrivals.entry(who.to_string()).or_default();
+        calls.push(now);
+        calls.retain(|c| *c > now - Duration::seconds(keep));
+    }
     None
 }
 
