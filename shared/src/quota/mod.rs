@@ -515,7 +515,7 @@ pub enum Acquire {
 /// What [`Quota::acquire_levels`] took: the org's grant and the app's,
 /// or the refusal of either.
 enum Levels {
-    Granted(Grant, Option<Grant>),
+    Granted(Box<(Grant, Option<Grant>)>),
     Denied(Denied),
 }
 
@@ -836,7 +836,7 @@ impl Quota {
             Acquire::Denied(d) => return Ok(Levels::Denied(d)),
         };
         let Some(app) = &limits.app_wide else {
-            return Ok(Levels::Granted(grant, None));
+            return Ok(Levels::Granted(Box::new((grant, None))));
         };
         let app_grant = match app.check_cost(cost) {
             Ok(()) => self.store.acquire(&key.app_level(), app, cost, now).await,
@@ -849,7 +849,7 @@ impl Quota {
                 let mut grant = grant;
                 grant.valid_until = until;
                 app_grant.valid_until = until;
-                Ok(Levels::Granted(grant, Some(app_grant)))
+                Ok(Levels::Granted(Box::new((grant, Some(app_grant)))))
             }
             Ok(Acquire::Denied(d)) => {
                 tracing::info!(quota = %key, reason = %d.reason, "the app-wide level refused (every org of the app shares it)");
@@ -885,7 +885,8 @@ impl Quota {
         }
         limits.check_cost(call.cost)?;
         match self.acquire_levels(key, limits, call.cost, now).await? {
-            Levels::Granted(grant, app_grant) => {
+            Levels::Granted(granted) => {
+                let (grant, app_grant) = *granted;
                 tracing::debug!(quota = %key, cost = call.cost, lease = %grant.lease_id, "quota granted");
                 let day_limit = limits.windows().find(|(w, _)| *w == WindowKind::Day);
                 let day_used = grant.windows.iter().find(|w| w.kind == WindowKind::Day);
