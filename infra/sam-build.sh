@@ -3,7 +3,7 @@
 # function for arm64 with BuildMethod rust-cargolambda, cargo-lambda (PyPI,
 # with its zig linker) on PATH. Prints the wall time and, per function, the
 # size of the bootstrap it produced, and checks each one is a stripped
-# aarch64 executable within the size budget (7.5 MB).
+# aarch64 executable within the size budget (9.5 MB).
 #
 #   bash infra/sam-build.sh            # into .aws-sam/build
 #   bash infra/sam-build.sh prepare    # only what needs the network (tools, the arm64 std)
@@ -25,7 +25,13 @@ TOOLS="$ROOT/.tools"
 # (a regex engine). The functions now read Lambda's environment directly
 # (`edge::lambda::lambda_sdk_config`, `init_logging`): workflow went from
 # 8.50 MB to 6.98 MB. The budget follows, so the gain cannot erode unseen.
-BUDGET_BYTES=7500000
+# 2026-12-05: windows aligned to an API's time zone (#29) link chrono-tz and
+# its bundled tz database (Lambda's provided.al2023 image is not relied on
+# for zoneinfo): +2.1 MB per function (6.8-6.9 -> 8.8-9.1 MB; hosted-get,
+# which has no quota, stays at 6.6). The budget moves to 9.5 MB with it;
+# filtering the database to the zones configs use (chrono-tz's
+# `filter-by-regex`) is the way back under 7.5.
+BUDGET_BYTES=9500000
 
 MODE="${1:-all}"
 TEMPLATE=template.yaml
@@ -49,7 +55,7 @@ if ! rustup target list --installed 2>/dev/null | grep -qx aarch64-unknown-linux
     # `sam build` builds every function, for the host's architecture, and
     # say loudly that the arm64 size budget was not checked.
     echo "[sam-build] WARNING: rustup cannot install the aarch64 standard library here;" \
-      "building template.yaml for x86_64 instead; the 7.5 MB arm64 budget is NOT checked" >&2
+      "building template.yaml for x86_64 instead; the 9.5 MB arm64 budget is NOT checked" >&2
     TEMPLATE=.template-x86_64.yaml  # beside template.yaml: CodeUri ./ is relative to it
     sed 's/^      - arm64$/      - x86_64/' template.yaml >"$TEMPLATE"
     MACHINE="Advanced Micro Devices X86-64"
@@ -75,7 +81,7 @@ for bootstrap in .aws-sam/build/*/bootstrap; do
     echo "[sam-build] $fn: not stripped" >&2; status=1
   fi
   if [ "$MACHINE" = AArch64 ] && [ "$bytes" -gt "$BUDGET_BYTES" ]; then
-    echo "[sam-build] $fn: $bytes bytes is over the 7.5 MB budget" >&2; status=1
+    echo "[sam-build] $fn: $bytes bytes is over the 9.5 MB budget" >&2; status=1
   fi
 done
 count=$(ls .aws-sam/build/*/bootstrap | wc -l)
