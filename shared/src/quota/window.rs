@@ -262,18 +262,21 @@ impl Span {
         if !self.rolling {
             return vec![self.id(now)];
         }
+        self.bucket_starts(now).map(|s| self.bucket_id(s)).collect()
+    }
+
+    /// The starts of a rolling span's buckets counted at `now`, oldest
+    /// first: those starting after t - secs - b overlap (t - secs, t], and
+    /// those ahead of `now` count too (another process whose clock runs
+    /// ahead, by up to the span, may have counted calls there).
+    fn bucket_starts(self, now: Timestamp) -> impl Iterator<Item = i64> {
         let b = self.bucket_secs();
         let t = now.timestamp();
-        // Buckets starting after t - secs - b overlap (t - secs, t]. Those
-        // ahead of `now` count too: another process whose clock runs ahead
-        // (by up to the span) may have counted calls there.
         let newest = t.div_euclid(b) * b + i64::from(self.secs);
         let oldest = (t - i64::from(self.secs)).div_euclid(b) * b;
         (0..)
-            .map(|k| oldest + k * b)
-            .take_while(|s| *s <= newest)
-            .map(|s| self.bucket_id(s))
-            .collect()
+            .map(move |k| oldest + k * b)
+            .take_while(move |s| *s <= newest)
     }
 
     /// When a call of `cost` fits again, given what each counted id holds
@@ -290,17 +293,12 @@ impl Span {
             return self.end(now);
         }
         let b = self.bucket_secs();
-        let mut held: u64 = self.counted_ids(now).iter().map(|id| used(id)).sum();
+        let held_at = |start: i64| used(&self.bucket_id(start));
+        let mut held: u64 = self.bucket_starts(now).map(held_at).sum();
         let room = u64::from(limit).saturating_sub(u64::from(cost));
-        for id in self.counted_ids(now) {
-            held = held.saturating_sub(used(&id));
-            let leaves = id
-                .split('~')
-                .nth(1)
-                .and_then(|s| s.parse::<i64>().ok())
-                .map_or(now.timestamp() + b, |start| {
-                    start + b + i64::from(self.secs)
-                });
+        for start in self.bucket_starts(now) {
+            held = held.saturating_sub(held_at(start));
+            let leaves = start + b + i64::from(self.secs);
             // A counted bucket overlaps the trailing span, so it leaves
             // after `now`.
             if held <= room {
