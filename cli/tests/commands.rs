@@ -2209,13 +2209,17 @@ fn docs_limits_configs_load() {
             .get("windows")
             .and_then(|w| w.as_array())
             .map_or(0, Vec::len);
+        let buckets = piece_value["app"]["limits"]
+            .get("buckets")
+            .and_then(|w| w.as_array())
+            .map_or(0, Vec::len);
         merge_toml(&mut config, piece_value);
         let loaded = metered::config::app::AppConfig::parse(&toml::to_string(&config).unwrap())
             .unwrap_or_else(|e| panic!("the example\n{piece}\ndoes not load: {e}"));
         assert_eq!(loaded.app.limits.windows.len(), windows, "{piece}");
         assert_eq!(
             loaded.app.limits.windows().count(),
-            windows + usize::from(loaded.app.limits.per_day.is_some()),
+            windows + buckets + usize::from(loaded.app.limits.per_day.is_some()),
             "{piece}"
         );
     }

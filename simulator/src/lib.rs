@@ -74,6 +74,10 @@ pub enum Shape {
     /// At most `calls` in any trailing `secs` across every key: the app's
     /// own limit (Xero's 10,000 a minute across tenants).
     AppRolling { calls: u64, secs: i64 },
+    /// A leaky bucket of `capacity` calls draining `per_sec` a second
+    /// (Shopify's 40 and 2); the level is reported as Shopify does, in
+    /// `X-Shopify-Shop-Api-Call-Limit: used/capacity`.
+    Bucket { capacity: u64, per_sec: f64 },
 }
 
 impl Default for SimConfig {

@@ -260,9 +260,98 @@ async fn without_the_app_level_the_orgs_add_up_past_the_apps_limit() {
     );
 }
 
+/// Two orgs of 6,000 customers (31 pages each) against a leaky bucket of
+/// 10 calls draining half a call a second, under `limits`; org A's key is
+/// also spent by another client on every `shadow_every`-th call (0: none).
+/// With `paced`, the API's `X-Shopify-Shop-Api-Call-Limit` is configured.
+async fn against_a_leaky_bucket(
+    adapter: Adapter,
+    limits: &str,
+    shadow_every: u64,
+    paced: bool,
+) -> (World, u64) {
+    let w = World::new(
+        adapter,
+        sim(
+            6_000,
+            Shape::Bucket {
+                capacity: 10,
+                per_sec: 0.5,
+            },
+        ),
+        |c| {
+            config(c, limits);
+            if paced {
+                c.app.rate_limit.bucket_header = Some("X-Shopify-Shop-Api-Call-Limit".into());
+            }
+        },
+    )
+    .await;
+    if shadow_every > 0 {
+        let a = w.api_keys[ORGS[0]].clone();
+        w.sim().faults().shadow_every.insert(a, shadow_every);
+    }
+    for org in ORGS {
+        w.start_for(org, JobKind::CompleteTransfer, "customers")
+            .await;
+    }
+    let report = w.drive().await;
+    assert!(report.dead.is_empty(), "{:?}", report.dead);
+    let rejected = w.sim().stats().rejected_429;
+    (w, rejected)
+}
+
+const BUCKET: &str =
+    "max_concurrent = 3\nbuckets = [{ capacity = 10, refill = 1, every = \"2s\" }]\n";
+
+/// Configured as the bucket it is: no 429, everything stored.
+async fn a_leaky_bucket(adapter: Adapter) {
+    let (w, rejected) = against_a_leaky_bucket(adapter, BUCKET, 0, false).await;
+    assert_eq!(rejected, 0, "{:?}", w.sim().stats().calls_by_key_minute);
+    for org in ORGS {
+        assert_eq!(stored(&w, org).await, 6_000, "{org}");
+    }
+}
+
+/// The control: the minute the old format could say (30 = the bucket's
+/// drain rate) bursts past the bucket.
+#[tokio::test]
+async fn a_fixed_minute_against_a_leaky_bucket_is_refused() {
+    let (_, rejected) = against_a_leaky_bucket(
+        Adapter::Sqlite,
+        "max_concurrent = 3\nper_minute = 30",
+        0,
+        false,
+    )
+    .await;
+    assert!(rejected > 0, "a fixed minute should overflow the bucket");
+}
+
+/// Another client spends org A's bucket too; the API reports the level
+/// (`X-Shopify-Shop-Api-Call-Limit: 7/10`) and metered, told the header,
+/// raises its bucket to it: no 429, everything stored. Its control
+/// (the header not configured) meets 429s.
+async fn a_shared_bucket_paced_from_the_apis_level(adapter: Adapter) {
+    let (w, rejected) = against_a_leaky_bucket(adapter, BUCKET, 3, true).await;
+    let shadow = w.sim().stats().shadow_calls.values().sum::<u64>();
+    assert!(shadow > 5, "the other client made {shadow} calls");
+    assert_eq!(rejected, 0, "{:?}", w.sim().stats().calls_by_key_minute);
+    for org in ORGS {
+        assert_eq!(stored(&w, org).await, 6_000, "{org}");
+    }
+}
+
+#[tokio::test]
+async fn a_shared_bucket_not_paced_meets_429s() {
+    let (_, rejected) = against_a_leaky_bucket(Adapter::Sqlite, BUCKET, 3, false).await;
+    assert!(rejected > 0, "the other client's calls overflow the bucket");
+}
+
 metered_tests::on_both!(
     an_app_wide_limit_across_orgs,
     a_rolling_minute,
     a_ten_second_window,
     a_day_that_resets_at_the_apis_hour,
+    a_leaky_bucket,
+    a_shared_bucket_paced_from_the_apis_level,
 );

@@ -126,6 +126,13 @@ fn shapes() -> Vec<(&'static str, Limits)> {
             "rolling 24 h",
             with("{ calls = 2000000000, every = \"24h\", rolling = true }"),
         ),
+        (
+            "token bucket",
+            toml::from_str(
+                "max_concurrent = 8\nbuckets = [{ capacity = 2000000000, refill = 1000000 }]",
+            )
+            .expect("a bench bucket"),
+        ),
     ]
 }
 

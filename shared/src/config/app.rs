@@ -173,6 +173,11 @@ pub struct RateLimitConfig {
     /// ever sent by APIs that mean them).
     #[serde(default = "yes")]
     pub standard_headers: bool,
+    /// A header holding the API's token bucket as `used/capacity`
+    /// (Shopify's `X-Shopify-Shop-Api-Call-Limit: 32/40`): raises the
+    /// level of `[[app.limits.buckets]]`' first bucket to it.
+    #[serde(default)]
+    pub bucket_header: Option<String>,
 }
 
 fn yes() -> bool {
@@ -202,6 +207,7 @@ impl Default for RateLimitConfig {
             limit_header: None,
             remaining_window: default_remaining_window(),
             standard_headers: true,
+            bucket_header: None,
         }
     }
 }
@@ -510,6 +516,12 @@ impl AppConfig {
                     "`{}`, but app.limits sets no per_{} limit to pace it against",
                     rl.remaining_window, rl.remaining_window
                 ),
+            );
+        }
+        if rl.bucket_header.is_some() && self.app.limits.buckets.is_empty() {
+            return bad(
+                "app.rate_limit.bucket_header".into(),
+                "app.limits sets no [[app.limits.buckets]] to pace it against".into(),
             );
         }
         for (i, e) in self.app.exempt_endpoints.iter().enumerate() {

@@ -106,11 +106,17 @@ impl HttpConnector {
             Vec::new()
         };
         let remaining = number(&cfg.remaining_header);
-        if remaining.is_some() || !policies.is_empty() {
+        let bucket = cfg
+            .bucket_header
+            .as_deref()
+            .and_then(text)
+            .and_then(super::ratelimit::parse_used_of);
+        if remaining.is_some() || !policies.is_empty() || bucket.is_some() {
             let count = ApiCount {
                 remaining,
                 limit: number(&cfg.limit_header),
                 policies,
+                bucket,
             };
             *self.api_count.lock().unwrap_or_else(|e| e.into_inner()) = Some(count);
         }

@@ -160,6 +160,8 @@ pub struct ApiCount {
     pub limit: Option<u64>,
     /// The standard fields' policies.
     pub policies: Vec<ratelimit::ApiPolicy>,
+    /// The API's token bucket, `(used, capacity)`, from `bucket_header`.
+    pub bucket: Option<(u64, u64)>,
 }
 
 /// Why a metered call did not produce a result.
@@ -358,7 +360,7 @@ impl Metered {
             let Some((kind, limit)) = self
                 .limits
                 .windows()
-                .find(|(k, _)| !k.is_rolling() && u64::from(k.secs()) == policy.window_secs)
+                .find(|(k, _)| !k.needs_read() && u64::from(k.secs()) == policy.window_secs)
             else {
                 tracing::debug!(quota = %self.key, policy = %policy.name, window_secs = policy.window_secs, "the API's policy has no configured window of its length; not paced from it");
                 continue;
@@ -366,6 +368,25 @@ impl Metered {
             let spent = policy.quota.saturating_sub(policy.remaining);
             raises.push((kind, spent.min(u64::from(limit))));
             left = Some(left.map_or(policy.remaining, |l| l.min(policy.remaining)));
+        }
+        // The bucket's level, in the first configured bucket (scaled when
+        // the API's capacity differs from ours).
+        if let Some((used, capacity)) = count.bucket {
+            if let Some((kind, ours)) = self
+                .limits
+                .windows()
+                .find(|(k, _)| matches!(k, crate::quota::WindowKind::Bucket(_)))
+            {
+                let ours = u64::from(ours);
+                let level = if capacity == 0 || capacity == ours {
+                    used
+                } else {
+                    (used * ours).div_ceil(capacity)
+                };
+                raises.push((kind, level.min(ours)));
+                let room = capacity.saturating_sub(used);
+                left = Some(left.map_or(room, |l| l.min(room)));
+            }
         }
         for (kind, spent) in raises {
             if let Err(e) = self

@@ -29,6 +29,15 @@ pub struct ApiPolicy {
     pub remaining: u64,
 }
 
+/// `used/capacity` (Shopify's `X-Shopify-Shop-Api-Call-Limit: 32/40`);
+/// `None` for anything else.
+pub fn parse_used_of(value: &str) -> Option<(u64, u64)> {
+    let (used, capacity) = value.trim().split_once('/')?;
+    let used = used.trim().parse().ok()?;
+    let capacity: u64 = capacity.trim().parse().ok()?;
+    (capacity > 0).then_some((used, capacity))
+}
+
 /// `name;k=v;k=v` items of a structured-field list.
 fn items(field: &str) -> Vec<(String, Vec<(String, String)>)> {
     field
@@ -167,5 +176,14 @@ mod tests {
         )
         .is_empty());
         assert!(parse(Some("\"x\";r=1"), Some("\"x\";q=5;w=0"), None, None).is_empty());
+    }
+
+    #[test]
+    fn a_bucket_header_reads_used_of_capacity() {
+        assert_eq!(parse_used_of("32/40"), Some((32, 40)));
+        assert_eq!(parse_used_of(" 1 / 80 "), Some((1, 80)));
+        for bad in ["", "32", "a/40", "32/0", "32/x"] {
+            assert_eq!(parse_used_of(bad), None, "{bad:?}");
+        }
     }
 }

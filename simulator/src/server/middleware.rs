@@ -168,6 +168,7 @@ pub(super) async fn limits(
         return too_many(retry_after_value(faults.retry_after_style, now, wait));
     }
     let endpoint = endpoint_of(req.method(), req.uri());
+    let mut shadow = false;
     {
         let mut stats = lock(&state.stats);
         *stats.calls_by_endpoint.entry(endpoint.clone()).or_default() += 1;
@@ -194,8 +195,14 @@ pub(super) async fn limits(
             if mine % n == 0 && *today < state.config.daily_budget {
                 *today += 1;
                 *stats.shadow_calls.entry(key.clone()).or_default() += 1;
+                shadow = true;
             }
         }
+    }
+    // The other client's call fills the shapes too, when they admit it
+    // (a real API would refuse it otherwise).
+    if shadow {
+        let _ = shape_refusal(state, &key, now);
     }
     let remaining = state.config.daily_budget.saturating_sub(
         lock(&state.stats)
@@ -216,6 +223,11 @@ pub(super) async fn limits(
     let headers = response.headers_mut();
     headers.insert("x-ratelimit-limit", state.config.daily_budget.into());
     headers.insert("x-ratelimit-remaining", remaining.into());
+    if let Some(level) = bucket_header(state, &key, now) {
+        if let Ok(v) = axum::http::HeaderValue::from_str(&level) {
+            headers.insert("x-shopify-shop-api-call-limit", v);
+        }
+    }
     if state.config.standard_headers {
         let reset = (now + Duration::days(1))
             .date_naive()
@@ -280,6 +292,13 @@ fn shape_refusal(state: &super::State, key: &str, now: DateTime<Utc>) -> Option<
                     wait = wait.max(w);
                 }
             }
+            crate::Shape::Bucket { capacity, per_sec } => {
+                let level = bucket_level(calls, per_sec, now);
+                let over = level + 1.0 - capacity as f64;
+                if over > 1e-9 {
+                    wait = wait.max((over / per_sec).ceil() as i64);
+                }
+            }
         }
     }
     if wait > 0 {
@@ -294,6 +313,9 @@ fn shape_refusal(state: &super::State, key: &str, now: DateTime<Utc>) -> Option<
             crate::Shape::Fixed { secs, .. }
             | crate::Shape::Rolling { secs, .. }
             | crate::Shape::AppRolling { secs, .. } => *secs,
+            crate::Shape::Bucket { capacity, per_sec } => {
+                (*capacity as f64 / per_sec).ceil() as i64 + 1
+            }
         })
         .max()
         .unwrap_or(0);
@@ -303,6 +325,37 @@ fn shape_refusal(state: &super::State, key: &str, now: DateTime<Utc>) -> Option<
         calls.retain(|c| *c > now - Duration::seconds(keep));
     }
     None
+}
+
+/// The level of a leaky bucket draining `per_sec` that took `calls` (in
+/// time order), at `now`: exact, continuous.
+fn bucket_level(calls: &[DateTime<Utc>], per_sec: f64, now: DateTime<Utc>) -> f64 {
+    let leak = |level: f64, from: DateTime<Utc>, to: DateTime<Utc>| {
+        let secs = (to - from).num_microseconds().unwrap_or(0).max(0) as f64 / 1e6;
+        (level - secs * per_sec).max(0.0)
+    };
+    let mut level = 0.0f64;
+    let mut at: Option<DateTime<Utc>> = None;
+    for t in calls {
+        if let Some(prev) = at {
+            level = leak(level, prev, *t);
+        }
+        level += 1.0;
+        at = Some(*t);
+    }
+    at.map_or(0.0, |prev| leak(level, prev, now))
+}
+
+/// `used/capacity` of the key's bucket at `now`, when the API has one.
+pub(super) fn bucket_header(state: &super::State, key: &str, now: DateTime<Utc>) -> Option<String> {
+    let (capacity, per_sec) = state.config.shapes.iter().find_map(|s| match s {
+        crate::Shape::Bucket { capacity, per_sec } => Some((*capacity, *per_sec)),
+        _ => None,
+    })?;
+    let arrivals = lock(&state.arrivals);
+    let calls = arrivals.get(key).map(Vec::as_slice).unwrap_or(&[]);
+    let level = bucket_level(calls, per_sec, now).ceil() as u64;
+    Some(format!("{}/{capacity}", level.min(capacity)))
 }
 
 /// The counter name of a request: its route template, and `(by ids)` for a

@@ -21,7 +21,7 @@ use crate::core::clock::{from_millis, to_millis, Timestamp};
 use crate::core::error::{Error, Result};
 use crate::quota::{
     explain_denial, Acquire, Grant, Limits, QuotaKey, QuotaState, QuotaStore, TakenWindow,
-    UsageEntry,
+    UsageEntry, WindowKind,
 };
 use async_trait::async_trait;
 use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
@@ -89,7 +89,6 @@ impl DynamoQuota {
         let mut req = self
             .update(key)
             .expression_attribute_names("#lease", format!("{LEASE_PREFIX}{lease_id}"))
-            .expression_attribute_values(":cost", n(cost))
             .expression_attribute_values(":one", n(1))
             .expression_attribute_values(":exp", n(to_millis(expires_at)))
             .expression_attribute_values(":now", n(to_millis(now)))
@@ -106,11 +105,18 @@ impl DynamoQuota {
         for (i, ((kind, limit), w)) in limits.windows().zip(&windows).enumerate() {
             req = req
                 .expression_attribute_names(format!("#w{i}"), format!("{WINDOW_PREFIX}{}", w.id));
-            adds.push(format!("#w{i} :cost"));
-            if kind.is_rolling() {
-                // Checked on the item read (`seen`), held by `rv` below.
+            if kind.needs_read() {
+                // Checked on the item read (`seen`), held by `rv` below; a
+                // bucket's arrival time moves by what `seen` says.
+                let current = seen.map_or(0, |item| counter(item, &w.id));
+                req = req.expression_attribute_values(
+                    format!(":take{i}"),
+                    n(kind.take(current, now, cost)),
+                );
+                adds.push(format!("#w{i} :take{i}"));
                 continue;
             }
+            adds.push(format!("#w{i} :cost"));
             req = req.expression_attribute_values(
                 format!(":room{i}"),
                 n(i64::from(limit) - i64::from(cost)),
@@ -118,6 +124,9 @@ impl DynamoQuota {
             conds.push(format!(
                 "(attribute_not_exists(#w{i}) OR #w{i} <= :room{i})"
             ));
+        }
+        if adds.iter().any(|a| a.ends_with(" :cost")) {
+            req = req.expression_attribute_values(":cost", n(cost));
         }
         adds.push("lease_count :one".into());
         if let Some(item) = seen {
@@ -173,10 +182,15 @@ impl DynamoQuota {
             let windows = windows
                 .iter()
                 .map(|w| TakenWindow {
-                    used: item
-                        .and_then(|item| item.get(&format!("{WINDOW_PREFIX}{}", w.id)))
-                        .and_then(as_i64)
-                        .map_or(u64::from(cost), |n| n.max(0) as u64),
+                    used: match (w.kind, item) {
+                        (WindowKind::Bucket(_), Some(item)) => {
+                            w.kind.held(now, |id| counter(item, id))
+                        }
+                        _ => item
+                            .and_then(|item| item.get(&format!("{WINDOW_PREFIX}{}", w.id)))
+                            .and_then(as_i64)
+                            .map_or(u64::from(cost), |n| n.max(0) as u64),
+                    },
                     ..w.clone()
                 })
                 .collect();
@@ -269,7 +283,7 @@ impl QuotaStore for DynamoQuota {
         // expression can compute: read the item, decide with the same rule
         // (`explain_denial`; a denial costs only this read), and write on
         // the condition that no acquire wrote since (`rv` unchanged).
-        let mut seen: Option<Item> = if limits.has_rolling() {
+        let mut seen: Option<Item> = if limits.needs_read() {
             Some(
                 self.table
                     .get("quota acquire", Self::pk(key), "quota")
@@ -328,14 +342,7 @@ impl QuotaStore for DynamoQuota {
             .expression_attribute_values(":minus1", n(-1));
         let mut adds = vec!["lease_count :minus1".to_string()];
         if refund > 0 {
-            req = req.expression_attribute_values(":refund", n(-i64::from(refund)));
-            for (i, w) in grant.windows.iter().enumerate() {
-                req = req.expression_attribute_names(
-                    format!("#w{i}"),
-                    format!("{WINDOW_PREFIX}{}", w.id),
-                );
-                adds.push(format!("#w{i} :refund"));
-            }
+            req = refund_windows(req, grant, refund, &mut adds);
         }
         let mut removes = vec!["#lease".to_string()];
         let refund_attr = format!("{REFUND_PREFIX}{}", grant.lease_id);
@@ -365,16 +372,9 @@ impl QuotaStore for DynamoQuota {
                 // refund right outlives it and is spent once.
                 let mut req = self
                     .update(&grant.key)
-                    .expression_attribute_names("#refund", &refund_attr)
-                    .expression_attribute_values(":refund", n(-i64::from(refund)));
+                    .expression_attribute_names("#refund", &refund_attr);
                 let mut adds = Vec::new();
-                for (i, w) in grant.windows.iter().enumerate() {
-                    req = req.expression_attribute_names(
-                        format!("#w{i}"),
-                        format!("{WINDOW_PREFIX}{}", w.id),
-                    );
-                    adds.push(format!("#w{i} :refund"));
-                }
+                req = refund_windows(req, grant, refund, &mut adds);
                 match req
                     .update_expression(format!("REMOVE #refund ADD {}", adds.join(", ")))
                     .condition_expression("attribute_exists(#refund)")
@@ -708,6 +708,36 @@ fn lease_expiries(item: &Item, now: Timestamp) -> (Vec<Timestamp>, Vec<(String, 
 }
 
 /// A window counter of the quota item (0 when absent).
+/// Adds to `req` the refund of `refund` calls to every window `grant`
+/// took from (each in its own units: a bucket's in milliseconds). A
+/// bucket's refund also moves `rv`: an acquire judged on the item before
+/// it would otherwise add its move of the arrival time to a refunded one
+/// and count too little (the `max` with the clock does not commute with
+/// the refund, as a sum does).
+fn refund_windows(
+    mut req: aws_sdk_dynamodb::operation::update_item::builders::UpdateItemFluentBuilder,
+    grant: &Grant,
+    refund: u32,
+    adds: &mut Vec<String>,
+) -> aws_sdk_dynamodb::operation::update_item::builders::UpdateItemFluentBuilder {
+    for (i, w) in grant.windows.iter().enumerate() {
+        let units = i64::try_from(w.kind.refund(refund)).unwrap_or(i64::MAX);
+        req = req
+            .expression_attribute_names(format!("#w{i}"), format!("{WINDOW_PREFIX}{}", w.id))
+            .expression_attribute_values(format!(":r{i}"), n(-units));
+        adds.push(format!("#w{i} :r{i}"));
+    }
+    if grant
+        .windows
+        .iter()
+        .any(|w| matches!(w.kind, WindowKind::Bucket(_)))
+    {
+        req = req.expression_attribute_values(":rv1", n(1));
+        adds.push("rv :rv1".into());
+    }
+    req
+}
+
 fn counter(item: &Item, id: &str) -> u64 {
     item.get(&format!("{WINDOW_PREFIX}{id}"))
         .and_then(as_i64)

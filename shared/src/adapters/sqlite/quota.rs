@@ -109,10 +109,11 @@ impl QuotaStore for SqliteQuota {
                 let mut windows = windows;
                 for w in &mut windows {
                     w.used = w.kind.held(now, |id| used.get(id).copied().unwrap_or(0)) + u64::from(cost);
+                    let add = w.kind.take(used.get(&w.id).copied().unwrap_or(0), now, cost);
                     tx.exec(
                         "INSERT INTO quota_window (org, app, window, used) VALUES (?1, ?2, ?3, ?4)
                          ON CONFLICT (org, app, window) DO UPDATE SET used = used + excluded.used",
-                        params![key.org, key.app, w.id, cost],
+                        params![key.org, key.app, w.id, i64::try_from(add).unwrap_or(i64::MAX)],
                     )?;
                 }
                 let expires_at = now + limits.lease_ttl();
@@ -153,7 +154,12 @@ impl QuotaStore for SqliteQuota {
                         tx.exec(
                             "UPDATE quota_window SET used = MAX(0, used - ?4)
                              WHERE org = ?1 AND app = ?2 AND window = ?3",
-                            params![grant.key.org, grant.key.app, w.id, refund],
+                            params![
+                                grant.key.org,
+                                grant.key.app,
+                                w.id,
+                                i64::try_from(w.kind.refund(refund)).unwrap_or(i64::MAX)
+                            ],
                         )?;
                     }
                 }
