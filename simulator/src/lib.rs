@@ -25,6 +25,7 @@ pub use data::Dataset;
 pub use server::{serve, Faults, RetryAfterStyle, SimServer, Stats};
 
 use metered::core::clock::SharedClock;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 /// The connector config for this API (`app.toml`), pointed at `base_url`.
@@ -54,6 +55,9 @@ pub struct SimConfig {
     /// Also report the daily budget in the IETF `RateLimit` /
     /// `RateLimit-Policy` fields (`"day";q=…;w=86400`).
     pub standard_headers: bool,
+    /// What a call to an endpoint (`GET /customers`, as the stats name
+    /// it) costs in the shapes: GraphQL-style points. Others cost 1.
+    pub costs: BTreeMap<String, u64>,
 }
 
 /// A limit shape an API publishes, enforced per organization key on the
@@ -94,6 +98,7 @@ impl Default for SimConfig {
             max_bulk_ids: 50,
             shapes: Vec::new(),
             standard_headers: false,
+            costs: BTreeMap::new(),
         }
     }
 }

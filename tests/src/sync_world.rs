@@ -152,6 +152,9 @@ impl Connector for Ticking {
     fn is_exempt(&self, endpoint: &str) -> bool {
         self.inner.is_exempt(endpoint)
     }
+    fn call_cost(&self, endpoint: &str) -> u32 {
+        self.inner.call_cost(endpoint)
+    }
     fn take_api_count(&self) -> Option<metered::connector::ApiCount> {
         self.inner.take_api_count()
     }

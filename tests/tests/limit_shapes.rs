@@ -347,6 +347,64 @@ async fn a_shared_bucket_not_paced_meets_429s() {
     assert!(rejected > 0, "the other client's calls overflow the bucket");
 }
 
+/// Two orgs of 6,000 customers against an API that charges 5 points for
+/// a page of customers from a bucket of 50 points restoring 5 a second
+/// (GraphQL-style costs), under `limits`.
+async fn against_costly_pages(adapter: Adapter, limits: &str) -> (World, u64) {
+    let mut config = sim(
+        6_000,
+        Shape::Bucket {
+            capacity: 50,
+            per_sec: 5.0,
+        },
+    );
+    config.costs.insert("GET /customers".into(), 5);
+    let w = World::new(adapter, config, |c| config_with(c, limits)).await;
+    for org in ORGS {
+        w.start_for(org, JobKind::CompleteTransfer, "customers")
+            .await;
+    }
+    let report = w.drive().await;
+    assert!(report.dead.is_empty(), "{:?}", report.dead);
+    let rejected = w.sim().stats().rejected_429;
+    (w, rejected)
+}
+
+/// `limits` may carry `[app.endpoint_costs]` after `[app.limits]`' fields.
+fn config_with(c: &mut AppConfig, text: &str) {
+    let (limits, costs) = text.split_once("#costs\n").unwrap_or((text, ""));
+    config(c, limits);
+    c.app.endpoint_costs = toml::from_str(costs).unwrap();
+    let cost = c.app.endpoint_costs.values().copied().max().unwrap_or(1);
+    c.app.limits.check_cost(cost).unwrap();
+}
+
+const POINTS: &str = "max_concurrent = 3\nbuckets = [{ capacity = 50, refill = 5 }]\n";
+
+/// Each page charged its 5 points (`[app.endpoint_costs]`): no 429,
+/// everything stored.
+async fn costly_pages_charged_their_cost(adapter: Adapter) {
+    let (w, rejected) = against_costly_pages(
+        adapter,
+        &format!("{POINTS}#costs\n\"GET /customers\" = 5\n"),
+    )
+    .await;
+    assert_eq!(rejected, 0, "{:?}", w.sim().stats().calls_by_key_minute);
+    for org in ORGS {
+        assert_eq!(stored(&w, org).await, 6_000, "{org}");
+    }
+}
+
+/// The control: every call counted as 1 point overflows the bucket.
+#[tokio::test]
+async fn costly_pages_counted_as_one_call_are_refused() {
+    let (_, rejected) = against_costly_pages(Adapter::Sqlite, POINTS).await;
+    assert!(
+        rejected > 0,
+        "pages of 5 points counted as 1 overflow the bucket"
+    );
+}
+
 metered_tests::on_both!(
     an_app_wide_limit_across_orgs,
     a_rolling_minute,
@@ -354,4 +412,5 @@ metered_tests::on_both!(
     a_day_that_resets_at_the_apis_hour,
     a_leaky_bucket,
     a_shared_bucket_paced_from_the_apis_level,
+    costly_pages_charged_their_cost,
 );

@@ -217,6 +217,12 @@ impl metered::connector::Connector for Latency {
     fn max_ids_per_call(&self, rt: &str) -> usize {
         self.inner.max_ids_per_call(rt)
     }
+    fn is_exempt(&self, endpoint: &str) -> bool {
+        self.inner.is_exempt(endpoint)
+    }
+    fn call_cost(&self, endpoint: &str) -> u32 {
+        self.inner.call_cost(endpoint)
+    }
     async fn list(
         &self,
         req: &metered::connector::ListRequest,

@@ -141,7 +141,57 @@ async fn a_reservation_refunds_after_its_lease_lapsed(adapter: Adapter) {
     assert_eq!(state.live_leases, 0);
 }
 
+/// A reservation of calls that cost 300 each (`[app.endpoint_costs]`)
+/// under a day of 2,500: 50 calls asked, the 8 the day can hold granted
+/// (not refused as impossible forever); each call takes 300; the unspent
+/// calls come back at the end, and the day holds exactly what was spent.
+async fn a_reservation_counts_each_call_at_its_endpoints_cost(adapter: Adapter) {
+    let start = chrono::Utc
+        .with_ymd_and_hms(2026, 11, 22, 10, 0, 0)
+        .unwrap();
+    let clock = ManualClock::new(start);
+    let shared: SharedClock = Arc::new(clock.clone());
+    let endpoint = "GET /invoices".to_string();
+    let fx = metered_tests::sim_fixture_with(SimConfig::default(), shared.clone(), |c| {
+        c.app.limits = Limits::new(Some(2_500), None, None, 3).unwrap();
+        c.app.endpoint_costs.insert(endpoint.clone(), 300);
+    })
+    .await;
+    let store = quota_store(adapter).await;
+    let key = QuotaKey::new("org-a", "sim-booking");
+    let limits = fx.config.app.limits.clone();
+    let m = Metered::new(
+        fx.connector.clone(),
+        Quota::new(store.clone(), shared),
+        key.clone(),
+        limits.clone(),
+        "complete-transfer:invoices",
+    );
+    assert_eq!(
+        metered::connector::Connector::list_endpoint(&*fx.connector, "invoices"),
+        endpoint
+    );
+    let mut r = m.reserve(&endpoint, 50).await.unwrap();
+    assert_eq!(r.remaining(), 8, "2,500 / 300 whole calls");
+    r.list(&list()).await.unwrap();
+    r.list(&list()).await.unwrap();
+    assert_eq!(r.remaining(), 6);
+    r.finish().await.unwrap();
+    let state = store.state(&key, &limits, start).await.unwrap();
+    assert_eq!(
+        state.used.get("d2026-11-22"),
+        Some(&600),
+        "two calls of 300"
+    );
+    // A single call is charged its cost too.
+    m.list(&list()).await.unwrap();
+    let state = store.state(&key, &limits, start).await.unwrap();
+    assert_eq!(state.used.get("d2026-11-22"), Some(&900));
+    assert_eq!(fx.sim().stats().calls_by_key_day.values().sum::<u64>(), 3);
+}
+
 metered_tests::on_both!(
+    a_reservation_counts_each_call_at_its_endpoints_cost,
     a_reservation_stops_at_the_end_of_its_windows,
     a_reservation_renews_only_when_its_lease_runs_short,
     a_reservation_refunds_after_its_lease_lapsed,

@@ -49,6 +49,13 @@ pub struct AppSection {
     /// path may end in `*` (e.g. `POST /hooks/*`).
     #[serde(default)]
     pub exempt_endpoints: Vec<String>,
+    /// What one call to an endpoint costs the budget, where the API counts
+    /// it as more than one (`"GET /search/*" = 5`, a GraphQL endpoint's
+    /// typical query cost). Patterns as in `exempt_endpoints`; the exact
+    /// pattern wins over a `*` one, the longest `*` one over shorter.
+    /// Every other endpoint costs 1.
+    #[serde(default)]
+    pub endpoint_costs: std::collections::BTreeMap<String, u32>,
     /// How the API signals its own limits.
     #[serde(default)]
     pub rate_limit: RateLimitConfig,
@@ -524,10 +531,37 @@ impl AppConfig {
                 "app.limits sets no [[app.limits.buckets]] to pace it against".into(),
             );
         }
-        for (i, e) in self.app.exempt_endpoints.iter().enumerate() {
-            let ok = e.split_once(' ').is_some_and(|(m, p)| {
+        let endpoint_pattern = |e: &str| {
+            e.split_once(' ').is_some_and(|(m, p)| {
                 !m.is_empty() && m.chars().all(|c| c.is_ascii_uppercase()) && p.starts_with('/')
+            })
+        };
+        for (e, cost) in &self.app.endpoint_costs {
+            let field = format!("app.endpoint_costs.{e:?}");
+            if !endpoint_pattern(e) {
+                return bad(
+                    field,
+                    format!("expected `METHOD /path` (e.g. \"GET /search/*\"), got {e:?}"),
+                );
+            }
+            let fits = self.app.limits.check_cost(*cost).and_then(|()| {
+                self.app
+                    .limits
+                    .app_wide
+                    .as_ref()
+                    .map_or(Ok(()), |app| app.check_cost(*cost))
             });
+            if let Err(e) = fits {
+                return bad(
+                    field,
+                    e.to_string()
+                        .trim_start_matches("impossible request: ")
+                        .to_string(),
+                );
+            }
+        }
+        for (i, e) in self.app.exempt_endpoints.iter().enumerate() {
+            let ok = endpoint_pattern(e);
             if !ok {
                 return bad(
                     format!("app.exempt_endpoints[{i}]"),
@@ -723,7 +757,6 @@ impl AppConfig {
         self.syncs.get(record_type).cloned().unwrap_or_default()
     }
 
-    /// Whether calls to `endpoint` (`METHOD /path`) are exempt from the budget.
     /// Whether calls to `endpoint` (`METHOD /path`) are exempt. The path is
     /// normalised first (query dropped, `.` and `..` resolved, repeated
     /// slashes folded), so `POST /hooks/../notes` is `POST /notes` and never
@@ -733,10 +766,32 @@ impl AppConfig {
         self.app
             .exempt_endpoints
             .iter()
-            .any(|pattern| match pattern.strip_suffix('*') {
-                Some(prefix) => endpoint.starts_with(prefix),
-                None => endpoint == *pattern,
-            })
+            .any(|pattern| endpoint_matches(pattern, &endpoint))
+    }
+
+    /// What one call to `endpoint` costs (`[app.endpoint_costs]`; 1 when
+    /// none matches). The path is normalised as for [`Self::is_exempt`];
+    /// an exact pattern wins, then the longest `*` pattern.
+    pub fn endpoint_cost(&self, endpoint: &str) -> u32 {
+        let endpoint = normalise_endpoint(endpoint);
+        if let Some(cost) = self.app.endpoint_costs.get(&endpoint) {
+            return (*cost).max(1);
+        }
+        self.app
+            .endpoint_costs
+            .iter()
+            .filter(|(pattern, _)| pattern.ends_with('*') && endpoint_matches(pattern, &endpoint))
+            .max_by_key(|(pattern, _)| pattern.len())
+            .map_or(1, |(_, cost)| (*cost).max(1))
+    }
+}
+
+/// Whether `pattern` (`METHOD /path`, or a prefix ending in `*`) matches a
+/// normalised endpoint.
+fn endpoint_matches(pattern: &str, endpoint: &str) -> bool {
+    match pattern.strip_suffix('*') {
+        Some(prefix) => endpoint.starts_with(prefix),
+        None => endpoint == pattern,
     }
 }
 
@@ -821,6 +876,54 @@ mod tests {
         assert!(!cfg.is_exempt("POST /hooks/%2e%2e/notes"));
         assert!(!cfg.is_exempt("POST /hooks/%2E%2e/%2e/notes"));
         assert_eq!(normalise_endpoint("GET /a/%2e/b/.%2E/c"), "GET /a/c");
+    }
+
+    #[test]
+    fn endpoint_costs_match_the_most_specific_pattern() {
+        let text = GOOD.replace(
+            "[record_types.customers]",
+            "[app.endpoint_costs]\n\"GET /search/*\" = 5\n\"GET /search/deep/*\" = 20\n\"POST /graphql\" = 10\n\"GET /search/cheap\" = 2\n[record_types.customers]",
+        );
+        let cfg = AppConfig::parse(&text).unwrap();
+        assert_eq!(cfg.endpoint_cost("GET /customers"), 1, "unlisted");
+        assert_eq!(cfg.endpoint_cost("POST /graphql"), 10);
+        assert_eq!(cfg.endpoint_cost("POST /graphql?x=1"), 10, "query dropped");
+        assert_eq!(cfg.endpoint_cost("GET /search/people"), 5);
+        assert_eq!(
+            cfg.endpoint_cost("GET /search/deep/x"),
+            20,
+            "the longest prefix"
+        );
+        assert_eq!(cfg.endpoint_cost("GET /search/cheap"), 2, "exact wins");
+        assert_eq!(
+            cfg.endpoint_cost("GET /search/x/../deep/y"),
+            20,
+            "normalised"
+        );
+        assert_eq!(
+            cfg.endpoint_cost("POST /search/people"),
+            1,
+            "another method"
+        );
+
+        let bad = GOOD.replace(
+            "[record_types.customers]",
+            "[app.endpoint_costs]\n\"search\" = 5\n[record_types.customers]",
+        );
+        let e = err_of(&bad);
+        assert!(
+            e.contains("app.endpoint_costs") && e.contains("METHOD /path"),
+            "{e}"
+        );
+        let too_big = GOOD.replace(
+            "[record_types.customers]",
+            "[app.endpoint_costs]\n\"POST /graphql\" = 3000\n[record_types.customers]",
+        );
+        let e = err_of(&too_big);
+        assert!(
+            e.contains("app.endpoint_costs") && e.contains("can never fit the day limit of 2500"),
+            "{e}"
+        );
     }
 
     const GOOD: &str = r#"

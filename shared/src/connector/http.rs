@@ -500,6 +500,10 @@ impl Connector for HttpConnector {
         self.config.is_exempt(endpoint)
     }
 
+    fn call_cost(&self, endpoint: &str) -> u32 {
+        self.config.endpoint_cost(endpoint)
+    }
+
     fn take_api_count(&self) -> Option<ApiCount> {
         self.api_count
             .lock()

@@ -141,6 +141,11 @@ pub trait Connector: Send + Sync {
     fn is_exempt(&self, _endpoint: &str) -> bool {
         false
     }
+    /// What one call to `endpoint` costs the budget (`[app.endpoint_costs]`:
+    /// a search or GraphQL endpoint the API counts as several). Required,
+    /// not defaulted: a wrapper that forgot to forward it would silently
+    /// charge 1.
+    fn call_cost(&self, endpoint: &str) -> u32;
     /// The API's own count from the latest response, taken once (see
     /// [`ApiCount`]); `None` when the API reports none or it was taken.
     /// Required, not defaulted: a wrapper that forgot to forward it would
@@ -286,7 +291,8 @@ impl Metered {
     where
         F: std::future::Future<Output = Result<T, ApiError>>,
     {
-        let mut spec = Call::new(self.source.clone(), endpoint.clone());
+        let cost = self.connector.call_cost(&endpoint).max(1);
+        let mut spec = Call::new(self.source.clone(), endpoint.clone()).reserve(cost);
         if self.connector.is_exempt(&endpoint) {
             spec = spec.exempt();
         }
@@ -322,7 +328,7 @@ impl Metered {
         // was taken at acquire; a release that fails only leaves the lease
         // to expire, so it must never discard what the call returned (an
         // action would be repeated; a 429's block would be skipped).
-        if let Err(e) = self.quota.release(permit, 1).await {
+        if let Err(e) = self.quota.release(permit, cost).await {
             tracing::warn!(quota = %self.key, error = %e, "could not release the call's lease; it frees when it expires, and the call's result is kept");
         }
         self.pace_from_api(granted_at).await;
@@ -472,7 +478,19 @@ impl Metered {
     /// takes what is left; when it has none, says when it frees. Give the
     /// unused part back with [`Reservation::finish`].
     pub async fn reserve(&self, endpoint: &str, calls: u32) -> Result<Reservation<'_>, CallError> {
-        let mut spec = Call::new(self.source.clone(), endpoint).reserve(calls.max(1));
+        // Counted in the endpoint's cost: `calls` calls of `unit` each.
+        let unit = self.connector.call_cost(endpoint).max(1);
+        // A block of costly calls never asks for more than a window holds
+        // (it would be refused as impossible, forever); the config checks
+        // one call fits.
+        let levels = std::iter::once(&self.limits).chain(self.limits.app_wide.as_deref());
+        let tightest = levels
+            .flat_map(|l| l.windows().map(|(_, limit)| limit))
+            .min()
+            .unwrap_or(u32::MAX);
+        let calls = calls.min((tightest / unit).max(1));
+        let mut spec =
+            Call::new(self.source.clone(), endpoint).reserve(calls.max(1).saturating_mul(unit));
         if self.connector.is_exempt(endpoint) {
             spec = spec.exempt();
         }
@@ -486,7 +504,9 @@ impl Metered {
         }) = &admission
         {
             let room = u64::from(*limit).saturating_sub(*used);
-            if room >= 1 && room < u64::from(spec.cost) {
+            // Whole calls only.
+            let room = room - room % u64::from(unit);
+            if room >= u64::from(unit) && room < u64::from(spec.cost) {
                 admission = self
                     .quota
                     .acquire(&self.key, &self.limits, spec.reserve(room as u32))
@@ -501,6 +521,7 @@ impl Metered {
                 permit: Some(permit),
                 used: 0,
                 forfeited: 0,
+                unit,
             }),
             Admission::Denied(d) => Err(CallError::Denied(d)),
         }
@@ -512,6 +533,7 @@ impl Metered {
 pub struct Reservation<'a> {
     metered: &'a Metered,
     permit: Option<crate::quota::Permit>,
+    /// Budget units granted and used (calls × `unit`).
     granted: u32,
     used: u32,
     /// Reserved calls the API's own count said are gone (another client
@@ -519,6 +541,8 @@ pub struct Reservation<'a> {
     forfeited: u32,
     /// When the lease ends as last granted or renewed.
     lease_until: Option<Timestamp>,
+    /// What one call of the reservation's endpoint costs.
+    unit: u32,
 }
 
 impl Reservation<'_> {
@@ -535,7 +559,7 @@ impl Reservation<'_> {
         if expired {
             0
         } else {
-            self.granted - self.used
+            (self.granted - self.used) / self.unit
         }
     }
 
@@ -558,7 +582,7 @@ impl Reservation<'_> {
         if self.remaining() == 0 {
             return Err(CallError::ReservationEnded);
         }
-        self.used += 1;
+        self.used += self.unit;
         let result = call.await;
         let granted_at = self
             .permit

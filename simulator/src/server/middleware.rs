@@ -161,7 +161,15 @@ pub(super) async fn limits(
             ));
         }
     }
-    if let Some(wait) = shape_refusal(state, &key, now) {
+    // What the call costs in the shapes (GraphQL-style points).
+    let cost = state
+        .config
+        .costs
+        .get(&endpoint_of(req.method(), req.uri()))
+        .copied()
+        .unwrap_or(1)
+        .max(1);
+    if let Some(wait) = shape_refusal(state, &key, now, cost) {
         let mut stats = lock(&state.stats);
         stats.rejected_429 += 1;
         stats.rejected_by_shape += 1;
@@ -202,7 +210,7 @@ pub(super) async fn limits(
     // The other client's call fills the shapes too, when they admit it
     // (a real API would refuse it otherwise).
     if shadow {
-        let _ = shape_refusal(state, &key, now);
+        let _ = shape_refusal(state, &key, now, 1);
     }
     let remaining = state.config.daily_budget.saturating_sub(
         lock(&state.stats)
@@ -249,7 +257,7 @@ const APP_WIDE: &str = " every key";
 
 /// Seconds until every [`crate::Shape`] has room for `key`'s call at
 /// `now`, or None when they all have (the call is then recorded).
-fn shape_refusal(state: &super::State, key: &str, now: DateTime<Utc>) -> Option<i64> {
+fn shape_refusal(state: &super::State, key: &str, now: DateTime<Utc>, cost: u64) -> Option<i64> {
     if state.config.shapes.is_empty() {
         return None;
     }
@@ -261,9 +269,10 @@ fn shape_refusal(state: &super::State, key: &str, now: DateTime<Utc>) -> Option<
     let rolling = |calls: &[DateTime<Utc>], limit: u64, secs: i64| -> Option<i64> {
         let since = now - Duration::seconds(secs);
         let inside: Vec<&DateTime<Utc>> = calls.iter().filter(|c| **c > since).collect();
-        (inside.len() as u64 >= limit).then(|| {
+        (inside.len() as u64 + cost > limit).then(|| {
             // Room when the oldest call that keeps it full leaves.
-            let oldest = inside[inside.len() - limit as usize];
+            let keep = (limit + 1).saturating_sub(cost).max(1) as usize;
+            let oldest = inside[inside.len().saturating_sub(keep)];
             let leaves = *oldest + Duration::seconds(secs);
             (leaves - now).num_milliseconds().div_euclid(1000) + 1
         })
@@ -278,7 +287,7 @@ fn shape_refusal(state: &super::State, key: &str, now: DateTime<Utc>) -> Option<
                 let t = now.timestamp() - offset_secs;
                 let start = t.div_euclid(secs) * secs + offset_secs;
                 let held = calls.iter().filter(|c| c.timestamp() >= start).count() as u64;
-                if held >= limit {
+                if held + cost > limit {
                     wait = wait.max(start + secs - now.timestamp());
                 }
             }
@@ -294,7 +303,7 @@ fn shape_refusal(state: &super::State, key: &str, now: DateTime<Utc>) -> Option<
             }
             crate::Shape::Bucket { capacity, per_sec } => {
                 let level = bucket_level(calls, per_sec, now);
-                let over = level + 1.0 - capacity as f64;
+                let over = level + cost as f64 - capacity as f64;
                 if over > 1e-9 {
                     wait = wait.max((over / per_sec).ceil() as i64);
                 }
@@ -321,7 +330,7 @@ fn shape_refusal(state: &super::State, key: &str, now: DateTime<Utc>) -> Option<
         .unwrap_or(0);
     for who in [key, APP_WIDE] {
         let calls = arrivals.entry(who.to_string()).or_default();
-        calls.push(now);
+        calls.extend(std::iter::repeat_n(now, cost as usize));
         calls.retain(|c| *c > now - Duration::seconds(keep));
     }
     None

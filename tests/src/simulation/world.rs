@@ -326,6 +326,9 @@ impl Connector for SimApi {
     fn is_exempt(&self, endpoint: &str) -> bool {
         self.inner.is_exempt(endpoint)
     }
+    fn call_cost(&self, endpoint: &str) -> u32 {
+        self.inner.call_cost(endpoint)
+    }
     fn take_api_count(&self) -> Option<metered::connector::ApiCount> {
         self.inner.take_api_count()
     }
