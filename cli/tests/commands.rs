@@ -2219,7 +2219,16 @@ fn docs_limits_configs_load() {
         assert_eq!(loaded.app.limits.windows.len(), windows, "{piece}");
         assert_eq!(
             loaded.app.limits.windows().count(),
-            windows + buckets + usize::from(loaded.app.limits.per_day.is_some()),
+            windows
+                + buckets
+                + [
+                    loaded.app.limits.per_day,
+                    loaded.app.limits.per_hour,
+                    loaded.app.limits.per_minute
+                ]
+                .iter()
+                .flatten()
+                .count(),
             "{piece}"
         );
     }

@@ -64,7 +64,8 @@ pub struct SimConfig {
 /// calls it accepts.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Shape {
-    /// `calls` per fixed window of `secs`, the windows starting
+    /// `calls` per fixed window of `secs` (reported in
+    /// `x-limit-{secs}s-remaining` and `-limit`), the windows starting
     /// `offset_secs` after the UTC-aligned boundaries (an API whose day
     /// starts at 06:00 UTC: `secs` 86,400, `offset_secs` 21,600).
     Fixed {
@@ -82,6 +83,9 @@ pub enum Shape {
     /// (Shopify's 40 and 2); the level is reported as Shopify does, in
     /// `X-Shopify-Shop-Api-Call-Limit: used/capacity`.
     Bucket { capacity: u64, per_sec: f64 },
+    /// `calls` per UTC-aligned fixed window of `secs` across every key
+    /// (Xero's app-wide minute); reported in `x-app-limit-{secs}s-*`.
+    AppFixed { calls: u64, secs: i64 },
 }
 
 impl Default for SimConfig {

@@ -405,6 +405,89 @@ async fn costly_pages_counted_as_one_call_are_refused() {
     );
 }
 
+/// Two orgs of 6,000 customers against an API holding each org to 20
+/// calls a minute and the app to 30 a minute across both, reporting both
+/// windows in Xero-style header families; another client spends org A's
+/// budget on every other call. `counts` is TOML for
+/// `[[app.rate_limit.counts]]` (empty: the families unread).
+async fn against_counted_minutes(adapter: Adapter, counts: &str) -> (World, u64) {
+    let mut config = sim(
+        6_000,
+        Shape::Fixed {
+            calls: 20,
+            secs: 60,
+            offset_secs: 0,
+        },
+    );
+    config.shapes.push(Shape::AppFixed {
+        calls: 30,
+        secs: 60,
+    });
+    let w = World::new(adapter, config, |c| {
+        super_config(c);
+        let parsed: toml::Table = toml::from_str(counts).unwrap();
+        c.app.rate_limit.counts = parsed
+            .get("counts")
+            .and_then(|v| v.as_array())
+            .map(|a| a.iter().map(|v| v.clone().try_into().unwrap()).collect())
+            .unwrap_or_default();
+    })
+    .await;
+    let a = w.api_keys[ORGS[0]].clone();
+    w.sim().faults().shadow_every.insert(a, 2);
+    for org in ORGS {
+        w.start_for(org, JobKind::CompleteTransfer, "customers")
+            .await;
+    }
+    let report = w.drive().await;
+    assert!(report.dead.is_empty(), "{:?}", report.dead);
+    let rejected = w.sim().stats().rejected_429;
+    (w, rejected)
+}
+
+fn super_config(c: &mut AppConfig) {
+    config(
+        c,
+        "max_concurrent = 3\nper_minute = 20\n[app_wide]\nmax_concurrent = 6\nper_minute = 30",
+    );
+}
+
+const COUNTED: &str = r#"
+[[counts]]
+remaining = "x-limit-60s-remaining"
+limit = "x-limit-60s-limit"
+every = "1m"
+[[counts]]
+remaining = "x-app-limit-60s-remaining"
+limit = "x-app-limit-60s-limit"
+every = "1m"
+level = "app"
+"#;
+
+/// Both families read, the org's minute and the app's: the other client's
+/// calls are taken into both levels; no 429, everything stored.
+async fn header_families_pace_each_window_and_level(adapter: Adapter) {
+    let (w, rejected) = against_counted_minutes(adapter, COUNTED).await;
+    let shadow = w.sim().stats().shadow_calls.values().sum::<u64>();
+    assert!(shadow > 5, "the other client made {shadow} calls");
+    assert_eq!(rejected, 0, "{:?}", w.sim().stats().calls_by_key_minute);
+    for org in ORGS {
+        assert_eq!(stored(&w, org).await, 6_000, "{org}");
+    }
+}
+
+/// The controls: unread, or with only the org's family read (the app's
+/// minute still misses the other client), the API answers 429.
+#[tokio::test]
+async fn header_families_unread_meet_429s() {
+    let (_, rejected) = against_counted_minutes(Adapter::Sqlite, "").await;
+    assert!(rejected > 0, "unread families");
+    let org_only = COUNTED.split("[[counts]]").nth(1).unwrap();
+    let (_, rejected) =
+        against_counted_minutes(Adapter::Sqlite, &format!("[[counts]]{org_only}")).await;
+    assert!(rejected > 0, "the app's family unread");
+}
+
 metered_tests::on_both!(
     an_app_wide_limit_across_orgs,
     a_rolling_minute,
@@ -413,4 +496,5 @@ metered_tests::on_both!(
     a_leaky_bucket,
     a_shared_bucket_paced_from_the_apis_level,
     costly_pages_charged_their_cost,
+    header_families_pace_each_window_and_level,
 );

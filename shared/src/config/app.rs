@@ -185,6 +185,44 @@ pub struct RateLimitConfig {
     /// level of `[[app.limits.buckets]]`' first bucket to it.
     #[serde(default)]
     pub bucket_header: Option<String>,
+    /// Header families that each count one window (Xero's
+    /// `X-MinLimit-Remaining` and `X-DayLimit-Remaining`, HubSpot's
+    /// 10-second and daily `X-HubSpot-RateLimit-*`, GitHub's hourly
+    /// `X-RateLimit-*`): each raises the configured fixed window of its
+    /// length, at the org's level or, with `level = "app"`, the app-wide
+    /// one (Xero's `X-AppMinLimit-Remaining`).
+    #[serde(default)]
+    pub counts: Vec<CountHeaders>,
+}
+
+/// `[[app.rate_limit.counts]]`: the headers an API counts one window in.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CountHeaders {
+    /// The header with the calls the window still allows.
+    pub remaining: String,
+    /// The header with the window's limit (else the configured one).
+    #[serde(default)]
+    pub limit: Option<String>,
+    /// The window's length (`10s`, `1m`, `1h`, `1d`): a fixed window of
+    /// that length must be configured at `level`.
+    #[serde(with = "humantime_serde")]
+    pub every: std::time::Duration,
+    /// Whose window: the org's (default) or the app's (`"app"`, in
+    /// `[app.limits.app_wide]`).
+    #[serde(default)]
+    pub level: CountLevel,
+}
+
+/// Which level a counted window belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CountLevel {
+    /// The org's own limits.
+    #[default]
+    Org,
+    /// `[app.limits.app_wide]`, shared by every org of the app.
+    App,
 }
 
 fn yes() -> bool {
@@ -215,6 +253,7 @@ impl Default for RateLimitConfig {
             remaining_window: default_remaining_window(),
             standard_headers: true,
             bucket_header: None,
+            counts: Vec::new(),
         }
     }
 }
@@ -530,6 +569,32 @@ impl AppConfig {
                 "app.rate_limit.bucket_header".into(),
                 "app.limits sets no [[app.limits.buckets]] to pace it against".into(),
             );
+        }
+        for (i, count) in rl.counts.iter().enumerate() {
+            let field = format!("app.rate_limit.counts[{i}]");
+            let limits = match count.level {
+                CountLevel::Org => Some(&self.app.limits),
+                CountLevel::App => self.app.limits.app_wide.as_deref(),
+            };
+            let Some(limits) = limits else {
+                return bad(
+                    field,
+                    "level = \"app\", but app.limits sets no [app.limits.app_wide]".into(),
+                );
+            };
+            let secs = count.every.as_secs();
+            let found = limits
+                .windows()
+                .any(|(k, _)| !k.needs_read() && u64::from(k.secs()) == secs);
+            if !found || count.every.subsec_nanos() != 0 {
+                return bad(
+                    field,
+                    format!(
+                        "every = {:?}, but no fixed window of that length is configured at that level to pace",
+                        count.every
+                    ),
+                );
+            }
         }
         let endpoint_pattern = |e: &str| {
             e.split_once(' ').is_some_and(|(m, p)| {
@@ -924,6 +989,31 @@ mod tests {
             e.contains("app.endpoint_costs") && e.contains("can never fit the day limit of 2500"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn a_counted_header_family_needs_its_window() {
+        let with = |counts: &str| {
+            GOOD.replace(
+                "[record_types.customers]",
+                &format!("[app.rate_limit]\ncounts = [{counts}]\n[record_types.customers]"),
+            )
+        };
+        AppConfig::parse(&with(
+            r#"{ remaining = "X-DayLimit-Remaining", every = "1d" }"#,
+        ))
+        .unwrap();
+        let e = err_of(&with(
+            r#"{ remaining = "X-MinLimit-Remaining", every = "1m" }"#,
+        ));
+        assert!(
+            e.contains("app.rate_limit.counts[0]") && e.contains("no fixed window of that length"),
+            "{e}"
+        );
+        let e = err_of(&with(
+            r#"{ remaining = "X-AppMinLimit-Remaining", every = "1d", level = "app" }"#,
+        ));
+        assert!(e.contains("no [app.limits.app_wide]"), "{e}");
     }
 
     const GOOD: &str = r#"

@@ -111,12 +111,25 @@ impl HttpConnector {
             .as_deref()
             .and_then(text)
             .and_then(super::ratelimit::parse_used_of);
-        if remaining.is_some() || !policies.is_empty() || bucket.is_some() {
+        let counts: Vec<super::HeaderCount> = cfg
+            .counts
+            .iter()
+            .filter_map(|c| {
+                Some(super::HeaderCount {
+                    window_secs: c.every.as_secs(),
+                    remaining: number(&Some(c.remaining.clone()))?,
+                    limit: number(&c.limit),
+                    app_level: c.level == crate::config::app::CountLevel::App,
+                })
+            })
+            .collect();
+        if remaining.is_some() || !policies.is_empty() || bucket.is_some() || !counts.is_empty() {
             let count = ApiCount {
                 remaining,
                 limit: number(&cfg.limit_header),
                 policies,
                 bucket,
+                counts,
             };
             *self.api_count.lock().unwrap_or_else(|e| e.into_inner()) = Some(count);
         }

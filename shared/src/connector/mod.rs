@@ -167,6 +167,21 @@ pub struct ApiCount {
     pub policies: Vec<ratelimit::ApiPolicy>,
     /// The API's token bucket, `(used, capacity)`, from `bucket_header`.
     pub bucket: Option<(u64, u64)>,
+    /// What `[[app.rate_limit.counts]]`' headers said, one per family.
+    pub counts: Vec<HeaderCount>,
+}
+
+/// One window's count from a header family (`[[app.rate_limit.counts]]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeaderCount {
+    /// The window's length.
+    pub window_secs: u64,
+    /// Calls it still allows.
+    pub remaining: u64,
+    /// Its limit, when the API said.
+    pub limit: Option<u64>,
+    /// The app-wide level's window, not the org's.
+    pub app_level: bool,
 }
 
 /// Why a metered call did not produce a result.
@@ -394,10 +409,37 @@ impl Metered {
                 left = Some(left.map_or(room, |l| l.min(room)));
             }
         }
-        for (kind, spent) in raises {
+        let mut app_raises = Vec::new();
+        for count in &count.counts {
+            let limits = if count.app_level {
+                self.limits.app_wide.as_deref()
+            } else {
+                Some(&self.limits)
+            };
+            let Some((kind, limit)) = limits.and_then(|l| {
+                l.windows()
+                    .find(|(k, _)| !k.needs_read() && u64::from(k.secs()) == count.window_secs)
+            }) else {
+                continue;
+            };
+            let limit = u64::from(limit);
+            let spent = count.limit.unwrap_or(limit).saturating_sub(count.remaining);
+            if count.app_level {
+                app_raises.push((kind, spent.min(limit)));
+            } else {
+                raises.push((kind, spent.min(limit)));
+            }
+            left = Some(left.map_or(count.remaining, |l| l.min(count.remaining)));
+        }
+        let app_key = self.key.app_level();
+        let raises = raises
+            .into_iter()
+            .map(|r| (&self.key, r))
+            .chain(app_raises.into_iter().map(|r| (&app_key, r)));
+        for (key, (kind, spent)) in raises {
             if let Err(e) = self
                 .quota
-                .raise_from_api(&self.key, kind, spent, granted_at)
+                .raise_from_api(key, kind, spent, granted_at)
                 .await
             {
                 tracing::warn!(quota = %self.key, error = %e, "could not take the API's count into the quota; the next response will carry it again");

@@ -231,6 +231,11 @@ pub(super) async fn limits(
     let headers = response.headers_mut();
     headers.insert("x-ratelimit-limit", state.config.daily_budget.into());
     headers.insert("x-ratelimit-remaining", remaining.into());
+    for (name, value) in window_headers(state, &key, now) {
+        if let Ok(name) = axum::http::HeaderName::try_from(name) {
+            headers.insert(name, value.into());
+        }
+    }
     if let Some(level) = bucket_header(state, &key, now) {
         if let Ok(v) = axum::http::HeaderValue::from_str(&level) {
             headers.insert("x-shopify-shop-api-call-limit", v);
@@ -284,11 +289,15 @@ fn shape_refusal(state: &super::State, key: &str, now: DateTime<Utc>, cost: u64)
                 secs,
                 offset_secs,
             } => {
-                let t = now.timestamp() - offset_secs;
-                let start = t.div_euclid(secs) * secs + offset_secs;
-                let held = calls.iter().filter(|c| c.timestamp() >= start).count() as u64;
+                let (held, end) = fixed_held(calls, secs, offset_secs, now);
                 if held + cost > limit {
-                    wait = wait.max(start + secs - now.timestamp());
+                    wait = wait.max(end - now.timestamp());
+                }
+            }
+            crate::Shape::AppFixed { calls: limit, secs } => {
+                let (held, end) = fixed_held(&everyone, secs, 0, now);
+                if held + cost > limit {
+                    wait = wait.max(end - now.timestamp());
                 }
             }
             crate::Shape::Rolling { calls: limit, secs } => {
@@ -320,6 +329,7 @@ fn shape_refusal(state: &super::State, key: &str, now: DateTime<Utc>, cost: u64)
         .iter()
         .map(|s| match s {
             crate::Shape::Fixed { secs, .. }
+            | crate::Shape::AppFixed { secs, .. }
             | crate::Shape::Rolling { secs, .. }
             | crate::Shape::AppRolling { secs, .. } => *secs,
             crate::Shape::Bucket { capacity, per_sec } => {
@@ -353,6 +363,53 @@ fn bucket_level(calls: &[DateTime<Utc>], per_sec: f64, now: DateTime<Utc>) -> f6
         at = Some(*t);
     }
     at.map_or(0.0, |prev| leak(level, prev, now))
+}
+
+/// Calls held in the fixed window of `secs` (starting `offset_secs` after
+/// the UTC-aligned boundaries) that `now` falls in, and the window's end
+/// (epoch seconds).
+fn fixed_held(
+    calls: &[DateTime<Utc>],
+    secs: i64,
+    offset_secs: i64,
+    now: DateTime<Utc>,
+) -> (u64, i64) {
+    let t = now.timestamp() - offset_secs;
+    let start = t.div_euclid(secs) * secs + offset_secs;
+    let held = calls.iter().filter(|c| c.timestamp() >= start).count() as u64;
+    (held, start + secs)
+}
+
+/// The fixed shapes' counts as Xero-style header families:
+/// `x-limit-{secs}s-remaining` / `-limit` for the key's windows,
+/// `x-app-limit-{secs}s-remaining` / `-limit` for the app's.
+pub(super) fn window_headers(
+    state: &super::State,
+    key: &str,
+    now: DateTime<Utc>,
+) -> Vec<(String, u64)> {
+    let arrivals = lock(&state.arrivals);
+    let mine = arrivals.get(key).map(Vec::as_slice).unwrap_or(&[]);
+    let everyone = arrivals.get(APP_WIDE).map(Vec::as_slice).unwrap_or(&[]);
+    let mut out = Vec::new();
+    for shape in &state.config.shapes {
+        let (prefix, calls, limit, secs, offset) = match *shape {
+            crate::Shape::Fixed {
+                calls,
+                secs,
+                offset_secs,
+            } => ("x-limit", mine, calls, secs, offset_secs),
+            crate::Shape::AppFixed { calls, secs } => ("x-app-limit", everyone, calls, secs, 0),
+            _ => continue,
+        };
+        let (held, _) = fixed_held(calls, secs, offset, now);
+        out.push((
+            format!("{prefix}-{secs}s-remaining"),
+            limit.saturating_sub(held),
+        ));
+        out.push((format!("{prefix}-{secs}s-limit"), limit));
+    }
+    out
 }
 
 /// `used/capacity` of the key's bucket at `now`, when the API has one.
