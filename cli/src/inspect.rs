@@ -150,6 +150,16 @@ impl Scope {
         }
     }
 
+    /// An organization's limits, the same way (None without a config or a
+    /// recorded run).
+    fn limits(&self, org: &str) -> Option<metered::quota::Limits> {
+        match (&self.ran_under, &self.config) {
+            (Some(r), _) => Some(r.orgs.get(org).unwrap_or(&r.app).clone()),
+            (None, Some(c)) => Some(c.limits_for(org)),
+            (None, None) => None,
+        }
+    }
+
     /// The app's daily limit, the same way.
     fn app_per_day(&self) -> Option<Option<u32>> {
         match (&self.ran_under, &self.config) {
@@ -316,6 +326,15 @@ pub async fn usage(args: UsageArgs) -> Result<(), BoxError> {
     for org in &scope.orgs {
         rows.extend(store.usage(&QuotaKey::new(org, &scope.app), day).await?);
     }
+    // The windows as they stand at the end of the day shown (or now).
+    let windows_at = {
+        let now = chrono::Utc::now();
+        let end = day
+            .succ_opt()
+            .and_then(|d| d.and_hms_opt(0, 0, 0))
+            .map_or(now, |t| t.and_utc() - chrono::Duration::seconds(1));
+        end.min(now)
+    };
     let pushes = if args.common.json {
         Vec::new()
     } else {
@@ -384,12 +403,68 @@ pub async fn usage(args: UsageArgs) -> Result<(), BoxError> {
             );
         }
     }
+    windows_now(store.as_ref(), &scope, windows_at).await?;
     let now = chrono::Utc::now();
     for org in &scope.orgs {
         let health = store.health(&QuotaKey::new(org, &scope.app)).await?;
         if health.failures > 0 {
             println!("\nconnection of {org}: {}", health.describe(now));
         }
+    }
+    Ok(())
+}
+
+/// Each org's windows at `at`, the fullest named: which policy binds (and,
+/// with `[app.limits.app_wide]`, the app's level shared by every org).
+async fn windows_now(
+    store: &dyn QuotaStore,
+    scope: &Scope,
+    at: chrono::DateTime<chrono::Utc>,
+) -> Result<(), BoxError> {
+    let mut lines = Vec::new();
+    let mut app_level = None;
+    for org in &scope.orgs {
+        let Some(limits) = scope.limits(org) else {
+            return Ok(());
+        };
+        let key = QuotaKey::new(org, &scope.app);
+        let state = store.state(&key, &limits, at).await?;
+        lines.push((org.clone(), limits.fill(&state, at)));
+        if let (None, Some(app)) = (&app_level, &limits.app_wide) {
+            let state = store.state(&key.app_level(), app, at).await?;
+            app_level = Some(app.fill(&state, at));
+        }
+    }
+    println!(
+        "\nWindows at {} (the fullest binds first)",
+        at.format("%Y-%m-%d %H:%M:%S UTC")
+    );
+    let show = |who: &str, fills: &[metered::quota::WindowFill]| {
+        let parts: Vec<String> = fills
+            .iter()
+            .enumerate()
+            .map(|(i, f)| {
+                let mark = if i == 0 && f.used > 0 {
+                    " <- tightest"
+                } else {
+                    ""
+                };
+                format!(
+                    "{} {} of {} ({:.0}%){mark}",
+                    f.kind,
+                    f.used,
+                    f.limit,
+                    f.share() * 100.0
+                )
+            })
+            .collect();
+        println!("  {who:<10} {}", parts.join(", "));
+    };
+    for (org, fills) in &lines {
+        show(org, fills);
+    }
+    if let Some(fills) = &app_level {
+        show("app-wide", fills);
     }
     Ok(())
 }

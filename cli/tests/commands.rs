@@ -113,6 +113,15 @@ fn demo_report_matches_the_apis_own_counters_and_the_database_answers() {
     );
     let text = String::from_utf8_lossy(&text.stdout).to_string();
     assert!(text.contains("recent-records:invoices"), "{text}");
+    let windows = text
+        .lines()
+        .skip_while(|l| !l.starts_with("Windows at 2026-11-22 23:59:59 UTC"))
+        .nth(1)
+        .unwrap_or_else(|| panic!("the windows of the day's end: {text}"));
+    assert!(
+        windows.contains("day") && windows.contains(" of 2500 ") && windows.contains("<- tightest"),
+        "{windows}"
+    );
     let pushes = text
         .lines()
         .skip_while(|l| !l.starts_with("Data Source pushes"))

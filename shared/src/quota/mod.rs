@@ -626,6 +626,43 @@ pub struct QuotaState {
     pub blocked_until: Option<Timestamp>,
 }
 
+/// How full one window of a budget is (`metered usage` names the fullest:
+/// the policy that binds).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WindowFill {
+    /// The window.
+    pub kind: WindowKind,
+    /// Its limit.
+    pub limit: u32,
+    /// Calls it holds.
+    pub used: u64,
+}
+
+impl WindowFill {
+    /// The share of the limit held, 0.0–1.0 (more when the API's own count
+    /// was over).
+    pub fn share(&self) -> f64 {
+        self.used as f64 / f64::from(self.limit.max(1))
+    }
+}
+
+impl Limits {
+    /// Each window's fill in `state` (read at `now`), fullest first: the
+    /// first is the tightest policy right now.
+    pub fn fill(&self, state: &QuotaState, now: Timestamp) -> Vec<WindowFill> {
+        let mut fills: Vec<WindowFill> = self
+            .windows()
+            .map(|(kind, limit)| WindowFill {
+                kind,
+                limit,
+                used: state.used.get(&kind.id(now)).copied().unwrap_or(0),
+            })
+            .collect();
+        fills.sort_by(|a, b| b.share().total_cmp(&a.share()));
+        fills
+    }
+}
+
 /// The usage source of calls the API counted and metered did not make
 /// (other tools of the org spending the same budget).
 pub const SPENT_ELSEWHERE: &str = "spent elsewhere";
@@ -1409,6 +1446,28 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn the_fullest_window_comes_first() {
+        let t = chrono::Utc
+            .with_ymd_and_hms(2026, 11, 22, 14, 30, 0)
+            .unwrap();
+        let limits = Limits::new(Some(2_500), Some(500), Some(30), 3).unwrap();
+        let mut state = QuotaState::default();
+        state.used.insert(WindowKind::Day.id(t), 2_000);
+        state.used.insert(WindowKind::Minute.id(t), 12);
+        let fill = limits.fill(&state, t);
+        let order: Vec<_> = fill.iter().map(|f| (f.kind, f.used)).collect();
+        assert_eq!(
+            order,
+            vec![
+                (WindowKind::Day, 2_000),
+                (WindowKind::Minute, 12),
+                (WindowKind::Hour, 0)
+            ]
+        );
+        assert!((fill[0].share() - 0.8).abs() < 1e-9);
     }
 
     #[test]
