@@ -270,7 +270,17 @@ pub async fn shapes_only(dynamodb_url: Option<&str>) -> Result<(), Box<dyn std::
     let store: Arc<dyn QuotaStore> = Arc::new(SqliteQuota::new(db.clone()));
     {
         let db = db.clone();
-        shape_rows(store, 2_000, &move || db.round_trips(), "round trips").await?;
+        shape_rows(
+            store.clone(),
+            2_000,
+            &move || db.round_trips(),
+            "round trips",
+        )
+        .await?;
+    }
+    {
+        let db = db.clone();
+        repeat_denials(store, &move || db.round_trips(), "round trips").await?;
     }
     let _ = std::fs::remove_dir_all(&dir);
     if let Some(url) = dynamodb_url {
@@ -285,8 +295,46 @@ pub async fn shapes_only(dynamodb_url: Option<&str>) -> Result<(), Box<dyn std::
         let table = Table::new(ddb, format!("metered-bench-{}", uuid_like()));
         table.create_if_missing().await?;
         let store: Arc<dyn QuotaStore> = Arc::new(DynamoQuota::new(table));
-        shape_rows(store, 400, &move || count.get(), "requests").await?;
+        {
+            let count = count.clone();
+            shape_rows(store.clone(), 400, &move || count.get(), "requests").await?;
+        }
+        repeat_denials(store, &move || count.get(), "requests").await?;
     }
+    Ok(())
+}
+
+/// Store requests for ten requests refused within a second by one
+/// process (a spent day): the first is asked, the repeats answered from
+/// the process's memory of it.
+async fn repeat_denials(
+    store: Arc<dyn QuotaStore>,
+    requests: &(dyn Fn() -> u64 + Send + Sync),
+    unit: &str,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let clock: SharedClock = Arc::new(SystemClock);
+    let quota = Quota::new(store, clock);
+    let key = QuotaKey::new(format!("bench-repeat-{}", uuid_like()), "bench");
+    let limits = Limits::new(Some(1), None, None, 3)?;
+    let call = || Call::new("bench", "GET /x");
+    if let Admission::Granted(p) = quota.acquire(&key, &limits, call()).await? {
+        quota.release(p, 1).await?;
+    }
+    let before = requests();
+    let started = Instant::now();
+    let mut refused: u32 = 0;
+    for _ in 0..10 {
+        if let Admission::Denied(_) = quota.acquire(&key, &limits, call()).await? {
+            refused += 1;
+        }
+    }
+    let spent = started.elapsed();
+    let asked = requests() - before;
+    println!(
+        "  repeat denials: {refused} refused in {:.2} ms, {asked} store {unit} (the first asked, {} from memory)",
+        spent.as_secs_f64() * 1e3,
+        refused.saturating_sub(1)
+    );
     Ok(())
 }
 

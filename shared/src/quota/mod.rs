@@ -612,6 +612,8 @@ pub enum Acquire {
 enum Levels {
     Granted(Box<(Grant, Option<Grant>)>),
     Denied(Denied),
+    /// Refused again from this process's recent denial.
+    Repeated(Denied),
 }
 
 /// What a store holds for one budget right now (for reports and tests).
@@ -911,6 +913,30 @@ pub struct Quota {
     clock: SharedClock,
     tally: Arc<Mutex<BTreeMap<UsageKey, UsageTally>>>,
     metrics: Metrics,
+    /// Recent denials of this process, per budget (see [`RecentDenial`]).
+    denials: Arc<Mutex<std::collections::HashMap<QuotaKey, RecentDenial>>>,
+}
+
+/// How long a denial is repeated from memory: short, so another process's
+/// release is noticed within it.
+pub const REPEAT_DENIAL_FOR: Duration = Duration::seconds(1);
+
+/// A denial this process received, answered again from memory for a
+/// moment instead of asking the store.
+///
+/// Why: a refused conditional write still costs DynamoDB a write unit, and
+/// the messages of one batch, or jobs woken together, ask for the same
+/// full budget one after another. A repeat within [`REPEAT_DENIAL_FOR`]
+/// (and before its `retry_at`) of a call costing at least as much is
+/// refused from here. It only ever refuses, never admits; a release in
+/// this process forgets it, and another process's refund is seen within
+/// the second. Waits for a concurrency slot are not repeated: any
+/// holder's release ends them.
+#[derive(Debug, Clone)]
+struct RecentDenial {
+    cost: u32,
+    denied: Denied,
+    until: Timestamp,
 }
 
 impl fmt::Debug for Quota {
@@ -927,6 +953,60 @@ impl Quota {
             clock,
             tally: Arc::default(),
             metrics: Metrics::new(),
+            denials: Arc::default(),
+        }
+    }
+
+    /// The denial to repeat for `cost` calls of `key` at `now`, if a recent
+    /// one still stands.
+    fn recent_denial(&self, key: &QuotaKey, cost: u32, now: Timestamp) -> Option<Denied> {
+        let mut denials = self.denials.lock().unwrap_or_else(|e| e.into_inner());
+        match denials.get(key) {
+            Some(d) if now < d.until && cost >= d.cost => Some(d.denied.clone()),
+            Some(d) if now >= d.until => {
+                denials.remove(key);
+                None
+            }
+            _ => None,
+        }
+    }
+
+    fn remember_denial(&self, key: &QuotaKey, cost: u32, denied: &Denied, now: Timestamp) {
+        // A wait for a slot is over when any holder, in any process,
+        // releases (or when a contended store lets go): not repeated.
+        if matches!(denied.reason, DenyReason::Concurrency { .. }) {
+            return;
+        }
+        let until = denied.retry_at.min(now + REPEAT_DENIAL_FOR);
+        if until <= now {
+            return;
+        }
+        let mut denials = self.denials.lock().unwrap_or_else(|e| e.into_inner());
+        // Keep the cheapest denial: it answers the most requests.
+        let keep = denials
+            .get(key)
+            .is_some_and(|d| now < d.until && d.cost <= cost);
+        if !keep {
+            denials.insert(
+                key.clone(),
+                RecentDenial {
+                    cost,
+                    denied: denied.clone(),
+                    until,
+                },
+            );
+        }
+    }
+
+    /// Capacity of `key` came back in this process: ask the store again.
+    /// With `app_level`, the app's level got capacity back too, which
+    /// every org of the app may have been refused for.
+    fn forget_denials(&self, key: &QuotaKey, app_level: bool) {
+        let mut denials = self.denials.lock().unwrap_or_else(|e| e.into_inner());
+        if app_level {
+            denials.retain(|k, _| k.app != key.app);
+        } else {
+            denials.remove(key);
         }
     }
 
@@ -1016,7 +1096,14 @@ impl Quota {
             }));
         }
         limits.check_cost(call.cost)?;
-        match self.acquire_levels(key, limits, call.cost, now).await? {
+        let levels = match self.recent_denial(key, call.cost, now) {
+            Some(denied) => {
+                tracing::debug!(quota = %key, cost = call.cost, "denied again from this process's recent denial; no store request");
+                Levels::Repeated(denied)
+            }
+            None => self.acquire_levels(key, limits, call.cost, now).await?,
+        };
+        match levels {
             Levels::Granted(granted) => {
                 let (grant, app_grant) = *granted;
                 tracing::debug!(quota = %key, cost = call.cost, lease = %grant.lease_id, "quota granted");
@@ -1036,6 +1123,7 @@ impl Quota {
                     granted_at: now,
                 }))
             }
+            Levels::Repeated(denied) => Ok(self.refuse(key, call, day, hour, denied)),
             Levels::Denied(mut denied) => {
                 if denied.reason == DenyReason::Blocked {
                     // Paused, or the API's Retry-After? One read, on a
@@ -1048,52 +1136,65 @@ impl Quota {
                         }
                     }
                 }
-                tracing::info!(quota = %key, cost = call.cost, reason = %denied.reason, retry_at = %denied.retry_at, "quota denied");
-                let counter = match &denied.reason {
-                    DenyReason::Window {
-                        window: WindowKind::Day,
-                        ..
-                    } => Counter::DenialsDayLimit,
-                    DenyReason::Window {
-                        window: WindowKind::Hour,
-                        ..
-                    } => Counter::DenialsHourLimit,
-                    DenyReason::Window {
-                        window: WindowKind::Minute,
-                        ..
-                    } => Counter::DenialsMinuteLimit,
-                    // Other windows by their length: the metric's three
-                    // names are what the alarms know.
-                    DenyReason::Window {
-                        window: WindowKind::Span(span),
-                        ..
-                    } => match span.secs {
-                        86_400.. => Counter::DenialsDayLimit,
-                        3_600.. => Counter::DenialsHourLimit,
-                        _ => Counter::DenialsMinuteLimit,
-                    },
-                    // A bucket refills in seconds: a short wait, like a
-                    // minute's.
-                    DenyReason::Window {
-                        window: WindowKind::Bucket(_),
-                        ..
-                    } => Counter::DenialsMinuteLimit,
-                    DenyReason::Concurrency { .. } => Counter::DenialsConcurrency,
-                    DenyReason::Blocked | DenyReason::Paused { .. } => Counter::DenialsBlocked,
-                };
-                self.metrics.add(&key.app, &key.org, counter, 1);
-                self.tally(
-                    (key.clone(), day, call.source, call.endpoint, false),
-                    hour,
-                    HourUse {
-                        calls: 0,
-                        denied: 1,
-                        waited: u64::from(matches!(denied.reason, DenyReason::Concurrency { .. })),
-                    },
-                );
-                Ok(Admission::Denied(denied))
+                self.remember_denial(key, call.cost, &denied, now);
+                Ok(self.refuse(key, call, day, hour, denied))
             }
         }
+    }
+
+    /// Counts and reports a refusal (from the store or repeated).
+    fn refuse(
+        &self,
+        key: &QuotaKey,
+        call: Call,
+        day: NaiveDate,
+        hour: u8,
+        denied: Denied,
+    ) -> Admission {
+        tracing::info!(quota = %key, cost = call.cost, reason = %denied.reason, retry_at = %denied.retry_at, "quota denied");
+        let counter = match &denied.reason {
+            DenyReason::Window {
+                window: WindowKind::Day,
+                ..
+            } => Counter::DenialsDayLimit,
+            DenyReason::Window {
+                window: WindowKind::Hour,
+                ..
+            } => Counter::DenialsHourLimit,
+            DenyReason::Window {
+                window: WindowKind::Minute,
+                ..
+            } => Counter::DenialsMinuteLimit,
+            // Other windows by their length: the metric's three
+            // names are what the alarms know.
+            DenyReason::Window {
+                window: WindowKind::Span(span),
+                ..
+            } => match span.secs {
+                86_400.. => Counter::DenialsDayLimit,
+                3_600.. => Counter::DenialsHourLimit,
+                _ => Counter::DenialsMinuteLimit,
+            },
+            // A bucket refills in seconds: a short wait, like a
+            // minute's.
+            DenyReason::Window {
+                window: WindowKind::Bucket(_),
+                ..
+            } => Counter::DenialsMinuteLimit,
+            DenyReason::Concurrency { .. } => Counter::DenialsConcurrency,
+            DenyReason::Blocked | DenyReason::Paused { .. } => Counter::DenialsBlocked,
+        };
+        self.metrics.add(&key.app, &key.org, counter, 1);
+        self.tally(
+            (key.clone(), day, call.source, call.endpoint, false),
+            hour,
+            HourUse {
+                calls: 0,
+                denied: 1,
+                waited: u64::from(matches!(denied.reason, DenyReason::Concurrency { .. })),
+            },
+        );
+        Admission::Denied(denied)
     }
 
     /// Returns the permit: `used` calls were made (at most its cost); the
@@ -1116,6 +1217,10 @@ impl Quota {
     ) -> Result<()> {
         let used = used.min(permit.call.cost);
         let forfeited = forfeited.min(permit.call.cost - used);
+        if permit.grant.is_some() {
+            // A lease, and maybe calls, come back: the next request asks.
+            self.forget_denials(&permit.key, permit.app_grant.is_some());
+        }
         if let Some(grant) = &permit.grant {
             self.store.release(grant, used + forfeited).await?;
         }

@@ -1,0 +1,157 @@
+//! Repeat denials (#30): a process that was just refused answers the same
+//! request again from memory for a second, without a store request (a
+//! refused conditional write still costs DynamoDB a write unit). The memory
+//! only ever refuses, is per budget (two orgs with the same ids never share
+//! it), and forgets as soon as this process gives capacity back. Both
+//! adapters; the store's requests counted at the port.
+
+use chrono::TimeZone;
+use metered::core::clock::{ManualClock, SharedClock};
+use metered::quota::{Admission, Call, DenyReason, Limits, Quota, QuotaKey, QuotaStore};
+use metered_tests::faults::{Faults, FaultyQuota};
+use metered_tests::sync_world::Adapter;
+use std::sync::Arc;
+
+async fn quota_store(adapter: Adapter) -> Arc<dyn QuotaStore> {
+    match adapter {
+        Adapter::Sqlite => Arc::new(metered::adapters::sqlite::quota::SqliteQuota::new(
+            metered::adapters::sqlite::Db::in_memory().unwrap(),
+        )),
+        Adapter::Aws => Arc::new(metered::adapters::aws::quota::DynamoQuota::new(
+            metered_tests::dynamo_table().await,
+        )),
+    }
+}
+
+fn call() -> Call {
+    Call::new("workflow:thanks", "POST /notes")
+}
+
+async fn repeat_denials_are_answered_without_the_store(adapter: Adapter) {
+    let t0 = chrono::Utc.with_ymd_and_hms(2026, 12, 5, 10, 0, 0).unwrap();
+    let clock = ManualClock::new(t0);
+    let shared: SharedClock = Arc::new(clock.clone());
+    let faults = Faults::new();
+    let store: Arc<dyn QuotaStore> = Arc::new(FaultyQuota {
+        inner: quota_store(adapter).await,
+        faults: faults.clone(),
+    });
+    let quota = Quota::new(store.clone(), shared);
+    let suffix = uuid::Uuid::new_v4().simple().to_string();
+    let a = QuotaKey::new(format!("org-a-{suffix}"), "crm#1");
+    let b = QuotaKey::new(format!("org-b-{suffix}"), "crm#1");
+    let day = Limits::new(Some(3), None, None, 3).unwrap();
+    let asked = || faults.hits("quota.acquire");
+
+    for _ in 0..3 {
+        let Admission::Granted(p) = quota.acquire(&a, &day, call()).await.unwrap() else {
+            panic!("the day has room");
+        };
+        quota.release(p, 1).await.unwrap();
+    }
+    let Admission::Denied(first) = quota.acquire(&a, &day, call()).await.unwrap() else {
+        panic!("the day is spent");
+    };
+    assert!(matches!(first.reason, DenyReason::Window { .. }));
+    assert_eq!(asked(), 4);
+
+    // Fifty repeats in the same second: refused, the same way, unasked.
+    for _ in 0..50 {
+        match quota.acquire(&a, &day, call()).await.unwrap() {
+            Admission::Denied(d) => assert_eq!(d, first),
+            Admission::Granted(_) => panic!("the memory never admits"),
+        }
+    }
+    assert_eq!(asked(), 4, "repeat denials asked the store");
+    // A cheaper request than the one refused is not answered from it.
+    let ten = Limits::new(Some(10), None, None, 3).unwrap();
+    let c = QuotaKey::new(format!("org-c-{suffix}"), "crm#1");
+    let Admission::Granted(p) = quota.acquire(&c, &ten, call().reserve(10)).await.unwrap() else {
+        panic!("ten fit");
+    };
+    quota.release(p, 10).await.unwrap();
+    let before = asked();
+    for cost in [5, 5, 1, 1, 5] {
+        assert!(matches!(
+            quota.acquire(&c, &ten, call().reserve(cost)).await.unwrap(),
+            Admission::Denied(_)
+        ));
+    }
+    assert_eq!(
+        asked(),
+        before + 2,
+        "5 asked, 5 repeated, 1 asked (cheaper), then 1 and 5 repeated"
+    );
+
+    // Org B, same app, same ids: its own budget, asked.
+    let before = asked();
+    let Admission::Granted(p) = quota.acquire(&b, &day, call()).await.unwrap() else {
+        panic!("org B has room");
+    };
+    quota.release(p, 1).await.unwrap();
+    assert_eq!(asked(), before + 1);
+
+    // Within the second: still from memory; after it: the store again.
+    let before = asked();
+    clock.advance(chrono::Duration::milliseconds(999));
+    assert!(matches!(
+        quota.acquire(&a, &day, call()).await.unwrap(),
+        Admission::Denied(_)
+    ));
+    assert_eq!(asked(), before);
+    clock.advance(chrono::Duration::milliseconds(1));
+    assert!(matches!(
+        quota.acquire(&a, &day, call()).await.unwrap(),
+        Admission::Denied(_)
+    ));
+    assert_eq!(asked(), before + 1);
+
+    // Repeats are still counted as refusals in the usage report.
+    quota.flush_usage().await.unwrap();
+    let usage = store.usage(&a, t0.date_naive()).await.unwrap();
+    let refused: u64 = usage
+        .iter()
+        .flat_map(|u| u.hours.values())
+        .map(|h| h.denied)
+        .sum();
+    assert_eq!(refused, 1 + 50 + 1 + 1);
+
+    // A wait for a concurrency slot is not repeated from memory: a
+    // holder in any process may release at any moment.
+    let one = Limits::new(Some(100), None, None, 1).unwrap();
+    let d = QuotaKey::new(format!("org-d-{suffix}"), "crm#1");
+    let Admission::Granted(held) = quota.acquire(&d, &one, call()).await.unwrap() else {
+        panic!("a free slot");
+    };
+    let before = asked();
+    for _ in 0..3 {
+        let Admission::Denied(w) = quota.acquire(&d, &one, call()).await.unwrap() else {
+            panic!("the only slot is held");
+        };
+        assert!(matches!(w.reason, DenyReason::Concurrency { .. }));
+    }
+    assert_eq!(asked(), before + 3, "each wait for a slot asks");
+    quota.release(held, 1).await.unwrap();
+    let Admission::Granted(p) = quota.acquire(&d, &one, call()).await.unwrap() else {
+        panic!("the slot freed is taken at once");
+    };
+    quota.release(p, 1).await.unwrap();
+
+    // A release here forgets the org's repeated denial at once.
+    let e = QuotaKey::new(format!("org-e-{suffix}"), "crm#1");
+    let two = Limits::new(Some(2), None, None, 3).unwrap();
+    let Admission::Granted(p) = quota.acquire(&e, &two, call().reserve(2)).await.unwrap() else {
+        panic!("two fit");
+    };
+    assert!(matches!(
+        quota.acquire(&e, &two, call()).await.unwrap(),
+        Admission::Denied(_)
+    ));
+    quota.release(p, 1).await.unwrap();
+    let Admission::Granted(p) = quota.acquire(&e, &two, call()).await.unwrap() else {
+        panic!("the refunded call is taken at once, not refused from memory");
+    };
+    quota.release(p, 1).await.unwrap();
+}
+
+metered_tests::on_both!(repeat_denials_are_answered_without_the_store);
