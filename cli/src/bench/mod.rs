@@ -10,10 +10,12 @@
 //!   denied-job path, on SQLite and (with `--dynamodb-url`) DynamoDB + SQS;
 //! - [`connector`]: what the quota adds to a call against the simulator;
 //! - [`sync`]: the reference transfer with bulk lookups;
-//! - [`hosted`]: Hosted GET's requests per second and latency per size.
+//! - [`hosted`]: Hosted GET's requests per second and latency per size;
+//! - [`levels`]: the app-wide level's hot item and fifty orgs sharing it.
 
 mod connector;
 mod hosted;
+mod levels;
 mod quota;
 mod sync;
 
@@ -45,6 +47,10 @@ pub struct Args {
     /// --dynamodb-url, DynamoDB.
     #[arg(long)]
     pub(super) shapes: bool,
+    /// Only the app-wide level's figures: how far one hot app item goes,
+    /// and fifty orgs sharing an app's rolling minute.
+    #[arg(long)]
+    pub(super) levels: bool,
 }
 
 /// Latencies of one measurement.
@@ -91,6 +97,9 @@ pub async fn run(mut args: Args) -> Result<(), Box<dyn std::error::Error>> {
     if args.shapes {
         return quota::shapes_only(args.dynamodb_url.as_deref()).await;
     }
+    if args.levels {
+        return levels::section(args.dynamodb_url.as_deref()).await;
+    }
     quota::sqlite(&args).await?;
     connector::section(args.connector_calls).await?;
     sync::section().await?;
@@ -98,5 +107,6 @@ pub async fn run(mut args: Args) -> Result<(), Box<dyn std::error::Error>> {
         quota::aws(&args, url).await?;
     }
     hosted::section(args.dynamodb_url.as_deref()).await?;
+    levels::section(args.dynamodb_url.as_deref()).await?;
     Ok(())
 }

@@ -22,10 +22,10 @@ use std::sync::Arc;
 use std::time::Instant;
 
 #[derive(Debug, Default, Clone)]
-struct Counter(Arc<AtomicU64>);
+pub(super) struct Counter(Arc<AtomicU64>);
 
 impl Counter {
-    fn get(&self) -> u64 {
+    pub(super) fn get(&self) -> u64 {
         self.0.load(Ordering::Relaxed)
     }
 }
