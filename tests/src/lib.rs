@@ -45,6 +45,23 @@ pub async fn dynamo_table() -> Table {
     table
 }
 
+/// A fresh quota store of `adapter`: in-memory SQLite, or a new table on
+/// DynamoDB Local.
+pub async fn quota_store(
+    adapter: crate::sync_world::Adapter,
+) -> std::sync::Arc<dyn metered::quota::QuotaStore> {
+    match adapter {
+        crate::sync_world::Adapter::Sqlite => {
+            std::sync::Arc::new(metered::adapters::sqlite::quota::SqliteQuota::new(
+                metered::adapters::sqlite::Db::in_memory().expect("in-memory SQLite"),
+            ))
+        }
+        crate::sync_world::Adapter::Aws => std::sync::Arc::new(
+            metered::adapters::aws::quota::DynamoQuota::new(dynamo_table().await),
+        ),
+    }
+}
+
 /// A client for the SQS-compatible server.
 pub fn sqs_client() -> aws_sdk_sqs::Client {
     aws_sdk_sqs::Client::new(&sdk_config(endpoint(

@@ -39,6 +39,18 @@ async fn stored(w: &World, org: &str) -> u64 {
     w.store.count(&w.svc.key(org), "customers").await.unwrap()
 }
 
+/// Both orgs' complete transfers driven to the end, nothing dead-lettered;
+/// the API's 429 count.
+async fn transfer_both(w: &World) -> u64 {
+    for org in ORGS {
+        w.start_for(org, JobKind::CompleteTransfer, "customers")
+            .await;
+    }
+    let report = w.drive().await;
+    assert!(report.dead.is_empty(), "{:?}", report.dead);
+    w.sim().stats().rejected_429
+}
+
 /// A transfer of 12,000 customers (61 pages per org) against an API that
 /// allows 30 calls in any rolling minute, the run starting mid-minute,
 /// under `limits`; the API's 429 count.
@@ -291,13 +303,7 @@ async fn against_a_leaky_bucket(
         let a = w.api_keys[ORGS[0]].clone();
         w.sim().faults().shadow_every.insert(a, shadow_every);
     }
-    for org in ORGS {
-        w.start_for(org, JobKind::CompleteTransfer, "customers")
-            .await;
-    }
-    let report = w.drive().await;
-    assert!(report.dead.is_empty(), "{:?}", report.dead);
-    let rejected = w.sim().stats().rejected_429;
+    let rejected = transfer_both(&w).await;
     (w, rejected)
 }
 
@@ -349,8 +355,13 @@ async fn a_shared_bucket_not_paced_meets_429s() {
 
 /// Two orgs of 6,000 customers against an API that charges 5 points for
 /// a page of customers from a bucket of 50 points restoring 5 a second
-/// (GraphQL-style costs), under `limits`.
-async fn against_costly_pages(adapter: Adapter, limits: &str) -> (World, u64) {
+/// (GraphQL-style costs), under `limits`, with `page_cost` as the page's
+/// `[app.endpoint_costs]` entry (None: no costs configured).
+async fn against_costly_pages(
+    adapter: Adapter,
+    limits: &str,
+    page_cost: Option<u32>,
+) -> (World, u64) {
     let mut config = sim(
         6_000,
         Shape::Bucket {
@@ -359,24 +370,15 @@ async fn against_costly_pages(adapter: Adapter, limits: &str) -> (World, u64) {
         },
     );
     config.costs.insert("GET /customers".into(), 5);
-    let w = World::new(adapter, config, |c| config_with(c, limits)).await;
-    for org in ORGS {
-        w.start_for(org, JobKind::CompleteTransfer, "customers")
-            .await;
-    }
-    let report = w.drive().await;
-    assert!(report.dead.is_empty(), "{:?}", report.dead);
-    let rejected = w.sim().stats().rejected_429;
+    let w = World::new(adapter, config, |c| {
+        self::config(c, limits);
+        if let Some(cost) = page_cost {
+            c.app.endpoint_costs.insert("GET /customers".into(), cost);
+        }
+    })
+    .await;
+    let rejected = transfer_both(&w).await;
     (w, rejected)
-}
-
-/// `limits` may carry `[app.endpoint_costs]` after `[app.limits]`' fields.
-fn config_with(c: &mut AppConfig, text: &str) {
-    let (limits, costs) = text.split_once("#costs\n").unwrap_or((text, ""));
-    config(c, limits);
-    c.app.endpoint_costs = toml::from_str(costs).unwrap();
-    let cost = c.app.endpoint_costs.values().copied().max().unwrap_or(1);
-    c.app.limits.check_cost(cost).unwrap();
 }
 
 const POINTS: &str = "max_concurrent = 3\nbuckets = [{ capacity = 50, refill = 5 }]\n";
@@ -384,11 +386,7 @@ const POINTS: &str = "max_concurrent = 3\nbuckets = [{ capacity = 50, refill = 5
 /// Each page charged its 5 points (`[app.endpoint_costs]`): no 429,
 /// everything stored.
 async fn costly_pages_charged_their_cost(adapter: Adapter) {
-    let (w, rejected) = against_costly_pages(
-        adapter,
-        &format!("{POINTS}#costs\n\"GET /customers\" = 5\n"),
-    )
-    .await;
+    let (w, rejected) = against_costly_pages(adapter, POINTS, Some(5)).await;
     assert_eq!(rejected, 0, "{:?}", w.sim().stats().calls_by_key_minute);
     for org in ORGS {
         assert_eq!(stored(&w, org).await, 6_000, "{org}");
@@ -398,7 +396,7 @@ async fn costly_pages_charged_their_cost(adapter: Adapter) {
 /// The control: every call counted as 1 point overflows the bucket.
 #[tokio::test]
 async fn costly_pages_counted_as_one_call_are_refused() {
-    let (_, rejected) = against_costly_pages(Adapter::Sqlite, POINTS).await;
+    let (_, rejected) = against_costly_pages(Adapter::Sqlite, POINTS, None).await;
     assert!(
         rejected > 0,
         "pages of 5 points counted as 1 overflow the bucket"
@@ -435,13 +433,7 @@ async fn against_counted_minutes(adapter: Adapter, counts: &str) -> (World, u64)
     .await;
     let a = w.api_keys[ORGS[0]].clone();
     w.sim().faults().shadow_every.insert(a, 2);
-    for org in ORGS {
-        w.start_for(org, JobKind::CompleteTransfer, "customers")
-            .await;
-    }
-    let report = w.drive().await;
-    assert!(report.dead.is_empty(), "{:?}", report.dead);
-    let rejected = w.sim().stats().rejected_429;
+    let rejected = transfer_both(&w).await;
     (w, rejected)
 }
 

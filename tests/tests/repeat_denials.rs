@@ -12,17 +12,6 @@ use metered_tests::faults::{Faults, FaultyQuota};
 use metered_tests::sync_world::Adapter;
 use std::sync::Arc;
 
-async fn quota_store(adapter: Adapter) -> Arc<dyn QuotaStore> {
-    match adapter {
-        Adapter::Sqlite => Arc::new(metered::adapters::sqlite::quota::SqliteQuota::new(
-            metered::adapters::sqlite::Db::in_memory().unwrap(),
-        )),
-        Adapter::Aws => Arc::new(metered::adapters::aws::quota::DynamoQuota::new(
-            metered_tests::dynamo_table().await,
-        )),
-    }
-}
-
 fn call() -> Call {
     Call::new("workflow:thanks", "POST /notes")
 }
@@ -33,7 +22,7 @@ async fn repeat_denials_are_answered_without_the_store(adapter: Adapter) {
     let shared: SharedClock = Arc::new(clock.clone());
     let faults = Faults::new();
     let store: Arc<dyn QuotaStore> = Arc::new(FaultyQuota {
-        inner: quota_store(adapter).await,
+        inner: metered_tests::quota_store(adapter).await,
         faults: faults.clone(),
     });
     let quota = Quota::new(store.clone(), shared);

@@ -11,17 +11,6 @@ use metered_tests::faults::{Faults, FaultyQuota};
 use metered_tests::sync_world::Adapter;
 use std::sync::Arc;
 
-async fn quota_store(adapter: Adapter) -> Arc<dyn QuotaStore> {
-    match adapter {
-        Adapter::Sqlite => Arc::new(metered::adapters::sqlite::quota::SqliteQuota::new(
-            metered::adapters::sqlite::Db::in_memory().unwrap(),
-        )),
-        Adapter::Aws => Arc::new(metered::adapters::aws::quota::DynamoQuota::new(
-            metered_tests::dynamo_table().await,
-        )),
-    }
-}
-
 fn list() -> ListRequest {
     ListRequest {
         record_type: "invoices".into(),
@@ -39,7 +28,7 @@ async fn a_reservation_stops_at_the_end_of_its_windows(adapter: Adapter) {
     let clock = ManualClock::new(start);
     let shared: SharedClock = Arc::new(clock.clone());
     let fx = metered_tests::sim_fixture(SimConfig::default(), shared.clone()).await;
-    let store = quota_store(adapter).await;
+    let store = metered_tests::quota_store(adapter).await;
     let key = QuotaKey::new("org-a", "sim-booking");
     let limits = Limits::new(Some(100), None, None, 3).unwrap();
     let m = Metered::new(
@@ -84,7 +73,7 @@ async fn a_reservation_renews_only_when_its_lease_runs_short(adapter: Adapter) {
     let fx = metered_tests::sim_fixture(SimConfig::default(), shared.clone()).await;
     let faults = Faults::new();
     let store: Arc<dyn QuotaStore> = Arc::new(FaultyQuota {
-        inner: quota_store(adapter).await,
+        inner: metered_tests::quota_store(adapter).await,
         faults: faults.clone(),
     });
     let limits = Limits::new(Some(1_000), None, None, 3).unwrap();
@@ -114,7 +103,7 @@ async fn a_reservation_renews_only_when_its_lease_runs_short(adapter: Adapter) {
 /// A reservation whose lease lapsed (and was reclaimed by another acquire)
 /// still refunds what it did not use, once.
 async fn a_reservation_refunds_after_its_lease_lapsed(adapter: Adapter) {
-    let store = quota_store(adapter).await;
+    let store = metered_tests::quota_store(adapter).await;
     let key = QuotaKey::new(format!("org{}", uuid::Uuid::new_v4().simple()), "crm");
     let limits = Limits::new(Some(100), None, None, 1).unwrap();
     let now = metered_tests::afternoon();
@@ -157,7 +146,7 @@ async fn a_reservation_counts_each_call_at_its_endpoints_cost(adapter: Adapter) 
         c.app.endpoint_costs.insert(endpoint.clone(), 300);
     })
     .await;
-    let store = quota_store(adapter).await;
+    let store = metered_tests::quota_store(adapter).await;
     let key = QuotaKey::new("org-a", "sim-booking");
     let limits = fx.config.app.limits.clone();
     let m = Metered::new(

@@ -12,10 +12,9 @@
 //!   org's worker coming back at its denial's `retry_at`: calls over the
 //!   limit in any trailing minute, and the share of the allowance used.
 
-use super::quota::Counter;
+use super::quota::counted_table;
 use super::uuid_like;
 use metered::adapters::aws::quota::DynamoQuota;
-use metered::adapters::aws::Table;
 use metered::adapters::sqlite::quota::SqliteQuota;
 use metered::adapters::sqlite::Db;
 use metered::core::clock::{ManualClock, SharedClock, SystemClock, Timestamp};
@@ -48,15 +47,7 @@ pub async fn section(dynamodb_url: Option<&str>) -> Result<(), Box<dyn std::erro
         )
     }];
     if let Some(url) = dynamodb_url {
-        let cfg = metered::adapters::aws::local_sdk_config(url);
-        let count = Counter::default();
-        let ddb = aws_sdk_dynamodb::Client::from_conf(
-            aws_sdk_dynamodb::config::Builder::from(&cfg)
-                .interceptor(count.clone())
-                .build(),
-        );
-        let table = Table::new(ddb, format!("metered-bench-{}", uuid_like()));
-        table.create_if_missing().await?;
+        let (table, count) = counted_table(url).await?;
         stores.push((
             format!("DynamoDB at {url}"),
             Arc::new(DynamoQuota::new(table)),

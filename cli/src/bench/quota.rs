@@ -285,15 +285,7 @@ pub async fn shapes_only(dynamodb_url: Option<&str>) -> Result<(), Box<dyn std::
     let _ = std::fs::remove_dir_all(&dir);
     if let Some(url) = dynamodb_url {
         println!("\nLimit shapes on DynamoDB at {url}");
-        let cfg = metered::adapters::aws::local_sdk_config(url);
-        let count = Counter::default();
-        let ddb = aws_sdk_dynamodb::Client::from_conf(
-            aws_sdk_dynamodb::config::Builder::from(&cfg)
-                .interceptor(count.clone())
-                .build(),
-        );
-        let table = Table::new(ddb, format!("metered-bench-{}", uuid_like()));
-        table.create_if_missing().await?;
+        let (table, count) = counted_table(url).await?;
         let store: Arc<dyn QuotaStore> = Arc::new(DynamoQuota::new(table));
         {
             let count = count.clone();
@@ -302,6 +294,22 @@ pub async fn shapes_only(dynamodb_url: Option<&str>) -> Result<(), Box<dyn std::
         repeat_denials(store, &move || count.get(), "requests").await?;
     }
     Ok(())
+}
+
+/// A fresh bench table at `url`, its client counting every request sent.
+pub(super) async fn counted_table(
+    url: &str,
+) -> Result<(Table, Counter), Box<dyn std::error::Error>> {
+    let cfg = metered::adapters::aws::local_sdk_config(url);
+    let count = Counter::default();
+    let ddb = aws_sdk_dynamodb::Client::from_conf(
+        aws_sdk_dynamodb::config::Builder::from(&cfg)
+            .interceptor(count.clone())
+            .build(),
+    );
+    let table = Table::new(ddb, format!("metered-bench-{}", uuid_like()));
+    table.create_if_missing().await?;
+    Ok((table, count))
 }
 
 /// Store requests for ten requests refused within a second by one

@@ -85,14 +85,8 @@ impl HttpConnector {
     /// names it; a value that is not a number is ignored.
     fn observe(&self, headers: &HeaderMap) {
         let cfg = &self.config.app.rate_limit;
-        let number = |name: &Option<String>| -> Option<u64> {
-            headers
-                .get(name.as_deref()?)?
-                .to_str()
-                .ok()?
-                .trim()
-                .parse()
-                .ok()
+        let number = |name: Option<&str>| -> Option<u64> {
+            headers.get(name?)?.to_str().ok()?.trim().parse().ok()
         };
         let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
         let policies = if cfg.standard_headers {
@@ -105,7 +99,7 @@ impl HttpConnector {
         } else {
             Vec::new()
         };
-        let remaining = number(&cfg.remaining_header);
+        let remaining = number(cfg.remaining_header.as_deref());
         let bucket = cfg
             .bucket_header
             .as_deref()
@@ -117,8 +111,8 @@ impl HttpConnector {
             .filter_map(|c| {
                 Some(super::HeaderCount {
                     window_secs: c.every.as_secs(),
-                    remaining: number(&Some(c.remaining.clone()))?,
-                    limit: number(&c.limit),
+                    remaining: number(Some(&c.remaining))?,
+                    limit: number(c.limit.as_deref()),
                     app_level: c.level == crate::config::app::CountLevel::App,
                 })
             })
@@ -126,7 +120,7 @@ impl HttpConnector {
         if remaining.is_some() || !policies.is_empty() || bucket.is_some() || !counts.is_empty() {
             let count = ApiCount {
                 remaining,
-                limit: number(&cfg.limit_header),
+                limit: number(cfg.limit_header.as_deref()),
                 policies,
                 bucket,
                 counts,
