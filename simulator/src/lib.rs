@@ -58,6 +58,11 @@ pub struct SimConfig {
     /// What a call to an endpoint (`GET /customers`, as the stats name
     /// it) costs in the shapes: GraphQL-style points. Others cost 1.
     pub costs: BTreeMap<String, u64>,
+    /// Charge a costly call (`costs`) its cost up front, then settle it
+    /// to its actual cost, half of it rounded up, giving the rest back and
+    /// reporting the actual cost in `x-query-cost` (as GraphQL APIs charge a
+    /// query's requested cost and refund what it did not use).
+    pub settle_costs: bool,
 }
 
 /// A limit shape an API publishes, enforced per organization key on the
@@ -103,6 +108,7 @@ impl Default for SimConfig {
             shapes: Vec::new(),
             standard_headers: false,
             costs: BTreeMap::new(),
+            settle_costs: false,
         }
     }
 }

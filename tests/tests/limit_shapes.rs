@@ -5,6 +5,7 @@
 
 use metered::config::app::AppConfig;
 use metered::config::sync::{CompleteTransferSettings, SyncConfig};
+use metered::core::clock::Clock;
 use metered::jobs::envelope::JobKind;
 use metered::quota::Limits;
 use metered_sim::{Shape, SimConfig};
@@ -403,6 +404,87 @@ async fn costly_pages_counted_as_one_call_are_refused() {
     );
 }
 
+/// Two orgs of 6,000 customers against a GraphQL-style API that charges a
+/// page its requested 10 points from a bucket of 50 restoring 5 a second,
+/// then settles it to its actual 5 and says so in `x-query-cost`.
+/// Configured with the requested cost (the estimate that must fit before
+/// the call), reading the actual one when `read_cost`. The API's 429s, and
+/// per org the points metered counted and the points the API charged.
+async fn against_settled_costs(
+    adapter: Adapter,
+    estimate: u32,
+    read_cost: bool,
+) -> (u64, Vec<(u64, u64)>) {
+    let mut sim = sim(
+        6_000,
+        Shape::Bucket {
+            capacity: 50,
+            per_sec: 5.0,
+        },
+    );
+    sim.costs.insert("GET /customers".into(), 10);
+    sim.settle_costs = true;
+    let w = World::new(adapter, sim, |c| {
+        config(c, POINTS);
+        c.app
+            .endpoint_costs
+            .insert("GET /customers".into(), estimate);
+        if read_cost {
+            c.app.rate_limit.cost_header = Some("X-Query-Cost".into());
+        }
+    })
+    .await;
+    let day1 = w.clock.now().date_naive();
+    let rejected = transfer_both(&w).await;
+    let stats = w.sim().stats();
+    let mut points = Vec::new();
+    for org in ORGS {
+        assert_eq!(stored(&w, org).await, 6_000, "{org}");
+        let mut counted = 0;
+        for d in 0..3 {
+            let day = day1 + chrono::Duration::days(d);
+            let usage = w.quota_store.usage(&w.svc.key(org), day).await.unwrap();
+            counted += usage.iter().map(|u| u.calls).sum::<u64>();
+        }
+        points.push((counted, stats.points_by_key[&w.api_keys[org]]));
+    }
+    (rejected, points)
+}
+
+/// The actual cost read from the answer settles each page's estimate: no
+/// 429, and metered counts exactly the points the API charged.
+async fn costs_reported_by_the_api_settle_the_estimate(adapter: Adapter) {
+    let (rejected, points) = against_settled_costs(adapter, 10, true).await;
+    assert_eq!(rejected, 0);
+    for (counted, charged) in points {
+        assert_eq!(counted, charged, "metered's points against the API's");
+        assert_eq!(charged, 30 * 5, "30 pages of 5 points");
+    }
+    // An estimate below the actual cost: each page's excess is taken after
+    // it, so the count still matches what the API charged, plus the
+    // estimate of each call it refused (a refused call counts, unreported).
+    let (rejected, points) = against_settled_costs(adapter, 2, true).await;
+    let counted: u64 = points.iter().map(|p| p.0).sum();
+    let charged: u64 = points.iter().map(|p| p.1).sum();
+    assert_eq!(charged, 2 * 30 * 5);
+    assert_eq!(
+        counted,
+        charged + 2 * rejected,
+        "excess taken: metered's against the API's"
+    );
+}
+
+/// The control: unread, every page counts its estimate, twice what the
+/// API charged (the budget would run dry at half its use).
+#[tokio::test]
+async fn costs_unread_count_the_estimate() {
+    let (rejected, points) = against_settled_costs(Adapter::Sqlite, 10, false).await;
+    assert_eq!(rejected, 0);
+    for (counted, charged) in points {
+        assert_eq!(counted, 2 * charged, "the estimate is twice the cost");
+    }
+}
+
 /// Two orgs of 6,000 customers against an API holding each org to 20
 /// calls a minute and the app to 30 a minute across both, reporting both
 /// windows in Xero-style header families; another client spends org A's
@@ -488,5 +570,6 @@ metered_tests::on_both!(
     a_leaky_bucket,
     a_shared_bucket_paced_from_the_apis_level,
     costly_pages_charged_their_cost,
+    costs_reported_by_the_api_settle_the_estimate,
     header_families_pace_each_window_and_level,
 );

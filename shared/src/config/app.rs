@@ -193,6 +193,17 @@ pub struct RateLimitConfig {
     /// one (Xero's `X-AppMinLimit-Remaining`).
     #[serde(default)]
     pub counts: Vec<CountHeaders>,
+    /// A header holding what the call cost in the budget's units (points),
+    /// when the API says so in every answer: the estimate taken before the
+    /// call (`[app.endpoint_costs]`, else 1) is settled against it, the
+    /// difference refunded or the excess taken.
+    #[serde(default)]
+    pub cost_header: Option<String>,
+    /// The same read from the JSON body by a JSON pointer (Shopify's
+    /// GraphQL `/extensions/cost/actualQueryCost`). The header wins when
+    /// both are given and present.
+    #[serde(default)]
+    pub cost_pointer: Option<String>,
 }
 
 /// `[[app.rate_limit.counts]]`: the headers an API counts one window in.
@@ -254,6 +265,8 @@ impl Default for RateLimitConfig {
             standard_headers: true,
             bucket_header: None,
             counts: Vec::new(),
+            cost_header: None,
+            cost_pointer: None,
         }
     }
 }
@@ -570,6 +583,14 @@ impl AppConfig {
                 "app.limits sets no [[app.limits.buckets]] to pace it against".into(),
             );
         }
+        if let Some(p) = rl.cost_pointer.as_deref() {
+            if !p.starts_with('/') {
+                return bad(
+                    "app.rate_limit.cost_pointer".into(),
+                    format!("{p:?} is not a JSON pointer (it starts with `/`, e.g. \"/extensions/cost/actualQueryCost\")"),
+                );
+            }
+        }
         for (i, count) in rl.counts.iter().enumerate() {
             let field = format!("app.rate_limit.counts[{i}]");
             let limits = match count.level {
@@ -754,6 +775,19 @@ impl AppConfig {
                         e.to_string().trim_start_matches("invalid configuration: ")
                     ))
                 })?;
+                // A cost this org's own limits can never hold would make
+                // every call to that endpoint impossible for it.
+                for (e, cost) in &self.app.endpoint_costs {
+                    if let Err(err) = l.check_cost(*cost) {
+                        return bad(
+                            format!("connections[{i}].limits"),
+                            format!(
+                                "app.endpoint_costs.{e:?} = {cost}: {}",
+                                err.to_string().trim_start_matches("impossible request: ")
+                            ),
+                        );
+                    }
+                }
             }
             if c.secret.is_some() && self.app.auth.is_none() {
                 return bad(
@@ -978,6 +1012,24 @@ mod tests {
         let e = err_of(&bad);
         assert!(
             e.contains("app.endpoint_costs") && e.contains("METHOD /path"),
+            "{e}"
+        );
+        let not_a_pointer = GOOD.replace(
+            "[record_types.customers]",
+            "[app.rate_limit]\ncost_pointer = \"extensions.cost\"\n[record_types.customers]",
+        );
+        let e = err_of(&not_a_pointer);
+        assert!(
+            e.contains("app.rate_limit.cost_pointer") && e.contains("not a JSON pointer"),
+            "{e}"
+        );
+        let over_an_override = GOOD.replace(
+            "[record_types.customers]",
+            "[app.endpoint_costs]\n\"POST /graphql\" = 50\n[[connections]]\norg = \"small\"\nlimits = { per_day = 40, max_concurrent = 1 }\n[record_types.customers]",
+        );
+        let e = err_of(&over_an_override);
+        assert!(
+            e.contains("connections[0].limits") && e.contains("\"POST /graphql\" = 50"),
             "{e}"
         );
         let too_big = GOOD.replace(

@@ -129,6 +129,13 @@ impl HttpConnector {
         }
     }
 
+    /// Reports what the call cost when the API said ([`reported_cost`]).
+    fn observe_cost(&self, headers: &HeaderMap, body: Option<&Value>) {
+        if let Some(cost) = reported_cost(&self.config.app.rate_limit, headers, body) {
+            super::cost::report_cost(cost);
+        }
+    }
+
     /// The app config it was built from.
     pub fn config(&self) -> &AppConfig {
         &self.config
@@ -314,6 +321,7 @@ impl HttpConnector {
             });
         }
         if bytes.iter().all(u8::is_ascii_whitespace) {
+            self.observe_cost(&headers, None);
             return Ok(Some((headers, Value::Null)));
         }
         // A 2xx whose body is not JSON is as often a proxy, a cut connection
@@ -321,8 +329,39 @@ impl HttpConnector {
         let body: Value = serde_json::from_slice(&bytes).map_err(|e| {
             ApiError::Retryable(format!("{what}: response is not valid JSON ({e})"))
         })?;
+        self.observe_cost(&headers, Some(&body));
         Ok(Some((headers, body)))
     }
+}
+
+/// What a call cost as the answer says (`cost_header`, else `cost_pointer`
+/// into the body): a whole number, or a numeric string; a fraction is
+/// rounded up. Anything else is `None`: the call keeps its estimate.
+pub fn reported_cost(
+    cfg: &crate::config::app::RateLimitConfig,
+    headers: &HeaderMap,
+    body: Option<&Value>,
+) -> Option<u64> {
+    let from_text = |t: &str| -> Option<u64> {
+        let t = t.trim();
+        t.parse::<u64>().ok().or_else(|| {
+            let f = t.parse::<f64>().ok()?;
+            (f.is_finite() && f >= 0.0).then(|| f.ceil() as u64)
+        })
+    };
+    let from_header = cfg
+        .cost_header
+        .as_deref()
+        .and_then(|h| headers.get(h)?.to_str().ok())
+        .and_then(from_text);
+    from_header.or_else(|| match body?.pointer(cfg.cost_pointer.as_deref()?)? {
+        Value::Number(n) => n.as_u64().or_else(|| {
+            let f = n.as_f64()?;
+            (f.is_finite() && f >= 0.0).then(|| f.ceil() as u64)
+        }),
+        Value::String(s) => from_text(s),
+        _ => None,
+    })
 }
 
 /// When a rate-limited response says to come back: `Retry-After` in seconds
@@ -735,6 +774,42 @@ mod tests {
         assert_eq!(link_next(h).as_deref(), Some("https://a/x?p=3,4"));
         assert_eq!(link_next(r#"<https://a/x>; rel="last""#), None);
         assert_eq!(link_next("garbage"), None);
+    }
+
+    #[test]
+    fn a_calls_cost_is_read_from_a_header_or_the_body() {
+        let cfg = crate::config::app::RateLimitConfig {
+            cost_header: Some("X-Query-Cost".into()),
+            cost_pointer: Some("/extensions/cost/actualQueryCost".into()),
+            ..Default::default()
+        };
+        let body = |v: Value| serde_json::json!({"extensions": {"cost": {"actualQueryCost": v}}});
+        let none = HeaderMap::new();
+        assert_eq!(reported_cost(&cfg, &none, Some(&body(12.into()))), Some(12));
+        assert_eq!(reported_cost(&cfg, &none, Some(&body(2.5.into()))), Some(3));
+        assert_eq!(reported_cost(&cfg, &none, Some(&body("7".into()))), Some(7));
+        assert_eq!(reported_cost(&cfg, &none, Some(&body((-1).into()))), None);
+        assert_eq!(reported_cost(&cfg, &none, Some(&body("many".into()))), None);
+        assert_eq!(
+            reported_cost(&cfg, &none, Some(&serde_json::json!([]))),
+            None
+        );
+        assert_eq!(reported_cost(&cfg, &none, None), None);
+        let mut h = HeaderMap::new();
+        h.insert("x-query-cost", " 4 ".parse().unwrap());
+        assert_eq!(
+            reported_cost(&cfg, &h, Some(&body(12.into()))),
+            Some(4),
+            "the header wins"
+        );
+        h.insert("x-query-cost", "NaN".parse().unwrap());
+        assert_eq!(
+            reported_cost(&cfg, &h, Some(&body(12.into()))),
+            Some(12),
+            "a bad header falls back"
+        );
+        let unset = crate::config::app::RateLimitConfig::default();
+        assert_eq!(reported_cost(&unset, &h, Some(&body(12.into()))), None);
     }
 
     #[test]

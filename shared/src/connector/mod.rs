@@ -4,6 +4,7 @@
 //! through the quota (acquire → call → release) and turns the API's own
 //! "slow down" into a shared block and a restart.
 
+pub mod cost;
 pub mod http;
 pub mod ratelimit;
 pub mod secrets;
@@ -337,17 +338,70 @@ impl Metered {
         let Some(permit) = permit else {
             return Err(CallError::ReservationEnded);
         };
-        let result = call.await;
+        let (result, reported) = cost::measured(call).await;
         let granted_at = permit.granted_at();
+        // The API's answer settles the estimate: what it says it charged is
+        // kept, the rest refunded, an excess taken below.
+        let settled = cost::settle(cost, reported);
         // A call that reached the API counts even when it failed. Its count
         // was taken at acquire; a release that fails only leaves the lease
         // to expire, so it must never discard what the call returned (an
         // action would be repeated; a 429's block would be skipped).
-        if let Err(e) = self.quota.release(permit, cost).await {
+        if let Err(e) = self.quota.release(permit, settled.kept).await {
             tracing::warn!(quota = %self.key, error = %e, "could not release the call's lease; it frees when it expires, and the call's result is kept");
         }
+        self.take_excess(&endpoint, settled.excess, granted_at)
+            .await;
         self.pace_from_api(granted_at).await;
         self.settle(result).await
+    }
+
+    /// The API said a call cost `excess` units more than its estimate: the
+    /// budget takes them now, as the API already has, so later calls are
+    /// paced on what was really spent. Taken like a call that needs no
+    /// concurrency slot; when a window cannot hold them all, that window is
+    /// filled to its limit (it is at least that full in the API's count).
+    /// Like pacing, a store error here is logged and the call's result kept.
+    async fn take_excess(&self, endpoint: &str, excess: u32, granted_at: Timestamp) {
+        if excess == 0 {
+            return;
+        }
+        tracing::warn!(quota = %self.key, endpoint, excess, "the API charged more than the call's estimate; the excess is taken from the budget now (raise [app.endpoint_costs] for this endpoint so the budget holds a call before it is made)");
+        let mut limits = self.limits.clone();
+        limits.max_concurrent = u32::MAX;
+        if let Some(app) = limits.app_wide.as_deref_mut() {
+            app.max_concurrent = u32::MAX;
+        }
+        let spec = Call::new(self.source.clone(), endpoint).reserve(excess);
+        let refused = match self.quota.acquire(&self.key, &limits, spec).await {
+            Ok(Admission::Granted(p)) => {
+                if let Err(e) = self.quota.release(p, excess).await {
+                    tracing::warn!(quota = %self.key, error = %e, "could not release the excess's lease; it frees when it expires");
+                }
+                return;
+            }
+            Ok(Admission::Denied(d)) => d.reason,
+            Err(e) => {
+                tracing::warn!(quota = %self.key, error = %e, "could not take the excess into the quota");
+                return;
+            }
+        };
+        let crate::quota::DenyReason::Window { window, limit, .. } = refused else {
+            // Blocked or paused: nothing is spent until that ends anyway.
+            return;
+        };
+        let key = if self.limits.windows().any(|(k, _)| k == window) {
+            self.key.clone()
+        } else {
+            self.key.app_level()
+        };
+        if let Err(e) = self
+            .quota
+            .raise_from_api(&key, window, u64::from(limit), granted_at)
+            .await
+        {
+            tracing::warn!(quota = %self.key, error = %e, "could not fill the window the excess overran");
+        }
     }
 
     /// When the API's own count says more of the window is spent than
@@ -625,11 +679,23 @@ impl Reservation<'_> {
             return Err(CallError::ReservationEnded);
         }
         self.used += self.unit;
-        let result = call.await;
+        let (result, reported) = cost::measured(call).await;
         let granted_at = self
             .permit
             .as_ref()
             .map_or_else(|| self.metered.quota.clock().now(), |p| p.granted_at());
+        // Settled against the unit: a cheaper call leaves the difference in
+        // the reservation (for another call, or refunded at `finish`).
+        let settled = cost::settle(self.unit, reported);
+        self.used -= self.unit - settled.kept;
+        let endpoint = self
+            .permit
+            .as_ref()
+            .map(|p| p.endpoint().to_string())
+            .unwrap_or_default();
+        self.metered
+            .take_excess(&endpoint, settled.excess, granted_at)
+            .await;
         // Another client spent part of the window: the reserved calls the
         // API no longer allows are not made, nor refunded at `finish`.
         if let Some(left) = self.metered.pace_from_api(granted_at).await {

@@ -886,6 +886,10 @@ impl Permit {
     pub fn cost(&self) -> u32 {
         self.call.cost
     }
+    /// The endpoint its calls go to.
+    pub fn endpoint(&self) -> &str {
+        &self.call.endpoint
+    }
 }
 
 /// Outcome of [`Quota::acquire`].

@@ -226,6 +226,20 @@ pub(super) async fn limits(
     });
     // The guard leaves the in-flight count when the route's response is done.
     let mut response = next.run(req).await;
+    let actual = if state.config.settle_costs && response.status().is_success() {
+        let actual = cost.div_ceil(2);
+        give_back(state, &key, now, cost - actual);
+        if let Ok(v) = axum::http::HeaderValue::from_str(&actual.to_string()) {
+            response.headers_mut().insert("x-query-cost", v);
+        }
+        actual
+    } else {
+        cost
+    };
+    *lock(&state.stats)
+        .points_by_key
+        .entry(key.clone())
+        .or_default() += actual;
     // The API's own count of the key's day, as many APIs report it: what
     // metered paces from when other clients spend the same budget.
     let headers = response.headers_mut();
@@ -344,6 +358,23 @@ fn shape_refusal(state: &super::State, key: &str, now: DateTime<Utc>, cost: u64)
         calls.retain(|c| *c > now - Duration::seconds(keep));
     }
     None
+}
+
+/// Gives `points` of a call `key` made at `now` back to the shapes.
+fn give_back(state: &super::State, key: &str, now: DateTime<Utc>, points: u64) {
+    let mut arrivals = lock(&state.arrivals);
+    for who in [key, APP_WIDE] {
+        if let Some(calls) = arrivals.get_mut(who) {
+            for _ in 0..points {
+                match calls.iter().rposition(|c| *c == now) {
+                    Some(i) => {
+                        calls.remove(i);
+                    }
+                    None => break,
+                }
+            }
+        }
+    }
 }
 
 /// The level of a leaky bucket draining `per_sec` that took `calls` (in

@@ -162,6 +162,9 @@ pub struct Stats {
     pub datasource_pushes: u64,
     /// Calls the shadow client (`Faults::shadow_every`) made, per key.
     pub shadow_calls: BTreeMap<String, u64>,
+    /// Points the shapes charged per key (`SimConfig::costs`), after
+    /// settlement (`SimConfig::settle_costs`).
+    pub points_by_key: BTreeMap<String, u64>,
     /// Data Source pushes per organization key.
     pub pushes_by_key: BTreeMap<String, u64>,
     /// Records created per organization key (each once: the API dedupes
