@@ -209,7 +209,7 @@ pub(super) async fn limits(
     }
     // The other client's call fills the shapes too, when they admit it
     // (a real API would refuse it otherwise).
-    if shadow {
+    if shadow && !faults.shadow_spends_only_the_day {
         let _ = shape_refusal(state, &key, now, 1);
     }
     let remaining = state.config.daily_budget.saturating_sub(

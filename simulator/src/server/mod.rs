@@ -113,6 +113,10 @@ pub struct Faults {
     /// in `calls_by_key_day` and `shadow_calls`, never by metered), while
     /// the budget has room.
     pub shadow_every: BTreeMap<String, u64>,
+    /// The shadow client's calls spend only the daily budget, not the
+    /// shapes: another app of the same account, where the shapes are per
+    /// app (HubSpot's 10 seconds) and the day is per account.
+    pub shadow_spends_only_the_day: bool,
 }
 
 /// The failures hostile mode picks from.
