@@ -25,6 +25,17 @@ pub struct RunArgs {
     /// Serve the app from the built-in simulator instead of its real API.
     #[arg(long)]
     sim: bool,
+    /// With --sim, a limit the simulated API enforces per org (repeatable),
+    /// answered with 429 and Retry-After: `rolling:30/1m`, `fixed:10/10s`,
+    /// `fixed:40/1d@6h` (days starting 06:00 UTC), `bucket:40@2/s`, or
+    /// across every org `app-rolling:600/1m`, `app-fixed:600/1m`. Try a
+    /// config's `[app.limits]` against the shape the API really has.
+    #[arg(long = "sim-limit", value_name = "SHAPE", requires = "sim")]
+    sim_limits: Vec<metered_sim::Shape>,
+    /// With --sim, the calls a day the simulated API allows each org
+    /// (default 2,500, the seeds' example).
+    #[arg(long, value_name = "CALLS", requires = "sim")]
+    sim_daily: Option<u64>,
     /// The SQLite database (queues, records, quota); inspect it with
     /// `metered usage`, `metered jobs`, `metered dlq`. Default:
     /// .metered/metered.sqlite in real time, .metered/simulated.sqlite with
@@ -51,7 +62,16 @@ pub async fn run(args: RunArgs) -> Result<(), BoxError> {
             simulated_start: args
                 .simulate
                 .map(|_| args.start.unwrap_or_else(chrono::Utc::now)),
-            sim: args.sim.then(metered_sim::SimConfig::default),
+            sim: args.sim.then(|| {
+                let mut sim = metered_sim::SimConfig {
+                    shapes: args.sim_limits.clone(),
+                    ..Default::default()
+                };
+                if let Some(daily) = args.sim_daily {
+                    sim.daily_budget = daily;
+                }
+                sim
+            }),
             resume: args.start.is_none(),
         },
     )
@@ -95,7 +115,16 @@ pub async fn run(args: RunArgs) -> Result<(), BoxError> {
             }
         }
     }
-    let out = serde_json::json!({"calls_per_day": usage, "report": report});
+    // What the simulated API saw: the calls it served and refused.
+    let api = system.sim.as_ref().map(|s| {
+        let stats = s.sim.stats();
+        serde_json::json!({
+            "served": stats.calls_by_key.values().sum::<u64>(),
+            "rejected_429": stats.rejected_429,
+            "rejected_by_shape": stats.rejected_by_shape,
+        })
+    });
+    let out = serde_json::json!({"calls_per_day": usage, "report": report, "api": api});
     if args.json {
         println!("{}", serde_json::to_string_pretty(&out)?);
     } else {
@@ -107,6 +136,12 @@ pub async fn run(args: RunArgs) -> Result<(), BoxError> {
             "Jobs done {:?}; restarts {:?}; dead-lettered {}",
             report.done, report.restarts, report.dead_lettered
         );
+        if let Some(api) = &api {
+            println!(
+                "The simulated API served {} calls and answered {} with 429 ({} for its limits' shapes)",
+                api["served"], api["rejected_429"], api["rejected_by_shape"]
+            );
+        }
     }
     Ok(())
 }

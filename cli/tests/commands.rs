@@ -2398,3 +2398,67 @@ fn a_real_time_run_says_why_it_is_failing() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `run --sim --sim-limit`: the simulated API enforces a chosen shape; the
+/// example's UTC day alone meets its 429s, the config that says the shape
+/// meets none. A spec that is not a shape is refused, naming it.
+#[test]
+fn run_against_a_chosen_shape_of_the_simulated_api() {
+    let dir = tmp("sim-limit");
+    let example = include_str!("../examples/booking.toml");
+    let shaped = example.replacen(
+        "per_day = 2500\n",
+        "per_day = 2500\nwindows = [{ calls = 5, every = \"1m\", rolling = true }]\n",
+        1,
+    );
+    assert_ne!(shaped, example);
+    std::fs::write(dir.join("plain.toml"), example).unwrap();
+    std::fs::write(dir.join("shaped.toml"), &shaped).unwrap();
+    let api = |config: &str| {
+        let run = json(&metered(
+            &[
+                "run",
+                "--config",
+                config,
+                "--sim",
+                "--sim-limit",
+                "rolling:5/1m",
+                "--simulate",
+                "1",
+                "--start",
+                "2026-11-22T00:00:00Z",
+                "--db",
+                &format!("{config}.sqlite"),
+                "--json",
+            ],
+            &dir,
+        ));
+        assert_eq!(run["report"]["dead_lettered"], 0, "{run}");
+        run["api"].clone()
+    };
+    let plain = api("plain.toml");
+    assert!(plain["rejected_by_shape"].as_u64().unwrap() > 0, "{plain}");
+    let shaped = api("shaped.toml");
+    assert_eq!(shaped["rejected_429"], 0, "{shaped}");
+    assert!(shaped["served"].as_u64().unwrap() > 300, "{shaped}");
+
+    let out = metered(
+        &[
+            "run",
+            "--config",
+            "plain.toml",
+            "--sim",
+            "--sim-limit",
+            "leaky:5/1m",
+            "--simulate",
+            "1",
+        ],
+        &dir,
+    );
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--sim-limit") && err.contains("is not a shape"),
+        "{err}"
+    );
+}

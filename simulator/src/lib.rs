@@ -93,6 +93,108 @@ pub enum Shape {
     AppFixed { calls: u64, secs: i64 },
 }
 
+/// `30/1m` → (30, 60): calls and a length in `s`, `m`, `h` or `d`.
+fn calls_per(spec: &str) -> Result<(u64, i64), String> {
+    let (calls, every) = spec
+        .split_once('/')
+        .ok_or_else(|| format!("{spec:?}: expected CALLS/LENGTH, e.g. 30/1m"))?;
+    let calls: u64 = calls
+        .trim()
+        .parse()
+        .map_err(|_| format!("{calls:?} is not a number of calls"))?;
+    Ok((calls, secs(every)?))
+}
+
+/// `10s`, `1m`, `24h`, `1d` (a bare number is seconds) in seconds, > 0.
+fn secs(spec: &str) -> Result<i64, String> {
+    let spec = spec.trim();
+    let (n, unit) = match spec.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => spec.split_at(i),
+        None => (spec, "s"),
+    };
+    let n: i64 = n
+        .parse()
+        .map_err(|_| format!("{spec:?}: expected a length like 10s, 1m, 24h or 1d"))?;
+    let unit = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3_600,
+        "d" => 86_400,
+        other => return Err(format!("{spec:?}: unknown unit {other:?} (s, m, h or d)")),
+    };
+    (n > 0)
+        .then_some(n * unit)
+        .ok_or_else(|| format!("{spec:?}: a length must be more than zero"))
+}
+
+impl std::str::FromStr for Shape {
+    type Err = String;
+
+    /// `rolling:30/1m`, `fixed:10/10s`, `fixed:40/1d@6h` (windows starting
+    /// 6 h after the UTC boundaries), `bucket:40@2/s` (capacity 40 leaking
+    /// 2 a second), `app-rolling:30/1m`, `app-fixed:30/1m`.
+    fn from_str(spec: &str) -> Result<Self, String> {
+        let (kind, rest) = spec.split_once(':').ok_or_else(|| {
+            format!("{spec:?}: expected KIND:SPEC (rolling:30/1m, fixed:10/10s, fixed:40/1d@6h, bucket:40@2/s, app-rolling:30/1m, app-fixed:30/1m)")
+        })?;
+        let shape = match kind {
+            "rolling" => {
+                let (calls, secs) = calls_per(rest)?;
+                Shape::Rolling { calls, secs }
+            }
+            "app-rolling" => {
+                let (calls, secs) = calls_per(rest)?;
+                Shape::AppRolling { calls, secs }
+            }
+            "app-fixed" => {
+                let (calls, secs) = calls_per(rest)?;
+                Shape::AppFixed { calls, secs }
+            }
+            "fixed" => {
+                let (window, offset) = match rest.split_once('@') {
+                    Some((w, o)) => (w, secs(o)?),
+                    None => (rest, 0),
+                };
+                let (calls, secs) = calls_per(window)?;
+                Shape::Fixed {
+                    calls,
+                    secs,
+                    offset_secs: offset % secs,
+                }
+            }
+            "bucket" => {
+                let (capacity, rate) = rest
+                    .split_once('@')
+                    .ok_or_else(|| format!("{spec:?}: expected bucket:CAPACITY@RATE/s"))?;
+                let capacity: u64 = capacity
+                    .parse()
+                    .map_err(|_| format!("{capacity:?} is not a capacity"))?;
+                let per_sec: f64 = rate
+                    .strip_suffix("/s")
+                    .and_then(|r| r.parse().ok())
+                    .filter(|r: &f64| r.is_finite() && *r > 0.0)
+                    .ok_or_else(|| format!("{rate:?}: expected a rate like 2/s"))?;
+                Shape::Bucket { capacity, per_sec }
+            }
+            other => {
+                return Err(format!(
+                    "{other:?} is not a shape: rolling, fixed, bucket, app-rolling or app-fixed"
+                ))
+            }
+        };
+        match shape {
+            Shape::Rolling { calls: 0, .. }
+            | Shape::AppRolling { calls: 0, .. }
+            | Shape::AppFixed { calls: 0, .. }
+            | Shape::Fixed { calls: 0, .. }
+            | Shape::Bucket { capacity: 0, .. } => {
+                Err(format!("{spec:?}: a limit of 0 admits nothing"))
+            }
+            shape => Ok(shape),
+        }
+    }
+}
+
 impl Default for SimConfig {
     fn default() -> Self {
         Self {
@@ -185,5 +287,65 @@ impl Sim {
     /// Rows of a Data Source pushed with organization key `key`.
     pub fn datasource_rows_of(&self, key: &str, name: &str) -> Vec<serde_json::Value> {
         self.inner.datasource_rows_of(key, name)
+    }
+}
+
+#[cfg(test)]
+mod shape_specs {
+    use super::Shape;
+
+    #[test]
+    fn every_shape_reads_from_its_spec() {
+        let p = |s: &str| s.parse::<Shape>();
+        assert_eq!(
+            p("rolling:30/1m"),
+            Ok(Shape::Rolling {
+                calls: 30,
+                secs: 60
+            })
+        );
+        assert_eq!(
+            p("app-rolling:30/60"),
+            Ok(Shape::AppRolling {
+                calls: 30,
+                secs: 60
+            })
+        );
+        assert_eq!(
+            p("app-fixed:5/1h"),
+            Ok(Shape::AppFixed {
+                calls: 5,
+                secs: 3_600
+            })
+        );
+        assert_eq!(
+            p("fixed:40/1d@6h"),
+            Ok(Shape::Fixed {
+                calls: 40,
+                secs: 86_400,
+                offset_secs: 21_600
+            })
+        );
+        assert_eq!(
+            p("bucket:40@2/s"),
+            Ok(Shape::Bucket {
+                capacity: 40,
+                per_sec: 2.0
+            })
+        );
+        for (bad, says) in [
+            ("rolling", "expected KIND:SPEC"),
+            ("rolling:30", "expected CALLS/LENGTH"),
+            ("rolling:x/1m", "not a number of calls"),
+            ("rolling:30/1w", "unknown unit"),
+            ("rolling:0/1m", "admits nothing"),
+            ("bucket:40", "CAPACITY@RATE"),
+            ("bucket:40@0/s", "a rate like 2/s"),
+            ("leaky:1/1s", "is not a shape"),
+            ("fixed:1/0s", "more than zero"),
+        ] {
+            let e = p(bad).unwrap_err();
+            assert!(e.contains(says), "{bad}: {e}");
+        }
     }
 }
