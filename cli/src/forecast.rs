@@ -87,6 +87,71 @@ pub struct Forecast {
     /// forecast counts them as empty.
     pub missing_volumes: Vec<String>,
     pub remedies: Vec<Remedy>,
+    /// Each window's load on day 1, fullest first: the first binds first.
+    pub day1_loads: Vec<WindowLoad>,
+    /// The same on a steady day.
+    pub steady_loads: Vec<WindowLoad>,
+}
+
+/// How full one window of the limits runs in a forecast day.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct WindowLoad {
+    /// The window as `metered usage` names it (`minute`, `rolling 24h
+    /// window`, `bucket of 40 refilling 2/s`).
+    pub window: String,
+    pub limit: u32,
+    /// Calls the day puts on it, over the span it is judged on.
+    pub demand: f64,
+    /// Calls it allows over that span.
+    pub allows: f64,
+    /// `demand / allows`: over 1 the window refuses part of the day.
+    pub load: f64,
+    /// The span: `the day`, `the busiest 3 hours`, `the busiest hour`.
+    pub over: String,
+}
+
+/// Every window's load under a day of `per_hour` calls, fullest first. A
+/// window of a day or longer is judged on the day (days alike: a rolling
+/// 24 h holds one day's calls); one of hours on the busiest run of that
+/// many hours; a shorter one (a minute, 10 s, a bucket) on the busiest hour,
+/// which it holds to `limit × 3600 / length`. The forecast counts hours, so
+/// a short window meets the bursts inside an hour sooner than this says.
+pub fn window_loads(limits: &metered::quota::Limits, per_hour: &[f64]) -> Vec<WindowLoad> {
+    let mut loads: Vec<WindowLoad> = limits
+        .windows()
+        .map(|(kind, limit)| {
+            let len = f64::from(kind.secs());
+            let limit_f = f64::from(limit);
+            let (demand, allows, over) = if len >= 86_400.0 {
+                let day: f64 = per_hour.iter().sum();
+                (day * len / 86_400.0, limit_f, "the day".to_string())
+            } else if len > 3_600.0 {
+                let hours = (len / 3_600.0).ceil() as usize;
+                let most = per_hour
+                    .windows(hours.min(per_hour.len()).max(1))
+                    .map(|w| w.iter().sum::<f64>())
+                    .fold(0.0f64, f64::max);
+                (most, limit_f, format!("the busiest {hours} hours"))
+            } else {
+                let busiest = per_hour.iter().copied().fold(0.0f64, f64::max);
+                (
+                    busiest,
+                    limit_f * 3_600.0 / len,
+                    "the busiest hour".to_string(),
+                )
+            };
+            WindowLoad {
+                window: kind.to_string(),
+                limit,
+                demand: calls(demand),
+                allows,
+                load: if allows > 0.0 { demand / allows } else { 0.0 },
+                over,
+            }
+        })
+        .collect();
+    loads.sort_by(|a, b| b.load.total_cmp(&a.load));
+    loads
 }
 
 /// A sum of calls, never `-0` (an empty `f64` sum is negative zero, which
@@ -499,6 +564,8 @@ pub fn forecast_with(
         }
     }
     Forecast {
+        day1_loads: window_loads(limits, &day1_per_hour),
+        steady_loads: window_loads(limits, &per_hour),
         remedies: remedies(config, volumes, known, (calls_per_day, day1_calls)),
         sources,
         calls_per_day,
@@ -693,4 +760,48 @@ fn remedies(
         (b.saves_per_day + b.saves_day1).total_cmp(&(a.saves_per_day + a.saves_day1))
     });
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::window_loads;
+    use metered::quota::Limits;
+
+    #[test]
+    fn the_fullest_window_binds_first_each_judged_on_its_span() {
+        let limits: Limits = toml::from_str(
+            r#"
+per_day = 1000
+per_minute = 2
+max_concurrent = 3
+windows = [{ calls = 100, every = "3h", rolling = true }]
+"#,
+        )
+        .unwrap();
+        // 300 calls: 60 an hour in hours 1..=3, 20 in each of hours 4..=9.
+        let mut hours = vec![0.0; 24];
+        hours[1..=3].fill(60.0);
+        hours[4..=9].fill(20.0);
+        let loads = window_loads(&limits, &hours);
+        let by = |w: &str| loads.iter().find(|l| l.window.contains(w)).unwrap();
+        assert_eq!(by("day").demand, 300.0);
+        assert_eq!(by("day").allows, 1000.0);
+        assert_eq!(by("3h").demand, 180.0, "the busiest three hours");
+        assert_eq!(by("3h").over, "the busiest 3 hours");
+        assert_eq!(by("minute").demand, 60.0);
+        assert_eq!(
+            by("minute").allows,
+            120.0,
+            "2 a minute holds an hour to 120"
+        );
+        let order: Vec<&str> = loads.iter().map(|l| l.window.as_str()).collect();
+        assert!(order[0].contains("3h"), "180 of 100 binds first: {order:?}");
+        assert_eq!(order[1], "minute", "{order:?}");
+        assert_eq!(order[2], "day", "{order:?}");
+        // An even day of 10 an hour: 30 of 100 in three hours (30%) binds
+        // before 240 of 1,000 in the day (24%) and 10 of 120 in an hour.
+        let even = window_loads(&limits, &[10.0; 24]);
+        let order: Vec<&str> = even.iter().map(|l| l.window.as_str()).collect();
+        assert_eq!(order, ["rolling 3h window", "day", "minute"]);
+    }
 }

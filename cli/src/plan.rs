@@ -135,6 +135,19 @@ pub async fn run(args: Args) -> Result<(), BoxError> {
     let (h1, c1) = peak(&f.day1_per_hour);
     let (hs, cs) = peak(&f.per_hour);
     println!("  busiest hour: day 1 {c1:.0} calls (hour {h1:02}), steady {cs:.0} (hour {hs:02})");
+    for (label, loads) in [("day 1", &f.day1_loads), ("steady", &f.steady_loads)] {
+        if let Some(first) = loads.first() {
+            println!(
+                "  binds first, {label}: the {} (limit {}): {:.0} calls in {} of the {:.0} it allows ({:.0}%)",
+                first.window,
+                first.limit,
+                first.demand,
+                first.over,
+                first.allows,
+                first.load * 100.0
+            );
+        }
+    }
     for w in &f.warnings {
         println!("! {w}");
     }

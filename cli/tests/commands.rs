@@ -671,6 +671,31 @@ fn plan_honours_minute_and_span_windows() {
     );
     assert_eq!(code, Some(3), "{plan}");
     assert_eq!(plan["limit_per_hour"], 60, "{plan}");
+    // The minute binds first on day 1 (its burst hour), the day when the
+    // day is small enough to be the fullest.
+    assert_eq!(plan["day1_loads"][0]["window"], "minute", "{plan}");
+    let (_, small_day) = run("per_day = 300\nper_minute = 10");
+    assert_eq!(small_day["steady_loads"][0]["window"], "day", "{small_day}");
+    let text = metered(
+        &[
+            "plan",
+            "--config",
+            dir.join("minute.toml").to_str().unwrap(),
+            "--volumes",
+            volumes,
+            "--warn-only",
+        ],
+        &dir,
+    );
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.contains("binds first, day 1: the day (limit 300): 338 calls in the day"),
+        "{text}"
+    );
+    assert!(
+        text.contains("binds first, steady: the day (limit 300)"),
+        "{text}"
+    );
     let warnings = plan["warnings"].to_string();
     assert!(
         warnings.contains("60 (the minute limit of 1)"),
