@@ -7,9 +7,8 @@
 //! The numbers are the documented ones scaled down (Salesforce's 100,000 a
 //! rolling day becomes 40) so that a transfer of a few thousand records
 //! meets every limit within a simulated day or two; the shapes, lengths,
-//! levels and headers are the documented ones. Marketo's and Shopify's rows
-//! are in `limit_shapes.rs` (a day at the API's hour, a leaky bucket, cost
-//! points).
+//! levels and headers are the documented ones. Shopify's rows are in
+//! `limit_shapes.rs` (a leaky bucket, cost points).
 
 use metered::config::app::AppConfig;
 use metered::config::sync::{CompleteTransferSettings, SyncConfig};
@@ -109,7 +108,7 @@ async fn transfer(adapter: Adapter, row: Row) -> World {
     w
 }
 
-/// Salesforce: a rolling 24 hours (100,000 → 40) and 25 concurrent. 46
+/// Salesforce: a rolling 24 hours (100,000 → 40) and 25 concurrent. 45
 /// pages an org take two rolling days.
 async fn salesforce(adapter: Adapter) {
     run(
@@ -229,6 +228,54 @@ async fn github(adapter: Adapter) {
     .await;
 }
 
+/// Marketo: a day that ends at midnight US Central (50,000 → 40; in
+/// November that is 06:00 UTC) and 100 per 20 seconds (→ 10), 10
+/// concurrent. 45 pages an org: 40 on the first day, the rest right after
+/// Chicago's midnight.
+async fn marketo(adapter: Adapter) {
+    let w = run(
+        adapter,
+        Row {
+            shapes: vec![
+                Shape::Fixed {
+                    calls: 40,
+                    secs: 86_400,
+                    offset_secs: 6 * 3_600,
+                },
+                Shape::Rolling {
+                    calls: 10,
+                    secs: 20,
+                },
+            ],
+            max_concurrent: 10,
+            limits: r#"
+max_concurrent = 10
+windows = [
+  { calls = 40, every = "1d", align = "America/Chicago" },
+  { calls = 10, every = "20s", rolling = true },
+]
+"#,
+            ..Row::default()
+        },
+    )
+    .await;
+    let stats = w.sim().stats();
+    for org in ORGS {
+        let key = &w.api_keys[org];
+        let after_reset: u64 = stats
+            .calls_by_key_minute
+            .iter()
+            .filter(|((k, minute), _)| k == key && minute.as_str() >= "2026-11-23T06:00")
+            .filter(|((_, minute), _)| minute.as_str() < "2026-11-23T06:10")
+            .map(|(_, n)| n)
+            .sum();
+        assert_eq!(
+            after_reset, 5,
+            "{org}: the rest within minutes of Chicago's midnight"
+        );
+    }
+}
+
 /// Stripe: operations a second (100 → 5), 20 concurrent.
 async fn stripe(adapter: Adapter) {
     run(
@@ -245,4 +292,4 @@ async fn stripe(adapter: Adapter) {
     .await;
 }
 
-metered_tests::on_both!(salesforce, xero, hubspot, github, stripe);
+metered_tests::on_both!(salesforce, xero, hubspot, marketo, github, stripe);
