@@ -91,6 +91,72 @@ pub struct Forecast {
     pub day1_loads: Vec<WindowLoad>,
     /// The same on a steady day.
     pub steady_loads: Vec<WindowLoad>,
+    /// Each share of `[app.limits.shares]` against its kind's calls.
+    pub shares: Vec<ShareForecast>,
+}
+
+/// One kind's share of the day and the calls its sources forecast.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ShareForecast {
+    /// The source kind (`pk-lookup`, `workflow`…).
+    pub kind: String,
+    /// Calls a day held for it alone.
+    pub reserved: u32,
+    /// The most it may spend in a day (its cap, else its reserve plus what
+    /// no kind reserved).
+    pub most: u32,
+    pub day1_calls: f64,
+    pub steady_calls: f64,
+}
+
+/// The shares against the day's calls of each kind, with a warning for a
+/// share that runs dry (its kind forecasts more than it may spend).
+fn share_forecasts(
+    limits: &metered::quota::Limits,
+    day_limit: Option<u32>,
+    day1: &[SourceForecast],
+    steady: &[SourceForecast],
+) -> (Vec<ShareForecast>, Vec<String>) {
+    let Some(day) = day_limit else {
+        return (Vec::new(), Vec::new());
+    };
+    let of = |sources: &[SourceForecast], kind: &str| -> f64 {
+        calls(
+            sources
+                .iter()
+                .filter(|s| metered::quota::share::kind_of(&s.source) == kind)
+                .map(|s| s.calls_per_day)
+                .sum(),
+        )
+    };
+    let pct = |p: u8| (u64::from(day) * u64::from(p) / 100) as u32;
+    let reserved_all: u32 = limits.shares.values().map(|s| pct(s.reserve_percent)).sum();
+    let mut out = Vec::new();
+    let mut warnings = Vec::new();
+    for (kind, share) in &limits.shares {
+        let reserved = pct(share.reserve_percent);
+        let most = if share.cap_percent < 100 {
+            pct(share.cap_percent)
+        } else {
+            day - reserved_all + reserved
+        };
+        let f = ShareForecast {
+            kind: kind.clone(),
+            reserved,
+            most,
+            day1_calls: of(day1, kind),
+            steady_calls: of(steady, kind),
+        };
+        for (label, c) in [("day 1", f.day1_calls), ("steady", f.steady_calls)] {
+            if c > f64::from(most) {
+                warnings.push(format!(
+                    "{label}: share `{kind}` forecasts {c:.0} calls but may spend {most} a day; the rest waits for the next day (raise its cap_percent or spend less)"
+                ));
+            }
+        }
+        out.push(f);
+    }
+    (out, warnings)
 }
 
 /// How full one window of the limits runs in a forecast day.
@@ -563,7 +629,18 @@ pub fn forecast_with(
             }
         }
     }
+    let (shares, share_warnings) = share_forecasts(
+        limits,
+        day_cap.map(|(c, ..)| c.floor() as u32),
+        &day1_sources,
+        &sources,
+    );
+    if !share_warnings.is_empty() {
+        over_limit = true;
+        warnings.extend(share_warnings);
+    }
     Forecast {
+        shares,
         day1_loads: window_loads(limits, &day1_per_hour),
         steady_loads: window_loads(limits, &per_hour),
         remedies: remedies(config, volumes, known, (calls_per_day, day1_calls)),

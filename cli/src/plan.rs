@@ -148,6 +148,15 @@ pub async fn run(args: Args) -> Result<(), BoxError> {
             );
         }
     }
+    if !f.shares.is_empty() {
+        println!("  shares of the day ([app.limits.shares]):");
+        for s in &f.shares {
+            println!(
+                "    {:<20} reserved {:>6}, at most {:>6}; day 1 {:>7.0}, steady {:>7.0}",
+                s.kind, s.reserved, s.most, s.day1_calls, s.steady_calls
+            );
+        }
+    }
     for w in &f.warnings {
         println!("! {w}");
     }

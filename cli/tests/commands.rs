@@ -2487,3 +2487,55 @@ fn run_against_a_chosen_shape_of_the_simulated_api() {
         "{err}"
     );
 }
+
+/// `plan` with `[app.limits.shares]`: each share against its kind's calls,
+/// a share that runs dry flagged (exit 3), the JSON with the numbers.
+#[test]
+fn plan_forecasts_each_share_and_flags_one_that_runs_dry() {
+    let dir = tmp("plan-shares");
+    let example = include_str!("../examples/booking.toml");
+    let volumes = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/booking-volumes.toml");
+    let shared = example.replacen(
+        "max_concurrent = 3\n",
+        "max_concurrent = 3\n[app.limits.shares]\nworkflow = { reserve_percent = 20 }\nrecent-records = { cap_percent = 5 }\n",
+        1,
+    );
+    assert_ne!(shared, example);
+    std::fs::write(dir.join("shares.toml"), shared).unwrap();
+    let out = metered(
+        &[
+            "plan",
+            "--config",
+            "shares.toml",
+            "--volumes",
+            volumes,
+            "--json",
+        ],
+        &dir,
+    );
+    assert_eq!(out.status.code(), Some(3));
+    let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let share = |kind: &str| {
+        plan["shares"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["kind"] == kind)
+            .cloned()
+            .unwrap_or_else(|| panic!("no share {kind}: {plan}"))
+    };
+    assert_eq!(share("recent-records")["most"], 125, "5% of 2500");
+    assert_eq!(share("recent-records")["steady_calls"], 192.0);
+    assert_eq!(share("workflow")["reserved"], 500);
+    assert_eq!(
+        share("workflow")["most"],
+        2500,
+        "its reserve plus all the unreserved"
+    );
+    let warnings = plan["warnings"].to_string();
+    assert!(
+        warnings.contains("share `recent-records` forecasts 192 calls but may spend 125 a day"),
+        "{warnings}"
+    );
+    assert!(!warnings.contains("share `workflow`"), "{warnings}");
+}

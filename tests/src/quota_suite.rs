@@ -461,6 +461,7 @@ pub async fn sixty_four_tasks_share_one_budget<F: Future<Output = Store>>(make: 
                         DenyReason::Blocked | DenyReason::Paused { .. } => {
                             panic!("nobody blocked this budget")
                         }
+                        DenyReason::Share { .. } => panic!("a store knows no shares"),
                     },
                 }
             }

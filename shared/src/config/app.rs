@@ -762,6 +762,16 @@ impl AppConfig {
                     format!("`{}` names the app's own budget ([app.limits.app_wide]); choose another name", c.org),
                 );
             }
+            if c.org.contains(crate::quota::share::SHARE_MARK) {
+                return bad(
+                    format!("connections[{i}].org"),
+                    format!(
+                        "`{}` contains `{}`, which marks the budgets of shares ([app.limits.shares]); choose another name",
+                        c.org,
+                        crate::quota::share::SHARE_MARK
+                    ),
+                );
+            }
             if !orgs.insert(&c.org) {
                 return bad(
                     format!("connections[{i}].org"),

@@ -595,7 +595,9 @@ impl Metered {
             .acquire(&self.key, &self.limits, spec.clone())
             .await?;
         if let Admission::Denied(Denied {
-            reason: crate::quota::DenyReason::Window { limit, used, .. },
+            reason:
+                crate::quota::DenyReason::Window { limit, used, .. }
+                | crate::quota::DenyReason::Share { limit, used, .. },
             ..
         }) = &admission
         {

@@ -28,6 +28,7 @@ use std::sync::{Arc, Mutex};
 
 pub mod bucket;
 pub mod health;
+pub mod share;
 pub use health::{Health, PausePolicy};
 pub mod window;
 pub use bucket::{Bucket, BucketLimit};
@@ -295,6 +296,11 @@ pub struct Limits {
     /// both its org's limits and these (`[app.limits.app_wide]`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub app_wide: Option<Box<Limits>>,
+    /// Shares per source kind (`[app.limits.shares]`, see [`share`]): a
+    /// reserved part of every window and a cap, so one kind of work cannot
+    /// starve another. Empty: every source spends first come, first served.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub shares: std::collections::BTreeMap<String, share::Share>,
     /// Calls in flight at once (the seeds' example: 3).
     pub max_concurrent: u32,
     /// How long a lease lives unless renewed: a crashed holder strands a
@@ -334,6 +340,7 @@ impl Limits {
             windows: Vec::new(),
             buckets: Vec::new(),
             app_wide: None,
+            shares: Default::default(),
             max_concurrent,
             lease_ttl_secs: default_lease_ttl_secs(),
             concurrency_retry_secs: default_concurrency_retry_secs(),
@@ -414,7 +421,7 @@ impl Limits {
                 )));
             }
         }
-        Ok(())
+        self.validate_shares()
     }
 
     /// The same limits with one more token bucket.
@@ -561,6 +568,21 @@ pub enum DenyReason {
         /// The limit.
         max: u32,
     },
+    /// The call's share of the org's budget ([`share`]) is spent in a
+    /// window: its cap, or the part no kind reserved (with no reserve of its
+    /// own left); what is left is held for other kinds.
+    Share {
+        /// The source kind.
+        source_kind: String,
+        /// `cap` or `unreserved part`.
+        part: String,
+        /// The window that refused.
+        window: WindowKind,
+        /// Its limit in that part.
+        limit: u32,
+        /// Calls counted in that part.
+        used: u64,
+    },
     /// The API itself said stop (429 / Retry-After).
     Blocked,
     /// The connection is paused: the API kept refusing its credential
@@ -582,6 +604,16 @@ impl fmt::Display for DenyReason {
             DenyReason::Concurrency { max } => write!(
                 f,
                 "all {max} concurrency slots taken (a slot is held from before a call until after it)"
+            ),
+            DenyReason::Share {
+                source_kind: kind,
+                part,
+                window,
+                limit,
+                used,
+            } => write!(
+                f,
+                "the `{kind}` share's {part} of the {window} is spent ({used} of {limit}); the rest is held for other kinds"
             ),
             DenyReason::Blocked => f.write_str("blocked by the API's Retry-After"),
             DenyReason::Paused { health } => write!(f, "connection {health}"),
@@ -610,7 +642,8 @@ pub enum Acquire {
 /// What [`Quota::acquire_levels`] took: the org's grant and the app's,
 /// or the refusal of either.
 enum Levels {
-    Granted(Box<(Grant, Option<Grant>)>),
+    /// The org's grant, the app's, and the share's.
+    Granted(Box<(Grant, Option<Grant>, Vec<Grant>)>),
     Denied(Denied),
     /// Refused again from this process's recent denial.
     Repeated(Denied),
@@ -865,6 +898,8 @@ pub struct Permit {
     grant: Option<Grant>,
     /// The app-wide level's grant, when the limits have one.
     app_grant: Option<Grant>,
+    /// The grants of the call's share ([`share`]), when shares are set.
+    share_grants: Vec<Grant>,
     key: QuotaKey,
     call: Call,
     day: NaiveDate,
@@ -978,7 +1013,12 @@ impl Quota {
     fn remember_denial(&self, key: &QuotaKey, cost: u32, denied: &Denied, now: Timestamp) {
         // A wait for a slot is over when any holder, in any process,
         // releases (or when a contended store lets go): not repeated.
-        if matches!(denied.reason, DenyReason::Concurrency { .. }) {
+        // A share's refusal is of that kind alone: another kind of the same
+        // org may still be admitted.
+        if matches!(
+            denied.reason,
+            DenyReason::Concurrency { .. } | DenyReason::Share { .. }
+        ) {
             return;
         }
         let until = denied.retry_at.min(now + REPEAT_DENIAL_FOR);
@@ -1035,6 +1075,121 @@ impl Quota {
         &self.clock
     }
 
+    /// The share's budgets for `call` ([`share`]): its reserve, else the
+    /// unreserved part and its cap; near the end of a fixed window whose
+    /// unreserved part refused, another kind's unspent reserve. The grants,
+    /// or the refusal naming the share (nothing held then).
+    async fn acquire_share(
+        &self,
+        key: &QuotaKey,
+        limits: &Limits,
+        call: &Call,
+        now: Timestamp,
+    ) -> Result<std::result::Result<Vec<Grant>, Denied>> {
+        use share::{share_key, Part};
+        let kind = share::kind_of(&call.source);
+        let cost = call.cost;
+        let take = |part: Part, of: &str| {
+            let level = limits.share_part(part, of);
+            let level_key = share_key(key, part, of);
+            async move {
+                match level {
+                    None => Ok(None),
+                    Some(l) => {
+                        if l.check_cost(cost).is_err() {
+                            // More than this part could ever hold (a block
+                            // reserved for the org's windows): refused as by
+                            // its tightest window, so a reservation asks
+                            // again for what the part holds.
+                            let (window, limit) = l
+                                .windows()
+                                .min_by_key(|(_, limit)| *limit)
+                                .unwrap_or((WindowKind::Day, 0));
+                            return Ok(Some(Acquire::Denied(Denied {
+                                retry_at: window.end(now),
+                                reason: DenyReason::Window {
+                                    window,
+                                    limit,
+                                    used: 0,
+                                },
+                            })));
+                        }
+                        self.store
+                            .acquire(&level_key, &l, cost, now)
+                            .await
+                            .map(Some)
+                    }
+                }
+            }
+        };
+        if let Some(Acquire::Granted(g)) = take(Part::Reserve, kind).await? {
+            return Ok(Ok(vec![g]));
+        }
+        let named = |d: Denied, part: &'static str| {
+            let reason = match d.reason {
+                DenyReason::Window {
+                    window,
+                    limit,
+                    used,
+                } => DenyReason::Share {
+                    source_kind: kind.to_string(),
+                    part: part.to_string(),
+                    window,
+                    limit,
+                    used,
+                },
+                other => other,
+            };
+            Denied {
+                retry_at: d.retry_at,
+                reason,
+            }
+        };
+        let pool = match take(Part::Pool, kind).await? {
+            Some(Acquire::Granted(g)) => Some(g),
+            None => None,
+            Some(Acquire::Denied(d)) => {
+                // Near a fixed window's end, another kind's reserve that
+                // would lapse unspent is lent.
+                let lend = match &d.reason {
+                    DenyReason::Window { window, .. } if !window.needs_read() => {
+                        let left = (d.retry_at - now).num_seconds();
+                        left <= i64::from(window.secs()) / share::LEND_IN_LAST
+                    }
+                    _ => false,
+                };
+                if lend {
+                    for other in limits.shares.keys().filter(|k| k.as_str() != kind) {
+                        if let Some(Acquire::Granted(g)) = take(Part::Reserve, other).await? {
+                            tracing::info!(quota = %key, kind, lender = %other, "near the window's end: another kind's unspent reserve is lent");
+                            return Ok(Ok(vec![g]));
+                        }
+                    }
+                }
+                return Ok(Err(named(d, "unreserved part")));
+            }
+        };
+        let pool: Vec<Grant> = pool.into_iter().collect();
+        match take(Part::Cap, kind).await {
+            Ok(None) => Ok(Ok(pool)),
+            Ok(Some(Acquire::Granted(cap))) => Ok(Ok(pool.into_iter().chain([cap]).collect())),
+            Ok(Some(Acquire::Denied(d))) => {
+                for g in &pool {
+                    self.store.release(g, 0).await?;
+                }
+                Ok(Err(named(d, "cap")))
+            }
+            Err(e) => {
+                for g in &pool {
+                    if let Err(undo) = self.store.release(g, 0).await {
+                        tracing::warn!(quota = %key, error = %undo, "could not give the unreserved part back; its lease expires");
+                    }
+                }
+                Err(e)
+            }
+        }
+    }
+
     /// The org's level, then the app's: both granted, or nothing held.
     /// Two atomic steps, not one: while the second is asked, the first
     /// holds its calls (a moment of over-counting the org, never of
@@ -1044,15 +1199,35 @@ impl Quota {
         &self,
         key: &QuotaKey,
         limits: &Limits,
-        cost: u32,
+        call: &Call,
         now: Timestamp,
     ) -> Result<Levels> {
-        let grant = match self.store.acquire(key, limits, cost, now).await? {
+        let cost = call.cost;
+        let mut grant = match self.store.acquire(key, limits, cost, now).await? {
             Acquire::Granted(g) => g,
             Acquire::Denied(d) => return Ok(Levels::Denied(d)),
         };
+        let mut shared = Vec::new();
+        if limits.has_shares() {
+            match self.acquire_share(key, limits, call, now).await {
+                Ok(Ok(grants)) => shared = grants,
+                Ok(Err(d)) => {
+                    self.store.release(&grant, 0).await?;
+                    return Ok(Levels::Denied(d));
+                }
+                Err(e) => {
+                    if let Err(undo) = self.store.release(&grant, 0).await {
+                        tracing::warn!(quota = %key, error = %undo, "could not give the org's grant back after the share failed; its lease expires");
+                    }
+                    return Err(e);
+                }
+            }
+            for g in &shared {
+                grant.valid_until = grant.valid_until.min(g.valid_until);
+            }
+        }
         let Some(app) = &limits.app_wide else {
-            return Ok(Levels::Granted(Box::new((grant, None))));
+            return Ok(Levels::Granted(Box::new((grant, None, shared))));
         };
         let app_grant = match app.check_cost(cost) {
             Ok(()) => self.store.acquire(&key.app_level(), app, cost, now).await,
@@ -1065,16 +1240,20 @@ impl Quota {
                 let mut grant = grant;
                 grant.valid_until = until;
                 app_grant.valid_until = until;
-                Ok(Levels::Granted(Box::new((grant, Some(app_grant)))))
+                Ok(Levels::Granted(Box::new((grant, Some(app_grant), shared))))
             }
             Ok(Acquire::Denied(d)) => {
                 tracing::info!(quota = %key, reason = %d.reason, "the app-wide level refused (every org of the app shares it)");
-                self.store.release(&grant, 0).await?;
+                for g in std::iter::once(&grant).chain(&shared) {
+                    self.store.release(g, 0).await?;
+                }
                 Ok(Levels::Denied(d))
             }
             Err(e) => {
-                if let Err(undo) = self.store.release(&grant, 0).await {
-                    tracing::warn!(quota = %key, error = %undo, "could not give the org's grant back after the app level failed; its lease expires");
+                for g in std::iter::once(&grant).chain(&shared) {
+                    if let Err(undo) = self.store.release(g, 0).await {
+                        tracing::warn!(quota = %key, error = %undo, "could not give a grant back after the app level failed; its lease expires");
+                    }
                 }
                 Err(e)
             }
@@ -1092,6 +1271,7 @@ impl Quota {
             return Ok(Admission::Granted(Permit {
                 grant: None,
                 app_grant: None,
+                share_grants: Vec::new(),
                 key: key.clone(),
                 call,
                 day,
@@ -1105,11 +1285,11 @@ impl Quota {
                 tracing::debug!(quota = %key, cost = call.cost, "denied again from this process's recent denial; no store request");
                 Levels::Repeated(denied)
             }
-            None => self.acquire_levels(key, limits, call.cost, now).await?,
+            None => self.acquire_levels(key, limits, &call, now).await?,
         };
         match levels {
             Levels::Granted(granted) => {
-                let (grant, app_grant) = *granted;
+                let (grant, app_grant, share_grants) = *granted;
                 tracing::debug!(quota = %key, cost = call.cost, lease = %grant.lease_id, "quota granted");
                 let day_limit = limits.windows().find(|(w, _)| *w == WindowKind::Day);
                 let day_used = grant.windows.iter().find(|w| w.kind == WindowKind::Day);
@@ -1120,6 +1300,7 @@ impl Quota {
                 Ok(Admission::Granted(Permit {
                     grant: Some(grant),
                     app_grant,
+                    share_grants,
                     key: key.clone(),
                     call,
                     day,
@@ -1187,6 +1368,11 @@ impl Quota {
             } => Counter::DenialsMinuteLimit,
             DenyReason::Concurrency { .. } => Counter::DenialsConcurrency,
             DenyReason::Blocked | DenyReason::Paused { .. } => Counter::DenialsBlocked,
+            DenyReason::Share { window, .. } => match window.secs() {
+                86_400.. => Counter::DenialsDayLimit,
+                3_600.. => Counter::DenialsHourLimit,
+                _ => Counter::DenialsMinuteLimit,
+            },
         };
         self.metrics.add(&key.app, &key.org, counter, 1);
         self.tally(
@@ -1229,6 +1415,9 @@ impl Quota {
             self.store.release(grant, used + forfeited).await?;
         }
         if let Some(grant) = &permit.app_grant {
+            self.store.release(grant, used + forfeited).await?;
+        }
+        for grant in &permit.share_grants {
             self.store.release(grant, used + forfeited).await?;
         }
         if forfeited > 0 {
@@ -1313,7 +1502,12 @@ impl Quota {
 
     /// Extends a permit's lease for a long call.
     pub async fn renew(&self, permit: &Permit, by: Duration) -> Result<()> {
-        for grant in permit.grant.iter().chain(&permit.app_grant) {
+        for grant in permit
+            .grant
+            .iter()
+            .chain(&permit.app_grant)
+            .chain(&permit.share_grants)
+        {
             self.store.renew(grant, self.clock.now() + by).await?;
         }
         Ok(())
