@@ -11,12 +11,15 @@
 //! - [`connector`]: what the quota adds to a call against the simulator;
 //! - [`sync`]: the reference transfer with bulk lookups;
 //! - [`hosted`]: Hosted GET's requests per second and latency per size;
-//! - [`levels`]: the app-wide level's hot item and fifty orgs sharing it.
+//! - [`levels`]: the app-wide level's hot item and fifty orgs sharing it;
+//! - [`storm`]: actions' admission delay under a lookup storm, without and
+//!   with shares, and the wake-ups per refused job.
 
 mod connector;
 mod hosted;
 mod levels;
 mod quota;
+mod storm;
 mod sync;
 
 use std::time::Duration;
@@ -51,6 +54,11 @@ pub struct Args {
     /// and fifty orgs sharing an app's rolling minute.
     #[arg(long)]
     pub(super) levels: bool,
+    /// Only the lookup storm: 100 actions' admission delay while 5,000
+    /// lookups contend for 300 calls a minute, without and with shares,
+    /// and the wake-ups per refused job.
+    #[arg(long)]
+    pub(super) storm: bool,
 }
 
 /// Latencies of one measurement.
@@ -100,6 +108,9 @@ pub async fn run(mut args: Args) -> Result<(), Box<dyn std::error::Error>> {
     if args.levels {
         return levels::section(args.dynamodb_url.as_deref()).await;
     }
+    if args.storm {
+        return storm::section(args.dynamodb_url.as_deref()).await;
+    }
     quota::sqlite(&args).await?;
     connector::section(args.connector_calls).await?;
     sync::section().await?;
@@ -108,5 +119,6 @@ pub async fn run(mut args: Args) -> Result<(), Box<dyn std::error::Error>> {
     }
     hosted::section(args.dynamodb_url.as_deref()).await?;
     levels::section(args.dynamodb_url.as_deref()).await?;
+    storm::section(args.dynamodb_url.as_deref()).await?;
     Ok(())
 }

@@ -1013,12 +1013,9 @@ impl Quota {
     fn remember_denial(&self, key: &QuotaKey, cost: u32, denied: &Denied, now: Timestamp) {
         // A wait for a slot is over when any holder, in any process,
         // releases (or when a contended store lets go): not repeated.
-        // A share's refusal is of that kind alone: another kind of the same
-        // org may still be admitted.
-        if matches!(
-            denied.reason,
-            DenyReason::Concurrency { .. } | DenyReason::Share { .. }
-        ) {
+        // (A share's refusal is remembered under its kind's key, see
+        // `memory_key`: another kind of the org may still be admitted.)
+        if matches!(denied.reason, DenyReason::Concurrency { .. }) {
             return;
         }
         let until = denied.retry_at.min(now + REPEAT_DENIAL_FOR);
@@ -1050,8 +1047,27 @@ impl Quota {
         if app_level {
             denials.retain(|k, _| k.app != key.app);
         } else {
-            denials.remove(key);
+            // The org's own denial and its kinds' (share refusals).
+            let kinds = format!("{}{}", key.org, share::SHARE_MARK);
+            denials.retain(|k, _| {
+                k.app != key.app || (k.org != key.org && !k.org.starts_with(&kinds))
+            });
         }
+    }
+
+    /// Where a refusal of `call` is remembered: a share's refusal under its
+    /// kind (the org's other kinds may still be admitted), any other under
+    /// the org.
+    fn memory_key(key: &QuotaKey, call: &Call) -> QuotaKey {
+        QuotaKey::new(
+            format!(
+                "{}{}denied:{}",
+                key.org,
+                share::SHARE_MARK,
+                share::kind_of(&call.source)
+            ),
+            &key.app,
+        )
     }
 
     /// Counts calls, denials and the day's burn into `metrics`.
@@ -1203,28 +1219,43 @@ impl Quota {
         now: Timestamp,
     ) -> Result<Levels> {
         let cost = call.cost;
-        let mut grant = match self.store.acquire(key, limits, cost, now).await? {
-            Acquire::Granted(g) => g,
-            Acquire::Denied(d) => return Ok(Levels::Denied(d)),
+        // The share first, then the org: a call the org's budget holds has
+        // passed its share, so the org's count is never raised, even for a
+        // moment, by a call its share then refuses (that would refuse
+        // another kind's call against its reserve). A share's budget may be
+        // held a moment by a call the org then refuses (a concurrency
+        // slot): only calls of the same kind or the unreserved part see it.
+        let shared = if limits.has_shares() {
+            match self.acquire_share(key, limits, call, now).await? {
+                Ok(grants) => grants,
+                Err(d) => return Ok(Levels::Denied(d)),
+            }
+        } else {
+            Vec::new()
         };
-        let mut shared = Vec::new();
-        if limits.has_shares() {
-            match self.acquire_share(key, limits, call, now).await {
-                Ok(Ok(grants)) => shared = grants,
-                Ok(Err(d)) => {
-                    self.store.release(&grant, 0).await?;
-                    return Ok(Levels::Denied(d));
-                }
-                Err(e) => {
-                    if let Err(undo) = self.store.release(&grant, 0).await {
-                        tracing::warn!(quota = %key, error = %undo, "could not give the org's grant back after the share failed; its lease expires");
+        let give_back = |why: &'static str| {
+            let shared = &shared;
+            async move {
+                for g in shared {
+                    if let Err(undo) = self.store.release(g, 0).await {
+                        tracing::warn!(quota = %key, error = %undo, why, "could not give a share's grant back; its lease expires");
                     }
-                    return Err(e);
                 }
             }
-            for g in &shared {
-                grant.valid_until = grant.valid_until.min(g.valid_until);
+        };
+        let mut grant = match self.store.acquire(key, limits, cost, now).await {
+            Ok(Acquire::Granted(g)) => g,
+            Ok(Acquire::Denied(d)) => {
+                give_back("the org refused").await;
+                return Ok(Levels::Denied(d));
             }
+            Err(e) => {
+                give_back("the org's acquire failed").await;
+                return Err(e);
+            }
+        };
+        for g in &shared {
+            grant.valid_until = grant.valid_until.min(g.valid_until);
         }
         let Some(app) = &limits.app_wide else {
             return Ok(Levels::Granted(Box::new((grant, None, shared))));
@@ -1280,7 +1311,13 @@ impl Quota {
             }));
         }
         limits.check_cost(call.cost)?;
-        let levels = match self.recent_denial(key, call.cost, now) {
+        let kind_key = limits.has_shares().then(|| Self::memory_key(key, &call));
+        let remembered = self.recent_denial(key, call.cost, now).or_else(|| {
+            kind_key
+                .as_ref()
+                .and_then(|k| self.recent_denial(k, call.cost, now))
+        });
+        let levels = match remembered {
             Some(denied) => {
                 tracing::debug!(quota = %key, cost = call.cost, "denied again from this process's recent denial; no store request");
                 Levels::Repeated(denied)
@@ -1321,7 +1358,11 @@ impl Quota {
                         }
                     }
                 }
-                self.remember_denial(key, call.cost, &denied, now);
+                let memory = match (&denied.reason, &kind_key) {
+                    (DenyReason::Share { .. }, Some(k)) => k,
+                    _ => key,
+                };
+                self.remember_denial(memory, call.cost, &denied, now);
                 Ok(self.refuse(key, call, day, hour, denied))
             }
         }
@@ -1407,8 +1448,10 @@ impl Quota {
     ) -> Result<()> {
         let used = used.min(permit.call.cost);
         let forfeited = forfeited.min(permit.call.cost - used);
-        if permit.grant.is_some() {
-            // A lease, and maybe calls, come back: the next request asks.
+        if permit.grant.is_some() && used + forfeited < permit.call.cost {
+            // Calls come back: the next request asks. (A release that
+            // refunds nothing frees only a concurrency slot, and waits for
+            // a slot are never remembered.)
             self.forget_denials(&permit.key, permit.app_grant.is_some());
         }
         if let Some(grant) = &permit.grant {

@@ -1,0 +1,168 @@
+//! A lookup storm against waiting actions (#30): 5,000 primary-key
+//! lookups, each one call, all due at once, and 100 workflow actions that
+//! arrive 30 s into the storm, on one org's budget of 300 calls a minute.
+//! Every job runs through the real `Quota` facade on a simulated clock and,
+//! when refused, comes back at its denial's `retry_at` plus the runtime's
+//! own jitter (`RestartPolicy::jitter_secs`), as a queued job would.
+//!
+//! Printed, without and with `[app.limits.shares]` (actions reserve 40%,
+//! lookups capped at 60%): the actions' admission delay (p50, p95, max),
+//! when the storm finished, the wake-ups per job that was ever refused
+//! (restarts ÷ refused jobs), and the store requests per admitted call.
+
+use super::quota::counted_table;
+use super::uuid_like;
+use metered::adapters::aws::quota::DynamoQuota;
+use metered::adapters::sqlite::quota::SqliteQuota;
+use metered::adapters::sqlite::Db;
+use metered::core::clock::{ManualClock, Timestamp};
+use metered::jobs::envelope::{JobEnvelope, JobKind};
+use metered::jobs::fate::RestartPolicy;
+use metered::quota::{Admission, Call, Limits, Quota, QuotaKey, QuotaStore};
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::sync::Arc;
+
+type Requests = Arc<dyn Fn() -> u64 + Send + Sync>;
+
+const LOOKUPS: usize = 5_000;
+const ACTIONS: usize = 100;
+
+pub async fn section(dynamodb_url: Option<&str>) -> Result<(), Box<dyn std::error::Error>> {
+    let dir = std::env::temp_dir().join(format!("metered-bench-{}", uuid_like()));
+    std::fs::create_dir_all(&dir)?;
+    let db = Db::open(dir.join("bench.sqlite"))?;
+    let mut stores: Vec<(String, Arc<dyn QuotaStore>, Requests)> = vec![{
+        let db2 = db.clone();
+        (
+            "SQLite".to_string(),
+            Arc::new(SqliteQuota::new(db)) as Arc<dyn QuotaStore>,
+            Arc::new(move || db2.round_trips()) as Requests,
+        )
+    }];
+    if let Some(url) = dynamodb_url {
+        let (table, count) = counted_table(url).await?;
+        stores.push((
+            format!("DynamoDB at {url}"),
+            Arc::new(DynamoQuota::new(table)),
+            Arc::new(move || count.get()),
+        ));
+    }
+    for (name, store, requests) in &stores {
+        println!("\nA lookup storm ({LOOKUPS} lookups) while {ACTIONS} actions wait, 300 calls a minute, on {name}");
+        for (label, shares) in [
+            ("no shares", ""),
+            (
+                "actions reserve 40%, lookups cap 60%",
+                "[shares]\nworkflow = { reserve_percent = 40 }\npk-lookup = { cap_percent = 60 }\n",
+            ),
+        ] {
+            storm(store.clone(), requests.clone(), label, shares).await?;
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+struct Job {
+    arrived: Timestamp,
+    action: bool,
+    /// The envelope the runtime would restart (its id and generation pick
+    /// the jitter).
+    envelope: JobEnvelope,
+    refused: bool,
+}
+
+async fn storm(
+    store: Arc<dyn QuotaStore>,
+    requests: Requests,
+    label: &str,
+    shares: &str,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let start: Timestamp = chrono::DateTime::from_timestamp(1_800_000_000, 0).unwrap_or_default();
+    let clock = ManualClock::new(start);
+    let quota = Quota::new(store, Arc::new(clock.clone()));
+    let limits: Limits =
+        toml::from_str(&format!("per_minute = 300\nmax_concurrent = 64\n{shares}"))?;
+    limits.validate()?;
+    let key = QuotaKey::new("org-a", format!("bench-storm-{}", uuid_like()));
+    let policy = RestartPolicy::default();
+    let mut jobs: Vec<Job> = (0..LOOKUPS + ACTIONS)
+        .map(|i| {
+            let action = i >= LOOKUPS;
+            let arrived = if action {
+                start + chrono::Duration::seconds(30)
+            } else {
+                start
+            };
+            let kind = if action {
+                JobKind::ActionHttp
+            } else {
+                JobKind::PkLookup
+            };
+            Job {
+                arrived,
+                action,
+                envelope: JobEnvelope::new(kind, "org-a", "bench", serde_json::Value::Null, start),
+                refused: false,
+            }
+        })
+        .collect();
+    let mut due: BinaryHeap<Reverse<(Timestamp, usize)>> = jobs
+        .iter()
+        .enumerate()
+        .map(|(i, j)| Reverse((j.arrived, i)))
+        .collect();
+    let (mut wakeups, mut action_delays, mut storm_done) = (0u64, Vec::new(), start);
+    let before = requests();
+    while let Some(Reverse((at, i))) = due.pop() {
+        clock.set(at);
+        let job = &mut jobs[i];
+        let source = if job.action {
+            "workflow:thanks"
+        } else {
+            "pk-lookup:customers"
+        };
+        match quota
+            .acquire(&key, &limits, Call::new(source, "GET /x"))
+            .await?
+        {
+            Admission::Granted(p) => {
+                quota.release(p, 1).await?;
+                if job.action {
+                    action_delays.push((at - job.arrived).num_milliseconds() as f64 / 1000.0);
+                } else {
+                    storm_done = storm_done.max(at);
+                }
+            }
+            Admission::Denied(d) => {
+                job.refused = true;
+                wakeups += 1;
+                job.envelope.generation += 1;
+                let jitter =
+                    chrono::Duration::seconds(i64::from(policy.jitter_secs(&job.envelope)));
+                due.push(Reverse((
+                    d.retry_at.max(at + chrono::Duration::milliseconds(1)) + jitter,
+                    i,
+                )));
+            }
+        }
+    }
+    action_delays.sort_by(f64::total_cmp);
+    let pct = |p: f64| {
+        let i = ((action_delays.len() as f64 - 1.0) * p).round() as usize;
+        action_delays.get(i).copied().unwrap_or(0.0)
+    };
+    let refused = jobs.iter().filter(|j| j.refused).count().max(1);
+    let admitted = (LOOKUPS + ACTIONS) as f64;
+    println!(
+        "  {label:<38} actions admitted after p50 {:>5.0} s, p95 {:>5.0} s, max {:>5.0} s; storm done at {:>5.1} min; {:.2} wake-ups per refused job; {:.2} store requests per call",
+        pct(0.5),
+        pct(0.95),
+        pct(1.0),
+        (storm_done - start).num_seconds() as f64 / 60.0,
+        wakeups as f64 / refused as f64,
+        (requests() - before) as f64 / admitted
+    );
+    Ok(())
+}
