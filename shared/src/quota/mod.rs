@@ -29,6 +29,7 @@ use std::sync::{Arc, Mutex};
 pub mod bucket;
 pub mod health;
 pub mod share;
+pub mod wave;
 pub use health::{Health, PausePolicy};
 pub mod window;
 pub use bucket::{Bucket, BucketLimit};
@@ -954,6 +955,9 @@ pub struct Quota {
     metrics: Metrics,
     /// Recent denials of this process, per budget (see [`RecentDenial`]).
     denials: Arc<Mutex<std::collections::HashMap<QuotaKey, RecentDenial>>>,
+    /// Per wake-slot budget and first window after a refusal, how many
+    /// windows this process found full of wake slots ([`wave`]).
+    full_waves: Arc<Mutex<std::collections::HashMap<(QuotaKey, Timestamp), u32>>>,
 }
 
 /// How long a denial is repeated from memory: short, so another process's
@@ -976,6 +980,9 @@ struct RecentDenial {
     cost: u32,
     denied: Denied,
     until: Timestamp,
+    /// Requests answered from it so far: the n-th is sent n turns later
+    /// ([`wave::repeat_at`]), so repeats do not all wake at once.
+    repeats: u64,
 }
 
 impl fmt::Debug for Quota {
@@ -993,15 +1000,19 @@ impl Quota {
             tally: Arc::default(),
             metrics: Metrics::new(),
             denials: Arc::default(),
+            full_waves: Arc::default(),
         }
     }
 
     /// The denial to repeat for `cost` calls of `key` at `now`, if a recent
     /// one still stands.
-    fn recent_denial(&self, key: &QuotaKey, cost: u32, now: Timestamp) -> Option<Denied> {
+    fn recent_denial(&self, key: &QuotaKey, cost: u32, now: Timestamp) -> Option<(Denied, u64)> {
         let mut denials = self.denials.lock().unwrap_or_else(|e| e.into_inner());
-        match denials.get(key) {
-            Some(d) if now < d.until && cost >= d.cost => Some(d.denied.clone()),
+        match denials.get_mut(key) {
+            Some(d) if now < d.until && cost >= d.cost => {
+                d.repeats += 1;
+                Some((d.denied.clone(), d.repeats))
+            }
             Some(d) if now >= d.until => {
                 denials.remove(key);
                 None
@@ -1034,6 +1045,7 @@ impl Quota {
                     cost,
                     denied: denied.clone(),
                     until,
+                    repeats: 0,
                 },
             );
         }
@@ -1089,6 +1101,70 @@ impl Quota {
     /// The clock it reads.
     pub fn clock(&self) -> &SharedClock {
         &self.clock
+    }
+
+    /// Moves a window's refusal on `level` (of `limits`) to a wake slot in
+    /// the first window after it that has one ([`wave`]); the slots are
+    /// counted under `slots_key`. A bucket's or any other refusal, and any
+    /// store error here, leave the refusal as it was.
+    async fn wave(
+        &self,
+        slots_key: QuotaKey,
+        limits: &Limits,
+        denied: Denied,
+        now: Timestamp,
+    ) -> Denied {
+        let DenyReason::Window { window, limit, .. } = &denied.reason else {
+            return denied;
+        };
+        let Some(slots) = wave::slot_limits(*window, *limit) else {
+            return denied;
+        };
+        let len = i64::from(window.secs());
+        let spacing = wave::spacing_ms(limits, window.secs());
+        let first = denied.retry_at.max(now);
+        let memo = (slots_key.clone(), first);
+        let mut k = {
+            let mut full = self.full_waves.lock().unwrap_or_else(|e| e.into_inner());
+            full.retain(|(_, at), _| *at >= now);
+            full.get(&memo).copied().unwrap_or(0)
+        };
+        while k < wave::MAX_WAVES {
+            let start = first + Duration::seconds(len * i64::from(k));
+            match self.store.acquire(&slots_key, &slots, 1, start).await {
+                Ok(Acquire::Granted(g)) => {
+                    let slot = g.windows.first().map_or(1, |w| w.used).saturating_sub(1);
+                    if let Err(e) = self.store.release(&g, 1).await {
+                        tracing::debug!(quota = %slots_key, error = %e, "could not release a wake slot's lease; it expires");
+                    }
+                    self.full_waves
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(memo, k);
+                    return Denied {
+                        retry_at: wave::wake_at(start, window.secs(), slot, spacing),
+                        reason: denied.reason,
+                    };
+                }
+                Ok(Acquire::Denied(_)) => k += 1,
+                Err(e) => {
+                    tracing::warn!(quota = %slots_key, error = %e, "could not take a wake slot; the job comes back when the window ends");
+                    return denied;
+                }
+            }
+        }
+        Denied {
+            retry_at: first + Duration::seconds(len * i64::from(wave::MAX_WAVES)),
+            reason: denied.reason,
+        }
+    }
+
+    /// The wake slots of `key`'s refusals (of `part`, for a share).
+    fn slots_key(key: &QuotaKey, part: &str) -> QuotaKey {
+        QuotaKey::new(
+            format!("{}{}wake{part}", key.org, share::SHARE_MARK),
+            &key.app,
+        )
     }
 
     /// The share's budgets for `call` ([`share`]): its reserve, else the
@@ -1182,6 +1258,11 @@ impl Quota {
                         }
                     }
                 }
+                let part = limits.share_part(Part::Pool, kind);
+                let d = match &part {
+                    Some(part) => self.wave(Self::slots_key(key, ":pool"), part, d, now).await,
+                    None => d,
+                };
                 return Ok(Err(named(d, "unreserved part")));
             }
         };
@@ -1193,6 +1274,13 @@ impl Quota {
                 for g in &pool {
                     self.store.release(g, 0).await?;
                 }
+                let d = match limits.share_part(Part::Cap, kind) {
+                    Some(part) => {
+                        let slots = Self::slots_key(key, &format!(":cap:{kind}"));
+                        self.wave(slots, &part, d, now).await
+                    }
+                    None => d,
+                };
                 Ok(Err(named(d, "cap")))
             }
             Err(e) => {
@@ -1247,6 +1335,7 @@ impl Quota {
             Ok(Acquire::Granted(g)) => g,
             Ok(Acquire::Denied(d)) => {
                 give_back("the org refused").await;
+                let d = self.wave(Self::slots_key(key, ""), limits, d, now).await;
                 return Ok(Levels::Denied(d));
             }
             Err(e) => {
@@ -1278,6 +1367,9 @@ impl Quota {
                 for g in std::iter::once(&grant).chain(&shared) {
                     self.store.release(g, 0).await?;
                 }
+                let d = self
+                    .wave(Self::slots_key(&key.app_level(), ""), app, d, now)
+                    .await;
                 Ok(Levels::Denied(d))
             }
             Err(e) => {
@@ -1318,8 +1410,19 @@ impl Quota {
                 .and_then(|k| self.recent_denial(k, call.cost, now))
         });
         let levels = match remembered {
-            Some(denied) => {
+            Some((mut denied, repeats)) => {
                 tracing::debug!(quota = %key, cost = call.cost, "denied again from this process's recent denial; no store request");
+                if let DenyReason::Window { window, limit, .. }
+                | DenyReason::Share { window, limit, .. } = &denied.reason
+                {
+                    denied.retry_at = wave::repeat_at(
+                        denied.retry_at,
+                        *window,
+                        *limit,
+                        repeats,
+                        wave::spacing_ms(limits, window.secs()),
+                    );
+                }
                 Levels::Repeated(denied)
             }
             None => self.acquire_levels(key, limits, &call, now).await?,
