@@ -228,7 +228,39 @@ async fn a_failed_settle_is_retried(adapter: Adapter) {
     assert_eq!(stats.calls_of(&w.api_keys[ORG_B], "GET /invoices"), 7);
 }
 
+/// Every job kind at once under shares (#30): the actions hold a quarter
+/// of the day, the transfer may spend 1% of it (4 calls, fewer than its 7
+/// pages) and the lookups 1%, so the transfer waits on its share into the
+/// next day while the lookups, the workflows and the actions go on;
+/// nothing is lost, doubled or over the day, no page is fetched twice, and
+/// both orgs with the same ids are alike.
+async fn every_kind_at_once_under_shares_loses_nothing(adapter: Adapter) {
+    let w = scenario::world_with(adapter, |c| {
+        for conn in &mut c.connections {
+            let limits = conn.limits.as_mut().expect("the scenario's limits");
+            limits.shares = toml::from_str(
+                "workflow = { reserve_percent = 25 }\ncomplete-transfer = { cap_percent = 1 }\npk-lookup = { cap_percent = 1 }",
+            )
+            .unwrap();
+            limits.validate().unwrap();
+        }
+    })
+    .await;
+    scenario::start(&w).await;
+    let report = w.drive().await;
+    let accounts = scenario::account(&w).await;
+    assert_whole(&accounts);
+    assert_eq!(accounts[0].records_due, accounts[1].records_due);
+    assert_eq!(accounts[0].actions_due, accounts[1].actions_due);
+    assert_restarted_for(
+        &report,
+        "the `complete-transfer` share's cap of the day is spent",
+    );
+    assert_invoices_listed_once(&w);
+}
+
 metered_tests::on_both!(
+    every_kind_at_once_under_shares_loses_nothing,
     two_tenants_with_coinciding_ids_each_get_every_action_once,
     a_transient_quota_error_keeps_the_checkpoint,
     claims_survive_a_failed_commit,
