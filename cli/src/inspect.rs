@@ -403,6 +403,7 @@ pub async fn usage(args: UsageArgs) -> Result<(), BoxError> {
             );
         }
     }
+    shares_spent(&scope, &rows);
     windows_now(store.as_ref(), &scope, windows_at).await?;
     let now = chrono::Utc::now();
     for org in &scope.orgs {
@@ -412,6 +413,40 @@ pub async fn usage(args: UsageArgs) -> Result<(), BoxError> {
         }
     }
     Ok(())
+}
+
+/// With `[app.limits.shares]`, each org's calls and refusals per share
+/// (a source's kind is the part of its name before `:`).
+fn shares_spent(scope: &Scope, rows: &[metered::quota::UsageEntry]) {
+    let mut header = false;
+    for org in &scope.orgs {
+        let Some(limits) = scope.limits(org).filter(|l| l.has_shares()) else {
+            continue;
+        };
+        if !header {
+            println!("\nShares ([app.limits.shares]; % of every window)");
+            println!(
+                "  {:<10} {:<20} {:>8} {:>5} {:>7} {:>8}",
+                "org", "kind", "reserve", "cap", "calls", "refused"
+            );
+            header = true;
+        }
+        for (kind, share) in &limits.shares {
+            let mine = rows.iter().filter(|u| {
+                u.key.org == *org && !u.exempt && metered::quota::share::kind_of(&u.source) == kind
+            });
+            let (calls, refused) = mine.fold((0u64, 0u64), |(c, r), u| {
+                (
+                    c + u.calls,
+                    r + u.hours.values().map(|h| h.denied).sum::<u64>(),
+                )
+            });
+            println!(
+                "  {:<10} {:<20} {:>7}% {:>4}% {:>7} {:>8}",
+                org, kind, share.reserve_percent, share.cap_percent, calls, refused
+            );
+        }
+    }
 }
 
 /// Each org's windows at `at`, the fullest named: which policy binds (and,

@@ -2539,3 +2539,70 @@ fn plan_forecasts_each_share_and_flags_one_that_runs_dry() {
     );
     assert!(!warnings.contains("share `workflow`"), "{warnings}");
 }
+
+/// A simulated day under `[app.limits.shares]`, then `usage`: the capped
+/// kind stopped at its cap (5% of 2,500) with its refusals counted, the
+/// others went on, nothing dead-lettered.
+#[test]
+fn usage_shows_each_share_after_a_run_under_shares() {
+    let dir = tmp("usage-shares");
+    let example = include_str!("../examples/booking.toml");
+    let shared = example.replacen(
+        "max_concurrent = 3\n",
+        "max_concurrent = 3\n[app.limits.shares]\nworkflow = { reserve_percent = 20 }\nrecent-records = { cap_percent = 5 }\n",
+        1,
+    );
+    assert_ne!(shared, example);
+    std::fs::write(dir.join("shares.toml"), shared).unwrap();
+    let run = json(&metered(
+        &[
+            "run",
+            "--config",
+            "shares.toml",
+            "--sim",
+            "--simulate",
+            "1",
+            "--start",
+            "2026-11-22T00:00:00Z",
+            "--db",
+            "s.sqlite",
+            "--json",
+        ],
+        &dir,
+    ));
+    assert_eq!(run["report"]["dead_lettered"], 0, "{run}");
+    let out = metered(
+        &[
+            "usage",
+            "--db",
+            "s.sqlite",
+            "--config",
+            "shares.toml",
+            "--day",
+            "2026-11-22",
+        ],
+        &dir,
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    let line = |kind: &str| {
+        text.lines()
+            .find(|l| l.contains(" acme ") && l.contains(kind) && l.contains('%'))
+            .unwrap_or_else(|| panic!("no share line for {kind}: {text}"))
+            .split_whitespace()
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    };
+    let recent = line("recent-records");
+    assert_eq!(recent[2..5], ["0%", "5%", "125"], "{text}");
+    assert!(
+        recent[5].parse::<u64>().unwrap() > 0,
+        "refusals counted: {text}"
+    );
+    let workflow = line("workflow");
+    assert_eq!(workflow[2..4], ["20%", "100%"], "{text}");
+    assert!(
+        workflow[4].parse::<u64>().unwrap() > 100,
+        "actions went on: {text}"
+    );
+}
