@@ -28,6 +28,15 @@ fn json(out: &Output) -> serde_json::Value {
         .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
 }
 
+/// The bundled example with `from` replaced by `to` once, written to
+/// `dir/name` (the edit must apply).
+fn example_edited(dir: &Path, name: &str, from: &str, to: &str) {
+    let example = include_str!("../examples/booking.toml");
+    let edited = example.replacen(from, to, 1);
+    assert_ne!(edited, example, "{from:?} is in the example");
+    std::fs::write(dir.join(name), edited).unwrap();
+}
+
 #[test]
 fn demo_report_matches_the_apis_own_counters_and_the_database_answers() {
     let dir = tmp("demo");
@@ -2430,15 +2439,17 @@ fn a_real_time_run_says_why_it_is_failing() {
 #[test]
 fn run_against_a_chosen_shape_of_the_simulated_api() {
     let dir = tmp("sim-limit");
-    let example = include_str!("../examples/booking.toml");
-    let shaped = example.replacen(
+    std::fs::write(
+        dir.join("plain.toml"),
+        include_str!("../examples/booking.toml"),
+    )
+    .unwrap();
+    example_edited(
+        &dir,
+        "shaped.toml",
         "per_day = 2500\n",
         "per_day = 2500\nwindows = [{ calls = 5, every = \"1m\", rolling = true }]\n",
-        1,
     );
-    assert_ne!(shaped, example);
-    std::fs::write(dir.join("plain.toml"), example).unwrap();
-    std::fs::write(dir.join("shaped.toml"), &shaped).unwrap();
     let api = |config: &str| {
         let run = json(&metered(
             &[
@@ -2488,20 +2499,17 @@ fn run_against_a_chosen_shape_of_the_simulated_api() {
     );
 }
 
+/// The example's limits with the actions reserving 20% and recent
+/// lookups capped at 5% (125 of 2,500).
+const SHARES: &str = "max_concurrent = 3\n[app.limits.shares]\nworkflow = { reserve_percent = 20 }\nrecent-records = { cap_percent = 5 }\n";
+
 /// `plan` with `[app.limits.shares]`: each share against its kind's calls,
 /// a share that runs dry flagged (exit 3), the JSON with the numbers.
 #[test]
 fn plan_forecasts_each_share_and_flags_one_that_runs_dry() {
     let dir = tmp("plan-shares");
-    let example = include_str!("../examples/booking.toml");
     let volumes = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/booking-volumes.toml");
-    let shared = example.replacen(
-        "max_concurrent = 3\n",
-        "max_concurrent = 3\n[app.limits.shares]\nworkflow = { reserve_percent = 20 }\nrecent-records = { cap_percent = 5 }\n",
-        1,
-    );
-    assert_ne!(shared, example);
-    std::fs::write(dir.join("shares.toml"), shared).unwrap();
+    example_edited(&dir, "shares.toml", "max_concurrent = 3\n", SHARES);
     let out = metered(
         &[
             "plan",
@@ -2546,14 +2554,7 @@ fn plan_forecasts_each_share_and_flags_one_that_runs_dry() {
 #[test]
 fn usage_shows_each_share_after_a_run_under_shares() {
     let dir = tmp("usage-shares");
-    let example = include_str!("../examples/booking.toml");
-    let shared = example.replacen(
-        "max_concurrent = 3\n",
-        "max_concurrent = 3\n[app.limits.shares]\nworkflow = { reserve_percent = 20 }\nrecent-records = { cap_percent = 5 }\n",
-        1,
-    );
-    assert_ne!(shared, example);
-    std::fs::write(dir.join("shares.toml"), shared).unwrap();
+    example_edited(&dir, "shares.toml", "max_concurrent = 3\n", SHARES);
     let run = json(&metered(
         &[
             "run",

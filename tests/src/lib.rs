@@ -144,6 +144,20 @@ pub fn ministack_config() -> aws_config::SdkConfig {
     sdk_config(endpoint("METERED_TEST_SQS_URL", "ministack"))
 }
 
+/// A weekly complete transfer of `customers`: the limit scenarios start it
+/// by hand and drive it to the end, so it never runs twice.
+pub fn weekly_customer_transfer(c: &mut metered::config::app::AppConfig) {
+    c.syncs.insert(
+        "customers".into(),
+        metered::config::sync::SyncConfig {
+            complete_transfer: Some(metered::config::sync::CompleteTransferSettings {
+                every: std::time::Duration::from_secs(86_400 * 7),
+            }),
+            ..Default::default()
+        },
+    );
+}
+
 /// Adds the `[workflows.*]` tables of `toml` to an app config (the rest of
 /// a config is filled in only so that it parses).
 pub fn add_workflows(c: &mut metered::config::app::AppConfig, toml: &str) {

@@ -11,7 +11,6 @@
 //! `limit_shapes.rs` (a leaky bucket, cost points).
 
 use metered::config::app::AppConfig;
-use metered::config::sync::{CompleteTransferSettings, SyncConfig};
 use metered::jobs::envelope::JobKind;
 use metered::quota::Limits;
 use metered_sim::{Shape, SimConfig};
@@ -74,15 +73,7 @@ async fn transfer(adapter: Adapter, row: Row) -> World {
     let limits: Limits = toml::from_str(row.limits).unwrap();
     limits.validate().unwrap();
     let w = World::new(adapter, sim, |c| {
-        c.syncs.insert(
-            "customers".into(),
-            SyncConfig {
-                complete_transfer: Some(CompleteTransferSettings {
-                    every: std::time::Duration::from_secs(86_400 * 7),
-                }),
-                ..Default::default()
-            },
-        );
+        metered_tests::weekly_customer_transfer(c);
         c.app.limits = limits;
         (row.edit)(c);
     })

@@ -4,7 +4,6 @@
 //! answers 429 while nothing is lost. Both adapter sets.
 
 use metered::config::app::AppConfig;
-use metered::config::sync::{CompleteTransferSettings, SyncConfig};
 use metered::core::clock::Clock;
 use metered::jobs::envelope::JobKind;
 use metered::quota::Limits;
@@ -22,15 +21,7 @@ fn sim(customers: usize, shape: Shape) -> SimConfig {
 
 /// A weekly transfer of customers under `limits` (TOML of `[app.limits]`).
 fn config(c: &mut AppConfig, limits: &str) {
-    c.syncs.insert(
-        "customers".into(),
-        SyncConfig {
-            complete_transfer: Some(CompleteTransferSettings {
-                every: std::time::Duration::from_secs(86_400 * 7),
-            }),
-            ..Default::default()
-        },
-    );
+    metered_tests::weekly_customer_transfer(c);
     let limits: Limits = toml::from_str(limits).unwrap();
     limits.validate().unwrap();
     c.app.limits = limits;

@@ -6,7 +6,6 @@
 //! of them sharing its budget.
 
 use metered::config::app::AppConfig;
-use metered::config::sync::{CompleteTransferSettings, SyncConfig};
 use metered::jobs::envelope::JobKind;
 use metered::quota::{Limits, QuotaKey, SPENT_ELSEWHERE};
 use metered_sim::SimConfig;
@@ -23,15 +22,7 @@ fn sim() -> SimConfig {
 }
 
 fn config(c: &mut AppConfig, paced: bool) {
-    c.syncs.insert(
-        "customers".into(),
-        SyncConfig {
-            complete_transfer: Some(CompleteTransferSettings {
-                every: std::time::Duration::from_secs(86_400 * 7),
-            }),
-            ..Default::default()
-        },
-    );
+    metered_tests::weekly_customer_transfer(c);
     c.app.limits = Limits::new(Some(40), None, None, 3).unwrap();
     if paced {
         c.app.rate_limit.remaining_header = Some("X-RateLimit-Remaining".into());

@@ -12,11 +12,7 @@
 //!   org's worker coming back at its denial's `retry_at`: calls over the
 //!   limit in any trailing minute, and the share of the allowance used.
 
-use super::quota::counted_table;
 use super::uuid_like;
-use metered::adapters::aws::quota::DynamoQuota;
-use metered::adapters::sqlite::quota::SqliteQuota;
-use metered::adapters::sqlite::Db;
 use metered::core::clock::{ManualClock, SharedClock, SystemClock, Timestamp};
 use metered::quota::{Admission, Call, Limits, Quota, QuotaKey, QuotaStore};
 use std::cmp::Reverse;
@@ -24,7 +20,7 @@ use std::collections::{BinaryHeap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-type Requests = Arc<dyn Fn() -> u64 + Send + Sync>;
+use super::Requests;
 
 /// Org limits under an app-wide level of `app` (TOML of its windows).
 fn limits(org: &str, app: &str) -> Limits {
@@ -37,23 +33,7 @@ fn limits(org: &str, app: &str) -> Limits {
 pub async fn section(dynamodb_url: Option<&str>) -> Result<(), Box<dyn std::error::Error>> {
     let dir = std::env::temp_dir().join(format!("metered-bench-{}", uuid_like()));
     std::fs::create_dir_all(&dir)?;
-    let db = Db::open(dir.join("bench.sqlite"))?;
-    let mut stores: Vec<(String, Arc<dyn QuotaStore>, Requests)> = vec![{
-        let db2 = db.clone();
-        (
-            "SQLite".to_string(),
-            Arc::new(SqliteQuota::new(db)) as Arc<dyn QuotaStore>,
-            Arc::new(move || db2.round_trips()) as Requests,
-        )
-    }];
-    if let Some(url) = dynamodb_url {
-        let (table, count) = counted_table(url).await?;
-        stores.push((
-            format!("DynamoDB at {url}"),
-            Arc::new(DynamoQuota::new(table)),
-            Arc::new(move || count.get()),
-        ));
-    }
+    let stores = super::quota_stores(&dir, dynamodb_url).await?;
     for (name, store, requests) in &stores {
         println!("\nThe app-wide level on {name}");
         for (shape, app) in [

@@ -79,6 +79,42 @@ pub(super) fn uuid_like() -> String {
     )
 }
 
+/// Counts the store requests made so far.
+pub(super) type Requests = std::sync::Arc<dyn Fn() -> u64 + Send + Sync>;
+
+/// The quota stores a section measures: SQLite in `dir`, and DynamoDB at
+/// `dynamodb_url` when given; each with its name and request counter.
+pub(super) async fn quota_stores(
+    dir: &std::path::Path,
+    dynamodb_url: Option<&str>,
+) -> Result<
+    Vec<(
+        String,
+        std::sync::Arc<dyn metered::quota::QuotaStore>,
+        Requests,
+    )>,
+    Box<dyn std::error::Error>,
+> {
+    use metered::quota::QuotaStore;
+    use std::sync::Arc;
+    let db = metered::adapters::sqlite::Db::open(dir.join("bench.sqlite"))?;
+    let counted = db.clone();
+    let mut stores: Vec<(String, Arc<dyn QuotaStore>, Requests)> = vec![(
+        "SQLite".to_string(),
+        Arc::new(metered::adapters::sqlite::quota::SqliteQuota::new(db)),
+        Arc::new(move || counted.round_trips()),
+    )];
+    if let Some(url) = dynamodb_url {
+        let (table, count) = quota::counted_table(url).await?;
+        stores.push((
+            format!("DynamoDB at {url}"),
+            Arc::new(metered::adapters::aws::quota::DynamoQuota::new(table)),
+            Arc::new(move || count.get()),
+        ));
+    }
+    Ok(stores)
+}
+
 pub(super) fn row(name: &str, value: String) {
     println!("  {name:<52} {value}");
 }

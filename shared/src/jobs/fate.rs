@@ -209,17 +209,27 @@ fn restart_at(
     next.last_reason = Some(restart.reason.clone());
     // Delays count from now, not from when the work started: a long run
     // must not wait its own length again.
-    let at = if restart.at > now {
-        restart.at + chrono::Duration::seconds(i64::from(policy.jitter_secs(&next)))
-    } else {
-        now
-    };
+    let at = restart_time(restart.at, now, policy, &next);
     next.not_before = (at > now).then_some(at);
     Fate::RestartAt {
         delay_secs: delay_secs(now, at),
         next,
         reason: restart.reason,
     }
+}
+
+/// When a job (`next`, its next generation) waiting until `at` restarts:
+/// `at` plus its jitter; `now` when `at` has passed.
+pub fn restart_time(
+    at: Timestamp,
+    now: Timestamp,
+    policy: &RestartPolicy,
+    next: &JobEnvelope,
+) -> Timestamp {
+    if at <= now {
+        return now;
+    }
+    at + chrono::Duration::seconds(i64::from(policy.jitter_secs(next)))
 }
 
 /// Seconds from `now` until `at`, rounded up, within SQS's maximum.

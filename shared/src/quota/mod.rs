@@ -958,6 +958,18 @@ pub struct Quota {
     /// Per wake-slot budget and first window after a refusal, how many
     /// windows this process found full of wake slots ([`wave`]).
     full_waves: Arc<Mutex<std::collections::HashMap<(QuotaKey, Timestamp), u32>>>,
+    /// Per budget, how long this process's calls hold a slot and when the
+    /// next slot is expected to free for a waiter (see [`Quota::queue_for_slot`]).
+    slot_queues: Arc<Mutex<std::collections::HashMap<QuotaKey, SlotQueue>>>,
+}
+
+/// The slots of one budget as this process sees them.
+#[derive(Debug, Clone, Copy)]
+struct SlotQueue {
+    /// A moving average of how long a permit was held, in ms.
+    hold_ms: f64,
+    /// When the next waiter is sent back.
+    next_at: Timestamp,
 }
 
 /// How long a denial is repeated from memory: short, so another process's
@@ -1001,6 +1013,7 @@ impl Quota {
             metrics: Metrics::new(),
             denials: Arc::default(),
             full_waves: Arc::default(),
+            slot_queues: Arc::default(),
         }
     }
 
@@ -1157,6 +1170,41 @@ impl Quota {
             retry_at: first + Duration::seconds(len * i64::from(wave::MAX_WAVES)),
             reason: denied.reason,
         }
+    }
+
+    /// Queues a wait for a concurrency slot behind the others this process
+    /// sent back: the n-th waiter returns about n × (hold time / slots)
+    /// after now, the pace at which slots free, instead of every waiter
+    /// polling at the store's hint (a second) and most being refused again.
+    /// Before this process has seen a permit held, the hint stands for the
+    /// hold time.
+    fn queue_for_slot(&self, key: &QuotaKey, max: u32, denied: Denied, now: Timestamp) -> Denied {
+        let mut queues = self.slot_queues.lock().unwrap_or_else(|e| e.into_inner());
+        // Before any permit was seen held, the store's hint stands for the
+        // hold time.
+        let hint_ms = (denied.retry_at - now).num_milliseconds().max(1) as f64;
+        let q = queues.entry(key.clone()).or_insert(SlotQueue {
+            hold_ms: hint_ms,
+            next_at: now,
+        });
+        let spacing = Duration::milliseconds((q.hold_ms / f64::from(max.max(1))).ceil() as i64);
+        let at = denied.retry_at.max(q.next_at).max(now + spacing);
+        q.next_at = at + spacing;
+        Denied {
+            retry_at: at,
+            reason: denied.reason,
+        }
+    }
+
+    /// A permit of `key` held since `granted_at` was released at `now`.
+    fn note_hold(&self, key: &QuotaKey, granted_at: Timestamp, now: Timestamp) {
+        let held = (now - granted_at).num_milliseconds().max(0) as f64;
+        let mut queues = self.slot_queues.lock().unwrap_or_else(|e| e.into_inner());
+        let q = queues.entry(key.clone()).or_insert(SlotQueue {
+            hold_ms: held,
+            next_at: now,
+        });
+        q.hold_ms = 0.8 * q.hold_ms + 0.2 * held;
     }
 
     /// The wake slots of `key`'s refusals (of `part`, for a share).
@@ -1335,7 +1383,10 @@ impl Quota {
             Ok(Acquire::Granted(g)) => g,
             Ok(Acquire::Denied(d)) => {
                 give_back("the org refused").await;
-                let d = self.wave(Self::slots_key(key, ""), limits, d, now).await;
+                let d = match d.reason {
+                    DenyReason::Concurrency { max } => self.queue_for_slot(key, max, d, now),
+                    _ => self.wave(Self::slots_key(key, ""), limits, d, now).await,
+                };
                 return Ok(Levels::Denied(d));
             }
             Err(e) => {
@@ -1558,6 +1609,7 @@ impl Quota {
             self.forget_denials(&permit.key, permit.app_grant.is_some());
         }
         if let Some(grant) = &permit.grant {
+            self.note_hold(&permit.key, permit.granted_at, self.clock.now());
             self.store.release(grant, used + forfeited).await?;
         }
         if let Some(grant) = &permit.app_grant {
