@@ -461,7 +461,9 @@ pub async fn sixty_four_tasks_share_one_budget<F: Future<Output = Store>>(make: 
                         DenyReason::Blocked | DenyReason::Paused { .. } => {
                             panic!("nobody blocked this budget")
                         }
-                        DenyReason::Share { .. } => panic!("a store knows no shares"),
+                        DenyReason::Share { .. } | DenyReason::AppWide { .. } => {
+                            panic!("a store knows no shares nor levels")
+                        }
                     },
                 }
             }

@@ -225,7 +225,52 @@ async fn an_unspent_reserve_is_lent_near_the_windows_end(adapter: Adapter) {
     );
 }
 
+/// A refusal by the app's own level says so (not "day limit reached" as
+/// if the org's own day were spent), and org B, whose day is untouched,
+/// is refused by it too.
+async fn the_app_levels_refusal_names_the_app(adapter: Adapter) {
+    let t0 = chrono::Utc.with_ymd_and_hms(2026, 12, 5, 10, 0, 0).unwrap();
+    let shared: SharedClock = Arc::new(ManualClock::new(t0));
+    let quota = Quota::new(metered_tests::quota_store(adapter).await, shared);
+    let app = format!("crm-{}", uuid::Uuid::new_v4().simple());
+    let (a, b) = (QuotaKey::new("org-a", &app), QuotaKey::new("org-b", &app));
+    let limits: Limits = toml::from_str(
+        "per_day = 10\nmax_concurrent = 3\n[app_wide]\nper_day = 3\nmax_concurrent = 9",
+    )
+    .unwrap();
+    limits.validate().unwrap();
+    let call = || Call::new("workflow:t", "POST /notes");
+    for _ in 0..3 {
+        let Admission::Granted(p) = quota.acquire(&a, &limits, call()).await.unwrap() else {
+            panic!("the app's day holds 3");
+        };
+        quota.release(p, 1).await.unwrap();
+    }
+    let Admission::Denied(d) = quota.acquire(&b, &limits, call()).await.unwrap() else {
+        panic!("the app's day is spent");
+    };
+    assert!(
+        matches!(
+            d.reason,
+            DenyReason::AppWide {
+                limit: 3,
+                used: 3,
+                ..
+            }
+        ),
+        "{d:?}"
+    );
+    assert!(
+        d.reason
+            .to_string()
+            .contains("the app's own day limit across all its orgs is reached (3 of 3 used)"),
+        "{}",
+        d.reason
+    );
+}
+
 metered_tests::on_both!(
+    the_app_levels_refusal_names_the_app,
     an_unspent_reserve_is_lent_near_the_windows_end,
     a_lookup_storm_leaves_the_actions_their_reserve,
     a_cap_refuses_naming_the_share,

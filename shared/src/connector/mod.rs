@@ -369,6 +369,9 @@ impl Metered {
         tracing::warn!(quota = %self.key, endpoint, excess, "the API charged more than the call's estimate; the excess is taken from the budget now (raise [app.endpoint_costs] for this endpoint so the budget holds a call before it is made)");
         let mut limits = self.limits.clone();
         limits.max_concurrent = u32::MAX;
+        // The org's total and the app's take the excess; a share's parts do
+        // not (a kind's cap must not refuse what the API already charged).
+        limits.shares.clear();
         if let Some(app) = limits.app_wide.as_deref_mut() {
             app.max_concurrent = u32::MAX;
         }
@@ -386,14 +389,15 @@ impl Metered {
                 return;
             }
         };
-        let crate::quota::DenyReason::Window { window, limit, .. } = refused else {
+        let (key, window, limit) = match refused {
+            crate::quota::DenyReason::Window { window, limit, .. } => {
+                (self.key.clone(), window, limit)
+            }
+            crate::quota::DenyReason::AppWide { window, limit, .. } => {
+                (self.key.app_level(), window, limit)
+            }
             // Blocked or paused: nothing is spent until that ends anyway.
-            return;
-        };
-        let key = if self.limits.windows().any(|(k, _)| k == window) {
-            self.key.clone()
-        } else {
-            self.key.app_level()
+            _ => return,
         };
         if let Err(e) = self
             .quota
@@ -597,7 +601,8 @@ impl Metered {
         if let Admission::Denied(Denied {
             reason:
                 crate::quota::DenyReason::Window { limit, used, .. }
-                | crate::quota::DenyReason::Share { limit, used, .. },
+                | crate::quota::DenyReason::Share { limit, used, .. }
+                | crate::quota::DenyReason::AppWide { limit, used, .. },
             ..
         }) = &admission
         {

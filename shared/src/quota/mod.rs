@@ -584,6 +584,16 @@ pub enum DenyReason {
         /// Calls counted in that part.
         used: u64,
     },
+    /// The app's own level (`[app.limits.app_wide]`, shared by every org
+    /// of the app) is full in a window.
+    AppWide {
+        /// The full window.
+        window: WindowKind,
+        /// Its limit across the app's orgs.
+        limit: u32,
+        /// Calls counted in it by every org.
+        used: u64,
+    },
     /// The API itself said stop (429 / Retry-After).
     Blocked,
     /// The connection is paused: the API kept refusing its credential
@@ -615,6 +625,14 @@ impl fmt::Display for DenyReason {
             } => write!(
                 f,
                 "the `{kind}` share's {part} of the {window} is spent ({used} of {limit}); the rest is held for other kinds"
+            ),
+            DenyReason::AppWide {
+                window,
+                limit,
+                used,
+            } => write!(
+                f,
+                "the app's own {window} limit across all its orgs is reached ({used} of {limit} used)"
             ),
             DenyReason::Blocked => f.write_str("blocked by the API's Retry-After"),
             DenyReason::Paused { health } => write!(f, "connection {health}"),
@@ -1421,7 +1439,22 @@ impl Quota {
                 let d = self
                     .wave(Self::slots_key(&key.app_level(), ""), app, d, now)
                     .await;
-                Ok(Levels::Denied(d))
+                let reason = match d.reason {
+                    DenyReason::Window {
+                        window,
+                        limit,
+                        used,
+                    } => DenyReason::AppWide {
+                        window,
+                        limit,
+                        used,
+                    },
+                    other => other,
+                };
+                Ok(Levels::Denied(Denied {
+                    retry_at: d.retry_at,
+                    reason,
+                }))
             }
             Err(e) => {
                 for g in std::iter::once(&grant).chain(&shared) {
@@ -1464,7 +1497,8 @@ impl Quota {
             Some((mut denied, repeats)) => {
                 tracing::debug!(quota = %key, cost = call.cost, "denied again from this process's recent denial; no store request");
                 if let DenyReason::Window { window, limit, .. }
-                | DenyReason::Share { window, limit, .. } = &denied.reason
+                | DenyReason::Share { window, limit, .. }
+                | DenyReason::AppWide { window, limit, .. } = &denied.reason
                 {
                     denied.retry_at = wave::repeat_at(
                         denied.retry_at,
@@ -1563,11 +1597,13 @@ impl Quota {
             } => Counter::DenialsMinuteLimit,
             DenyReason::Concurrency { .. } => Counter::DenialsConcurrency,
             DenyReason::Blocked | DenyReason::Paused { .. } => Counter::DenialsBlocked,
-            DenyReason::Share { window, .. } => match window.secs() {
-                86_400.. => Counter::DenialsDayLimit,
-                3_600.. => Counter::DenialsHourLimit,
-                _ => Counter::DenialsMinuteLimit,
-            },
+            DenyReason::Share { window, .. } | DenyReason::AppWide { window, .. } => {
+                match window.secs() {
+                    86_400.. => Counter::DenialsDayLimit,
+                    3_600.. => Counter::DenialsHourLimit,
+                    _ => Counter::DenialsMinuteLimit,
+                }
+            }
         };
         self.metrics.add(&key.app, &key.org, counter, 1);
         self.tally(
