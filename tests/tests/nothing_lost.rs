@@ -230,8 +230,8 @@ async fn a_failed_settle_is_retried(adapter: Adapter) {
 
 /// Every job kind at once under shares (#30): the actions hold a quarter
 /// of the day, the transfer may spend 1% of it (4 calls, fewer than its 7
-/// pages) and the lookups 1%, so the transfer waits on its share into the
-/// next day while the lookups, the workflows and the actions go on;
+/// pages), so the transfer waits on its share into the next day while the
+/// lookups, the workflows and the actions go on;
 /// nothing is lost, doubled or over the day, no page is fetched twice, and
 /// both orgs with the same ids are alike.
 async fn every_kind_at_once_under_shares_loses_nothing(adapter: Adapter) {
@@ -239,7 +239,7 @@ async fn every_kind_at_once_under_shares_loses_nothing(adapter: Adapter) {
         for conn in &mut c.connections {
             let limits = conn.limits.as_mut().expect("the scenario's limits");
             limits.shares = toml::from_str(
-                "workflow = { reserve_percent = 25 }\ncomplete-transfer = { cap_percent = 1 }\npk-lookup = { cap_percent = 1 }",
+                "workflow = { reserve_percent = 25 }\ncomplete-transfer = { cap_percent = 1 }",
             )
             .unwrap();
             limits.validate().unwrap();
