@@ -510,10 +510,15 @@ async fn against_counted_minutes(adapter: Adapter, counts: &str) -> (World, u64)
     (w, rejected)
 }
 
+/// One call at a time at both levels. The other client spends right after
+/// one of ours; a call of ours admitted while that one is still in flight
+/// cannot have seen it, and could meet the 429 the headers were read to
+/// avoid (seen in about one run in eight with 3 and 6 slots). Serial calls
+/// make "no 429" a property of the pacing rather than of the timing.
 fn super_config(c: &mut AppConfig) {
     config(
         c,
-        "max_concurrent = 3\nper_minute = 20\n[app_wide]\nmax_concurrent = 6\nper_minute = 30",
+        "max_concurrent = 1\nper_minute = 20\n[app_wide]\nmax_concurrent = 1\nper_minute = 30",
     );
 }
 
