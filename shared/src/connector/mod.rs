@@ -695,14 +695,12 @@ impl Reservation<'_> {
         // the reservation (for another call, or refunded at `finish`).
         let settled = cost::settle(self.unit, reported);
         self.used -= self.unit - settled.kept;
-        let endpoint = self
-            .permit
-            .as_ref()
-            .map(|p| p.endpoint().to_string())
-            .unwrap_or_default();
-        self.metered
-            .take_excess(&endpoint, settled.excess, granted_at)
-            .await;
+        if settled.excess > 0 {
+            let endpoint = self.permit.as_ref().map_or("", |p| p.endpoint());
+            self.metered
+                .take_excess(endpoint, settled.excess, granted_at)
+                .await;
+        }
         // Another client spent part of the window: the reserved calls the
         // API no longer allows are not made, nor refunded at `finish`.
         if let Some(left) = self.metered.pace_from_api(granted_at).await {

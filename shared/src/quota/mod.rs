@@ -1225,6 +1225,17 @@ impl Quota {
         q.hold_ms = 0.8 * q.hold_ms + 0.2 * held;
     }
 
+    /// Gives back whole the grants a refused or failed acquire took on the
+    /// way. Logged, not returned: the refusal or error it follows is the
+    /// answer, and a grant not given back frees when its lease expires.
+    async fn give_back(&self, grants: &[Grant], why: &str) {
+        for g in grants {
+            if let Err(undo) = self.store.release(g, 0).await {
+                tracing::warn!(quota = %g.key, error = %undo, why, "could not give a grant back; its lease expires");
+            }
+        }
+    }
+
     /// The wake slots of `key`'s refusals (of `part`, for a share).
     fn slots_key(key: &QuotaKey, part: &str) -> QuotaKey {
         QuotaKey::new(
@@ -1350,11 +1361,8 @@ impl Quota {
                 Ok(Err(named(d, "cap")))
             }
             Err(e) => {
-                for g in &pool {
-                    if let Err(undo) = self.store.release(g, 0).await {
-                        tracing::warn!(quota = %key, error = %undo, "could not give the unreserved part back; its lease expires");
-                    }
-                }
+                self.give_back(&pool, "the share's cap could not be asked")
+                    .await;
                 Err(e)
             }
         }
@@ -1387,20 +1395,10 @@ impl Quota {
         } else {
             Vec::new()
         };
-        let give_back = |why: &'static str| {
-            let shared = &shared;
-            async move {
-                for g in shared {
-                    if let Err(undo) = self.store.release(g, 0).await {
-                        tracing::warn!(quota = %key, error = %undo, why, "could not give a share's grant back; its lease expires");
-                    }
-                }
-            }
-        };
         let mut grant = match self.store.acquire(key, limits, cost, now).await {
             Ok(Acquire::Granted(g)) => g,
             Ok(Acquire::Denied(d)) => {
-                give_back("the org refused").await;
+                self.give_back(&shared, "the org refused").await;
                 let d = match d.reason {
                     DenyReason::Concurrency { max } => self.queue_for_slot(key, max, d, now),
                     _ => self.wave(Self::slots_key(key, ""), limits, d, now).await,
@@ -1408,7 +1406,7 @@ impl Quota {
                 return Ok(Levels::Denied(d));
             }
             Err(e) => {
-                give_back("the org's acquire failed").await;
+                self.give_back(&shared, "the org's acquire failed").await;
                 return Err(e);
             }
         };
@@ -1457,11 +1455,9 @@ impl Quota {
                 }))
             }
             Err(e) => {
-                for g in std::iter::once(&grant).chain(&shared) {
-                    if let Err(undo) = self.store.release(g, 0).await {
-                        tracing::warn!(quota = %key, error = %undo, "could not give a grant back after the app level failed; its lease expires");
-                    }
-                }
+                self.give_back(std::slice::from_ref(&grant), "the app level failed")
+                    .await;
+                self.give_back(&shared, "the app level failed").await;
                 Err(e)
             }
         }
