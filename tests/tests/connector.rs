@@ -690,7 +690,7 @@ fn secrets_never_reach_logs_or_errors() {
 
 #[tokio::test]
 async fn credentials_from_secrets_manager_and_ssm() {
-    use metered::config::app::SecretRef;
+    use metered::config::secret::SecretRef;
     use metered::connector::secrets::{resolve, SecretStores};
     let cfg = metered_tests::ministack_config();
     let stores = SecretStores::new(&cfg);

@@ -3,6 +3,10 @@
 //! records. Validated once at load with errors that name the field and what
 //! was expected. The schema is documented in `docs/connector.md`.
 
+use crate::config::datasource::{DataSource, DEFAULT_MAX_ROWS_PER_CALL};
+use crate::config::row_index::RowIndex;
+use crate::config::secret::SecretRef;
+use crate::config::workflow::ActionConfig;
 use crate::core::error::{Error, Result};
 use crate::quota::Limits;
 use serde::{Deserialize, Serialize};
@@ -126,18 +130,6 @@ pub enum AuthScheme {
     Bearer,
     /// `<header>: <secret>`.
     Header,
-}
-
-/// Where the credential comes from; the value itself is never in config.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case", deny_unknown_fields)]
-pub enum SecretRef {
-    /// An environment variable's name.
-    Env(String),
-    /// A Secrets Manager secret's name or ARN.
-    SecretsManager(String),
-    /// An SSM parameter's name.
-    Ssm(String),
 }
 
 /// How the API says "slow down", beyond `Retry-After` on 429 and 503.
@@ -511,356 +503,6 @@ impl AppConfig {
         })
     }
 
-    /// Checks everything a run would trip on, naming the field.
-    pub fn validate(&self) -> Result<()> {
-        let bad = |field: String, msg: String| Err(Error::Config(format!("{field}: {msg}")));
-        if self.app.name.trim().is_empty() {
-            return bad("app.name".into(), "must not be empty".into());
-        }
-        match reqwest::Url::parse(&self.app.base_url) {
-            Ok(u) if matches!(u.scheme(), "http" | "https") => {}
-            Ok(u) => {
-                return bad(
-                    "app.base_url".into(),
-                    format!("expected an http(s) URL, got scheme `{}`", u.scheme()),
-                )
-            }
-            Err(e) => {
-                return bad(
-                    "app.base_url".into(),
-                    format!("expected a URL like https://api.example.com/v1 ({e})"),
-                )
-            }
-        }
-        self.app.limits.validate().map_err(|e| {
-            Error::Config(format!(
-                "app.{}",
-                e.to_string().trim_start_matches("invalid configuration: ")
-            ))
-        })?;
-        if let Some(auth) = &self.app.auth {
-            match (auth.scheme, &auth.header) {
-                (AuthScheme::Header, None) => {
-                    return bad(
-                        "app.auth.header".into(),
-                        "required with scheme = \"header\" (e.g. \"X-Api-Key\")".into(),
-                    )
-                }
-                (AuthScheme::Bearer, Some(_)) => {
-                    return bad(
-                        "app.auth.header".into(),
-                        "only used with scheme = \"header\"".into(),
-                    )
-                }
-                _ => {}
-            }
-        }
-        let rl = &self.app.rate_limit;
-        if rl.limit_header.is_some() && rl.remaining_header.is_none() {
-            return bad(
-                "app.rate_limit.limit_header".into(),
-                "only used with remaining_header (the count the limit is of)".into(),
-            );
-        }
-        if rl.remaining_header.is_some()
-            && !self
-                .app
-                .limits
-                .windows()
-                .any(|(w, _)| w == rl.remaining_window)
-        {
-            return bad(
-                "app.rate_limit.remaining_window".into(),
-                format!(
-                    "`{}`, but app.limits sets no per_{} limit to pace it against",
-                    rl.remaining_window, rl.remaining_window
-                ),
-            );
-        }
-        if rl.bucket_header.is_some() && self.app.limits.buckets.is_empty() {
-            return bad(
-                "app.rate_limit.bucket_header".into(),
-                "app.limits sets no [[app.limits.buckets]] to pace it against".into(),
-            );
-        }
-        if let Some(p) = rl.cost_pointer.as_deref() {
-            if !p.starts_with('/') {
-                return bad(
-                    "app.rate_limit.cost_pointer".into(),
-                    format!("{p:?} is not a JSON pointer (it starts with `/`, e.g. \"/extensions/cost/actualQueryCost\")"),
-                );
-            }
-        }
-        for (i, count) in rl.counts.iter().enumerate() {
-            let field = format!("app.rate_limit.counts[{i}]");
-            let limits = match count.level {
-                CountLevel::Org => Some(&self.app.limits),
-                CountLevel::App => self.app.limits.app_wide.as_deref(),
-            };
-            let Some(limits) = limits else {
-                return bad(
-                    field,
-                    "level = \"app\", but app.limits sets no [app.limits.app_wide]".into(),
-                );
-            };
-            let secs = count.every.as_secs();
-            let found = limits
-                .windows()
-                .any(|(k, _)| !k.needs_read() && u64::from(k.secs()) == secs);
-            if !found || count.every.subsec_nanos() != 0 {
-                return bad(
-                    field,
-                    format!(
-                        "every = {:?}, but no fixed window of that length is configured at that level to pace",
-                        count.every
-                    ),
-                );
-            }
-        }
-        let endpoint_pattern = |e: &str| {
-            e.split_once(' ').is_some_and(|(m, p)| {
-                !m.is_empty() && m.chars().all(|c| c.is_ascii_uppercase()) && p.starts_with('/')
-            })
-        };
-        for (e, cost) in &self.app.endpoint_costs {
-            let field = format!("app.endpoint_costs.{e:?}");
-            if !endpoint_pattern(e) {
-                return bad(
-                    field,
-                    format!("expected `METHOD /path` (e.g. \"GET /search/*\"), got {e:?}"),
-                );
-            }
-            let fits = self.app.limits.check_cost(*cost).and_then(|()| {
-                self.app
-                    .limits
-                    .app_wide
-                    .as_ref()
-                    .map_or(Ok(()), |app| app.check_cost(*cost))
-            });
-            if let Err(e) = fits {
-                return bad(
-                    field,
-                    e.to_string()
-                        .trim_start_matches("impossible request: ")
-                        .to_string(),
-                );
-            }
-        }
-        for (i, e) in self.app.exempt_endpoints.iter().enumerate() {
-            let ok = endpoint_pattern(e);
-            if !ok {
-                return bad(
-                    format!("app.exempt_endpoints[{i}]"),
-                    format!("expected `METHOD /path` (e.g. \"POST /hooks/*\"), got {e:?}"),
-                );
-            }
-        }
-        if self.record_types.is_empty() {
-            return bad(
-                "record_types".into(),
-                "declare at least one record type ([record_types.NAME])".into(),
-            );
-        }
-        for (name, rt) in &self.record_types {
-            let f = |field: &str| format!("record_types.{name}.{field}");
-            if !rt.list_path.starts_with('/') {
-                return bad(
-                    f("list_path"),
-                    format!("expected a path starting with `/`, got {:?}", rt.list_path),
-                );
-            }
-            if rt.max_page_size == 0 {
-                return bad(f("max_page_size"), "must be at least 1".into());
-            }
-            if let Some(p) = rt.page_size {
-                if p == 0 || p > rt.max_page_size {
-                    return bad(
-                        f("page_size"),
-                        format!(
-                            "{p} must be between 1 and max_page_size ({})",
-                            rt.max_page_size
-                        ),
-                    );
-                }
-            }
-            if let Pagination::Cursor {
-                next_pointer,
-                next_header,
-                ..
-            } = &rt.pagination
-            {
-                if next_pointer.is_some() == next_header.is_some() {
-                    return bad(
-                        f("pagination"),
-                        "cursor pagination needs exactly one of next_pointer and next_header"
-                            .into(),
-                    );
-                }
-            }
-            for (field, ptr) in [
-                ("records_pointer", Some(&rt.records_pointer)),
-                ("id_pointer", Some(&rt.id_pointer)),
-                ("updated_at_pointer", rt.updated_at_pointer.as_ref()),
-                ("get_pointer", rt.get_pointer.as_ref()),
-            ] {
-                if let Some(ptr) = ptr {
-                    if !(ptr.is_empty() || ptr.starts_with('/')) {
-                        return bad(
-                            f(field),
-                            format!("expected a JSON pointer like \"/data\", got {ptr:?}"),
-                        );
-                    }
-                }
-            }
-            if let Some(get) = &rt.get_path {
-                if !get.starts_with('/') || !get.contains("{id}") {
-                    return bad(f("get_path"), format!("expected a path with `{{id}}`, e.g. \"/customers/{{id}}\", got {get:?}"));
-                }
-            }
-            if let Some(bulk) = &rt.bulk {
-                if bulk.max_ids == 0 {
-                    return bad(f("bulk.max_ids"), "must be at least 1".into());
-                }
-            }
-            for (field, target) in &rt.foreign_keys {
-                if !field.starts_with('/') {
-                    return bad(
-                        f(&format!("foreign_keys.{field:?}")),
-                        "expected a JSON pointer within the record, like \"/customer_id\"".into(),
-                    );
-                }
-                if !self.record_types.contains_key(target) {
-                    return bad(
-                        f(&format!("foreign_keys.{field:?}")),
-                        format!(
-                            "references unknown record type `{target}`; declared: {}",
-                            self.record_types
-                                .keys()
-                                .cloned()
-                                .collect::<Vec<_>>()
-                                .join(", ")
-                        ),
-                    );
-                }
-            }
-        }
-        self.validate_syncs()?;
-        crate::config::workflow::validate(self)?;
-        crate::config::datasource::validate(self)
-    }
-
-    fn validate_syncs(&self) -> Result<()> {
-        let bad = |field: String, msg: String| Err(Error::Config(format!("{field}: {msg}")));
-        let mut orgs = std::collections::BTreeSet::new();
-        for (i, c) in self.connections.iter().enumerate() {
-            if c.org.trim().is_empty() {
-                return bad(format!("connections[{i}].org"), "must not be empty".into());
-            }
-            if c.org == crate::quota::APP_LEVEL_ORG {
-                return bad(
-                    format!("connections[{i}].org"),
-                    format!("`{}` names the app's own budget ([app.limits.app_wide]); choose another name", c.org),
-                );
-            }
-            if c.org.contains(crate::quota::share::SHARE_MARK) {
-                return bad(
-                    format!("connections[{i}].org"),
-                    format!(
-                        "`{}` contains `{}`, which marks the budgets of shares ([app.limits.shares]); choose another name",
-                        c.org,
-                        crate::quota::share::SHARE_MARK
-                    ),
-                );
-            }
-            if !orgs.insert(&c.org) {
-                return bad(
-                    format!("connections[{i}].org"),
-                    format!("`{}` is listed twice", c.org),
-                );
-            }
-            if let Some(l) = &c.limits {
-                l.validate().map_err(|e| {
-                    Error::Config(format!(
-                        "connections[{i}].{}",
-                        e.to_string().trim_start_matches("invalid configuration: ")
-                    ))
-                })?;
-                // A cost this org's own limits can never hold would make
-                // every call to that endpoint impossible for it.
-                for (e, cost) in &self.app.endpoint_costs {
-                    if let Err(err) = l.check_cost(*cost) {
-                        return bad(
-                            format!("connections[{i}].limits"),
-                            format!(
-                                "app.endpoint_costs.{e:?} = {cost}: {}",
-                                err.to_string().trim_start_matches("impossible request: ")
-                            ),
-                        );
-                    }
-                }
-            }
-            if c.secret.is_some() && self.app.auth.is_none() {
-                return bad(
-                    format!("connections[{i}].secret"),
-                    "set [app.auth] to say how the secret is sent".into(),
-                );
-            }
-        }
-        for (name, sync) in &self.syncs {
-            let f = |field: &str| format!("syncs.{name}.{field}");
-            let Some(rt) = self.record_types.get(name) else {
-                return bad(
-                    format!("syncs.{name}"),
-                    format!(
-                        "no record type `{name}`; declared: {}",
-                        self.record_types
-                            .keys()
-                            .cloned()
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    ),
-                );
-            };
-            if let Some(t) = &sync.complete_transfer {
-                if t.every.is_zero() {
-                    return bad(
-                        f("complete_transfer.every"),
-                        "must be longer than 0s".into(),
-                    );
-                }
-            }
-            if let Some(r) = &sync.recent {
-                if r.every.is_zero() {
-                    return bad(f("recent.every"), "must be longer than 0s".into());
-                }
-                if rt.modified_since_param.is_none() {
-                    return bad(f("recent"), format!("record_types.{name}.modified_since_param is needed for recent record lookups"));
-                }
-            }
-            let pk = &sync.pk_lookup;
-            if pk.enabled {
-                if rt.get_path.is_none() && rt.bulk.is_none() {
-                    return bad(
-                        f("pk_lookup"),
-                        format!(
-                            "record_types.{name} needs get_path or bulk to look records up by key"
-                        ),
-                    );
-                }
-                let api_max = rt.bulk.as_ref().map_or(1, |b| b.max_ids);
-                if let Some(k) = pk.max_keys_per_call {
-                    if k == 0 || k > api_max {
-                        return bad(
-                            f("pk_lookup.max_keys_per_call"),
-                            format!("{k} must be between 1 and the API's maximum ({api_max})"),
-                        );
-                    }
-                }
-            }
-        }
-        Ok(())
-    }
-
     /// The sync controls of a record type (defaults when none are set).
     pub fn sync(&self, record_type: &str) -> crate::config::sync::SyncConfig {
         self.syncs.get(record_type).cloned().unwrap_or_default()
@@ -960,6 +602,60 @@ pub fn parse_time(v: &serde_json::Value, f: TimeFormat) -> Option<crate::core::c
         }
         (Value::Number(n), _) => n.as_i64().and_then(|s| DateTime::from_timestamp(s, 0)),
         _ => None,
+    }
+}
+
+/// The Data Sources as the flushes and Hosted GET see them.
+impl AppConfig {
+    /// The Data Sources some action pushes to or `[datasources]` declares.
+    pub fn datasource_names(&self) -> std::collections::BTreeSet<String> {
+        let mut names: std::collections::BTreeSet<String> =
+            self.datasources.keys().cloned().collect();
+        for wf in self.workflows.values() {
+            for a in &wf.actions {
+                if let ActionConfig::DatasourcePush { datasource, .. } = a {
+                    names.insert(datasource.clone());
+                }
+            }
+        }
+        names
+    }
+
+    /// The Data Source `name`: its `[datasources]` entry, else what its
+    /// push actions say (`max_rows_per_call`), else the defaults.
+    pub fn datasource(&self, name: &str) -> Result<DataSource> {
+        if !self.datasource_names().contains(name) {
+            return Err(Error::Config(format!(
+                "unknown Data Source `{name}`; this app pushes to: {}",
+                self.datasource_names()
+                    .into_iter()
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
+        let declared = self.datasources.get(name).cloned().unwrap_or_default();
+        let from_actions =
+            self.workflows
+                .values()
+                .flat_map(|wf| &wf.actions)
+                .find_map(|a| match a {
+                    ActionConfig::DatasourcePush {
+                        datasource,
+                        max_rows_per_call,
+                        ..
+                    } if datasource == name => *max_rows_per_call,
+                    _ => None,
+                });
+        Ok(DataSource {
+            name: name.to_string(),
+            every: declared.every,
+            max_rows_per_call: declared
+                .max_rows_per_call
+                .or(from_actions)
+                .unwrap_or(DEFAULT_MAX_ROWS_PER_CALL),
+            mode: declared.mode,
+            index: declared.filter.as_deref().and_then(RowIndex::of_filter),
+        })
     }
 }
 

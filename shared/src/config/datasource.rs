@@ -20,10 +20,8 @@
 //! max_page_size = 1000
 //! ```
 
-use crate::config::app::{AppConfig, SecretRef};
 use crate::config::row_index::RowIndex;
-use crate::config::workflow::ActionConfig;
-use crate::core::error::{Error, Result};
+use crate::config::secret::SecretRef;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
@@ -175,188 +173,11 @@ impl DataSource {
     }
 }
 
-impl AppConfig {
-    /// The Data Sources some action pushes to or `[datasources]` declares.
-    pub fn datasource_names(&self) -> std::collections::BTreeSet<String> {
-        let mut names: std::collections::BTreeSet<String> =
-            self.datasources.keys().cloned().collect();
-        for wf in self.workflows.values() {
-            for a in &wf.actions {
-                if let ActionConfig::DatasourcePush { datasource, .. } = a {
-                    names.insert(datasource.clone());
-                }
-            }
-        }
-        names
-    }
-
-    /// The Data Source `name`: its `[datasources]` entry, else what its
-    /// push actions say (`max_rows_per_call`), else the defaults.
-    pub fn datasource(&self, name: &str) -> Result<DataSource> {
-        if !self.datasource_names().contains(name) {
-            return Err(Error::Config(format!(
-                "unknown Data Source `{name}`; this app pushes to: {}",
-                self.datasource_names()
-                    .into_iter()
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )));
-        }
-        let declared = self.datasources.get(name).cloned().unwrap_or_default();
-        let from_actions =
-            self.workflows
-                .values()
-                .flat_map(|wf| &wf.actions)
-                .find_map(|a| match a {
-                    ActionConfig::DatasourcePush {
-                        datasource,
-                        max_rows_per_call,
-                        ..
-                    } if datasource == name => *max_rows_per_call,
-                    _ => None,
-                });
-        Ok(DataSource {
-            name: name.to_string(),
-            every: declared.every,
-            max_rows_per_call: declared
-                .max_rows_per_call
-                .or(from_actions)
-                .unwrap_or(DEFAULT_MAX_ROWS_PER_CALL),
-            mode: declared.mode,
-            index: declared.filter.as_deref().and_then(RowIndex::of_filter),
-        })
-    }
-}
-
-/// Checks `[datasources]`, `[app.datasource_push]` and that the push
-/// actions of one Data Source agree on `max_rows_per_call`.
-pub(crate) fn validate(config: &AppConfig) -> Result<()> {
-    let bad = |field: String, msg: String| Err(Error::Config(format!("{field}: {msg}")));
-    let shape = &config.app.datasource_push;
-    if !shape.path.starts_with('/') {
-        return bad(
-            "app.datasource_push.path".into(),
-            format!("expected a path starting with `/`, got {:?}", shape.path),
-        );
-    }
-    if reqwest::Method::from_bytes(shape.method.as_bytes()).is_err()
-        || shape.method.chars().any(|c| c.is_ascii_lowercase())
-    {
-        return bad(
-            "app.datasource_push.method".into(),
-            format!(
-                "expected an HTTP method like \"POST\", got {:?}",
-                shape.method
-            ),
-        );
-    }
-    for (field, value) in [
-        ("inserts_field", &shape.inserts_field),
-        ("deletes_field", &shape.deletes_field),
-    ] {
-        if value.trim().is_empty() {
-            return bad(
-                format!("app.datasource_push.{field}"),
-                "must not be empty".into(),
-            );
-        }
-    }
-    if shape.inserts_field == shape.deletes_field {
-        return bad(
-            "app.datasource_push.deletes_field".into(),
-            "must differ from inserts_field".into(),
-        );
-    }
-    for (name, ds) in &config.datasources {
-        if ds.every.is_zero() {
-            return bad(
-                format!("datasources.{name}.every"),
-                "must be more than 0 (e.g. \"5m\")".into(),
-            );
-        }
-        if ds.max_rows_per_call == Some(0) {
-            return bad(
-                format!("datasources.{name}.max_rows_per_call"),
-                "must be at least 1".into(),
-            );
-        }
-        match ds.mode {
-            DataSourceMode::Hosted => {
-                if ds.secret.is_none() {
-                    return bad(
-                        format!("datasources.{name}.secret"),
-                        "a hosted Data Source needs the key its callers' JWTs are signed with, e.g. secret = { env = \"MY_JWT_SECRET\" }".into(),
-                    );
-                }
-                if let Some(filter) = &ds.filter {
-                    crate::config::workflow::compile_with(
-                        &format!("datasources.{name}.filter"),
-                        filter,
-                        &["row", "user"],
-                    )?;
-                }
-                if ds.max_page_size == Some(0) {
-                    return bad(
-                        format!("datasources.{name}.max_page_size"),
-                        "must be at least 1".into(),
-                    );
-                }
-            }
-            DataSourceMode::Push => {
-                for (field, set) in [
-                    ("secret", ds.secret.is_some()),
-                    ("filter", ds.filter.is_some()),
-                    ("max_page_size", ds.max_page_size.is_some()),
-                ] {
-                    if set {
-                        return bad(
-                            format!("datasources.{name}.{field}"),
-                            "only a hosted Data Source takes it (mode = \"hosted\")".into(),
-                        );
-                    }
-                }
-            }
-        }
-    }
-    // One outbox per Data Source: its push actions must not disagree on
-    // how many rows a call carries.
-    let mut seen: std::collections::BTreeMap<&str, (u32, String)> = Default::default();
-    for (wf_name, wf) in &config.workflows {
-        for (i, a) in wf.actions.iter().enumerate() {
-            let ActionConfig::DatasourcePush {
-                datasource,
-                max_rows_per_call: Some(max),
-                ..
-            } = a
-            else {
-                continue;
-            };
-            let field = format!("workflows.{wf_name}.actions[{i}].max_rows_per_call");
-            if let Some(declared) = config
-                .datasources
-                .get(datasource)
-                .and_then(|d| d.max_rows_per_call)
-            {
-                if declared != *max {
-                    return bad(field, format!("{max} disagrees with datasources.{datasource}.max_rows_per_call = {declared}; set it in one place"));
-                }
-            }
-            match seen.get(datasource.as_str()) {
-                Some((other, other_field)) if other != max => {
-                    return bad(field, format!("{max} disagrees with {other_field} = {other}; rows of one Data Source share one outbox (set datasources.{datasource}.max_rows_per_call)"));
-                }
-                _ => {
-                    seen.insert(datasource, (*max, field));
-                }
-            }
-        }
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::app::AppConfig;
+    use crate::core::error::Result;
 
     const BASE: &str = r#"
 [app]

@@ -7,6 +7,8 @@
 pub mod app;
 pub mod datasource;
 pub mod row_index;
+pub mod secret;
 pub mod sync;
 pub mod template;
+pub mod validate;
 pub mod workflow;

@@ -17,7 +17,7 @@
 //! max_keys_per_call = 50
 //! ```
 
-use crate::config::app::SecretRef;
+use crate::config::secret::SecretRef;
 use crate::quota::Limits;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;

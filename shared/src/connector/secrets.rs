@@ -2,7 +2,7 @@
 //! AWS Secrets Manager or SSM Parameter Store, and kept in a [`Secret`] that
 //! never prints its value.
 
-use crate::config::app::SecretRef;
+use crate::config::secret::SecretRef;
 use crate::core::error::{Error, Result};
 use std::fmt;
 

@@ -269,7 +269,7 @@ impl DeployConfig {
             (None, Some(param)) => {
                 let text = crate::connector::secrets::resolve_for(
                     "METERED_APP_CONFIG_SSM",
-                    &crate::config::app::SecretRef::Ssm(param.clone()),
+                    &crate::config::secret::SecretRef::Ssm(param.clone()),
                     Some(stores),
                 )
                 .await?;

@@ -39,7 +39,7 @@
 use crate::core::clock::Timestamp;
 use crate::core::error::Result;
 use crate::quota::QuotaKey;
-use crate::store::hosted::RowIndex;
+use crate::config::row_index::RowIndex;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
