@@ -5,7 +5,7 @@
 use crate::status::RunStatus;
 use crate::system::{default_db, default_sim_db, load_config, BoxError, Options, System};
 use metered::jobs::envelope::JobKind;
-use metered::jobs::runtime::{JobContext, JobRuntime, RestartPolicy};
+use metered::jobs::runtime::{JobRuntime, RestartPolicy};
 use std::path::PathBuf;
 
 #[derive(clap::Args, Debug)]
@@ -255,32 +255,8 @@ pub async fn invoke(args: InvokeArgs) -> Result<(), BoxError> {
     let ledger: std::sync::Arc<dyn metered::jobs::ledger::ActionLedger> = std::sync::Arc::new(
         metered::adapters::sqlite::store::SqliteStore::new(system.runner.db.clone()),
     );
-    let dispatch = metered::edge::local::Dispatch::new(svc, ledger)?;
-    let response =
-        metered::edge::lambda::handle_sqs_event(&runtime, sqs, &Only(kind, dispatch), None).await;
+    let router = metered::handlers::route::Router::only(svc, ledger, kind)?;
+    let response = metered::edge::lambda::handle_sqs_event(&runtime, sqs, &router, None).await;
     println!("{}", serde_json::to_string_pretty(&response)?);
     Ok(())
-}
-
-/// One function's view of the dispatcher: only its own kind.
-struct Only(JobKind, metered::edge::local::Dispatch);
-
-#[async_trait::async_trait]
-impl metered::jobs::runtime::JobHandler for Only {
-    fn name(&self) -> &str {
-        self.0.as_str()
-    }
-    fn accepts(&self, kind: JobKind) -> bool {
-        kind == self.0
-    }
-    async fn handle(
-        &self,
-        job: &metered::jobs::envelope::JobEnvelope,
-        ctx: &JobContext,
-    ) -> metered::jobs::envelope::Outcome {
-        self.1.handle(job, ctx).await
-    }
-    async fn gave_up(&self, job: &metered::jobs::envelope::JobEnvelope, reason: &str) {
-        self.1.gave_up(job, reason).await
-    }
 }

@@ -192,7 +192,7 @@ pub struct World {
     pub table: Option<metered::adapters::aws::Table>,
     /// The same store, read as Hosted GET reads it.
     pub hosted: Arc<dyn metered::store::hosted::HostedRows>,
-    handler: Arc<metered::edge::local::Dispatch>,
+    handler: Arc<metered::handlers::route::Router>,
     raw: BTreeMap<JobKind, Arc<dyn JobQueue>>,
     ledger: Arc<dyn JobLedger>,
     waits: Arc<Mutex<HashMap<String, Timestamp>>>,
@@ -374,7 +374,7 @@ impl World {
             clock,
             shared,
             handler: Arc::new(
-                metered::edge::local::Dispatch::new(svc.clone(), action_ledger.clone())
+                metered::handlers::route::Router::all(svc.clone(), action_ledger.clone())
                     .expect("workflows compile"),
             ),
             action_ledger,
@@ -476,7 +476,7 @@ impl World {
     }
 
     pub async fn start_for(&self, org: &str, kind: JobKind, record_type: &str) -> JobEnvelope {
-        metered::handlers::schedule::start_sync(&self.svc, org, kind, record_type, false)
+        metered::handlers::start::start_sync(&self.svc, org, kind, record_type, false)
             .await
             .unwrap()
             .expect("sync was free to start")
@@ -606,7 +606,7 @@ impl World {
     }
 
     /// Workflow trigger jobs enqueued so far (taken off the queue).
-    pub async fn take_triggers(&self) -> Vec<metered::handlers::sync::TriggerPayload> {
+    pub async fn take_triggers(&self) -> Vec<metered::handlers::payload::TriggerPayload> {
         let mut out = Vec::new();
         for _ in 0..50 {
             let batch = self.workflow.receive(10, 60).await.unwrap();

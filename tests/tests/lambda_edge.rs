@@ -3,8 +3,8 @@
 
 use metered::config::sync::{CompleteTransferSettings, SyncConfig};
 use metered::edge::lambda::DeployConfig;
+use metered::handlers::route::Router;
 use metered::handlers::schedule::{parse_event, SchedulerEvent};
-use metered::handlers::sync::SyncHandlers;
 use metered::jobs::envelope::{JobEnvelope, JobKind};
 use metered::jobs::runtime::{JobContext, JobRuntime, RestartPolicy, Settled};
 use metered_tests::sync_world::{Adapter, World, ORG, ORG_B};
@@ -155,7 +155,8 @@ async fn adhoc_sync_reports_its_estimate_and_a_dry_run_starts_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_function_dead_letters_jobs_of_another_kind() {
     let w = World::new(Adapter::Sqlite, metered_sim::SimConfig::default(), |_| {}).await;
-    let only_lookups = SyncHandlers::only(w.svc.clone(), JobKind::PkLookup);
+    let only_lookups =
+        Router::only(w.svc.clone(), w.action_ledger.clone(), JobKind::PkLookup).unwrap();
     let rt = JobRuntime::new(
         w.runtimes[0].1.queue.clone(),
         w.shared.clone(),

@@ -571,16 +571,10 @@ async fn an_adhoc_sync_reports_its_cost_first(adapter: Adapter) {
     );
     let before = w.sim().stats().served();
     w.clock.advance(Duration::hours(1));
-    metered::handlers::schedule::start_sync(
-        &w.svc,
-        ORG,
-        JobKind::CompleteTransfer,
-        "invoices",
-        true,
-    )
-    .await
-    .unwrap()
-    .unwrap();
+    metered::handlers::start::start_sync(&w.svc, ORG, JobKind::CompleteTransfer, "invoices", true)
+        .await
+        .unwrap()
+        .unwrap();
     w.drive().await;
     assert_eq!(
         w.sim().stats().served() - before,

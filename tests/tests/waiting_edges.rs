@@ -331,7 +331,7 @@ async fn the_same_failure_run_after_run_pauses_the_connection(adapter: Adapter) 
     }
     // The 4th run waits, holding its sync: the next tick starts nothing.
     for org in ORGS {
-        let started = metered::handlers::schedule::start_sync(
+        let started = metered::handlers::start::start_sync(
             &w.svc,
             org,
             JobKind::CompleteTransfer,

@@ -4,7 +4,7 @@
 
 use metered::config::app::AppConfig;
 use metered::config::sync::{CompleteTransferSettings, SyncConfig};
-use metered::handlers::workflow::RunPayload;
+use metered::handlers::payload::RunPayload;
 use metered::jobs::envelope::{JobEnvelope, JobKind};
 use metered::quota::Limits;
 use metered_sim::SimConfig;
@@ -222,7 +222,7 @@ async fn actions_fire_once_under_duplicates_restarts_and_crashes(adapter: Adapte
     metered::connector::Connector::send(&*w.fx.connector, &req)
         .await
         .unwrap();
-    let payload = metered::handlers::actions::HttpActionPayload {
+    let payload = metered::handlers::payload::HttpActionPayload {
         workflow: "vip".into(),
         action: 0,
         record_id: stored.id.clone(),

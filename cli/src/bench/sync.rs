@@ -89,7 +89,7 @@ pub async fn section() -> Result<(), Box<dyn std::error::Error>> {
         .filter_map(|r| r["customer_id"].as_str().map(str::to_string))
         .collect();
     let t = Instant::now();
-    metered::handlers::schedule::start_sync(
+    metered::handlers::start::start_sync(
         &runner.svc,
         "bench",
         JobKind::CompleteTransfer,
@@ -150,7 +150,7 @@ pub async fn section() -> Result<(), Box<dyn std::error::Error>> {
         sim.stats().calls("GET /invoices"),
     );
     let t = Instant::now();
-    metered::handlers::schedule::start_sync(
+    metered::handlers::start::start_sync(
         &runner.svc,
         "bench",
         JobKind::CompleteTransfer,

@@ -3,7 +3,7 @@
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_runtime::Error> {
-    metered::edge::lambda::run_action_function(
+    metered::edge::lambda::run_queue_function(
         metered::jobs::envelope::JobKind::ActionDatasourcePush,
     )
     .await

@@ -3,6 +3,6 @@
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_runtime::Error> {
-    metered::edge::lambda::run_sync_function(metered::jobs::envelope::JobKind::CompleteTransfer)
+    metered::edge::lambda::run_queue_function(metered::jobs::envelope::JobKind::CompleteTransfer)
         .await
 }

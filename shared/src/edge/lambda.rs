@@ -37,7 +37,7 @@ use crate::core::error::{Error, Result};
 use crate::core::metrics::Metrics;
 use crate::edge::cold_start::{warm_connections, warm_setting, ColdStart, Service};
 use crate::handlers::context::{http_connectors, AppContext};
-use crate::handlers::sync::SyncHandlers;
+use crate::handlers::route::Router;
 use crate::jobs::envelope::JobKind;
 use crate::jobs::queue::{JobQueue, Queues};
 use crate::jobs::runtime::{JobHandler, JobRuntime, RestartPolicy};
@@ -420,11 +420,6 @@ pub fn deadline_of(ctx: &lambda_runtime::Context) -> Option<crate::core::clock::
     Some(deadline)
 }
 
-/// The whole life of an SQS-triggered sync function.
-pub async fn run_sync_function(kind: JobKind) -> std::result::Result<(), lambda_runtime::Error> {
-    run_with(kind, |d| Ok(SyncHandlers::only(d.svc.clone(), kind))).await
-}
-
 /// The whole life of the scheduler function (schedule ticks, ad-hoc syncs).
 pub async fn run_scheduler_function() -> std::result::Result<(), lambda_runtime::Error> {
     let cold = ColdStart::begin();
@@ -447,18 +442,14 @@ pub async fn run_scheduler_function() -> std::result::Result<(), lambda_runtime:
     .await
 }
 
-/// The whole life of an SQS-triggered function whose handler is built from
-/// the services (workflow, actions).
-async fn run_with<H, F>(kind: JobKind, make: F) -> std::result::Result<(), lambda_runtime::Error>
-where
-    H: crate::jobs::runtime::JobHandler,
-    F: FnOnce(&Deployed) -> Result<H>,
-{
+/// The whole life of an SQS-triggered function: every queued kind's
+/// function is this, with the router restricted to its kind.
+pub async fn run_queue_function(kind: JobKind) -> std::result::Result<(), lambda_runtime::Error> {
     let cold = ColdStart::begin();
     init_logging();
     let deployed = Deployed::connect(DeployConfig::from_env()?, &cold, Some(kind)).await?;
     let runtime = deployed.runtime(kind)?;
-    let handler = make(&deployed)?;
+    let handler = Router::only(deployed.svc.clone(), deployed.ledger.clone(), kind)?;
     cold.initialized(deployed.config.warm);
     lambda_runtime::run(service_fn(|event: LambdaEvent<SqsEvent>| {
         let (runtime, handler, deployed, cold) = (&runtime, &handler, &deployed, &cold);
@@ -501,24 +492,4 @@ pub fn write_emf(
             return;
         }
     }
-}
-
-/// The `workflow` function: triggers and decision nodes to action jobs.
-pub async fn run_workflow_function() -> std::result::Result<(), lambda_runtime::Error> {
-    run_with(JobKind::Workflow, |d| {
-        crate::handlers::workflow::WorkflowHandler::new(d.svc.clone())
-    })
-    .await
-}
-
-/// An action function (`action-http`, `action-datasource-push`).
-pub async fn run_action_function(kind: JobKind) -> std::result::Result<(), lambda_runtime::Error> {
-    run_with(kind, |d| {
-        Ok(crate::handlers::actions::ActionHandlers::new(
-            d.svc.clone(),
-            d.ledger.clone(),
-            Some(kind),
-        ))
-    })
-    .await
 }

@@ -22,7 +22,7 @@ use crate::connector::Connector;
 use crate::core::clock::{ManualClock, SharedClock, Timestamp};
 use crate::core::error::Result;
 use crate::handlers::context::AppContext;
-use crate::handlers::sync::SyncHandlers;
+use crate::handlers::route::Router;
 use crate::jobs::envelope::{JobEnvelope, JobKind};
 use crate::jobs::queue::{Choose, DeadLetter, Delivery, JobQueue, Queues};
 use crate::jobs::runtime::{JobRuntime, RestartPolicy, Settled, NOT_BEFORE_REASON};
@@ -30,63 +30,6 @@ use crate::quota::Quota;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use tokio::sync::Notify;
-
-/// Every handler behind one [`crate::jobs::runtime::JobHandler`], routed by kind:
-/// what a single process runs when it plays every Lambda function.
-pub struct Dispatch {
-    /// The sync handlers.
-    pub sync: SyncHandlers,
-    /// The workflow handler.
-    pub workflow: crate::handlers::workflow::WorkflowHandler,
-    /// The action handlers.
-    pub actions: crate::handlers::actions::ActionHandlers,
-}
-
-impl Dispatch {
-    /// The handlers of every kind over one context.
-    pub fn new(
-        svc: Arc<AppContext>,
-        ledger: Arc<dyn crate::jobs::ledger::ActionLedger>,
-    ) -> Result<Self> {
-        Ok(Self {
-            sync: SyncHandlers::all(svc.clone()),
-            workflow: crate::handlers::workflow::WorkflowHandler::new(svc.clone())?,
-            actions: crate::handlers::actions::ActionHandlers::new(svc, ledger, None),
-        })
-    }
-}
-
-#[async_trait::async_trait]
-impl crate::jobs::runtime::JobHandler for Dispatch {
-    fn name(&self) -> &str {
-        "local"
-    }
-    fn accepts(&self, kind: JobKind) -> bool {
-        self.sync.accepts(kind) || self.workflow.accepts(kind) || self.actions.accepts(kind)
-    }
-    async fn handle(
-        &self,
-        job: &crate::jobs::envelope::JobEnvelope,
-        ctx: &crate::jobs::runtime::JobContext,
-    ) -> crate::jobs::envelope::Outcome {
-        if self.sync.accepts(job.kind) {
-            self.sync.handle(job, ctx).await
-        } else if self.workflow.accepts(job.kind) {
-            self.workflow.handle(job, ctx).await
-        } else {
-            self.actions.handle(job, ctx).await
-        }
-    }
-    async fn gave_up(&self, job: &crate::jobs::envelope::JobEnvelope, reason: &str) {
-        if self.sync.accepts(job.kind) {
-            self.sync.gave_up(job, reason).await
-        } else if self.workflow.accepts(job.kind) {
-            self.workflow.gave_up(job, reason).await
-        } else {
-            self.actions.gave_up(job, reason).await
-        }
-    }
-}
 
 /// What a run did.
 #[derive(Debug, Default, Clone, PartialEq, serde::Serialize)]
@@ -115,7 +58,7 @@ pub struct LocalRunner {
     pub db: Db,
     queues: BTreeMap<JobKind, Arc<SqliteQueue>>,
     runtimes: BTreeMap<JobKind, JobRuntime>,
-    handler: Arc<Dispatch>,
+    handler: Arc<Router>,
     sent: Arc<Notify>,
     concurrency: Option<u32>,
 }
@@ -208,7 +151,7 @@ impl LocalRunner {
             })
             .collect();
         Ok(Self {
-            handler: Arc::new(Dispatch::new(svc.clone(), store)?),
+            handler: Arc::new(Router::all(svc.clone(), store)?),
             svc,
             quota_db,
             db,
@@ -335,7 +278,7 @@ impl LocalRunner {
 /// the visibility timeout.
 async fn invoke(
     rt: &JobRuntime,
-    handler: &Dispatch,
+    handler: &Router,
     deliveries: Vec<Delivery>,
     timeout_secs: u32,
 ) -> Result<Vec<Settled>> {

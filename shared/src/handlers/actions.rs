@@ -12,50 +12,13 @@
 use crate::connector::SendRequest;
 use crate::core::metrics::Counter;
 use crate::handlers::context::AppContext;
-use crate::handlers::datasource::FlushPayload;
+use crate::handlers::payload::{HttpActionPayload, PushJob};
 use crate::handlers::IntoOutcome;
 use crate::jobs::envelope::{JobEnvelope, JobKind, Outcome};
 use crate::jobs::ledger::{ActionBegin, ActionLedger};
 use crate::jobs::runtime::{JobContext, JobHandler};
 use async_trait::async_trait;
-use serde::{Deserialize, Serialize};
 use std::sync::Arc;
-
-/// Payload of `action-http` jobs: a rendered request.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct HttpActionPayload {
-    /// The workflow that decided it.
-    pub workflow: String,
-    /// The action's index in the workflow.
-    pub action: usize,
-    /// The trigger record.
-    pub record_id: String,
-    /// HTTP method.
-    pub method: String,
-    /// Rendered path.
-    pub path: String,
-    /// Rendered body.
-    #[serde(default)]
-    pub body: Option<serde_json::Value>,
-}
-
-/// Payload of `action-datasource-push` jobs queued by versions before the
-/// outbox: inserts and deletes sent in one call. Still performed, so jobs
-/// queued before an upgrade are not lost; new jobs carry a
-/// [`FlushPayload`].
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PushPayload {
-    /// The workflow that gathered the rows.
-    pub workflow: String,
-    /// The Data Source.
-    pub datasource: String,
-    /// Rows to insert or replace.
-    pub inserts: Vec<serde_json::Value>,
-    /// Row ids to delete.
-    pub deletes: Vec<String>,
-}
 
 /// The `action-http` and `action-datasource-push` handlers.
 pub struct ActionHandlers {
@@ -63,33 +26,26 @@ pub struct ActionHandlers {
     pub svc: Arc<AppContext>,
     /// Where each action's idempotency key is recorded.
     pub ledger: Arc<dyn ActionLedger>,
-    only: Option<JobKind>,
 }
 
 impl ActionHandlers {
-    /// The action handlers; `only` restricts them to one kind (one Lambda).
-    pub fn new(svc: Arc<AppContext>, ledger: Arc<dyn ActionLedger>, only: Option<JobKind>) -> Self {
-        Self { svc, ledger, only }
+    /// The action handlers (both action kinds).
+    pub fn new(svc: Arc<AppContext>, ledger: Arc<dyn ActionLedger>) -> Self {
+        Self { svc, ledger }
     }
 }
 
 #[async_trait]
 impl JobHandler for ActionHandlers {
     fn name(&self) -> &str {
-        self.only.map_or("actions", JobKind::as_str)
+        "actions"
     }
 
     fn accepts(&self, kind: JobKind) -> bool {
         matches!(kind, JobKind::ActionHttp | JobKind::ActionDatasourcePush)
-            && self.only.is_none_or(|k| k == kind)
     }
 
     async fn handle(&self, job: &JobEnvelope, ctx: &JobContext) -> Outcome {
-        if job.kind == JobKind::ActionDatasourcePush {
-            if let Ok(p) = serde_json::from_value::<FlushPayload>(job.payload.clone()) {
-                return crate::handlers::datasource::flush(&self.svc, job, ctx, p).await;
-            }
-        }
         let (workflow, request) = match job.kind {
             JobKind::ActionHttp => {
                 match serde_json::from_value::<HttpActionPayload>(job.payload.clone()) {
@@ -105,25 +61,24 @@ impl JobHandler for ActionHandlers {
                     Err(e) => return Outcome::Fail(format!("bad `action-http` payload: {e}")),
                 }
             }
-            JobKind::ActionDatasourcePush => {
-                match serde_json::from_value::<PushPayload>(job.payload.clone()) {
-                    Ok(p) => {
-                        let shape = &self.svc.config.app.datasource_push;
-                        (
-                            p.workflow,
-                            SendRequest {
-                                method: shape.method.clone(),
-                                path: shape.path_for(&p.datasource),
-                                body: Some(shape.body(p.inserts, p.deletes)),
-                                idempotency_key: Some(job.idempotency_key.clone()),
-                            },
-                        )
-                    }
-                    Err(e) => {
-                        return Outcome::Fail(format!("bad `action-datasource-push` payload: expected {{\"datasource\": NAME}} ({e})"))
-                    }
+            JobKind::ActionDatasourcePush => match PushJob::of(job) {
+                Ok(PushJob::Flush(p)) => {
+                    return crate::handlers::datasource::flush(&self.svc, job, ctx, p).await
                 }
-            }
+                Ok(PushJob::Legacy(p)) => {
+                    let shape = &self.svc.config.app.datasource_push;
+                    (
+                        p.workflow,
+                        SendRequest {
+                            method: shape.method.clone(),
+                            path: shape.path_for(&p.datasource),
+                            body: Some(shape.body(p.inserts, p.deletes)),
+                            idempotency_key: Some(job.idempotency_key.clone()),
+                        },
+                    )
+                }
+                Err(e) => return Outcome::Fail(e),
+            },
             other => return Outcome::Fail(format!("`{other}` is not an action job")),
         };
         let now = self.svc.clock.now();

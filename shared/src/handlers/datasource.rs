@@ -20,20 +20,12 @@ use crate::connector::{CallError, SendRequest};
 use crate::core::error::Result;
 use crate::core::metrics::Counter;
 use crate::handlers::context::AppContext;
+use crate::handlers::payload::FlushPayload;
 use crate::handlers::IntoOutcome;
 use crate::jobs::envelope::{JobEnvelope, JobKind, Outcome};
 use crate::jobs::runtime::{delay_secs, JobContext};
 use crate::store::outbox::{after_acceptance, after_refusal, cut_chunk, Refusal};
 use crate::store::SyncFinish;
-use serde::{Deserialize, Serialize};
-
-/// Payload of `action-datasource-push` jobs: flush this Data Source's outbox.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FlushPayload {
-    /// The Data Source.
-    pub datasource: String,
-}
 
 /// A flush that finds another holding the outbox comes back this much later.
 const BUSY_RETRY_SECS: i64 = 30;

@@ -7,7 +7,10 @@ pub mod context;
 pub mod datasource;
 #[cfg(feature = "hosted")]
 pub mod hosted;
+pub mod payload;
+pub mod route;
 pub mod schedule;
+pub mod start;
 pub mod sync;
 pub mod workflow;
 

@@ -36,10 +36,10 @@
 //! - **Rows are keyed by their own `id`** ([`row_id`]): the id the platform
 //!   sees, so a delete names a row it was sent.
 
+use crate::config::row_index::RowIndex;
 use crate::core::clock::Timestamp;
 use crate::core::error::Result;
 use crate::quota::QuotaKey;
-use crate::config::row_index::RowIndex;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;

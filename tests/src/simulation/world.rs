@@ -13,8 +13,8 @@ use metered::config::sync::{
 };
 use metered::connector::{ApiError, Connector, ListRequest, Page, SendRequest};
 use metered::core::clock::{Clock, ManualClock, SharedClock, Timestamp};
-use metered::edge::local::Dispatch;
 use metered::handlers::context::AppContext;
+use metered::handlers::route::Router;
 use metered::jobs::envelope::{JobEnvelope, JobKind};
 use metered::jobs::ledger::{ActionLedger, JobLedger};
 use metered::jobs::queue::{Choose, DeadLetter, Delivery, JobQueue, Queues};
@@ -366,7 +366,7 @@ pub struct Simulation {
     pub queues: BTreeMap<JobKind, Arc<dyn JobQueue>>,
     sim_queues: BTreeMap<JobKind, Arc<SimQueue>>,
     runtimes: BTreeMap<JobKind, JobRuntime>,
-    handler: Arc<Dispatch>,
+    handler: Arc<Router>,
     stats: Arc<Mutex<Report>>,
     /// When the run started (the simulated clock).
     pub start: Timestamp,
@@ -536,8 +536,7 @@ impl Simulation {
                 )
             })
             .collect();
-        let handler =
-            Arc::new(Dispatch::new(svc.clone(), action_ledger).expect("workflows compile"));
+        let handler = Arc::new(Router::all(svc.clone(), action_ledger).expect("workflows compile"));
         Self {
             seed,
             adapter,

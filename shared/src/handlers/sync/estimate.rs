@@ -4,7 +4,7 @@
 
 use crate::core::error::Result;
 use crate::handlers::context::AppContext;
-use crate::handlers::sync::sync_name;
+use crate::handlers::payload::sync_name;
 use crate::jobs::envelope::JobKind;
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};

@@ -9,80 +9,16 @@ pub mod listing;
 pub mod pk_lookup;
 
 use crate::core::clock::Timestamp;
-use crate::core::record::ChangeKind;
 use crate::handlers::context::AppContext;
+use crate::handlers::payload::{
+    sync_name, ChangedRecord, PkLookupPayload, SyncPayload, TriggerPayload,
+};
 use crate::jobs::envelope::{JobEnvelope, JobKind, Outcome};
 use crate::jobs::runtime::{JobContext, JobHandler};
 use crate::store::Change;
 use async_trait::async_trait;
-use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-
-/// Payload of complete-transfer and recent-records jobs.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SyncPayload {
-    /// The record type synced.
-    pub record_type: String,
-    /// Started by hand rather than by the schedule.
-    #[serde(default)]
-    pub adhoc: bool,
-}
-
-/// Payload of pk-lookup jobs.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PkLookupPayload {
-    /// The referenced type, whose records are looked up.
-    pub record_type: String,
-    /// The ids to look up.
-    pub ids: Vec<String>,
-    /// The ids were already claimed (deduplicated against the store) by the
-    /// sync that found them.
-    #[serde(default)]
-    pub claimed: bool,
-}
-
-/// One new or changed record, as workflow triggers receive it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ChangedRecord {
-    /// The record's id.
-    pub id: String,
-    /// Created or updated.
-    pub kind: ChangeKind,
-    /// Its content hash (part of an action's idempotency key): the version
-    /// the workflow acts on, once the store holds it.
-    pub hash: String,
-    /// The hash the store held when the change was found (`None`: never
-    /// stored). While the store still holds it (or nothing), the page is
-    /// not committed yet and the workflow waits. Absent in triggers queued
-    /// before it existed.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub prev: Option<String>,
-}
-
-/// Payload of workflow trigger jobs: the changes of one page.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TriggerPayload {
-    /// The type of the changed records.
-    pub record_type: String,
-    /// The changes.
-    pub changes: Vec<ChangedRecord>,
-}
-
-/// The sync name used for leases, state and usage reports.
-pub fn sync_name(kind: JobKind, record_type: &str) -> String {
-    format!("{kind}:{record_type}")
-}
-
-pub(crate) fn parse_payload<T: serde::de::DeserializeOwned>(
-    job: &JobEnvelope,
-) -> Result<T, Outcome> {
-    serde_json::from_value(job.payload.clone())
-        .map_err(|e| Outcome::Fail(format!("bad `{}` payload: {e}", job.kind)))
-}
 
 /// A string or number at `pointer`, as an id.
 pub(crate) fn id_at(data: &serde_json::Value, pointer: &str) -> Option<String> {
@@ -372,40 +308,32 @@ impl From<serde_json::Error> for crate::Error {
     }
 }
 
-/// The sync handlers behind one [`JobHandler`]; `only` restricts the kinds
-/// (each Lambda function takes one kind; the local runner takes all).
+/// The sync handlers behind one [`JobHandler`]: every listing and lookup
+/// kind. Which kinds a process takes is the router's to say
+/// ([`crate::handlers::route::Router`]).
 pub struct SyncHandlers {
     /// What the handlers share.
     pub svc: Arc<AppContext>,
-    only: Option<JobKind>,
 }
 
 impl SyncHandlers {
     /// Handles every sync kind.
     pub fn all(svc: Arc<AppContext>) -> Self {
-        Self { svc, only: None }
-    }
-
-    /// Handles one sync kind (one Lambda).
-    pub fn only(svc: Arc<AppContext>, kind: JobKind) -> Self {
-        Self {
-            svc,
-            only: Some(kind),
-        }
+        Self { svc }
     }
 }
 
 #[async_trait]
 impl JobHandler for SyncHandlers {
     fn name(&self) -> &str {
-        self.only.map_or("sync", JobKind::as_str)
+        "sync"
     }
 
     fn accepts(&self, kind: JobKind) -> bool {
         matches!(
             kind,
             JobKind::CompleteTransfer | JobKind::RecentRecords | JobKind::PkLookup
-        ) && self.only.is_none_or(|k| k == kind)
+        )
     }
 
     async fn handle(&self, job: &JobEnvelope, ctx: &JobContext) -> Outcome {

@@ -15,8 +15,9 @@
 use crate::config::sync::{chrono as dur, StormGuard};
 use crate::core::metrics::Counter;
 use crate::handlers::context::AppContext;
-use crate::handlers::schedule;
-use crate::handlers::sync::{enqueue_followups, parse_payload, sync_name, PkLookupPayload};
+use crate::handlers::payload::{parse_payload, sync_name, PkLookupPayload};
+use crate::handlers::start::start_sync;
+use crate::handlers::sync::enqueue_followups;
 use crate::handlers::IntoOutcome;
 use crate::jobs::envelope::{JobEnvelope, JobKind, Outcome};
 use crate::jobs::runtime::JobContext;
@@ -234,8 +235,7 @@ async fn storm_guard(svc: &AppContext, job: &JobEnvelope, record_type: &str) -> 
         }
         StormDecision::Start => {
             if let Err(e) =
-                schedule::start_sync(svc, &job.org, JobKind::CompleteTransfer, record_type, false)
-                    .await
+                start_sync(svc, &job.org, JobKind::CompleteTransfer, record_type, false).await
             {
                 return Some(Outcome::from_error(&e));
             }

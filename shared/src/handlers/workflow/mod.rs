@@ -25,9 +25,9 @@ use crate::config::template::render;
 use crate::config::workflow::{compile, ActionConfig, MissingPolicy, WorkflowConfig};
 use crate::core::error::{Error, Result};
 use crate::core::record::{ChangeKind, StoredRecord};
-use crate::handlers::actions::{HttpActionPayload, PushPayload};
 use crate::handlers::context::AppContext;
-use crate::handlers::sync::TriggerPayload;
+use crate::handlers::payload::legacy::PushPayload;
+use crate::handlers::payload::{HttpActionPayload, TriggerPayload, WorkflowPayload};
 use crate::jobs::envelope::{JobEnvelope, JobKind, Outcome};
 use crate::jobs::runtime::{JobContext, JobHandler};
 use crate::store::outbox::{RowChange, RowWrite};
@@ -55,21 +55,6 @@ const UNSTORED_WAIT_SECS: i64 = 2;
 /// went back to its old content), and the next sync that stores it
 /// triggers it again.
 const UNSTORED_LIMIT_HOURS: i64 = 24;
-
-/// A manual or bulk execution: `ids` for those records, none for every
-/// stored record of the trigger type. `dry_run` only estimates.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RunPayload {
-    /// The workflow to run.
-    pub workflow: String,
-    /// Those records; `None` for every stored record of the trigger type (bulk).
-    #[serde(default)]
-    pub ids: Option<Vec<String>>,
-    /// Only estimate.
-    #[serde(default)]
-    pub dry_run: bool,
-}
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct Item {
@@ -303,7 +288,7 @@ impl WorkflowHandler {
         let key = self.svc.key(&job.org);
         // A change trigger's actions run once per record version; a manual
         // or bulk run is a trigger of its own.
-        let trigger_key = if serde_json::from_value::<TriggerPayload>(job.payload.clone()).is_ok() {
+        let trigger_key = if matches!(WorkflowPayload::of(job), Ok(WorkflowPayload::Trigger(_))) {
             String::new()
         } else {
             format!(":{}", job.id)
@@ -470,37 +455,42 @@ impl WorkflowHandler {
         self.svc.store.quarantine(&key, &set_aside).await
     }
 
-    async fn first_checkpoint(&self, job: &JobEnvelope) -> Result<Checkpoint> {
-        if let Ok(trigger) = serde_json::from_value::<TriggerPayload>(job.payload.clone()) {
-            let mut items = Vec::new();
-            for wf in self
-                .workflows
+    /// A change trigger's items: each change a workflow of its record type
+    /// is triggered by, with the version it found.
+    fn trigger_checkpoint(&self, trigger: &TriggerPayload) -> Checkpoint {
+        let mut items = Vec::new();
+        for wf in self
+            .workflows
+            .iter()
+            .filter(|w| w.config.trigger.record_type == trigger.record_type)
+        {
+            for c in trigger
+                .changes
                 .iter()
-                .filter(|w| w.config.trigger.record_type == trigger.record_type)
+                .filter(|c| wf.config.trigger.on.contains(&c.kind))
             {
-                for c in trigger
-                    .changes
-                    .iter()
-                    .filter(|c| wf.config.trigger.on.contains(&c.kind))
-                {
-                    items.push(Item {
-                        workflow: wf.name.clone(),
-                        id: c.id.clone(),
-                        change: c.kind.into(),
-                        version: Some(Version {
-                            hash: c.hash.clone(),
-                            prev: c.prev.clone(),
-                        }),
-                    });
-                }
+                items.push(Item {
+                    workflow: wf.name.clone(),
+                    id: c.id.clone(),
+                    change: c.kind.into(),
+                    version: Some(Version {
+                        hash: c.hash.clone(),
+                        prev: c.prev.clone(),
+                    }),
+                });
             }
-            return Ok(Checkpoint {
-                items,
-                ..Default::default()
-            });
         }
-        let run: RunPayload = serde_json::from_value(job.payload.clone())
-            .map_err(|e| Error::MalformedJob(format!("bad `workflow` payload: {e}")))?;
+        Checkpoint {
+            items,
+            ..Default::default()
+        }
+    }
+
+    async fn first_checkpoint(&self, job: &JobEnvelope) -> Result<Checkpoint> {
+        let run = match WorkflowPayload::of(job).map_err(Error::MalformedJob)? {
+            WorkflowPayload::Run(run) => run,
+            WorkflowPayload::Trigger(trigger) => return Ok(self.trigger_checkpoint(&trigger)),
+        };
         self.workflow(&run.workflow)?;
         Ok(match run.ids {
             Some(ids) => Checkpoint {
@@ -534,7 +524,7 @@ impl JobHandler for WorkflowHandler {
     }
 
     async fn handle(&self, job: &JobEnvelope, ctx: &JobContext) -> Outcome {
-        if let Ok(run) = serde_json::from_value::<RunPayload>(job.payload.clone()) {
+        if let Ok(WorkflowPayload::Run(run)) = WorkflowPayload::of(job) {
             if run.dry_run {
                 return match self
                     .estimate(&job.org, &run.workflow, run.ids.as_deref())

@@ -73,13 +73,15 @@ impl WorkflowHandler {
             match policy {
                 MissingPolicy::Transfer => {
                     let min = crate::config::sync::chrono(min);
-                    let sync =
-                        crate::handlers::sync::sync_name(JobKind::CompleteTransfer, &record_type);
+                    let sync = crate::handlers::payload::sync_name(
+                        JobKind::CompleteTransfer,
+                        &record_type,
+                    );
                     let state = self.svc.store.sync_state(&self.svc.key(org), &sync).await?;
                     // At most one transfer per minimum relookup time.
                     let due = state.last_started.is_none_or(|t| now >= t + min);
                     if due
-                        && crate::handlers::schedule::start_sync(
+                        && crate::handlers::start::start_sync(
                             &self.svc,
                             org,
                             JobKind::CompleteTransfer,
@@ -101,7 +103,7 @@ impl WorkflowHandler {
                         crate::handlers::sync::keys_per_call(&self.svc, org, &record_type)
                             * crate::handlers::sync::LOOKUP_CALLS_PER_JOB;
                     for block in ids.chunks(per_job.max(1)) {
-                        let payload = crate::handlers::sync::PkLookupPayload {
+                        let payload = crate::handlers::payload::PkLookupPayload {
                             record_type: record_type.clone(),
                             ids: block.to_vec(),
                             claimed: false,
