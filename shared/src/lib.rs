@@ -12,10 +12,10 @@
 //! ```text
 //!  7  edge       lambda (SQS/EventBridge loop, feature aws) · hosted (Function URL) · local (one process, feature sqlite)
 //!  6  adapters   aws: DynamoDB quota+store, SQS queue      · sqlite: the same on one file
-//!  5  handlers   sync (transfer, lookups) · schedule · workflow · actions · hosted GET · AppContext
+//!  5  handlers   route (one match on JobKind) · payload · start · sync · schedule · workflow · actions · hosted GET · AppContext
 //!  4  ports      connector (API calls)   · jobs (envelope, queue, ledgers, fate, runtime) · store (records, leases)
-//!  3  config     AppConfig: app, record types, syncs, workflows — validated in one pass
-//!  2  quota      windows, leases, blocks, usage: the port, its rules and the facade
+//!  3  config     AppConfig: app, record types, syncs, workflows — validated in one pass (validate)
+//!  2  quota      key · limits · port · rules · usage · facade (windows, buckets, shares, waves)
 //!  1  core       clock · error · record
 //! ```
 //!
@@ -36,7 +36,8 @@
 //! - [`store`] — synced records, sync state (high-water marks, leases),
 //!   lookup claims, quarantine; the diff and lease rules.
 //! - [`handlers`] — what each function does with a job, through one
-//!   [`handlers::context::AppContext`].
+//!   [`handlers::context::AppContext`]; [`handlers::route::Router`] is the
+//!   one place a job kind finds its handler.
 //! - [`adapters`] — [`adapters::aws`] and [`adapters::sqlite`], I/O only.
 //! - [`edge`] — [`edge::lambda`], `edge::hosted` (Hosted GET's Function URL
 //!   edge), [`edge::cold_start`] (each function's first job, timed) and

@@ -22,8 +22,7 @@
 //! Token buckets are not shared (their level is not a count to split);
 //! the org's bucket still holds every call.
 
-use super::{Limits, QuotaKey};
-use crate::core::error::{Error, Result};
+use super::key::QuotaKey;
 use serde::{Deserialize, Serialize};
 
 /// The source kinds a share can be given to: the part of a call's source
@@ -84,129 +83,10 @@ pub(crate) fn share_key(key: &QuotaKey, part: Part, kind: &str) -> QuotaKey {
     QuotaKey::new(org, &key.app)
 }
 
-impl Limits {
-    /// Whether shares are configured (the org's budget alone otherwise).
-    pub fn has_shares(&self) -> bool {
-        !self.shares.is_empty()
-    }
-
-    /// The limits of `part` of `kind`'s share: each counting window scaled
-    /// as the module says, no bucket, no concurrency cap of its own (the
-    /// org's holds). None when the part does not exist (no reserve, no cap).
-    pub(crate) fn share_part(&self, part: Part, kind: &str) -> Option<Limits> {
-        let share = self.shares.get(kind).copied();
-        let reserve = |l: u32, s: Option<Share>| {
-            (u64::from(l) * u64::from(s.map_or(0, |s| s.reserve_percent)) / 100) as u32
-        };
-        let scale: Box<dyn Fn(u32) -> u32> = match part {
-            Part::Reserve => {
-                share.filter(|s| s.reserve_percent > 0)?;
-                Box::new(move |l| reserve(l, share))
-            }
-            Part::Pool => {
-                let shares: Vec<Share> = self.shares.values().copied().collect();
-                Box::new(move |l| {
-                    l - shares
-                        .iter()
-                        .map(|s| reserve(l, Some(*s)))
-                        .sum::<u32>()
-                        .min(l)
-                })
-            }
-            Part::Cap => {
-                share.filter(|s| s.cap_percent < 100)?;
-                Box::new(move |l| {
-                    let cap = (u64::from(l) * u64::from(share.map_or(100, |s| s.cap_percent)) / 100)
-                        as u32;
-                    cap.saturating_sub(reserve(l, share))
-                })
-            }
-        };
-        Some(Limits {
-            per_day: self.per_day.map(&scale),
-            per_hour: self.per_hour.map(&scale),
-            per_minute: self.per_minute.map(&scale),
-            windows: self
-                .windows
-                .iter()
-                .map(|w| super::WindowLimit {
-                    calls: scale(w.calls),
-                    ..w.clone()
-                })
-                .collect(),
-            buckets: Vec::new(),
-            app_wide: None,
-            shares: Default::default(),
-            max_concurrent: u32::MAX,
-            lease_ttl_secs: self.lease_ttl_secs,
-            concurrency_retry_secs: self.concurrency_retry_secs,
-        })
-    }
-
-    /// Refuses shares that could not work: an unknown kind, a reserve above
-    /// the cap, reserves that leave nothing to the others, and a part that
-    /// rounds to nothing in some window (a reserve of 20% of a minute of 3).
-    pub(crate) fn validate_shares(&self) -> Result<()> {
-        if self.shares.is_empty() {
-            return Ok(());
-        }
-        let bad = |m: String| Err(Error::Config(format!("limits.shares: {m}")));
-        let mut total = 0u32;
-        for (kind, s) in &self.shares {
-            if !SHARE_KINDS.contains(&kind.as_str()) {
-                return bad(format!(
-                    "`{kind}` is not a source kind; give one of {}",
-                    SHARE_KINDS.join(", ")
-                ));
-            }
-            if s.cap_percent == 0 || s.cap_percent > 100 || s.reserve_percent > s.cap_percent {
-                return bad(format!(
-                    "{kind}: reserve_percent = {} and cap_percent = {}; the cap is 1..=100 and at least the reserve",
-                    s.reserve_percent, s.cap_percent
-                ));
-            }
-            total += u32::from(s.reserve_percent);
-        }
-        if total >= 100 {
-            return bad(format!(
-                "the reserves add up to {total}%, leaving nothing that is not reserved; keep them under 100%"
-            ));
-        }
-        let counting: Vec<(super::WindowKind, u32)> = self
-            .windows()
-            .filter(|(k, _)| !matches!(k, super::WindowKind::Bucket(_)))
-            .collect();
-        if counting.is_empty() {
-            return bad(
-                "shares split counting windows (per_day, per_hour, per_minute, windows); these limits have only buckets".into(),
-            );
-        }
-        for kind in self.shares.keys() {
-            for part in [Part::Reserve, Part::Pool, Part::Cap] {
-                let Some(limits) = self.share_part(part, kind) else {
-                    continue;
-                };
-                for ((window, limit), (_, scaled)) in counting.iter().zip(limits.windows()) {
-                    if scaled == 0 {
-                        let what = match part {
-                            Part::Reserve => "its reserve",
-                            Part::Pool => "the part no kind reserved",
-                            Part::Cap => "what its cap leaves beyond its reserve",
-                        };
-                        return bad(format!(
-                            "{kind}: {what} is 0 calls of the {window} limit of {limit}; raise the percentages or drop this share"
-                        ));
-                    }
-                }
-            }
-        }
-        Ok(())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::quota::Limits;
 
     fn limits(toml_text: &str) -> Limits {
         let l: Limits = toml::from_str(toml_text).unwrap();

@@ -20,7 +20,8 @@
 //! `retry_at` (the moment one call fits), and repeat refusals answered
 //! from a process's memory keep the remembered `retry_at`.
 
-use super::{Limits, WindowKind, WindowLimit};
+use super::limits::{Limits, WindowKind};
+use super::window::WindowLimit;
 use crate::core::clock::Timestamp;
 use chrono::Duration;
 
