@@ -78,6 +78,41 @@ pub struct ListingCheckpoint {
     pub complete: bool,
 }
 
+impl ListingCheckpoint {
+    /// Fixes a recent lookup's window when it first runs: until now, since
+    /// the high-water mark less the overlap (or, before any run, one period
+    /// and the overlap back). Fixed once, so a restart resumes the same
+    /// window; the mark moves to `until` only when the window is done.
+    pub(crate) fn open_recent_window(
+        &mut self,
+        recent: &crate::config::sync::RecentSettings,
+        high_water: Option<Timestamp>,
+        now: Timestamp,
+    ) {
+        use crate::config::sync::chrono as dur;
+        self.until = Some(now);
+        self.since = Some(match high_water {
+            Some(hw) => hw - dur(recent.overlap),
+            None => now - dur(recent.every) - dur(recent.overlap),
+        });
+    }
+
+    /// Counts one committed page.
+    pub(crate) fn count_page(&mut self, stored: u64, changed: u64, quarantined: u64) {
+        self.pages += 1;
+        self.records += stored;
+        self.changed += changed;
+        self.quarantined += quarantined;
+    }
+
+    /// The probe found the API's own page size: page at it from now on.
+    pub(crate) fn learn_page_size(&mut self, size: u32) {
+        self.page_size = Some(size);
+        self.learned_page_size = true;
+        self.probe = None;
+    }
+}
+
 /// A digest of what a page served, to recognise the same page again.
 pub(crate) fn page_digest(page: &crate::connector::Page) -> String {
     let ids: Vec<&str> = page.records.iter().map(|r| r.id.as_str()).collect();
@@ -262,5 +297,38 @@ mod tests {
             matches!(advance(&mut cp, Some(cursor(9)), 0, "invoices"), Step::Stop(r) if r.contains("5 empty pages"))
         );
         assert_eq!(cp.cursor, None);
+    }
+
+    #[test]
+    fn a_recent_window_opens_from_the_mark_less_the_overlap_or_a_period_back() {
+        let recent: crate::config::sync::RecentSettings =
+            toml::from_str("every = \"1h\"\noverlap = \"5m\"").unwrap();
+        let now = chrono::Utc::now();
+        let mut cp = ListingCheckpoint::default();
+        cp.open_recent_window(&recent, Some(now - chrono::Duration::hours(3)), now);
+        assert_eq!(cp.until, Some(now));
+        assert_eq!(cp.since, Some(now - chrono::Duration::minutes(185)));
+        let mut first = ListingCheckpoint::default();
+        first.open_recent_window(&recent, None, now);
+        assert_eq!(first.since, Some(now - chrono::Duration::minutes(65)));
+    }
+
+    #[test]
+    fn a_page_is_counted_and_a_learned_size_ends_the_probe() {
+        let mut cp = ListingCheckpoint {
+            probe: Some(7),
+            ..Default::default()
+        };
+        cp.count_page(7, 2, 1);
+        cp.count_page(5, 0, 0);
+        assert_eq!(
+            (cp.pages, cp.records, cp.changed, cp.quarantined),
+            (2, 12, 2, 1)
+        );
+        cp.learn_page_size(7);
+        assert_eq!(
+            (cp.page_size, cp.learned_page_size, cp.probe),
+            (Some(7), true, None)
+        );
     }
 }

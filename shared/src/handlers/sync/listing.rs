@@ -10,7 +10,6 @@
 //! Calls are reserved in blocks (sized from the last run's page count) so
 //! the quota costs far less than one store round trip per call.
 
-use crate::config::sync::chrono as dur;
 use crate::connector::{CallError, ListRequest, Reservation};
 use crate::core::metrics::Counter;
 use crate::handlers::context::AppContext;
@@ -55,32 +54,7 @@ pub async fn run(svc: &AppContext, job: &JobEnvelope, ctx: &JobContext) -> Outco
         .await
     {
         Ok(true) => {}
-        Ok(false) => {
-            // A twin runs this sync. Its pages are its own, but lookups this
-            // run claimed and had not sent yet are claimed by this job alone:
-            // send them now, or nobody looks them up.
-            let mut pending = cp.pending_lookups.clone();
-            let handed_on: usize = pending.values().map(Vec::len).sum();
-            if handed_on > 0 {
-                if let Err(e) = enqueue_followups(
-                    svc,
-                    job,
-                    &payload.record_type,
-                    &[],
-                    &[],
-                    &mut pending,
-                    "handoff",
-                    true,
-                    false,
-                )
-                .await
-                {
-                    return Outcome::from_error(&e);
-                }
-            }
-            tracing::info!(%sync, handed_on, "another job holds this sync; dropping the duplicate after handing on its claimed lookups");
-            return Outcome::Done;
-        }
+        Ok(false) => return hand_on_lookups(svc, job, &payload.record_type, &sync, &cp).await,
         Err(e) => return Outcome::from_error(&e),
     }
     if cp.complete {
@@ -104,11 +78,7 @@ pub async fn run(svc: &AppContext, job: &JobEnvelope, ctx: &JobContext) -> Outco
                 payload.record_type, payload.record_type
             ));
         };
-        cp.until = Some(now);
-        cp.since = Some(match state.high_water {
-            Some(hw) => hw - dur(recent.overlap),
-            None => now - dur(recent.every) - dur(recent.overlap),
-        });
+        cp.open_recent_window(recent, state.high_water, now);
     }
     let metered = match svc.metered(&job.org, &sync) {
         Ok(m) => m,
@@ -242,15 +212,10 @@ pub async fn run(svc: &AppContext, job: &JobEnvelope, ctx: &JobContext) -> Outco
             diff.changes.len() as u64,
         );
         cp.pending_lookups = pending;
-        cp.pages += 1;
         pages_here += 1;
-        cp.records += records.len() as u64;
-        cp.changed += diff.changes.len() as u64;
-        cp.quarantined += quarantined;
+        cp.count_page(records.len() as u64, diff.changes.len() as u64, quarantined);
         if let Some(short) = learned {
-            cp.page_size = Some(short);
-            cp.learned_page_size = true;
-            cp.probe = None;
+            cp.learn_page_size(short);
             tracing::warn!(
                 sync = %sync,
                 api_page_size = short,
@@ -287,30 +252,68 @@ pub async fn run(svc: &AppContext, job: &JobEnvelope, ctx: &JobContext) -> Outco
             tracing::warn!(error = %e, "could not give back the unused reservation; it frees when its lease expires");
         }
     }
-    let now = svc.clock.now();
-    match &outcome {
-        Outcome::Done => return record_completion(svc, &sync, job, &cp).await,
-        Outcome::Restart(r) => {
-            // Keep the lease through the wait so the scheduler does not start a twin.
-            let _ = svc
-                .store
-                .take_sync_lease(&key, &sync, &job.id, now, r.at + svc.sync_lease, false)
-                .await;
-        }
-        Outcome::Transient { .. } => {
-            // Through the longest backoff: no twin starts meanwhile.
-            let until = now + chrono::Duration::seconds(900) + svc.sync_lease;
-            let _ = svc
-                .store
-                .take_sync_lease(&key, &sync, &job.id, now, until, false)
-                .await;
-        }
-        // A failed run frees its lease and records the failure in
-        // `JobHandler::gave_up`, which the runtime calls for every way a job
-        // is given up on.
-        Outcome::Fail(_) => {}
+    if matches!(outcome, Outcome::Done) {
+        return record_completion(svc, &sync, job, &cp).await;
     }
+    hold_lease_through(svc, &key, &sync, job, &outcome).await;
     outcome
+}
+
+/// A twin runs this sync. Its pages are its own, but lookups this run
+/// claimed and had not sent yet are claimed by this job alone: send them
+/// now, or nobody looks them up; then drop this duplicate.
+async fn hand_on_lookups(
+    svc: &AppContext,
+    job: &JobEnvelope,
+    record_type: &str,
+    sync: &str,
+    cp: &ListingCheckpoint,
+) -> Outcome {
+    let mut pending = cp.pending_lookups.clone();
+    let handed_on: usize = pending.values().map(Vec::len).sum();
+    if handed_on > 0 {
+        if let Err(e) = enqueue_followups(
+            svc,
+            job,
+            record_type,
+            &[],
+            &[],
+            &mut pending,
+            "handoff",
+            true,
+            false,
+        )
+        .await
+        {
+            return Outcome::from_error(&e);
+        }
+    }
+    tracing::info!(%sync, handed_on, "another job holds this sync; dropping the duplicate after handing on its claimed lookups");
+    Outcome::Done
+}
+
+/// Keeps the sync's lease through a restart's wait (or the longest
+/// backoff of a transient failure), so the scheduler does not start a twin
+/// meanwhile. A failed run frees its lease and records the failure in
+/// `JobHandler::gave_up`, which the runtime calls for every way a job is
+/// given up on.
+async fn hold_lease_through(
+    svc: &AppContext,
+    key: &crate::quota::QuotaKey,
+    sync: &str,
+    job: &JobEnvelope,
+    outcome: &Outcome,
+) {
+    let now = svc.clock.now();
+    let until = match outcome {
+        Outcome::Restart(r) => r.at + svc.sync_lease,
+        Outcome::Transient { .. } => now + chrono::Duration::seconds(900) + svc.sync_lease,
+        Outcome::Done | Outcome::Fail(_) => return,
+    };
+    let _ = svc
+        .store
+        .take_sync_lease(key, sync, &job.id, now, until, false)
+        .await;
 }
 
 /// Records a run whose every page is stored as complete (and frees its
