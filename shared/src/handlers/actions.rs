@@ -9,9 +9,10 @@
 //! twice: metered chooses "at least once, deduplicated by key" over "at most
 //! once", which could lose an action.
 
-use crate::connector::SendRequest;
+use crate::connector::{CallError, Metered, SendRequest};
 use crate::core::metrics::Counter;
 use crate::handlers::context::AppContext;
+use crate::handlers::flow::{fail, settled, Flow, Settle};
 use crate::handlers::payload::{HttpActionPayload, PushJob};
 use crate::handlers::IntoOutcome;
 use crate::jobs::envelope::{JobEnvelope, JobKind, Outcome};
@@ -46,111 +47,132 @@ impl JobHandler for ActionHandlers {
     }
 
     async fn handle(&self, job: &JobEnvelope, ctx: &JobContext) -> Outcome {
-        let (workflow, request) = match job.kind {
-            JobKind::ActionHttp => {
-                match serde_json::from_value::<HttpActionPayload>(job.payload.clone()) {
-                    Ok(p) => (
-                        p.workflow,
-                        SendRequest {
-                            method: p.method,
-                            path: p.path,
-                            body: p.body,
-                            idempotency_key: Some(job.idempotency_key.clone()),
-                        },
-                    ),
-                    Err(e) => return Outcome::Fail(format!("bad `action-http` payload: {e}")),
-                }
+        settled(self.act(job, ctx).await)
+    }
+}
+
+/// What an action job does.
+enum Action {
+    /// Flush a Data Source's outbox (`handlers::datasource`).
+    Flush(crate::handlers::payload::FlushPayload),
+    /// One API call, metered under the workflow that asked for it.
+    Call {
+        workflow: String,
+        request: SendRequest,
+    },
+}
+
+impl ActionHandlers {
+    /// [`JobHandler::handle`], written with `?`.
+    async fn act(&self, job: &JobEnvelope, ctx: &JobContext) -> Flow<Outcome> {
+        let (workflow, request) = match self.action(job)? {
+            Action::Flush(p) => {
+                return Ok(crate::handlers::datasource::flush(&self.svc, job, ctx, p).await)
             }
-            JobKind::ActionDatasourcePush => match PushJob::of(job) {
-                Ok(PushJob::Flush(p)) => {
-                    return crate::handlers::datasource::flush(&self.svc, job, ctx, p).await
-                }
-                Ok(PushJob::Legacy(p)) => {
-                    let shape = &self.svc.config.app.datasource_push;
-                    (
-                        p.workflow,
-                        SendRequest {
-                            method: shape.method.clone(),
-                            path: shape.path_for(&p.datasource),
-                            body: Some(shape.body(p.inserts, p.deletes)),
-                            idempotency_key: Some(job.idempotency_key.clone()),
-                        },
-                    )
-                }
-                Err(e) => return Outcome::Fail(e),
-            },
-            other => return Outcome::Fail(format!("`{other}` is not an action job")),
+            Action::Call { workflow, request } => (workflow, request),
         };
+        self.begin(job, ctx).await?;
+        let metered = self
+            .svc
+            .metered(&job.org, &format!("workflow:{workflow}"))
+            .or_else(fail)?;
+        let outcome = self.call(job, &metered, &request).await;
+        if let Err(e) = self.svc.quota.flush_usage().await {
+            tracing::warn!(error = %e, "usage flush failed; kept for the next flush");
+        }
+        Ok(outcome)
+    }
+
+    /// What the job's payload asks for, or why it cannot be read.
+    fn action(&self, job: &JobEnvelope) -> Flow<Action> {
+        let idempotency_key = Some(job.idempotency_key.clone());
+        match job.kind {
+            JobKind::ActionHttp => {
+                let p = serde_json::from_value::<HttpActionPayload>(job.payload.clone())
+                    .or_else(|e| fail(format!("bad `action-http` payload: {e}")))?;
+                let request = SendRequest {
+                    method: p.method,
+                    path: p.path,
+                    body: p.body,
+                    idempotency_key,
+                };
+                Ok(Action::Call {
+                    workflow: p.workflow,
+                    request,
+                })
+            }
+            JobKind::ActionDatasourcePush => match PushJob::of(job).or_else(fail)? {
+                PushJob::Flush(p) => Ok(Action::Flush(p)),
+                PushJob::Legacy(p) => {
+                    let shape = &self.svc.config.app.datasource_push;
+                    let request = SendRequest {
+                        method: shape.method.clone(),
+                        path: shape.path_for(&p.datasource),
+                        body: Some(shape.body(p.inserts, p.deletes)),
+                        idempotency_key,
+                    };
+                    Ok(Action::Call {
+                        workflow: p.workflow,
+                        request,
+                    })
+                }
+            },
+            other => fail(format!("`{other}` is not an action job")),
+        }
+    }
+
+    /// Takes the action's idempotency key in the ledger, or ends the job:
+    /// done already, or another delivery holds the key. The key is held
+    /// until this invocation ends: a duplicate delivery (or a second
+    /// trigger of the same version) waits instead of calling beside it.
+    async fn begin(&self, job: &JobEnvelope, ctx: &JobContext) -> Flow<()> {
         let now = self.svc.clock.now();
-        let scope = job.quota_key();
-        // The key is held until this invocation ends: a duplicate delivery
-        // (or a second trigger of the same version) waits instead of
-        // calling beside it.
         let until = ctx
             .claim_until()
             .unwrap_or(now + chrono::Duration::minutes(5));
-        match self
-            .ledger
-            .begin_action(&scope, &job.idempotency_key, now, until)
-            .await
-        {
-            Ok(ActionBegin::Done) => {
-                tracing::info!(key = %job.idempotency_key, "action already performed; skipping");
-                return Outcome::Done;
+        let key = &job.idempotency_key;
+        match self.ledger.begin_action(&job.quota_key(), key, now, until).await.or_end()? {
+            ActionBegin::Done => {
+                tracing::info!(%key, "action already performed; skipping");
+                Err(Outcome::Done)
             }
-            Ok(ActionBegin::InProgress(until)) => {
-                return Outcome::wait(
-                    until,
-                    "another delivery of this action holds its Idempotency-Key (it may be calling the API now)",
-                    None,
-                );
+            ActionBegin::InProgress(until) => Err(Outcome::wait(
+                until,
+                "another delivery of this action holds its Idempotency-Key (it may be calling the API now)",
+                None,
+            )),
+            ActionBegin::Again => {
+                tracing::warn!(%key, "action attempted before; calling again with the same Idempotency-Key");
+                Ok(())
             }
-            Ok(ActionBegin::Again) => {
-                tracing::warn!(key = %job.idempotency_key, "action attempted before; calling again with the same Idempotency-Key")
-            }
-            Ok(ActionBegin::New) => {}
-            Err(e) => return Outcome::from_error(&e),
+            ActionBegin::New => Ok(()),
         }
-        let metered = match self.svc.metered(&job.org, &format!("workflow:{workflow}")) {
-            Ok(m) => m,
-            Err(e) => return Outcome::Fail(e.to_string()),
-        };
-        let outcome = match metered.send(&request).await {
-            Ok(_) => match self
-                .ledger
-                .finish_action(&scope, &job.idempotency_key, self.svc.clock.now())
-                .await
-            {
-                Ok(()) => {
-                    self.svc
-                        .metrics
-                        .add(&job.app, &job.org, Counter::ActionsPerformed, 1);
-                    Outcome::Done
+    }
+
+    /// Makes the call and marks the key done. A call refused before the
+    /// API acted frees the key for the retry; a call that happened and
+    /// could not be marked is repeated by the redelivery under the same key.
+    async fn call(&self, job: &JobEnvelope, metered: &Metered, request: &SendRequest) -> Outcome {
+        let scope = job.quota_key();
+        let key = &job.idempotency_key;
+        match metered.send(request).await {
+            Ok(_) => {
+                let now = self.svc.clock.now();
+                if let Err(e) = self.ledger.finish_action(&scope, key, now).await {
+                    return Outcome::from_error(&e);
                 }
-                // The call happened; a redelivery repeats it under the same key.
-                Err(e) => Outcome::from_error(&e),
-            },
+                let performed = Counter::ActionsPerformed;
+                self.svc.metrics.add(&job.app, &job.org, performed, 1);
+                Outcome::Done
+            }
             Err(e) => {
-                // Refused before the API acted: the key is free for the retry.
-                if matches!(
-                    e,
-                    crate::connector::CallError::Denied(_)
-                        | crate::connector::CallError::Unauthorized { .. }
-                ) {
-                    if let Err(err) = self
-                        .ledger
-                        .abandon_action(&scope, &job.idempotency_key)
-                        .await
-                    {
+                if matches!(e, CallError::Denied(_) | CallError::Unauthorized { .. }) {
+                    if let Err(err) = self.ledger.abandon_action(&scope, key).await {
                         tracing::warn!(error = %err, "could not reset the action ledger");
                     }
                 }
                 e.into_outcome(None)
             }
-        };
-        if let Err(e) = self.svc.quota.flush_usage().await {
-            tracing::warn!(error = %e, "usage flush failed; kept for the next flush");
         }
-        outcome
     }
 }

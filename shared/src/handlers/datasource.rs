@@ -24,7 +24,9 @@ use crate::handlers::payload::FlushPayload;
 use crate::handlers::IntoOutcome;
 use crate::jobs::envelope::{JobEnvelope, JobKind, Outcome};
 use crate::jobs::runtime::{delay_secs, JobContext};
-use crate::store::outbox::{after_acceptance, after_refusal, cut_chunk, Refusal};
+use crate::store::outbox::{
+    after_acceptance, after_refusal, cut_chunk, Chunk, OutboxState, Refusal,
+};
 use crate::store::SyncFinish;
 
 /// A flush that finds another holding the outbox comes back this much later.
@@ -188,118 +190,171 @@ async fn send_chunks(
     ctx: &JobContext,
     ds: &DataSource,
 ) -> Result<Outcome> {
-    let key = svc.key(&job.org);
+    let flush = Flush {
+        svc,
+        job,
+        key: svc.key(&job.org),
+        ds,
+    };
     let metered = svc.metered(&job.org, &push_source(&ds.name))?;
-    let shape = &svc.config.app.datasource_push;
-    let max = ds.max_rows_per_call;
     let mut sent = 0u32;
     loop {
         let now = svc.clock.now();
         if sent > 0 && ctx.near_deadline(now, svc.deadline_margin) {
-            // The outbox holds where the flush is; the checkpoint counts
-            // the chunks sent, so the restart shows it moved on.
-            let before = job
-                .checkpoint
-                .as_ref()
-                .and_then(|c| c["chunks_sent"].as_u64())
-                .unwrap_or(0);
-            return Ok(Outcome::resume(
-                now,
-                "near the Lambda deadline",
-                Some(serde_json::json!({ "chunks_sent": before + u64::from(sent) })),
-            ));
+            return Ok(flush.resume(now, sent));
         }
-        let state = svc.store.outbox_state(&key, &ds.name).await?;
+        let mut state = svc.store.outbox_state(&flush.key, &ds.name).await?;
+        let chunk = match flush.next_chunk(&mut state, now).await? {
+            Taken::Chunk(chunk) => chunk,
+            Taken::Nothing => return Ok(Outcome::Done),
+            Taken::Raced => continue,
+        };
+        match metered.send(&flush.request(&chunk)).await {
+            Ok(_) => flush.accepted(&state, &chunk).await?,
+            Err(CallError::Rejected(reason)) => flush.refused(&chunk, &reason).await?,
+            Err(e) => return flush.held_back(e).await,
+        }
+        sent += 1;
+    }
+}
+
+/// One flush of one Data Source for one org, holding its outbox's lease.
+struct Flush<'a> {
+    svc: &'a AppContext,
+    job: &'a JobEnvelope,
+    key: crate::quota::QuotaKey,
+    ds: &'a DataSource,
+}
+
+/// What the outbox gives a flush to send next.
+enum Taken {
+    /// This chunk (in flight already, or begun now).
+    Chunk(Chunk),
+    /// Less than a full call waits and no timed flush is due: done.
+    Nothing,
+    /// Another writer moved the outbox between the read and the begin:
+    /// read it again.
+    Raced,
+}
+
+impl Flush<'_> {
+    /// Stops near the deadline. The outbox holds where the flush is; the
+    /// checkpoint counts the chunks sent, so the restart shows it moved on.
+    fn resume(&self, now: crate::core::clock::Timestamp, sent: u32) -> Outcome {
+        let before = self
+            .job
+            .checkpoint
+            .as_ref()
+            .and_then(|c| c["chunks_sent"].as_u64())
+            .unwrap_or(0);
+        let checkpoint = serde_json::json!({ "chunks_sent": before + u64::from(sent) });
+        Outcome::resume(now, "near the Lambda deadline", Some(checkpoint))
+    }
+
+    /// The chunk to send: the one in flight (fixed before a crash, denial
+    /// or failure: the same rows under the same key, before anything
+    /// else), else a new one of the pending rows when a full call's worth
+    /// waits or the timed flush is due.
+    async fn next_chunk(
+        &self,
+        state: &mut OutboxState,
+        now: crate::core::clock::Timestamp,
+    ) -> Result<Taken> {
+        let (svc, key, name) = (self.svc, &self.key, &self.ds.name);
+        if let Some(chunk) = state.inflight.take() {
+            return Ok(Taken::Chunk(chunk));
+        }
         let timer_due = state.flush_due.filter(|d| *d <= now);
-        let chunk = match state.inflight {
-            // Fixed before a crash, denial or failure: the same rows under
-            // the same key, before anything else.
-            Some(chunk) => chunk,
-            None => {
-                // While a refused chunk is being split, smaller chunks.
-                let take = state.probe.as_ref().map_or(max, |p| p.rows.clamp(1, max));
-                let pending = svc.store.pending_rows(&key, &ds.name, take).await?;
-                let fetched = pending.len();
-                let rows = cut_chunk(pending, take as usize);
-                let full = rows.len() == take as usize || rows.len() < fetched;
-                if rows.is_empty() || !(full || timer_due.is_some()) {
-                    if let Some(due) = timer_due {
-                        svc.store.clear_flush_due(&key, &ds.name, due).await?;
-                    }
-                    return Ok(Outcome::Done);
-                }
-                match svc.store.begin_chunk(&key, &ds.name, &rows).await? {
-                    Some(chunk) => chunk,
-                    None => continue,
-                }
+        let max = self.ds.max_rows_per_call;
+        // While a refused chunk is being split, smaller chunks.
+        let take = state.probe.as_ref().map_or(max, |p| p.rows.clamp(1, max));
+        let pending = svc.store.pending_rows(key, name, take).await?;
+        let fetched = pending.len();
+        let rows = cut_chunk(pending, take as usize);
+        let full = rows.len() == take as usize || rows.len() < fetched;
+        if rows.is_empty() || !(full || timer_due.is_some()) {
+            if let Some(due) = timer_due {
+                svc.store.clear_flush_due(key, name, due).await?;
             }
-        };
-        let request = SendRequest {
+            return Ok(Taken::Nothing);
+        }
+        Ok(match svc.store.begin_chunk(key, name, &rows).await? {
+            Some(chunk) => Taken::Chunk(chunk),
+            None => Taken::Raced,
+        })
+    }
+
+    /// The push call for `chunk`: inserts and deletes in one call, under
+    /// the chunk's own idempotency key.
+    fn request(&self, chunk: &Chunk) -> SendRequest {
+        let shape = &self.svc.config.app.datasource_push;
+        let seq = chunk.seq.to_string();
+        let idempotency_key =
+            crate::jobs::ledger::idempotency_key(&self.key, "push", &[&self.ds.name, &seq]);
+        SendRequest {
             method: shape.method.clone(),
-            path: shape.path_for(&ds.name),
+            path: shape.path_for(&self.ds.name),
             body: Some(shape.body(chunk.inserts(), chunk.deletes())),
-            idempotency_key: Some(crate::jobs::ledger::idempotency_key(
-                &key,
-                "push",
-                &[&ds.name, &chunk.seq.to_string()],
-            )),
-        };
-        match metered.send(&request).await {
-            Ok(_) => {
-                svc.store
-                    .ack_chunk(&key, &ds.name, &chunk, svc.clock.now())
-                    .await?;
-                svc.metrics.add(&job.app, &job.org, Counter::PushesSent, 1);
-                svc.metrics.add(
-                    &job.app,
-                    &job.org,
-                    Counter::RowsPushed,
-                    chunk.rows.len() as u64,
-                );
-                tracing::info!(datasource = %ds.name, seq = chunk.seq, rows = chunk.rows.len(), "Data Source push accepted");
-                if let (Some(probe), Some(last)) = (&state.probe, chunk.rows.last()) {
-                    let next = after_acceptance(Some(probe.clone()), &last.id);
-                    if next.as_ref() != Some(probe) {
-                        svc.store.set_probe(&key, &ds.name, next.as_ref()).await?;
-                    }
-                }
-                sent += 1;
-            }
-            Err(CallError::Rejected(reason)) => {
-                // Refused for its content: never re-sent as it was. Halved
-                // until the refused row stands alone, which is set aside
-                // with the API's reason; the rest go on in this flush.
-                let refusal = after_refusal(&chunk.rows, &reason);
-                if let Refusal::SetAside { .. } = &refusal {
-                    let ids: Vec<&str> = chunk.rows.iter().map(|r| r.id.as_str()).collect();
-                    tracing::warn!(datasource = %ds.name, org = %job.org, rows = ?ids, %reason, "Data Source row refused by the API; set aside (metered outbox)");
-                    svc.metrics.add(
-                        &job.app,
-                        &job.org,
-                        Counter::RowsRefused,
-                        chunk.rows.len() as u64,
-                    );
-                } else {
-                    tracing::info!(datasource = %ds.name, rows = chunk.rows.len(), %reason, "Data Source chunk refused; splitting it to find the row");
-                }
-                svc.store
-                    .refuse_chunk(&key, &ds.name, &chunk, &refusal, svc.clock.now())
-                    .await?;
-                sent += 1;
-            }
-            Err(e) => {
-                let back_at = match &e {
-                    CallError::Denied(d) => Some(d.retry_at),
-                    CallError::Unauthorized { retry_at, .. } => Some(*retry_at),
-                    _ => None,
-                };
-                if let Some(at) = back_at {
-                    // The chunk stays in flight; the timed mark moves to
-                    // when capacity returns so it is not taken for lost.
-                    svc.store.mark_flush_due(&key, &ds.name, at, at).await?;
-                }
-                return Ok(e.into_outcome(None));
+            idempotency_key: Some(idempotency_key),
+        }
+    }
+
+    /// The API took the chunk: its rows leave the outbox, and a search for
+    /// a refused row moves past them.
+    async fn accepted(&self, state: &OutboxState, chunk: &Chunk) -> Result<()> {
+        let (svc, job, name) = (self.svc, self.job, &self.ds.name);
+        svc.store
+            .ack_chunk(&self.key, name, chunk, svc.clock.now())
+            .await?;
+        let rows = chunk.rows.len() as u64;
+        svc.metrics.add(&job.app, &job.org, Counter::PushesSent, 1);
+        svc.metrics
+            .add(&job.app, &job.org, Counter::RowsPushed, rows);
+        tracing::info!(datasource = %name, seq = chunk.seq, rows, "Data Source push accepted");
+        if let (Some(probe), Some(last)) = (&state.probe, chunk.rows.last()) {
+            let next = after_acceptance(Some(probe.clone()), &last.id);
+            if next.as_ref() != Some(probe) {
+                svc.store.set_probe(&self.key, name, next.as_ref()).await?;
             }
         }
+        Ok(())
+    }
+
+    /// The API refused the chunk for its content: never re-sent as it was.
+    /// Halved until the refused row stands alone, which is set aside with
+    /// the API's reason; the rest go on in this flush.
+    async fn refused(&self, chunk: &Chunk, reason: &str) -> Result<()> {
+        let (svc, job, name) = (self.svc, self.job, &self.ds.name);
+        let refusal = after_refusal(&chunk.rows, reason);
+        let rows = chunk.rows.len() as u64;
+        if let Refusal::SetAside { .. } = &refusal {
+            let ids: Vec<&str> = chunk.rows.iter().map(|r| r.id.as_str()).collect();
+            tracing::warn!(datasource = %name, org = %job.org, rows = ?ids, %reason, "Data Source row refused by the API; set aside (metered outbox)");
+            svc.metrics
+                .add(&job.app, &job.org, Counter::RowsRefused, rows);
+        } else {
+            tracing::info!(datasource = %name, rows, %reason, "Data Source chunk refused; splitting it to find the row");
+        }
+        svc.store
+            .refuse_chunk(&self.key, name, chunk, &refusal, svc.clock.now())
+            .await
+    }
+
+    /// The call did not reach the API's answer (a denial, a wait, a
+    /// failure): the chunk stays in flight. After a denial the timed mark
+    /// moves to when capacity returns, so it is not taken for lost.
+    async fn held_back(&self, e: CallError) -> Result<Outcome> {
+        let back_at = match &e {
+            CallError::Denied(d) => Some(d.retry_at),
+            CallError::Unauthorized { retry_at, .. } => Some(*retry_at),
+            _ => None,
+        };
+        if let Some(at) = back_at {
+            self.svc
+                .store
+                .mark_flush_due(&self.key, &self.ds.name, at, at)
+                .await?;
+        }
+        Ok(e.into_outcome(None))
     }
 }

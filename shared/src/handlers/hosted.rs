@@ -260,76 +260,17 @@ impl HostedService {
     }
 
     async fn try_handle(&self, req: &HostedRequest) -> Result<HostedResponse> {
-        let Some(name) = req
-            .path
-            .strip_prefix("/datasources/")
-            .and_then(|rest| rest.strip_suffix("/rows"))
-            .filter(|n| !n.is_empty() && !n.contains('/'))
-        else {
-            return Ok(HostedResponse::error(
-                404,
-                "no such route; use GET /datasources/{name}/rows",
-            ));
-        };
-        if !req.method.eq_ignore_ascii_case("GET") {
-            let mut r =
-                HostedResponse::error(405, format!("{} is not allowed; use GET", req.method));
-            r.headers.push(("allow", "GET".into()));
-            return Ok(r);
-        }
-        let Some(ds) = self.served.get(name) else {
-            return Ok(HostedResponse::error(
-                404,
-                format!("no hosted Data Source `{name}`"),
-            ));
-        };
-        // 1. Who is calling.
-        let claims = match self.authenticate(ds, req.authorization.as_deref()) {
-            Ok(c) => c,
-            Err(why) => return Ok(HostedResponse::error(401, why)),
-        };
-        let org = claims["org"].as_str().unwrap_or_default().to_string();
-        let sub = claims["sub"].as_str().unwrap_or_default().to_string();
-        // Query parameters, each named when wrong.
-        let mut page_size = DEFAULT_PAGE_SIZE.min(ds.max_page_size);
-        let mut page_token: Option<String> = None;
-        for (k, v) in form_urlencoded(req.query.as_deref().unwrap_or("")) {
-            match k.as_str() {
-                "page_size" => match v.parse::<u32>() {
-                    Ok(n) if (1..=ds.max_page_size).contains(&n) => page_size = n,
-                    _ => {
-                        return Ok(HostedResponse::error(
-                            400,
-                            format!(
-                                "page_size: expected a whole number from 1 to {}, got {v:?}",
-                                ds.max_page_size
-                            ),
-                        ))
-                    }
-                },
-                "page_token" if !v.is_empty() => page_token = Some(v),
-                "page_token" => {}
-                other => {
-                    return Ok(HostedResponse::error(
-                        400,
-                        format!("{other}: unknown query parameter; use page_size and page_token"),
-                    ))
-                }
-            }
-        }
-        let who = who_hash(name, &org, &claims, page_size);
-        let after = match &page_token {
-            None => None,
-            Some(t) => match self.open_page_token(ds, t, name, &org, &sub, &who) {
-                Ok(after) => Some(after),
-                Err(why) => return Ok(HostedResponse::error(400, format!("page_token: {why}"))),
-            },
+        let asked = match self.ask(req) {
+            Ok(asked) => asked,
+            Err(refusal) => return Ok(refusal),
         };
         // 3. The version before the rows (see `HostedRows::rows_version`):
         // of the parts the user's claim names when the rows are indexed by
         // it, else of the whole Data Source.
-        let key = QuotaKey::new(&org, &self.app);
-        let (version, source) = self.version_and_source(ds, name, &key, &claims).await?;
+        let key = QuotaKey::new(&asked.org, &self.app);
+        let (version, source) = self
+            .version_and_source(asked.ds, asked.name, &key, &asked.claims)
+            .await?;
         // The ETag is `"v{version}-{who}-{content}"`: who asks (their
         // identifying claims and the page token) and a hash of the page they
         // get. Nothing written since (same version, same caller): 304
@@ -338,102 +279,150 @@ impl HostedService {
         // customer's change does not re-download every other user's rows.
         let who_tag = {
             let mut h = Sha256::new();
-            h.update(who.as_bytes());
-            h.update(page_token.as_deref().unwrap_or("").as_bytes());
+            h.update(asked.who.as_bytes());
+            h.update(asked.page_token.as_deref().unwrap_or("").as_bytes());
             hex(&h.finalize())[..16].to_string()
         };
         let client_tags = etags(req.if_none_match.as_deref());
-        if let Some(tag) = client_tags.iter().find(|t| match t {
-            ClientTag::Any => true,
-            ClientTag::Ours {
-                version: v, who, ..
-            } => *v == version && *who == who_tag,
-        }) {
-            let etag = match tag {
-                ClientTag::Ours {
-                    version,
-                    who,
-                    content,
-                } => format!("\"v{version}-{who}-{content}\""),
-                ClientTag::Any => format!("\"v{version}-{who_tag}-0\""),
-            };
+        if let Some(etag) = unchanged_since(&client_tags, &version, &who_tag) {
             return Ok(not_modified(etag));
         }
         // 2 and 4: the user's rows after the cursor.
-        // One CEL context per request (building one is costly): `user`
-        // once, `row` rebound per row.
-        let mut filter = RowFilter::new(ds.filter.as_ref(), Value::Object(claims));
-        let mut rows = Vec::new();
-        // The page's content hash (the ETag's last part), fed as each row
-        // is taken: every row is serialized once, for its size and here.
-        let mut content = Sha256::new();
-        let mut bytes = 0usize;
-        let mut read = 0usize;
-        let mut cursor = after;
-        let mut at_end = false;
-        let mut cut_short: Option<&str> = None;
-        'rounds: for round in 0.. {
-            if round == MAX_ROUNDS || read >= MAX_ROWS_READ {
-                cut_short = Some("rows_read");
-                break;
-            }
-            let want = (page_size as usize).min(MAX_ROWS_READ - read);
-            let (batch, short, examined) = self
-                .read_batch(&source, &key, name, cursor.as_deref(), want as u32)
-                .await?;
-            read += examined;
-            for row in batch {
-                if let RowChange::Insert(value) = &row.change {
-                    if filter.keeps(value) {
-                        let json = value.to_string();
-                        if !rows.is_empty() && bytes + json.len() + 1 > MAX_RESPONSE_BYTES {
-                            // This row opens the next page.
-                            cut_short = Some("bytes");
-                            break 'rounds;
-                        }
-                        bytes += json.len() + 1;
-                        content.update(json.as_bytes());
-                        content.update(b"\n");
-                        rows.push(value.clone());
-                    }
-                }
-                cursor = Some(row.id);
-                if rows.len() == page_size as usize {
-                    break 'rounds;
-                }
-            }
-            if short {
-                at_end = true;
-                break;
-            }
-        }
+        let page = self.read_rows(&asked, &source, &key).await?;
         // A full page exactly at the end costs the caller one empty page:
         // cheaper than reading one row ahead on every page.
-        let next = match (&cursor, at_end) {
-            (Some(last), false) => Some(self.page_token(ds, name, &org, &sub, &who, last)?),
+        let next = match (&page.cursor, page.at_end) {
+            (Some(last), false) => Some(self.page_token(&asked, last)?),
             _ => None,
         };
-        // A page is full unless it is the last, or a bound cut it short:
-        // then `cut_short` says which ("rows_read": the filter kept few of
-        // the rows one request may read; "bytes": the response size cap).
-        let content_tag = {
-            content.update(cursor.as_deref().unwrap_or("").as_bytes());
-            content.update([u8::from(at_end)]);
-            hex(&content.finalize())[..16].to_string()
-        };
+        let content_tag = page.content_tag();
         let etag = format!("\"v{version}-{who_tag}-{content_tag}\"");
         if client_tags.iter().any(|t| {
             matches!(t, ClientTag::Ours { who, content, .. } if *who == who_tag && *content == content_tag)
         }) {
             return Ok(not_modified(etag));
         }
-        let mut page = serde_json::json!({ "rows": rows, "next_page_token": next });
-        if let (Some(why), Some(_)) = (cut_short, &next) {
-            page["cut_short"] = why.into();
+        let mut body = serde_json::json!({ "rows": page.rows, "next_page_token": next });
+        // A page is full unless it is the last, or a bound cut it short:
+        // then `cut_short` says which ("rows_read": the filter kept few of
+        // the rows one request may read; "bytes": the response size cap).
+        if let (Some(why), Some(_)) = (page.cut_short, &next) {
+            body["cut_short"] = why.into();
         }
-        let mut r = HostedResponse::json(200, &page);
+        let mut r = HostedResponse::json(200, &body);
         r.headers.push(("etag", etag));
         Ok(r)
+    }
+
+    /// Reads and checks a request — the route, the method, the Data
+    /// Source, who is calling (1), the query and the page token — or the
+    /// answer that refuses it, naming what was wrong.
+    fn ask<'a>(&'a self, req: &HostedRequest) -> std::result::Result<Asked<'a>, HostedResponse> {
+        let Some(asked_name) = req
+            .path
+            .strip_prefix("/datasources/")
+            .and_then(|rest| rest.strip_suffix("/rows"))
+            .filter(|n| !n.is_empty() && !n.contains('/'))
+        else {
+            let route = "no such route; use GET /datasources/{name}/rows";
+            return Err(HostedResponse::error(404, route));
+        };
+        if !req.method.eq_ignore_ascii_case("GET") {
+            return Err(method_not_allowed(&req.method));
+        }
+        let Some((name, ds)) = self.served.get_key_value(asked_name) else {
+            let missing = format!("no hosted Data Source `{asked_name}`");
+            return Err(HostedResponse::error(404, missing));
+        };
+        let claims = self
+            .authenticate(ds, req.authorization.as_deref())
+            .map_err(|why| HostedResponse::error(401, why))?;
+        let (page_size, page_token) = page_query(req.query.as_deref(), ds.max_page_size)
+            .map_err(|why| HostedResponse::error(400, why))?;
+        let org = claims["org"].as_str().unwrap_or_default().to_string();
+        let sub = claims["sub"].as_str().unwrap_or_default().to_string();
+        let who = who_hash(name, &org, &claims, page_size);
+        let mut asked = Asked {
+            name,
+            ds,
+            claims,
+            org,
+            sub,
+            who,
+            page_size,
+            page_token,
+            after: None,
+        };
+        if let Some(t) = &asked.page_token {
+            let after = self
+                .open_page_token(&asked, t)
+                .map_err(|why| HostedResponse::error(400, format!("page_token: {why}")))?;
+            asked.after = Some(after);
+        }
+        Ok(asked)
+    }
+
+    /// The caller's rows after the page token's cursor, up to a page, in
+    /// rounds of reads bounded by [`MAX_ROUNDS`], [`MAX_ROWS_READ`] and
+    /// [`MAX_RESPONSE_BYTES`].
+    async fn read_rows(
+        &self,
+        asked: &Asked<'_>,
+        source: &Source,
+        key: &QuotaKey,
+    ) -> Result<PageRows> {
+        // One CEL context per request (building one is costly): `user`
+        // once, `row` rebound per row.
+        let mut filter = RowFilter::new(
+            asked.ds.filter.as_ref(),
+            Value::Object(asked.claims.clone()),
+        );
+        let page_size = asked.page_size as usize;
+        let mut page = PageRows {
+            rows: Vec::new(),
+            content: Sha256::new(),
+            cursor: asked.after.clone(),
+            at_end: false,
+            cut_short: None,
+        };
+        let (mut bytes, mut read) = (0usize, 0usize);
+        'rounds: for round in 0.. {
+            if round == MAX_ROUNDS || read >= MAX_ROWS_READ {
+                page.cut_short = Some("rows_read");
+                break;
+            }
+            let want = page_size.min(MAX_ROWS_READ - read) as u32;
+            let (batch, short, examined) = self
+                .read_batch(source, key, asked.name, page.cursor.as_deref(), want)
+                .await?;
+            read += examined;
+            for row in batch {
+                if let RowChange::Insert(value) = &row.change {
+                    if filter.keeps(value) {
+                        // Every row is serialized once, for its size and the hash.
+                        let json = value.to_string();
+                        if !page.rows.is_empty() && bytes + json.len() + 1 > MAX_RESPONSE_BYTES {
+                            // This row opens the next page.
+                            page.cut_short = Some("bytes");
+                            break 'rounds;
+                        }
+                        bytes += json.len() + 1;
+                        page.content.update(json.as_bytes());
+                        page.content.update(b"\n");
+                        page.rows.push(value.clone());
+                    }
+                }
+                page.cursor = Some(row.id);
+                if page.rows.len() == page_size {
+                    break 'rounds;
+                }
+            }
+            if short {
+                page.at_end = true;
+                break;
+            }
+        }
+        Ok(page)
     }
 
     /// The ETag's version and where the caller's rows are read from.
@@ -542,20 +531,14 @@ impl HostedService {
         Ok(claims)
     }
 
-    fn page_token(
-        &self,
-        ds: &Served,
-        name: &str,
-        org: &str,
-        sub: &str,
-        who: &str,
-        after: &str,
-    ) -> Result<String> {
+    /// A signed token for the page after `after`, for this caller alone.
+    fn page_token(&self, asked: &Asked<'_>, after: &str) -> Result<String> {
+        let (ds, name, org, sub, who) = (asked.ds, asked.name, &asked.org, &asked.sub, &asked.who);
         let claims = PageClaims {
             ds: name.into(),
-            org: org.into(),
-            sub: sub.into(),
-            who: who.into(),
+            org: org.clone(),
+            sub: sub.clone(),
+            who: who.clone(),
             after: after.into(),
             exp: self.clock.now().timestamp() + PAGE_TOKEN_TTL_SECS,
         };
@@ -563,15 +546,15 @@ impl HostedService {
             .map_err(|e| Error::Config(format!("page token: {e}")))
     }
 
+    /// The cursor a page token carries, when this service issued it to
+    /// this caller, for this Data Source and page size, and it has not
+    /// expired; else why not.
     fn open_page_token(
         &self,
-        ds: &Served,
+        asked: &Asked<'_>,
         token: &str,
-        name: &str,
-        org: &str,
-        sub: &str,
-        who: &str,
     ) -> std::result::Result<String, String> {
+        let (ds, name, org, sub, who) = (asked.ds, asked.name, &asked.org, &asked.sub, &asked.who);
         let mut validation = Validation::new(Algorithm::HS256);
         validation.set_required_spec_claims(&["exp"]);
         // Expiry against our clock, below.
@@ -584,11 +567,101 @@ impl HostedService {
         if claims.exp < self.clock.now().timestamp() {
             return Err("expired; start again without page_token".into());
         }
-        if claims.ds != name || claims.org != org || claims.sub != sub || claims.who != who {
+        if claims.ds != name || &claims.org != org || &claims.sub != sub || &claims.who != who {
             return Err("issued to another caller, data source or page size".into());
         }
         Ok(claims.after)
     }
+}
+
+/// A request read and checked ([`HostedService::ask`]).
+struct Asked<'a> {
+    name: &'a str,
+    ds: &'a Served,
+    /// The caller's verified JWT claims.
+    claims: Map<String, Value>,
+    org: String,
+    sub: String,
+    /// [`who_hash`] of the caller's view.
+    who: String,
+    page_size: u32,
+    page_token: Option<String>,
+    /// The row id the page token carries.
+    after: Option<String>,
+}
+
+/// One page of rows as read.
+struct PageRows {
+    rows: Vec<Value>,
+    /// The rows' hash, fed as each is taken.
+    content: Sha256,
+    /// The last row id examined.
+    cursor: Option<String>,
+    /// No row follows `cursor`.
+    at_end: bool,
+    /// Which bound cut the page short, if one did.
+    cut_short: Option<&'static str>,
+}
+
+impl PageRows {
+    /// The ETag's last part: the rows, where the page ends, and whether it
+    /// is the last.
+    fn content_tag(&self) -> String {
+        let mut content = self.content.clone();
+        content.update(self.cursor.as_deref().unwrap_or("").as_bytes());
+        content.update([u8::from(self.at_end)]);
+        hex(&content.finalize())[..16].to_string()
+    }
+}
+
+/// A 405 that names the one method allowed.
+fn method_not_allowed(method: &str) -> HostedResponse {
+    let mut r = HostedResponse::error(405, format!("{method} is not allowed; use GET"));
+    r.headers.push(("allow", "GET".into()));
+    r
+}
+
+/// The page size and page token a query asks for, each named when wrong.
+fn page_query(
+    query: Option<&str>,
+    max_page_size: u32,
+) -> std::result::Result<(u32, Option<String>), String> {
+    let mut page_size = DEFAULT_PAGE_SIZE.min(max_page_size);
+    let mut page_token = None;
+    for (k, v) in form_urlencoded(query.unwrap_or("")) {
+        match k.as_str() {
+            "page_size" => match v.parse::<u32>() {
+                Ok(n) if (1..=max_page_size).contains(&n) => page_size = n,
+                _ => {
+                    return Err(format!(
+                        "page_size: expected a whole number from 1 to {max_page_size}, got {v:?}"
+                    ))
+                }
+            },
+            "page_token" if !v.is_empty() => page_token = Some(v),
+            "page_token" => {}
+            other => {
+                return Err(format!(
+                    "{other}: unknown query parameter; use page_size and page_token"
+                ))
+            }
+        }
+    }
+    Ok((page_size, page_token))
+}
+
+/// The ETag to answer 304 with before reading a row: a tag of the
+/// client's for this version and caller (or `*`).
+fn unchanged_since(client_tags: &[ClientTag], version: &str, who_tag: &str) -> Option<String> {
+    client_tags.iter().find_map(|t| match t {
+        ClientTag::Ours {
+            version: v,
+            who,
+            content,
+        } if v == version && who == who_tag => Some(format!("\"v{version}-{who}-{content}\"")),
+        ClientTag::Ours { .. } => None,
+        ClientTag::Any => Some(format!("\"v{version}-{who_tag}-0\"")),
+    })
 }
 
 /// Where a request's rows are read from.
@@ -855,5 +928,55 @@ mod token_tests {
             err.contains("datasources.a.secret") && !err.contains("0123456789"),
             "{err}"
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_query_names_what_is_wrong_with_it() {
+        assert_eq!(
+            page_query(None, 500),
+            Ok((DEFAULT_PAGE_SIZE.min(500), None))
+        );
+        assert_eq!(page_query(Some("page_size=7"), 10), Ok((7, None)));
+        assert_eq!(
+            page_query(Some("page_size=20"), 10).unwrap_err(),
+            "page_size: expected a whole number from 1 to 10, got \"20\""
+        );
+        assert!(page_query(Some("page_size=0"), 10)
+            .unwrap_err()
+            .starts_with("page_size:"));
+        assert_eq!(
+            page_query(Some("page_token=abc&page_token="), 10),
+            Ok((DEFAULT_PAGE_SIZE.min(10), Some("abc".into()))),
+            "an empty token is no token"
+        );
+        assert!(page_query(Some("limit=5"), 10)
+            .unwrap_err()
+            .starts_with("limit: unknown query parameter"));
+    }
+
+    #[test]
+    fn only_the_same_version_and_caller_is_unchanged_before_reading() {
+        let tags = etags(Some(r#"W/"v3-abc-c0ffee", "v4-xyz-beef""#));
+        assert_eq!(
+            unchanged_since(&tags, "3", "abc").as_deref(),
+            Some(r#""v3-abc-c0ffee""#)
+        );
+        assert_eq!(unchanged_since(&tags, "3", "xyz"), None, "another caller");
+        assert_eq!(
+            unchanged_since(&tags, "5", "abc"),
+            None,
+            "rows written since"
+        );
+        let any = etags(Some("*"));
+        assert_eq!(
+            unchanged_since(&any, "5", "abc").as_deref(),
+            Some(r#""v5-abc-0""#)
+        );
+        assert_eq!(unchanged_since(&etags(None), "5", "abc"), None);
     }
 }

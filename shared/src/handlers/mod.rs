@@ -5,6 +5,7 @@
 pub mod actions;
 pub mod context;
 pub mod datasource;
+pub(crate) mod flow;
 #[cfg(feature = "hosted")]
 pub mod hosted;
 pub mod payload;

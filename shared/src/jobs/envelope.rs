@@ -214,6 +214,21 @@ impl JobEnvelope {
         }
     }
 
+    /// A job this one causes, for the same org and app, under
+    /// `idempotency_key`: built from what the cause knows, so a repeat of
+    /// the cause repeats the key and the ledger runs the job once.
+    pub fn follow_up(
+        &self,
+        kind: JobKind,
+        payload: Value,
+        idempotency_key: String,
+        now: Timestamp,
+    ) -> Self {
+        let mut job = JobEnvelope::new(kind, &self.org, &self.app, payload, now);
+        job.idempotency_key = idempotency_key;
+        job
+    }
+
     /// Reads a message body, naming what is wrong when it cannot.
     pub fn parse(body: &str) -> Result<Self> {
         let value: Value = serde_json::from_str(body)

@@ -154,6 +154,62 @@ pub(crate) fn probe_cursor(
     }
 }
 
+/// Where a served page points once the run's own checks are applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Turn {
+    /// The next page's cursor; `None` when this page was the last.
+    pub next: Option<PageCursor>,
+    /// The API's own page size, learned by a probe that found more records.
+    pub learned: Option<u32>,
+    /// The length of a short first page whose next page is fetched once,
+    /// to tell "the listing was short" from "the API caps pages".
+    pub probe: Option<u32>,
+}
+
+/// Reads a served page (its `next`, a [`page_digest`] of it and how many
+/// items it served) against the checkpoint, before it is stored:
+///
+/// - the same page as the last one again fails the run (`Err`, the
+///   reason): the API ignores the page or offset parameter, and following
+///   it would loop until the budget is gone — unless it answers the probe,
+///   when the first page was the whole listing;
+/// - a probe answered with a new page teaches the API's page size;
+/// - a short last first page is probed at `probe_at()`'s cursor (see
+///   [`probe_cursor`]; `None` where no probe applies).
+pub(crate) fn turn_page(
+    cp: &ListingCheckpoint,
+    mut next: Option<PageCursor>,
+    digest: &str,
+    served: u64,
+    probe_at: impl FnOnce() -> Option<PageCursor>,
+    record_type: &str,
+) -> Result<Turn, String> {
+    let repeated = served > 0 && cp.last_page.as_deref() == Some(digest);
+    if repeated && cp.probe.is_none() {
+        return Err(format!(
+            "list `{record_type}`: the API served the same page again after {} pages (it may ignore the page or offset parameter); following it would loop until the budget is gone",
+            cp.pages
+        ));
+    }
+    if repeated {
+        // The probe got page 1 again: its one page was the whole listing.
+        next = None;
+    }
+    let learned = cp.probe.filter(|_| served > 0 && !repeated);
+    let mut probe = None;
+    if cp.probe.is_none() && next.is_none() && cp.cursor.is_none() {
+        if let Some(cursor) = probe_at() {
+            probe = Some(served as u32);
+            next = Some(cursor);
+        }
+    }
+    Ok(Turn {
+        next,
+        learned,
+        probe,
+    })
+}
+
 /// What a stored page makes of the checkpoint.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Step {
@@ -329,6 +385,100 @@ mod tests {
         assert_eq!(
             (cp.page_size, cp.learned_page_size, cp.probe),
             (Some(7), true, None)
+        );
+    }
+
+    #[test]
+    fn the_same_page_again_fails_unless_it_answers_the_probe() {
+        let cp = ListingCheckpoint {
+            pages: 4,
+            cursor: Some(PageCursor::Page(5)),
+            last_page: Some("d".into()),
+            ..Default::default()
+        };
+        let no_probe = || panic!("only a first page is probed");
+        let err = turn_page(
+            &cp,
+            Some(PageCursor::Page(6)),
+            "d",
+            10,
+            no_probe,
+            "invoices",
+        );
+        assert!(matches!(err, Err(r) if r.contains("same page again after 4 pages")));
+        // An empty page repeats nothing.
+        let empty = turn_page(&cp, Some(PageCursor::Page(6)), "d", 0, no_probe, "invoices");
+        assert_eq!(empty.unwrap().next, Some(PageCursor::Page(6)));
+
+        let probing = ListingCheckpoint {
+            probe: Some(7),
+            ..cp.clone()
+        };
+        let whole = turn_page(
+            &probing,
+            Some(PageCursor::Page(3)),
+            "d",
+            7,
+            no_probe,
+            "invoices",
+        );
+        assert_eq!(
+            whole,
+            Ok(Turn {
+                next: None,
+                learned: None,
+                probe: None
+            }),
+            "the first page was the whole listing"
+        );
+        let more = turn_page(
+            &probing,
+            Some(PageCursor::Page(3)),
+            "e",
+            7,
+            no_probe,
+            "invoices",
+        );
+        assert_eq!(more.unwrap().learned, Some(7), "the API caps pages at 7");
+    }
+
+    #[test]
+    fn only_a_short_last_first_page_is_probed() {
+        let first = ListingCheckpoint::default();
+        let at = || Some(PageCursor::Page(2));
+        let probed = turn_page(&first, None, "d", 7, at, "invoices").unwrap();
+        assert_eq!(
+            (probed.next, probed.probe),
+            (Some(PageCursor::Page(2)), Some(7))
+        );
+        // Not where the API says more follows, not past the first page,
+        // not where no probe applies.
+        let more = turn_page(
+            &first,
+            Some(PageCursor::Page(2)),
+            "d",
+            7,
+            || None,
+            "invoices",
+        );
+        assert_eq!(more.unwrap().probe, None);
+        let later = ListingCheckpoint {
+            cursor: Some(PageCursor::Page(4)),
+            ..Default::default()
+        };
+        assert_eq!(
+            turn_page(&later, None, "d", 7, at, "invoices")
+                .unwrap()
+                .probe,
+            None
+        );
+        assert_eq!(
+            turn_page(&first, None, "d", 7, || None, "invoices").unwrap(),
+            Turn {
+                next: None,
+                learned: None,
+                probe: None
+            }
         );
     }
 }

@@ -10,13 +10,15 @@
 //! Calls are reserved in blocks (sized from the last run's page count) so
 //! the quota costs far less than one store round trip per call.
 
-use crate::connector::{CallError, ListRequest, Reservation};
-use crate::core::metrics::Counter;
+use crate::connector::{CallError, ListRequest, Metered, Page, Reservation};
 use crate::handlers::context::AppContext;
+use crate::handlers::flow::{fail, settled, Flow, Settle};
 use crate::handlers::payload::{parse_payload, sync_name, SyncPayload};
 pub use crate::handlers::sync::checkpoint::ListingCheckpoint;
-use crate::handlers::sync::checkpoint::{advance, page_digest, probe_cursor, Step};
-use crate::handlers::sync::enqueue_followups;
+use crate::handlers::sync::checkpoint::{
+    advance, page_digest, probe_cursor, turn_page, Step, Turn,
+};
+use crate::handlers::sync::{enqueue_followups, take_in, Followups, Intake};
 use crate::handlers::IntoOutcome;
 use crate::jobs::envelope::{JobEnvelope, JobKind, Outcome};
 use crate::jobs::runtime::JobContext;
@@ -29,234 +31,254 @@ const FIRST_RESERVATION: u32 = 10;
 
 /// Runs one complete-transfer or recent-records job.
 pub async fn run(svc: &AppContext, job: &JobEnvelope, ctx: &JobContext) -> Outcome {
-    let payload: SyncPayload = match parse_payload(job) {
-        Ok(p) => p,
-        Err(o) => return o,
-    };
-    if let Err(e) = svc.config.record_type(&payload.record_type) {
-        return Outcome::Fail(e.to_string());
-    }
-    let settings = svc.config.sync(&payload.record_type);
+    settled(listing(svc, job, ctx).await)
+}
+
+/// [`run`], written with `?`: every early end is an outcome.
+async fn listing(svc: &AppContext, job: &JobEnvelope, ctx: &JobContext) -> Flow<Outcome> {
+    let payload: SyncPayload = parse_payload(job)?;
+    let rt = svc.config.record_type(&payload.record_type).or_end()?;
     let sync = sync_name(job.kind, &payload.record_type);
     let key = svc.key(&job.org);
     let now = svc.clock.now();
-    let mut cp: ListingCheckpoint = match &job.checkpoint {
-        Some(v) => match serde_json::from_value(v.clone()) {
-            Ok(cp) => cp,
-            Err(e) => return Outcome::Fail(format!("bad checkpoint: {e}")),
-        },
+    let cp: ListingCheckpoint = match &job.checkpoint {
+        Some(v) => {
+            serde_json::from_value(v.clone()).or_else(|e| fail(format!("bad checkpoint: {e}")))?
+        }
         None => ListingCheckpoint::default(),
     };
     // A sync never runs twice at once: hold (or renew) its lease.
-    match svc
+    let held = svc
         .store
         .take_sync_lease(&key, &sync, &job.id, now, now + svc.sync_lease, false)
         .await
-    {
-        Ok(true) => {}
-        Ok(false) => return hand_on_lookups(svc, job, &payload.record_type, &sync, &cp).await,
-        Err(e) => return Outcome::from_error(&e),
+        .or_end()?;
+    if !held {
+        return Ok(hand_on_lookups(svc, job, &payload.record_type, &sync, &cp).await);
     }
     if cp.complete {
-        return record_completion(svc, &sync, job, &cp).await;
+        return Ok(record_completion(svc, &sync, job, &cp).await);
     }
-    let state = match svc.store.sync_state(&key, &sync).await {
-        Ok(s) => s,
-        Err(e) => return Outcome::from_error(&e),
+    let state = svc.store.sync_state(&key, &sync).await.or_end()?;
+    let mut listing = Listing {
+        svc,
+        job,
+        record_type: payload.record_type,
+        sync,
+        key,
+        rt,
+        state,
+        cp,
+        // A first run of a first generation cannot meet its own claims of
+        // an earlier delivery; any later generation can (two copies of one
+        // generation with different checkpoints exist after a lost send
+        // response, and the older may be the one that runs).
+        recheck_unchanged: !ctx.first_run || job.generation > 0,
     };
-    if cp.page_size.is_none() {
-        cp.page_size = state.api_page_size;
+    listing.open(now)?;
+    let metered = svc.metered(&job.org, &listing.sync).or_else(fail)?;
+    let outcome = settled(listing.pages(&metered, ctx).await);
+    if matches!(outcome, Outcome::Done) {
+        return Ok(record_completion(svc, &listing.sync, job, &listing.cp).await);
     }
-    let rt_config = match svc.config.record_type(&payload.record_type) {
-        Ok(rt) => rt,
-        Err(e) => return Outcome::Fail(e.to_string()),
-    };
-    if job.kind == JobKind::RecentRecords && cp.until.is_none() {
-        let Some(recent) = &settings.recent else {
-            return Outcome::Fail(format!(
-                "no recent lookup is configured for `{}` (syncs.{}.recent)",
-                payload.record_type, payload.record_type
-            ));
-        };
-        cp.open_recent_window(recent, state.high_water, now);
-    }
-    let metered = match svc.metered(&job.org, &sync) {
-        Ok(m) => m,
-        Err(e) => return Outcome::Fail(e.to_string()),
-    };
-    let endpoint = metered.connector().list_endpoint(&payload.record_type);
-    let mut reservation: Option<Reservation<'_>> = None;
-    // Blocks double while a run goes on: a long first transfer soon costs
-    // few quota round trips, a short one wastes little.
-    let mut block = state
-        .last_pages
-        .map(|p| p.saturating_sub(cp.pages).max(1) as u32)
-        .unwrap_or(FIRST_RESERVATION);
+    hold_lease_through(svc, &listing.key, &listing.sync, job, &outcome).await;
+    Ok(outcome)
+}
 
-    let mut pages_here = 0u32;
-    let mut renewed = false;
-    let outcome = loop {
-        let checkpoint = || serde_json::to_value(&cp).ok();
-        if pages_here > 0 && ctx.near_deadline(svc.clock.now(), svc.deadline_margin) {
-            break Outcome::resume(svc.clock.now(), "near the Lambda deadline", checkpoint());
+/// One listing run, holding its sync's lease: what its pages are read
+/// against, and the checkpoint they move.
+struct Listing<'a> {
+    svc: &'a AppContext,
+    job: &'a JobEnvelope,
+    record_type: String,
+    sync: String,
+    key: crate::quota::QuotaKey,
+    rt: &'a crate::config::app::RecordTypeConfig,
+    /// The sync's state as the run started (last run's pages, the API's
+    /// page size, the last probe).
+    state: crate::store::SyncState,
+    cp: ListingCheckpoint,
+    /// Re-check the claims of unchanged records (see [`Followups`]).
+    recheck_unchanged: bool,
+}
+
+impl Listing<'_> {
+    /// The checkpoint to restart from.
+    fn checkpoint(&self) -> Option<serde_json::Value> {
+        serde_json::to_value(&self.cp).ok()
+    }
+
+    /// Readies the checkpoint for its first page: the API's known page
+    /// size, and a recent lookup's window, fixed at its first run.
+    fn open(&mut self, now: crate::core::clock::Timestamp) -> Flow<()> {
+        if self.cp.page_size.is_none() {
+            self.cp.page_size = self.state.api_page_size;
         }
-        if reservation.as_ref().is_none_or(|r| r.remaining() == 0) {
-            if let Some(done) = reservation.take() {
-                if let Err(e) = done.finish().await {
-                    break e.into_outcome(checkpoint());
-                }
-            }
-            let want = block.clamp(1, max_block(&svc.limits(&job.org)));
-            match metered.reserve(&endpoint, want).await {
-                Ok(r) => reservation = Some(r),
-                Err(e) => break e.into_outcome(checkpoint()),
-            }
-            block = block.saturating_mul(2);
-        }
-        let Some(res) = reservation.as_mut() else {
-            continue;
-        };
-        let req = ListRequest {
-            record_type: payload.record_type.clone(),
-            cursor: cp.cursor.clone(),
-            modified_since: cp.since,
-            modified_until: cp.until,
-            page_size: cp.probe.or(cp.page_size),
-        };
-        let first_page = cp.cursor.is_none();
-        let mut page = match res.list(&req).await {
-            Ok(p) => p,
-            // Its windows ended since the look above: reserve anew, once.
-            Err(CallError::ReservationEnded) if !renewed => {
-                renewed = true;
-                continue;
-            }
-            Err(e) => break e.into_outcome(checkpoint()),
-        };
-        renewed = false;
-        let served = page.served() as u64;
-        let mut next = page.next.take();
-        let digest = page_digest(&page);
-        let repeated = served > 0 && cp.last_page.as_deref() == Some(digest.as_str());
-        if repeated && cp.probe.is_none() {
-            break Outcome::Fail(format!(
-                "list `{}`: the API served the same page again after {} pages (it may ignore the page or offset parameter); following it would loop until the budget is gone",
-                payload.record_type, cp.pages
-            ));
-        }
-        if repeated {
-            // The probe got page 1 again: the API ignores the page parameter
-            // and its one page was the whole listing.
-            next = None;
-        }
-        let records =
-            match crate::handlers::sync::set_aside(svc, &key, &sync, &payload.record_type, page)
-                .await
-            {
-                Ok(r) => r,
-                Err(e) => break Outcome::from_error_at(&e, checkpoint()),
+        if self.job.kind == JobKind::RecentRecords && self.cp.until.is_none() {
+            let settings = self.svc.config.sync(&self.record_type);
+            let Some(recent) = &settings.recent else {
+                return fail(format!(
+                    "no recent lookup is configured for `{}` (syncs.{}.recent)",
+                    self.record_type, self.record_type
+                ));
             };
-        let quarantined = served - records.len() as u64;
-        let diff = match svc.store.diff(&key, &payload.record_type, &records).await {
-            Ok(d) => d,
-            Err(e) => break Outcome::from_error_at(&e, checkpoint()),
+            self.cp
+                .open_recent_window(recent, self.state.high_water, now);
+        }
+        Ok(())
+    }
+
+    /// Fetches and stores pages until the listing is done, a limit or the
+    /// deadline stops it, or it fails; then gives back the calls reserved
+    /// and not spent.
+    async fn pages(&mut self, metered: &Metered, ctx: &JobContext) -> Flow<Outcome> {
+        let svc = self.svc;
+        let endpoint = metered.connector().list_endpoint(&self.record_type);
+        let mut reservation: Option<Reservation<'_>> = None;
+        // Blocks double while a run goes on: a long first transfer soon
+        // costs few quota round trips, a short one wastes little.
+        let mut block = self
+            .state
+            .last_pages
+            .map(|p| p.saturating_sub(self.cp.pages).max(1) as u32)
+            .unwrap_or(FIRST_RESERVATION);
+        let mut pages_here = 0u32;
+        let mut renewed = false;
+        let outcome = loop {
+            if pages_here > 0 && ctx.near_deadline(svc.clock.now(), svc.deadline_margin) {
+                let at = svc.clock.now();
+                break Ok(Outcome::resume(
+                    at,
+                    "near the Lambda deadline",
+                    self.checkpoint(),
+                ));
+            }
+            if reservation.as_ref().is_none_or(|r| r.remaining() == 0) {
+                if let Some(done) = reservation.take() {
+                    if let Err(end) = done.finish().await.or_restart_from(|| self.checkpoint()) {
+                        break Err(end);
+                    }
+                }
+                let want = block.clamp(1, max_block(&svc.limits(&self.job.org)));
+                match metered.reserve(&endpoint, want).await {
+                    Ok(r) => reservation = Some(r),
+                    Err(e) => break Err(e.into_outcome(self.checkpoint())),
+                }
+                block = block.saturating_mul(2);
+            }
+            let Some(res) = reservation.as_mut() else {
+                continue;
+            };
+            let page = match res.list(&self.request()).await {
+                Ok(p) => p,
+                // Its windows ended since the look above: reserve anew, once.
+                Err(CallError::ReservationEnded) if !renewed => {
+                    renewed = true;
+                    continue;
+                }
+                Err(e) => break Err(e.into_outcome(self.checkpoint())),
+            };
+            renewed = false;
+            pages_here += 1;
+            match self.store_page(page).await {
+                Ok(true) => {}
+                Ok(false) => break Ok(Outcome::Done),
+                Err(end) => break Err(end),
+            }
         };
-        // A short first page of a page/offset listing may be an API that
-        // caps its page size below ours: look at the next page once.
-        // (Applied to the checkpoint after the commit below.)
-        let learned = cp.probe.filter(|_| served > 0 && !repeated);
-        let mut probe = None;
-        if cp.probe.is_none()
-            && next.is_none()
-            && first_page
-            && job.kind == JobKind::CompleteTransfer
-        {
-            if let Some(cursor) = probe_cursor(rt_config, &cp, &state, served, svc.clock.now()) {
-                probe = Some(served as u32);
-                next = Some(cursor);
+        if let Some(r) = reservation {
+            if let Err(e) = r.finish().await {
+                tracing::warn!(error = %e, "could not give back the unused reservation; it frees when its lease expires");
             }
         }
-        // Follow-ups before the page is committed: never lost, at worst repeated.
-        let last = next.is_none();
-        let mut pending = cp.pending_lookups.clone();
-        if let Err(e) = enqueue_followups(
-            svc,
-            job,
-            &payload.record_type,
-            &records,
-            &diff.changes,
-            &mut pending,
-            &format!("p{}", cp.pages),
-            last,
-            // A first run of a first generation cannot meet its own claims
-            // of an earlier delivery; any later generation can (two copies
-            // of one generation with different checkpoints exist after a
-            // lost send response, and the older may be the one that runs).
-            !ctx.first_run || job.generation > 0,
+        outcome
+    }
+
+    /// The request for the page at the checkpoint.
+    fn request(&self) -> ListRequest {
+        ListRequest {
+            record_type: self.record_type.clone(),
+            cursor: self.cp.cursor.clone(),
+            modified_since: self.cp.since,
+            modified_until: self.cp.until,
+            page_size: self.cp.probe.or(self.cp.page_size),
+        }
+    }
+
+    /// Stores one served page and moves the checkpoint past it: whether
+    /// another page follows. Follow-ups are sent before the page is
+    /// committed, so they are never lost, at worst repeated.
+    async fn store_page(&mut self, mut page: Page) -> Flow<bool> {
+        let svc = self.svc;
+        let served = page.served() as u64;
+        let digest = page_digest(&page);
+        let probe_at = || {
+            let now = svc.clock.now();
+            (self.job.kind == JobKind::CompleteTransfer)
+                .then(|| probe_cursor(self.rt, &self.cp, &self.state, served, now))
+                .flatten()
+        };
+        let turn = turn_page(
+            &self.cp,
+            page.next.take(),
+            &digest,
+            served,
+            probe_at,
+            &self.record_type,
         )
-        .await
-        {
-            break Outcome::from_error_at(&e, checkpoint());
-        }
-        if let Err(e) = svc
-            .store
-            .commit(&key, &payload.record_type, &diff, svc.clock.now())
+        .or_else(fail)?;
+        let mut pending = self.cp.pending_lookups.clone();
+        let intake = Intake {
+            source: &self.sync,
+            record_type: &self.record_type,
+            tag: format!("p{}", self.cp.pages),
+            last: turn.next.is_none(),
+            recheck_unchanged: self.recheck_unchanged,
+        };
+        let stored = take_in(svc, self.job, intake, page, &mut pending)
             .await
-        {
-            break Outcome::from_error_at(&e, checkpoint());
-        }
-        svc.metrics.add(
-            &key.app,
-            &key.org,
-            Counter::RecordsSynced,
-            diff.changes.len() as u64,
+            .or_restart_from(|| self.checkpoint())?;
+        self.cp.pending_lookups = pending;
+        self.cp
+            .count_page(stored.records, stored.changed, stored.quarantined);
+        self.learn(&turn);
+        self.cp.last_page = Some(digest);
+        tracing::debug!(
+            pages = self.cp.pages,
+            records = self.cp.records,
+            changed = self.cp.changed,
+            "page synced"
         );
-        cp.pending_lookups = pending;
-        pages_here += 1;
-        cp.count_page(records.len() as u64, diff.changes.len() as u64, quarantined);
-        if let Some(short) = learned {
-            cp.learn_page_size(short);
+        match advance(&mut self.cp, turn.next, served, &self.record_type) {
+            Step::Next => Ok(true),
+            Step::Done => {
+                self.cp.complete = true;
+                Ok(false)
+            }
+            Step::Stop(warning) => {
+                tracing::warn!(sync = %self.sync, %warning, "listing stopped");
+                self.cp.complete = true;
+                Ok(false)
+            }
+            Step::Loop(reason) => fail(reason),
+        }
+    }
+
+    /// Applies what a committed page taught about the API's page size.
+    fn learn(&mut self, turn: &Turn) {
+        if let Some(short) = turn.learned {
+            self.cp.learn_page_size(short);
             tracing::warn!(
-                sync = %sync,
+                sync = %self.sync,
                 api_page_size = short,
-                configured = rt_config.effective_page_size(),
+                configured = self.rt.effective_page_size(),
                 "the API serves fewer records per page than configured; using its page size (set `page_size = {short}` to skip the probe)"
             );
         }
-        if probe.is_some() {
-            cp.probe = probe;
-        }
-        cp.last_page = Some(digest);
-        tracing::debug!(
-            pages = cp.pages,
-            records = cp.records,
-            changed = cp.changed,
-            "page synced"
-        );
-        match advance(&mut cp, next, served, &payload.record_type) {
-            Step::Next => {}
-            Step::Done => {
-                cp.complete = true;
-                break Outcome::Done;
-            }
-            Step::Stop(warning) => {
-                tracing::warn!(sync = %sync, %warning, "listing stopped");
-                cp.complete = true;
-                break Outcome::Done;
-            }
-            Step::Loop(reason) => break Outcome::Fail(reason),
-        }
-    };
-    if let Some(r) = reservation {
-        if let Err(e) = r.finish().await {
-            tracing::warn!(error = %e, "could not give back the unused reservation; it frees when its lease expires");
+        if turn.probe.is_some() {
+            self.cp.probe = turn.probe;
         }
     }
-    if matches!(outcome, Outcome::Done) {
-        return record_completion(svc, &sync, job, &cp).await;
-    }
-    hold_lease_through(svc, &key, &sync, job, &outcome).await;
-    outcome
 }
 
 /// A twin runs this sync. Its pages are its own, but lookups this run
@@ -272,19 +294,15 @@ async fn hand_on_lookups(
     let mut pending = cp.pending_lookups.clone();
     let handed_on: usize = pending.values().map(Vec::len).sum();
     if handed_on > 0 {
-        if let Err(e) = enqueue_followups(
-            svc,
-            job,
+        let followups = Followups {
             record_type,
-            &[],
-            &[],
-            &mut pending,
-            "handoff",
-            true,
-            false,
-        )
-        .await
-        {
+            records: &[],
+            changes: &[],
+            tag: "handoff".into(),
+            last: true,
+            recheck_unchanged: false,
+        };
+        if let Err(e) = enqueue_followups(svc, job, &followups, &mut pending).await {
             return Outcome::from_error(&e);
         }
     }

@@ -80,6 +80,74 @@ pub(crate) async fn set_aside(
     Ok(keep)
 }
 
+/// Where a served page (or lookup answer) goes, and how its follow-ups go
+/// out (see [`Followups`]).
+#[derive(Debug)]
+pub(crate) struct Intake<'a> {
+    /// The sync that fetched it (quarantined records name it).
+    pub source: &'a str,
+    /// The record type it is of.
+    pub record_type: &'a str,
+    /// [`Followups::tag`].
+    pub tag: String,
+    /// [`Followups::last`].
+    pub last: bool,
+    /// [`Followups::recheck_unchanged`].
+    pub recheck_unchanged: bool,
+}
+
+/// What storing one page did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Stored {
+    /// Records stored (new, changed or unchanged).
+    pub records: u64,
+    /// Of those, new or changed.
+    pub changed: u64,
+    /// Records set aside (no id, too large).
+    pub quarantined: u64,
+}
+
+/// Stores a served page: sets aside what cannot be stored, compares the
+/// rest with the store, sends the follow-ups (lookups into `pending`,
+/// full blocks out; the workflow trigger) and only then commits, so a
+/// crash between the two repeats follow-ups and never loses one.
+pub(crate) async fn take_in(
+    svc: &AppContext,
+    job: &JobEnvelope,
+    intake: Intake<'_>,
+    page: crate::connector::Page,
+    pending: &mut BTreeMap<String, Vec<String>>,
+) -> crate::Result<Stored> {
+    let key = svc.key(&job.org);
+    let served = page.served() as u64;
+    let records = set_aside(svc, &key, intake.source, intake.record_type, page).await?;
+    let diff = svc.store.diff(&key, intake.record_type, &records).await?;
+    let followups = Followups {
+        record_type: intake.record_type,
+        records: &records,
+        changes: &diff.changes,
+        tag: intake.tag,
+        last: intake.last,
+        recheck_unchanged: intake.recheck_unchanged,
+    };
+    enqueue_followups(svc, job, &followups, pending).await?;
+    svc.store
+        .commit(&key, intake.record_type, &diff, svc.clock.now())
+        .await?;
+    let changed = diff.changes.len() as u64;
+    svc.metrics.add(
+        &key.app,
+        &key.org,
+        crate::core::metrics::Counter::RecordsSynced,
+        changed,
+    );
+    Ok(Stored {
+        records: records.len() as u64,
+        changed,
+        quarantined: served - records.len() as u64,
+    })
+}
+
 /// Bulk lookup calls one PK lookup job makes at most.
 pub const LOOKUP_CALLS_PER_JOB: usize = 10;
 
@@ -144,7 +212,61 @@ pub(crate) async fn needing_lookup(
         .collect())
 }
 
-/// Enqueues what new or changed records cause.
+/// What a stored page (or lookup call) causes downstream: the PK lookups
+/// of the records it references, and a workflow trigger for its changes.
+#[derive(Debug)]
+pub struct Followups<'a> {
+    /// The record type the page is of.
+    pub record_type: &'a str,
+    /// The whole page, unchanged records too (see `recheck_unchanged`).
+    pub records: &'a [crate::core::record::Record],
+    /// What the page changed in the store.
+    pub changes: &'a [Change],
+    /// Makes idempotency keys unique per page of the job, so a repeated
+    /// page repeats its keys (`p3`, `c0`, `handoff`).
+    pub tag: String,
+    /// The job's last page: send the ids still pending, not only full blocks.
+    pub last: bool,
+    /// Re-check the claims of the page's unchanged records (see
+    /// [`enqueue_followups`]).
+    pub recheck_unchanged: bool,
+}
+
+/// Per referenced record type: the ids the page's changes reference
+/// (`.0`), and the ids its unchanged records reference that the changes do
+/// not (`.1`, only with `recheck_unchanged`). Types whose lookups are off
+/// (`active` says no) are left out.
+pub(crate) fn referenced_ids<'a>(
+    foreign_keys: &'a BTreeMap<String, String>,
+    active: impl Fn(&str) -> bool,
+    page: &Followups<'_>,
+) -> BTreeMap<&'a str, (BTreeSet<String>, BTreeSet<String>)> {
+    let changed: BTreeSet<&str> = page.changes.iter().map(|c| c.record.id.as_str()).collect();
+    let mut by_target: BTreeMap<&str, (BTreeSet<String>, BTreeSet<String>)> = BTreeMap::new();
+    for (pointer, target) in foreign_keys {
+        if !active(target) {
+            continue;
+        }
+        let (fresh, others) = by_target.entry(target.as_str()).or_default();
+        fresh.extend(
+            page.changes
+                .iter()
+                .filter_map(|c| id_at(&c.record.data, pointer)),
+        );
+        let unchanged = page
+            .records
+            .iter()
+            .filter(|r| page.recheck_unchanged && !changed.contains(r.id.as_str()));
+        others.extend(unchanged.filter_map(|r| id_at(&r.data, pointer)));
+    }
+    for (fresh, others) in by_target.values_mut() {
+        others.retain(|id| !fresh.contains(id));
+    }
+    by_target.retain(|_, (fresh, others)| !fresh.is_empty() || !others.is_empty());
+    by_target
+}
+
+/// Enqueues what new or changed records cause ([`Followups`]).
 ///
 /// PK lookups: foreign keys of the changes, for each referenced type whose
 /// lookups are on, deduplicated within the run and against the store by
@@ -167,82 +289,17 @@ pub(crate) async fn needing_lookup(
 /// job ledger says so) no such claim can exist, and the read is skipped:
 /// steady-state pages cost no extra store read.
 ///
-/// A workflow trigger carries the page's changes. `tag` makes idempotency
-/// keys unique per page of the job, so a repeated page repeats the keys.
-#[allow(clippy::too_many_arguments)]
+/// A workflow trigger carries the page's changes.
 pub async fn enqueue_followups(
     svc: &AppContext,
     job: &JobEnvelope,
-    record_type: &str,
-    records: &[crate::core::record::Record],
-    changes: &[Change],
+    page: &Followups<'_>,
     pending: &mut BTreeMap<String, Vec<String>>,
-    tag: &str,
-    last: bool,
-    recheck_unchanged: bool,
 ) -> crate::Result<()> {
-    let now = svc.clock.now();
-    let key = svc.key(&job.org);
-    let rt = svc.config.record_type(record_type)?;
-    let claimer = job.id.as_str();
-    let changed: BTreeSet<&str> = changes.iter().map(|c| c.record.id.as_str()).collect();
-    // Per target: ids referenced by changes, and by the page's other records.
-    let mut by_target: BTreeMap<&str, (BTreeSet<String>, BTreeSet<String>)> = BTreeMap::new();
-    for (pointer, target) in &rt.foreign_keys {
-        if !svc.config.sync(target).pk_lookup.active() {
-            continue;
-        }
-        let (fresh, others) = by_target.entry(target.as_str()).or_default();
-        for change in changes {
-            if let Some(id) = id_at(&change.record.data, pointer) {
-                fresh.insert(id);
-            }
-        }
-        for record in records
-            .iter()
-            .filter(|r| recheck_unchanged && !changed.contains(r.id.as_str()))
-        {
-            if let Some(id) = id_at(&record.data, pointer) {
-                others.insert(id);
-            }
-        }
-    }
-    for (target, (fresh, others)) in by_target {
-        let others: Vec<String> = others.difference(&fresh).cloned().collect();
-        if fresh.is_empty() && others.is_empty() {
-            continue;
-        }
-        let pk = svc.config.sync(target).pk_lookup;
-        let mut found = Vec::new();
-        if !fresh.is_empty() {
-            let wanted =
-                needing_lookup(svc, &key, target, &pk, fresh.into_iter().collect(), now).await?;
-            // Claimed by this job: if a page fails before its checkpoint
-            // moves on, its re-run claims the same ids again rather than
-            // finding them taken (by itself) and losing them.
-            found = svc
-                .store
-                .claim_lookups(
-                    &key,
-                    target,
-                    &wanted,
-                    claimer,
-                    now,
-                    crate::config::sync::chrono(pk.min_relookup),
-                )
-                .await?;
-        }
-        if !others.is_empty() {
-            let fresh_after = now - crate::config::sync::chrono(pk.min_relookup);
-            let stored = svc.store.get(&key, target, &others).await?;
-            found.extend(
-                stored
-                    .into_iter()
-                    .filter(|r| r.lookup_claimed_by.as_deref() == Some(claimer))
-                    .filter(|r| wants_lookup(&pk, Some(r), fresh_after))
-                    .map(|r| r.id),
-            );
-        }
+    let rt = svc.config.record_type(page.record_type)?;
+    let active = |target: &str| svc.config.sync(target).pk_lookup.active();
+    for (target, (fresh, others)) in referenced_ids(&rt.foreign_keys, active, page) {
+        let found = claimed_ids(svc, job, target, fresh, others).await?;
         let queued = pending.entry(target.to_string()).or_default();
         for id in found {
             if !queued.contains(&id) {
@@ -250,56 +307,114 @@ pub async fn enqueue_followups(
             }
         }
     }
+    send_lookups(svc, job, pending, &page.tag, page.last).await?;
+    pending.retain(|_, ids| !ids.is_empty());
+    send_trigger(svc, job, page).await
+}
+
+/// The ids of `target` this job now holds the lookup claim of: the fresh
+/// ones its policy wants and that it claimed just now, and the others that
+/// an earlier delivery of this job claimed and never looked up.
+async fn claimed_ids(
+    svc: &AppContext,
+    job: &JobEnvelope,
+    target: &str,
+    fresh: BTreeSet<String>,
+    others: BTreeSet<String>,
+) -> crate::Result<Vec<String>> {
+    let now = svc.clock.now();
+    let key = svc.key(&job.org);
+    let pk = svc.config.sync(target).pk_lookup;
+    let relookup = crate::config::sync::chrono(pk.min_relookup);
+    let mut found = Vec::new();
+    if !fresh.is_empty() {
+        let wanted =
+            needing_lookup(svc, &key, target, &pk, fresh.into_iter().collect(), now).await?;
+        // Claimed by this job: if a page fails before its checkpoint
+        // moves on, its re-run claims the same ids again rather than
+        // finding them taken (by itself) and losing them.
+        found = svc
+            .store
+            .claim_lookups(&key, target, &wanted, &job.id, now, relookup)
+            .await?;
+    }
+    if !others.is_empty() {
+        let others: Vec<String> = others.into_iter().collect();
+        let stored = svc.store.get(&key, target, &others).await?;
+        found.extend(
+            stored
+                .into_iter()
+                .filter(|r| r.lookup_claimed_by.as_deref() == Some(job.id.as_str()))
+                .filter(|r| wants_lookup(&pk, Some(r), now - relookup))
+                .map(|r| r.id),
+        );
+    }
+    Ok(found)
+}
+
+/// Sends the pending ids as lookup jobs of whole bulk calls, several calls
+/// each (the quota is paid once per job, and the total stays
+/// `ceil(ids / bulk size)`); the remainder too when `last`.
+async fn send_lookups(
+    svc: &AppContext,
+    job: &JobEnvelope,
+    pending: &mut BTreeMap<String, Vec<String>>,
+    tag: &str,
+    last: bool,
+) -> crate::Result<()> {
     for (target, ids) in pending.iter_mut() {
-        // Jobs of whole bulk calls, several calls each: the quota is paid
-        // once per job, and the total stays ceil(ids / bulk size).
         let k = keys_per_call(svc, &job.org, target) * LOOKUP_CALLS_PER_JOB;
         let mut block = 0;
         while ids.len() >= k || (last && !ids.is_empty()) {
             let take = ids.len().min(k);
-            let batch: Vec<String> = ids.drain(..take).collect();
             let payload = PkLookupPayload {
                 record_type: target.clone(),
-                ids: batch,
+                ids: ids.drain(..take).collect(),
                 claimed: true,
             };
-            let mut follow = JobEnvelope::new(
+            let follow = job.follow_up(
                 JobKind::PkLookup,
-                &job.org,
-                &job.app,
                 serde_json::to_value(payload)?,
-                now,
+                format!("{}:{tag}:{target}:{block}", job.id),
+                svc.clock.now(),
             );
-            follow.idempotency_key = format!("{}:{tag}:{target}:{block}", job.id);
             svc.queues.send(&follow, 0).await?;
             block += 1;
         }
     }
-    pending.retain(|_, ids| !ids.is_empty());
-    if !changes.is_empty() && svc.queues.get(JobKind::Workflow).is_ok() {
-        let payload = TriggerPayload {
-            record_type: record_type.to_string(),
-            changes: changes
-                .iter()
-                .map(|c| ChangedRecord {
-                    id: c.record.id.clone(),
-                    kind: c.kind,
-                    hash: c.hash.clone(),
-                    prev: c.prev_hash.clone(),
-                })
-                .collect(),
-        };
-        let mut trigger = JobEnvelope::new(
-            JobKind::Workflow,
-            &job.org,
-            &job.app,
-            serde_json::to_value(payload)?,
-            now,
-        );
-        trigger.idempotency_key = format!("{}:{tag}:workflow", job.id);
-        svc.queues.send(&trigger, 0).await?;
-    }
     Ok(())
+}
+
+/// Sends the workflow trigger for the page's changes, when there are
+/// changes and a workflow queue.
+async fn send_trigger(
+    svc: &AppContext,
+    job: &JobEnvelope,
+    page: &Followups<'_>,
+) -> crate::Result<()> {
+    if page.changes.is_empty() || svc.queues.get(JobKind::Workflow).is_err() {
+        return Ok(());
+    }
+    let payload = TriggerPayload {
+        record_type: page.record_type.to_string(),
+        changes: page
+            .changes
+            .iter()
+            .map(|c| ChangedRecord {
+                id: c.record.id.clone(),
+                kind: c.kind,
+                hash: c.hash.clone(),
+                prev: c.prev_hash.clone(),
+            })
+            .collect(),
+    };
+    let trigger = job.follow_up(
+        JobKind::Workflow,
+        serde_json::to_value(payload)?,
+        format!("{}:{}:workflow", job.id, page.tag),
+        svc.clock.now(),
+    );
+    svc.queues.send(&trigger, 0).await
 }
 
 impl From<serde_json::Error> for crate::Error {
@@ -390,5 +505,83 @@ impl JobHandler for SyncHandlers {
         {
             tracing::warn!(error = %e, %sync, "could not count the failed run in the connection's health");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::record::{ChangeKind, Record};
+    use serde_json::json;
+
+    fn record(id: &str, customer: &str) -> Record {
+        Record {
+            id: id.into(),
+            updated_at: None,
+            data: json!({ "id": id, "customer_id": customer, "owner": { "id": 7 } }),
+        }
+    }
+
+    fn change(r: &Record) -> Change {
+        Change {
+            kind: ChangeKind::Updated,
+            record: r.clone(),
+            hash: "h".into(),
+            prev_hash: None,
+        }
+    }
+
+    fn page<'a>(records: &'a [Record], changes: &'a [Change], recheck: bool) -> Followups<'a> {
+        Followups {
+            record_type: "invoices",
+            records,
+            changes,
+            tag: "p0".into(),
+            last: false,
+            recheck_unchanged: recheck,
+        }
+    }
+
+    fn keys() -> BTreeMap<String, String> {
+        BTreeMap::from([
+            ("/customer_id".to_string(), "customers".to_string()),
+            ("/owner/id".to_string(), "users".to_string()),
+        ])
+    }
+
+    #[test]
+    fn changes_reference_fresh_ids_and_unchanged_records_only_when_rechecked() {
+        let records = [record("i1", "c1"), record("i2", "c2"), record("i3", "c1")];
+        let changes = [change(&records[0])];
+        let set = |ids: &[&str]| ids.iter().map(|s| s.to_string()).collect::<BTreeSet<_>>();
+        let keys = keys();
+
+        let plain = referenced_ids(&keys, |_| true, &page(&records, &changes, false));
+        assert_eq!(plain["customers"], (set(&["c1"]), set(&[])));
+        assert_eq!(
+            plain["users"],
+            (set(&["7"]), set(&[])),
+            "a number id is an id"
+        );
+
+        let rechecked = referenced_ids(&keys, |_| true, &page(&records, &changes, true));
+        // i3 references c1 too, but c1 is already fresh: listed once.
+        assert_eq!(rechecked["customers"], (set(&["c1"]), set(&["c2"])));
+        assert_eq!(rechecked["users"], (set(&["7"]), set(&[])));
+    }
+
+    #[test]
+    fn types_whose_lookups_are_off_and_pages_without_references_are_left_out() {
+        let keys = keys();
+        let records = [record("i1", "c1")];
+        let changes = [change(&records[0])];
+        let only_customers =
+            referenced_ids(&keys, |t| t == "customers", &page(&records, &changes, true));
+        assert_eq!(
+            only_customers.keys().copied().collect::<Vec<_>>(),
+            ["customers"]
+        );
+        let nothing_changed = referenced_ids(&keys, |_| true, &page(&records, &[], false));
+        assert!(nothing_changed.is_empty(), "{nothing_changed:?}");
     }
 }

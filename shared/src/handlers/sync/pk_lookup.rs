@@ -13,15 +13,17 @@
 //!   the transfer, most keys are seen and cost nothing.
 
 use crate::config::sync::{chrono as dur, StormGuard};
-use crate::core::metrics::Counter;
+use crate::connector::Reservation;
 use crate::handlers::context::AppContext;
+use crate::handlers::flow::{fail, settled, Flow, Settle};
 use crate::handlers::payload::{parse_payload, sync_name, PkLookupPayload};
 use crate::handlers::start::start_sync;
-use crate::handlers::sync::enqueue_followups;
-use crate::handlers::IntoOutcome;
+use crate::handlers::sync::listing::max_block;
+use crate::handlers::sync::{keys_per_call, needing_lookup, take_in, Intake};
 use crate::jobs::envelope::{JobEnvelope, JobKind, Outcome};
 use crate::jobs::runtime::JobContext;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 
 /// Ids claimed and not yet fetched.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -34,164 +36,168 @@ pub struct LookupCheckpoint {
 
 /// Runs one pk-lookup job.
 pub async fn run(svc: &AppContext, job: &JobEnvelope, ctx: &JobContext) -> Outcome {
-    let payload: PkLookupPayload = match parse_payload(job) {
-        Ok(p) => p,
-        Err(o) => return o,
-    };
-    let rt_name = payload.record_type.as_str();
-    if let Err(e) = svc.config.record_type(rt_name) {
-        return Outcome::Fail(e.to_string());
-    }
-    let settings = svc.config.sync(rt_name);
-    let pk = &settings.pk_lookup;
+    settled(lookup(svc, job, ctx).await)
+}
+
+/// [`run`], written with `?`: every early end is an outcome.
+async fn lookup(svc: &AppContext, job: &JobEnvelope, ctx: &JobContext) -> Flow<Outcome> {
+    let payload: PkLookupPayload = parse_payload(job)?;
+    let record_type = payload.record_type.as_str();
+    svc.config.record_type(record_type).or_end()?;
+    let pk = svc.config.sync(record_type).pk_lookup;
     if !pk.active() {
         tracing::info!(
-            record_type = rt_name,
+            record_type,
             "primary key lookups are off for this type; nothing to do"
         );
-        return Outcome::Done;
+        return Ok(Outcome::Done);
     }
-    let key = svc.key(&job.org);
-    let now = svc.clock.now();
-
-    let mut cp: LookupCheckpoint = match &job.checkpoint {
-        Some(v) => match serde_json::from_value(v.clone()) {
-            Ok(cp) => cp,
-            Err(e) => return Outcome::Fail(format!("bad checkpoint: {e}")),
-        },
-        None => {
-            if let Some(wait) = storm_guard(svc, job, rt_name).await {
-                return wait;
-            }
-            // Re-checked even for claimed ids: a transfer may have seen them since.
-            let candidates = match crate::handlers::sync::needing_lookup(
-                svc,
-                &key,
-                rt_name,
-                pk,
-                payload.ids.clone(),
-                now,
-            )
-            .await
-            {
-                Ok(c) => c,
-                Err(e) => return Outcome::from_error(&e),
-            };
-            let claimed = if payload.claimed {
-                candidates
-            } else {
-                match svc
-                    .store
-                    .claim_lookups(
-                        &key,
-                        rt_name,
-                        &candidates,
-                        &job.id,
-                        now,
-                        dur(pk.min_relookup),
-                    )
-                    .await
-                {
-                    Ok(c) => c,
-                    Err(e) => return Outcome::from_error(&e),
-                }
-            };
-            tracing::info!(
-                record_type = rt_name,
-                asked = payload.ids.len(),
-                to_fetch = claimed.len(),
-                "pk lookup planned"
-            );
-            LookupCheckpoint {
-                remaining: claimed,
-                calls: 0,
-            }
+    let cp: LookupCheckpoint = match &job.checkpoint {
+        Some(v) => {
+            serde_json::from_value(v.clone()).or_else(|e| fail(format!("bad checkpoint: {e}")))?
         }
+        None => plan(svc, job, &payload, &pk).await?,
     };
     if cp.remaining.is_empty() {
-        return Outcome::Done;
+        return Ok(Outcome::Done);
     }
-    let sync = sync_name(JobKind::PkLookup, rt_name);
-    let metered = match svc.metered(&job.org, &sync) {
-        Ok(m) => m,
-        Err(e) => return Outcome::Fail(e.to_string()),
-    };
-    let per_call = crate::handlers::sync::keys_per_call(svc, &job.org, rt_name);
+    let sync = sync_name(JobKind::PkLookup, record_type);
+    let metered = svc.metered(&job.org, &sync).or_else(fail)?;
+    let per_call = keys_per_call(svc, &job.org, record_type);
     let calls_needed = cp.remaining.len().div_ceil(per_call) as u32;
-    let endpoint = metered.connector().lookup_endpoint(rt_name);
-    let block = calls_needed.min(crate::handlers::sync::listing::max_block(
-        &svc.limits(&job.org),
-    ));
-    let mut reservation = match metered.reserve(&endpoint, block).await {
-        Ok(r) => r,
-        Err(e) => return e.into_outcome(serde_json::to_value(&cp).ok()),
-    };
-    let mut calls_here = 0u32;
-    let outcome = loop {
-        let checkpoint = serde_json::to_value(&cp).ok();
-        if cp.remaining.is_empty() {
-            break Outcome::Done;
-        }
-        if calls_here > 0 && ctx.near_deadline(svc.clock.now(), svc.deadline_margin) {
-            break Outcome::resume(svc.clock.now(), "near the Lambda deadline", checkpoint);
-        }
-        if reservation.remaining() == 0 {
-            // More than one block was needed: restart to reserve the next.
-            break Outcome::resume(svc.clock.now(), "next block of lookups", checkpoint);
-        }
-        let chunk: Vec<String> = cp.remaining.iter().take(per_call).cloned().collect();
-        let page = match reservation.lookup(rt_name, &chunk).await {
-            Ok(r) => r,
-            Err(e) => break e.into_outcome(checkpoint),
-        };
-        let records = match crate::handlers::sync::set_aside(svc, &key, &sync, rt_name, page).await
-        {
-            Ok(r) => r,
-            Err(e) => break Outcome::from_error_at(&e, checkpoint),
-        };
-        let diff = match svc.store.diff(&key, rt_name, &records).await {
-            Ok(d) => d,
-            Err(e) => break Outcome::from_error_at(&e, checkpoint),
-        };
-        let mut pending = std::collections::BTreeMap::new();
-        if let Err(e) = enqueue_followups(
-            svc,
-            job,
-            rt_name,
-            &records,
-            &diff.changes,
-            &mut pending,
-            &format!("c{}", cp.calls),
-            true,
-            // Everything claimed is sent at once (`last`), before the
-            // commit: no claim waits in memory to be lost in a crash.
-            false,
-        )
+    let endpoint = metered.connector().lookup_endpoint(record_type);
+    let block = calls_needed.min(max_block(&svc.limits(&job.org)));
+    let mut reservation = metered
+        .reserve(&endpoint, block)
         .await
-        {
-            break Outcome::from_error_at(&e, checkpoint);
-        }
-        if let Err(e) = svc
-            .store
-            .commit(&key, rt_name, &diff, svc.clock.now())
-            .await
-        {
-            break Outcome::from_error_at(&e, checkpoint);
-        }
-        svc.metrics.add(
-            &key.app,
-            &key.org,
-            Counter::RecordsSynced,
-            diff.changes.len() as u64,
-        );
-        cp.remaining.drain(..chunk.len());
-        cp.calls += 1;
-        calls_here += 1;
+        .or_restart_from(|| serde_json::to_value(&cp).ok())?;
+    let mut lookups = Lookups {
+        svc,
+        job,
+        record_type,
+        sync,
+        per_call,
+        cp,
     };
+    let outcome = settled(lookups.calls(&mut reservation, ctx).await);
     if let Err(e) = reservation.finish().await {
         tracing::warn!(error = %e, "could not give back the unused reservation");
     }
-    outcome
+    Ok(outcome)
+}
+
+/// A first run's plan: the ids the type's policy wants, claimed for this
+/// job — or the storm guard's wait. Ids the sync claimed already are
+/// re-checked too: a transfer may have seen them since.
+async fn plan(
+    svc: &AppContext,
+    job: &JobEnvelope,
+    payload: &PkLookupPayload,
+    pk: &crate::config::sync::PkLookupSettings,
+) -> Flow<LookupCheckpoint> {
+    let record_type = payload.record_type.as_str();
+    if let Some(wait) = storm_guard(svc, job, record_type).await {
+        return Err(wait);
+    }
+    let key = svc.key(&job.org);
+    let now = svc.clock.now();
+    let candidates = needing_lookup(svc, &key, record_type, pk, payload.ids.clone(), now)
+        .await
+        .or_end()?;
+    let claimed = if payload.claimed {
+        candidates
+    } else {
+        let relookup = dur(pk.min_relookup);
+        svc.store
+            .claim_lookups(&key, record_type, &candidates, &job.id, now, relookup)
+            .await
+            .or_end()?
+    };
+    tracing::info!(
+        record_type,
+        asked = payload.ids.len(),
+        to_fetch = claimed.len(),
+        "pk lookup planned"
+    );
+    Ok(LookupCheckpoint {
+        remaining: claimed,
+        calls: 0,
+    })
+}
+
+/// One lookup job's claimed ids and the sync its calls are metered under.
+struct Lookups<'a> {
+    svc: &'a AppContext,
+    job: &'a JobEnvelope,
+    record_type: &'a str,
+    sync: String,
+    /// Ids per bulk call.
+    per_call: usize,
+    cp: LookupCheckpoint,
+}
+
+impl Lookups<'_> {
+    /// The checkpoint to restart from.
+    fn checkpoint(&self) -> Option<serde_json::Value> {
+        serde_json::to_value(&self.cp).ok()
+    }
+
+    /// Bulk calls until every claimed id is fetched, the reserved block is
+    /// spent (restart for the next) or the deadline nears.
+    async fn calls(
+        &mut self,
+        reservation: &mut Reservation<'_>,
+        ctx: &JobContext,
+    ) -> Flow<Outcome> {
+        let svc = self.svc;
+        let mut calls_here = 0u32;
+        while !self.cp.remaining.is_empty() {
+            if calls_here > 0 && ctx.near_deadline(svc.clock.now(), svc.deadline_margin) {
+                let at = svc.clock.now();
+                return Ok(Outcome::resume(
+                    at,
+                    "near the Lambda deadline",
+                    self.checkpoint(),
+                ));
+            }
+            if reservation.remaining() == 0 {
+                // More than one block was needed: restart to reserve the next.
+                let at = svc.clock.now();
+                return Ok(Outcome::resume(
+                    at,
+                    "next block of lookups",
+                    self.checkpoint(),
+                ));
+            }
+            let chunk: Vec<String> = self
+                .cp
+                .remaining
+                .iter()
+                .take(self.per_call)
+                .cloned()
+                .collect();
+            let page = reservation
+                .lookup(self.record_type, &chunk)
+                .await
+                .or_restart_from(|| self.checkpoint())?;
+            let intake = Intake {
+                source: &self.sync,
+                record_type: self.record_type,
+                tag: format!("c{}", self.cp.calls),
+                // Everything claimed is sent at once, before the commit: no
+                // claim waits in memory to be lost in a crash.
+                last: true,
+                recheck_unchanged: false,
+            };
+            take_in(svc, self.job, intake, page, &mut BTreeMap::new())
+                .await
+                .or_restart_from(|| self.checkpoint())?;
+            self.cp.remaining.drain(..chunk.len());
+            self.cp.calls += 1;
+            calls_here += 1;
+        }
+        Ok(Outcome::Done)
+    }
 }
 
 /// Holds lookups of a type whose first complete transfer has not finished

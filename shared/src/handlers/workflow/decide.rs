@@ -70,42 +70,14 @@ impl WorkflowHandler {
         wf: &Compiled,
         record: &StoredRecord,
         change: Cause,
-        mut relookups: Option<&mut Relookups>,
+        relookups: Option<&mut Relookups>,
         loaded: &Loaded,
     ) -> Result<Plan> {
         let now = self.svc.clock.now();
         let data = record.data.clone().unwrap_or(Value::Null);
-        let mut related = serde_json::Map::new();
-        let mut waiting = false;
-        for (name, rel) in &wf.config.related {
-            let Some(id) = crate::handlers::sync::id_at(&data, &rel.via) else {
-                related.insert(name.clone(), Value::Null);
-                continue;
-            };
-            match (
-                loaded.get(&(rel.record_type.clone(), id.clone())),
-                rel.missing,
-            ) {
-                (Some(r), _) => {
-                    related.insert(name.clone(), r.data.clone().unwrap_or(Value::Null));
-                }
-                (None, MissingPolicy::Skip) => {
-                    related.insert(name.clone(), Value::Null);
-                }
-                (None, policy) => {
-                    waiting = true;
-                    if let Some(r) = relookups.as_deref_mut() {
-                        r.entry((rel.record_type.clone(), policy))
-                            .or_insert_with(|| (rel.min_relookup, BTreeSet::new()))
-                            .1
-                            .insert(id);
-                    }
-                }
-            }
-        }
-        if waiting {
+        let Some(related) = relate(wf, &data, relookups, loaded) else {
             return Ok(Plan::Waiting);
-        }
+        };
         let ctx = json!({ "record": data, "related": Value::Object(related), "change": change.as_str(), "now": now.to_rfc3339() });
         for (i, c) in wf.conditions.iter().enumerate() {
             match eval(c, &ctx, &format!("workflows.{}.conditions[{i}]", wf.name))? {
@@ -115,74 +87,122 @@ impl WorkflowHandler {
             }
         }
         let mut actions = Vec::new();
-        for (i, a) in wf.config.actions.iter().enumerate() {
-            if let Some(w) = &wf.whens[i] {
-                match eval(w, &ctx, &format!("workflows.{}.actions[{i}].when", wf.name))? {
-                    Verdict::Yes => {}
-                    Verdict::No => continue,
-                    Verdict::Bad(reason) => return Ok(Plan::Quarantined(reason)),
-                }
-            }
-            // A template is checked when the config loads; what it lacks
-            // here is this record's data, so only this record is set aside.
-            let bad =
-                |e: String| Plan::Quarantined(format!("workflows.{}.actions[{i}]: {e}", wf.name));
-            match a {
-                ActionConfig::Http {
-                    method, path, body, ..
-                } => {
-                    let path = match crate::config::template::render_path(path, &ctx) {
-                        Ok(p) => p,
-                        Err(e) => return Ok(bad(e)),
-                    };
-                    let body = match body.as_ref().map(|b| render(b, &ctx)).transpose() {
-                        Ok(b) => b,
-                        Err(e) => return Ok(bad(e)),
-                    };
-                    actions.push((
-                        i,
-                        Act::Http {
-                            method: method.clone(),
-                            path,
-                            body,
-                        },
-                    ));
-                }
-                ActionConfig::DatasourcePush { row, .. } => {
-                    let delete = match &wf.delete_whens[i] {
-                        Some(d) => match eval(
-                            d,
-                            &ctx,
-                            &format!("workflows.{}.actions[{i}].delete_when", wf.name),
-                        )? {
-                            Verdict::Yes => true,
-                            Verdict::No => false,
-                            Verdict::Bad(reason) => return Ok(Plan::Quarantined(reason)),
-                        },
-                        None => false,
-                    };
-                    if delete {
-                        // The row's own id, as its insert was keyed; a row
-                        // that cannot be rendered any more (its fields are
-                        // gone) falls back to the record's id.
-                        let id = render(row, &ctx).map_or_else(
-                            |_| record.id.clone(),
-                            |r| crate::store::outbox::row_id(&r, &record.id),
-                        );
-                        actions.push((i, Act::Delete(id)));
-                    } else {
-                        match render(row, &ctx) {
-                            Ok(row) => match crate::store::outbox::unqueueable(&row) {
-                                Some(why) => return Ok(bad(why)),
-                                None => actions.push((i, Act::Insert(row))),
-                            },
-                            Err(e) => return Ok(bad(e)),
-                        }
-                    }
-                }
+        for i in 0..wf.config.actions.len() {
+            match part(wf, i, &ctx, &record.id)? {
+                Part::Act(act) => actions.push((i, act)),
+                Part::Skip => {}
+                Part::SetAside(reason) => return Ok(Plan::Quarantined(reason)),
             }
         }
         Ok(Plan::Pass { actions })
+    }
+}
+
+/// The workflow's related records of `data`, by name (`null` where the
+/// record has no reference, or a missing one is skipped by policy); `None`
+/// when one it must wait for is not stored yet, noted in `relookups`.
+fn relate(
+    wf: &Compiled,
+    data: &Value,
+    mut relookups: Option<&mut Relookups>,
+    loaded: &Loaded,
+) -> Option<serde_json::Map<String, Value>> {
+    let mut related = serde_json::Map::new();
+    let mut waiting = false;
+    for (name, rel) in &wf.config.related {
+        let Some(id) = crate::handlers::sync::id_at(data, &rel.via) else {
+            related.insert(name.clone(), Value::Null);
+            continue;
+        };
+        match (
+            loaded.get(&(rel.record_type.clone(), id.clone())),
+            rel.missing,
+        ) {
+            (Some(r), _) => {
+                related.insert(name.clone(), r.data.clone().unwrap_or(Value::Null));
+            }
+            (None, MissingPolicy::Skip) => {
+                related.insert(name.clone(), Value::Null);
+            }
+            (None, policy) => {
+                waiting = true;
+                if let Some(r) = relookups.as_deref_mut() {
+                    r.entry((rel.record_type.clone(), policy))
+                        .or_insert_with(|| (rel.min_relookup, BTreeSet::new()))
+                        .1
+                        .insert(id);
+                }
+            }
+        }
+    }
+    (!waiting).then_some(related)
+}
+
+/// One action's part in a record's plan.
+enum Part {
+    Act(Act),
+    /// Its `when` said no.
+    Skip,
+    /// This record's data cannot make it (the reason): the record is set
+    /// aside, its other actions too.
+    SetAside(String),
+}
+
+/// What action `i` of `wf` makes of the record in `ctx`. A template is
+/// checked when the config loads; what it lacks here is this record's
+/// data, so only this record is set aside.
+fn part(wf: &Compiled, i: usize, ctx: &Value, record_id: &str) -> Result<Part> {
+    let bad = |e: String| Part::SetAside(format!("workflows.{}.actions[{i}]: {e}", wf.name));
+    if let Some(w) = &wf.whens[i] {
+        match eval(w, ctx, &format!("workflows.{}.actions[{i}].when", wf.name))? {
+            Verdict::Yes => {}
+            Verdict::No => return Ok(Part::Skip),
+            Verdict::Bad(reason) => return Ok(Part::SetAside(reason)),
+        }
+    }
+    match &wf.config.actions[i] {
+        ActionConfig::Http {
+            method, path, body, ..
+        } => {
+            let path = match crate::config::template::render_path(path, ctx) {
+                Ok(p) => p,
+                Err(e) => return Ok(bad(e)),
+            };
+            Ok(match body.as_ref().map(|b| render(b, ctx)).transpose() {
+                Ok(body) => Part::Act(Act::Http {
+                    method: method.clone(),
+                    path,
+                    body,
+                }),
+                Err(e) => bad(e),
+            })
+        }
+        ActionConfig::DatasourcePush { row, .. } => {
+            if let Some(d) = &wf.delete_whens[i] {
+                let what = format!("workflows.{}.actions[{i}].delete_when", wf.name);
+                match eval(d, ctx, &what)? {
+                    // The row's own id, as its insert was keyed; a row
+                    // that cannot be rendered any more (its fields are
+                    // gone) falls back to the record's id.
+                    Verdict::Yes => {
+                        let id = render(row, ctx).map_or_else(
+                            |_| record_id.to_string(),
+                            |r| crate::store::outbox::row_id(&r, record_id),
+                        );
+                        return Ok(Part::Act(Act::Delete(id)));
+                    }
+                    Verdict::No => {}
+                    Verdict::Bad(reason) => return Ok(Part::SetAside(reason)),
+                }
+            }
+            Ok(match render(row, ctx) {
+                Ok(row) => match crate::store::outbox::unqueueable(&row) {
+                    Some(why) => bad(why),
+                    None => Part::Act(Act::Insert(row)),
+                },
+                Err(e) => bad(e),
+            })
+        }
     }
 }
 

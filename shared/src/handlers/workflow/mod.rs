@@ -182,6 +182,11 @@ struct Compiled {
 /// Records read for a slice of work, by (record type, id); seen ones only.
 type Loaded = std::collections::HashMap<(String, String), StoredRecord>;
 
+/// The checkpoint to restart from.
+fn save(cp: &Checkpoint) -> Option<Value> {
+    serde_json::to_value(cp).ok()
+}
+
 /// Missing related records a slice asks for, by (record type, policy): the
 /// policy's minimum relookup time and the ids.
 type Relookups = BTreeMap<(String, MissingPolicy), (std::time::Duration, BTreeSet<String>)>;
@@ -285,7 +290,6 @@ impl WorkflowHandler {
             self.flush_legacy_pending(job, &mut cp).await?;
             cp.pending.clear();
         }
-        let key = self.svc.key(&job.org);
         // A change trigger's actions run once per record version; a manual
         // or bulk run is a trigger of its own.
         let trigger_key = if matches!(WorkflowPayload::of(job), Ok(WorkflowPayload::Trigger(_))) {
@@ -293,110 +297,138 @@ impl WorkflowHandler {
         } else {
             format!(":{}", job.id)
         };
-        let save = |cp: &Checkpoint| serde_json::to_value(cp).ok();
         let mut slices_here = 0u32;
         loop {
-            if slices_here > 0 && ctx.near_deadline(self.svc.clock.now(), self.svc.deadline_margin)
-            {
-                return Ok(Outcome::resume(
-                    self.svc.clock.now(),
-                    "near the Lambda deadline",
-                    save(&cp),
-                ));
+            let now = self.svc.clock.now();
+            if slices_here > 0 && ctx.near_deadline(now, self.svc.deadline_margin) {
+                return Ok(Outcome::resume(now, "near the Lambda deadline", save(&cp)));
             }
-            // The next slice of work: queued items, else the next bulk page.
-            let items: Vec<Item> = if !cp.items.is_empty() {
-                cp.items
-                    .drain(..cp.items.len().min(BULK_PAGE as usize))
-                    .collect()
-            } else if let Some((wf_name, after)) = cp.bulk.clone() {
-                let wf = self.workflow(&wf_name)?;
-                let page = self
-                    .svc
-                    .store
-                    .list(
-                        &key,
-                        &wf.config.trigger.record_type,
-                        after.as_deref(),
-                        BULK_PAGE,
-                    )
-                    .await?;
-                cp.bulk = match page.last() {
-                    Some(last) if page.len() == BULK_PAGE as usize => {
-                        Some((wf_name.clone(), Some(last.id.clone())))
-                    }
-                    _ => None,
-                };
-                page.into_iter()
-                    .map(|r| Item {
-                        workflow: wf_name.clone(),
-                        id: r.id,
-                        change: Cause::Manual,
-                        version: None,
-                    })
-                    .collect()
-            } else {
+            let Some(items) = self.next_slice(job, &mut cp).await? else {
                 break;
             };
-            let slice: Vec<(&Compiled, String)> = items
-                .iter()
-                .map(|i| Ok((self.workflow(&i.workflow)?, i.id.clone())))
-                .collect::<Result<_>>()?;
             slices_here += 1;
-            let loaded = self.load(&job.org, &slice).await?;
-            let mut relookups = Relookups::new();
-            for item in items {
-                let wf = self.workflow(&item.workflow)?;
-                let stored = loaded
-                    .get(&(wf.config.trigger.record_type.clone(), item.id.clone()))
-                    .cloned();
-                let record = match (
-                    readiness(&item, stored.as_ref().map(|r| r.hash.as_str())),
-                    stored,
-                ) {
-                    (Readiness::Act, Some(record)) => record,
-                    (Readiness::NotStoredYet, _) => {
-                        cp.unstored.push(item);
-                        continue;
-                    }
-                    _ => {
-                        tracing::warn!(id = %item.id, "record named by a manual run is not in the store; skipped");
-                        continue;
-                    }
-                };
-                match self
-                    .plan(wf, &record, item.change, Some(&mut relookups), &loaded)
-                    .await?
-                {
-                    Plan::Waiting => cp.waiting.push(item),
-                    Plan::Filtered => {}
-                    Plan::Quarantined(reason) => {
-                        let q = crate::store::Quarantined::new(
-                            &format!("workflow:{}", wf.name),
-                            &wf.config.trigger.record_type,
-                            Some(record.id.clone()),
-                            reason,
-                            record.data.as_ref().unwrap_or(&Value::Null),
-                            self.svc.clock.now(),
-                        );
-                        tracing::warn!(workflow = %wf.name, record_id = %record.id, reason = %q.reason, "record quarantined; the other records go on");
-                        self.svc.store.quarantine(&key, &[q]).await?;
-                        self.svc.metrics.add(
-                            &key.app,
-                            &key.org,
-                            crate::core::metrics::Counter::RecordsQuarantined,
-                            1,
-                        );
-                    }
-                    Plan::Pass { actions } => {
-                        self.enqueue_actions(job, wf, &record, &trigger_key, actions, &mut cp)
-                            .await?
-                    }
+            self.run_slice(job, items, &trigger_key, &mut cp).await?;
+        }
+        self.wait_for_the_rest(job, cp).await
+    }
+
+    /// The next slice of work: queued items, else the next page of a bulk
+    /// run; `None` when neither is left.
+    async fn next_slice(
+        &self,
+        job: &JobEnvelope,
+        cp: &mut Checkpoint,
+    ) -> Result<Option<Vec<Item>>> {
+        if !cp.items.is_empty() {
+            let take = cp.items.len().min(BULK_PAGE as usize);
+            return Ok(Some(cp.items.drain(..take).collect()));
+        }
+        let Some((wf_name, after)) = cp.bulk.clone() else {
+            return Ok(None);
+        };
+        let wf = self.workflow(&wf_name)?;
+        let key = self.svc.key(&job.org);
+        let record_type = &wf.config.trigger.record_type;
+        let page = self
+            .svc
+            .store
+            .list(&key, record_type, after.as_deref(), BULK_PAGE)
+            .await?;
+        cp.bulk = match page.last() {
+            Some(last) if page.len() == BULK_PAGE as usize => {
+                Some((wf_name.clone(), Some(last.id.clone())))
+            }
+            _ => None,
+        };
+        let items = page.into_iter().map(|r| Item {
+            workflow: wf_name.clone(),
+            id: r.id,
+            change: Cause::Manual,
+            version: None,
+        });
+        Ok(Some(items.collect()))
+    }
+
+    /// Decides and carries out one slice: each item's record is loaded
+    /// (with the related records its conditions read), planned, and its
+    /// actions and outbox rows written; items not ready wait in `cp`.
+    async fn run_slice(
+        &self,
+        job: &JobEnvelope,
+        items: Vec<Item>,
+        trigger_key: &str,
+        cp: &mut Checkpoint,
+    ) -> Result<()> {
+        let slice: Vec<(&Compiled, String)> = items
+            .iter()
+            .map(|i| Ok((self.workflow(&i.workflow)?, i.id.clone())))
+            .collect::<Result<_>>()?;
+        let loaded = self.load(&job.org, &slice).await?;
+        let mut relookups = Relookups::new();
+        for item in items {
+            let wf = self.workflow(&item.workflow)?;
+            let stored = loaded
+                .get(&(wf.config.trigger.record_type.clone(), item.id.clone()))
+                .cloned();
+            let hash = stored.as_ref().map(|r| r.hash.as_str());
+            let record = match (readiness(&item, hash), stored) {
+                (Readiness::Act, Some(record)) => record,
+                (Readiness::NotStoredYet, _) => {
+                    cp.unstored.push(item);
+                    continue;
+                }
+                _ => {
+                    tracing::warn!(id = %item.id, "record named by a manual run is not in the store; skipped");
+                    continue;
+                }
+            };
+            let relookups = Some(&mut relookups);
+            match self
+                .plan(wf, &record, item.change, relookups, &loaded)
+                .await?
+            {
+                Plan::Waiting => cp.waiting.push(item),
+                Plan::Filtered => {}
+                Plan::Quarantined(reason) => self.quarantine(job, wf, &record, reason).await?,
+                Plan::Pass { actions } => {
+                    self.enqueue_actions(job, wf, &record, trigger_key, actions, cp)
+                        .await?
                 }
             }
-            self.write_outbox(job, &mut cp).await?;
-            self.request_relookups(&job.org, relookups).await?;
         }
+        self.write_outbox(job, cp).await?;
+        self.request_relookups(&job.org, relookups).await
+    }
+
+    /// Sets one record aside that a workflow's conditions cannot judge;
+    /// the other records go on.
+    async fn quarantine(
+        &self,
+        job: &JobEnvelope,
+        wf: &Compiled,
+        record: &StoredRecord,
+        reason: String,
+    ) -> Result<()> {
+        let key = self.svc.key(&job.org);
+        let q = crate::store::Quarantined::new(
+            &format!("workflow:{}", wf.name),
+            &wf.config.trigger.record_type,
+            Some(record.id.clone()),
+            reason,
+            record.data.as_ref().unwrap_or(&Value::Null),
+            self.svc.clock.now(),
+        );
+        tracing::warn!(workflow = %wf.name, record_id = %record.id, reason = %q.reason, "record quarantined; the other records go on");
+        self.svc.store.quarantine(&key, &[q]).await?;
+        let counter = crate::core::metrics::Counter::RecordsQuarantined;
+        self.svc.metrics.add(&key.app, &key.org, counter, 1);
+        Ok(())
+    }
+
+    /// Every slice is done: the job ends, or waits for what is not ready
+    /// (records not stored yet at their version, related records),
+    /// backing off; records never stored within the limit are set aside.
+    async fn wait_for_the_rest(&self, job: &JobEnvelope, mut cp: Checkpoint) -> Result<Outcome> {
         let now = self.svc.clock.now();
         if !cp.unstored.is_empty()
             && now - job.created_at > chrono::Duration::hours(UNSTORED_LIMIT_HOURS)
