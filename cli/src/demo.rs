@@ -6,7 +6,7 @@
 
 use crate::system::{load_config, BoxError, Options, System};
 use chrono::{TimeZone, Utc};
-use metered::jobs::envelope::JobKind;
+use metered::JobKind;
 use serde_json::json;
 use std::collections::BTreeMap;
 
@@ -271,7 +271,7 @@ pub async fn run(args: Args) -> Result<(), BoxError> {
 /// own counter is read before and after.
 async fn hosted_request(
     system: &crate::system::System,
-    key: &metered::quota::QuotaKey,
+    key: &metered::QuotaKey,
     sim: &metered_sim::Sim,
 ) -> Result<serde_json::Value, BoxError> {
     use metered::store::hosted::HostedRows;

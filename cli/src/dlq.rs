@@ -157,10 +157,9 @@ async fn queues(args: &Args) -> Result<Vec<(JobKind, Arc<dyn JobQueue>)>, BoxErr
     // In a simulation's database "now" is where the simulation ended: a
     // job redriven at the wall clock's now would wait days of simulated
     // time, and the next simulated run would never pick it up.
-    let clock: metered::core::clock::SharedClock = match crate::system::simulated_until(&db).await?
-    {
-        Some(until) => Arc::new(metered::core::clock::ManualClock::new(until)),
-        None => Arc::new(metered::core::clock::SystemClock),
+    let clock: metered::SharedClock = match crate::system::simulated_until(&db).await? {
+        Some(until) => Arc::new(metered::ManualClock::new(until)),
+        None => Arc::new(metered::SystemClock),
     };
     for (kind, q) in metered::edge::local::local_queues(&db, &clock) {
         out.push((kind, q));

@@ -112,7 +112,7 @@ pub struct ShareForecast {
 /// The shares against the day's calls of each kind, with a warning for a
 /// share that runs dry (its kind forecasts more than it may spend).
 fn share_forecasts(
-    limits: &metered::quota::Limits,
+    limits: &metered::Limits,
     day_limit: Option<u32>,
     day1: &[SourceForecast],
     steady: &[SourceForecast],
@@ -182,7 +182,7 @@ pub struct WindowLoad {
 /// many hours; a shorter one (a minute, 10 s, a bucket) on the busiest hour,
 /// which it holds to `limit × 3600 / length`. The forecast counts hours, so
 /// a short window meets the bursts inside an hour sooner than this says.
-pub fn window_loads(limits: &metered::quota::Limits, per_hour: &[f64]) -> Vec<WindowLoad> {
+pub fn window_loads(limits: &metered::Limits, per_hour: &[f64]) -> Vec<WindowLoad> {
     let mut loads: Vec<WindowLoad> = limits
         .windows()
         .map(|(kind, limit)| {
@@ -842,7 +842,7 @@ fn remedies(
 #[cfg(test)]
 mod tests {
     use super::window_loads;
-    use metered::quota::Limits;
+    use metered::Limits;
 
     #[test]
     fn the_fullest_window_binds_first_each_judged_on_its_span() {

@@ -5,10 +5,10 @@ use crate::chart::{burn_svg, OrgDay};
 use crate::system::{default_db, load_config, BoxError};
 use chrono::Timelike;
 use metered::adapters::sqlite::Db;
-use metered::config::app::AppConfig;
 use metered::jobs::envelope::{JobEnvelope, JobKind};
 use metered::quota::{QuotaKey, QuotaStore};
 use metered::store::RecordStore;
+use metered::AppConfig;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::path::PathBuf;
@@ -152,7 +152,7 @@ impl Scope {
 
     /// An organization's limits, the same way (None without a config or a
     /// recorded run).
-    fn limits(&self, org: &str) -> Option<metered::quota::Limits> {
+    fn limits(&self, org: &str) -> Option<metered::Limits> {
         match (&self.ran_under, &self.config) {
             (Some(r), _) => Some(r.orgs.get(org).unwrap_or(&r.app).clone()),
             (None, Some(c)) => Some(c.limits_for(org)),
@@ -716,7 +716,7 @@ fn detail(job: &JobEnvelope) -> Option<String> {
 /// kind and reason, then listed with org, id, restarts and when they run.
 pub async fn jobs(args: JobsArgs) -> Result<(), BoxError> {
     let db = open_db(&args.common.db)?;
-    let clock: metered::core::clock::SharedClock = Arc::new(metered::core::clock::SystemClock);
+    let clock: metered::SharedClock = Arc::new(metered::SystemClock);
     let mut out = Vec::new();
     // The (org, app) of every waiting job: their connections' health.
     let mut connections = std::collections::BTreeSet::new();

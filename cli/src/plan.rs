@@ -88,7 +88,7 @@ pub async fn run(args: Args) -> Result<(), BoxError> {
                 "--db needs an organization: the config has no [[connections]]; pass --org",
             )?,
         };
-        let key = metered::quota::QuotaKey::new(&org, &config.app.name);
+        let key = metered::QuotaKey::new(&org, &config.app.name);
         for t in config.record_types.keys() {
             use metered::store::RecordStore;
             known.insert(t.clone(), store.count(&key, t).await?);

@@ -4,8 +4,8 @@
 
 use crate::status::RunStatus;
 use crate::system::{default_db, default_sim_db, load_config, BoxError, Options, System};
-use metered::jobs::envelope::JobKind;
 use metered::jobs::runtime::{JobRuntime, RestartPolicy};
+use metered::JobKind;
 use std::path::PathBuf;
 
 #[derive(clap::Args, Debug)]
@@ -157,7 +157,7 @@ async fn real_time(system: &System, json: bool) -> Result<(), BoxError> {
         .iter()
         .map(|c| c.org.clone())
         .collect();
-    let manual = metered::core::clock::ManualClock::new(chrono::Utc::now());
+    let manual = metered::ManualClock::new(chrono::Utc::now());
     let bar = (!json && std::io::stderr().is_terminal()).then(|| {
         let bar = indicatif::ProgressBar::new_spinner();
         bar.set_style(
@@ -255,7 +255,7 @@ pub async fn invoke(args: InvokeArgs) -> Result<(), BoxError> {
     let ledger: std::sync::Arc<dyn metered::jobs::ledger::ActionLedger> = std::sync::Arc::new(
         metered::adapters::sqlite::store::SqliteStore::new(system.runner.db.clone()),
     );
-    let router = metered::handlers::route::Router::only(svc, ledger, kind)?;
+    let router = metered::Router::only(svc, ledger, kind)?;
     let response = metered::edge::lambda::handle_sqs_event(&runtime, sqs, &router, None).await;
     println!("{}", serde_json::to_string_pretty(&response)?);
     Ok(())

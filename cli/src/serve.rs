@@ -10,8 +10,8 @@ use metered::adapters::sqlite::store::SqliteStore;
 use metered::adapters::sqlite::Db;
 use metered::config::datasource::DataSourceMode;
 use metered::config::secret::SecretRef;
-use metered::core::clock::SystemClock;
 use metered::handlers::hosted::{resolve_secrets, HostedRequest, HostedService};
+use metered::SystemClock;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -32,7 +32,7 @@ pub struct Args {
 
 /// Builds the service for `config` over the database at `db`.
 pub async fn service(
-    config: &metered::config::app::AppConfig,
+    config: &metered::AppConfig,
     db: &std::path::Path,
 ) -> Result<HostedService, BoxError> {
     if !config

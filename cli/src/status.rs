@@ -5,11 +5,11 @@
 //! whenever something changed otherwise, a JSON event per change with
 //! `--json`.
 
-use metered::core::clock::Timestamp;
 use metered::core::metrics::Counter;
 use metered::edge::local::LocalRunner;
-use metered::jobs::envelope::JobKind;
 use metered::quota::WindowKind;
+use metered::JobKind;
+use metered::Timestamp;
 use serde::Serialize;
 use std::collections::BTreeMap;
 

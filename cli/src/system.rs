@@ -3,11 +3,11 @@
 //! (to the app's API, or to the built-in simulator), and the local runner.
 
 use metered::adapters::sqlite::Db;
-use metered::config::app::AppConfig;
 use metered::connector::secrets::Secret;
 use metered::connector::Connector;
 use metered::core::clock::{Clock, ManualClock, SharedClock, SystemClock, Timestamp};
 use metered::edge::local::{LocalRunner, RunReport};
+use metered::AppConfig;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -42,9 +42,9 @@ const META_MADE_BY: &str = "made_by";
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct RanUnder {
     /// The app's own `[app.limits]`.
-    pub app: metered::quota::Limits,
+    pub app: metered::Limits,
     /// Each organization's limits (its own, or the app's).
-    pub orgs: BTreeMap<String, metered::quota::Limits>,
+    pub orgs: BTreeMap<String, metered::Limits>,
 }
 
 impl RanUnder {

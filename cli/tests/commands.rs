@@ -320,7 +320,7 @@ async fn usage_records_and_quarantine_read_dynamodb_too() {
     table.create_if_missing().await.unwrap();
     let day = chrono::NaiveDate::from_ymd_opt(2026, 11, 22).unwrap();
     let entry = metered::quota::UsageEntry {
-        key: metered::quota::QuotaKey::new("acme", "sim-booking"),
+        key: metered::QuotaKey::new("acme", "sim-booking"),
         day,
         source: "recent-records:invoices".into(),
         endpoint: "GET /invoices".into(),
@@ -339,13 +339,13 @@ async fn usage_records_and_quarantine_read_dynamodb_too() {
         .record_usage(&[entry])
         .await
         .unwrap();
-    let record = metered::core::record::Record {
+    let record = metered::Record {
         id: "cls_001".into(),
         updated_at: None,
         data: serde_json::json!({"id": "cls_001", "title": "Yoga"}),
     };
     let store = metered::adapters::aws::store::DynamoStore::new(table);
-    let scope = metered::quota::QuotaKey::new("acme", "sim-booking");
+    let scope = metered::QuotaKey::new("acme", "sim-booking");
     metered::store::RecordStore::upsert(&store, &scope, "classes", &[record], chrono::Utc::now())
         .await
         .unwrap();
@@ -390,7 +390,7 @@ async fn usage_records_and_quarantine_read_dynamodb_too() {
     // back to waiting. Org `beta` has a row with the same id, untouched.
     use metered::store::outbox::{Outbox, Refusal, RowChange, RowWrite};
     let now = chrono::Utc::now();
-    let beta = metered::quota::QuotaKey::new("beta", "sim-booking");
+    let beta = metered::QuotaKey::new("beta", "sim-booking");
     for key in [&scope, &beta] {
         let row = RowWrite::new("v-1", RowChange::Insert(serde_json::json!({"id": "v-1"})));
         store.put_rows(key, "vips", &[row], now).await.unwrap();
@@ -497,7 +497,7 @@ fn local_infra_creates_what_the_template_declares() {
         })
         .collect();
     assert_eq!(vars["METERED_TABLE"], format!("{prefix}-MeteredTable"));
-    for kind in metered::jobs::envelope::JobKind::QUEUED {
+    for kind in metered::JobKind::QUEUED {
         let suffix = metered::edge::lambda::env_suffix(kind);
         assert!(
             vars[&format!("METERED_QUEUE_URL_{suffix}")].contains(&prefix),
@@ -516,10 +516,7 @@ fn local_infra_creates_what_the_template_declares() {
     );
     let config =
         metered::edge::lambda::DeployConfig::from_lookup(|k| with_app.get(k).cloned()).unwrap();
-    assert_eq!(
-        config.queues.len(),
-        metered::jobs::envelope::JobKind::QUEUED.len()
-    );
+    assert_eq!(config.queues.len(), metered::JobKind::QUEUED.len());
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -873,7 +870,7 @@ async fn inspect_commands_read_the_app_the_database_holds() {
     // Two orgs of one app whose record ids coincide.
     for (org, calls) in [("acme", 3), ("globex", 5)] {
         let key = QuotaKey::new(org, "my-app");
-        let record = metered::core::record::Record {
+        let record = metered::Record {
             id: "inv_1".into(),
             updated_at: None,
             data: serde_json::json!({"id": "inv_1", "org": org}),
@@ -985,7 +982,7 @@ async fn inspect_commands_read_the_app_the_database_holds() {
         .upsert(
             &QuotaKey::new("acme", "sim-booking"),
             "invoices",
-            &[metered::core::record::Record {
+            &[metered::Record {
                 id: "inv_1".into(),
                 updated_at: None,
                 data: serde_json::json!({"id": "inv_1"}),
@@ -1041,8 +1038,7 @@ async fn jobs_are_listed_counted_and_filtered() {
     use metered::jobs::queue::JobQueue;
     let dir = tmp("jobs");
     let db = metered::adapters::sqlite::Db::open(dir.join("q.sqlite")).unwrap();
-    let clock: metered::core::clock::SharedClock =
-        std::sync::Arc::new(metered::core::clock::SystemClock);
+    let clock: metered::SharedClock = std::sync::Arc::new(metered::SystemClock);
     let queue = |kind: JobKind| {
         metered::adapters::sqlite::queue::SqliteQueue::new(
             db.clone(),
@@ -1154,7 +1150,7 @@ async fn jobs_are_listed_counted_and_filtered() {
         now,
         metered::quota::PausePolicy { after_failures: 1 },
     );
-    let acme = metered::quota::QuotaKey::new("acme", "my-app");
+    let acme = metered::QuotaKey::new("acme", "my-app");
     assert!(metered::quota::QuotaStore::swap_health(
         &quota,
         &acme,
@@ -1185,8 +1181,8 @@ async fn jobs_are_listed_counted_and_filtered() {
 /// Two orgs' dead-lettered jobs with the same id, on one queue.
 async fn dead_letter_two_orgs(queue: &dyn metered::jobs::queue::JobQueue) {
     for org in ["acme", "globex"] {
-        let mut job = metered::jobs::envelope::JobEnvelope::new(
-            metered::jobs::envelope::JobKind::Workflow,
+        let mut job = metered::JobEnvelope::new(
+            metered::JobKind::Workflow,
             org,
             "sim-booking",
             serde_json::json!({"workflow": "vip"}),
@@ -1270,8 +1266,7 @@ fn dlq_list_show_redrive(cmd: &dyn Fn(&[&str]) -> Output) {
 async fn dead_letters_are_listed_and_redriven_on_sqlite() {
     let dir = tmp("dlq-sqlite");
     let db = metered::adapters::sqlite::Db::open(dir.join("q.sqlite")).unwrap();
-    let clock: metered::core::clock::SharedClock =
-        std::sync::Arc::new(metered::core::clock::SystemClock);
+    let clock: metered::SharedClock = std::sync::Arc::new(metered::SystemClock);
     let queue = metered::adapters::sqlite::queue::SqliteQueue::new(db, "workflow", clock, 5);
     dead_letter_two_orgs(&queue).await;
     let run = |args: &[&str]| {
@@ -1335,7 +1330,7 @@ async fn dead_letters_are_listed_and_redriven_on_ministack_sqs() {
         }
     }
     assert_eq!(back.len(), 1);
-    let job = metered::jobs::envelope::JobEnvelope::parse(&back[0].body).unwrap();
+    let job = metered::JobEnvelope::parse(&back[0].body).unwrap();
     assert_eq!((job.org.as_str(), job.restarts), ("acme", 0));
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -1509,7 +1504,7 @@ async fn a_redriven_dead_letter_runs_to_completion_on_sqlite() {
     );
     let db = metered::adapters::sqlite::Db::open(dir.join("d.sqlite")).unwrap();
     let store = metered::adapters::sqlite::store::SqliteStore::new(db);
-    let key = metered::quota::QuotaKey::new("acme", "sim-booking");
+    let key = metered::QuotaKey::new("acme", "sim-booking");
     let now = chrono::Utc::now() + chrono::Duration::days(3);
     assert_eq!(
         store.claim(&key, &id, generation, now, now).await.unwrap(),
@@ -1821,7 +1816,7 @@ async fn serve_answers_hosted_get_from_the_database_a_run_writes() {
     );
     let db = metered::adapters::sqlite::Db::open(dir.join("t.sqlite")).unwrap();
     let store = metered::adapters::sqlite::store::SqliteStore::new(db);
-    let key = metered::quota::QuotaKey::new("acme", "sim-booking");
+    let key = metered::QuotaKey::new("acme", "sim-booking");
     let expected: std::collections::BTreeSet<String> = store
         .rows_after(&key, "gold_invoices", None, 100_000)
         .await
@@ -2257,7 +2252,7 @@ fn docs_limits_configs_load() {
             .and_then(|w| w.as_array())
             .map_or(0, Vec::len);
         merge_toml(&mut config, piece_value);
-        let loaded = metered::config::app::AppConfig::parse(&toml::to_string(&config).unwrap())
+        let loaded = metered::AppConfig::parse(&toml::to_string(&config).unwrap())
             .unwrap_or_else(|e| panic!("the example\n{piece}\ndoes not load: {e}"));
         assert_eq!(loaded.app.limits.windows.len(), windows, "{piece}");
         assert_eq!(
@@ -2296,14 +2291,14 @@ fn docs_configuration_loads_and_its_walkthrough_runs() {
         "the reference has its examples: {blocks:?}"
     );
     let mut config: toml::Value = toml::from_str(plain[0]).expect("the minimal config is TOML");
-    metered::config::app::AppConfig::parse(plain[0]).expect("the minimal config loads");
+    metered::AppConfig::parse(plain[0]).expect("the minimal config loads");
     for piece in &plain[1..] {
         merge_toml(
             &mut config,
             toml::from_str(piece).unwrap_or_else(|e| panic!("{e}: {piece}")),
         );
         let text = toml::to_string(&config).unwrap();
-        metered::config::app::AppConfig::parse(&text)
+        metered::AppConfig::parse(&text)
             .unwrap_or_else(|e| panic!("the example\n{piece}\ndoes not load: {e}"));
     }
     let helpdesk: String = blocks

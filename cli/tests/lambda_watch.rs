@@ -239,7 +239,7 @@ async fn functions_run_under_cargo_lambda_watch_against_local_aws() {
         &vars["METERED_TABLE"],
     );
     let store = metered::adapters::aws::store::DynamoStore::new(table);
-    let key = metered::quota::QuotaKey::new("acme", "sim-booking");
+    let key = metered::QuotaKey::new("acme", "sim-booking");
     assert_eq!(
         metered::store::RecordStore::count(&store, &key, "classes")
             .await

@@ -215,7 +215,7 @@ async fn template_deploys_to_ministack_and_the_system_runs_there() {
         &deployed.outputs["TableName"],
     );
     let store = metered::adapters::aws::store::DynamoStore::new(table);
-    let key = metered::quota::QuotaKey::new("acme", "sim-booking");
+    let key = metered::QuotaKey::new("acme", "sim-booking");
     // (delayed, visible + in flight) messages of a queue.
     let depth = |queue: String| {
         let sqs = sqs.clone();
@@ -371,8 +371,8 @@ async fn template_deploys_to_ministack_and_the_system_runs_there() {
         &deployed.outputs["WorkflowQueueUrl"],
         &deployed.outputs["WorkflowDeadLetterQueueUrl"],
     );
-    let mut job = metered::jobs::envelope::JobEnvelope::new(
-        metered::jobs::envelope::JobKind::Workflow,
+    let mut job = metered::JobEnvelope::new(
+        metered::JobKind::Workflow,
         "acme",
         "sim-booking",
         serde_json::json!({"workflow": "notes", "ids": ["cls_010"], "dry_run": false}),
@@ -465,8 +465,7 @@ async fn two_orgs_run_every_kind_at_once_on_the_deployed_stack() {
             binaries().display()
         );
     }
-    let clock: metered::core::clock::SharedClock =
-        std::sync::Arc::new(metered::core::clock::SystemClock);
+    let clock: metered::SharedClock = std::sync::Arc::new(metered::SystemClock);
     let sim = metered_sim::Sim::new(
         metered_sim::SimConfig {
             customers: 60,

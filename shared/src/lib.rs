@@ -12,7 +12,7 @@
 //! ```text
 //!  7  edge       lambda (SQS/EventBridge loop, feature aws) · hosted (Function URL) · local (one process, feature sqlite)
 //!  6  adapters   aws: DynamoDB quota+store, SQS queue      · sqlite: the same on one file
-//!  5  handlers   route (one match on JobKind) · payload · start · sync · schedule · workflow · actions · hosted GET · AppContext
+//!  5  handlers   route (one match on JobKind) · payload · start · flow (`?`) · sync · schedule · workflow · actions · hosted GET · AppContext
 //!  4  ports      connector (API calls)   · jobs (envelope, queue, ledgers, fate, runtime) · store (records, leases)
 //!  3  config     AppConfig: app, record types, syncs, workflows — validated in one pass (validate)
 //!  2  quota      key · limits · port · rules · usage · facade (windows, buckets, shares, waves)
@@ -84,3 +84,15 @@ pub mod quota;
 pub mod store;
 
 pub use crate::core::error::{Error, Result};
+
+// The face: the types every user of the library (the functions, the CLI,
+// the tests) names, importable from the crate root. The modules stay
+// public for the rest; an item only the library uses is `pub(crate)`
+// (`unreachable_pub` is warned in the workspace lints).
+pub use crate::config::app::AppConfig;
+pub use crate::core::clock::{ManualClock, SharedClock, SystemClock, Timestamp};
+pub use crate::core::record::Record;
+pub use crate::handlers::context::AppContext;
+pub use crate::handlers::route::Router;
+pub use crate::jobs::envelope::{JobEnvelope, JobKind, Outcome};
+pub use crate::quota::{Limits, Quota, QuotaKey};

@@ -24,7 +24,7 @@ mod server;
 pub use data::Dataset;
 pub use server::{serve, Faults, RetryAfterStyle, SimServer, Stats};
 
-use metered::core::clock::SharedClock;
+use metered::SharedClock;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 

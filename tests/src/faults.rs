@@ -14,17 +14,17 @@
 //!   point runs, nothing is settled or acknowledged.
 
 use async_trait::async_trait;
-use metered::core::clock::Timestamp;
 use metered::core::error::Disposition;
-use metered::core::record::Record;
 use metered::core::record::StoredRecord;
-use metered::jobs::envelope::JobKind;
 use metered::jobs::ledger::{ActionBegin, ActionLedger};
 use metered::jobs::ledger::{Claim, JobLedger};
 use metered::quota::{Acquire, Grant, Limits, QuotaKey, QuotaState, QuotaStore, UsageEntry};
 use metered::store::hosted::RowIndex;
 use metered::store::outbox::{Chunk, Outbox, OutboxRow, OutboxState, RowWrite};
 use metered::store::{PageDiff, Quarantined, RecordStore, SyncFinish, SyncState};
+use metered::JobKind;
+use metered::Record;
+use metered::Timestamp;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 

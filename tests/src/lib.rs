@@ -146,7 +146,7 @@ pub fn ministack_config() -> aws_config::SdkConfig {
 
 /// A weekly complete transfer of `customers`: the limit scenarios start it
 /// by hand and drive it to the end, so it never runs twice.
-pub fn weekly_customer_transfer(c: &mut metered::config::app::AppConfig) {
+pub fn weekly_customer_transfer(c: &mut metered::AppConfig) {
     c.syncs.insert(
         "customers".into(),
         metered::config::sync::SyncConfig {
@@ -160,8 +160,8 @@ pub fn weekly_customer_transfer(c: &mut metered::config::app::AppConfig) {
 
 /// Adds the `[workflows.*]` tables of `toml` to an app config (the rest of
 /// a config is filled in only so that it parses).
-pub fn add_workflows(c: &mut metered::config::app::AppConfig, toml: &str) {
-    let parsed: metered::config::app::AppConfig = ::toml::from_str(&format!(
+pub fn add_workflows(c: &mut metered::AppConfig, toml: &str) {
+    let parsed: metered::AppConfig = ::toml::from_str(&format!(
         "[app]\nname='x'\nbase_url='http://x/'\n[app.limits]\nper_day=1\nmax_concurrent=1\n{toml}"
     ))
     .expect("workflow toml");
@@ -170,8 +170,8 @@ pub fn add_workflows(c: &mut metered::config::app::AppConfig, toml: &str) {
 
 /// Adds the `[workflows.*]` and `[datasources.*]` tables of `toml` to an
 /// app config (the rest is filled in only so that it parses).
-pub fn add_sections(c: &mut metered::config::app::AppConfig, toml: &str) {
-    let parsed: metered::config::app::AppConfig = ::toml::from_str(&format!(
+pub fn add_sections(c: &mut metered::AppConfig, toml: &str) {
+    let parsed: metered::AppConfig = ::toml::from_str(&format!(
         "[app]\nname='x'\nbase_url='http://x/'\n[app.limits]\nper_day=1\nmax_concurrent=1\n{toml}"
     ))
     .expect("workflow toml");
@@ -183,7 +183,7 @@ pub fn add_sections(c: &mut metered::config::app::AppConfig, toml: &str) {
 pub struct SimFixture {
     pub server: metered_sim::SimServer,
     pub connector: std::sync::Arc<metered::connector::http::HttpConnector>,
-    pub config: std::sync::Arc<metered::config::app::AppConfig>,
+    pub config: std::sync::Arc<metered::AppConfig>,
     pub key: String,
 }
 
@@ -202,9 +202,9 @@ pub async fn sim_fixture(config: metered_sim::SimConfig, clock: SharedClock) -> 
 pub async fn sim_fixture_with(
     config: metered_sim::SimConfig,
     clock: SharedClock,
-    edit: impl FnOnce(&mut metered::config::app::AppConfig),
+    edit: impl FnOnce(&mut metered::AppConfig),
 ) -> SimFixture {
-    use metered::config::app::AppConfig;
+    use metered::AppConfig;
     let sim = metered_sim::Sim::new(config, clock.clone());
     let server = metered_sim::serve(sim, "127.0.0.1:0".parse().unwrap())
         .await

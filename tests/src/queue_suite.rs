@@ -5,11 +5,11 @@
 use async_trait::async_trait;
 use aws_lambda_events::event::sqs::{SqsEvent, SqsMessage};
 use chrono::Duration;
-use metered::core::clock::SharedClock;
 use metered::jobs::envelope::{JobEnvelope, JobKind, Outcome};
 use metered::jobs::queue::JobQueue;
 use metered::jobs::runtime::{JobContext, JobHandler, JobRuntime, RestartPolicy, Settled};
 use metered::quota::{Denied, DenyReason};
+use metered::SharedClock;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU32, Ordering};

@@ -20,12 +20,12 @@
 //! against the budget.
 
 use crate::sync_world::{Adapter, World, ORGS};
-use metered::config::app::AppConfig;
 use metered::config::sync::{
     CompleteTransferSettings, LookupPolicy, PkLookupSettings, StormGuard, SyncConfig,
 };
-use metered::jobs::envelope::JobKind;
-use metered::quota::Limits;
+use metered::AppConfig;
+use metered::JobKind;
+use metered::Limits;
 use std::collections::{BTreeMap, BTreeSet};
 
 /// Calls per UTC day of each org in the scenario.

@@ -14,9 +14,9 @@ use metered::jobs::envelope::{JobEnvelope, JobKind, Outcome};
 use metered::jobs::ledger::{ActionBegin, ActionLedger};
 use metered::jobs::ledger::{Claim, JobLedger};
 use metered::jobs::runtime::{JobContext, JobHandler, JobRuntime, RestartPolicy, Settled};
-use metered::quota::QuotaKey;
 use metered::store::outbox::{OutboxRow, RowChange, RowWrite};
 use metered::store::RecordStore;
+use metered::QuotaKey;
 use std::future::Future;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
@@ -159,7 +159,7 @@ impl JobHandler for Counting {
     }
 }
 
-fn runtime(s: &Fixture) -> (JobRuntime, metered::core::clock::ManualClock) {
+fn runtime(s: &Fixture) -> (JobRuntime, metered::ManualClock) {
     let (clock, shared) = crate::manual_clock();
     let db = metered::adapters::sqlite::Db::in_memory().unwrap();
     let queue = Arc::new(SqliteQueue::new(db, "jobs", shared.clone(), 5));
@@ -398,11 +398,11 @@ pub async fn lookup_claims_are_scoped_by_org<F: Future<Output = Fixture>>(make: 
 }
 
 /// A record whose JSON is exactly `bytes` long.
-fn record(id: &str, bytes: usize) -> metered::core::record::Record {
+fn record(id: &str, bytes: usize) -> metered::Record {
     let frame = serde_json::json!({"id": id, "notes": ""}).to_string().len();
     let data = serde_json::json!({"id": id, "notes": "n".repeat(bytes - frame)});
     assert_eq!(data.to_string().len(), bytes);
-    metered::core::record::Record {
+    metered::Record {
         id: id.into(),
         updated_at: None,
         data,
@@ -431,7 +431,7 @@ pub async fn both_adapters_refuse_the_same_record_size<F: Future<Output = Fixtur
     assert!(err.to_string().contains("record `big`"), "{err}");
     assert_eq!(s.records.count(&a, "invoices").await.unwrap(), 1);
     // Ids: DynamoDB's key limit, on both.
-    let long = |n: usize| metered::core::record::Record {
+    let long = |n: usize| metered::Record {
         id: "i".repeat(n),
         updated_at: None,
         data: serde_json::json!({"id": "long"}),

@@ -24,11 +24,9 @@ use crate::faults::{Faults, FaultyQuota, FaultyStore, CRASH, RUNNING};
 use crate::{dynamo_table, sim_fixture_with, sqs_queue, SimFixture};
 use async_trait::async_trait;
 use metered::adapters::sqlite::queue::SqliteQueue;
-use metered::config::app::AppConfig;
 use metered::config::sync::ConnectionConfig;
 use metered::connector::{ApiError, Connector, ListRequest, Page, SendRequest};
 use metered::core::clock::{ManualClock, SharedClock, Timestamp};
-use metered::handlers::context::AppContext;
 use metered::jobs::envelope::{JobEnvelope, JobKind};
 use metered::jobs::ledger::JobLedger;
 use metered::jobs::queue::{DeadLetter, Delivery, JobQueue, Queues};
@@ -37,6 +35,8 @@ use metered::jobs::runtime::{
 };
 use metered::quota::{Quota, QuotaStore};
 use metered::store::RecordStore;
+use metered::AppConfig;
+use metered::AppContext;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
@@ -192,7 +192,7 @@ pub struct World {
     pub table: Option<metered::adapters::aws::Table>,
     /// The same store, read as Hosted GET reads it.
     pub hosted: Arc<dyn metered::store::hosted::HostedRows>,
-    handler: Arc<metered::handlers::route::Router>,
+    handler: Arc<metered::Router>,
     raw: BTreeMap<JobKind, Arc<dyn JobQueue>>,
     ledger: Arc<dyn JobLedger>,
     waits: Arc<Mutex<HashMap<String, Timestamp>>>,
@@ -290,7 +290,7 @@ impl World {
         let db = metered::adapters::sqlite::Db::in_memory().unwrap();
         let mut queues = Queues::new();
         let mut raw: BTreeMap<JobKind, Arc<dyn JobQueue>> = BTreeMap::new();
-        for kind in metered::jobs::envelope::JobKind::QUEUED {
+        for kind in metered::JobKind::QUEUED {
             let inner: Arc<dyn JobQueue> = match adapter {
                 Adapter::Sqlite => Arc::new(SqliteQueue::new(
                     db.clone(),
@@ -374,7 +374,7 @@ impl World {
             clock,
             shared,
             handler: Arc::new(
-                metered::handlers::route::Router::all(svc.clone(), action_ledger.clone())
+                metered::Router::all(svc.clone(), action_ledger.clone())
                     .expect("workflows compile"),
             ),
             action_ledger,
@@ -467,7 +467,7 @@ impl World {
         self.sim().stats().calls(endpoint)
     }
 
-    pub fn key(&self) -> metered::quota::QuotaKey {
+    pub fn key(&self) -> metered::QuotaKey {
         self.svc.key(ORG)
     }
 

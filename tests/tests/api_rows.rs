@@ -10,9 +10,9 @@
 //! levels and headers are the documented ones. Shopify's rows are in
 //! `limit_shapes.rs` (a leaky bucket, cost points).
 
-use metered::config::app::AppConfig;
-use metered::jobs::envelope::JobKind;
-use metered::quota::Limits;
+use metered::AppConfig;
+use metered::JobKind;
+use metered::Limits;
 use metered_sim::{Shape, SimConfig};
 use metered_tests::sync_world::{Adapter, World, ORGS};
 

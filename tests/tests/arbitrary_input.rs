@@ -2,9 +2,9 @@
 //! panic, always an error that names what was wrong. Case counts are set
 //! per property below (5,000 in all).
 
-use metered::config::app::AppConfig;
 use metered::jobs::envelope::{JobEnvelope, JobKind, Outcome};
 use metered::jobs::runtime::{JobContext, JobHandler, JobRuntime, RestartPolicy, Settled};
+use metered::AppConfig;
 use proptest::prelude::*;
 use std::sync::Arc;
 

@@ -490,7 +490,7 @@ async fn a_429_blocks_every_handler_of_the_org() {
     }
     assert_eq!(fx.sim().stats().served(), served);
     let outcome = CallError::RateLimited { retry_at: until }.into_outcome(None);
-    assert!(matches!(outcome, metered::jobs::envelope::Outcome::Restart(r) if r.at == until));
+    assert!(matches!(outcome, metered::Outcome::Restart(r) if r.at == until));
     assert_eq!(
         store
             .state(&key, &limits, shared.now())

@@ -11,7 +11,7 @@
 
 use futures::StreamExt;
 use metered::core::error::Disposition;
-use metered::jobs::envelope::JobKind;
+use metered::JobKind;
 use metered_tests::faults::Fault;
 use metered_tests::lost_responses::{dynamodb_client, Losses};
 use metered_tests::scenario;

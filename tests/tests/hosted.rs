@@ -8,11 +8,11 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use metered::config::sync::{CompleteTransferSettings, SyncConfig};
 use metered::connector::secrets::Secret;
 use metered::handlers::hosted::{HostedRequest, HostedResponse, HostedService};
-use metered::jobs::envelope::JobKind;
-use metered::quota::QuotaKey;
 use metered::store::hosted::{HostedRows, IndexState};
 use metered::store::outbox::OutboxRow;
 use metered::store::outbox::RowChange;
+use metered::JobKind;
+use metered::QuotaKey;
 use metered_sim::SimConfig;
 use metered_tests::sync_world::{Adapter, World, ORG, ORGS};
 use serde_json::{json, Value};
@@ -1150,14 +1150,14 @@ impl metered::store::hosted::HostedRows for BrokenRows {
     ) -> metered::Result<Vec<OutboxRow>> {
         unreachable!("never indexed")
     }
-    async fn rows_version(&self, _: &metered::quota::QuotaKey, _: &str) -> metered::Result<u64> {
+    async fn rows_version(&self, _: &metered::QuotaKey, _: &str) -> metered::Result<u64> {
         Err(metered::Error::Config(
             "table prod-metered-internal: ProvisionedThroughputExceeded".into(),
         ))
     }
     async fn rows_after(
         &self,
-        _: &metered::quota::QuotaKey,
+        _: &metered::QuotaKey,
         _: &str,
         _: Option<&str>,
         _: u32,
@@ -1237,12 +1237,12 @@ impl metered::store::hosted::HostedRows for Synthetic {
     ) -> metered::Result<Vec<OutboxRow>> {
         unreachable!("never indexed")
     }
-    async fn rows_version(&self, _: &metered::quota::QuotaKey, _: &str) -> metered::Result<u64> {
+    async fn rows_version(&self, _: &metered::QuotaKey, _: &str) -> metered::Result<u64> {
         Ok(1)
     }
     async fn rows_after(
         &self,
-        _: &metered::quota::QuotaKey,
+        _: &metered::QuotaKey,
         _: &str,
         after: Option<&str>,
         limit: u32,

@@ -6,11 +6,11 @@ use metered::config::sync::{
     CompleteTransferSettings, LookupPolicy, PkLookupSettings, StormGuard, SyncConfig,
 };
 use metered::core::clock::Clock;
-use metered::jobs::envelope::JobKind;
+use metered::JobKind;
 use metered_sim::SimConfig;
 use metered_tests::sync_world::{Adapter, World, ORGS};
 
-fn transfer_of(c: &mut metered::config::app::AppConfig, record_type: &str) {
+fn transfer_of(c: &mut metered::AppConfig, record_type: &str) {
     c.syncs.insert(
         record_type.into(),
         SyncConfig {

@@ -3,10 +3,10 @@
 
 use metered::config::sync::{CompleteTransferSettings, SyncConfig};
 use metered::edge::lambda::DeployConfig;
-use metered::handlers::route::Router;
 use metered::handlers::schedule::{parse_event, SchedulerEvent};
 use metered::jobs::envelope::{JobEnvelope, JobKind};
 use metered::jobs::runtime::{JobContext, JobRuntime, RestartPolicy, Settled};
+use metered::Router;
 use metered_tests::sync_world::{Adapter, World, ORG, ORG_B};
 use std::collections::HashMap;
 
@@ -221,9 +221,9 @@ impl metered::jobs::runtime::JobHandler for Chatty {
     fn accepts(&self, _: JobKind) -> bool {
         true
     }
-    async fn handle(&self, _: &JobEnvelope, _: &JobContext) -> metered::jobs::envelope::Outcome {
+    async fn handle(&self, _: &JobEnvelope, _: &JobContext) -> metered::Outcome {
         tracing::info!(api_key_present = true, "working");
-        metered::jobs::envelope::Outcome::Done
+        metered::Outcome::Done
     }
 }
 
@@ -242,8 +242,7 @@ fn every_job_log_line_names_its_message_job_kind_and_org() {
         .enable_all()
         .build()
         .unwrap();
-    let clock: metered::core::clock::SharedClock =
-        std::sync::Arc::new(metered::core::clock::SystemClock);
+    let clock: metered::SharedClock = std::sync::Arc::new(metered::SystemClock);
     let db = metered::adapters::sqlite::Db::in_memory().unwrap();
     let queue = std::sync::Arc::new(metered::adapters::sqlite::queue::SqliteQueue::new(
         db,

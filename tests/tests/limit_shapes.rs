@@ -3,10 +3,10 @@
 //! under the config `docs/limits.md` gives for it, and the API never
 //! answers 429 while nothing is lost. Both adapter sets.
 
-use metered::config::app::AppConfig;
 use metered::core::clock::Clock;
-use metered::jobs::envelope::JobKind;
-use metered::quota::Limits;
+use metered::AppConfig;
+use metered::JobKind;
+use metered::Limits;
 use metered_sim::{Shape, SimConfig};
 use metered_tests::sync_world::{Adapter, World, ORGS};
 

@@ -3,7 +3,7 @@
 //! work. Each test failed before its fix (see the commit that added it).
 
 use metered::core::error::Disposition;
-use metered::jobs::envelope::JobKind;
+use metered::JobKind;
 use metered_tests::faults::Fault;
 use metered_tests::scenario::{self, Account};
 use metered_tests::sync_world::{Adapter, Report, World, ORG, ORGS, ORG_B};

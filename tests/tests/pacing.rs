@@ -5,9 +5,9 @@
 //! API would refuse them. Both adapter sets; two orgs with the same ids, one
 //! of them sharing its budget.
 
-use metered::config::app::AppConfig;
-use metered::jobs::envelope::JobKind;
 use metered::quota::{Limits, QuotaKey, SPENT_ELSEWHERE};
+use metered::AppConfig;
+use metered::JobKind;
 use metered_sim::SimConfig;
 use metered_tests::sync_world::{Adapter, World, ORG, ORGS, ORG_B};
 
@@ -193,7 +193,7 @@ async fn a_reservation_out_while_another_client_spends_stops_at_the_apis_count(a
 /// call (the clock moves after the request, not before).
 struct Latency {
     inner: std::sync::Arc<dyn metered::connector::Connector>,
-    clock: metered::core::clock::ManualClock,
+    clock: metered::ManualClock,
     secs: i64,
 }
 

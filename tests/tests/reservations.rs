@@ -60,7 +60,7 @@ async fn a_reservation_stops_at_the_end_of_its_windows(adapter: Adapter) {
     assert_eq!(days.len(), 2, "one call each side of midnight: {days:?}");
 }
 
-fn clock_now(c: &ManualClock) -> metered::core::clock::Timestamp {
+fn clock_now(c: &ManualClock) -> metered::Timestamp {
     metered::core::clock::Clock::now(c)
 }
 

@@ -2,13 +2,13 @@
 //! sets: SQLite, and DynamoDB Local + ministack SQS. Time is a manual clock.
 
 use chrono::Duration;
-use metered::config::app::AppConfig;
 use metered::config::sync::{
     CompleteTransferSettings, LookupPolicy, PkLookupSettings, RecentSettings, StormGuard,
     SyncConfig,
 };
-use metered::jobs::envelope::JobKind;
-use metered::quota::Limits;
+use metered::AppConfig;
+use metered::JobKind;
+use metered::Limits;
 use metered_sim::SimConfig;
 use metered_tests::sync_world::{Adapter, World, ORG, ORGS};
 use std::collections::BTreeSet;
@@ -273,9 +273,9 @@ async fn unseen_only_lookups_spend_ceil_u_over_k(adapter: Adapter) {
     .await;
     // A hundred customers are already known to org A; org B, whose ids
     // coincide, knows none: each org looks up what it has not seen.
-    let known: Vec<metered::core::record::Record> = w.sim().records("customers")[..100]
+    let known: Vec<metered::Record> = w.sim().records("customers")[..100]
         .iter()
-        .map(|d| metered::core::record::Record {
+        .map(|d| metered::Record {
             id: d["id"].as_str().unwrap().into(),
             updated_at: None,
             data: d.clone(),

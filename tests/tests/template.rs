@@ -121,7 +121,7 @@ fn sqs_functions_report_partial_failures_and_outlive_nothing() {
 /// function's timeout, or a twin starts before a crashed run comes back).
 #[test]
 fn the_deployed_shape_is_the_one_the_library_plays() {
-    use metered::jobs::envelope::JobKind;
+    use metered::JobKind;
     let t = template();
     let queues: std::collections::BTreeMap<String, Value> =
         of_type(&t, "AWS::SQS::Queue").into_iter().collect();
@@ -209,7 +209,7 @@ fn template_and_code_agree() {
     assert_eq!(table["BillingMode"], "PAY_PER_REQUEST");
     // Every queue variable the code reads is set, and points at a queue.
     let vars = &t["Globals"]["Function"]["Environment"]["Variables"];
-    for kind in metered::jobs::envelope::JobKind::QUEUED {
+    for kind in metered::JobKind::QUEUED {
         let suffix = metered::edge::lambda::env_suffix(kind);
         for var in [
             format!("METERED_QUEUE_URL_{suffix}"),
@@ -233,10 +233,7 @@ fn template_and_code_agree() {
         _ => None,
     };
     let config = metered::edge::lambda::DeployConfig::from_lookup(lookup).unwrap();
-    assert_eq!(
-        config.queues.len(),
-        metered::jobs::envelope::JobKind::QUEUED.len()
-    );
+    assert_eq!(config.queues.len(), metered::JobKind::QUEUED.len());
     assert_eq!(config.app_ssm.as_deref(), Some("/metered/app-config"));
 }
 
@@ -250,7 +247,7 @@ fn every_dead_letter_queue_has_its_alarm() {
         .into_iter()
         .filter_map(|(_, q)| target(&q["Properties"]["RedrivePolicy"]["deadLetterTargetArn"]))
         .collect();
-    assert_eq!(dlqs.len(), metered::jobs::envelope::JobKind::QUEUED.len());
+    assert_eq!(dlqs.len(), metered::JobKind::QUEUED.len());
     let alarms = of_type(&t, "AWS::CloudWatch::Alarm");
     for dlq in &dlqs {
         let watching: Vec<_> = alarms

@@ -3,11 +3,11 @@
 //! before its fix (see the commit that added it), on both adapter sets,
 //! with two organizations whose record ids coincide.
 
-use metered::config::app::AppConfig;
 use metered::config::sync::{CompleteTransferSettings, SyncConfig};
 use metered::core::error::Disposition;
-use metered::jobs::envelope::JobKind;
-use metered::quota::Limits;
+use metered::AppConfig;
+use metered::JobKind;
+use metered::Limits;
 use metered_sim::{RetryAfterStyle, SimConfig};
 use metered_tests::faults::Fault;
 use metered_tests::sync_world::{Adapter, World, ORGS};

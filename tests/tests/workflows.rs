@@ -2,11 +2,11 @@
 //! decision nodes, exactly-once actions, related-record relookups, bulk
 //! executions under a tight budget, and dry runs.
 
-use metered::config::app::AppConfig;
 use metered::config::sync::{CompleteTransferSettings, SyncConfig};
 use metered::handlers::payload::RunPayload;
 use metered::jobs::envelope::{JobEnvelope, JobKind};
-use metered::quota::Limits;
+use metered::AppConfig;
+use metered::Limits;
 use metered_sim::SimConfig;
 use metered_tests::sync_world::{Adapter, World, ORG, ORGS};
 

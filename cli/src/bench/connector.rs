@@ -22,9 +22,9 @@ pub async fn section(n: u32) -> Result<(), Box<dyn std::error::Error>> {
         clock.clone(),
     );
     let server = metered_sim::serve(sim, "127.0.0.1:0".parse()?).await?;
-    let app = Arc::new(metered::config::app::AppConfig::parse(
-        &metered_sim::app_config(&server.base_url()),
-    )?);
+    let app = Arc::new(metered::AppConfig::parse(&metered_sim::app_config(
+        &server.base_url(),
+    ))?);
     let client = metered::connector::http::http_client(&app.app.timeouts)?;
     let connector: Arc<dyn Connector> = Arc::new(metered::connector::http::HttpConnector::new(
         app.clone(),

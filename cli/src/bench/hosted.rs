@@ -5,12 +5,12 @@
 //! (half the rows pass), as the platform's sync would.
 
 use super::{row, uuid_like, Latencies};
-use metered::config::app::AppConfig;
 use metered::connector::secrets::Secret;
 use metered::handlers::hosted::{HostedRequest, HostedService};
-use metered::quota::QuotaKey;
 use metered::store::hosted::{HostedRows, IndexState};
 use metered::store::outbox::{Outbox, RowChange};
+use metered::AppConfig;
+use metered::QuotaKey;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -82,12 +82,7 @@ fn service(
     store: Arc<dyn HostedRows>,
 ) -> Result<HostedService, metered::Error> {
     let secrets = BTreeMap::from([("rows".to_string(), Secret::new(SECRET))]);
-    HostedService::new(
-        config,
-        secrets,
-        store,
-        Arc::new(metered::core::clock::SystemClock),
-    )
+    HostedService::new(config, secrets, store, Arc::new(metered::SystemClock))
 }
 
 /// `REQUESTS` requests from `CONCURRENCY` tasks: (rps, p50 ms, p99 ms).

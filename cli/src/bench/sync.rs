@@ -2,13 +2,13 @@
 
 use super::{row, uuid_like};
 use metered::adapters::sqlite::Db;
-use metered::core::clock::SharedClock;
-use metered::jobs::envelope::JobKind;
-use metered::quota::Limits;
+use metered::JobKind;
+use metered::Limits;
+use metered::SharedClock;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-fn manual_now(clock: &metered::core::clock::ManualClock) -> chrono::DateTime<chrono::Utc> {
+fn manual_now(clock: &metered::ManualClock) -> chrono::DateTime<chrono::Utc> {
     use metered::core::clock::Clock;
     clock.now()
 }
@@ -16,12 +16,12 @@ fn manual_now(clock: &metered::core::clock::ManualClock) -> chrono::DateTime<chr
 /// The reference run: 10,000 invoices referencing 2,000 customers,
 /// pages of 200, bulk lookups of 50, on SQLite against the simulator.
 pub async fn section() -> Result<(), Box<dyn std::error::Error>> {
-    use metered::config::app::AppConfig;
     use metered::config::sync::{
         CompleteTransferSettings, ConnectionConfig, LookupPolicy, PkLookupSettings, StormGuard,
         SyncConfig,
     };
-    let manual = metered::core::clock::ManualClock::new(chrono::Utc::now());
+    use metered::AppConfig;
+    let manual = metered::ManualClock::new(chrono::Utc::now());
     let clock: SharedClock = Arc::new(manual.clone());
     let sim = metered_sim::Sim::new(
         metered_sim::SimConfig {

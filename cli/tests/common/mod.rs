@@ -13,8 +13,7 @@ pub fn workspace() -> PathBuf {
 /// The simulated booking app with 30 classes, on the system clock (the
 /// functions under test run in other processes, on real time).
 pub async fn start_sim() -> (metered_sim::Sim, metered_sim::SimServer) {
-    let clock: metered::core::clock::SharedClock =
-        std::sync::Arc::new(metered::core::clock::SystemClock);
+    let clock: metered::SharedClock = std::sync::Arc::new(metered::SystemClock);
     let sim = metered_sim::Sim::new(
         metered_sim::SimConfig {
             classes: 30,

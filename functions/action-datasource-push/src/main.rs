@@ -3,8 +3,5 @@
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_runtime::Error> {
-    metered::edge::lambda::run_queue_function(
-        metered::jobs::envelope::JobKind::ActionDatasourcePush,
-    )
-    .await
+    metered::edge::lambda::run_queue_function(metered::JobKind::ActionDatasourcePush).await
 }

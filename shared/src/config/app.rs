@@ -446,7 +446,10 @@ impl RecordTypeConfig {
     /// `updated_at_pointer` in `time_format` (an RFC 3339 string, or unix
     /// seconds or milliseconds); `None` when the type has no pointer or the
     /// value is not a time.
-    pub fn updated_at_of(&self, data: &serde_json::Value) -> Option<crate::core::clock::Timestamp> {
+    pub(crate) fn updated_at_of(
+        &self,
+        data: &serde_json::Value,
+    ) -> Option<crate::core::clock::Timestamp> {
         let v = data.pointer(self.updated_at_pointer.as_deref()?)?;
         parse_time(v, self.time_format)
     }
@@ -523,7 +526,7 @@ impl AppConfig {
     /// What one call to `endpoint` costs (`[app.endpoint_costs]`; 1 when
     /// none matches). The path is normalised as for [`Self::is_exempt`];
     /// an exact pattern wins, then the longest `*` pattern.
-    pub fn endpoint_cost(&self, endpoint: &str) -> u32 {
+    pub(crate) fn endpoint_cost(&self, endpoint: &str) -> u32 {
         let endpoint = normalise_endpoint(endpoint);
         if let Some(cost) = self.app.endpoint_costs.get(&endpoint) {
             return (*cost).max(1);
@@ -548,7 +551,7 @@ fn endpoint_matches(pattern: &str, endpoint: &str) -> bool {
 
 /// `METHOD /path` with the path's query dropped, `.` and `..` segments
 /// resolved and empty segments folded.
-pub fn normalise_endpoint(endpoint: &str) -> String {
+pub(crate) fn normalise_endpoint(endpoint: &str) -> String {
     let (method, path) = endpoint.split_once(' ').unwrap_or(("", endpoint));
     let path = path.split(['?', '#']).next().unwrap_or_default();
     let mut segments: Vec<&str> = Vec::new();

@@ -78,16 +78,18 @@ pub enum DataSourceMode {
 }
 
 /// `page_size` when a Hosted GET caller gives none.
-pub const DEFAULT_PAGE_SIZE: u32 = 100;
+#[cfg_attr(not(feature = "hosted"), allow(dead_code))]
+pub(crate) const DEFAULT_PAGE_SIZE: u32 = 100;
 /// `max_page_size` when the config gives none.
-pub const DEFAULT_MAX_PAGE_SIZE: u32 = 1000;
+#[cfg_attr(not(feature = "hosted"), allow(dead_code))]
+pub(crate) const DEFAULT_MAX_PAGE_SIZE: u32 = 1000;
 
 fn five_minutes() -> Duration {
     Duration::from_secs(300)
 }
 
 /// Rows a push call carries when nothing says otherwise.
-pub const DEFAULT_MAX_ROWS_PER_CALL: u32 = 100;
+pub(crate) const DEFAULT_MAX_ROWS_PER_CALL: u32 = 100;
 
 /// `[app.datasource_push]`: how the API takes a push.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -133,7 +135,7 @@ impl Default for PushShape {
 
 impl PushShape {
     /// The path for `datasource`.
-    pub fn path_for(&self, datasource: &str) -> String {
+    pub(crate) fn path_for(&self, datasource: &str) -> String {
         self.path.replace("{{ datasource }}", datasource)
     }
 

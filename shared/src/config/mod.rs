@@ -6,9 +6,9 @@
 
 pub mod app;
 pub mod datasource;
-pub mod row_index;
+pub(crate) mod row_index;
 pub mod secret;
 pub mod sync;
-pub mod template;
-pub mod validate;
+pub(crate) mod template;
+pub(crate) mod validate;
 pub mod workflow;

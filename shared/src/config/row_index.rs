@@ -30,7 +30,7 @@ impl RowIndex {
     /// Any other filter (`&&`, functions, nested fields) is served by
     /// reading rows in order and filtering them, within the bounds of
     /// `docs/connector.md`.
-    pub fn of_filter(filter: &str) -> Option<Self> {
+    pub(crate) fn of_filter(filter: &str) -> Option<Self> {
         fn field<'a>(side: &'a str, var: &str) -> Option<&'a str> {
             let name = side.trim().strip_prefix(var)?.strip_prefix('.')?;
             let mut chars = name.chars();
@@ -66,7 +66,11 @@ impl RowIndex {
     /// for `in` (deduplicated). None: the claim is missing or not a
     /// scalar (or a list of scalars), and the user is served no rows —
     /// the filter would not keep any either.
-    pub fn parts_of_user(&self, claims: &serde_json::Map<String, Value>) -> Option<Vec<String>> {
+    #[cfg_attr(not(feature = "hosted"), allow(dead_code))]
+    pub(crate) fn parts_of_user(
+        &self,
+        claims: &serde_json::Map<String, Value>,
+    ) -> Option<Vec<String>> {
         let claim = claims.get(&self.claim)?;
         if self.any_of {
             let mut parts: Vec<String> =
@@ -81,14 +85,14 @@ impl RowIndex {
 
     /// The part a row belongs to (None: its field is missing, null, or not
     /// a scalar; no user's `==` or `in` can match it).
-    pub fn part_of_row(&self, row: &Value) -> Option<String> {
+    pub(crate) fn part_of_row(&self, row: &Value) -> Option<String> {
         row.get(&self.field).and_then(part_of_value)
     }
 }
 
 /// A scalar's part name, typed so that `"1"` and `1` stay apart (CEL does
 /// not call them equal) and `1` and `1.0` meet (CEL does).
-pub fn part_of_value(v: &Value) -> Option<String> {
+pub(crate) fn part_of_value(v: &Value) -> Option<String> {
     match v {
         // A long value is named by its hash: a part is part of a store key
         // (DynamoDB keys hold at most 2 KB).

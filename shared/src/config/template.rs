@@ -7,7 +7,7 @@ use serde_json::Value;
 /// Whether every `{{` of `s` is closed by `}}` before the next `{{`, and no
 /// `}}` stands alone: a template such as `"Thank you, {{ name }"` would
 /// otherwise be sent as literal text.
-pub fn check_braces(s: &str) -> Result<(), String> {
+pub(crate) fn check_braces(s: &str) -> Result<(), String> {
     let mut rest = s;
     loop {
         let open = rest.find("{{");
@@ -39,7 +39,7 @@ pub fn check_braces(s: &str) -> Result<(), String> {
 /// endpoint is called (`../../admin/x?force=1#` stays one segment). A
 /// value that is empty, `.` or `..` is refused: it would name another
 /// path once the server resolves it.
-pub fn render_path(template: &str, context: &Value) -> Result<String, String> {
+pub(crate) fn render_path(template: &str, context: &Value) -> Result<String, String> {
     let mut out = template.to_string();
     for p in placeholders(template) {
         let v =
@@ -68,7 +68,7 @@ pub fn render_path(template: &str, context: &Value) -> Result<String, String> {
 }
 
 /// The placeholder paths in `s`, trimmed.
-pub fn placeholders(s: &str) -> Vec<&str> {
+pub(crate) fn placeholders(s: &str) -> Vec<&str> {
     let mut out = Vec::new();
     let mut rest = s;
     while let Some(start) = rest.find("{{") {
@@ -86,7 +86,7 @@ fn lookup<'a>(context: &'a Value, path: &str) -> Option<&'a Value> {
 }
 
 /// Renders a template value against `context` (`{"record": …, "related": …}`).
-pub fn render(template: &Value, context: &Value) -> Result<Value, String> {
+pub(crate) fn render(template: &Value, context: &Value) -> Result<Value, String> {
     match template {
         Value::String(s) => {
             let paths = placeholders(s);

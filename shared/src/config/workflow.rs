@@ -162,7 +162,7 @@ pub fn compile(field: &str, source: &str) -> Result<cel::Program> {
 }
 
 /// Compiles a CEL expression that may use only the variables `allowed`.
-pub fn compile_with(field: &str, source: &str, allowed: &[&str]) -> Result<cel::Program> {
+pub(crate) fn compile_with(field: &str, source: &str, allowed: &[&str]) -> Result<cel::Program> {
     let program = cel::Program::compile(source)
         .map_err(|e| Error::Config(format!("{field}: invalid CEL expression {source:?}: {e}")))?;
     if let Some(f) = UNAVAILABLE_FUNCTIONS

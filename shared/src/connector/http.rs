@@ -337,7 +337,7 @@ impl HttpConnector {
 /// What a call cost as the answer says (`cost_header`, else `cost_pointer`
 /// into the body): a whole number, or a numeric string; a fraction is
 /// rounded up. Anything else is `None`: the call keeps its estimate.
-pub fn reported_cost(
+pub(crate) fn reported_cost(
     cfg: &crate::config::app::RateLimitConfig,
     headers: &HeaderMap,
     body: Option<&Value>,
@@ -383,7 +383,7 @@ pub fn retry_at(
 }
 
 /// The longest the API's own retry hint may hold an org.
-pub const MAX_RETRY_AFTER_DAYS: i64 = 7;
+pub(crate) const MAX_RETRY_AFTER_DAYS: i64 = 7;
 
 fn retry_hint(
     headers: &HeaderMap,
@@ -411,7 +411,7 @@ fn retry_hint(
 }
 
 /// The `rel="next"` target of an RFC 8288 `Link` header.
-pub fn link_next(header: &str) -> Option<String> {
+pub(crate) fn link_next(header: &str) -> Option<String> {
     let mut rest = header;
     while let Some(start) = rest.find('<') {
         let after = &rest[start + 1..];

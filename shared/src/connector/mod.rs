@@ -4,9 +4,9 @@
 //! through the quota (acquire → call → release) and turns the API's own
 //! "slow down" into a shared block and a restart.
 
-pub mod cost;
+pub(crate) mod cost;
 pub mod http;
-pub mod ratelimit;
+pub(crate) mod ratelimit;
 pub mod secrets;
 
 use crate::core::clock::Timestamp;
@@ -280,14 +280,14 @@ impl Metered {
 
     /// Pauses the connection after `policy.after_failures` 401/403
     /// (`[app] pause_after_auth_failures`).
-    pub fn with_pause_policy(mut self, policy: crate::quota::PausePolicy) -> Self {
+    pub(crate) fn with_pause_policy(mut self, policy: crate::quota::PausePolicy) -> Self {
         self.pause = policy;
         self
     }
 
     /// Paces from the API's own count of `window` (`[app.rate_limit]
     /// remaining_window`).
-    pub fn with_api_window(mut self, window: crate::quota::WindowKind) -> Self {
+    pub(crate) fn with_api_window(mut self, window: crate::quota::WindowKind) -> Self {
         self.api_window = window;
         self
     }

@@ -31,7 +31,7 @@ pub struct ApiPolicy {
 
 /// `used/capacity` (Shopify's `X-Shopify-Shop-Api-Call-Limit: 32/40`);
 /// `None` for anything else.
-pub fn parse_used_of(value: &str) -> Option<(u64, u64)> {
+pub(crate) fn parse_used_of(value: &str) -> Option<(u64, u64)> {
     let (used, capacity) = value.trim().split_once('/')?;
     let used = used.trim().parse().ok()?;
     let capacity: u64 = capacity.trim().parse().ok()?;
@@ -68,7 +68,7 @@ fn param(params: &[(String, String)], key: &str) -> Option<u64> {
 
 /// The policies the fields describe, each with its count (a policy the
 /// API gave no count for, or a count with no policy, is left out).
-pub fn parse(
+pub(crate) fn parse(
     ratelimit: Option<&str>,
     policy: Option<&str>,
     legacy_limit: Option<&str>,

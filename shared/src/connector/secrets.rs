@@ -23,7 +23,7 @@ impl Secret {
 
     /// Removes the secret from text that may have echoed it (an API error
     /// body, a URL), before that text reaches an error or a log.
-    pub fn redact(&self, text: &str) -> String {
+    pub(crate) fn redact(&self, text: &str) -> String {
         if self.0.len() < 4 {
             return text.to_string();
         }
@@ -63,7 +63,8 @@ impl SecretStores {
 
     /// Clients for both stores, each at its own endpoint when one is given
     /// (a local stand-in for the deployed shape).
-    pub fn with_endpoints(
+    #[cfg_attr(not(feature = "aws"), allow(dead_code))]
+    pub(crate) fn with_endpoints(
         config: &aws_config::SdkConfig,
         secrets_manager: Option<String>,
         ssm: Option<String>,
@@ -97,7 +98,7 @@ pub async fn resolve(reference: &SecretRef, stores: Option<&SecretStores>) -> Re
 
 /// Reads the credential at `reference`; errors name `field`, the config
 /// field (or variable) that pointed there.
-pub async fn resolve_for(
+pub(crate) async fn resolve_for(
     field: &str,
     reference: &SecretRef,
     stores: Option<&SecretStores>,

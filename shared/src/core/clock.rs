@@ -63,7 +63,7 @@ impl Clock for ManualClock {
 pub type SharedClock = Arc<dyn Clock>;
 
 /// Milliseconds since the Unix epoch: the integer form stored in tables.
-pub fn to_millis(t: Timestamp) -> i64 {
+pub(crate) fn to_millis(t: Timestamp) -> i64 {
     t.timestamp_millis()
 }
 

@@ -18,7 +18,7 @@ pub enum Disposition {
 
 impl Disposition {
     /// `Retryable` when a classifier found the failure transient.
-    pub fn when_retryable(transient: bool) -> Self {
+    pub(crate) fn when_retryable(transient: bool) -> Self {
         if transient {
             Disposition::Retryable
         } else {

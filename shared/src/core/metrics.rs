@@ -70,7 +70,7 @@ pub enum Counter {
 
 impl Counter {
     /// Every counter, in the order they are written.
-    pub const ALL: [Counter; 16] = [
+    pub(crate) const ALL: [Counter; 16] = [
         Counter::CallsMade,
         Counter::DenialsDayLimit,
         Counter::DenialsHourLimit,

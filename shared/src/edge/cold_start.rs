@@ -81,7 +81,7 @@ impl ColdStart {
     }
 
     /// A response from `service` arrived (only the first one counts).
-    pub fn responded(&self, service: Service) {
+    pub(crate) fn responded(&self, service: Service) {
         let at = self.began.elapsed();
         let _ = match service {
             Service::DynamoDb => self.first_dynamodb.set(at),
@@ -112,7 +112,7 @@ impl ColdStart {
 
 impl ColdStartReport {
     /// The metric names, as in the EMF document.
-    pub const METRICS: [&'static str; 4] = [
+    pub(crate) const METRICS: [&'static str; 4] = [
         "ColdStartInitMs",
         "ColdStartFirstDynamoDbMs",
         "ColdStartFirstSqsMs",
@@ -198,7 +198,9 @@ impl Intercept for FirstResponse {
 /// Whether to open connections during init (`METERED_WARM_CONNECTIONS`:
 /// `1`, `true`, `on` → yes; unset, `0`, `false`, `off` → no; anything else
 /// is an error naming the variable).
-pub fn warm_setting(get: impl Fn(&str) -> Option<String>) -> crate::core::error::Result<bool> {
+pub(crate) fn warm_setting(
+    get: impl Fn(&str) -> Option<String>,
+) -> crate::core::error::Result<bool> {
     match get("METERED_WARM_CONNECTIONS").as_deref().map(str::trim) {
         Some("1" | "true" | "on") => Ok(true),
         None | Some("" | "0" | "false" | "off") => Ok(false),

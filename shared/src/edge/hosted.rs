@@ -26,7 +26,7 @@ pub fn to_http(r: HostedResponse) -> Response<Body> {
 /// Builds the service from the function's environment (table, app config,
 /// each hosted Data Source's secret); with `METERED_WARM_CONNECTIONS=1`
 /// the DynamoDB connection is opened while the secrets are read.
-pub async fn hosted_service(
+pub(crate) async fn hosted_service(
     cold: &Arc<ColdStart>,
 ) -> crate::core::error::Result<(HostedService, bool)> {
     let env = |name: &str| std::env::var(name).ok();

@@ -58,7 +58,9 @@ use tracing::Instrument;
 /// ECS and profile-file providers into every bootstrap (about 0.3 MB of the
 /// 8.5 MB budget). The CLI, which runs on laptops with profiles, keeps the
 /// default chain.
-pub fn lambda_sdk_config(get: impl Fn(&str) -> Option<String>) -> Result<aws_config::SdkConfig> {
+pub(crate) fn lambda_sdk_config(
+    get: impl Fn(&str) -> Option<String>,
+) -> Result<aws_config::SdkConfig> {
     let region = get("AWS_REGION")
         .or_else(|| get("AWS_DEFAULT_REGION"))
         .filter(|r| !r.is_empty())
@@ -224,7 +226,7 @@ impl DeployConfig {
     }
 
     /// Reads the function's environment once, naming a missing or bad variable.
-    pub fn from_env() -> Result<Self> {
+    pub(crate) fn from_env() -> Result<Self> {
         Self::from_lookup(|name| std::env::var(name).ok())
     }
 }
@@ -250,7 +252,7 @@ pub fn dynamodb_client(
 }
 
 /// The secret-store clients of a function.
-pub fn secret_stores(
+pub(crate) fn secret_stores(
     aws: &aws_config::SdkConfig,
     get: impl Fn(&str) -> Option<String>,
 ) -> SecretStores {
@@ -408,7 +410,7 @@ pub async fn handle_sqs_event<H: JobHandler + ?Sized>(
 /// handlers read. One already past when the invocation starts (an emulator
 /// that queued the event while it built the function) says nothing about
 /// this invocation and is ignored, loudly.
-pub fn deadline_of(ctx: &lambda_runtime::Context) -> Option<crate::core::clock::Timestamp> {
+pub(crate) fn deadline_of(ctx: &lambda_runtime::Context) -> Option<crate::core::clock::Timestamp> {
     let deadline = crate::core::clock::Timestamp::from(ctx.deadline());
     if ctx.deadline == 0 || deadline <= chrono::Utc::now() {
         tracing::warn!(

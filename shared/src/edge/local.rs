@@ -162,23 +162,9 @@ impl LocalRunner {
         })
     }
 
-    /// At most `n` invocations of each kind at once (default: each kind's
-    /// deployed `MaximumConcurrency`); 1 runs each kind's invocations one
-    /// after another (kinds still run side by side).
-    pub fn with_concurrency(mut self, n: u32) -> Self {
-        self.concurrency = Some(n.max(1));
-        self
-    }
-
     /// The queue of a kind (reports, `metered jobs`).
     pub fn queue(&self, kind: JobKind) -> Option<&Arc<SqliteQueue>> {
         self.queues.get(&kind)
-    }
-
-    /// Runs what is due now, every kind at once, until nothing is in flight
-    /// and nothing more is due (real time: `metered run`).
-    pub async fn run_due(&self) -> Result<RunReport> {
-        self.run_until(None, self.svc.clock.now(), None).await
     }
 
     /// Runs due jobs until none is left before `until`, jumping `clock` to
@@ -325,7 +311,7 @@ fn record(report: &mut RunReport, kind: JobKind, s: Settled) {
 
 /// Deliveries of a local message before it moves to its dead-letter table
 /// (the deployed queues' `maxReceiveCount` in `template.yaml` plays this part).
-pub const MAX_RECEIVES: u32 = 5;
+pub(crate) const MAX_RECEIVES: u32 = 5;
 
 /// The local queue of every queued job kind in `db`: what the runner pumps
 /// and what `metered jobs` and `metered dlq` read.

@@ -22,7 +22,7 @@ use async_trait::async_trait;
 use std::sync::Arc;
 
 /// The `action-http` and `action-datasource-push` handlers.
-pub struct ActionHandlers {
+pub(crate) struct ActionHandlers {
     /// What the handlers share.
     pub svc: Arc<AppContext>,
     /// Where each action's idempotency key is recorded.
@@ -31,7 +31,7 @@ pub struct ActionHandlers {
 
 impl ActionHandlers {
     /// The action handlers (both action kinds).
-    pub fn new(svc: Arc<AppContext>, ledger: Arc<dyn ActionLedger>) -> Self {
+    pub(crate) fn new(svc: Arc<AppContext>, ledger: Arc<dyn ActionLedger>) -> Self {
         Self { svc, ledger }
     }
 }

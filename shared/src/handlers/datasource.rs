@@ -38,7 +38,7 @@ const BUSY_RETRY_SECS: i64 = 30;
 const LOST_MARK_GRACE_SECS: i64 = 900;
 
 /// The quota source pushes spend under, as `metered usage` lists it.
-pub fn push_source(datasource: &str) -> String {
+pub(crate) fn push_source(datasource: &str) -> String {
     format!("datasource:{datasource}")
 }
 

@@ -58,7 +58,7 @@ pub const MAX_ROWS_READ: usize = 5_000;
 /// Rows' JSON in one response stays under this many bytes (Lambda's
 /// response limit is 6 MB; the rest is headroom for the envelope and
 /// headers): a page that would pass it is cut short with a token to go on.
-pub const MAX_RESPONSE_BYTES: usize = 5 * 1024 * 1024;
+pub(crate) const MAX_RESPONSE_BYTES: usize = 5 * 1024 * 1024;
 
 /// Claims that change with every token the platform mints and do not say
 /// who the user is: left out of the ETag so re-syncs with a fresh token hit.
@@ -799,7 +799,7 @@ const LEEWAY_SECS: i64 = 30;
 /// The shortest HS256 key accepted: RFC 7518 §3.2 asks for a key of at
 /// least the hash's size (256 bits). A short one can be found offline from
 /// a single token.
-pub const MIN_SECRET_BYTES: usize = 32;
+pub(crate) const MIN_SECRET_BYTES: usize = 32;
 
 /// One hosted Data Source's key: long enough, and its own (a token for one
 /// Data Source must not read another, say a filtered one's rows through an

@@ -2,7 +2,7 @@
 //! a job. They reach the ports through one [`context::AppContext`] and never
 //! name an adapter.
 
-pub mod actions;
+pub(crate) mod actions;
 pub mod context;
 pub mod datasource;
 pub(crate) mod flow;

@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 /// Payload of complete-transfer and recent-records jobs.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct SyncPayload {
+pub(crate) struct SyncPayload {
     /// The record type synced.
     pub record_type: String,
     /// Started by hand rather than by the schedule.
@@ -27,7 +27,7 @@ pub struct SyncPayload {
 /// Payload of pk-lookup jobs.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct PkLookupPayload {
+pub(crate) struct PkLookupPayload {
     /// The referenced type, whose records are looked up.
     pub record_type: String,
     /// The ids to look up.
@@ -110,7 +110,7 @@ pub struct FlushPayload {
 
 /// What a `workflow` job carries.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum WorkflowPayload {
+pub(crate) enum WorkflowPayload {
     /// The changes one sync page found.
     Trigger(TriggerPayload),
     /// A manual or bulk execution.
@@ -120,7 +120,7 @@ pub enum WorkflowPayload {
 impl WorkflowPayload {
     /// Reads a `workflow` job's payload; the error names what was wrong
     /// (as a run, the shape a user writes by hand).
-    pub fn of(job: &JobEnvelope) -> Result<Self, String> {
+    pub(crate) fn of(job: &JobEnvelope) -> Result<Self, String> {
         if let Ok(t) = serde_json::from_value::<TriggerPayload>(job.payload.clone()) {
             return Ok(Self::Trigger(t));
         }
@@ -132,7 +132,7 @@ impl WorkflowPayload {
 
 /// What an `action-datasource-push` job carries.
 #[derive(Debug, Clone, PartialEq)]
-pub enum PushJob {
+pub(crate) enum PushJob {
     /// Flush the Data Source's outbox (every job queued since the outbox).
     Flush(FlushPayload),
     /// Rows gathered by a version before the outbox, sent as they are.
@@ -141,7 +141,7 @@ pub enum PushJob {
 
 impl PushJob {
     /// Reads an `action-datasource-push` job's payload.
-    pub fn of(job: &JobEnvelope) -> Result<Self, String> {
+    pub(crate) fn of(job: &JobEnvelope) -> Result<Self, String> {
         if let Ok(p) = serde_json::from_value::<FlushPayload>(job.payload.clone()) {
             return Ok(Self::Flush(p));
         }
@@ -169,7 +169,7 @@ pub mod legacy {
     /// [`super::FlushPayload`].
     #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
     #[serde(deny_unknown_fields)]
-    pub struct PushPayload {
+    pub(crate) struct PushPayload {
         /// The workflow that gathered the rows.
         pub workflow: String,
         /// The Data Source.
@@ -182,7 +182,7 @@ pub mod legacy {
 }
 
 /// The sync name used for leases, state and usage reports.
-pub fn sync_name(kind: JobKind, record_type: &str) -> String {
+pub(crate) fn sync_name(kind: JobKind, record_type: &str) -> String {
     format!("{kind}:{record_type}")
 }
 

@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 /// The handler family a kind belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Route {
+pub(crate) enum Route {
     /// Listings and lookups ([`SyncHandlers`]).
     Sync,
     /// Triggers, manual and bulk runs ([`WorkflowHandler`]).
@@ -33,7 +33,7 @@ pub enum Route {
 
 impl Route {
     /// Where a job of `kind` goes.
-    pub fn of(kind: JobKind) -> Self {
+    pub(crate) fn of(kind: JobKind) -> Self {
         match kind {
             JobKind::CompleteTransfer | JobKind::RecentRecords | JobKind::PkLookup => Self::Sync,
             JobKind::Workflow => Self::Workflow,

@@ -10,7 +10,7 @@ use std::fmt;
 
 /// The envelope version this build writes and reads. A message of another
 /// version is refused with a clear reason instead of being misread.
-pub const ENVELOPE_VERSION: u32 = 1;
+pub(crate) const ENVELOPE_VERSION: u32 = 1;
 
 /// Which handler a job is for. Unknown kinds are refused when the envelope is
 /// read, naming the kinds this build knows.
@@ -47,8 +47,10 @@ impl JobKind {
     ];
 
     /// Whether this kind is one of [`JobKind::QUEUED`]; written as an
-    /// exhaustive match so a new kind must say whether it has a queue.
-    pub fn is_queued(self) -> bool {
+    /// exhaustive match so a new kind must say whether it has a queue (the
+    /// test that [`JobKind::QUEUED`] lists every such kind asks it).
+    #[cfg(test)]
+    pub(crate) fn is_queued(self) -> bool {
         match self {
             JobKind::CompleteTransfer
             | JobKind::RecentRecords
@@ -217,7 +219,7 @@ impl JobEnvelope {
     /// A job this one causes, for the same org and app, under
     /// `idempotency_key`: built from what the cause knows, so a repeat of
     /// the cause repeats the key and the ledger runs the job once.
-    pub fn follow_up(
+    pub(crate) fn follow_up(
         &self,
         kind: JobKind,
         payload: Value,
@@ -342,7 +344,7 @@ impl Outcome {
 
     /// A library error after progress: a transient one restarts from
     /// `checkpoint`, a permanent one fails.
-    pub fn from_error_at(err: &Error, checkpoint: Option<Value>) -> Self {
+    pub(crate) fn from_error_at(err: &Error, checkpoint: Option<Value>) -> Self {
         if err.is_retryable() {
             Outcome::transient(err, checkpoint)
         } else {

@@ -126,7 +126,12 @@ pub fn early(job: &JobEnvelope, now: Timestamp) -> Option<Fate> {
 }
 
 /// The fate of `job` after its handler returned `outcome` at `now`.
-pub fn decide(job: &JobEnvelope, outcome: Outcome, now: Timestamp, policy: &RestartPolicy) -> Fate {
+pub(crate) fn decide(
+    job: &JobEnvelope,
+    outcome: Outcome,
+    now: Timestamp,
+    policy: &RestartPolicy,
+) -> Fate {
     match outcome {
         Outcome::Done => Fate::Finish,
         Outcome::Fail(reason) => give_up(job, reason, None),
@@ -220,7 +225,7 @@ fn restart_at(
 
 /// When a job (`next`, its next generation) waiting until `at` restarts:
 /// `at` plus its jitter; `now` when `at` has passed.
-pub fn restart_time(
+pub(crate) fn restart_time(
     at: Timestamp,
     now: Timestamp,
     policy: &RestartPolicy,

@@ -32,7 +32,7 @@ pub enum Claim {
 /// What the ledger holds for one job: its latest generation, whether that
 /// generation finished, and until when a delivery holds it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct LedgerEntry {
+pub(crate) struct LedgerEntry {
     /// The job generation the entry is about.
     pub generation: u32,
     /// Whether that generation finished.
@@ -45,7 +45,7 @@ pub struct LedgerEntry {
 /// `generation` may run unless a newer generation exists (stale), this one
 /// finished (done), or another delivery holds a claim that has not ended.
 /// Adapters only store the entry atomically; they never decide.
-pub fn decide_claim(stored: Option<LedgerEntry>, generation: u32, now: Timestamp) -> Claim {
+pub(crate) fn decide_claim(stored: Option<LedgerEntry>, generation: u32, now: Timestamp) -> Claim {
     match stored {
         Some(e) if e.generation > generation => Claim::Stale,
         Some(e) if e.generation == generation && e.done => Claim::AlreadyDone,
@@ -109,7 +109,7 @@ pub enum ActionBegin {
 /// delivery that last began it holds it (`None` in entries written before
 /// claims existed: held by nobody).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ActionEntry {
+pub(crate) struct ActionEntry {
     /// Marked done.
     pub done: bool,
     /// The claim of the delivery that last began it.
@@ -119,7 +119,7 @@ pub struct ActionEntry {
 /// The begin rule, in one place for every adapter: `stored` is `None` for a
 /// key never begun. New and Again take the claim (until the invocation
 /// ends); InProgress and Done leave the entry as it is.
-pub fn decide_begin(stored: Option<ActionEntry>, now: Timestamp) -> ActionBegin {
+pub(crate) fn decide_begin(stored: Option<ActionEntry>, now: Timestamp) -> ActionBegin {
     match stored {
         None => ActionBegin::New,
         Some(ActionEntry { done: true, .. }) => ActionBegin::Done,

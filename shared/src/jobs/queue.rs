@@ -13,13 +13,13 @@ use crate::jobs::envelope::JobEnvelope;
 use async_trait::async_trait;
 
 /// SQS refuses longer delays; longer waits travel in `not_before`.
-pub const MAX_DELAY_SECS: u32 = 900;
+pub(crate) const MAX_DELAY_SECS: u32 = 900;
 
 /// The delay rule every queue adapter applies before sending: SQS refuses
 /// more than [`MAX_DELAY_SECS`], and the SQLite queue refuses the same so a
 /// local run fails where a deployed one would. Longer waits travel in the
 /// envelope's `not_before` instead.
-pub fn check_delay(delay_secs: u32) -> crate::core::error::Result<()> {
+pub(crate) fn check_delay(delay_secs: u32) -> crate::core::error::Result<()> {
     if delay_secs > MAX_DELAY_SECS {
         return Err(crate::core::error::Error::queue(
             "send",

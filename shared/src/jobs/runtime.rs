@@ -31,7 +31,7 @@ use tracing::Instrument;
 
 /// The reason given when a message of a batch is sent back unstarted: too
 /// little of the invocation was left to begin it.
-pub const DEFERRED_REASON: &str = "not started: the invocation's time ran out";
+pub(crate) const DEFERRED_REASON: &str = "not started: the invocation's time ran out";
 
 /// What a handler knows about the invocation it runs in.
 #[derive(Debug, Clone, Default)]
@@ -61,7 +61,7 @@ impl JobContext {
     }
 
     /// When the claim of a job run in this context ends.
-    pub fn claim_until(&self) -> Option<Timestamp> {
+    pub(crate) fn claim_until(&self) -> Option<Timestamp> {
         self.invocation_ends.or(self.deadline)
     }
 
@@ -70,7 +70,7 @@ impl JobContext {
     /// Handlers stop at it only after one unit of work in the invocation
     /// (a page, a lookup call, a slice of triggers): a deadline too close to
     /// begin with must not make a job restart forever without progress.
-    pub fn near_deadline(&self, now: Timestamp, margin: std::time::Duration) -> bool {
+    pub(crate) fn near_deadline(&self, now: Timestamp, margin: std::time::Duration) -> bool {
         let margin = chrono::Duration::from_std(margin).unwrap_or(chrono::Duration::MAX);
         self.deadline.is_some_and(|d| d - now < margin)
     }
@@ -206,7 +206,7 @@ impl JobRuntime {
 
     /// One message of a batch, `left` messages (this one included) before
     /// the invocation ends at `deadline`: see [`JobRuntime::process_batch`].
-    pub async fn process_batch_item<H: JobHandler + ?Sized>(
+    pub(crate) async fn process_batch_item<H: JobHandler + ?Sized>(
         &self,
         body: &str,
         handler: &H,

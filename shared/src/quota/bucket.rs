@@ -68,7 +68,7 @@ impl Bucket {
 
     /// The counter value that says the bucket holds `level` calls at `at`
     /// (the API's own count, raised into ours).
-    pub fn counter_for(self, level: u64, at: Timestamp) -> u64 {
+    pub(crate) fn counter_for(self, level: u64, at: Timestamp) -> u64 {
         let level = i64::try_from(level.min(u64::from(self.capacity))).unwrap_or(0);
         (to_millis(at) + level * self.t()).max(0) as u64
     }

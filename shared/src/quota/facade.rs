@@ -85,7 +85,7 @@ pub struct Permit {
 impl Permit {
     /// When it was granted: the windows its calls count in are the ones of
     /// this time, however late the calls' answers come back.
-    pub fn granted_at(&self) -> Timestamp {
+    pub(crate) fn granted_at(&self) -> Timestamp {
         self.granted_at
     }
     /// The store's grant; `None` for exempt calls, which took nothing.
@@ -148,7 +148,7 @@ struct SlotQueue {
 
 /// How long a denial is repeated from memory: short, so another process's
 /// release is noticed within it.
-pub const REPEAT_DENIAL_FOR: Duration = Duration::seconds(1);
+pub(crate) const REPEAT_DENIAL_FOR: Duration = Duration::seconds(1);
 
 /// A denial this process received, answered again from memory for a
 /// moment instead of asking the store.
@@ -782,7 +782,7 @@ impl Quota {
     /// them): those are kept in the window, not refunded, and reported as
     /// `spent elsewhere`. Without this a reservation that masked the API's
     /// count while it was out would refund calls the API no longer allows.
-    pub async fn release_forfeiting(
+    pub(crate) async fn release_forfeiting(
         &self,
         permit: Permit,
         used: u32,
@@ -867,7 +867,7 @@ impl Quota {
     /// every client of the org: raises metered's count to it (never lower;
     /// the caller clamps to the limit) and reports the difference as
     /// `spent elsewhere` in the usage.
-    pub async fn raise_from_api(
+    pub(crate) async fn raise_from_api(
         &self,
         key: &QuotaKey,
         kind: WindowKind,
@@ -903,7 +903,7 @@ impl Quota {
     /// ([`Health::after_auth_failure`], one compare-and-swap, retried) and,
     /// when that pauses the connection, blocks the org until the pause
     /// ends. Returns the health after it.
-    pub async fn auth_failed(
+    pub(crate) async fn auth_failed(
         &self,
         key: &QuotaKey,
         reason: &str,
@@ -917,7 +917,7 @@ impl Quota {
     /// A sync run ended in the dead-letter queue: counts it
     /// ([`Health::after_run_failure`]); the same failure `after_runs` runs
     /// in a row pauses the connection.
-    pub async fn run_failed(
+    pub(crate) async fn run_failed(
         &self,
         key: &QuotaKey,
         reason: &str,
@@ -932,7 +932,7 @@ impl Quota {
 
     /// A sync run completed: forgets runs that failed before it (one read;
     /// a write only when there was something to forget).
-    pub async fn run_succeeded(&self, key: &QuotaKey) -> Result<Health> {
+    pub(crate) async fn run_succeeded(&self, key: &QuotaKey) -> Result<Health> {
         self.update_health(key, Health::after_run_success).await
     }
 

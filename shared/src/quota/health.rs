@@ -22,15 +22,15 @@ use chrono::Duration;
 use serde::{Deserialize, Serialize};
 
 /// Failures further apart than this start a new count.
-pub const FAILURE_WINDOW_SECS: i64 = 600;
+pub(crate) const FAILURE_WINDOW_SECS: i64 = 600;
 /// The first pause.
-pub const FIRST_PAUSE_SECS: i64 = 900;
+pub(crate) const FIRST_PAUSE_SECS: i64 = 900;
 /// The longest pause: a connection whose key was revoked is probed once a
 /// day.
-pub const MAX_PAUSE_SECS: i64 = 86_400;
+pub(crate) const MAX_PAUSE_SECS: i64 = 86_400;
 /// A job refused by the API before the connection is paused comes back
 /// after this long.
-pub const UNPAUSED_RETRY_SECS: i64 = 60;
+pub(crate) const UNPAUSED_RETRY_SECS: i64 = 60;
 
 /// What the store keeps of a connection's authentication failures.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -120,7 +120,12 @@ impl Health {
     /// fails the same way after a pause doubles it; another failure, or a
     /// run that completes ([`Health::after_run_success`]), starts the count
     /// afresh.
-    pub fn after_run_failure(&self, reason: &str, now: Timestamp, after_runs: u32) -> Health {
+    pub(crate) fn after_run_failure(
+        &self,
+        reason: &str,
+        now: Timestamp,
+        after_runs: u32,
+    ) -> Health {
         let mut next = self.clone();
         let way = failure_way(reason);
         if self.run_failure.as_deref() == Some(way.as_str()) {
@@ -142,7 +147,7 @@ impl Health {
 
     /// A sync run completed: the count of runs failing in a row ends.
     /// `None` when there is nothing to forget (no write needed).
-    pub fn after_run_success(&self) -> Option<Health> {
+    pub(crate) fn after_run_success(&self) -> Option<Health> {
         if self.failed_runs == 0 && self.run_failure.is_none() {
             return None;
         }

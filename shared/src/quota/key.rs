@@ -15,7 +15,7 @@ pub struct QuotaKey {
 
 /// The org name of an app's own level ([`QuotaKey::app_level`]): not a
 /// name a connection may take.
-pub const APP_LEVEL_ORG: &str = "*app*";
+pub(crate) const APP_LEVEL_ORG: &str = "*app*";
 
 impl QuotaKey {
     /// The budget every org of this key's app shares (`[app.limits.app_wide]`).

@@ -46,7 +46,7 @@ impl WindowKind {
 
     /// The counters whose sum the window holds at `now` (one, but for a
     /// rolling span: its buckets).
-    pub fn counted_ids(self, now: Timestamp) -> Vec<String> {
+    pub(crate) fn counted_ids(self, now: Timestamp) -> Vec<String> {
         match self {
             WindowKind::Span(span) => span.counted_ids(now),
             _ => vec![self.id(now)],
@@ -81,7 +81,7 @@ impl WindowKind {
 
     /// The counter value that says `spent` calls are held at `at` (the
     /// API's own count).
-    pub fn counter_for(self, spent: u64, at: Timestamp) -> u64 {
+    pub(crate) fn counter_for(self, spent: u64, at: Timestamp) -> u64 {
         match self {
             WindowKind::Bucket(bucket) => bucket.counter_for(spent, at),
             _ => spent,
@@ -90,7 +90,7 @@ impl WindowKind {
 
     /// Calls a counter difference of `delta` stands for (the inverse of
     /// [`Self::refund`]).
-    pub fn calls_in(self, delta: u64) -> u64 {
+    pub(crate) fn calls_in(self, delta: u64) -> u64 {
         match self {
             WindowKind::Bucket(bucket) => delta / u64::from(bucket.interval_ms.max(1)),
             _ => delta,
@@ -127,7 +127,7 @@ impl WindowKind {
     }
 
     /// Whether the window is a rolling span.
-    pub fn is_rolling(self) -> bool {
+    pub(crate) fn is_rolling(self) -> bool {
         matches!(self, WindowKind::Span(Span { rolling: true, .. }))
     }
 
@@ -135,13 +135,13 @@ impl WindowKind {
     /// counter: not for a rolling span (a sum of buckets) nor a token
     /// bucket (a `max` with the clock), which are judged on a read and
     /// written under a version check.
-    pub fn needs_read(self) -> bool {
+    pub(crate) fn needs_read(self) -> bool {
         self.is_rolling() || matches!(self, WindowKind::Bucket(_))
     }
 
     /// When the window with identifier `id` ([`WindowKind::id`]) ends;
     /// `None` for an identifier no kind writes.
-    pub fn end_of(id: &str) -> Option<Timestamp> {
+    pub(crate) fn end_of(id: &str) -> Option<Timestamp> {
         if let Some(end) = Span::end_of(id) {
             return Some(end);
         }
@@ -193,13 +193,13 @@ impl WindowKind {
 /// counts it, and admit a call over the limit (the racing-tasks case saw
 /// 9 in a rolling minute of 8, clocks 4.5 s apart). A counter is kept
 /// [`CLOCK_SKEW_ALLOWANCE`] past its end.
-pub fn window_ended(id: &str, now: Timestamp) -> bool {
+pub(crate) fn window_ended(id: &str, now: Timestamp) -> bool {
     WindowKind::end_of(id).is_some_and(|end| end + CLOCK_SKEW_ALLOWANCE <= now)
 }
 
 /// How far apart the clocks of the processes sharing a budget may be for
 /// pruning to stay safe (see [`window_ended`]).
-pub const CLOCK_SKEW_ALLOWANCE: Duration = Duration::seconds(60);
+pub(crate) const CLOCK_SKEW_ALLOWANCE: Duration = Duration::seconds(60);
 
 impl fmt::Display for WindowKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -425,13 +425,14 @@ impl Limits {
 
     /// Whether some window is rolling or a bucket (the DynamoDB adapter
     /// reads before it writes then).
-    pub fn needs_read(&self) -> bool {
+    #[cfg_attr(not(feature = "aws"), allow(dead_code))]
+    pub(crate) fn needs_read(&self) -> bool {
         self.windows().any(|(kind, _)| kind.needs_read())
     }
 
     /// When the first window that applies at `now` ends: the end of what a
     /// grant made at `now` may be spent in.
-    pub fn windows_end(&self, now: Timestamp) -> Timestamp {
+    pub(crate) fn windows_end(&self, now: Timestamp) -> Timestamp {
         self.windows()
             .map(|(kind, _)| kind.end(now))
             .min()
@@ -439,13 +440,13 @@ impl Limits {
     }
 
     /// How long a concurrency lease lives unless renewed.
-    pub fn lease_ttl(&self) -> Duration {
+    pub(crate) fn lease_ttl(&self) -> Duration {
         Duration::seconds(i64::from(self.lease_ttl_secs))
     }
 
     /// Rejects a cost that no window could ever hold: it would be denied
     /// forever and restart forever.
-    pub fn check_cost(&self, cost: u32) -> Result<()> {
+    pub(crate) fn check_cost(&self, cost: u32) -> Result<()> {
         if cost == 0 {
             return Err(Error::Impossible("a call must cost at least 1".into()));
         }

@@ -16,30 +16,35 @@
 //! store, and tallies usage per source and endpoint so it can be written once
 //! per invocation instead of once per call.
 
-pub mod bucket;
+pub(crate) mod bucket;
 mod facade;
-pub mod health;
+pub(crate) mod health;
 mod key;
 mod limits;
 mod port;
 mod rules;
 pub mod share;
 mod usage;
-pub mod wave;
-pub mod window;
+pub(crate) mod wave;
+pub(crate) mod window;
 
 pub use bucket::{Bucket, BucketLimit};
-pub use facade::{Admission, Call, Permit, Quota, REPEAT_DENIAL_FOR};
+pub use facade::{Admission, Call, Permit, Quota};
 pub use health::{Health, PausePolicy};
-pub use key::{QuotaKey, APP_LEVEL_ORG};
-pub use limits::{window_ended, Limits, WindowKind, CLOCK_SKEW_ALLOWANCE};
-pub use port::{Acquire, Denied, DenyReason, Grant, QuotaStore, TakenWindow};
+pub use key::QuotaKey;
+pub(crate) use key::APP_LEVEL_ORG;
+pub(crate) use limits::window_ended;
+pub use limits::{Limits, WindowKind};
+pub(crate) use port::TakenWindow;
+pub use port::{Acquire, Denied, DenyReason, Grant, QuotaStore};
 pub(crate) use rules::explain_denial;
 pub use usage::{HourUse, QuotaState, UsageEntry, WindowFill, SPENT_ELSEWHERE};
-pub use window::{Align, Span, WindowLimit};
+pub use window::WindowLimit;
 
 #[cfg(test)]
 mod tests {
+    use super::limits::CLOCK_SKEW_ALLOWANCE;
+    use super::window::{Align, Span};
     use super::*;
     use crate::core::clock::Timestamp;
     use crate::core::error::Error;

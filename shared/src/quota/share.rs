@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 /// The source kinds a share can be given to: the part of a call's source
 /// before `:` (`pk-lookup:customers` is of kind `pk-lookup`). Workflow
 /// actions are `workflow`; ad-hoc and bulk runs spend as the kind they run.
-pub const SHARE_KINDS: [&str; 5] = [
+pub(crate) const SHARE_KINDS: [&str; 5] = [
     "complete-transfer",
     "recent-records",
     "pk-lookup",
@@ -59,11 +59,11 @@ pub fn kind_of(source: &str) -> &str {
 
 /// Reserves are lent in the last 1/`LEND_IN_LAST` of a fixed window (the
 /// last 6 minutes of an hour, the last 2.4 hours of a day).
-pub const LEND_IN_LAST: i64 = 10;
+pub(crate) const LEND_IN_LAST: i64 = 10;
 
 /// The part of the org name that marks a share's budget; connections may
 /// not use it.
-pub const SHARE_MARK: &str = "~share~";
+pub(crate) const SHARE_MARK: &str = "~share~";
 
 /// Which of a kind's budgets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

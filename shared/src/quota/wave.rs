@@ -28,7 +28,7 @@ use chrono::Duration;
 /// Most windows past the refusing one a slot is looked for in (each full
 /// one costs a store request; the process remembers where the last slot
 /// was found).
-pub const MAX_WAVES: u32 = 64;
+pub(crate) const MAX_WAVES: u32 = 64;
 
 /// The budget counting wake slots of the windows of `kind` (of limit
 /// `limit`): the same length and alignment, fixed (a rolling window's
@@ -166,7 +166,7 @@ mod tests {
             day.windows().collect::<Vec<_>>(),
             vec![(WindowKind::Day, 40)]
         );
-        let rolling = super::super::Span {
+        let rolling = super::super::window::Span {
             secs: 60,
             align: Default::default(),
             rolling: true,

@@ -30,7 +30,7 @@ use std::fmt;
 
 /// Buckets a rolling span is counted in (1-second buckets for spans
 /// under a minute).
-pub const ROLLING_BUCKETS: u32 = 60;
+pub(crate) const ROLLING_BUCKETS: u32 = 60;
 
 /// Where a fixed span's boundaries fall.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -248,7 +248,7 @@ impl Span {
     }
 
     /// When the counter named `id` ([`Span::id`]) may be dropped.
-    pub fn end_of(id: &str) -> Option<Timestamp> {
+    pub(crate) fn end_of(id: &str) -> Option<Timestamp> {
         if !(id.starts_with('s') || id.starts_with('r')) {
             return None;
         }
@@ -258,7 +258,7 @@ impl Span {
 
     /// The counters whose sum is what the span holds at `now`: the fixed
     /// window's, or every bucket that overlaps the trailing span.
-    pub fn counted_ids(self, now: Timestamp) -> Vec<String> {
+    pub(crate) fn counted_ids(self, now: Timestamp) -> Vec<String> {
         if !self.rolling {
             return vec![self.id(now)];
         }

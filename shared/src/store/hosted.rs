@@ -9,7 +9,7 @@
 //! the Hosted GET function and `metered serve` read it, so the other
 //! Lambdas do not link its methods through the record store's vtable.
 
-pub use crate::config::row_index::{part_of_value, RowIndex};
+pub use crate::config::row_index::RowIndex;
 use crate::core::error::Result;
 use crate::quota::QuotaKey;
 use crate::store::outbox::OutboxRow;

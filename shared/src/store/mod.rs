@@ -45,7 +45,7 @@ pub const MAX_ID_BYTES: usize = 1000;
 
 /// Why `record` cannot be stored, if it cannot: the one size rule both
 /// adapters and the sync layer apply.
-pub fn unstorable(record: &Record) -> Option<String> {
+pub(crate) fn unstorable(record: &Record) -> Option<String> {
     if record.id.len() > MAX_ID_BYTES {
         return Some(format!(
             "record id is {} bytes; the store keeps ids of at most {MAX_ID_BYTES} (DynamoDB's key limit)",
@@ -64,7 +64,7 @@ impl PageDiff {
     /// why (DynamoDB would refuse the whole batch; SQLite does the same so
     /// both behave alike). The sync layer quarantines such records first, so
     /// this only fires for a caller that did not.
-    pub fn check_storable(&self, record_type: &str) -> Result<()> {
+    pub(crate) fn check_storable(&self, record_type: &str) -> Result<()> {
         match self
             .records
             .iter()
@@ -101,7 +101,7 @@ pub struct Quarantined {
 }
 
 /// Characters of a record's JSON kept in a quarantine entry.
-pub const QUARANTINE_EXCERPT_CHARS: usize = 300;
+pub(crate) const QUARANTINE_EXCERPT_CHARS: usize = 300;
 
 impl Quarantined {
     /// An entry for a record of `record_type` set aside by `source`.
@@ -126,7 +126,7 @@ impl Quarantined {
 
     /// One entry per source, type and record (by id, else by content), so a
     /// record seen again on every run is listed once, with its latest reason.
-    pub fn entry_key(&self) -> String {
+    pub(crate) fn entry_key(&self) -> String {
         let who = match &self.record_id {
             // A long id (one too long to store, say) by its digest: the
             // entry's own key must fit DynamoDB's 1,024-byte key.
@@ -177,7 +177,7 @@ pub struct SyncState {
 
 /// How long a probe that found a short first page to be the whole listing
 /// stands: at most one extra call per sync in this many days.
-pub const SHORT_PAGE_REPROBE_DAYS: i64 = 7;
+pub(crate) const SHORT_PAGE_REPROBE_DAYS: i64 = 7;
 
 impl SyncState {
     /// The lease rule: the job holding a live lease at `now`, if any. A lease
@@ -228,7 +228,7 @@ pub fn classify_change(held: Option<Held<'_>>, new_hash: &str) -> Option<ChangeK
 
 /// The change a page brings for one record, in one place for every
 /// adapter: [`classify_change`], with the hash it replaces.
-pub fn change_of(held: Option<Held<'_>>, record: &Record, hash: &str) -> Option<Change> {
+pub(crate) fn change_of(held: Option<Held<'_>>, record: &Record, hash: &str) -> Option<Change> {
     classify_change(held, hash).map(|kind| Change {
         kind,
         record: record.clone(),
@@ -240,7 +240,8 @@ pub fn change_of(held: Option<Held<'_>>, record: &Record, hash: &str) -> Option<
 /// The lookup-claim rule, in one place for every adapter: an id may be
 /// claimed when it was never looked up, was last looked up at or before
 /// `cutoff` (`now - min_relookup`), or was claimed by `claimer` itself.
-pub fn lookup_claimable(
+#[cfg_attr(not(feature = "sqlite"), allow(dead_code))]
+pub(crate) fn lookup_claimable(
     last_looked_up: Option<Timestamp>,
     claimed_by: Option<&str>,
     claimer: &str,

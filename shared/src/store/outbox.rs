@@ -97,7 +97,7 @@ pub fn replaces(stored_at: Option<Timestamp>, incoming_at: Option<Timestamp>) ->
 /// The key of a Data Source row: the rendered row's own `id` (a string,
 /// or a number written as one), else `fallback` (the trigger record's id).
 /// Deletes name this id, so it must be the one the platform was sent.
-pub fn row_id(row: &Value, fallback: &str) -> String {
+pub(crate) fn row_id(row: &Value, fallback: &str) -> String {
     match row.get("id") {
         Some(Value::String(s)) if !s.is_empty() => s.clone(),
         Some(Value::Number(n)) => n.to_string(),
@@ -196,7 +196,7 @@ pub enum Refusal {
 /// The splitting rule (a bisection): a refused chunk is halved, rounding
 /// up, until one row is refused alone, which is set aside; then chunks are
 /// full again.
-pub fn after_refusal(chunk: &[OutboxRow], reason: &str) -> Refusal {
+pub(crate) fn after_refusal(chunk: &[OutboxRow], reason: &str) -> Refusal {
     match chunk {
         [] | [_] => Refusal::SetAside {
             reason: reason.to_string(),
@@ -214,7 +214,7 @@ pub fn after_refusal(chunk: &[OutboxRow], reason: &str) -> Refusal {
 /// the same size while the refused range is not yet passed (the refused
 /// row is in the rest of it), and ends once it is (the row was written
 /// again, or refused no more).
-pub fn after_acceptance(probe: Option<Probe>, last: &str) -> Option<Probe> {
+pub(crate) fn after_acceptance(probe: Option<Probe>, last: &str) -> Option<Probe> {
     probe.filter(|p| last < p.until.as_str())
 }
 
@@ -233,20 +233,20 @@ pub struct RefusedRow {
 
 /// Which refused rows a retry or drop applies to: all of a Data Source's,
 /// or these ids.
-pub fn selected(ids: Option<&[String]>, id: &str) -> bool {
+pub(crate) fn selected(ids: Option<&[String]>, id: &str) -> bool {
     ids.is_none_or(|ids| ids.iter().any(|i| i == id))
 }
 
 /// The largest row, as JSON, the outbox keeps: rows are small (a template
 /// over a record); a chunk must fit one DynamoDB item with its neighbours.
-pub const MAX_ROW_BYTES: usize = 64 * 1024;
+pub(crate) const MAX_ROW_BYTES: usize = 64 * 1024;
 
 /// The largest chunk, as JSON: the in-flight chunk is kept in one DynamoDB
 /// item (400 KB), and the SQLite adapter keeps the same bound.
-pub const MAX_CHUNK_BYTES: usize = 300 * 1024;
+pub(crate) const MAX_CHUNK_BYTES: usize = 300 * 1024;
 
 /// Why a row cannot wait in the outbox, if it cannot (see [`MAX_ROW_BYTES`]).
-pub fn unqueueable(row: &Value) -> Option<String> {
+pub(crate) fn unqueueable(row: &Value) -> Option<String> {
     let size = row.to_string().len();
     (size > MAX_ROW_BYTES).then(|| {
         format!("the Data Source row is {size} bytes as JSON; a row may be at most {MAX_ROW_BYTES}")
@@ -256,7 +256,7 @@ pub fn unqueueable(row: &Value) -> Option<String> {
 /// The last-write-wins rule for rows written together: of several writes to
 /// one id, the last one stands (unless [`replaces`] says an earlier one is
 /// of a newer source). Keeps the order of first appearance.
-pub fn last_write_wins(rows: Vec<RowWrite>) -> Vec<RowWrite> {
+pub(crate) fn last_write_wins(rows: Vec<RowWrite>) -> Vec<RowWrite> {
     let mut out: Vec<RowWrite> = Vec::with_capacity(rows.len());
     let mut at: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
     for row in rows {
@@ -279,7 +279,7 @@ pub fn last_write_wins(rows: Vec<RowWrite>) -> Vec<RowWrite> {
 /// change as JSON, with the JSON around them. Counting only the row's
 /// content let a stored chunk of many small rows with long ids exceed
 /// DynamoDB's 400 KB item.
-pub fn stored_size(row: &OutboxRow) -> usize {
+pub(crate) fn stored_size(row: &OutboxRow) -> usize {
     let change = serde_json::to_string(&row.change).map_or(0, |s| s.len());
     row.id.len() + row.stamp.len() + change + 48
 }
@@ -287,7 +287,7 @@ pub fn stored_size(row: &OutboxRow) -> usize {
 /// The next chunk from pending rows (id order): at most `max_rows`, and at
 /// most [`MAX_CHUNK_BYTES`] as stored ([`stored_size`]; always at least one
 /// row).
-pub fn cut_chunk(pending: Vec<OutboxRow>, max_rows: usize) -> Vec<OutboxRow> {
+pub(crate) fn cut_chunk(pending: Vec<OutboxRow>, max_rows: usize) -> Vec<OutboxRow> {
     let mut bytes = 0usize;
     let mut out = Vec::new();
     for row in pending.into_iter().take(max_rows.max(1)) {

@@ -4,11 +4,11 @@
 
 use crate::simulation::world::{Simulation, DAILY_BUDGET, PER_MINUTE};
 use crate::sync_world::ORGS;
-use metered::core::clock::Timestamp;
 use metered::core::record::content_hash;
 use metered::store::hosted::HostedRows;
 use metered::store::outbox::RowChange;
 use metered::store::RecordStore;
+use metered::Timestamp;
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -92,7 +92,7 @@ pub async fn violations_of(o: &Observed<'_>) -> Vec<String> {
         .collect();
     let stats = o.sim.stats();
     for (org, key) in &o.keys {
-        let scope = metered::quota::QuotaKey::new(org, &o.app);
+        let scope = metered::QuotaKey::new(org, &o.app);
         // Records: every invoice at the API's latest version; every
         // referenced customer seen.
         let ids: Vec<String> = invoices

@@ -6,15 +6,12 @@ use crate::sync_world::{Adapter, ORGS};
 use crate::{dynamo_table, sim_fixture_with, sqs_queue, SimFixture};
 use async_trait::async_trait;
 use metered::adapters::sqlite::queue::SqliteQueue;
-use metered::config::app::AppConfig;
 use metered::config::sync::{
     CompleteTransferSettings, LookupPolicy, PkLookupSettings, RecentSettings, StormGuard,
     SyncConfig,
 };
 use metered::connector::{ApiError, Connector, ListRequest, Page, SendRequest};
 use metered::core::clock::{Clock, ManualClock, SharedClock, Timestamp};
-use metered::handlers::context::AppContext;
-use metered::handlers::route::Router;
 use metered::jobs::envelope::{JobEnvelope, JobKind};
 use metered::jobs::ledger::{ActionLedger, JobLedger};
 use metered::jobs::queue::{Choose, DeadLetter, Delivery, JobQueue, Queues};
@@ -22,6 +19,9 @@ use metered::jobs::runtime::{JobRuntime, RestartPolicy, Settled};
 use metered::quota::{Limits, Quota, QuotaStore};
 use metered::store::hosted::HostedRows;
 use metered::store::RecordStore;
+use metered::AppConfig;
+use metered::AppContext;
+use metered::Router;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 

@@ -5,7 +5,7 @@
 //!
 //! Every item kind and access pattern: `docs/table.md`.
 
-pub mod outbox;
+pub(crate) mod outbox;
 pub mod queue;
 pub mod quota;
 pub mod store;

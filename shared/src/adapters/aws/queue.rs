@@ -11,7 +11,7 @@ use aws_sdk_sqs::types::{MessageAttributeValue, MessageSystemAttributeName};
 use aws_sdk_sqs::Client;
 
 /// The message attribute that carries a dead letter's reason.
-pub const REASON_ATTRIBUTE: &str = "metered-reason";
+pub(crate) const REASON_ATTRIBUTE: &str = "metered-reason";
 /// SQS message attributes are small; a reason is a sentence, not a dump.
 const MAX_REASON_CHARS: usize = 1_000;
 

@@ -6,7 +6,7 @@
 //! `BEGIN IMMEDIATE`, which takes the write lock up front, so two processes
 //! can never both read "room left" and both take it.
 
-pub mod outbox;
+pub(crate) mod outbox;
 pub mod queue;
 pub mod quota;
 pub mod store;

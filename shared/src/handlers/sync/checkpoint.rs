@@ -10,14 +10,14 @@ use serde::{Deserialize, Serialize};
 /// How many of the last cursors a run remembers: a loop that hands out a
 /// cursor again within this many pages is caught by its cursor; a longer
 /// one by the same page of records served again, or by empty pages.
-pub const MAX_SEEN_CURSORS: usize = 64;
+pub(crate) const MAX_SEEN_CURSORS: usize = 64;
 
 /// Empty pages in a row that still point at a next page before the run
 /// stops following them (an API handing out new cursors for nothing). It
 /// ends as complete, with a warning: every record it served is stored, and
 /// a dead letter would only fail the same way again. An API that returns a
 /// few empty pages mid-listing (a sparse filtered scan) gets this many.
-pub const MAX_EMPTY_PAGES: u32 = 5;
+pub(crate) const MAX_EMPTY_PAGES: u32 = 5;
 
 fn is_zero(n: &u32) -> bool {
     *n == 0
@@ -25,7 +25,7 @@ fn is_zero(n: &u32) -> bool {
 
 /// Where a listing resumes.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct ListingCheckpoint {
+pub(crate) struct ListingCheckpoint {
     /// Where the next page starts; `None` before the first.
     pub cursor: Option<PageCursor>,
     /// Pages fetched so far.

@@ -14,7 +14,7 @@ use crate::connector::{CallError, ListRequest, Metered, Page, Reservation};
 use crate::handlers::context::AppContext;
 use crate::handlers::flow::{fail, settled, Flow, Settle};
 use crate::handlers::payload::{parse_payload, sync_name, SyncPayload};
-pub use crate::handlers::sync::checkpoint::ListingCheckpoint;
+pub(crate) use crate::handlers::sync::checkpoint::ListingCheckpoint;
 use crate::handlers::sync::checkpoint::{
     advance, page_digest, probe_cursor, turn_page, Step, Turn,
 };
@@ -30,7 +30,7 @@ const MAX_RESERVATION: u32 = 50;
 const FIRST_RESERVATION: u32 = 10;
 
 /// Runs one complete-transfer or recent-records job.
-pub async fn run(svc: &AppContext, job: &JobEnvelope, ctx: &JobContext) -> Outcome {
+pub(crate) async fn run(svc: &AppContext, job: &JobEnvelope, ctx: &JobContext) -> Outcome {
     settled(listing(svc, job, ctx).await)
 }
 

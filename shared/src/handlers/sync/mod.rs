@@ -3,10 +3,10 @@
 //! [`crate::jobs::runtime::JobHandler`]; the Lambda functions and the local runner
 //! run the same code.
 
-pub mod checkpoint;
+pub(crate) mod checkpoint;
 pub mod estimate;
-pub mod listing;
-pub mod pk_lookup;
+pub(crate) mod listing;
+pub(crate) mod pk_lookup;
 
 use crate::core::clock::Timestamp;
 use crate::handlers::context::AppContext;
@@ -149,11 +149,11 @@ pub(crate) async fn take_in(
 }
 
 /// Bulk lookup calls one PK lookup job makes at most.
-pub const LOOKUP_CALLS_PER_JOB: usize = 10;
+pub(crate) const LOOKUP_CALLS_PER_JOB: usize = 10;
 
 /// Ids per lookup call for `target`: the configured bulk size, within the
 /// API's maximum.
-pub fn keys_per_call(svc: &AppContext, org: &str, target: &str) -> usize {
+pub(crate) fn keys_per_call(svc: &AppContext, org: &str, target: &str) -> usize {
     let api_max = svc
         .connectors
         .get(org)
@@ -215,7 +215,7 @@ pub(crate) async fn needing_lookup(
 /// What a stored page (or lookup call) causes downstream: the PK lookups
 /// of the records it references, and a workflow trigger for its changes.
 #[derive(Debug)]
-pub struct Followups<'a> {
+pub(crate) struct Followups<'a> {
     /// The record type the page is of.
     pub record_type: &'a str,
     /// The whole page, unchanged records too (see `recheck_unchanged`).
@@ -290,7 +290,7 @@ pub(crate) fn referenced_ids<'a>(
 /// steady-state pages cost no extra store read.
 ///
 /// A workflow trigger carries the page's changes.
-pub async fn enqueue_followups(
+pub(crate) async fn enqueue_followups(
     svc: &AppContext,
     job: &JobEnvelope,
     page: &Followups<'_>,
@@ -426,14 +426,14 @@ impl From<serde_json::Error> for crate::Error {
 /// The sync handlers behind one [`JobHandler`]: every listing and lookup
 /// kind. Which kinds a process takes is the router's to say
 /// ([`crate::handlers::route::Router`]).
-pub struct SyncHandlers {
+pub(crate) struct SyncHandlers {
     /// What the handlers share.
     pub svc: Arc<AppContext>,
 }
 
 impl SyncHandlers {
     /// Handles every sync kind.
-    pub fn all(svc: Arc<AppContext>) -> Self {
+    pub(crate) fn all(svc: Arc<AppContext>) -> Self {
         Self { svc }
     }
 }

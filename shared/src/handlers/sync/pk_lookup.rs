@@ -27,7 +27,7 @@ use std::collections::BTreeMap;
 
 /// Ids claimed and not yet fetched.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LookupCheckpoint {
+pub(crate) struct LookupCheckpoint {
     /// Ids still to look up.
     pub remaining: Vec<String>,
     /// Calls made so far.
@@ -35,7 +35,7 @@ pub struct LookupCheckpoint {
 }
 
 /// Runs one pk-lookup job.
-pub async fn run(svc: &AppContext, job: &JobEnvelope, ctx: &JobContext) -> Outcome {
+pub(crate) async fn run(svc: &AppContext, job: &JobEnvelope, ctx: &JobContext) -> Outcome {
     settled(lookup(svc, job, ctx).await)
 }
 

@@ -19,8 +19,6 @@ mod estimate;
 mod fanout;
 mod related;
 
-pub use estimate::WorkflowEstimate;
-
 use crate::config::template::render;
 use crate::config::workflow::{compile, ActionConfig, MissingPolicy, WorkflowConfig};
 use crate::core::error::{Error, Result};
