@@ -52,16 +52,16 @@ step "build tests"
 if cargo nextest --version >/dev/null 2>&1; then RUNNER=nextest; else RUNNER=cargo-test; fi
 cargo build --workspace --all-targets
 cargo test --workspace --no-run
-# `cargo lambda watch` (cli/tests/lambda_watch.rs) builds each function on
-# its own, with only that package's features, so its dependencies are built
-# apart from the workspace build above. Build them now, while the CPU is
-# free: otherwise the test's first invocation waits for minutes of compiling
-# beside the heavier suites and times out.
-cargo build -p scheduler -p complete-transfer -p workflow -p action-http
-# Apart: built together, hosted-get's features (hosted-lambda) would unify
-# into the others' build of the library, and `cargo lambda watch` (which
-# builds each function alone) would rebuild it for every function.
-cargo build -p hosted-get
+# `cargo lambda watch` (cli/tests/lambda_watch.rs) builds each function
+# with `cargo run --bin NAME` from the workspace root: with no `-p`, cargo
+# resolves features for every member (normal dependencies only), which is
+# `cargo build --workspace` -- not `--all-targets` (dev-dependencies add
+# features) and not `-p NAME` (one package's features). Build exactly that
+# set now, while the CPU is free: otherwise the test's first invocation
+# compiles the whole AWS SDK stack again beside the heavier suites and the
+# background `sam build` (CI, 2026-12-06: over the test's 600 s limit; the
+# `-p` prebuild this replaces built a set the watcher never used).
+cargo build --workspace
 
 SAM_PID=""
 SAM_LOG="$ROOT/.tools/run/sam-build.log"

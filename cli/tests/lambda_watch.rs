@@ -145,7 +145,7 @@ async fn functions_run_under_cargo_lambda_watch_against_local_aws() {
         .build()
         .unwrap();
     let invoke = |function: &'static str, event: serde_json::Value| {
-        let http = http.clone();
+        let (http, dir) = (http.clone(), dir.clone());
         async move {
             let r = http
                 .post(format!(
@@ -154,7 +154,16 @@ async fn functions_run_under_cargo_lambda_watch_against_local_aws() {
                 .json(&event)
                 .send()
                 .await
-                .unwrap();
+                .unwrap_or_else(|e| {
+                    let log = std::fs::read_to_string(dir.join("watch.log")).unwrap_or_default();
+                    let tail: Vec<&str> = log.lines().rev().take(40).collect();
+                    panic!(
+                        "{function}: {e}; the last lines of cargo lambda watch's log \
+                         (a first invoke compiling means infra/test.sh's prebuild \
+                         did not match the watcher's build):\n{}",
+                        tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                    )
+                });
             let status = r.status();
             let body: serde_json::Value = r.json().await.unwrap_or(serde_json::Value::Null);
             assert!(status.is_success(), "{function}: HTTP {status} {body}");
