@@ -90,7 +90,7 @@ impl JobHandler for SpendHandler {
             .as_ref()
             .and_then(|c| c["done"].as_u64())
             .unwrap_or(0);
-        let key = job.quota_key();
+        let key = job.tenant();
         while done < total {
             let call = Call::new(
                 format!("demo:{}", job.payload["name"].as_str().unwrap_or("job")),

@@ -16,12 +16,12 @@
 //!  4  ports      connector (API calls)   · jobs (envelope, queue, ledgers, fate, runtime) · store (records, leases)
 //!  3  config     AppConfig: app, record types, syncs, workflows — validated in one pass (validate)
 //!  2  quota      key · limits · port · rules · usage · facade (windows, buckets, shares, waves)
-//!  1  core       clock · error · record
+//!  1  core       clock · error · tenant · record
 //! ```
 //!
 //! - [`core`] — time as a port ([`core::clock::ManualClock`] in tests), the
-//!   one error type that says retryable or permanent, records and their
-//!   content hash.
+//!   one error type that says retryable or permanent, the tenant (whose
+//!   records, ledgers and budget), records and their content hash.
 //! - [`quota`] — the budget: port [`quota::QuotaStore`], its pure rules
 //!   (`explain_denial`) and the facade [`quota::Quota`].
 //! - [`config`] — [`config::app::AppConfig`] and everything it holds.
@@ -92,6 +92,7 @@ pub use crate::core::error::{Error, Result};
 pub use crate::config::app::AppConfig;
 pub use crate::core::clock::{ManualClock, SharedClock, SystemClock, Timestamp};
 pub use crate::core::record::Record;
+pub use crate::core::tenant::Tenant;
 pub use crate::handlers::context::AppContext;
 pub use crate::handlers::route::Router;
 pub use crate::jobs::envelope::{JobEnvelope, JobKind, Outcome};

@@ -16,7 +16,7 @@ use metered::jobs::ledger::{Claim, JobLedger};
 use metered::jobs::runtime::{JobContext, JobHandler, JobRuntime, RestartPolicy, Settled};
 use metered::store::outbox::{OutboxRow, RowChange, RowWrite};
 use metered::store::RecordStore;
-use metered::QuotaKey;
+use metered::Tenant;
 use std::future::Future;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
@@ -61,9 +61,9 @@ macro_rules! store_cases {
     };
 }
 
-fn orgs() -> (QuotaKey, QuotaKey) {
+fn orgs() -> (Tenant, Tenant) {
     let app = format!("app-{}", uuid::Uuid::new_v4().simple());
-    (QuotaKey::new("org-a", &app), QuotaKey::new("org-b", &app))
+    (Tenant::new("org-a", &app), Tenant::new("org-b", &app))
 }
 
 pub async fn job_ledger_entries_are_scoped_by_org<F: Future<Output = Fixture>>(make: F) {
@@ -244,7 +244,7 @@ pub async fn a_live_claim_is_never_acknowledged<F: Future<Output = Fixture>>(mak
     let deadline = clock.now() + Duration::seconds(900);
     assert_eq!(
         s.jobs
-            .claim(&job.quota_key(), &job.id, 0, clock.now(), deadline)
+            .claim(&job.tenant(), &job.id, 0, clock.now(), deadline)
             .await
             .unwrap(),
         Claim::Granted
@@ -308,7 +308,7 @@ pub async fn a_claim_ends_at_the_invocation_deadline<F: Future<Output = Fixture>
     assert!(tokio::time::timeout(std::time::Duration::from_secs(1), run)
         .await
         .is_err());
-    let key = job.quota_key();
+    let key = job.tenant();
     let before = s
         .jobs
         .claim(&key, &job.id, 0, deadline - Duration::seconds(1), deadline)
@@ -535,7 +535,7 @@ pub async fn a_sync_lease_is_free_own_or_expired_and_scoped_by_org<F: Future<Out
     let sync = "complete-transfer:invoices";
     let now = afternoon();
     let until = now + Duration::minutes(5);
-    let take = |key: QuotaKey, job: &'static str, at, until, starting| {
+    let take = |key: Tenant, job: &'static str, at, until, starting| {
         let records = s.records.clone();
         async move {
             records

@@ -12,7 +12,7 @@ use metered::store::hosted::{HostedRows, IndexState};
 use metered::store::outbox::OutboxRow;
 use metered::store::outbox::RowChange;
 use metered::JobKind;
-use metered::QuotaKey;
+use metered::Tenant;
 use metered_sim::SimConfig;
 use metered_tests::sync_world::{Adapter, World, ORG, ORGS};
 use serde_json::{json, Value};
@@ -803,12 +803,12 @@ struct Counting {
 
 #[async_trait::async_trait]
 impl HostedRows for Counting {
-    async fn rows_version(&self, key: &QuotaKey, ds: &str) -> metered::Result<u64> {
+    async fn rows_version(&self, key: &Tenant, ds: &str) -> metered::Result<u64> {
         self.inner.rows_version(key, ds).await
     }
     async fn rows_after(
         &self,
-        key: &QuotaKey,
+        key: &Tenant,
         ds: &str,
         after: Option<&str>,
         limit: u32,
@@ -819,7 +819,7 @@ impl HostedRows for Counting {
     }
     async fn index_state(
         &self,
-        key: &QuotaKey,
+        key: &Tenant,
         ds: &str,
         parts: &[String],
     ) -> metered::Result<IndexState> {
@@ -827,7 +827,7 @@ impl HostedRows for Counting {
     }
     async fn part_rows_after(
         &self,
-        key: &QuotaKey,
+        key: &Tenant,
         ds: &str,
         part: &str,
         after: Option<&str>,
@@ -1132,17 +1132,12 @@ struct BrokenRows;
 
 #[async_trait::async_trait]
 impl metered::store::hosted::HostedRows for BrokenRows {
-    async fn index_state(
-        &self,
-        _: &QuotaKey,
-        _: &str,
-        _: &[String],
-    ) -> metered::Result<IndexState> {
+    async fn index_state(&self, _: &Tenant, _: &str, _: &[String]) -> metered::Result<IndexState> {
         Ok(IndexState::default())
     }
     async fn part_rows_after(
         &self,
-        _: &QuotaKey,
+        _: &Tenant,
         _: &str,
         _: &str,
         _: Option<&str>,
@@ -1150,14 +1145,14 @@ impl metered::store::hosted::HostedRows for BrokenRows {
     ) -> metered::Result<Vec<OutboxRow>> {
         unreachable!("never indexed")
     }
-    async fn rows_version(&self, _: &metered::QuotaKey, _: &str) -> metered::Result<u64> {
+    async fn rows_version(&self, _: &metered::Tenant, _: &str) -> metered::Result<u64> {
         Err(metered::Error::Config(
             "table prod-metered-internal: ProvisionedThroughputExceeded".into(),
         ))
     }
     async fn rows_after(
         &self,
-        _: &metered::QuotaKey,
+        _: &metered::Tenant,
         _: &str,
         _: Option<&str>,
         _: u32,
@@ -1219,17 +1214,12 @@ impl Synthetic {
 
 #[async_trait::async_trait]
 impl metered::store::hosted::HostedRows for Synthetic {
-    async fn index_state(
-        &self,
-        _: &QuotaKey,
-        _: &str,
-        _: &[String],
-    ) -> metered::Result<IndexState> {
+    async fn index_state(&self, _: &Tenant, _: &str, _: &[String]) -> metered::Result<IndexState> {
         Ok(IndexState::default())
     }
     async fn part_rows_after(
         &self,
-        _: &QuotaKey,
+        _: &Tenant,
         _: &str,
         _: &str,
         _: Option<&str>,
@@ -1237,12 +1227,12 @@ impl metered::store::hosted::HostedRows for Synthetic {
     ) -> metered::Result<Vec<OutboxRow>> {
         unreachable!("never indexed")
     }
-    async fn rows_version(&self, _: &metered::QuotaKey, _: &str) -> metered::Result<u64> {
+    async fn rows_version(&self, _: &metered::Tenant, _: &str) -> metered::Result<u64> {
         Ok(1)
     }
     async fn rows_after(
         &self,
-        _: &metered::QuotaKey,
+        _: &metered::Tenant,
         _: &str,
         after: Option<&str>,
         limit: u32,

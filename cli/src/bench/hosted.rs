@@ -10,7 +10,7 @@ use metered::handlers::hosted::{HostedRequest, HostedService};
 use metered::store::hosted::{HostedRows, IndexState};
 use metered::store::outbox::{Outbox, RowChange};
 use metered::AppConfig;
-use metered::QuotaKey;
+use metered::Tenant;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -47,7 +47,7 @@ max_page_size = 1000
 
 async fn fill<S: Outbox + ?Sized>(
     store: &S,
-    key: &QuotaKey,
+    key: &Tenant,
     n: usize,
 ) -> Result<(), Box<dyn std::error::Error>> {
     let rows: Vec<metered::store::outbox::RowWrite> = (0..n)
@@ -173,7 +173,7 @@ fn print(what: &str, (rps, p50, p99): (f64, f64, f64)) {
 pub(super) async fn section(dynamodb_url: Option<&str>) -> Result<(), Box<dyn std::error::Error>> {
     println!("\nHosted GET ({REQUESTS} requests of one page, {CONCURRENCY} at a time, half the rows pass the filter)");
     let config = AppConfig::parse(CONFIG)?;
-    let key = QuotaKey::new("bench", "bench");
+    let key = Tenant::new("bench", "bench");
     let dir = std::env::temp_dir().join(format!("metered-bench-hosted-{}", uuid_like()));
     std::fs::create_dir_all(&dir)?;
     let mut sweep = Vec::new();
@@ -241,12 +241,12 @@ struct Counting {
 
 #[async_trait::async_trait]
 impl HostedRows for Counting {
-    async fn rows_version(&self, key: &QuotaKey, datasource: &str) -> metered::Result<u64> {
+    async fn rows_version(&self, key: &Tenant, datasource: &str) -> metered::Result<u64> {
         self.inner.rows_version(key, datasource).await
     }
     async fn rows_after(
         &self,
-        key: &QuotaKey,
+        key: &Tenant,
         datasource: &str,
         after: Option<&str>,
         limit: u32,
@@ -258,7 +258,7 @@ impl HostedRows for Counting {
     }
     async fn index_state(
         &self,
-        key: &QuotaKey,
+        key: &Tenant,
         datasource: &str,
         parts: &[String],
     ) -> metered::Result<IndexState> {
@@ -266,7 +266,7 @@ impl HostedRows for Counting {
     }
     async fn part_rows_after(
         &self,
-        key: &QuotaKey,
+        key: &Tenant,
         datasource: &str,
         part: &str,
         after: Option<&str>,
@@ -372,7 +372,7 @@ async fn per_user_at<S: Outbox + HostedRows + 'static>(
     store: Arc<S>,
     n: usize,
 ) -> Result<(), Box<dyn std::error::Error>> {
-    let key = QuotaKey::new("bench", "bench");
+    let key = Tenant::new("bench", "bench");
     let index = config.datasource("rows")?.row_index();
     let write = |i: usize| {
         let id = format!("row_{i:06}");

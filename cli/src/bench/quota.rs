@@ -62,7 +62,7 @@ impl JobHandler for AskOnce {
     async fn handle(&self, job: &JobEnvelope, _ctx: &JobContext) -> Outcome {
         match self
             .quota
-            .acquire(&job.quota_key(), &self.limits, Call::new("bench", "GET /x"))
+            .acquire(&job.tenant(), &self.limits, Call::new("bench", "GET /x"))
             .await
         {
             Ok(Admission::Denied(d)) => Outcome::denied(&d, None),

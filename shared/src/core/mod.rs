@@ -1,4 +1,4 @@
-//! The bottom layer: time, errors, records and the metrics counters. Imports nothing else of the
+//! The bottom layer: time, errors, records, the tenant and the metrics counters. Imports nothing else of the
 //! crate; everything else imports it.
 
 pub mod clock;
@@ -6,3 +6,4 @@ pub mod error;
 pub mod ids;
 pub mod metrics;
 pub mod record;
+pub mod tenant;

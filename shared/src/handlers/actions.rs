@@ -131,7 +131,7 @@ impl ActionHandlers {
             .claim_until()
             .unwrap_or(now + chrono::Duration::minutes(5));
         let key = &job.idempotency_key;
-        match self.ledger.begin_action(&job.quota_key(), key, now, until).await.or_end()? {
+        match self.ledger.begin_action(&job.tenant(), key, now, until).await.or_end()? {
             ActionBegin::Done => {
                 tracing::info!(%key, "action already performed; skipping");
                 Err(Outcome::Done)
@@ -153,7 +153,7 @@ impl ActionHandlers {
     /// API acted frees the key for the retry; a call that happened and
     /// could not be marked is repeated by the redelivery under the same key.
     async fn call(&self, job: &JobEnvelope, metered: &Metered, request: &SendRequest) -> Outcome {
-        let scope = job.quota_key();
+        let scope = job.tenant();
         let key = &job.idempotency_key;
         match metered.send(request).await {
             Ok(_) => {

@@ -8,8 +8,9 @@ use crate::connector::secrets::{resolve, Secret, SecretStores};
 use crate::connector::{Connector, Metered};
 use crate::core::clock::SharedClock;
 use crate::core::error::{Error, Result};
+use crate::core::tenant::Tenant;
 use crate::jobs::queue::Queues;
-use crate::quota::{Limits, Quota, QuotaKey};
+use crate::quota::{Limits, Quota};
 use crate::store::RecordStore;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -70,9 +71,10 @@ impl AppContext {
         }
     }
 
-    /// The budget key of an org's connection to this app.
-    pub fn key(&self, org: &str) -> QuotaKey {
-        QuotaKey::new(org, &self.config.app.name)
+    /// An org's connection to this app: the scope of its records, ledgers
+    /// and budget.
+    pub fn key(&self, org: &str) -> Tenant {
+        Tenant::new(org, &self.config.app.name)
     }
 
     /// The org's limits: its connection's override, else the app's.

@@ -32,7 +32,7 @@ use crate::config::datasource::{DataSourceMode, DEFAULT_MAX_PAGE_SIZE, DEFAULT_P
 use crate::connector::secrets::Secret;
 use crate::core::clock::SharedClock;
 use crate::core::error::{Error, Result};
-use crate::quota::QuotaKey;
+use crate::core::tenant::Tenant;
 use crate::store::hosted::{HostedRows, RowIndex};
 use crate::store::outbox::{OutboxRow, RowChange};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
@@ -267,7 +267,7 @@ impl HostedService {
         // 3. The version before the rows (see `HostedRows::rows_version`):
         // of the parts the user's claim names when the rows are indexed by
         // it, else of the whole Data Source.
-        let key = QuotaKey::new(&asked.org, &self.app);
+        let key = Tenant::new(&asked.org, &self.app);
         let (version, source) = self
             .version_and_source(asked.ds, asked.name, &key, &asked.claims)
             .await?;
@@ -369,7 +369,7 @@ impl HostedService {
         &self,
         asked: &Asked<'_>,
         source: &Source,
-        key: &QuotaKey,
+        key: &Tenant,
     ) -> Result<PageRows> {
         // One CEL context per request (building one is costly): `user`
         // once, `row` rebound per row.
@@ -430,7 +430,7 @@ impl HostedService {
         &self,
         ds: &Served,
         name: &str,
-        key: &QuotaKey,
+        key: &Tenant,
         claims: &Map<String, Value>,
     ) -> Result<(String, Source)> {
         if let Some(ix) = &ds.index {
@@ -452,7 +452,7 @@ impl HostedService {
     async fn read_batch(
         &self,
         source: &Source,
-        key: &QuotaKey,
+        key: &Tenant,
         name: &str,
         after: Option<&str>,
         want: u32,

@@ -260,9 +260,9 @@ impl JobEnvelope {
         serde_json::to_string(self).unwrap_or_default()
     }
 
-    /// The budget it spends.
-    pub fn quota_key(&self) -> crate::quota::QuotaKey {
-        crate::quota::QuotaKey::new(&self.org, &self.app)
+    /// Whose job it is: its records, ledger and budget are this tenant's.
+    pub fn tenant(&self) -> crate::core::tenant::Tenant {
+        crate::core::tenant::Tenant::new(&self.org, &self.app)
     }
 }
 

@@ -8,7 +8,7 @@
 
 use crate::core::clock::Timestamp;
 use crate::core::error::Result;
-use crate::quota::QuotaKey;
+use crate::core::tenant::Tenant;
 use async_trait::async_trait;
 use sha2::{Digest, Sha256};
 
@@ -59,7 +59,7 @@ pub(crate) fn decide_claim(stored: Option<LedgerEntry>, generation: u32, now: Ti
 /// at-least-once; a crash after a re-send but before the ack leaves two
 /// copies) is dropped without doing its work twice.
 ///
-/// Entries are scoped by org and app ([`QuotaKey`]): ids come from messages,
+/// Entries are scoped by org and app ([`Tenant`]): ids come from messages,
 /// and one tenant's message must never settle another's job. A claim ends
 /// with the invocation that took it (its deadline), so the redelivery of a
 /// crashed invocation runs; a delivery that finds a live claim is left on the
@@ -70,7 +70,7 @@ pub trait JobLedger: Send + Sync {
     /// claim until `until`.
     async fn claim(
         &self,
-        key: &QuotaKey,
+        key: &Tenant,
         job_id: &str,
         generation: u32,
         now: Timestamp,
@@ -80,7 +80,7 @@ pub trait JobLedger: Send + Sync {
     /// otherwise the claim is released so a redelivery may run at once.
     async fn settle(
         &self,
-        key: &QuotaKey,
+        key: &Tenant,
         job_id: &str,
         generation: u32,
         done: bool,
@@ -142,16 +142,16 @@ pub trait ActionLedger: Send + Sync {
     /// invocation that will make the call).
     async fn begin_action(
         &self,
-        scope: &QuotaKey,
+        scope: &Tenant,
         key: &str,
         now: Timestamp,
         until: Timestamp,
     ) -> Result<ActionBegin>;
     /// Records the action as performed; it will never run again.
-    async fn finish_action(&self, scope: &QuotaKey, key: &str, now: Timestamp) -> Result<()>;
+    async fn finish_action(&self, scope: &Tenant, key: &str, now: Timestamp) -> Result<()>;
     /// Forgets a begun key whose call was never made (the quota refused),
     /// so the next attempt is a first attempt, not a replay.
-    async fn abandon_action(&self, scope: &QuotaKey, key: &str) -> Result<()>;
+    async fn abandon_action(&self, scope: &Tenant, key: &str) -> Result<()>;
 }
 
 /// The `Idempotency-Key` of an action: a digest of the org, the app and
@@ -160,7 +160,7 @@ pub trait ActionLedger: Send + Sync {
 /// the ledger. Parts are length-prefixed, so no choice of ids can make two
 /// different part lists hash alike. Readable prefix, bounded length (APIs
 /// cap the header, e.g. at 255 characters).
-pub fn idempotency_key(scope: &QuotaKey, label: &str, parts: &[&str]) -> String {
+pub fn idempotency_key(scope: &Tenant, label: &str, parts: &[&str]) -> String {
     let mut h = Sha256::new();
     for part in [scope.org.as_str(), scope.app.as_str()]
         .into_iter()
@@ -218,8 +218,8 @@ mod tests {
 
     #[test]
     fn idempotency_keys_differ_between_orgs_and_part_splits() {
-        let a = QuotaKey::new("org-a", "crm");
-        let b = QuotaKey::new("org-b", "crm");
+        let a = Tenant::new("org-a", "crm");
+        let b = Tenant::new("org-b", "crm");
         let ka = idempotency_key(&a, "vip", &["vip", "0", "inv_1", "h"]);
         assert_eq!(ka, idempotency_key(&a, "vip", &["vip", "0", "inv_1", "h"]));
         assert_ne!(ka, idempotency_key(&b, "vip", &["vip", "0", "inv_1", "h"]));

@@ -19,12 +19,12 @@
 
 use crate::core::clock::{SharedClock, Timestamp};
 use crate::core::metrics::{Counter, Metrics};
+use crate::core::tenant::Tenant;
 use crate::jobs::envelope::{JobEnvelope, JobKind, Outcome};
 use crate::jobs::fate::{decide, early, Fate};
 pub use crate::jobs::fate::{delay_secs, RestartPolicy, NOT_BEFORE_REASON};
 use crate::jobs::ledger::{Claim, JobLedger};
 use crate::jobs::queue::JobQueue;
-use crate::quota::QuotaKey;
 use async_trait::async_trait;
 use std::sync::Arc;
 use tracing::Instrument;
@@ -306,7 +306,7 @@ impl JobRuntime {
             // Early: wait again for the rest, spending nothing.
             return self.carry_out(job, fate, handler).await;
         }
-        let key = job.quota_key();
+        let key = job.tenant();
         // Only the ledger can say that no delivery of this generation ran
         // before; without it, handlers assume one may have.
         let mut first_run = false;
@@ -382,7 +382,7 @@ impl JobRuntime {
     /// leaves the claim to end at the deadline, after which a duplicate copy
     /// of a finished generation would run again (harmless for idempotent
     /// work, but wasted calls).
-    async fn settle(&self, ledger: &dyn JobLedger, key: &QuotaKey, job: &JobEnvelope, done: bool) {
+    async fn settle(&self, ledger: &dyn JobLedger, key: &Tenant, job: &JobEnvelope, done: bool) {
         for attempt in 1..=2 {
             match ledger.settle(key, &job.id, job.generation, done).await {
                 Ok(()) => return,

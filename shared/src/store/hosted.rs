@@ -11,7 +11,7 @@
 
 pub use crate::config::row_index::RowIndex;
 use crate::core::error::Result;
-use crate::quota::QuotaKey;
+use crate::core::tenant::Tenant;
 use crate::store::outbox::OutboxRow;
 use async_trait::async_trait;
 
@@ -22,13 +22,13 @@ pub trait HostedRows: Send + Sync {
     /// written (0 when never written). Bumped *after* the rows are written,
     /// so a reader that takes it before reading rows never labels new
     /// rows with an old version it could later answer 304 to.
-    async fn rows_version(&self, key: &QuotaKey, datasource: &str) -> Result<u64>;
+    async fn rows_version(&self, key: &Tenant, datasource: &str) -> Result<u64>;
 
     /// Rows (tombstones included) whose id sorts after `after`, in id
     /// (byte) order, at most `limit`.
     async fn rows_after(
         &self,
-        key: &QuotaKey,
+        key: &Tenant,
         datasource: &str,
         after: Option<&str>,
         limit: u32,
@@ -41,7 +41,7 @@ pub trait HostedRows: Send + Sync {
     /// enters it, changes in it or leaves it.
     async fn index_state(
         &self,
-        key: &QuotaKey,
+        key: &Tenant,
         datasource: &str,
         parts: &[String],
     ) -> Result<IndexState>;
@@ -52,7 +52,7 @@ pub trait HostedRows: Send + Sync {
     /// a row that is in it.
     async fn part_rows_after(
         &self,
-        key: &QuotaKey,
+        key: &Tenant,
         datasource: &str,
         part: &str,
         after: Option<&str>,

@@ -8,7 +8,7 @@
 use crate::core::clock::Timestamp;
 use crate::core::error::Result;
 use crate::core::record::{content_hash, ChangeKind, Record, StoredRecord};
-use crate::quota::QuotaKey;
+use crate::core::tenant::Tenant;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -271,14 +271,13 @@ pub struct PageDiff {
 pub trait RecordStore: outbox::Outbox + Send + Sync {
     /// Compares a page with what is stored: which records are new or
     /// changed by content hash. Writes nothing.
-    async fn diff(&self, key: &QuotaKey, record_type: &str, records: &[Record])
-        -> Result<PageDiff>;
+    async fn diff(&self, key: &Tenant, record_type: &str, records: &[Record]) -> Result<PageDiff>;
 
     /// Writes the page: changed records with their new content and hash,
     /// unchanged ones with a new `last_synced`.
     async fn commit(
         &self,
-        key: &QuotaKey,
+        key: &Tenant,
         record_type: &str,
         diff: &PageDiff,
         now: Timestamp,
@@ -287,7 +286,7 @@ pub trait RecordStore: outbox::Outbox + Send + Sync {
     /// [`RecordStore::diff`] then [`RecordStore::commit`].
     async fn upsert(
         &self,
-        key: &QuotaKey,
+        key: &Tenant,
         record_type: &str,
         records: &[Record],
         now: Timestamp,
@@ -300,7 +299,7 @@ pub trait RecordStore: outbox::Outbox + Send + Sync {
     /// Stored records (seen or only looked for) among `ids`.
     async fn get(
         &self,
-        key: &QuotaKey,
+        key: &Tenant,
         record_type: &str,
         ids: &[String],
     ) -> Result<Vec<StoredRecord>>;
@@ -314,7 +313,7 @@ pub trait RecordStore: outbox::Outbox + Send + Sync {
     /// its failure, instead of losing those ids for `min_interval`).
     async fn claim_lookups(
         &self,
-        key: &QuotaKey,
+        key: &Tenant,
         record_type: &str,
         ids: &[String],
         claimer: &str,
@@ -326,31 +325,31 @@ pub trait RecordStore: outbox::Outbox + Send + Sync {
     /// and bulk workflow executions).
     async fn list(
         &self,
-        key: &QuotaKey,
+        key: &Tenant,
         record_type: &str,
         after: Option<&str>,
         limit: u32,
     ) -> Result<Vec<StoredRecord>>;
 
     /// How many records of a type have been seen.
-    async fn count(&self, key: &QuotaKey, record_type: &str) -> Result<u64>;
+    async fn count(&self, key: &Tenant, record_type: &str) -> Result<u64>;
 
     /// The state of one sync of one connection (default when never run).
-    async fn sync_state(&self, key: &QuotaKey, sync: &str) -> Result<SyncState>;
+    async fn sync_state(&self, key: &Tenant, sync: &str) -> Result<SyncState>;
 
     /// Sets records aside (see [`Quarantined`]); an entry with the same
     /// [`Quarantined::entry_key`] is replaced.
-    async fn quarantine(&self, key: &QuotaKey, items: &[Quarantined]) -> Result<()>;
+    async fn quarantine(&self, key: &Tenant, items: &[Quarantined]) -> Result<()>;
 
     /// Quarantined records of a connection, newest first.
-    async fn quarantined(&self, key: &QuotaKey, limit: u32) -> Result<Vec<Quarantined>>;
+    async fn quarantined(&self, key: &Tenant, limit: u32) -> Result<Vec<Quarantined>>;
 
     /// Takes the sync's lease for `job_id` until `until`, if it is free at
     /// `now` (or already held by `job_id`), and records `last_started` when
     /// `starting`. Returns false when another live job holds it.
     async fn take_sync_lease(
         &self,
-        key: &QuotaKey,
+        key: &Tenant,
         sync: &str,
         job_id: &str,
         now: Timestamp,
@@ -362,7 +361,7 @@ pub trait RecordStore: outbox::Outbox + Send + Sync {
     /// (high-water mark, completion). No-op if `job_id` no longer holds it.
     async fn finish_sync(
         &self,
-        key: &QuotaKey,
+        key: &Tenant,
         sync: &str,
         job_id: &str,
         update: SyncFinish,

@@ -39,7 +39,7 @@
 use crate::config::row_index::RowIndex;
 use crate::core::clock::Timestamp;
 use crate::core::error::Result;
-use crate::quota::QuotaKey;
+use crate::core::tenant::Tenant;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -309,7 +309,7 @@ pub trait Outbox: Send + Sync {
     /// [`replaces`]), each with a new stamp.
     async fn put_rows(
         &self,
-        key: &QuotaKey,
+        key: &Tenant,
         datasource: &str,
         rows: &[RowWrite],
         now: Timestamp,
@@ -326,7 +326,7 @@ pub trait Outbox: Send + Sync {
     /// indexed, so Hosted GET never reads an index that misses rows.
     async fn put_rows_indexed(
         &self,
-        key: &QuotaKey,
+        key: &Tenant,
         datasource: &str,
         rows: &[RowWrite],
         index: Option<&RowIndex>,
@@ -336,23 +336,23 @@ pub trait Outbox: Send + Sync {
     /// Waiting rows in id order, at most `limit`.
     async fn pending_rows(
         &self,
-        key: &QuotaKey,
+        key: &Tenant,
         datasource: &str,
         limit: u32,
     ) -> Result<Vec<OutboxRow>>;
 
     /// How many rows wait.
-    async fn pending_count(&self, key: &QuotaKey, datasource: &str) -> Result<u64>;
+    async fn pending_count(&self, key: &Tenant, datasource: &str) -> Result<u64>;
 
     /// The outbox's state (default when never written).
-    async fn outbox_state(&self, key: &QuotaKey, datasource: &str) -> Result<OutboxState>;
+    async fn outbox_state(&self, key: &Tenant, datasource: &str) -> Result<OutboxState>;
 
     /// Fixes `rows` as the next chunk: records it in flight under the next
     /// sequence number and returns it; `None` when a chunk is already in
     /// flight (send that one first).
     async fn begin_chunk(
         &self,
-        key: &QuotaKey,
+        key: &Tenant,
         datasource: &str,
         rows: &[OutboxRow],
     ) -> Result<Option<Chunk>>;
@@ -363,7 +363,7 @@ pub trait Outbox: Send + Sync {
     /// (counted once).
     async fn ack_chunk(
         &self,
-        key: &QuotaKey,
+        key: &Tenant,
         datasource: &str,
         chunk: &Chunk,
         now: Timestamp,
@@ -374,15 +374,14 @@ pub trait Outbox: Send + Sync {
     /// call set it, and the caller then enqueues the flush job.
     async fn mark_flush_due(
         &self,
-        key: &QuotaKey,
+        key: &Tenant,
         datasource: &str,
         due: Timestamp,
         replace_before: Timestamp,
     ) -> Result<bool>;
 
     /// Clears the timed-flush mark if it is still `due`.
-    async fn clear_flush_due(&self, key: &QuotaKey, datasource: &str, due: Timestamp)
-        -> Result<()>;
+    async fn clear_flush_due(&self, key: &Tenant, datasource: &str, due: Timestamp) -> Result<()>;
 
     /// The API refused `chunk` for good: the in-flight mark is cleared (if
     /// it is still this chunk) and the probe is set (split) or lifted (set
@@ -391,7 +390,7 @@ pub trait Outbox: Send + Sync {
     /// version waits and is tried). Repeating it is harmless.
     async fn refuse_chunk(
         &self,
-        key: &QuotaKey,
+        key: &Tenant,
         datasource: &str,
         chunk: &Chunk,
         refusal: &Refusal,
@@ -399,17 +398,12 @@ pub trait Outbox: Send + Sync {
     ) -> Result<()>;
 
     /// Sets the bound of the next chunks (`None`: `max_rows_per_call`).
-    async fn set_probe(
-        &self,
-        key: &QuotaKey,
-        datasource: &str,
-        probe: Option<&Probe>,
-    ) -> Result<()>;
+    async fn set_probe(&self, key: &Tenant, datasource: &str, probe: Option<&Probe>) -> Result<()>;
 
     /// Rows set aside, in id order, at most `limit`.
     async fn refused_rows(
         &self,
-        key: &QuotaKey,
+        key: &Tenant,
         datasource: &str,
         limit: u32,
     ) -> Result<Vec<RefusedRow>>;
@@ -419,7 +413,7 @@ pub trait Outbox: Send + Sync {
     /// left the refused list.
     async fn retry_refused(
         &self,
-        key: &QuotaKey,
+        key: &Tenant,
         datasource: &str,
         ids: Option<&[String]>,
         now: Timestamp,
@@ -429,7 +423,7 @@ pub trait Outbox: Send + Sync {
     /// how many.
     async fn drop_refused(
         &self,
-        key: &QuotaKey,
+        key: &Tenant,
         datasource: &str,
         ids: Option<&[String]>,
     ) -> Result<u64>;

@@ -7,7 +7,7 @@ use crate::adapters::aws::store::DynamoStore;
 use crate::adapters::aws::{conditional, get_n, get_s, is_ccf, key_part, n, s, sdk_error, Item};
 use crate::core::clock::{from_millis, to_millis, Timestamp};
 use crate::core::error::{Disposition, Error, Result};
-use crate::quota::QuotaKey;
+use crate::core::tenant::Tenant;
 use crate::store::hosted::{HostedRows, IndexState, RowIndex};
 use crate::store::outbox::{
     last_write_wins, selected, Chunk, Outbox, OutboxRow, OutboxState, Probe, Refusal, RefusedRow,
@@ -22,7 +22,7 @@ use std::collections::{BTreeSet, HashMap};
 /// Conditional deletes in flight at once when a chunk is acknowledged.
 const ACK_CONCURRENCY: usize = 16;
 
-fn row_pk(key: &QuotaKey, ds: &str) -> String {
+fn row_pk(key: &Tenant, ds: &str) -> String {
     format!(
         "obx#{}#{}#{}",
         key_part(&key.org),
@@ -32,7 +32,7 @@ fn row_pk(key: &QuotaKey, ds: &str) -> String {
 }
 
 /// Rows the API refused alone, set aside (`metered outbox`).
-fn refused_pk(key: &QuotaKey, ds: &str) -> String {
+fn refused_pk(key: &Tenant, ds: &str) -> String {
     format!(
         "obxr#{}#{}#{}",
         key_part(&key.org),
@@ -46,7 +46,7 @@ fn refused_pk(key: &QuotaKey, ds: &str) -> String {
 /// their row and never removed, so a part never misses a row that is in
 /// it; a pointer to a row that has since left the part is read and
 /// dropped by the filter.
-fn pointer_pk(key: &QuotaKey, ds: &str, part: &str) -> String {
+fn pointer_pk(key: &Tenant, ds: &str, part: &str) -> String {
     format!(
         "obxi#{}#{}#{}#{}",
         key_part(&key.org),
@@ -57,7 +57,7 @@ fn pointer_pk(key: &QuotaKey, ds: &str, part: &str) -> String {
 }
 
 /// Each part's version (sort key: the part), for Hosted GET's ETags.
-fn part_version_pk(key: &QuotaKey, ds: &str) -> String {
+fn part_version_pk(key: &Tenant, ds: &str) -> String {
     format!(
         "obxv#{}#{}#{}",
         key_part(&key.org),
@@ -66,14 +66,14 @@ fn part_version_pk(key: &QuotaKey, ds: &str) -> String {
     )
 }
 
-fn pointer(key: &QuotaKey, ds: &str, part: &str, id: &str) -> Item {
+fn pointer(key: &Tenant, ds: &str, part: &str, id: &str) -> Item {
     HashMap::from([
         ("pk".to_string(), s(pointer_pk(key, ds, part))),
         ("sk".to_string(), s(id)),
     ])
 }
 
-fn state_pk(key: &QuotaKey) -> String {
+fn state_pk(key: &Tenant) -> String {
     format!("obxs#{}#{}", key_part(&key.org), key_part(&key.app))
 }
 
@@ -81,7 +81,7 @@ impl DynamoStore {
     /// An `UpdateItem` of one outbox's state item.
     fn state_update(
         &self,
-        key: &QuotaKey,
+        key: &Tenant,
         datasource: &str,
     ) -> aws_sdk_dynamodb::operation::update_item::builders::UpdateItemFluentBuilder {
         self.table
@@ -99,7 +99,7 @@ impl DynamoStore {
     /// it leaves), then the versions of the parts touched.
     async fn put_indexed(
         &self,
-        key: &QuotaKey,
+        key: &Tenant,
         datasource: &str,
         rows: &[RowWrite],
         ix: &RowIndex,
@@ -246,7 +246,7 @@ fn to_row(item: &Item) -> Result<OutboxRow> {
 impl Outbox for DynamoStore {
     async fn put_rows_indexed(
         &self,
-        key: &QuotaKey,
+        key: &Tenant,
         datasource: &str,
         rows: &[RowWrite],
         index: Option<&RowIndex>,
@@ -313,20 +313,20 @@ impl Outbox for DynamoStore {
 
     async fn pending_rows(
         &self,
-        key: &QuotaKey,
+        key: &Tenant,
         datasource: &str,
         limit: u32,
     ) -> Result<Vec<OutboxRow>> {
         self.rows_after(key, datasource, None, limit).await
     }
 
-    async fn pending_count(&self, key: &QuotaKey, datasource: &str) -> Result<u64> {
+    async fn pending_count(&self, key: &Tenant, datasource: &str) -> Result<u64> {
         self.table
             .count("outbox count", row_pk(key, datasource), None)
             .await
     }
 
-    async fn outbox_state(&self, key: &QuotaKey, datasource: &str) -> Result<OutboxState> {
+    async fn outbox_state(&self, key: &Tenant, datasource: &str) -> Result<OutboxState> {
         let Some(item) = self
             .table
             .get("outbox state", state_pk(key), datasource)
@@ -355,7 +355,7 @@ impl Outbox for DynamoStore {
 
     async fn begin_chunk(
         &self,
-        key: &QuotaKey,
+        key: &Tenant,
         datasource: &str,
         rows: &[OutboxRow],
     ) -> Result<Option<Chunk>> {
@@ -391,7 +391,7 @@ impl Outbox for DynamoStore {
 
     async fn ack_chunk(
         &self,
-        key: &QuotaKey,
+        key: &Tenant,
         datasource: &str,
         chunk: &Chunk,
         now: Timestamp,
@@ -449,7 +449,7 @@ impl Outbox for DynamoStore {
 
     async fn mark_flush_due(
         &self,
-        key: &QuotaKey,
+        key: &Tenant,
         datasource: &str,
         due: Timestamp,
         replace_before: Timestamp,
@@ -465,12 +465,7 @@ impl Outbox for DynamoStore {
         Ok(conditional(result, "outbox schedule")?.is_some())
     }
 
-    async fn clear_flush_due(
-        &self,
-        key: &QuotaKey,
-        datasource: &str,
-        due: Timestamp,
-    ) -> Result<()> {
+    async fn clear_flush_due(&self, key: &Tenant, datasource: &str, due: Timestamp) -> Result<()> {
         let result = self
             .state_update(key, datasource)
             .update_expression("REMOVE flush_due")
@@ -484,7 +479,7 @@ impl Outbox for DynamoStore {
 
     async fn refuse_chunk(
         &self,
-        key: &QuotaKey,
+        key: &Tenant,
         datasource: &str,
         chunk: &Chunk,
         refusal: &Refusal,
@@ -558,12 +553,7 @@ impl Outbox for DynamoStore {
         Ok(())
     }
 
-    async fn set_probe(
-        &self,
-        key: &QuotaKey,
-        datasource: &str,
-        probe: Option<&Probe>,
-    ) -> Result<()> {
+    async fn set_probe(&self, key: &Tenant, datasource: &str, probe: Option<&Probe>) -> Result<()> {
         let update = match probe {
             Some(p) => self
                 .state_update(key, datasource)
@@ -585,7 +575,7 @@ impl Outbox for DynamoStore {
 
     async fn refused_rows(
         &self,
-        key: &QuotaKey,
+        key: &Tenant,
         datasource: &str,
         limit: u32,
     ) -> Result<Vec<RefusedRow>> {
@@ -608,7 +598,7 @@ impl Outbox for DynamoStore {
 
     async fn retry_refused(
         &self,
-        key: &QuotaKey,
+        key: &Tenant,
         datasource: &str,
         ids: Option<&[String]>,
         now: Timestamp,
@@ -658,7 +648,7 @@ impl Outbox for DynamoStore {
 
     async fn drop_refused(
         &self,
-        key: &QuotaKey,
+        key: &Tenant,
         datasource: &str,
         ids: Option<&[String]>,
     ) -> Result<u64> {
@@ -677,7 +667,7 @@ impl Outbox for DynamoStore {
 
 impl DynamoStore {
     /// Deletes one refused row; 1 when it was there.
-    async fn delete_refused(&self, key: &QuotaKey, datasource: &str, id: &str) -> Result<u64> {
+    async fn delete_refused(&self, key: &Tenant, datasource: &str, id: &str) -> Result<u64> {
         let out = self
             .table
             .client
@@ -738,7 +728,7 @@ impl DynamoStore {
 
 #[async_trait]
 impl HostedRows for DynamoStore {
-    async fn rows_version(&self, key: &QuotaKey, datasource: &str) -> Result<u64> {
+    async fn rows_version(&self, key: &Tenant, datasource: &str) -> Result<u64> {
         let item = self
             .table
             .get("hosted version", state_pk(key), datasource)
@@ -752,7 +742,7 @@ impl HostedRows for DynamoStore {
 
     async fn rows_after(
         &self,
-        key: &QuotaKey,
+        key: &Tenant,
         datasource: &str,
         after: Option<&str>,
         limit: u32,
@@ -766,7 +756,7 @@ impl HostedRows for DynamoStore {
 
     async fn index_state(
         &self,
-        key: &QuotaKey,
+        key: &Tenant,
         datasource: &str,
         parts: &[String],
     ) -> Result<IndexState> {
@@ -790,7 +780,7 @@ impl HostedRows for DynamoStore {
 
     async fn part_rows_after(
         &self,
-        key: &QuotaKey,
+        key: &Tenant,
         datasource: &str,
         part: &str,
         after: Option<&str>,

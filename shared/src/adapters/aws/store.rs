@@ -21,7 +21,7 @@ use crate::core::clock::{from_millis, to_millis, Timestamp};
 use crate::core::error::{Disposition, Error, Result};
 use crate::core::record::Record;
 use crate::core::record::{content_hash, StoredRecord};
-use crate::quota::QuotaKey;
+use crate::core::tenant::Tenant;
 use crate::store::{change_of, Held, PageDiff, Quarantined, RecordStore, SyncFinish, SyncState};
 use async_trait::async_trait;
 use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
@@ -47,7 +47,7 @@ impl DynamoStore {
     }
 }
 
-fn rec_pk(key: &QuotaKey, record_type: &str) -> String {
+fn rec_pk(key: &Tenant, record_type: &str) -> String {
     format!(
         "rec#{}#{}#{}",
         key_part(&key.org),
@@ -56,11 +56,11 @@ fn rec_pk(key: &QuotaKey, record_type: &str) -> String {
     )
 }
 
-fn sync_pk(key: &QuotaKey) -> String {
+fn sync_pk(key: &Tenant) -> String {
     format!("sync#{}#{}", key_part(&key.org), key_part(&key.app))
 }
 
-fn quarantine_pk(key: &QuotaKey) -> String {
+fn quarantine_pk(key: &Tenant) -> String {
     format!("quar#{}#{}", key_part(&key.org), key_part(&key.app))
 }
 
@@ -176,12 +176,7 @@ impl DynamoStore {
 
 #[async_trait]
 impl RecordStore for DynamoStore {
-    async fn diff(
-        &self,
-        key: &QuotaKey,
-        record_type: &str,
-        records: &[Record],
-    ) -> Result<PageDiff> {
+    async fn diff(&self, key: &Tenant, record_type: &str, records: &[Record]) -> Result<PageDiff> {
         let pk = rec_pk(key, record_type);
         let ids: Vec<String> = records.iter().map(|r| r.id.clone()).collect();
         let old: HashMap<String, Item> = self
@@ -217,7 +212,7 @@ impl RecordStore for DynamoStore {
 
     async fn commit(
         &self,
-        key: &QuotaKey,
+        key: &Tenant,
         record_type: &str,
         diff: &PageDiff,
         now: Timestamp,
@@ -249,7 +244,7 @@ impl RecordStore for DynamoStore {
 
     async fn get(
         &self,
-        key: &QuotaKey,
+        key: &Tenant,
         record_type: &str,
         ids: &[String],
     ) -> Result<Vec<StoredRecord>> {
@@ -259,7 +254,7 @@ impl RecordStore for DynamoStore {
 
     async fn claim_lookups(
         &self,
-        key: &QuotaKey,
+        key: &Tenant,
         record_type: &str,
         ids: &[String],
         claimer: &str,
@@ -303,7 +298,7 @@ impl RecordStore for DynamoStore {
 
     async fn list(
         &self,
-        key: &QuotaKey,
+        key: &Tenant,
         record_type: &str,
         after: Option<&str>,
         limit: u32,
@@ -336,14 +331,14 @@ impl RecordStore for DynamoStore {
         }
     }
 
-    async fn count(&self, key: &QuotaKey, record_type: &str) -> Result<u64> {
+    async fn count(&self, key: &Tenant, record_type: &str) -> Result<u64> {
         // Placeholders (lookup claims on ids never fetched) have no data.
         self.table
             .count("records count", rec_pk(key, record_type), Some("data"))
             .await
     }
 
-    async fn sync_state(&self, key: &QuotaKey, sync: &str) -> Result<SyncState> {
+    async fn sync_state(&self, key: &Tenant, sync: &str) -> Result<SyncState> {
         let Some(item) = self.table.get("sync state", sync_pk(key), sync).await? else {
             return Ok(SyncState::default());
         };
@@ -365,7 +360,7 @@ impl RecordStore for DynamoStore {
         })
     }
 
-    async fn quarantine(&self, key: &QuotaKey, items: &[Quarantined]) -> Result<()> {
+    async fn quarantine(&self, key: &Tenant, items: &[Quarantined]) -> Result<()> {
         let pk = quarantine_pk(key);
         // One put per entry (BatchWriteItem refuses a key twice in a call).
         let mut puts: HashMap<String, Item> = HashMap::new();
@@ -389,7 +384,7 @@ impl RecordStore for DynamoStore {
         self.batch_put(puts.into_values().collect()).await
     }
 
-    async fn quarantined(&self, key: &QuotaKey, limit: u32) -> Result<Vec<Quarantined>> {
+    async fn quarantined(&self, key: &Tenant, limit: u32) -> Result<Vec<Quarantined>> {
         let mut out = Vec::new();
         let mut start: Option<Item> = None;
         loop {
@@ -430,7 +425,7 @@ impl RecordStore for DynamoStore {
 
     async fn take_sync_lease(
         &self,
-        key: &QuotaKey,
+        key: &Tenant,
         sync: &str,
         job_id: &str,
         now: Timestamp,
@@ -462,7 +457,7 @@ impl RecordStore for DynamoStore {
 
     async fn finish_sync(
         &self,
-        key: &QuotaKey,
+        key: &Tenant,
         sync: &str,
         job_id: &str,
         update: SyncFinish,
@@ -516,7 +511,7 @@ impl RecordStore for DynamoStore {
 /// Ledger items live a week (TTL), far longer than any job's redelivery.
 const LEDGER_TTL_DAYS: i64 = 7;
 
-fn ledger_pk(key: &QuotaKey, job_id: &str) -> String {
+fn ledger_pk(key: &Tenant, job_id: &str) -> String {
     format!(
         "job#{}#{}#{}",
         key_part(&key.org),
@@ -525,7 +520,7 @@ fn ledger_pk(key: &QuotaKey, job_id: &str) -> String {
     )
 }
 
-fn action_pk(scope: &QuotaKey, key: &str) -> String {
+fn action_pk(scope: &Tenant, key: &str) -> String {
     format!(
         "act#{}#{}#{}",
         key_part(&scope.org),
@@ -538,7 +533,7 @@ fn action_pk(scope: &QuotaKey, key: &str) -> String {
 impl crate::jobs::ledger::JobLedger for DynamoStore {
     async fn claim(
         &self,
-        key: &QuotaKey,
+        key: &Tenant,
         job_id: &str,
         generation: u32,
         now: Timestamp,
@@ -601,13 +596,7 @@ impl crate::jobs::ledger::JobLedger for DynamoStore {
         }
     }
 
-    async fn settle(
-        &self,
-        key: &QuotaKey,
-        job_id: &str,
-        generation: u32,
-        done: bool,
-    ) -> Result<()> {
+    async fn settle(&self, key: &Tenant, job_id: &str, generation: u32, done: bool) -> Result<()> {
         let update = if done {
             "SET done = :yes"
         } else {
@@ -642,7 +631,7 @@ impl crate::jobs::ledger::JobLedger for DynamoStore {
 impl crate::jobs::ledger::ActionLedger for DynamoStore {
     async fn begin_action(
         &self,
-        scope: &QuotaKey,
+        scope: &Tenant,
         key: &str,
         now: Timestamp,
         until: Timestamp,
@@ -723,7 +712,7 @@ impl crate::jobs::ledger::ActionLedger for DynamoStore {
         }
     }
 
-    async fn abandon_action(&self, scope: &QuotaKey, key: &str) -> Result<()> {
+    async fn abandon_action(&self, scope: &Tenant, key: &str) -> Result<()> {
         let result = self
             .table
             .client
@@ -741,7 +730,7 @@ impl crate::jobs::ledger::ActionLedger for DynamoStore {
         }
     }
 
-    async fn finish_action(&self, scope: &QuotaKey, key: &str, now: Timestamp) -> Result<()> {
+    async fn finish_action(&self, scope: &Tenant, key: &str, now: Timestamp) -> Result<()> {
         self.table
             .client
             .update_item()

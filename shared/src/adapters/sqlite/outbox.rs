@@ -6,7 +6,7 @@ use super::Cached;
 use crate::adapters::sqlite::store::SqliteStore;
 use crate::core::clock::{from_millis, to_millis, Timestamp};
 use crate::core::error::{Disposition, Error, Result};
-use crate::quota::QuotaKey;
+use crate::core::tenant::Tenant;
 use crate::store::hosted::{HostedRows, IndexState, RowIndex};
 use crate::store::outbox::{
     last_write_wins, selected, Chunk, Outbox, OutboxRow, OutboxState, Probe, Refusal, RefusedRow,
@@ -26,7 +26,7 @@ fn change_of(json: &str) -> rusqlite::Result<RowChange> {
 impl Outbox for SqliteStore {
     async fn put_rows_indexed(
         &self,
-        key: &QuotaKey,
+        key: &Tenant,
         datasource: &str,
         rows: &[RowWrite],
         index: Option<&RowIndex>,
@@ -137,14 +137,14 @@ impl Outbox for SqliteStore {
 
     async fn pending_rows(
         &self,
-        key: &QuotaKey,
+        key: &Tenant,
         datasource: &str,
         limit: u32,
     ) -> Result<Vec<OutboxRow>> {
         self.rows_after(key, datasource, None, limit).await
     }
 
-    async fn pending_count(&self, key: &QuotaKey, datasource: &str) -> Result<u64> {
+    async fn pending_count(&self, key: &Tenant, datasource: &str) -> Result<u64> {
         let (key, ds) = (key.clone(), datasource.to_string());
         self.db()
             .call("outbox count", move |conn| {
@@ -158,7 +158,7 @@ impl Outbox for SqliteStore {
             .map(|n| n.max(0) as u64)
     }
 
-    async fn outbox_state(&self, key: &QuotaKey, datasource: &str) -> Result<OutboxState> {
+    async fn outbox_state(&self, key: &Tenant, datasource: &str) -> Result<OutboxState> {
         let (key, ds) = (key.clone(), datasource.to_string());
         let row = self
             .db()
@@ -202,7 +202,7 @@ impl Outbox for SqliteStore {
 
     async fn begin_chunk(
         &self,
-        key: &QuotaKey,
+        key: &Tenant,
         datasource: &str,
         rows: &[OutboxRow],
     ) -> Result<Option<Chunk>> {
@@ -239,7 +239,7 @@ impl Outbox for SqliteStore {
 
     async fn ack_chunk(
         &self,
-        key: &QuotaKey,
+        key: &Tenant,
         datasource: &str,
         chunk: &Chunk,
         now: Timestamp,
@@ -284,7 +284,7 @@ impl Outbox for SqliteStore {
 
     async fn mark_flush_due(
         &self,
-        key: &QuotaKey,
+        key: &Tenant,
         datasource: &str,
         due: Timestamp,
         replace_before: Timestamp,
@@ -315,12 +315,7 @@ impl Outbox for SqliteStore {
             .await
     }
 
-    async fn clear_flush_due(
-        &self,
-        key: &QuotaKey,
-        datasource: &str,
-        due: Timestamp,
-    ) -> Result<()> {
+    async fn clear_flush_due(&self, key: &Tenant, datasource: &str, due: Timestamp) -> Result<()> {
         let (key, ds) = (key.clone(), datasource.to_string());
         self.db()
             .call("outbox schedule", move |conn| {
@@ -336,7 +331,7 @@ impl Outbox for SqliteStore {
 
     async fn refuse_chunk(
         &self,
-        key: &QuotaKey,
+        key: &Tenant,
         datasource: &str,
         chunk: &Chunk,
         refusal: &Refusal,
@@ -404,12 +399,7 @@ impl Outbox for SqliteStore {
             .await
     }
 
-    async fn set_probe(
-        &self,
-        key: &QuotaKey,
-        datasource: &str,
-        probe: Option<&Probe>,
-    ) -> Result<()> {
+    async fn set_probe(&self, key: &Tenant, datasource: &str, probe: Option<&Probe>) -> Result<()> {
         let (key, ds) = (key.clone(), datasource.to_string());
         let probe = probe
             .map(serde_json::to_string)
@@ -428,7 +418,7 @@ impl Outbox for SqliteStore {
 
     async fn refused_rows(
         &self,
-        key: &QuotaKey,
+        key: &Tenant,
         datasource: &str,
         limit: u32,
     ) -> Result<Vec<RefusedRow>> {
@@ -454,7 +444,7 @@ impl Outbox for SqliteStore {
 
     async fn retry_refused(
         &self,
-        key: &QuotaKey,
+        key: &Tenant,
         datasource: &str,
         ids: Option<&[String]>,
         now: Timestamp,
@@ -495,7 +485,7 @@ impl Outbox for SqliteStore {
 
     async fn drop_refused(
         &self,
-        key: &QuotaKey,
+        key: &Tenant,
         datasource: &str,
         ids: Option<&[String]>,
     ) -> Result<u64> {
@@ -530,7 +520,7 @@ impl Outbox for SqliteStore {
 
 #[async_trait]
 impl HostedRows for SqliteStore {
-    async fn rows_version(&self, key: &QuotaKey, datasource: &str) -> Result<u64> {
+    async fn rows_version(&self, key: &Tenant, datasource: &str) -> Result<u64> {
         let (key, ds) = (key.clone(), datasource.to_string());
         self.db()
             .call("hosted version", move |conn| {
@@ -547,7 +537,7 @@ impl HostedRows for SqliteStore {
 
     async fn rows_after(
         &self,
-        key: &QuotaKey,
+        key: &Tenant,
         datasource: &str,
         after: Option<&str>,
         limit: u32,
@@ -588,7 +578,7 @@ impl HostedRows for SqliteStore {
 
     async fn index_state(
         &self,
-        key: &QuotaKey,
+        key: &Tenant,
         datasource: &str,
         parts: &[String],
     ) -> Result<IndexState> {
@@ -626,7 +616,7 @@ impl HostedRows for SqliteStore {
 
     async fn part_rows_after(
         &self,
-        key: &QuotaKey,
+        key: &Tenant,
         datasource: &str,
         part: &str,
         after: Option<&str>,

@@ -6,7 +6,7 @@ use crate::core::clock::{from_millis, to_millis, Timestamp};
 use crate::core::error::Result;
 use crate::core::record::Record;
 use crate::core::record::{content_hash, StoredRecord};
-use crate::quota::QuotaKey;
+use crate::core::tenant::Tenant;
 use crate::store::{change_of, Held, PageDiff, Quarantined, RecordStore, SyncFinish, SyncState};
 use async_trait::async_trait;
 use rusqlite::{params, OptionalExtension, TransactionBehavior};
@@ -45,12 +45,7 @@ const COLUMNS: &str = "id, hash, data, first_seen, last_synced, last_looked_up, 
 
 #[async_trait]
 impl RecordStore for SqliteStore {
-    async fn diff(
-        &self,
-        key: &QuotaKey,
-        record_type: &str,
-        records: &[Record],
-    ) -> Result<PageDiff> {
+    async fn diff(&self, key: &Tenant, record_type: &str, records: &[Record]) -> Result<PageDiff> {
         let (key, rt, records) = (key.clone(), record_type.to_string(), records.to_vec());
         self.db
             .call("records diff", move |conn| {
@@ -73,7 +68,7 @@ impl RecordStore for SqliteStore {
 
     async fn commit(
         &self,
-        key: &QuotaKey,
+        key: &Tenant,
         record_type: &str,
         diff: &PageDiff,
         now: Timestamp,
@@ -102,7 +97,7 @@ impl RecordStore for SqliteStore {
 
     async fn get(
         &self,
-        key: &QuotaKey,
+        key: &Tenant,
         record_type: &str,
         ids: &[String],
     ) -> Result<Vec<StoredRecord>> {
@@ -125,7 +120,7 @@ impl RecordStore for SqliteStore {
 
     async fn claim_lookups(
         &self,
-        key: &QuotaKey,
+        key: &Tenant,
         record_type: &str,
         ids: &[String],
         claimer: &str,
@@ -178,7 +173,7 @@ impl RecordStore for SqliteStore {
 
     async fn list(
         &self,
-        key: &QuotaKey,
+        key: &Tenant,
         record_type: &str,
         after: Option<&str>,
         limit: u32,
@@ -199,7 +194,7 @@ impl RecordStore for SqliteStore {
             .await
     }
 
-    async fn count(&self, key: &QuotaKey, record_type: &str) -> Result<u64> {
+    async fn count(&self, key: &Tenant, record_type: &str) -> Result<u64> {
         let (key, rt) = (key.clone(), record_type.to_string());
         self.db
             .call("records count", move |conn| {
@@ -213,7 +208,7 @@ impl RecordStore for SqliteStore {
             .map(|n| n.max(0) as u64)
     }
 
-    async fn sync_state(&self, key: &QuotaKey, sync: &str) -> Result<SyncState> {
+    async fn sync_state(&self, key: &Tenant, sync: &str) -> Result<SyncState> {
         let (key, sync) = (key.clone(), sync.to_string());
         self.db
             .call("sync state", move |conn| {
@@ -244,7 +239,7 @@ impl RecordStore for SqliteStore {
             .await
     }
 
-    async fn quarantine(&self, key: &QuotaKey, items: &[Quarantined]) -> Result<()> {
+    async fn quarantine(&self, key: &Tenant, items: &[Quarantined]) -> Result<()> {
         let (key, items) = (key.clone(), items.to_vec());
         self.db
             .call("quarantine", move |conn| {
@@ -274,7 +269,7 @@ impl RecordStore for SqliteStore {
             .await
     }
 
-    async fn quarantined(&self, key: &QuotaKey, limit: u32) -> Result<Vec<Quarantined>> {
+    async fn quarantined(&self, key: &Tenant, limit: u32) -> Result<Vec<Quarantined>> {
         let key = key.clone();
         self.db
             .call("quarantine list", move |conn| {
@@ -299,7 +294,7 @@ impl RecordStore for SqliteStore {
 
     async fn take_sync_lease(
         &self,
-        key: &QuotaKey,
+        key: &Tenant,
         sync: &str,
         job_id: &str,
         now: Timestamp,
@@ -345,7 +340,7 @@ impl RecordStore for SqliteStore {
 
     async fn finish_sync(
         &self,
-        key: &QuotaKey,
+        key: &Tenant,
         sync: &str,
         job_id: &str,
         update: SyncFinish,
@@ -389,7 +384,7 @@ impl RecordStore for SqliteStore {
 impl crate::jobs::ledger::JobLedger for SqliteStore {
     async fn claim(
         &self,
-        key: &QuotaKey,
+        key: &Tenant,
         job_id: &str,
         generation: u32,
         now: Timestamp,
@@ -427,13 +422,7 @@ impl crate::jobs::ledger::JobLedger for SqliteStore {
             .await
     }
 
-    async fn settle(
-        &self,
-        key: &QuotaKey,
-        job_id: &str,
-        generation: u32,
-        done: bool,
-    ) -> Result<()> {
+    async fn settle(&self, key: &Tenant, job_id: &str, generation: u32, done: bool) -> Result<()> {
         let (key, job) = (key.clone(), job_id.to_string());
         self.db
             .call("ledger settle", move |conn| {
@@ -452,7 +441,7 @@ impl crate::jobs::ledger::JobLedger for SqliteStore {
 impl crate::jobs::ledger::ActionLedger for SqliteStore {
     async fn begin_action(
         &self,
-        scope: &QuotaKey,
+        scope: &Tenant,
         key: &str,
         now: Timestamp,
         until: Timestamp,
@@ -487,7 +476,7 @@ impl crate::jobs::ledger::ActionLedger for SqliteStore {
             .await
     }
 
-    async fn abandon_action(&self, scope: &QuotaKey, key: &str) -> Result<()> {
+    async fn abandon_action(&self, scope: &Tenant, key: &str) -> Result<()> {
         let (scope, key) = (scope.clone(), key.to_string());
         self.db
             .call("action abandon", move |conn| {
@@ -500,7 +489,7 @@ impl crate::jobs::ledger::ActionLedger for SqliteStore {
             .await
     }
 
-    async fn finish_action(&self, scope: &QuotaKey, key: &str, now: Timestamp) -> Result<()> {
+    async fn finish_action(&self, scope: &Tenant, key: &str, now: Timestamp) -> Result<()> {
         let (scope, key) = (scope.clone(), key.to_string());
         self.db
             .call("action finish", move |conn| {

@@ -44,7 +44,7 @@ impl WorkflowHandler {
                     // One action per org, workflow, action, record version
                     // and trigger: a redelivery or restart repeats the key.
                     action.idempotency_key = crate::jobs::ledger::idempotency_key(
-                        &job.quota_key(),
+                        &job.tenant(),
                         &wf.name,
                         &[
                             &wf.name,
@@ -149,7 +149,7 @@ impl WorkflowHandler {
                 // whose rows differ gets a key of its own (nothing skipped).
                 let content = crate::core::record::content_hash(&push.payload);
                 push.idempotency_key = crate::jobs::ledger::idempotency_key(
-                    &job.quota_key(),
+                    &job.tenant(),
                     "push",
                     &[&job.id, key, &pending.chunk.to_string(), &content],
                 );
