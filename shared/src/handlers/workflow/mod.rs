@@ -278,11 +278,17 @@ impl WorkflowHandler {
             })
     }
 
-    async fn run(&self, job: &JobEnvelope, ctx: &JobContext) -> Result<Outcome> {
+    /// `payload` is the job's, read once by [`JobHandler::handle`].
+    async fn run(
+        &self,
+        job: &JobEnvelope,
+        payload: &std::result::Result<WorkflowPayload, String>,
+        ctx: &JobContext,
+    ) -> Result<Outcome> {
         let mut cp: Checkpoint = match &job.checkpoint {
             Some(v) => serde_json::from_value(v.clone())
                 .map_err(|e| Error::MalformedJob(format!("bad workflow checkpoint: {e}")))?,
-            None => self.first_checkpoint(job).await?,
+            None => self.first_checkpoint(payload).await?,
         };
         if !cp.pending.is_empty() {
             self.flush_legacy_pending(job, &mut cp).await?;
@@ -290,7 +296,7 @@ impl WorkflowHandler {
         }
         // A change trigger's actions run once per record version; a manual
         // or bulk run is a trigger of its own.
-        let trigger_key = if matches!(WorkflowPayload::of(job), Ok(WorkflowPayload::Trigger(_))) {
+        let trigger_key = if matches!(payload, Ok(WorkflowPayload::Trigger(_))) {
             String::new()
         } else {
             format!(":{}", job.id)
@@ -516,13 +522,19 @@ impl WorkflowHandler {
         }
     }
 
-    async fn first_checkpoint(&self, job: &JobEnvelope) -> Result<Checkpoint> {
-        let run = match WorkflowPayload::of(job).map_err(Error::MalformedJob)? {
+    async fn first_checkpoint(
+        &self,
+        payload: &std::result::Result<WorkflowPayload, String>,
+    ) -> Result<Checkpoint> {
+        let run = match payload
+            .as_ref()
+            .map_err(|e| Error::MalformedJob(e.clone()))?
+        {
             WorkflowPayload::Run(run) => run,
-            WorkflowPayload::Trigger(trigger) => return Ok(self.trigger_checkpoint(&trigger)),
+            WorkflowPayload::Trigger(trigger) => return Ok(self.trigger_checkpoint(trigger)),
         };
         self.workflow(&run.workflow)?;
-        Ok(match run.ids {
+        Ok(match run.ids.clone() {
             Some(ids) => Checkpoint {
                 items: ids
                     .into_iter()
@@ -554,7 +566,10 @@ impl JobHandler for WorkflowHandler {
     }
 
     async fn handle(&self, job: &JobEnvelope, ctx: &JobContext) -> Outcome {
-        if let Ok(WorkflowPayload::Run(run)) = WorkflowPayload::of(job) {
+        // Read once: which shape it is decides the dry run, the first
+        // checkpoint and the actions' idempotency keys.
+        let payload = WorkflowPayload::of(job);
+        if let Ok(WorkflowPayload::Run(run)) = &payload {
             if run.dry_run {
                 return match self
                     .estimate(&job.org, &run.workflow, run.ids.as_deref())
@@ -568,7 +583,7 @@ impl JobHandler for WorkflowHandler {
                 };
             }
         }
-        match self.run(job, ctx).await {
+        match self.run(job, &payload, ctx).await {
             Ok(o) => o,
             Err(e) => Outcome::from_error(&e),
         }
