@@ -260,7 +260,7 @@ impl HostedService {
     }
 
     async fn try_handle(&self, req: &HostedRequest) -> Result<HostedResponse> {
-        let asked = match self.ask(req) {
+        let mut asked = match self.ask(req) {
             Ok(asked) => asked,
             Err(refusal) => return Ok(refusal),
         };
@@ -287,8 +287,10 @@ impl HostedService {
         if let Some(etag) = unchanged_since(&client_tags, &version, &who_tag) {
             return Ok(not_modified(etag));
         }
-        // 2 and 4: the user's rows after the cursor.
-        let page = self.read_rows(&asked, &source, &key).await?;
+        // 2 and 4: the user's rows after the cursor. Their claims are not
+        // read after this: the filter takes them, uncopied.
+        let user = std::mem::take(&mut asked.claims);
+        let page = self.read_rows(&asked, user, &source, &key).await?;
         // A full page exactly at the end costs the caller one empty page:
         // cheaper than reading one row ahead on every page.
         let next = match (&page.cursor, page.at_end) {
@@ -368,15 +370,13 @@ impl HostedService {
     async fn read_rows(
         &self,
         asked: &Asked<'_>,
+        user: Map<String, Value>,
         source: &Source,
         key: &Tenant,
     ) -> Result<PageRows> {
         // One CEL context per request (building one is costly): `user`
         // once, `row` rebound per row.
-        let mut filter = RowFilter::new(
-            asked.ds.filter.as_ref(),
-            Value::Object(asked.claims.clone()),
-        );
+        let mut filter = RowFilter::new(asked.ds.filter.as_ref(), Value::Object(user));
         let page_size = asked.page_size as usize;
         let mut page = PageRows {
             rows: Vec::new(),
