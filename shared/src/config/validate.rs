@@ -12,6 +12,17 @@ use crate::core::error::{Error, Result};
 impl AppConfig {
     /// Checks everything a run would trip on, naming the field.
     pub fn validate(&self) -> Result<()> {
+        self.validate_app()?;
+        self.validate_rate_limit()?;
+        self.validate_endpoints()?;
+        self.validate_record_types()?;
+        self.validate_syncs()?;
+        workflows(self)?;
+        datasources(self)
+    }
+
+    /// The app's name, base URL, limits and auth scheme.
+    fn validate_app(&self) -> Result<()> {
         let bad = |field: String, msg: String| Err(Error::Config(format!("{field}: {msg}")));
         if self.app.name.trim().is_empty() {
             return bad("app.name".into(), "must not be empty".into());
@@ -54,6 +65,12 @@ impl AppConfig {
                 _ => {}
             }
         }
+        Ok(())
+    }
+
+    /// `app.rate_limit`: each header, pointer and count has a window to pace against.
+    fn validate_rate_limit(&self) -> Result<()> {
+        let bad = |field: String, msg: String| Err(Error::Config(format!("{field}: {msg}")));
         let rl = &self.app.rate_limit;
         if rl.limit_header.is_some() && rl.remaining_header.is_none() {
             return bad(
@@ -116,6 +133,12 @@ impl AppConfig {
                 );
             }
         }
+        Ok(())
+    }
+
+    /// `app.endpoint_costs` and `app.exempt_endpoints`: `METHOD /path` patterns, and a cost every level can ever grant.
+    fn validate_endpoints(&self) -> Result<()> {
+        let bad = |field: String, msg: String| Err(Error::Config(format!("{field}: {msg}")));
         let endpoint_pattern = |e: &str| {
             e.split_once(' ').is_some_and(|(m, p)| {
                 !m.is_empty() && m.chars().all(|c| c.is_ascii_uppercase()) && p.starts_with('/')
@@ -154,6 +177,12 @@ impl AppConfig {
                 );
             }
         }
+        Ok(())
+    }
+
+    /// Each record type: paths, page sizes, pagination, JSON pointers, bulk lookups and foreign keys to declared types.
+    fn validate_record_types(&self) -> Result<()> {
+        let bad = |field: String, msg: String| Err(Error::Config(format!("{field}: {msg}")));
         if self.record_types.is_empty() {
             return bad(
                 "record_types".into(),
@@ -243,9 +272,7 @@ impl AppConfig {
                 }
             }
         }
-        self.validate_syncs()?;
-        workflows(self)?;
-        datasources(self)
+        Ok(())
     }
 
     fn validate_syncs(&self) -> Result<()> {
