@@ -229,6 +229,7 @@ async fn actions_fire_once_under_duplicates_restarts_and_crashes(adapter: Adapte
         method: "POST".into(),
         path: "/notes".into(),
         body: Some(serde_json::json!({})),
+        background: false,
     };
     let mut action = JobEnvelope::new(
         JobKind::ActionHttp,
@@ -360,6 +361,61 @@ async fn a_bulk_execution_over_budget_spreads_over_windows(adapter: Adapter) {
         "{:?}",
         report.restarts
     );
+    assert_eq!(w.dead_letters().await, 0);
+}
+
+/// A bulk run is background work: with `background_percent = 50` the
+/// transfer and the run's actions take at most half of a day until its
+/// last tenth (21:36), when they wake for the held half, lent because no
+/// interactive work came for it. Nothing lost, no day over.
+async fn a_bulk_run_is_held_to_background_percent(adapter: Adapter) {
+    let w = World::new(
+        adapter,
+        SimConfig {
+            customers: 1_000,
+            ..Default::default()
+        },
+        |c| {
+            c.syncs.insert("customers".into(), transfer());
+            workflow(
+                c,
+                &VIP.replace("record.score < 10", "record.score < 20")
+                    .replace("max_rows_per_call = 30", "max_rows_per_call = 1000"),
+            );
+            let mut limits = Limits::new(Some(100), None, None, 3).unwrap();
+            limits.background_percent = 50;
+            c.connections[0].limits = Some(limits);
+        },
+    )
+    .await
+    .with_workflows();
+    w.start(JobKind::CompleteTransfer, "customers").await;
+    w.drive().await;
+    run_bulk(&w, "vip", false).await;
+    w.drive().await;
+    let stats = w.sim().stats();
+    assert_eq!(stats.calls("POST /notes"), 200, "nothing lost");
+    assert!(stats.creates_by_idempotency_key.values().all(|n| *n == 1));
+    assert!(
+        stats.calls_by_key_day.values().all(|n| *n <= 100),
+        "{:?}",
+        stats.calls_by_key_day
+    );
+    let mut early = std::collections::BTreeMap::<&str, u64>::new();
+    let mut late = 0;
+    for ((_, minute), n) in &stats.calls_by_key_minute {
+        let (day, time) = minute.split_at(10);
+        if time < "T21:36" {
+            *early.entry(day).or_default() += n;
+        } else {
+            late += n;
+        }
+    }
+    // Day 0: 50 background calls and the Data Source push, which is
+    // interactive (an outbox's rows may be a triggered run's too).
+    assert_eq!(early.remove("2026-11-22"), Some(51), "{early:?}");
+    assert!(early.values().all(|n| *n <= 50), "held to half: {early:?}");
+    assert!(late >= 50, "woken when the held half is lent: {late}");
     assert_eq!(w.dead_letters().await, 0);
 }
 
@@ -832,6 +888,7 @@ metered_tests::on_both!(
     actions_fire_once_under_duplicates_restarts_and_crashes,
     a_missing_related_record_waits_for_one_relookup,
     a_bulk_execution_over_budget_spreads_over_windows,
+    a_bulk_run_is_held_to_background_percent,
     metrics_count_what_the_api_saw,
     an_outbox_flush_spends_ceil_rows_over_max_calls,
     a_null_condition_costs_only_its_record,

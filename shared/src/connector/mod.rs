@@ -247,6 +247,9 @@ pub struct Metered {
     api_window: crate::quota::WindowKind,
     /// When repeated 401/403 pause the connection.
     pause: crate::quota::PausePolicy,
+    /// Background work, held back for interactive work
+    /// (`crate::quota::Call::in_background`).
+    background: bool,
 }
 
 impl fmt::Debug for Metered {
@@ -275,7 +278,15 @@ impl Metered {
             source: source.into(),
             api_window: crate::quota::WindowKind::Day,
             pause: crate::quota::PausePolicy { after_failures: 3 },
+            background: false,
         }
+    }
+
+    /// Spends as background work when `background` is true: a scheduled
+    /// complete transfer, a bulk run's actions ([`crate::quota::Call::in_background`]).
+    pub fn in_background(mut self, background: bool) -> Self {
+        self.background = background;
+        self
     }
 
     /// Pauses the connection after `policy.after_failures` 401/403
@@ -308,7 +319,9 @@ impl Metered {
         F: std::future::Future<Output = Result<T, ApiError>>,
     {
         let cost = self.connector.call_cost(&endpoint).max(1);
-        let mut spec = Call::new(self.source.clone(), endpoint.clone()).reserve(cost);
+        let mut spec = Call::new(self.source.clone(), endpoint.clone())
+            .reserve(cost)
+            .in_background(self.background);
         if self.connector.is_exempt(&endpoint) {
             spec = spec.exempt();
         }
@@ -589,8 +602,9 @@ impl Metered {
             .min()
             .unwrap_or(u32::MAX);
         let calls = calls.min((tightest / unit).max(1));
-        let mut spec =
-            Call::new(self.source.clone(), endpoint).reserve(calls.max(1).saturating_mul(unit));
+        let mut spec = Call::new(self.source.clone(), endpoint)
+            .reserve(calls.max(1).saturating_mul(unit))
+            .in_background(self.background);
         if self.connector.is_exempt(endpoint) {
             spec = spec.exempt();
         }

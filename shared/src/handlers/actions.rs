@@ -59,23 +59,30 @@ enum Action {
     Call {
         workflow: String,
         request: SendRequest,
+        /// A bulk execution's action: background work.
+        background: bool,
     },
 }
 
 impl ActionHandlers {
     /// [`JobHandler::handle`], written with `?`.
     async fn act(&self, job: &JobEnvelope, ctx: &JobContext) -> Flow<Outcome> {
-        let (workflow, request) = match self.action(job)? {
+        let (workflow, request, background) = match self.action(job)? {
             Action::Flush(p) => {
                 return Ok(crate::handlers::datasource::flush(&self.svc, job, ctx, p).await)
             }
-            Action::Call { workflow, request } => (workflow, request),
+            Action::Call {
+                workflow,
+                request,
+                background,
+            } => (workflow, request, background),
         };
         self.begin(job, ctx).await?;
         let metered = self
             .svc
             .metered(&job.org, &format!("workflow:{workflow}"))
-            .or_else(fail)?;
+            .or_else(fail)?
+            .in_background(background);
         let outcome = self.call(job, &metered, &request).await;
         if let Err(e) = self.svc.quota.flush_usage().await {
             tracing::warn!(error = %e, "usage flush failed; kept for the next flush");
@@ -99,6 +106,7 @@ impl ActionHandlers {
                 Ok(Action::Call {
                     workflow: p.workflow,
                     request,
+                    background: p.background,
                 })
             }
             JobKind::ActionDatasourcePush => match PushJob::of(job).or_else(fail)? {
@@ -114,6 +122,7 @@ impl ActionHandlers {
                     Ok(Action::Call {
                         workflow: p.workflow,
                         request,
+                        background: false,
                     })
                 }
             },

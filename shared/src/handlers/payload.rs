@@ -19,9 +19,20 @@ use serde::{Deserialize, Serialize};
 pub(crate) struct SyncPayload {
     /// The record type synced.
     pub record_type: String,
-    /// Started by hand rather than by the schedule.
+    /// Started by hand, or for work that waits for it (a lookup storm, a
+    /// workflow's missing related records), rather than by the schedule.
+    /// A scheduled complete transfer is background work
+    /// ([`crate::quota::Call::in_background`]); this one is not.
     #[serde(default)]
     pub adhoc: bool,
+}
+
+impl SyncPayload {
+    /// Whether the sync's calls are background work: a complete transfer
+    /// the schedule started, which nobody waits for at the moment.
+    pub(crate) fn background(&self, kind: JobKind) -> bool {
+        kind == JobKind::CompleteTransfer && !self.adhoc
+    }
 }
 
 /// Payload of pk-lookup jobs.
@@ -98,6 +109,11 @@ pub struct HttpActionPayload {
     /// Rendered body.
     #[serde(default)]
     pub body: Option<serde_json::Value>,
+    /// Fanned out by a bulk execution: background work, held back for
+    /// interactive work ([`crate::quota::Call::in_background`]). Left out
+    /// when false, so a version that does not know it reads the job.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub background: bool,
 }
 
 /// Payload of `action-datasource-push` jobs: flush this Data Source's outbox.

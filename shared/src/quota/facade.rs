@@ -39,6 +39,10 @@ pub struct Call {
     pub endpoint: String,
     /// Calls the platform does not count (e.g. pushes from the app to us).
     pub exempt: bool,
+    /// Work nobody waits for at the moment (a scheduled complete
+    /// transfer, a bulk run): held to `background_percent` of each window
+    /// ([`super::priority`]).
+    pub background: bool,
 }
 
 impl Call {
@@ -49,6 +53,7 @@ impl Call {
             source: source.into(),
             endpoint: endpoint.into(),
             exempt: false,
+            background: false,
         }
     }
 
@@ -61,6 +66,13 @@ impl Call {
     /// Marks the call exempt: counted in usage, not in the budget.
     pub fn exempt(mut self) -> Self {
         self.exempt = true;
+        self
+    }
+
+    /// Marks the call background work when `background` is true
+    /// ([`super::priority`]): interactive work goes first.
+    pub fn in_background(mut self, background: bool) -> Self {
+        self.background = background;
         self
     }
 }
@@ -252,6 +264,18 @@ impl Quota {
                 k.app != key.app || (k.org != key.org && !k.org.starts_with(&kinds))
             });
         }
+    }
+
+    /// Where a background call's refusals are remembered: apart from the
+    /// org's, since a background refusal by a held-back window must not
+    /// refuse interactive work (an interactive refusal does refuse
+    /// background work: its ceiling is lower). Under the org's share mark,
+    /// so a release of the org forgets it too.
+    fn background_memory(key: &QuotaKey) -> QuotaKey {
+        QuotaKey::new(
+            format!("{}{}background", key.org, share::SHARE_MARK),
+            &key.app,
+        )
     }
 
     /// Where a refusal of `call` is remembered: a share's refusal under its
@@ -639,12 +663,28 @@ impl Quota {
             }));
         }
         limits.check_cost(call.cost)?;
+        // Background work is held back ([`super::priority`]), and its
+        // refusals are remembered apart from the org's.
+        let written = limits;
+        let held_back = (call.background && limits.background_percent < 100)
+            .then(|| limits.for_background(now, call.cost));
+        let limits = held_back.as_ref().unwrap_or(written);
+        let org_memory = match &held_back {
+            Some(_) => Self::background_memory(key),
+            None => key.clone(),
+        };
         let kind_key = limits.has_shares().then(|| Self::memory_key(key, &call));
-        let remembered = self.recent_denial(key, call.cost, now).or_else(|| {
-            kind_key
-                .as_ref()
-                .and_then(|k| self.recent_denial(k, call.cost, now))
-        });
+        let background_kind_key = (limits.has_shares() && held_back.is_some())
+            .then(|| Self::memory_key(&org_memory, &call));
+        let remembered = [
+            Some(key),
+            Some(&org_memory),
+            kind_key.as_ref(),
+            background_kind_key.as_ref(),
+        ]
+        .into_iter()
+        .flatten()
+        .find_map(|k| self.recent_denial(k, call.cost, now));
         let levels = match remembered {
             Some((mut denied, repeats)) => {
                 tracing::debug!(quota = %key, cost = call.cost, "denied again from this process's recent denial; no store request");
@@ -668,7 +708,7 @@ impl Quota {
             Levels::Granted(granted) => {
                 let (grant, app_grant, share_grants) = *granted;
                 tracing::debug!(quota = %key, cost = call.cost, lease = %grant.lease_id, "quota granted");
-                let day_limit = limits.windows().find(|(w, _)| *w == WindowKind::Day);
+                let day_limit = written.windows().find(|(w, _)| *w == WindowKind::Day);
                 let day_used = grant.windows.iter().find(|w| w.kind == WindowKind::Day);
                 if let (Some((_, limit)), Some(taken)) = (day_limit, day_used) {
                     self.metrics
@@ -698,9 +738,18 @@ impl Quota {
                         }
                     }
                 }
-                let memory = match (&denied.reason, &kind_key) {
-                    (DenyReason::Share { .. }, Some(k)) => k,
-                    _ => key,
+                if held_back.is_some() {
+                    super::priority::lent_at(
+                        written.background_percent,
+                        &mut denied,
+                        call.cost,
+                        now,
+                    );
+                }
+                let memory = match (&denied.reason, &kind_key, &background_kind_key) {
+                    (DenyReason::Share { .. }, _, Some(k))
+                    | (DenyReason::Share { .. }, Some(k), None) => k,
+                    _ => &org_memory,
                 };
                 self.remember_denial(memory, call.cost, &denied, now);
                 Ok(self.refuse(key, call, day, hour, denied))

@@ -245,6 +245,16 @@ pub struct Limits {
     /// starve another. Empty: every source spends first come, first served.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub shares: std::collections::BTreeMap<String, share::Share>,
+    /// How full background work (scheduled complete transfers, bulk runs
+    /// and their actions) may fill each counting window and the
+    /// concurrency slots of every level it takes, in percent; the rest is
+    /// held for interactive work (see [`Limits::for_background`]). 100:
+    /// first come, first served.
+    #[serde(
+        default = "default_background_percent",
+        skip_serializing_if = "is_default_background_percent"
+    )]
+    pub background_percent: u8,
     /// Calls in flight at once (the seeds' example: 3).
     pub max_concurrent: u32,
     /// How long a lease lives unless renewed: a crashed holder strands a
@@ -257,6 +267,12 @@ pub struct Limits {
     pub concurrency_retry_secs: u32,
 }
 
+fn default_background_percent() -> u8 {
+    100
+}
+fn is_default_background_percent(p: &u8) -> bool {
+    *p == default_background_percent()
+}
 fn default_lease_ttl_secs() -> u32 {
     60
 }
@@ -285,6 +301,7 @@ impl Limits {
             buckets: Vec::new(),
             app_wide: None,
             shares: Default::default(),
+            background_percent: default_background_percent(),
             max_concurrent,
             lease_ttl_secs: default_lease_ttl_secs(),
             concurrency_retry_secs: default_concurrency_retry_secs(),
@@ -365,7 +382,8 @@ impl Limits {
                 )));
             }
         }
-        self.validate_shares()
+        self.validate_shares()?;
+        self.validate_background()
     }
 
     /// The same limits with one more token bucket.
@@ -514,6 +532,7 @@ impl Limits {
             buckets: Vec::new(),
             app_wide: None,
             shares: Default::default(),
+            background_percent: default_background_percent(),
             max_concurrent: u32::MAX,
             lease_ttl_secs: self.lease_ttl_secs,
             concurrency_retry_secs: self.concurrency_retry_secs,

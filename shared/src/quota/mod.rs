@@ -22,6 +22,7 @@ pub(crate) mod health;
 mod key;
 mod limits;
 mod port;
+mod priority;
 mod rules;
 pub mod share;
 mod usage;

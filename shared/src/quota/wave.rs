@@ -42,6 +42,7 @@ pub(crate) fn slot_limits(kind: WindowKind, limit: u32) -> Option<Limits> {
         buckets: Vec::new(),
         app_wide: None,
         shares: Default::default(),
+        background_percent: 100,
         max_concurrent: u32::MAX,
         lease_ttl_secs: 60,
         concurrency_retry_secs: 1,

@@ -37,6 +37,7 @@ pub(crate) async fn run(svc: &AppContext, job: &JobEnvelope, ctx: &JobContext) -
 /// [`run`], written with `?`: every early end is an outcome.
 async fn listing(svc: &AppContext, job: &JobEnvelope, ctx: &JobContext) -> Flow<Outcome> {
     let payload: SyncPayload = parse_payload(job)?;
+    let background = payload.background(job.kind);
     let rt = svc.config.record_type(&payload.record_type).or_end()?;
     let sync = sync_name(job.kind, &payload.record_type);
     let key = svc.key(&job.org);
@@ -76,7 +77,10 @@ async fn listing(svc: &AppContext, job: &JobEnvelope, ctx: &JobContext) -> Flow<
         recheck_unchanged: !ctx.first_run || job.generation > 0,
     };
     listing.open(now)?;
-    let metered = svc.metered(&job.org, &listing.sync).or_else(fail)?;
+    let metered = svc
+        .metered(&job.org, &listing.sync)
+        .or_else(fail)?
+        .in_background(background);
     let outcome = settled(listing.pages(&metered, ctx).await);
     if matches!(outcome, Outcome::Done) {
         return Ok(record_completion(svc, &listing.sync, job, &listing.cp).await);

@@ -241,7 +241,8 @@ async fn storm_guard(svc: &AppContext, job: &JobEnvelope, record_type: &str) -> 
         }
         StormDecision::Start => {
             if let Err(e) =
-                start_sync(svc, &job.org, JobKind::CompleteTransfer, record_type, false).await
+                // Lookups wait for it: not background work (`adhoc`).
+                start_sync(svc, &job.org, JobKind::CompleteTransfer, record_type, true).await
             {
                 return Some(Outcome::from_error(&e));
             }

@@ -4,16 +4,30 @@
 
 use super::*;
 
+/// Where a passing record's actions come from.
+pub(super) struct Origin<'a> {
+    /// The record, as stored.
+    pub(super) record: &'a StoredRecord,
+    /// The trigger's part of each action's idempotency key.
+    pub(super) trigger_key: &'a str,
+    /// A bulk execution's: its actions are background work.
+    pub(super) background: bool,
+}
+
 impl WorkflowHandler {
     pub(super) async fn enqueue_actions(
         &self,
         job: &JobEnvelope,
         wf: &Compiled,
-        record: &StoredRecord,
-        trigger_key: &str,
+        origin: Origin<'_>,
         actions: Vec<(usize, Act)>,
         cp: &mut Checkpoint,
     ) -> Result<()> {
+        let Origin {
+            record,
+            trigger_key,
+            background,
+        } = origin;
         let now = self.svc.clock.now();
         // Orders this record's rows against rows of its other versions.
         let source_at = self
@@ -33,6 +47,7 @@ impl WorkflowHandler {
                         method,
                         path,
                         body,
+                        background,
                     };
                     let mut action = JobEnvelope::new(
                         JobKind::ActionHttp,

@@ -62,6 +62,10 @@ struct Item {
     /// For a change: the version it found, and the one it replaced.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     version: Option<Version>,
+    /// Of a bulk execution over every stored record: its actions are
+    /// background work ([`crate::quota::Call::in_background`]).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    bulk: bool,
 }
 
 /// The content hash a change found, and the one the store held then.
@@ -349,6 +353,7 @@ impl WorkflowHandler {
             id: r.id,
             change: Cause::Manual,
             version: None,
+            bulk: true,
         });
         Ok(Some(items.collect()))
     }
@@ -395,8 +400,12 @@ impl WorkflowHandler {
                 Plan::Filtered => {}
                 Plan::Quarantined(reason) => self.quarantine(job, wf, &record, reason).await?,
                 Plan::Pass { actions } => {
-                    self.enqueue_actions(job, wf, &record, trigger_key, actions, cp)
-                        .await?
+                    let origin = fanout::Origin {
+                        record: &record,
+                        trigger_key,
+                        background: item.bulk,
+                    };
+                    self.enqueue_actions(job, wf, origin, actions, cp).await?
                 }
             }
         }
@@ -513,6 +522,7 @@ impl WorkflowHandler {
                         hash: c.hash.clone(),
                         prev: c.prev.clone(),
                     }),
+                    bulk: false,
                 });
             }
         }
@@ -543,6 +553,7 @@ impl WorkflowHandler {
                         id,
                         change: Cause::Manual,
                         version: None,
+                        bulk: false,
                     })
                     .collect(),
                 ..Default::default()
@@ -603,6 +614,7 @@ mod tests {
                 hash: hash.into(),
                 prev: prev.map(str::to_string),
             }),
+            bulk: false,
         }
     }
 
