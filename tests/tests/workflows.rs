@@ -318,7 +318,10 @@ body = { invoice = "{{ record.id }}", customer = "{{ related.customer.name }}" }
     assert_eq!(w.dead_letters().await, 0);
 }
 
-async fn a_bulk_execution_over_budget_spreads_over_windows(adapter: Adapter) {
+/// 1,000 customers transferred under `limits`, of whom 200 match `vip`
+/// (one POST each, their rows in one Data Source push), the bulk run not
+/// yet started.
+async fn bulk_world(adapter: Adapter, limits: Limits) -> World {
     let w = World::new(
         adapter,
         SimConfig {
@@ -332,13 +335,18 @@ async fn a_bulk_execution_over_budget_spreads_over_windows(adapter: Adapter) {
                 &VIP.replace("record.score < 10", "record.score < 20")
                     .replace("max_rows_per_call = 30", "max_rows_per_call = 1000"),
             );
-            c.connections[0].limits = Some(Limits::new(Some(60), None, None, 3).unwrap());
+            c.connections[0].limits = Some(limits);
         },
     )
     .await
     .with_workflows();
     w.start(JobKind::CompleteTransfer, "customers").await;
     w.drive().await;
+    w
+}
+
+async fn a_bulk_execution_over_budget_spreads_over_windows(adapter: Adapter) {
+    let w = bulk_world(adapter, Limits::new(Some(60), None, None, 3).unwrap()).await;
     let day0 = w.shared.now().date_naive();
     run_bulk(&w, "vip", false).await;
     let report = w.drive().await;
@@ -369,28 +377,9 @@ async fn a_bulk_execution_over_budget_spreads_over_windows(adapter: Adapter) {
 /// last tenth (21:36), when they wake for the held half, lent because no
 /// interactive work came for it. Nothing lost, no day over.
 async fn a_bulk_run_is_held_to_background_percent(adapter: Adapter) {
-    let w = World::new(
-        adapter,
-        SimConfig {
-            customers: 1_000,
-            ..Default::default()
-        },
-        |c| {
-            c.syncs.insert("customers".into(), transfer());
-            workflow(
-                c,
-                &VIP.replace("record.score < 10", "record.score < 20")
-                    .replace("max_rows_per_call = 30", "max_rows_per_call = 1000"),
-            );
-            let mut limits = Limits::new(Some(100), None, None, 3).unwrap();
-            limits.background_percent = 50;
-            c.connections[0].limits = Some(limits);
-        },
-    )
-    .await
-    .with_workflows();
-    w.start(JobKind::CompleteTransfer, "customers").await;
-    w.drive().await;
+    let mut limits = Limits::new(Some(100), None, None, 3).unwrap();
+    limits.background_percent = 50;
+    let w = bulk_world(adapter, limits).await;
     run_bulk(&w, "vip", false).await;
     w.drive().await;
     let stats = w.sim().stats();

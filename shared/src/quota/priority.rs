@@ -147,18 +147,20 @@ mod tests {
         l.windows().map(|(_, n)| n).collect()
     }
 
-    #[test]
-    fn background_sees_every_window_and_level_held_back() {
-        let l = limits(
-            r#"
+    /// A day, a minute and a rolling hour, 3 slots, background at 80%.
+    const WINDOWS: &str = r#"
 per_day = 1000
 per_minute = 20
 max_concurrent = 3
 background_percent = 80
 windows = [{ calls = 100, every = "1h", rolling = true }]
-app_wide = { per_minute = 50, max_concurrent = 10 }
-"#,
-        );
+"#;
+
+    #[test]
+    fn background_sees_every_window_and_level_held_back() {
+        let l = limits(&format!(
+            "{WINDOWS}app_wide = {{ per_minute = 50, max_concurrent = 10 }}\n"
+        ));
         let mid_day = Utc.with_ymd_and_hms(2026, 12, 6, 12, 0, 10).unwrap();
         let b = l.for_background(mid_day, 1);
         assert_eq!(counting(&b), vec![800, 16, 80]);
@@ -208,15 +210,7 @@ app_wide = { per_minute = 50, max_concurrent = 10 }
 
     #[test]
     fn the_held_part_is_lent_in_a_fixed_windows_last_tenth_only() {
-        let l = limits(
-            r#"
-per_day = 1000
-per_minute = 20
-max_concurrent = 3
-background_percent = 80
-windows = [{ calls = 100, every = "1h", rolling = true }]
-"#,
-        );
+        let l = limits(WINDOWS);
         // 55 s into a minute: the minute's last tenth (6 s), not the day's.
         let t = Utc.with_ymd_and_hms(2026, 12, 6, 12, 0, 55).unwrap();
         assert_eq!(counting(&l.for_background(t, 1)), vec![800, 20, 80]);
