@@ -132,7 +132,7 @@ pub async fn run(args: Args) -> Result<(), BoxError> {
     let mut waiting = 0;
     for kind in JobKind::QUEUED {
         if let Some(q) = system.runner.queue(kind) {
-            dead += metered::jobs::queue::JobQueue::dead_letters(q.as_ref(), 1000)
+            dead += metered::jobs::JobQueue::dead_letters(q.as_ref(), 1000)
                 .await?
                 .len();
             waiting += q.len().await?;
@@ -274,30 +274,25 @@ async fn hosted_request(
     key: &metered::QuotaKey,
     sim: &metered_sim::Sim,
 ) -> Result<serde_json::Value, BoxError> {
-    use metered::store::hosted::HostedRows;
-    use metered::store::outbox::RowChange;
+    use metered::store::HostedRows;
+    use metered::store::RowChange;
     let svc = &system.runner.svc;
     let secret = uuid::Uuid::new_v4().to_string();
-    let store = std::sync::Arc::new(metered::adapters::sqlite::store::SqliteStore::new(
+    let store = std::sync::Arc::new(metered::adapters::sqlite::SqliteStore::new(
         system.runner.db.clone(),
     ));
     let names: Vec<String> = system
         .config
         .datasources
         .iter()
-        .filter(|(_, d)| d.mode == metered::config::datasource::DataSourceMode::Hosted)
+        .filter(|(_, d)| d.mode == metered::config::DataSourceMode::Hosted)
         .map(|(n, _)| n.clone())
         .collect();
     let secrets = names
         .iter()
-        .map(|n| {
-            (
-                n.clone(),
-                metered::connector::secrets::Secret::new(secret.clone()),
-            )
-        })
+        .map(|n| (n.clone(), metered::connector::Secret::new(secret.clone())))
         .collect();
-    let service = metered::handlers::hosted::HostedService::new(
+    let service = metered::handlers::HostedService::new(
         &system.config,
         secrets,
         store.clone(),
@@ -321,7 +316,7 @@ async fn hosted_request(
         )?;
         let before = sim.stats().served() + sim.stats().rejected_429;
         let r = service
-            .handle(&metered::handlers::hosted::HostedRequest {
+            .handle(&metered::handlers::HostedRequest {
                 method: "GET".into(),
                 path: format!("/datasources/{name}/rows"),
                 query: Some("page_size=1000".into()),

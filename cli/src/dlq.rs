@@ -3,8 +3,8 @@
 //! fix.
 
 use crate::system::{default_db, BoxError};
-use metered::jobs::envelope::{JobEnvelope, JobKind};
-use metered::jobs::queue::{DeadLetter, JobQueue};
+use metered::jobs::{DeadLetter, JobQueue};
+use metered::jobs::{JobEnvelope, JobKind};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -137,8 +137,8 @@ async fn queues(args: &Args) -> Result<Vec<(JobKind, Arc<dyn JobQueue>)>, BoxErr
         let client = aws_sdk_sqs::Client::new(&aws);
         let urls = metered::edge::lambda::queue_urls(|name| std::env::var(name).ok())?;
         for (kind, url, dlq) in urls {
-            let q = metered::adapters::aws::queue::SqsQueue::new(client.clone(), url, dlq)
-                .with_wait_secs(0);
+            let q =
+                metered::adapters::aws::SqsQueue::new(client.clone(), url, dlq).with_wait_secs(0);
             out.push((kind, Arc::new(q)));
         }
         if out.is_empty() {

@@ -4,8 +4,8 @@
 //! configured size, runs at the configured frequency, windows of interval +
 //! overlap, bulk lookups of the configured size, decision-node pass rates.
 
-use metered::config::app::{AppConfig, Pagination};
-use metered::config::workflow::ActionConfig;
+use metered::config::ActionConfig;
+use metered::config::{AppConfig, Pagination};
 use metered::quota::WindowKind;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -450,12 +450,7 @@ pub fn first_load(
     let mut rows: BTreeMap<String, f64> = BTreeMap::new();
     for (name, wf) in &config.workflows {
         let t = &wf.trigger.record_type;
-        if !loaded_today(t)
-            || !wf
-                .trigger
-                .on
-                .contains(&metered::core::record::ChangeKind::Created)
-        {
+        if !loaded_today(t) || !wf.trigger.on.contains(&metered::core::ChangeKind::Created) {
             continue;
         }
         let pass = volumes
@@ -683,7 +678,7 @@ fn remedies(
         if sync.pk_lookup.active() && sync.complete_transfer.is_none() {
             let mut c = config.clone();
             if let Some(s) = c.syncs.get_mut(name) {
-                s.complete_transfer = Some(metered::config::sync::CompleteTransferSettings {
+                s.complete_transfer = Some(metered::config::CompleteTransferSettings {
                     every: std::time::Duration::from_secs(86_400),
                 });
             }
@@ -776,10 +771,10 @@ fn remedies(
                     );
                 }
             }
-            if sync.pk_lookup.policy == metered::config::sync::LookupPolicy::SeenAndUnseen {
+            if sync.pk_lookup.policy == metered::config::LookupPolicy::SeenAndUnseen {
                 let mut c = config.clone();
                 if let Some(s) = c.syncs.get_mut(name) {
-                    s.pk_lookup.policy = metered::config::sync::LookupPolicy::UnseenOnly;
+                    s.pk_lookup.policy = metered::config::LookupPolicy::UnseenOnly;
                 }
                 consider(
                     format!("syncs.{name}.pk_lookup.policy → unseen_only"),
@@ -800,7 +795,7 @@ fn remedies(
         // call of this Data Source is saved.
         let mut c = config.clone();
         c.datasources.entry(ds_name.clone()).or_default().mode =
-            metered::config::datasource::DataSourceMode::Hosted;
+            metered::config::DataSourceMode::Hosted;
         consider(
             format!(
                 "host data source {ds_name}: datasources.{ds_name}.mode = \"hosted\" (Hosted GET; the platform pulls its rows, no push call)"

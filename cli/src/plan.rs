@@ -81,7 +81,7 @@ pub async fn run(args: Args) -> Result<(), BoxError> {
             return Err(format!("{}: no database here (--db)", path.display()).into());
         }
         let db = metered::adapters::sqlite::Db::open(path)?;
-        let store = metered::adapters::sqlite::store::SqliteStore::new(db);
+        let store = metered::adapters::sqlite::SqliteStore::new(db);
         let org = match &args.org {
             Some(o) => o.clone(),
             None => config.connections.first().map(|c| c.org.clone()).ok_or(

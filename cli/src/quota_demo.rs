@@ -6,13 +6,13 @@
 
 use async_trait::async_trait;
 use chrono::{Duration, TimeZone, Utc};
-use metered::adapters::sqlite::queue::SqliteQueue;
-use metered::adapters::sqlite::quota::SqliteQuota;
 use metered::adapters::sqlite::Db;
-use metered::core::clock::{ManualClock, SharedClock};
-use metered::jobs::envelope::{JobEnvelope, JobKind, Outcome};
-use metered::jobs::queue::JobQueue;
-use metered::jobs::runtime::{JobContext, JobHandler, JobRuntime, RestartPolicy, Settled};
+use metered::adapters::sqlite::SqliteQueue;
+use metered::adapters::sqlite::SqliteQuota;
+use metered::core::{ManualClock, SharedClock};
+use metered::jobs::JobQueue;
+use metered::jobs::{JobContext, JobHandler, JobRuntime, RestartPolicy, Settled};
+use metered::jobs::{JobEnvelope, JobKind, Outcome};
 use metered::quota::{Admission, Call, Limits, Quota, QuotaKey};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -170,9 +170,7 @@ pub async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             match s {
                 Settled::Done => done += 1,
                 // Early arrivals re-sent for the rest of a wait over 900 s.
-                Settled::Restarted { reason, .. }
-                    if reason == metered::jobs::runtime::NOT_BEFORE_REASON =>
-                {
+                Settled::Restarted { reason, .. } if reason == metered::jobs::NOT_BEFORE_REASON => {
                     wait_hops += 1
                 }
                 Settled::Restarted { reason, .. } => {

@@ -4,7 +4,7 @@
 
 use crate::status::RunStatus;
 use crate::system::{default_db, default_sim_db, load_config, BoxError, Options, System};
-use metered::jobs::runtime::{JobRuntime, RestartPolicy};
+use metered::jobs::{JobRuntime, RestartPolicy};
 use metered::JobKind;
 use std::path::PathBuf;
 
@@ -252,8 +252,8 @@ pub async fn invoke(args: InvokeArgs) -> Result<(), BoxError> {
         .ok_or("no queue for that function")?
         .clone();
     let runtime = JobRuntime::new(queue, system.clock.clone(), RestartPolicy::default());
-    let ledger: std::sync::Arc<dyn metered::jobs::ledger::ActionLedger> = std::sync::Arc::new(
-        metered::adapters::sqlite::store::SqliteStore::new(system.runner.db.clone()),
+    let ledger: std::sync::Arc<dyn metered::jobs::ActionLedger> = std::sync::Arc::new(
+        metered::adapters::sqlite::SqliteStore::new(system.runner.db.clone()),
     );
     let router = metered::Router::only(svc, ledger, kind)?;
     let response = metered::edge::lambda::handle_sqs_event(&runtime, sqs, &router, None).await;

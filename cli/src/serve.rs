@@ -6,11 +6,11 @@
 use crate::system::{default_db, load_config, BoxError};
 use axum::body::Body;
 use axum::http::{Request, Response};
-use metered::adapters::sqlite::store::SqliteStore;
 use metered::adapters::sqlite::Db;
-use metered::config::datasource::DataSourceMode;
-use metered::config::secret::SecretRef;
-use metered::handlers::hosted::{resolve_secrets, HostedRequest, HostedService};
+use metered::adapters::sqlite::SqliteStore;
+use metered::config::DataSourceMode;
+use metered::config::SecretRef;
+use metered::handlers::{resolve_secrets, HostedRequest, HostedService};
 use metered::SystemClock;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -62,7 +62,7 @@ pub async fn service(
     });
     let stores = if needs_aws {
         let aws = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
-        Some(metered::connector::secrets::SecretStores::new(&aws))
+        Some(metered::connector::SecretStores::new(&aws))
     } else {
         None
     };

@@ -5,7 +5,7 @@
 //! whenever something changed otherwise, a JSON event per change with
 //! `--json`.
 
-use metered::core::metrics::Counter;
+use metered::core::Counter;
 use metered::edge::local::LocalRunner;
 use metered::quota::WindowKind;
 use metered::JobKind;
@@ -74,7 +74,7 @@ impl RunStatus {
         runner: &LocalRunner,
         orgs: &[String],
         now: Timestamp,
-    ) -> metered::core::error::Result<Self> {
+    ) -> metered::core::Result<Self> {
         let svc = &runner.svc;
         let counted = svc.metrics.peek();
         let app = &svc.config.app.name;

@@ -3,9 +3,9 @@
 //! (to the app's API, or to the built-in simulator), and the local runner.
 
 use metered::adapters::sqlite::Db;
-use metered::connector::secrets::Secret;
 use metered::connector::Connector;
-use metered::core::clock::{Clock, ManualClock, SharedClock, SystemClock, Timestamp};
+use metered::connector::Secret;
+use metered::core::{Clock, ManualClock, SharedClock, SystemClock, Timestamp};
 use metered::edge::local::{LocalRunner, RunReport};
 use metered::AppConfig;
 use std::collections::BTreeMap;
@@ -254,7 +254,7 @@ impl System {
                 .await?;
                 config.app.base_url = server.base_url();
                 config.validate()?;
-                let connectors = metered::handlers::context::http_connectors_with(
+                let connectors = metered::handlers::http_connectors_with(
                     &Arc::new(config.clone()),
                     clock.clone(),
                     |c| Some(Secret::new(format!("{SIM_KEY_PREFIX}{}", c.org))),
@@ -263,12 +263,8 @@ impl System {
                 connectors
             }
             None => {
-                metered::handlers::context::http_connectors(
-                    &Arc::new(config.clone()),
-                    None,
-                    clock.clone(),
-                )
-                .await?
+                metered::handlers::http_connectors(&Arc::new(config.clone()), None, clock.clone())
+                    .await?
             }
         };
         if config.connections.is_empty() {

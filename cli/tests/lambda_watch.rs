@@ -247,7 +247,7 @@ async fn functions_run_under_cargo_lambda_watch_against_local_aws() {
         ),
         &vars["METERED_TABLE"],
     );
-    let store = metered::adapters::aws::store::DynamoStore::new(table);
+    let store = metered::adapters::aws::DynamoStore::new(table);
     let key = metered::QuotaKey::new("acme", "sim-booking");
     assert_eq!(
         metered::store::RecordStore::count(&store, &key, "classes")
@@ -291,13 +291,13 @@ async fn functions_run_under_cargo_lambda_watch_against_local_aws() {
 
     // Hosted GET under `cargo lambda watch`: its Function URL emulation
     // carries the request to hosted-get, which reads the table.
-    metered::store::outbox::Outbox::put_rows(
+    metered::store::Outbox::put_rows(
         &store,
         &key,
         "class_feed",
-        &[metered::store::outbox::RowWrite::new(
+        &[metered::store::RowWrite::new(
             "cls_1",
-            metered::store::outbox::RowChange::Insert(serde_json::json!({"id": "cls_1"})),
+            metered::store::RowChange::Insert(serde_json::json!({"id": "cls_1"})),
         )],
         chrono::Utc::now(),
     )

@@ -214,7 +214,7 @@ async fn template_deploys_to_ministack_and_the_system_runs_there() {
         aws_sdk_dynamodb::Client::new(&cfg),
         &deployed.outputs["TableName"],
     );
-    let store = metered::adapters::aws::store::DynamoStore::new(table);
+    let store = metered::adapters::aws::DynamoStore::new(table);
     let key = metered::QuotaKey::new("acme", "sim-booking");
     // (delayed, visible + in flight) messages of a queue.
     let depth = |queue: String| {
@@ -327,7 +327,7 @@ async fn template_deploys_to_ministack_and_the_system_runs_there() {
     assert!(
         alarms
             .iter()
-            .any(|a| a["MetricName"] == metered::core::metrics::EARLY_BURN),
+            .any(|a| a["MetricName"] == metered::core::EARLY_BURN),
         "the burn alarm: {alarms:?}"
     );
     assert_eq!(
@@ -364,9 +364,9 @@ async fn template_deploys_to_ministack_and_the_system_runs_there() {
     // A dead letter (a workflow job that died of the restart cap) is put
     // back with the operator's command on the stack's SQS queues, and the
     // stack's own event source mapping runs it to completion.
-    use metered::jobs::ledger::{Claim, JobLedger};
-    use metered::jobs::queue::JobQueue;
-    let workflow_queues = metered::adapters::aws::queue::SqsQueue::new(
+    use metered::jobs::JobQueue;
+    use metered::jobs::{Claim, JobLedger};
+    let workflow_queues = metered::adapters::aws::SqsQueue::new(
         sqs.clone(),
         &deployed.outputs["WorkflowQueueUrl"],
         &deployed.outputs["WorkflowDeadLetterQueueUrl"],
@@ -601,15 +601,14 @@ async fn two_orgs_run_every_kind_at_once_on_the_deployed_stack() {
         aws_sdk_dynamodb::Client::new(&cfg),
         &deployed.outputs["TableName"],
     );
-    let store = metered::adapters::aws::store::DynamoStore::new(table);
+    let store = metered::adapters::aws::DynamoStore::new(table);
     let mut dead_letters = Vec::new();
     for (name, url) in &deployed.outputs {
         if !name.ends_with("DeadLetterQueueUrl") {
             continue;
         }
-        use metered::jobs::queue::JobQueue;
-        let q =
-            metered::adapters::aws::queue::SqsQueue::new(sqs.clone(), url, url).with_wait_secs(0);
+        use metered::jobs::JobQueue;
+        let q = metered::adapters::aws::SqsQueue::new(sqs.clone(), url, url).with_wait_secs(0);
         for d in q.dead_letters(100).await.unwrap() {
             dead_letters.push(format!("{name}: {}", d.reason));
         }
@@ -655,7 +654,7 @@ async fn two_orgs_run_every_kind_at_once_on_the_deployed_stack() {
 /// a Hosted GET through the Invoke API. Prints the figures (README,
 /// "Measured", quotes a release run of them).
 async fn cold_starts(deployed: &Deployed, sqs: &aws_sdk_sqs::Client, http: &reqwest::Client) {
-    use metered::jobs::envelope::{JobEnvelope, JobKind};
+    use metered::jobs::{JobEnvelope, JobKind};
     let now = chrono::Utc::now();
     for (kind, queue, payload) in [
         (

@@ -19,24 +19,24 @@
 //!  1  core       clock · error · tenant · record
 //! ```
 //!
-//! - [`core`] — time as a port ([`core::clock::ManualClock`] in tests), the
+//! - [`core`] — time as a port ([`core::ManualClock`] in tests), the
 //!   one error type that says retryable or permanent, the tenant (whose
 //!   records, ledgers and budget), records and their content hash.
 //! - [`quota`] — the budget: port [`quota::QuotaStore`], its pure rules
 //!   (`explain_denial`) and the facade [`quota::Quota`].
-//! - [`config`] — [`config::app::AppConfig`] and everything it holds.
+//! - [`config`] — [`config::AppConfig`] and everything it holds.
 //! - [`connector`] — third-party APIs: the [`connector::Connector`] port, the
 //!   declarative REST connector, secrets, and [`connector::Metered`] (every
 //!   call through the quota; 429 → shared block → restart).
-//! - [`jobs`] — the envelope and a handler's [`jobs::envelope::Outcome`], the
+//! - [`jobs`] — the envelope and a handler's [`jobs::Outcome`], the
 //!   queue port, the job and action ledgers with their claim rules, and the
-//!   [`jobs::fate::decide`] (what becomes of a message: a pure rule) and the
-//!   [`jobs::runtime::JobRuntime`] that carries it out (restarts with delay
+//!   `jobs::fate::decide` (what becomes of a message: a pure rule) and the
+//!   [`jobs::JobRuntime`] that carries it out (restarts with delay
 //!   and jitter, `not_before`, dead letters; waits are never capped).
 //! - [`store`] — synced records, sync state (high-water marks, leases),
 //!   lookup claims, quarantine; the diff and lease rules.
 //! - [`handlers`] — what each function does with a job, through one
-//!   [`handlers::context::AppContext`]; [`handlers::route::Router`] is the
+//!   [`handlers::AppContext`]; [`handlers::Router`] is the
 //!   one place a job kind finds its handler.
 //! - [`adapters`] — [`adapters::aws`] and [`adapters::sqlite`], I/O only.
 //! - [`edge`] — [`edge::lambda`], `edge::hosted` (Hosted GET's Function URL
@@ -48,13 +48,13 @@
 //! ## Example
 //!
 //! ```
-//! use metered::core::clock::{ManualClock, SharedClock};
-//! use metered::adapters::sqlite::quota::SqliteQuota;
+//! use metered::core::{ManualClock, SharedClock};
+//! use metered::adapters::sqlite::SqliteQuota;
 //! use metered::quota::{Admission, Call, Limits, Quota, QuotaKey};
 //! use metered::adapters::sqlite::Db;
 //! use std::sync::Arc;
 //!
-//! # #[tokio::main(flavor = "current_thread")] async fn main() -> metered::core::error::Result<()> {
+//! # #[tokio::main(flavor = "current_thread")] async fn main() -> metered::core::Result<()> {
 //! let clock = ManualClock::new(chrono::Utc::now());
 //! let quota = Quota::new(Arc::new(SqliteQuota::new(Db::in_memory()?)), Arc::new(clock) as SharedClock);
 //! let key = QuotaKey::new("acme", "crm");
@@ -86,9 +86,11 @@ pub mod store;
 pub use crate::core::error::{Error, Result};
 
 // The face: the types every user of the library (the functions, the CLI,
-// the tests) names, importable from the crate root. The modules stay
-// public for the rest; an item only the library uses is `pub(crate)`
-// (`unreachable_pub` is warned in the workspace lints).
+// the tests) names, importable from the crate root. Each layer is a public
+// module whose files are private (`pub(crate) mod`): what a user may name
+// is the layer's `pub use` list (`metered::jobs::JobKind`, never
+// `metered::jobs::envelope::JobKind`), and an item only the library uses is
+// `pub(crate)` (`unreachable_pub` is warned in the workspace lints).
 pub use crate::config::app::AppConfig;
 pub use crate::core::clock::{ManualClock, SharedClock, SystemClock, Timestamp};
 pub use crate::core::record::Record;

@@ -14,13 +14,13 @@
 //!   point runs, nothing is settled or acknowledged.
 
 use async_trait::async_trait;
-use metered::core::error::Disposition;
-use metered::core::record::StoredRecord;
-use metered::jobs::ledger::{ActionBegin, ActionLedger};
-use metered::jobs::ledger::{Claim, JobLedger};
+use metered::core::Disposition;
+use metered::core::StoredRecord;
+use metered::jobs::{ActionBegin, ActionLedger};
+use metered::jobs::{Claim, JobLedger};
 use metered::quota::{Acquire, Grant, Limits, QuotaKey, QuotaState, QuotaStore, UsageEntry};
-use metered::store::hosted::RowIndex;
-use metered::store::outbox::{Chunk, Outbox, OutboxRow, OutboxState, RowWrite};
+use metered::store::RowIndex;
+use metered::store::{Chunk, Outbox, OutboxRow, OutboxState, RowWrite};
 use metered::store::{PageDiff, Quarantined, RecordStore, SyncFinish, SyncState};
 use metered::JobKind;
 use metered::Record;
@@ -387,7 +387,7 @@ impl<S: RecordStore + 'static> Outbox for FaultyStore<S> {
         key: &QuotaKey,
         ds: &str,
         chunk: &Chunk,
-        refusal: &metered::store::outbox::Refusal,
+        refusal: &metered::store::Refusal,
         now: Timestamp,
     ) -> metered::Result<()> {
         self.faults.enter("outbox.refuse").await?;
@@ -397,7 +397,7 @@ impl<S: RecordStore + 'static> Outbox for FaultyStore<S> {
         &self,
         key: &QuotaKey,
         ds: &str,
-        probe: Option<&metered::store::outbox::Probe>,
+        probe: Option<&metered::store::Probe>,
     ) -> metered::Result<()> {
         self.faults.enter("outbox.probe").await?;
         self.inner.set_probe(key, ds, probe).await
@@ -407,7 +407,7 @@ impl<S: RecordStore + 'static> Outbox for FaultyStore<S> {
         key: &QuotaKey,
         ds: &str,
         limit: u32,
-    ) -> metered::Result<Vec<metered::store::outbox::RefusedRow>> {
+    ) -> metered::Result<Vec<metered::store::RefusedRow>> {
         self.inner.refused_rows(key, ds, limit).await
     }
     async fn retry_refused(

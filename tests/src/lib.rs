@@ -14,9 +14,9 @@ pub mod simulation;
 pub mod store_suite;
 pub mod sync_world;
 
-use metered::adapters::aws::queue::SqsQueue;
+use metered::adapters::aws::SqsQueue;
 use metered::adapters::aws::Table;
-use metered::core::clock::{ManualClock, SharedClock, Timestamp};
+use metered::core::{ManualClock, SharedClock, Timestamp};
 use std::sync::Arc;
 
 pub(crate) fn endpoint(var: &str, what: &str) -> String {
@@ -52,12 +52,12 @@ pub async fn quota_store(
 ) -> std::sync::Arc<dyn metered::quota::QuotaStore> {
     match adapter {
         crate::sync_world::Adapter::Sqlite => {
-            std::sync::Arc::new(metered::adapters::sqlite::quota::SqliteQuota::new(
+            std::sync::Arc::new(metered::adapters::sqlite::SqliteQuota::new(
                 metered::adapters::sqlite::Db::in_memory().expect("in-memory SQLite"),
             ))
         }
         crate::sync_world::Adapter::Aws => std::sync::Arc::new(
-            metered::adapters::aws::quota::DynamoQuota::new(dynamo_table().await),
+            metered::adapters::aws::DynamoQuota::new(dynamo_table().await),
         ),
     }
 }
@@ -149,8 +149,8 @@ pub fn ministack_config() -> aws_config::SdkConfig {
 pub fn weekly_customer_transfer(c: &mut metered::AppConfig) {
     c.syncs.insert(
         "customers".into(),
-        metered::config::sync::SyncConfig {
-            complete_transfer: Some(metered::config::sync::CompleteTransferSettings {
+        metered::config::SyncConfig {
+            complete_transfer: Some(metered::config::CompleteTransferSettings {
                 every: std::time::Duration::from_secs(86_400 * 7),
             }),
             ..Default::default()
@@ -182,7 +182,7 @@ pub fn add_sections(c: &mut metered::AppConfig, toml: &str) {
 /// A running simulator and a connector for it with one org's key.
 pub struct SimFixture {
     pub server: metered_sim::SimServer,
-    pub connector: std::sync::Arc<metered::connector::http::HttpConnector>,
+    pub connector: std::sync::Arc<metered::connector::HttpConnector>,
     pub config: std::sync::Arc<metered::AppConfig>,
     pub key: String,
 }
@@ -215,11 +215,11 @@ pub async fn sim_fixture_with(
     app.validate().expect("edited config is valid");
     let app = std::sync::Arc::new(app);
     let key = format!("org-key-{}", uuid::Uuid::new_v4().simple());
-    let client = metered::connector::http::http_client(&app.app.timeouts).expect("http client");
-    let connector = metered::connector::http::HttpConnector::new(
+    let client = metered::connector::http_client(&app.app.timeouts).expect("http client");
+    let connector = metered::connector::HttpConnector::new(
         app.clone(),
         client,
-        Some(metered::connector::secrets::Secret::new(key.clone())),
+        Some(metered::connector::Secret::new(key.clone())),
         clock,
     )
     .expect("connector");

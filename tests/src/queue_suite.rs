@@ -5,9 +5,9 @@
 use async_trait::async_trait;
 use aws_lambda_events::event::sqs::{SqsEvent, SqsMessage};
 use chrono::Duration;
-use metered::jobs::envelope::{JobEnvelope, JobKind, Outcome};
-use metered::jobs::queue::JobQueue;
-use metered::jobs::runtime::{JobContext, JobHandler, JobRuntime, RestartPolicy, Settled};
+use metered::jobs::JobQueue;
+use metered::jobs::{JobContext, JobHandler, JobRuntime, RestartPolicy, Settled};
+use metered::jobs::{JobEnvelope, JobKind, Outcome};
 use metered::quota::{Denied, DenyReason};
 use metered::SharedClock;
 use std::future::Future;
@@ -91,7 +91,7 @@ impl JobQueue for FailingSends {
             return Err(metered::Error::Queue {
                 operation: "send",
                 message: "injected: the queue refused the send".into(),
-                disposition: metered::core::error::Disposition::Retryable,
+                disposition: metered::core::Disposition::Retryable,
             });
         }
         self.inner.send(job, delay_secs).await
@@ -103,7 +103,7 @@ impl JobQueue for FailingSends {
         &self,
         max: u32,
         visibility_secs: u32,
-    ) -> metered::Result<Vec<metered::jobs::queue::Delivery>> {
+    ) -> metered::Result<Vec<metered::jobs::Delivery>> {
         self.inner.receive(max, visibility_secs).await
     }
     async fn ack(&self, receipt: &str) -> metered::Result<()> {
@@ -112,13 +112,10 @@ impl JobQueue for FailingSends {
     async fn release(&self, receipt: &str, visible_in_secs: u32) -> metered::Result<()> {
         self.inner.release(receipt, visible_in_secs).await
     }
-    async fn dead_letters(
-        &self,
-        max: u32,
-    ) -> metered::Result<Vec<metered::jobs::queue::DeadLetter>> {
+    async fn dead_letters(&self, max: u32) -> metered::Result<Vec<metered::jobs::DeadLetter>> {
         self.inner.dead_letters(max).await
     }
-    async fn redrive(&self, choose: &metered::jobs::queue::Choose<'_>) -> metered::Result<u64> {
+    async fn redrive(&self, choose: &metered::jobs::Choose<'_>) -> metered::Result<u64> {
         self.inner.redrive(choose).await
     }
 }
@@ -161,7 +158,7 @@ fn job(clock: &SharedClock) -> JobEnvelope {
 }
 
 /// Receives until `n` messages came or a few empty polls passed.
-async fn receive_n(queue: &Arc<dyn JobQueue>, n: usize) -> Vec<metered::jobs::queue::Delivery> {
+async fn receive_n(queue: &Arc<dyn JobQueue>, n: usize) -> Vec<metered::jobs::Delivery> {
     let mut out = Vec::new();
     for _ in 0..10 {
         out.extend(queue.receive(10, 30).await.unwrap());
@@ -493,7 +490,7 @@ pub async fn dead_letters_are_redriven_by_choice<F: Future<Output = Fixture>>(ma
         .dead_letter("{not json", "body is not JSON")
         .await
         .unwrap();
-    let acme_only = |d: &metered::jobs::queue::DeadLetter| {
+    let acme_only = |d: &metered::jobs::DeadLetter| {
         let mut j = JobEnvelope::parse(&d.body).ok()?;
         (j.org == "acme").then(|| {
             j.restarts = 0;
@@ -511,9 +508,8 @@ pub async fn dead_letters_are_redriven_by_choice<F: Future<Output = Fixture>>(ma
     assert_eq!(j.payload, jobs[0].payload, "the envelope is intact");
     fx.queue.ack(&back[0].receipt).await.unwrap();
     // The other org's job and the junk are still there, and visible.
-    let parseable = |d: &metered::jobs::queue::DeadLetter| {
-        JobEnvelope::parse(&d.body).ok().map(|j| j.to_body())
-    };
+    let parseable =
+        |d: &metered::jobs::DeadLetter| JobEnvelope::parse(&d.body).ok().map(|j| j.to_body());
     assert_eq!(
         fx.queue.redrive(&parseable).await.unwrap(),
         1,

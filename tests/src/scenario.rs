@@ -20,7 +20,7 @@
 //! against the budget.
 
 use crate::sync_world::{Adapter, World, ORGS};
-use metered::config::sync::{
+use metered::config::{
     CompleteTransferSettings, LookupPolicy, PkLookupSettings, StormGuard, SyncConfig,
 };
 use metered::AppConfig;
@@ -178,7 +178,7 @@ pub const HOSTILE_NAME: &str = "../../admin/x?force=1#";
 pub fn note_path_from_name(c: &mut AppConfig) {
     if let Some(wf) = c.workflows.get_mut("vip") {
         for a in &mut wf.actions {
-            if let metered::config::workflow::ActionConfig::Http { path, .. } = a {
+            if let metered::config::ActionConfig::Http { path, .. } = a {
                 *path = "/notes/{{ record.name }}".into();
             }
         }

@@ -23,16 +23,16 @@
 use crate::faults::{Faults, FaultyQuota, FaultyStore, CRASH, RUNNING};
 use crate::{dynamo_table, sim_fixture_with, sqs_queue, SimFixture};
 use async_trait::async_trait;
-use metered::adapters::sqlite::queue::SqliteQueue;
-use metered::config::sync::ConnectionConfig;
+use metered::adapters::sqlite::SqliteQueue;
+use metered::config::ConnectionConfig;
 use metered::connector::{ApiError, Connector, ListRequest, Page, SendRequest};
-use metered::core::clock::{ManualClock, SharedClock, Timestamp};
-use metered::jobs::envelope::{JobEnvelope, JobKind};
-use metered::jobs::ledger::JobLedger;
-use metered::jobs::queue::{DeadLetter, Delivery, JobQueue, Queues};
-use metered::jobs::runtime::{
+use metered::core::{ManualClock, SharedClock, Timestamp};
+use metered::jobs::JobLedger;
+use metered::jobs::{DeadLetter, Delivery, JobQueue, Queues};
+use metered::jobs::{
     JobContext, JobHandler, JobRuntime, RestartPolicy, Settled, NOT_BEFORE_REASON,
 };
+use metered::jobs::{JobEnvelope, JobKind};
 use metered::quota::{Quota, QuotaStore};
 use metered::store::RecordStore;
 use metered::AppConfig;
@@ -104,7 +104,7 @@ impl JobQueue for TimeTravel {
     async fn dead_letters(&self, max: u32) -> metered::Result<Vec<DeadLetter>> {
         self.inner.dead_letters(max).await
     }
-    async fn redrive(&self, choose: &metered::jobs::queue::Choose<'_>) -> metered::Result<u64> {
+    async fn redrive(&self, choose: &metered::jobs::Choose<'_>) -> metered::Result<u64> {
         self.inner.redrive(choose).await
     }
 }
@@ -183,7 +183,7 @@ pub struct World {
     pub quota_store: Arc<dyn QuotaStore>,
     pub runtimes: Vec<(JobKind, Arc<JobRuntime>)>,
     pub workflow: Arc<dyn JobQueue>,
-    pub action_ledger: Arc<dyn metered::jobs::ledger::ActionLedger>,
+    pub action_ledger: Arc<dyn metered::jobs::ActionLedger>,
     /// Faults planned at named points (see [`crate::faults`]).
     pub faults: Arc<Faults>,
     /// API key of each org at the simulator.
@@ -191,7 +191,7 @@ pub struct World {
     /// The DynamoDB table (AWS adapter set only).
     pub table: Option<metered::adapters::aws::Table>,
     /// The same store, read as Hosted GET reads it.
-    pub hosted: Arc<dyn metered::store::hosted::HostedRows>,
+    pub hosted: Arc<dyn metered::store::HostedRows>,
     handler: Arc<metered::Router>,
     raw: BTreeMap<JobKind, Arc<dyn JobQueue>>,
     ledger: Arc<dyn JobLedger>,
@@ -238,22 +238,20 @@ impl World {
             Arc<dyn RecordStore>,
             Arc<dyn QuotaStore>,
             Arc<dyn JobLedger>,
-            Arc<dyn metered::jobs::ledger::ActionLedger>,
+            Arc<dyn metered::jobs::ActionLedger>,
             Option<metered::adapters::aws::Table>,
-            Arc<dyn metered::store::hosted::HostedRows>,
+            Arc<dyn metered::store::HostedRows>,
         );
         let (store, quota_store, ledger, action_ledger, table, hosted): Stores = match adapter {
             Adapter::Sqlite => {
                 let db = metered::adapters::sqlite::Db::in_memory().unwrap();
                 let store = Arc::new(FaultyStore {
-                    inner: Arc::new(metered::adapters::sqlite::store::SqliteStore::new(
-                        db.clone(),
-                    )),
+                    inner: Arc::new(metered::adapters::sqlite::SqliteStore::new(db.clone())),
                     faults: faults.clone(),
                 });
                 (
                     store.clone(),
-                    Arc::new(metered::adapters::sqlite::quota::SqliteQuota::new(db)),
+                    Arc::new(metered::adapters::sqlite::SqliteQuota::new(db)),
                     store.clone(),
                     store.clone(),
                     None,
@@ -266,16 +264,12 @@ impl World {
                     table.client = client;
                 }
                 let store = Arc::new(FaultyStore {
-                    inner: Arc::new(metered::adapters::aws::store::DynamoStore::new(
-                        table.clone(),
-                    )),
+                    inner: Arc::new(metered::adapters::aws::DynamoStore::new(table.clone())),
                     faults: faults.clone(),
                 });
                 (
                     store.clone(),
-                    Arc::new(metered::adapters::aws::quota::DynamoQuota::new(
-                        table.clone(),
-                    )),
+                    Arc::new(metered::adapters::aws::DynamoQuota::new(table.clone())),
                     store.clone(),
                     store.clone(),
                     Some(table),
@@ -319,12 +313,12 @@ impl World {
                 (fx.connector.clone(), fx.key.clone())
             } else {
                 let key = format!("org-key-{}", uuid::Uuid::new_v4().simple());
-                let client = metered::connector::http::http_client(&fx.config.app.timeouts)
-                    .expect("http client");
-                let c = metered::connector::http::HttpConnector::new(
+                let client =
+                    metered::connector::http_client(&fx.config.app.timeouts).expect("http client");
+                let c = metered::connector::HttpConnector::new(
                     fx.config.clone(),
                     client,
-                    Some(metered::connector::secrets::Secret::new(key.clone())),
+                    Some(metered::connector::Secret::new(key.clone())),
                     shared.clone(),
                 )
                 .expect("connector");
@@ -476,7 +470,7 @@ impl World {
     }
 
     pub async fn start_for(&self, org: &str, kind: JobKind, record_type: &str) -> JobEnvelope {
-        metered::handlers::start::start_sync(&self.svc, org, kind, record_type, false)
+        metered::handlers::start_sync(&self.svc, org, kind, record_type, false)
             .await
             .unwrap()
             .expect("sync was free to start")
@@ -606,7 +600,7 @@ impl World {
     }
 
     /// Workflow trigger jobs enqueued so far (taken off the queue).
-    pub async fn take_triggers(&self) -> Vec<metered::handlers::payload::TriggerPayload> {
+    pub async fn take_triggers(&self) -> Vec<metered::handlers::TriggerPayload> {
         let mut out = Vec::new();
         for _ in 0..50 {
             let batch = self.workflow.receive(10, 60).await.unwrap();

@@ -2,8 +2,8 @@
 //! panic, always an error that names what was wrong. Case counts are set
 //! per property below (5,000 in all).
 
-use metered::jobs::envelope::{JobEnvelope, JobKind, Outcome};
-use metered::jobs::runtime::{JobContext, JobHandler, JobRuntime, RestartPolicy, Settled};
+use metered::jobs::{JobContext, JobHandler, JobRuntime, RestartPolicy, Settled};
+use metered::jobs::{JobEnvelope, JobKind, Outcome};
 use metered::AppConfig;
 use proptest::prelude::*;
 use std::sync::Arc;
@@ -59,7 +59,7 @@ proptest! {
         rt.block_on(async {
             let (_clock, shared) = metered_tests::manual_clock();
             let db = metered::adapters::sqlite::Db::in_memory().unwrap();
-            let queue = Arc::new(metered::adapters::sqlite::queue::SqliteQueue::new(db, "q", shared.clone(), 5));
+            let queue = Arc::new(metered::adapters::sqlite::SqliteQueue::new(db, "q", shared.clone(), 5));
             let runtime = JobRuntime::new(queue, shared, RestartPolicy::default());
             match runtime.process(&body, &Never, &JobContext::default()).await {
                 Settled::DeadLettered { reason } => {
@@ -80,7 +80,7 @@ proptest! {
         let app = app();
         let rt = app.record_type("invoices").unwrap();
         if let Ok(body) = serde_json::from_slice::<serde_json::Value>(&bytes) {
-            if let Err(e) = metered::connector::http::extract_records("invoices", rt, &body) {
+            if let Err(e) = metered::connector::extract_records("invoices", rt, &body) {
                 prop_assert!(e.to_string().contains("`invoices`"), "{}", e);
             }
         }
@@ -93,7 +93,7 @@ proptest! {
         let app = app();
         for name in ["customers", "invoices", "classes", "checkins"] {
             let rt = app.record_type(name).unwrap();
-            match metered::connector::http::extract_records(name, rt, &body) {
+            match metered::connector::extract_records(name, rt, &body) {
                 Ok(page) => {
                     let named = format!("`{name}`");
                     prop_assert!(page.records.iter().all(|r| !r.id.is_empty()));

@@ -2,8 +2,8 @@
 //! against real protocol servers: Amazon's DynamoDB Local and ministack's
 //! SQS. `infra/test.sh` starts both; without them these tests fail.
 
-use metered::adapters::aws::quota::DynamoQuota;
-use metered::core::clock::{SharedClock, SystemClock};
+use metered::adapters::aws::DynamoQuota;
+use metered::core::{SharedClock, SystemClock};
 use metered_tests::queue_suite::Fixture;
 use metered_tests::{dynamo_table, sqs_queue};
 use std::sync::Arc;
@@ -26,7 +26,7 @@ async fn queue() -> Fixture {
 }
 
 async fn store() -> metered_tests::store_suite::Fixture {
-    let store = Arc::new(metered::adapters::aws::store::DynamoStore::new(
+    let store = Arc::new(metered::adapters::aws::DynamoStore::new(
         dynamo_table().await,
     ));
     metered_tests::store_suite::Fixture {

@@ -3,10 +3,10 @@
 //! quota integration, and secrets kept out of errors and logs.
 
 use chrono::Duration;
-use metered::adapters::sqlite::quota::SqliteQuota;
 use metered::adapters::sqlite::Db;
+use metered::adapters::sqlite::SqliteQuota;
 use metered::connector::{ApiError, CallError, Connector, ListRequest, Metered, PageCursor};
-use metered::core::clock::{SharedClock, SystemClock};
+use metered::core::{SharedClock, SystemClock};
 use metered::handlers::IntoOutcome;
 use metered::quota::{Limits, Quota, QuotaKey, QuotaStore};
 use metered_sim::{RetryAfterStyle, SimConfig};
@@ -438,10 +438,10 @@ async fn timeouts_and_refused_connections_are_retryable() {
     // Nothing listens on the discard port.
     let mut app = (*fx.config).clone();
     app.app.base_url = "http://127.0.0.1:9/".into();
-    let c = metered::connector::http::HttpConnector::new(
+    let c = metered::connector::HttpConnector::new(
         Arc::new(app),
-        metered::connector::http::http_client(&Default::default()).unwrap(),
-        Some(metered::connector::secrets::Secret::new("k")),
+        metered::connector::http_client(&Default::default()).unwrap(),
+        Some(metered::connector::Secret::new("k")),
         system(),
     )
     .unwrap();
@@ -618,10 +618,7 @@ async fn thirty_two_concurrent_calls_on_sqlite() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn thirty_two_concurrent_calls_on_dynamodb_local() {
     let table = metered_tests::dynamo_table().await;
-    thirty_two_concurrent_calls(Arc::new(metered::adapters::aws::quota::DynamoQuota::new(
-        table,
-    )))
-    .await;
+    thirty_two_concurrent_calls(Arc::new(metered::adapters::aws::DynamoQuota::new(table))).await;
 }
 
 /// Logs at every level while calls fail in every way; the credential never
@@ -690,8 +687,8 @@ fn secrets_never_reach_logs_or_errors() {
 
 #[tokio::test]
 async fn credentials_from_secrets_manager_and_ssm() {
-    use metered::config::secret::SecretRef;
-    use metered::connector::secrets::{resolve, SecretStores};
+    use metered::config::SecretRef;
+    use metered::connector::{resolve_secret, SecretStores};
     let cfg = metered_tests::ministack_config();
     let stores = SecretStores::new(&cfg);
     let name = format!("metered-test-{}", uuid::Uuid::new_v4().simple());
@@ -712,16 +709,16 @@ async fn credentials_from_secrets_manager_and_ssm() {
         .send()
         .await
         .unwrap();
-    let sm = resolve(&SecretRef::SecretsManager(name.clone()), Some(&stores))
+    let sm = resolve_secret(&SecretRef::SecretsManager(name.clone()), Some(&stores))
         .await
         .unwrap();
     assert_eq!(sm.expose(), "s3cr3t-from-sm");
     assert_eq!(format!("{sm:?} {sm}"), "Secret([redacted]) [redacted]");
-    let ssm = resolve(&SecretRef::Ssm(format!("/{name}")), Some(&stores))
+    let ssm = resolve_secret(&SecretRef::Ssm(format!("/{name}")), Some(&stores))
         .await
         .unwrap();
     assert_eq!(ssm.expose(), "s3cr3t-from-ssm");
-    let err = resolve(
+    let err = resolve_secret(
         &SecretRef::SecretsManager("no-such-secret".into()),
         Some(&stores),
     )
@@ -732,7 +729,7 @@ async fn credentials_from_secrets_manager_and_ssm() {
         err.contains("app.auth.secret") && err.contains("no-such-secret"),
         "{err}"
     );
-    let err = resolve(
+    let err = resolve_secret(
         &SecretRef::Env("METERED_TEST_SURELY_UNSET_VAR".into()),
         None,
     )
@@ -851,4 +848,68 @@ async fn error_excerpts_can_be_turned_off() {
     };
     let msg = fx.connector.list(&req).await.unwrap_err().to_string();
     assert!(msg.ends_with("HTTP 400"), "{msg}");
+}
+
+/// A connector written in code says what a call cost with
+/// `metered::connector::report_cost` (the face's name for it, `docs/limits.md`):
+/// a call estimated at one unit that reports four spends four.
+#[tokio::test]
+async fn a_code_connector_reports_its_cost_through_the_face() {
+    struct Costly(Arc<dyn Connector>);
+    #[async_trait::async_trait]
+    impl Connector for Costly {
+        fn list_endpoint(&self, rt: &str) -> String {
+            self.0.list_endpoint(rt)
+        }
+        fn lookup_endpoint(&self, rt: &str) -> String {
+            self.0.lookup_endpoint(rt)
+        }
+        fn max_ids_per_call(&self, rt: &str) -> usize {
+            self.0.max_ids_per_call(rt)
+        }
+        fn call_cost(&self, endpoint: &str) -> u32 {
+            self.0.call_cost(endpoint)
+        }
+        fn take_api_count(&self) -> Option<metered::connector::ApiCount> {
+            None
+        }
+        async fn list(&self, req: &ListRequest) -> Result<metered::connector::Page, ApiError> {
+            metered::connector::report_cost(4);
+            self.0.list(req).await
+        }
+        async fn lookup(
+            &self,
+            rt: &str,
+            ids: &[String],
+        ) -> Result<metered::connector::Page, ApiError> {
+            self.0.lookup(rt, ids).await
+        }
+        async fn send(
+            &self,
+            req: &metered::connector::SendRequest,
+        ) -> Result<serde_json::Value, ApiError> {
+            self.0.send(req).await
+        }
+    }
+    let (_clock, shared) = manual_clock();
+    let fx = sim_fixture(SimConfig::default(), shared.clone()).await;
+    let store = Arc::new(SqliteQuota::new(Db::in_memory().unwrap()));
+    let key = QuotaKey::new("acme", "sim");
+    let limits = Limits::seed_example();
+    let m = Metered::new(
+        Arc::new(Costly(fx.connector.clone())),
+        Quota::new(store.clone(), shared.clone()),
+        key.clone(),
+        limits.clone(),
+        "sync:costly",
+    );
+    m.list(&customers()).await.unwrap();
+    let state = store.state(&key, &limits, shared.now()).await.unwrap();
+    let today: u64 = state
+        .used
+        .iter()
+        .filter(|(w, _)| w.starts_with('d'))
+        .map(|(_, n)| *n)
+        .sum();
+    assert_eq!(today, 4, "the reported cost, not the estimate: {state:?}");
 }

@@ -6,7 +6,7 @@
 //! org was denied forever).
 
 use aws_sdk_dynamodb::types::AttributeValue;
-use metered::adapters::aws::quota::DynamoQuota;
+use metered::adapters::aws::DynamoQuota;
 use metered::adapters::aws::Table;
 use metered::quota::{Acquire, Grant, Limits, QuotaKey, QuotaStore};
 use metered_tests::lost_responses::{dynamodb_client, Losses};

@@ -10,7 +10,7 @@
 //! ```
 
 use futures::StreamExt;
-use metered::core::error::Disposition;
+use metered::core::Disposition;
 use metered::JobKind;
 use metered_tests::faults::Fault;
 use metered_tests::lost_responses::{dynamodb_client, Losses};
@@ -210,7 +210,7 @@ async fn run_case(adapter: Adapter, name: &str, inject: Inject) -> Option<Row> {
         Inject::EmptyPagesNewCursors => {
             scenario::world_with(adapter, |c| {
                 if let Some(s) = c.syncs.get_mut("customers") {
-                    s.complete_transfer = Some(metered::config::sync::CompleteTransferSettings {
+                    s.complete_transfer = Some(metered::config::CompleteTransferSettings {
                         every: std::time::Duration::from_secs(86_400),
                     });
                 }

@@ -5,12 +5,12 @@
 //! else's rows refused. Zero calls reach the simulated API while it serves.
 
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
-use metered::config::sync::{CompleteTransferSettings, SyncConfig};
-use metered::connector::secrets::Secret;
-use metered::handlers::hosted::{HostedRequest, HostedResponse, HostedService};
-use metered::store::hosted::{HostedRows, IndexState};
-use metered::store::outbox::OutboxRow;
-use metered::store::outbox::RowChange;
+use metered::config::{CompleteTransferSettings, SyncConfig};
+use metered::connector::Secret;
+use metered::handlers::{HostedRequest, HostedResponse, HostedService};
+use metered::store::OutboxRow;
+use metered::store::RowChange;
+use metered::store::{HostedRows, IndexState};
 use metered::JobKind;
 use metered::Tenant;
 use metered_sim::SimConfig;
@@ -209,7 +209,7 @@ async fn hosted_rows_are_served_per_user_and_org_without_api_calls(adapter: Adap
         .put_rows(
             &w.svc.key(org_b),
             "vips",
-            &[metered::store::outbox::RowWrite::new(
+            &[metered::store::RowWrite::new(
                 "cus_99999",
                 RowChange::Insert(json!({"id": "cus_99999", "tier": "gold"})),
             )],
@@ -728,7 +728,7 @@ async fn paging_serves_each_row_once_while_rows_change(adapter: Adapter) {
         page += 1;
         if page == 2 {
             let row = |id: &str, score: &str| {
-                metered::store::outbox::RowWrite::new(
+                metered::store::RowWrite::new(
                     id.to_string(),
                     RowChange::Insert(json!({"id": id, "tier": "gold", "score": score})),
                 )
@@ -740,7 +740,7 @@ async fn paging_serves_each_row_once_while_rows_change(adapter: Adapter) {
                     &[
                         row(&rewritten_behind, "rewritten"),
                         row(&rewritten_ahead, "rewritten"),
-                        metered::store::outbox::RowWrite::new(deleted.clone(), RowChange::Delete),
+                        metered::store::RowWrite::new(deleted.clone(), RowChange::Delete),
                         row("cus_zz_new", "new"),
                     ],
                     w.shared.now(),
@@ -787,7 +787,7 @@ async fn put(w: &World, org: &str, ds: &str, id: &str, tier: Option<&str>) {
         .put_rows_indexed(
             &w.svc.key(org),
             ds,
-            &[metered::store::outbox::RowWrite::new(id, change)],
+            &[metered::store::RowWrite::new(id, change)],
             index.as_ref(),
             w.shared.now(),
         )
@@ -958,7 +958,7 @@ async fn an_indexed_filter_reads_only_the_users_rows(adapter: Adapter) {
         .put_rows(
             &w.svc.key(ORG),
             "vips",
-            &[metered::store::outbox::RowWrite::new(
+            &[metered::store::RowWrite::new(
                 &moved,
                 RowChange::Insert(json!({"id": moved, "tier": "gold"})),
             )],
@@ -1131,7 +1131,7 @@ async fn the_function_answers_a_function_url_event() {
 struct BrokenRows;
 
 #[async_trait::async_trait]
-impl metered::store::hosted::HostedRows for BrokenRows {
+impl metered::store::HostedRows for BrokenRows {
     async fn index_state(&self, _: &Tenant, _: &str, _: &[String]) -> metered::Result<IndexState> {
         Ok(IndexState::default())
     }
@@ -1156,7 +1156,7 @@ impl metered::store::hosted::HostedRows for BrokenRows {
         _: &str,
         _: Option<&str>,
         _: u32,
-    ) -> metered::Result<Vec<metered::store::outbox::OutboxRow>> {
+    ) -> metered::Result<Vec<metered::store::OutboxRow>> {
         Err(metered::Error::Config(
             "table prod-metered-internal: ProvisionedThroughputExceeded".into(),
         ))
@@ -1193,7 +1193,7 @@ async fn a_store_failure_is_a_503_without_internal_detail() {
 
 /// Rows made up on the fly, counting what a request reads.
 struct Synthetic {
-    rows: Vec<metered::store::outbox::OutboxRow>,
+    rows: Vec<metered::store::OutboxRow>,
     read: std::sync::atomic::AtomicUsize,
 }
 
@@ -1201,7 +1201,7 @@ impl Synthetic {
     fn new(n: usize, row: impl Fn(usize) -> Value) -> Self {
         Self {
             rows: (0..n)
-                .map(|i| metered::store::outbox::OutboxRow {
+                .map(|i| metered::store::OutboxRow {
                     id: format!("r{i:06}"),
                     change: RowChange::Insert(row(i)),
                     stamp: "s".into(),
@@ -1213,7 +1213,7 @@ impl Synthetic {
 }
 
 #[async_trait::async_trait]
-impl metered::store::hosted::HostedRows for Synthetic {
+impl metered::store::HostedRows for Synthetic {
     async fn index_state(&self, _: &Tenant, _: &str, _: &[String]) -> metered::Result<IndexState> {
         Ok(IndexState::default())
     }
@@ -1236,7 +1236,7 @@ impl metered::store::hosted::HostedRows for Synthetic {
         _: &str,
         after: Option<&str>,
         limit: u32,
-    ) -> metered::Result<Vec<metered::store::outbox::OutboxRow>> {
+    ) -> metered::Result<Vec<metered::store::OutboxRow>> {
         let out: Vec<_> = self
             .rows
             .iter()
@@ -1328,7 +1328,7 @@ async fn a_response_stays_under_its_byte_cap_and_a_request_reads_a_bounded_numbe
     assert_eq!(ids(&all), ["r011997", "r011998", "r011999"]);
     let read = sparse.read.load(std::sync::atomic::Ordering::Relaxed);
     assert!(
-        read <= got.len() * metered::handlers::hosted::MAX_ROWS_READ.min(10 * 50),
+        read <= got.len() * metered::handlers::MAX_ROWS_READ.min(10 * 50),
         "{read} rows read over {} requests",
         got.len()
     );

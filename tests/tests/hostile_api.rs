@@ -2,10 +2,10 @@
 //! a sync, loops, leaks a secret or blocks an org), on both adapter sets
 //! with two orgs connected.
 
-use metered::config::sync::{
+use metered::config::{
     CompleteTransferSettings, LookupPolicy, PkLookupSettings, StormGuard, SyncConfig,
 };
-use metered::core::clock::Clock;
+use metered::core::Clock;
 use metered::JobKind;
 use metered_sim::SimConfig;
 use metered_tests::sync_world::{Adapter, World, ORGS};

@@ -1,11 +1,11 @@
 //! The Lambda edge: configuration from the environment, scheduler events,
 //! ad-hoc syncs, and a function refusing jobs that are not its own.
 
-use metered::config::sync::{CompleteTransferSettings, SyncConfig};
+use metered::config::{CompleteTransferSettings, SyncConfig};
 use metered::edge::lambda::DeployConfig;
 use metered::handlers::schedule::{parse_event, SchedulerEvent};
-use metered::jobs::envelope::{JobEnvelope, JobKind};
-use metered::jobs::runtime::{JobContext, JobRuntime, RestartPolicy, Settled};
+use metered::jobs::{JobContext, JobRuntime, RestartPolicy, Settled};
+use metered::jobs::{JobEnvelope, JobKind};
 use metered::Router;
 use metered_tests::sync_world::{Adapter, World, ORG, ORG_B};
 use std::collections::HashMap;
@@ -214,7 +214,7 @@ impl std::io::Write for Captured {
 struct Chatty;
 
 #[async_trait::async_trait]
-impl metered::jobs::runtime::JobHandler for Chatty {
+impl metered::jobs::JobHandler for Chatty {
     fn name(&self) -> &str {
         "chatty"
     }
@@ -244,7 +244,7 @@ fn every_job_log_line_names_its_message_job_kind_and_org() {
         .unwrap();
     let clock: metered::SharedClock = std::sync::Arc::new(metered::SystemClock);
     let db = metered::adapters::sqlite::Db::in_memory().unwrap();
-    let queue = std::sync::Arc::new(metered::adapters::sqlite::queue::SqliteQueue::new(
+    let queue = std::sync::Arc::new(metered::adapters::sqlite::SqliteQueue::new(
         db,
         "complete-transfer",
         clock.clone(),

@@ -3,7 +3,7 @@
 //! under the config `docs/limits.md` gives for it, and the API never
 //! answers 429 while nothing is lost. Both adapter sets.
 
-use metered::core::clock::Clock;
+use metered::core::Clock;
 use metered::AppConfig;
 use metered::JobKind;
 use metered::Limits;

@@ -2,7 +2,7 @@
 //! coincide, every job kind, faults at the steps that used to lose or double
 //! work. Each test failed before its fix (see the commit that added it).
 
-use metered::core::error::Disposition;
+use metered::core::Disposition;
 use metered::JobKind;
 use metered_tests::faults::Fault;
 use metered_tests::scenario::{self, Account};

@@ -260,12 +260,10 @@ async fn a_count_read_after_midnight_is_of_the_day_the_call_was_made(adapter: Ad
         } else {
             // Org B's own key: its day is its own.
             std::sync::Arc::new(
-                metered::connector::http::HttpConnector::new(
+                metered::connector::HttpConnector::new(
                     w.fx.config.clone(),
-                    metered::connector::http::http_client(&w.fx.config.app.timeouts).unwrap(),
-                    Some(metered::connector::secrets::Secret::new(
-                        w.api_keys[org].clone(),
-                    )),
+                    metered::connector::http_client(&w.fx.config.app.timeouts).unwrap(),
+                    Some(metered::connector::Secret::new(w.api_keys[org].clone())),
                     w.shared.clone(),
                 )
                 .unwrap(),

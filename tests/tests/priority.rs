@@ -5,7 +5,7 @@
 //! priority; a second org with the same names is untouched.
 
 use chrono::TimeZone;
-use metered::core::clock::{ManualClock, SharedClock};
+use metered::core::{ManualClock, SharedClock};
 use metered::quota::{Admission, Call, DenyReason, Limits, Quota, QuotaKey};
 use metered_tests::sync_world::Adapter;
 use std::sync::atomic::{AtomicU32, Ordering};

@@ -6,7 +6,7 @@
 //! adapters; the store's requests counted at the port.
 
 use chrono::TimeZone;
-use metered::core::clock::{ManualClock, SharedClock};
+use metered::core::{ManualClock, SharedClock};
 use metered::quota::{Admission, Call, DenyReason, Limits, Quota, QuotaKey, QuotaStore};
 use metered_tests::faults::{Faults, FaultyQuota};
 use metered_tests::sync_world::Adapter;

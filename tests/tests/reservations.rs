@@ -4,7 +4,7 @@
 
 use chrono::TimeZone;
 use metered::connector::{ListRequest, Metered};
-use metered::core::clock::{ManualClock, SharedClock};
+use metered::core::{ManualClock, SharedClock};
 use metered::quota::{Limits, Quota, QuotaKey, QuotaStore};
 use metered_sim::SimConfig;
 use metered_tests::faults::{Faults, FaultyQuota};
@@ -61,7 +61,7 @@ async fn a_reservation_stops_at_the_end_of_its_windows(adapter: Adapter) {
 }
 
 fn clock_now(c: &ManualClock) -> metered::Timestamp {
-    metered::core::clock::Clock::now(c)
+    metered::core::Clock::now(c)
 }
 
 /// Twenty calls of 10 s on a 60 s lease: the lease is renewed when less

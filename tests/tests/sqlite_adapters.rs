@@ -1,8 +1,8 @@
 //! The conformance suites (quota, store, queue) on the embedded SQLite adapters.
 
-use metered::adapters::sqlite::queue::SqliteQueue;
-use metered::adapters::sqlite::quota::SqliteQuota;
 use metered::adapters::sqlite::Db;
+use metered::adapters::sqlite::SqliteQueue;
+use metered::adapters::sqlite::SqliteQuota;
 use metered_tests::manual_clock;
 use metered_tests::queue_suite::Fixture;
 use std::sync::Arc;
@@ -26,7 +26,7 @@ async fn queue() -> Fixture {
 }
 
 async fn store() -> metered_tests::store_suite::Fixture {
-    let store = Arc::new(metered::adapters::sqlite::store::SqliteStore::new(
+    let store = Arc::new(metered::adapters::sqlite::SqliteStore::new(
         Db::in_memory().unwrap(),
     ));
     metered_tests::store_suite::Fixture {

@@ -2,7 +2,7 @@
 //! sets: SQLite, and DynamoDB Local + ministack SQS. Time is a manual clock.
 
 use chrono::Duration;
-use metered::config::sync::{
+use metered::config::{
     CompleteTransferSettings, LookupPolicy, PkLookupSettings, RecentSettings, StormGuard,
     SyncConfig,
 };
@@ -555,14 +555,9 @@ async fn an_adhoc_sync_reports_its_cost_first(adapter: Adapter) {
     .await;
     w.start(JobKind::CompleteTransfer, "invoices").await;
     w.drive().await;
-    let estimate = metered::handlers::sync::estimate::estimate(
-        &w.svc,
-        ORG,
-        JobKind::CompleteTransfer,
-        "invoices",
-    )
-    .await
-    .unwrap();
+    let estimate = metered::handlers::estimate(&w.svc, ORG, JobKind::CompleteTransfer, "invoices")
+        .await
+        .unwrap();
     assert_eq!(estimate.sync_calls, 4, "{estimate:?}");
     assert_eq!(
         estimate.pk_lookup_calls.get("customers"),
@@ -571,7 +566,7 @@ async fn an_adhoc_sync_reports_its_cost_first(adapter: Adapter) {
     );
     let before = w.sim().stats().served();
     w.clock.advance(Duration::hours(1));
-    metered::handlers::start::start_sync(&w.svc, ORG, JobKind::CompleteTransfer, "invoices", true)
+    metered::handlers::start_sync(&w.svc, ORG, JobKind::CompleteTransfer, "invoices", true)
         .await
         .unwrap()
         .unwrap();
@@ -645,7 +640,7 @@ async fn steady_transfers_read_no_stored_records_for_unchanged_pages(adapter: Ad
 /// to record the start first and keep it, so the sync waited a whole
 /// period), and one org's store error never holds back the other's.
 async fn a_failed_start_or_one_orgs_error_never_delays_a_sync(adapter: Adapter) {
-    use metered::core::error::Disposition;
+    use metered::core::Disposition;
     use metered_tests::faults::Fault;
     let w = World::new(adapter, SimConfig::default(), |c| {
         sync(

@@ -160,7 +160,7 @@ fn the_deployed_shape_is_the_one_the_library_plays() {
                 i64::from(shape.visibility_secs) + i64::from(shape.timeout_secs),
             );
             assert!(
-                metered::jobs::envelope::sync_lease() > outlives,
+                metered::jobs::sync_lease() > outlives,
                 "{name}: the sync lease outlives a crashed run's redelivery"
             );
         }
@@ -290,8 +290,8 @@ fn the_budget_burn_alarm_watches_what_the_functions_emit() {
     use chrono::TimeZone;
     let t = template();
     let alarm = &t["Resources"]["BudgetBurnAlarm"]["Properties"];
-    assert_eq!(alarm["Namespace"], metered::core::metrics::NAMESPACE);
-    assert_eq!(alarm["MetricName"], metered::core::metrics::EARLY_BURN);
+    assert_eq!(alarm["Namespace"], metered::core::NAMESPACE);
+    assert_eq!(alarm["MetricName"], metered::core::EARLY_BURN);
     assert!(
         alarm.get("Dimensions").is_none(),
         "published without dimensions"
@@ -308,7 +308,7 @@ fn the_budget_burn_alarm_watches_what_the_functions_emit() {
     let cutoff = t["Parameters"]["BurnAlarmBeforeHourUtc"]["Default"]
         .as_u64()
         .unwrap() as u32;
-    let m = metered::core::metrics::Metrics::new();
+    let m = metered::core::Metrics::new();
     m.burn("crm", "acme", "d2026-11-23", 90, 100);
     let before = chrono::Utc
         .with_ymd_and_hms(2026, 11, 23, cutoff - 1, 59, 0)
@@ -318,10 +318,10 @@ fn the_budget_burn_alarm_watches_what_the_functions_emit() {
         .as_array()
         .unwrap()
         .iter()
-        .find(|d| d["Metrics"][0]["Name"] == metered::core::metrics::EARLY_BURN)
+        .find(|d| d["Metrics"][0]["Name"] == metered::core::EARLY_BURN)
         .expect("published before the cutoff");
     assert_eq!(published["Dimensions"], serde_json::json!([[]]));
-    assert_eq!(published["Namespace"], metered::core::metrics::NAMESPACE);
+    assert_eq!(published["Namespace"], metered::core::NAMESPACE);
     let lookup = |name: &str| match name {
         "METERED_TABLE" => Some("t".to_string()),
         "METERED_APP_CONFIG_SSM" => Some("/p".to_string()),

@@ -3,8 +3,8 @@
 //! before its fix (see the commit that added it), on both adapter sets,
 //! with two organizations whose record ids coincide.
 
-use metered::config::sync::{CompleteTransferSettings, SyncConfig};
-use metered::core::error::Disposition;
+use metered::config::{CompleteTransferSettings, SyncConfig};
+use metered::core::Disposition;
 use metered::AppConfig;
 use metered::JobKind;
 use metered::Limits;
@@ -331,7 +331,7 @@ async fn the_same_failure_run_after_run_pauses_the_connection(adapter: Adapter) 
     }
     // The 4th run waits, holding its sync: the next tick starts nothing.
     for org in ORGS {
-        let started = metered::handlers::start::start_sync(
+        let started = metered::handlers::start_sync(
             &w.svc,
             org,
             JobKind::CompleteTransfer,

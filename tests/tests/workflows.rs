@@ -2,9 +2,9 @@
 //! decision nodes, exactly-once actions, related-record relookups, bulk
 //! executions under a tight budget, and dry runs.
 
-use metered::config::sync::{CompleteTransferSettings, SyncConfig};
-use metered::handlers::payload::RunPayload;
-use metered::jobs::envelope::{JobEnvelope, JobKind};
+use metered::config::{CompleteTransferSettings, SyncConfig};
+use metered::handlers::RunPayload;
+use metered::jobs::{JobEnvelope, JobKind};
 use metered::AppConfig;
 use metered::Limits;
 use metered_sim::SimConfig;
@@ -101,7 +101,7 @@ async fn decision_nodes_spend_only_on_passing_records(adapter: Adapter) {
         0,
         "created records do not trigger an `updated` workflow"
     );
-    let handler = metered::handlers::workflow::WorkflowHandler::new(w.svc.clone()).unwrap();
+    let handler = metered::handlers::WorkflowHandler::new(w.svc.clone()).unwrap();
     let estimate = handler.estimate(ORG, "vip", None).await.unwrap();
     assert_eq!((estimate.records, estimate.passing), (1_000, 100));
     assert_eq!(
@@ -222,7 +222,7 @@ async fn actions_fire_once_under_duplicates_restarts_and_crashes(adapter: Adapte
     metered::connector::Connector::send(&*w.fx.connector, &req)
         .await
         .unwrap();
-    let payload = metered::handlers::payload::HttpActionPayload {
+    let payload = metered::handlers::HttpActionPayload {
         workflow: "vip".into(),
         action: 0,
         record_id: stored.id.clone(),
@@ -764,7 +764,7 @@ async fn a_refused_row_costs_only_that_row(adapter: Adapter) {
             1
         );
         let ds = w.svc.config.datasource("vips").unwrap();
-        metered::handlers::datasource::schedule_flush(&w.svc, org, &ds, true)
+        metered::handlers::schedule_flush(&w.svc, org, &ds, true)
             .await
             .unwrap();
     }

@@ -1,9 +1,9 @@
 //! Calls through the connector against the simulator on loopback.
 
 use super::{row, uuid_like, Latencies};
-use metered::adapters::sqlite::quota::SqliteQuota;
 use metered::adapters::sqlite::Db;
-use metered::core::clock::{SharedClock, SystemClock};
+use metered::adapters::sqlite::SqliteQuota;
+use metered::core::{SharedClock, SystemClock};
 use metered::quota::{Limits, Quota, QuotaKey};
 use std::sync::Arc;
 use std::time::Instant;
@@ -25,11 +25,11 @@ pub async fn section(n: u32) -> Result<(), Box<dyn std::error::Error>> {
     let app = Arc::new(metered::AppConfig::parse(&metered_sim::app_config(
         &server.base_url(),
     ))?);
-    let client = metered::connector::http::http_client(&app.app.timeouts)?;
-    let connector: Arc<dyn Connector> = Arc::new(metered::connector::http::HttpConnector::new(
+    let client = metered::connector::http_client(&app.app.timeouts)?;
+    let connector: Arc<dyn Connector> = Arc::new(metered::connector::HttpConnector::new(
         app.clone(),
         client,
-        Some(metered::connector::secrets::Secret::new("bench-key")),
+        Some(metered::connector::Secret::new("bench-key")),
         clock.clone(),
     )?);
     let req = ListRequest {

@@ -5,10 +5,10 @@
 //! (half the rows pass), as the platform's sync would.
 
 use super::{row, uuid_like, Latencies};
-use metered::connector::secrets::Secret;
-use metered::handlers::hosted::{HostedRequest, HostedService};
-use metered::store::hosted::{HostedRows, IndexState};
-use metered::store::outbox::{Outbox, RowChange};
+use metered::connector::Secret;
+use metered::handlers::{HostedRequest, HostedService};
+use metered::store::{HostedRows, IndexState};
+use metered::store::{Outbox, RowChange};
 use metered::AppConfig;
 use metered::Tenant;
 use std::collections::BTreeMap;
@@ -50,14 +50,14 @@ async fn fill<S: Outbox + ?Sized>(
     key: &Tenant,
     n: usize,
 ) -> Result<(), Box<dyn std::error::Error>> {
-    let rows: Vec<metered::store::outbox::RowWrite> = (0..n)
+    let rows: Vec<metered::store::RowWrite> = (0..n)
         .map(|i| {
             let id = format!("row_{i:06}");
             let change = RowChange::Insert(serde_json::json!({
                 "id": id, "team": if i % 2 == 0 { "a" } else { "b" },
                 "customer": format!("Customer {i}"), "amount_cents": i * 100,
             }));
-            metered::store::outbox::RowWrite::new(id, change)
+            metered::store::RowWrite::new(id, change)
         })
         .collect();
     for chunk in rows.chunks(500) {
@@ -179,7 +179,7 @@ pub(super) async fn section(dynamodb_url: Option<&str>) -> Result<(), Box<dyn st
     let mut sweep = Vec::new();
     for n in [100usize, 1_000, 10_000] {
         let db = metered::adapters::sqlite::Db::open(dir.join(format!("{n}.sqlite")))?;
-        let store = Arc::new(metered::adapters::sqlite::store::SqliteStore::new(db));
+        let store = Arc::new(metered::adapters::sqlite::SqliteStore::new(db));
         fill(store.as_ref(), &key, n).await?;
         let s = Arc::new(service(&config, store)?);
         print(
@@ -198,7 +198,7 @@ pub(super) async fn section(dynamodb_url: Option<&str>) -> Result<(), Box<dyn st
                 format!("metered-bench-hosted-{}", uuid_like()),
             );
             table.create_if_missing().await?;
-            let store = Arc::new(metered::adapters::aws::store::DynamoStore::new(table));
+            let store = Arc::new(metered::adapters::aws::DynamoStore::new(table));
             fill(store.as_ref(), &key, n).await?;
             let s = Arc::new(service(&config, store)?);
             print(
@@ -250,7 +250,7 @@ impl HostedRows for Counting {
         datasource: &str,
         after: Option<&str>,
         limit: u32,
-    ) -> metered::Result<Vec<metered::store::outbox::OutboxRow>> {
+    ) -> metered::Result<Vec<metered::store::OutboxRow>> {
         let rows = self.inner.rows_after(key, datasource, after, limit).await?;
         self.read
             .fetch_add(rows.len() as u64, std::sync::atomic::Ordering::Relaxed);
@@ -271,7 +271,7 @@ impl HostedRows for Counting {
         part: &str,
         after: Option<&str>,
         limit: u32,
-    ) -> metered::Result<Vec<metered::store::outbox::OutboxRow>> {
+    ) -> metered::Result<Vec<metered::store::OutboxRow>> {
         let rows = self
             .inner
             .part_rows_after(key, datasource, part, after, limit)
@@ -348,7 +348,7 @@ async fn per_user(
     println!("\nHosted GET per user ({USERS} users with 10 rows each, every page of 100, handler on SQLite)");
     for n in [1_000usize, 10_000, 100_000] {
         let db = metered::adapters::sqlite::Db::open(dir.join(format!("users-{n}.sqlite")))?;
-        let sqlite = Arc::new(metered::adapters::sqlite::store::SqliteStore::new(db));
+        let sqlite = Arc::new(metered::adapters::sqlite::SqliteStore::new(db));
         per_user_at(&config, sqlite, n).await?;
     }
     if let Some(url) = dynamodb_url {
@@ -360,7 +360,7 @@ async fn per_user(
                 format!("metered-bench-users-{}", uuid_like()),
             );
             table.create_if_missing().await?;
-            let store = Arc::new(metered::adapters::aws::store::DynamoStore::new(table));
+            let store = Arc::new(metered::adapters::aws::DynamoStore::new(table));
             per_user_at(&config, store, n).await?;
         }
     }
@@ -376,7 +376,7 @@ async fn per_user_at<S: Outbox + HostedRows + 'static>(
     let index = config.datasource("rows")?.row_index();
     let write = |i: usize| {
         let id = format!("row_{i:06}");
-        metered::store::outbox::RowWrite::new(
+        metered::store::RowWrite::new(
             id.clone(),
             RowChange::Insert(serde_json::json!({
                 "id": id, "customer": format!("c{}", i / 10), "amount_cents": i * 100,

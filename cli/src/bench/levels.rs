@@ -13,7 +13,7 @@
 //!   limit in any trailing minute, and the share of the allowance used.
 
 use super::uuid_like;
-use metered::core::clock::{ManualClock, SharedClock, SystemClock, Timestamp};
+use metered::core::{ManualClock, SharedClock, SystemClock, Timestamp};
 use metered::quota::{Admission, Call, Limits, Quota, QuotaKey, QuotaStore};
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};

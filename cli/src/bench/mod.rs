@@ -101,14 +101,14 @@ pub(super) async fn quota_stores(
     let counted = db.clone();
     let mut stores: Vec<(String, Arc<dyn QuotaStore>, Requests)> = vec![(
         "SQLite".to_string(),
-        Arc::new(metered::adapters::sqlite::quota::SqliteQuota::new(db)),
+        Arc::new(metered::adapters::sqlite::SqliteQuota::new(db)),
         Arc::new(move || counted.round_trips()),
     )];
     if let Some(url) = dynamodb_url {
         let (table, count) = quota::counted_table(url).await?;
         stores.push((
             format!("DynamoDB at {url}"),
-            Arc::new(metered::adapters::aws::quota::DynamoQuota::new(table)),
+            Arc::new(metered::adapters::aws::DynamoQuota::new(table)),
             Arc::new(move || count.get()),
         ));
     }

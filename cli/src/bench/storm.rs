@@ -13,9 +13,9 @@
 //! last was done and the wake-ups per refused job.
 
 use super::uuid_like;
-use metered::core::clock::{ManualClock, Timestamp};
-use metered::jobs::envelope::{JobEnvelope, JobKind};
-use metered::jobs::fate::RestartPolicy;
+use metered::core::{ManualClock, Timestamp};
+use metered::jobs::RestartPolicy;
+use metered::jobs::{JobEnvelope, JobKind};
 use metered::quota::{Admission, Call, Limits, Quota, QuotaKey, QuotaStore};
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;

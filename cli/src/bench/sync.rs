@@ -9,14 +9,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 fn manual_now(clock: &metered::ManualClock) -> chrono::DateTime<chrono::Utc> {
-    use metered::core::clock::Clock;
+    use metered::core::Clock;
     clock.now()
 }
 
 /// The reference run: 10,000 invoices referencing 2,000 customers,
 /// pages of 200, bulk lookups of 50, on SQLite against the simulator.
 pub async fn section() -> Result<(), Box<dyn std::error::Error>> {
-    use metered::config::sync::{
+    use metered::config::{
         CompleteTransferSettings, ConnectionConfig, LookupPolicy, PkLookupSettings, StormGuard,
         SyncConfig,
     };
@@ -64,12 +64,12 @@ pub async fn section() -> Result<(), Box<dyn std::error::Error>> {
     );
     app.validate()?;
     let app = Arc::new(app);
-    let client = metered::connector::http::http_client(&app.app.timeouts)?;
+    let client = metered::connector::http_client(&app.app.timeouts)?;
     let connector: Arc<dyn metered::connector::Connector> =
-        Arc::new(metered::connector::http::HttpConnector::new(
+        Arc::new(metered::connector::HttpConnector::new(
             app.clone(),
             client,
-            Some(metered::connector::secrets::Secret::new("bench-key")),
+            Some(metered::connector::Secret::new("bench-key")),
             clock.clone(),
         )?);
     let dir = std::env::temp_dir().join(format!("metered-bench-sync-{}", uuid_like()));
@@ -89,7 +89,7 @@ pub async fn section() -> Result<(), Box<dyn std::error::Error>> {
         .filter_map(|r| r["customer_id"].as_str().map(str::to_string))
         .collect();
     let t = Instant::now();
-    metered::handlers::start::start_sync(
+    metered::handlers::start_sync(
         &runner.svc,
         "bench",
         JobKind::CompleteTransfer,
@@ -150,7 +150,7 @@ pub async fn section() -> Result<(), Box<dyn std::error::Error>> {
         sim.stats().calls("GET /invoices"),
     );
     let t = Instant::now();
-    metered::handlers::start::start_sync(
+    metered::handlers::start_sync(
         &runner.svc,
         "bench",
         JobKind::CompleteTransfer,

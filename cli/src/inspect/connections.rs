@@ -27,7 +27,7 @@ pub struct ConnectionsArgs {
 pub async fn connections(args: ConnectionsArgs) -> Result<(), BoxError> {
     let (store, scope): (Arc<dyn QuotaStore>, Scope) = match &args.dynamodb_table {
         Some(table) => (
-            Arc::new(metered::adapters::aws::quota::DynamoQuota::new(
+            Arc::new(metered::adapters::aws::DynamoQuota::new(
                 dynamo_table(table).await,
             )),
             scope(&args.common, None).await?,
@@ -36,7 +36,7 @@ pub async fn connections(args: ConnectionsArgs) -> Result<(), BoxError> {
             let db = open_db(&args.common.db)?;
             let scope = scope(&args.common, Some((&db, &args.common.db))).await?;
             (
-                Arc::new(metered::adapters::sqlite::quota::SqliteQuota::new(db)),
+                Arc::new(metered::adapters::sqlite::SqliteQuota::new(db)),
                 scope,
             )
         }

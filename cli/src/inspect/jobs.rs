@@ -2,7 +2,7 @@
 
 use super::{open_db, scope, Common};
 use crate::system::BoxError;
-use metered::jobs::envelope::{JobEnvelope, JobKind};
+use metered::jobs::{JobEnvelope, JobKind};
 use metered::store::RecordStore;
 use metered::Tenant;
 use std::collections::BTreeMap;
@@ -90,7 +90,7 @@ pub async fn jobs(args: JobsArgs) -> Result<(), BoxError> {
                 reason: job.as_ref().and_then(|j| j.last_reason.clone()),
             });
         }
-        for dead in metered::jobs::queue::JobQueue::dead_letters(&*q, 10_000).await? {
+        for dead in metered::jobs::JobQueue::dead_letters(&*q, 10_000).await? {
             let job = JobEnvelope::parse(&dead.body).ok();
             out.push(JobLine {
                 state: "dead",
@@ -131,7 +131,7 @@ pub async fn jobs(args: JobsArgs) -> Result<(), BoxError> {
     }
     // Quarantined records are work that will not happen by itself: say so.
     if let Ok(scope) = scope(&args.common, Some((&db, &args.common.db))).await {
-        let store = metered::adapters::sqlite::store::SqliteStore::new(db.clone());
+        let store = metered::adapters::sqlite::SqliteStore::new(db.clone());
         let mut n = 0;
         for org in &scope.orgs {
             n += store
@@ -145,7 +145,7 @@ pub async fn jobs(args: JobsArgs) -> Result<(), BoxError> {
     }
     // A paused connection's jobs wait for it: say which and why.
     let now = chrono::Utc::now();
-    let quota = metered::adapters::sqlite::quota::SqliteQuota::new(db.clone());
+    let quota = metered::adapters::sqlite::SqliteQuota::new(db.clone());
     for (org, app) in &connections {
         let health = metered::quota::QuotaStore::health(&quota, &Tenant::new(org, app)).await?;
         if health.paused_at(now) {

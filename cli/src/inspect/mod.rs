@@ -62,7 +62,7 @@ async fn store_and_scope(
 ) -> Result<(Arc<dyn RecordStore>, Scope), BoxError> {
     Ok(match dynamodb_table {
         Some(table) => (
-            Arc::new(metered::adapters::aws::store::DynamoStore::new(
+            Arc::new(metered::adapters::aws::DynamoStore::new(
                 dynamo_table(table).await,
             )),
             scope(common, None).await?,
@@ -71,7 +71,7 @@ async fn store_and_scope(
             let db = open_db(&common.db)?;
             let scope = scope(common, Some((&db, &common.db))).await?;
             (
-                Arc::new(metered::adapters::sqlite::store::SqliteStore::new(db)),
+                Arc::new(metered::adapters::sqlite::SqliteStore::new(db)),
                 scope,
             )
         }

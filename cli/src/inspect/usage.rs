@@ -35,10 +35,8 @@ pub async fn usage(args: UsageArgs) -> Result<(), BoxError> {
         Some(table) => {
             let table = dynamo_table(table).await;
             (
-                Arc::new(metered::adapters::aws::quota::DynamoQuota::new(
-                    table.clone(),
-                )),
-                Arc::new(metered::adapters::aws::store::DynamoStore::new(table)),
+                Arc::new(metered::adapters::aws::DynamoQuota::new(table.clone())),
+                Arc::new(metered::adapters::aws::DynamoStore::new(table)),
                 scope(&args.common, None).await?,
             )
         }
@@ -54,10 +52,8 @@ pub async fn usage(args: UsageArgs) -> Result<(), BoxError> {
                 );
             }
             (
-                Arc::new(metered::adapters::sqlite::quota::SqliteQuota::new(
-                    db.clone(),
-                )),
-                Arc::new(metered::adapters::sqlite::store::SqliteStore::new(db)),
+                Arc::new(metered::adapters::sqlite::SqliteQuota::new(db.clone())),
+                Arc::new(metered::adapters::sqlite::SqliteStore::new(db)),
                 scope,
             )
         }

@@ -3,7 +3,7 @@
 use super::*;
 
 /// Two orgs' dead-lettered jobs with the same id, on one queue.
-async fn dead_letter_two_orgs(queue: &dyn metered::jobs::queue::JobQueue) {
+async fn dead_letter_two_orgs(queue: &dyn metered::jobs::JobQueue) {
     for org in ["acme", "globex"] {
         let mut job = metered::JobEnvelope::new(
             metered::JobKind::Workflow,
@@ -91,7 +91,7 @@ async fn dead_letters_are_listed_and_redriven_on_sqlite() {
     let dir = tmp("dlq-sqlite");
     let db = metered::adapters::sqlite::Db::open(dir.join("q.sqlite")).unwrap();
     let clock: metered::SharedClock = std::sync::Arc::new(metered::SystemClock);
-    let queue = metered::adapters::sqlite::queue::SqliteQueue::new(db, "workflow", clock, 5);
+    let queue = metered::adapters::sqlite::SqliteQueue::new(db, "workflow", clock, 5);
     dead_letter_two_orgs(&queue).await;
     let run = |args: &[&str]| {
         let mut all = args.to_vec();
@@ -116,7 +116,7 @@ async fn dead_letters_are_listed_and_redriven_on_sqlite() {
 
 #[tokio::test]
 async fn dead_letters_are_listed_and_redriven_on_ministack_sqs() {
-    use metered::jobs::queue::JobQueue;
+    use metered::jobs::JobQueue;
     let url = std::env::var("METERED_TEST_SQS_URL")
         .expect("METERED_TEST_SQS_URL: run `bash infra/test.sh`, which starts ministack");
     let client = aws_sdk_sqs::Client::new(&metered::adapters::aws::local_sdk_config(&url));
@@ -126,8 +126,7 @@ async fn dead_letters_are_listed_and_redriven_on_ministack_sqs() {
         let out = client.create_queue().queue_name(q).send().await.unwrap();
         urls.push(out.queue_url.unwrap());
     }
-    let queue =
-        metered::adapters::aws::queue::SqsQueue::new(client, &urls[0], &urls[1]).with_wait_secs(0);
+    let queue = metered::adapters::aws::SqsQueue::new(client, &urls[0], &urls[1]).with_wait_secs(0);
     dead_letter_two_orgs(&queue).await;
     let dir = tmp("dlq-sqs");
     let run = |args: &[&str]| {
@@ -165,7 +164,7 @@ async fn dead_letters_are_listed_and_redriven_on_ministack_sqs() {
 /// finishes exactly that job; globex's stays dead until redriven.
 #[tokio::test]
 async fn a_redriven_dead_letter_runs_to_completion_on_sqlite() {
-    use metered::jobs::ledger::{Claim, JobLedger};
+    use metered::jobs::{Claim, JobLedger};
     let dir = tmp("redrive-done");
     let example = include_str!("../../examples/booking.toml");
     let head = &example[..example.find("[record_types.invoices]").unwrap()];
@@ -253,7 +252,7 @@ async fn a_redriven_dead_letter_runs_to_completion_on_sqlite() {
         "it ran at once: {second}"
     );
     let db = metered::adapters::sqlite::Db::open(dir.join("d.sqlite")).unwrap();
-    let store = metered::adapters::sqlite::store::SqliteStore::new(db);
+    let store = metered::adapters::sqlite::SqliteStore::new(db);
     let key = metered::QuotaKey::new("acme", "sim-booking");
     let now = chrono::Utc::now() + chrono::Duration::days(3);
     assert_eq!(

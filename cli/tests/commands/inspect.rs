@@ -28,7 +28,7 @@ async fn usage_records_and_quarantine_read_dynamodb_too() {
         )]
         .into(),
     };
-    metered::adapters::aws::quota::DynamoQuota::new(table.clone())
+    metered::adapters::aws::DynamoQuota::new(table.clone())
         .record_usage(&[entry])
         .await
         .unwrap();
@@ -37,7 +37,7 @@ async fn usage_records_and_quarantine_read_dynamodb_too() {
         updated_at: None,
         data: serde_json::json!({"id": "cls_001", "title": "Yoga"}),
     };
-    let store = metered::adapters::aws::store::DynamoStore::new(table);
+    let store = metered::adapters::aws::DynamoStore::new(table);
     let scope = metered::QuotaKey::new("acme", "sim-booking");
     metered::store::RecordStore::upsert(&store, &scope, "classes", &[record], chrono::Utc::now())
         .await
@@ -81,7 +81,7 @@ async fn usage_records_and_quarantine_read_dynamodb_too() {
 
     // A Data Source row the API refused: listed with the reason, retried
     // back to waiting. Org `beta` has a row with the same id, untouched.
-    use metered::store::outbox::{Outbox, Refusal, RowChange, RowWrite};
+    use metered::store::{Outbox, Refusal, RowChange, RowWrite};
     let now = chrono::Utc::now();
     let beta = metered::QuotaKey::new("beta", "sim-booking");
     for key in [&scope, &beta] {
@@ -121,7 +121,7 @@ async fn usage_records_and_quarantine_read_dynamodb_too() {
     assert!(retried[0]["refused"].as_array().unwrap().is_empty());
     assert_eq!(store.pending_count(&beta, "vips").await.unwrap(), 1);
     // A paused connection is listed with its reason and resumed.
-    let quota = metered::adapters::aws::quota::DynamoQuota::new(dynamo_table_for_test(&url, &name));
+    let quota = metered::adapters::aws::DynamoQuota::new(dynamo_table_for_test(&url, &name));
     let paused = metered::quota::Health::default().after_auth_failure(
         "GET /invoices: HTTP 401",
         now,
@@ -168,8 +168,8 @@ async fn inspect_commands_read_the_app_the_database_holds() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("holds no app's data yet"), "{err}");
 
-    let store = metered::adapters::sqlite::store::SqliteStore::new(db.clone());
-    let quota = metered::adapters::sqlite::quota::SqliteQuota::new(db.clone());
+    let store = metered::adapters::sqlite::SqliteStore::new(db.clone());
+    let quota = metered::adapters::sqlite::SqliteQuota::new(db.clone());
     let day = chrono::NaiveDate::from_ymd_opt(2026, 11, 22).unwrap();
     // Two orgs of one app whose record ids coincide.
     for (org, calls) in [("acme", 3), ("globex", 5)] {
@@ -338,18 +338,13 @@ async fn inspect_commands_read_the_app_the_database_holds() {
 /// kind and reason, and filters by org, kind and reason, as text and JSON.
 #[tokio::test]
 async fn jobs_are_listed_counted_and_filtered() {
-    use metered::jobs::envelope::{JobEnvelope, JobKind};
-    use metered::jobs::queue::JobQueue;
+    use metered::jobs::JobQueue;
+    use metered::jobs::{JobEnvelope, JobKind};
     let dir = tmp("jobs");
     let db = metered::adapters::sqlite::Db::open(dir.join("q.sqlite")).unwrap();
     let clock: metered::SharedClock = std::sync::Arc::new(metered::SystemClock);
     let queue = |kind: JobKind| {
-        metered::adapters::sqlite::queue::SqliteQueue::new(
-            db.clone(),
-            kind.as_str(),
-            clock.clone(),
-            5,
-        )
+        metered::adapters::sqlite::SqliteQueue::new(db.clone(), kind.as_str(), clock.clone(), 5)
     };
     let now = chrono::Utc::now();
     // Both orgs have a job with the same id, as tenants' ids coincide.
@@ -448,7 +443,7 @@ async fn jobs_are_listed_counted_and_filtered() {
         "ids whole: {text}"
     );
     // A paused connection is named under the jobs that wait for it.
-    let quota = metered::adapters::sqlite::quota::SqliteQuota::new(db.clone());
+    let quota = metered::adapters::sqlite::SqliteQuota::new(db.clone());
     let paused = metered::quota::Health::default().after_auth_failure(
         "GET /invoices: HTTP 401",
         now,

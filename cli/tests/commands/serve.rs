@@ -10,8 +10,8 @@ use super::*;
 /// no API call.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_answers_hosted_get_from_the_database_a_run_writes() {
-    use metered::store::hosted::HostedRows;
-    use metered::store::outbox::{Outbox, RowChange};
+    use metered::store::HostedRows;
+    use metered::store::{Outbox, RowChange};
     let dir = tmp("serve");
     let config = format!(
         "{}\n[datasources.gold_invoices]\nmode = \"hosted\"\nsecret = {{ env = \"GOLD_JWT\" }}\n",
@@ -45,7 +45,7 @@ async fn serve_answers_hosted_get_from_the_database_a_run_writes() {
         "{report}"
     );
     let db = metered::adapters::sqlite::Db::open(dir.join("t.sqlite")).unwrap();
-    let store = metered::adapters::sqlite::store::SqliteStore::new(db);
+    let store = metered::adapters::sqlite::SqliteStore::new(db);
     let key = metered::QuotaKey::new("acme", "sim-booking");
     let expected: std::collections::BTreeSet<String> = store
         .rows_after(&key, "gold_invoices", None, 100_000)
@@ -119,7 +119,7 @@ async fn serve_answers_hosted_get_from_the_database_a_run_writes() {
         .put_rows(
             &key,
             "gold_invoices",
-            &[metered::store::outbox::RowWrite::new(
+            &[metered::store::RowWrite::new(
                 "inv_new",
                 RowChange::Insert(serde_json::json!({"id": "inv_new"})),
             )],

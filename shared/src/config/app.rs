@@ -588,7 +588,10 @@ pub(crate) fn normalise_endpoint(endpoint: &str) -> String {
 
 /// A time as an API writes it: an RFC 3339 string, or a number (or numeric
 /// string) of seconds, or of milliseconds for [`TimeFormat::UnixMillis`].
-pub fn parse_time(v: &serde_json::Value, f: TimeFormat) -> Option<crate::core::clock::Timestamp> {
+pub(crate) fn parse_time(
+    v: &serde_json::Value,
+    f: TimeFormat,
+) -> Option<crate::core::clock::Timestamp> {
     use chrono::{DateTime, Utc};
     use serde_json::Value;
     match (v, f) {

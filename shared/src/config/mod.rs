@@ -1,14 +1,24 @@
 //! The one app configuration tree: the third-party app and its record types
-//! ([`app`]), the syncs ([`sync`]), the workflows ([`workflow`]) and the
-//! `{{ record.field }}` language of their action templates ([`template`]), loaded
-//! and validated in one pass by [`app::AppConfig`]. Speaks the quota's
+//! (`app.rs`), the syncs (`sync.rs`), the workflows (`workflow.rs`) and the
+//! `{{ record.field }}` language of their action templates (`template.rs`),
+//! loaded and validated in one pass by [`AppConfig`]. Speaks the quota's
 //! [`crate::quota::Limits`]; knows nothing of handlers or adapters.
 
-pub mod app;
-pub mod datasource;
+pub(crate) mod app;
+pub(crate) mod datasource;
 pub(crate) mod row_index;
-pub mod secret;
-pub mod sync;
+pub(crate) mod secret;
+pub(crate) mod sync;
 pub(crate) mod template;
 pub(crate) mod validate;
-pub mod workflow;
+pub(crate) mod workflow;
+
+// The face of the layer: what the functions, the CLI and the tests name.
+pub use app::{AppConfig, Pagination};
+pub use datasource::DataSourceMode;
+pub use secret::SecretRef;
+pub use sync::{
+    CompleteTransferSettings, ConnectionConfig, LookupPolicy, PkLookupSettings, RecentSettings,
+    StormGuard, SyncConfig,
+};
+pub use workflow::ActionConfig;

@@ -156,6 +156,6 @@ fn three_quarters() -> Duration {
 }
 
 /// Converts a config duration for time arithmetic (saturating).
-pub fn chrono(d: Duration) -> chrono::Duration {
+pub(crate) fn chrono(d: Duration) -> chrono::Duration {
     chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
 }

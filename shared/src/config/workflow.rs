@@ -157,7 +157,7 @@ const UNAVAILABLE_FUNCTIONS: &[&str] = &[
 ];
 
 /// Compiles a CEL expression, naming the field and the position on error.
-pub fn compile(field: &str, source: &str) -> Result<cel::Program> {
+pub(crate) fn compile(field: &str, source: &str) -> Result<cel::Program> {
     compile_with(field, source, &["record", "related", "change", "now"])
 }
 

@@ -23,7 +23,7 @@ tokio::task_local! {
 /// calls it while it runs a call ([`super::http::HttpConnector`] does for
 /// `[app.rate_limit] cost_header` / `cost_pointer`); outside a metered call
 /// it does nothing. The last report of a call wins.
-pub(crate) fn report_cost(units: u64) {
+pub fn report_cost(units: u64) {
     let _ = REPORTED.try_with(|slot| slot.store(units.min(UNREPORTED - 1), Ordering::Relaxed));
 }
 

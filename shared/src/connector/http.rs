@@ -366,7 +366,7 @@ pub(crate) fn reported_cost(
 
 /// When a rate-limited response says to come back: `Retry-After` in seconds
 /// or as an HTTP date, else the configured reset header.
-pub fn retry_at(
+pub(crate) fn retry_at(
     headers: &HeaderMap,
     now: Timestamp,
     cfg: &crate::config::app::RateLimitConfig,

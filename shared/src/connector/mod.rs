@@ -5,9 +5,14 @@
 //! "slow down" into a shared block and a restart.
 
 pub(crate) mod cost;
-pub mod http;
+pub(crate) mod http;
 pub(crate) mod ratelimit;
-pub mod secrets;
+pub(crate) mod secrets;
+
+// The face of the layer: what the functions, the CLI and the tests name.
+pub use cost::report_cost;
+pub use http::{extract_records, http_client, HttpConnector};
+pub use secrets::{resolve as resolve_secret, Secret, SecretStores};
 
 use crate::core::clock::Timestamp;
 use crate::core::record::Record;

@@ -116,7 +116,7 @@ pub async fn schedule_flush(
 }
 
 /// Runs one flush job.
-pub async fn flush(
+pub(crate) async fn flush(
     svc: &AppContext,
     job: &JobEnvelope,
     ctx: &JobContext,

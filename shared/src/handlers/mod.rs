@@ -3,17 +3,29 @@
 //! name an adapter.
 
 pub(crate) mod actions;
-pub mod context;
-pub mod datasource;
+pub(crate) mod context;
+pub(crate) mod datasource;
 pub(crate) mod flow;
 #[cfg(feature = "hosted")]
-pub mod hosted;
-pub mod payload;
-pub mod route;
+pub(crate) mod hosted;
+pub(crate) mod payload;
+pub(crate) mod route;
+// Public as a module: its `tick` and `handle` are named through it.
 pub mod schedule;
-pub mod start;
-pub mod sync;
-pub mod workflow;
+pub(crate) mod start;
+pub(crate) mod sync;
+pub(crate) mod workflow;
+
+// The face of the layer: what the functions, the CLI and the tests name.
+pub use context::{http_connectors, http_connectors_with, AppContext};
+pub use datasource::schedule_flush;
+#[cfg(feature = "hosted")]
+pub use hosted::{resolve_secrets, HostedRequest, HostedResponse, HostedService, MAX_ROWS_READ};
+pub use payload::{HttpActionPayload, RunPayload, TriggerPayload};
+pub use route::Router;
+pub use start::start_sync;
+pub use sync::estimate::{estimate, CostEstimate};
+pub use workflow::WorkflowHandler;
 
 use crate::connector::CallError;
 use crate::jobs::envelope::Outcome;

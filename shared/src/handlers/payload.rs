@@ -119,7 +119,7 @@ pub struct HttpActionPayload {
 /// Payload of `action-datasource-push` jobs: flush this Data Source's outbox.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct FlushPayload {
+pub(crate) struct FlushPayload {
     /// The Data Source.
     pub datasource: String,
 }
@@ -176,7 +176,7 @@ impl PushJob {
 /// the Data Source outbox (2026-10); a queue can hold a job 14 days, so this
 /// can go once every deployment has run a release with the outbox for that
 /// long.
-pub mod legacy {
+pub(crate) mod legacy {
     use serde::{Deserialize, Serialize};
 
     /// Payload of `action-datasource-push` jobs queued by versions before the

@@ -83,7 +83,7 @@ impl RestartPolicy {
 
 /// What to do with a message.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Fate {
+pub(crate) enum Fate {
     /// Done: acknowledge it.
     Finish,
     /// Send `next` with `delay_secs`, then acknowledge this copy.
@@ -111,7 +111,7 @@ pub enum Fate {
 /// the wait, with no work done and nothing counted. `None` when it is due.
 /// The delay is at least a second: a wait of less than a millisecond would
 /// otherwise be re-sent with no delay, over and over, while the clock stood.
-pub fn early(job: &JobEnvelope, now: Timestamp) -> Option<Fate> {
+pub(crate) fn early(job: &JobEnvelope, now: Timestamp) -> Option<Fate> {
     // Stored times are whole milliseconds: less than one early is due.
     let not_before = job
         .not_before
@@ -238,7 +238,7 @@ pub(crate) fn restart_time(
 }
 
 /// Seconds from `now` until `at`, rounded up, within SQS's maximum.
-pub fn delay_secs(now: Timestamp, at: Timestamp) -> u32 {
+pub(crate) fn delay_secs(now: Timestamp, at: Timestamp) -> u32 {
     let ms = (at - now).num_milliseconds().max(0);
     let secs = (ms + 999) / 1000;
     secs.min(i64::from(MAX_DELAY_SECS)) as u32

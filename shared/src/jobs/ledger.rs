@@ -160,7 +160,7 @@ pub trait ActionLedger: Send + Sync {
 /// the ledger. Parts are length-prefixed, so no choice of ids can make two
 /// different part lists hash alike. Readable prefix, bounded length (APIs
 /// cap the header, e.g. at 255 characters).
-pub fn idempotency_key(scope: &Tenant, label: &str, parts: &[&str]) -> String {
+pub(crate) fn idempotency_key(scope: &Tenant, label: &str, parts: &[&str]) -> String {
     let mut h = Sha256::new();
     for part in [scope.org.as_str(), scope.app.as_str()]
         .into_iter()

@@ -1,11 +1,19 @@
-//! Jobs: the envelope every queued message carries ([`envelope`]), the
-//! queue port ([`queue`]), the ledgers that make at-least-once delivery do
-//! work once ([`ledger`]), and the runtime that turns a handler's outcome
-//! into queue operations ([`runtime`]). No Lambda types here: the edge
+//! Jobs: the envelope every queued message carries ([`JobEnvelope`]), the
+//! queue port ([`JobQueue`]), the ledgers that make at-least-once delivery
+//! do work once ([`JobLedger`], [`ActionLedger`]), what becomes of a message
+//! (`fate.rs`, a pure rule) and the runtime that carries it out
+//! ([`JobRuntime`]). No Lambda types here: the edge
 //! adapts Lambda's events to the runtime.
 
-pub mod envelope;
-pub mod fate;
-pub mod ledger;
-pub mod queue;
-pub mod runtime;
+pub(crate) mod envelope;
+pub(crate) mod fate;
+pub(crate) mod ledger;
+pub(crate) mod queue;
+pub(crate) mod runtime;
+
+// The face of the layer: what the functions, the CLI and the tests name.
+pub use envelope::{sync_lease, JobEnvelope, JobKind, Outcome};
+pub use fate::{RestartPolicy, NOT_BEFORE_REASON};
+pub use ledger::{ActionBegin, ActionLedger, Claim, JobLedger};
+pub use queue::{Choose, DeadLetter, Delivery, JobQueue, Queues};
+pub use runtime::{JobContext, JobHandler, JobRuntime, Settled};

@@ -22,7 +22,7 @@ use crate::core::metrics::{Counter, Metrics};
 use crate::core::tenant::Tenant;
 use crate::jobs::envelope::{JobEnvelope, JobKind, Outcome};
 use crate::jobs::fate::{decide, early, Fate};
-pub use crate::jobs::fate::{delay_secs, RestartPolicy, NOT_BEFORE_REASON};
+pub(crate) use crate::jobs::fate::{delay_secs, RestartPolicy, NOT_BEFORE_REASON};
 use crate::jobs::ledger::{Claim, JobLedger};
 use crate::jobs::queue::JobQueue;
 use async_trait::async_trait;

@@ -13,8 +13,14 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-pub mod hosted;
-pub mod outbox;
+pub(crate) mod hosted;
+pub(crate) mod outbox;
+
+// The face of the layer: what the functions, the CLI and the tests name.
+pub use hosted::{HostedRows, IndexState, RowIndex};
+pub use outbox::{
+    Chunk, Outbox, OutboxRow, OutboxState, Probe, Refusal, RefusedRow, RowChange, RowWrite,
+};
 
 /// A record that is new or whose content changed.
 #[derive(Debug, Clone, PartialEq)]

@@ -87,7 +87,7 @@ impl RowWrite {
 /// The ordering rule both adapters apply: a write replaces the stored row
 /// unless both say when their source record was modified and the stored
 /// one's is later.
-pub fn replaces(stored_at: Option<Timestamp>, incoming_at: Option<Timestamp>) -> bool {
+pub(crate) fn replaces(stored_at: Option<Timestamp>, incoming_at: Option<Timestamp>) -> bool {
     match (stored_at, incoming_at) {
         (Some(stored), Some(incoming)) => incoming >= stored,
         _ => true,

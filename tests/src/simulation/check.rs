@@ -4,10 +4,10 @@
 
 use crate::simulation::world::{Simulation, DAILY_BUDGET, PER_MINUTE};
 use crate::sync_world::ORGS;
-use metered::core::record::content_hash;
-use metered::store::hosted::HostedRows;
-use metered::store::outbox::RowChange;
+use metered::core::content_hash;
+use metered::store::HostedRows;
 use metered::store::RecordStore;
+use metered::store::RowChange;
 use metered::Timestamp;
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};

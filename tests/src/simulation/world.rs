@@ -5,19 +5,19 @@ use crate::simulation::sched::{Rng, Sched, TaskId};
 use crate::sync_world::{Adapter, ORGS};
 use crate::{dynamo_table, sim_fixture_with, sqs_queue, SimFixture};
 use async_trait::async_trait;
-use metered::adapters::sqlite::queue::SqliteQueue;
-use metered::config::sync::{
+use metered::adapters::sqlite::SqliteQueue;
+use metered::config::{
     CompleteTransferSettings, LookupPolicy, PkLookupSettings, RecentSettings, StormGuard,
     SyncConfig,
 };
 use metered::connector::{ApiError, Connector, ListRequest, Page, SendRequest};
-use metered::core::clock::{Clock, ManualClock, SharedClock, Timestamp};
-use metered::jobs::envelope::{JobEnvelope, JobKind};
-use metered::jobs::ledger::{ActionLedger, JobLedger};
-use metered::jobs::queue::{Choose, DeadLetter, Delivery, JobQueue, Queues};
-use metered::jobs::runtime::{JobRuntime, RestartPolicy, Settled};
+use metered::core::{Clock, ManualClock, SharedClock, Timestamp};
+use metered::jobs::{ActionLedger, JobLedger};
+use metered::jobs::{Choose, DeadLetter, Delivery, JobQueue, Queues};
+use metered::jobs::{JobEnvelope, JobKind};
+use metered::jobs::{JobRuntime, RestartPolicy, Settled};
 use metered::quota::{Limits, Quota, QuotaStore};
-use metered::store::hosted::HostedRows;
+use metered::store::HostedRows;
 use metered::store::RecordStore;
 use metered::AppConfig;
 use metered::AppContext;
@@ -267,7 +267,7 @@ impl JobQueue for SimQueue {
             return Err(metered::Error::Queue {
                 operation: "send",
                 message: "simulated: the response to a send that succeeded was lost".into(),
-                disposition: metered::core::error::Disposition::Retryable,
+                disposition: metered::core::Disposition::Retryable,
             });
         }
         Ok(())
@@ -373,7 +373,7 @@ pub struct Simulation {
     /// Syncs are scheduled, and the API changes, until this much time has
     /// passed; then the run drains.
     pub horizon: chrono::Duration,
-    _ids: metered::core::ids::SeededIds,
+    _ids: metered::core::SeededIds,
 }
 
 impl Simulation {
@@ -390,7 +390,7 @@ impl Simulation {
         knobs: Knobs,
         edit: impl FnOnce(&mut AppConfig),
     ) -> Self {
-        let ids = metered::core::ids::seed_thread(seed);
+        let ids = metered::core::seed_thread(seed);
         crate::faults::quiet_injected_crashes();
         let (clock, shared) = crate::manual_clock();
         let sched = Sched::new();
@@ -398,7 +398,7 @@ impl Simulation {
         let fx = sim_fixture_with(sim_config(), shared.clone(), |c| {
             c.connections = ORGS
                 .iter()
-                .map(|org| metered::config::sync::ConnectionConfig {
+                .map(|org| metered::config::ConnectionConfig {
                     org: (*org).into(),
                     secret: None,
                     limits: None,
@@ -420,16 +420,14 @@ impl Simulation {
         let (store, quota_store, ledger, action_ledger, hosted): Stores = match adapter {
             Adapter::Sqlite => {
                 let db = metered::adapters::sqlite::Db::in_memory().unwrap();
-                let inner = Arc::new(metered::adapters::sqlite::store::SqliteStore::new(
-                    db.clone(),
-                ));
+                let inner = Arc::new(metered::adapters::sqlite::SqliteStore::new(db.clone()));
                 let store = Arc::new(FaultyStore {
                     inner: inner.clone(),
                     faults: faults.clone(),
                 });
                 (
                     store.clone(),
-                    Arc::new(metered::adapters::sqlite::quota::SqliteQuota::new(db)),
+                    Arc::new(metered::adapters::sqlite::SqliteQuota::new(db)),
                     store.clone(),
                     store,
                     inner,
@@ -437,16 +435,14 @@ impl Simulation {
             }
             Adapter::Aws => {
                 let table = dynamo_table().await;
-                let inner = Arc::new(metered::adapters::aws::store::DynamoStore::new(
-                    table.clone(),
-                ));
+                let inner = Arc::new(metered::adapters::aws::DynamoStore::new(table.clone()));
                 let store = Arc::new(FaultyStore {
                     inner: inner.clone(),
                     faults: faults.clone(),
                 });
                 (
                     store.clone(),
-                    Arc::new(metered::adapters::aws::quota::DynamoQuota::new(table)),
+                    Arc::new(metered::adapters::aws::DynamoQuota::new(table)),
                     store.clone(),
                     store,
                     inner,
@@ -496,13 +492,13 @@ impl Simulation {
             let (connector, key): (Arc<dyn Connector>, String) = if i == 0 {
                 (fx.connector.clone(), fx.key.clone())
             } else {
-                let key = format!("org-key-{}", metered::core::ids::new_id());
-                let client = metered::connector::http::http_client(&fx.config.app.timeouts)
-                    .expect("http client");
-                let c = metered::connector::http::HttpConnector::new(
+                let key = format!("org-key-{}", metered::core::new_id());
+                let client =
+                    metered::connector::http_client(&fx.config.app.timeouts).expect("http client");
+                let c = metered::connector::HttpConnector::new(
                     fx.config.clone(),
                     client,
-                    Some(metered::connector::secrets::Secret::new(key.clone())),
+                    Some(metered::connector::Secret::new(key.clone())),
                     shared.clone(),
                 )
                 .expect("connector");

@@ -2,7 +2,7 @@
 
 use super::{orgs, Fixture};
 use crate::afternoon;
-use metered::store::outbox::{OutboxRow, RowChange, RowWrite};
+use metered::store::{OutboxRow, RowChange, RowWrite};
 use std::future::Future;
 
 /// Hosted GET's reads: rows (tombstones included) after a cursor in id

@@ -7,8 +7,8 @@
 //! file per port (ledgers, lookup claims, records, outbox, hosted rows);
 //! the case list stays here, whole.
 
-use metered::jobs::ledger::ActionLedger;
-use metered::jobs::ledger::JobLedger;
+use metered::jobs::ActionLedger;
+use metered::jobs::JobLedger;
 use metered::store::RecordStore;
 use metered::Tenant;
 use std::sync::Arc;
@@ -18,7 +18,7 @@ pub struct Fixture {
     pub records: Arc<dyn RecordStore>,
     pub jobs: Arc<dyn JobLedger>,
     pub actions: Arc<dyn ActionLedger>,
-    pub hosted: Arc<dyn metered::store::hosted::HostedRows>,
+    pub hosted: Arc<dyn metered::store::HostedRows>,
 }
 
 /// Every case of the suite, for one adapter: `store_cases!(make())`.

@@ -5,7 +5,7 @@
 use super::{orgs, Fixture};
 use crate::afternoon;
 use chrono::Duration;
-use metered::store::outbox::{OutboxRow, RowChange, RowWrite};
+use metered::store::{OutboxRow, RowChange, RowWrite};
 use std::future::Future;
 
 fn insert(v: i64) -> RowChange {
@@ -196,7 +196,7 @@ pub async fn an_outbox_chunk_is_fixed_once_and_leaves_only_when_accepted<
 pub async fn a_refused_chunk_is_split_and_its_row_set_aside_per_org<F: Future<Output = Fixture>>(
     make: F,
 ) {
-    use metered::store::outbox::Refusal;
+    use metered::store::Refusal;
     let s = make.await;
     let (a, b) = orgs();
     let now = afternoon();
@@ -211,7 +211,7 @@ pub async fn a_refused_chunk_is_split_and_its_row_set_aside_per_org<F: Future<Ou
         .await
         .unwrap()
         .unwrap();
-    let probe = metered::store::outbox::Probe {
+    let probe = metered::store::Probe {
         rows: 2,
         until: "inv_4".into(),
     };

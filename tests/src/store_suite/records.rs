@@ -320,7 +320,7 @@ pub async fn finishing_a_sync_needs_the_lease_and_keeps_what_it_is_not_told<
 pub async fn a_page_diff_says_created_updated_or_unchanged_per_org<F: Future<Output = Fixture>>(
     make: F,
 ) {
-    use metered::core::record::{ChangeKind, Record};
+    use metered::core::{ChangeKind, Record};
     let s = make.await;
     let (a, b) = orgs();
     let now = afternoon();

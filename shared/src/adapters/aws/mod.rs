@@ -6,9 +6,13 @@
 //! Every item kind and access pattern: `docs/table.md`.
 
 pub(crate) mod outbox;
-pub mod queue;
-pub mod quota;
-pub mod store;
+pub(crate) mod queue;
+pub(crate) mod quota;
+pub(crate) mod store;
+
+pub use queue::SqsQueue;
+pub use quota::DynamoQuota;
+pub use store::DynamoStore;
 
 use crate::core::error::{Disposition, Error, Result};
 use aws_sdk_dynamodb::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};

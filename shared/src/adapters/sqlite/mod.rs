@@ -7,9 +7,13 @@
 //! can never both read "room left" and both take it.
 
 pub(crate) mod outbox;
-pub mod queue;
-pub mod quota;
-pub mod store;
+pub(crate) mod queue;
+pub(crate) mod quota;
+pub(crate) mod store;
+
+pub use queue::SqliteQueue;
+pub use quota::SqliteQuota;
+pub use store::SqliteStore;
 
 use crate::core::error::{Disposition, Error, Result};
 use rusqlite::Connection;

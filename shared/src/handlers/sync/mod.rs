@@ -4,7 +4,7 @@
 //! run the same code.
 
 pub(crate) mod checkpoint;
-pub mod estimate;
+pub(crate) mod estimate;
 pub(crate) mod listing;
 pub(crate) mod pk_lookup;
 
