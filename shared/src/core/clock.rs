@@ -69,6 +69,6 @@ pub(crate) fn to_millis(t: Timestamp) -> i64 {
 
 /// Inverse of [`to_millis`]; out-of-range values clamp rather than panic,
 /// because they come from stored data.
-pub fn from_millis(ms: i64) -> Timestamp {
+pub(crate) fn from_millis(ms: i64) -> Timestamp {
     DateTime::from_timestamp_millis(ms).unwrap_or(DateTime::<Utc>::MAX_UTC)
 }

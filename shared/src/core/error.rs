@@ -115,7 +115,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// `text` cut to at most `max_chars` characters (on a character boundary),
 /// with `…` when cut: reasons stored beside state stay small.
-pub fn bounded(text: &str, max_chars: usize) -> String {
+pub(crate) fn bounded(text: &str, max_chars: usize) -> String {
     match text.char_indices().nth(max_chars) {
         Some((cut, _)) => format!("{}…", &text[..cut]),
         None => text.to_string(),

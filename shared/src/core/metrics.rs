@@ -114,7 +114,7 @@ impl Counter {
 
 /// Whose budget: `(app, org)`. A job that could not be read has neither;
 /// its dead letter is counted under empty names.
-pub type Scope = (String, String);
+pub(crate) type Scope = (String, String);
 
 /// How much of a day's budget was used, as last seen by a grant.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

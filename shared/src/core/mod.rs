@@ -9,9 +9,9 @@ pub(crate) mod record;
 pub(crate) mod tenant;
 
 // The face of the layer: what the functions, the CLI and the tests name.
-pub use clock::{from_millis, Clock, ManualClock, SharedClock, SystemClock, Timestamp};
-pub use error::{bounded, Disposition, Error, Result};
+pub use clock::{Clock, ManualClock, SharedClock, SystemClock, Timestamp};
+pub use error::{Disposition, Error, Result};
 pub use ids::{new_id, seed_thread, SeededIds};
-pub use metrics::{Burn, Counter, Metrics, Scope, Snapshot, EARLY_BURN, NAMESPACE};
+pub use metrics::{Counter, Metrics, EARLY_BURN, NAMESPACE};
 pub use record::{content_hash, ChangeKind, Record, StoredRecord};
 pub use tenant::Tenant;

@@ -24,7 +24,7 @@ pub use hosted::{resolve_secrets, HostedRequest, HostedResponse, HostedService, 
 pub use payload::{HttpActionPayload, RunPayload, TriggerPayload};
 pub use route::Router;
 pub use start::start_sync;
-pub use sync::estimate::{estimate, CostEstimate};
+pub use sync::estimate::estimate;
 pub use workflow::WorkflowHandler;
 
 use crate::connector::CallError;
