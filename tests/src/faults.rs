@@ -17,7 +17,7 @@ use async_trait::async_trait;
 use metered::core::Disposition;
 use metered::core::StoredRecord;
 use metered::jobs::{ActionBegin, ActionLedger};
-use metered::jobs::{Claim, JobLedger};
+use metered::jobs::{Claim, JobEnvelope, JobLedger, SlotWaiters};
 use metered::quota::{Acquire, Grant, Limits, QuotaKey, QuotaState, QuotaStore, UsageEntry};
 use metered::store::RowIndex;
 use metered::store::{Chunk, Outbox, OutboxRow, OutboxState, RowWrite};
@@ -451,6 +451,29 @@ impl<S: JobLedger + 'static> JobLedger for FaultyStore<S> {
     ) -> metered::Result<()> {
         self.faults.enter("ledger.settle").await?;
         self.inner.settle(key, job, generation, done).await
+    }
+}
+
+#[async_trait]
+impl<S: SlotWaiters + 'static> SlotWaiters for FaultyStore<S> {
+    async fn park(
+        &self,
+        tenant: &QuotaKey,
+        job: &JobEnvelope,
+        now: Timestamp,
+        due: Timestamp,
+    ) -> metered::Result<()> {
+        self.faults.enter("slots.park").await?;
+        self.inner.park(tenant, job, now, due).await
+    }
+    async fn pop_oldest(
+        &self,
+        tenant: &QuotaKey,
+        kind: JobKind,
+        now: Timestamp,
+    ) -> metered::Result<Option<JobEnvelope>> {
+        self.faults.enter("slots.pop").await?;
+        self.inner.pop_oldest(tenant, kind, now).await
     }
 }
 

@@ -195,6 +195,7 @@ pub struct World {
     handler: Arc<metered::Router>,
     raw: BTreeMap<JobKind, Arc<dyn JobQueue>>,
     ledger: Arc<dyn JobLedger>,
+    waiters: Arc<dyn metered::jobs::SlotWaiters>,
     waits: Arc<Mutex<HashMap<String, Timestamp>>>,
     call_secs: Arc<Mutex<i64>>,
     deadline_secs: i64,
@@ -241,42 +242,46 @@ impl World {
             Arc<dyn metered::jobs::ActionLedger>,
             Option<metered::adapters::aws::Table>,
             Arc<dyn metered::store::HostedRows>,
+            Arc<dyn metered::jobs::SlotWaiters>,
         );
-        let (store, quota_store, ledger, action_ledger, table, hosted): Stores = match adapter {
-            Adapter::Sqlite => {
-                let db = metered::adapters::sqlite::Db::in_memory().unwrap();
-                let store = Arc::new(FaultyStore {
-                    inner: Arc::new(metered::adapters::sqlite::SqliteStore::new(db.clone())),
-                    faults: faults.clone(),
-                });
-                (
-                    store.clone(),
-                    Arc::new(metered::adapters::sqlite::SqliteQuota::new(db)),
-                    store.clone(),
-                    store.clone(),
-                    None,
-                    store.inner.clone(),
-                )
-            }
-            Adapter::Aws => {
-                let mut table = dynamo_table().await;
-                if let Some(client) = dynamodb {
-                    table.client = client;
+        let (store, quota_store, ledger, action_ledger, table, hosted, waiters): Stores =
+            match adapter {
+                Adapter::Sqlite => {
+                    let db = metered::adapters::sqlite::Db::in_memory().unwrap();
+                    let store = Arc::new(FaultyStore {
+                        inner: Arc::new(metered::adapters::sqlite::SqliteStore::new(db.clone())),
+                        faults: faults.clone(),
+                    });
+                    (
+                        store.clone(),
+                        Arc::new(metered::adapters::sqlite::SqliteQuota::new(db)),
+                        store.clone(),
+                        store.clone(),
+                        None,
+                        store.inner.clone(),
+                        store.clone(),
+                    )
                 }
-                let store = Arc::new(FaultyStore {
-                    inner: Arc::new(metered::adapters::aws::DynamoStore::new(table.clone())),
-                    faults: faults.clone(),
-                });
-                (
-                    store.clone(),
-                    Arc::new(metered::adapters::aws::DynamoQuota::new(table.clone())),
-                    store.clone(),
-                    store.clone(),
-                    Some(table),
-                    store.inner.clone(),
-                )
-            }
-        };
+                Adapter::Aws => {
+                    let mut table = dynamo_table().await;
+                    if let Some(client) = dynamodb {
+                        table.client = client;
+                    }
+                    let store = Arc::new(FaultyStore {
+                        inner: Arc::new(metered::adapters::aws::DynamoStore::new(table.clone())),
+                        faults: faults.clone(),
+                    });
+                    (
+                        store.clone(),
+                        Arc::new(metered::adapters::aws::DynamoQuota::new(table.clone())),
+                        store.clone(),
+                        store.clone(),
+                        Some(table),
+                        store.inner.clone(),
+                        store.clone(),
+                    )
+                }
+            };
         let quota_store: Arc<dyn QuotaStore> = Arc::new(FaultyQuota {
             inner: quota_store,
             faults: faults.clone(),
@@ -358,6 +363,7 @@ impl World {
                 Arc::new(
                     JobRuntime::new(raw[&k].clone(), shared.clone(), policy)
                         .with_ledger(ledger.clone())
+                        .with_waiters(waiters.clone())
                         .with_metrics(svc.metrics.clone()),
                 ),
             )
@@ -374,6 +380,7 @@ impl World {
             action_ledger,
             raw: raw.clone(),
             ledger,
+            waiters,
             svc,
             store,
             quota_store,
@@ -408,6 +415,7 @@ impl World {
                 Arc::new(
                     JobRuntime::new(self.raw[&k].clone(), self.shared.clone(), policy)
                         .with_ledger(self.ledger.clone())
+                        .with_waiters(self.waiters.clone())
                         .with_metrics(self.svc.metrics.clone()),
                 ),
             ));

@@ -33,7 +33,8 @@ async fn store() -> metered_tests::store_suite::Fixture {
         records: store.clone(),
         jobs: store.clone(),
         actions: store.clone(),
-        hosted: store,
+        hosted: store.clone(),
+        waiters: store,
     }
 }
 

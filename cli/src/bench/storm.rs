@@ -9,13 +9,14 @@
 //! lookups capped at 60%): the actions' admission delay (p50, p95, max),
 //! when the storm finished, the wake-ups per job that was ever refused
 //! (restarts ÷ refused jobs), and the store requests per admitted call.
-//! Then 100 actions queued at once under a concurrency cap of 3: when the
-//! last was done and the wake-ups per refused job.
+//! Then 100 actions queued at once under a concurrency cap of 3, polling
+//! and with freed slots handed to a line of waiters: when the last was
+//! done, the wake-ups per refused job and the queued copies dropped.
 
 use super::uuid_like;
 use metered::core::{ManualClock, Timestamp};
-use metered::jobs::RestartPolicy;
 use metered::jobs::{JobEnvelope, JobKind};
+use metered::jobs::{RestartPolicy, SlotWaiters, SLOT_BACKSTOP_GRACE_SECS};
 use metered::quota::{Admission, Call, Limits, Quota, QuotaKey, QuotaStore};
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -44,19 +45,31 @@ pub async fn section(dynamodb_url: Option<&str>) -> Result<(), Box<dyn std::erro
     }
     for (name, store, requests) in &stores {
         println!("\n{ACTIONS} actions queued at once under a concurrency cap of 3 (each call holds its slot 2 s), on {name}");
-        slots(store.clone(), requests.clone()).await?;
+        slots(store.clone(), requests.clone(), None).await?;
+        let line = metered::adapters::sqlite::SqliteStore::new(
+            metered::adapters::sqlite::Db::in_memory()?,
+        );
+        slots(store.clone(), requests.clone(), Some(Arc::new(line))).await?;
     }
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
 
-/// 100 actions due at once, 3 slots, each call 2 s: a refused action comes
-/// back after the limits' `concurrency_retry_secs` plus the runtime's
-/// jitter, as a queued job would. Printed: when the last one was done
-/// (the floor is 100 × 2 s / 3 = 67 s) and the wake-ups per refused job.
+/// 100 actions due at once, 3 slots, each call 2 s. Without the line, a
+/// refused action comes back at its denial's paced `retry_at` plus the
+/// runtime's jitter, as a queued job would. With it (what the runtime does
+/// when it has `SlotWaiters`), the refused action's queued copy moves to
+/// its backstop (`slot_backstop`, 60 s later) and the action is parked in
+/// a real line (SQLite, in memory: its requests are not in the figure);
+/// each action that ends pops the oldest waiter and runs it at once; a
+/// copy of a generation that already ran is dropped, as the ledger drops
+/// it. Printed: when the last one was done (the floor is 100 × 2 s / 3 =
+/// 67 s), the wake-ups per refused job, the queued copies dropped per
+/// refused job, and the quota store's requests per call.
 async fn slots(
     store: Arc<dyn QuotaStore>,
     requests: Requests,
+    line: Option<Arc<dyn SlotWaiters>>,
 ) -> Result<(), Box<dyn std::error::Error>> {
     let start: Timestamp = chrono::DateTime::from_timestamp(1_800_000_000, 0).unwrap_or_default();
     let clock = ManualClock::new(start);
@@ -68,27 +81,49 @@ async fn slots(
         .map(|_| {
             JobEnvelope::new(
                 JobKind::ActionHttp,
-                "org-a",
-                "bench",
+                &key.org,
+                &key.app,
                 serde_json::Value::Null,
                 start,
             )
         })
         .collect();
-    // (when, job, a held permit to release then)
-    let mut due: BinaryHeap<Reverse<(Timestamp, usize, bool)>> =
-        (0..ACTIONS).map(|i| Reverse((start, i, false))).collect();
+    let index: std::collections::HashMap<String, usize> = envelopes
+        .iter()
+        .enumerate()
+        .map(|(i, e)| (e.id.clone(), i))
+        .collect();
+    // (when, job, generation to run; `None`: release its held permit)
+    let mut due: BinaryHeap<Reverse<(Timestamp, usize, Option<u32>)>> =
+        (0..ACTIONS).map(|i| Reverse((start, i, Some(0)))).collect();
     let mut held: Vec<Option<metered::quota::Permit>> = (0..ACTIONS).map(|_| None).collect();
-    let (mut wakeups, mut refused, mut last) = (0u64, std::collections::BTreeSet::new(), start);
+    let mut ran: Vec<Option<u32>> = vec![None; ACTIONS];
+    let (mut wakeups, mut dropped, mut refused, mut last) =
+        (0u64, 0u64, std::collections::BTreeSet::new(), start);
     let before = requests();
-    while let Some(Reverse((at, i, releasing))) = due.pop() {
+    while let Some(Reverse((at, i, run))) = due.pop() {
         clock.set(at);
-        if releasing {
+        let Some(generation) = run else {
             if let Some(p) = held[i].take() {
                 quota.release(p, 1).await?;
             }
             last = last.max(at);
+            // The job ended having given its slot back: the runtime hands
+            // it to the longest waiter.
+            if let Some(line) = &line {
+                if let Some(next) = line.pop_oldest(&key, JobKind::ActionHttp, at).await? {
+                    due.push(Reverse((at, index[&next.id], Some(next.generation))));
+                }
+            }
             continue;
+        };
+        if ran[i].is_some_and(|g| g >= generation) {
+            dropped += 1; // the ledger's answer: done, or stale
+            continue;
+        }
+        ran[i] = Some(generation);
+        if refused.contains(&i) {
+            wakeups += 1;
         }
         match quota
             .acquire(&key, &limits, Call::new("workflow:thanks", "POST /notes"))
@@ -96,22 +131,31 @@ async fn slots(
         {
             Admission::Granted(p) => {
                 held[i] = Some(p);
-                due.push(Reverse((at + chrono::Duration::seconds(2), i, true)));
+                due.push(Reverse((at + chrono::Duration::seconds(2), i, None)));
             }
             Admission::Denied(d) => {
                 refused.insert(i);
-                wakeups += 1;
-                envelopes[i].generation += 1;
-                let jitter =
-                    chrono::Duration::seconds(i64::from(policy.jitter_secs(&envelopes[i])));
-                due.push(Reverse((d.retry_at.max(at) + jitter, i, false)));
+                let next = &mut envelopes[i];
+                next.generation += 1;
+                let jitter = chrono::Duration::seconds(i64::from(policy.jitter_secs(next)));
+                let mut copy_at = d.retry_at.max(at) + jitter;
+                if let Some(line) = &line {
+                    copy_at = (copy_at
+                        + chrono::Duration::seconds(i64::from(SLOT_BACKSTOP_GRACE_SECS)))
+                    .min(at + chrono::Duration::seconds(900));
+                    line.park(&key, next, at, copy_at).await?;
+                }
+                due.push(Reverse((copy_at, i, Some(next.generation))));
             }
         }
     }
+    let per_refused = |n: u64| n as f64 / refused.len().max(1) as f64;
     println!(
-        "  the last action done after {:.0} s (the floor: 67 s); {:.2} wake-ups per refused job; {:.2} store requests per call",
+        "  {}: the last action done after {:.0} s (the floor: 67 s); {:.2} wake-ups per refused job; {:.2} queued copies dropped by the ledger per refused job; {:.2} quota store requests per call",
+        if line.is_some() { "freed slots handed to the line" } else { "polling (no line)" },
         (last - start).num_seconds(),
-        wakeups as f64 / refused.len().max(1) as f64,
+        per_refused(wakeups),
+        per_refused(dropped),
         (requests() - before) as f64 / ACTIONS as f64
     );
     Ok(())

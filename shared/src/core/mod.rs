@@ -3,6 +3,7 @@
 
 pub(crate) mod clock;
 pub(crate) mod error;
+pub(crate) mod freed;
 pub(crate) mod ids;
 pub(crate) mod metrics;
 pub(crate) mod record;

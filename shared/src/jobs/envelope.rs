@@ -3,7 +3,7 @@
 
 use crate::core::clock::Timestamp;
 use crate::core::error::{Error, Result};
-use crate::quota::Denied;
+use crate::quota::{Denied, DenyReason};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::fmt;
@@ -280,6 +280,10 @@ pub struct Restart {
     /// cap. False when it stopped to go on (a deadline, the next block),
     /// which counts only if the checkpoint did not move.
     pub waiting: bool,
+    /// True when what it waits for is a concurrency slot: the runtime may
+    /// park it so a slot that frees is handed to it
+    /// ([`crate::jobs::SlotWaiters`]).
+    pub slot: bool,
 }
 
 /// What a handler returns for one job.
@@ -307,7 +311,13 @@ pub enum Outcome {
 impl Outcome {
     /// A quota refusal becomes a restart at the moment capacity returns.
     pub fn denied(denied: &Denied, checkpoint: Option<Value>) -> Self {
-        Outcome::wait(denied.retry_at, denied.reason.to_string(), checkpoint)
+        Outcome::Restart(Restart {
+            at: denied.retry_at,
+            reason: denied.reason.to_string(),
+            checkpoint,
+            waiting: true,
+            slot: matches!(denied.reason, DenyReason::Concurrency { .. }),
+        })
     }
 
     /// Wait until `at` for something outside the job (a limit, a lease, a
@@ -319,6 +329,7 @@ impl Outcome {
             reason: reason.into(),
             checkpoint,
             waiting: true,
+            slot: false,
         })
     }
 
@@ -330,6 +341,7 @@ impl Outcome {
             reason: reason.into(),
             checkpoint,
             waiting: false,
+            slot: false,
         })
     }
 

@@ -95,6 +95,9 @@ pub(crate) enum Fate {
         delay_secs: u32,
         /// Why, for the operator.
         reason: String,
+        /// A wait for a concurrency slot: the runtime parks it, with its
+        /// queued copy as the backstop ([`slot_backstop`]).
+        slot: bool,
     },
     /// Dead-letter `dead` with `reason`, then acknowledge this copy.
     GiveUp {
@@ -122,6 +125,7 @@ pub(crate) fn early(job: &JobEnvelope, now: Timestamp) -> Option<Fate> {
         delay_secs: delay_secs(now, not_before).max(1),
         next,
         reason: NOT_BEFORE_REASON.into(),
+        slot: false,
     })
 }
 
@@ -182,6 +186,7 @@ pub(crate) fn decide(
                 ),
                 checkpoint,
                 waiting: true,
+                slot: false,
             };
             restart_at(next, restart, now, policy)
         }
@@ -220,7 +225,21 @@ fn restart_at(
         delay_secs: delay_secs(now, at),
         next,
         reason: restart.reason,
+        slot: restart.slot,
     }
+}
+
+/// A parked job's queued copy (`next`, restarting at its `not_before`)
+/// moved later by `grace_secs`, so a handed-on slot comes first, but never
+/// past SQS's maximum delay from `now` (a copy that arrived early would
+/// hop as a newer generation, and the handed copy would be dropped as
+/// stale). Returns the new delay.
+pub(crate) fn slot_backstop(next: &mut JobEnvelope, now: Timestamp, grace_secs: u32) -> u32 {
+    let at =
+        next.not_before.unwrap_or(now).max(now) + chrono::Duration::seconds(i64::from(grace_secs));
+    let at = at.min(now + chrono::Duration::seconds(i64::from(MAX_DELAY_SECS)));
+    next.not_before = Some(at);
+    delay_secs(now, at)
 }
 
 /// When a job (`next`, its next generation) waiting until `at` restarts:
@@ -272,6 +291,7 @@ mod tests {
                 next,
                 delay_secs,
                 reason,
+                ..
             } => (Some(next), delay_secs, reason),
             Fate::GiveUp { reason, .. } => (None, 0, reason),
             Fate::Finish => (None, 0, "finish".into()),
@@ -372,6 +392,7 @@ mod tests {
                 next,
                 delay_secs,
                 reason,
+                ..
             }) => {
                 assert_eq!((delay_secs, reason.as_str()), (900, NOT_BEFORE_REASON));
                 assert_eq!((next.restarts, next.idle_restarts), (0, 0));
@@ -381,6 +402,41 @@ mod tests {
         }
         j.not_before = Some(now());
         assert!(early(&j, now()).is_none());
+    }
+
+    /// A refusal for a slot is marked so the runtime may park it; its
+    /// backstop is the paced time plus the grace, within SQS's maximum.
+    #[test]
+    fn slot_waits_are_marked_and_their_backstop_stays_within_sqs() {
+        let denied = crate::quota::Denied {
+            retry_at: now() + chrono::Duration::seconds(4),
+            reason: crate::quota::DenyReason::Concurrency { max: 3 },
+        };
+        let Fate::RestartAt {
+            mut next,
+            delay_secs,
+            slot,
+            ..
+        } = decide(&job(), Outcome::denied(&denied, None), now(), &no_jitter())
+        else {
+            panic!("a refusal restarts")
+        };
+        assert!(slot);
+        assert_eq!(delay_secs, 4);
+        assert_eq!(slot_backstop(&mut next, now(), 60), 64);
+        assert_eq!(next.not_before, Some(now() + chrono::Duration::seconds(64)));
+        let mut far = job();
+        far.not_before = Some(now() + chrono::Duration::seconds(890));
+        assert_eq!(slot_backstop(&mut far, now(), 60), 900);
+        // A window's refusal is not a slot wait.
+        let window = crate::quota::Denied {
+            retry_at: now() + chrono::Duration::seconds(4),
+            reason: crate::quota::DenyReason::Blocked,
+        };
+        assert!(matches!(
+            decide(&job(), Outcome::denied(&window, None), now(), &no_jitter()),
+            Fate::RestartAt { slot: false, .. }
+        ));
     }
 
     #[test]

@@ -21,10 +21,11 @@ use crate::core::clock::{SharedClock, Timestamp};
 use crate::core::metrics::{Counter, Metrics};
 use crate::core::tenant::Tenant;
 use crate::jobs::envelope::{JobEnvelope, JobKind, Outcome};
-use crate::jobs::fate::{decide, early, Fate};
+use crate::jobs::fate::{decide, early, slot_backstop, Fate};
 pub(crate) use crate::jobs::fate::{delay_secs, RestartPolicy, NOT_BEFORE_REASON};
 use crate::jobs::ledger::{Claim, JobLedger};
 use crate::jobs::queue::JobQueue;
+use crate::jobs::waiters::{SlotWaiters, SLOT_BACKSTOP_GRACE_SECS};
 use async_trait::async_trait;
 use std::sync::Arc;
 use tracing::Instrument;
@@ -156,6 +157,9 @@ pub struct JobRuntime {
     pub start_margin: chrono::Duration,
     /// Where jobs done, restarts and dead letters are counted, if anywhere.
     pub metrics: Option<Metrics>,
+    /// The lines of jobs parked for a concurrency slot, if slots are handed
+    /// on ([`SlotWaiters`]); without, a slot wait is a plain restart.
+    pub waiters: Option<Arc<dyn SlotWaiters>>,
 }
 
 impl JobRuntime {
@@ -169,7 +173,15 @@ impl JobRuntime {
             claim_ttl: chrono::Duration::minutes(5),
             start_margin: chrono::Duration::seconds(5),
             metrics: None,
+            waiters: None,
         }
+    }
+
+    /// Parks jobs refused for a concurrency slot in `waiters` and hands a
+    /// slot that frees to the longest-parked job of its kind and tenant.
+    pub fn with_waiters(mut self, waiters: Arc<dyn SlotWaiters>) -> Self {
+        self.waiters = Some(waiters);
+        self
     }
 
     /// Counts jobs done, restarts and dead letters into `metrics`.
@@ -347,11 +359,61 @@ impl JobRuntime {
             first_run,
             ..ctx.clone()
         };
-        let outcome = handler.handle(job, &ctx).await;
+        let (outcome, freed) = crate::core::freed::counting_freed(handler.handle(job, &ctx)).await;
         let fate = decide(job, outcome, self.clock.now(), &self.policy);
         let settled = self.carry_out(job, fate, handler).await;
         if let Some(ledger) = &self.ledger {
             self.settle(ledger.as_ref(), &key, job, settled.ack()).await;
+        }
+        if freed > 0 {
+            self.hand_slot_on(&key, job.kind).await;
+        }
+        settled
+    }
+
+    /// This job gave a slot back and has ended: the longest-parked job of
+    /// its kind and tenant is sent now, as the same generation its queued
+    /// copy carries (the ledger runs whichever copy comes first). A failure
+    /// only costs that job the wait to its backstop.
+    async fn hand_slot_on(&self, key: &Tenant, kind: JobKind) {
+        let Some(waiters) = &self.waiters else { return };
+        let now = self.clock.now();
+        match waiters.pop_oldest(key, kind, now).await {
+            Ok(Some(mut next)) => {
+                next.not_before = None;
+                match self.queue.send(&next, 0).await {
+                    Ok(()) => {
+                        tracing::info!(handed_to = %next.id, generation = next.generation, "a freed slot handed to the longest-waiting job")
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, waiting = %next.id, "could not hand a freed slot on; the job wakes at its backstop")
+                    }
+                }
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "could not read the slot line; waiters wake at their backstop")
+            }
+        }
+    }
+
+    /// A wait for a slot, with a line to park in: the queued copy moves to
+    /// the backstop, then the job is parked. A park that fails leaves the
+    /// backstop, which still comes.
+    async fn park_for_slot(
+        &self,
+        waiters: &dyn SlotWaiters,
+        mut next: JobEnvelope,
+        reason: String,
+    ) -> Settled {
+        let now = self.clock.now();
+        let delay = slot_backstop(&mut next, now, SLOT_BACKSTOP_GRACE_SECS);
+        let settled = self.resend(&next, delay, reason).await;
+        if matches!(settled, Settled::Restarted { .. }) {
+            let due = next.not_before.unwrap_or(now);
+            if let Err(e) = waiters.park(&next.tenant(), &next, now, due).await {
+                tracing::warn!(error = %e, "could not park the job for a slot; it wakes at its backstop");
+            }
         }
         settled
     }
@@ -370,7 +432,11 @@ impl JobRuntime {
                 next,
                 delay_secs,
                 reason,
-            } => self.resend(&next, delay_secs, reason).await,
+                slot,
+            } => match (&self.waiters, slot) {
+                (Some(waiters), true) => self.park_for_slot(waiters.as_ref(), next, reason).await,
+                _ => self.resend(&next, delay_secs, reason).await,
+            },
             Fate::GiveUp { dead, reason } => {
                 handler.gave_up(job, &reason).await;
                 self.dead_letter(&dead.to_body(), reason).await

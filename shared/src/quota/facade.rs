@@ -848,6 +848,9 @@ impl Quota {
         if let Some(grant) = &permit.grant {
             self.note_hold(&permit.key, permit.granted_at, self.clock.now());
             self.store.release(grant, used + forfeited).await?;
+            // The slot is free: the runtime hands it to a parked job when
+            // this one ends.
+            crate::core::freed::note_slot_freed();
         }
         if let Some(grant) = &permit.app_grant {
             self.store.release(grant, used + forfeited).await?;

@@ -416,8 +416,9 @@ impl Simulation {
             Arc<dyn JobLedger>,
             Arc<dyn ActionLedger>,
             Arc<dyn HostedRows>,
+            Arc<dyn metered::jobs::SlotWaiters>,
         );
-        let (store, quota_store, ledger, action_ledger, hosted): Stores = match adapter {
+        let (store, quota_store, ledger, action_ledger, hosted, waiters): Stores = match adapter {
             Adapter::Sqlite => {
                 let db = metered::adapters::sqlite::Db::in_memory().unwrap();
                 let inner = Arc::new(metered::adapters::sqlite::SqliteStore::new(db.clone()));
@@ -429,8 +430,9 @@ impl Simulation {
                     store.clone(),
                     Arc::new(metered::adapters::sqlite::SqliteQuota::new(db)),
                     store.clone(),
-                    store,
+                    store.clone(),
                     inner,
+                    store,
                 )
             }
             Adapter::Aws => {
@@ -444,8 +446,9 @@ impl Simulation {
                     store.clone(),
                     Arc::new(metered::adapters::aws::DynamoQuota::new(table)),
                     store.clone(),
-                    store,
+                    store.clone(),
                     inner,
+                    store,
                 )
             }
         };
@@ -528,6 +531,7 @@ impl Simulation {
                     k,
                     JobRuntime::new(raw[&k].clone(), shared.clone(), RestartPolicy::default())
                         .with_ledger(ledger.clone())
+                        .with_waiters(waiters.clone())
                         .with_metrics(svc.metrics.clone()),
                 )
             })

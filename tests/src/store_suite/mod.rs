@@ -5,7 +5,7 @@
 //!
 //! Every case uses two organizations of one app whose ids coincide. One
 //! file per port (ledgers, lookup claims, records, outbox, hosted rows);
-//! the case list stays here, whole.
+//! the case list stays here, whole. (Slot lines: `waiters.rs`.)
 
 use metered::jobs::ActionLedger;
 use metered::jobs::JobLedger;
@@ -19,6 +19,7 @@ pub struct Fixture {
     pub jobs: Arc<dyn JobLedger>,
     pub actions: Arc<dyn ActionLedger>,
     pub hosted: Arc<dyn metered::store::HostedRows>,
+    pub waiters: Arc<dyn metered::jobs::SlotWaiters>,
 }
 
 /// Every case of the suite, for one adapter: `store_cases!(make())`.
@@ -48,6 +49,10 @@ macro_rules! store_cases {
                 concurrent_flushes_fix_one_chunk,
                 a_timed_flush_is_marked_once_until_cleared_or_lost,
                 hosted_rows_page_by_id_and_version_per_org,
+                slot_lines_are_first_in_first_out_per_org_and_kind,
+                a_waiter_past_its_backstop_is_dropped_not_woken,
+                concurrent_pops_never_hand_one_job_twice,
+                a_freed_slot_is_handed_to_the_longest_waiter,
             ]
         );
     };
@@ -58,12 +63,14 @@ mod ledgers;
 mod lookups;
 mod outbox;
 mod records;
+mod waiters;
 
 pub use hosted::*;
 pub use ledgers::*;
 pub use lookups::*;
 pub use outbox::*;
 pub use records::*;
+pub use waiters::*;
 
 fn orgs() -> (Tenant, Tenant) {
     let app = format!("app-{}", uuid::Uuid::new_v4().simple());

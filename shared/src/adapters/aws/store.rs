@@ -6,6 +6,7 @@
 //! | sync state | `sync#{org}#{app}` | sync name | `high_water`, `last_started`, `last_completed`, `last_pages`, `running_job`, `lease_until`, `last_failed`, `last_failure`, `api_page_size`, `probed_short_page`, `probed_at` |
 //! | Data Source outbox row | `obx#{org}#{app}#{datasource}` | row id | `change` (JSON), `stamp`, `written_at` |
 //! | Data Source outbox state | `obxs#{org}#{app}` | datasource | `next_seq`, `inflight` (JSON rows), `inflight_seq`, `flush_due`, `last_flush`, `pushes`, `rows_pushed` |
+//! | job parked for a slot | `wait#{org}#{app}#{kind}` | park time, job id, generation | `due` (epoch ms), `body` (the envelope), `ttl` (a day past `due`) |
 //! | quarantined record | `quar#{org}#{app}` | entry key (source, type, id) | `source`, `record_type`, `record_id`, `reason`, `excerpt`, `at`, `ttl` (90 days) |
 //!
 //! A page is written with `BatchGetItem` (old hashes, 100 ids a call) then
@@ -624,6 +625,110 @@ impl crate::jobs::ledger::JobLedger for DynamoStore {
             .await;
         conditional(result, "ledger settle")?;
         Ok(())
+    }
+}
+
+fn waiters_pk(key: &Tenant, kind: crate::jobs::JobKind) -> String {
+    format!(
+        "wait#{}#{}#{}",
+        key_part(&key.org),
+        key_part(&key.app),
+        kind.as_str()
+    )
+}
+
+/// A parked entry outlives its backstop by a day (TTL), in case no pop
+/// ever reads it again.
+const WAITER_TTL_DAYS: i64 = 1;
+
+#[async_trait]
+impl crate::jobs::SlotWaiters for DynamoStore {
+    async fn park(
+        &self,
+        tenant: &Tenant,
+        job: &crate::jobs::JobEnvelope,
+        now: Timestamp,
+        due: Timestamp,
+    ) -> Result<()> {
+        self.table
+            .client
+            .put_item()
+            .table_name(&self.table.name)
+            .item("pk", s(waiters_pk(tenant, job.kind)))
+            .item("sk", s(crate::jobs::waiters::entry_key(now, job)))
+            .item("due", n(to_millis(due)))
+            .item("body", s(job.to_body()))
+            .item(
+                "ttl",
+                n((due + chrono::Duration::days(WAITER_TTL_DAYS)).timestamp()),
+            )
+            .send()
+            .await
+            .map_err(|e| sdk_error("slot park", e))?;
+        Ok(())
+    }
+
+    async fn pop_oldest(
+        &self,
+        tenant: &Tenant,
+        kind: crate::jobs::JobKind,
+        now: Timestamp,
+    ) -> Result<Option<crate::jobs::JobEnvelope>> {
+        use crate::jobs::waiters::worth_waking;
+        use aws_sdk_dynamodb::operation::delete_item::DeleteItemError;
+        let pk = waiters_pk(tenant, kind);
+        let mut start = None;
+        loop {
+            let resp = self
+                .table
+                .client
+                .query()
+                .table_name(&self.table.name)
+                .key_condition_expression("pk = :pk")
+                .expression_attribute_values(":pk", s(&pk))
+                .consistent_read(true)
+                .limit(25)
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+                .map_err(|e| sdk_error("slot line", e))?;
+            for item in resp.items() {
+                let Some(sk) = get_s(item, "sk") else {
+                    continue;
+                };
+                let due = from_millis(get_n(item, "due").unwrap_or(0));
+                let job = get_s(item, "body")
+                    .and_then(|b| crate::jobs::JobEnvelope::parse(b).ok())
+                    .filter(|_| worth_waking(due, now));
+                // Taken by whoever deletes it: a concurrent pop that got
+                // there first makes this delete fail its condition.
+                let deleted = self
+                    .table
+                    .client
+                    .delete_item()
+                    .table_name(&self.table.name)
+                    .key("pk", s(&pk))
+                    .key("sk", s(sk))
+                    .condition_expression("attribute_exists(pk)")
+                    .send()
+                    .await;
+                match deleted {
+                    Ok(_) => {
+                        if job.is_some() {
+                            return Ok(job);
+                        }
+                    }
+                    Err(e) => match e.as_service_error() {
+                        Some(DeleteItemError::ConditionalCheckFailedException(_)) => {}
+                        _ => return Err(sdk_error("slot pop", e)),
+                    },
+                }
+            }
+            match resp.last_evaluated_key {
+                Some(k) => start = Some(k),
+                None => return Ok(None),
+            }
+        }
     }
 }
 

@@ -438,6 +438,73 @@ impl crate::jobs::ledger::JobLedger for SqliteStore {
 }
 
 #[async_trait]
+impl crate::jobs::SlotWaiters for SqliteStore {
+    async fn park(
+        &self,
+        tenant: &Tenant,
+        job: &crate::jobs::JobEnvelope,
+        now: Timestamp,
+        due: Timestamp,
+    ) -> Result<()> {
+        let (t, kind) = (tenant.clone(), job.kind.as_str());
+        let (entry, body) = (crate::jobs::waiters::entry_key(now, job), job.to_body());
+        self.db
+            .call("slot park", move |conn| {
+                conn.exec(
+                    "INSERT OR REPLACE INTO slot_waiters (org, app, kind, entry, due, body) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    params![t.org, t.app, kind, entry, to_millis(due), body],
+                )
+                .map(|_| ())
+            })
+            .await
+    }
+
+    async fn pop_oldest(
+        &self,
+        tenant: &Tenant,
+        kind: crate::jobs::JobKind,
+        now: Timestamp,
+    ) -> Result<Option<crate::jobs::JobEnvelope>> {
+        use crate::jobs::waiters::worth_waking;
+        let (t, kind) = (tenant.clone(), kind.as_str());
+        self.db
+            .call("slot pop", move |conn| {
+                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                let mut gone = Vec::new();
+                let mut found = None;
+                {
+                    let mut stmt = tx.prepare_cached(
+                        "SELECT entry, due, body FROM slot_waiters WHERE org = ?1 AND app = ?2 AND kind = ?3 ORDER BY entry",
+                    )?;
+                    let mut rows = stmt.query(params![t.org, t.app, kind])?;
+                    while let Some(row) = rows.next()? {
+                        let entry: String = row.get(0)?;
+                        let due = from_millis(row.get(1)?);
+                        let job = crate::jobs::JobEnvelope::parse(&row.get::<_, String>(2)?);
+                        gone.push(entry);
+                        match job {
+                            Ok(job) if worth_waking(due, now) => {
+                                found = Some(job);
+                                break;
+                            }
+                            _ => {}
+                        }
+                    }
+                }
+                for entry in &gone {
+                    tx.exec(
+                        "DELETE FROM slot_waiters WHERE org = ?1 AND app = ?2 AND kind = ?3 AND entry = ?4",
+                        params![t.org, t.app, kind, entry],
+                    )?;
+                }
+                tx.commit()?;
+                Ok(found)
+            })
+            .await
+    }
+}
+
+#[async_trait]
 impl crate::jobs::ledger::ActionLedger for SqliteStore {
     async fn begin_action(
         &self,

@@ -1,0 +1,320 @@
+//! The lines of jobs parked for a concurrency slot (#30): first in, first
+//! handed a slot, per org and kind; a waiter past its backstop is dropped,
+//! not woken; concurrent pops never hand one job twice; and through the
+//! runtime, a freed slot wakes the longest waiter at once while its queued
+//! copy, arriving later, is dropped by the ledger.
+
+use super::{orgs, Fixture};
+use crate::afternoon;
+use async_trait::async_trait;
+use chrono::Duration;
+use metered::adapters::sqlite::{SqliteQueue, SqliteQuota};
+use metered::core::Clock;
+use metered::jobs::{JobContext, JobHandler, JobQueue, JobRuntime, RestartPolicy, Settled};
+use metered::jobs::{JobEnvelope, JobKind, Outcome};
+use metered::quota::{Admission, Call, Limits, Permit, Quota};
+use metered::Tenant;
+use std::collections::BTreeSet;
+use std::future::Future;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+
+fn job(tenant: &Tenant, kind: JobKind, id: &str) -> JobEnvelope {
+    let mut j = JobEnvelope::new(
+        kind,
+        &tenant.org,
+        &tenant.app,
+        serde_json::json!({}),
+        afternoon(),
+    );
+    j.id = id.to_string();
+    j
+}
+
+/// Oldest first, per org (the two orgs' job ids coincide) and per kind;
+/// a popped job is gone.
+pub async fn slot_lines_are_first_in_first_out_per_org_and_kind<F: Future<Output = Fixture>>(
+    make: F,
+) {
+    let s = make.await;
+    let (a, b) = orgs();
+    let now = afternoon();
+    let due = now + Duration::seconds(120);
+    let ms = Duration::milliseconds;
+    let w = &s.waiters;
+    w.park(&a, &job(&a, JobKind::ActionHttp, "first"), now, due)
+        .await
+        .unwrap();
+    w.park(&b, &job(&b, JobKind::ActionHttp, "first"), now + ms(1), due)
+        .await
+        .unwrap();
+    w.park(&a, &job(&a, JobKind::Workflow, "flow"), now + ms(2), due)
+        .await
+        .unwrap();
+    w.park(
+        &a,
+        &job(&a, JobKind::ActionHttp, "second"),
+        now + ms(3),
+        due,
+    )
+    .await
+    .unwrap();
+    let pop = |t: &Tenant, k| {
+        let (t, w) = (t.clone(), w.clone());
+        async move {
+            w.pop_oldest(&t, k, now + ms(10))
+                .await
+                .unwrap()
+                .map(|j| (j.org, j.id))
+        }
+    };
+    assert_eq!(
+        pop(&a, JobKind::ActionHttp).await,
+        Some(("org-a".into(), "first".into()))
+    );
+    assert_eq!(
+        pop(&a, JobKind::ActionHttp).await,
+        Some(("org-a".into(), "second".into()))
+    );
+    assert_eq!(
+        pop(&a, JobKind::ActionHttp).await,
+        None,
+        "a popped job is gone"
+    );
+    assert_eq!(
+        pop(&b, JobKind::ActionHttp).await,
+        Some(("org-b".into(), "first".into())),
+        "org B's line is its own"
+    );
+    assert_eq!(
+        pop(&a, JobKind::Workflow).await,
+        Some(("org-a".into(), "flow".into()))
+    );
+    assert_eq!(pop(&b, JobKind::Workflow).await, None);
+}
+
+/// A waiter whose backstop has come is on its way through the queue: it
+/// is taken out of the line, never handed a slot.
+pub async fn a_waiter_past_its_backstop_is_dropped_not_woken<F: Future<Output = Fixture>>(make: F) {
+    let s = make.await;
+    let (a, _) = orgs();
+    let now = afternoon();
+    let w = &s.waiters;
+    w.park(
+        &a,
+        &job(&a, JobKind::ActionHttp, "old"),
+        now,
+        now + Duration::seconds(10),
+    )
+    .await
+    .unwrap();
+    w.park(
+        &a,
+        &job(&a, JobKind::ActionHttp, "young"),
+        now + Duration::seconds(5),
+        now + Duration::seconds(70),
+    )
+    .await
+    .unwrap();
+    let at = now + Duration::seconds(10);
+    let popped = w.pop_oldest(&a, JobKind::ActionHttp, at).await.unwrap();
+    assert_eq!(
+        popped.map(|j| j.id).as_deref(),
+        Some("young"),
+        "the old entry is skipped"
+    );
+    assert!(
+        w.pop_oldest(&a, JobKind::ActionHttp, now)
+            .await
+            .unwrap()
+            .is_none(),
+        "and was removed"
+    );
+}
+
+/// Eight pops at once over twenty waiters: each waiter handed exactly once.
+pub async fn concurrent_pops_never_hand_one_job_twice<F: Future<Output = Fixture>>(make: F) {
+    let s = make.await;
+    let (a, _) = orgs();
+    let now = afternoon();
+    for i in 0..20 {
+        let j = job(&a, JobKind::PkLookup, &format!("job-{i:02}"));
+        s.waiters
+            .park(
+                &a,
+                &j,
+                now + Duration::milliseconds(i),
+                now + Duration::seconds(600),
+            )
+            .await
+            .unwrap();
+    }
+    let tasks: Vec<_> = (0..8)
+        .map(|_| {
+            let (w, a) = (s.waiters.clone(), a.clone());
+            tokio::spawn(async move {
+                let mut got = Vec::new();
+                while let Some(j) = w
+                    .pop_oldest(&a, JobKind::PkLookup, now + Duration::seconds(1))
+                    .await
+                    .unwrap()
+                {
+                    got.push(j.id);
+                }
+                got
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    let distinct: BTreeSet<_> = all.iter().cloned().collect();
+    assert_eq!((all.len(), distinct.len()), (20, 20), "{all:?}");
+}
+
+/// Takes a slot of its org's budget (one slot) and gives it straight back;
+/// a job whose payload says `release` gives back the slot held outside.
+struct Slotted {
+    quota: Quota,
+    limits: Limits,
+    held: Mutex<Option<Permit>>,
+    runs: AtomicU32,
+}
+
+#[async_trait]
+impl JobHandler for Slotted {
+    fn name(&self) -> &str {
+        "slotted"
+    }
+    fn accepts(&self, _: JobKind) -> bool {
+        true
+    }
+    async fn handle(&self, job: &JobEnvelope, _: &JobContext) -> Outcome {
+        if job.payload.get("release").is_some() {
+            let held = self.held.lock().unwrap().take();
+            if let Some(p) = held {
+                self.quota.release(p, 1).await.unwrap();
+            }
+            return Outcome::Done;
+        }
+        self.runs.fetch_add(1, Ordering::SeqCst);
+        match self
+            .quota
+            .acquire(
+                &job.tenant(),
+                &self.limits,
+                Call::new("workflow:w", "POST /x"),
+            )
+            .await
+            .unwrap()
+        {
+            Admission::Granted(p) => {
+                self.quota.release(p, 1).await.unwrap();
+                Outcome::Done
+            }
+            Admission::Denied(d) => Outcome::denied(&d, None),
+        }
+    }
+}
+
+/// Through the runtime: a job refused for a slot is parked with its queued
+/// copy pushed to the backstop; the holder's job ends, and the waiter is
+/// sent at once and runs; its queued copy, delivered later, is dropped
+/// without running. Org B's waiter with the same id stays in its line.
+pub async fn a_freed_slot_is_handed_to_the_longest_waiter<F: Future<Output = Fixture>>(make: F) {
+    let s = make.await;
+    let (a, b) = orgs();
+    let (clock, shared) = crate::manual_clock();
+    let db = metered::adapters::sqlite::Db::in_memory().unwrap();
+    let queue = Arc::new(SqliteQueue::new(db.clone(), "jobs", shared.clone(), 5));
+    let rt = JobRuntime::new(queue.clone(), shared.clone(), RestartPolicy::default())
+        .with_ledger(s.jobs.clone())
+        .with_waiters(s.waiters.clone());
+    let handler = Slotted {
+        quota: Quota::new(Arc::new(SqliteQuota::new(db)), shared),
+        limits: toml::from_str("per_day = 2500\nmax_concurrent = 1").unwrap(),
+        held: Mutex::new(None),
+        runs: AtomicU32::new(0),
+    };
+    let Admission::Granted(p) = handler
+        .quota
+        .acquire(&a, &handler.limits, Call::new("sync", "GET /x"))
+        .await
+        .unwrap()
+    else {
+        panic!("the first slot is free")
+    };
+    *handler.held.lock().unwrap() = Some(p);
+    let waiter = job(&a, JobKind::ActionHttp, "same-id");
+    s.waiters
+        .park(
+            &b,
+            &job(&b, JobKind::ActionHttp, "same-id"),
+            clock.now(),
+            clock.now() + Duration::seconds(600),
+        )
+        .await
+        .unwrap();
+
+    let ctx = JobContext::default();
+    match rt.process(&waiter.to_body(), &handler, &ctx).await {
+        Settled::Restarted { delay_secs, .. } => assert!(
+            delay_secs >= 60,
+            "the queued copy waits for its backstop: {delay_secs}"
+        ),
+        other => panic!("refused for the slot, restarted: {other:?}"),
+    }
+    assert!(
+        queue.receive(10, 30).await.unwrap().is_empty(),
+        "nothing due yet"
+    );
+
+    let mut holder = job(&a, JobKind::ActionHttp, "holder");
+    holder.payload = serde_json::json!({"release": true});
+    assert_eq!(
+        rt.process(&holder.to_body(), &handler, &ctx).await,
+        Settled::Done
+    );
+    let handed = queue.receive(10, 30).await.unwrap();
+    assert_eq!(handed.len(), 1, "the waiter was sent at once");
+    let copy = JobEnvelope::parse(&handed[0].body).unwrap();
+    assert_eq!(
+        (copy.id.as_str(), copy.org.as_str(), copy.generation),
+        ("same-id", "org-a", 1)
+    );
+    assert_eq!(
+        rt.process(&handed[0].body, &handler, &ctx).await,
+        Settled::Done
+    );
+    queue.ack(&handed[0].receipt).await.unwrap();
+    assert_eq!(
+        handler.runs.load(Ordering::SeqCst),
+        2,
+        "refused once, then ran"
+    );
+
+    clock.advance(Duration::seconds(200));
+    let late = queue.receive(10, 30).await.unwrap();
+    assert_eq!(late.len(), 1, "the backstop copy still comes");
+    assert!(matches!(
+        rt.process(&late[0].body, &handler, &ctx).await,
+        Settled::Skipped { .. }
+    ));
+    assert_eq!(
+        handler.runs.load(Ordering::SeqCst),
+        2,
+        "and is dropped without running"
+    );
+
+    let b_line = s
+        .waiters
+        .pop_oldest(&b, JobKind::ActionHttp, afternoon())
+        .await
+        .unwrap();
+    assert_eq!(
+        b_line.map(|j| j.org).as_deref(),
+        Some("org-b"),
+        "org B's waiter was not handed org A's slot"
+    );
+}
