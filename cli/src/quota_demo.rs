@@ -73,6 +73,8 @@ struct SpendHandler {
     quota: Quota,
     limits: Limits,
     api: Arc<FakeApi>,
+    /// Jobs the quota ever refused, for the wake-ups per refused job.
+    refused: std::sync::Mutex<std::collections::BTreeSet<String>>,
 }
 
 #[async_trait]
@@ -92,10 +94,12 @@ impl JobHandler for SpendHandler {
             .unwrap_or(0);
         let key = job.tenant();
         while done < total {
+            // It knows what is left: a refusal takes a wake turn that size.
             let call = Call::new(
                 format!("demo:{}", job.payload["name"].as_str().unwrap_or("job")),
                 "GET /records",
-            );
+            )
+            .needing(u32::try_from(total - done).unwrap_or(u32::MAX));
             match self.quota.acquire(&key, &self.limits, call).await {
                 Ok(Admission::Granted(permit)) => {
                     self.api
@@ -107,6 +111,10 @@ impl JobHandler for SpendHandler {
                     }
                 }
                 Ok(Admission::Denied(denied)) => {
+                    self.refused
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(job.id.clone());
                     return Outcome::denied(&denied, Some(serde_json::json!({ "done": done })));
                 }
                 Err(e) => return Outcome::from_error(&e),
@@ -136,6 +144,7 @@ pub async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         quota: quota.clone(),
         limits: limits.clone(),
         api: api.clone(),
+        refused: Default::default(),
     };
     let runtime = JobRuntime::new(queue.clone(), clock.clone(), RestartPolicy::default());
     let key = QuotaKey::new("acme", "booking-app");
@@ -216,6 +225,11 @@ pub async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         usage.extend(quota.store().usage(&key, d).await?);
     }
     let usage_total: u64 = usage.iter().map(|u| u.calls).sum();
+    let refused = handler
+        .refused
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .len();
     let report = serde_json::json!({
         "jobs": args.jobs,
         "jobs_done": done,
@@ -228,6 +242,7 @@ pub async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         "usage_recorded": usage_total,
         "max_concurrent_seen_by_api": api.max_in_flight.load(Ordering::SeqCst),
         "restarts": restarts,
+        "jobs_ever_refused": refused,
         "simulated_until": clock.now().to_rfc3339(),
         "wall_ms": wall.elapsed().as_millis() as u64,
     });
@@ -252,7 +267,11 @@ pub async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             api.max_in_flight.load(Ordering::SeqCst),
             args.max_concurrent
         );
-        println!("restarts             {}", restarts.values().sum::<u64>());
+        let total: u64 = restarts.values().sum();
+        println!(
+            "restarts             {total} ({:.2} wake-ups per refused job: {refused} jobs were ever refused)",
+            total as f64 / refused.max(1) as f64
+        );
         for (reason, n) in &restarts {
             println!("  {n:>6}  {reason}");
         }

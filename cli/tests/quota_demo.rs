@@ -40,6 +40,37 @@ fn demo_spreads_work_over_days_within_the_budget() {
     );
 }
 
+/// A backlog of seven days (#30): each job says how many calls it still
+/// needs, so each day wakes only the five jobs it can finish; a refused job
+/// wakes once, not once a day until its turn.
+#[test]
+fn a_tight_budget_backlog_wakes_each_refused_job_once() {
+    let (ok, r, err) = demo(&["--per-day", "500"]);
+    assert!(ok, "demo failed: {err}");
+    assert_eq!(
+        (r["jobs_done"].as_u64(), r["dead_lettered"].as_u64()),
+        (Some(40), Some(0)),
+        "{r}"
+    );
+    let days = r["api_calls_per_day"].as_object().unwrap();
+    assert_eq!(days.len(), 8, "{r}");
+    assert!(
+        days.values().all(|c| c.as_u64() == Some(500)),
+        "every day spent whole: {r}"
+    );
+    let restarts: u64 = r["restarts"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|n| n.as_u64().unwrap())
+        .sum();
+    assert_eq!(
+        (restarts, r["jobs_ever_refused"].as_u64()),
+        (35, Some(35)),
+        "{r}"
+    );
+}
+
 #[test]
 fn demo_on_a_file_database_with_other_limits() {
     let dir = std::env::temp_dir().join(format!("metered-demo-{}", std::process::id()));

@@ -255,6 +255,8 @@ pub struct Metered {
     /// Background work, held back for interactive work
     /// (`crate::quota::Call::in_background`).
     background: bool,
+    /// Calls the job still needs, when it knows (`crate::quota::Call::work`).
+    needing: u32,
 }
 
 impl fmt::Debug for Metered {
@@ -284,7 +286,16 @@ impl Metered {
             api_window: crate::quota::WindowKind::Day,
             pause: crate::quota::PausePolicy { after_failures: 3 },
             background: false,
+            needing: 0,
         }
+    }
+
+    /// The job still needs about `calls` calls: a window's refusal then
+    /// takes a wake turn that size (`crate::quota::Call::needing`), so a
+    /// window wakes only the jobs it can finish.
+    pub fn needing(mut self, calls: u32) -> Self {
+        self.needing = calls;
+        self
     }
 
     /// Spends as background work when `background` is true: a scheduled
@@ -326,6 +337,7 @@ impl Metered {
         let cost = self.connector.call_cost(&endpoint).max(1);
         let mut spec = Call::new(self.source.clone(), endpoint.clone())
             .reserve(cost)
+            .needing(self.needing)
             .in_background(self.background);
         if self.connector.is_exempt(&endpoint) {
             spec = spec.exempt();
@@ -609,6 +621,7 @@ impl Metered {
         let calls = calls.min((tightest / unit).max(1));
         let mut spec = Call::new(self.source.clone(), endpoint)
             .reserve(calls.max(1).saturating_mul(unit))
+            .needing(self.needing)
             .in_background(self.background);
         if self.connector.is_exempt(endpoint) {
             spec = spec.exempt();

@@ -43,6 +43,11 @@ pub struct Call {
     /// transfer, a bulk run): held to `background_percent` of each window
     /// ([`super::priority`]).
     pub background: bool,
+    /// Calls the job still needs in all, when it knows (0: just this
+    /// call). A refusal by a window then takes a wake turn of that size
+    /// ([`super::wave`]), so a window wakes only as many waiting jobs as it
+    /// can finish, not one per call it holds.
+    pub work: u32,
 }
 
 impl Call {
@@ -54,7 +59,20 @@ impl Call {
             endpoint: endpoint.into(),
             exempt: false,
             background: false,
+            work: 0,
         }
+    }
+
+    /// The job still needs about `calls` calls in all (a lookup batch's
+    /// keys, a job's calls left): see [`Call::work`].
+    pub fn needing(mut self, calls: u32) -> Self {
+        self.work = calls;
+        self
+    }
+
+    /// The size of the wake turn a refusal of this call takes.
+    fn turn(&self) -> u32 {
+        self.work.max(self.cost).max(1)
     }
 
     /// Reserve `cost` calls at once (a transfer with a known page count).
@@ -178,8 +196,10 @@ struct RecentDenial {
     cost: u32,
     denied: Denied,
     until: Timestamp,
-    /// Requests answered from it so far: the n-th is sent n turns later
-    /// ([`wave::repeat_at`]), so repeats do not all wake at once.
+    /// Wake slots handed out from it so far (the refusal's own turn, then
+    /// each repeat's, [`Call::turn`]): a repeat's turn starts there
+    /// ([`wave::repeat_at`]), so repeats do not all wake at once, and a
+    /// job that needs 100 calls is sent 100 slots after the one before.
     repeats: u64,
 }
 
@@ -205,12 +225,15 @@ impl Quota {
 
     /// The denial to repeat for `cost` calls of `key` at `now`, if a recent
     /// one still stands.
-    fn recent_denial(&self, key: &QuotaKey, cost: u32, now: Timestamp) -> Option<(Denied, u64)> {
+    fn recent_denial(&self, key: &QuotaKey, call: &Call, now: Timestamp) -> Option<(Denied, u64)> {
+        let cost = call.cost;
         let mut denials = self.denials.lock().unwrap_or_else(|e| e.into_inner());
         match denials.get_mut(key) {
             Some(d) if now < d.until && cost >= d.cost => {
-                d.repeats += 1;
-                Some((d.denied.clone(), d.repeats))
+                // This repeat's turn starts after the turns before it.
+                let offset = d.repeats;
+                d.repeats += u64::from(call.turn());
+                Some((d.denied.clone(), offset))
             }
             Some(d) if now >= d.until => {
                 denials.remove(key);
@@ -220,7 +243,8 @@ impl Quota {
         }
     }
 
-    fn remember_denial(&self, key: &QuotaKey, cost: u32, denied: &Denied, now: Timestamp) {
+    fn remember_denial(&self, key: &QuotaKey, call: &Call, denied: &Denied, now: Timestamp) {
+        let cost = call.cost;
         // A wait for a slot is over when any holder, in any process,
         // releases (or when a contended store lets go): not repeated.
         // (A share's refusal is remembered under its kind's key, see
@@ -244,7 +268,7 @@ impl Quota {
                     cost,
                     denied: denied.clone(),
                     until,
-                    repeats: 0,
+                    repeats: u64::from(call.turn()),
                 },
             );
         }
@@ -323,11 +347,14 @@ impl Quota {
         slots_key: QuotaKey,
         limits: &Limits,
         denied: Denied,
+        turn: u32,
         now: Timestamp,
     ) -> Denied {
         let DenyReason::Window { window, limit, .. } = &denied.reason else {
             return denied;
         };
+        // A job that needs more than a window takes a window to itself.
+        let turn = turn.clamp(1, *limit);
         let Some(slots) = wave::slot_limits(*window, *limit) else {
             return denied;
         };
@@ -342,10 +369,16 @@ impl Quota {
         };
         while k < wave::MAX_WAVES {
             let start = first + Duration::seconds(len * i64::from(k));
-            match self.store.acquire(&slots_key, &slots, 1, start).await {
+            let turn_key = wave::turn_key(&slots_key, start, len);
+            match self.store.acquire(&turn_key, &slots, turn, start).await {
                 Ok(Acquire::Granted(g)) => {
-                    let slot = g.windows.first().map_or(1, |w| w.used).saturating_sub(1);
-                    if let Err(e) = self.store.release(&g, 1).await {
+                    // The turn's first slot sets when it wakes.
+                    let slot = g
+                        .windows
+                        .first()
+                        .map_or(u64::from(turn), |w| w.used)
+                        .saturating_sub(u64::from(turn));
+                    if let Err(e) = self.store.release(&g, turn).await {
                         tracing::debug!(quota = %slots_key, error = %e, "could not release a wake slot's lease; it expires");
                     }
                     self.full_waves
@@ -517,7 +550,10 @@ impl Quota {
                 }
                 let part = limits.share_part(Part::Pool, kind);
                 let d = match &part {
-                    Some(part) => self.wave(Self::slots_key(key, ":pool"), part, d, now).await,
+                    Some(part) => {
+                        self.wave(Self::slots_key(key, ":pool"), part, d, call.turn(), now)
+                            .await
+                    }
                     None => d,
                 };
                 return Ok(Err(named(d, "unreserved part")));
@@ -534,7 +570,7 @@ impl Quota {
                 let d = match limits.share_part(Part::Cap, kind) {
                     Some(part) => {
                         let slots = Self::slots_key(key, &format!(":cap:{kind}"));
-                        self.wave(slots, &part, d, now).await
+                        self.wave(slots, &part, d, call.turn(), now).await
                     }
                     None => d,
                 };
@@ -581,7 +617,10 @@ impl Quota {
                 self.give_back(&shared, "the org refused").await;
                 let d = match d.reason {
                     DenyReason::Concurrency { max } => self.queue_for_slot(key, max, d, now),
-                    _ => self.wave(Self::slots_key(key, ""), limits, d, now).await,
+                    _ => {
+                        self.wave(Self::slots_key(key, ""), limits, d, call.turn(), now)
+                            .await
+                    }
                 };
                 return Ok(Levels::Denied(d));
             }
@@ -615,7 +654,13 @@ impl Quota {
                     self.store.release(g, 0).await?;
                 }
                 let d = self
-                    .wave(Self::slots_key(&key.app_level(), ""), app, d, now)
+                    .wave(
+                        Self::slots_key(&key.app_level(), ""),
+                        app,
+                        d,
+                        call.turn(),
+                        now,
+                    )
                     .await;
                 let reason = match d.reason {
                     DenyReason::Window {
@@ -684,7 +729,7 @@ impl Quota {
         ]
         .into_iter()
         .flatten()
-        .find_map(|k| self.recent_denial(k, call.cost, now));
+        .find_map(|k| self.recent_denial(k, &call, now));
         let levels = match remembered {
             Some((mut denied, repeats)) => {
                 tracing::debug!(quota = %key, cost = call.cost, "denied again from this process's recent denial; no store request");
@@ -751,7 +796,7 @@ impl Quota {
                     | (DenyReason::Share { .. }, Some(k), None) => k,
                     _ => &org_memory,
                 };
-                self.remember_denial(memory, call.cost, &denied, now);
+                self.remember_denial(memory, &call, &denied, now);
                 Ok(self.refuse(key, call, day, hour, denied))
             }
         }

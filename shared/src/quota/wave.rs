@@ -20,6 +20,7 @@
 //! `retry_at` (the moment one call fits), and repeat refusals answered
 //! from a process's memory keep the remembered `retry_at`.
 
+use super::key::QuotaKey;
 use super::limits::{Limits, WindowKind};
 use super::window::WindowLimit;
 use crate::core::clock::Timestamp;
@@ -60,6 +61,20 @@ pub(crate) fn slot_limits(kind: WindowKind, limit: u32) -> Option<Limits> {
         WindowKind::Bucket(_) => return None,
     }
     Some(l)
+}
+
+/// Where the wake slots of the window starting at `start` (`len_secs`
+/// long) are counted: one budget per window, cycling through
+/// `MAX_WAVES + 1` of them. Not one budget for every window: a store
+/// drops the windows that ended before the `now` it is asked at, and slots
+/// are asked at a future window's time, so taking a slot two windows
+/// ahead would erase the count of the window before it (found by
+/// `tests/tests/waves.rs`: the twelfth 100-call job of a 500-a-day backlog
+/// was sent back to the first day). A budget is used again `MAX_WAVES + 1`
+/// windows later, when the count it holds has ended.
+pub(crate) fn turn_key(slots: &QuotaKey, start: Timestamp, len_secs: i64) -> QuotaKey {
+    let ordinal = start.timestamp().div_euclid(len_secs.max(1)) % i64::from(MAX_WAVES + 1);
+    QuotaKey::new(format!("{}#{ordinal}", slots.org), &slots.app)
 }
 
 /// Milliseconds between wake-ups in one wave: the pace of the tightest

@@ -80,7 +80,18 @@ async fn listing(svc: &AppContext, job: &JobEnvelope, ctx: &JobContext) -> Flow<
     let metered = svc
         .metered(&job.org, &listing.sync)
         .or_else(fail)?
-        .in_background(background);
+        .in_background(background)
+        // What the last run took, less what this one has read: a refusal's
+        // wake turn that size.
+        .needing(
+            listing
+                .state
+                .last_pages
+                .unwrap_or(0)
+                .saturating_sub(listing.cp.pages)
+                .try_into()
+                .unwrap_or(u32::MAX),
+        );
     let outcome = settled(listing.pages(&metered, ctx).await);
     if matches!(outcome, Outcome::Done) {
         return Ok(record_completion(svc, &listing.sync, job, &listing.cp).await);

@@ -62,9 +62,12 @@ async fn lookup(svc: &AppContext, job: &JobEnvelope, ctx: &JobContext) -> Flow<O
         return Ok(Outcome::Done);
     }
     let sync = sync_name(JobKind::PkLookup, record_type);
-    let metered = svc.metered(&job.org, &sync).or_else(fail)?;
     let per_call = keys_per_call(svc, &job.org, record_type);
     let calls_needed = cp.remaining.len().div_ceil(per_call) as u32;
+    let metered = svc
+        .metered(&job.org, &sync)
+        .or_else(fail)?
+        .needing(calls_needed);
     let endpoint = metered.connector().lookup_endpoint(record_type);
     let block = calls_needed.min(max_block(&svc.limits(&job.org)));
     let mut reservation = metered
