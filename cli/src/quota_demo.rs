@@ -125,6 +125,93 @@ impl JobHandler for SpendHandler {
 }
 
 pub async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
+    let json = args.json;
+    let wall = std::time::Instant::now();
+    let (report, ok) = simulate(&args, |line| {
+        if !json {
+            println!("{line}");
+        }
+    })
+    .await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print_summary(&args, &report);
+        println!("wall time            {} ms", wall.elapsed().as_millis());
+    }
+    if !ok {
+        return Err("the demo's invariants did not hold (see the report above)".into());
+    }
+    Ok(())
+}
+
+impl Args {
+    /// A backlog of `jobs` × `calls_per_job` calls on `per_day` a day and
+    /// 3 concurrent, in memory (what `metered bench --storm` runs).
+    pub(crate) fn backlog(jobs: u32, calls_per_job: u32, per_day: u32) -> Self {
+        Self {
+            jobs,
+            calls_per_job,
+            per_day,
+            max_concurrent: 3,
+            db: None,
+            json: true,
+        }
+    }
+}
+
+/// Wake-ups per refused job in a report: restarts ÷ jobs ever refused.
+pub(crate) fn wakeups_per_refused(report: &serde_json::Value) -> (u64, u64) {
+    let restarts = report["restarts"]
+        .as_object()
+        .map_or(0, |r| r.values().filter_map(|n| n.as_u64()).sum());
+    (restarts, report["jobs_ever_refused"].as_u64().unwrap_or(0))
+}
+
+fn print_summary(args: &Args, report: &serde_json::Value) {
+    println!();
+    println!(
+        "jobs done            {} of {}",
+        report["jobs_done"], args.jobs
+    );
+    println!(
+        "calls made           {} (wanted {}; usage recorded {})",
+        report["api_calls_served"], report["calls_wanted"], report["usage_recorded"]
+    );
+    for (day, calls) in report["api_calls_per_day"]
+        .as_object()
+        .into_iter()
+        .flatten()
+    {
+        let calls = calls.as_u64().unwrap_or(0);
+        println!("  {day}         {calls:>5} of {} allowed", args.per_day);
+    }
+    println!(
+        "most calls at once   {} (limit {})",
+        report["max_concurrent_seen_by_api"], args.max_concurrent
+    );
+    let (total, refused) = wakeups_per_refused(report);
+    println!(
+        "restarts             {total} ({:.2} wake-ups per refused job: {refused} jobs were ever refused)",
+        total as f64 / refused.max(1) as f64
+    );
+    for (reason, n) in report["restarts"].as_object().into_iter().flatten() {
+        println!("  {:>6}  {reason}", n.as_u64().unwrap_or(0));
+    }
+    println!(
+        "not_before hops      {} (early arrivals re-sent without work: SQS delays stop at 900 s)",
+        report["not_before_hops"]
+    );
+    println!("dead-lettered        {}", report["dead_lettered"]);
+}
+
+/// Runs the backlog `args` describes to the end on a simulated clock,
+/// telling `progress` each day's line; the report, and whether the
+/// budget held with nothing lost.
+pub(crate) async fn simulate(
+    args: &Args,
+    mut progress: impl FnMut(String),
+) -> Result<(serde_json::Value, bool), Box<dyn std::error::Error>> {
     let wall = std::time::Instant::now();
     let start = Utc
         .with_ymd_and_hms(2026, 11, 22, 9, 0, 0)
@@ -203,13 +290,13 @@ pub async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             }
         }
         let today = clock.now().date_naive();
-        if today != last_day && !args.json {
-            println!(
+        if today != last_day {
+            progress(format!(
                 "  {last_day}: {} calls made, {done} of {} jobs done, waiting jobs restart at {} UTC",
                 api.per_day.lock().unwrap_or_else(|e| e.into_inner()).get(&last_day.to_string()).copied().unwrap_or(0),
                 args.jobs,
                 clock.now().format("%Y-%m-%d %H:%M:%S"),
-            );
+            ));
             last_day = today;
         }
     }
@@ -246,47 +333,15 @@ pub async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         "simulated_until": clock.now().to_rfc3339(),
         "wall_ms": wall.elapsed().as_millis() as u64,
     });
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
-        println!(
-            "  {last_day}: {} calls made",
-            per_day.get(&last_day.to_string()).copied().unwrap_or(0)
-        );
-        println!();
-        println!("jobs done            {done} of {}", args.jobs);
-        println!(
-            "calls made           {} (wanted {wanted}; usage recorded {usage_total})",
-            api.calls.load(Ordering::SeqCst)
-        );
-        for (day, calls) in &per_day {
-            println!("  {day}         {calls:>5} of {} allowed", args.per_day);
-        }
-        println!(
-            "most calls at once   {} (limit {})",
-            api.max_in_flight.load(Ordering::SeqCst),
-            args.max_concurrent
-        );
-        let total: u64 = restarts.values().sum();
-        println!(
-            "restarts             {total} ({:.2} wake-ups per refused job: {refused} jobs were ever refused)",
-            total as f64 / refused.max(1) as f64
-        );
-        for (reason, n) in &restarts {
-            println!("  {n:>6}  {reason}");
-        }
-        println!("not_before hops      {wait_hops} (early arrivals re-sent without work: SQS delays stop at 900 s)");
-        println!("dead-lettered        {}", report["dead_lettered"]);
-        println!("wall time            {} ms", wall.elapsed().as_millis());
-    }
+    progress(format!(
+        "  {last_day}: {} calls made",
+        per_day.get(&last_day.to_string()).copied().unwrap_or(0)
+    ));
     let ok = done == u64::from(args.jobs)
         && report["dead_lettered"] == 0
         && api.calls.load(Ordering::SeqCst) == wanted
         && usage_total == wanted
         && api.max_in_flight.load(Ordering::SeqCst) <= args.max_concurrent as usize
         && per_day.values().all(|c| *c <= u64::from(args.per_day));
-    if !ok {
-        return Err("the demo's invariants did not hold (see the report above)".into());
-    }
-    Ok(())
+    Ok((report, ok))
 }

@@ -51,6 +51,18 @@ pub async fn section(dynamodb_url: Option<&str>) -> Result<(), Box<dyn std::erro
         );
         slots(store.clone(), requests.clone(), Some(Arc::new(line))).await?;
     }
+    println!("\nA tight budget: 40 jobs × 100 calls, each job saying what it still needs (`metered quota-demo`, SQLite)");
+    for per_day in [2_500, 500] {
+        let args = crate::quota_demo::Args::backlog(40, 100, per_day);
+        let (report, ok) = crate::quota_demo::simulate(&args, |_| {}).await?;
+        let (restarts, refused) = crate::quota_demo::wakeups_per_refused(&report);
+        println!(
+            "  {per_day} calls a day: {} days; {restarts} restarts for {refused} refused jobs = {:.2} wake-ups per refused job; {} not_before hops; invariants held: {ok}",
+            report["api_calls_per_day"].as_object().map_or(0, |d| d.len()),
+            restarts as f64 / refused.max(1) as f64,
+            report["not_before_hops"],
+        );
+    }
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
