@@ -361,11 +361,15 @@ impl JobRuntime {
         };
         let (outcome, freed) = crate::core::freed::counting_freed(handler.handle(job, &ctx)).await;
         let fate = decide(job, outcome, self.clock.now(), &self.policy);
+        // A job that gave a slot back and was then refused one saw its
+        // slot taken: there is none to hand on (the oldest waiter could be
+        // this very job, sent again only to be refused).
+        let refused_a_slot = matches!(fate, Fate::RestartAt { slot: true, .. });
         let settled = self.carry_out(job, fate, handler).await;
         if let Some(ledger) = &self.ledger {
             self.settle(ledger.as_ref(), &key, job, settled.ack()).await;
         }
-        if freed > 0 {
+        if freed > 0 && !refused_a_slot {
             self.hand_slot_on(&key, job.kind).await;
         }
         settled

@@ -53,6 +53,7 @@ macro_rules! store_cases {
                 a_waiter_past_its_backstop_is_dropped_not_woken,
                 concurrent_pops_never_hand_one_job_twice,
                 a_freed_slot_is_handed_to_the_longest_waiter,
+                a_job_refused_after_freeing_a_slot_hands_nothing_on,
             ]
         );
     };

@@ -199,6 +199,21 @@ impl JobHandler for Slotted {
             return Outcome::Done;
         }
         self.runs.fetch_add(1, Ordering::SeqCst);
+        if job.payload.get("churn").is_some() {
+            // Gives its slot back, which another job takes at once.
+            let call = || Call::new("workflow:w", "POST /x");
+            let tenant = job.tenant();
+            if let Ok(Admission::Granted(p)) =
+                self.quota.acquire(&tenant, &self.limits, call()).await
+            {
+                self.quota.release(p, 1).await.unwrap();
+            }
+            if let Ok(Admission::Granted(p)) =
+                self.quota.acquire(&tenant, &self.limits, call()).await
+            {
+                *self.held.lock().unwrap() = Some(p);
+            }
+        }
         match self
             .quota
             .acquire(
@@ -316,5 +331,54 @@ pub async fn a_freed_slot_is_handed_to_the_longest_waiter<F: Future<Output = Fix
         b_line.map(|j| j.org).as_deref(),
         Some("org-b"),
         "org B's waiter was not handed org A's slot"
+    );
+}
+
+/// A job that gave its slot back and was then refused one (another job
+/// took the slot) has no slot to hand on: it parks, and nothing is sent
+/// at once — not even itself, the oldest waiter.
+pub async fn a_job_refused_after_freeing_a_slot_hands_nothing_on<F: Future<Output = Fixture>>(
+    make: F,
+) {
+    let s = make.await;
+    let (a, _) = orgs();
+    let (clock, shared) = crate::manual_clock();
+    let db = metered::adapters::sqlite::Db::in_memory().unwrap();
+    let queue = Arc::new(SqliteQueue::new(db.clone(), "jobs", shared.clone(), 5));
+    let rt = JobRuntime::new(queue.clone(), shared.clone(), RestartPolicy::default())
+        .with_ledger(s.jobs.clone())
+        .with_waiters(s.waiters.clone());
+    let handler = Slotted {
+        quota: Quota::new(Arc::new(SqliteQuota::new(db)), shared),
+        limits: toml::from_str("per_day = 2500\nmax_concurrent = 1").unwrap(),
+        held: Mutex::new(None),
+        runs: AtomicU32::new(0),
+    };
+    let mut churn = job(&a, JobKind::ActionHttp, "churn");
+    churn.payload = serde_json::json!({"churn": true});
+    match rt
+        .process(&churn.to_body(), &handler, &JobContext::default())
+        .await
+    {
+        Settled::Restarted { delay_secs, .. } => assert!(delay_secs >= 60, "{delay_secs}"),
+        other => panic!("refused for the slot it gave away: {other:?}"),
+    }
+    assert!(
+        handler.held.lock().unwrap().is_some(),
+        "another job holds the slot"
+    );
+    assert!(
+        queue.receive(10, 30).await.unwrap().is_empty(),
+        "no slot was free to hand on"
+    );
+    let parked = s
+        .waiters
+        .pop_oldest(&a, JobKind::ActionHttp, clock.now())
+        .await
+        .unwrap();
+    assert_eq!(
+        parked.map(|j| j.id).as_deref(),
+        Some("churn"),
+        "it waits in the line"
     );
 }
