@@ -233,13 +233,16 @@ impl JobHandler for Slotted {
     }
 }
 
-/// Through the runtime: a job refused for a slot is parked with its queued
-/// copy pushed to the backstop; the holder's job ends, and the waiter is
-/// sent at once and runs; its queued copy, delivered later, is dropped
-/// without running. Org B's waiter with the same id stays in its line.
-pub async fn a_freed_slot_is_handed_to_the_longest_waiter<F: Future<Output = Fixture>>(make: F) {
-    let s = make.await;
-    let (a, b) = orgs();
+/// A runtime over the fixture's ledger and slot lines, a queue, and a
+/// handler on a budget of one slot, on a manual clock.
+struct SlotWorld {
+    clock: metered::ManualClock,
+    queue: Arc<SqliteQueue>,
+    rt: JobRuntime,
+    handler: Slotted,
+}
+
+fn slot_world(s: &Fixture) -> SlotWorld {
     let (clock, shared) = crate::manual_clock();
     let db = metered::adapters::sqlite::Db::in_memory().unwrap();
     let queue = Arc::new(SqliteQueue::new(db.clone(), "jobs", shared.clone(), 5));
@@ -252,6 +255,27 @@ pub async fn a_freed_slot_is_handed_to_the_longest_waiter<F: Future<Output = Fix
         held: Mutex::new(None),
         runs: AtomicU32::new(0),
     };
+    SlotWorld {
+        clock,
+        queue,
+        rt,
+        handler,
+    }
+}
+
+/// Through the runtime: a job refused for a slot is parked with its queued
+/// copy pushed to the backstop; the holder's job ends, and the waiter is
+/// sent at once and runs; its queued copy, delivered later, is dropped
+/// without running. Org B's waiter with the same id stays in its line.
+pub async fn a_freed_slot_is_handed_to_the_longest_waiter<F: Future<Output = Fixture>>(make: F) {
+    let s = make.await;
+    let (a, b) = orgs();
+    let SlotWorld {
+        clock,
+        queue,
+        rt,
+        handler,
+    } = slot_world(&s);
     let Admission::Granted(p) = handler
         .quota
         .acquire(&a, &handler.limits, Call::new("sync", "GET /x"))
@@ -342,18 +366,12 @@ pub async fn a_job_refused_after_freeing_a_slot_hands_nothing_on<F: Future<Outpu
 ) {
     let s = make.await;
     let (a, _) = orgs();
-    let (clock, shared) = crate::manual_clock();
-    let db = metered::adapters::sqlite::Db::in_memory().unwrap();
-    let queue = Arc::new(SqliteQueue::new(db.clone(), "jobs", shared.clone(), 5));
-    let rt = JobRuntime::new(queue.clone(), shared.clone(), RestartPolicy::default())
-        .with_ledger(s.jobs.clone())
-        .with_waiters(s.waiters.clone());
-    let handler = Slotted {
-        quota: Quota::new(Arc::new(SqliteQuota::new(db)), shared),
-        limits: toml::from_str("per_day = 2500\nmax_concurrent = 1").unwrap(),
-        held: Mutex::new(None),
-        runs: AtomicU32::new(0),
-    };
+    let SlotWorld {
+        clock,
+        queue,
+        rt,
+        handler,
+    } = slot_world(&s);
     let mut churn = job(&a, JobKind::ActionHttp, "churn");
     churn.payload = serde_json::json!({"churn": true});
     match rt
