@@ -469,11 +469,10 @@ impl<S: SlotWaiters + 'static> SlotWaiters for FaultyStore<S> {
     async fn pop_oldest(
         &self,
         tenant: &QuotaKey,
-        kind: JobKind,
         now: Timestamp,
     ) -> metered::Result<Option<JobEnvelope>> {
         self.faults.enter("slots.pop").await?;
-        self.inner.pop_oldest(tenant, kind, now).await
+        self.inner.pop_oldest(tenant, now).await
     }
 }
 

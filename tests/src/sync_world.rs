@@ -363,7 +363,7 @@ impl World {
                 Arc::new(
                     JobRuntime::new(raw[&k].clone(), shared.clone(), policy)
                         .with_ledger(ledger.clone())
-                        .with_waiters(waiters.clone())
+                        .with_waiters(waiters.clone(), svc.queues.clone())
                         .with_metrics(svc.metrics.clone()),
                 ),
             )
@@ -415,7 +415,7 @@ impl World {
                 Arc::new(
                     JobRuntime::new(self.raw[&k].clone(), self.shared.clone(), policy)
                         .with_ledger(self.ledger.clone())
-                        .with_waiters(self.waiters.clone())
+                        .with_waiters(self.waiters.clone(), self.svc.queues.clone())
                         .with_metrics(self.svc.metrics.clone()),
                 ),
             ));

@@ -123,7 +123,7 @@ async fn slots(
             // The job ended having given its slot back: the runtime hands
             // it to the longest waiter.
             if let Some(line) = &line {
-                if let Some(next) = line.pop_oldest(&key, JobKind::ActionHttp, at).await? {
+                if let Some(next) = line.pop_oldest(&key, at).await? {
                     due.push(Reverse((at, index[&next.id], Some(next.generation))));
                 }
             }

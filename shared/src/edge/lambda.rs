@@ -363,7 +363,7 @@ impl Deployed {
         Ok(
             JobRuntime::new(queue, self.svc.clock.clone(), self.config.policy)
                 .with_ledger(self.ledger.clone())
-                .with_waiters(self.ledger.clone())
+                .with_waiters(self.ledger.clone(), self.svc.queues.clone())
                 .with_metrics(self.svc.metrics.clone()),
         )
     }

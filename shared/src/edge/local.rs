@@ -146,7 +146,7 @@ impl LocalRunner {
                         RestartPolicy::default(),
                     )
                     .with_ledger(store.clone())
-                    .with_waiters(store.clone())
+                    .with_waiters(store.clone(), svc.queues.clone())
                     .with_metrics(svc.metrics.clone()),
                 )
             })

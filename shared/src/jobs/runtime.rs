@@ -24,7 +24,7 @@ use crate::jobs::envelope::{JobEnvelope, JobKind, Outcome};
 use crate::jobs::fate::{decide, early, slot_backstop, Fate};
 pub(crate) use crate::jobs::fate::{delay_secs, RestartPolicy, NOT_BEFORE_REASON};
 use crate::jobs::ledger::{Claim, JobLedger};
-use crate::jobs::queue::JobQueue;
+use crate::jobs::queue::{JobQueue, Queues};
 use crate::jobs::waiters::{SlotWaiters, SLOT_BACKSTOP_GRACE_SECS};
 use async_trait::async_trait;
 use std::sync::Arc;
@@ -157,9 +157,10 @@ pub struct JobRuntime {
     pub start_margin: chrono::Duration,
     /// Where jobs done, restarts and dead letters are counted, if anywhere.
     pub metrics: Option<Metrics>,
-    /// The lines of jobs parked for a concurrency slot, if slots are handed
-    /// on ([`SlotWaiters`]); without, a slot wait is a plain restart.
-    pub waiters: Option<Arc<dyn SlotWaiters>>,
+    /// The lines of jobs parked for a concurrency slot, and the queues of
+    /// every kind a freed slot may be handed to, if slots are handed on
+    /// ([`SlotWaiters`]); without, a slot wait is a plain restart.
+    pub waiters: Option<(Arc<dyn SlotWaiters>, Queues)>,
 }
 
 impl JobRuntime {
@@ -178,9 +179,10 @@ impl JobRuntime {
     }
 
     /// Parks jobs refused for a concurrency slot in `waiters` and hands a
-    /// slot that frees to the longest-parked job of its kind and tenant.
-    pub fn with_waiters(mut self, waiters: Arc<dyn SlotWaiters>) -> Self {
-        self.waiters = Some(waiters);
+    /// slot that frees to the tenant's longest-parked job, sent to its
+    /// kind's queue in `queues` (a kind without one waits for its backstop).
+    pub fn with_waiters(mut self, waiters: Arc<dyn SlotWaiters>, queues: Queues) -> Self {
+        self.waiters = Some((waiters, queues));
         self
     }
 
@@ -370,22 +372,24 @@ impl JobRuntime {
             self.settle(ledger.as_ref(), &key, job, settled.ack()).await;
         }
         if freed > 0 && !refused_a_slot {
-            self.hand_slot_on(&key, job.kind).await;
+            self.hand_slot_on(&key).await;
         }
         settled
     }
 
-    /// This job gave a slot back and has ended: the longest-parked job of
-    /// its kind and tenant is sent now, as the same generation its queued
-    /// copy carries (the ledger runs whichever copy comes first). A failure
-    /// only costs that job the wait to its backstop.
-    async fn hand_slot_on(&self, key: &Tenant, kind: JobKind) {
-        let Some(waiters) = &self.waiters else { return };
+    /// This job gave a slot back and has ended: its tenant's longest-parked
+    /// job, of whatever kind, is sent now to its kind's queue, as the same
+    /// generation its queued copy carries (the ledger runs whichever copy
+    /// comes first). A failure only costs that job the wait to its backstop.
+    async fn hand_slot_on(&self, key: &Tenant) {
+        let Some((waiters, queues)) = &self.waiters else {
+            return;
+        };
         let now = self.clock.now();
-        match waiters.pop_oldest(key, kind, now).await {
+        match waiters.pop_oldest(key, now).await {
             Ok(Some(mut next)) => {
                 next.not_before = None;
-                match self.queue.send(&next, 0).await {
+                match queues.send(&next, 0).await {
                     Ok(()) => {
                         tracing::info!(handed_to = %next.id, generation = next.generation, "a freed slot handed to the longest-waiting job")
                     }
@@ -438,7 +442,9 @@ impl JobRuntime {
                 reason,
                 slot,
             } => match (&self.waiters, slot) {
-                (Some(waiters), true) => self.park_for_slot(waiters.as_ref(), next, reason).await,
+                (Some((waiters, _)), true) => {
+                    self.park_for_slot(waiters.as_ref(), next, reason).await
+                }
                 _ => self.resend(&next, delay_secs, reason).await,
             },
             Fate::GiveUp { dead, reason } => {

@@ -4,16 +4,17 @@
 //! A job refused only because `max_concurrent` calls were in flight is
 //! restarted as usual — its next generation goes on the queue — but with
 //! its wake-up pushed back by [`SLOT_BACKSTOP_GRACE_SECS`] (a *backstop*),
-//! and it is parked in its tenant's line here. When a job of the same kind
-//! and tenant that gave a slot back ends, the runtime pops the oldest
-//! waiter and sends that same generation again with no delay. Whichever
-//! copy arrives first runs; the job ledger drops the other (the generation
-//! is done, or a newer one exists).
+//! and it is parked in its tenant's line here. When a job of that tenant
+//! that gave a slot back ends — of any kind: a slot is the org's, whoever
+//! frees it — the runtime pops the oldest waiter and sends that same
+//! generation again, to its kind's queue, with no delay. Whichever copy
+//! arrives first runs; the job ledger drops the other (the generation is
+//! done, or a newer one exists).
 //!
 //! The queue therefore always holds every job: the line only ever makes a
 //! wake-up earlier. A pop whose send fails, a line the store lost, a holder
-//! that crashed before handing its slot on, a slot freed by another kind
-//! of job — each costs the waiter its backstop, never the job. What it
+//! that crashed before handing its slot on, a runtime with no queue for
+//! the waiter's kind — each costs the waiter its backstop, never the job. What it
 //! costs when it works: one parked entry written and one popped per
 //! refusal, and the backstop copy, delivered later and dropped by the
 //! ledger without touching the budget.
@@ -21,7 +22,7 @@
 use crate::core::clock::Timestamp;
 use crate::core::error::Result;
 use crate::core::tenant::Tenant;
-use crate::jobs::envelope::{JobEnvelope, JobKind};
+use crate::jobs::envelope::JobEnvelope;
 use async_trait::async_trait;
 
 /// How much later than its paced time a parked job's queued copy is
@@ -49,14 +50,14 @@ pub(crate) fn worth_waking(due: Timestamp, now: Timestamp) -> bool {
     due > now
 }
 
-/// The lines of parked jobs, per tenant and job kind.
+/// The lines of parked jobs, one per tenant, every kind in it.
 ///
 /// Lines are scoped by [`Tenant`]: two organizations whose job ids
 /// coincide never pop each other's jobs.
 #[async_trait]
 pub trait SlotWaiters: Send + Sync {
     /// Parks `job` (the next generation, whose copy is on the queue until
-    /// `due`) at the back of its tenant's line for its kind.
+    /// `due`) at the back of its tenant's line.
     async fn park(
         &self,
         tenant: &Tenant,
@@ -65,21 +66,17 @@ pub trait SlotWaiters: Send + Sync {
         due: Timestamp,
     ) -> Result<()>;
 
-    /// Removes and returns the longest-parked job of `tenant` and `kind`
-    /// that is [`worth_waking`] at `now`, removing on the way the entries
-    /// that are not (and any that no longer parse). `None`: nobody waits.
-    /// Atomic per entry: two concurrent pops never return the same job.
-    async fn pop_oldest(
-        &self,
-        tenant: &Tenant,
-        kind: JobKind,
-        now: Timestamp,
-    ) -> Result<Option<JobEnvelope>>;
+    /// Removes and returns the longest-parked job of `tenant` that is
+    /// [`worth_waking`] at `now`, removing on the way the entries that are
+    /// not (and any that no longer parse). `None`: nobody waits. Atomic per
+    /// entry: two concurrent pops never return the same job.
+    async fn pop_oldest(&self, tenant: &Tenant, now: Timestamp) -> Result<Option<JobEnvelope>>;
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::jobs::envelope::JobKind;
     use chrono::{TimeZone, Utc};
 
     #[test]

@@ -531,7 +531,7 @@ impl Simulation {
                     k,
                     JobRuntime::new(raw[&k].clone(), shared.clone(), RestartPolicy::default())
                         .with_ledger(ledger.clone())
-                        .with_waiters(waiters.clone())
+                        .with_waiters(waiters.clone(), svc.queues.clone())
                         .with_metrics(svc.metrics.clone()),
                 )
             })

@@ -49,7 +49,7 @@ macro_rules! store_cases {
                 concurrent_flushes_fix_one_chunk,
                 a_timed_flush_is_marked_once_until_cleared_or_lost,
                 hosted_rows_page_by_id_and_version_per_org,
-                slot_lines_are_first_in_first_out_per_org_and_kind,
+                slot_lines_are_first_in_first_out_per_org,
                 a_waiter_past_its_backstop_is_dropped_not_woken,
                 concurrent_pops_never_hand_one_job_twice,
                 a_freed_slot_is_handed_to_the_longest_waiter,

@@ -5,13 +5,12 @@
 //! copy, arriving later, is dropped by the ledger.
 
 use super::{orgs, Fixture};
-use crate::afternoon;
 use async_trait::async_trait;
 use chrono::Duration;
 use metered::adapters::sqlite::{SqliteQueue, SqliteQuota};
 use metered::core::Clock;
 use metered::jobs::{JobContext, JobHandler, JobQueue, JobRuntime, RestartPolicy, Settled};
-use metered::jobs::{JobEnvelope, JobKind, Outcome};
+use metered::jobs::{JobEnvelope, JobKind, Outcome, Queues};
 use metered::quota::{Admission, Call, Limits, Permit, Quota};
 use metered::Tenant;
 use std::collections::BTreeSet;
@@ -19,78 +18,76 @@ use std::future::Future;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
+/// The time the cases start at: the real clock's second, not the suite's
+/// fixed afternoon. A parked entry lives until a day past its backstop
+/// (TTL), and DynamoDB Local's TTL sweeper, run against the real clock,
+/// removed entries parked in a past November while a case read them.
+fn start() -> metered::Timestamp {
+    use chrono::SubsecRound;
+    chrono::Utc::now().trunc_subsecs(0)
+}
+
 fn job(tenant: &Tenant, kind: JobKind, id: &str) -> JobEnvelope {
     let mut j = JobEnvelope::new(
         kind,
         &tenant.org,
         &tenant.app,
         serde_json::json!({}),
-        afternoon(),
+        start(),
     );
     j.id = id.to_string();
     j
 }
 
-/// Oldest first, per org (the two orgs' job ids coincide) and per kind;
-/// a popped job is gone.
-pub async fn slot_lines_are_first_in_first_out_per_org_and_kind<F: Future<Output = Fixture>>(
-    make: F,
-) {
+/// Oldest first, whatever its kind, per org (the two orgs' job ids
+/// coincide); a popped job is gone.
+pub async fn slot_lines_are_first_in_first_out_per_org<F: Future<Output = Fixture>>(make: F) {
     let s = make.await;
     let (a, b) = orgs();
-    let now = afternoon();
+    let now = start();
     let due = now + Duration::seconds(120);
     let ms = Duration::milliseconds;
     let w = &s.waiters;
-    w.park(&a, &job(&a, JobKind::ActionHttp, "first"), now, due)
-        .await
-        .unwrap();
-    w.park(&b, &job(&b, JobKind::ActionHttp, "first"), now + ms(1), due)
-        .await
-        .unwrap();
-    w.park(&a, &job(&a, JobKind::Workflow, "flow"), now + ms(2), due)
-        .await
-        .unwrap();
-    w.park(
-        &a,
-        &job(&a, JobKind::ActionHttp, "second"),
-        now + ms(3),
-        due,
-    )
-    .await
-    .unwrap();
-    let pop = |t: &Tenant, k| {
+    let parked = [
+        (&a, JobKind::ActionHttp, "first"),
+        (&b, JobKind::ActionHttp, "first"),
+        (&a, JobKind::Workflow, "flow"),
+        (&a, JobKind::ActionHttp, "second"),
+    ];
+    for (i, (t, kind, id)) in parked.into_iter().enumerate() {
+        w.park(t, &job(t, kind, id), now + ms(i as i64), due)
+            .await
+            .unwrap();
+    }
+    let pop = |t: &Tenant| {
         let (t, w) = (t.clone(), w.clone());
         async move {
-            w.pop_oldest(&t, k, now + ms(10))
+            w.pop_oldest(&t, now + ms(10))
                 .await
                 .unwrap()
-                .map(|j| (j.org, j.id))
+                .map(|j| (j.org, j.kind, j.id))
         }
     };
+    let org_a = || "org-a".to_string();
     assert_eq!(
-        pop(&a, JobKind::ActionHttp).await,
-        Some(("org-a".into(), "first".into()))
+        pop(&a).await,
+        Some((org_a(), JobKind::ActionHttp, "first".into()))
     );
     assert_eq!(
-        pop(&a, JobKind::ActionHttp).await,
-        Some(("org-a".into(), "second".into()))
+        pop(&a).await,
+        Some((org_a(), JobKind::Workflow, "flow".into()))
     );
     assert_eq!(
-        pop(&a, JobKind::ActionHttp).await,
-        None,
-        "a popped job is gone"
+        pop(&a).await,
+        Some((org_a(), JobKind::ActionHttp, "second".into()))
     );
+    assert_eq!(pop(&a).await, None, "a popped job is gone");
     assert_eq!(
-        pop(&b, JobKind::ActionHttp).await,
-        Some(("org-b".into(), "first".into())),
+        pop(&b).await,
+        Some(("org-b".into(), JobKind::ActionHttp, "first".into())),
         "org B's line is its own"
     );
-    assert_eq!(
-        pop(&a, JobKind::Workflow).await,
-        Some(("org-a".into(), "flow".into()))
-    );
-    assert_eq!(pop(&b, JobKind::Workflow).await, None);
+    assert_eq!(pop(&b).await, None);
 }
 
 /// A waiter whose backstop has come is on its way through the queue: it
@@ -98,7 +95,7 @@ pub async fn slot_lines_are_first_in_first_out_per_org_and_kind<F: Future<Output
 pub async fn a_waiter_past_its_backstop_is_dropped_not_woken<F: Future<Output = Fixture>>(make: F) {
     let s = make.await;
     let (a, _) = orgs();
-    let now = afternoon();
+    let now = start();
     let w = &s.waiters;
     w.park(
         &a,
@@ -117,17 +114,14 @@ pub async fn a_waiter_past_its_backstop_is_dropped_not_woken<F: Future<Output = 
     .await
     .unwrap();
     let at = now + Duration::seconds(10);
-    let popped = w.pop_oldest(&a, JobKind::ActionHttp, at).await.unwrap();
+    let popped = w.pop_oldest(&a, at).await.unwrap();
     assert_eq!(
         popped.map(|j| j.id).as_deref(),
         Some("young"),
         "the old entry is skipped"
     );
     assert!(
-        w.pop_oldest(&a, JobKind::ActionHttp, now)
-            .await
-            .unwrap()
-            .is_none(),
+        w.pop_oldest(&a, now).await.unwrap().is_none(),
         "and was removed"
     );
 }
@@ -136,7 +130,7 @@ pub async fn a_waiter_past_its_backstop_is_dropped_not_woken<F: Future<Output = 
 pub async fn concurrent_pops_never_hand_one_job_twice<F: Future<Output = Fixture>>(make: F) {
     let s = make.await;
     let (a, _) = orgs();
-    let now = afternoon();
+    let now = start();
     for i in 0..20 {
         let j = job(&a, JobKind::PkLookup, &format!("job-{i:02}"));
         s.waiters
@@ -154,11 +148,7 @@ pub async fn concurrent_pops_never_hand_one_job_twice<F: Future<Output = Fixture
             let (w, a) = (s.waiters.clone(), a.clone());
             tokio::spawn(async move {
                 let mut got = Vec::new();
-                while let Some(j) = w
-                    .pop_oldest(&a, JobKind::PkLookup, now + Duration::seconds(1))
-                    .await
-                    .unwrap()
-                {
+                while let Some(j) = w.pop_oldest(&a, now + Duration::seconds(1)).await.unwrap() {
                     got.push(j.id);
                 }
                 got
@@ -233,22 +223,29 @@ impl JobHandler for Slotted {
     }
 }
 
-/// A runtime over the fixture's ledger and slot lines, a queue, and a
-/// handler on a budget of one slot, on a manual clock.
+/// A runtime over the fixture's ledger and slot lines, its queue (which
+/// the actions' queue is) and the workflows' queue, and a handler on a
+/// budget of one slot, on a manual clock.
 struct SlotWorld {
     clock: metered::ManualClock,
     queue: Arc<SqliteQueue>,
+    workflows: Arc<SqliteQueue>,
     rt: JobRuntime,
     handler: Slotted,
 }
 
 fn slot_world(s: &Fixture) -> SlotWorld {
-    let (clock, shared) = crate::manual_clock();
+    let clock = metered::ManualClock::new(start());
+    let shared: metered::core::SharedClock = Arc::new(clock.clone());
     let db = metered::adapters::sqlite::Db::in_memory().unwrap();
     let queue = Arc::new(SqliteQueue::new(db.clone(), "jobs", shared.clone(), 5));
+    let workflows = Arc::new(SqliteQueue::new(db.clone(), "flows", shared.clone(), 5));
+    let queues = Queues::new()
+        .with(JobKind::ActionHttp, queue.clone())
+        .with(JobKind::Workflow, workflows.clone());
     let rt = JobRuntime::new(queue.clone(), shared.clone(), RestartPolicy::default())
         .with_ledger(s.jobs.clone())
-        .with_waiters(s.waiters.clone());
+        .with_waiters(s.waiters.clone(), queues);
     let handler = Slotted {
         quota: Quota::new(Arc::new(SqliteQuota::new(db)), shared),
         limits: toml::from_str("per_day = 2500\nmax_concurrent = 1").unwrap(),
@@ -258,21 +255,24 @@ fn slot_world(s: &Fixture) -> SlotWorld {
     SlotWorld {
         clock,
         queue,
+        workflows,
         rt,
         handler,
     }
 }
 
-/// Through the runtime: a job refused for a slot is parked with its queued
-/// copy pushed to the backstop; the holder's job ends, and the waiter is
-/// sent at once and runs; its queued copy, delivered later, is dropped
-/// without running. Org B's waiter with the same id stays in its line.
+/// Through the runtime: a workflow job refused for a slot is parked with
+/// its queued copy pushed to the backstop; the holder — an action, another
+/// kind — ends, and the waiter is sent at once to the workflows' queue and
+/// runs; its queued copy, delivered later, is dropped without running.
+/// Org B's waiter with the same id stays in its line.
 pub async fn a_freed_slot_is_handed_to_the_longest_waiter<F: Future<Output = Fixture>>(make: F) {
     let s = make.await;
     let (a, b) = orgs();
     let SlotWorld {
         clock,
         queue,
+        workflows,
         rt,
         handler,
     } = slot_world(&s);
@@ -285,11 +285,11 @@ pub async fn a_freed_slot_is_handed_to_the_longest_waiter<F: Future<Output = Fix
         panic!("the first slot is free")
     };
     *handler.held.lock().unwrap() = Some(p);
-    let waiter = job(&a, JobKind::ActionHttp, "same-id");
+    let waiter = job(&a, JobKind::Workflow, "same-id");
     s.waiters
         .park(
             &b,
-            &job(&b, JobKind::ActionHttp, "same-id"),
+            &job(&b, JobKind::Workflow, "same-id"),
             clock.now(),
             clock.now() + Duration::seconds(600),
         )
@@ -315,8 +315,13 @@ pub async fn a_freed_slot_is_handed_to_the_longest_waiter<F: Future<Output = Fix
         rt.process(&holder.to_body(), &handler, &ctx).await,
         Settled::Done
     );
-    let handed = queue.receive(10, 30).await.unwrap();
-    assert_eq!(handed.len(), 1, "the waiter was sent at once");
+    assert!(queue.receive(10, 30).await.unwrap().is_empty());
+    let handed = workflows.receive(10, 30).await.unwrap();
+    assert_eq!(
+        handed.len(),
+        1,
+        "the waiter was sent at once, to its kind's queue"
+    );
     let copy = JobEnvelope::parse(&handed[0].body).unwrap();
     assert_eq!(
         (copy.id.as_str(), copy.org.as_str(), copy.generation),
@@ -326,7 +331,7 @@ pub async fn a_freed_slot_is_handed_to_the_longest_waiter<F: Future<Output = Fix
         rt.process(&handed[0].body, &handler, &ctx).await,
         Settled::Done
     );
-    queue.ack(&handed[0].receipt).await.unwrap();
+    workflows.ack(&handed[0].receipt).await.unwrap();
     assert_eq!(
         handler.runs.load(Ordering::SeqCst),
         2,
@@ -346,11 +351,7 @@ pub async fn a_freed_slot_is_handed_to_the_longest_waiter<F: Future<Output = Fix
         "and is dropped without running"
     );
 
-    let b_line = s
-        .waiters
-        .pop_oldest(&b, JobKind::ActionHttp, afternoon())
-        .await
-        .unwrap();
+    let b_line = s.waiters.pop_oldest(&b, clock.now()).await.unwrap();
     assert_eq!(
         b_line.map(|j| j.org).as_deref(),
         Some("org-b"),
@@ -369,6 +370,7 @@ pub async fn a_job_refused_after_freeing_a_slot_hands_nothing_on<F: Future<Outpu
     let SlotWorld {
         clock,
         queue,
+        workflows,
         rt,
         handler,
     } = slot_world(&s);
@@ -386,14 +388,11 @@ pub async fn a_job_refused_after_freeing_a_slot_hands_nothing_on<F: Future<Outpu
         "another job holds the slot"
     );
     assert!(
-        queue.receive(10, 30).await.unwrap().is_empty(),
+        queue.receive(10, 30).await.unwrap().is_empty()
+            && workflows.receive(10, 30).await.unwrap().is_empty(),
         "no slot was free to hand on"
     );
-    let parked = s
-        .waiters
-        .pop_oldest(&a, JobKind::ActionHttp, clock.now())
-        .await
-        .unwrap();
+    let parked = s.waiters.pop_oldest(&a, clock.now()).await.unwrap();
     assert_eq!(
         parked.map(|j| j.id).as_deref(),
         Some("churn"),

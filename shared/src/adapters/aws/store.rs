@@ -6,7 +6,7 @@
 //! | sync state | `sync#{org}#{app}` | sync name | `high_water`, `last_started`, `last_completed`, `last_pages`, `running_job`, `lease_until`, `last_failed`, `last_failure`, `api_page_size`, `probed_short_page`, `probed_at` |
 //! | Data Source outbox row | `obx#{org}#{app}#{datasource}` | row id | `change` (JSON), `stamp`, `written_at` |
 //! | Data Source outbox state | `obxs#{org}#{app}` | datasource | `next_seq`, `inflight` (JSON rows), `inflight_seq`, `flush_due`, `last_flush`, `pushes`, `rows_pushed` |
-//! | job parked for a slot | `wait#{org}#{app}#{kind}` | park time, job id, generation | `due` (epoch ms), `body` (the envelope), `ttl` (a day past `due`) |
+//! | job parked for a slot | `wait#{org}#{app}` | park time, job id, generation | `due` (epoch ms), `body` (the envelope), `ttl` (a day past `due`) |
 //! | quarantined record | `quar#{org}#{app}` | entry key (source, type, id) | `source`, `record_type`, `record_id`, `reason`, `excerpt`, `at`, `ttl` (90 days) |
 //!
 //! A page is written with `BatchGetItem` (old hashes, 100 ids a call) then
@@ -628,13 +628,8 @@ impl crate::jobs::ledger::JobLedger for DynamoStore {
     }
 }
 
-fn waiters_pk(key: &Tenant, kind: crate::jobs::JobKind) -> String {
-    format!(
-        "wait#{}#{}#{}",
-        key_part(&key.org),
-        key_part(&key.app),
-        kind.as_str()
-    )
+fn waiters_pk(key: &Tenant) -> String {
+    format!("wait#{}#{}", key_part(&key.org), key_part(&key.app))
 }
 
 /// A parked entry outlives its backstop by a day (TTL), in case no pop
@@ -654,7 +649,7 @@ impl crate::jobs::SlotWaiters for DynamoStore {
             .client
             .put_item()
             .table_name(&self.table.name)
-            .item("pk", s(waiters_pk(tenant, job.kind)))
+            .item("pk", s(waiters_pk(tenant)))
             .item("sk", s(crate::jobs::waiters::entry_key(now, job)))
             .item("due", n(to_millis(due)))
             .item("body", s(job.to_body()))
@@ -671,12 +666,11 @@ impl crate::jobs::SlotWaiters for DynamoStore {
     async fn pop_oldest(
         &self,
         tenant: &Tenant,
-        kind: crate::jobs::JobKind,
         now: Timestamp,
     ) -> Result<Option<crate::jobs::JobEnvelope>> {
         use crate::jobs::waiters::worth_waking;
         use aws_sdk_dynamodb::operation::delete_item::DeleteItemError;
-        let pk = waiters_pk(tenant, kind);
+        let pk = waiters_pk(tenant);
         let mut start = None;
         loop {
             let resp = self
@@ -701,7 +695,12 @@ impl crate::jobs::SlotWaiters for DynamoStore {
                     .and_then(|b| crate::jobs::JobEnvelope::parse(b).ok())
                     .filter(|_| worth_waking(due, now));
                 // Taken by whoever deletes it: a concurrent pop that got
-                // there first makes this delete fail its condition.
+                // there first makes this delete fail its condition. (A
+                // delete whose response is lost and retried by the SDK
+                // fails it too: that waiter is then woken by nobody and
+                // waits for its queued copy, the backstop — slower, never
+                // lost. Marking before deleting would close that for a
+                // write per pop.)
                 let deleted = self
                     .table
                     .client

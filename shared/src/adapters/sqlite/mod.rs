@@ -90,10 +90,10 @@ CREATE TABLE IF NOT EXISTS job_claims (
     generation INTEGER NOT NULL, done INTEGER NOT NULL, claimed_until INTEGER NOT NULL,
     PRIMARY KEY (org, app, job_id)
 ) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS slot_waiters (
-    org TEXT NOT NULL, app TEXT NOT NULL, kind TEXT NOT NULL, entry TEXT NOT NULL,
+CREATE TABLE IF NOT EXISTS slot_line (
+    org TEXT NOT NULL, app TEXT NOT NULL, entry TEXT NOT NULL,
     due INTEGER NOT NULL, body TEXT NOT NULL,
-    PRIMARY KEY (org, app, kind, entry)
+    PRIMARY KEY (org, app, entry)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS action_keys (
     org TEXT NOT NULL, app TEXT NOT NULL, key TEXT NOT NULL,

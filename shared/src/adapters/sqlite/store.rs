@@ -446,13 +446,13 @@ impl crate::jobs::SlotWaiters for SqliteStore {
         now: Timestamp,
         due: Timestamp,
     ) -> Result<()> {
-        let (t, kind) = (tenant.clone(), job.kind.as_str());
+        let t = tenant.clone();
         let (entry, body) = (crate::jobs::waiters::entry_key(now, job), job.to_body());
         self.db
             .call("slot park", move |conn| {
                 conn.exec(
-                    "INSERT OR REPLACE INTO slot_waiters (org, app, kind, entry, due, body) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                    params![t.org, t.app, kind, entry, to_millis(due), body],
+                    "INSERT OR REPLACE INTO slot_line (org, app, entry, due, body) VALUES (?1, ?2, ?3, ?4, ?5)",
+                    params![t.org, t.app, entry, to_millis(due), body],
                 )
                 .map(|_| ())
             })
@@ -462,11 +462,10 @@ impl crate::jobs::SlotWaiters for SqliteStore {
     async fn pop_oldest(
         &self,
         tenant: &Tenant,
-        kind: crate::jobs::JobKind,
         now: Timestamp,
     ) -> Result<Option<crate::jobs::JobEnvelope>> {
         use crate::jobs::waiters::worth_waking;
-        let (t, kind) = (tenant.clone(), kind.as_str());
+        let t = tenant.clone();
         self.db
             .call("slot pop", move |conn| {
                 let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -474,9 +473,9 @@ impl crate::jobs::SlotWaiters for SqliteStore {
                 let mut found = None;
                 {
                     let mut stmt = tx.prepare_cached(
-                        "SELECT entry, due, body FROM slot_waiters WHERE org = ?1 AND app = ?2 AND kind = ?3 ORDER BY entry",
+                        "SELECT entry, due, body FROM slot_line WHERE org = ?1 AND app = ?2 ORDER BY entry",
                     )?;
-                    let mut rows = stmt.query(params![t.org, t.app, kind])?;
+                    let mut rows = stmt.query(params![t.org, t.app])?;
                     while let Some(row) = rows.next()? {
                         let entry: String = row.get(0)?;
                         let due = from_millis(row.get(1)?);
@@ -493,8 +492,8 @@ impl crate::jobs::SlotWaiters for SqliteStore {
                 }
                 for entry in &gone {
                     tx.exec(
-                        "DELETE FROM slot_waiters WHERE org = ?1 AND app = ?2 AND kind = ?3 AND entry = ?4",
-                        params![t.org, t.app, kind, entry],
+                        "DELETE FROM slot_line WHERE org = ?1 AND app = ?2 AND entry = ?3",
+                        params![t.org, t.app, entry],
                     )?;
                 }
                 tx.commit()?;
