@@ -231,15 +231,24 @@ fn restart_at(
 
 /// A parked job's queued copy (`next`, restarting at its `not_before`)
 /// moved later by `grace_secs`, so a handed-on slot comes first, but never
-/// past SQS's maximum delay from `now` (a copy that arrived early would
-/// hop as a newer generation, and the handed copy would be dropped as
-/// stale). Returns the new delay.
-pub(crate) fn slot_backstop(next: &mut JobEnvelope, now: Timestamp, grace_secs: u32) -> u32 {
+/// past SQS's maximum delay from `now`. Returns the copy's delay and the
+/// time it is due.
+///
+/// The copy travels by its queue delay alone, without a `not_before`: two
+/// copies of one generation exist (this one and the handed one), and an
+/// early arrival is re-sent as the *next* generation without asking the
+/// ledger — a clock a moment behind would turn the backstop into a newer
+/// generation that runs again after the handed copy did.
+pub(crate) fn slot_backstop(
+    next: &mut JobEnvelope,
+    now: Timestamp,
+    grace_secs: u32,
+) -> (u32, Timestamp) {
     let at =
         next.not_before.unwrap_or(now).max(now) + chrono::Duration::seconds(i64::from(grace_secs));
     let at = at.min(now + chrono::Duration::seconds(i64::from(MAX_DELAY_SECS)));
-    next.not_before = Some(at);
-    delay_secs(now, at)
+    next.not_before = None;
+    (delay_secs(now, at), at)
 }
 
 /// When a job (`next`, its next generation) waiting until `at` restarts:
@@ -423,11 +432,12 @@ mod tests {
         };
         assert!(slot);
         assert_eq!(delay_secs, 4);
-        assert_eq!(slot_backstop(&mut next, now(), 60), 64);
-        assert_eq!(next.not_before, Some(now() + chrono::Duration::seconds(64)));
+        let (delay, due) = slot_backstop(&mut next, now(), 60);
+        assert_eq!((delay, due), (64, now() + chrono::Duration::seconds(64)));
+        assert_eq!(next.not_before, None, "it travels by its delay alone");
         let mut far = job();
         far.not_before = Some(now() + chrono::Duration::seconds(890));
-        assert_eq!(slot_backstop(&mut far, now(), 60), 900);
+        assert_eq!(slot_backstop(&mut far, now(), 60).0, 900);
         // A window's refusal is not a slot wait.
         let window = crate::quota::Denied {
             retry_at: now() + chrono::Duration::seconds(4),

@@ -415,10 +415,9 @@ impl JobRuntime {
         reason: String,
     ) -> Settled {
         let now = self.clock.now();
-        let delay = slot_backstop(&mut next, now, SLOT_BACKSTOP_GRACE_SECS);
+        let (delay, due) = slot_backstop(&mut next, now, SLOT_BACKSTOP_GRACE_SECS);
         let settled = self.resend(&next, delay, reason).await;
         if matches!(settled, Settled::Restarted { .. }) {
-            let due = next.not_before.unwrap_or(now);
             if let Err(e) = waiters.park(&next.tenant(), &next, now, due).await {
                 tracing::warn!(error = %e, "could not park the job for a slot; it wakes at its backstop");
             }
