@@ -7,18 +7,21 @@
 //! job, each wake-up a Lambda invocation and a store write. Here a refused
 //! job takes a **wake slot** in the first window after the refusing one
 //! that still has one: each window after `T` (the refusing window's end)
-//! hands out `L` slots, counted in a budget of its own (`{org}~share~wake`)
-//! with the store's one atomic acquire, asked for at the future window's
-//! time. The `n`-th slot of a window wakes `n × spacing` after that
-//! window starts, where `spacing` is the tightest shorter window's pace
-//! (the first minute after a daily reset never wakes more jobs than the
-//! minute holds); with no shorter window, all at its start.
+//! hands out `L` slots, counted per window in a budget of its own
+//! (`{org}~share~wake#{n}`, [`turn_key`]) with the store's one atomic
+//! acquire, asked for at the future window's time. A job takes as many
+//! slots as the calls it says it still needs (`Call::needing`; one when
+//! it does not say), at most `L`. Its turn's first slot `n` wakes it
+//! `n × spacing` after that window starts, where `spacing` is the tightest
+//! shorter window's pace (the first minute after a daily reset never wakes
+//! more jobs than the minute holds); with no shorter window, all at its
+//! start.
 //!
 //! A wave is a turn, not a grant: a woken job still acquires, and one that
-//! needs more calls than one (a transfer's pages) can leave a later turn
-//! short, which then waits again. Token buckets keep their exact
-//! `retry_at` (the moment one call fits), and repeat refusals answered
-//! from a process's memory keep the remembered `retry_at`.
+//! needed more calls than it said can leave a later turn short, which then
+//! waits again. Token buckets keep their exact `retry_at` (the moment one
+//! call fits); repeat refusals answered from a process's memory are spread
+//! locally, each repeat's turn after the ones before it ([`repeat_at`]).
 
 use super::key::QuotaKey;
 use super::limits::{Limits, WindowKind};
