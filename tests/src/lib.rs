@@ -5,6 +5,7 @@
 //! test that needs one and does not find it **fails** with a message saying
 //! how to start it; nothing is skipped.
 
+pub mod budget;
 pub mod faults;
 pub mod lost_responses;
 pub mod queue_suite;

@@ -126,14 +126,18 @@ async fn build(
     // restarts at its deadline with lookups still pending in its checkpoint;
     // workflows run first in each round of the driver, so the `paid`
     // workflow meets customers not looked up yet and waits for them.
-    World::build(adapter, sim(), dynamodb, |c| {
-        configure(c);
-        edit(c);
-    })
-    .await
-    .with_workflows()
-    .prioritise(JobKind::Workflow)
-    .with_call_time(10, 60)
+    World::builder(adapter)
+        .sim(sim())
+        .dynamodb(dynamodb)
+        .config(|c| {
+            configure(c);
+            edit(c);
+        })
+        .workflows()
+        .first(JobKind::Workflow)
+        .call_time(10, 60)
+        .build()
+        .await
 }
 
 /// Starts both orgs' invoice transfers.

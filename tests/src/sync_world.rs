@@ -201,23 +201,104 @@ pub struct World {
     deadline_secs: i64,
 }
 
+/// What differs from the default world: the simulated API, the app
+/// config, the DynamoDB client, which handlers run and in what order, how
+/// long calls take. `World::builder(adapter).….build().await`.
+pub struct WorldBuilder<'a> {
+    adapter: Adapter,
+    sim: metered_sim::SimConfig,
+    dynamodb: Option<aws_sdk_dynamodb::Client>,
+    edit: Box<dyn FnOnce(&mut AppConfig) + 'a>,
+    workflows: bool,
+    first: Option<JobKind>,
+    call_time: Option<(i64, i64)>,
+}
+
+impl<'a> WorldBuilder<'a> {
+    /// The simulated API's behaviour (records, budget, faults).
+    pub fn sim(mut self, sim: metered_sim::SimConfig) -> Self {
+        self.sim = sim;
+        self
+    }
+
+    /// Shapes the app config (syncs, limits) before it is validated.
+    pub fn config(mut self, edit: impl FnOnce(&mut AppConfig) + 'a) -> Self {
+        self.edit = Box::new(edit);
+        self
+    }
+
+    /// A DynamoDB client of one's own (e.g. one whose HTTP layer loses
+    /// responses) for the AWS adapter set.
+    pub fn dynamodb(mut self, client: Option<aws_sdk_dynamodb::Client>) -> Self {
+        self.dynamodb = client;
+        self
+    }
+
+    /// Also runs the workflow and action handlers ([`World::with_workflows`]).
+    pub fn workflows(mut self) -> Self {
+        self.workflows = true;
+        self
+    }
+
+    /// Runs `kind`'s queue first in every round ([`World::prioritise`]).
+    pub fn first(mut self, kind: JobKind) -> Self {
+        self.first = Some(kind);
+        self
+    }
+
+    /// Every call takes `secs`; invocations end after `deadline_secs`
+    /// ([`World::with_call_time`]).
+    pub fn call_time(mut self, secs: i64, deadline_secs: i64) -> Self {
+        self.call_time = Some((secs, deadline_secs));
+        self
+    }
+
+    /// Starts the simulator and builds the adapters, queues and handlers.
+    pub async fn build(self) -> World {
+        let mut w = World::assemble(self.adapter, self.sim, self.dynamodb, self.edit).await;
+        if self.workflows {
+            w = w.with_workflows();
+        }
+        if let Some(kind) = self.first {
+            w = w.prioritise(kind);
+        }
+        if let Some((secs, deadline)) = self.call_time {
+            w = w.with_call_time(secs, deadline);
+        }
+        w
+    }
+}
+
 impl World {
-    /// `edit` shapes the app config (syncs, limits) before it is validated.
+    /// The default world on `adapter`: the default simulated API, the
+    /// simulator's app config, the sync handlers only.
+    pub fn builder<'a>(adapter: Adapter) -> WorldBuilder<'a> {
+        WorldBuilder {
+            adapter,
+            sim: metered_sim::SimConfig::default(),
+            dynamodb: None,
+            edit: Box::new(|_| {}),
+            workflows: false,
+            first: None,
+            call_time: None,
+        }
+    }
+
+    /// The world most tests want: `sim`, and `edit` shaping the app config
+    /// (syncs, limits) before it is validated.
     pub async fn new(
         adapter: Adapter,
         sim: metered_sim::SimConfig,
         edit: impl FnOnce(&mut AppConfig),
     ) -> Self {
-        Self::build(adapter, sim, None, edit).await
+        Self::builder(adapter).sim(sim).config(edit).build().await
     }
 
-    /// Like [`World::new`], with a DynamoDB client of one's own (e.g. one
-    /// whose HTTP layer loses responses) for the AWS adapter set.
-    pub async fn build(
+    async fn assemble(
         adapter: Adapter,
         sim: metered_sim::SimConfig,
         dynamodb: Option<aws_sdk_dynamodb::Client>,
-        edit: impl FnOnce(&mut AppConfig),
+        edit: Box<dyn FnOnce(&mut AppConfig) + '_>,
     ) -> Self {
         crate::faults::quiet_injected_crashes();
         let (clock, shared) = crate::manual_clock();

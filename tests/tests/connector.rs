@@ -3,16 +3,21 @@
 //! quota integration, and secrets kept out of errors and logs.
 
 use chrono::Duration;
-use metered::adapters::sqlite::Db;
-use metered::adapters::sqlite::SqliteQuota;
 use metered::connector::{ApiError, CallError, Connector, ListRequest, Metered, PageCursor};
 use metered::core::{SharedClock, SystemClock};
 use metered::handlers::IntoOutcome;
-use metered::quota::{Limits, Quota, QuotaKey, QuotaStore};
+use metered::quota::Limits;
 use metered_sim::{RetryAfterStyle, SimConfig};
+use metered_tests::budget::Budget;
+use metered_tests::sync_world::Adapter;
 use metered_tests::{manual_clock, sim_fixture, sim_fixture_with, SimFixture};
 use std::collections::BTreeSet;
 use std::sync::Arc;
+
+/// One org's budget on in-memory SQLite, for the simulator's app.
+async fn sqlite_budget() -> Budget {
+    Budget::on(Adapter::Sqlite).app("sim").build().await
+}
 
 fn system() -> SharedClock {
     Arc::new(SystemClock)
@@ -452,11 +457,9 @@ async fn timeouts_and_refused_connections_are_retryable() {
 
 #[tokio::test]
 async fn a_429_blocks_every_handler_of_the_org() {
-    let (_clock, shared) = manual_clock();
+    let w = sqlite_budget().await;
+    let (shared, store, quota, key) = (&w.shared, &w.store, &w.quota, &w.a);
     let fx = sim_fixture(SimConfig::default(), shared.clone()).await;
-    let store = Arc::new(SqliteQuota::new(Db::in_memory().unwrap()));
-    let quota = Quota::new(store.clone(), shared.clone());
-    let key = QuotaKey::new("acme", "sim");
     let limits = Limits::seed_example();
     let a = Metered::new(
         fx.connector.clone(),
@@ -493,7 +496,7 @@ async fn a_429_blocks_every_handler_of_the_org() {
     assert!(matches!(outcome, metered::Outcome::Restart(r) if r.at == until));
     assert_eq!(
         store
-            .state(&key, &limits, shared.now())
+            .state(key, &limits, shared.now())
             .await
             .unwrap()
             .blocked_until,
@@ -503,13 +506,9 @@ async fn a_429_blocks_every_handler_of_the_org() {
 
 #[tokio::test]
 async fn exempt_endpoints_bypass_the_budget() {
-    let (_clock, shared) = manual_clock();
+    let w = sqlite_budget().await;
+    let (shared, quota, key) = (&w.shared, &w.quota, &w.a);
     let fx = sim_fixture(SimConfig::default(), shared.clone()).await;
-    let quota = Quota::new(
-        Arc::new(SqliteQuota::new(Db::in_memory().unwrap())),
-        shared.clone(),
-    );
-    let key = QuotaKey::new("acme", "sim");
     let limits = Limits::new(Some(1), None, None, 3).unwrap();
     let m = Metered::new(
         fx.connector.clone(),
@@ -535,7 +534,7 @@ async fn exempt_endpoints_bypass_the_budget() {
     quota.flush_usage().await.unwrap();
     let usage = quota
         .store()
-        .usage(&key, shared.now().date_naive())
+        .usage(key, shared.now().date_naive())
         .await
         .unwrap();
     let exempt: Vec<_> = usage.iter().filter(|u| u.exempt).collect();
@@ -549,8 +548,9 @@ async fn exempt_endpoints_bypass_the_budget() {
 /// connector. The simulator's own counters show no more than 3 requests at
 /// once, no 429s, and exactly the budget served; the quota's usage equals
 /// what the simulator served.
-async fn thirty_two_concurrent_calls(store: Arc<dyn QuotaStore>) {
-    let (_clock, shared) = manual_clock();
+async fn thirty_two_concurrent_calls(adapter: Adapter) {
+    let w = Budget::on(adapter).app("sim").build().await;
+    let (shared, quota, key) = (&w.shared, &w.quota, &w.a);
     let fx = sim_fixture(
         SimConfig {
             daily_budget: 60,
@@ -560,8 +560,6 @@ async fn thirty_two_concurrent_calls(store: Arc<dyn QuotaStore>) {
     )
     .await;
     fx.sim().faults().latency_ms = 2;
-    let quota = Quota::new(store, shared.clone());
-    let key = QuotaKey::new(format!("org-{}", uuid::Uuid::new_v4().simple()), "sim");
     let limits = Limits::new(Some(60), None, None, 3).unwrap();
     let mut tasks = Vec::new();
     for i in 0..32 {
@@ -601,7 +599,7 @@ async fn thirty_two_concurrent_calls(store: Arc<dyn QuotaStore>) {
     assert_eq!(stats.served(), 60);
     let usage: u64 = quota
         .store()
-        .usage(&key, shared.now().date_naive())
+        .usage(key, shared.now().date_naive())
         .await
         .unwrap()
         .iter()
@@ -612,13 +610,12 @@ async fn thirty_two_concurrent_calls(store: Arc<dyn QuotaStore>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn thirty_two_concurrent_calls_on_sqlite() {
-    thirty_two_concurrent_calls(Arc::new(SqliteQuota::new(Db::in_memory().unwrap()))).await;
+    thirty_two_concurrent_calls(Adapter::Sqlite).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn thirty_two_concurrent_calls_on_dynamodb_local() {
-    let table = metered_tests::dynamo_table().await;
-    thirty_two_concurrent_calls(Arc::new(metered::adapters::aws::DynamoQuota::new(table))).await;
+    thirty_two_concurrent_calls(Adapter::Aws).await;
 }
 
 /// Logs at every level while calls fail in every way; the credential never
@@ -648,16 +645,12 @@ fn secrets_never_reach_logs_or_errors() {
         .build()
         .unwrap();
     let (errors, key, debug) = rt.block_on(async {
-        let (_clock, shared) = manual_clock();
-        let fx = sim_fixture(SimConfig::default(), shared.clone()).await;
-        let quota = Quota::new(
-            Arc::new(SqliteQuota::new(Db::in_memory().unwrap())),
-            shared.clone(),
-        );
+        let w = sqlite_budget().await;
+        let fx = sim_fixture(SimConfig::default(), w.shared.clone()).await;
         let m = Metered::new(
             fx.connector.clone(),
-            quota,
-            QuotaKey::new("acme", "sim"),
+            w.quota.clone(),
+            w.a.clone(),
             Limits::seed_example(),
             "sync",
         );
@@ -891,20 +884,19 @@ async fn a_code_connector_reports_its_cost_through_the_face() {
             self.0.send(req).await
         }
     }
-    let (_clock, shared) = manual_clock();
+    let w = sqlite_budget().await;
+    let (shared, store, key) = (&w.shared, &w.store, &w.a);
     let fx = sim_fixture(SimConfig::default(), shared.clone()).await;
-    let store = Arc::new(SqliteQuota::new(Db::in_memory().unwrap()));
-    let key = QuotaKey::new("acme", "sim");
     let limits = Limits::seed_example();
     let m = Metered::new(
         Arc::new(Costly(fx.connector.clone())),
-        Quota::new(store.clone(), shared.clone()),
+        w.quota.clone(),
         key.clone(),
         limits.clone(),
         "sync:costly",
     );
     m.list(&customers()).await.unwrap();
-    let state = store.state(&key, &limits, shared.now()).await.unwrap();
+    let state = store.state(key, &limits, shared.now()).await.unwrap();
     let today: u64 = state
         .used
         .iter()

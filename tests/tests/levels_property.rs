@@ -11,11 +11,12 @@
 //! store suite proves both adapters apply one rule.
 
 use chrono::{Duration, TimeZone, Timelike};
-use metered::core::{Clock, ManualClock, SharedClock};
-use metered::quota::{Admission, Call, Limits, Quota, QuotaKey};
+use metered::core::Clock;
+use metered::quota::{Admission, Call, Limits};
+use metered_tests::budget::Budget;
+use metered_tests::sync_world::Adapter;
 use proptest::prelude::*;
 use std::collections::HashMap;
-use std::sync::Arc;
 
 const LIMITS: &str = r#"
 per_day = 60
@@ -67,17 +68,9 @@ fn run(steps: Vec<Step>) -> Result<(), TestCaseError> {
         let t0 = chrono::Utc
             .with_ymd_and_hms(2026, 12, 6, 23, 50, 0)
             .unwrap();
-        let clock = ManualClock::new(t0);
-        let shared: SharedClock = Arc::new(clock.clone());
-        let db = metered::adapters::sqlite::Db::in_memory().unwrap();
-        let quota = Quota::new(
-            Arc::new(metered::adapters::sqlite::SqliteQuota::new(db)),
-            shared,
-        );
-        let orgs = [
-            QuotaKey::new("org-a", "crm#1"),
-            QuotaKey::new("org-b", "crm#1"),
-        ];
+        let w = Budget::on(Adapter::Sqlite).at(t0).build().await;
+        let (clock, quota) = (&w.clock, &w.quota);
+        let orgs = [w.a.clone(), w.b.clone()];
         // (level, window) → calls used
         let mut used: HashMap<(String, String), u32> = HashMap::new();
         for s in steps {

@@ -5,8 +5,8 @@
 //! priority; a second org with the same names is untouched.
 
 use chrono::TimeZone;
-use metered::core::{ManualClock, SharedClock};
 use metered::quota::{Admission, Call, DenyReason, Limits, Quota, QuotaKey};
+use metered_tests::budget::Budget;
 use metered_tests::sync_world::Adapter;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
@@ -67,10 +67,6 @@ async fn sum(handles: Vec<tokio::task::JoinHandle<u32>>) -> u32 {
     n
 }
 
-fn world(adapter_store: Arc<dyn metered::quota::QuotaStore>, at: ManualClock) -> Quota {
-    Quota::new(adapter_store, Arc::new(at) as SharedClock)
-}
-
 /// A bulk run (background actions of `workflow`) and a scheduled transfer
 /// start first and want the whole day; the actions a changed record
 /// triggered (interactive, the same share) race them. Background work
@@ -78,13 +74,7 @@ fn world(adapter_store: Arc<dyn metered::quota::QuotaStore>, at: ManualClock) ->
 /// actions get the rest, and the day is spent whole, never over.
 async fn a_bulk_run_leaves_triggered_actions_the_rest_of_the_day(adapter: Adapter) {
     let t0 = chrono::Utc.with_ymd_and_hms(2026, 12, 6, 10, 0, 0).unwrap();
-    let quota = world(
-        metered_tests::quota_store(adapter).await,
-        ManualClock::new(t0),
-    );
-    let suffix = uuid::Uuid::new_v4().simple().to_string();
-    let a = QuotaKey::new(format!("org-a-{suffix}"), "crm#1");
-    let b = QuotaKey::new(format!("org-b-{suffix}"), "crm#1");
+    let Budget { quota, a, b, .. } = Budget::on(adapter).at(t0).build().await;
 
     let bulk = race(&quota, &a, "workflow:thanks", true, 12);
     let transfer = race(&quota, &a, "complete-transfer:invoices", true, 6);
@@ -118,9 +108,12 @@ async fn a_bulk_run_leaves_triggered_actions_the_rest_of_the_day(adapter: Adapte
 /// refuse it); in the day's last tenth the held part is lent.
 async fn background_stops_at_its_ceiling_and_is_lent_the_rest_late(adapter: Adapter) {
     let noon = chrono::Utc.with_ymd_and_hms(2026, 12, 6, 12, 0, 0).unwrap();
-    let clock = ManualClock::new(noon);
-    let quota = world(metered_tests::quota_store(adapter).await, clock.clone());
-    let key = QuotaKey::new(format!("org-{}", uuid::Uuid::new_v4().simple()), "crm#1");
+    let Budget {
+        quota,
+        clock,
+        a: key,
+        ..
+    } = Budget::on(adapter).at(noon).build().await;
     let l = limits();
     let mut background = 0;
     let refused = loop {
@@ -190,11 +183,7 @@ async fn background_stops_at_its_ceiling_and_is_lent_the_rest_late(adapter: Adap
 /// there for an interactive call.
 async fn background_leaves_a_concurrency_slot(adapter: Adapter) {
     let t0 = chrono::Utc.with_ymd_and_hms(2026, 12, 6, 10, 0, 0).unwrap();
-    let quota = world(
-        metered_tests::quota_store(adapter).await,
-        ManualClock::new(t0),
-    );
-    let key = QuotaKey::new(format!("org-{}", uuid::Uuid::new_v4().simple()), "crm#1");
+    let Budget { quota, a: key, .. } = Budget::on(adapter).at(t0).build().await;
     let l: Limits =
         toml::from_str("per_day = 2500\nmax_concurrent = 3\nbackground_percent = 80\n").unwrap();
     l.validate().unwrap();

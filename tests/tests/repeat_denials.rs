@@ -6,11 +6,9 @@
 //! adapters; the store's requests counted at the port.
 
 use chrono::TimeZone;
-use metered::core::{ManualClock, SharedClock};
-use metered::quota::{Admission, Call, DenyReason, Limits, Quota, QuotaKey, QuotaStore};
-use metered_tests::faults::{Faults, FaultyQuota};
+use metered::quota::{Admission, Call, DenyReason, Limits};
+use metered_tests::budget::Budget;
 use metered_tests::sync_world::Adapter;
-use std::sync::Arc;
 
 fn call() -> Call {
     Call::new("workflow:thanks", "POST /notes")
@@ -18,17 +16,9 @@ fn call() -> Call {
 
 async fn repeat_denials_are_answered_without_the_store(adapter: Adapter) {
     let t0 = chrono::Utc.with_ymd_and_hms(2026, 12, 5, 10, 0, 0).unwrap();
-    let clock = ManualClock::new(t0);
-    let shared: SharedClock = Arc::new(clock.clone());
-    let faults = Faults::new();
-    let store: Arc<dyn QuotaStore> = Arc::new(FaultyQuota {
-        inner: metered_tests::quota_store(adapter).await,
-        faults: faults.clone(),
-    });
-    let quota = Quota::new(store.clone(), shared);
-    let suffix = uuid::Uuid::new_v4().simple().to_string();
-    let a = QuotaKey::new(format!("org-a-{suffix}"), "crm#1");
-    let b = QuotaKey::new(format!("org-b-{suffix}"), "crm#1");
+    let w = Budget::on(adapter).at(t0).build().await;
+    let (clock, store, quota, faults) = (&w.clock, &w.store, &w.quota, &w.faults);
+    let (a, b) = (w.a.clone(), w.b.clone());
     let day = Limits::new(Some(3), None, None, 3).unwrap();
     let asked = || faults.hits("quota.acquire");
 
@@ -63,7 +53,7 @@ async fn repeat_denials_are_answered_without_the_store(adapter: Adapter) {
     assert_eq!(asked(), 5, "repeat denials asked the store");
     // A cheaper request than the one refused is not answered from it.
     let ten = Limits::new(Some(10), None, None, 3).unwrap();
-    let c = QuotaKey::new(format!("org-c-{suffix}"), "crm#1");
+    let c = w.org("c");
     let Admission::Granted(p) = quota.acquire(&c, &ten, call().reserve(10)).await.unwrap() else {
         panic!("ten fit");
     };
@@ -117,7 +107,7 @@ async fn repeat_denials_are_answered_without_the_store(adapter: Adapter) {
     // A wait for a concurrency slot is not repeated from memory: a
     // holder in any process may release at any moment.
     let one = Limits::new(Some(100), None, None, 1).unwrap();
-    let d = QuotaKey::new(format!("org-d-{suffix}"), "crm#1");
+    let d = w.org("d");
     let Admission::Granted(held) = quota.acquire(&d, &one, call()).await.unwrap() else {
         panic!("a free slot");
     };
@@ -136,7 +126,7 @@ async fn repeat_denials_are_answered_without_the_store(adapter: Adapter) {
     quota.release(p, 1).await.unwrap();
 
     // A release here forgets the org's repeated denial at once.
-    let e = QuotaKey::new(format!("org-e-{suffix}"), "crm#1");
+    let e = w.org("e");
     let two = Limits::new(Some(2), None, None, 3).unwrap();
     let Admission::Granted(p) = quota.acquire(&e, &two, call().reserve(2)).await.unwrap() else {
         panic!("two fit");

@@ -4,12 +4,11 @@
 
 use chrono::TimeZone;
 use metered::connector::{ListRequest, Metered};
-use metered::core::{ManualClock, SharedClock};
-use metered::quota::{Limits, Quota, QuotaKey, QuotaStore};
+use metered::core::ManualClock;
+use metered::quota::Limits;
 use metered_sim::SimConfig;
-use metered_tests::faults::{Faults, FaultyQuota};
+use metered_tests::budget::Budget;
 use metered_tests::sync_world::Adapter;
-use std::sync::Arc;
 
 fn list() -> ListRequest {
     ListRequest {
@@ -25,15 +24,17 @@ async fn a_reservation_stops_at_the_end_of_its_windows(adapter: Adapter) {
     let start = chrono::Utc
         .with_ymd_and_hms(2026, 11, 22, 23, 59, 30)
         .unwrap();
-    let clock = ManualClock::new(start);
-    let shared: SharedClock = Arc::new(clock.clone());
-    let fx = metered_tests::sim_fixture(SimConfig::default(), shared.clone()).await;
-    let store = metered_tests::quota_store(adapter).await;
-    let key = QuotaKey::new("org-a", "sim-booking");
+    let w = Budget::on(adapter)
+        .at(start)
+        .app("sim-booking")
+        .build()
+        .await;
+    let (clock, store, key) = (&w.clock, &w.store, &w.a);
+    let fx = metered_tests::sim_fixture(SimConfig::default(), w.shared.clone()).await;
     let limits = Limits::new(Some(100), None, None, 3).unwrap();
     let m = Metered::new(
         fx.connector.clone(),
-        Quota::new(store.clone(), shared),
+        w.quota.clone(),
         key.clone(),
         limits.clone(),
         "complete-transfer:invoices",
@@ -49,7 +50,7 @@ async fn a_reservation_stops_at_the_end_of_its_windows(adapter: Adapter) {
     let mut r = m.reserve(&endpoint, 10).await.unwrap();
     r.list(&list()).await.unwrap();
     r.finish().await.unwrap();
-    let today = store.state(&key, &limits, clock_now(&clock)).await.unwrap();
+    let today = store.state(key, &limits, clock_now(clock)).await.unwrap();
     assert_eq!(
         today.used.get("d2026-11-23"),
         Some(&1),
@@ -68,19 +69,14 @@ fn clock_now(c: &ManualClock) -> metered::Timestamp {
 /// than 30 s of it is left (at 40 s, 80 s, 140 s, 180 s), not on every call
 /// once the original lease is 30 s old (17 renewals).
 async fn a_reservation_renews_only_when_its_lease_runs_short(adapter: Adapter) {
-    let clock = ManualClock::new(metered_tests::afternoon());
-    let shared: SharedClock = Arc::new(clock.clone());
-    let fx = metered_tests::sim_fixture(SimConfig::default(), shared.clone()).await;
-    let faults = Faults::new();
-    let store: Arc<dyn QuotaStore> = Arc::new(FaultyQuota {
-        inner: metered_tests::quota_store(adapter).await,
-        faults: faults.clone(),
-    });
+    let w = Budget::on(adapter).app("sim-booking").build().await;
+    let (clock, faults) = (&w.clock, &w.faults);
+    let fx = metered_tests::sim_fixture(SimConfig::default(), w.shared.clone()).await;
     let limits = Limits::new(Some(1_000), None, None, 3).unwrap();
     let m = Metered::new(
         fx.connector.clone(),
-        Quota::new(store, shared),
-        QuotaKey::new("org-a", "sim-booking"),
+        w.quota.clone(),
+        w.a.clone(),
         limits,
         "complete-transfer:invoices",
     );
@@ -103,8 +99,7 @@ async fn a_reservation_renews_only_when_its_lease_runs_short(adapter: Adapter) {
 /// A reservation whose lease lapsed (and was reclaimed by another acquire)
 /// still refunds what it did not use, once.
 async fn a_reservation_refunds_after_its_lease_lapsed(adapter: Adapter) {
-    let store = metered_tests::quota_store(adapter).await;
-    let key = QuotaKey::new(format!("org{}", uuid::Uuid::new_v4().simple()), "crm");
+    let Budget { store, a: key, .. } = Budget::on(adapter).build().await;
     let limits = Limits::new(Some(100), None, None, 1).unwrap();
     let now = metered_tests::afternoon();
     let metered::quota::Acquire::Granted(big) =
@@ -138,20 +133,22 @@ async fn a_reservation_counts_each_call_at_its_endpoints_cost(adapter: Adapter) 
     let start = chrono::Utc
         .with_ymd_and_hms(2026, 11, 22, 10, 0, 0)
         .unwrap();
-    let clock = ManualClock::new(start);
-    let shared: SharedClock = Arc::new(clock.clone());
+    let w = Budget::on(adapter)
+        .at(start)
+        .app("sim-booking")
+        .build()
+        .await;
+    let (store, key) = (&w.store, &w.a);
     let endpoint = "GET /invoices".to_string();
-    let fx = metered_tests::sim_fixture_with(SimConfig::default(), shared.clone(), |c| {
+    let fx = metered_tests::sim_fixture_with(SimConfig::default(), w.shared.clone(), |c| {
         c.app.limits = Limits::new(Some(2_500), None, None, 3).unwrap();
         c.app.endpoint_costs.insert(endpoint.clone(), 300);
     })
     .await;
-    let store = metered_tests::quota_store(adapter).await;
-    let key = QuotaKey::new("org-a", "sim-booking");
     let limits = fx.config.app.limits.clone();
     let m = Metered::new(
         fx.connector.clone(),
-        Quota::new(store.clone(), shared),
+        w.quota.clone(),
         key.clone(),
         limits.clone(),
         "complete-transfer:invoices",
@@ -166,7 +163,7 @@ async fn a_reservation_counts_each_call_at_its_endpoints_cost(adapter: Adapter) 
     r.list(&list()).await.unwrap();
     assert_eq!(r.remaining(), 6);
     r.finish().await.unwrap();
-    let state = store.state(&key, &limits, start).await.unwrap();
+    let state = store.state(key, &limits, start).await.unwrap();
     assert_eq!(
         state.used.get("d2026-11-22"),
         Some(&600),
@@ -174,7 +171,7 @@ async fn a_reservation_counts_each_call_at_its_endpoints_cost(adapter: Adapter) 
     );
     // A single call is charged its cost too.
     m.list(&list()).await.unwrap();
-    let state = store.state(&key, &limits, start).await.unwrap();
+    let state = store.state(key, &limits, start).await.unwrap();
     assert_eq!(state.used.get("d2026-11-22"), Some(&900));
     assert_eq!(fx.sim().stats().calls_by_key_day.values().sum::<u64>(), 3);
 }

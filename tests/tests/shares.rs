@@ -6,8 +6,9 @@
 //! grants counted per kind.
 
 use chrono::TimeZone;
-use metered::core::{ManualClock, SharedClock};
+use metered::core::Timestamp;
 use metered::quota::{Admission, Call, DenyReason, Limits, Quota, QuotaKey};
+use metered_tests::budget::Budget;
 use metered_tests::sync_world::Adapter;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
@@ -19,6 +20,10 @@ max_concurrent = 64
 workflow = { reserve_percent = 30 }
 pk-lookup = { cap_percent = 50 }
 "#;
+
+fn ten_am() -> Timestamp {
+    chrono::Utc.with_ymd_and_hms(2026, 12, 5, 10, 0, 0).unwrap()
+}
 
 /// `tasks` tasks of `source` each asking one call at a time until refused
 /// (or `want` calls were granted between them); the grants.
@@ -81,12 +86,7 @@ async fn total(
 }
 
 async fn a_lookup_storm_leaves_the_actions_their_reserve(adapter: Adapter) {
-    let t0 = chrono::Utc.with_ymd_and_hms(2026, 12, 5, 10, 0, 0).unwrap();
-    let shared: SharedClock = Arc::new(ManualClock::new(t0));
-    let quota = Quota::new(metered_tests::quota_store(adapter).await, shared);
-    let suffix = uuid::Uuid::new_v4().simple().to_string();
-    let a = QuotaKey::new(format!("org-a-{suffix}"), "crm#1");
-    let b = QuotaKey::new(format!("org-b-{suffix}"), "crm#1");
+    let Budget { quota, a, b, .. } = Budget::on(adapter).at(ten_am()).build().await;
     let limits: Limits = toml::from_str(LIMITS).unwrap();
     limits.validate().unwrap();
 
@@ -131,10 +131,7 @@ async fn a_lookup_storm_leaves_the_actions_their_reserve(adapter: Adapter) {
 /// Caps and reserves in numbers: the lookups stop at their cap with the
 /// reason naming their share; the actions still get their reserve after.
 async fn a_cap_refuses_naming_the_share(adapter: Adapter) {
-    let t0 = chrono::Utc.with_ymd_and_hms(2026, 12, 5, 10, 0, 0).unwrap();
-    let shared: SharedClock = Arc::new(ManualClock::new(t0));
-    let quota = Quota::new(metered_tests::quota_store(adapter).await, shared);
-    let key = QuotaKey::new(format!("org-{}", uuid::Uuid::new_v4().simple()), "crm#1");
+    let Budget { quota, a: key, .. } = Budget::on(adapter).at(ten_am()).build().await;
     let limits: Limits = toml::from_str(LIMITS).unwrap();
     let call = |source: &str| Call::new(source, "GET /x");
     let mut lookups = 0;
@@ -192,10 +189,12 @@ async fn a_cap_refuses_naming_the_share(adapter: Adapter) {
 /// reserve in the day's last tenth (it would lapse unused at midnight).
 async fn an_unspent_reserve_is_lent_near_the_windows_end(adapter: Adapter) {
     let noon = chrono::Utc.with_ymd_and_hms(2026, 12, 5, 12, 0, 0).unwrap();
-    let clock = ManualClock::new(noon);
-    let shared: SharedClock = Arc::new(clock.clone());
-    let quota = Quota::new(metered_tests::quota_store(adapter).await, shared);
-    let key = QuotaKey::new(format!("org-{}", uuid::Uuid::new_v4().simple()), "crm#1");
+    let Budget {
+        quota,
+        clock,
+        a: key,
+        ..
+    } = Budget::on(adapter).at(noon).build().await;
     let limits: Limits = toml::from_str(LIMITS).unwrap();
     let transfer = || Call::new("complete-transfer:invoices", "GET /invoices");
     for _ in 0..70 {
@@ -229,11 +228,7 @@ async fn an_unspent_reserve_is_lent_near_the_windows_end(adapter: Adapter) {
 /// if the org's own day were spent), and org B, whose day is untouched,
 /// is refused by it too.
 async fn the_app_levels_refusal_names_the_app(adapter: Adapter) {
-    let t0 = chrono::Utc.with_ymd_and_hms(2026, 12, 5, 10, 0, 0).unwrap();
-    let shared: SharedClock = Arc::new(ManualClock::new(t0));
-    let quota = Quota::new(metered_tests::quota_store(adapter).await, shared);
-    let app = format!("crm-{}", uuid::Uuid::new_v4().simple());
-    let (a, b) = (QuotaKey::new("org-a", &app), QuotaKey::new("org-b", &app));
+    let Budget { quota, a, b, .. } = Budget::on(adapter).at(ten_am()).build().await;
     let limits: Limits = toml::from_str(
         "per_day = 10\nmax_concurrent = 3\n[app_wide]\nper_day = 3\nmax_concurrent = 9",
     )

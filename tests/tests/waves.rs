@@ -6,22 +6,16 @@
 //! Both adapters; two orgs whose keys coincide but for the org.
 
 use chrono::TimeZone;
-use metered::core::{ManualClock, SharedClock};
-use metered::quota::{Admission, Call, Limits, Quota, QuotaKey};
+use metered::quota::{Admission, Call, Limits};
+use metered_tests::budget::Budget;
 use metered_tests::sync_world::Adapter;
-use std::sync::Arc;
 
 async fn turns_fit_the_window(adapter: Adapter) {
     let t0 = chrono::Utc.with_ymd_and_hms(2026, 12, 6, 10, 0, 0).unwrap();
-    let clock = ManualClock::new(t0);
-    let shared: SharedClock = Arc::new(clock.clone());
-    let store = metered_tests::quota_store(adapter).await;
-    let suffix = uuid::Uuid::new_v4().simple().to_string();
-    let a = QuotaKey::new(format!("org-a-{suffix}"), "crm#1");
-    let b = QuotaKey::new(format!("org-b-{suffix}"), "crm#1");
+    let w = Budget::on(adapter).at(t0).build().await;
+    let (clock, a, b, spend) = (&w.clock, &w.a, &w.b, &w.quota);
     let day = Limits::new(Some(500), None, None, 3).unwrap();
-    let spend = Quota::new(store.clone(), shared.clone());
-    for key in [&a, &b] {
+    for key in [a, b] {
         let Admission::Granted(p) = spend
             .acquire(key, &day, Call::new("sync", "GET /x").reserve(500))
             .await
@@ -37,11 +31,11 @@ async fn turns_fit_the_window(adapter: Adapter) {
     let mut days_b = Vec::new();
     for i in 0..12 {
         clock.set(t0 + chrono::Duration::seconds(i));
-        let process = Quota::new(store.clone(), shared.clone());
+        let process = w.process();
         let call = Call::new("workflow:w", "POST /x");
         for (key, call, days) in [
-            (&a, call.clone().needing(100), &mut days_a),
-            (&b, call, &mut days_b),
+            (a, call.clone().needing(100), &mut days_a),
+            (b, call, &mut days_b),
         ] {
             match process.acquire(key, &day, call).await.unwrap() {
                 Admission::Denied(d) => {
