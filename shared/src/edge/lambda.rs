@@ -113,7 +113,7 @@ where
 }
 
 /// Installs [`log_subscriber`] on stdout from the environment, once.
-pub fn init_logging() {
+pub(crate) fn init_logging() {
     let level = std::env::var("AWS_LAMBDA_LOG_LEVEL")
         .or_else(|_| std::env::var("RUST_LOG"))
         .ok();
@@ -285,7 +285,7 @@ impl DeployConfig {
 }
 
 /// What one function process holds for its whole life.
-pub struct Deployed {
+pub(crate) struct Deployed {
     /// What the handlers share.
     pub svc: Arc<AppContext>,
     /// The job ledger (the same table).
@@ -299,7 +299,7 @@ impl Deployed {
     /// With `warm` set, the DynamoDB and SQS connections are opened while
     /// the config and secrets are read ([`warm_connections`]; SQS on the
     /// queue of `own`, the function's kind, else the first it sends to).
-    pub async fn connect(
+    pub(crate) async fn connect(
         config: DeployConfig,
         cold: &Arc<ColdStart>,
         own: Option<JobKind>,
@@ -358,7 +358,7 @@ impl Deployed {
     }
 
     /// The runtime of jobs of `kind`: restarts go back to its own queue.
-    pub fn runtime(&self, kind: JobKind) -> Result<JobRuntime> {
+    pub(crate) fn runtime(&self, kind: JobKind) -> Result<JobRuntime> {
         let queue: Arc<dyn JobQueue> = self.svc.queues.get(kind)?.clone();
         Ok(
             JobRuntime::new(queue, self.svc.clock.clone(), self.config.policy)

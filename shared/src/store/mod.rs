@@ -211,7 +211,7 @@ impl SyncState {
 
 /// What the store held for an id when a page brought it again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Held<'a> {
+pub(crate) struct Held<'a> {
     /// Content hash of the stored record.
     pub hash: &'a str,
     /// False for a placeholder (a lookup claim on an id never fetched).
@@ -221,7 +221,7 @@ pub struct Held<'a> {
 /// The change rule, in one place for every adapter: an id never stored (or
 /// only claimed for a lookup) is created; stored with another content hash,
 /// updated; with the same hash, unchanged (`None`).
-pub fn classify_change(held: Option<Held<'_>>, new_hash: &str) -> Option<ChangeKind> {
+pub(crate) fn classify_change(held: Option<Held<'_>>, new_hash: &str) -> Option<ChangeKind> {
     match held {
         None
         | Some(Held {
