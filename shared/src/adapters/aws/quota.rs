@@ -24,6 +24,7 @@ use crate::quota::{
     UsageEntry, WindowKind,
 };
 use async_trait::async_trait;
+use aws_sdk_dynamodb::operation::update_item::builders::UpdateItemFluentBuilder;
 use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
 use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue, ReturnValuesOnConditionCheckFailure};
 use chrono::{Duration, NaiveDate};
@@ -55,10 +56,7 @@ impl DynamoQuota {
         format!("quota#{}#{}", key_part(&key.org), key_part(&key.app))
     }
 
-    fn update(
-        &self,
-        key: &QuotaKey,
-    ) -> aws_sdk_dynamodb::operation::update_item::builders::UpdateItemFluentBuilder {
+    fn update(&self, key: &QuotaKey) -> UpdateItemFluentBuilder {
         self.table
             .client
             .update_item()
@@ -76,144 +74,24 @@ impl DynamoQuota {
         now: Timestamp,
         seen: Option<&Item>,
     ) -> Result<std::result::Result<Grant, Item>> {
-        let lease_id = crate::core::ids::new_id();
-        let expires_at = now + limits.lease_ttl();
-        let windows: Vec<TakenWindow> = limits
-            .windows()
-            .map(|(kind, _)| TakenWindow {
-                kind,
-                id: kind.id(now),
-                used: 0,
-            })
-            .collect();
-        let mut req = self
-            .update(key)
-            .expression_attribute_names("#lease", format!("{LEASE_PREFIX}{lease_id}"))
-            .expression_attribute_values(":one", n(1))
-            .expression_attribute_values(":exp", n(to_millis(expires_at)))
-            .expression_attribute_values(":now", n(to_millis(now)))
-            .expression_attribute_values(":maxc", n(limits.max_concurrent));
-        let mut adds = Vec::new();
-        let mut conds = vec![
-            // Idempotent: the SDK may send this request again after a
-            // response was lost; the second application is refused here
-            // instead of adding the cost and the lease count twice.
-            "attribute_not_exists(#lease)".to_string(),
-            "(attribute_not_exists(lease_count) OR lease_count < :maxc)".to_string(),
-            "(attribute_not_exists(blocked_until) OR blocked_until <= :now)".to_string(),
-        ];
-        for (i, ((kind, limit), w)) in limits.windows().zip(&windows).enumerate() {
-            req = req
-                .expression_attribute_names(format!("#w{i}"), format!("{WINDOW_PREFIX}{}", w.id));
-            if kind.needs_read() {
-                // Checked on the item read (`seen`), held by `rv` below; a
-                // bucket's arrival time moves by what `seen` says.
-                let current = seen.map_or(0, |item| counter(item, &w.id));
-                req = req.expression_attribute_values(
-                    format!(":take{i}"),
-                    n(kind.take(current, now, cost)),
-                );
-                adds.push(format!("#w{i} :take{i}"));
-                continue;
-            }
-            adds.push(format!("#w{i} :cost"));
-            req = req.expression_attribute_values(
-                format!(":room{i}"),
-                n(i64::from(limit) - i64::from(cost)),
-            );
-            conds.push(format!(
-                "(attribute_not_exists(#w{i}) OR #w{i} <= :room{i})"
-            ));
-        }
-        if adds.iter().any(|a| a.ends_with(" :cost")) {
-            req = req.expression_attribute_values(":cost", n(cost));
-        }
-        adds.push("lease_count :one".into());
-        if let Some(item) = seen {
-            // The rolling windows were judged on `seen`: only if no acquire
-            // has added to any counter since.
-            match item.get("rv").and_then(as_i64) {
-                Some(rv) => {
-                    req = req.expression_attribute_values(":rv", n(rv));
-                    conds.push("rv = :rv".into());
-                }
-                None => conds.push("attribute_not_exists(rv)".into()),
-            }
-            adds.push("rv :one".into());
-        }
-        let valid_until = limits.windows_end(now);
-        let mut sets = "#lease = :exp".to_string();
-        if cost > 1 {
-            req = req
-                .expression_attribute_names("#refund", format!("{REFUND_PREFIX}{lease_id}"))
-                .expression_attribute_values(":valid", n(to_millis(valid_until)));
-            sets.push_str(", #refund = :valid");
-        }
-        let result = req
-            .update_expression(format!("ADD {} SET {sets}", adds.join(", ")))
-            .condition_expression(conds.join(" AND "))
+        let take = Take::new(key, limits, cost, now);
+        let result = take
+            .expression(limits, seen)
+            .apply(self.update(key))
             .return_values(ReturnValue::AllNew)
             .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
             .send()
             .await;
-        let grant = |item: Option<&Item>| {
-            let current: Vec<String> = windows
-                .iter()
-                .map(|w| format!("{WINDOW_PREFIX}{}", w.id))
-                .collect();
-            // Past windows' counters and refund rights of reservations whose
-            // windows ended: the release removes them.
-            let stale_windows = item
-                .map(|item| {
-                    item.iter()
-                        .filter(|(k, v)| {
-                            (k.starts_with(WINDOW_PREFIX)
-                                && !current.contains(k)
-                                && crate::quota::window_ended(&k[WINDOW_PREFIX.len()..], now))
-                                || (k.starts_with(REFUND_PREFIX)
-                                    && as_i64(v).is_some_and(|ms| from_millis(ms) <= now))
-                        })
-                        .map(|(k, _)| k.clone())
-                        .collect()
-                })
-                .unwrap_or_default();
-            // The counts after our add (the new item, or the old one that
-            // already holds an earlier attempt's add).
-            let windows = windows
-                .iter()
-                .map(|w| TakenWindow {
-                    used: match (w.kind, item) {
-                        (WindowKind::Bucket(_), Some(item)) => {
-                            w.kind.held(now, |id| counter(item, id))
-                        }
-                        _ => item
-                            .and_then(|item| item.get(&format!("{WINDOW_PREFIX}{}", w.id)))
-                            .and_then(as_i64)
-                            .map_or(u64::from(cost), |n| n.max(0) as u64),
-                    },
-                    ..w.clone()
-                })
-                .collect();
-            Grant {
-                key: key.clone(),
-                lease_id: lease_id.clone(),
-                cost,
-                windows,
-                expires_at,
-                valid_until,
-                stale_windows,
-            }
-        };
         match result {
-            Ok(out) => Ok(Ok(grant(out.attributes()))),
+            Ok(out) => Ok(Ok(take.grant(out.attributes()))),
             Err(e) => match e.as_service_error() {
                 Some(UpdateItemError::ConditionalCheckFailedException(c)) => {
                     let old = c.item().cloned().unwrap_or_default();
-                    if old.contains_key(&format!("{LEASE_PREFIX}{lease_id}")) {
+                    if old.contains_key(&take.lease_attr()) {
                         // Our own write, applied by an earlier attempt of
                         // this request whose response was lost: granted.
                         tracing::info!(quota = %key, "acquire applied by an earlier attempt; taken once");
-                        return Ok(Ok(grant(Some(&old))));
+                        return Ok(Ok(take.grant(Some(&old))));
                     }
                     Ok(Err(old))
                 }
@@ -267,6 +145,201 @@ impl DynamoQuota {
             Err(e) if is_ccf(&e) => Ok(()),
             Err(e) => Err(sdk_error("quota reclaim", e)),
         }
+    }
+}
+
+/// One acquire's attempt: the lease it takes, the windows it adds its cost
+/// to, and the grant it makes of the item its write left.
+struct Take<'a> {
+    key: &'a QuotaKey,
+    lease_id: String,
+    cost: u32,
+    now: Timestamp,
+    expires_at: Timestamp,
+    valid_until: Timestamp,
+    windows: Vec<TakenWindow>,
+}
+
+impl<'a> Take<'a> {
+    fn new(key: &'a QuotaKey, limits: &Limits, cost: u32, now: Timestamp) -> Self {
+        Self {
+            key,
+            lease_id: crate::core::ids::new_id(),
+            cost,
+            now,
+            expires_at: now + limits.lease_ttl(),
+            valid_until: limits.windows_end(now),
+            windows: limits
+                .windows()
+                .map(|(kind, _)| TakenWindow {
+                    kind,
+                    id: kind.id(now),
+                    used: 0,
+                })
+                .collect(),
+        }
+    }
+
+    fn lease_attr(&self) -> String {
+        format!("{LEASE_PREFIX}{}", self.lease_id)
+    }
+
+    /// The conditional `UpdateItem`: `ADD` the cost to every window and
+    /// `lease_count`, `SET` the lease (and a reservation's refund right),
+    /// if every window has room, a lease slot is free, no 429 block holds,
+    /// and — for windows judged on the item read (`seen`) — nothing was
+    /// added since.
+    fn expression(&self, limits: &Limits, seen: Option<&Item>) -> Expr {
+        let mut e = Expr::default();
+        e.name("#lease", self.lease_attr());
+        e.value(":one", n(1));
+        e.value(":exp", n(to_millis(self.expires_at)));
+        e.value(":now", n(to_millis(self.now)));
+        e.value(":maxc", n(limits.max_concurrent));
+        // Idempotent: the SDK may send this request again after a response
+        // was lost; the second application is refused here instead of
+        // adding the cost and the lease count twice.
+        e.cond("attribute_not_exists(#lease)");
+        e.cond("(attribute_not_exists(lease_count) OR lease_count < :maxc)");
+        e.cond("(attribute_not_exists(blocked_until) OR blocked_until <= :now)");
+        self.window_clauses(&mut e, limits, seen);
+        e.adds.push("lease_count :one".into());
+        if let Some(item) = seen {
+            // The rolling windows were judged on `seen`: only if no acquire
+            // has added to any counter since.
+            match item.get("rv").and_then(as_i64) {
+                Some(rv) => {
+                    e.value(":rv", n(rv));
+                    e.cond("rv = :rv");
+                }
+                None => e.cond("attribute_not_exists(rv)"),
+            }
+            e.adds.push("rv :one".into());
+        }
+        e.sets.push("#lease = :exp".into());
+        if self.cost > 1 {
+            e.name("#refund", format!("{REFUND_PREFIX}{}", self.lease_id));
+            e.value(":valid", n(to_millis(self.valid_until)));
+            e.sets.push("#refund = :valid".into());
+        }
+        e
+    }
+
+    /// Each window's `ADD`: a fixed window adds the cost under a room
+    /// condition; a window that needs a read (rolling, bucket) adds what
+    /// `seen` says it takes, held by the `rv` condition.
+    fn window_clauses(&self, e: &mut Expr, limits: &Limits, seen: Option<&Item>) {
+        let mut adds_cost = false;
+        for (i, ((kind, limit), w)) in limits.windows().zip(&self.windows).enumerate() {
+            e.name(&format!("#w{i}"), format!("{WINDOW_PREFIX}{}", w.id));
+            if kind.needs_read() {
+                let current = seen.map_or(0, |item| counter(item, &w.id));
+                e.value(
+                    &format!(":take{i}"),
+                    n(kind.take(current, self.now, self.cost)),
+                );
+                e.adds.push(format!("#w{i} :take{i}"));
+                continue;
+            }
+            adds_cost = true;
+            e.adds.push(format!("#w{i} :cost"));
+            e.value(
+                &format!(":room{i}"),
+                n(i64::from(limit) - i64::from(self.cost)),
+            );
+            e.cond(&format!(
+                "(attribute_not_exists(#w{i}) OR #w{i} <= :room{i})"
+            ));
+        }
+        if adds_cost {
+            e.value(":cost", n(self.cost));
+        }
+    }
+
+    /// The grant, read from the item after our add (the new item, or the
+    /// old one that already holds an earlier attempt's add).
+    fn grant(&self, item: Option<&Item>) -> Grant {
+        let windows = self
+            .windows
+            .iter()
+            .map(|w| TakenWindow {
+                used: match (w.kind, item) {
+                    (WindowKind::Bucket(_), Some(item)) => {
+                        w.kind.held(self.now, |id| counter(item, id))
+                    }
+                    _ => item
+                        .and_then(|item| item.get(&format!("{WINDOW_PREFIX}{}", w.id)))
+                        .and_then(as_i64)
+                        .map_or(u64::from(self.cost), |n| n.max(0) as u64),
+                },
+                ..w.clone()
+            })
+            .collect();
+        Grant {
+            key: self.key.clone(),
+            lease_id: self.lease_id.clone(),
+            cost: self.cost,
+            windows,
+            expires_at: self.expires_at,
+            valid_until: self.valid_until,
+            stale_windows: item.map(|item| self.stale(item)).unwrap_or_default(),
+        }
+    }
+
+    /// Past windows' counters and refund rights of reservations whose
+    /// windows ended: the release removes them.
+    fn stale(&self, item: &Item) -> Vec<String> {
+        let current: Vec<String> = self
+            .windows
+            .iter()
+            .map(|w| format!("{WINDOW_PREFIX}{}", w.id))
+            .collect();
+        item.iter()
+            .filter(|(k, v)| {
+                (k.starts_with(WINDOW_PREFIX)
+                    && !current.contains(k)
+                    && crate::quota::window_ended(&k[WINDOW_PREFIX.len()..], self.now))
+                    || (k.starts_with(REFUND_PREFIX)
+                        && as_i64(v).is_some_and(|ms| from_millis(ms) <= self.now))
+            })
+            .map(|(k, _)| k.clone())
+            .collect()
+    }
+}
+
+/// An `UpdateItem`'s expression as it is built: its clauses, and the names
+/// and values they use (DynamoDB refuses a value no clause uses).
+#[derive(Default)]
+struct Expr {
+    names: std::collections::HashMap<String, String>,
+    values: std::collections::HashMap<String, AttributeValue>,
+    adds: Vec<String>,
+    sets: Vec<String>,
+    conds: Vec<String>,
+}
+
+impl Expr {
+    fn name(&mut self, placeholder: &str, attribute: String) {
+        self.names.insert(placeholder.into(), attribute);
+    }
+
+    fn value(&mut self, placeholder: &str, value: AttributeValue) {
+        self.values.insert(placeholder.into(), value);
+    }
+
+    fn cond(&mut self, cond: &str) {
+        self.conds.push(cond.into());
+    }
+
+    fn apply(self, req: UpdateItemFluentBuilder) -> UpdateItemFluentBuilder {
+        req.set_expression_attribute_names(Some(self.names))
+            .set_expression_attribute_values(Some(self.values))
+            .update_expression(format!(
+                "ADD {} SET {}",
+                self.adds.join(", "),
+                self.sets.join(", ")
+            ))
+            .condition_expression(self.conds.join(" AND "))
     }
 }
 
