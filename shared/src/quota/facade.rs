@@ -468,99 +468,44 @@ impl Quota {
         call: &Call,
         now: Timestamp,
     ) -> Result<std::result::Result<Vec<Grant>, Denied>> {
-        use share::{share_key, Part};
+        use share::Part;
         let kind = share::kind_of(&call.source);
-        let cost = call.cost;
-        let take = |part: Part, of: &str| {
-            let level = limits.share_part(part, of);
-            let level_key = share_key(key, part, of);
-            async move {
-                match level {
-                    None => Ok(None),
-                    Some(l) => {
-                        if l.check_cost(cost).is_err() {
-                            // More than this part could ever hold (a block
-                            // reserved for the org's windows): refused as by
-                            // its tightest window, so a reservation asks
-                            // again for what the part holds.
-                            let (window, limit) = l
-                                .windows()
-                                .min_by_key(|(_, limit)| *limit)
-                                .unwrap_or((WindowKind::Day, 0));
-                            return Ok(Some(Acquire::Denied(Denied {
-                                retry_at: window.end(now),
-                                reason: DenyReason::Window {
-                                    window,
-                                    limit,
-                                    used: 0,
-                                },
-                            })));
-                        }
-                        self.store
-                            .acquire(&level_key, &l, cost, now)
-                            .await
-                            .map(Some)
-                    }
-                }
-            }
-        };
-        if let Some(Acquire::Granted(g)) = take(Part::Reserve, kind).await? {
+        if let Some(Acquire::Granted(g)) = self
+            .take_part(key, limits, Part::Reserve, kind, call.cost, now)
+            .await?
+        {
             return Ok(Ok(vec![g]));
         }
-        let named = |d: Denied, part: &'static str| {
-            let reason = match d.reason {
-                DenyReason::Window {
-                    window,
-                    limit,
-                    used,
-                } => DenyReason::Share {
-                    source_kind: kind.to_string(),
-                    part: part.to_string(),
-                    window,
-                    limit,
-                    used,
-                },
-                other => other,
-            };
-            Denied {
-                retry_at: d.retry_at,
-                reason,
-            }
-        };
-        let pool = match take(Part::Pool, kind).await? {
+        let pool = match self
+            .take_part(key, limits, Part::Pool, kind, call.cost, now)
+            .await?
+        {
             Some(Acquire::Granted(g)) => Some(g),
             None => None,
             Some(Acquire::Denied(d)) => {
-                // Near a fixed window's end, another kind's reserve that
-                // would lapse unspent is lent.
-                let lend = match &d.reason {
-                    DenyReason::Window { window, .. } if !window.needs_read() => {
-                        let left = (d.retry_at - now).num_seconds();
-                        left <= i64::from(window.secs()) / share::LEND_IN_LAST
-                    }
-                    _ => false,
-                };
-                if lend {
-                    for other in limits.shares.keys().filter(|k| k.as_str() != kind) {
-                        if let Some(Acquire::Granted(g)) = take(Part::Reserve, other).await? {
-                            tracing::info!(quota = %key, kind, lender = %other, "near the window's end: another kind's unspent reserve is lent");
-                            return Ok(Ok(vec![g]));
-                        }
+                if share::lends(&d, now) {
+                    if let Some(g) = self
+                        .borrow_reserve(key, limits, kind, call.cost, now)
+                        .await?
+                    {
+                        return Ok(Ok(vec![g]));
                     }
                 }
-                let part = limits.share_part(Part::Pool, kind);
-                let d = match &part {
+                let d = match limits.share_part(Part::Pool, kind) {
                     Some(part) => {
-                        self.wave(Self::slots_key(key, ":pool"), part, d, call.turn(), now)
+                        self.wave(Self::slots_key(key, ":pool"), &part, d, call.turn(), now)
                             .await
                     }
                     None => d,
                 };
-                return Ok(Err(named(d, "unreserved part")));
+                return Ok(Err(share::named(d, kind, "unreserved part")));
             }
         };
         let pool: Vec<Grant> = pool.into_iter().collect();
-        match take(Part::Cap, kind).await {
+        match self
+            .take_part(key, limits, Part::Cap, kind, call.cost, now)
+            .await
+        {
             Ok(None) => Ok(Ok(pool)),
             Ok(Some(Acquire::Granted(cap))) => Ok(Ok(pool.into_iter().chain([cap]).collect())),
             Ok(Some(Acquire::Denied(d))) => {
@@ -574,7 +519,7 @@ impl Quota {
                     }
                     None => d,
                 };
-                Ok(Err(named(d, "cap")))
+                Ok(Err(share::named(d, kind, "cap")))
             }
             Err(e) => {
                 self.give_back(&pool, "the share's cap could not be asked")
@@ -582,6 +527,51 @@ impl Quota {
                 Err(e)
             }
         }
+    }
+
+    /// `cost` of `kind`'s `part` under `key`; `None` when the limits give
+    /// the kind no such part.
+    async fn take_part(
+        &self,
+        key: &QuotaKey,
+        limits: &Limits,
+        part: share::Part,
+        kind: &str,
+        cost: u32,
+        now: Timestamp,
+    ) -> Result<Option<Acquire>> {
+        let Some(l) = limits.share_part(part, kind) else {
+            return Ok(None);
+        };
+        if l.check_cost(cost).is_err() {
+            return Ok(Some(Acquire::Denied(share::beyond(&l, now))));
+        }
+        let level_key = share::share_key(key, part, kind);
+        self.store
+            .acquire(&level_key, &l, cost, now)
+            .await
+            .map(Some)
+    }
+
+    /// Another kind's unspent reserve, lent near a fixed window's end.
+    async fn borrow_reserve(
+        &self,
+        key: &QuotaKey,
+        limits: &Limits,
+        kind: &str,
+        cost: u32,
+        now: Timestamp,
+    ) -> Result<Option<Grant>> {
+        for other in limits.shares.keys().filter(|k| k.as_str() != kind) {
+            let taken = self
+                .take_part(key, limits, share::Part::Reserve, other, cost, now)
+                .await?;
+            if let Some(Acquire::Granted(g)) = taken {
+                tracing::info!(quota = %key, kind, lender = %other, "near the window's end: another kind's unspent reserve is lent");
+                return Ok(Some(g));
+            }
+        }
+        Ok(None)
     }
 
     /// The org's level, then the app's: both granted, or nothing held.
