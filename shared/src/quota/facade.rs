@@ -28,6 +28,54 @@ enum Levels {
     Repeated(Denied),
 }
 
+/// Where a process remembers its refusals of one call: under the org, and
+/// apart for background work and for each share's kind, so a refusal of
+/// one never answers another.
+struct Memory {
+    /// The org's (or, for background work, the org's background memory).
+    org: QuotaKey,
+    /// The call's kind, when the limits have shares.
+    kind: Option<QuotaKey>,
+    /// The call's kind in background work, when both apply.
+    background_kind: Option<QuotaKey>,
+}
+
+impl Memory {
+    fn of(key: &QuotaKey, call: &Call, limits: &Limits, background: bool) -> Self {
+        let org = match background {
+            true => Quota::background_memory(key),
+            false => key.clone(),
+        };
+        Self {
+            kind: limits.has_shares().then(|| Quota::memory_key(key, call)),
+            background_kind: (limits.has_shares() && background)
+                .then(|| Quota::memory_key(&org, call)),
+            org,
+        }
+    }
+
+    /// Every memory a refusal of this call may be recalled from.
+    fn keys<'a>(&'a self, key: &'a QuotaKey) -> impl Iterator<Item = &'a QuotaKey> {
+        [
+            Some(key),
+            Some(&self.org),
+            self.kind.as_ref(),
+            self.background_kind.as_ref(),
+        ]
+        .into_iter()
+        .flatten()
+    }
+
+    /// Where a refusal for `reason` is remembered: a share's refusal under
+    /// the kind, any other under the org.
+    fn for_reason(&self, reason: &DenyReason) -> &QuotaKey {
+        match (reason, &self.kind, &self.background_kind) {
+            (DenyReason::Share { .. }, _, Some(k)) | (DenyReason::Share { .. }, Some(k), None) => k,
+            _ => &self.org,
+        }
+    }
+}
+
 /// One call (or reservation of several) a handler wants to make.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Call {
@@ -113,6 +161,30 @@ pub struct Permit {
 }
 
 impl Permit {
+    /// A permit of `call` granted at `now`: the org's grant, the app's and
+    /// the share's, or none for an exempt call.
+    fn new(
+        key: &QuotaKey,
+        call: Call,
+        now: Timestamp,
+        grants: Option<(Grant, Option<Grant>, Vec<Grant>)>,
+    ) -> Self {
+        let (grant, app_grant, share_grants) = match grants {
+            Some((grant, app, shares)) => (Some(grant), app, shares),
+            None => (None, None, Vec::new()),
+        };
+        Self {
+            grant,
+            app_grant,
+            share_grants,
+            key: key.clone(),
+            call,
+            day: now.date_naive(),
+            hour: now.hour() as u8,
+            granted_at: now,
+        }
+    }
+
     /// When it was granted: the windows its calls count in are the ones of
     /// this time, however late the calls' answers come back.
     pub(crate) fn granted_at(&self) -> Timestamp {
@@ -622,18 +694,35 @@ impl Quota {
         for g in &shared {
             grant.valid_until = grant.valid_until.min(g.valid_until);
         }
-        let Some(app) = &limits.app_wide else {
-            return Ok(Levels::Granted(Box::new((grant, None, shared))));
-        };
-        let app_grant = match app.check_cost(cost) {
-            Ok(()) => self.store.acquire(&key.app_level(), app, cost, now).await,
+        match &limits.app_wide {
+            None => Ok(Levels::Granted(Box::new((grant, None, shared)))),
+            Some(app) => self.acquire_app(key, app, call, now, grant, shared).await,
+        }
+    }
+
+    /// The app's level, for a call the org (`grant`) and its share
+    /// (`shared`) granted: all three, or nothing held.
+    async fn acquire_app(
+        &self,
+        key: &QuotaKey,
+        app: &Limits,
+        call: &Call,
+        now: Timestamp,
+        mut grant: Grant,
+        shared: Vec<Grant>,
+    ) -> Result<Levels> {
+        let app_grant = match app.check_cost(call.cost) {
+            Ok(()) => {
+                self.store
+                    .acquire(&key.app_level(), app, call.cost, now)
+                    .await
+            }
             Err(e) => Err(e),
         };
         match app_grant {
             Ok(Acquire::Granted(mut app_grant)) => {
                 // Calls must be made before either level's window ends.
                 let until = grant.valid_until.min(app_grant.valid_until);
-                let mut grant = grant;
                 grant.valid_until = until;
                 app_grant.valid_until = until;
                 Ok(Levels::Granted(Box::new((grant, Some(app_grant), shared))))
@@ -643,31 +732,9 @@ impl Quota {
                 for g in std::iter::once(&grant).chain(&shared) {
                     self.store.release(g, 0).await?;
                 }
-                let d = self
-                    .wave(
-                        Self::slots_key(&key.app_level(), ""),
-                        app,
-                        d,
-                        call.turn(),
-                        now,
-                    )
-                    .await;
-                let reason = match d.reason {
-                    DenyReason::Window {
-                        window,
-                        limit,
-                        used,
-                    } => DenyReason::AppWide {
-                        window,
-                        limit,
-                        used,
-                    },
-                    other => other,
-                };
-                Ok(Levels::Denied(Denied {
-                    retry_at: d.retry_at,
-                    reason,
-                }))
+                let slots = Self::slots_key(&key.app_level(), "");
+                let d = self.wave(slots, app, d, call.turn(), now).await;
+                Ok(Levels::Denied(super::rules::app_wide(d)))
             }
             Err(e) => {
                 self.give_back(std::slice::from_ref(&grant), "the app level failed")
@@ -683,19 +750,8 @@ impl Quota {
     /// round trip.
     pub async fn acquire(&self, key: &QuotaKey, limits: &Limits, call: Call) -> Result<Admission> {
         let now = self.clock.now();
-        let day = now.date_naive();
-        let hour = now.hour() as u8;
         if call.exempt {
-            return Ok(Admission::Granted(Permit {
-                grant: None,
-                app_grant: None,
-                share_grants: Vec::new(),
-                key: key.clone(),
-                call,
-                day,
-                hour,
-                granted_at: now,
-            }));
+            return Ok(Admission::Granted(Permit::new(key, call, now, None)));
         }
         limits.check_cost(call.cost)?;
         // Background work is held back ([`super::priority`]), and its
@@ -704,61 +760,24 @@ impl Quota {
         let held_back = (call.background && limits.background_percent < 100)
             .then(|| limits.for_background(now, call.cost));
         let limits = held_back.as_ref().unwrap_or(written);
-        let org_memory = match &held_back {
-            Some(_) => Self::background_memory(key),
-            None => key.clone(),
-        };
-        let kind_key = limits.has_shares().then(|| Self::memory_key(key, &call));
-        let background_kind_key = (limits.has_shares() && held_back.is_some())
-            .then(|| Self::memory_key(&org_memory, &call));
-        let remembered = [
-            Some(key),
-            Some(&org_memory),
-            kind_key.as_ref(),
-            background_kind_key.as_ref(),
-        ]
-        .into_iter()
-        .flatten()
-        .find_map(|k| self.recent_denial(k, &call, now));
-        let levels = match remembered {
-            Some((mut denied, repeats)) => {
-                tracing::debug!(quota = %key, cost = call.cost, "denied again from this process's recent denial; no store request");
-                if let DenyReason::Window { window, limit, .. }
-                | DenyReason::Share { window, limit, .. }
-                | DenyReason::AppWide { window, limit, .. } = &denied.reason
-                {
-                    denied.retry_at = wave::repeat_at(
-                        denied.retry_at,
-                        *window,
-                        *limit,
-                        repeats,
-                        wave::spacing_ms(limits, window.secs()),
-                    );
-                }
-                Levels::Repeated(denied)
-            }
+        let memory = Memory::of(key, &call, limits, held_back.is_some());
+        let levels = match self.recall(key, limits, &call, &memory, now) {
+            Some(denied) => Levels::Repeated(denied),
             None => self.acquire_levels(key, limits, &call, now).await?,
         };
+        let (day, hour) = (now.date_naive(), now.hour() as u8);
         match levels {
             Levels::Granted(granted) => {
                 let (grant, app_grant, share_grants) = *granted;
                 tracing::debug!(quota = %key, cost = call.cost, lease = %grant.lease_id, "quota granted");
-                let day_limit = written.windows().find(|(w, _)| *w == WindowKind::Day);
-                let day_used = grant.windows.iter().find(|w| w.kind == WindowKind::Day);
-                if let (Some((_, limit)), Some(taken)) = (day_limit, day_used) {
-                    self.metrics
-                        .burn(&key.app, &key.org, &taken.id, taken.used, limit);
-                }
-                Ok(Admission::Granted(Permit {
-                    grant: Some(grant),
-                    app_grant,
-                    share_grants,
-                    key: key.clone(),
+                self.report_burn(key, written, &grant);
+                let grants = (grant, app_grant, share_grants);
+                Ok(Admission::Granted(Permit::new(
+                    key,
                     call,
-                    day,
-                    hour,
-                    granted_at: now,
-                }))
+                    now,
+                    Some(grants),
+                )))
             }
             Levels::Repeated(denied) => Ok(self.refuse(key, call, day, hour, denied)),
             Levels::Denied(mut denied) => {
@@ -781,14 +800,48 @@ impl Quota {
                         now,
                     );
                 }
-                let memory = match (&denied.reason, &kind_key, &background_kind_key) {
-                    (DenyReason::Share { .. }, _, Some(k))
-                    | (DenyReason::Share { .. }, Some(k), None) => k,
-                    _ => &org_memory,
-                };
-                self.remember_denial(memory, &call, &denied, now);
+                self.remember_denial(memory.for_reason(&denied.reason), &call, &denied, now);
                 Ok(self.refuse(key, call, day, hour, denied))
             }
+        }
+    }
+
+    /// A refusal this process made a moment ago, repeated without asking
+    /// the store, its wake time a turn later for every repeat.
+    fn recall(
+        &self,
+        key: &QuotaKey,
+        limits: &Limits,
+        call: &Call,
+        memory: &Memory,
+        now: Timestamp,
+    ) -> Option<Denied> {
+        let (mut denied, repeats) = memory
+            .keys(key)
+            .find_map(|k| self.recent_denial(k, call, now))?;
+        tracing::debug!(quota = %key, cost = call.cost, "denied again from this process's recent denial; no store request");
+        if let DenyReason::Window { window, limit, .. }
+        | DenyReason::Share { window, limit, .. }
+        | DenyReason::AppWide { window, limit, .. } = &denied.reason
+        {
+            denied.retry_at = wave::repeat_at(
+                denied.retry_at,
+                *window,
+                *limit,
+                repeats,
+                wave::spacing_ms(limits, window.secs()),
+            );
+        }
+        Some(denied)
+    }
+
+    /// The day's burn rate, for the early-burn metric.
+    fn report_burn(&self, key: &QuotaKey, written: &Limits, grant: &Grant) {
+        let day_limit = written.windows().find(|(w, _)| *w == WindowKind::Day);
+        let day_used = grant.windows.iter().find(|w| w.kind == WindowKind::Day);
+        if let (Some((_, limit)), Some(taken)) = (day_limit, day_used) {
+            self.metrics
+                .burn(&key.app, &key.org, &taken.id, taken.used, limit);
         }
     }
 

@@ -57,3 +57,59 @@ pub(crate) fn explain_denial(
     }
     worst
 }
+
+/// A refusal by the app's own level, said as the app's: "the app's own day
+/// limit across all its orgs is reached", not "day limit reached" as if the
+/// org's own day were spent. Other reasons pass unchanged.
+pub(crate) fn app_wide(d: Denied) -> Denied {
+    let reason = match d.reason {
+        DenyReason::Window {
+            window,
+            limit,
+            used,
+        } => DenyReason::AppWide {
+            window,
+            limit,
+            used,
+        },
+        other => other,
+    };
+    Denied {
+        retry_at: d.retry_at,
+        reason,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::quota::WindowKind;
+
+    #[test]
+    fn a_refusal_by_the_app_level_names_the_app() {
+        let at = chrono::DateTime::parse_from_rfc3339("2026-12-06T00:00:00Z")
+            .unwrap()
+            .to_utc();
+        let d = app_wide(Denied {
+            retry_at: at,
+            reason: DenyReason::Window {
+                window: WindowKind::Day,
+                limit: 3,
+                used: 3,
+            },
+        });
+        assert_eq!(d.retry_at, at);
+        assert!(
+            d.reason
+                .to_string()
+                .contains("the app's own day limit across all its orgs is reached (3 of 3 used)"),
+            "{}",
+            d.reason
+        );
+        let slot = Denied {
+            retry_at: at,
+            reason: DenyReason::Concurrency { max: 9 },
+        };
+        assert_eq!(app_wide(slot.clone()), slot);
+    }
+}
