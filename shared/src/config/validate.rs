@@ -4,9 +4,12 @@
 //! the whole tree (a sync names a record type, a workflow a related type, a
 //! push action a Data Source) live here, so no section imports the app.
 
-use crate::config::app::{AppConfig, AuthScheme, CountLevel, Pagination};
-use crate::config::datasource::DataSourceMode;
-use crate::config::workflow::{check_template, compile, ActionConfig, MissingPolicy};
+use crate::config::app::{AppConfig, AuthScheme, CountLevel, Pagination, RecordTypeConfig};
+use crate::config::datasource::{DataSourceConfig, DataSourceMode, PushShape};
+use crate::config::sync::{ConnectionConfig, SyncConfig};
+use crate::config::workflow::{
+    check_template, compile, ActionConfig, MissingPolicy, RelatedConfig, WorkflowConfig,
+};
 use crate::core::error::{Error, Result};
 
 impl AppConfig {
@@ -23,7 +26,6 @@ impl AppConfig {
 
     /// The app's name, base URL, limits and auth scheme.
     fn validate_app(&self) -> Result<()> {
-        let bad = |field: String, msg: String| Err(Error::Config(format!("{field}: {msg}")));
         if self.app.name.trim().is_empty() {
             return bad("app.name".into(), "must not be empty".into());
         }
@@ -70,7 +72,6 @@ impl AppConfig {
 
     /// `app.rate_limit`: each header, pointer and count has a window to pace against.
     fn validate_rate_limit(&self) -> Result<()> {
-        let bad = |field: String, msg: String| Err(Error::Config(format!("{field}: {msg}")));
         let rl = &self.app.rate_limit;
         if rl.limit_header.is_some() && rl.remaining_header.is_none() {
             return bad(
@@ -138,7 +139,6 @@ impl AppConfig {
 
     /// `app.endpoint_costs` and `app.exempt_endpoints`: `METHOD /path` patterns, and a cost every level can ever grant.
     fn validate_endpoints(&self) -> Result<()> {
-        let bad = |field: String, msg: String| Err(Error::Config(format!("{field}: {msg}")));
         let endpoint_pattern = |e: &str| {
             e.split_once(' ').is_some_and(|(m, p)| {
                 !m.is_empty() && m.chars().all(|c| c.is_ascii_uppercase()) && p.starts_with('/')
@@ -180,9 +180,8 @@ impl AppConfig {
         Ok(())
     }
 
-    /// Each record type: paths, page sizes, pagination, JSON pointers, bulk lookups and foreign keys to declared types.
+    /// At least one record type, each valid.
     fn validate_record_types(&self) -> Result<()> {
-        let bad = |field: String, msg: String| Err(Error::Config(format!("{field}: {msg}")));
         if self.record_types.is_empty() {
             return bad(
                 "record_types".into(),
@@ -190,197 +189,224 @@ impl AppConfig {
             );
         }
         for (name, rt) in &self.record_types {
-            let f = |field: &str| format!("record_types.{name}.{field}");
-            if !rt.list_path.starts_with('/') {
+            self.validate_record_type(name, rt)?;
+        }
+        Ok(())
+    }
+
+    /// One record type: paths, page sizes, pagination, JSON pointers, bulk
+    /// lookups and foreign keys to declared types.
+    fn validate_record_type(&self, name: &str, rt: &RecordTypeConfig) -> Result<()> {
+        let f = |field: &str| format!("record_types.{name}.{field}");
+        if !rt.list_path.starts_with('/') {
+            return bad(
+                f("list_path"),
+                format!("expected a path starting with `/`, got {:?}", rt.list_path),
+            );
+        }
+        if rt.max_page_size == 0 {
+            return bad(f("max_page_size"), "must be at least 1".into());
+        }
+        if let Some(p) = rt.page_size {
+            if p == 0 || p > rt.max_page_size {
                 return bad(
-                    f("list_path"),
-                    format!("expected a path starting with `/`, got {:?}", rt.list_path),
+                    f("page_size"),
+                    format!(
+                        "{p} must be between 1 and max_page_size ({})",
+                        rt.max_page_size
+                    ),
                 );
             }
-            if rt.max_page_size == 0 {
-                return bad(f("max_page_size"), "must be at least 1".into());
+        }
+        if let Pagination::Cursor {
+            next_pointer,
+            next_header,
+            ..
+        } = &rt.pagination
+        {
+            if next_pointer.is_some() == next_header.is_some() {
+                return bad(
+                    f("pagination"),
+                    "cursor pagination needs exactly one of next_pointer and next_header".into(),
+                );
             }
-            if let Some(p) = rt.page_size {
-                if p == 0 || p > rt.max_page_size {
+        }
+        for (field, ptr) in [
+            ("records_pointer", Some(&rt.records_pointer)),
+            ("id_pointer", Some(&rt.id_pointer)),
+            ("updated_at_pointer", rt.updated_at_pointer.as_ref()),
+            ("get_pointer", rt.get_pointer.as_ref()),
+        ] {
+            if let Some(ptr) = ptr {
+                if !(ptr.is_empty() || ptr.starts_with('/')) {
                     return bad(
-                        f("page_size"),
-                        format!(
-                            "{p} must be between 1 and max_page_size ({})",
-                            rt.max_page_size
-                        ),
+                        f(field),
+                        format!("expected a JSON pointer like \"/data\", got {ptr:?}"),
                     );
                 }
             }
-            if let Pagination::Cursor {
-                next_pointer,
-                next_header,
-                ..
-            } = &rt.pagination
-            {
-                if next_pointer.is_some() == next_header.is_some() {
-                    return bad(
-                        f("pagination"),
-                        "cursor pagination needs exactly one of next_pointer and next_header"
-                            .into(),
-                    );
-                }
+        }
+        if let Some(get) = &rt.get_path {
+            if !get.starts_with('/') || !get.contains("{id}") {
+                return bad(
+                    f("get_path"),
+                    format!(
+                        "expected a path with `{{id}}`, e.g. \"/customers/{{id}}\", got {get:?}"
+                    ),
+                );
             }
-            for (field, ptr) in [
-                ("records_pointer", Some(&rt.records_pointer)),
-                ("id_pointer", Some(&rt.id_pointer)),
-                ("updated_at_pointer", rt.updated_at_pointer.as_ref()),
-                ("get_pointer", rt.get_pointer.as_ref()),
-            ] {
-                if let Some(ptr) = ptr {
-                    if !(ptr.is_empty() || ptr.starts_with('/')) {
-                        return bad(
-                            f(field),
-                            format!("expected a JSON pointer like \"/data\", got {ptr:?}"),
-                        );
-                    }
-                }
+        }
+        if let Some(bulk) = &rt.bulk {
+            if bulk.max_ids == 0 {
+                return bad(f("bulk.max_ids"), "must be at least 1".into());
             }
-            if let Some(get) = &rt.get_path {
-                if !get.starts_with('/') || !get.contains("{id}") {
-                    return bad(f("get_path"), format!("expected a path with `{{id}}`, e.g. \"/customers/{{id}}\", got {get:?}"));
-                }
+        }
+        for (field, target) in &rt.foreign_keys {
+            if !field.starts_with('/') {
+                return bad(
+                    f(&format!("foreign_keys.{field:?}")),
+                    "expected a JSON pointer within the record, like \"/customer_id\"".into(),
+                );
             }
-            if let Some(bulk) = &rt.bulk {
-                if bulk.max_ids == 0 {
-                    return bad(f("bulk.max_ids"), "must be at least 1".into());
-                }
-            }
-            for (field, target) in &rt.foreign_keys {
-                if !field.starts_with('/') {
-                    return bad(
-                        f(&format!("foreign_keys.{field:?}")),
-                        "expected a JSON pointer within the record, like \"/customer_id\"".into(),
-                    );
-                }
-                if !self.record_types.contains_key(target) {
-                    return bad(
-                        f(&format!("foreign_keys.{field:?}")),
-                        format!(
-                            "references unknown record type `{target}`; declared: {}",
-                            self.record_types
-                                .keys()
-                                .cloned()
-                                .collect::<Vec<_>>()
-                                .join(", ")
-                        ),
-                    );
-                }
+            if !self.record_types.contains_key(target) {
+                return bad(
+                    f(&format!("foreign_keys.{field:?}")),
+                    format!(
+                        "references unknown record type `{target}`; declared: {}",
+                        declared_types(self)
+                    ),
+                );
             }
         }
         Ok(())
     }
 
     fn validate_syncs(&self) -> Result<()> {
-        let bad = |field: String, msg: String| Err(Error::Config(format!("{field}: {msg}")));
         let mut orgs = std::collections::BTreeSet::new();
         for (i, c) in self.connections.iter().enumerate() {
-            if c.org.trim().is_empty() {
-                return bad(format!("connections[{i}].org"), "must not be empty".into());
-            }
-            if c.org == crate::quota::APP_LEVEL_ORG {
-                return bad(
-                    format!("connections[{i}].org"),
-                    format!("`{}` names the app's own budget ([app.limits.app_wide]); choose another name", c.org),
-                );
-            }
-            if c.org.contains(crate::quota::share::SHARE_MARK) {
-                return bad(
-                    format!("connections[{i}].org"),
-                    format!(
-                        "`{}` contains `{}`, which marks the budgets of shares ([app.limits.shares]); choose another name",
-                        c.org,
-                        crate::quota::share::SHARE_MARK
-                    ),
-                );
-            }
-            if !orgs.insert(&c.org) {
-                return bad(
-                    format!("connections[{i}].org"),
-                    format!("`{}` is listed twice", c.org),
-                );
-            }
-            if let Some(l) = &c.limits {
-                l.validate().map_err(|e| {
-                    Error::Config(format!(
-                        "connections[{i}].{}",
-                        e.to_string().trim_start_matches("invalid configuration: ")
-                    ))
-                })?;
-                // A cost this org's own limits can never hold would make
-                // every call to that endpoint impossible for it.
-                for (e, cost) in &self.app.endpoint_costs {
-                    if let Err(err) = l.check_cost(*cost) {
-                        return bad(
-                            format!("connections[{i}].limits"),
-                            format!(
-                                "app.endpoint_costs.{e:?} = {cost}: {}",
-                                err.to_string().trim_start_matches("impossible request: ")
-                            ),
-                        );
-                    }
-                }
-            }
-            if c.secret.is_some() && self.app.auth.is_none() {
-                return bad(
-                    format!("connections[{i}].secret"),
-                    "set [app.auth] to say how the secret is sent".into(),
-                );
-            }
+            self.validate_connection(i, c, &mut orgs)?;
         }
         for (name, sync) in &self.syncs {
-            let f = |field: &str| format!("syncs.{name}.{field}");
-            let Some(rt) = self.record_types.get(name) else {
-                return bad(
-                    format!("syncs.{name}"),
-                    format!(
-                        "no record type `{name}`; declared: {}",
-                        self.record_types
-                            .keys()
-                            .cloned()
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    ),
-                );
-            };
-            if let Some(t) = &sync.complete_transfer {
-                if t.every.is_zero() {
+            self.validate_sync(name, sync)?;
+        }
+        Ok(())
+    }
+
+    /// One connection: a name no budget uses and no other connection
+    /// (`orgs`, the names so far), limits that hold every endpoint's cost,
+    /// a secret only where the app says how to send it.
+    fn validate_connection<'a>(
+        &self,
+        i: usize,
+        c: &'a ConnectionConfig,
+        orgs: &mut std::collections::BTreeSet<&'a String>,
+    ) -> Result<()> {
+        if c.org.trim().is_empty() {
+            return bad(format!("connections[{i}].org"), "must not be empty".into());
+        }
+        if c.org == crate::quota::APP_LEVEL_ORG {
+            return bad(
+                format!("connections[{i}].org"),
+                format!(
+                    "`{}` names the app's own budget ([app.limits.app_wide]); choose another name",
+                    c.org
+                ),
+            );
+        }
+        if c.org.contains(crate::quota::share::SHARE_MARK) {
+            return bad(
+                format!("connections[{i}].org"),
+                format!(
+                    "`{}` contains `{}`, which marks the budgets of shares ([app.limits.shares]); choose another name",
+                    c.org,
+                    crate::quota::share::SHARE_MARK
+                ),
+            );
+        }
+        if !orgs.insert(&c.org) {
+            return bad(
+                format!("connections[{i}].org"),
+                format!("`{}` is listed twice", c.org),
+            );
+        }
+        if let Some(l) = &c.limits {
+            l.validate().map_err(|e| {
+                Error::Config(format!(
+                    "connections[{i}].{}",
+                    e.to_string().trim_start_matches("invalid configuration: ")
+                ))
+            })?;
+            // A cost this org's own limits can never hold would make
+            // every call to that endpoint impossible for it.
+            for (e, cost) in &self.app.endpoint_costs {
+                if let Err(err) = l.check_cost(*cost) {
                     return bad(
-                        f("complete_transfer.every"),
-                        "must be longer than 0s".into(),
-                    );
-                }
-            }
-            if let Some(r) = &sync.recent {
-                if r.every.is_zero() {
-                    return bad(f("recent.every"), "must be longer than 0s".into());
-                }
-                if rt.modified_since_param.is_none() {
-                    return bad(f("recent"), format!("record_types.{name}.modified_since_param is needed for recent record lookups"));
-                }
-            }
-            let pk = &sync.pk_lookup;
-            if pk.enabled {
-                if rt.get_path.is_none() && rt.bulk.is_none() {
-                    return bad(
-                        f("pk_lookup"),
+                        format!("connections[{i}].limits"),
                         format!(
-                            "record_types.{name} needs get_path or bulk to look records up by key"
+                            "app.endpoint_costs.{e:?} = {cost}: {}",
+                            err.to_string().trim_start_matches("impossible request: ")
                         ),
                     );
                 }
-                let api_max = rt.bulk.as_ref().map_or(1, |b| b.max_ids);
-                if let Some(k) = pk.max_keys_per_call {
-                    if k == 0 || k > api_max {
-                        return bad(
-                            f("pk_lookup.max_keys_per_call"),
-                            format!("{k} must be between 1 and the API's maximum ({api_max})"),
-                        );
-                    }
+            }
+        }
+        if c.secret.is_some() && self.app.auth.is_none() {
+            return bad(
+                format!("connections[{i}].secret"),
+                "set [app.auth] to say how the secret is sent".into(),
+            );
+        }
+        Ok(())
+    }
+
+    /// One sync: of a declared record type, with what each kind of sync
+    /// it turns on needs.
+    fn validate_sync(&self, name: &str, sync: &SyncConfig) -> Result<()> {
+        let f = |field: &str| format!("syncs.{name}.{field}");
+        let Some(rt) = self.record_types.get(name) else {
+            return bad(
+                format!("syncs.{name}"),
+                format!(
+                    "no record type `{name}`; declared: {}",
+                    self.record_types
+                        .keys()
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            );
+        };
+        if let Some(t) = &sync.complete_transfer {
+            if t.every.is_zero() {
+                return bad(
+                    f("complete_transfer.every"),
+                    "must be longer than 0s".into(),
+                );
+            }
+        }
+        if let Some(r) = &sync.recent {
+            if r.every.is_zero() {
+                return bad(f("recent.every"), "must be longer than 0s".into());
+            }
+            if rt.modified_since_param.is_none() {
+                return bad(f("recent"), format!("record_types.{name}.modified_since_param is needed for recent record lookups"));
+            }
+        }
+        let pk = &sync.pk_lookup;
+        if pk.enabled {
+            if rt.get_path.is_none() && rt.bulk.is_none() {
+                return bad(
+                    f("pk_lookup"),
+                    format!("record_types.{name} needs get_path or bulk to look records up by key"),
+                );
+            }
+            let api_max = rt.bulk.as_ref().map_or(1, |b| b.max_ids);
+            if let Some(k) = pk.max_keys_per_call {
+                if k == 0 || k > api_max {
+                    return bad(
+                        f("pk_lookup.max_keys_per_call"),
+                        format!("{k} must be between 1 and the API's maximum ({api_max})"),
+                    );
                 }
             }
         }
@@ -388,120 +414,145 @@ impl AppConfig {
     }
 }
 
-/// Validates every workflow of an app config (record types, CEL, templates).
+/// A config error naming the field.
+fn bad<T>(field: String, msg: String) -> Result<T> {
+    Err(Error::Config(format!("{field}: {msg}")))
+}
+
 fn workflows(config: &AppConfig) -> Result<()> {
-    let types = || {
-        config
-            .record_types
-            .keys()
-            .cloned()
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
     for (name, wf) in &config.workflows {
-        let f = |field: &str| format!("workflows.{name}.{field}");
-        if !config.record_types.contains_key(&wf.trigger.record_type) {
-            return Err(Error::Config(format!(
-                "{}: unknown record type `{}`; declared: {}",
-                f("trigger.record_type"),
-                wf.trigger.record_type,
-                types()
-            )));
-        }
-        for (i, c) in wf.conditions.iter().enumerate() {
-            compile(&f(&format!("conditions[{i}]")), c)?;
-        }
-        for (rname, rel) in &wf.related {
-            if !config.record_types.contains_key(&rel.record_type) {
-                return Err(Error::Config(format!(
-                    "{}: unknown record type `{}`; declared: {}",
-                    f(&format!("related.{rname}.record_type")),
-                    rel.record_type,
-                    types()
-                )));
-            }
-            if !rel.via.starts_with('/') {
-                return Err(Error::Config(format!(
-                    "{}: expected a JSON pointer like \"/customer_id\"",
-                    f(&format!("related.{rname}.via"))
-                )));
-            }
-            if rel.missing == MissingPolicy::Transfer
-                && config.sync(&rel.record_type).complete_transfer.is_none()
+        workflow(config, name, wf)?;
+    }
+    Ok(())
+}
+
+/// The record types a config declares, for "declared: …" in errors.
+fn declared_types(config: &AppConfig) -> String {
+    config
+        .record_types
+        .keys()
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// One workflow: a declared trigger, conditions that compile, related
+/// records it can reach, and at least one action that can run.
+fn workflow(config: &AppConfig, name: &str, wf: &WorkflowConfig) -> Result<()> {
+    let f = |field: &str| format!("workflows.{name}.{field}");
+    if !config.record_types.contains_key(&wf.trigger.record_type) {
+        return Err(Error::Config(format!(
+            "{}: unknown record type `{}`; declared: {}",
+            f("trigger.record_type"),
+            wf.trigger.record_type,
+            declared_types(config)
+        )));
+    }
+    for (i, c) in wf.conditions.iter().enumerate() {
+        compile(&f(&format!("conditions[{i}]")), c)?;
+    }
+    for (rname, rel) in &wf.related {
+        related(config, &f(&format!("related.{rname}")), rel)?;
+    }
+    if wf.actions.is_empty() {
+        return Err(Error::Config(format!(
+            "{}: declare at least one action",
+            f("actions")
+        )));
+    }
+    for (i, a) in wf.actions.iter().enumerate() {
+        action(&f(&format!("actions[{i}]")), a, wf)?;
+    }
+    Ok(())
+}
+
+/// A related record (`field` is `workflows.W.related.R`): of a declared
+/// type, reached by a JSON pointer, fetched as its missing policy says.
+fn related(config: &AppConfig, field: &str, rel: &RelatedConfig) -> Result<()> {
+    if !config.record_types.contains_key(&rel.record_type) {
+        return Err(Error::Config(format!(
+            "{field}.record_type: unknown record type `{}`; declared: {}",
+            rel.record_type,
+            declared_types(config)
+        )));
+    }
+    if !rel.via.starts_with('/') {
+        return Err(Error::Config(format!(
+            "{field}.via: expected a JSON pointer like \"/customer_id\""
+        )));
+    }
+    if rel.missing == MissingPolicy::Transfer
+        && config.sync(&rel.record_type).complete_transfer.is_none()
+    {
+        return Err(Error::Config(format!(
+            "{field}.missing: `transfer` needs syncs.{}.complete_transfer",
+            rel.record_type
+        )));
+    }
+    Ok(())
+}
+
+/// One action (`field` is `workflows.W.actions[i]`): a valid method and
+/// path, templates that name only related records the workflow declares,
+/// expressions that compile.
+fn action(field: &str, action: &ActionConfig, wf: &WorkflowConfig) -> Result<()> {
+    let af = |x: &str| format!("{field}.{x}");
+    match action {
+        ActionConfig::Http {
+            method,
+            path,
+            body,
+            when,
+        } => {
+            if reqwest::Method::from_bytes(method.as_bytes()).is_err()
+                || method.chars().any(|c| c.is_ascii_lowercase())
             {
                 return Err(Error::Config(format!(
-                    "{}: `transfer` needs syncs.{}.complete_transfer",
-                    f(&format!("related.{rname}.missing")),
-                    rel.record_type
+                    "{}: expected an HTTP method like \"POST\", got {method:?}",
+                    af("method")
                 )));
             }
+            if !path.starts_with('/') {
+                return Err(Error::Config(format!(
+                    "{}: expected a path starting with `/`",
+                    af("path")
+                )));
+            }
+            check_template(
+                &af("path"),
+                &serde_json::Value::String(path.clone()),
+                &wf.related,
+            )?;
+            if let Some(b) = body {
+                check_template(&af("body"), b, &wf.related)?;
+            }
+            if let Some(w) = when {
+                compile(&af("when"), w)?;
+            }
         }
-        if wf.actions.is_empty() {
-            return Err(Error::Config(format!(
-                "{}: declare at least one action",
-                f("actions")
-            )));
-        }
-        for (i, action) in wf.actions.iter().enumerate() {
-            let af = |x: &str| f(&format!("actions[{i}].{x}"));
-            match action {
-                ActionConfig::Http {
-                    method,
-                    path,
-                    body,
-                    when,
-                } => {
-                    if reqwest::Method::from_bytes(method.as_bytes()).is_err()
-                        || method.chars().any(|c| c.is_ascii_lowercase())
-                    {
-                        return Err(Error::Config(format!(
-                            "{}: expected an HTTP method like \"POST\", got {method:?}",
-                            af("method")
-                        )));
-                    }
-                    if !path.starts_with('/') {
-                        return Err(Error::Config(format!(
-                            "{}: expected a path starting with `/`",
-                            af("path")
-                        )));
-                    }
-                    check_template(
-                        &af("path"),
-                        &serde_json::Value::String(path.clone()),
-                        &wf.related,
-                    )?;
-                    if let Some(b) = body {
-                        check_template(&af("body"), b, &wf.related)?;
-                    }
-                    if let Some(w) = when {
-                        compile(&af("when"), w)?;
-                    }
-                }
-                ActionConfig::DatasourcePush {
-                    row,
-                    delete_when,
-                    max_rows_per_call,
-                    when,
-                    datasource,
-                } => {
-                    if datasource.is_empty() {
-                        return Err(Error::Config(format!(
-                            "{}: must not be empty",
-                            af("datasource")
-                        )));
-                    }
-                    if *max_rows_per_call == Some(0) {
-                        return Err(Error::Config(format!(
-                            "{}: must be at least 1",
-                            af("max_rows_per_call")
-                        )));
-                    }
-                    check_template(&af("row"), row, &wf.related)?;
-                    for (field, expr) in [("delete_when", delete_when), ("when", when)] {
-                        if let Some(e) = expr {
-                            compile(&af(field), e)?;
-                        }
-                    }
+        ActionConfig::DatasourcePush {
+            row,
+            delete_when,
+            max_rows_per_call,
+            when,
+            datasource,
+        } => {
+            if datasource.is_empty() {
+                return Err(Error::Config(format!(
+                    "{}: must not be empty",
+                    af("datasource")
+                )));
+            }
+            if *max_rows_per_call == Some(0) {
+                return Err(Error::Config(format!(
+                    "{}: must be at least 1",
+                    af("max_rows_per_call")
+                )));
+            }
+            check_template(&af("row"), row, &wf.related)?;
+            for (field, expr) in [("delete_when", delete_when), ("when", when)] {
+                if let Some(e) = expr {
+                    compile(&af(field), e)?;
                 }
             }
         }
@@ -512,8 +563,15 @@ fn workflows(config: &AppConfig) -> Result<()> {
 /// Checks `[datasources]`, `[app.datasource_push]` and that the push
 /// actions of one Data Source agree on `max_rows_per_call`.
 fn datasources(config: &AppConfig) -> Result<()> {
-    let bad = |field: String, msg: String| Err(Error::Config(format!("{field}: {msg}")));
-    let shape = &config.app.datasource_push;
+    push_shape(&config.app.datasource_push)?;
+    for (name, ds) in &config.datasources {
+        datasource(name, ds)?;
+    }
+    push_actions_agree(config)
+}
+
+/// `[app.datasource_push]`: where and how a push is sent.
+fn push_shape(shape: &PushShape) -> Result<()> {
     if !shape.path.starts_with('/') {
         return bad(
             "app.datasource_push.path".into(),
@@ -548,59 +606,66 @@ fn datasources(config: &AppConfig) -> Result<()> {
             "must differ from inserts_field".into(),
         );
     }
-    for (name, ds) in &config.datasources {
-        if ds.every.is_zero() {
-            return bad(
-                format!("datasources.{name}.every"),
-                "must be more than 0 (e.g. \"5m\")".into(),
-            );
-        }
-        if ds.max_rows_per_call == Some(0) {
-            return bad(
-                format!("datasources.{name}.max_rows_per_call"),
-                "must be at least 1".into(),
-            );
-        }
-        match ds.mode {
-            DataSourceMode::Hosted => {
-                if ds.secret.is_none() {
-                    return bad(
-                        format!("datasources.{name}.secret"),
-                        "a hosted Data Source needs the key its callers' JWTs are signed with, e.g. secret = { env = \"MY_JWT_SECRET\" }".into(),
-                    );
-                }
-                if let Some(filter) = &ds.filter {
-                    crate::config::workflow::compile_with(
-                        &format!("datasources.{name}.filter"),
-                        filter,
-                        &["row", "user"],
-                    )?;
-                }
-                if ds.max_page_size == Some(0) {
-                    return bad(
-                        format!("datasources.{name}.max_page_size"),
-                        "must be at least 1".into(),
-                    );
-                }
+    Ok(())
+}
+
+/// One `[datasources.NAME]`: a schedule, and the fields of its mode only.
+fn datasource(name: &str, ds: &DataSourceConfig) -> Result<()> {
+    if ds.every.is_zero() {
+        return bad(
+            format!("datasources.{name}.every"),
+            "must be more than 0 (e.g. \"5m\")".into(),
+        );
+    }
+    if ds.max_rows_per_call == Some(0) {
+        return bad(
+            format!("datasources.{name}.max_rows_per_call"),
+            "must be at least 1".into(),
+        );
+    }
+    match ds.mode {
+        DataSourceMode::Hosted => {
+            if ds.secret.is_none() {
+                return bad(
+                    format!("datasources.{name}.secret"),
+                    "a hosted Data Source needs the key its callers' JWTs are signed with, e.g. secret = { env = \"MY_JWT_SECRET\" }".into(),
+                );
             }
-            DataSourceMode::Push => {
-                for (field, set) in [
-                    ("secret", ds.secret.is_some()),
-                    ("filter", ds.filter.is_some()),
-                    ("max_page_size", ds.max_page_size.is_some()),
-                ] {
-                    if set {
-                        return bad(
-                            format!("datasources.{name}.{field}"),
-                            "only a hosted Data Source takes it (mode = \"hosted\")".into(),
-                        );
-                    }
+            if let Some(filter) = &ds.filter {
+                crate::config::workflow::compile_with(
+                    &format!("datasources.{name}.filter"),
+                    filter,
+                    &["row", "user"],
+                )?;
+            }
+            if ds.max_page_size == Some(0) {
+                return bad(
+                    format!("datasources.{name}.max_page_size"),
+                    "must be at least 1".into(),
+                );
+            }
+        }
+        DataSourceMode::Push => {
+            for (field, set) in [
+                ("secret", ds.secret.is_some()),
+                ("filter", ds.filter.is_some()),
+                ("max_page_size", ds.max_page_size.is_some()),
+            ] {
+                if set {
+                    return bad(
+                        format!("datasources.{name}.{field}"),
+                        "only a hosted Data Source takes it (mode = \"hosted\")".into(),
+                    );
                 }
             }
         }
     }
-    // One outbox per Data Source: its push actions must not disagree on
-    // how many rows a call carries.
+    Ok(())
+}
+
+/// One outbox per Data Source: its push actions must not disagree on how
+/// many rows a call carries.
+fn push_actions_agree(config: &AppConfig) -> Result<()> {
     let mut seen: std::collections::BTreeMap<&str, (u32, String)> = Default::default();
     for (wf_name, wf) in &config.workflows {
         for (i, a) in wf.actions.iter().enumerate() {
