@@ -105,7 +105,6 @@ impl DynamoStore {
         ix: &RowIndex,
         now: Timestamp,
     ) -> Result<()> {
-        let pk = row_pk(key, datasource);
         let mut touched: BTreeSet<String> = BTreeSet::new();
         let marked = self
             .table
@@ -115,28 +114,65 @@ impl DynamoStore {
         if marked.as_deref() != Some(ix.field.as_str()) {
             // Index the rows already stored before the mark says the
             // index holds them all.
-            let mut after: Option<String> = None;
-            loop {
-                let items = self
-                    .query_items("outbox index", pk.clone(), after.as_deref(), 1_000)
-                    .await?;
-                let mut pointers = Vec::new();
-                for item in &items {
-                    let row = to_row(item)?;
-                    if let RowChange::Insert(v) = &row.change {
-                        if let Some(part) = ix.part_of_row(v) {
-                            pointers.push(pointer(key, datasource, &part, &row.id));
-                            touched.insert(part);
-                        }
+            touched.extend(self.index_stored(key, datasource, ix).await?);
+        }
+        touched.extend(self.put_rows(key, datasource, rows, ix, now).await?);
+        // The versions, after the rows: a reader that took a version before
+        // reading never labels newer rows with it.
+        self.bump_parts(key, datasource, touched).await?;
+        self.state_update(key, datasource)
+            .update_expression("ADD version :one SET index_field = :field")
+            .expression_attribute_values(":one", n(1))
+            .expression_attribute_values(":field", s(ix.field.clone()))
+            .send()
+            .await
+            .map_err(|e| sdk_error("outbox write", e))?;
+        Ok(())
+    }
+
+    /// Writes a pointer for every row already stored; the parts they are in.
+    async fn index_stored(
+        &self,
+        key: &Tenant,
+        datasource: &str,
+        ix: &RowIndex,
+    ) -> Result<BTreeSet<String>> {
+        let pk = row_pk(key, datasource);
+        let mut touched = BTreeSet::new();
+        let mut after: Option<String> = None;
+        loop {
+            let items = self
+                .query_items("outbox index", pk.clone(), after.as_deref(), 1_000)
+                .await?;
+            let mut pointers = Vec::new();
+            for item in &items {
+                let row = to_row(item)?;
+                if let RowChange::Insert(v) = &row.change {
+                    if let Some(part) = ix.part_of_row(v) {
+                        pointers.push(pointer(key, datasource, &part, &row.id));
+                        touched.insert(part);
                     }
-                    after = Some(row.id);
                 }
-                self.batch_put(pointers).await?;
-                if items.len() < 1_000 {
-                    break;
-                }
+                after = Some(row.id);
+            }
+            self.batch_put(pointers).await?;
+            if items.len() < 1_000 {
+                return Ok(touched);
             }
         }
+    }
+
+    /// The rows' pointers, then the rows (a row older than the one stored
+    /// is refused by its condition); the parts a row entered or left.
+    async fn put_rows(
+        &self,
+        key: &Tenant,
+        datasource: &str,
+        rows: &[RowWrite],
+        ix: &RowIndex,
+        now: Timestamp,
+    ) -> Result<BTreeSet<String>> {
+        let pk = row_pk(key, datasource);
         let mut pointers = Vec::new();
         let mut puts = Vec::new();
         for row in last_write_wins(rows.to_vec()) {
@@ -180,6 +216,7 @@ impl DynamoStore {
         .buffer_unordered(ACK_CONCURRENCY)
         .collect()
         .await;
+        let mut touched = BTreeSet::new();
         for (result, part) in results {
             match result {
                 Ok(out) => {
@@ -198,8 +235,16 @@ impl DynamoStore {
                 Err(e) => return Err(sdk_error("outbox write", e)),
             }
         }
-        // The versions, after the rows: a reader that took a version before
-        // reading never labels newer rows with it.
+        Ok(touched)
+    }
+
+    /// A new version of every part in `touched`.
+    async fn bump_parts(
+        &self,
+        key: &Tenant,
+        datasource: &str,
+        touched: BTreeSet<String>,
+    ) -> Result<()> {
         let vpk = part_version_pk(key, datasource);
         let bumps: Vec<_> = stream::iter(touched.into_iter().map(|part| {
             self.table
@@ -218,13 +263,6 @@ impl DynamoStore {
         for bump in bumps {
             bump.map_err(|e| sdk_error("outbox write", e))?;
         }
-        self.state_update(key, datasource)
-            .update_expression("ADD version :one SET index_field = :field")
-            .expression_attribute_values(":one", n(1))
-            .expression_attribute_values(":field", s(ix.field.clone()))
-            .send()
-            .await
-            .map_err(|e| sdk_error("outbox write", e))?;
         Ok(())
     }
 }

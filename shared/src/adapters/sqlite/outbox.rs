@@ -22,6 +22,109 @@ fn change_of(json: &str) -> rusqlite::Result<RowChange> {
     })
 }
 
+/// A row as written: id, change (JSON), stamp, source time (ms), part.
+type Written = (String, String, String, Option<i64>, Option<String>);
+
+/// Sets the part of every row already stored; the parts they are in.
+fn index_stored(
+    tx: &rusqlite::Transaction<'_>,
+    key: &Tenant,
+    ds: &str,
+    ix: &RowIndex,
+) -> rusqlite::Result<BTreeSet<String>> {
+    let stored: Vec<(String, String)> = {
+        let mut stmt = tx.prepare_cached(
+            "SELECT id, change FROM outbox_row WHERE org = ?1 AND app = ?2 AND datasource = ?3",
+        )?;
+        let rows = stmt.query_map(params![key.org, key.app, ds], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })?;
+        rows.collect::<rusqlite::Result<_>>()?
+    };
+    let mut stmt = tx.prepare_cached(
+        "UPDATE outbox_row SET part = ?5 WHERE org = ?1 AND app = ?2 AND datasource = ?3 AND id = ?4",
+    )?;
+    let mut touched = BTreeSet::new();
+    for (id, change) in stored {
+        let part = match change_of(&change)? {
+            RowChange::Insert(v) => ix.part_of_row(&v),
+            RowChange::Delete => None,
+        };
+        stmt.execute(params![key.org, key.app, ds, id, part])?;
+        touched.extend(part);
+    }
+    Ok(touched)
+}
+
+/// Upserts the rows (`outbox::replaces` as the upsert's condition); with
+/// an index, the parts a row entered or left.
+fn upsert_rows(
+    tx: &rusqlite::Transaction<'_>,
+    key: &Tenant,
+    ds: &str,
+    written: &[Written],
+    indexed: bool,
+    now: Timestamp,
+) -> rusqlite::Result<BTreeSet<String>> {
+    let mut old_part = tx.prepare_cached(
+        "SELECT part FROM outbox_row WHERE org = ?1 AND app = ?2 AND datasource = ?3 AND id = ?4",
+    )?;
+    let mut stmt = tx.prepare_cached(
+        "INSERT INTO outbox_row (org, app, datasource, id, change, stamp, written_at, source_at, part)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+         ON CONFLICT (org, app, datasource, id) DO UPDATE SET
+             change = excluded.change, stamp = excluded.stamp,
+             written_at = excluded.written_at, source_at = excluded.source_at,
+             part = excluded.part
+         WHERE outbox_row.source_at IS NULL OR excluded.source_at IS NULL
+             OR excluded.source_at >= outbox_row.source_at",
+    )?;
+    let mut touched = BTreeSet::new();
+    for (id, change, stamp, source_at, part) in written {
+        let before: Option<String> = if indexed {
+            old_part
+                .query_row(params![key.org, key.app, ds, id], |r| r.get(0))
+                .optional()?
+                .flatten()
+        } else {
+            None
+        };
+        let n = stmt.execute(params![
+            key.org,
+            key.app,
+            ds,
+            id,
+            change,
+            stamp,
+            to_millis(now),
+            source_at,
+            part
+        ])?;
+        if n > 0 && indexed {
+            touched.extend(before);
+            touched.extend(part.clone());
+        }
+    }
+    Ok(touched)
+}
+
+/// A new version of every part in `touched`.
+fn bump_parts(
+    tx: &rusqlite::Transaction<'_>,
+    key: &Tenant,
+    ds: &str,
+    touched: &BTreeSet<String>,
+) -> rusqlite::Result<()> {
+    let mut bump = tx.prepare_cached(
+        "INSERT INTO outbox_part_version (org, app, datasource, part, version) VALUES (?1, ?2, ?3, ?4, 1)
+         ON CONFLICT (org, app, datasource, part) DO UPDATE SET version = version + 1",
+    )?;
+    for part in touched {
+        bump.execute(params![key.org, key.app, ds, part])?;
+    }
+    Ok(())
+}
+
 #[async_trait]
 impl Outbox for SqliteStore {
     async fn put_rows_indexed(
@@ -32,7 +135,7 @@ impl Outbox for SqliteStore {
         index: Option<&RowIndex>,
         now: Timestamp,
     ) -> Result<()> {
-        let mut written = Vec::new();
+        let mut written: Vec<Written> = Vec::new();
         for row in last_write_wins(rows.to_vec()) {
             let json = serde_json::to_string(&row.change)
                 .map_err(|e| Error::store("outbox write", e, Disposition::Permanent))?;
@@ -65,64 +168,10 @@ impl Outbox for SqliteStore {
                 if let Some(ix) = index.as_ref().filter(|ix| marked.as_deref() != Some(&ix.field)) {
                     // The rows already stored, indexed before the index is
                     // trusted (same transaction).
-                    let stored: Vec<(String, String)> = {
-                        let mut stmt = tx.prepare_cached(
-                            "SELECT id, change FROM outbox_row WHERE org = ?1 AND app = ?2 AND datasource = ?3",
-                        )?;
-                        let rows = stmt.query_map(params![key.org, key.app, ds], |r| Ok((r.get(0)?, r.get(1)?)))?;
-                        rows.collect::<rusqlite::Result<_>>()?
-                    };
-                    let mut stmt = tx.prepare_cached(
-                        "UPDATE outbox_row SET part = ?5 WHERE org = ?1 AND app = ?2 AND datasource = ?3 AND id = ?4",
-                    )?;
-                    for (id, change) in stored {
-                        let part = match change_of(&change)? {
-                            RowChange::Insert(v) => ix.part_of_row(&v),
-                            RowChange::Delete => None,
-                        };
-                        stmt.execute(params![key.org, key.app, ds, id, part])?;
-                        touched.extend(part);
-                    }
+                    touched.extend(index_stored(&tx, &key, &ds, ix)?);
                 }
-                {
-                    let mut old_part = tx.prepare_cached(
-                        "SELECT part FROM outbox_row WHERE org = ?1 AND app = ?2 AND datasource = ?3 AND id = ?4",
-                    )?;
-                    // `outbox::replaces`, as the upsert's condition.
-                    let mut stmt = tx.prepare_cached(
-                        "INSERT INTO outbox_row (org, app, datasource, id, change, stamp, written_at, source_at, part)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
-                         ON CONFLICT (org, app, datasource, id) DO UPDATE SET
-                             change = excluded.change, stamp = excluded.stamp,
-                             written_at = excluded.written_at, source_at = excluded.source_at,
-                             part = excluded.part
-                         WHERE outbox_row.source_at IS NULL OR excluded.source_at IS NULL
-                             OR excluded.source_at >= outbox_row.source_at",
-                    )?;
-                    for (id, change, stamp, source_at, part) in &written {
-                        let before: Option<String> = if index.is_some() {
-                            old_part
-                                .query_row(params![key.org, key.app, ds, id], |r| r.get(0))
-                                .optional()?
-                                .flatten()
-                        } else {
-                            None
-                        };
-                        let n = stmt.execute(params![key.org, key.app, ds, id, change, stamp, to_millis(now), source_at, part])?;
-                        if n > 0 && index.is_some() {
-                            touched.extend(before);
-                            touched.extend(part.clone());
-                        }
-                    }
-                }
-                let mut bump = tx.prepare_cached(
-                    "INSERT INTO outbox_part_version (org, app, datasource, part, version) VALUES (?1, ?2, ?3, ?4, 1)
-                     ON CONFLICT (org, app, datasource, part) DO UPDATE SET version = version + 1",
-                )?;
-                for part in &touched {
-                    bump.execute(params![key.org, key.app, ds, part])?;
-                }
-                drop(bump);
+                touched.extend(upsert_rows(&tx, &key, &ds, &written, index.is_some(), now)?);
+                bump_parts(&tx, &key, &ds, &touched)?;
                 // Hosted GET's ETag version and the index mark, in the same
                 // transaction.
                 tx.exec(
