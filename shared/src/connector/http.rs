@@ -152,6 +152,72 @@ impl HttpConnector {
             .map_err(|e| ApiError::Permanent(e.to_string()))
     }
 
+    /// The URL of the page `req` asks for: the next link as given (only to
+    /// the configured host), or the list path with the page size, the time
+    /// window and the page's cursor, page number or offset.
+    fn list_url(
+        &self,
+        rt: &RecordTypeConfig,
+        req: &ListRequest,
+        size: u32,
+        what: &str,
+    ) -> std::result::Result<Url, ApiError> {
+        let mut url = match &req.cursor {
+            Some(PageCursor::Url(next)) => {
+                let u = Url::parse(next).map_err(|e| {
+                    ApiError::Permanent(format!("{what}: bad next link {next:?}: {e}"))
+                })?;
+                // Never send the credential to a host the config did not name.
+                if u.host_str() != self.base.host_str()
+                    || u.port_or_known_default() != self.base.port_or_known_default()
+                {
+                    return Err(ApiError::Permanent(format!(
+                        "{what}: next link points to another host ({})",
+                        u.host_str().unwrap_or("?")
+                    )));
+                }
+                u
+            }
+            _ => self.url(&rt.list_path)?,
+        };
+        if !matches!(req.cursor, Some(PageCursor::Url(_))) {
+            let mut q = url.query_pairs_mut();
+            if let Some(p) = &rt.page_size_param {
+                q.append_pair(p, &size.to_string());
+            }
+            if let (Some(p), Some(t)) = (&rt.modified_since_param, req.modified_since) {
+                q.append_pair(p, &format_time(t, rt.time_format));
+            }
+            if let (Some(p), Some(t)) = (&rt.modified_until_param, req.modified_until) {
+                q.append_pair(p, &format_time(t, rt.time_format));
+            }
+            match (&rt.pagination, &req.cursor) {
+                (Pagination::Cursor { param, .. }, Some(PageCursor::Cursor(c))) => {
+                    q.append_pair(param, c);
+                }
+                (Pagination::Page { param, first }, cursor) => {
+                    let page = match cursor {
+                        Some(PageCursor::Page(p)) => *p,
+                        _ => *first,
+                    };
+                    q.append_pair(param, &page.to_string());
+                }
+                (Pagination::Offset { param }, cursor) => {
+                    let offset = match cursor {
+                        Some(PageCursor::Offset(o)) => *o,
+                        _ => 0,
+                    };
+                    q.append_pair(param, &offset.to_string());
+                }
+                _ => {}
+            }
+        }
+        if url.query() == Some("") {
+            url.set_query(None);
+        }
+        Ok(url)
+    }
+
     fn scrub(&self, text: &str) -> String {
         match &self.secret {
             Some(s) => s.redact(text),
@@ -410,6 +476,58 @@ fn retry_hint(
     }
 }
 
+/// Where the page after this one is, by the record type's pagination: the
+/// cursor in the body or a header, the next page number or offset when
+/// this page was full, or the `Link` header's `next` (resolved against the
+/// request, RFC 8288). `None`: this was the last page.
+fn next_cursor(
+    pagination: &Pagination,
+    req: &ListRequest,
+    body: &Value,
+    headers: &HeaderMap,
+    served: u64,
+    full: bool,
+    request_url: &Url,
+) -> Option<PageCursor> {
+    match pagination {
+        Pagination::Cursor {
+            next_pointer: Some(p),
+            ..
+        } => body.pointer(p).and_then(id_string).map(PageCursor::Cursor),
+        Pagination::Cursor {
+            next_header: Some(h),
+            ..
+        } => headers
+            .get(h.as_str())
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| !v.is_empty())
+            .map(|v| PageCursor::Cursor(v.to_string())),
+        Pagination::Cursor { .. } => None,
+        Pagination::Page { first, .. } => full.then(|| {
+            let current = match &req.cursor {
+                Some(PageCursor::Page(p)) => *p,
+                _ => *first,
+            };
+            PageCursor::Page(current + 1)
+        }),
+        Pagination::Offset { .. } => full.then(|| {
+            let current = match &req.cursor {
+                Some(PageCursor::Offset(o)) => *o,
+                _ => 0,
+            };
+            PageCursor::Offset(current + served)
+        }),
+        Pagination::LinkHeader => headers
+            .get_all(reqwest::header::LINK)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .find_map(link_next)
+            .and_then(|target| request_url.join(&target).ok())
+            .map(|u| PageCursor::Url(u.to_string())),
+        Pagination::None => None,
+    }
+}
+
 /// The `rel="next"` target of an RFC 8288 `Link` header.
 pub(crate) fn link_next(header: &str) -> Option<String> {
     let mut rest = header;
@@ -561,59 +679,7 @@ impl Connector for HttpConnector {
         let rt = self.record_type(&req.record_type)?;
         let size = rt.effective_page_size();
         let what = format!("list `{}`", req.record_type);
-        let mut url = match &req.cursor {
-            Some(PageCursor::Url(next)) => {
-                let u = Url::parse(next).map_err(|e| {
-                    ApiError::Permanent(format!("{what}: bad next link {next:?}: {e}"))
-                })?;
-                // Never send the credential to a host the config did not name.
-                if u.host_str() != self.base.host_str()
-                    || u.port_or_known_default() != self.base.port_or_known_default()
-                {
-                    return Err(ApiError::Permanent(format!(
-                        "{what}: next link points to another host ({})",
-                        u.host_str().unwrap_or("?")
-                    )));
-                }
-                u
-            }
-            _ => self.url(&rt.list_path)?,
-        };
-        if !matches!(req.cursor, Some(PageCursor::Url(_))) {
-            let mut q = url.query_pairs_mut();
-            if let Some(p) = &rt.page_size_param {
-                q.append_pair(p, &size.to_string());
-            }
-            if let (Some(p), Some(t)) = (&rt.modified_since_param, req.modified_since) {
-                q.append_pair(p, &format_time(t, rt.time_format));
-            }
-            if let (Some(p), Some(t)) = (&rt.modified_until_param, req.modified_until) {
-                q.append_pair(p, &format_time(t, rt.time_format));
-            }
-            match (&rt.pagination, &req.cursor) {
-                (Pagination::Cursor { param, .. }, Some(PageCursor::Cursor(c))) => {
-                    q.append_pair(param, c);
-                }
-                (Pagination::Page { param, first }, cursor) => {
-                    let page = match cursor {
-                        Some(PageCursor::Page(p)) => *p,
-                        _ => *first,
-                    };
-                    q.append_pair(param, &page.to_string());
-                }
-                (Pagination::Offset { param }, cursor) => {
-                    let offset = match cursor {
-                        Some(PageCursor::Offset(o)) => *o,
-                        _ => 0,
-                    };
-                    q.append_pair(param, &offset.to_string());
-                }
-                _ => {}
-            }
-        }
-        if url.query() == Some("") {
-            url.set_query(None);
-        }
+        let url = self.list_url(rt, req, size, &what)?;
         let request_url = url.clone();
         let (headers, body) = self
             .execute(self.request(Method::GET, url), &what, false)
@@ -622,45 +688,15 @@ impl Connector for HttpConnector {
         let mut page = extract_records(&req.record_type, rt, &body)?;
         let served = page.served() as u64;
         let full = served >= u64::from(req.page_size.unwrap_or(size).max(1));
-        let next = match &rt.pagination {
-            Pagination::Cursor {
-                next_pointer: Some(p),
-                ..
-            } => body.pointer(p).and_then(id_string).map(PageCursor::Cursor),
-            Pagination::Cursor {
-                next_header: Some(h),
-                ..
-            } => headers
-                .get(h.as_str())
-                .and_then(|v| v.to_str().ok())
-                .filter(|v| !v.is_empty())
-                .map(|v| PageCursor::Cursor(v.to_string())),
-            Pagination::Cursor { .. } => None,
-            Pagination::Page { first, .. } => full.then(|| {
-                let current = match &req.cursor {
-                    Some(PageCursor::Page(p)) => *p,
-                    _ => *first,
-                };
-                PageCursor::Page(current + 1)
-            }),
-            Pagination::Offset { .. } => full.then(|| {
-                let current = match &req.cursor {
-                    Some(PageCursor::Offset(o)) => *o,
-                    _ => 0,
-                };
-                PageCursor::Offset(current + served)
-            }),
-            Pagination::LinkHeader => headers
-                .get_all(reqwest::header::LINK)
-                .iter()
-                .filter_map(|v| v.to_str().ok())
-                .find_map(link_next)
-                // RFC 8288 targets may be relative to the request.
-                .and_then(|target| request_url.join(&target).ok())
-                .map(|u| PageCursor::Url(u.to_string())),
-            Pagination::None => None,
-        };
-        page.next = next;
+        page.next = next_cursor(
+            &rt.pagination,
+            req,
+            &body,
+            &headers,
+            served,
+            full,
+            &request_url,
+        );
         Ok(page)
     }
 
