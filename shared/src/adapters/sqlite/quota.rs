@@ -28,6 +28,47 @@ impl SqliteQuota {
     }
 }
 
+/// Every live counter of `key` (a rolling window sums its buckets); the
+/// counters of windows that ended are deleted on the way.
+fn live_counters(
+    tx: &rusqlite::Transaction<'_>,
+    key: &QuotaKey,
+    windows: &[TakenWindow],
+    now: Timestamp,
+) -> rusqlite::Result<HashMap<String, u64>> {
+    let mut used: HashMap<String, u64> = HashMap::new();
+    let mut stmt =
+        tx.prepare_cached("SELECT window, used FROM quota_window WHERE org = ?1 AND app = ?2")?;
+    let rows = stmt.query_map(params![key.org, key.app], |r| {
+        Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
+    })?;
+    for row in rows {
+        let (w, u) = row?;
+        if windows.iter().any(|t| t.id == w) || !crate::quota::window_ended(&w, now) {
+            used.insert(w, u.max(0) as u64);
+        } else {
+            tx.exec(
+                "DELETE FROM quota_window WHERE org = ?1 AND app = ?2 AND window = ?3",
+                params![key.org, key.app, w],
+            )?;
+        }
+    }
+    Ok(used)
+}
+
+/// When each of `key`'s unexpired leases expires.
+fn live_leases(
+    tx: &rusqlite::Transaction<'_>,
+    key: &QuotaKey,
+    now_ms: i64,
+) -> rusqlite::Result<Vec<Timestamp>> {
+    let mut stmt = tx.prepare_cached(
+        "SELECT expires_at FROM quota_lease WHERE org = ?1 AND app = ?2 AND expires_at > ?3",
+    )?;
+    let rows = stmt.query_map(params![key.org, key.app, now_ms], |r| r.get::<_, i64>(0))?;
+    rows.map(|r| r.map(from_millis)).collect()
+}
+
 #[async_trait]
 impl QuotaStore for SqliteQuota {
     async fn acquire(
@@ -58,35 +99,8 @@ impl QuotaStore for SqliteQuota {
                      AND (cost <= 1 OR valid_until <= ?3)",
                     params![key.org, key.app, now_ms],
                 )?;
-                let mut used: HashMap<String, u64> = HashMap::new();
-                {
-                    let mut stmt = tx.prepare_cached(
-                        "SELECT window, used FROM quota_window WHERE org = ?1 AND app = ?2",
-                    )?;
-                    let rows = stmt.query_map(params![key.org, key.app], |r| {
-                        Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
-                    })?;
-                    for row in rows {
-                        let (w, u) = row?;
-                        // Every live counter: a rolling window sums its
-                        // buckets.
-                        if windows.iter().any(|t| t.id == w) || !crate::quota::window_ended(&w, now) {
-                            used.insert(w, u.max(0) as u64);
-                        } else {
-                            tx.exec(
-                                "DELETE FROM quota_window WHERE org = ?1 AND app = ?2 AND window = ?3",
-                                params![key.org, key.app, w],
-                            )?;
-                        }
-                    }
-                }
-                let leases: Vec<Timestamp> = {
-                    let mut stmt = tx.prepare_cached(
-                        "SELECT expires_at FROM quota_lease WHERE org = ?1 AND app = ?2 AND expires_at > ?3",
-                    )?;
-                    let rows = stmt.query_map(params![key.org, key.app, now_ms], |r| r.get::<_, i64>(0))?;
-                    rows.map(|r| r.map(from_millis)).collect::<rusqlite::Result<_>>()?
-                };
+                let used = live_counters(&tx, &key, &windows, now)?;
+                let leases = live_leases(&tx, &key, now_ms)?;
                 let blocked: Option<Timestamp> = tx
                     .query_row(
                         "SELECT blocked_until FROM quota_block WHERE org = ?1 AND app = ?2",
