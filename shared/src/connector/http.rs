@@ -301,6 +301,84 @@ impl HttpConnector {
         }
     }
 
+    /// A 429, or a 503 with a hint of when to come back: the org waits
+    /// until the hint (at least `min_retry_after_secs`), or a 429 without
+    /// one the default backoff. `None` for any other answer.
+    fn rate_limited(&self, status: StatusCode, headers: &HeaderMap) -> Option<ApiError> {
+        let now = self.clock.now();
+        if status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::SERVICE_UNAVAILABLE {
+            let hinted = retry_at(headers, now, &self.config.app.rate_limit);
+            if let Some(at) = hinted {
+                // A hint at or before now (`Retry-After: 0`, a past date, a
+                // reset behind our clock) still holds the org a little.
+                let floor = now
+                    + Duration::seconds(i64::from(self.config.app.rate_limit.min_retry_after_secs));
+                return Some(ApiError::RateLimited {
+                    status: status.as_u16(),
+                    retry_at: at.max(floor),
+                });
+            }
+            if status == StatusCode::TOO_MANY_REQUESTS {
+                let at = now
+                    + Duration::seconds(i64::from(self.config.app.rate_limit.default_backoff_secs));
+                return Some(ApiError::RateLimited {
+                    status: 429,
+                    retry_at: at,
+                });
+            }
+        }
+        None
+    }
+
+    /// Any other answer that is not a success, classified: 5xx retryable,
+    /// 401/403 unauthorized, 400/413/422 rejected, a redirect refused (never
+    /// followed), the rest permanent; the message carries a scrubbed
+    /// excerpt of the body.
+    fn failure(
+        &self,
+        status: StatusCode,
+        headers: &HeaderMap,
+        bytes: &[u8],
+        what: &str,
+    ) -> ApiError {
+        // Scrubbed whole, then cut: a secret that straddles the cut must
+        // not leave its prefix in the excerpt.
+        let body = self.scrub(&String::from_utf8_lossy(bytes));
+        let excerpt: String = body
+            .chars()
+            .take(self.config.app.error_excerpt_chars)
+            .collect();
+        let msg = if excerpt.trim().is_empty() {
+            format!("{what}: HTTP {}", status.as_u16())
+        } else {
+            format!("{what}: HTTP {} — {}", status.as_u16(), excerpt.trim())
+        };
+        if status.is_redirection() {
+            // Never followed: a credential in a header would go to
+            // another host, an action's body would be sent twice, and
+            // one metered call would be several requests.
+            let to = headers
+                .get(reqwest::header::LOCATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|l| Url::parse(l).ok().or_else(|| self.base.join(l).ok()))
+                .map(|u| format!("{}{}", u.host_str().unwrap_or_default(), u.path()))
+                .unwrap_or_else(|| "an unnamed place".into());
+            return ApiError::Permanent(format!(
+                "{what}: HTTP {} redirect to {to}; redirects are not followed (the credential and the request would go there): point the config at where the API is",
+                status.as_u16()
+            ));
+        }
+        if status.is_server_error() {
+            ApiError::Retryable(msg)
+        } else if matches!(status.as_u16(), 401 | 403) {
+            ApiError::Unauthorized(msg)
+        } else if matches!(status.as_u16(), 400 | 413 | 422) {
+            ApiError::Rejected(msg)
+        } else {
+            ApiError::Permanent(msg)
+        }
+    }
+
     /// Sends, reads the whole body, classifies. `Ok(None)` is a 404 when
     /// `not_found_ok`.
     async fn execute(
@@ -326,65 +404,11 @@ impl HttpConnector {
         if status == StatusCode::NOT_FOUND && not_found_ok {
             return Ok(None);
         }
-        let now = self.clock.now();
-        if status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::SERVICE_UNAVAILABLE {
-            let hinted = retry_at(&headers, now, &self.config.app.rate_limit);
-            if let Some(at) = hinted {
-                // A hint at or before now (`Retry-After: 0`, a past date, a
-                // reset behind our clock) still holds the org a little.
-                let floor = now
-                    + Duration::seconds(i64::from(self.config.app.rate_limit.min_retry_after_secs));
-                return Err(ApiError::RateLimited {
-                    status: status.as_u16(),
-                    retry_at: at.max(floor),
-                });
-            }
-            if status == StatusCode::TOO_MANY_REQUESTS {
-                let at = now
-                    + Duration::seconds(i64::from(self.config.app.rate_limit.default_backoff_secs));
-                return Err(ApiError::RateLimited {
-                    status: 429,
-                    retry_at: at,
-                });
-            }
+        if let Some(limited) = self.rate_limited(status, &headers) {
+            return Err(limited);
         }
         if !status.is_success() {
-            // Scrubbed whole, then cut: a secret that straddles the cut must
-            // not leave its prefix in the excerpt.
-            let body = self.scrub(&String::from_utf8_lossy(&bytes));
-            let excerpt: String = body
-                .chars()
-                .take(self.config.app.error_excerpt_chars)
-                .collect();
-            let msg = if excerpt.trim().is_empty() {
-                format!("{what}: HTTP {}", status.as_u16())
-            } else {
-                format!("{what}: HTTP {} — {}", status.as_u16(), excerpt.trim())
-            };
-            if status.is_redirection() {
-                // Never followed: a credential in a header would go to
-                // another host, an action's body would be sent twice, and
-                // one metered call would be several requests.
-                let to = headers
-                    .get(reqwest::header::LOCATION)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|l| Url::parse(l).ok().or_else(|| self.base.join(l).ok()))
-                    .map(|u| format!("{}{}", u.host_str().unwrap_or_default(), u.path()))
-                    .unwrap_or_else(|| "an unnamed place".into());
-                return Err(ApiError::Permanent(format!(
-                    "{what}: HTTP {} redirect to {to}; redirects are not followed (the credential and the request would go there): point the config at where the API is",
-                    status.as_u16()
-                )));
-            }
-            return Err(if status.is_server_error() {
-                ApiError::Retryable(msg)
-            } else if matches!(status.as_u16(), 401 | 403) {
-                ApiError::Unauthorized(msg)
-            } else if matches!(status.as_u16(), 400 | 413 | 422) {
-                ApiError::Rejected(msg)
-            } else {
-                ApiError::Permanent(msg)
-            });
+            return Err(self.failure(status, &headers, &bytes, what));
         }
         if bytes.iter().all(u8::is_ascii_whitespace) {
             self.observe_cost(&headers, None);
