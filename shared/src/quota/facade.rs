@@ -555,7 +555,7 @@ impl Quota {
             Some(Acquire::Granted(g)) => Some(g),
             None => None,
             Some(Acquire::Denied(d)) => {
-                if share::lends(&d, now) {
+                if super::rules::lends_reserve(&d, now) {
                     if let Some(g) = self
                         .borrow_reserve(key, limits, kind, call.cost, now)
                         .await?
@@ -570,7 +570,11 @@ impl Quota {
                     }
                     None => d,
                 };
-                return Ok(Err(share::named(d, kind, "unreserved part")));
+                return Ok(Err(super::rules::named_for_share(
+                    d,
+                    kind,
+                    "unreserved part",
+                )));
             }
         };
         let pool: Vec<Grant> = pool.into_iter().collect();
@@ -591,7 +595,7 @@ impl Quota {
                     }
                     None => d,
                 };
-                Ok(Err(share::named(d, kind, "cap")))
+                Ok(Err(super::rules::named_for_share(d, kind, "cap")))
             }
             Err(e) => {
                 self.give_back(&pool, "the share's cap could not be asked")
@@ -616,7 +620,7 @@ impl Quota {
             return Ok(None);
         };
         if l.check_cost(cost).is_err() {
-            return Ok(Some(Acquire::Denied(share::beyond(&l, now))));
+            return Ok(Some(Acquire::Denied(super::rules::beyond_part(&l, now))));
         }
         let level_key = share::share_key(key, part, kind);
         self.store

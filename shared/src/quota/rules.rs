@@ -1,8 +1,9 @@
 //! The quota's pure rules, shared by the adapters so both explain a
 //! refusal the same way.
 
-use super::limits::Limits;
+use super::limits::{Limits, WindowKind};
 use super::port::{Denied, DenyReason};
+use super::share::LEND_IN_LAST;
 
 use crate::core::clock::Timestamp;
 use chrono::Duration;
@@ -80,10 +81,139 @@ pub(crate) fn app_wide(d: Denied) -> Denied {
     }
 }
 
+/// A refusal by a kind's part, said as the share's: "the `pk-lookup`
+/// share's cap of the day is spent", not "day limit reached" as if the
+/// org's own day were spent. Other reasons pass unchanged.
+pub(crate) fn named_for_share(d: Denied, kind: &str, part: &str) -> Denied {
+    let reason = match d.reason {
+        DenyReason::Window {
+            window,
+            limit,
+            used,
+        } => DenyReason::Share {
+            source_kind: kind.to_string(),
+            part: part.to_string(),
+            window,
+            limit,
+            used,
+        },
+        other => other,
+    };
+    Denied {
+        retry_at: d.retry_at,
+        reason,
+    }
+}
+
+/// Whether a refusal by the pool comes late enough in a fixed window that
+/// another kind's unspent reserve, which would lapse at the window's end,
+/// is lent: the window's last 1/[`LEND_IN_LAST`].
+pub(crate) fn lends_reserve(d: &Denied, now: Timestamp) -> bool {
+    match &d.reason {
+        DenyReason::Window { window, .. } if !window.needs_read() => {
+            let left = (d.retry_at - now).num_seconds();
+            left <= i64::from(window.secs()) / LEND_IN_LAST
+        }
+        _ => false,
+    }
+}
+
+/// The refusal of a call costing more than `part` could ever hold (a block
+/// reserved for the org's windows): as by the part's tightest window, so a
+/// reservation asks again for what the part holds.
+pub(crate) fn beyond_part(part: &Limits, now: Timestamp) -> Denied {
+    let (window, limit) = part
+        .windows()
+        .min_by_key(|(_, limit)| *limit)
+        .unwrap_or((WindowKind::Day, 0));
+    Denied {
+        retry_at: window.end(now),
+        reason: DenyReason::Window {
+            window,
+            limit,
+            used: 0,
+        },
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::quota::WindowKind;
+
+    fn day_refusal(retry_at: Timestamp) -> Denied {
+        Denied {
+            retry_at,
+            reason: DenyReason::Window {
+                window: WindowKind::Day,
+                limit: 50,
+                used: 50,
+            },
+        }
+    }
+
+    #[test]
+    fn a_refusal_by_a_part_is_named_for_its_share() {
+        let midnight = chrono::DateTime::parse_from_rfc3339("2026-12-06T00:00:00Z")
+            .unwrap()
+            .to_utc();
+        let d = named_for_share(day_refusal(midnight), "pk-lookup", "cap");
+        assert_eq!(d.retry_at, midnight);
+        assert!(
+            d.reason
+                .to_string()
+                .contains("`pk-lookup` share's cap of the day is spent (50 of 50)"),
+            "{}",
+            d.reason
+        );
+        let other = Denied {
+            retry_at: midnight,
+            reason: DenyReason::Concurrency { max: 3 },
+        };
+        assert_eq!(named_for_share(other.clone(), "workflow", "cap"), other);
+    }
+
+    #[test]
+    fn reserves_are_lent_only_in_a_fixed_windows_last_tenth() {
+        let at = |hms: &str| {
+            chrono::DateTime::parse_from_rfc3339(&format!("2026-12-05T{hms}Z"))
+                .unwrap()
+                .to_utc()
+        };
+        let midnight = at("00:00:00") + chrono::Duration::days(1);
+        // A day's last tenth is its last 2 h 24 min: from 21:36.
+        assert!(!lends_reserve(&day_refusal(midnight), at("21:35:59")));
+        assert!(lends_reserve(&day_refusal(midnight), at("21:36:00")));
+        let slot = Denied {
+            retry_at: midnight,
+            reason: DenyReason::Concurrency { max: 3 },
+        };
+        assert!(
+            !lends_reserve(&slot, at("23:59:00")),
+            "a slot is not a window"
+        );
+    }
+
+    #[test]
+    fn a_cost_beyond_a_part_is_refused_by_its_tightest_window() {
+        let l: Limits =
+            toml::from_str("per_day = 1000\nper_minute = 20\nmax_concurrent = 3").unwrap();
+        let now = chrono::DateTime::parse_from_rfc3339("2026-12-05T10:00:30Z")
+            .unwrap()
+            .to_utc();
+        let d = beyond_part(&l, now);
+        assert!(
+            matches!(
+                d.reason,
+                DenyReason::Window {
+                    window: WindowKind::Minute,
+                    limit: 20,
+                    used: 0
+                }
+            ),
+            "{d:?}"
+        );
+        assert_eq!(d.retry_at, now + chrono::Duration::seconds(30));
+    }
 
     #[test]
     fn a_refusal_by_the_app_level_names_the_app() {
