@@ -59,20 +59,16 @@ pub(crate) fn explain_denial(
     worst
 }
 
-/// A refusal by the app's own level, said as the app's: "the app's own day
-/// limit across all its orgs is reached", not "day limit reached" as if the
-/// org's own day were spent. Other reasons pass unchanged.
-pub(crate) fn app_wide(d: Denied) -> Denied {
+/// A window's refusal said as the level that made it (`say`), not "day
+/// limit reached" as if the org's own day were spent. Other reasons pass
+/// unchanged.
+fn said_as(d: Denied, say: impl FnOnce(WindowKind, u32, u64) -> DenyReason) -> Denied {
     let reason = match d.reason {
         DenyReason::Window {
             window,
             limit,
             used,
-        } => DenyReason::AppWide {
-            window,
-            limit,
-            used,
-        },
+        } => say(window, limit, used),
         other => other,
     };
     Denied {
@@ -81,28 +77,26 @@ pub(crate) fn app_wide(d: Denied) -> Denied {
     }
 }
 
-/// A refusal by a kind's part, said as the share's: "the `pk-lookup`
-/// share's cap of the day is spent", not "day limit reached" as if the
-/// org's own day were spent. Other reasons pass unchanged.
+/// A refusal by the app's own level: "the app's own day limit across all
+/// its orgs is reached".
+pub(crate) fn app_wide(d: Denied) -> Denied {
+    said_as(d, |window, limit, used| DenyReason::AppWide {
+        window,
+        limit,
+        used,
+    })
+}
+
+/// A refusal by a kind's part (`part` of `kind`'s share): "the
+/// `pk-lookup` share's cap of the day is spent".
 pub(crate) fn named_for_share(d: Denied, kind: &str, part: &str) -> Denied {
-    let reason = match d.reason {
-        DenyReason::Window {
-            window,
-            limit,
-            used,
-        } => DenyReason::Share {
-            source_kind: kind.to_string(),
-            part: part.to_string(),
-            window,
-            limit,
-            used,
-        },
-        other => other,
-    };
-    Denied {
-        retry_at: d.retry_at,
-        reason,
-    }
+    said_as(d, |window, limit, used| DenyReason::Share {
+        source_kind: kind.to_string(),
+        part: part.to_string(),
+        window,
+        limit,
+        used,
+    })
 }
 
 /// Whether a refusal by the pool comes late enough in a fixed window that
@@ -152,27 +146,6 @@ mod tests {
     }
 
     #[test]
-    fn a_refusal_by_a_part_is_named_for_its_share() {
-        let midnight = chrono::DateTime::parse_from_rfc3339("2026-12-06T00:00:00Z")
-            .unwrap()
-            .to_utc();
-        let d = named_for_share(day_refusal(midnight), "pk-lookup", "cap");
-        assert_eq!(d.retry_at, midnight);
-        assert!(
-            d.reason
-                .to_string()
-                .contains("`pk-lookup` share's cap of the day is spent (50 of 50)"),
-            "{}",
-            d.reason
-        );
-        let other = Denied {
-            retry_at: midnight,
-            reason: DenyReason::Concurrency { max: 3 },
-        };
-        assert_eq!(named_for_share(other.clone(), "workflow", "cap"), other);
-    }
-
-    #[test]
     fn reserves_are_lent_only_in_a_fixed_windows_last_tenth() {
         let at = |hms: &str| {
             chrono::DateTime::parse_from_rfc3339(&format!("2026-12-05T{hms}Z"))
@@ -216,30 +189,30 @@ mod tests {
     }
 
     #[test]
-    fn a_refusal_by_the_app_level_names_the_app() {
-        let at = chrono::DateTime::parse_from_rfc3339("2026-12-06T00:00:00Z")
+    fn a_refusal_is_said_as_the_level_that_made_it() {
+        let midnight = chrono::DateTime::parse_from_rfc3339("2026-12-06T00:00:00Z")
             .unwrap()
             .to_utc();
-        let d = app_wide(Denied {
-            retry_at: at,
-            reason: DenyReason::Window {
-                window: WindowKind::Day,
-                limit: 3,
-                used: 3,
-            },
-        });
-        assert_eq!(d.retry_at, at);
-        assert!(
-            d.reason
-                .to_string()
-                .contains("the app's own day limit across all its orgs is reached (3 of 3 used)"),
-            "{}",
-            d.reason
-        );
-        let slot = Denied {
-            retry_at: at,
-            reason: DenyReason::Concurrency { max: 9 },
-        };
-        assert_eq!(app_wide(slot.clone()), slot);
+        type Say = fn(Denied) -> Denied;
+        let said: [(Say, &str); 2] = [
+            (
+                |d| named_for_share(d, "pk-lookup", "cap"),
+                "`pk-lookup` share's cap of the day is spent (50 of 50)",
+            ),
+            (
+                app_wide,
+                "the app's own day limit across all its orgs is reached (50 of 50 used)",
+            ),
+        ];
+        for (say, text) in said {
+            let d = say(day_refusal(midnight));
+            assert_eq!(d.retry_at, midnight);
+            assert!(d.reason.to_string().contains(text), "{}", d.reason);
+            let slot = Denied {
+                retry_at: midnight,
+                reason: DenyReason::Concurrency { max: 3 },
+            };
+            assert_eq!(say(slot.clone()), slot, "not a window's refusal: unchanged");
+        }
     }
 }
