@@ -452,78 +452,13 @@ impl Metered {
     /// the new day.
     async fn pace_from_api(&self, granted_at: Timestamp) -> Option<u64> {
         let count = self.connector.take_api_count()?;
-        let mut raises = Vec::new();
-        let mut left: Option<u64> = None;
-        if let Some(remaining) = count.remaining {
-            if let Some((_, limit)) = self.limits.windows().find(|(w, _)| *w == self.api_window) {
-                let limit = u64::from(limit);
-                let spent = count.limit.unwrap_or(limit).saturating_sub(remaining);
-                raises.push((self.api_window, spent.min(limit)));
-            }
-            left = Some(remaining);
-        }
-        // Each standard policy raises the configured window of the same
-        // length (a rolling window's count is spread over its buckets and
-        // is not raised from one number).
-        for policy in &count.policies {
-            let Some((kind, limit)) = self
-                .limits
-                .windows()
-                .find(|(k, _)| !k.needs_read() && u64::from(k.secs()) == policy.window_secs)
-            else {
-                tracing::debug!(quota = %self.key, policy = %policy.name, window_secs = policy.window_secs, "the API's policy has no configured window of its length; not paced from it");
-                continue;
-            };
-            let spent = policy.quota.saturating_sub(policy.remaining);
-            raises.push((kind, spent.min(u64::from(limit))));
-            left = Some(left.map_or(policy.remaining, |l| l.min(policy.remaining)));
-        }
-        // The bucket's level, in the first configured bucket (scaled when
-        // the API's capacity differs from ours).
-        if let Some((used, capacity)) = count.bucket {
-            if let Some((kind, ours)) = self
-                .limits
-                .windows()
-                .find(|(k, _)| matches!(k, crate::quota::WindowKind::Bucket(_)))
-            {
-                let ours = u64::from(ours);
-                let level = if capacity == 0 || capacity == ours {
-                    used
-                } else {
-                    (used * ours).div_ceil(capacity)
-                };
-                raises.push((kind, level.min(ours)));
-                let room = capacity.saturating_sub(used);
-                left = Some(left.map_or(room, |l| l.min(room)));
-            }
-        }
-        let mut app_raises = Vec::new();
-        for count in &count.counts {
-            let limits = if count.app_level {
-                self.limits.app_wide.as_deref()
-            } else {
-                Some(&self.limits)
-            };
-            let Some((kind, limit)) = limits.and_then(|l| {
-                l.windows()
-                    .find(|(k, _)| !k.needs_read() && u64::from(k.secs()) == count.window_secs)
-            }) else {
-                continue;
-            };
-            let limit = u64::from(limit);
-            let spent = count.limit.unwrap_or(limit).saturating_sub(count.remaining);
-            if count.app_level {
-                app_raises.push((kind, spent.min(limit)));
-            } else {
-                raises.push((kind, spent.min(limit)));
-            }
-            left = Some(left.map_or(count.remaining, |l| l.min(count.remaining)));
-        }
+        let Spent { org, app, left } =
+            spent_by_api(&count, &self.limits, self.api_window, &self.key);
         let app_key = self.key.app_level();
-        let raises = raises
+        let raises = org
             .into_iter()
             .map(|r| (&self.key, r))
-            .chain(app_raises.into_iter().map(|r| (&app_key, r)));
+            .chain(app.into_iter().map(|r| (&app_key, r)));
         for (key, (kind, spent)) in raises {
             if let Err(e) = self
                 .quota
@@ -767,5 +702,93 @@ impl Reservation<'_> {
                 .await?;
         }
         Ok(())
+    }
+}
+
+/// What an API's count says each configured window has spent: the org's
+/// windows, the app's level's, and the fewest calls any count says are left.
+struct Spent {
+    org: Vec<(crate::quota::WindowKind, u64)>,
+    app: Vec<(crate::quota::WindowKind, u64)>,
+    left: Option<u64>,
+}
+
+/// The API's count read against our windows (a pure rule): a remaining
+/// count raises the API's own window; each standard policy the configured
+/// window of its length (a rolling window's count is spread over its
+/// buckets and is not raised from one number); a bucket's level the first
+/// configured bucket, scaled when the API's capacity differs from ours;
+/// each counting header its window, the org's or the app's level's. Never
+/// more than a window's limit.
+fn spent_by_api(
+    count: &ApiCount,
+    limits: &Limits,
+    api_window: crate::quota::WindowKind,
+    key: &QuotaKey,
+) -> Spent {
+    let mut raises = Vec::new();
+    let mut left: Option<u64> = None;
+    let mut fewer = |n: u64| left = Some(left.map_or(n, |l: u64| l.min(n)));
+    if let Some(remaining) = count.remaining {
+        if let Some((_, limit)) = limits.windows().find(|(w, _)| *w == api_window) {
+            let limit = u64::from(limit);
+            let spent = count.limit.unwrap_or(limit).saturating_sub(remaining);
+            raises.push((api_window, spent.min(limit)));
+        }
+        fewer(remaining);
+    }
+    for policy in &count.policies {
+        let Some((kind, limit)) = limits
+            .windows()
+            .find(|(k, _)| !k.needs_read() && u64::from(k.secs()) == policy.window_secs)
+        else {
+            tracing::debug!(quota = %key, policy = %policy.name, window_secs = policy.window_secs, "the API's policy has no configured window of its length; not paced from it");
+            continue;
+        };
+        let spent = policy.quota.saturating_sub(policy.remaining);
+        raises.push((kind, spent.min(u64::from(limit))));
+        fewer(policy.remaining);
+    }
+    if let Some((used, capacity)) = count.bucket {
+        if let Some((kind, ours)) = limits
+            .windows()
+            .find(|(k, _)| matches!(k, crate::quota::WindowKind::Bucket(_)))
+        {
+            let ours = u64::from(ours);
+            let level = if capacity == 0 || capacity == ours {
+                used
+            } else {
+                (used * ours).div_ceil(capacity)
+            };
+            raises.push((kind, level.min(ours)));
+            fewer(capacity.saturating_sub(used));
+        }
+    }
+    let mut app_raises = Vec::new();
+    for count in &count.counts {
+        let level = if count.app_level {
+            limits.app_wide.as_deref()
+        } else {
+            Some(limits)
+        };
+        let Some((kind, limit)) = level.and_then(|l| {
+            l.windows()
+                .find(|(k, _)| !k.needs_read() && u64::from(k.secs()) == count.window_secs)
+        }) else {
+            continue;
+        };
+        let limit = u64::from(limit);
+        let spent = count.limit.unwrap_or(limit).saturating_sub(count.remaining);
+        if count.app_level {
+            app_raises.push((kind, spent.min(limit)));
+        } else {
+            raises.push((kind, spent.min(limit)));
+        }
+        fewer(count.remaining);
+    }
+    Spent {
+        org: raises,
+        app: app_raises,
+        left,
     }
 }
