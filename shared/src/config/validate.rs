@@ -261,16 +261,23 @@ impl AppConfig {
                 return bad(f("bulk.max_ids"), "must be at least 1".into());
             }
         }
+        self.validate_foreign_keys(name, rt)
+    }
+
+    /// A record type's foreign keys: JSON pointers into the record, each to
+    /// a declared type.
+    fn validate_foreign_keys(&self, name: &str, rt: &RecordTypeConfig) -> Result<()> {
         for (field, target) in &rt.foreign_keys {
+            let at = format!("record_types.{name}.foreign_keys.{field:?}");
             if !field.starts_with('/') {
                 return bad(
-                    f(&format!("foreign_keys.{field:?}")),
+                    at,
                     "expected a JSON pointer within the record, like \"/customer_id\"".into(),
                 );
             }
             if !self.record_types.contains_key(target) {
                 return bad(
-                    f(&format!("foreign_keys.{field:?}")),
+                    at,
                     format!(
                         "references unknown record type `{target}`; declared: {}",
                         declared_types(self)
