@@ -731,6 +731,63 @@ impl crate::jobs::SlotWaiters for DynamoStore {
     }
 }
 
+impl DynamoStore {
+    /// Takes an action's lapsed claim, on the condition that it is still
+    /// lapsed and undone: of two deliveries retrying at once, one calls.
+    async fn retake_action(
+        &self,
+        scope: &Tenant,
+        key: &str,
+        now: Timestamp,
+        until: Timestamp,
+    ) -> Result<crate::jobs::ledger::ActionBegin> {
+        use crate::jobs::ledger::{decide_begin, ActionBegin, ActionEntry};
+        let taken = self
+            .table
+            .client
+            .update_item()
+            .table_name(&self.table.name)
+            .key("pk", s(action_pk(scope, key)))
+            .key("sk", s("action"))
+            .update_expression("SET claimed_until = :until")
+            .condition_expression(
+                "attribute_not_exists(done_at) AND (attribute_not_exists(claimed_until) OR claimed_until <= :now)",
+            )
+            .expression_attribute_values(":until", n(to_millis(until)))
+            .expression_attribute_values(":now", n(to_millis(now)))
+            .return_values_on_condition_check_failure(
+                aws_sdk_dynamodb::types::ReturnValuesOnConditionCheckFailure::AllOld,
+            )
+            .send()
+            .await;
+        match taken {
+            Ok(_) => Ok(ActionBegin::Again),
+            Err(e) => match e.as_service_error() {
+                Some(UpdateItemError::ConditionalCheckFailedException(c)) => {
+                    let now_held = c.item().map(action_entry).unwrap_or(ActionEntry {
+                        done: true,
+                        claimed_until: None,
+                    });
+                    // Done, or claimed by the other delivery meanwhile.
+                    Ok(match decide_begin(Some(now_held), now) {
+                        ActionBegin::Again => ActionBegin::InProgress(now),
+                        other => other,
+                    })
+                }
+                _ => Err(sdk_error("action begin", e)),
+            },
+        }
+    }
+}
+
+/// An action ledger item as the claim rule reads it.
+fn action_entry(item: &Item) -> crate::jobs::ledger::ActionEntry {
+    crate::jobs::ledger::ActionEntry {
+        done: item.contains_key("done_at"),
+        claimed_until: get_n(item, "claimed_until").map(from_millis),
+    }
+}
+
 #[async_trait]
 impl crate::jobs::ledger::ActionLedger for DynamoStore {
     async fn begin_action(
@@ -740,11 +797,7 @@ impl crate::jobs::ledger::ActionLedger for DynamoStore {
         now: Timestamp,
         until: Timestamp,
     ) -> Result<crate::jobs::ledger::ActionBegin> {
-        use crate::jobs::ledger::{decide_begin, ActionBegin, ActionEntry};
-        let entry_of = |item: &Item| ActionEntry {
-            done: item.contains_key("done_at"),
-            claimed_until: get_n(item, "claimed_until").map(from_millis),
-        };
+        use crate::jobs::ledger::{decide_begin, ActionBegin};
         let result = self
             .table
             .client
@@ -773,47 +826,11 @@ impl crate::jobs::ledger::ActionLedger for DynamoStore {
                 _ => return Err(sdk_error("action begin", e)),
             },
         };
-        let begin = decide_begin(Some(entry_of(&old)), now);
+        let begin = decide_begin(Some(action_entry(&old)), now);
         if begin != ActionBegin::Again {
             return Ok(begin);
         }
-        // Take the lapsed claim, on the condition that it is still lapsed
-        // and undone: of two deliveries retrying at once, one calls.
-        let taken = self
-            .table
-            .client
-            .update_item()
-            .table_name(&self.table.name)
-            .key("pk", s(action_pk(scope, key)))
-            .key("sk", s("action"))
-            .update_expression("SET claimed_until = :until")
-            .condition_expression(
-                "attribute_not_exists(done_at) AND (attribute_not_exists(claimed_until) OR claimed_until <= :now)",
-            )
-            .expression_attribute_values(":until", n(to_millis(until)))
-            .expression_attribute_values(":now", n(to_millis(now)))
-            .return_values_on_condition_check_failure(
-                aws_sdk_dynamodb::types::ReturnValuesOnConditionCheckFailure::AllOld,
-            )
-            .send()
-            .await;
-        match taken {
-            Ok(_) => Ok(ActionBegin::Again),
-            Err(e) => match e.as_service_error() {
-                Some(UpdateItemError::ConditionalCheckFailedException(c)) => {
-                    let now_held = c.item().map(entry_of).unwrap_or(ActionEntry {
-                        done: true,
-                        claimed_until: None,
-                    });
-                    // Done, or claimed by the other delivery meanwhile.
-                    Ok(match decide_begin(Some(now_held), now) {
-                        ActionBegin::Again => ActionBegin::InProgress(now),
-                        other => other,
-                    })
-                }
-                _ => Err(sdk_error("action begin", e)),
-            },
-        }
+        self.retake_action(scope, key, now, until).await
     }
 
     async fn abandon_action(&self, scope: &Tenant, key: &str) -> Result<()> {
