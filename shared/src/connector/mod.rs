@@ -792,3 +792,54 @@ fn spent_by_api(
         left,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::quota::WindowKind;
+
+    #[test]
+    fn the_apis_count_raises_the_windows_of_its_length_never_past_their_limit() {
+        let limits: Limits = toml::from_str(
+            "per_day = 100\nper_minute = 10\nmax_concurrent = 3\n\
+             [app_wide]\nper_minute = 15\nmax_concurrent = 6",
+        )
+        .unwrap();
+        let policy = |window_secs, quota, remaining| ratelimit::ApiPolicy {
+            name: String::new(),
+            window_secs,
+            quota,
+            remaining,
+        };
+        let count = ApiCount {
+            remaining: Some(40),
+            limit: Some(100),
+            policies: vec![
+                policy(60, 10, 3),
+                // No configured window of an hour: not read.
+                policy(3_600, 500, 1),
+                // Spent more than our minute holds: raised to the limit.
+                policy(60, 50, 0),
+            ],
+            counts: vec![HeaderCount {
+                window_secs: 60,
+                remaining: 5,
+                limit: None,
+                app_level: true,
+            }],
+            ..Default::default()
+        };
+        let key = QuotaKey::new("acme", "crm");
+        let spent = spent_by_api(&count, &limits, WindowKind::Day, &key);
+        assert_eq!(
+            spent.org,
+            vec![
+                (WindowKind::Day, 60),
+                (WindowKind::Minute, 7),
+                (WindowKind::Minute, 10)
+            ]
+        );
+        assert_eq!(spent.app, vec![(WindowKind::Minute, 10)], "15 − 5");
+        assert_eq!(spent.left, Some(0), "the fewest any count says are left");
+    }
+}
