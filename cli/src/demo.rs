@@ -56,20 +56,7 @@ pub async fn run(args: Args) -> Result<(), BoxError> {
     crate::system::mark_demo_db(&system.runner.db).await?;
     let org = system.config.connections[0].org.clone();
     let budget = system.config.app.limits.per_day.unwrap_or(0);
-    let bar = if args.json {
-        indicatif::ProgressBar::hidden()
-    } else {
-        eprintln!(
-            "metered demo: app `{}` for org `{org}`, {} calls/day and {} concurrent, {} simulated day(s)",
-            system.config.app.name, budget, system.config.app.limits.max_concurrent, args.days
-        );
-        let bar = indicatif::ProgressBar::new(u64::from(args.days) * 24);
-        bar.set_style(
-            indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} simulated hours  {msg}")
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-        );
-        bar
-    };
+    let bar = progress_bar(&args, &system, &org, budget);
     let sim = system
         .sim
         .as_ref()
@@ -77,8 +64,7 @@ pub async fn run(args: Args) -> Result<(), BoxError> {
         .sim
         .clone();
     sim.faults().fail_percent = args.fail_percent;
-    let key = System::sim_key(&org);
-    let report = system
+    let run = system
         .simulate(args.days, |_, r| {
             bar.inc(1);
             bar.set_message(format!(
@@ -89,113 +75,180 @@ pub async fn run(args: Args) -> Result<(), BoxError> {
         })
         .await?;
     bar.finish_and_clear();
-
-    let svc = &system.runner.svc;
-    let quota_key = svc.key(&org);
-    let stats = sim.stats();
-    let mut days = BTreeMap::new();
-    let mut by_source: BTreeMap<String, u64> = BTreeMap::new();
-    let mut usage_total = 0u64;
-    let mut panels = Vec::new();
-    for ((k, day), served) in &stats.calls_by_key_day {
-        if *k != key {
-            continue;
-        }
-        let d: chrono::NaiveDate = day.parse()?;
-        let usage = svc.quota.store().usage(&quota_key, d).await?;
-        panels.push(crate::chart::OrgDay::from_usage(
-            &org,
-            d,
-            svc.limits(&org).per_day,
-            &usage,
-            23,
-        ));
-        let recorded: u64 = usage.iter().filter(|u| !u.exempt).map(|u| u.calls).sum();
-        usage_total += recorded;
-        for u in usage {
-            *by_source.entry(u.source).or_default() += u.calls;
-        }
-        days.insert(
-            day.clone(),
-            json!({"api_served": served, "usage_recorded": recorded, "budget": budget}),
-        );
-    }
-    if let Some(path) = &args.chart {
-        std::fs::write(path, crate::chart::burn_svg(&panels)?)
-            .map_err(|e| format!("{}: cannot write: {e}", path.display()))?;
-    }
-    let mut records = BTreeMap::new();
-    for t in system.config.record_types.keys() {
-        records.insert(t.clone(), json!({"stored": svc.store.count(&quota_key, t).await?, "in_api": sim.records(t).len()}));
-    }
-    let mut dead = 0;
-    let mut waiting = 0;
-    for kind in JobKind::QUEUED {
-        if let Some(q) = system.runner.queue(kind) {
-            dead += metered::jobs::JobQueue::dead_letters(q.as_ref(), 1000)
-                .await?
-                .len();
-            waiting += q.len().await?;
-        }
-    }
-    let served = stats.calls_by_key.get(&key).copied().unwrap_or(0);
-    // Each Data Source's outbox: pushes, rows, and how it flushes.
-    let mut datasources = BTreeMap::new();
-    for name in system.config.datasource_names() {
-        let ds = system.config.datasource(&name)?;
-        if ds.hosted() {
-            continue; // reported with its Hosted GET request below
-        }
-        let state = svc.store.outbox_state(&quota_key, &name).await?;
-        datasources.insert(
-            name.clone(),
-            json!({
-                "pushes": state.pushes,
-                "rows_pushed": state.rows_pushed,
-                "rows_per_push": if state.pushes == 0 { 0.0 } else { state.rows_pushed as f64 / state.pushes as f64 },
-                "rows_waiting": svc.store.pending_count(&quota_key, &name).await?,
-                "every_secs": ds.every.as_secs(),
-                "max_rows_per_call": ds.max_rows_per_call,
-            }),
-        );
-    }
-    let hosted = hosted_request(&system, &quota_key, &sim).await?;
-    let out = json!({
-        "days": days,
-        "calls_by_source": by_source,
-        "api_calls_served": served,
-        "usage_recorded": usage_total,
-        "api_429s": stats.rejected_429,
-        "max_concurrent_seen_by_api": stats.max_concurrent,
-        "restarts": report.restarts,
-        "not_before_hops": report.not_before_hops,
-        "duplicates_dropped": report.duplicates_dropped,
-        "jobs_done": report.done,
-        "records": records,
-        "actions": {"notes_created": stats.creates_by_idempotency_key.len(), "datasource_pushes": stats.datasource_pushes, "gold_invoices_rows": sim.datasource_rows("gold_invoices").len()},
-        "datasources": datasources,
-        "hosted": hosted,
-        "dead_lettered": dead,
-        "jobs_waiting": waiting,
-        "api_failures_injected": sim.faults().failed_by_kind.clone(),
-        "wall_ms": wall.elapsed().as_millis() as u64,
-    });
+    let report = Report::gather(&system, &sim, &org, run, args.chart.as_deref()).await?;
+    let out = report.json(wall);
     if args.json {
         println!("{}", serde_json::to_string_pretty(&out)?);
     } else {
+        report.print(&org, budget, args.chart.as_deref(), &out);
+        println!("Wall time {} ms", wall.elapsed().as_millis());
+    }
+    // A report that cannot be right is an error, not a printout.
+    let wrong = report.wrong(system.config.app.limits.max_concurrent);
+    if !wrong.is_empty() {
+        return Err(format!("the demo's report does not add up: {}", wrong.join("; ")).into());
+    }
+    Ok(())
+}
+
+/// The simulated hours' progress on stderr (hidden for `--json`).
+fn progress_bar(args: &Args, system: &System, org: &str, budget: u32) -> indicatif::ProgressBar {
+    if args.json {
+        return indicatif::ProgressBar::hidden();
+    }
+    eprintln!(
+        "metered demo: app `{}` for org `{org}`, {} calls/day and {} concurrent, {} simulated day(s)",
+        system.config.app.name, budget, system.config.app.limits.max_concurrent, args.days
+    );
+    let bar = indicatif::ProgressBar::new(u64::from(args.days) * 24);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} simulated hours  {msg}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    bar
+}
+
+/// What the demo found, from metered's records and the API's own counters.
+struct Report {
+    run: metered::edge::local::RunReport,
+    stats: metered_sim::Stats,
+    /// Per day: the API's count, metered's, the budget.
+    days: BTreeMap<String, serde_json::Value>,
+    calls_by_source: BTreeMap<String, u64>,
+    usage_total: u64,
+    served: u64,
+    records: BTreeMap<String, serde_json::Value>,
+    datasources: BTreeMap<String, serde_json::Value>,
+    hosted: serde_json::Value,
+    notes_created: usize,
+    gold_invoices_rows: usize,
+    failures_injected: serde_json::Value,
+    dead: usize,
+    waiting: u64,
+}
+
+impl Report {
+    /// Reads the store, the queues and the simulator after the run; draws
+    /// the burn chart to `chart` when asked.
+    async fn gather(
+        system: &System,
+        sim: &metered_sim::Sim,
+        org: &str,
+        run: metered::edge::local::RunReport,
+        chart: Option<&std::path::Path>,
+    ) -> Result<Self, BoxError> {
+        let svc = &system.runner.svc;
+        let quota_key = svc.key(org);
+        let key = System::sim_key(org);
+        let budget = system.config.app.limits.per_day.unwrap_or(0);
+        let stats = sim.stats();
+        let mut days = BTreeMap::new();
+        let mut calls_by_source: BTreeMap<String, u64> = BTreeMap::new();
+        let mut usage_total = 0u64;
+        let mut panels = Vec::new();
+        for ((k, day), served) in &stats.calls_by_key_day {
+            if *k != key {
+                continue;
+            }
+            let d: chrono::NaiveDate = day.parse()?;
+            let usage = svc.quota.store().usage(&quota_key, d).await?;
+            panels.push(crate::chart::OrgDay::from_usage(
+                org,
+                d,
+                svc.limits(org).per_day,
+                &usage,
+                23,
+            ));
+            let recorded: u64 = usage.iter().filter(|u| !u.exempt).map(|u| u.calls).sum();
+            usage_total += recorded;
+            for u in usage {
+                *calls_by_source.entry(u.source).or_default() += u.calls;
+            }
+            days.insert(
+                day.clone(),
+                json!({"api_served": served, "usage_recorded": recorded, "budget": budget}),
+            );
+        }
+        if let Some(path) = chart {
+            std::fs::write(path, crate::chart::burn_svg(&panels)?)
+                .map_err(|e| format!("{}: cannot write: {e}", path.display()))?;
+        }
+        let mut records = BTreeMap::new();
+        for t in system.config.record_types.keys() {
+            records.insert(t.clone(), json!({"stored": svc.store.count(&quota_key, t).await?, "in_api": sim.records(t).len()}));
+        }
+        let (mut dead, mut waiting) = (0, 0);
+        for kind in JobKind::QUEUED {
+            if let Some(q) = system.runner.queue(kind) {
+                dead += metered::jobs::JobQueue::dead_letters(q.as_ref(), 1000)
+                    .await?
+                    .len();
+                waiting += q.len().await?;
+            }
+        }
+        Ok(Self {
+            served: stats.calls_by_key.get(&key).copied().unwrap_or(0),
+            datasources: outboxes(system, &quota_key).await?,
+            hosted: hosted_request(system, &quota_key, sim).await?,
+            notes_created: stats.creates_by_idempotency_key.len(),
+            gold_invoices_rows: sim.datasource_rows("gold_invoices").len(),
+            failures_injected: json!(sim.faults().failed_by_kind.clone()),
+            run,
+            stats,
+            days,
+            calls_by_source,
+            usage_total,
+            records,
+            dead,
+            waiting,
+        })
+    }
+
+    /// The report as `--json` prints it.
+    fn json(&self, wall: std::time::Instant) -> serde_json::Value {
+        json!({
+            "days": self.days,
+            "calls_by_source": self.calls_by_source,
+            "api_calls_served": self.served,
+            "usage_recorded": self.usage_total,
+            "api_429s": self.stats.rejected_429,
+            "max_concurrent_seen_by_api": self.stats.max_concurrent,
+            "restarts": self.run.restarts,
+            "not_before_hops": self.run.not_before_hops,
+            "duplicates_dropped": self.run.duplicates_dropped,
+            "jobs_done": self.run.done,
+            "records": self.records,
+            "actions": {"notes_created": self.notes_created, "datasource_pushes": self.stats.datasource_pushes, "gold_invoices_rows": self.gold_invoices_rows},
+            "datasources": self.datasources,
+            "hosted": self.hosted,
+            "dead_lettered": self.dead,
+            "jobs_waiting": self.waiting,
+            "api_failures_injected": self.failures_injected,
+            "wall_ms": wall.elapsed().as_millis() as u64,
+        })
+    }
+
+    /// The report for a person.
+    fn print(
+        &self,
+        org: &str,
+        budget: u32,
+        chart: Option<&std::path::Path>,
+        out: &serde_json::Value,
+    ) {
         println!("API budget (org {org}, {budget} calls a UTC day)");
-        for (day, d) in &days {
+        for (day, d) in &self.days {
             println!(
                 "  {day}   {:>5} calls served by the API, {:>5} recorded by metered",
                 d["api_served"], d["usage_recorded"]
             );
         }
         println!("\nCalls by sync and workflow");
-        for (source, calls) in &by_source {
+        for (source, calls) in &self.calls_by_source {
             println!("  {source:<40} {calls:>6}");
         }
         println!("\nRecords synced");
-        for (t, r) in &records {
+        for (t, r) in &self.records {
             println!(
                 "  {t:<12} {:>6} stored of {:>6} in the app",
                 r["stored"], r["in_api"]
@@ -205,65 +258,95 @@ pub async fn run(args: Args) -> Result<(), BoxError> {
             "\nWorkflow `gold_thanks`: {} notes created",
             out["actions"]["notes_created"],
         );
-        for (name, d) in &datasources {
+        for (name, d) in &self.datasources {
             println!(
                 "Data Source `{name}`: {} pushes carrying {} rows ({:.1} a push; inserts and deletes together, flushed at most every {}s, {} rows a call); {} rows waiting",
                 d["pushes"], d["rows_pushed"], d["rows_per_push"].as_f64().unwrap_or(0.0), d["every_secs"], d["max_rows_per_call"], d["rows_waiting"]
             );
         }
-        for (name, h) in hosted.as_object().into_iter().flatten() {
+        for (name, h) in self.hosted.as_object().into_iter().flatten() {
             println!(
                 "Data Source `{name}` (hosted, never pushed): {} rows in the store; Hosted GET as customer {} of {org} → {} with {} row(s), {} API calls",
                 h["rows_hosted"], h["customer_id"].as_str().unwrap_or("?"), h["status"], h["rows_served"], h["api_calls_during"]
             );
         }
         println!("\nRestarts (instead of sleeping)");
-        if report.restarts.is_empty() {
+        if self.run.restarts.is_empty() {
             println!("  none");
         }
-        for (reason, n) in &report.restarts {
+        for (reason, n) in &self.run.restarts {
             println!("  {n:>6}  {reason}");
         }
-        println!("\nJobs done {:?}; {} waiting for their next run; {} dead-lettered; API 429s: {}; most concurrent requests the API saw: {}", report.done, waiting, dead, stats.rejected_429, stats.max_concurrent);
-        match &args.chart {
+        println!("\nJobs done {:?}; {} waiting for their next run; {} dead-lettered; API 429s: {}; most concurrent requests the API saw: {}", self.run.done, self.waiting, self.dead, self.stats.rejected_429, self.stats.max_concurrent);
+        match chart {
             Some(path) => println!("Burn chart: {}", path.display()),
             None => println!(
                 "Burn chart: add --chart burn.svg to draw each day's calls against the limit"
             ),
         }
-        println!("Wall time {} ms", wall.elapsed().as_millis());
     }
-    // A report that cannot be right is an error, not a printout.
-    let mut wrong = Vec::new();
-    if usage_total != served {
-        wrong.push(format!(
-            "usage recorded {usage_total} calls, the API served {served}"
-        ));
-    }
-    if served == 0 {
-        wrong.push("the API served no calls".to_string());
-    }
-    if dead > 0 {
-        wrong.push(format!("{dead} dead letter(s)"));
-    }
-    if stats.max_concurrent > system.config.app.limits.max_concurrent as usize {
-        wrong.push(format!(
-            "the API saw {} calls at once, over the limit of {}",
-            stats.max_concurrent, system.config.app.limits.max_concurrent
-        ));
-    }
-    for (t, r) in &records {
-        if r["stored"].as_u64() > r["in_api"].as_u64() {
+
+    /// What cannot be right: metered's count and the API's disagree, the
+    /// API served nothing, work was dead-lettered, the API saw more calls
+    /// at once than the limit, more records stored than the app has.
+    fn wrong(&self, max_concurrent: u32) -> Vec<String> {
+        let (usage_total, served) = (self.usage_total, self.served);
+        let mut wrong = Vec::new();
+        if usage_total != served {
             wrong.push(format!(
-                "{t}: {} stored, more than the {} in the app",
-                r["stored"], r["in_api"]
+                "usage recorded {usage_total} calls, the API served {served}"
             ));
         }
+        if served == 0 {
+            wrong.push("the API served no calls".to_string());
+        }
+        if self.dead > 0 {
+            wrong.push(format!("{} dead letter(s)", self.dead));
+        }
+        if self.stats.max_concurrent > max_concurrent as usize {
+            wrong.push(format!(
+                "the API saw {} calls at once, over the limit of {}",
+                self.stats.max_concurrent, max_concurrent
+            ));
+        }
+        for (t, r) in &self.records {
+            if r["stored"].as_u64() > r["in_api"].as_u64() {
+                wrong.push(format!(
+                    "{t}: {} stored, more than the {} in the app",
+                    r["stored"], r["in_api"]
+                ));
+            }
+        }
+        wrong
     }
-    if !wrong.is_empty() {
-        return Err(format!("the demo's report does not add up: {}", wrong.join("; ")).into());
+}
+
+/// Each pushed Data Source's outbox: pushes, rows, and how it flushes.
+async fn outboxes(
+    system: &System,
+    quota_key: &metered::QuotaKey,
+) -> Result<BTreeMap<String, serde_json::Value>, BoxError> {
+    let store = &system.runner.svc.store;
+    let mut datasources = BTreeMap::new();
+    for name in system.config.datasource_names() {
+        let ds = system.config.datasource(&name)?;
+        if ds.hosted() {
+            continue; // reported with its Hosted GET request
+        }
+        let state = store.outbox_state(quota_key, &name).await?;
+        datasources.insert(
+            name.clone(),
+            json!({
+                "pushes": state.pushes,
+                "rows_pushed": state.rows_pushed,
+                "rows_per_push": if state.pushes == 0 { 0.0 } else { state.rows_pushed as f64 / state.pushes as f64 },
+                "rows_waiting": store.pending_count(quota_key, &name).await?,
+                "every_secs": ds.every.as_secs(),
+                "max_rows_per_call": ds.max_rows_per_call,
+            }),
+        );
     }
-    Ok(())
+    Ok(datasources)
 }
 
 /// Each hosted Data Source answers one Hosted GET, as the platform's app
