@@ -59,11 +59,44 @@ fn detail(job: &JobEnvelope) -> Option<String> {
 /// kind and reason, then listed with org, id, restarts and when they run.
 pub async fn jobs(args: JobsArgs) -> Result<(), BoxError> {
     let db = open_db(&args.common.db)?;
+    let (out, connections) = collect(&db, &args).await?;
+    if args.common.json {
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(());
+    }
+    if out.is_empty() {
+        let filtered = args.kind.is_some() || args.reason.is_some() || args.common.org.is_some();
+        println!(
+            "no jobs waiting and no dead letters{}",
+            if filtered { " that match" } else { "" }
+        );
+    }
+    notices(&args, &db, &connections).await?;
+    if out.is_empty() {
+        return Ok(());
+    }
+    print_groups(&out);
+    if args.limit == 0 {
+        return Ok(());
+    }
+    print_lines(out, args.limit);
+    Ok(())
+}
+
+/// The connections of waiting jobs, as (org, app).
+type Connections = std::collections::BTreeSet<(String, String)>;
+
+/// Every waiting job and dead letter the filters keep, and the connections
+/// of the waiting ones.
+async fn collect(
+    db: &metered::adapters::sqlite::Db,
+    args: &JobsArgs,
+) -> Result<(Vec<JobLine>, Connections), BoxError> {
     let clock: metered::SharedClock = Arc::new(metered::SystemClock);
     let mut out = Vec::new();
     // The (org, app) of every waiting job: their connections' health.
-    let mut connections = std::collections::BTreeSet::new();
-    for (kind, q) in metered::edge::local::local_queues(&db, &clock) {
+    let mut connections = Connections::new();
+    for (kind, q) in metered::edge::local::local_queues(db, &clock) {
         if args.kind.is_some_and(|k| k != kind) {
             continue;
         }
@@ -118,19 +151,18 @@ pub async fn jobs(args: JobsArgs) -> Result<(), BoxError> {
                     .is_some_and(|have| have.to_lowercase().contains(&r.to_lowercase()))
             })
     });
-    if args.common.json {
-        println!("{}", serde_json::to_string_pretty(&out)?);
-        return Ok(());
-    }
-    if out.is_empty() {
-        let filtered = args.kind.is_some() || args.reason.is_some() || args.common.org.is_some();
-        println!(
-            "no jobs waiting and no dead letters{}",
-            if filtered { " that match" } else { "" }
-        );
-    }
+    Ok((out, connections))
+}
+
+/// What will not happen by itself: quarantined records, and paused
+/// connections whose jobs wait for them.
+async fn notices(
+    args: &JobsArgs,
+    db: &metered::adapters::sqlite::Db,
+    connections: &Connections,
+) -> Result<(), BoxError> {
     // Quarantined records are work that will not happen by itself: say so.
-    if let Ok(scope) = scope(&args.common, Some((&db, &args.common.db))).await {
+    if let Ok(scope) = scope(&args.common, Some((db, &args.common.db))).await {
         let store = metered::adapters::sqlite::SqliteStore::new(db.clone());
         let mut n = 0;
         for org in &scope.orgs {
@@ -146,7 +178,7 @@ pub async fn jobs(args: JobsArgs) -> Result<(), BoxError> {
     // A paused connection's jobs wait for it: say which and why.
     let now = chrono::Utc::now();
     let quota = metered::adapters::sqlite::SqliteQuota::new(db.clone());
-    for (org, app) in &connections {
+    for (org, app) in connections {
         let health = metered::quota::QuotaStore::health(&quota, &Tenant::new(org, app)).await?;
         if health.paused_at(now) {
             println!(
@@ -155,12 +187,13 @@ pub async fn jobs(args: JobsArgs) -> Result<(), BoxError> {
             );
         }
     }
-    if out.is_empty() {
-        return Ok(());
-    }
-    // Counts first: with thousands waiting, the groups are what one reads.
+    Ok(())
+}
+
+/// Counts first: with thousands waiting, the groups are what one reads.
+fn print_groups(out: &[JobLine]) {
     let mut groups: BTreeMap<(&str, &str, &str), usize> = BTreeMap::new();
-    for j in &out {
+    for j in out {
         *groups
             .entry((j.state, j.kind.as_str(), j.reason.as_deref().unwrap_or("-")))
             .or_default() += 1;
@@ -169,16 +202,17 @@ pub async fn jobs(args: JobsArgs) -> Result<(), BoxError> {
     for ((state, kind, reason), n) in &groups {
         println!("  {state:<8} {kind:<24} {n:>6}  {reason}");
     }
-    if args.limit == 0 {
-        return Ok(());
-    }
+}
+
+/// The first `limit` jobs, dead letters first, each by when it runs.
+fn print_lines(mut out: Vec<JobLine>, limit: usize) {
     out.sort_by(|a, b| (a.state, a.not_before).cmp(&(b.state, b.not_before)));
     println!();
     println!(
         "  {:<7} {:<22} {:<10} {:<36} {:<14} {:>3} {:<17} reason",
         "state", "kind", "org", "id", "on", "rst", "not before"
     );
-    for j in out.iter().take(args.limit) {
+    for j in out.iter().take(limit) {
         let id = j.id.as_deref().unwrap_or("(unreadable)");
         println!(
             "  {:<7} {:<22} {:<10} {:<36} {:<14} {:>3} {:<17} {}",
@@ -194,11 +228,10 @@ pub async fn jobs(args: JobsArgs) -> Result<(), BoxError> {
             j.reason.as_deref().unwrap_or("")
         );
     }
-    if out.len() > args.limit {
+    if out.len() > limit {
         println!(
             "  … and {} more (--limit, --kind, --org, --reason to narrow; --json for all)",
-            out.len() - args.limit
+            out.len() - limit
         );
     }
-    Ok(())
 }
