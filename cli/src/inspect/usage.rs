@@ -28,36 +28,7 @@ pub struct UsageArgs {
 
 pub async fn usage(args: UsageArgs) -> Result<(), BoxError> {
     let mut day = args.day.unwrap_or_else(|| chrono::Utc::now().date_naive());
-    // One client (or one database handle) for both: usage and the outboxes.
-    let (store, records, scope): (Arc<dyn QuotaStore>, Arc<dyn RecordStore>, Scope) = match &args
-        .dynamodb_table
-    {
-        Some(table) => {
-            let table = dynamo_table(table).await;
-            (
-                Arc::new(metered::adapters::aws::DynamoQuota::new(table.clone())),
-                Arc::new(metered::adapters::aws::DynamoStore::new(table)),
-                scope(&args.common, None).await?,
-            )
-        }
-        None => {
-            let db = open_db(&args.common.db)?;
-            let scope = scope(&args.common, Some((&db, &args.common.db))).await?;
-            // A simulation's "today" is its last simulated day.
-            if let (None, Some(until)) = (args.day, crate::system::simulated_until(&db).await?) {
-                day = (until - chrono::Duration::seconds(1)).date_naive();
-                eprintln!(
-                    "{}: a simulation; its last day is {day} (--day to choose)",
-                    args.common.db.display()
-                );
-            }
-            (
-                Arc::new(metered::adapters::sqlite::SqliteQuota::new(db.clone())),
-                Arc::new(metered::adapters::sqlite::SqliteStore::new(db)),
-                scope,
-            )
-        }
-    };
+    let (store, records, scope) = open_stores(&args, &mut day).await?;
     let mut rows = Vec::new();
     for org in &scope.orgs {
         rows.extend(store.usage(&QuotaKey::new(org, &scope.app), day).await?);
@@ -77,20 +48,7 @@ pub async fn usage(args: UsageArgs) -> Result<(), BoxError> {
         datasource_pushes(records.as_ref(), &scope, &rows).await?
     };
     if let Some(path) = &args.chart {
-        let now = chrono::Utc::now();
-        let until = if day == now.date_naive() {
-            now.hour()
-        } else {
-            23
-        };
-        let orgs: Vec<OrgDay> = scope
-            .orgs
-            .iter()
-            .map(|org| OrgDay::from_usage(org, day, scope.per_day(org), &rows, until))
-            .collect();
-        std::fs::write(path, burn_svg(&orgs)?)
-            .map_err(|e| format!("{}: cannot write: {e}", path.display()))?;
-        eprintln!("chart: {}", path.display());
+        write_chart(path, day, &scope, &rows)?;
     }
     if args.common.json {
         // The usage rows, as before (scripts read this array); pushes per
@@ -98,6 +56,83 @@ pub async fn usage(args: UsageArgs) -> Result<(), BoxError> {
         println!("{}", serde_json::to_string_pretty(&rows)?);
         return Ok(());
     }
+    print_rows(&scope, day, &rows);
+    print_pushes(&pushes);
+    shares_spent(&scope, &rows);
+    windows_now(store.as_ref(), &scope, windows_at).await?;
+    let now = chrono::Utc::now();
+    for org in &scope.orgs {
+        let health = store.health(&QuotaKey::new(org, &scope.app)).await?;
+        if health.failures > 0 {
+            println!("\nconnection of {org}: {}", health.describe(now));
+        }
+    }
+    Ok(())
+}
+
+/// The quota and record stores the usage is read from (DynamoDB with
+/// `--dynamodb-table`, else the SQLite file), one client or handle for
+/// both, and the scope; a simulation's file moves `day` to its last day.
+async fn open_stores(
+    args: &UsageArgs,
+    day: &mut chrono::NaiveDate,
+) -> Result<(Arc<dyn QuotaStore>, Arc<dyn RecordStore>, Scope), BoxError> {
+    let opened: (Arc<dyn QuotaStore>, Arc<dyn RecordStore>, Scope) = match &args.dynamodb_table {
+        Some(table) => {
+            let table = dynamo_table(table).await;
+            (
+                Arc::new(metered::adapters::aws::DynamoQuota::new(table.clone())),
+                Arc::new(metered::adapters::aws::DynamoStore::new(table)),
+                scope(&args.common, None).await?,
+            )
+        }
+        None => {
+            let db = open_db(&args.common.db)?;
+            let scope = scope(&args.common, Some((&db, &args.common.db))).await?;
+            // A simulation's "today" is its last simulated day.
+            if let (None, Some(until)) = (args.day, crate::system::simulated_until(&db).await?) {
+                *day = (until - chrono::Duration::seconds(1)).date_naive();
+                eprintln!(
+                    "{}: a simulation; its last day is {day} (--day to choose)",
+                    args.common.db.display()
+                );
+            }
+            (
+                Arc::new(metered::adapters::sqlite::SqliteQuota::new(db.clone())),
+                Arc::new(metered::adapters::sqlite::SqliteStore::new(db)),
+                scope,
+            )
+        }
+    };
+    Ok(opened)
+}
+
+/// Each org's burn on `day`, drawn to `path`.
+fn write_chart(
+    path: &std::path::Path,
+    day: chrono::NaiveDate,
+    scope: &Scope,
+    rows: &[metered::quota::UsageEntry],
+) -> Result<(), BoxError> {
+    let now = chrono::Utc::now();
+    let until = if day == now.date_naive() {
+        now.hour()
+    } else {
+        23
+    };
+    let orgs: Vec<OrgDay> = scope
+        .orgs
+        .iter()
+        .map(|org| OrgDay::from_usage(org, day, scope.per_day(org), rows, until))
+        .collect();
+    std::fs::write(path, burn_svg(&orgs)?)
+        .map_err(|e| format!("{}: cannot write: {e}", path.display()))?;
+    eprintln!("chart: {}", path.display());
+    Ok(())
+}
+
+/// The day's calls and refusals per org, source and endpoint.
+fn print_rows(scope: &Scope, day: chrono::NaiveDate, rows: &[metered::quota::UsageEntry]) {
     let budget = match scope.app_per_day() {
         Some(per_day) => per_day.map_or("no daily limit".to_string(), |l| format!("{l} a day")),
         None => "unknown without --config".to_string(),
@@ -111,7 +146,7 @@ pub async fn usage(args: UsageArgs) -> Result<(), BoxError> {
         "  {:<10} {:<36} {:<32} {:>7} {:>8}",
         "org", "source", "endpoint", "calls", "refused"
     );
-    for u in &rows {
+    for u in rows {
         let exempt = if u.exempt { " (exempt)" } else { "" };
         let refused: u64 = u.hours.values().map(|h| h.denied).sum();
         println!(
@@ -119,13 +154,17 @@ pub async fn usage(args: UsageArgs) -> Result<(), BoxError> {
             u.key.org, u.source, u.endpoint, u.calls, refused
         );
     }
+}
+
+/// Each Data Source's pushes, today and ever, and the rows waiting.
+fn print_pushes(pushes: &[PushUsage]) {
     if !pushes.is_empty() {
         println!("\nData Source pushes (inserts and deletes together, flushed on an interval)");
         println!(
             "  {:<10} {:<20} {:>10} {:>12} {:>13} {:>13} {:>8}",
             "org", "data source", "pushes", "rows/push", "pushes ever", "rows/push ever", "waiting"
         );
-        for p in &pushes {
+        for p in pushes {
             println!(
                 "  {:<10} {:<20} {:>10} {:>12} {:>13} {:>13.1} {:>8}",
                 p.org,
@@ -139,16 +178,6 @@ pub async fn usage(args: UsageArgs) -> Result<(), BoxError> {
             );
         }
     }
-    shares_spent(&scope, &rows);
-    windows_now(store.as_ref(), &scope, windows_at).await?;
-    let now = chrono::Utc::now();
-    for org in &scope.orgs {
-        let health = store.health(&QuotaKey::new(org, &scope.app)).await?;
-        if health.failures > 0 {
-            println!("\nconnection of {org}: {}", health.describe(now));
-        }
-    }
-    Ok(())
 }
 
 /// With `[app.limits.shares]`, each org's calls and refusals per share
