@@ -183,112 +183,132 @@ fn line(kind: JobKind, d: &DeadLetter) -> serde_json::Value {
 pub async fn run(args: Args) -> Result<(), BoxError> {
     let queues = queues(&args).await?;
     match &args.action {
-        Action::List(filter) => {
-            let all = chosen(&queues, filter).await?;
-            if args.json {
-                println!("{}", serde_json::to_string_pretty(&all)?);
-            } else if all.is_empty() {
-                println!("no dead letters");
-            } else {
-                print_lines(&all);
-                println!(
-                    "{} dead letter(s); `metered dlq redrive --kind K --id ID` puts them back",
-                    all.len()
-                );
-            }
-        }
-        Action::Show { id } => {
-            let filter = Filter {
-                id: Some(id.clone()),
-                ..Default::default()
-            };
-            let mut found = Vec::new();
-            for (kind, q) in &queues {
-                for d in q.dead_letters(10_000).await? {
-                    if filter.matches(&d) {
-                        let mut v = line(*kind, &d);
-                        v["body"] = serde_json::from_str(&d.body).unwrap_or(d.body.clone().into());
-                        found.push(v);
-                    }
-                }
-            }
-            if found.is_empty() {
-                return Err(
-                    format!("no dead letter with id `{id}` (see `metered dlq list`)").into(),
-                );
-            }
-            println!("{}", serde_json::to_string_pretty(&found)?);
-        }
+        Action::List(filter) => list(&queues, filter, args.json).await,
+        Action::Show { id } => show(&queues, id).await,
         Action::Redrive {
             filter,
             reset_restarts,
             dry_run,
             all,
-        } => {
-            if *dry_run || (!filter.narrows() && !*all) {
-                let would = chosen(&queues, filter).await?;
-                if !*dry_run {
-                    return Err(format!(
-                        "this would put every dead letter ({}) back on its queue; confirm with --all, or narrow with --kind, --org, --id or --reason (--dry-run lists them)",
-                        would.len()
-                    )
-                    .into());
-                }
-                if args.json {
-                    println!(
-                        "{}",
-                        serde_json::json!({"would_redrive": would.len(), "dead_letters": would})
-                    );
-                } else {
-                    print_lines(&would);
-                    println!(
-                        "{} dead letter(s) would go back (dry run: nothing moved)",
-                        would.len()
-                    );
-                }
-                return Ok(());
-            }
-            let mut total = 0;
-            let mut out = serde_json::Map::new();
-            for (kind, q) in &queues {
-                if filter.kind.is_some_and(|k| k != *kind) {
-                    continue;
-                }
-                let reset = *reset_restarts;
-                let choose = |d: &DeadLetter| {
-                    if !filter.matches(d) {
-                        return None;
-                    }
-                    // A body that is no job would only die again.
-                    let mut job = JobEnvelope::parse(&d.body).ok()?;
-                    if reset {
-                        job.restarts = 0;
-                        job.attempts = 0;
-                    }
-                    // Redriven means "run it now": a wait it was given before
-                    // it died (a restart's backoff) no longer applies.
-                    job.not_before = None;
-                    Some(job.to_body())
-                };
-                let moved = q.redrive(&choose).await?;
-                if moved > 0 {
-                    out.insert(kind.as_str().to_string(), moved.into());
-                }
-                total += moved;
-            }
-            if args.json {
-                println!("{}", serde_json::json!({"redriven": total, "by_kind": out}));
-            } else {
-                println!(
-                    "{total} dead letter(s) back on their queue{}",
-                    if total > 0 {
-                        format!(" ({})", serde_json::Value::Object(out))
-                    } else {
-                        String::new()
-                    }
-                );
+        } => redrive(&queues, filter, *reset_restarts, *dry_run, *all, args.json).await,
+    }
+}
+
+/// `dlq list`: the dead letters the filter keeps.
+async fn list(
+    queues: &[(JobKind, Arc<dyn JobQueue>)],
+    filter: &Filter,
+    json: bool,
+) -> Result<(), BoxError> {
+    let all = chosen(queues, filter).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&all)?);
+    } else if all.is_empty() {
+        println!("no dead letters");
+    } else {
+        print_lines(&all);
+        println!(
+            "{} dead letter(s); `metered dlq redrive --kind K --id ID` puts them back",
+            all.len()
+        );
+    }
+    Ok(())
+}
+
+/// `dlq show ID`: one dead letter's whole envelope and reason.
+async fn show(queues: &[(JobKind, Arc<dyn JobQueue>)], id: &str) -> Result<(), BoxError> {
+    let filter = Filter {
+        id: Some(id.to_string()),
+        ..Default::default()
+    };
+    let mut found = Vec::new();
+    for (kind, q) in queues {
+        for d in q.dead_letters(10_000).await? {
+            if filter.matches(&d) {
+                let mut v = line(*kind, &d);
+                v["body"] = serde_json::from_str(&d.body).unwrap_or(d.body.clone().into());
+                found.push(v);
             }
         }
+    }
+    if found.is_empty() {
+        return Err(format!("no dead letter with id `{id}` (see `metered dlq list`)").into());
+    }
+    println!("{}", serde_json::to_string_pretty(&found)?);
+    Ok(())
+}
+
+/// `dlq redrive`: the chosen dead letters back on their queue, to run now;
+/// every one only with `--all`; `--dry-run` lists.
+async fn redrive(
+    queues: &[(JobKind, Arc<dyn JobQueue>)],
+    filter: &Filter,
+    reset_restarts: bool,
+    dry_run: bool,
+    all: bool,
+    json: bool,
+) -> Result<(), BoxError> {
+    if dry_run || (!filter.narrows() && !all) {
+        let would = chosen(queues, filter).await?;
+        if !dry_run {
+            return Err(format!(
+                "this would put every dead letter ({}) back on its queue; confirm with --all, or narrow with --kind, --org, --id or --reason (--dry-run lists them)",
+                would.len()
+            )
+            .into());
+        }
+        if json {
+            println!(
+                "{}",
+                serde_json::json!({"would_redrive": would.len(), "dead_letters": would})
+            );
+        } else {
+            print_lines(&would);
+            println!(
+                "{} dead letter(s) would go back (dry run: nothing moved)",
+                would.len()
+            );
+        }
+        return Ok(());
+    }
+    let mut total = 0;
+    let mut out = serde_json::Map::new();
+    for (kind, q) in queues {
+        if filter.kind.is_some_and(|k| k != *kind) {
+            continue;
+        }
+        let choose = |d: &DeadLetter| {
+            if !filter.matches(d) {
+                return None;
+            }
+            // A body that is no job would only die again.
+            let mut job = JobEnvelope::parse(&d.body).ok()?;
+            if reset_restarts {
+                job.restarts = 0;
+                job.attempts = 0;
+            }
+            // Redriven means "run it now": a wait it was given before
+            // it died (a restart's backoff) no longer applies.
+            job.not_before = None;
+            Some(job.to_body())
+        };
+        let moved = q.redrive(&choose).await?;
+        if moved > 0 {
+            out.insert(kind.as_str().to_string(), moved.into());
+        }
+        total += moved;
+    }
+    if json {
+        println!("{}", serde_json::json!({"redriven": total, "by_kind": out}));
+    } else {
+        println!(
+            "{total} dead letter(s) back on their queue{}",
+            if total > 0 {
+                format!(" ({})", serde_json::Value::Object(out))
+            } else {
+                String::new()
+            }
+        );
     }
     Ok(())
 }
