@@ -58,6 +58,33 @@ impl std::error::Error for OverLimit {}
 
 pub async fn run(args: Args) -> Result<(), BoxError> {
     let config = load_config(args.config.as_deref())?;
+    let volumes = volumes(&args, &config)?;
+    let known = known_records(&args, &config).await?;
+    let f = forecast_with(&config, &volumes, &known);
+    if let Some(chart) = &args.chart {
+        std::fs::write(chart, forecast_svg(&f)?)
+            .map_err(|e| format!("{}: cannot write: {e}", chart.display()))?;
+    }
+    let verdict = if f.over_limit && !args.warn_only {
+        Err(OverLimit.into())
+    } else {
+        Ok(())
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&f)?);
+        return verdict;
+    }
+    print_forecast(&config, &f);
+    match &args.chart {
+        Some(chart) => println!("\nChart: {}", chart.display()),
+        None => println!("\nChart: add --chart plan.svg to draw day 1 and a steady day"),
+    }
+    verdict
+}
+
+/// The records and changes a day per record type: `--volumes`, or the
+/// example's with the bundled config; each of a type the config declares.
+fn volumes(args: &Args, config: &metered::AppConfig) -> Result<Volumes, BoxError> {
     let volumes_text =
         match &args.volumes {
             Some(p) => std::fs::read_to_string(p)
@@ -75,6 +102,15 @@ pub async fn run(args: Args) -> Result<(), BoxError> {
     for t in volumes.record_types.keys() {
         config.record_type(t).map_err(|e| format!("volumes: {e}"))?;
     }
+    Ok(volumes)
+}
+
+/// With `--db`, how many records of each type an org already has (its
+/// first load is then partly done).
+async fn known_records(
+    args: &Args,
+    config: &metered::AppConfig,
+) -> Result<std::collections::BTreeMap<String, u64>, BoxError> {
     let mut known = std::collections::BTreeMap::new();
     if let Some(path) = &args.db {
         if !path.exists() {
@@ -94,20 +130,12 @@ pub async fn run(args: Args) -> Result<(), BoxError> {
             known.insert(t.clone(), store.count(&key, t).await?);
         }
     }
-    let f = forecast_with(&config, &volumes, &known);
-    if let Some(chart) = &args.chart {
-        std::fs::write(chart, forecast_svg(&f)?)
-            .map_err(|e| format!("{}: cannot write: {e}", chart.display()))?;
-    }
-    let verdict = if f.over_limit && !args.warn_only {
-        Err(OverLimit.into())
-    } else {
-        Ok(())
-    };
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&f)?);
-        return verdict;
-    }
+    Ok(known)
+}
+
+/// The forecast for a person: day 1 and a steady day by source, the
+/// busiest hour, the window that binds first, shares, warnings, remedies.
+fn print_forecast(config: &metered::AppConfig, f: &crate::forecast::Forecast) {
     let limit = f
         .limit_per_day
         .map_or("no daily limit".into(), |l| format!("limit {l} a day"));
@@ -170,9 +198,4 @@ pub async fn run(args: Args) -> Result<(), BoxError> {
             );
         }
     }
-    match &args.chart {
-        Some(chart) => println!("\nChart: {}", chart.display()),
-        None => println!("\nChart: add --chart plan.svg to draw day 1 and a steady day"),
-    }
-    verdict
 }
