@@ -661,19 +661,49 @@ fn remedies(
     known: &BTreeMap<String, u64>,
     base: (f64, f64),
 ) -> Vec<Remedy> {
-    let mut out = Vec::new();
-    let mut consider = |remedy: String, config: &AppConfig, volumes: &Volumes| {
+    let saving = |remedy: String, config: &AppConfig, volumes: &Volumes| {
         let (steady, day1) = totals(config, volumes, known);
         let (saves, saves_day1) = (base.0 - steady, base.1 - day1);
-        if saves > 0.5 || saves_day1 > 0.5 {
-            out.push(Remedy {
-                remedy,
-                saves_per_day: calls(saves),
-                saves_day1: calls(saves_day1),
-            });
-        }
+        (saves > 0.5 || saves_day1 > 0.5).then(|| Remedy {
+            remedy,
+            saves_per_day: calls(saves),
+            saves_day1: calls(saves_day1),
+        })
     };
-    // The seeds' advice: turn on complete transfers before PK lookups.
+    let mut tries = transfers_first(config);
+    for (name, sync) in &config.syncs {
+        tries.extend(sync_remedies(config, name, sync));
+    }
+    tries.extend(datasource_remedies(config));
+    let mut out: Vec<Remedy> = tries
+        .into_iter()
+        .filter_map(|(remedy, c)| saving(remedy, &c, volumes))
+        .collect();
+    for name in config.workflows.keys() {
+        let mut v = volumes.clone();
+        let p = v.workflows.get(name).map_or(1.0, |w| w.pass_rate);
+        v.workflows
+            .insert(name.clone(), WorkflowVolume { pass_rate: p / 2.0 });
+        out.extend(saving(
+            format!(
+                "decision nodes before actions: workflows.{name} filtering half of what passes now"
+            ),
+            config,
+            &v,
+        ));
+    }
+    out.sort_by(|a, b| {
+        (b.saves_per_day + b.saves_day1).total_cmp(&(a.saves_per_day + a.saves_day1))
+    });
+    out
+}
+
+/// A remedy to try: what it says, and the config with it applied.
+type Try = (String, AppConfig);
+
+/// The seeds' advice: turn on complete transfers before PK lookups.
+fn transfers_first(config: &AppConfig) -> Vec<Try> {
+    let mut tries = Vec::new();
     for (name, sync) in &config.syncs {
         if sync.pk_lookup.active() && sync.complete_transfer.is_none() {
             let mut c = config.clone();
@@ -682,108 +712,106 @@ fn remedies(
                     every: std::time::Duration::from_secs(86_400),
                 });
             }
-            consider(
-                format!("complete transfer before PK lookups: syncs.{name}.complete_transfer = {{ every = \"24h\" }}"),
-                &c,
-                volumes,
-            );
+            tries.push((format!("complete transfer before PK lookups: syncs.{name}.complete_transfer = {{ every = \"24h\" }}"), c));
         }
     }
-    for (name, sync) in &config.syncs {
-        if let Some(r) = &sync.recent {
-            let mut c = config.clone();
-            if let Some(x) = c.syncs.get_mut(name).and_then(|s| s.recent.as_mut()) {
-                x.every *= 2;
-            }
-            consider(
-                format!(
-                    "longer interval: syncs.{name}.recent.every {:?} → {:?}",
-                    r.every,
-                    r.every * 2
-                ),
-                &c,
-                volumes,
-            );
-            let mut c = config.clone();
-            if let Some(x) = c.syncs.get_mut(name).and_then(|s| s.recent.as_mut()) {
-                x.overlap /= 2;
-            }
-            consider(
-                format!(
-                    "smaller overlap: syncs.{name}.recent.overlap {:?} → {:?}",
-                    r.overlap,
-                    r.overlap / 2
-                ),
-                &c,
-                volumes,
-            );
+    tries
+}
+
+/// One sync's remedies: a longer interval or smaller overlap, rarer
+/// transfers, larger pages, bulk lookups, looking up unseen keys only.
+fn sync_remedies(config: &AppConfig, name: &str, sync: &metered::config::SyncConfig) -> Vec<Try> {
+    let mut tries = Vec::new();
+    if let Some(r) = &sync.recent {
+        let mut c = config.clone();
+        if let Some(x) = c.syncs.get_mut(name).and_then(|s| s.recent.as_mut()) {
+            x.every *= 2;
         }
-        if let Some(t) = &sync.complete_transfer {
-            let mut c = config.clone();
-            if let Some(x) = c
-                .syncs
-                .get_mut(name)
-                .and_then(|s| s.complete_transfer.as_mut())
-            {
-                x.every *= 2;
-            }
-            consider(
-                format!(
-                    "rarer transfers: syncs.{name}.complete_transfer.every {:?} → {:?}",
-                    t.every,
-                    t.every * 2
-                ),
-                &c,
-                volumes,
-            );
+        tries.push((
+            format!(
+                "longer interval: syncs.{name}.recent.every {:?} → {:?}",
+                r.every,
+                r.every * 2
+            ),
+            c,
+        ));
+        let mut c = config.clone();
+        if let Some(x) = c.syncs.get_mut(name).and_then(|s| s.recent.as_mut()) {
+            x.overlap /= 2;
         }
-        let Some(rt) = config.record_types.get(name) else {
-            continue;
-        };
-        if rt.effective_page_size() < rt.max_page_size {
-            let mut c = config.clone();
-            if let Some(x) = c.record_types.get_mut(name) {
-                x.page_size = None;
-            }
-            consider(
-                format!(
-                    "larger pages: record_types.{name}.page_size → {}",
-                    rt.max_page_size
-                ),
-                &c,
-                volumes,
-            );
+        tries.push((
+            format!(
+                "smaller overlap: syncs.{name}.recent.overlap {:?} → {:?}",
+                r.overlap,
+                r.overlap / 2
+            ),
+            c,
+        ));
+    }
+    if let Some(t) = &sync.complete_transfer {
+        let mut c = config.clone();
+        if let Some(x) = c
+            .syncs
+            .get_mut(name)
+            .and_then(|s| s.complete_transfer.as_mut())
+        {
+            x.every *= 2;
         }
-        if sync.pk_lookup.active() {
-            if let Some(b) = &rt.bulk {
-                if sync.pk_lookup.max_keys_per_call.unwrap_or(b.max_ids) < b.max_ids {
-                    let mut c = config.clone();
-                    if let Some(s) = c.syncs.get_mut(name) {
-                        s.pk_lookup.max_keys_per_call = None;
-                    }
-                    consider(
-                        format!(
-                            "bulk lookups: syncs.{name}.pk_lookup.max_keys_per_call → {}",
-                            b.max_ids
-                        ),
-                        &c,
-                        volumes,
-                    );
-                }
-            }
-            if sync.pk_lookup.policy == metered::config::LookupPolicy::SeenAndUnseen {
+        tries.push((
+            format!(
+                "rarer transfers: syncs.{name}.complete_transfer.every {:?} → {:?}",
+                t.every,
+                t.every * 2
+            ),
+            c,
+        ));
+    }
+    let Some(rt) = config.record_types.get(name) else {
+        return tries;
+    };
+    if rt.effective_page_size() < rt.max_page_size {
+        let mut c = config.clone();
+        if let Some(x) = c.record_types.get_mut(name) {
+            x.page_size = None;
+        }
+        tries.push((
+            format!(
+                "larger pages: record_types.{name}.page_size → {}",
+                rt.max_page_size
+            ),
+            c,
+        ));
+    }
+    if sync.pk_lookup.active() {
+        if let Some(b) = &rt.bulk {
+            if sync.pk_lookup.max_keys_per_call.unwrap_or(b.max_ids) < b.max_ids {
                 let mut c = config.clone();
                 if let Some(s) = c.syncs.get_mut(name) {
-                    s.pk_lookup.policy = metered::config::LookupPolicy::UnseenOnly;
+                    s.pk_lookup.max_keys_per_call = None;
                 }
-                consider(
-                    format!("syncs.{name}.pk_lookup.policy → unseen_only"),
-                    &c,
-                    volumes,
-                );
+                tries.push((
+                    format!(
+                        "bulk lookups: syncs.{name}.pk_lookup.max_keys_per_call → {}",
+                        b.max_ids
+                    ),
+                    c,
+                ));
             }
         }
+        if sync.pk_lookup.policy == metered::config::LookupPolicy::SeenAndUnseen {
+            let mut c = config.clone();
+            if let Some(s) = c.syncs.get_mut(name) {
+                s.pk_lookup.policy = metered::config::LookupPolicy::UnseenOnly;
+            }
+            tries.push((format!("syncs.{name}.pk_lookup.policy → unseen_only"), c));
+        }
     }
+    tries
+}
+
+/// Each pushed Data Source's remedies: hosting it, pushing less often.
+fn datasource_remedies(config: &AppConfig) -> Vec<Try> {
+    let mut tries = Vec::new();
     for ds_name in config.datasource_names() {
         let Ok(ds) = config.datasource(&ds_name) else {
             continue;
@@ -796,42 +824,21 @@ fn remedies(
         let mut c = config.clone();
         c.datasources.entry(ds_name.clone()).or_default().mode =
             metered::config::DataSourceMode::Hosted;
-        consider(
-            format!(
+        tries.push((format!(
                 "host data source {ds_name}: datasources.{ds_name}.mode = \"hosted\" (Hosted GET; the platform pulls its rows, no push call)"
-            ),
-            &c,
-            volumes,
-        );
+            ), c));
         let mut c = config.clone();
         c.datasources.entry(ds_name.clone()).or_default().every = ds.every * 2;
-        consider(
+        tries.push((
             format!(
                 "push less often: datasources.{ds_name}.every {:?} → {:?}",
                 ds.every,
                 ds.every * 2
             ),
-            &c,
-            volumes,
-        );
+            c,
+        ));
     }
-    for name in config.workflows.keys() {
-        let mut v = volumes.clone();
-        let p = v.workflows.get(name).map_or(1.0, |w| w.pass_rate);
-        v.workflows
-            .insert(name.clone(), WorkflowVolume { pass_rate: p / 2.0 });
-        consider(
-            format!(
-                "decision nodes before actions: workflows.{name} filtering half of what passes now"
-            ),
-            config,
-            &v,
-        );
-    }
-    out.sort_by(|a, b| {
-        (b.saves_per_day + b.saves_day1).total_cmp(&(a.saves_per_day + a.saves_day1))
-    });
-    out
+    tries
 }
 
 #[cfg(test)]
