@@ -480,7 +480,7 @@ impl World {
 
     /// Also run the workflow and action handlers (off by default, so sync
     /// tests can read the triggers the syncs enqueue).
-    pub fn with_workflows(mut self) -> Self {
+    fn with_workflows(mut self) -> Self {
         let policy = RestartPolicy {
             max_restarts: 100,
             max_jitter_secs: 30,
@@ -516,7 +516,7 @@ impl World {
 
     /// Runs `kind`'s queue first in every round of the driver (e.g. the
     /// workflow before the lookups its related records wait for).
-    pub fn prioritise(mut self, kind: JobKind) -> Self {
+    fn prioritise(mut self, kind: JobKind) -> Self {
         if let Some(i) = self.runtimes.iter().position(|(k, _)| *k == kind) {
             let rt = self.runtimes.remove(i);
             self.runtimes.insert(0, rt);

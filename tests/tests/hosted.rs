@@ -44,13 +44,12 @@ row = { id = "{{ record.id }}", tier = "{{ record.tier }}" }
 "#;
 
 async fn world(adapter: Adapter) -> World {
-    let w = World::new(
-        adapter,
-        SimConfig {
+    let w = World::builder(adapter)
+        .sim(SimConfig {
             customers: 120,
             ..Default::default()
-        },
-        |c| {
+        })
+        .config(|c| {
             c.syncs.insert(
                 "customers".into(),
                 SyncConfig {
@@ -81,10 +80,10 @@ async fn world(adapter: Adapter) -> World {
                 )
                 .unwrap(),
             );
-        },
-    )
-    .await
-    .with_workflows();
+        })
+        .workflows()
+        .build()
+        .await;
     for org in ORGS {
         w.start_for(org, JobKind::CompleteTransfer, "customers")
             .await;

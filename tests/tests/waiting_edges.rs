@@ -192,11 +192,13 @@ async fn empty_pages_with_new_cursors_end_the_listing(adapter: Adapter) {
 /// call's result: the action is done, not called again (the failure used
 /// to throw the result away, and the retry sent the request twice).
 async fn a_failed_release_keeps_the_calls_result(adapter: Adapter) {
-    let w = World::new(adapter, SimConfig::default(), |c| {
-        transfer(c, "classes", 100);
-        metered_tests::add_workflows(
-            c,
-            r#"
+    let w = World::builder(adapter)
+        .sim(SimConfig::default())
+        .config(|c| {
+            transfer(c, "classes", 100);
+            metered_tests::add_workflows(
+                c,
+                r#"
 [workflows.notes]
 trigger = { record_type = "classes" }
 conditions = ["record.id in ['cls_000', 'cls_001', 'cls_002']"]
@@ -206,10 +208,11 @@ method = "POST"
 path = "/notes"
 body = { class = "{{ record.id }}" }
 "#,
-        );
-    })
-    .await
-    .with_workflows();
+            );
+        })
+        .workflows()
+        .build()
+        .await;
     w.faults.at(
         "quota.release",
         Some(JobKind::ActionHttp),

@@ -75,19 +75,18 @@ async fn run_workflow(
 }
 
 async fn decision_nodes_spend_only_on_passing_records(adapter: Adapter) {
-    let w = World::new(
-        adapter,
-        SimConfig {
+    let w = World::builder(adapter)
+        .sim(SimConfig {
             customers: 1_000,
             ..Default::default()
-        },
-        |c| {
+        })
+        .config(|c| {
             c.syncs.insert("customers".into(), transfer());
             workflow(c, VIP);
-        },
-    )
-    .await
-    .with_workflows();
+        })
+        .workflows()
+        .build()
+        .await;
     // Two orgs whose customers have the same ids; each runs its own bulk
     // execution and gets its own notes and rows.
     for org in ORGS {
@@ -157,20 +156,19 @@ async fn decision_nodes_spend_only_on_passing_records(adapter: Adapter) {
 }
 
 async fn actions_fire_once_under_duplicates_restarts_and_crashes(adapter: Adapter) {
-    let w = World::new(
-        adapter,
-        SimConfig {
+    let w = World::builder(adapter)
+        .sim(SimConfig {
             customers: 200,
             ..Default::default()
-        },
-        |c| {
+        })
+        .config(|c| {
             c.syncs.insert("customers".into(), transfer());
             workflow(c, VIP);
             c.connections[0].limits = Some(Limits::new(Some(2_500), None, None, 1).unwrap());
-        },
-    )
-    .await
-    .with_workflows();
+        })
+        .workflows()
+        .build()
+        .await;
     w.start(JobKind::CompleteTransfer, "customers").await;
     w.drive().await;
     // A simulated crash between call and mark: the first attempt of one
@@ -262,7 +260,9 @@ async fn actions_fire_once_under_duplicates_restarts_and_crashes(adapter: Adapte
 }
 
 async fn a_missing_related_record_waits_for_one_relookup(adapter: Adapter) {
-    let w = World::new(adapter, SimConfig { customers: 450, invoices: 1_150, ..Default::default() }, |c| {
+    let w = World::builder(adapter)
+.sim(SimConfig { customers: 450, invoices: 1_150, ..Default::default() })
+.config(|c| {
         c.syncs.insert("invoices".into(), transfer());
         c.syncs.insert("customers".into(), transfer());
         workflow(
@@ -280,8 +280,9 @@ body = { invoice = "{{ record.id }}", customer = "{{ related.customer.name }}" }
 "#,
         );
     })
-    .await
-    .with_workflows();
+.workflows()
+.build()
+.await;
     w.start(JobKind::CompleteTransfer, "invoices").await;
     let report = w.drive().await;
     assert!(
@@ -322,13 +323,12 @@ body = { invoice = "{{ record.id }}", customer = "{{ related.customer.name }}" }
 /// (one POST each, their rows in one Data Source push), the bulk run not
 /// yet started.
 async fn bulk_world(adapter: Adapter, limits: Limits) -> World {
-    let w = World::new(
-        adapter,
-        SimConfig {
+    let w = World::builder(adapter)
+        .sim(SimConfig {
             customers: 1_000,
             ..Default::default()
-        },
-        |c| {
+        })
+        .config(|c| {
             c.syncs.insert("customers".into(), transfer());
             workflow(
                 c,
@@ -336,10 +336,10 @@ async fn bulk_world(adapter: Adapter, limits: Limits) -> World {
                     .replace("max_rows_per_call = 30", "max_rows_per_call = 1000"),
             );
             c.connections[0].limits = Some(limits);
-        },
-    )
-    .await
-    .with_workflows();
+        })
+        .workflows()
+        .build()
+        .await;
     w.start(JobKind::CompleteTransfer, "customers").await;
     w.drive().await;
     w
@@ -413,20 +413,19 @@ async fn a_bulk_run_is_held_to_background_percent(adapter: Adapter) {
 /// orgs whose customers have the same ids, one of them on a budget tight
 /// enough to be refused and restarted.
 async fn metrics_count_what_the_api_saw(adapter: Adapter) {
-    let w = World::new(
-        adapter,
-        SimConfig {
+    let w = World::builder(adapter)
+        .sim(SimConfig {
             customers: 300,
             ..Default::default()
-        },
-        |c| {
+        })
+        .config(|c| {
             c.syncs.insert("customers".into(), transfer());
             workflow(c, &VIP.replace("record.score < 10", "record.score < 20"));
             c.connections[0].limits = Some(Limits::new(Some(40), None, None, 3).unwrap());
-        },
-    )
-    .await
-    .with_workflows();
+        })
+        .workflows()
+        .build()
+        .await;
     for org in ORGS {
         w.start_for(org, JobKind::CompleteTransfer, "customers")
             .await;
@@ -537,23 +536,22 @@ async fn run_rows(w: &World, org: &str, ids: &[String], per_job: usize) {
 /// the same key (applied once). Two orgs whose customers share ids each get
 /// their own rows.
 async fn an_outbox_flush_spends_ceil_rows_over_max_calls(adapter: Adapter) {
-    let w = World::new(
-        adapter,
-        SimConfig {
+    let w = World::builder(adapter)
+        .sim(SimConfig {
             customers: 400,
             ..Default::default()
-        },
-        |c| {
+        })
+        .config(|c| {
             c.syncs.insert("customers".into(), transfer());
             workflow(c, ROWS);
             c.datasources.insert(
                 "vips".into(),
                 toml::from_str("every = \"5m\"\nmax_rows_per_call = 100").unwrap(),
             );
-        },
-    )
-    .await
-    .with_workflows();
+        })
+        .workflows()
+        .build()
+        .await;
     for org in ORGS {
         w.start_for(org, JobKind::CompleteTransfer, "customers")
             .await;
@@ -656,13 +654,12 @@ async fn an_outbox_flush_spends_ceil_rows_over_max_calls(adapter: Adapter) {
 /// in flight and was re-sent at every timed flush, forever, dead-lettering
 /// each flush and stalling the Data Source.
 async fn a_refused_row_costs_only_that_row(adapter: Adapter) {
-    let w = World::new(
-        adapter,
-        SimConfig {
+    let w = World::builder(adapter)
+        .sim(SimConfig {
             customers: 200,
             ..Default::default()
-        },
-        |c| {
+        })
+        .config(|c| {
             c.syncs.insert("customers".into(), transfer());
             workflow(
                 c,
@@ -672,10 +669,10 @@ async fn a_refused_row_costs_only_that_row(adapter: Adapter) {
                 "vips".into(),
                 toml::from_str("every = \"5m\"\nmax_rows_per_call = 100").unwrap(),
             );
-        },
-    )
-    .await
-    .with_workflows();
+        })
+        .workflows()
+        .build()
+        .await;
     for org in ORGS {
         w.start_for(org, JobKind::CompleteTransfer, "customers")
             .await;
@@ -787,13 +784,12 @@ async fn a_refused_row_costs_only_that_row(adapter: Adapter) {
 /// dead-lettered. Before the fix a non-boolean failed the whole job as a
 /// config error, and a redrive failed the same way.
 async fn a_null_condition_costs_only_its_record(adapter: Adapter) {
-    let w = World::new(
-        adapter,
-        SimConfig {
+    let w = World::builder(adapter)
+        .sim(SimConfig {
             customers: 300,
             ..Default::default()
-        },
-        |c| {
+        })
+        .config(|c| {
             c.syncs.insert("customers".into(), transfer());
             workflow(
                 c,
@@ -802,10 +798,10 @@ async fn a_null_condition_costs_only_its_record(adapter: Adapter) {
                     "record.score < 10 ? (record.score == 3 ? null : true) : false",
                 ),
             );
-        },
-    )
-    .await
-    .with_workflows();
+        })
+        .workflows()
+        .build()
+        .await;
     for org in ORGS {
         w.start_for(org, JobKind::CompleteTransfer, "customers")
             .await;
@@ -886,13 +882,12 @@ metered_tests::on_both!(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_scheduled_workflow_runs_over_stored_records_at_its_interval() {
-    let w = World::new(
-        Adapter::Sqlite,
-        SimConfig {
+    let w = World::builder(Adapter::Sqlite)
+        .sim(SimConfig {
             customers: 300,
             ..Default::default()
-        },
-        |c| {
+        })
+        .config(|c| {
             c.syncs.insert("customers".into(), transfer());
             workflow(
                 c,
@@ -901,10 +896,10 @@ async fn a_scheduled_workflow_runs_over_stored_records_at_its_interval() {
                     "on = [\"updated\"] }\nschedule = \"12h\"",
                 ),
             );
-        },
-    )
-    .await
-    .with_workflows();
+        })
+        .workflows()
+        .build()
+        .await;
     w.start(JobKind::CompleteTransfer, "customers").await;
     w.drive().await;
     let started = metered::handlers::schedule::tick(&w.svc).await.started;
