@@ -274,7 +274,7 @@ impl Report {
         if self.run.restarts.is_empty() {
             println!("  none");
         }
-        for (reason, n) in &self.run.restarts {
+        for (reason, n) in grouped_reasons(&self.run.restarts) {
             println!("  {n:>6}  {reason}");
         }
         println!("\nJobs done {:?}; {} waiting for their next run; {} dead-lettered; API 429s: {}; most concurrent requests the API saw: {}", self.run.done, self.waiting, self.dead, self.stats.rejected_429, self.stats.max_concurrent);
@@ -418,4 +418,61 @@ async fn hosted_request(
         );
     }
     Ok(out.into())
+}
+
+/// Restart reasons that differ only in their numbers ("1 record(s) not
+/// stored yet", "200 record(s) not stored yet") counted as one line, the
+/// numbers written `N`: most frequent first, then by text. A reader wants
+/// to know why jobs waited, not a line per batch size.
+pub(crate) fn grouped_reasons(restarts: &BTreeMap<String, u64>) -> Vec<(String, u64)> {
+    let mut groups: BTreeMap<String, u64> = BTreeMap::new();
+    for (reason, n) in restarts {
+        let mut shape = String::with_capacity(reason.len());
+        let mut in_number = false;
+        for c in reason.chars() {
+            if c.is_ascii_digit() {
+                if !in_number {
+                    shape.push('N');
+                }
+                in_number = true;
+            } else {
+                shape.push(c);
+                in_number = false;
+            }
+        }
+        *groups.entry(shape).or_default() += n;
+    }
+    let mut out: Vec<(String, u64)> = groups.into_iter().collect();
+    out.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::grouped_reasons;
+    use std::collections::BTreeMap;
+
+    #[test]
+    fn reasons_that_differ_in_numbers_are_one_line_most_frequent_first() {
+        let restarts: BTreeMap<String, u64> = [
+            ("1 record(s) not stored yet; 0 waiting", 2),
+            ("200 record(s) not stored yet; 0 waiting", 15),
+            ("waiting for the first complete transfer of `classes`", 6),
+            ("day limit of 2500 reached", 1),
+        ]
+        .into_iter()
+        .map(|(r, n)| (r.to_string(), n))
+        .collect();
+        assert_eq!(
+            grouped_reasons(&restarts),
+            vec![
+                ("N record(s) not stored yet; N waiting".to_string(), 17),
+                (
+                    "waiting for the first complete transfer of `classes`".to_string(),
+                    6
+                ),
+                ("day limit of N reached".to_string(), 1),
+            ]
+        );
+    }
 }

@@ -133,9 +133,12 @@ pub async fn run(args: RunArgs) -> Result<(), BoxError> {
             println!("  {k}  {v}");
         }
         println!(
-            "Jobs done {:?}; restarts {:?}; dead-lettered {}",
-            report.done, report.restarts, report.dead_lettered
+            "Jobs done {:?}; dead-lettered {}",
+            report.done, report.dead_lettered
         );
+        for (reason, n) in crate::demo::grouped_reasons(&report.restarts) {
+            println!("  restarted {n:>5}×  {reason}");
+        }
         if let Some(api) = &api {
             println!(
                 "The simulated API served {} calls and answered {} with 429 ({} for its limits' shapes)",
