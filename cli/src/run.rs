@@ -6,7 +6,7 @@ use crate::status::RunStatus;
 use crate::system::{default_db, default_sim_db, load_config, BoxError, Options, System};
 use metered::jobs::{JobRuntime, RestartPolicy};
 use metered::JobKind;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 #[derive(clap::Args, Debug)]
 pub struct RunArgs {
@@ -55,32 +55,43 @@ pub async fn run(args: RunArgs) -> Result<(), BoxError> {
         Some(_) => default_sim_db(),
         None => default_db(),
     });
-    let system = System::build(
-        config,
-        Options {
-            db: Some(db.clone()),
-            simulated_start: args
-                .simulate
-                .map(|_| args.start.unwrap_or_else(chrono::Utc::now)),
-            sim: args.sim.then(|| {
-                let mut sim = metered_sim::SimConfig {
-                    shapes: args.sim_limits.clone(),
-                    ..Default::default()
-                };
-                if let Some(daily) = args.sim_daily {
-                    sim.daily_budget = daily;
-                }
-                sim
-            }),
-            resume: args.start.is_none(),
-        },
-    )
-    .await?;
+    let system = System::build(config, options(&args, &db)).await?;
+    match args.simulate {
+        None => {
+            eprintln!("metered run: app `{}` in real time; Ctrl-C to stop. Inspect with `metered usage`, `metered jobs`.", system.config.app.name);
+            real_time(&system, args.json).await
+        }
+        Some(days) => simulated(&system, &db, days, args.json).await,
+    }
+}
+
+/// How the system is built for this run: the database, the simulated
+/// clock's start and the simulated API's limits.
+fn options(args: &RunArgs, db: &Path) -> Options {
+    Options {
+        db: Some(db.to_path_buf()),
+        simulated_start: args
+            .simulate
+            .map(|_| args.start.unwrap_or_else(chrono::Utc::now)),
+        sim: args.sim.then(|| {
+            let mut sim = metered_sim::SimConfig {
+                shapes: args.sim_limits.clone(),
+                ..Default::default()
+            };
+            if let Some(daily) = args.sim_daily {
+                sim.daily_budget = daily;
+            }
+            sim
+        }),
+        resume: args.start.is_none(),
+    }
+}
+
+/// `--simulate DAYS`: runs the days on the simulated clock with a progress
+/// bar, then says what each organization spent per day, what the jobs did
+/// and what the simulated API saw.
+async fn simulated(system: &System, db: &Path, days: u32, json: bool) -> Result<(), BoxError> {
     let start = system.clock.now();
-    let Some(days) = args.simulate else {
-        eprintln!("metered run: app `{}` in real time; Ctrl-C to stop. Inspect with `metered usage`, `metered jobs`.", system.config.app.name);
-        return real_time(&system, args.json).await;
-    };
     match system.resumed_from {
         Some(from) => eprintln!(
             "metered run: continuing the simulation in {} from {from}, where the last one there ended ({days} more day(s)); a new --db starts afresh",
@@ -94,6 +105,48 @@ pub async fn run(args: RunArgs) -> Result<(), BoxError> {
     let bar = indicatif::ProgressBar::new(u64::from(days) * 24);
     let report = system.simulate(days, |_, _| bar.inc(1)).await?;
     bar.finish_and_clear();
+    let usage = calls_per_day(system, start, days).await?;
+    // What the simulated API saw: the calls it served and refused.
+    let api = system.sim.as_ref().map(|s| {
+        let stats = s.sim.stats();
+        serde_json::json!({
+            "served": stats.calls_by_key.values().sum::<u64>(),
+            "rejected_429": stats.rejected_429,
+            "rejected_by_shape": stats.rejected_by_shape,
+        })
+    });
+    if json {
+        let out = serde_json::json!({"calls_per_day": usage, "report": report, "api": api});
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(());
+    }
+    println!("Simulated {days} day(s). Calls per organization and day:");
+    for (k, v) in &usage {
+        println!("  {k}  {v}");
+    }
+    println!(
+        "Jobs done {:?}; dead-lettered {}",
+        report.done, report.dead_lettered
+    );
+    for (reason, n) in crate::demo::grouped_reasons(&report.restarts) {
+        println!("  restarted {n:>5}×  {reason}");
+    }
+    if let Some(api) = &api {
+        println!(
+            "The simulated API served {} calls and answered {} with 429 ({} for its limits' shapes)",
+            api["served"], api["rejected_429"], api["rejected_by_shape"]
+        );
+    }
+    Ok(())
+}
+
+/// Budgeted calls per "org day" with any, over the simulated days (calls
+/// the budget exempts left out).
+async fn calls_per_day(
+    system: &System,
+    start: metered::Timestamp,
+    days: u32,
+) -> Result<serde_json::Map<String, serde_json::Value>, BoxError> {
     let mut usage = serde_json::Map::new();
     for org in system.config.connections.iter().map(|c| c.org.clone()) {
         let key = system.runner.svc.key(&org);
@@ -115,38 +168,7 @@ pub async fn run(args: RunArgs) -> Result<(), BoxError> {
             }
         }
     }
-    // What the simulated API saw: the calls it served and refused.
-    let api = system.sim.as_ref().map(|s| {
-        let stats = s.sim.stats();
-        serde_json::json!({
-            "served": stats.calls_by_key.values().sum::<u64>(),
-            "rejected_429": stats.rejected_429,
-            "rejected_by_shape": stats.rejected_by_shape,
-        })
-    });
-    let out = serde_json::json!({"calls_per_day": usage, "report": report, "api": api});
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&out)?);
-    } else {
-        println!("Simulated {days} day(s). Calls per organization and day:");
-        for (k, v) in &usage {
-            println!("  {k}  {v}");
-        }
-        println!(
-            "Jobs done {:?}; dead-lettered {}",
-            report.done, report.dead_lettered
-        );
-        for (reason, n) in crate::demo::grouped_reasons(&report.restarts) {
-            println!("  restarted {n:>5}×  {reason}");
-        }
-        if let Some(api) = &api {
-            println!(
-                "The simulated API served {} calls and answered {} with 429 ({} for its limits' shapes)",
-                api["served"], api["rejected_429"], api["rejected_by_shape"]
-            );
-        }
-    }
-    Ok(())
+    Ok(usage)
 }
 
 /// Real time: the dispatcher ticks the scheduler and runs what is due,
