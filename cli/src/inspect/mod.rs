@@ -156,87 +156,15 @@ fn empty(db_path: &Path) -> BoxError {
 /// apps cannot be listed without a scan: there `--app` (default: the
 /// bundled example's) and `--org` or the example's orgs name them.
 async fn scope(common: &Common, db: Option<(&Db, &Path)>) -> Result<Scope, BoxError> {
-    let pick_orgs = |all: Vec<String>| match &common.org {
-        Some(o) => vec![o.clone()],
-        None => all,
-    };
     if let Some(path) = &common.config {
-        let config = load_config(Some(path))?;
-        let app = config.app.name.clone();
-        if let Some(other) = common.app.as_ref().filter(|a| **a != app) {
-            return Err(format!(
-                "--app `{other}` is not the app of {} (`{app}`); pass one or the other",
-                path.display()
-            )
-            .into());
-        }
-        if let Some((db, db_path)) = db {
-            let apps = db.apps().await?;
-            if !apps.is_empty() && !apps.contains_key(&app) {
-                eprintln!(
-                    "note: {} holds no data of app `{app}` (from {}); it holds {}",
-                    db_path.display(),
-                    path.display(),
-                    listed(&apps)
-                );
-            }
-        }
-        let orgs = pick_orgs(config.connections.iter().map(|c| c.org.clone()).collect());
-        return Ok(Scope {
-            app,
-            orgs,
-            config: Some(config),
-            ran_under: None,
-        });
+        return from_config(common, path, db).await;
     }
     let example = load_config(None)?;
     let Some((db, db_path)) = db else {
-        let app = common.app.clone().unwrap_or(example.app.name.clone());
-        let is_example = app == example.app.name;
-        if !is_example && common.org.is_none() {
-            return Err(format!(
-                "app `{app}`: pass --org (or --config): a DynamoDB table does not list its organizations without a scan"
-            )
-            .into());
-        }
-        let orgs = pick_orgs(example.connections.iter().map(|c| c.org.clone()).collect());
-        return Ok(Scope {
-            app,
-            orgs,
-            config: is_example.then_some(example),
-            ran_under: None,
-        });
+        return in_table(common, example);
     };
     let apps = db.apps().await?;
-    let (app, orgs) = match &common.app {
-        Some(app) => match apps.get(app) {
-            Some(orgs) => (app.clone(), orgs.clone()),
-            None if apps.is_empty() => return Err(empty(db_path)),
-            None => {
-                return Err(format!(
-                    "{}: holds no data of app `{app}`; it holds {}",
-                    db_path.display(),
-                    listed(&apps)
-                )
-                .into())
-            }
-        },
-        None => {
-            let mut it = apps.iter();
-            match (it.next(), it.next()) {
-                (None, _) => return Err(empty(db_path)),
-                (Some((app, orgs)), None) => (app.clone(), orgs.clone()),
-                (Some(_), Some(_)) => {
-                    return Err(format!(
-                        "{}: holds data of several apps ({}); pass --app NAME or --config FILE",
-                        db_path.display(),
-                        listed(&apps)
-                    )
-                    .into())
-                }
-            }
-        }
-    };
+    let (app, orgs) = held_app(common.app.as_deref(), &apps, db_path)?;
     eprintln!(
         "app `{app}`, orgs {} (as {} holds them; --app, --org or --config to choose)",
         orgs.iter().cloned().collect::<Vec<_>>().join(", "),
@@ -246,8 +174,111 @@ async fn scope(common: &Common, db: Option<(&Db, &Path)>) -> Result<Scope, BoxEr
     let ran_under = crate::system::RanUnder::read(db, &app).await?;
     Ok(Scope {
         app,
-        orgs: pick_orgs(orgs.into_iter().collect()),
+        orgs: pick_orgs(common, orgs.into_iter().collect()),
         config,
         ran_under,
     })
+}
+
+/// `--org` when given, else every organization in `all`.
+fn pick_orgs(common: &Common, all: Vec<String>) -> Vec<String> {
+    match &common.org {
+        Some(o) => vec![o.clone()],
+        None => all,
+    }
+}
+
+/// With `--config`: its app and organizations (noting when the database
+/// holds nothing of that app).
+async fn from_config(
+    common: &Common,
+    path: &Path,
+    db: Option<(&Db, &Path)>,
+) -> Result<Scope, BoxError> {
+    let config = load_config(Some(path))?;
+    let app = config.app.name.clone();
+    if let Some(other) = common.app.as_ref().filter(|a| **a != app) {
+        return Err(format!(
+            "--app `{other}` is not the app of {} (`{app}`); pass one or the other",
+            path.display()
+        )
+        .into());
+    }
+    if let Some((db, db_path)) = db {
+        let apps = db.apps().await?;
+        if !apps.is_empty() && !apps.contains_key(&app) {
+            eprintln!(
+                "note: {} holds no data of app `{app}` (from {}); it holds {}",
+                db_path.display(),
+                path.display(),
+                listed(&apps)
+            );
+        }
+    }
+    let orgs = pick_orgs(
+        common,
+        config.connections.iter().map(|c| c.org.clone()).collect(),
+    );
+    Ok(Scope {
+        app,
+        orgs,
+        config: Some(config),
+        ran_under: None,
+    })
+}
+
+/// A DynamoDB table, which cannot list its apps without a scan: `--app`
+/// (default: the bundled example's) and `--org` or the example's orgs.
+fn in_table(common: &Common, example: AppConfig) -> Result<Scope, BoxError> {
+    let app = common.app.clone().unwrap_or(example.app.name.clone());
+    let is_example = app == example.app.name;
+    if !is_example && common.org.is_none() {
+        return Err(format!(
+            "app `{app}`: pass --org (or --config): a DynamoDB table does not list its organizations without a scan"
+        )
+        .into());
+    }
+    let orgs = pick_orgs(
+        common,
+        example.connections.iter().map(|c| c.org.clone()).collect(),
+    );
+    Ok(Scope {
+        app,
+        orgs,
+        config: is_example.then_some(example),
+        ran_under: None,
+    })
+}
+
+/// The app to read from a SQLite database and its organizations: the one
+/// named, or the only one it holds.
+fn held_app(
+    named: Option<&str>,
+    apps: &BTreeMap<String, BTreeSet<String>>,
+    db_path: &Path,
+) -> Result<(String, BTreeSet<String>), BoxError> {
+    if apps.is_empty() {
+        return Err(empty(db_path));
+    }
+    if let Some(app) = named {
+        return match apps.get(app) {
+            Some(orgs) => Ok((app.to_string(), orgs.clone())),
+            None => Err(format!(
+                "{}: holds no data of app `{app}`; it holds {}",
+                db_path.display(),
+                listed(apps)
+            )
+            .into()),
+        };
+    }
+    let mut it = apps.iter();
+    match (it.next(), it.next()) {
+        (Some((app, orgs)), None) => Ok((app.clone(), orgs.clone())),
+        _ => Err(format!(
+            "{}: holds data of several apps ({}); pass --app NAME or --config FILE",
+            db_path.display(),
+            listed(apps)
+        )
+        .into()),
+    }
 }
