@@ -245,137 +245,172 @@ fn listing_calls(n: f64, page: f64, pagination: &Pagination) -> f64 {
 pub fn sources(config: &AppConfig, volumes: &Volumes) -> Vec<SourceForecast> {
     let mut sources = Vec::new();
     let vol = |t: &str| volumes.record_types.get(t).cloned().unwrap_or_default();
-    for (name, sync) in &config.syncs {
-        let Some(rt) = config.record_types.get(name) else {
-            continue;
-        };
-        let v = vol(name);
-        let page = f64::from(rt.effective_page_size());
-        // Transfers over the day see the records created so far, on average half.
-        let grow = (v.new_per_day as f64) / 2.0;
-        if let Some(t) = &sync.complete_transfer {
-            let calls = listing_calls(v.records as f64 + grow, page, &rt.pagination);
-            let mut per_hour = vec![0.0; 24];
-            let every_h = (t.every.as_secs() / 3_600).max(1) as usize;
-            for h in (0..24).step_by(every_h) {
-                per_hour[h] += calls;
-            }
-            let total: f64 = per_hour.iter().sum();
-            sources.push(SourceForecast {
-                source: format!("complete-transfer:{name}"),
-                calls_per_day: total,
-                per_hour,
-                how: format!(
-                    "{:.0} run(s) a day × {calls:.0} page(s) of {page}",
-                    total / calls
-                ),
-            });
-        }
-        if let Some(r) = &sync.recent {
-            let runs = 1.0 / day_secs(r.every);
-            let window = (r.every + r.overlap).as_secs_f64() / 86_400.0;
-            let in_window = (v.changes_per_day + v.new_per_day) as f64 * window;
-            let calls = (in_window / page).floor() + 1.0;
-            let total = runs * calls;
-            sources.push(SourceForecast {
-                source: format!("recent-records:{name}"),
-                calls_per_day: total,
-                per_hour: vec![total / 24.0; 24],
-                how: format!("{runs:.0} runs a day × {calls:.0} page(s) ({in_window:.0} records in each {:.0}-minute window)", (r.every + r.overlap).as_secs_f64() / 60.0),
-            });
-        }
-        let pk = &sync.pk_lookup;
-        if pk.active() && v.unseen_keys_per_day > 0 {
-            let k = f64::from(
-                pk.max_keys_per_call
-                    .unwrap_or_else(|| rt.bulk.as_ref().map_or(1, |b| b.max_ids)),
-            );
-            let calls = (v.unseen_keys_per_day as f64 / k).ceil();
-            sources.push(SourceForecast {
-                source: format!("pk-lookup:{name}"),
-                calls_per_day: calls,
-                per_hour: vec![calls / 24.0; 24],
-                how: format!(
-                    "{} unseen keys a day in bulks of {k}",
-                    v.unseen_keys_per_day
-                ),
-            });
-        }
+    for name in config.syncs.keys() {
+        sources.extend(sync_sources(config, name, &vol(name)));
     }
-    // Rows per day into each Data Source's outbox, and how often triggers arrive.
-    let mut outboxes: BTreeMap<String, (f64, f64, f64)> = BTreeMap::new();
-    for (name, wf) in &config.workflows {
-        let v = vol(&wf.trigger.record_type);
-        let pass = volumes
-            .workflows
-            .get(name)
-            .map_or(1.0, |w| w.pass_rate.clamp(0.0, 1.0));
-        let triggered = (v.changes_per_day + v.new_per_day) as f64;
-        let passing = triggered * pass;
-        // Triggers arrive once per recent-lookup run.
-        let runs = config
-            .sync(&wf.trigger.record_type)
-            .recent
-            .as_ref()
-            .map_or(24.0, |r| 1.0 / day_secs(r.every));
-        let http = wf
-            .actions
-            .iter()
-            .filter(|a| matches!(a, ActionConfig::Http { .. }))
-            .count();
-        for a in &wf.actions {
-            if let ActionConfig::DatasourcePush { datasource, .. } = a {
-                let e = outboxes.entry(datasource.clone()).or_default();
-                e.0 += passing;
-                e.1 = e.1.max(runs);
-                // Chance that a run brings no row for this Data Source.
-                let miss = (1.0 - pass).powf(triggered / runs);
-                e.2 = if e.2 == 0.0 { miss } else { e.2 * miss };
-            }
-        }
-        if http > 0 {
-            let calls = passing * http as f64;
-            sources.push(SourceForecast {
-                source: format!("workflow:{name}"),
-                calls_per_day: calls,
-                per_hour: vec![calls / 24.0; 24],
-                how: format!(
-                    "{triggered:.0} triggers a day × pass rate {pass} × {http} HTTP action(s)"
-                ),
-            });
-        }
+    let mut outboxes: BTreeMap<String, Outbox> = BTreeMap::new();
+    for name in config.workflows.keys() {
+        sources.extend(workflow_source(config, volumes, name, &mut outboxes));
     }
-    for (ds_name, (rows, runs, miss)) in outboxes {
-        let Ok(ds) = config.datasource(&ds_name) else {
-            continue;
-        };
-        if ds.hosted() {
-            // Served by Hosted GET: its rows never cost a call.
-            continue;
+    for (ds_name, outbox) in outboxes {
+        sources.extend(datasource_source(config, &ds_name, &outbox));
+    }
+    sources
+}
+
+/// What one record type's syncs call in a day: its complete transfers,
+/// its recent lookups and its PK lookups of unseen keys.
+fn sync_sources(config: &AppConfig, name: &str, v: &TypeVolume) -> Vec<SourceForecast> {
+    let mut sources = Vec::new();
+    let (Some(sync), Some(rt)) = (config.syncs.get(name), config.record_types.get(name)) else {
+        return sources;
+    };
+    let page = f64::from(rt.effective_page_size());
+    // Transfers over the day see the records created so far, on average half.
+    let grow = (v.new_per_day as f64) / 2.0;
+    if let Some(t) = &sync.complete_transfer {
+        let calls = listing_calls(v.records as f64 + grow, page, &rt.pagination);
+        let mut per_hour = vec![0.0; 24];
+        let every_h = (t.every.as_secs() / 3_600).max(1) as usize;
+        for h in (0..24).step_by(every_h) {
+            per_hour[h] += calls;
         }
-        // The outbox flushes at most once per `every`, and no more often
-        // than rows arrive; a flush sends ceil(rows / max) calls.
-        let flushes = runs.min(1.0 / day_secs(ds.every));
-        let runs_per_flush = runs / flushes;
-        let rows_per_flush = rows / flushes;
-        let max = f64::from(ds.max_rows_per_call);
-        let calls = if rows_per_flush >= 1.0 {
-            flushes * (rows_per_flush / max).ceil()
-        } else {
-            // Sparse rows: the flushes whose period saw any row.
-            flushes * (1.0 - miss.powf(runs_per_flush))
-        };
+        let total: f64 = per_hour.iter().sum();
         sources.push(SourceForecast {
-            source: format!("datasource:{ds_name}"),
+            source: format!("complete-transfer:{name}"),
+            calls_per_day: total,
+            per_hour,
+            how: format!(
+                "{:.0} run(s) a day × {calls:.0} page(s) of {page}",
+                total / calls
+            ),
+        });
+    }
+    if let Some(r) = &sync.recent {
+        let runs = 1.0 / day_secs(r.every);
+        let window = (r.every + r.overlap).as_secs_f64() / 86_400.0;
+        let in_window = (v.changes_per_day + v.new_per_day) as f64 * window;
+        let calls = (in_window / page).floor() + 1.0;
+        let total = runs * calls;
+        sources.push(SourceForecast {
+            source: format!("recent-records:{name}"),
+            calls_per_day: total,
+            per_hour: vec![total / 24.0; 24],
+            how: format!("{runs:.0} runs a day × {calls:.0} page(s) ({in_window:.0} records in each {:.0}-minute window)", (r.every + r.overlap).as_secs_f64() / 60.0),
+        });
+    }
+    let pk = &sync.pk_lookup;
+    if pk.active() && v.unseen_keys_per_day > 0 {
+        let k = f64::from(
+            pk.max_keys_per_call
+                .unwrap_or_else(|| rt.bulk.as_ref().map_or(1, |b| b.max_ids)),
+        );
+        let calls = (v.unseen_keys_per_day as f64 / k).ceil();
+        sources.push(SourceForecast {
+            source: format!("pk-lookup:{name}"),
             calls_per_day: calls,
             per_hour: vec![calls / 24.0; 24],
             how: format!(
-                "{rows:.0} rows a day, flushed at most every {:?} ({flushes:.0} flushes) in calls of {max}",
-                ds.every
+                "{} unseen keys a day in bulks of {k}",
+                v.unseen_keys_per_day
             ),
         });
     }
     sources
+}
+
+/// Rows a day into one Data Source's outbox, from every workflow that
+/// pushes to it.
+#[derive(Default)]
+struct Outbox {
+    rows: f64,
+    /// Trigger runs a day (the most frequent pushing workflow's).
+    runs: f64,
+    /// Chance that a run brings no row.
+    miss: f64,
+}
+
+/// What one workflow's HTTP actions call in a day, if it has any; the rows
+/// it pushes are added to their Data Sources' `outboxes`.
+fn workflow_source(
+    config: &AppConfig,
+    volumes: &Volumes,
+    name: &str,
+    outboxes: &mut BTreeMap<String, Outbox>,
+) -> Option<SourceForecast> {
+    let wf = config.workflows.get(name)?;
+    let v = volumes
+        .record_types
+        .get(&wf.trigger.record_type)
+        .cloned()
+        .unwrap_or_default();
+    let pass = volumes
+        .workflows
+        .get(name)
+        .map_or(1.0, |w| w.pass_rate.clamp(0.0, 1.0));
+    let triggered = (v.changes_per_day + v.new_per_day) as f64;
+    let passing = triggered * pass;
+    // Triggers arrive once per recent-lookup run.
+    let runs = config
+        .sync(&wf.trigger.record_type)
+        .recent
+        .as_ref()
+        .map_or(24.0, |r| 1.0 / day_secs(r.every));
+    let http = wf
+        .actions
+        .iter()
+        .filter(|a| matches!(a, ActionConfig::Http { .. }))
+        .count();
+    for a in &wf.actions {
+        if let ActionConfig::DatasourcePush { datasource, .. } = a {
+            let e = outboxes.entry(datasource.clone()).or_default();
+            e.rows += passing;
+            e.runs = e.runs.max(runs);
+            let miss = (1.0 - pass).powf(triggered / runs);
+            e.miss = if e.miss == 0.0 { miss } else { e.miss * miss };
+        }
+    }
+    (http > 0).then(|| {
+        let calls = passing * http as f64;
+        SourceForecast {
+            source: format!("workflow:{name}"),
+            calls_per_day: calls,
+            per_hour: vec![calls / 24.0; 24],
+            how: format!(
+                "{triggered:.0} triggers a day × pass rate {pass} × {http} HTTP action(s)"
+            ),
+        }
+    })
+}
+
+/// What one pushed Data Source's flushes call in a day (a hosted one
+/// never calls: Hosted GET serves its rows).
+fn datasource_source(config: &AppConfig, ds_name: &str, o: &Outbox) -> Option<SourceForecast> {
+    let ds = config.datasource(ds_name).ok()?;
+    if ds.hosted() {
+        return None;
+    }
+    // The outbox flushes at most once per `every`, and no more often
+    // than rows arrive; a flush sends ceil(rows / max) calls.
+    let flushes = o.runs.min(1.0 / day_secs(ds.every));
+    let runs_per_flush = o.runs / flushes;
+    let rows_per_flush = o.rows / flushes;
+    let max = f64::from(ds.max_rows_per_call);
+    let calls = if rows_per_flush >= 1.0 {
+        flushes * (rows_per_flush / max).ceil()
+    } else {
+        // Sparse rows: the flushes whose period saw any row.
+        flushes * (1.0 - o.miss.powf(runs_per_flush))
+    };
+    Some(SourceForecast {
+        source: format!("datasource:{ds_name}"),
+        calls_per_day: calls,
+        per_hour: vec![calls / 24.0; 24],
+        how: format!(
+            "{:.0} rows a day, flushed at most every {:?} ({flushes:.0} flushes) in calls of {max}",
+            o.rows, ds.every
+        ),
+    })
 }
 
 /// What the first day adds to a steady day, per source: the seeds' "huge
