@@ -425,115 +425,165 @@ pub fn first_load(
     volumes: &Volumes,
     known: &BTreeMap<String, u64>,
 ) -> (Vec<SourceForecast>, Vec<String>) {
+    let day = FirstDay {
+        config,
+        volumes,
+        known,
+    };
     let mut extras = Vec::new();
     let mut notes = Vec::new();
-    let vol = |t: &str| volumes.record_types.get(t).cloned().unwrap_or_default();
-    let loaded_today = |t: &str| {
-        config.sync(t).complete_transfer.is_some() && known.get(t).copied().unwrap_or(0) == 0
-    };
-    let one = |source: String, calls: f64, how: String| {
-        let mut per_hour = vec![0.0; 24];
-        per_hour[0] = calls;
-        SourceForecast {
-            source,
-            calls_per_day: calls,
-            per_hour,
-            how,
-        }
-    };
     // PK lookups of types no complete transfer fills.
     for (target, sync) in &config.syncs {
-        let pk = &sync.pk_lookup;
-        if !pk.active() || sync.complete_transfer.is_some() {
+        if !sync.pk_lookup.active() || sync.complete_transfer.is_some() {
             continue;
         }
-        let Some(rt) = config.record_types.get(target) else {
-            continue;
+        match day.pk_lookups(target) {
+            Ok(extra) => extras.extend(extra),
+            Err(note) => notes.push(note),
+        }
+    }
+    // Workflows on the first transfer's `created` records, and their rows.
+    let mut rows: BTreeMap<String, f64> = BTreeMap::new();
+    for name in config.workflows.keys() {
+        extras.extend(day.workflow(name, &mut rows));
+    }
+    for (ds_name, n) in rows {
+        extras.extend(day.flush(&ds_name, n));
+    }
+    (extras, notes)
+}
+
+/// What the first day knows: the config, the volumes and the records the
+/// store already holds per type.
+struct FirstDay<'a> {
+    config: &'a AppConfig,
+    volumes: &'a Volumes,
+    known: &'a BTreeMap<String, u64>,
+}
+
+impl FirstDay<'_> {
+    fn vol(&self, t: &str) -> TypeVolume {
+        self.volumes
+            .record_types
+            .get(t)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Whether `t`'s first complete transfer happens today (it has one,
+    /// and the store holds none of its records).
+    fn loaded_today(&self, t: &str) -> bool {
+        self.config.sync(t).complete_transfer.is_some()
+            && self.known.get(t).copied().unwrap_or(0) == 0
+    }
+
+    /// Lookups of the `target` keys that today's first transfers
+    /// reference (keys drawn at random from its records: the distinct
+    /// ones not seen yet), or a note when its record count is not given.
+    fn pk_lookups(&self, target: &str) -> Result<Option<SourceForecast>, String> {
+        let (Some(sync), Some(rt)) = (
+            self.config.syncs.get(target),
+            self.config.record_types.get(target),
+        ) else {
+            return Ok(None);
         };
-        let n = vol(target).records as f64;
+        let n = self.vol(target).records as f64;
         if n <= 0.0 {
-            notes.push(format!("day 1: PK lookups of `{target}` are not forecast; give volumes.record_types.{target}.records"));
-            continue;
+            return Err(format!("day 1: PK lookups of `{target}` are not forecast; give volumes.record_types.{target}.records"));
         }
         let k = f64::from(
-            pk.max_keys_per_call
+            sync.pk_lookup
+                .max_keys_per_call
                 .unwrap_or_else(|| rt.bulk.as_ref().map_or(1, |b| b.max_ids)),
         );
-        let mut seen = known.get(target).copied().unwrap_or(0) as f64;
+        let mut seen = self.known.get(target).copied().unwrap_or(0) as f64;
         let mut calls = 0.0;
         let mut keys = 0.0;
-        for (referrer, rrt) in &config.record_types {
-            if !rrt.foreign_keys.values().any(|t| t == target) || !loaded_today(referrer) {
+        for (referrer, rrt) in &self.config.record_types {
+            if !rrt.foreign_keys.values().any(|t| t == target) || !self.loaded_today(referrer) {
                 continue;
             }
-            // Keys drawn at random from n: the distinct ones not seen yet.
-            let refs = vol(referrer).records as f64;
+            let refs = self.vol(referrer).records as f64;
             let new = (n - seen).max(0.0) * (1.0 - (-refs / n).exp());
             calls += (new / k).ceil();
             keys += new;
             seen += new;
         }
-        if calls > 0.0 {
-            extras.push(one(
+        Ok((calls > 0.0).then(|| {
+            at_first_hour(
                 format!("pk-lookup:{target}"),
                 calls,
                 format!("first load: {keys:.0} keys of `{target}` referenced, never transferred, in bulks of {k}"),
-            ));
-        }
+            )
+        }))
     }
-    // Workflows on the first transfer's `created` records, and their rows.
-    let mut rows: BTreeMap<String, f64> = BTreeMap::new();
-    for (name, wf) in &config.workflows {
+
+    /// A workflow on the `created` records of a type loaded today: its
+    /// HTTP actions, and the rows it adds to its Data Sources' `rows`.
+    fn workflow(&self, name: &str, rows: &mut BTreeMap<String, f64>) -> Option<SourceForecast> {
+        let wf = self.config.workflows.get(name)?;
         let t = &wf.trigger.record_type;
-        if !loaded_today(t) || !wf.trigger.on.contains(&metered::core::ChangeKind::Created) {
-            continue;
+        if !self.loaded_today(t) || !wf.trigger.on.contains(&metered::core::ChangeKind::Created) {
+            return None;
         }
-        let pass = volumes
+        let pass = self
+            .volumes
             .workflows
             .get(name)
             .map_or(1.0, |w| w.pass_rate.clamp(0.0, 1.0));
-        let passing = vol(t).records as f64 * pass;
-        let http = wf
-            .actions
-            .iter()
-            .filter(|a| matches!(a, ActionConfig::Http { .. }))
-            .count() as f64;
-        if http > 0.0 && passing > 0.0 {
-            extras.push(one(
-                format!("workflow:{name}"),
-                passing * http,
-                format!(
-                    "first load: {} `{t}` created × pass rate {pass}",
-                    vol(t).records
-                ),
-            ));
-        }
+        let passing = self.vol(t).records as f64 * pass;
         for a in &wf.actions {
             if let ActionConfig::DatasourcePush { datasource, .. } = a {
                 *rows.entry(datasource.clone()).or_default() += passing;
             }
         }
+        let http = wf
+            .actions
+            .iter()
+            .filter(|a| matches!(a, ActionConfig::Http { .. }))
+            .count() as f64;
+        (http > 0.0 && passing > 0.0).then(|| {
+            at_first_hour(
+                format!("workflow:{name}"),
+                passing * http,
+                format!(
+                    "first load: {} `{t}` created × pass rate {pass}",
+                    self.vol(t).records
+                ),
+            )
+        })
     }
-    for (ds_name, n) in rows {
-        let Ok(ds) = config.datasource(&ds_name) else {
-            continue;
-        };
+
+    /// The one big flush of a pushed Data Source's first-load rows.
+    fn flush(&self, ds_name: &str, n: f64) -> Option<SourceForecast> {
+        let ds = self.config.datasource(ds_name).ok()?;
         if ds.hosted() {
-            continue;
+            return None;
         }
         let calls = (n / f64::from(ds.max_rows_per_call)).ceil();
-        if calls > 0.0 {
-            extras.push(one(
+        (calls > 0.0).then(|| {
+            at_first_hour(
                 format!("datasource:{ds_name}"),
                 calls,
                 format!(
                     "first load: {n:.0} rows in one flush, {} a call",
                     ds.max_rows_per_call
                 ),
-            ));
-        }
+            )
+        })
     }
-    (extras, notes)
+}
+
+/// A first-load extra: all of its calls in the day's first hour.
+fn at_first_hour(source: String, calls: f64, how: String) -> SourceForecast {
+    let mut per_hour = vec![0.0; 24];
+    per_hour[0] = calls;
+    SourceForecast {
+        source,
+        calls_per_day: calls,
+        per_hour,
+        how,
+    }
 }
 
 /// A steady day's sources plus the first load's extras.
