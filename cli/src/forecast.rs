@@ -645,69 +645,24 @@ pub fn forecast_with(
     let day1_calls = calls(day1_sources.iter().map(|s| s.calls_per_day).sum());
     let limits = &config.app.limits;
     let mut warnings = notes;
-    let missing_volumes: Vec<String> = config
-        .syncs
-        .keys()
-        .filter(|t| config.record_types.contains_key(*t))
-        .filter(|t| !volumes.record_types.contains_key(*t))
-        .cloned()
-        .collect();
-    for t in &missing_volumes {
-        warnings.push(format!(
-            "volumes: no entry for record type `{t}` (synced by syncs.{t}): counted as 0 records and 0 changes; add [record_types.{t}] records = N to the volumes file"
-        ));
-    }
-    if config.syncs.is_empty() {
-        warnings.push(
-            "the config has no [syncs]: nothing is synced, so nothing is forecast".to_string(),
-        );
-    }
-    let mut over_limit = false;
-    let mut backlog_days = None;
+    let missing_volumes = missing_volumes(config, volumes);
+    warnings.extend(input_warnings(config, &missing_volumes));
     // Every window bounds a day and an hour (a minute of 5 holds an hour
     // to 300), not only `per_day` and `per_hour`.
     let day_cap = limits.capacity_per(86_400);
     let hour_cap = limits.capacity_per(3_600);
-    // "the daily limit of 2500", or what a shorter window allows: "300
-    // (the minute limit of 5)".
-    let named = |(cap, kind, limit): (f64, WindowKind, u32), period: WindowKind| {
-        if kind == period {
-            let adjective = if period == WindowKind::Day {
-                "daily"
-            } else {
-                "hourly"
-            };
-            format!("the {adjective} limit of {limit}")
-        } else {
-            format!("{cap:.0} (the {kind} limit of {limit})")
-        }
-    };
+    let mut over_limit = false;
+    let mut backlog_days = None;
     if let Some(binding) = day_cap {
-        let d = binding.0;
-        let limit = named(binding, WindowKind::Day);
-        over_limit |= calls_per_day > d || day1_calls > d;
-        if calls_per_day > d {
-            warnings.push(format!("{calls_per_day:.0} calls a steady day exceed {limit}: work will spill into the next days and never catch up"));
-        } else if day1_calls > d {
-            // The first load queues what does not fit; each later day has
-            // the limit minus a steady day's calls to drain it.
-            let days = ((day1_calls - d) / (d - calls_per_day)).ceil();
-            backlog_days = Some(days);
-            warnings.push(format!(
-                "day 1: {day1_calls:.0} calls exceed {limit}: the first load's backlog of {:.0} calls drains in {days:.0} more day(s) at the limit",
-                day1_calls - d
-            ));
-        }
+        let (over, backlog, said) = day_warnings(binding, calls_per_day, day1_calls);
+        over_limit |= over;
+        backlog_days = backlog;
+        warnings.extend(said);
     }
     if let Some(binding) = hour_cap {
-        let hl = binding.0;
-        let limit = named(binding, WindowKind::Hour);
-        for (label, hours) in [("day 1", &day1_per_hour), ("steady", &per_hour)] {
-            for (h, c) in hours.iter().enumerate().filter(|(_, c)| **c > hl) {
-                over_limit = true;
-                warnings.push(format!("{label}, hour {h:02}: {c:.0} calls exceed {limit}"));
-            }
-        }
+        let said = hour_warnings(binding, &day1_per_hour, &per_hour);
+        over_limit |= !said.is_empty();
+        warnings.extend(said);
     }
     let (shares, share_warnings) = share_forecasts(
         limits,
@@ -737,6 +692,92 @@ pub fn forecast_with(
         over_limit,
         missing_volumes,
     }
+}
+
+/// Synced record types the volumes file says nothing of.
+fn missing_volumes(config: &AppConfig, volumes: &Volumes) -> Vec<String> {
+    config
+        .syncs
+        .keys()
+        .filter(|t| config.record_types.contains_key(*t))
+        .filter(|t| !volumes.record_types.contains_key(*t))
+        .cloned()
+        .collect()
+}
+
+/// What the forecast could not count: a type with no volumes, a config
+/// with no syncs.
+fn input_warnings(config: &AppConfig, missing_volumes: &[String]) -> Vec<String> {
+    let mut warnings: Vec<String> = missing_volumes
+        .iter()
+        .map(|t| format!(
+            "volumes: no entry for record type `{t}` (synced by syncs.{t}): counted as 0 records and 0 changes; add [record_types.{t}] records = N to the volumes file"
+        ))
+        .collect();
+    if config.syncs.is_empty() {
+        warnings.push(
+            "the config has no [syncs]: nothing is synced, so nothing is forecast".to_string(),
+        );
+    }
+    warnings
+}
+
+/// A day's or an hour's binding capacity in words: "the daily limit of
+/// 2500", or what a shorter window allows, "300 (the minute limit of 5)".
+fn named_limit((cap, kind, limit): (f64, WindowKind, u32), period: WindowKind) -> String {
+    if kind == period {
+        let adjective = if period == WindowKind::Day {
+            "daily"
+        } else {
+            "hourly"
+        };
+        format!("the {adjective} limit of {limit}")
+    } else {
+        format!("{cap:.0} (the {kind} limit of {limit})")
+    }
+}
+
+/// A steady day or day 1 over the day's capacity: whether either is, the
+/// days day 1's backlog takes to drain, and what to say.
+fn day_warnings(
+    binding: (f64, WindowKind, u32),
+    calls_per_day: f64,
+    day1_calls: f64,
+) -> (bool, Option<f64>, Vec<String>) {
+    let d = binding.0;
+    let limit = named_limit(binding, WindowKind::Day);
+    let over = calls_per_day > d || day1_calls > d;
+    if calls_per_day > d {
+        let said = format!("{calls_per_day:.0} calls a steady day exceed {limit}: work will spill into the next days and never catch up");
+        return (over, None, vec![said]);
+    }
+    if day1_calls > d {
+        // The first load queues what does not fit; each later day has
+        // the limit minus a steady day's calls to drain it.
+        let days = ((day1_calls - d) / (d - calls_per_day)).ceil();
+        let said = format!(
+            "day 1: {day1_calls:.0} calls exceed {limit}: the first load's backlog of {:.0} calls drains in {days:.0} more day(s) at the limit",
+            day1_calls - d
+        );
+        return (over, Some(days), vec![said]);
+    }
+    (over, None, Vec::new())
+}
+
+/// Each hour of day 1 and of a steady day over the hour's capacity.
+fn hour_warnings(
+    binding: (f64, WindowKind, u32),
+    day1_per_hour: &[f64],
+    per_hour: &[f64],
+) -> Vec<String> {
+    let limit = named_limit(binding, WindowKind::Hour);
+    let mut said = Vec::new();
+    for (label, hours) in [("day 1", day1_per_hour), ("steady", per_hour)] {
+        for (h, c) in hours.iter().enumerate().filter(|(_, c)| **c > binding.0) {
+            said.push(format!("{label}, hour {h:02}: {c:.0} calls exceed {limit}"));
+        }
+    }
+    said
 }
 
 /// Each remedy from the seeds, forecast again with it applied.
