@@ -52,6 +52,16 @@ struct FakeApi {
 }
 
 impl FakeApi {
+    /// Calls served on `day` (`YYYY-MM-DD`).
+    fn calls_on(&self, day: &str) -> u64 {
+        self.per_day
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(day)
+            .copied()
+            .unwrap_or(0)
+    }
+
     async fn call(&self, day: String) {
         let n = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
         self.max_in_flight.fetch_max(n, Ordering::SeqCst);
@@ -205,6 +215,75 @@ fn print_summary(args: &Args, report: &serde_json::Value) {
     println!("dead-lettered        {}", report["dead_lettered"]);
 }
 
+/// Queues the backlog: `args.jobs` jobs of `args.calls_per_job` calls.
+async fn enqueue(
+    queue: &SqliteQueue,
+    key: &QuotaKey,
+    args: &Args,
+    now: metered::Timestamp,
+) -> Result<(), Box<dyn std::error::Error>> {
+    for i in 0..args.jobs {
+        let job = JobEnvelope::new(
+            JobKind::Spend,
+            &key.org,
+            &key.app,
+            serde_json::json!({ "calls": args.calls_per_job, "name": format!("job-{i:02}") }),
+            now,
+        );
+        queue.send(&job, 0).await?;
+    }
+    Ok(())
+}
+
+/// The calls the quota store recorded on the days the API served any.
+async fn recorded(
+    quota: &Quota,
+    key: &QuotaKey,
+    per_day: &BTreeMap<String, u64>,
+) -> Result<u64, Box<dyn std::error::Error>> {
+    let mut total = 0;
+    for day in per_day.keys() {
+        let d: chrono::NaiveDate = day.parse()?;
+        total += quota
+            .store()
+            .usage(key, d)
+            .await?
+            .iter()
+            .map(|u| u.calls)
+            .sum::<u64>();
+    }
+    Ok(total)
+}
+
+/// What the runtime settled, by outcome.
+#[derive(Default)]
+struct Tally {
+    done: u64,
+    /// Restarts by reason.
+    restarts: BTreeMap<String, u64>,
+    /// Early arrivals re-sent for the rest of a wait over 900 s.
+    wait_hops: u64,
+    retries: u64,
+}
+
+impl Tally {
+    fn count(&mut self, settled: &[Settled]) {
+        for s in settled {
+            match s {
+                Settled::Done => self.done += 1,
+                Settled::Restarted { reason, .. } if reason == metered::jobs::NOT_BEFORE_REASON => {
+                    self.wait_hops += 1
+                }
+                Settled::Restarted { reason, .. } => {
+                    *self.restarts.entry(reason.clone()).or_default() += 1
+                }
+                Settled::DeadLettered { .. } | Settled::Skipped { .. } => {}
+                Settled::Retry { .. } => self.retries += 1,
+            }
+        }
+    }
+}
+
 /// Runs the backlog `args` describes to the end on a simulated clock,
 /// telling `progress` each day's line; the report, and whether the
 /// budget held with nothing lost.
@@ -213,135 +292,140 @@ pub(crate) async fn simulate(
     mut progress: impl FnMut(String),
 ) -> Result<(serde_json::Value, bool), Box<dyn std::error::Error>> {
     let wall = std::time::Instant::now();
-    let start = Utc
-        .with_ymd_and_hms(2026, 11, 22, 9, 0, 0)
-        .single()
-        .ok_or("bad start time")?;
-    let manual = ManualClock::new(start);
-    let clock: SharedClock = Arc::new(manual.clone());
-    let db = match &args.db {
-        Some(path) => Db::open(path)?,
-        None => Db::in_memory()?,
-    };
-    let limits = Limits::new(Some(args.per_day), None, None, args.max_concurrent)?;
-    let quota = Quota::new(Arc::new(SqliteQuota::new(db.clone())), clock.clone());
-    let queue = Arc::new(SqliteQueue::new(db, "demo-jobs", clock.clone(), 5));
-    let api = Arc::new(FakeApi::default());
-    let handler = SpendHandler {
-        quota: quota.clone(),
-        limits: limits.clone(),
-        api: api.clone(),
-        refused: Default::default(),
-    };
-    let runtime = JobRuntime::new(queue.clone(), clock.clone(), RestartPolicy::default());
-    let key = QuotaKey::new("acme", "booking-app");
-
-    for i in 0..args.jobs {
-        let job = JobEnvelope::new(
-            JobKind::Spend,
-            &key.org,
-            &key.app,
-            serde_json::json!({ "calls": args.calls_per_job, "name": format!("job-{i:02}") }),
-            clock.now(),
-        );
-        queue.send(&job, 0).await?;
-    }
+    let b = Backlog::new(args)?;
+    enqueue(&b.queue, &b.key, args, b.clock.now()).await?;
     let wanted = u64::from(args.jobs) * u64::from(args.calls_per_job);
     if !args.json {
         println!(
-            "metered demo: {} jobs × {} calls = {wanted} calls against {} calls/day and {} concurrent (org {key})",
-            args.jobs, args.calls_per_job, args.per_day, args.max_concurrent
+            "metered demo: {} jobs × {} calls = {wanted} calls against {} calls/day and {} concurrent (org {})",
+            args.jobs, args.calls_per_job, args.per_day, args.max_concurrent, b.key
         );
     }
+    let (tally, last_day) = b.run_to_end(args, &mut progress).await?;
 
-    let mut restarts: BTreeMap<String, u64> = BTreeMap::new();
-    let mut wait_hops = 0u64;
-    let mut done = 0u64;
-    let mut retries = 0u64;
-    let mut last_day = clock.now().date_naive();
-    loop {
-        let settled = runtime.pump_once(&handler, 10, 60, 60).await?;
-        quota.flush_usage().await?;
-        for s in &settled {
-            match s {
-                Settled::Done => done += 1,
-                // Early arrivals re-sent for the rest of a wait over 900 s.
-                Settled::Restarted { reason, .. } if reason == metered::jobs::NOT_BEFORE_REASON => {
-                    wait_hops += 1
-                }
-                Settled::Restarted { reason, .. } => {
-                    *restarts.entry(reason.clone()).or_default() += 1
-                }
-                Settled::DeadLettered { .. } | Settled::Skipped { .. } => {}
-                Settled::Retry { .. } => retries += 1,
-            }
-        }
-        if settled.is_empty() {
-            match queue.next_visible_at().await? {
-                None => break,
-                Some(at) => {
-                    // Nothing due: jump the simulated clock to the next job.
-                    if at > clock.now() {
-                        manual.set(at);
-                    } else {
-                        manual.advance(Duration::milliseconds(1));
-                    }
-                }
-            }
-        }
-        let today = clock.now().date_naive();
-        if today != last_day {
-            progress(format!(
-                "  {last_day}: {} calls made, {done} of {} jobs done, waiting jobs restart at {} UTC",
-                api.per_day.lock().unwrap_or_else(|e| e.into_inner()).get(&last_day.to_string()).copied().unwrap_or(0),
-                args.jobs,
-                clock.now().format("%Y-%m-%d %H:%M:%S"),
-            ));
-            last_day = today;
-        }
-    }
-
+    let api = &b.api;
     let per_day = api
         .per_day
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .clone();
-    let mut usage = Vec::new();
-    for day in per_day.keys() {
-        let d: chrono::NaiveDate = day.parse()?;
-        usage.extend(quota.store().usage(&key, d).await?);
-    }
-    let usage_total: u64 = usage.iter().map(|u| u.calls).sum();
-    let refused = handler
+    let usage_total = recorded(&b.quota, &b.key, &per_day).await?;
+    let refused = b
+        .handler
         .refused
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .len();
     let report = serde_json::json!({
         "jobs": args.jobs,
-        "jobs_done": done,
-        "dead_lettered": queue.dead_letters(1000).await?.len(),
-        "not_before_hops": wait_hops,
-        "retries": retries,
+        "jobs_done": tally.done,
+        "dead_lettered": b.queue.dead_letters(1000).await?.len(),
+        "not_before_hops": tally.wait_hops,
+        "retries": tally.retries,
         "calls_wanted": wanted,
         "api_calls_served": api.calls.load(Ordering::SeqCst),
         "api_calls_per_day": per_day,
         "usage_recorded": usage_total,
         "max_concurrent_seen_by_api": api.max_in_flight.load(Ordering::SeqCst),
-        "restarts": restarts,
+        "restarts": tally.restarts,
         "jobs_ever_refused": refused,
-        "simulated_until": clock.now().to_rfc3339(),
+        "simulated_until": b.clock.now().to_rfc3339(),
         "wall_ms": wall.elapsed().as_millis() as u64,
     });
     progress(format!(
         "  {last_day}: {} calls made",
         per_day.get(&last_day.to_string()).copied().unwrap_or(0)
     ));
-    let ok = done == u64::from(args.jobs)
+    let ok = tally.done == u64::from(args.jobs)
         && report["dead_lettered"] == 0
-        && api.calls.load(Ordering::SeqCst) == wanted
+        && report["api_calls_served"] == wanted
         && usage_total == wanted
         && api.max_in_flight.load(Ordering::SeqCst) <= args.max_concurrent as usize
         && per_day.values().all(|c| *c <= u64::from(args.per_day));
     Ok((report, ok))
+}
+
+/// One org's backlog of spend jobs on SQLite, a fake API and a manual
+/// clock that jumps to the next due job.
+struct Backlog {
+    manual: ManualClock,
+    clock: SharedClock,
+    quota: Quota,
+    queue: Arc<SqliteQueue>,
+    api: Arc<FakeApi>,
+    handler: SpendHandler,
+    runtime: JobRuntime,
+    key: QuotaKey,
+}
+
+impl Backlog {
+    fn new(args: &Args) -> Result<Self, Box<dyn std::error::Error>> {
+        let start = Utc
+            .with_ymd_and_hms(2026, 11, 22, 9, 0, 0)
+            .single()
+            .ok_or("bad start time")?;
+        let manual = ManualClock::new(start);
+        let clock: SharedClock = Arc::new(manual.clone());
+        let db = match &args.db {
+            Some(path) => Db::open(path)?,
+            None => Db::in_memory()?,
+        };
+        let limits = Limits::new(Some(args.per_day), None, None, args.max_concurrent)?;
+        let quota = Quota::new(Arc::new(SqliteQuota::new(db.clone())), clock.clone());
+        let queue = Arc::new(SqliteQueue::new(db, "demo-jobs", clock.clone(), 5));
+        let api = Arc::new(FakeApi::default());
+        let handler = SpendHandler {
+            quota: quota.clone(),
+            limits,
+            api: api.clone(),
+            refused: Default::default(),
+        };
+        let runtime = JobRuntime::new(queue.clone(), clock.clone(), RestartPolicy::default());
+        Ok(Self {
+            manual,
+            clock,
+            quota,
+            queue,
+            api,
+            handler,
+            runtime,
+            key: QuotaKey::new("acme", "booking-app"),
+        })
+    }
+
+    /// Pumps the queue until no job is left, jumping the clock over idle
+    /// time and telling `progress` each simulated day's line; what was
+    /// settled, and the last day.
+    async fn run_to_end(
+        &self,
+        args: &Args,
+        progress: &mut impl FnMut(String),
+    ) -> Result<(Tally, chrono::NaiveDate), Box<dyn std::error::Error>> {
+        let mut tally = Tally::default();
+        let mut last_day = self.clock.now().date_naive();
+        loop {
+            let settled = self.runtime.pump_once(&self.handler, 10, 60, 60).await?;
+            self.quota.flush_usage().await?;
+            tally.count(&settled);
+            if settled.is_empty() {
+                match self.queue.next_visible_at().await? {
+                    None => return Ok((tally, last_day)),
+                    // Nothing due: jump the simulated clock to the next job.
+                    Some(at) if at > self.clock.now() => self.manual.set(at),
+                    Some(_) => self.manual.advance(Duration::milliseconds(1)),
+                }
+            }
+            let today = self.clock.now().date_naive();
+            if today != last_day {
+                progress(format!(
+                    "  {last_day}: {} calls made, {} of {} jobs done, waiting jobs restart at {} UTC",
+                    self.api.calls_on(&last_day.to_string()),
+                    tally.done,
+                    args.jobs,
+                    self.clock.now().format("%Y-%m-%d %H:%M:%S"),
+                ));
+                last_day = today;
+            }
+        }
+    }
 }
