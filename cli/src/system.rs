@@ -191,32 +191,35 @@ pub struct Options {
     pub resume: bool,
 }
 
+/// The database at `path` (its folder made only when it is one of the
+/// default ones: a typo in --db should not leave a tree of folders
+/// behind), or an in-memory one.
+fn open_db(path: Option<&Path>) -> Result<Db, BoxError> {
+    let Some(path) = path else {
+        return Ok(Db::in_memory()?);
+    };
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        let ours = [default_db(), default_sim_db()]
+            .iter()
+            .any(|d| d.parent() == Some(dir));
+        if ours {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| format!("{}: cannot create: {e}", dir.display()))?;
+        } else if !dir.is_dir() {
+            return Err(format!(
+                "{}: no such folder (for --db {}); create it first",
+                dir.display(),
+                path.display()
+            )
+            .into());
+        }
+    }
+    Ok(Db::open(path)?)
+}
+
 impl System {
     pub async fn build(mut config: AppConfig, opts: Options) -> Result<Self, BoxError> {
-        let db = match &opts.db {
-            Some(path) => {
-                if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-                    // Only the default folders are made on the fly: a typo in
-                    // --db should not leave a tree of folders behind.
-                    let ours = [default_db(), default_sim_db()]
-                        .iter()
-                        .any(|d| d.parent() == Some(dir));
-                    if ours {
-                        std::fs::create_dir_all(dir)
-                            .map_err(|e| format!("{}: cannot create: {e}", dir.display()))?;
-                    } else if !dir.is_dir() {
-                        return Err(format!(
-                            "{}: no such folder (for --db {}); create it first",
-                            dir.display(),
-                            path.display()
-                        )
-                        .into());
-                    }
-                }
-                Db::open(path)?
-            }
-            None => Db::in_memory()?,
-        };
+        let db = open_db(opts.db.as_deref())?;
         let mut simulated_start = opts.simulated_start;
         let mut resumed_from = None;
         if let Some(path) = &opts.db {
