@@ -3,6 +3,7 @@
 
 use super::{store_and_scope, Common};
 use crate::system::BoxError;
+use metered::store::{OutboxState, RefusedRow};
 use metered::Tenant;
 
 #[derive(clap::Args, Debug)]
@@ -39,17 +40,7 @@ pub struct OutboxArgs {
 /// API refused; retry or drop refused rows.
 pub async fn outbox(args: OutboxArgs) -> Result<(), BoxError> {
     let (store, scope) = store_and_scope(&args.common, args.dynamodb_table.as_deref()).await?;
-    let datasources: Vec<String> = match (&args.datasource, &scope.config) {
-        (Some(ds), _) => vec![ds.clone()],
-        (None, Some(config)) => config
-            .datasource_names()
-            .into_iter()
-            .filter(|n| config.datasource(n).is_ok_and(|d| !d.hosted()))
-            .collect(),
-        (None, None) => {
-            return Err("pass --datasource NAME (or --config): the database alone does not say which Data Sources the app pushes to".into())
-        }
-    };
+    let datasources = pushed_datasources(&args, scope.config.as_ref())?;
     let now = chrono::Utc::now();
     let mut report = Vec::new();
     for org in &scope.orgs {
@@ -67,34 +58,84 @@ pub async fn outbox(args: OutboxArgs) -> Result<(), BoxError> {
             } else {
                 None
             };
-            let state = store.outbox_state(&key, ds).await?;
-            let pending = store.pending_count(&key, ds).await?;
-            let refused = store.refused_rows(&key, ds, args.limit).await?;
-            report.push((org.clone(), ds.clone(), touched, state, pending, refused));
+            report.push(Line {
+                org: org.clone(),
+                ds: ds.clone(),
+                touched,
+                state: store.outbox_state(&key, ds).await?,
+                pending: store.pending_count(&key, ds).await?,
+                refused: store.refused_rows(&key, ds, args.limit).await?,
+            });
         }
     }
     if args.common.json {
-        let out: Vec<_> = report
-            .iter()
-            .map(|(org, ds, touched, state, pending, refused)| {
-                serde_json::json!({
-                    "org": org,
-                    "datasource": ds,
-                    "changed": touched.map(|(what, n)| serde_json::json!({"what": what, "rows": n})),
-                    "waiting": pending,
-                    "in_flight": state.inflight.as_ref().map(|c| serde_json::json!({"seq": c.seq, "rows": c.rows.len()})),
-                    "searching_for_refused_row": state.probe,
-                    "pushes": state.pushes,
-                    "rows_pushed": state.rows_pushed,
-                    "last_flush": state.last_flush,
-                    "refused": refused,
-                })
-            })
-            .collect();
+        let out: Vec<_> = report.iter().map(Line::json).collect();
         println!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(());
     }
-    for (org, ds, touched, state, pending, refused) in &report {
+    for line in &report {
+        line.print();
+    }
+    if report.is_empty() {
+        println!("no Data Sources to show");
+    }
+    Ok(())
+}
+
+/// `--datasource`, else every pushed (not hosted) Data Source of the
+/// config; the database alone cannot say.
+fn pushed_datasources(
+    args: &OutboxArgs,
+    config: Option<&metered::AppConfig>,
+) -> Result<Vec<String>, BoxError> {
+    match (&args.datasource, config) {
+        (Some(ds), _) => Ok(vec![ds.clone()]),
+        (None, Some(config)) => Ok(config
+            .datasource_names()
+            .into_iter()
+            .filter(|n| config.datasource(n).is_ok_and(|d| !d.hosted()))
+            .collect()),
+        (None, None) => Err("pass --datasource NAME (or --config): the database alone does not say which Data Sources the app pushes to".into()),
+    }
+}
+
+/// One organization's outbox for one Data Source.
+struct Line {
+    org: String,
+    ds: String,
+    /// What `--retry`/`--drop` did: (what, rows).
+    touched: Option<(&'static str, u64)>,
+    state: OutboxState,
+    pending: u64,
+    refused: Vec<RefusedRow>,
+}
+
+impl Line {
+    fn json(&self) -> serde_json::Value {
+        let state = &self.state;
+        serde_json::json!({
+            "org": self.org,
+            "datasource": self.ds,
+            "changed": self.touched.map(|(what, n)| serde_json::json!({"what": what, "rows": n})),
+            "waiting": self.pending,
+            "in_flight": state.inflight.as_ref().map(|c| serde_json::json!({"seq": c.seq, "rows": c.rows.len()})),
+            "searching_for_refused_row": state.probe,
+            "pushes": state.pushes,
+            "rows_pushed": state.rows_pushed,
+            "last_flush": state.last_flush,
+            "refused": self.refused,
+        })
+    }
+
+    fn print(&self) {
+        let Line {
+            org,
+            ds,
+            touched,
+            state,
+            pending,
+            refused,
+        } = self;
         if let Some((what, n)) = touched {
             println!("{org} {ds}: {n} refused row(s) {what}");
         }
@@ -122,8 +163,4 @@ pub async fn outbox(args: OutboxArgs) -> Result<(), BoxError> {
             println!("    (metered outbox --datasource {ds} --org {org} --retry ID | --retry-all | --drop ID | --drop-all)");
         }
     }
-    if report.is_empty() {
-        println!("no Data Sources to show");
-    }
-    Ok(())
 }
