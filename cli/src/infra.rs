@@ -60,45 +60,10 @@ pub async fn run(args: Args) -> Result<(), BoxError> {
     let mut arns: BTreeMap<String, String> = BTreeMap::new();
     for pass in [false, true] {
         for (id, r) in &queues {
-            let redrive = &r["Properties"]["RedrivePolicy"];
-            if redrive.is_null() == pass {
+            if r["Properties"]["RedrivePolicy"].is_null() == pass {
                 continue;
             }
-            let mut req = sqs
-                .create_queue()
-                .queue_name(format!("{}-{id}", args.prefix));
-            if let Some(v) = r["Properties"]["VisibilityTimeout"].as_u64() {
-                req = req.attributes(
-                    aws_sdk_sqs::types::QueueAttributeName::VisibilityTimeout,
-                    v.to_string(),
-                );
-            }
-            if pass {
-                let dlq = target(&redrive["deadLetterTargetArn"])
-                    .ok_or_else(|| format!("{id}: RedrivePolicy without a deadLetterTargetArn"))?;
-                let arn = arns
-                    .get(&dlq)
-                    .ok_or_else(|| format!("{id}: its DLQ {dlq} is not a queue of the template"))?;
-                let max = redrive["maxReceiveCount"].as_u64().unwrap_or(5);
-                req = req.attributes(
-                    aws_sdk_sqs::types::QueueAttributeName::RedrivePolicy,
-                    serde_json::json!({"deadLetterTargetArn": arn, "maxReceiveCount": max})
-                        .to_string(),
-                );
-            }
-            let url = req.send().await?.queue_url.ok_or("no queue url")?;
-            let arn = sqs
-                .get_queue_attributes()
-                .queue_url(&url)
-                .attribute_names(aws_sdk_sqs::types::QueueAttributeName::QueueArn)
-                .send()
-                .await?
-                .attributes
-                .and_then(|a| {
-                    a.get(&aws_sdk_sqs::types::QueueAttributeName::QueueArn)
-                        .cloned()
-                })
-                .ok_or("no queue arn")?;
+            let (url, arn) = create_queue(&sqs, &args.prefix, id, r, &arns).await?;
             arns.insert(id.to_string(), arn);
             created.insert(id.to_string(), url);
         }
@@ -114,4 +79,45 @@ pub async fn run(args: Args) -> Result<(), BoxError> {
         }
     }
     Ok(())
+}
+
+/// Creates the queue `id` as the template declares it (its visibility
+/// timeout, and its redrive policy to a dead-letter queue already in
+/// `arns`): its URL and ARN.
+async fn create_queue(
+    sqs: &aws_sdk_sqs::Client,
+    prefix: &str,
+    id: &str,
+    r: &Value,
+    arns: &BTreeMap<String, String>,
+) -> Result<(String, String), BoxError> {
+    use aws_sdk_sqs::types::QueueAttributeName;
+    let mut req = sqs.create_queue().queue_name(format!("{prefix}-{id}"));
+    if let Some(v) = r["Properties"]["VisibilityTimeout"].as_u64() {
+        req = req.attributes(QueueAttributeName::VisibilityTimeout, v.to_string());
+    }
+    let redrive = &r["Properties"]["RedrivePolicy"];
+    if !redrive.is_null() {
+        let dlq = target(&redrive["deadLetterTargetArn"])
+            .ok_or_else(|| format!("{id}: RedrivePolicy without a deadLetterTargetArn"))?;
+        let arn = arns
+            .get(&dlq)
+            .ok_or_else(|| format!("{id}: its DLQ {dlq} is not a queue of the template"))?;
+        let max = redrive["maxReceiveCount"].as_u64().unwrap_or(5);
+        req = req.attributes(
+            QueueAttributeName::RedrivePolicy,
+            serde_json::json!({"deadLetterTargetArn": arn, "maxReceiveCount": max}).to_string(),
+        );
+    }
+    let url = req.send().await?.queue_url.ok_or("no queue url")?;
+    let arn = sqs
+        .get_queue_attributes()
+        .queue_url(&url)
+        .attribute_names(QueueAttributeName::QueueArn)
+        .send()
+        .await?
+        .attributes
+        .and_then(|a| a.get(&QueueAttributeName::QueueArn).cloned())
+        .ok_or("no queue arn")?;
+    Ok((url, arn))
 }
