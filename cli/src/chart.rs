@@ -324,96 +324,119 @@ const DAY1: RGBColor = RGBColor(0x2b, 0x2b, 0x2b);
 /// window a day's budget is spent in). Bottom: a steady day's calls per
 /// hour, stacked by source, against the hourly limit when the API has one.
 pub fn forecast_svg(f: &crate::forecast::Forecast) -> Result<String, BoxError> {
-    let running = |hours: &[f64]| -> Vec<(f64, f64)> {
-        let mut sum = 0.0;
-        std::iter::once((0.0, 0.0))
-            .chain(hours.iter().enumerate().map(|(h, c)| {
-                sum += c;
-                ((h + 1) as f64, sum)
-            }))
-            .collect()
-    };
-    let sources: Vec<&crate::forecast::SourceForecast> = f
-        .sources
-        .iter()
-        .filter(|s| s.per_hour.iter().any(|v| *v > 0.0))
-        .collect();
     let mut svg = String::new();
     {
         let root = SVGBackend::with_string(&mut svg, (900 + LEGEND_W, 700)).into_drawing_area();
         root.fill(&WHITE)?;
         let (upper, lower) = root.split_vertically(340);
-        // Top: the day's window.
-        let (plot, side) = upper.split_horizontally(900);
-        let day_limit = f.limit_per_day.map(f64::from);
-        let (top, limit_drawn) = axis_top(f.day1_calls.max(f.calls_per_day), day_limit);
-        let limit_text = day_limit.map_or("no daily limit".to_string(), |l| {
-            format!("daily limit {l:.0}")
-        });
-        let mut chart = hours_chart(
-            &plot,
-            format!(
-                "Forecast: day 1 {:.0} calls, a steady day {:.0} ({limit_text})",
-                f.day1_calls, f.calls_per_day
-            ),
-            "calls so far in the day",
-            top,
-        )?;
-        chart.draw_series(LineSeries::new(
-            running(&f.day1_per_hour),
-            DAY1.stroke_width(3),
-        ))?;
-        chart.draw_series(LineSeries::new(
-            running(&f.per_hour),
-            source_color(0).stroke_width(3),
-        ))?;
-        let mut items = vec![
-            ("day 1 (first load)".to_string(), Mark::Line(DAY1)),
-            ("a steady day".to_string(), Mark::Line(source_color(0))),
-        ];
-        if let Some(l) = day_limit {
-            limit_line(&mut chart, &mut items, "daily", l, limit_drawn)?;
-        }
-        legend(&side, &items)?;
-        // Bottom: a steady day's hours.
-        let (plot, side) = lower.split_horizontally(900);
-        let hour_limit = f.limit_per_hour.map(f64::from);
-        let peak = f.per_hour.iter().copied().fold(0.0, f64::max);
-        let (top, hour_drawn) = axis_top(peak, hour_limit);
-        let mut chart = hours_chart(
-            &plot,
-            format!(
-                "A steady day: calls per hour by source ({})",
-                hour_limit.map_or("no hourly limit".to_string(), |l| format!(
-                    "hourly limit {l:.0}"
-                ))
-            ),
-            "calls per hour",
-            top,
-        )?;
-        let mut items = Vec::new();
-        let mut base = [0f64; 24];
-        for (i, s) in sources.iter().enumerate() {
-            let color = source_color(i);
-            let bars: Vec<Rectangle<(f64, f64)>> = (0..24)
-                .map(|h| {
-                    let (lo, hi) = (base[h], base[h] + s.per_hour.get(h).copied().unwrap_or(0.0));
-                    Rectangle::new([(h as f64 + 0.1, lo), (h as f64 + 0.9, hi)], color.filled())
-                })
-                .collect();
-            for (h, b) in base.iter_mut().enumerate() {
-                *b += s.per_hour.get(h).copied().unwrap_or(0.0);
-            }
-            chart.draw_series(bars)?;
-            items.push((s.source.clone(), Mark::Area(color)));
-        }
-        if let Some(l) = hour_limit {
-            limit_line(&mut chart, &mut items, "hourly", l, hour_drawn)?;
-        }
-        legend(&side, &items)?;
+        day_panel(&upper, f)?;
+        hours_panel(&lower, f)?;
         root.present()?;
     }
     Ok(svg)
+}
+
+/// Calls so far in the day, hour by hour, from 0.
+fn running(hours: &[f64]) -> Vec<(f64, f64)> {
+    let mut sum = 0.0;
+    std::iter::once((0.0, 0.0))
+        .chain(hours.iter().enumerate().map(|(h, c)| {
+            sum += c;
+            ((h + 1) as f64, sum)
+        }))
+        .collect()
+}
+
+/// The plan's top: day 1's and a steady day's calls so far in the day,
+/// against the daily limit.
+fn day_panel<DB: DrawingBackend>(
+    area: &DrawingArea<DB, plotters::coord::Shift>,
+    f: &crate::forecast::Forecast,
+) -> Result<(), BoxError>
+where
+    DB::ErrorType: 'static,
+{
+    let (plot, side) = area.split_horizontally(900);
+    let day_limit = f.limit_per_day.map(f64::from);
+    let (top, limit_drawn) = axis_top(f.day1_calls.max(f.calls_per_day), day_limit);
+    let limit_text = day_limit.map_or("no daily limit".to_string(), |l| {
+        format!("daily limit {l:.0}")
+    });
+    let mut chart = hours_chart(
+        &plot,
+        format!(
+            "Forecast: day 1 {:.0} calls, a steady day {:.0} ({limit_text})",
+            f.day1_calls, f.calls_per_day
+        ),
+        "calls so far in the day",
+        top,
+    )?;
+    chart.draw_series(LineSeries::new(
+        running(&f.day1_per_hour),
+        DAY1.stroke_width(3),
+    ))?;
+    chart.draw_series(LineSeries::new(
+        running(&f.per_hour),
+        source_color(0).stroke_width(3),
+    ))?;
+    let mut items = vec![
+        ("day 1 (first load)".to_string(), Mark::Line(DAY1)),
+        ("a steady day".to_string(), Mark::Line(source_color(0))),
+    ];
+    if let Some(l) = day_limit {
+        limit_line(&mut chart, &mut items, "daily", l, limit_drawn)?;
+    }
+    legend(&side, &items)
+}
+
+/// The plan's bottom: a steady day's calls per hour, stacked by source,
+/// against the hourly limit when the API has one.
+fn hours_panel<DB: DrawingBackend>(
+    area: &DrawingArea<DB, plotters::coord::Shift>,
+    f: &crate::forecast::Forecast,
+) -> Result<(), BoxError>
+where
+    DB::ErrorType: 'static,
+{
+    let sources = f
+        .sources
+        .iter()
+        .filter(|s| s.per_hour.iter().any(|v| *v > 0.0));
+    let (plot, side) = area.split_horizontally(900);
+    let hour_limit = f.limit_per_hour.map(f64::from);
+    let peak = f.per_hour.iter().copied().fold(0.0, f64::max);
+    let (top, hour_drawn) = axis_top(peak, hour_limit);
+    let mut chart = hours_chart(
+        &plot,
+        format!(
+            "A steady day: calls per hour by source ({})",
+            hour_limit.map_or("no hourly limit".to_string(), |l| format!(
+                "hourly limit {l:.0}"
+            ))
+        ),
+        "calls per hour",
+        top,
+    )?;
+    let mut items = Vec::new();
+    let mut base = [0f64; 24];
+    for (i, s) in sources.enumerate() {
+        let color = source_color(i);
+        let bars: Vec<Rectangle<(f64, f64)>> = (0..24)
+            .map(|h| {
+                let (lo, hi) = (base[h], base[h] + s.per_hour.get(h).copied().unwrap_or(0.0));
+                Rectangle::new([(h as f64 + 0.1, lo), (h as f64 + 0.9, hi)], color.filled())
+            })
+            .collect();
+        for (h, b) in base.iter_mut().enumerate() {
+            *b += s.per_hour.get(h).copied().unwrap_or(0.0);
+        }
+        chart.draw_series(bars)?;
+        items.push((s.source.clone(), Mark::Area(color)));
+    }
+    if let Some(l) = hour_limit {
+        limit_line(&mut chart, &mut items, "hourly", l, hour_drawn)?;
+    }
+    legend(&side, &items)
 }
 
 #[cfg(test)]
