@@ -14,7 +14,7 @@
 #    them. A missing server fails the tests; nothing is skipped.
 # 5. `sam build` of template.yaml: every function for arm64 with
 #    cargo-lambda, each bootstrap checked to be a stripped aarch64 executable
-#    within 9.5 MB (infra/sam-build.sh; about 12 minutes of release builds,
+#    within 8.5 MB (infra/sam-build.sh; 25 minutes of release builds in CI,
 #    mostly one fat-LTO link at a time, so it runs in the background while
 #    the tests run and is waited for at the end; METERED_SAM_BUILD=0 leaves
 #    it out of a local run, loudly).
