@@ -20,6 +20,14 @@ pub struct Volumes {
     pub workflows: BTreeMap<String, WorkflowVolume>,
 }
 
+impl Volumes {
+    /// The volumes of record type `t`, all 0 when the file says nothing
+    /// of it (the forecast warns about that once).
+    fn of(&self, t: &str) -> TypeVolume {
+        self.record_types.get(t).cloned().unwrap_or_default()
+    }
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TypeVolume {
@@ -244,9 +252,8 @@ fn listing_calls(n: f64, page: f64, pagination: &Pagination) -> f64 {
 /// The model: one day of calls per source, per hour.
 pub fn sources(config: &AppConfig, volumes: &Volumes) -> Vec<SourceForecast> {
     let mut sources = Vec::new();
-    let vol = |t: &str| volumes.record_types.get(t).cloned().unwrap_or_default();
     for name in config.syncs.keys() {
-        sources.extend(sync_sources(config, name, &vol(name)));
+        sources.extend(sync_sources(config, name, &volumes.of(name)));
     }
     let mut outboxes: BTreeMap<String, Outbox> = BTreeMap::new();
     for name in config.workflows.keys() {
@@ -339,11 +346,7 @@ fn workflow_source(
     outboxes: &mut BTreeMap<String, Outbox>,
 ) -> Option<SourceForecast> {
     let wf = config.workflows.get(name)?;
-    let v = volumes
-        .record_types
-        .get(&wf.trigger.record_type)
-        .cloned()
-        .unwrap_or_default();
+    let v = volumes.of(&wf.trigger.record_type);
     let pass = volumes
         .workflows
         .get(name)
@@ -462,14 +465,6 @@ struct FirstDay<'a> {
 }
 
 impl FirstDay<'_> {
-    fn vol(&self, t: &str) -> TypeVolume {
-        self.volumes
-            .record_types
-            .get(t)
-            .cloned()
-            .unwrap_or_default()
-    }
-
     /// Whether `t`'s first complete transfer happens today (it has one,
     /// and the store holds none of its records).
     fn loaded_today(&self, t: &str) -> bool {
@@ -487,7 +482,7 @@ impl FirstDay<'_> {
         ) else {
             return Ok(None);
         };
-        let n = self.vol(target).records as f64;
+        let n = self.volumes.of(target).records as f64;
         if n <= 0.0 {
             return Err(format!("day 1: PK lookups of `{target}` are not forecast; give volumes.record_types.{target}.records"));
         }
@@ -503,7 +498,7 @@ impl FirstDay<'_> {
             if !rrt.foreign_keys.values().any(|t| t == target) || !self.loaded_today(referrer) {
                 continue;
             }
-            let refs = self.vol(referrer).records as f64;
+            let refs = self.volumes.of(referrer).records as f64;
             let new = (n - seen).max(0.0) * (1.0 - (-refs / n).exp());
             calls += (new / k).ceil();
             keys += new;
@@ -531,7 +526,7 @@ impl FirstDay<'_> {
             .workflows
             .get(name)
             .map_or(1.0, |w| w.pass_rate.clamp(0.0, 1.0));
-        let passing = self.vol(t).records as f64 * pass;
+        let passing = self.volumes.of(t).records as f64 * pass;
         for a in &wf.actions {
             if let ActionConfig::DatasourcePush { datasource, .. } = a {
                 *rows.entry(datasource.clone()).or_default() += passing;
@@ -548,7 +543,7 @@ impl FirstDay<'_> {
                 passing * http,
                 format!(
                     "first load: {} `{t}` created × pass rate {pass}",
-                    self.vol(t).records
+                    self.volumes.of(t).records
                 ),
             )
         })

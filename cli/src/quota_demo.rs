@@ -338,7 +338,7 @@ pub(crate) async fn simulate(
     ));
     let ok = tally.done == u64::from(args.jobs)
         && report["dead_lettered"] == 0
-        && report["api_calls_served"] == wanted
+        && api.calls.load(Ordering::SeqCst) == wanted
         && usage_total == wanted
         && api.max_in_flight.load(Ordering::SeqCst) <= args.max_concurrent as usize
         && per_day.values().all(|c| *c <= u64::from(args.per_day));
